@@ -1,0 +1,249 @@
+// Package api holds the JSON types and paths of fleetd's HTTPS API, shared by
+// fleetd, tsh, fleetctl and the agent's join. It imports neither firmware/ nor
+// fleet/.
+//
+// Authentication: /v1/ping, /v1/join and /v1/login are open; everything else
+// needs a client certificate issued by the fleet's X.509 CA (a user's from
+// tsh login, or the admin identity in the fleet's data dir). Errors come back
+// as an Error body with a non-2xx status.
+//
+// Brokered connections: a client sends
+//
+//	GET /v1/connect?device=NAME&login=LOGIN&service=ssh
+//	Connection: Upgrade
+//	Upgrade: remoteler-connect/1
+//
+// over HTTP/1.1 with its user certificate. When the user's roles allow the
+// login on the device and the device is online, the fleet answers
+// 101 Switching Protocols and the connection carries the raw bytes of the
+// service (SSH) from then on.
+package api
+
+import "time"
+
+// Paths of the API.
+const (
+	PathPing    = "/v1/ping"
+	PathJoin    = "/v1/join"
+	PathLogin   = "/v1/login"
+	PathDevices = "/v1/devices" // GET list; DELETE /v1/devices/NAME (admin)
+	PathConnect = "/v1/connect" // GET with Upgrade, see package doc
+	PathUsers   = "/v1/users"   // admin: GET list, POST add, DELETE /v1/users/NAME
+	PathRoles   = "/v1/roles"   // admin: GET list, PUT create/replace, DELETE /v1/roles/NAME
+	PathTokens  = "/v1/tokens"  // admin: GET list, POST add, DELETE /v1/tokens/ID
+	PathStatus  = "/v1/status"  // admin: GET
+	PathWhoami  = "/v1/whoami"  // any certificate: GET
+)
+
+// UpgradeProto is the Upgrade header value for /v1/connect.
+const UpgradeProto = "remoteler-connect/1"
+
+// Error codes in Error.Code.
+const (
+	CodeBadRequest    = "bad_request"
+	CodeUnauthorized  = "unauthorized"  // bad password, bad token, bad certificate
+	CodeTOTPRequired  = "totp_required" // password ok, a TOTP code is needed
+	CodeForbidden     = "forbidden"     // authenticated but not allowed
+	CodeNotFound      = "not_found"
+	CodeConflict      = "conflict"
+	CodeDeviceOffline = "device_offline"
+	CodeInternal      = "internal"
+)
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"error"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Ping is the answer to GET /v1/ping.
+type Ping struct {
+	Cluster         string    `json:"cluster"`
+	Version         string    `json:"version"`
+	ProtocolVersion int       `json:"protocol_version"`
+	CAPin           string    `json:"ca_pin"`
+	ServerTime      time.Time `json:"server_time"`
+}
+
+// JoinRequest is POSTed by an agent joining the fleet with a token. The CSR
+// (DER PKCS#10, signed by the device's new TLS key) proves possession of the
+// key; SSHPublicKey is the device's host key in authorized_keys format.
+type JoinRequest struct {
+	Token        string            `json:"token"`
+	Name         string            `json:"name"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	CSR          []byte            `json:"csr"`
+	SSHPublicKey string            `json:"ssh_public_key"`
+	AgentVersion string            `json:"agent_version,omitempty"`
+}
+
+// JoinResponse carries the device's identity and certificates.
+type JoinResponse struct {
+	DeviceID    string    `json:"device_id"`
+	Name        string    `json:"name"`
+	Cluster     string    `json:"cluster"`
+	Cert        []byte    `json:"cert"`          // DER X.509 client certificate
+	CACerts     [][]byte  `json:"ca_certs"`      // DER, the fleet's X.509 CA(s)
+	SSHHostCert string    `json:"ssh_host_cert"` // authorized_keys format
+	UserCAKeys  []string  `json:"user_ca_keys"`  // authorized_keys format
+	ServerTime  time.Time `json:"server_time"`
+}
+
+// LoginRequest is POSTed by tsh. CSR is a DER PKCS#10 request for the user's
+// X.509 certificate; SSHPublicKey is in authorized_keys format. TTL is a
+// requested lifetime; the fleet caps it by the user's roles.
+type LoginRequest struct {
+	User         string        `json:"user"`
+	Password     string        `json:"password"`
+	TOTP         string        `json:"totp,omitempty"`
+	CSR          []byte        `json:"csr"`
+	SSHPublicKey string        `json:"ssh_public_key"`
+	TTL          time.Duration `json:"ttl,omitempty"`
+}
+
+// LoginResponse carries the user's short-lived certificates.
+type LoginResponse struct {
+	User       string    `json:"user"`
+	Roles      []string  `json:"roles"`
+	Logins     []string  `json:"logins"`
+	Cluster    string    `json:"cluster"`
+	SSHCert    string    `json:"ssh_cert"`     // authorized_keys format
+	Cert       []byte    `json:"cert"`         // DER X.509 client certificate
+	CACerts    [][]byte  `json:"ca_certs"`     // DER
+	HostCAKeys []string  `json:"host_ca_keys"` // authorized_keys format
+	Expires    time.Time `json:"expires"`
+}
+
+// Whoami is the answer to GET /v1/whoami.
+type Whoami struct {
+	User    string    `json:"user"`
+	Roles   []string  `json:"roles"`
+	Logins  []string  `json:"logins"`
+	Expires time.Time `json:"expires"`
+}
+
+// Device is one device as listed by GET /v1/devices.
+type Device struct {
+	ID           string            `json:"id"`
+	Name         string            `json:"name"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Online       bool              `json:"online"`
+	LastSeen     time.Time         `json:"last_seen"`
+	AgentVersion string            `json:"agent_version,omitempty"`
+	OS           string            `json:"os,omitempty"`
+	Arch         string            `json:"arch,omitempty"`
+	Addr         string            `json:"addr,omitempty"`
+	JoinedAt     time.Time         `json:"joined_at"`
+	// Logins are the logins the asking user may use on this device.
+	Logins []string `json:"logins,omitempty"`
+}
+
+// User is a fleet user as admins see it (never the password hash).
+type User struct {
+	Name      string              `json:"name"`
+	Roles     []string            `json:"roles"`
+	Traits    map[string][]string `json:"traits,omitempty"`
+	TOTP      bool                `json:"totp"`
+	CreatedAt time.Time           `json:"created_at"`
+}
+
+// AddUserRequest is POSTed to /v1/users. When TOTP is true the answer's
+// TOTPURL holds the otpauth:// URL to enrol an authenticator.
+type AddUserRequest struct {
+	Name     string   `json:"name"`
+	Password string   `json:"password"`
+	Roles    []string `json:"roles"`
+	Logins   []string `json:"logins,omitempty"`
+	TOTP     bool     `json:"totp,omitempty"`
+}
+
+// AddUserResponse answers AddUserRequest.
+type AddUserResponse struct {
+	User    User   `json:"user"`
+	TOTPURL string `json:"totp_url,omitempty"`
+}
+
+// Role is a role resource, as in role.yaml:
+//
+//	kind: role
+//	version: v1
+//	metadata:
+//	  name: field-tech
+//	spec:
+//	  allow:
+//	    logins: ["{{internal.logins}}", pi]
+//	    device_labels: {site: north}
+//	  deny:
+//	    logins: [root]
+//	  options:
+//	    max_session_ttl: 8h
+type Role struct {
+	Kind     string   `json:"kind"`
+	Version  string   `json:"version"`
+	Metadata Metadata `json:"metadata"`
+	Spec     RoleSpec `json:"spec"`
+}
+
+// Metadata names a resource.
+type Metadata struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+}
+
+// RoleSpec is what a role allows and denies. Deny wins.
+type RoleSpec struct {
+	Allow   RoleConditions `json:"allow"`
+	Deny    RoleConditions `json:"deny,omitempty"`
+	Options RoleOptions    `json:"options,omitempty"`
+}
+
+// RoleConditions select devices and logins. DeviceLabels maps a label to
+// the values it may take ("*" matches any value; a role with no labels in
+// allow matches no device). Logins may use "{{internal.logins}}", which
+// expands to the user's logins trait.
+type RoleConditions struct {
+	Logins       []string            `json:"logins,omitempty"`
+	DeviceLabels map[string][]string `json:"device_labels,omitempty"`
+}
+
+// RoleOptions hold per-role settings.
+type RoleOptions struct {
+	// MaxSessionTTL caps certificate lifetime, e.g. "8h". The smallest across
+	// a user's roles applies. Empty means the fleet default (8h).
+	MaxSessionTTL string `json:"max_session_ttl,omitempty"`
+}
+
+// Token is a join token as admins see it.
+type Token struct {
+	ID        string            `json:"id"`
+	Token     string            `json:"token,omitempty"` // only when just created
+	Expires   time.Time         `json:"expires"`
+	UsesLeft  int               `json:"uses_left"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	// JoinString holds the token and the fleet's CA pin together, for
+	// edge-agent start --token (only when just created).
+	JoinString string `json:"join_string,omitempty"`
+	CAPin      string `json:"ca_pin,omitempty"`
+}
+
+// AddTokenRequest is POSTed to /v1/tokens. Zero TTL means 1h; zero Uses means 1.
+type AddTokenRequest struct {
+	TTL    time.Duration     `json:"ttl,omitempty"`
+	Uses   int               `json:"uses,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Status is the answer to GET /v1/status.
+type Status struct {
+	Cluster       string    `json:"cluster"`
+	Version       string    `json:"version"`
+	CAPin         string    `json:"ca_pin"`
+	Listen        string    `json:"listen"`
+	StartedAt     time.Time `json:"started_at"`
+	Users         int       `json:"users"`
+	Devices       int       `json:"devices"`
+	DevicesOnline int       `json:"devices_online"`
+}

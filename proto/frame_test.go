@@ -1,0 +1,136 @@
+package proto
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func sampleMessages() []Message {
+	return []Message{
+		&Hello{ProtocolVersion: Version, Name: "pi-1", AgentVersion: "v0.1.0", OS: "linux", Arch: "arm64",
+			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH}},
+		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000},
+		&Heartbeat{Seq: 9},
+		&Heartbeat{Seq: 10, Labels: map[string]string{}},
+		&HeartbeatAck{Seq: 9, ServerTime: 5},
+		&RenewRequest{CSR: []byte{1, 2}, SSHPublicKey: []byte{3}},
+		&RenewResponse{Err: &Error{Code: CodeForbidden, Message: "no"}},
+		&Error{Code: CodeVersion, Message: "upgrade"},
+		&StreamHeader{Service: ServiceSSH, SessionID: "s1", Identity: Identity{User: "alice", Login: "root", Roles: []string{"access"}}},
+		&StreamAccept{Code: CodeForbidden, Message: "login not allowed"},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, m := range sampleMessages() {
+		t.Run(m.Kind().String(), func(t *testing.T) {
+			b, err := Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Unmarshal(b, MaxControlFrame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, m) {
+				t.Errorf("got %#v, want %#v", got, m)
+			}
+		})
+	}
+}
+
+// TestTruncated checks that every strict prefix of every frame is an error.
+func TestTruncated(t *testing.T) {
+	for _, m := range sampleMessages() {
+		b, _ := Marshal(m)
+		for i := 0; i < len(b); i++ {
+			if _, err := Unmarshal(b[:i], MaxControlFrame); err == nil {
+				t.Errorf("%s truncated to %d of %d bytes: no error", m.Kind(), i, len(b))
+			}
+		}
+	}
+}
+
+func TestReadMsgLeavesRest(t *testing.T) {
+	b, _ := Marshal(&StreamHeader{Service: ServiceSSH, SessionID: "x"})
+	r := NewReader(io.MultiReader(bytes.NewReader(b), strings.NewReader("SSH-2.0-raw")))
+	if _, err := ReadHeader(r); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(r)
+	if string(rest) != "SSH-2.0-raw" {
+		t.Errorf("rest = %q", rest)
+	}
+}
+
+func TestBadFrames(t *testing.T) {
+	good, _ := Marshal(&Heartbeat{Seq: 1})
+	tests := []struct {
+		name string
+		in   []byte
+		max  int
+		want string
+	}{
+		{"empty", nil, MaxControlFrame, "EOF"},
+		{"unknown kind", []byte{200, 0}, MaxControlFrame, "unknown frame kind"},
+		{"kind zero", []byte{0, 0}, MaxControlFrame, "unknown frame kind"},
+		{"oversized", append([]byte{byte(KindHello)}, 0xff, 0xff, 0xff, 0xff, 0x0f), MaxControlFrame, "too large"},
+		{"over limit", good, 1, "too large"},
+		{"garbage body", []byte{byte(KindHello), 3, 0xff, 0xff, 0xff}, MaxControlFrame, "decode"},
+		{"trailing", append(append([]byte{}, good...), 0), MaxControlFrame, "trailing"},
+		{"wrong type", []byte{byte(KindHeartbeat), 1, 0x61}, MaxControlFrame, "decode"},
+		{"unknown field", []byte{byte(KindHeartbeat), 3, 0xa1, 0x18, 0x63}, MaxControlFrame, "decode"},
+		{"dup key", []byte{byte(KindHeartbeat), 5, 0xa2, 0x01, 0x01, 0x01, 0x02}, MaxControlFrame, "decode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Unmarshal(tt.in, tt.max)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReadAccept(t *testing.T) {
+	b, _ := Marshal(&StreamAccept{Code: CodeForbidden, Message: "no"})
+	err := ReadAccept(NewReader(bytes.NewReader(b)))
+	var pe *Error
+	if !errors.As(err, &pe) || pe.Code != CodeForbidden {
+		t.Fatalf("err = %v, want forbidden *Error", err)
+	}
+	b, _ = Marshal(&StreamAccept{})
+	if err := ReadAccept(NewReader(bytes.NewReader(b))); err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+}
+
+func FuzzUnmarshal(f *testing.F) {
+	for _, m := range sampleMessages() {
+		b, _ := Marshal(m)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Unmarshal(b, MaxControlFrame)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must encode again and decode to the same value.
+		b2, err := Marshal(m)
+		if err != nil {
+			t.Fatalf("re-encode %s: %v", m.Kind(), err)
+		}
+		m2, err := Unmarshal(b2, MaxControlFrame)
+		if err != nil {
+			t.Fatalf("re-decode %s: %v", m.Kind(), err)
+		}
+		b3, _ := Marshal(m2)
+		if !bytes.Equal(b2, b3) {
+			t.Fatalf("encoding not stable: %x then %x", b2, b3)
+		}
+	})
+}

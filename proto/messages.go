@@ -1,0 +1,187 @@
+package proto
+
+// Kind names the type of a frame's body.
+type Kind uint8
+
+// Frame kinds. Append new kinds at the end only.
+const (
+	KindHello         Kind = 1
+	KindHelloAck      Kind = 2
+	KindHeartbeat     Kind = 3
+	KindHeartbeatAck  Kind = 4
+	KindRenewRequest  Kind = 5
+	KindRenewResponse Kind = 6
+	KindError         Kind = 7
+	KindStreamHeader  Kind = 8
+	KindStreamAccept  Kind = 9
+	kindEnd           Kind = 10 // one past the last kind
+)
+
+var kindNames = [...]string{
+	KindHello:         "hello",
+	KindHelloAck:      "hello-ack",
+	KindHeartbeat:     "heartbeat",
+	KindHeartbeatAck:  "heartbeat-ack",
+	KindRenewRequest:  "renew-request",
+	KindRenewResponse: "renew-response",
+	KindError:         "error",
+	KindStreamHeader:  "stream-header",
+	KindStreamAccept:  "stream-accept",
+}
+
+func (k Kind) String() string {
+	if k > 0 && k < kindEnd {
+		return kindNames[k]
+	}
+	return "kind(" + itoa(int(k)) + ")"
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// Message is a frame body. Each message type reports its own kind.
+type Message interface {
+	Kind() Kind
+}
+
+// Hello is the agent's first message on the control stream. The device's
+// identity is its mTLS certificate; Name is checked against it.
+type Hello struct {
+	ProtocolVersion int               `cbor:"1,keyasint"`
+	Name            string            `cbor:"2,keyasint"`
+	AgentVersion    string            `cbor:"3,keyasint,omitempty"`
+	OS              string            `cbor:"4,keyasint,omitempty"`
+	Arch            string            `cbor:"5,keyasint,omitempty"`
+	Labels          map[string]string `cbor:"6,keyasint,omitempty"`
+	// Time is the device clock in Unix milliseconds; the fleet compares it
+	// with its own to spot devices without a real-time clock.
+	Time     int64    `cbor:"7,keyasint,omitempty"`
+	Services []string `cbor:"8,keyasint,omitempty"`
+}
+
+// HelloAck answers Hello. It tells the device the fleet's time (devices often
+// have no real-time clock) and its link settings.
+type HelloAck struct {
+	DeviceID   string `cbor:"1,keyasint"`
+	ServerTime int64  `cbor:"2,keyasint"` // Unix milliseconds
+	// KeepaliveMillis is how often the agent should send a heartbeat when the
+	// link is idle; 0 keeps the agent's own setting.
+	KeepaliveMillis int64 `cbor:"3,keyasint,omitempty"`
+	// RenewAfter is when (Unix milliseconds) the agent should renew its
+	// certificates; 0 means the agent decides from the certificate itself.
+	RenewAfter int64 `cbor:"4,keyasint,omitempty"`
+}
+
+// Heartbeat keeps the tunnel's NAT mapping alive and carries only what
+// changed since the last one (nil fields mean "unchanged").
+type Heartbeat struct {
+	Seq uint64 `cbor:"1,keyasint"`
+	// Labels, when present, replaces the device's labels; an empty map
+	// clears them and an absent one leaves them as they are.
+	Labels map[string]string `cbor:"2,keyasint,omitzero"`
+}
+
+// HeartbeatAck answers a Heartbeat with the fleet's time.
+type HeartbeatAck struct {
+	Seq        uint64 `cbor:"1,keyasint"`
+	ServerTime int64  `cbor:"2,keyasint"`
+}
+
+// RenewRequest asks the fleet for fresh certificates for new keys the device
+// generated. CSR is a DER PKCS#10 request signed by the new TLS key, which
+// proves possession; SSHPublicKey is in SSH wire format.
+type RenewRequest struct {
+	CSR          []byte `cbor:"1,keyasint"`
+	SSHPublicKey []byte `cbor:"2,keyasint"`
+}
+
+// RenewResponse carries renewed certificates, or an error.
+type RenewResponse struct {
+	Cert        []byte   `cbor:"1,keyasint,omitempty"` // DER
+	CACerts     [][]byte `cbor:"2,keyasint,omitempty"` // DER
+	SSHHostCert []byte   `cbor:"3,keyasint,omitempty"` // SSH wire format
+	UserCAKeys  [][]byte `cbor:"4,keyasint,omitempty"` // SSH wire format
+	Err         *Error   `cbor:"5,keyasint,omitempty"`
+}
+
+// Identity is the fleet-verified identity of the user behind a brokered
+// stream. The device trusts it only because it arrives on the fleet's
+// tunnel, and still checks what it can itself (certificate, login).
+type Identity struct {
+	User  string   `cbor:"1,keyasint"`
+	Roles []string `cbor:"2,keyasint,omitempty"`
+	// Login is the device login the fleet allowed for this stream.
+	Login string `cbor:"3,keyasint,omitempty"`
+	// Expires is when the user's certificate expires, Unix milliseconds.
+	Expires int64 `cbor:"4,keyasint,omitempty"`
+	// Cluster is the name of the fleet that verified the user.
+	Cluster string `cbor:"5,keyasint,omitempty"`
+}
+
+// StreamHeader starts every stream the fleet opens to a device.
+type StreamHeader struct {
+	Service   string   `cbor:"1,keyasint"`           // "ssh", later "kube", "app"
+	Target    string   `cbor:"2,keyasint,omitempty"` // service-specific target
+	SessionID string   `cbor:"3,keyasint"`
+	Identity  Identity `cbor:"4,keyasint"`
+	// ClientAddr is the user's address as the fleet saw it, for the audit.
+	ClientAddr string `cbor:"5,keyasint,omitempty"`
+}
+
+// Services the agent can serve.
+const (
+	ServiceSSH = "ssh"
+)
+
+// StreamAccept is the agent's answer to a StreamHeader. A zero Code accepts
+// the stream; anything else refuses it and the stream is closed.
+type StreamAccept struct {
+	Code    ErrorCode `cbor:"1,keyasint"`
+	Message string    `cbor:"2,keyasint,omitempty"`
+}
+
+func (*Hello) Kind() Kind         { return KindHello }
+func (*HelloAck) Kind() Kind      { return KindHelloAck }
+func (*Heartbeat) Kind() Kind     { return KindHeartbeat }
+func (*HeartbeatAck) Kind() Kind  { return KindHeartbeatAck }
+func (*RenewRequest) Kind() Kind  { return KindRenewRequest }
+func (*RenewResponse) Kind() Kind { return KindRenewResponse }
+func (*Error) Kind() Kind         { return KindError }
+func (*StreamHeader) Kind() Kind  { return KindStreamHeader }
+func (*StreamAccept) Kind() Kind  { return KindStreamAccept }
+
+// newMessage returns a zero message of kind k, or nil for an unknown kind.
+func newMessage(k Kind) Message {
+	switch k {
+	case KindHello:
+		return new(Hello)
+	case KindHelloAck:
+		return new(HelloAck)
+	case KindHeartbeat:
+		return new(Heartbeat)
+	case KindHeartbeatAck:
+		return new(HeartbeatAck)
+	case KindRenewRequest:
+		return new(RenewRequest)
+	case KindRenewResponse:
+		return new(RenewResponse)
+	case KindError:
+		return new(Error)
+	case KindStreamHeader:
+		return new(StreamHeader)
+	case KindStreamAccept:
+		return new(StreamAccept)
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+// Package proto is the wire protocol that edge-agent and fleetd share.
+//
+// A device tunnel is one QUIC connection whose ALPN names the protocol
+// version. The agent opens the first bidirectional stream, the control
+// stream, and both sides exchange framed CBOR messages on it (hello,
+// heartbeats, certificate renewal, errors). For every brokered user
+// connection the fleet opens a further bidirectional stream that starts with a
+// StreamHeader frame; the agent answers with a StreamAccept frame and from
+// then on the stream carries raw bytes.
+//
+// A frame is one kind byte, the body length as an unsigned varint, and the
+// CBOR body. Decoders reject unknown kinds, oversized frames, duplicate map
+// keys and trailing bytes with an error; they never panic.
+//
+// Package proto imports neither firmware/ nor fleet/; both sides import it.
+//
+// # Changelog
+//
+// Version 1 (2026-11-21): hello/hello-ack, heartbeat/heartbeat-ack,
+// renew request/response, error, stream header/accept.
+package proto
+
+import "fmt"
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// ALPN is the TLS application protocol that names Version on the tunnel.
+const ALPN = "remoteler-edge/1"
+
+// ErrorCode classifies a refusal or failure on the wire. Codes only ever grow
+// at the end: a code's number never changes meaning.
+type ErrorCode uint16
+
+// Error codes. Append new codes at the end only.
+const (
+	CodeOK              ErrorCode = 0
+	CodeInternal        ErrorCode = 1
+	CodeBadRequest      ErrorCode = 2
+	CodeUnauthenticated ErrorCode = 3
+	CodeForbidden       ErrorCode = 4
+	CodeNotFound        ErrorCode = 5
+	CodeUnavailable     ErrorCode = 6
+	CodeVersion         ErrorCode = 7
+	CodeConflict        ErrorCode = 8
+	CodeExpired         ErrorCode = 9
+)
+
+var codeNames = [...]string{
+	CodeOK:              "ok",
+	CodeInternal:        "internal",
+	CodeBadRequest:      "bad request",
+	CodeUnauthenticated: "unauthenticated",
+	CodeForbidden:       "forbidden",
+	CodeNotFound:        "not found",
+	CodeUnavailable:     "unavailable",
+	CodeVersion:         "version mismatch",
+	CodeConflict:        "conflict",
+	CodeExpired:         "expired",
+}
+
+func (c ErrorCode) String() string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("code(%d)", uint16(c))
+}
+
+// Error is a refusal carried on the wire, as a message or inside a
+// StreamAccept. It implements error.
+type Error struct {
+	Code    ErrorCode `cbor:"1,keyasint"`
+	Message string    `cbor:"2,keyasint,omitempty"`
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "proto: " + e.Code.String()
+	}
+	return fmt.Sprintf("proto: %s: %s", e.Code, e.Message)
+}
+
+// Errorf returns an *Error with the code and a formatted message.
+func Errorf(code ErrorCode, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
