@@ -1,0 +1,453 @@
+// Package tunnel keeps the agent's QUIC tunnel to the fleet: it dials out,
+// says hello on the control stream, sends heartbeats, renews certificates on
+// request, accepts the streams the fleet opens for brokered connections, and
+// redials with jittered exponential back-off whenever the connection dies.
+//
+// Only firmware/... imports this package.
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/quicconn"
+)
+
+// Config configures a Client. The zero value of each optional field works.
+type Config struct {
+	// Addr is the fleet's host:port (UDP). Resolved again on every dial.
+	Addr string
+	// TLSConfig returns the client TLS config for the next dial: the
+	// device's client certificate and how to verify the fleet. It is called
+	// per dial so renewed certificates take effect. Required.
+	TLSConfig func() (*tls.Config, error)
+	// Hello returns the hello to send on each new connection. Required.
+	Hello func() *proto.Hello
+	// Check decides whether to accept a stream before Handle runs; a
+	// *proto.Error refuses it with that code. Nil accepts every stream.
+	Check func(h *proto.StreamHeader) error
+	// Handle serves an accepted stream. It runs on its own goroutine and
+	// must close conn. Required.
+	Handle func(ctx context.Context, h *proto.StreamHeader, conn net.Conn)
+	// OnHelloAck is called with every HelloAck. Optional.
+	OnHelloAck func(*proto.HelloAck)
+	// OnState is called when the tunnel goes up (true) or down (false).
+	OnState func(up bool)
+
+	// Keepalive is how often QUIC sends a keep-alive when the link is idle;
+	// default 25s, which holds a NAT mapping with a 30 s UDP timeout.
+	Keepalive time.Duration
+	// IdleTimeout closes a connection that hears nothing for this long;
+	// default 3 × Keepalive, at least 30s.
+	IdleTimeout time.Duration
+	// Heartbeat is how often the agent sends an application heartbeat that
+	// tells the fleet it is alive; default 5m. Zero keeps the default;
+	// negative turns heartbeats off.
+	Heartbeat time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay; defaults 500ms
+	// and 1m. The delay doubles per failure, with full jitter.
+	MinBackoff, MaxBackoff time.Duration
+
+	// Logger receives the tunnel's logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Keepalive <= 0 {
+		c.Keepalive = 25 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = max(3*c.Keepalive, 30*time.Second)
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 5 * time.Minute
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 500 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Client keeps one tunnel up. Create it with New and call Run.
+type Client struct {
+	cfg   Config
+	log   *slog.Logger
+	nudge chan struct{}
+
+	up        atomic.Bool
+	reconnect atomic.Int64
+
+	mu   sync.Mutex // guards ctrl
+	ctrl *control   // current control stream, nil when down
+}
+
+// New returns a client for cfg.
+func New(cfg Config) *Client {
+	cfg.setDefaults()
+	return &Client{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1)}
+}
+
+// Up reports whether the tunnel is connected and has said hello.
+func (c *Client) Up() bool { return c.up.Load() }
+
+// Reconnects counts the connections made after the first.
+func (c *Client) Reconnects() int64 { return c.reconnect.Load() }
+
+// Nudge cuts a pending back-off short: call it when the link comes back.
+func (c *Client) Nudge() {
+	select {
+	case c.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// Run keeps the tunnel up until ctx is done. It returns nil then.
+func (c *Client) Run(ctx context.Context) error {
+	if c.cfg.TLSConfig == nil || c.cfg.Hello == nil || c.cfg.Handle == nil {
+		return errors.New("tunnel: TLSConfig, Hello and Handle are required")
+	}
+	failures := 0
+	for n := 0; ; n++ {
+		start := c.cfg.Now()
+		if n > 0 {
+			c.reconnect.Add(1)
+		}
+		err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if c.cfg.Now().Sub(start) > time.Minute {
+			failures = 0 // it worked for a while: start back-off afresh
+		}
+		d := backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, failures)
+		failures++
+		c.log.Warn("tunnel down; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-c.nudge:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// backoff returns a full-jitter delay for the n-th consecutive failure.
+func backoff(lo, hi time.Duration, n int) time.Duration {
+	d := lo << min(n, 20)
+	if d <= 0 || d > hi {
+		d = hi
+	}
+	return lo/2 + rand.N(d-lo/2+1)
+}
+
+// session dials once and serves the connection until it dies.
+func (c *Client) session(ctx context.Context) error {
+	tlsConf, err := c.cfg.TLSConfig()
+	if err != nil {
+		return fmt.Errorf("tunnel: tls config: %w", err)
+	}
+	tlsConf = tlsConf.Clone()
+	tlsConf.NextProtos = []string{proto.ALPN}
+	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("tunnel: resolve %s: %w", c.cfg.Addr, err)
+	}
+	// One UDP socket and one Transport per connection; the socket stays
+	// open for the connection's life (quic-go needs it even after a path
+	// switch).
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return fmt.Errorf("tunnel: open udp socket: %w", err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	defer tr.Close()
+	defer udp.Close()
+
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	qc, err := tr.Dial(dctx, raddr, tlsConf, &quic.Config{
+		KeepAlivePeriod: c.cfg.Keepalive,
+		MaxIdleTimeout:  c.cfg.IdleTimeout,
+	})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("tunnel: dial fleet %s: %w", c.cfg.Addr, err)
+	}
+	defer qc.CloseWithError(0, "agent closing")
+
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("tunnel: open control stream: %w", err)
+	}
+	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}}
+	hello := c.cfg.Hello()
+	hello.ProtocolVersion = proto.Version
+	if err := ctrl.send(hello); err != nil {
+		return fmt.Errorf("tunnel: send hello: %w", err)
+	}
+	st.SetReadDeadline(time.Now().Add(15 * time.Second))
+	m, err := proto.ReadMsg(ctrl.r, proto.MaxControlFrame)
+	if err != nil {
+		return fmt.Errorf("tunnel: read hello answer: %w", closeReason(qc, err))
+	}
+	st.SetReadDeadline(time.Time{})
+	switch m := m.(type) {
+	case *proto.HelloAck:
+		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr())
+		if skew := time.UnixMilli(m.ServerTime).Sub(c.cfg.Now()); skew > time.Minute || skew < -time.Minute {
+			c.log.Warn("device clock differs from the fleet's", "skew", skew.Round(time.Second),
+				"fleet_time", time.UnixMilli(m.ServerTime).UTC())
+		}
+		if c.cfg.OnHelloAck != nil {
+			c.cfg.OnHelloAck(m)
+		}
+	case *proto.Error:
+		return fmt.Errorf("tunnel: fleet refused hello: %w", m)
+	default:
+		return fmt.Errorf("tunnel: fleet answered hello with %s", m.Kind())
+	}
+
+	c.mu.Lock()
+	c.ctrl = ctrl
+	c.mu.Unlock()
+	c.up.Store(true)
+	if c.cfg.OnState != nil {
+		c.cfg.OnState(true)
+	}
+	defer func() {
+		c.mu.Lock()
+		c.ctrl = nil
+		c.mu.Unlock()
+		c.up.Store(false)
+		ctrl.fail()
+		if c.cfg.OnState != nil {
+			c.cfg.OnState(false)
+		}
+	}()
+
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		c.acceptStreams(sctx, qc)
+	}()
+	go func() {
+		defer wg.Done()
+		c.heartbeats(sctx, ctrl)
+	}()
+	go func() {
+		<-sctx.Done()
+		qc.CloseWithError(0, "agent closing")
+	}()
+	err = ctrl.readLoop()
+	stop()
+	return closeReason(qc, err)
+}
+
+// closeReason prefers the connection's close reason over a stream error.
+func closeReason(qc *quic.Conn, err error) error {
+	if cause := context.Cause(qc.Context()); cause != nil {
+		var ae *quic.ApplicationError
+		if errors.As(cause, &ae) && ae.Remote {
+			return fmt.Errorf("fleet closed the tunnel: %s (code %d)", ae.ErrorMessage, ae.ErrorCode)
+		}
+		return cause
+	}
+	return err
+}
+
+func (c *Client) heartbeats(ctx context.Context, ctrl *control) {
+	if c.cfg.Heartbeat < 0 {
+		return
+	}
+	t := time.NewTicker(c.cfg.Heartbeat)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			seq++
+			if err := ctrl.send(&proto.Heartbeat{Seq: seq}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (c *Client) acceptStreams(ctx context.Context, qc *quic.Conn) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := qc.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.serveStream(ctx, qc, st)
+		}()
+	}
+}
+
+func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream) {
+	r := proto.NewReader(st)
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h, err := proto.ReadHeader(r)
+	if err != nil {
+		c.log.Warn("bad stream header from fleet", "err", err)
+		st.CancelRead(quic.StreamErrorCode(proto.CodeBadRequest))
+		st.CancelWrite(quic.StreamErrorCode(proto.CodeBadRequest))
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	conn := quicconn.New(qc, st, r)
+	if c.cfg.Check != nil {
+		if err := c.cfg.Check(h); err != nil {
+			pe := &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
+			errors.As(err, &pe)
+			c.log.Warn("stream refused", "service", h.Service, "user", h.Identity.User, "login", h.Identity.Login, "session", h.SessionID, "reason", pe.Message)
+			proto.WriteMsg(conn, &proto.StreamAccept{Code: pe.Code, Message: pe.Message})
+			conn.CloseWrite()
+			return
+		}
+	}
+	if err := proto.WriteMsg(conn, &proto.StreamAccept{}); err != nil {
+		conn.Close()
+		return
+	}
+	c.cfg.Handle(ctx, h, conn)
+}
+
+// Renew sends a renewal request on the control stream and waits for the
+// fleet's answer.
+func (c *Client) Renew(ctx context.Context, req *proto.RenewRequest) (*proto.RenewResponse, error) {
+	c.mu.Lock()
+	ctrl := c.ctrl
+	c.mu.Unlock()
+	if ctrl == nil {
+		return nil, errors.New("tunnel: renew: tunnel is down")
+	}
+	m, err := ctrl.call(ctx, req, proto.KindRenewResponse)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: renew: %w", err)
+	}
+	resp := m.(*proto.RenewResponse)
+	if resp.Err != nil {
+		return nil, fmt.Errorf("tunnel: renew: %w", resp.Err)
+	}
+	return resp, nil
+}
+
+// control is one connection's control stream.
+type control struct {
+	st *quic.Stream
+	r  proto.ByteReader
+
+	wmu sync.Mutex // serialises writes
+
+	mu      sync.Mutex // guards waiters and dead
+	waiters map[proto.Kind]chan proto.Message
+	dead    bool
+}
+
+func (c *control) send(m proto.Message) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return proto.WriteMsg(c.st, m)
+}
+
+// call sends m and waits for a reply of kind want. One call per kind may be
+// outstanding.
+func (c *control) call(ctx context.Context, m proto.Message, want proto.Kind) (proto.Message, error) {
+	ch := make(chan proto.Message, 1)
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return nil, errors.New("tunnel is down")
+	}
+	if _, busy := c.waiters[want]; busy {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("a %s is already pending", want)
+	}
+	c.waiters[want] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if c.waiters[want] == ch {
+			delete(c.waiters, want)
+		}
+		c.mu.Unlock()
+	}()
+	if err := c.send(m); err != nil {
+		return nil, err
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r, ok := <-ch:
+		if !ok {
+			return nil, errors.New("tunnel went down")
+		}
+		return r, nil
+	}
+}
+
+func (c *control) readLoop() error {
+	for {
+		m, err := proto.ReadMsg(c.r, proto.MaxControlFrame)
+		if err != nil {
+			return err
+		}
+		if e, ok := m.(*proto.Error); ok {
+			return fmt.Errorf("fleet: %w", e)
+		}
+		c.mu.Lock()
+		ch := c.waiters[m.Kind()]
+		delete(c.waiters, m.Kind())
+		c.mu.Unlock()
+		if ch != nil {
+			ch <- m
+		}
+		// Unsolicited heartbeat acks and the like need no action.
+	}
+}
+
+// fail wakes every waiter when the connection ends.
+func (c *control) fail() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dead = true
+	for k, ch := range c.waiters {
+		close(ch)
+		delete(c.waiters, k)
+	}
+}

@@ -1,0 +1,340 @@
+// Package tunnelsrv is the fleet's end of the device tunnels: a QUIC listener
+// that authenticates devices by their mTLS certificate, runs each device's
+// control stream (hello, heartbeats, renewals) and opens a stream down a
+// device's tunnel for every brokered user connection.
+//
+// Only fleet/... imports this package.
+package tunnelsrv
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/quicconn"
+)
+
+// Config configures a Server. Required fields say so.
+type Config struct {
+	// TLSConfig is the server's TLS config: its certificate and the client
+	// CAs devices are verified against (RequireAndVerifyClientCert is set
+	// by the server). Required.
+	TLSConfig *tls.Config
+	// Authenticate maps a verified client certificate chain to a device ID,
+	// or refuses it. Required.
+	Authenticate func(cs tls.ConnectionState) (deviceID string, err error)
+	// OnHello checks a device's hello (name, version) and returns the answer;
+	// an error refuses the device with that message. Required.
+	OnHello func(ctx context.Context, deviceID string, addr net.Addr, h *proto.Hello) (*proto.HelloAck, error)
+	// OnHeartbeat is called for each heartbeat. Optional.
+	OnHeartbeat func(deviceID string, hb *proto.Heartbeat)
+	// OnRenew answers a renewal request. Optional: nil refuses renewals.
+	OnRenew func(ctx context.Context, deviceID string, req *proto.RenewRequest) *proto.RenewResponse
+	// OnDisconnect is called when a device's connection ends. Optional.
+	OnDisconnect func(deviceID string, err error)
+	// StatelessResetKey, when set, lets restarted fleets reset stale
+	// connections at once instead of letting them time out.
+	StatelessResetKey *quic.StatelessResetKey
+	// TokenKey, when set, keeps QUIC address-validation tokens valid across
+	// restarts and replicas.
+	TokenKey *quic.TokenGeneratorKey
+	// IdleTimeout closes a connection that hears nothing for this long;
+	// default 90s. Devices send keep-alives more often.
+	IdleTimeout time.Duration
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server accepts device tunnels. Create it with New and call Serve.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	mu    sync.Mutex // guards conns
+	conns map[string]*deviceConn
+}
+
+// deviceConn is one device's live tunnel.
+type deviceConn struct {
+	qc    *quic.Conn
+	since time.Time
+}
+
+// Info describes a connected device's tunnel.
+type Info struct {
+	Addr  net.Addr
+	Since time.Time
+	RTT   time.Duration
+}
+
+// Application error codes used to close QUIC connections; they are the
+// proto error codes.
+const (
+	closeOK       = quic.ApplicationErrorCode(proto.CodeOK)
+	closeReplaced = quic.ApplicationErrorCode(proto.CodeConflict)
+)
+
+// New returns a server for cfg.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{}}
+}
+
+// Serve accepts tunnels on pc until ctx is done.
+func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
+	tlsConf := s.cfg.TLSConfig.Clone()
+	tlsConf.NextProtos = []string{proto.ALPN}
+	tlsConf.ClientAuth = tls.RequireAndVerifyClientCert
+	tlsConf.MinVersion = tls.VersionTLS13
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey, TokenGeneratorKey: s.cfg.TokenKey}
+	defer tr.Close()
+	ln, err := tr.Listen(tlsConf, &quic.Config{
+		MaxIdleTimeout:       s.cfg.IdleTimeout,
+		HandshakeIdleTimeout: 10 * time.Second,
+		MaxIncomingStreams:   4, // the control stream, and a little slack
+	})
+	if err != nil {
+		return fmt.Errorf("tunnelsrv: listen: %w", err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		qc, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("tunnelsrv: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, qc)
+		}()
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
+	log := s.log.With("addr", qc.RemoteAddr())
+	id, err := s.cfg.Authenticate(qc.ConnectionState().TLS)
+	if err != nil {
+		log.Warn("device refused", "reason", err)
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnauthenticated), err.Error())
+		return
+	}
+	log = log.With("device_id", id)
+	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	st, err := qc.AcceptStream(hctx)
+	cancel()
+	if err != nil {
+		log.Warn("device opened no control stream", "err", err)
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeBadRequest), "no control stream")
+		return
+	}
+	r := proto.NewReader(st)
+	st.SetReadDeadline(time.Now().Add(15 * time.Second))
+	m, err := proto.ReadMsg(r, proto.MaxControlFrame)
+	if err != nil {
+		s.refuse(log, qc, st, proto.Errorf(proto.CodeBadRequest, "bad hello: %v", err))
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	hello, ok := m.(*proto.Hello)
+	if !ok {
+		s.refuse(log, qc, st, proto.Errorf(proto.CodeBadRequest, "first message is %s, want hello", m.Kind()))
+		return
+	}
+	if hello.ProtocolVersion != proto.Version {
+		s.refuse(log, qc, st, proto.Errorf(proto.CodeVersion, "agent speaks protocol %d, fleet speaks %d: update the agent", hello.ProtocolVersion, proto.Version))
+		return
+	}
+	ack, err := s.cfg.OnHello(ctx, id, qc.RemoteAddr(), hello)
+	if err != nil {
+		pe := &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
+		errors.As(err, &pe)
+		s.refuse(log, qc, st, pe)
+		return
+	}
+	ctrl := &ctrlStream{st: st}
+	if err := ctrl.send(ack); err != nil {
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
+		return
+	}
+	dc := &deviceConn{qc: qc, since: s.cfg.Now()}
+	s.mu.Lock()
+	old := s.conns[id]
+	s.conns[id] = dc
+	s.mu.Unlock()
+	if old != nil {
+		old.qc.CloseWithError(closeReplaced, "replaced by a newer connection of the same device")
+	}
+	log.Info("device connected", "name", hello.Name, "agent_version", hello.AgentVersion)
+
+	err = s.controlLoop(ctx, id, ctrl, r)
+	s.mu.Lock()
+	current := s.conns[id] == dc
+	if current {
+		delete(s.conns, id)
+	}
+	s.mu.Unlock()
+	qc.CloseWithError(closeOK, "")
+	if current {
+		log.Info("device disconnected", "err", err)
+		if s.cfg.OnDisconnect != nil {
+			s.cfg.OnDisconnect(id, err)
+		}
+	}
+}
+
+// refuse tells the device why on the control stream, then closes.
+func (s *Server) refuse(log *slog.Logger, qc *quic.Conn, st *quic.Stream, pe *proto.Error) {
+	log.Warn("device refused", "code", pe.Code, "reason", pe.Message)
+	st.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	proto.WriteMsg(st, pe)
+	st.Close()
+	qc.CloseWithError(quic.ApplicationErrorCode(pe.Code), pe.Message)
+}
+
+func (s *Server) controlLoop(ctx context.Context, id string, ctrl *ctrlStream, r proto.ByteReader) error {
+	stop := context.AfterFunc(ctx, func() { ctrl.st.CancelRead(0) })
+	defer stop()
+	for {
+		m, err := proto.ReadMsg(r, proto.MaxControlFrame)
+		if err != nil {
+			var pe *proto.Error
+			if !errors.As(err, &pe) && !isConnErr(err) {
+				// A malformed frame: tell the device and drop it.
+				ctrl.send(proto.Errorf(proto.CodeBadRequest, "%v", err))
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *proto.Heartbeat:
+			if s.cfg.OnHeartbeat != nil {
+				s.cfg.OnHeartbeat(id, m)
+			}
+			if err := ctrl.send(&proto.HeartbeatAck{Seq: m.Seq, ServerTime: s.cfg.Now().UnixMilli()}); err != nil {
+				return err
+			}
+		case *proto.RenewRequest:
+			resp := &proto.RenewResponse{Err: proto.Errorf(proto.CodeUnavailable, "renewal is not offered")}
+			if s.cfg.OnRenew != nil {
+				resp = s.cfg.OnRenew(ctx, id, m)
+			}
+			if err := ctrl.send(resp); err != nil {
+				return err
+			}
+		default:
+			err := fmt.Errorf("unexpected %s on the control stream", m.Kind())
+			ctrl.send(&proto.Error{Code: proto.CodeBadRequest, Message: err.Error()})
+			return err
+		}
+	}
+}
+
+func isConnErr(err error) bool {
+	var ae *quic.ApplicationError
+	var ie *quic.IdleTimeoutError
+	var se *quic.StreamError
+	return errors.As(err, &ae) || errors.As(err, &ie) || errors.As(err, &se) || errors.Is(err, net.ErrClosed)
+}
+
+type ctrlStream struct {
+	st  *quic.Stream
+	wmu sync.Mutex // serialises writes
+}
+
+func (c *ctrlStream) send(m proto.Message) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return proto.WriteMsg(c.st, m)
+}
+
+// ErrOffline is returned by Open for a device with no live tunnel.
+var ErrOffline = errors.New("tunnelsrv: device is offline")
+
+// Open opens a stream down deviceID's tunnel, sends h and waits for the
+// agent's acceptance. A refusal comes back as *proto.Error.
+func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
+	s.mu.Lock()
+	dc := s.conns[deviceID]
+	s.mu.Unlock()
+	if dc == nil {
+		return nil, ErrOffline
+	}
+	st, err := dc.qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tunnelsrv: open stream: %w", err)
+	}
+	r := proto.NewReader(st)
+	conn := quicconn.New(dc.qc, st, r)
+	if err := proto.WriteMsg(conn, h); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tunnelsrv: send stream header: %w", err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	st.SetReadDeadline(deadline)
+	if err := proto.ReadAccept(r); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	st.SetReadDeadline(time.Time{})
+	return conn, nil
+}
+
+// Online reports whether deviceID has a live tunnel.
+func (s *Server) Online(deviceID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[deviceID] != nil
+}
+
+// Info describes deviceID's live tunnel.
+func (s *Server) Info(deviceID string) (Info, bool) {
+	s.mu.Lock()
+	dc := s.conns[deviceID]
+	s.mu.Unlock()
+	if dc == nil {
+		return Info{}, false
+	}
+	return Info{Addr: dc.qc.RemoteAddr(), Since: dc.since, RTT: dc.qc.ConnectionStats().SmoothedRTT}, true
+}
+
+// Count returns the number of connected devices.
+func (s *Server) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Disconnect closes deviceID's tunnel, if any, with a reason the agent logs.
+func (s *Server) Disconnect(deviceID, reason string) {
+	s.mu.Lock()
+	dc := s.conns[deviceID]
+	s.mu.Unlock()
+	if dc != nil {
+		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeForbidden), reason)
+	}
+}
