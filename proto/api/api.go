@@ -206,6 +206,9 @@ type RoleSpec struct {
 type RoleConditions struct {
 	Logins       []string            `json:"logins,omitempty"`
 	DeviceLabels map[string][]string `json:"device_labels,omitempty"`
+	// Admin grants (in allow) or takes away (in deny) the fleet admin API:
+	// users, roles, tokens, devices rm, status.
+	Admin bool `json:"admin,omitempty"`
 }
 
 // RoleOptions hold per-role settings.

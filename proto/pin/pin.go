@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 const prefix = "sha256:"
@@ -44,6 +45,12 @@ var ErrMismatch = errors.New("pin: the server's CA does not match the pin; check
 // whose pin is want, and the leaf must be valid for serverName (when not
 // empty) under that CA. It returns the pinned CA.
 func Verify(rawCerts [][]byte, want, serverName string) (*x509.Certificate, error) {
+	return VerifyAt(rawCerts, want, serverName, time.Time{})
+}
+
+// VerifyAt is Verify with validity checked at the time at instead of now
+// (zero means now), for devices whose clock is not yet set.
+func VerifyAt(rawCerts [][]byte, want, serverName string, at time.Time) (*x509.Certificate, error) {
 	if len(rawCerts) == 0 {
 		return nil, errors.New("pin: the server sent no certificate")
 	}
@@ -75,6 +82,7 @@ func Verify(rawCerts [][]byte, want, serverName string) (*x509.Certificate, erro
 		DNSName:       serverName,
 		Roots:         roots,
 		Intermediates: inter,
+		CurrentTime:   at,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	if err != nil {

@@ -1,0 +1,348 @@
+// Package agent is edge-agent's main loop: it joins the fleet once with a
+// token, keeps its identity in bbolt in the data dir, keeps the QUIC tunnel
+// up, serves the SSH sessions the fleet brokers down it, renews its
+// certificates before they expire, and tells systemd how it is doing.
+// The edge-agent command is a thin main around Run.
+//
+// Only firmware/cmd/edge-agent and tests import this package.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"remoteler.dev/edge/firmware/buildinfo"
+	"remoteler.dev/edge/firmware/identity"
+	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/proto"
+)
+
+// Config configures the agent. The zero value of every field except Fleet
+// (for a first start) and DataDir works.
+type Config struct {
+	// Fleet is the fleet's host:port (TCP for joining, UDP for the
+	// tunnel). Once joined, the stored address is used when Fleet is empty.
+	Fleet string `json:"fleet"`
+	// Token is a join token or a join string (TOKEN@sha256:PIN). Needed
+	// only for the first start; ignored once the device has joined.
+	Token string `json:"token"`
+	// CAPin verifies the fleet on the first start when the token is not a
+	// join string.
+	CAPin string `json:"ca_pin"`
+	// DataDir holds agent.db; default /var/lib/edge-agent.
+	DataDir string `json:"data_dir"`
+	// Name is the device's name in the fleet; default the host name.
+	Name string `json:"name"`
+	// Labels describe the device for role selectors (site=north).
+	Labels map[string]string `json:"labels"`
+	// Keepalive is how often the tunnel sends a keep-alive on an idle
+	// link; default 25s (holds a 30 s NAT mapping).
+	Keepalive time.Duration `json:"keepalive"`
+	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
+	SFTPCommand []string `json:"-"`
+
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger `json:"-"`
+	// Notify tells the supervisor (systemd) about readiness and health; nil
+	// is fine.
+	Notify Notifier `json:"-"`
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time `json:"-"`
+}
+
+// Notifier is what the agent tells its supervisor (service.Notifier).
+type Notifier interface {
+	Ready() error
+	Stopping() error
+	Status(string) error
+	RunWatchdog(ctx context.Context, healthy func() bool)
+}
+
+// DefaultDataDir is where the agent keeps its state by default.
+const DefaultDataDir = "/var/lib/edge-agent"
+
+// Agent is a running agent; see Run.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	store *identity.Store
+	clock *Clock
+
+	mu sync.Mutex // guards id
+	id *identity.Identity
+
+	tunnel *tunnel.Client
+	ssh    *sshd.Server
+	// tick is when the maintenance loop last ran (Unix nanoseconds); the
+	// watchdog is fed only while it keeps ticking.
+	tick atomic.Int64
+}
+
+// Run starts the agent and runs it until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return a.Run(ctx)
+}
+
+// New opens the agent's state and joins the fleet if the device has not
+// joined yet.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("agent: no --name and no host name: %w", err)
+		}
+		cfg.Name = h
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: data dir: %w", err)
+	}
+	st, err := identity.Open(filepath.Join(cfg.DataDir, "agent.db"), 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, store: st}
+	a.clock = newClock(cfg.Now, a.log)
+	id, err := st.Load()
+	switch {
+	case errors.Is(err, identity.ErrNotJoined):
+		id, err = a.join(ctx)
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+	case err != nil:
+		st.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	default:
+		if cfg.Token != "" {
+			a.log.Info("device already joined; ignoring the join token", "device", id.Name, "device_id", id.DeviceID)
+		}
+		if cfg.Name != id.Name && cfg.Name != "" {
+			a.log.Warn("device keeps the name it joined with", "name", id.Name, "configured", cfg.Name)
+		}
+	}
+	a.id = id
+	a.clock.setOffset(id.ClockOffset)
+	return a, nil
+}
+
+// Close releases the agent's state.
+func (a *Agent) Close() error { return a.store.Close() }
+
+func (a *Agent) identity() *identity.Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
+}
+
+func (a *Agent) fleetAddr() string {
+	if a.cfg.Fleet != "" {
+		return a.cfg.Fleet
+	}
+	return a.identity().Fleet
+}
+
+// Up reports whether the tunnel is connected.
+func (a *Agent) Up() bool { return a.tunnel != nil && a.tunnel.Up() }
+
+// Run serves until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	id := a.identity()
+	log := a.log.With("device", id.Name, "device_id", id.DeviceID)
+	a.ssh = sshd.New(sshd.Config{
+		HostSigner: func() ssh.Signer {
+			s, _ := a.identity().HostSigner()
+			return s
+		},
+		UserCAKeys: func() []ssh.PublicKey {
+			k, _ := a.identity().UserCAs()
+			return k
+		},
+		Logger:      a.log.With("component", "sshd"),
+		Now:         a.clock.Now,
+		SFTPCommand: a.cfg.SFTPCommand,
+	})
+	a.tunnel = tunnel.New(tunnel.Config{
+		Addr:       a.fleetAddr(),
+		TLSConfig:  a.tunnelTLS,
+		Hello:      a.hello,
+		Check:      a.check,
+		Handle:     a.handle,
+		OnHelloAck: a.helloAck,
+		OnState: func(up bool) {
+			if a.cfg.Notify != nil {
+				s := "tunnel down, reconnecting"
+				if up {
+					s = "tunnel up to " + a.fleetAddr()
+				}
+				a.cfg.Notify.Status(s)
+			}
+		},
+		Keepalive: a.cfg.Keepalive,
+		Logger:    a.log,
+		Now:       a.cfg.Now,
+	})
+	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		a.tunnel.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.renewLoop(ctx)
+	}()
+	if a.cfg.Notify != nil {
+		// Ready once state is loaded and the loops run: a flaky link must
+		// not fail the start.
+		a.cfg.Notify.Ready()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.cfg.Notify.RunWatchdog(ctx, a.healthy)
+		}()
+	}
+	<-ctx.Done()
+	if a.cfg.Notify != nil {
+		a.cfg.Notify.Stopping()
+	}
+	log.Info("edge-agent stopping")
+	wg.Wait()
+	return nil
+}
+
+// healthy reports whether the maintenance loop ran recently.
+func (a *Agent) healthy() bool {
+	return time.Since(time.Unix(0, a.tick.Load())) < 3*maintenanceTick
+}
+
+func (a *Agent) hello() *proto.Hello {
+	id := a.identity()
+	return &proto.Hello{
+		Name:         id.Name,
+		AgentVersion: buildinfo.Version,
+		OS:           runtime.GOOS,
+		Arch:         runtime.GOARCH,
+		Labels:       a.cfg.Labels,
+		Time:         a.cfg.Now().UnixMilli(),
+		Services:     []string{proto.ServiceSSH},
+	}
+}
+
+func (a *Agent) helloAck(ack *proto.HelloAck) {
+	off := time.UnixMilli(ack.ServerTime).Sub(a.cfg.Now())
+	a.clock.setOffset(off)
+	a.mu.Lock()
+	id := *a.id
+	id.ClockOffset = a.clock.Offset()
+	a.id = &id
+	a.mu.Unlock()
+	if err := a.store.Save(&id); err != nil {
+		a.log.Warn("save clock offset", "err", err)
+	}
+}
+
+// check refuses streams the agent cannot serve before any byte flows.
+func (a *Agent) check(h *proto.StreamHeader) error {
+	if h.Service != proto.ServiceSSH {
+		return proto.Errorf(proto.CodeNotFound, "this device does not offer %q", h.Service)
+	}
+	if h.Identity.User == "" || h.Identity.Login == "" {
+		return proto.Errorf(proto.CodeBadRequest, "stream header names no user or login")
+	}
+	return nil
+}
+
+func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+	log := a.log.With("session", h.SessionID, "user", h.Identity.User, "login", h.Identity.Login)
+	log.Info("ssh session brokered", "client", h.ClientAddr)
+	if err := a.ssh.ServeConn(ctx, conn, h.Identity); err != nil {
+		log.Info("ssh connection ended", "err", err)
+	}
+}
+
+// tunnelTLS is the client TLS config for the next tunnel dial.
+func (a *Agent) tunnelTLS() (*tls.Config, error) {
+	id := a.identity()
+	cert, err := id.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := id.CertPool()
+	if err != nil {
+		return nil, err
+	}
+	host, _, err := net.SplitHostPort(a.fleetAddr())
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ServerName:   host,
+		MinVersion:   tls.VersionTLS13,
+		// The chain is verified against the fleet's CAs at the fleet's
+		// time, which a device without a real-time clock may not know.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyChain(raw, pool, host, a.clock.VerifyTime)
+		},
+	}, nil
+}
+
+// verifyChain checks a server chain against pool for host at the time
+// at(leaf) gives.
+func verifyChain(raw [][]byte, pool *x509.CertPool, host string, at func(leaf *x509.Certificate) time.Time) error {
+	if len(raw) == 0 {
+		return errors.New("agent: the fleet sent no certificate")
+	}
+	leaf, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return fmt.Errorf("agent: fleet certificate: %w", err)
+	}
+	inter := x509.NewCertPool()
+	for _, r := range raw[1:] {
+		if c, err := x509.ParseCertificate(r); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{
+		DNSName: host, Roots: pool, Intermediates: inter, CurrentTime: at(leaf),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return fmt.Errorf("agent: verify fleet certificate: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+// Command fleetd is the fleet service: CAs, users, roles, join tokens, the
+// device tunnels and the brokering of user connections to devices.
+//
+//	fleetd start --data-dir=DIR [--listen=HOST:PORT] [--config=fleetd.yaml]
+//	fleetd version
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"remoteler.dev/edge/firmware/buildinfo"
+	"remoteler.dev/edge/fleet/fleetd"
+)
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "help" || os.Args[1] == "-h" || os.Args[1] == "--help" {
+		fmt.Fprint(os.Stderr, "usage: fleetd start [flags] | fleetd version\n\nRun \"fleetd start -h\" for the flags.\n")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "start":
+		os.Exit(start(os.Args[2:]))
+	case "version", "--version":
+		fmt.Println("fleetd", buildinfo.String())
+	default:
+		fmt.Fprintf(os.Stderr, "fleetd: unknown command %q\n", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+func start(args []string) int {
+	fs := flag.NewFlagSet("fleetd start", flag.ContinueOnError)
+	configPath := fs.String("config", "", "YAML config `file`; flags given on the command line override it")
+	dataDir := fs.String("data-dir", "", "`DIR` for the store and the admin identity (required)")
+	listen := fs.String("listen", "", "`HOST:PORT` for HTTPS (TCP) and device tunnels (UDP) (default 0.0.0.0:3080)")
+	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
+	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
+	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var cfg fleetd.Config
+	if *configPath != "" {
+		c, err := fleetd.LoadConfig(*configPath)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		cfg = c
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "data-dir":
+			cfg.DataDir = *dataDir
+		case "listen":
+			cfg.Listen = *listen
+		case "cluster":
+			cfg.Cluster = *cluster
+		case "public-addr":
+			cfg.PublicAddrs = strings.Split(*public, ",")
+		case "log-level":
+			cfg.LogLevel = *logLevel
+		}
+	})
+	fleetd.Version = buildinfo.Version
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.Level()}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := fleetd.Run(ctx, cfg, log, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}

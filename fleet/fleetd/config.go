@@ -1,0 +1,97 @@
+// Package fleetd wires the fleet service together: it opens the store in the
+// data dir, loads or creates the CAs, listens for HTTPS (TCP) and device
+// tunnels (QUIC over UDP) on one port, and serves until its context ends.
+// The fleetd command is a thin main around Run.
+//
+// Only fleet/cmd/fleetd and tests import this package.
+package fleetd
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is fleetd's configuration, from flags or a YAML file. The zero
+// value of every field but DataDir works.
+type Config struct {
+	// DataDir holds the store (fleet.db) and the admin identity (admin/).
+	// Required.
+	DataDir string `json:"data_dir"`
+	// Listen is the host:port for HTTPS (TCP) and tunnels (UDP); default
+	// "0.0.0.0:3080". Port 0 picks a free port.
+	Listen string `json:"listen"`
+	// Cluster names the fleet; default "fleet". Devices are reached as
+	// DEVICE.<cluster> from OpenSSH.
+	Cluster string `json:"cluster"`
+	// PublicAddrs are the DNS names and IPs clients use to reach the fleet;
+	// they go into its TLS certificate. Default: this host's name,
+	// localhost, 127.0.0.1, ::1 and the Listen host.
+	PublicAddrs []string `json:"public_addrs"`
+	// UserCertTTL is the default lifetime of user certificates; default 8h.
+	UserCertTTL Duration `json:"user_cert_ttl"`
+	// DeviceCertTTL is the lifetime of device certificates; default 168h.
+	DeviceCertTTL Duration `json:"device_cert_ttl"`
+	// LogLevel is debug, info, warn or error; default info.
+	LogLevel string `json:"log_level"`
+}
+
+// Duration is a time.Duration written as "8h" in YAML.
+type Duration time.Duration
+
+// UnmarshalJSON reads "8h"-style durations.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("bad duration %s: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes "8h0m0s"-style durations.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Duration(d).String() + `"`), nil
+}
+
+// LoadConfig reads a YAML config file. Unknown keys are an error.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("fleetd: read config: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return c, fmt.Errorf("fleetd: config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = "0.0.0.0:3080"
+	}
+	if c.Cluster == "" {
+		c.Cluster = "fleet"
+	}
+	if c.UserCertTTL == 0 {
+		c.UserCertTTL = Duration(8 * time.Hour)
+	}
+	if c.DeviceCertTTL == 0 {
+		c.DeviceCertTTL = Duration(7 * 24 * time.Hour)
+	}
+}
+
+// Level parses LogLevel.
+func (c *Config) Level() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

@@ -1,0 +1,170 @@
+package httpapi
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/tunnelsrv"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
+)
+
+func (s *Server) apiDevice(d devices.Device) api.Device {
+	out := d.API()
+	if info, ok := s.Tunnels.Info(d.ID); ok {
+		out.Online = true
+		out.Addr = info.Addr.String()
+		out.LastSeen = s.now().UTC()
+	}
+	return out
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) {
+	all, err := s.Devices.List(r.Context())
+	if err != nil {
+		s.storeError(w, "list devices", err)
+		return
+	}
+	out := []api.Device{}
+	for _, d := range all {
+		ad := s.apiDevice(d)
+		if c.checker != nil {
+			if !c.checker.CanSeeDevice(d.Labels) {
+				continue
+			}
+			ad.Logins = c.checker.DeviceLogins(d.Labels)
+		}
+		out = append(out, ad)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func newSessionID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// connect brokers one connection: it checks the user's roles, opens a
+// stream down the device's tunnel, answers 101 and splices the two.
+func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
+	q := r.URL.Query()
+	name, login, service := q.Get("device"), q.Get("login"), q.Get("service")
+	if service == "" {
+		service = proto.ServiceSSH
+	}
+	sid := newSessionID()
+	log := s.audit().With("event", "session.connect", "user", c.name(), "device", name, "login", login,
+		"service", service, "session", sid, "remote", r.RemoteAddr)
+	deny := func(status int, code, msg string) {
+		log.Warn("access denied", "reason", msg)
+		writeError(w, status, code, msg)
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), api.UpgradeProto) {
+		deny(http.StatusBadRequest, api.CodeBadRequest, "connect needs Upgrade: "+api.UpgradeProto)
+		return
+	}
+	if c.checker == nil {
+		deny(http.StatusForbidden, api.CodeForbidden, "only users can connect to devices")
+		return
+	}
+	if service != proto.ServiceSSH {
+		deny(http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("unknown service %q", service))
+		return
+	}
+	dev, err := s.Devices.ByName(r.Context(), name)
+	if err != nil || !c.checker.CanSeeDevice(dev.Labels) {
+		// The same answer for unknown and hidden devices.
+		deny(http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no device %q that you can reach: see tsh ls", name))
+		return
+	}
+	if err := c.checker.CheckDevice(dev.Name, dev.Labels, login); err != nil {
+		deny(http.StatusForbidden, api.CodeForbidden, err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+	conn, err := s.Tunnels.Open(ctx, dev.ID, &proto.StreamHeader{
+		Service:   service,
+		SessionID: sid,
+		Identity: proto.Identity{
+			User: c.user.Name, Roles: c.user.Roles, Login: login, Cluster: s.Cluster,
+			Expires: c.id.Expires.UnixMilli(),
+		},
+		ClientAddr: r.RemoteAddr,
+	})
+	cancel()
+	if err != nil {
+		var pe *proto.Error
+		switch {
+		case errors.Is(err, tunnelsrv.ErrOffline):
+			deny(http.StatusServiceUnavailable, api.CodeDeviceOffline, fmt.Sprintf("device %q is offline (last seen %s)", dev.Name, dev.LastSeen.UTC().Format(time.RFC3339)))
+		case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
+			deny(http.StatusForbidden, api.CodeForbidden, "the device refused: "+pe.Message)
+		default:
+			deny(http.StatusBadGateway, api.CodeDeviceOffline, fmt.Sprintf("device %q did not answer: %v", dev.Name, err))
+		}
+		return
+	}
+	defer conn.Close()
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		deny(http.StatusInternalServerError, api.CodeInternal, "connection cannot be upgraded (HTTP/2?): use HTTP/1.1")
+		return
+	}
+	client, brw, err := hj.Hijack()
+	if err != nil {
+		log.Error("hijack failed", "err", err)
+		return
+	}
+	defer client.Close()
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", api.UpgradeProto)
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	start := s.now()
+	log.Info("session started", "event", "session.start")
+	up, down := splice(client, brw.Reader, conn)
+	log.Info("session ended", "event", "session.end", "bytes_up", up, "bytes_down", down, "duration", s.now().Sub(start).Round(time.Millisecond).String())
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// splice copies both ways until both directions end, passing half-closes
+// on. It returns the bytes sent to the device and back.
+func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down int64) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		up, _ = io.Copy(dev, io.MultiReader(clientBuf, client))
+		if cw, ok := dev.(closeWriter); ok {
+			cw.CloseWrite()
+		} else {
+			dev.Close()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		down, _ = io.Copy(client, dev)
+		if cw, ok := client.(closeWriter); ok {
+			cw.CloseWrite()
+		} else {
+			client.Close()
+		}
+	}()
+	wg.Wait()
+	return up, down
+}

@@ -1,0 +1,278 @@
+// Package httpapi is fleetd's HTTPS API: open endpoints for ping, device join
+// and user login; certificate-authenticated endpoints for listing devices and
+// brokering connections down device tunnels; and the admin endpoints that
+// fleetctl calls. The paths and JSON types are in proto/api.
+//
+// Every brokered connection is checked against the user's current roles
+// before a stream is opened to the device, and every access decision is
+// logged on the "audit" logger.
+//
+// Only fleet/... imports this package.
+package httpapi
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/tunnelsrv"
+	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
+)
+
+// Server serves the API. Fields without a default are required.
+type Server struct {
+	CA      *ca.Authority
+	Users   *users.Service
+	Roles   *rbac.Roles
+	Tokens  *tokens.Service
+	Devices *devices.Registry
+	Tunnels *tunnelsrv.Server
+
+	Cluster   string
+	Version   string
+	Listen    string
+	StartedAt time.Time
+
+	// UserCertTTL is the default lifetime of user certificates; default 8h.
+	// Roles' max_session_ttl caps it.
+	UserCertTTL time.Duration
+	// DeviceCertTTL is the lifetime of device certificates; default 7 days.
+	// Agents renew at half-life.
+	DeviceCertTTL time.Duration
+
+	// Logger receives operational logs; Audit receives access decisions.
+	// Nil discards them.
+	Logger *slog.Logger
+	Audit  *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// maxBody bounds every request body.
+const maxBody = 1 << 20
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (s *Server) audit() *slog.Logger {
+	if s.Audit != nil {
+		return s.Audit
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (s *Server) userTTL() time.Duration {
+	if s.UserCertTTL > 0 {
+		return s.UserCertTTL
+	}
+	return 8 * time.Hour
+}
+
+func (s *Server) deviceTTL() time.Duration {
+	if s.DeviceCertTTL > 0 {
+		return s.DeviceCertTTL
+	}
+	return 7 * 24 * time.Hour
+}
+
+// Handler returns the API's HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathPing, s.ping)
+	mux.HandleFunc("POST "+api.PathJoin, s.join)
+	mux.HandleFunc("POST "+api.PathLogin, s.login)
+
+	mux.Handle("GET "+api.PathWhoami, s.authed(s.whoami))
+	mux.Handle("GET "+api.PathDevices, s.authed(s.listDevices))
+	mux.Handle("GET "+api.PathConnect, s.authed(s.connect))
+
+	mux.Handle("GET "+api.PathUsers, s.admin(s.listUsers))
+	mux.Handle("POST "+api.PathUsers, s.admin(s.addUser))
+	mux.Handle("DELETE "+api.PathUsers+"/{name}", s.admin(s.deleteUser))
+	mux.Handle("GET "+api.PathRoles, s.admin(s.listRoles))
+	mux.Handle("PUT "+api.PathRoles, s.admin(s.putRole))
+	mux.Handle("DELETE "+api.PathRoles+"/{name}", s.admin(s.deleteRole))
+	mux.Handle("GET "+api.PathTokens, s.admin(s.listTokens))
+	mux.Handle("POST "+api.PathTokens, s.admin(s.addToken))
+	mux.Handle("DELETE "+api.PathTokens+"/{id}", s.admin(s.deleteToken))
+	mux.Handle("DELETE "+api.PathDevices+"/{name}", s.admin(s.deleteDevice))
+	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// caller is the authenticated party behind a request.
+type caller struct {
+	id      ca.Identity
+	user    api.User     // for KindUser
+	checker *rbac.Checker // for KindUser
+}
+
+func (c *caller) isAdmin() bool {
+	return c.id.Kind == ca.KindAdmin || (c.id.Kind == ca.KindUser && c.checker.IsAdmin())
+}
+
+func (c *caller) name() string {
+	if c.id.Kind == ca.KindUser {
+		return c.id.Name
+	}
+	return string(c.id.Kind) + ":" + c.id.Name
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c *caller)
+
+// identify authenticates the request's client certificate. Users are
+// looked up afresh: a removed user or a changed role takes effect at once.
+func (s *Server) identify(r *http.Request) (*caller, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, errors.New("this endpoint needs a client certificate: run tsh login")
+	}
+	cert := r.TLS.PeerCertificates[0]
+	id, err := s.CA.Identify(cert)
+	if err != nil {
+		if s.now().After(cert.NotAfter) {
+			return nil, fmt.Errorf("your certificate expired at %s: run tsh login", cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+		return nil, fmt.Errorf("bad client certificate: %v", err)
+	}
+	c := &caller{id: id}
+	switch id.Kind {
+	case ca.KindUser:
+		u, err := s.Users.Get(r.Context(), id.Name)
+		if err != nil {
+			return nil, fmt.Errorf("user %q no longer exists", id.Name)
+		}
+		checker, err := s.checker(r.Context(), u)
+		if err != nil {
+			return nil, err
+		}
+		c.user, c.checker = u, checker
+	case ca.KindAdmin:
+	default:
+		return nil, fmt.Errorf("a %s certificate cannot call this endpoint", id.Kind)
+	}
+	return c, nil
+}
+
+// checker builds the access checker from the user's current roles.
+func (s *Server) checker(ctx context.Context, u api.User) (*rbac.Checker, error) {
+	var roles []api.Role
+	for _, name := range u.Roles {
+		role, err := s.Roles.Get(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			s.log().Warn("user has a role that does not exist; ignoring it", "user", u.Name, "role", name)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		roles = append(roles, role)
+	}
+	return rbac.NewChecker(roles, u.Traits), nil
+}
+
+func (s *Server) authed(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := s.identify(r)
+		if err != nil {
+			s.audit().Warn("request refused", "event", "auth.denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", err.Error())
+			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+			return
+		}
+		h(w, r, c)
+	})
+}
+
+func (s *Server) admin(h handlerFunc) http.Handler {
+	return s.authed(func(w http.ResponseWriter, r *http.Request, c *caller) {
+		if !c.isAdmin() {
+			s.audit().Warn("admin request refused", "event", "admin.denied", "user", c.name(), "method", r.Method, "path", r.URL.Path)
+			writeError(w, http.StatusForbidden, api.CodeForbidden, "this needs a fleet admin role")
+			return
+		}
+		h(w, r, c)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, &api.Error{Code: code, Message: msg})
+}
+
+// readJSON decodes a bounded request body, refusing unknown fields.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: trailing data")
+		return false
+	}
+	return true
+}
+
+// storeError answers an error from a service, mapping the store's sentinel
+// errors to statuses.
+func (s *Server) storeError(w http.ResponseWriter, op string, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, api.CodeNotFound, err.Error())
+	case errors.Is(err, store.ErrExists), errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, api.CodeConflict, err.Error())
+	default:
+		var ve interface{ InvalidInput() bool }
+		if errors.As(err, &ve) && ve.InvalidInput() {
+			writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+			return
+		}
+		s.log().Error(op, "err", err)
+		writeError(w, http.StatusInternalServerError, api.CodeInternal, op+": internal error (see fleetd's log)")
+	}
+}
+
+func derCerts(certs []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(certs))
+	for i, c := range certs {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.Ping{
+		Cluster: s.Cluster, Version: s.Version, ProtocolVersion: 1, CAPin: s.CA.Pin(), ServerTime: s.now().UTC(),
+	})
+}

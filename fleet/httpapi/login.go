@@ -1,0 +1,179 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
+)
+
+// HostPrincipals are the names a device's SSH host certificate is valid
+// for: its name, its name under the cluster (for OpenSSH's Host *.cluster
+// block) and its ID.
+func HostPrincipals(name, cluster, id string) []string {
+	return []string{name, name + "." + cluster, id}
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	log := s.audit().With("event", "device.join", "name", req.Name, "remote", r.RemoteAddr)
+	refuse := func(status int, code, msg string) {
+		log.Warn("join refused", "reason", msg)
+		writeError(w, status, code, msg)
+	}
+	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublicKey))
+	if err != nil {
+		refuse(http.StatusBadRequest, api.CodeBadRequest, "bad ssh_public_key: "+err.Error())
+		return
+	}
+	if err := devices.CheckName(req.Name); err != nil {
+		refuse(http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	if _, err := s.Devices.ByName(r.Context(), req.Name); err == nil {
+		refuse(http.StatusConflict, api.CodeConflict, "a device called "+req.Name+" is already in the fleet: remove it with `fleetctl devices rm "+req.Name+"` or start the agent with another --name")
+		return
+	}
+	tokenLabels, err := s.Tokens.Consume(r.Context(), req.Token)
+	if err != nil {
+		switch {
+		case errors.Is(err, tokens.ErrTokenInvalid), errors.Is(err, tokens.ErrTokenExpired), errors.Is(err, tokens.ErrTokenUsedUp):
+			refuse(http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+		default:
+			s.storeError(w, "join", err)
+		}
+		return
+	}
+	labels := map[string]string{}
+	for k, v := range req.Labels {
+		labels[k] = v
+	}
+	for k, v := range tokenLabels { // the admin's labels win
+		labels[k] = v
+	}
+	dev, err := s.Devices.Register(r.Context(), devices.Device{
+		Name: req.Name, Labels: labels, TokenLabels: tokenLabels, AgentVersion: req.AgentVersion, Addr: r.RemoteAddr,
+	})
+	if err != nil {
+		if errors.Is(err, devices.ErrNameTaken) {
+			refuse(http.StatusConflict, api.CodeConflict, err.Error())
+			return
+		}
+		s.storeError(w, "join", err)
+		return
+	}
+	resp, err := s.deviceCerts(dev, req.CSR, sshPub)
+	if err != nil {
+		s.Devices.Delete(r.Context(), dev.ID)
+		refuse(http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	log.Info("device joined", "device_id", dev.ID, "labels", labels)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// deviceCerts issues a device's X.509 client certificate and SSH host
+// certificate.
+func (s *Server) deviceCerts(dev devices.Device, csr []byte, sshPub ssh.PublicKey) (*api.JoinResponse, error) {
+	cert, err := s.CA.SignDeviceX509(csr, dev.ID, s.deviceTTL())
+	if err != nil {
+		return nil, err
+	}
+	hostCert, err := s.CA.SignHostSSH(sshPub, dev.ID, HostPrincipals(dev.Name, s.Cluster, dev.ID), s.deviceTTL())
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.JoinResponse{
+		DeviceID:    dev.ID,
+		Name:        dev.Name,
+		Cluster:     s.Cluster,
+		Cert:        cert,
+		CACerts:     derCerts(s.CA.CACerts()),
+		SSHHostCert: string(ssh.MarshalAuthorizedKey(hostCert)),
+		ServerTime:  s.now().UTC(),
+	}
+	for _, k := range s.CA.UserCAKeys() {
+		resp.UserCAKeys = append(resp.UserCAKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
+	}
+	return resp, nil
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	var req api.LoginRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	log := s.audit().With("event", "user.login", "user", req.User, "remote", r.RemoteAddr)
+	u, err := s.Users.Authenticate(r.Context(), req.User, req.Password, req.TOTP)
+	switch {
+	case err == nil:
+	case errors.Is(err, users.ErrTOTPRequired):
+		writeError(w, http.StatusUnauthorized, api.CodeTOTPRequired, "enter the code from your authenticator app")
+		return
+	case errors.Is(err, users.ErrBadCredentials):
+		log.Warn("login failed", "reason", "bad credentials")
+		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "wrong user name, password or code")
+		return
+	case errors.Is(err, users.ErrLocked):
+		log.Warn("login failed", "reason", "locked")
+		writeError(w, http.StatusTooManyRequests, api.CodeUnauthorized, err.Error())
+		return
+	default:
+		s.storeError(w, "login", err)
+		return
+	}
+	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublicKey))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad ssh_public_key: "+err.Error())
+		return
+	}
+	checker, err := s.checker(r.Context(), u)
+	if err != nil {
+		s.storeError(w, "login", err)
+		return
+	}
+	ttl := checker.MaxTTL(s.userTTL())
+	if req.TTL > 0 && req.TTL < ttl {
+		ttl = req.TTL
+	}
+	logins := checker.AllLogins()
+	resp := api.LoginResponse{User: u.Name, Roles: u.Roles, Logins: logins, Cluster: s.Cluster, Expires: s.now().Add(ttl).UTC()}
+	if len(logins) > 0 {
+		sshCert, err := s.CA.SignUserSSH(sshPub, u.Name, logins, ttl)
+		if err != nil {
+			s.storeError(w, "login", err)
+			return
+		}
+		resp.SSHCert = string(ssh.MarshalAuthorizedKey(sshCert))
+	}
+	cert, err := s.CA.SignUserX509(req.CSR, u.Name, ttl)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	resp.Cert = cert
+	resp.CACerts = derCerts(s.CA.CACerts())
+	for _, k := range s.CA.HostCAKeys() {
+		resp.HostCAKeys = append(resp.HostCAKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
+	}
+	log.Info("user logged in", "roles", u.Roles, "logins", logins, "ttl", ttl.String())
+	s.audit().Info("certificate issued", "event", "cert.issued", "user", u.Name, "expires", resp.Expires)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request, c *caller) {
+	resp := api.Whoami{User: c.name(), Expires: c.id.Expires}
+	if c.checker != nil {
+		resp.Roles, resp.Logins = c.user.Roles, c.checker.AllLogins()
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
