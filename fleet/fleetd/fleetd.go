@@ -119,11 +119,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	dh.configure(&tcfg)
 	tunnels := tunnelsrv.New(tcfg)
 
+	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         &users.Service{Store: st, Now: now, Logger: log},
 		Roles:         roles,
-		Tokens:        &tokens.Service{Store: st, Now: now, Logger: log},
+		Tokens:        toks,
 		Devices:       reg,
 		Tunnels:       tunnels,
 		Cluster:       cfg.Cluster,
@@ -169,6 +170,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	go func() {
 		defer wg.Done()
 		refresh(ctx, log, func() error {
+			if _, err := toks.Prune(ctx); err != nil {
+				log.Warn("prune join tokens", "err", err)
+			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
 			}
@@ -324,7 +328,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 // stateless resets then end stale connections at once, and address tokens
 // stay valid.
 type quicKeys struct {
-	Reset quic.StatelessResetKey  `json:"reset"`
+	Reset quic.StatelessResetKey `json:"reset"`
 	Token quic.TokenGeneratorKey `json:"token"`
 }
 

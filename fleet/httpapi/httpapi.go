@@ -28,6 +28,7 @@ import (
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
 
@@ -129,7 +130,7 @@ func (s *Server) Handler() http.Handler {
 // caller is the authenticated party behind a request.
 type caller struct {
 	id      ca.Identity
-	user    api.User     // for KindUser
+	user    api.User      // for KindUser
 	checker *rbac.Checker // for KindUser
 }
 
@@ -273,6 +274,6 @@ func derCerts(certs []*x509.Certificate) [][]byte {
 
 func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Ping{
-		Cluster: s.Cluster, Version: s.Version, ProtocolVersion: 1, CAPin: s.CA.Pin(), ServerTime: s.now().UTC(),
+		Cluster: s.Cluster, Version: s.Version, ProtocolVersion: proto.Version, CAPin: s.CA.Pin(), ServerTime: s.now().UTC(),
 	})
 }

@@ -61,7 +61,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		labels[k] = v
 	}
 	dev, err := s.Devices.Register(r.Context(), devices.Device{
-		Name: req.Name, Labels: labels, TokenLabels: tokenLabels, AgentVersion: req.AgentVersion, Addr: r.RemoteAddr,
+		Name: req.Name, Labels: labels, TokenLabels: tokenLabels, TokenID: tokens.IDOf(req.Token),
+		AgentVersion: req.AgentVersion, Addr: r.RemoteAddr,
 	})
 	if err != nil {
 		if errors.Is(err, devices.ErrNameTaken) {

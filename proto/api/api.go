@@ -174,9 +174,10 @@ type AddUserResponse struct {
 //	spec:
 //	  allow:
 //	    logins: ["{{internal.logins}}", pi]
-//	    device_labels: {site: north}
+//	    device_labels: {site: [north]}
 //	  deny:
 //	    logins: [root]
+//	    device_labels: {"*": ["*"]}
 //	  options:
 //	    max_session_ttl: 8h
 type Role struct {

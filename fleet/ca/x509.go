@@ -1,0 +1,250 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Kind is what holds an X.509 client certificate; it is the certificate's
+// Subject OU.
+type Kind string
+
+// Kinds of client certificate.
+const (
+	KindUser   Kind = "user"   // a user, from tsh login
+	KindDevice Kind = "device" // a device's agent, from join
+	KindAdmin  Kind = "admin"  // the admin identity fleetctl uses
+)
+
+// AdminName is the CN of the admin identity.
+const AdminName = "fleetctl"
+
+// Identity is who a verified client certificate names.
+type Identity struct {
+	Kind    Kind
+	Name    string // user name, device ID or AdminName
+	Expires time.Time
+}
+
+// maxNameLen bounds the names put in certificates.
+const maxNameLen = 255
+
+// checkName refuses names that are empty, too long, not UTF-8 or hold
+// control characters.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty name")
+	case len(name) > maxNameLen:
+		return fmt.Errorf("name longer than %d bytes", maxNameLen)
+	case !utf8.ValidString(name):
+		return errors.New("name is not UTF-8")
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return errors.New("name holds a control character")
+	}
+	return nil
+}
+
+// checkLeafKey accepts the key types our clients generate: ECDSA on the NIST
+// curves and Ed25519.
+func checkLeafKey(pub any) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return nil
+		}
+		return fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
+	case ed25519.PublicKey:
+		return nil
+	}
+	return fmt.Errorf("unsupported key type %T; use ECDSA P-256 or Ed25519", pub)
+}
+
+// issue signs a leaf certificate for pub with the active X.509 CA key.
+// NotBefore is backdated by X509Backdate; NotAfter is now+ttl, capped by the
+// CA's own NotAfter.
+func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage x509.ExtKeyUsage, dns []string, ips []net.IP, ttl time.Duration) (*x509.Certificate, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("ttl %v is not positive", ttl)
+	}
+	ca := a.set(X509).active()
+	serial, err := randSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := a.now()
+	notAfter := now.Add(ttl)
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter
+	}
+	subject.Organization = []string{a.cluster}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               subject,
+		NotBefore:             now.Add(-X509Backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
+		BasicConstraintsValid: true,
+		DNSNames:              dns,
+		IPAddresses:           ips,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// ServerCert issues the fleet's own TLS server certificate (HTTPS and QUIC)
+// for hosts, which are DNS names or IP addresses, valid for ttl. The chain
+// is [leaf, active CA]; the leaf key is a new ECDSA P-256 key.
+func (a *Authority) ServerCert(hosts []string, ttl time.Duration) (tls.Certificate, error) {
+	if len(hosts) == 0 {
+		return tls.Certificate{}, errors.New("ca: server certificate: no hosts")
+	}
+	var dns []string
+	var ips []net.IP
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+			continue
+		}
+		if h == "" || strings.ContainsAny(h, " /:") {
+			return tls.Certificate{}, fmt.Errorf("ca: server certificate: bad host %q", h)
+		}
+		dns = append(dns, h)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: server certificate: %w", err)
+	}
+	leaf, err := a.issue(key.Public(), pkix.Name{CommonName: hosts[0]}, x509.ExtKeyUsageServerAuth, dns, ips, ttl)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: server certificate: %w", err)
+	}
+	ca := a.set(X509).active().cert
+	return tls.Certificate{
+		Certificate: [][]byte{leaf.Raw, ca.Raw},
+		PrivateKey:  key,
+		Leaf:        leaf,
+	}, nil
+}
+
+// SignUserX509 issues a user's client certificate (DER) for the key in
+// csrDER, a DER PKCS#10 request whose signature must verify. The request's
+// subject and extensions are ignored: the fleet names the holder.
+func (a *Authority) SignUserX509(csrDER []byte, user string, ttl time.Duration) ([]byte, error) {
+	der, err := a.signCSR(csrDER, KindUser, user, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign user certificate for %q: %w", user, err)
+	}
+	return der, nil
+}
+
+// SignDeviceX509 issues a device's client certificate (DER) for the key in
+// csrDER, as SignUserX509 does for users.
+func (a *Authority) SignDeviceX509(csrDER []byte, deviceID string, ttl time.Duration) ([]byte, error) {
+	der, err := a.signCSR(csrDER, KindDevice, deviceID, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign device certificate for %q: %w", deviceID, err)
+	}
+	return der, nil
+}
+
+func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Duration) ([]byte, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("parse csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("csr signature (proof of key possession): %w", err)
+	}
+	if err := checkLeafKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("csr: %w", err)
+	}
+	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), x509.ExtKeyUsageClientAuth, nil, nil, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return cert.Raw, nil
+}
+
+func clientSubject(kind Kind, name string) pkix.Name {
+	return pkix.Name{CommonName: name, OrganizationalUnit: []string{string(kind)}}
+}
+
+// AdminIdentity makes the admin identity fleetctl uses: a new ECDSA P-256
+// key (PEM "PRIVATE KEY", PKCS#8) and its client certificate (PEM
+// "CERTIFICATE", CN AdminName, OU "admin"), valid for ttl. The CA
+// certificates are not included: get them from CACerts.
+func (a *Authority) AdminIdentity(ttl time.Duration) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: admin identity: %w", err)
+	}
+	cert, err := a.issue(key.Public(), clientSubject(KindAdmin, AdminName), x509.ExtKeyUsageClientAuth, nil, nil, ttl)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: admin identity: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: admin identity: %w", err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return certPEM, keyPEM, nil
+}
+
+// Identify verifies a client certificate against every trusted X.509 CA at
+// the Authority's clock and returns who it names. Pass the leaf of a
+// verified chain (tls.ConnectionState.VerifiedChains[0][0], with
+// tls.Config.ClientCAs from CertPool); Identify checks it again, so a
+// certificate from elsewhere is safe to pass too. It refuses certificates
+// from other CAs, outside their validity, without client-auth usage, or
+// whose OU is not exactly one known Kind.
+func (a *Authority) Identify(cert *x509.Certificate) (Identity, error) {
+	if cert == nil {
+		return Identity{}, errors.New("ca: identify: no certificate")
+	}
+	_, err := cert.Verify(x509.VerifyOptions{
+		Roots:       a.CertPool(),
+		CurrentTime: a.now(),
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return Identity{}, fmt.Errorf("ca: identify %q: %w", cert.Subject.CommonName, err)
+	}
+	ous := cert.Subject.OrganizationalUnit
+	if len(ous) != 1 {
+		return Identity{}, fmt.Errorf("ca: identify %q: %d OUs, want 1", cert.Subject.CommonName, len(ous))
+	}
+	kind := Kind(ous[0])
+	switch kind {
+	case KindUser, KindDevice, KindAdmin:
+	default:
+		return Identity{}, fmt.Errorf("ca: identify %q: unknown kind %q", cert.Subject.CommonName, kind)
+	}
+	if err := checkName(cert.Subject.CommonName); err != nil {
+		return Identity{}, fmt.Errorf("ca: identify: %w", err)
+	}
+	return Identity{Kind: kind, Name: cert.Subject.CommonName, Expires: cert.NotAfter}, nil
+}

@@ -1,0 +1,307 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/store/memstore"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func newRegistry(t *testing.T) (*Registry, *memstore.Store) {
+	t.Helper()
+	s := memstore.New()
+	t.Cleanup(func() { s.Close() })
+	return &Registry{Store: s, Now: func() time.Time { return t0 }}, s
+}
+
+func TestCheckName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"pi-1", true},
+		{"a", true},
+		{"0", true},
+		{strings.Repeat("a", 63), true},
+		{strings.Repeat("a", 64), false},
+		{"", false},
+		{"-pi", false},
+		{"pi-", false},
+		{"Pi", false},
+		{"pi_1", false},
+		{"pi.1", false},
+		{"pi 1", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := CheckName(tt.name) == nil; got != tt.ok {
+				t.Errorf("CheckName(%q) ok = %v, want %v", tt.name, got, tt.ok)
+			}
+		})
+	}
+}
+
+func TestCheckLabels(t *testing.T) {
+	many := map[string]string{}
+	for i := range MaxLabels + 1 {
+		many[fmt.Sprint("k", i)] = "v"
+	}
+	tests := []struct {
+		name   string
+		labels map[string]string
+		ok     bool
+	}{
+		{"none", nil, true},
+		{"simple", map[string]string{"site": "north", "hw": "rpi4"}, true},
+		{"prefixed key", map[string]string{"remoteler.dev/arch": "arm64"}, true},
+		{"value punctuation", map[string]string{"owner": "ops@acme", "v": "1.2.3+x:y"}, true},
+		{"star key", map[string]string{"*": "x"}, false},
+		{"star value", map[string]string{"env": "*"}, false},
+		{"empty value", map[string]string{"env": ""}, false},
+		{"empty key", map[string]string{"": "x"}, false},
+		{"space in value", map[string]string{"site": "building 4"}, false},
+		{"long value", map[string]string{"k": strings.Repeat("v", 64)}, false},
+		{"too many", many, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := CheckLabels(tt.labels) == nil; got != tt.ok {
+				t.Errorf("CheckLabels(%v) ok = %v, want %v (%v)", tt.labels, got, tt.ok, CheckLabels(tt.labels))
+			}
+		})
+	}
+}
+
+func TestRegisterGetByNameList(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newRegistry(t)
+	d, err := r.Register(ctx, Device{ID: "ignored", Name: "pi-1", Labels: map[string]string{"site": "north"}, OS: "linux", Arch: "arm64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ID == "ignored" || len(d.ID) != 32 {
+		t.Errorf("got ID %q, want 32 new hex digits", d.ID)
+	}
+	if !d.JoinedAt.Equal(t0) || !d.LastSeen.Equal(t0) {
+		t.Errorf("got joined %v last seen %v, want both %v", d.JoinedAt, d.LastSeen, t0)
+	}
+	byID, err := r.Get(ctx, d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName, err := r.ByName(ctx, "pi-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if byID.ID != d.ID || byName.ID != d.ID || byName.Labels["site"] != "north" || byName.Arch != "arm64" {
+		t.Errorf("got %+v and %+v, want %+v", byID, byName, d)
+	}
+	if _, err := r.Register(ctx, Device{Name: "pi-2"}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := r.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 {
+		t.Errorf("got %d devices, want 2", len(list))
+	}
+}
+
+func TestRegisterRefuses(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newRegistry(t)
+	if _, err := r.Register(ctx, Device{Name: "pi-1"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		dev     Device
+		wantErr string
+		is      error
+	}{
+		{"taken", Device{Name: "pi-1"}, "fleetctl devices rm pi-1", ErrNameTaken},
+		{"bad name", Device{Name: "Pi_1"}, "device name", nil},
+		{"bad labels", Device{Name: "pi-2", Labels: map[string]string{"env": "*"}}, "label", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := r.Register(ctx, tt.dev)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("got %v, want it to match %v", err, tt.is)
+			}
+		})
+	}
+	list, _ := r.List(ctx)
+	if len(list) != 1 {
+		t.Errorf("got %d devices after refusals, want 1 (refused registrations must not leave records)", len(list))
+	}
+}
+
+func TestConcurrentRegisterSameName(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newRegistry(t)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { _, errs[i] = r.Register(ctx, Device{Name: "pi-1"}) })
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrNameTaken):
+			t.Errorf("got %v, want nil or ErrNameTaken", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("got %d successful registrations, want 1", ok)
+	}
+	list, _ := r.List(ctx)
+	if len(list) != 1 {
+		t.Errorf("got %d devices, want 1", len(list))
+	}
+}
+
+func TestDelete(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		key  func(d Device) string
+	}{
+		{"by name", func(d Device) string { return d.Name }},
+		{"by id", func(d Device) string { return d.ID }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, s := newRegistry(t)
+			d, err := r.Register(ctx, Device{Name: "pi-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.Delete(ctx, tt.key(d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ID != d.ID {
+				t.Errorf("deleted %q, want %q", got.ID, d.ID)
+			}
+			if _, err := r.Get(ctx, d.ID); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Get after delete: got %v, want ErrNotFound", err)
+			}
+			if items, _ := s.List(ctx, ""); len(items) != 0 {
+				t.Errorf("store still holds %v after delete", items)
+			}
+			if _, err := r.Register(ctx, Device{Name: "pi-1"}); err != nil {
+				t.Errorf("Register after delete: %v, want the name to be free", err)
+			}
+			if _, err := r.Delete(ctx, "nope"); !errors.Is(err, ErrNotFound) || !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("Delete unknown: got %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+func TestStaleNameIsReclaimed(t *testing.T) {
+	ctx := context.Background()
+	r, s := newRegistry(t)
+	d, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Simulate a device record lost without its name entry.
+	if err := s.Delete(ctx, devicePrefix+d.ID); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatalf("Register over a stale name: %v", err)
+	}
+	got, err := r.ByName(ctx, "pi-1")
+	if err != nil || got.ID != d2.ID {
+		t.Errorf("ByName = %q, %v; want %q", got.ID, err, d2.ID)
+	}
+}
+
+func TestUpdate(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newRegistry(t)
+	d, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := t0.Add(time.Hour)
+	tests := []struct {
+		name    string
+		fn      func(*Device) error
+		wantErr string
+	}{
+		{"last seen and version", func(d *Device) error { d.LastSeen = later; d.AgentVersion = "1.2.0"; return nil }, ""},
+		{"labels", func(d *Device) error { d.Labels = map[string]string{"site": "south"}; return nil }, ""},
+		{"bad labels", func(d *Device) error { d.Labels = map[string]string{"site": ""}; return nil }, "label"},
+		{"rename", func(d *Device) error { d.Name = "pi-2"; return nil }, "cannot change"},
+		{"fn error", func(d *Device) error { return errors.New("nope") }, "nope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := r.Update(ctx, d.ID, tt.fn)
+			if tt.wantErr == "" && err != nil {
+				t.Fatalf("got %v, want no error", err)
+			}
+			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	got, _ := r.Get(ctx, d.ID)
+	if !got.LastSeen.Equal(later) || got.AgentVersion != "1.2.0" || got.Labels["site"] != "south" || got.Name != "pi-1" {
+		t.Errorf("got %+v after updates", got)
+	}
+	if _, err := r.Update(ctx, "0123456789abcdef0123456789abcdef", func(*Device) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Update unknown: got %v, want ErrNotFound", err)
+	}
+}
+
+func TestConcurrentUpdate(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newRegistry(t)
+	d, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := r.Update(ctx, d.ID, func(d *Device) error {
+				if d.Labels == nil {
+					d.Labels = map[string]string{}
+				}
+				d.Labels[fmt.Sprint("k", i)] = "v"
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got, _ := r.Get(ctx, d.ID)
+	if len(got.Labels) != n {
+		t.Errorf("got %d labels, want %d: a concurrent update was lost", len(got.Labels), n)
+	}
+}

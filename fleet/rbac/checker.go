@@ -1,0 +1,268 @@
+package rbac
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"remoteler.dev/edge/proto/api"
+)
+
+// AccessDenied is the error of a refused check. Its message says why in
+// words the user can act on.
+type AccessDenied struct {
+	Device string // device name, when the check was about a device
+	Login  string // login asked for, when the check was about a login
+	Role   string // the role whose deny rule refused, or "" when no role allowed
+	// Allowed lists the logins the user does have on the device, when the
+	// device is visible to them but the login is not allowed.
+	Allowed []string
+}
+
+func (e *AccessDenied) Error() string {
+	switch {
+	case e.Role != "" && e.Login != "":
+		return fmt.Sprintf("access denied: role %q denies login %q on device %q", e.Role, e.Login, e.Device)
+	case e.Login == "":
+		return fmt.Sprintf("access denied: no role gives access to device %q", e.Device)
+	case len(e.Allowed) > 0:
+		return fmt.Sprintf("access denied: no role allows login %q on device %q; logins you have there: %s", e.Login, e.Device, strings.Join(e.Allowed, ", "))
+	default:
+		return fmt.Sprintf("access denied: no role allows login %q on device %q", e.Login, e.Device)
+	}
+}
+
+// rule is one side (allow or deny) of one role, with logins expanded.
+type rule struct {
+	role   string
+	labels map[string][]string
+	logins map[string]bool // expanded; "*" only in deny
+	admin  bool
+}
+
+// Checker decides what one user may do, given their roles and traits. It is
+// immutable and safe for concurrent use.
+//
+// Matching a device: a condition's device_labels must match every one of
+// its keys against the device's labels. Key "*" with value "*" matches
+// every device; value "*" matches any value of a key the device has; a
+// device without the key does not match. An empty device_labels matches no
+// device, in allow and in deny alike.
+type Checker struct {
+	allow []rule
+	deny  []rule
+	ttl   time.Duration // smallest max_session_ttl, 0 if none
+}
+
+// NewChecker builds a Checker from a user's roles (already loaded; see
+// Roles.Resolve) and traits (e.g. traits["logins"]). Login templates are
+// expanded here; values that are not valid Unix login names are dropped.
+func NewChecker(roles []api.Role, traits map[string][]string) *Checker {
+	c := &Checker{}
+	for _, r := range roles {
+		name := r.Metadata.Name
+		c.allow = append(c.allow, rule{
+			role:   name,
+			labels: r.Spec.Allow.DeviceLabels,
+			logins: expand(r.Spec.Allow.Logins, traits, false),
+			admin:  r.Spec.Allow.Admin,
+		})
+		c.deny = append(c.deny, rule{
+			role:   name,
+			labels: r.Spec.Deny.DeviceLabels,
+			logins: expand(r.Spec.Deny.Logins, traits, true),
+			admin:  r.Spec.Deny.Admin,
+		})
+		if d, err := time.ParseDuration(r.Spec.Options.MaxSessionTTL); err == nil && d > 0 {
+			if c.ttl == 0 || d < c.ttl {
+				c.ttl = d
+			}
+		}
+	}
+	return c
+}
+
+// expand resolves templates and drops invalid logins. "*" is kept only when
+// wildcard is true (deny rules).
+func expand(logins []string, traits map[string][]string, wildcard bool) map[string]bool {
+	out := make(map[string]bool)
+	add := func(l string) {
+		if (wildcard && l == Wildcard) || CheckLogin(l) == nil {
+			out[l] = true
+		}
+	}
+	for _, l := range logins {
+		if m := templateRE.FindStringSubmatch(l); m != nil {
+			for _, v := range traits[m[1]] {
+				if v != Wildcard { // a trait value never acts as a wildcard
+					add(v)
+				}
+			}
+			continue
+		}
+		add(l)
+	}
+	return out
+}
+
+// matchLabels reports whether selector matches a device with labels.
+func matchLabels(selector map[string][]string, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, vals := range selector {
+		if k == Wildcard {
+			if !slices.Contains(vals, Wildcard) {
+				return false
+			}
+			continue
+		}
+		v, ok := labels[k]
+		if !ok {
+			return false
+		}
+		if !slices.Contains(vals, Wildcard) && !slices.Contains(vals, v) {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckDevice decides whether the user may log in as login on the device
+// named deviceName with these labels. Deny wins: a deny rule whose labels
+// match the device and whose logins contain login (or "*") refuses even if
+// another role allows. It returns nil or an *AccessDenied.
+func (c *Checker) CheckDevice(deviceName string, labels map[string]string, login string) error {
+	for _, d := range c.deny {
+		if matchLabels(d.labels, labels) && (d.logins[login] || d.logins[Wildcard]) {
+			return &AccessDenied{Device: deviceName, Login: login, Role: d.role}
+		}
+	}
+	for _, a := range c.allow {
+		if a.logins[login] && matchLabels(a.labels, labels) {
+			return nil
+		}
+	}
+	if !c.CanSeeDevice(labels) {
+		return &AccessDenied{Device: deviceName, Login: login}
+	}
+	return &AccessDenied{Device: deviceName, Login: login, Allowed: c.DeviceLogins(labels)}
+}
+
+// CanSeeDevice reports whether some allow rule matches labels and no deny
+// rule with logins "*" does: whether the device shows in the user's lists.
+func (c *Checker) CanSeeDevice(labels map[string]string) bool {
+	for _, d := range c.deny {
+		if d.logins[Wildcard] && matchLabels(d.labels, labels) {
+			return false
+		}
+	}
+	for _, a := range c.allow {
+		if matchLabels(a.labels, labels) {
+			return true
+		}
+	}
+	return false
+}
+
+// DeviceLogins returns the logins the user may use on a device with these
+// labels: those of matching allow rules minus those of matching deny rules,
+// sorted.
+func (c *Checker) DeviceLogins(labels map[string]string) []string {
+	allowed := make(map[string]bool)
+	for _, a := range c.allow {
+		if matchLabels(a.labels, labels) {
+			for l := range a.logins {
+				allowed[l] = true
+			}
+		}
+	}
+	for _, d := range c.deny {
+		if !matchLabels(d.labels, labels) {
+			continue
+		}
+		if d.logins[Wildcard] {
+			return nil
+		}
+		for l := range d.logins {
+			delete(allowed, l)
+		}
+	}
+	if len(allowed) == 0 {
+		return nil
+	}
+	return sortedSet(allowed)
+}
+
+// AllLogins returns the union of the logins allowed by rules that select
+// some device, minus the logins denied everywhere (deny rules with
+// device_labels {"*": ["*"]}), sorted. These are the principals of the
+// user's SSH certificate; the fleet still checks each connection with
+// CheckDevice.
+func (c *Checker) AllLogins() []string {
+	allowed := make(map[string]bool)
+	for _, a := range c.allow {
+		if len(a.labels) == 0 {
+			continue
+		}
+		for l := range a.logins {
+			allowed[l] = true
+		}
+	}
+	for _, d := range c.deny {
+		if !matchesEverywhere(d.labels) {
+			continue
+		}
+		if d.logins[Wildcard] {
+			return nil
+		}
+		for l := range d.logins {
+			delete(allowed, l)
+		}
+	}
+	if len(allowed) == 0 {
+		return nil
+	}
+	return sortedSet(allowed)
+}
+
+// matchesEverywhere reports whether selector matches every device: only a
+// "*" key with a "*" value.
+func matchesEverywhere(selector map[string][]string) bool {
+	return len(selector) == 1 && slices.Contains(selector[Wildcard], Wildcard)
+}
+
+// IsAdmin reports whether some role allows admin and none denies it.
+func (c *Checker) IsAdmin() bool {
+	admin := false
+	for _, a := range c.allow {
+		admin = admin || a.admin
+	}
+	for _, d := range c.deny {
+		if d.admin {
+			return false
+		}
+	}
+	return admin
+}
+
+// MaxTTL returns the smallest max_session_ttl of the user's roles, or def
+// when none sets one.
+func (c *Checker) MaxTTL(def time.Duration) time.Duration {
+	if c.ttl > 0 {
+		return c.ttl
+	}
+	return def
+}
+
+// Roles lists the names of the roles the Checker was built from, sorted.
+func (c *Checker) Roles() []string {
+	names := make([]string, 0, len(c.allow))
+	for _, a := range c.allow {
+		names = append(names, a.role)
+	}
+	sort.Strings(names)
+	return slices.Compact(names)
+}

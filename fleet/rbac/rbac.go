@@ -1,0 +1,222 @@
+// Package rbac holds the fleet's role-based access control: validating and
+// decoding role resources, the preset roles, the role store (JSON under
+// "roles/NAME" in a store.Store) and the Checker that decides, for one
+// user's roles and traits, which devices and logins they may use.
+//
+// Rules, in short (the Checker's doc has the details):
+//   - deny wins over allow, across all of a user's roles;
+//   - a condition selects devices by labels; an empty device_labels selects
+//     no device, in allow and in deny alike, so a deny rule must name labels
+//     ({"*": ["*"]} means every device);
+//   - logins may be templates "{{internal.TRAIT}}" that expand to the user's
+//     trait values (an unknown trait expands to nothing); expanded values
+//     that are not valid Unix login names are dropped.
+//
+// Only fleet/... server packages import rbac.
+package rbac
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/proto/api"
+	"sigs.k8s.io/yaml"
+)
+
+// Kind and Version of role resources.
+const (
+	Kind    = "role"
+	Version = "v1"
+)
+
+// Wildcard matches any label key or value in device_labels, and any login
+// in deny.logins.
+const Wildcard = "*"
+
+var (
+	nameRE     = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
+	loginRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
+	templateRE = regexp.MustCompile(`^\{\{\s*internal\.([A-Za-z0-9_.-]+)\s*\}\}$`)
+)
+
+// CheckName reports whether name is a valid role (and user) name: 1 to 64
+// characters of lower-case letters, digits, '.', '_' and '-'.
+func CheckName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("name %q must be 1 to 64 characters of a-z, 0-9, '.', '_' and '-'", name)
+	}
+	if name == "." || name == ".." {
+		return fmt.Errorf("name %q is reserved", name)
+	}
+	return nil
+}
+
+// CheckLogin reports whether login is a valid Unix login name: 1 to 32
+// characters of letters, digits, '_', '.' and '-', not starting with a digit,
+// '.' or '-'.
+func CheckLogin(login string) error {
+	if !loginRE.MatchString(login) {
+		return fmt.Errorf("login %q is not a valid Unix login name (1 to 32 characters of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or '_')", login)
+	}
+	return nil
+}
+
+// Validate checks a role: kind "role", version "v1", a valid name, logins
+// that are valid Unix login names or "{{internal.TRAIT}}" templates ("*"
+// only in deny), label selectors with non-empty keys and values (key "*"
+// only with value "*"), a deny that names logins also names device labels,
+// and a max_session_ttl that parses as a positive Go duration. Unknown
+// fields are caught by Decode, which reads role documents.
+func Validate(r api.Role) error {
+	if err := validate(r); err != nil {
+		return fmt.Errorf("rbac: role %q: %w", r.Metadata.Name, err)
+	}
+	return nil
+}
+
+func validate(r api.Role) error {
+	if r.Kind != Kind {
+		return fmt.Errorf("kind is %q, want %q", r.Kind, Kind)
+	}
+	if r.Version != Version {
+		return fmt.Errorf("version is %q, want %q", r.Version, Version)
+	}
+	if err := CheckName(r.Metadata.Name); err != nil {
+		return err
+	}
+	if err := validateConditions("allow", r.Spec.Allow, false); err != nil {
+		return err
+	}
+	if err := validateConditions("deny", r.Spec.Deny, true); err != nil {
+		return err
+	}
+	d := r.Spec.Deny
+	if len(d.Logins) > 0 && len(d.DeviceLabels) == 0 {
+		return errors.New(`deny.logins needs deny.device_labels to select devices; use device_labels: {"*": "*"} to deny everywhere`)
+	}
+	if len(d.DeviceLabels) > 0 && len(d.Logins) == 0 {
+		return errors.New(`deny.device_labels without deny.logins denies nothing; add logins: ["*"] to deny every login there`)
+	}
+	if ttl := r.Spec.Options.MaxSessionTTL; ttl != "" {
+		d, err := time.ParseDuration(ttl)
+		if err != nil {
+			return fmt.Errorf("options.max_session_ttl %q is not a duration like 8h or 30m", ttl)
+		}
+		if d <= 0 {
+			return fmt.Errorf("options.max_session_ttl %q must be positive", ttl)
+		}
+	}
+	return nil
+}
+
+func validateConditions(where string, c api.RoleConditions, deny bool) error {
+	for _, l := range c.Logins {
+		switch {
+		case l == Wildcard && deny:
+		case l == Wildcard:
+			return fmt.Errorf(`%s.logins: "*" is only allowed in deny; list the logins to allow, or use "{{internal.logins}}"`, where)
+		case strings.Contains(l, "{{") || strings.Contains(l, "}}"):
+			if !templateRE.MatchString(l) {
+				return fmt.Errorf(`%s.logins: %q is not a template of the form "{{internal.TRAIT}}"`, where, l)
+			}
+		default:
+			if err := CheckLogin(l); err != nil {
+				return fmt.Errorf("%s.logins: %w", where, err)
+			}
+		}
+	}
+	for k, vals := range c.DeviceLabels {
+		if k != Wildcard && !devices.ValidLabelKey(k) {
+			return fmt.Errorf("%s.device_labels: key %q must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-', or \"*\"", where, k)
+		}
+		if len(vals) == 0 {
+			return fmt.Errorf("%s.device_labels[%q] has no values; use \"*\" to match any value", where, k)
+		}
+		for _, v := range vals {
+			switch {
+			case v == Wildcard:
+			case k == Wildcard:
+				return fmt.Errorf("%s.device_labels: key \"*\" takes only the value \"*\" (every device), not %q", where, v)
+			case v == "":
+				return fmt.Errorf("%s.device_labels[%q] has an empty value", where, k)
+			case !devices.ValidLabelValue(v):
+				return fmt.Errorf("%s.device_labels[%q]: value %q must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', ':', '/', '@', '+', '-', or \"*\"", where, k, v)
+			}
+		}
+	}
+	return nil
+}
+
+// Decode reads a role document in YAML or JSON (JSON is YAML), refusing
+// unknown fields, and validates it. Missing kind and version default to
+// "role" and "v1". In device_labels a single value may be written as a
+// string ({site: north}) instead of a list ({site: [north]}).
+func Decode(data []byte) (api.Role, error) {
+	var r api.Role
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return r, fmt.Errorf("rbac: decode role: %w", err)
+	}
+	j, err = normalizeLabels(j)
+	if err != nil {
+		return r, fmt.Errorf("rbac: decode role: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, fmt.Errorf("rbac: decode role: %w", err)
+	}
+	if dec.More() {
+		return r, errors.New("rbac: decode role: more than one document")
+	}
+	if r.Kind == "" {
+		r.Kind = Kind
+	}
+	if r.Version == "" {
+		r.Version = Version
+	}
+	return r, Validate(r)
+}
+
+// normalizeLabels rewrites spec.{allow,deny}.device_labels values that are
+// single strings into one-element lists. Anything it does not recognise is
+// left for the strict decoder to refuse.
+func normalizeLabels(j []byte) ([]byte, error) {
+	var doc map[string]any
+	if err := json.Unmarshal(j, &doc); err != nil {
+		return nil, errors.New("a role must be a mapping with kind, version, metadata and spec")
+	}
+	spec, _ := doc["spec"].(map[string]any)
+	changed := false
+	for _, side := range []string{"allow", "deny"} {
+		cond, _ := spec[side].(map[string]any)
+		labels, _ := cond["device_labels"].(map[string]any)
+		for k, v := range labels {
+			if s, ok := v.(string); ok {
+				labels[k] = []any{s}
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return j, nil
+	}
+	return json.Marshal(doc)
+}
+
+// sortedSet returns the distinct values of in, sorted.
+func sortedSet(in map[string]bool) []string {
+	out := make([]string, 0, len(in))
+	for v := range in {
+		out = append(out, v)
+	}
+	sort.Strings(out)
+	return out
+}

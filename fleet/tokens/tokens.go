@@ -1,0 +1,335 @@
+// Package tokens manages join tokens: the one-time (or few-times) secrets
+// an admin hands to a device so it can join the fleet. Tokens are stored as
+// JSON under "tokens/ID" in a store.Store; only the SHA-256 of a secret is
+// stored, and the secret is shown once, when the token is created. Only
+// fleet/... server packages import tokens.
+//
+// A secret looks like "jt_" followed by 52 lower-case base32 characters (32
+// random bytes). Its ID is the first 12 hex digits of the secret's SHA-256:
+// short enough to type in `fleetctl tokens rm ID`, and computable from the
+// secret, so Consume finds the record in one read.
+//
+// Expired and used-up tokens stay listed (so an admin can see why a device
+// failed to join) until deleted, or until Prune removes them Retention after
+// they expired or were used up; fleetd calls Prune periodically.
+package tokens
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"regexp"
+	"strings"
+	"time"
+
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/proto/api"
+)
+
+const (
+	prefix       = "tokens/"
+	secretPrefix = "jt_"
+	idLen        = 12 // hex digits
+	// maxRetries bounds Consume's compare-and-swap loop. Every conflict
+	// means another Consume of the same token succeeded, so this is also
+	// the most concurrent joins with one token that are all served.
+	maxRetries = 64
+)
+
+// Defaults of AddTokenRequest.
+const (
+	DefaultTTL  = time.Hour
+	DefaultUses = 1
+)
+
+// Retention is how long Prune keeps a token after it expired or was used
+// up.
+const Retention = 24 * time.Hour
+
+var enc = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+var idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
+
+// Errors of Consume. The errors Consume returns wrap them and say what to
+// do next; test them with errors.Is.
+var (
+	ErrTokenInvalid = errors.New("join token not recognised; check it was copied whole, or create a new one with `fleetctl tokens add`")
+	ErrTokenExpired = errors.New("join token expired")
+	ErrTokenUsedUp  = errors.New("join token has no uses left")
+)
+
+// ErrNotFound is returned by Delete for an unknown ID. It also matches
+// store.ErrNotFound.
+var ErrNotFound error = &kindError{msg: "join token not found", kind: store.ErrNotFound}
+
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
+
+// record is what the store holds for a token.
+type record struct {
+	ID        string            `json:"id"`
+	Hash      string            `json:"sha256"` // hex SHA-256 of the secret
+	Expires   time.Time         `json:"expires"`
+	UsesLeft  int               `json:"uses_left"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	// UsedUpAt is when the last use was consumed, for Prune.
+	UsedUpAt time.Time `json:"used_up_at,omitzero"`
+}
+
+func (r record) api() api.Token {
+	return api.Token{
+		ID:        r.ID,
+		Expires:   r.Expires,
+		UsesLeft:  r.UsesLeft,
+		Labels:    maps.Clone(r.Labels),
+		CreatedAt: r.CreatedAt,
+	}
+}
+
+// Service manages join tokens. Its methods are safe for concurrent use,
+// also across fleetd replicas sharing a store.
+type Service struct {
+	Store store.Store
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+	// Logger receives a line per token added, consumed, refused and
+	// deleted (never the secret). Nil discards.
+	Logger *slog.Logger
+}
+
+func (s *Service) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+func (s *Service) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// hashOf returns the SHA-256 of a secret and the ID derived from it.
+func hashOf(secret string) (sum [sha256.Size]byte, id string) {
+	sum = sha256.Sum256([]byte(secret))
+	return sum, hex.EncodeToString(sum[:])[:idLen]
+}
+
+// IDOf returns the ID of the token whose secret this is (whether or not
+// such a token exists), e.g. to record which token a device joined with.
+func IDOf(secret string) string {
+	_, id := hashOf(strings.TrimSpace(secret))
+	return id
+}
+
+// Add creates a token. Zero TTL means DefaultTTL; zero Uses means
+// DefaultUses. The returned token's Token field holds the secret, which is
+// not stored and cannot be shown again; JoinString and CAPin are left for
+// the caller, which knows the fleet's CA.
+func (s *Service) Add(ctx context.Context, req api.AddTokenRequest) (api.Token, error) {
+	if req.TTL < 0 {
+		return api.Token{}, fmt.Errorf("tokens: add: TTL %v is negative", req.TTL)
+	}
+	if req.Uses < 0 {
+		return api.Token{}, fmt.Errorf("tokens: add: uses %d is negative", req.Uses)
+	}
+	if err := devices.CheckLabels(req.Labels); err != nil {
+		return api.Token{}, fmt.Errorf("tokens: add: %w", err)
+	}
+	if req.TTL == 0 {
+		req.TTL = DefaultTTL
+	}
+	if req.Uses == 0 {
+		req.Uses = DefaultUses
+	}
+	now := s.now().UTC()
+	for range 8 {
+		var raw [32]byte
+		rand.Read(raw[:])
+		secret := secretPrefix + strings.ToLower(enc.EncodeToString(raw[:]))
+		sum, id := hashOf(secret)
+		rec := record{
+			ID:        id,
+			Hash:      hex.EncodeToString(sum[:]),
+			Expires:   now.Add(req.TTL),
+			UsesLeft:  req.Uses,
+			Labels:    maps.Clone(req.Labels),
+			CreatedAt: now,
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return api.Token{}, fmt.Errorf("tokens: add: %w", err)
+		}
+		err = s.Store.Create(ctx, prefix+id, b)
+		if errors.Is(err, store.ErrExists) {
+			continue // an ID collision: 48 bits, so never in practice
+		}
+		if err != nil {
+			return api.Token{}, fmt.Errorf("tokens: add: %w", err)
+		}
+		s.logger().Info("tokens: added", "id", id, "expires", rec.Expires, "uses", rec.UsesLeft, "labels", rec.Labels)
+		t := rec.api()
+		t.Token = secret
+		return t, nil
+	}
+	return api.Token{}, errors.New("tokens: add: could not find a free ID")
+}
+
+// List returns every token (without secrets), ordered by ID.
+func (s *Service) List(ctx context.Context) ([]api.Token, error) {
+	recs, err := s.list(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: list: %w", err)
+	}
+	out := make([]api.Token, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.api())
+	}
+	return out, nil
+}
+
+func (s *Service) list(ctx context.Context) ([]record, error) {
+	items, err := s.Store.List(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]record, 0, len(items))
+	for _, it := range items {
+		var r record
+		if err := json.Unmarshal(it.Value, &r); err != nil {
+			return nil, fmt.Errorf("decode %q: %w", it.Key, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Delete removes the token with this ID, or returns an error matching
+// ErrNotFound.
+func (s *Service) Delete(ctx context.Context, id string) error {
+	id = strings.ToLower(strings.TrimSpace(id))
+	if !idRE.MatchString(id) {
+		return fmt.Errorf("tokens: delete %q: %w", id, ErrNotFound)
+	}
+	err := s.Store.Delete(ctx, prefix+id)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("tokens: delete %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("tokens: delete %q: %w", id, err)
+	}
+	s.logger().Info("tokens: deleted", "id", id)
+	return nil
+}
+
+// Consume spends one use of the token whose secret this is and returns the
+// labels the token gives the joining device. It fails with errors matching
+// ErrTokenInvalid (unknown secret), ErrTokenExpired or ErrTokenUsedUp. Uses
+// are decremented with compare-and-swap, so concurrent Consumes of a
+// one-use token succeed exactly once.
+func (s *Service) Consume(ctx context.Context, secret string) (labels map[string]string, err error) {
+	secret = strings.TrimSpace(secret)
+	sum, id := hashOf(secret)
+	defer func() {
+		if err != nil {
+			s.logger().Warn("tokens: join token refused", "id", id, "err", err)
+		}
+	}()
+	if !strings.HasPrefix(secret, secretPrefix) {
+		return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
+	}
+	key := prefix + id
+	for range maxRetries {
+		old, err := s.Store.Get(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tokens: consume: %w", err)
+		}
+		var r record
+		if err := json.Unmarshal(old, &r); err != nil {
+			return nil, fmt.Errorf("tokens: consume: decode %q: %w", key, err)
+		}
+		want, err := hex.DecodeString(r.Hash)
+		if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
+			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
+		}
+		now := s.now().UTC()
+		if !now.Before(r.Expires) {
+			return nil, fmt.Errorf("tokens: consume: %w at %s; create a new one with `fleetctl tokens add`",
+				ErrTokenExpired, r.Expires.Format(time.RFC3339))
+		}
+		if r.UsesLeft <= 0 {
+			return nil, fmt.Errorf("tokens: consume: %w; create a new one with `fleetctl tokens add` (it can allow several devices)",
+				ErrTokenUsedUp)
+		}
+		r.UsesLeft--
+		if r.UsesLeft == 0 {
+			r.UsedUpAt = now
+		}
+		next, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("tokens: consume: %w", err)
+		}
+		err = s.Store.CompareAndSwap(ctx, key, old, next)
+		switch {
+		case err == nil:
+			s.logger().Info("tokens: consumed", "id", id, "uses_left", r.UsesLeft)
+			return maps.Clone(r.Labels), nil
+		case errors.Is(err, store.ErrConflict):
+			continue
+		case errors.Is(err, store.ErrNotFound):
+			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
+		default:
+			return nil, fmt.Errorf("tokens: consume: %w", err)
+		}
+	}
+	return nil, errors.New("tokens: consume: too many devices joining with this token at once; try again")
+}
+
+// Prune deletes tokens that expired, or were used up, more than Retention
+// ago, and returns how many it deleted.
+func (s *Service) Prune(ctx context.Context) (int, error) {
+	recs, err := s.list(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("tokens: prune: %w", err)
+	}
+	cutoff := s.now().Add(-Retention)
+	n := 0
+	for _, r := range recs {
+		done := r.Expires
+		if r.UsesLeft <= 0 && !r.UsedUpAt.IsZero() && r.UsedUpAt.Before(done) {
+			done = r.UsedUpAt
+		}
+		if !done.Before(cutoff) {
+			continue
+		}
+		err := s.Store.Delete(ctx, prefix+r.ID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return n, fmt.Errorf("tokens: prune: %w", err)
+		}
+		if err == nil {
+			n++
+			s.logger().Info("tokens: pruned", "id", r.ID)
+		}
+	}
+	return n, nil
+}
