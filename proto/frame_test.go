@@ -22,6 +22,8 @@ func sampleMessages() []Message {
 		&Error{Code: CodeVersion, Message: "upgrade"},
 		&StreamHeader{Service: ServiceSSH, SessionID: "s1", Identity: Identity{User: "alice", Login: "root", Roles: []string{"access"}}},
 		&StreamAccept{Code: CodeForbidden, Message: "login not allowed"},
+		&Resume{SessionID: "s1", Secret: []byte{1, 2, 3}, Received: 1 << 40},
+		&ResumeAccept{Code: CodeNotFound, Message: "gone", Received: 7},
 	}
 }
 

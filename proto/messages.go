@@ -14,7 +14,9 @@ const (
 	KindError         Kind = 7
 	KindStreamHeader  Kind = 8
 	KindStreamAccept  Kind = 9
-	kindEnd           Kind = 10 // one past the last kind
+	KindResume        Kind = 10
+	KindResumeAccept  Kind = 11
+	kindEnd           Kind = 12 // one past the last kind
 )
 
 var kindNames = [...]string{
@@ -27,6 +29,8 @@ var kindNames = [...]string{
 	KindError:         "error",
 	KindStreamHeader:  "stream-header",
 	KindStreamAccept:  "stream-accept",
+	KindResume:        "resume",
+	KindResumeAccept:  "resume-accept",
 }
 
 func (k Kind) String() string {
@@ -68,6 +72,10 @@ type Hello struct {
 	// with its own to spot devices without a real-time clock.
 	Time     int64    `cbor:"7,keyasint,omitempty"`
 	Services []string `cbor:"8,keyasint,omitempty"`
+	// BootID is new each time the agent process starts. When it changes,
+	// the fleet drops the sessions it held for the device: a restarted
+	// agent cannot resume them.
+	BootID string `cbor:"9,keyasint,omitempty"`
 }
 
 // HelloAck answers Hello. It tells the device the fleet's time (devices often
@@ -137,6 +145,25 @@ type StreamHeader struct {
 	Identity  Identity `cbor:"4,keyasint"`
 	// ClientAddr is the user's address as the fleet saw it, for the audit.
 	ClientAddr string `cbor:"5,keyasint,omitempty"`
+	// Secret is the session's resume secret: the device must show it (on
+	// its own mTLS-authenticated tunnel) to re-attach the session.
+	Secret []byte `cbor:"6,keyasint,omitempty"`
+}
+
+// Resume starts a stream the agent opens after a reconnect to re-attach a
+// session. Received is how many bytes of the session the agent has.
+type Resume struct {
+	SessionID string `cbor:"1,keyasint"`
+	Secret    []byte `cbor:"2,keyasint"`
+	Received  uint64 `cbor:"3,keyasint"`
+}
+
+// ResumeAccept answers Resume: a zero Code re-attaches the session and
+// Received is how many bytes of it the fleet has; anything else ends it.
+type ResumeAccept struct {
+	Code     ErrorCode `cbor:"1,keyasint"`
+	Message  string    `cbor:"2,keyasint,omitempty"`
+	Received uint64    `cbor:"3,keyasint"`
 }
 
 // Services the agent can serve.
@@ -160,6 +187,8 @@ func (*RenewResponse) Kind() Kind { return KindRenewResponse }
 func (*Error) Kind() Kind         { return KindError }
 func (*StreamHeader) Kind() Kind  { return KindStreamHeader }
 func (*StreamAccept) Kind() Kind  { return KindStreamAccept }
+func (*Resume) Kind() Kind        { return KindResume }
+func (*ResumeAccept) Kind() Kind  { return KindResumeAccept }
 
 // newMessage returns a zero message of kind k, or nil for an unknown kind.
 func newMessage(k Kind) Message {
@@ -182,6 +211,10 @@ func newMessage(k Kind) Message {
 		return new(StreamHeader)
 	case KindStreamAccept:
 		return new(StreamAccept)
+	case KindResume:
+		return new(Resume)
+	case KindResumeAccept:
+		return new(ResumeAccept)
 	}
 	return nil
 }

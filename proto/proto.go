@@ -6,7 +6,10 @@
 // heartbeats, certificate renewal, errors). For every brokered user
 // connection the fleet opens a further bidirectional stream that starts with a
 // StreamHeader frame; the agent answers with a StreamAccept frame and from
-// then on the stream carries raw bytes.
+// then on the stream carries the session's resume frames (package resume).
+// After a reconnect the agent opens one stream per live session, starting
+// with a Resume frame; the fleet answers ResumeAccept and the session
+// continues on the new stream.
 //
 // A frame is one kind byte, the body length as an unsigned varint, and the
 // CBOR body. Decoders reject unknown kinds, oversized frames, duplicate map
@@ -17,7 +20,9 @@
 // # Changelog
 //
 // Version 1 (2026-11-21): hello/hello-ack, heartbeat/heartbeat-ack,
-// renew request/response, error, stream header/accept.
+// renew request/response, error, stream header/accept; resume and
+// resume-accept on agent-opened streams, the hello's boot ID and the stream
+// header's resume secret (package resume frames every brokered stream).
 package proto
 
 import "fmt"

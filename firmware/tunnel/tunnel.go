@@ -8,11 +8,13 @@ package tunnel
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -22,6 +24,7 @@ import (
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/quicconn"
+	"remoteler.dev/edge/proto/resume"
 )
 
 // Config configures a Client. The zero value of each optional field works.
@@ -59,6 +62,19 @@ type Config struct {
 	// and 1m. The delay doubles per failure, with full jitter.
 	MinBackoff, MaxBackoff time.Duration
 
+	// SessionHold is how long a session waits for the tunnel to come back
+	// before it ends; default 10m.
+	SessionHold time.Duration
+	// SessionBuffer bounds each session's replay buffer; default 2 MiB.
+	SessionBuffer int
+	// SessionBudget bounds all sessions' replay buffers together; default
+	// 32 MiB.
+	SessionBudget int
+
+	// ListenPacket opens the UDP socket for each connection; default
+	// net.ListenUDP on an ephemeral port. Tests pass simulated sockets.
+	ListenPacket func() (net.PacketConn, error)
+
 	// Logger receives the tunnel's logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -81,6 +97,25 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = time.Minute
 	}
+	if c.SessionHold <= 0 {
+		c.SessionHold = resume.DefaultHold
+	}
+	if c.SessionBuffer <= 0 {
+		c.SessionBuffer = 2 << 20
+	}
+	if c.SessionBudget <= 0 {
+		c.SessionBudget = 32 << 20
+	}
+	if c.ListenPacket == nil {
+		c.ListenPacket = func() (net.PacketConn, error) {
+			udp, err := net.ListenUDP("udp", nil)
+			if err == nil {
+				udp.SetReadBuffer(1 << 20)
+				udp.SetWriteBuffer(1 << 20)
+			}
+			return udp, err
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -98,14 +133,30 @@ type Client struct {
 	up        atomic.Bool
 	reconnect atomic.Int64
 
-	mu   sync.Mutex // guards ctrl
-	ctrl *control   // current control stream, nil when down
+	mu       sync.Mutex // guards ctrl and sessions
+	ctrl     *control   // current control stream, nil when down
+	sessions map[string]*session
+
+	budget   *resume.Budget
+	handlers sync.WaitGroup // Handle calls; they outlive connections
+	bootID   string         // new per process: tells the fleet we restarted
+}
+
+// session is a brokered stream that can be re-attached after a reconnect.
+type session struct {
+	id     string
+	secret []byte
+	conn   *resume.Conn
 }
 
 // New returns a client for cfg.
 func New(cfg Config) *Client {
 	cfg.setDefaults()
-	return &Client{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1)}
+	return &Client{
+		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1),
+		sessions: map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
+		bootID: rand.Text(),
+	}
 }
 
 // Up reports whether the tunnel is connected and has said hello.
@@ -127,6 +178,8 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.cfg.TLSConfig == nil || c.cfg.Hello == nil || c.cfg.Handle == nil {
 		return errors.New("tunnel: TLSConfig, Hello and Handle are required")
 	}
+	defer c.handlers.Wait()
+	defer c.abortSessions()
 	failures := 0
 	for n := 0; ; n++ {
 		start := c.cfg.Now()
@@ -161,7 +214,7 @@ func backoff(lo, hi time.Duration, n int) time.Duration {
 	if d <= 0 || d > hi {
 		d = hi
 	}
-	return lo/2 + rand.N(d-lo/2+1)
+	return lo/2 + mrand.N(d-lo/2+1)
 }
 
 // session dials once and serves the connection until it dies.
@@ -179,7 +232,7 @@ func (c *Client) session(ctx context.Context) error {
 	// One UDP socket and one Transport per connection; the socket stays
 	// open for the connection's life (quic-go needs it even after a path
 	// switch).
-	udp, err := net.ListenUDP("udp", nil)
+	udp, err := c.cfg.ListenPacket()
 	if err != nil {
 		return fmt.Errorf("tunnel: open udp socket: %w", err)
 	}
@@ -205,6 +258,7 @@ func (c *Client) session(ctx context.Context) error {
 	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}}
 	hello := c.cfg.Hello()
 	hello.ProtocolVersion = proto.Version
+	hello.BootID = c.bootID
 	if err := ctrl.send(hello); err != nil {
 		return fmt.Errorf("tunnel: send hello: %w", err)
 	}
@@ -255,8 +309,9 @@ func (c *Client) session(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		c.acceptStreams(sctx, qc)
+		c.acceptStreams(ctx, sctx, qc)
 	}()
+	c.resumeAll(sctx, qc)
 	go func() {
 		defer wg.Done()
 		c.heartbeats(sctx, ctrl)
@@ -302,18 +357,18 @@ func (c *Client) heartbeats(ctx context.Context, ctrl *control) {
 	}
 }
 
-func (c *Client) acceptStreams(ctx context.Context, qc *quic.Conn) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
+// acceptStreams accepts the streams the fleet opens until the connection
+// ends (cctx). Handlers run under runCtx: sessions outlive connections.
+func (c *Client) acceptStreams(runCtx, cctx context.Context, qc *quic.Conn) {
 	for {
-		st, err := qc.AcceptStream(ctx)
+		st, err := qc.AcceptStream(cctx)
 		if err != nil {
 			return
 		}
-		wg.Add(1)
+		c.handlers.Add(1)
 		go func() {
-			defer wg.Done()
-			c.serveStream(ctx, qc, st)
+			defer c.handlers.Done()
+			c.serveStream(runCtx, qc, st)
 		}()
 	}
 }
@@ -340,11 +395,115 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 			return
 		}
 	}
+	c.mu.Lock()
+	dup := c.sessions[h.SessionID] != nil
+	c.mu.Unlock()
+	if len(h.Secret) == 0 || h.SessionID == "" || dup {
+		proto.WriteMsg(conn, &proto.StreamAccept{Code: proto.CodeBadRequest, Message: "stream header needs a new session id and a resume secret"})
+		conn.CloseWrite()
+		return
+	}
 	if err := proto.WriteMsg(conn, &proto.StreamAccept{}); err != nil {
 		conn.Close()
 		return
 	}
-	c.cfg.Handle(ctx, h, conn)
+	s := &session{id: h.SessionID, secret: h.Secret}
+	s.conn = resume.New(resume.Config{
+		Buffer: c.cfg.SessionBuffer, Hold: c.cfg.SessionHold, Budget: c.budget,
+		LocalAddr: qc.LocalAddr(), RemoteAddr: qc.RemoteAddr(),
+		OnDone: func(err error) {
+			c.mu.Lock()
+			if c.sessions[s.id] == s {
+				delete(c.sessions, s.id)
+			}
+			c.mu.Unlock()
+			if err != nil {
+				c.log.Info("session ended", "session", s.id, "err", err)
+			}
+		},
+	})
+	c.mu.Lock()
+	c.sessions[s.id] = s
+	c.mu.Unlock()
+	if err := s.conn.Attach(conn, 0); err != nil {
+		s.conn.Abort(err)
+		return
+	}
+	c.cfg.Handle(ctx, h, s.conn)
+}
+
+// Sessions returns the number of live sessions.
+func (c *Client) Sessions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sessions)
+}
+
+// resumeAll re-attaches every live session to the new connection.
+func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn) {
+	c.mu.Lock()
+	list := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		list = append(list, s)
+	}
+	c.mu.Unlock()
+	for _, s := range list {
+		go func() {
+			if err := c.resumeSession(ctx, qc, s); err != nil {
+				c.log.Warn("session not resumed", "session", s.id, "err", err)
+			}
+		}()
+	}
+}
+
+func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) error {
+	s.conn.Detach()
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return err // the connection died too; the next one tries again
+	}
+	r := proto.NewReader(st)
+	conn := quicconn.New(qc, st, r)
+	if err := proto.WriteMsg(conn, &proto.Resume{SessionID: s.id, Secret: s.secret, Received: s.conn.Received()}); err != nil {
+		conn.Close()
+		return err
+	}
+	st.SetReadDeadline(time.Now().Add(15 * time.Second))
+	m, err := proto.ReadMsg(r, proto.MaxHeaderFrame)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	st.SetReadDeadline(time.Time{})
+	acc, ok := m.(*proto.ResumeAccept)
+	if !ok {
+		conn.Close()
+		return fmt.Errorf("fleet answered resume with %s", m.Kind())
+	}
+	if acc.Code != proto.CodeOK {
+		conn.Close()
+		err := &proto.Error{Code: acc.Code, Message: acc.Message}
+		s.conn.Abort(fmt.Errorf("tunnel: the fleet ended the session: %w", err))
+		return err
+	}
+	if err := s.conn.Attach(conn, acc.Received); err != nil {
+		conn.Close()
+		if !errors.Is(err, io.EOF) {
+			s.conn.Abort(err)
+		}
+		return err
+	}
+	c.log.Info("session resumed", "session", s.id)
+	return nil
+}
+
+// abortSessions ends every session (the agent is stopping).
+func (c *Client) abortSessions() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.sessions {
+		s.conn.Abort(errors.New("tunnel: agent stopping"))
+	}
 }
 
 // Renew sends a renewal request on the control stream and waits for the

@@ -8,9 +8,12 @@ package tunnelsrv
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -20,6 +23,7 @@ import (
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/quicconn"
+	"remoteler.dev/edge/proto/resume"
 )
 
 // Config configures a Server. Required fields say so.
@@ -49,6 +53,14 @@ type Config struct {
 	// IdleTimeout closes a connection that hears nothing for this long;
 	// default 90s. Devices send keep-alives more often.
 	IdleTimeout time.Duration
+	// SessionHold is how long a brokered session waits for its device to
+	// come back; default 10m.
+	SessionHold time.Duration
+	// SessionBuffer bounds each session's replay buffer; default 4 MiB.
+	SessionBuffer int
+	// SessionBudget bounds all sessions' replay buffers together; default
+	// 256 MiB.
+	SessionBudget int
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -60,9 +72,22 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	mu    sync.Mutex // guards conns
-	conns map[string]*deviceConn
+	mu       sync.Mutex // guards conns, sessions and boots
+	conns    map[string]*deviceConn
+	sessions map[string]map[string]*session // device ID → session ID →
+	boots    map[string]string              // device ID → agent boot ID
+	budget   *resume.Budget
 }
+
+// session is a brokered stream held for its device across reconnects.
+type session struct {
+	id     string
+	secret []byte
+	conn   *resume.Conn
+}
+
+// ErrAgentRestarted ends the sessions of a device whose agent restarted.
+var ErrAgentRestarted = errors.New("tunnelsrv: the device's agent restarted; the session could not be resumed")
 
 // deviceConn is one device's live tunnel.
 type deviceConn struct {
@@ -95,7 +120,20 @@ func New(cfg Config) *Server {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 90 * time.Second
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{}}
+	if cfg.SessionHold <= 0 {
+		cfg.SessionHold = resume.DefaultHold
+	}
+	if cfg.SessionBuffer <= 0 {
+		cfg.SessionBuffer = 4 << 20
+	}
+	if cfg.SessionBudget <= 0 {
+		cfg.SessionBudget = 256 << 20
+	}
+	return &Server{
+		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{},
+		sessions: map[string]map[string]*session{}, boots: map[string]string{},
+		budget: resume.NewBudget(cfg.SessionBudget),
+	}
 }
 
 // Serve accepts tunnels on pc until ctx is done.
@@ -109,7 +147,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	ln, err := tr.Listen(tlsConf, &quic.Config{
 		MaxIdleTimeout:       s.cfg.IdleTimeout,
 		HandshakeIdleTimeout: 10 * time.Second,
-		MaxIncomingStreams:   4, // the control stream, and a little slack
+		MaxIncomingStreams:   maxSessionsPerDevice + 1, // control + resumes
 	})
 	if err != nil {
 		return fmt.Errorf("tunnelsrv: listen: %w", err)
@@ -180,16 +218,32 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		return
 	}
 	dc := &deviceConn{qc: qc, since: s.cfg.Now()}
+	var lost []*session
 	s.mu.Lock()
 	old := s.conns[id]
 	s.conns[id] = dc
+	if prev, ok := s.boots[id]; ok && prev != hello.BootID {
+		for _, ss := range s.sessions[id] {
+			lost = append(lost, ss)
+		}
+	}
+	s.boots[id] = hello.BootID
 	s.mu.Unlock()
+	for _, ss := range lost {
+		ss.conn.Abort(ErrAgentRestarted)
+	}
+	if len(lost) > 0 {
+		log.Info("agent restarted; dropped its held sessions", "sessions", len(lost))
+	}
 	if old != nil {
 		old.qc.CloseWithError(closeReplaced, "replaced by a newer connection of the same device")
 	}
 	log.Info("device connected", "name", hello.Name, "agent_version", hello.AgentVersion)
 
+	cctx, cancel := context.WithCancel(ctx)
+	go s.acceptResumes(cctx, id, qc, log)
 	err = s.controlLoop(ctx, id, ctrl, r)
+	cancel()
 	s.mu.Lock()
 	current := s.conns[id] == dc
 	if current {
@@ -269,25 +323,104 @@ func (c *ctrlStream) send(m proto.Message) error {
 	return proto.WriteMsg(c.st, m)
 }
 
+// maxSessionsPerDevice bounds the sessions held for one device.
+const maxSessionsPerDevice = 256
+
+// acceptResumes serves the streams a device opens to re-attach sessions.
+// Sessions are looked up among this device's only: the mTLS identity binds
+// them, and the secret proves the stream is the session's.
+func (s *Server) acceptResumes(ctx context.Context, id string, qc *quic.Conn, log *slog.Logger) {
+	for {
+		st, err := qc.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		go func() {
+			if err := s.resume(id, qc, st); err != nil {
+				log.Warn("resume refused", "reason", err)
+			}
+		}()
+	}
+}
+
+func (s *Server) resume(id string, qc *quic.Conn, st *quic.Stream) error {
+	r := proto.NewReader(st)
+	conn := quicconn.New(qc, st, r)
+	st.SetReadDeadline(time.Now().Add(15 * time.Second))
+	m, err := proto.ReadMsg(r, proto.MaxHeaderFrame)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("bad resume stream: %w", err)
+	}
+	st.SetReadDeadline(time.Time{})
+	req, ok := m.(*proto.Resume)
+	if !ok {
+		conn.Close()
+		return fmt.Errorf("stream starts with %s, want resume", m.Kind())
+	}
+	s.mu.Lock()
+	ss := s.sessions[id][req.SessionID]
+	s.mu.Unlock()
+	if ss == nil || subtle.ConstantTimeCompare(ss.secret, req.Secret) != 1 {
+		proto.WriteMsg(conn, &proto.ResumeAccept{Code: proto.CodeNotFound, Message: "the fleet holds no such session for this device"})
+		conn.CloseWrite()
+		return fmt.Errorf("session %q: unknown, or the secret is wrong", req.SessionID)
+	}
+	ss.conn.Detach()
+	if err := proto.WriteMsg(conn, &proto.ResumeAccept{Received: ss.conn.Received()}); err != nil {
+		conn.Close()
+		return err
+	}
+	if err := ss.conn.Attach(conn, req.Received); err != nil {
+		conn.Close()
+		if !errors.Is(err, io.EOF) {
+			ss.conn.Abort(err)
+		}
+		return err
+	}
+	s.log.Info("session resumed", "device_id", id, "session", ss.id, "addr", qc.RemoteAddr())
+	return nil
+}
+
+// Sessions returns the number of sessions held for deviceID.
+func (s *Server) Sessions(deviceID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions[deviceID])
+}
+
 // ErrOffline is returned by Open for a device with no live tunnel.
 var ErrOffline = errors.New("tunnelsrv: device is offline")
 
-// Open opens a stream down deviceID's tunnel, sends h and waits for the
-// agent's acceptance. A refusal comes back as *proto.Error.
+// Open opens a stream down deviceID's tunnel, sends h (with a fresh resume
+// secret) and waits for the agent's acceptance. A refusal comes back as
+// *proto.Error. The returned conn survives the device's reconnects for up
+// to the hold time; it implements CloseWrite.
 func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
 	s.mu.Lock()
 	dc := s.conns[deviceID]
+	full := len(s.sessions[deviceID]) >= maxSessionsPerDevice
+	dup := s.sessions[deviceID][h.SessionID] != nil
 	s.mu.Unlock()
 	if dc == nil {
 		return nil, ErrOffline
 	}
+	if full {
+		return nil, proto.Errorf(proto.CodeUnavailable, "device has %d sessions open, the most it may", maxSessionsPerDevice)
+	}
+	if dup || h.SessionID == "" {
+		return nil, proto.Errorf(proto.CodeConflict, "session id %q is empty or in use", h.SessionID)
+	}
+	hdr := *h
+	hdr.Secret = make([]byte, 32)
+	rand.Read(hdr.Secret)
 	st, err := dc.qc.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("tunnelsrv: open stream: %w", err)
 	}
 	r := proto.NewReader(st)
 	conn := quicconn.New(dc.qc, st, r)
-	if err := proto.WriteMsg(conn, h); err != nil {
+	if err := proto.WriteMsg(conn, &hdr); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("tunnelsrv: send stream header: %w", err)
 	}
@@ -301,7 +434,32 @@ func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		return nil, err
 	}
 	st.SetReadDeadline(time.Time{})
-	return conn, nil
+	ss := &session{id: hdr.SessionID, secret: hdr.Secret}
+	ss.conn = resume.New(resume.Config{
+		Buffer: s.cfg.SessionBuffer, Hold: s.cfg.SessionHold, Budget: s.budget,
+		LocalAddr: dc.qc.LocalAddr(), RemoteAddr: dc.qc.RemoteAddr(),
+		OnDone: func(error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if m := s.sessions[deviceID]; m[ss.id] == ss {
+				delete(m, ss.id)
+				if len(m) == 0 {
+					delete(s.sessions, deviceID)
+				}
+			}
+		},
+	})
+	s.mu.Lock()
+	if s.sessions[deviceID] == nil {
+		s.sessions[deviceID] = map[string]*session{}
+	}
+	s.sessions[deviceID][ss.id] = ss
+	s.mu.Unlock()
+	if err := ss.conn.Attach(conn, 0); err != nil {
+		ss.conn.Abort(err)
+		return nil, err
+	}
+	return ss.conn, nil
 }
 
 // Online reports whether deviceID has a live tunnel.

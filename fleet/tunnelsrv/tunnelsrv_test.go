@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -208,7 +209,7 @@ func TestOpenEcho(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn, err := h.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s"})
+			conn, err := h.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: fmt.Sprint("s", i)})
 			if err != nil {
 				t.Error(err)
 				return
@@ -229,7 +230,7 @@ func TestStreamRefused(t *testing.T) {
 		return proto.Errorf(proto.CodeForbidden, "login %q not allowed here", hd.Identity.Login)
 	})
 	waitState(t, state, true)
-	_, err := h.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, Identity: proto.Identity{Login: "root"}})
+	_, err := h.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "r", Identity: proto.Identity{Login: "root"}})
 	var pe *proto.Error
 	if !errors.As(err, &pe) || pe.Code != proto.CodeForbidden || !strings.Contains(pe.Message, `"root"`) {
 		t.Fatalf("err = %v, want forbidden naming the login", err)
@@ -245,7 +246,7 @@ func TestReconnectAfterFleetRestart(t *testing.T) {
 	waitState(t, state, false)
 	h2 := startServer(t, pki, h.addr)
 	waitState(t, state, true)
-	conn, err := h2.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH})
+	conn, err := h2.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "after"})
 	if err != nil {
 		t.Fatal(err)
 	}

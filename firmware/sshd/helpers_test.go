@@ -1,0 +1,275 @@
+package sshd
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"remoteler.dev/edge/proto"
+)
+
+// sftpHelperArg makes the test binary act as an sftp helper (see TestMain).
+const sftpHelperArg = "sshd-test-sftp-helper"
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == sftpHelperArg {
+		if err := ServeSFTPStdio(); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// newSigner returns a fresh ed25519 signer.
+func newSigner(t testing.TB) ssh.Signer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// allPermits are the extensions ssh-keygen puts in user certificates.
+var allPermits = map[string]string{
+	"permit-pty":              "",
+	"permit-port-forwarding":  "",
+	"permit-agent-forwarding": "",
+	"permit-X11-forwarding":   "",
+	"permit-user-rc":          "",
+}
+
+// certSpec describes a user certificate to issue.
+type certSpec struct {
+	keyID      string
+	principals []string
+	after      time.Time // zero: an hour ago
+	before     time.Time // zero: in an hour
+	extensions map[string]string
+	critical   map[string]string
+	certType   uint32 // zero: ssh.UserCert
+}
+
+// sign issues a certificate for key from ca.
+func sign(t testing.TB, ca ssh.Signer, key ssh.PublicKey, spec certSpec) *ssh.Certificate {
+	t.Helper()
+	now := time.Now()
+	if spec.after.IsZero() {
+		spec.after = now.Add(-time.Hour)
+	}
+	if spec.before.IsZero() {
+		spec.before = now.Add(time.Hour)
+	}
+	if spec.certType == 0 {
+		spec.certType = ssh.UserCert
+	}
+	cert := &ssh.Certificate{
+		Key:             key,
+		Serial:          42,
+		CertType:        spec.certType,
+		KeyId:           spec.keyID,
+		ValidPrincipals: spec.principals,
+		ValidAfter:      uint64(spec.after.Unix()),
+		ValidBefore:     uint64(spec.before.Unix()),
+		Permissions: ssh.Permissions{
+			CriticalOptions: spec.critical,
+			Extensions:      spec.extensions,
+		},
+	}
+	if err := cert.SignCert(rand.Reader, ca); err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// certSigner issues a certificate from ca for a fresh key and returns a
+// signer that presents it.
+func certSigner(t testing.TB, ca ssh.Signer, spec certSpec) ssh.Signer {
+	t.Helper()
+	key := newSigner(t)
+	s, err := ssh.NewCertSigner(sign(t, ca, key.PublicKey(), spec), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// testLog is a slog destination that logs to t and keeps what it got.
+type testLog struct {
+	t   testing.TB
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// fixture is a fleet (user CA and host CA) and a device (host certificate
+// and Server) for one test.
+type fixture struct {
+	t        *testing.T
+	userCA   ssh.Signer
+	hostCA   ssh.Signer
+	hostCert ssh.Signer
+	log      *testLog
+	cfg      Config
+	login    string // the user the tests run as
+}
+
+// newFixture makes a fleet and a device. The Server's config can be
+// changed through f.cfg before f.serve.
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{t: t, userCA: newSigner(t), hostCA: newSigner(t), log: &testLog{t: t}}
+	hostKey := newSigner(t)
+	hc := sign(t, f.hostCA, hostKey.PublicKey(), certSpec{
+		keyID:      "device-1",
+		principals: []string{"127.0.0.1", "device-1"},
+		certType:   ssh.HostCert,
+	})
+	hs, err := ssh.NewCertSigner(hc, hostKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.hostCert = hs
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.login = u.Username
+	f.cfg = Config{
+		HostSigner: func() ssh.Signer { return f.hostCert },
+		UserCAKeys: func() []ssh.PublicKey { return []ssh.PublicKey{f.userCA.PublicKey()} },
+		Logger:     slog.New(slog.NewTextHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	return f
+}
+
+// identity is the fleet identity of user "alice" with login.
+func identity(login string) proto.Identity {
+	return proto.Identity{User: "alice", Roles: []string{"dev"}, Login: login, Cluster: "test"}
+}
+
+// userCert returns a signer with a good certificate for alice and login.
+func (f *fixture) userCert(login string) ssh.Signer {
+	return certSigner(f.t, f.userCA, certSpec{keyID: "alice", principals: []string{login}, extensions: allPermits})
+}
+
+// serve starts a Server on a loopback listener whose connections all get
+// identity id, and returns the listener's address. Everything stops at
+// cleanup.
+func (f *fixture) serve(id proto.Identity) string {
+	f.t.Helper()
+	srv := New(f.cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	f.t.Cleanup(func() {
+		cancel()
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				if err := srv.ServeConn(ctx, conn, id); err != nil {
+					f.t.Logf("ServeConn: %v", err)
+				}
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+// hostKeyCallback accepts host certificates from the fixture's host CA.
+func (f *fixture) hostKeyCallback() ssh.HostKeyCallback {
+	c := &ssh.CertChecker{
+		IsHostAuthority: func(auth ssh.PublicKey, _ string) bool { return sameKey(auth, f.hostCA.PublicKey()) },
+	}
+	return c.CheckHostKey
+}
+
+// dial connects to addr as login with signer.
+func (f *fixture) dial(addr, login string, signer ssh.Signer) (*ssh.Client, error) {
+	f.t.Helper()
+	client, err := ssh.Dial("tcp", addr, &ssh.ClientConfig{
+		User:            login,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: f.hostKeyCallback(),
+		Timeout:         5 * time.Second,
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.t.Cleanup(func() { client.Close() })
+	return client, nil
+}
+
+// mustDial is dial that fails the test on error.
+func (f *fixture) mustDial(addr, login string, signer ssh.Signer) *ssh.Client {
+	f.t.Helper()
+	c, err := f.dial(addr, login, signer)
+	if err != nil {
+		f.t.Fatalf("dial as %s: %v", login, err)
+	}
+	return c
+}
+
+// requireRoot skips tests that need to switch users.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+// exitStatus returns the exit status in err from ssh.Session.Wait/Run.
+func exitStatusOf(t *testing.T, err error) int {
+	t.Helper()
+	var ee *ssh.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitStatus()
+	default:
+		t.Fatalf("session: %v", err)
+		return -1
+	}
+}

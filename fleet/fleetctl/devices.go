@@ -1,0 +1,112 @@
+package fleetctl
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/api"
+)
+
+func (r *runner) devicesLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
+	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined")
+	format := fs.String("format", "text", "output format: text or json")
+	if _, err := r.parseN(fs, args, 0, ""); err != nil {
+		return err
+	}
+	if err := r.checkFormat(fs, *format); err != nil {
+		return err
+	}
+	c, _, err := r.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	devices, err := c.Devices(ctx)
+	if err != nil {
+		return fmt.Errorf("devices ls: %w", apiHint(err))
+	}
+	if devices == nil {
+		devices = []api.Device{}
+	}
+	slices.SortFunc(devices, func(a, b api.Device) int { return strings.Compare(a.Name, b.Name) })
+	if *format == "json" {
+		return r.printJSON(devices)
+	}
+	if len(devices) == 0 {
+		fmt.Fprintln(r.stdio.Err, "No devices yet; fleetctl tokens add prints how to join one.")
+		return nil
+	}
+	now := r.stdio.Now()
+	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
+	if *verbose {
+		fmt.Fprintln(tw, "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED")
+	} else {
+		fmt.Fprintln(tw, "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION")
+	}
+	for _, d := range devices {
+		status := "offline"
+		if d.Online {
+			status = "online"
+		}
+		if *verbose {
+			osArch := ""
+			if d.OS != "" || d.Arch != "" {
+				osArch = d.OS + "/" + d.Arch
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, d.ID, cli.Labels(d.Labels), status,
+				cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion), cli.Dash(osArch), cli.Dash(d.Addr), cli.Ago(now, d.JoinedAt))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, cli.Labels(d.Labels), status, cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion))
+		}
+	}
+	return tw.Flush()
+}
+
+func (r *runner) devicesRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
+	pos, err := r.parseN(fs, args, 1, "NAME")
+	if err != nil {
+		return err
+	}
+	c, _, err := r.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.RemoveDevice(ctx, pos[0]); err != nil {
+		return fmt.Errorf("devices rm %s: %w", pos[0], apiHint(err))
+	}
+	fmt.Fprintf(r.stdio.Out, "Device %q removed; it must join again with a new token to come back.\n", pos[0])
+	return nil
+}
+
+func (r *runner) status(ctx context.Context, fs *flag.FlagSet, args []string) error {
+	if _, err := r.parseN(fs, args, 0, ""); err != nil {
+		return err
+	}
+	c, _, err := r.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", apiHint(err))
+	}
+	now := r.stdio.Now()
+	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 1, ' ', 0)
+	fmt.Fprintf(tw, "Cluster:\t%s\n", st.Cluster)
+	fmt.Fprintf(tw, "Version:\t%s\n", st.Version)
+	fmt.Fprintf(tw, "Address:\t%s (fleetctl uses %s)\n", cli.Dash(st.Listen), c.Addr())
+	fmt.Fprintf(tw, "CA pin:\t%s\n", st.CAPin)
+	if !st.StartedAt.IsZero() {
+		fmt.Fprintf(tw, "Up since:\t%s (%s)\n", cli.Time(st.StartedAt), cli.Duration(now.Sub(st.StartedAt)))
+	}
+	fmt.Fprintf(tw, "Users:\t%d\n", st.Users)
+	fmt.Fprintf(tw, "Devices:\t%d (%d online)\n", st.Devices, st.DevicesOnline)
+	return tw.Flush()
+}

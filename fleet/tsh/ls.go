@@ -1,0 +1,155 @@
+package tsh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"remoteler.dev/edge/fleet/client"
+	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/api"
+)
+
+func (r *runner) ls(ctx context.Context, args []string) error {
+	fs := r.flags("ls", "tsh ls [LABEL=VALUE...] [-v] [--format=text|json]")
+	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined, your logins")
+	format := fs.String("format", "text", "output format: text or json")
+	pos, err := cli.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if *format != "text" && *format != "json" {
+		return r.usageError(fs, "--format must be text or json, not %q", *format)
+	}
+	want := map[string]string{}
+	for _, a := range pos {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return r.usageError(fs, "%q is not LABEL=VALUE (e.g. site=north)", a)
+		}
+		want[k] = v
+	}
+	p, dir, err := r.currentProfile()
+	if err != nil {
+		return err
+	}
+	c, err := r.newClient(p, dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	all, err := c.Devices(ctx)
+	if err != nil {
+		return fmt.Errorf("ls: %w", apiHint(err))
+	}
+	devices := []api.Device{}
+	for _, d := range all {
+		if matches(d.Labels, want) {
+			devices = append(devices, d)
+		}
+	}
+	slices.SortFunc(devices, func(a, b api.Device) int { return strings.Compare(a.Name, b.Name) })
+	if *format == "json" {
+		b, err := jsonIndent(devices)
+		if err != nil {
+			return err
+		}
+		_, err = r.stdio.Out.Write(b)
+		return err
+	}
+	if len(devices) == 0 {
+		if len(want) > 0 {
+			fmt.Fprintln(r.stdio.Err, "No device you may reach has those labels; run tsh ls without labels to see them all.")
+		} else {
+			fmt.Fprintln(r.stdio.Err, "No device you may reach; if you expected some, ask your fleet admin about your roles.")
+		}
+		return nil
+	}
+	now := r.stdio.Now()
+	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
+	if *verbose {
+		fmt.Fprintln(tw, "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED\tLOGINS")
+	} else {
+		fmt.Fprintln(tw, "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION")
+	}
+	for _, d := range devices {
+		status := "offline"
+		if d.Online {
+			status = "online"
+		}
+		if *verbose {
+			osArch := ""
+			if d.OS != "" || d.Arch != "" {
+				osArch = d.OS + "/" + d.Arch
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, d.ID, cli.Labels(d.Labels), status,
+				cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion), cli.Dash(osArch), cli.Dash(d.Addr), cli.Ago(now, d.JoinedAt), cli.Dash(strings.Join(d.Logins, ",")))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, cli.Labels(d.Labels), status, cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion))
+		}
+	}
+	return tw.Flush()
+}
+
+// matches reports whether labels hold every key=value of want.
+func matches(labels, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// withAdvice appends advice to a message from the fleet, unless the fleet
+// already said what to do (it names a tsh or fleetctl command).
+func withAdvice(msg, advice string) string {
+	if strings.Contains(msg, "tsh ") || strings.Contains(msg, "fleetctl ") {
+		return msg
+	}
+	return msg + "; " + advice
+}
+
+// apiHint adds what to do next to errors of the fleet's API that users
+// see outside login.
+func apiHint(err error) error {
+	apiErr, ok := errors.AsType[*api.Error](err)
+	if !ok {
+		return err
+	}
+	switch apiErr.Code {
+	case api.CodeUnauthorized:
+		return errors.New(withAdvice(apiErr.Message, "run tsh login again"))
+	case api.CodeForbidden:
+		return errors.New(withAdvice(apiErr.Message, "ask your fleet admin for a role that allows it"))
+	case api.CodeInternal:
+		return errors.New(withAdvice(apiErr.Message, "the fleet failed, try again or tell your fleet admin"))
+	}
+	return err
+}
+
+// connectError adds what to do next to a failed Connect.
+func connectError(err error, p *profile, device, login string) error {
+	apiErr, ok := errors.AsType[*api.Error](err)
+	if !ok {
+		var exp *client.ExpiredError
+		if errors.As(err, &exp) {
+			return err
+		}
+		return fmt.Errorf("connect to %s: %w", device, err)
+	}
+	switch apiErr.Code {
+	case api.CodeForbidden:
+		return fmt.Errorf("connect to %s as %s: %s", device, login, withAdvice(apiErr.Message,
+			fmt.Sprintf("your logins are %s: use tsh ssh LOGIN@%s, or ask your fleet admin", cli.List(p.Logins), device)))
+	case api.CodeDeviceOffline:
+		return fmt.Errorf("connect to %s: %s", device, withAdvice(apiErr.Message,
+			"tsh ls shows when it was last seen, and it reconnects by itself when its link is back"))
+	case api.CodeNotFound:
+		return fmt.Errorf("connect to %s: %s", device, withAdvice(apiErr.Message, "tsh ls lists the devices you may reach"))
+	}
+	return fmt.Errorf("connect to %s: %w", device, apiHint(err))
+}

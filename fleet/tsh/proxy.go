@@ -1,0 +1,88 @@
+package tsh
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"remoteler.dev/edge/fleet/client/cli"
+)
+
+// proxy runs "tsh proxy ssh [LOGIN@]HOST[:PORT]", OpenSSH's ProxyCommand
+// (see tsh config): it connects to the device HOST (minus ".CLUSTER")
+// through the fleet and copies bytes between stdin/stdout and the
+// connection. The port is ignored: the fleet always brokers the device's
+// SSH service.
+func (r *runner) proxy(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "ssh" {
+		fmt.Fprintln(r.stdio.Err, "Usage: tsh proxy ssh [LOGIN@]HOST[:PORT]   (OpenSSH's ProxyCommand; see tsh config)")
+		return errUsage
+	}
+	fs := r.flags("proxy ssh", "tsh proxy ssh [LOGIN@]HOST[:PORT]")
+	pos, err := cli.Parse(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return r.usageError(fs, "want one [LOGIN@]HOST[:PORT]")
+	}
+	p, dir, err := r.currentProfile()
+	if err != nil {
+		return err
+	}
+	target := pos[0]
+	if i := strings.LastIndexByte(target, '@'); i >= 0 {
+		// Split the port off the host part only.
+		if host, _, err := net.SplitHostPort(target[i+1:]); err == nil {
+			target = target[:i+1] + host
+		}
+	} else if host, _, err := net.SplitHostPort(target); err == nil {
+		target = host
+	}
+	login, device := splitTarget(target, p.Cluster)
+	if login == "" {
+		login = r.localUser()
+	}
+	if device == "" {
+		return r.usageError(fs, "name a device")
+	}
+	c, err := r.newClient(p, dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	conn, err := c.Connect(ctx, device, login, "ssh")
+	if err != nil {
+		return connectError(err, p, device, login)
+	}
+	return splice(ctx, conn, r.stdio.In, r.stdio.Out)
+}
+
+// splice copies in to conn and conn to out. When in ends, it half-closes
+// conn (the device sees EOF) and goes on reading; it returns when conn ends
+// or ctx is done. The goroutine reading in may stay blocked in a Read of
+// stdin after that; the process exits right after.
+func splice(ctx context.Context, conn net.Conn, in io.Reader, out io.Writer) error {
+	defer conn.Close()
+	go func() {
+		io.Copy(conn, in)
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(out, conn)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		conn.Close()
+		<-done
+		return nil
+	}
+}

@@ -1,0 +1,263 @@
+package tsh
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/term"
+
+	"remoteler.dev/edge/fleet/client"
+
+	"remoteler.dev/edge/fleet/client/cli"
+)
+
+// sshHandshakeTimeout bounds the SSH handshake with a device.
+const sshHandshakeTimeout = 30 * time.Second
+
+// splitTarget splits [LOGIN@]HOST and strips a ".CLUSTER" suffix from HOST,
+// so "pi@gw1.fleet" and "pi@gw1" name the same device.
+func splitTarget(s, cluster string) (login, device string) {
+	if i := strings.LastIndexByte(s, '@'); i >= 0 {
+		login, s = s[:i], s[i+1:]
+	}
+	return login, strings.TrimSuffix(s, "."+cluster)
+}
+
+// hostKeyCallback accepts a device's host key when it is a host certificate
+// signed by one of the fleet's host CA keys and valid for one of names (the
+// device's name, with and without the cluster suffix).
+func hostKeyCallback(cas []ssh.PublicKey, now func() time.Time, names ...string) ssh.HostKeyCallback {
+	checker := &ssh.CertChecker{
+		IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
+			for _, ca := range cas {
+				if bytes.Equal(ca.Marshal(), auth.Marshal()) {
+					return true
+				}
+			}
+			return false
+		},
+		Clock: now,
+	}
+	return func(_ string, remote net.Addr, key ssh.PublicKey) error {
+		var first error
+		for _, n := range names {
+			err := checker.CheckHostKey(net.JoinHostPort(n, "22"), remote, key)
+			if err == nil {
+				return nil
+			}
+			if first == nil {
+				first = err
+			}
+		}
+		return fmt.Errorf("the host key of %s is not a certificate from the fleet's host CA for that name (%v); the connection may be intercepted: do not go on, and tell your fleet admin", names[0], first)
+	}
+}
+
+// certHostKeyAlgorithms asks devices for their host certificate, not a
+// plain key.
+var certHostKeyAlgorithms = []string{
+	ssh.CertAlgoED25519v01,
+	ssh.CertAlgoECDSA256v01, ssh.CertAlgoECDSA384v01, ssh.CertAlgoECDSA521v01,
+	ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01,
+}
+
+// userSigner loads the profile's SSH key and certificate.
+func userSigner(dir string) (ssh.Signer, error) {
+	damaged := func(err error) error {
+		return fmt.Errorf("the login in %s is incomplete (%w); run tsh login again", dir, err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, fileKey))
+	if err != nil {
+		return nil, damaged(err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, damaged(err)
+	}
+	certLine, err := os.ReadFile(filepath.Join(dir, fileCert))
+	if err != nil {
+		return nil, damaged(err)
+	}
+	key, _, _, _, err := ssh.ParseAuthorizedKey(certLine)
+	if err != nil {
+		return nil, damaged(err)
+	}
+	cert, ok := key.(*ssh.Certificate)
+	if !ok {
+		return nil, damaged(errors.New(fileCert + " is not a certificate"))
+	}
+	return ssh.NewCertSigner(cert, signer)
+}
+
+// dialSSH opens an SSH client connection to device as login through the
+// fleet.
+func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir, device, login string) (*ssh.Client, error) {
+	signer, err := userSigner(dir)
+	if err != nil {
+		return nil, err
+	}
+	cas, err := p.hostCAs()
+	if err != nil {
+		return nil, err
+	}
+	if len(cas) == 0 {
+		return nil, errors.New("your login holds no SSH host CA key, so devices cannot be verified; run tsh login again, and tell your fleet admin if this repeats")
+	}
+	conn, err := c.Connect(ctx, device, login, "ssh")
+	if err != nil {
+		return nil, connectError(err, p, device, login)
+	}
+	conf := &ssh.ClientConfig{
+		User:              login,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback:   hostKeyCallback(cas, r.stdio.Now, device, device+"."+p.Cluster),
+		HostKeyAlgorithms: certHostKeyAlgorithms,
+		ClientVersion:     "SSH-2.0-tsh_" + strings.ReplaceAll(Version, " ", "_"),
+	}
+	conn.SetDeadline(time.Now().Add(sshHandshakeTimeout))
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(conn, net.JoinHostPort(device, "22"), conf)
+	stop()
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if strings.Contains(err.Error(), "no common algorithm for host key") {
+			return nil, fmt.Errorf("%s offered no host certificate, only a plain host key, so it cannot be verified; do not go on, and tell your fleet admin (%v)", device, err)
+		}
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			return nil, fmt.Errorf("%s refused your certificate for login %q; your logins are %s (tsh status)", device, login, cli.List(p.Logins))
+		}
+		return nil, fmt.Errorf("ssh to %s: %w", device, err)
+	}
+	conn.SetDeadline(time.Time{})
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+func (r *runner) ssh(ctx context.Context, args []string) error {
+	fs := r.flags("ssh", "tsh ssh [-l LOGIN] [-t|-T] [LOGIN@]DEVICE [COMMAND...]")
+	loginFlag := fs.String("l", "", "log in as `LOGIN` on the device (default: LOGIN@ of the target, else your local user name)")
+	forceTTY := fs.Bool("t", false, "ask for a terminal even when running a command or when stdin is not a terminal")
+	noTTY := fs.Bool("T", false, "never ask for a terminal")
+	pos, err := cli.ParseFirst(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return r.usageError(fs, "name a device")
+	}
+	p, dir, err := r.currentProfile()
+	if err != nil {
+		return &exitError{code: 255, err: err}
+	}
+	login, device := splitTarget(pos[0], p.Cluster)
+	if *loginFlag != "" {
+		login = *loginFlag
+	}
+	if login == "" {
+		login = r.localUser()
+	}
+	if device == "" {
+		return r.usageError(fs, "name a device")
+	}
+	command := strings.Join(pos[1:], " ")
+	c, err := r.newClient(p, dir)
+	if err != nil {
+		return &exitError{code: 255, err: err}
+	}
+	defer c.Close()
+	sc, err := r.dialSSH(ctx, c, p, dir, device, login)
+	if err != nil {
+		return &exitError{code: 255, err: err}
+	}
+	defer sc.Close()
+	stop := context.AfterFunc(ctx, func() { sc.Close() })
+	defer stop()
+	code, err := r.session(ctx, sc, command, *forceTTY, *noTTY)
+	if err != nil {
+		return &exitError{code: code, err: fmt.Errorf("ssh %s: %w", device, err)}
+	}
+	if code != 0 {
+		return &exitError{code: code}
+	}
+	return nil
+}
+
+// session runs command (a shell when empty) and returns its exit status.
+func (r *runner) session(ctx context.Context, sc *ssh.Client, command string, forceTTY, noTTY bool) (int, error) {
+	sess, err := sc.NewSession()
+	if err != nil {
+		return 255, fmt.Errorf("open session: %w", err)
+	}
+	defer sess.Close()
+	sess.Stdin = r.stdio.In
+	sess.Stdout = r.stdio.Out
+	sess.Stderr = r.stdio.Err
+
+	inFd, inTerm := cli.Terminal(r.stdio.In)
+	outFd, outTerm := cli.Terminal(r.stdio.Out)
+	tty := (inTerm && command == "") || forceTTY
+	if noTTY {
+		tty = false
+	}
+	if tty {
+		width, height := 80, 24
+		if outTerm {
+			if w, h, err := term.GetSize(outFd); err == nil {
+				width, height = w, h
+			}
+		}
+		termType := r.stdio.Getenv("TERM")
+		if termType == "" {
+			termType = "xterm-256color"
+		}
+		modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
+		if err := sess.RequestPty(termType, height, width, modes); err != nil {
+			return 255, fmt.Errorf("request a terminal: %w", err)
+		}
+		if inTerm {
+			old, err := term.MakeRaw(inFd)
+			if err != nil {
+				return 255, fmt.Errorf("set the terminal to raw mode: %w", err)
+			}
+			defer term.Restore(inFd, old)
+		}
+		if outTerm {
+			stop := watchWindow(outFd, func(w, h int) { sess.WindowChange(h, w) })
+			defer stop()
+		}
+	}
+	if command == "" {
+		err = sess.Shell()
+	} else {
+		err = sess.Start(command)
+	}
+	if err != nil {
+		return 255, fmt.Errorf("start: %w", err)
+	}
+	err = sess.Wait()
+	var exit *ssh.ExitError
+	var missing *ssh.ExitMissingError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &exit):
+		// ExitStatus is 128+n for a known exit-signal, like a shell's.
+		return exit.ExitStatus(), nil
+	case ctx.Err() != nil:
+		return 130, errors.New("interrupted")
+	case errors.As(err, &missing):
+		return 255, errors.New("the session ended without an exit status; the link to the device may have dropped")
+	default:
+		return 255, err
+	}
+}

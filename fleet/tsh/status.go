@@ -1,0 +1,137 @@
+package tsh
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"remoteler.dev/edge/fleet/client/cli"
+)
+
+func jsonIndent(v any) ([]byte, error) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	return append(b, '\n'), err
+}
+
+// status prints every profile, the current one marked with ">". It fails
+// when there is no valid current login, so scripts can test it.
+func (r *runner) status(args []string) error {
+	fs := r.flags("status", "tsh status")
+	pos, err := cli.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return r.usageError(fs, "unexpected argument %q", pos[0])
+	}
+	cur, _, curErr := r.currentProfile()
+	all, errs := r.allProfiles()
+	for _, err := range errs {
+		fmt.Fprintf(r.stdio.Err, "tsh: warning: %v\n", err)
+	}
+	if len(all) == 0 {
+		return errNotLoggedIn
+	}
+	now := r.stdio.Now()
+	for i, p := range all {
+		if i > 0 {
+			fmt.Fprintln(r.stdio.Out)
+		}
+		mark := " "
+		if cur != nil && cur.name() == p.name() {
+			mark = ">"
+		}
+		fmt.Fprintf(r.stdio.Out, "%s %s at %s (fleet %q)\n", mark, p.User, p.Proxy, p.Cluster)
+		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", cli.List(p.Roles))
+		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", cli.List(p.Logins))
+		if now.After(p.Expires) {
+			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (EXPIRED %s ago; run tsh login --proxy=%s --user=%s)\n",
+				cli.Time(p.Expires), cli.Duration(now.Sub(p.Expires)), p.Proxy, p.User)
+		} else {
+			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (for %s)\n", cli.Time(p.Expires), cli.Duration(p.Expires.Sub(now)))
+		}
+	}
+	switch {
+	case curErr != nil:
+		return fmt.Errorf("no current login (%w)", curErr)
+	case now.After(cur.Expires):
+		return &exitError{code: 1} // said above
+	}
+	return nil
+}
+
+// logout removes the current profile (or the one named by --proxy and
+// --user, or all with --all): its files, its known_hosts lines, and the
+// current marker when it names it.
+func (r *runner) logout(args []string) error {
+	fs := r.flags("logout", "tsh logout [--proxy=HOST:PORT --user=NAME | --all]")
+	proxy := fs.String("proxy", "", "log out of this fleet (default: the current login's)")
+	userName := fs.String("user", "", "log out this user (default: the current login's)")
+	all := fs.Bool("all", false, "log out of every fleet")
+	pos, err := cli.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return r.usageError(fs, "unexpected argument %q", pos[0])
+	}
+	var targets []*profile
+	cur, _, curErr := r.currentProfile()
+	switch {
+	case *all:
+		var errs []error
+		targets, errs = r.allProfiles()
+		for _, err := range errs {
+			fmt.Fprintf(r.stdio.Err, "tsh: warning: %v\n", err)
+		}
+	case *proxy != "" || *userName != "":
+		if *proxy == "" || *userName == "" {
+			return r.usageError(fs, "give both --proxy and --user, or neither")
+		}
+		p, _, err := r.loadProfile(*proxy, *userName)
+		if err != nil {
+			return fmt.Errorf("logout: %w", err)
+		}
+		targets = []*profile{p}
+	case curErr != nil:
+		if errors.Is(curErr, errNotLoggedIn) {
+			fmt.Fprintln(r.stdio.Out, "Not logged in; nothing to do.")
+			return nil
+		}
+		return fmt.Errorf("logout: %w; or run tsh logout --all", curErr)
+	default:
+		targets = []*profile{cur}
+	}
+	home, err := r.home()
+	if err != nil {
+		return err
+	}
+	for _, p := range targets {
+		if err := r.removeProfile(home, p); err != nil {
+			return fmt.Errorf("logout: %w", err)
+		}
+		if cur != nil && cur.name() == p.name() {
+			if err := os.Remove(filepath.Join(home, "current")); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("logout: %w", err)
+			}
+		}
+		fmt.Fprintf(r.stdio.Out, "Logged out %s from %s.\n", p.User, p.Proxy)
+	}
+	return nil
+}
+
+// removeProfile deletes a profile's directory and known_hosts lines. Later
+// additions (kube contexts) are removed here too.
+func (r *runner) removeProfile(home string, p *profile) error {
+	if err := updateKnownHosts(filepath.Join(home, "known_hosts"), p.marker(), nil); err != nil {
+		return err
+	}
+	dir := filepath.Join(home, "keys", p.Proxy, p.User)
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	os.Remove(filepath.Dir(dir)) // the proxy's folder, when it is now empty
+	return nil
+}

@@ -1,0 +1,274 @@
+package tunnelsrv
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/testutils/simnet"
+
+	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/resume"
+)
+
+// switchRouter is a simnet router whose link can be cut: a blackout.
+type switchRouter struct {
+	simnet.PerfectRouter
+	down atomic.Bool
+}
+
+func (r *switchRouter) SendPacket(p simnet.Packet) error {
+	if r.down.Load() {
+		return nil // dropped
+	}
+	return r.PerfectRouter.SendPacket(p)
+}
+
+// simFleet is a fleet and an agent on an in-process network in a synctest
+// bubble: virtual time, so minutes of blackout take no real time.
+type simFleet struct {
+	router *switchRouter
+	srv    *Server
+	client *tunnel.Client
+	state  chan bool
+	stop   func()
+}
+
+const simRTT = 50 * time.Millisecond
+
+func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
+	t.Helper()
+	pki := newPKI(t)
+	router := &switchRouter{}
+	net0 := &simnet.Simnet{Router: router}
+	link := simnet.NodeBiDiLinkSettings{Latency: simRTT / 2}
+	srvAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443}
+	srvConn := net0.NewEndpoint(srvAddr, link)
+	// A fresh socket (new port) per agent dial, as on a real device.
+	var pool []net.PacketConn
+	for i := range 256 {
+		pool = append(pool, net0.NewEndpoint(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 40000 + i}, link))
+	}
+	net0.Start()
+
+	sf := &simFleet{router: router, state: make(chan bool, 64)}
+	sf.srv = New(Config{
+		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.pool},
+		Authenticate: func(cs tls.ConnectionState) (string, error) { return cs.PeerCertificates[0].Subject.CommonName, nil },
+		OnHello: func(ctx context.Context, id string, _ net.Addr, h *proto.Hello) (*proto.HelloAck, error) {
+			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
+		},
+		SessionHold: hold,
+		IdleTimeout: 10 * time.Second,
+	})
+	var next atomic.Int32
+	sf.client = tunnel.New(tunnel.Config{
+		Addr:      srvAddr.String(),
+		TLSConfig: pki.clientTLS(pki.leaf(t, "pi-1", x509.ExtKeyUsageClientAuth)),
+		Hello:     func() *proto.Hello { return &proto.Hello{Name: "pi-1"} },
+		Handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			io.Copy(conn, conn)
+			conn.Close()
+		},
+		OnState:     func(up bool) { sf.state <- up },
+		Keepalive:   2 * time.Second,
+		IdleTimeout: 10 * time.Second,
+		MinBackoff:  100 * time.Millisecond,
+		MaxBackoff:  10 * time.Second,
+		SessionHold: hold,
+		ListenPacket: func() (net.PacketConn, error) {
+			i := int(next.Add(1)) - 1
+			if i >= len(pool) {
+				return nil, errors.New("out of simulated sockets")
+			}
+			return pool[i], nil
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); sf.srv.Serve(ctx, srvConn) }()
+	go func() { defer wg.Done(); sf.client.Run(ctx) }()
+	sf.stop = func() {
+		cancel()
+		srvConn.Close()
+		wg.Wait()
+		net0.Close()
+	}
+	return sf
+}
+
+func (sf *simFleet) waitState(t *testing.T, want bool) {
+	t.Helper()
+	for got := range sf.state {
+		if got == want {
+			return
+		}
+	}
+}
+
+func TestSessionSurvivesBlackoutInVirtualTime(t *testing.T) {
+	for _, blackout := range []time.Duration{5 * time.Second, time.Minute, 9 * time.Minute} {
+		t.Run(blackout.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				sf := newSimFleet(t, 10*time.Minute)
+				defer sf.stop()
+				sf.waitState(t, true)
+				conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+
+				sf.router.down.Store(true)
+				payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+				go conn.Write(payload)
+				got := make(chan []byte, 1)
+				go func() {
+					b := make([]byte, len(payload))
+					n, err := io.ReadFull(conn, b)
+					if err != nil {
+						t.Errorf("read %d of %d echoed bytes: %v", n, len(b), err)
+					}
+					got <- b
+				}()
+				sf.waitState(t, false) // the agent noticed the link is gone
+				time.Sleep(blackout)
+				sf.router.down.Store(false)
+				back := time.Now()
+				echoed := <-got
+				if !bytes.Equal(echoed, payload) {
+					t.Fatalf("echo after a %v blackout differs from what was sent", blackout)
+				}
+				t.Logf("blackout %v: 1 MiB echoed %v after the link came back; reconnects %d",
+					blackout, time.Since(back), sf.client.Reconnects())
+				if sf.client.Reconnects() < 1 {
+					t.Errorf("reconnects = %d, want >= 1", sf.client.Reconnects())
+				}
+			})
+		})
+	}
+}
+
+func TestSessionEndsAfterHold(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleet(t, 2*time.Minute)
+		defer sf.stop()
+		sf.waitState(t, true)
+		conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sf.router.down.Store(true)
+		start := time.Now()
+		_, err = conn.Read(make([]byte, 1))
+		if !errors.Is(err, resume.ErrHoldExpired) {
+			t.Fatalf("read = %v, want ErrHoldExpired", err)
+		}
+		// The hold runs from when the fleet saw the tunnel die (its idle
+		// timeout), so it ends between 2m and 2m + the idle timeout.
+		if held := time.Since(start); held < 2*time.Minute || held > 2*time.Minute+15*time.Second {
+			t.Errorf("session held %v, want about 2m", held)
+		}
+		sf.router.down.Store(false)
+		sf.waitState(t, true)
+		synctest.Wait()
+		if n := sf.client.Sessions(); n != 0 {
+			t.Errorf("agent still holds %d sessions after the hold time", n)
+		}
+	})
+}
+
+// rawDevice dials the fleet as device cn and says hello, returning the
+// connection for hand-made streams.
+func rawDevice(t *testing.T, h *harness, cn, bootID string) *quic.Conn {
+	t.Helper()
+	tc, _ := h.pki.clientTLS(h.pki.leaf(t, cn, x509.ExtKeyUsageClientAuth))()
+	tc.NextProtos = []string{proto.ALPN}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, h.addr, tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	st, _ := qc.OpenStreamSync(ctx)
+	proto.WriteMsg(st, &proto.Hello{ProtocolVersion: proto.Version, Name: cn, BootID: bootID})
+	if _, err := proto.ReadMsg(proto.NewReader(st), proto.MaxControlFrame); err != nil {
+		t.Fatal(err)
+	}
+	return qc
+}
+
+func TestResumeOnlyByOwnerWithSecret(t *testing.T) {
+	h := startServer(t, newPKI(t), "127.0.0.1:0")
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	conn, err := h.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h.srv.mu.Lock()
+	secret := h.srv.sessions["pi-1"]["s1"].secret
+	boot := h.srv.boots["pi-1"]
+	h.srv.mu.Unlock()
+
+	tests := []struct {
+		name, device string
+		secret       []byte
+	}{
+		{"another device with the right secret", "pi-2", secret},
+		{"the owner with a wrong secret", "pi-1", []byte("not the secret")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The same boot ID: as if the agent process itself tried.
+			qc := rawDevice(t, h, tt.device, boot)
+			st, err := qc.OpenStreamSync(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			proto.WriteMsg(st, &proto.Resume{SessionID: "s1", Secret: tt.secret})
+			m, err := proto.ReadMsg(proto.NewReader(st), proto.MaxHeaderFrame)
+			acc, ok := m.(*proto.ResumeAccept)
+			if err != nil || !ok || acc.Code != proto.CodeNotFound {
+				t.Fatalf("answer = %#v, %v; want not found", m, err)
+			}
+		})
+	}
+	// The session is untouched by the attempts... but the owner's second
+	// connection replaced its tunnel: the session resumes on the real agent
+	// only. Check it still carries bytes.
+	waitState(t, state, false)
+	waitState(t, state, true)
+	echo(t, conn, "still mine")
+}
+
+func TestAgentRestartDropsHeldSessions(t *testing.T) {
+	h := startServer(t, newPKI(t), "127.0.0.1:0")
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	conn, err := h.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A new agent process (new boot ID) for the same device.
+	rawDevice(t, h, "pi-1", "another-boot")
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, ErrAgentRestarted) {
+		t.Fatalf("read = %v, want ErrAgentRestarted", err)
+	}
+}
