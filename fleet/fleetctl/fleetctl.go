@@ -71,7 +71,7 @@ Commands:
   roles create -f ROLE.yaml        (also: fleetctl create -f ROLE.yaml; "-f -" reads stdin)
   roles ls [--format=text|json|yaml]
   roles rm NAME
-  tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT]
+  tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT] [--format=text|json]
   tokens ls [--format=text|json]
   tokens rm ID
   devices ls [-v] [--format=text|json]
@@ -128,7 +128,7 @@ var commands = map[string]command{
 	"create":       {"create -f ROLE.yaml", (*runner).rolesCreate},
 	"roles ls":     {"roles ls [--format=text|json|yaml]", (*runner).rolesLs},
 	"roles rm":     {"roles rm NAME", (*runner).rolesRm},
-	"tokens add":   {"tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT]", (*runner).tokensAdd},
+	"tokens add":   {"tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT] [--format=text|json]", (*runner).tokensAdd},
 	"tokens ls":    {"tokens ls [--format=text|json]", (*runner).tokensLs},
 	"tokens rm":    {"tokens rm ID", (*runner).tokensRm},
 	"devices ls":   {"devices ls [-v] [--format=text|json]", (*runner).devicesLs},

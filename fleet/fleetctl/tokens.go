@@ -35,7 +35,11 @@ func (r *runner) tokensAdd(ctx context.Context, fs *flag.FlagSet, args []string)
 	uses := fs.Int("uses", 1, "how many devices can join with it")
 	labels := fs.String("labels", "", "labels the joining devices get, KEY=VALUE,... (roles select devices by them)")
 	fleetAddr := fs.String("fleet-addr", "", "the fleet's address as devices reach it, for the printed command (default: the address fleetctl uses)")
+	format := fs.String("format", "text", "output format: text or json (json holds join_string, for scripts)")
 	if _, err := r.parseN(fs, args, 0, ""); err != nil {
+		return err
+	}
+	if err := r.checkFormat(fs, *format); err != nil {
 		return err
 	}
 	if *ttl <= 0 {
@@ -64,6 +68,10 @@ func (r *runner) tokensAdd(ctx context.Context, fs *flag.FlagSet, args []string)
 	join := tok.JoinString
 	if join == "" {
 		join = pin.JoinString(tok.Token, caPin)
+	}
+	if *format == "json" {
+		tok.CAPin, tok.JoinString = caPin, join
+		return r.printJSON(tok)
 	}
 	addr := *fleetAddr
 	if addr == "" {

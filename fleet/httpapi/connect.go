@@ -67,10 +67,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		service = proto.ServiceSSH
 	}
 	sid := newSessionID()
-	log := s.audit().With("event", "session.connect", "user", c.name(), "device", name, "login", login,
+	log := s.audit().With("user", c.name(), "device", name, "login", login,
 		"service", service, "session", sid, "remote", r.RemoteAddr)
 	deny := func(status int, code, msg string) {
-		log.Warn("access denied", "reason", msg)
+		log.Warn("access denied", "event", "access.denied", "reason", msg)
 		writeError(w, status, code, msg)
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), api.UpgradeProto) {

@@ -155,6 +155,9 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	defer ln.Close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Tell every device at once when the fleet stops, so agents reconnect
+	// to its successor without waiting for their idle timeout.
+	defer s.closeAll("fleet shutting down")
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
@@ -485,6 +488,18 @@ func (s *Server) Count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+func (s *Server) closeAll(reason string) {
+	s.mu.Lock()
+	conns := make([]*deviceConn, 0, len(s.conns))
+	for _, dc := range s.conns {
+		conns = append(conns, dc)
+	}
+	s.mu.Unlock()
+	for _, dc := range conns {
+		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
+	}
 }
 
 // Disconnect closes deviceID's tunnel, if any, with a reason the agent logs.

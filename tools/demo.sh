@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The main job: a fleet on the embedded bbolt store, a demo user, and a local
+# device agent, then the exact commands to try. Ctrl-C stops it all.
+# State lives in .demo/ (delete it to start afresh); re-running reuses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ADDR="${DEMO_ADDR:-127.0.0.1:3080}"
+STATE="$PWD/.demo"
+BIN="$PWD/bin"
+LOGIN="$(id -un)"
+PASSWORD="demo-password-123"
+
+echo "==> building fleetd, edge-agent, tsh and fleetctl into bin/"
+mkdir -p "$BIN" "$STATE"
+go build -o "$BIN/" ./fleet/cmd/fleetd ./fleet/cmd/tsh ./fleet/cmd/fleetctl ./firmware/cmd/edge-agent
+
+pids=()
+cleanup() {
+  echo
+  echo "==> stopping"
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+echo "==> starting fleetd on $ADDR (data in .demo/fleet, logs in .demo/fleetd.log)"
+"$BIN/fleetd" start --data-dir "$STATE/fleet" --listen "$ADDR" >"$STATE/fleetd.out" 2>"$STATE/fleetd.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  grep -q '^CA pin:' "$STATE/fleetd.out" 2>/dev/null && break
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$STATE/fleetd.log"; exit 1; }
+  sleep 0.1
+done
+PIN="$(sed -n 's/^CA pin: //p' "$STATE/fleetd.out")"
+CTL=("$BIN/fleetctl" --data-dir "$STATE/fleet")
+
+if ! "${CTL[@]}" users ls | grep -q '^demo\b'; then
+  echo "==> adding user demo (role access, login $LOGIN)"
+  echo "$PASSWORD" | "${CTL[@]}" users add demo --roles=access --logins="$LOGIN" >/dev/null
+fi
+
+if [ ! -f "$STATE/device/agent.db" ]; then
+  echo "==> creating a join token and joining device demo-device"
+  JOIN="$("${CTL[@]}" tokens add --ttl=10m --uses=1 --labels=env=demo --format=json | sed -n 's/.*"join_string": *"\([^"]*\)".*/\1/p')"
+  set -- --fleet "$ADDR" --token "$JOIN"
+else
+  set --
+fi
+"$BIN/edge-agent" start --data-dir "$STATE/device" --name demo-device --labels site=desk "$@" 2>"$STATE/agent.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  "${CTL[@]}" devices ls 2>/dev/null | grep -q 'demo-device.*online' && break
+  kill -0 "${pids[1]}" 2>/dev/null || { cat "$STATE/agent.log"; exit 1; }
+  sleep 0.1
+done
+
+export TSH_HOME="$STATE/tsh"
+echo "$PASSWORD" | "$BIN/tsh" login --proxy="$ADDR" --user=demo --ca-pin="$PIN" >/dev/null
+
+cat <<MSG
+
+Remoteler edge demo is running: fleet "fleet" on $ADDR, device demo-device online.
+User demo (password $PASSWORD) is logged in. In another terminal:
+
+  export TSH_HOME=$STATE/tsh PATH=$BIN:\$PATH
+  tsh status
+  tsh ls
+  tsh ssh demo-device                     # interactive shell as $LOGIN
+  tsh ssh demo-device uname -a            # one command; its exit status comes back
+  tsh scp README.md demo-device:/tmp/     # copy a file
+
+Plain OpenSSH through the fleet:
+  tsh config > $STATE/ssh_config
+  ssh -F $STATE/ssh_config $LOGIN@demo-device.fleet
+  scp -F $STATE/ssh_config README.md $LOGIN@demo-device.fleet:/tmp/
+
+Admin:
+  fleetctl --data-dir $STATE/fleet status
+  fleetctl --data-dir $STATE/fleet devices ls
+  fleetctl --data-dir $STATE/fleet tokens add --labels=site=lab
+
+Logs: $STATE/fleetd.log and $STATE/agent.log. Ctrl-C stops the demo.
+MSG
+wait -n "${pids[@]}"
