@@ -168,7 +168,9 @@ type ResumeAccept struct {
 
 // Services the agent can serve.
 const (
-	ServiceSSH = "ssh"
+	ServiceSSH  = "ssh"
+	ServiceKube = "kube" // the device's Kubernetes API
+	ServiceApp  = "app"  // a web app on the device; Target names it
 )
 
 // StreamAccept is the agent's answer to a StreamHeader. A zero Code accepts

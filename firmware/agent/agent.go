@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,9 @@ type Config struct {
 	Keepalive time.Duration `json:"keepalive"`
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string `json:"-"`
+	// Services serve streams of services other than SSH (which the agent
+	// always serves), by proto service name. Each must close conn.
+	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) `json:"-"`
 
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger `json:"-"`
@@ -257,7 +261,7 @@ func (a *Agent) hello() *proto.Hello {
 		Arch:         runtime.GOARCH,
 		Labels:       a.cfg.Labels,
 		Time:         a.cfg.Now().UnixMilli(),
-		Services:     []string{proto.ServiceSSH},
+		Services:     a.services(),
 	}
 }
 
@@ -276,16 +280,36 @@ func (a *Agent) helloAck(ack *proto.HelloAck) {
 
 // check refuses streams the agent cannot serve before any byte flows.
 func (a *Agent) check(h *proto.StreamHeader) error {
-	if h.Service != proto.ServiceSSH {
-		return proto.Errorf(proto.CodeNotFound, "this device does not offer %q", h.Service)
+	if h.Identity.User == "" {
+		return proto.Errorf(proto.CodeBadRequest, "stream header names no user")
 	}
-	if h.Identity.User == "" || h.Identity.Login == "" {
-		return proto.Errorf(proto.CodeBadRequest, "stream header names no user or login")
+	if h.Service == proto.ServiceSSH {
+		if h.Identity.Login == "" {
+			return proto.Errorf(proto.CodeBadRequest, "stream header names no login")
+		}
+		return nil
+	}
+	if a.cfg.Services[h.Service] == nil {
+		return proto.Errorf(proto.CodeNotFound, "this device does not offer %q", h.Service)
 	}
 	return nil
 }
 
+// services lists what the device offers, for its hello.
+func (a *Agent) services() []string {
+	out := []string{proto.ServiceSSH}
+	for name := range a.cfg.Services {
+		out = append(out, name)
+	}
+	slices.Sort(out[1:])
+	return out
+}
+
 func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+	if h.Service != proto.ServiceSSH {
+		a.cfg.Services[h.Service](ctx, h, conn)
+		return
+	}
 	log := a.log.With("session", h.SessionID, "user", h.Identity.User, "login", h.Identity.Login)
 	log.Info("ssh session brokered", "client", h.ClientAddr)
 	if err := a.ssh.ServeConn(ctx, conn, h.Identity); err != nil {

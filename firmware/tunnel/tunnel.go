@@ -47,6 +47,9 @@ type Config struct {
 	OnHelloAck func(*proto.HelloAck)
 	// OnState is called when the tunnel goes up (true) or down (false).
 	OnState func(up bool)
+	// OnMessage receives messages the fleet sends on its own (not answers
+	// to Call), such as pushed configuration. Optional.
+	OnMessage func(m proto.Message)
 
 	// Keepalive is how often QUIC sends a keep-alive when the link is idle;
 	// default 25s, which holds a NAT mapping with a 30 s UDP timeout.
@@ -255,7 +258,7 @@ func (c *Client) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("tunnel: open control stream: %w", err)
 	}
-	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}}
+	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}, onMessage: c.cfg.OnMessage}
 	hello := c.cfg.Hello()
 	hello.ProtocolVersion = proto.Version
 	hello.BootID = c.bootID
@@ -506,16 +509,37 @@ func (c *Client) abortSessions() {
 	}
 }
 
-// Renew sends a renewal request on the control stream and waits for the
-// fleet's answer.
-func (c *Client) Renew(ctx context.Context, req *proto.RenewRequest) (*proto.RenewResponse, error) {
+// ErrDown is returned by Call and Send while the tunnel is down.
+var ErrDown = errors.New("tunnel: the tunnel is down")
+
+// Call sends m on the control stream and waits for the fleet's answer of
+// kind want (one call per answer kind may be outstanding). A *proto.Error
+// answer is returned as the error.
+func (c *Client) Call(ctx context.Context, m proto.Message, want proto.Kind) (proto.Message, error) {
 	c.mu.Lock()
 	ctrl := c.ctrl
 	c.mu.Unlock()
 	if ctrl == nil {
-		return nil, errors.New("tunnel: renew: tunnel is down")
+		return nil, ErrDown
 	}
-	m, err := ctrl.call(ctx, req, proto.KindRenewResponse)
+	return ctrl.call(ctx, m, want)
+}
+
+// Send sends m on the control stream without waiting for an answer.
+func (c *Client) Send(m proto.Message) error {
+	c.mu.Lock()
+	ctrl := c.ctrl
+	c.mu.Unlock()
+	if ctrl == nil {
+		return ErrDown
+	}
+	return ctrl.send(m)
+}
+
+// Renew sends a renewal request on the control stream and waits for the
+// fleet's answer.
+func (c *Client) Renew(ctx context.Context, req *proto.RenewRequest) (*proto.RenewResponse, error) {
+	m, err := c.Call(ctx, req, proto.KindRenewResponse)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: renew: %w", err)
 	}
@@ -536,6 +560,8 @@ type control struct {
 	mu      sync.Mutex // guards waiters and dead
 	waiters map[proto.Kind]chan proto.Message
 	dead    bool
+
+	onMessage func(proto.Message)
 }
 
 func (c *control) send(m proto.Message) error {
@@ -593,10 +619,14 @@ func (c *control) readLoop() error {
 		ch := c.waiters[m.Kind()]
 		delete(c.waiters, m.Kind())
 		c.mu.Unlock()
-		if ch != nil {
+		switch {
+		case ch != nil:
 			ch <- m
+		case m.Kind() == proto.KindHeartbeatAck:
+			// Acks of heartbeats need no action.
+		case c.onMessage != nil:
+			c.onMessage(m)
 		}
-		// Unsolicited heartbeat acks and the like need no action.
 	}
 }
 

@@ -44,6 +44,11 @@ type Config struct {
 	OnRenew func(ctx context.Context, deviceID string, req *proto.RenewRequest) *proto.RenewResponse
 	// OnDisconnect is called when a device's connection ends. Optional.
 	OnDisconnect func(deviceID string, err error)
+	// OnMessage answers control messages other than heartbeats and
+	// renewals (audit batches, say). A nil reply sends nothing; an error
+	// is sent to the device as a proto.Error and ends its connection.
+	// Optional: without it such messages are a protocol error.
+	OnMessage func(ctx context.Context, deviceID string, m proto.Message) (reply proto.Message, err error)
 	// StatelessResetKey, when set, lets restarted fleets reset stale
 	// connections at once instead of letting them time out.
 	StatelessResetKey *quic.StatelessResetKey
@@ -93,6 +98,7 @@ var ErrAgentRestarted = errors.New("tunnelsrv: the device's agent restarted; the
 type deviceConn struct {
 	qc    *quic.Conn
 	since time.Time
+	ctrl  *ctrlStream
 }
 
 // Info describes a connected device's tunnel.
@@ -220,7 +226,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
 		return
 	}
-	dc := &deviceConn{qc: qc, since: s.cfg.Now()}
+	dc := &deviceConn{qc: qc, since: s.cfg.Now(), ctrl: ctrl}
 	var lost []*session
 	s.mu.Lock()
 	old := s.conns[id]
@@ -301,9 +307,23 @@ func (s *Server) controlLoop(ctx context.Context, id string, ctrl *ctrlStream, r
 				return err
 			}
 		default:
-			err := fmt.Errorf("unexpected %s on the control stream", m.Kind())
-			ctrl.send(&proto.Error{Code: proto.CodeBadRequest, Message: err.Error()})
-			return err
+			if s.cfg.OnMessage == nil {
+				err := fmt.Errorf("unexpected %s on the control stream", m.Kind())
+				ctrl.send(&proto.Error{Code: proto.CodeBadRequest, Message: err.Error()})
+				return err
+			}
+			reply, err := s.cfg.OnMessage(ctx, id, m)
+			if err != nil {
+				pe := &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
+				errors.As(err, &pe)
+				ctrl.send(pe)
+				return err
+			}
+			if reply != nil {
+				if err := ctrl.send(reply); err != nil {
+					return err
+				}
+			}
 		}
 	}
 }
@@ -481,6 +501,17 @@ func (s *Server) Info(deviceID string) (Info, bool) {
 		return Info{}, false
 	}
 	return Info{Addr: dc.qc.RemoteAddr(), Since: dc.since, RTT: dc.qc.ConnectionStats().SmoothedRTT}, true
+}
+
+// Send pushes m to deviceID on its control stream.
+func (s *Server) Send(deviceID string, m proto.Message) error {
+	s.mu.Lock()
+	dc := s.conns[deviceID]
+	s.mu.Unlock()
+	if dc == nil {
+		return ErrOffline
+	}
+	return dc.ctrl.send(m)
 }
 
 // Count returns the number of connected devices.
