@@ -83,16 +83,21 @@ type Hello struct {
 type HelloAck struct {
 	DeviceID   string `cbor:"1,keyasint"`
 	ServerTime int64  `cbor:"2,keyasint"` // Unix milliseconds
-	// KeepaliveMillis is how often the agent should send a heartbeat when the
-	// link is idle; 0 keeps the agent's own setting.
+	// KeepaliveMillis is how often the agent refreshes its NAT mapping
+	// while idle; 0 keeps the agent's own setting, negative turns it off.
 	KeepaliveMillis int64 `cbor:"3,keyasint,omitempty"`
 	// RenewAfter is when (Unix milliseconds) the agent should renew its
 	// certificates; 0 means the agent decides from the certificate itself.
 	RenewAfter int64 `cbor:"4,keyasint,omitempty"`
+	// LivenessMillis is how often the agent sends a heartbeat while idle;
+	// 0 keeps the agent's own setting.
+	LivenessMillis int64 `cbor:"5,keyasint,omitempty"`
 }
 
-// Heartbeat keeps the tunnel's NAT mapping alive and carries only what
-// changed since the last one (nil fields mean "unchanged").
+// Heartbeat tells the fleet the agent is alive (its QUIC ACK is the
+// answer: the fleet sends no HeartbeatAck since protocol 1's revision of
+// 2026-11-21) and carries only what changed since the last one (nil fields
+// mean "unchanged").
 type Heartbeat struct {
 	Seq uint64 `cbor:"1,keyasint"`
 	// Labels, when present, replaces the device's labels; an empty map

@@ -22,7 +22,8 @@
 // Version 1 (2026-11-21): hello/hello-ack, heartbeat/heartbeat-ack,
 // renew request/response, error, stream header/accept; resume and
 // resume-accept on agent-opened streams, the hello's boot ID and the stream
-// header's resume secret (package resume frames every brokered stream).
+// header's resume secret (package resume frames every brokered stream);
+// the hello answer's liveness period; heartbeats are no longer answered.
 package proto
 
 import "fmt"

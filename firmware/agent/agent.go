@@ -50,9 +50,12 @@ type Config struct {
 	Name string `json:"name"`
 	// Labels describe the device for role selectors (site=north).
 	Labels map[string]string `json:"labels"`
-	// Keepalive is how often the tunnel sends a keep-alive on an idle
-	// link; default 25s (holds a 30 s NAT mapping).
+	// Keepalive is how often the agent refreshes its NAT mapping on an
+	// idle link; default 25s (holds a 30 s UDP mapping); negative: off.
 	Keepalive time.Duration `json:"keepalive"`
+	// Liveness is how often the agent checks, on an idle link, that the
+	// fleet is still there; default 2m.
+	Liveness time.Duration `json:"liveness"`
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string `json:"-"`
 	// Services serve streams of services other than SSH (which the agent
@@ -211,6 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		},
 		Keepalive: a.cfg.Keepalive,
+		Liveness:  a.cfg.Liveness,
 		Logger:    a.log,
 		Now:       a.cfg.Now,
 	})

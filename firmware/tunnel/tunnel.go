@@ -51,16 +51,19 @@ type Config struct {
 	// to Call), such as pushed configuration. Optional.
 	OnMessage func(m proto.Message)
 
-	// Keepalive is how often QUIC sends a keep-alive when the link is idle;
-	// default 25s, which holds a NAT mapping with a 30 s UDP timeout.
+	// Keepalive is how often the agent refreshes its NAT mapping while the
+	// link is idle: a one-byte datagram (not QUIC, so the fleet sends no
+	// answer) from the tunnel's socket. Default 25s, which holds a mapping
+	// with a 30 s UDP timeout; negative turns it off. The fleet may set it
+	// per device in its hello answer.
 	Keepalive time.Duration
+	// Liveness is how often the agent sends a heartbeat on the control
+	// stream while idle, to find out that the fleet is gone (its QUIC ACK
+	// is the answer). Default 2m. The fleet may set it in its hello answer.
+	Liveness time.Duration
 	// IdleTimeout closes a connection that hears nothing for this long;
-	// default 3 × Keepalive, at least 30s.
+	// default 2 × Liveness + 30s.
 	IdleTimeout time.Duration
-	// Heartbeat is how often the agent sends an application heartbeat that
-	// tells the fleet it is alive; default 5m. Zero keeps the default;
-	// negative turns heartbeats off.
-	Heartbeat time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay; defaults 500ms
 	// and 1m. The delay doubles per failure, with full jitter.
 	MinBackoff, MaxBackoff time.Duration
@@ -85,14 +88,14 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Keepalive <= 0 {
-		c.Keepalive = 25 * time.Second
+	if c.Keepalive == 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	if c.Liveness <= 0 {
+		c.Liveness = DefaultLiveness
 	}
 	if c.IdleTimeout <= 0 {
-		c.IdleTimeout = max(3*c.Keepalive, 30*time.Second)
-	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = 5 * time.Minute
+		c.IdleTimeout = 2*c.Liveness + 30*time.Second
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = 500 * time.Millisecond
@@ -126,6 +129,12 @@ func (c *Config) setDefaults() {
 		c.Now = time.Now
 	}
 }
+
+// Defaults for Config.
+const (
+	DefaultKeepalive = 25 * time.Second
+	DefaultLiveness  = 2 * time.Minute
+)
 
 // Client keeps one tunnel up. Create it with New and call Run.
 type Client struct {
@@ -245,8 +254,9 @@ func (c *Client) session(ctx context.Context) error {
 
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	qc, err := tr.Dial(dctx, raddr, tlsConf, &quic.Config{
-		KeepAlivePeriod: c.cfg.Keepalive,
-		MaxIdleTimeout:  c.cfg.IdleTimeout,
+		// No QUIC keep-alives: a PING and its ACK cost ~110 bytes on the
+		// wire. The NAT keep-alive and the heartbeat below cost less.
+		MaxIdleTimeout: c.cfg.IdleTimeout,
 	})
 	cancel()
 	if err != nil {
@@ -270,10 +280,18 @@ func (c *Client) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("tunnel: read hello answer: %w", closeReason(qc, err))
 	}
+	var link linkTimers
 	st.SetReadDeadline(time.Time{})
 	switch m := m.(type) {
 	case *proto.HelloAck:
 		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr())
+		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness}
+		if m.KeepaliveMillis != 0 {
+			link.keepalive = time.Duration(m.KeepaliveMillis) * time.Millisecond
+		}
+		if m.LivenessMillis > 0 {
+			link.liveness = time.Duration(m.LivenessMillis) * time.Millisecond
+		}
 		if skew := time.UnixMilli(m.ServerTime).Sub(c.cfg.Now()); skew > time.Minute || skew < -time.Minute {
 			c.log.Warn("device clock differs from the fleet's", "skew", skew.Round(time.Second),
 				"fleet_time", time.UnixMilli(m.ServerTime).UTC())
@@ -309,7 +327,7 @@ func (c *Client) session(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
@@ -317,7 +335,11 @@ func (c *Client) session(ctx context.Context) error {
 	c.resumeAll(sctx, qc)
 	go func() {
 		defer wg.Done()
-		c.heartbeats(sctx, ctrl)
+		c.heartbeats(sctx, ctrl, link.liveness)
+	}()
+	go func() {
+		defer wg.Done()
+		natKeepalive(sctx, tr, raddr, link.keepalive)
 	}()
 	go func() {
 		<-sctx.Done()
@@ -340,11 +362,37 @@ func closeReason(qc *quic.Conn, err error) error {
 	return err
 }
 
-func (c *Client) heartbeats(ctx context.Context, ctrl *control) {
-	if c.cfg.Heartbeat < 0 {
+// linkTimers are one connection's keep-alive and liveness periods.
+type linkTimers struct {
+	keepalive, liveness time.Duration
+}
+
+// natKeepalive sends a one-byte non-QUIC datagram every period: it keeps
+// the NAT mapping, and the fleet's QUIC stack drops it without answering.
+func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, period time.Duration) {
+	if period <= 0 {
 		return
 	}
-	t := time.NewTicker(c.cfg.Heartbeat)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			tr.WriteTo(natKeepaliveDatagram, to)
+		}
+	}
+}
+
+// natKeepaliveDatagram has the two top bits clear, so QUIC stacks see it
+// is not QUIC (RFC 9443).
+var natKeepaliveDatagram = []byte{0}
+
+// heartbeats sends a heartbeat every period; each one draws a QUIC ACK,
+// so a fleet that is gone shows up as an idle timeout.
+func (c *Client) heartbeats(ctx context.Context, ctrl *control, period time.Duration) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	var seq uint64
 	for {

@@ -38,7 +38,9 @@ func (r *switchRouter) SendPacket(p simnet.Packet) error {
 // simFleet is a fleet and an agent on an in-process network in a synctest
 // bubble: virtual time, so minutes of blackout take no real time.
 type simFleet struct {
-	router *switchRouter
+	agentSocks []*simnet.SimConn
+	srvSock    *simnet.SimConn
+	router     *switchRouter
 	srv    *Server
 	client *tunnel.Client
 	state  chan bool
@@ -47,8 +49,18 @@ type simFleet struct {
 
 const simRTT = 50 * time.Millisecond
 
+// simOpts tunes newSimFleet; zero fields take the test defaults.
+type simOpts struct {
+	hold, keepalive, liveness, idle time.Duration
+}
+
 func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
+	return newSimFleetOpts(t, simOpts{hold: hold, keepalive: 2 * time.Second, liveness: 3 * time.Second, idle: 10 * time.Second})
+}
+
+func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 	t.Helper()
+	hold := o.hold
 	pki := newPKI(t)
 	router := &switchRouter{}
 	net0 := &simnet.Simnet{Router: router}
@@ -56,13 +68,15 @@ func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
 	srvAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443}
 	srvConn := net0.NewEndpoint(srvAddr, link)
 	// A fresh socket (new port) per agent dial, as on a real device.
+	sf := &simFleet{router: router, state: make(chan bool, 64), srvSock: srvConn}
 	var pool []net.PacketConn
 	for i := range 256 {
-		pool = append(pool, net0.NewEndpoint(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 40000 + i}, link))
+		c := net0.NewEndpoint(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 40000 + i}, link)
+		pool = append(pool, c)
+		sf.agentSocks = append(sf.agentSocks, c)
 	}
 	net0.Start()
 
-	sf := &simFleet{router: router, state: make(chan bool, 64)}
 	sf.srv = New(Config{
 		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.pool},
 		Authenticate: func(cs tls.ConnectionState) (string, error) { return cs.PeerCertificates[0].Subject.CommonName, nil },
@@ -70,7 +84,7 @@ func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
 			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
 		},
 		SessionHold: hold,
-		IdleTimeout: 10 * time.Second,
+		IdleTimeout: o.idle,
 	})
 	var next atomic.Int32
 	sf.client = tunnel.New(tunnel.Config{
@@ -82,8 +96,9 @@ func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
 			conn.Close()
 		},
 		OnState:     func(up bool) { sf.state <- up },
-		Keepalive:   2 * time.Second,
-		IdleTimeout: 10 * time.Second,
+		Keepalive:   o.keepalive,
+		Liveness:    o.liveness,
+		IdleTimeout: o.idle,
 		MinBackoff:  100 * time.Millisecond,
 		MaxBackoff:  10 * time.Second,
 		SessionHold: hold,
@@ -271,4 +286,42 @@ func TestAgentRestartDropsHeldSessions(t *testing.T) {
 	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, ErrAgentRestarted) {
 		t.Fatalf("read = %v, want ErrAgentRestarted", err)
 	}
+}
+
+// udpOverhead is what IPv4 and UDP add to every datagram on the wire.
+const udpOverhead = 28
+
+// wireBytes counts the bytes all agent sockets and the fleet socket sent,
+// with IP and UDP headers.
+func (sf *simFleet) wireBytes() (up, down int64) {
+	for _, c := range sf.agentSocks {
+		st := c.Stats()
+		up += int64(st.BytesSent) + int64(st.PacketsSent)*udpOverhead
+	}
+	st := sf.srvSock.Stats()
+	down = int64(st.BytesSent) + int64(st.PacketsSent)*udpOverhead
+	return up, down
+}
+
+// TestIdleDataPerDay runs an idle device for a simulated day with the
+// default timers and checks the data budget (DESIGN.md: at most 0.3 MB a
+// day) on the wire counters.
+func TestIdleDataPerDay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{}) // the defaults a device ships with
+		defer sf.stop()
+		sf.waitState(t, true)
+		up0, down0 := sf.wireBytes()
+		time.Sleep(24 * time.Hour)
+		up, down := sf.wireBytes()
+		up, down = up-up0, down-down0
+		total := up + down
+		t.Logf("idle for 24h: %d bytes up, %d down, %.3f MB in all; reconnects %d", up, down, float64(total)/1e6, sf.client.Reconnects())
+		if sf.client.Reconnects() != 0 {
+			t.Errorf("the idle tunnel reconnected %d times", sf.client.Reconnects())
+		}
+		if total > 300_000 {
+			t.Errorf("idle data = %d bytes a day, want at most 300000", total)
+		}
+	})
 }

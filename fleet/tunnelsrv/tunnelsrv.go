@@ -56,7 +56,8 @@ type Config struct {
 	// restarts and replicas.
 	TokenKey *quic.TokenGeneratorKey
 	// IdleTimeout closes a connection that hears nothing for this long;
-	// default 90s. Devices send keep-alives more often.
+	// default 5m. Agents send a heartbeat every 2m by default; the smaller
+	// of the two sides' idle timeouts applies.
 	IdleTimeout time.Duration
 	// SessionHold is how long a brokered session waits for its device to
 	// come back; default 10m.
@@ -124,7 +125,7 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 90 * time.Second
+		cfg.IdleTimeout = 5 * time.Minute
 	}
 	if cfg.SessionHold <= 0 {
 		cfg.SessionHold = resume.DefaultHold
@@ -292,11 +293,9 @@ func (s *Server) controlLoop(ctx context.Context, id string, ctrl *ctrlStream, r
 		}
 		switch m := m.(type) {
 		case *proto.Heartbeat:
+			// No answer: the QUIC ACK is enough, and bytes cost money.
 			if s.cfg.OnHeartbeat != nil {
 				s.cfg.OnHeartbeat(id, m)
-			}
-			if err := ctrl.send(&proto.HeartbeatAck{Seq: m.Seq, ServerTime: s.cfg.Now().UnixMilli()}); err != nil {
-				return err
 			}
 		case *proto.RenewRequest:
 			resp := &proto.RenewResponse{Err: proto.Errorf(proto.CodeUnavailable, "renewal is not offered")}

@@ -82,7 +82,8 @@ func start(args []string) int {
 	dataDir := fs.String("data-dir", agent.DefaultDataDir, "`DIR` for the agent's state (agent.db)")
 	name := fs.String("name", "", "device name in the fleet (default: the host name)")
 	labels := fs.String("labels", "", "device labels for role selectors, `k=v,k2=v2` (default: none)")
-	keepalive := fs.Duration("keepalive", 0, "keep-alive period on an idle link (default 25s; holds a 30 s NAT mapping)")
+	keepalive := fs.Duration("keepalive", 0, "how often to refresh the NAT mapping on an idle link, with a 29-byte datagram (default 25s, for a 30 s UDP timeout; -1s turns it off)")
+	liveness := fs.Duration("liveness", 0, "how often to check on an idle link that the fleet is there (default 2m)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -123,6 +124,7 @@ func start(args []string) int {
 		cfg.Labels = l
 	}
 	cfg.Keepalive = *keepalive
+	cfg.Liveness = *liveness
 	if !set["keepalive"] && fc.Keepalive != "" {
 		d, err := time.ParseDuration(fc.Keepalive)
 		if err != nil {
