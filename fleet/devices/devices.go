@@ -110,6 +110,10 @@ type Device struct {
 	// TokenLabels are the labels its join token fixed; they override
 	// whatever the agent reports.
 	TokenLabels map[string]string `json:"token_labels,omitempty"`
+	// Connects counts the tunnel connections the device made.
+	Connects int `json:"connects,omitempty"`
+	// AddrChangedAt is when the device's address last changed.
+	AddrChangedAt time.Time `json:"addr_changed_at,omitzero"`
 }
 
 // API returns the device as the API lists it. Online and Logins are the
@@ -125,6 +129,7 @@ func (d Device) API() api.Device {
 		Arch:         d.Arch,
 		Addr:         d.Addr,
 		JoinedAt:     d.JoinedAt,
+		Link:         api.Link{Reconnects: max(d.Connects-1, 0), AddrChangedAt: d.AddrChangedAt},
 	}
 }
 

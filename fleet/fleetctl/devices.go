@@ -13,7 +13,7 @@ import (
 )
 
 func (r *runner) devicesLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined")
+	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change)")
 	format := fs.String("format", "text", "output format: text or json")
 	if _, err := r.parseN(fs, args, 0, ""); err != nil {
 		return err
@@ -41,30 +41,7 @@ func (r *runner) devicesLs(ctx context.Context, fs *flag.FlagSet, args []string)
 		fmt.Fprintln(r.stdio.Err, "No devices yet; fleetctl tokens add prints how to join one.")
 		return nil
 	}
-	now := r.stdio.Now()
-	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	if *verbose {
-		fmt.Fprintln(tw, "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED")
-	} else {
-		fmt.Fprintln(tw, "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION")
-	}
-	for _, d := range devices {
-		status := "offline"
-		if d.Online {
-			status = "online"
-		}
-		if *verbose {
-			osArch := ""
-			if d.OS != "" || d.Arch != "" {
-				osArch = d.OS + "/" + d.Arch
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, d.ID, cli.Labels(d.Labels), status,
-				cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion), cli.Dash(osArch), cli.Dash(d.Addr), cli.Ago(now, d.JoinedAt))
-		} else {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, cli.Labels(d.Labels), status, cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion))
-		}
-	}
-	return tw.Flush()
+	return cli.DeviceTable{Verbose: *verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
 }
 
 func (r *runner) devicesRm(ctx context.Context, fs *flag.FlagSet, args []string) error {

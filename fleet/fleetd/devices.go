@@ -70,6 +70,10 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	}
 	now := d.now().UTC()
 	_, err = d.reg.Update(ctx, id, func(dv *devices.Device) error {
+		if dv.Connects > 0 && dv.Addr != addr.String() {
+			dv.AddrChangedAt = now
+		}
+		dv.Connects++
 		dv.LastSeen, dv.Addr = now, addr.String()
 		dv.AgentVersion, dv.OS, dv.Arch = h.AgentVersion, h.OS, h.Arch
 		dv.Labels = mergeLabels(h.Labels, dv.TokenLabels)

@@ -27,6 +27,16 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		out.Online = true
 		out.Addr = info.Addr.String()
 		out.LastSeen = s.now().UTC()
+		l := &out.Link
+		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
+		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
+		if info.Stats.PacketsSent > 0 {
+			l.LossPercent = 100 * float64(info.Stats.PacketsLost) / float64(info.Stats.PacketsSent)
+		}
+		l.ConnectedSince = info.Since.UTC()
+		if info.AddrChangedAt.After(l.AddrChangedAt) {
+			l.AddrChangedAt = info.AddrChangedAt.UTC()
+		}
 	}
 	return out
 }

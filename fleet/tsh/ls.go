@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"text/tabwriter"
 
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
@@ -15,7 +14,7 @@ import (
 
 func (r *runner) ls(ctx context.Context, args []string) error {
 	fs := r.flags("ls", "tsh ls [LABEL=VALUE...] [-v] [--format=text|json]")
-	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined, your logins")
+	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change), your logins")
 	format := fs.String("format", "text", "output format: text or json")
 	pos, err := cli.Parse(fs, args)
 	if err != nil {
@@ -68,30 +67,7 @@ func (r *runner) ls(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
-	now := r.stdio.Now()
-	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	if *verbose {
-		fmt.Fprintln(tw, "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED\tLOGINS")
-	} else {
-		fmt.Fprintln(tw, "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION")
-	}
-	for _, d := range devices {
-		status := "offline"
-		if d.Online {
-			status = "online"
-		}
-		if *verbose {
-			osArch := ""
-			if d.OS != "" || d.Arch != "" {
-				osArch = d.OS + "/" + d.Arch
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, d.ID, cli.Labels(d.Labels), status,
-				cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion), cli.Dash(osArch), cli.Dash(d.Addr), cli.Ago(now, d.JoinedAt), cli.Dash(strings.Join(d.Logins, ",")))
-		} else {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, cli.Labels(d.Labels), status, cli.Ago(now, d.LastSeen), cli.Dash(d.AgentVersion))
-		}
-	}
-	return tw.Flush()
+	return cli.DeviceTable{Verbose: *verbose, Logins: *verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
 }
 
 // matches reports whether labels hold every key=value of want.

@@ -41,10 +41,10 @@ type simFleet struct {
 	agentSocks []*simnet.SimConn
 	srvSock    *simnet.SimConn
 	router     *switchRouter
-	srv    *Server
-	client *tunnel.Client
-	state  chan bool
-	stop   func()
+	srv        *Server
+	client     *tunnel.Client
+	state      chan bool
+	stop       func()
 }
 
 const simRTT = 50 * time.Millisecond

@@ -100,6 +100,10 @@ type deviceConn struct {
 	qc    *quic.Conn
 	since time.Time
 	ctrl  *ctrlStream
+
+	mu        sync.Mutex // guards addr and addrMoved
+	addr      string
+	addrMoved time.Time
 }
 
 // Info describes a connected device's tunnel.
@@ -107,6 +111,12 @@ type Info struct {
 	Addr  net.Addr
 	Since time.Time
 	RTT   time.Duration
+	// Stats are the connection's counters (bytes and packets are the
+	// fleet's: sent to the device and received from it).
+	Stats quic.ConnectionStats
+	// AddrChangedAt is when the device's address last changed on this
+	// connection (QUIC follows NAT rebinding and migration); zero if never.
+	AddrChangedAt time.Time
 }
 
 // Application error codes used to close QUIC connections; they are the
@@ -227,7 +237,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
 		return
 	}
-	dc := &deviceConn{qc: qc, since: s.cfg.Now(), ctrl: ctrl}
+	dc := &deviceConn{qc: qc, since: s.cfg.Now(), ctrl: ctrl, addr: qc.RemoteAddr().String()}
 	var lost []*session
 	s.mu.Lock()
 	old := s.conns[id]
@@ -499,7 +509,15 @@ func (s *Server) Info(deviceID string) (Info, bool) {
 	if dc == nil {
 		return Info{}, false
 	}
-	return Info{Addr: dc.qc.RemoteAddr(), Since: dc.since, RTT: dc.qc.ConnectionStats().SmoothedRTT}, true
+	st := dc.qc.ConnectionStats()
+	addr := dc.qc.RemoteAddr()
+	dc.mu.Lock()
+	if a := addr.String(); a != dc.addr {
+		dc.addr, dc.addrMoved = a, s.cfg.Now()
+	}
+	moved := dc.addrMoved
+	dc.mu.Unlock()
+	return Info{Addr: addr, Since: dc.since, RTT: st.SmoothedRTT, Stats: st, AddrChangedAt: moved}, true
 }
 
 // Send pushes m to deviceID on its control stream.

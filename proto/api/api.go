@@ -138,6 +138,23 @@ type Device struct {
 	JoinedAt     time.Time         `json:"joined_at"`
 	// Logins are the logins the asking user may use on this device.
 	Logins []string `json:"logins,omitempty"`
+	// Link is the health of the device's tunnel.
+	Link Link `json:"link"`
+}
+
+// Link is a device tunnel's health as the fleet sees it. Counters are for
+// the current connection; Reconnects and AddrChangedAt span connections.
+type Link struct {
+	RTTMillis      float64   `json:"rtt_ms,omitempty"`
+	LossPercent    float64   `json:"loss_percent,omitempty"` // packets the fleet sent that were lost
+	BytesSent      uint64    `json:"bytes_sent,omitempty"`   // fleet → device
+	BytesReceived  uint64    `json:"bytes_received,omitempty"`
+	ConnectedSince time.Time `json:"connected_since,omitzero"`
+	// Reconnects counts the device's connections after its first.
+	Reconnects int `json:"reconnects"`
+	// AddrChangedAt is when the device's address last changed (a new NAT
+	// mapping, or a move to another network).
+	AddrChangedAt time.Time `json:"addr_changed_at,omitzero"`
 }
 
 // User is a fleet user as admins see it (never the password hash).

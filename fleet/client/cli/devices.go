@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"remoteler.dev/edge/proto/api"
+)
+
+// DeviceTable options.
+type DeviceTable struct {
+	// Verbose adds the ID, OS/arch, address, join time and link health.
+	Verbose bool
+	// Logins adds the asking user's logins (tsh; fleetctl's admin has none).
+	Logins bool
+	Now    time.Time
+}
+
+// Write prints devices as a table.
+func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	head := "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION"
+	if t.Verbose {
+		head = "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED\tRTT\tLOSS\tRECONNECTS\tSENT/RECEIVED\tADDRESS CHANGED"
+	}
+	if t.Logins {
+		head += "\tLOGINS"
+	}
+	fmt.Fprintln(tw, head)
+	for _, d := range devices {
+		status := "offline"
+		if d.Online {
+			status = "online"
+		}
+		cols := []string{d.Name, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion)}
+		if t.Verbose {
+			osArch := ""
+			if d.OS != "" || d.Arch != "" {
+				osArch = d.OS + "/" + d.Arch
+			}
+			l := d.Link
+			rtt, loss, bytes := "-", "-", "-"
+			if d.Online {
+				rtt = fmt.Sprintf("%.0fms", l.RTTMillis)
+				loss = fmt.Sprintf("%.1f%%", l.LossPercent)
+				bytes = Bytes(l.BytesSent) + "/" + Bytes(l.BytesReceived)
+			}
+			moved := "-"
+			if !l.AddrChangedAt.IsZero() {
+				moved = Ago(t.Now, l.AddrChangedAt)
+			}
+			cols = []string{d.Name, d.ID, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion),
+				Dash(osArch), Dash(d.Addr), Ago(t.Now, d.JoinedAt), rtt, loss, fmt.Sprint(l.Reconnects), bytes, moved}
+		}
+		if t.Logins {
+			cols = append(cols, Dash(strings.Join(d.Logins, ",")))
+		}
+		fmt.Fprintln(tw, strings.Join(cols, "\t"))
+	}
+	return tw.Flush()
+}
+
+// Bytes formats a byte count with a binary unit: 512B, 1.5KiB, 3.2MiB.
+func Bytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

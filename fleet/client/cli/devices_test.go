@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/proto/api"
+)
+
+func TestDeviceTableLinkHealth(t *testing.T) {
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	devs := []api.Device{{
+		Name: "pi-1", ID: "d1", Online: true, LastSeen: now, AgentVersion: "v1", OS: "linux", Arch: "arm64",
+		Addr: "192.0.2.7:4242", JoinedAt: now.Add(-48 * time.Hour),
+		Link: api.Link{RTTMillis: 83.4, LossPercent: 1.25, BytesSent: 1536, BytesReceived: 3 << 20, Reconnects: 4,
+			AddrChangedAt: now.Add(-10 * time.Minute)},
+	}}
+	var b strings.Builder
+	if err := (DeviceTable{Verbose: true, Now: now}).Write(&b, devs); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	got := strings.Join(strings.Fields(lines[1]), " ")
+	want := "pi-1 d1 - online just now v1 linux/arm64 192.0.2.7:4242 2d ago 83ms 1.2% 4 1.5KiB/3.0MiB 10m ago"
+	if got != want {
+		t.Errorf("row = %q\nwant  %q", got, want)
+	}
+}
+
+func TestBytes(t *testing.T) {
+	tests := []struct {
+		n    uint64
+		want string
+	}{{0, "0B"}, {1023, "1023B"}, {1024, "1.0KiB"}, {5 << 20, "5.0MiB"}, {3 << 30, "3.0GiB"}}
+	for _, tt := range tests {
+		if got := Bytes(tt.n); got != tt.want {
+			t.Errorf("Bytes(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}
