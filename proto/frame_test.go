@@ -24,6 +24,18 @@ func sampleMessages() []Message {
 		&StreamAccept{Code: CodeForbidden, Message: "login not allowed"},
 		&Resume{SessionID: "s1", Secret: []byte{1, 2, 3}, Received: 1 << 40},
 		&ResumeAccept{Code: CodeNotFound, Message: "gone", Received: 7},
+		&AuditBatch{},
+		&AuditBatch{Events: []AuditEvent{
+			{Seq: 1, Time: 1700000000000, Type: EventSessionStart, Outcome: OutcomeSuccess, User: "alice", Login: "root",
+				Session: "s1", Addr: "10.0.0.1:5000", Hash: make([]byte, HashSize)},
+			{Seq: 2, Time: 1700000000001, Type: EventExec, Fields: map[string]string{"command": "uptime", "pty": "false"}, Hash: []byte{1}},
+		}, Queue: &AuditQueueStatus{Pending: 2, Bytes: 300, Cap: 1 << 20, Dropped: 3, Damaged: 1, LastError: "disk full", Head: 2}},
+		&AuditAck{Through: 2, Hash: []byte{9, 9}},
+		&AuditAck{Err: &Error{Code: CodeInternal, Message: "store"}},
+		&RecordingChunk{ID: "s1", Offset: 10, Data: []byte("[0.5, \"o\", \"hi\"]\n"), Final: true,
+			Meta: &RecordingMeta{Session: "s1", User: "alice", Login: "root", Start: 5, Kind: "shell"}},
+		&RecordingChunk{ID: "s1"},
+		&RecordingAck{ID: "s1", Size: 100, Done: true},
 	}
 }
 

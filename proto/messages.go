@@ -5,32 +5,40 @@ type Kind uint8
 
 // Frame kinds. Append new kinds at the end only.
 const (
-	KindHello         Kind = 1
-	KindHelloAck      Kind = 2
-	KindHeartbeat     Kind = 3
-	KindHeartbeatAck  Kind = 4
-	KindRenewRequest  Kind = 5
-	KindRenewResponse Kind = 6
-	KindError         Kind = 7
-	KindStreamHeader  Kind = 8
-	KindStreamAccept  Kind = 9
-	KindResume        Kind = 10
-	KindResumeAccept  Kind = 11
-	kindEnd           Kind = 12 // one past the last kind
+	KindHello          Kind = 1
+	KindHelloAck       Kind = 2
+	KindHeartbeat      Kind = 3
+	KindHeartbeatAck   Kind = 4
+	KindRenewRequest   Kind = 5
+	KindRenewResponse  Kind = 6
+	KindError          Kind = 7
+	KindStreamHeader   Kind = 8
+	KindStreamAccept   Kind = 9
+	KindResume         Kind = 10
+	KindResumeAccept   Kind = 11
+	KindAuditBatch     Kind = 12
+	KindAuditAck       Kind = 13
+	KindRecordingChunk Kind = 14
+	KindRecordingAck   Kind = 15
+	kindEnd            Kind = 16 // one past the last kind
 )
 
 var kindNames = [...]string{
-	KindHello:         "hello",
-	KindHelloAck:      "hello-ack",
-	KindHeartbeat:     "heartbeat",
-	KindHeartbeatAck:  "heartbeat-ack",
-	KindRenewRequest:  "renew-request",
-	KindRenewResponse: "renew-response",
-	KindError:         "error",
-	KindStreamHeader:  "stream-header",
-	KindStreamAccept:  "stream-accept",
-	KindResume:        "resume",
-	KindResumeAccept:  "resume-accept",
+	KindHello:          "hello",
+	KindHelloAck:       "hello-ack",
+	KindHeartbeat:      "heartbeat",
+	KindHeartbeatAck:   "heartbeat-ack",
+	KindRenewRequest:   "renew-request",
+	KindRenewResponse:  "renew-response",
+	KindError:          "error",
+	KindStreamHeader:   "stream-header",
+	KindStreamAccept:   "stream-accept",
+	KindResume:         "resume",
+	KindResumeAccept:   "resume-accept",
+	KindAuditBatch:     "audit-batch",
+	KindAuditAck:       "audit-ack",
+	KindRecordingChunk: "recording-chunk",
+	KindRecordingAck:   "recording-ack",
 }
 
 func (k Kind) String() string {
@@ -140,6 +148,13 @@ type Identity struct {
 	Expires int64 `cbor:"4,keyasint,omitempty"`
 	// Cluster is the name of the fleet that verified the user.
 	Cluster string `cbor:"5,keyasint,omitempty"`
+	// KubeUser and KubeGroups are who the user acts as in the device's
+	// Kubernetes cluster (service "kube"): the agent sends them as
+	// Impersonate-User and Impersonate-Group and drops any impersonation
+	// headers of the user's own. The fleet resolved them from the user's
+	// roles (kubernetes_users, kubernetes_groups).
+	KubeUser   string   `cbor:"6,keyasint,omitempty"`
+	KubeGroups []string `cbor:"7,keyasint,omitempty"`
 }
 
 // StreamHeader starts every stream the fleet opens to a device.
@@ -222,6 +237,14 @@ func newMessage(k Kind) Message {
 		return new(Resume)
 	case KindResumeAccept:
 		return new(ResumeAccept)
+	case KindAuditBatch:
+		return new(AuditBatch)
+	case KindAuditAck:
+		return new(AuditAck)
+	case KindRecordingChunk:
+		return new(RecordingChunk)
+	case KindRecordingAck:
+		return new(RecordingAck)
 	}
 	return nil
 }

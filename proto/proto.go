@@ -23,7 +23,9 @@
 // renew request/response, error, stream header/accept; resume and
 // resume-accept on agent-opened streams, the hello's boot ID and the stream
 // header's resume secret (package resume frames every brokered stream);
-// the hello answer's liveness period; heartbeats are no longer answered.
+// the hello answer's liveness period; heartbeats are no longer answered;
+// the stream header identity's Kubernetes user and groups (Identity keys 6
+// and 7, for service "kube"; older agents never receive them).
 package proto
 
 import "fmt"
@@ -71,6 +73,18 @@ func (c ErrorCode) String() string {
 	}
 	return fmt.Sprintf("code(%d)", uint16(c))
 }
+
+// Link pings. While a session stalls, the agent sends LinkPingSize-byte
+// datagrams, LinkPingByte and a nonce, to the fleet's UDP port; the fleet
+// echoes each with the first byte set to LinkPongByte. Both bytes have the
+// two top bits clear, so QUIC stacks see they are not QUIC (RFC 9443). The
+// NAT keep-alive is the single byte NATKeepaliveByte, which is not echoed.
+const (
+	NATKeepaliveByte byte = 0x00
+	LinkPingByte     byte = 0x01
+	LinkPongByte     byte = 0x02
+	LinkPingSize          = 9
+)
 
 // Error is a refusal carried on the wire, as a message or inside a
 // StreamAccept. It implements error.

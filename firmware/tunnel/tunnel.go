@@ -138,12 +138,14 @@ const (
 
 // Client keeps one tunnel up. Create it with New and call Run.
 type Client struct {
-	cfg   Config
-	log   *slog.Logger
-	nudge chan struct{}
+	cfg        Config
+	log        *slog.Logger
+	nudge      chan struct{}
+	linkChange chan struct{}
 
 	up        atomic.Bool
 	reconnect atomic.Int64
+	redialNow atomic.Bool // the link is back: dial without back-off
 
 	mu       sync.Mutex // guards ctrl and sessions
 	ctrl     *control   // current control stream, nil when down
@@ -165,7 +167,7 @@ type session struct {
 func New(cfg Config) *Client {
 	cfg.setDefaults()
 	return &Client{
-		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1),
+		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1), linkChange: make(chan struct{}, 1),
 		sessions: map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
 		bootID: rand.Text(),
 	}
@@ -205,17 +207,18 @@ func (c *Client) Run(ctx context.Context) error {
 		if c.cfg.Now().Sub(start) > time.Minute {
 			failures = 0 // it worked for a while: start back-off afresh
 		}
+		if c.redialNow.Swap(false) {
+			failures = 0
+			continue
+		}
 		d := backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, failures)
 		failures++
 		c.log.Warn("tunnel down; reconnecting", "err", err, "in", d.Round(time.Millisecond))
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if c.waitForLink(ctx, d) {
+			failures = 0
+		}
+		if ctx.Err() != nil {
 			return nil
-		case <-c.nudge:
-			t.Stop()
-		case <-t.C:
 		}
 	}
 }
@@ -327,10 +330,14 @@ func (c *Client) session(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
+	}()
+	go func() {
+		defer wg.Done()
+		c.watchStalls(sctx, qc, ctrl, raddr)
 	}()
 	c.resumeAll(sctx, qc)
 	go func() {
@@ -387,7 +394,7 @@ func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, period t
 
 // natKeepaliveDatagram has the two top bits clear, so QUIC stacks see it
 // is not QUIC (RFC 9443).
-var natKeepaliveDatagram = []byte{0}
+var natKeepaliveDatagram = []byte{proto.NATKeepaliveByte}
 
 // heartbeats sends a heartbeat every period; each one draws a QUIC ACK,
 // so a fleet that is gone shows up as an idle timeout.

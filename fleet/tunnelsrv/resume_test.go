@@ -52,6 +52,8 @@ const simRTT = 50 * time.Millisecond
 // simOpts tunes newSimFleet; zero fields take the test defaults.
 type simOpts struct {
 	hold, keepalive, liveness, idle time.Duration
+	// handle serves streams on the agent; default: echo.
+	handle func(ctx context.Context, h *proto.StreamHeader, conn net.Conn)
 }
 
 func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
@@ -92,6 +94,10 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		TLSConfig: pki.clientTLS(pki.leaf(t, "pi-1", x509.ExtKeyUsageClientAuth)),
 		Hello:     func() *proto.Hello { return &proto.Hello{Name: "pi-1"} },
 		Handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			if o.handle != nil {
+				o.handle(ctx, h, conn)
+				return
+			}
 			io.Copy(conn, conn)
 			conn.Close()
 		},
@@ -324,4 +330,209 @@ func TestIdleDataPerDay(t *testing.T) {
 			t.Errorf("idle data = %d bytes a day, want at most 300000", total)
 		}
 	})
+}
+
+// TestRecoveryAfterBlackout measures, in virtual time, how soon an active
+// session's bytes flow again after the link returns, with the shipped
+// timers (the connection outlives the blackout). DESIGN.md's target is one
+// RTT + 100 ms; keystrokes go every 100 ms, so the test fails past
+// RTT + 200 ms (time is virtual: the figure is exact and repeatable).
+func TestRecoveryAfterBlackout(t *testing.T) {
+	for _, blackout := range []time.Duration{2 * time.Second, 10 * time.Second, 30 * time.Second, 2 * time.Minute} {
+		t.Run(blackout.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				sf := newSimFleetOpts(t, simOpts{})
+				defer sf.stop()
+				sf.waitState(t, true)
+				conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				// An interactive user: a keystroke every 100 ms, echoed.
+				echoed := make(chan time.Time, 1024)
+				stop := make(chan struct{})
+				defer close(stop)
+				go func() {
+					b := make([]byte, 1)
+					for {
+						if _, err := io.ReadFull(conn, b); err != nil {
+							return
+						}
+						select {
+						case echoed <- time.Now():
+						case <-stop:
+							return
+						}
+					}
+				}()
+				go func() {
+					tick := time.NewTicker(100 * time.Millisecond)
+					defer tick.Stop()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-tick.C:
+							conn.Write([]byte{'k'})
+						}
+					}
+				}()
+				<-echoed
+				sf.router.down.Store(true)
+				time.Sleep(blackout)
+				// Drain echoes from before the cut.
+				for len(echoed) > 0 {
+					<-echoed
+				}
+				sf.router.down.Store(false)
+				back := time.Now()
+				first := <-echoed
+				rec := first.Sub(back)
+				t.Logf("blackout %v: first echo %v after the link came back (RTT %v); reconnects %d",
+					blackout, rec, simRTT, sf.client.Reconnects())
+				if rec > simRTT+200*time.Millisecond {
+					t.Errorf("recovery took %v, want at most %v", rec, simRTT+200*time.Millisecond)
+				}
+			})
+		})
+	}
+}
+
+// TestRecoveryFleetToDevice is TestRecoveryAfterBlackout for bytes that
+// only the fleet sends (a user uploading to the device): the agent has
+// nothing of its own outstanding.
+func TestRecoveryFleetToDevice(t *testing.T) {
+	for _, blackout := range []time.Duration{2 * time.Second, 30 * time.Second, 2 * time.Minute} {
+		t.Run(blackout.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				arrived := make(chan time.Time, 4096)
+				stop := make(chan struct{})
+				sf := newSimFleetOpts(t, simOpts{handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+					defer conn.Close()
+					b := make([]byte, 1)
+					for {
+						if _, err := conn.Read(b); err != nil {
+							return
+						}
+						select {
+						case arrived <- time.Now():
+						case <-stop:
+							return
+						}
+					}
+				}})
+				defer sf.stop()
+				defer close(stop)
+				sf.waitState(t, true)
+				conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				go func() {
+					tick := time.NewTicker(100 * time.Millisecond)
+					defer tick.Stop()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-tick.C:
+							conn.Write([]byte{'u'})
+						}
+					}
+				}()
+				<-arrived
+				sf.router.down.Store(true)
+				time.Sleep(blackout)
+				for len(arrived) > 0 {
+					<-arrived
+				}
+				sf.router.down.Store(false)
+				back := time.Now()
+				rec := (<-arrived).Sub(back)
+				t.Logf("fleet→device, blackout %v: first byte %v after the link came back (RTT %v)", blackout, rec, simRTT)
+				if rec > simRTT+200*time.Millisecond {
+					t.Errorf("recovery took %v, want at most %v", rec, simRTT+200*time.Millisecond)
+				}
+			})
+		})
+	}
+}
+
+// TestRecoveryBulkDownload: the device streams bytes as fast as it can (a
+// download); how soon do they flow again after a blackout? Left to QUIC's
+// back-off it took 6 s after 30 s and 19 s after 2 min; the link pings
+// bring it under a second.
+func TestRecoveryBulkDownload(t *testing.T) {
+	for _, blackout := range []time.Duration{2 * time.Second, 30 * time.Second, 2 * time.Minute} {
+		t.Run(blackout.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				stop := make(chan struct{})
+				sf := newSimFleetOpts(t, simOpts{handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+					defer conn.Close()
+					buf := make([]byte, 32<<10)
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := conn.Write(buf); err != nil {
+							return
+						}
+					}
+				}})
+				defer sf.stop()
+				defer close(stop)
+				sf.waitState(t, true)
+				conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				var mu sync.Mutex
+				var got int64
+				lastAt := time.Now()
+				go func() {
+					buf := make([]byte, 64<<10)
+					for {
+						n, err := conn.Read(buf)
+						if err != nil {
+							return
+						}
+						mu.Lock()
+						got += int64(n)
+						lastAt = time.Now()
+						mu.Unlock()
+					}
+				}()
+				time.Sleep(2 * time.Second)
+				sf.router.down.Store(true)
+				time.Sleep(blackout)
+				mu.Lock()
+				before := got
+				mu.Unlock()
+				sf.router.down.Store(false)
+				back := time.Now()
+				for {
+					time.Sleep(10 * time.Millisecond)
+					mu.Lock()
+					g, at := got, lastAt
+					mu.Unlock()
+					if g > before {
+						rec := at.Sub(back)
+						t.Logf("bulk download, blackout %v: bytes flowing %v after the link came back (RTT %v)", blackout, rec, simRTT)
+						if rec > time.Second {
+							t.Errorf("recovery took %v, want at most 1s", rec)
+						}
+						return
+					}
+					if time.Since(back) > time.Minute {
+						t.Fatal("no bytes a minute after the link came back")
+					}
+				}
+			})
+		})
+	}
 }

@@ -175,6 +175,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// Tell every device at once when the fleet stops, so agents reconnect
 	// to its successor without waiting for their idle timeout.
 	defer s.closeAll("fleet shutting down")
+	go answerLinkPings(ctx, tr)
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
@@ -353,6 +354,23 @@ func (c *ctrlStream) send(m proto.Message) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return proto.WriteMsg(c.st, m)
+}
+
+// answerLinkPings echoes agents' link pings (see proto.LinkPingByte): an
+// agent whose session stalled learns the link is back from the echo. The
+// echo is the size of the ping, so it amplifies nothing.
+func answerLinkPings(ctx context.Context, tr *quic.Transport) {
+	buf := make([]byte, 1500)
+	for {
+		n, addr, err := tr.ReadNonQUICPacket(ctx, buf)
+		if err != nil {
+			return
+		}
+		if n == proto.LinkPingSize && buf[0] == proto.LinkPingByte {
+			buf[0] = proto.LinkPongByte
+			tr.WriteTo(buf[:n], addr)
+		}
+	}
 }
 
 // maxSessionsPerDevice bounds the sessions held for one device.

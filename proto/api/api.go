@@ -138,6 +138,11 @@ type Device struct {
 	JoinedAt     time.Time         `json:"joined_at"`
 	// Logins are the logins the asking user may use on this device.
 	Logins []string `json:"logins,omitempty"`
+	// Services are what the device offers, from its last hello: "ssh",
+	// and "kube" when it runs a Kubernetes cluster.
+	Services []string `json:"services,omitempty"`
+	// Audit is the device's last report on its audit queue (admins only).
+	Audit *DeviceAudit `json:"audit,omitempty"`
 	// Link is the health of the device's tunnel.
 	Link Link `json:"link"`
 }
@@ -227,6 +232,12 @@ type RoleConditions struct {
 	// Admin grants (in allow) or takes away (in deny) the fleet admin API:
 	// users, roles, tokens, devices rm, status.
 	Admin bool `json:"admin,omitempty"`
+	// KubernetesUsers and KubernetesGroups are whom the user acts as
+	// (impersonation) in the Kubernetes clusters of the devices the
+	// condition selects. Like logins they may be "{{internal.TRAIT}}"
+	// templates; "*" only in deny, where it removes every value.
+	KubernetesUsers  []string `json:"kubernetes_users,omitempty"`
+	KubernetesGroups []string `json:"kubernetes_groups,omitempty"`
 }
 
 // RoleOptions hold per-role settings.

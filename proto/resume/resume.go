@@ -97,6 +97,9 @@ type Conn struct {
 	sent     uint64
 	finWrite bool // the application closed its write side
 	finSent  bool // the fin went on the current transport
+	// waitFrom is when this side started waiting for an ack of bytes it
+	// sent on the current transport (zero: nothing outstanding).
+	waitFrom time.Time
 
 	// Receive side.
 	in       []byte
@@ -143,6 +146,23 @@ func (c *Conn) Received() uint64 {
 	defer c.mu.Unlock()
 	return c.recvd
 }
+
+// Stalled returns how long the Conn has been waiting for the peer to
+// acknowledge bytes it sent on its transport without any progress; zero
+// when nothing is outstanding or it is detached. The peer acknowledges
+// within 200 ms of receiving, so much more than that plus a round trip
+// means the link is not carrying bytes.
+func (c *Conn) Stalled() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tr == nil || c.waitFrom.IsZero() {
+		return 0
+	}
+	return time.Since(c.waitFrom)
+}
+
+// AckDelay is the most a Conn waits before acknowledging received bytes.
+const AckDelay = ackDelay
 
 // Attached reports whether the Conn has a transport.
 func (c *Conn) Attached() bool {
@@ -192,6 +212,7 @@ func (c *Conn) Attach(tr io.ReadWriteCloser, peerRecvd uint64) error {
 	c.gen++
 	gen := c.gen
 	c.acked = c.recvd // the peer learnt it in the resume handshake
+	c.waitFrom = time.Time{}
 	c.wg.Add(2)
 	go c.readLoop(tr, gen)
 	go c.writeLoop(tr, gen)
@@ -292,6 +313,11 @@ func (c *Conn) ackLocked(n uint64) {
 	c.out = c.out[drop:]
 	c.releaseLocked(drop)
 	c.outBase = n
+	if c.sent > c.outBase {
+		c.waitFrom = time.Now() // progress; still waiting for the rest
+	} else {
+		c.waitFrom = time.Time{}
+	}
 	if len(c.out) == 0 {
 		c.out = nil // let the buffer go
 	}
@@ -588,6 +614,9 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 			fb = append(fb, frameAck)
 			fb = binary.AppendUvarint(fb, c.recvd)
 			c.acked, c.ackDue = c.recvd, false
+		}
+		if c.sent < c.written && c.waitFrom.IsZero() {
+			c.waitFrom = time.Now()
 		}
 		for c.sent < c.written && len(fb) < 4*maxFrame {
 			off := c.sent - c.outBase
