@@ -100,6 +100,10 @@ type HelloAck struct {
 	// LivenessMillis is how often the agent sends a heartbeat while idle;
 	// 0 keeps the agent's own setting.
 	LivenessMillis int64 `cbor:"5,keyasint,omitempty"`
+	// LinkTag names this connection in the agent's NAT keep-alives, so the
+	// fleet can tell when a keep-alive comes from a new address (see
+	// LinkPokeByte).
+	LinkTag []byte `cbor:"6,keyasint,omitempty"`
 }
 
 // Heartbeat tells the fleet the agent is alive (its QUIC ACK is the

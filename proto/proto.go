@@ -74,16 +74,26 @@ func (c ErrorCode) String() string {
 	return fmt.Sprintf("code(%d)", uint16(c))
 }
 
-// Link pings. While a session stalls, the agent sends LinkPingSize-byte
-// datagrams, LinkPingByte and a nonce, to the fleet's UDP port; the fleet
-// echoes each with the first byte set to LinkPongByte. Both bytes have the
-// two top bits clear, so QUIC stacks see they are not QUIC (RFC 9443). The
-// NAT keep-alive is the single byte NATKeepaliveByte, which is not echoed.
+// Datagrams outside QUIC on the tunnel's UDP port. Their first bytes have
+// the two top bits clear, so QUIC stacks see they are not QUIC (RFC 9443).
+//
+// The agent's NAT keep-alive is NATKeepaliveByte followed by the
+// connection's HelloAck.LinkTag. When the fleet sees a keep-alive with a
+// live connection's tag come from another address than that connection's
+// (the NAT mapping changed during an outage, or the device moved), it sends
+// the single byte LinkPokeByte to the new address, and the agent answers
+// with a QUIC packet, which moves the connection there.
+//
+// While a session stalls, the agent sends LinkPingSize-byte link pings,
+// LinkPingByte and a nonce; the fleet echoes each with the first byte set
+// to LinkPongByte.
 const (
 	NATKeepaliveByte byte = 0x00
 	LinkPingByte     byte = 0x01
 	LinkPongByte     byte = 0x02
+	LinkPokeByte     byte = 0x03
 	LinkPingSize          = 9
+	LinkTagSize           = 8
 )
 
 // Error is a refusal carried on the wire, as a message or inside a

@@ -288,7 +288,7 @@ func (c *Client) session(ctx context.Context) error {
 	switch m := m.(type) {
 	case *proto.HelloAck:
 		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr())
-		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness}
+		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness, tag: m.LinkTag}
 		if m.KeepaliveMillis != 0 {
 			link.keepalive = time.Duration(m.KeepaliveMillis) * time.Millisecond
 		}
@@ -330,7 +330,11 @@ func (c *Client) session(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(4)
+	wg.Add(5)
+	go func() {
+		defer wg.Done()
+		c.answerPokes(sctx, tr, ctrl)
+	}()
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
@@ -346,7 +350,7 @@ func (c *Client) session(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		natKeepalive(sctx, tr, raddr, link.keepalive)
+		natKeepalive(sctx, tr, raddr, link)
 	}()
 	go func() {
 		<-sctx.Done()
@@ -369,32 +373,49 @@ func closeReason(qc *quic.Conn, err error) error {
 	return err
 }
 
-// linkTimers are one connection's keep-alive and liveness periods.
+// linkTimers are one connection's keep-alive and liveness periods, and the
+// tag its keep-alives carry.
 type linkTimers struct {
 	keepalive, liveness time.Duration
+	tag                 []byte
 }
 
-// natKeepalive sends a one-byte non-QUIC datagram every period: it keeps
-// the NAT mapping, and the fleet's QUIC stack drops it without answering.
-func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, period time.Duration) {
-	if period <= 0 {
+// natKeepalive sends a small datagram outside QUIC every period (see
+// proto.NATKeepaliveByte): it keeps the NAT mapping; the fleet answers only
+// when it comes from a new address.
+func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, l linkTimers) {
+	if l.keepalive <= 0 {
 		return
 	}
-	t := time.NewTicker(period)
+	b := append([]byte{proto.NATKeepaliveByte}, l.tag...)
+	t := time.NewTicker(l.keepalive)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			tr.WriteTo(natKeepaliveDatagram, to)
+			tr.WriteTo(b, to)
 		}
 	}
 }
 
-// natKeepaliveDatagram has the two top bits clear, so QUIC stacks see it
-// is not QUIC (RFC 9443).
-var natKeepaliveDatagram = []byte{proto.NATKeepaliveByte}
+// answerPokes sends a heartbeat, a QUIC packet, whenever the fleet pokes:
+// the fleet saw the keep-alive from a new address, and the heartbeat moves
+// the connection there.
+func (c *Client) answerPokes(ctx context.Context, tr *quic.Transport, ctrl *control) {
+	buf := make([]byte, 64)
+	for {
+		n, _, err := tr.ReadNonQUICPacket(ctx, buf)
+		if err != nil {
+			return
+		}
+		if n == 1 && buf[0] == proto.LinkPokeByte {
+			c.log.Info("the fleet sees this device at a new address; moving the connection")
+			ctrl.send(&proto.Heartbeat{})
+		}
+	}
+}
 
 // heartbeats sends a heartbeat every period; each one draws a QUIC ACK,
 // so a fleet that is gone shows up as an idle timeout.

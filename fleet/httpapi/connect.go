@@ -105,7 +105,9 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		deny(http.StatusForbidden, api.CodeForbidden, err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+	// An idle device whose NAT mapping changed answers at its next
+	// keep-alive (25 s by default): wait a little longer than that.
+	ctx, cancel := context.WithTimeout(r.Context(), 35*time.Second)
 	conn, err := s.Tunnels.Open(ctx, dev.ID, &proto.StreamHeader{
 		Service:   service,
 		SessionID: sid,

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -22,17 +23,54 @@ import (
 	"remoteler.dev/edge/proto/resume"
 )
 
-// switchRouter is a simnet router whose link can be cut: a blackout.
+// switchRouter is a simnet router whose link can be cut (a blackout), and
+// that can put the agent behind a NAT whose mappings can be changed.
 type switchRouter struct {
 	simnet.PerfectRouter
 	down atomic.Bool
+
+	mu      sync.Mutex // guards the NAT
+	nat     bool
+	private net.IP                  // addresses behind the NAT
+	out     map[string]*net.UDPAddr // private → public
+	in      map[string]*net.UDPAddr // public → private
+	next    int
 }
 
 func (r *switchRouter) SendPacket(p simnet.Packet) error {
 	if r.down.Load() {
 		return nil // dropped
 	}
+	r.mu.Lock()
+	if r.nat {
+		from := p.From.(*net.UDPAddr)
+		to := p.To.(*net.UDPAddr)
+		switch {
+		case from.IP.Equal(r.private):
+			pub := r.out[from.String()]
+			if pub == nil {
+				r.next++
+				pub = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 50000 + r.next}
+				r.out[from.String()], r.in[pub.String()] = pub, from
+			}
+			p.From = pub
+		case r.in[to.String()] != nil:
+			p.To = r.in[to.String()]
+		case to.IP.Equal(net.IPv4(127, 0, 0, 9)):
+			r.mu.Unlock()
+			return nil // a mapping the NAT forgot
+		}
+	}
+	r.mu.Unlock()
 	return r.PerfectRouter.SendPacket(p)
+}
+
+// natRebind makes the NAT forget every mapping: the agent's next packets get
+// new public ports, and packets to the old ones are dropped.
+func (r *switchRouter) natRebind() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.out, r.in = map[string]*net.UDPAddr{}, map[string]*net.UDPAddr{}
 }
 
 // simFleet is a fleet and an agent on an in-process network in a synctest
@@ -54,6 +92,9 @@ type simOpts struct {
 	hold, keepalive, liveness, idle time.Duration
 	// handle serves streams on the agent; default: echo.
 	handle func(ctx context.Context, h *proto.StreamHeader, conn net.Conn)
+	// nat puts the agent behind a NAT (switchRouter.natRebind).
+	nat bool
+	log *slog.Logger
 }
 
 func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
@@ -64,7 +105,8 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 	t.Helper()
 	hold := o.hold
 	pki := newPKI(t)
-	router := &switchRouter{}
+	router := &switchRouter{private: net.IPv4(127, 0, 0, 2), out: map[string]*net.UDPAddr{}, in: map[string]*net.UDPAddr{}}
+	router.nat = o.nat
 	net0 := &simnet.Simnet{Router: router}
 	link := simnet.NodeBiDiLinkSettings{Latency: simRTT / 2}
 	srvAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443}
@@ -87,6 +129,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		},
 		SessionHold: hold,
 		IdleTimeout: o.idle,
+		Logger:      o.log,
 	})
 	var next atomic.Int32
 	sf.client = tunnel.New(tunnel.Config{
@@ -108,6 +151,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		MinBackoff:  100 * time.Millisecond,
 		MaxBackoff:  10 * time.Second,
 		SessionHold: hold,
+		Logger:      o.log,
 		ListenPacket: func() (net.PacketConn, error) {
 			i := int(next.Add(1)) - 1
 			if i >= len(pool) {
@@ -535,4 +579,37 @@ func TestRecoveryBulkDownload(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestIdleDeviceReachableAfterNATRebind: the NAT forgets an idle device's
+// mapping (a long outage, or a carrier NAT moving it). The agent's next
+// keep-alive comes from a new port; the fleet pokes it and the agent's
+// answer moves the QUIC connection, so a user can connect within about one
+// keep-alive period, not the 2 minutes until the next heartbeat.
+func TestIdleDeviceReachableAfterNATRebind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{nat: true, log: testLogger(t)})
+		defer sf.stop()
+		sf.waitState(t, true)
+		time.Sleep(time.Minute)
+		before, _ := sf.srv.Info("pi-1")
+		sf.router.natRebind()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		conn, err := sf.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+		if err != nil {
+			t.Fatalf("open after the NAT rebind: %v", err)
+		}
+		defer conn.Close()
+		took := time.Since(start)
+		after, _ := sf.srv.Info("pi-1")
+		t.Logf("NAT rebind: stream opened %v later; device address %v -> %v; reconnects %d", took, before.Addr, after.Addr, sf.client.Reconnects())
+		if before.Addr.String() == after.Addr.String() {
+			t.Errorf("the fleet still sees the device at %v", after.Addr)
+		}
+		if took > tunnel.DefaultKeepalive+5*time.Second {
+			t.Errorf("took %v to reach the device, want about one keep-alive period (%v)", took, tunnel.DefaultKeepalive)
+		}
+	})
 }

@@ -78,8 +78,9 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex // guards conns, sessions and boots
+	mu       sync.Mutex // guards conns, sessions, boots and tags
 	conns    map[string]*deviceConn
+	tags     map[string]*deviceConn         // HelloAck.LinkTag → connection
 	sessions map[string]map[string]*session // device ID → session ID →
 	boots    map[string]string              // device ID → agent boot ID
 	budget   *resume.Budget
@@ -148,7 +149,7 @@ func New(cfg Config) *Server {
 	}
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{},
-		sessions: map[string]map[string]*session{}, boots: map[string]string{},
+		sessions: map[string]map[string]*session{}, boots: map[string]string{}, tags: map[string]*deviceConn{},
 		budget: resume.NewBudget(cfg.SessionBudget),
 	}
 }
@@ -175,7 +176,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// Tell every device at once when the fleet stops, so agents reconnect
 	// to its successor without waiting for their idle timeout.
 	defer s.closeAll("fleet shutting down")
-	go answerLinkPings(ctx, tr)
+	go s.serveDatagrams(ctx, tr)
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
@@ -234,6 +235,9 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		return
 	}
 	ctrl := &ctrlStream{st: st}
+	tag := make([]byte, proto.LinkTagSize)
+	rand.Read(tag)
+	ack.LinkTag = tag
 	if err := ctrl.send(ack); err != nil {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
 		return
@@ -243,6 +247,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	s.mu.Lock()
 	old := s.conns[id]
 	s.conns[id] = dc
+	s.tags[string(tag)] = dc
 	if prev, ok := s.boots[id]; ok && prev != hello.BootID {
 		for _, ss := range s.sessions[id] {
 			lost = append(lost, ss)
@@ -266,6 +271,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	err = s.controlLoop(ctx, id, ctrl, r)
 	cancel()
 	s.mu.Lock()
+	delete(s.tags, string(tag))
 	current := s.conns[id] == dc
 	if current {
 		delete(s.conns, id)
@@ -356,19 +362,30 @@ func (c *ctrlStream) send(m proto.Message) error {
 	return proto.WriteMsg(c.st, m)
 }
 
-// answerLinkPings echoes agents' link pings (see proto.LinkPingByte): an
-// agent whose session stalled learns the link is back from the echo. The
-// echo is the size of the ping, so it amplifies nothing.
-func answerLinkPings(ctx context.Context, tr *quic.Transport) {
+// serveDatagrams handles the agents' datagrams outside QUIC (see
+// proto.LinkPingByte): it echoes link pings, so an agent whose session
+// stalled learns the link is back, and it pokes an agent whose tagged NAT
+// keep-alive comes from a new address, so that it moves its connection
+// there. Answers are no larger than what they answer: no amplification.
+func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 	buf := make([]byte, 1500)
 	for {
 		n, addr, err := tr.ReadNonQUICPacket(ctx, buf)
 		if err != nil {
 			return
 		}
-		if n == proto.LinkPingSize && buf[0] == proto.LinkPingByte {
+		switch {
+		case n == proto.LinkPingSize && buf[0] == proto.LinkPingByte:
 			buf[0] = proto.LinkPongByte
 			tr.WriteTo(buf[:n], addr)
+		case n == 1+proto.LinkTagSize && buf[0] == proto.NATKeepaliveByte:
+			s.mu.Lock()
+			dc := s.tags[string(buf[1:n])]
+			s.mu.Unlock()
+			if dc != nil && dc.qc.RemoteAddr().String() != addr.String() {
+				s.log.Debug("device keep-alive from a new address; poking it", "addr", addr, "conn_addr", dc.qc.RemoteAddr())
+				tr.WriteTo([]byte{proto.LinkPokeByte}, addr)
+			}
 		}
 	}
 }
@@ -474,8 +491,10 @@ func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		conn.Close()
 		return nil, fmt.Errorf("tunnelsrv: send stream header: %w", err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+	// Wait as long as the caller allows (30 s without a deadline): an idle
+	// device behind a NAT that forgot it is reached at its next keep-alive.
+	deadline := time.Now().Add(30 * time.Second)
+	if d, ok := ctx.Deadline(); ok {
 		deadline = d
 	}
 	st.SetReadDeadline(deadline)
