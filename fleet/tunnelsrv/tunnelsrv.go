@@ -81,6 +81,7 @@ type Server struct {
 	mu       sync.Mutex // guards conns, sessions, boots and tags
 	conns    map[string]*deviceConn
 	tags     map[string]*deviceConn         // HelloAck.LinkTag → connection
+	changed  chan struct{}                  // closed and replaced whenever conns changes
 	sessions map[string]map[string]*session // device ID → session ID →
 	boots    map[string]string              // device ID → agent boot ID
 	budget   *resume.Budget
@@ -150,7 +151,8 @@ func New(cfg Config) *Server {
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{},
 		sessions: map[string]map[string]*session{}, boots: map[string]string{}, tags: map[string]*deviceConn{},
-		budget: resume.NewBudget(cfg.SessionBudget),
+		changed: make(chan struct{}),
+		budget:  resume.NewBudget(cfg.SessionBudget),
 	}
 }
 
@@ -248,6 +250,8 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	old := s.conns[id]
 	s.conns[id] = dc
 	s.tags[string(tag)] = dc
+	close(s.changed)
+	s.changed = make(chan struct{})
 	if prev, ok := s.boots[id]; ok && prev != hello.BootID {
 		for _, ss := range s.sessions[id] {
 			lost = append(lost, ss)
@@ -463,7 +467,36 @@ var ErrOffline = errors.New("tunnelsrv: device is offline")
 // secret) and waits for the agent's acceptance. A refusal comes back as
 // *proto.Error. The returned conn survives the device's reconnects for up
 // to the hold time; it implements CloseWrite.
+//
+// When the device's connection ends while the stream is being opened (the
+// agent is replacing it after an outage, say), Open waits for the next one
+// and tries again, as long as ctx allows (30 s without a deadline).
 func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	for {
+		s.mu.Lock()
+		dc, changed := s.conns[deviceID], s.changed
+		s.mu.Unlock()
+		conn, err := s.open(ctx, deviceID, h)
+		var pe *proto.Error
+		if err == nil || errors.Is(err, ErrOffline) || errors.As(err, &pe) || dc == nil || dc.qc.Context().Err() == nil {
+			return conn, err
+		}
+		// The connection died under us: wait for the device's next one.
+		s.log.Debug("device connection ended while opening a stream; waiting for the next", "device_id", deviceID, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("tunnelsrv: %w (and the device did not come back in time)", err)
+		case <-changed:
+		}
+	}
+}
+
+func (s *Server) open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
 	s.mu.Lock()
 	dc := s.conns[deviceID]
 	full := len(s.sessions[deviceID]) >= maxSessionsPerDevice
@@ -491,12 +524,9 @@ func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		conn.Close()
 		return nil, fmt.Errorf("tunnelsrv: send stream header: %w", err)
 	}
-	// Wait as long as the caller allows (30 s without a deadline): an idle
-	// device behind a NAT that forgot it is reached at its next keep-alive.
-	deadline := time.Now().Add(30 * time.Second)
-	if d, ok := ctx.Deadline(); ok {
-		deadline = d
-	}
+	// Wait as long as the caller allows: an idle device behind a NAT that
+	// forgot it is reached at its next keep-alive.
+	deadline, _ := ctx.Deadline()
 	st.SetReadDeadline(deadline)
 	if err := proto.ReadAccept(r); err != nil {
 		conn.Close()

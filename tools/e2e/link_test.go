@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"remoteler.dev/edge/tools/linksim"
+)
+
+// behindLink restarts agent a with its tunnel going through a linksim link
+// towards the fleet, and waits until it is online again.
+func behindLink(t *testing.T, f *fleet, a *agent, cfg linksim.Config) *linksim.Link {
+	t.Helper()
+	a.proc.Stop()
+	link, err := linksim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { link.Close() })
+	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.proc = start(t, "edge-agent "+a.name+" (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", a.dataDir, "--fleet", relay.Addr().String(), "--log-level", "debug")
+	f.waitOnline(a.name)
+	return link
+}
+
+// TestInteractiveOpenSSHThroughBlackoutAndMove: a real OpenSSH session on
+// an LTE-like link survives a 60 s blackout followed by a change of the
+// device's address, and is still interactive afterwards.
+func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
+	f, a, u := setup(t)
+	lte, _ := linksim.ProfileByName("lte")
+	lte = lte.Both(func(i *linksim.Impairment) { i.Loss = 0 })
+	link := behindLink(t, f, a, linksim.Config{Profile: lte, Seed: 1, NATTimeout: 30 * time.Second})
+	cfg := openSSHConfig(t, u)
+
+	cmd := exec.Command("ssh", "-F", cfg, "-o", "BatchMode=yes", "-tt", "root@pi-1.fleet")
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	out := &lockedBuffer{}
+	go io.Copy(out, tty)
+	expect := func(s string, within time.Duration) {
+		t.Helper()
+		if !eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
+			t.Fatalf("no %q within %v; screen:\n%s", s, within, out.String())
+		}
+	}
+	io.WriteString(tty, "echo a$((1+1))b\r")
+	expect("a2b", 20*time.Second)
+
+	link.Blackout(60 * time.Second)
+	io.WriteString(tty, "echo c$((2+2))d\r") // typed during the blackout
+	if !eventually(75*time.Second, func() bool { return !link.Out() }) {
+		t.Fatal("the blackout did not end")
+	}
+	if err := link.MoveTo(netip.MustParseAddr("127.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	// What was typed during the blackout arrives once the fleet finds the
+	// device at its new address: at its next NAT keep-alive (25 s).
+	expect("c4d", 40*time.Second)
+	start := time.Now()
+	io.WriteString(tty, "echo e$((3+3))f\r")
+	expect("e6f", 10*time.Second)
+	t.Logf("after the blackout and the move, a command's echo took %v", time.Since(start))
+	io.WriteString(tty, "exit\r")
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("ssh exit: %v", err)
+	}
+	dev := f.devices()[0]
+	if !strings.HasPrefix(dev.Addr, "127.0.0.2:") {
+		t.Errorf("fleet sees the device at %s, want 127.0.0.2", dev.Addr)
+	}
+	st := link.Stats()
+	t.Logf("link: up %d packets forwarded, %d dropped in the blackout; down %d forwarded, %d dropped in the blackout",
+		st.Up.Forwarded.Packets, st.Up.Dropped.Blackout, st.Down.Forwarded.Packets, st.Down.Dropped.Blackout)
+}
+
+// TestScpThroughLossAndBlackouts: a 20 MB scp each way through 5% loss and
+// two blackouts arrives intact.
+func TestScpThroughLossAndBlackouts(t *testing.T) {
+	f, a, u := setup(t)
+	lossy, _ := linksim.ProfileByName("perfect")
+	lossy = lossy.Both(func(i *linksim.Impairment) {
+		i.Delay = 10 * time.Millisecond
+		i.Loss = 0.05
+	})
+	link := behindLink(t, f, a, linksim.Config{Profile: lossy, Seed: 2})
+	cfg := openSSHConfig(t, u)
+	local := t.TempDir()
+	src, sum := randomFile(t, local, 20<<20)
+	remote := filepath.Join(t.TempDir(), "up")
+
+	// Two 5 s blackouts, cut in when 5 MB and then 10 MB of the upload
+	// (fleet → device: linksim's down direction) have crossed the link.
+	base := link.Stats().Down.Forwarded.Bytes
+	blackouts := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { blackouts <- n }()
+		for _, at := range []uint64{5 << 20, 10 << 20} {
+			if !eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
+				return
+			}
+			link.Blackout(5 * time.Second)
+			n++
+			t.Logf("blackout with %d MB forwarded", (link.Stats().Down.Forwarded.Bytes-base)>>20)
+		}
+	}()
+	start := time.Now()
+	if out, errOut, err := run("", nil, "scp", "-F", cfg, "-o", "BatchMode=yes", "-q", src, "root@pi-1.fleet:"+remote); err != nil {
+		t.Fatalf("scp up: %v\n%s%s", err, out, errOut)
+	}
+	t.Logf("20 MB up through 5%% loss and two blackouts in %v", time.Since(start))
+	if n := <-blackouts; n != 2 {
+		t.Errorf("%d blackouts cut in during the upload, want 2", n)
+	}
+	if fileSum(t, remote) != sum {
+		t.Fatal("scp up: checksum differs")
+	}
+	st := link.Stats()
+	if st.Down.Dropped.Blackout == 0 || st.Down.Dropped.Loss == 0 {
+		t.Errorf("the link dropped nothing (blackout %d, loss %d): the test did not test", st.Down.Dropped.Blackout, st.Down.Dropped.Loss)
+	}
+	down := filepath.Join(local, "down")
+	link.Blackout(5 * time.Second)
+	start = time.Now()
+	if out, errOut, err := run("", nil, "scp", "-F", cfg, "-o", "BatchMode=yes", "-q", "root@pi-1.fleet:"+remote, down); err != nil {
+		t.Fatalf("scp down: %v\n%s%s", err, out, errOut)
+	}
+	t.Logf("20 MB down through 5%% loss and a blackout at the start in %v", time.Since(start))
+	if fileSum(t, down) != sum {
+		t.Fatal("scp down: checksum differs")
+	}
+	os.Remove(remote)
+}
