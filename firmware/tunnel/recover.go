@@ -54,6 +54,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	}()
 	var stallFrom, nextPing time.Time
 	var grace <-chan time.Time // after a pong: the connection's chance to recover
+	var recvAtPong uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,13 +66,14 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			// The link is back. A connection with room in its congestion
 			// window recovers by itself within a round trip; give it that
 			// long before replacing it.
-			p.pong = nil
-			grace = time.After(qc.ConnectionStats().SmoothedRTT + 100*time.Millisecond)
+			st := qc.ConnectionStats()
+			p.pong, recvAtPong = nil, st.PacketsReceived
+			grace = time.After(st.SmoothedRTT + 20*time.Millisecond)
 			continue
 		case <-grace:
-			if c.stalled() == 0 {
-				grace = nil
-				continue
+			grace = nil
+			if qc.ConnectionStats().PacketsReceived > recvAtPong {
+				continue // the connection hears the fleet again: it is recovering
 			}
 			c.log.Info("link is back but the connection is stuck; reconnecting to resume at once",
 				"stalled_for", time.Since(stallFrom).Round(time.Millisecond))

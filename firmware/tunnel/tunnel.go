@@ -153,7 +153,8 @@ type Client struct {
 
 	budget   *resume.Budget
 	handlers sync.WaitGroup // Handle calls; they outlive connections
-	bootID   string         // new per process: tells the fleet we restarted
+	tickets  tls.ClientSessionCache
+	bootID   string // new per process: tells the fleet we restarted
 }
 
 // session is a brokered stream that can be re-attached after a reconnect.
@@ -169,7 +170,7 @@ func New(cfg Config) *Client {
 	return &Client{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1), linkChange: make(chan struct{}, 1),
 		sessions: map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
-		bootID: rand.Text(),
+		bootID: rand.Text(), tickets: tls.NewLRUClientSessionCache(4),
 	}
 }
 
@@ -240,6 +241,9 @@ func (c *Client) session(ctx context.Context) error {
 	}
 	tlsConf = tlsConf.Clone()
 	tlsConf.NextProtos = []string{proto.ALPN}
+	// Session tickets let reconnects resume the TLS session: 0-RTT, and no
+	// certificate signatures for either side to compute.
+	tlsConf.ClientSessionCache = c.tickets
 	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("tunnel: resolve %s: %w", c.cfg.Addr, err)
@@ -256,7 +260,7 @@ func (c *Client) session(ctx context.Context) error {
 	defer udp.Close()
 
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	qc, err := tr.Dial(dctx, raddr, tlsConf, &quic.Config{
+	qc, err := tr.DialEarly(dctx, raddr, tlsConf, &quic.Config{
 		// No QUIC keep-alives: a PING and its ACK cost ~110 bytes on the
 		// wire. The NAT keep-alive and the heartbeat below cost less.
 		MaxIdleTimeout: c.cfg.IdleTimeout,
@@ -265,24 +269,24 @@ func (c *Client) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("tunnel: dial fleet %s: %w", c.cfg.Addr, err)
 	}
-	defer qc.CloseWithError(0, "agent closing")
+	defer func() { qc.CloseWithError(0, "agent closing") }()
 
-	st, err := qc.OpenStreamSync(ctx)
+	// The hello, and the resume streams right behind it, may go out as
+	// 0-RTT data; the fleet acts on them only once the handshake is
+	// complete. Pipelining the resumes saves a round trip on reconnect.
+	// If the fleet rejects 0-RTT (it lost its ticket key), the same is
+	// sent again once the handshake is done.
+	ctrl, m, err := c.hello(ctx, qc)
+	if errors.Is(err, quic.Err0RTTRejected) {
+		c.log.Debug("fleet rejected 0-RTT; saying hello again")
+		if qc, err = qc.NextConnection(ctx); err == nil {
+			ctrl, m, err = c.hello(ctx, qc)
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("tunnel: open control stream: %w", err)
+		return err
 	}
-	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}, onMessage: c.cfg.OnMessage}
-	hello := c.cfg.Hello()
-	hello.ProtocolVersion = proto.Version
-	hello.BootID = c.bootID
-	if err := ctrl.send(hello); err != nil {
-		return fmt.Errorf("tunnel: send hello: %w", err)
-	}
-	st.SetReadDeadline(time.Now().Add(15 * time.Second))
-	m, err := proto.ReadMsg(ctrl.r, proto.MaxControlFrame)
-	if err != nil {
-		return fmt.Errorf("tunnel: read hello answer: %w", closeReason(qc, err))
-	}
+	st := ctrl.st
 	var link linkTimers
 	st.SetReadDeadline(time.Time{})
 	switch m := m.(type) {
@@ -335,6 +339,7 @@ func (c *Client) session(ctx context.Context) error {
 		defer wg.Done()
 		c.answerPokes(sctx, tr, ctrl)
 	}()
+
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
@@ -371,6 +376,33 @@ func closeReason(qc *quic.Conn, err error) error {
 		return cause
 	}
 	return err
+}
+
+// hello opens the control stream, sends the hello and resumes, and reads
+// the fleet's answer.
+func (c *Client) hello(ctx context.Context, qc *quic.Conn) (*control, proto.Message, error) {
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tunnel: open control stream: %w", err)
+	}
+	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}, onMessage: c.cfg.OnMessage}
+	hello := c.cfg.Hello()
+	hello.ProtocolVersion = proto.Version
+	hello.BootID = c.bootID
+	if err := ctrl.send(hello); err != nil {
+		return nil, nil, fmt.Errorf("tunnel: send hello: %w", err)
+	}
+	c.resumeAll(ctx, qc)
+	st.SetReadDeadline(time.Now().Add(15 * time.Second))
+	m, err := proto.ReadMsg(ctrl.r, proto.MaxControlFrame)
+	if err != nil {
+		if errors.Is(err, quic.Err0RTTRejected) {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("tunnel: read hello answer: %w", closeReason(qc, err))
+	}
+	st.SetReadDeadline(time.Time{})
+	return ctrl, m, nil
 }
 
 // linkTimers are one connection's keep-alive and liveness periods, and the

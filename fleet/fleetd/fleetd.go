@@ -108,8 +108,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	audit := log.With("logger", "audit")
 	reg := &devices.Registry{Store: st, Now: now}
+	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
+	// The same ticket key across restarts: agents resume their TLS sessions
+	// (0-RTT, no certificate signatures) with the fleet's next incarnation.
+	tunnelTLS.SetSessionTicketKeys([][32]byte{keys.Ticket})
 	tcfg := tunnelsrv.Config{
-		TLSConfig:         &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()},
+		TLSConfig:         tunnelTLS,
 		StatelessResetKey: &keys.Reset,
 		TokenKey:          &keys.Token,
 		Logger:            log,
@@ -328,8 +332,9 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 // stateless resets then end stale connections at once, and address tokens
 // stay valid.
 type quicKeys struct {
-	Reset quic.StatelessResetKey `json:"reset"`
-	Token quic.TokenGeneratorKey `json:"token"`
+	Reset  quic.StatelessResetKey `json:"reset"`
+	Token  quic.TokenGeneratorKey `json:"token"`
+	Ticket [32]byte               `json:"ticket"`
 }
 
 const quicKeysKey = "fleet/quic-keys"
@@ -341,6 +346,13 @@ func loadQUICKeys(ctx context.Context, st store.Store) (*quicKeys, error) {
 		if err := json.Unmarshal(b, &k); err != nil {
 			return nil, fmt.Errorf("quic keys: %w", err)
 		}
+		if k.Ticket == ([32]byte{}) { // stored by an older fleetd
+			rand.Read(k.Ticket[:])
+			nb, _ := json.Marshal(&k)
+			if err := st.CompareAndSwap(ctx, quicKeysKey, b, nb); err != nil {
+				return loadQUICKeys(ctx, st)
+			}
+		}
 		return &k, nil
 	}
 	if !errors.Is(err, store.ErrNotFound) {
@@ -348,6 +360,7 @@ func loadQUICKeys(ctx context.Context, st store.Store) (*quicKeys, error) {
 	}
 	rand.Read(k.Reset[:])
 	rand.Read(k.Token[:])
+	rand.Read(k.Ticket[:])
 	b, _ = json.Marshal(&k)
 	if err := st.Create(ctx, quicKeysKey, b); errors.Is(err, store.ErrExists) {
 		return loadQUICKeys(ctx, st) // another replica won

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -513,7 +514,7 @@ func TestRecoveryBulkDownload(t *testing.T) {
 		t.Run(blackout.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				stop := make(chan struct{})
-				sf := newSimFleetOpts(t, simOpts{handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+				sf := newSimFleetOpts(t, simOpts{log: bulkLog(t), handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 					defer conn.Close()
 					buf := make([]byte, 32<<10)
 					for {
@@ -612,4 +613,12 @@ func TestIdleDeviceReachableAfterNATRebind(t *testing.T) {
 			t.Errorf("took %v to reach the device, want about one keep-alive period (%v)", took, tunnel.DefaultKeepalive)
 		}
 	})
+}
+
+// bulkLog logs to t when EDGE_TEST_LOG is set.
+func bulkLog(t *testing.T) *slog.Logger {
+	if os.Getenv("EDGE_TEST_LOG") == "" {
+		return nil
+	}
+	return testLogger(t)
 }

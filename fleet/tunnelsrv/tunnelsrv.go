@@ -164,7 +164,11 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	tlsConf.MinVersion = tls.VersionTLS13
 	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey, TokenGeneratorKey: s.cfg.TokenKey}
 	defer tr.Close()
-	ln, err := tr.Listen(tlsConf, &quic.Config{
+	// 0-RTT lets a reconnecting agent send its hello and resumes at once;
+	// serveConn acts on nothing before the handshake is complete. Keep
+	// TLSConfig's session ticket keys across restarts for it to work then.
+	ln, err := tr.ListenEarly(tlsConf, &quic.Config{
+		Allow0RTT:            true,
 		MaxIdleTimeout:       s.cfg.IdleTimeout,
 		HandshakeIdleTimeout: 10 * time.Second,
 		MaxIncomingStreams:   maxSessionsPerDevice + 1, // control + resumes
@@ -197,6 +201,15 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 
 func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	log := s.log.With("addr", qc.RemoteAddr())
+	// Nothing from 0-RTT data is acted on before the handshake completes:
+	// until then the client is not authenticated, and 0-RTT can be replayed.
+	select {
+	case <-qc.HandshakeComplete():
+	case <-qc.Context().Done():
+		return
+	case <-ctx.Done():
+		return
+	}
 	id, err := s.cfg.Authenticate(qc.ConnectionState().TLS)
 	if err != nil {
 		log.Warn("device refused", "reason", err)

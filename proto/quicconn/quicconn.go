@@ -49,6 +49,13 @@ func (c *Conn) Close() error {
 	return err
 }
 
+// Abort drops the stream at once in both directions, waking blocked reads
+// and writes; unsent bytes are discarded.
+func (c *Conn) Abort() {
+	c.st.CancelWrite(0)
+	c.st.CancelRead(0)
+}
+
 // LocalAddr returns the local address of the QUIC connection.
 func (c *Conn) LocalAddr() net.Addr { return c.local }
 

@@ -229,11 +229,20 @@ func (c *Conn) Detach() {
 	c.wg.Wait()
 }
 
+// abortTransport drops tr at once; a graceful Close does not wake a write
+// blocked on flow control, and the Conn replays whatever was lost anyway.
+func abortTransport(tr io.ReadWriteCloser) {
+	if a, ok := tr.(interface{ Abort() }); ok {
+		a.Abort()
+	}
+	tr.Close()
+}
+
 func (c *Conn) detachLocked() {
 	if c.tr == nil {
 		return
 	}
-	c.tr.Close()
+	abortTransport(c.tr)
 	c.tr = nil
 	c.gen++
 	if c.err == nil && !c.finishedLocked() {
@@ -263,7 +272,7 @@ func (c *Conn) failLocked(err error) {
 	}
 	c.err = err
 	if c.tr != nil {
-		c.tr.Close()
+		abortTransport(c.tr)
 		c.tr = nil
 		c.gen++
 	}
