@@ -205,12 +205,15 @@ type AuditQueueStatus struct {
 }
 
 // AuditBatch carries a device's next queued events, in sequence order, on
-// the control stream; the fleet answers with an AuditAck once it has
-// committed them. A batch without events asks for the fleet's head (an
-// agent does that on every new connection).
+// the control stream; the fleet answers each batch, in order, with an
+// AuditAck once it has committed it, so a device may send several batches
+// before the first answer. A batch without events asks for the fleet's
+// head (an agent does that on every new connection). ID, chosen by the
+// device, comes back in the answer.
 type AuditBatch struct {
 	Events []AuditEvent      `cbor:"1,keyasint,omitempty"`
 	Queue  *AuditQueueStatus `cbor:"2,keyasint,omitempty"`
+	ID     uint64            `cbor:"3,keyasint,omitempty"`
 }
 
 // AuditAck answers an AuditBatch once the fleet has committed it. Through
@@ -221,6 +224,7 @@ type AuditAck struct {
 	Through uint64 `cbor:"1,keyasint,omitempty"`
 	Hash    []byte `cbor:"2,keyasint,omitempty"`
 	Err     *Error `cbor:"3,keyasint,omitempty"`
+	ID      uint64 `cbor:"4,keyasint,omitempty"` // the batch's ID
 }
 
 // RecordingMeta describes a session recording; it rides on the first chunk

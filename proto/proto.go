@@ -25,7 +25,10 @@
 // header's resume secret (package resume frames every brokered stream);
 // the hello answer's liveness period; heartbeats are no longer answered;
 // the stream header identity's Kubernetes user and groups (Identity keys 6
-// and 7, for service "kube"; older agents never receive them).
+// and 7, for service "kube"; older agents never receive them);
+// audit-batch/audit-ack (hash-chained audit events shipped from the
+// device's queue, see AuditEvent) and recording-chunk/recording-ack
+// (resumable upload of session recordings) on the control stream.
 package proto
 
 import "fmt"

@@ -27,6 +27,7 @@ import (
 
 	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/identity"
+	"remoteler.dev/edge/firmware/netwatch"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/proto"
@@ -62,6 +63,26 @@ type Config struct {
 	// always serves), by proto service name. Each must close conn.
 	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) `json:"-"`
 
+	// AuditMaxBytes caps the device's audit queue (DATA_DIR/audit.db);
+	// default 64 MiB.
+	AuditMaxBytes int64 `json:"audit_max_bytes"`
+	// AuditWhenFull says what happens to an action whose audit event
+	// cannot be kept (queue or disk full): AuditAllow (default) lets it go
+	// ahead, the drop counted, reported to the fleet and marked in the
+	// audit trail; AuditRefuse refuses it.
+	AuditWhenFull string `json:"audit_when_full"`
+	// NoRecording turns session recording off; by default interactive
+	// SSH sessions are recorded and uploaded to the fleet.
+	NoRecording bool `json:"no_recording"`
+	// RecordingsMaxBytes caps the recordings waiting on the device for
+	// upload (DATA_DIR/recordings); default 256 MiB.
+	RecordingsMaxBytes int64 `json:"recordings_max_bytes"`
+	// EventSource, when set, runs alongside the agent and may write extra
+	// audit events with emit (tools/cmd/auditgen uses it to test
+	// delivery); emit returns the event's sequence number once it is
+	// fsync'd.
+	EventSource func(ctx context.Context, emit func(*proto.AuditEvent) (uint64, error)) `json:"-"`
+
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger `json:"-"`
 	// Notify tells the supervisor (systemd) about readiness and health; nil
@@ -94,6 +115,7 @@ type Agent struct {
 
 	tunnel *tunnel.Client
 	ssh    *sshd.Server
+	audit  *auditor
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -158,11 +180,15 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a.id = id
 	a.clock.setOffset(id.ClockOffset)
+	if err := a.openAudit(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return a, nil
 }
 
 // Close releases the agent's state.
-func (a *Agent) Close() error { return a.store.Close() }
+func (a *Agent) Close() error { return errors.Join(a.closeAudit(), a.store.Close()) }
 
 func (a *Agent) identity() *identity.Identity {
 	a.mu.Lock()
@@ -196,15 +222,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:      a.log.With("component", "sshd"),
 		Now:         a.clock.Now,
 		SFTPCommand: a.cfg.SFTPCommand,
+		Audit:       a.sshAudit,
+		Record:      a.record,
 	})
 	a.tunnel = tunnel.New(tunnel.Config{
 		Addr:       a.fleetAddr(),
 		TLSConfig:  a.tunnelTLS,
 		Hello:      a.hello,
-		Check:      a.check,
-		Handle:     a.handle,
+		Check:      a.checkAudited,
+		Handle:     a.handleAudited,
 		OnHelloAck: a.helloAck,
+		OnMessage:  a.onMessage,
 		OnState: func(up bool) {
+			if up {
+				a.linkUp()
+			}
 			if a.cfg.Notify != nil {
 				s := "tunnel down, reconnecting"
 				if up {
@@ -232,6 +264,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.renewLoop(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// Address and link changes make the tunnel react at once instead
+		// of after its timers.
+		if err := netwatch.Watch(ctx, a.tunnel.LinkChanged); err != nil {
+			log.Info("not watching network changes", "err", err)
+		}
+	}()
+	a.runAudit(ctx, &wg)
 	if a.cfg.Notify != nil {
 		// Ready once state is loaded and the loops run: a flaky link must
 		// not fail the start.
@@ -247,6 +289,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.cfg.Notify.Stopping()
 	}
 	log.Info("edge-agent stopping")
+	a.stopAudit()
 	wg.Wait()
 	return nil
 }

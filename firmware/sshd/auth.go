@@ -29,8 +29,9 @@ type authenticator struct {
 	acct     *account
 	// bannered is set once a refusal has been explained to the client.
 	bannered bool
-	// refused is set when any key was refused.
+	// refused is set when any key was refused; reason says why.
 	refused bool
+	reason  string
 }
 
 // refusal is why a login was refused. reason goes to the log; tell, when
@@ -59,7 +60,7 @@ func (a *authenticator) publicKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ss
 		log = log.With("serial", cert.Serial, "key_id", cert.KeyId)
 	}
 	if r != nil {
-		a.refused = true
+		a.refused, a.reason = true, r.reason
 		log.Warn("sshd: login refused", "reason", r.reason)
 		if r.tell != "" && !a.bannered {
 			a.bannered = true

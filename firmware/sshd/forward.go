@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"golang.org/x/crypto/ssh"
+
+	"remoteler.dev/edge/proto"
 )
 
 // directTCPIPRequest is the payload of a direct-tcpip channel open
@@ -45,7 +47,13 @@ func (c *connState) directTCPIP(nc ssh.NewChannel) {
 	log := c.log.With("dest", addr)
 	if !c.permits("permit-port-forwarding") {
 		log.Info("sshd: refused port forwarding: the certificate lacks permit-port-forwarding")
+		c.s.deny(c.ctx, "port forward to "+addr, "the certificate lacks permit-port-forwarding")
 		nc.Reject(ssh.Prohibited, "port forwarding is not permitted by your certificate")
+		return
+	}
+	if err := c.s.audit(c.ctx, &proto.AuditEvent{Type: proto.EventPortForward, Fields: map[string]string{"dest": addr}}); err != nil {
+		log.Warn("sshd: refused port forwarding: its audit event could not be written", "err", err)
+		nc.Reject(ssh.ResourceShortage, "the device cannot record this port forward in its audit log")
 		return
 	}
 	d := net.Dialer{Timeout: c.s.cfg.DialTimeout}

@@ -98,6 +98,22 @@ type Config struct {
 	// Default: 30 seconds.
 	HandshakeTimeout time.Duration
 
+	// Audit, when set, records an audit event (proto.AuditEvent) before
+	// the action it describes goes ahead: a command before it starts
+	// (exec, or file.transfer for sftp), a port forward before its dial,
+	// and the end of each command (exec.end, with its exit status and
+	// output size); refusals are recorded as access.denied. An error
+	// refuses the action. ctx is the one given to ServeConn, so the
+	// caller can fill in who and which session. Default: nothing is
+	// recorded.
+	Audit func(ctx context.Context, ev *proto.AuditEvent) error
+
+	// Record, when set, is asked for a recorder for each session with a
+	// terminal; a nil Recorder records nothing. The terminal's output is
+	// recorded as it is sent to the user, and window changes too.
+	// Default: no recordings.
+	Record func(ctx context.Context, info SessionInfo) Recorder
+
 	// passwdPath is the passwd file that names login shells. Default:
 	// /etc/passwd. Tests set it.
 	passwdPath string
@@ -197,6 +213,9 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 		return fmt.Errorf("sshd: handshake: timed out after %v", s.cfg.HandshakeTimeout)
 	}
 	if err != nil {
+		if a.refused {
+			s.deny(ctx, "login", a.reason)
+		}
 		if a.refused || errors.Is(err, io.EOF) {
 			// The client gave up, after a refusal that is logged.
 			return nil

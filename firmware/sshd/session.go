@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
@@ -92,7 +94,9 @@ type command struct {
 	env  []string
 	dir  string
 	acct *account
-	pty  *ptyRequest // nil: stdin, stdout and stderr are pipes
+	pty  *ptyRequest   // nil: stdin, stdout and stderr are pipes
+	out  *atomic.Int64 // counts the output bytes; may be nil
+	rec  Recorder      // records a terminal's output; may be nil
 }
 
 // Limits on what a client may set in a session's environment.
@@ -115,6 +119,12 @@ type session struct {
 	started bool
 	proc    proc          // nil for in-process sftp
 	done    chan struct{} // closed when the command ended and the exit status went out
+
+	// Set by begin, for the audit and the recording.
+	kind, command string
+	began         time.Time
+	out           atomic.Int64
+	rec           Recorder
 }
 
 // session serves one session channel until the client closes it or the
@@ -158,6 +168,7 @@ func (s *session) request(req *ssh.Request) (ok bool, then func()) {
 		}
 		if !s.c.permits("permit-pty") {
 			s.log.Info("sshd: refused pty: the certificate lacks permit-pty")
+			s.c.s.deny(s.ctx, "pty", "the certificate lacks permit-pty")
 			return false, nil
 		}
 		p, err := parsePtyRequest(req.Payload)
@@ -187,7 +198,13 @@ func (s *session) request(req *ssh.Request) (ok bool, then func()) {
 		if err != nil || s.proc == nil {
 			return false, nil
 		}
-		return s.proc.resize(w) == nil, nil
+		if s.proc.resize(w) != nil {
+			return false, nil
+		}
+		if s.rec != nil {
+			s.rec.Resize(int(w.cols), int(w.rows))
+		}
+		return true, nil
 	case "signal":
 		sig, err := parseSignal(req.Payload)
 		if err != nil || s.proc == nil {
@@ -210,11 +227,14 @@ func (s *session) request(req *ssh.Request) (ok bool, then func()) {
 // start answers shell, exec and subsystem requests.
 func (s *session) start(req *ssh.Request) (bool, func()) {
 	acct := s.c.acct
-	cmd := &command{env: s.environ(acct), dir: acct.home, acct: acct, pty: s.pty}
+	cmd := &command{env: s.environ(acct), dir: acct.home, acct: acct, pty: s.pty, out: &s.out}
 	shell := filepath.Base(acct.shell)
 	switch req.Type {
 	case "shell":
 		cmd.path, cmd.args = acct.shell, []string{"-" + shell}
+		if s.begin(SessionInfo{Kind: "shell"}) != nil {
+			return false, nil
+		}
 		s.log.Info("sshd: session started", "kind", "shell", "pty", s.pty != nil)
 	case "exec":
 		e, err := parseExec(req.Payload)
@@ -222,11 +242,17 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 			return false, nil
 		}
 		cmd.path, cmd.args = acct.shell, []string{shell, "-c", e.Command}
+		if s.begin(SessionInfo{Kind: "exec", Command: e.Command}) != nil {
+			return false, nil
+		}
 		s.log.Info("sshd: session started", "kind", "exec", "command", e.Command, "pty", s.pty != nil)
 	case "subsystem":
 		sub, err := parseSubsystem(req.Payload)
 		if err != nil || sub.Name != "sftp" {
 			s.log.Info("sshd: refused subsystem", "subsystem", sub.Name)
+			return false, nil
+		}
+		if s.begin(SessionInfo{Kind: "sftp"}) != nil {
 			return false, nil
 		}
 		s.log.Info("sshd: session started", "kind", "sftp")
@@ -240,9 +266,11 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 		}
 		cmd.path, cmd.args, cmd.pty = argv[0], argv, nil
 	}
+	cmd.rec = s.rec
 	p, err := startProc(s.ctx, cmd, s.ch)
 	if err != nil {
 		s.log.Warn("sshd: session failed to start", "err", err)
+		s.end(exitInfo{err: err})
 		return false, nil
 	}
 	s.started, s.proc, s.done = true, p, make(chan struct{})
@@ -250,6 +278,7 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 		go func() {
 			defer close(s.done)
 			info := p.wait()
+			s.end(info)
 			s.exit(info)
 		}()
 	}
@@ -258,9 +287,10 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 // startSFTP serves the sftp subsystem in-process, with the agent's own
 // privileges, which are the login's.
 func (s *session) startSFTP(acct *account) (bool, func()) {
-	srv, err := sftp.NewServer(s.ch, sftp.WithServerWorkingDirectory(acct.home))
+	srv, err := sftp.NewServer(&tapRW{ReadWriteCloser: s.ch, n: &s.out}, sftp.WithServerWorkingDirectory(acct.home))
 	if err != nil {
 		s.log.Warn("sshd: sftp failed to start", "err", err)
+		s.end(exitInfo{err: err})
 		return false, nil
 	}
 	s.started, s.done = true, make(chan struct{})
@@ -273,6 +303,7 @@ func (s *session) startSFTP(acct *account) (bool, func()) {
 				s.log.Info("sshd: sftp ended", "err", err)
 				info.status = 1
 			}
+			s.end(info)
 			s.exit(info)
 		}()
 	}
@@ -280,7 +311,9 @@ func (s *session) startSFTP(acct *account) (bool, func()) {
 
 // exit tells the client how the command ended and closes the channel.
 func (s *session) exit(info exitInfo) {
-	s.ch.CloseWrite()
+	// The status goes before the EOF: a client that has sent its own EOF
+	// may close the channel as soon as ours arrives, and a status after
+	// that is lost (the client then reports 255).
 	switch {
 	case info.err != nil:
 		s.log.Warn("sshd: session ended", "err", info.err)
@@ -291,6 +324,7 @@ func (s *session) exit(info exitInfo) {
 		s.log.Info("sshd: session ended", "status", info.status)
 		s.ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: uint32(info.status)}))
 	}
+	s.ch.CloseWrite()
 	s.ch.Close()
 }
 

@@ -84,16 +84,16 @@ func startProc(ctx context.Context, c *command, ch ssh.Channel) (proc, error) {
 	p := &unixProc{cmd: cmd, in: make(chan struct{})}
 	cmd.Cancel = func() error { return p.kill(syscall.SIGHUP) }
 	if c.pty == nil {
-		return p.startPipes(attr, ch)
+		return p.startPipes(attr, c, ch)
 	}
 	return p.startPTY(attr, c, ch)
 }
 
-func (p *unixProc) startPipes(attr *syscall.SysProcAttr, ch ssh.Channel) (proc, error) {
+func (p *unixProc) startPipes(attr *syscall.SysProcAttr, c *command, ch ssh.Channel) (proc, error) {
 	attr.Setpgid = true
 	p.cmd.SysProcAttr = attr
-	p.cmd.Stdout = ch
-	p.cmd.Stderr = ch.Stderr()
+	p.cmd.Stdout = c.outputTo(ch)
+	p.cmd.Stderr = c.outputTo(ch.Stderr())
 	stdin, err := p.cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("sshd: start %s: %w", p.cmd.Path, err)
@@ -140,9 +140,10 @@ func (p *unixProc) startPTY(attr *syscall.SysProcAttr, c *command, ch ssh.Channe
 		return nil, fmt.Errorf("sshd: start %s: %w", p.cmd.Path, err)
 	}
 	p.out = make(chan struct{})
+	out := c.outputTo(ch)
 	go func() {
 		defer close(p.out)
-		io.Copy(ch, master)
+		io.Copy(out, master)
 	}()
 	go func() {
 		defer close(p.in)

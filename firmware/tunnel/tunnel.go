@@ -147,9 +147,10 @@ type Client struct {
 	reconnect atomic.Int64
 	redialNow atomic.Bool // the link is back: dial without back-off
 
-	mu       sync.Mutex // guards ctrl and sessions
+	mu       sync.Mutex // guards ctrl, sessions and stopping
 	ctrl     *control   // current control stream, nil when down
 	sessions map[string]*session
+	stopping bool // Run is ending: no new sessions
 
 	budget   *resume.Budget
 	handlers sync.WaitGroup // Handle calls; they outlive connections
@@ -534,8 +535,16 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		},
 	})
 	c.mu.Lock()
-	c.sessions[s.id] = s
+	stopping := c.stopping
+	if !stopping {
+		c.sessions[s.id] = s
+	}
 	c.mu.Unlock()
+	if stopping {
+		s.conn.Abort(errors.New("tunnel: agent stopping"))
+		conn.Close()
+		return
+	}
 	if err := s.conn.Attach(conn, 0); err != nil {
 		s.conn.Abort(err)
 		return
@@ -612,6 +621,7 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) e
 func (c *Client) abortSessions() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.stopping = true
 	for _, s := range c.sessions {
 		s.conn.Abort(errors.New("tunnel: agent stopping"))
 	}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
@@ -114,6 +115,9 @@ type Device struct {
 	Connects int `json:"connects,omitempty"`
 	// AddrChangedAt is when the device's address last changed.
 	AddrChangedAt time.Time `json:"addr_changed_at,omitzero"`
+	// Services are what the agent offered in its last hello ("ssh",
+	// "kube", ...).
+	Services []string `json:"services,omitempty"`
 }
 
 // API returns the device as the API lists it. Online and Logins are the
@@ -130,6 +134,7 @@ func (d Device) API() api.Device {
 		Addr:         d.Addr,
 		JoinedAt:     d.JoinedAt,
 		Link:         api.Link{Reconnects: max(d.Connects-1, 0), AddrChangedAt: d.AddrChangedAt},
+		Services:     slices.Clone(d.Services),
 	}
 }
 

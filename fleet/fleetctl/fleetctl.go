@@ -1,5 +1,5 @@
 // Package fleetctl is the admin's command-line client as a library: users,
-// roles, join tokens, devices and status of a fleet. fleet/cmd/fleetctl is
+// roles, join tokens, devices, status and the audit log of a fleet. fleet/cmd/fleetctl is
 // its thin main; tests drive Main directly.
 //
 // It talks to fleetd only through fleet/client and imports no server
@@ -77,6 +77,8 @@ Commands:
   devices ls [-v] [--format=text|json]
   devices rm NAME
   status
+  audit search [--since=24h] [--until=TIME] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--json]
+  audit verify [--json]             check every device's (and the fleet's) audit hash chain
   version
 
 A role file (YAML; several roles separated by ---):

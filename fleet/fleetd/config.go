@@ -38,6 +38,19 @@ type Config struct {
 	DeviceCertTTL Duration `json:"device_cert_ttl"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level"`
+	// KubeServiceAccountDir is where a pod's service account is mounted;
+	// when it holds a token and fleetd runs in Kubernetes, users reach
+	// that cluster too (tsh kube login). Default
+	// /var/run/secrets/kubernetes.io/serviceaccount; "off" turns it off.
+	KubeServiceAccountDir string `json:"kube_service_account_dir"`
+	// KubeClusterName is what users call that cluster; default Cluster.
+	KubeClusterName string `json:"kube_cluster_name"`
+	// KubeClusterLabels are that cluster's labels for roles'
+	// device_labels; default none (roles with {"*": "*"} select it).
+	KubeClusterLabels map[string]string `json:"kube_cluster_labels"`
+	// AuditRetention is how long audit events are kept (e.g. "8760h");
+	// zero keeps them forever.
+	AuditRetention Duration `json:"audit_retention"`
 }
 
 // Duration is a time.Duration written as "8h" in YAML.

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
@@ -28,6 +29,7 @@ type deviceHooks struct {
 	cluster string
 	ttl     time.Duration
 	audit   *slog.Logger
+	events  *audit.Log // the audit log; nil records nothing
 	log     *slog.Logger
 	now     func() time.Time
 }
@@ -58,6 +60,8 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	dev, err := d.reg.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", h.Name, "addr", addr.String(), "reason", "removed")
+		d.event(&proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: "device removed from the fleet", Fields: map[string]string{"action": "tunnel", "name": h.Name}})
 		return nil, proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
 	}
 	if err != nil {
@@ -66,6 +70,8 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	if h.Name != dev.Name {
 		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", h.Name, "addr", addr.String(),
 			"reason", "hello names another device")
+		d.event(&proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: "hello names another device", Fields: map[string]string{"action": "tunnel", "name": h.Name}})
 		return nil, proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dev.Name, h.Name)
 	}
 	now := d.now().UTC()
@@ -77,6 +83,7 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 		dv.LastSeen, dv.Addr = now, addr.String()
 		dv.AgentVersion, dv.OS, dv.Arch = h.AgentVersion, h.OS, h.Arch
 		dv.Labels = mergeLabels(h.Labels, dv.TokenLabels)
+		dv.Services = cleanServices(h.Services)
 		return nil
 	})
 	if err != nil {
@@ -85,6 +92,8 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	skew := time.UnixMilli(h.Time).Sub(now)
 	d.audit.Info("device online", "event", "device.online", "device_id", id, "name", dev.Name, "addr", addr.String(),
 		"agent_version", h.AgentVersion, "clock_skew", skew.Round(time.Second).String())
+	d.event(&proto.AuditEvent{Type: proto.EventDeviceOnline, Outcome: proto.OutcomeSuccess, Device: id, Addr: addr.String(),
+		Fields: map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}})
 	return &proto.HelloAck{DeviceID: id, ServerTime: now.UnixMilli()}, nil
 }
 
@@ -124,6 +133,8 @@ func (d *deviceHooks) renew(ctx context.Context, id string, req *proto.RenewRequ
 		resp.UserCAKeys = append(resp.UserCAKeys, k.Marshal())
 	}
 	d.audit.Info("device certificates renewed", "event", "cert.issued", "device_id", id, "name", dev.Name)
+	d.event(&proto.AuditEvent{Type: proto.EventCertIssued, Outcome: proto.OutcomeSuccess, Device: id,
+		Fields: map[string]string{"name": dev.Name, "kind": "device"}})
 	return resp
 }
 
@@ -139,4 +150,5 @@ func (d *deviceHooks) disconnect(id string, err error) {
 		d.log.Warn("update device last seen", "device_id", id, "err", uerr)
 	}
 	d.audit.Info("device offline", "event", "device.offline", "device_id", id, "reason", strings.TrimSpace(reason))
+	d.event(&proto.AuditEvent{Type: proto.EventDeviceOffline, Outcome: proto.OutcomeSuccess, Device: id, Message: strings.TrimSpace(reason)})
 }

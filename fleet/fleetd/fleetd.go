@@ -107,6 +107,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 
 	audit := log.With("logger", "audit")
+	events, recs, err := openAudit(cfg, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	defer events.Close()
 	reg := &devices.Registry{Store: st, Now: now}
 	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
 	// The same ticket key across restarts: agents resume their TLS sessions
@@ -119,9 +124,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Logger:            log,
 		Now:               now,
 	}
-	dh := &deviceHooks{auth: auth, reg: reg, cluster: cfg.Cluster, ttl: time.Duration(cfg.DeviceCertTTL), audit: audit, log: log, now: now}
+	dh := &deviceHooks{auth: auth, reg: reg, cluster: cfg.Cluster, ttl: time.Duration(cfg.DeviceCertTTL), audit: audit, events: events, log: log, now: now}
 	dh.configure(&tcfg)
+	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	tunnels := tunnelsrv.New(tcfg)
+	kube := newKube(cfg, tunnels, audit, log, now)
+	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	apiSrv := &httpapi.Server{
@@ -139,8 +147,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		DeviceCertTTL: time.Duration(cfg.DeviceCertTTL),
 		Logger:        log,
 		Audit:         audit,
+		Events:        events,
+		Recordings:    recs,
 		Now:           now,
 	}
+	apiSrv.Kube = kube
 	httpSrv := &http.Server{
 		Handler:           apiSrv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -156,6 +167,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	wg.Go(func() { events.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

@@ -3,8 +3,12 @@ package httpapi
 import (
 	"net/http"
 	"sort"
+	"strconv"
+	"strings"
+	"time"
 
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/pin"
 )
@@ -35,6 +39,8 @@ func (s *Server) addUser(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	s.audit().Info("user added", "event", "user.create", "by", c.name(), "user", req.Name, "roles", req.Roles, "logins", req.Logins)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserCreate, User: c.name(), Addr: r.RemoteAddr,
+		Fields: map[string]string{"target_user": req.Name, "roles": strings.Join(req.Roles, ","), "logins": strings.Join(req.Logins, ",")}})
 	writeJSON(w, http.StatusCreated, resp)
 }
 
@@ -45,6 +51,7 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	s.audit().Info("user removed", "event", "user.delete", "by", c.name(), "user", name)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"target_user": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -72,6 +79,7 @@ func (s *Server) putRole(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	s.audit().Info("role written", "event", "role.put", "by", c.name(), "role", role.Metadata.Name)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleCreate, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": role.Metadata.Name}})
 	writeJSON(w, http.StatusOK, role)
 }
 
@@ -82,6 +90,7 @@ func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	s.audit().Info("role removed", "event", "role.delete", "by", c.name(), "role", name)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -107,6 +116,8 @@ func (s *Server) addToken(w http.ResponseWriter, r *http.Request, c *caller) {
 	tok.CAPin = s.CA.Pin()
 	tok.JoinString = pin.JoinString(tok.Token, tok.CAPin)
 	s.audit().Info("join token created", "event", "token.create", "by", c.name(), "token_id", tok.ID, "expires", tok.Expires, "uses", tok.UsesLeft, "labels", tok.Labels)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventTokenCreate, User: c.name(), Addr: r.RemoteAddr,
+		Fields: map[string]string{"token_id": tok.ID, "expires": tok.Expires.UTC().Format(time.RFC3339), "uses": strconv.Itoa(tok.UsesLeft)}})
 	writeJSON(w, http.StatusCreated, tok)
 }
 
@@ -117,6 +128,7 @@ func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c *caller) 
 		return
 	}
 	s.audit().Info("join token removed", "event", "token.delete", "by", c.name(), "token_id", id)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventTokenDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"token_id": id}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -133,6 +145,7 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, c *caller)
 	}
 	s.Tunnels.Disconnect(dev.ID, "this device was removed from the fleet; join it again with a new token")
 	s.audit().Info("device removed", "event", "device.delete", "by", c.name(), "device", name, "device_id", dev.ID)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceDelete, User: c.name(), Addr: r.RemoteAddr, Device: dev.ID, Fields: map[string]string{"name": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,6 +51,7 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 	out := []api.Device{}
 	for _, d := range all {
 		ad := s.apiDevice(d)
+		s.deviceAudit(c, &ad)
 		if c.checker != nil {
 			if !c.checker.CanSeeDevice(d.Labels) {
 				continue
@@ -81,6 +83,8 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		"service", service, "session", sid, "remote", r.RemoteAddr)
 	deny := func(status int, code, msg string) {
 		log.Warn("access denied", "event", "access.denied", "reason", msg)
+		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(), Login: login,
+			Session: sid, Addr: r.RemoteAddr, Message: msg, Fields: map[string]string{"device_name": name, "service": service, "action": "connect"}})
 		writeError(w, status, code, msg)
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), api.UpgradeProto) {
@@ -131,6 +135,14 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	defer conn.Close()
+	sessionEvent := func(typ string, f map[string]string) *proto.AuditEvent {
+		f["service"], f["device_name"] = service, dev.Name
+		return &proto.AuditEvent{Type: typ, User: c.name(), Login: login, Session: sid, Device: dev.ID, Addr: r.RemoteAddr, Fields: f}
+	}
+	if s.record(r.Context(), sessionEvent(proto.EventSessionStart, map[string]string{})) != nil {
+		errAuditDown(w) // an unrecorded session is not brokered
+		return
+	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		deny(http.StatusInternalServerError, api.CodeInternal, "connection cannot be upgraded (HTTP/2?): use HTTP/1.1")
@@ -150,6 +162,9 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	log.Info("session started", "event", "session.start")
 	up, down := splice(client, brw.Reader, conn)
 	log.Info("session ended", "event", "session.end", "bytes_up", up, "bytes_down", down, "duration", s.now().Sub(start).Round(time.Millisecond).String())
+	s.record(r.Context(), sessionEvent(proto.EventSessionEnd, map[string]string{
+		"bytes_up": strconv.FormatInt(up, 10), "bytes_down": strconv.FormatInt(down, 10),
+		"duration": s.now().Sub(start).Round(time.Millisecond).String()}))
 }
 
 type closeWriter interface{ CloseWrite() error }

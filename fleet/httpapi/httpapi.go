@@ -4,8 +4,11 @@
 // fleetctl calls. The paths and JSON types are in proto/api.
 //
 // Every brokered connection is checked against the user's current roles
-// before a stream is opened to the device, and every access decision is
-// logged on the "audit" logger.
+// before a stream is opened to the device. Every access decision, login and
+// admin change is recorded in the audit log (Server.Events, package
+// fleet/audit) as well as logged on the "audit" logger; a login or a session
+// that cannot be recorded does not go ahead. GET /v1/audit searches the log
+// and /v1/recordings serves session recordings.
 //
 // Only fleet/... imports this package.
 package httpapi
@@ -21,9 +24,12 @@ import (
 	"net/http"
 	"time"
 
+	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -40,6 +46,16 @@ type Server struct {
 	Tokens  *tokens.Service
 	Devices *devices.Registry
 	Tunnels *tunnelsrv.Server
+	// Kube forwards Kubernetes API requests (kube.go); nil turns
+	// Kubernetes access off.
+	Kube *kubesrv.Server
+	// Events is the audit log: access decisions, logins and admin changes
+	// are recorded in it, and GET /v1/audit searches it. Nil records
+	// nothing but the Audit log lines.
+	Events *audit.Log
+	// Recordings holds the session recordings /v1/recordings serves; nil
+	// serves none.
+	Recordings *recordings.Store
 
 	Cluster   string
 	Version   string
@@ -121,6 +137,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE "+api.PathTokens+"/{id}", s.admin(s.deleteToken))
 	mux.Handle("DELETE "+api.PathDevices+"/{name}", s.admin(s.deleteDevice))
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
+	s.kubeRoutes(mux)
+	s.auditRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -202,6 +220,8 @@ func (s *Server) authed(h handlerFunc) http.Handler {
 		c, err := s.identify(r)
 		if err != nil {
 			s.audit().Warn("request refused", "event", "auth.denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", err.Error())
+			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
+				Message: err.Error(), Fields: map[string]string{"action": r.Method + " " + r.URL.Path}})
 			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
 			return
 		}
@@ -213,6 +233,8 @@ func (s *Server) admin(h handlerFunc) http.Handler {
 	return s.authed(func(w http.ResponseWriter, r *http.Request, c *caller) {
 		if !c.isAdmin() {
 			s.audit().Warn("admin request refused", "event", "admin.denied", "user", c.name(), "method", r.Method, "path", r.URL.Path)
+			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(), Addr: r.RemoteAddr,
+				Message: "this needs a fleet admin role", Fields: map[string]string{"action": r.Method + " " + r.URL.Path}})
 			writeError(w, http.StatusForbidden, api.CodeForbidden, "this needs a fleet admin role")
 			return
 		}

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
 
@@ -28,6 +30,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	log := s.audit().With("event", "device.join", "name", req.Name, "remote", r.RemoteAddr)
 	refuse := func(status int, code, msg string) {
 		log.Warn("join refused", "reason", msg)
+		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceJoin, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
+			Message: msg, Fields: map[string]string{"name": req.Name}})
 		writeError(w, status, code, msg)
 	}
 	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublicKey))
@@ -79,6 +83,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("device joined", "device_id", dev.ID, "labels", labels)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceJoin, Device: dev.ID, Addr: r.RemoteAddr,
+		Fields: map[string]string{"name": dev.Name, "token_id": tokens.IDOf(req.Token)}})
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -122,10 +128,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, users.ErrBadCredentials):
 		log.Warn("login failed", "reason", "bad credentials")
+		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeFailure, User: req.User, Addr: r.RemoteAddr, Message: "bad credentials"})
 		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "wrong user name, password or code")
 		return
 	case errors.Is(err, users.ErrLocked):
 		log.Warn("login failed", "reason", "locked")
+		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeFailure, User: req.User, Addr: r.RemoteAddr, Message: err.Error()})
 		writeError(w, http.StatusTooManyRequests, api.CodeUnauthorized, err.Error())
 		return
 	default:
@@ -168,6 +176,13 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	log.Info("user logged in", "roles", u.Roles, "logins", logins, "ttl", ttl.String())
 	s.audit().Info("certificate issued", "event", "cert.issued", "user", u.Name, "expires", resp.Expires)
+	if s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
+		Fields: map[string]string{"roles": strings.Join(u.Roles, ","), "logins": strings.Join(logins, ","), "ttl": ttl.String()}}) != nil {
+		errAuditDown(w)
+		return
+	}
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventCertIssued, User: u.Name, Addr: r.RemoteAddr,
+		Fields: map[string]string{"kind": "user", "expires": resp.Expires.Format(time.RFC3339)}})
 	writeJSON(w, http.StatusOK, resp)
 }
 

@@ -19,10 +19,15 @@ type AccessDenied struct {
 	// Allowed lists the logins the user does have on the device, when the
 	// device is visible to them but the login is not allowed.
 	Allowed []string
+	// Kube is true when the check was about the device's Kubernetes
+	// cluster (CheckKube).
+	Kube bool
 }
 
 func (e *AccessDenied) Error() string {
 	switch {
+	case e.Kube:
+		return fmt.Sprintf("access denied: no role gives Kubernetes users or groups on device %q (kubernetes_users, kubernetes_groups)", e.Device)
 	case e.Role != "" && e.Login != "":
 		return fmt.Sprintf("access denied: role %q denies login %q on device %q", e.Role, e.Login, e.Device)
 	case e.Login == "":
@@ -40,6 +45,8 @@ type rule struct {
 	labels map[string][]string
 	logins map[string]bool // expanded; "*" only in deny
 	admin  bool
+	// kubeUsers and kubeGroups are expanded like logins (kube.go).
+	kubeUsers, kubeGroups map[string]bool
 }
 
 // Checker decides what one user may do, given their roles and traits. It is
@@ -68,12 +75,18 @@ func NewChecker(roles []api.Role, traits map[string][]string) *Checker {
 			labels: r.Spec.Allow.DeviceLabels,
 			logins: expand(r.Spec.Allow.Logins, traits, false),
 			admin:  r.Spec.Allow.Admin,
+
+			kubeUsers:  expandKube(r.Spec.Allow.KubernetesUsers, traits, false),
+			kubeGroups: expandKube(r.Spec.Allow.KubernetesGroups, traits, false),
 		})
 		c.deny = append(c.deny, rule{
 			role:   name,
 			labels: r.Spec.Deny.DeviceLabels,
 			logins: expand(r.Spec.Deny.Logins, traits, true),
 			admin:  r.Spec.Deny.Admin,
+
+			kubeUsers:  expandKube(r.Spec.Deny.KubernetesUsers, traits, true),
+			kubeGroups: expandKube(r.Spec.Deny.KubernetesGroups, traits, true),
 		})
 		if d, err := time.ParseDuration(r.Spec.Options.MaxSessionTTL); err == nil && d > 0 {
 			if c.ttl == 0 || d < c.ttl {

@@ -10,7 +10,10 @@
 //     ({"*": ["*"]} means every device);
 //   - logins may be templates "{{internal.TRAIT}}" that expand to the user's
 //     trait values (an unknown trait expands to nothing); expanded values
-//     that are not valid Unix login names are dropped.
+//     that are not valid Unix login names are dropped;
+//   - kubernetes_users and kubernetes_groups work like logins for the
+//     Kubernetes clusters on devices (kube.go): templated, "*" only in
+//     deny, deny wins.
 //
 // Only fleet/... server packages import rbac.
 package rbac
@@ -97,11 +100,14 @@ func validate(r api.Role) error {
 	if err := validateConditions("deny", r.Spec.Deny, true); err != nil {
 		return err
 	}
+	if err := validateKube(r.Spec); err != nil {
+		return err
+	}
 	d := r.Spec.Deny
 	if len(d.Logins) > 0 && len(d.DeviceLabels) == 0 {
 		return errors.New(`deny.logins needs deny.device_labels to select devices; use device_labels: {"*": "*"} to deny everywhere`)
 	}
-	if len(d.DeviceLabels) > 0 && len(d.Logins) == 0 {
+	if len(d.DeviceLabels) > 0 && len(d.Logins) == 0 && !denyKube(d) {
 		return errors.New(`deny.device_labels without deny.logins denies nothing; add logins: ["*"] to deny every login there`)
 	}
 	if ttl := r.Spec.Options.MaxSessionTTL; ttl != "" {

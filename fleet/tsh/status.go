@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"remoteler.dev/edge/fleet/client/cli"
 )
@@ -122,11 +123,16 @@ func (r *runner) logout(args []string) error {
 	return nil
 }
 
-// removeProfile deletes a profile's directory and known_hosts lines. Later
-// additions (kube contexts) are removed here too.
+// removeProfile deletes a profile's directory, known_hosts lines and the
+// kubeconfig entries tsh kube login added for it.
 func (r *runner) removeProfile(home string, p *profile) error {
 	if err := updateKnownHosts(filepath.Join(home, "known_hosts"), p.marker(), nil); err != nil {
 		return err
+	}
+	if removed, err := r.removeKube(p, ""); err != nil {
+		fmt.Fprintf(r.stdio.Err, "tsh: could not remove the Kubernetes contexts of %s: %v\n", p.name(), err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(r.stdio.Out, "Removed Kubernetes contexts: %s.\n", strings.Join(removed, ", "))
 	}
 	dir := filepath.Join(home, "keys", p.Proxy, p.User)
 	if err := os.RemoveAll(dir); err != nil {

@@ -1,6 +1,6 @@
 // Package tsh is the user's command-line client as a library: tsh login,
-// status, logout, ls, ssh, scp, proxy ssh and config. fleet/cmd/tsh is its
-// thin main; tests drive Main directly.
+// status, logout, ls, ssh, scp, proxy ssh, config, recordings ls and play.
+// fleet/cmd/tsh is its thin main; tests drive Main directly.
 //
 // It talks to the fleet only through fleet/client and imports no server
 // package. A login is kept as a profile under $TSH_HOME (default ~/.tsh):
@@ -110,6 +110,11 @@ Usage:
   tsh ssh [-l LOGIN] [-t|-T] [LOGIN@]DEVICE [COMMAND...]
   tsh scp [-r] [-q] SRC... DST        a remote side is [LOGIN@]DEVICE:PATH
   tsh config                          print an OpenSSH config block for the fleet
+  tsh recordings ls [--format=text|json]
+                                      list the session recordings you may see
+  tsh play [--speed=N] [--format=text|json] RECORDING_ID
+                                      replay a recorded session (speed 0: at once)
+  tsh kube ls|login NAME|logout       Kubernetes clusters through the fleet (tsh kube help)
   tsh proxy ssh [LOGIN@]HOST[:PORT]   used by OpenSSH's ProxyCommand (see tsh config)
   tsh version
 
@@ -145,6 +150,12 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 		err = r.proxy(ctx, rest)
 	case "config":
 		err = r.config(rest)
+	case "kube":
+		err = r.kube(ctx, rest)
+	case "recordings":
+		err = r.recordings(ctx, rest)
+	case "play":
+		err = r.play(ctx, rest)
 	case "version":
 		fmt.Fprintf(stdio.Out, "tsh %s\n", Version)
 	case "help", "-h", "-help", "--help":

@@ -253,10 +253,8 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	tag := make([]byte, proto.LinkTagSize)
 	rand.Read(tag)
 	ack.LinkTag = tag
-	if err := ctrl.send(ack); err != nil {
-		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
-		return
-	}
+	// Register before answering: once the agent has the answer it counts as
+	// up, and a stream may be opened to it at once.
 	dc := &deviceConn{qc: qc, since: s.cfg.Now(), ctrl: ctrl, addr: qc.RemoteAddr().String()}
 	var lost []*session
 	s.mu.Lock()
@@ -280,6 +278,9 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	}
 	if old != nil {
 		old.qc.CloseWithError(closeReplaced, "replaced by a newer connection of the same device")
+	}
+	if err := ctrl.send(ack); err != nil {
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
 	}
 	log.Info("device connected", "name", hello.Name, "agent_version", hello.AgentVersion)
 

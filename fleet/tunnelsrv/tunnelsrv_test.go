@@ -162,9 +162,14 @@ func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.Str
 		defer close(done)
 		c.Run(ctx)
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	agentStops[c] = stop
 	return c, state
 }
+
+// agentStops stops the agents startAgent started, before the test ends.
+var agentStops = map[*tunnel.Client]func(){}
 
 func waitState(t *testing.T, ch chan bool, want bool) {
 	t.Helper()

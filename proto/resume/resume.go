@@ -91,7 +91,7 @@ type Conn struct {
 	// Send side. out holds bytes from offset outBase (acknowledged by the
 	// peer up to there) to written; sent marks how far the current
 	// transport has been given them.
-	out      []byte
+	out      ring
 	outBase  uint64
 	written  uint64
 	sent     uint64
@@ -102,7 +102,7 @@ type Conn struct {
 	waitFrom time.Time
 
 	// Receive side.
-	in       []byte
+	in       ring
 	recvd    uint64 // bytes (and fin) received in order
 	acked    uint64 // what we last acknowledged on the current transport
 	ackDue   bool   // the ack delay passed with bytes unacknowledged
@@ -276,8 +276,8 @@ func (c *Conn) failLocked(err error) {
 		c.tr = nil
 		c.gen++
 	}
-	c.releaseLocked(uint64(len(c.out)))
-	c.out = nil
+	c.releaseLocked(uint64(c.out.Len()))
+	c.out.reset()
 	c.cond.Broadcast()
 	c.doneLocked(err)
 }
@@ -319,16 +319,13 @@ func (c *Conn) ackLocked(n uint64) {
 		return
 	}
 	drop := min(n, c.written) - c.outBase
-	c.out = c.out[drop:]
+	c.out.drop(int(drop))
 	c.releaseLocked(drop)
 	c.outBase = n
 	if c.sent > c.outBase {
 		c.waitFrom = time.Now() // progress; still waiting for the rest
 	} else {
 		c.waitFrom = time.Time{}
-	}
-	if len(c.out) == 0 {
-		c.out = nil // let the buffer go
 	}
 	c.cond.Broadcast()
 }
@@ -347,12 +344,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if c.closed {
 			return 0, ErrClosed
 		}
-		if len(c.in) > 0 {
-			n := copy(p, c.in)
-			c.in = c.in[n:]
-			if len(c.in) == 0 {
-				c.in = nil
-			}
+		if c.in.Len() > 0 {
+			n := c.in.read(p)
 			c.cond.Broadcast()
 			return n, nil
 		}
@@ -387,7 +380,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if !c.wdl.IsZero() && !time.Now().Before(c.wdl) {
 			return n, os.ErrDeadlineExceeded
 		}
-		room := c.cfg.Buffer - len(c.out)
+		room := c.cfg.Buffer - c.out.Len()
 		if room <= 0 {
 			c.cond.Wait()
 			continue
@@ -401,7 +394,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 		}
 		k := min(room, len(p))
-		c.out = append(c.out, p[:k]...)
+		c.out.push(p[:k])
 		if c.cfg.Budget != nil && k < room {
 			c.cfg.Budget.release(room - k)
 		}
@@ -435,7 +428,7 @@ func (c *Conn) Close() error {
 	}
 	c.closed = true
 	c.finWrite = true
-	c.in = nil
+	c.in.reset()
 	c.cond.Broadcast()
 	return nil
 }
@@ -517,8 +510,8 @@ func (c *Conn) deliver(gen int, b []byte) error {
 			c.ackSoonLocked()
 			return nil
 		}
-		if len(c.in) < c.cfg.Buffer {
-			c.in = append(c.in, b...)
+		if c.in.Len() < c.cfg.Buffer {
+			c.in.push(b)
 			c.recvd += uint64(len(b))
 			c.ackSoonLocked()
 			c.cond.Broadcast()
@@ -632,7 +625,7 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 			n := min(uint64(maxFrame), c.written-c.sent)
 			fb = append(fb, frameData)
 			fb = binary.AppendUvarint(fb, n)
-			fb = append(fb, c.out[off:off+n]...)
+			fb = c.out.appendTo(fb, int(off), int(n))
 			c.sent += n
 		}
 		if c.finWrite && !c.finSent && c.sent == c.written {

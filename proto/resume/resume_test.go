@@ -239,7 +239,7 @@ func TestReplayBufferBounded(t *testing.T) {
 		}()
 		synctest.Wait() // the writer is blocked on the full buffer
 		a.mu.Lock()
-		held := len(a.out)
+		held := a.out.Len()
 		a.mu.Unlock()
 		if held != 64<<10 {
 			t.Errorf("replay buffer holds %d bytes, want 64 KiB", held)

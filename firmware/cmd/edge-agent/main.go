@@ -21,6 +21,7 @@ import (
 
 	"remoteler.dev/edge/firmware/agent"
 	"remoteler.dev/edge/firmware/buildinfo"
+	"remoteler.dev/edge/firmware/kubeproxy"
 	"remoteler.dev/edge/firmware/service"
 	"remoteler.dev/edge/firmware/sshd"
 )
@@ -71,6 +72,13 @@ type fileConfig struct {
 	Labels    map[string]string `json:"labels"`
 	Keepalive string            `json:"keepalive"`
 	LogLevel  string            `json:"log_level"`
+	// Kubeconfig is the local cluster's kubeconfig (--kubeconfig).
+	Kubeconfig string `json:"kubeconfig"`
+	// Audit and recordings (--audit-max-bytes, --audit-when-full,
+	// --no-recording).
+	AuditMaxBytes int64  `json:"audit_max_bytes"`
+	AuditWhenFull string `json:"audit_when_full"`
+	NoRecording   bool   `json:"no_recording"`
 }
 
 func start(args []string) int {
@@ -85,6 +93,8 @@ func start(args []string) int {
 	keepalive := fs.Duration("keepalive", 0, "how often to refresh the NAT mapping on an idle link, with a 29-byte datagram (default 25s, for a 30 s UDP timeout; -1s turns it off)")
 	liveness := fs.Duration("liveness", 0, "how often to check on an idle link that the fleet is there (default 2m)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	audit := registerAuditFlags(fs)
+	kubeconfig := fs.String("kubeconfig", kubeproxy.DefaultKubeconfig, "the local Kubernetes cluster's kubeconfig `FILE` (k3s's by default), offered to the fleet when it exists; \"off\" turns Kubernetes access off")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -143,6 +153,10 @@ func start(args []string) int {
 	cfg.Notify = service.NewNotifier(log)
 	if exe, err := os.Executable(); err == nil {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
+	}
+	audit.apply(&cfg, set, fc)
+	if kp := kubeService(&cfg, pick("kubeconfig", *kubeconfig, fc.Kubeconfig), set["kubeconfig"] || fc.Kubeconfig != "", log); kp != nil {
+		defer kp.Close()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)

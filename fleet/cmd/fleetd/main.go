@@ -43,6 +43,7 @@ func start(args []string) int {
 	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
 	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
+	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h (default: forever)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -67,6 +68,8 @@ func start(args []string) int {
 			cfg.PublicAddrs = strings.Split(*public, ",")
 		case "log-level":
 			cfg.LogLevel = *logLevel
+		case "audit-retention":
+			cfg.AuditRetention = fleetd.Duration(*retention)
 		}
 	})
 	fleetd.Version = buildinfo.Version

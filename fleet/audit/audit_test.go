@@ -1,0 +1,293 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
+)
+
+func openLog(t *testing.T, now func() time.Time) (*Log, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.db")
+	l, err := Open(Config{Path: path, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, path
+}
+
+// chain builds n chained device events starting at seq first after prev.
+func chain(t *testing.T, first uint64, n int, prev []byte, mk func(i int) proto.AuditEvent) []proto.AuditEvent {
+	t.Helper()
+	var out []proto.AuditEvent
+	for i := range n {
+		e := mk(i)
+		e.Seq = first + uint64(i)
+		h, err := proto.ChainHash(prev, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Hash, prev = h, h
+		out = append(out, e)
+	}
+	return out
+}
+
+func simple(i int) proto.AuditEvent {
+	return proto.AuditEvent{Time: 1_700_000_000_000 + int64(i)*1000, Type: proto.EventExec, User: "alice", Session: fmt.Sprintf("s%d", i%3)}
+}
+
+func TestIngestDedupAndAck(t *testing.T) {
+	l, _ := openLog(t, nil)
+	ctx := context.Background()
+	evs := chain(t, 1, 10, nil, simple)
+	ack, err := l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: evs[:6], Queue: &proto.AuditQueueStatus{Pending: 10, Dropped: 2}})
+	if err != nil || ack.Err != nil || ack.Through != 6 || !bytes.Equal(ack.Hash, evs[5].Hash) {
+		t.Fatalf("first batch: %+v, %v", ack, err)
+	}
+	// The same events again (an ack was lost), overlapping the next ones.
+	ack, err = l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: evs[3:]})
+	if err != nil || ack.Through != 10 {
+		t.Fatalf("second batch: %+v, %v", ack, err)
+	}
+	ack, _ = l.Ingest(ctx, "dev-1", &proto.AuditBatch{})
+	if ack.Through != 10 || !bytes.Equal(ack.Hash, evs[9].Hash) {
+		t.Errorf("head query = %+v, want 10", ack)
+	}
+	recs, _, err := l.Search(ctx, Query{Device: "dev-1"})
+	if err != nil || len(recs) != 10 {
+		t.Fatalf("search: %d records, %v; want 10", len(recs), err)
+	}
+	res, err := l.Verify(ctx)
+	if err != nil || len(res) != 1 || !res[0].OK || res[0].Events != 10 {
+		t.Fatalf("verify = %+v, %v", res, err)
+	}
+	if res[0].Queue == nil || res[0].Queue.Dropped != 2 {
+		t.Errorf("queue status = %+v, want dropped 2", res[0].Queue)
+	}
+	st, ok := l.DeviceStatus("dev-1")
+	if !ok || st.Head != 10 || st.Dropped != 2 {
+		t.Errorf("device status = %+v", st)
+	}
+}
+
+func TestIngestRefusesOtherDevicesEvents(t *testing.T) {
+	l, _ := openLog(t, nil)
+	evs := chain(t, 1, 1, nil, func(int) proto.AuditEvent { return proto.AuditEvent{Type: "x", Device: "dev-2"} })
+	ack, err := l.Ingest(context.Background(), "dev-1", &proto.AuditBatch{Events: evs})
+	if err != nil || ack.Err == nil || ack.Err.Code != proto.CodeForbidden {
+		t.Errorf("ack = %+v, %v; want forbidden", ack, err)
+	}
+	if _, err := l.Ingest(context.Background(), api.SourceFleet, &proto.AuditBatch{}); err == nil {
+		t.Error("a device called fleet was accepted")
+	}
+}
+
+func TestFleetAppendChains(t *testing.T) {
+	l, _ := openLog(t, nil)
+	for i := range 5 {
+		if err := l.Append(context.Background(), &proto.AuditEvent{Type: proto.EventUserLogin, User: fmt.Sprint("u", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seq, _, _ := l.Head(api.SourceFleet)
+	if seq != 5 {
+		t.Errorf("head = %d, want 5", seq)
+	}
+	res, _ := l.Verify(context.Background())
+	if len(res) != 1 || !res[0].OK || res[0].Source != api.SourceFleet {
+		t.Errorf("verify = %+v", res)
+	}
+}
+
+func TestSearch(t *testing.T) {
+	l, _ := openLog(t, nil)
+	ctx := context.Background()
+	evs := chain(t, 1, 9, nil, func(i int) proto.AuditEvent {
+		types := []string{proto.EventSessionStart, proto.EventExec, proto.EventSessionEnd}
+		return proto.AuditEvent{Time: 1_700_000_000_000 + int64(i)*1000, Type: types[i%3], User: []string{"alice", "bob"}[i%2], Session: fmt.Sprint("s", i/3)}
+	})
+	l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: evs})
+	l.Append(ctx, &proto.AuditEvent{Time: 1_700_000_000_500, Type: proto.EventAccessDenied, User: "bob", Device: "dev-1"})
+	l.Append(ctx, &proto.AuditEvent{Time: 1_700_000_000_600, Type: proto.EventUserLogin, User: "carol"})
+	at := func(i int) time.Time { return time.UnixMilli(1_700_000_000_000 + int64(i)*1000) }
+	tests := []struct {
+		name string
+		q    Query
+		want int
+		more bool
+	}{
+		{"all", Query{}, 11, false},
+		{"device (with the fleet's event about it)", Query{Device: "dev-1"}, 10, false},
+		{"user", Query{User: "bob"}, 5, false},
+		{"session", Query{Session: "s1"}, 3, false},
+		{"type", Query{Type: proto.EventExec}, 3, false},
+		{"type prefix", Query{Type: "session.*"}, 6, false},
+		{"since", Query{Since: at(5)}, 4, false},
+		{"until", Query{Until: at(2)}, 4, false},
+		{"since and until on the user index", Query{User: "alice", Since: at(2), Until: at(7)}, 3, false},
+		{"user and type", Query{User: "alice", Type: "session.*"}, 4, false},
+		{"limit", Query{Limit: 4}, 4, true},
+		{"nothing", Query{User: "nobody"}, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			recs, more, err := l.Search(ctx, tt.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(recs) != tt.want || more != tt.more {
+				t.Errorf("got %d (more %v), want %d (more %v)", len(recs), more, tt.want, tt.more)
+			}
+			for i := 1; i < len(recs); i++ {
+				if recs[i].Event.Time < recs[i-1].Event.Time {
+					t.Errorf("not in time order at %d", i)
+				}
+			}
+		})
+	}
+	recs, _, _ := l.Search(ctx, Query{Session: "s0", Limit: 1})
+	x := Export(recs[0], map[string]string{"dev-1": "pi-1"})
+	if x.Source != "dev-1" || x.Device != "dev-1" || x.DeviceName != "pi-1" || len(x.Hash) != 64 || x.Time.IsZero() {
+		t.Errorf("export = %+v", x)
+	}
+}
+
+// tamper opens the log's file directly, as an attacker with the disk would.
+func tamper(t *testing.T, path string, f func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerifyDetectsTampering(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(tx *bolt.Tx) error
+		want   string
+	}{
+		{"edited event", func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketEvents).Bucket([]byte("dev-1"))
+			e, _ := proto.UnmarshalEvent(b.Get(seqKey(4)))
+			e.User = "mallory"
+			v, _ := proto.MarshalEvent(e)
+			return b.Put(seqKey(4), v)
+		}, "event 4 was altered"},
+		{"edited event with its hash recomputed", func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketEvents).Bucket([]byte("dev-1"))
+			prev, _ := proto.UnmarshalEvent(b.Get(seqKey(3)))
+			e, _ := proto.UnmarshalEvent(b.Get(seqKey(4)))
+			e.User = "mallory"
+			e.Hash, _ = proto.ChainHash(prev.Hash, e)
+			v, _ := proto.MarshalEvent(e)
+			return b.Put(seqKey(4), v)
+		}, "event 5 was altered, or the chain broke"},
+		{"deleted event", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketEvents).Bucket([]byte("dev-1")).Delete(seqKey(5))
+		}, "event 5 is missing"},
+		{"deleted last event", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketEvents).Bucket([]byte("dev-1")).Delete(seqKey(8))
+		}, "events after 7 are missing"},
+		{"garbage", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketEvents).Bucket([]byte("dev-1")).Put(seqKey(2), []byte{0xff, 0x00})
+		}, "event 2 is unreadable"},
+		{"fleet event deleted", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketEvents).Bucket([]byte(api.SourceFleet)).Delete(seqKey(1))
+		}, "event 1 is missing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, path := openLog(t, nil)
+			ctx := context.Background()
+			l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: chain(t, 1, 8, nil, simple)})
+			l.Append(ctx, &proto.AuditEvent{Type: proto.EventUserLogin, User: "alice"})
+			l.Append(ctx, &proto.AuditEvent{Type: proto.EventUserLogin, User: "bob"})
+			l.Close()
+			tamper(t, path, tt.change)
+			l, err := Open(Config{Path: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			res, err := l.Verify(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all := ""
+			bad := 0
+			for _, r := range res {
+				all += strings.Join(r.Problems, "; ")
+				if !r.OK {
+					bad++
+				}
+			}
+			if bad != 1 || !strings.Contains(all, tt.want) {
+				t.Errorf("verify: %d bad chains, problems %q; want one mentioning %q", bad, all, tt.want)
+			}
+		})
+	}
+}
+
+func TestPruneKeepsTheChainVerifiable(t *testing.T) {
+	now := time.UnixMilli(1_700_000_100_000)
+	l, _ := openLog(t, func() time.Time { return now })
+	ctx := context.Background()
+	l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: chain(t, 1, 10, nil, simple)})
+	n, err := l.Prune(ctx, time.UnixMilli(1_700_000_004_500))
+	if err != nil || n != 5 {
+		t.Fatalf("pruned %d, %v; want 5", n, err)
+	}
+	res, _ := l.Verify(ctx)
+	if len(res) != 1 || !res[0].OK || res[0].Events != 5 || res[0].First != 6 {
+		t.Errorf("verify after prune = %+v", res)
+	}
+	if recs, _, _ := l.Search(ctx, Query{}); len(recs) != 5 {
+		t.Errorf("search after prune: %d, want 5", len(recs))
+	}
+	// A pruned event sent again is not stored again.
+	l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: chain(t, 1, 2, nil, simple)})
+	if recs, _, _ := l.Search(ctx, Query{}); len(recs) != 5 {
+		t.Errorf("pruned events came back: %d, want 5", len(recs))
+	}
+	// The fleet's own chain survives pruning too.
+	l.Append(ctx, &proto.AuditEvent{Time: 1, Type: "old"})
+	l.Prune(ctx, time.UnixMilli(2))
+	l.Append(ctx, &proto.AuditEvent{Type: "new"})
+	res, _ = l.Verify(ctx)
+	for _, r := range res {
+		if !r.OK {
+			t.Errorf("%s: %v", r.Source, r.Problems)
+		}
+	}
+}
+
+func FuzzDecodeHead(f *testing.F) {
+	h := &head{Seq: 3, Hash: []byte{1}, Count: 3, Queue: &proto.AuditQueueStatus{Dropped: 1}}
+	f.Add(h.encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeHead(b)
+		if err != nil {
+			return
+		}
+		h2, err := decodeHead(h.encode())
+		if err != nil || !bytes.Equal(h2.encode(), h.encode()) {
+			t.Fatalf("head does not round-trip: %v", err)
+		}
+	})
+}

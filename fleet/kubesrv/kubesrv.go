@@ -1,0 +1,340 @@
+// Package kubesrv is the fleet's Kubernetes endpoint: it forwards the
+// Kubernetes API requests of users (kubectl with the kubeconfig that tsh
+// kube login wrote) down a device's tunnel to the device's cluster, or to
+// the cluster fleetd itself runs in, as the Kubernetes user and groups the
+// user's roles map them to.
+//
+// The HTTPS API (fleet/httpapi) authenticates the user's X.509 certificate
+// and checks their roles; Serve then
+//
+//   - drops the client's own Impersonate-* and Authorization headers (the
+//     user already chose among what they may act as: see Resolve);
+//   - for a device, sends the request as HTTP/1.1 on a "kube" stream down
+//     the device's tunnel whose header names the user, their roles and the
+//     Kubernetes user and groups; the agent (firmware/kubeproxy) adds the
+//     impersonation headers and the cluster's credentials. Streams are
+//     pooled per device and identity (keep-alive), ride the resume layer
+//     like every brokered stream, and so outlive link drops;
+//   - for the local cluster, adds impersonation headers and the service
+//     account's token itself and sends the request to the API server;
+//   - streams responses (watches) as they come and passes upgrades (SPDY,
+//     WebSocket: exec, attach, port-forward) through both ways;
+//   - cuts every request, watch or upgraded session when the user's
+//     certificate expires;
+//   - audits every request (user, device, verb, resource, namespace, name,
+//     response code), and each upgraded session's start and end.
+//
+// Only fleet/... server packages import kubesrv.
+package kubesrv
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"time"
+
+	"remoteler.dev/edge/proto"
+)
+
+// Opener opens a brokered stream down a device's tunnel
+// (*tunnelsrv.Server). A refusal from the device is a *proto.Error.
+type Opener interface {
+	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+}
+
+// Config configures a Server. Tunnels is required.
+type Config struct {
+	Tunnels Opener
+	// Offline tells an offline device (tunnelsrv.ErrOffline) from other
+	// dial failures; nil treats every failure alike.
+	Offline error
+	// Online reports whether a device's tunnel is up. A request to a
+	// device the fleet knows to be offline fails at once (503) instead of
+	// waiting on a pooled stream for the device to come back; requests
+	// already under way (watches, exec) keep waiting, up to the tunnel's
+	// session hold time. Nil skips the check.
+	Online func(deviceID string) bool
+	// Local is the cluster fleetd runs in (DetectLocal); nil when none.
+	Local *Local
+	// Audit receives an event per request and per upgraded session's start
+	// and end; nil logs them on AuditLog (see LogEvent).
+	Audit func(Event)
+	// AuditLog is where events go when Audit is nil; nil discards.
+	AuditLog *slog.Logger
+	// IdleTimeout closes pooled streams idle this long; default 90s.
+	IdleTimeout time.Duration
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server forwards Kubernetes API requests. Create it with New.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	tr     *http.Transport
+	device *httputil.ReverseProxy
+	local  *httputil.ReverseProxy
+}
+
+// Grant is what one request was allowed: where it goes and as whom. The
+// HTTPS API fills it in after checking the user's roles.
+type Grant struct {
+	// Cluster is the device's name, or the local cluster's.
+	Cluster string
+	// DeviceID is the device to reach; empty for the local cluster.
+	DeviceID string
+	// Identity is the user (User, Roles, Cluster, Expires) and the
+	// Kubernetes user and groups they act as (KubeUser, KubeGroups).
+	Identity proto.Identity
+	// Expires ends the request, watch or session: the user's certificate
+	// expiry. Zero means no limit.
+	Expires time.Time
+	// ClientAddr is the user's address, for the audit.
+	ClientAddr string
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AuditLog == nil {
+		cfg.AuditLog = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.tr = &http.Transport{
+		DialContext:         s.dial,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     cfg.IdleTimeout,
+		DisableCompression:  true,
+		Proxy:               nil,
+	}
+	s.device = &httputil.ReverseProxy{
+		Rewrite:        s.rewriteDevice,
+		Transport:      s.tr,
+		FlushInterval:  -1,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ErrorHandler:   s.proxyError,
+		ModifyResponse: modifyResponse,
+	}
+	if cfg.Local != nil {
+		s.local = &httputil.ReverseProxy{
+			Rewrite:        cfg.Local.rewrite,
+			Transport:      cfg.Local.tr,
+			FlushInterval:  -1,
+			ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+			ErrorHandler:   s.proxyError,
+			ModifyResponse: modifyResponse,
+		}
+	}
+	return s
+}
+
+// Local returns the local cluster, or nil.
+func (s *Server) Local() *Local { return s.cfg.Local }
+
+// Close closes idle pooled streams.
+func (s *Server) Close() {
+	s.tr.CloseIdleConnections()
+	if s.cfg.Local != nil {
+		s.cfg.Local.tr.CloseIdleConnections()
+	}
+}
+
+type grantKey struct{}
+
+// poolHost names the connection pool of a grant: requests share pooled
+// streams only when the stream header would be the same.
+func poolHost(g *Grant) string {
+	h := sha256.New()
+	id := g.Identity
+	for _, s := range append([]string{g.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ",")}, id.KubeGroups...) {
+		fmt.Fprintf(h, "%d:%s;", len(s), s)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16]) + ".kube.invalid"
+}
+
+// dial opens a kube stream down the device's tunnel for the grant the
+// request carries in its context.
+func (s *Server) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	g, _ := ctx.Value(grantKey{}).(*Grant)
+	if g == nil || g.DeviceID == "" {
+		return nil, errors.New("kubesrv: dial without a device grant")
+	}
+	var sid [16]byte
+	rand.Read(sid[:])
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	return s.cfg.Tunnels.Open(ctx, g.DeviceID, &proto.StreamHeader{
+		Service:    proto.ServiceKube,
+		SessionID:  hex.EncodeToString(sid[:]),
+		Identity:   g.Identity,
+		ClientAddr: g.ClientAddr,
+	})
+}
+
+// stripClientAuth removes what the client may not pass on: its own
+// impersonation and credentials.
+func stripClientAuth(h http.Header) {
+	for k := range h {
+		if len(k) >= len("Impersonate-") && strings.EqualFold(k[:len("Impersonate-")], "Impersonate-") {
+			delete(h, k)
+		}
+	}
+	h.Del("Authorization")
+}
+
+func (s *Server) rewriteDevice(pr *httputil.ProxyRequest) {
+	g := pr.In.Context().Value(grantKey{}).(*Grant)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = poolHost(g)
+	pr.Out.Host = "kube"
+	stripClientAuth(pr.Out.Header)
+}
+
+// proxyError answers a failed forward with a Kubernetes Status.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	g, _ := r.Context().Value(grantKey{}).(*Grant)
+	name := ""
+	if g != nil {
+		name = g.Cluster
+	}
+	var pe *proto.Error
+	switch {
+	case errors.Is(err, context.Canceled):
+		return // the client went away
+	case errors.Is(err, context.DeadlineExceeded) && g != nil && !g.Expires.IsZero() && !s.cfg.Now().Before(g.Expires):
+		WriteStatus(w, r, http.StatusUnauthorized, "your fleet certificate expired: run tsh login")
+	case s.cfg.Offline != nil && errors.Is(err, s.cfg.Offline):
+		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", name))
+	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
+		WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("device %q does not offer Kubernetes: %s", name, pe.Message))
+	case errors.As(err, &pe):
+		WriteStatus(w, r, http.StatusForbidden, fmt.Sprintf("device %q refused: %s", name, pe.Message))
+	default:
+		s.log.Warn("kubernetes request failed", "cluster", name, "path", r.URL.Path, "err", err)
+		WriteStatus(w, r, http.StatusBadGateway, fmt.Sprintf("cannot reach the Kubernetes API of %q: %v", name, err))
+	}
+}
+
+// upgradedKey marks, in a request's context, the flag modifyResponse sets
+// when the response switched protocols.
+type upgradedKey struct{}
+
+func modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if f, ok := resp.Request.Context().Value(upgradedKey{}).(func()); ok {
+			f()
+		}
+	}
+	return nil
+}
+
+// Serve forwards r to the cluster g names. r.URL.Path (and RawPath) must
+// already be the cluster's API path ("/api/v1/pods"): the caller strips its
+// own prefix.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g Grant) {
+	start := s.cfg.Now()
+	info := ParseRequest(r.Method, r.URL)
+	ev := Event{
+		Time: start, User: g.Identity.User, Cluster: g.Cluster, DeviceID: g.DeviceID,
+		KubeUser: g.Identity.KubeUser, KubeGroups: g.Identity.KubeGroups,
+		Method: r.Method, Path: r.URL.Path, Request: info, ClientAddr: g.ClientAddr,
+	}
+	proxy := s.device
+	if g.DeviceID == "" {
+		if s.local == nil {
+			WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("no Kubernetes cluster %q", g.Cluster))
+			return
+		}
+		proxy = s.local
+	} else if s.cfg.Online != nil && !s.cfg.Online(g.DeviceID) {
+		ev.Type, ev.Code = EventRequest, http.StatusServiceUnavailable
+		s.audit(ev)
+		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", g.Cluster))
+		return
+	}
+	ctx := r.Context()
+	if !g.Expires.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, g.Expires)
+		defer cancel()
+	}
+	upgraded := false
+	ctx = context.WithValue(ctx, upgradedKey{}, func() {
+		upgraded = true
+		start := ev
+		start.Type = EventSessionStart
+		start.Code = http.StatusSwitchingProtocols
+		s.audit(start)
+	})
+	ctx = context.WithValue(ctx, grantKey{}, &g)
+	rec := &statusRecorder{ResponseWriter: w}
+	// Deferred: the proxy ends a response it could not finish (a watch
+	// whose client left) by panicking with http.ErrAbortHandler.
+	defer func() {
+		ev.Duration = s.cfg.Now().Sub(start)
+		ev.Code = rec.status()
+		ev.Type = EventRequest
+		if upgraded {
+			ev.Type = EventSessionEnd
+			ev.Code = http.StatusSwitchingProtocols
+		}
+		s.audit(ev)
+	}()
+	proxy.ServeHTTP(rec, r.WithContext(ctx))
+}
+
+func (s *Server) audit(ev Event) {
+	if s.cfg.Audit != nil {
+		s.cfg.Audit(ev)
+		return
+	}
+	LogEvent(s.cfg.AuditLog, ev)
+}
+
+// statusRecorder remembers the status code written through it.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 && code >= 200 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *statusRecorder) status() int {
+	if r.code == 0 {
+		return http.StatusOK
+	}
+	return r.code
+}

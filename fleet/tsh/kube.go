@@ -1,0 +1,299 @@
+package tsh
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/fleet/kubeconfig"
+	"remoteler.dev/edge/proto/api"
+)
+
+const kubeUsage = `Usage:
+  tsh kube ls [--format=text|json]    the Kubernetes clusters you may reach
+  tsh kube login NAME [--as=USER] [--as-group=GROUP,...] [--namespace=NS]
+                                      add NAME's cluster to your kubeconfig and make it current
+  tsh kube logout [NAME]              remove what tsh kube login added (all of this login's, or NAME's)
+
+kubectl then reaches the cluster through the fleet with your fleet
+certificate: the kubeconfig runs "tsh kube credentials", so a new tsh login
+is picked up at once. KUBECONFIG is respected, other contexts are kept.
+`
+
+// kube runs tsh kube SUBCOMMAND.
+func (r *runner) kube(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(r.stdio.Err, kubeUsage)
+		return errUsage
+	}
+	switch args[0] {
+	case "ls":
+		return r.kubeLs(ctx, args[1:])
+	case "login":
+		return r.kubeLogin(ctx, args[1:])
+	case "logout":
+		return r.kubeLogout(args[1:])
+	case "credentials":
+		return r.kubeCredentials(args[1:])
+	case "help", "-h", "--help":
+		fmt.Fprint(r.stdio.Out, kubeUsage)
+		return nil
+	}
+	fmt.Fprintf(r.stdio.Err, "tsh kube: unknown command %q\n%s", args[0], kubeUsage)
+	return errUsage
+}
+
+// kubeClusters asks the fleet for the clusters the user may reach.
+func (r *runner) kubeClusters(ctx context.Context) (*profile, string, []api.KubeCluster, error) {
+	p, dir, err := r.currentProfile()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	c, err := r.newClient(p, dir)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	defer c.Close()
+	all, err := c.KubeClusters(ctx)
+	if err != nil {
+		return nil, "", nil, apiHint(err)
+	}
+	return p, dir, all, nil
+}
+
+func (r *runner) kubeLs(ctx context.Context, args []string) error {
+	fs := r.flags("kube ls", "tsh kube ls [--format=text|json]")
+	format := fs.String("format", "text", "output format: text or json")
+	pos, err := cli.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 || (*format != "text" && *format != "json") {
+		return r.usageError(fs, "takes no arguments and --format text or json")
+	}
+	p, _, all, err := r.kubeClusters(ctx)
+	if err != nil {
+		return fmt.Errorf("kube ls: %w", err)
+	}
+	if *format == "json" {
+		b, err := jsonIndent(all)
+		if err != nil {
+			return err
+		}
+		_, err = r.stdio.Out.Write(b)
+		return err
+	}
+	if len(all) == 0 {
+		fmt.Fprintln(r.stdio.Err, "No Kubernetes cluster you may reach; if you expected some, ask your fleet admin about your roles (kubernetes_groups).")
+		return nil
+	}
+	current := ""
+	if files, err := kubeconfig.Files(r.stdio.Getenv); err == nil {
+		current, _ = kubeconfig.CurrentContext(files)
+	}
+	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tLABELS\tSTATUS\tKUBERNETES USERS\tKUBERNETES GROUPS\tSELECTED")
+	for _, k := range all {
+		status := "offline"
+		if k.Online {
+			status = "online"
+		}
+		users := k.Users
+		if len(users) == 0 {
+			users = []string{p.User}
+		}
+		sel := ""
+		if current == kubeconfig.Name(p.Cluster, k.Name) {
+			sel = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, cli.Labels(k.Labels), status, strings.Join(users, ","), cli.Dash(strings.Join(k.Groups, ",")), sel)
+	}
+	return tw.Flush()
+}
+
+func (r *runner) kubeLogin(ctx context.Context, args []string) error {
+	fs := r.flags("kube login", "tsh kube login NAME [--as=USER] [--as-group=GROUP,...] [--namespace=NS]")
+	as := fs.String("as", "", "the Kubernetes user to act as, when your roles allow several (default: the only one, or your fleet name)")
+	asGroups := fs.String("as-group", "", "act in only these of your Kubernetes groups, comma-separated (default: all of them)")
+	namespace := fs.String("namespace", "", "the context's default namespace (default: the cluster's default)")
+	pos, err := cli.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return r.usageError(fs, "name one cluster (tsh kube ls lists them)")
+	}
+	name := pos[0]
+	p, dir, all, err := r.kubeClusters(ctx)
+	if err != nil {
+		return fmt.Errorf("kube login: %w", err)
+	}
+	i := slices.IndexFunc(all, func(k api.KubeCluster) bool { return k.Name == name })
+	if i < 0 {
+		return fmt.Errorf("kube login: no Kubernetes cluster %q that you may reach; tsh kube ls lists them", name)
+	}
+	k := all[i]
+	users := k.Users
+	if len(users) == 0 {
+		users = []string{p.User}
+	}
+	if *as != "" && !slices.Contains(users, *as) {
+		return fmt.Errorf("kube login: your roles do not allow acting as %q on %s; allowed: %s", *as, name, cli.List(users))
+	}
+	if *as == "" && len(users) > 1 {
+		return fmt.Errorf("kube login: your roles allow several Kubernetes users on %s (%s): pick one with --as", name, cli.List(users))
+	}
+	var groups []string
+	if *asGroups != "" {
+		for _, g := range strings.Split(*asGroups, ",") {
+			if !slices.Contains(k.Groups, g) {
+				return fmt.Errorf("kube login: your roles do not give Kubernetes group %q on %s; yours: %s", g, name, cli.List(k.Groups))
+			}
+			groups = append(groups, g)
+		}
+	}
+	cas, err := os.ReadFile(filepath.Join(dir, fileCAs))
+	if err != nil {
+		return fmt.Errorf("kube login: the login in %s is incomplete (%w); run tsh login again", dir, err)
+	}
+	exe, err := r.stdio.Executable()
+	if err != nil {
+		return fmt.Errorf("kube login: find tsh itself for kubectl to run: %w", err)
+	}
+	e := kubeconfig.Entry{
+		Name:              kubeconfig.Name(p.Cluster, name),
+		Server:            "https://" + p.Proxy + api.PathKube + "/" + name,
+		CAData:            cas,
+		Command:           exe,
+		Args:              kubeCredentialArgs(p),
+		Impersonate:       *as,
+		ImpersonateGroups: groups,
+		Namespace:         *namespace,
+	}
+	if h := r.stdio.Getenv("TSH_HOME"); h != "" {
+		home, err := r.home()
+		if err != nil {
+			return err
+		}
+		e.Env = map[string]string{"TSH_HOME": home}
+	}
+	files, err := kubeconfig.Files(r.stdio.Getenv)
+	if err != nil {
+		return fmt.Errorf("kube login: %w", err)
+	}
+	if err := kubeconfig.Add(files, e, true); err != nil {
+		return fmt.Errorf("kube login: %w", err)
+	}
+	user := *as
+	if user == "" {
+		user = users[0]
+	}
+	if len(groups) == 0 {
+		groups = k.Groups
+	}
+	fmt.Fprintf(r.stdio.Out, "Logged in to Kubernetes cluster %s as %s (groups: %s).\n", name, user, cli.Dash(strings.Join(groups, ", ")))
+	fmt.Fprintf(r.stdio.Out, "Context %q in %s is current; try: kubectl version\n", e.Name, strings.Join(files, string(os.PathListSeparator)))
+	return nil
+}
+
+// kubeCredentialArgs are the exec plugin's arguments for a profile; they
+// also mark the kubeconfig entries tsh added for it.
+func kubeCredentialArgs(p *profile) []string {
+	return []string{"kube", "credentials", "--proxy=" + p.Proxy, "--user=" + p.User}
+}
+
+func (r *runner) kubeLogout(args []string) error {
+	fs := r.flags("kube logout", "tsh kube logout [NAME]")
+	pos, err := cli.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return r.usageError(fs, "name at most one cluster")
+	}
+	p, _, err := r.currentProfile()
+	if err != nil {
+		return err
+	}
+	only := ""
+	if len(pos) == 1 {
+		only = kubeconfig.Name(p.Cluster, pos[0])
+	}
+	removed, err := r.removeKube(p, only)
+	if err != nil {
+		return fmt.Errorf("kube logout: %w", err)
+	}
+	if len(removed) == 0 {
+		fmt.Fprintln(r.stdio.Out, "No Kubernetes context of this login in your kubeconfig; nothing to do.")
+		return nil
+	}
+	fmt.Fprintf(r.stdio.Out, "Removed Kubernetes contexts: %s.\n", strings.Join(removed, ", "))
+	return nil
+}
+
+// removeKube removes the kubeconfig entries tsh kube login added for p (only
+// the context named only, when set) and returns the contexts removed.
+func (r *runner) removeKube(p *profile, only string) ([]string, error) {
+	files, err := kubeconfig.Files(r.stdio.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	args := kubeCredentialArgs(p)
+	return kubeconfig.Remove(files, func(name string, u *clientcmdapi.AuthInfo) bool {
+		return (only == "" || name == only) && kubeconfig.ExecArgsMatch(u, args[:2], args[2:]...)
+	})
+}
+
+// kubeCredentials is the exec credential plugin kubectl runs: it prints the
+// login's certificate and key as an ExecCredential, valid until the
+// certificate expires.
+func (r *runner) kubeCredentials(args []string) error {
+	fs := r.flags("kube credentials", "tsh kube credentials --proxy=HOST:PORT --user=NAME (run by kubectl)")
+	proxy := fs.String("proxy", "", "the fleet of the login")
+	user := fs.String("user", "", "the user of the login")
+	if _, err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	p, dir, err := r.loadProfile(*proxy, *user)
+	if errors.Is(err, errNotLoggedIn) {
+		return fmt.Errorf("not logged in to %s as %s; run tsh login --proxy=%s --user=%s", *proxy, *user, *proxy, *user)
+	}
+	if err != nil {
+		return err
+	}
+	certPEM, err := os.ReadFile(filepath.Join(dir, fileTLSCert))
+	if err != nil {
+		return fmt.Errorf("the login in %s is incomplete (%w); run tsh login again", dir, err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, fileTLSKey))
+	if err != nil {
+		return fmt.Errorf("the login in %s is incomplete (%w); run tsh login again", dir, err)
+	}
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil {
+		return fmt.Errorf("%s holds no certificate; run tsh login again", filepath.Join(dir, fileTLSCert))
+	}
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("%s: %w; run tsh login again", filepath.Join(dir, fileTLSCert), err)
+	}
+	if !r.stdio.Now().Before(leaf.NotAfter) {
+		return fmt.Errorf("your fleet login expired at %s: run tsh login --proxy=%s --user=%s, then kubectl again", cli.Time(leaf.NotAfter), p.Proxy, p.User)
+	}
+	out, err := kubeconfig.ExecCredential(certPEM, keyPEM, leaf.NotAfter)
+	if err != nil {
+		return err
+	}
+	_, err = r.stdio.Out.Write(out)
+	return err
+}

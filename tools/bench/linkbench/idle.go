@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"remoteler.dev/edge/tools/linksim"
+)
+
+// Header bytes per packet that linksim's payload counters leave out.
+const (
+	udpHeaders = 28 // IPv4 + UDP
+	tcpHeaders = 40 // IPv4 + TCP, per segment; pure ACKs are not counted
+)
+
+// idle is an idle device's traffic over a window, from its link's
+// counters.
+type idle struct {
+	system    string
+	window    time.Duration
+	up, down  linksim.Counter // what each side sent (before any drop)
+	header    int             // header bytes per packet added for the wire
+	natDrops  uint64          // fleet packets dropped as nat-expired
+	reachable bool            // a new session worked at the end
+	note      string
+}
+
+// wire is the bytes on the wire in the window, headers included.
+func (i idle) wire() uint64 {
+	return i.up.Bytes + i.down.Bytes + uint64(i.header)*(i.up.Packets+i.down.Packets)
+}
+
+// perDay extrapolates wire to 24 hours.
+func (i idle) perDay() float64 {
+	if i.window <= 0 {
+		return 0
+	}
+	return float64(i.wire()) * float64(24*time.Hour) / float64(i.window)
+}
+
+// idleWatch measures an idle link from now for window, then checks that
+// the device still takes a new session (reach).
+type idleWatch struct {
+	system string
+	link   *linksim.Link
+	header int
+	start  time.Time
+	s0     linksim.Stats
+	done   chan idle
+}
+
+func watchIdle(ctx context.Context, system string, link *linksim.Link, header int, window time.Duration, reach func(context.Context) error) *idleWatch {
+	w := &idleWatch{system: system, link: link, header: header, start: time.Now(), s0: link.Stats(), done: make(chan idle, 1)}
+	go func() {
+		r := idle{system: system, header: header}
+		select {
+		case <-ctx.Done():
+			r.note = "interrupted"
+			w.done <- r
+			return
+		case <-time.After(window):
+		}
+		s1 := link.Stats()
+		r.window = time.Since(w.start)
+		r.up = linksim.Counter{Packets: s1.Up.Received.Packets - w.s0.Up.Received.Packets, Bytes: s1.Up.Received.Bytes - w.s0.Up.Received.Bytes}
+		r.down = linksim.Counter{Packets: s1.Down.Received.Packets - w.s0.Down.Received.Packets, Bytes: s1.Down.Received.Bytes - w.s0.Down.Received.Bytes}
+		r.natDrops = s1.Down.Dropped.NATExpired - w.s0.Down.Dropped.NATExpired
+		if err := reach(ctx); err != nil {
+			r.note = "not reachable: " + err.Error()
+		} else {
+			r.reachable = true
+		}
+		w.done <- r
+	}()
+	return w
+}
+
+// result waits for the measurement.
+func (w *idleWatch) result(ctx context.Context) idle {
+	select {
+	case r := <-w.done:
+		return r
+	case <-ctx.Done():
+		return idle{system: w.system, note: "interrupted"}
+	}
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The benchmarks: runs each benchmark command in the list below that exists
+# under tools/bench/ (make bench calls this). Each prints its figures as
+# Markdown on stdout and its progress on stderr; docs/benchmarks.md holds
+# dated copies of the figures.
+#
+#   bash tools/bench/run.sh              every benchmark in the list
+#   bash tools/bench/run.sh sshbench     only the ones named (a missing one fails)
+#
+# Adding a benchmark: create tools/bench/NAME (a Go command) and add NAME to
+# the list. A failing benchmark does not stop the others; the script fails
+# at the end if any failed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+benchmarks=(
+  sshbench # SSH through the fleet vs OpenSSH sshd: scp throughput, exec round trip, idle RSS
+  auditbench # audit: queue writes with fsync batching, a 100,000-event backlog drained, bytes per event
+)
+named=$#
+if ((named)); then benchmarks=("$@"); fi
+
+failed=()
+for b in "${benchmarks[@]}"; do
+  if [ ! -d "tools/bench/$b" ]; then
+    echo "=== bench: $b: no tools/bench/$b, skipped" >&2
+    if ((named)); then failed+=("$b"); fi
+    continue
+  fi
+  echo "=== bench: $b" >&2
+  go run "./tools/bench/$b" || failed+=("$b")
+done
+if ((${#failed[@]})); then
+  echo "bench: FAILED: ${failed[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// pprofHook is the file -cpuprofile adds to the main packages of fleetd
+// and edge-agent (see its comment).
+//
+//go:embed pprofhook.go.in
+var pprofHook []byte
+
+// profileSeconds is how long each CPU profile runs.
+const profileSeconds = 10
+
+// buildProfiled builds the binaries into bin with the pprof hook added to
+// fleetd and edge-agent, and returns the environment that switches it on.
+func buildProfiled(ctx context.Context, bin, work string) ([]string, error) {
+	r, err := runCmd(ctx, nil, "", "go", "env", "GOMOD")
+	if err != nil {
+		return nil, err
+	}
+	gomod := strings.TrimSpace(r.stdout)
+	if gomod == "" || gomod == os.DevNull {
+		return nil, fmt.Errorf("build with pprof: run sshbench inside the repository")
+	}
+	root := filepath.Dir(gomod)
+	hook := filepath.Join(work, "pprofhook.go")
+	if err := os.WriteFile(hook, pprofHook, 0o600); err != nil {
+		return nil, fmt.Errorf("build with pprof: %w", err)
+	}
+	overlay := map[string]map[string]string{"Replace": {
+		filepath.Join(root, "fleet", "cmd", "fleetd", "zz_sshbench_pprof.go"):        hook,
+		filepath.Join(root, "firmware", "cmd", "edge-agent", "zz_sshbench_pprof.go"): hook,
+	}}
+	b, err := json.Marshal(overlay)
+	if err != nil {
+		return nil, err
+	}
+	overlayPath := filepath.Join(work, "overlay.json")
+	if err := os.WriteFile(overlayPath, b, 0o600); err != nil {
+		return nil, fmt.Errorf("build with pprof: %w", err)
+	}
+	if err := build(ctx, bin, "-overlay", overlayPath); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(work, "pprof")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return []string{"SSHBENCH_PPROF_DIR=" + dir}, nil
+}
+
+// scenario is a kind of copy that -cpuprofile profiles.
+type scenario struct {
+	name string
+	// copy copies the payload once; n counts the copies so far.
+	copy func(ctx context.Context, n int) error
+}
+
+// profile takes CPU profiles of fleetd and of the agent while copying the
+// payload through the fleet (OpenSSH scp up and down by turns, then tsh
+// scp up), writes them to cfg.CPUProfile and prints their top functions.
+func profile(ctx context.Context, cfg config, f *fleet, work, payload string, out io.Writer, logf func(string, ...any)) error {
+	if err := os.MkdirAll(cfg.CPUProfile, 0o755); err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	names := []string{"fleetd", "edge-agent"}
+	addrs := map[string]string{}
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(work, "pprof", n+".addr"))
+		if err != nil {
+			return fmt.Errorf("profile: %s wrote no pprof address: %w", n, err)
+		}
+		addrs[n] = string(b)
+	}
+	remote, local := filepath.Join(work, "remote", "profiled"), filepath.Join(work, "local", "profiled")
+	scenarios := []scenario{
+		{"scp", func(ctx context.Context, n int) error {
+			src, dst := payload, f.sshTarget()+":"+remote
+			if n%2 == 1 {
+				src, dst = f.sshTarget()+":"+payload, local
+			}
+			_, err := runCmd(ctx, nil, "", "scp", append(f.sshArgs(), "-q", src, dst)...)
+			return err
+		}},
+		{"tsh-scp-up", func(ctx context.Context, n int) error {
+			_, err := runCmd(ctx, f.tshEnv(), "", f.path("tsh"), "scp", "-q", payload, f.tshTarget()+":"+remote)
+			return err
+		}},
+	}
+	for _, sc := range scenarios {
+		logf("profiling fleetd and the agent for %d s of %s copies through the fleet", profileSeconds, sc.name)
+		var wg sync.WaitGroup
+		errs := make([]error, len(names))
+		for i, n := range names {
+			wg.Go(func() {
+				errs[i] = fetchProfile(ctx, addrs[n], filepath.Join(cfg.CPUProfile, sc.name+"-"+n+".pprof"))
+			})
+		}
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		finished := func() bool {
+			select {
+			case <-done:
+				return true
+			default:
+				return false
+			}
+		}
+		copies := 0
+		for ; !finished(); copies++ {
+			if err := sc.copy(ctx, copies); err != nil {
+				return fmt.Errorf("profile %s: %w", sc.name, err)
+			}
+		}
+		for i, err := range errs {
+			if err != nil {
+				return fmt.Errorf("profile %s of %s: %w", names[i], sc.name, err)
+			}
+		}
+		fmt.Fprintf(out, "### CPU profiles: %d %s copies of %s through the fleet in %d s\n\n", copies, sc.name, humanSize(cfg.Size), profileSeconds)
+		for _, n := range names {
+			path := filepath.Join(cfg.CPUProfile, sc.name+"-"+n+".pprof")
+			for _, view := range [][]string{{"-top"}, {"-top", "-cum"}} {
+				args := append(append([]string{"tool", "pprof"}, view...), "-nodecount=25", path)
+				r, err := runCmd(ctx, nil, "", "go", args...)
+				if err != nil {
+					return fmt.Errorf("profile: %w", err)
+				}
+				fmt.Fprintf(out, "#### %s: go tool pprof %s\n\n```\n%s```\n\n", n, strings.Join(append(view, path), " "), r.stdout)
+			}
+		}
+	}
+	return nil
+}
+
+// fetchProfile fetches a CPU profile from a pprof listener into path.
+func fetchProfile(ctx context.Context, addr, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, (profileSeconds+30)*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, profileSeconds), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("fetch profile: %s: %s", resp.Status, b)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

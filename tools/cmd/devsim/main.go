@@ -1,0 +1,140 @@
+// Command devsim simulates many devices in one process, each a real tunnel
+// client with its own identity, joined through fleetd's join API; and it
+// measures how a fleet of them comes back when fleetd restarts.
+//
+//	devsim --fleet 127.0.0.1:3080 --token JOIN --count 1000 --data DIR
+//	devsim restart [-count 1000] [-quick] [-bin DIR]
+//
+// The first form joins the devices that have no identity in DIR yet (the
+// join string needs that many uses: fleetctl tokens add --uses=1000), keeps
+// every tunnel up until interrupted, and logs each reconnect. The second
+// starts its own fleetd (built from this repository unless -bin names a
+// directory holding one), joins the devices, restarts fleetd with SIGTERM
+// and a new process on the same port and data dir, and prints how the
+// reconnects spread out, whether they form a synchronised storm, and
+// fleetd's memory with the devices connected.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"remoteler.dev/edge/tools/devsim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the command; it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var err error
+	if len(args) > 0 && args[0] == "restart" {
+		err = restart(ctx, args[1:], stdout, stderr)
+	} else {
+		err = simulate(ctx, args, stderr)
+	}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case err != nil:
+		fmt.Fprintln(stderr, err) // errors from package devsim say "devsim: ..."
+		return 1
+	}
+	return 0
+}
+
+var errUsage = errors.New("usage")
+
+func simulate(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg devsim.Config
+	fs.StringVar(&cfg.Fleet, "fleet", "", "the fleet's `HOST:PORT` (required)")
+	fs.StringVar(&cfg.Token, "token", "", "join string (TOKEN@sha256:PIN) with enough uses for the devices that have not joined yet")
+	fs.IntVar(&cfg.Count, "count", 1, "number of simulated devices")
+	fs.StringVar(&cfg.DataDir, "data", "", "`DIR` keeping one identity file per device (required); a later run reuses them")
+	fs.StringVar(&cfg.Prefix, "prefix", "sim", "device names are PREFIX-00001, PREFIX-00002, ...")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "NAT keep-alive period of every device (default 25s, the agent's; negative turns it off)")
+	fs.DurationVar(&cfg.Liveness, "liveness", 0, "heartbeat period of every device on an idle link (default 2m, the agent's)")
+	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first (negative: all at once)")
+	fs.IntVar(&cfg.JoinWorkers, "join-workers", 8, "devices joining at once")
+	verbose := fs.Bool("v", false, "also log every device's tunnel messages")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: devsim --fleet HOST:PORT --token JOIN --count N --data DIR [flags]\n"+
+			"       devsim restart [flags]   (devsim restart -h for its flags)\n\n"+
+			"Simulates N devices, each a real tunnel client with its own identity, until interrupted.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "devsim: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	cfg.Logger = log
+	if *verbose {
+		cfg.TunnelLogger = log
+	}
+	sim, err := devsim.New(cfg)
+	if err != nil {
+		return err
+	}
+	return sim.Run(ctx)
+}
+
+func restart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devsim restart", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg devsim.RestartConfig
+	fs.IntVar(&cfg.Count, "count", 1000, "number of simulated devices")
+	fs.StringVar(&cfg.Bin, "bin", "", "`DIR` holding fleetd (default: build it into the work directory)")
+	fs.StringVar(&cfg.Dir, "dir", "", "work `DIR` for fleetd's data, the identities and fleetd.log (default: a temporary one, removed)")
+	fs.DurationVar(&cfg.Settle, "settle", 10*time.Second, "idle time with every device up before fleetd's memory is read")
+	fs.DurationVar(&cfg.Timeout, "timeout", 3*time.Minute, "how long to wait for every device to be back after the restart")
+	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "devices' NAT keep-alive period (default 25s, the agent's)")
+	fs.DurationVar(&cfg.Liveness, "liveness", 0, "devices' heartbeat period (default 2m, the agent's)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "devices' tunnel idle timeout (default 2 × liveness + 30s, the agent's)")
+	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 0, "devices' first reconnect delay bound (default 500ms, the agent's)")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "devices' largest reconnect delay (default 1m, the agent's)")
+	quick := fs.Bool("quick", false, "a quick check: 50 devices, 1s settle, 1m timeout (overrides -count, -settle, -timeout)")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: devsim restart [flags]\n\n"+
+			"Starts fleetd, joins simulated devices, restarts fleetd (SIGTERM, then again on the same port and data dir)\n"+
+			"and reports how the reconnects spread out and fleetd's memory.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if *quick {
+		cfg.Count, cfg.Settle, cfg.Timeout = 50, time.Second, time.Minute
+	}
+	if !*quiet {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	_, err := devsim.MeasureRestart(ctx, cfg, stdout)
+	return err
+}

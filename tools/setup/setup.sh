@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# setup.sh installs what the build and the tests need, idempotently, on a
+# Debian 12 machine (run as root, or with sudo available):
+#
+#   Debian packages  openssh-client, openssh-server (the benchmark's peer
+#                    sshd and OpenSSH client tests), qemu-user-static (ARM
+#                    tests: qemu-aarch64-static, qemu-arm-static), systemd
+#                    (systemd-analyze verify in the unit tests)
+#   Go tools         staticcheck, with `go install` into .cache/bin
+#
+# It runs `apt-get update` only when a package is missing, and does nothing
+# but check when everything is there (well under 2 s). Every action is
+# printed. Usage: bash tools/setup/setup.sh   (make setup, and make check/test
+# call it first).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+bindir="$root/.cache/bin"
+
+# Pinned tool versions. staticcheck v0.8.x (2026.2) is the release that
+# supports Go 1.26.
+staticcheck_version=v0.8.2
+
+debs=(openssh-client openssh-server qemu-user-static systemd)
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# Go toolchain.
+if ! command -v go >/dev/null 2>&1; then
+	say "go not found on PATH: install Go 1.26 or later first" >&2
+	exit 1
+fi
+goversion=$(go env GOVERSION)
+case "$goversion" in
+go1.2[6-9]* | go1.[3-9][0-9]*) ;;
+*)
+	say "need Go 1.26 or later, have $goversion" >&2
+	exit 1
+	;;
+esac
+say "go: $goversion ok"
+
+# Debian packages.
+missing=()
+for p in "${debs[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+if ((${#missing[@]})); then
+	sudo=()
+	if [ "$(id -u)" -ne 0 ]; then
+		if command -v sudo >/dev/null 2>&1; then
+			sudo=(sudo)
+		else
+			say "missing Debian packages ${missing[*]}; run this script as root" >&2
+			exit 1
+		fi
+	fi
+	say "installing Debian packages: ${missing[*]}"
+	# Install from the current lists first; refresh them only when that
+	# fails (a fresh machine has no lists, an old one may have stale ones).
+	if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" 2>/dev/null; then
+		say "apt-get update"
+		"${sudo[@]}" apt-get update -q
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+	fi
+else
+	say "Debian packages: ${debs[*]} ok"
+fi
+
+# The qemu binaries the ARM tests call.
+for q in qemu-aarch64-static qemu-arm-static; do
+	if ! command -v "$q" >/dev/null 2>&1; then
+		say "$q not found after installing qemu-user-static" >&2
+		exit 1
+	fi
+done
+
+# Go tools, into the project's own bin dir.
+mkdir -p "$bindir"
+if "$bindir/staticcheck" -version 2>/dev/null | grep -q "(${staticcheck_version#v})"; then
+	say "staticcheck ${staticcheck_version} ok"
+else
+	say "go install honnef.co/go/tools/cmd/staticcheck@${staticcheck_version} into .cache/bin"
+	(cd "$root" && GOBIN="$bindir" go install "honnef.co/go/tools/cmd/staticcheck@${staticcheck_version}")
+fi
