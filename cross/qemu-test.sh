@@ -7,8 +7,9 @@
 #   linux-armv6   qemu-arm-static -cpu arm1176 (GOARM=6)
 #
 # Tests see EDGE_QEMU_TARGET=<target> in their environment, so a test that
-# cannot work under user-mode emulation (re-executing its own binary, which
-# the host cannot run without binfmt_misc) can say so and skip just that case.
+# re-executes its own binary (which the host cannot run without
+# binfmt_misc) starts it through cross/qemu-exec.sh. A skipped test fails
+# the run, as in make test-go.
 #
 # The end-to-end ARM test (agents under qemu joining a fleetd on loopback and
 # serving tsh ssh) is a normal Go test run by `go test ./...`; cross/README.md
@@ -48,8 +49,12 @@ for t in "${targets[@]}"; do
 	fi
 	echo "qemu-test: $t: go test ${pkgs[*]} under $qemu"
 	start=$SECONDS
+	mkdir -p "$root/.cache"
+	json="$root/.cache/test-arm-$t.json"
 	if EDGE_QEMU_TARGET=$t CGO_ENABLED=0 GOOS=linux GOARCH=$goarch GOARM=$goarm \
-		go test -exec "'$root/cross/qemu-exec.sh' $t" "${flags[@]}" "${pkgs[@]}"; then
+		"$root/.cache/bin/gotestsum" --format pkgname-and-test-fails --jsonfile "$json" -- \
+		-exec "'$root/cross/qemu-exec.sh' $t" "${flags[@]}" "${pkgs[@]}" &&
+		bash "$root/tools/setup/noskip.sh" "$json"; then
 		echo "qemu-test: $t passed ($((SECONDS - start))s)"
 	else
 		echo "qemu-test: $t FAILED ($((SECONDS - start))s)"

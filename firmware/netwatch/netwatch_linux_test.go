@@ -69,11 +69,13 @@ func TestWatchSeesAddressChange(t *testing.T) {
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
+	// Run this test binary again inside the namespace. Under qemu (the
+	// ARM tests), os.Executable is the emulator: go through the wrapper.
+	self := []string{os.Args[0]}
+	if target := os.Getenv("EDGE_QEMU_TARGET"); target != "" {
+		self = []string{"bash", "../../cross/qemu-exec.sh", target, os.Args[0]}
 	}
-	helper := exec.CommandContext(ctx, "ip", "netns", "exec", ns, self)
+	helper := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, self...)...)
 	helper.Env = append(helper.Environ(), "NETWATCH_HELPER=1")
 	out, err := helper.StdoutPipe()
 	if err != nil {

@@ -555,11 +555,9 @@ func TestSFTPAsNobody(t *testing.T) {
 	f := newFixture(t)
 	u := nobody(t, f)
 	dir := sharedDir(t, u)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
+	// os.Args[0] is this test binary, also under qemu (where
+	// os.Executable is the emulator).
+	bin, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,12 +565,19 @@ func TestSFTPAsNobody(t *testing.T) {
 	if err := os.WriteFile(helper, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// Under user-mode emulation (the ARM test runs) the copy cannot be
-	// started directly.
-	if out, err := exec.Command(helper, sftpHelperArg).CombinedOutput(); err != nil {
-		t.Skipf("the test binary does not run as a child process here: %v %s", err, out)
+	cmd := []string{helper, sftpHelperArg}
+	if target := os.Getenv("EDGE_QEMU_TARGET"); target != "" {
+		// The ARM test runs: start the copy through the same emulator.
+		wrapper, err := filepath.Abs("../../cross/qemu-exec.sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd = append([]string{"bash", wrapper, target}, cmd...)
 	}
-	f.cfg.SFTPCommand = []string{helper, sftpHelperArg}
+	if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("the sftp helper does not start: %v %s", err, out)
+	}
+	f.cfg.SFTPCommand = cmd
 	addr := f.serve(identity("nobody"))
 	c := f.mustDial(addr, "nobody", f.userCert("nobody"))
 	sc, err := sftp.NewClient(c)

@@ -5,8 +5,10 @@
 #   Debian packages  openssh-client, openssh-server (the benchmark's peer
 #                    sshd and OpenSSH client tests), qemu-user-static (ARM
 #                    tests: qemu-aarch64-static, qemu-arm-static), systemd
-#                    (systemd-analyze verify in the unit tests)
-#   Go tools         staticcheck, with `go install` into .cache/bin
+#                    (systemd-analyze verify in the unit tests), iproute2
+#                    (network namespaces in the netwatch test)
+#   Go tools         staticcheck and gotestsum (the test runner make check
+#                    uses), with `go install` into .cache/bin
 #
 # It runs `apt-get update` only when a package is missing, and does nothing
 # but check when everything is there (well under 2 s). Every action is
@@ -20,8 +22,9 @@ bindir="$root/.cache/bin"
 # Pinned tool versions. staticcheck v0.8.x (2026.2) is the release that
 # supports Go 1.26.
 staticcheck_version=v0.8.2
+gotestsum_version=v1.13.0
 
-debs=(openssh-client openssh-server qemu-user-static systemd)
+debs=(openssh-client openssh-server qemu-user-static systemd iproute2)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -84,4 +87,10 @@ if "$bindir/staticcheck" -version 2>/dev/null | grep -q "(${staticcheck_version#
 else
 	say "go install honnef.co/go/tools/cmd/staticcheck@${staticcheck_version} into .cache/bin"
 	(cd "$root" && GOBIN="$bindir" go install "honnef.co/go/tools/cmd/staticcheck@${staticcheck_version}")
+fi
+if "$bindir/gotestsum" --version 2>/dev/null | grep -q "${gotestsum_version#v}"; then
+	say "gotestsum ${gotestsum_version} ok"
+else
+	say "go install gotest.tools/gotestsum@${gotestsum_version} into .cache/bin"
+	(cd "$root" && GOBIN="$bindir" go install "gotest.tools/gotestsum@${gotestsum_version}")
 fi
