@@ -239,6 +239,13 @@ type loginResult struct {
 
 // checkLogin checks that the fleet certified our keys, that its CAs match
 // the pin the user gave, and that the leaf chains to them.
+// profileFile is one file of a saved login.
+type profileFile struct {
+	name string
+	data []byte
+	perm os.FileMode
+}
+
 func checkLogin(resp *api.LoginResponse, k *keys, user, wantPin string) (*loginResult, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("the fleet's answer is not usable: "+format+"; is the fleet's version compatible with tsh %s?", append(args, Version)...)
@@ -247,18 +254,23 @@ func checkLogin(resp *api.LoginResponse, k *keys, user, wantPin string) (*loginR
 		return nil, bad("%v", err)
 	}
 	var out loginResult
-	key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(resp.SSHCert))
-	if err != nil {
-		return nil, bad("SSH certificate: %v", err)
+	var err error
+	// A user whose roles give no SSH logins (Kubernetes only, say) gets no
+	// SSH certificate.
+	if resp.SSHCert != "" {
+		key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(resp.SSHCert))
+		if err != nil {
+			return nil, bad("SSH certificate: %v", err)
+		}
+		cert, ok := key.(*ssh.Certificate)
+		if !ok || cert.CertType != ssh.UserCert {
+			return nil, bad("SSH certificate is not a user certificate")
+		}
+		if string(cert.Key.Marshal()) != string(k.sshPub.Marshal()) {
+			return nil, bad("SSH certificate is for another key")
+		}
+		out.sshCert = cert
 	}
-	cert, ok := key.(*ssh.Certificate)
-	if !ok || cert.CertType != ssh.UserCert {
-		return nil, bad("SSH certificate is not a user certificate")
-	}
-	if string(cert.Key.Marshal()) != string(k.sshPub.Marshal()) {
-		return nil, bad("SSH certificate is for another key")
-	}
-	out.sshCert = cert
 	if out.leaf, err = x509.ParseCertificate(resp.Cert); err != nil {
 		return nil, bad("TLS certificate: %v", err)
 	}
@@ -324,18 +336,18 @@ func (r *runner) save(p *profile, k *keys, resp *api.LoginResponse, got *loginRe
 	if err != nil {
 		return dir, err
 	}
-	files := []struct {
-		name string
-		data []byte
-		perm os.FileMode
-	}{
+	files := []profileFile{
 		{fileKey, pem.EncodeToMemory(privBlock), 0o600},
 		{filePub, ssh.MarshalAuthorizedKey(k.sshPub), 0o644},
-		{fileCert, ssh.MarshalAuthorizedKey(got.sshCert), 0o644},
 		{fileTLSKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: tlsDER}), 0o600},
 		{fileTLSCert, client.EncodeCertsPEM(got.leaf), 0o644},
 		{fileCAs, client.EncodeCertsPEM(got.cas...), 0o644},
 		{fileProfile, profileJSON, 0o600},
+	}
+	if got.sshCert != nil {
+		files = append(files, profileFile{fileCert, ssh.MarshalAuthorizedKey(got.sshCert), 0o644})
+	} else {
+		os.Remove(filepath.Join(dir, fileCert)) // no stale certificate from an earlier login
 	}
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -83,6 +84,9 @@ func userSigner(dir string) (ssh.Signer, error) {
 		return nil, damaged(err)
 	}
 	certLine, err := os.ReadFile(filepath.Join(dir, fileCert))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errors.New("your roles give you no SSH logins on any device; ask your fleet admin, then run tsh login again")
+	}
 	if err != nil {
 		return nil, damaged(err)
 	}

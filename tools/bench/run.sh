@@ -16,18 +16,24 @@ cd "$(dirname "$0")/../.."
 benchmarks=(
   sshbench # SSH through the fleet vs OpenSSH sshd: scp throughput, exec round trip, idle RSS
   auditbench # audit: queue writes with fsync batching, a 100,000-event backlog drained, bytes per event
+  linkbench # through linksim, vs an OpenSSH reverse tunnel: blackout recovery, lossy throughput, idle bytes/day, connect RTTs (~13 min)
+  kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
 )
 named=$#
 if ((named)); then benchmarks=("$@"); fi
 
 failed=()
 for b in "${benchmarks[@]}"; do
-  if [ ! -d "tools/bench/$b" ]; then
+  if [ "$b" != kube ] && [ ! -d "tools/bench/$b" ]; then
     echo "=== bench: $b: no tools/bench/$b, skipped" >&2
     if ((named)); then failed+=("$b"); fi
     continue
   fi
   echo "=== bench: $b" >&2
+  if [ "$b" = kube ]; then
+    KUBE_BENCH_N=300 go test -count=1 -v -run TestKubeBenchmark ./tools/e2e || failed+=("$b")
+    continue
+  fi
   go run "./tools/bench/$b" || failed+=("$b")
 done
 if ((${#failed[@]})); then

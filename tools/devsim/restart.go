@@ -55,6 +55,9 @@ type RestartReport struct {
 	IdleCPU time.Duration
 	Settle  time.Duration
 	SimRSS  int64
+	// SimIdleCPU is the CPU the simulator itself used during Settle: the
+	// devices' tunnel clients at rest.
+	SimIdleCPU time.Duration
 	// Stopped is how long the old fleetd took to exit after SIGTERM;
 	// Ready is when the new one listened, after the SIGTERM.
 	Stopped, Ready time.Duration
@@ -181,6 +184,7 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 	if err != nil {
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
+	simBefore, _ := ReadProcStat(os.Getpid())
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -191,7 +195,7 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 	}
 	r.IdleCPU = r.Idle.CPU - before.CPU
 	if own, err := ReadProcStat(os.Getpid()); err == nil {
-		r.SimRSS = own.RSS
+		r.SimRSS, r.SimIdleCPU = own.RSS, own.CPU-simBefore.CPU
 	}
 	if online, err := fd.Online(ctx); err != nil || online != cfg.Count {
 		log.Warn("fleetd's device list disagrees", "online", online, "want", cfg.Count, "err", err)
@@ -330,7 +334,9 @@ func (r *RestartReport) Write(w io.Writer) {
 	fmt.Fprintf(w, "fleetd with %d devices connected: RSS %s (peak %s), %d threads; CPU %s over %s idle (%.1f%% of one core)\n",
 		r.Count, MB(r.Idle.RSS), MB(r.Idle.PeakRSS), r.Idle.Threads, r.IdleCPU.Round(time.Millisecond), r.Settle,
 		100*r.IdleCPU.Seconds()/r.Settle.Seconds())
-	fmt.Fprintf(w, "  per device: %.1f KB; simulator RSS %s\n", float64(r.Idle.RSS)/float64(r.Count)/1e3, MB(r.SimRSS))
+	fmt.Fprintf(w, "  per device: %.1f KB; simulator RSS %s, CPU %s over the same %s (%.1f%% of one core)\n",
+		float64(r.Idle.RSS)/float64(r.Count)/1e3, MB(r.SimRSS), r.SimIdleCPU.Round(time.Millisecond), r.Settle,
+		100*r.SimIdleCPU.Seconds()/r.Settle.Seconds())
 	fmt.Fprintf(w, "\nrestart (times after SIGTERM):\n")
 	fmt.Fprintf(w, "  old fleetd exited after %s; new fleetd listening after %s\n", ms(r.Stopped), ms(r.Ready))
 	fmt.Fprintf(w, "  tunnels down:  %s\n", r.Down)

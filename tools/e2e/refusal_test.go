@@ -182,3 +182,18 @@ func TestDeviceClaimingAnotherIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginWithoutSSHLogins: a user whose roles give no logins (say, one
+// who only uses Kubernetes) can log in; tsh ssh then says why it cannot.
+func TestLoginWithoutSSHLogins(t *testing.T) {
+	f := startFleet(t)
+	f.startAgent("pi-1", "")
+	erin := f.login("erin", f.addUser("erin", "access", ""))
+	if out := erin.tsh("status"); !strings.Contains(out, "erin") {
+		t.Errorf("tsh status = %q", out)
+	}
+	_, errOut, err := erin.tshErr("", "ssh", "root@pi-1", "true")
+	if err == nil || !strings.Contains(errOut, "no SSH logins") {
+		t.Errorf("tsh ssh: err = %v, said %q; want it to say there are no SSH logins", err, errOut)
+	}
+}

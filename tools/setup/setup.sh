@@ -9,6 +9,8 @@
 #                    (network namespaces in the netwatch test)
 #   Go tools         staticcheck and gotestsum (the test runner make check
 #                    uses), with `go install` into .cache/bin
+#   Kubernetes       etcd-server, and kube-apiserver + kubectl built from the
+#                    k8s.io/kubernetes module (tools/kube/setup.sh)
 #
 # It runs `apt-get update` only when a package is missing, and does nothing
 # but check when everything is there (well under 2 s). Every action is
@@ -94,3 +96,6 @@ else
 	say "go install gotest.tools/gotestsum@${gotestsum_version} into .cache/bin"
 	(cd "$root" && GOBIN="$bindir" go install "gotest.tools/gotestsum@${gotestsum_version}")
 fi
+
+# The Kubernetes tests' etcd-server and the kube-apiserver/kubectl build.
+bash "$root/tools/kube/setup.sh"

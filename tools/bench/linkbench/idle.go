@@ -16,13 +16,30 @@ const (
 // idle is an idle device's traffic over a window, from its link's
 // counters.
 type idle struct {
-	system    string
-	window    time.Duration
-	up, down  linksim.Counter // what each side sent (before any drop)
-	header    int             // header bytes per packet added for the wire
-	natDrops  uint64          // fleet packets dropped as nat-expired
-	reachable bool            // a new session worked at the end
-	note      string
+	system   string
+	window   time.Duration
+	up, down linksim.Counter // what each side sent (before any drop)
+	header   int             // header bytes per packet added for the wire
+	natDrops uint64          // fleet packets dropped as nat-expired
+	// probes counts device datagrams of probeSize bytes or more: QUIC
+	// path MTU probes, a one-time cost of each new connection or path
+	// (bytes with headers).
+	probes     linksim.Counter
+	reconnects int  // tunnel connections the device made in the window
+	reachable  bool // a new session worked at the end
+	note       string
+}
+
+// probeSize is the smallest datagram counted as a path MTU probe: an idle
+// tunnel sends nothing else that large (quic-go probes from 1280 bytes up).
+const probeSize = 1200
+
+// steadyPerDay is perDay without the path MTU probes.
+func (i idle) steadyPerDay() float64 {
+	if i.window <= 0 {
+		return 0
+	}
+	return float64(i.wire()-i.probes.Bytes) * float64(24*time.Hour) / float64(i.window)
 }
 
 // wire is the bytes on the wire in the window, headers included.
@@ -49,22 +66,42 @@ type idleWatch struct {
 	done   chan idle
 }
 
-func watchIdle(ctx context.Context, system string, link *linksim.Link, header int, window time.Duration, reach func(context.Context) error) *idleWatch {
-	w := &idleWatch{system: system, link: link, header: header, start: time.Now(), s0: link.Stats(), done: make(chan idle, 1)}
+func watchIdle(ctx context.Context, sys system, header int, window time.Duration, reach func(context.Context) error) *idleWatch {
+	link := sys.Link()
+	w := &idleWatch{system: sys.Name(), link: link, header: header, start: time.Now(), s0: link.Stats(), done: make(chan idle, 1)}
+	conns := sys.Connects()
 	go func() {
-		r := idle{system: system, header: header}
-		select {
-		case <-ctx.Done():
-			r.note = "interrupted"
-			w.done <- r
-			return
-		case <-time.After(window):
+		r := idle{system: sys.Name(), header: header}
+		// Sample often enough that an idle link sends at most one datagram
+		// between samples, so large ones can be told apart.
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		end := time.After(window)
+		last := w.s0.Up.Received
+	sampling:
+		for {
+			select {
+			case <-ctx.Done():
+				r.note = "interrupted"
+				w.done <- r
+				return
+			case <-end:
+				break sampling
+			case <-tick.C:
+				now := link.Stats().Up.Received
+				if dp := now.Packets - last.Packets; dp > 0 && (now.Bytes-last.Bytes)/dp >= probeSize {
+					r.probes.Packets += dp
+					r.probes.Bytes += now.Bytes - last.Bytes + uint64(header)*dp
+				}
+				last = now
+			}
 		}
 		s1 := link.Stats()
 		r.window = time.Since(w.start)
 		r.up = linksim.Counter{Packets: s1.Up.Received.Packets - w.s0.Up.Received.Packets, Bytes: s1.Up.Received.Bytes - w.s0.Up.Received.Bytes}
 		r.down = linksim.Counter{Packets: s1.Down.Received.Packets - w.s0.Down.Received.Packets, Bytes: s1.Down.Received.Bytes - w.s0.Down.Received.Bytes}
 		r.natDrops = s1.Down.Dropped.NATExpired - w.s0.Down.Dropped.NATExpired
+		r.reconnects = sys.Connects() - conns
 		if err := reach(ctx); err != nil {
 			r.note = "not reachable: " + err.Error()
 		} else {

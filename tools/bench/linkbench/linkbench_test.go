@@ -53,7 +53,7 @@ func TestParseFlags(t *testing.T) {
 		wantErr bool
 	}{
 		{"defaults", nil, func(c config) bool {
-			return len(c.Blackouts) == 2 && len(c.Bulk) == 4 && c.Sizes["lte"] == 20e6 && c.Idle == 6*time.Minute
+			return len(c.Blackouts) == 2 && len(c.Bulk) == 4 && c.Sizes["lte"] == 20e6 && c.Idle == 8*time.Minute
 		}, false},
 		{"quick", []string{"-quick"}, func(c config) bool {
 			return c.Quick && len(c.Blackouts) == 1 && c.Idle == time.Minute && c.Trials == 1

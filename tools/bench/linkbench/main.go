@@ -13,7 +13,7 @@
 //   - bulk throughput on the lte and 3g profiles with 1% and 5% random
 //     loss, each way (20 MB on lte, 2 MB on 3g, at most 25 s each);
 //   - idle bytes per device per day, from linksim's counters over an idle
-//     window (6 min) behind a NAT that forgets a mapping after 30 s, and
+//     window (8 min) behind a NAT that forgets a mapping after 30 s, and
 //     whether the device still takes a new session at the end
 //     (tsh ssh DEVICE true);
 //   - connection set-up: a new device's first start (ours joins first), a
@@ -99,7 +99,7 @@ func defaultConfig() config {
 		Blackouts: []time.Duration{10 * time.Second, 60 * time.Second},
 		Bulk:      []bulkCase{{"lte", 0.01}, {"lte", 0.05}, {"3g", 0.01}, {"3g", 0.05}},
 		Sizes:     map[string]int64{"lte": 20e6, "3g": 2e6},
-		Cap:       25 * time.Second, Idle: 6 * time.Minute, NATTimeout: 30 * time.Second,
+		Cap:       25 * time.Second, Idle: 8 * time.Minute, NATTimeout: 30 * time.Second,
 		PeerAlive: 30 * time.Second, Trials: 3, ReconnectWait: 5 * time.Minute, Timeout: 30 * time.Minute,
 	}
 }

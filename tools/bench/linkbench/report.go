@@ -113,16 +113,18 @@ func (res *results) write(w io.Writer) {
 
 	fmt.Fprintf(w, "\n### Idle data per device (%s, NAT timeout %s)\n\n", p.Name, res.cfg.NATTimeout)
 	fmt.Fprintf(w, "From linksim's counters over the idle window, both directions, headers included (UDP: 28 B a datagram; TCP: 40 B a segment, pure ACKs not modelled, so the peer's figure is a floor), scaled to a day.\n\n")
-	fmt.Fprintf(w, "| system | window | packets up / down | bytes (wire) | MB/day | reachable at the end | NAT drops |\n|---|---|---|---|---|---|---|\n")
-	var oursDay float64
+	fmt.Fprintf(w, "| system | window | packets up / down | bytes (wire) | MB/day | of it path MTU probes | MB/day without them | reconnects | NAT drops | reachable at the end |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	var oursDay, oursSteady float64
 	for _, i := range res.idles {
-		fmt.Fprintf(w, "| %s | %s | %d / %d | %d | %.3f | %s | %d |\n", i.system, i.window.Round(time.Second),
-			i.up.Packets, i.down.Packets, i.wire(), i.perDay()/1e6, yesNo(i.reachable), i.natDrops)
+		fmt.Fprintf(w, "| %s | %s | %d / %d | %d | %.3f | %d B in %d | %.3f | %d | %d | %s |\n", i.system, i.window.Round(time.Second),
+			i.up.Packets, i.down.Packets, i.wire(), i.perDay()/1e6, i.probes.Bytes, i.probes.Packets, i.steadyPerDay()/1e6,
+			i.reconnects, i.natDrops, yesNo(i.reachable))
 		if i.system == "ours" {
-			oursDay = i.perDay()
+			oursDay, oursSteady = i.perDay(), i.steadyPerDay()
 		}
 	}
-	fmt.Fprintf(w, "\nVirtual-time figure (TestIdleDataPerDay, a simulated day): %.3f MB/day; measured here: %.3f MB/day.\n", idleVirtualMBPerDay, oursDay/1e6)
+	fmt.Fprintf(w, "\nVirtual-time figure (TestIdleDataPerDay, a simulated day): %.3f MB/day; measured here: %.3f MB/day, %.3f without the path MTU probes (a one-time cost per connection and per address change).\n",
+		idleVirtualMBPerDay, oursDay/1e6, oursSteady/1e6)
 	for _, i := range res.idles {
 		if i.note != "" {
 			fmt.Fprintf(w, "%s: %s\n", i.system, i.note)

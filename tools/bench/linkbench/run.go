@@ -85,11 +85,11 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		return err
 	}
 	watches := []*idleWatch{
-		watchIdle(ctx, "ours", idleOurs.link, udpHeaders, cfg.Idle, func(ctx context.Context) error {
+		watchIdle(ctx, idleOurs, udpHeaders, cfg.Idle, func(ctx context.Context) error {
 			_, err := runCmd(ctx, []string{"TSH_HOME=" + b.tshHome}, "", b.path("tsh"), "ssh", b.login+"@idle1", "true")
 			return err
 		}),
-		watchIdle(ctx, "peer", idlePeer.link, tcpHeaders, cfg.Idle, func(ctx context.Context) error {
+		watchIdle(ctx, idlePeer, tcpHeaders, cfg.Idle, func(ctx context.Context) error {
 			args, env := idlePeer.SSH("true")
 			_, err := runCmd(ctx, env, "", "ssh", args...)
 			return err
