@@ -57,6 +57,9 @@ type Config struct {
 	// Liveness is how often the agent checks, on an idle link, that the
 	// fleet is still there; default 2m.
 	Liveness time.Duration `json:"liveness"`
+	// SessionHold is how long a session waits for the tunnel to come back;
+	// default 10m.
+	SessionHold time.Duration `json:"session_hold"`
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string `json:"-"`
 	// Services serve streams of services other than SSH (which the agent
@@ -245,10 +248,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.cfg.Notify.Status(s)
 			}
 		},
-		Keepalive: a.cfg.Keepalive,
-		Liveness:  a.cfg.Liveness,
-		Logger:    a.log,
-		Now:       a.cfg.Now,
+		Keepalive:   a.cfg.Keepalive,
+		Liveness:    a.cfg.Liveness,
+		SessionHold: a.cfg.SessionHold,
+		Logger:      a.log,
+		Now:         a.cfg.Now,
 	})
 	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr())
 

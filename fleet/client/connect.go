@@ -81,15 +81,30 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		return nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
 	}
 	tc.SetDeadline(time.Time{})
-	return &upgradedConn{Conn: tc, tc: tc, br: br}, nil
+	return &upgradedConn{Conn: tc, tc: tc, br: br, session: resp.Header.Get(api.HeaderSession)}, nil
+}
+
+// SessionID returns the fleet's ID of a connection Connect returned, or "".
+func SessionID(conn net.Conn) string {
+	if u, ok := conn.(*upgradedConn); ok {
+		return u.session
+	}
+	return ""
+}
+
+// SessionEnd asks the fleet how a brokered session ended.
+func (c *Client) SessionEnd(ctx context.Context, id string) (*api.SessionEnd, error) {
+	var end api.SessionEnd
+	return &end, c.do(ctx, http.MethodGet, api.PathSessions+"/"+url.PathEscape(id), nil, &end)
 }
 
 // upgradedConn is a connection after the Upgrade: reads first drain what the
 // response reader already buffered, then go to the TLS connection.
 type upgradedConn struct {
 	net.Conn
-	tc *tls.Conn
-	br *bufio.Reader
+	tc      *tls.Conn
+	br      *bufio.Reader
+	session string
 }
 
 func (c *upgradedConn) Read(p []byte) (int, error) {

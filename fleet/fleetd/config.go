@@ -36,6 +36,16 @@ type Config struct {
 	UserCertTTL Duration `json:"user_cert_ttl"`
 	// DeviceCertTTL is the lifetime of device certificates; default 168h.
 	DeviceCertTTL Duration `json:"device_cert_ttl"`
+	// SessionHold is how long a brokered session waits for its device to
+	// come back after the link drops; default 10m.
+	SessionHold Duration `json:"session_hold"`
+	// DeviceKeepalive, when set, tells every agent how often to refresh its
+	// NAT mapping (e.g. "25s"; "-1s" turns it off); default: each agent's
+	// own setting.
+	DeviceKeepalive Duration `json:"device_keepalive"`
+	// DeviceLiveness, when set, tells every agent how often to check that
+	// the fleet is there while idle; default: each agent's own (2m).
+	DeviceLiveness Duration `json:"device_liveness"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level"`
 	// KubeServiceAccountDir is where a pod's service account is mounted;

@@ -24,6 +24,9 @@ import (
 
 // deviceHooks connect the tunnel server to the device registry and the CA.
 type deviceHooks struct {
+	// keepalive and liveness, when set, are pushed to every agent.
+	keepalive, liveness time.Duration
+
 	auth    *ca.Authority
 	reg     *devices.Registry
 	cluster string
@@ -94,7 +97,8 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 		"agent_version", h.AgentVersion, "clock_skew", skew.Round(time.Second).String())
 	d.event(&proto.AuditEvent{Type: proto.EventDeviceOnline, Outcome: proto.OutcomeSuccess, Device: id, Addr: addr.String(),
 		Fields: map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}})
-	return &proto.HelloAck{DeviceID: id, ServerTime: now.UnixMilli()}, nil
+	return &proto.HelloAck{DeviceID: id, ServerTime: now.UnixMilli(),
+		KeepaliveMillis: d.keepalive.Milliseconds(), LivenessMillis: d.liveness.Milliseconds()}, nil
 }
 
 // mergeLabels returns the agent's labels overridden by the labels the join

@@ -121,10 +121,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		TLSConfig:         tunnelTLS,
 		StatelessResetKey: &keys.Reset,
 		TokenKey:          &keys.Token,
+		SessionHold:       time.Duration(cfg.SessionHold),
 		Logger:            log,
 		Now:               now,
 	}
-	dh := &deviceHooks{auth: auth, reg: reg, cluster: cfg.Cluster, ttl: time.Duration(cfg.DeviceCertTTL), audit: audit, events: events, log: log, now: now}
+	dh := &deviceHooks{auth: auth, reg: reg, cluster: cfg.Cluster, ttl: time.Duration(cfg.DeviceCertTTL), audit: audit, events: events, log: log, now: now,
+		keepalive: time.Duration(cfg.DeviceKeepalive), liveness: time.Duration(cfg.DeviceLiveness)}
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	tunnels := tunnelsrv.New(tcfg)

@@ -154,14 +154,22 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	defer client.Close()
-	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", api.UpgradeProto)
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n\r\n",
+		api.UpgradeProto, api.HeaderSession, sid)
 	if err := brw.Flush(); err != nil {
 		return
 	}
 	start := s.now()
+	end := api.SessionEnd{ID: sid, User: c.user.Name, Device: dev.Name, Login: login}
+	s.ends.put(end)
 	log.Info("session started", "event", "session.start")
-	up, down := splice(client, brw.Reader, conn)
-	log.Info("session ended", "event", "session.end", "bytes_up", up, "bytes_down", down, "duration", s.now().Sub(start).Round(time.Millisecond).String())
+	up, down, devErr := splice(client, brw.Reader, conn)
+	end.Ended, end.EndedAt = true, s.now().UTC()
+	if devErr != nil {
+		end.Reason = devErr.Error()
+	}
+	s.ends.put(end)
+	log.Info("session ended", "event", "session.end", "bytes_up", up, "bytes_down", down, "duration", s.now().Sub(start).Round(time.Millisecond).String(), "reason", end.Reason)
 	s.record(r.Context(), sessionEvent(proto.EventSessionEnd, map[string]string{
 		"bytes_up": strconv.FormatInt(up, 10), "bytes_down": strconv.FormatInt(down, 10),
 		"duration": s.now().Sub(start).Round(time.Millisecond).String()}))
@@ -170,8 +178,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 type closeWriter interface{ CloseWrite() error }
 
 // splice copies both ways until both directions end, passing half-closes
-// on. It returns the bytes sent to the device and back.
-func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down int64) {
+// on. It returns the bytes sent to the device and back, and why the
+// device's side failed (nil when it ended normally). When the device's side
+// fails (the device did not come back within the hold time, say), the
+// user's connection is closed at once.
+func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down int64, devErr error) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -185,7 +196,13 @@ func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down in
 	}()
 	go func() {
 		defer wg.Done()
-		down, _ = io.Copy(client, dev)
+		var err error
+		down, err = io.Copy(client, dev)
+		if err != nil {
+			devErr = err
+			client.Close()
+			return
+		}
 		if cw, ok := client.(closeWriter); ok {
 			cw.CloseWrite()
 		} else {
@@ -193,5 +210,48 @@ func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down in
 		}
 	}()
 	wg.Wait()
-	return up, down
+	return up, down, devErr
+}
+
+// sessionEnds remembers how recent sessions ended, for GET /v1/sessions/ID:
+// the user's tsh asks when its connection ends unexpectedly.
+type sessionEnds struct {
+	mu    sync.Mutex // guards m and order
+	m     map[string]api.SessionEnd
+	order []string
+}
+
+// maxSessionEnds bounds the sessions remembered.
+const maxSessionEnds = 4096
+
+func (e *sessionEnds) put(end api.SessionEnd) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.m == nil {
+		e.m = map[string]api.SessionEnd{}
+	}
+	if _, ok := e.m[end.ID]; !ok {
+		e.order = append(e.order, end.ID)
+		if len(e.order) > maxSessionEnds {
+			delete(e.m, e.order[0])
+			e.order = e.order[1:]
+		}
+	}
+	e.m[end.ID] = end
+}
+
+func (e *sessionEnds) get(id string) (api.SessionEnd, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	end, ok := e.m[id]
+	return end, ok
+}
+
+func (s *Server) sessionEnd(w http.ResponseWriter, r *http.Request, c *caller) {
+	end, ok := s.ends.get(r.PathValue("id"))
+	if !ok || (!c.isAdmin() && end.User != c.user.Name) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, "no such session")
+		return
+	}
+	writeJSON(w, http.StatusOK, end)
 }

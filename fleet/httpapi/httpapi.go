@@ -75,6 +75,8 @@ type Server struct {
 	Audit  *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	ends sessionEnds
 }
 
 // maxBody bounds every request body.
@@ -125,6 +127,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathWhoami, s.authed(s.whoami))
 	mux.Handle("GET "+api.PathDevices, s.authed(s.listDevices))
 	mux.Handle("GET "+api.PathConnect, s.authed(s.connect))
+	mux.Handle("GET "+api.PathSessions+"/{id}", s.authed(s.sessionEnd))
 
 	mux.Handle("GET "+api.PathUsers, s.admin(s.listUsers))
 	mux.Handle("POST "+api.PathUsers, s.admin(s.addUser))

@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
+	"time"
 
+	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 )
 
@@ -57,17 +60,39 @@ func (r *runner) proxy(ctx context.Context, args []string) error {
 	if err != nil {
 		return connectError(err, p, device, login)
 	}
-	return splice(ctx, conn, r.stdio.In, r.stdio.Out)
+	inDone, err := splice(ctx, conn, r.stdio.In, r.stdio.Out)
+	if !inDone && ctx.Err() == nil {
+		// The fleet ended the connection while OpenSSH still had things to
+		// say: tell the user why (OpenSSH shows a ProxyCommand's stderr).
+		r.explainEnd(ctx, c, client.SessionID(conn))
+	}
+	return err
+}
+
+// explainEnd prints why the fleet ended a session, when it says.
+func (r *runner) explainEnd(ctx context.Context, c *client.Client, id string) {
+	if id == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	end, err := c.SessionEnd(ctx, id)
+	if err == nil && end.Reason != "" {
+		fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", end.Device, end.Reason)
+	}
 }
 
 // splice copies in to conn and conn to out. When in ends, it half-closes
 // conn (the device sees EOF) and goes on reading; it returns when conn ends
-// or ctx is done. The goroutine reading in may stay blocked in a Read of
-// stdin after that; the process exits right after.
-func splice(ctx context.Context, conn net.Conn, in io.Reader, out io.Writer) error {
+// or ctx is done, and says whether in had ended by then. The goroutine
+// reading in may stay blocked in a Read of stdin after that; the process
+// exits right after.
+func splice(ctx context.Context, conn net.Conn, in io.Reader, out io.Writer) (inDone bool, err error) {
 	defer conn.Close()
+	var inEnded atomic.Bool
 	go func() {
 		io.Copy(conn, in)
+		inEnded.Store(true)
 		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
@@ -79,10 +104,10 @@ func splice(ctx context.Context, conn net.Conn, in io.Reader, out io.Writer) err
 	}()
 	select {
 	case err := <-done:
-		return err
+		return inEnded.Load(), err
 	case <-ctx.Done():
 		conn.Close()
 		<-done
-		return nil
+		return true, nil
 	}
 }

@@ -119,6 +119,7 @@ func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir,
 	if err != nil {
 		return nil, connectError(err, p, device, login)
 	}
+	r.session = client.SessionID(conn)
 	conf := &ssh.ClientConfig{
 		User:              login,
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
@@ -186,8 +187,11 @@ func (r *runner) ssh(ctx context.Context, args []string) error {
 	defer sc.Close()
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stop()
-	code, err := r.session(ctx, sc, command, *forceTTY, *noTTY)
+	code, err := r.runSession(ctx, sc, command, *forceTTY, *noTTY)
 	if err != nil {
+		if code == 255 && ctx.Err() == nil {
+			r.explainEnd(ctx, c, r.session)
+		}
 		return &exitError{code: code, err: fmt.Errorf("ssh %s: %w", device, err)}
 	}
 	if code != 0 {
@@ -196,8 +200,8 @@ func (r *runner) ssh(ctx context.Context, args []string) error {
 	return nil
 }
 
-// session runs command (a shell when empty) and returns its exit status.
-func (r *runner) session(ctx context.Context, sc *ssh.Client, command string, forceTTY, noTTY bool) (int, error) {
+// runSession runs command (a shell when empty) and returns its exit status.
+func (r *runner) runSession(ctx context.Context, sc *ssh.Client, command string, forceTTY, noTTY bool) (int, error) {
 	sess, err := sc.NewSession()
 	if err != nil {
 		return 255, fmt.Errorf("open session: %w", err)

@@ -190,6 +190,9 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 type runner struct {
 	stdio  Stdio
 	prompt *cli.Prompt // over stdio.In and stdio.Err
+	// session is the fleet's ID of the last connection dialSSH made, to
+	// ask why it ended.
+	session string
 }
 
 // flags returns a flag set for a command whose errors and help go to Err.

@@ -38,6 +38,26 @@ const (
 // UpgradeProto is the Upgrade header value for /v1/connect.
 const UpgradeProto = "remoteler-connect/1"
 
+// HeaderSession names the session in the 101 answer to /v1/connect; GET
+// PathSessions/ID then tells why it ended.
+const HeaderSession = "X-Remoteler-Session"
+
+// PathSessions is GET /v1/sessions/ID: how a brokered session ended (its own
+// user, or an admin).
+const PathSessions = "/v1/sessions"
+
+// SessionEnd says how a brokered session ended. Reason is empty while it is
+// live and when it ended normally (one side closed it).
+type SessionEnd struct {
+	ID      string    `json:"id"`
+	User    string    `json:"user"`
+	Device  string    `json:"device"`
+	Login   string    `json:"login,omitempty"`
+	Ended   bool      `json:"ended"`
+	EndedAt time.Time `json:"ended_at,omitzero"`
+	Reason  string    `json:"reason,omitempty"`
+}
+
 // Error codes in Error.Code.
 const (
 	CodeBadRequest    = "bad_request"

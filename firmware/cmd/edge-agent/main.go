@@ -92,6 +92,7 @@ func start(args []string) int {
 	labels := fs.String("labels", "", "device labels for role selectors, `k=v,k2=v2` (default: none)")
 	keepalive := fs.Duration("keepalive", 0, "how often to refresh the NAT mapping on an idle link, with a 29-byte datagram (default 25s, for a 30 s UDP timeout; -1s turns it off)")
 	liveness := fs.Duration("liveness", 0, "how often to check on an idle link that the fleet is there (default 2m)")
+	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for the tunnel to come back (default 10m)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	audit := registerAuditFlags(fs)
 	kubeconfig := fs.String("kubeconfig", kubeproxy.DefaultKubeconfig, "the local Kubernetes cluster's kubeconfig `FILE` (k3s's by default), offered to the fleet when it exists; \"off\" turns Kubernetes access off")
@@ -135,6 +136,7 @@ func start(args []string) int {
 	}
 	cfg.Keepalive = *keepalive
 	cfg.Liveness = *liveness
+	cfg.SessionHold = *sessionHold
 	if !set["keepalive"] && fc.Keepalive != "" {
 		d, err := time.ParseDuration(fc.Keepalive)
 		if err != nil {

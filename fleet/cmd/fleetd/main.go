@@ -43,6 +43,8 @@ func start(args []string) int {
 	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
 	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
+	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
+	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h (default: forever)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -68,6 +70,10 @@ func start(args []string) int {
 			cfg.PublicAddrs = strings.Split(*public, ",")
 		case "log-level":
 			cfg.LogLevel = *logLevel
+		case "session-hold":
+			cfg.SessionHold = fleetd.Duration(*sessionHold)
+		case "device-keepalive":
+			cfg.DeviceKeepalive = fleetd.Duration(*deviceKeepalive)
 		case "audit-retention":
 			cfg.AuditRetention = fleetd.Duration(*retention)
 		}
