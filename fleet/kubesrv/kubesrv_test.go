@@ -228,7 +228,12 @@ func TestServeDevice(t *testing.T) {
 			t.Errorf("stream header %+v, want service kube and a session id", h)
 		}
 	}
+	// The event of a request is written as its handler returns, which can
+	// be just after the client has the answer.
 	got := evs.all()
+	for deadline := time.Now().Add(5 * time.Second); len(got) < 3 && time.Now().Before(deadline); got = evs.all() {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if len(got) != 3 {
 		t.Fatalf("got %d audit events, want 3: %+v", len(got), got)
 	}
