@@ -70,7 +70,11 @@ func (p *proc) Output() string {
 func start(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, done: make(chan struct{}), lines: make(chan string, 100)}
-	p.cmd = exec.Command(filepath.Join(bin, args[0]), args[1:]...)
+	path := filepath.Join(bin, args[0])
+	if _, err := os.Stat(path); err != nil {
+		path = args[0] // a system command
+	}
+	p.cmd = exec.Command(path, args[1:]...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p
 	stdout, err := p.cmd.StdoutPipe()
