@@ -83,7 +83,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		}
 		now := time.Now()
 		silence := c.stalled()
-		if silence <= max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay) {
+		if c.cfg.NoLinkPings || silence <= max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay) {
 			if p != nil {
 				c.log.Info("link recovered by itself", "stalled_for", now.Sub(stallFrom).Round(time.Millisecond))
 				p.close()

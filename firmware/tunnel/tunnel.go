@@ -68,6 +68,12 @@ type Config struct {
 	// and 1m. The delay doubles per failure, with full jitter.
 	MinBackoff, MaxBackoff time.Duration
 
+	// NoLinkPings turns off stall recovery (recover.go): stalled sessions
+	// then wait for QUIC's own retransmission back-off. For links where
+	// the extra datagrams are unwanted, and for measuring what the pings
+	// buy. Default false.
+	NoLinkPings bool
+
 	// SessionHold is how long a session waits for the tunnel to come back
 	// before it ends; default 10m.
 	SessionHold time.Duration

@@ -95,7 +95,9 @@ type simOpts struct {
 	handle func(ctx context.Context, h *proto.StreamHeader, conn net.Conn)
 	// nat puts the agent behind a NAT (switchRouter.natRebind).
 	nat bool
-	log *slog.Logger
+	// noPings turns the agent's link pings off (tunnel.Config.NoLinkPings).
+	noPings bool
+	log     *slog.Logger
 }
 
 func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
@@ -152,6 +154,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		MinBackoff:  100 * time.Millisecond,
 		MaxBackoff:  10 * time.Second,
 		SessionHold: hold,
+		NoLinkPings: o.noPings,
 		Logger:      o.log,
 		ListenPacket: func() (net.PacketConn, error) {
 			i := int(next.Add(1)) - 1
@@ -514,113 +517,90 @@ func TestRecoveryFleetToDevice(t *testing.T) {
 }
 
 // TestRecoveryBulkDownload: the device streams bytes as fast as it can (a
-// download); how soon do they flow again after a blackout? Left to QUIC's
-// back-off it took 6 s after 30 s and 19 s after 2 min; the link pings
-// bring it under a second.
+// download); how soon do they flow again after a blackout? It measures the
+// agent as shipped and, in the same run, with link pings off (QUIC's own
+// back-off, the peer), and logs the ratio. Time is virtual: the figures
+// repeat exactly.
 func TestRecoveryBulkDownload(t *testing.T) {
 	for _, blackout := range []time.Duration{2 * time.Second, 30 * time.Second, 2 * time.Minute} {
 		t.Run(blackout.String(), func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				stop := make(chan struct{})
-				sf := newSimFleetOpts(t, simOpts{log: bulkLog(t), handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
-					defer conn.Close()
-					buf := make([]byte, 32<<10)
-					for {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						if _, err := conn.Write(buf); err != nil {
-							return
-						}
-					}
-				}})
-				defer sf.stop()
-				defer close(stop)
-				sf.waitState(t, true)
-				conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				var mu sync.Mutex
-				var got int64
-				lastAt := time.Now()
-				go func() {
-					buf := make([]byte, 64<<10)
-					for {
-						n, err := conn.Read(buf)
-						if err != nil {
-							return
-						}
-						mu.Lock()
-						got += int64(n)
-						lastAt = time.Now()
-						mu.Unlock()
-					}
-				}()
-				time.Sleep(2 * time.Second)
-				sf.router.down.Store(true)
-				time.Sleep(blackout)
-				mu.Lock()
-				before := got
-				mu.Unlock()
-				sf.router.down.Store(false)
-				back := time.Now()
-				for {
-					time.Sleep(10 * time.Millisecond)
-					mu.Lock()
-					g, at := got, lastAt
-					mu.Unlock()
-					if g > before {
-						rec := at.Sub(back)
-						t.Logf("bulk download, blackout %v: bytes flowing %v after the link came back (RTT %v)", blackout, rec, simRTT)
-						if rec > time.Second {
-							t.Errorf("recovery took %v, want at most 1s", rec)
-						}
-						return
-					}
-					if time.Since(back) > time.Minute {
-						t.Fatal("no bytes a minute after the link came back")
-					}
-				}
-			})
+			ours := bulkRecovery(t, blackout, false)
+			peer := bulkRecovery(t, blackout, true)
+			t.Logf("bulk download, blackout %v, RTT %v: bytes flow again %v after the link returns (%.1f RTT); with QUIC's back-off alone %v (%.1f RTT); %.1fx faster",
+				blackout, simRTT, ours, float64(ours)/float64(simRTT), peer, float64(peer)/float64(simRTT), float64(peer)/float64(ours))
+			if ours > time.Second {
+				t.Errorf("recovery took %v, want at most 1s", ours)
+			}
 		})
 	}
 }
 
-// TestIdleDeviceReachableAfterNATRebind: the NAT forgets an idle device's
-// mapping (a long outage, or a carrier NAT moving it). The agent's next
-// keep-alive comes from a new port; the fleet pokes it and the agent's
-// answer moves the QUIC connection, so a user can connect within about one
-// keep-alive period, not the 2 minutes until the next heartbeat.
-func TestIdleDeviceReachableAfterNATRebind(t *testing.T) {
+// bulkRecovery runs one bulk download through a blackout and returns how
+// long after the link came back bytes flowed again.
+func bulkRecovery(t *testing.T, blackout time.Duration, noPings bool) (rec time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
-		sf := newSimFleetOpts(t, simOpts{nat: true, log: testLogger(t)})
+		stop := make(chan struct{})
+		sf := newSimFleetOpts(t, simOpts{noPings: noPings, log: bulkLog(t), handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			defer conn.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := conn.Write(buf); err != nil {
+					return
+				}
+			}
+		}})
 		defer sf.stop()
+		defer close(stop)
 		sf.waitState(t, true)
-		time.Sleep(time.Minute)
-		before, _ := sf.srv.Info("pi-1")
-		sf.router.natRebind()
-		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		conn, err := sf.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+		conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
 		if err != nil {
-			t.Fatalf("open after the NAT rebind: %v", err)
+			t.Fatal(err)
 		}
 		defer conn.Close()
-		took := time.Since(start)
-		after, _ := sf.srv.Info("pi-1")
-		t.Logf("NAT rebind: stream opened %v later; device address %v -> %v; reconnects %d", took, before.Addr, after.Addr, sf.client.Reconnects())
-		if before.Addr.String() == after.Addr.String() {
-			t.Errorf("the fleet still sees the device at %v", after.Addr)
-		}
-		if took > tunnel.DefaultKeepalive+5*time.Second {
-			t.Errorf("took %v to reach the device, want about one keep-alive period (%v)", took, tunnel.DefaultKeepalive)
+		var mu sync.Mutex
+		var got int64
+		lastAt := time.Now()
+		go func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := conn.Read(buf)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				got += int64(n)
+				lastAt = time.Now()
+				mu.Unlock()
+			}
+		}()
+		time.Sleep(2 * time.Second)
+		sf.router.down.Store(true)
+		time.Sleep(blackout)
+		mu.Lock()
+		before := got
+		mu.Unlock()
+		sf.router.down.Store(false)
+		back := time.Now()
+		for {
+			time.Sleep(10 * time.Millisecond)
+			mu.Lock()
+			g, at := got, lastAt
+			mu.Unlock()
+			if g > before {
+				rec = at.Sub(back)
+				return
+			}
+			if time.Since(back) > 5*time.Minute {
+				t.Fatal("no bytes five minutes after the link came back")
+			}
 		}
 	})
+	return rec
 }
 
 // bulkLog logs to t when EDGE_TEST_LOG is set.
