@@ -33,7 +33,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo dev)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export VERSION COMMIT SOURCE_DATE_EPOCH
-TEST_TIMEOUT ?= 10m
+TEST_TIMEOUT ?= 20m
 GOTESTFLAGS ?=
 FUZZTIME ?= 10s
 
