@@ -19,7 +19,7 @@
 #   make clean   remove bin/ and dist/
 #
 # Variables: VERSION and COMMIT (embedded into binaries; default from git),
-# TEST_TIMEOUT (go test -timeout per test binary, default 10m: a hung test
+# TEST_TIMEOUT (go test -timeout per test binary, default 20m: the e2e package takes ~6; a hung test
 # costs at most that), GOTESTFLAGS (extra go test
 # flags, e.g. GOTESTFLAGS=-race), FUZZTIME.
 
