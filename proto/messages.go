@@ -159,6 +159,9 @@ type Identity struct {
 	// roles (kubernetes_users, kubernetes_groups).
 	KubeUser   string   `cbor:"6,keyasint,omitempty"`
 	KubeGroups []string `cbor:"7,keyasint,omitempty"`
+	// RecordInput asks the device to record what the user types in an
+	// interactive session, as well as the output.
+	RecordInput bool `cbor:"8,keyasint,omitempty"`
 }
 
 // StreamHeader starts every stream the fleet opens to a device.

@@ -243,6 +243,10 @@ func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder
 		h.Env = map[string]string{"TERM": info.Term}
 	}
 	r, err := au.recs.Start(id, meta, h)
+	if err == nil && !ident.RecordInput {
+		// Only what the user sees, unless a role asks for their input.
+		return outputOnly{r}
+	}
 	if err != nil {
 		a.log.Warn("session not recorded", "session", s.h.SessionID, "err", err)
 		a.emit(ctx, &proto.AuditEvent{Type: proto.EventRecordingSkipped, Outcome: proto.OutcomeFailure, Message: err.Error(),
@@ -314,3 +318,7 @@ func (a *Agent) handleAudited(ctx context.Context, h *proto.StreamHeader, conn n
 	a.handle(ctx, h, conn)
 	a.sessionEnd(ctx, h, began)
 }
+
+// outputOnly is a recorder that records no input: it hides the recording's
+// Input method from sshd.
+type outputOnly struct{ sshd.Recorder }

@@ -32,6 +32,28 @@ type Recorder interface {
 	Close() error
 }
 
+// InputRecorder is a Recorder that also records what the user types; a
+// Recorder that implements it gets the terminal's input.
+type InputRecorder interface {
+	Input(p []byte)
+}
+
+// inputFrom returns r, teeing what is read into the recorder's input
+// events when it records input.
+func inputFrom(r io.Reader, rec Recorder) io.Reader {
+	if ir, ok := rec.(InputRecorder); ok {
+		return io.TeeReader(r, inputWriter{ir})
+	}
+	return r
+}
+
+type inputWriter struct{ ir InputRecorder }
+
+func (w inputWriter) Write(p []byte) (int, error) {
+	w.ir.Input(p)
+	return len(p), nil
+}
+
 // audit records ev through Config.Audit; an error means the action must
 // not go ahead.
 func (s *Server) audit(ctx context.Context, ev *proto.AuditEvent) error {

@@ -147,7 +147,7 @@ func (p *unixProc) startPTY(attr *syscall.SysProcAttr, c *command, ch ssh.Channe
 	}()
 	go func() {
 		defer close(p.in)
-		io.Copy(master, ch)
+		io.Copy(master, inputFrom(ch, c.rec))
 	}()
 	return p, nil
 }

@@ -117,7 +117,8 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		SessionID: sid,
 		Identity: proto.Identity{
 			User: c.user.Name, Roles: c.user.Roles, Login: login, Cluster: s.Cluster,
-			Expires: c.id.Expires.UnixMilli(),
+			RecordInput: c.checker.RecordInput(),
+			Expires:     c.id.Expires.UnixMilli(),
 		},
 		ClientAddr: r.RemoteAddr,
 	})

@@ -61,6 +61,7 @@ type Checker struct {
 	allow []rule
 	deny  []rule
 	ttl   time.Duration // smallest max_session_ttl, 0 if none
+	input bool          // some role has record_input
 }
 
 // NewChecker builds a Checker from a user's roles (already loaded; see
@@ -88,6 +89,7 @@ func NewChecker(roles []api.Role, traits map[string][]string) *Checker {
 			kubeUsers:  expandKube(r.Spec.Deny.KubernetesUsers, traits, true),
 			kubeGroups: expandKube(r.Spec.Deny.KubernetesGroups, traits, true),
 		})
+		c.input = c.input || r.Spec.Options.RecordInput
 		if d, err := time.ParseDuration(r.Spec.Options.MaxSessionTTL); err == nil && d > 0 {
 			if c.ttl == 0 || d < c.ttl {
 				c.ttl = d
@@ -269,6 +271,10 @@ func (c *Checker) MaxTTL(def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// RecordInput reports whether some role asks for the user's input in
+// interactive sessions to be recorded.
+func (c *Checker) RecordInput() bool { return c.input }
 
 // Roles lists the names of the roles the Checker was built from, sorted.
 func (c *Checker) Roles() []string {

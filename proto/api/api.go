@@ -265,6 +265,10 @@ type RoleOptions struct {
 	// MaxSessionTTL caps certificate lifetime, e.g. "8h". The smallest across
 	// a user's roles applies. Empty means the fleet default (8h).
 	MaxSessionTTL string `json:"max_session_ttl,omitempty"`
+	// RecordInput records what the user types in interactive sessions, as
+	// well as what they see (which is always recorded). Any of a user's
+	// roles turning it on turns it on.
+	RecordInput bool `json:"record_input,omitempty"`
 }
 
 // Token is a join token as admins see it.

@@ -303,9 +303,11 @@ type Summary struct {
 	Events   int
 	Duration time.Duration // the last event's time
 	Output   []byte        // every output event's data, in order
+	Input    []byte        // every input event's data, in order
 }
 
-// ReadAll reads a whole recording and concatenates its output.
+// ReadAll reads a whole recording and concatenates its output, and its
+// input.
 func ReadAll(r io.Reader) (*Summary, error) {
 	rd, err := NewReader(r)
 	if err != nil {
@@ -322,8 +324,11 @@ func ReadAll(r io.Reader) (*Summary, error) {
 		}
 		s.Events++
 		s.Duration = time.Duration(e.Time * float64(time.Second))
-		if e.Type == Output {
+		switch e.Type {
+		case Output:
 			s.Output = append(s.Output, e.Data...)
+		case Input:
+			s.Input = append(s.Input, e.Data...)
 		}
 	}
 }

@@ -585,3 +585,56 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordInputByRole: what a user types is recorded only when one of
+// their roles says record_input; what they see always is.
+func TestRecordInputByRole(t *testing.T) {
+	f, _, alice := setup(t)
+	rolePath := filepath.Join(t.TempDir(), "typist.yaml")
+	os.WriteFile(rolePath, []byte(`kind: role
+version: v1
+metadata:
+  name: typist
+spec:
+  allow:
+    logins: [root]
+    device_labels: {"*": ["*"]}
+  options:
+    record_input: true
+`), 0o600)
+	f.ctl("", "create", "-f", rolePath)
+	carol := f.login("carol", f.addUser("carol", "typist", ""))
+
+	recorded := func(u *user, name string) *asciicast.Summary {
+		t.Helper()
+		out, errOut, err := u.tshErr("typed-by-"+name+"\n", "ssh", "-t", "root@pi-1", "read x; echo got-$x")
+		if err != nil || !strings.Contains(out, "got-typed-by-"+name) {
+			t.Fatalf("%s's session: %v %q %s", name, err, out, errOut)
+		}
+		var id string
+		if !eventually(30*time.Second, func() bool {
+			var list []api.Recording
+			json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list)
+			for _, r := range list {
+				if r.Complete && r.User == name {
+					id = r.ID
+					return true
+				}
+			}
+			return false
+		}) {
+			t.Fatalf("no recording of %s's session", name)
+		}
+		sum, err := asciicast.ReadAll(strings.NewReader(u.tsh("play", "--format=json", id)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sum
+	}
+	if sum := recorded(carol, "carol"); !strings.Contains(string(sum.Input), "typed-by-carol") {
+		t.Errorf("carol's role records input, but the recording's input is %q", sum.Input)
+	}
+	if sum := recorded(alice, "alice"); len(sum.Input) != 0 || !strings.Contains(string(sum.Output), "got-typed-by-alice") {
+		t.Errorf("alice's recording: input %q (want none), output %q", sum.Input, sum.Output)
+	}
+}
