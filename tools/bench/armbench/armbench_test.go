@@ -57,17 +57,19 @@ func TestParseStatus(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      string
-		want    memory
+		want    status
 		wantErr bool
 	}{
-		{"all", "Name:\tedge-agent\nVmHWM:\t   13264 kB\nVmRSS:\t   13000 kB\nRssAnon:\t    2740 kB\nRssFile:\t   10260 kB\n",
-			memory{RSS: 13000 << 10, Anon: 2740 << 10, File: 10260 << 10, Peak: 13264 << 10}, false},
-		{"rss only", "VmRSS:\t1 kB\n", memory{RSS: 1024}, false},
-		{"no trailing newline", "VmRSS:\t2 kB", memory{RSS: 2048}, false},
-		{"no rss (zombie)", "Name:\tx\nState:\tZ (zombie)\n", memory{}, true},
-		{"wrong unit", "VmRSS:\t2 MB\n", memory{}, true},
-		{"bad number", "VmRSS:\tlots kB\n", memory{}, true},
-		{"negative", "VmRSS:\t-5 kB\n", memory{}, true},
+		{"all", "Name:\tedge-agent\nVmHWM:\t   13264 kB\nVmRSS:\t   13000 kB\nRssAnon:\t    2740 kB\nRssFile:\t   10260 kB\n" +
+			"voluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n",
+			status{memory{RSS: 13000 << 10, Anon: 2740 << 10, File: 10260 << 10, Peak: 13264 << 10}, 15}, false},
+		{"rss only", "VmRSS:\t1 kB\n", status{memory: memory{RSS: 1024}}, false},
+		{"no trailing newline", "VmRSS:\t2 kB", status{memory: memory{RSS: 2048}}, false},
+		{"no rss (zombie)", "Name:\tx\nState:\tZ (zombie)\n", status{}, true},
+		{"wrong unit", "VmRSS:\t2 MB\n", status{}, true},
+		{"bad number", "VmRSS:\tlots kB\n", status{}, true},
+		{"negative", "VmRSS:\t-5 kB\n", status{}, true},
+		{"bad switches", "VmRSS:\t2 kB\nvoluntary_ctxt_switches:\tmany\n", status{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,15 +145,15 @@ func TestMedian(t *testing.T) {
 }
 
 // FuzzParseStatus: /proc/PID/status is read from disk; bad input is an
-// error, never a panic, and never a negative size.
+// error, never a panic, and never a negative figure.
 func FuzzParseStatus(f *testing.F) {
 	f.Add([]byte("VmHWM:\t 13264 kB\nVmRSS:\t 13000 kB\nRssAnon:\t 2740 kB\nRssFile:\t 10260 kB\n"))
-	f.Add([]byte("VmRSS:\t1 kB"))
+	f.Add([]byte("VmRSS:\t1 kB\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3"))
 	f.Add([]byte("VmRSS: kB\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := parseStatus(b)
-		if err == nil && (m.RSS < 0 || m.Anon < 0 || m.File < 0 || m.Peak < 0) {
-			t.Errorf("parseStatus(%q) = %+v: negative size", b, m)
+		st, err := parseStatus(b)
+		if err == nil && (st.RSS < 0 || st.Anon < 0 || st.File < 0 || st.Peak < 0 || st.Switches < 0) {
+			t.Errorf("parseStatus(%q) = %+v: negative", b, st)
 		}
 	})
 }

@@ -5,12 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// memory is a process's resident memory from /proc/PID/status, in bytes.
+// status is what armbench reads from /proc/PID/status (or from
+// /proc/PID/task/TID/status, where the memory lines are the process's).
+type status struct {
+	memory
+	// Switches counts the times the task stopped running (voluntary plus
+	// nonvoluntary context switches): a task that sleeps and wakes up
+	// switches once per wake-up.
+	Switches int64
+}
+
+// memory is a process's resident memory, in bytes.
 type memory struct {
 	RSS  int64 // VmRSS
 	Anon int64 // RssAnon: heap, stacks, other private memory
@@ -24,41 +35,76 @@ func readMemory(pid int) (memory, error) {
 	if err != nil {
 		return memory{}, fmt.Errorf("read memory of %d: %w", pid, err)
 	}
-	m, err := parseStatus(b)
+	st, err := parseStatus(b)
 	if err != nil {
 		return memory{}, fmt.Errorf("read memory of %d: %w", pid, err)
 	}
-	return m, nil
+	return st.memory, nil
 }
 
-// parseStatus reads the "Key:   N kB" lines VmRSS, RssAnon, RssFile and
-// VmHWM of /proc/PID/status. VmRSS must be there; the others are 0 when
+// readSwitches sums the context switches of every thread of process pid
+// that is alive now (a thread that has ended takes its count with it).
+func readSwitches(pid int) (int64, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("read context switches of %d: %w", pid, err)
+	}
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		st, err := parseStatus(b)
+		if err != nil {
+			return 0, fmt.Errorf("read context switches of %d: %w", pid, err)
+		}
+		n += st.Switches
+	}
+	return n, nil
+}
+
+// parseStatus reads the lines VmRSS, RssAnon, RssFile and VmHWM ("Key:
+// N kB") and voluntary_ctxt_switches and nonvoluntary_ctxt_switches ("Key:
+// N") of /proc/PID/status. VmRSS must be there; the others are 0 when
 // missing.
-func parseStatus(b []byte) (memory, error) {
-	var m memory
-	dst := map[string]*int64{"VmRSS": &m.RSS, "RssAnon": &m.Anon, "RssFile": &m.File, "VmHWM": &m.Peak}
+func parseStatus(b []byte) (status, error) {
+	var st status
+	kb := map[string]*int64{"VmRSS": &st.RSS, "RssAnon": &st.Anon, "RssFile": &st.File, "VmHWM": &st.Peak}
+	var vol, nonvol int64
+	counts := map[string]*int64{"voluntary_ctxt_switches": &vol, "nonvoluntary_ctxt_switches": &nonvol}
 	seen := false
 	for l := range bytes.Lines(b) {
 		key, val, ok := strings.Cut(string(l), ":")
-		p := dst[key]
-		if !ok || p == nil {
+		if !ok {
 			continue
 		}
-		num, unit, _ := strings.Cut(strings.TrimSpace(val), " ")
-		if strings.TrimSpace(unit) != "kB" {
-			return memory{}, fmt.Errorf("parse status: %s: want \"N kB\", got %q", key, strings.TrimSpace(val))
+		val = strings.TrimSpace(val)
+		if p := kb[key]; p != nil {
+			num, unit, _ := strings.Cut(val, " ")
+			if strings.TrimSpace(unit) != "kB" {
+				return status{}, fmt.Errorf("parse status: %s: want \"N kB\", got %q", key, val)
+			}
+			n, err := strconv.ParseInt(num, 10, 64)
+			if err != nil || n < 0 || n > 1<<40 {
+				return status{}, fmt.Errorf("parse status: %s: bad number %q", key, num)
+			}
+			*p = n << 10
+			seen = seen || key == "VmRSS"
+		} else if p := counts[key]; p != nil {
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n < 0 || n > 1<<50 {
+				return status{}, fmt.Errorf("parse status: %s: bad number %q", key, val)
+			}
+			*p = n
 		}
-		kb, err := strconv.ParseInt(num, 10, 64)
-		if err != nil || kb < 0 || kb > 1<<40 {
-			return memory{}, fmt.Errorf("parse status: %s: bad number %q", key, num)
-		}
-		*p = kb << 10
-		seen = seen || key == "VmRSS"
 	}
 	if !seen {
-		return memory{}, errors.New("parse status: no VmRSS (a zombie or a kernel thread?)")
+		return status{}, errors.New("parse status: no VmRSS (a zombie or a kernel thread?)")
 	}
-	return m, nil
+	st.Switches = vol + nonvol
+	return st, nil
 }
 
 // userHZ is the unit of the CPU times in /proc/PID/stat: USER_HZ, which

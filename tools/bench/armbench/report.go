@@ -58,10 +58,10 @@ func (r *report) print(w io.Writer) {
 	}
 
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "**Agent idle** (joined, tunnel up, no sessions; memory read at the end of a %s idle window that starts %s after the device is online; CPU = utime+stime over the window as %% of one core):\n\n",
+	fmt.Fprintf(w, "**Agent idle** (joined, tunnel up, no sessions; memory read at the end of a %s idle window that starts %s after the device is online; CPU = utime+stime over the window as %% of one core; switches = context switches of all its threads per second over the window, about how often it wakes up):\n\n",
 		r.cfg.Idle, r.cfg.Settle)
-	fmt.Fprintln(w, "| agent | runs as | VmRSS MB | RssAnon MB | RssFile MB | VmHWM MB | CPU % | RSS vs the 15 MB target |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---|")
+	fmt.Fprintln(w, "| agent | runs as | VmRSS MB | RssAnon MB | RssFile MB | VmHWM MB | CPU % | switches/s | RSS vs the 15 MB target |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---|")
 	for _, a := range r.agents {
 		cpu := 100 * a.idleCPU.Seconds() / a.window.Seconds()
 		vs := fmt.Sprintf("%s of it", percent(a.mem.RSS, rssTarget))
@@ -74,14 +74,14 @@ func (r *report) print(w io.Writer) {
 		if a.downs > 0 {
 			vs += fmt.Sprintf(" (tunnel went down %d× while idle)", a.downs)
 		}
-		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %s |\n",
-			a.target, a.runsAs(), mb(a.mem.RSS), mb(a.mem.Anon), mb(a.mem.File), mb(a.mem.Peak), cpu, vs)
+		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %s |\n",
+			a.target, a.runsAs(), mb(a.mem.RSS), mb(a.mem.Anon), mb(a.mem.File), mb(a.mem.Peak), cpu, float64(a.wakeups)/a.window.Seconds(), vs)
 	}
 	if r.qemuNote != "" {
-		fmt.Fprintf(w, "| %s | under %s | n/a | n/a | n/a | n/a | n/a | %s |\n", qemuTarget, qemuBinary, r.qemuNote)
+		fmt.Fprintf(w, "| %s | under %s | n/a | n/a | n/a | n/a | n/a | n/a | %s |\n", qemuTarget, qemuBinary, r.qemuNote)
 	}
 	if runtime.GOARCH != "arm64" {
-		fmt.Fprintf(w, "| %s | on an arm64 CPU | not measurable here | | | | | |\n", qemuTarget)
+		fmt.Fprintf(w, "| %s | on an arm64 CPU | not measurable here | | | | | | |\n", qemuTarget)
 	}
 	if r.qemuNote == "" {
 		fmt.Fprintf(w, "\n¹ Under qemu-user the process measured is the emulator (%s): its RSS holds qemu itself, its translated-code cache and the guest's memory, and its CPU includes the translation. Neither is the agent's figure on an arm64 CPU.\n", qemuBinary)

@@ -37,6 +37,7 @@ type agent struct {
 	first    time.Duration   // exec to tunnel up on the first start (join included)
 	restarts []time.Duration // exec to tunnel up on each restart
 	idleCPU  time.Duration   // CPU time over the idle window
+	wakeups  int64           // context switches of its threads over the idle window
 	window   time.Duration   // the idle window as measured
 	mem      memory          // at the end of the idle window
 	downs    int             // "tunnel down" lines in the idle window
@@ -216,11 +217,15 @@ func idle(ctx context.Context, cfg config, agents []*agent, logf func(string, ..
 	}
 	logf("idle for %s", cfg.Idle)
 	cpu0 := make([]time.Duration, len(agents))
+	sw0 := make([]int64, len(agents))
 	t0 := make([]time.Time, len(agents))
 	for i, a := range agents {
 		var err error
 		t0[i] = time.Now()
 		if cpu0[i], err = readCPU(a.proc.pid()); err != nil {
+			return err
+		}
+		if sw0[i], err = readSwitches(a.proc.pid()); err != nil {
 			return err
 		}
 	}
@@ -235,8 +240,13 @@ func idle(ctx context.Context, cfg config, agents []*agent, logf func(string, ..
 		if err != nil {
 			return err
 		}
+		sw1, err := readSwitches(a.proc.pid())
+		if err != nil {
+			return err
+		}
 		a.window = time.Since(t0[i])
 		a.idleCPU = cpu1 - cpu0[i]
+		a.wakeups = max(0, sw1-sw0[i])
 		if a.mem, err = readMemory(a.proc.pid()); err != nil {
 			return err
 		}
@@ -247,7 +257,7 @@ func idle(ctx context.Context, cfg config, agents []*agent, logf func(string, ..
 			}
 		}
 		a.proc.mu.Unlock()
-		logf("%s: VmRSS %.2f MB, CPU %s over %s", a.label(), mb(a.mem.RSS), a.idleCPU, a.window.Round(time.Millisecond))
+		logf("%s: VmRSS %.2f MB, CPU %s and %d context switches over %s", a.label(), mb(a.mem.RSS), a.idleCPU, a.wakeups, a.window.Round(time.Millisecond))
 	}
 	return nil
 }

@@ -1,0 +1,125 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/tunnelsrv"
+	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
+)
+
+// newTestServer builds a Server on an in-memory store (memstore, the test
+// double of the store contract) with one user, alice, and one join token.
+func newTestServer(t testing.TB) (*Server, string) {
+	t.Helper()
+	ctx := context.Background()
+	st := memstore.New()
+	auth, err := ca.LoadOrCreate(ctx, st, "fleet", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := &rbac.Roles{Store: st}
+	if err := roles.EnsurePresets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	us := &users.Service{Store: st, HashParams: users.HashParams{Time: 1, MemoryKiB: 64, Threads: 1}}
+	if _, err := us.Add(ctx, api.AddUserRequest{Name: "alice", Password: "correct horse", Roles: []string{"access"}, Logins: []string{"root"}}); err != nil {
+		t.Fatal(err)
+	}
+	toks := &tokens.Service{Store: st}
+	tok, err := toks.Add(ctx, api.AddTokenRequest{Uses: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{
+		CA: auth, Users: us, Roles: roles, Tokens: toks,
+		Devices: &devices.Registry{Store: st}, Tunnels: tunnelsrv.New(tunnelsrv.Config{}),
+		Cluster: "fleet",
+	}
+	return s, tok.Token
+}
+
+func post(h http.Handler, path string, body []byte) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body)))
+	return w
+}
+
+func TestOpenEndpointsRefuseBadInput(t *testing.T) {
+	s, tok := newTestServer(t)
+	h := s.Handler()
+	tests := []struct {
+		name, path, body string
+		want             int
+		wantCode         string
+	}{
+		{"login: not json", api.PathLogin, "{", http.StatusBadRequest, api.CodeBadRequest},
+		{"login: unknown field", api.PathLogin, `{"user":"alice","pasword":"x"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"login: trailing data", api.PathLogin, `{"user":"alice"} {}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"login: wrong password", api.PathLogin, `{"user":"alice","password":"nope"}`, http.StatusUnauthorized, api.CodeUnauthorized},
+		{"login: unknown user", api.PathLogin, `{"user":"mallory","password":"nope"}`, http.StatusUnauthorized, api.CodeUnauthorized},
+		{"login: right password, bad key", api.PathLogin, `{"user":"alice","password":"correct horse","ssh_public_key":"junk"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"join: bad key", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","ssh_public_key":"junk"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"join: bad token", api.PathJoin, `{"token":"jt_nope","name":"pi-1","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusUnauthorized, api.CodeUnauthorized},
+		{"join: bad name", api.PathJoin, `{"token":"` + tok + `","name":"Not A Name!","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"oversized body", api.PathLogin, `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, http.StatusBadRequest, api.CodeBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := post(h, tt.path, []byte(tt.body))
+			var e api.Error
+			json.Unmarshal(w.Body.Bytes(), &e)
+			if w.Code != tt.want || e.Code != tt.wantCode || e.Message == "" {
+				t.Errorf("got %d %+v, want %d with code %q and a message", w.Code, e, tt.want, tt.wantCode)
+			}
+		})
+	}
+}
+
+func TestAuthenticatedEndpointsNeedACertificate(t *testing.T) {
+	s, _ := newTestServer(t)
+	h := s.Handler()
+	for _, path := range []string{api.PathDevices, api.PathWhoami, api.PathUsers, api.PathStatus, api.PathConnect} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+		if w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), "tsh login") {
+			t.Errorf("GET %s without a certificate: %d %s, want 401 telling to tsh login", path, w.Code, w.Body)
+		}
+	}
+}
+
+// FuzzOpenEndpoints posts arbitrary bodies to the endpoints anyone can
+// reach: each answer is a 4xx with an error body, never a panic or a 5xx.
+func FuzzOpenEndpoints(f *testing.F) {
+	f.Add([]byte(`{"user":"alice","password":"correct horse"}`), false)
+	f.Add([]byte(`{"token":"jt_x","name":"pi-1","csr":"AAAA","ssh_public_key":"ssh-ed25519 AAAA"}`), true)
+	f.Add([]byte(`{"ttl":-5}`), false)
+	s, _ := newTestServer(f)
+	h := s.Handler()
+	f.Fuzz(func(t *testing.T, body []byte, join bool) {
+		path := api.PathLogin
+		if join {
+			path = api.PathJoin
+		}
+		w := post(h, path, body)
+		if w.Code < 400 || w.Code >= 500 {
+			t.Fatalf("POST %s %q: status %d: %s", path, body, w.Code, w.Body)
+		}
+		var e api.Error
+		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Message == "" {
+			t.Fatalf("POST %s %q: body %q is not an error", path, body, w.Body)
+		}
+	})
+}
