@@ -4,61 +4,26 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"slices"
-	"strings"
 	"text/tabwriter"
 
+	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 )
 
 func (r *runner) devicesLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
 	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change)")
-	format := fs.String("format", "text", "output format: text or json")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
-	if err := r.checkFormat(fs, *format); err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	devices, err := c.Devices(ctx)
-	if err != nil {
-		return fmt.Errorf("devices ls: %w", apiHint(err))
-	}
-	if devices == nil {
-		devices = []api.Device{}
-	}
-	slices.SortFunc(devices, func(a, b api.Device) int { return strings.Compare(a.Name, b.Name) })
-	if *format == "json" {
-		return r.printJSON(devices)
-	}
-	if len(devices) == 0 {
-		fmt.Fprintln(r.stdio.Err, "No devices yet; fleetctl tokens add prints how to join one.")
-		return nil
-	}
-	return cli.DeviceTable{Verbose: *verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
+	return list(ctx, r, fs, args, "devices ls", (*client.Client).Devices, func(devices []api.Device) error {
+		if len(devices) == 0 {
+			fmt.Fprintln(r.stdio.Err, "No devices yet; fleetctl tokens add prints how to join one.")
+			return nil
+		}
+		return cli.DeviceTable{Verbose: *verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
+	})
 }
 
 func (r *runner) devicesRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	pos, err := r.parseN(fs, args, 1, "NAME")
-	if err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.RemoveDevice(ctx, pos[0]); err != nil {
-		return fmt.Errorf("devices rm %s: %w", pos[0], apiHint(err))
-	}
-	fmt.Fprintf(r.stdio.Out, "Device %q removed; it must join again with a new token to come back.\n", pos[0])
-	return nil
+	return remove(ctx, r, fs, args, "devices rm", (*client.Client).RemoveDevice, "Device %q removed; it must join again with a new token to come back.")
 }
 
 func (r *runner) status(ctx context.Context, fs *flag.FlagSet, args []string) error {

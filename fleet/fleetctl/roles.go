@@ -17,6 +17,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 )
@@ -313,18 +314,5 @@ func fmtSelector(sel map[string][]string) string {
 }
 
 func (r *runner) rolesRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	pos, err := r.parseN(fs, args, 1, "NAME")
-	if err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.RemoveRole(ctx, pos[0]); err != nil {
-		return fmt.Errorf("roles rm %s: %w", pos[0], apiHint(err))
-	}
-	fmt.Fprintf(r.stdio.Out, "Role %q removed.\n", pos[0])
-	return nil
+	return remove(ctx, r, fs, args, "roles rm", (*client.Client).RemoveRole, "Role %q removed.")
 }

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/pin"
@@ -106,50 +107,17 @@ func isLocal(host string) bool {
 }
 
 func (r *runner) tokensLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	format := fs.String("format", "text", "output format: text or json")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
-	if err := r.checkFormat(fs, *format); err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	toks, err := c.Tokens(ctx)
-	if err != nil {
-		return fmt.Errorf("tokens ls: %w", apiHint(err))
-	}
-	if toks == nil {
-		toks = []api.Token{}
-	}
-	if *format == "json" {
-		return r.printJSON(toks)
-	}
-	now := r.stdio.Now()
-	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tEXPIRES\tUSES LEFT\tLABELS\tCREATED")
-	for _, t := range toks {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", t.ID, cli.Until(now, t.Expires), t.UsesLeft, cli.Labels(t.Labels), cli.Ago(now, t.CreatedAt))
-	}
-	return tw.Flush()
+	return list(ctx, r, fs, args, "tokens ls", (*client.Client).Tokens, func(toks []api.Token) error {
+		now := r.stdio.Now()
+		tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tEXPIRES\tUSES LEFT\tLABELS\tCREATED")
+		for _, t := range toks {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", t.ID, cli.Until(now, t.Expires), t.UsesLeft, cli.Labels(t.Labels), cli.Ago(now, t.CreatedAt))
+		}
+		return tw.Flush()
+	})
 }
 
 func (r *runner) tokensRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	pos, err := r.parseN(fs, args, 1, "ID")
-	if err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.RemoveToken(ctx, pos[0]); err != nil {
-		return fmt.Errorf("tokens rm %s: %w", pos[0], apiHint(err))
-	}
-	fmt.Fprintf(r.stdio.Out, "Token %s removed; devices that already joined with it stay.\n", pos[0])
-	return nil
+	return remove(ctx, r, fs, args, "tokens rm", (*client.Client).RemoveToken, "Token %s removed; devices that already joined with it stay.")
 }

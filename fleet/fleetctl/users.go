@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 )
@@ -136,55 +137,22 @@ func (r *runner) newPassword(ctx context.Context, name string) (string, error) {
 }
 
 func (r *runner) usersLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	format := fs.String("format", "text", "output format: text or json")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
-	if err := r.checkFormat(fs, *format); err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	users, err := c.Users(ctx)
-	if err != nil {
-		return fmt.Errorf("users ls: %w", apiHint(err))
-	}
-	if users == nil {
-		users = []api.User{}
-	}
-	if *format == "json" {
-		return r.printJSON(users)
-	}
-	now := r.stdio.Now()
-	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tROLES\tLOGINS\tTOTP\tCREATED")
-	for _, u := range users {
-		totp := "no"
-		if u.TOTP {
-			totp = "yes"
+	return list(ctx, r, fs, args, "users ls", (*client.Client).Users, func(users []api.User) error {
+		now := r.stdio.Now()
+		tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tROLES\tLOGINS\tTOTP\tCREATED")
+		for _, u := range users {
+			totp := "no"
+			if u.TOTP {
+				totp = "yes"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Name, cli.Dash(strings.Join(u.Roles, ",")),
+				cli.Dash(strings.Join(u.Traits["logins"], ",")), totp, cli.Ago(now, u.CreatedAt))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Name, cli.Dash(strings.Join(u.Roles, ",")),
-			cli.Dash(strings.Join(u.Traits["logins"], ",")), totp, cli.Ago(now, u.CreatedAt))
-	}
-	return tw.Flush()
+		return tw.Flush()
+	})
 }
 
 func (r *runner) usersRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	pos, err := r.parseN(fs, args, 1, "NAME")
-	if err != nil {
-		return err
-	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.RemoveUser(ctx, pos[0]); err != nil {
-		return fmt.Errorf("users rm %s: %w", pos[0], apiHint(err))
-	}
-	fmt.Fprintf(r.stdio.Out, "User %q removed.\n", pos[0])
-	return nil
+	return remove(ctx, r, fs, args, "users rm", (*client.Client).RemoveUser, "User %q removed.")
 }
