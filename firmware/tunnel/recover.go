@@ -44,8 +44,11 @@ const (
 // back. It returns when ctx ends. A link change sends a heartbeat at once,
 // so that the fleet learns a new address without waiting.
 func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, raddr net.Addr) {
+	// Tick only while there are sessions: an idle agent must not wake ten
+	// times a second (battery-powered boards).
 	t := time.NewTicker(stallCheck)
-	defer t.Stop()
+	t.Stop()
+	ticking := false
 	var p *pinger
 	defer func() {
 		if p != nil {
@@ -56,11 +59,24 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	var grace <-chan time.Time // after a pong: the connection's chance to recover
 	var recvAtPong uint64
 	for {
+		if n := c.Sessions(); n > 0 && !ticking {
+			t.Reset(stallCheck)
+			ticking = true
+		} else if n == 0 && ticking {
+			t.Stop()
+			ticking = false
+			if p != nil {
+				p.close()
+				p, grace = nil, nil
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.linkChange:
 			ctrl.send(&proto.Heartbeat{})
+		case <-c.sessionAdded:
+			continue
 		case <-t.C:
 		case <-pongOf(p):
 			// The link is back. A connection with room in its congestion

@@ -144,10 +144,11 @@ const (
 
 // Client keeps one tunnel up. Create it with New and call Run.
 type Client struct {
-	cfg        Config
-	log        *slog.Logger
-	nudge      chan struct{}
-	linkChange chan struct{}
+	cfg          Config
+	log          *slog.Logger
+	nudge        chan struct{}
+	linkChange   chan struct{}
+	sessionAdded chan struct{} // wakes the stall watcher
 
 	up        atomic.Bool
 	reconnect atomic.Int64
@@ -175,7 +176,7 @@ type session struct {
 func New(cfg Config) *Client {
 	cfg.setDefaults()
 	return &Client{
-		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1), linkChange: make(chan struct{}, 1),
+		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1), linkChange: make(chan struct{}, 1), sessionAdded: make(chan struct{}, 1),
 		sessions: map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
 		bootID: rand.Text(), tickets: tls.NewLRUClientSessionCache(4),
 	}
@@ -546,6 +547,10 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		c.sessions[s.id] = s
 	}
 	c.mu.Unlock()
+	select {
+	case c.sessionAdded <- struct{}{}:
+	default:
+	}
 	if stopping {
 		s.conn.Abort(errors.New("tunnel: agent stopping"))
 		conn.Close()

@@ -4,14 +4,17 @@
 //   - binary size per target (linux-arm64, linux-armv6, linux-armv7,
 //     linux-amd64, linux-riscv64), built by cross/build.sh exactly as
 //     released (static, stripped): raw, gzip -9 (Go's compress/gzip at
-//     level 9) and xz -9 (the xz command; "n/a" without it), and the
-//     linux-arm64 agent against its 12 MB budget;
+//     level 9, a few percent larger than GNU gzip's) and xz -9 (the xz
+//     command; "n/a" without it), and the linux-arm64 agent against its
+//     12 MB budget;
 //   - idle RSS and CPU of a joined agent, natively on this machine and as
 //     the linux-arm64 release binary under qemu-user (cross/qemu-exec.sh):
 //     VmRSS, RssAnon, RssFile and VmHWM from /proc/PID/status after the idle
 //     window, and utime+stime from /proc/PID/stat over it, as a percentage
-//     of one core. Under qemu the process is the emulator, so its RSS and CPU
-//     include qemu's own; a real arm64 CPU's figure cannot be measured here;
+//     of one core, and the context switches of all its threads per second
+//     (about how often it wakes up). Under qemu the process is the emulator,
+//     so its RSS and CPU include qemu's own; a real arm64 CPU's figure
+//     cannot be measured here;
 //   - time from the process's start to the tunnel being up (the agent's
 //     "tunnel up" log line): the first start (join included), and the
 //     median of several restarts of the joined agent, native and under qemu.

@@ -33,6 +33,7 @@ type agent struct {
 	dataDir  string   // its state
 	launch   []string // program and arguments before "start"
 	proc     *proc
+	starts   int // processes started so far, to name their logs
 
 	first    time.Duration   // exec to tunnel up on the first start (join included)
 	restarts []time.Duration // exec to tunnel up on each restart
@@ -193,8 +194,8 @@ func (a *agent) timeout() time.Duration {
 // start execs the agent, joined already unless extra holds --token, and
 // returns the time from the exec to its "tunnel up" log line.
 func (a *agent) start(ctx context.Context, ps *procs, fleetAddr string, extra ...string) (time.Duration, error) {
-	n := len(a.restarts)
-	logName := fmt.Sprintf("%s-%d", a.name, n)
+	logName := fmt.Sprintf("%s-%d", a.name, a.starts)
+	a.starts++
 	args := append(slices.Clone(a.launch[1:]), "start", "--fleet", fleetAddr, "--data-dir", a.dataDir, "--name", a.name)
 	args = append(args, extra...)
 	p, err := ps.start(logName, nil, a.launch[0], args...)
