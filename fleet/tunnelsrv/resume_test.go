@@ -573,3 +573,36 @@ func bulkLog(t *testing.T) *slog.Logger {
 	}
 	return testLogger(t)
 }
+
+// TestIdleDeviceReachableAfterNATRebind: the NAT forgets an idle device's
+// mapping (a long outage, or a carrier NAT moving it). The agent's next
+// keep-alive comes from a new port; the fleet pokes it and the agent's
+// answer moves the QUIC connection, so a user can connect within about one
+// keep-alive period, not the 2 minutes until the next heartbeat.
+func TestIdleDeviceReachableAfterNATRebind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{nat: true, log: testLogger(t)})
+		defer sf.stop()
+		sf.waitState(t, true)
+		time.Sleep(time.Minute)
+		before, _ := sf.srv.Info("pi-1")
+		sf.router.natRebind()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		conn, err := sf.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+		if err != nil {
+			t.Fatalf("open after the NAT rebind: %v", err)
+		}
+		defer conn.Close()
+		took := time.Since(start)
+		after, _ := sf.srv.Info("pi-1")
+		t.Logf("NAT rebind: stream opened %v later; device address %v -> %v; reconnects %d", took, before.Addr, after.Addr, sf.client.Reconnects())
+		if before.Addr.String() == after.Addr.String() {
+			t.Errorf("the fleet still sees the device at %v", after.Addr)
+		}
+		if took > tunnel.DefaultKeepalive+5*time.Second {
+			t.Errorf("took %v to reach the device, want about one keep-alive period (%v)", took, tunnel.DefaultKeepalive)
+		}
+	})
+}
