@@ -87,6 +87,12 @@ func (c ErrorCode) String() string {
 // the single byte LinkPokeByte to the new address, and the agent answers
 // with a QUIC packet, which moves the connection there.
 //
+// When the tag names no connection the fleet has (it was made with a fleet
+// that crashed or restarted), the fleet sends the single byte
+// LinkResetByte instead, and the agent drops its connection and dials
+// again at once (a QUIC stateless reset would need a packet larger than a
+// heartbeat to answer).
+//
 // While a session stalls, the agent sends LinkPingSize-byte link pings,
 // LinkPingByte and a nonce; the fleet echoes each with the first byte set
 // to LinkPongByte.
@@ -95,9 +101,16 @@ const (
 	LinkPingByte     byte = 0x01
 	LinkPongByte     byte = 0x02
 	LinkPokeByte     byte = 0x03
+	LinkResetByte    byte = 0x04
 	LinkPingSize          = 9
 	LinkTagSize           = 8
 )
+
+// RestartReason is the QUIC close reason a fleet gives when it shuts down:
+// agents reconnect after a random delay up to the given number of
+// milliseconds, which the fleet sizes to how many devices it holds, so that
+// its successor is not met by all of them at once.
+const RestartReason = "fleet shutting down; reconnect within %dms"
 
 // Error is a refusal carried on the wire, as a message or inside a
 // StreamAccept. It implements error.

@@ -222,6 +222,12 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		d := backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, failures)
 		failures++
+		if spread, ok := restartSpread(err); ok {
+			// The fleet is restarting: come back at a random moment within
+			// the spread it gave, not all devices at once.
+			d = mrand.N(spread + 1)
+			failures = 0
+		}
 		c.log.Warn("tunnel down; reconnecting", "err", err, "in", d.Round(time.Millisecond))
 		if c.waitForLink(ctx, d) {
 			failures = 0
@@ -230,6 +236,20 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// restartSpread reads the reconnect spread from a fleet's shutdown close
+// (proto.RestartReason).
+func restartSpread(err error) (time.Duration, bool) {
+	var ae *quic.ApplicationError
+	if !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(proto.CodeUnavailable) {
+		return 0, false
+	}
+	var ms int64
+	if _, err := fmt.Sscanf(ae.ErrorMessage, proto.RestartReason, &ms); err != nil || ms <= 0 {
+		return 0, false
+	}
+	return min(time.Duration(ms)*time.Millisecond, 5*time.Minute), true
 }
 
 // backoff returns a full-jitter delay for the n-th consecutive failure.
@@ -345,7 +365,7 @@ func (c *Client) session(ctx context.Context) error {
 	wg.Add(5)
 	go func() {
 		defer wg.Done()
-		c.answerPokes(sctx, tr, ctrl)
+		c.answerPokes(sctx, tr, ctrl, qc, raddr)
 	}()
 
 	go func() {
@@ -379,7 +399,7 @@ func closeReason(qc *quic.Conn, err error) error {
 	if cause := context.Cause(qc.Context()); cause != nil {
 		var ae *quic.ApplicationError
 		if errors.As(cause, &ae) && ae.Remote {
-			return fmt.Errorf("fleet closed the tunnel: %s (code %d)", ae.ErrorMessage, ae.ErrorCode)
+			return fmt.Errorf("fleet closed the tunnel: %w", ae)
 		}
 		return cause
 	}
@@ -443,16 +463,28 @@ func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, l linkTi
 // answerPokes sends a heartbeat, a QUIC packet, whenever the fleet pokes:
 // the fleet saw the keep-alive from a new address, and the heartbeat moves
 // the connection there.
-func (c *Client) answerPokes(ctx context.Context, tr *quic.Transport, ctrl *control) {
+//
+// A reset from the fleet's address means the fleet has no such connection
+// (it restarted or crashed): the connection is dropped and dialled again.
+func (c *Client) answerPokes(ctx context.Context, tr *quic.Transport, ctrl *control, qc *quic.Conn, fleet net.Addr) {
 	buf := make([]byte, 64)
 	for {
-		n, _, err := tr.ReadNonQUICPacket(ctx, buf)
+		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
 		if err != nil {
 			return
 		}
-		if n == 1 && buf[0] == proto.LinkPokeByte {
+		if n != 1 || from.String() != fleet.String() {
+			continue
+		}
+		switch buf[0] {
+		case proto.LinkPokeByte:
 			c.log.Info("the fleet sees this device at a new address; moving the connection")
 			ctrl.send(&proto.Heartbeat{})
+		case proto.LinkResetByte:
+			c.log.Info("the fleet does not know this connection (it restarted); reconnecting")
+			c.redialNow.Store(true)
+			qc.CloseWithError(0, "agent: the fleet lost the connection, reconnecting")
+			return
 		}
 	}
 }

@@ -181,7 +181,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	defer wg.Wait()
 	// Tell every device at once when the fleet stops, so agents reconnect
 	// to its successor without waiting for their idle timeout.
-	defer s.closeAll("fleet shutting down")
+	defer s.closeAll()
 	go s.serveDatagrams(ctx, tr)
 	for {
 		qc, err := ln.Accept(ctx)
@@ -400,7 +400,13 @@ func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 			s.mu.Lock()
 			dc := s.tags[string(buf[1:n])]
 			s.mu.Unlock()
-			if dc != nil && dc.qc.RemoteAddr().String() != addr.String() {
+			switch {
+			case dc == nil:
+				// A connection this fleet does not have: it was made with a
+				// fleet that crashed or restarted. The agent reconnects.
+				s.log.Debug("keep-alive for an unknown connection; telling it to reconnect", "addr", addr)
+				tr.WriteTo([]byte{proto.LinkResetByte}, addr)
+			case dc.qc.RemoteAddr().String() != addr.String():
 				s.log.Debug("device keep-alive from a new address; poking it", "addr", addr, "conn_addr", dc.qc.RemoteAddr())
 				tr.WriteTo([]byte{proto.LinkPokeByte}, addr)
 			}
@@ -619,15 +625,28 @@ func (s *Server) Count() int {
 	return len(s.conns)
 }
 
-func (s *Server) closeAll(reason string) {
+// closeAll tells every device the fleet is going, with a reconnect spread
+// sized to the fleet (5 ms a device, 1 s to 60 s), and waits (up to 2 s)
+// for the close frames to leave before the socket closes.
+func (s *Server) closeAll() {
 	s.mu.Lock()
 	conns := make([]*deviceConn, 0, len(s.conns))
 	for _, dc := range s.conns {
 		conns = append(conns, dc)
 	}
 	s.mu.Unlock()
+	spread := min(max(time.Duration(len(conns))*5*time.Millisecond, time.Second), time.Minute)
+	reason := fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
 	for _, dc := range conns {
 		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
+	}
+	deadline := time.After(2 * time.Second)
+	for _, dc := range conns {
+		select {
+		case <-dc.qc.Context().Done():
+		case <-deadline:
+			return
+		}
 	}
 }
 
