@@ -1,7 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"remoteler.dev/edge/tools/linksim"
@@ -21,10 +26,15 @@ type idle struct {
 	up, down linksim.Counter // what each side sent (before any drop)
 	header   int             // header bytes per packet added for the wire
 	natDrops uint64          // fleet packets dropped as nat-expired
-	// probes counts device datagrams of probeSize bytes or more: QUIC
-	// path MTU probes, a one-time cost of each new connection or path
-	// (bytes with headers).
-	probes     linksim.Counter
+	// probes estimates the QUIC path MTU probes of both sides (packets of
+	// probeSize bytes and more), a one-time cost of each new connection or
+	// path: wire bytes and count.
+	probes linksim.Counter
+	// samples are the counter changes seen 50 ms apart, per direction
+	// (0: device to fleet, 1: fleet to device): an idle link sends one
+	// packet between samples, or a few at once (a heartbeat and the probe
+	// that follows it).
+	samples    [2][]sample
 	reconnects int  // tunnel connections the device made in the window
 	reachable  bool // a new session worked at the end
 	note       string
@@ -34,12 +44,67 @@ type idle struct {
 // tunnel sends nothing else that large (quic-go probes from 1280 bytes up).
 const probeSize = 1200
 
+// sample is what one direction sent between two samples: packets and wire
+// bytes.
+type sample struct {
+	packets, bytes uint64
+}
+
+// countProbes estimates the path MTU probes in the samples: a sample of
+// probeSize bytes or more holds one, and its other packets are taken at
+// the mean size of the lone small packets seen.
+func countProbes(samples [2][]sample) (probes linksim.Counter) {
+	for _, ss := range samples {
+		var n, sum uint64
+		for _, s := range ss {
+			if s.packets == 1 && s.bytes < probeSize {
+				n++
+				sum += s.bytes
+			}
+		}
+		small := uint64(60)
+		if n > 0 {
+			small = sum / n
+		}
+		for _, s := range ss {
+			if s.bytes >= probeSize+(s.packets-1)*small {
+				probes.Packets++
+				probes.Bytes += s.bytes - (s.packets-1)*small
+			}
+		}
+	}
+	return probes
+}
+
 // steadyPerDay is perDay without the path MTU probes.
 func (i idle) steadyPerDay() float64 {
 	if i.window <= 0 {
 		return 0
 	}
 	return float64(i.wire()-i.probes.Bytes) * float64(24*time.Hour) / float64(i.window)
+}
+
+// sizeSummary lists direction d's samples as COUNT×SIZE for lone packets
+// and COUNT×(N packets, SIZE together) for several, smallest first.
+func (i idle) sizeSummary(d int) string {
+	type key struct{ packets, bytes uint64 }
+	counts := map[key]int{}
+	for _, s := range i.samples[d] {
+		counts[key(s)]++
+	}
+	keys := slices.SortedFunc(maps.Keys(counts), func(a, b key) int { return cmp.Compare(a.bytes, b.bytes) })
+	var parts []string
+	for _, k := range keys {
+		if k.packets == 1 {
+			parts = append(parts, fmt.Sprintf("%d×%d B", counts[k], k.bytes))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d×(%d packets, %d B together)", counts[k], k.packets, k.bytes))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // wire is the bytes on the wire in the window, headers included.
@@ -77,7 +142,7 @@ func watchIdle(ctx context.Context, sys system, header int, window time.Duration
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		end := time.After(window)
-		last := w.s0.Up.Received
+		last := [2]linksim.Counter{w.s0.Up.Received, w.s0.Down.Received}
 	sampling:
 		for {
 			select {
@@ -88,16 +153,20 @@ func watchIdle(ctx context.Context, sys system, header int, window time.Duration
 			case <-end:
 				break sampling
 			case <-tick.C:
-				now := link.Stats().Up.Received
-				if dp := now.Packets - last.Packets; dp > 0 && (now.Bytes-last.Bytes)/dp >= probeSize {
-					r.probes.Packets += dp
-					r.probes.Bytes += now.Bytes - last.Bytes + uint64(header)*dp
+				st := link.Stats()
+				for d, now := range [2]linksim.Counter{st.Up.Received, st.Down.Received} {
+					dp := now.Packets - last[d].Packets
+					if dp == 0 {
+						continue
+					}
+					r.samples[d] = append(r.samples[d], sample{dp, now.Bytes - last[d].Bytes + uint64(header)*dp})
+					last[d] = now
 				}
-				last = now
 			}
 		}
 		s1 := link.Stats()
 		r.window = time.Since(w.start)
+		r.probes = countProbes(r.samples)
 		r.up = linksim.Counter{Packets: s1.Up.Received.Packets - w.s0.Up.Received.Packets, Bytes: s1.Up.Received.Bytes - w.s0.Up.Received.Bytes}
 		r.down = linksim.Counter{Packets: s1.Down.Received.Packets - w.s0.Down.Received.Packets, Bytes: s1.Down.Received.Bytes - w.s0.Down.Received.Bytes}
 		r.natDrops = s1.Down.Dropped.NATExpired - w.s0.Down.Dropped.NATExpired

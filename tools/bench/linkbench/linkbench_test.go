@@ -102,3 +102,26 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestCountProbes(t *testing.T) {
+	tests := []struct {
+		name    string
+		samples [2][]sample
+		want    uint64 // probes
+		bytes   uint64
+	}{
+		{"none", [2][]sample{{{1, 37}, {1, 57}}, {{1, 45}}}, 0, 0},
+		{"lone probe", [2][]sample{{{1, 37}, {1, 1400}}, nil}, 1, 1400},
+		{"probe after a heartbeat", [2][]sample{{{1, 57}, {1, 57}, {2, 1457}}, nil}, 1, 1400},
+		{"both sides", [2][]sample{{{1, 60}, {2, 1460}}, {{1, 45}, {2, 1445}}}, 2, 2800},
+		{"several small packets are not a probe", [2][]sample{{{1, 100}, {20, 2000}}, nil}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := countProbes(tt.samples)
+			if got.Packets != tt.want || got.Bytes != tt.bytes {
+				t.Errorf("countProbes = %d probes, %d B; want %d, %d B", got.Packets, got.Bytes, tt.want, tt.bytes)
+			}
+		})
+	}
+}

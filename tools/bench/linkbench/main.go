@@ -13,8 +13,9 @@
 //   - bulk throughput on the lte and 3g profiles with 1% and 5% random
 //     loss, each way (20 MB on lte, 2 MB on 3g, at most 25 s each);
 //   - idle bytes per device per day, from linksim's counters over an idle
-//     window (8 min) behind a NAT that forgets a mapping after 30 s, and
-//     whether the device still takes a new session at the end
+//     window (8 min) behind a NAT that forgets a mapping after 30 s, with
+//     QUIC's path MTU probes (a one-time cost of a new connection) counted
+//     apart, and whether the device still takes a new session at the end
 //     (tsh ssh DEVICE true);
 //   - connection set-up: a new device's first start (ours joins first), a
 //     provisioned device's start, and a reconnect after the server closed
@@ -27,7 +28,7 @@
 // directory, and stops every process it started before it exits. It
 // needs Linux and OpenSSH's ssh, ssh-keygen and sshd.
 //
-//	go run ./tools/bench/linkbench            # about 10 minutes
+//	go run ./tools/bench/linkbench            # 8 to 13 minutes
 //	go run ./tools/bench/linkbench -quick     # under 2 minutes, rougher
 //
 // The figures go to stdout as Markdown (docs/benchmarks.md, "Links",

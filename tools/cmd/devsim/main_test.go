@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestRunUsage(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		wantStatus int
+		wantErr    string // in stderr
+	}{
+		{"help", []string{"-h"}, 0, "usage: devsim --fleet"},
+		{"restart help", []string{"restart", "-h"}, 0, "usage: devsim restart"},
+		{"unknown flag", []string{"-nope"}, 2, "flag provided but not defined"},
+		{"stray argument", []string{"--fleet", "127.0.0.1:1", "--data", "x", "extra"}, 2, `unexpected argument "extra"`},
+		{"no fleet", []string{"--data", "x"}, 1, "the fleet address is required"},
+		{"no data dir", []string{"--fleet", "127.0.0.1:1"}, 1, "a data directory is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			if got := run(context.Background(), tt.args, &stdout, &stderr); got != tt.wantStatus {
+				t.Errorf("status = %d, want %d; stderr:\n%s", got, tt.wantStatus, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr lacks %q:\n%s", tt.wantErr, stderr.String())
+			}
+		})
+	}
+}
