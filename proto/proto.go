@@ -107,9 +107,9 @@ const (
 )
 
 // RestartReason is the QUIC close reason a fleet gives when it shuts down:
-// agents reconnect after a random delay up to the given number of
-// milliseconds, which the fleet sizes to how many devices it holds, so that
-// its successor is not met by all of them at once.
+// agents reconnect after a second plus a random delay up to the given
+// number of milliseconds, which the fleet sizes to how many devices it
+// holds, so that its successor is not met by all of them at once.
 const RestartReason = "fleet shutting down; reconnect within %dms"
 
 // Error is a refusal carried on the wire, as a message or inside a

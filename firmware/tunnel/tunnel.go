@@ -223,9 +223,10 @@ func (c *Client) Run(ctx context.Context) error {
 		d := backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, failures)
 		failures++
 		if spread, ok := restartSpread(err); ok {
-			// The fleet is restarting: come back at a random moment within
-			// the spread it gave, not all devices at once.
-			d = mrand.N(spread + 1)
+			// The fleet is restarting: give it a second to come back, then
+			// come at a random moment within the spread it gave, not all
+			// devices at once.
+			d = time.Second + mrand.N(spread+1)
 			failures = 0
 		}
 		c.log.Warn("tunnel down; reconnecting", "err", err, "in", d.Round(time.Millisecond))

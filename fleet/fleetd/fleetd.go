@@ -213,7 +213,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	httpSrv.Shutdown(sctx)
 	scancel()
 	httpSrv.Close()
-	udp.Close()
+	// The tunnel server returns once it has told every device it is going;
+	// the socket closes after that (deferred), or the close frames are lost.
 	wg.Wait()
 	log.Info("fleetd stopped")
 	return runErr

@@ -295,7 +295,9 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		delete(s.conns, id)
 	}
 	s.mu.Unlock()
-	qc.CloseWithError(closeOK, "")
+	if ctx.Err() == nil {
+		qc.CloseWithError(closeOK, "")
+	} // else the fleet is stopping: closeAll closes it, with the reason
 	if current {
 		log.Info("device disconnected", "err", err)
 		if s.cfg.OnDisconnect != nil {
@@ -626,8 +628,9 @@ func (s *Server) Count() int {
 }
 
 // closeAll tells every device the fleet is going, with a reconnect spread
-// sized to the fleet (5 ms a device, 1 s to 60 s), and waits (up to 2 s)
-// for the close frames to leave before the socket closes.
+// sized to the fleet (10 ms a device, 2 s to 2 min: fleetd serves a few
+// hundred reconnects a second per core), and waits (up to 2 s) for the
+// close frames to leave before the socket closes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	conns := make([]*deviceConn, 0, len(s.conns))
@@ -635,7 +638,7 @@ func (s *Server) closeAll() {
 		conns = append(conns, dc)
 	}
 	s.mu.Unlock()
-	spread := min(max(time.Duration(len(conns))*5*time.Millisecond, time.Second), time.Minute)
+	spread := min(max(time.Duration(len(conns))*10*time.Millisecond, 2*time.Second), 2*time.Minute)
 	reason := fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
 	for _, dc := range conns {
 		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
