@@ -19,7 +19,8 @@ func TestClientsLinkNoServerCode(t *testing.T) {
 		"remoteler.dev/edge/fleet/client",
 		"remoteler.dev/edge/fleet/tsh",
 		"remoteler.dev/edge/fleet/fleetctl",
-		"remoteler.dev/edge/fleet/kubeconfig", // tsh kube login (client-go's clientcmd), as tools/layering allows
+		"remoteler.dev/edge/fleet/kubeconfig",   // tsh kube login (client-go's clientcmd), as tools/layering allows
+		"remoteler.dev/edge/firmware/buildinfo", // the version, as tools/layering allows
 		"remoteler.dev/edge/fleet/cmd/tsh",
 		"remoteler.dev/edge/fleet/cmd/fleetctl",
 	}
@@ -43,7 +44,7 @@ func TestClientsLinkNoServerCode(t *testing.T) {
 					}
 				}
 				if !ok || strings.HasPrefix(dep, "remoteler.dev/edge/fleet/client/clienttest") {
-					t.Errorf("%s links %s; tsh and fleetctl may link only proto/..., fleet/client/... (not clienttest), fleet/tsh, fleet/fleetctl and fleet/kubeconfig", main, dep)
+					t.Errorf("%s links %s; tsh and fleetctl may link only proto/..., fleet/client/... (not clienttest), fleet/tsh, fleet/fleetctl, fleet/kubeconfig and firmware/buildinfo", main, dep)
 				}
 			}
 		})

@@ -20,13 +20,14 @@ import (
 	"strings"
 	"time"
 
+	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 )
 
-// Version is fleetctl's version, set at build time with
-// -ldflags "-X remoteler.dev/edge/fleet/fleetctl.Version=...".
-var Version = "dev"
+// Version is fleetctl's version: the build's (firmware/buildinfo, set by the
+// release build). Tests may change it.
+var Version = buildinfo.Version
 
 // Stdio is what a run of fleetctl talks to. Zero fields fall back to the
 // real process's.

@@ -32,13 +32,14 @@ import (
 	"strings"
 	"time"
 
+	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 )
 
-// Version is tsh's version, set at build time with
-// -ldflags "-X remoteler.dev/edge/fleet/tsh.Version=...".
-var Version = "dev"
+// Version is tsh's version: the build's (firmware/buildinfo, set by the
+// release build). Tests may change it.
+var Version = buildinfo.Version
 
 // Stdio is what a run of tsh talks to: its standard streams and a few
 // process facts. Zero fields fall back to the real process's.
