@@ -377,7 +377,6 @@ func (c *Client) session(ctx context.Context) error {
 		defer wg.Done()
 		c.watchStalls(sctx, qc, ctrl, raddr)
 	}()
-	c.resumeAll(sctx, qc)
 	go func() {
 		defer wg.Done()
 		c.heartbeats(sctx, ctrl, link.liveness)
@@ -493,7 +492,10 @@ func (c *Client) answerPokes(ctx context.Context, tr *quic.Transport, ctrl *cont
 // heartbeats sends a heartbeat every period; each one draws a QUIC ACK,
 // so a fleet that is gone shows up as an idle timeout.
 func (c *Client) heartbeats(ctx context.Context, ctrl *control, period time.Duration) {
-	t := time.NewTicker(period)
+	// The first one at a random point of the period: devices that
+	// reconnected together (after a fleet restart) must not heartbeat
+	// together ever after.
+	t := time.NewTimer(mrand.N(period) + 1)
 	defer t.Stop()
 	var seq uint64
 	for {
@@ -505,6 +507,7 @@ func (c *Client) heartbeats(ctx context.Context, ctrl *control, period time.Dura
 			if err := ctrl.send(&proto.Heartbeat{Seq: seq}); err != nil {
 				return
 			}
+			t.Reset(period)
 		}
 	}
 }

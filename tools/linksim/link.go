@@ -178,7 +178,10 @@ func New(cfg Config) (*Link, error) {
 
 // Profile returns the impairments in force.
 func (l *Link) Profile() Profile {
-	return Profile{Name: l.cfg.Profile.Name, Up: l.ch[Up].impairment(), Down: l.ch[Down].impairment()}
+	l.mu.Lock()
+	name := l.cfg.Profile.Name
+	l.mu.Unlock()
+	return Profile{Name: name, Up: l.ch[Up].impairment(), Down: l.ch[Down].impairment()}
 }
 
 // SetProfile changes the impairments from now on. Packets already in flight

@@ -71,6 +71,7 @@ type fileConfig struct {
 	Name      string            `json:"name"`
 	Labels    map[string]string `json:"labels"`
 	Keepalive string            `json:"keepalive"`
+	Liveness  string            `json:"liveness"`
 	LogLevel  string            `json:"log_level"`
 	// Kubeconfig is the local cluster's kubeconfig (--kubeconfig).
 	Kubeconfig string `json:"kubeconfig"`
@@ -136,6 +137,14 @@ func start(args []string) int {
 	}
 	cfg.Keepalive = *keepalive
 	cfg.Liveness = *liveness
+	if !set["liveness"] && fc.Liveness != "" {
+		d, err := time.ParseDuration(fc.Liveness)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "edge-agent: config liveness:", err)
+			return 2
+		}
+		cfg.Liveness = d
+	}
 	cfg.SessionHold = *sessionHold
 	if !set["keepalive"] && fc.Keepalive != "" {
 		d, err := time.ParseDuration(fc.Keepalive)
