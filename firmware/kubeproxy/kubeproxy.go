@@ -33,7 +33,6 @@ package kubeproxy
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +45,8 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto"
+
+	"remoteler.dev/edge/proto/kubestatus"
 )
 
 // DefaultKubeconfig is where k3s writes its admin kubeconfig.
@@ -353,32 +354,4 @@ func (streamAddr) String() string  { return "kube-streams" }
 
 // WriteStatus answers with a Kubernetes Status object (what kubectl prints
 // as "Error from server (Reason): message").
-func WriteStatus(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]any{
-		"kind": "Status", "apiVersion": "v1", "metadata": map[string]any{},
-		"status": "Failure", "message": msg, "reason": statusReason(code), "code": code,
-	})
-}
-
-// statusReason is the Kubernetes StatusReason for an HTTP status.
-func statusReason(code int) string {
-	switch code {
-	case http.StatusUnauthorized:
-		return "Unauthorized"
-	case http.StatusForbidden:
-		return "Forbidden"
-	case http.StatusNotFound:
-		return "NotFound"
-	case http.StatusBadRequest:
-		return "BadRequest"
-	case http.StatusServiceUnavailable:
-		return "ServiceUnavailable"
-	case http.StatusGatewayTimeout:
-		return "Timeout"
-	default:
-		return "InternalError"
-	}
-}
+func WriteStatus(w http.ResponseWriter, code int, msg string) { kubestatus.Write(w, code, msg) }

@@ -151,8 +151,6 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 			return false
 		case <-timer.C:
 			return false
-		case <-c.nudge:
-			return true
 		case <-c.linkChange:
 			return true
 		case <-pongOf(p):

@@ -146,7 +146,6 @@ const (
 type Client struct {
 	cfg          Config
 	log          *slog.Logger
-	nudge        chan struct{}
 	linkChange   chan struct{}
 	sessionAdded chan struct{} // wakes the stall watcher
 
@@ -176,7 +175,7 @@ type session struct {
 func New(cfg Config) *Client {
 	cfg.setDefaults()
 	return &Client{
-		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), nudge: make(chan struct{}, 1), linkChange: make(chan struct{}, 1), sessionAdded: make(chan struct{}, 1),
+		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), linkChange: make(chan struct{}, 1), sessionAdded: make(chan struct{}, 1),
 		sessions: map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
 		bootID: rand.Text(), tickets: tls.NewLRUClientSessionCache(4),
 	}
@@ -187,14 +186,6 @@ func (c *Client) Up() bool { return c.up.Load() }
 
 // Reconnects counts the connections made after the first.
 func (c *Client) Reconnects() int64 { return c.reconnect.Load() }
-
-// Nudge cuts a pending back-off short: call it when the link comes back.
-func (c *Client) Nudge() {
-	select {
-	case c.nudge <- struct{}{}:
-	default:
-	}
-}
 
 // Run keeps the tunnel up until ctx is done. It returns nil then.
 func (c *Client) Run(ctx context.Context) error {

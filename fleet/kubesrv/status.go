@@ -1,9 +1,10 @@
 package kubesrv
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
+
+	"remoteler.dev/edge/proto/kubestatus"
 )
 
 // WriteStatus answers a refusal of r (whose URL is the cluster API path)
@@ -20,30 +21,5 @@ func WriteStatus(w http.ResponseWriter, r *http.Request, code int, msg string) {
 		io.WriteString(w, msg+"\n")
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]any{
-		"kind": "Status", "apiVersion": "v1", "metadata": map[string]any{},
-		"status": "Failure", "message": msg, "reason": statusReason(code), "code": code,
-	})
-}
-
-// statusReason is the Kubernetes StatusReason for an HTTP status.
-func statusReason(code int) string {
-	switch code {
-	case http.StatusUnauthorized:
-		return "Unauthorized"
-	case http.StatusForbidden:
-		return "Forbidden"
-	case http.StatusNotFound:
-		return "NotFound"
-	case http.StatusBadRequest:
-		return "BadRequest"
-	case http.StatusServiceUnavailable:
-		return "ServiceUnavailable"
-	case http.StatusGatewayTimeout:
-		return "Timeout"
-	default:
-		return "InternalError"
-	}
+	kubestatus.Write(w, code, msg)
 }
