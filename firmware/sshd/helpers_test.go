@@ -20,10 +20,21 @@ import (
 	"remoteler.dev/edge/proto"
 )
 
-// sftpHelperArg makes the test binary act as an sftp helper (see TestMain).
-const sftpHelperArg = "sshd-test-sftp-helper"
+// sftpHelperArg and dialHelperArg make the test binary act as an sftp
+// helper or a dial helper (see TestMain).
+const (
+	sftpHelperArg = "sshd-test-sftp-helper"
+	dialHelperArg = "sshd-test-dial-helper"
+)
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == dialHelperArg {
+		if err := ServeDialHelper(os.Args[2:]); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == sftpHelperArg {
 		if err := ServeSFTPStdio(); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")

@@ -43,6 +43,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"time"
 
@@ -181,7 +182,10 @@ type grantKey struct{}
 func poolHost(g *Grant) string {
 	h := sha256.New()
 	id := g.Identity
-	for _, s := range append([]string{g.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ",")}, id.KubeGroups...) {
+	// The expiry too: the agent ends a stream at the expiry its header
+	// gives, so a new login's requests must not ride an old login's.
+	expires := strconv.FormatInt(id.Expires, 10)
+	for _, s := range append([]string{g.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ","), expires, strconv.FormatBool(id.RecordInput)}, id.KubeGroups...) {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]) + ".kube.invalid"
