@@ -76,8 +76,8 @@ type Config struct {
 	// ahead, the drop counted, reported to the fleet and marked in the
 	// audit trail; AuditRefuse refuses it.
 	AuditWhenFull string `json:"audit_when_full"`
-	// NoRecording turns session recording off; by default interactive
-	// SSH sessions are recorded and uploaded to the fleet.
+	// NoRecording turns session recording off; by default every SSH
+	// shell and command is recorded and uploaded to the fleet.
 	NoRecording bool `json:"no_recording"`
 	// RecordingsMaxBytes caps the recordings waiting on the device for
 	// upload (DATA_DIR/recordings); default 256 MiB.
@@ -361,12 +361,6 @@ func (a *Agent) services() []string {
 }
 
 func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
-	// The fleet may end the session (proto.SessionEnd): sshd tells the
-	// user why, other services just close.
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	a.live.add(h.SessionID, cancel)
-	defer a.live.remove(h.SessionID)
 	if h.Service != proto.ServiceSSH {
 		if h.Identity.Expires > 0 {
 			// The stream ends with the user's certificate, as the device's

@@ -300,9 +300,14 @@ func (a *Agent) sessionStart(ctx context.Context, h *proto.StreamHeader) error {
 		Fields: map[string]string{"service": h.Service, "roles": fmt.Sprint(h.Identity.Roles)}})
 }
 
-// sessionEnd records a brokered session's end.
+// sessionEnd records a brokered session's end, and why when the fleet
+// ended it.
 func (a *Agent) sessionEnd(ctx context.Context, h *proto.StreamHeader, began time.Time) {
 	f := map[string]string{"service": h.Service, "duration": a.clock.Now().Sub(began).Round(time.Millisecond).String()}
+	var end *sshd.Ended
+	if errors.As(context.Cause(ctx), &end) {
+		f["reason"] = end.Message
+	}
 	a.emit(ctx, &proto.AuditEvent{Type: proto.EventSessionEnd, Fields: f})
 }
 
@@ -352,6 +357,12 @@ func (a *Agent) handleAudited(ctx context.Context, h *proto.StreamHeader, conn n
 		conn.Close()
 		return
 	}
+	// The fleet may end the session (proto.SessionEnd): sshd tells the
+	// user why, other services just close.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a.live.add(h.SessionID, cancel)
+	defer a.live.remove(h.SessionID)
 	began := a.clock.Now()
 	a.handle(ctx, h, conn)
 	a.sessionEnd(ctx, h, began)
