@@ -65,6 +65,9 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 			cfg := openSSHConfig(t, u)
 			ssh := start(t, "ssh "+tt.user, nil, "ssh", "-F", cfg, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo started; exec sleep 600")
 			ssh.waitLine(regexp.MustCompile(`^started$`), 60*time.Second)
+			// And one with tsh's own client.
+			tshSSH := start(t, "tsh ssh "+tt.user, u.env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
+			tshSSH.waitLine(regexp.MustCompile(`^started$`), 60*time.Second)
 			var acted time.Time
 			if tt.act != nil {
 				acted = time.Now()
@@ -85,6 +88,16 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 			}
 			if ssh.cmd.ProcessState.ExitCode() == 0 {
 				t.Errorf("ssh exited 0 after its session was cut")
+			}
+			select {
+			case <-tshSSH.done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("tsh ssh outlived the end of its access:\n%s", tshSSH.Output())
+			}
+			// tsh asks the fleet why, with the session's token: the
+			// certificate may be what expired.
+			if got := tshSSH.Output(); !strings.Contains(got, "tsh: the session to pi-1 ended: "+tt.want) {
+				t.Errorf("tsh ssh printed %q, want the fleet's reason %q", got, tt.want)
 			}
 			// No new session either.
 			if out, errOut, err := run("", nil, "ssh", "-F", cfg, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo", "again"); err == nil {
