@@ -183,8 +183,7 @@ func TestRolesTurnOffForwardingAndFileCopy(t *testing.T) {
 		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 		return string(out), err
 	}
-	var sshArgs func(args ...string) []string
-	sshArgs = func(args ...string) []string {
+	sshArgs := func(args ...string) []string {
 		return append(append(append([]string{}, o.opts...), "-p", o.port), args...)
 	}
 	t.Run("ssh -L", func(t *testing.T) {

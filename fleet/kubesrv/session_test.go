@@ -86,11 +86,10 @@ func clientFrame(op byte, payload []byte) []byte {
 // wsClient is a remote command client on an upgraded connection: it
 // collects what arrives on each channel.
 type wsClient struct {
-	conn   net.Conn
-	mu     sync.Mutex // guards got and closed
-	got    map[int][]byte
-	closed bool
-	done   chan struct{} // closed when the connection ends
+	conn net.Conn
+	mu   sync.Mutex // guards got
+	got  map[int][]byte
+	done chan struct{} // closed when the connection ends
 }
 
 func dialExec(t *testing.T, addr, path string) *wsClient {
