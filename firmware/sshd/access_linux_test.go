@@ -23,32 +23,6 @@ import (
 	"remoteler.dev/edge/proto"
 )
 
-// serveCtx serves the connections of one listener with ServeConn under
-// ctx and the identity id, until cleanup.
-func (f *fixture) serveCtx(ctx context.Context, id proto.Identity) string {
-	f.t.Helper()
-	srv := New(f.cfg)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	f.t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { srv.ServeConn(ctx, conn, id) })
-		}
-	})
-	return ln.Addr().String()
-}
-
 // lockedBuffer is a bytes.Buffer for one writer and one reader.
 type lockedBuffer struct {
 	mu sync.Mutex // guards b
@@ -177,12 +151,6 @@ func TestRolesTurnOffForwardingAndFileCopy(t *testing.T) {
 	f.cfg.Audit = al.audit
 	addr := f.serve(id)
 	o := newOpenSSH(t, f, addr, f.login)
-	run := func(name string, args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-		return string(out), err
-	}
 	sshArgs := func(args ...string) []string {
 		return append(append(append([]string{}, o.opts...), "-p", o.port), args...)
 	}
@@ -256,6 +224,15 @@ func TestRolesTurnOffForwardingAndFileCopy(t *testing.T) {
 	if denied < 4 {
 		t.Errorf("%d denials audited, want one per refused forward and copy", denied)
 	}
+}
+
+// run runs an OpenSSH tool to completion and returns what it printed,
+// both streams.
+func run(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
 }
 
 // freePort returns a TCP port free on loopback.
@@ -364,12 +341,6 @@ func TestNologinAccount(t *testing.T) {
 	f.cfg.SFTPCommand = []string{os.Args[0], sftpHelperArg}
 	addr := f.serve(identity("nobody"))
 	o := newOpenSSH(t, f, addr, "nobody")
-	run := func(name string, args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-		return string(out), err
-	}
 	const refusal = "This account is currently not available."
 	// sftp (and scp, which speaks sftp) read the refusal as a protocol
 	// message whose length is "This": OpenSSH's sshd gives the same.

@@ -200,15 +200,22 @@ func (f *fixture) userCert(login string) ssh.Signer {
 // cleanup.
 func (f *fixture) serve(id proto.Identity) string {
 	f.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f.t.Cleanup(cancel)
+	return f.serveCtx(ctx, id)
+}
+
+// serveCtx is serve with connections served under ctx, which the test may
+// cancel (with a cause) itself.
+func (f *fixture) serveCtx(ctx context.Context, id proto.Identity) string {
+	f.t.Helper()
 	srv := New(f.cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	f.t.Cleanup(func() {
-		cancel()
 		ln.Close()
 		wg.Wait()
 	})

@@ -21,14 +21,7 @@ spec:
     logins: [root]
     device_labels: {"*": ["*"]}
 `
-	denyRoot = `kind: role
-version: v1
-metadata: {name: %s}
-spec:
-  allow:
-    logins: [root]
-    device_labels: {"*": ["*"]}
-  deny:
+	denyRoot = opsRole + `  deny:
     logins: [root]
     device_labels: {"*": ["*"]}
 `
