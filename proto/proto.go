@@ -34,7 +34,11 @@
 // control stream to end a brokered session, with the message for the
 // user: access ended); the stream header identity's NoPortForwarding and
 // NoFileCopy (Identity keys 9 and 10; an older fleet sends neither, which
-// keeps its behaviour: allowed).
+// keeps its behaviour: allowed). An agent older than this revision reads
+// session-end as an unknown frame and reconnects (its other sessions
+// resume; the fleet closes the ended one itself), and refuses streams
+// whose header has keys 9 or 10 (users whose roles turn forwarding or
+// file copies off): update agents after the fleet.
 package proto
 
 import "fmt"
