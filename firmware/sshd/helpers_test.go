@@ -20,10 +20,21 @@ import (
 	"remoteler.dev/edge/proto"
 )
 
-// sftpHelperArg makes the test binary act as an sftp helper (see TestMain).
-const sftpHelperArg = "sshd-test-sftp-helper"
+// sftpHelperArg and dialHelperArg make the test binary act as an sftp
+// helper or a dial helper (see TestMain).
+const (
+	sftpHelperArg = "sshd-test-sftp-helper"
+	dialHelperArg = "sshd-test-dial-helper"
+)
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == dialHelperArg {
+		if err := ServeDialHelper(os.Args[2:]); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == sftpHelperArg {
 		if err := ServeSFTPStdio(); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
@@ -189,15 +200,22 @@ func (f *fixture) userCert(login string) ssh.Signer {
 // cleanup.
 func (f *fixture) serve(id proto.Identity) string {
 	f.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f.t.Cleanup(cancel)
+	return f.serveCtx(ctx, id)
+}
+
+// serveCtx is serve with connections served under ctx, which the test may
+// cancel (with a cause) itself.
+func (f *fixture) serveCtx(ctx context.Context, id proto.Identity) string {
+	f.t.Helper()
 	srv := New(f.cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	f.t.Cleanup(func() {
-		cancel()
 		ln.Close()
 		wg.Wait()
 	})

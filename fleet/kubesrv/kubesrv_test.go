@@ -111,6 +111,8 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h := r.Context().Value(hdrKey{}).(*proto.StreamHeader)
 			switch {
+			case r.Header.Get("Sec-WebSocket-Protocol") == "v5.channel.k8s.io":
+				fakeExec(w, r)
 			case r.Header.Get("Upgrade") != "":
 				conn, brw, err := http.NewResponseController(w).Hijack()
 				if err != nil {
@@ -121,6 +123,7 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 				brw.Flush()
 				io.Copy(conn, brw)
 			case r.URL.Query().Get("watch") == "true":
+				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(http.StatusOK)
 				fmt.Fprintln(w, `{"type":"ADDED"}`)
 				w.(http.Flusher).Flush()
@@ -161,15 +164,20 @@ type events struct {
 	mu    sync.Mutex
 	evs   []Event
 	added chan struct{} // gets a token per event, when made
+	fail  atomic.Bool   // the audit log cannot be written
 }
 
-func (e *events) add(ev Event) {
+func (e *events) add(ev Event) error {
+	if e.fail.Load() {
+		return errors.New("audit log: disk full")
+	}
 	e.mu.Lock()
 	e.evs = append(e.evs, ev)
 	e.mu.Unlock()
 	if e.added != nil {
 		e.added <- struct{}{}
 	}
+	return nil
 }
 
 func (e *events) all() []Event {
@@ -492,13 +500,16 @@ func TestWatchEndsWhenClientLeaves(t *testing.T) {
 		t.Fatalf("first event: %q, %v", l, err)
 	}
 	resp.Body.Close()
-	select {
-	case <-evs.added:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the watch did not end when its client left")
+	for range 2 {
+		select {
+		case <-evs.added:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the watch did not end when its client left: %+v", evs.all())
+		}
 	}
-	if ev := evs.all()[0]; ev.Request.Verb != "watch" {
-		t.Errorf("got %+v, want a watch event", ev)
+	all := evs.all()
+	if all[0].Type != EventSessionStart || all[1].Type != EventSessionEnd || all[1].Request.Verb != "watch" || all[1].Kind != "watch" {
+		t.Errorf("got %+v, want a watch session's start and end", all)
 	}
 }
 

@@ -125,7 +125,7 @@ func TestAuditSessionsAndRecordings(t *testing.T) {
 		var list []api.Recording
 		json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list)
 		for _, r := range list {
-			if r.Complete && r.Kind == "exec" && r.DeviceName == "pi-1" {
+			if r.Complete && r.Kind == "exec" && r.DeviceName == "pi-1" && r.Command == script {
 				rec = r
 				return true
 			}

@@ -344,7 +344,7 @@ func TestKube(t *testing.T) {
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=list", "namespace=team", "resource=configmaps", "code=200"},
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=delete", "namespace=team", "resource=configmaps", "name=c1", "code=200"},
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=list", "namespace=team", "resource=secrets", "code=403"},
-			{"event=kube.request", "user=alice", "device=pi-link", "verb=watch", "resource=configmaps"},
+			{"event=kube.session.start", "user=alice", "device=pi-link", "verb=watch", "resource=configmaps", "kind=watch"},
 			{"event=kube.request", "user=alice", "device=home", "verb=create", "resource=configmaps", "code=201"},
 			{"event=access.denied", "user=bob", "device=pi-1", "service=kube"},
 		} {

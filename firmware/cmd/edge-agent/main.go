@@ -42,6 +42,13 @@ func main() {
 			fmt.Fprintln(os.Stderr, "edge-agent sftp-server:", err)
 			os.Exit(1)
 		}
+	case "dial-helper":
+		// Internal: the SSH server runs this as the login's user to dial
+		// a port forward.
+		if err := sshd.ServeDialHelper(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "edge-agent dial-helper:", err)
+			os.Exit(1)
+		}
 	case "help", "-h", "--help":
 		usage()
 	default:
@@ -164,6 +171,7 @@ func start(args []string) int {
 	cfg.Notify = service.NewNotifier(log)
 	if exe, err := os.Executable(); err == nil {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
+		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
 	audit.apply(&cfg, set, fc)
 	if kp := kubeService(&cfg, pick("kubeconfig", *kubeconfig, fc.Kubeconfig), set["kubeconfig"] || fc.Kubeconfig != "", log); kp != nil {
