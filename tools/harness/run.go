@@ -41,13 +41,8 @@ const RunTimeout = 3 * time.Minute
 func RunErr(ctx context.Context, stdin string, c Cmd) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, RunTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
-	cmd.Env = append(os.Environ(), c.Env...)
-	cmd.Dir = c.Dir
-	cmd.Stdin = strings.NewReader(stdin)
-	cmd.SysProcAttr = childAttr()
-	cmd.Cancel = func() error { return signalGroup(cmd.Process, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
+	c.Stdin = strings.NewReader(stdin)
+	cmd := Command(ctx, c)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	start := time.Now()
@@ -101,4 +96,19 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(min(wait, time.Until(deadline)+time.Millisecond))
 		wait = min(wait*3/2, 500*time.Millisecond)
 	}
+}
+
+// Command returns an exec.Cmd for c, for a caller that needs the raw
+// pipes: like the harness's own children it has a process group of its own
+// that ctx's end kills (and Cancel kills at any time), and on Linux it dies
+// with this process. c.Name, LogDir and StopTimeout are not used.
+func Command(ctx context.Context, c Cmd) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
+	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Dir = c.Dir
+	cmd.Stdin = c.Stdin
+	cmd.SysProcAttr = childAttr()
+	cmd.Cancel = func() error { return signalGroup(cmd.Process, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
