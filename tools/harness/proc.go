@@ -37,6 +37,8 @@ type Cmd struct {
 	// StopTimeout is how long Stop waits after SIGTERM before SIGKILL;
 	// default 10s.
 	StopTimeout time.Duration
+	// Timeout bounds a command that RunErr runs; default RunTimeout.
+	Timeout time.Duration
 }
 
 // Line is one line of a process's output.

@@ -32,14 +32,17 @@ func Run(tb TB, stdin string, c Cmd) string {
 	return r.Stdout
 }
 
-// RunTimeout bounds a command that RunErr runs.
+// RunTimeout bounds a command that RunErr runs, unless its Cmd says.
 const RunTimeout = 3 * time.Minute
 
 // RunErr runs a command to completion with stdin, bounded by ctx and by
-// RunTimeout. When it fails, the error names the command and holds its
+// c.Timeout. When it fails, the error names the command and holds its
 // output; the Result holds the output too.
 func RunErr(ctx context.Context, stdin string, c Cmd) (Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, RunTimeout)
+	if c.Timeout <= 0 {
+		c.Timeout = RunTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	c.Stdin = strings.NewReader(stdin)
 	cmd := Command(ctx, c)

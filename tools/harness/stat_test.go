@@ -71,6 +71,9 @@ func TestReadOwnStat(t *testing.T) {
 func FuzzParseStatus(f *testing.F) {
 	f.Add([]byte("VmRSS:\t 12 kB\nVmHWM:\t 20 kB\nThreads:\t3\n"))
 	f.Add([]byte("VmRSS:"))
+	f.Add([]byte("VmHWM:\t 13264 kB\nVmRSS:\t 13000 kB\nRssAnon:\t 2740 kB\nRssFile:\t 10260 kB\n"))
+	f.Add([]byte("VmRSS:\t1 kB\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3"))
+	f.Add([]byte("VmRSS: kB\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st, err := parseStatus(b)
 		if err == nil && (st.RSS < 0 || st.Switches < 0) {
@@ -84,6 +87,8 @@ func FuzzParseStatus(f *testing.F) {
 func FuzzParseStat(f *testing.F) {
 	f.Add([]byte("1 (a) S 1 1 1 0 -1 0 0 0 0 0 1 2 3 4 20 0"))
 	f.Add([]byte(")"))
+	f.Add([]byte("42 (edge-agent) S 1 2 3 4 5 6 7 8 9 10 7 5 11 12 20 0 1 0 100 200 300\n"))
+	f.Add([]byte("42 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 7 5\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cpu, children, err := parseStat(b)
 		if err == nil && (cpu < 0 || children < 0) {
