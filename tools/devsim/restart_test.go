@@ -2,20 +2,14 @@ package devsim
 
 import (
 	"context"
-	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/tools/logtest"
 )
-
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // TestMeasureRestartTiny runs the restart measurement end to end on a tiny
 // fleet (a real fleetd built from this repository, ten simulated devices)
@@ -32,7 +26,7 @@ func TestMeasureRestartTiny(t *testing.T) {
 		Timeout:  45 * time.Second,
 		Liveness: time.Second, IdleTimeout: 3 * time.Second,
 		StartRate: 100,
-		Logger:    slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Logger:    logtest.Logger(t),
 	}, &out)
 	if err != nil {
 		t.Fatal(err)
@@ -51,5 +45,30 @@ func TestMeasureRestartTiny(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+}
+
+// TestMeasureRestartSimulatorFails: a simulator that cannot run says why
+// and the measurement ends, rather than waiting for it forever (its error
+// once went into a channel that the clean-up then waited on).
+func TestMeasureRestartSimulatorFails(t *testing.T) {
+	dir := t.TempDir()
+	// A file where the devices' directory goes.
+	if err := os.WriteFile(filepath.Join(dir, "devices"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out strings.Builder
+	_, err := MeasureRestart(ctx, RestartConfig{Dir: dir, Count: 3, Logger: logtest.Logger(t)}, &out)
+	if err == nil || !strings.Contains(err.Error(), "data dir") || ctx.Err() != nil {
+		t.Fatalf("MeasureRestart = %v (context: %v); want the simulator's data dir error at once", err, ctx.Err())
+	}
+}
+
+func TestFileLimitSaysWhatToDo(t *testing.T) {
+	err := raiseFileLimit(1 << 30) // above any kernel's nr_open
+	if err == nil || !strings.Contains(err.Error(), "--first") || !strings.Contains(err.Error(), "ulimit -Hn") {
+		t.Errorf("raiseFileLimit(1<<30) = %v; want an error saying how to raise the limit or split the run", err)
 	}
 }

@@ -67,6 +67,7 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Count, "count", 1, "number of simulated devices")
 	fs.StringVar(&cfg.DataDir, "data", "", "`DIR` keeping one identity file per device (required); a later run reuses them")
 	fs.StringVar(&cfg.Prefix, "prefix", "sim", "device names are PREFIX-00001, PREFIX-00002, ...")
+	fs.IntVar(&cfg.First, "first", 0, "number the devices from FIRST+1, to split a fleet of simulated devices over several processes")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "NAT keep-alive period of every device (default 25s, the agent's; negative turns it off)")
 	fs.DurationVar(&cfg.Liveness, "liveness", 0, "heartbeat period of every device on an idle link (default 2m, the agent's)")
 	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first (negative: all at once)")
