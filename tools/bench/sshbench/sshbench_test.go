@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // TestRunTiny runs the whole benchmark with a 1 MB payload and one sample
@@ -24,7 +26,7 @@ func TestRunTiny(t *testing.T) {
 	}
 	cfg := config{Size: 1_000_000, Runs: 1, RTTRuns: 1, Timeout: 2 * time.Minute}
 	var out bytes.Buffer
-	if err := run(context.Background(), cfg, &out, tWriter{t}); err != nil {
+	if err := run(context.Background(), cfg, &out, logtest.Writer(t)); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("report:\n%s", out.String())
@@ -42,15 +44,6 @@ func TestRunTiny(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-}
-
-// tWriter logs progress lines to the test.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func TestParseFlags(t *testing.T) {
