@@ -41,6 +41,13 @@ type RestartConfig struct {
 	StartRate float64
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
+	// Procs splits the devices over this many devsim processes, for a
+	// fleet larger than one process's open-file limit allows (a device
+	// holds a descriptor); default 1: the devices run in this process.
+	Procs int
+	// Exe is the devsim program the processes run; default this program,
+	// which must then be devsim.
+	Exe string
 }
 
 // Bucket is the histogram width of the restart report.
@@ -121,6 +128,16 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.StartRate == 0 {
+		cfg.StartRate = 200
+	}
+	if cfg.Procs > 1 && cfg.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("devsim: find this program to split the devices over processes: %w", err)
+		}
+		cfg.Exe = exe
+	}
 	dir := cfg.Dir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "devsim-restart-")
@@ -167,34 +184,9 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
 
-	sim, err := New(Config{
-		Fleet: fd.Addr, Token: token, Count: cfg.Count, DataDir: filepath.Join(dir, "devices"),
-		Keepalive: cfg.Keepalive, Liveness: cfg.Liveness, IdleTimeout: cfg.IdleTimeout,
-		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
-		StartRate: cfg.StartRate,
-		Logger:    log,
-	})
+	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, fd.Addr, token, filepath.Join(dir, "devices"))
 	if err != nil {
 		return nil, err
-	}
-	// simDone is closed when the simulator has stopped, simErr is then
-	// its error: every wait below may read it, and the clean-up too.
-	simCtx, stopSim := context.WithCancel(ctx)
-	var simErr error
-	simDone := make(chan struct{})
-	go func() {
-		defer close(simDone)
-		simErr = sim.Run(simCtx)
-	}()
-	tb.Cleanup(func() {
-		stopSim()
-		<-simDone
-	})
-	simStopped := func() error {
-		if simErr == nil {
-			return errors.New("devsim: the simulator stopped")
-		}
-		return fmt.Errorf("devsim: the simulator stopped: %w", simErr)
 	}
 
 	r := &RestartReport{Count: cfg.Count, Settle: cfg.Settle}
@@ -213,7 +205,7 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 	if err != nil {
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
-	simBefore, _ := harness.ReadStat(os.Getpid())
+	_, simCPU0 := simStat()
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -223,9 +215,9 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
 	r.IdleCPU = r.Idle.CPU - before.CPU
-	if own, err := harness.ReadStat(os.Getpid()); err == nil {
-		r.SimRSS, r.SimIdleCPU = own.RSS, own.CPU-simBefore.CPU
-	}
+	var simCPU1 time.Duration
+	r.SimRSS, simCPU1 = simStat()
+	r.SimIdleCPU = simCPU1 - simCPU0
 	if online, err := onlineCount(fd); err != nil || online != cfg.Count {
 		log.Warn("fleetd's device list disagrees", "online", online, "want", cfg.Count, "err", err)
 	}
@@ -268,6 +260,54 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 	return r, nil
 }
 
+// startSim starts the simulated devices: in this process, or split over
+// cfg.Procs devsim processes. simDone is closed when the simulator (or one
+// of its processes) has stopped, and stopped then says why; stat reads the
+// simulator's RSS and CPU time.
+func startSim(tb harness.TB, cfg RestartConfig, addr, token, dataDir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
+	if cfg.Procs > 1 {
+		sp, err := startSimProcs(tb, cfg, addr, token, dataDir)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		return sp, sp.done, sp.err, sp.stat, nil
+	}
+	s, err := New(Config{
+		Fleet: addr, Token: token, Count: cfg.Count, DataDir: dataDir,
+		Keepalive: cfg.Keepalive, Liveness: cfg.Liveness, IdleTimeout: cfg.IdleTimeout,
+		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
+		StartRate: cfg.StartRate,
+		Logger:    cfg.Logger,
+	})
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	// done is closed when the simulator has stopped, simErr is then its
+	// error: every wait may read it, and the clean-up too.
+	ctx, stop := context.WithCancel(tb.Context())
+	var simErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		simErr = s.Run(ctx)
+	}()
+	tb.Cleanup(func() {
+		stop()
+		<-done
+	})
+	stopped = func() error {
+		if simErr == nil {
+			return errors.New("devsim: the simulator stopped")
+		}
+		return fmt.Errorf("devsim: the simulator stopped: %w", simErr)
+	}
+	stat = func() (int64, time.Duration) {
+		own, _ := harness.ReadStat(os.Getpid())
+		return own.RSS, own.CPU
+	}
+	return s, done, stopped, stat, nil
+}
+
 // logWriter logs what the harness writes (the last lines of a process
 // that failed) as warnings.
 type logWriter struct{ log *slog.Logger }
@@ -282,7 +322,7 @@ var errSimStopped = errors.New("devsim: the simulator stopped")
 
 // waitAllUp waits until every device is up; it returns errSimStopped when
 // the simulator stops first (simDone is closed).
-func waitAllUp(ctx context.Context, sim *Sim, simDone <-chan struct{}, timeout time.Duration) error {
+func waitAllUp(ctx context.Context, sim fleetSim, simDone <-chan struct{}, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	errc := make(chan error, 1)

@@ -61,6 +61,10 @@ type Config struct {
 	TunnelLogger *slog.Logger
 	// Now is the clock that times events; nil means time.Now.
 	Now func() time.Time
+	// OnEvent, when set, is called with every event as it is recorded,
+	// with the simulator's lock held: it must not block for long. Its
+	// Device counts from First.
+	OnEvent func(Event)
 }
 
 func (c *Config) setDefaults() {
@@ -219,7 +223,12 @@ func (s *Sim) WaitUp(ctx context.Context, n int) error {
 func (s *Sim) record(d *device, k Kind) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.events = append(s.events, Event{Device: d.index, Kind: k, At: s.cfg.Now()})
+	e := Event{Device: d.index, Kind: k, At: s.cfg.Now()}
+	s.events = append(s.events, e)
+	if s.cfg.OnEvent != nil {
+		e.Device += s.cfg.First
+		s.cfg.OnEvent(e)
+	}
 	if k != Dial {
 		close(s.changed)
 		s.changed = make(chan struct{})
