@@ -71,6 +71,14 @@ func (ca *CA) Client(t testing.TB, cn string) tls.Certificate {
 	})
 }
 
+// Issue issues a certificate for a new key from tmpl, which gives its
+// subject, names and extended key usages; the serial number, validity and
+// key usage are filled in. Its Leaf is set.
+func (ca *CA) Issue(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
+	t.Helper()
+	return ca.issue(t, tmpl)
+}
+
 func (ca *CA) issue(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
 	t.Helper()
 	key := newKey(t)
