@@ -30,8 +30,8 @@ type Cmd struct {
 	Dir string
 	// Stdin is its standard input; nil is empty.
 	Stdin io.Reader
-	// LogDir, when set, also gets the output, each line timed, in
-	// LogDir/NAME.log; a failure then logs only the last lines and the
+	// LogDir, when set, also gets the output, each line timed, appended
+	// to LogDir/NAME.log; a failure then logs only the last lines and the
 	// file's path rather than everything.
 	LogDir string
 	// StopTimeout is how long Stop waits after SIGTERM before SIGKILL;
@@ -114,7 +114,9 @@ func StartErr(tb TB, c Cmd) (*Proc, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW
 	if c.LogDir != "" {
 		p.logPath = filepath.Join(c.LogDir, strings.NewReplacer(" ", "_", "/", "_").Replace(c.Name)+".log")
-		if p.log, err = os.Create(p.logPath); err != nil {
+		// Appended: a restarted process (fleetd) keeps its predecessor's
+		// lines in front of its own.
+		if p.log, err = os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err != nil {
 			outR.Close()
 			outW.Close()
 			errR.Close()

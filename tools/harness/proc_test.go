@@ -182,16 +182,21 @@ func TestEventually(t *testing.T) {
 	}
 }
 
+// The log file gets every line, and a second process of the same name (a
+// restart) adds to it.
 func TestLogDir(t *testing.T) {
-	c := sh(`echo logged`)
-	c.Name, c.LogDir = "with space", t.TempDir()
-	p := Start(t, c)
-	p.WaitLine(regexp.MustCompile(`^logged$`), 30*time.Second)
-	p.Stop()
+	dir := t.TempDir()
+	for _, word := range []string{"first", "second"} {
+		c := sh(`echo ` + word)
+		c.Name, c.LogDir = "with space", dir
+		p := Start(t, c)
+		p.WaitLine(regexp.MustCompile(`^`+word+`$`), 30*time.Second)
+		p.Stop()
+	}
 	if !Eventually(10*time.Second, func() bool {
-		b, _ := os.ReadFile(filepath.Join(c.LogDir, "with_space.log"))
-		return strings.Contains(string(b), " logged\n")
+		b, _ := os.ReadFile(filepath.Join(dir, "with_space.log"))
+		return strings.Contains(string(b), " first\n") && strings.Contains(string(b), " second\n")
 	}) {
-		t.Error("the log file lacks the line")
+		t.Error("the log file lacks a line")
 	}
 }
