@@ -15,7 +15,7 @@ import (
 // Without qemu-aarch64-static or xz the report says n/a for them, which is
 // also checked.
 func TestRunQuick(t *testing.T) {
-	cfg, err := parseFlags([]string{"-targets", "linux-arm64", "-idle", "2s", "-settle", "0s", "-restarts", "1", "-timeout", "2m"}, logtest.Writer(t))
+	cfg, err := parseFlags([]string{"-targets", "linux-arm64", "-idle", "2s", "-settle", "0s", "-restarts", "1", "-timeout", "15m"}, logtest.Writer(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -187,12 +187,13 @@ func (a *agent) label() string {
 }
 
 // timeout is how long the agent may take to come up: emulation makes
-// start-up (crypto above all) 5 to 20 times slower.
+// start-up (crypto above all) 5 to 20 times slower, and a busy machine
+// slower still. The waits end as soon as the tunnel is up.
 func (a *agent) timeout() time.Duration {
 	if a.emulated {
-		return 2 * time.Minute
+		return 5 * time.Minute
 	}
-	return 30 * time.Second
+	return 2 * time.Minute
 }
 
 // upAfter returns the time from the exec of the agent's current process
