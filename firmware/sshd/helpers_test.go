@@ -1,16 +1,12 @@
 package sshd
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"log/slog"
 	"net"
 	"os"
 	"os/user"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +14,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 // sftpHelperArg and dialHelperArg make the test binary act as an sftp
@@ -43,20 +41,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-// newSigner returns a fresh ed25519 signer.
-func newSigner(t testing.TB) ssh.Signer {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // allPermits are the extensions ssh-keygen puts in user certificates.
@@ -115,33 +99,12 @@ func sign(t testing.TB, ca ssh.Signer, key ssh.PublicKey, spec certSpec) *ssh.Ce
 // signer that presents it.
 func certSigner(t testing.TB, ca ssh.Signer, spec certSpec) ssh.Signer {
 	t.Helper()
-	key := newSigner(t)
+	key := pkitest.SSHSigner(t)
 	s, err := ssh.NewCertSigner(sign(t, ca, key.PublicKey(), spec), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// testLog is a slog destination that logs to t and keeps what it got.
-type testLog struct {
-	t   testing.TB
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	l.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func (l *testLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // fixture is a fleet (user CA and host CA) and a device (host certificate
@@ -151,7 +114,7 @@ type fixture struct {
 	userCA   ssh.Signer
 	hostCA   ssh.Signer
 	hostCert ssh.Signer
-	log      *testLog
+	log      *logtest.Recorder
 	cfg      Config
 	login    string // the user the tests run as
 }
@@ -160,8 +123,8 @@ type fixture struct {
 // changed through f.cfg before f.serve.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{t: t, userCA: newSigner(t), hostCA: newSigner(t), log: &testLog{t: t}}
-	hostKey := newSigner(t)
+	f := &fixture{t: t, userCA: pkitest.SSHSigner(t), hostCA: pkitest.SSHSigner(t), log: logtest.NewRecorder(t)}
+	hostKey := pkitest.SSHSigner(t)
 	hc := sign(t, f.hostCA, hostKey.PublicKey(), certSpec{
 		keyID:      "device-1",
 		principals: []string{"127.0.0.1", "device-1"},
@@ -180,7 +143,7 @@ func newFixture(t *testing.T) *fixture {
 	f.cfg = Config{
 		HostSigner: func() ssh.Signer { return f.hostCert },
 		UserCAKeys: func() []ssh.PublicKey { return []ssh.PublicKey{f.userCA.PublicKey()} },
-		Logger:     slog.New(slog.NewTextHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:     f.log.Logger(),
 	}
 	return f
 }

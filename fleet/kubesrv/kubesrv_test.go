@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,18 +22,8 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // fakeDevice answers kube streams with an HTTP server standing in for the
 // agent and its cluster: it echoes what it received.
@@ -193,7 +182,7 @@ func grantFor(user string, groups ...string) Grant {
 func TestServeDevice(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(r *http.Request) Grant {
 		return grantFor(r.Header.Get("X-Test-User"), "developers")
@@ -260,7 +249,7 @@ func TestServeDevice(t *testing.T) {
 func TestServeErrors(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	status := func(path string) (int, string) {
@@ -292,7 +281,7 @@ func TestServeErrors(t *testing.T) {
 
 func TestWatchEndsWhenCertificateExpires(t *testing.T) {
 	dev := newFakeDevice(t)
-	s := New(Config{Tunnels: dev, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	expires := time.Now().Add(300 * time.Millisecond)
 	fe := frontend(t, s, func(*http.Request) Grant {
@@ -318,7 +307,7 @@ func TestWatchEndsWhenCertificateExpires(t *testing.T) {
 func TestUpgradeIsAuditedAsSession(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	conn, err := net.Dial("tcp", strings.TrimPrefix(fe.URL, "http://"))
@@ -377,7 +366,7 @@ func TestLocalCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Tunnels: newFakeDevice(t), Local: local, Logger: testLogger(t)})
+	s := New(Config{Tunnels: newFakeDevice(t), Local: local, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant {
 		return Grant{Cluster: "home", Identity: proto.Identity{User: "alice", KubeUser: "alice", KubeGroups: []string{"a", "b"}}}
@@ -488,7 +477,7 @@ func FuzzParseRequest(f *testing.F) {
 func TestWatchEndsWhenClientLeaves(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods?watch=true")
@@ -516,7 +505,7 @@ func TestWatchEndsWhenClientLeaves(t *testing.T) {
 func TestOfflineDeviceFailsFast(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Online: func(string) bool { return false }, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Online: func(string) bool { return false }, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods")
