@@ -17,6 +17,7 @@ import (
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // fakeExec stands in for a kubelet's exec over WebSocket (v5.channel.k8s.io)
@@ -202,7 +203,7 @@ func (w memWriter) Close() error {
 func TestAuditFailsClosed(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	evs.fail.Store(true)
@@ -247,7 +248,7 @@ func TestAuditFailsClosed(t *testing.T) {
 func TestMutationIsRecordedBeforeAndAfter(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Post(fe.URL+"/v1/kube/pi-1/api/v1/namespaces/team/configmaps", "application/json", strings.NewReader("{}"))
@@ -267,7 +268,7 @@ func TestWatchEndedByTheRegistry(t *testing.T) {
 	reg := sessions.New(sessions.Config{})
 	t.Cleanup(reg.Close)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Sessions: reg, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Sessions: reg, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods?watch=true")
@@ -316,7 +317,7 @@ func TestExecRecordedAndEndedWithStatus(t *testing.T) {
 	t.Cleanup(reg.Close)
 	evs := events{added: make(chan struct{}, 8)}
 	recs := &memRecordings{}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Sessions: reg, Recordings: recs, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Sessions: reg, Recordings: recs, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant {
 		g := grantFor("alice", "developers")

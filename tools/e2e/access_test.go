@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // opsRole gives login root on every device; denyRoot is the same role
@@ -35,7 +36,7 @@ spec:
 // then; and that the audit trail records why.
 func TestSessionsEndWhenAccessEnds(t *testing.T) {
 	f := startFleet(t)
-	f.startAgent("pi-1", "site=north")
+	f.StartAgent("pi-1", "site=north")
 	tests := []struct {
 		name  string
 		user  string
@@ -44,23 +45,23 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 		want  string // in what the user sees
 	}{
 		{"certificate expiry", "expiring", []string{"--ttl=20s"}, nil, "your fleet certificate expired"},
-		{"user removed", "removed", nil, func(t *testing.T) { f.ctl("", "users", "rm", "removed") }, `the fleet user "removed" was removed`},
-		{"role changed", "moved", nil, func(t *testing.T) { f.ctl(fmt.Sprintf(denyRoot, "ops-moved"), "create", "-f", "-") },
+		{"user removed", "removed", nil, func(t *testing.T) { f.Ctl("", "users", "rm", "removed") }, `the fleet user "removed" was removed`},
+		{"role changed", "moved", nil, func(t *testing.T) { f.Ctl(fmt.Sprintf(denyRoot, "ops-moved"), "create", "-f", "-") },
 			`access changed: role "ops-moved" denies login "root" on device "pi-1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			role := "ops-" + tt.user
-			f.ctl(fmt.Sprintf(opsRole, role), "create", "-f", "-")
-			pw := f.addUser(tt.user, role, "")
+			f.Ctl(fmt.Sprintf(opsRole, role), "create", "-f", "-")
+			pw := f.AddUser(tt.user, role, "")
 			beforeLogin := time.Now() // the certificate starts after this
-			u := f.login(tt.user, pw, tt.login...)
+			u := f.Login(tt.user, pw, tt.login...)
 			cfg := openSSHConfig(t, u)
 			ssh := start(t, "ssh "+tt.user, nil, "ssh", "-F", cfg, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo started; exec sleep 600")
-			ssh.waitLine(regexp.MustCompile(`^started$`), 60*time.Second)
+			ssh.WaitLine(regexp.MustCompile(`^started$`), 60*time.Second)
 			// And one with tsh's own client.
-			tshSSH := start(t, "tsh ssh "+tt.user, u.env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
-			tshSSH.waitLine(regexp.MustCompile(`^started$`), 60*time.Second)
+			tshSSH := start(t, "tsh ssh "+tt.user, u.Env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
+			tshSSH.WaitLine(regexp.MustCompile(`^started$`), 60*time.Second)
 			var acted time.Time
 			if tt.act != nil {
 				acted = time.Now()
@@ -71,7 +72,7 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 				acted = beforeLogin.Add(20 * time.Second)
 			}
 			select {
-			case <-ssh.done:
+			case <-ssh.Done():
 			case <-time.After(90 * time.Second):
 				t.Fatalf("the session outlived the end of its access:\n%s", ssh.Output())
 			}
@@ -79,11 +80,11 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 			if got := ssh.Output(); !strings.Contains(got, "remoteler: ") || !strings.Contains(got, tt.want) {
 				t.Errorf("the user saw %q, want the fleet's reason %q", got, tt.want)
 			}
-			if ssh.cmd.ProcessState.ExitCode() == 0 {
+			if ssh.Err() == nil {
 				t.Errorf("ssh exited 0 after its session was cut")
 			}
 			select {
-			case <-tshSSH.done:
+			case <-tshSSH.Done():
 			case <-time.After(30 * time.Second):
 				t.Fatalf("tsh ssh outlived the end of its access:\n%s", tshSSH.Output())
 			}
@@ -98,7 +99,7 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 			}
 			// Both the fleet's and the device's session.end say why.
 			ended := map[bool]bool{}
-			for _, e := range f.search("--type=session.end", "--user="+tt.user) {
+			for _, e := range search(t, f, "--type=session.end", "--user="+tt.user) {
 				if strings.Contains(e.Fields["reason"], tt.want) {
 					ended[e.Source == api.SourceFleet] = true
 				}
@@ -106,8 +107,8 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 			if !ended[true] {
 				t.Errorf("no session.end event of the fleet with the reason %q", tt.want)
 			}
-			if !eventually(30*time.Second, func() bool {
-				for _, e := range f.search("--type=session.end", "--user="+tt.user) {
+			if !harness.Eventually(30*time.Second, func() bool {
+				for _, e := range search(t, f, "--type=session.end", "--user="+tt.user) {
 					if e.Source != api.SourceFleet && strings.Contains(e.Fields["reason"], tt.want) {
 						return true
 					}
@@ -119,7 +120,7 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 		})
 	}
 	t.Run("the denial names the rule", func(t *testing.T) {
-		denied := f.search("--type=access.denied", "--user=moved")
+		denied := search(t, f, "--type=access.denied", "--user=moved")
 		found := false
 		for _, e := range denied {
 			if e.Fields["rule"] == "deny.logins" && e.Fields["role"] == "ops-moved" && e.Fields["login"] == "root" {

@@ -21,6 +21,7 @@ import (
 
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/asciicast"
+	"remoteler.dev/edge/tools/harness"
 	"remoteler.dev/edge/tools/kube/kubetest"
 )
 
@@ -136,14 +137,14 @@ const kubeExecRoleDenied = kubeExecRole + `  deny:
 func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
 	f := startFleet(t)
-	f.startKubeAgent("pi-exec", "k3s=yes", f.addr, kubeconfigFor(t, newExecServer(t)))
-	f.ctl(kubeExecRole, "create", "-f", "-")
-	alice := f.login("alice", f.addUser("alice", "kube-exec", ""))
+	startKubeAgent(f, "pi-exec", "k3s=yes", f.Addr, kubeconfigFor(t, newExecServer(t)))
+	f.Ctl(kubeExecRole, "create", "-f", "-")
+	alice := f.Login("alice", f.AddUser("alice", "kube-exec", ""))
 	kcfg := filepath.Join(t.TempDir(), "config")
-	alice.tshKube(t, kcfg, "kube", "login", "pi-exec")
+	tshKube(t, alice, kcfg, "kube", "login", "pi-exec")
 
-	cmd := exec.Command(filepath.Join(bin, "kubectl"), "-n", "team", "exec", "-it", "shell", "--", "sh")
-	cmd.Env = append(os.Environ(), alice.kubeEnv(kcfg)...)
+	cmd := exec.Command(bin.Path("kubectl"), "-n", "team", "exec", "-it", "shell", "--", "sh")
+	cmd.Env = append(os.Environ(), kubeEnv(alice, kcfg)...)
 	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
 	if err != nil {
 		t.Fatal(err)
@@ -157,16 +158,16 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	if !eventually(60*time.Second, func() bool { return strings.Contains(out.String(), "pod$ ") }) {
+	if !harness.Eventually(60*time.Second, func() bool { return strings.Contains(out.String(), "pod$ ") }) {
 		t.Fatalf("no prompt from the exec: %q", out.String())
 	}
 	io.WriteString(tty, "echo typed-in-the-pod\r")
-	if !eventually(30*time.Second, func() bool { return strings.Contains(out.String(), "typed-in-the-pod") }) {
+	if !harness.Eventually(30*time.Second, func() bool { return strings.Contains(out.String(), "typed-in-the-pod") }) {
 		t.Fatalf("no echo from the exec: %q", out.String())
 	}
 
 	acted := time.Now()
-	f.ctl(kubeExecRoleDenied, "create", "-f", "-")
+	f.Ctl(kubeExecRoleDenied, "create", "-f", "-")
 	select {
 	case err := <-exited:
 		t.Logf("kubectl exec ended %s after the role change: %v", time.Since(acted).Round(time.Millisecond), err)
@@ -183,15 +184,15 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 		t.Errorf("kubectl printed %q, want the fleet's reason %q", out.String(), why)
 	}
 	// A new request is refused with a Status saying why.
-	if _, errOut, err := alice.kubectl(kcfg, "", "-n", "team", "get", "pod", "shell"); err == nil || !strings.Contains(errOut, "denies Kubernetes access") {
+	if _, errOut, err := kubectlAs(alice, kcfg, "", "-n", "team", "get", "pod", "shell"); err == nil || !strings.Contains(errOut, "denies Kubernetes access") {
 		t.Errorf("kubectl get after the role change: %v %q, want the fleet's refusal", err, errOut)
 	}
 
 	t.Run("recorded and played back", func(t *testing.T) {
 		var rec api.Recording
-		if !eventually(30*time.Second, func() bool {
+		if !harness.Eventually(30*time.Second, func() bool {
 			var list []api.Recording
-			json.Unmarshal([]byte(alice.tsh("recordings", "ls", "--format=json")), &list)
+			json.Unmarshal([]byte(alice.Tsh("recordings", "ls", "--format=json")), &list)
 			for _, r := range list {
 				if r.Complete && r.Kind == "kube.exec" {
 					rec = r
@@ -200,26 +201,26 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 			}
 			return false
 		}) {
-			t.Fatalf("no complete kube.exec recording: %s", alice.tsh("recordings", "ls"))
+			t.Fatalf("no complete kube.exec recording: %s", alice.Tsh("recordings", "ls"))
 		}
 		if rec.User != "alice" || rec.DeviceName != "pi-exec" || rec.Command != "sh" {
 			t.Errorf("recording %+v, want alice's sh on pi-exec", rec)
 		}
-		played := alice.tsh("play", "--speed=0", rec.ID)
+		played := alice.Tsh("play", "--speed=0", rec.ID)
 		if !strings.Contains(played, "pod$ ") || !strings.Contains(played, "typed-in-the-pod") {
 			t.Errorf("tsh play: %q, want the session's output", played)
 		}
-		sum, err := asciicast.ReadAll(strings.NewReader(alice.tsh("play", "--format=json", rec.ID)))
+		sum, err := asciicast.ReadAll(strings.NewReader(alice.Tsh("play", "--format=json", rec.ID)))
 		if err != nil || sum.Header.Version != 2 {
 			t.Fatalf("the recording is not asciicast v2: %v %+v", err, sum)
 		}
-		if cast := alice.tsh("play", "--format=json", rec.ID); !strings.Contains(cast, `"r", "100x30"`) {
+		if cast := alice.Tsh("play", "--format=json", rec.ID); !strings.Contains(cast, `"r", "100x30"`) {
 			t.Errorf("the recording lacks the terminal's size:\n%s", cast)
 		}
 	})
 
 	t.Run("audited", func(t *testing.T) {
-		evs := f.search("--user=alice", "--type=kube.*")
+		evs := search(t, f, "--user=alice", "--type=kube.*")
 		var get, start, end bool
 		for _, e := range evs {
 			switch {
@@ -234,7 +235,7 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 		if !get || !start || !end {
 			t.Errorf("kube events (get %v, session start %v, end %v): %+v", get, start, end, evs)
 		}
-		denied := f.search("--user=alice", "--type=access.denied")
+		denied := search(t, f, "--user=alice", "--type=access.denied")
 		found := false
 		for _, e := range denied {
 			if e.Fields["service"] == "kube" && e.Fields["rule"] == "deny.kubernetes_groups" && e.Fields["role"] == "kube-exec" {
@@ -244,7 +245,7 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 		if !found {
 			t.Errorf("access.denied %+v, want the kube refusal naming role kube-exec's rule", denied)
 		}
-		text := f.ctl("", "audit", "search", "--since=1h", "--type=kube.*")
+		text := f.Ctl("", "audit", "search", "--since=1h", "--type=kube.*")
 		if !strings.Contains(text, "kube.session.start") || !strings.Contains(text, "kube.request") {
 			t.Errorf("fleetctl audit search:\n%s", text)
 		}
