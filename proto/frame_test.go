@@ -13,6 +13,11 @@ func sampleMessages() []Message {
 	return []Message{
 		&Hello{ProtocolVersion: Version, Name: "pi-1", AgentVersion: "v0.1.0", OS: "linux", Arch: "arm64",
 			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH}},
+		&Hello{ProtocolVersion: Version, Name: "pi-2", Services: []string{ServiceSSH, ServiceApp}, Apps: []App{
+			{Name: "nodered", URI: "http://127.0.0.1:1880", Labels: map[string]string{"team": "ops"}},
+			{Name: "router", URI: "https://192.168.1.1", InsecureSkipVerify: true,
+				Rewrite: &AppRewrite{Redirect: []string{"router.lan"}, Headers: []AppHeader{{Name: "X-User", Value: "{{user}}"}}}},
+		}},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},

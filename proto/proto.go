@@ -39,6 +39,14 @@
 // resume; the fleet closes the ended one itself), and refuses streams
 // whose header has keys 9 or 10 (users whose roles turn forwarding or
 // file copies off): update agents after the fleet.
+//
+// Second revision of 2026-12-06: the hello's apps (Hello key 10: the web
+// apps the agent offers, each with its name, URI, labels, certificate
+// opt-out and rewrites) and service "app" streams, whose header's Target
+// names the app and which carry HTTP/1.1 to it. An agent that declares no
+// apps sends no key 10, so an older fleet reads its hello as before; an
+// older fleet refuses the hello of an agent that declares apps (an
+// unknown key): update the fleet before you declare apps on devices.
 package proto
 
 import "fmt"
