@@ -21,6 +21,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"remoteler.dev/edge/fleet/authz"
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
@@ -145,7 +146,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
-	kube = newKube(cfg, tunnels, audit, log, now, events, recs, live)
+	// One broker for every service: SSH, Kubernetes and apps.
+	brk := broker.New(broker.Config{
+		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live,
+		Local: func() (string, map[string]string, bool) {
+			if l := kube.Local(); l != nil {
+				return l.Name, l.Labels, true
+			}
+			return "", nil, false
+		},
+		Events: events.Append, Cluster: cfg.Cluster, AuditLog: audit, Logger: log, Now: now,
+	})
+	kube = newKube(cfg, brk, audit, log, now, recs)
 	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
@@ -167,6 +179,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Events:        events,
 		Recordings:    recs,
 		Sessions:      live,
+		Broker:        brk,
 		Now:           now,
 	}
 	apiSrv.Kube = kube

@@ -1,7 +1,6 @@
 package fleetd
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,20 +9,18 @@ import (
 	"slices"
 	"time"
 
-	"remoteler.dev/edge/fleet/audit"
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/recordings"
-	"remoteler.dev/edge/fleet/sessions"
-	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
 )
 
 // newKube builds the Kubernetes endpoint: devices' clusters down their
-// tunnels, and the cluster fleetd runs in when it runs in one. Its events
-// go to the audit trail (and the audit logger), its long-running requests
-// to the session registry, and its terminal sessions to the recordings.
-func newKube(cfg Config, tunnels *tunnelsrv.Server, audit, log *slog.Logger, now func() time.Time,
-	events *audit.Log, recs *recordings.Store, reg *sessions.Registry) *kubesrv.Server {
+// tunnels, and the cluster fleetd runs in when it runs in one. The broker
+// opens its streams, records its events (the audit trail and the audit
+// logger) and registers its long-running requests; its terminal sessions
+// go to the recordings.
+func newKube(cfg Config, brk *broker.Broker, audit, log *slog.Logger, now func() time.Time, recs *recordings.Store) *kubesrv.Server {
 	var local *kubesrv.Local
 	dir := cfg.KubeServiceAccountDir
 	if dir == "" {
@@ -46,24 +43,11 @@ func newKube(cfg Config, tunnels *tunnelsrv.Server, audit, log *slog.Logger, now
 		}
 	}
 	kcfg := kubesrv.Config{
-		Tunnels:  tunnels,
-		Offline:  tunnelsrv.ErrOffline,
-		Online:   tunnels.Online,
+		Broker:   brk,
 		Local:    local,
 		AuditLog: audit,
-		Sessions: reg,
 		Logger:   log.With("component", "kube"),
 		Now:      now,
-	}
-	if events != nil {
-		kcfg.Audit = func(ev kubesrv.Event) error {
-			kubesrv.LogEvent(audit, ev)
-			e := ev.AuditEvent()
-			e.Cluster = cfg.Cluster
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			return events.Append(ctx, e)
-		}
 	}
 	if recs != nil {
 		kcfg.Recordings = recordingSink{recs}

@@ -1,26 +1,14 @@
 package httpapi
 
 import (
-	"bufio"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"time"
 
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/devices"
-	"remoteler.dev/edge/fleet/rbac"
-	"remoteler.dev/edge/fleet/sessions"
-	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
@@ -67,211 +55,116 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 	writeJSON(w, http.StatusOK, out)
 }
 
-func newSessionID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// connect brokers one connection: it checks the user's roles, opens a
-// stream down the device's tunnel, registers the live session, answers
-// 101 and splices the two.
+// connect brokers one connection (fleet/broker): it checks the user's
+// roles, opens a stream down the device's tunnel, registers the live
+// session, answers 101 and splices the two.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	q := r.URL.Query()
-	name, login, service := q.Get("device"), q.Get("login"), q.Get("service")
+	service := q.Get("service")
 	if service == "" {
 		service = proto.ServiceSSH
 	}
-	sid := newSessionID()
-	log := s.audit().With("user", c.name(), "device", name, "login", login,
-		"service", service, "session", sid, "remote", r.RemoteAddr)
-	// deny refuses the request; fields say, for the audit, which rule
-	// refused when the user is not told.
-	deny := func(status int, code, msg string, fields map[string]string) {
-		log.Warn("access denied", "event", "access.denied", "reason", msg, "rule", fields["rule"], "role", fields["role"])
-		f := map[string]string{"device_name": name, "service": service, "action": "connect"}
-		for k, v := range fields {
-			f[k] = v
-		}
-		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(), Login: login,
-			Session: sid, Addr: r.RemoteAddr, Message: msg, Fields: f})
-		writeError(w, status, code, msg)
-	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), api.UpgradeProto) {
-		deny(http.StatusBadRequest, api.CodeBadRequest, "connect needs Upgrade: "+api.UpgradeProto, nil)
-		return
-	}
+	ask := broker.Ask{Service: service, Kind: "ssh", User: c.user, Checker: c.checker, Device: q.Get("device"), Login: q.Get("login"),
+		ClientAddr: r.RemoteAddr, Expires: c.id.Expires}
 	if c.checker == nil {
-		deny(http.StatusForbidden, api.CodeForbidden, "only users can connect to devices", nil)
+		ask.User.Name = c.name()
+	}
+	b := s.broker()
+	refuse := func(ref *broker.Refusal) {
+		status, code := refusalStatus(ref.Status)
+		writeError(w, status, code, ref.Msg)
+	}
+	deny := func(ref *broker.Refusal) {
+		b.Deny(r.Context(), ask, ref)
+		refuse(ref)
+	}
+	switch {
+	case !strings.EqualFold(r.Header.Get("Upgrade"), api.UpgradeProto):
+		deny(&broker.Refusal{Status: broker.StatusBadRequest, Msg: "connect needs Upgrade: " + api.UpgradeProto})
 		return
-	}
-	if service != proto.ServiceSSH {
-		deny(http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("unknown service %q", service), nil)
+	case c.checker == nil:
+		deny(&broker.Refusal{Status: broker.StatusForbidden, Msg: "only users can connect to devices"})
 		return
-	}
-	// The same answer for unknown and hidden devices.
-	notFound := fmt.Sprintf("no device %q that you can reach: see tsh ls", name)
-	dev, err := s.Devices.ByName(r.Context(), name)
-	if err != nil {
-		deny(http.StatusNotFound, api.CodeNotFound, notFound, map[string]string{"rule": "no such device"})
-		return
-	}
-	if err := c.checker.CheckDevice(dev.Name, dev.Labels, login); err != nil {
-		var fields map[string]string
-		var ad *rbac.AccessDenied
-		if errors.As(err, &ad) {
-			fields = ad.AuditFields()
-			if ad.Rule == rbac.RuleDenyLogins || ad.Rule == rbac.RuleAllowLogins {
-				fields["login"] = login
-			}
-		}
-		if !c.checker.CanSeeDevice(dev.Labels) {
-			deny(http.StatusNotFound, api.CodeNotFound, notFound, fields)
-			return
-		}
-		deny(http.StatusForbidden, api.CodeForbidden, err.Error(), fields)
-		return
-	}
-	ident := proto.Identity{
-		User: c.user.Name, Roles: c.user.Roles, Login: login, Cluster: s.Cluster,
-		RecordInput:      c.checker.RecordInput(),
-		Expires:          c.id.Expires.UnixMilli(),
-		NoPortForwarding: !c.checker.PortForwarding(),
-		NoFileCopy:       !c.checker.FileCopy(),
-	}
-	// An idle device whose NAT mapping changed answers at its next
-	// keep-alive (25 s by default): wait a little longer than that.
-	ctx, cancel := context.WithTimeout(r.Context(), 35*time.Second)
-	conn, err := s.Tunnels.Open(ctx, dev.ID, &proto.StreamHeader{
-		Service:    service,
-		SessionID:  sid,
-		Identity:   ident,
-		ClientAddr: r.RemoteAddr,
-	})
-	cancel()
-	if err != nil {
-		var pe *proto.Error
-		switch {
-		case errors.Is(err, tunnelsrv.ErrOffline):
-			deny(http.StatusServiceUnavailable, api.CodeDeviceOffline, fmt.Sprintf("device %q is offline (last seen %s)", dev.Name, dev.LastSeen.UTC().Format(time.RFC3339)), nil)
-		case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
-			deny(http.StatusForbidden, api.CodeForbidden, "the device refused: "+pe.Message, map[string]string{"rule": "device"})
-		default:
-			deny(http.StatusBadGateway, api.CodeDeviceOffline, fmt.Sprintf("device %q did not answer: %v", dev.Name, err), nil)
-		}
-		return
-	}
-	defer conn.Close()
-	sessionEvent := func(typ string, f map[string]string) *proto.AuditEvent {
-		f["service"], f["device_name"] = service, dev.Name
-		return &proto.AuditEvent{Type: typ, User: c.name(), Login: login, Session: sid, Device: dev.ID, Addr: r.RemoteAddr, Fields: f}
-	}
-	if s.record(r.Context(), sessionEvent(proto.EventSessionStart, map[string]string{})) != nil {
-		errAuditDown(w) // an unrecorded session is not brokered
+	case service != proto.ServiceSSH:
+		deny(&broker.Refusal{Status: broker.StatusBadRequest, Msg: fmt.Sprintf("unknown service %q", service)})
 		return
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
-		deny(http.StatusInternalServerError, api.CodeInternal, "connection cannot be upgraded (HTTP/2?): use HTTP/1.1", nil)
+		deny(&broker.Refusal{Status: broker.StatusInternal, Msg: "connection cannot be upgraded (HTTP/2?): use HTTP/1.1"})
+		return
+	}
+	g, err := b.Authorize(r.Context(), ask)
+	if err != nil {
+		refuse(err.(*broker.Refusal))
+		return
+	}
+	conn, err := b.Open(r.Context(), g, "")
+	if err != nil {
+		var ref *broker.Refusal
+		if errors.As(err, &ref) {
+			deny(ref)
+		}
+		return
+	}
+	defer conn.Close()
+	sess, err := b.Start(r.Context(), g, broker.StartOptions{})
+	if err != nil {
+		refuse(err.(*broker.Refusal))
 		return
 	}
 	// The session is live from here: the registry may end it (expiry,
 	// access removed) by telling the device, which tells the user and
-	// closes; the fleet closes both sides itself shortly after.
-	var clientConn atomic.Pointer[net.Conn]
-	live, err := s.sessions().Register(sessions.Session{
-		ID: sid, Service: service, Kind: "ssh", User: c.user.Name, Roles: c.user.Roles, Login: login,
-		DeviceID: dev.ID, DeviceName: dev.Name, ClientAddr: r.RemoteAddr, Expires: c.id.Expires, Started: s.now(),
-		PortForwarding: !ident.NoPortForwarding, FileCopy: !ident.NoFileCopy,
-	}, func(reason string) {
-		if err := s.Tunnels.Send(dev.ID, &proto.SessionEnd{SessionID: sid, Message: reason}); err != nil {
-			log.Info("could not tell the device to end the session; closing it", "err", err)
-		}
-		time.AfterFunc(s.endGrace(), func() {
-			conn.Close()
-			if cc := clientConn.Load(); cc != nil {
-				(*cc).Close()
-			}
-		})
-	})
-	if err != nil {
-		deny(http.StatusUnauthorized, api.CodeUnauthorized, err.Error(), nil)
-		return
-	}
+	// closes; the broker closes both sides itself shortly after.
+	sess.OnEnd(func() { conn.Close() })
 	reason := ""
-	defer func() { live.Done(reason) }()
+	var st broker.Stats
+	defer func() { sess.Done(r.Context(), reason, st) }()
 	client, brw, err := hj.Hijack()
 	if err != nil {
-		log.Error("hijack failed", "err", err)
+		s.log().Error("hijack failed", "err", err)
+		reason = "hijack failed"
 		return
 	}
 	defer client.Close()
-	clientConn.Store(&client)
+	sess.OnEnd(func() { client.Close() })
 	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n%s: %s\r\n\r\n",
-		api.UpgradeProto, api.HeaderSession, sid, api.HeaderSessionToken, live.Token())
+		api.UpgradeProto, api.HeaderSession, sess.ID(), api.HeaderSessionToken, sess.Token())
 	if err := brw.Flush(); err != nil {
 		return
 	}
-	if why := live.Ending(); why != "" {
+	if why := sess.Ending(); why != "" {
 		// Ended between the check and now (its certificate expired).
 		reason = why
 		return
 	}
-	start := s.now()
-	log.Info("session started", "event", "session.start")
-	up, down, devErr := splice(client, brw.Reader, conn)
+	var devErr error
+	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn)
 	if devErr != nil {
 		reason = devErr.Error()
 	}
-	if why := live.Ending(); why != "" {
-		reason = why
-	}
-	log.Info("session ended", "event", "session.end", "bytes_up", up, "bytes_down", down, "duration", s.now().Sub(start).Round(time.Millisecond).String(), "reason", reason)
-	f := map[string]string{
-		"bytes_up": strconv.FormatInt(up, 10), "bytes_down": strconv.FormatInt(down, 10),
-		"duration": s.now().Sub(start).Round(time.Millisecond).String()}
-	if reason != "" {
-		f["reason"] = reason
-	}
-	s.record(r.Context(), sessionEvent(proto.EventSessionEnd, f))
 }
 
-type closeWriter interface{ CloseWrite() error }
-
-// splice copies both ways until both directions end, passing half-closes
-// on. It returns the bytes sent to the device and back, and why the
-// device's side failed (nil when it ended normally). When the device's side
-// fails (the device did not come back within the hold time, say), the
-// user's connection is closed at once.
-func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down int64, devErr error) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		up, _ = io.Copy(dev, io.MultiReader(clientBuf, client))
-		if cw, ok := dev.(closeWriter); ok {
-			cw.CloseWrite()
-		} else {
-			dev.Close()
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		var err error
-		down, err = io.Copy(client, dev)
-		if err != nil {
-			devErr = err
-			client.Close()
-			return
-		}
-		if cw, ok := client.(closeWriter); ok {
-			cw.CloseWrite()
-		} else {
-			client.Close()
-		}
-	}()
-	wg.Wait()
-	return up, down, devErr
+// refusalStatus maps a broker refusal to the API's answer: its status
+// and code.
+func refusalStatus(st broker.Status) (int, string) {
+	switch st {
+	case broker.StatusBadRequest:
+		return http.StatusBadRequest, api.CodeBadRequest
+	case broker.StatusUnauthorized:
+		return http.StatusUnauthorized, api.CodeUnauthorized
+	case broker.StatusForbidden:
+		return http.StatusForbidden, api.CodeForbidden
+	case broker.StatusNotFound:
+		return http.StatusNotFound, api.CodeNotFound
+	case broker.StatusOffline:
+		return http.StatusServiceUnavailable, api.CodeDeviceOffline
+	case broker.StatusUnavailable:
+		return http.StatusServiceUnavailable, api.CodeInternal
+	case broker.StatusInternal:
+		return http.StatusInternalServerError, api.CodeInternal
+	}
+	return http.StatusBadGateway, api.CodeDeviceOffline
 }
 
 // sessionEnd answers GET /v1/sessions/ID: how a brokered session ended. The

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/audit"
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/kubesrv"
@@ -88,7 +89,12 @@ type Server struct {
 	// itself; default 500ms.
 	SessionEndGrace time.Duration
 
+	// Broker brokers sessions (fleet/broker). Nil: one of the Server's
+	// own, built from the fields above.
+	Broker *broker.Broker
+
 	ownSessions sync.Once
+	ownBroker   sync.Once
 }
 
 func (s *Server) sessions() *sessions.Registry {
@@ -100,11 +106,27 @@ func (s *Server) sessions() *sessions.Registry {
 	return s.Sessions
 }
 
-func (s *Server) endGrace() time.Duration {
-	if s.SessionEndGrace > 0 {
-		return s.SessionEndGrace
-	}
-	return 500 * time.Millisecond
+func (s *Server) broker() *broker.Broker {
+	s.ownBroker.Do(func() {
+		if s.Broker != nil {
+			return
+		}
+		var events func(context.Context, *proto.AuditEvent) error
+		if s.Events != nil {
+			events = s.Events.Append
+		}
+		var local func() (string, map[string]string, bool)
+		if s.Kube != nil && s.Kube.Local() != nil {
+			l := s.Kube.Local()
+			local = func() (string, map[string]string, bool) { return l.Name, l.Labels, true }
+		}
+		s.Broker = broker.New(broker.Config{
+			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Local: local,
+			Events: events, Cluster: s.Cluster, EndGrace: s.SessionEndGrace,
+			AuditLog: s.Audit, Logger: s.Logger, Now: s.Now,
+		})
+	})
+	return s.Broker
 }
 
 // changed tells the session registry that users or roles changed, so
