@@ -49,6 +49,9 @@ const (
 	EventAgentStop       = "agent.stop"
 	EventAgentConfig     = "agent.config"
 	EventUpdateApplied   = "update.applied"
+	// EventAppRequest is one HTTP request to a web app through the fleet:
+	// method, path, status and bytes in its fields.
+	EventAppRequest = "app.request"
 	// EventAuditDropped is the marker a source writes when it could not
 	// keep events (its queue was full, its disk was full): Fields["count"]
 	// says how many, Fields["reason"] why.

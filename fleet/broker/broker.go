@@ -19,9 +19,10 @@
 // registry (firmware/services), and a handler that calls Authorize, Open,
 // Start and Splice as the SSH handler does (fleet/httpapi/connect.go).
 //
-// Record is the fleet's audit recorder for brokered services: one call
-// writes the event to the hash-chained trail and a line on the audit
-// logger.
+// Every access decision and session is recorded with the fleet's audit
+// recorder (fleet/audit's Recorder: the hash-chained trail and a line on
+// the audit logger, in one call); Record passes an event of a service's
+// own to it.
 //
 // Only fleet/... server packages import broker.
 package broker
@@ -33,9 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -74,10 +73,9 @@ type Config struct {
 	// is no device: its name and labels, and whether there is one. Nil:
 	// none.
 	Local func() (name string, labels map[string]string, ok bool)
-	// Events appends an event to the audit trail (*audit.Log.Append); an
-	// error means it was not recorded. Nil records nothing but the log
-	// lines on AuditLog.
-	Events func(ctx context.Context, e *proto.AuditEvent) error
+	// Audit records events (*audit.Recorder); an error means the event
+	// was not recorded. Nil records nothing.
+	Audit Recorder
 	// Cluster names the fleet in audit events and stream headers.
 	Cluster string
 	// OpenTimeout bounds opening a stream, waiting for the device;
@@ -88,29 +86,28 @@ type Config struct {
 	// broker waits before it closes the session's both sides itself;
 	// default 500ms.
 	EndGrace time.Duration
-	// AuditLog receives a line per recorded event; Logger operational
-	// logs. Nil discards.
-	AuditLog *slog.Logger
-	Logger   *slog.Logger
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+}
+
+// Recorder records an audit event (*audit.Recorder).
+type Recorder interface {
+	Record(ctx context.Context, e *proto.AuditEvent) error
 }
 
 // Broker brokers sessions. Create it with New; its methods are safe for
 // concurrent use.
 type Broker struct {
-	cfg      Config
-	log      *slog.Logger
-	auditLog *slog.Logger
+	cfg Config
+	log *slog.Logger
 }
 
 // New returns a Broker for cfg.
 func New(cfg Config) *Broker {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.AuditLog == nil {
-		cfg.AuditLog = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -121,7 +118,7 @@ func New(cfg Config) *Broker {
 	if cfg.EndGrace <= 0 {
 		cfg.EndGrace = 500 * time.Millisecond
 	}
-	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker"), auditLog: cfg.AuditLog}
+	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
 }
 
 // Sessions returns the registry of live sessions.
@@ -362,66 +359,16 @@ func (b *Broker) Deny(ctx context.Context, ask Ask, ref *Refusal) {
 		Addr: ask.ClientAddr, Message: ref.Msg, Fields: f})
 }
 
-// Record writes one event to the audit trail and a line on the audit
-// logger. Callers that must not go ahead unrecorded check the error.
+// Record records one event with the fleet's audit recorder. Callers that
+// must not go ahead unrecorded check the error.
 func (b *Broker) Record(ctx context.Context, e *proto.AuditEvent) error {
-	if e.Outcome == "" {
-		e.Outcome = proto.OutcomeSuccess
-	}
 	if e.Cluster == "" {
 		e.Cluster = b.cfg.Cluster
 	}
-	b.auditLog.Log(ctx, level(e), message(e.Type), logAttrs(e)...)
-	if b.cfg.Events == nil {
+	if b.cfg.Audit == nil {
 		return nil
 	}
-	err := b.cfg.Events(context.WithoutCancel(ctx), e)
-	if err != nil {
-		b.log.Error("audit event not recorded", "type", e.Type, "err", err)
-	}
-	return err
-}
-
-// message is an event's log message.
-func message(typ string) string {
-	switch typ {
-	case proto.EventAccessDenied:
-		return "access denied"
-	case proto.EventSessionStart:
-		return "session started"
-	case proto.EventSessionEnd:
-		return "session ended"
-	}
-	return typ
-}
-
-func level(e *proto.AuditEvent) slog.Level {
-	if e.Outcome != proto.OutcomeSuccess {
-		return slog.LevelWarn
-	}
-	return slog.LevelInfo
-}
-
-// logAttrs are an event's attributes on its log line: who, where, as
-// whom, what, then the event's fields in order.
-func logAttrs(e *proto.AuditEvent) []any {
-	var attrs []any
-	device := e.Fields["device_name"]
-	if device == "" {
-		device = e.Device
-	}
-	for _, kv := range [][2]string{{"user", e.User}, {"device", device}, {"login", e.Login}, {"service", e.Fields["service"]},
-		{"session", e.Session}, {"remote", e.Addr}, {"event", e.Type}, {"outcome", e.Outcome}, {"reason", e.Message}} {
-		if kv[1] != "" {
-			attrs = append(attrs, kv[0], kv[1])
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(e.Fields)) {
-		if k != "device_name" && k != "service" {
-			attrs = append(attrs, k, e.Fields[k])
-		}
-	}
-	return attrs
+	return b.cfg.Audit.Record(ctx, e)
 }
 
 // Open opens the session's stream down its device's tunnel; target names

@@ -83,7 +83,7 @@ type trail struct {
 	fail bool
 }
 
-func (tr *trail) append(_ context.Context, e *proto.AuditEvent) error {
+func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if tr.fail {
@@ -142,8 +142,8 @@ func newFixture(t *testing.T) *fixture {
 	reg := sessions.New(sessions.Config{})
 	t.Cleanup(reg.Close)
 	f := &fixture{tun: &fakeTunnels{}, trail: &trail{}, reg: reg, pi1: pi1}
-	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Events: f.trail.append,
-		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t), AuditLog: logtest.Logger(t)})
+	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail,
+		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
 	return f
 }
 

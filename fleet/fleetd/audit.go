@@ -2,7 +2,6 @@ package fleetd
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"path/filepath"
 	"time"
@@ -53,19 +52,5 @@ func auditMessages(events *audit.Log, recs *recordings.Store, log *slog.Logger,
 			return next(ctx, deviceID, m)
 		}
 		return nil, proto.Errorf(proto.CodeBadRequest, "unexpected %s on the control stream", m.Kind())
-	}
-}
-
-// event records one of the fleet's own audit events about devices. A
-// failure is logged: the fleet does not refuse devices because its audit
-// log cannot be written.
-func (d *deviceHooks) event(ev *proto.AuditEvent) {
-	if d.events == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := d.events.Append(ctx, ev); err != nil {
-		d.log.Error("audit event not recorded", "type", ev.Type, "err", fmt.Sprint(err))
 	}
 }

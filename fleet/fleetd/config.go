@@ -61,6 +61,29 @@ type Config struct {
 	// AuditRetention is how long audit events are kept (e.g. "8760h");
 	// zero keeps them forever.
 	AuditRetention Duration `json:"audit_retention"`
+
+	// Web apps on devices (docs/apps.md).
+
+	// AppsDomain is the fleet's host for browsers; each app is one label
+	// below it, APP--DEVICE.DOMAIN, so one wildcard certificate
+	// (*.DOMAIN) covers them all. Default: the first DNS name in
+	// PublicAddrs, else "localhost".
+	AppsDomain string `json:"apps_domain"`
+	// PublicPort is the HTTPS port browsers reach the fleet on, for app
+	// addresses; default the Listen port (a load balancer on 443 in front
+	// of fleetd wants 443).
+	PublicPort int `json:"public_port"`
+	// AppURIHosts lists what app URIs on devices may name beyond loopback
+	// and private addresses and "localhost": host names, "*.SUFFIX",
+	// CIDR prefixes, or "*" for any. A device that declares an app
+	// elsewhere has it refused (and audited).
+	AppURIHosts []string `json:"app_uri_hosts"`
+	// AppUploadLimit caps a request body sent to an app, in bytes;
+	// default 1 GiB. Larger uploads get 413.
+	AppUploadLimit int64 `json:"app_upload_limit"`
+	// AppSessionTTL caps a browser's session with one app; default 8h
+	// (never longer than the fleet login it came from).
+	AppSessionTTL Duration `json:"app_session_ttl"`
 }
 
 // Duration is a time.Duration written as "8h" in YAML.

@@ -20,12 +20,15 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"remoteler.dev/edge/fleet/apps"
+	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
@@ -116,7 +119,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer events.Close()
+	// The one audit recorder: the trail and a line on the audit logger.
+	recorder := &fleetaudit.Recorder{Log: events, Cluster: cfg.Cluster, Logger: audit}
 	reg := &devices.Registry{Store: st, Now: now}
+	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
 	// The same ticket key across restarts: agents resume their TLS sessions
 	// (0-RTT, no certificate signatures) with the fleet's next incarnation.
@@ -129,9 +135,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Logger:            log,
 		Now:               now,
 	}
-	dh := &deviceHooks{auth: auth, reg: reg, cluster: cfg.Cluster, ttl: time.Duration(cfg.DeviceCertTTL), audit: audit, events: events, log: log, now: now,
-		keepalive: time.Duration(cfg.DeviceKeepalive), liveness: time.Duration(cfg.DeviceLiveness)}
-	dh.configure(&tcfg)
+	// The device lifecycle: join (through the HTTPS API), hello, renew,
+	// disconnect (through the tunnel server).
+	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster,
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
+	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	tunnels := tunnelsrv.New(tcfg)
 	us := &users.Service{Store: st, Now: now, Logger: log}
@@ -155,12 +164,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			}
 			return "", nil, false
 		},
-		Events: events.Append, Cluster: cfg.Cluster, AuditLog: audit, Logger: log, Now: now,
+		Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now,
 	})
-	kube = newKube(cfg, brk, audit, log, now, recs)
+	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
 
-	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -180,6 +188,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Recordings:    recs,
 		Sessions:      live,
 		Broker:        brk,
+		Lifecycle:     life,
 		Now:           now,
 	}
 	apiSrv.Kube = kube

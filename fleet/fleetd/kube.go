@@ -5,8 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"regexp"
-	"slices"
 	"time"
 
 	"remoteler.dev/edge/fleet/broker"
@@ -20,7 +18,7 @@ import (
 // opens its streams, records its events (the audit trail and the audit
 // logger) and registers its long-running requests; its terminal sessions
 // go to the recordings.
-func newKube(cfg Config, brk *broker.Broker, audit, log *slog.Logger, now func() time.Time, recs *recordings.Store) *kubesrv.Server {
+func newKube(cfg Config, brk *broker.Broker, log *slog.Logger, now func() time.Time, recs *recordings.Store) *kubesrv.Server {
 	var local *kubesrv.Local
 	dir := cfg.KubeServiceAccountDir
 	if dir == "" {
@@ -43,11 +41,10 @@ func newKube(cfg Config, brk *broker.Broker, audit, log *slog.Logger, now func()
 		}
 	}
 	kcfg := kubesrv.Config{
-		Broker:   brk,
-		Local:    local,
-		AuditLog: audit,
-		Logger:   log.With("component", "kube"),
-		Now:      now,
+		Broker: brk,
+		Local:  local,
+		Logger: log.With("component", "kube"),
+		Now:    now,
 	}
 	if recs != nil {
 		kcfg.Recordings = recordingSink{recs}
@@ -60,19 +57,4 @@ type recordingSink struct{ s *recordings.Store }
 
 func (r recordingSink) Create(deviceID, id string, meta proto.RecordingMeta) (io.WriteCloser, error) {
 	return r.s.Create(deviceID, id, meta)
-}
-
-var serviceRE = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
-
-// cleanServices keeps the well-formed service names of a hello, at most
-// 16, sorted.
-func cleanServices(in []string) []string {
-	var out []string
-	for _, s := range in {
-		if serviceRE.MatchString(s) && !slices.Contains(out, s) && len(out) < 16 {
-			out = append(out, s)
-		}
-	}
-	slices.Sort(out)
-	return out
 }

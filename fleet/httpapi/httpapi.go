@@ -30,6 +30,7 @@ import (
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/fleet/sessions"
@@ -92,9 +93,24 @@ type Server struct {
 	// Broker brokers sessions (fleet/broker). Nil: one of the Server's
 	// own, built from the fields above.
 	Broker *broker.Broker
+	// Lifecycle joins devices (fleet/lifecycle). Nil: one of the
+	// Server's own, built from the fields above.
+	Lifecycle *lifecycle.Lifecycle
 
-	ownSessions sync.Once
-	ownBroker   sync.Once
+	ownSessions  sync.Once
+	ownBroker    sync.Once
+	ownLifecycle sync.Once
+}
+
+func (s *Server) lifecycle() *lifecycle.Lifecycle {
+	s.ownLifecycle.Do(func() {
+		if s.Lifecycle == nil {
+			s.Lifecycle = lifecycle.New(lifecycle.Config{CA: s.CA, Devices: s.Devices, Tokens: s.Tokens, Cluster: s.Cluster,
+				CertTTL: s.DeviceCertTTL, Audit: &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
+				Logger: s.Logger, Now: s.Now})
+		}
+	})
+	return s.Lifecycle
 }
 
 func (s *Server) sessions() *sessions.Registry {
@@ -111,10 +127,6 @@ func (s *Server) broker() *broker.Broker {
 		if s.Broker != nil {
 			return
 		}
-		var events func(context.Context, *proto.AuditEvent) error
-		if s.Events != nil {
-			events = s.Events.Append
-		}
 		var local func() (string, map[string]string, bool)
 		if s.Kube != nil && s.Kube.Local() != nil {
 			l := s.Kube.Local()
@@ -122,8 +134,8 @@ func (s *Server) broker() *broker.Broker {
 		}
 		s.Broker = broker.New(broker.Config{
 			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Local: local,
-			Events: events, Cluster: s.Cluster, EndGrace: s.SessionEndGrace,
-			AuditLog: s.Audit, Logger: s.Logger, Now: s.Now,
+			Audit:   &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
+			Cluster: s.Cluster, EndGrace: s.SessionEndGrace, Logger: s.Logger, Now: s.Now,
 		})
 	})
 	return s.Broker
@@ -162,13 +174,6 @@ func (s *Server) userTTL() time.Duration {
 		return s.UserCertTTL
 	}
 	return 8 * time.Hour
-}
-
-func (s *Server) deviceTTL() time.Duration {
-	if s.DeviceCertTTL > 0 {
-		return s.DeviceCertTTL
-	}
-	return 7 * 24 * time.Hour
 }
 
 // Handler returns the API's HTTP handler.

@@ -70,8 +70,6 @@ type Config struct {
 	// and attach -it that speaks a WebSocket remote command protocol
 	// (asciicast v2, like SSH sessions).
 	Recordings RecordingSink
-	// AuditLog is where events go when Audit is nil; nil discards.
-	AuditLog *slog.Logger
 	// IdleTimeout closes pooled streams idle this long; default 90s.
 	IdleTimeout time.Duration
 	// Logger receives operational logs; nil discards them.
@@ -93,9 +91,6 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.AuditLog == nil {
-		cfg.AuditLog = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -222,7 +217,6 @@ func (s *Server) audit(ev Event) error {
 	record := s.cfg.Audit
 	if record == nil {
 		record = func(ev Event) error {
-			LogEvent(s.cfg.AuditLog, ev)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			return s.cfg.Broker.Record(ctx, ev.AuditEvent())
