@@ -1,6 +1,7 @@
 // Package agent is edge-agent's main loop: it joins the fleet once with a
 // token, keeps its identity in bbolt in the data dir, keeps the QUIC tunnel
-// up, serves the SSH sessions the fleet brokers down it, renews its
+// up, serves the sessions the fleet brokers down it (SSH, Kubernetes, web
+// apps: the entries of its service registry, firmware/services), renews its
 // certificates before they expire, and tells systemd how it is doing.
 // The edge-agent command is a thin main around Run.
 //
@@ -18,16 +19,17 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"remoteler.dev/edge/firmware/apps"
 	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/identity"
 	"remoteler.dev/edge/firmware/netwatch"
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/proto"
@@ -64,9 +66,22 @@ type Config struct {
 	SFTPCommand []string `json:"-"`
 	// DialCommand dials port forwards as another user; see sshd.Config.
 	DialCommand []string `json:"-"`
-	// Services serve streams of services other than SSH (which the agent
-	// always serves), by proto service name. Each must close conn.
-	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) `json:"-"`
+	// Services are the services the agent offers besides SSH (which it
+	// always offers) and web apps (Apps): the device's Kubernetes API, say
+	// (firmware/services has the contract). They join SSH in the agent's
+	// service registry.
+	Services []services.Service `json:"-"`
+
+	// Web apps (firmware/apps). This block is the apps list of the config
+	// file and the --app flags.
+
+	// Apps are the web apps the device offers through the fleet: name,
+	// uri (http://HOST:PORT or https://...), insecure_skip_verify (an
+	// https app's self-signed certificate is accepted: an explicit
+	// opt-in), labels (for roles' app_labels) and rewrite (more host names
+	// the app calls itself in redirects, headers set on requests). The
+	// agent connects only to these URIs. Default: none.
+	Apps []apps.App `json:"apps"`
 
 	// AuditMaxBytes caps the device's audit queue (DATA_DIR/audit.db);
 	// default 64 MiB.
@@ -120,8 +135,11 @@ type Agent struct {
 
 	tunnel *tunnel.Client
 	ssh    *sshd.Server
-	audit  *auditor
-	live   liveSessions
+	// services is the registry of what the device offers: ssh and
+	// cfg.Services.
+	services *services.Registry
+	audit    *auditor
+	live     liveSessions
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -232,6 +250,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})
+	list := append([]services.Service{a.ssh}, a.cfg.Services...)
+	if len(a.cfg.Apps) > 0 {
+		web, err := apps.New(apps.Config{Apps: a.cfg.Apps, Logger: a.log})
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		list = append(list, web)
+	}
+	reg, err := services.New(a.clock.Now, sshd.DefaultClockSkew, list...)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.services = reg
 	a.tunnel = tunnel.New(tunnel.Config{
 		Addr:       a.fleetAddr(),
 		TLSConfig:  a.tunnelTLS,
@@ -309,15 +340,16 @@ func (a *Agent) healthy() bool {
 
 func (a *Agent) hello() *proto.Hello {
 	id := a.identity()
-	return &proto.Hello{
+	h := &proto.Hello{
 		Name:         id.Name,
 		AgentVersion: buildinfo.Version,
 		OS:           runtime.GOOS,
 		Arch:         runtime.GOARCH,
 		Labels:       a.cfg.Labels,
 		Time:         a.cfg.Now().UnixMilli(),
-		Services:     a.services(),
 	}
+	a.services.Hello(h)
+	return h
 }
 
 func (a *Agent) helloAck(ack *proto.HelloAck) {
@@ -330,54 +362,6 @@ func (a *Agent) helloAck(ack *proto.HelloAck) {
 	a.mu.Unlock()
 	if err := a.store.Save(&id); err != nil {
 		a.log.Warn("save clock offset", "err", err)
-	}
-}
-
-// check refuses streams the agent cannot serve before any byte flows.
-func (a *Agent) check(h *proto.StreamHeader) error {
-	if h.Identity.User == "" {
-		return proto.Errorf(proto.CodeBadRequest, "stream header names no user")
-	}
-	if h.Service == proto.ServiceSSH {
-		if h.Identity.Login == "" {
-			return proto.Errorf(proto.CodeBadRequest, "stream header names no login")
-		}
-		return nil
-	}
-	if a.cfg.Services[h.Service] == nil {
-		return proto.Errorf(proto.CodeNotFound, "this device does not offer %q", h.Service)
-	}
-	return nil
-}
-
-// services lists what the device offers, for its hello.
-func (a *Agent) services() []string {
-	out := []string{proto.ServiceSSH}
-	for name := range a.cfg.Services {
-		out = append(out, name)
-	}
-	slices.Sort(out[1:])
-	return out
-}
-
-func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
-	if h.Service != proto.ServiceSSH {
-		if h.Identity.Expires > 0 {
-			// The stream ends with the user's certificate, as the device's
-			// clock (the fleet's, from the hello) sees it, give or take
-			// the skew sshd allows.
-			left := time.UnixMilli(h.Identity.Expires).Sub(a.clock.Now()) + sshd.DefaultClockSkew
-			var stop context.CancelFunc
-			ctx, stop = context.WithTimeout(ctx, left)
-			defer stop()
-		}
-		a.cfg.Services[h.Service](ctx, h, conn)
-		return
-	}
-	log := a.log.With("session", h.SessionID, "user", h.Identity.User, "login", h.Identity.Login)
-	log.Info("ssh session brokered", "client", h.ClientAddr)
-	if err := a.ssh.ServeConn(ctx, conn, h.Identity); err != nil {
-		log.Info("ssh connection ended", "err", err)
 	}
 }
 

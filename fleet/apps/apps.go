@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -25,7 +24,7 @@ import (
 // Sep joins an app's name and its device's name in the app's DNS label.
 // App names may not contain it, so the first Sep of a label ends the app's
 // name; device names may.
-const Sep = "--"
+const Sep = proto.AppNameSep
 
 // MaxLabel is the longest DNS label (RFC 1035): an app whose name, Sep and
 // its device's name are longer has no public address.
@@ -34,24 +33,8 @@ const MaxLabel = 63
 // MaxApps bounds the apps one device may declare.
 const MaxApps = 32
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// CheckName reports whether name may name an app: a DNS label of
-// lower-case letters, digits and '-', not starting or ending with '-',
-// without Sep, and not two characters long (a label with "--" in its third
-// and fourth places is reserved for IDNA, as in "xn--": browsers may
-// refuse it).
-func CheckName(name string) error {
-	switch {
-	case !nameRE.MatchString(name):
-		return fmt.Errorf("app name %q must be 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-'", name)
-	case strings.Contains(name, Sep):
-		return fmt.Errorf("app name %q may not contain %q, which separates the app from its device in its address", name, Sep)
-	case len(name) == 2:
-		return fmt.Errorf("app name %q is two characters long: its address would start like an IDNA label (xn--); use one or three or more", name)
-	}
-	return nil
-}
+// CheckName reports whether name may name an app (proto.CheckAppName).
+func CheckName(name string) error { return proto.CheckAppName(name) }
 
 // Label is the DNS label of app on device: APP--DEVICE. It fails when the
 // label would be longer than MaxLabel.
@@ -152,22 +135,9 @@ type Policy struct {
 // policy allows: http or https, a host, an optional port, no user, path
 // (but "/"), query or fragment.
 func (p Policy) CheckURI(uri string) error {
-	u, err := url.Parse(uri)
+	u, err := proto.ParseAppURI(uri)
 	if err != nil {
-		return fmt.Errorf("app URI %q: %w", uri, err)
-	}
-	switch {
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("app URI %q: the scheme must be http or https", uri)
-	case u.Opaque != "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-		return fmt.Errorf("app URI %q: only scheme://host[:port] is allowed (no user, path, query or fragment)", uri)
-	case u.Hostname() == "":
-		return fmt.Errorf("app URI %q names no host", uri)
-	}
-	if port := u.Port(); port != "" {
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("app URI %q: bad port", uri)
-		}
+		return err
 	}
 	if !p.allows(u.Hostname()) {
 		return fmt.Errorf("app URI %q: the fleet does not allow apps at %q (only loopback and private addresses, and the fleet's app_uri_hosts)", uri, u.Hostname())

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"remoteler.dev/edge/firmware/agent"
+	"remoteler.dev/edge/firmware/apps"
 	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/kubeproxy"
 	"remoteler.dev/edge/firmware/service"
@@ -87,6 +88,8 @@ type fileConfig struct {
 	AuditMaxBytes int64  `json:"audit_max_bytes"`
 	AuditWhenFull string `json:"audit_when_full"`
 	NoRecording   bool   `json:"no_recording"`
+	// Apps are the web apps the device offers (--app; apps.go).
+	Apps []apps.App `json:"apps"`
 }
 
 func start(args []string) int {
@@ -103,6 +106,7 @@ func start(args []string) int {
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for the tunnel to come back (default 10m)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	audit := registerAuditFlags(fs)
+	appList := registerAppFlags(fs)
 	kubeconfig := fs.String("kubeconfig", kubeproxy.DefaultKubeconfig, "the local Kubernetes cluster's kubeconfig `FILE` (k3s's by default), offered to the fleet when it exists; \"off\" turns Kubernetes access off")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -174,6 +178,10 @@ func start(args []string) int {
 		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
 	audit.apply(&cfg, set, fc)
+	if err := appList.apply(&cfg, fc); err != nil {
+		fmt.Fprintln(os.Stderr, "edge-agent:", err)
+		return 2
+	}
 	if kp := kubeService(&cfg, pick("kubeconfig", *kubeconfig, fc.Kubeconfig), set["kubeconfig"] || fc.Kubeconfig != "", log); kp != nil {
 		defer kp.Close()
 	}
