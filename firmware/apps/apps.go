@@ -107,9 +107,7 @@ func (s *Service) Name() string { return proto.ServiceApp }
 
 // Hello declares the apps in the agent's hello.
 func (s *Service) Hello(h *proto.Hello) {
-	for _, a := range s.cfg.Apps {
-		h.Apps = append(h.Apps, a)
-	}
+	h.Apps = append(h.Apps, s.cfg.Apps...)
 }
 
 // Check refuses a stream that names no declared app.

@@ -78,7 +78,7 @@ func TestRegistry(t *testing.T) {
 		r.Serve(context.Background(), hdr(service), b)
 		return <-f.served
 	}
-	if d := serve("app", app); d.IsZero() || d.Sub(time.Now()) > time.Hour+time.Minute+time.Second || d.Sub(time.Now()) < time.Hour {
+	if d := serve("app", app); d.IsZero() || time.Until(d) > time.Hour+time.Minute+time.Second || time.Until(d) < time.Hour {
 		t.Errorf("app stream deadline %v, want about an hour and a minute from now", d)
 	}
 	if d := serve("ssh", ssh); !d.IsZero() {
