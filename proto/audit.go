@@ -27,6 +27,7 @@ import (
 const (
 	EventUserLogin       = "user.login"
 	EventUserLoginFailed = "user.login.failed"
+	EventUserLogout      = "user.logout"
 	EventCertIssued      = "cert.issued"
 	EventSessionStart    = "session.start"
 	EventSessionEnd      = "session.end"
