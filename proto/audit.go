@@ -53,6 +53,8 @@ const (
 	// EventAppRequest is one HTTP request to a web app through the fleet:
 	// method, path, status and bytes in its fields.
 	EventAppRequest = "app.request"
+	// EventAppKeyRotate is a new signing key for the JWTs apps receive.
+	EventAppKeyRotate = "app.key.rotate"
 	// EventAuditDropped is the marker a source writes when it could not
 	// keep events (its queue was full, its disk was full): Fields["count"]
 	// says how many, Fields["reason"] why.

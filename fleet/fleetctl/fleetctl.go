@@ -77,6 +77,8 @@ Commands:
   tokens rm ID
   devices ls [-v] [--format=text|json]
   devices rm NAME
+  apps ls [--format=text|json]     the web apps devices offer, their addresses and URIs
+  apps rotate-key                   a new key for the JWTs apps get (the previous one stays published)
   status
   audit search [--since=24h] [--until=TIME] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--json]
   audit verify [--json]             check every device's (and the fleet's) audit hash chain
@@ -124,19 +126,21 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"users add":    {"users add NAME --roles=ROLE,... [--logins=LOGIN,...] [--totp]", (*runner).usersAdd},
-	"users ls":     {"users ls [--format=text|json]", (*runner).usersLs},
-	"users rm":     {"users rm NAME", (*runner).usersRm},
-	"roles create": {"roles create -f ROLE.yaml", (*runner).rolesCreate},
-	"create":       {"create -f ROLE.yaml", (*runner).rolesCreate},
-	"roles ls":     {"roles ls [--format=text|json|yaml]", (*runner).rolesLs},
-	"roles rm":     {"roles rm NAME", (*runner).rolesRm},
-	"tokens add":   {"tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT] [--format=text|json]", (*runner).tokensAdd},
-	"tokens ls":    {"tokens ls [--format=text|json]", (*runner).tokensLs},
-	"tokens rm":    {"tokens rm ID", (*runner).tokensRm},
-	"devices ls":   {"devices ls [-v] [--format=text|json]", (*runner).devicesLs},
-	"devices rm":   {"devices rm NAME", (*runner).devicesRm},
-	"status":       {"status", (*runner).status},
+	"users add":       {"users add NAME --roles=ROLE,... [--logins=LOGIN,...] [--totp]", (*runner).usersAdd},
+	"users ls":        {"users ls [--format=text|json]", (*runner).usersLs},
+	"users rm":        {"users rm NAME", (*runner).usersRm},
+	"roles create":    {"roles create -f ROLE.yaml", (*runner).rolesCreate},
+	"create":          {"create -f ROLE.yaml", (*runner).rolesCreate},
+	"roles ls":        {"roles ls [--format=text|json|yaml]", (*runner).rolesLs},
+	"roles rm":        {"roles rm NAME", (*runner).rolesRm},
+	"tokens add":      {"tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT] [--format=text|json]", (*runner).tokensAdd},
+	"tokens ls":       {"tokens ls [--format=text|json]", (*runner).tokensLs},
+	"tokens rm":       {"tokens rm ID", (*runner).tokensRm},
+	"devices ls":      {"devices ls [-v] [--format=text|json]", (*runner).devicesLs},
+	"devices rm":      {"devices rm NAME", (*runner).devicesRm},
+	"status":          {"status", (*runner).status},
+	"apps ls":         {"apps ls [--format=text|json]", (*runner).appsLs},
+	"apps rotate-key": {"apps rotate-key", (*runner).appsRotateKey},
 }
 
 // Main runs fleetctl with args (without the program name) and returns the

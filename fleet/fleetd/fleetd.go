@@ -20,6 +20,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
@@ -93,7 +94,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer udp.Close()
 	addr := tcp.Addr().String()
 
-	hosts := serverHosts(cfg)
+	appAddr := webAddr(cfg, tcp.Addr())
+	hosts := append(serverHosts(cfg), appAddr.Domain, "*."+appAddr.Domain)
 	certs := &certHolder{}
 	if err := certs.renew(auth, hosts); err != nil {
 		return fmt.Errorf("fleetd: server certificate: %w", err)
@@ -101,12 +103,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	serverTLS := &tls.Config{
 		GetCertificate: certs.get,
 		// Client CAs are read per handshake so CA rotation takes effect.
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			// HTTP/2 for browsers on apps' addresses; HTTP/1.1 elsewhere
+			// (connect and Kubernetes upgrades take over the connection).
+			protos := []string{"http/1.1"}
+			if _, _, ok := appAddr.Parse(hello.ServerName); ok {
+				protos = []string{"h2", "http/1.1"}
+			}
 			return &tls.Config{
 				GetCertificate: certs.get,
 				ClientAuth:     tls.VerifyClientCertIfGiven,
 				ClientCAs:      auth.CertPool(),
-				NextProtos:     []string{"http/1.1"},
+				NextProtos:     protos,
 				MinVersion:     tls.VersionTLS12,
 			}, nil
 		},
@@ -192,8 +200,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Now:           now,
 	}
 	apiSrv.Kube = kube
+	// The browser side: the login, web apps, the keys apps verify their
+	// JWTs with.
+	appKeys, err := appjwt.Open(ctx, st, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
+	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
+	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, log, now)
+	defer web.apps.Close()
 	httpSrv := &http.Server{
-		Handler:           apiSrv.Handler(),
+		Handler:           web.route(apiSrv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

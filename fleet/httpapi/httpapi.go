@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/fleet/appjwt"
+	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
@@ -60,6 +62,10 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// Apps lists the web apps on devices (GET /v1/apps, tsh apps login);
+	// nil: none. AppKeys sign the JWTs apps get; nil: no rotation.
+	Apps    *apps.Catalog
+	AppKeys *appjwt.Keys
 
 	Cluster   string
 	Version   string
@@ -200,6 +206,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE "+api.PathDevices+"/{name}", s.admin(s.deleteDevice))
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
+	s.appRoutes(mux)
 	s.auditRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
@@ -254,6 +261,8 @@ func (s *Server) identify(r *http.Request) (*caller, error) {
 		}
 		c.user, c.checker = u, checker
 	case ca.KindAdmin:
+	case ca.KindApp:
+		return nil, errors.New("an app certificate works only at its app's address: this endpoint needs your user certificate (tsh login)")
 	default:
 		return nil, fmt.Errorf("a %s certificate cannot call this endpoint", id.Kind)
 	}

@@ -19,8 +19,11 @@ import (
 // connection. The port is ignored: the fleet always brokers the device's
 // SSH service.
 func (r *runner) proxy(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "app" {
+		return r.proxyApp(ctx, args[1:])
+	}
 	if len(args) == 0 || args[0] != "ssh" {
-		fmt.Fprintln(r.stdio.Err, "Usage: tsh proxy ssh [LOGIN@]HOST[:PORT]   (OpenSSH's ProxyCommand; see tsh config)")
+		fmt.Fprintln(r.stdio.Err, "Usage: tsh proxy ssh [LOGIN@]HOST[:PORT]   (OpenSSH's ProxyCommand; see tsh config)\n       tsh proxy app APP [--port=N]          (a web app on a local port; tsh apps login APP first)")
 		return errUsage
 	}
 	fs := r.flags("proxy ssh", "tsh proxy ssh [LOGIN@]HOST[:PORT]")

@@ -1,5 +1,6 @@
 // Package tsh is the user's command-line client as a library: tsh login,
-// status, logout, ls, ssh, scp, proxy ssh, config, recordings ls and play.
+// status, logout, ls, ssh, scp, proxy ssh, config, kube, apps, proxy app,
+// recordings ls and play.
 // fleet/cmd/tsh is its thin main; tests drive Main directly.
 //
 // It talks to the fleet only through fleet/client and imports no server
@@ -117,7 +118,9 @@ Usage:
   tsh play [--speed=N] [--format=text|json] RECORDING_ID
                                       replay a recorded session (speed 0: at once)
   tsh kube ls|login NAME|logout       Kubernetes clusters through the fleet (tsh kube help)
+  tsh apps ls|login APP|logout        web apps on devices (tsh apps help)
   tsh proxy ssh [LOGIN@]HOST[:PORT]   used by OpenSSH's ProxyCommand (see tsh config)
+  tsh proxy app APP [--port=N]        serve a web app on http://127.0.0.1:N (after tsh apps login)
   tsh version
 
 Environment: TSH_HOME is where logins are kept (default ~/.tsh).
@@ -154,6 +157,8 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 		err = r.config(rest)
 	case "kube":
 		err = r.kube(ctx, rest)
+	case "apps":
+		err = r.apps(ctx, rest)
 	case "recordings":
 		err = r.recordings(ctx, rest)
 	case "play":

@@ -271,10 +271,18 @@ type view struct {
 	Message        string
 	Details        []string
 	Link, LinkText string
+	Form           *Form
+	static         string
+	// Body is another package's page content (Body).
+	Body template.HTML
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, v view) {
-	v.Fleet, v.CSS, v.LoginPath, v.LogoutPath = s.cfg.Fleet, static.URL(PathStatic, "fleet.css"), PathLogin, PathLogout
+	base := v.static
+	if base == "" {
+		base = PathStatic
+	}
+	v.Fleet, v.CSS, v.LoginPath, v.LogoutPath = s.cfg.Fleet, static.URL(base, "fleet.css"), PathLogin, PathLogout
 	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
@@ -290,16 +298,42 @@ type Page struct {
 	Details []string
 	// Link and LinkText offer one way on.
 	Link, LinkText string
+	// Static is the path the page loads the fleet's styles from, for
+	// pages served on other hosts than the fleet's (an app's: see
+	// StaticHandler); default PathStatic.
+	Static string
+	// Form, when set, adds a form that posts to Form.Action with the
+	// session's CSRF token (Form.CSRF) and one button.
+	Form *Form
 }
+
+// Form is a one-button form on a message page.
+type Form struct {
+	Action, CSRF, Button string
+}
+
+// StaticHandler serves the fleet's static files under prefix, for pages
+// of the fleet served on other hosts.
+func StaticHandler(prefix string) http.Handler { return static.Handler(prefix) }
 
 // Page renders p with status, for the session's user (nil: nobody
 // logged in), with the fleet's safe defaults.
 func (s *Server) Page(w http.ResponseWriter, status int, sess *Session, p Page) {
-	v := view{Title: p.Title, Message: p.Message, Details: p.Details, Link: p.Link, LinkText: p.LinkText}
+	v := view{Title: p.Title, Message: p.Message, Details: p.Details, Link: p.Link, LinkText: p.LinkText, Form: p.Form, static: p.Static}
 	if sess != nil {
 		v.User, v.CSRF = sess.User, sess.csrf
 	}
 	s.render(w, status, "message.html", v)
+}
+
+// Body renders a page of another package: body (already rendered by that
+// package's html/template) in the fleet's layout, for the session's user.
+func (s *Server) Body(w http.ResponseWriter, status int, sess *Session, title string, body template.HTML) {
+	v := view{Title: title, Body: body}
+	if sess != nil {
+		v.User, v.CSRF = sess.User, sess.csrf
+	}
+	s.render(w, status, "body.html", v)
 }
 
 // loginPage answers GET /web/login: the form, with a fresh CSRF cookie.
