@@ -23,7 +23,7 @@
 //     them;
 //   - a strict Content-Security-Policy (no inline script or style, no
 //     framing, forms post to the fleet and to the hosts the fleet names),
-//     nosniff, no referrer, no caching of pages;
+//     nosniff, no referrer to other sites, no caching of pages;
 //   - output through html/template; the "next" address a login returns to
 //     is a path on the fleet, never another site.
 //
@@ -216,23 +216,25 @@ func localPath(p, def string) string {
 // CSRF is the token a form of the session's pages must post back.
 func (s *Session) CSRF() string { return s.csrf }
 
-// ErrForbidden is what CheckPost returns for a request that does not come
+// ErrForbidden is what CheckPost's errors wrap: the request does not come
 // from the fleet's own pages.
 var ErrForbidden = errors.New("login: this request does not come from the fleet's own pages")
+
+func forbidden(why string) error { return fmt.Errorf("%w: %s", ErrForbidden, why) }
 
 // CheckPost checks that a state-changing request comes from the fleet's
 // own page: from its origin, with the CSRF token of sess (nil: of the
 // login form's cookie). It reads the request's form.
 func (s *Server) CheckPost(r *http.Request, sess *Session) error {
 	if o := r.Header.Get("Origin"); o != "" && o != s.cfg.Origin {
-		return ErrForbidden
+		return forbidden("origin " + o)
 	}
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
-		return ErrForbidden
+		return forbidden("Sec-Fetch-Site " + site)
 	}
 	r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)
 	if err := r.ParseForm(); err != nil {
-		return ErrForbidden
+		return forbidden("form: " + err.Error())
 	}
 	want := ""
 	if sess != nil {
@@ -241,8 +243,11 @@ func (s *Server) CheckPost(r *http.Request, sess *Session) error {
 		want = c.Value
 	}
 	got := r.PostForm.Get("csrf")
-	if want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
-		return ErrForbidden
+	switch {
+	case want == "":
+		return forbidden("no CSRF cookie")
+	case subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1:
+		return forbidden("wrong CSRF token")
 	}
 	return nil
 }
@@ -256,7 +261,10 @@ func SecurityHeaders(h http.Header, formTargets ...string) {
 		"form-action "+forms+"; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer a POST carries
+	// "Origin: null", and the origin check could not tell the fleet's
+	// pages from any other.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 }
 
@@ -360,6 +368,7 @@ func (s *Server) form(w http.ResponseWriter, status int, v view) {
 // redirect to next.
 func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	if err := s.CheckPost(r, nil); err != nil {
+		s.log.Info("login form refused", "remote", r.RemoteAddr, "err", err)
 		s.Page(w, http.StatusForbidden, nil, Page{Title: "Log in again", Message: "The login form expired or did not come from this fleet's page.", Link: PathLogin, LinkText: "Log in"})
 		return
 	}

@@ -6,10 +6,14 @@ fetch("whoami").then((r) => r.json()).then((w) => {
   document.getElementById("user").textContent = w.user || "an unknown user";
 });
 
+// firstEventMs is how long the first event took, from the stream's
+// opening: the browser tests log it.
+const eventsOpened = performance.now();
 const events = new EventSource("events");
 let count = 0;
 events.addEventListener("tick", (e) => {
   count++;
+  if (count === 1) { window.firstEventMs = performance.now() - eventsOpened; }
   document.getElementById("event-count").textContent = String(count);
   document.getElementById("last-event").textContent = e.data;
 });
