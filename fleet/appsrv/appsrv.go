@@ -111,7 +111,7 @@ type Server struct {
 	log   *slog.Logger
 	proxy *httputil.ReverseProxy
 
-	mu       sync.Mutex // guards the fields below
+	mu       sync.Mutex          // guards the fields below
 	sessions map[string]*session // by cookie token hash, or "cert:" + serial
 	codes    map[string]*code
 	launches map[string][]time.Time // recent launches, by web session and app
