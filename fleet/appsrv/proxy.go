@@ -28,6 +28,11 @@ import (
 // app, and an app may not set them.
 const fleetCookiePrefix = "__Host-fleet_"
 
+// isFleetCookie reports whether a cookie name is the fleet's, in any case.
+func isFleetCookie(name string) bool {
+	return len(name) >= len(fleetCookiePrefix) && strings.EqualFold(name[:len(fleetCookiePrefix)], fleetCookiePrefix)
+}
+
 // serve proxies one request of a live app session and records it.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, as *session) {
 	start := s.cfg.Now()
@@ -110,7 +115,7 @@ func stripFleetCookies(h http.Header) {
 	for _, line := range lines {
 		for _, part := range strings.Split(line, ";") {
 			name, _, _ := strings.Cut(strings.TrimSpace(part), "=")
-			if name != "" && !strings.HasPrefix(name, fleetCookiePrefix) {
+			if name != "" && !isFleetCookie(strings.TrimSpace(name)) {
 				kept = append(kept, strings.TrimSpace(part))
 			}
 		}
@@ -210,12 +215,15 @@ func (as *session) publicLocation(loc string) string {
 // internal host is dropped (the cookie becomes host-only on the public
 // host), and the fleet's own cookie names are refused.
 func (as *session) publicCookie(line string) (string, bool) {
+	// By its name as a browser reads it, whether or not it parses here
+	// (browsers take the prefix in any case).
+	name, _, _ := strings.Cut(line, "=")
+	if isFleetCookie(strings.TrimSpace(name)) {
+		return "", false
+	}
 	c, err := http.ParseSetCookie(line)
 	if err != nil {
 		return line, true // not ours to judge: the browser will
-	}
-	if strings.HasPrefix(c.Name, fleetCookiePrefix) {
-		return "", false
 	}
 	if c.Domain == "" {
 		return line, true

@@ -75,6 +75,9 @@ func NewAppProxy(cfg AppProxyConfig) (http.Handler, error) {
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 		Proxy:               nil,
+		// A client's "Expect: 100-continue" is honoured: an upload the
+		// fleet refuses (413) is not sent at all.
+		ExpectContinueTimeout: time.Second,
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
