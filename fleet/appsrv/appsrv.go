@@ -197,6 +197,8 @@ type session struct {
 	ctx        context.Context // done when the session ends
 	cancel     context.CancelFunc
 
+	doneOnce sync.Once // records the end once
+
 	mu     sync.Mutex // guards the fields below
 	ended  string     // why it ended, once it did
 	jwt    string
@@ -255,7 +257,13 @@ func (s *Server) start(ctx context.Context, user api.User, app, device, clientAd
 		DisableCompression:  true,
 		Proxy:               nil,
 	}
-	live, err := b.Start(ctx, g, broker.StartOptions{End: func(reason string) { as.end(reason) }})
+	live, err := b.Start(ctx, g, broker.StartOptions{End: func(reason string) {
+		as.end(reason)
+		// Recorded now, off the registry's goroutine. An app
+		// certificate's session stays in the map, ended, so that its
+		// next request is told why.
+		go as.done(context.Background(), reason)
+	}})
 	if err != nil {
 		as.cancel()
 		return nil, err
@@ -292,6 +300,11 @@ func (as *session) endedWhy() string {
 	return as.ended
 }
 
+// done records the session's end, once.
+func (as *session) done(ctx context.Context, reason string) {
+	as.doneOnce.Do(func() { as.live.Done(ctx, reason, broker.Stats{}) })
+}
+
 // finish ends the session for good: logout, expiry, shutdown. It records
 // the end once.
 func (as *session) finish(ctx context.Context, reason string) {
@@ -302,7 +315,7 @@ func (as *session) finish(ctx context.Context, reason string) {
 		delete(s.sessions, as.key)
 	}
 	s.mu.Unlock()
-	as.live.Done(ctx, reason, broker.Stats{})
+	as.done(ctx, reason)
 }
 
 // sweepLocked ends the sessions past their expiry (their registry timer
@@ -310,9 +323,14 @@ func (as *session) finish(ctx context.Context, reason string) {
 func (s *Server) sweepLocked() {
 	now := s.cfg.Now()
 	for k, as := range s.sessions {
-		if !now.Before(as.expires) || as.endedWhy() != "" {
+		expired := !now.Before(as.expires)
+		if expired || (as.endedWhy() != "" && !strings.HasPrefix(k, "cert:")) {
 			delete(s.sessions, k)
-			go as.finish(context.Background(), as.endedWhy())
+			reason := as.endedWhy()
+			if reason == "" {
+				reason = "the session expired"
+			}
+			go as.finish(context.Background(), reason)
 		}
 	}
 	for k, c := range s.codes {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"remoteler.dev/edge/tools/demoapp"
 	"remoteler.dev/edge/tools/harness"
@@ -200,6 +203,39 @@ func TestAppsWithCurl(t *testing.T) {
 		out, _, _ = curlLocal(t, "-D", "-", "-o", "/dev/null", base+"/redirect")
 		if !strings.Contains(out, "Location: "+base+"/landed") {
 			t.Errorf("redirect through tsh proxy app:\n%s", out)
+		}
+	})
+
+	t.Run("access that ends ends the app session", func(t *testing.T) {
+		dave := s.user(t, "dave", "no-ops-apps")
+		dave.Tsh("apps", "login", "other")
+		daveBase := proxyApp(outer, dave, "other")
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		defer cancel()
+		ws, _, err := websocket.Dial(ctx, strings.Replace(daveBase, "http://", "ws://", 1)+"/ws", nil)
+		if err != nil {
+			t.Fatalf("websocket: %v", err)
+		}
+		defer ws.CloseNow()
+		if whoamiVia(t, daveBase).User != "dave" {
+			t.Fatal("dave cannot reach other")
+		}
+		// A role change takes every app away: the open websocket is cut
+		// and the next request is refused, with the reason.
+		s.f.Ctl("kind: role\nversion: v1\nmetadata: {name: no-ops-apps}\nspec:\n  allow: {app_labels: {team: nobody}}\n", "create", "-f", "-")
+		if _, _, err := ws.Read(ctx); err == nil {
+			t.Error("the websocket outlived the access")
+		}
+		out, _, _ := curlLocal(t, "-w", "\n%{http_code}", daveBase+"/whoami")
+		if !strings.HasSuffix(out, "\n401") || !strings.Contains(out, "your access to other--pi-1 ended: access changed") {
+			t.Errorf("after the role change: %q", out)
+		}
+		ended := false
+		for _, e := range appAudit(t, s.f, "session.end", "dave") {
+			ended = ended || strings.Contains(e.Fields["reason"], "access changed")
+		}
+		if !ended {
+			t.Error("the app session's end and its reason are not in the audit trail")
 		}
 	})
 
