@@ -18,8 +18,8 @@
 // start and end, registered live, and ended when access ends (the user's
 // fleet session or certificate expires, the user is removed, a role change
 // takes the app away, the user logs out); its requests and websockets are
-// cut then. Every request is recorded (method, path, status, bytes), and
-// refusals too.
+// cut then. Every request is recorded (method, path, status, bytes, once
+// it is answered), and refusals too.
 //
 // The proxy streams: websockets and other upgrades, server-sent events and
 // chunked answers pass as they come (no buffering), Range requests pass
@@ -110,6 +110,9 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	proxy *httputil.ReverseProxy
+	// records are the requests' audit events being recorded; Close waits
+	// for them.
+	records sync.WaitGroup
 
 	mu       sync.Mutex          // guards the fields below
 	sessions map[string]*session // by cookie token hash, or "cert:" + serial
@@ -160,6 +163,7 @@ func (s *Server) Close() {
 	for _, as := range list {
 		as.finish(context.Background(), "the fleet is shutting down")
 	}
+	s.records.Wait()
 }
 
 // Register adds the fleet-host routes: the apps page and launch.

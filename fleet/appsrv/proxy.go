@@ -39,7 +39,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, as *session) {
 	tap := &tap{ResponseWriter: w}
 	in := &counter{}
 	defer func() {
-		s.recordRequest(r, as, tap, in.n, s.cfg.Now().Sub(start))
+		// Recorded after the answer, off the request's path: the next
+		// request on the connection does not wait for the commit, and
+		// requests recorded together share one (audit.Recorder).
+		d, n := s.cfg.Now().Sub(start), in.n
+		s.records.Go(func() { s.recordRequest(r, as, tap, n, d) })
 	}()
 	if r.ContentLength > s.cfg.UploadLimit {
 		s.tooLarge(tap, r)

@@ -12,6 +12,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/browsertest"
 	"remoteler.dev/edge/tools/harness"
 )
@@ -264,13 +265,16 @@ func TestAppsInTheBrowser(t *testing.T) {
 		if n := len(appAudit(t, s.f, "session.start", "alice")); n < 2 {
 			t.Errorf("%d app session starts recorded for alice, want her two browsers'", n)
 		}
-		reqs := appAudit(t, s.f, "app.request", "alice")
-		var upload bool
-		for _, e := range reqs {
-			if e.Fields["path"] == "/upload" && e.Fields["bytes_in"] == "209715200" && e.Fields["status"] == "200" {
-				upload = true
+		// Requests are recorded once answered: wait for the last ones.
+		var reqs []api.AuditEvent
+		upload := false
+		harness.Eventually(time.Minute, func() bool {
+			reqs = appAudit(t, s.f, "app.request", "alice")
+			for _, e := range reqs {
+				upload = upload || (e.Fields["path"] == "/upload" && e.Fields["bytes_in"] == "209715200" && e.Fields["status"] == "200")
 			}
-		}
+			return upload && len(reqs) >= 5
+		})
 		if !upload || len(reqs) < 5 {
 			t.Errorf("%d app requests recorded, the upload's with its bytes: %v", len(reqs), upload)
 		}

@@ -1,20 +1,16 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -188,21 +184,10 @@ func proxyApp(t *testing.T, u *harness.User, app string) string {
 	return m[1]
 }
 
-// rssOf reads a process's resident memory from /proc, in bytes.
+// rssOf reads a process's resident memory, in bytes.
 func rssOf(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for %d", pid)
+	st, err := harness.ReadStat(pid)
+	return st.RSS, err
 }
 
 // peakRSS samples a process's memory until stop is closed and returns the
