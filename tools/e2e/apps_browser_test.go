@@ -111,6 +111,10 @@ func TestAppsInTheBrowser(t *testing.T) {
 		if loc := browsertest.Get(b, "location", chromedp.Location()); loc != hello+"/" {
 			t.Errorf("landed on %s, want %s/", loc, hello)
 		}
+		// HTTP/2 to the browser (the app gets HTTP/1.1 from the fleet).
+		if p := browsertest.Get(b, "protocol", chromedp.Evaluate[string](`performance.getEntriesByType("navigation")[0].nextHopProtocol`)); p != "h2" {
+			t.Errorf("the page came over %q, want h2", p)
+		}
 	})
 
 	step("the cookie lands on the app's host only", func(t *testing.T) {
