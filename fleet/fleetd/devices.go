@@ -41,6 +41,7 @@ type deviceHooks struct {
 func (d *deviceHooks) configure(cfg *tunnelsrv.Config) {
 	cfg.Authenticate = d.authenticate
 	cfg.OnHello = d.hello
+	cfg.Recheck = d.recheck
 	cfg.OnRenew = d.renew
 	cfg.OnDisconnect = d.disconnect
 }
@@ -99,6 +100,20 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 		Fields: map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}})
 	return &proto.HelloAck{DeviceID: id, ServerTime: now.UnixMilli(),
 		KeepaliveMillis: d.keepalive.Milliseconds(), LivenessMillis: d.liveness.Milliseconds()}, nil
+}
+
+// recheck refuses a connection whose device was removed while its hello
+// was being answered (see tunnelsrv.Config.Recheck): one read of the
+// registry per connection.
+func (d *deviceHooks) recheck(ctx context.Context, id string) error {
+	_, err := d.reg.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
+	}
+	if err != nil {
+		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	return nil
 }
 
 // mergeLabels returns the agent's labels overridden by the labels the join
