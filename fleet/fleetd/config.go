@@ -61,7 +61,20 @@ type Config struct {
 	// AuditRetention is how long audit events are kept (e.g. "8760h");
 	// zero keeps them forever.
 	AuditRetention Duration `json:"audit_retention"`
+	// MaxConnsPerSource caps the HTTPS connections one source address (an
+	// IPv4 address, or an IPv6 /64) holds at once; past it a new one is
+	// closed as soon as it is accepted. Default 128; -1 turns the cap off.
+	MaxConnsPerSource int `json:"max_conns_per_source"`
+	// HTTPBodyIdleTimeout is the longest pause allowed inside a request
+	// body on the HTTPS port, and HTTPBodyTimeout the longest a body may
+	// take; defaults 10s and 1m. They do not cut brokered connections or
+	// Kubernetes watches and exec sessions.
+	HTTPBodyIdleTimeout Duration `json:"http_body_idle_timeout"`
+	HTTPBodyTimeout     Duration `json:"http_body_timeout"`
 }
+
+// DefaultMaxConnsPerSource is MaxConnsPerSource's default.
+const DefaultMaxConnsPerSource = 128
 
 // Duration is a time.Duration written as "8h" in YAML.
 type Duration time.Duration
@@ -107,6 +120,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeviceCertTTL == 0 {
 		c.DeviceCertTTL = Duration(7 * 24 * time.Hour)
+	}
+	if c.MaxConnsPerSource == 0 {
+		c.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
 }
 

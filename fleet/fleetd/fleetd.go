@@ -24,6 +24,7 @@ import (
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/boltstore"
 	"remoteler.dev/edge/fleet/tokens"
@@ -152,6 +153,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Events:        events,
 		Recordings:    recs,
 		Now:           now,
+
+		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
+		BodyTimeout:     time.Duration(cfg.HTTPBodyTimeout),
 	}
 	apiSrv.Kube = kube
 	httpSrv := &http.Server{
@@ -174,7 +178,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		err := httpSrv.Serve(tls.NewListener(tcp, serverTLS))
+		limited := &sourcelimit.Listener{Listener: tcp, Max: cfg.MaxConnsPerSource, OnRefuse: func(src string) {
+			log.Debug("connection refused: too many from its source", "source", src, "max", cfg.MaxConnsPerSource)
+		}}
+		err := httpSrv.Serve(tls.NewListener(limited, serverTLS))
 		if !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("fleetd: https: %w", err)
 		}

@@ -69,6 +69,11 @@ type Server struct {
 	// Agents renew at half-life.
 	DeviceCertTTL time.Duration
 
+	// BodyIdleTimeout is the longest pause allowed inside a request body,
+	// and BodyTimeout the longest a body may take in all; defaults
+	// DefaultBodyIdleTimeout and DefaultBodyTimeout (see limits.go).
+	BodyIdleTimeout, BodyTimeout time.Duration
+
 	// Logger receives operational logs; Audit receives access decisions.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -145,7 +150,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.limitBodies(mux)
 }
 
 // caller is the authenticated party behind a request.
@@ -260,6 +265,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, errBodyTimeout) {
+			writeError(w, http.StatusRequestTimeout, api.CodeBadRequest, err.Error()+": send it again")
+			return false
+		}
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
 		return false
 	}

@@ -177,6 +177,8 @@ type fleet struct {
 	addr    string
 	pin     string
 	proc    *proc
+	// args are more fleetd start flags (--config FILE, say).
+	args []string
 }
 
 var (
@@ -186,14 +188,28 @@ var (
 
 func startFleet(t *testing.T) *fleet {
 	t.Helper()
+	return startFleetWith(t, "")
+}
+
+// startFleetWith starts fleetd with config (YAML; "" for none) as its
+// --config file.
+func startFleetWith(t *testing.T, config string) *fleet {
+	t.Helper()
 	f := &fleet{t: t, dataDir: t.TempDir()}
+	if config != "" {
+		path := filepath.Join(t.TempDir(), "fleetd.yaml")
+		if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f.args = []string{"--config", path}
+	}
 	f.start("127.0.0.1:0")
 	return f
 }
 
 func (f *fleet) start(listen string) {
 	f.t.Helper()
-	f.proc = start(f.t, "fleetd", nil, "fleetd", "start", "--data-dir", f.dataDir, "--listen", listen, "--log-level", "debug")
+	f.proc = start(f.t, "fleetd", nil, append([]string{"fleetd", "start", "--data-dir", f.dataDir, "--listen", listen, "--log-level", "debug"}, f.args...)...)
 	f.addr = f.proc.waitLine(listenRE, 30*time.Second)[1]
 	f.pin = f.proc.waitLine(pinRE, 5*time.Second)[1]
 }
@@ -331,6 +347,13 @@ func (u *user) env() []string { return []string{"TSH_HOME=" + u.home} }
 
 func (u *user) tshErr(stdin string, args ...string) (string, string, error) {
 	return run(stdin, u.env(), "tsh", args...)
+}
+
+// cmd is tsh with args as this user, to start and drive.
+func (u *user) cmd(args ...string) *exec.Cmd {
+	c := exec.Command(filepath.Join(bin, "tsh"), args...)
+	c.Env = append(os.Environ(), u.env()...)
+	return c
 }
 
 func (u *user) tsh(args ...string) string {
