@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -380,5 +381,60 @@ func TestConnectCancel(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
+	}
+}
+
+// TestLoginRetriesWhenBusy: a fleet busy checking other logins is asked
+// again (a few times); other refusals are not retried.
+func TestLoginRetriesWhenBusy(t *testing.T) {
+	tests := []struct {
+		name      string
+		busy      int // busy answers before the real one
+		refuse    bool
+		wantCalls int32
+		wantCode  string
+	}{
+		{"busy twice, then in", 2, false, 3, ""},
+		{"busy throughout", 10, false, 4, api.CodeBusy},
+		{"a wrong password is not retried", 0, true, 1, api.CodeUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int32
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n := int(calls.Add(1))
+				switch {
+				case n <= tt.busy:
+					w.Header().Set("Retry-After", "1")
+					w.WriteHeader(http.StatusServiceUnavailable)
+					io.WriteString(w, `{"code":"busy","message":"the fleet is busy"}`)
+				case tt.refuse:
+					w.WriteHeader(http.StatusUnauthorized)
+					io.WriteString(w, `{"code":"unauthorized","message":"wrong user name, password or code"}`)
+				default:
+					io.WriteString(w, `{"user":"alice"}`)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			conf, err := client.CATLS(srv.Listener.Addr().String(), []*x509.Certificate{srv.Certificate()}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := client.New(client.Config{Addr: srv.Listener.Addr().String(), TLS: conf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := c.Login(context.Background(), &api.LoginRequest{User: "alice"})
+			var ae *api.Error
+			switch {
+			case tt.wantCode == "" && (err != nil || resp.User != "alice"):
+				t.Errorf("login: %v, %+v; want alice in", err, resp)
+			case tt.wantCode != "" && (!errors.As(err, &ae) || ae.Code != tt.wantCode):
+				t.Errorf("login: %v, want code %s", err, tt.wantCode)
+			}
+			if got := calls.Load(); got != tt.wantCalls {
+				t.Errorf("%d calls, want %d", got, tt.wantCalls)
+			}
+		})
 	}
 }

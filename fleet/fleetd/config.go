@@ -71,6 +71,12 @@ type Config struct {
 	// Kubernetes watches and exec sessions.
 	HTTPBodyIdleTimeout Duration `json:"http_body_idle_timeout"`
 	HTTPBodyTimeout     Duration `json:"http_body_timeout"`
+	// LoginBurst and LoginEvery rate-limit logins per source address (an
+	// IPv4 address, or an IPv6 /64): bursts of LoginBurst, then one every
+	// LoginEvery. Defaults 10 and 6s; a LoginEvery of "-1s" turns the
+	// limit off.
+	LoginBurst int      `json:"login_burst"`
+	LoginEvery Duration `json:"login_every"`
 }
 
 // DefaultMaxConnsPerSource is MaxConnsPerSource's default.

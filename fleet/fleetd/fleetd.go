@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
@@ -156,6 +157,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
 		BodyTimeout:     time.Duration(cfg.HTTPBodyTimeout),
+		LoginLimit:      loginLimit(cfg),
 	}
 	apiSrv.Kube = kube
 	httpSrv := &http.Server{
@@ -225,6 +227,26 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Wait()
 	log.Info("fleetd stopped")
 	return runErr
+}
+
+// loginLimit is the per-source login limit cfg asks for; nil means
+// httpapi's default.
+func loginLimit(cfg Config) *sourcelimit.Limiter {
+	switch every := time.Duration(cfg.LoginEvery); {
+	case every < 0:
+		return &sourcelimit.Limiter{} // off
+	case every == 0 && cfg.LoginBurst == 0:
+		return nil
+	default:
+		if every == 0 {
+			every = httpapi.DefaultLoginEvery
+		}
+		burst := cfg.LoginBurst
+		if burst <= 0 {
+			burst = httpapi.DefaultLoginBurst
+		}
+		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
+	}
 }
 
 // refresh runs f every hour until ctx is done.

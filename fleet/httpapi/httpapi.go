@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/audit"
@@ -30,6 +31,7 @@ import (
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -69,6 +71,11 @@ type Server struct {
 	// Agents renew at half-life.
 	DeviceCertTTL time.Duration
 
+	// LoginLimit rate-limits logins per source address; nil means
+	// DefaultLoginBurst and DefaultLoginEvery (a zero Limiter turns it
+	// off).
+	LoginLimit *sourcelimit.Limiter
+
 	// BodyIdleTimeout is the longest pause allowed inside a request body,
 	// and BodyTimeout the longest a body may take in all; defaults
 	// DefaultBodyIdleTimeout and DefaultBodyTimeout (see limits.go).
@@ -81,7 +88,8 @@ type Server struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	ends sessionEnds
+	ends      sessionEnds
+	loginOnce sync.Once // sets LoginLimit's default
 }
 
 // maxBody bounds every request body.

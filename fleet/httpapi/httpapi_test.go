@@ -10,9 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -122,4 +125,34 @@ func FuzzOpenEndpoints(f *testing.F) {
 			t.Fatalf("POST %s %q: body %q is not an error", path, body, w.Body)
 		}
 	})
+}
+
+// TestLoginRateLimitPerSource: past its burst, a source address is told
+// to wait (429, Retry-After) before any password is checked; another
+// address is not affected.
+func TestLoginRateLimitPerSource(t *testing.T) {
+	s, _ := newTestServer(t)
+	s.LoginLimit = &sourcelimit.Limiter{Rate: rate.Every(time.Hour), Burst: 3}
+	h := s.Handler()
+	login := func(addr string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, api.PathLogin, strings.NewReader(`{"user":"alice","password":"wrong horse"}`))
+		r.RemoteAddr = addr
+		h.ServeHTTP(w, r)
+		return w
+	}
+	for i := range 3 {
+		if w := login("192.0.2.1:1000"); w.Code != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d %s, want 401", i+1, w.Code, w.Body)
+		}
+	}
+	w := login("192.0.2.1:1001")
+	var e api.Error
+	json.Unmarshal(w.Body.Bytes(), &e)
+	if w.Code != http.StatusTooManyRequests || e.Code != api.CodeRateLimited || w.Header().Get("Retry-After") == "" {
+		t.Errorf("past the burst: %d %+v (Retry-After %q), want 429 rate_limited with Retry-After", w.Code, e, w.Header().Get("Retry-After"))
+	}
+	if w := login("192.0.2.2:1000"); w.Code != http.StatusUnauthorized {
+		t.Errorf("another address: %d, want 401", w.Code)
+	}
 }

@@ -117,13 +117,19 @@ func (c *conn) Close() error {
 	return err
 }
 
-// DefaultMaxSources is the Limiter's default bound on the sources it
-// tracks.
-const DefaultMaxSources = 10000
+// Limiter defaults.
+const (
+	// DefaultMaxSources bounds the sources a Limiter tracks.
+	DefaultMaxSources = 10000
+	// DefaultMarkFor is how long a Mark lasts.
+	DefaultMarkFor = 15 * time.Minute
+)
 
 // Limiter rate-limits an action per source: a bucket of Burst tokens per
-// source, refilled at Rate per second. Its zero value allows everything;
-// it is safe for concurrent use.
+// source, refilled at Rate per second. It also remembers sources marked as
+// misbehaving (Mark: a failed login, say) for MarkFor, so that their next
+// attempts can be served last. Its zero value allows everything and
+// remembers nothing; it is safe for concurrent use.
 type Limiter struct {
 	// Rate is the tokens added per second; zero or less turns the limiter
 	// off.
@@ -134,6 +140,8 @@ type Limiter struct {
 	// When full, sources whose bucket has refilled are forgotten first,
 	// then the one idle longest.
 	MaxSources int
+	// MarkFor is how long a Mark lasts; default DefaultMarkFor.
+	MarkFor time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
@@ -142,8 +150,23 @@ type Limiter struct {
 }
 
 type source struct {
-	lim  *rate.Limiter
-	last time.Time // last Allow
+	lim     *rate.Limiter
+	last    time.Time // last Allow
+	refused bool      // the last Allow was refused
+	marked  time.Time // last Mark
+}
+
+// Verdict is Allow's answer.
+type Verdict struct {
+	// OK says the action may go ahead.
+	OK bool
+	// Wait is, when refused, how long until a token is there.
+	Wait time.Duration
+	// First says this refusal is the first since the source was last
+	// allowed: the one worth recording.
+	First bool
+	// Marked says the source was marked (Mark) within MarkFor.
+	Marked bool
 }
 
 func (l *Limiter) now() time.Time {
@@ -153,38 +176,68 @@ func (l *Limiter) now() time.Time {
 	return time.Now()
 }
 
-// Allow takes a token from key's bucket. When it is empty it returns false
-// and how long until a token is there.
-func (l *Limiter) Allow(key string) (bool, time.Duration) {
+// Allow takes a token from key's bucket, or says how long until there is
+// one. A refusal takes nothing.
+func (l *Limiter) Allow(key string) Verdict {
 	if l.Rate <= 0 {
-		return true, 0
+		return Verdict{OK: true}
 	}
-	burst := max(l.Burst, 1)
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.sources[key]
-	if s == nil {
-		if l.sources == nil {
-			l.sources = map[string]*source{}
-		}
-		maxSources := l.MaxSources
-		if maxSources <= 0 {
-			maxSources = DefaultMaxSources
-		}
-		if len(l.sources) >= maxSources {
-			l.evictLocked(now, maxSources)
-		}
-		s = &source{lim: rate.NewLimiter(l.Rate, burst)}
-		l.sources[key] = s
-	}
+	s := l.sourceLocked(key, now)
 	s.last = now
+	marked := !s.marked.IsZero() && now.Sub(s.marked) < l.markFor()
 	r := s.lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
-		return false, d
+		first := !s.refused
+		s.refused = true
+		return Verdict{Wait: d, First: first, Marked: marked}
 	}
-	return true, 0
+	s.refused = false
+	return Verdict{OK: true, Marked: marked}
+}
+
+// Mark records that key misbehaved (a failed login, say): Allow reports
+// it as Marked for MarkFor.
+func (l *Limiter) Mark(key string) {
+	if l.Rate <= 0 {
+		return
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sourceLocked(key, now).marked = now
+}
+
+func (l *Limiter) markFor() time.Duration {
+	if l.MarkFor > 0 {
+		return l.MarkFor
+	}
+	return DefaultMarkFor
+}
+
+// sourceLocked returns key's entry, making one (and room for it). l.mu
+// must be held.
+func (l *Limiter) sourceLocked(key string, now time.Time) *source {
+	s := l.sources[key]
+	if s != nil {
+		return s
+	}
+	if l.sources == nil {
+		l.sources = map[string]*source{}
+	}
+	maxSources := l.MaxSources
+	if maxSources <= 0 {
+		maxSources = DefaultMaxSources
+	}
+	if len(l.sources) >= maxSources {
+		l.evictLocked(now, maxSources)
+	}
+	s = &source{lim: rate.NewLimiter(l.Rate, max(l.Burst, 1)), last: now}
+	l.sources[key] = s
+	return s
 }
 
 // Sources returns how many sources the limiter tracks.
@@ -195,12 +248,13 @@ func (l *Limiter) Sources() int {
 }
 
 // evictLocked makes room for one more source: it drops every source whose
-// bucket is full again (forgetting it changes nothing), and if that freed
-// nothing, the source idle longest. l.mu must be held.
+// bucket is full again and whose mark has passed (forgetting it changes
+// nothing), and if that freed nothing, the source idle longest. l.mu must
+// be held.
 func (l *Limiter) evictLocked(now time.Time, maxSources int) {
 	var oldest string
 	for k, s := range l.sources {
-		if s.lim.TokensAt(now) >= float64(s.lim.Burst()) {
+		if s.lim.TokensAt(now) >= float64(s.lim.Burst()) && (s.marked.IsZero() || now.Sub(s.marked) >= l.markFor()) {
 			delete(l.sources, k)
 			continue
 		}

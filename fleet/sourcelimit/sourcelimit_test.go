@@ -115,33 +115,33 @@ func TestLimiter(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	l := &Limiter{Rate: rate.Every(10 * time.Second), Burst: 3, Now: func() time.Time { return now }}
 	for i := range 3 {
-		if ok, _ := l.Allow("a"); !ok {
+		if v := l.Allow("a"); !v.OK {
 			t.Fatalf("attempt %d within the burst refused", i+1)
 		}
 	}
-	ok, wait := l.Allow("a")
-	if ok || wait <= 0 || wait > 10*time.Second {
-		t.Fatalf("past the burst: ok %v, wait %v; want refused with a wait of at most 10s", ok, wait)
+	v := l.Allow("a")
+	if v.OK || v.Wait <= 0 || v.Wait > 10*time.Second || !v.First {
+		t.Fatalf("past the burst: %+v; want refused, first, with a wait of at most 10s", v)
 	}
-	if ok, _ := l.Allow("b"); !ok {
+	if v := l.Allow("b"); !v.OK {
 		t.Error("another source was refused")
 	}
 	now = now.Add(10 * time.Second)
-	if ok, _ := l.Allow("a"); !ok {
+	if v := l.Allow("a"); !v.OK {
 		t.Error("refused after a token refilled")
 	}
-	if ok, _ := l.Allow("a"); ok {
-		t.Error("allowed twice on one refilled token")
+	if v := l.Allow("a"); v.OK || !v.First {
+		t.Errorf("the next attempt: %+v, want the first refusal since the last allowed one", v)
 	}
 	// A refused attempt costs nothing: the wait does not grow.
-	_, w1 := l.Allow("a")
-	_, w2 := l.Allow("a")
-	if w2 > w1 {
-		t.Errorf("refused attempts pushed the wait from %v to %v", w1, w2)
+	w1 := l.Allow("a")
+	w2 := l.Allow("a")
+	if w2.Wait > w1.Wait || w1.First || w2.First {
+		t.Errorf("refused attempts: %+v then %+v; want no longer wait, not first", w1, w2)
 	}
 	var off Limiter
 	for range 100 {
-		if ok, _ := off.Allow("x"); !ok {
+		if v := off.Allow("x"); !v.OK {
 			t.Fatal("the zero Limiter refused")
 		}
 	}
@@ -161,7 +161,7 @@ func TestLimiterMemoryIsBounded(t *testing.T) {
 		}
 	}
 	// The newest sources are still limited: eviction took the oldest.
-	if ok, _ := l.Allow("10.0.3.231"); ok {
+	if v := l.Allow("10.0.3.231"); v.OK {
 		t.Error("the most recent flooding source was forgotten")
 	}
 	// Once buckets have refilled, they are dropped first.
@@ -169,5 +169,29 @@ func TestLimiterMemoryIsBounded(t *testing.T) {
 	l.Allow("fresh")
 	if n := l.Sources(); n != 1 {
 		t.Errorf("%d sources tracked after every bucket refilled, want 1", n)
+	}
+}
+
+func TestLimiterMarks(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	l := &Limiter{Rate: rate.Every(time.Second), Burst: 5, MarkFor: time.Minute, Now: func() time.Time { return now }}
+	if v := l.Allow("a"); !v.OK || v.Marked {
+		t.Fatalf("first attempt: %+v, want allowed and unmarked", v)
+	}
+	l.Mark("a")
+	if v := l.Allow("a"); !v.OK || !v.Marked {
+		t.Errorf("after a mark: %+v, want allowed and marked", v)
+	}
+	if v := l.Allow("b"); v.Marked {
+		t.Error("another source is marked")
+	}
+	now = now.Add(time.Minute)
+	if v := l.Allow("a"); v.Marked {
+		t.Error("still marked after MarkFor")
+	}
+	var off Limiter
+	off.Mark("x")
+	if v := off.Allow("x"); v.Marked || off.Sources() != 0 {
+		t.Error("the zero Limiter remembered a mark")
 	}
 }

@@ -68,6 +68,12 @@ const (
 	CodeConflict      = "conflict"
 	CodeDeviceOffline = "device_offline"
 	CodeInternal      = "internal"
+	// CodeBusy: the fleet is too busy to answer now (every password check
+	// taken, say); try again after the Retry-After header's seconds.
+	CodeBusy = "busy"
+	// CodeRateLimited: too many requests from the client's address; try
+	// again after the Retry-After header's seconds.
+	CodeRateLimited = "rate_limited"
 )
 
 // Error is the body of every non-2xx answer.

@@ -16,6 +16,7 @@ cd "$(dirname "$0")/../.."
 benchmarks=(
   sshbench # SSH through the fleet vs OpenSSH sshd: scp throughput, exec round trip, idle RSS
   auditbench # audit: queue writes with fsync batching, a 100,000-event backlog drained, bytes per event
+  loginbench # a flood of logins from 256 addresses: guesses/s it gets, a real user's login latency during it, defences on and off (~1 min)
   linkbench # through linksim, vs an OpenSSH reverse tunnel: blackout recovery, lossy throughput, idle bytes/day, connect RTTs (~13 min)
   armbench # agent binary size per target (raw, gzip, xz), idle RSS and CPU and start-to-tunnel time, native and arm64 under qemu (~2 min)
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
