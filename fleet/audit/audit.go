@@ -73,6 +73,9 @@ var (
 	bucketType    = []byte("by_type")
 )
 
+// buckets are every top-level bucket Open makes.
+var buckets = [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType, bucketUnverified}
+
 // appendFill is the page fill for buckets written in key order: bbolt's
 // default (half) suits random inserts and doubles the file for appends.
 const appendFill = 0.95
@@ -100,6 +103,9 @@ type head struct {
 	// own counters still shows them.
 	Damaged uint64 `cbor:"9,keyasint,omitempty"`
 	Dropped uint64 `cbor:"10,keyasint,omitempty"`
+	// Unverified counts the device's events whose claims about a user or
+	// session did not verify (claims.go).
+	Unverified uint64 `cbor:"11,keyasint,omitempty"`
 }
 
 var (
@@ -159,7 +165,7 @@ func Open(cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType} {
+		for _, b := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -193,8 +199,10 @@ func timeKey(ms int64) []byte {
 	return k[:]
 }
 
-// indexKeys returns an event's index entries (bucket, key).
-func indexKeys(source string, e *proto.AuditEvent) [][2][]byte {
+// indexKeys returns an event's index entries (bucket, key); without
+// claims, not the user and session ones (an event whose claims did not
+// verify is kept out of them).
+func indexKeys(source string, e *proto.AuditEvent, claims bool) [][2][]byte {
 	r := ref(source, e.Seq)
 	tk := timeKey(e.Time)
 	keyed := func(val string) []byte {
@@ -204,10 +212,10 @@ func indexKeys(source string, e *proto.AuditEvent) [][2][]byte {
 	}
 	out := [][2][]byte{{bucketTime, append(append([]byte{}, tk...), r...)}}
 	out = append(out, [2][]byte{bucketDevice, keyed(deviceOf(source, e))})
-	if e.User != "" {
+	if e.User != "" && claims {
 		out = append(out, [2][]byte{bucketUser, keyed(e.User)})
 	}
-	if e.Session != "" {
+	if e.Session != "" && claims {
 		out = append(out, [2][]byte{bucketSession, keyed(e.Session)})
 	}
 	out = append(out, [2][]byte{bucketType, keyed(e.Type)})
@@ -224,8 +232,9 @@ func deviceOf(source string, e *proto.AuditEvent) string {
 }
 
 // store writes e (whose Seq is set) and its index entries; it reports false
-// when the source already has that sequence number (a duplicate).
-func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head) (bool, error) {
+// when the source already has that sequence number (a duplicate). A device
+// event's claims are checked with claims (nil for the fleet's own events).
+func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head, claims *claimChecker) (bool, error) {
 	evs, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(source))
 	if err != nil {
 		return false, err
@@ -247,7 +256,17 @@ func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head) (bool, erro
 	if err := evs.Put(k, v); err != nil {
 		return false, err
 	}
-	for _, ik := range indexKeys(source, e) {
+	why := ""
+	if claims != nil {
+		why = claims.check(e)
+	}
+	if why != "" {
+		if err := tx.Bucket(bucketUnverified).Put(ref(source, e.Seq), []byte(why)); err != nil {
+			return false, err
+		}
+		h.Unverified++
+	}
+	for _, ik := range indexKeys(source, e, why == "") {
 		if err := tx.Bucket(ik[0]).Put(ik[1], nil); err != nil {
 			return false, err
 		}
@@ -292,8 +311,9 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 			return err
 		}
 		added = 0
+		claims := &claimChecker{tx: tx, device: source}
 		for i := range b.Events {
-			ok, err := store(tx, source, &b.Events[i], h)
+			ok, err := store(tx, source, &b.Events[i], h, claims)
 			if err != nil {
 				return err
 			}
@@ -345,7 +365,7 @@ func (l *Log) Append(ctx context.Context, e *proto.AuditEvent) error {
 		if c.Hash, err = proto.ChainHash(prev, &c); err != nil {
 			return err
 		}
-		if _, err := store(tx, api.SourceFleet, &c, h); err != nil {
+		if _, err := store(tx, api.SourceFleet, &c, h, nil); err != nil {
 			return err
 		}
 		return heads.Put([]byte(api.SourceFleet), h.encode())
@@ -388,7 +408,7 @@ func (l *Log) DeviceStatus(deviceID string) (*api.DeviceAudit, bool) {
 }
 
 func deviceAudit(h *head) *api.DeviceAudit {
-	out := &api.DeviceAudit{Head: h.Seq, Dropped: h.Dropped, Damaged: h.Damaged}
+	out := &api.DeviceAudit{Head: h.Seq, Dropped: h.Dropped, Damaged: h.Damaged, Unverified: h.Unverified}
 	if h.Queue != nil {
 		out.Pending, out.Bytes, out.Cap = h.Queue.Pending, h.Queue.Bytes, h.Queue.Cap
 		out.Dropped, out.Damaged = max(out.Dropped, h.Queue.Dropped), max(out.Damaged, h.Queue.Damaged)
@@ -402,6 +422,9 @@ func deviceAudit(h *head) *api.DeviceAudit {
 type Record struct {
 	Source string
 	Event  proto.AuditEvent
+	// Unverified says why the event's claims about a user or session did
+	// not verify; empty when they did, or it made none.
+	Unverified string
 }
 
 // Query selects events. Zero fields match everything.
@@ -491,7 +514,7 @@ func (l *Log) Search(ctx context.Context, q Query) ([]Record, bool, error) {
 				more = true
 				return nil
 			}
-			out = append(out, Record{Source: source, Event: *e})
+			out = append(out, Record{Source: source, Event: *e, Unverified: unverified(tx, source, e.Seq)})
 		}
 		return nil
 	})
@@ -510,6 +533,7 @@ func Export(r Record, names map[string]string) api.AuditEvent {
 		Source: r.Source, Seq: e.Seq, Time: time.UnixMilli(e.Time).UTC(), Type: e.Type, Outcome: e.Outcome,
 		User: e.User, Login: e.Login, Session: e.Session, Device: dev, DeviceName: names[dev],
 		Cluster: e.Cluster, Addr: e.Addr, Message: e.Message, Fields: e.Fields, Hash: hex.EncodeToString(e.Hash),
+		AssertedBy: AssertedBy(r.Source), Unverified: r.Unverified,
 	}
 }
 
@@ -680,9 +704,10 @@ func (l *Log) pruneSome(source []byte, cut int64, max int) (int, error) {
 			if err != nil || e.Time >= cut {
 				break
 			}
-			for _, ik := range indexKeys(string(source), e) {
+			for _, ik := range indexKeys(string(source), e, true) { // deleting a missing key does nothing
 				tx.Bucket(ik[0]).Delete(ik[1])
 			}
+			tx.Bucket(bucketUnverified).Delete(ref(string(source), e.Seq))
 			keys = append(keys, k)
 			h.AnchorSeq, h.AnchorHash = e.Seq, e.Hash
 		}

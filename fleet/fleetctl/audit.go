@@ -77,14 +77,14 @@ func (r *runner) auditSearch(ctx context.Context, fs *flag.FlagSet, args []strin
 		return nil
 	}
 	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tTYPE\tOUTCOME\tDEVICE\tUSER\tLOGIN\tSESSION\tDETAILS")
+	fmt.Fprintln(tw, "TIME\tTYPE\tOUTCOME\tDEVICE\tUSER\tLOGIN\tSESSION\tBY\tDETAILS")
 	for _, e := range res.Events {
 		dev := e.DeviceName
 		if dev == "" {
 			dev = e.Device
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cli.Time(e.Time), e.Type, cli.Dash(e.Outcome), cli.Dash(dev),
-			cli.Dash(e.User), cli.Dash(e.Login), cli.Dash(shortID(e.Session)), details(e))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cli.Time(e.Time), e.Type, cli.Dash(e.Outcome), cli.Dash(dev),
+			cli.Dash(e.User), cli.Dash(e.Login), cli.Dash(shortID(e.Session)), assertedBy(e), details(e))
 	}
 	return tw.Flush()
 }
@@ -97,9 +97,22 @@ func shortID(s string) string {
 	return s
 }
 
-// details is an event's message and fields on one line.
+// assertedBy says who asserted an event, for a table: the fleet or the
+// device.
+func assertedBy(e api.AuditEvent) string {
+	if e.AssertedBy == api.SourceFleet || e.AssertedBy == "" && e.Source == api.SourceFleet {
+		return "fleet"
+	}
+	return "device"
+}
+
+// details is an event's message and fields on one line; a device's claim
+// that did not verify comes first.
 func details(e api.AuditEvent) string {
 	var parts []string
+	if e.Unverified != "" {
+		parts = append(parts, "UNVERIFIED: "+e.Unverified+";")
+	}
 	if e.Message != "" {
 		parts = append(parts, e.Message)
 	}
@@ -157,6 +170,10 @@ func (r *runner) auditVerify(ctx context.Context, fs *flag.FlagSet, args []strin
 			}
 			if q := s.Queue; q != nil && q.Dropped > 0 {
 				fmt.Fprintf(r.stdio.Out, "%s: the device dropped %d audit events (see its audit.dropped events)%s\n", nameOf(s), q.Dropped, lastErr(q))
+			}
+			if q := s.Queue; q != nil && q.Unverified > 0 {
+				fmt.Fprintf(r.stdio.Out, "%s: %d of the device's events named a user or session the fleet did not broker to it; they are kept, marked UNVERIFIED (fleetctl audit search --device=%s)\n",
+					nameOf(s), q.Unverified, nameOf(s))
 			}
 		}
 	}

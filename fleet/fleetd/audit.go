@@ -2,6 +2,7 @@ package fleetd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -21,7 +22,18 @@ func openAudit(cfg Config, log *slog.Logger, now func() time.Time) (*audit.Log, 
 	if err != nil {
 		return nil, nil, err
 	}
-	recs, err := recordings.Open(recordings.Config{Dir: filepath.Join(cfg.DataDir, "recordings"), Logger: log, Now: now})
+	recs, err := recordings.Open(recordings.Config{Dir: filepath.Join(cfg.DataDir, "recordings"), Logger: log, Now: now,
+		Sessions: func(deviceID, session string) (recordings.Session, error) {
+			start, err := events.Brokered(deviceID, session)
+			if errors.Is(err, audit.ErrNotBrokered) {
+				return recordings.Session{}, fmt.Errorf("%w: %w", recordings.ErrNoSession, err)
+			}
+			if err != nil {
+				return recordings.Session{}, err
+			}
+			return recordings.Session{User: start.User, Login: start.Login, Cluster: start.Cluster}, nil
+		},
+	})
 	if err != nil {
 		events.Close()
 		return nil, nil, err

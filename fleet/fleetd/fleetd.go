@@ -132,7 +132,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	tunnels := tunnelsrv.New(tcfg)
-	kube := newKube(cfg, tunnels, audit, log, now)
+	kube := newKube(cfg, tunnels, events, audit, log, now)
 	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}

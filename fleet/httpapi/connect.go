@@ -109,6 +109,18 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		deny(http.StatusForbidden, api.CodeForbidden, err.Error())
 		return
 	}
+	sessionEvent := func(typ string, f map[string]string) *proto.AuditEvent {
+		f["service"], f["device_name"] = service, dev.Name
+		return &proto.AuditEvent{Type: typ, User: c.name(), Login: login, Session: sid, Device: dev.ID, Addr: r.RemoteAddr, Fields: f}
+	}
+	// Recorded before the device hears of the session: the device's own
+	// events about it are checked against this record (fleet/audit,
+	// claims.go). A session the device cannot take ends in an
+	// access.denied for it.
+	if s.record(r.Context(), sessionEvent(proto.EventSessionStart, map[string]string{})) != nil {
+		errAuditDown(w) // an unrecorded session is not brokered
+		return
+	}
 	// An idle device whose NAT mapping changed answers at its next
 	// keep-alive (25 s by default): wait a little longer than that.
 	ctx, cancel := context.WithTimeout(r.Context(), 35*time.Second)
@@ -136,14 +148,6 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	defer conn.Close()
-	sessionEvent := func(typ string, f map[string]string) *proto.AuditEvent {
-		f["service"], f["device_name"] = service, dev.Name
-		return &proto.AuditEvent{Type: typ, User: c.name(), Login: login, Session: sid, Device: dev.ID, Addr: r.RemoteAddr, Fields: f}
-	}
-	if s.record(r.Context(), sessionEvent(proto.EventSessionStart, map[string]string{})) != nil {
-		errAuditDown(w) // an unrecorded session is not brokered
-		return
-	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		deny(http.StatusInternalServerError, api.CodeInternal, "connection cannot be upgraded (HTTP/2?): use HTTP/1.1")

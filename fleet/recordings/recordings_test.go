@@ -11,9 +11,24 @@ import (
 	"remoteler.dev/edge/proto/asciicast"
 )
 
+// brokered is the fleet's record of the sessions it brokered in these
+// tests: device -> session -> user.
+var brokered = map[string]map[string]string{
+	"dev-1": {"s1": "alice", "s2": "alice"},
+	"dev-2": {"s9": "bob"},
+}
+
+func sessions(deviceID, session string) (Session, error) {
+	u, ok := brokered[deviceID][session]
+	if !ok {
+		return Session{}, ErrNoSession
+	}
+	return Session{User: u, Login: "root", Cluster: "fleet"}, nil
+}
+
 func openStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(Config{Dir: t.TempDir()})
+	s, err := Open(Config{Dir: t.TempDir(), Sessions: sessions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +114,62 @@ func TestResumableUpload(t *testing.T) {
 	if len(list) != 0 {
 		t.Errorf("filter: %+v", list)
 	}
+}
+
+// TestPlantedRecordingsRefused: a device cannot file a recording under a
+// session the fleet did not broker to it, nor under another user than the
+// session's.
+func TestPlantedRecordingsRefused(t *testing.T) {
+	s := openStore(t)
+	data := cast(t)
+	tests := []struct {
+		name, device, id string
+		meta             *proto.RecordingMeta
+		code             proto.ErrorCode // 0: accepted
+		user             string
+	}{
+		{"another device's session", "dev-2", "s1", &proto.RecordingMeta{Session: "s1", User: "alice"}, proto.CodeForbidden, ""},
+		{"a session never brokered", "dev-2", "made-up", &proto.RecordingMeta{Session: "made-up", User: "alice"}, proto.CodeForbidden, ""},
+		{"meta naming another session", "dev-2", "s9", &proto.RecordingMeta{Session: "s1", User: "alice"}, proto.CodeForbidden, ""},
+		{"not a session's id", "dev-1", "s1.x", nil, proto.CodeBadRequest, ""},
+		{"its session, another user claimed", "dev-2", "s9", &proto.RecordingMeta{Session: "s9", User: "alice", Login: "admin"}, 0, "bob"},
+		{"a second recording of its session", "dev-1", "s2.2", &proto.RecordingMeta{Session: "s2", User: "mallory"}, 0, "alice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ack := s.Chunk(tt.device, &proto.RecordingChunk{ID: tt.id, Data: data, Final: true, Meta: tt.meta})
+			if tt.code != 0 {
+				if ack.Err == nil || ack.Err.Code != tt.code {
+					t.Fatalf("ack = %+v, want code %v", ack, tt.code)
+				}
+				if _, err := s.Get(tt.id); err == nil {
+					t.Errorf("refused recording %s is stored", tt.id)
+				}
+				return
+			}
+			if ack.Err != nil || !ack.Done {
+				t.Fatalf("ack = %+v, want done", ack)
+			}
+			r, err := s.Get(tt.id)
+			if err != nil || r.User != tt.user || r.Login != "root" || r.Session != sessionOf(tt.id) {
+				t.Errorf("stored as %+v, %v; want the fleet's user %s and login root", r, err, tt.user)
+			}
+		})
+	}
+	for _, r := range mustList(t, s) {
+		if r.User == "alice" && r.Device != "dev-1" {
+			t.Errorf("a recording filed under alice from %s: %+v", r.Device, r)
+		}
+	}
+}
+
+func mustList(t *testing.T, s *Store) []api.Recording {
+	t.Helper()
+	list, err := s.List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
 }
 
 func TestBadChunks(t *testing.T) {

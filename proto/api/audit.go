@@ -50,6 +50,15 @@ type AuditEvent struct {
 	Message    string            `json:"message,omitempty"`
 	Fields     map[string]string `json:"fields,omitempty"`
 	Hash       string            `json:"hash"` // hex
+	// AssertedBy is who asserted the event: "fleet", or "device:" and the
+	// device's ID (whose events the fleet checks only where they name a
+	// user or a session).
+	AssertedBy string `json:"asserted_by"`
+	// Unverified, on a device's event, says why what it claims about a user
+	// or a session did not verify (a session the fleet did not broker to
+	// the device, say); such events never show in a user's or a session's
+	// search.
+	Unverified string `json:"unverified,omitempty"`
 }
 
 // AuditSearch answers GET /v1/audit. Truncated says more events matched
@@ -92,10 +101,13 @@ type DeviceAudit struct {
 	Cap     uint64 `json:"cap,omitempty"`
 	// Dropped counts events the device could not keep (full queue or
 	// disk); Damaged the times it found its queue file damaged.
-	Dropped   uint64    `json:"dropped"`
-	Damaged   uint64    `json:"damaged"`
-	LastError string    `json:"last_error,omitempty"`
-	Reported  time.Time `json:"reported"`
+	Dropped uint64 `json:"dropped"`
+	Damaged uint64 `json:"damaged"`
+	// Unverified counts the device's events whose claims about a user or
+	// a session did not verify.
+	Unverified uint64    `json:"unverified,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	Reported   time.Time `json:"reported"`
 }
 
 // Recording describes one session recording.
