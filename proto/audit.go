@@ -58,6 +58,8 @@ const (
 	EventAuditDamaged = "audit.damaged"
 	// EventRecordingSkipped says a session was not recorded, and why.
 	EventRecordingSkipped = "recording.skipped"
+	// EventAuditExport: an admin exported the audit log.
+	EventAuditExport = "audit.export"
 )
 
 // Outcomes of an audited action.

@@ -21,6 +21,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -38,6 +39,7 @@ import (
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/auditexport"
 )
 
 // Config configures a Log. Path is required; every other zero value works.
@@ -50,6 +52,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// CheckpointKey signs checkpoints of the chains' heads (checkpoint.go);
+	// nil makes none, and Export refuses.
+	CheckpointKey ed25519.PrivateKey
+	// CheckpointEvery is how often Run signs a checkpoint (when heads
+	// changed); default DefaultCheckpointEvery.
+	CheckpointEvery time.Duration
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -74,7 +82,8 @@ var (
 )
 
 // buckets are every top-level bucket Open makes.
-var buckets = [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType, bucketUnverified}
+var buckets = [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType, bucketUnverified,
+	bucketCheckpoints, bucketSigned}
 
 // appendFill is the page fill for buckets written in key order: bbolt's
 // default (half) suits random inserts and doubles the file for appends.
@@ -540,16 +549,28 @@ func Export(r Record, names map[string]string) api.AuditEvent {
 // maxProblems bounds the problems Verify lists per source.
 const maxProblems = 20
 
+// Verification is what Verify found.
+type Verification struct {
+	Chains      []api.AuditChain
+	Checkpoints *CheckpointStatus
+}
+
 // Verify checks every source's chain: sequence numbers without gaps from
 // the anchor to the head, each event's hash recomputed from the one before
-// it, and the head matching the last event.
-func (l *Log) Verify(ctx context.Context) ([]api.AuditChain, error) {
-	var out []api.AuditChain
+// it, the head matching the last event, and the newest head a signed
+// checkpoint names for the source still there with the hash it signed. It
+// also checks the checkpoints themselves: signatures, numbers, links.
+func (l *Log) Verify(ctx context.Context) (*Verification, error) {
+	out := &Verification{}
 	err := l.db.View(func(tx *bolt.Tx) error {
+		out.Checkpoints = l.verifyCheckpoints(tx)
 		heads := tx.Bucket(bucketHeads)
 		sources := map[string]bool{}
 		heads.ForEach(func(k, _ []byte) error { sources[string(k)] = true; return nil })
 		tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error { sources[string(k)] = true; return nil })
+		for s := range out.Checkpoints.expect {
+			sources[s] = true
+		}
 		names := make([]string, 0, len(sources))
 		for s := range sources {
 			names = append(names, s)
@@ -559,7 +580,7 @@ func (l *Log) Verify(ctx context.Context) ([]api.AuditChain, error) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			out = append(out, verifySource(tx, s))
+			out.Chains = append(out.Chains, verifySource(tx, s, out.Checkpoints.expect[s]))
 		}
 		return nil
 	})
@@ -569,7 +590,7 @@ func (l *Log) Verify(ctx context.Context) ([]api.AuditChain, error) {
 	return out, nil
 }
 
-func verifySource(tx *bolt.Tx, source string) api.AuditChain {
+func verifySource(tx *bolt.Tx, source string, signed map[uint64]auditexport.Want) api.AuditChain {
 	r := api.AuditChain{Source: source}
 	problem := func(format string, args ...any) {
 		if len(r.Problems) < maxProblems {
@@ -642,6 +663,9 @@ func verifySource(tx *bolt.Tx, source string) api.AuditChain {
 	}
 	if h.Conflicts > 0 {
 		problem("%d events were sent again with other contents under known sequence numbers", h.Conflicts)
+	}
+	for _, p := range checkSigned(tx, source, h, signed) {
+		problem("%s", p)
 	}
 	r.OK = len(r.Problems) == 0
 	return r
@@ -726,25 +750,48 @@ func (l *Log) pruneSome(source []byte, cut int64, max int) (int, error) {
 	return n, err
 }
 
-// Run prunes events past the retention every hour until ctx is done. With
-// no retention it returns at once.
+// Run signs a checkpoint every CheckpointEvery (when it has a key and
+// heads changed) and prunes events past the retention every hour, until
+// ctx is done. It signs no last checkpoint: the owner does that once
+// nothing writes any more (Checkpoint).
 func (l *Log) Run(ctx context.Context) {
-	if l.cfg.Retention <= 0 {
-		return
+	every := l.cfg.CheckpointEvery
+	if every <= 0 {
+		every = DefaultCheckpointEvery
 	}
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
+	checkpoint := time.NewTicker(every)
+	defer checkpoint.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	l.prune(ctx)
 	for {
-		n, err := l.Prune(ctx, l.cfg.Now().Add(-l.cfg.Retention))
-		if err != nil && ctx.Err() == nil {
-			l.log.Error("prune audit log", "err", err)
-		} else if n > 0 {
-			l.log.Info("audit events past the retention pruned", "events", n, "retention", l.cfg.Retention)
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-checkpoint.C:
+			if l.cfg.CheckpointKey == nil {
+				continue
+			}
+			if c, err := l.Checkpoint(ctx); err != nil {
+				l.log.Error("audit checkpoint not signed", "err", err)
+			} else if c != nil {
+				l.log.Debug("audit checkpoint signed", "n", c.N, "heads", len(c.Heads))
+			}
+		case <-prune.C:
+			l.prune(ctx)
 		}
+	}
+}
+
+// prune drops events past the retention, if there is one.
+func (l *Log) prune(ctx context.Context) {
+	if l.cfg.Retention <= 0 {
+		return
+	}
+	n, err := l.Prune(ctx, l.cfg.Now().Add(-l.cfg.Retention))
+	if err != nil && ctx.Err() == nil {
+		l.log.Error("prune audit log", "err", err)
+	} else if n > 0 {
+		l.log.Info("audit events past the retention pruned", "events", n, "retention", l.cfg.Retention)
 	}
 }

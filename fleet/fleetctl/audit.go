@@ -2,6 +2,7 @@ package fleetctl
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -17,7 +18,7 @@ import (
 
 func init() {
 	commands["audit search"] = command{"audit search [--since=TIME|DURATION] [--until=TIME|DURATION] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--limit=N] [--json]", (*runner).auditSearch}
-	commands["audit verify"] = command{"audit verify [--json]", (*runner).auditVerify}
+	commands["audit verify"] = command{"audit verify [--json] [--export FILE | --against FILE] [--key KEY]", (*runner).auditVerify}
 }
 
 // parseWhen reads an RFC 3339 time, or a duration meaning that long ago.
@@ -129,8 +130,17 @@ func details(e api.AuditEvent) string {
 
 func (r *runner) auditVerify(ctx context.Context, fs *flag.FlagSet, args []string) error {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	export := fs.String("export", "", "check this export `file` (from fleetctl audit export) here, without the fleet")
+	against := fs.String("against", "", "check a fresh export of the fleet's log here against the signed checkpoints of this earlier export `file` too")
+	key := fs.String("key", "", "the checkpoint key the export must be signed with (ed25519:..., as fleetd and audit verify print it); default: the earlier export's, or the export's own")
 	if _, err := r.parseN(fs, args, 0, ""); err != nil {
 		return err
+	}
+	if *export != "" && *against != "" {
+		return r.usageError(fs, "--export and --against check different things; give one")
+	}
+	if *export != "" || *against != "" {
+		return r.auditVerifyExport(ctx, *export, *against, *key, *asJSON)
 	}
 	c, _, err := r.connect()
 	if err != nil {
@@ -177,6 +187,16 @@ func (r *runner) auditVerify(ctx context.Context, fs *flag.FlagSet, args []strin
 			}
 		}
 	}
+	if cp := res.Checkpoints; cp != nil && !*asJSON {
+		for _, p := range cp.Problems {
+			fmt.Fprintf(r.stdio.Out, "checkpoints: %s\n", p)
+		}
+		last := "none yet"
+		if !cp.Last.IsZero() {
+			last = "the last " + cli.Time(cp.Last)
+		}
+		fmt.Fprintf(r.stdio.Out, "Checked against %d signed checkpoints (%s); checkpoint key %s.\n", cp.Count, last, cp.Key)
+	}
 	bad := 0
 	for _, s := range res.Sources {
 		if !s.OK {
@@ -185,6 +205,9 @@ func (r *runner) auditVerify(ctx context.Context, fs *flag.FlagSet, args []strin
 	}
 	if bad > 0 {
 		return fmt.Errorf("audit verify: %d of %d audit chains have problems", bad, len(res.Sources))
+	}
+	if !res.OK {
+		return errors.New("audit verify: the signed checkpoints have problems")
 	}
 	if !*asJSON {
 		fmt.Fprintf(r.stdio.Out, "All %d audit chains verified.\n", len(res.Sources))

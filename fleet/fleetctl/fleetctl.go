@@ -79,7 +79,10 @@ Commands:
   devices rm NAME
   status
   audit search [--since=24h] [--until=TIME] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--json]
-  audit verify [--json]             check every device's (and the fleet's) audit hash chain
+  audit verify [--json]             check every device's (and the fleet's) audit hash chain, against signed checkpoints
+  audit verify --export FILE [--key KEY]   check an export here, without the fleet
+  audit verify --against FILE       check the fleet's log here against an earlier export's checkpoints too
+  audit export [-o FILE] [--checkpoints-only]   events and signed checkpoints, for off-box storage
   version
 
 A role file (YAML; several roles separated by ---):

@@ -2,6 +2,9 @@ package fleetd
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,14 +13,16 @@ import (
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/proto"
 )
 
-// openAudit opens the audit log (DATA_DIR/audit.db) and the session
-// recordings (DATA_DIR/recordings).
-func openAudit(cfg Config, log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
+// openAudit opens the audit log (DATA_DIR/audit.db), signing checkpoints
+// with key, and the session recordings (DATA_DIR/recordings).
+func openAudit(cfg Config, key ed25519.PrivateKey, log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
 	events, err := audit.Open(audit.Config{
 		Path: filepath.Join(cfg.DataDir, "audit.db"), Retention: time.Duration(cfg.AuditRetention), Logger: log, Now: now,
+		CheckpointKey: key, CheckpointEvery: time.Duration(cfg.AuditCheckpointEvery),
 	})
 	if err != nil {
 		return nil, nil, err
@@ -39,6 +44,52 @@ func openAudit(cfg Config, log *slog.Logger, now func() time.Time) (*audit.Log, 
 		return nil, nil, err
 	}
 	return events, recs, nil
+}
+
+// checkpointKeyKey is where the store keeps the audit checkpoint key.
+const checkpointKeyKey = "fleet/audit-checkpoint-key"
+
+// loadCheckpointKey returns the key fleetd signs its audit checkpoints
+// with, creating it on first start. It lives in the state store, apart
+// from the audit file whose chains it vouches for (and, with a
+// distributed store, on other machines).
+func loadCheckpointKey(ctx context.Context, st store.Store) (ed25519.PrivateKey, error) {
+	var k struct {
+		Seed []byte `json:"seed"`
+	}
+	b, err := st.Get(ctx, checkpointKeyKey)
+	if err == nil {
+		if err := json.Unmarshal(b, &k); err != nil || len(k.Seed) != ed25519.SeedSize {
+			return nil, fmt.Errorf("audit checkpoint key: stored key is malformed")
+		}
+		return ed25519.NewKeyFromSeed(k.Seed), nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	k.Seed = make([]byte, ed25519.SeedSize)
+	rand.Read(k.Seed)
+	b, _ = json.Marshal(&k)
+	if err := st.Create(ctx, checkpointKeyKey, b); errors.Is(err, store.ErrExists) {
+		return loadCheckpointKey(ctx, st) // another replica won
+	} else if err != nil {
+		return nil, fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	return ed25519.NewKeyFromSeed(k.Seed), nil
+}
+
+// finalCheckpoint signs the heads as fleetd stops, once nothing writes to
+// the audit log any more.
+func finalCheckpoint(events *audit.Log, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := events.Checkpoint(ctx)
+	switch {
+	case err != nil:
+		log.Error("last audit checkpoint not signed", "err", err)
+	case c != nil:
+		log.Info("audit checkpoint signed", "n", c.N, "heads", len(c.Heads))
+	}
 }
 
 // auditMessages answers the audit batches and recording chunks devices send

@@ -61,6 +61,10 @@ type Config struct {
 	// AuditRetention is how long audit events are kept (e.g. "8760h");
 	// zero keeps them forever.
 	AuditRetention Duration `json:"audit_retention"`
+	// AuditCheckpointEvery is how often fleetd signs a checkpoint of its
+	// audit chains' heads (when they changed); it signs one when it stops
+	// too. Default 5m.
+	AuditCheckpointEvery Duration `json:"audit_checkpoint_every"`
 	// MaxConnsPerSource caps the HTTPS connections one source address (an
 	// IPv4 address, or an IPv6 /64) holds at once; past it a new one is
 	// closed as soon as it is accepted. Default 128; -1 turns the cap off.

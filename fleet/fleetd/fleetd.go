@@ -31,6 +31,7 @@ import (
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/auditexport"
 )
 
 // Version is fleetd's version, set at build time.
@@ -109,7 +110,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 
 	audit := log.With("logger", "audit")
-	events, recs, err := openAudit(cfg, log, now)
+	ckKey, err := loadCheckpointKey(ctx, st)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	events, recs, err := openAudit(cfg, ckKey, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -210,6 +215,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)
 	fmt.Fprintf(out, "CA pin: %s\n", auth.Pin())
+	fmt.Fprintf(out, "Audit checkpoint key: %s\n", auditexport.KeyString(events.CheckpointKey()))
 	fmt.Fprintf(out, "Admin identity: %s (used by fleetctl --data-dir %s)\n", filepath.Join(cfg.DataDir, "admin", "identity.pem"), cfg.DataDir)
 
 	var runErr error
@@ -225,6 +231,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// The tunnel server returns once it has told every device it is going;
 	// the socket closes after that (deferred), or the close frames are lost.
 	wg.Wait()
+	finalCheckpoint(events, log)
 	log.Info("fleetd stopped")
 	return runErr
 }

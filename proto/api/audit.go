@@ -10,7 +10,13 @@ import "time"
 //	    ("session.*"); limit defaults to 1000, at most 10000. The answer is
 //	    an AuditSearch, oldest event first.
 //	GET /v1/audit/verify
-//	    (admin) checks every source's hash chain and answers AuditVerify.
+//	    (admin) checks every source's hash chain, and the chains against
+//	    the signed checkpoints of their heads, and answers AuditVerify.
+//	GET /v1/audit/export?checkpoints_only=true
+//	    (admin) the audit log in the export format (JSON Lines, see
+//	    proto/auditexport): a header, every signed checkpoint, then every
+//	    event with its canonical encoding; only the header and checkpoints
+//	    with checkpoints_only.
 //	GET /v1/recordings
 //	    lists session recordings ([]Recording): a user's own sessions, or
 //	    every session for an admin.
@@ -19,6 +25,7 @@ import "time"
 const (
 	PathAudit       = "/v1/audit"
 	PathAuditVerify = "/v1/audit/verify"
+	PathAuditExport = "/v1/audit/export"
 	PathRecordings  = "/v1/recordings"
 )
 
@@ -73,6 +80,22 @@ type AuditVerify struct {
 	OK      bool         `json:"ok"`
 	Sources []AuditChain `json:"sources"`
 	Checked time.Time    `json:"checked"`
+	// Checkpoints describes the signed checkpoints the chains were
+	// checked against.
+	Checkpoints *AuditCheckpoints `json:"checkpoints,omitempty"`
+}
+
+// AuditCheckpoints describes the fleet's signed checkpoints of its audit
+// chains' heads.
+type AuditCheckpoints struct {
+	// Key is the public key they are signed with, "ed25519:BASE64": pin it
+	// (fleetctl audit verify --export FILE --key KEY).
+	Key   string    `json:"key"`
+	Count int       `json:"count"`
+	Last  time.Time `json:"last,omitzero"`
+	// Problems are the checkpoints' own: a bad signature, a gap, a broken
+	// link between two.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // AuditChain is the result of checking one source's chain.

@@ -1,0 +1,190 @@
+package fleetctl
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"remoteler.dev/edge/fleet/client"
+	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/auditexport"
+)
+
+func init() {
+	commands["audit export"] = command{"audit export [-o FILE] [--checkpoints-only]", (*runner).auditExport}
+}
+
+func (r *runner) auditExport(ctx context.Context, fs *flag.FlagSet, args []string) error {
+	out := fs.String("o", "-", "write the export to this `file` (\"-\": standard output); written whole or not at all")
+	only := fs.Bool("checkpoints-only", false, "only the signed checkpoints: small, enough to check the fleet's log against later (audit verify --against)")
+	if _, err := r.parseN(fs, args, 0, ""); err != nil {
+		return err
+	}
+	c, _, err := r.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := exportTo(ctx, c, *out, *only, r.stdio.Out); err != nil {
+		return fmt.Errorf("audit export: %w", apiHint(err))
+	}
+	if *out != "-" {
+		fmt.Fprintf(r.stdio.Err, "Audit log exported to %s. Keep it off this machine; check it with: fleetctl audit verify --export %s\n", *out, *out)
+	}
+	return nil
+}
+
+// exportTo downloads the fleet's export to path ("-": stdout). A file is
+// written under a temporary name and renamed once complete.
+func exportTo(ctx context.Context, c *client.Client, path string, checkpointsOnly bool, stdout io.Writer) error {
+	if path == "-" {
+		return c.AuditExport(ctx, stdout, checkpointsOnly)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.part")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	err = c.AuditExport(ctx, tmp, checkpointsOnly)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// verifyExport checks an export: the file at path, or (path "") a fresh
+// export of the fleet's log; against are the checkpoints of an earlier
+// export it must still match, and key, when set, the pinned checkpoint key.
+func verifyExport(ctx context.Context, c *client.Client, path string, against []*auditexport.Checkpoint, key ed25519.PublicKey) (*auditexport.Report, error) {
+	opts := auditexport.Options{Key: key, Earlier: against}
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		return auditexport.Verify(f, opts)
+	}
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		err := c.AuditExport(ctx, pw, false)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	rep, err := auditexport.Verify(pr, opts)
+	pr.CloseWithError(errors.New("verification ended"))
+	cancel()
+	if derr := <-done; err == nil && derr != nil && !errors.Is(derr, context.Canceled) {
+		err = derr
+	}
+	return rep, err
+}
+
+// readEarlier reads the checkpoints (and key) of an earlier export.
+func readEarlier(path string) ([]*auditexport.Checkpoint, ed25519.PublicKey, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	return auditexport.ReadCheckpoints(f)
+}
+
+// auditVerifyExport is audit verify with --export or --against: the check
+// runs here, in fleetctl, not in the fleet.
+func (r *runner) auditVerifyExport(ctx context.Context, exportPath, againstPath, keyFlag string, asJSON bool) error {
+	var key ed25519.PublicKey
+	if keyFlag != "" {
+		k, err := auditexport.ParseKey(keyFlag)
+		if err != nil {
+			return fmt.Errorf("audit verify: --key: %w", err)
+		}
+		key = k
+	}
+	var against []*auditexport.Checkpoint
+	if againstPath != "" {
+		cps, earlierKey, err := readEarlier(againstPath)
+		if err != nil {
+			return fmt.Errorf("audit verify: --against: %w", err)
+		}
+		against = cps
+		if key == nil {
+			key = earlierKey // the earlier export pins the key
+		}
+	}
+	var c *client.Client
+	if exportPath == "" {
+		var err error
+		if c, _, err = r.connect(); err != nil {
+			return err
+		}
+		defer c.Close()
+	}
+	rep, err := verifyExport(ctx, c, exportPath, against, key)
+	if err != nil {
+		return fmt.Errorf("audit verify: %w", apiHint(err))
+	}
+	if asJSON {
+		if err := r.printJSON(rep); err != nil {
+			return err
+		}
+	} else {
+		printReport(r.stdio.Out, rep)
+	}
+	if !rep.OK {
+		return fmt.Errorf("audit verify: the export does not verify (%d chains checked against %d signed checkpoints)", len(rep.Chains), rep.Checkpoints+rep.Earlier)
+	}
+	return nil
+}
+
+func printReport(w io.Writer, rep *auditexport.Report) {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tEVENTS\tSEQUENCE\tCHAIN")
+	for _, c := range rep.Chains {
+		chain := "ok"
+		if !c.OK {
+			chain = "BROKEN"
+		}
+		seq := "-"
+		if c.Events > 0 {
+			seq = fmt.Sprintf("%d-%d", c.First, c.Last)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Source, c.Events, seq, chain)
+	}
+	tw.Flush()
+	for _, p := range rep.Problems {
+		fmt.Fprintf(w, "checkpoints: %s\n", p)
+	}
+	for _, c := range rep.Chains {
+		for _, p := range c.Problems {
+			fmt.Fprintf(w, "%s: %s\n", c.Source, p)
+		}
+	}
+	last := "-"
+	if !rep.LastCheckpoint.IsZero() {
+		last = cli.Time(rep.LastCheckpoint)
+	}
+	fmt.Fprintf(w, "Checkpoint key: %s; %d signed checkpoints (the last %s)", rep.Key, rep.Checkpoints, last)
+	if rep.Earlier > 0 {
+		fmt.Fprintf(w, ", and %d from the earlier export", rep.Earlier)
+	}
+	fmt.Fprintln(w, ".")
+	if rep.OK {
+		fmt.Fprintf(w, "All %d audit chains in the export verified.\n", len(rep.Chains))
+	}
+}
