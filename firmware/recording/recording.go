@@ -262,8 +262,14 @@ func (u *Uploader) Wake() {
 	}
 }
 
+// maxRetry bounds the pause after failures in a row: each doubles it from
+// the uploader's retry (the fleet may take no recordings for a while, its
+// disk or this device's quota full; the recordings wait on the device).
+const maxRetry = time.Minute
+
 // Run uploads until ctx is done.
 func (u *Uploader) Run(ctx context.Context) {
+	failures := 0
 	for ctx.Err() == nil {
 		ids := u.s.complete()
 		var err error
@@ -273,8 +279,14 @@ func (u *Uploader) Run(ctx context.Context) {
 			}
 		}
 		if err != nil {
-			u.s.log.Debug("recording upload paused", "err", err)
-			t := time.NewTimer(u.retry/2 + mrand.N(u.retry))
+			failures++
+			wait := u.retry
+			for i := 1; i < failures && wait < maxRetry; i++ {
+				wait *= 2
+			}
+			wait = min(wait, max(maxRetry, u.retry))
+			u.s.log.Debug("recording upload paused", "err", err, "for", wait)
+			t := time.NewTimer(wait/2 + mrand.N(wait))
 			select {
 			case <-ctx.Done():
 			case <-t.C:
@@ -283,6 +295,7 @@ func (u *Uploader) Run(ctx context.Context) {
 			t.Stop()
 			continue
 		}
+		failures = 0
 		select {
 		case <-ctx.Done():
 		case <-u.s.changed:

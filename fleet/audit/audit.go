@@ -58,6 +58,12 @@ type Config struct {
 	// CheckpointEvery is how often Run signs a checkpoint (when heads
 	// changed); default DefaultCheckpointEvery.
 	CheckpointEvery time.Duration
+	// Limits returns the retention and the devices' quota in force
+	// (quota.go), read each time they apply; nil means Retention alone.
+	Limits func() Limits
+	// Room returns an error while devices' uploads must pause for lack of
+	// disk space (fleet/diskfloor); nil never pauses them.
+	Room func() error
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -66,6 +72,9 @@ type Log struct {
 	log *slog.Logger
 	db  *bolt.DB
 	mu  sync.Mutex // serialises the fleet's own appends (one chain)
+
+	pausedMu sync.Mutex        // guards paused
+	paused   map[string]string // device ID -> why its uploads pause
 }
 
 // Buckets. Events live in one sub-bucket per source, keyed by sequence
@@ -115,6 +124,8 @@ type head struct {
 	// Unverified counts the device's events whose claims about a user or
 	// session did not verify (claims.go).
 	Unverified uint64 `cbor:"11,keyasint,omitempty"`
+	// Bytes is what the stored events take (their encodings).
+	Bytes uint64 `cbor:"12,keyasint,omitempty"`
 }
 
 var (
@@ -185,7 +196,12 @@ func Open(cfg Config) (*Log, error) {
 		db.Close()
 		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, err)
 	}
-	return &Log{cfg: cfg, log: cfg.Logger.With("component", "audit"), db: db}, nil
+	l := &Log{cfg: cfg, log: cfg.Logger.With("component", "audit"), db: db}
+	if err := l.countBytes(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("audit: open %s: count bytes: %w", cfg.Path, err)
+	}
+	return l, nil
 }
 
 // Close closes the log.
@@ -281,6 +297,7 @@ func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head, claims *cla
 		}
 	}
 	h.Count++
+	h.Bytes += uint64(len(v))
 	switch e.Type {
 	case proto.EventAuditDamaged:
 		h.Damaged++
@@ -313,11 +330,27 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	}
 	ack := proto.AuditAck{ID: b.ID}
 	added := 0
+	lim := l.limits()
+	room := error(nil)
+	if l.cfg.Room != nil && len(b.Events) > 0 {
+		room = l.cfg.Room()
+	}
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		heads := tx.Bucket(bucketHeads)
 		h, err := decodeHead(heads.Get([]byte(source)))
 		if err != nil {
 			return err
+		}
+		if room != nil || lim.DeviceQuota > 0 {
+			n, err := newBytes(tx, source, h, b)
+			switch {
+			case err != nil:
+				return err
+			case n > 0 && room != nil:
+				return room
+			case n > 0 && lim.DeviceQuota > 0 && int64(h.Bytes)+n > lim.DeviceQuota:
+				return &errOverQuota{held: int64(h.Bytes), adding: n, quota: lim.DeviceQuota}
+			}
 		}
 		added = 0
 		claims := &claimChecker{tx: tx, device: source}
@@ -340,8 +373,19 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 		}
 		return heads.Put([]byte(source), h.encode())
 	})
+	if q, ok := isOverQuota(err); ok {
+		l.pause(source, q.Error())
+		return refusal(b.ID, q.Error()), nil
+	}
+	if room != nil && errors.Is(err, room) {
+		l.pause(source, room.Error())
+		return refusal(b.ID, room.Error()), nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: ingest from %s: %w", source, err)
+	}
+	if added > 0 {
+		l.pause(source, "")
 	}
 	if added < len(b.Events) {
 		l.log.Debug("duplicate audit events skipped", "device_id", source, "sent", len(b.Events), "stored", added)
@@ -413,11 +457,13 @@ func (l *Log) DeviceStatus(deviceID string) (*api.DeviceAudit, bool) {
 	if h == nil {
 		return nil, false
 	}
-	return deviceAudit(h), true
+	out := deviceAudit(h)
+	out.Paused = l.Paused(deviceID)
+	return out, true
 }
 
 func deviceAudit(h *head) *api.DeviceAudit {
-	out := &api.DeviceAudit{Head: h.Seq, Dropped: h.Dropped, Damaged: h.Damaged, Unverified: h.Unverified}
+	out := &api.DeviceAudit{Head: h.Seq, Dropped: h.Dropped, Damaged: h.Damaged, Unverified: h.Unverified, Stored: int64(h.Bytes)}
 	if h.Queue != nil {
 		out.Pending, out.Bytes, out.Cap = h.Queue.Pending, h.Queue.Bytes, h.Queue.Cap
 		out.Dropped, out.Damaged = max(out.Dropped, h.Queue.Dropped), max(out.Damaged, h.Queue.Damaged)
@@ -580,7 +626,11 @@ func (l *Log) Verify(ctx context.Context) (*Verification, error) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			out.Chains = append(out.Chains, verifySource(tx, s, out.Checkpoints.expect[s]))
+			c := verifySource(tx, s, out.Checkpoints.expect[s])
+			if c.Queue != nil {
+				c.Queue.Paused = l.Paused(s)
+			}
+			out.Chains = append(out.Chains, c)
 		}
 		return nil
 	})
@@ -732,6 +782,7 @@ func (l *Log) pruneSome(source []byte, cut int64, max int) (int, error) {
 				tx.Bucket(ik[0]).Delete(ik[1])
 			}
 			tx.Bucket(bucketUnverified).Delete(ref(string(source), e.Seq))
+			h.Bytes -= min(h.Bytes, uint64(len(v)))
 			keys = append(keys, k)
 			h.AnchorSeq, h.AnchorHash = e.Seq, e.Hash
 		}
@@ -751,8 +802,8 @@ func (l *Log) pruneSome(source []byte, cut int64, max int) (int, error) {
 }
 
 // Run signs a checkpoint every CheckpointEvery (when it has a key and
-// heads changed) and prunes events past the retention every hour, until
-// ctx is done. It signs no last checkpoint: the owner does that once
+// heads changed) and applies the retention (age, then size: quota.go) at
+// once and every hour, until ctx is done. It signs no last checkpoint: the owner does that once
 // nothing writes any more (Checkpoint).
 func (l *Log) Run(ctx context.Context) {
 	every := l.cfg.CheckpointEvery
@@ -763,7 +814,7 @@ func (l *Log) Run(ctx context.Context) {
 	defer checkpoint.Stop()
 	prune := time.NewTicker(time.Hour)
 	defer prune.Stop()
-	l.prune(ctx)
+	l.retain(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -778,20 +829,7 @@ func (l *Log) Run(ctx context.Context) {
 				l.log.Debug("audit checkpoint signed", "n", c.N, "heads", len(c.Heads))
 			}
 		case <-prune.C:
-			l.prune(ctx)
+			l.retain(ctx)
 		}
-	}
-}
-
-// prune drops events past the retention, if there is one.
-func (l *Log) prune(ctx context.Context) {
-	if l.cfg.Retention <= 0 {
-		return
-	}
-	n, err := l.Prune(ctx, l.cfg.Now().Add(-l.cfg.Retention))
-	if err != nil && ctx.Err() == nil {
-		l.log.Error("prune audit log", "err", err)
-	} else if n > 0 {
-		l.log.Info("audit events past the retention pruned", "events", n, "retention", l.cfg.Retention)
 	}
 }

@@ -122,3 +122,15 @@ func (c *Client) AuditExport(ctx context.Context, w io.Writer, checkpointsOnly b
 	}
 	return nil
 }
+
+// Retention calls GET /v1/retention (admin).
+func (c *Client) Retention(ctx context.Context) (*api.RetentionStatus, error) {
+	var out api.RetentionStatus
+	return &out, c.do(ctx, http.MethodGet, api.PathRetention, nil, &out)
+}
+
+// SetRetention calls PUT /v1/retention (admin).
+func (c *Client) SetRetention(ctx context.Context, p api.Retention) (*api.RetentionStatus, error) {
+	var out api.RetentionStatus
+	return &out, c.do(ctx, http.MethodPut, api.PathRetention, &p, &out)
+}

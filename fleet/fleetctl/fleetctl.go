@@ -83,6 +83,9 @@ Commands:
   audit verify --export FILE [--key KEY]   check an export here, without the fleet
   audit verify --against FILE       check the fleet's log here against an earlier export's checkpoints too
   audit export [-o FILE] [--checkpoints-only]   events and signed checkpoints, for off-box storage
+  retention show [--format=text|json]           how long and how much audit and recordings are kept; devices near their quota
+  retention set [--audit-max-age=8760h] [--audit-max-bytes=20GiB] [--audit-device-quota=1GiB]
+                [--recordings-max-age=2160h] [--recordings-max-bytes=100GiB] [--recordings-device-quota=2GiB] [--min-free=1GiB]
   version
 
 A role file (YAML; several roles separated by ---):

@@ -420,3 +420,21 @@ func FuzzParseFleetInfo(f *testing.F) {
 		}
 	})
 }
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"512", 512, true}, {"512MiB", 512 << 20, true}, {"1.5GiB", 3 << 29, true},
+		{"20 GiB", 20 << 30, true}, {"1GB", 1e9, true}, {"10B", 10, true},
+		{"-1GiB", 0, false}, {"lots", 0, false}, {"GiB", 0, false}, {"1PiB", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseSize(tt.in)
+		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}

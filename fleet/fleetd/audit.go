@@ -12,17 +12,50 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/audit"
+	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/retention"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
 )
 
+// storage is what bounds the audit trail on disk: the policy (retention
+// and quotas, changed with fleetctl retention set) and the free-space floor
+// under the data dir.
+type storage struct {
+	policy *retention.Service
+	floor  *diskfloor.Floor
+}
+
+func newStorage(cfg Config, st store.Store, now func() time.Time) *storage {
+	defaults := api.DefaultRetention()
+	if cfg.AuditRetention > 0 { // the config file's (or flag's) default
+		defaults.AuditMaxAge = time.Duration(cfg.AuditRetention)
+	}
+	s := &storage{policy: &retention.Service{Store: st, Defaults: &defaults, Now: now}}
+	s.floor = &diskfloor.Floor{Dir: cfg.DataDir, Min: func() int64 { return s.policy.Current().MinFreeBytes }}
+	return s
+}
+
+func (s *storage) auditLimits() audit.Limits {
+	r := s.policy.Current()
+	return audit.Limits{MaxAge: r.AuditMaxAge, MaxBytes: r.AuditMaxBytes, DeviceQuota: r.AuditDeviceQuota}
+}
+
+func (s *storage) recordingLimits() recordings.Limits {
+	r := s.policy.Current()
+	return recordings.Limits{MaxAge: r.RecordingsMaxAge, MaxBytes: r.RecordingsMaxBytes, DeviceQuota: r.RecordingsDeviceQuota}
+}
+
 // openAudit opens the audit log (DATA_DIR/audit.db), signing checkpoints
-// with key, and the session recordings (DATA_DIR/recordings).
-func openAudit(cfg Config, key ed25519.PrivateKey, log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
+// with key, and the session recordings (DATA_DIR/recordings), both bounded
+// by sto.
+func openAudit(cfg Config, key ed25519.PrivateKey, sto *storage, log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
 	events, err := audit.Open(audit.Config{
-		Path: filepath.Join(cfg.DataDir, "audit.db"), Retention: time.Duration(cfg.AuditRetention), Logger: log, Now: now,
+		Path: filepath.Join(cfg.DataDir, "audit.db"), Logger: log, Now: now,
 		CheckpointKey: key, CheckpointEvery: time.Duration(cfg.AuditCheckpointEvery),
+		Limits: sto.auditLimits, Room: sto.floor.Check,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -37,6 +70,15 @@ func openAudit(cfg Config, key ed25519.PrivateKey, log *slog.Logger, now func() 
 				return recordings.Session{}, err
 			}
 			return recordings.Session{User: start.User, Login: start.Login, Cluster: start.Cluster}, nil
+		},
+		Limits: sto.recordingLimits, Room: sto.floor.Check,
+		OnPause: func(deviceID, why string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := events.Append(ctx, &proto.AuditEvent{Type: proto.EventUploadsPaused, Outcome: proto.OutcomeFailure, Device: deviceID,
+				Message: why, Fields: map[string]string{"what": "recordings"}}); err != nil {
+				log.Error("audit event not recorded", "type", proto.EventUploadsPaused, "err", err)
+			}
 		},
 	})
 	if err != nil {

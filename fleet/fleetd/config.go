@@ -58,8 +58,9 @@ type Config struct {
 	// KubeClusterLabels are that cluster's labels for roles'
 	// device_labels; default none (roles with {"*": "*"} select it).
 	KubeClusterLabels map[string]string `json:"kube_cluster_labels"`
-	// AuditRetention is how long audit events are kept (e.g. "8760h");
-	// zero keeps them forever.
+	// AuditRetention is how long audit events are kept (e.g. "8760h")
+	// until an admin sets a storage policy (fleetctl retention set, which
+	// wins); default the policy's default, a year.
 	AuditRetention Duration `json:"audit_retention"`
 	// AuditCheckpointEvery is how often fleetd signs a checkpoint of its
 	// audit chains' heads (when they changed); it signs one when it stops

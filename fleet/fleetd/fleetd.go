@@ -114,7 +114,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	events, recs, err := openAudit(cfg, ckKey, log, now)
+	sto := newStorage(cfg, st, now)
+	events, recs, err := openAudit(cfg, ckKey, sto, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -163,6 +164,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
 		BodyTimeout:     time.Duration(cfg.HTTPBodyTimeout),
 		LoginLimit:      loginLimit(cfg),
+		Retention:       sto.policy,
+		Floor:           sto.floor,
 	}
 	apiSrv.Kube = kube
 	httpSrv := &http.Server{
@@ -181,6 +184,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	wg.Go(func() { recs.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

@@ -52,6 +52,15 @@ type Config struct {
 	// other error: the device tries again later). Nil refuses every new
 	// recording.
 	Sessions func(deviceID, session string) (Session, error)
+	// Limits returns the retention and the devices' quota in force
+	// (quota.go), read each time they apply; nil means none.
+	Limits func() Limits
+	// Room returns an error while devices' uploads must pause for lack of
+	// disk space (fleet/diskfloor); nil never pauses them.
+	Room func() error
+	// OnPause is called when a device's uploads begin to pause, with why.
+	// Optional.
+	OnPause func(deviceID, why string)
 }
 
 // Session is what the fleet recorded of a session it brokered.
@@ -63,7 +72,10 @@ type Session struct {
 type Store struct {
 	cfg Config
 	log *slog.Logger
-	mu  sync.Mutex // serialises writes (uploads are one chunk at a time per device anyway)
+	mu  sync.Mutex // serialises writes (uploads are one chunk at a time per device anyway), guards usage and paused
+
+	usage  map[string]int64  // device ID -> bytes of its recordings held
+	paused map[string]string // device ID -> why its uploads pause
 }
 
 // ErrNotFound is returned for an unknown recording.
@@ -91,7 +103,15 @@ func Open(cfg Config) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recordings: %w", err)
 	}
-	return &Store{cfg: cfg, log: cfg.Logger.With("component", "recordings")}, nil
+	s := &Store{cfg: cfg, log: cfg.Logger.With("component", "recordings"), usage: map[string]int64{}, paused: map[string]string{}}
+	all, err := s.List(nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range all {
+		s.usage[r.Device] += r.Size
+	}
+	return s, nil
 }
 
 func (s *Store) path(id, ext string) string { return filepath.Join(s.cfg.Dir, id+ext) }
@@ -193,6 +213,15 @@ func (s *Store) chunk(deviceID string, c *proto.RecordingChunk) (*proto.Recordin
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, err := s.loadMeta(c.ID)
+	if err == nil && r.Device == deviceID && r.Complete {
+		return &proto.RecordingAck{ID: c.ID, Size: uint64(s.size(r)), Done: true}, nil
+	}
+	if err == nil || errors.Is(err, ErrNotFound) {
+		if why := s.refuseLocked(deviceID, len(c.Data)); why != "" {
+			return nil, proto.Errorf(proto.CodeUnavailable,
+				"the fleet takes no more recordings from this device for now (%s); keep them and send them again later", why)
+		}
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		session, err := s.brokered(deviceID, c)
@@ -238,6 +267,8 @@ func (s *Store) chunk(deviceID string, c *proto.RecordingChunk) (*proto.Recordin
 			return nil, err
 		}
 		size += int64(len(c.Data))
+		s.usage[deviceID] += int64(len(c.Data))
+		s.resumeLocked(deviceID)
 	}
 	if c.Final && c.Offset+uint64(len(c.Data)) == uint64(size) {
 		if err := s.complete(r); err != nil {

@@ -2,7 +2,10 @@ package recordings
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -205,4 +208,99 @@ func FuzzParseMeta(f *testing.F) {
 			t.Fatalf("accepted id %q", r.ID)
 		}
 	})
+}
+
+// upload sends a whole recording in one chunk and returns the answer.
+func upload(s *Store, device, id string, data []byte) *proto.RecordingAck {
+	if ack := s.Chunk(device, &proto.RecordingChunk{ID: id}); ack.Err != nil {
+		return ack
+	}
+	return s.Chunk(device, &proto.RecordingChunk{ID: id, Data: data, Final: true})
+}
+
+func TestRecordingQuotaAndFloor(t *testing.T) {
+	data := cast(t)
+	quota := int64(proto.MaxRecordingChunk + len(data) + len(data)/2)
+	var room error
+	paused := make(chan string, 4)
+	s, err := Open(Config{Dir: t.TempDir(), Sessions: sessions,
+		Limits:  func() Limits { return Limits{DeviceQuota: quota} },
+		Room:    func() error { return room },
+		OnPause: func(dev, why string) { paused <- dev + ": " + why }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"s1", "s1.2"} {
+		if ack := upload(s, "dev-1", id, data); ack.Err != nil || !ack.Done {
+			t.Fatalf("%s within the quota: %+v", id, ack)
+		}
+	}
+	ack := upload(s, "dev-1", "s1.3", data)
+	if ack.Err == nil || ack.Err.Code != proto.CodeUnavailable || !strings.Contains(ack.Err.Message, "quota") {
+		t.Fatalf("past the quota: %+v, want unavailable", ack)
+	}
+	if _, err := s.Get("s1.3"); err == nil {
+		t.Error("the refused recording was stored")
+	}
+	if why := <-paused; !strings.Contains(why, "dev-1: over its recordings quota") {
+		t.Errorf("OnPause said %q", why)
+	}
+	if ack := upload(s, "dev-2", "s9", data); ack.Err != nil {
+		t.Errorf("another device refused: %+v", ack.Err)
+	}
+	quota *= 4
+	if ack := upload(s, "dev-1", "s1.3", data); ack.Err != nil || !ack.Done {
+		t.Errorf("after the quota was raised: %+v", ack)
+	}
+	if s.Paused("dev-1") != "" {
+		t.Errorf("dev-1 still paused: %q", s.Paused("dev-1"))
+	}
+	room = errors.New("the fleet's disk is nearly full")
+	if ack := upload(s, "dev-1", "s2", data); ack.Err == nil || !strings.Contains(ack.Err.Message, "nearly full") {
+		t.Errorf("under the floor: %+v", ack)
+	}
+	// A complete recording is still answered (the device may forget it).
+	if ack := s.Chunk("dev-1", &proto.RecordingChunk{ID: "s1"}); ack.Err != nil || !ack.Done {
+		t.Errorf("query of a complete recording under the floor: %+v", ack)
+	}
+	total, by := s.Usage()
+	if total != int64(4*len(data)) || by["dev-1"] != int64(3*len(data)) {
+		t.Errorf("usage = %d, %v", total, by)
+	}
+}
+
+func TestRecordingRetention(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	data := cast(t)
+	var lim Limits
+	s, err := Open(Config{Dir: t.TempDir(), Sessions: sessions, Now: func() time.Time { return now }, Limits: func() Limits { return lim }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range []string{"s1", "s1.2", "s2"} {
+		now = now.Add(time.Duration(i) * 24 * time.Hour)
+		s.Chunk("dev-1", &proto.RecordingChunk{ID: id, Meta: &proto.RecordingMeta{Start: now.UnixMilli()}})
+		if ack := s.Chunk("dev-1", &proto.RecordingChunk{ID: id, Data: data, Final: true}); !ack.Done {
+			t.Fatalf("%s: %+v", id, ack)
+		}
+	}
+	lim = Limits{MaxBytes: int64(2 * len(data))}
+	if n, err := s.Prune(context.Background()); err != nil || n != 1 {
+		t.Fatalf("pruned to size: %d, %v; want the oldest", n, err)
+	}
+	if _, err := s.Get("s1"); err == nil {
+		t.Error("the oldest recording survived pruning to size")
+	}
+	now = now.Add(48 * time.Hour)
+	lim = Limits{MaxAge: 60 * time.Hour}
+	if n, err := s.Prune(context.Background()); err != nil || n != 1 {
+		t.Fatalf("pruned by age: %d, %v", n, err)
+	}
+	list := mustList(t, s)
+	if len(list) != 1 || list[0].ID != "s2" {
+		t.Errorf("left: %+v, want s2", list)
+	}
+	if total, _ := s.Usage(); total != int64(len(data)) {
+		t.Errorf("usage %d after pruning, want %d", total, len(data))
+	}
 }

@@ -128,9 +128,14 @@ type DeviceAudit struct {
 	Damaged uint64 `json:"damaged"`
 	// Unverified counts the device's events whose claims about a user or
 	// a session did not verify.
-	Unverified uint64    `json:"unverified,omitempty"`
-	LastError  string    `json:"last_error,omitempty"`
-	Reported   time.Time `json:"reported"`
+	Unverified uint64 `json:"unverified,omitempty"`
+	// Stored is the bytes of the device's events the fleet holds, and
+	// Paused why the fleet takes no more for now (the device's quota, the
+	// fleet's disk), if it does not.
+	Stored    int64     `json:"stored,omitempty"`
+	Paused    string    `json:"paused,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	Reported  time.Time `json:"reported"`
 }
 
 // Recording describes one session recording.

@@ -195,7 +195,13 @@ func startFleet(t *testing.T) *fleet {
 // --config file.
 func startFleetWith(t *testing.T, config string) *fleet {
 	t.Helper()
-	f := &fleet{t: t, dataDir: t.TempDir()}
+	return startFleetIn(t, t.TempDir(), config)
+}
+
+// startFleetIn starts fleetd with its data in dataDir.
+func startFleetIn(t *testing.T, dataDir, config string) *fleet {
+	t.Helper()
+	f := &fleet{t: t, dataDir: dataDir}
 	if config != "" {
 		path := filepath.Join(t.TempDir(), "fleetd.yaml")
 		if err := os.WriteFile(path, []byte(config), 0o600); err != nil {

@@ -45,7 +45,7 @@ func start(args []string) int {
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
-	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h (default: forever)")
+	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
