@@ -43,6 +43,22 @@ func newClient(t *testing.T, f *clienttest.Fleet, user string) *client.Client {
 	return c
 }
 
+// serve starts a TLS server of h and returns a client of it.
+func serve(t *testing.T, h http.Handler) *client.Client {
+	t.Helper()
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	conf, err := client.CATLS(srv.Listener.Addr().String(), []*x509.Certificate{srv.Certificate()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(client.Config{Addr: srv.Listener.Addr().String(), TLS: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestErrorMapping(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -60,20 +76,11 @@ func TestErrorMapping(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)
 			}))
-			t.Cleanup(srv.Close)
-			conf, err := client.CATLS(srv.Listener.Addr().String(), []*x509.Certificate{srv.Certificate()}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := client.New(client.Config{Addr: srv.Listener.Addr().String(), TLS: conf})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.Devices(context.Background())
+			_, err := c.Devices(context.Background())
 			var apiErr *api.Error
 			if !errors.As(err, &apiErr) {
 				t.Fatalf("Devices: got %v (%T), want *api.Error", err, err)
@@ -401,7 +408,7 @@ func TestLoginRetriesWhenBusy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var calls atomic.Int32
-			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				n := int(calls.Add(1))
 				switch {
 				case n <= tt.busy:
@@ -415,15 +422,6 @@ func TestLoginRetriesWhenBusy(t *testing.T) {
 					io.WriteString(w, `{"user":"alice"}`)
 				}
 			}))
-			t.Cleanup(srv.Close)
-			conf, err := client.CATLS(srv.Listener.Addr().String(), []*x509.Certificate{srv.Certificate()}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := client.New(client.Config{Addr: srv.Listener.Addr().String(), TLS: conf})
-			if err != nil {
-				t.Fatal(err)
-			}
 			resp, err := c.Login(context.Background(), &api.LoginRequest{User: "alice"})
 			var ae *api.Error
 			switch {

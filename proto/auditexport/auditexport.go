@@ -162,7 +162,7 @@ func KeyString(pub ed25519.PublicKey) string {
 func ParseKey(s string) (ed25519.PublicKey, error) {
 	b64, ok := strings.CutPrefix(strings.TrimSpace(s), "ed25519:")
 	if !ok {
-		return nil, fmt.Errorf("auditexport: key %q does not start with ed25519:", s)
+		return nil, fmt.Errorf("auditexport: key %q does not start with \"ed25519:\"", s)
 	}
 	b, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil || len(b) != ed25519.PublicKeySize {

@@ -208,7 +208,6 @@ type Chain struct {
 	next          uint64
 	anchorSeq     uint64
 	anchorHash    []byte
-	afterGap      bool
 	problemsTrunc bool
 }
 

@@ -14,6 +14,32 @@ import (
 	"remoteler.dev/edge/proto/api"
 )
 
+// recordings lists the recordings u may see.
+func (u *user) recordings() []api.Recording {
+	u.t.Helper()
+	var list []api.Recording
+	if err := json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list); err != nil {
+		u.t.Fatalf("tsh recordings ls --format=json: %v", err)
+	}
+	return list
+}
+
+// waitRecording waits until u may see a recording that match accepts.
+func (u *user) waitRecording(timeout time.Duration, match func(api.Recording) bool) (api.Recording, bool) {
+	u.t.Helper()
+	var found api.Recording
+	ok := eventually(timeout, func() bool {
+		for _, r := range u.recordings() {
+			if match(r) {
+				found = r
+				return true
+			}
+		}
+		return false
+	})
+	return found, ok
+}
+
 // plantRecording writes a finished recording into an agent's data dir, as
 // a compromised device would, with a description naming user and session.
 func plantRecording(t *testing.T, dataDir, id, session, user string) {
@@ -44,18 +70,8 @@ func TestDevicesCannotSpeakForUsers(t *testing.T) {
 	if out, errOut, err := alice.tshErr("", "ssh", "-t", "root@pi-1", "echo real session"); err != nil {
 		t.Fatalf("alice's session: %v\n%s%s", err, out, errOut)
 	}
-	var real api.Recording
-	if !eventually(30*time.Second, func() bool {
-		var list []api.Recording
-		json.Unmarshal([]byte(alice.tsh("recordings", "ls", "--format=json")), &list)
-		for _, r := range list {
-			if r.Complete && r.DeviceName == "pi-1" {
-				real = r
-				return true
-			}
-		}
-		return false
-	}) {
+	real, ok := alice.waitRecording(30*time.Second, func(r api.Recording) bool { return r.Complete && r.DeviceName == "pi-1" })
+	if !ok {
 		t.Fatal("alice's real session was never listed")
 	}
 
@@ -88,10 +104,8 @@ func TestDevicesCannotSpeakForUsers(t *testing.T) {
 		t.Fatalf("the planted recordings were not both refused:\n%s", evil.Output())
 	}
 
-	var list []api.Recording
-	json.Unmarshal([]byte(alice.tsh("recordings", "ls", "--format=json")), &list)
-	if len(list) != 1 || list[0].ID != real.ID || list[0].DeviceName != "pi-1" {
-		t.Errorf("alice's recordings = %+v, want only her real one on pi-1", list)
+	if list := alice.recordings(); len(list) != 1 || list[0].ID != real.ID || list[0].DeviceName != "pi-1" {
+		t.Errorf("alice's recordings = %+v, want only her real one on pi-1", alice.recordings())
 	}
 	if out := alice.tsh("play", "--speed=0", real.ID); !strings.Contains(out, "real session") || strings.Contains(out, "rm -rf") {
 		t.Errorf("alice's recording plays %q", out)

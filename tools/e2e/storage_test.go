@@ -236,26 +236,16 @@ func TestRecordingQuota(t *testing.T) {
 	}) {
 		t.Fatalf("pi-1's recording uploads never paused at the quota: %+v", f.retention())
 	}
-	var list []api.Recording
-	json.Unmarshal([]byte(alice.tsh("recordings", "ls", "--format=json")), &list)
-	for _, r := range list {
+	for _, r := range alice.recordings() {
 		if r.Complete {
 			t.Errorf("a recording over the quota arrived complete: %+v", r)
 		}
 	}
 	f.ctl("", "retention", "set", "--recordings-device-quota=64MiB")
-	var rec api.Recording
-	if !eventually(3*time.Minute, func() bool {
-		var list []api.Recording
-		json.Unmarshal([]byte(alice.tsh("recordings", "ls", "--format=json")), &list)
-		for _, r := range list {
-			if r.Complete && r.DeviceName == "pi-1" {
-				rec = r
-				return true
-			}
-		}
-		return false
-	}) {
+	// The device tries again after a pause that doubles while it is
+	// refused (up to about a minute): allow for it.
+	rec, ok := alice.waitRecording(3*time.Minute, func(r api.Recording) bool { return r.Complete && r.DeviceName == "pi-1" })
+	if !ok {
 		t.Fatal("the recording never arrived after the quota was raised")
 	}
 	if played := alice.tsh("play", "--speed=0", rec.ID); played != out {

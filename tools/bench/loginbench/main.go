@@ -99,8 +99,9 @@ type result struct {
 	// Alice: latencies of her logins that got in, and those that did not.
 	latencies []time.Duration
 	failed    int
-	failure   string  // the first failure
-	peakRSS   float64 // MB
+	failure   string        // the first failure
+	waiting   time.Duration // how long the login in flight when the flood ended had waited
+	peakRSS   float64       // MB
 }
 
 func (r result) mode() string {
@@ -131,11 +132,15 @@ func report(rs []result, sources int, duration time.Duration) {
 		fmt.Printf("| %s | %.0f | %.1f | %d | %d | %d |\n", r.mode(), float64(r.answered)/r.seconds, float64(r.checked)/r.seconds, r.limited, r.busy, r.other)
 	}
 	fmt.Printf("\n**A real user during the flood** (alice, right password, one login a second, each from an address new to the fleet; latency of the logins that got in, the client's retries on \"busy\" included):\n\n")
-	fmt.Println("| defences | logins in | failed | p50 ms | p99 ms | max ms | peak RSS of the bench (MB) |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| defences | logins in | failed | p50 ms | p99 ms | max ms | in flight at the end, waiting (s) | peak RSS of the bench (MB) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
-		fmt.Printf("| %s | %d | %d | %s | %s | %s | %.0f |\n", r.mode(), len(r.latencies), r.failed,
-			ms(pct(r.latencies, 0.5)), ms(pct(r.latencies, 0.99)), ms(pct(r.latencies, 1)), r.peakRSS)
+		p50, p99, top := "-", "-", "-"
+		if len(r.latencies) > 0 {
+			p50, p99, top = ms(pct(r.latencies, 0.5)), ms(pct(r.latencies, 0.99)), ms(pct(r.latencies, 1))
+		}
+		fmt.Printf("| %s | %d | %d | %s | %s | %s | %.1f | %.0f |\n", r.mode(), len(r.latencies), r.failed,
+			p50, p99, top, r.waiting.Seconds(), r.peakRSS)
 	}
 	for _, r := range rs {
 		if r.failure != "" {
@@ -291,6 +296,7 @@ func alice(ctx context.Context, f *fleet, r *result, n int) error {
 		resp, err := c.Login(ctx, req)
 		c.Close()
 		if ctx.Err() != nil {
+			r.waiting = time.Since(start)
 			return nil
 		}
 		if err == nil && resp.User == "alice" {
