@@ -23,9 +23,12 @@ import (
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
+	"remoteler.dev/edge/fleet/leader"
+	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/store"
-	"remoteler.dev/edge/fleet/store/boltstore"
+	"remoteler.dev/edge/fleet/store/backend"
+	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
@@ -55,12 +58,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "admin"), 0o700); err != nil {
 		return fmt.Errorf("fleetd: data dir: %w", err)
 	}
-	st, err := boltstore.Open(filepath.Join(cfg.DataDir, "fleet.db"), boltstore.Options{Logger: log})
+	spec, err := backend.Parse(backend.Config{URL: cfg.Store, DataDir: cfg.DataDir, TLS: cfg.StoreTLS})
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	log.Info("opening the store", "store", spec.String())
+	st, err := backend.Open(ctx, spec, log)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer st.Close()
+	fmt.Fprintf(out, "Store: %s\n", spec)
 	return run(ctx, cfg, st, log, out)
+}
+
+// elector returns the leader elector of job name on st: etcd's election
+// for replicas on etcd, the store-based one for the embedded store.
+func elector(st store.Store, name string) leader.Elector {
+	id, _ := os.Hostname()
+	if es, ok := st.(*etcdstore.Store); ok {
+		return &etcdleader.Elector{Store: es, Name: name, ID: id}
+	}
+	return &leader.Local{Store: st, Name: name, ID: id}
 }
 
 func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out io.Writer) error {
@@ -188,15 +207,26 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	go func() {
 		defer wg.Done()
 		refresh(ctx, log, func() error {
-			if _, err := toks.Prune(ctx); err != nil {
-				log.Warn("prune join tokens", "err", err)
-			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
 			}
 			return writeAdmin(cfg.DataDir, auth, AdminInfo{Addr: clientAddr(addr), CAPin: auth.Pin(), Cluster: cfg.Cluster})
 		})
 	}()
+
+	// Expired join tokens are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			pruner := &tokens.Service{Store: fenced, Now: now, Logger: log}
+			refresh(ctx, log, func() error {
+				if _, err := pruner.Prune(ctx); err != nil {
+					log.Warn("prune join tokens", "err", err)
+				}
+				return nil
+			})
+			return nil
+		})
+	})
 
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)

@@ -104,7 +104,7 @@ type Store struct {
 	log     *slog.Logger
 	closed  atomic.Bool
 
-	mu       sync.Mutex              // guards watchers and leases
+	mu       sync.Mutex               // guards watchers and leases
 	watchers map[*watchState]struct{} // running watches
 	leases   map[*lease]struct{}      // leases granted and not yet ended
 	wg       sync.WaitGroup           // watch and lease goroutines
@@ -225,9 +225,11 @@ func notTaken(err error) bool {
 	if errors.Is(rpctypes.Error(err), rpctypes.ErrNoLeader) {
 		return true
 	}
-	switch rpctypes.ErrorDesc(err) {
-	case "there is no address available", "there is no connection available":
+	switch desc := rpctypes.ErrorDesc(err); {
+	case desc == "there is no address available", desc == "there is no connection available":
 		return true
+	case strings.Contains(desc, "Error while dialing"):
+		return true // the connection was never made
 	}
 	return false
 }
