@@ -1,9 +1,11 @@
 // Package fleetctl is the admin's command-line client as a library: users,
-// roles, join tokens, devices, status and the audit log of a fleet. fleet/cmd/fleetctl is
+// roles, join tokens, devices, status and the audit log of a fleet, and
+// the offline copy of a fleet's store (store copy: the one command that
+// opens stores itself rather than asking fleetd). fleet/cmd/fleetctl is
 // its thin main; tests drive Main directly.
 //
-// It talks to fleetd only through fleet/client and imports no server
-// package. On the fleet's machine it uses the admin identity fleetd keeps
+// It talks to fleetd only through fleet/client; of the server's packages
+// it imports only the store's (fleet/store/...), for store copy. On the fleet's machine it uses the admin identity fleetd keeps
 // in its data dir (DATADIR/admin/identity.pem and DATADIR/admin/fleet.json,
 // renewed by fleetd while it runs); elsewhere -i IDENTITY --proxy HOST:PORT
 // names an identity file of the same format (see client.Identity). Either
@@ -80,6 +82,10 @@ Commands:
   status
   audit search [--since=24h] [--until=TIME] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--json]
   audit verify [--json]             check every device's (and the fleet's) audit hash chain
+  store copy --from=SRC --to=DST [--overwrite] [--from-ca/--from-cert/--from-key FILE] [--to-ca/--to-cert/--to-key FILE]
+                                    copy the fleet's state between stores, offline (fleetd stopped):
+                                    SRC, DST are bolt (DATADIR/fleet.db), a data dir, a bbolt file,
+                                    or etcd://HOST:PORT[,HOST:PORT...]/PREFIX
   version
 
 A role file (YAML; several roles separated by ---):
@@ -137,6 +143,7 @@ var commands = map[string]command{
 	"devices ls":   {"devices ls [-v] [--format=text|json]", (*runner).devicesLs},
 	"devices rm":   {"devices rm NAME", (*runner).devicesRm},
 	"status":       {"status", (*runner).status},
+	"store copy":   {"store copy --from=SRC --to=DST [--overwrite] [--from-ca/--from-cert/--from-key FILE] [--to-ca/--to-cert/--to-key FILE]", (*runner).storeCopy},
 }
 
 // Main runs fleetctl with args (without the program name) and returns the
