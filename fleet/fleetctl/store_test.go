@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/boltstore"
 	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/fleet/store/storetest"
 )
 
 // runCtl runs fleetctl with args and returns its exit code and output.
@@ -42,20 +42,7 @@ func boltDump(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	return dumpStore(t, s)
-}
-
-func dumpStore(t *testing.T, s store.Store) string {
-	t.Helper()
-	items, err := s.List(t.Context(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, it := range items {
-		fmt.Fprintf(&b, "%s=%s\n", it.Key, it.Value)
-	}
-	return b.String()
+	return storetest.Dump(t, s)
 }
 
 // TestStoreCopy migrates a bbolt data dir to a real etcd (TLS, client

@@ -2,13 +2,13 @@ package store_test
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/fleet/store/storetest"
 )
 
 func fill(t *testing.T, s store.Store, kv ...string) {
@@ -18,19 +18,6 @@ func fill(t *testing.T, s store.Store, kv ...string) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func dump(t *testing.T, s store.Store) string {
-	t.Helper()
-	items, err := s.List(t.Context(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, it := range items {
-		fmt.Fprintf(&b, "%s=%s;", it.Key, it.Value)
-	}
-	return b.String()
 }
 
 func TestCopy(t *testing.T) {
@@ -54,7 +41,7 @@ func TestCopy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := dump(t, dst), "ca/x509=key;devices/1=;roles/admin=r;users/alice=a;users/bob=b;"; got != want {
+		if got, want := storetest.Dump(t, dst), "ca/x509=key\ndevices/1=\nroles/admin=r\nusers/alice=a\nusers/bob=b\n"; got != want {
 			t.Errorf("destination = %s, want %s", got, want)
 		}
 		if stats.Total() != 5 || stats.Leased != 1 || stats.Deleted != 0 || stats.Summary() != "ca 1, devices 1, roles 1, users 2" {
@@ -72,7 +59,7 @@ func TestCopy(t *testing.T) {
 		if !errors.Is(err, store.ErrNotEmpty) || !strings.Contains(err.Error(), "holds 1 items") {
 			t.Fatalf("err = %v, want ErrNotEmpty saying how many", err)
 		}
-		if got := dump(t, dst); got != "users/mallory=m;" {
+		if got := storetest.Dump(t, dst); got != "users/mallory=m\n" {
 			t.Errorf("a refused copy changed the destination: %s", got)
 		}
 	})
@@ -84,7 +71,7 @@ func TestCopy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := dump(t, dst), "ca/x509=key;devices/1=;roles/admin=r;users/alice=a;users/bob=b;"; got != want {
+		if got, want := storetest.Dump(t, dst), "ca/x509=key\ndevices/1=\nroles/admin=r\nusers/alice=a\nusers/bob=b\n"; got != want {
 			t.Errorf("destination = %s, want %s", got, want)
 		}
 		if stats.Deleted != 1 {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,6 +56,20 @@ func ForgetByWriting(history int) func(t *testing.T, s store.Store) {
 			must(t, s.Put(t.Context(), "forget/"+strconv.Itoa(i), nil))
 		}
 	}
+}
+
+// Dump lists every item of s as "key=value" lines, for comparing stores.
+func Dump(t testing.TB, s store.Store) string {
+	t.Helper()
+	items, err := s.List(t.Context(), "")
+	if err != nil {
+		t.Fatalf("storetest: list: %v", err)
+	}
+	var b strings.Builder
+	for _, it := range items {
+		fmt.Fprintf(&b, "%s=%s\n", it.Key, it.Value)
+	}
+	return b.String()
 }
 
 // Wait bounds every wait of the suite: generous, for a loaded machine. The
