@@ -214,6 +214,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		})
 	}()
 
+	// CA rotation steps taken on another replica reach this one.
+	wg.Go(func() { followCA(ctx, st, auth, log) })
 	// Expired join tokens are pruned once for the fleet, by the leader.
 	wg.Go(func() {
 		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
