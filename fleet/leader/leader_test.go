@@ -7,10 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const wait = 60 * time.Second
 

@@ -80,3 +80,29 @@ func TestTLSFiles(t *testing.T) {
 		t.Errorf("CA file without a certificate: err = %v", err)
 	}
 }
+
+// FuzzParse feeds Parse any store name: it returns a spec or an error,
+// never panics, and an etcd spec always has endpoints and a /prefix/.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"", "bolt", "/d", "/d/fleet.db", "etcd://h:1", "etcd://a:1,b:2/p/q/", "etcd://[::1]:2379/", "etcd://", "etcd://,/", "x://y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, url string) {
+		spec, err := Parse(Config{URL: url, DataDir: "/data"})
+		if err != nil {
+			return
+		}
+		switch spec.Kind {
+		case Etcd:
+			if len(spec.Endpoints) == 0 || !strings.HasPrefix(spec.Prefix, "/") || !strings.HasSuffix(spec.Prefix, "/") {
+				t.Errorf("Parse(%q) = %+v", url, spec)
+			}
+		case Bolt:
+			if spec.Path == "" {
+				t.Errorf("Parse(%q) = %+v: no path", url, spec)
+			}
+		default:
+			t.Errorf("Parse(%q) = %+v: unknown kind", url, spec)
+		}
+	})
+}

@@ -12,6 +12,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"go.uber.org/goleak"
+
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/hub"
 	"remoteler.dev/edge/fleet/store/storetest"
@@ -50,6 +52,8 @@ const (
 	testQueue   = 64
 	testHistory = 128
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestContract(t *testing.T) {
 	storetest.Run(t, storetest.Harness{

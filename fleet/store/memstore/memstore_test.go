@@ -3,6 +3,8 @@ package memstore_test
 import (
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/hub"
 	"remoteler.dev/edge/fleet/store/memstore"
@@ -13,6 +15,8 @@ const (
 	testQueue   = 64
 	testHistory = 128
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestContract(t *testing.T) {
 	storetest.Run(t, storetest.Harness{
