@@ -20,9 +20,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
+	"remoteler.dev/edge/fleet/backoff"
 	"remoteler.dev/edge/fleet/store"
 )
 
@@ -72,21 +72,15 @@ func Run(ctx context.Context, name string, e Elector, st store.Store, log *slog.
 	log = log.With("job", name)
 	wait := time.Duration(0)
 	for {
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
+		if wait > 0 && !backoff.Wait(ctx, wait) {
+			return ctx.Err()
 		}
 		term, err := e.Campaign(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
-			wait = backoff(wait)
+			wait = backoff.Next(wait, time.Second, 30*time.Second)
 			log.Warn("campaign for leadership failed; retrying", "retry_in", wait.Round(time.Millisecond).String(), "err", err.Error())
 			continue
 		}
@@ -109,10 +103,10 @@ func Run(ctx context.Context, name string, e Elector, st store.Store, log *slog.
 		}
 		switch {
 		case err != nil && !errors.Is(err, context.Canceled):
-			wait = backoff(wait)
+			wait = backoff.Next(wait, time.Second, 30*time.Second)
 			log.Error("job failed; campaigning again", "retry_in", wait.Round(time.Millisecond).String(), "err", err.Error())
 		case time.Since(started) < time.Minute:
-			wait = backoff(wait)
+			wait = backoff.Next(wait, time.Second, 30*time.Second)
 		default:
 			wait = 0
 		}
@@ -134,12 +128,4 @@ func runTerm(ctx context.Context, term Term, st store.Store, job Job) error {
 		return fmt.Errorf("leader: job: %w", err)
 	}
 	return nil
-}
-
-// backoff doubles prev from 1 s to at most 30 s, with jitter of up to a
-// quarter either way.
-func backoff(prev time.Duration) time.Duration {
-	const first, most = time.Second, 30 * time.Second
-	next := min(max(2*prev, first), most)
-	return next + time.Duration(rand.Int64N(int64(next/2))) - next/4
 }

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
+
+	"remoteler.dev/edge/fleet/backoff"
 )
 
 // FollowHandler receives what Follow learns. Reset and Apply are called
@@ -32,14 +33,8 @@ type FollowHandler struct {
 func Follow(ctx context.Context, st Store, prefix string, h FollowHandler) error {
 	wait := time.Duration(0)
 	for {
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
+		if wait > 0 && !backoff.Wait(ctx, wait) {
+			return ctx.Err()
 		}
 		err := followOnce(ctx, st, prefix, h)
 		switch {
@@ -51,7 +46,7 @@ func Follow(ctx context.Context, st Store, prefix string, h FollowHandler) error
 			wait = 0
 			continue
 		}
-		wait = nextWait(wait)
+		wait = backoff.Next(wait, 100*time.Millisecond, 5*time.Second)
 		if h.Retry != nil {
 			h.Retry(err, wait)
 		}
@@ -88,13 +83,4 @@ func followOnce(ctx context.Context, st Store, prefix string, h FollowHandler) e
 		return ctx.Err()
 	}
 	return ErrClosed
-}
-
-// nextWait doubles the back-off from 100 ms to at most 5 s, with jitter of
-// up to a quarter either way.
-func nextWait(prev time.Duration) time.Duration {
-	const first, most = 100 * time.Millisecond, 5 * time.Second
-	next := min(max(2*prev, first), most)
-	jitter := time.Duration(rand.Int64N(int64(next/2))) - next/4
-	return next + jitter
 }

@@ -26,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"remoteler.dev/edge/fleet/backoff"
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/etcdstore"
@@ -159,12 +160,7 @@ func (t *term) watch() {
 		items, rev, err := t.st.ListRevision(ctx, t.g.Key)
 		if err != nil {
 			// etcd unreachable: the session's renewals decide.
-			timer := time.NewTimer(time.Second)
-			select {
-			case <-ctx.Done():
-			case <-timer.C:
-			}
-			timer.Stop()
+			backoff.Wait(ctx, time.Second)
 			continue
 		}
 		if !holds(items, t.g) {

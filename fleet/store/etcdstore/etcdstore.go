@@ -29,7 +29,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +39,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/namespace"
 
+	"remoteler.dev/edge/fleet/backoff"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/hub"
 )
@@ -150,15 +150,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			break
 		}
 		why := fmt.Errorf("%w (%s)", err, diagnose(ctx, cfg.Endpoints, cfg.TLS))
-		wait = backoff(wait, time.Second, 30*time.Second)
+		wait = backoff.Next(wait, time.Second, 30*time.Second)
 		if ctx.Err() == nil {
 			log.Warn("etcd does not answer; retrying (is etcd running, and are the endpoints and TLS files right?)",
 				"endpoints", strings.Join(cfg.Endpoints, ","), "attempt", attempt, "retry_in", wait.Round(time.Millisecond).String(), "err", why.Error())
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-			case <-t.C:
+			if backoff.Wait(ctx, wait) {
 				continue
 			}
 		}
@@ -175,13 +171,6 @@ func (s *Store) Client() *clientv3.Client { return s.client }
 
 // Prefix returns the prefix of every key of the store in etcd.
 func (s *Store) Prefix() string { return s.cfg.Prefix }
-
-// backoff doubles prev from first to at most most, with jitter of up to a
-// quarter either way.
-func backoff(prev, first, most time.Duration) time.Duration {
-	next := min(max(2*prev, first), most)
-	return next + time.Duration(rand.Int64N(int64(next/2))) - next/4
-}
 
 // reqCtx bounds ctx by the request timeout when it has no deadline, and
 // asks etcd to refuse the request at once (rather than wait) when the
@@ -209,13 +198,9 @@ func retryWrite(ctx context.Context, f func() error) error {
 		if err == nil || !notTaken(err) || ctx.Err() != nil {
 			return err
 		}
-		wait = backoff(wait, 50*time.Millisecond, time.Second)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		wait = backoff.Next(wait, 50*time.Millisecond, time.Second)
+		if !backoff.Wait(ctx, wait) {
 			return err
-		case <-t.C:
 		}
 	}
 }

@@ -144,7 +144,9 @@ func TestLeaderKilled(t *testing.T) {
 	ctx := t.Context()
 	s := open(t, c, randomPrefix())
 	defer s.Close()
-	l, err := s.Grant(ctx, 5*time.Second)
+	// The TTL covers an election on a loaded machine: the lease must
+	// survive the renewals moving to the new leader.
+	l, err := s.Grant(ctx, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

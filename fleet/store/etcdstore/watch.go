@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"remoteler.dev/edge/fleet/backoff"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/hub"
 )
@@ -98,14 +99,10 @@ func (s *Store) feed(ctx context.Context, prefix string, last int64, q *hub.Queu
 		if progressed {
 			wait = 0
 		}
-		wait = backoff(wait, 100*time.Millisecond, 5*time.Second)
+		wait = backoff.Next(wait, 100*time.Millisecond, 5*time.Second)
 		s.log.Debug("watch broke; resuming", "prefix", prefix, "after", last, "retry_in", wait.String(), "err", fmt.Sprint(werr))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Wait(ctx, wait) {
 			return
-		case <-t.C:
 		}
 	}
 }
