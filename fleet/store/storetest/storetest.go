@@ -907,9 +907,9 @@ func testLeaseExpires(t *testing.T, h Harness) {
 	must(t, s.Put(ctx, "presence/dev1", []byte("replica-a"), store.WithLease(l)))
 	ch, err := p.Watch(ctx, "presence/", 0)
 	must(t, err)
-	// Renewals run while the owner lives: the key outlives several TTLs.
+	// Renewals run while the owner lives: the key outlives two TTLs.
 	// (Waiting is the point here: the key must not go while renewed.)
-	time.Sleep(3 * l.TTL())
+	time.Sleep(2 * l.TTL())
 	if _, err := p.Get(ctx, "presence/dev1"); err != nil {
 		t.Fatalf("a renewed lease's key went: %v", err)
 	}
