@@ -25,11 +25,11 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/identity"
 	"remoteler.dev/edge/firmware/netwatch"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 )
 

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"remoteler.dev/edge/firmware/auditq"
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/recording"
 	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
 )

@@ -32,12 +32,12 @@ import (
 	"strings"
 	"time"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
-// Version is tsh's version: the build's (firmware/buildinfo, set by the
+// Version is tsh's version: the build's (internal/buildinfo, set by the
 // release build). Tests may change it.
 var Version = buildinfo.Version
 

@@ -20,10 +20,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"remoteler.dev/edge/firmware/agent"
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/kubeproxy"
 	"remoteler.dev/edge/firmware/service"
 	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
 func main() {
