@@ -91,7 +91,7 @@ func TestUsersAdd(t *testing.T) {
 			name:     "no roles",
 			stdin:    "pa55word\n",
 			args:     []string{"users", "add", "carol"},
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "--roles is required",
 		},
 		{
@@ -103,7 +103,7 @@ func TestUsersAdd(t *testing.T) {
 		{
 			name:     "no name",
 			args:     []string{"users", "add", "--roles=dev"},
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "missing NAME",
 		},
 	}
@@ -169,7 +169,7 @@ spec:
 		{"roles create", func(f string) []string { return []string{"roles", "create", "-f", f} }, "", 0, []string{"admin", "field-tech"}, ""},
 		{"create alias", func(f string) []string { return []string{"create", "-f", f} }, "", 0, []string{"admin", "field-tech"}, ""},
 		{"stdin", func(string) []string { return []string{"create", "-f", "-"} }, twoRoles, 0, []string{"admin", "field-tech"}, ""},
-		{"no file", func(string) []string { return []string{"roles", "create"} }, "", 2, nil, "-f ROLE.yaml is required"},
+		{"no file", func(string) []string { return []string{"roles", "create"} }, "", 1, nil, "-f ROLE.yaml is required"},
 		{"unknown field", func(string) []string { return []string{"create", "-f", "-"} },
 			"kind: role\nmetadata: {name: x}\nspec:\n  allw: {logins: [pi]}\n", 1, nil,
 			`document 1 (role "x"): unknown field "spec.allw"`},
@@ -291,8 +291,8 @@ func TestTokensAdd(t *testing.T) {
 		t.Errorf("--fleet-addr not used: %s", r.stdout)
 	}
 	r = e.run("", "--data-dir", e.dataDir, "tokens", "ls", "--format=json")
-	var toks []api.Token
-	if err := json.Unmarshal([]byte(r.stdout), &toks); err != nil || len(toks) != 2 || toks[0].UsesLeft != 3 {
+	var toks api.List[api.Token]
+	if err := json.Unmarshal([]byte(r.stdout), &toks); err != nil || toks.Kind != "tokens" || len(toks.Items) != 2 || toks.Items[0].UsesLeft != 3 {
 		t.Errorf("tokens ls --format=json: got %s (%v)", r.stdout, err)
 	}
 	if r = e.run("", "--data-dir", e.dataDir, "tokens", "rm", "tok1"); r.code != 0 {
@@ -333,8 +333,8 @@ func TestListings(t *testing.T) {
 	}
 	t.Run("devices json", func(t *testing.T) {
 		r := e.run("", "--data-dir", e.dataDir, "devices", "ls", "--format=json")
-		var got []api.Device
-		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0].Name != "gw1" {
+		var got api.List[api.Device]
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got.Items) != 1 || got.Items[0].Name != "gw1" {
 			t.Errorf("got %s (%v)", r.stdout, err)
 		}
 	})
@@ -369,7 +369,8 @@ func TestWhereIsTheFleet(t *testing.T) {
 		{"no data dir", []string{"--data-dir", empty, "status"}, 1,
 			"cannot find " + filepath.Join(empty, "admin", "fleet.json") + ": is fleetd running with --data-dir " + empty + "?"},
 		{"identity not trusted", []string{"-i", e.idPath, "--proxy", clienttest.NewFleet(t).Addr, "status"}, 1, "does not trust"},
-		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{"mistyped command", []string{"--data-dir", e.dataDir, "devcies", "ls"}, 1, `unknown command "devcies" for "fleetctl"; did you mean "devices"?`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

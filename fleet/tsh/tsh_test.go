@@ -96,7 +96,7 @@ func TestLogin(t *testing.T) {
 		{
 			name:     "pin and insecure",
 			args:     func(e *testEnv) []string { return []string{"--insecure", "--ca-pin=" + e.fleet.Pin} },
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "use --ca-pin or --insecure, not both",
 		},
 		{
@@ -287,7 +287,7 @@ func TestLs(t *testing.T) {
 			"NAME ID LABELS STATUS LAST SEEN VERSION OS/ARCH ADDRESS JOINED RTT LOSS RECONNECTS SENT/RECEIVED ADDRESS CHANGED LOGINS",
 			"gw2 d2 site=south offline 3h ago 1.0.0 - - never - - 0 - - -",
 		}},
-		{"bad selector", []string{"ls", "north"}, 2, nil},
+		{"bad selector", []string{"ls", "north"}, 1, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -306,13 +306,19 @@ func TestLs(t *testing.T) {
 	}
 	t.Run("json", func(t *testing.T) {
 		r := e.run(nil, "ls", "--format=json", "env=prod")
-		var got []api.Device
-		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0].Name != "gw1" {
-			t.Errorf("got %s (%v), want gw1 only", r.stdout, err)
+		var got api.List[api.Device]
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.Kind != "devices" || len(got.Items) != 1 || got.Items[0].Name != "gw1" || got.Truncated {
+			t.Errorf("got %s (%v), want gw1 only, not truncated", r.stdout, err)
 		}
 		r = e.run(nil, "ls", "--format=json", "env=none")
-		if strings.TrimSpace(r.stdout) != "[]" {
-			t.Errorf("got %q, want []", r.stdout)
+		want := `{
+  "kind": "devices",
+  "items": [],
+  "truncated": false
+}
+`
+		if r.stdout != want {
+			t.Errorf("got %q, want %q", r.stdout, want)
 		}
 	})
 }

@@ -42,25 +42,29 @@ func buildAuditgen(t *testing.T) {
 	}
 }
 
-// search runs fleetctl audit search --json with args.
+// search runs fleetctl audit search --format=json with args; the search
+// must not be cut short.
 func (f *fleet) search(args ...string) []api.AuditEvent {
 	f.t.Helper()
-	out := f.ctl("", append([]string{"audit", "search", "--json", "--since=", "--limit=10000"}, args...)...)
-	var evs []api.AuditEvent
-	if err := json.Unmarshal([]byte(out), &evs); err != nil {
-		f.t.Fatalf("audit search --json: %v\n%s", err, out)
+	out := f.ctl("", append([]string{"audit", "search", "--format=json", "--since=", "--limit=10000"}, args...)...)
+	var evs api.List[api.AuditEvent]
+	if err := json.Unmarshal([]byte(out), &evs); err != nil || evs.Kind != "audit_events" {
+		f.t.Fatalf("audit search --format=json: %v\n%s", err, out)
 	}
-	return evs
+	if evs.Truncated {
+		f.t.Fatalf("audit search --format=json: truncated at %d events", len(evs.Items))
+	}
+	return evs.Items
 }
 
-// verify runs fleetctl audit verify --json and returns its result and
-// whether fleetctl succeeded.
+// verify runs fleetctl audit verify --format=json and returns its result
+// and whether fleetctl succeeded.
 func (f *fleet) verify() (api.AuditVerify, bool) {
 	f.t.Helper()
-	out, errOut, err := f.ctlErr("", "audit", "verify", "--json")
+	out, errOut, err := f.ctlErr("", "audit", "verify", "--format=json")
 	var v api.AuditVerify
 	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
-		f.t.Fatalf("audit verify --json: %v\n%s\n%s", jerr, out, errOut)
+		f.t.Fatalf("audit verify --format=json: %v\n%s\n%s", jerr, out, errOut)
 	}
 	return v, err == nil
 }
@@ -122,9 +126,9 @@ func TestAuditSessionsAndRecordings(t *testing.T) {
 	// The recording reaches the fleet and plays back byte for byte.
 	var rec api.Recording
 	if !eventually(30*time.Second, func() bool {
-		var list []api.Recording
+		var list api.List[api.Recording]
 		json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list)
-		for _, r := range list {
+		for _, r := range list.Items {
 			if r.Complete && r.Kind == "exec" && r.DeviceName == "pi-1" {
 				rec = r
 				return true
@@ -613,9 +617,9 @@ spec:
 		}
 		var id string
 		if !eventually(30*time.Second, func() bool {
-			var list []api.Recording
+			var list api.List[api.Recording]
 			json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list)
-			for _, r := range list {
+			for _, r := range list.Items {
 				if r.Complete && r.User == name {
 					id = r.ID
 					return true

@@ -268,11 +268,11 @@ func (f *fleet) token(args ...string) string {
 func (f *fleet) devices() []api.Device {
 	f.t.Helper()
 	out := f.ctl("", "devices", "ls", "--format=json")
-	var ds []api.Device
+	var ds api.List[api.Device]
 	if err := json.Unmarshal([]byte(out), &ds); err != nil {
 		f.t.Fatalf("devices ls --format=json: %v\n%s", err, out)
 	}
-	return ds
+	return ds.Items
 }
 
 func (f *fleet) online(name string) bool {

@@ -70,11 +70,11 @@ func (f *fleet) online(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var ds []api.Device
+	var ds api.List[api.Device]
 	if err := json.Unmarshal([]byte(out), &ds); err != nil {
 		return false, fmt.Errorf("fleetctl devices ls --format=json: %w", err)
 	}
-	return slices.ContainsFunc(ds, func(d api.Device) bool { return d.Name == name && d.Online }), nil
+	return slices.ContainsFunc(ds.Items, func(d api.Device) bool { return d.Name == name && d.Online }), nil
 }
 
 // waitOnline polls the device list until device name, run by agent p, is

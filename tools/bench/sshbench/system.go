@@ -139,8 +139,8 @@ func (f *fleet) waitOnline(ctx context.Context, timeout time.Duration) error {
 	for {
 		out, err := f.ctl(ctx, "", "devices", "ls", "--format=json")
 		if err == nil {
-			var ds []api.Device
-			if json.Unmarshal([]byte(out), &ds) == nil && slices.ContainsFunc(ds, func(d api.Device) bool { return d.Name == f.device && d.Online }) {
+			var ds api.List[api.Device]
+			if json.Unmarshal([]byte(out), &ds) == nil && slices.ContainsFunc(ds.Items, func(d api.Device) bool { return d.Name == f.device && d.Online }) {
 				return nil
 			}
 		}
