@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -420,4 +421,32 @@ func FuzzParseFleetInfo(f *testing.F) {
 			t.Fatal("accepted fleet.json without addr")
 		}
 	})
+}
+
+// TestRolesRoundTrip feeds roles ls --format=yaml and json back to roles
+// create: the listing is also a role file.
+func TestRolesRoundTrip(t *testing.T) {
+	e := newTestEnv(t)
+	const role = "kind: role\nmetadata: {name: field-tech, description: \"techs \\e[2K\"}\nspec: {allow: {logins: [pi], device_labels: {site: [north]}}, options: {max_session_ttl: 4h}}\n"
+	if r := e.run(role, "--data-dir", e.dataDir, "roles", "create", "-f", "-"); r.code != 0 {
+		t.Fatalf("roles create: %s", r.stderr)
+	}
+	want := e.fleet.Roles()
+	for _, format := range []string{"yaml", "json"} {
+		t.Run(format, func(t *testing.T) {
+			out := e.run("", "--data-dir", e.dataDir, "roles", "ls", "--format="+format)
+			if out.code != 0 || strings.Contains(out.stdout, "\x1b") {
+				t.Fatalf("roles ls: exit %d, stdout %q", out.code, out.stdout)
+			}
+			if r := e.run("", "--data-dir", e.dataDir, "roles", "rm", "field-tech"); r.code != 0 || len(e.fleet.Roles()) != 0 {
+				t.Fatalf("roles rm: %s", r.stderr)
+			}
+			if r := e.run(out.stdout, "--data-dir", e.dataDir, "roles", "create", "-f", "-"); r.code != 0 {
+				t.Fatalf("roles create of roles ls: %s", r.stderr)
+			}
+			if got := e.fleet.Roles(); !reflect.DeepEqual(got, want) {
+				t.Errorf("after the round trip: %+v, want %+v", got, want)
+			}
+		})
+	}
 }

@@ -87,5 +87,7 @@ func Filter(all []cobra.Completion, toComplete, prefix string) []cobra.Completio
 
 // CompleteValues completes a flag whose values are fixed (--format).
 func CompleteValues(values ...string) cobra.CompletionFunc {
-	return cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp)
+	return func(_ *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		return Filter(values, toComplete, ""), cobra.ShellCompDirectiveNoFileComp
+	}
 }
