@@ -53,6 +53,9 @@ type Store struct {
 	changed chan struct{} // signalled when a recording is complete
 }
 
+// DefaultMaxBytes is Config.MaxBytes's default: 256 MiB.
+const DefaultMaxBytes = 256 << 20
+
 // ErrFull is returned by Start when the recordings use MaxBytes.
 var ErrFull = errors.New("recording: the device's recordings are at their cap")
 
@@ -65,7 +68,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, errors.New("recording: open: no directory")
 	}
 	if cfg.MaxBytes <= 0 {
-		cfg.MaxBytes = 256 << 20
+		cfg.MaxBytes = DefaultMaxBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -273,16 +273,7 @@ func TestAuditExactlyOnceAcrossKillsAndFlaps(t *testing.T) {
 	f.waitOnline("gen-1")
 	first.Stop()
 
-	link, err := linksim.New(linksim.Config{Seed: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayAddr := relay.Addr().String()
+	link, relayAddr := udpRelay(t, f, linksim.Config{Seed: 7})
 
 	rng := rand.New(rand.NewPCG(11, 12))
 	stopFlap := make(chan struct{})

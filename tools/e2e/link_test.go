@@ -20,6 +20,17 @@ import (
 func behindLink(t *testing.T, f *fleet, a *agent, cfg linksim.Config) *linksim.Link {
 	t.Helper()
 	a.proc.Stop()
+	link, relay := udpRelay(t, f, cfg)
+	a.proc = start(t, "edge-agent "+a.name+" (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", a.dataDir, "--fleet", relay, "--log-level", "debug")
+	f.waitOnline(a.name)
+	return link
+}
+
+// udpRelay starts a linksim link with a UDP relay to the fleet, closed at
+// the end of the test, and returns the link and the relay's address.
+func udpRelay(t *testing.T, f *fleet, cfg linksim.Config) (*linksim.Link, string) {
+	t.Helper()
 	link, err := linksim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -29,10 +40,7 @@ func behindLink(t *testing.T, f *fleet, a *agent, cfg linksim.Config) *linksim.L
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.proc = start(t, "edge-agent "+a.name+" (behind linksim)", nil, "edge-agent", "start",
-		"--data-dir", a.dataDir, "--fleet", relay.Addr().String(), "--log-level", "debug")
-	f.waitOnline(a.name)
-	return link
+	return link, relay.Addr().String()
 }
 
 // TestInteractiveOpenSSHThroughBlackoutAndMove: a real OpenSSH session on
