@@ -70,6 +70,13 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	if err != nil {
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
+	if err := h.Check(); err != nil {
+		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", dev.Name, "addr", addr.String(),
+			"reason", "hello: "+err.Error())
+		d.event(&proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: "hello: " + err.Error(), Fields: map[string]string{"action": "tunnel", "name": dev.Name}})
+		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
+	}
 	if h.Name != dev.Name {
 		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", h.Name, "addr", addr.String(),
 			"reason", "hello names another device")

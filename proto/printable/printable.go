@@ -92,13 +92,13 @@ var ErrUnsafe = errors.New("holds a control or formatting character")
 // is not UTF-8, or holds an unsafe rune. The error quotes s escaped.
 func Check(s string, max int) error {
 	if max > 0 && len(s) > max {
-		return fmt.Errorf("%q is longer than %d bytes", Escape(s[:max])+"...", max)
+		return fmt.Errorf(`"%s..." is longer than %d bytes`, Escape(s[:max]), max)
 	}
 	if firstUnsafe(s) >= 0 {
 		if !utf8.ValidString(s) {
-			return fmt.Errorf("%q is not UTF-8: %w", Escape(s), ErrUnsafe)
+			return fmt.Errorf(`"%s" is not UTF-8: %w`, Escape(s), ErrUnsafe)
 		}
-		return fmt.Errorf("%q %w", Escape(s), ErrUnsafe)
+		return fmt.Errorf(`"%s" %w`, Escape(s), ErrUnsafe)
 	}
 	return nil
 }
