@@ -134,6 +134,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
+	links := linkSampler(tunnels)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         &users.Service{Store: st, Now: now, Logger: log},
@@ -151,6 +152,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		LinkLoss:      links.Loss,
 		Now:           now,
 	}
 	apiSrv.Kube = kube
@@ -170,6 +172,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

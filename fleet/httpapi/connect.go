@@ -31,7 +31,9 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		l := &out.Link
 		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
 		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
-		if info.Stats.PacketsSent > 0 {
+		if loss, blackouts, ok := s.linkLoss(d.ID); ok {
+			l.LossPercent, l.Blackouts = loss, blackouts
+		} else if info.Stats.PacketsSent > 0 {
 			l.LossPercent = 100 * float64(info.Stats.PacketsLost) / float64(info.Stats.PacketsSent)
 		}
 		l.ConnectedSince = info.Since.UTC()
@@ -40,6 +42,14 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		}
 	}
 	return out
+}
+
+// linkLoss is LinkLoss, when set.
+func (s *Server) linkLoss(deviceID string) (float64, int, bool) {
+	if s.LinkLoss == nil {
+		return 0, 0, false
+	}
+	return s.LinkLoss(deviceID)
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) {

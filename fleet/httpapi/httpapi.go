@@ -56,6 +56,10 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// LinkLoss gives a device tunnel's packet loss outside blackouts, in
+	// percent, and its blackouts (fleet/linkhealth); nil, or ok false,
+	// falls back to QUIC's count of every lost packet.
+	LinkLoss func(deviceID string) (percent float64, blackouts int, ok bool)
 
 	Cluster   string
 	Version   string
