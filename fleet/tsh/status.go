@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/printable"
 )
 
 func jsonIndent(v any) ([]byte, error) {
@@ -19,20 +20,29 @@ func jsonIndent(v any) ([]byte, error) {
 }
 
 func (r *runner) statusCommand() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show your logins and how long they are valid",
-		Long: `Show every login tsh keeps (the current one marked with ">"): the fleet,
-user, roles, logins and when the certificates expire. It fails when there
-is no valid current login, so scripts can test it.`,
+		Long: `Show every login tsh keeps (the current one marked with ">", and
+"current": true in JSON and YAML): the fleet, user, roles, logins and when
+the certificates expire. It fails when there is no valid current login, so
+scripts can test it.`,
 		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return r.status() },
 	}
+	format := cli.FormatFlag(cmd, "")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return r.status(*format) }
+	return cmd
+}
+
+// statusItem is a login in tsh status --format=json or yaml.
+type statusItem struct {
+	*profile
+	Current bool `json:"current"`
 }
 
 // status prints every profile, the current one marked with ">". It fails
 // when there is no valid current login, so scripts can test it.
-func (r *runner) status() error {
+func (r *runner) status(format cli.Format) error {
 	cur, _, curErr := r.currentProfile()
 	all, errs := r.allProfiles()
 	for _, err := range errs {
@@ -42,7 +52,19 @@ func (r *runner) status() error {
 		return errNotLoggedIn
 	}
 	now := r.stdio.Now()
+	if format != cli.Text {
+		items := make([]statusItem, len(all))
+		for i, p := range all {
+			items[i] = statusItem{p, cur != nil && cur.name() == p.name()}
+		}
+		if err := cli.PrintList(r.stdio.Out, format, "profiles", items, false, nil); err != nil {
+			return err
+		}
+	}
 	for i, p := range all {
+		if format != cli.Text {
+			break
+		}
 		if i > 0 {
 			fmt.Fprintln(r.stdio.Out)
 		}
@@ -51,8 +73,8 @@ func (r *runner) status() error {
 			mark = ">"
 		}
 		fmt.Fprintf(r.stdio.Out, "%s %s at %s (fleet %q)\n", mark, p.User, p.Proxy, p.Cluster)
-		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", cli.List(p.Roles))
-		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", cli.List(p.Logins))
+		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", printable.Escape(cli.List(p.Roles)))
+		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", printable.Escape(cli.List(p.Logins)))
 		if now.After(p.Expires) {
 			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (EXPIRED %s ago; run tsh login --proxy=%s --user=%s)\n",
 				cli.Time(p.Expires), cli.Duration(now.Sub(p.Expires)), p.Proxy, p.User)

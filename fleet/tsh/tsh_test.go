@@ -404,3 +404,22 @@ func TestParseSpec(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusJSON(t *testing.T) {
+	e := newTestEnv(t)
+	e.login()
+	r := e.run(nil, "status", "--format=json")
+	var got api.List[struct {
+		Proxy   string    `json:"proxy"`
+		User    string    `json:"user"`
+		Logins  []string  `json:"logins"`
+		Expires time.Time `json:"expires"`
+		Current bool      `json:"current"`
+	}]
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 || got.Kind != "profiles" || len(got.Items) != 1 {
+		t.Fatalf("exit %d, %v: %s", r.code, err, r.stdout)
+	}
+	if p := got.Items[0]; p.User != "alice" || p.Proxy != e.fleet.Addr || !p.Current || len(p.Logins) != 2 || p.Expires.IsZero() {
+		t.Errorf("got %+v", p)
+	}
+}

@@ -23,6 +23,7 @@ func TestListingsJSONAndYAML(t *testing.T) {
 		min  int // items at least
 	}{
 		{"devices", func(format string) string { return u.tsh("ls", "--format="+format) }, 1},
+		{"profiles", func(format string) string { return u.tsh("status", "--format="+format) }, 1},
 		{"recordings", func(format string) string { return u.tsh("recordings", "ls", "--format="+format) }, 0},
 		{"kube_clusters", func(format string) string { return u.tsh("kube", "ls", "--format="+format) }, 0},
 		{"devices", func(format string) string { return f.ctl("", "devices", "ls", "--format="+format) }, 1},
