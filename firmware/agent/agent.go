@@ -54,6 +54,7 @@ type Agent struct {
 	tunnel *tunnel.Client
 	ssh    *sshd.Server
 	audit  *auditor
+	live   liveSessions
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -162,6 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:      a.log.With("component", "sshd"),
 		Now:         a.clock.Now,
 		SFTPCommand: a.cfg.SFTPCommand,
+		DialCommand: a.cfg.DialCommand,
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})
@@ -295,6 +297,15 @@ func (a *Agent) services() []string {
 
 func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 	if h.Service != proto.ServiceSSH {
+		if h.Identity.Expires > 0 {
+			// The stream ends with the user's certificate, as the device's
+			// clock (the fleet's, from the hello) sees it, give or take
+			// the skew sshd allows.
+			left := time.UnixMilli(h.Identity.Expires).Sub(a.clock.Now()) + sshd.DefaultClockSkew
+			var stop context.CancelFunc
+			ctx, stop = context.WithTimeout(ctx, left)
+			defer stop()
+		}
 		a.cfg.Services[h.Service](ctx, h, conn)
 		return
 	}
@@ -357,4 +368,39 @@ func verifyChain(raw [][]byte, pool *x509.CertPool, host string, at func(leaf *x
 		return fmt.Errorf("agent: verify fleet certificate: %w", err)
 	}
 	return nil
+}
+
+// liveSessions are the brokered sessions the agent serves, by session ID,
+// so that the fleet can end them.
+type liveSessions struct {
+	mu sync.Mutex // guards m
+	m  map[string]context.CancelCauseFunc
+}
+
+func (l *liveSessions) add(id string, cancel context.CancelCauseFunc) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]context.CancelCauseFunc{}
+	}
+	l.m[id] = cancel
+}
+
+func (l *liveSessions) remove(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.m, id)
+}
+
+// end ends session id with the fleet's message; false when there is no
+// such session.
+func (l *liveSessions) end(id, msg string) bool {
+	l.mu.Lock()
+	cancel := l.m[id]
+	l.mu.Unlock()
+	if cancel == nil {
+		return false
+	}
+	cancel(&sshd.Ended{Message: msg})
+	return true
 }

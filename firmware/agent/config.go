@@ -79,8 +79,8 @@ type Config struct {
 	// ahead, the drop counted, reported to the fleet and marked in the
 	// audit trail; AuditRefuse refuses it.
 	AuditWhenFull string
-	// NoRecording turns session recording off; by default interactive
-	// SSH sessions are recorded and uploaded to the fleet.
+	// NoRecording turns session recording off; by default every SSH
+	// shell and command is recorded and uploaded to the fleet.
 	NoRecording bool
 	// RecordingsMaxBytes caps the recordings waiting on the device for
 	// upload (DATA_DIR/recordings); default 256 MiB.
@@ -90,6 +90,8 @@ type Config struct {
 
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string
+	// DialCommand dials port forwards as another user; see sshd.Config.
+	DialCommand []string
 	// Services serve streams of services other than SSH (which the agent
 	// always serves), by proto service name. Each must close conn.
 	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn)
@@ -213,7 +215,7 @@ func (c *Config) settings() []setting {
 		{"kubeconfig", "the local Kubernetes cluster's kubeconfig `FILE`, offered to the fleet when it exists; \"off\" turns Kubernetes access off", (*stringValue)(&c.Kubeconfig)},
 		{"audit-max-bytes", "cap of the audit queue kept on the device while the fleet is unreachable, in `bytes`", (*bytesValue)(&c.AuditMaxBytes)},
 		{"audit-when-full", "what to do when an audit event cannot be kept (queue or disk full): `allow|refuse`; allow: the action goes ahead, the drop is counted, reported and marked in the audit", (*stringValue)(&c.AuditWhenFull)},
-		{"no-recording", "do not record interactive SSH sessions (by default they are recorded and uploaded to the fleet)", (*boolValue)(&c.NoRecording)},
+		{"no-recording", "do not record SSH sessions (by default every shell and command is recorded and uploaded to the fleet)", (*boolValue)(&c.NoRecording)},
 		{"recordings-max-bytes", "cap of the recordings waiting on the device for upload, in `bytes`", (*bytesValue)(&c.RecordingsMaxBytes)},
 	}
 }

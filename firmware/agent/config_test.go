@@ -13,7 +13,7 @@ import (
 
 // wiring are Config's fields that code sets; every other field is a
 // setting with a flag and a config file key.
-var wiring = map[string]bool{"SFTPCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true}
+var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true}
 
 // TestEverySettingHasAFlagAndAKey keeps the flags, the config file and
 // Config from drifting apart: each setting field is bound to one flag,

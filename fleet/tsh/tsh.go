@@ -24,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -131,9 +132,9 @@ func (r *runner) command() *cobra.Command {
 type runner struct {
 	stdio  Stdio
 	prompt *cli.Prompt // over stdio.In and stdio.Err
-	// session is the fleet's ID of the last connection dialSSH made, to
-	// ask why it ended.
-	session string
+	// session is the last connection dialSSH made, whose end the fleet
+	// can explain (client.Client.SessionEnd).
+	session net.Conn
 }
 
 // home is $TSH_HOME, or ~/.tsh.

@@ -13,9 +13,9 @@ import (
 // device name against a running fleet, as a TAB does.
 func TestShellCompletion(t *testing.T) {
 	f := startFleet(t)
-	f.startAgent("pi-tab", "site=lab")
-	u := f.login("alice", f.addUser("alice", "access", "root"))
-	env := append(u.env(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	f.StartAgent("pi-tab", "site=lab")
+	u := f.Login("alice", f.AddUser("alice", "access", "root"))
+	env := append(u.Env(), "PATH="+string(bin)+string(os.PathListSeparator)+os.Getenv("PATH"))
 
 	bashScript := func(prog string, words ...string) string {
 		return `source /usr/share/bash-completion/bash_completion
@@ -51,11 +51,11 @@ _` + prog
 		{"bash", bashScript("tsh", "tsh", "ssh", "pi-t"), "pi-tab"},
 		{"bash", bashScript("tsh", "tsh", "ssh", "root@pi-t"), "root@pi-tab"},
 		{"bash", bashScript("tsh", "tsh", "scp", "pi-t"), "pi-tab:"},
-		{"bash", bashScript("fleetctl", "fleetctl", "--data-dir", f.dataDir, "devices", "rm", "pi-"), "pi-tab"},
+		{"bash", bashScript("fleetctl", "fleetctl", "--data-dir", f.DataDir, "devices", "rm", "pi-"), "pi-tab"},
 		{"zsh", zshScript("tsh", "tsh", "ssh", "pi-t"), "pi-tab:online site=lab"},
-		{"zsh", zshScript("fleetctl", "fleetctl", "--data-dir", f.dataDir, "devices", "rm", "pi-"), "pi-tab:online site=lab"},
+		{"zsh", zshScript("fleetctl", "fleetctl", "--data-dir", f.DataDir, "devices", "rm", "pi-"), "pi-tab:online site=lab"},
 		{"fish", fishScript("tsh", "tsh", "ssh", "pi-t"), "pi-tab\tonline site=lab"},
-		{"fish", fishScript("fleetctl", "fleetctl", "--data-dir", f.dataDir, "users", "rm", "al"), "alice\troles access"},
+		{"fish", fishScript("fleetctl", "fleetctl", "--data-dir", f.DataDir, "users", "rm", "al"), "alice\troles access"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.shell+" "+firstLine(tt.script), func(t *testing.T) {

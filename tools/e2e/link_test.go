@@ -14,30 +14,32 @@ import (
 
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/linksim"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // behindLink restarts agent a with its tunnel going through a linksim link
 // towards the fleet, and waits until it is online again.
-func behindLink(t *testing.T, f *fleet, a *agent, cfg linksim.Config) *linksim.Link {
+func behindLink(t *testing.T, f *harness.Fleet, a *harness.Agent, cfg linksim.Config) *linksim.Link {
 	t.Helper()
-	a.proc.Stop()
+	a.Proc.Stop()
 	link, relay := udpRelay(t, f, cfg)
-	a.proc = start(t, "edge-agent "+a.name+" (behind linksim)", nil, "edge-agent", "start",
-		"--data-dir", a.dataDir, "--fleet", relay, "--log-level", "debug")
-	f.waitOnline(a.name)
+	a.Proc = start(t, "edge-agent "+a.Name+" (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", a.DataDir, "--fleet", relay, "--log-level", "debug")
+	f.WaitOnline(a.Name)
 	return link
 }
 
 // udpRelay starts a linksim link with a UDP relay to the fleet, closed at
 // the end of the test, and returns the link and the relay's address.
-func udpRelay(t *testing.T, f *fleet, cfg linksim.Config) (*linksim.Link, string) {
+func udpRelay(t *testing.T, f *harness.Fleet, cfg linksim.Config) (*linksim.Link, string) {
 	t.Helper()
 	link, err := linksim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
+	relay, err := link.ListenUDP("127.0.0.1:0", f.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +66,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 	go io.Copy(out, tty)
 	expect := func(s string, within time.Duration) {
 		t.Helper()
-		if !eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
+		if !harness.Eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
 			t.Fatalf("no %q within %v; screen:\n%s", s, within, out.String())
 		}
 	}
@@ -73,7 +75,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 
 	link.Blackout(60 * time.Second)
 	io.WriteString(tty, "echo c$((2+2))d\r") // typed during the blackout
-	if !eventually(75*time.Second, func() bool { return !link.Out() }) {
+	if !harness.Eventually(75*time.Second, func() bool { return !link.Out() }) {
 		t.Fatal("the blackout did not end")
 	}
 	if err := link.MoveTo(netip.MustParseAddr("127.0.0.2")); err != nil {
@@ -90,7 +92,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("ssh exit: %v", err)
 	}
-	dev := f.devices()[0]
+	dev := f.Devices()[0]
 	if !strings.HasPrefix(dev.Addr, "127.0.0.2:") {
 		t.Errorf("fleet sees the device at %s, want 127.0.0.2", dev.Addr)
 	}
@@ -122,7 +124,7 @@ func TestScpThroughLossAndBlackouts(t *testing.T) {
 		n := 0
 		defer func() { blackouts <- n }()
 		for _, at := range []uint64{5 << 20, 10 << 20} {
-			if !eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
+			if !harness.Eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
 				return
 			}
 			link.Blackout(5 * time.Second)
@@ -166,8 +168,8 @@ func TestLossLeavesOutBlackouts(t *testing.T) {
 	clean := linksim.Profile{Name: "clean"}.Both(func(i *linksim.Impairment) { i.Delay = 20 * time.Millisecond })
 	link := behindLink(t, f, a, linksim.Config{Profile: clean, Seed: 3})
 
-	cmd := exec.Command(filepath.Join(bin, "tsh"), "ssh", "root@pi-1", "cat > /dev/null")
-	cmd.Env = append(os.Environ(), u.env()...)
+	cmd := exec.Command(bin.Path("tsh"), "ssh", "root@pi-1", "cat > /dev/null")
+	cmd.Env = append(os.Environ(), u.Env()...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -194,8 +196,8 @@ func TestLossLeavesOutBlackouts(t *testing.T) {
 		t.Fatalf("tsh ssh: %v\n%s", err, out.String())
 	}
 	var dev api.Device
-	if !eventually(10*time.Second, func() bool {
-		for _, d := range f.devices() {
+	if !harness.Eventually(10*time.Second, func() bool {
+		for _, d := range f.Devices() {
 			if d.Name == "pi-1" && d.Link.Blackouts > 0 {
 				dev = d
 				return true
@@ -203,7 +205,7 @@ func TestLossLeavesOutBlackouts(t *testing.T) {
 		}
 		return false
 	}) {
-		t.Fatalf("the fleet saw no blackout: %+v", f.devices())
+		t.Fatalf("the fleet saw no blackout: %+v", f.Devices())
 	}
 	if dev.Link.LossPercent > 0.5 {
 		t.Errorf("LOSS is %.2f%% on a link that lost packets only in its blackout", dev.Link.LossPercent)

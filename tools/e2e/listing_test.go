@@ -22,15 +22,15 @@ func TestListingsJSONAndYAML(t *testing.T) {
 		run  func(format string) string
 		min  int // items at least
 	}{
-		{"devices", func(format string) string { return u.tsh("ls", "--format="+format) }, 1},
-		{"profiles", func(format string) string { return u.tsh("status", "--format="+format) }, 1},
-		{"recordings", func(format string) string { return u.tsh("recordings", "ls", "--format="+format) }, 0},
-		{"kube_clusters", func(format string) string { return u.tsh("kube", "ls", "--format="+format) }, 0},
-		{"devices", func(format string) string { return f.ctl("", "devices", "ls", "--format="+format) }, 1},
-		{"users", func(format string) string { return f.ctl("", "users", "ls", "--format="+format) }, 1},
-		{"roles", func(format string) string { return f.ctl("", "roles", "ls", "--format="+format) }, 1},
-		{"tokens", func(format string) string { return f.ctl("", "tokens", "ls", "--format="+format) }, 0},
-		{"audit_events", func(format string) string { return f.ctl("", "audit", "search", "--since=", "--format="+format) }, 3},
+		{"devices", func(format string) string { return u.Tsh("ls", "--format="+format) }, 1},
+		{"profiles", func(format string) string { return u.Tsh("status", "--format="+format) }, 1},
+		{"recordings", func(format string) string { return u.Tsh("recordings", "ls", "--format="+format) }, 0},
+		{"kube_clusters", func(format string) string { return u.Tsh("kube", "ls", "--format="+format) }, 0},
+		{"devices", func(format string) string { return f.Ctl("", "devices", "ls", "--format="+format) }, 1},
+		{"users", func(format string) string { return f.Ctl("", "users", "ls", "--format="+format) }, 1},
+		{"roles", func(format string) string { return f.Ctl("", "roles", "ls", "--format="+format) }, 1},
+		{"tokens", func(format string) string { return f.Ctl("", "tokens", "ls", "--format="+format) }, 0},
+		{"audit_events", func(format string) string { return f.Ctl("", "audit", "search", "--since=", "--format="+format) }, 3},
 	}
 	for _, l := range listings {
 		t.Run(l.kind, func(t *testing.T) {
@@ -53,7 +53,7 @@ func TestListingsJSONAndYAML(t *testing.T) {
 		})
 	}
 	t.Run("truncated", func(t *testing.T) {
-		js := f.ctl("", "audit", "search", "--since=", "--limit=2", "--format=json")
+		js := f.Ctl("", "audit", "search", "--since=", "--limit=2", "--format=json")
 		var cut api.List[api.AuditEvent]
 		if err := json.Unmarshal([]byte(js), &cut); err != nil || !cut.Truncated || len(cut.Items) != 2 {
 			t.Errorf("audit search --limit=2: %v, %d items, truncated %v; want 2 and true:\n%s", err, len(cut.Items), cut.Truncated, js)

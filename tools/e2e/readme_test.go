@@ -16,26 +16,26 @@ func TestREADMESamples(t *testing.T) {
 	samples := readmeSamples(t)
 	f := startFleet(t)
 	outputs := map[string]string{
-		"bin/fleetd start --data-dir /var/lib/fleetd --listen 0.0.0.0:3080": f.proc.Output(),
-		"echo 's3cret-passw0rd' | bin/fleetctl --data-dir /var/lib/fleetd users add alice --roles=access --logins=root,pi": f.ctl("s3cret-passw0rd\n",
+		"bin/fleetd start --data-dir /var/lib/fleetd --listen 0.0.0.0:3080": f.Proc.Output(),
+		"echo 's3cret-passw0rd' | bin/fleetctl --data-dir /var/lib/fleetd users add alice --roles=access --logins=root,pi": f.Ctl("s3cret-passw0rd\n",
 			"users", "add", "alice", "--roles=access", "--logins=root,pi"),
 	}
 	const tokensAdd = "bin/fleetctl --data-dir /var/lib/fleetd tokens add --ttl=1h --labels=site=north --fleet-addr=fleet.example.com:3080"
-	outputs[tokensAdd] = f.ctl("", "tokens", "add", "--ttl=1h", "--labels=site=north", "--fleet-addr=fleet.example.com:3080")
+	outputs[tokensAdd] = f.Ctl("", "tokens", "add", "--ttl=1h", "--labels=site=north", "--fleet-addr=fleet.example.com:3080")
 	join := regexp.MustCompile(`Join string: (\S+)`).FindStringSubmatch(outputs[tokensAdd])
 	if join == nil {
 		t.Fatalf("tokens add printed no join string:\n%s", outputs[tokensAdd])
 	}
-	start(t, "edge-agent pi-1", nil, "edge-agent", "start", "--fleet="+f.addr, "--token="+join[1], "--labels=model=pi4",
+	start(t, "edge-agent pi-1", nil, "edge-agent", "start", "--fleet="+f.Addr, "--token="+join[1], "--labels=model=pi4",
 		"--name=pi-1", "--data-dir="+t.TempDir())
-	f.waitOnline("pi-1")
-	u := &user{t: t, f: f, name: "alice", home: t.TempDir()}
-	login, errOut, err := u.tshErr("s3cret-passw0rd\n", "login", "--proxy="+f.addr, "--user=alice", "--ca-pin="+f.pin)
+	f.WaitOnline("pi-1")
+	u := f.NewUser("alice")
+	login, errOut, err := u.TshErr("s3cret-passw0rd\n", "login", "--proxy="+f.Addr, "--user=alice", "--ca-pin="+f.Pin)
 	if err != nil {
 		t.Fatalf("tsh login: %v\n%s", err, errOut)
 	}
 	outputs["tsh login --proxy=fleet.example.com:3080 --user=alice"] = login
-	outputs["tsh ls"] = u.tsh("ls")
+	outputs["tsh ls"] = u.Tsh("ls")
 
 	for cmd, want := range samples {
 		out, ok := outputs[cmd]

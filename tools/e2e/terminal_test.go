@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // osc52 writes "evil" to the clipboard of a terminal that prints it, and
@@ -31,10 +32,10 @@ func rawControls(s string) bool {
 func TestTerminalSafeOutput(t *testing.T) {
 	f, a, u := setup(t)
 
-	u.tsh("ssh", "root@pi-1", "true #"+osc52)
+	u.Tsh("ssh", "root@pi-1", "true #"+osc52)
 	var cmd string
-	if !eventually(30*time.Second, func() bool {
-		for _, e := range f.search("--type=exec", "--device=pi-1") {
+	if !harness.Eventually(30*time.Second, func() bool {
+		for _, e := range search(t, f, "--type=exec", "--device=pi-1") {
 			if c := e.Fields["command"]; strings.Contains(c, osc52) {
 				cmd = c
 				return true
@@ -44,11 +45,11 @@ func TestTerminalSafeOutput(t *testing.T) {
 	}) {
 		t.Fatal("no exec event with the command as it was run")
 	}
-	text := f.ctl("", "audit", "search", "--type=exec", "--device=pi-1")
+	text := f.Ctl("", "audit", "search", "--type=exec", "--device=pi-1")
 	if rawControls(text) || !strings.Contains(text, `\x1b]52;c;ZXZpbA==\x07\x1b[2K`) {
 		t.Errorf("audit search printed %q; want the command escaped", text)
 	}
-	js := f.ctl("", "audit", "search", "--type=exec", "--device=pi-1", "--format=json")
+	js := f.Ctl("", "audit", "search", "--type=exec", "--device=pi-1", "--format=json")
 	var list api.List[api.AuditEvent]
 	if rawControls(js) || json.Unmarshal([]byte(js), &list) != nil || len(list.Items) == 0 || list.Items[len(list.Items)-1].Fields["command"] != cmd {
 		t.Errorf("audit search --format=json: %q; want escapes that decode to the command", js)
@@ -62,20 +63,20 @@ func TestTerminalSafeOutput(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build an agent with a hostile version: %v\n%s", err, out)
 	}
-	a.proc.Stop()
-	bad := start(t, "hostile edge-agent", nil, hostile, "start", "--data-dir", a.dataDir, "--log-level", "debug", "--kubeconfig", "off")
-	f.proc.waitOutput("hello: agent version", 30*time.Second)
+	a.Proc.Stop()
+	bad := start(t, "hostile edge-agent", nil, hostile, "start", "--data-dir", a.DataDir, "--log-level", "debug", "--kubeconfig", "off")
+	f.Proc.WaitOutput("hello: agent version", 30*time.Second)
 	bad.Stop()
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		if d.Name == "pi-1" && (d.Online || strings.Contains(d.AgentVersion, "6.6.6")) {
 			t.Errorf("the hostile hello was accepted: %+v", d)
 		}
 	}
-	denied := f.ctl("", "audit", "search", "--type=access.denied", "--device=pi-1")
+	denied := f.Ctl("", "audit", "search", "--type=access.denied", "--device=pi-1")
 	if rawControls(denied) || !strings.Contains(denied, `v6.6.6\x1b]52;c;ZXZpbA==\x07\x1b[2K`) {
 		t.Errorf("audit search of the denial printed %q; want the version escaped", denied)
 	}
-	for _, out := range []string{u.tsh("ls", "-v"), f.ctl("", "devices", "ls", "-v")} {
+	for _, out := range []string{u.Tsh("ls", "-v"), f.Ctl("", "devices", "ls", "-v")} {
 		if rawControls(out) {
 			t.Errorf("a listing holds control characters: %q", out)
 		}

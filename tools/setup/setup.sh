@@ -8,7 +8,8 @@
 #                    (systemd-analyze verify in the unit tests), iproute2
 #                    (network namespaces in the netwatch test), bash-completion,
 #                    zsh and fish (the shell completion tests of tsh and
-#                    fleetctl)
+#                    fleetctl), chromium and fonts-dejavu-core (the browser
+#                    tests, driven with chromedp: tools/browsertest)
 #   Go tools         staticcheck and gotestsum (the test runner make check
 #                    uses), with `go install` into .cache/bin
 #   Kubernetes       etcd-server, and kube-apiserver + kubectl built from the
@@ -28,7 +29,7 @@ bindir="$root/.cache/bin"
 staticcheck_version=v0.8.2
 gotestsum_version=v1.13.0
 
-debs=(openssh-client openssh-server qemu-user-static systemd iproute2 bash-completion zsh fish)
+debs=(openssh-client openssh-server qemu-user-static systemd iproute2 bash-completion zsh fish chromium fonts-dejavu-core)
 
 say() { printf 'setup: %s\n' "$*"; }
 

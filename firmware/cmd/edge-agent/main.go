@@ -73,6 +73,21 @@ command line override the file.`,
 			}
 		},
 	},
+	{
+		name:     "dial-helper",
+		synopsis: "dial-helper HOST:PORT TIMEOUT",
+		help:     "Dial a port forward's address and pass the connected socket back (the SSH server runs it as the login's user).",
+		hidden:   true,
+		flags: func(*flag.FlagSet) func(*flag.FlagSet) int {
+			return func(fs *flag.FlagSet) int {
+				if err := sshd.ServeDialHelper(fs.Args()); err != nil {
+					fmt.Fprintln(os.Stderr, "edge-agent dial-helper:", err)
+					return 1
+				}
+				return 0
+			}
+		},
+	},
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -187,6 +202,7 @@ func start(cfg agent.Config) int {
 	cfg.Notify = service.NewNotifier(log)
 	if exe, err := os.Executable(); err == nil {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
+		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
 	if kp := kubeService(&cfg, cfg.Kubeconfig, explicitKube, log); kp != nil {
 		defer kp.Close()
