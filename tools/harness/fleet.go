@@ -54,6 +54,8 @@ type Fleet struct {
 var (
 	listenRE = regexp.MustCompile(`listening on (\S+) `)
 	pinRE    = regexp.MustCompile(`^CA pin: (sha256:[0-9a-f]{64})$`)
+	// adminRE is the last line fleetd prints when it is ready.
+	adminRE = regexp.MustCompile(`^Admin identity: `)
 )
 
 // StartFleet starts fleetd and waits until it listens; it is stopped at
@@ -104,6 +106,10 @@ func (f *Fleet) start(listen string) error {
 	}
 	_, pm, err := p.AwaitLine(ctx, 0, pinRE, f.cfg.ReadyTimeout)
 	if err != nil {
+		p.Kill()
+		return fmt.Errorf("start fleetd: %w", err)
+	}
+	if _, _, err := p.AwaitLine(ctx, 0, adminRE, f.cfg.ReadyTimeout); err != nil {
 		p.Kill()
 		return fmt.Errorf("start fleetd: %w", err)
 	}
