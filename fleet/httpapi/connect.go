@@ -229,7 +229,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	}
 	start := s.now()
 	log.Info("session started", "event", "session.start")
-	up, down, devErr := splice(client, brw.Reader, conn)
+	// When the device's side fails, the reason is recorded before the
+	// user's connection is closed: the user's client asks for it as soon
+	// as it sees the close.
+	up, down, devErr := splice(client, brw.Reader, conn, func(err error) { live.Done(err.Error()) })
 	if devErr != nil {
 		reason = devErr.Error()
 	}
@@ -251,9 +254,9 @@ type closeWriter interface{ CloseWrite() error }
 // splice copies both ways until both directions end, passing half-closes
 // on. It returns the bytes sent to the device and back, and why the
 // device's side failed (nil when it ended normally). When the device's side
-// fails (the device did not come back within the hold time, say), the
-// user's connection is closed at once.
-func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down int64, devErr error) {
+// fails (the device did not come back within the hold time, say), it calls
+// devFailed and then closes the user's connection at once.
+func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn, devFailed func(error)) (up, down int64, devErr error) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -271,6 +274,7 @@ func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down in
 		down, err = io.Copy(client, dev)
 		if err != nil {
 			devErr = err
+			devFailed(err)
 			client.Close()
 			return
 		}
