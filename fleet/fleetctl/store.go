@@ -3,13 +3,15 @@ package fleetctl
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/backend"
 )
@@ -18,8 +20,35 @@ import (
 // not answer.
 const storeOpenTimeout = 30 * time.Second
 
-func (r *runner) storeCopy(ctx context.Context, fs *flag.FlagSet, args []string) error {
+func (r *runner) storeCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "store",
+		Short: "The fleet's state store: copy it between bbolt and etcd",
+	}
 	var o storeCopyOptions
+	cp := &cobra.Command{
+		Use:   "copy --from=SRC --to=DST",
+		Short: "Copy the fleet's state from one store to another, offline",
+		Long: `Copy the fleet's state (CAs, users, roles, tokens, devices, ...) from one
+store to another while fleetd is stopped: from the embedded bbolt store to
+etcd when a fleet moves to several replicas, and back. SRC and DST are
+"bolt" (the --data-dir's fleet.db), a data dir, a bbolt file, or
+etcd://HOST:PORT[,HOST:PORT...]/PREFIX. A destination that holds items is
+refused unless --overwrite, which makes it an exact copy of the source.
+Progress and counts by kind are printed; the copy is checked item by item
+at the end.`,
+		Example: `  fleetctl store copy --from=bolt --to=etcd://10.0.0.1:2379,10.0.0.2:2379/fleet/ \
+      --to-ca=etcd-ca.pem --to-cert=fleetd.pem --to-key=fleetd-key.pem`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.from.URL == "" || o.to.URL == "" {
+				return cli.Usagef(cmd, "--from and --to are required")
+			}
+			o.from.DataDir, o.to.DataDir = r.g.dataDir, r.g.dataDir
+			return storeCopy(cmd.Context(), o, r.stdio.Out, r.stdio.Err)
+		},
+	}
+	fs := cp.Flags()
 	fs.StringVar(&o.from.URL, "from", "", "the store to copy: bolt (DATADIR/fleet.db), a data dir, a bbolt file, or etcd://HOST:PORT[,...]/PREFIX (required)")
 	fs.StringVar(&o.to.URL, "to", "", "the store to copy into, named as --from (required)")
 	fs.BoolVar(&o.overwrite, "overwrite", false, "copy into a store that holds items, making it equal to the source (its items the source lacks are deleted)")
@@ -29,14 +58,8 @@ func (r *runner) storeCopy(ctx context.Context, fs *flag.FlagSet, args []string)
 	fs.StringVar(&o.to.TLS.CAFile, "to-ca", "", "for an etcd destination: PEM `file` of the CA of its members")
 	fs.StringVar(&o.to.TLS.CertFile, "to-cert", "", "for an etcd destination: PEM `file` of a client certificate")
 	fs.StringVar(&o.to.TLS.KeyFile, "to-key", "", "for an etcd destination: PEM `file` of the client certificate's key")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
-	if o.from.URL == "" || o.to.URL == "" {
-		return r.usageError(fs, "--from and --to are required")
-	}
-	o.from.DataDir, o.to.DataDir = r.g.dataDir, r.g.dataDir
-	return storeCopy(ctx, o, r.stdio.Out, r.stdio.Err)
+	group.AddCommand(cp)
+	return group
 }
 
 // storeCopyOptions are store copy's settings.

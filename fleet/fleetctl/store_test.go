@@ -120,7 +120,7 @@ func TestStoreCopy(t *testing.T) {
 			code int
 			want string
 		}{
-			{"no --to", []string{"store", "copy", "--from", old}, 2, "--from and --to are required"},
+			{"no --to", []string{"store", "copy", "--from", old}, 1, "--from and --to are required"},
 			{"missing source", []string{"store", "copy", "--from", filepath.Join(t.TempDir(), "none"), "--to", t.TempDir()}, 1, "no such file"},
 			{"same store", []string{"store", "copy", "--from", old, "--to", filepath.Join(old, "fleet.db")}, 1, "the same store"},
 			{"bad etcd URL", []string{"store", "copy", "--from", old, "--to", "etcd://nohost/x"}, 1, "not HOST:PORT"},

@@ -20,12 +20,15 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/leader/etcdleader"
+	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/backend"
 	"remoteler.dev/edge/fleet/store/etcdstore"
@@ -149,13 +152,26 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	tunnels := tunnelsrv.New(tcfg)
-	kube := newKube(cfg, tunnels, audit, log, now)
+	us := &users.Service{Store: st, Now: now, Logger: log}
+	// The live sessions, checked again whenever users or roles change, and
+	// ended at their certificate's expiry.
+	var kube *kubesrv.Server
+	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, LocalLabels: func() map[string]string {
+		if l := kube.Local(); l != nil {
+			return l.Labels
+		}
+		return nil
+	}}
+	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
+	defer live.Close()
+	kube = newKube(cfg, tunnels, audit, log, now, events, recs, live)
 	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
+	links := linkSampler(tunnels)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
-		Users:         &users.Service{Store: st, Now: now, Logger: log},
+		Users:         us,
 		Roles:         roles,
 		Tokens:        toks,
 		Devices:       reg,
@@ -170,6 +186,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		LinkLoss:      links.Loss,
+		Sessions:      live,
 		Now:           now,
 	}
 	apiSrv.Kube = kube
@@ -189,6 +207,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

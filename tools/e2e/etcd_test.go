@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // TestFleetOnEtcd runs fleetd on a three-member etcd cluster, over TLS
@@ -19,36 +20,36 @@ func TestFleetOnEtcd(t *testing.T) {
 	storeArgs := []string{"--store", c.StoreURL("fleet-e2e"),
 		"--store-ca", c.CAFile, "--store-cert", c.CertFile, "--store-key", c.KeyFile}
 	f := startFleetArgs(t, nil, storeArgs...)
-	f.proc.waitOutput("Store: etcd "+strings.Join(c.Endpoints(), ","), 5*time.Second)
+	f.Proc.WaitOutput("Store: etcd "+strings.Join(c.Endpoints(), ","), 5*time.Second)
 
-	f.startAgent("pi-1", "site=north")
-	alice := f.login("alice", f.addUser("alice", "access", "root"))
-	if out := alice.tsh("ssh", "root@pi-1", "echo", "on etcd"); out != "on etcd\n" {
+	f.StartAgent("pi-1", "site=north")
+	alice := f.Login("alice", f.AddUser("alice", "access", "root"))
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "on etcd"); out != "on etcd\n" {
 		t.Fatalf("tsh ssh = %q, want %q", out, "on etcd\n")
 	}
 
 	leader := c.Leader(t)
 	t.Logf("killing the etcd leader, %s", leader.Name)
 	leader.Kill()
-	bob := f.login("bob", f.addUser("bob", "access", "root"))
-	if out := bob.tsh("ssh", "root@pi-1", "echo", "after the etcd leader died"); out != "after the etcd leader died\n" {
+	bob := f.Login("bob", f.AddUser("bob", "access", "root"))
+	if out := bob.Tsh("ssh", "root@pi-1", "echo", "after the etcd leader died"); out != "after the etcd leader died\n" {
 		t.Fatalf("tsh ssh after the etcd leader died = %q", out)
 	}
-	if out := alice.tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
+	if out := alice.Tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
 		t.Errorf("tsh ls after the etcd leader died = %q, want pi-1 online", out)
 	}
 
 	// Another fleetd on the same etcd, with nothing in its data dir, is
 	// the same fleet.
 	g := startFleetArgs(t, nil, storeArgs...)
-	if g.pin != f.pin {
-		t.Errorf("second fleetd's CA pin %s, want the first's %s", g.pin, f.pin)
+	if g.Pin != f.Pin {
+		t.Errorf("second fleetd's CA pin %s, want the first's %s", g.Pin, f.Pin)
 	}
-	users := g.ctl("", "users", "ls")
+	users := g.Ctl("", "users", "ls")
 	if !strings.Contains(users, "alice") || !strings.Contains(users, "bob") {
 		t.Errorf("users on the second fleetd = %q, want alice and bob", users)
 	}
-	g.login("alice", "pw-alice-0123456789")
+	g.Login("alice", "pw-alice-0123456789")
 }
 
 // TestFleetEtcdDown starts fleetd on an etcd that does not run: it says
@@ -60,20 +61,19 @@ func TestFleetEtcdDown(t *testing.T) {
 	}
 	dead := l.Addr().String()
 	l.Close()
-	f := &fleet{t: t, dataDir: t.TempDir()}
-	f.proc = start(t, "fleetd", nil, "fleetd", "start", "--data-dir", f.dataDir, "--listen", "127.0.0.1:0",
+	fleetd := start(t, "fleetd", nil, "fleetd", "start", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0",
 		"--store", "etcd://"+dead+"/fleet")
-	f.proc.waitOutput("etcd does not answer; retrying", time.Minute)
-	f.proc.waitOutput("connection refused", time.Second)
-	if !eventually(time.Minute, func() bool { return strings.Count(f.proc.Output(), "etcd does not answer") >= 2 }) {
-		t.Fatalf("fleetd did not retry:\n%s", f.proc.Output())
+	fleetd.WaitOutput("etcd does not answer; retrying", time.Minute)
+	fleetd.WaitOutput("connection refused", time.Second)
+	if !harness.Eventually(time.Minute, func() bool { return strings.Count(fleetd.Output(), "etcd does not answer") >= 2 }) {
+		t.Fatalf("fleetd did not retry:\n%s", fleetd.Output())
 	}
-	f.proc.Stop()
-	out := f.proc.Output()
+	fleetd.Stop()
+	out := fleetd.Output()
 	if !strings.Contains(out, "gave up after") || strings.Contains(out, "listening on") {
 		t.Errorf("fleetd stopped while waiting for etcd: output %q, want a gave-up error and no listening", out)
 	}
-	if code := f.proc.cmd.ProcessState.ExitCode(); code != 1 {
+	if code := harness.ExitCode(fleetd.Err()); code != 1 {
 		t.Errorf("exit code %d, want 1", code)
 	}
 }

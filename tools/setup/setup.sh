@@ -6,9 +6,12 @@
 #                    sshd and OpenSSH client tests), qemu-user-static (ARM
 #                    tests: qemu-aarch64-static, qemu-arm-static), systemd
 #                    (systemd-analyze verify in the unit tests), iproute2
-#                    (network namespaces in the netwatch test), etcd-server
-#                    (the etcd store's tests start etcd clusters with it;
-#                    the system etcd service it starts is disabled)
+#                    (network namespaces in the netwatch test), bash-completion,
+#                    zsh and fish (the shell completion tests of tsh and
+#                    fleetctl), chromium and fonts-dejavu-core (the browser
+#                    tests, driven with chromedp: tools/browsertest),
+#                    etcd-server (the etcd store's tests start etcd clusters
+#                    with it; the system etcd service it starts is disabled)
 #   Go tools         staticcheck and gotestsum (the test runner make check
 #                    uses), with `go install` into .cache/bin
 #   Kubernetes       etcd-server, and kube-apiserver + kubectl built from the
@@ -28,7 +31,7 @@ bindir="$root/.cache/bin"
 staticcheck_version=v0.8.2
 gotestsum_version=v1.13.0
 
-debs=(openssh-client openssh-server qemu-user-static systemd iproute2 etcd-server)
+debs=(openssh-client openssh-server qemu-user-static systemd iproute2 bash-completion zsh fish chromium fonts-dejavu-core etcd-server)
 
 say() { printf 'setup: %s\n' "$*"; }
 

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"syscall"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/fleet/fleetd"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
 func main() {

@@ -2,7 +2,6 @@ package boltstore
 
 import (
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,26 +16,14 @@ import (
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/hub"
 	"remoteler.dev/edge/fleet/store/storetest"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-// tWriter writes log lines to t.Log.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // openTemp opens a store in a fresh temp dir and closes it at cleanup.
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fleet.db")
-	s, err := Open(path, Options{Logger: testLogger(t)})
+	s, err := Open(path, Options{Logger: logtest.Logger(t)})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -59,7 +46,7 @@ func TestContract(t *testing.T) {
 	storetest.Run(t, storetest.Harness{
 		New: func(t *testing.T) store.Store {
 			s, err := Open(filepath.Join(t.TempDir(), "fleet.db"), Options{
-				Logger: testLogger(t), Watch: hub.Options{Queue: testQueue, History: testHistory},
+				Logger: logtest.Logger(t), Watch: hub.Options{Queue: testQueue, History: testHistory},
 			})
 			if err != nil {
 				t.Fatalf("Open: %v", err)
@@ -117,7 +104,7 @@ func TestSecondOpenFails(t *testing.T) {
 	_, path := openTemp(t)
 	const timeout = 200 * time.Millisecond
 	start := time.Now()
-	s2, err := Open(path, Options{LockTimeout: timeout, Logger: testLogger(t)})
+	s2, err := Open(path, Options{LockTimeout: timeout, Logger: logtest.Logger(t)})
 	elapsed := time.Since(start)
 	if err == nil {
 		s2.Close()
@@ -144,7 +131,7 @@ func TestLeasesEndWithTheProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fleet.db")
 
 	// A process that stops with Close.
-	s, err := Open(path, Options{Logger: testLogger(t)})
+	s, err := Open(path, Options{Logger: logtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +150,7 @@ func TestLeasesEndWithTheProcess(t *testing.T) {
 	default:
 		t.Error("lease Done not closed by Close")
 	}
-	s, err = Open(path, Options{Logger: testLogger(t)})
+	s, err = Open(path, Options{Logger: logtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +174,7 @@ func TestLeasesEndWithTheProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s, err = Open(crashed, Options{Logger: testLogger(t)})
+	s, err = Open(crashed, Options{Logger: logtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,30 +4,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"log/slog"
-	"strings"
 	"testing"
 
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
 	"remoteler.dev/edge/fleet/store/storetest"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 const testQueue = 64
 
 // tWriter writes log lines to t.Log.
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 // randomPrefix gives each store of a test its own part of the cluster.
 func randomPrefix() string {
 	b := make([]byte, 6)
@@ -39,7 +27,7 @@ func randomPrefix() string {
 func open(t testing.TB, c *etcdtest.Cluster, prefix string) *etcdstore.Store {
 	t.Helper()
 	s, err := etcdstore.Open(t.Context(), etcdstore.Config{
-		Endpoints: c.Endpoints(), Prefix: prefix, TLS: c.ClientTLS(t), WatchQueue: testQueue, Logger: testLogger(t),
+		Endpoints: c.Endpoints(), Prefix: prefix, TLS: c.ClientTLS(t), WatchQueue: testQueue, Logger: logtest.Logger(t),
 	})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
