@@ -327,6 +327,9 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 		if e.Device != "" && e.Device != source {
 			return &proto.AuditAck{ID: b.ID, Err: proto.Errorf(proto.CodeForbidden, "event %d names device %q; a device writes only its own events", e.Seq, e.Device)}, nil
 		}
+		if err := e.CheckDevice(); err != nil {
+			return &proto.AuditAck{ID: b.ID, Err: proto.Errorf(proto.CodeBadRequest, "event %d: %v", e.Seq, err)}, nil
+		}
 	}
 	ack := proto.AuditAck{ID: b.ID}
 	added := 0

@@ -103,6 +103,24 @@ func TestIngestRefusesOtherDevicesEvents(t *testing.T) {
 	}
 }
 
+// TestIngestRefusesUnprintableNames: a device cannot put escape sequences
+// in the fields of its events that name things; free text (a command the
+// user ran) is kept as it is.
+func TestIngestRefusesUnprintableNames(t *testing.T) {
+	l, _ := openLog(t, nil)
+	bad := chain(t, 1, 1, nil, func(int) proto.AuditEvent { return proto.AuditEvent{Type: "exec\x1b]52;c;AA\x07"} })
+	ack, err := l.Ingest(context.Background(), "dev-1", &proto.AuditBatch{Events: bad})
+	if err != nil || ack.Err == nil || ack.Err.Code != proto.CodeBadRequest || !strings.Contains(ack.Err.Message, `\x1b]52`) {
+		t.Errorf("ack = %+v, %v; want a bad request naming the type, escaped", ack, err)
+	}
+	free := chain(t, 1, 1, nil, func(int) proto.AuditEvent {
+		return proto.AuditEvent{Type: proto.EventExec, Fields: map[string]string{"command": "printf '\x1b[2J'"}}
+	})
+	if ack, err := l.Ingest(context.Background(), "dev-1", &proto.AuditBatch{Events: free}); err != nil || ack.Err != nil || ack.Through != 1 {
+		t.Errorf("a command with escapes: ack = %+v, %v; want it stored", ack, err)
+	}
+}
+
 func TestFleetAppendChains(t *testing.T) {
 	l, _ := openLog(t, nil)
 	for i := range 5 {

@@ -4,40 +4,50 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/auditexport"
+	"remoteler.dev/edge/proto/printable"
 )
 
-func init() {
-	commands["audit export"] = command{"audit export [-o FILE] [--checkpoints-only]", (*runner).auditExport}
-}
-
-func (r *runner) auditExport(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	out := fs.String("o", "-", "write the export to this `file` (\"-\": standard output); written whole or not at all")
-	only := fs.Bool("checkpoints-only", false, "only the signed checkpoints: small, enough to check the fleet's log against later (audit verify --against)")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
+func (r *runner) auditExportCommand() *cobra.Command {
+	var out string
+	var only bool
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Write the audit events and signed checkpoints, for storage off the fleet",
+		Long: `Write every audit event and the checkpoints fleetd signed of each chain's
+head (JSON Lines, ending with an end line, so a cut file is detected), for
+storage away from the fleet's machine. fleetctl audit verify --export FILE
+checks it anywhere; audit verify --against FILE checks the fleet's log
+against it later.`,
+		Example: `  fleetctl audit export -o audit-$(date +%F).jsonl
+  fleetctl audit export --checkpoints-only -o checkpoints.jsonl`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, _, err := r.connect()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := exportTo(cmd.Context(), c, out, only, r.stdio.Out); err != nil {
+				return fmt.Errorf("audit export: %w", apiHint(err))
+			}
+			if out != "-" {
+				fmt.Fprintf(r.stdio.Err, "Audit log exported to %s. Keep it off this machine; check it with: fleetctl audit verify --export %s\n", out, out)
+			}
+			return nil
+		},
 	}
-	c, _, err := r.connect()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := exportTo(ctx, c, *out, *only, r.stdio.Out); err != nil {
-		return fmt.Errorf("audit export: %w", apiHint(err))
-	}
-	if *out != "-" {
-		fmt.Fprintf(r.stdio.Err, "Audit log exported to %s. Keep it off this machine; check it with: fleetctl audit verify --export %s\n", *out, *out)
-	}
-	return nil
+	cmd.Flags().StringVarP(&out, "output", "o", "-", "write the export to this `file` (\"-\": standard output); written whole or not at all")
+	cmd.Flags().BoolVar(&only, "checkpoints-only", false, "only the signed checkpoints: small, enough to check the fleet's log against later (audit verify --against)")
+	return cmd
 }
 
 // exportTo downloads the fleet's export to path ("-": stdout). A file is
@@ -107,7 +117,7 @@ func readEarlier(path string) ([]*auditexport.Checkpoint, ed25519.PublicKey, err
 
 // auditVerifyExport is audit verify with --export or --against: the check
 // runs here, in fleetctl, not in the fleet.
-func (r *runner) auditVerifyExport(ctx context.Context, exportPath, againstPath, keyFlag string, asJSON bool) error {
+func (r *runner) auditVerifyExport(ctx context.Context, exportPath, againstPath, keyFlag string, format cli.Format) error {
 	var key ed25519.PublicKey
 	if keyFlag != "" {
 		k, err := auditexport.ParseKey(keyFlag)
@@ -139,8 +149,8 @@ func (r *runner) auditVerifyExport(ctx context.Context, exportPath, againstPath,
 	if err != nil {
 		return fmt.Errorf("audit verify: %w", apiHint(err))
 	}
-	if asJSON {
-		if err := r.printJSON(rep); err != nil {
+	if format != cli.Text {
+		if err := cli.PrintValue(r.stdio.Out, format, rep); err != nil {
 			return err
 		}
 	} else {
@@ -153,8 +163,7 @@ func (r *runner) auditVerifyExport(ctx context.Context, exportPath, againstPath,
 }
 
 func printReport(w io.Writer, rep *auditexport.Report) {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tEVENTS\tSEQUENCE\tCHAIN")
+	tw := cli.NewTable(w, "SOURCE", "EVENTS", "SEQUENCE", "CHAIN")
 	for _, c := range rep.Chains {
 		chain := "ok"
 		if !c.OK {
@@ -164,15 +173,15 @@ func printReport(w io.Writer, rep *auditexport.Report) {
 		if c.Events > 0 {
 			seq = fmt.Sprintf("%d-%d", c.First, c.Last)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Source, c.Events, seq, chain)
+		tw.Row(c.Source, fmt.Sprint(c.Events), seq, chain)
 	}
 	tw.Flush()
 	for _, p := range rep.Problems {
-		fmt.Fprintf(w, "checkpoints: %s\n", p)
+		fmt.Fprintf(w, "checkpoints: %s\n", printable.Escape(p))
 	}
 	for _, c := range rep.Chains {
 		for _, p := range c.Problems {
-			fmt.Fprintf(w, "%s: %s\n", c.Source, p)
+			fmt.Fprintf(w, "%s: %s\n", printable.Escape(c.Source), printable.Escape(p))
 		}
 	}
 	last := "-"

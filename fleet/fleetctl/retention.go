@@ -2,22 +2,67 @@ package fleetctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/printable"
 )
 
-func init() {
-	commands["retention show"] = command{"retention show [--format=text|json]", (*runner).retentionShow}
-	commands["retention set"] = command{"retention set [--audit-max-age=8760h] [--audit-max-bytes=20GiB] [--audit-device-quota=1GiB] " +
-		"[--recordings-max-age=2160h] [--recordings-max-bytes=100GiB] [--recordings-device-quota=2GiB] [--min-free=1GiB]", (*runner).retentionSet}
+func (r *runner) retentionCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "retention",
+		Short: "How long and how much audit and recordings the fleet keeps",
+		Long: `The fleet's storage policy: how long audit events and session recordings
+are kept (by age, then by total size), how much of each one device may hold
+(past its quota its uploads pause and it keeps its queue), and the free
+space kept on the data dir (below it device uploads pause; user logins
+and sessions go on).`,
+	}
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Show the policy, what is held now, and devices near a quota",
+		Args:  cli.NoArgs,
+	}
+	format := cli.FormatFlag(show, "the policy and what is held")
+	show.RunE = func(cmd *cobra.Command, _ []string) error { return r.retentionShow(cmd.Context(), *format) }
+	set := &cobra.Command{
+		Use:   "set",
+		Short: "Change the policy; the flags not given keep their values",
+		Example: `  fleetctl retention set --audit-max-age=8760h --recordings-device-quota=1GiB
+  fleetctl retention set --min-free=5GiB`,
+		Args: cli.NoArgs,
+	}
+	for _, f := range retentionFlags {
+		set.Flags().String(f.name, "", f.help)
+	}
+	set.RunE = func(cmd *cobra.Command, _ []string) error {
+		given := map[string]string{}
+		cmd.Flags().Visit(func(f *pflag.Flag) { given[f.Name] = f.Value.String() })
+		if len(given) == 0 {
+			return cli.Usagef(cmd, "give at least one setting to change")
+		}
+		return r.retentionSet(cmd, given)
+	}
+	group.AddCommand(show, set)
+	return group
+}
+
+// retentionFlags are retention set's flags.
+var retentionFlags = []struct{ name, help string }{
+	{"audit-max-age", "drop audit events older than this (e.g. 8760h; 0: keep them)"},
+	{"audit-max-bytes", "drop the oldest audit events while all take more than this (e.g. 20GiB; 0: no cap)"},
+	{"audit-device-quota", "the most of one device's audit events the fleet holds; past it the device's uploads pause (0: no quota)"},
+	{"recordings-max-age", "delete recordings older than this (e.g. 2160h; 0: keep them)"},
+	{"recordings-max-bytes", "delete the oldest recordings while all take more than this (0: no cap)"},
+	{"recordings-device-quota", "the most of one device's recordings the fleet holds (0: no quota)"},
+	{"min-free", "free space kept on the data dir: below it devices' uploads pause, users go on (0: no floor)"},
 }
 
 // parseSize reads a size: a number of bytes, or one with a unit (KiB, MiB,
@@ -72,23 +117,8 @@ func setRetention(p *api.Retention, given map[string]string) error {
 	return p.Validate()
 }
 
-func (r *runner) retentionSet(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	for _, f := range []struct{ name, help string }{
-		{"audit-max-age", "drop audit events older than this (e.g. 8760h; 0: keep them)"},
-		{"audit-max-bytes", "drop the oldest audit events while all take more than this (e.g. 20GiB; 0: no cap)"},
-		{"audit-device-quota", "the most of one device's audit events the fleet holds; past it the device's uploads pause (0: no quota)"},
-		{"recordings-max-age", "delete recordings older than this (e.g. 2160h; 0: keep them)"},
-		{"recordings-max-bytes", "delete the oldest recordings while all take more than this (0: no cap)"},
-		{"recordings-device-quota", "the most of one device's recordings the fleet holds (0: no quota)"},
-		{"min-free", "free space kept on the data dir: below it devices' uploads pause, users go on (0: no floor)"},
-	} {
-		fs.String(f.name, "", f.help)
-	}
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
-	given := map[string]string{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
+func (r *runner) retentionSet(cmd *cobra.Command, given map[string]string) error {
+	ctx := cmd.Context()
 	c, _, err := r.connect()
 	if err != nil {
 		return err
@@ -100,7 +130,7 @@ func (r *runner) retentionSet(ctx context.Context, fs *flag.FlagSet, args []stri
 	}
 	p := cur.Policy
 	if err := setRetention(&p, given); err != nil {
-		return r.usageError(fs, "%v", err)
+		return cli.Usagef(cmd, "%v", err)
 	}
 	st, err := c.SetRetention(ctx, p)
 	if err != nil {
@@ -109,11 +139,7 @@ func (r *runner) retentionSet(ctx context.Context, fs *flag.FlagSet, args []stri
 	return writeRetention(r.stdio.Out, st)
 }
 
-func (r *runner) retentionShow(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	format := fs.String("format", "text", "text or json")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
+func (r *runner) retentionShow(ctx context.Context, format cli.Format) error {
 	c, _, err := r.connect()
 	if err != nil {
 		return err
@@ -123,8 +149,8 @@ func (r *runner) retentionShow(ctx context.Context, fs *flag.FlagSet, args []str
 	if err != nil {
 		return fmt.Errorf("retention show: %w", apiHint(err))
 	}
-	if *format == "json" {
-		return r.printJSON(st)
+	if format != cli.Text {
+		return cli.PrintValue(r.stdio.Out, format, st)
 	}
 	return writeRetention(r.stdio.Out, st)
 }
@@ -144,19 +170,17 @@ func writeRetention(w io.Writer, st *api.RetentionStatus) error {
 		}
 		return cli.Bytes(uint64(n))
 	}
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "\tKEPT FOR\tAT MOST\tPER DEVICE\tHELD NOW")
-	fmt.Fprintf(tw, "Audit events\t%s\t%s\t%s\t%s\n", age(p.AuditMaxAge), size(p.AuditMaxBytes), size(p.AuditDeviceQuota), cli.Bytes(uint64(st.AuditBytes)))
-	fmt.Fprintf(tw, "Recordings\t%s\t%s\t%s\t%s\n", age(p.RecordingsMaxAge), size(p.RecordingsMaxBytes), size(p.RecordingsDeviceQuota), cli.Bytes(uint64(st.RecordingsBytes)))
+	tw := cli.NewTable(w, "", "KEPT FOR", "AT MOST", "PER DEVICE", "HELD NOW")
+	tw.Row("Audit events", age(p.AuditMaxAge), size(p.AuditMaxBytes), size(p.AuditDeviceQuota), cli.Bytes(uint64(st.AuditBytes)))
+	tw.Row("Recordings", age(p.RecordingsMaxAge), size(p.RecordingsMaxBytes), size(p.RecordingsDeviceQuota), cli.Bytes(uint64(st.RecordingsBytes)))
 	tw.Flush()
 	fmt.Fprintf(w, "Free space kept on the data dir: %s (free now: %s of %s)\n", size(p.MinFreeBytes), cli.Bytes(st.FreeBytes), cli.Bytes(st.TotalBytes))
 	if st.UploadsPaused != "" {
-		fmt.Fprintf(w, "Device uploads are PAUSED: %s. Devices keep their events and recordings and send them once there is room.\n", st.UploadsPaused)
+		fmt.Fprintf(w, "Device uploads are PAUSED: %s. Devices keep their events and recordings and send them once there is room.\n", printable.Escape(st.UploadsPaused))
 	}
 	if len(st.Devices) > 0 {
 		fmt.Fprintln(w, "\nDevices near or over a quota:")
-		tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tAUDIT\tRECORDINGS\tUPLOADS")
+		tw := cli.NewTable(w, "DEVICE", "AUDIT", "RECORDINGS", "UPLOADS")
 		for _, d := range st.Devices {
 			name := d.Name
 			if name == "" {
@@ -166,7 +190,7 @@ func writeRetention(w io.Writer, st *api.RetentionStatus) error {
 			if d.Paused != "" {
 				state = "PAUSED: " + d.Paused
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, cli.Bytes(uint64(d.AuditBytes)), cli.Bytes(uint64(d.RecordingsBytes)), state)
+			tw.Row(name, cli.Bytes(uint64(d.AuditBytes)), cli.Bytes(uint64(d.RecordingsBytes)), state)
 		}
 		tw.Flush()
 	}

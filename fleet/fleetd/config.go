@@ -14,14 +14,26 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"remoteler.dev/edge/fleet/store/backend"
 )
 
 // Config is fleetd's configuration, from flags or a YAML file. The zero
 // value of every field but DataDir works.
 type Config struct {
-	// DataDir holds the store (fleet.db) and the admin identity (admin/).
-	// Required.
+	// DataDir holds the embedded store (fleet.db), the admin identity
+	// (admin/), the audit log and the recordings. Required, with every
+	// store.
 	DataDir string `json:"data_dir"`
+	// Store names the fleet's state store: "bolt" (the default:
+	// DATA_DIR/fleet.db) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] for
+	// several replicas on one etcd cluster (keys under /PREFIX/, default
+	// /fleet/). See docs/storage.md.
+	Store string `json:"store"`
+	// StoreTLS are the PEM files for TLS to etcd: ca_file verifies the
+	// members, cert_file and key_file are a client certificate. Empty:
+	// plain TCP.
+	StoreTLS backend.TLSFiles `json:"store_tls"`
 	// Listen is the host:port for HTTPS (TCP) and tunnels (UDP); default
 	// "0.0.0.0:3080". Port 0 picks a free port.
 	Listen string `json:"listen"`

@@ -11,12 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
+	"remoteler.dev/edge/fleet/linkhealth"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
@@ -71,6 +73,13 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	if err != nil {
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
+	if err := h.Check(); err != nil {
+		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", dev.Name, "addr", addr.String(),
+			"reason", "hello: "+err.Error())
+		d.event(&proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: "hello: " + err.Error(), Fields: map[string]string{"action": "tunnel", "name": dev.Name}})
+		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
+	}
 	if h.Name != dev.Name {
 		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", h.Name, "addr", addr.String(),
 			"reason", "hello names another device")
@@ -114,6 +123,16 @@ func (d *deviceHooks) recheck(ctx context.Context, id string) error {
 		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
 	return nil
+}
+
+// linkSampler measures every tunnel's loss outside blackouts, for the
+// device listing's LOSS.
+func linkSampler(tunnels *tunnelsrv.Server) *linkhealth.Sampler {
+	return &linkhealth.Sampler{Links: func(fn func(string, time.Time, linkhealth.Counters)) {
+		tunnels.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
+			fn(id, since, linkhealth.Counters{Sent: st.PacketsSent, Lost: st.PacketsLost, Received: st.PacketsReceived})
+		})
+	}}
 }
 
 // mergeLabels returns the agent's labels overridden by the labels the join

@@ -21,13 +21,19 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
+	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/leader"
+	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
-	"remoteler.dev/edge/fleet/store/boltstore"
+	"remoteler.dev/edge/fleet/store/backend"
+	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
@@ -58,12 +64,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "admin"), 0o700); err != nil {
 		return fmt.Errorf("fleetd: data dir: %w", err)
 	}
-	st, err := boltstore.Open(filepath.Join(cfg.DataDir, "fleet.db"), boltstore.Options{Logger: log})
+	spec, err := backend.Parse(backend.Config{URL: cfg.Store, DataDir: cfg.DataDir, TLS: cfg.StoreTLS})
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	log.Info("opening the store", "store", spec.String())
+	st, err := backend.Open(ctx, spec, log)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer st.Close()
+	fmt.Fprintf(out, "Store: %s\n", spec)
 	return run(ctx, cfg, st, log, out)
+}
+
+// elector returns the leader elector of job name on st: etcd's election
+// for replicas on etcd, the store-based one for the embedded store.
+func elector(st store.Store, name string) leader.Elector {
+	id, _ := os.Hostname()
+	if es, ok := st.(*etcdstore.Store); ok {
+		return &etcdleader.Elector{Store: es, Name: name, ID: id}
+	}
+	return &leader.Local{Store: st, Name: name, ID: id}
 }
 
 func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out io.Writer) error {
@@ -138,13 +160,26 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	tunnels := tunnelsrv.New(tcfg)
-	kube := newKube(cfg, tunnels, events, audit, log, now)
+	us := &users.Service{Store: st, Now: now, Logger: log}
+	// The live sessions, checked again whenever users or roles change, and
+	// ended at their certificate's expiry.
+	var kube *kubesrv.Server
+	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, LocalLabels: func() map[string]string {
+		if l := kube.Local(); l != nil {
+			return l.Labels
+		}
+		return nil
+	}}
+	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
+	defer live.Close()
+	kube = newKube(cfg, tunnels, audit, log, now, events, recs, live)
 	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
+	links := linkSampler(tunnels)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
-		Users:         &users.Service{Store: st, Now: now, Logger: log},
+		Users:         us,
 		Roles:         roles,
 		Tokens:        toks,
 		Devices:       reg,
@@ -159,6 +194,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		LinkLoss:      links.Loss,
+		Sessions:      live,
 		Now:           now,
 
 		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
@@ -185,6 +222,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
 	wg.Go(func() { recs.Run(ctx) })
+	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
@@ -206,15 +244,28 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	go func() {
 		defer wg.Done()
 		refresh(ctx, log, func() error {
-			if _, err := toks.Prune(ctx); err != nil {
-				log.Warn("prune join tokens", "err", err)
-			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
 			}
 			return writeAdmin(cfg.DataDir, auth, AdminInfo{Addr: clientAddr(addr), CAPin: auth.Pin(), Cluster: cfg.Cluster})
 		})
 	}()
+
+	// CA rotation steps taken on another replica reach this one.
+	wg.Go(func() { followCA(ctx, st, auth, log) })
+	// Expired join tokens are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			pruner := &tokens.Service{Store: fenced, Now: now, Logger: log}
+			refresh(ctx, log, func() error {
+				if _, err := pruner.Prune(ctx); err != nil {
+					log.Warn("prune join tokens", "err", err)
+				}
+				return nil
+			})
+			return nil
+		})
+	})
 
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,13 +16,18 @@ import (
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
 )
 
 // newKube builds the Kubernetes endpoint: devices' clusters down their
-// tunnels, and the cluster fleetd runs in when it runs in one.
-func newKube(cfg Config, tunnels *tunnelsrv.Server, events *audit.Log, auditLog, log *slog.Logger, now func() time.Time) *kubesrv.Server {
+// tunnels, and the cluster fleetd runs in when it runs in one. Its events
+// go to the audit trail (and the audit logger), its long-running requests
+// to the session registry, and its terminal sessions to the recordings.
+func newKube(cfg Config, tunnels *tunnelsrv.Server, audit, log *slog.Logger, now func() time.Time,
+	events *audit.Log, recs *recordings.Store, reg *sessions.Registry) *kubesrv.Server {
 	var local *kubesrv.Local
 	dir := cfg.KubeServiceAccountDir
 	if dir == "" {
@@ -45,17 +51,41 @@ func newKube(cfg Config, tunnels *tunnelsrv.Server, events *audit.Log, auditLog,
 	}
 	var opener kubesrv.Opener = tunnels
 	if events != nil {
+		// The fleet records each stream's session.start before the device
+		// hears of it: the device's own events are checked against it.
 		opener = &brokeredOpener{tunnels: tunnels, events: events, cluster: cfg.Cluster, log: log}
 	}
-	return kubesrv.New(kubesrv.Config{
+	kcfg := kubesrv.Config{
 		Tunnels:  opener,
 		Offline:  tunnelsrv.ErrOffline,
 		Online:   tunnels.Online,
 		Local:    local,
-		AuditLog: auditLog,
+		AuditLog: audit,
+		Sessions: reg,
 		Logger:   log.With("component", "kube"),
 		Now:      now,
-	})
+	}
+	if events != nil {
+		kcfg.Audit = func(ev kubesrv.Event) error {
+			kubesrv.LogEvent(audit, ev)
+			e := ev.AuditEvent()
+			e.Cluster = cfg.Cluster
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return events.Append(ctx, e)
+		}
+	}
+	if recs != nil {
+		kcfg.Recordings = recordingSink{recs}
+	}
+	return kubesrv.New(kcfg)
+}
+
+// recordingSink hands Kubernetes terminal recordings to the store.
+type recordingSink struct{ s *recordings.Store }
+
+func (r recordingSink) Create(deviceID, id string, meta proto.RecordingMeta) (io.WriteCloser, error) {
+	return r.s.Create(deviceID, id, meta)
 }
 
 // brokeredOpener opens Kubernetes streams down device tunnels, recording

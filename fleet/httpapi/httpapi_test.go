@@ -77,6 +77,8 @@ func TestOpenEndpointsRefuseBadInput(t *testing.T) {
 		{"join: bad key", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","ssh_public_key":"junk"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"join: bad token", api.PathJoin, `{"token":"jt_nope","name":"pi-1","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusUnauthorized, api.CodeUnauthorized},
 		{"join: bad name", api.PathJoin, `{"token":"` + tok + `","name":"Not A Name!","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"join: escape sequence in the version", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","agent_version":"v1\u001b]52;c;AA\u0007","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"join: bidi override in a label", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","labels":{"site":"north\u202e"},"ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"oversized body", api.PathLogin, `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, http.StatusBadRequest, api.CodeBadRequest},
 	}
 	for _, tt := range tests {

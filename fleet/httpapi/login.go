@@ -50,6 +50,10 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
+	if err := proto.CheckDeviceInfo(req.AgentVersion, "", "", req.Labels); err != nil {
+		refuse(http.StatusBadRequest, api.CodeBadRequest, "the device's "+err.Error())
+		return
+	}
 	if _, err := s.Devices.ByName(r.Context(), req.Name); err == nil {
 		refuse(http.StatusConflict, api.CodeConflict, "a device called "+req.Name+" is already in the fleet: remove it with `fleetctl devices rm "+req.Name+"` or start the agent with another --name")
 		return

@@ -630,6 +630,21 @@ func (s *Server) Info(deviceID string) (Info, bool) {
 	return Info{Addr: addr, Since: dc.since, RTT: st.SmoothedRTT, Stats: st, AddrChangedAt: moved}, true
 }
 
+// EachLink calls fn with the counters of every live device tunnel and when
+// its connection began (fleet/linkhealth samples them). fn runs without
+// the server's lock held.
+func (s *Server) EachLink(fn func(deviceID string, since time.Time, st quic.ConnectionStats)) {
+	s.mu.Lock()
+	conns := make(map[string]*deviceConn, len(s.conns))
+	for id, dc := range s.conns {
+		conns[id] = dc
+	}
+	s.mu.Unlock()
+	for id, dc := range conns {
+		fn(id, dc.since, dc.qc.ConnectionStats())
+	}
+}
+
 // Send pushes m to deviceID on its control stream.
 func (s *Server) Send(deviceID string, m proto.Message) error {
 	s.mu.Lock()

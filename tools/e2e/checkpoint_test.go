@@ -14,6 +14,7 @@ import (
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // rewriteChain rewrites a device's chain in the fleet's audit file the way
@@ -75,14 +76,14 @@ func rewriteChain(t *testing.T, dataDir, deviceID string, seq uint64, drop bool)
 }
 
 // waitCheckpoint waits for a signed checkpoint made after since.
-func (f *fleet) waitCheckpoint(since time.Time) api.AuditVerify {
-	f.t.Helper()
+func waitCheckpoint(t *testing.T, f *harness.Fleet, since time.Time) api.AuditVerify {
+	t.Helper()
 	var v api.AuditVerify
-	if !eventually(60*time.Second, func() bool {
-		v, _ = f.verify()
+	if !harness.Eventually(60*time.Second, func() bool {
+		v, _ = verify(t, f)
 		return v.Checkpoints != nil && v.Checkpoints.Last.After(since)
 	}) {
-		f.t.Fatalf("no checkpoint signed after %v: %+v", since, v.Checkpoints)
+		t.Fatalf("no checkpoint signed after %v: %+v", since, v.Checkpoints)
 	}
 	return v
 }
@@ -94,27 +95,27 @@ func (f *fleet) waitCheckpoint(since time.Time) api.AuditVerify {
 // afresh, an export kept off the machine still catches it.
 func TestAuditCheckpointsCatchARewrite(t *testing.T) {
 	f := startFleetWith(t, "audit_checkpoint_every: 1s\n")
-	f.startAgent("pi-1", "site=north")
-	alice := f.login("alice", f.addUser("alice", "access", "root"))
+	f.StartAgent("pi-1", "site=north")
+	alice := f.Login("alice", f.AddUser("alice", "access", "root"))
 	began := time.Now()
 	for _, cmd := range []string{"echo one", "echo two", "echo three"} {
-		alice.tsh("ssh", "root@pi-1", cmd)
+		alice.Tsh("ssh", "root@pi-1", cmd)
 	}
-	c := f.waitDrained("pi-1", began, 30*time.Second)
-	v := f.waitCheckpoint(time.Now())
+	c := waitDrained(t, f, "pi-1", began, 30*time.Second)
+	v := waitCheckpoint(t, f, time.Now())
 	if !v.OK || v.Checkpoints.Count == 0 || !strings.HasPrefix(v.Checkpoints.Key, "ed25519:") {
 		t.Fatalf("verify before any tampering: %+v", v)
 	}
-	if !strings.Contains(f.proc.Output(), "Audit checkpoint key: "+v.Checkpoints.Key) {
+	if !strings.Contains(f.Proc.Output(), "Audit checkpoint key: "+v.Checkpoints.Key) {
 		t.Errorf("fleetd did not print its checkpoint key %s", v.Checkpoints.Key)
 	}
 
 	// Off the machine: the signed checkpoints, and a full export.
 	dir := t.TempDir()
 	early, full := filepath.Join(dir, "early.jsonl"), filepath.Join(dir, "full.jsonl")
-	f.ctl("", "audit", "export", "--checkpoints-only", "-o", early)
-	f.ctl("", "audit", "export", "-o", full)
-	if out := f.ctl("", "audit", "verify", "--export", full, "--key", v.Checkpoints.Key); !strings.Contains(out, "audit chains in the export verified") {
+	f.Ctl("", "audit", "export", "--checkpoints-only", "-o", early)
+	f.Ctl("", "audit", "export", "-o", full)
+	if out := f.Ctl("", "audit", "verify", "--export", full, "--key", v.Checkpoints.Key); !strings.Contains(out, "audit chains in the export verified") {
 		t.Fatalf("the fresh export does not verify:\n%s", out)
 	}
 	b, _ := os.ReadFile(full)
@@ -123,21 +124,21 @@ func TestAuditCheckpointsCatchARewrite(t *testing.T) {
 	}
 
 	var id string
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		id = d.ID
 	}
 
 	// 1. Rewrite pi-1's chain consistently: the store's checkpoints
 	// catch it.
-	f.proc.Stop()
-	rewriteChain(t, f.dataDir, id, 3, false)
-	f.start(f.addr)
-	out, _, err := f.ctlErr("", "audit", "verify")
+	f.Proc.Stop()
+	rewriteChain(t, f.DataDir, id, 3, false)
+	f.Start()
+	out, _, err := f.CtlErr("", "audit", "verify")
 	if err == nil || !strings.Contains(out, "differs from the one signed in checkpoint") || !strings.Contains(out, "BROKEN") {
 		t.Fatalf("audit verify after a consistent rewrite: %v\n%s", err, out)
 	}
 	var vj api.AuditVerify
-	jout, _, _ := f.ctlErr("", "audit", "verify", "--json")
+	jout, _, _ := f.CtlErr("", "audit", "verify", "--format=json")
 	json.Unmarshal([]byte(jout), &vj)
 	if vj.OK {
 		t.Error("audit verify --json says OK")
@@ -146,12 +147,12 @@ func TestAuditCheckpointsCatchARewrite(t *testing.T) {
 	// 2. Rewrite again and delete the checkpoints: fleetd signs the
 	// rewritten chain afresh, so its own verification passes, but the
 	// checkpoints exported earlier do not match.
-	f.proc.Stop()
-	rewriteChain(t, f.dataDir, id, 4, true)
+	f.Proc.Stop()
+	rewriteChain(t, f.DataDir, id, 4, true)
 	restarted := time.Now()
-	f.start(f.addr)
-	f.waitCheckpoint(restarted)
-	out, errOut, err := f.ctlErr("", "audit", "verify", "--against", early)
+	f.Start()
+	waitCheckpoint(t, f, restarted)
+	out, errOut, err := f.CtlErr("", "audit", "verify", "--against", early)
 	if err == nil || !strings.Contains(out, "differs from the one signed in checkpoint") {
 		t.Fatalf("audit verify --against the earlier export: %v\n%s%s", err, out, errOut)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // TestDeviceRemovalRemovesThatDevice is the decoy case: a device named
@@ -19,7 +20,7 @@ import (
 func TestDeviceRemovalRemovesThatDevice(t *testing.T) {
 	f, a, u := setup(t)
 	var pi1 string
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		if d.Name == "pi-1" {
 			pi1 = d.ID
 		}
@@ -30,15 +31,15 @@ func TestDeviceRemovalRemovesThatDevice(t *testing.T) {
 
 	// A decoy named after pi-1's ID cannot join.
 	decoyDir := t.TempDir()
-	out, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.addr, "--token", f.token(),
+	out, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.Addr, "--token", f.Token(),
 		"--data-dir", decoyDir, "--name", pi1)
 	if err == nil || !strings.Contains(out+errOut, "shape of a device ID") {
 		t.Fatalf("a device named after pi-1's ID joined (or failed for another reason): %v\n%s%s", err, out, errOut)
 	}
 
 	// One planted as an older fleet would have stored it.
-	f.proc.Stop()
-	db, err := bolt.Open(filepath.Join(f.dataDir, "fleet.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	f.Proc.Stop()
+	db, err := bolt.Open(filepath.Join(f.DataDir, "fleet.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,13 +56,13 @@ func TestDeviceRemovalRemovesThatDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.start(f.addr)
-	f.waitOnline("pi-1")
+	f.Start()
+	f.WaitOnline("pi-1")
 
 	removed := time.Now()
-	f.ctl("", "devices", "rm", "pi-1")
+	f.Ctl("", "devices", "rm", "pi-1")
 	names := map[string]string{}
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		names[d.ID] = d.Name
 	}
 	if _, ok := names[pi1]; ok {
@@ -73,20 +74,20 @@ func TestDeviceRemovalRemovesThatDevice(t *testing.T) {
 
 	// The agent's tunnel ends, and its redials with the same certificate
 	// are refused.
-	a.proc.waitOutput("removed from the fleet", 30*time.Second)
+	a.Proc.WaitOutput("removed from the fleet", 30*time.Second)
 	refused := regexp.MustCompile(`device refused.*device_id=` + pi1)
-	if !eventually(60*time.Second, func() bool { return len(refused.FindAllString(f.proc.Output(), -1)) >= 2 }) {
-		t.Fatalf("fleetd never refused pi-1's redials:\n%s", f.proc.Output())
+	if !harness.Eventually(60*time.Second, func() bool { return len(refused.FindAllString(f.Proc.Output(), -1)) >= 2 }) {
+		t.Fatalf("fleetd never refused pi-1's redials:\n%s", f.Proc.Output())
 	}
-	if _, _, err := u.tshErr("", "ssh", "root@pi-1", "true"); err == nil {
+	if _, _, err := u.TshErr("", "ssh", "root@pi-1", "true"); err == nil {
 		t.Error("tsh ssh reached a removed device")
 	}
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		if d.ID == pi1 || (d.Online && d.Name == "pi-1") {
 			t.Errorf("the removed device is back: %+v", d)
 		}
 	}
-	evs := f.search("--type=device.delete", "--since="+removed.Add(-time.Second).UTC().Format(time.RFC3339))
+	evs := search(t, f, "--type=device.delete", "--since="+removed.Add(-time.Second).UTC().Format(time.RFC3339))
 	if len(evs) != 1 || evs[0].Device != pi1 {
 		t.Errorf("device.delete events = %+v, want one for %s", evs, pi1)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // dialTLSFrom opens a TLS connection to the fleet from the loopback
@@ -43,11 +45,11 @@ func ping(c net.Conn) error {
 // than its share of connections.
 func TestHTTPSPortLimits(t *testing.T) {
 	f := startFleetWith(t, "http_body_idle_timeout: 1s\nhttp_body_timeout: 2s\nmax_conns_per_source: 6\n")
-	f.startAgent("pi-1", "site=north")
-	u := f.login("alice", f.addUser("alice", "access", "root"))
+	f.StartAgent("pi-1", "site=north")
+	u := f.Login("alice", f.AddUser("alice", "access", "root"))
 
 	t.Run("slow body", func(t *testing.T) {
-		c, err := dialTLSFrom(t, "127.0.0.1", f.addr)
+		c, err := dialTLSFrom(t, "127.0.0.1", f.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +67,7 @@ func TestHTTPSPortLimits(t *testing.T) {
 		// Input arrives in pauses longer than the idle timeout, and the
 		// session outlasts the total one.
 		script := "for i in 1 2 3; do read x; echo got-$x; done"
-		cmd := u.cmd("ssh", "root@pi-1", script)
+		cmd := tshCmd(u, "ssh", "root@pi-1", script)
 		in, err := cmd.StdinPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -92,7 +94,7 @@ func TestHTTPSPortLimits(t *testing.T) {
 	t.Run("connections per source", func(t *testing.T) {
 		var held []*tls.Conn
 		for i := range 6 {
-			c, err := dialTLSFrom(t, "127.0.0.3", f.addr)
+			c, err := dialTLSFrom(t, "127.0.0.3", f.Addr)
 			if err != nil {
 				t.Fatalf("connection %d of 6: %v", i+1, err)
 			}
@@ -101,13 +103,13 @@ func TestHTTPSPortLimits(t *testing.T) {
 			}
 			held = append(held, c)
 		}
-		if c, err := dialTLSFrom(t, "127.0.0.3", f.addr); err == nil {
+		if c, err := dialTLSFrom(t, "127.0.0.3", f.Addr); err == nil {
 			if err := ping(c); err == nil {
 				t.Fatal("a seventh connection from the same source was served")
 			}
 		}
 		// Another source is served meanwhile.
-		c, err := dialTLSFrom(t, "127.0.0.4", f.addr)
+		c, err := dialTLSFrom(t, "127.0.0.4", f.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,8 +118,8 @@ func TestHTTPSPortLimits(t *testing.T) {
 		}
 		// A closed connection frees its place.
 		held[0].Close()
-		if !eventually(20*time.Second, func() bool {
-			c, err := dialTLSFrom(t, "127.0.0.3", f.addr)
+		if !harness.Eventually(20*time.Second, func() bool {
+			c, err := dialTLSFrom(t, "127.0.0.3", f.Addr)
 			return err == nil && ping(c) == nil
 		}) {
 			t.Fatal("the source was still refused after closing a connection")

@@ -13,12 +13,13 @@ import (
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // auditOf returns what the fleet says of a device's audit.
-func (f *fleet) auditOf(name string) *api.DeviceAudit {
-	f.t.Helper()
-	for _, d := range f.devices() {
+func auditOf(t *testing.T, f *harness.Fleet, name string) *api.DeviceAudit {
+	t.Helper()
+	for _, d := range f.Devices() {
 		if d.Name == name {
 			return d.Audit
 		}
@@ -27,21 +28,21 @@ func (f *fleet) auditOf(name string) *api.DeviceAudit {
 }
 
 // retention runs fleetctl retention show --format=json.
-func (f *fleet) retention() api.RetentionStatus {
-	f.t.Helper()
+func retention(t *testing.T, f *harness.Fleet) api.RetentionStatus {
+	t.Helper()
 	var st api.RetentionStatus
-	if err := json.Unmarshal([]byte(f.ctl("", "retention", "show", "--format=json")), &st); err != nil {
-		f.t.Fatalf("retention show --format=json: %v", err)
+	if err := json.Unmarshal([]byte(f.Ctl("", "retention", "show", "--format=json")), &st); err != nil {
+		t.Fatalf("retention show --format=json: %v", err)
 	}
 	return st
 }
 
 // joinGen joins an auditgen device called name and returns its data dir.
-func (f *fleet) joinGen(name string) string {
-	f.t.Helper()
-	dir := f.t.TempDir()
-	join := start(f.t, "auditgen join "+name, nil, "auditgen", "--fleet", f.addr, "--token", f.token(), "--data-dir", dir, "--name", name, "--workers", "0")
-	f.waitOnline(name)
+func joinGen(t *testing.T, f *harness.Fleet, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	join := start(t, "auditgen join "+name, nil, "auditgen", "--fleet", f.Addr, "--token", f.Token(), "--data-dir", dir, "--name", name, "--workers", "0")
+	f.WaitOnline(name)
 	join.Stop()
 	return dir
 }
@@ -55,15 +56,15 @@ func TestDeviceQuotaStopsAnEndlessUploader(t *testing.T) {
 	buildAuditgen(t)
 	f, _, alice := setup(t)
 	const quota = 256 << 10
-	if out := f.ctl("", "retention", "set", "--audit-device-quota=256KiB"); !strings.Contains(out, "256.0KiB") {
+	if out := f.Ctl("", "retention", "set", "--audit-device-quota=256KiB"); !strings.Contains(out, "256.0KiB") {
 		t.Errorf("retention set printed:\n%s", out)
 	}
-	dir := f.joinGen("flood")
-	gen := start(t, "auditgen flood", nil, "auditgen", "--fleet", f.addr, "--data-dir", dir, "--name", "flood",
+	dir := joinGen(t, f, "flood")
+	gen := start(t, "auditgen flood", nil, "auditgen", "--fleet", f.Addr, "--data-dir", dir, "--name", "flood",
 		"--workers", "4", "--interval", "5ms", "--log-level", "error")
 	var st *api.DeviceAudit
-	if !eventually(60*time.Second, func() bool {
-		st = f.auditOf("flood")
+	if !harness.Eventually(60*time.Second, func() bool {
+		st = auditOf(t, f, "flood")
 		return st != nil && strings.Contains(st.Paused, "quota")
 	}) {
 		t.Fatalf("the flood was never paused at its quota: %+v", st)
@@ -72,14 +73,14 @@ func TestDeviceQuotaStopsAnEndlessUploader(t *testing.T) {
 		t.Errorf("the fleet holds %d bytes of the flood's events, over the %d quota", st.Stored, quota)
 	}
 	// Users and other devices go on meanwhile.
-	if out := alice.tsh("ssh", "root@pi-1", "echo", "still here"); out != "still here\n" {
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "still here"); out != "still here\n" {
 		t.Errorf("alice's session during the flood: %q", out)
 	}
-	bob := f.login("bob", f.addUser("bob", "access", "root"))
-	if out := bob.tsh("ssh", "root@pi-1", "echo", "bob too"); out != "bob too\n" {
+	bob := f.Login("bob", f.AddUser("bob", "access", "root"))
+	if out := bob.Tsh("ssh", "root@pi-1", "echo", "bob too"); out != "bob too\n" {
 		t.Errorf("bob's session during the flood: %q", out)
 	}
-	rs := f.retention()
+	rs := retention(t, f)
 	var listed bool
 	for _, d := range rs.Devices {
 		listed = listed || (d.Name == "flood" && strings.Contains(d.Paused, "quota"))
@@ -87,10 +88,10 @@ func TestDeviceQuotaStopsAnEndlessUploader(t *testing.T) {
 	if !listed {
 		t.Errorf("retention show does not list the paused flood: %+v", rs.Devices)
 	}
-	if evs := f.search("--type=" + proto.EventUploadsPaused); len(evs) == 0 {
+	if evs := search(t, f, "--type="+proto.EventUploadsPaused); len(evs) == 0 {
 		t.Error("no uploads.paused event")
 	}
-	if st := f.auditOf("flood"); st.Stored > quota {
+	if st := auditOf(t, f, "flood"); st.Stored > quota {
 		t.Errorf("the fleet holds %d bytes of the flood's events later, over the quota", st.Stored)
 	}
 	gen.Stop()
@@ -98,11 +99,11 @@ func TestDeviceQuotaStopsAnEndlessUploader(t *testing.T) {
 	t.Logf("the flood wrote %d events before it was stopped", len(said))
 
 	// Raise the quota: the queue drains, nothing lost.
-	f.ctl("", "retention", "set", "--audit-device-quota=64MiB")
+	f.Ctl("", "retention", "set", "--audit-device-quota=64MiB")
 	final := time.Now()
-	start(t, "auditgen drain", nil, "auditgen", "--fleet", f.addr, "--data-dir", dir, "--name", "flood", "--workers", "0")
+	start(t, "auditgen drain", nil, "auditgen", "--fleet", f.Addr, "--data-dir", dir, "--name", "flood", "--workers", "0")
 	checkExactlyOnce(t, f, "flood", final, said, 0)
-	if st := f.auditOf("flood"); st.Paused != "" || st.Stored <= quota {
+	if st := auditOf(t, f, "flood"); st.Paused != "" || st.Stored <= quota {
 		t.Errorf("after the quota was raised: %+v", st)
 	}
 }
@@ -168,36 +169,36 @@ func TestFloorPausesUploadsOnANearlyFullDisk(t *testing.T) {
 	buildAuditgen(t)
 	data := mountTmpfs(t, "96m")
 	f := startFleetIn(t, data, "")
-	f.startAgent("pi-1", "site=north")
-	pw := f.addUser("alice", "access", "root")
-	f.ctl("", "retention", "set", "--min-free=48MiB")
-	dir := f.joinGen("gen-floor")
-	before := f.auditOf("gen-floor")
+	f.StartAgent("pi-1", "site=north")
+	pw := f.AddUser("alice", "access", "root")
+	f.Ctl("", "retention", "set", "--min-free=48MiB")
+	dir := joinGen(t, f, "gen-floor")
+	before := auditOf(t, f, "gen-floor")
 
 	filler := fill(t, data, 32<<20)
 	t.Logf("data dir: %d MiB free, floor 48 MiB", free(t, data)>>20)
-	gen := start(t, "auditgen under the floor", nil, "auditgen", "--fleet", f.addr, "--data-dir", dir, "--name", "gen-floor",
+	gen := start(t, "auditgen under the floor", nil, "auditgen", "--fleet", f.Addr, "--data-dir", dir, "--name", "gen-floor",
 		"--workers", "4", "--count", "400", "--log-level", "error")
-	gen.waitOutput("generated 400", 60*time.Second)
+	gen.WaitOutput("generated 400", 60*time.Second)
 	var st *api.DeviceAudit
-	if !eventually(60*time.Second, func() bool {
-		st = f.auditOf("gen-floor")
+	if !harness.Eventually(60*time.Second, func() bool {
+		st = auditOf(t, f, "gen-floor")
 		return st != nil && strings.Contains(st.Paused, "nearly full")
 	}) {
 		t.Fatalf("uploads were not paused under the floor: %+v", st)
 	}
-	if rs := f.retention(); !strings.Contains(rs.UploadsPaused, "nearly full") {
+	if rs := retention(t, f); !strings.Contains(rs.UploadsPaused, "nearly full") {
 		t.Errorf("retention show: uploads_paused = %q", rs.UploadsPaused)
 	}
 	// Users go on: a login and a session, both recorded by the fleet.
-	alice := f.login("alice", pw)
-	if out := alice.tsh("ssh", "root@pi-1", "echo", "room for users"); out != "room for users\n" {
+	alice := f.Login("alice", pw)
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "room for users"); out != "room for users\n" {
 		t.Errorf("alice's session under the floor: %q", out)
 	}
-	if logins := f.search("--type=user.login", "--user=alice"); len(logins) == 0 {
+	if logins := search(t, f, "--type=user.login", "--user=alice"); len(logins) == 0 {
 		t.Error("alice's login under the floor was not recorded")
 	}
-	if st := f.auditOf("gen-floor"); st.Head > before.Head+5 {
+	if st := auditOf(t, f, "gen-floor"); st.Head > before.Head+5 {
 		t.Errorf("the fleet took %d events under the floor", st.Head-before.Head)
 	}
 
@@ -208,10 +209,10 @@ func TestFloorPausesUploadsOnANearlyFullDisk(t *testing.T) {
 	freed := time.Now()
 	// The devices try again after a pause that doubles while they are
 	// refused (up to about a minute): allow for it.
-	f.waitDrained("gen-floor", freed, 3*time.Minute)
+	waitDrained(t, f, "gen-floor", freed, 3*time.Minute)
 	checkExactlyOnce(t, f, "gen-floor", freed, committed(gen.Output()), 0)
 	t.Logf("the queue drained %v after the disk had room", time.Since(freed).Round(time.Second))
-	if st := f.auditOf("gen-floor"); st.Paused != "" {
+	if st := auditOf(t, f, "gen-floor"); st.Paused != "" {
 		t.Errorf("still paused: %q", st.Paused)
 	}
 }
@@ -220,35 +221,35 @@ func TestFloorPausesUploadsOnANearlyFullDisk(t *testing.T) {
 // next recording until the quota is raised; then it arrives whole.
 func TestRecordingQuota(t *testing.T) {
 	f, _, alice := setup(t)
-	f.ctl("", "retention", "set", "--recordings-device-quota=48KiB")
+	f.Ctl("", "retention", "set", "--recordings-device-quota=48KiB")
 	// About 100 KB of output: more than the quota.
 	script := "head -c 75000 /dev/zero | tr '\\0' x | fold -w 100"
-	out, errOut, err := alice.tshErr("", "ssh", "-t", "root@pi-1", script)
+	out, errOut, err := alice.TshErr("", "ssh", "-t", "root@pi-1", script)
 	if err != nil || len(out) < 75000 {
 		t.Fatalf("session: %v, %d bytes\n%s", err, len(out), errOut)
 	}
 	var paused bool
-	if !eventually(60*time.Second, func() bool {
-		for _, d := range f.retention().Devices {
+	if !harness.Eventually(60*time.Second, func() bool {
+		for _, d := range retention(t, f).Devices {
 			paused = paused || (d.Name == "pi-1" && strings.Contains(d.Paused, "recordings quota"))
 		}
 		return paused
 	}) {
-		t.Fatalf("pi-1's recording uploads never paused at the quota: %+v", f.retention())
+		t.Fatalf("pi-1's recording uploads never paused at the quota: %+v", retention(t, f))
 	}
-	for _, r := range alice.recordings() {
+	for _, r := range recordings(t, alice) {
 		if r.Complete {
 			t.Errorf("a recording over the quota arrived complete: %+v", r)
 		}
 	}
-	f.ctl("", "retention", "set", "--recordings-device-quota=64MiB")
+	f.Ctl("", "retention", "set", "--recordings-device-quota=64MiB")
 	// The device tries again after a pause that doubles while it is
 	// refused (up to about a minute): allow for it.
-	rec, ok := alice.waitRecording(3*time.Minute, func(r api.Recording) bool { return r.Complete && r.DeviceName == "pi-1" })
+	rec, ok := waitRecording(t, alice, 3*time.Minute, func(r api.Recording) bool { return r.Complete && r.DeviceName == "pi-1" })
 	if !ok {
 		t.Fatal("the recording never arrived after the quota was raised")
 	}
-	if played := alice.tsh("play", "--speed=0", rec.ID); played != out {
+	if played := alice.Tsh("play", "--speed=0", rec.ID); played != out {
 		t.Errorf("the recording plays %d bytes, the session showed %d", len(played), len(out))
 	}
 }

@@ -1,7 +1,7 @@
 // Command fleetd is the fleet service: CAs, users, roles, join tokens, the
 // device tunnels and the brokering of user connections to devices.
 //
-//	fleetd start --data-dir=DIR [--listen=HOST:PORT] [--config=fleetd.yaml]
+//	fleetd start --data-dir=DIR [--listen=HOST:PORT] [--store=etcd://HOST:PORT,.../PREFIX] [--config=fleetd.yaml]
 //	fleetd version
 package main
 
@@ -15,8 +15,8 @@ import (
 	"strings"
 	"syscall"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/fleet/fleetd"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
 func main() {
@@ -38,7 +38,11 @@ func main() {
 func start(args []string) int {
 	fs := flag.NewFlagSet("fleetd start", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config `file`; flags given on the command line override it")
-	dataDir := fs.String("data-dir", "", "`DIR` for the store and the admin identity (required)")
+	dataDir := fs.String("data-dir", "", "`DIR` for the embedded store, the admin identity, the audit log and recordings (required)")
+	storeURL := fs.String("store", "", "the state store: bolt (DATA_DIR/fleet.db) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] for replicas on etcd (default bolt)")
+	storeCA := fs.String("store-ca", "", "PEM `file` of the CA that signs the etcd members' certificates (turns TLS on)")
+	storeCert := fs.String("store-cert", "", "PEM `file` of the client certificate for etcd (with --store-key; turns TLS on)")
+	storeKey := fs.String("store-key", "", "PEM `file` of the client certificate's key for etcd")
 	listen := fs.String("listen", "", "`HOST:PORT` for HTTPS (TCP) and device tunnels (UDP) (default 0.0.0.0:3080)")
 	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
 	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
@@ -62,6 +66,14 @@ func start(args []string) int {
 		switch f.Name {
 		case "data-dir":
 			cfg.DataDir = *dataDir
+		case "store":
+			cfg.Store = *storeURL
+		case "store-ca":
+			cfg.StoreTLS.CAFile = *storeCA
+		case "store-cert":
+			cfg.StoreTLS.CertFile = *storeCert
+		case "store-key":
+			cfg.StoreTLS.KeyFile = *storeKey
 		case "listen":
 			cfg.Listen = *listen
 		case "cluster":
