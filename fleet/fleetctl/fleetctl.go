@@ -1,11 +1,10 @@
 // Package fleetctl is the admin's command-line client as a library: users,
-// roles, join tokens, devices, status and the audit log of a fleet, and
-// the offline copy of a fleet's store (store copy: the one command that
-// opens stores itself rather than asking fleetd). fleet/cmd/fleetctl is
-// its thin main; tests drive Main directly.
+// roles, join tokens, devices, status, the audit log and the retention
+// policy of a fleet. fleet/cmd/fleetctl is its thin main; tests drive Main
+// directly.
 //
-// It talks to fleetd only through fleet/client; of the server's packages
-// it imports only the store's (fleet/store/...), for store copy. On the fleet's machine it uses the admin identity fleetd keeps
+// It talks to fleetd only through fleet/client and links none of the
+// server's packages. On the fleet's machine it uses the admin identity fleetd keeps
 // in its data dir (DATADIR/admin/identity.pem and DATADIR/admin/fleet.json,
 // renewed by fleetd while it runs); elsewhere -i IDENTITY --proxy HOST:PORT
 // names an identity file of the same format (see client.Identity). Either
@@ -62,7 +61,7 @@ func (s *Stdio) setDefaults() {
 const DefaultDataDir = "/var/lib/fleetd"
 
 const long = `fleetctl administers a Remoteler edge fleet: its users, roles, join
-tokens, devices, audit log, retention policy and state store.
+tokens, devices, audit log and retention policy.
 
 Where the fleet is: on the fleet's machine, --data-dir DIR (default
 /var/lib/fleetd) uses the admin identity fleetd keeps in DIR/admin;
@@ -112,7 +111,6 @@ func (r *runner) command() *cobra.Command {
 		r.devicesCommand(),
 		r.statusCommand(),
 		r.auditCommand(),
-		r.storeCommand(),
 		r.retentionCommand(),
 	)
 	return cli.Setup(root)

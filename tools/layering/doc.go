@@ -8,8 +8,7 @@
 //   - the clients fleet/cmd/tsh and fleet/cmd/fleetctl link no server
 //     packages: of the project they may link only proto/..., fleet/client,
 //     fleet/tsh, fleet/fleetctl, fleet/kubeconfig (and their subpackages)
-//     and internal/buildinfo; fleetctl also fleet/store/... and
-//     fleet/backoff (store copy opens the stores itself, offline);
+//     and internal/buildinfo;
 //   - production code never imports "testing", nor a test-support package
 //     (one whose name ends in "test", such as imagetest or fleettest);
 //   - every package has a doc comment starting "Package <name>" (a command:

@@ -237,10 +237,6 @@ func TestClientsLinkNoServer(t *testing.T) {
 	pkgs := all(t)
 	for _, client := range []string{"fleet/cmd/tsh", "fleet/cmd/fleetctl"} {
 		allowed := clientPkgs
-		if client == "fleet/cmd/fleetctl" {
-			// fleetctl store copy opens the stores itself (offline).
-			allowed = append(slices.Clip(clientPkgs), "fleet/store", "fleet/backoff")
-		}
 		t.Run(path.Base(client), func(t *testing.T) {
 			p, ok := pkgs[module+"/"+client]
 			if !ok || len(p.GoFiles) == 0 {

@@ -2,6 +2,7 @@
 // device tunnels and the brokering of user connections to devices.
 //
 //	fleetd start --data-dir=DIR [--listen=HOST:PORT] [--store=etcd://HOST:PORT,.../PREFIX] [--config=fleetd.yaml]
+//	fleetd store copy --from=SRC --to=DST [--data-dir=DIR] [--overwrite]
 //	fleetd version
 package main
 
@@ -21,12 +22,17 @@ import (
 
 func main() {
 	if len(os.Args) < 2 || os.Args[1] == "help" || os.Args[1] == "-h" || os.Args[1] == "--help" {
-		fmt.Fprint(os.Stderr, "usage: fleetd start [flags] | fleetd version\n\nRun \"fleetd start -h\" for the flags.\n")
+		fmt.Fprint(os.Stderr, "usage: fleetd start [flags] | fleetd store copy [flags] | fleetd version\n\nRun \"fleetd start -h\" or \"fleetd store copy -h\" for the flags.\n")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "start":
 		os.Exit(start(os.Args[2:]))
+	case "store":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		code := fleetd.StoreMain(ctx, os.Args[2:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	case "version", "--version":
 		fmt.Println("fleetd", buildinfo.String())
 	default:

@@ -1,7 +1,7 @@
 // Package backend opens the fleet's store as it is configured: the
 // embedded bbolt file in fleetd's data dir (the default), or an etcd
 // cluster for several replicas. fleetd's --store flag and store: setting,
-// and fleetctl store copy's --from and --to, are parsed here, so that both
+// and fleetd store copy's --from and --to, are parsed here, so that both
 // name stores the same way:
 //
 //	""  or  bolt                  DATA_DIR/fleet.db (bbolt)
@@ -13,7 +13,7 @@
 // etcd connections use TLS when any of the TLS files is given: CAFile to
 // verify the members, CertFile and KeyFile for a client certificate.
 //
-// Only fleet/... imports this package (fleetd, fleetctl store copy).
+// Only fleet/... imports this package (fleetd, fleetd store copy).
 package backend
 
 import (

@@ -24,7 +24,7 @@ import (
 //   - watch delay: from a Put on one replica's store (for etcd: another
 //     client) to the event arriving at a watcher on another's, the path a
 //     lock or role change takes to every replica;
-//   - store copy (fleetctl store copy) of a fleet of items, bbolt to etcd
+//   - store copy (fleetd store copy) of a fleet of items, bbolt to etcd
 //     and back, in items a second.
 //
 // It runs in CI with few samples (so it cannot rot) and prints its figures

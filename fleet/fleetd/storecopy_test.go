@@ -1,4 +1,4 @@
-package fleetctl
+package fleetd
 
 import (
 	"bytes"
@@ -12,11 +12,12 @@ import (
 	"remoteler.dev/edge/fleet/store/storetest"
 )
 
-// runCtl runs fleetctl with args and returns its exit code and output.
-func runCtl(t *testing.T, args ...string) (int, string, string) {
+// runStore runs fleetd store with args (after "store") and returns its
+// exit code and output.
+func runStore(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := Main(t.Context(), args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errOut})
+	code := StoreMain(t.Context(), args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -62,7 +63,7 @@ func TestStoreCopy(t *testing.T) {
 	boltFleet(t, old, kv...)
 	want := boltDump(t, filepath.Join(old, "fleet.db"))
 
-	code, out, errOut := runCtl(t, append([]string{"--data-dir", old, "store", "copy", "--from", "bolt", "--to", etcdURL}, toTLS...)...)
+	code, out, errOut := runStore(t, append([]string{"copy", "--data-dir", old, "--from", "bolt", "--to", etcdURL}, toTLS...)...)
 	if code != 0 {
 		t.Fatalf("copy to etcd: exit %d\n%s%s", code, out, errOut)
 	}
@@ -75,7 +76,7 @@ func TestStoreCopy(t *testing.T) {
 	}
 
 	t.Run("refuses a non-empty destination", func(t *testing.T) {
-		code, out, errOut := runCtl(t, append([]string{"store", "copy", "--from", old, "--to", etcdURL}, toTLS...)...)
+		code, out, errOut := runStore(t, append([]string{"copy", "--from", old, "--to", etcdURL}, toTLS...)...)
 		if code != 1 || !strings.Contains(errOut, "not empty") || !strings.Contains(errOut, "holds 255 items") || !strings.Contains(errOut, "--overwrite") {
 			t.Errorf("exit %d, stderr %q; want 1 and a refusal naming the count and --overwrite\n%s", code, errOut, out)
 		}
@@ -83,7 +84,7 @@ func TestStoreCopy(t *testing.T) {
 
 	t.Run("and back", func(t *testing.T) {
 		back := t.TempDir()
-		code, out, errOut := runCtl(t, append([]string{"store", "copy", "--from", etcdURL, "--to", back}, fromTLS...)...)
+		code, out, errOut := runStore(t, append([]string{"copy", "--from", etcdURL, "--to", back}, fromTLS...)...)
 		if code != 0 {
 			t.Fatalf("copy back: exit %d\n%s%s", code, out, errOut)
 		}
@@ -95,7 +96,7 @@ func TestStoreCopy(t *testing.T) {
 	t.Run("overwrite an older copy", func(t *testing.T) {
 		stale := t.TempDir()
 		boltFleet(t, stale, "users/alice", "old", "users/mallory", "removed since")
-		code, out, errOut := runCtl(t, append([]string{"store", "copy", "--from", etcdURL, "--to", stale, "--overwrite"}, fromTLS...)...)
+		code, out, errOut := runStore(t, append([]string{"copy", "--from", etcdURL, "--to", stale, "--overwrite"}, fromTLS...)...)
 		if code != 0 {
 			t.Fatalf("exit %d\n%s%s", code, out, errOut)
 		}
@@ -120,16 +121,16 @@ func TestStoreCopy(t *testing.T) {
 			code int
 			want string
 		}{
-			{"no --to", []string{"store", "copy", "--from", old}, 1, "--from and --to are required"},
-			{"missing source", []string{"store", "copy", "--from", filepath.Join(t.TempDir(), "none"), "--to", t.TempDir()}, 1, "no such file"},
-			{"same store", []string{"store", "copy", "--from", old, "--to", filepath.Join(old, "fleet.db")}, 1, "the same store"},
-			{"bad etcd URL", []string{"store", "copy", "--from", old, "--to", "etcd://nohost/x"}, 1, "not HOST:PORT"},
-			{"source in use", []string{"store", "copy", "--from", inUse, "--to", t.TempDir()}, 1, "in use by another fleetd"},
-			{"TLS for bbolt", []string{"store", "copy", "--from", old, "--to", t.TempDir(), "--to-ca", c.CAFile}, 1, "TLS files are for etcd"},
+			{"no --to", []string{"copy", "--from", old}, 2, "--from and --to are required"},
+			{"missing source", []string{"copy", "--from", filepath.Join(t.TempDir(), "none"), "--to", t.TempDir()}, 1, "no such file"},
+			{"same store", []string{"copy", "--from", old, "--to", filepath.Join(old, "fleet.db")}, 1, "the same store"},
+			{"bad etcd URL", []string{"copy", "--from", old, "--to", "etcd://nohost/x"}, 1, "not HOST:PORT"},
+			{"source in use", []string{"copy", "--from", inUse, "--to", t.TempDir()}, 1, "in use by another fleetd"},
+			{"TLS for bbolt", []string{"copy", "--from", old, "--to", t.TempDir(), "--to-ca", c.CAFile}, 1, "TLS files are for etcd"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				code, out, errOut := runCtl(t, tt.args...)
+				code, out, errOut := runStore(t, tt.args...)
 				if code != tt.code || !strings.Contains(errOut, tt.want) {
 					t.Errorf("exit %d, stderr %q; want %d and %q\n%s", code, errOut, tt.code, tt.want, out)
 				}
