@@ -48,8 +48,8 @@ const (
 const Wildcard = "*"
 
 var (
-	nameRE     = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
-	loginRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
+	nameRE  = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
+	loginRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
 )
 
 // CheckName reports whether name is a valid role (and user) name: 1 to 64

@@ -37,7 +37,9 @@ func TestValidate(t *testing.T) {
 		{"star login in allow", func(r *api.Role) { r.Spec.Allow.Logins = []string{"*"} }, "only allowed in deny"},
 		{"bad login", func(r *api.Role) { r.Spec.Allow.Logins = []string{"-rf"} }, "not a valid Unix login"},
 		{"bad template namespace", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{outer.logins}}"} }, "not a template"},
-		{"external template", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{external.logins}}", "{{email.local(external.email)}}"} }, ""},
+		{"external template", func(r *api.Role) {
+			r.Spec.Allow.Logins = []string{"{{external.logins}}", "{{email.local(external.email)}}"}
+		}, ""},
 		{"unknown function", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{email.domain(external.email)}}"} }, "not a template"},
 		{"unclosed function", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{email.local(external.email}}"} }, "not a template"},
 		{"partial template", func(r *api.Role) { r.Spec.Allow.Logins = []string{"x{{internal.logins}}"} }, "not a template"},
