@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -647,6 +648,36 @@ func (s *Service) Public(ctx context.Context) ([]api.SSOConnector, error) {
 		out = append(out, api.SSOConnector{Name: c.Metadata.Name, Display: Display(c)})
 	}
 	return out, nil
+}
+
+// Origins lists the origins (scheme://host[:port]) of the connectors'
+// issuers and of the authorization endpoints discovered so far: the
+// places a login page's form may send the browser on to, for its
+// Content-Security-Policy's form-action.
+func (s *Service) Origins(ctx context.Context) []string {
+	all, err := s.Connectors.List(ctx)
+	if err != nil {
+		s.log.Warn("list connectors", "err", err)
+	}
+	var out []string
+	add := func(raw string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return
+		}
+		if o := u.Scheme + "://" + u.Host; !slices.Contains(out, o) {
+			out = append(out, o)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range all {
+		add(c.Spec.IssuerURL)
+		if p := s.providers[c.Metadata.Name]; p != nil {
+			add(p.p.Endpoint().AuthURL)
+		}
+	}
+	return out
 }
 
 // Forget drops the cached discovery of connector name (it changed or was
