@@ -287,12 +287,6 @@ fleetctl roles create -f takes it back.`,
 	return group
 }
 
-// createCommand is "fleetctl create -f ROLE.yaml", as kubectl create.
-func (r *runner) createCommand() *cobra.Command {
-	var roleFile string
-	return r.roleCreateCommand("create", &roleFile)
-}
-
 // roleCreateCommand is a command that writes the roles of a file.
 func (r *runner) roleCreateCommand(use string, file *string) *cobra.Command {
 	cmd := &cobra.Command{

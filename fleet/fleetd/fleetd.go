@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
@@ -31,12 +33,15 @@ import (
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/backend"
 	"remoteler.dev/edge/fleet/store/etcdstore"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/auditexport"
 )
 
@@ -177,6 +182,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	links := linkSampler(tunnels)
+	publicURL, err := publicURLOf(cfg, addr)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	rec := &recorder{events: events, cluster: cfg.Cluster, log: audit}
+	tickets := &ticket.Service{Store: st, Now: now}
+	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
+		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -203,8 +217,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		LoginLimit:      loginLimit(cfg),
 		Retention:       sto.policy,
 		Floor:           sto.floor,
+		SSO:             single,
+		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
+	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
+		Limit: apiSrv.AllowLogin, Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
 		Handler:           apiSrv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -253,6 +271,22 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	// CA rotation steps taken on another replica reach this one.
 	wg.Go(func() { followCA(ctx, st, auth, log) })
+	// Logins that were started and never finished (single sign-on,
+	// tickets, headless) are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "login-pruning", elector(st, "login-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			every(ctx, 5*time.Minute, func() {
+				for what, prune := range map[string]func(context.Context) (int, error){
+					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+				} {
+					if _, err := prune(ctx); err != nil {
+						log.Warn("prune "+what, "err", err)
+					}
+				}
+			})
+			return nil
+		})
+	})
 	// Expired join tokens are pruned once for the fleet, by the leader.
 	wg.Go(func() {
 		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
@@ -309,6 +343,37 @@ func loginLimit(cfg Config) *sourcelimit.Limiter {
 		}
 		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
 	}
+}
+
+// every runs f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+// publicURLOf is cfg's PublicURL, or its default for the fleet listening
+// at addr.
+func publicURLOf(cfg Config, addr string) (string, error) {
+	if cfg.PublicURL != "" {
+		u, err := url.Parse(cfg.PublicURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return "", fmt.Errorf("public_url %q must be https://HOST[:PORT]", cfg.PublicURL)
+		}
+		return "https://" + u.Host, nil
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if len(cfg.PublicAddrs) > 0 && cfg.PublicAddrs[0] != "" {
+		return "https://" + net.JoinHostPort(cfg.PublicAddrs[0], port), nil
+	}
+	return "https://" + clientAddr(addr), nil
 }
 
 // refresh runs f every hour until ctx is done.

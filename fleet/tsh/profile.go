@@ -46,6 +46,10 @@ type profile struct {
 	// HostCAKeys are the fleet's SSH host CA keys in authorized_keys
 	// format; tsh ssh trusts device host certificates they sign.
 	HostCAKeys []string `json:"host_ca_keys"`
+	// Auth is how the login was made: "" with a password, a single
+	// sign-on connector's name, or "headless". tsh login again logs in
+	// the same way.
+	Auth string `json:"auth,omitempty"`
 }
 
 // name is how the profile is named in $TSH_HOME/current: PROXY/USER.
@@ -90,6 +94,11 @@ func parseProfile(data []byte) (*profile, error) {
 	}
 	if _, err := p.hostCAs(); err != nil {
 		return nil, fmt.Errorf("profile: %w", err)
+	}
+	if p.Auth != "" {
+		if err := checkName("connector", p.Auth); err != nil {
+			return nil, fmt.Errorf("profile: %w", err)
+		}
 	}
 	return &p, nil
 }
