@@ -77,6 +77,7 @@ func (s *Server) putConnector(w http.ResponseWriter, r *http.Request, c *caller)
 		return
 	}
 	s.SSO.Forget(conn.Metadata.Name)
+	s.audit().Info("connector written", "event", proto.EventConnectorPut, "by", c.name(), "connector", conn.Metadata.Name, "issuer", conn.Spec.IssuerURL)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventConnectorPut, User: c.name(), Addr: r.RemoteAddr,
 		Fields: map[string]string{"connector": conn.Metadata.Name, "issuer": conn.Spec.IssuerURL, "client_id": conn.Spec.ClientID,
 			"created": fmt.Sprint(created), "secret_changed": fmt.Sprint(conn.Spec.ClientSecret != "")}})
@@ -97,6 +98,7 @@ func (s *Server) deleteConnector(w http.ResponseWriter, r *http.Request, c *call
 		return
 	}
 	s.SSO.Forget(name)
+	s.audit().Info("connector removed", "event", proto.EventConnectorDelete, "by", c.name(), "connector", name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventConnectorDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"connector": name}})
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -52,6 +52,18 @@ type profile struct {
 	Auth string `json:"auth,omitempty"`
 }
 
+// loginFlag is the tsh login flag that logs in again as this profile did:
+// --user=NAME, --auth=CONNECTOR or --headless.
+func (p *profile) loginFlag() string {
+	switch p.Auth {
+	case "":
+		return "--user=" + p.User
+	case authHeadless:
+		return "--headless"
+	}
+	return "--auth=" + p.Auth
+}
+
 // name is how the profile is named in $TSH_HOME/current: PROXY/USER.
 func (p *profile) name() string { return p.Proxy + "/" + p.User }
 

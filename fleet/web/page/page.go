@@ -1,6 +1,7 @@
 // Package page holds what every page fleetd serves to browsers shares: the
 // security headers (a strict Content-Security-Policy with no inline script
-// or style, no framing, no sniffing, no referrer, no caching), the check
+// or style, no framing, no sniffing, no referrer to other origins, no
+// caching), the check
 // that a state-changing request comes from the fleet's own origin, and a
 // plain message page rendered with html/template.
 //
@@ -23,14 +24,19 @@ func Headers(h http.Header, formTargets ...string) {
 		"form-action "+forms+"; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer, browsers send
+	// "Origin: null" on the fleet's own form POSTs, and SameOrigin must
+	// refuse those. Other origins get no referrer either way (a callback
+	// address with its code never leaks).
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 }
 
 // SameOrigin reports whether a state-changing request comes from a page of
 // origin (https://HOST[:PORT]): its Origin header, when sent, must be
-// origin, and its Sec-Fetch-Site, when sent, same-origin (or none: the
-// user typed it). Browsers send one or both on every POST; requests
+// origin ("null", which browsers send for pages with a no-referrer
+// policy or from sandboxes, is not), and its Sec-Fetch-Site, when sent,
+// same-origin (or none: the user typed it). Browsers send one or both on every POST; requests
 // without either are not from a browser's page at all, and the CSRF token
 // the caller also checks decides them.
 func SameOrigin(r *http.Request, origin string) bool {

@@ -20,7 +20,7 @@ func TestMessageIsEscapedWithStrictHeaders(t *testing.T) {
 	h := w.Header()
 	for k, want := range map[string]string{
 		"Content-Security-Policy": "default-src 'none'", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-		"Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "Content-Type": "text/html",
+		"Referrer-Policy": "same-origin", "Cache-Control": "no-store", "Content-Type": "text/html",
 	} {
 		if !strings.Contains(h.Get(k), want) {
 			t.Errorf("%s = %q, want %q in it", k, h.Get(k), want)
