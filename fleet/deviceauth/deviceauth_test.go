@@ -3,8 +3,8 @@ package deviceauth
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
@@ -85,7 +85,9 @@ func (fakeBrowserLogin) User(r *http.Request) (string, string, bool) {
 	return c.Value, "web", true
 }
 
-func (fakeBrowserLogin) LoginURL(next string) string { return "/web/login?next=" + url.QueryEscape(next) }
+func (fakeBrowserLogin) LoginURL(next string) string {
+	return "/web/login?next=" + url.QueryEscape(next)
+}
 
 type fixture struct {
 	srv     *httptest.Server
@@ -534,4 +536,3 @@ func TestNormalizeUserCode(t *testing.T) {
 		}
 	}
 }
-
