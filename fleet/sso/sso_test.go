@@ -2,6 +2,7 @@ package sso
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -420,5 +421,36 @@ func TestBrowserBinding(t *testing.T) {
 	var ref *Refusal
 	if _, err := f.svc.Finish(context.Background(), r); !errors.As(err, &ref) || ref.Reason != ReasonBrowser {
 		t.Errorf("in another browser: %v, want a browser refusal", err)
+	}
+}
+
+// TestPKCEVerifierIsChecked: the code is exchanged with the verifier the
+// fleet kept; with another one the provider refuses the code, so a code
+// intercepted on its way back is worth nothing without the fleet's store.
+func TestPKCEVerifierIsChecked(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	authURL, _, err := f.svc.Start(ctx, StartRequest{Connector: "test", Kind: "tsh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(authURL)
+	if u.Query().Get("code_challenge_method") != "S256" || u.Query().Get("code_challenge") == "" || u.Query().Get("nonce") == "" {
+		t.Fatalf("the authorization request has no S256 challenge or nonce: %s", authURL)
+	}
+	key := pendingPrefix + hashHex(u.Query().Get("state"))
+	b, err := f.svc.cfg.Store.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p pending
+	json.Unmarshal(b, &p)
+	p.Verifier = "another-verifier-another-verifier-another-verifier"
+	b, _ = json.Marshal(p)
+	f.svc.cfg.Store.Put(ctx, key, b)
+	_, err = f.svc.Finish(ctx, callback(providerLogin(t, authURL, "carol", "carol-pw")))
+	var ref *Refusal
+	if !errors.As(err, &ref) || ref.Reason != ReasonExchange {
+		t.Fatalf("Finish with another verifier: %v, want a code exchange refusal", err)
 	}
 }
