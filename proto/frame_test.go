@@ -36,6 +36,14 @@ func sampleMessages() []Message {
 			Meta: &RecordingMeta{Session: "s1", User: "alice", Login: "root", Start: 5, Kind: "shell"}},
 		&RecordingChunk{ID: "s1"},
 		&RecordingAck{ID: "s1", Size: 100, Done: true},
+		&UpdateOffer{Rollout: "r1", Version: "v1.2.3", Manifest: []byte(`{"version":"v1.2.3"}`), ManifestSig: []byte("sig"),
+			ArtifactPath: "/v1/ota/artifacts/ab", ArtifactSig: []byte("asig"),
+			Delta:     &UpdateDelta{FromSHA256: make([]byte, 32), Path: "/v1/ota/deltas/cd", Size: 4000, SHA256: make([]byte, 32)},
+			Rotations: []KeyRotation{{Key: "RWQ...", Sig: []byte("rsig")}}, Window: "02:00-05:00", BandwidthBytes: 1 << 16, HealthMillis: 120000},
+		&UpdateOffer{Rollout: "r1", Cancel: true},
+		&UpdateStatus{Rollout: "r1", Version: "v1.2.3", State: StateDownloading, Done: 10, Total: 100, Running: "v1.2.2", Delta: true},
+		&UpdateStatus{State: StateRolledBack, Reason: "tunnel not up within 2m0s"},
+		&AgentStream{Service: ServiceOTA},
 	}
 }
 

@@ -20,7 +20,10 @@ const (
 	KindAuditAck       Kind = 13
 	KindRecordingChunk Kind = 14
 	KindRecordingAck   Kind = 15
-	kindEnd            Kind = 16 // one past the last kind
+	KindUpdateOffer    Kind = 16
+	KindUpdateStatus   Kind = 17
+	KindAgentStream    Kind = 18
+	kindEnd            Kind = 19 // one past the last kind
 )
 
 var kindNames = [...]string{
@@ -39,6 +42,9 @@ var kindNames = [...]string{
 	KindAuditAck:       "audit-ack",
 	KindRecordingChunk: "recording-chunk",
 	KindRecordingAck:   "recording-ack",
+	KindUpdateOffer:    "update-offer",
+	KindUpdateStatus:   "update-status",
+	KindAgentStream:    "agent-stream",
 }
 
 func (k Kind) String() string {
@@ -252,6 +258,12 @@ func newMessage(k Kind) Message {
 		return new(RecordingChunk)
 	case KindRecordingAck:
 		return new(RecordingAck)
+	case KindUpdateOffer:
+		return new(UpdateOffer)
+	case KindUpdateStatus:
+		return new(UpdateStatus)
+	case KindAgentStream:
+		return new(AgentStream)
 	}
 	return nil
 }

@@ -29,6 +29,15 @@
 // audit-batch/audit-ack (hash-chained audit events shipped from the
 // device's queue, see AuditEvent) and recording-chunk/recording-ack
 // (resumable upload of session recordings) on the control stream.
+//
+// Version 1, revision of 2026-12-06 (OTA; older agents never receive
+// these, since the fleet sends an offer only to an agent that sent an
+// update-status first): update-offer (fleet to agent: the signed release
+// the device should run, with an optional delta) and update-status (agent
+// to fleet: where its update stands) on the control stream; agent-stream,
+// the first frame of a stream the agent opens to reach a fleet service
+// (service "ota": HTTP/1.1 downloads of release artefacts with Range
+// requests). See update.go.
 package proto
 
 import "fmt"

@@ -30,6 +30,7 @@ import (
 	"remoteler.dev/edge/firmware/netwatch"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/firmware/update"
 	"remoteler.dev/edge/proto"
 )
 
@@ -86,6 +87,14 @@ type Config struct {
 	// fsync'd.
 	EventSource func(ctx context.Context, emit func(*proto.AuditEvent) (uint64, error)) `json:"-"`
 
+	// OTA self-update (firmware/update), in one block: the device's
+	// settings (the config file's "update" block), what the start-up check
+	// found (update.Startup, run before the agent), and the binary to
+	// replace (default the running executable).
+	Update       update.Settings    `json:"update"`
+	UpdateCheck  update.CheckResult `json:"-"`
+	UpdateTarget string             `json:"-"`
+
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger `json:"-"`
 	// Notify tells the supervisor (systemd) about readiness and health; nil
@@ -116,9 +125,11 @@ type Agent struct {
 	mu sync.Mutex // guards id
 	id *identity.Identity
 
-	tunnel *tunnel.Client
-	ssh    *sshd.Server
-	audit  *auditor
+	tunnel  *tunnel.Client
+	ssh     *sshd.Server
+	audit   *auditor
+	updater *update.Updater // nil when self-update could not start
+	restart atomic.Pointer[string]
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -240,6 +251,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			if up {
 				a.linkUp()
 			}
+			if a.updater != nil {
+				a.updater.LinkUp(up)
+			}
 			if a.cfg.Notify != nil {
 				s := "tunnel down, reconnecting"
 				if up {
@@ -259,6 +273,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	// Before the tunnel runs: its callbacks use the updater.
+	a.runUpdate(ctx, cancel, &wg)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -295,6 +311,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	log.Info("edge-agent stopping")
 	a.stopAudit()
 	wg.Wait()
+	if r := a.restart.Load(); r != nil {
+		return &RestartError{Reason: *r}
+	}
 	return nil
 }
 

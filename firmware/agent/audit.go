@@ -120,6 +120,10 @@ func (a *Agent) linkUp() {
 // onMessage is the tunnel's OnMessage: the fleet's audit acks go to the
 // shipper.
 func (a *Agent) onMessage(m proto.Message) {
+	if o, ok := m.(*proto.UpdateOffer); ok && a.updater != nil {
+		a.updater.Offer(o)
+		return
+	}
 	if ack, ok := m.(*proto.AuditAck); ok && a.audit != nil {
 		if s := a.audit.ship.Load(); s != nil {
 			s.Deliver(ack)

@@ -3,6 +3,7 @@
 //
 //	edge-agent start --fleet=HOST:PORT --token=JOIN_STRING [--data-dir=DIR] [--labels=k=v,..]
 //	edge-agent version
+//	edge-agent update-check [--config FILE]   (the unit's pre-start check; see firmware/update)
 package main
 
 import (
@@ -34,6 +35,8 @@ func main() {
 	switch os.Args[1] {
 	case "start":
 		os.Exit(start(os.Args[2:]))
+	case "update-check":
+		os.Exit(updateCheck(os.Args[2:]))
 	case "version", "--version":
 		fmt.Println("edge-agent", buildinfo.String())
 	case "sftp-server":
@@ -57,6 +60,7 @@ func usage() {
 commands:
   start     join the fleet (first start) and keep the tunnel up
   version   print the version
+  update-check  check the last self-update before a start (the unit's ExecStartPre)
 
 Run "edge-agent start -h" for the flags.
 `)
@@ -80,6 +84,8 @@ type fileConfig struct {
 	AuditMaxBytes int64  `json:"audit_max_bytes"`
 	AuditWhenFull string `json:"audit_when_full"`
 	NoRecording   bool   `json:"no_recording"`
+	// Update is the self-update block (--release-key, --update-*).
+	Update updateFile `json:"update"`
 }
 
 func start(args []string) int {
@@ -96,6 +102,7 @@ func start(args []string) int {
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for the tunnel to come back (default 10m)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	audit := registerAuditFlags(fs)
+	upd := registerUpdateFlags(fs)
 	kubeconfig := fs.String("kubeconfig", kubeproxy.DefaultKubeconfig, "the local Kubernetes cluster's kubeconfig `FILE` (k3s's by default), offered to the fleet when it exists; \"off\" turns Kubernetes access off")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -166,6 +173,13 @@ func start(args []string) int {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
 	}
 	audit.apply(&cfg, set, fc)
+	if err := upd.apply(&cfg, set, fc); err != nil {
+		fmt.Fprintln(os.Stderr, "edge-agent:", err)
+		return 2
+	}
+	if code, stop := startupCheck(&cfg, log); stop {
+		return code
+	}
 	if kp := kubeService(&cfg, pick("kubeconfig", *kubeconfig, fc.Kubeconfig), set["kubeconfig"] || fc.Kubeconfig != "", log); kp != nil {
 		defer kp.Close()
 	}
@@ -173,6 +187,11 @@ func start(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {
+		var re *agent.RestartError
+		if errors.As(err, &re) {
+			log.Info("edge-agent exits to be started again", "reason", re.Reason)
+			return exitRestart
+		}
 		log.Error("edge-agent failed", "err", err)
 		fmt.Fprintln(os.Stderr, err)
 		return 1
