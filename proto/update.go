@@ -109,6 +109,9 @@ type UpdateStatus struct {
 	Running string `cbor:"7,keyasint,omitempty"`
 	// Delta says the download is a delta.
 	Delta bool `cbor:"8,keyasint,omitempty"`
+	// Target is the agent's build target ("linux-arm64"), which picks
+	// the release artefact.
+	Target string `cbor:"9,keyasint,omitempty"`
 }
 
 // AgentStream is the first frame of a stream the agent opens to reach a

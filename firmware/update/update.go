@@ -254,7 +254,7 @@ func (u *Updater) LinkUp(up bool) {
 // report records and sends a status; a failed send is repeated at the
 // next LinkUp.
 func (u *Updater) report(st proto.UpdateStatus) {
-	st.Running = u.cfg.Version
+	st.Running, st.Target = u.cfg.Version, u.cfg.BuildTarget
 	u.mu.Lock()
 	u.status = st
 	u.mu.Unlock()

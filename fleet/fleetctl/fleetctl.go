@@ -80,6 +80,20 @@ Commands:
   status
   audit search [--since=24h] [--until=TIME] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--json]
   audit verify [--json]             check every device's (and the fleet's) audit hash chain
+  releases keygen PREFIX [--no-password]                  a minisign release key pair (PREFIX.key, PREFIX.pub)
+  releases sign --key KEY --version V DIR                 write and sign DIR/manifest.json and each artefact (offline)
+  releases sign --key OLD.key NEW.pub                     sign a new release key with the old one (key rotation)
+  releases add [--version V] DIR                          upload a signed release (make cross; releases sign)
+  releases ls [--format=text|json]
+  releases rm VERSION
+  rollouts create --release V [--selector k=v,..] [--stages 1%,10%,50%,100%] [--soak 1h]
+                  [--max-failure 5%] [--window 02:00-05:00] [--offline-deadline 30m]
+  rollouts ls [--format=text|json]
+  rollouts status ID [--format=text|json]
+  rollouts pause|resume|abort ID
+  rollouts pin NAME --version V (--device NAME | --selector k=v,..)
+  rollouts unpin NAME
+  rollouts pins
   version
 
 A role file (YAML; several roles separated by ---):
@@ -137,6 +151,21 @@ var commands = map[string]command{
 	"devices ls":   {"devices ls [-v] [--format=text|json]", (*runner).devicesLs},
 	"devices rm":   {"devices rm NAME", (*runner).devicesRm},
 	"status":       {"status", (*runner).status},
+
+	"releases keygen": {"releases keygen PREFIX [--no-password]", (*runner).releasesKeygen},
+	"releases sign":   {"releases sign --key KEY --version V DIR | releases sign --key KEY FILE", (*runner).releasesSign},
+	"releases add":    {"releases add [--version V] DIR", (*runner).releasesAdd},
+	"releases ls":     {"releases ls [--format=text|json]", (*runner).releasesLs},
+	"releases rm":     {"releases rm VERSION", (*runner).releasesRm},
+	"rollouts create": {"rollouts create --release V [--selector k=v,..] [--stages 1%,10%,50%,100%] [--soak 1h] [--max-failure 5%] [--window 02:00-05:00]", (*runner).rolloutsCreate},
+	"rollouts ls":     {"rollouts ls [--format=text|json]", (*runner).rolloutsLs},
+	"rollouts status": {"rollouts status ID [--format=text|json]", (*runner).rolloutsStatus},
+	"rollouts pause":  {"rollouts pause ID", rolloutsAction("pause")},
+	"rollouts resume": {"rollouts resume ID", rolloutsAction("resume")},
+	"rollouts abort":  {"rollouts abort ID", rolloutsAction("abort")},
+	"rollouts pin":    {"rollouts pin NAME --version V (--device NAME | --selector k=v,..)", (*runner).rolloutsPin},
+	"rollouts unpin":  {"rollouts unpin NAME", (*runner).rolloutsUnpin},
+	"rollouts pins":   {"rollouts pins [--format=text|json]", (*runner).rolloutsPins},
 }
 
 // Main runs fleetctl with args (without the program name) and returns the

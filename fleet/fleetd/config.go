@@ -61,6 +61,10 @@ type Config struct {
 	// AuditRetention is how long audit events are kept (e.g. "8760h");
 	// zero keeps them forever.
 	AuditRetention Duration `json:"audit_retention"`
+	// ReleaseKeys are the minisign public keys (the base64 line of a .pub
+	// file) the fleet accepts agent releases signed by; without one,
+	// fleetctl releases add is refused. Agents pin their own keys.
+	ReleaseKeys []string `json:"release_keys"`
 }
 
 // Duration is a time.Duration written as "8h" in YAML.

@@ -129,7 +129,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		keepalive: time.Duration(cfg.DeviceKeepalive), liveness: time.Duration(cfg.DeviceLiveness)}
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
-	tunnels := tunnelsrv.New(tcfg)
+	var tunnels *tunnelsrv.Server
+	otaSvc, err := newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: ota: %w", err)
+	}
+	tunnels = tunnelsrv.New(tcfg)
 	kube := newKube(cfg, tunnels, audit, log, now)
 	defer kube.Close()
 
@@ -151,6 +156,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		Releases:      otaSvc.releases,
+		Rollouts:      otaSvc.rollouts,
 		Now:           now,
 	}
 	apiSrv.Kube = kube
@@ -170,6 +177,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	otaSvc.run(ctx, &wg)
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

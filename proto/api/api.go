@@ -165,6 +165,8 @@ type Device struct {
 	Audit *DeviceAudit `json:"audit,omitempty"`
 	// Link is the health of the device's tunnel.
 	Link Link `json:"link"`
+	// Update is where the device's self-update stands (nil: none yet).
+	Update *DeviceUpdate `json:"update,omitempty"`
 }
 
 // Link is a device tunnel's health as the fleet sees it. Counters are for

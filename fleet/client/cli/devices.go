@@ -24,7 +24,7 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	head := "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION"
 	if t.Verbose {
-		head = "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED\tRTT\tLOSS\tRECONNECTS\tSENT/RECEIVED\tADDRESS CHANGED"
+		head = "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tTARGET\tUPDATE\tOS/ARCH\tADDRESS\tJOINED\tRTT\tLOSS\tRECONNECTS\tSENT/RECEIVED\tADDRESS CHANGED"
 	}
 	if t.Logins {
 		head += "\tLOGINS"
@@ -52,7 +52,8 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 			if !l.AddrChangedAt.IsZero() {
 				moved = Ago(t.Now, l.AddrChangedAt)
 			}
-			cols = []string{d.Name, d.ID, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion),
+			target, upd := UpdateColumns(d.Update)
+			cols = []string{d.Name, d.ID, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion), target, upd,
 				Dash(osArch), Dash(d.Addr), Ago(t.Now, d.JoinedAt), rtt, loss, fmt.Sprint(l.Reconnects), bytes, moved}
 		}
 		if t.Logins {
@@ -61,6 +62,23 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 		fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	}
 	return tw.Flush()
+}
+
+// UpdateColumns returns the TARGET and UPDATE columns of a device: the
+// version it is being moved to, and where that stands ("downloading 42%",
+// "rolled_back: reason").
+func UpdateColumns(u *api.DeviceUpdate) (string, string) {
+	if u == nil || u.State == "" {
+		return "-", "-"
+	}
+	state := u.State
+	switch {
+	case u.State == "downloading" && u.Total > 0:
+		state = fmt.Sprintf("downloading %d%%", u.Done*100/u.Total)
+	case u.Reason != "":
+		state += ": " + u.Reason
+	}
+	return Dash(u.Target), state
 }
 
 // Bytes formats a byte count with a binary unit: 512B, 1.5KiB, 3.2MiB.
