@@ -274,6 +274,7 @@ func (u *Updater) emit(ctx context.Context, typ, outcome, msg string, fields map
 
 // Run acts on offers and watches a trial until ctx ends.
 func (u *Updater) Run(ctx context.Context) {
+	u.auditLastAttempt(ctx)
 	var deadline <-chan time.Time
 	if u.cfg.Check.Trial {
 		d := u.cfg.Check.Deadline.Sub(u.cfg.Now())
@@ -327,6 +328,25 @@ func (u *Updater) healthTimeout(proto.UpdateStatus) time.Duration {
 	return u.cfg.HealthTimeout
 }
 
+// auditLastAttempt records the end of the last attempt when the start-up
+// checks (which have no audit queue) ended it: a rollback by the pre-start
+// check, or an apply that a crash interrupted.
+func (u *Updater) auditLastAttempt(ctx context.Context) {
+	s, err := loadState(u.cfg.Dir)
+	if err != nil || s.Reported || (s.Phase != phaseRolledBack && s.Phase != phaseFailed) {
+		return
+	}
+	typ, outcome := proto.EventUpdateRolledBack, proto.OutcomeFailure
+	if s.Phase == phaseFailed {
+		typ = proto.EventUpdateFailed
+	}
+	u.emit(ctx, typ, outcome, s.Reason, map[string]string{"version": s.Version, "from": s.From, "rollout": s.Rollout})
+	s.Reported = true
+	if err := saveState(u.cfg.Dir, s); err != nil {
+		u.log.Warn("update state", "err", err)
+	}
+}
+
 // commit ends the trial: the new agent is ready and its tunnel is up.
 func (u *Updater) commit(ctx context.Context) {
 	if err := Commit(u.cfg.Dir); err != nil {
@@ -354,6 +374,10 @@ func (u *Updater) rollBack(ctx context.Context, reason string) {
 	}
 	u.emit(ctx, proto.EventUpdateRolledBack, proto.OutcomeFailure, reason,
 		map[string]string{"version": s.Version, "from": s.From, "rollout": s.Rollout})
+	if s, err := loadState(u.cfg.Dir); err == nil {
+		s.Reported = true
+		saveState(u.cfg.Dir, s)
+	}
 	u.report(proto.UpdateStatus{Rollout: s.Rollout, Version: s.Version, State: proto.StateRolledBack, Reason: reason})
 	u.cfg.Restart("rolled back to " + s.From + ": " + reason)
 }

@@ -217,10 +217,7 @@ func (ks Keys) Strings() []string {
 }
 
 // KeyString is a key's base64 line, the form ParseKey reads.
-func KeyString(k minisign.PublicKey) string {
-	b, _ := k.MarshalText()
-	return string(b)
-}
+func KeyString(k minisign.PublicKey) string { return k.String() }
 
 // ErrUnknownKey is returned when a signature is by no pinned key.
 var ErrUnknownKey = errors.New("ota: signed by a key this device does not trust")
