@@ -101,7 +101,7 @@ func (u *Updater) run(ctx context.Context, o *proto.UpdateOffer, st *proto.Updat
 	u.report(*st)
 	lastReport := u.cfg.Now()
 	f := &fetch{client: u.httpClient(), url: "http://fleet" + path, path: file, size: size, sum: sum,
-		limit: u.limiter(o), progress: func(done int64) {
+		limit: u.limiter(o), log: u.log, progress: func(done int64) {
 			if now := u.cfg.Now(); now.Sub(lastReport) >= 5*time.Second || done == size {
 				lastReport = now
 				st.Done = done

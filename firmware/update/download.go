@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strconv"
@@ -41,6 +42,8 @@ type fetch struct {
 	limit  *rate.Limiter // nil: no cap
 	// progress is told the bytes on disk after each sync.
 	progress func(done int64)
+	// log, when set, hears where each request starts.
+	log *slog.Logger
 }
 
 // errCorrupt is returned when the finished download has the wrong hash.
@@ -87,6 +90,9 @@ func (f *fetch) once(ctx context.Context) error {
 		return fmt.Errorf("update: %w", err)
 	}
 	if have < f.size {
+		if f.log != nil {
+			f.log.Info("downloading", "from_byte", have, "size", f.size)
+		}
 		if err := f.get(ctx, pf, part, have); err != nil {
 			return err
 		}

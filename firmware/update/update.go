@@ -183,6 +183,17 @@ func (u *Updater) saveKeys(keys ota.Keys) error {
 	return nil
 }
 
+// PinKeys pins release keys in dir (DATA_DIR/update), beside those
+// already pinned: the agent does so with the keys the fleet gives at join.
+func PinKeys(dir string, keys []string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("update: %w", err)
+	}
+	u := &Updater{cfg: Config{Dir: dir, Settings: Settings{ReleaseKeys: keys}}}
+	_, err := u.loadKeys()
+	return err
+}
+
 // Keys returns the pinned release keys.
 func (u *Updater) Keys() []string {
 	u.mu.Lock()

@@ -56,6 +56,11 @@ func (c *Client) PutReleaseBlob(ctx context.Context, sum string, body io.Reader,
 	return nil
 }
 
+// RotateReleaseKey calls POST /v1/release-keys (admin).
+func (c *Client) RotateReleaseKey(ctx context.Context, req *api.KeyRotation) error {
+	return c.do(ctx, http.MethodPost, api.PathReleaseKeys, req, nil)
+}
+
 // Rollouts calls GET /v1/rollouts (admin).
 func (c *Client) Rollouts(ctx context.Context) ([]api.Rollout, error) {
 	var out []api.Rollout

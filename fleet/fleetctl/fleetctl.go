@@ -82,7 +82,7 @@ Commands:
   audit verify [--json]             check every device's (and the fleet's) audit hash chain
   releases keygen PREFIX [--no-password]                  a minisign release key pair (PREFIX.key, PREFIX.pub)
   releases sign --key KEY --version V DIR                 write and sign DIR/manifest.json and each artefact (offline)
-  releases sign --key OLD.key NEW.pub                     sign a new release key with the old one (key rotation)
+  releases rotate-key --key OLD.key NEW.pub               add a release key, signed with the current one (agents follow)
   releases add [--version V] DIR                          upload a signed release (make cross; releases sign)
   releases ls [--format=text|json]
   releases rm VERSION
@@ -152,20 +152,21 @@ var commands = map[string]command{
 	"devices rm":   {"devices rm NAME", (*runner).devicesRm},
 	"status":       {"status", (*runner).status},
 
-	"releases keygen": {"releases keygen PREFIX [--no-password]", (*runner).releasesKeygen},
-	"releases sign":   {"releases sign --key KEY --version V DIR | releases sign --key KEY FILE", (*runner).releasesSign},
-	"releases add":    {"releases add [--version V] DIR", (*runner).releasesAdd},
-	"releases ls":     {"releases ls [--format=text|json]", (*runner).releasesLs},
-	"releases rm":     {"releases rm VERSION", (*runner).releasesRm},
-	"rollouts create": {"rollouts create --release V [--selector k=v,..] [--stages 1%,10%,50%,100%] [--soak 1h] [--max-failure 5%] [--window 02:00-05:00]", (*runner).rolloutsCreate},
-	"rollouts ls":     {"rollouts ls [--format=text|json]", (*runner).rolloutsLs},
-	"rollouts status": {"rollouts status ID [--format=text|json]", (*runner).rolloutsStatus},
-	"rollouts pause":  {"rollouts pause ID", rolloutsAction("pause")},
-	"rollouts resume": {"rollouts resume ID", rolloutsAction("resume")},
-	"rollouts abort":  {"rollouts abort ID", rolloutsAction("abort")},
-	"rollouts pin":    {"rollouts pin NAME --version V (--device NAME | --selector k=v,..)", (*runner).rolloutsPin},
-	"rollouts unpin":  {"rollouts unpin NAME", (*runner).rolloutsUnpin},
-	"rollouts pins":   {"rollouts pins [--format=text|json]", (*runner).rolloutsPins},
+	"releases keygen":     {"releases keygen PREFIX [--no-password]", (*runner).releasesKeygen},
+	"releases sign":       {"releases sign --key KEY --version V DIR", (*runner).releasesSign},
+	"releases rotate-key": {"releases rotate-key --key OLD.key NEW.pub", (*runner).releasesRotateKey},
+	"releases add":        {"releases add [--version V] DIR", (*runner).releasesAdd},
+	"releases ls":         {"releases ls [--format=text|json]", (*runner).releasesLs},
+	"releases rm":         {"releases rm VERSION", (*runner).releasesRm},
+	"rollouts create":     {"rollouts create --release V [--selector k=v,..] [--stages 1%,10%,50%,100%] [--soak 1h] [--max-failure 5%] [--window 02:00-05:00]", (*runner).rolloutsCreate},
+	"rollouts ls":         {"rollouts ls [--format=text|json]", (*runner).rolloutsLs},
+	"rollouts status":     {"rollouts status ID [--format=text|json]", (*runner).rolloutsStatus},
+	"rollouts pause":      {"rollouts pause ID", rolloutsAction("pause")},
+	"rollouts resume":     {"rollouts resume ID", rolloutsAction("resume")},
+	"rollouts abort":      {"rollouts abort ID", rolloutsAction("abort")},
+	"rollouts pin":        {"rollouts pin NAME --version V (--device NAME | --selector k=v,..)", (*runner).rolloutsPin},
+	"rollouts unpin":      {"rollouts unpin NAME", (*runner).rolloutsUnpin},
+	"rollouts pins":       {"rollouts pins [--format=text|json]", (*runner).rolloutsPins},
 }
 
 // Main runs fleetctl with args (without the program name) and returns the

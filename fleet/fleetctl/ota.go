@@ -44,7 +44,28 @@ func (r *runner) releasesKeygen(ctx context.Context, fs *flag.FlagSet, args []st
 func (r *runner) releasesSign(ctx context.Context, fs *flag.FlagSet, args []string) error {
 	key := fs.String("key", "", "the minisign private key `file` (required)")
 	version := fs.String("version", "", "the release version, like v1.2.3 (required to sign a release directory)")
-	pos, err := r.parseN(fs, args, 1, "DIR (or FILE, to sign one file such as a new key's .pub)")
+	pos, err := r.parseN(fs, args, 1, "DIR")
+	if err != nil {
+		return err
+	}
+	if *key == "" || *version == "" {
+		return r.usageError(fs, "--key and --version are required")
+	}
+	priv, err := LoadReleaseKey(*key, func() (string, error) { return r.prompt.Secret(ctx, "Password for "+*key+": ") })
+	if err != nil {
+		return fmt.Errorf("releases sign: %w", err)
+	}
+	m, err := SignRelease(pos[0], *version, priv)
+	if err != nil {
+		return fmt.Errorf("releases sign: %w", err)
+	}
+	fmt.Fprintf(r.stdio.Out, "Signed release %s: %d artefacts and the manifest in %s.\n", m.Version, len(m.Artifacts), pos[0])
+	return nil
+}
+
+func (r *runner) releasesRotateKey(ctx context.Context, fs *flag.FlagSet, args []string) error {
+	key := fs.String("key", "", "the current (old) release key's private key `file` (required)")
+	pos, err := r.parseN(fs, args, 1, "NEW.pub")
 	if err != nil {
 		return err
 	}
@@ -53,27 +74,21 @@ func (r *runner) releasesSign(ctx context.Context, fs *flag.FlagSet, args []stri
 	}
 	priv, err := LoadReleaseKey(*key, func() (string, error) { return r.prompt.Secret(ctx, "Password for "+*key+": ") })
 	if err != nil {
-		return fmt.Errorf("releases sign: %w", err)
+		return fmt.Errorf("releases rotate-key: %w", err)
 	}
-	st, err := os.Stat(pos[0])
+	line, sig, err := SignRotation(pos[0], priv)
 	if err != nil {
-		return fmt.Errorf("releases sign: %w", err)
+		return fmt.Errorf("releases rotate-key: %w", err)
 	}
-	if !st.IsDir() {
-		if err := SignFile(pos[0], priv); err != nil {
-			return fmt.Errorf("releases sign: %w", err)
-		}
-		fmt.Fprintf(r.stdio.Out, "Wrote %s.minisig.\n", pos[0])
-		return nil
-	}
-	if *version == "" {
-		return r.usageError(fs, "--version is required to sign a release directory")
-	}
-	m, err := SignRelease(pos[0], *version, priv)
+	c, _, err := r.connect()
 	if err != nil {
-		return fmt.Errorf("releases sign: %w", err)
+		return err
 	}
-	fmt.Fprintf(r.stdio.Out, "Signed release %s: %d artefacts and the manifest in %s.\n", m.Version, len(m.Artifacts), pos[0])
+	defer c.Close()
+	if err := c.RotateReleaseKey(ctx, &api.KeyRotation{Key: line, Sig: string(sig)}); err != nil {
+		return fmt.Errorf("releases rotate-key: %w", apiHint(err))
+	}
+	fmt.Fprintf(r.stdio.Out, "Release key %s added; devices accept it with their next update offer. Sign new releases with it.\n", line)
 	return nil
 }
 

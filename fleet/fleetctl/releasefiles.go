@@ -136,14 +136,19 @@ func SignRelease(dir, version string, priv minisign.PrivateKey) (*ota.Manifest, 
 	return m, nil
 }
 
-// SignFile writes path.minisig, a signature of the file by priv (for key
-// rotation: sign the new key's .pub with the old key).
-func SignFile(path string, priv minisign.PrivateKey) error {
-	b, err := os.ReadFile(path)
+// SignRotation returns the key rotation to the public key in pubPath: its
+// base64 line signed by priv, an old release key.
+func SignRotation(pubPath string, priv minisign.PrivateKey) (line string, sig []byte, err error) {
+	b, err := os.ReadFile(pubPath)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
-	return os.WriteFile(path+ota.SigSuffix, ota.Sign(priv, b, filepath.Base(path)), 0o644)
+	k, err := ota.ParseKey(string(b))
+	if err != nil {
+		return "", nil, err
+	}
+	line = ota.KeyString(k)
+	return line, ota.Sign(priv, []byte(line), "release key "+line), nil
 }
 
 // releaseFiles are what `releases add` uploads.

@@ -77,6 +77,13 @@ func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Regist
 		}
 		return next(ctx, id, m)
 	}
+	hello := tcfg.OnHello
+	tcfg.OnHello = func(ctx context.Context, id string, addr net.Addr, h *proto.Hello) (*proto.HelloAck, error) {
+		// A new connection (which may replace one the fleet has not seen
+		// end, after an agent restart): no offers until its status.
+		ro.Connected(id)
+		return hello(ctx, id, addr, h)
+	}
 	disc := tcfg.OnDisconnect
 	tcfg.OnDisconnect = func(id string, err error) {
 		ro.Disconnected(id)

@@ -23,6 +23,7 @@ func (s *Server) otaRoutes(mux *http.ServeMux) {
 	mux.Handle("POST "+api.PathRollouts, s.admin(s.createRollout))
 	mux.Handle("GET "+api.PathRollouts+"/{id}", s.admin(s.getRollout))
 	mux.Handle("POST "+api.PathRollouts+"/{id}/{action}", s.admin(s.rolloutAction))
+	mux.Handle("POST "+api.PathReleaseKeys, s.admin(s.rotateReleaseKey))
 	mux.Handle("GET "+api.PathPins, s.admin(s.listPins))
 	mux.Handle("PUT "+api.PathPins, s.admin(s.putPin))
 	mux.Handle("DELETE "+api.PathPins+"/{name}", s.admin(s.deletePin))
@@ -73,6 +74,21 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request, c *caller
 		return
 	}
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventReleaseDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"version": v}})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) rotateReleaseKey(w http.ResponseWriter, r *http.Request, c *caller) {
+	var req api.KeyRotation
+	if !readJSON(w, r, &req) {
+		return
+	}
+	id, err := s.Releases.AddRotation(r.Context(), req.Key, []byte(req.Sig))
+	if err != nil {
+		s.storeError(w, "rotate release key", err)
+		return
+	}
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUpdateKeyRotated, User: c.name(), Addr: r.RemoteAddr,
+		Fields: map[string]string{"key_id": id}})
 	w.WriteHeader(http.StatusNoContent)
 }
 

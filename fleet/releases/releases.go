@@ -87,7 +87,70 @@ type Delta struct {
 	Skipped string `json:"skipped,omitempty"`
 }
 
-const prefix = "releases/"
+const (
+	prefix         = "releases/"
+	rotationPrefix = "releasekeys/"
+)
+
+// rotation is a release key added by rotation.
+type rotation struct {
+	Key string `json:"key"`
+	Sig []byte `json:"sig"`
+}
+
+// Rotations returns the key rotations, oldest first, for offers.
+func (s *Service) Rotations(ctx context.Context) []ota.RotationText {
+	items, err := s.cfg.Store.List(ctx, rotationPrefix)
+	if err != nil {
+		s.log.Warn("release key rotations", "err", err)
+		return nil
+	}
+	var out []ota.RotationText
+	for _, it := range items {
+		var r rotation
+		if json.Unmarshal(it.Value, &r) == nil {
+			out = append(out, ota.RotationText{Key: r.Key, Sig: r.Sig})
+		}
+	}
+	return out
+}
+
+// TrustedKeys returns the configured keys and those added by rotation.
+func (s *Service) TrustedKeys(ctx context.Context) ota.Keys {
+	keys := s.cfg.Keys()
+	rots := s.Rotations(ctx)
+	// Rotations may chain in any stored order: repeat until none is added.
+	for range len(rots) {
+		var added int
+		for _, r := range rots {
+			if nk, n, err := keys.Rotate([]ota.RotationText{r}); err == nil && n > 0 {
+				keys, added = nk, added+n
+			}
+		}
+		if added == 0 {
+			break
+		}
+	}
+	return keys
+}
+
+// AddRotation adds a release key signed by a key the fleet trusts, and
+// returns its ID.
+func (s *Service) AddRotation(ctx context.Context, key string, sig []byte) (string, error) {
+	k, err := ota.ParseKey(key)
+	if err != nil {
+		return "", invalidf("releases: %v", err)
+	}
+	if _, _, err := s.TrustedKeys(ctx).Rotate([]ota.RotationText{{Key: ota.KeyString(k), Sig: sig}}); err != nil {
+		return "", invalidf("releases: %v", err)
+	}
+	id := fmt.Sprintf("%X", k.ID())
+	b, _ := json.Marshal(rotation{Key: ota.KeyString(k), Sig: sig})
+	if err := s.cfg.Store.Put(ctx, rotationPrefix+id, b); err != nil {
+		return "", fmt.Errorf("releases: %w", err)
+	}
+	return id, nil
+}
 
 // New returns a service for cfg.
 func New(cfg Config) (*Service, error) {
@@ -160,7 +223,7 @@ func (s *Service) PutBlob(ctx context.Context, sum string, r io.Reader) error {
 // PutBlob: the manifest's signature by a fleet release key, each
 // artefact's size, hash and signature.
 func (s *Service) Add(ctx context.Context, req api.AddReleaseRequest) (*Release, error) {
-	keys := s.cfg.Keys()
+	keys := s.TrustedKeys(ctx)
 	if len(keys) == 0 {
 		return nil, invalidf("releases: the fleet trusts no release key: start fleetd with --release-key")
 	}

@@ -632,6 +632,9 @@ func (e *Engine) buildOffer(ctx context.Context, rollout, version string, st *de
 	}
 	o := &proto.UpdateOffer{Rollout: rollout, Version: version, Manifest: rel.Manifest, ManifestSig: rel.ManifestSig,
 		ArtifactPath: releases.BlobPath(art.SHA256), ArtifactSig: rel.Sigs[st.Target]}
+	for _, r := range e.cfg.Releases.Rotations(ctx) {
+		o.Rotations = append(o.Rotations, proto.KeyRotation{Key: r.Key, Sig: r.Sig})
+	}
 	for _, d := range rel.Deltas {
 		if d.Target == st.Target && d.From == st.Running && d.Skipped == "" {
 			from, _ := hex.DecodeString(d.FromSHA256)
@@ -689,6 +692,16 @@ func (e *Engine) HandleStatus(ctx context.Context, deviceID string, m *proto.Upd
 		return o
 	}
 	return nil
+}
+
+// Connected tells the engine a device made a new connection: offers wait
+// for the status it sends on it, and what was offered on an earlier
+// connection is offered again.
+func (e *Engine) Connected(deviceID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.ready, deviceID)
+	delete(e.offered, deviceID)
 }
 
 // Disconnected tells the engine a device's connection ended.

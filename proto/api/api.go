@@ -109,6 +109,10 @@ type JoinResponse struct {
 	SSHHostCert string    `json:"ssh_host_cert"` // authorized_keys format
 	UserCAKeys  []string  `json:"user_ca_keys"`  // authorized_keys format
 	ServerTime  time.Time `json:"server_time"`
+	// ReleaseKeys are the release keys (minisign, base64 lines) the fleet
+	// accepts agent releases signed with; the agent pins them for OTA
+	// when its config names none.
+	ReleaseKeys []string `json:"release_keys,omitempty"`
 }
 
 // LoginRequest is POSTed by tsh. CSR is a DER PKCS#10 request for the user's

@@ -15,7 +15,17 @@ const (
 	PathRollouts = "/v1/rollouts"
 	// PathPins: GET list, PUT (Pin), DELETE /v1/pins/NAME.
 	PathPins = "/v1/pins"
+	// PathReleaseKeys: POST a key rotation (KeyRotation).
+	PathReleaseKeys = "/v1/release-keys"
 )
+
+// KeyRotation adds a release key: the new key's base64 line and a
+// minisign signature of that line by a key the fleet already trusts.
+// Agents get it with their next offer and add the key the same way.
+type KeyRotation struct {
+	Key string `json:"key"`
+	Sig string `json:"sig"`
+}
 
 // Release is an agent release the fleet holds.
 type Release struct {

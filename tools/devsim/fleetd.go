@@ -48,6 +48,8 @@ type FleetdConfig struct {
 	LogLevel string
 	// Log receives fleetd's stderr; nil discards it.
 	Log io.Writer
+	// Args are more fleetd flags (--release-key=KEY, say).
+	Args []string
 }
 
 // Fleetd is a fleetd process started by a tool.
@@ -88,8 +90,8 @@ func StartFleetd(ctx context.Context, cfg FleetdConfig) (*Fleetd, error) {
 }
 
 func (f *Fleetd) start(ctx context.Context, listen string) error {
-	cmd := exec.Command(filepath.Join(f.cfg.Bin, "fleetd"), "start", "--data-dir", f.cfg.DataDir,
-		"--listen", listen, "--log-level", f.cfg.LogLevel)
+	cmd := exec.Command(filepath.Join(f.cfg.Bin, "fleetd"), append([]string{"start", "--data-dir", f.cfg.DataDir,
+		"--listen", listen, "--log-level", f.cfg.LogLevel}, f.cfg.Args...)...)
 	cmd.Stderr = f.cfg.Log
 	cmd.SysProcAttr = childAttr()
 	stdout, err := cmd.StdoutPipe()

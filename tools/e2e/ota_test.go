@@ -157,6 +157,11 @@ func unitCommands(t *testing.T) (pre, start string) {
 // installDevice installs bin as ROOT/usr/local/bin/edge-agent with a
 // config, and starts the supervisor.
 func installDevice(t *testing.T, f *fleet, name, bin, key string, launch []string, extra string) *otaDevice {
+	return installDeviceAt(t, f, f.addr, name, bin, key, launch, extra)
+}
+
+// installDeviceAt is installDevice with the fleet reached at addr.
+func installDeviceAt(t *testing.T, f *fleet, addr, name, bin, key string, launch []string, extra string) *otaDevice {
 	t.Helper()
 	root := t.TempDir()
 	d := &otaDevice{t: t, name: name, root: root, binPath: filepath.Join(root, "usr/local/bin/edge-agent"),
@@ -167,8 +172,12 @@ func installDevice(t *testing.T, f *fleet, name, bin, key string, launch []strin
 		}
 	}
 	copyFile(t, bin, d.binPath, 0o755)
-	cfg := fmt.Sprintf("fleet: %s\ntoken: %q\ndata_dir: %s\nname: %s\nlog_level: debug\nlabels:\n  ota: test\nupdate:\n  release_keys: [%q]\n%s",
-		f.addr, f.token(), d.dataDir, name, key, extra)
+	cfg := fmt.Sprintf("fleet: %s\ntoken: %q\ndata_dir: %s\nname: %s\nlog_level: debug\nlabels:\n  ota: test\n%s",
+		addr, f.token(), d.dataDir, name, extra)
+	if key != "" {
+		// Else the device pins the keys the fleet gives at join.
+		cfg += fmt.Sprintf("update:\n  release_keys: [%q]\n", key)
+	}
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -359,6 +368,10 @@ func TestOTAUpdates(t *testing.T) {
 	v110 := makeRelease(t, root, "v1.1.0", "env", key)
 	v120 := makeRelease(t, root, "v1.2.0", "crash-at-start", key)
 	v130 := makeRelease(t, root, "v1.3.0", "no-connect", key)
+	// The release key is rotated to a new one, signed by the old; v1.4.0
+	// is signed by the new key only.
+	newKey, _ := releaseKey(t, ctl, "rotated")
+	v140 := makeRelease(t, root, "v1.4.0", "env", newKey)
 	old := makeRelease(t, root, "v0.9.0", "env", key)
 	unknown := makeRelease(t, root, "v1.5.0", "env", otherKey)
 
@@ -499,7 +512,22 @@ func TestOTAUpdates(t *testing.T) {
 			f.endRollout(id)
 		})
 	}
+
+	t.Run("release signed by a rotated key commits", func(t *testing.T) {
+		// Before the rotation the fleet refuses the release.
+		if _, errOut, err := f.ctlErr("", "releases", "add", v140.dir); err == nil || !strings.Contains(errOut, "not trust") {
+			t.Fatalf("a release by an unrotated key was added: %v %s", err, errOut)
+		}
+		f.ctl("", "releases", "rotate-key", "--key", key+".key", newKey+".pub")
+		f.ctl("", "releases", "add", v140.dir)
+		f.rollout(v140.version)
+		f.waitUpdate(dev, v140.version, "committed", v140.version, 3*time.Minute)
+		if evs := types(f.search("--device", dev.name, "--type", "update.key_rotated")); evs["update.key_rotated"] == 0 {
+			t.Error("the device did not audit the key rotation")
+		}
+	})
 }
+
 
 func releaseOf(t *testing.T, f *fleet, version string) api.Release {
 	t.Helper()
@@ -532,10 +560,13 @@ func TestOTAKilledDuringApply(t *testing.T) {
 	for _, r := range rels {
 		f.ctl("", "releases", "add", r.dir)
 	}
-	dev := installDevice(t, f, "ota-kill", rels[0].bin, pub, []string{"env"}, "")
+	// The device's config names no release key: it pins the fleet's at
+	// join.
+	dev := installDevice(t, f, "ota-kill", rels[0].bin, "", []string{"env"}, "")
 	f.waitOnline(dev.name)
+	cur := rels[0]
 	for i, step := range steps {
-		from, to := rels[i], rels[i+1]
+		from, to := cur, rels[i+1]
 		t.Run(step, func(t *testing.T) {
 			dev.mu.Lock()
 			dev.killAt = step
@@ -548,18 +579,24 @@ func TestOTAKilledDuringApply(t *testing.T) {
 			if !eventually(3*time.Minute, func() bool { return strings.Contains(dev.out.Output(), "signal: killed") }) {
 				t.Fatalf("the agent was not killed at %s", step)
 			}
-			// After the kill: the old or the new binary, never neither.
-			if got := binSum(t, dev.binPath); got != binSum(t, from.bin) && got != binSum(t, to.bin) {
-				// Between the renames there is no binary until the
-				// pre-start check puts the old one back: wait for it.
-				if !eventually(time.Minute, func() bool {
-					g := binSum(t, dev.binPath)
-					return g == binSum(t, from.bin) || g == binSum(t, to.bin)
-				}) {
-					t.Fatalf("after a kill at %s the binary is neither old nor new", step)
-				}
+			// After the kill the device starts on the old or the new
+			// binary, never on neither, and says how its update ended.
+			var got api.Device
+			if !eventually(3*time.Minute, func() bool {
+				got = f.device(dev.name)
+				return got.Online && got.Update != nil && got.Update.Target == to.version && (got.Update.State == "committed" || got.Update.State == "failed") &&
+					(got.AgentVersion == from.version || got.AgentVersion == to.version)
+			}) {
+				t.Fatalf("after a kill at %s: %+v\n%s", step, got, dev.out.Output())
 			}
-			f.waitUpdate(dev, to.version, "committed", to.version, 4*time.Minute)
+			want := map[string]string{from.version: binSum(t, from.bin), to.version: binSum(t, to.bin)}[got.AgentVersion]
+			if binSum(t, dev.binPath) != want {
+				t.Errorf("running %s but the binary in place is another", got.AgentVersion)
+			}
+			t.Logf("killed at %s: the device runs %s (update %s %s)", step, got.AgentVersion, got.Update.State, got.Update.Reason)
+			if got.AgentVersion == to.version {
+				cur = to
+			}
 			f.endRollout(id)
 			dev.resetOutput()
 		})
@@ -584,8 +621,26 @@ func restartAgent(t *testing.T, d *otaDevice, starts int) {
 	}
 }
 
+// kill kills the running agent (SIGKILL); the supervisor starts it again.
+func (d *otaDevice) kill() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur != nil {
+		d.cur.Process.Kill()
+	}
+}
+
 func (d *otaDevice) resetOutput() {
 	d.out.mu.Lock()
 	d.out.out.Reset()
 	d.out.mu.Unlock()
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
