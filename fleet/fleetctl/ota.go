@@ -98,7 +98,7 @@ func (r *runner) releasesAdd(ctx context.Context, fs *flag.FlagSet, args []strin
 	if err != nil {
 		return err
 	}
-	rf, err := readRelease(pos[0], *version)
+	rf, err := ReadRelease(pos[0], *version)
 	if err != nil {
 		return fmt.Errorf("releases add: %w", err)
 	}
@@ -116,7 +116,7 @@ func (r *runner) releasesAdd(ctx context.Context, fs *flag.FlagSet, args []strin
 }
 
 // AddRelease uploads a signed release's artefacts and adds it.
-func AddRelease(ctx context.Context, c *client.Client, rf *releaseFiles) (*api.Release, error) {
+func AddRelease(ctx context.Context, c *client.Client, rf *ReleaseFiles) (*api.Release, error) {
 	for _, a := range rf.manifestObj.Artifacts {
 		f, err := os.Open(rf.paths[a.Target])
 		if err != nil {

@@ -151,8 +151,8 @@ func SignRotation(pubPath string, priv minisign.PrivateKey) (line string, sig []
 	return line, ota.Sign(priv, []byte(line), "release key "+line), nil
 }
 
-// releaseFiles are what `releases add` uploads.
-type releaseFiles struct {
+// ReleaseFiles are what `releases add` uploads (ReadRelease reads them).
+type ReleaseFiles struct {
 	manifest    []byte
 	manifestSig []byte
 	manifestObj *ota.Manifest
@@ -160,9 +160,9 @@ type releaseFiles struct {
 	sigs        map[string]string // target → signature text
 }
 
-// readRelease reads a signed release directory and checks it is whole
+// ReadRelease reads a signed release directory and checks it is whole
 // and matches version (when set). The signatures are checked by the fleet.
-func readRelease(dir, version string) (*releaseFiles, error) {
+func ReadRelease(dir, version string) (*ReleaseFiles, error) {
 	mp := filepath.Join(dir, ota.ManifestName)
 	mb, err := os.ReadFile(mp)
 	if err != nil {
@@ -179,7 +179,7 @@ func readRelease(dir, version string) (*releaseFiles, error) {
 	if version != "" && m.Version != version {
 		return nil, fmt.Errorf("the manifest in %s is for %s, not %s", dir, m.Version, version)
 	}
-	rf := &releaseFiles{manifest: mb, manifestSig: sig, manifestObj: m, paths: map[string]string{}, sigs: map[string]string{}}
+	rf := &ReleaseFiles{manifest: mb, manifestSig: sig, manifestObj: m, paths: map[string]string{}, sigs: map[string]string{}}
 	for _, a := range m.Artifacts {
 		p := filepath.Join(dir, a.Name)
 		s, err := os.ReadFile(p + ota.SigSuffix)

@@ -307,7 +307,7 @@ func (s *Sim) tunnelConfig(d *device) tunnel.Config {
 		Check: func(h *proto.StreamHeader) error {
 			return proto.Errorf(proto.CodeNotFound, "%s is a simulated device (devsim) and serves nothing", d.name)
 		},
-		Handle:  func(_ context.Context, _ *proto.StreamHeader, conn net.Conn) { conn.Close() },
+		Handle: func(_ context.Context, _ *proto.StreamHeader, conn net.Conn) { conn.Close() },
 		OnState: func(up bool) {
 			s.state(d, up)
 			if up && s.cfg.OnUp != nil {

@@ -528,7 +528,6 @@ func TestOTAUpdates(t *testing.T) {
 	})
 }
 
-
 func releaseOf(t *testing.T, f *fleet, version string) api.Release {
 	t.Helper()
 	var rels []api.Release

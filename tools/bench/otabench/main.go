@@ -3,6 +3,7 @@
 //
 //	otabench make OLD NEW DELTA   make the zstd delta (proto/ota) from OLD to NEW; print sizes and time
 //	otabench apply OLD DELTA OUT  apply it (run under /usr/bin/time -v, natively or under qemu, for peak memory)
+//	otabench rollout DEVICES      time a rollout to DEVICES simulated devices on a real fleetd
 //
 // It is a developer tool; product code does not import it.
 package main
@@ -17,8 +18,15 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "rollout" {
+		if err := rolloutCmd(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "otabench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) != 5 {
-		fmt.Fprintln(os.Stderr, "usage: otabench make OLD NEW DELTA | otabench apply OLD DELTA OUT")
+		fmt.Fprintln(os.Stderr, "usage: otabench make OLD NEW DELTA | otabench apply OLD DELTA OUT | otabench rollout DEVICES")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2], os.Args[3], os.Args[4]); err != nil {
