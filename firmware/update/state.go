@@ -55,10 +55,6 @@ type state struct {
 	Reported bool `json:"reported,omitempty"`
 }
 
-func (s *state) terminal() bool {
-	return s.Phase == phaseCommitted || s.Phase == phaseRolledBack || s.Phase == phaseFailed
-}
-
 const stateFile = "state.json"
 
 // loadState reads DIR/state.json; a missing file is the idle state. A

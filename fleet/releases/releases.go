@@ -30,7 +30,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
@@ -60,8 +59,6 @@ type Service struct {
 	cfg  Config
 	log  *slog.Logger
 	work chan string // versions whose deltas to make
-
-	mu sync.Mutex // serialises blob writes of one hash
 }
 
 // Release is a release as kept.

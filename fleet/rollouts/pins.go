@@ -3,6 +3,7 @@ package rollouts
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -96,7 +97,7 @@ func (e *Engine) pinOfferLocked(ctx context.Context, deviceID string, st *devSta
 	}
 	d, err := e.cfg.Devices.Get(ctx, deviceID)
 	if err != nil {
-		if err != store.ErrNotFound {
+		if !errors.Is(err, store.ErrNotFound) {
 			e.log.Debug("pin: device", "err", err)
 		}
 		return nil

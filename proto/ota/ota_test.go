@@ -39,7 +39,7 @@ func TestParseManifest(t *testing.T) {
 		{"non-canonical version", strings.Replace(good, "v1.2.3", "v1.2", 1), "semantic version"},
 		{"wrong name", strings.Replace(good, `"edge-agent-linux-arm64"`, `"agent"`, 1), "should be named"},
 		{"bad hash", strings.Replace(good, strings.Repeat("ab", 32), "abc", 1), "sha256"},
-		{"duplicate target", strings.Replace(strings.Replace(good, "linux-armv6", "linux-arm64", 2), "", "", 0), "twice"},
+		{"duplicate target", strings.ReplaceAll(good, "linux-armv6", "linux-arm64"), "twice"},
 		{"no artefacts", `{"product":"edge-agent","version":"v1.0.0","artifacts":[]}`, "artefacts"},
 		{"trailing", good + "{}", "trailing"},
 		{"too large", strings.Repeat(" ", MaxManifest+1), "at most"},
