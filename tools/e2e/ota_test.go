@@ -575,6 +575,7 @@ func TestOTAKilledDuringApply(t *testing.T) {
 			restartAgent(t, dev, starts)
 			f.waitOnline(dev.name)
 			id := f.rollout(to.version)
+			defer f.endRollout(id)
 			if !eventually(3*time.Minute, func() bool { return strings.Contains(dev.out.Output(), "signal: killed") }) {
 				t.Fatalf("the agent was not killed at %s", step)
 			}
@@ -583,7 +584,8 @@ func TestOTAKilledDuringApply(t *testing.T) {
 			var got api.Device
 			if !eventually(3*time.Minute, func() bool {
 				got = f.device(dev.name)
-				return got.Online && got.Update != nil && got.Update.Target == to.version && (got.Update.State == "committed" || got.Update.State == "failed") &&
+				return got.Online && got.Update != nil && got.Update.Target == to.version &&
+					(got.Update.State == "committed" || got.Update.State == "failed" || got.Update.State == "rolled_back") &&
 					(got.AgentVersion == from.version || got.AgentVersion == to.version)
 			}) {
 				t.Fatalf("after a kill at %s: %+v\n%s", step, got, dev.out.Output())
@@ -596,7 +598,6 @@ func TestOTAKilledDuringApply(t *testing.T) {
 			if got.AgentVersion == to.version {
 				cur = to
 			}
-			f.endRollout(id)
 			dev.resetOutput()
 		})
 	}
