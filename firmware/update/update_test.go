@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -444,5 +445,72 @@ func TestApplyAndTrial(t *testing.T) {
 	}
 	if err := Commit(rs.f.dir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func (rs *refusalSetup) states() []string {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	var out []string
+	for _, s := range rs.status {
+		out = append(out, s.State)
+	}
+	return out
+}
+
+func TestNoUpdateWithoutRoom(t *testing.T) {
+	rs := newRefusalSetup(t)
+	rs.u.cfg.MinFree = 1 << 62
+	rs.u.handle(context.Background(), rs.offer("v2.0.0", rs.f.new, rs.priv))
+	last := rs.status[len(rs.status)-1]
+	if last.State != proto.StateFailed || !strings.Contains(last.Reason, "free some space") {
+		t.Errorf("status %s %q, want failed for want of room", last.State, last.Reason)
+	}
+	if rs.f.at(t) != string(rs.f.old) {
+		t.Error("the binary changed")
+	}
+}
+
+func TestMaintenanceWindowAndBandwidthCap(t *testing.T) {
+	rs := newRefusalSetup(t)
+	restarted := make(chan string, 1)
+	rs.u.cfg.Restart = func(r string) { restarted <- r }
+	// The device clock stands one second before the window opens, and
+	// moves on once the updater has said it waits.
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 6, 1, 59, 59, 0, time.UTC)
+	rs.u.cfg.Now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	go func() {
+		for !slices.Contains(rs.states(), proto.StateWaiting) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		mu.Lock()
+		now = now.Add(2 * time.Second)
+		mu.Unlock()
+	}()
+	big := make([]byte, 192<<10)
+	rand.Read(big)
+	o := rs.offer("v2.0.0", big, rs.priv)
+	o.Window = "02:00-05:00"
+	o.BandwidthBytes = 256 << 10 // 192 KiB at 256 KiB/s, after a 32 KiB burst: at least 0.6 s
+	start := time.Now()
+	rs.u.handle(context.Background(), o)
+	took := time.Since(start)
+	select {
+	case <-restarted:
+	default:
+		t.Fatalf("the update did not go through: %v", rs.states())
+	}
+	st := rs.states()
+	if st[0] != proto.StateWaiting {
+		t.Errorf("statuses %v: want waiting for the window first", st)
+	}
+	// Only a lower bound: a busy machine makes it longer, never shorter.
+	if took < 600*time.Millisecond {
+		t.Errorf("192 KiB under a 256 KiB/s cap took %s", took)
 	}
 }
