@@ -238,6 +238,12 @@ func (u *Updater) Offer(o *proto.UpdateOffer) {
 	if o.Cancel && u.cancel != nil && u.working == o.Rollout {
 		u.cancel()
 	}
+	if !o.Cancel && u.cancel != nil && u.working == o.Rollout {
+		// The fleet offers again after a reconnect: the update is under
+		// way already.
+		u.mu.Unlock()
+		return
+	}
 	u.offer = o
 	u.mu.Unlock()
 	select {
