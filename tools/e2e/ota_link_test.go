@@ -52,7 +52,7 @@ func TestOTADownloadOver3G(t *testing.T) {
 	after := link.Stats()
 
 	// The restarted agent asked for the rest, not the whole.
-	froms := regexp.MustCompile(`msg=downloading from_byte=(\d+)`).FindAllStringSubmatch(dev.out.Output(), -1)
+	froms := regexp.MustCompile(`msg=downloading .*from_byte=(\d+)`).FindAllStringSubmatch(dev.out.Output(), -1)
 	resumed := false
 	for _, m := range froms {
 		if n, _ := strconv.ParseInt(m[1], 10, 64); n >= size/2 {
