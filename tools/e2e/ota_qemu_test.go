@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -64,7 +63,7 @@ func TestOTAUpdateUnderQEMU(t *testing.T) {
 			if a := f.device(d.name).Arch; a != map[string]string{"linux-arm64": "arm64", "linux-armv6": "arm"}[targets[i].target] {
 				t.Errorf("arch %q: not the emulated agent", a)
 			}
-			t.Log(fmt.Sprintf("%s updated to v5.1.0 under qemu", d.name))
+			t.Logf("%s updated to v5.1.0 under qemu", d.name)
 		})
 	}
 }
