@@ -30,14 +30,26 @@
 // device's queue, see AuditEvent) and recording-chunk/recording-ack
 // (resumable upload of session recordings) on the control stream.
 //
-// Version 1, revision of 2026-12-06 (OTA; older agents never receive
-// these, since the fleet sends an offer only to an agent that sent an
+// Revision of 2026-12-06: session-end (the fleet tells the agent on the
+// control stream to end a brokered session, with the message for the
+// user: access ended); the stream header identity's NoPortForwarding and
+// NoFileCopy (Identity keys 9 and 10; an older fleet sends neither, which
+// keeps its behaviour: allowed). An agent older than this revision reads
+// session-end as an unknown frame and reconnects (its other sessions
+// resume; the fleet closes the ended one itself), and refuses streams
+// whose header has keys 9 or 10 (users whose roles turn forwarding or
+// file copies off): update agents after the fleet.
+//
+// Revision of 2026-12-06, later (OTA; older agents never receive these,
+// since the fleet sends an offer only to an agent that sent an
 // update-status first): update-offer (fleet to agent: the signed release
 // the device should run, with an optional delta) and update-status (agent
 // to fleet: where its update stands) on the control stream; agent-stream,
 // the first frame of a stream the agent opens to reach a fleet service
 // (service "ota": HTTP/1.1 downloads of release artefacts with Range
-// requests). See update.go.
+// requests). An older fleet answers an update-status as an unexpected
+// message and drops the connection: update fleets before agents. See
+// update.go.
 package proto
 
 import "fmt"

@@ -63,6 +63,8 @@ type Config struct {
 	SessionHold time.Duration `json:"session_hold"`
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string `json:"-"`
+	// DialCommand dials port forwards as another user; see sshd.Config.
+	DialCommand []string `json:"-"`
 	// Services serve streams of services other than SSH (which the agent
 	// always serves), by proto service name. Each must close conn.
 	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) `json:"-"`
@@ -75,8 +77,8 @@ type Config struct {
 	// ahead, the drop counted, reported to the fleet and marked in the
 	// audit trail; AuditRefuse refuses it.
 	AuditWhenFull string `json:"audit_when_full"`
-	// NoRecording turns session recording off; by default interactive
-	// SSH sessions are recorded and uploaded to the fleet.
+	// NoRecording turns session recording off; by default every SSH
+	// shell and command is recorded and uploaded to the fleet.
 	NoRecording bool `json:"no_recording"`
 	// RecordingsMaxBytes caps the recordings waiting on the device for
 	// upload (DATA_DIR/recordings); default 256 MiB.
@@ -128,6 +130,7 @@ type Agent struct {
 	tunnel  *tunnel.Client
 	ssh     *sshd.Server
 	audit   *auditor
+	live    liveSessions
 	updater *update.Updater // nil when self-update could not start
 	restart atomic.Pointer[string]
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
@@ -236,6 +239,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:      a.log.With("component", "sshd"),
 		Now:         a.clock.Now,
 		SFTPCommand: a.cfg.SFTPCommand,
+		DialCommand: a.cfg.DialCommand,
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})
@@ -377,6 +381,15 @@ func (a *Agent) services() []string {
 
 func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 	if h.Service != proto.ServiceSSH {
+		if h.Identity.Expires > 0 {
+			// The stream ends with the user's certificate, as the device's
+			// clock (the fleet's, from the hello) sees it, give or take
+			// the skew sshd allows.
+			left := time.UnixMilli(h.Identity.Expires).Sub(a.clock.Now()) + sshd.DefaultClockSkew
+			var stop context.CancelFunc
+			ctx, stop = context.WithTimeout(ctx, left)
+			defer stop()
+		}
 		a.cfg.Services[h.Service](ctx, h, conn)
 		return
 	}
@@ -439,4 +452,39 @@ func verifyChain(raw [][]byte, pool *x509.CertPool, host string, at func(leaf *x
 		return fmt.Errorf("agent: verify fleet certificate: %w", err)
 	}
 	return nil
+}
+
+// liveSessions are the brokered sessions the agent serves, by session ID,
+// so that the fleet can end them.
+type liveSessions struct {
+	mu sync.Mutex // guards m
+	m  map[string]context.CancelCauseFunc
+}
+
+func (l *liveSessions) add(id string, cancel context.CancelCauseFunc) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]context.CancelCauseFunc{}
+	}
+	l.m[id] = cancel
+}
+
+func (l *liveSessions) remove(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.m, id)
+}
+
+// end ends session id with the fleet's message; false when there is no
+// such session.
+func (l *liveSessions) end(id, msg string) bool {
+	l.mu.Lock()
+	cancel := l.m[id]
+	l.mu.Unlock()
+	if cancel == nil {
+		return false
+	}
+	cancel(&sshd.Ended{Message: msg})
+	return true
 }

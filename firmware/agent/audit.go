@@ -118,15 +118,22 @@ func (a *Agent) linkUp() {
 }
 
 // onMessage is the tunnel's OnMessage: the fleet's audit acks go to the
-// shipper.
+// shipper, and its session ends to the sessions.
 func (a *Agent) onMessage(m proto.Message) {
-	if o, ok := m.(*proto.UpdateOffer); ok && a.updater != nil {
-		a.updater.Offer(o)
-		return
-	}
-	if ack, ok := m.(*proto.AuditAck); ok && a.audit != nil {
-		if s := a.audit.ship.Load(); s != nil {
-			s.Deliver(ack)
+	switch m := m.(type) {
+	case *proto.UpdateOffer:
+		if a.updater != nil {
+			a.updater.Offer(m)
+		}
+	case *proto.AuditAck:
+		if a.audit != nil {
+			if s := a.audit.ship.Load(); s != nil {
+				s.Deliver(m)
+			}
+		}
+	case *proto.SessionEnd:
+		if a.live.end(m.SessionID, m.Message) {
+			a.log.Info("the fleet ended a session", "session", m.SessionID, "reason", m.Message)
 		}
 	}
 }
@@ -241,23 +248,54 @@ func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder
 		Session: s.h.SessionID, User: ident.User, Login: ident.Login, Cluster: ident.Cluster,
 		Start: a.clock.Now().UnixMilli(), Kind: info.Kind, Command: info.Command,
 	}
+	if info.Cols <= 0 || info.Rows <= 0 {
+		info.Cols, info.Rows = 80, 24 // no terminal: what players show
+	}
 	h := asciicast.Header{Width: info.Cols, Height: info.Rows, Command: info.Command,
 		Title: fmt.Sprintf("%s@%s (%s)", ident.Login, a.identity().Name, ident.User)}
 	if info.Term != "" {
 		h.Env = map[string]string{"TERM": info.Term}
 	}
 	r, err := au.recs.Start(id, meta, h)
-	if err == nil && !ident.RecordInput {
-		// Only what the user sees, unless a role asks for their input.
-		return outputOnly{r}
-	}
 	if err != nil {
 		a.log.Warn("session not recorded", "session", s.h.SessionID, "err", err)
 		a.emit(ctx, &proto.AuditEvent{Type: proto.EventRecordingSkipped, Outcome: proto.OutcomeFailure, Message: err.Error(),
 			Fields: map[string]string{"recording": id}})
 		return nil
 	}
-	return r
+	var rec sshd.Recorder = r
+	if !ident.RecordInput {
+		// Only what the user sees, unless a role asks for their input.
+		rec = outputOnly{r}
+	}
+	return &cutNotice{Recorder: rec, r: r, cut: func() {
+		msg := fmt.Sprintf("the recording stopped at the device's cap for recordings (%d bytes); the session went on unrecorded", au.recs.Cap())
+		a.log.Warn("session recording cut", "session", s.h.SessionID, "recording", id)
+		a.emit(ctx, &proto.AuditEvent{Type: proto.EventRecordingSkipped, Outcome: proto.OutcomeFailure, Message: msg,
+			Fields: map[string]string{"recording": id, "truncated": "true"}})
+	}}
+}
+
+// cutNotice audits, when the recording ends, that it stopped at the cap.
+type cutNotice struct {
+	sshd.Recorder
+	r   *recording.Recording
+	cut func()
+}
+
+func (c *cutNotice) Close() error {
+	err := c.Recorder.Close()
+	if c.r.Truncated() {
+		c.cut()
+	}
+	return err
+}
+
+// Input passes input on when the recorder records it.
+func (c *cutNotice) Input(p []byte) {
+	if ir, ok := c.Recorder.(sshd.InputRecorder); ok {
+		ir.Input(p)
+	}
 }
 
 // sessionStart records a brokered session before it is served.
@@ -266,9 +304,14 @@ func (a *Agent) sessionStart(ctx context.Context, h *proto.StreamHeader) error {
 		Fields: map[string]string{"service": h.Service, "roles": fmt.Sprint(h.Identity.Roles)}})
 }
 
-// sessionEnd records a brokered session's end.
+// sessionEnd records a brokered session's end, and why when the fleet
+// ended it.
 func (a *Agent) sessionEnd(ctx context.Context, h *proto.StreamHeader, began time.Time) {
 	f := map[string]string{"service": h.Service, "duration": a.clock.Now().Sub(began).Round(time.Millisecond).String()}
+	var end *sshd.Ended
+	if errors.As(context.Cause(ctx), &end) {
+		f["reason"] = end.Message
+	}
 	a.emit(ctx, &proto.AuditEvent{Type: proto.EventSessionEnd, Fields: f})
 }
 
@@ -318,6 +361,12 @@ func (a *Agent) handleAudited(ctx context.Context, h *proto.StreamHeader, conn n
 		conn.Close()
 		return
 	}
+	// The fleet may end the session (proto.SessionEnd): sshd tells the
+	// user why, other services just close.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a.live.add(h.SessionID, cancel)
+	defer a.live.remove(h.SessionID)
 	began := a.clock.Now()
 	a.handle(ctx, h, conn)
 	a.sessionEnd(ctx, h, began)

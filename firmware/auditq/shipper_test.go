@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // fakeFleet is an in-memory fleet end: it dedups by sequence number,
@@ -112,7 +113,7 @@ func (f *fakeFleet) count() int {
 func TestShipperExactlyOnceOverALossyLink(t *testing.T) {
 	q := openQueue(t, Config{})
 	fleet := &fakeFleet{events: map[uint64]proto.AuditEvent{}, rng: rand.New(rand.NewPCG(1, 2)), failPct: 30}
-	s := NewShipper(q, fleet, ShipperConfig{Retry: time.Millisecond, AckTimeout: 20 * time.Millisecond, BatchEvents: 7, Logger: testLogger(t)})
+	s := NewShipper(q, fleet, ShipperConfig{Retry: time.Millisecond, AckTimeout: 20 * time.Millisecond, BatchEvents: 7, Logger: logtest.Logger(t)})
 	fleet.ship = s
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -20,10 +20,13 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
+	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/boltstore"
 	"remoteler.dev/edge/fleet/tokens"
@@ -135,13 +138,25 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
 	tunnels = tunnelsrv.New(tcfg)
-	kube := newKube(cfg, tunnels, audit, log, now)
+	us := &users.Service{Store: st, Now: now, Logger: log}
+	// The live sessions, checked again whenever users or roles change, and
+	// ended at their certificate's expiry.
+	var kube *kubesrv.Server
+	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, LocalLabels: func() map[string]string {
+		if l := kube.Local(); l != nil {
+			return l.Labels
+		}
+		return nil
+	}}
+	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
+	defer live.Close()
+	kube = newKube(cfg, tunnels, audit, log, now, events, recs, live)
 	defer kube.Close()
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	apiSrv := &httpapi.Server{
 		CA:            auth,
-		Users:         &users.Service{Store: st, Now: now, Logger: log},
+		Users:         us,
 		Roles:         roles,
 		Tokens:        toks,
 		Devices:       reg,
@@ -158,6 +173,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Recordings:    recs,
 		Releases:      otaSvc.releases,
 		Rollouts:      otaSvc.rollouts,
+		Sessions:      live,
 		Now:           now,
 	}
 	apiSrv.Kube = kube

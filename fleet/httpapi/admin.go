@@ -38,6 +38,7 @@ func (s *Server) addUser(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "add user", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("user added", "event", "user.create", "by", c.name(), "user", req.Name, "roles", req.Roles, "logins", req.Logins)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserCreate, User: c.name(), Addr: r.RemoteAddr,
 		Fields: map[string]string{"target_user": req.Name, "roles": strings.Join(req.Roles, ","), "logins": strings.Join(req.Logins, ",")}})
@@ -50,6 +51,7 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "remove user", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("user removed", "event", "user.delete", "by", c.name(), "user", name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"target_user": name}})
 	w.WriteHeader(http.StatusNoContent)
@@ -78,6 +80,7 @@ func (s *Server) putRole(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "put role", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("role written", "event", "role.put", "by", c.name(), "role", role.Metadata.Name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleCreate, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": role.Metadata.Name}})
 	writeJSON(w, http.StatusOK, role)
@@ -89,6 +92,7 @@ func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "remove role", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("role removed", "event", "role.delete", "by", c.name(), "role", name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": name}})
 	w.WriteHeader(http.StatusNoContent)

@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/audit"
@@ -32,6 +33,7 @@ import (
 	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/rollouts"
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -82,8 +84,38 @@ type Server struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	ends sessionEnds
+	// Sessions is the registry of live brokered sessions: the fleet ends
+	// them when access ends (fleet/sessions), and GET /v1/sessions/ID
+	// says how they ended. Nil: one of the Server's own, which ends
+	// sessions only at certificate expiry.
+	Sessions *sessions.Registry
+	// SessionEndGrace is how long, after telling a device to end a
+	// session, the fleet waits before it closes the session's both sides
+	// itself; default 500ms.
+	SessionEndGrace time.Duration
+
+	ownSessions sync.Once
 }
+
+func (s *Server) sessions() *sessions.Registry {
+	s.ownSessions.Do(func() {
+		if s.Sessions == nil {
+			s.Sessions = sessions.New(sessions.Config{Logger: s.Logger, Now: s.Now})
+		}
+	})
+	return s.Sessions
+}
+
+func (s *Server) endGrace() time.Duration {
+	if s.SessionEndGrace > 0 {
+		return s.SessionEndGrace
+	}
+	return 500 * time.Millisecond
+}
+
+// changed tells the session registry that users or roles changed, so
+// that the sessions they no longer allow end.
+func (s *Server) changed() { s.sessions().Changed() }
 
 // maxBody bounds every request body.
 const maxBody = 1 << 20
@@ -133,7 +165,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathWhoami, s.authed(s.whoami))
 	mux.Handle("GET "+api.PathDevices, s.authed(s.listDevices))
 	mux.Handle("GET "+api.PathConnect, s.authed(s.connect))
-	mux.Handle("GET "+api.PathSessions+"/{id}", s.authed(s.sessionEnd))
+	mux.HandleFunc("GET "+api.PathSessions+"/{id}", s.sessionEnd)
 
 	mux.Handle("GET "+api.PathUsers, s.admin(s.listUsers))
 	mux.Handle("POST "+api.PathUsers, s.admin(s.addUser))

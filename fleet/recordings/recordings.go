@@ -45,7 +45,10 @@ type Config struct {
 type Store struct {
 	cfg Config
 	log *slog.Logger
-	mu  sync.Mutex // serialises writes (uploads are one chunk at a time per device anyway)
+	mu  sync.Mutex // serialises writes (uploads are one chunk at a time per device anyway); guards writing
+	// writing holds the recordings the fleet is writing itself (Create):
+	// no device chunk goes into them.
+	writing map[string]bool
 }
 
 // ErrNotFound is returned for an unknown recording.
@@ -188,7 +191,7 @@ func (s *Store) chunk(deviceID string, c *proto.RecordingChunk) (*proto.Recordin
 		}
 	case err != nil:
 		return nil, err
-	case r.Device != deviceID:
+	case r.Device != deviceID || s.writing[c.ID]:
 		return nil, proto.Errorf(proto.CodeForbidden, "recording %s belongs to another device", c.ID)
 	}
 	size := s.size(r)

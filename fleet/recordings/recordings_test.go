@@ -135,3 +135,43 @@ func FuzzParseMeta(f *testing.F) {
 		}
 	})
 }
+
+func TestFleetWrittenRecording(t *testing.T) {
+	s := openStore(t)
+	data := cast(t)
+	w, err := s.Create("dev-1", "k1", proto.RecordingMeta{Session: "k1", User: "alice", Login: "alice", Kind: "kube.exec", Command: "sh", Start: 1700000000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create("dev-1", "k1", proto.RecordingMeta{}); err == nil {
+		t.Error("a second Create of the same recording worked")
+	}
+	half := len(data) / 2
+	w.Write(data[:half])
+	if r, err := s.Get("k1"); err != nil || r.Complete || r.Size != int64(half) {
+		t.Errorf("while written: %+v %v, want partial with %d bytes", r, err, half)
+	}
+	if ack := s.Chunk("dev-1", &proto.RecordingChunk{ID: "k1", Offset: uint64(half), Data: []byte("planted")}); ack.Err == nil {
+		t.Errorf("the device wrote into the recording the fleet is writing: %+v", ack)
+	}
+	w.Write(data[half:])
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	list, _ := s.List(func(r *api.Recording) bool { return r.User == "alice" })
+	if len(list) != 1 || !list[0].Complete || list[0].Kind != "kube.exec" || list[0].Device != "dev-1" || list[0].Duration == 0 {
+		t.Fatalf("list = %+v, want alice's complete kube.exec recording with its duration", list)
+	}
+	rc, _, err := s.Read("k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, _ := io.ReadAll(rc); !bytes.Equal(got, data) {
+		t.Errorf("read back %d bytes, want the %d written", len(got), len(data))
+	}
+	// A device cannot add to a recording the fleet wrote for it.
+	if ack := s.Chunk("dev-2", &proto.RecordingChunk{ID: "k1", Offset: uint64(len(data)), Data: []byte("x")}); ack.Err == nil {
+		t.Errorf("another device wrote to the fleet's recording: %+v", ack)
+	}
+}

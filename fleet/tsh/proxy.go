@@ -64,19 +64,19 @@ func (r *runner) proxy(ctx context.Context, args []string) error {
 	if !inDone && ctx.Err() == nil {
 		// The fleet ended the connection while OpenSSH still had things to
 		// say: tell the user why (OpenSSH shows a ProxyCommand's stderr).
-		r.explainEnd(ctx, c, client.SessionID(conn))
+		r.explainEnd(ctx, c, conn)
 	}
 	return err
 }
 
 // explainEnd prints why the fleet ended a session, when it says.
-func (r *runner) explainEnd(ctx context.Context, c *client.Client, id string) {
-	if id == "" {
+func (r *runner) explainEnd(ctx context.Context, c *client.Client, conn net.Conn) {
+	if conn == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	end, err := c.SessionEnd(ctx, id)
+	end, err := c.SessionEnd(ctx, conn)
 	if err == nil && end.Reason != "" {
 		fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", end.Device, end.Reason)
 	}

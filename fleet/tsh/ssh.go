@@ -119,7 +119,7 @@ func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir,
 	if err != nil {
 		return nil, connectError(err, p, device, login)
 	}
-	r.session = client.SessionID(conn)
+	r.session = conn
 	conf := &ssh.ClientConfig{
 		User:              login,
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},

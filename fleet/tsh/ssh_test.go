@@ -2,8 +2,6 @@ package tsh
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
 	"io"
 	"net"
 	"os"
@@ -12,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
+
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 func TestSSH(t *testing.T) {
@@ -58,7 +58,7 @@ func TestSSH(t *testing.T) {
 				case "fleet":
 					hostCA = e.fleet.HostCA
 				case "other":
-					hostCA = newSigner(t)
+					hostCA = pkitest.SSHSigner(t)
 				}
 				d := newSSHDevice(t, e.fleet.UserCA.PublicKey(), hostCA, tt.device.principals...)
 				d.exec = echoExec
@@ -93,19 +93,6 @@ func TestSSH(t *testing.T) {
 			}
 		})
 	}
-}
-
-func newSigner(t *testing.T) ssh.Signer {
-	t.Helper()
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 func TestProxySSH(t *testing.T) {

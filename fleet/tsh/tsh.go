@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -191,9 +192,9 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 type runner struct {
 	stdio  Stdio
 	prompt *cli.Prompt // over stdio.In and stdio.Err
-	// session is the fleet's ID of the last connection dialSSH made, to
-	// ask why it ended.
-	session string
+	// session is the last connection dialSSH made, whose end the fleet
+	// can explain (client.Client.SessionEnd).
+	session net.Conn
 }
 
 // flags returns a flag set for a command whose errors and help go to Err.

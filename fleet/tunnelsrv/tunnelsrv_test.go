@@ -3,17 +3,10 @@ package tunnelsrv
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -24,55 +17,25 @@ import (
 
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 // testPKI is a throw-away CA with a server certificate for 127.0.0.1.
 type testPKI struct {
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	pool   *x509.CertPool
+	*pkitest.CA
 	server tls.Certificate
 }
 
 func newPKI(t *testing.T) *testPKI {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	p := &testPKI{ca: ca, caKey: key, pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	p.server = p.leaf(t, "fleet", x509.ExtKeyUsageServerAuth)
-	return p
-}
-
-func (p *testPKI) leaf(t *testing.T, cn string, usage x509.ExtKeyUsage) tls.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ca := pkitest.NewCA(t)
+	return &testPKI{CA: ca, server: ca.Server(t, "fleet")}
 }
 
 func (p *testPKI) clientTLS(cert tls.Certificate) func() (*tls.Config, error) {
 	return func() (*tls.Config, error) {
-		return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: p.pool, ServerName: "127.0.0.1"}, nil
+		return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: p.Pool, ServerName: "127.0.0.1"}, nil
 	}
 }
 
@@ -85,17 +48,6 @@ type harness struct {
 	done   chan struct{}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // startServer serves on addr ("127.0.0.1:0" for a new port).
 func startServer(t *testing.T, pki *testPKI, addr string) *harness {
 	t.Helper()
@@ -105,7 +57,7 @@ func startServer(t *testing.T, pki *testPKI, addr string) *harness {
 	}
 	h := &harness{pki: pki, addr: pc.LocalAddr().String(), hello: make(chan *proto.Hello, 16), done: make(chan struct{})}
 	h.srv = New(Config{
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.pool},
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.Pool},
 		Authenticate: func(cs tls.ConnectionState) (string, error) {
 			cn := cs.PeerCertificates[0].Subject.CommonName
 			if cn == "banned" {
@@ -120,7 +72,7 @@ func startServer(t *testing.T, pki *testPKI, addr string) *harness {
 			h.hello <- hl
 			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
 		},
-		Logger: testLogger(t).With("side", "fleet"),
+		Logger: logtest.Logger(t).With("side", "fleet"),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -144,7 +96,7 @@ func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.Str
 	state := make(chan bool, 16)
 	c := tunnel.New(tunnel.Config{
 		Addr:      h.addr,
-		TLSConfig: h.pki.clientTLS(h.pki.leaf(t, cn, x509.ExtKeyUsageClientAuth)),
+		TLSConfig: h.pki.clientTLS(h.pki.Client(t, cn)),
 		Hello:     func() *proto.Hello { return &proto.Hello{Name: name, AgentVersion: "test"} },
 		Check:     check,
 		Handle: func(ctx context.Context, hd *proto.StreamHeader, conn net.Conn) {
@@ -154,7 +106,7 @@ func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.Str
 		OnState:    func(up bool) { state <- up },
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
-		Logger:     testLogger(t).With("side", "agent"),
+		Logger:     logtest.Logger(t).With("side", "agent"),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -280,8 +232,8 @@ func TestRefusals(t *testing.T) {
 			if tt.foreignCA {
 				p = newPKI(t)
 			}
-			tc, _ := p.clientTLS(p.leaf(t, tt.cn, x509.ExtKeyUsageClientAuth))()
-			tc.RootCAs = pki.pool
+			tc, _ := p.clientTLS(p.Client(t, tt.cn))()
+			tc.RootCAs = pki.Pool
 			tc.NextProtos = []string{proto.ALPN}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -332,7 +284,7 @@ func TestMalformedControlFrames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tc, _ := pki.clientTLS(pki.leaf(t, "pi-9", x509.ExtKeyUsageClientAuth))()
+			tc, _ := pki.clientTLS(pki.Client(t, "pi-9"))()
 			tc.NextProtos = []string{proto.ALPN}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

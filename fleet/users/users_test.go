@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // clock is a settable test clock.
@@ -33,27 +33,11 @@ func (c *clock) Add(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// tWriter sends log lines to t and keeps them in buf.
-type tWriter struct {
-	t   *testing.T
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *tWriter) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.buf.String() }
-
 type fixture struct {
 	svc   *Service
 	clock *clock
 	store *memstore.Store
-	log   *tWriter
+	log   *logtest.Recorder
 }
 
 // t0 is 10 s into a TOTP step.
@@ -64,9 +48,9 @@ func newFixture(t *testing.T) *fixture {
 	st := memstore.New()
 	t.Cleanup(func() { st.Close() })
 	c := &clock{now: t0}
-	w := &tWriter{t: t}
+	w := logtest.NewRecorder(t)
 	return &fixture{
-		svc:   &Service{Store: st, Now: c.Now, Logger: slog.New(slog.NewTextHandler(w, nil)), HashParams: cheap},
+		svc:   &Service{Store: st, Now: c.Now, Logger: w.Logger(), HashParams: cheap},
 		clock: c, store: st, log: w,
 	}
 }

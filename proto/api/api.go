@@ -42,6 +42,12 @@ const UpgradeProto = "remoteler-connect/1"
 // PathSessions/ID then tells why it ended.
 const HeaderSession = "X-Remoteler-Session"
 
+// HeaderSessionToken carries, in the 101 answer to /v1/connect, a secret
+// that lets the client ask GET PathSessions/ID how the session ended
+// without a certificate (it may have expired or been revoked by then):
+// the client sends it back in the same header.
+const HeaderSessionToken = "X-Remoteler-Session-Token"
+
 // PathSessions is GET /v1/sessions/ID: how a brokered session ended (its own
 // user, or an admin).
 const PathSessions = "/v1/sessions"
@@ -275,6 +281,13 @@ type RoleOptions struct {
 	// well as what they see (which is always recorded). Any of a user's
 	// roles turning it on turns it on.
 	RecordInput bool `json:"record_input,omitempty"`
+	// PortForwarding allows SSH port forwarding (ssh -L) to devices;
+	// unset means allowed. Any of a user's roles setting it to false
+	// turns it off.
+	PortForwarding *bool `json:"port_forwarding,omitempty"`
+	// SSHFileCopy allows copying files over SSH (scp, sftp); unset means
+	// allowed. Any of a user's roles setting it to false turns it off.
+	SSHFileCopy *bool `json:"ssh_file_copy,omitempty"`
 }
 
 // Token is a join token as admins see it.

@@ -13,25 +13,27 @@ import (
 	"github.com/creack/pty"
 
 	"remoteler.dev/edge/tools/linksim"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // behindLink restarts agent a with its tunnel going through a linksim link
 // towards the fleet, and waits until it is online again.
-func behindLink(t *testing.T, f *fleet, a *agent, cfg linksim.Config) *linksim.Link {
+func behindLink(t *testing.T, f *harness.Fleet, a *harness.Agent, cfg linksim.Config) *linksim.Link {
 	t.Helper()
-	a.proc.Stop()
+	a.Proc.Stop()
 	link, err := linksim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
+	relay, err := link.ListenUDP("127.0.0.1:0", f.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.proc = start(t, "edge-agent "+a.name+" (behind linksim)", nil, "edge-agent", "start",
-		"--data-dir", a.dataDir, "--fleet", relay.Addr().String(), "--log-level", "debug")
-	f.waitOnline(a.name)
+	a.Proc = start(t, "edge-agent "+a.Name+" (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", a.DataDir, "--fleet", relay.Addr().String(), "--log-level", "debug")
+	f.WaitOnline(a.Name)
 	return link
 }
 
@@ -55,7 +57,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 	go io.Copy(out, tty)
 	expect := func(s string, within time.Duration) {
 		t.Helper()
-		if !eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
+		if !harness.Eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
 			t.Fatalf("no %q within %v; screen:\n%s", s, within, out.String())
 		}
 	}
@@ -64,7 +66,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 
 	link.Blackout(60 * time.Second)
 	io.WriteString(tty, "echo c$((2+2))d\r") // typed during the blackout
-	if !eventually(75*time.Second, func() bool { return !link.Out() }) {
+	if !harness.Eventually(75*time.Second, func() bool { return !link.Out() }) {
 		t.Fatal("the blackout did not end")
 	}
 	if err := link.MoveTo(netip.MustParseAddr("127.0.0.2")); err != nil {
@@ -81,7 +83,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("ssh exit: %v", err)
 	}
-	dev := f.devices()[0]
+	dev := f.Devices()[0]
 	if !strings.HasPrefix(dev.Addr, "127.0.0.2:") {
 		t.Errorf("fleet sees the device at %s, want 127.0.0.2", dev.Addr)
 	}
@@ -113,7 +115,7 @@ func TestScpThroughLossAndBlackouts(t *testing.T) {
 		n := 0
 		defer func() { blackouts <- n }()
 		for _, at := range []uint64{5 << 20, 10 << 20} {
-			if !eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
+			if !harness.Eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
 				return
 			}
 			link.Blackout(5 * time.Second)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"regexp"
+	"remoteler.dev/edge/tools/harness"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,7 +26,7 @@ func TestOTADownloadOver3G(t *testing.T) {
 	// v3.0.0 is not a fleet release: no delta to v3.1.0, the whole
 	// artefact goes down the link.
 	f.ctl("", "releases", "add", to.dir)
-	link, addr := linkTo(t, f.addr)
+	link, addr := linkTo(t, f.Addr)
 	dev := installDeviceAt(t, f, addr, "ota-3g", from.bin, pub, []string{"env"}, "")
 	f.waitOnline(dev.name)
 	p, _ := linksim.ProfileByName("3g")
@@ -37,7 +38,7 @@ func TestOTADownloadOver3G(t *testing.T) {
 	f.rollout(to.version)
 	waitDone := func(n int64) {
 		t.Helper()
-		if !eventually(5*time.Minute, func() bool {
+		if !harness.Eventually(5*time.Minute, func() bool {
 			u := f.device(dev.name).Update
 			return u != nil && u.State == "downloading" && u.Done >= n
 		}) {
@@ -74,7 +75,7 @@ func TestOTADownloadOver3G(t *testing.T) {
 
 	// A delta update over the same link.
 	f.ctl("", "releases", "add", next.dir)
-	if !eventually(2*time.Minute, func() bool { return strings.Contains(f.ctl("", "releases", "ls"), "from v3.1.0: ") }) {
+	if !harness.Eventually(2*time.Minute, func() bool { return strings.Contains(f.ctl("", "releases", "ls"), "from v3.1.0: ") }) {
 		t.Fatal("no delta prepared")
 	}
 	before = link.Stats()

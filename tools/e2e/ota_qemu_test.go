@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"path/filepath"
+	"remoteler.dev/edge/tools/harness"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func TestOTAUpdateUnderQEMU(t *testing.T) {
 	f := startOTAFleet(t, pub)
 	f.ctl("", "releases", "add", dirs["v5.0.0"])
 	f.ctl("", "releases", "add", dirs["v5.1.0"])
-	if !eventually(3*time.Minute, func() bool {
+	if !harness.Eventually(3*time.Minute, func() bool {
 		ls := f.ctl("", "releases", "ls")
 		return strings.Contains(ls, "linux-arm64 from v5.0.0: ") && strings.Contains(ls, "linux-armv6 from v5.0.0: ")
 	}) {
@@ -45,7 +46,7 @@ func TestOTAUpdateUnderQEMU(t *testing.T) {
 		devs = append(devs, d)
 	}
 	for _, d := range devs {
-		if !eventually(2*time.Minute, func() bool { return f.online(d.name) }) {
+		if !harness.Eventually(2*time.Minute, func() bool { return f.online(d.name) }) {
 			t.Fatalf("%s never came online:\n%s", d.name, d.out.Output())
 		}
 	}

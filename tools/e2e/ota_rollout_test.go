@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"remoteler.dev/edge/tools/harness"
 	"strings"
 	"testing"
 	"time"
@@ -34,9 +35,9 @@ func fakeRelease(t *testing.T, key, version string) string {
 
 // simFleet runs n simulated devices with OTA behaviour until the test
 // ends (or stop is called).
-func simFleet(t *testing.T, f *fleet, prefix string, n int, agents *otasim.Agents, dataDir string) (stop func()) {
+func simFleet(t *testing.T, f *otaFleet, prefix string, n int, agents *otasim.Agents, dataDir string) (stop func()) {
 	t.Helper()
-	sim, err := devsim.New(devsim.Config{Fleet: f.addr, Token: f.token("--uses=300", "--ttl=1h"), Count: n, DataDir: dataDir,
+	sim, err := devsim.New(devsim.Config{Fleet: f.Addr, Token: f.token("--uses=300", "--ttl=1h"), Count: n, DataDir: dataDir,
 		Prefix: prefix, Labels: map[string]string{"fleet": "sim"}, OnUp: agents.OnUp, OnMessage: agents.OnMessage})
 	if err != nil {
 		t.Fatal(err)
@@ -67,10 +68,10 @@ func simFleet(t *testing.T, f *fleet, prefix string, n int, agents *otasim.Agent
 }
 
 // waitRollout polls a rollout until cond holds.
-func (f *fleet) waitRollout(id, what string, timeout time.Duration, cond func(api.Rollout) bool) api.Rollout {
+func (f *otaFleet) waitRollout(id, what string, timeout time.Duration, cond func(api.Rollout) bool) api.Rollout {
 	f.t.Helper()
 	var ro api.Rollout
-	if !eventually(timeout, func() bool { ro = f.rolloutStatus(id); return cond(ro) }) {
+	if !harness.Eventually(timeout, func() bool { ro = f.rolloutStatus(id); return cond(ro) }) {
 		f.t.Fatalf("rollout %s never got to %s: %+v", id, what, ro)
 	}
 	return ro

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"remoteler.dev/edge/tools/harness"
 	"runtime"
 	"strings"
 	"sync"
@@ -123,7 +125,7 @@ type otaDevice struct {
 	config  string
 	dataDir string
 	launch  []string // runs the binary (qemu for ARM)
-	out     *proc    // the supervisor's captured output
+	out     *lineBuf // the supervisor's captured output
 
 	mu     sync.Mutex // guards killAt, starts and cur
 	killAt string     // EDGE_AGENT_TEST_KILL_AT for the next start
@@ -156,12 +158,12 @@ func unitCommands(t *testing.T) (pre, start string) {
 
 // installDevice installs bin as ROOT/usr/local/bin/edge-agent with a
 // config, and starts the supervisor.
-func installDevice(t *testing.T, f *fleet, name, bin, key string, launch []string, extra string) *otaDevice {
-	return installDeviceAt(t, f, f.addr, name, bin, key, launch, extra)
+func installDevice(t *testing.T, f *otaFleet, name, bin, key string, launch []string, extra string) *otaDevice {
+	return installDeviceAt(t, f, f.Addr, name, bin, key, launch, extra)
 }
 
 // installDeviceAt is installDevice with the fleet reached at addr.
-func installDeviceAt(t *testing.T, f *fleet, addr, name, bin, key string, launch []string, extra string) *otaDevice {
+func installDeviceAt(t *testing.T, f *otaFleet, addr, name, bin, key string, launch []string, extra string) *otaDevice {
 	t.Helper()
 	root := t.TempDir()
 	d := &otaDevice{t: t, name: name, root: root, binPath: filepath.Join(root, "usr/local/bin/edge-agent"),
@@ -217,7 +219,7 @@ func (d *otaDevice) supervise() {
 	preArgs, startArgs := d.local(strings.TrimPrefix(pre, "-")), d.local(start)
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop, d.done = cancel, make(chan struct{})
-	d.out = &proc{t: d.t, name: "supervisor " + d.name, done: make(chan struct{}), lines: make(chan string, 1000)}
+	d.out = &lineBuf{}
 	go func() {
 		defer close(d.done)
 		for ctx.Err() == nil {
@@ -285,7 +287,7 @@ func binSum(t *testing.T, path string) string {
 }
 
 // device returns the fleet's view of the named device.
-func (f *fleet) device(name string) api.Device {
+func (f *otaFleet) device(name string) api.Device {
 	for _, d := range f.devices() {
 		if d.Name == name {
 			return d
@@ -296,10 +298,10 @@ func (f *fleet) device(name string) api.Device {
 
 // waitUpdate waits until the device reports update state state for
 // version (and, when running is set, runs it and is online).
-func (f *fleet) waitUpdate(d *otaDevice, version, state, running string, timeout time.Duration) api.Device {
+func (f *otaFleet) waitUpdate(d *otaDevice, version, state, running string, timeout time.Duration) api.Device {
 	f.t.Helper()
 	var last api.Device
-	ok := eventually(timeout, func() bool {
+	ok := harness.Eventually(timeout, func() bool {
 		last = f.device(d.name)
 		u := last.Update
 		if u == nil || u.State != state || (version != "" && u.Target != version) {
@@ -316,7 +318,7 @@ func (f *fleet) waitUpdate(d *otaDevice, version, state, running string, timeout
 
 // rollout creates a one-stage rollout for the device's label and returns
 // its ID.
-func (f *fleet) rollout(version string, extra ...string) string {
+func (f *otaFleet) rollout(version string, extra ...string) string {
 	f.t.Helper()
 	out := f.ctl("", append([]string{"rollouts", "create", "--release", version, "--selector", "ota=test", "--stages", "100%", "--soak", "0s"}, extra...)...)
 	m := regexp.MustCompile(`Rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)
@@ -326,7 +328,7 @@ func (f *fleet) rollout(version string, extra ...string) string {
 	return m[1]
 }
 
-func (f *fleet) rolloutStatus(id string) api.Rollout {
+func (f *otaFleet) rolloutStatus(id string) api.Rollout {
 	f.t.Helper()
 	var ro api.Rollout
 	if err := json.Unmarshal([]byte(f.ctl("", "rollouts", "status", id, "--format=json")), &ro); err != nil {
@@ -337,22 +339,33 @@ func (f *fleet) rolloutStatus(id string) api.Rollout {
 
 // endRollout aborts a rollout that is still active, so the device may
 // join the next.
-func (f *fleet) endRollout(id string) {
+func (f *otaFleet) endRollout(id string) {
 	f.t.Helper()
 	if st := f.rolloutStatus(id).State; st == api.RolloutRunning || st == api.RolloutHalted || st == api.RolloutPaused {
 		f.ctl("", "rollouts", "abort", id)
 	}
 }
 
+// otaFleet is a fleetd with the OTA helpers of these tests.
+type otaFleet struct {
+	*harness.Fleet
+	t *testing.T
+}
+
+func (f *otaFleet) ctl(stdin string, args ...string) string { return f.Ctl(stdin, args...) }
+func (f *otaFleet) ctlErr(stdin string, args ...string) (string, string, error) {
+	return f.CtlErr(stdin, args...)
+}
+func (f *otaFleet) token(args ...string) string            { return f.Token(args...) }
+func (f *otaFleet) devices() []api.Device                  { return f.Devices() }
+func (f *otaFleet) online(name string) bool                { return f.Online(name) }
+func (f *otaFleet) waitOnline(name string)                 { f.WaitOnline(name) }
+func (f *otaFleet) search(args ...string) []api.AuditEvent { return search(f.t, f.Fleet, args...) }
+
 // startOTAFleet starts fleetd trusting the release keys.
-func startOTAFleet(t *testing.T, keys ...string) *fleet {
+func startOTAFleet(t *testing.T, keys ...string) *otaFleet {
 	t.Helper()
-	f := &fleet{t: t, dataDir: t.TempDir()}
-	f.proc = start(t, "fleetd", nil, "fleetd", "start", "--data-dir", f.dataDir, "--listen", "127.0.0.1:0", "--log-level", "debug",
-		"--release-key", strings.Join(keys, ","))
-	f.addr = f.proc.waitLine(listenRE, 30*time.Second)[1]
-	f.pin = f.proc.waitLine(pinRE, 5*time.Second)[1]
-	return f
+	return &otaFleet{Fleet: startFleetArgs(t, nil, "--release-key", strings.Join(keys, ",")), t: t}
 }
 
 // TestOTAUpdates updates one device through a real fleetd: refusals leave
@@ -388,7 +401,7 @@ func TestOTAUpdates(t *testing.T) {
 		t.Errorf("releases add with a bad artefact signature: err %v, stderr %q; want a refusal about the signature", err, errOut)
 	}
 	// Wait for the delta v1.0.0 → v1.1.0.
-	if !eventually(2*time.Minute, func() bool {
+	if !harness.Eventually(2*time.Minute, func() bool {
 		return strings.Contains(f.ctl("", "releases", "ls"), "from v1.0.0: ")
 	}) {
 		t.Fatalf("no delta prepared:\n%s", f.ctl("", "releases", "ls"))
@@ -422,7 +435,7 @@ func TestOTAUpdates(t *testing.T) {
 			// must catch it before anything is written.
 			for _, d := range releaseOf(t, f, v110.version).Deltas {
 				if d.SHA256 != "" {
-					p := filepath.Join(f.dataDir, "releases", "blobs", d.SHA256)
+					p := filepath.Join(f.DataDir, "releases", "blobs", d.SHA256)
 					b, _ := os.ReadFile(p)
 					b[len(b)/2] ^= 0xff
 					os.WriteFile(p, b, 0o600)
@@ -447,7 +460,7 @@ func TestOTAUpdates(t *testing.T) {
 	// Repair the delta for what follows.
 	for _, d := range releaseOf(t, f, v110.version).Deltas {
 		if d.SHA256 != "" {
-			p := filepath.Join(f.dataDir, "releases", "blobs", d.SHA256)
+			p := filepath.Join(f.DataDir, "releases", "blobs", d.SHA256)
 			b, _ := os.ReadFile(p)
 			b[len(b)/2] ^= 0xff
 			os.WriteFile(p, b, 0o600)
@@ -528,7 +541,7 @@ func TestOTAUpdates(t *testing.T) {
 	})
 }
 
-func releaseOf(t *testing.T, f *fleet, version string) api.Release {
+func releaseOf(t *testing.T, f *otaFleet, version string) api.Release {
 	t.Helper()
 	var rels []api.Release
 	if err := json.Unmarshal([]byte(f.ctl("", "releases", "ls", "--format=json")), &rels); err != nil {
@@ -576,13 +589,13 @@ func TestOTAKilledDuringApply(t *testing.T) {
 			f.waitOnline(dev.name)
 			id := f.rollout(to.version)
 			defer f.endRollout(id)
-			if !eventually(3*time.Minute, func() bool { return strings.Contains(dev.out.Output(), "signal: killed") }) {
+			if !harness.Eventually(3*time.Minute, func() bool { return strings.Contains(dev.out.Output(), "signal: killed") }) {
 				t.Fatalf("the agent was not killed at %s", step)
 			}
 			// After the kill the device starts on the old or the new
 			// binary, never on neither, and says how its update ended.
 			var got api.Device
-			if !eventually(3*time.Minute, func() bool {
+			if !harness.Eventually(3*time.Minute, func() bool {
 				got = f.device(dev.name)
 				return got.Online && got.Update != nil && got.Update.Target == to.version &&
 					(got.Update.State == "committed" || got.Update.State == "failed" || got.Update.State == "rolled_back") &&
@@ -612,7 +625,7 @@ func restartAgent(t *testing.T, d *otaDevice, starts int) {
 		d.cur.Process.Signal(os.Interrupt)
 	}
 	d.mu.Unlock()
-	if !eventually(time.Minute, func() bool {
+	if !harness.Eventually(time.Minute, func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		return d.starts > starts
@@ -630,10 +643,32 @@ func (d *otaDevice) kill() {
 	}
 }
 
-func (d *otaDevice) resetOutput() {
-	d.out.mu.Lock()
-	d.out.out.Reset()
-	d.out.mu.Unlock()
+func (d *otaDevice) resetOutput() { d.out.Reset() }
+
+// lineBuf keeps what the supervisor and the agents it runs print.
+type lineBuf struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *lineBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Output returns everything written so far.
+func (b *lineBuf) Output() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Reset forgets what was written.
+func (b *lineBuf) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Reset()
 }
 
 func readFile(t *testing.T, path string) []byte {

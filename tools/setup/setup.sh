@@ -6,7 +6,9 @@
 #                    sshd and OpenSSH client tests), qemu-user-static (ARM
 #                    tests: qemu-aarch64-static, qemu-arm-static), systemd
 #                    (systemd-analyze verify in the unit tests), iproute2
-#                    (network namespaces in the netwatch test)
+#                    (network namespaces in the netwatch test), chromium
+#                    and fonts-dejavu-core (the browser tests, driven with
+#                    chromedp: tools/browsertest)
 #   Go tools         staticcheck and gotestsum (the test runner make check
 #                    uses), with `go install` into .cache/bin
 #   Kubernetes       etcd-server, and kube-apiserver + kubectl built from the
@@ -26,7 +28,7 @@ bindir="$root/.cache/bin"
 staticcheck_version=v0.8.2
 gotestsum_version=v1.13.0
 
-debs=(openssh-client openssh-server qemu-user-static systemd iproute2)
+debs=(openssh-client openssh-server qemu-user-static systemd iproute2 chromium fonts-dejavu-core)
 
 say() { printf 'setup: %s\n' "$*"; }
 

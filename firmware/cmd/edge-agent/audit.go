@@ -17,7 +17,7 @@ func registerAuditFlags(fs *flag.FlagSet) *auditFlags {
 	return &auditFlags{
 		maxBytes:    fs.Int64("audit-max-bytes", 0, "cap of the audit queue kept on the device while the fleet is unreachable, in `bytes` (default 64 MiB)"),
 		whenFull:    fs.String("audit-when-full", agent.AuditAllow, "when an audit event cannot be kept (queue or disk full): allow (the action goes ahead; the drop is counted, reported and marked in the audit) or refuse"),
-		noRecording: fs.Bool("no-recording", false, "do not record interactive SSH sessions (by default they are recorded and uploaded to the fleet)"),
+		noRecording: fs.Bool("no-recording", false, "do not record SSH sessions (by default every shell and command is recorded and uploaded to the fleet)"),
 	}
 }
 

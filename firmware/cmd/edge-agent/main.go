@@ -45,6 +45,13 @@ func main() {
 			fmt.Fprintln(os.Stderr, "edge-agent sftp-server:", err)
 			os.Exit(1)
 		}
+	case "dial-helper":
+		// Internal: the SSH server runs this as the login's user to dial
+		// a port forward.
+		if err := sshd.ServeDialHelper(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "edge-agent dial-helper:", err)
+			os.Exit(1)
+		}
 	case "help", "-h", "--help":
 		usage()
 	default:
@@ -171,6 +178,7 @@ func start(args []string) int {
 	cfg.Notify = service.NewNotifier(log)
 	if exe, err := os.Executable(); err == nil {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
+		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
 	audit.apply(&cfg, set, fc)
 	if err := upd.apply(&cfg, set, fc); err != nil {

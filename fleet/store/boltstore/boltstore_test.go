@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,26 +14,14 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-// tWriter writes log lines to t.Log.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // openTemp opens a store in a fresh temp dir and closes it at cleanup.
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fleet.db")
-	s, err := Open(path, Options{Logger: testLogger(t)})
+	s, err := Open(path, Options{Logger: logtest.Logger(t)})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -312,7 +299,7 @@ func TestSecondOpenFails(t *testing.T) {
 	_, path := openTemp(t)
 	const timeout = 200 * time.Millisecond
 	start := time.Now()
-	s2, err := Open(path, Options{LockTimeout: timeout, Logger: testLogger(t)})
+	s2, err := Open(path, Options{LockTimeout: timeout, Logger: logtest.Logger(t)})
 	elapsed := time.Since(start)
 	if err == nil {
 		s2.Close()
