@@ -14,6 +14,7 @@ func sampleMessages() []Message {
 		&Hello{ProtocolVersion: Version, Name: "pi-1", AgentVersion: "v0.1.0", OS: "linux", Arch: "arm64",
 			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH}},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000},
+		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, LinkTag: []byte{1, 2}, Updates: true},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},
 		&HeartbeatAck{Seq: 9, ServerTime: 5},

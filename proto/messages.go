@@ -112,6 +112,9 @@ type HelloAck struct {
 	// fleet can tell when a keep-alive comes from a new address (see
 	// LinkPokeByte).
 	LinkTag []byte `cbor:"6,keyasint,omitempty"`
+	// Updates says the fleet takes update-status messages (OTA, see
+	// update.go); an agent sends none to a fleet that does not.
+	Updates bool `cbor:"7,keyasint,omitempty"`
 }
 
 // Heartbeat tells the fleet the agent is alive (its QUIC ACK is the

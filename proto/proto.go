@@ -47,9 +47,8 @@
 // to fleet: where its update stands) on the control stream; agent-stream,
 // the first frame of a stream the agent opens to reach a fleet service
 // (service "ota": HTTP/1.1 downloads of release artefacts with Range
-// requests). An older fleet answers an update-status as an unexpected
-// message and drops the connection: update fleets before agents. See
-// update.go.
+// requests); the hello answer's Updates (key 7), without which (an older
+// fleet) the agent sends no update-status. See update.go.
 package proto
 
 import "fmt"

@@ -133,6 +133,9 @@ type Agent struct {
 	live    liveSessions
 	updater *update.Updater // nil when self-update could not start
 	restart atomic.Pointer[string]
+	// fleetUpdates is the last hello answer's Updates: the fleet takes
+	// update statuses.
+	fleetUpdates atomic.Bool
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -256,7 +259,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.linkUp()
 			}
 			if a.updater != nil {
-				a.updater.LinkUp(up)
+				// Only a fleet that said so in its hello answer takes
+				// update statuses.
+				a.updater.LinkUp(up && a.fleetUpdates.Load())
 			}
 			if a.cfg.Notify != nil {
 				s := "tunnel down, reconnecting"
@@ -340,6 +345,7 @@ func (a *Agent) hello() *proto.Hello {
 }
 
 func (a *Agent) helloAck(ack *proto.HelloAck) {
+	a.fleetUpdates.Store(ack.Updates)
 	off := time.UnixMilli(ack.ServerTime).Sub(a.cfg.Now())
 	a.clock.setOffset(off)
 	a.mu.Lock()

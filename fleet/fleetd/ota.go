@@ -82,7 +82,11 @@ func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Regist
 		// A new connection (which may replace one the fleet has not seen
 		// end, after an agent restart): no offers until its status.
 		ro.Connected(id)
-		return hello(ctx, id, addr, h)
+		ack, err := hello(ctx, id, addr, h)
+		if ack != nil {
+			ack.Updates = true
+		}
+		return ack, err
 	}
 	disc := tcfg.OnDisconnect
 	tcfg.OnDisconnect = func(id string, err error) {
