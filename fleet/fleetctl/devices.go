@@ -18,7 +18,7 @@ func (r *runner) devicesLs(ctx context.Context, fs *flag.FlagSet, args []string)
 			fmt.Fprintln(r.stdio.Err, "No devices yet; fleetctl tokens add prints how to join one.")
 			return nil
 		}
-		return cli.DeviceTable{Verbose: *verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
+		return cli.DeviceTable{Verbose: *verbose, Update: true, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
 	})
 }
 

@@ -16,6 +16,9 @@ type DeviceTable struct {
 	Verbose bool
 	// Logins adds the asking user's logins (tsh; fleetctl's admin has none).
 	Logins bool
+	// Update adds the target version and the update state (OTA) without
+	// Verbose, which has them too (fleetctl devices ls).
+	Update bool
 	Now    time.Time
 }
 
@@ -23,6 +26,9 @@ type DeviceTable struct {
 func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	head := "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION"
+	if t.Update && !t.Verbose {
+		head += "\tTARGET\tUPDATE"
+	}
 	if t.Verbose {
 		head = "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tTARGET\tUPDATE\tOS/ARCH\tADDRESS\tJOINED\tRTT\tLOSS\tRECONNECTS\tSENT/RECEIVED\tADDRESS CHANGED"
 	}
@@ -36,6 +42,10 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 			status = "online"
 		}
 		cols := []string{d.Name, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion)}
+		if t.Update && !t.Verbose {
+			target, upd := UpdateColumns(d.Update)
+			cols = append(cols, target, upd)
+		}
 		if t.Verbose {
 			osArch := ""
 			if d.OS != "" || d.Arch != "" {

@@ -66,3 +66,18 @@ func TestDeviceTableUpdate(t *testing.T) {
 		})
 	}
 }
+
+func TestDeviceTableUpdateWithoutVerbose(t *testing.T) {
+	devs := []api.Device{{Name: "pi-1", AgentVersion: "v1", Update: &api.DeviceUpdate{Target: "v2", State: "downloading", Done: 1, Total: 4}}}
+	var b strings.Builder
+	if err := (DeviceTable{Update: true}).Write(&b, devs); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if got := strings.Join(strings.Fields(lines[0]), " "); !strings.HasSuffix(got, "VERSION TARGET UPDATE") {
+		t.Errorf("header %q", got)
+	}
+	if got := strings.Join(strings.Fields(lines[1]), " "); !strings.HasSuffix(got, "v1 v2 downloading 25%") {
+		t.Errorf("row %q", got)
+	}
+}
