@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -513,4 +514,33 @@ func TestMaintenanceWindowAndBandwidthCap(t *testing.T) {
 	if took < 600*time.Millisecond {
 		t.Errorf("192 KiB under a 256 KiB/s cap took %s", took)
 	}
+}
+
+// FuzzStartChecks feeds arbitrary bytes as the state file (a damaged
+// disk, a power cut mid-write): the start-up checks return an error or a
+// result, never panic, and never leave the folder without a binary that
+// was there.
+func FuzzStartChecks(f *testing.F) {
+	f.Add([]byte(`{"phase":"trial","version":"v2.0.0","started":true}`))
+	f.Add([]byte(`{"phase":"applying","target":"/nonexistent","prev":"/nonexistent"}`))
+	f.Add([]byte(`{`))
+	f.Add([]byte(`{"phase":"trial","pre_checks":-5,"deadline":-1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fs := newFiles(t)
+		fs.write(fs.target, fs.new)
+		fs.write(fs.prev, fs.old)
+		// The state names this install's files whatever else it says.
+		var s state
+		if json.Unmarshal(b, &s) == nil {
+			s.Target, s.Prev = fs.target, fs.prev
+			b, _ = json.Marshal(&s)
+		}
+		os.WriteFile(filepath.Join(fs.dir, stateFile), b, 0o600)
+		PreStart(fs.dir, time.Now())
+		Startup(fs.dir, "v2.0.0", time.Now())
+		if fs.at(t) == "missing" {
+			t.Fatal("no binary left at the target path")
+		}
+		readSynced(filepath.Join(fs.dir, "x"))
+	})
 }
