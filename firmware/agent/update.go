@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"sync"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/update"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 )
 

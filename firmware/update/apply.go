@@ -51,7 +51,7 @@ func (u *Updater) run(ctx context.Context, o *proto.UpdateOffer, st *proto.Updat
 		}
 	}
 	if len(keys) == 0 {
-		return refuse("this device pins no release key (update.release_keys in its config)")
+		return refuse("this device pins no release key (--release-key, or release_key in its config)")
 	}
 	m, err := keys.VerifyManifest(o.Manifest, o.ManifestSig)
 	if err != nil {

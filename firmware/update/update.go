@@ -30,27 +30,29 @@ import (
 	"remoteler.dev/edge/proto/ota"
 )
 
-// Settings are the device's OTA settings: the "update" block of the
-// agent's config file. The zero value works (updates need a release key).
+// Settings are the device's OTA settings, the Update block of agent.Config
+// (flags --release-key and --update-*, and the same file keys). The zero
+// value works (updates need a release key).
 type Settings struct {
 	// ReleaseKeys are minisign public keys (the base64 line of a .pub
 	// file) this device trusts for releases. They are pinned in
 	// DATA_DIR/update/keys.json at the first start that has them; keys
 	// added later come by rotation (signed by a pinned key) or here.
 	// Without any key every offer is refused.
-	ReleaseKeys []string `json:"release_keys"`
+	ReleaseKeys []string
 	// MaxBandwidth caps downloads, bytes per second; 0: no cap of the
 	// device's own (a rollout may set one; the smaller applies).
-	MaxBandwidth int64 `json:"max_bandwidth"`
+	MaxBandwidth int64
 	// Window, "HH:MM-HH:MM" in UTC, limits downloads and restarts to a
 	// maintenance window; "" any time (a rollout may set its own; both
 	// apply).
-	Window string `json:"window"`
+	Window string
 	// HealthTimeout is how long a new agent has to come up healthy
-	// before it is rolled back; default 2m (a rollout may set it).
-	HealthTimeout time.Duration `json:"health_timeout"`
+	// before it is rolled back; default DefaultHealthTimeout (a rollout
+	// may set it).
+	HealthTimeout time.Duration
 	// Off refuses every update offer.
-	Off bool `json:"off"`
+	Off bool
 }
 
 // DefaultHealthTimeout is Settings.HealthTimeout's default.
@@ -66,7 +68,7 @@ type Config struct {
 	// default the running executable, with symbolic links resolved.
 	Target string
 	// Version and BuildTarget are the running binary's
-	// (firmware/buildinfo).
+	// (internal/buildinfo).
 	Version, BuildTarget string
 	// Check is what the start-up check found (Startup).
 	Check CheckResult

@@ -34,7 +34,9 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		l := &out.Link
 		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
 		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
-		if info.Stats.PacketsSent > 0 {
+		if loss, blackouts, ok := s.linkLoss(d.ID); ok {
+			l.LossPercent, l.Blackouts = loss, blackouts
+		} else if info.Stats.PacketsSent > 0 {
 			l.LossPercent = 100 * float64(info.Stats.PacketsLost) / float64(info.Stats.PacketsSent)
 		}
 		l.ConnectedSince = info.Since.UTC()
@@ -43,6 +45,14 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		}
 	}
 	return out
+}
+
+// linkLoss is LinkLoss, when set.
+func (s *Server) linkLoss(deviceID string) (float64, int, bool) {
+	if s.LinkLoss == nil {
+		return 0, 0, false
+	}
+	return s.LinkLoss(deviceID)
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -142,6 +152,18 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		NoPortForwarding: !c.checker.PortForwarding(),
 		NoFileCopy:       !c.checker.FileCopy(),
 	}
+	sessionEvent := func(typ string, f map[string]string) *proto.AuditEvent {
+		f["service"], f["device_name"] = service, dev.Name
+		return &proto.AuditEvent{Type: typ, User: c.name(), Login: login, Session: sid, Device: dev.ID, Addr: r.RemoteAddr, Fields: f}
+	}
+	// Recorded before the device hears of the session: the device's own
+	// events about it are checked against this record (fleet/audit,
+	// claims.go). A session the device cannot take ends in an
+	// access.denied for it.
+	if s.record(r.Context(), sessionEvent(proto.EventSessionStart, map[string]string{})) != nil {
+		errAuditDown(w) // an unrecorded session is not brokered
+		return
+	}
 	// An idle device whose NAT mapping changed answers at its next
 	// keep-alive (25 s by default): wait a little longer than that.
 	ctx, cancel := context.WithTimeout(r.Context(), 35*time.Second)
@@ -165,14 +187,6 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	defer conn.Close()
-	sessionEvent := func(typ string, f map[string]string) *proto.AuditEvent {
-		f["service"], f["device_name"] = service, dev.Name
-		return &proto.AuditEvent{Type: typ, User: c.name(), Login: login, Session: sid, Device: dev.ID, Addr: r.RemoteAddr, Fields: f}
-	}
-	if s.record(r.Context(), sessionEvent(proto.EventSessionStart, map[string]string{})) != nil {
-		errAuditDown(w) // an unrecorded session is not brokered
-		return
-	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		deny(http.StatusInternalServerError, api.CodeInternal, "connection cannot be upgraded (HTTP/2?): use HTTP/1.1", nil)
@@ -222,7 +236,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	}
 	start := s.now()
 	log.Info("session started", "event", "session.start")
-	up, down, devErr := splice(client, brw.Reader, conn)
+	// When the device's side fails, the reason is recorded before the
+	// user's connection is closed: the user's client asks for it as soon
+	// as it sees the close.
+	up, down, devErr := splice(client, brw.Reader, conn, func(err error) { live.Done(err.Error()) })
 	if devErr != nil {
 		reason = devErr.Error()
 	}
@@ -244,9 +261,9 @@ type closeWriter interface{ CloseWrite() error }
 // splice copies both ways until both directions end, passing half-closes
 // on. It returns the bytes sent to the device and back, and why the
 // device's side failed (nil when it ended normally). When the device's side
-// fails (the device did not come back within the hold time, say), the
-// user's connection is closed at once.
-func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down int64, devErr error) {
+// fails (the device did not come back within the hold time, say), it calls
+// devFailed and then closes the user's connection at once.
+func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn, devFailed func(error)) (up, down int64, devErr error) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -264,6 +281,7 @@ func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn) (up, down in
 		down, err = io.Copy(client, dev)
 		if err != nil {
 			devErr = err
+			devFailed(err)
 			client.Close()
 			return
 		}

@@ -150,5 +150,6 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		User: c.user.Name, Roles: c.user.Roles, Cluster: s.Cluster, Expires: c.id.Expires.UnixMilli(),
 		KubeUser: user, KubeGroups: groups, RecordInput: c.checker.RecordInput(),
 	}
+	releaseBody(r) // an allowed request's body streams to the cluster at its pace
 	s.Kube.Serve(w, out, g)
 }

@@ -72,7 +72,7 @@ type Artifact struct {
 	// Name is the file name, edge-agent-TARGET.
 	Name string `json:"name"`
 	// Target is the build target ("linux-arm64", ...), as the agent reports
-	// it (firmware/buildinfo.Target).
+	// it (internal/buildinfo.Target).
 	Target string `json:"target"`
 	Size   int64  `json:"size"`
 	// SHA256 is the hex SHA-256 of the file.

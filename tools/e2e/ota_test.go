@@ -39,7 +39,7 @@ import (
 
 const (
 	updatePkg    = "remoteler.dev/edge/firmware/update"
-	buildinfoPkg = "remoteler.dev/edge/firmware/buildinfo"
+	buildinfoPkg = "remoteler.dev/edge/internal/buildinfo"
 )
 
 // agentTarget is the release target of the native agent builds.
@@ -178,7 +178,7 @@ func installDeviceAt(t *testing.T, f *otaFleet, addr, name, bin, key string, lau
 		addr, f.token(), d.dataDir, name, extra)
 	if key != "" {
 		// Else the device pins the keys the fleet gives at join.
-		cfg += fmt.Sprintf("update:\n  release_keys: [%q]\n", key)
+		cfg += fmt.Sprintf("release_key: [%q]\n", key)
 	}
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
