@@ -228,7 +228,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
-	otaSvc.run(ctx, &wg)
+	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)

@@ -12,6 +12,7 @@ import (
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/store"
@@ -105,11 +106,19 @@ func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Regist
 	return o, nil
 }
 
-// run serves downloads and runs the delta worker and the rollout engine
-// until ctx ends.
-func (o *otaParts) run(ctx context.Context, wg *sync.WaitGroup) {
+// run serves downloads and runs the delta worker until ctx ends, and the
+// rollout controller whenever this fleetd is the elected leader (the
+// rollouts job, like token pruning): one fleetd at a time advances and
+// halts rollouts and pushes their offers, writing through the store fenced
+// by its term.
+func (o *otaParts) run(ctx context.Context, wg *sync.WaitGroup, el leader.Elector, st store.Store, log *slog.Logger) {
 	wg.Go(func() { o.releases.Run(ctx) })
-	wg.Go(func() { o.rollouts.Run(ctx) })
+	wg.Go(func() {
+		leader.Run(ctx, "rollouts", el, st, log, func(ctx context.Context, fenced store.Store) error {
+			o.rollouts.Run(ctx, fenced)
+			return nil
+		})
+	})
 	wg.Go(func() {
 		if err := o.http.Serve(o.streams); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Default().Debug("ota http", "err", err)

@@ -269,7 +269,7 @@ func (e *Engine) Create(ctx context.Context, req api.CreateRolloutRequest, by st
 		MaxFailure: maxFail, Window: req.Window, OfflineDeadline: deadline.String(), HealthTimeout: req.HealthTimeout,
 		BandwidthBytes: req.BandwidthBytes, State: api.RolloutRunning, CreatedAt: now, CreatedBy: by, UpdatedAt: now, StageAt: now,
 	}, DeviceIDs: ids}
-	if err := e.saveLocked(ctx, r); err != nil {
+	if err := e.saveLocked(ctx, e.cfg.Store, r); err != nil {
 		return api.Rollout{}, err
 	}
 	e.rollouts[id] = r
@@ -315,9 +315,10 @@ func formatLabels(l map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-func (e *Engine) saveLocked(ctx context.Context, r *record) error {
+// saveLocked writes r to st.
+func (e *Engine) saveLocked(ctx context.Context, st store.Store, r *record) error {
 	b, _ := json.Marshal(r)
-	if err := e.cfg.Store.Put(ctx, rolloutPrefix+r.ID, b); err != nil {
+	if err := st.Put(ctx, rolloutPrefix+r.ID, b); err != nil {
 		return fmt.Errorf("rollouts: save %s: %w", r.ID, err)
 	}
 	return nil
@@ -399,7 +400,7 @@ func (e *Engine) Action(ctx context.Context, id, action, by string) (api.Rollout
 		return api.Rollout{}, invalidf("rollouts: cannot %s rollout %s: it is %s", action, id, r.State)
 	}
 	r.UpdatedAt = e.cfg.Now().UTC()
-	err := e.saveLocked(ctx, r)
+	err := e.saveLocked(ctx, e.cfg.Store, r)
 	v := e.viewLocked(r)
 	e.mu.Unlock()
 	if err != nil {
@@ -499,8 +500,11 @@ func (e *Engine) viewLocked(r *record) api.Rollout {
 }
 
 // Run evaluates rollouts every tick and when something changes, until
-// ctx ends.
-func (e *Engine) Run(ctx context.Context) {
+// ctx ends: it advances, halts and finishes them, and pushes offers. One
+// fleetd at a time runs it (fleetd: the elected leader, fleet/leader), and
+// its changes are written through st, the leader's view of the store
+// fenced by its term; nil means Config.Store.
+func (e *Engine) Run(ctx context.Context, st store.Store) {
 	t := time.NewTicker(e.cfg.Tick)
 	defer t.Stop()
 	for {
@@ -510,7 +514,7 @@ func (e *Engine) Run(ctx context.Context) {
 		case <-t.C:
 		case <-e.wake:
 		}
-		e.evaluate(ctx)
+		e.evaluate(ctx, st)
 	}
 }
 
@@ -519,8 +523,12 @@ type send struct {
 	msg    proto.Message
 }
 
-// evaluate advances, halts and finishes rollouts, and pushes offers.
-func (e *Engine) evaluate(ctx context.Context) {
+// evaluate advances, halts and finishes rollouts, and pushes offers; it
+// writes the rollouts it changes through st (nil: Config.Store).
+func (e *Engine) evaluate(ctx context.Context, st store.Store) {
+	if st == nil {
+		st = e.cfg.Store
+	}
 	var sends []send
 	var events []*proto.AuditEvent
 	e.mu.Lock()
@@ -558,7 +566,7 @@ func (e *Engine) evaluate(ctx context.Context) {
 		}
 		if changed {
 			r.UpdatedAt = now
-			if err := e.saveLocked(ctx, r); err != nil {
+			if err := e.saveLocked(ctx, st, r); err != nil {
 				e.log.Error("save rollout", "err", err)
 			}
 		}

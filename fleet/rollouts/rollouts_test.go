@@ -156,7 +156,7 @@ func (s *fleetSim) until(id string, what string, cond func(api.Rollout) bool) ap
 	s.t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		s.e.evaluate(context.Background())
+		s.e.evaluate(context.Background(), nil)
 		ro, err := s.e.Get(context.Background(), id)
 		if err != nil {
 			s.t.Fatal(err)
@@ -225,7 +225,7 @@ func TestRolloutStagesAdvanceAndOfflineDevicesCatchUp(t *testing.T) {
 			t.Fatalf("stage %d: rollout %s: %s", stage, ro.State, ro.Reason)
 		}
 		// The soak holds the stage.
-		s.e.evaluate(context.Background())
+		s.e.evaluate(context.Background(), nil)
 		if r, _ := s.e.Get(context.Background(), ro.ID); r.Stage != stage {
 			t.Fatalf("stage %d advanced before its soak", stage)
 		}
