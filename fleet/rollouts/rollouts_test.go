@@ -15,6 +15,7 @@ import (
 
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/releases"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -310,4 +311,43 @@ func (s *fleetSim) clockOffers(id string) int {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return 0
+}
+
+// TestControllerWritesThroughItsStore: the controller's decisions (here a
+// halt) go through the store Run is given, which fleetd fences by the
+// leader's term: once the term is over, they fail there and the fleet's
+// store keeps what it had.
+func TestControllerWritesThroughItsStore(t *testing.T) {
+	s := newFleetSim(t, 200, 0.1)
+	for _, id := range s.ids {
+		s.connect(id)
+	}
+	ctx := context.Background()
+	ro, err := s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{10, 100}, Soak: "10m", MaxFailure: 5}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.e.cfg.Store
+	if err := st.Put(ctx, "leader/rollouts", []byte("the next leader")); err != nil {
+		t.Fatal(err)
+	}
+	deposed := store.Guarded(st, store.Guard{Key: "leader/rollouts", Value: []byte("this replica")})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		s.e.evaluate(ctx, deposed)
+		if r, _ := s.e.Get(ctx, ro.ID); r.State == api.RolloutHalted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rollout never halted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b, err := st.Get(ctx, rolloutPrefix+ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"state":"running"`) {
+		t.Errorf("a deposed controller's halt reached the store: %s", b)
+	}
 }
