@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 
 	"remoteler.dev/edge/fleet/releases"
@@ -43,8 +45,19 @@ func (s *Server) listReleases(w http.ResponseWriter, r *http.Request, c *caller)
 }
 
 func (s *Server) putReleaseBlob(w http.ResponseWriter, r *http.Request, c *caller) {
+	// An artefact is megabytes: it may take longer than the body timeout
+	// on a slow link, as long as it keeps arriving.
+	liftBodyTotal(r)
 	body := http.MaxBytesReader(w, r.Body, releases.MaxBlob)
 	if err := s.Releases.PutBlob(r.Context(), r.PathValue("sum"), body); err != nil {
+		if errors.Is(err, errBodyTimeout) {
+			writeError(w, http.StatusRequestTimeout, api.CodeBadRequest, err.Error()+": send it again")
+			return
+		}
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			writeError(w, http.StatusRequestEntityTooLarge, api.CodeBadRequest, fmt.Sprintf("upload release artefact: larger than %d bytes", releases.MaxBlob))
+			return
+		}
 		s.storeError(w, "upload release artefact", err)
 		return
 	}
