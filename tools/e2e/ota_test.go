@@ -543,11 +543,11 @@ func TestOTAUpdates(t *testing.T) {
 
 func releaseOf(t *testing.T, f *otaFleet, version string) api.Release {
 	t.Helper()
-	var rels []api.Release
-	if err := json.Unmarshal([]byte(f.ctl("", "releases", "ls", "--format=json")), &rels); err != nil {
-		t.Fatal(err)
+	var rels api.List[api.Release]
+	if err := json.Unmarshal([]byte(f.ctl("", "releases", "ls", "--format=json")), &rels); err != nil || rels.Kind != "releases" {
+		t.Fatalf("releases ls --format=json: kind %q, %v", rels.Kind, err)
 	}
-	for _, r := range rels {
+	for _, r := range rels.Items {
 		if r.Version == version {
 			return r
 		}
