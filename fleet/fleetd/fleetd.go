@@ -164,7 +164,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		keepalive: time.Duration(cfg.DeviceKeepalive), liveness: time.Duration(cfg.DeviceLiveness)}
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
-	tunnels := tunnelsrv.New(tcfg)
+	var tunnels *tunnelsrv.Server
+	otaSvc, err := newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: ota: %w", err)
+	}
+	tunnels = tunnelsrv.New(tcfg)
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -208,6 +213,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		Releases:      otaSvc.releases,
+		Rollouts:      otaSvc.rollouts,
 		LinkLoss:      links.Loss,
 		Sessions:      live,
 		Now:           now,
@@ -239,6 +246,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)

@@ -33,7 +33,9 @@ import (
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/retention"
+	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/sso"
@@ -70,6 +72,10 @@ type Server struct {
 	SSO        *sso.Service
 	Tickets    *ticket.Service
 	DeviceAuth *deviceauth.Server
+	// Releases and Rollouts serve the OTA admin endpoints (ota.go) and
+	// the devices' update state; nil turns them off.
+	Releases *releases.Service
+	Rollouts *rollouts.Engine
 	// Retention is the storage policy /v1/retention reads and sets, and
 	// Floor the free-space floor it reports; nil: none.
 	Retention *retention.Service
@@ -205,6 +211,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
 	s.auditRoutes(mux)
+	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
 	s.ssoRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -119,6 +119,9 @@ func (s *Server) deviceCerts(dev devices.Device, csr []byte, sshPub ssh.PublicKe
 		SSHHostCert: string(ssh.MarshalAuthorizedKey(hostCert)),
 		ServerTime:  s.now().UTC(),
 	}
+	if s.Releases != nil {
+		resp.ReleaseKeys = s.Releases.TrustedKeys(context.Background()).Strings()
+	}
 	for _, k := range s.CA.UserCAKeys() {
 		resp.UserCAKeys = append(resp.UserCAKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
 	}
