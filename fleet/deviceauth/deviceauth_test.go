@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -16,7 +17,6 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +30,7 @@ import (
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 	"remoteler.dev/edge/tools/logtest"
 	"remoteler.dev/edge/tools/oidcprovider"
 )
@@ -39,39 +40,6 @@ import (
 // "browser" (an HTTP client with a cookie jar that sends the Origin header
 // a browser sends) that logs in through a real OpenID provider on loopback
 // (tools/oidcprovider); tools/e2e does it with tsh and Chromium.
-
-type events struct {
-	mu  sync.Mutex
-	all []proto.AuditEvent
-}
-
-func (e *events) Record(_ context.Context, ev *proto.AuditEvent) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.all = append(e.all, *ev)
-	return nil
-}
-
-func (e *events) types() []string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []string
-	for _, ev := range e.all {
-		out = append(out, ev.Type)
-	}
-	return out
-}
-
-func (e *events) find(typ string) (proto.AuditEvent, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, ev := range e.all {
-		if ev.Type == typ {
-			return ev, true
-		}
-	}
-	return proto.AuditEvent{}, false
-}
 
 // fakeBrowserLogin stands in for the fleet's browser login (which another
 // package brings): whoever sends the cookie "test_session=NAME" is NAME.
@@ -96,7 +64,7 @@ type fixture struct {
 	auth    *Server
 	tickets *ticket.Service
 	users   *users.Service
-	events  *events
+	events  *audittest.Recorder
 	now     func() time.Time
 }
 
@@ -117,7 +85,7 @@ func newFixture(t *testing.T, browser Browser) *fixture {
 	roles.EnsurePresets(ctx)
 	us := &users.Service{Store: st, HashParams: users.HashParams{Time: 1, MemoryKiB: 64, Threads: 1}}
 	us.Add(ctx, api.AddUserRequest{Name: "alice", Password: "alice-password", Roles: []string{"access"}})
-	ev := &events{}
+	ev := &audittest.Recorder{}
 	mux := http.NewServeMux()
 	srv := httptest.NewUnstartedServer(mux)
 	srv.StartTLS()
@@ -320,12 +288,12 @@ func TestHeadlessLoginApprovedWithSSO(t *testing.T) {
 	if tk.User != "carol@example.com" || tk.Method != "headless" || tk.Connector != "test" || tk.SSHPublicKey != k.sshPub || tk.TTL != time.Hour || string(tk.CSR) != string(k.csr) {
 		t.Errorf("ticket %+v", tk)
 	}
-	ev, ok := f.events.find(proto.EventHeadlessApproved)
+	ev, ok := f.events.Find(proto.EventHeadlessApproved)
 	if !ok || ev.User != "carol@example.com" || ev.Fields["user_code"] != da.UserCode || ev.Fields["method"] != "sso:test" || ev.Fields["host"] != "build-box" {
-		t.Errorf("approval event %+v (events %q)", ev, f.events.types())
+		t.Errorf("approval event %+v (events %q)", ev, f.events.Types())
 	}
-	if _, ok := f.events.find(proto.EventUserLogin); !ok {
-		t.Errorf("no SSO login event: %q", f.events.types())
+	if _, ok := f.events.Find(proto.EventUserLogin); !ok {
+		t.Errorf("no SSO login event: %q", f.events.Types())
 	}
 	if code, _ := f.poll(t, da); code != "expired_token" {
 		t.Errorf("poll after the token was taken: %q, want expired_token", code)
@@ -342,7 +310,7 @@ func TestHeadlessLoginDenied(t *testing.T) {
 	if code, _ := f.poll(t, da); code != "access_denied" {
 		t.Errorf("poll after denial: %q, want access_denied", code)
 	}
-	if ev, ok := f.events.find(proto.EventHeadlessDenied); !ok || ev.User != "carol@example.com" || ev.Outcome != proto.OutcomeDenied {
+	if ev, ok := f.events.Find(proto.EventHeadlessDenied); !ok || ev.User != "carol@example.com" || ev.Outcome != proto.OutcomeDenied {
 		t.Errorf("denial event %+v", ev)
 	}
 }
@@ -534,5 +502,24 @@ func TestNormalizeUserCode(t *testing.T) {
 		if got, ok := NormalizeUserCode(c); !ok || got != c {
 			t.Fatalf("a new code %q does not normalise to itself", c)
 		}
+	}
+}
+
+// TestNoApprovalUnrecorded: an approval that cannot be recorded approves
+// nothing.
+func TestNoApprovalUnrecorded(t *testing.T) {
+	f := newFixture(t, fakeBrowserLogin{})
+	da := f.start(t, newKeys(t))
+	b := f.browser(t)
+	u, _ := url.Parse(f.srvURL)
+	b.c.Jar.SetCookies(u, []*http.Cookie{{Name: "test_session", Value: "alice"}})
+	_, page := b.do(http.MethodGet, da.VerificationURIComplete, nil, "")
+	f.events.Err = errors.New("disk full")
+	status, page := b.do(http.MethodPost, f.srvURL+api.PathDeviceVerify+"/decide", url.Values{"csrf": {csrfOf(t, page)}, "decision": {"approve"}}, "")
+	if status != http.StatusServiceUnavailable || !strings.Contains(page, "approved nothing") {
+		t.Fatalf("approval with the trail down: %d\n%s", status, page)
+	}
+	if code, _ := f.poll(t, da); code != "authorization_pending" {
+		t.Errorf("poll: %q, want the login pending again", code)
 	}
 }

@@ -261,16 +261,21 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	approve := r.PostForm.Get("decision") == "approve"
-	g, err := s.decideGrant(ctx, a.UserCode, a.User, a.Method, approve)
+	_, g, _, err := s.grantByCode(ctx, a.UserCode)
+	if err == nil && (g.State != statePending || !s.cfg.Now().Before(g.Expires)) {
+		err = errNoGrant
+	}
 	if errors.Is(err, errNoGrant) {
 		s.message(w, http.StatusNotFound, "Unknown code", "The code "+a.UserCode+" is unknown, was already used or has expired: run tsh login --headless again.", "")
 		return
 	}
 	if err != nil {
 		s.log.Error("approval", "err", err)
-		s.message(w, http.StatusInternalServerError, "Try again", "The fleet could not record your decision; try again.", a.UserCode)
+		s.message(w, http.StatusInternalServerError, "Try again", "The fleet could not read the login; try again.", a.UserCode)
 		return
 	}
+	// The decision is recorded before it takes effect: no approval
+	// without its event.
 	ev := &proto.AuditEvent{Type: proto.EventHeadlessDenied, Outcome: proto.OutcomeDenied, User: a.User, Addr: r.RemoteAddr,
 		Fields: map[string]string{"user_code": a.UserCode, "method": a.Method, "client": g.ClientAddr, "host": g.Host}}
 	if approve {
@@ -279,11 +284,23 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request) {
 	if err := s.record(ctx, ev); err != nil {
 		s.log.Error("audit event not recorded", "type", ev.Type, "err", err)
 		if approve {
-			// Nothing is approved unrecorded.
-			s.decideGrantAgain(ctx, a)
-			s.message(w, http.StatusServiceUnavailable, "Not approved", "The fleet cannot write its audit log right now, so it approved nothing; try again later.", "")
+			s.message(w, http.StatusServiceUnavailable, "Not approved", "The fleet cannot write its audit log right now, so it approved nothing; try again later.", a.UserCode)
 			return
 		}
+	}
+	if _, err := s.decideGrant(ctx, a.UserCode, a.User, a.Method, approve); err != nil {
+		// Expired or taken between the read and the write, or the store
+		// failed: say so in the trail too.
+		s.log.Warn("headless login decision not applied", "user_code", a.UserCode, "err", err)
+		undone := *ev
+		undone.Outcome, undone.Message = proto.OutcomeFailure, "the decision was not applied: "+err.Error()
+		s.record(ctx, &undone)
+		if errors.Is(err, errNoGrant) {
+			s.message(w, http.StatusNotFound, "Unknown code", "The code "+a.UserCode+" expired or was used meanwhile: run tsh login --headless again.", "")
+		} else {
+			s.message(w, http.StatusInternalServerError, "Try again", "The fleet could not record your decision; try again.", a.UserCode)
+		}
+		return
 	}
 	s.log.Info("headless login decided", "user", a.User, "user_code", a.UserCode, "approved", approve)
 	if approve {
@@ -291,20 +308,4 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page.Message(w, http.StatusOK, page.Text{Title: "Denied", Message: "Denied: the terminal that asked gets no certificates."})
-}
-
-// decideGrantAgain turns an approval that could not be recorded into a
-// denial.
-func (s *Server) decideGrantAgain(ctx context.Context, a approval) {
-	for range 8 {
-		key, g, raw, err := s.grantByCode(ctx, a.UserCode)
-		if err != nil || g.State != stateApproved {
-			return
-		}
-		g.State = stateDenied
-		b, _ := json.Marshal(g)
-		if err := s.cfg.Store.CompareAndSwap(ctx, key, raw, b); !errors.Is(err, store.ErrConflict) {
-			return
-		}
-	}
 }

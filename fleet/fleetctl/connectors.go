@@ -170,9 +170,22 @@ func (r *runner) createCommand() *cobra.Command {
 }
 
 func (r *runner) create(cmd *cobra.Command, file string) error {
-	ctx := cmd.Context()
+	data, err := r.readManifest(cmd, "create", file, "FILE.yaml")
+	if err != nil {
+		return err
+	}
+	resources, err := parseResources(data)
+	if err != nil {
+		return fmt.Errorf("create: %s: %w", file, err)
+	}
+	return r.apply(cmd.Context(), "create", resources)
+}
+
+// readManifest reads the file of -f (- is standard input); op names the
+// command in errors and what the file holds in the usage error.
+func (r *runner) readManifest(cmd *cobra.Command, op, file, what string) ([]byte, error) {
 	if file == "" {
-		return cli.Usagef(cmd, "-f FILE.yaml is required")
+		return nil, cli.Usagef(cmd, "-f %s is required", what)
 	}
 	var (
 		data []byte
@@ -184,12 +197,13 @@ func (r *runner) create(cmd *cobra.Command, file string) error {
 		data, err = os.ReadFile(file)
 	}
 	if err != nil {
-		return fmt.Errorf("create: %w", err)
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	resources, err := parseResources(data)
-	if err != nil {
-		return fmt.Errorf("create: %s: %w", file, err)
-	}
+	return data, nil
+}
+
+// apply writes resources to the fleet, in order, and says what it wrote.
+func (r *runner) apply(ctx context.Context, op string, resources []resource) error {
 	c, _, err := r.connect()
 	if err != nil {
 		return err
@@ -199,13 +213,13 @@ func (r *runner) create(cmd *cobra.Command, file string) error {
 		switch {
 		case res.role != nil:
 			if err := c.PutRole(ctx, res.role); err != nil {
-				return fmt.Errorf("create: role %q: %w", res.role.Metadata.Name, apiHint(err))
+				return fmt.Errorf("%s: role %q: %w", op, res.role.Metadata.Name, apiHint(err))
 			}
 			fmt.Fprintf(r.stdio.Out, "Role %q written.\n", res.role.Metadata.Name)
 		case res.connector != nil:
 			conn := res.connector
 			if err := c.PutConnector(ctx, conn); err != nil {
-				return fmt.Errorf("create: connector %q: %w", conn.Metadata.Name, apiHint(err))
+				return fmt.Errorf("%s: connector %q: %w", op, conn.Metadata.Name, apiHint(err))
 			}
 			secret := "its stored client secret kept"
 			if conn.Spec.ClientSecret != "" {

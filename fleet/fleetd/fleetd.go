@@ -384,20 +384,13 @@ func publicURLOf(cfg Config, addr string) (string, error) {
 	return "https://" + clientAddr(addr), nil
 }
 
-// refresh runs f every hour until ctx is done.
+// refresh runs f every hour until ctx is done, logging its errors.
 func refresh(ctx context.Context, log *slog.Logger, f func() error) {
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := f(); err != nil {
-				log.Error("refresh certificates", "err", err)
-			}
+	every(ctx, time.Hour, func() {
+		if err := f(); err != nil {
+			log.Error("refresh certificates", "err", err)
 		}
-	}
+	})
 }
 
 // listen opens TCP and UDP on the same port. With port 0 it retries until

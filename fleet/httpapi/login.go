@@ -252,11 +252,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, req.SSHPublicKey, req.CSR, req.TTL)
 	if err != nil {
-		if status == http.StatusBadRequest {
-			writeError(w, status, api.CodeBadRequest, err.Error())
-		} else {
-			s.storeError(w, "login", err)
-		}
+		s.issueError(w, "login", status, err)
 		return
 	}
 	log.Info("user logged in", "roles", u.Roles, "logins", resp.Logins, "ttl", ttl.String())
@@ -269,6 +265,15 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventCertIssued, User: u.Name, Addr: r.RemoteAddr,
 		Fields: map[string]string{"kind": "user", "expires": resp.Expires.Format(time.RFC3339)}})
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// issueError answers a failed issueUserCerts.
+func (s *Server) issueError(w http.ResponseWriter, op string, status int, err error) {
+	if status == http.StatusBadRequest {
+		writeError(w, status, api.CodeBadRequest, err.Error())
+		return
+	}
+	s.storeError(w, op, err)
 }
 
 // issueUserCerts issues u's SSH certificate (when their roles give logins)

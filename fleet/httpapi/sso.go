@@ -275,11 +275,7 @@ func (s *Server) redeem(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, t.SSHPublicKey, t.CSR, t.TTL)
 	if err != nil {
-		if status == http.StatusBadRequest {
-			writeError(w, status, api.CodeBadRequest, err.Error())
-		} else {
-			s.storeError(w, "redeem", err)
-		}
+		s.issueError(w, "redeem", status, err)
 		return
 	}
 	if s.record(r.Context(), &proto.AuditEvent{Type: proto.EventCertIssued, User: u.Name, Addr: r.RemoteAddr,

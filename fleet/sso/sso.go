@@ -435,13 +435,13 @@ func (s *Service) verify(ctx context.Context, r *http.Request, p *pending) (*Ide
 	if err := idt.Claims(&claims); err != nil {
 		return nil, refuse(ReasonIDToken, "the ID token's claims do not decode: %v", err)
 	}
-	if ui, err := s.userinfo(ctx, prov, tok, idt.Subject); err != nil {
+	ui, err := s.userinfo(ctx, prov, tok, idt.Subject)
+	if err != nil {
 		return nil, err
-	} else if ui != nil {
-		for k, v := range ui {
-			if _, ok := claims[k]; !ok {
-				claims[k] = v // the signed ID token wins
-			}
+	}
+	for k, v := range ui {
+		if _, ok := claims[k]; !ok {
+			claims[k] = v // the signed ID token wins
 		}
 	}
 	id, err := MapClaims(conn, claims)

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 	"remoteler.dev/edge/tools/logtest"
 	"remoteler.dev/edge/tools/oidcprovider"
 )
@@ -29,33 +29,11 @@ import (
 
 const redirect = "https://fleet.test" + api.PathSSOCallback
 
-// events records audit events.
-type events struct {
-	mu  sync.Mutex
-	all []proto.AuditEvent
-}
-
-func (e *events) Record(_ context.Context, ev *proto.AuditEvent) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.all = append(e.all, *ev)
-	return nil
-}
-
-func (e *events) last() proto.AuditEvent {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.all) == 0 {
-		return proto.AuditEvent{}
-	}
-	return e.all[len(e.all)-1]
-}
-
 type fixture struct {
 	prov   *oidcprovider.Provider
 	svc    *Service
 	users  *users.Service
-	events *events
+	events *audittest.Recorder
 }
 
 var testUsers = []oidcprovider.User{
@@ -107,7 +85,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	us := &users.Service{Store: st, HashParams: users.HashParams{Time: 1, MemoryKiB: 64, Threads: 1}}
-	ev := &events{}
+	ev := &audittest.Recorder{}
 	svc := New(Config{Store: st, Users: us, Roles: roles, RedirectURL: redirect, Audit: ev, Logger: log})
 	for _, c := range []api.OIDCConnector{connector("test", prov.Issuer, "fleet"), connector("idclaims", prov.Issuer, "fleet-idclaims")} {
 		if _, err := svc.Connectors.Put(ctx, c); err != nil {
@@ -204,7 +182,7 @@ func TestLogin(t *testing.T) {
 			if d := time.Until(u.SSO.Expires); d > 2*time.Hour || d < time.Hour {
 				t.Errorf("expires in %v, want the ops role's 2h", d)
 			}
-			ev := f.events.last()
+			ev := f.events.Last()
 			if ev.Type != proto.EventUserLogin || ev.User != "carol@example.com" || ev.Fields["method"] != "sso" || ev.Fields["connector"] != conn || ev.Fields["roles"] != "admin,access,ops" {
 				t.Errorf("audit event %+v", ev)
 			}
@@ -298,7 +276,7 @@ func TestRefusals(t *testing.T) {
 			if res == nil || res.Identity != nil || res.Kind != "tsh" {
 				t.Errorf("result %+v: want the login's kind and no identity", res)
 			}
-			ev := f.events.last()
+			ev := f.events.Last()
 			if ev.Type != proto.EventUserLoginFailed || ev.Outcome != proto.OutcomeDenied || ev.Fields["reason"] != tt.reason || ev.Fields["connector"] != conn || ev.Message != ref.Message {
 				t.Errorf("audit event %+v", ev)
 			}
@@ -333,7 +311,7 @@ func TestStateIsUsedOnce(t *testing.T) {
 	if res != nil {
 		t.Errorf("a replayed state gave a result: %+v", res)
 	}
-	if ev := f.events.last(); ev.Type != proto.EventUserLoginFailed || ev.Fields["reason"] != ReasonState {
+	if ev := f.events.Last(); ev.Type != proto.EventUserLoginFailed || ev.Fields["reason"] != ReasonState {
 		t.Errorf("audit event %+v", ev)
 	}
 	for _, q := range []string{"", "?state=", "?state=made-up&code=x"} {
@@ -452,5 +430,16 @@ func TestPKCEVerifierIsChecked(t *testing.T) {
 	var ref *Refusal
 	if !errors.As(err, &ref) || ref.Reason != ReasonExchange {
 		t.Fatalf("Finish with another verifier: %v, want a code exchange refusal", err)
+	}
+}
+
+// TestNoLoginUnrecorded: when the audit trail cannot be written, the
+// login does not go ahead.
+func TestNoLoginUnrecorded(t *testing.T) {
+	f := newFixture(t)
+	f.events.Err = errors.New("disk full")
+	res, err := f.login(t, "test", "carol", "carol-pw")
+	if err == nil || !strings.Contains(err.Error(), "cannot write its audit log") {
+		t.Fatalf("Finish with the trail down: %+v, %v", res, err)
 	}
 }

@@ -646,7 +646,7 @@ func (p *Provider) resign(raw string, edit func(map[string]any)) (string, error)
 	p.mu.Lock()
 	key := p.key
 	p.mu.Unlock()
-	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
 		return "", err
 	}
