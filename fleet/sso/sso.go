@@ -10,7 +10,8 @@
 // the fleet's one redirect address (api.PathSSOCallback), which Callback
 // serves: it takes the state (once: a replayed state is refused), exchanges
 // the code with the PKCE verifier, verifies the ID token (signature
-// against the provider's published keys, issuer, audience, expiry, nonce),
+// against the keys the provider publishes at that moment, issuer,
+// audience, expiry, nonce),
 // reads the userinfo endpoint, maps the claims, records the user
 // (users.PutSSO) and the login in the audit log, and hands the result to
 // the finisher registered for the login's kind (Handle): tsh's loopback
@@ -93,8 +94,9 @@ type Config struct {
 	// PendingTTL is how long a started login may take; default 10m.
 	PendingTTL time.Duration
 	// ProviderTTL is how long a provider's discovery document is kept
-	// before it is fetched again; default 1h. Its keys are fetched again
-	// whenever a token names a key the fleet has not seen.
+	// before it is fetched again; default 1h. Its keys (JWKS) are
+	// fetched at every login: a key the provider stopped publishing is
+	// refused at once.
 	ProviderTTL time.Duration
 	// UserCertTTL is the fleet's default certificate lifetime, which roles'
 	// max_session_ttl caps: the bound of a login's certificates recorded

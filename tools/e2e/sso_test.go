@@ -223,7 +223,12 @@ func TestSSOLoginWithBrowser(t *testing.T) {
 			}
 		}
 		// The listing goes back in without the secret, which stays.
-		f.Ctl(f.Ctl("", "connectors", "ls", "--format=yaml"), "create", "-f", "-")
+		if out := f.Ctl(f.Ctl("", "connectors", "ls", "--format=yaml"), "create", "-f", "-"); !strings.Contains(out, "its stored client secret kept") {
+			t.Errorf("create -f of the listing: %q", out)
+		}
+		if out := f.Ctl("", "connectors", "ls"); !regexp.MustCompile(`test\s+http://127\.0\.0\.1:\d+\s+fleet\s+stored\s+groups=fleet-admins→admin`).MatchString(out) {
+			t.Errorf("connectors ls after the round trip:\n%s", out)
+		}
 	})
 	t.Run("audited", func(t *testing.T) {
 		var login, cert bool
