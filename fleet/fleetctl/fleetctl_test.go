@@ -413,6 +413,31 @@ func FuzzParseRoles(f *testing.F) {
 	})
 }
 
+// FuzzParseResources feeds create -f files (roles, connectors, listings of
+// both) to parseResources: it never panics, and what it accepts is
+// complete.
+func FuzzParseResources(f *testing.F) {
+	f.Add([]byte("kind: role\nmetadata: {name: r}\nspec: {allow: {logins: [pi]}}\n---\nkind: oidc\nmetadata: {name: okta}\nspec: {issuer_url: https://x, client_id: a, scopes: groups, claims_to_roles: [{claim: g, value: v, roles: [r]}]}\n"))
+	f.Add([]byte("kind: connectors\nitems: [{metadata: {name: a}, spec: {has_secret: true}}, 3]\n"))
+	f.Add([]byte("kind: roles\nitems: {}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		res, err := parseResources(data)
+		if err != nil {
+			return
+		}
+		for _, r := range res {
+			switch {
+			case r.role != nil && (r.role.Kind != "role" || r.role.Version != "v1" || r.role.Metadata.Name == ""):
+				t.Fatalf("accepted an incomplete role %+v", r.role)
+			case r.connector != nil && (r.connector.Kind != api.ConnectorKindOIDC || r.connector.Metadata.Name == "" || r.connector.Spec.HasSecret):
+				t.Fatalf("accepted an incomplete connector %+v", r.connector)
+			case r.role == nil && r.connector == nil:
+				t.Fatal("an empty resource")
+			}
+		}
+	})
+}
+
 func FuzzParseFleetInfo(f *testing.F) {
 	f.Add([]byte(`{"addr":"127.0.0.1:3080","ca_pin":"sha256:` + strings.Repeat("0", 64) + `","cluster":"fleet"}`))
 	f.Add([]byte(`{"addr":""}`))
