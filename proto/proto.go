@@ -40,7 +40,17 @@
 // whose header has keys 9 or 10 (users whose roles turn forwarding or
 // file copies off): update agents after the fleet.
 //
-// Second revision of 2026-12-06: the hello's apps (Hello key 10: the web
+// Revision of 2026-12-06, later (OTA; older agents never receive these,
+// since the fleet sends an offer only to an agent that sent an
+// update-status first): update-offer (fleet to agent: the signed release
+// the device should run, with an optional delta) and update-status (agent
+// to fleet: where its update stands) on the control stream; agent-stream,
+// the first frame of a stream the agent opens to reach a fleet service
+// (service "ota": HTTP/1.1 downloads of release artefacts with Range
+// requests); the hello answer's Updates (key 7), without which (an older
+// fleet) the agent sends no update-status. See update.go.
+//
+// Third revision of 2026-12-06: the hello's apps (Hello key 10: the web
 // apps the agent offers, each with its name, URI, labels, certificate
 // opt-out and rewrites) and service "app" streams, whose header's Target
 // names the app and which carry HTTP/1.1 to it. An agent that declares no

@@ -26,7 +26,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -229,4 +231,17 @@ func ParseFlag(v string) (App, error) {
 		}
 	}
 	return a, nil
+}
+
+// FlagForm is a's --app flag form (ParseFlag reads it back; rewrites have
+// no flag form and are left out).
+func FlagForm(a App) string {
+	s := a.Name + "=" + a.URI
+	if a.InsecureSkipVerify {
+		s += ",insecure-skip-verify"
+	}
+	for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
+		s += ",label:" + k + "=" + a.Labels[k]
+	}
+	return s
 }

@@ -14,6 +14,7 @@ import (
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/web/login"
+	"remoteler.dev/edge/fleet/web/page"
 )
 
 // code is a one-time code that carries a browser from the fleet's host
@@ -192,10 +193,7 @@ func (s *Server) appLogout(w http.ResponseWriter, r *http.Request, label string)
 // checkAppPost checks a POST to the fleet's paths on an app's host: from
 // that host, with the app session's CSRF token.
 func checkAppPost(r *http.Request, as *session) error {
-	if o := r.Header.Get("Origin"); o != "" && o != as.origin {
-		return errors.New("the request did not come from this app's logout page")
-	}
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+	if !page.SameOrigin(r, as.origin) {
 		return errors.New("the request did not come from this app's logout page")
 	}
 	r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)

@@ -39,11 +39,11 @@ func TestRecorderGroupCommit(t *testing.T) {
 		}
 		seen[rec.Event.Fields["i"]] = true
 	}
-	chains, err := l.Verify(context.Background())
+	v, err := l.Verify(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range chains {
+	for _, c := range v.Chains {
 		if !c.OK || c.Events != n {
 			t.Errorf("chain %s: %+v", c.Source, c)
 		}

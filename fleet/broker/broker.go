@@ -36,6 +36,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -384,8 +385,59 @@ func (b *Broker) Open(ctx context.Context, g *Grant, target string) (net.Conn, e
 // OpenPooled is Open for services that open several streams per session
 // (pooled HTTP connections: Kubernetes, apps): each stream gets an ID of
 // its own, and the fleet ends the session by closing them.
+//
+// Each stream's session.start is recorded before the device hears of it,
+// and its session.end when it closes: the device's own events about the
+// stream name its ID, and are checked against the fleet's record (see
+// fleet/audit's claims.go). A stream the audit trail cannot record is not
+// opened.
 func (b *Broker) OpenPooled(ctx context.Context, g *Grant, target string) (net.Conn, error) {
-	return b.open(ctx, g, target, NewID())
+	id := NewID()
+	ev := func(typ, outcome, msg string) *proto.AuditEvent {
+		s := &g.Session
+		f := map[string]string{"service": s.Service, "device_name": s.DeviceName, "kind": "stream"}
+		if s.ID != "" {
+			f["parent"] = s.ID
+		}
+		if target != "" {
+			f["app"] = target
+		}
+		if s.KubeUser != "" {
+			f["kube_user"], f["kube_groups"] = s.KubeUser, strings.Join(s.KubeGroups, ",")
+		}
+		return &proto.AuditEvent{Type: typ, Outcome: outcome, User: s.User, Session: id, Device: s.DeviceID,
+			Addr: s.ClientAddr, Message: msg, Fields: f}
+	}
+	if err := b.Record(ctx, ev(proto.EventSessionStart, proto.OutcomeSuccess, "")); err != nil {
+		return nil, &Refusal{Status: StatusUnavailable, Msg: AuditDown}
+	}
+	conn, err := b.open(ctx, g, target, id)
+	if err != nil {
+		b.Record(ctx, ev(proto.EventSessionEnd, proto.OutcomeFailure, err.Error()))
+		return nil, err
+	}
+	return &recordedConn{Conn: conn, end: func() { b.Record(context.Background(), ev(proto.EventSessionEnd, proto.OutcomeSuccess, "")) }}, nil
+}
+
+// recordedConn calls end once, when it is first closed.
+type recordedConn struct {
+	net.Conn
+	once sync.Once
+	end  func()
+}
+
+func (c *recordedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.end)
+	return err
+}
+
+// CloseWrite half-closes the stream, when the stream can.
+func (c *recordedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (net.Conn, error) {
@@ -557,8 +609,19 @@ func (s *Session) Done(ctx context.Context, reason string, st Stats) string {
 	return reason
 }
 
+// MarkDone tells the registry the session has ended, with reason, before
+// Done records it: a client that asks why (sessions.Registry.Ended) as
+// soon as its connection closes finds the reason.
+func (s *Session) MarkDone(reason string) {
+	if why := s.live.Ending(); why != "" {
+		reason = why
+	}
+	s.live.Done(reason)
+}
+
 // DoneSilently is Done for a session whose events its service records
-// itself (StartOptions.NoEvents).
+// itself (StartOptions.NoEvents), and for one that never started on the
+// device (its refusal is the record).
 func (s *Session) DoneSilently(reason string) string {
 	if why := s.live.Ending(); why != "" {
 		reason = why

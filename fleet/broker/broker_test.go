@@ -5,12 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
@@ -25,6 +27,9 @@ import (
 // is one end of a pipe whose other end echoes in upper case, like a device
 // serving the session.
 type fakeTunnels struct {
+	// onOpen, when set, runs as a stream is opened.
+	onOpen func(deviceID string, h *proto.StreamHeader)
+
 	mu      sync.Mutex // guards the fields below
 	offline bool
 	refuse  *proto.Error
@@ -36,6 +41,9 @@ type fakeTunnels struct {
 var errOffline = errors.New("offline")
 
 func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	if f.onOpen != nil {
+		f.onOpen(id, h)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.offline {
@@ -293,7 +301,7 @@ func TestSessionLifecycle(t *testing.T) {
 	s.OnEnd(func() { dev.Close(); user.Close() })
 	done := make(chan Stats, 1)
 	go func() {
-		up, down, _ := Splice(user, nil, dev)
+		up, down, _ := Splice(user, nil, dev, nil)
 		done <- Stats{Up: up, Down: down}
 	}()
 	client.Write([]byte("hello"))
@@ -364,5 +372,59 @@ func TestStartRefusesExpired(t *testing.T) {
 	var ref *Refusal
 	if !errors.As(err, &ref) || ref.Status != StatusUnauthorized || !strings.Contains(ref.Msg, "expired") {
 		t.Fatalf("got %v, want an expiry refusal", err)
+	}
+}
+
+// TestPooledStreamsAreRecordedBeforeTheyOpen: each pooled stream's
+// session.start is committed in the hash-chained trail before the device
+// hears of the stream (the device's own events about it are checked
+// against that record), and its session.end when it closes; a stream the
+// device does not take ends recorded as a failure; a stream the trail
+// cannot record is not opened.
+func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
+	f := newFixture(t)
+	events, err := audit.Open(audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	f.b.cfg.Audit = &audit.Recorder{Log: events, Cluster: "fleet"}
+	var seen []error
+	f.tun.onOpen = func(deviceID string, h *proto.StreamHeader) {
+		_, err := events.Brokered(deviceID, h.SessionID)
+		seen = append(seen, err)
+	}
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := f.b.OpenPooled(ctx, g, "nodered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 1 || seen[0] != nil {
+		t.Fatalf("when the stream was opened, the fleet's record of it: %v", seen)
+	}
+	id := f.tun.headers[0].SessionID
+	conn.Close()
+	conn.Close()
+	recs, _, _ := events.Search(ctx, audit.Query{Session: id})
+	if len(recs) != 2 || recs[0].Event.Type != proto.EventSessionStart || recs[1].Event.Type != proto.EventSessionEnd ||
+		recs[0].Event.User != "alice" || recs[0].Event.Device != f.pi1.ID || recs[0].Event.Fields["app"] != "nodered" {
+		t.Errorf("events of the stream: %+v, want its session.start and one session.end", recs)
+	}
+	f.tun.offline = true
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
+		t.Fatal("a stream to an offline device opened")
+	}
+	all, _, _ := events.Search(ctx, audit.Query{Type: proto.EventSessionEnd})
+	if last := all[len(all)-1].Event; last.Outcome != proto.OutcomeFailure {
+		t.Errorf("the failed stream's end: %+v", last)
+	}
+	f.tun.offline = false
+	events.Close()
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
+		t.Error("a stream was opened that the audit trail could not record")
 	}
 }

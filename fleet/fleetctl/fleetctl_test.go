@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +93,7 @@ func TestUsersAdd(t *testing.T) {
 			name:     "no roles",
 			stdin:    "pa55word\n",
 			args:     []string{"users", "add", "carol"},
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "--roles is required",
 		},
 		{
@@ -103,7 +105,7 @@ func TestUsersAdd(t *testing.T) {
 		{
 			name:     "no name",
 			args:     []string{"users", "add", "--roles=dev"},
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "missing NAME",
 		},
 	}
@@ -169,7 +171,7 @@ spec:
 		{"roles create", func(f string) []string { return []string{"roles", "create", "-f", f} }, "", 0, []string{"admin", "field-tech"}, ""},
 		{"create alias", func(f string) []string { return []string{"create", "-f", f} }, "", 0, []string{"admin", "field-tech"}, ""},
 		{"stdin", func(string) []string { return []string{"create", "-f", "-"} }, twoRoles, 0, []string{"admin", "field-tech"}, ""},
-		{"no file", func(string) []string { return []string{"roles", "create"} }, "", 2, nil, "-f ROLE.yaml is required"},
+		{"no file", func(string) []string { return []string{"roles", "create"} }, "", 1, nil, "-f ROLE.yaml is required"},
 		{"unknown field", func(string) []string { return []string{"create", "-f", "-"} },
 			"kind: role\nmetadata: {name: x}\nspec:\n  allw: {logins: [pi]}\n", 1, nil,
 			`document 1 (role "x"): unknown field "spec.allw"`},
@@ -292,8 +294,8 @@ func TestTokensAdd(t *testing.T) {
 		t.Errorf("--fleet-addr not used: %s", r.stdout)
 	}
 	r = e.run("", "--data-dir", e.dataDir, "tokens", "ls", "--format=json")
-	var toks []api.Token
-	if err := json.Unmarshal([]byte(r.stdout), &toks); err != nil || len(toks) != 2 || toks[0].UsesLeft != 3 {
+	var toks api.List[api.Token]
+	if err := json.Unmarshal([]byte(r.stdout), &toks); err != nil || toks.Kind != "tokens" || len(toks.Items) != 2 || toks.Items[0].UsesLeft != 3 {
 		t.Errorf("tokens ls --format=json: got %s (%v)", r.stdout, err)
 	}
 	if r = e.run("", "--data-dir", e.dataDir, "tokens", "rm", "tok1"); r.code != 0 {
@@ -313,8 +315,8 @@ func TestListings(t *testing.T) {
 		args []string
 		want []string // lines, spaces squeezed
 	}{
-		{"devices", []string{"devices", "ls"}, []string{"NAME LABELS STATUS LAST SEEN VERSION", "gw1 site=north online never 1.0"}},
-		{"users", []string{"users", "ls"}, []string{"NAME ROLES LOGINS TOTP CREATED", "alice dev - no never"}},
+		{"devices", []string{"devices", "ls"}, []string{"NAME LABELS STATUS LAST SEEN VERSION TARGET UPDATE", "gw1 site=north online never 1.0 - -"}},
+		{"users", []string{"users", "ls"}, []string{"NAME ROLES LOGINS TOTP SSO CREATED", "alice dev - no - never"}},
 		{"status", []string{"status"}, []string{
 			"Cluster: fleet", "Version: test", "Address: " + e.fleet.Addr + " (fleetctl uses " + e.fleet.Addr + ")",
 			"CA pin: " + e.fleet.Pin, "Users: 1", "Devices: 1 (0 online)",
@@ -334,8 +336,8 @@ func TestListings(t *testing.T) {
 	}
 	t.Run("devices json", func(t *testing.T) {
 		r := e.run("", "--data-dir", e.dataDir, "devices", "ls", "--format=json")
-		var got []api.Device
-		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0].Name != "gw1" {
+		var got api.List[api.Device]
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got.Items) != 1 || got.Items[0].Name != "gw1" {
 			t.Errorf("got %s (%v)", r.stdout, err)
 		}
 	})
@@ -370,7 +372,8 @@ func TestWhereIsTheFleet(t *testing.T) {
 		{"no data dir", []string{"--data-dir", empty, "status"}, 1,
 			"cannot find " + filepath.Join(empty, "admin", "fleet.json") + ": is fleetd running with --data-dir " + empty + "?"},
 		{"identity not trusted", []string{"-i", e.idPath, "--proxy", clienttest.NewFleet(t).Addr, "status"}, 1, "does not trust"},
-		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{"mistyped command", []string{"--data-dir", e.dataDir, "devcies", "ls"}, 1, `unknown command "devcies" for "fleetctl"; did you mean "devices"?`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -411,6 +414,31 @@ func FuzzParseRoles(f *testing.F) {
 	})
 }
 
+// FuzzParseResources feeds create -f files (roles, connectors, listings of
+// both) to parseResources: it never panics, and what it accepts is
+// complete.
+func FuzzParseResources(f *testing.F) {
+	f.Add([]byte("kind: role\nmetadata: {name: r}\nspec: {allow: {logins: [pi]}}\n---\nkind: oidc\nmetadata: {name: okta}\nspec: {issuer_url: https://x, client_id: a, scopes: groups, claims_to_roles: [{claim: g, value: v, roles: [r]}]}\n"))
+	f.Add([]byte("kind: connectors\nitems: [{metadata: {name: a}, spec: {has_secret: true}}, 3]\n"))
+	f.Add([]byte("kind: roles\nitems: {}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		res, err := parseResources(data)
+		if err != nil {
+			return
+		}
+		for _, r := range res {
+			switch {
+			case r.role != nil && (r.role.Kind != "role" || r.role.Version != "v1" || r.role.Metadata.Name == ""):
+				t.Fatalf("accepted an incomplete role %+v", r.role)
+			case r.connector != nil && (r.connector.Kind != api.ConnectorKindOIDC || r.connector.Metadata.Name == "" || r.connector.Spec.HasSecret):
+				t.Fatalf("accepted an incomplete connector %+v", r.connector)
+			case r.role == nil && r.connector == nil:
+				t.Fatal("an empty resource")
+			}
+		}
+	})
+}
+
 func FuzzParseFleetInfo(f *testing.F) {
 	f.Add([]byte(`{"addr":"127.0.0.1:3080","ca_pin":"sha256:` + strings.Repeat("0", 64) + `","cluster":"fleet"}`))
 	f.Add([]byte(`{"addr":""}`))
@@ -420,4 +448,127 @@ func FuzzParseFleetInfo(f *testing.F) {
 			t.Fatal("accepted fleet.json without addr")
 		}
 	})
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"512", 512, true}, {"512MiB", 512 << 20, true}, {"1.5GiB", 3 << 29, true},
+		{"20 GiB", 20 << 30, true}, {"1GB", 1e9, true}, {"10B", 10, true},
+		{"-1GiB", 0, false}, {"lots", 0, false}, {"GiB", 0, false}, {"1PiB", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseSize(tt.in)
+		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestRolesRoundTrip feeds roles ls --format=yaml and json back to roles
+// create: the listing is also a role file.
+func TestRolesRoundTrip(t *testing.T) {
+	e := newTestEnv(t)
+	const role = "kind: role\nmetadata: {name: field-tech, description: \"techs \\e[2K\"}\nspec: {allow: {logins: [pi], device_labels: {site: [north]}}, options: {max_session_ttl: 4h}}\n"
+	if r := e.run(role, "--data-dir", e.dataDir, "roles", "create", "-f", "-"); r.code != 0 {
+		t.Fatalf("roles create: %s", r.stderr)
+	}
+	want := e.fleet.Roles()
+	for _, format := range []string{"yaml", "json"} {
+		t.Run(format, func(t *testing.T) {
+			out := e.run("", "--data-dir", e.dataDir, "roles", "ls", "--format="+format)
+			if out.code != 0 || strings.Contains(out.stdout, "\x1b") {
+				t.Fatalf("roles ls: exit %d, stdout %q", out.code, out.stdout)
+			}
+			if r := e.run("", "--data-dir", e.dataDir, "roles", "rm", "field-tech"); r.code != 0 || len(e.fleet.Roles()) != 0 {
+				t.Fatalf("roles rm: %s", r.stderr)
+			}
+			if r := e.run(out.stdout, "--data-dir", e.dataDir, "roles", "create", "-f", "-"); r.code != 0 {
+				t.Fatalf("roles create of roles ls: %s", r.stderr)
+			}
+			if got := e.fleet.Roles(); !reflect.DeepEqual(got, want) {
+				t.Errorf("after the round trip: %+v, want %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestParseResources(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        string
+		roles     []string
+		conns     []string
+		errHas    string
+		checkConn func(t *testing.T, c *api.OIDCConnector)
+	}{
+		{name: "role and connector", in: `kind: role
+metadata: {name: dev}
+spec: {allow: {logins: [pi]}}
+---
+kind: oidc
+metadata: {name: okta}
+spec:
+  issuer_url: https://example.okta.com
+  client_id: abc
+  client_secret: s3cret
+  scopes: groups
+  claims_to_roles:
+  - {claim: groups, value: fleet-admins, roles: [admin]}
+`, roles: []string{"dev"}, conns: []string{"okta"}, checkConn: func(t *testing.T, c *api.OIDCConnector) {
+			if c.Version != "v1" || c.Spec.ClientSecret != "s3cret" || len(c.Spec.Scopes) != 1 || c.Spec.ClaimsToRoles[0].Roles[0] != "admin" {
+				t.Errorf("connector %+v", c)
+			}
+		}},
+		{name: "a connectors listing", in: `kind: connectors
+items:
+- kind: oidc
+  version: v1
+  metadata: {name: a}
+  spec: {issuer_url: "https://a", client_id: x, has_secret: true, claims_to_roles: [{claim: g, value: v, roles: [r]}]}
+- metadata: {name: b}
+  spec: {issuer_url: "https://b", client_id: bb, claims_to_roles: []}
+truncated: false
+`, conns: []string{"a", "b"}, checkConn: func(t *testing.T, c *api.OIDCConnector) {
+			if c.Spec.HasSecret {
+				t.Errorf("has_secret kept: the fleet decides it")
+			}
+		}},
+		{name: "typo in a connector", in: "kind: oidc\nmetadata: {name: x}\nspec: {issuer: https://x}\n", errHas: `unknown field "spec.issuer"`},
+		{name: "no name", in: "kind: oidc\nspec: {issuer_url: https://x}\n", errHas: "no metadata.name"},
+		{name: "other kind", in: "kind: saml\nmetadata: {name: x}\n", errHas: `kind is "saml"`},
+		{name: "empty", in: "---\n", errHas: "no resource"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := parseResources([]byte(tt.in))
+			if tt.errHas != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
+					t.Fatalf("err %v, want %q", err, tt.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var roles, conns []string
+			for _, r := range res {
+				if r.role != nil {
+					roles = append(roles, r.role.Metadata.Name)
+				}
+				if r.connector != nil {
+					conns = append(conns, r.connector.Metadata.Name)
+					if tt.checkConn != nil {
+						tt.checkConn(t, r.connector)
+					}
+				}
+			}
+			if !slices.Equal(roles, tt.roles) || !slices.Equal(conns, tt.conns) {
+				t.Errorf("roles %q connectors %q, want %q %q", roles, conns, tt.roles, tt.conns)
+			}
+		})
+	}
 }

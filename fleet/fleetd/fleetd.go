@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
@@ -26,17 +28,27 @@ import (
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/leader"
+	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/linkhealth"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
-	"remoteler.dev/edge/fleet/store/boltstore"
+	"remoteler.dev/edge/fleet/store/backend"
+	"remoteler.dev/edge/fleet/store/etcdstore"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/auditexport"
 )
 
 // Version is fleetd's version, set at build time.
@@ -63,12 +75,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "admin"), 0o700); err != nil {
 		return fmt.Errorf("fleetd: data dir: %w", err)
 	}
-	st, err := boltstore.Open(filepath.Join(cfg.DataDir, "fleet.db"), boltstore.Options{Logger: log})
+	spec, err := backend.Parse(backend.Config{URL: cfg.Store, DataDir: cfg.DataDir, TLS: cfg.StoreTLS})
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	log.Info("opening the store", "store", spec.String())
+	st, err := backend.Open(ctx, spec, log)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer st.Close()
+	fmt.Fprintf(out, "Store: %s\n", spec)
 	return run(ctx, cfg, st, log, out)
+}
+
+// elector returns the leader elector of job name on st: etcd's election
+// for replicas on etcd, the store-based one for the embedded store.
+func elector(st store.Store, name string) leader.Elector {
+	id, _ := os.Hostname()
+	if es, ok := st.(*etcdstore.Store); ok {
+		return &etcdleader.Elector{Store: es, Name: name, ID: id}
+	}
+	return &leader.Local{Store: st, Name: name, ID: id}
 }
 
 func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out io.Writer) error {
@@ -94,7 +122,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer udp.Close()
 	addr := tcp.Addr().String()
 
-	appAddr := webAddr(cfg, tcp.Addr())
+	publicURL, err := publicURLOf(cfg, addr)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	appAddr := webAddr(cfg, publicURL)
 	hosts := append(serverHosts(cfg), appAddr.Domain, "*."+appAddr.Domain)
 	certs := &certHolder{}
 	if err := certs.renew(auth, hosts); err != nil {
@@ -122,7 +154,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 
 	audit := log.With("logger", "audit")
-	events, recs, err := openAudit(cfg, log, now)
+	ckKey, err := loadCheckpointKey(ctx, st)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	sto := newStorage(cfg, st, now)
+	events, recs, err := openAudit(cfg, ckKey, sto, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -150,7 +187,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
-	tunnels := tunnelsrv.New(tcfg)
+	var tunnels *tunnelsrv.Server
+	otaSvc, err := newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: ota: %w", err)
+	}
+	tunnels = tunnelsrv.New(tcfg)
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -177,6 +219,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
 
+	links := linkSampler(tunnels)
+	tickets := &ticket.Service{Store: st, Now: now}
+	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
+		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
+	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -194,10 +241,21 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		Releases:      otaSvc.releases,
+		Rollouts:      otaSvc.rollouts,
+		LinkLoss:      links.Loss,
 		Sessions:      live,
 		Broker:        brk,
 		Lifecycle:     life,
 		Now:           now,
+
+		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
+		BodyTimeout:     time.Duration(cfg.HTTPBodyTimeout),
+		LoginLimit:      loginLimit(cfg),
+		Retention:       sto.policy,
+		Floor:           sto.floor,
+		SSO:             single,
+		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
 	// The browser side: the login, web apps, the keys apps verify their
@@ -208,8 +266,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
-	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, log, now)
+	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
 	defer web.apps.Close()
+	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
+		Limit: apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
 		Handler:           web.route(apiSrv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -226,11 +286,17 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
+	wg.Go(func() { recs.Run(ctx) })
+	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		err := httpSrv.Serve(tls.NewListener(tcp, serverTLS))
+		limited := &sourcelimit.Listener{Listener: tcp, Max: cfg.MaxConnsPerSource, OnRefuse: func(src string) {
+			log.Debug("connection refused: too many from its source", "source", src, "max", cfg.MaxConnsPerSource)
+		}}
+		err := httpSrv.Serve(tls.NewListener(limited, serverTLS))
 		if !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("fleetd: https: %w", err)
 		}
@@ -244,9 +310,6 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	go func() {
 		defer wg.Done()
 		refresh(ctx, log, func() error {
-			if _, err := toks.Prune(ctx); err != nil {
-				log.Warn("prune join tokens", "err", err)
-			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
 			}
@@ -254,9 +317,42 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		})
 	}()
 
+	// CA rotation steps taken on another replica reach this one.
+	wg.Go(func() { followCA(ctx, st, auth, log) })
+	// Logins that were started and never finished (single sign-on,
+	// tickets, headless) are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "login-pruning", elector(st, "login-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			every(ctx, 5*time.Minute, func() {
+				for what, prune := range map[string]func(context.Context) (int, error){
+					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+				} {
+					if _, err := prune(ctx); err != nil {
+						log.Warn("prune "+what, "err", err)
+					}
+				}
+			})
+			return nil
+		})
+	})
+	// Expired join tokens are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			pruner := &tokens.Service{Store: fenced, Now: now, Logger: log}
+			refresh(ctx, log, func() error {
+				if _, err := pruner.Prune(ctx); err != nil {
+					log.Warn("prune join tokens", "err", err)
+				}
+				return nil
+			})
+			return nil
+		})
+	})
+
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)
 	fmt.Fprintf(out, "CA pin: %s\n", auth.Pin())
+	fmt.Fprintf(out, "Audit checkpoint key: %s\n", auditexport.KeyString(events.CheckpointKey()))
 	fmt.Fprintf(out, "Admin identity: %s (used by fleetctl --data-dir %s)\n", filepath.Join(cfg.DataDir, "admin", "identity.pem"), cfg.DataDir)
 
 	var runErr error
@@ -272,24 +368,69 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// The tunnel server returns once it has told every device it is going;
 	// the socket closes after that (deferred), or the close frames are lost.
 	wg.Wait()
+	finalCheckpoint(events, log)
 	log.Info("fleetd stopped")
 	return runErr
 }
 
-// refresh runs f every hour until ctx is done.
-func refresh(ctx context.Context, log *slog.Logger, f func() error) {
-	t := time.NewTicker(time.Hour)
+// loginLimit is the per-source login limit cfg asks for; nil means
+// httpapi's default.
+func loginLimit(cfg Config) *sourcelimit.Limiter {
+	switch every := time.Duration(cfg.LoginEvery); {
+	case every < 0:
+		return &sourcelimit.Limiter{} // off
+	case every == 0 && cfg.LoginBurst == 0:
+		return nil
+	default:
+		if every == 0 {
+			every = httpapi.DefaultLoginEvery
+		}
+		burst := cfg.LoginBurst
+		if burst <= 0 {
+			burst = httpapi.DefaultLoginBurst
+		}
+		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
+	}
+}
+
+// every runs f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := f(); err != nil {
-				log.Error("refresh certificates", "err", err)
-			}
+			f()
 		}
 	}
+}
+
+// publicURLOf is cfg's PublicURL, or its default for the fleet listening
+// at addr.
+func publicURLOf(cfg Config, addr string) (string, error) {
+	if cfg.PublicURL != "" {
+		u, err := url.Parse(cfg.PublicURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return "", fmt.Errorf("public_url %q must be https://HOST[:PORT]", cfg.PublicURL)
+		}
+		return "https://" + u.Host, nil
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if len(cfg.PublicAddrs) > 0 && cfg.PublicAddrs[0] != "" {
+		return "https://" + net.JoinHostPort(cfg.PublicAddrs[0], port), nil
+	}
+	return "https://" + clientAddr(addr), nil
+}
+
+// refresh runs f every hour until ctx is done, logging its errors.
+func refresh(ctx context.Context, log *slog.Logger, f func() error) {
+	every(ctx, time.Hour, func() {
+		if err := f(); err != nil {
+			log.Error("refresh certificates", "err", err)
+		}
+	})
 }
 
 // listen opens TCP and UDP on the same port. With port 0 it retries until
@@ -439,4 +580,14 @@ func loadQUICKeys(ctx context.Context, st store.Store) (*quicKeys, error) {
 		return nil, fmt.Errorf("quic keys: %w", err)
 	}
 	return &k, nil
+}
+
+// linkSampler measures every tunnel's loss outside blackouts, for the
+// device listing's LOSS.
+func linkSampler(tunnels *tunnelsrv.Server) *linkhealth.Sampler {
+	return &linkhealth.Sampler{Links: func(fn func(string, time.Time, linkhealth.Counters)) {
+		tunnels.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
+			fn(id, since, linkhealth.Counters{Sent: st.PacketsSent, Lost: st.PacketsLost, Received: st.PacketsReceived})
+		})
+	}}
 }

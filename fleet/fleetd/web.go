@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -21,11 +22,21 @@ import (
 	"remoteler.dev/edge/proto/api"
 )
 
-// webAddr is where browsers reach the fleet: the apps domain (default the
-// first DNS name among the public addresses, else "localhost") and the
-// public port (default the one fleetd listens on).
-func webAddr(cfg Config, listen net.Addr) apps.Addr {
-	a := apps.Addr{Domain: strings.ToLower(cfg.AppsDomain), Port: cfg.PublicPort}
+// webAddr is where browsers reach the fleet: the apps domain (AppsDomain;
+// default the public URL's host when it is a DNS name, else the first DNS
+// name among the public addresses, else "localhost") and the public URL's
+// port (publicURL is publicURLOf's).
+func webAddr(cfg Config, publicURL string) apps.Addr {
+	a := apps.Addr{Domain: strings.ToLower(cfg.AppsDomain), Port: 443}
+	u, err := url.Parse(publicURL)
+	if err == nil {
+		if p, err := strconv.Atoi(u.Port()); err == nil {
+			a.Port = p
+		}
+	}
+	if a.Domain == "" && err == nil && net.ParseIP(u.Hostname()) == nil && u.Hostname() != "" {
+		a.Domain = strings.ToLower(u.Hostname())
+	}
 	if a.Domain == "" {
 		a.Domain = "localhost"
 		for _, h := range cfg.PublicAddrs {
@@ -33,11 +44,6 @@ func webAddr(cfg Config, listen net.Addr) apps.Addr {
 				a.Domain = strings.ToLower(h)
 				break
 			}
-		}
-	}
-	if a.Port == 0 {
-		if t, ok := listen.(*net.TCPAddr); ok {
-			a.Port = t.Port
 		}
 	}
 	return a
@@ -52,13 +58,14 @@ type web struct {
 }
 
 func newWeb(cfg Config, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
-	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, log *slog.Logger, now func() time.Time) *web {
+	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, admit func(*http.Request) (time.Duration, bool),
+	log *slog.Logger, now func() time.Time) *web {
 	appHosts := "https://*." + addr.Domain
 	if addr.Port != 443 {
 		appHosts += ":" + strconv.Itoa(addr.Port)
 	}
 	lg := login.New(login.Config{
-		Users: us, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Home: appsrv.PathApps, Audit: rec,
+		Users: us, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Home: appsrv.PathApps, Audit: rec, Admit: admit,
 		// The launch of an app after a login redirects to the app's host.
 		FormTargets: []string{appHosts},
 		TTL: func(ctx context.Context, u api.User) time.Duration {
@@ -85,16 +92,18 @@ func newWeb(cfg Config, addr apps.Addr, us *users.Service, roles *rbac.Roles, au
 }
 
 // route sends a request to an app (by its host), to the browser pages
-// (/web/, the JWKS) or to the API.
+// this file mounts (the login, the apps page, the JWKS), or to the API
+// (which serves other pages of its own, such as the headless login's).
 func (wb *web) route(apiHandler http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch p := r.URL.Path; {
-		case wb.apps.IsAppHost(r.Host):
+		if wb.apps.IsAppHost(r.Host) {
 			wb.apps.ServeHTTP(w, r)
-		case p == "/web" || strings.HasPrefix(p, "/web/") || p == api.PathJWKS:
-			wb.mux.ServeHTTP(w, r)
-		default:
-			apiHandler.ServeHTTP(w, r)
+			return
 		}
+		if _, pattern := wb.mux.Handler(r); pattern != "" {
+			wb.mux.ServeHTTP(w, r)
+			return
+		}
+		apiHandler.ServeHTTP(w, r)
 	})
 }

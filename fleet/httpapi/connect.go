@@ -22,7 +22,9 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		l := &out.Link
 		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
 		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
-		if info.Stats.PacketsSent > 0 {
+		if loss, blackouts, ok := s.linkLoss(d.ID); ok {
+			l.LossPercent, l.Blackouts = loss, blackouts
+		} else if info.Stats.PacketsSent > 0 {
 			l.LossPercent = 100 * float64(info.Stats.PacketsLost) / float64(info.Stats.PacketsSent)
 		}
 		l.ConnectedSince = info.Since.UTC()
@@ -31,6 +33,14 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		}
 	}
 	return out
+}
+
+// linkLoss is LinkLoss, when set.
+func (s *Server) linkLoss(deviceID string) (float64, int, bool) {
+	if s.LinkLoss == nil {
+		return 0, 0, false
+	}
+	return s.LinkLoss(deviceID)
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -43,6 +53,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 	for _, d := range all {
 		ad := s.apiDevice(d)
 		s.deviceAudit(c, &ad)
+		if s.Rollouts != nil {
+			ad.Update = s.Rollouts.DeviceUpdate(d.ID)
+		}
 		if c.checker != nil {
 			if !c.checker.CanSeeDevice(d.Labels) {
 				continue
@@ -99,20 +112,26 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		refuse(err.(*broker.Refusal))
 		return
 	}
-	conn, err := b.Open(r.Context(), g, "")
-	if err != nil {
-		var ref *broker.Refusal
-		if errors.As(err, &ref) {
-			deny(ref)
-		}
-		return
-	}
-	defer conn.Close()
+	// Recorded (and registered) before the device hears of the session:
+	// the device's own events about it are checked against this record
+	// (fleet/audit, claims.go). A session the device cannot take ends in
+	// an access.denied for it.
 	sess, err := b.Start(r.Context(), g, broker.StartOptions{})
 	if err != nil {
 		refuse(err.(*broker.Refusal))
 		return
 	}
+	conn, err := b.Open(r.Context(), g, "")
+	if err != nil {
+		var ref *broker.Refusal
+		if !errors.As(err, &ref) {
+			ref = &broker.Refusal{Status: broker.StatusNoAnswer, Msg: err.Error()}
+		}
+		sess.DoneSilently(ref.Msg)
+		deny(ref)
+		return
+	}
+	defer conn.Close()
 	// The session is live from here: the registry may end it (expiry,
 	// access removed) by telling the device, which tells the user and
 	// closes; the broker closes both sides itself shortly after.
@@ -139,7 +158,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	var devErr error
-	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn)
+	// When the device's side fails, the reason is in the registry before
+	// the user's connection is closed: the user's client asks for it as
+	// soon as it sees the close.
+	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn, func(err error) { sess.MarkDone(err.Error()) })
 	if devErr != nil {
 		reason = devErr.Error()
 	}

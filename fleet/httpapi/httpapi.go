@@ -30,13 +30,21 @@ import (
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/releases"
+	"remoteler.dev/edge/fleet/retention"
+	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
@@ -66,6 +74,24 @@ type Server struct {
 	// nil: none. AppKeys sign the JWTs apps get; nil: no rotation.
 	Apps    *apps.Catalog
 	AppKeys *appjwt.Keys
+	// SSO is single sign-on (fleet/sso), Tickets the login tickets its
+	// logins and headless logins end in, and DeviceAuth the headless
+	// login's device flow; nil SSO and DeviceAuth turn them off.
+	SSO        *sso.Service
+	Tickets    *ticket.Service
+	DeviceAuth *deviceauth.Server
+	// Releases and Rollouts serve the OTA admin endpoints (ota.go) and
+	// the devices' update state; nil turns them off.
+	Releases *releases.Service
+	Rollouts *rollouts.Engine
+	// Retention is the storage policy /v1/retention reads and sets, and
+	// Floor the free-space floor it reports; nil: none.
+	Retention *retention.Service
+	Floor     *diskfloor.Floor
+	// LinkLoss gives a device tunnel's packet loss outside blackouts, in
+	// percent, and its blackouts (fleet/linkhealth); nil, or ok false,
+	// falls back to QUIC's count of every lost packet.
+	LinkLoss func(deviceID string) (percent float64, blackouts int, ok bool)
 
 	Cluster   string
 	Version   string
@@ -79,6 +105,16 @@ type Server struct {
 	// Agents renew at half-life.
 	DeviceCertTTL time.Duration
 
+	// LoginLimit rate-limits logins per source address; nil means
+	// DefaultLoginBurst and DefaultLoginEvery (a zero Limiter turns it
+	// off).
+	LoginLimit *sourcelimit.Limiter
+
+	// BodyIdleTimeout is the longest pause allowed inside a request body,
+	// and BodyTimeout the longest a body may take in all; defaults
+	// DefaultBodyIdleTimeout and DefaultBodyTimeout (see limits.go).
+	BodyIdleTimeout, BodyTimeout time.Duration
+
 	// Logger receives operational logs; Audit receives access decisions.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -86,6 +122,7 @@ type Server struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
+	loginOnce sync.Once // sets LoginLimit's default
 	// Sessions is the registry of live brokered sessions: the fleet ends
 	// them when access ends (fleet/sessions), and GET /v1/sessions/ID
 	// says how they ended. Nil: one of the Server's own, which ends
@@ -111,9 +148,13 @@ type Server struct {
 func (s *Server) lifecycle() *lifecycle.Lifecycle {
 	s.ownLifecycle.Do(func() {
 		if s.Lifecycle == nil {
-			s.Lifecycle = lifecycle.New(lifecycle.Config{CA: s.CA, Devices: s.Devices, Tokens: s.Tokens, Cluster: s.Cluster,
+			cfg := lifecycle.Config{CA: s.CA, Devices: s.Devices, Tokens: s.Tokens, Cluster: s.Cluster,
 				CertTTL: s.DeviceCertTTL, Audit: &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
-				Logger: s.Logger, Now: s.Now})
+				Logger: s.Logger, Now: s.Now}
+			if s.Releases != nil {
+				cfg.ReleaseKeys = func(ctx context.Context) []string { return s.Releases.TrustedKeys(ctx).Strings() }
+			}
+			s.Lifecycle = lifecycle.New(cfg)
 		}
 	})
 	return s.Lifecycle
@@ -208,10 +249,13 @@ func (s *Server) Handler() http.Handler {
 	s.kubeRoutes(mux)
 	s.appRoutes(mux)
 	s.auditRoutes(mux)
+	s.otaRoutes(mux)
+	s.retentionRoutes(mux)
+	s.ssoRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.limitBodies(mux)
 }
 
 // caller is the authenticated party behind a request.
@@ -328,6 +372,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, errBodyTimeout) {
+			writeError(w, http.StatusRequestTimeout, api.CodeBadRequest, err.Error()+": send it again")
+			return false
+		}
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
 		return false
 	}

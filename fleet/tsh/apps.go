@@ -20,41 +20,69 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 )
 
-const appsUsage = `Usage:
-  tsh apps ls [--format=text|json]    the web apps you may open, with their addresses
-  tsh apps login APP [--ttl=DURATION] a short-lived certificate for APP (APP--DEVICE, or its
-                                      name when one device offers it), for tsh proxy app
-  tsh apps logout [APP]               forget the app certificates of this login (or APP's)
-  tsh proxy app APP [--port=N]        serve APP on http://127.0.0.1:N (default: a free port)
-
-Browsers open an app at its address after the fleet's login; scripts and
-curl reach it through tsh proxy app.
-`
-
-// apps runs tsh apps SUBCOMMAND.
-func (r *runner) apps(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(r.stdio.Err, appsUsage)
-		return errUsage
+func (r *runner) appsCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "apps",
+		Short: "Web apps on devices, through the fleet",
+		Long: `Web apps on devices: a browser opens one at its address after the
+fleet's login; scripts and curl reach it through tsh proxy app, with a
+certificate for the app from tsh apps login. See docs/apps.md.`,
 	}
-	switch args[0] {
-	case "ls":
-		return r.appsLs(ctx, args[1:])
-	case "login":
-		return r.appsLogin(ctx, args[1:])
-	case "logout":
-		return r.appsLogout(args[1:])
-	case "help", "-h", "--help":
-		fmt.Fprint(r.stdio.Out, appsUsage)
-		return nil
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the web apps you may open, with their addresses",
+		Args:  cli.NoArgs,
 	}
-	fmt.Fprintf(r.stdio.Err, "tsh apps: unknown command %q\n%s", args[0], appsUsage)
-	return errUsage
+	format := cli.FormatFlag(ls, "")
+	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.appsLs(cmd.Context(), *format) }
+
+	var ttl time.Duration
+	login := &cobra.Command{
+		Use:   "login APP",
+		Short: "Get a short-lived certificate for an app, for tsh proxy app",
+		Long: `Get a short-lived client certificate for one app: APP is its name when one
+device offers it, else APP--DEVICE (tsh apps ls shows both).`,
+		Example: `  tsh apps login nodered
+  tsh proxy app nodered --port=8080`,
+		Args: cli.ExactArgs(1, "the APP (tsh apps ls lists them)"),
+		RunE: func(cmd *cobra.Command, args []string) error { return r.appsLogin(cmd.Context(), args[0], ttl) },
+	}
+	login.Flags().DurationVar(&ttl, "ttl", 0, "the certificate's lifetime (default and at most: what is left of your login)")
+
+	logout := &cobra.Command{
+		Use:   "logout [APP]",
+		Short: "Forget the app certificates of this login (or APP's)",
+		Args:  cli.RangeArgs(0, 1, "APP"),
+		RunE:  func(cmd *cobra.Command, args []string) error { return r.appsLogout(args) },
+	}
+	group.AddCommand(ls, login, logout)
+	return group
+}
+
+// proxyAppCommand is tsh proxy app.
+func (r *runner) proxyAppCommand() *cobra.Command {
+	var port int
+	c := &cobra.Command{
+		Use:   "app APP",
+		Short: "Serve a web app on a local port, through the fleet",
+		Long: `Serve APP on http://127.0.0.1:PORT: requests go to the app's address
+through the fleet with the certificate tsh apps login got, so that curl
+and scripts reach the app. Redirects to the app's address come back as
+the local one. Ctrl-C stops it.`,
+		Example: `  tsh apps login nodered
+  tsh proxy app nodered --port=8080 &
+  curl http://127.0.0.1:8080/`,
+		Args: cli.ExactArgs(1, "the APP (tsh apps login APP first)"),
+		RunE: func(cmd *cobra.Command, args []string) error { return r.proxyApp(cmd.Context(), args[0], port) },
+	}
+	c.Flags().IntVar(&port, "port", 0, "local port to listen on, on 127.0.0.1 (default: a free one, printed)")
+	return c
 }
 
 // listApps asks the fleet for the apps the user may open.
@@ -75,33 +103,18 @@ func (r *runner) listApps(ctx context.Context) (*profile, string, []api.App, err
 	return p, dir, all, nil
 }
 
-func (r *runner) appsLs(ctx context.Context, args []string) error {
-	fs := r.flags("apps ls", "tsh apps ls [--format=text|json]")
-	format := fs.String("format", "text", "output format: text or json")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 || (*format != "text" && *format != "json") {
-		return r.usageError(fs, "takes no arguments and --format text or json")
-	}
+func (r *runner) appsLs(ctx context.Context, format cli.Format) error {
 	_, _, all, err := r.listApps(ctx)
 	if err != nil {
 		return fmt.Errorf("apps ls: %w", err)
 	}
-	if *format == "json" {
-		b, err := jsonIndent(all)
-		if err != nil {
-			return err
+	return cli.PrintList(r.stdio.Out, format, "apps", all, false, func() error {
+		if len(all) == 0 {
+			fmt.Fprintln(r.stdio.Err, "No web app you may open; if you expected some, ask your fleet admin about your roles (app_labels).")
+			return nil
 		}
-		_, err = r.stdio.Out.Write(b)
-		return err
-	}
-	if len(all) == 0 {
-		fmt.Fprintln(r.stdio.Err, "No web app you may open; if you expected some, ask your fleet admin about your roles (app_labels).")
-		return nil
-	}
-	return cli.AppTable{}.Write(r.stdio.Out, all)
+		return cli.AppTable{}.Write(r.stdio.Out, all)
+	})
 }
 
 // appFiles are where an app certificate is kept in a profile directory:
@@ -111,16 +124,7 @@ func appFiles(dir, label string) (crt, key, meta string) {
 	return base + ".crt", base + ".key", base + ".json"
 }
 
-func (r *runner) appsLogin(ctx context.Context, args []string) error {
-	fs := r.flags("apps login", "tsh apps login APP [--ttl=DURATION]")
-	ttl := fs.Duration("ttl", 0, "the certificate's lifetime (default and at most: what is left of your login)")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return r.usageError(fs, "name one app (tsh apps ls lists them)")
-	}
+func (r *runner) appsLogin(ctx context.Context, app string, ttl time.Duration) error {
 	p, dir, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -138,7 +142,7 @@ func (r *runner) appsLogin(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("apps login: %w", err)
 	}
-	resp, err := c.AppLogin(ctx, &api.AppLoginRequest{App: pos[0], CSR: csr, TTL: *ttl})
+	resp, err := c.AppLogin(ctx, &api.AppLoginRequest{App: app, CSR: csr, TTL: ttl})
 	if err != nil {
 		return fmt.Errorf("apps login: %w", apiHint(err))
 	}
@@ -241,14 +245,6 @@ func findAppCert(certs []appCert, name string) (*appCert, error) {
 }
 
 func (r *runner) appsLogout(args []string) error {
-	flags := r.flags("apps logout", "tsh apps logout [APP]")
-	pos, err := cli.Parse(flags, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 1 {
-		return r.usageError(flags, "takes at most one app")
-	}
 	_, dir, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -257,8 +253,8 @@ func (r *runner) appsLogout(args []string) error {
 	if err != nil {
 		return fmt.Errorf("apps logout: %w", err)
 	}
-	if len(pos) == 1 {
-		c, err := findAppCert(certs, pos[0])
+	if len(args) == 1 {
+		c, err := findAppCert(certs, args[0])
 		if err != nil {
 			return fmt.Errorf("apps logout: %w", err)
 		}
@@ -278,16 +274,7 @@ func (r *runner) appsLogout(args []string) error {
 
 // proxyApp runs tsh proxy app APP [--port=N]: a local HTTP listener that
 // passes requests to the app through the fleet with its certificate.
-func (r *runner) proxyApp(ctx context.Context, args []string) error {
-	fs := r.flags("proxy app", "tsh proxy app APP [--port=N]")
-	port := fs.Int("port", 0, "local port to listen on, on 127.0.0.1 (default: a free one, printed)")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return r.usageError(fs, "name one app (tsh apps login APP first)")
-	}
+func (r *runner) proxyApp(ctx context.Context, app string, port int) error {
 	p, dir, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -296,7 +283,7 @@ func (r *runner) proxyApp(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("proxy app: %w", err)
 	}
-	ac, err := findAppCert(certs, pos[0])
+	ac, err := findAppCert(certs, app)
 	if err != nil {
 		return fmt.Errorf("proxy app: %w", err)
 	}
@@ -319,7 +306,7 @@ func (r *runner) proxyApp(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("proxy app: %w", err)
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(*port)))
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return fmt.Errorf("proxy app: listen: %w", err)
 	}

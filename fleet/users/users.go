@@ -1,16 +1,32 @@
-// Package users manages the fleet's local users: adding, listing and
-// deleting them, and authenticating a login with a password and, when
+// Package users manages the fleet's users: adding, listing and deleting
+// local users, and authenticating a login with a password and, when
 // enrolled, a TOTP code. Users are stored as JSON under "users/NAME" in a
 // store.Store, with an argon2id password hash (never the password) and the
 // TOTP secret. Only fleet/... server packages import users.
+//
+// Single sign-on users (sso.go) share the same names: their record has no
+// password, only the roles and traits their identity provider's claims gave
+// at their last login, so the fleet checks their certificates and sessions
+// as it checks a local user's, and removing one ends their sessions.
 //
 // Authenticate resists guessing: an unknown user and a wrong password give
 // the same error after the same work (a hash against a dummy); a TOTP code
 // is accepted once; and after MaxFailures failures in a row for a name
 // (wrong password or wrong TOTP code, for known and unknown names alike)
-// that name is locked out for LockOut. The failure counts live in the
-// Service's memory: each fleetd replica counts on its own, and a restart
-// forgets them.
+// that name is locked out, for LockOut the first time and twice as long
+// each time after, up to LockOutMax (default 1 min, 2, 4, ... up to 4 h:
+// with the password known, about 30 one-time-code guesses a day instead of
+// 7,000). A day without failures forgets the doubling. The failure counts
+// live in the Service's memory: each fleetd replica counts on its own, and
+// a restart forgets them; the counts of existing users are never evicted
+// to make room, so a spray of made-up names cannot unlock a real account.
+//
+// Password hashes (argon2id, 64 MiB each by default) run at most MaxHashes
+// at once, and at most MaxHashQueue more wait, each for at most HashWait;
+// past that Authenticate answers ErrBusy at once, so a flood of logins can
+// neither exhaust memory nor leave real logins hanging: they are told to
+// try again. Logins from sources that failed recently (WithLowPriority)
+// wait in a queue of their own, served only when the other is empty.
 package users
 
 import (
@@ -50,7 +66,10 @@ const (
 	DefaultIssuer      = "Remoteler edge"
 	DefaultMaxFailures = 5
 	DefaultLockOut     = time.Minute
+	DefaultLockOutMax  = 4 * time.Hour
 	DefaultHashes      = 2
+	DefaultHashQueue   = 8
+	DefaultHashWait    = 2 * time.Second
 )
 
 var (
@@ -68,7 +87,10 @@ var (
 	// enrolled, but no code was given. Ask for one and try again.
 	ErrTOTPRequired = errors.New("a one-time code from your authenticator app is required")
 	// ErrLocked: too many failures in a row for this user name.
-	ErrLocked = errors.New("too many failed logins for this user; wait a minute and try again")
+	ErrLocked = errors.New("too many failed logins for this user; try again later")
+	// ErrBusy: every password-hashing slot is taken and the queue for
+	// them is full; nothing was checked. Try again in a moment.
+	ErrBusy = errors.New("the fleet is busy checking other logins; try again in a moment")
 )
 
 type kindError struct {
@@ -101,6 +123,8 @@ type record struct {
 	// TOTP code; codes of that step or earlier are refused as replays.
 	TOTPLastStep int64     `json:"totp_last_step,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
+	// SSO is set for single sign-on users, who have no password.
+	SSO *api.SSOUser `json:"sso,omitempty"`
 }
 
 func (r record) api() api.User {
@@ -117,7 +141,16 @@ func (r record) api() api.User {
 		Traits:    traits,
 		TOTP:      r.TOTPSecret != "",
 		CreatedAt: r.CreatedAt,
+		SSO:       cloneSSO(r.SSO),
 	}
+}
+
+func cloneSSO(s *api.SSOUser) *api.SSOUser {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	return &c
 }
 
 // Service manages users. Set its fields before the first call; the zero
@@ -137,17 +170,23 @@ type Service struct {
 	// MaxHashes is how many password hashes may run at once, which bounds
 	// memory (MaxHashes × m) and CPU under a login flood. Default 2.
 	MaxHashes int
+	// MaxHashQueue is how many more may wait for one, and HashWait how
+	// long each may wait; past either, ErrBusy. Defaults 8 and 2s.
+	MaxHashQueue int
+	HashWait     time.Duration
 	// Issuer names the fleet in authenticator apps. Default
 	// "Remoteler edge".
 	Issuer string
 	// MaxFailures is how many failed logins in a row lock a user name out.
 	// Default 5.
 	MaxFailures int
-	// LockOut is how long a locked-out name stays locked. Default 1 minute.
-	LockOut time.Duration
+	// LockOut is how long a name stays locked the first time; each
+	// lock-out after it in the same run of failures doubles, up to
+	// LockOutMax. Defaults 1 minute and 4 hours.
+	LockOut, LockOutMax time.Duration
 
 	initOnce sync.Once
-	hashSem  chan struct{} // a slot per running hash
+	slots    *hashSlots
 	throttle *throttle
 
 	dummyOnce sync.Once
@@ -160,16 +199,21 @@ func (s *Service) init() {
 		if n <= 0 {
 			n = DefaultHashes
 		}
-		s.hashSem = make(chan struct{}, n)
-		max := s.MaxFailures
-		if max <= 0 {
-			max = DefaultMaxFailures
+		s.slots = newHashSlots(n)
+		maxFails := s.MaxFailures
+		if maxFails <= 0 {
+			maxFails = DefaultMaxFailures
 		}
 		lock := s.LockOut
 		if lock <= 0 {
 			lock = DefaultLockOut
 		}
-		s.throttle = newThrottle(max, lock)
+		ceiling := s.LockOutMax
+		if ceiling <= 0 {
+			ceiling = DefaultLockOutMax
+		}
+		ceiling = max(ceiling, lock)
+		s.throttle = newThrottle(maxFails, lock, ceiling)
 	})
 }
 
@@ -194,14 +238,23 @@ func (s *Service) issuer() string {
 	return s.Issuer
 }
 
-// withHashSlot runs fn while holding one of the MaxHashes slots.
+// withHashSlot runs fn while holding one of the MaxHashes slots. When none
+// is free it waits in its lane's queue (see WithLowPriority) of at most
+// MaxHashQueue, for at most HashWait; past either it returns ErrBusy
+// without running fn.
 func (s *Service) withHashSlot(ctx context.Context, fn func()) error {
-	select {
-	case s.hashSem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	queue := s.MaxHashQueue
+	if queue <= 0 {
+		queue = DefaultHashQueue
 	}
-	defer func() { <-s.hashSem }()
+	wait := s.HashWait
+	if wait <= 0 {
+		wait = DefaultHashWait
+	}
+	if err := s.slots.acquire(ctx, laneOf(ctx), queue, wait); err != nil {
+		return err
+	}
+	defer s.slots.release()
 	fn()
 	return nil
 }
@@ -302,7 +355,7 @@ func distinct(in []string, check func(string) error) ([]string, error) {
 // get returns a user's record and the bytes it was decoded from.
 func (s *Service) get(ctx context.Context, name string) (record, []byte, error) {
 	var r record
-	if CheckName(name) != nil {
+	if CheckName(name) != nil && CheckSSOName(name) != nil {
 		return r, nil, ErrNotFound
 	}
 	b, err := s.Store.Get(ctx, prefix+name)
@@ -348,7 +401,7 @@ func (s *Service) List(ctx context.Context) ([]api.User, error) {
 // ErrNotFound. Certificates already issued to the user stay valid until
 // they expire.
 func (s *Service) Delete(ctx context.Context, name string) error {
-	if CheckName(name) != nil {
+	if CheckName(name) != nil && CheckSSOName(name) != nil {
 		return fmt.Errorf("users: delete %q: %w", name, ErrNotFound)
 	}
 	err := s.Store.Delete(ctx, prefix+name)

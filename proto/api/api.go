@@ -74,6 +74,12 @@ const (
 	CodeConflict      = "conflict"
 	CodeDeviceOffline = "device_offline"
 	CodeInternal      = "internal"
+	// CodeBusy: the fleet is too busy to answer now (every password check
+	// taken, say); try again after the Retry-After header's seconds.
+	CodeBusy = "busy"
+	// CodeRateLimited: too many requests from the client's address; try
+	// again after the Retry-After header's seconds.
+	CodeRateLimited = "rate_limited"
 )
 
 // Error is the body of every non-2xx answer.
@@ -115,6 +121,10 @@ type JoinResponse struct {
 	SSHHostCert string    `json:"ssh_host_cert"` // authorized_keys format
 	UserCAKeys  []string  `json:"user_ca_keys"`  // authorized_keys format
 	ServerTime  time.Time `json:"server_time"`
+	// ReleaseKeys are the release keys (minisign, base64 lines) the fleet
+	// accepts agent releases signed with; the agent pins them for OTA
+	// when its config names none.
+	ReleaseKeys []string `json:"release_keys,omitempty"`
 }
 
 // LoginRequest is POSTed by tsh. CSR is a DER PKCS#10 request for the user's
@@ -171,14 +181,21 @@ type Device struct {
 	Audit *DeviceAudit `json:"audit,omitempty"`
 	// Link is the health of the device's tunnel.
 	Link Link `json:"link"`
+	// Update is where the device's self-update stands (nil: none yet).
+	Update *DeviceUpdate `json:"update,omitempty"`
 }
 
 // Link is a device tunnel's health as the fleet sees it. Counters are for
 // the current connection; Reconnects and AddrChangedAt span connections.
 type Link struct {
-	RTTMillis      float64   `json:"rtt_ms,omitempty"`
-	LossPercent    float64   `json:"loss_percent,omitempty"` // packets the fleet sent that were lost
-	BytesSent      uint64    `json:"bytes_sent,omitempty"`   // fleet → device
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
+	// LossPercent is the share of the packets the fleet sent while the link
+	// worked that were lost: packets lost in blackouts do not count.
+	LossPercent float64 `json:"loss_percent,omitempty"`
+	// Blackouts counts the link's blackouts on this connection: seconds on
+	// end in which the fleet sent and heard nothing.
+	Blackouts      int       `json:"blackouts,omitempty"`
+	BytesSent      uint64    `json:"bytes_sent,omitempty"` // fleet → device
 	BytesReceived  uint64    `json:"bytes_received,omitempty"`
 	ConnectedSince time.Time `json:"connected_since,omitzero"`
 	// Reconnects counts the device's connections after its first.
@@ -195,6 +212,22 @@ type User struct {
 	Traits    map[string][]string `json:"traits,omitempty"`
 	TOTP      bool                `json:"totp"`
 	CreatedAt time.Time           `json:"created_at"`
+	// SSO is set for users who log in through a connector (single
+	// sign-on): they have no password, and their roles and traits are
+	// those their provider's claims gave at their last login.
+	SSO *SSOUser `json:"sso,omitempty"`
+}
+
+// SSOUser says where a single sign-on user comes from.
+type SSOUser struct {
+	// Connector is the connector they logged in with, Subject their ID at
+	// its provider (the sub claim).
+	Connector string `json:"connector"`
+	Subject   string `json:"subject"`
+	// LastLogin is when they last logged in; Expires is when the
+	// certificates of that login expire at the latest.
+	LastLogin time.Time `json:"last_login"`
+	Expires   time.Time `json:"expires,omitzero"`
 }
 
 // AddUserRequest is POSTed to /v1/users. When TOTP is true the answer's

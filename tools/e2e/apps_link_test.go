@@ -66,7 +66,7 @@ func TestAppsThroughBlackout(t *testing.T) {
 	_, sum := patternFile(t, size)
 	got := filepath.Join(t.TempDir(), "download.bin")
 	dl := harness.Start(t, harness.Cmd{Name: "curl download", Path: "curl",
-		Args: []string{"-sS", "--limit-rate", "1M", "-o", got, "-w", "%{http_code} %{size_download}", fmt.Sprintf("%s/download?size=%d", base, size)}})
+		Args: []string{"-sS", "--limit-rate", "1M", "-o", got, "-w", "%{http_code} %{size_download}\n", fmt.Sprintf("%s/download?size=%d", base, size)}})
 	if !harness.Eventually(time.Minute, func() bool {
 		fi, err := os.Stat(got)
 		return err == nil && fi.Size() > 1<<20

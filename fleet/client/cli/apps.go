@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"fmt"
 	"io"
-	"text/tabwriter"
 
 	"remoteler.dev/edge/proto/api"
 )
@@ -16,26 +14,25 @@ type AppTable struct {
 
 // Write writes the table of apps to w.
 func (t AppTable) Write(w io.Writer, apps []api.App) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	header := "APP\tDEVICE\tLABELS\tSTATUS\tADDRESS"
+	header := []string{"APP", "DEVICE", "LABELS", "STATUS", "ADDRESS"}
 	if t.URIs {
-		header += "\tURI"
+		header = append(header, "URI")
 	}
-	fmt.Fprintln(tw, header)
+	tw := NewTable(w, header...)
 	for _, a := range apps {
 		status := "offline"
 		if a.Online {
 			status = "online"
 		}
-		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s", a.Name, a.Device, Labels(a.Labels), status, Dash(a.PublicAddr))
+		row := []string{a.Name, a.Device, Labels(a.Labels), status, Dash(a.PublicAddr)}
 		if t.URIs {
 			uri := a.URI
 			if a.InsecureSkipVerify {
 				uri += " (certificate not verified)"
 			}
-			line += "\t" + Dash(uri)
+			row = append(row, Dash(uri))
 		}
-		fmt.Fprintln(tw, line)
+		tw.Row(row...)
 	}
 	return tw.Flush()
 }

@@ -1,6 +1,7 @@
 // Package login is the fleet's browser login: the login page (user,
 // password and, for users who enrolled an authenticator, a one-time code,
-// checked by the users service, whose throttling applies), the fleet
+// checked by the users service, whose lock-outs apply, after the HTTPS
+// port's per-source login limit), the fleet
 // session it starts, and logout. Everything the fleet serves to browsers
 // (the dashboard, web-app access, the web terminal) builds on it: Session
 // says who is logged in, RedirectToLogin sends a browser through the login
@@ -45,11 +46,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/fleet/web/page"
 	"remoteler.dev/edge/fleet/web/static"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -97,6 +100,11 @@ type Config struct {
 	// that follow them) may go to, in CSP source syntax
 	// ("https://*.fleet.example.com:3080").
 	FormTargets []string
+	// Admit applies the HTTPS port's per-source login limit to a login
+	// (httpapi.Server.AllowLogin): false refuses it, saying how long to
+	// wait. Nil admits every login (the users service's per-user
+	// lock-outs still apply).
+	Admit func(r *http.Request) (wait time.Duration, ok bool)
 	// Audit records logins and logouts; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -226,11 +234,8 @@ func forbidden(why string) error { return fmt.Errorf("%w: %s", ErrForbidden, why
 // own page: from its origin, with the CSRF token of sess (nil: of the
 // login form's cookie). It reads the request's form.
 func (s *Server) CheckPost(r *http.Request, sess *Session) error {
-	if o := r.Header.Get("Origin"); o != "" && o != s.cfg.Origin {
-		return forbidden("origin " + o)
-	}
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
-		return forbidden("Sec-Fetch-Site " + site)
+	if !page.SameOrigin(r, s.cfg.Origin) {
+		return forbidden("from origin " + r.Header.Get("Origin") + ", site " + r.Header.Get("Sec-Fetch-Site"))
 	}
 	r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)
 	if err := r.ParseForm(); err != nil {
@@ -252,21 +257,10 @@ func (s *Server) CheckPost(r *http.Request, sess *Session) error {
 	return nil
 }
 
-// SecurityHeaders sets the headers every fleet page carries: a strict
-// Content-Security-Policy (forms may also post to formTargets), no
-// framing, no sniffing, no referrer, no caching.
-func SecurityHeaders(h http.Header, formTargets ...string) {
-	forms := strings.Join(append([]string{"'self'"}, formTargets...), " ")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; "+
-		"form-action "+forms+"; frame-ancestors 'none'; base-uri 'none'")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("X-Frame-Options", "DENY")
-	// same-origin, not no-referrer: with no-referrer a POST carries
-	// "Origin: null", and the origin check could not tell the fleet's
-	// pages from any other.
-	h.Set("Referrer-Policy", "same-origin")
-	h.Set("Cache-Control", "no-store")
-}
+// SecurityHeaders sets the headers every fleet page carries (fleet/web/page:
+// a strict Content-Security-Policy, forms posting also to formTargets, no
+// framing, no sniffing, no referrer to other sites, no caching).
+func SecurityHeaders(h http.Header, formTargets ...string) { page.Headers(h, formTargets...) }
 
 // view is what the templates render.
 type view struct {
@@ -376,6 +370,13 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	name, next := strings.TrimSpace(f.Get("user")), localPath(f.Get("next"), s.cfg.Home)
 	fail := func(status int, msg string, askTOTP bool) {
 		s.form(w, status, view{Next: next, Name: name, Error: msg, AskTOTP: askTOTP})
+	}
+	if s.cfg.Admit != nil {
+		if wait, ok := s.cfg.Admit(r); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
+			fail(http.StatusTooManyRequests, fmt.Sprintf("Too many logins from your address: try again in %s.", wait.Round(time.Second)), false)
+			return
+		}
 	}
 	u, err := s.cfg.Users.Authenticate(r.Context(), name, f.Get("password"), f.Get("totp"))
 	switch {

@@ -299,3 +299,16 @@ func TestSessionsExpireAndFollowTheUser(t *testing.T) {
 		t.Errorf("an expired session still works: %s", resp.Status)
 	}
 }
+
+// TestPerSourceLimit: a login the HTTPS port's per-source limit refuses is
+// answered 429 before any password is checked.
+func TestPerSourceLimit(t *testing.T) {
+	f := newFixture(t)
+	f.login.cfg.Admit = func(*http.Request) (time.Duration, bool) { return 3 * time.Second, false }
+	c := f.browser(t)
+	tok := f.loginForm(t, c, "/web/")
+	resp, body := post(t, c, f.srv.URL+PathLogin, url.Values{"csrf": {tok}, "user": {"alice"}, "password": {"pw-alice"}}, f.srv.URL)
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "Too many logins from your address") || resp.Header.Get("Retry-After") != "3" {
+		t.Errorf("got %s (Retry-After %q) %q", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+}
