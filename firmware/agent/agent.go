@@ -174,6 +174,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Now:         a.clock.Now,
 		SFTPCommand: a.cfg.SFTPCommand,
 		DialCommand: a.cfg.DialCommand,
+		PasswdFile:  a.cfg.PasswdFile,
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})

@@ -116,6 +116,9 @@ type Config struct {
 	SFTPCommand []string
 	// DialCommand dials port forwards as another user; see sshd.Config.
 	DialCommand []string
+	// PasswdFile is the passwd file naming login shells; see
+	// sshd.Config. edge-agent sets it from EDGE_AGENT_PASSWD.
+	PasswdFile string
 	// Services are the services the agent offers besides SSH and the web
 	// apps, which it builds itself: the device's Kubernetes API, say.
 	// They join SSH in the agent's service registry (firmware/services has

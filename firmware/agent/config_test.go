@@ -15,7 +15,7 @@ import (
 
 // wiring are Config's fields that code sets; every other field is a
 // setting with a flag and a config file key.
-var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true,
+var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "PasswdFile": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true,
 	"UpdateCheck": true, "UpdateTarget": true}
 
 // blocks are Config's fields that group settings of another package
