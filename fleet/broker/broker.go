@@ -90,7 +90,9 @@ type Config struct {
 	OpenTimeout time.Duration
 	// EndGrace is how long, after telling a device to end a session, the
 	// broker waits before it closes the session's both sides itself;
-	// default 500ms.
+	// default 2s. The user's input stops at once (Session.OnCut, Splicer);
+	// the grace is the time the device has to tell the user why, which a
+	// busy device needs (see Splicer).
 	EndGrace time.Duration
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
@@ -122,7 +124,7 @@ func New(cfg Config) *Broker {
 		cfg.OpenTimeout = 35 * time.Second
 	}
 	if cfg.EndGrace <= 0 {
-		cfg.EndGrace = 500 * time.Millisecond
+		cfg.EndGrace = 2 * time.Second
 	}
 	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
 }
@@ -503,8 +505,10 @@ type Session struct {
 	live  *sessions.Live
 	start time.Time
 
-	mu     sync.Mutex // guards closers and ended
+	mu     sync.Mutex // guards closer, cutter, cutWhy and ended
 	closer []func()
+	cutter []func(reason string)
+	cutWhy string // the reason of the registry's end, once it came
 	ended  bool
 }
 
@@ -542,6 +546,7 @@ func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Sessio
 		}
 	}
 	live, err := b.cfg.Sessions.Register(g.Session, func(reason string) {
+		s.cut(reason)
 		end(reason)
 		time.AfterFunc(b.cfg.EndGrace, s.closeAll)
 	})
@@ -593,6 +598,33 @@ func (s *Session) OnEnd(f func()) {
 	}
 	s.mu.Unlock()
 	f()
+}
+
+// OnCut registers f to run at once when the fleet ends the session, with
+// the reason, before the device is told and before the grace period (a
+// Splicer's Cut: the user's input stops, a framing client is told why);
+// at once if the fleet has ended it already.
+func (s *Session) OnCut(f func(reason string)) {
+	s.mu.Lock()
+	if s.cutWhy == "" {
+		s.cutter = append(s.cutter, f)
+		s.mu.Unlock()
+		return
+	}
+	why := s.cutWhy
+	s.mu.Unlock()
+	f(why)
+}
+
+func (s *Session) cut(reason string) {
+	s.mu.Lock()
+	s.cutWhy = reason
+	list := s.cutter
+	s.cutter = nil
+	s.mu.Unlock()
+	for _, f := range list {
+		f(reason)
+	}
 }
 
 func (s *Session) closeAll() {

@@ -29,6 +29,8 @@ import (
 type fakeTunnels struct {
 	// onOpen, when set, runs as a stream is opened.
 	onOpen func(deviceID string, h *proto.StreamHeader)
+	// onSend, when set, runs as a control message is sent.
+	onSend func(m proto.Message)
 
 	mu      sync.Mutex // guards the fields below
 	offline bool
@@ -72,6 +74,9 @@ func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader
 }
 
 func (f *fakeTunnels) Send(id string, m proto.Message) error {
+	if f.onSend != nil {
+		f.onSend(m)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sent = append(f.sent, m)

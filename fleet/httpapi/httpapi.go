@@ -131,7 +131,7 @@ type Server struct {
 	Sessions *sessions.Registry
 	// SessionEndGrace is how long, after telling a device to end a
 	// session, the fleet waits before it closes the session's both sides
-	// itself; default 500ms.
+	// itself; default 2s (fleet/broker's EndGrace).
 	SessionEndGrace time.Duration
 
 	// Locks is this replica's view of the locks in force: a locked user
