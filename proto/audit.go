@@ -95,6 +95,14 @@ const (
 	// login --headless); Fields["user_code"] names it.
 	EventHeadlessApproved = "login.headless.approved"
 	EventHeadlessDenied   = "login.headless.denied"
+	// EventLockCreate, EventLockDelete and EventLockExpire: an admin
+	// locked a user, role, device or login (fleetctl lock), removed a
+	// lock, or a lock ran out; Fields["lock"] names it. Refusals because
+	// of a lock are access.denied (or user.login.failed) events with
+	// Fields["rule"] "lock" and Fields["lock"] its ID.
+	EventLockCreate = "lock.create"
+	EventLockDelete = "lock.delete"
+	EventLockExpire = "lock.expire"
 )
 
 // Outcomes of an audited action.

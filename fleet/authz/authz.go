@@ -6,7 +6,9 @@
 // again what the session was allowed when it began. The broker
 // (fleet/broker) calls Decide when a session is asked for; the session
 // registry calls Authorizer.Check whenever users or roles change, and a
-// refusal is the message the user is shown as their session ends.
+// refusal is the message the user is shown as their session ends. A lock
+// (fleet/locks) that shuts out the session's user, one of their roles, its
+// login or its device is such a refusal too.
 //
 // Only fleet/... server packages import authz.
 package authz
@@ -19,6 +21,7 @@ import (
 	"strings"
 
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
@@ -47,18 +50,38 @@ type Authorizer struct {
 	// LocalLabels returns the labels of the Kubernetes cluster fleetd
 	// runs in (sessions with no DeviceID); nil when there is none.
 	LocalLabels func() map[string]string
+	// Locks are the locks in force; nil: none.
+	Locks *locks.Set
+}
+
+// Subject is what a lock is checked against for session s of a user who
+// holds roles (their roles now, as well as those the session began with).
+func Subject(s *sessions.Session, roles []string) locks.Subject {
+	all := slices.Clone(s.Roles)
+	for _, r := range roles {
+		if !slices.Contains(all, r) {
+			all = append(all, r)
+		}
+	}
+	return locks.Subject{User: s.User, Roles: all, Login: s.Login, DeviceID: s.DeviceID}
 }
 
 // Check is sessions.Config.Check: nil when the session is still allowed,
 // an error saying why it is not (for the user), or an error wrapping
 // sessions.ErrUndecided when the fleet's state could not be read.
 func (a *Authorizer) Check(ctx context.Context, s *sessions.Session) error {
+	if err := a.Locks.Check(Subject(s, nil)); err != nil {
+		return err
+	}
 	u, err := a.Users.Get(ctx, s.User)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("the fleet user %q was removed", s.User)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: load user %q: %v", sessions.ErrUndecided, s.User, err)
+	}
+	if err := a.Locks.Check(Subject(s, u.Roles)); err != nil {
+		return err
 	}
 	checker, err := a.Roles.NewCheckerFor(ctx, u.Roles, u.Traits)
 	if err != nil {

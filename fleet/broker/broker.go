@@ -3,7 +3,8 @@
 //
 //  1. authorises the user against their current roles (Authorize: the
 //     device exists and the user may reach it for this service, decided by
-//     fleet/authz, the same rules that re-check live sessions later);
+//     fleet/authz, the same rules that re-check live sessions later) and
+//     the locks in force (fleet/locks);
 //  2. records every refusal in the audit trail (Deny);
 //  3. opens the stream down the device's tunnel (Open), with the user's
 //     fleet-verified identity in its header;
@@ -42,6 +43,7 @@ import (
 
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
@@ -70,6 +72,9 @@ type Config struct {
 	Offline  error
 	Devices  Devices
 	Sessions *sessions.Registry
+	// Locks are the locks in force: a session they shut out is refused,
+	// and one a lock catches as it registers ends at once. Nil: none.
+	Locks *locks.Set
 	// Local describes the Kubernetes cluster fleetd itself runs in, which
 	// is no device: its name and labels, and whether there is one. Nil:
 	// none.
@@ -85,7 +90,9 @@ type Config struct {
 	OpenTimeout time.Duration
 	// EndGrace is how long, after telling a device to end a session, the
 	// broker waits before it closes the session's both sides itself;
-	// default 500ms.
+	// default 2s. The user's input stops at once (Session.OnCut, Splicer);
+	// the grace is the time the device has to tell the user why, which a
+	// busy device needs (see Splicer).
 	EndGrace time.Duration
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
@@ -117,7 +124,7 @@ func New(cfg Config) *Broker {
 		cfg.OpenTimeout = 35 * time.Second
 	}
 	if cfg.EndGrace <= 0 {
-		cfg.EndGrace = 500 * time.Millisecond
+		cfg.EndGrace = 2 * time.Second
 	}
 	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
 }
@@ -241,6 +248,11 @@ func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
 	if g.Session.Kind == "" {
 		g.Session.Kind = ask.Service
 	}
+	// A locked user or role is refused before anything about the device
+	// is looked at.
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		return nil, ref
+	}
 	what := "device"
 	switch ask.Service {
 	case proto.ServiceKube:
@@ -288,11 +300,24 @@ func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
 		}
 		return nil, &Refusal{Status: StatusForbidden, Msg: err.Error(), Fields: fields}
 	}
+	// A locked login or device, once the user may otherwise reach it.
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		return nil, ref
+	}
 	g.KubeUsers, g.KubeGroups = d.KubeUsers, d.KubeGroups
 	g.Session.PortForwarding = ask.Checker.PortForwarding()
 	g.Session.FileCopy = ask.Checker.FileCopy()
 	g.Session.RecordInput = ask.Checker.RecordInput()
 	return g, nil
+}
+
+// locked is the refusal of a lock that shuts out subj, or nil.
+func (b *Broker) locked(subj locks.Subject) *Refusal {
+	var l *locks.Locked
+	if err := b.cfg.Locks.Check(subj); errors.As(err, &l) {
+		return &Refusal{Status: StatusForbidden, Msg: l.Error(), Fields: l.AuditFields()}
+	}
+	return nil
 }
 
 func (b *Broker) local() (string, map[string]string, bool) {
@@ -480,8 +505,10 @@ type Session struct {
 	live  *sessions.Live
 	start time.Time
 
-	mu     sync.Mutex // guards closers and ended
+	mu     sync.Mutex // guards closer, cutter, cutWhy and ended
 	closer []func()
+	cutter []func(reason string)
+	cutWhy string // the reason of the registry's end, once it came
 	ended  bool
 }
 
@@ -519,6 +546,7 @@ func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Sessio
 		}
 	}
 	live, err := b.cfg.Sessions.Register(g.Session, func(reason string) {
+		s.cut(reason)
 		end(reason)
 		time.AfterFunc(b.cfg.EndGrace, s.closeAll)
 	})
@@ -530,6 +558,18 @@ func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Sessio
 		return nil, ref
 	}
 	s.live = live
+	// A lock that came after Authorize and before Register: the lock's
+	// own pass over the registry may have run before this session was
+	// in it.
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		if opt.NoEvents {
+			s.DoneSilently(ref.Msg)
+		} else {
+			s.Done(ctx, ref.Msg, Stats{})
+		}
+		b.Deny(ctx, g.Ask, ref)
+		return nil, ref
+	}
 	return s, nil
 }
 
@@ -558,6 +598,33 @@ func (s *Session) OnEnd(f func()) {
 	}
 	s.mu.Unlock()
 	f()
+}
+
+// OnCut registers f to run at once when the fleet ends the session, with
+// the reason, before the device is told and before the grace period (a
+// Splicer's Cut: the user's input stops, a framing client is told why);
+// at once if the fleet has ended it already.
+func (s *Session) OnCut(f func(reason string)) {
+	s.mu.Lock()
+	if s.cutWhy == "" {
+		s.cutter = append(s.cutter, f)
+		s.mu.Unlock()
+		return
+	}
+	why := s.cutWhy
+	s.mu.Unlock()
+	f(why)
+}
+
+func (s *Session) cut(reason string) {
+	s.mu.Lock()
+	s.cutWhy = reason
+	list := s.cutter
+	s.cutter = nil
+	s.mu.Unlock()
+	for _, f := range list {
+		f(reason)
+	}
 }
 
 func (s *Session) closeAll() {

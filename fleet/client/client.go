@@ -287,3 +287,20 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	return nil
 }
+
+// Locks calls GET /v1/locks (admin): the locks in force.
+func (c *Client) Locks(ctx context.Context) ([]api.Lock, error) {
+	var out api.LockList
+	return out.Items, c.do(ctx, http.MethodGet, api.PathLocks, nil, &out)
+}
+
+// AddLock calls POST /v1/locks (admin).
+func (c *Client) AddLock(ctx context.Context, req *api.LockRequest) (*api.Lock, error) {
+	var out api.Lock
+	return &out, c.do(ctx, http.MethodPost, api.PathLocks, req, &out)
+}
+
+// RemoveLock calls DELETE /v1/locks/ID (admin).
+func (c *Client) RemoveLock(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, item(api.PathLocks, id), nil, nil)
+}

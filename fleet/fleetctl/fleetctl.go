@@ -111,6 +111,8 @@ func (r *runner) command() *cobra.Command {
 		r.connectorsCommand(),
 		r.tokensCommand(),
 		r.devicesCommand(),
+		r.lockCommand(),
+		r.locksCommand(),
 		r.appsCommand(),
 		r.statusCommand(),
 		r.auditCommand(),

@@ -36,6 +36,7 @@ import (
 	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/linkhealth"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
@@ -180,9 +181,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Logger:            log,
 		Now:               now,
 	}
+	// The locks in force, as this replica sees them in the store (OnLock
+	// is set once the sessions and tunnels exist).
+	lockSet := &locks.Set{Logger: log, Now: now}
+	lockSvc := &locks.Service{Store: st, Devices: reg, Now: now}
 	// The device lifecycle: join (through the HTTPS API), hello, renew,
 	// disconnect (through the tunnel server).
-	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster,
+	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster, Locks: lockSet,
 		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
 		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
@@ -197,7 +202,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
 	var kube *kubesrv.Server
-	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, LocalLabels: func() map[string]string {
+	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, Locks: lockSet, LocalLabels: func() map[string]string {
 		if l := kube.Local(); l != nil {
 			return l.Labels
 		}
@@ -205,9 +210,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
+	lockSet.OnLock = enforceLocks(live, tunnels, log)
 	// One broker for every service: SSH, Kubernetes and apps.
 	brk := broker.New(broker.Config{
-		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live,
+		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live, Locks: lockSet,
 		Local: func() (string, map[string]string, bool) {
 			if l := kube.Local(); l != nil {
 				return l.Name, l.Labels, true
@@ -221,7 +227,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	links := linkSampler(tunnels)
 	tickets := &ticket.Service{Store: st, Now: now}
-	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
+	refuseLocked := func(user string, roles []string) error { return lockSet.Check(locks.Subject{User: user, Roles: roles}) }
+	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback, Refuse: refuseLocked,
 		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
@@ -256,6 +263,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Floor:           sto.floor,
 		SSO:             single,
 		Tickets:         tickets,
+		Locks:           lockSet,
+		LockStore:       lockSvc,
 	}
 	apiSrv.Kube = kube
 	// The browser side: the login, web apps, the keys apps verify their
@@ -266,10 +275,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
-	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
+	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
+		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, log, now)
 	defer web.apps.Close()
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
-		Limit: apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
+		Refuse: func(u api.User) error { return refuseLocked(u.Name, u.Roles) },
+		Limit:  apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
 		Handler:           web.route(apiSrv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -285,6 +296,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	// The locks are loaded before anything is served, and followed from
+	// then on: a lock written on any replica reaches this one within the
+	// store's watch latency.
+	followLocks(ctx, st, lockSet, wg.Go)
+	if ctx.Err() != nil {
+		wg.Wait()
+		return nil
+	}
 	wg.Go(func() { events.Run(ctx) })
 	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
@@ -324,16 +343,21 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Go(func() {
 		leader.Run(ctx, "login-pruning", elector(st, "login-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
 			every(ctx, 5*time.Minute, func() {
-				for what, prune := range map[string]func(context.Context) (int, error){
+				for what, prune := range map[string]func(context.Context, store.Store) (int, error){
 					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
 				} {
-					if _, err := prune(ctx); err != nil {
+					if _, err := prune(ctx, fenced); err != nil {
 						log.Warn("prune "+what, "err", err)
 					}
 				}
 			})
 			return nil
 		})
+	})
+	// Expired locks are deleted, and their expiry recorded, once for the
+	// fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "lock-expiry", elector(st, "lock-expiry"), st, log, expireLocks(lockSvc, recorder, 5*time.Second, log))
 	})
 	// Expired join tokens are pruned once for the fleet, by the leader.
 	wg.Go(func() {

@@ -35,6 +35,7 @@ import (
 	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/fleet/releases"
@@ -130,8 +131,14 @@ type Server struct {
 	Sessions *sessions.Registry
 	// SessionEndGrace is how long, after telling a device to end a
 	// session, the fleet waits before it closes the session's both sides
-	// itself; default 500ms.
+	// itself; default 2s (fleet/broker's EndGrace).
 	SessionEndGrace time.Duration
+
+	// Locks is this replica's view of the locks in force: a locked user
+	// gets no certificate and no answer from the API. LockStore writes
+	// and lists them (/v1/locks). Nil: no locks.
+	Locks     *locks.Set
+	LockStore *locks.Service
 
 	// Broker brokers sessions (fleet/broker). Nil: one of the Server's
 	// own, built from the fields above.
@@ -180,7 +187,7 @@ func (s *Server) broker() *broker.Broker {
 			local = func() (string, map[string]string, bool) { return l.Name, l.Labels, true }
 		}
 		s.Broker = broker.New(broker.Config{
-			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Local: local,
+			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Locks: s.Locks, Local: local,
 			Audit:   &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
 			Cluster: s.Cluster, EndGrace: s.SessionEndGrace, Logger: s.Logger, Now: s.Now,
 		})
@@ -252,6 +259,7 @@ func (s *Server) Handler() http.Handler {
 	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
 	s.ssoRoutes(mux)
+	s.lockRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -338,6 +346,9 @@ func (s *Server) authed(h handlerFunc) http.Handler {
 			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
 				Message: err.Error(), Fields: map[string]string{"action": r.Method + " " + r.URL.Path}})
 			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+			return
+		}
+		if c.id.Kind == ca.KindUser && s.refuseLocked(w, r, c.user.Name, c.user.Roles, r.Method+" "+r.URL.Path) {
 			return
 		}
 		h(w, r, c)

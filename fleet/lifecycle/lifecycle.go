@@ -4,7 +4,7 @@
 //     and gets its identity (an X.509 client certificate for the tunnel's
 //     mutual TLS and an SSH host certificate);
 //   - Hello: on each tunnel connection the device is checked (still in the
-//     fleet, the name its certificate names) and its labels, services and
+//     fleet, not locked (fleet/locks), the name its certificate names) and its labels, services and
 //     web apps are taken from its hello (apps through the fleet's policy,
 //     fleet/apps);
 //   - Renew: the device's certificates are renewed over the tunnel;
@@ -34,6 +34,7 @@ import (
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -64,6 +65,9 @@ type Config struct {
 	// ReleaseKeys are the keys devices trust for agent releases, given at
 	// join (OTA); nil gives none.
 	ReleaseKeys func(ctx context.Context) []string
+	// Locks are the locks in force: a locked device's tunnel is refused at
+	// hello and its certificates are not renewed. Nil: none.
+	Locks *locks.Set
 	// Audit records events; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -254,6 +258,13 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	if err != nil {
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
+	if lk := l.locked(id); lk != nil {
+		f := lk.AuditFields()
+		f["action"], f["name"] = "tunnel", h.Name
+		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: lk.Error(), Fields: f})
+		return nil, proto.Errorf(proto.CodeForbidden, "%s", lk.Error())
+	}
 	if err := h.Check(); err != nil {
 		deny("hello: " + err.Error())
 		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
@@ -297,10 +308,22 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		KeepaliveMillis: l.cfg.Keepalive.Milliseconds(), LivenessMillis: l.cfg.Liveness.Milliseconds()}, nil
 }
 
+// locked is the lock that shuts device id out, or nil.
+func (l *Lifecycle) locked(id string) *locks.Locked {
+	var lk *locks.Locked
+	if err := l.cfg.Locks.Check(locks.Subject{DeviceID: id}); errors.As(err, &lk) {
+		return lk
+	}
+	return nil
+}
+
 // Recheck refuses a connection whose device was removed while its hello
 // was being answered (tunnelsrv.Config.Recheck): one read of the registry
 // per connection.
 func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
+	if lk := l.locked(id); lk != nil {
+		return proto.Errorf(proto.CodeForbidden, "%s", lk.Error())
+	}
 	_, err := l.cfg.Devices.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
@@ -331,6 +354,12 @@ func (l *Lifecycle) Renew(ctx context.Context, id string, req *proto.RenewReques
 	dev, err := l.cfg.Devices.Get(ctx, id)
 	if err != nil {
 		return &proto.RenewResponse{Err: proto.Errorf(proto.CodeForbidden, "device %s is not in the fleet", id)}
+	}
+	if lk := l.locked(id); lk != nil {
+		f := lk.AuditFields()
+		f["action"], f["name"] = "renew", dev.Name
+		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Message: lk.Error(), Fields: f})
+		return &proto.RenewResponse{Err: proto.Errorf(proto.CodeForbidden, "%s", lk.Error())}
 	}
 	pub, err := ssh.ParsePublicKey(req.SSHPublicKey)
 	if err != nil {

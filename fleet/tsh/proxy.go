@@ -13,6 +13,7 @@ import (
 
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/printable"
 )
 
 func (r *runner) proxyCommand() *cobra.Command {
@@ -69,25 +70,39 @@ func (r *runner) proxySSH(cmd *cobra.Command, target string) error {
 	if err != nil {
 		return connectError(err, p, device, login)
 	}
+	// The fleet says in-band why it ends the session, at the moment it
+	// does: print it then (OpenSSH shows a ProxyCommand's stderr), before
+	// OpenSSH can see the connection close, exit and kill this process.
+	client.OnEnd(conn, func(reason string) { r.printEnd(device, reason) })
 	inDone, err := splice(ctx, conn, r.stdio.In, r.stdio.Out)
-	if !inDone && ctx.Err() == nil {
+	if !inDone && ctx.Err() == nil && client.EndReason(conn) == "" {
 		// The fleet ended the connection while OpenSSH still had things to
-		// say: tell the user why (OpenSSH shows a ProxyCommand's stderr).
+		// say, and said nothing in-band (an older fleet): ask it why.
 		r.explainEnd(ctx, c, conn)
 	}
 	return err
 }
 
-// explainEnd prints why the fleet ended a session, when it says.
+// printEnd tells the user why the fleet ended their session to device.
+func (r *runner) printEnd(device, reason string) {
+	fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", device, printable.Escape(reason))
+}
+
+// explainEnd prints why the fleet ended a session: the reason it gave
+// in-band, or else the one it gives when asked.
 func (r *runner) explainEnd(ctx context.Context, c *client.Client, conn net.Conn) {
 	if conn == nil {
+		return
+	}
+	if why := client.EndReason(conn); why != "" {
+		r.printEnd(client.SessionDevice(conn), why)
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	end, err := c.SessionEnd(ctx, conn)
 	if err == nil && end.Reason != "" {
-		fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", end.Device, end.Reason)
+		r.printEnd(end.Device, end.Reason)
 	}
 }
 

@@ -48,6 +48,15 @@ const HeaderSession = "X-Remoteler-Session"
 // the client sends it back in the same header.
 const HeaderSessionToken = "X-Remoteler-Session-Token"
 
+// HeaderFrames, sent with the value "1" by a client of /v1/connect, asks
+// the fleet to frame what it sends down the upgraded connection
+// (proto/userframe): the device's bytes in data frames, and, the moment
+// the fleet ends the session, an end frame with the reason, which the
+// client shows its user before anything else. The fleet's 101 answer
+// carries the same header when it frames; without it the bytes are raw.
+// What the client sends up is never framed.
+const HeaderFrames = "X-Remoteler-Frames"
+
 // PathSessions is GET /v1/sessions/ID: how a brokered session ended (its own
 // user, or an admin).
 const PathSessions = "/v1/sessions"

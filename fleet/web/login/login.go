@@ -44,6 +44,7 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -105,6 +106,10 @@ type Config struct {
 	// wait. Nil admits every login (the users service's per-user
 	// lock-outs still apply).
 	Admit func(r *http.Request) (wait time.Duration, ok bool)
+	// Refuse, when set, is asked after a user's credentials checked out:
+	// an error refuses the login with its message (a lock, fleet/locks;
+	// an error with AuditFields() names the rule in the audit event).
+	Refuse func(u api.User) error
 	// Audit records logins and logouts; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -194,8 +199,12 @@ func (s *Server) Session(r *http.Request) (*Session, bool) {
 	if sess == nil {
 		return nil, false
 	}
-	if _, err := s.cfg.Users.Get(r.Context(), sess.User); err != nil {
+	u, err := s.cfg.Users.Get(r.Context(), sess.User)
+	if err != nil {
 		return nil, false
+	}
+	if s.cfg.Refuse != nil && s.cfg.Refuse(u) != nil {
+		return nil, false // a lock: the login page says why
 	}
 	cp := *sess
 	return &cp, true
@@ -397,6 +406,18 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("login", "user", name, "err", err)
 		fail(http.StatusInternalServerError, "The fleet could not check your login (see fleetd's log); try again.", false)
 		return
+	}
+	if s.cfg.Refuse != nil {
+		if err := s.cfg.Refuse(u); err != nil {
+			f := map[string]string{"method": "web"}
+			if af, ok := err.(interface{ AuditFields() map[string]string }); ok {
+				maps.Copy(f, af.AuditFields())
+			}
+			s.record(r, &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, User: u.Name, Addr: r.RemoteAddr,
+				Message: err.Error(), Fields: f})
+			fail(http.StatusForbidden, err.Error(), false)
+			return
+		}
 	}
 	ttl := 8 * time.Hour
 	if s.cfg.TTL != nil {
