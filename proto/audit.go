@@ -95,6 +95,16 @@ const (
 	// login --headless); Fields["user_code"] names it.
 	EventHeadlessApproved = "login.headless.approved"
 	EventHeadlessDenied   = "login.headless.denied"
+	// Trusted clusters. On a root: EventClusterJoin (a leaf joined, or
+	// was refused), EventClusterOnline and EventClusterOffline (its
+	// tunnel), EventClusterDelete (an admin ended the trust). On a leaf:
+	// EventTrustPut (an admin trusted a root) and EventClusterDelete.
+	// Fields["cluster"] names the other fleet.
+	EventClusterJoin    = "cluster.join"
+	EventClusterOnline  = "cluster.online"
+	EventClusterOffline = "cluster.offline"
+	EventClusterDelete  = "cluster.delete"
+	EventTrustPut       = "trust.put"
 )
 
 // Outcomes of an audited action.

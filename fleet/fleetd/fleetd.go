@@ -28,6 +28,7 @@ import (
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
@@ -45,6 +46,7 @@ import (
 	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto/api"
@@ -192,7 +194,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
+	// Trusted clusters, as a root: leaves tunnel in like devices, with
+	// certificates of their own kind.
+	leaves := clusters.New(clusters.Config{Store: st, CA: auth, Tokens: toks, Cluster: cfg.Cluster,
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now})
+	leaves.Configure(&tcfg)
 	tunnels = tunnelsrv.New(tcfg)
+	// Trusted clusters, as a leaf: set below, once the API it serves the
+	// roots' users exists.
+	var roots *trust.Service
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -202,7 +212,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return l.Labels
 		}
 		return nil
-	}}
+	},
+		Leaves: func(ctx context.Context, name string) error {
+			_, err := leaves.Get(ctx, name)
+			return err
+		},
+		Remote: func(ctx context.Context, origin string, r []string) ([]string, error) {
+			return roots.Roles(ctx, origin, r)
+		},
+	}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
 	// One broker for every service: SSH, Kubernetes and apps.
@@ -215,6 +233,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return "", nil, false
 		},
 		Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now,
+		Clusters: leaves, OriginKeys: func(origin string) [][]byte { return roots.UserCAKeys(origin) },
 	})
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
@@ -258,6 +277,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
+	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: apiSrv.Handler(),
+		Sessions: live, Audit: recorder, Logger: log, Now: now})
+	apiSrv.Clusters, apiSrv.Trust = leaves, roots
 	// The browser side: the login, web apps, the keys apps verify their
 	// JWTs with.
 	appKeys, err := appjwt.Open(ctx, st, now)
@@ -317,6 +339,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		})
 	}()
 
+	// The roots' users' requests, served by this fleet's API; the tunnels
+	// to the roots, once for the fleet, by the leader.
+	wg.Go(func() { roots.Serve(ctx) })
+	wg.Go(func() {
+		leader.Run(ctx, "trusted-clusters", elector(st, "trusted-clusters"), st, log, func(ctx context.Context, fenced store.Store) error {
+			return roots.Run(ctx, fenced)
+		})
+	})
 	// CA rotation steps taken on another replica reach this one.
 	wg.Go(func() { followCA(ctx, st, auth, log) })
 	// Logins that were started and never finished (single sign-on,

@@ -82,6 +82,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	if c.checker == nil {
 		ask.User.Name = c.name()
 	}
+	c.fill(&ask)
 	b := s.broker()
 	refuse := func(ref *broker.Refusal) {
 		status, code := refusalStatus(ref.Status)

@@ -143,7 +143,7 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	}
 	tokenLabels, err := l.cfg.Tokens.Consume(ctx, req.Token)
 	if err != nil {
-		if errors.Is(err, tokens.ErrTokenInvalid) || errors.Is(err, tokens.ErrTokenExpired) || errors.Is(err, tokens.ErrTokenUsedUp) {
+		if tokens.Refused(err) {
 			return nil, refuse(api.CodeUnauthorized, err.Error())
 		}
 		return nil, fmt.Errorf("lifecycle: join: %w", err)
