@@ -203,12 +203,12 @@ type NoMatchError struct {
 }
 
 func (e *NoMatchError) Error() string {
-	roles := "no roles"
+	roles := "you hold no role there"
 	if len(e.Roles) > 0 {
 		roles = "roles " + strings.Join(e.Roles, ", ")
 	}
-	return fmt.Sprintf("no role of this fleet is mapped to your %s at %s: the role_map of trusted cluster %q maps none of them; ask this fleet's admin to add a rule (fleetctl create -f)",
-		roles, e.Cluster, e.Cluster)
+	return fmt.Sprintf("none of your roles at %s (%s) maps to a role of this cluster: the role_map of its trusted cluster %q has no rule for them; ask this cluster's admin to add one (fleetctl create -f)",
+		e.Cluster, roles, e.Cluster)
 }
 
 // Map maps the roles a user of cluster holds there, or refuses with a

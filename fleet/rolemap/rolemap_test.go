@@ -56,7 +56,7 @@ func TestMapRefusal(t *testing.T) {
 	if !errors.As(err, &nm) {
 		t.Fatalf("Map = %v, want *NoMatchError", err)
 	}
-	for _, want := range []string{"roles access, dev", `trusted cluster "root"`, "role_map"} {
+	for _, want := range []string{"roles access, dev", `trusted cluster "root"`, "role_map", "at root"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

@@ -39,8 +39,11 @@ const (
 )
 
 // ClusterPath is the path, on a root fleet, of path (an API path, /v1/...)
-// on its leaf cluster.
+// on its leaf cluster; for "" (the fleet itself) it is path.
 func ClusterPath(cluster, path string) string {
+	if cluster == "" {
+		return path
+	}
 	return PathClusters + "/" + url.PathEscape(cluster) + path
 }
 
