@@ -417,7 +417,7 @@ func (s *Service) Delete(ctx context.Context, name, by, addr string) error {
 	}
 	s.record(ctx, &proto.AuditEvent{Type: proto.EventClusterDelete, User: by, Addr: addr, Fields: map[string]string{"cluster": name, "kind": api.ClusterRoot}})
 	s.log.Info("root cluster no longer trusted", "cluster", name)
-	s.stop(name)
+	s.retire(name)
 	s.changed()
 	return nil
 }

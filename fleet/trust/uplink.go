@@ -57,7 +57,7 @@ func (s *Service) Run(ctx context.Context, st store.Store) error {
 					s.ensure(ctx, st, r)
 				}
 			case store.EventDelete:
-				s.stop(strings.TrimPrefix(ev.Key, prefix))
+				s.retire(strings.TrimPrefix(ev.Key, prefix))
 			}
 		},
 		Retry: func(err error, wait time.Duration) {
@@ -87,6 +87,40 @@ func (s *Service) ensure(ctx context.Context, st store.Store, r *record) {
 	u.rec.Store(r)
 	s.uplinks[r.Name] = u
 	go u.run(uctx)
+}
+
+// retire closes the tunnel to a root this fleet no longer trusts, after
+// ending its users' sessions and requests in a way they learn why: the
+// sessions first (each service tells its user), then, once the broker has
+// closed them, whatever requests are left; the streams close gracefully,
+// so the root passes the news on before the tunnel goes.
+func (s *Service) retire(name string) {
+	s.mu.Lock()
+	u := s.uplinks[name]
+	s.mu.Unlock()
+	if u == nil {
+		return
+	}
+	reason := fmt.Sprintf("this fleet no longer trusts the cluster %q: its admin removed the trust", name)
+	if s.cfg.Sessions != nil {
+		s.cfg.Sessions.End(func(x *sessions.Session) bool { return x.Origin == name }, reason)
+	}
+	t := time.NewTimer(2 * s.cfg.EndGrace)
+	<-t.C
+	u.mu.Lock()
+	var open []*streamConn
+	for _, c := range u.streams {
+		open = append(open, c)
+	}
+	u.mu.Unlock()
+	for _, c := range open {
+		c.Close()
+	}
+	if len(open) > 0 {
+		t.Reset(s.cfg.EndGrace)
+		<-t.C
+	}
+	s.stop(name)
 }
 
 // stop closes the tunnel to the root called name and waits for it.

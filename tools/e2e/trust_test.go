@@ -11,6 +11,7 @@ import (
 
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/harness"
+	"remoteler.dev/edge/tools/kube/kubetest"
 )
 
 // Trusted clusters with real processes: a root fleetd and a leaf fleetd
@@ -320,4 +321,192 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// podRBAC lets group developers list the pods of namespace team.
+const podRBAC = `apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pods, namespace: team}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: pods, namespace: team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pods}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: team}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plc-runtime, namespace: team}
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - {name: app, image: example.invalid/app:1}
+`
+
+// TestTrustedClusterKube: kubectl get pods through the root, against a
+// real kube-apiserver behind the leaf's device, as the Kubernetes group
+// the leaf's role gives.
+func TestTrustedClusterKube(t *testing.T) {
+	kc := kubetest.Start(t, kubetest.Options{})
+	linkKubectl(t, kc)
+	kc.KubectlAdmin(t, podRBAC, "apply", "-f", "-")
+	root, leaf := trustedPair(t, "")
+	startKubeAgent(leaf, "plc-k3s", "site=north", leaf.Addr, kc.AdminKubeconfig)
+	alice := root.Login("alice", root.AddUser("alice", "access,ops-north", "root"))
+	bob := root.Login("bob", root.AddUser("bob", "access", "root"))
+
+	if out := alice.Tsh("kube", "ls", "--cluster=leaf"); !strings.Contains(out, "plc-k3s") || !strings.Contains(out, "developers") {
+		t.Fatalf("tsh kube ls --cluster=leaf = %q", out)
+	}
+	kcfg := filepath.Join(t.TempDir(), "kubeconfig")
+	out := tshKube(t, alice, kcfg, "kube", "login", "--cluster=leaf", "plc-k3s")
+	if !strings.Contains(out, "plc-k3s") {
+		t.Errorf("tsh kube login = %q", out)
+	}
+	if got := string(mustRead(t, kcfg)); !strings.Contains(got, api.ClusterPath("leaf", api.PathKube+"/plc-k3s")) {
+		t.Errorf("the kubeconfig does not reach the leaf through the root:\n%s", got)
+	}
+	pods := mustKubectl(t, alice, kcfg, "", "get", "pods", "-n", "team")
+	if !strings.Contains(pods, "plc-runtime") {
+		t.Errorf("kubectl get pods = %q", pods)
+	}
+	// The leaf's Kubernetes RBAC applies: only namespace team.
+	if _, errOut, err := kubectlAs(alice, kcfg, "", "get", "pods", "-n", "kube-system"); err == nil || !strings.Contains(errOut, "forbidden") {
+		t.Errorf("kubectl get pods -n kube-system: %v\n%s", err, errOut)
+	}
+	// A root user no role maps gets the leaf's refusal.
+	if _, errOut, err := run("", kubeEnv(bob, kcfg), "tsh", "kube", "ls", "--cluster=leaf"); err == nil || !strings.Contains(errOut, "role_map") {
+		t.Errorf("bob's tsh kube ls --cluster=leaf: %v\n%s", err, errOut)
+	}
+	if ev := leaf.Ctl("", "audit", "search", "--type=kube.*", "--format=json"); !strings.Contains(ev, "root/alice") {
+		t.Errorf("the leaf's trail has no Kubernetes request of root/alice:\n%s", ev)
+	}
+}
+
+// longSession starts tsh ssh through the root running a command that
+// prints "started" and then waits, and waits for "started".
+func longSession(t *testing.T, u *harness.User, args ...string) *harness.Proc {
+	t.Helper()
+	p := start(t, "tsh ssh "+u.Name, u.Env(), append([]string{"tsh", "ssh"}, append(args, "echo started; sleep 600")...)...)
+	p.WaitOutput("started", time.Minute)
+	return p
+}
+
+// ended waits for tsh's session to end and checks it said why.
+func ended(t *testing.T, p *harness.Proc, why string) {
+	t.Helper()
+	if err := p.Wait(time.Minute); err == nil {
+		t.Errorf("the session ended without an error")
+	}
+	if !strings.Contains(p.Output(), why) {
+		t.Errorf("the session's output does not say %q:\n%s", why, p.Output())
+	}
+	t.Logf("tsh said: %s", strings.TrimSpace(p.Output()))
+}
+
+// TestTrustedClusterSessions: what ends a live session through the root
+// ends it (the root user's access, either side removing the trust), and
+// what does not (a link outage between leaf and root, a leaf restart)
+// leaves the user's work going.
+func TestTrustedClusterSessions(t *testing.T) {
+	root := startFleetArgs(t, nil, "--cluster", "root")
+	leaf := startFleetArgs(t, nil, "--cluster", "leaf")
+	root.Ctl(rootRoles, "create", "-f", "-")
+	leaf.Ctl(leafRoles, "create", "-f", "-")
+	link, linkAddr := linkTo(t, root.Addr)
+	// The leaf reaches the root through a link simulator.
+	join := func() {
+		tok := clusterToken(t, root, "--ttl=5m")
+		file := strings.Replace(trustFile(root, tok.Token, root.Pin, "  audit_search: true\n"), "root_addr: "+root.Addr, "root_addr: "+linkAddr, 1)
+		leaf.Ctl("", "create", "-f", createFile(t, file))
+		waitCluster(t, root, "leaf", true)
+	}
+	join()
+	leaf.StartAgent("plc-1", "site=north")
+	alice := root.Login("alice", root.AddUser("alice", "access,ops-north", "root"))
+	alice.Tsh("login", "leaf")
+
+	t.Run("resumes across an outage between leaf and root", func(t *testing.T) {
+		p := start(t, "tsh ssh alice", alice.Env(), "tsh", "ssh", "root@plc-1",
+			`i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done`)
+		p.WaitOutput("line-5", time.Minute)
+		link.Blackout(3 * time.Second)
+		if err := p.Wait(2 * time.Minute); err != nil {
+			t.Fatalf("the session did not survive the outage: %v\n%s", err, p.Output())
+		}
+		for i := range 40 {
+			if !strings.Contains(p.Output(), fmt.Sprintf("line-%d\n", i)) {
+				t.Fatalf("line-%d lost across the outage:\n%s", i, p.Output())
+			}
+		}
+	})
+	t.Run("the root user removed", func(t *testing.T) {
+		dave := root.Login("dave", root.AddUser("dave", "access,ops-north", "root"))
+		p := longSession(t, dave, "--cluster=leaf", "root@plc-1")
+		root.Ctl("", "users", "rm", "dave")
+		ended(t, p, "removed")
+	})
+	t.Run("the leaf's role map changed", func(t *testing.T) {
+		p := longSession(t, alice, "root@plc-1")
+		// The same trust without the rule that let alice in.
+		file := strings.Replace(trustFile(root, "", root.Pin, "  audit_search: true\n"), "root_addr: "+root.Addr, "root_addr: "+linkAddr, 1)
+		file = strings.Replace(file, `  - {remote: "^ops-(.*)$", local: ["operator-$1"]}`+"\n", "", 1)
+		leaf.Ctl("", "create", "-f", createFile(t, file))
+		ended(t, p, "role_map")
+		leaf.Ctl("", "create", "-f", createFile(t, strings.Replace(trustFile(root, "", root.Pin, "  audit_search: true\n"), "root_addr: "+root.Addr, "root_addr: "+linkAddr, 1)))
+	})
+	t.Run("audit search through the root", func(t *testing.T) {
+		out := root.Ctl("", "audit", "search", "--cluster=leaf", "--type=session.start", "--format=json")
+		if !strings.Contains(out, "root/alice") || !strings.Contains(out, "plc-1") {
+			t.Errorf("audit search --cluster=leaf = %s", out)
+		}
+	})
+	t.Run("the leaf restarts", func(t *testing.T) {
+		leaf.Restart()
+		waitCluster(t, root, "leaf", true)
+		leaf.WaitOnline("plc-1")
+		// The same login and leaf certificate reach the device again.
+		if !harness.Eventually(time.Minute, func() bool {
+			out, _, err := alice.TshErr("", "ssh", "root@plc-1", "echo", "again")
+			return err == nil && out == "again\n"
+		}) {
+			_, errOut, err := alice.TshErr("", "ssh", "root@plc-1", "echo", "again")
+			t.Fatalf("tsh ssh after the leaf restarted: %v\n%s", err, errOut)
+		}
+	})
+	t.Run("the leaf removes the trust", func(t *testing.T) {
+		p := longSession(t, alice, "root@plc-1")
+		leaf.Ctl("", "clusters", "rm", "root")
+		ended(t, p, "no longer trusts")
+		waitCluster(t, root, "leaf", false)
+		if _, errOut, err := alice.TshErr("", "ls"); err == nil {
+			t.Errorf("tsh ls in the leaf after it removed the trust: no error\n%s", errOut)
+		}
+	})
+	t.Run("the root removes the leaf", func(t *testing.T) {
+		root.Ctl("", "clusters", "rm", "leaf") // what the leaf removal left
+		join()
+		p := longSession(t, alice, "root@plc-1")
+		root.Ctl("", "clusters", "rm", "leaf")
+		ended(t, p, "trust")
+		if _, errOut, err := alice.TshErr("", "ls"); err == nil || !strings.Contains(errOut, "no cluster") {
+			t.Errorf("tsh ls in the removed leaf: %v\n%s", err, errOut)
+		}
+		if found, _ := clusterState(root, "leaf"); found {
+			t.Error("the root still lists the leaf")
+		}
+	})
 }
