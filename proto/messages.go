@@ -335,7 +335,6 @@ const DirectALPN = "remoteler-edge-direct/1"
 // this OU from its fleet's CAs.
 const FleetOU = "fleet"
 
-
 // StreamAccept is the agent's answer to a StreamHeader. A zero Code accepts
 // the stream; anything else refuses it and the stream is closed.
 type StreamAccept struct {
