@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/direct"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/leader"
@@ -184,9 +186,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	// The device lifecycle: join (through the HTTPS API), hello, renew,
 	// disconnect (through the tunnel server).
+	directNets, err := parsePrefixes(cfg.DirectNetworks)
+	if err != nil {
+		return fmt.Errorf("fleetd: direct_networks: %w", err)
+	}
 	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster,
 		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
-		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, DirectNetworks: directNets, Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	var tunnels *tunnelsrv.Server
@@ -223,9 +229,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
+	// Direct nodes hold no tunnel: the fleet dials them.
+	dialer := direct.New(direct.Config{CA: auth, Devices: reg, Logger: log, Now: now})
+	defer dialer.Close()
+	router := &direct.Router{Tunnels: tunnels, Direct: dialer, Devices: reg, Now: now}
 	// One broker for every service: SSH, Kubernetes and apps.
 	brk := broker.New(broker.Config{
-		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live,
+		Tunnels: router, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live,
 		Local: func() (string, map[string]string, bool) {
 			if l := kube.Local(); l != nil {
 				return l.Name, l.Labels, true
@@ -286,7 +296,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
+	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
 	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
 	defer web.apps.Close()
@@ -421,6 +431,19 @@ func loginLimit(cfg Config) *sourcelimit.Limiter {
 		}
 		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
 	}
+}
+
+// parsePrefixes parses CIDR prefixes.
+func parsePrefixes(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // every runs f every d until ctx is done.

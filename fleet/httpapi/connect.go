@@ -15,6 +15,11 @@ import (
 
 func (s *Server) apiDevice(d devices.Device) api.Device {
 	out := d.API()
+	if d.Direct() {
+		// A direct node holds no tunnel: it is online while its last
+		// check-in is recent (its check-in's tunnel counts as one).
+		out.Online = s.now().Sub(d.LastSeen) < devices.DirectWindow
+	}
 	if info, ok := s.Tunnels.Info(d.ID); ok {
 		out.Online = true
 		out.Addr = info.Addr.String()
