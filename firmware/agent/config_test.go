@@ -144,7 +144,7 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
 		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
-		"app": "nodered=http://127.0.0.1:1880,label:team=ops",
+		"app":  "nodered=http://127.0.0.1:1880,label:team=ops",
 		"mode": "direct", "listen": "10.0.0.7:4433", "check-in": "9s",
 	}
 	var byFlag, byFile Config
