@@ -1,5 +1,7 @@
 package proto
 
+import "time"
+
 // Kind names the type of a frame's body.
 type Kind uint8
 
@@ -329,6 +331,15 @@ const MaxClusterKeys = 16
 // network). To end a session the fleet opens another stream on the same
 // connection with a SessionEnd frame.
 const DirectALPN = "remoteler-edge-direct/1"
+
+// DirectWindow is how long after its last check-in the fleet counts a
+// direct node as online, and so dials it: three of MaxCheckIn. A direct
+// node checks in at least every MaxCheckIn, so that one missed check-in
+// does not take it offline.
+const (
+	DirectWindow = 3 * MaxCheckIn
+	MaxCheckIn   = 5 * time.Minute
+)
 
 // FleetOU is the Subject OU of the client certificate a fleet presents
 // when it dials a direct node; the agent accepts only a certificate with

@@ -109,8 +109,9 @@ type Config struct {
 	// node checks in from). Required in direct mode.
 	Listen string
 	// CheckIn is how often a direct node checks in while nothing happens
-	// (its audit events and renewals check in at once); default 5m. The
-	// fleet lists it as offline after three missed check-ins.
+	// (its audit events and renewals check in at once); default and at
+	// most 5m (proto.MaxCheckIn): the fleet lists it as offline, and stops
+	// dialling it, 15m after its last check-in.
 	CheckIn time.Duration
 	// Update holds the self-update settings (firmware/update): the
 	// release keys the device trusts, a bandwidth cap, a maintenance
@@ -159,7 +160,7 @@ const (
 )
 
 // DefaultCheckIn is Config.CheckIn's default.
-const DefaultCheckIn = 5 * time.Minute
+const DefaultCheckIn = proto.MaxCheckIn
 
 // WithDefaults returns c with every zero setting set to its default. It is
 // the one place that knows the defaults; New applies it, and edge-agent's
@@ -233,6 +234,10 @@ func (c *Config) check() error {
 		if err != nil || port == "" || (host != "" && net.ParseIP(host) == nil) {
 			return fmt.Errorf("agent: --mode=direct needs --listen IP:PORT (or :PORT), where the fleet dials the agent; got %q", c.Listen)
 		}
+		if c.CheckIn > proto.MaxCheckIn {
+			return fmt.Errorf("agent: --check-in %s is longer than %s: the fleet dials a direct node only within %s of its last check-in; check in every %s or less",
+				c.CheckIn, proto.MaxCheckIn, proto.DirectWindow, proto.MaxCheckIn)
+		}
 	default:
 		return fmt.Errorf("agent: --mode is %q; want %s or %s", c.Mode, ModeTunnel, ModeDirect)
 	}
@@ -299,7 +304,7 @@ func (c *Config) settings() []setting {
 		{"update-off", "refuse every update offer", (*boolValue)(&c.Update.Off)},
 		{"mode", "how the fleet reaches the device: `tunnel|direct`; tunnel: the agent holds a reverse tunnel to the fleet; direct: a node on the fleet's own network, which the fleet dials at --listen for each connection (no tunnel held)", (*stringValue)(&c.Mode)},
 		{"listen", "where a direct node listens for the fleet, UDP `IP:PORT` (:PORT for every address: the fleet dials the address the node checks in from)", (*stringValue)(&c.Listen)},
-		{"check-in", "`DURATION` between a direct node's check-ins while nothing happens (events and renewals check in at once); the fleet lists it offline after three missed", (*durationValue)(&c.CheckIn)},
+		{"check-in", "`DURATION` between a direct node's check-ins while nothing happens (events and renewals check in at once), at most 5m; the fleet lists it offline after three missed", (*durationValue)(&c.CheckIn)},
 	}
 }
 

@@ -190,12 +190,12 @@ func TestWithDefaults(t *testing.T) {
 	}
 	for _, bad := range []Config{{AuditWhenFull: "maybe"}, {LogLevel: "loud"}, {TunnelAddr: "no-port"}, {Fleet: "a:b:c"},
 		{Mode: "sideways"}, {Mode: ModeDirect}, {Mode: ModeDirect, Listen: "plc.lan:4433"}, {Mode: ModeDirect, Listen: "10.0.0.7"},
-		{Listen: "10.0.0.7:4433"}} {
+		{Listen: "10.0.0.7:4433"}, {Mode: ModeDirect, Listen: ":4433", CheckIn: 6 * time.Minute}} {
 		if c := bad.WithDefaults(); c.check() == nil {
 			t.Errorf("check accepted %+v", bad)
 		}
 	}
-	for _, good := range []Config{{Mode: ModeDirect, Listen: "10.0.0.7:4433"}, {Mode: ModeDirect, Listen: ":4433"}, {Mode: ModeDirect, Listen: "[fd00::7]:4433"}} {
+	for _, good := range []Config{{Mode: ModeDirect, Listen: "10.0.0.7:4433"}, {Mode: ModeDirect, Listen: ":4433"}, {Mode: ModeDirect, Listen: "[fd00::7]:4433"}, {Mode: ModeDirect, Listen: ":4433", CheckIn: 5 * time.Minute}} {
 		if c := good.WithDefaults(); c.check() != nil {
 			t.Errorf("check refused %+v: %v", good, c.check())
 		}

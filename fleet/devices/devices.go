@@ -137,8 +137,8 @@ type Device struct {
 }
 
 // DirectWindow is how long after its last check-in a direct node counts
-// as online: three of its default check-in periods.
-const DirectWindow = 15 * time.Minute
+// as online: three of its longest check-in periods (proto.DirectWindow).
+const DirectWindow = proto.DirectWindow
 
 // Direct reports whether the device is a direct node: the fleet dials it
 // instead of holding its tunnel.

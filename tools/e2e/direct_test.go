@@ -49,7 +49,7 @@ func idle(t *testing.T, f *harness.Fleet, name string) {
 func TestDirectNode(t *testing.T) {
 	f := startFleet(t)
 	f.StartAgentWith(harness.AgentConfig{Name: "plc-direct", Labels: "site=north",
-		Args: []string{"--mode=direct", "--listen=127.0.0.1:0", "--check-in=1h"}})
+		Args: []string{"--mode=direct", "--listen=127.0.0.1:0", "--check-in=5m"}})
 	f.StartAgent("pi-1", "site=north")
 	alice := f.Login("alice", f.AddUser("alice", "access", "root"))
 
