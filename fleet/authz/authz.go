@@ -66,7 +66,8 @@ func (a *Authorizer) Check(ctx context.Context, s *sessions.Session) error {
 	if s.Cluster != "" {
 		return a.checkRelay(ctx, s)
 	}
-	roles, traits := s.Roles, s.Traits
+	var roles []string
+	traits := s.Traits
 	if s.Origin != "" {
 		// A trusted root's user: the root vouched for them, and it ends
 		// what it relays when their access there ends. Here, the
