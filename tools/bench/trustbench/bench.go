@@ -112,7 +112,7 @@ func measure(ctx context.Context, cfg config, out, logw io.Writer) error {
 		if r.rtt, err = measureRTT(tb, cfg, paths); err != nil {
 			return err
 		}
-		logf("scp: %d copies of %d MB per path and direction, interleaved", cfg.Copies, cfg.Size>>20)
+		logf("scp: %d copies of %d MiB per path and direction, interleaved", cfg.Copies, cfg.Size>>20)
 		if r.up, r.down, err = measureCopies(tb, cfg, paths); err != nil {
 			return err
 		}
@@ -227,7 +227,7 @@ func (r *report) print(w io.Writer) {
 			up, slices.Min(r.up[i]), slices.Max(r.up[i]), up/median(r.up[0]),
 			down, slices.Min(r.down[i]), slices.Max(r.down[i]), down/median(r.down[0]))
 	}
-	fmt.Fprintf(w, "\nexec round trip: `tsh ssh root@%s true`, a new tsh process and connection each time, %d per path, the paths taking turns; scp: `tsh scp` of %d MB, %d copies per path and direction, median.\n",
+	fmt.Fprintf(w, "\nexec round trip: `tsh ssh root@%s true`, a new tsh process and connection each time, %d per path, the paths taking turns; scp: `tsh scp` of %d MiB, %d copies per path and direction, median.\n",
 		device, r.cfg.RTTRuns, r.cfg.Size>>20, r.cfg.Copies)
 }
 

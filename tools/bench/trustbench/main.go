@@ -32,7 +32,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg config
 	fs.IntVar(&cfg.RTTRuns, "rtt", 40, "exec round trips per path")
 	var sizeMB int
-	fs.IntVar(&sizeMB, "size", 64, "scp payload `MB`")
+	fs.IntVar(&sizeMB, "size", 64, "scp payload `MiB`")
 	fs.IntVar(&cfg.Copies, "copies", 3, "copies per path and direction")
 	fs.StringVar(&cfg.Bin, "bin", "", "`DIR` holding fleetd, fleetctl, edge-agent and tsh (default: build them)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "bound on the whole run")

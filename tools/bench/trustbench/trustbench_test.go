@@ -10,7 +10,7 @@ import (
 	"remoteler.dev/edge/tools/logtest"
 )
 
-// TestRunTiny runs the whole benchmark with a 1 MB payload and two round
+// TestRunTiny runs the whole benchmark with a 1 MiB payload and two round
 // trips per path, so that the command cannot rot unnoticed: real root and
 // leaf fleets, a device of the leaf, tsh through both paths.
 func TestRunTiny(t *testing.T) {
@@ -24,7 +24,7 @@ func TestRunTiny(t *testing.T) {
 		"| leaf → device (a leaf user) |",
 		"| root → leaf → device (a root user, --cluster=leaf) |",
 		"2 per path",
-		"`tsh scp` of 1 MB, 1 copies",
+		"`tsh scp` of 1 MiB, 1 copies",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
