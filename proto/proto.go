@@ -58,7 +58,7 @@
 // older fleet refuses the hello of an agent that declares apps (an
 // unknown key): update the fleet before you declare apps on devices.
 //
-// Revision of 2026-12-09 (trusted clusters and direct nodes): service
+// Revision of 2026-12-06, trusted clusters and direct nodes: service
 // "cluster" streams, which a root fleet opens down a leaf fleet's tunnel
 // to carry its users' HTTPS requests to the leaf's API; cluster-info on a
 // leaf's control stream (CA keys each side keeps of the other); the stream
