@@ -103,6 +103,16 @@ const (
 	EventLockCreate = "lock.create"
 	EventLockDelete = "lock.delete"
 	EventLockExpire = "lock.expire"
+	// Trusted clusters. On a root: EventClusterJoin (a leaf joined, or
+	// was refused), EventClusterOnline and EventClusterOffline (its
+	// tunnel), EventClusterDelete (an admin ended the trust). On a leaf:
+	// EventTrustPut (an admin trusted a root) and EventClusterDelete.
+	// Fields["cluster"] names the other fleet.
+	EventClusterJoin    = "cluster.join"
+	EventClusterOnline  = "cluster.online"
+	EventClusterOffline = "cluster.offline"
+	EventClusterDelete  = "cluster.delete"
+	EventTrustPut       = "trust.put"
 )
 
 // Outcomes of an audited action.

@@ -25,6 +25,16 @@
 // the audit logger, in one call); Record passes an event of a service's
 // own to it.
 //
+// A leaf cluster (trusted clusters) is one more kind of destination: an
+// Ask that names a Cluster is authorised against the cluster registry
+// (fleet/clusters: the leaf exists), opened as a stream of service
+// "cluster" down the leaf's tunnel with the caller the fleet vouches for
+// (user, roles, traits), and registered as live, so that it ends when the
+// caller's access here ends; the leaf decides everything else with its
+// own roles and keeps the audit. On the leaf, the asks of a root's users
+// carry their Origin, and their streams to devices name the root's SSH
+// user CA keys, which the leaf trusts.
+//
 // Only fleet/... server packages import broker.
 package broker
 
@@ -42,6 +52,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/authz"
+	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
@@ -98,6 +109,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Clusters finds the leaf clusters this fleet reaches (trusted
+	// clusters, *clusters.Registry); nil reaches none.
+	Clusters Clusters
+	// OriginKeys returns the SSH user CA keys (wire format) of a root
+	// fleet this fleet trusts: the streams of that root's users carry
+	// them to the device (proto.Identity.UserCAKeys). Nil: none.
+	OriginKeys func(origin string) [][]byte
+}
+
+// Clusters looks leaf clusters up by name (*clusters.Registry); an unknown
+// name is an error.
+type Clusters interface {
+	Get(ctx context.Context, name string) (clusters.Cluster, error)
 }
 
 // Recorder records an audit event (*audit.Recorder).
@@ -168,6 +192,24 @@ type Ask struct {
 	Action string
 	// Fields are added to every audit event of the session.
 	Fields map[string]string
+
+	// Cluster, when set, is a leaf cluster to reach instead of a device
+	// (service proto.ServiceCluster); Admin says the caller is the
+	// fleet's admin identity rather than a user (it may reach a leaf's
+	// audit trail, which the leaf decides).
+	Cluster string
+	Admin   bool
+	// Token says the caller shows a session's token, not a certificate:
+	// it may only ask a leaf how that session ended, which the leaf
+	// checks.
+	Token bool
+	// Origin, OriginRoles and Via describe the ask of a root fleet's user
+	// on a leaf (sessions.Session): the root, the roles it vouched for
+	// (User.Roles are this fleet's, from its role_map), and the root's
+	// relayed stream.
+	Origin      string
+	OriginRoles []string
+	Via         string
 }
 
 // Grant is an authorised Ask: the session to be, the device, and what the
@@ -189,6 +231,10 @@ type Grant struct {
 	// cluster (service kube); the handler resolves which of them the
 	// request acts as and sets Session.KubeUser and KubeGroups.
 	KubeUsers, KubeGroups []string
+	// Leaf is the leaf cluster reached (service cluster).
+	Leaf clusters.Cluster
+	// originKeys are the root's SSH user CA keys, for a root's user.
+	originKeys [][]byte
 }
 
 // Status classifies a refusal, for the HTTP layer to map to a status.
@@ -233,6 +279,9 @@ func (b *Broker) Authorize(ctx context.Context, ask Ask) (*Grant, error) {
 }
 
 func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
+	if ask.Cluster != "" {
+		return b.authorizeCluster(ctx, ask)
+	}
 	if ask.Checker == nil {
 		what := "devices"
 		if ask.Service == proto.ServiceKube {
@@ -244,6 +293,10 @@ func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
 	g.Session = sessions.Session{
 		ID: NewID(), Service: ask.Service, Kind: ask.Kind, User: ask.User.Name, Roles: ask.User.Roles,
 		Login: ask.Login, App: ask.App, DeviceName: ask.Device, ClientAddr: ask.ClientAddr, Expires: ask.Expires,
+		Traits: ask.User.Traits, Origin: ask.Origin, OriginRoles: ask.OriginRoles, Via: ask.Via,
+	}
+	if ask.Origin != "" && b.cfg.OriginKeys != nil {
+		g.originKeys = b.cfg.OriginKeys(ask.Origin)
 	}
 	if g.Session.Kind == "" {
 		g.Session.Kind = ask.Service
@@ -320,6 +373,37 @@ func (b *Broker) locked(subj locks.Subject) *Refusal {
 	return nil
 }
 
+// authorizeCluster decides an ask to reach a leaf cluster: the leaf must
+// be trusted here, and the caller a user or the admin identity. What the
+// caller may do there is the leaf's decision.
+func (b *Broker) authorizeCluster(ctx context.Context, ask Ask) (*Grant, *Refusal) {
+	g := &Grant{Ask: ask, Cluster: b.cfg.Cluster}
+	g.Session = sessions.Session{
+		ID: NewID(), Service: proto.ServiceCluster, Kind: "cluster", User: ask.User.Name, Roles: ask.User.Roles,
+		Traits: ask.User.Traits, Admin: ask.Admin, Cluster: ask.Cluster, ClientAddr: ask.ClientAddr, Expires: ask.Expires,
+	}
+	if ask.Checker == nil && !ask.Admin && !ask.Token {
+		return nil, &Refusal{Status: StatusForbidden, Msg: "only users can reach leaf clusters: run tsh login"}
+	}
+	if ask.Token {
+		g.Session.User = "" // nobody: the registry checks no user
+	}
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		return nil, ref
+	}
+	notFound := &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("no cluster %q trusts this fleet: see tsh clusters", ask.Cluster),
+		Fields: map[string]string{"rule": "no such cluster"}}
+	if b.cfg.Clusters == nil {
+		return nil, notFound
+	}
+	leaf, err := b.cfg.Clusters.Get(ctx, ask.Cluster)
+	if err != nil {
+		return nil, notFound
+	}
+	g.Leaf, g.Session.DeviceID = leaf, clusters.TunnelID(leaf.Name)
+	return g, nil
+}
+
 func (b *Broker) local() (string, map[string]string, bool) {
 	if b.cfg.Local == nil {
 		return "", nil, false
@@ -358,6 +442,16 @@ func (g *Grant) Identity() proto.Identity {
 	if !s.Expires.IsZero() {
 		id.Expires = s.Expires.UnixMilli()
 	}
+	if s.Service == proto.ServiceCluster {
+		// What a leaf needs to decide: who, with which roles and traits
+		// here. Nothing of a device.
+		id = proto.Identity{User: g.Ask.User.Name, Roles: s.Roles, Traits: s.Traits, Admin: s.Admin, Cluster: g.Cluster, Expires: id.Expires}
+	}
+	if s.Origin != "" {
+		// A root's user: the root verified them, and the device checks
+		// their certificate against the root's user CA too.
+		id.Cluster, id.UserCAKeys = s.Origin, g.originKeys
+	}
 	return id
 }
 
@@ -373,6 +467,13 @@ func (b *Broker) Deny(ctx context.Context, ask Ask, ref *Refusal) {
 	f := map[string]string{"device_name": ask.Device, "service": ask.Service, "action": action}
 	if ask.App != "" {
 		f["app"] = ask.App
+	}
+	if ask.Cluster != "" {
+		f["cluster"], f["service"] = ask.Cluster, proto.ServiceCluster
+		delete(f, "device_name")
+	}
+	if ask.Origin != "" {
+		f["user_cluster"] = ask.Origin
 	}
 	for k, v := range ask.Fields {
 		f[k] = v
@@ -481,19 +582,27 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 	if err == nil {
 		return conn, nil
 	}
-	name := g.Device.Name
+	what, lastSeen, refuser := fmt.Sprintf("device %q", g.Device.Name), g.Device.LastSeen, "the device"
+	if g.Session.Cluster != "" {
+		what, lastSeen = fmt.Sprintf("the leaf cluster %q", g.Leaf.Name), g.Leaf.LastSeen
+		refuser = what
+	}
 	var pe *proto.Error
 	switch {
 	case b.cfg.Offline != nil && errors.Is(err, b.cfg.Offline):
-		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("device %q is offline (last seen %s)", name, g.Device.LastSeen.UTC().Format(time.RFC3339))}
+		seen := "never seen"
+		if !lastSeen.IsZero() {
+			seen = "last seen " + lastSeen.UTC().Format(time.RFC3339)
+		}
+		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("%s is offline (%s)", what, seen)}
 	case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
-		return nil, &Refusal{Status: StatusForbidden, Msg: "the device refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
+		return nil, &Refusal{Status: StatusForbidden, Msg: refuser + " refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
 	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
-		return nil, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("device %q does not offer it: %s", name, pe.Message), Fields: map[string]string{"rule": "device"}}
+		return nil, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("%s does not offer it: %s", what, pe.Message), Fields: map[string]string{"rule": "device"}}
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		return nil, err // the user went away
 	default:
-		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("device %q did not answer: %v", name, err)}
+		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer: %v", what, err)}
 	}
 }
 

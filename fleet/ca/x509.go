@@ -18,6 +18,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"remoteler.dev/edge/proto"
 )
 
 // Kind is what holds an X.509 client certificate; it is the certificate's
@@ -30,6 +32,12 @@ const (
 	KindDevice Kind = "device" // a device's agent, from join
 	KindAdmin  Kind = "admin"  // the admin identity fleetctl uses
 	KindApp    Kind = "app"    // a user's certificate for one web app, from tsh apps login
+	// KindCluster is a leaf fleet's tunnel identity at its root (trusted
+	// clusters): CN is the leaf's cluster name; the root issues it.
+	KindCluster Kind = "cluster"
+	// KindFleet is the fleet's own client identity, which it shows the
+	// direct nodes it dials (proto.FleetOU); CN is the cluster name.
+	KindFleet Kind = proto.FleetOU
 )
 
 // appURIScheme names the app of an app certificate in its URI SAN:
@@ -176,6 +184,35 @@ func (a *Authority) SignDeviceX509(csrDER []byte, deviceID string, ttl time.Dura
 	return der, nil
 }
 
+// SignClusterX509 issues a leaf fleet's tunnel certificate (DER) for the
+// key in csrDER: Kind KindCluster, the leaf's cluster name as CN.
+func (a *Authority) SignClusterX509(csrDER []byte, cluster string, ttl time.Duration) ([]byte, error) {
+	der, err := a.signCSR(csrDER, KindCluster, cluster, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign cluster certificate for %q: %w", cluster, err)
+	}
+	return der, nil
+}
+
+// FleetClientCert makes the fleet's client identity for dialling direct
+// nodes: a new ECDSA P-256 key and its certificate (Kind KindFleet, the
+// cluster as CN), valid for ttl, with the active CA in its chain.
+func (a *Authority) FleetClientCert(ttl time.Duration) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: fleet client certificate: %w", err)
+	}
+	leaf, err := a.issue(key.Public(), clientSubject(KindFleet, a.cluster), x509.ExtKeyUsageClientAuth, nil, nil, ttl)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: fleet client certificate: %w", err)
+	}
+	return tls.Certificate{
+		Certificate: [][]byte{leaf.Raw, a.set(X509).active().cert.Raw},
+		PrivateKey:  key,
+		Leaf:        leaf,
+	}, nil
+}
+
 // SignAppX509 issues a user's client certificate for one web app (DER):
 // Kind KindApp, the user as CN and the app's label (APP--DEVICE) in a URI
 // SAN. The fleet accepts it on that app's address only.
@@ -263,7 +300,7 @@ func (a *Authority) Identify(cert *x509.Certificate) (Identity, error) {
 	kind := Kind(ous[0])
 	id := Identity{Kind: kind, Name: cert.Subject.CommonName, Expires: cert.NotAfter}
 	switch kind {
-	case KindUser, KindDevice, KindAdmin:
+	case KindUser, KindDevice, KindAdmin, KindCluster, KindFleet:
 	case KindApp:
 		if len(cert.URIs) != 1 || cert.URIs[0].Scheme != appURIScheme || cert.URIs[0].Opaque == "" {
 			return Identity{}, fmt.Errorf("ca: identify %q: an app certificate must name one app", cert.Subject.CommonName)

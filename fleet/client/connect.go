@@ -55,7 +55,7 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		return fail(c.transportError(op, err))
 	}
 	q := url.Values{"device": {device}, "login": {login}, "service": {service}}
-	req, err := http.NewRequest(http.MethodGet, "https://"+c.cfg.Addr+api.PathConnect+"?"+q.Encode(), nil)
+	req, err := http.NewRequest(http.MethodGet, c.url(api.PathConnect+"?"+q.Encode()), nil)
 	if err != nil {
 		return fail(fmt.Errorf("client: %s: %w", op, err))
 	}
@@ -153,7 +153,7 @@ func (c *Client) SessionEnd(ctx context.Context, conn net.Conn) (*api.SessionEnd
 	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.cfg.Addr+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path), nil)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", op, err)
 	}

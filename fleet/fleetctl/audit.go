@@ -32,7 +32,8 @@ an audit event, stored once per source in a hash chain (docs/audit.md).`,
 type. At most --limit events are shown; when more match, text output says
 so on standard error and JSON or YAML output has "truncated": true.`,
 		Example: `  fleetctl audit search --since=2h --type='session.*'
-  fleetctl audit search --device=pi-1 --user=alice --format=json`,
+  fleetctl audit search --device=pi-1 --user=alice --format=json
+  fleetctl audit search --cluster=plant-7 --type='session.*'`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return r.auditSearch(cmd, q) },
 	}
@@ -44,6 +45,7 @@ so on standard error and JSON or YAML output has "truncated": true.`,
 	fl.StringVar(&q.session, "session", "", "only events of this session ID")
 	fl.StringVar(&q.typ, "type", "", "only events of this type (session.start), or of a prefix ending in * (session.*)")
 	fl.IntVar(&q.limit, "limit", api.DefaultAuditLimit, fmt.Sprintf("the most events to show (at most %d)", api.MaxAuditLimit))
+	fl.StringVar(&q.cluster, "cluster", "", "search the audit trail of this leaf `cluster` through this fleet, its root (when the leaf's trust allows it: audit_search)")
 	q.format = cli.FormatFlag(search, "")
 	search.RegisterFlagCompletionFunc("device", cli.CompleteArgs(-1, r.names(r.deviceNames)))
 	search.RegisterFlagCompletionFunc("user", cli.CompleteArgs(-1, r.names(r.userNames)))
@@ -94,6 +96,7 @@ type auditVerifyFlags struct {
 // auditSearchFlags are audit search's flags.
 type auditSearchFlags struct {
 	since, until, device, user, session, typ string
+	cluster                                  string
 	limit                                    int
 	format                                   *cli.Format
 }
@@ -130,7 +133,7 @@ func (r *runner) auditSearch(cmd *cobra.Command, f auditSearchFlags) error {
 		return err
 	}
 	defer c.Close()
-	res, err := c.AuditSearch(ctx, q)
+	res, err := c.In(f.cluster).AuditSearch(ctx, q)
 	if err != nil {
 		return fmt.Errorf("audit search: %w", apiHint(err))
 	}

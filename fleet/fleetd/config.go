@@ -62,6 +62,10 @@ type Config struct {
 	// NAT mapping (e.g. "25s"; "-1s" turns it off); default: each agent's
 	// own setting.
 	DeviceKeepalive Duration `json:"device_keepalive"`
+	// DirectNetworks are CIDR prefixes where direct nodes (edge-agent
+	// --mode=direct) may ask to be dialled, besides loopback, private and
+	// link-local addresses; default none.
+	DirectNetworks []string `json:"direct_networks"`
 	// DeviceLiveness, when set, tells every agent how often to check that
 	// the fleet is there while idle; default: each agent's own (2m).
 	DeviceLiveness Duration `json:"device_liveness"`

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -28,8 +29,10 @@ import (
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/direct"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/leader"
@@ -46,6 +49,7 @@ import (
 	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto/api"
@@ -187,9 +191,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	lockSvc := &locks.Service{Store: st, Devices: reg, Now: now}
 	// The device lifecycle: join (through the HTTPS API), hello, renew,
 	// disconnect (through the tunnel server).
+	directNets, err := parsePrefixes(cfg.DirectNetworks)
+	if err != nil {
+		return fmt.Errorf("fleetd: direct_networks: %w", err)
+	}
 	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster, Locks: lockSet,
 		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
-		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, DirectNetworks: directNets, Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	var tunnels *tunnelsrv.Server
@@ -197,7 +205,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
+	// Trusted clusters, as a root: leaves tunnel in like devices, with
+	// certificates of their own kind.
+	leaves := clusters.New(clusters.Config{Store: st, CA: auth, Tokens: toks, Cluster: cfg.Cluster,
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now})
+	leaves.Configure(&tcfg)
 	tunnels = tunnelsrv.New(tcfg)
+	// Trusted clusters, as a leaf: set below, once the API it serves the
+	// roots' users exists.
+	var roots *trust.Service
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -207,13 +223,25 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return l.Labels
 		}
 		return nil
-	}}
+	},
+		Leaves: func(ctx context.Context, name string) error {
+			_, err := leaves.Get(ctx, name)
+			return err
+		},
+		Remote: func(ctx context.Context, origin string, r []string) ([]string, error) {
+			return roots.Roles(ctx, origin, r)
+		},
+	}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
 	lockSet.OnLock = enforceLocks(live, tunnels, log)
+	// Direct nodes hold no tunnel: the fleet dials them.
+	dialer := direct.New(direct.Config{CA: auth, Devices: reg, Logger: log, Now: now})
+	defer dialer.Close()
+	router := &direct.Router{Tunnels: tunnels, Direct: dialer, Devices: reg, Now: now}
 	// One broker for every service: SSH, Kubernetes and apps.
 	brk := broker.New(broker.Config{
-		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live, Locks: lockSet,
+		Tunnels: router, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live, Locks: lockSet,
 		Local: func() (string, map[string]string, bool) {
 			if l := kube.Local(); l != nil {
 				return l.Name, l.Labels, true
@@ -221,6 +249,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return "", nil, false
 		},
 		Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now,
+		Clusters: leaves, OriginKeys: func(origin string) [][]byte { return roots.UserCAKeys(origin) },
 	})
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
@@ -267,13 +296,16 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		LockStore:       lockSvc,
 	}
 	apiSrv.Kube = kube
+	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: apiSrv.Handler(),
+		Sessions: live, Audit: recorder, Logger: log, Now: now})
+	apiSrv.Clusters, apiSrv.Trust = leaves, roots
 	// The browser side: the login, web apps, the keys apps verify their
 	// JWTs with.
 	appKeys, err := appjwt.Open(ctx, st, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
+	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
 	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
 		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, log, now)
@@ -336,6 +368,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		})
 	}()
 
+	// The roots' users' requests, served by this fleet's API; the tunnels
+	// to the roots, once for the fleet, by the leader.
+	wg.Go(func() { roots.Serve(ctx) })
+	wg.Go(func() {
+		leader.Run(ctx, "trusted-clusters", elector(st, "trusted-clusters"), st, log, func(ctx context.Context, fenced store.Store) error {
+			return roots.Run(ctx, fenced)
+		})
+	})
 	// CA rotation steps taken on another replica reach this one.
 	wg.Go(func() { followCA(ctx, st, auth, log) })
 	// Logins that were started and never finished (single sign-on,
@@ -415,6 +455,19 @@ func loginLimit(cfg Config) *sourcelimit.Limiter {
 		}
 		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
 	}
+}
+
+// parsePrefixes parses CIDR prefixes.
+func parsePrefixes(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // every runs f every d until ctx is done.

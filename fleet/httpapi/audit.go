@@ -17,11 +17,11 @@ import (
 
 // auditRoutes registers the audit and recording endpoints.
 func (s *Server) auditRoutes(mux *http.ServeMux) {
-	mux.Handle("GET "+api.PathAudit, s.admin(s.searchAudit))
-	mux.Handle("GET "+api.PathAuditVerify, s.admin(s.verifyAudit))
-	mux.Handle("GET "+api.PathAuditExport, s.admin(s.exportAudit))
-	mux.Handle("GET "+api.PathRecordings, s.authed(s.listRecordings))
-	mux.Handle("GET "+api.PathRecordings+"/{id}", s.authed(s.getRecording))
+	mux.Handle("GET "+api.PathAudit, s.auditor(s.searchAudit, false))
+	mux.Handle("GET "+api.PathAuditVerify, s.auditor(s.verifyAudit, false))
+	mux.Handle("GET "+api.PathAuditExport, s.auditor(s.exportAudit, false))
+	mux.Handle("GET "+api.PathRecordings, s.auditor(s.listRecordings, true))
+	mux.Handle("GET "+api.PathRecordings+"/{id}", s.auditor(s.getRecording, true))
 }
 
 // record writes one of the fleet's own audit events. Callers that must not
@@ -159,7 +159,7 @@ func (s *Server) exportAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 // mayView reports whether the caller may see a recording: admins see all,
 // users their own sessions.
 func (c *caller) mayView(rec *api.Recording) bool {
-	return c.isAdmin() || (c.checker != nil && rec.User == c.user.Name)
+	return c.auditReader() || (c.checker != nil && rec.User == c.user.Name)
 }
 
 func (s *Server) listRecordings(w http.ResponseWriter, r *http.Request, c *caller) {

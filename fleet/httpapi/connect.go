@@ -16,6 +16,11 @@ import (
 
 func (s *Server) apiDevice(d devices.Device) api.Device {
 	out := d.API()
+	if d.Direct() {
+		// A direct node holds no tunnel: it is online while its last
+		// check-in is recent (its check-in's tunnel counts as one).
+		out.Online = s.now().Sub(d.LastSeen) < devices.DirectWindow
+	}
 	if info, ok := s.Tunnels.Info(d.ID); ok {
 		out.Online = true
 		out.Addr = info.Addr.String()
@@ -83,6 +88,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	if c.checker == nil {
 		ask.User.Name = c.name()
 	}
+	c.fill(&ask)
 	b := s.broker()
 	refuse := func(ref *broker.Refusal) {
 		status, code := refusalStatus(ref.Status)

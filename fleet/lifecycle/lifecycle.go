@@ -24,8 +24,10 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,6 +64,10 @@ type Config struct {
 	Keepalive, Liveness time.Duration
 	// Apps is what app URIs the fleet accepts from devices.
 	Apps apps.Policy
+	// DirectNetworks are where direct nodes may ask to be dialled besides
+	// loopback, private (RFC 1918, RFC 4193) and link-local addresses:
+	// the fleet's own network. A direct node elsewhere is refused.
+	DirectNetworks []netip.Prefix
 	// ReleaseKeys are the keys devices trust for agent releases, given at
 	// join (OTA); nil gives none.
 	ReleaseKeys func(ctx context.Context) []string
@@ -147,7 +153,7 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	}
 	tokenLabels, err := l.cfg.Tokens.Consume(ctx, req.Token)
 	if err != nil {
-		if errors.Is(err, tokens.ErrTokenInvalid) || errors.Is(err, tokens.ErrTokenExpired) || errors.Is(err, tokens.ErrTokenUsedUp) {
+		if tokens.Refused(err) {
 			return nil, refuse(api.CodeUnauthorized, err.Error())
 		}
 		return nil, fmt.Errorf("lifecycle: join: %w", err)
@@ -273,6 +279,13 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		deny("hello names another device")
 		return nil, proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dev.Name, h.Name)
 	}
+	direct := ""
+	if h.Direct != "" {
+		if direct, err = l.directAddr(h.Direct, addr); err != nil {
+			deny("direct node: " + err.Error())
+			return nil, proto.Errorf(proto.CodeForbidden, "direct node: %v", err)
+		}
+	}
 	accepted, refused := l.cfg.Apps.Accept(dev.Name, h.Apps)
 	for _, r := range refused {
 		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
@@ -289,6 +302,7 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		dv.Labels = mergeLabels(h.Labels, dv.TokenLabels)
 		dv.Services = cleanServices(h.Services)
 		dv.Apps = accepted
+		dv.DirectAddr = direct
 		return nil
 	})
 	if err != nil {
@@ -296,6 +310,9 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	}
 	skew := time.UnixMilli(h.Time).Sub(now)
 	f := map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}
+	if direct != "" {
+		f["direct_addr"] = direct
+	}
 	if len(accepted) > 0 {
 		names := make([]string, len(accepted))
 		for i, a := range accepted {
@@ -332,6 +349,43 @@ func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
 		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
 	return nil
+}
+
+// directAddr checks where a direct node says it listens (its hello's
+// Direct) and returns where the fleet dials it: an IP literal and a port,
+// where an unspecified IP means the address the node checked in from. It
+// must be on the fleet's own network (DirectNetworks).
+func (l *Lifecycle) directAddr(listen string, from net.Addr) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("listen address %q is not IP:PORT", listen)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("listen address %q has no valid port", listen)
+	}
+	ip := netip.IPv6Unspecified()
+	if host != "" {
+		if ip, err = netip.ParseAddr(host); err != nil || ip.Zone() != "" {
+			return "", fmt.Errorf("listen address %q must name an IP address, not a host name", listen)
+		}
+	}
+	if ip.IsUnspecified() {
+		ap, err := netip.ParseAddrPort(from.String())
+		if err != nil {
+			return "", fmt.Errorf("the node's own address %s is not IP:PORT", from)
+		}
+		ip = ap.Addr()
+	}
+	ip = ip.Unmap()
+	ok := ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast()
+	for _, p := range l.cfg.DirectNetworks {
+		ok = ok || p.Contains(ip)
+	}
+	if !ok {
+		return "", fmt.Errorf("%s is not on the fleet's own network (loopback, private or link-local, or fleetd's direct_networks); run the agent on a tunnel instead", ip)
+	}
+	return netip.AddrPortFrom(ip, uint16(n)).String(), nil
 }
 
 var serviceRE = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)

@@ -21,7 +21,8 @@ func (r *runner) proxyCommand() *cobra.Command {
 		Use:   "proxy",
 		Short: "Connections for other programs (OpenSSH's ProxyCommand, a web app on a local port)",
 	}
-	group.AddCommand(&cobra.Command{
+	var cluster string
+	proxySSH := &cobra.Command{
 		Use:   "ssh [LOGIN@]HOST[:PORT]",
 		Short: "Connect standard input and output to a device's SSH server",
 		Long: `Connect standard input and output to a device's SSH server through the
@@ -29,8 +30,10 @@ fleet, for OpenSSH's ProxyCommand (tsh config writes it): HOST is the
 device, with or without ".CLUSTER"; the port is ignored.`,
 		Args:              cli.ExactArgs(1, "[LOGIN@]HOST[:PORT]"),
 		ValidArgsFunction: r.completeTarget(""),
-		RunE:              func(cmd *cobra.Command, args []string) error { return r.proxySSH(cmd, args[0]) },
-	})
+		RunE:              func(cmd *cobra.Command, args []string) error { return r.proxySSH(cmd, args[0], cluster) },
+	}
+	r.clusterFlag(proxySSH, &cluster)
+	group.AddCommand(proxySSH)
 	group.AddCommand(r.proxyAppCommand())
 	return group
 }
@@ -40,9 +43,9 @@ device, with or without ".CLUSTER"; the port is ignored.`,
 // through the fleet and copies bytes between stdin/stdout and the
 // connection. The port is ignored: the fleet always brokers the device's
 // SSH service.
-func (r *runner) proxySSH(cmd *cobra.Command, target string) error {
+func (r *runner) proxySSH(cmd *cobra.Command, target, cluster string) error {
 	ctx := cmd.Context()
-	p, dir, err := r.currentProfile()
+	st, err := r.site(cluster)
 	if err != nil {
 		return err
 	}
@@ -54,21 +57,21 @@ func (r *runner) proxySSH(cmd *cobra.Command, target string) error {
 	} else if host, _, err := net.SplitHostPort(target); err == nil {
 		target = host
 	}
-	login, device := splitTarget(target, p.Cluster)
+	login, device := splitTarget(target, st.name())
 	if login == "" {
 		login = r.localUser()
 	}
 	if device == "" {
 		return cli.Usagef(cmd, "name a device")
 	}
-	c, err := r.newClient(p, dir)
+	c, err := r.client(st)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	conn, err := c.Connect(ctx, device, login, "ssh")
 	if err != nil {
-		return connectError(err, p, device, login)
+		return connectError(err, st, device, login)
 	}
 	// The fleet says in-band why it ends the session, at the moment it
 	// does: print it then (OpenSSH shows a ProxyCommand's stderr), before

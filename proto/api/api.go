@@ -192,7 +192,21 @@ type Device struct {
 	Link Link `json:"link"`
 	// Update is where the device's self-update stands (nil: none yet).
 	Update *DeviceUpdate `json:"update,omitempty"`
+	// Mode is how the fleet reaches the device: ModeTunnel (its reverse
+	// tunnel) or ModeDirect (the fleet dials it: a direct node).
+	Mode string `json:"mode,omitempty"`
+	// DirectAddr is where a direct node listens for the fleet.
+	DirectAddr string `json:"direct_addr,omitempty"`
 }
+
+// How the fleet reaches a device (Device.Mode).
+const (
+	// ModeTunnel: the device holds a reverse tunnel to the fleet.
+	ModeTunnel = "tunnel"
+	// ModeDirect: a direct node on the fleet's own network; the fleet
+	// dials it for each connection and holds nothing while it is idle.
+	ModeDirect = "direct"
+)
 
 // Link is a device tunnel's health as the fleet sees it. Counters are for
 // the current connection; Reconnects and AddrChangedAt span connections.
@@ -343,6 +357,8 @@ type Token struct {
 	// edge-agent start --token (only when just created).
 	JoinString string `json:"join_string,omitempty"`
 	CAPin      string `json:"ca_pin,omitempty"`
+	// Type is what the token joins: TokenDevice or TokenTrustedCluster.
+	Type string `json:"type,omitempty"`
 }
 
 // AddTokenRequest is POSTed to /v1/tokens. Zero TTL means 1h; zero Uses means 1.
@@ -350,7 +366,16 @@ type AddTokenRequest struct {
 	TTL    time.Duration     `json:"ttl,omitempty"`
 	Uses   int               `json:"uses,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// Type is what the token joins: TokenDevice (the default) or
+	// TokenTrustedCluster (a leaf fleet, which takes no labels).
+	Type string `json:"type,omitempty"`
 }
+
+// Token types (AddTokenRequest.Type, Token.Type).
+const (
+	TokenDevice         = "device"
+	TokenTrustedCluster = "trusted-cluster"
+)
 
 // Status is the answer to GET /v1/status.
 type Status struct {

@@ -22,6 +22,7 @@ benchmarks=(
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
   store # the bbolt and etcd stores side by side: Get/Put/CAS latency, watch delay between replicas, store copy (a Go test in fleet/store/etcdstore)
   appbench # web apps through the fleet vs direct vs nginx: small GET p50/p99 and requests/s, 1 GiB download, websocket round trip, memory per app session (~2 min)
+  trustbench # trusted clusters: tsh exec round trip and scp throughput through root → leaf → device against leaf → device (~2 min)
 )
 named=$#
 if ((named)); then benchmarks=("$@"); fi
