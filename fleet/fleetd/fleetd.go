@@ -195,13 +195,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: direct_networks: %w", err)
 	}
+	// A joining device pins the release keys the fleet trusts (the OTA
+	// service, made below, holds them).
+	var otaSvc *otaParts
+	releaseKeys := func(ctx context.Context) []string { return otaSvc.releases.TrustedKeys(ctx).Strings() }
 	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster, Locks: lockSet,
 		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
-		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, DirectNetworks: directNets, Audit: recorder, Logger: log, Now: now})
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, DirectNetworks: directNets, ReleaseKeys: releaseKeys,
+		Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	var tunnels *tunnelsrv.Server
-	otaSvc, err := newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	otaSvc, err = newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
