@@ -344,16 +344,17 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("peer: %d: %s", e.Status, e.Message) }
 
 // Stream opens a full-duplex byte stream to replica t's handler at path:
-// what is written goes to the handler's request body, what the handler
-// writes comes back. It returns once the handler has answered (see
-// Accept): a status other than 200 is an *Error.
-func (n *Node) Stream(ctx context.Context, t Target, path string, q url.Values) (*Stream, error) {
+// first (nil: nothing) is sent at once, for the handler to read before it
+// answers; then what is written goes to the handler's request body, and
+// what the handler writes comes back. It returns once the handler has
+// answered (see Accept): a status other than 200 is an *Error. ctx bounds
+// only the opening.
+func (n *Node) Stream(ctx context.Context, t Target, path string, q url.Values, first []byte) (*Stream, error) {
 	pr, pw := io.Pipe()
 	req, err := n.request(context.WithoutCancel(ctx), t, http.MethodPost, path, q, pr)
 	if err != nil {
 		return nil, fmt.Errorf("peer: %w", err)
 	}
-	// The request outlives ctx, which bounds only the opening.
 	rctx, cancel := context.WithCancel(req.Context())
 	req = req.WithContext(rctx)
 	type result struct {
@@ -365,6 +366,19 @@ func (n *Node) Stream(ctx context.Context, t Target, path string, q url.Values) 
 		resp, err := n.tr.RoundTrip(req)
 		ch <- result{resp, err}
 	}()
+	wrote := make(chan error, 1)
+	go func() {
+		var err error
+		if len(first) > 0 {
+			_, err = pw.Write(first)
+		}
+		wrote <- err
+	}()
+	fail := func(err error) (*Stream, error) {
+		cancel()
+		pw.CloseWithError(err)
+		return nil, err
+	}
 	var res result
 	select {
 	case res = <-ch:
@@ -377,29 +391,42 @@ func (n *Node) Stream(ctx context.Context, t Target, path string, q url.Values) 
 		return nil, fmt.Errorf("peer: open %s on replica %s: %w", path, t.ID, ctx.Err())
 	}
 	if res.err != nil {
-		cancel()
-		pw.CloseWithError(res.err)
-		return nil, fmt.Errorf("peer: open %s on replica %s: %w", path, t.ID, res.err)
+		return fail(fmt.Errorf("peer: open %s on replica %s: %w", path, t.ID, res.err))
 	}
 	if res.resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(res.resp.Body, 64<<10))
 		res.resp.Body.Close()
-		cancel()
-		pw.Close()
-		return nil, &Error{Status: res.resp.StatusCode, Message: string(bytes.TrimSpace(b))}
+		return fail(&Error{Status: res.resp.StatusCode, Message: string(bytes.TrimSpace(b))})
+	}
+	// The handler answered after reading first, so the write is done (or
+	// failed with the request).
+	if err := <-wrote; err != nil {
+		res.resp.Body.Close()
+		return fail(fmt.Errorf("peer: open %s on replica %s: %w", path, t.ID, err))
 	}
 	return &Stream{r: res.resp.Body, w: pw, cancel: cancel, remote: addr(t.Addr)}, nil
 }
 
 // Accept answers a stream's opening (Stream returns on it) and returns the
-// handler's side of the stream.
-func Accept(w http.ResponseWriter, r *http.Request) (*Stream, error) {
+// handler's side of the stream, which reads from body (the request's body,
+// or a buffered reader on it that read what Stream sent first; nil: the
+// request's body).
+func Accept(w http.ResponseWriter, r *http.Request, body io.Reader) (*Stream, error) {
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
 		return nil, fmt.Errorf("peer: accept stream: %w", err)
 	}
-	return &Stream{r: r.Body, w: &flushWriter{w: w, rc: rc}, remote: addr(r.RemoteAddr)}, nil
+	rd := io.ReadCloser(r.Body)
+	if body != nil {
+		rd = readCloser{Reader: body, Closer: r.Body}
+	}
+	return &Stream{r: rd, w: &flushWriter{w: w, rc: rc}, remote: addr(r.RemoteAddr)}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 type flushWriter struct {

@@ -63,7 +63,7 @@ func serve(t *testing.T, a CA, id string, h http.Handler) (*Node, Target) {
 func echo() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
-		s, err := Accept(w, r)
+		s, err := Accept(w, r, nil)
 		if err != nil {
 			return
 		}
@@ -101,7 +101,7 @@ func TestStream(t *testing.T) {
 		t.Fatalf("Do /who = %q, %v; want the caller's ID a", who, err)
 	}
 
-	s, err := na.Stream(ctx, tb, "/echo", nil)
+	s, err := na.Stream(ctx, tb, "/echo", nil, []byte("first "))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,12 +115,13 @@ func TestStream(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read the echo: %v", err)
 	}
+	want = append([]byte("first "), want...)
 	if !bytes.Equal(got, bytes.ToUpper(want)) {
 		t.Fatalf("echo of %d bytes came back as %d bytes, or altered", len(want), len(got))
 	}
 	s.Close()
 
-	if _, err := na.Stream(ctx, tb, "/refuse", nil); err == nil {
+	if _, err := na.Stream(ctx, tb, "/refuse", nil, nil); err == nil {
 		t.Fatal("a refused stream opened")
 	} else {
 		var pe *Error
@@ -185,7 +186,7 @@ func TestStreamOpenCancelled(t *testing.T) {
 	na, _ := serve(t, a, "a", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if _, err := na.Stream(ctx, tb, "/slow", nil); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := na.Stream(ctx, tb, "/slow", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Stream to a handler that never answers: %v, want the context's deadline", err)
 	}
 }

@@ -104,6 +104,7 @@ type Registry struct {
 	devices  map[string]Entry
 	mine     map[string][]byte // device ID → the value this replica wrote
 	onMove   []func(deviceID string, e Entry)
+	changed  chan struct{} // closed and replaced whenever devices changes
 }
 
 // New returns a Registry for cfg.
@@ -117,7 +118,22 @@ func New(cfg Config) *Registry {
 	return &Registry{
 		cfg: cfg, log: cfg.Logger.With("component", "presence"), ready: make(chan struct{}),
 		replicas: map[string]Replica{}, devices: map[string]Entry{}, mine: map[string][]byte{},
+		changed: make(chan struct{}),
 	}
+}
+
+// changedLocked wakes those waiting for a change of the devices' entries.
+func (r *Registry) changedLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// Changes returns a channel that is closed at the next change of any
+// device's entry.
+func (r *Registry) Changes() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
 }
 
 // Self returns this replica.
@@ -270,6 +286,7 @@ func (r *Registry) reset(items []store.Item, _ int64) {
 	old := r.devices
 	r.replicas, r.devices, r.synced = replicas, devices, true
 	r.markReadyLocked()
+	r.changedLocked()
 	hooks := r.onMove
 	r.mu.Unlock()
 	for id, e := range devices {
@@ -298,6 +315,7 @@ func (r *Registry) apply(ev store.Event) {
 	case ev.Kind == store.EventDelete && strings.HasPrefix(ev.Key, devicesPrefix):
 		delete(r.devices, strings.TrimPrefix(ev.Key, devicesPrefix))
 	}
+	r.changedLocked()
 	hooks := r.onMove
 	r.mu.Unlock()
 	if moved != nil {
@@ -360,6 +378,7 @@ func (r *Registry) Claim(ctx context.Context, deviceID, addr string, since time.
 		r.mine[deviceID] = b
 		// Known at once here, before the watch brings it back.
 		r.devices[deviceID] = e
+		r.changedLocked()
 	}
 	r.mu.Unlock()
 	return nil
@@ -381,6 +400,7 @@ func (r *Registry) Release(ctx context.Context, deviceID string) (elsewhere bool
 			r.mu.Lock()
 			if e, ok := r.devices[deviceID]; ok && e.Replica == r.cfg.Self.ID {
 				delete(r.devices, deviceID)
+				r.changedLocked()
 			}
 			r.mu.Unlock()
 			return false, nil
