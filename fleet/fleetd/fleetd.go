@@ -266,7 +266,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
-	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
+	web := newWeb(cfg, st, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
 	defer web.apps.Close()
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
 		Limit: apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
@@ -289,6 +289,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
+	wg.Go(func() { web.login.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
@@ -326,6 +327,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			every(ctx, 5*time.Minute, func() {
 				for what, prune := range map[string]func(context.Context) (int, error){
 					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+					"expired browser sessions": web.login.Prune,
 				} {
 					if _, err := prune(ctx); err != nil {
 						log.Warn("prune "+what, "err", err)
