@@ -112,6 +112,22 @@ type AuditChain struct {
 	Problems []string `json:"problems,omitempty"`
 	// Queue is what the device last reported about its audit queue.
 	Queue *DeviceAudit `json:"queue,omitempty"`
+	// Replica is the fleetd replica whose log this is, with several.
+	Replica string `json:"replica,omitempty"`
+	// Handoffs are where a device's chain left this replica's log for
+	// another replica's and came back: the events between are in that
+	// replica's log.
+	Handoffs []AuditHandoff `json:"handoffs,omitempty"`
+}
+
+// AuditHandoff is a stretch of a device's chain held by another replica:
+// this replica's log holds events up to After, then from Seq+1, whose
+// chain hash continues from Hash (event Seq's, held by Replica).
+type AuditHandoff struct {
+	After   uint64 `json:"after"`
+	Seq     uint64 `json:"seq"`
+	Hash    string `json:"hash"`
+	Replica string `json:"replica,omitempty"`
 }
 
 // DeviceAudit is a device's last report on its audit queue.
