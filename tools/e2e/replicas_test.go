@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/balancer"
+	"remoteler.dev/edge/tools/harness"
+	"remoteler.dev/edge/tools/logtest"
+)
+
+// replicaFleet is three fleetd replicas on a three-member etcd cluster
+// behind one address (tools/balancer): devices go to replica A first,
+// users to C first, each to the next when its replica is down.
+type replicaFleet struct {
+	etcd *etcdtest.Cluster
+	reps [3]*harness.Fleet
+	lb   *balancer.Balancer
+}
+
+const (
+	repA = 0
+	repB = 1
+	repC = 2
+)
+
+// startReplicas starts the cluster, the replicas and the balancer.
+func startReplicas(t *testing.T) *replicaFleet {
+	t.Helper()
+	rf := &replicaFleet{etcd: etcdtest.Start(t, etcdtest.Options{Members: 3})}
+	for i := range rf.reps {
+		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: []string{
+			"--store", rf.etcd.StoreURL("fleet-replicas"), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
+			"--replica-id", fmt.Sprintf("r-%c", 'a'+i),
+		}})
+	}
+	var addrs []string
+	for _, f := range rf.reps {
+		addrs = append(addrs, f.Addr)
+	}
+	lb, err := balancer.Start(balancer.Config{Backends: addrs, Logger: logtest.Logger(t), Rule: func(c balancer.Client) []int {
+		if c.Network == "udp" {
+			return []int{repA, repB, repC}
+		}
+		return []int{repC, repB, repA}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lb.Close)
+	rf.lb = lb
+	return rf
+}
+
+// login logs a user in through the balancer (on replica C).
+func (rf *replicaFleet) login(t *testing.T, name string) *harness.User {
+	t.Helper()
+	f := rf.reps[repA]
+	pw := f.AddUser(name, "access", "root")
+	u := f.NewUser(name)
+	if out, errOut, err := u.TshErr(pw+"\n", "login", "--proxy="+rf.lb.Addr(), "--user="+name, "--ca-pin="+f.Pin); err != nil {
+		t.Fatalf("tsh login %s through the balancer: %v\n%s%s", name, err, out, errOut)
+	}
+	return u
+}
+
+// device starts a device through the balancer (its tunnel on replica A).
+func (rf *replicaFleet) device(t *testing.T, name string) *harness.Agent {
+	t.Helper()
+	return rf.reps[repA].StartAgentWith(harness.AgentConfig{Name: name, Fleet: rf.lb.Addr()})
+}
+
+// onlineOn reports whether replica i lists device name online, and with
+// which address.
+func onlineOn(f *harness.Fleet, name string) bool {
+	return f.Online(name)
+}
+
+// ready asks replica f's readiness check.
+func ready(t *testing.T, f *harness.Fleet) api.Ready {
+	t.Helper()
+	out, _, err := run("", nil, "curl", "-sk", "https://"+f.Addr+api.PathReady)
+	var r api.Ready
+	if err == nil {
+		json.Unmarshal([]byte(out), &r)
+	}
+	return r
+}
+
+// TestReplicasRoute: a device on replica A, a user on replica C: tsh ls on
+// every replica shows the device online; tsh ssh and OpenSSH reach it
+// through C and A; every replica is ready and names itself.
+func TestReplicasRoute(t *testing.T) {
+	rf := startReplicas(t)
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	for i, f := range rf.reps {
+		if !onlineOn(f, "pi-1") {
+			t.Errorf("replica %d lists pi-1 offline", i)
+		}
+		if r := ready(t, f); !r.Ready || r.Replica != fmt.Sprintf("r-%c", 'a'+i) {
+			t.Errorf("replica %d readiness %+v", i, r)
+		}
+	}
+	if out := alice.Tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
+		t.Errorf("tsh ls through replica C = %q, want pi-1 online", out)
+	}
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "through C and A"); out != "through C and A\n" {
+		t.Errorf("tsh ssh = %q", out)
+	}
+	cfg := openSSHConfig(t, alice)
+	if out, errOut, err := run("", nil, "ssh", "-F", cfg, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo", "openssh"); err != nil || out != "openssh\n" {
+		t.Errorf("OpenSSH = %q, %v\n%s", out, err, errOut)
+	}
+	// The replicas' logs say the stream went from C to A.
+	rf.reps[repA].Proc.WaitOutput("stream opened for a peer", 10*time.Second)
+}
