@@ -242,6 +242,17 @@ type remoteAddr string
 func (a remoteAddr) Network() string { return "udp" }
 func (a remoteAddr) String() string  { return string(a) }
 
+// Replica returns the ID of the replica holding deviceID's tunnel, or "".
+func (r *Router) Replica(deviceID string) string {
+	if e, ok := r.cfg.Presence.Lookup(deviceID); ok {
+		return e.Replica
+	}
+	if r.cfg.Local.Online(deviceID) {
+		return r.cfg.Presence.Self().ID
+	}
+	return ""
+}
+
 // Count returns how many devices hold a tunnel to some replica.
 func (r *Router) Count() int { return max(r.cfg.Presence.Count(), r.cfg.Local.Count()) }
 

@@ -186,6 +186,9 @@ type Device struct {
 	Arch         string            `json:"arch,omitempty"`
 	Addr         string            `json:"addr,omitempty"`
 	JoinedAt     time.Time         `json:"joined_at"`
+	// Replica is the fleetd replica holding the device's tunnel, with
+	// several (docs/replicas.md).
+	Replica string `json:"replica,omitempty"`
 	// Logins are the logins the asking user may use on this device.
 	Logins []string `json:"logins,omitempty"`
 	// Services are what the device offers, from its last hello: "ssh",

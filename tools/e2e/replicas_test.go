@@ -120,3 +120,40 @@ func TestReplicasRoute(t *testing.T) {
 	// The replicas' logs say the stream went from C to A.
 	rf.reps[repA].Proc.WaitOutput("stream opened for a peer", 10*time.Second)
 }
+
+// replicaOf returns the replica that replica f says holds device name's
+// tunnel ("" when f lists it offline, or cannot answer).
+func replicaOf(f *harness.Fleet, name string) string {
+	ds, err := f.DevicesErr()
+	if err != nil {
+		return ""
+	}
+	for _, d := range ds {
+		if d.Name == name && d.Online {
+			return d.Replica
+		}
+	}
+	return ""
+}
+
+// TestReplicaKilled: replica A, which holds the device's tunnel, is
+// killed (SIGKILL): the device is back on another replica within seconds,
+// and C routes the next session there; A's restart takes nothing.
+func TestReplicaKilled(t *testing.T) {
+	rf := startReplicas(t)
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	c := rf.reps[repC]
+	if got := replicaOf(c, "pi-1"); got != "r-a" {
+		t.Fatalf("pi-1 on %q, want r-a", got)
+	}
+	start := time.Now()
+	rf.reps[repA].Kill()
+	if !harness.Eventually(time.Minute, func() bool { return replicaOf(c, "pi-1") == "r-b" }) {
+		t.Fatalf("pi-1 not on replica B within a minute of A's death: on %q", replicaOf(c, "pi-1"))
+	}
+	t.Logf("pi-1 back on replica B %v after A was killed", time.Since(start).Round(time.Millisecond))
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "after A died"); out != "after A died\n" {
+		t.Errorf("tsh ssh after A died = %q", out)
+	}
+}
