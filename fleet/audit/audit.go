@@ -423,7 +423,7 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	if err != nil {
 		return nil, fmt.Errorf("audit: ingest from %s: %w", source, err)
 	}
-	if l.cfg.Heads != nil && moved.Seq > fleet.Seq {
+	if l.cfg.Heads != nil && len(b.Events) > 0 && moved.Seq > fleet.Seq {
 		// Committed here; acknowledged only once the fleet-wide head
 		// covers it, or another replica could skip it as held.
 		if err := l.cfg.Heads.Advance(ctx, source, fleet, moved); err != nil {

@@ -206,3 +206,24 @@ func (s StoreHeads) Advance(ctx context.Context, device string, from, to Head) e
 	old, _ := json.Marshal(&from)
 	return s.Store.CompareAndSwap(ctx, headsPrefix+device, old, next)
 }
+
+// EventHash returns the chain hash of source's event seq, if this log
+// holds it (a replica's answer to another checking a hand-off).
+func (l *Log) EventHash(source string, seq uint64) ([]byte, bool) {
+	var h []byte
+	l.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents).Bucket([]byte(source))
+		if b == nil {
+			return nil
+		}
+		v := b.Get(seqKey(seq))
+		if v == nil {
+			return nil
+		}
+		if e, err := proto.UnmarshalEvent(v); err == nil && e.Seq == seq {
+			h = e.Hash
+		}
+		return nil
+	})
+	return h, h != nil
+}

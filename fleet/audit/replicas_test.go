@@ -219,3 +219,19 @@ func TestStoreHeads(t *testing.T) {
 		t.Errorf("head after held events %+v, want unchanged", g)
 	}
 }
+
+// TestHeadQueryMovesNothing: a batch without events (the device asking
+// where the fleet stands, or reporting its queue) leaves the fleet-wide
+// head alone.
+func TestHeadQueryMovesNothing(t *testing.T) {
+	heads := &memHeads{heads: map[string]Head{}}
+	a := openReplica(t, heads, "a")
+	evs := chain(t, 1, 3, nil, simple)
+	ingest(t, a, evs)
+	for range 2 {
+		ack, err := a.Ingest(context.Background(), "dev-1", &proto.AuditBatch{Queue: &proto.AuditQueueStatus{Pending: 0}})
+		if err != nil || ack.Through != 3 {
+			t.Fatalf("head query: %+v, %v; want through 3", ack, err)
+		}
+	}
+}

@@ -315,6 +315,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
+	if reps != nil {
+		apiSrv.Peers = reps
+		apiSrv.PeerRoutes(reps.mux)
+	}
 	// The browser side: the login, web apps, the keys apps verify their
 	// JWTs with.
 	appKeys, err := appjwt.Open(ctx, st, now)

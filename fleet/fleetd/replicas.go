@@ -266,3 +266,40 @@ func readyHandler(replica string, ready func() bool, next http.Handler) http.Han
 		next.ServeHTTP(w, req)
 	})
 }
+
+// Self implements httpapi.Peers.
+func (r *replicas) Self() string { return r.id }
+
+// Ask implements httpapi.Peers: the other replicas, asked at once.
+func (r *replicas) Ask(ctx context.Context, path string, q url.Values) (map[string][]byte, map[string]error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	answers, failed := map[string][]byte{}, map[string]error{}
+	var wg sync.WaitGroup
+	for _, t := range r.others() {
+		wg.Go(func() {
+			b, err := r.node.Do(ctx, t, http.MethodGet, path, q, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed[t.ID] = err
+			} else {
+				answers[t.ID] = b
+			}
+		})
+	}
+	wg.Wait()
+	return answers, failed
+}
+
+// AskOne implements httpapi.Peers.
+func (r *replicas) AskOne(ctx context.Context, id, path string, q url.Values) ([]byte, error) {
+	rep, ok := r.pres.Replica(id)
+	if !ok {
+		return nil, fmt.Errorf("replica %s is not running", id)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return r.node.Do(ctx, peer.Target{ID: rep.ID, Addr: rep.Addr}, http.MethodGet, path, q, nil)
+}

@@ -97,16 +97,32 @@ func (s *Server) searchAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 			}
 		}
 	}
-	recs, more, err := s.Events.Search(r.Context(), q)
+	out, err := s.searchHere(r.Context(), q, names)
 	if err != nil {
 		s.storeError(w, "audit search", err)
 		return
 	}
-	out := api.AuditSearch{Events: make([]api.AuditEvent, 0, len(recs)), Truncated: more}
-	for _, rec := range recs {
-		out.Events = append(out.Events, audit.Export(rec, names))
+	if s.Peers != nil {
+		out = s.searchReplicas(r.Context(), q, out, names)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// searchHere searches this replica's log.
+func (s *Server) searchHere(ctx context.Context, q audit.Query, names map[string]string) (api.AuditSearch, error) {
+	recs, more, err := s.Events.Search(ctx, q)
+	if err != nil {
+		return api.AuditSearch{}, err
+	}
+	out := api.AuditSearch{Events: make([]api.AuditEvent, 0, len(recs)), Truncated: more}
+	for _, rec := range recs {
+		e := audit.Export(rec, names)
+		if s.Peers != nil {
+			e.Replica = s.Peers.Self()
+		}
+		out.Events = append(out.Events, e)
+	}
+	return out, nil
 }
 
 func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -120,6 +136,15 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 		return
 	}
 	names := s.deviceNames(r.Context())
+	out := s.verifyHere(v, names)
+	if s.Peers != nil {
+		out = s.verifyReplicas(r.Context(), out, names)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// verifyHere turns this replica's verification into the API's answer.
+func (s *Server) verifyHere(v *audit.Verification, names map[string]string) api.AuditVerify {
 	out := api.AuditVerify{OK: len(v.Checkpoints.Problems) == 0, Sources: v.Chains, Checked: s.now().UTC()}
 	for i := range out.Sources {
 		out.Sources[i].DeviceName = names[out.Sources[i].Source]
@@ -133,7 +158,13 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 	if cp.Key != nil {
 		out.Checkpoints.Key = auditexport.KeyString(cp.Key)
 	}
-	writeJSON(w, http.StatusOK, out)
+	if s.Peers != nil {
+		for i := range out.Sources {
+			out.Sources[i].Replica = s.Peers.Self()
+		}
+		out.Checkpoints.Replica = s.Peers.Self()
+	}
+	return out
 }
 
 // exportAudit streams the audit log in the export format.

@@ -72,6 +72,9 @@ type Server struct {
 	Tokens  *tokens.Service
 	Devices *devices.Registry
 	Tunnels Tunnels
+	// Peers asks the fleet's other replicas, with several (searches and
+	// verifications of the audit cover them all); nil on one fleetd.
+	Peers Peers
 	// Kube forwards Kubernetes API requests (kube.go); nil turns
 	// Kubernetes access off.
 	Kube *kubesrv.Server

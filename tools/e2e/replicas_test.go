@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/balancer"
 	"remoteler.dev/edge/tools/harness"
@@ -155,5 +156,96 @@ func TestReplicaKilled(t *testing.T) {
 	t.Logf("pi-1 back on replica B %v after A was killed", time.Since(start).Round(time.Millisecond))
 	if out := alice.Tsh("ssh", "root@pi-1", "echo", "after A died"); out != "after A died\n" {
 		t.Errorf("tsh ssh after A died = %q", out)
+	}
+}
+
+// auditSearch runs fleetctl audit search --format=json on replica f.
+func auditSearch(t *testing.T, f *harness.Fleet, args ...string) api.AuditSearch {
+	t.Helper()
+	var res api.List[api.AuditEvent]
+	out := f.Ctl("", append([]string{"audit", "search", "--format=json", "--limit=1000"}, args...)...)
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("audit search --format=json: %v\n%s", err, out)
+	}
+	return api.AuditSearch{Events: res.Items, Truncated: res.Truncated}
+}
+
+// TestReplicasAudit: one trail per device over the replicas. A session
+// brokered by C to a device on A, then the device moves to B and another
+// session runs: a search on any replica shows every event once, the
+// device's events verified against C's records, and audit verify finds
+// every replica's chains whole and the device's stretches joined.
+func TestReplicasAudit(t *testing.T) {
+	rf := startReplicas(t)
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	alice.Tsh("ssh", "root@pi-1", "echo", "one")
+	execs := func(f *harness.Fleet) []api.AuditEvent {
+		var out []api.AuditEvent
+		for _, e := range auditSearch(t, f, "--device=pi-1").Events {
+			if e.AssertedBy != api.SourceFleet && strings.HasPrefix(e.Type, "exec") {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	b, c := rf.reps[repB], rf.reps[repC]
+	if !harness.Eventually(time.Minute, func() bool { return len(execs(c)) >= 1 }) {
+		t.Fatalf("the device's exec event never reached the trail: %+v", auditSearch(t, c, "--device=pi-1").Events)
+	}
+	// A stops: the device moves to B.
+	rf.reps[repA].Stop()
+	if !harness.Eventually(time.Minute, func() bool { return replicaOf(c, "pi-1") == "r-b" }) {
+		t.Fatalf("pi-1 did not move to B: on %q", replicaOf(c, "pi-1"))
+	}
+	rf.reps[repA].Start()
+	alice.Tsh("ssh", "root@pi-1", "echo", "two")
+	if !harness.Eventually(time.Minute, func() bool { return len(execs(b)) >= 2 }) {
+		t.Fatalf("the second exec never reached the trail: %+v", execs(b))
+	}
+	all := auditSearch(t, b, "--device=pi-1")
+	seen := map[string]bool{}
+	replicasOfDevice := map[string]bool{}
+	for _, e := range all.Events {
+		if e.AssertedBy != api.SourceFleet {
+			key := fmt.Sprint(e.Source, e.Seq)
+			if seen[key] {
+				t.Errorf("device event %s shown twice", key)
+			}
+			seen[key] = true
+			replicasOfDevice[e.Replica] = true
+			if e.Unverified != "" {
+				t.Errorf("device event %d (%s) unverified: %s", e.Seq, e.Type, e.Unverified)
+			}
+		}
+	}
+	if !replicasOfDevice["r-a"] || !replicasOfDevice["r-b"] {
+		t.Errorf("the device's events are on replicas %v, want on r-a and r-b", replicasOfDevice)
+	}
+	var starts int
+	for _, e := range all.Events {
+		if e.Type == proto.EventSessionStart && e.Replica == "r-c" {
+			starts++
+		}
+	}
+	if starts < 2 {
+		t.Errorf("%d session starts on C in the trail, want the two sessions'", starts)
+	}
+
+	out, errOut, err := c.CtlErr("", "audit", "verify")
+	if err != nil || !strings.Contains(out, "All ") || !strings.Contains(out, "REPLICA") {
+		t.Fatalf("audit verify on C: %v\n%s\n%s", err, out, errOut)
+	}
+	var v api.AuditVerify
+	js := c.Ctl("", "audit", "verify", "--format=json")
+	if err := json.Unmarshal([]byte(js), &v); err != nil {
+		t.Fatal(err)
+	}
+	handoffs := 0
+	for _, s := range v.Sources {
+		handoffs += len(s.Handoffs)
+	}
+	if !v.OK || len(v.Replicas) != 3 || handoffs == 0 {
+		t.Errorf("audit verify: ok %v, %d replicas' checkpoints, %d hand-offs; want ok, 3, at least one", v.OK, len(v.Replicas), handoffs)
 	}
 }
