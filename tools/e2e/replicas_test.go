@@ -12,6 +12,7 @@ import (
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/balancer"
 	"remoteler.dev/edge/tools/harness"
+	"remoteler.dev/edge/tools/linksim"
 	"remoteler.dev/edge/tools/logtest"
 )
 
@@ -30,13 +31,36 @@ const (
 	repC = 2
 )
 
+// replicaOptions adjust startReplicas.
+type replicaOptions struct {
+	// store returns replica i's --store; default the cluster's URL.
+	store func(rf *replicaFleet, i int) string
+	// devices and users are the replicas devices and users go to, in
+	// order; default A, B, C for devices and C, B, A for users.
+	devices, users []int
+}
+
 // startReplicas starts the cluster, the replicas and the balancer.
 func startReplicas(t *testing.T) *replicaFleet {
 	t.Helper()
+	return startReplicasWith(t, replicaOptions{})
+}
+
+func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
+	t.Helper()
+	if opts.store == nil {
+		opts.store = func(rf *replicaFleet, _ int) string { return rf.etcd.StoreURL("fleet-replicas") }
+	}
+	if opts.devices == nil {
+		opts.devices = []int{repA, repB, repC}
+	}
+	if opts.users == nil {
+		opts.users = []int{repC, repB, repA}
+	}
 	rf := &replicaFleet{etcd: etcdtest.Start(t, etcdtest.Options{Members: 3})}
 	for i := range rf.reps {
 		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: []string{
-			"--store", rf.etcd.StoreURL("fleet-replicas"), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
+			"--store", opts.store(rf, i), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
 			"--replica-id", fmt.Sprintf("r-%c", 'a'+i),
 		}})
 	}
@@ -46,9 +70,9 @@ func startReplicas(t *testing.T) *replicaFleet {
 	}
 	lb, err := balancer.Start(balancer.Config{Backends: addrs, Logger: logtest.Logger(t), Rule: func(c balancer.Client) []int {
 		if c.Network == "udp" {
-			return []int{repA, repB, repC}
+			return opts.devices
 		}
-		return []int{repC, repB, repA}
+		return opts.users
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -247,5 +271,69 @@ func TestReplicasAudit(t *testing.T) {
 	}
 	if !v.OK || len(v.Replicas) != 3 || handoffs == 0 {
 		t.Errorf("audit verify: ok %v, %d replicas' checkpoints, %d hand-offs; want ok, 3, at least one", v.OK, len(v.Replicas), handoffs)
+	}
+}
+
+// TestReplicaPartitioned: replica C, which holds a device's tunnel, is cut
+// off from etcd (its connections to the members go dark). Within its
+// lease's TTL it stops taking work it cannot record: its readiness fails,
+// its API answers 503 with why, and it sends its device away; the device
+// comes back on another replica, where users reach it. When the link to
+// etcd returns, C registers again and takes work.
+func TestReplicaPartitioned(t *testing.T) {
+	link, err := linksim.New(linksim.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { link.Close() })
+	rf := startReplicasWith(t, replicaOptions{
+		store: func(rf *replicaFleet, i int) string {
+			if i != repC {
+				return rf.etcd.StoreURL("fleet-replicas")
+			}
+			var eps []string
+			for _, ep := range rf.etcd.Endpoints() {
+				r, err := link.ListenTCP("", ep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				eps = append(eps, r.Addr().String())
+			}
+			return "etcd://" + strings.Join(eps, ",") + "/fleet-replicas"
+		},
+		devices: []int{repC, repA, repB},
+		users:   []int{repA, repB, repC},
+	})
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	a, c := rf.reps[repA], rf.reps[repC]
+	if got := replicaOf(a, "pi-1"); got != "r-c" {
+		t.Fatalf("pi-1 on %q, want r-c", got)
+	}
+
+	link.SetDown(true)
+	start := time.Now()
+	if !harness.Eventually(time.Minute, func() bool { return !ready(t, c).Ready }) {
+		t.Fatal("C still ready a minute after it was cut off from etcd")
+	}
+	t.Logf("C not ready %v after the cut", time.Since(start).Round(time.Millisecond))
+	_, errOut, err := c.CtlErr("", "users", "ls")
+	if err == nil || !strings.Contains(errOut, "lost the fleet's store") {
+		t.Errorf("fleetctl on the cut-off replica: err %v, %q; want it refused, saying why", err, errOut)
+	}
+	if !harness.Eventually(time.Minute, func() bool { got := replicaOf(a, "pi-1"); return got == "r-a" || got == "r-b" }) {
+		t.Fatalf("pi-1 did not leave the cut-off replica: on %q", replicaOf(a, "pi-1"))
+	}
+	t.Logf("pi-1 on %s %v after the cut", replicaOf(a, "pi-1"), time.Since(start).Round(time.Millisecond))
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "while C is cut off"); out != "while C is cut off\n" {
+		t.Errorf("tsh ssh while C is cut off = %q", out)
+	}
+
+	link.SetDown(false)
+	if !harness.Eventually(time.Minute, func() bool { return ready(t, c).Ready }) {
+		t.Fatal("C not ready again a minute after etcd came back")
+	}
+	if out := c.Ctl("", "users", "ls"); !strings.Contains(out, "alice") {
+		t.Errorf("fleetctl users ls on C after the partition = %q", out)
 	}
 }
