@@ -337,3 +337,66 @@ func TestReplicaPartitioned(t *testing.T) {
 		t.Errorf("fleetctl users ls on C after the partition = %q", out)
 	}
 }
+
+// TestReplicasEtcdLeaderAndRestart: the etcd leader is killed and the
+// fleet keeps serving (a new user logs in, tsh ssh, tsh ls); then every
+// process (three replicas, three etcd members) is restarted, and nothing
+// is lost: the users, the device (back online by itself), the logins,
+// and the audit trail, which verifies whole.
+func TestReplicasEtcdLeaderAndRestart(t *testing.T) {
+	rf := startReplicas(t)
+	agent := rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	alice.Tsh("ssh", "root@pi-1", "echo", "before")
+
+	leader := rf.etcd.Leader(t)
+	t.Logf("killing the etcd leader, %s", leader.Name)
+	leader.Kill()
+	bob := rf.login(t, "bob")
+	if out := bob.Tsh("ssh", "root@pi-1", "echo", "without the etcd leader"); out != "without the etcd leader\n" {
+		t.Errorf("tsh ssh without the etcd leader = %q", out)
+	}
+	if out := alice.Tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
+		t.Errorf("tsh ls without the etcd leader = %q", out)
+	}
+	leader.Restart()
+	rf.etcd.WaitHealthy(t)
+
+	// Everything stops: the replicas, then etcd; then all comes back.
+	for _, f := range rf.reps {
+		f.Stop()
+	}
+	for _, m := range rf.etcd.Members {
+		m.Kill()
+	}
+	for _, m := range rf.etcd.Members {
+		m.Restart()
+	}
+	rf.etcd.WaitHealthy(t)
+	for _, f := range rf.reps {
+		f.Start()
+	}
+	if !harness.Eventually(2*time.Minute, func() bool { return rf.reps[repC].Online("pi-1") }) {
+		t.Fatalf("pi-1 not back online after the restart:\n%s", agent.Proc.Output())
+	}
+	for _, u := range []*harness.User{alice, bob} {
+		if out := u.Tsh("ssh", "root@pi-1", "echo", "after the restart"); out != "after the restart\n" {
+			t.Errorf("%s: tsh ssh after the restart = %q", u.Name, out)
+		}
+	}
+	if out := rf.reps[repB].Ctl("", "users", "ls"); !strings.Contains(out, "alice") || !strings.Contains(out, "bob") {
+		t.Errorf("users after the restart: %q", out)
+	}
+	before := 0
+	for _, e := range auditSearch(t, rf.reps[repB], "--type=session.start").Events {
+		if e.User == "alice" || e.User == "bob" {
+			before++
+		}
+	}
+	if before < 4 {
+		t.Errorf("%d session starts in the trail after the restart, want the 4 sessions'", before)
+	}
+	if out, errOut, err := rf.reps[repA].CtlErr("", "audit", "verify"); err != nil {
+		t.Errorf("audit verify after the restart: %v\n%s%s", err, out, errOut)
+	}
+}
