@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -302,4 +303,13 @@ func (r *replicas) AskOne(ctx context.Context, id, path string, q url.Values) ([
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return r.node.Do(ctx, peer.Target{ID: rep.ID, Addr: rep.Addr}, http.MethodGet, path, q, nil)
+}
+
+// Open implements httpapi.Peers.
+func (r *replicas) Open(ctx context.Context, id, path string, q url.Values) (io.ReadCloser, error) {
+	rep, ok := r.pres.Replica(id)
+	if !ok {
+		return nil, fmt.Errorf("replica %s is not running", id)
+	}
+	return r.node.Get(ctx, peer.Target{ID: rep.ID, Addr: rep.Addr}, path, q)
 }

@@ -194,14 +194,16 @@ func (c *caller) mayView(rec *api.Recording) bool {
 }
 
 func (s *Server) listRecordings(w http.ResponseWriter, r *http.Request, c *caller) {
-	if s.Recordings == nil {
-		writeJSON(w, http.StatusOK, []api.Recording{})
-		return
+	list := []api.Recording{}
+	if s.Recordings != nil {
+		var err error
+		if list, err = s.Recordings.List(c.mayView); err != nil {
+			s.storeError(w, "list recordings", err)
+			return
+		}
 	}
-	list, err := s.Recordings.List(c.mayView)
-	if err != nil {
-		s.storeError(w, "list recordings", err)
-		return
+	if s.Peers != nil {
+		list = s.recordingsOfReplicas(r.Context(), list, c.mayView)
 	}
 	names := s.deviceNames(r.Context())
 	for i := range list {
@@ -212,11 +214,21 @@ func (s *Server) listRecordings(w http.ResponseWriter, r *http.Request, c *calle
 
 func (s *Server) getRecording(w http.ResponseWriter, r *http.Request, c *caller) {
 	id := r.PathValue("id")
-	if s.Recordings == nil {
-		writeError(w, http.StatusNotFound, api.CodeNotFound, "no recording "+id)
-		return
+	var rc io.ReadCloser
+	var rec *api.Recording
+	err := recordings.ErrNotFound
+	if s.Recordings != nil {
+		rc, rec, err = s.Recordings.Read(id)
 	}
-	rc, rec, err := s.Recordings.Read(id)
+	if s.Peers != nil && (err == nil || errors.Is(err, recordings.ErrNotFound)) && (rec == nil || !rec.Complete) {
+		// Another replica may hold it, or a more complete copy.
+		if prc, prec, ok := s.recordingElsewhere(r.Context(), id, rec); ok {
+			if rc != nil {
+				rc.Close()
+			}
+			rc, rec, err = prc, prec, nil
+		}
+	}
 	if err != nil || !c.mayView(rec) {
 		if err != nil && !errors.Is(err, recordings.ErrNotFound) {
 			s.storeError(w, "read recording", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -35,6 +36,9 @@ type Peers interface {
 	// AskOne sends GET path?q to replica id (which may be Self: the
 	// caller then answers itself).
 	AskOne(ctx context.Context, id, path string, q url.Values) ([]byte, error)
+	// Open sends GET path?q to replica id and returns the answer's body as
+	// it comes.
+	Open(ctx context.Context, id, path string, q url.Values) (io.ReadCloser, error)
 }
 
 // Peer endpoints of the audit.
@@ -42,6 +46,7 @@ const (
 	peerAuditSearch = "/peer/v1/audit/search"
 	peerAuditVerify = "/peer/v1/audit/verify"
 	peerAuditEvent  = "/peer/v1/audit/event"
+	peerRecordings  = "/peer/v1/recordings"
 )
 
 // PeerRoutes adds the endpoints the other replicas call to mux.
@@ -49,6 +54,8 @@ func (s *Server) PeerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+peerAuditSearch, s.peerSearch)
 	mux.HandleFunc("GET "+peerAuditVerify, s.peerVerify)
 	mux.HandleFunc("GET "+peerAuditEvent, s.peerEvent)
+	mux.HandleFunc("GET "+peerRecordings, s.peerRecordings)
+	mux.HandleFunc("GET "+peerRecordings+"/{id}", s.peerRecording)
 }
 
 // queryValues is q as the peers' search takes it.
@@ -252,4 +259,113 @@ func (s *Server) peerEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte(s.eventHash(q.Get("source"), seq)))
+}
+
+// Recordings: each replica keeps those its devices uploaded to it. A
+// device that moved in the middle of an upload sends the recording again
+// from the start to its new replica (the upload resumes where the fleet's
+// copy ends, and the new replica has none): listings show the most
+// complete copy.
+
+// better reports whether recording a should be shown rather than b, of
+// the same ID: complete first, then the larger.
+func better(a, b api.Recording) bool {
+	if a.Complete != b.Complete {
+		return a.Complete
+	}
+	return a.Size > b.Size
+}
+
+func (s *Server) peerRecordings(w http.ResponseWriter, r *http.Request) {
+	list := []api.Recording{}
+	if s.Recordings != nil {
+		var err error
+		if list, err = s.Recordings.List(func(*api.Recording) bool { return true }); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// peerRecording answers a recording's description (meta=1) or its bytes.
+func (s *Server) peerRecording(w http.ResponseWriter, r *http.Request) {
+	if s.Recordings == nil {
+		http.Error(w, "no recordings", http.StatusNotFound)
+		return
+	}
+	id := r.PathValue("id")
+	if r.URL.Query().Get("meta") != "" {
+		rec, err := s.Recordings.Get(id)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		writeJSON(w, http.StatusOK, rec)
+		return
+	}
+	rc, _, err := s.Recordings.Read(id)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	defer rc.Close()
+	io.Copy(w, rc)
+}
+
+// recordingsOfReplicas merges the other replicas' recordings into list.
+func (s *Server) recordingsOfReplicas(ctx context.Context, list []api.Recording, keep func(*api.Recording) bool) []api.Recording {
+	best := map[string]api.Recording{}
+	for _, rec := range list {
+		best[rec.ID] = rec
+	}
+	answers, failed := s.Peers.Ask(ctx, peerRecordings, nil)
+	for id, err := range failed {
+		s.log().Warn("a replica did not list its recordings", "replica", id, "err", err)
+	}
+	for _, b := range answers {
+		var theirs []api.Recording
+		if json.Unmarshal(b, &theirs) != nil {
+			continue
+		}
+		for _, rec := range theirs {
+			if old, ok := best[rec.ID]; (!ok || better(rec, old)) && keep(&rec) {
+				best[rec.ID] = rec
+			}
+		}
+	}
+	out := make([]api.Recording, 0, len(best))
+	for _, rec := range best {
+		out = append(out, rec)
+	}
+	slices.SortFunc(out, func(a, b api.Recording) int { return a.Start.Compare(b.Start) })
+	return out
+}
+
+// recordingElsewhere finds the best copy of recording id on the other
+// replicas and opens it.
+func (s *Server) recordingElsewhere(ctx context.Context, id string, here *api.Recording) (io.ReadCloser, *api.Recording, bool) {
+	answers, _ := s.Peers.Ask(ctx, peerRecordings+"/"+url.PathEscape(id), url.Values{"meta": {"1"}})
+	var from string
+	var best *api.Recording
+	if here != nil {
+		best = here
+	}
+	for rid, b := range answers {
+		var rec api.Recording
+		if json.Unmarshal(b, &rec) != nil || rec.ID != id {
+			continue
+		}
+		if best == nil || better(rec, *best) {
+			best, from = &rec, rid
+		}
+	}
+	if from == "" {
+		return nil, nil, false
+	}
+	rc, err := s.Peers.Open(ctx, from, peerRecordings+"/"+url.PathEscape(id), nil)
+	if err != nil {
+		return nil, nil, false
+	}
+	return rc, best, true
 }

@@ -332,6 +332,26 @@ func (n *Node) Do(ctx context.Context, t Target, method, path string, q url.Valu
 	return b, nil
 }
 
+// Get sends a GET to replica t and returns the answer's body as it comes
+// (a recording, say); the caller closes it. A status other than 2xx is an
+// *Error.
+func (n *Node) Get(ctx context.Context, t Target, path string, q url.Values) (io.ReadCloser, error) {
+	req, err := n.request(ctx, t, http.MethodGet, path, q, nil)
+	if err != nil {
+		return nil, fmt.Errorf("peer: %w", err)
+	}
+	resp, err := n.tr.RoundTrip(req)
+	if err != nil {
+		return nil, fmt.Errorf("peer: GET %s on replica %s: %w", path, t.ID, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		return nil, &Error{Status: resp.StatusCode, Message: string(bytes.TrimSpace(b))}
+	}
+	return resp.Body, nil
+}
+
 // MaxAnswer bounds the answer Do reads.
 const MaxAnswer = 64 << 20
 

@@ -144,6 +144,30 @@ func TestReplicasRoute(t *testing.T) {
 	}
 	// The replicas' logs say the stream went from C to A.
 	rf.reps[repA].Proc.WaitOutput("stream opened for a peer", 10*time.Second)
+
+	// A recorded session: the device uploads the recording to A; tsh on C
+	// lists it and plays it back.
+	saw, errOut, err := alice.TshErr("", "ssh", "-t", "root@pi-1", "echo recorded on A")
+	if err != nil {
+		t.Fatalf("tsh ssh -t: %v\n%s", err, errOut)
+	}
+	var rec api.Recording
+	if !harness.Eventually(time.Minute, func() bool {
+		var list api.List[api.Recording]
+		json.Unmarshal([]byte(alice.Tsh("recordings", "ls", "--format=json")), &list)
+		for _, r := range list.Items {
+			if r.Complete && r.Command == "echo recorded on A" {
+				rec = r
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the recording is not listed through C: %s", alice.Tsh("recordings", "ls"))
+	}
+	if played := alice.Tsh("play", "--speed=0", rec.ID); played != saw {
+		t.Errorf("played back through C %q, the user saw %q", played, saw)
+	}
 }
 
 // replicaOf returns the replica that replica f says holds device name's
