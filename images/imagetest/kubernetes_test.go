@@ -30,7 +30,7 @@ func TestKubernetesManifests(t *testing.T) {
 	c.KubectlAdmin(t, "", "apply", "-f", filepath.Join(dir, "replicas"))
 	out = c.KubectlAdmin(t, "", "get", "statefulset,service,poddisruptionbudget,networkpolicy", "-n", "remoteler", "-o", "name")
 	for _, want := range []string{"statefulset.apps/fleetd", "statefulset.apps/etcd", "service/fleetd", "service/fleetd-peers", "service/etcd",
-		"poddisruptionbudget.policy/fleetd", "networkpolicy.networking.k8s.io/etcd"} {
+		"poddisruptionbudget.policy/fleetd", "networkpolicy.networking.k8s.io/etcd", "networkpolicy.networking.k8s.io/fleetd"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("replicas: %q missing from %q", want, out)
 		}
@@ -44,6 +44,12 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if got := c.KubectlAdmin(t, "", "get", "service", "fleetd", "-n", "remoteler", "-o", "jsonpath={.spec.sessionAffinity}"); got != "ClientIP" {
 		t.Errorf("fleetd Service affinity %q, want ClientIP", got)
+	}
+	// The peer port admits the replicas only.
+	peerFrom := c.KubectlAdmin(t, "", "get", "networkpolicy", "fleetd", "-n", "remoteler", "-o",
+		`jsonpath={range .spec.ingress[*]}{.ports[*].port}={.from[*].podSelector.matchLabels}{"\n"}{end}`)
+	if !strings.Contains(peerFrom, `3081={"app.kubernetes.io/name":"fleetd"}`) || !strings.Contains(peerFrom, "3080 3080=\n") {
+		t.Errorf("fleetd network policy's ingress:\n%s\nwant 3081 from fleetd pods only, 3080 from anywhere", peerFrom)
 	}
 	cfg := c.KubectlAdmin(t, "", "get", "configmap", "fleetd-replicas", "-n", "remoteler", "-o", "jsonpath={.data.fleetd\\.yaml}")
 	for _, want := range []string{"store: etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379/fleet", "peer_listen: 0.0.0.0:3081"} {
