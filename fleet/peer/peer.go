@@ -35,8 +35,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"remoteler.dev/edge/fleet/ca"
 )
 
@@ -70,8 +68,7 @@ type Config struct {
 type Node struct {
 	cfg Config
 	log *slog.Logger
-	h2s *http2.Server
-	tr  *http2.Transport
+	tr  *http.Transport
 
 	mu      sync.Mutex // guards cert and renewAt
 	cert    *tls.Certificate
@@ -96,23 +93,54 @@ func New(cfg Config) (*Node, error) {
 	if _, err := n.certificate(); err != nil {
 		return nil, err
 	}
-	n.h2s = &http2.Server{
-		// Room for a stream's bytes in flight between replicas on the
-		// same network: 4 MiB a stream, 64 MiB a connection.
-		MaxUploadBufferPerStream:     4 << 20,
-		MaxUploadBufferPerConnection: 64 << 20,
-		MaxConcurrentStreams:         10000,
-		IdleTimeout:                  5 * time.Minute,
-		ReadIdleTimeout:              30 * time.Second,
-		PingTimeout:                  10 * time.Second,
-	}
-	n.tr = &http2.Transport{
-		DialTLSContext:   n.dial,
-		ReadIdleTimeout:  30 * time.Second,
-		PingTimeout:      10 * time.Second,
-		WriteByteTimeout: 30 * time.Second,
+	var h2only http.Protocols
+	h2only.SetHTTP2(true)
+	n.tr = &http.Transport{
+		DialTLSContext:    func(ctx context.Context, network, addr string) (net.Conn, error) { return n.dial(ctx, network, addr) },
+		ForceAttemptHTTP2: true,
+		Protocols:         &h2only,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout:  30 * time.Second,
+			PingTimeout:      10 * time.Second,
+			WriteByteTimeout: 30 * time.Second,
+		},
 	}
 	return n, nil
+}
+
+// server is the HTTP server of the peer listener: HTTP/2 only, the
+// caller's replica ID in each request's context.
+func (n *Node) server(ctx context.Context) *http.Server {
+	var h2only http.Protocols
+	h2only.SetHTTP2(true)
+	return &http.Server{
+		Protocols: &h2only,
+		TLSConfig: n.ServerTLS(),
+		// Bounds the TLS handshake too.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		HTTP2: &http.HTTP2Config{
+			// Room for a stream's bytes in flight between replicas on
+			// the same network: 4 MiB a stream, 64 MiB a connection.
+			MaxReceiveBufferPerStream:     4 << 20,
+			MaxReceiveBufferPerConnection: 64 << 20,
+			MaxConcurrentStreams:          10000,
+			SendPingTimeout:               30 * time.Second,
+			PingTimeout:                   10 * time.Second,
+		},
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ErrorLog:    slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// The handshake checked the chain (ServerTLS); this names
+			// the replica.
+			caller, err := n.verifyReplica(*r.TLS)
+			if err != nil {
+				http.Error(w, "peer: refused: "+err.Error(), http.StatusForbidden)
+				return
+			}
+			n.cfg.Handler.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
+		}),
+	}
 }
 
 // certificate returns the replica's certificate, issuing a new one when
@@ -191,62 +219,15 @@ func Caller(ctx context.Context) string {
 }
 
 // Serve serves peers on ln (a plain TCP listener: Serve does TLS) until ctx
-// ends.
+// ends; then it closes every peer connection.
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
-	tl := tls.NewListener(ln, n.ServerTLS())
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	srv := n.server(ctx)
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	conns := map[net.Conn]struct{}{}
-	var mu sync.Mutex // guards conns
-	defer func() {
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	}()
-	for {
-		c, err := tl.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("peer: accept: %w", err)
-		}
-		mu.Lock()
-		conns[c] = struct{}{}
-		mu.Unlock()
-		wg.Go(func() {
-			defer func() {
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-				c.Close()
-			}()
-			n.serveConn(ctx, c.(*tls.Conn))
-		})
+	if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("peer: serve: %w", err)
 	}
-}
-
-func (n *Node) serveConn(ctx context.Context, c *tls.Conn) {
-	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := c.HandshakeContext(hctx)
-	cancel()
-	if err != nil {
-		n.log.Warn("peer connection refused", "remote", c.RemoteAddr(), "err", err)
-		return
-	}
-	caller, _ := n.verifyReplica(c.ConnectionState())
-	n.h2s.ServeConn(c, &http2.ServeConnOpts{
-		Context: context.WithValue(ctx, callerKey{}, caller),
-		Handler: n.cfg.Handler,
-	})
+	return nil
 }
 
 // Target is a replica to call: its ID and where it listens for peers.
@@ -258,7 +239,7 @@ type targetKey struct{}
 
 // dial connects to the replica the request's context names, checking
 // that the certificate it shows is that replica's.
-func (n *Node) dial(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+func (n *Node) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	t, _ := ctx.Value(targetKey{}).(Target)
 	if t.ID == "" {
 		return nil, errors.New("peer: dial without a target replica")
