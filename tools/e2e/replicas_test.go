@@ -85,11 +85,17 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 // login logs a user in through the balancer (on replica C).
 func (rf *replicaFleet) login(t *testing.T, name string) *harness.User {
 	t.Helper()
+	return rf.loginVia(t, name, rf.lb.Addr())
+}
+
+// loginVia logs a user in with proxy addr: the balancer, or one replica.
+func (rf *replicaFleet) loginVia(t *testing.T, name, addr string) *harness.User {
+	t.Helper()
 	f := rf.reps[repA]
 	pw := f.AddUser(name, "access", "root")
 	u := f.NewUser(name)
-	if out, errOut, err := u.TshErr(pw+"\n", "login", "--proxy="+rf.lb.Addr(), "--user="+name, "--ca-pin="+f.Pin); err != nil {
-		t.Fatalf("tsh login %s through the balancer: %v\n%s%s", name, err, out, errOut)
+	if out, errOut, err := u.TshErr(pw+"\n", "login", "--proxy="+addr, "--user="+name, "--ca-pin="+f.Pin); err != nil {
+		t.Fatalf("tsh login %s through %s: %v\n%s%s", name, addr, err, out, errOut)
 	}
 	return u
 }
