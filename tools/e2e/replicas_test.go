@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -196,18 +197,23 @@ func replicaOf(f *harness.Fleet, name string) string {
 // and C routes the next session there; A's restart takes nothing.
 func TestReplicaKilled(t *testing.T) {
 	rf := startReplicas(t)
-	rf.device(t, "pi-1")
+	agent := rf.device(t, "pi-1")
 	alice := rf.login(t, "alice")
 	c := rf.reps[repC]
 	if got := replicaOf(c, "pi-1"); got != "r-a" {
 		t.Fatalf("pi-1 on %q, want r-a", got)
 	}
+	mark := agent.Proc.Mark()
 	start := time.Now()
 	rf.reps[repA].Kill()
 	if !harness.Eventually(time.Minute, func() bool { return replicaOf(c, "pi-1") == "r-b" }) {
 		t.Fatalf("pi-1 not on replica B within a minute of A's death: on %q", replicaOf(c, "pi-1"))
 	}
 	t.Logf("pi-1 back on replica B %v after A was killed", time.Since(start).Round(time.Millisecond))
+	// B took the session ticket A issued: the keys are the fleet's.
+	if _, _, err := agent.Proc.AwaitLine(t.Context(), mark, regexp.MustCompile(`tunnel up.* resumed=true 0rtt=true`), 30*time.Second); err != nil {
+		t.Errorf("the device's reconnection to B was not a resumed 0-RTT handshake: %v\n%s", err, agent.Proc.Tail(20))
+	}
 	if out := alice.Tsh("ssh", "root@pi-1", "echo", "after A died"); out != "after A died\n" {
 		t.Errorf("tsh ssh after A died = %q", out)
 	}
