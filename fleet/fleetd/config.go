@@ -110,6 +110,24 @@ type Config struct {
 	LoginBurst int      `json:"login_burst"`
 	LoginEvery Duration `json:"login_every"`
 
+	// Several replicas on etcd (docs/replicas.md).
+
+	// ReplicaID names this fleetd among the fleet's replicas (a-z, 0-9,
+	// '-'); default: made on first start and kept in DATA_DIR/replica-id.
+	ReplicaID string `json:"replica_id"`
+	// PeerListen is the host:port where this replica takes connections
+	// from the other replicas (mutual TLS with replica certificates);
+	// default: the Listen host, port 3081 (0 when Listen's port is 0).
+	// Used only on etcd.
+	PeerListen string `json:"peer_listen"`
+	// PeerAdvertise is the host[:port] the other replicas reach this one
+	// at (a pod IP, say); default: PeerListen, with a wildcard host
+	// replaced by this host's first non-loopback address.
+	PeerAdvertise string `json:"peer_advertise"`
+	// ReplicaLeaseTTL is how long a replica's presence outlives it (how
+	// long a dead replica's devices still show online); default 15s.
+	ReplicaLeaseTTL Duration `json:"replica_lease_ttl"`
+
 	// Web apps on devices (docs/apps.md).
 
 	// AppsDomain is the fleet's host for browsers; each app is one label

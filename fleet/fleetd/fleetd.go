@@ -52,6 +52,7 @@ import (
 	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/auditexport"
 )
@@ -164,7 +165,21 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	sto := newStorage(cfg, st, now)
-	events, recs, err := openAudit(cfg, ckKey, sto, log, now)
+	// On etcd this fleetd is one replica of the fleet (replicas.go).
+	_, onEtcd := st.(*etcdstore.Store)
+	var reps *replicas
+	var replica string
+	var auditReps auditReplicas
+	if onEtcd {
+		if replica, err = replicaID(cfg); err != nil {
+			return fmt.Errorf("fleetd: %w", err)
+		}
+		auditReps = auditReplicas{heads: fleetaudit.StoreHeads{Store: st}, replica: replica,
+			brokered: func(ctx context.Context, deviceID, session string) (*proto.AuditEvent, error) {
+				return reps.brokered(ctx, deviceID, session)
+			}}
+	}
+	events, recs, err := openAudit(cfg, ckKey, sto, auditReps, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -204,9 +219,38 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, DirectNetworks: directNets, ReleaseKeys: releaseKeys,
 		Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
-	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	var tunnels *tunnelsrv.Server
-	otaSvc, err = newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	// Devices are reached through the router on several replicas: on this
+	// replica or on the one holding their tunnel.
+	var reach reacher
+	if onEtcd {
+		// Presence: a device's tunnel is recorded once it is registered,
+		// before its hello is answered, and released when it ends; a
+		// device that has moved to another replica did not go offline.
+		recheck, disconnect := tcfg.Recheck, tcfg.OnDisconnect
+		tcfg.Recheck = func(ctx context.Context, id string) error {
+			if err := recheck(ctx, id); err != nil {
+				return err
+			}
+			info, _ := tunnels.Info(id)
+			return reps.claim(ctx, id, info.Addr)
+		}
+		tcfg.OnDisconnect = func(id string, err error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			elsewhere, rerr := reps.pres.Release(ctx, id)
+			cancel()
+			if rerr != nil {
+				log.Warn("release a device's presence", "device_id", id, "err", rerr)
+			}
+			if elsewhere {
+				log.Info("device moved to another replica", "device_id", id)
+				return
+			}
+			disconnect(id, err)
+		}
+	}
+	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
+	otaSvc, err = newOTA(ctx, cfg, st, reg, events, func(id string, m proto.Message) error { return reach.Send(id, m) }, &tcfg, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
@@ -219,6 +263,19 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// Trusted clusters, as a leaf: set below, once the API it serves the
 	// roots' users exists.
 	var roots *trust.Service
+	reach = tunnels
+	if onEtcd {
+		reps, err = newReplicas(cfg, replica, st, auth, tunnels, log, func() {
+			// Cut off from the store: the devices here cannot be found by
+			// the other replicas; send them to one that can record them.
+			go tunnels.Shed()
+		})
+		if err != nil {
+			return fmt.Errorf("fleetd: %w", err)
+		}
+		reach = reps.router
+		reps.mux.HandleFunc("GET "+pathBrokered, serveBrokered(events))
+	}
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -243,7 +300,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// Direct nodes hold no tunnel: the fleet dials them.
 	dialer := direct.New(direct.Config{CA: auth, Devices: reg, Logger: log, Now: now})
 	defer dialer.Close()
-	router := &direct.Router{Tunnels: tunnels, Direct: dialer, Devices: reg, Now: now}
+	router := &direct.Router{Tunnels: reach, Direct: dialer, Devices: reg, Now: now}
 	// One broker for every service: SSH, Kubernetes and apps.
 	brk := broker.New(broker.Config{
 		Tunnels: router, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live, Locks: lockSet,
@@ -271,7 +328,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Roles:         roles,
 		Tokens:        toks,
 		Devices:       reg,
-		Tunnels:       tunnels,
+		Tunnels:       reach,
 		Cluster:       cfg.Cluster,
 		Version:       Version,
 		Listen:        addr,
@@ -304,6 +361,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: apiSrv.Handler(),
 		Sessions: live, Audit: recorder, Logger: log, Now: now})
 	apiSrv.Clusters, apiSrv.Trust = leaves, roots
+	if reps != nil {
+		apiSrv.Peers = reps
+		apiSrv.PeerRoutes(reps.mux)
+	}
 	// The browser side: the login, web apps, the keys apps verify their
 	// JWTs with.
 	appKeys, err := appjwt.Open(ctx, st, now)
@@ -312,14 +373,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
-	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
+	web := newWeb(cfg, st, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
 		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, log, now)
 	defer web.apps.Close()
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
 		Refuse: func(u api.User) error { return refuseLocked(u.Name, u.Roles) },
 		Limit:  apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
+	ready := func() bool { return true }
+	if reps != nil {
+		ready = reps.pres.Ready
+	}
 	httpSrv := &http.Server{
-		Handler:           web.route(apiSrv.Handler()),
+		Handler:           readyHandler(replica, ready, web.route(apiSrv.Handler())),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -341,10 +406,22 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		wg.Wait()
 		return nil
 	}
+	if reps != nil {
+		reps.run(ctx, &wg)
+		// Take devices and users once this replica is registered (the
+		// store answers: Open waited for it).
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := reps.pres.WaitReady(wctx); err != nil {
+			log.Warn("this replica is not registered in the store yet; it refuses devices and users until it is", "err", err)
+		}
+		wcancel()
+		log.Info("replica", "id", replica, "peers_at", reps.pres.Self().Addr)
+	}
 	wg.Go(func() { events.Run(ctx) })
 	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
+	wg.Go(func() { web.login.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
@@ -390,6 +467,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			every(ctx, 5*time.Minute, func() {
 				for what, prune := range map[string]func(context.Context, store.Store) (int, error){
 					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+					"expired browser sessions": func(ctx context.Context, _ store.Store) (int, error) { return web.login.Prune(ctx) },
 				} {
 					if _, err := prune(ctx, fenced); err != nil {
 						log.Warn("prune "+what, "err", err)
@@ -420,6 +498,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)
+	if reps != nil {
+		fmt.Fprintf(out, "Replica %s: peers at %s\n", replica, reps.pres.Self().Addr)
+	}
 	fmt.Fprintf(out, "CA pin: %s\n", auth.Pin())
 	fmt.Fprintf(out, "Audit checkpoint key: %s\n", auditexport.KeyString(events.CheckpointKey()))
 	fmt.Fprintf(out, "Admin identity: %s (used by fleetctl --data-dir %s)\n", filepath.Join(cfg.DataDir, "admin", "identity.pem"), cfg.DataDir)
@@ -440,6 +521,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	finalCheckpoint(events, log)
 	log.Info("fleetd stopped")
 	return runErr
+}
+
+// reacher reaches devices: the tunnel server on one fleetd, the router
+// (fleet/route) on several replicas.
+type reacher interface {
+	broker.Tunnels
+	httpapi.Tunnels
 }
 
 // loginLimit is the per-source login limit cfg asks for; nil means

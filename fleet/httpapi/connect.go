@@ -23,6 +23,9 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 	}
 	if info, ok := s.Tunnels.Info(d.ID); ok {
 		out.Online = true
+		if w, ok := s.Tunnels.(interface{ Replica(string) string }); ok {
+			out.Replica = w.Replica(d.ID)
+		}
 		out.Addr = info.Addr.String()
 		out.LastSeen = s.now().UTC()
 		l := &out.Link

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -55,6 +56,17 @@ import (
 	"remoteler.dev/edge/proto/api"
 )
 
+// Tunnels reaches devices: *tunnelsrv.Server on one fleetd, fleet/route's
+// Router on several replicas.
+type Tunnels interface {
+	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+	Send(deviceID string, m proto.Message) error
+	Online(deviceID string) bool
+	Info(deviceID string) (tunnelsrv.Info, bool)
+	Count() int
+	Disconnect(deviceID, reason string)
+}
+
 // Server serves the API. Fields without a default are required.
 type Server struct {
 	CA      *ca.Authority
@@ -62,7 +74,10 @@ type Server struct {
 	Roles   *rbac.Roles
 	Tokens  *tokens.Service
 	Devices *devices.Registry
-	Tunnels *tunnelsrv.Server
+	Tunnels Tunnels
+	// Peers asks the fleet's other replicas, with several (searches and
+	// verifications of the audit cover them all); nil on one fleetd.
+	Peers Peers
 	// Kube forwards Kubernetes API requests (kube.go); nil turns
 	// Kubernetes access off.
 	Kube *kubesrv.Server

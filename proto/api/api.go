@@ -33,7 +33,18 @@ const (
 	PathTokens  = "/v1/tokens"  // admin: GET list, POST add, DELETE /v1/tokens/ID
 	PathStatus  = "/v1/status"  // admin: GET
 	PathWhoami  = "/v1/whoami"  // any certificate: GET
+	// PathReady is a fleetd replica's readiness, for load balancers: 200
+	// while it takes devices and users, 503 while it cannot (a replica
+	// cut off from the fleet's store). No certificate needed.
+	PathReady = "/v1/ready"
 )
+
+// Ready answers GET PathReady.
+type Ready struct {
+	Ready bool `json:"ready"`
+	// Replica is the replica's ID, with several.
+	Replica string `json:"replica,omitempty"`
+}
 
 // UpgradeProto is the Upgrade header value for /v1/connect.
 const UpgradeProto = "remoteler-connect/1"
@@ -89,6 +100,9 @@ const (
 	// CodeRateLimited: too many requests from the client's address; try
 	// again after the Retry-After header's seconds.
 	CodeRateLimited = "rate_limited"
+	// CodeUnavailable: this fleetd replica cannot take the request now (it
+	// lost the fleet's store); try again, and another replica answers.
+	CodeUnavailable = "unavailable"
 )
 
 // Error is the body of every non-2xx answer.
@@ -181,6 +195,9 @@ type Device struct {
 	Arch         string            `json:"arch,omitempty"`
 	Addr         string            `json:"addr,omitempty"`
 	JoinedAt     time.Time         `json:"joined_at"`
+	// Replica is the fleetd replica holding the device's tunnel, with
+	// several (docs/replicas.md).
+	Replica string `json:"replica,omitempty"`
 	// Logins are the logins the asking user may use on this device.
 	Logins []string `json:"logins,omitempty"`
 	// Services are what the device offers, from its last hello: "ssh",
