@@ -88,7 +88,7 @@ func TestReplicasBenchmark(t *testing.T) {
 	}
 
 	// pi-2 sends: a session prints every 50 ms until A dies.
-	busy := start(t, "tsh-busy", hop.Env(), "tsh", "ssh", "root@pi-2", "sh", "-c", "while :; do echo tick; sleep 0.05; done")
+	busy := start(t, "tsh-busy", hop.Env(), "tsh", "ssh", "root@pi-2", "while :; do echo tick; sleep 0.05; done")
 	busy.WaitOutput("tick", time.Minute)
 	c := rf.reps[repC]
 	killed := time.Now()
