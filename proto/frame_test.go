@@ -12,8 +12,10 @@ import (
 func sampleMessages() []Message {
 	return []Message{
 		&Hello{ProtocolVersion: Version, Name: "pi-1", AgentVersion: "v0.1.0", OS: "linux", Arch: "arm64",
-			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH}},
-		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000},
+			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH},
+			BootID: "b", KeepaliveMillis: 25000, LivenessMillis: 120000},
+		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000,
+			LinkTag: []byte{1, 2, 3, 4, 5, 6, 7, 8}, LinkKey: bytes.Repeat([]byte{9}, LinkKeySize), ResetToken: []byte{8, 7, 6, 5, 4, 3, 2, 1}},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},
 		&HeartbeatAck{Seq: 9, ServerTime: 5},
@@ -23,6 +25,7 @@ func sampleMessages() []Message {
 		&StreamHeader{Service: ServiceSSH, SessionID: "s1", Identity: Identity{User: "alice", Login: "root", Roles: []string{"access"}}},
 		&StreamAccept{Code: CodeForbidden, Message: "login not allowed"},
 		&Resume{SessionID: "s1", Secret: []byte{1, 2, 3}, Received: 1 << 40},
+		&Resume{SessionID: "s2", Secret: []byte{4}, Received: 7, Replaying: true, From: 5},
 		&ResumeAccept{Code: CodeNotFound, Message: "gone", Received: 7},
 		&AuditBatch{},
 		&AuditBatch{Events: []AuditEvent{

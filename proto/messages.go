@@ -84,6 +84,12 @@ type Hello struct {
 	// the fleet drops the sessions it held for the device: a restarted
 	// agent cannot resume them.
 	BootID string `cbor:"9,keyasint,omitempty"`
+	// KeepaliveMillis and LivenessMillis are the agent's NAT keep-alive and
+	// heartbeat periods (negative keep-alive: off); the fleet judges a device
+	// that has sent nothing for a few keep-alive periods to be offline.
+	// Zero: the agent's defaults.
+	KeepaliveMillis int64 `cbor:"10,keyasint,omitempty"`
+	LivenessMillis  int64 `cbor:"11,keyasint,omitempty"`
 }
 
 // HelloAck answers Hello. It tells the device the fleet's time (devices often
@@ -104,6 +110,12 @@ type HelloAck struct {
 	// fleet can tell when a keep-alive comes from a new address (see
 	// LinkPokeByte).
 	LinkTag []byte `cbor:"6,keyasint,omitempty"`
+	// LinkKey keys the MAC of the fleet's link hurries on this connection
+	// (see LinkHurryByte); LinkKeySize bytes, new for every connection.
+	LinkKey []byte `cbor:"7,keyasint,omitempty"`
+	// ResetToken is what a link reset for this connection carries
+	// (LinkResetToken of LinkTag under the fleet's link key).
+	ResetToken []byte `cbor:"8,keyasint,omitempty"`
 }
 
 // Heartbeat tells the fleet the agent is alive (its QUIC ACK is the
@@ -183,6 +195,12 @@ type Resume struct {
 	SessionID string `cbor:"1,keyasint"`
 	Secret    []byte `cbor:"2,keyasint"`
 	Received  uint64 `cbor:"3,keyasint"`
+	// Replaying says the agent replays its bytes from From right behind
+	// this frame, without waiting for ResumeAccept: a link hurry told it
+	// where the fleet was (LinkHurry.Received). The fleet skips what it
+	// already has; a From beyond that is a protocol error.
+	Replaying bool   `cbor:"4,keyasint,omitempty"`
+	From      uint64 `cbor:"5,keyasint,omitempty"`
 }
 
 // ResumeAccept answers Resume: a zero Code re-attaches the session and

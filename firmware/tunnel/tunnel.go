@@ -7,6 +7,7 @@
 package tunnel
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -279,14 +280,23 @@ func (c *Client) session(ctx context.Context) error {
 	defer tr.Close()
 	defer udp.Close()
 
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	dctx, cancel := context.WithCancelCause(ctx)
+	dctx, cancelT := context.WithTimeout(dctx, 15*time.Second)
+	stopPings := c.pingWhileDialling(raddr, cancel)
 	qc, err := tr.DialEarly(dctx, raddr, tlsConf, &quic.Config{
 		// No QUIC keep-alives: a PING and its ACK cost ~110 bytes on the
 		// wire. The NAT keep-alive and the heartbeat below cost less.
 		MaxIdleTimeout: c.cfg.IdleTimeout,
 	})
-	cancel()
+	stopPings()
+	cause := context.Cause(dctx)
+	cancelT()
+	cancel(nil)
 	if err != nil {
+		if errors.Is(cause, errLinkBack) {
+			c.redialNow.Store(true)
+			return fmt.Errorf("tunnel: dial fleet %s: %w", c.cfg.Addr, errLinkBack)
+		}
 		return fmt.Errorf("tunnel: dial fleet %s: %w", c.cfg.Addr, err)
 	}
 	defer func() { qc.CloseWithError(0, "agent closing") }()
@@ -312,7 +322,7 @@ func (c *Client) session(ctx context.Context) error {
 	switch m := m.(type) {
 	case *proto.HelloAck:
 		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr())
-		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness, tag: m.LinkTag}
+		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness, tag: m.LinkTag, key: m.LinkKey, resetToken: m.ResetToken}
 		if m.KeepaliveMillis != 0 {
 			link.keepalive = time.Duration(m.KeepaliveMillis) * time.Millisecond
 		}
@@ -354,19 +364,18 @@ func (c *Client) session(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(5)
-	go func() {
-		defer wg.Done()
-		c.answerPokes(sctx, tr, ctrl, qc, raddr)
-	}()
-
+	hurry := make(chan proto.LinkHurry, 1)
+	d := &datagrams{c: c, ctrl: ctrl, qc: qc, link: link, hurry: hurry}
+	paths := newLinkPaths(sctx, qc, tr, raddr, c.cfg.ListenPacket, c.log, d.handle)
+	defer paths.close()
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
 	}()
 	go func() {
 		defer wg.Done()
-		c.watchStalls(sctx, qc, ctrl, raddr)
+		c.watchStalls(sctx, qc, ctrl, paths, raddr, hurry)
 	}()
 	go func() {
 		defer wg.Done()
@@ -374,7 +383,7 @@ func (c *Client) session(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		natKeepalive(sctx, tr, raddr, link)
+		natKeepalive(sctx, paths, link)
 	}()
 	go func() {
 		<-sctx.Done()
@@ -408,10 +417,11 @@ func (c *Client) hello(ctx context.Context, qc *quic.Conn) (*control, proto.Mess
 	hello := c.cfg.Hello()
 	hello.ProtocolVersion = proto.Version
 	hello.BootID = c.bootID
+	hello.KeepaliveMillis, hello.LivenessMillis = c.cfg.Keepalive.Milliseconds(), c.cfg.Liveness.Milliseconds()
 	if err := ctrl.send(hello); err != nil {
 		return nil, nil, fmt.Errorf("tunnel: send hello: %w", err)
 	}
-	c.resumeAll(ctx, qc)
+	c.resumeAll(ctx, qc, nil)
 	st.SetReadDeadline(time.Now().Add(15 * time.Second))
 	m, err := proto.ReadMsg(ctrl.r, proto.MaxControlFrame)
 	if err != nil {
@@ -424,17 +434,19 @@ func (c *Client) hello(ctx context.Context, qc *quic.Conn) (*control, proto.Mess
 	return ctrl, m, nil
 }
 
-// linkTimers are one connection's keep-alive and liveness periods, and the
-// tag its keep-alives carry.
+// linkTimers are one connection's keep-alive and liveness periods, the
+// tag its keep-alives carry, and the keys of the fleet's link datagrams.
 type linkTimers struct {
 	keepalive, liveness time.Duration
 	tag                 []byte
+	key                 []byte // HelloAck.LinkKey: MACs the fleet's hurries
+	resetToken          []byte // HelloAck.ResetToken: what a real reset carries
 }
 
 // natKeepalive sends a small datagram outside QUIC every period (see
-// proto.NATKeepaliveByte): it keeps the NAT mapping; the fleet answers only
-// when it comes from a new address.
-func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, l linkTimers) {
+// proto.NATKeepaliveByte), from the active path's socket: it keeps the NAT
+// mapping; the fleet answers only when it comes from a new address.
+func natKeepalive(ctx context.Context, paths *linkPaths, l linkTimers) {
 	if l.keepalive <= 0 {
 		return
 	}
@@ -446,36 +458,82 @@ func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, l linkTi
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			tr.WriteTo(b, to)
+			paths.writeTo(b)
 		}
 	}
 }
 
-// answerPokes sends a heartbeat, a QUIC packet, whenever the fleet pokes:
-// the fleet saw the keep-alive from a new address, and the heartbeat moves
-// the connection there.
+// datagrams handles one connection's datagrams outside QUIC from the
+// fleet (see proto.LinkPokeByte).
+type datagrams struct {
+	c     *Client
+	ctrl  *control
+	qc    *quic.Conn
+	link  linkTimers
+	hurry chan<- proto.LinkHurry // to watchStalls
+
+	mu        sync.Mutex // guards the fields below
+	lastPoke  time.Time
+	hurrySeq  uint64
+	hurrySeen bool
+}
+
+// pokeEvery bounds the heartbeats that pokes draw: a poke is not
+// authenticated, and must not make the agent send without limit.
+const pokeEvery = time.Second
+
+// handle acts on a datagram from the fleet's address, arriving on any of
+// the connection's paths:
 //
-// A reset from the fleet's address means the fleet has no such connection
-// (it restarted or crashed): the connection is dropped and dialled again.
-func (c *Client) answerPokes(ctx context.Context, tr *quic.Transport, ctrl *control, qc *quic.Conn, fleet net.Addr) {
-	buf := make([]byte, 64)
-	for {
-		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
-		if err != nil {
+//   - a poke (the fleet saw the keep-alive from a new address) draws a
+//     heartbeat, a QUIC packet that moves the connection there;
+//   - a reset with this connection's token (the fleet does not know the
+//     connection: it restarted or crashed) drops the connection to dial
+//     again at once;
+//   - a hurry with a good MAC and a new sequence number (the fleet's data is
+//     stalled) tells the stall watcher the link is back.
+//
+// Anything else, and anything from another address, is ignored.
+func (d *datagrams) handle(b []byte, from net.Addr) {
+	if from.String() != d.qc.RemoteAddr().String() {
+		return
+	}
+	switch {
+	case len(b) == 1 && b[0] == proto.LinkPokeByte:
+		d.mu.Lock()
+		now := time.Now()
+		ok := now.Sub(d.lastPoke) >= pokeEvery
+		if ok {
+			d.lastPoke = now
+		}
+		d.mu.Unlock()
+		if ok {
+			d.c.log.Info("the fleet sees this device at a new address; moving the connection")
+			go d.ctrl.send(&proto.Heartbeat{})
+		}
+	case proto.IsLinkReset(b, d.link.resetToken):
+		d.c.log.Info("the fleet does not know this connection (it restarted); reconnecting")
+		d.c.redialNow.Store(true)
+		d.qc.CloseWithError(0, "agent: the fleet lost the connection, reconnecting")
+	case len(b) > 0 && b[0] == proto.LinkResetByte:
+		d.c.log.Debug("ignored a link reset without this connection's token", "from", from)
+	case len(b) > 0 && b[0] == proto.LinkHurryByte:
+		h, ok := proto.ParseLinkHurry(b, d.link.key)
+		if !ok {
+			d.c.log.Debug("ignored a link hurry with a bad MAC", "from", from)
 			return
 		}
-		if n != 1 || from.String() != fleet.String() {
-			continue
+		d.mu.Lock()
+		fresh := !d.hurrySeen || h.Seq > d.hurrySeq
+		if fresh {
+			d.hurrySeq, d.hurrySeen = h.Seq, true
 		}
-		switch buf[0] {
-		case proto.LinkPokeByte:
-			c.log.Info("the fleet sees this device at a new address; moving the connection")
-			ctrl.send(&proto.Heartbeat{})
-		case proto.LinkResetByte:
-			c.log.Info("the fleet does not know this connection (it restarted); reconnecting")
-			c.redialNow.Store(true)
-			qc.CloseWithError(0, "agent: the fleet lost the connection, reconnecting")
-			return
+		d.mu.Unlock()
+		if fresh {
+			select {
+			case d.hurry <- h:
+			default:
+			}
 		}
 	}
 }
@@ -543,7 +601,15 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 	}
 	c.mu.Lock()
 	dup := c.sessions[h.SessionID] != nil
+	stopping := c.stopping || ctx.Err() != nil
 	c.mu.Unlock()
+	if stopping {
+		// The fleet opens the stream again on this device's next
+		// connection (a restarting agent's, most likely).
+		proto.WriteMsg(conn, &proto.StreamAccept{Code: proto.CodeGoingAway, Message: "the agent is stopping"})
+		conn.CloseWrite()
+		return
+	}
 	if len(h.Secret) == 0 || h.SessionID == "" || dup {
 		proto.WriteMsg(conn, &proto.StreamAccept{Code: proto.CodeBadRequest, Message: "stream header needs a new session id and a resume secret"})
 		conn.CloseWrite()
@@ -569,7 +635,7 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		},
 	})
 	c.mu.Lock()
-	stopping := c.stopping
+	stopping = c.stopping
 	if !stopping {
 		c.sessions[s.id] = s
 	}
@@ -597,8 +663,10 @@ func (c *Client) Sessions() int {
 	return len(c.sessions)
 }
 
-// resumeAll re-attaches every live session to the new connection.
-func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn) {
+// resumeAll re-attaches every live session to qc on new streams: a new
+// connection, or the same one after it moved to a new path. hint, when not
+// nil, is a link hurry that said how much of one session the fleet has.
+func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn, hint *proto.LinkHurry) {
 	c.mu.Lock()
 	list := make([]*session, 0, len(c.sessions))
 	for _, s := range c.sessions {
@@ -607,14 +675,14 @@ func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn) {
 	c.mu.Unlock()
 	for _, s := range list {
 		go func() {
-			if err := c.resumeSession(ctx, qc, s); err != nil {
+			if err := c.resumeSession(ctx, qc, s, hint); err != nil {
 				c.log.Warn("session not resumed", "session", s.id, "err", err)
 			}
 		}()
 	}
 }
 
-func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) error {
+func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, hint *proto.LinkHurry) error {
 	s.conn.Detach()
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
@@ -622,7 +690,26 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) e
 	}
 	r := proto.NewReader(st)
 	conn := quicconn.New(qc, st, r)
-	if err := proto.WriteMsg(conn, &proto.Resume{SessionID: s.id, Secret: s.secret, Received: s.conn.Received()}); err != nil {
+	req := &proto.Resume{SessionID: s.id, Secret: s.secret, Received: s.conn.Received()}
+	if hint != nil && hint.Session == proto.SessionTag(s.secret) && s.conn.CanReplayFrom(hint.Received) {
+		// The fleet said where it is: replay from there at once, a round
+		// trip sooner than after its answer.
+		req.Replaying, req.From = true, hint.Received
+		if err := proto.WriteMsg(conn, req); err != nil {
+			conn.Close()
+			return err
+		}
+		tr := &answerFirst{Conn: conn, r: r, refused: func(err error) {
+			s.conn.Abort(fmt.Errorf("tunnel: the fleet ended the session: %w", err))
+		}}
+		if err := s.conn.Attach(tr, hint.Received); err != nil {
+			conn.Close()
+			return err
+		}
+		c.log.Info("session resumed", "session", s.id, "replaying_from", hint.Received)
+		return nil
+	}
+	if err := proto.WriteMsg(conn, req); err != nil {
 		conn.Close()
 		return err
 	}
@@ -653,6 +740,36 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) e
 	}
 	c.log.Info("session resumed", "session", s.id)
 	return nil
+}
+
+// answerFirst is a resume stream on which the agent replays before the
+// fleet's answer arrives: reads return the session's frames only after the
+// answer, and a refusal ends the session.
+type answerFirst struct {
+	*quicconn.Conn
+	r       *bufio.Reader
+	refused func(error)
+	read    bool // the answer was read (only the resume read loop reads)
+}
+
+func (a *answerFirst) Read(p []byte) (int, error) {
+	if !a.read {
+		m, err := proto.ReadMsg(a.r, proto.MaxHeaderFrame)
+		if err != nil {
+			return 0, err
+		}
+		acc, ok := m.(*proto.ResumeAccept)
+		if !ok {
+			return 0, fmt.Errorf("%w: fleet answered resume with %s", resume.ErrProtocol, m.Kind())
+		}
+		if acc.Code != proto.CodeOK {
+			err := &proto.Error{Code: acc.Code, Message: acc.Message}
+			a.refused(err)
+			return 0, err
+		}
+		a.read = true
+	}
+	return a.r.Read(p)
 }
 
 // abortSessions ends every session (the agent is stopping).

@@ -142,13 +142,18 @@ func (d *deviceHooks) renew(ctx context.Context, id string, req *proto.RenewRequ
 	return resp
 }
 
-func (d *deviceHooks) disconnect(id string, err error) {
+// disconnect records that a device's connection ended: its last-seen time
+// is the last time the fleet heard from it, not the time the fleet noticed.
+func (d *deviceHooks) disconnect(id string, lastHeard time.Time, err error) {
 	reason := ""
 	if err != nil {
 		reason = err.Error()
 	}
+	if lastHeard.IsZero() {
+		lastHeard = d.now()
+	}
 	if _, uerr := d.reg.Update(context.Background(), id, func(dv *devices.Device) error {
-		dv.LastSeen = d.now().UTC()
+		dv.LastSeen = lastHeard.UTC()
 		return nil
 	}); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
 		d.log.Warn("update device last seen", "device_id", id, "err", uerr)

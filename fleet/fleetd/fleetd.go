@@ -2,7 +2,6 @@ package fleetd
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
@@ -17,8 +16,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/quic-go/quic-go"
 
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
@@ -73,10 +70,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err := roles.EnsurePresets(ctx); err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	keys, err := loadQUICKeys(ctx, st)
+	keys, err := loadQUICKeys(ctx, st, now())
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
+	tickets := newTicketKeys()
+	tickets.set(keys.active(now()))
 
 	tcp, udp, err := listen(cfg.Listen)
 	if err != nil {
@@ -114,13 +113,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer events.Close()
 	reg := &devices.Registry{Store: st, Now: now}
 	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
-	// The same ticket key across restarts: agents resume their TLS sessions
-	// (0-RTT, no certificate signatures) with the fleet's next incarnation.
-	tunnelTLS.SetSessionTicketKeys([][32]byte{keys.Ticket})
+	// Ticket keys from the store, rotated daily: agents resume their TLS
+	// sessions (0-RTT, no certificate signatures) across restarts and
+	// replicas, and a leaked key opens only the tickets of its two days.
+	tickets.install(tunnelTLS)
 	tcfg := tunnelsrv.Config{
 		TLSConfig:         tunnelTLS,
 		StatelessResetKey: &keys.Reset,
 		TokenKey:          &keys.Token,
+		LinkKey:           keys.Link[:],
 		SessionHold:       time.Duration(cfg.SessionHold),
 		Logger:            log,
 		Now:               now,
@@ -190,6 +191,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		refresh(ctx, log, func() error {
 			if _, err := toks.Prune(ctx); err != nil {
 				log.Warn("prune join tokens", "err", err)
+			}
+			if k, err := loadQUICKeys(ctx, st, now()); err != nil {
+				log.Warn("rotate session ticket keys", "err", err)
+			} else {
+				tickets.set(k.active(now()))
 			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
@@ -341,46 +347,4 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// quicKeys are kept in the store so restarts (and replicas) share them:
-// stateless resets then end stale connections at once, and address tokens
-// stay valid.
-type quicKeys struct {
-	Reset  quic.StatelessResetKey `json:"reset"`
-	Token  quic.TokenGeneratorKey `json:"token"`
-	Ticket [32]byte               `json:"ticket"`
-}
-
-const quicKeysKey = "fleet/quic-keys"
-
-func loadQUICKeys(ctx context.Context, st store.Store) (*quicKeys, error) {
-	var k quicKeys
-	b, err := st.Get(ctx, quicKeysKey)
-	if err == nil {
-		if err := json.Unmarshal(b, &k); err != nil {
-			return nil, fmt.Errorf("quic keys: %w", err)
-		}
-		if k.Ticket == ([32]byte{}) { // stored by an older fleetd
-			rand.Read(k.Ticket[:])
-			nb, _ := json.Marshal(&k)
-			if err := st.CompareAndSwap(ctx, quicKeysKey, b, nb); err != nil {
-				return loadQUICKeys(ctx, st)
-			}
-		}
-		return &k, nil
-	}
-	if !errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("quic keys: %w", err)
-	}
-	rand.Read(k.Reset[:])
-	rand.Read(k.Token[:])
-	rand.Read(k.Ticket[:])
-	b, _ = json.Marshal(&k)
-	if err := st.Create(ctx, quicKeysKey, b); errors.Is(err, store.ErrExists) {
-		return loadQUICKeys(ctx, st) // another replica won
-	} else if err != nil {
-		return nil, fmt.Errorf("quic keys: %w", err)
-	}
-	return &k, nil
 }

@@ -108,6 +108,14 @@ type Conn struct {
 	ackDue   bool   // the ack delay passed with bytes unacknowledged
 	ackTimer *time.Timer
 	finRecvd bool
+	// skip is how many of the bytes (and fin) arriving on the current
+	// transport this side already has: the peer replays from an earlier
+	// point it guessed (AttachFrom).
+	skip uint64
+	// lastRecv is when data last arrived; burst counts the bytes of the
+	// current run of arrivals with no gap over burstGap (see Receiving).
+	lastRecv time.Time
+	burst    uint64
 
 	// Transport.
 	tr       io.ReadWriteCloser
@@ -161,8 +169,52 @@ func (c *Conn) Stalled() time.Duration {
 	return time.Since(c.waitFrom)
 }
 
+// Progress counts the bytes the peer has acknowledged plus the bytes this
+// side has received. It only grows: when it grows, the session is moving,
+// in one direction or the other.
+func (c *Conn) Progress() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.outBase + c.recvd
+}
+
+// burstGap ends a run of arrivals (see Receiving).
+const burstGap = 250 * time.Millisecond
+
+// noteRecvLocked counts n bytes arriving now.
+func (c *Conn) noteRecvLocked(n int) {
+	now := time.Now()
+	if now.Sub(c.lastRecv) > burstGap {
+		c.burst = 0
+	}
+	c.lastRecv = now
+	c.burst += uint64(n)
+}
+
+// Receiving returns when data last arrived, and how many bytes arrived in
+// the run of arrivals that ended then (no gap over 250 ms): a large run
+// that stopped means a bulk transfer toward this side stopped.
+func (c *Conn) Receiving() (last time.Time, burst uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastRecv, c.burst
+}
+
 // AckDelay is the most a Conn waits before acknowledging received bytes.
 const AckDelay = ackDelay
+
+// CanReplayFrom reports whether this side still holds its bytes from n on
+// (n is at least what the peer has acknowledged and at most what was
+// written), so that Attach(tr, n) can replay from there.
+func (c *Conn) CanReplayFrom(n uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	end := c.written
+	if c.finWrite {
+		end++
+	}
+	return c.err == nil && n >= c.outBase && n <= end
+}
 
 // Attached reports whether the Conn has a transport.
 func (c *Conn) Attached() bool {
@@ -184,6 +236,23 @@ func (c *Conn) Err() error {
 func (c *Conn) Attach(tr io.ReadWriteCloser, peerRecvd uint64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.attachLocked(tr, peerRecvd, c.recvd)
+}
+
+// AttachFrom is Attach for a peer that replays from peerFrom without having
+// heard how much this side has: the bytes up to this side's count are
+// dropped as they arrive. peerFrom beyond that count would leave a gap,
+// and is a protocol error.
+func (c *Conn) AttachFrom(tr io.ReadWriteCloser, peerRecvd, peerFrom uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if peerFrom > c.recvd {
+		return fmt.Errorf("%w: peer replays from %d, but this side has only %d", ErrProtocol, peerFrom, c.recvd)
+	}
+	return c.attachLocked(tr, peerRecvd, peerFrom)
+}
+
+func (c *Conn) attachLocked(tr io.ReadWriteCloser, peerRecvd, peerFrom uint64) error {
 	if c.err != nil {
 		return c.err
 	}
@@ -212,6 +281,7 @@ func (c *Conn) Attach(tr io.ReadWriteCloser, peerRecvd uint64) error {
 	c.gen++
 	gen := c.gen
 	c.acked = c.recvd // the peer learnt it in the resume handshake
+	c.skip = c.recvd - peerFrom
 	c.waitFrom = time.Time{}
 	c.wg.Add(2)
 	go c.readLoop(tr, gen)
@@ -460,11 +530,21 @@ func (c *Conn) readLoop(tr io.ReadWriteCloser, gen int) {
 				if n == 0 || n > maxFrame {
 					return fmt.Errorf("%w: data frame of %d bytes", ErrProtocol, n)
 				}
-				if _, err := io.ReadFull(br, buf[:n]); err != nil {
-					return err
-				}
-				if err := c.deliver(gen, buf[:n]); err != nil {
-					return err
+				// Deliver as the bytes arrive, not once the frame is whole:
+				// on a slow link (or a fresh congestion window after an
+				// outage) a whole frame takes a while.
+				for n > 0 {
+					k, err := br.Read(buf[:n])
+					if err != nil {
+						if err == io.EOF {
+							err = io.ErrUnexpectedEOF
+						}
+						return err
+					}
+					if err := c.deliver(gen, buf[:k]); err != nil {
+						return err
+					}
+					n -= uint64(k)
 				}
 			case frameAck:
 				n, err := binary.ReadUvarint(br)
@@ -502,9 +582,20 @@ func (c *Conn) deliver(gen int, b []byte) error {
 		if c.gen != gen {
 			return net.ErrClosed
 		}
+		if c.skip > 0 { // replayed bytes this side has
+			n := min(uint64(len(b)), c.skip)
+			if c.finRecvd && n == c.skip {
+				return fmt.Errorf("%w: data after fin", ErrProtocol)
+			}
+			c.skip -= n
+			if b = b[n:]; len(b) == 0 {
+				return nil
+			}
+		}
 		if c.finRecvd {
 			return fmt.Errorf("%w: data after fin", ErrProtocol)
 		}
+		c.noteRecvLocked(len(b))
 		if c.closed { // discard
 			c.recvd += uint64(len(b))
 			c.ackSoonLocked()
@@ -544,6 +635,13 @@ func (c *Conn) gotFin(gen int) error {
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		return net.ErrClosed
+	}
+	if c.skip > 0 { // a fin this side has
+		if c.skip != 1 || !c.finRecvd {
+			return fmt.Errorf("%w: fin %d bytes before where this side is", ErrProtocol, c.skip-1)
+		}
+		c.skip = 0
+		return nil
 	}
 	if !c.finRecvd {
 		c.finRecvd = true

@@ -1,0 +1,158 @@
+package tunnelsrv
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"remoteler.dev/edge/proto"
+)
+
+// linkOf returns the device's live connection and its link tag.
+func (sf *simFleet) linkOf(t *testing.T, id string) (*deviceConn, []byte) {
+	t.Helper()
+	sf.srv.mu.Lock()
+	defer sf.srv.mu.Unlock()
+	dc := sf.srv.conns[id]
+	for tag, c := range sf.srv.tags {
+		if c == dc {
+			return dc, []byte(tag)
+		}
+	}
+	t.Fatalf("no live connection for %s", id)
+	return nil, nil
+}
+
+// fromFleet sends b to the device's address from the fleet's address, as
+// anyone who can forge that address can.
+func (sf *simFleet) fromFleet(t *testing.T, b []byte) {
+	t.Helper()
+	info, ok := sf.srv.Info("pi-1")
+	if !ok {
+		t.Fatal("device not connected")
+	}
+	if _, err := sf.srvSock.WriteTo(b, info.Addr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLinkResetNeedsTheToken: a link reset drops the agent's tunnel only
+// when it carries the connection's reset token; the one-byte reset of the
+// earlier revision, or a wrong token, from the fleet's (spoofable) address
+// is ignored.
+func TestLinkResetNeedsTheToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{log: bulkLog(t)})
+		defer sf.stop()
+		sf.waitState(t, true)
+		_, tag := sf.linkOf(t, "pi-1")
+		forged := map[string][]byte{
+			"a bare reset byte":             {proto.LinkResetByte},
+			"a token under another key":     proto.AppendLinkReset(nil, proto.LinkResetToken(bytes.Repeat([]byte{1}, 32), tag)),
+			"the token of another tag":      proto.AppendLinkReset(nil, proto.LinkResetToken(sf.srv.linkKey, []byte("12345678"))),
+			"a token one bit off":           flipLast(proto.AppendLinkReset(nil, proto.LinkResetToken(sf.srv.linkKey, tag))),
+			"a reset with nothing after it": {proto.LinkResetByte, 0},
+		}
+		for name, b := range forged {
+			sf.fromFleet(t, b)
+			time.Sleep(5 * time.Second)
+			if n := sf.client.Reconnects(); n != 0 {
+				t.Fatalf("after %s: the agent reconnected %d times", name, n)
+			}
+		}
+		if !sf.srv.Online("pi-1") {
+			t.Fatal("the device went offline after forged resets")
+		}
+		// The real one, as a fleet that lost the connection sends it.
+		sf.fromFleet(t, proto.AppendLinkReset(nil, proto.LinkResetToken(sf.srv.linkKey, tag)))
+		sf.waitState(t, false)
+		sf.waitState(t, true)
+		if n := sf.client.Reconnects(); n != 1 {
+			t.Errorf("after the real reset: %d reconnects, want 1", n)
+		}
+	})
+}
+
+func flipLast(b []byte) []byte {
+	b[len(b)-1] ^= 1
+	return b
+}
+
+// TestResetForUnknownConnection: a keep-alive whose tag names no connection
+// of this fleet draws a reset carrying the token that the fleet's link key
+// gives that tag, so that a fleet restarted with the same key resets its
+// predecessor's connections, no larger than the keep-alive.
+func TestResetForUnknownConnection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{})
+		defer sf.stop()
+		sf.waitState(t, true)
+		sock := sf.agentSocks[len(sf.agentSocks)-1]
+		tag := []byte("stale-01")
+		keepalive := append([]byte{proto.NATKeepaliveByte}, tag...)
+		if _, err := sock.WriteTo(keepalive, sf.srvSock.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		sock.SetReadDeadline(time.Now().Add(time.Second))
+		n, _, err := sock.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no answer to a keep-alive for an unknown connection: %v", err)
+		}
+		want := proto.AppendLinkReset(nil, proto.LinkResetToken(sf.srv.linkKey, tag))
+		if !bytes.Equal(buf[:n], want) {
+			t.Errorf("answer %x, want the reset with the tag's token %x", buf[:n], want)
+		}
+		if n > len(keepalive) {
+			t.Errorf("the reset is %d bytes, larger than the %d-byte keep-alive it answers", n, len(keepalive))
+		}
+	})
+}
+
+// TestLinkHurryNeedsMACAndNewSequence: a link hurry makes the agent move
+// its connection to a fresh path (the fleet then sees a new address) only
+// with the connection's MAC and a sequence number it has not seen; a
+// forged or replayed one changes nothing.
+func TestLinkHurryNeedsMACAndNewSequence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{log: bulkLog(t)})
+		defer sf.stop()
+		sf.waitState(t, true)
+		conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		echo(t, conn, "before")
+		time.Sleep(5 * time.Second) // the agent validates a spare path while the session runs
+		dc, _ := sf.linkOf(t, "pi-1")
+		addr := func() string { i, _ := sf.srv.Info("pi-1"); return i.Addr.String() }
+		first := addr()
+		h := proto.LinkHurry{Seq: 1000, Reason: proto.HurrySending}
+		sf.fromFleet(t, proto.AppendLinkHurry(nil, bytes.Repeat([]byte{7}, proto.LinkKeySize), h))
+		echo(t, conn, "after a forged hurry")
+		time.Sleep(time.Second)
+		if a := addr(); a != first {
+			t.Fatalf("a hurry with a forged MAC moved the connection from %s to %s", first, a)
+		}
+		real := proto.AppendLinkHurry(nil, dc.linkKey, h)
+		sf.fromFleet(t, real)
+		time.Sleep(time.Second)
+		echo(t, conn, "after a real hurry")
+		moved := addr()
+		if moved == first {
+			t.Fatal("a real hurry did not move the connection")
+		}
+		sf.fromFleet(t, real) // played again
+		time.Sleep(time.Second)
+		echo(t, conn, "after a replayed hurry")
+		if a := addr(); a != moved {
+			t.Errorf("a replayed hurry moved the connection again, from %s to %s", moved, a)
+		}
+		if n := sf.client.Reconnects(); n != 0 {
+			t.Errorf("%d reconnects, want 0: a move keeps the connection", n)
+		}
+	})
+}
