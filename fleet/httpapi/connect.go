@@ -25,9 +25,9 @@ import (
 func (s *Server) apiDevice(d devices.Device) api.Device {
 	out := d.API()
 	if info, ok := s.Tunnels.Info(d.ID); ok {
-		out.Online = true
+		out.Online = info.Online
 		out.Addr = info.Addr.String()
-		out.LastSeen = s.now().UTC()
+		out.LastSeen = info.LastHeard.UTC()
 		l := &out.Link
 		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
 		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
@@ -111,7 +111,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	}
 	// An idle device whose NAT mapping changed answers at its next
 	// keep-alive (25 s by default): wait a little longer than that.
-	ctx, cancel := context.WithTimeout(r.Context(), 35*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), api.ConnectWait)
 	conn, err := s.Tunnels.Open(ctx, dev.ID, &proto.StreamHeader{
 		Service:   service,
 		SessionID: sid,
@@ -127,9 +127,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		var pe *proto.Error
 		switch {
 		case errors.Is(err, tunnelsrv.ErrOffline):
-			deny(http.StatusServiceUnavailable, api.CodeDeviceOffline, fmt.Sprintf("device %q is offline (last seen %s)", dev.Name, dev.LastSeen.UTC().Format(time.RFC3339)))
+			deny(http.StatusServiceUnavailable, api.CodeDeviceOffline, fmt.Sprintf("device %q is offline: last seen %s", dev.Name, s.lastSeen(err, dev.LastSeen)))
 		case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
 			deny(http.StatusForbidden, api.CodeForbidden, "the device refused: "+pe.Message)
+		case errors.As(err, new(*tunnelsrv.NoAnswerError)):
+			deny(http.StatusGatewayTimeout, api.CodeDeviceOffline, fmt.Sprintf("device %q did not answer within %v (last seen %s); its link may be down", dev.Name, api.ConnectWait, s.lastSeen(err, dev.LastSeen)))
 		default:
 			deny(http.StatusBadGateway, api.CodeDeviceOffline, fmt.Sprintf("device %q did not answer: %v", dev.Name, err))
 		}
@@ -166,14 +168,28 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	log.Info("session started", "event", "session.start")
 	up, down, devErr := splice(client, brw.Reader, conn)
 	end.Ended, end.EndedAt = true, s.now().UTC()
-	if devErr != nil {
-		end.Reason = devErr.Error()
-	}
+	end.Reason = s.Tunnels.EndReason(devErr)
 	s.ends.put(end)
 	log.Info("session ended", "event", "session.end", "bytes_up", up, "bytes_down", down, "duration", s.now().Sub(start).Round(time.Millisecond).String(), "reason", end.Reason)
 	s.record(r.Context(), sessionEvent(proto.EventSessionEnd, map[string]string{
 		"bytes_up": strconv.FormatInt(up, 10), "bytes_down": strconv.FormatInt(down, 10),
 		"duration": s.now().Sub(start).Round(time.Millisecond).String()}))
+}
+
+// lastSeen says when an offline device was last heard from: the tunnel
+// server knows (err is its *tunnelsrv.OfflineError), else the registry.
+func (s *Server) lastSeen(err error, registry time.Time) string {
+	at := registry
+	if oe, ok := errors.AsType[*tunnelsrv.OfflineError](err); ok && !oe.LastHeard.IsZero() {
+		at = oe.LastHeard
+	}
+	if ne, ok := errors.AsType[*tunnelsrv.NoAnswerError](err); ok && !ne.LastHeard.IsZero() {
+		at = ne.LastHeard
+	}
+	if at.IsZero() {
+		return "never"
+	}
+	return fmt.Sprintf("%s ago (%s)", s.now().Sub(at).Round(time.Second), at.UTC().Format(time.RFC3339))
 }
 
 type closeWriter interface{ CloseWrite() error }

@@ -71,14 +71,29 @@ func (r *runner) proxy(ctx context.Context, args []string) error {
 
 // explainEnd prints why the fleet ended a session, when it says.
 func (r *runner) explainEnd(ctx context.Context, c *client.Client, id string) {
-	if id == "" {
-		return
+	if reason := endReason(ctx, c, id); reason != "" {
+		fmt.Fprintf(r.stdio.Err, "tsh: %s\n", reason)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+}
+
+// endReason asks the fleet why session id ended, waiting a moment for the
+// fleet to finish ending it; "" when it does not say.
+func endReason(ctx context.Context, c *client.Client, id string) string {
+	if id == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	end, err := c.SessionEnd(ctx, id)
-	if err == nil && end.Reason != "" {
-		fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", end.Device, end.Reason)
+	for {
+		end, err := c.SessionEnd(ctx, id)
+		if err == nil && (end.Ended || end.Reason != "") {
+			return end.Reason
+		}
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

@@ -84,6 +84,9 @@ func (r *runner) scp(ctx context.Context, args []string) error {
 	defer c.Close()
 	sc, err := r.dialSSH(ctx, c, p, dir, remote.device, login)
 	if err != nil {
+		if reason := endReason(ctx, c, r.session); reason != "" && ctx.Err() == nil {
+			err = fmt.Errorf("%s: %s", remote.device, reason)
+		}
 		return fmt.Errorf("scp: %w", err)
 	}
 	defer sc.Close()
@@ -104,6 +107,12 @@ func (r *runner) scp(ctx context.Context, args []string) error {
 		err = cp.download(srcs, dst.path)
 	}
 	if err != nil {
+		// Close first: the fleet then ends the session, and says why if it
+		// was the device's side that failed.
+		sc.Close()
+		if reason := endReason(ctx, c, r.session); reason != "" && ctx.Err() == nil {
+			err = fmt.Errorf("%s: %s", remote.device, reason)
+		}
 		return fmt.Errorf("scp: %w", err)
 	}
 	return nil

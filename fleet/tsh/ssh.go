@@ -182,6 +182,12 @@ func (r *runner) ssh(ctx context.Context, args []string) error {
 	defer c.Close()
 	sc, err := r.dialSSH(ctx, c, p, dir, device, login)
 	if err != nil {
+		// The session may have ended under the handshake (the device's
+		// agent restarted, say): the fleet's reason says more than
+		// "handshake failed: EOF".
+		if reason := endReason(ctx, c, r.session); reason != "" && ctx.Err() == nil {
+			err = fmt.Errorf("ssh %s: %s", device, reason)
+		}
 		return &exitError{code: 255, err: err}
 	}
 	defer sc.Close()
@@ -190,7 +196,11 @@ func (r *runner) ssh(ctx context.Context, args []string) error {
 	code, err := r.runSession(ctx, sc, command, *forceTTY, *noTTY)
 	if err != nil {
 		if code == 255 && ctx.Err() == nil {
-			r.explainEnd(ctx, c, r.session)
+			// One line that says what happened, in place of what the SSH
+			// layer saw (EOF, a missing exit status).
+			if reason := endReason(ctx, c, r.session); reason != "" {
+				err = errors.New(reason)
+			}
 		}
 		return &exitError{code: code, err: fmt.Errorf("ssh %s: %w", device, err)}
 	}
