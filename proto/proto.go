@@ -32,11 +32,14 @@
 //
 // Version 1, revision of 2026-11-22: the hello answer's link key and reset
 // token (HelloAck keys 7 and 8); link resets carry the reset token, and the
-// fleet sends link hurries (proto.LinkHurryByte); the hello's keep-alive and
-// liveness periods (Hello keys 10 and 11), from which the fleet judges that a
-// silent device is offline; error code 10, going away (an agent that is
-// stopping refuses new streams with it). Agents of the earlier revision ignore the new
-// keys and send none; a fleet then judges them by the default periods.
+// fleet sends link hurries (LinkHurryByte); the hello's keep-alive and
+// liveness periods (Hello keys 10 and 11), from which the fleet judges that
+// a silent device is offline; error code 10, going away (an agent that is
+// stopping refuses new streams with it); NAT keep-alives are one byte, and
+// carry the link tag only when the fleet asks (LinkWhoByte); Resume keys 4
+// and 5 (an agent that learnt the fleet's position from a hurry replays at
+// once). Agents of the earlier revision ignore the new keys and send none;
+// a fleet then judges them by the default periods.
 package proto
 
 import "fmt"
@@ -93,12 +96,15 @@ func (c ErrorCode) String() string {
 // the two top bits clear, so QUIC stacks see they are not QUIC (RFC 9443).
 // Their encoders and decoders are in link.go.
 //
-// The agent's NAT keep-alive is NATKeepaliveByte followed by the
-// connection's HelloAck.LinkTag. When the fleet sees a keep-alive with a
-// live connection's tag come from another address than that connection's
-// (the NAT mapping changed during an outage, or the device moved), it sends
-// the single byte LinkPokeByte to the new address, and the agent answers
-// with a QUIC packet, which moves the connection there.
+// The agent's NAT keep-alive is the single byte NATKeepaliveByte. The
+// fleet knows the sender by its address (the connection's). When it does
+// not (the NAT mapping changed during an outage, the device moved, or the
+// fleet restarted), it answers with the single byte LinkWhoByte, and the
+// agent sends a tagged keep-alive: NATKeepaliveByte followed by the
+// connection's HelloAck.LinkTag. A tagged keep-alive of a live connection
+// from another address than that connection's draws the single byte
+// LinkPokeByte, and the agent answers with a QUIC packet, which moves the
+// connection there.
 //
 // When the tag names no connection the fleet has (it was made with a fleet
 // that crashed or restarted), the fleet answers with a link reset:
@@ -122,6 +128,7 @@ const (
 	LinkPokeByte     byte = 0x03
 	LinkResetByte    byte = 0x04
 	LinkHurryByte    byte = 0x05
+	LinkWhoByte      byte = 0x06
 	LinkPingSize          = 9
 	LinkTagSize           = 8
 )

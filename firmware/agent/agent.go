@@ -54,12 +54,15 @@ type Config struct {
 	// Keepalive is how often the agent refreshes its NAT mapping on an
 	// idle link; default 25s (holds a 30 s UDP mapping); negative: off.
 	Keepalive time.Duration `json:"keepalive"`
-	// Liveness is how often the agent checks, on an idle link, that the
-	// fleet is still there; default 2m.
+	// Liveness is how often the agent sends a heartbeat on an idle link, to
+	// check that the fleet still has the connection; default 10m.
 	Liveness time.Duration `json:"liveness"`
 	// SessionHold is how long a session waits for the tunnel to come back;
 	// default 10m.
 	SessionHold time.Duration `json:"session_hold"`
+	// PathMTUDiscovery lets the tunnel probe for packets larger than 1280
+	// bytes (tunnel.Config.PathMTUDiscovery); default off.
+	PathMTUDiscovery bool `json:"path_mtu_discovery"`
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string `json:"-"`
 	// Services serve streams of services other than SSH (which the agent
@@ -248,11 +251,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.cfg.Notify.Status(s)
 			}
 		},
-		Keepalive:   a.cfg.Keepalive,
-		Liveness:    a.cfg.Liveness,
-		SessionHold: a.cfg.SessionHold,
-		Logger:      a.log,
-		Now:         a.cfg.Now,
+		Keepalive:        a.cfg.Keepalive,
+		Liveness:         a.cfg.Liveness,
+		SessionHold:      a.cfg.SessionHold,
+		PathMTUDiscovery: a.cfg.PathMTUDiscovery,
+		Logger:           a.log,
+		Now:              a.cfg.Now,
 	})
 	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr())
 

@@ -64,9 +64,14 @@ type path struct {
 
 func newLinkPaths(ctx context.Context, qc *quic.Conn, dialled *quic.Transport, fleet net.Addr,
 	listen func() (net.PacketConn, error), log *slog.Logger, onDatagram func([]byte, net.Addr)) *linkPaths {
-	p := &linkPaths{ctx: ctx, qc: qc, fleet: fleet, listen: listen, log: log, onDatagram: onDatagram, active: dialled}
-	p.read(dialled)
-	return p
+	return &linkPaths{ctx: ctx, qc: qc, fleet: fleet, listen: listen, log: log, onDatagram: onDatagram, active: dialled}
+}
+
+// start reads the datagrams that arrive on the path dialled on.
+func (p *linkPaths) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.read(p.active)
 }
 
 // read hands tr's datagrams outside QUIC to onDatagram until tr closes or

@@ -43,9 +43,14 @@ type Config struct {
 	// NAT mapping (e.g. "25s"; "-1s" turns it off); default: each agent's
 	// own setting.
 	DeviceKeepalive Duration `json:"device_keepalive"`
-	// DeviceLiveness, when set, tells every agent how often to check that
-	// the fleet is there while idle; default: each agent's own (2m).
+	// DeviceLiveness, when set, tells every agent how often to send a
+	// heartbeat while idle; default: each agent's own (10m).
 	DeviceLiveness Duration `json:"device_liveness"`
+	// TunnelPathMTUDiscovery lets the device tunnels probe for packets
+	// larger than 1280 bytes toward devices; default off (the probes cost
+	// about 6 kB per connection, a lot for a device on a metered link that
+	// reconnects a few times a day).
+	TunnelPathMTUDiscovery bool `json:"tunnel_path_mtu_discovery"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level"`
 	// KubeServiceAccountDir is where a pod's service account is mounted;

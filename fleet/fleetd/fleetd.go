@@ -123,6 +123,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		TokenKey:          &keys.Token,
 		LinkKey:           keys.Link[:],
 		SessionHold:       time.Duration(cfg.SessionHold),
+		PathMTUDiscovery:  cfg.TunnelPathMTUDiscovery,
 		Logger:            log,
 		Now:               now,
 	}

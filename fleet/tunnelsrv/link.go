@@ -15,11 +15,12 @@ import (
 // serveDatagrams handles the agents' datagrams outside QUIC (see
 // proto.LinkPingByte): it echoes link pings, so an agent whose session
 // stalled learns the link is back; it notes a keep-alive as a sign of life
-// (presence.go); it pokes an agent whose tagged keep-alive comes from a new
-// address, so that it moves its connection there; and it answers a
-// keep-alive for a connection it does not have with a link reset that
-// carries the connection's reset token. Answers are no larger than what
-// they answer: no amplification.
+// (presence.go), from the device whose connection has the sender's
+// address, or else asks who sent it; it pokes an agent whose tagged
+// keep-alive comes from a new address, so that it moves its connection
+// there; and it answers a tagged keep-alive for a connection it does not
+// have with a link reset that carries the connection's reset token.
+// Answers are no larger than what they answer: no amplification.
 func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 	buf := make([]byte, 1500)
 	var reset []byte
@@ -32,10 +33,22 @@ func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 		case n == proto.LinkPingSize && buf[0] == proto.LinkPingByte:
 			buf[0] = proto.LinkPongByte
 			tr.WriteTo(buf[:n], addr)
+		case n == 1 && buf[0] == proto.NATKeepaliveByte:
+			s.mu.Lock()
+			dc := s.byAddr[addr.String()]
+			s.mu.Unlock()
+			if dc != nil && dc.qc.RemoteAddr().String() == addr.String() {
+				s.heardNow(dc)
+			} else {
+				tr.WriteTo([]byte{proto.LinkWhoByte}, addr)
+			}
 		case n == 1+proto.LinkTagSize && buf[0] == proto.NATKeepaliveByte:
 			tag := buf[1:n]
 			s.mu.Lock()
 			dc := s.tags[string(tag)]
+			if dc != nil {
+				s.setAddrLocked(dc, addr.String())
+			}
 			s.mu.Unlock()
 			switch {
 			case dc == nil:
@@ -52,6 +65,22 @@ func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 				s.heardNow(dc)
 			}
 		}
+	}
+}
+
+// setAddrLocked notes that dc's device sends keep-alives from addr. A
+// connection keeps its last few addresses.
+func (s *Server) setAddrLocked(dc *deviceConn, addr string) {
+	if s.byAddr[addr] == dc {
+		return
+	}
+	s.byAddr[addr] = dc
+	dc.byAddr = append(dc.byAddr, addr)
+	if len(dc.byAddr) > 4 {
+		if old := dc.byAddr[0]; s.byAddr[old] == dc {
+			delete(s.byAddr, old)
+		}
+		dc.byAddr = dc.byAddr[1:]
 	}
 }
 

@@ -72,7 +72,7 @@ func silenceWindow(h *proto.Hello, ack *proto.HelloAck) time.Duration {
 // The agent's defaults (firmware/tunnel), for agents that do not say.
 const (
 	defaultKeepalive = 25 * time.Second
-	defaultLiveness  = 2 * time.Minute
+	defaultLiveness  = 10 * time.Minute
 )
 
 // heardNow notes that the device just sent something.

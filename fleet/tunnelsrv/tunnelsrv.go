@@ -63,10 +63,17 @@ type Config struct {
 	// can. Nil: a random key per Server, so its resets are honoured only
 	// for connections it made itself.
 	LinkKey []byte
-	// IdleTimeout closes a connection that hears nothing for this long;
-	// default 5m. Agents send a heartbeat every 2m by default; the smaller
-	// of the two sides' idle timeouts applies.
+	// IdleTimeout closes a connection that hears no QUIC packet for this
+	// long; default 25m. Idle agents send a heartbeat every 10m by default
+	// (2 × that + 30s is their own idle timeout); the smaller of the two
+	// sides' idle timeouts applies. A device that falls silent counts as
+	// offline long before (presence.go).
 	IdleTimeout time.Duration
+	// PathMTUDiscovery lets QUIC probe for packets larger than 1280 bytes
+	// toward devices; default off (see tunnel.Config.PathMTUDiscovery: the
+	// probes cost more than a day of keep-alives on a device that
+	// reconnects a few times a day).
+	PathMTUDiscovery bool
 	// SessionHold is how long a brokered session waits for its device to
 	// come back; default 10m.
 	SessionHold time.Duration
@@ -91,6 +98,7 @@ type Server struct {
 	mu           sync.Mutex // guards conns, sessions, boots, tags, left and sessionAdded
 	conns        map[string]*deviceConn
 	tags         map[string]*deviceConn         // HelloAck.LinkTag → connection
+	byAddr       map[string]*deviceConn         // where keep-alives came from → connection (checked on use)
 	changed      chan struct{}                  // closed and replaced whenever conns changes
 	sessions     map[string]map[string]*session // device ID → session ID →
 	boots        map[string]string              // device ID → agent boot ID
@@ -132,6 +140,7 @@ type deviceConn struct {
 	ctrl    *ctrlStream
 	linkKey []byte        // HelloAck.LinkKey: MACs this connection's hurries
 	window  time.Duration // silent for longer: offline (presence.go)
+	byAddr  []string      // its keys in Server.byAddr; guarded by Server.mu
 
 	heard   atomic.Int64  // when the fleet last heard from the device (Unix ns)
 	packets atomic.Uint64 // QUIC packets received when heard was last set from them
@@ -180,7 +189,7 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 5 * time.Minute
+		cfg.IdleTimeout = 25 * time.Minute
 	}
 	if cfg.SessionHold <= 0 {
 		cfg.SessionHold = resume.DefaultHold
@@ -199,7 +208,7 @@ func New(cfg Config) *Server {
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{},
 		sessions: map[string]map[string]*session{}, boots: map[string]string{}, tags: map[string]*deviceConn{},
-		left: map[string]departure{}, changed: make(chan struct{}), sessionAdded: make(chan struct{}, 1),
+		left: map[string]departure{}, byAddr: map[string]*deviceConn{}, changed: make(chan struct{}), sessionAdded: make(chan struct{}, 1),
 		budget: resume.NewBudget(cfg.SessionBudget), linkKey: linkKey,
 	}
 }
@@ -216,10 +225,11 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// serveConn acts on nothing before the handshake is complete. Keep
 	// TLSConfig's session ticket keys across restarts for it to work then.
 	ln, err := tr.ListenEarly(tlsConf, &quic.Config{
-		Allow0RTT:            true,
-		MaxIdleTimeout:       s.cfg.IdleTimeout,
-		HandshakeIdleTimeout: 10 * time.Second,
-		MaxIncomingStreams:   maxSessionsPerDevice + 1, // control + resumes
+		Allow0RTT:               true,
+		MaxIdleTimeout:          s.cfg.IdleTimeout,
+		HandshakeIdleTimeout:    10 * time.Second,
+		MaxIncomingStreams:      maxSessionsPerDevice + 1, // control + resumes
+		DisablePathMTUDiscovery: !s.cfg.PathMTUDiscovery,
 	})
 	if err != nil {
 		return fmt.Errorf("tunnelsrv: listen: %w", err)
@@ -318,6 +328,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	old := s.conns[id]
 	s.conns[id] = dc
 	s.tags[string(tag)] = dc
+	s.setAddrLocked(dc, dc.addr)
 	close(s.changed)
 	s.changed = make(chan struct{})
 	if prev, ok := s.boots[id]; ok && prev != hello.BootID {
@@ -349,6 +360,11 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	heard := s.lastHeard(dc)
 	s.mu.Lock()
 	delete(s.tags, string(tag))
+	for _, a := range dc.byAddr {
+		if s.byAddr[a] == dc {
+			delete(s.byAddr, a)
+		}
+	}
 	current := s.conns[id] == dc
 	if current {
 		delete(s.conns, id)

@@ -73,6 +73,8 @@ type fileConfig struct {
 	Keepalive string            `json:"keepalive"`
 	Liveness  string            `json:"liveness"`
 	LogLevel  string            `json:"log_level"`
+	// PathMTUDiscovery is --path-mtu-discovery.
+	PathMTUDiscovery bool `json:"path_mtu_discovery"`
 	// Kubeconfig is the local cluster's kubeconfig (--kubeconfig).
 	Kubeconfig string `json:"kubeconfig"`
 	// Audit and recordings (--audit-max-bytes, --audit-when-full,
@@ -92,8 +94,9 @@ func start(args []string) int {
 	name := fs.String("name", "", "device name in the fleet (default: the host name)")
 	labels := fs.String("labels", "", "device labels for role selectors, `k=v,k2=v2` (default: none)")
 	keepalive := fs.Duration("keepalive", 0, "how often to refresh the NAT mapping on an idle link, with a 29-byte datagram (default 25s, for a 30 s UDP timeout; -1s turns it off)")
-	liveness := fs.Duration("liveness", 0, "how often to check on an idle link that the fleet is there (default 2m)")
+	liveness := fs.Duration("liveness", 0, "how often to send a heartbeat on an idle link, to check that the fleet still has the connection (default 10m)")
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for the tunnel to come back (default 10m)")
+	pmtud := fs.Bool("path-mtu-discovery", false, "probe for packets larger than 1280 bytes: faster bulk data on wired links, about 6 kB more per connection (default off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	audit := registerAuditFlags(fs)
 	kubeconfig := fs.String("kubeconfig", kubeproxy.DefaultKubeconfig, "the local Kubernetes cluster's kubeconfig `FILE` (k3s's by default), offered to the fleet when it exists; \"off\" turns Kubernetes access off")
@@ -146,6 +149,7 @@ func start(args []string) int {
 		cfg.Liveness = d
 	}
 	cfg.SessionHold = *sessionHold
+	cfg.PathMTUDiscovery = *pmtud || (!set["path-mtu-discovery"] && fc.PathMTUDiscovery)
 	if !set["keepalive"] && fc.Keepalive != "" {
 		d, err := time.ParseDuration(fc.Keepalive)
 		if err != nil {

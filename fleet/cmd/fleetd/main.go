@@ -46,6 +46,7 @@ func start(args []string) int {
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h (default: forever)")
+	pmtud := fs.Bool("tunnel-path-mtu-discovery", false, "let device tunnels probe for packets larger than 1280 bytes (about 6 kB per connection; default off)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -76,6 +77,8 @@ func start(args []string) int {
 			cfg.DeviceKeepalive = fleetd.Duration(*deviceKeepalive)
 		case "audit-retention":
 			cfg.AuditRetention = fleetd.Duration(*retention)
+		case "tunnel-path-mtu-discovery":
+			cfg.TunnelPathMTUDiscovery = *pmtud
 		}
 	})
 	fleetd.Version = buildinfo.Version
