@@ -39,6 +39,9 @@ func sampleMessages() []Message {
 			Meta: &RecordingMeta{Session: "s1", User: "alice", Login: "root", Start: 5, Kind: "shell"}},
 		&RecordingChunk{ID: "s1"},
 		&RecordingAck{ID: "s1", Size: 100, Done: true},
+		&SessionEnd{SessionID: "s1", Message: "your role changed: login root is no longer allowed on pi-1"},
+		&StreamHeader{Service: ServiceSSH, SessionID: "s2", Identity: Identity{User: "bob", Login: "pi", Expires: 1700000000000,
+			NoPortForwarding: true, NoFileCopy: true}},
 	}
 }
 

@@ -20,7 +20,8 @@ const (
 	KindAuditAck       Kind = 13
 	KindRecordingChunk Kind = 14
 	KindRecordingAck   Kind = 15
-	kindEnd            Kind = 16 // one past the last kind
+	KindSessionEnd     Kind = 16
+	kindEnd            Kind = 17 // one past the last kind
 )
 
 var kindNames = [...]string{
@@ -39,6 +40,7 @@ var kindNames = [...]string{
 	KindAuditAck:       "audit-ack",
 	KindRecordingChunk: "recording-chunk",
 	KindRecordingAck:   "recording-ack",
+	KindSessionEnd:     "session-end",
 }
 
 func (k Kind) String() string {
@@ -174,6 +176,11 @@ type Identity struct {
 	// RecordInput asks the device to record what the user types in an
 	// interactive session, as well as the output.
 	RecordInput bool `cbor:"8,keyasint,omitempty"`
+	// NoPortForwarding and NoFileCopy say the user's roles turn SSH port
+	// forwarding (ssh -L) and file copies (scp, sftp) off (role options
+	// port_forwarding and ssh_file_copy); the device refuses them.
+	NoPortForwarding bool `cbor:"9,keyasint,omitempty"`
+	NoFileCopy       bool `cbor:"10,keyasint,omitempty"`
 }
 
 // StreamHeader starts every stream the fleet opens to a device.
@@ -211,6 +218,21 @@ type ResumeAccept struct {
 	Received uint64    `cbor:"3,keyasint"`
 }
 
+// SessionEnd is sent by the fleet on the control stream to end a brokered
+// session whose access ended (certificate expired, user or role removed,
+// a lock). The agent shows Message to the user where the service can
+// (on the standard error of each open SSH session), then closes the
+// session. The fleet closes its side shortly after in any case, so a
+// device that ignores it keeps nothing open.
+type SessionEnd struct {
+	SessionID string `cbor:"1,keyasint"`
+	Message   string `cbor:"2,keyasint,omitempty"`
+}
+
+// MaxSessionEndMessage bounds SessionEnd.Message (the agent cuts longer
+// ones).
+const MaxSessionEndMessage = 1024
+
 // Services the agent can serve.
 const (
 	ServiceSSH  = "ssh"
@@ -236,6 +258,7 @@ func (*StreamHeader) Kind() Kind  { return KindStreamHeader }
 func (*StreamAccept) Kind() Kind  { return KindStreamAccept }
 func (*Resume) Kind() Kind        { return KindResume }
 func (*ResumeAccept) Kind() Kind  { return KindResumeAccept }
+func (*SessionEnd) Kind() Kind    { return KindSessionEnd }
 
 // newMessage returns a zero message of kind k, or nil for an unknown kind.
 func newMessage(k Kind) Message {
@@ -270,6 +293,8 @@ func newMessage(k Kind) Message {
 		return new(RecordingChunk)
 	case KindRecordingAck:
 		return new(RecordingAck)
+	case KindSessionEnd:
+		return new(SessionEnd)
 	}
 	return nil
 }

@@ -30,7 +30,17 @@
 // device's queue, see AuditEvent) and recording-chunk/recording-ack
 // (resumable upload of session recordings) on the control stream.
 //
-// Version 1, revision of 2026-11-22: the hello answer's link key and reset
+// Revision of 2026-12-06: session-end (the fleet tells the agent on the
+// control stream to end a brokered session, with the message for the
+// user: access ended); the stream header identity's NoPortForwarding and
+// NoFileCopy (Identity keys 9 and 10; an older fleet sends neither, which
+// keeps its behaviour: allowed). An agent older than this revision reads
+// session-end as an unknown frame and reconnects (its other sessions
+// resume; the fleet closes the ended one itself), and refuses streams
+// whose header has keys 9 or 10 (users whose roles turn forwarding or
+// file copies off): update agents after the fleet.
+//
+// Revision of 2026-12-07: the hello answer's link key and reset
 // token (HelloAck keys 7 and 8); link resets carry the reset token, and the
 // fleet sends link hurries (LinkHurryByte); the hello's keep-alive and
 // liveness periods (Hello keys 10 and 11), from which the fleet judges that

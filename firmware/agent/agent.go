@@ -25,78 +25,13 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/identity"
 	"remoteler.dev/edge/firmware/netwatch"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 )
-
-// Config configures the agent. The zero value of every field except Fleet
-// (for a first start) and DataDir works.
-type Config struct {
-	// Fleet is the fleet's host:port (TCP for joining, UDP for the
-	// tunnel). Once joined, the stored address is used when Fleet is empty.
-	Fleet string `json:"fleet"`
-	// Token is a join token or a join string (TOKEN@sha256:PIN). Needed
-	// only for the first start; ignored once the device has joined.
-	Token string `json:"token"`
-	// CAPin verifies the fleet on the first start when the token is not a
-	// join string.
-	CAPin string `json:"ca_pin"`
-	// DataDir holds agent.db; default /var/lib/edge-agent.
-	DataDir string `json:"data_dir"`
-	// Name is the device's name in the fleet; default the host name.
-	Name string `json:"name"`
-	// Labels describe the device for role selectors (site=north).
-	Labels map[string]string `json:"labels"`
-	// Keepalive is how often the agent refreshes its NAT mapping on an
-	// idle link; default 25s (holds a 30 s UDP mapping); negative: off.
-	Keepalive time.Duration `json:"keepalive"`
-	// Liveness is how often the agent sends a heartbeat on an idle link, to
-	// check that the fleet still has the connection; default 10m.
-	Liveness time.Duration `json:"liveness"`
-	// SessionHold is how long a session waits for the tunnel to come back;
-	// default 10m.
-	SessionHold time.Duration `json:"session_hold"`
-	// PathMTUDiscovery lets the tunnel probe for packets larger than 1280
-	// bytes (tunnel.Config.PathMTUDiscovery); default off.
-	PathMTUDiscovery bool `json:"path_mtu_discovery"`
-	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
-	SFTPCommand []string `json:"-"`
-	// Services serve streams of services other than SSH (which the agent
-	// always serves), by proto service name. Each must close conn.
-	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) `json:"-"`
-
-	// AuditMaxBytes caps the device's audit queue (DATA_DIR/audit.db);
-	// default 64 MiB.
-	AuditMaxBytes int64 `json:"audit_max_bytes"`
-	// AuditWhenFull says what happens to an action whose audit event
-	// cannot be kept (queue or disk full): AuditAllow (default) lets it go
-	// ahead, the drop counted, reported to the fleet and marked in the
-	// audit trail; AuditRefuse refuses it.
-	AuditWhenFull string `json:"audit_when_full"`
-	// NoRecording turns session recording off; by default interactive
-	// SSH sessions are recorded and uploaded to the fleet.
-	NoRecording bool `json:"no_recording"`
-	// RecordingsMaxBytes caps the recordings waiting on the device for
-	// upload (DATA_DIR/recordings); default 256 MiB.
-	RecordingsMaxBytes int64 `json:"recordings_max_bytes"`
-	// EventSource, when set, runs alongside the agent and may write extra
-	// audit events with emit (tools/cmd/auditgen uses it to test
-	// delivery); emit returns the event's sequence number once it is
-	// fsync'd.
-	EventSource func(ctx context.Context, emit func(*proto.AuditEvent) (uint64, error)) `json:"-"`
-
-	// Logger receives logs; nil discards them.
-	Logger *slog.Logger `json:"-"`
-	// Notify tells the supervisor (systemd) about readiness and health; nil
-	// is fine.
-	Notify Notifier `json:"-"`
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time `json:"-"`
-}
 
 // Notifier is what the agent tells its supervisor (service.Notifier).
 type Notifier interface {
@@ -105,9 +40,6 @@ type Notifier interface {
 	Status(string) error
 	RunWatchdog(ctx context.Context, healthy func() bool)
 }
-
-// DefaultDataDir is where the agent keeps its state by default.
-const DefaultDataDir = "/var/lib/edge-agent"
 
 // Agent is a running agent; see Run.
 type Agent struct {
@@ -122,6 +54,7 @@ type Agent struct {
 	tunnel *tunnel.Client
 	ssh    *sshd.Server
 	audit  *auditor
+	live   liveSessions
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -140,21 +73,12 @@ func Run(ctx context.Context, cfg Config) error {
 // New opens the agent's state and joins the fleet if the device has not
 // joined yet.
 func New(ctx context.Context, cfg Config) (*Agent, error) {
-	if cfg.DataDir == "" {
-		cfg.DataDir = DefaultDataDir
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	cfg = cfg.WithDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if cfg.Name == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return nil, fmt.Errorf("agent: no --name and no host name: %w", err)
-		}
-		cfg.Name = h
+		return nil, errors.New("agent: no --name, and the host has no name")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
@@ -202,11 +126,22 @@ func (a *Agent) identity() *identity.Identity {
 	return a.id
 }
 
+// fleetAddr is the fleet's address: --fleet, else the one the device
+// joined. The fleet's certificate is verified for its host name.
 func (a *Agent) fleetAddr() string {
 	if a.cfg.Fleet != "" {
 		return a.cfg.Fleet
 	}
 	return a.identity().Fleet
+}
+
+// tunnelAddr is where the tunnel dials: --tunnel-addr, else the fleet's
+// address.
+func (a *Agent) tunnelAddr() string {
+	if a.cfg.TunnelAddr != "" {
+		return a.cfg.TunnelAddr
+	}
+	return a.fleetAddr()
 }
 
 // Up reports whether the tunnel is connected.
@@ -228,11 +163,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:      a.log.With("component", "sshd"),
 		Now:         a.clock.Now,
 		SFTPCommand: a.cfg.SFTPCommand,
+		DialCommand: a.cfg.DialCommand,
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})
 	a.tunnel = tunnel.New(tunnel.Config{
-		Addr:       a.fleetAddr(),
+		Addr:       a.tunnelAddr(),
 		TLSConfig:  a.tunnelTLS,
 		Hello:      a.hello,
 		Check:      a.checkAudited,
@@ -246,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.cfg.Notify != nil {
 				s := "tunnel down, reconnecting"
 				if up {
-					s = "tunnel up to " + a.fleetAddr()
+					s = "tunnel up to " + a.tunnelAddr()
 				}
 				a.cfg.Notify.Status(s)
 			}
@@ -258,7 +194,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:           a.log,
 		Now:              a.cfg.Now,
 	})
-	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr())
+	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr(), "tunnel", a.tunnelAddr())
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -362,6 +298,15 @@ func (a *Agent) services() []string {
 
 func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 	if h.Service != proto.ServiceSSH {
+		if h.Identity.Expires > 0 {
+			// The stream ends with the user's certificate, as the device's
+			// clock (the fleet's, from the hello) sees it, give or take
+			// the skew sshd allows.
+			left := time.UnixMilli(h.Identity.Expires).Sub(a.clock.Now()) + sshd.DefaultClockSkew
+			var stop context.CancelFunc
+			ctx, stop = context.WithTimeout(ctx, left)
+			defer stop()
+		}
 		a.cfg.Services[h.Service](ctx, h, conn)
 		return
 	}
@@ -424,4 +369,39 @@ func verifyChain(raw [][]byte, pool *x509.CertPool, host string, at func(leaf *x
 		return fmt.Errorf("agent: verify fleet certificate: %w", err)
 	}
 	return nil
+}
+
+// liveSessions are the brokered sessions the agent serves, by session ID,
+// so that the fleet can end them.
+type liveSessions struct {
+	mu sync.Mutex // guards m
+	m  map[string]context.CancelCauseFunc
+}
+
+func (l *liveSessions) add(id string, cancel context.CancelCauseFunc) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]context.CancelCauseFunc{}
+	}
+	l.m[id] = cancel
+}
+
+func (l *liveSessions) remove(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.m, id)
+}
+
+// end ends session id with the fleet's message; false when there is no
+// such session.
+func (l *liveSessions) end(id, msg string) bool {
+	l.mu.Lock()
+	cancel := l.m[id]
+	l.mu.Unlock()
+	if cancel == nil {
+		return false
+	}
+	cancel(&sshd.Ended{Message: msg})
+	return true
 }

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"remoteler.dev/edge/firmware/auditq"
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/recording"
 	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
 )
@@ -45,11 +45,6 @@ type auditor struct {
 
 // openAudit opens the audit queue and the recordings in the data dir.
 func (a *Agent) openAudit() error {
-	switch a.cfg.AuditWhenFull {
-	case "", AuditAllow, AuditRefuse:
-	default:
-		return fmt.Errorf("agent: audit_when_full is %q; want %q or %q", a.cfg.AuditWhenFull, AuditAllow, AuditRefuse)
-	}
 	q, err := auditq.Open(auditq.Config{
 		Path:     filepath.Join(a.cfg.DataDir, "audit.db"),
 		Source:   a.identity().DeviceID,
@@ -118,11 +113,18 @@ func (a *Agent) linkUp() {
 }
 
 // onMessage is the tunnel's OnMessage: the fleet's audit acks go to the
-// shipper.
+// shipper, and its session ends to the sessions.
 func (a *Agent) onMessage(m proto.Message) {
-	if ack, ok := m.(*proto.AuditAck); ok && a.audit != nil {
-		if s := a.audit.ship.Load(); s != nil {
-			s.Deliver(ack)
+	switch m := m.(type) {
+	case *proto.AuditAck:
+		if a.audit != nil {
+			if s := a.audit.ship.Load(); s != nil {
+				s.Deliver(m)
+			}
+		}
+	case *proto.SessionEnd:
+		if a.live.end(m.SessionID, m.Message) {
+			a.log.Info("the fleet ended a session", "session", m.SessionID, "reason", m.Message)
 		}
 	}
 }
@@ -138,13 +140,14 @@ func (a *Agent) stopAudit() {
 func (a *Agent) configFingerprint() (string, string) {
 	c := struct {
 		Fleet         string            `json:"fleet"`
+		TunnelAddr    string            `json:"tunnel_addr,omitempty"`
 		Name          string            `json:"name"`
 		Labels        map[string]string `json:"labels"`
 		Keepalive     string            `json:"keepalive"`
 		AuditMaxBytes int64             `json:"audit_max_bytes"`
 		AuditWhenFull string            `json:"audit_when_full"`
 		NoRecording   bool              `json:"no_recording"`
-	}{a.cfg.Fleet, a.identity().Name, a.cfg.Labels, a.cfg.Keepalive.String(), a.cfg.AuditMaxBytes, a.cfg.AuditWhenFull, a.cfg.NoRecording}
+	}{a.cfg.Fleet, a.cfg.TunnelAddr, a.identity().Name, a.cfg.Labels, a.cfg.Keepalive.String(), a.cfg.AuditMaxBytes, a.cfg.AuditWhenFull, a.cfg.NoRecording}
 	b, err := json.Marshal(c)
 	if err != nil {
 		return "", ""
@@ -237,23 +240,54 @@ func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder
 		Session: s.h.SessionID, User: ident.User, Login: ident.Login, Cluster: ident.Cluster,
 		Start: a.clock.Now().UnixMilli(), Kind: info.Kind, Command: info.Command,
 	}
+	if info.Cols <= 0 || info.Rows <= 0 {
+		info.Cols, info.Rows = 80, 24 // no terminal: what players show
+	}
 	h := asciicast.Header{Width: info.Cols, Height: info.Rows, Command: info.Command,
 		Title: fmt.Sprintf("%s@%s (%s)", ident.Login, a.identity().Name, ident.User)}
 	if info.Term != "" {
 		h.Env = map[string]string{"TERM": info.Term}
 	}
 	r, err := au.recs.Start(id, meta, h)
-	if err == nil && !ident.RecordInput {
-		// Only what the user sees, unless a role asks for their input.
-		return outputOnly{r}
-	}
 	if err != nil {
 		a.log.Warn("session not recorded", "session", s.h.SessionID, "err", err)
 		a.emit(ctx, &proto.AuditEvent{Type: proto.EventRecordingSkipped, Outcome: proto.OutcomeFailure, Message: err.Error(),
 			Fields: map[string]string{"recording": id}})
 		return nil
 	}
-	return r
+	var rec sshd.Recorder = r
+	if !ident.RecordInput {
+		// Only what the user sees, unless a role asks for their input.
+		rec = outputOnly{r}
+	}
+	return &cutNotice{Recorder: rec, r: r, cut: func() {
+		msg := fmt.Sprintf("the recording stopped at the device's cap for recordings (%d bytes); the session went on unrecorded", au.recs.Cap())
+		a.log.Warn("session recording cut", "session", s.h.SessionID, "recording", id)
+		a.emit(ctx, &proto.AuditEvent{Type: proto.EventRecordingSkipped, Outcome: proto.OutcomeFailure, Message: msg,
+			Fields: map[string]string{"recording": id, "truncated": "true"}})
+	}}
+}
+
+// cutNotice audits, when the recording ends, that it stopped at the cap.
+type cutNotice struct {
+	sshd.Recorder
+	r   *recording.Recording
+	cut func()
+}
+
+func (c *cutNotice) Close() error {
+	err := c.Recorder.Close()
+	if c.r.Truncated() {
+		c.cut()
+	}
+	return err
+}
+
+// Input passes input on when the recorder records it.
+func (c *cutNotice) Input(p []byte) {
+	if ir, ok := c.Recorder.(sshd.InputRecorder); ok {
+		ir.Input(p)
+	}
 }
 
 // sessionStart records a brokered session before it is served.
@@ -262,9 +296,14 @@ func (a *Agent) sessionStart(ctx context.Context, h *proto.StreamHeader) error {
 		Fields: map[string]string{"service": h.Service, "roles": fmt.Sprint(h.Identity.Roles)}})
 }
 
-// sessionEnd records a brokered session's end.
+// sessionEnd records a brokered session's end, and why when the fleet
+// ended it.
 func (a *Agent) sessionEnd(ctx context.Context, h *proto.StreamHeader, began time.Time) {
 	f := map[string]string{"service": h.Service, "duration": a.clock.Now().Sub(began).Round(time.Millisecond).String()}
+	var end *sshd.Ended
+	if errors.As(context.Cause(ctx), &end) {
+		f["reason"] = end.Message
+	}
 	a.emit(ctx, &proto.AuditEvent{Type: proto.EventSessionEnd, Fields: f})
 }
 
@@ -314,6 +353,12 @@ func (a *Agent) handleAudited(ctx context.Context, h *proto.StreamHeader, conn n
 		conn.Close()
 		return
 	}
+	// The fleet may end the session (proto.SessionEnd): sshd tells the
+	// user why, other services just close.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a.live.add(h.SessionID, cancel)
+	defer a.live.remove(h.SessionID)
 	began := a.clock.Now()
 	a.handle(ctx, h, conn)
 	a.sessionEnd(ctx, h, began)

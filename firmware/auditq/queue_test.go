@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,19 +17,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-// testLogger logs to t.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(bytes.TrimSpace(p)))
-	return len(p), nil
-}
 
 func openQueue(t testing.TB, cfg Config) *Queue {
 	t.Helper()
@@ -41,7 +29,7 @@ func openQueue(t testing.TB, cfg Config) *Queue {
 		cfg.Source = "dev-1"
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
+		cfg.Logger = logtest.Logger(t)
 	}
 	q, err := Open(cfg)
 	if err != nil {

@@ -3,19 +3,12 @@ package kubeproxy
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha1"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -28,20 +21,9 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
+	"remoteler.dev/edge/tools/pkitest"
 )
-
-// tWriter sends log lines to t.Log.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // seen is what the fake API server received.
 type seen struct {
@@ -178,7 +160,7 @@ func stream(t *testing.T, p *Proxy, id proto.Identity) (*http.Client, net.Conn) 
 
 func newProxy(t *testing.T, kubeconfig string, now func() time.Time) *Proxy {
 	t.Helper()
-	p, err := New(Config{Kubeconfig: kubeconfig, Logger: testLogger(t), Now: now})
+	p, err := New(Config{Kubeconfig: kubeconfig, Logger: logtest.Logger(t), Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,30 +306,9 @@ func TestNewFailsWithoutKubeconfig(t *testing.T) {
 	}
 }
 
-// clientCertPEM makes a self-signed client certificate and key.
-func clientCertPEM(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "system:admin"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pemCert(der), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb})
-}
-
 func TestParseKubeconfig(t *testing.T) {
 	dir := t.TempDir()
-	certPEM, keyPEM := clientCertPEM(t)
+	certPEM, keyPEM := pkitest.PEM(t, pkitest.NewCA(t).Client(t, "system:admin"))
 	os.WriteFile(filepath.Join(dir, "client.crt"), certPEM, 0o600)
 	os.WriteFile(filepath.Join(dir, "client.key"), keyPEM, 0o600)
 	os.WriteFile(filepath.Join(dir, "ca.crt"), certPEM, 0o600)

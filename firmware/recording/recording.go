@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"remoteler.dev/edge/proto"
@@ -36,9 +37,10 @@ import (
 type Config struct {
 	// Dir holds the recordings, normally DATA_DIR/recordings. Required.
 	Dir string
-	// MaxBytes caps the recordings kept on the device; a session that
-	// starts past it is not recorded (and the agent says so in the audit).
-	// Default 256 MiB.
+	// MaxBytes caps the recordings kept on the device, all together and
+	// at every moment: a session that starts past it is not recorded, and
+	// a recording that would pass it stops there (Recording.Truncated);
+	// the agent says so in the audit. Default 256 MiB.
 	MaxBytes int64
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
@@ -51,7 +53,16 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	changed chan struct{} // signalled when a recording is complete
+	// usage is the bytes the recordings take: counted at Open, then kept
+	// up to date as recordings are written and uploaded.
+	usage atomic.Int64
+	// full is set when a recording was cut at the cap, and cleared when an
+	// upload frees space: no recording starts meanwhile.
+	full atomic.Bool
 }
+
+// DefaultMaxBytes is Config.MaxBytes's default: 256 MiB.
+const DefaultMaxBytes = 256 << 20
 
 // ErrFull is returned by Start when the recordings use MaxBytes.
 var ErrFull = errors.New("recording: the device's recordings are at their cap")
@@ -65,7 +76,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, errors.New("recording: open: no directory")
 	}
 	if cfg.MaxBytes <= 0 {
-		cfg.MaxBytes = 256 << 20
+		cfg.MaxBytes = DefaultMaxBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -84,10 +95,20 @@ func Open(cfg Config) (*Store, error) {
 			s.log.Info("recording of a session cut short by a restart closed out", "recording", id)
 		}
 	}
+	s.usage.Store(s.used())
 	return s, nil
 }
 
 func (s *Store) path(id, ext string) string { return filepath.Join(s.cfg.Dir, id+ext) }
+
+// remove deletes a recording's file and takes it off the usage.
+func (s *Store) remove(id, ext string) {
+	p := s.path(id, ext)
+	if fi, err := os.Stat(p); err == nil && os.Remove(p) == nil {
+		s.usage.Add(-fi.Size())
+		s.full.Store(false)
+	}
+}
 
 // used is the bytes the recordings take on disk.
 func (s *Store) used() int64 {
@@ -107,8 +128,35 @@ type Recording struct {
 	*asciicast.Writer
 	s    *Store
 	id   string
-	f    *os.File
+	f    *capped
 	once sync.Once
+}
+
+// ErrCap is the write error of a recording that reached the store's cap.
+var ErrCap = errors.New("recording: the device's recordings reached their cap")
+
+// capped is a recording's file, whose writes count against the store's
+// cap: a write that would pass it is refused whole (so the recording
+// stays well-formed, cut at an event).
+type capped struct {
+	*os.File
+	s         *Store
+	truncated atomic.Bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	n := int64(len(p))
+	if c.s.usage.Add(n) > c.s.cfg.MaxBytes {
+		c.s.usage.Add(-n)
+		c.truncated.Store(true)
+		c.s.full.Store(true)
+		return 0, ErrCap
+	}
+	w, err := c.File.Write(p)
+	if w < len(p) {
+		c.s.usage.Add(int64(w) - n)
+	}
+	return w, err
 }
 
 // Start creates recording id (new) described by meta, with header h.
@@ -116,7 +164,7 @@ func (s *Store) Start(id string, meta proto.RecordingMeta, h asciicast.Header) (
 	if !validID.MatchString(id) {
 		return nil, fmt.Errorf("recording: bad id %q", id)
 	}
-	if s.used() >= s.cfg.MaxBytes {
+	if s.full.Load() || s.usage.Load() >= s.cfg.MaxBytes {
 		return nil, fmt.Errorf("%w (%d bytes)", ErrFull, s.cfg.MaxBytes)
 	}
 	if meta.Start == 0 {
@@ -126,17 +174,25 @@ func (s *Store) Start(id string, meta proto.RecordingMeta, h asciicast.Header) (
 	if err := writeSynced(s.path(id, ".json"), b); err != nil {
 		return nil, fmt.Errorf("recording: start %s: %w", id, err)
 	}
+	s.usage.Add(int64(len(b)))
 	f, err := os.OpenFile(s.path(id, ".cast.part"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("recording: start %s: %w", id, err)
 	}
-	w, err := asciicast.NewWriter(f, h, s.cfg.Now)
+	cf := &capped{File: f, s: s}
+	w, err := asciicast.NewWriter(cf, h, s.cfg.Now)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("recording: start %s: %w", id, err)
 	}
-	return &Recording{Writer: w, s: s, id: id, f: f}, nil
+	return &Recording{Writer: w, s: s, id: id, f: cf}, nil
 }
+
+// Cap is the store's cap (Config.MaxBytes, defaults applied).
+func (s *Store) Cap() int64 { return s.cfg.MaxBytes }
+
+// Truncated reports whether the recording stopped at the store's cap.
+func (r *Recording) Truncated() bool { return r.f.truncated.Load() }
 
 // ID is the recording's ID.
 func (r *Recording) ID() string { return r.id }
@@ -146,6 +202,9 @@ func (r *Recording) Close() error {
 	var err error
 	r.once.Do(func() {
 		err = r.Writer.Flush()
+		if errors.Is(err, ErrCap) {
+			err = nil // what fitted is kept; Truncated says so
+		}
 		if serr := r.f.Sync(); err == nil {
 			err = serr
 		}
@@ -262,8 +321,14 @@ func (u *Uploader) Wake() {
 	}
 }
 
+// maxRetry bounds the pause after failures in a row: each doubles it from
+// the uploader's retry (the fleet may take no recordings for a while, its
+// disk or this device's quota full; the recordings wait on the device).
+const maxRetry = time.Minute
+
 // Run uploads until ctx is done.
 func (u *Uploader) Run(ctx context.Context) {
+	failures := 0
 	for ctx.Err() == nil {
 		ids := u.s.complete()
 		var err error
@@ -273,8 +338,14 @@ func (u *Uploader) Run(ctx context.Context) {
 			}
 		}
 		if err != nil {
-			u.s.log.Debug("recording upload paused", "err", err)
-			t := time.NewTimer(u.retry/2 + mrand.N(u.retry))
+			failures++
+			wait := u.retry
+			for i := 1; i < failures && wait < maxRetry; i++ {
+				wait *= 2
+			}
+			wait = min(wait, max(maxRetry, u.retry))
+			u.s.log.Debug("recording upload paused", "err", err, "for", wait)
+			t := time.NewTimer(wait/2 + mrand.N(wait))
 			select {
 			case <-ctx.Done():
 			case <-t.C:
@@ -283,6 +354,7 @@ func (u *Uploader) Run(ctx context.Context) {
 			t.Stop()
 			continue
 		}
+		failures = 0
 		select {
 		case <-ctx.Done():
 		case <-u.s.changed:
@@ -335,8 +407,8 @@ func (u *Uploader) upload(ctx context.Context, id string) error {
 		return err
 	}
 	u.s.log.Info("session recording uploaded", "recording", id, "bytes", size)
-	os.Remove(u.s.path(id, ".cast"))
-	os.Remove(u.s.path(id, ".json"))
+	u.s.remove(id, ".cast")
+	u.s.remove(id, ".json")
 	return nil
 }
 

@@ -48,7 +48,14 @@ func TestRecordAndUploadResumably(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, err := recordings.Open(recordings.Config{Dir: filepath.Join(dir, "fleet")})
+	// The fleet brokered session sess-1 to this device for alice.
+	fs, err := recordings.Open(recordings.Config{Dir: filepath.Join(dir, "fleet"),
+		Sessions: func(deviceID, session string) (recordings.Session, error) {
+			if session != "sess-1" {
+				return recordings.Session{}, recordings.ErrNoSession
+			}
+			return recordings.Session{User: "alice", Login: "root"}, nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,13 +136,37 @@ func TestLeftoverPartIsClosedOut(t *testing.T) {
 }
 
 func TestCap(t *testing.T) {
-	s, _ := Open(Config{Dir: t.TempDir(), MaxBytes: 100})
+	const limit = 4 << 10
+	dir := t.TempDir()
+	s, _ := Open(Config{Dir: dir, MaxBytes: limit})
 	r, err := s.Start("a", proto.RecordingMeta{}, asciicast.Header{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Output(bytes.Repeat([]byte("x"), 200))
-	r.Close()
+	// The cap holds during the session, not only at its start.
+	for range 100 {
+		r.Output(bytes.Repeat([]byte("x"), 1000))
+	}
+	if !r.Truncated() {
+		t.Error("a recording past the cap is not marked truncated")
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	var used int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		fi, _ := e.Info()
+		used += fi.Size()
+	}
+	if used > limit {
+		t.Errorf("recordings take %d bytes, over the cap of %d", used, limit)
+	}
+	f, _ := os.Open(filepath.Join(dir, "a.cast"))
+	defer f.Close()
+	if sum, err := asciicast.ReadAll(f); err != nil || len(sum.Output) == 0 {
+		t.Errorf("the cut recording: %v, %d output bytes; want it well-formed with what fitted", err, len(sum.Output))
+	}
 	if _, err := s.Start("b", proto.RecordingMeta{}, asciicast.Header{}); !errors.Is(err, ErrFull) {
 		t.Errorf("start past the cap: %v, want ErrFull", err)
 	}

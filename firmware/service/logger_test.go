@@ -13,20 +13,6 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 )
 
-// testLogger logs through t, so output shows with the failing test only.
-func testLogger(t *testing.T) *slog.Logger {
-	t.Helper()
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
 func TestPriority(t *testing.T) {
 	tests := []struct {
 		level slog.Level

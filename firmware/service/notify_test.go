@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // notifySocket listens on a unixgram socket in a temporary directory, points
@@ -52,7 +54,7 @@ func TestNotifierStates(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			next := notifySocket(t)
-			n := NewNotifier(testLogger(t))
+			n := NewNotifier(logtest.Logger(t))
 			if err := tt.send(n); err != nil {
 				t.Fatalf("send: %v", err)
 			}
@@ -75,7 +77,7 @@ func TestNotifierOutsideSystemd(t *testing.T) {
 
 func TestNotifierSocketGone(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", filepath.Join(t.TempDir(), "missing.sock"))
-	if err := NewNotifier(testLogger(t)).Ready(); err == nil {
+	if err := NewNotifier(logtest.Logger(t)).Ready(); err == nil {
 		t.Fatal("Ready with a missing socket = nil, want an error")
 	}
 }
@@ -105,7 +107,7 @@ func setWatchdog(t *testing.T, interval time.Duration, pid int) {
 func TestRunWatchdogPingsOnlyWhileHealthy(t *testing.T) {
 	next := notifySocket(t)
 	setWatchdog(t, 30*time.Second, os.Getpid())
-	n := NewNotifier(testLogger(t))
+	n := NewNotifier(logtest.Logger(t))
 	ft := newFakeTicker(n)
 
 	// healthy answers from this channel, so each tick's answer is the
@@ -180,7 +182,7 @@ func TestRunWatchdogOff(t *testing.T) {
 				t.Setenv("WATCHDOG_USEC", tt.usec)
 				t.Setenv("WATCHDOG_PID", tt.pid)
 			}
-			n := NewNotifier(testLogger(t))
+			n := NewNotifier(logtest.Logger(t))
 			n.newTicker = func(time.Duration) (<-chan time.Time, func()) {
 				t.Error("ticker started with the watchdog off")
 				return nil, func() {}
@@ -206,7 +208,7 @@ func TestRunWatchdogOff(t *testing.T) {
 func TestRunWatchdogRealTicker(t *testing.T) {
 	next := notifySocket(t)
 	setWatchdog(t, 20*time.Millisecond, os.Getpid())
-	n := NewNotifier(testLogger(t))
+	n := NewNotifier(logtest.Logger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -69,6 +69,12 @@ func (s *Server) lookupAccount(login string) (*account, error) {
 	if sh := readPasswdShell(s.cfg.passwdPath, login); sh != "" {
 		a.shell = sh
 	}
+	// As OpenSSH: an account whose shell cannot run cannot log in. (One
+	// whose shell refuses logins, like nologin, can: its shell then tells
+	// the user so, for every command.)
+	if fi, err := os.Stat(a.shell); err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+		return nil, accountError(fmt.Sprintf("user %q cannot log in on this device: their shell %s does not exist or cannot run", login, a.shell))
+	}
 	return a, nil
 }
 

@@ -12,10 +12,12 @@ import (
 
 // SessionInfo describes a session that starts, for Config.Record.
 type SessionInfo struct {
-	// Kind is "shell", "exec" or "sftp"; Command the exec command.
+	// Kind is "shell", "exec", "sftp" or "scp" (legacy scp, an exec);
+	// Command the exec command.
 	Kind    string
 	Command string
-	// Term, Cols and Rows describe the terminal, when there is one.
+	// Term, Cols and Rows describe the terminal, when there is one (zero
+	// without a terminal).
 	Term       string
 	Cols, Rows int
 }
@@ -76,23 +78,28 @@ func (s *Server) deny(ctx context.Context, what, reason string) {
 // recording; a non-nil error refuses the request.
 func (s *session) begin(info SessionInfo) error {
 	typ := proto.EventExec
-	if info.Kind == "sftp" {
+	if info.Kind == "sftp" || info.Kind == "scp" {
 		typ = proto.EventFileTransfer
 	}
 	fields := map[string]string{"kind": info.Kind, "pty": strconv.FormatBool(s.pty != nil)}
 	if info.Command != "" {
 		fields["command"] = info.Command
 	}
-	if info.Kind == "sftp" {
-		fields["protocol"] = "sftp"
+	if info.Kind == "sftp" || info.Kind == "scp" {
+		fields["protocol"] = info.Kind
 	}
 	if err := s.c.s.audit(s.ctx, &proto.AuditEvent{Type: typ, Fields: fields}); err != nil {
 		s.log.Warn("sshd: session refused: its audit event could not be written", "err", err)
 		return err
 	}
 	s.kind, s.command, s.began = info.Kind, info.Command, time.Now()
-	if s.pty != nil && s.c.s.cfg.Record != nil {
-		info.Term, info.Cols, info.Rows = s.pty.Term, int(clamp16(s.pty.Cols)), int(clamp16(s.pty.Rows))
+	// Every shell and command is recorded, with a terminal or without
+	// (ssh -T host can run an interactive program too); file copies are
+	// audited as transfers instead.
+	if (info.Kind == "shell" || info.Kind == "exec") && s.c.s.cfg.Record != nil {
+		if s.pty != nil {
+			info.Term, info.Cols, info.Rows = s.pty.Term, int(clamp16(s.pty.Cols)), int(clamp16(s.pty.Rows))
+		}
 		s.rec = s.c.s.cfg.Record(s.ctx, info)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -105,8 +106,49 @@ func TestAuditExec(t *testing.T) {
 	if end.Fields["bytes_out"] != "7" || end.Fields["status"] != "0" {
 		t.Errorf("exec.end fields = %v, want 7 bytes out and status 0", end.Fields)
 	}
-	if len(al.recs) != 0 {
-		t.Errorf("an exec without a terminal was recorded")
+	if len(al.recs) != 1 {
+		t.Fatalf("%d recordings of an exec without a terminal, want 1", len(al.recs))
+	}
+	r := al.recs[0]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got := r.out.String(); (got != "12345ab" && got != "ab12345") || !r.closed || r.info.Kind != "exec" || r.info.Cols != 0 {
+		t.Errorf("recording %q closed %v info %+v, want both streams of the exec, no terminal", got, r.closed, r.info)
+	}
+}
+
+// TestShellWithoutTerminalIsRecorded: ssh -T host, then an interactive
+// program, must not leave an unrecorded shell.
+func TestShellWithoutTerminalIsRecorded(t *testing.T) {
+	f := newFixture(t)
+	al := &auditLog{}
+	f.cfg.Audit, f.cfg.Record = al.audit, al.record
+	addr := f.serve(identity(f.login))
+	c := f.mustDial(addr, f.login, f.userCert(f.login))
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, _ := sess.StdinPipe()
+	var out bytes.Buffer
+	sess.Stdout = &out
+	if err := sess.Shell(); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(stdin, "echo typed-$((6*7))\nexit 0\n")
+	stdin.Close()
+	sess.Wait()
+	c.Close()
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	if len(al.recs) != 1 {
+		t.Fatalf("%d recordings of a shell without a terminal, want 1", len(al.recs))
+	}
+	r := al.recs[0]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !strings.Contains(r.out.String(), "typed-42") || r.info.Kind != "shell" {
+		t.Errorf("recording %q (%+v), want the shell's output", r.out.String(), r.info)
 	}
 }
 
@@ -190,7 +232,12 @@ func TestAuditDenials(t *testing.T) {
 		t.Error("forwarding without the permit succeeded")
 	}
 	c.Close()
+	// The refused login is recorded as the server's handshake ends, which
+	// can be after the client has given up.
 	got := al.types()
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 2 && time.Now().Before(deadline); got = al.types() {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if len(got) != 2 || got[0] != proto.EventAccessDenied || got[1] != proto.EventAccessDenied {
 		t.Errorf("events = %v, want two denials", got)
 	}

@@ -32,6 +32,8 @@ type authenticator struct {
 	// refused is set when any key was refused; reason says why.
 	refused bool
 	reason  string
+	// cert is the certificate that was accepted.
+	cert *ssh.Certificate
 }
 
 // refusal is why a login was refused. reason goes to the log; tell, when
@@ -69,6 +71,7 @@ func (a *authenticator) publicKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ss
 		return nil, r
 	}
 	log.Info("sshd: login accepted", "ca_fingerprint", ssh.FingerprintSHA256(cert.SignatureKey))
+	a.cert = cert
 	return &ssh.Permissions{
 		CriticalOptions: cert.CriticalOptions,
 		Extensions:      cert.Extensions,

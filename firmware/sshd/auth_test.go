@@ -6,17 +6,19 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 func TestCheckCert(t *testing.T) {
-	userCA, otherCA := newSigner(t), newSigner(t)
+	userCA, otherCA := pkitest.SSHSigner(t), pkitest.SSHSigner(t)
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	srv := New(Config{
 		UserCAKeys: func() []ssh.PublicKey { return []ssh.PublicKey{otherCA.PublicKey(), userCA.PublicKey()} },
 		Now:        func() time.Time { return now },
 	})
 	id := identity("pi")
-	key := newSigner(t).PublicKey()
+	key := pkitest.SSHSigner(t).PublicKey()
 	good := certSpec{keyID: "alice", principals: []string{"admin", "pi"}, after: now.Add(-time.Hour), before: now.Add(time.Hour)}
 	with := func(change func(*certSpec)) certSpec {
 		s := good
@@ -37,7 +39,7 @@ func TestCheckCert(t *testing.T) {
 		{name: "expired", spec: with(func(s *certSpec) { s.before = now.Add(-6 * time.Minute) }), reason: "expired"},
 		{name: "not yet valid", spec: with(func(s *certSpec) { s.after, s.before = now.Add(time.Hour), now.Add(2*time.Hour) }), reason: "not valid until"},
 		{name: "never valid", spec: with(func(s *certSpec) { s.before = s.after }), reason: "never valid"},
-		{name: "unknown CA", ca: newSigner(t), spec: good, reason: "unknown authority"},
+		{name: "unknown CA", ca: pkitest.SSHSigner(t), spec: good, reason: "unknown authority"},
 		{name: "host cert", spec: with(func(s *certSpec) { s.certType = ssh.HostCert }), reason: "host certificate"},
 		{name: "login not a principal", spec: good, login: "root", reason: `login "root" is not a principal`},
 		{name: "no principals", spec: with(func(s *certSpec) { s.principals = nil }), reason: "not a principal"},
@@ -107,14 +109,14 @@ func TestLoginRefused(t *testing.T) {
 		login  string
 		reason string
 	}{
-		{name: "unknown CA", signer: certSigner(t, newSigner(t), good), reason: "unknown authority"},
+		{name: "unknown CA", signer: certSigner(t, pkitest.SSHSigner(t), good), reason: "unknown authority"},
 		{name: "expired", signer: certSigner(t, f.userCA, with(func(s *certSpec) {
 			s.after, s.before = time.Now().Add(-3*time.Hour), time.Now().Add(-2*time.Hour)
 		})), reason: "expired"},
 		{name: "login not in principals", signer: certSigner(t, f.userCA, with(func(s *certSpec) { s.principals = []string{"someone-else"} })), reason: "not a principal"},
 		{name: "login is not the fleet's", signer: f.userCert("daemon"), login: "daemon", reason: "not the login the fleet authorised"},
 		{name: "key id is not the fleet user", signer: certSigner(t, f.userCA, with(func(s *certSpec) { s.keyID = "bob" })), reason: "key_id=bob"},
-		{name: "plain key", signer: newSigner(t), reason: "plain key"},
+		{name: "plain key", signer: pkitest.SSHSigner(t), reason: "plain key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,13 +51,18 @@ func (c *connState) directTCPIP(nc ssh.NewChannel) {
 		nc.Reject(ssh.Prohibited, "port forwarding is not permitted by your certificate")
 		return
 	}
+	if c.id.NoPortForwarding {
+		log.Info("sshd: refused port forwarding: the user's roles turn it off")
+		c.s.deny(c.ctx, "port forward to "+addr, "the user's roles turn port forwarding off (port_forwarding)")
+		nc.Reject(ssh.Prohibited, "port forwarding is turned off by your roles")
+		return
+	}
 	if err := c.s.audit(c.ctx, &proto.AuditEvent{Type: proto.EventPortForward, Fields: map[string]string{"dest": addr}}); err != nil {
 		log.Warn("sshd: refused port forwarding: its audit event could not be written", "err", err)
 		nc.Reject(ssh.ResourceShortage, "the device cannot record this port forward in its audit log")
 		return
 	}
-	d := net.Dialer{Timeout: c.s.cfg.DialTimeout}
-	tc, err := d.DialContext(c.ctx, "tcp", addr)
+	tc, err := c.s.dial(c.ctx, c.acct, addr)
 	if err != nil {
 		log.Info("sshd: port forwarding dial failed", "err", err)
 		nc.Reject(ssh.ConnectionFailed, "dial "+addr+" from the device failed")

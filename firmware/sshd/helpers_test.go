@@ -1,16 +1,12 @@
 package sshd
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"log/slog"
 	"net"
 	"os"
 	"os/user"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,12 +14,25 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
+	"remoteler.dev/edge/tools/pkitest"
 )
 
-// sftpHelperArg makes the test binary act as an sftp helper (see TestMain).
-const sftpHelperArg = "sshd-test-sftp-helper"
+// sftpHelperArg and dialHelperArg make the test binary act as an sftp
+// helper or a dial helper (see TestMain).
+const (
+	sftpHelperArg = "sshd-test-sftp-helper"
+	dialHelperArg = "sshd-test-dial-helper"
+)
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == dialHelperArg {
+		if err := ServeDialHelper(os.Args[2:]); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == sftpHelperArg {
 		if err := ServeSFTPStdio(); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
@@ -32,20 +41,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-// newSigner returns a fresh ed25519 signer.
-func newSigner(t testing.TB) ssh.Signer {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // allPermits are the extensions ssh-keygen puts in user certificates.
@@ -104,33 +99,12 @@ func sign(t testing.TB, ca ssh.Signer, key ssh.PublicKey, spec certSpec) *ssh.Ce
 // signer that presents it.
 func certSigner(t testing.TB, ca ssh.Signer, spec certSpec) ssh.Signer {
 	t.Helper()
-	key := newSigner(t)
+	key := pkitest.SSHSigner(t)
 	s, err := ssh.NewCertSigner(sign(t, ca, key.PublicKey(), spec), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// testLog is a slog destination that logs to t and keeps what it got.
-type testLog struct {
-	t   testing.TB
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	l.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func (l *testLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // fixture is a fleet (user CA and host CA) and a device (host certificate
@@ -140,7 +114,7 @@ type fixture struct {
 	userCA   ssh.Signer
 	hostCA   ssh.Signer
 	hostCert ssh.Signer
-	log      *testLog
+	log      *logtest.Recorder
 	cfg      Config
 	login    string // the user the tests run as
 }
@@ -149,8 +123,8 @@ type fixture struct {
 // changed through f.cfg before f.serve.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{t: t, userCA: newSigner(t), hostCA: newSigner(t), log: &testLog{t: t}}
-	hostKey := newSigner(t)
+	f := &fixture{t: t, userCA: pkitest.SSHSigner(t), hostCA: pkitest.SSHSigner(t), log: logtest.NewRecorder(t)}
+	hostKey := pkitest.SSHSigner(t)
 	hc := sign(t, f.hostCA, hostKey.PublicKey(), certSpec{
 		keyID:      "device-1",
 		principals: []string{"127.0.0.1", "device-1"},
@@ -169,7 +143,7 @@ func newFixture(t *testing.T) *fixture {
 	f.cfg = Config{
 		HostSigner: func() ssh.Signer { return f.hostCert },
 		UserCAKeys: func() []ssh.PublicKey { return []ssh.PublicKey{f.userCA.PublicKey()} },
-		Logger:     slog.New(slog.NewTextHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:     f.log.Logger(),
 	}
 	return f
 }
@@ -189,15 +163,22 @@ func (f *fixture) userCert(login string) ssh.Signer {
 // cleanup.
 func (f *fixture) serve(id proto.Identity) string {
 	f.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f.t.Cleanup(cancel)
+	return f.serveCtx(ctx, id)
+}
+
+// serveCtx is serve with connections served under ctx, which the test may
+// cancel (with a cause) itself.
+func (f *fixture) serveCtx(ctx context.Context, id proto.Identity) string {
+	f.t.Helper()
 	srv := New(f.cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	f.t.Cleanup(func() {
-		cancel()
 		ln.Close()
 		wg.Wait()
 	})

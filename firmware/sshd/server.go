@@ -27,8 +27,21 @@
 // the kernel's defaults (echo, canonical input, signals). Agent, X11 and
 // remote forwarding are refused; local forwarding (ssh -L) needs the
 // certificate's permit-port-forwarding extension and a PTY needs
-// permit-pty, as in OpenSSH. Sessions start on Linux only; elsewhere the
-// package builds and serves only SFTP and forwarding.
+// permit-pty, as in OpenSSH. Forwards are dialled as the login's user (a
+// helper process with its credentials, Config.DialCommand, when the agent
+// runs as root). The fleet's stream header can turn forwarding and file
+// copies (scp, sftp) off: the user's roles decide (port_forwarding,
+// ssh_file_copy). As with OpenSSH, an account whose shell cannot run
+// cannot log in, and one whose shell refuses logins (nologin) gets that
+// shell's refusal for every command, sftp included.
+//
+// Access ends on the device too: no new channel opens once the
+// certificate (or the expiry the fleet gave in the stream header) has
+// expired, and the connection is closed then, with a message on the
+// standard error of each open session; the same happens when the fleet
+// ends the session (a ServeConn context cancelled with an *Ended cause).
+// Sessions start on Linux only; elsewhere the package builds and serves
+// only SFTP and forwarding.
 //
 // Only the agent (firmware/...) imports sshd.
 package sshd
@@ -39,9 +52,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -91,6 +107,15 @@ type Config struct {
 	// scp and sftp) is refused for such logins.
 	SFTPCommand []string
 
+	// DialCommand is the command (argv) that dials a port forward as the
+	// login's user, when the agent runs as root and the login is another
+	// user: sshd runs it with the user's credentials and HOST:PORT and a
+	// timeout appended, and it hands the connected socket back (see
+	// ServeDialHelper). The agent names its own binary in a helper mode.
+	// Default: none, and port forwarding is refused for such logins (it
+	// is never dialled as root for them).
+	DialCommand []string
+
 	// DialTimeout bounds each port-forwarding dial. Default: 10 seconds.
 	DialTimeout time.Duration
 
@@ -108,10 +133,12 @@ type Config struct {
 	// recorded.
 	Audit func(ctx context.Context, ev *proto.AuditEvent) error
 
-	// Record, when set, is asked for a recorder for each session with a
-	// terminal; a nil Recorder records nothing. The terminal's output is
-	// recorded as it is sent to the user, and window changes too.
-	// Default: no recordings.
+	// Record, when set, is asked for a recorder for each shell and
+	// command, with a terminal or without (file copies are audited as
+	// transfers instead); a nil Recorder records nothing. The output is
+	// recorded as it is sent to the user (standard output and error
+	// without a terminal), and window changes too. Default: no
+	// recordings.
 	Record func(ctx context.Context, info SessionInfo) Recorder
 
 	// passwdPath is the passwd file that names login shells. Default:
@@ -185,10 +212,24 @@ func New(cfg Config) *Server {
 // against conn.RemoteAddr(), so a caller that knows the user's address
 // should return it from there.
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	outer, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	// ctx is what the connection's handlers run under. It ends after
+	// outer: when the fleet ends the session (an *Ended cause) or its
+	// certificate expires, the open sessions are told why first, and
+	// their commands hung up after that.
+	ctx, hangUp := context.WithCancel(context.WithoutCancel(outer))
+	defer hangUp()
+	var cs atomic.Pointer[connState] // the state once authenticated
+	stop := context.AfterFunc(outer, func() {
+		var end *Ended
+		if c := cs.Load(); c != nil && errors.As(context.Cause(outer), &end) {
+			c.tellAll(end.Message)
+		}
+		hangUp()
+		conn.Close()
+	})
 	defer stop()
 
 	log := s.log.With("user", id.User, "login", id.Login)
@@ -220,19 +261,32 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 			// The client gave up, after a refusal that is logged.
 			return nil
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if outer.Err() != nil {
+			return outer.Err()
 		}
 		return fmt.Errorf("sshd: handshake: %w", err)
 	}
 	defer sconn.Close()
 
 	c := &connState{
-		s:     s,
-		ctx:   ctx,
-		log:   log,
-		acct:  a.acct,
-		perms: sconn.Permissions,
+		s:       s,
+		ctx:     ctx,
+		log:     log,
+		acct:    a.acct,
+		perms:   sconn.Permissions,
+		id:      id,
+		expires: s.expiry(a.cert, id),
+		open:    map[*session]struct{}{},
+	}
+	cs.Store(c)
+	if !c.expires.IsZero() {
+		// The device ends the connection at its certificate's expiry
+		// itself, whatever the fleet does.
+		at := c.expires
+		t := time.AfterFunc(at.Sub(s.cfg.Now()), func() {
+			cancel(&Ended{Message: fmt.Sprintf("your certificate expired at %s; log in to the fleet again (tsh login)", at.Add(-s.cfg.ClockSkew).UTC().Format(time.RFC3339))})
+		})
+		defer t.Stop()
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { c.globalRequests(reqs) })
@@ -241,11 +295,40 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 	}
 	// The connection is over: hang up whatever still runs, and wait for
 	// every goroutine this connection started.
-	cancel()
+	cancel(nil)
+	hangUp()
 	sconn.Close()
 	wg.Wait()
 	log.Info("sshd: connection closed")
 	return nil
+}
+
+// Ended is the cause, in the context given to ServeConn, of a connection
+// the fleet ended (access ended: proto.SessionEnd) or whose certificate
+// expired: Message is shown to the user on the standard error of each
+// open session before the connection closes.
+type Ended struct{ Message string }
+
+func (e *Ended) Error() string { return "sshd: session ended: " + e.Message }
+
+// expiry is when the connection's access ends on the device's clock: the
+// user certificate's end or the expiry the fleet gave in the stream
+// header, whichever comes first, plus the clock skew allowance (the same
+// rule that admits the certificate at login). Zero means never.
+func (s *Server) expiry(cert *ssh.Certificate, id proto.Identity) time.Time {
+	var at time.Time
+	if cert != nil && cert.ValidBefore != ssh.CertTimeInfinity && cert.ValidBefore <= math.MaxInt64 {
+		at = time.Unix(int64(cert.ValidBefore), 0)
+	}
+	if id.Expires > 0 {
+		if e := time.UnixMilli(id.Expires); at.IsZero() || e.Before(at) {
+			at = e
+		}
+	}
+	if at.IsZero() {
+		return at
+	}
+	return at.Add(s.cfg.ClockSkew)
 }
 
 // connState is what the handlers of one authenticated connection share.
@@ -255,6 +338,60 @@ type connState struct {
 	log   *slog.Logger
 	acct  *account // the login's account, found at authentication
 	perms *ssh.Permissions
+	id    proto.Identity
+	// expires is when access ends (Server.expiry); zero means never.
+	expires time.Time
+
+	mu   sync.Mutex // guards open
+	open map[*session]struct{}
+}
+
+// expired reports whether access has ended: no new channel is opened.
+func (c *connState) expired() bool {
+	return !c.expires.IsZero() && !c.s.cfg.Now().Before(c.expires)
+}
+
+// tellAll writes msg to the standard error of every open session and
+// closes them, waiting at most a second for clients that do not read.
+func (c *connState) tellAll(msg string) {
+	if len(msg) > proto.MaxSessionEndMessage {
+		msg = msg[:proto.MaxSessionEndMessage]
+	}
+	msg = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' ' // no terminal control from the fleet's message
+		}
+		return r
+	}, msg)
+	c.mu.Lock()
+	list := make([]*session, 0, len(c.open))
+	for s := range c.open {
+		list = append(list, s)
+	}
+	c.mu.Unlock()
+	done := make(chan struct{}, len(list))
+	for _, s := range list {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			line := "remoteler: " + msg + "\n"
+			if s.pty != nil {
+				line = "\r\n" + strings.TrimSuffix(line, "\n") + "\r\n"
+			}
+			io.WriteString(s.ch.Stderr(), line)
+			s.ch.CloseWrite()
+			s.ch.Close()
+		}()
+	}
+	deadline := time.NewTimer(time.Second)
+	defer deadline.Stop()
+	for range list {
+		select {
+		case <-done:
+		case <-deadline.C:
+			return
+		}
+	}
+	c.log.Info("sshd: the fleet ended the connection", "reason", msg, "sessions", len(list))
 }
 
 // permits reports whether the user's certificate carries the extension
@@ -283,6 +420,12 @@ func (c *connState) globalRequests(reqs <-chan *ssh.Request) {
 
 // channel serves one channel the client opened.
 func (c *connState) channel(nc ssh.NewChannel) {
+	if c.expired() {
+		c.log.Info("sshd: refused channel: the certificate expired", "type", nc.ChannelType())
+		c.s.deny(c.ctx, nc.ChannelType()+" channel", "the certificate expired")
+		nc.Reject(ssh.Prohibited, "your certificate has expired; log in to the fleet again (tsh login)")
+		return
+	}
 	switch nc.ChannelType() {
 	case "session":
 		c.session(nc)

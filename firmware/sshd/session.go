@@ -137,6 +137,14 @@ func (c *connState) session(nc ssh.NewChannel) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
 	s := &session{c: c, ch: ch, ctx: ctx, log: c.log}
+	c.mu.Lock()
+	c.open[s] = struct{}{}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.open, s)
+		c.mu.Unlock()
+	}()
 	for req := range reqs {
 		ok, then := s.request(req)
 		if req.WantReply {
@@ -241,30 +249,48 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 		if err != nil || e.Command == "" {
 			return false, nil
 		}
+		kind := "exec"
+		if isFileCopy(e.Command) {
+			kind = "scp"
+			if !s.c.fileCopy() {
+				return false, nil
+			}
+		}
 		cmd.path, cmd.args = acct.shell, []string{shell, "-c", e.Command}
-		if s.begin(SessionInfo{Kind: "exec", Command: e.Command}) != nil {
+		if s.begin(SessionInfo{Kind: kind, Command: e.Command}) != nil {
 			return false, nil
 		}
-		s.log.Info("sshd: session started", "kind", "exec", "command", e.Command, "pty", s.pty != nil)
+		s.log.Info("sshd: session started", "kind", kind, "command", e.Command, "pty", s.pty != nil)
 	case "subsystem":
 		sub, err := parseSubsystem(req.Payload)
 		if err != nil || sub.Name != "sftp" {
 			s.log.Info("sshd: refused subsystem", "subsystem", sub.Name)
 			return false, nil
 		}
+		if !s.c.fileCopy() {
+			return false, nil
+		}
 		if s.begin(SessionInfo{Kind: "sftp"}) != nil {
 			return false, nil
 		}
 		s.log.Info("sshd: session started", "kind", "sftp")
-		if !acct.switchUser || acct.uid == 0 {
-			return s.startSFTP(acct)
-		}
 		argv := s.c.s.sftpCommand()
-		if argv == nil {
+		switch {
+		case refusesLogins(acct.shell):
+			// OpenSSH runs subsystems through the login shell, so a
+			// nologin account gets its shell's refusal: so does it here.
+			if argv == nil {
+				argv = []string{"sftp-server"}
+			}
+			cmd.path, cmd.args, cmd.pty = acct.shell, []string{shell, "-c", strings.Join(argv, " ")}, nil
+		case !acct.switchUser || acct.uid == 0:
+			return s.startSFTP(acct)
+		case argv == nil:
 			s.log.Warn("sshd: refused sftp: no sftp helper for non-root logins (set Config.SFTPCommand or install sftp-server)")
 			return false, nil
+		default:
+			cmd.path, cmd.args, cmd.pty = argv[0], argv, nil
 		}
-		cmd.path, cmd.args, cmd.pty = argv[0], argv, nil
 	}
 	cmd.rec = s.rec
 	p, err := startProc(s.ctx, cmd, s.ch)
@@ -282,6 +308,41 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 			s.exit(info)
 		}()
 	}
+}
+
+// fileCopy reports whether the user's roles allow copying files (scp,
+// sftp); a refusal is logged and audited.
+func (c *connState) fileCopy() bool {
+	if !c.id.NoFileCopy {
+		return true
+	}
+	c.log.Info("sshd: refused a file copy: the user's roles turn ssh_file_copy off")
+	c.s.deny(c.ctx, "file copy", "the user's roles turn file copies off (ssh_file_copy)")
+	return false
+}
+
+// isFileCopy reports whether an exec command is a file copy: legacy scp
+// (scp -t, scp -f, run by scp -O) or an sftp server.
+func isFileCopy(command string) bool {
+	f := strings.Fields(command)
+	if len(f) == 0 {
+		return false
+	}
+	switch filepath.Base(f[0]) {
+	case "scp", "sftp-server", "internal-sftp":
+		return true
+	}
+	return false
+}
+
+// refusesLogins reports whether a login shell is one that refuses logins
+// (nologin, false), whose refusal OpenSSH passes on for every command.
+func refusesLogins(shell string) bool {
+	switch filepath.Base(shell) {
+	case "nologin", "false":
+		return true
+	}
+	return false
 }
 
 // startSFTP serves the sftp subsystem in-process, with the agent's own

@@ -103,7 +103,7 @@ func (p *unixProc) startPipes(attr *syscall.SysProcAttr, c *command, ch ssh.Chan
 	}
 	go func() {
 		defer close(p.in)
-		io.Copy(stdin, ch)
+		io.Copy(stdin, inputFrom(ch, c.rec))
 		stdin.Close()
 	}()
 	return p, nil

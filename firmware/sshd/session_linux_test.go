@@ -551,21 +551,21 @@ func TestSessionAsNobody(t *testing.T) {
 // TestSFTPAsNobody checks the sftp helper path: a root agent serves sftp
 // for another login by running a helper as that user, here the test
 // binary in ServeSFTPStdio mode.
-func TestSFTPAsNobody(t *testing.T) {
-	f := newFixture(t)
-	u := nobody(t, f)
-	dir := sharedDir(t, u)
+// helperCommand copies this test binary into dir, which other users can
+// reach, and returns the command that runs it in helper mode arg.
+func helperCommand(t *testing.T, dir, arg string) []string {
+	t.Helper()
 	// os.Args[0] is this test binary, also under qemu (where
 	// os.Executable is the emulator).
 	bin, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	helper := filepath.Join(dir, "helper")
+	helper := filepath.Join(dir, "helper-"+arg)
 	if err := os.WriteFile(helper, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := []string{helper, sftpHelperArg}
+	cmd := []string{helper, arg}
 	if target := os.Getenv("EDGE_QEMU_TARGET"); target != "" {
 		// The ARM test runs: start the copy through the same emulator.
 		wrapper, err := filepath.Abs("../../cross/qemu-exec.sh")
@@ -574,10 +574,19 @@ func TestSFTPAsNobody(t *testing.T) {
 		}
 		cmd = append([]string{"bash", wrapper, target}, cmd...)
 	}
-	if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("the sftp helper does not start: %v %s", err, out)
+	if arg == sftpHelperArg {
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("the sftp helper does not start: %v %s", err, out)
+		}
 	}
-	f.cfg.SFTPCommand = cmd
+	return cmd
+}
+
+func TestSFTPAsNobody(t *testing.T) {
+	f := newFixture(t)
+	u := nobody(t, f)
+	dir := sharedDir(t, u)
+	f.cfg.SFTPCommand = helperCommand(t, dir, sftpHelperArg)
 	addr := f.serve(identity("nobody"))
 	c := f.mustDial(addr, "nobody", f.userCert("nobody"))
 	sc, err := sftp.NewClient(c)

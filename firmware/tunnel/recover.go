@@ -90,6 +90,9 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	var progressAt uint64
 	var backAt time.Time
 	var calmAt time.Time // when a heartbeat last answered a needless hurry
+	// Hurries the fleet sent before it saw the sessions resumed arrive for
+	// up to a round trip after a move: they are stale until quietUntil.
+	var quietUntil time.Time
 	threshold := func() time.Duration {
 		return max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay)
 	}
@@ -114,6 +117,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		// arrived before the outage), and the new path's first packet moves
 		// the fleet's side too.
 		c.resumeAll(ctx, qc, hint)
+		quietUntil = backAt.Add(2*rtt + settleExtra)
 		settle = time.After(2*rtt + resume.AckDelay + settleExtra)
 		c.log.Info("link is back ("+why+"); moved the connection to a fresh path and resumed its sessions",
 			"stalled_for", sinceOr(stallFrom, backAt))
@@ -152,6 +156,9 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			linkBack("the fleet answers pings", hint)
 			continue
 		case h := <-hurry:
+			if time.Now().Before(quietUntil) {
+				continue
+			}
 			if h.Reason == proto.HurryReceiving && c.stalled() <= threshold() {
 				// The fleet stopped hearing a transfer from this device,
 				// which merely paused: a heartbeat tells it so.

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -83,7 +85,7 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		return nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
 	}
 	tc.SetDeadline(time.Time{})
-	return &upgradedConn{Conn: tc, tc: tc, br: br, session: resp.Header.Get(api.HeaderSession)}, nil
+	return &upgradedConn{Conn: tc, tc: tc, br: br, session: resp.Header.Get(api.HeaderSession), token: resp.Header.Get(api.HeaderSessionToken)}, nil
 }
 
 // SessionID returns the fleet's ID of a connection Connect returned, or "".
@@ -94,10 +96,48 @@ func SessionID(conn net.Conn) string {
 	return ""
 }
 
-// SessionEnd asks the fleet how a brokered session ended.
-func (c *Client) SessionEnd(ctx context.Context, id string) (*api.SessionEnd, error) {
+// SessionEnd asks the fleet how the brokered session of conn (a connection
+// Connect returned) ended. It shows the session's token, not the client
+// certificate, which may have expired or been revoked by then: that is
+// often why the session ended.
+func (c *Client) SessionEnd(ctx context.Context, conn net.Conn) (*api.SessionEnd, error) {
+	u, ok := conn.(*upgradedConn)
+	if !ok || u.session == "" || u.token == "" {
+		return nil, errors.New("client: session end: the fleet named no session for this connection")
+	}
+	path := api.PathSessions + "/" + url.PathEscape(u.session)
+	op := "get " + path
+	conf := c.tls.Clone()
+	conf.Certificates, conf.GetClientCertificate = nil, nil
+	tr := &http.Transport{DialContext: c.dial, TLSClientConfig: conf, TLSHandshakeTimeout: c.cfg.Timeout}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.cfg.Addr+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("client: %s: %w", op, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.cfg.UserAgent)
+	req.Header.Set(api.HeaderSessionToken, u.token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, c.transportError(op, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return nil, c.transportError(op, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errorFromResponse(resp.StatusCode, data)
+	}
 	var end api.SessionEnd
-	return &end, c.do(ctx, http.MethodGet, api.PathSessions+"/"+url.PathEscape(id), nil, &end)
+	if err := json.Unmarshal(data, &end); err != nil {
+		return nil, fmt.Errorf("client: %s: decode answer: %w", op, err)
+	}
+	return &end, nil
 }
 
 // upgradedConn is a connection after the Upgrade: reads first drain what the
@@ -107,6 +147,7 @@ type upgradedConn struct {
 	tc      *tls.Conn
 	br      *bufio.Reader
 	session string
+	token   string // lets SessionEnd ask without a certificate
 }
 
 func (c *upgradedConn) Read(p []byte) (int, error) {

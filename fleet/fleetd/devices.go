@@ -11,12 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
+	"remoteler.dev/edge/fleet/linkhealth"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
@@ -41,6 +43,7 @@ type deviceHooks struct {
 func (d *deviceHooks) configure(cfg *tunnelsrv.Config) {
 	cfg.Authenticate = d.authenticate
 	cfg.OnHello = d.hello
+	cfg.Recheck = d.recheck
 	cfg.OnRenew = d.renew
 	cfg.OnDisconnect = d.disconnect
 }
@@ -69,6 +72,13 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 	}
 	if err != nil {
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	if err := h.Check(); err != nil {
+		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", dev.Name, "addr", addr.String(),
+			"reason", "hello: "+err.Error())
+		d.event(&proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: "hello: " + err.Error(), Fields: map[string]string{"action": "tunnel", "name": dev.Name}})
+		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
 	}
 	if h.Name != dev.Name {
 		d.audit.Warn("device refused", "event", "device.denied", "device_id", id, "name", h.Name, "addr", addr.String(),
@@ -99,6 +109,30 @@ func (d *deviceHooks) hello(ctx context.Context, id string, addr net.Addr, h *pr
 		Fields: map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}})
 	return &proto.HelloAck{DeviceID: id, ServerTime: now.UnixMilli(),
 		KeepaliveMillis: d.keepalive.Milliseconds(), LivenessMillis: d.liveness.Milliseconds()}, nil
+}
+
+// recheck refuses a connection whose device was removed while its hello
+// was being answered (see tunnelsrv.Config.Recheck): one read of the
+// registry per connection.
+func (d *deviceHooks) recheck(ctx context.Context, id string) error {
+	_, err := d.reg.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
+	}
+	if err != nil {
+		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	return nil
+}
+
+// linkSampler measures every tunnel's loss outside blackouts, for the
+// device listing's LOSS.
+func linkSampler(tunnels *tunnelsrv.Server) *linkhealth.Sampler {
+	return &linkhealth.Sampler{Links: func(fn func(string, time.Time, linkhealth.Counters)) {
+		tunnels.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
+			fn(id, since, linkhealth.Counters{Sent: st.PacketsSent, Lost: st.PacketsLost, Received: st.PacketsReceived})
+		})
+	}}
 }
 
 // mergeLabels returns the agent's labels overridden by the labels the join

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -38,6 +39,7 @@ func (s *Server) addUser(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "add user", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("user added", "event", "user.create", "by", c.name(), "user", req.Name, "roles", req.Roles, "logins", req.Logins)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserCreate, User: c.name(), Addr: r.RemoteAddr,
 		Fields: map[string]string{"target_user": req.Name, "roles": strings.Join(req.Roles, ","), "logins": strings.Join(req.Logins, ",")}})
@@ -50,6 +52,7 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "remove user", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("user removed", "event", "user.delete", "by", c.name(), "user", name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"target_user": name}})
 	w.WriteHeader(http.StatusNoContent)
@@ -78,6 +81,7 @@ func (s *Server) putRole(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "put role", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("role written", "event", "role.put", "by", c.name(), "role", role.Metadata.Name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleCreate, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": role.Metadata.Name}})
 	writeJSON(w, http.StatusOK, role)
@@ -89,6 +93,7 @@ func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request, c *caller) {
 		s.storeError(w, "remove role", err)
 		return
 	}
+	s.changed()
 	s.audit().Info("role removed", "event", "role.delete", "by", c.name(), "role", name)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": name}})
 	w.WriteHeader(http.StatusNoContent)
@@ -132,9 +137,20 @@ func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c *caller) 
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// deleteDevice removes a device named in the path by its name, or by its
+// ID (32 hex digits: no name has that shape). The removal goes by the ID
+// found, never by a name, and the device's tunnel and held sessions end at
+// once; its certificate no longer opens a tunnel (the tunnel server checks
+// the registry on every connection).
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, c *caller) {
 	name := r.PathValue("name")
-	dev, err := s.Devices.ByName(r.Context(), name)
+	var dev devices.Device
+	var err error
+	if devices.IsID(name) {
+		dev, err = s.Devices.Get(r.Context(), name)
+	} else {
+		dev, err = s.Devices.ByName(r.Context(), name)
+	}
 	if err != nil {
 		s.storeError(w, "remove device", err)
 		return
@@ -144,8 +160,8 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, c *caller)
 		return
 	}
 	s.Tunnels.Disconnect(dev.ID, "this device was removed from the fleet; join it again with a new token")
-	s.audit().Info("device removed", "event", "device.delete", "by", c.name(), "device", name, "device_id", dev.ID)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceDelete, User: c.name(), Addr: r.RemoteAddr, Device: dev.ID, Fields: map[string]string{"name": name}})
+	s.audit().Info("device removed", "event", "device.delete", "by", c.name(), "device", dev.Name, "device_id", dev.ID)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceDelete, User: c.name(), Addr: r.RemoteAddr, Device: dev.ID, Fields: map[string]string{"name": dev.Name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -22,14 +22,19 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/retention"
+	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -56,6 +61,14 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// Retention is the storage policy /v1/retention reads and sets, and
+	// Floor the free-space floor it reports; nil: none.
+	Retention *retention.Service
+	Floor     *diskfloor.Floor
+	// LinkLoss gives a device tunnel's packet loss outside blackouts, in
+	// percent, and its blackouts (fleet/linkhealth); nil, or ok false,
+	// falls back to QUIC's count of every lost packet.
+	LinkLoss func(deviceID string) (percent float64, blackouts int, ok bool)
 
 	Cluster   string
 	Version   string
@@ -69,6 +82,16 @@ type Server struct {
 	// Agents renew at half-life.
 	DeviceCertTTL time.Duration
 
+	// LoginLimit rate-limits logins per source address; nil means
+	// DefaultLoginBurst and DefaultLoginEvery (a zero Limiter turns it
+	// off).
+	LoginLimit *sourcelimit.Limiter
+
+	// BodyIdleTimeout is the longest pause allowed inside a request body,
+	// and BodyTimeout the longest a body may take in all; defaults
+	// DefaultBodyIdleTimeout and DefaultBodyTimeout (see limits.go).
+	BodyIdleTimeout, BodyTimeout time.Duration
+
 	// Logger receives operational logs; Audit receives access decisions.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -76,8 +99,39 @@ type Server struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	ends sessionEnds
+	loginOnce sync.Once // sets LoginLimit's default
+	// Sessions is the registry of live brokered sessions: the fleet ends
+	// them when access ends (fleet/sessions), and GET /v1/sessions/ID
+	// says how they ended. Nil: one of the Server's own, which ends
+	// sessions only at certificate expiry.
+	Sessions *sessions.Registry
+	// SessionEndGrace is how long, after telling a device to end a
+	// session, the fleet waits before it closes the session's both sides
+	// itself; default 500ms.
+	SessionEndGrace time.Duration
+
+	ownSessions sync.Once
 }
+
+func (s *Server) sessions() *sessions.Registry {
+	s.ownSessions.Do(func() {
+		if s.Sessions == nil {
+			s.Sessions = sessions.New(sessions.Config{Logger: s.Logger, Now: s.Now})
+		}
+	})
+	return s.Sessions
+}
+
+func (s *Server) endGrace() time.Duration {
+	if s.SessionEndGrace > 0 {
+		return s.SessionEndGrace
+	}
+	return 500 * time.Millisecond
+}
+
+// changed tells the session registry that users or roles changed, so
+// that the sessions they no longer allow end.
+func (s *Server) changed() { s.sessions().Changed() }
 
 // maxBody bounds every request body.
 const maxBody = 1 << 20
@@ -127,7 +181,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathWhoami, s.authed(s.whoami))
 	mux.Handle("GET "+api.PathDevices, s.authed(s.listDevices))
 	mux.Handle("GET "+api.PathConnect, s.authed(s.connect))
-	mux.Handle("GET "+api.PathSessions+"/{id}", s.authed(s.sessionEnd))
+	mux.HandleFunc("GET "+api.PathSessions+"/{id}", s.sessionEnd)
 
 	mux.Handle("GET "+api.PathUsers, s.admin(s.listUsers))
 	mux.Handle("POST "+api.PathUsers, s.admin(s.addUser))
@@ -142,10 +196,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
 	s.auditRoutes(mux)
+	s.retentionRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.limitBodies(mux)
 }
 
 // caller is the authenticated party behind a request.
@@ -260,6 +315,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, errBodyTimeout) {
+			writeError(w, http.StatusRequestTimeout, api.CodeBadRequest, err.Error()+": send it again")
+			return false
+		}
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
 		return false
 	}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
@@ -30,7 +32,7 @@ func (s *Server) listKube(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	if l := s.Kube.Local(); l != nil {
-		if users, groups := c.checker.KubeAccess(l.Labels); len(users)+len(groups) > 0 {
+		if users, groups, err := c.checker.CheckKube(l.Name, l.Labels, c.user.Name); err == nil {
 			out = append(out, api.KubeCluster{Name: l.Name, Labels: l.Labels, Online: true, Local: true, Users: users, Groups: groups})
 		}
 	}
@@ -43,8 +45,8 @@ func (s *Server) listKube(w http.ResponseWriter, r *http.Request, c *caller) {
 		if !slices.Contains(d.Services, proto.ServiceKube) {
 			continue
 		}
-		users, groups := c.checker.KubeAccess(d.Labels)
-		if len(users)+len(groups) == 0 {
+		users, groups, err := c.checker.CheckKube(d.Name, d.Labels, c.user.Name)
+		if err != nil {
 			continue
 		}
 		out = append(out, api.KubeCluster{Name: d.Name, Labels: d.Labels, Online: s.Tunnels.Online(d.ID), Users: users, Groups: groups})
@@ -79,16 +81,33 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 	c, err := s.identify(r)
 	if err != nil {
 		log.Warn("request refused", "event", "auth.denied", "reason", err.Error())
+		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr, Message: err.Error(),
+			Fields: map[string]string{"device_name": name, "service": proto.ServiceKube, "action": out.Method + " " + out.URL.Path, "rule": "certificate"}})
 		kubesrv.WriteStatus(w, out, http.StatusUnauthorized, err.Error())
 		return
 	}
 	log = log.With("user", c.name())
-	deny := func(code int, msg string) {
-		log.Warn("access denied", "event", "access.denied", "reason", msg)
+	// deny refuses the request with a Status; fields say, for the audit,
+	// which rule refused.
+	deny := func(code int, msg string, fields map[string]string) {
+		log.Warn("access denied", "event", "access.denied", "reason", msg, "rule", fields["rule"], "role", fields["role"])
+		info := kubesrv.ParseRequest(out.Method, out.URL)
+		f := map[string]string{"device_name": name, "service": proto.ServiceKube, "action": out.Method + " " + out.URL.Path,
+			"verb": info.Verb, "resource": info.Resource, "namespace": info.Namespace, "name": info.Name}
+		for k, v := range fields {
+			f[k] = v
+		}
+		for k, v := range f {
+			if v == "" {
+				delete(f, k)
+			}
+		}
+		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(),
+			Addr: r.RemoteAddr, Message: msg, Fields: f})
 		kubesrv.WriteStatus(w, out, code, msg)
 	}
 	if c.checker == nil {
-		deny(http.StatusForbidden, "only users can reach Kubernetes clusters: run tsh login")
+		deny(http.StatusForbidden, "only users can reach Kubernetes clusters: run tsh login", nil)
 		return
 	}
 	notFound := fmt.Sprintf("no Kubernetes cluster %q that you can reach: see tsh kube ls", name)
@@ -98,29 +117,39 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		labels = l.Labels
 	} else {
 		dev, err := s.Devices.ByName(r.Context(), name)
-		if err != nil || !c.checker.CanSeeDevice(dev.Labels) {
-			deny(http.StatusForbidden, notFound)
-			return
-		}
-		if !slices.Contains(dev.Services, proto.ServiceKube) {
-			deny(http.StatusForbidden, fmt.Sprintf("device %q does not offer Kubernetes (its agent found no kubeconfig)", name))
+		if err != nil {
+			deny(http.StatusForbidden, notFound, map[string]string{"rule": "no such device"})
 			return
 		}
 		labels, g.DeviceID = dev.Labels, dev.ID
+		if c.checker.CanSeeDevice(dev.Labels) && !slices.Contains(dev.Services, proto.ServiceKube) {
+			deny(http.StatusForbidden, fmt.Sprintf("device %q does not offer Kubernetes (its agent found no kubeconfig)", name), map[string]string{"rule": "no kube service"})
+			return
+		}
 	}
-	users, groups, err := c.checker.CheckKube(name, labels)
+	users, groups, err := c.checker.CheckKube(name, labels, c.user.Name)
 	if err != nil {
-		deny(http.StatusForbidden, err.Error())
+		var fields map[string]string
+		var ad *rbac.AccessDenied
+		if errors.As(err, &ad) {
+			fields = ad.AuditFields()
+		}
+		msg := err.Error()
+		if !c.checker.CanSeeDevice(labels) {
+			msg = notFound // the same answer as for a cluster that does not exist
+		}
+		deny(http.StatusForbidden, msg, fields)
 		return
 	}
 	user, groups, err := kubesrv.Resolve(c.user.Name, users, groups, r.Header)
 	if err != nil {
-		deny(http.StatusForbidden, err.Error())
+		deny(http.StatusForbidden, err.Error(), map[string]string{"rule": "impersonation"})
 		return
 	}
 	g.Identity = proto.Identity{
 		User: c.user.Name, Roles: c.user.Roles, Cluster: s.Cluster, Expires: c.id.Expires.UnixMilli(),
-		KubeUser: user, KubeGroups: groups,
+		KubeUser: user, KubeGroups: groups, RecordInput: c.checker.RecordInput(),
 	}
+	releaseBody(r) // an allowed request's body streams to the cluster at its pace
 	s.Kube.Serve(w, out, g)
 }

@@ -2,14 +2,30 @@ package kubesrv
 
 import (
 	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
 	"time"
+
+	"remoteler.dev/edge/proto"
 )
 
 // Event types.
 const (
-	EventRequest      = "kube.request"       // one API request, when it ends
-	EventSessionStart = "kube.session.start" // an upgrade (exec, attach, port-forward) began
-	EventSessionEnd   = "kube.session.end"   // and ended
+	// EventRequest is one API request and the cluster's answer, recorded
+	// before the answer is passed on.
+	EventRequest = "kube.request"
+	// EventRequestStart is a request that changes the cluster, recorded
+	// before it is forwarded.
+	EventRequestStart = "kube.request.start"
+	// EventSessionStart is a long-running request (a watch, a followed
+	// log, an upgraded exec, attach or port-forward), recorded before it
+	// is forwarded; EventSessionEnd is its end.
+	EventSessionStart = "kube.session.start"
+	EventSessionEnd   = "kube.session.end"
+	// EventRecordingSkipped says a terminal session is not recorded, and
+	// why.
+	EventRecordingSkipped = "kube.recording.skipped"
 )
 
 // Event is one audited Kubernetes request or upgraded session.
@@ -32,6 +48,14 @@ type Event struct {
 	// Duration is how long the request or session took (zero at start).
 	Duration   time.Duration
 	ClientAddr string
+	// Session and Kind name a session ("watch", "exec", ...).
+	Session string
+	Kind    string
+	// Reason says why the fleet ended a session, or why it was not
+	// recorded.
+	Reason string
+	// Recorded says the session's terminal was recorded (ID Session).
+	Recorded bool
 }
 
 // LogEvent writes ev as one line on log, the audit logger, in the shape
@@ -51,8 +75,14 @@ func LogEvent(log *slog.Logger, ev Event) {
 	if ri.APIGroup != "" {
 		attrs = append(attrs, "api_group", ri.APIGroup)
 	}
-	if ev.Type != EventSessionStart {
+	if ev.Type != EventSessionStart && ev.Type != EventRequestStart {
 		attrs = append(attrs, "duration", ev.Duration.Round(time.Millisecond).String())
+	}
+	if ev.Session != "" {
+		attrs = append(attrs, "session", ev.Session, "kind", ev.Kind)
+	}
+	if ev.Reason != "" {
+		attrs = append(attrs, "reason", ev.Reason)
 	}
 	msg := "kubernetes request"
 	switch ev.Type {
@@ -60,6 +90,50 @@ func LogEvent(log *slog.Logger, ev Event) {
 		msg = "kubernetes session started"
 	case EventSessionEnd:
 		msg = "kubernetes session ended"
+	case EventRequestStart:
+		msg = "kubernetes request forwarded"
+	case EventRecordingSkipped:
+		msg = "kubernetes session not recorded"
 	}
 	log.Info(msg, attrs...)
+}
+
+// AuditEvent is ev as an event of the audit trail (fleet/audit), the
+// fleet's own: type, outcome, who, where, and the request in Fields.
+func (ev Event) AuditEvent() *proto.AuditEvent {
+	ri := ev.Request
+	outcome := proto.OutcomeSuccess
+	switch {
+	case ev.Type == EventRecordingSkipped:
+		outcome = proto.OutcomeFailure
+	case ev.Code == http.StatusUnauthorized || ev.Code == http.StatusForbidden:
+		outcome = proto.OutcomeDenied
+	case ev.Code >= 400:
+		outcome = proto.OutcomeFailure
+	}
+	f := map[string]string{
+		"service": proto.ServiceKube, "device_name": ev.Cluster, "kube_user": ev.KubeUser, "kube_groups": strings.Join(ev.KubeGroups, ","),
+		"verb": ri.Verb, "api_group": ri.APIGroup, "resource": ri.Resource, "subresource": ri.Subresource,
+		"namespace": ri.Namespace, "name": ri.Name, "method": ev.Method, "path": ev.Path, "kind": ev.Kind,
+	}
+	if ev.Code != 0 {
+		f["code"] = strconv.Itoa(ev.Code)
+	}
+	if ev.Type == EventRequest || ev.Type == EventSessionEnd {
+		f["duration"] = ev.Duration.Round(time.Millisecond).String()
+	}
+	if ev.Recorded {
+		f["recorded"] = "true"
+	}
+	for k, v := range f {
+		if v == "" {
+			delete(f, k)
+		}
+	}
+	e := &proto.AuditEvent{Type: ev.Type, Outcome: outcome, User: ev.User, Session: ev.Session, Device: ev.DeviceID,
+		Addr: ev.ClientAddr, Message: ev.Reason, Fields: f}
+	if ev.Type != EventRequest && ev.Type != EventSessionEnd && !ev.Time.IsZero() {
+		e.Time = ev.Time.UnixMilli()
+	}
+	return e
 }

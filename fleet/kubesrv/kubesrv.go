@@ -19,10 +19,15 @@
 //     account's token itself and sends the request to the API server;
 //   - streams responses (watches) as they come and passes upgrades (SPDY,
 //     WebSocket: exec, attach, port-forward) through both ways;
-//   - cuts every request, watch or upgraded session when the user's
-//     certificate expires;
+//   - registers long-running requests (watches, followed logs, exec,
+//     attach, port-forward) as live sessions (fleet/sessions), which end
+//     when the user's certificate expires or their access is removed: a
+//     JSON watch with an ERROR event whose Status says why, a WebSocket
+//     exec with that Status on its error channel (kubectl prints it);
 //   - audits every request (user, device, verb, resource, namespace, name,
-//     response code), and each upgraded session's start and end.
+//     response code), each session's start and end, and fails closed:
+//     nothing goes ahead unrecorded (Serve);
+//   - records kubectl exec -it and attach -it terminals (asciicast v2).
 //
 // Only fleet/... server packages import kubesrv.
 package kubesrv
@@ -38,9 +43,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"time"
 
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 )
 
@@ -64,9 +71,20 @@ type Config struct {
 	Online func(deviceID string) bool
 	// Local is the cluster fleetd runs in (DetectLocal); nil when none.
 	Local *Local
-	// Audit receives an event per request and per upgraded session's start
-	// and end; nil logs them on AuditLog (see LogEvent).
-	Audit func(Event)
+	// Audit records an event per request (two for a request that changes
+	// the cluster: before and after) and per session's start and end
+	// (Serve has the rules); an error means the event was not recorded,
+	// and what it describes does not go ahead. Nil logs them on AuditLog
+	// (see LogEvent).
+	Audit func(Event) error
+	// Sessions, when set, registers the long-running requests (watches,
+	// followed logs, exec, attach, port-forward) as live sessions, which
+	// the registry ends when access ends.
+	Sessions *sessions.Registry
+	// Recordings, when set, records the terminal of every kubectl exec -it
+	// and attach -it that speaks a WebSocket remote command protocol
+	// (asciicast v2, like SSH sessions).
+	Recordings RecordingSink
 	// AuditLog is where events go when Audit is nil; nil discards.
 	AuditLog *slog.Logger
 	// IdleTimeout closes pooled streams idle this long; default 90s.
@@ -131,7 +149,7 @@ func New(cfg Config) *Server {
 		FlushInterval:  -1,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		ErrorHandler:   s.proxyError,
-		ModifyResponse: modifyResponse,
+		ModifyResponse: s.modifyResponse,
 	}
 	if cfg.Local != nil {
 		s.local = &httputil.ReverseProxy{
@@ -140,7 +158,7 @@ func New(cfg Config) *Server {
 			FlushInterval:  -1,
 			ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 			ErrorHandler:   s.proxyError,
-			ModifyResponse: modifyResponse,
+			ModifyResponse: s.modifyResponse,
 		}
 	}
 	return s
@@ -164,7 +182,10 @@ type grantKey struct{}
 func poolHost(g *Grant) string {
 	h := sha256.New()
 	id := g.Identity
-	for _, s := range append([]string{g.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ",")}, id.KubeGroups...) {
+	// The expiry too: the agent ends a stream at the expiry its header
+	// gives, so a new login's requests must not ride an old login's.
+	expires := strconv.FormatInt(id.Expires, 10)
+	for _, s := range append([]string{g.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ","), expires, strconv.FormatBool(id.RecordInput)}, id.KubeGroups...) {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]) + ".kube.invalid"
@@ -217,8 +238,10 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	var pe *proto.Error
 	switch {
+	case errors.Is(err, errAuditWrite):
+		WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 	case errors.Is(err, context.Canceled):
-		return // the client went away
+		return // the client went away, or the fleet ended the session
 	case errors.Is(err, context.DeadlineExceeded) && g != nil && !g.Expires.IsZero() && !s.cfg.Now().Before(g.Expires):
 		WriteStatus(w, r, http.StatusUnauthorized, "your fleet certificate expired: run tsh login")
 	case s.cfg.Offline != nil && errors.Is(err, s.cfg.Offline):
@@ -233,108 +256,15 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-// upgradedKey marks, in a request's context, the flag modifyResponse sets
-// when the response switched protocols.
-type upgradedKey struct{}
-
-func modifyResponse(resp *http.Response) error {
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if f, ok := resp.Request.Context().Value(upgradedKey{}).(func()); ok {
-			f()
-		}
-	}
-	return nil
-}
-
-// Serve forwards r to the cluster g names. r.URL.Path (and RawPath) must
-// already be the cluster's API path ("/api/v1/pods"): the caller strips its
-// own prefix.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g Grant) {
-	start := s.cfg.Now()
-	info := ParseRequest(r.Method, r.URL)
-	ev := Event{
-		Time: start, User: g.Identity.User, Cluster: g.Cluster, DeviceID: g.DeviceID,
-		KubeUser: g.Identity.KubeUser, KubeGroups: g.Identity.KubeGroups,
-		Method: r.Method, Path: r.URL.Path, Request: info, ClientAddr: g.ClientAddr,
-	}
-	proxy := s.device
-	if g.DeviceID == "" {
-		if s.local == nil {
-			WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("no Kubernetes cluster %q", g.Cluster))
-			return
-		}
-		proxy = s.local
-	} else if s.cfg.Online != nil && !s.cfg.Online(g.DeviceID) {
-		ev.Type, ev.Code = EventRequest, http.StatusServiceUnavailable
-		s.audit(ev)
-		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", g.Cluster))
-		return
-	}
-	ctx := r.Context()
-	if !g.Expires.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, g.Expires)
-		defer cancel()
-	}
-	upgraded := false
-	ctx = context.WithValue(ctx, upgradedKey{}, func() {
-		upgraded = true
-		start := ev
-		start.Type = EventSessionStart
-		start.Code = http.StatusSwitchingProtocols
-		s.audit(start)
-	})
-	ctx = context.WithValue(ctx, grantKey{}, &g)
-	rec := &statusRecorder{ResponseWriter: w}
-	// Deferred: the proxy ends a response it could not finish (a watch
-	// whose client left) by panicking with http.ErrAbortHandler.
-	defer func() {
-		ev.Duration = s.cfg.Now().Sub(start)
-		ev.Code = rec.status()
-		ev.Type = EventRequest
-		if upgraded {
-			ev.Type = EventSessionEnd
-			ev.Code = http.StatusSwitchingProtocols
-		}
-		s.audit(ev)
-	}()
-	proxy.ServeHTTP(rec, r.WithContext(ctx))
-}
-
-func (s *Server) audit(ev Event) {
+// audit records ev; an error means it could not be.
+func (s *Server) audit(ev Event) error {
 	if s.cfg.Audit != nil {
-		s.cfg.Audit(ev)
-		return
+		if err := s.cfg.Audit(ev); err != nil {
+			s.log.Error("kubernetes audit event not recorded", "type", ev.Type, "user", ev.User, "cluster", ev.Cluster, "err", err)
+			return err
+		}
+		return nil
 	}
 	LogEvent(s.cfg.AuditLog, ev)
-}
-
-// statusRecorder remembers the status code written through it.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.code == 0 && code >= 200 {
-		r.code = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.code == 0 {
-		r.code = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach Flush and Hijack.
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func (r *statusRecorder) status() int {
-	if r.code == 0 {
-		return http.StatusOK
-	}
-	return r.code
+	return nil
 }

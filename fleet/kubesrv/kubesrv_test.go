@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,18 +22,8 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // fakeDevice answers kube streams with an HTTP server standing in for the
 // agent and its cluster: it echoes what it received.
@@ -111,6 +100,8 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h := r.Context().Value(hdrKey{}).(*proto.StreamHeader)
 			switch {
+			case r.Header.Get("Sec-WebSocket-Protocol") == "v5.channel.k8s.io":
+				fakeExec(w, r)
 			case r.Header.Get("Upgrade") != "":
 				conn, brw, err := http.NewResponseController(w).Hijack()
 				if err != nil {
@@ -121,6 +112,7 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 				brw.Flush()
 				io.Copy(conn, brw)
 			case r.URL.Query().Get("watch") == "true":
+				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(http.StatusOK)
 				fmt.Fprintln(w, `{"type":"ADDED"}`)
 				w.(http.Flusher).Flush()
@@ -161,15 +153,20 @@ type events struct {
 	mu    sync.Mutex
 	evs   []Event
 	added chan struct{} // gets a token per event, when made
+	fail  atomic.Bool   // the audit log cannot be written
 }
 
-func (e *events) add(ev Event) {
+func (e *events) add(ev Event) error {
+	if e.fail.Load() {
+		return errors.New("audit log: disk full")
+	}
 	e.mu.Lock()
 	e.evs = append(e.evs, ev)
 	e.mu.Unlock()
 	if e.added != nil {
 		e.added <- struct{}{}
 	}
+	return nil
 }
 
 func (e *events) all() []Event {
@@ -185,7 +182,7 @@ func grantFor(user string, groups ...string) Grant {
 func TestServeDevice(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(r *http.Request) Grant {
 		return grantFor(r.Header.Get("X-Test-User"), "developers")
@@ -252,7 +249,7 @@ func TestServeDevice(t *testing.T) {
 func TestServeErrors(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	status := func(path string) (int, string) {
@@ -284,7 +281,7 @@ func TestServeErrors(t *testing.T) {
 
 func TestWatchEndsWhenCertificateExpires(t *testing.T) {
 	dev := newFakeDevice(t)
-	s := New(Config{Tunnels: dev, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	expires := time.Now().Add(300 * time.Millisecond)
 	fe := frontend(t, s, func(*http.Request) Grant {
@@ -310,7 +307,7 @@ func TestWatchEndsWhenCertificateExpires(t *testing.T) {
 func TestUpgradeIsAuditedAsSession(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	conn, err := net.Dial("tcp", strings.TrimPrefix(fe.URL, "http://"))
@@ -369,7 +366,7 @@ func TestLocalCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Tunnels: newFakeDevice(t), Local: local, Logger: testLogger(t)})
+	s := New(Config{Tunnels: newFakeDevice(t), Local: local, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant {
 		return Grant{Cluster: "home", Identity: proto.Identity{User: "alice", KubeUser: "alice", KubeGroups: []string{"a", "b"}}}
@@ -480,7 +477,7 @@ func FuzzParseRequest(f *testing.F) {
 func TestWatchEndsWhenClientLeaves(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods?watch=true")
@@ -492,20 +489,23 @@ func TestWatchEndsWhenClientLeaves(t *testing.T) {
 		t.Fatalf("first event: %q, %v", l, err)
 	}
 	resp.Body.Close()
-	select {
-	case <-evs.added:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the watch did not end when its client left")
+	for range 2 {
+		select {
+		case <-evs.added:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the watch did not end when its client left: %+v", evs.all())
+		}
 	}
-	if ev := evs.all()[0]; ev.Request.Verb != "watch" {
-		t.Errorf("got %+v, want a watch event", ev)
+	all := evs.all()
+	if all[0].Type != EventSessionStart || all[1].Type != EventSessionEnd || all[1].Request.Verb != "watch" || all[1].Kind != "watch" {
+		t.Errorf("got %+v, want a watch session's start and end", all)
 	}
 }
 
 func TestOfflineDeviceFailsFast(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Online: func(string) bool { return false }, Audit: evs.add, Logger: testLogger(t)})
+	s := New(Config{Tunnels: dev, Online: func(string) bool { return false }, Audit: evs.add, Logger: logtest.Logger(t)})
 	t.Cleanup(s.Close)
 	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods")

@@ -22,14 +22,68 @@ type AccessDenied struct {
 	// Kube is true when the check was about the device's Kubernetes
 	// cluster (CheckKube).
 	Kube bool
+	// KubeUser is the Kubernetes user a deny rule named, for Kubernetes
+	// refusals of one user (Rule RuleDenyKubeUsers).
+	KubeUser string
+	// Rule says which rule refused, for the audit log: one of the Rule
+	// constants. The user sees Error(), which may hide it (a device the
+	// user cannot see is refused like one that does not exist).
+	Rule string
+	// Matched lists the roles whose allow rules select the device, when
+	// none of them allows what was asked (RuleAllowLogins, RuleAllowKube).
+	Matched []string
+}
+
+// Rules that refuse, in AccessDenied.Rule.
+const (
+	// RuleAllowLabels: no role's allow.device_labels selects the device.
+	RuleAllowLabels = "allow.device_labels"
+	// RuleAllowLogins: allow rules select the device, but none allows the
+	// login (Matched names them).
+	RuleAllowLogins = "allow.logins"
+	// RuleDenyLogins: Role's deny rule selects the device and names the
+	// login, or "*".
+	RuleDenyLogins = "deny.logins"
+	// RuleAllowKube: allow rules select the device (or none does), but
+	// none gives Kubernetes users or groups there.
+	RuleAllowKube = "allow.kubernetes"
+	// RuleDenyKubeUsers: Role's deny rule selects the device and names
+	// the Kubernetes user (KubeUser) the request would act as, or "*".
+	RuleDenyKubeUsers = "deny.kubernetes_users"
+	// RuleDenyKubeGroups: Role's deny rule selects the device and has
+	// kubernetes_groups "*": no Kubernetes access there at all.
+	RuleDenyKubeGroups = "deny.kubernetes_groups"
+)
+
+// AuditFields describes the refusal for an access.denied audit event:
+// "rule" (AccessDenied.Rule), and "role" or "roles" when roles are
+// involved.
+func (e *AccessDenied) AuditFields() map[string]string {
+	f := map[string]string{"rule": e.Rule}
+	if e.Role != "" {
+		f["role"] = e.Role
+	}
+	if len(e.Matched) > 0 {
+		f["roles"] = strings.Join(e.Matched, ",")
+	}
+	if e.KubeUser != "" {
+		f["kube_user"] = e.KubeUser
+	}
+	return f
 }
 
 func (e *AccessDenied) Error() string {
 	switch {
+	case e.Kube && e.Role != "" && e.KubeUser != "":
+		return fmt.Sprintf("access denied: role %q denies Kubernetes user %q on device %q", e.Role, e.KubeUser, e.Device)
+	case e.Kube && e.Role != "":
+		return fmt.Sprintf("access denied: role %q denies Kubernetes access on device %q", e.Role, e.Device)
 	case e.Kube:
 		return fmt.Sprintf("access denied: no role gives Kubernetes users or groups on device %q (kubernetes_users, kubernetes_groups)", e.Device)
 	case e.Role != "" && e.Login != "":
 		return fmt.Sprintf("access denied: role %q denies login %q on device %q", e.Role, e.Login, e.Device)
+	case e.Role != "":
+		return fmt.Sprintf("access denied: role %q denies every login on device %q", e.Role, e.Device)
 	case e.Login == "":
 		return fmt.Sprintf("access denied: no role gives access to device %q", e.Device)
 	case len(e.Allowed) > 0:
@@ -62,6 +116,9 @@ type Checker struct {
 	deny  []rule
 	ttl   time.Duration // smallest max_session_ttl, 0 if none
 	input bool          // some role has record_input
+	// noForward and noFileCopy: some role turns port_forwarding or
+	// ssh_file_copy off.
+	noForward, noFileCopy bool
 }
 
 // NewChecker builds a Checker from a user's roles (already loaded; see
@@ -90,6 +147,12 @@ func NewChecker(roles []api.Role, traits map[string][]string) *Checker {
 			kubeGroups: expandKube(r.Spec.Deny.KubernetesGroups, traits, true),
 		})
 		c.input = c.input || r.Spec.Options.RecordInput
+		if o := r.Spec.Options.PortForwarding; o != nil && !*o {
+			c.noForward = true
+		}
+		if o := r.Spec.Options.SSHFileCopy; o != nil && !*o {
+			c.noFileCopy = true
+		}
 		if d, err := time.ParseDuration(r.Spec.Options.MaxSessionTTL); err == nil && d > 0 {
 			if c.ttl == 0 || d < c.ttl {
 				c.ttl = d
@@ -152,7 +215,7 @@ func matchLabels(selector map[string][]string, labels map[string]string) bool {
 func (c *Checker) CheckDevice(deviceName string, labels map[string]string, login string) error {
 	for _, d := range c.deny {
 		if matchLabels(d.labels, labels) && (d.logins[login] || d.logins[Wildcard]) {
-			return &AccessDenied{Device: deviceName, Login: login, Role: d.role}
+			return &AccessDenied{Device: deviceName, Login: login, Role: d.role, Rule: RuleDenyLogins}
 		}
 	}
 	for _, a := range c.allow {
@@ -160,10 +223,38 @@ func (c *Checker) CheckDevice(deviceName string, labels map[string]string, login
 			return nil
 		}
 	}
-	if !c.CanSeeDevice(labels) {
-		return &AccessDenied{Device: deviceName, Login: login}
+	matched := c.matchingAllows(labels)
+	if len(matched) == 0 {
+		return &AccessDenied{Device: deviceName, Login: login, Rule: RuleAllowLabels}
 	}
-	return &AccessDenied{Device: deviceName, Login: login, Allowed: c.DeviceLogins(labels)}
+	return &AccessDenied{Device: deviceName, Login: login, Allowed: c.DeviceLogins(labels), Rule: RuleAllowLogins, Matched: matched}
+}
+
+// matchingAllows names the roles whose allow rules select a device with
+// these labels, sorted.
+func (c *Checker) matchingAllows(labels map[string]string) []string {
+	var out []string
+	for _, a := range c.allow {
+		if matchLabels(a.labels, labels) && !slices.Contains(out, a.role) {
+			out = append(out, a.role)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// hidden returns why a device with these labels is hidden from the user
+// (CanSeeDevice is false), or nil when it is not.
+func (c *Checker) hidden(deviceName string, labels map[string]string) *AccessDenied {
+	for _, d := range c.deny {
+		if d.logins[Wildcard] && matchLabels(d.labels, labels) {
+			return &AccessDenied{Device: deviceName, Role: d.role, Rule: RuleDenyLogins}
+		}
+	}
+	if len(c.matchingAllows(labels)) == 0 {
+		return &AccessDenied{Device: deviceName, Rule: RuleAllowLabels}
+	}
+	return nil
 }
 
 // CanSeeDevice reports whether some allow rule matches labels and no deny
@@ -275,6 +366,14 @@ func (c *Checker) MaxTTL(def time.Duration) time.Duration {
 // RecordInput reports whether some role asks for the user's input in
 // interactive sessions to be recorded.
 func (c *Checker) RecordInput() bool { return c.input }
+
+// PortForwarding reports whether the user may forward ports over SSH: no
+// role sets port_forwarding to false.
+func (c *Checker) PortForwarding() bool { return !c.noForward }
+
+// FileCopy reports whether the user may copy files over SSH (scp, sftp):
+// no role sets ssh_file_copy to false.
+func (c *Checker) FileCopy() bool { return !c.noFileCopy }
 
 // Roles lists the names of the roles the Checker was built from, sorted.
 func (c *Checker) Roles() []string {

@@ -32,20 +32,21 @@ func TestCheckDevice(t *testing.T) {
 		login    string
 		wantErr  string // "" means allowed
 		wantRole string // the denying role, for deny-rule refusals
+		wantRule string // AccessDenied.Rule
 	}{
-		{"admin with root trait", []api.Role{preset(t, "admin")}, []string{"root"}, "root", "", ""},
+		{"admin with root trait", []api.Role{preset(t, "admin")}, []string{"root"}, "root", "", "", ""},
 		{"admin without root trait", []api.Role{preset(t, "admin")}, []string{"pi"}, "root",
-			`access denied: no role allows login "root" on device "pi-1"; logins you have there: pi`, ""},
+			`access denied: no role allows login "root" on device "pi-1"; logins you have there: pi`, "", RuleAllowLogins},
 		{"admin without any trait", []api.Role{preset(t, "admin")}, nil, "root",
-			`access denied: no role allows login "root" on device "pi-1"`, ""},
-		{"access with trait", []api.Role{preset(t, "access")}, []string{"pi", "ubuntu"}, "ubuntu", "", ""},
+			`access denied: no role allows login "root" on device "pi-1"`, "", RuleAllowLogins},
+		{"access with trait", []api.Role{preset(t, "access")}, []string{"pi", "ubuntu"}, "ubuntu", "", "", ""},
 		{"deny wins across roles", []api.Role{preset(t, "admin"), noRoot}, []string{"root", "pi"}, "root",
-			`access denied: role "no-root" denies login "root" on device "pi-1"`, "no-root"},
-		{"deny of other login leaves this one", []api.Role{preset(t, "admin"), noRoot}, []string{"root", "pi"}, "pi", "", ""},
+			`access denied: role "no-root" denies login "root" on device "pi-1"`, "no-root", RuleDenyLogins},
+		{"deny of other login leaves this one", []api.Role{preset(t, "admin"), noRoot}, []string{"root", "pi"}, "pi", "", "", ""},
 		{"deny star wins", []api.Role{north, noProd}, nil, "pi",
-			`access denied: role "no-prod" denies login "pi" on device "pi-1"`, "no-prod"},
-		{"selector allows", []api.Role{north}, nil, "pi", "", ""},
-		{"no roles", nil, []string{"pi"}, "pi", `access denied: no role allows login "pi" on device "pi-1"`, ""},
+			`access denied: role "no-prod" denies login "pi" on device "pi-1"`, "no-prod", RuleDenyLogins},
+		{"selector allows", []api.Role{north}, nil, "pi", "", "", ""},
+		{"no roles", nil, []string{"pi"}, "pi", `access denied: no role allows login "pi" on device "pi-1"`, "", RuleAllowLabels},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -66,6 +67,41 @@ func TestCheckDevice(t *testing.T) {
 			}
 			if ad.Role != tt.wantRole {
 				t.Errorf("got denying role %q, want %q", ad.Role, tt.wantRole)
+			}
+			if ad.Rule != tt.wantRule {
+				t.Errorf("got rule %q, want %q", ad.Rule, tt.wantRule)
+			}
+			f := ad.AuditFields()
+			if f["rule"] != tt.wantRule || f["role"] != tt.wantRole {
+				t.Errorf("audit fields %v, want rule %q and role %q", f, tt.wantRule, tt.wantRole)
+			}
+		})
+	}
+}
+
+func TestSSHOptions(t *testing.T) {
+	no, yes := false, true
+	opts := func(name string, fwd, cp *bool) api.Role {
+		r := role(name, api.RoleConditions{Logins: []string{"pi"}, DeviceLabels: everywhere}, api.RoleConditions{})
+		r.Spec.Options.PortForwarding, r.Spec.Options.SSHFileCopy = fwd, cp
+		return r
+	}
+	tests := []struct {
+		name              string
+		roles             []api.Role
+		wantFwd, wantCopy bool
+	}{
+		{"unset allows", []api.Role{opts("a", nil, nil)}, true, true},
+		{"true allows", []api.Role{opts("a", &yes, &yes)}, true, true},
+		{"one false wins over true", []api.Role{opts("a", &yes, &yes), opts("b", &no, nil)}, false, true},
+		{"one false wins over unset", []api.Role{opts("a", nil, nil), opts("b", nil, &no)}, true, false},
+		{"both off", []api.Role{opts("a", &no, &no)}, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewChecker(tt.roles, nil)
+			if c.PortForwarding() != tt.wantFwd || c.FileCopy() != tt.wantCopy {
+				t.Errorf("PortForwarding %v FileCopy %v, want %v %v", c.PortForwarding(), c.FileCopy(), tt.wantFwd, tt.wantCopy)
 			}
 		})
 	}

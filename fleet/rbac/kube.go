@@ -88,16 +88,43 @@ func denyKube(d api.RoleConditions) bool {
 	return len(d.KubernetesUsers) > 0 || len(d.KubernetesGroups) > 0
 }
 
-// KubeAccess returns the Kubernetes users and groups the user may act as
-// in the cluster of a device with these labels: the union of those of the
-// allow rules that select the device, minus those of the deny rules that
-// select it (a "*" there removes every value), each sorted. A device the
-// user cannot see (CanSeeDevice) gives nothing.
+// KubeAccess returns the Kubernetes users and groups the user's roles
+// give in the cluster of a device with these labels: the union of those of
+// the allow rules that select the device, minus those of the deny rules
+// that select it, each sorted. A device the user cannot see
+// (CanSeeDevice) gives nothing, and so does a deny rule that selects the
+// device with kubernetes_users or kubernetes_groups "*": that keeps the
+// user off the device's cluster altogether. Who a request acts as is
+// CheckKube's decision.
 func (c *Checker) KubeAccess(labels map[string]string) (users, groups []string) {
-	if !c.CanSeeDevice(labels) {
-		return nil, nil
+	u, g, _ := c.kubeAccess("", labels)
+	if len(u) > 0 {
+		users = sortedSet(u)
 	}
-	u, g := make(map[string]bool), make(map[string]bool)
+	if len(g) > 0 {
+		groups = sortedSet(g)
+	}
+	return users, groups
+}
+
+// kubeAccess is KubeAccess with sets, and the refusal when there is one.
+func (c *Checker) kubeAccess(deviceName string, labels map[string]string) (u, g map[string]bool, denied *AccessDenied) {
+	if ad := c.hidden(deviceName, labels); ad != nil {
+		ad.Kube = true
+		return nil, nil, ad
+	}
+	for _, d := range c.deny {
+		if !matchLabels(d.labels, labels) {
+			continue
+		}
+		switch {
+		case d.kubeGroups[Wildcard]:
+			return nil, nil, &AccessDenied{Device: deviceName, Kube: true, Role: d.role, Rule: RuleDenyKubeGroups}
+		case d.kubeUsers[Wildcard]:
+			return nil, nil, &AccessDenied{Device: deviceName, Kube: true, Role: d.role, Rule: RuleDenyKubeUsers}
+		}
+	}
+	u, g = make(map[string]bool), make(map[string]bool)
 	for _, a := range c.allow {
 		if !matchLabels(a.labels, labels) {
 			continue
@@ -109,42 +136,75 @@ func (c *Checker) KubeAccess(labels map[string]string) (users, groups []string) 
 			g[v] = true
 		}
 	}
+	if len(u) == 0 && len(g) == 0 {
+		return nil, nil, &AccessDenied{Device: deviceName, Kube: true, Rule: RuleAllowKube, Matched: c.matchingAllows(labels)}
+	}
+	granted := len(u) > 0
+	var lastUserDeny string
 	for _, d := range c.deny {
 		if !matchLabels(d.labels, labels) {
 			continue
 		}
-		subtract(u, d.kubeUsers)
-		subtract(g, d.kubeGroups)
+		for v := range d.kubeUsers {
+			if u[v] {
+				delete(u, v)
+				lastUserDeny = d.role
+			}
+		}
+		for v := range d.kubeGroups {
+			delete(g, v)
+		}
 	}
-	if len(u) > 0 {
-		users = sortedSet(u)
+	if granted && len(u) == 0 {
+		// Every user the roles give is denied: no one to act as.
+		return nil, nil, &AccessDenied{Device: deviceName, Kube: true, Role: lastUserDeny, Rule: RuleDenyKubeUsers}
 	}
+	return u, g, nil
+}
+
+// denyKubeUser returns the role whose deny rule selects a device with
+// these labels and names the Kubernetes user name, or "".
+func (c *Checker) denyKubeUser(labels map[string]string, name string) string {
+	for _, d := range c.deny {
+		if matchLabels(d.labels, labels) && d.kubeUsers[name] {
+			return d.role
+		}
+	}
+	return ""
+}
+
+// CheckKube decides whether the user fleetUser may reach the Kubernetes
+// cluster of the device deviceName with these labels, and as whom. Deny
+// wins everywhere:
+//
+//   - a device the user cannot see is refused;
+//   - a deny rule that selects the device with kubernetes_users or
+//     kubernetes_groups "*" refuses the cluster outright;
+//   - with neither Kubernetes users nor groups from the allow rules that
+//     select the device, it is refused;
+//   - the users are those the allow rules give minus those deny rules
+//     name; when the allow rules give none, the user acts as their fleet
+//     name, which deny rules' kubernetes_users may name too; when every
+//     user they give is denied, it is refused;
+//   - the groups are those the allow rules give minus those deny rules
+//     name.
+//
+// It returns the users (at least one) and groups, sorted, or an
+// *AccessDenied whose Rule says which rule refused.
+func (c *Checker) CheckKube(deviceName string, labels map[string]string, fleetUser string) (users, groups []string, err error) {
+	u, g, denied := c.kubeAccess(deviceName, labels)
+	if denied != nil {
+		return nil, nil, denied
+	}
+	if len(u) == 0 {
+		if role := c.denyKubeUser(labels, fleetUser); role != "" {
+			return nil, nil, &AccessDenied{Device: deviceName, Kube: true, Role: role, Rule: RuleDenyKubeUsers, KubeUser: fleetUser}
+		}
+		u[fleetUser] = true
+	}
+	users = sortedSet(u)
 	if len(g) > 0 {
 		groups = sortedSet(g)
-	}
-	return users, groups
-}
-
-// subtract removes the names in deny from set; a "*" in deny empties it.
-func subtract(set, deny map[string]bool) {
-	if deny[Wildcard] {
-		clear(set)
-		return
-	}
-	for v := range deny {
-		delete(set, v)
-	}
-}
-
-// CheckKube decides whether the user may reach the Kubernetes cluster of
-// the device deviceName with these labels, and as whom: it returns the
-// allowed users and groups (KubeAccess), or an *AccessDenied when the
-// device is hidden from the user or their roles give neither Kubernetes
-// users nor groups there.
-func (c *Checker) CheckKube(deviceName string, labels map[string]string) (users, groups []string, err error) {
-	users, groups = c.KubeAccess(labels)
-	if len(users) == 0 && len(groups) == 0 {
-		return nil, nil, &AccessDenied{Device: deviceName, Kube: true}
 	}
 	return users, groups, nil
 }

@@ -54,7 +54,7 @@ func TestKubeAccess(t *testing.T) {
 			if !slices.Equal(users, tt.wantUsers) || !slices.Equal(groups, tt.wantGroups) {
 				t.Errorf("got users %q groups %q, want users %q groups %q", users, groups, tt.wantUsers, tt.wantGroups)
 			}
-			_, _, err := c.CheckKube("pi-1", k3s)
+			_, _, err := c.CheckKube("pi-1", k3s, "alice")
 			wantDenied := len(tt.wantUsers) == 0 && len(tt.wantGroups) == 0
 			var ad *AccessDenied
 			if gotDenied := errors.As(err, &ad); gotDenied != wantDenied {
@@ -62,6 +62,67 @@ func TestKubeAccess(t *testing.T) {
 			}
 			if wantDenied && (!ad.Kube || !strings.Contains(err.Error(), "Kubernetes")) {
 				t.Errorf("CheckKube: got %q, want a Kubernetes refusal", err)
+			}
+		})
+	}
+}
+
+// TestKubeDenyWins checks who a request acts as, and that deny rules win
+// over every allow, including the fleet user name a request acts as when
+// roles give no Kubernetes user.
+func TestKubeDenyWins(t *testing.T) {
+	prod := map[string]string{"k3s": "yes", "env": "prod"}
+	dev := map[string]string{"k3s": "yes", "env": "dev"}
+	groupsOnly := role("groups-only", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"developers"}}, api.RoleConditions{})
+	carol := role("carol", api.RoleConditions{DeviceLabels: everywhere, KubernetesUsers: []string{"kube-carol"}}, api.RoleConditions{})
+	twoUsers := role("two-users", api.RoleConditions{DeviceLabels: everywhere, KubernetesUsers: []string{"kube-carol", "kube-dave"}}, api.RoleConditions{})
+	denyUsersStar := role("deny-users-star", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere, KubernetesUsers: []string{"*"}})
+	denyAlice := role("deny-alice", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere, KubernetesUsers: []string{"alice"}})
+	denyCarol := role("deny-carol", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere, KubernetesUsers: []string{"kube-carol"}})
+	// The deny example of docs/kubernetes.md: groups "*" on env: prod.
+	docsDeny := role("k3s-dev", api.RoleConditions{}, api.RoleConditions{DeviceLabels: map[string][]string{"env": {"prod"}}, KubernetesGroups: []string{"*"}})
+	tests := []struct {
+		name       string
+		roles      []api.Role
+		labels     map[string]string
+		wantUsers  []string
+		wantGroups []string
+		wantRule   string // "" means allowed
+		wantRole   string
+	}{
+		{"groups only act as the fleet name", []api.Role{groupsOnly}, dev, []string{"alice"}, []string{"developers"}, "", ""},
+		{"deny users star refuses the fleet name", []api.Role{groupsOnly, denyUsersStar}, dev, nil, nil, RuleDenyKubeUsers, "deny-users-star"},
+		{"deny of the user's own name refuses it", []api.Role{groupsOnly, denyAlice}, dev, nil, nil, RuleDenyKubeUsers, "deny-alice"},
+		{"deny of the own name leaves a given user", []api.Role{carol, denyAlice}, dev, []string{"kube-carol"}, nil, "", ""},
+		{"docs example keeps a kube user off prod", []api.Role{carol, docsDeny}, prod, nil, nil, RuleDenyKubeGroups, "k3s-dev"},
+		{"docs example keeps groups off prod", []api.Role{groupsOnly, docsDeny}, prod, nil, nil, RuleDenyKubeGroups, "k3s-dev"},
+		{"docs example leaves dev", []api.Role{carol, groupsOnly, docsDeny}, dev, []string{"kube-carol"}, []string{"developers"}, "", ""},
+		{"every given user denied", []api.Role{carol, groupsOnly, denyCarol}, dev, nil, nil, RuleDenyKubeUsers, "deny-carol"},
+		{"one of two users denied", []api.Role{twoUsers, denyCarol}, dev, []string{"kube-dave"}, nil, "", ""},
+		{"nothing given", []api.Role{role("ssh", api.RoleConditions{DeviceLabels: everywhere, Logins: []string{"pi"}}, api.RoleConditions{})}, dev, nil, nil, RuleAllowKube, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewChecker(tt.roles, nil)
+			users, groups, err := c.CheckKube("pi-1", tt.labels, "alice")
+			if tt.wantRule == "" {
+				if err != nil {
+					t.Fatalf("got %v, want allowed", err)
+				}
+				if !slices.Equal(users, tt.wantUsers) || !slices.Equal(groups, tt.wantGroups) {
+					t.Errorf("got users %q groups %q, want %q %q", users, groups, tt.wantUsers, tt.wantGroups)
+				}
+				return
+			}
+			var ad *AccessDenied
+			if !errors.As(err, &ad) {
+				t.Fatalf("got users %q groups %q err %v, want a refusal by %s", users, groups, err, tt.wantRule)
+			}
+			if ad.Rule != tt.wantRule || ad.Role != tt.wantRole || !ad.Kube {
+				t.Errorf("got rule %q role %q kube %v (%v), want rule %q role %q", ad.Rule, ad.Role, ad.Kube, err, tt.wantRule, tt.wantRole)
+			}
+			if u, g := c.KubeAccess(tt.labels); tt.wantRule == RuleDenyKubeGroups && (u != nil || g != nil) {
+				t.Errorf("KubeAccess lists users %q groups %q on a cluster a deny keeps the user off", u, g)
 			}
 		})
 	}
@@ -83,6 +144,7 @@ func TestValidateKube(t *testing.T) {
 		{"deny star with labels", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"*"}}, ""},
 		{"deny kube without labels", api.RoleConditions{}, api.RoleConditions{KubernetesUsers: []string{"admin"}}, "need deny.device_labels"},
 		{"deny labels with nothing", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere}, "denies nothing"},
+		{"deny message names the kube fields", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere}, `kubernetes_groups: ["*"] to keep users off the Kubernetes clusters`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,7 +13,11 @@
 //     that are not valid Unix login names are dropped;
 //   - kubernetes_users and kubernetes_groups work like logins for the
 //     Kubernetes clusters on devices (kube.go): templated, "*" only in
-//     deny, deny wins.
+//     deny, deny wins; a deny "*" in either keeps the user off the
+//     clusters it selects, and deny kubernetes_users applies to the fleet
+//     user name a request acts as when roles give no Kubernetes user;
+//   - options port_forwarding and ssh_file_copy: the most restrictive
+//     across a user's roles wins.
 //
 // Only fleet/... server packages import rbac.
 package rbac
@@ -108,7 +112,8 @@ func validate(r api.Role) error {
 		return errors.New(`deny.logins needs deny.device_labels to select devices; use device_labels: {"*": "*"} to deny everywhere`)
 	}
 	if len(d.DeviceLabels) > 0 && len(d.Logins) == 0 && !denyKube(d) {
-		return errors.New(`deny.device_labels without deny.logins denies nothing; add logins: ["*"] to deny every login there`)
+		return errors.New(`deny.device_labels without deny.logins, deny.kubernetes_users or deny.kubernetes_groups denies nothing; ` +
+			`add logins: ["*"] to deny every login there, or kubernetes_groups: ["*"] to keep users off the Kubernetes clusters there`)
 	}
 	if ttl := r.Spec.Options.MaxSessionTTL; ttl != "" {
 		d, err := time.ParseDuration(ttl)

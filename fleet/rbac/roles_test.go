@@ -3,33 +3,19 @@ package rbac
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"testing"
 
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-// testLogger logs through t.
-func testLogger(t *testing.T) *slog.Logger {
-	t.Helper()
-	return slog.New(slog.NewTextHandler(tWriter{t}, nil))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p))
-	return len(p), nil
-}
 
 func newRoles(t *testing.T) *Roles {
 	t.Helper()
 	s := memstore.New()
 	t.Cleanup(func() { s.Close() })
-	return &Roles{Store: s, Logger: testLogger(t)}
+	return &Roles{Store: s, Logger: logtest.Logger(t)}
 }
 
 func TestEnsurePresetsKeepsEdits(t *testing.T) {

@@ -3,7 +3,6 @@ package tokens
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,15 +12,8 @@ import (
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/logtest"
 )
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
 
 // clock is a settable test clock.
 type clock struct {
@@ -41,7 +33,7 @@ func newService(t *testing.T) (*Service, *clock, *memstore.Store) {
 	st := memstore.New()
 	t.Cleanup(func() { st.Close() })
 	c := &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	return &Service{Store: st, Now: c.Now, Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))}, c, st
+	return &Service{Store: st, Now: c.Now, Logger: logtest.Logger(t)}, c, st
 }
 
 func TestAddDefaultsAndSecretNotStored(t *testing.T) {

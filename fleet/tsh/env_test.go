@@ -3,7 +3,6 @@ package tsh
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/client/clienttest"
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 // testEnv is a fake fleet (clienttest.Fleet, an in-process fake of
@@ -80,14 +80,7 @@ type sshDevice struct {
 // for principals (a plain host key when hostCA is nil).
 func newSSHDevice(t *testing.T, userCA ssh.PublicKey, hostCA ssh.Signer, principals ...string) *sshDevice {
 	t.Helper()
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostKey, err := ssh.NewSignerFromKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	hostKey := pkitest.SSHSigner(t)
 	if hostCA != nil {
 		cert := &ssh.Certificate{
 			Key:             hostKey.PublicKey(),
@@ -100,6 +93,7 @@ func newSSHDevice(t *testing.T, userCA ssh.PublicKey, hostCA ssh.Signer, princip
 		if err := cert.SignCert(rand.Reader, hostCA); err != nil {
 			t.Fatal(err)
 		}
+		var err error
 		if hostKey, err = ssh.NewCertSigner(cert, hostKey); err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/resume"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // switchRouter is a simnet router whose link can be cut (a blackout), and
@@ -160,7 +160,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 	net0.Start()
 
 	sf.srv = New(Config{
-		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.pool},
+		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.Pool},
 		Authenticate: func(cs tls.ConnectionState) (string, error) { return cs.PeerCertificates[0].Subject.CommonName, nil },
 		OnHello: func(ctx context.Context, id string, _ net.Addr, h *proto.Hello) (*proto.HelloAck, error) {
 			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
@@ -170,7 +170,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		Logger:      o.log,
 	})
 	var next atomic.Int32
-	cert := pki.leaf(t, "pi-1", x509.ExtKeyUsageClientAuth)
+	cert := pki.Client(t, "pi-1")
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	sf.newAgent = func(ao simOpts) (*tunnel.Client, chan bool, func()) {
@@ -312,7 +312,7 @@ func TestSessionEndsAfterHold(t *testing.T) {
 // connection for hand-made streams.
 func rawDevice(t *testing.T, h *harness, cn, bootID string) *quic.Conn {
 	t.Helper()
-	tc, _ := h.pki.clientTLS(h.pki.leaf(t, cn, x509.ExtKeyUsageClientAuth))()
+	tc, _ := h.pki.clientTLS(h.pki.Client(t, cn))()
 	tc.NextProtos = []string{proto.ALPN}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -518,6 +518,9 @@ func tickRecoveryOpts(t *testing.T, blackout time.Duration, echo bool, o simOpts
 				note(conn)
 			}
 		}
+		if o.log == nil {
+			o.log = bulkLog(t)
+		}
 		sf := newSimFleetOpts(t, o)
 		defer sf.stop()
 		sf.waitState(t, true)
@@ -696,7 +699,7 @@ func bulkLog(t *testing.T) *slog.Logger {
 	if os.Getenv("EDGE_TEST_LOG") == "" {
 		return nil
 	}
-	return testLogger(t)
+	return logtest.Logger(t)
 }
 
 // TestIdleDeviceReachableAfterNATRebind: the NAT forgets an idle device's
@@ -706,7 +709,7 @@ func bulkLog(t *testing.T) *slog.Logger {
 // keep-alive period, not the 2 minutes until the next heartbeat.
 func TestIdleDeviceReachableAfterNATRebind(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		sf := newSimFleetOpts(t, simOpts{nat: true, log: testLogger(t)})
+		sf := newSimFleetOpts(t, simOpts{nat: true, log: logtest.Logger(t)})
 		defer sf.stop()
 		sf.waitState(t, true)
 		time.Sleep(time.Minute)

@@ -3,17 +3,10 @@ package tunnelsrv
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -24,55 +17,25 @@ import (
 
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 // testPKI is a throw-away CA with a server certificate for 127.0.0.1.
 type testPKI struct {
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	pool   *x509.CertPool
+	*pkitest.CA
 	server tls.Certificate
 }
 
 func newPKI(t *testing.T) *testPKI {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	p := &testPKI{ca: ca, caKey: key, pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	p.server = p.leaf(t, "fleet", x509.ExtKeyUsageServerAuth)
-	return p
-}
-
-func (p *testPKI) leaf(t *testing.T, cn string, usage x509.ExtKeyUsage) tls.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ca := pkitest.NewCAFor(t, 30*24*time.Hour) // virtual days redial
+	return &testPKI{CA: ca, server: ca.Server(t, "fleet")}
 }
 
 func (p *testPKI) clientTLS(cert tls.Certificate) func() (*tls.Config, error) {
 	return func() (*tls.Config, error) {
-		return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: p.pool, ServerName: "127.0.0.1"}, nil
+		return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: p.Pool, ServerName: "127.0.0.1"}, nil
 	}
 }
 
@@ -85,27 +48,22 @@ type harness struct {
 	done   chan struct{}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // startServer serves on addr ("127.0.0.1:0" for a new port).
 func startServer(t *testing.T, pki *testPKI, addr string) *harness {
+	t.Helper()
+	return startServerWith(t, pki, addr, nil)
+}
+
+// startServerWith is startServer with mod applied to the config.
+func startServerWith(t *testing.T, pki *testPKI, addr string, mod func(*Config)) *harness {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &harness{pki: pki, addr: pc.LocalAddr().String(), hello: make(chan *proto.Hello, 16), done: make(chan struct{})}
-	h.srv = New(Config{
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.pool},
+	cfg := Config{
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.Pool},
 		Authenticate: func(cs tls.ConnectionState) (string, error) {
 			cn := cs.PeerCertificates[0].Subject.CommonName
 			if cn == "banned" {
@@ -120,8 +78,12 @@ func startServer(t *testing.T, pki *testPKI, addr string) *harness {
 			h.hello <- hl
 			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
 		},
-		Logger: testLogger(t).With("side", "fleet"),
-	})
+		Logger: logtest.Logger(t).With("side", "fleet"),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.srv = New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
@@ -144,7 +106,7 @@ func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.Str
 	state := make(chan bool, 16)
 	c := tunnel.New(tunnel.Config{
 		Addr:      h.addr,
-		TLSConfig: h.pki.clientTLS(h.pki.leaf(t, cn, x509.ExtKeyUsageClientAuth)),
+		TLSConfig: h.pki.clientTLS(h.pki.Client(t, cn)),
 		Hello:     func() *proto.Hello { return &proto.Hello{Name: name, AgentVersion: "test"} },
 		Check:     check,
 		Handle: func(ctx context.Context, hd *proto.StreamHeader, conn net.Conn) {
@@ -154,7 +116,7 @@ func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.Str
 		OnState:    func(up bool) { state <- up },
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
-		Logger:     testLogger(t).With("side", "agent"),
+		Logger:     logtest.Logger(t).With("side", "agent"),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -280,8 +242,8 @@ func TestRefusals(t *testing.T) {
 			if tt.foreignCA {
 				p = newPKI(t)
 			}
-			tc, _ := p.clientTLS(p.leaf(t, tt.cn, x509.ExtKeyUsageClientAuth))()
-			tc.RootCAs = pki.pool
+			tc, _ := p.clientTLS(p.Client(t, tt.cn))()
+			tc.RootCAs = pki.Pool
 			tc.NextProtos = []string{proto.ALPN}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -332,7 +294,7 @@ func TestMalformedControlFrames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tc, _ := pki.clientTLS(pki.leaf(t, "pi-9", x509.ExtKeyUsageClientAuth))()
+			tc, _ := pki.clientTLS(pki.Client(t, "pi-9"))()
 			tc.NextProtos = []string{proto.ALPN}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -360,4 +322,89 @@ func TestMalformedControlFrames(t *testing.T) {
 	}
 	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
 	waitState(t, state, true)
+}
+
+// TestRemovalDuringHelloRefusesTheDevice removes a device (from a
+// registry the test keeps, then with Disconnect, as fleetd does) after its
+// hello was checked but before its connection is registered: Recheck must
+// refuse it, and it must never come up.
+func TestRemovalDuringHelloRefusesTheDevice(t *testing.T) {
+	pki := newPKI(t)
+	var (
+		mu      sync.Mutex
+		removed = map[string]bool{}
+		srv     *Server
+	)
+	h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) {
+		hello := c.OnHello
+		c.OnHello = func(ctx context.Context, id string, addr net.Addr, hl *proto.Hello) (*proto.HelloAck, error) {
+			mu.Lock()
+			gone := removed[id]
+			removed[id] = true // the removal lands right after this check
+			mu.Unlock()
+			if gone {
+				return nil, proto.Errorf(proto.CodeForbidden, "device %s was removed", id)
+			}
+			srv.Disconnect(id, "removed") // finds no connection yet
+			return hello(ctx, id, addr, hl)
+		}
+		c.Recheck = func(ctx context.Context, id string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if removed[id] {
+				return proto.Errorf(proto.CodeForbidden, "device %s was removed", id)
+			}
+			return nil
+		}
+	})
+	srv = h.srv
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	select {
+	case <-h.hello: // the hello was checked (twice at most: the retry is refused)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent never said hello")
+	}
+	deadline := time.After(2 * time.Second) // a margin for a wrong "up" to show; not a synchronisation
+	for {
+		select {
+		case up := <-state:
+			if up {
+				t.Fatal("a device removed during its hello came up")
+			}
+		case <-deadline:
+			if srv.Online("pi-1") || srv.Count() != 0 {
+				t.Fatal("the removed device is registered as online")
+			}
+			return
+		}
+	}
+}
+
+// TestDisconnectEndsHeldSessions: a removed device's sessions end at once
+// instead of waiting the hold time for it to come back.
+func TestDisconnectEndsHeldSessions(t *testing.T) {
+	pki := newPKI(t)
+	h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) { c.SessionHold = time.Hour })
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	<-h.hello
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := h.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: "echo", SessionID: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echo(t, conn, "hello")
+	h.srv.Disconnect("pi-1", "this device was removed from the fleet")
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	if err == nil || !strings.Contains(err.Error(), "removed from the fleet") {
+		t.Fatalf("read after Disconnect: %v, want the session ended with the reason", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); h.srv.Sessions("pi-1") != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still held", h.srv.Sessions("pi-1"))
+		}
+	}
 }

@@ -49,6 +49,12 @@ const ConnectWait = 35 * time.Second
 // PathSessions/ID then tells why it ended.
 const HeaderSession = "X-Remoteler-Session"
 
+// HeaderSessionToken carries, in the 101 answer to /v1/connect, a secret
+// that lets the client ask GET PathSessions/ID how the session ended
+// without a certificate (it may have expired or been revoked by then):
+// the client sends it back in the same header.
+const HeaderSessionToken = "X-Remoteler-Session-Token"
+
 // PathSessions is GET /v1/sessions/ID: how a brokered session ended (its own
 // user, or an admin).
 const PathSessions = "/v1/sessions"
@@ -75,6 +81,12 @@ const (
 	CodeConflict      = "conflict"
 	CodeDeviceOffline = "device_offline"
 	CodeInternal      = "internal"
+	// CodeBusy: the fleet is too busy to answer now (every password check
+	// taken, say); try again after the Retry-After header's seconds.
+	CodeBusy = "busy"
+	// CodeRateLimited: too many requests from the client's address; try
+	// again after the Retry-After header's seconds.
+	CodeRateLimited = "rate_limited"
 )
 
 // Error is the body of every non-2xx answer.
@@ -177,9 +189,14 @@ type Device struct {
 // Link is a device tunnel's health as the fleet sees it. Counters are for
 // the current connection; Reconnects and AddrChangedAt span connections.
 type Link struct {
-	RTTMillis      float64   `json:"rtt_ms,omitempty"`
-	LossPercent    float64   `json:"loss_percent,omitempty"` // packets the fleet sent that were lost
-	BytesSent      uint64    `json:"bytes_sent,omitempty"`   // fleet → device
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
+	// LossPercent is the share of the packets the fleet sent while the link
+	// worked that were lost: packets lost in blackouts do not count.
+	LossPercent float64 `json:"loss_percent,omitempty"`
+	// Blackouts counts the link's blackouts on this connection: seconds on
+	// end in which the fleet sent and heard nothing.
+	Blackouts      int       `json:"blackouts,omitempty"`
+	BytesSent      uint64    `json:"bytes_sent,omitempty"` // fleet → device
 	BytesReceived  uint64    `json:"bytes_received,omitempty"`
 	ConnectedSince time.Time `json:"connected_since,omitzero"`
 	// Reconnects counts the device's connections after its first.
@@ -276,6 +293,13 @@ type RoleOptions struct {
 	// well as what they see (which is always recorded). Any of a user's
 	// roles turning it on turns it on.
 	RecordInput bool `json:"record_input,omitempty"`
+	// PortForwarding allows SSH port forwarding (ssh -L) to devices;
+	// unset means allowed. Any of a user's roles setting it to false
+	// turns it off.
+	PortForwarding *bool `json:"port_forwarding,omitempty"`
+	// SSHFileCopy allows copying files over SSH (scp, sftp); unset means
+	// allowed. Any of a user's roles setting it to false turns it off.
+	SSHFileCopy *bool `json:"ssh_file_copy,omitempty"`
 }
 
 // Token is a join token as admins see it.

@@ -14,10 +14,17 @@ func Write(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]any{
+	w.Write(append(JSON(code, msg), '\n'))
+}
+
+// JSON is the Status object for the HTTP status code and message, as
+// JSON (without a trailing newline).
+func JSON(code int, msg string) []byte {
+	b, _ := json.Marshal(map[string]any{
 		"kind": "Status", "apiVersion": "v1", "metadata": map[string]any{},
 		"status": "Failure", "message": msg, "reason": Reason(code), "code": code,
 	})
+	return b
 }
 
 // Reason is the Kubernetes StatusReason for an HTTP status code.

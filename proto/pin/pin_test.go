@@ -1,79 +1,13 @@
 package pin
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
-	"net"
 	"strings"
 	"testing"
-	"time"
+
+	"remoteler.dev/edge/tools/pkitest"
 )
-
-// testCA is a CA certificate and key made for a test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newCA(t testing.TB) testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testCA{cert, key}
-}
-
-// leaf issues a server certificate for 127.0.0.1 and fleet.example.
-func (ca testCA) leaf(t testing.TB) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "fleet"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"fleet.example"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
 
 var hex64 = strings.Repeat("0123456789abcdef", 4)
 
@@ -111,12 +45,12 @@ func TestParse(t *testing.T) {
 }
 
 func TestOf(t *testing.T) {
-	ca := newCA(t)
-	p := Of(ca.cert)
+	ca := pkitest.NewCA(t)
+	p := Of(ca.Cert)
 	if got, err := Parse(p); err != nil || got != p {
 		t.Errorf("Parse(Of(ca)) = %q, %v; want %q, nil", got, err, p)
 	}
-	if other := Of(newCA(t).cert); other == p {
+	if other := Of(pkitest.NewCA(t).Cert); other == p {
 		t.Errorf("two CAs have the same pin %s", p)
 	}
 }
@@ -156,9 +90,9 @@ func TestParseJoin(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
-	ca, other := newCA(t), newCA(t)
-	leaf, otherLeaf := ca.leaf(t), other.leaf(t)
-	chain := [][]byte{leaf.Raw, ca.cert.Raw}
+	ca, other := pkitest.NewCA(t), pkitest.NewCA(t)
+	leaf, otherLeaf := ca.Server(t, "fleet", "fleet.example").Leaf, other.Server(t, "fleet", "fleet.example").Leaf
+	chain := [][]byte{leaf.Raw, ca.Cert.Raw}
 	tests := []struct {
 		name       string
 		raw        [][]byte
@@ -166,17 +100,17 @@ func TestVerify(t *testing.T) {
 		serverName string
 		wantErr    error // ErrMismatch, or errAny for any error, or nil
 	}{
-		{"good IP", chain, Of(ca.cert), "127.0.0.1", nil},
-		{"good name", chain, Of(ca.cert), "fleet.example", nil},
-		{"no name check", chain, Of(ca.cert), "", nil},
-		{"wrong pin", chain, Of(other.cert), "127.0.0.1", ErrMismatch},
+		{"good IP", chain, Of(ca.Cert), "127.0.0.1", nil},
+		{"good name", chain, Of(ca.Cert), "fleet.example", nil},
+		{"no name check", chain, Of(ca.Cert), "", nil},
+		{"wrong pin", chain, Of(other.Cert), "127.0.0.1", ErrMismatch},
 		{"pin of the leaf", chain, Of(leaf), "127.0.0.1", ErrMismatch},
-		{"leaf only", [][]byte{leaf.Raw}, Of(ca.cert), "127.0.0.1", ErrMismatch},
-		{"wrong host", chain, Of(ca.cert), "10.0.0.1", errAny},
-		{"wrong name", chain, Of(ca.cert), "other.example", errAny},
-		{"leaf of another CA", [][]byte{otherLeaf.Raw, ca.cert.Raw}, Of(ca.cert), "127.0.0.1", errAny},
-		{"no certs", nil, Of(ca.cert), "127.0.0.1", errAny},
-		{"garbage", [][]byte{[]byte("not a certificate")}, Of(ca.cert), "127.0.0.1", errAny},
+		{"leaf only", [][]byte{leaf.Raw}, Of(ca.Cert), "127.0.0.1", ErrMismatch},
+		{"wrong host", chain, Of(ca.Cert), "10.0.0.1", errAny},
+		{"wrong name", chain, Of(ca.Cert), "other.example", errAny},
+		{"leaf of another CA", [][]byte{otherLeaf.Raw, ca.Cert.Raw}, Of(ca.Cert), "127.0.0.1", errAny},
+		{"no certs", nil, Of(ca.Cert), "127.0.0.1", errAny},
+		{"garbage", [][]byte{[]byte("not a certificate")}, Of(ca.Cert), "127.0.0.1", errAny},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -184,7 +118,7 @@ func TestVerify(t *testing.T) {
 			switch {
 			case tt.wantErr == nil && err != nil:
 				t.Fatalf("Verify: %v, want success", err)
-			case tt.wantErr == nil && !got.Equal(ca.cert):
+			case tt.wantErr == nil && !got.Equal(ca.Cert):
 				t.Errorf("Verify returned %v, want the pinned CA", got.Subject)
 			case tt.wantErr == errAny && err == nil:
 				t.Errorf("Verify: err = nil, want an error")
@@ -199,17 +133,17 @@ func TestVerify(t *testing.T) {
 var errAny = errors.New("any error")
 
 func TestClientConfig(t *testing.T) {
-	ca, other := newCA(t), newCA(t)
-	chain := [][]byte{ca.leaf(t).Raw, ca.cert.Raw}
+	ca, other := pkitest.NewCA(t), pkitest.NewCA(t)
+	chain := [][]byte{ca.Server(t, "fleet", "fleet.example").Leaf.Raw, ca.Cert.Raw}
 	tests := []struct {
 		name       string
 		pin        string
 		serverName string
 		wantOK     bool
 	}{
-		{"right pin", Of(ca.cert), "127.0.0.1", true},
-		{"wrong pin", Of(other.cert), "127.0.0.1", false},
-		{"wrong host", Of(ca.cert), "10.0.0.1", false},
+		{"right pin", Of(ca.Cert), "127.0.0.1", true},
+		{"wrong pin", Of(other.Cert), "127.0.0.1", false},
+		{"wrong host", Of(ca.Cert), "10.0.0.1", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,10 +181,10 @@ func FuzzParseJoin(f *testing.F) {
 
 // FuzzVerify feeds certificate bytes as a server would send them.
 func FuzzVerify(f *testing.F) {
-	ca := newCA(f)
-	f.Add(ca.leaf(f).Raw, ca.cert.Raw)
+	ca := pkitest.NewCA(f)
+	f.Add(ca.Server(f, "fleet", "fleet.example").Leaf.Raw, ca.Cert.Raw)
 	f.Add([]byte{0x30, 0x00}, []byte{})
-	want := Of(ca.cert)
+	want := Of(ca.Cert)
 	f.Fuzz(func(t *testing.T, leaf, caDER []byte) {
 		got, err := Verify([][]byte{leaf, caDER}, want, "127.0.0.1")
 		if err == nil && Of(got) != want {

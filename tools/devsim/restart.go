@@ -9,14 +9,18 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // RestartConfig configures MeasureRestart. The zero value of every field
 // works.
 type RestartConfig struct {
-	// Bin is a directory holding the fleetd binary; empty builds it (the
-	// run must then be inside the repository).
+	// Bin is a directory holding fleetd and fleetctl; empty builds them
+	// (the run must then be inside the repository).
 	Bin string
 	// Dir holds fleetd's data, the device identities and fleetd's log;
 	// empty uses a temporary directory, removed at the end.
@@ -37,6 +41,13 @@ type RestartConfig struct {
 	StartRate float64
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
+	// Procs splits the devices over this many devsim processes, for a
+	// fleet larger than one process's open-file limit allows (a device
+	// holds a descriptor); default 1: the devices run in this process.
+	Procs int
+	// Exe is the devsim program the processes run; default this program,
+	// which must then be devsim.
+	Exe string
 }
 
 // Bucket is the histogram width of the restart report.
@@ -51,7 +62,7 @@ type RestartReport struct {
 	JoinAndConnect time.Duration
 	// Idle is fleetd with every device connected, after Settle; IdleCPU is
 	// the CPU fleetd used during Settle; SimRSS is the simulator's own RSS.
-	Idle    ProcStat
+	Idle    harness.Stat
 	IdleCPU time.Duration
 	Settle  time.Duration
 	SimRSS  int64
@@ -81,7 +92,7 @@ type RestartReport struct {
 	// Missing counts devices not back within the timeout.
 	Missing int
 	// After is fleetd once every device is back.
-	After ProcStat
+	After harness.Stat
 	// ReconnectCPU is the CPU the new fleetd used until every device was
 	// back.
 	ReconnectCPU time.Duration
@@ -117,7 +128,16 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	log := cfg.Logger
+	if cfg.StartRate == 0 {
+		cfg.StartRate = 200
+	}
+	if cfg.Procs > 1 && cfg.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("devsim: find this program to split the devices over processes: %w", err)
+		}
+		cfg.Exe = exe
+	}
 	dir := cfg.Dir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "devsim-restart-")
@@ -130,86 +150,88 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
-	bin := cfg.Bin
-	if bin == "" {
-		bin = filepath.Join(dir, "bin")
-		log.Info("building fleetd")
-		if err := Build(ctx, bin, "remoteler.dev/edge/fleet/cmd/fleetd"); err != nil {
-			return nil, fmt.Errorf("devsim: %w", err)
-		}
-	}
-	logFile, err := os.Create(filepath.Join(dir, "fleetd.log"))
-	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
-	}
-	defer logFile.Close()
-	fd, err := StartFleetd(ctx, FleetdConfig{Bin: bin, DataDir: filepath.Join(dir, "fleet"), Log: logFile})
-	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
-	}
-	defer fd.Stop()
-	token, err := fd.AddToken(ctx, cfg.Count)
-	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
-	}
-
-	sim, err := New(Config{
-		Fleet: fd.Addr, Token: token, Count: cfg.Count, DataDir: filepath.Join(dir, "devices"),
-		Keepalive: cfg.Keepalive, Liveness: cfg.Liveness, IdleTimeout: cfg.IdleTimeout,
-		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
-		StartRate: cfg.StartRate,
-		Logger:    log,
+	var r *RestartReport
+	err := harness.Do(ctx, harness.DoConfig{Dir: filepath.Join(dir, "tmp"), Log: logWriter{cfg.Logger}}, func(tb harness.TB) error {
+		var err error
+		r, err = measureRestart(tb, cfg, dir, out)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	simCtx, stopSim := context.WithCancel(ctx)
-	simDone := make(chan error, 1)
-	go func() { simDone <- sim.Run(simCtx) }()
-	defer func() {
-		stopSim()
-		<-simDone
-	}()
+	return r, nil
+}
+
+// measureRestart is MeasureRestart's body: fleetd and the simulator stop
+// when it returns.
+func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer) (*RestartReport, error) {
+	ctx, log := tb.Context(), cfg.Logger
+	bin := harness.Bin(cfg.Bin)
+	if bin == "" {
+		log.Info("building fleetd and fleetctl")
+		var err error
+		if bin, err = harness.Build(ctx, filepath.Join(dir, "bin"), nil, "remoteler.dev/edge/fleet/cmd/fleetd", "remoteler.dev/edge/fleet/cmd/fleetctl"); err != nil {
+			return nil, fmt.Errorf("devsim: %w", err)
+		}
+	}
+	// A fleet of simulated devices logs a line per connect at info.
+	fd, err := harness.StartFleetErr(tb, harness.FleetConfig{Bin: bin, DataDir: filepath.Join(dir, "fleet"), LogLevel: "warn", LogDir: dir})
+	if err != nil {
+		return nil, fmt.Errorf("devsim: %w", err)
+	}
+	token, err := fd.TokenErr("--uses="+strconv.Itoa(cfg.Count), "--ttl=2h")
+	if err != nil {
+		return nil, fmt.Errorf("devsim: %w", err)
+	}
+
+	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, fd.Addr, token, filepath.Join(dir, "devices"))
+	if err != nil {
+		return nil, err
+	}
 
 	r := &RestartReport{Count: cfg.Count, Settle: cfg.Settle}
 	start := time.Now()
 	log.Info("joining and connecting devices", "devices", cfg.Count, "fleet", fd.Addr)
 	if err := waitAllUp(ctx, sim, simDone, 10*time.Minute+time.Duration(cfg.Count)*100*time.Millisecond); err != nil {
+		if errors.Is(err, errSimStopped) {
+			return nil, simStopped()
+		}
 		return nil, err
 	}
 	r.JoinAndConnect = time.Since(start)
 	log.Info("all devices up", "took", r.JoinAndConnect.Round(time.Millisecond))
 
-	before, err := ReadProcStat(fd.PID())
+	before, err := fd.Proc.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
-	simBefore, _ := ReadProcStat(os.Getpid())
+	_, simCPU0 := simStat()
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-time.After(cfg.Settle):
 	}
-	if r.Idle, err = ReadProcStat(fd.PID()); err != nil {
+	if r.Idle, err = fd.Proc.Stat(); err != nil {
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
 	r.IdleCPU = r.Idle.CPU - before.CPU
-	if own, err := ReadProcStat(os.Getpid()); err == nil {
-		r.SimRSS, r.SimIdleCPU = own.RSS, own.CPU-simBefore.CPU
-	}
-	if online, err := fd.Online(ctx); err != nil || online != cfg.Count {
+	var simCPU1 time.Duration
+	r.SimRSS, simCPU1 = simStat()
+	r.SimIdleCPU = simCPU1 - simCPU0
+	if online, err := onlineCount(fd); err != nil || online != cfg.Count {
 		log.Warn("fleetd's device list disagrees", "online", online, "want", cfg.Count, "err", err)
 	}
-	log.Info("fleetd with every device connected", "rss", MB(r.Idle.RSS), "idle_cpu", r.IdleCPU.Round(time.Millisecond), "over", cfg.Settle)
+	log.Info("fleetd with every device connected", "rss", harness.MB(r.Idle.RSS), "idle_cpu", r.IdleCPU.Round(time.Millisecond), "over", cfg.Settle)
 
 	log.Info("restarting fleetd")
+	old := fd.Proc
 	t0 := time.Now()
-	if r.Stopped, err = fd.Restart(ctx); err != nil {
+	if err := fd.RestartErr(); err != nil {
 		return nil, fmt.Errorf("devsim: restart fleetd: %w", err)
 	}
-	r.Ready = fd.ReadyAt.Sub(t0)
+	r.Stopped, r.Ready = old.ExitedAt().Sub(t0), fd.ReadyAt.Sub(t0)
 	log.Info("fleetd restarted", "stopped_after", r.Stopped.Round(time.Millisecond), "ready_after", r.Ready.Round(time.Millisecond))
-	cpu0, _ := ReadProcStat(fd.PID())
+	cpu0, _ := fd.Proc.Stat()
 
 	// Every device is back when it has been up since the SIGTERM. A device
 	// that missed fleetd's close is still "up" on the old connection; it is
@@ -222,24 +244,85 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case err := <-simDone:
-			return nil, fmt.Errorf("devsim: simulator stopped: %v", err)
+		case <-simDone:
+			return nil, simStopped()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if st, err := ReadProcStat(fd.PID()); err == nil {
+	if st, err := fd.Proc.Stat(); err == nil {
 		r.ReconnectCPU = st.CPU - cpu0.CPU
 	}
 	r.analyse(sim.Events(), t0)
 	// Let the handshakes' garbage settle before reading memory again.
 	time.Sleep(2 * time.Second)
-	r.After, _ = ReadProcStat(fd.PID())
+	r.After, _ = fd.Proc.Stat()
 	r.Write(out)
 	return r, nil
 }
 
-// waitAllUp waits until every device is up, or the simulator fails.
-func waitAllUp(ctx context.Context, sim *Sim, simDone <-chan error, timeout time.Duration) error {
+// startSim starts the simulated devices: in this process, or split over
+// cfg.Procs devsim processes. simDone is closed when the simulator (or one
+// of its processes) has stopped, and stopped then says why; stat reads the
+// simulator's RSS and CPU time.
+func startSim(tb harness.TB, cfg RestartConfig, addr, token, dataDir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
+	if cfg.Procs > 1 {
+		sp, err := startSimProcs(tb, cfg, addr, token, dataDir)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		return sp, sp.done, sp.err, sp.stat, nil
+	}
+	s, err := New(Config{
+		Fleet: addr, Token: token, Count: cfg.Count, DataDir: dataDir,
+		Keepalive: cfg.Keepalive, Liveness: cfg.Liveness, IdleTimeout: cfg.IdleTimeout,
+		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
+		StartRate: cfg.StartRate,
+		Logger:    cfg.Logger,
+	})
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	// done is closed when the simulator has stopped, simErr is then its
+	// error: every wait may read it, and the clean-up too.
+	ctx, stop := context.WithCancel(tb.Context())
+	var simErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		simErr = s.Run(ctx)
+	}()
+	tb.Cleanup(func() {
+		stop()
+		<-done
+	})
+	stopped = func() error {
+		if simErr == nil {
+			return errors.New("devsim: the simulator stopped")
+		}
+		return fmt.Errorf("devsim: the simulator stopped: %w", simErr)
+	}
+	stat = func() (int64, time.Duration) {
+		own, _ := harness.ReadStat(os.Getpid())
+		return own.RSS, own.CPU
+	}
+	return s, done, stopped, stat, nil
+}
+
+// logWriter logs what the harness writes (the last lines of a process
+// that failed) as warnings.
+type logWriter struct{ log *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Warn(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// errSimStopped says the simulator stopped while it was waited for.
+var errSimStopped = errors.New("devsim: the simulator stopped")
+
+// waitAllUp waits until every device is up; it returns errSimStopped when
+// the simulator stops first (simDone is closed).
+func waitAllUp(ctx context.Context, sim fleetSim, simDone <-chan struct{}, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	errc := make(chan error, 1)
@@ -247,12 +330,23 @@ func waitAllUp(ctx context.Context, sim *Sim, simDone <-chan error, timeout time
 	select {
 	case err := <-errc:
 		return err
-	case err := <-simDone:
-		if err == nil {
-			err = errors.New("it stopped")
-		}
-		return fmt.Errorf("devsim: simulator: %w", err)
+	case <-simDone:
+		cancel()
+		<-errc
+		return errSimStopped
 	}
+}
+
+// onlineCount returns how many devices the fleet lists as online.
+func onlineCount(f *harness.Fleet) (int, error) {
+	ds, err := f.DevicesErr()
+	n := 0
+	for _, d := range ds {
+		if d.Online {
+			n++
+		}
+	}
+	return n, err
 }
 
 // backSince counts devices with an Up event after a Down event after t0.
@@ -332,10 +426,10 @@ func (r *RestartReport) Write(w io.Writer) {
 	fmt.Fprintf(w, "machine: %d CPUs, %s/%s\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(w, "joined and connected in %s\n", r.JoinAndConnect.Round(time.Millisecond))
 	fmt.Fprintf(w, "fleetd with %d devices connected: RSS %s (peak %s), %d threads; CPU %s over %s idle (%.1f%% of one core)\n",
-		r.Count, MB(r.Idle.RSS), MB(r.Idle.PeakRSS), r.Idle.Threads, r.IdleCPU.Round(time.Millisecond), r.Settle,
+		r.Count, harness.MB(r.Idle.RSS), harness.MB(r.Idle.Peak), r.Idle.Threads, r.IdleCPU.Round(time.Millisecond), r.Settle,
 		100*r.IdleCPU.Seconds()/r.Settle.Seconds())
 	fmt.Fprintf(w, "  per device: %.1f KB; simulator RSS %s, CPU %s over the same %s (%.1f%% of one core)\n",
-		float64(r.Idle.RSS)/float64(r.Count)/1e3, MB(r.SimRSS), r.SimIdleCPU.Round(time.Millisecond), r.Settle,
+		float64(r.Idle.RSS)/float64(r.Count)/1e3, harness.MB(r.SimRSS), r.SimIdleCPU.Round(time.Millisecond), r.Settle,
 		100*r.SimIdleCPU.Seconds()/r.Settle.Seconds())
 	fmt.Fprintf(w, "\nrestart (times after SIGTERM):\n")
 	fmt.Fprintf(w, "  old fleetd exited after %s; new fleetd listening after %s\n", ms(r.Stopped), ms(r.Ready))
@@ -345,7 +439,7 @@ func (r *RestartReport) Write(w io.Writer) {
 	fmt.Fprintf(w, "  tunnels back:  %s\n", r.Back)
 	fmt.Fprintf(w, "  not back within the timeout: %d\n", r.Missing)
 	fmt.Fprintf(w, "  new fleetd CPU until all were back: %s; RSS after: %s (peak %s)\n",
-		r.ReconnectCPU.Round(time.Millisecond), MB(r.After.RSS), MB(r.After.PeakRSS))
+		r.ReconnectCPU.Round(time.Millisecond), harness.MB(r.After.RSS), harness.MB(r.After.Peak))
 	storm, why := r.Storm()
 	verdict := "no synchronised storm"
 	if storm {

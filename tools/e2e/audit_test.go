@@ -21,6 +21,8 @@ import (
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/asciicast"
 	"remoteler.dev/edge/tools/linksim"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 var (
@@ -32,7 +34,7 @@ var (
 func buildAuditgen(t *testing.T) {
 	t.Helper()
 	auditgenOnce.Do(func() {
-		out, err := exec.Command("go", "build", "-o", bin+"/", "remoteler.dev/edge/tools/cmd/auditgen").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", string(bin)+"/", "remoteler.dev/edge/tools/cmd/auditgen").CombinedOutput()
 		if err != nil {
 			auditgenErr = fmt.Errorf("build auditgen: %v\n%s", err, out)
 		}
@@ -42,25 +44,29 @@ func buildAuditgen(t *testing.T) {
 	}
 }
 
-// search runs fleetctl audit search --json with args.
-func (f *fleet) search(args ...string) []api.AuditEvent {
-	f.t.Helper()
-	out := f.ctl("", append([]string{"audit", "search", "--json", "--since=", "--limit=10000"}, args...)...)
-	var evs []api.AuditEvent
-	if err := json.Unmarshal([]byte(out), &evs); err != nil {
-		f.t.Fatalf("audit search --json: %v\n%s", err, out)
+// search runs fleetctl audit search --format=json with args; the search
+// must not be cut short.
+func search(t *testing.T, f *harness.Fleet, args ...string) []api.AuditEvent {
+	t.Helper()
+	out := f.Ctl("", append([]string{"audit", "search", "--format=json", "--since=", "--limit=10000"}, args...)...)
+	var evs api.List[api.AuditEvent]
+	if err := json.Unmarshal([]byte(out), &evs); err != nil || evs.Kind != "audit_events" {
+		t.Fatalf("audit search --format=json: %v\n%s", err, out)
 	}
-	return evs
+	if evs.Truncated {
+		t.Fatalf("audit search --format=json: truncated at %d events", len(evs.Items))
+	}
+	return evs.Items
 }
 
-// verify runs fleetctl audit verify --json and returns its result and
-// whether fleetctl succeeded.
-func (f *fleet) verify() (api.AuditVerify, bool) {
-	f.t.Helper()
-	out, errOut, err := f.ctlErr("", "audit", "verify", "--json")
+// verify runs fleetctl audit verify --format=json and returns its result
+// and whether fleetctl succeeded.
+func verify(t *testing.T, f *harness.Fleet) (api.AuditVerify, bool) {
+	t.Helper()
+	out, errOut, err := f.CtlErr("", "audit", "verify", "--format=json")
 	var v api.AuditVerify
 	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
-		f.t.Fatalf("audit verify --json: %v\n%s\n%s", jerr, out, errOut)
+		t.Fatalf("audit verify --format=json: %v\n%s\n%s", jerr, out, errOut)
 	}
 	return v, err == nil
 }
@@ -78,17 +84,17 @@ func chainOf(v api.AuditVerify, name string) (api.AuditChain, bool) {
 // waitDrained waits until the device, in a report made after since, says
 // its queue is empty and the fleet holds every event it wrote, and returns
 // the chain.
-func (f *fleet) waitDrained(name string, since time.Time, timeout time.Duration) api.AuditChain {
-	f.t.Helper()
+func waitDrained(t *testing.T, f *harness.Fleet, name string, since time.Time, timeout time.Duration) api.AuditChain {
+	t.Helper()
 	var c api.AuditChain
-	ok := eventually(timeout, func() bool {
-		v, _ := f.verify()
+	ok := harness.Eventually(timeout, func() bool {
+		v, _ := verify(t, f)
 		var found bool
 		c, found = chainOf(v, name)
 		return found && c.Queue != nil && c.Queue.Reported.After(since) && c.Queue.Pending == 0 && c.Queue.Head == c.Last && c.Last > 0
 	})
 	if !ok {
-		f.t.Fatalf("the fleet never held all of %s's events: %+v (queue %+v)", name, c, c.Queue)
+		t.Fatalf("the fleet never held all of %s's events: %+v (queue %+v)", name, c, c.Queue)
 	}
 	return c
 }
@@ -108,64 +114,64 @@ func TestAuditSessionsAndRecordings(t *testing.T) {
 	// An interactive session with a terminal, whose output tsh writes to
 	// a pipe: that is exactly what the user saw.
 	script := `printf 'hello \303\251t\303\251 \342\202\254\n'; for i in 1 2 3; do echo line $i; sleep 0.1; done; printf '\033[1mbold\033[0m\n'`
-	saw, errOut, err := u.tshErr("", "ssh", "-t", "root@pi-1", script)
+	saw, errOut, err := u.TshErr("", "ssh", "-t", "root@pi-1", script)
 	if err != nil {
 		t.Fatalf("tsh ssh -t: %v\n%s", err, errOut)
 	}
 	if !strings.Contains(saw, "hello été €") || !strings.Contains(saw, "line 3") {
 		t.Fatalf("session output = %q", saw)
 	}
-	if out := u.tsh("ssh", "root@pi-1", "echo", "plain"); out != "plain\n" {
+	if out := u.Tsh("ssh", "root@pi-1", "echo", "plain"); out != "plain\n" {
 		t.Fatalf("exec = %q", out)
 	}
 
 	// The recording reaches the fleet and plays back byte for byte.
 	var rec api.Recording
-	if !eventually(30*time.Second, func() bool {
-		var list []api.Recording
-		json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list)
-		for _, r := range list {
-			if r.Complete && r.Kind == "exec" && r.DeviceName == "pi-1" {
+	if !harness.Eventually(30*time.Second, func() bool {
+		var list api.List[api.Recording]
+		json.Unmarshal([]byte(u.Tsh("recordings", "ls", "--format=json")), &list)
+		for _, r := range list.Items {
+			if r.Complete && r.Kind == "exec" && r.DeviceName == "pi-1" && r.Command == script {
 				rec = r
 				return true
 			}
 		}
 		return false
 	}) {
-		t.Fatalf("no complete recording listed: %s", u.tsh("recordings", "ls"))
+		t.Fatalf("no complete recording listed: %s", u.Tsh("recordings", "ls"))
 	}
 	if rec.User != "alice" || rec.Login != "root" || rec.Command != script || rec.Duration < 300*time.Millisecond {
 		t.Errorf("recording = %+v", rec)
 	}
-	played := u.tsh("play", "--speed=0", rec.ID)
+	played := u.Tsh("play", "--speed=0", rec.ID)
 	if played != saw {
 		t.Errorf("played back %q\nthe user saw %q", played, saw)
 	}
 	start := time.Now()
-	if realTime := u.tsh("play", "--speed=1", rec.ID); realTime != saw {
+	if realTime := u.Tsh("play", "--speed=1", rec.ID); realTime != saw {
 		t.Errorf("real-time playback differs: %q", realTime)
 	}
 	if d := time.Since(start); d < 250*time.Millisecond {
 		t.Errorf("real-time playback took %v, the session %v", d, rec.Duration)
 	}
-	cast := u.tsh("play", "--format=json", rec.ID)
+	cast := u.Tsh("play", "--format=json", rec.ID)
 	sum, err := asciicast.ReadAll(strings.NewReader(cast))
 	if err != nil || string(sum.Output) != saw || sum.Header.Width == 0 {
 		t.Errorf("--format=json is not the asciicast recording: %v, header %+v", err, sum.Header)
 	}
 	// Another user may not see it.
-	f.addUser("bob", "access", "root")
-	bob := f.login("bob", "pw-bob-0123456789")
-	if out := bob.tsh("recordings", "ls", "--format=json"); strings.Contains(out, rec.ID) {
+	f.AddUser("bob", "access", "root")
+	bob := f.Login("bob", "pw-bob-0123456789")
+	if out := bob.Tsh("recordings", "ls", "--format=json"); strings.Contains(out, rec.ID) {
 		t.Errorf("bob sees alice's recording: %s", out)
 	}
-	if _, _, err := bob.tshErr("", "play", rec.ID); err == nil {
+	if _, _, err := bob.TshErr("", "play", rec.ID); err == nil {
 		t.Error("bob played alice's recording")
 	}
 
 	// The audit trail has the session from both sides.
-	f.waitDrained("pi-1", began, 30*time.Second)
-	byDevice := f.search("--device=pi-1")
+	waitDrained(t, f, "pi-1", began, 30*time.Second)
+	byDevice := search(t, f, "--device=pi-1")
 	got := types(byDevice)
 	for _, want := range []string{proto.EventAgentStart, proto.EventDeviceOnline, proto.EventSessionStart, proto.EventExec, proto.EventExecEnd, proto.EventSessionEnd} {
 		if got[want] == 0 {
@@ -184,24 +190,24 @@ func TestAuditSessionsAndRecordings(t *testing.T) {
 	if !execCmd || !execEnd {
 		t.Errorf("exec events lack the command, session or output size (%v %v): %+v", execCmd, execEnd, byDevice)
 	}
-	logins := f.search("--type=user.login", "--user=alice")
+	logins := search(t, f, "--type=user.login", "--user=alice")
 	if len(logins) != 1 || logins[0].Source != api.SourceFleet {
 		t.Errorf("alice's logins = %+v", logins)
 	}
 	// Refusals are recorded too.
-	u.tshErr("", "ssh", "nobody@pi-1", "true")
-	if denied := f.search("--type=access.denied", "--user=alice"); len(denied) == 0 {
+	u.TshErr("", "ssh", "nobody@pi-1", "true")
+	if denied := search(t, f, "--type=access.denied", "--user=alice"); len(denied) == 0 {
 		t.Error("a refused connection left no access.denied event")
 	}
-	text := f.ctl("", "audit", "search", "--since=1h", "--type=session.*")
+	text := f.Ctl("", "audit", "search", "--since=1h", "--type=session.*")
 	if !strings.Contains(text, "session.start") || !strings.Contains(text, "pi-1") {
 		t.Errorf("audit search text output:\n%s", text)
 	}
-	if out := f.ctl("", "audit", "verify"); !strings.Contains(out, "audit chains verified") {
+	if out := f.Ctl("", "audit", "verify"); !strings.Contains(out, "audit chains verified") {
 		t.Errorf("audit verify:\n%s", out)
 	}
 	// The device's audit status is in its listing.
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		if d.Name == "pi-1" && (d.Audit == nil || d.Audit.Head == 0) {
 			t.Errorf("pi-1 listed without its audit status: %+v", d.Audit)
 		}
@@ -223,13 +229,13 @@ func committed(out string) []string {
 // checkExactlyOnce checks the fleet's test events for a device against
 // what the generators said they committed: every one there, none twice, and
 // at most maxExtra more (committed when a kill cut the line that says so).
-func checkExactlyOnce(t *testing.T, f *fleet, name string, since time.Time, said []string, maxExtra int) {
+func checkExactlyOnce(t *testing.T, f *harness.Fleet, name string, since time.Time, said []string, maxExtra int) {
 	t.Helper()
-	c := f.waitDrained(name, since, 60*time.Second)
+	c := waitDrained(t, f, name, since, 60*time.Second)
 	if !c.OK || c.Events != c.Last || c.First != 1 {
 		t.Errorf("chain of %s: %+v", name, c)
 	}
-	evs := f.search("--device="+name, "--type=test.generated")
+	evs := search(t, f, "--device="+name, "--type=test.generated")
 	seen := map[string]int{}
 	for _, e := range evs {
 		seen[e.Fields["run"]+"/"+e.Fields["i"]]++
@@ -264,21 +270,12 @@ func TestAuditExactlyOnceAcrossKillsAndFlaps(t *testing.T) {
 	buildAuditgen(t)
 	f := startFleet(t)
 	dir := t.TempDir()
-	first := start(t, "auditgen join", nil, "auditgen", "--fleet", f.addr, "--token", f.token(), "--data-dir", dir,
+	first := start(t, "auditgen join", nil, "auditgen", "--fleet", f.Addr, "--token", f.Token(), "--data-dir", dir,
 		"--name", "gen-1", "--workers", "0")
-	f.waitOnline("gen-1")
+	f.WaitOnline("gen-1")
 	first.Stop()
 
-	link, err := linksim.New(linksim.Config{Seed: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayAddr := relay.Addr().String()
+	link, relayAddr := udpRelay(t, f, linksim.Config{Seed: 7})
 
 	rng := rand.New(rand.NewPCG(11, 12))
 	stopFlap := make(chan struct{})
@@ -319,7 +316,7 @@ func TestAuditExactlyOnceAcrossKillsAndFlaps(t *testing.T) {
 	close(stopFlap)
 	t.Logf("%d kills in %v, link down %d times, %d events reported committed", kills, time.Since(began).Round(time.Millisecond), <-flapped, len(said))
 
-	if v, _ := f.verify(); true {
+	if v, _ := verify(t, f); true {
 		c, _ := chainOf(v, "gen-1")
 		t.Logf("the fleet held %d events before the last run", c.Events)
 	}
@@ -327,7 +324,7 @@ func TestAuditExactlyOnceAcrossKillsAndFlaps(t *testing.T) {
 	final := time.Now()
 	start(t, "auditgen final", nil, "auditgen", "--fleet", relayAddr, "--data-dir", dir, "--name", "gen-1", "--workers", "0")
 	checkExactlyOnce(t, f, "gen-1", final, said, kills*workers)
-	if _, ok := f.verify(); !ok {
+	if _, ok := verify(t, f); !ok {
 		t.Error("fleetctl audit verify failed")
 	}
 }
@@ -338,9 +335,9 @@ func TestAuditFleetKilledDuringIngestion(t *testing.T) {
 	buildAuditgen(t)
 	f := startFleet(t)
 	dir := t.TempDir()
-	first := start(t, "auditgen join", nil, "auditgen", "--fleet", f.addr, "--token", f.token(), "--data-dir", dir,
+	first := start(t, "auditgen join", nil, "auditgen", "--fleet", f.Addr, "--token", f.Token(), "--data-dir", dir,
 		"--name", "gen-2", "--workers", "0")
-	f.waitOnline("gen-2")
+	f.WaitOnline("gen-2")
 	first.Stop()
 
 	// A slow link (1 Mbit/s up), so the backlog takes seconds to ship.
@@ -349,7 +346,7 @@ func TestAuditFleetKilledDuringIngestion(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
+	relay, err := link.ListenUDP("127.0.0.1:0", f.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,23 +354,23 @@ func TestAuditFleetKilledDuringIngestion(t *testing.T) {
 	const n = 6000
 	gen := start(t, "auditgen backlog", nil, "auditgen", "--fleet", relay.Addr().String(), "--data-dir", dir, "--name", "gen-2",
 		"--workers", "64", "--count", strconv.Itoa(n), "--log-level", "error")
-	gen.waitOutput(fmt.Sprintf("generated %d\n", n), 60*time.Second)
+	gen.WaitOutput(fmt.Sprintf("generated %d\n", n), 60*time.Second)
 	link.SetDown(false)
 
 	// Kill fleetd twice while it ingests.
 	for round := range 2 {
 		var held uint64
-		if !eventually(60*time.Second, func() bool {
-			v, _ := f.verify()
+		if !harness.Eventually(60*time.Second, func() bool {
+			v, _ := verify(t, f)
 			c, _ := chainOf(v, "gen-2")
 			held = c.Events
 			return held > uint64(round+1)*500
 		}) {
 			t.Fatalf("ingestion never started (round %d)", round)
 		}
-		f.proc.Kill()
+		f.Proc.Kill()
 		t.Logf("fleetd killed with %d events ingested", held)
-		f.start(f.addr)
+		f.Restart()
 	}
 	restarted := time.Now()
 	said := committed(gen.Output())
@@ -381,7 +378,7 @@ func TestAuditFleetKilledDuringIngestion(t *testing.T) {
 		t.Fatalf("auditgen reported %d committed events, want %d", len(said), n)
 	}
 	checkExactlyOnce(t, f, "gen-2", restarted, said, 0)
-	v, ok := f.verify()
+	v, ok := verify(t, f)
 	c, _ := chainOf(v, "gen-2")
 	if !ok || c.Events < n {
 		t.Errorf("verify after the kills: ok %v, %+v", ok, c)
@@ -394,9 +391,9 @@ func TestAuditFullQueue(t *testing.T) {
 	buildAuditgen(t)
 	f := startFleet(t)
 	dir := t.TempDir()
-	first := start(t, "auditgen join", nil, "auditgen", "--fleet", f.addr, "--token", f.token(), "--data-dir", dir,
+	first := start(t, "auditgen join", nil, "auditgen", "--fleet", f.Addr, "--token", f.Token(), "--data-dir", dir,
 		"--name", "gen-3", "--workers", "0")
-	f.waitOnline("gen-3")
+	f.WaitOnline("gen-3")
 	first.Stop()
 
 	link, err := linksim.New(linksim.Config{Seed: 5})
@@ -404,7 +401,7 @@ func TestAuditFullQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
+	relay, err := link.ListenUDP("127.0.0.1:0", f.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,14 +409,14 @@ func TestAuditFullQueue(t *testing.T) {
 	began := time.Now()
 	gen := start(t, "auditgen full", nil, "auditgen", "--fleet", relay.Addr().String(), "--data-dir", dir, "--name", "gen-3",
 		"--workers", "4", "--count", "400", "--audit-max-bytes", "32768", "--log-level", "error")
-	gen.waitOutput("generated ", 60*time.Second)
+	gen.WaitOutput("generated ", 60*time.Second)
 	dropped := strings.Count(gen.Output(), "dropped run=")
 	if dropped == 0 {
 		t.Fatalf("nothing was dropped from a 32 KiB queue:\n%s", gen.Output())
 	}
 	link.SetDown(false)
-	f.waitDrained("gen-3", began, 30*time.Second)
-	markers := f.search("--device=gen-3", "--type="+proto.EventAuditDropped)
+	waitDrained(t, f, "gen-3", began, 30*time.Second)
+	markers := search(t, f, "--device=gen-3", "--type="+proto.EventAuditDropped)
 	total := 0
 	for _, m := range markers {
 		n, _ := strconv.Atoi(m.Fields["count"])
@@ -432,7 +429,7 @@ func TestAuditFullQueue(t *testing.T) {
 		t.Errorf("markers count %d dropped events, auditgen saw %d", total, dropped)
 	}
 	var status *api.DeviceAudit
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		if d.Name == "gen-3" {
 			status = d.Audit
 		}
@@ -440,7 +437,7 @@ func TestAuditFullQueue(t *testing.T) {
 	if status == nil || status.Dropped != uint64(dropped) || status.Cap != 32768 {
 		t.Errorf("device status = %+v, want %d dropped", status, dropped)
 	}
-	if out, _, _ := f.ctlErr("", "audit", "verify"); !strings.Contains(out, fmt.Sprintf("dropped %d audit events", dropped)) {
+	if out, _, _ := f.CtlErr("", "audit", "verify"); !strings.Contains(out, fmt.Sprintf("dropped %d audit events", dropped)) {
 		t.Errorf("audit verify does not report the drops:\n%s", out)
 	}
 	checkExactlyOnce(t, f, "gen-3", began, committed(gen.Output()), 0)
@@ -452,9 +449,9 @@ func TestAuditDamagedQueue(t *testing.T) {
 	buildAuditgen(t)
 	f := startFleet(t)
 	dir := t.TempDir()
-	join := start(t, "auditgen join", nil, "auditgen", "--fleet", f.addr, "--token", f.token(), "--data-dir", dir,
+	join := start(t, "auditgen join", nil, "auditgen", "--fleet", f.Addr, "--token", f.Token(), "--data-dir", dir,
 		"--name", "gen-4", "--workers", "0")
-	f.waitOnline("gen-4")
+	f.WaitOnline("gen-4")
 	join.Stop()
 	queue := filepath.Join(dir, "audit.db")
 	damages := []struct {
@@ -484,36 +481,36 @@ func TestAuditDamagedQueue(t *testing.T) {
 		// Offline, write a backlog, then damage the file.
 		gen := start(t, "auditgen "+d.name, nil, "auditgen", "--fleet", "127.0.0.1:1", "--data-dir", dir, "--name", "gen-4",
 			"--workers", "8", "--count", "300", "--log-level", "error")
-		gen.waitOutput("generated 300", 60*time.Second)
+		gen.WaitOutput("generated 300", 60*time.Second)
 		gen.Stop()
 		said = append(said, committed(gen.Output())...)
 		if err := d.damage(); err != nil {
 			t.Fatal(err)
 		}
 		restarted := time.Now()
-		a := start(t, "agent after "+d.name, nil, "edge-agent", "start", "--fleet", f.addr, "--data-dir", dir, "--name", "gen-4")
-		a.waitOutput("audit queue file is damaged", 20*time.Second)
-		f.waitDrained("gen-4", restarted, 30*time.Second)
+		a := start(t, "agent after "+d.name, nil, "edge-agent", "start", "--fleet", f.Addr, "--data-dir", dir, "--name", "gen-4")
+		a.WaitOutput("audit queue file is damaged", 20*time.Second)
+		waitDrained(t, f, "gen-4", restarted, 30*time.Second)
 		a.Stop()
 	}
-	damaged := f.search("--device=gen-4", "--type="+proto.EventAuditDamaged)
+	damaged := search(t, f, "--device=gen-4", "--type="+proto.EventAuditDamaged)
 	if len(damaged) != 2 {
 		t.Fatalf("%d audit.damaged events, want 2: %+v", len(damaged), damaged)
 	}
 	for _, d := range damaged {
 		t.Logf("reported: %s", d.Message)
 	}
-	kept := f.search("--device=gen-4", "--type=test.generated")
+	kept := search(t, f, "--device=gen-4", "--type=test.generated")
 	if len(kept) == 0 || len(kept) >= len(said) {
 		t.Errorf("the fleet has %d of the %d events written before the damage; want some kept, some lost", len(kept), len(said))
 	}
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		if d.Name == "gen-4" && (d.Audit == nil || d.Audit.Damaged != 2) {
 			t.Errorf("device status = %+v, want damaged 2", d.Audit)
 		}
 	}
 	// Lost events are a visible gap, never a silent one.
-	v, _ := f.verify()
+	v, _ := verify(t, f)
 	c, _ := chainOf(v, "gen-4")
 	t.Logf("chain after the damage: ok %v, problems %v", c.OK, c.Problems)
 }
@@ -524,21 +521,21 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	f, _, u := setup(t)
 	began := time.Now()
 	for i := range 3 {
-		u.tsh("ssh", "root@pi-1", "echo", strconv.Itoa(i))
+		u.Tsh("ssh", "root@pi-1", "echo", strconv.Itoa(i))
 	}
-	f.waitDrained("pi-1", began, 30*time.Second)
-	if _, ok := f.verify(); !ok {
+	waitDrained(t, f, "pi-1", began, 30*time.Second)
+	if _, ok := verify(t, f); !ok {
 		t.Fatal("verify failed before any tampering")
 	}
 	var deviceID string
-	for _, d := range f.devices() {
+	for _, d := range f.Devices() {
 		deviceID = d.ID
 	}
-	f.proc.Stop()
+	f.Proc.Stop()
 	// What an attacker with the disk does: the audit store is a bbolt
 	// file with one bucket of events per source ("events"/SOURCE), keyed
 	// by big-endian sequence number.
-	db, err := bolt.Open(filepath.Join(f.dataDir, "audit.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(filepath.Join(f.DataDir, "audit.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,8 +565,8 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.start(f.addr)
-	out, _, err := f.ctlErr("", "audit", "verify")
+	f.Restart()
+	out, _, err := f.CtlErr("", "audit", "verify")
 	if err == nil {
 		t.Fatalf("audit verify succeeded on a tampered store:\n%s", out)
 	}
@@ -578,7 +575,7 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 			t.Errorf("audit verify output lacks %q:\n%s", want, out)
 		}
 	}
-	v, _ := f.verify()
+	v, _ := verify(t, f)
 	for _, c := range v.Sources {
 		if c.OK {
 			t.Errorf("source %s verified after tampering", c.Source)
@@ -602,20 +599,20 @@ spec:
   options:
     record_input: true
 `), 0o600)
-	f.ctl("", "create", "-f", rolePath)
-	carol := f.login("carol", f.addUser("carol", "typist", ""))
+	f.Ctl("", "create", "-f", rolePath)
+	carol := f.Login("carol", f.AddUser("carol", "typist", ""))
 
-	recorded := func(u *user, name string) *asciicast.Summary {
+	recorded := func(u *harness.User, name string) *asciicast.Summary {
 		t.Helper()
-		out, errOut, err := u.tshErr("typed-by-"+name+"\n", "ssh", "-t", "root@pi-1", "read x; echo got-$x")
+		out, errOut, err := u.TshErr("typed-by-"+name+"\n", "ssh", "-t", "root@pi-1", "read x; echo got-$x")
 		if err != nil || !strings.Contains(out, "got-typed-by-"+name) {
 			t.Fatalf("%s's session: %v %q %s", name, err, out, errOut)
 		}
 		var id string
-		if !eventually(30*time.Second, func() bool {
-			var list []api.Recording
-			json.Unmarshal([]byte(u.tsh("recordings", "ls", "--format=json")), &list)
-			for _, r := range list {
+		if !harness.Eventually(30*time.Second, func() bool {
+			var list api.List[api.Recording]
+			json.Unmarshal([]byte(u.Tsh("recordings", "ls", "--format=json")), &list)
+			for _, r := range list.Items {
 				if r.Complete && r.User == name {
 					id = r.ID
 					return true
@@ -625,7 +622,7 @@ spec:
 		}) {
 			t.Fatalf("no recording of %s's session", name)
 		}
-		sum, err := asciicast.ReadAll(strings.NewReader(u.tsh("play", "--format=json", id)))
+		sum, err := asciicast.ReadAll(strings.NewReader(u.Tsh("play", "--format=json", id)))
 		if err != nil {
 			t.Fatal(err)
 		}

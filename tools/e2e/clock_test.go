@@ -16,12 +16,12 @@ import (
 // against the fleet's time, so tsh ssh works.
 func TestAgentWithoutRealTimeClock(t *testing.T) {
 	f := startFleet(t)
-	pw := f.addUser("alice", "access", "root")
+	pw := f.AddUser("alice", "access", "root")
 	boot := time.Now()
 	logs := &lockedBuffer{}
 	cfg := edgeagent.Config{
-		Fleet:   f.addr,
-		Token:   f.token(),
+		Fleet:   f.Addr,
+		Token:   f.Token(),
 		DataDir: t.TempDir(),
 		Name:    "no-rtc",
 		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
@@ -38,14 +38,14 @@ func TestAgentWithoutRealTimeClock(t *testing.T) {
 			t.Logf("agent log:\n%s", logs.String())
 		}
 	})
-	f.waitOnline("no-rtc")
+	f.WaitOnline("no-rtc")
 	for _, want := range []string{"device clock is before 2026-01-01", "device clock is off; using the fleet's time"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("agent log lacks %q", want)
 		}
 	}
-	u := f.login("alice", pw)
-	if out := u.tsh("ssh", "root@no-rtc", "echo", "ok"); out != "ok\n" {
+	u := f.Login("alice", pw)
+	if out := u.Tsh("ssh", "root@no-rtc", "echo", "ok"); out != "ok\n" {
 		t.Errorf("tsh ssh to a device without a clock = %q", out)
 	}
 }

@@ -49,11 +49,11 @@ func TestKubeBenchmark(t *testing.T) {
 		kc.KubectlAdmin(t, "", "-n", "team", "create", "configmap", fmt.Sprintf("bench-%d", i), "--from-literal=k=v")
 	}
 	f := startFleetArgs(t, nil, "--log-level", "warn")
-	f.ctl(kubeRoles, "roles", "create", "-f", "-")
-	alice := f.login("alice", f.addUser("alice", "access,kube-dev", "alice"))
-	f.startKubeAgent("pi-1", "k3s=yes", f.addr, kc.AdminKubeconfig)
+	f.Ctl(kubeRoles, "roles", "create", "-f", "-")
+	alice := f.Login("alice", f.AddUser("alice", "access,kube-dev", "alice"))
+	startKubeAgent(f, "pi-1", "k3s=yes", f.Addr, kc.AdminKubeconfig)
 	kcfg := filepath.Join(t.TempDir(), "config")
-	alice.tshKube(t, kcfg, "kube", "login", "pi-1")
+	tshKube(t, alice, kcfg, "kube", "login", "pi-1")
 
 	// kubectl get, whole runs.
 	kubectlRuns := func(env []string, args ...string) []time.Duration {
@@ -71,11 +71,11 @@ func TestKubeBenchmark(t *testing.T) {
 	}
 	direct := kubectlRuns([]string{"KUBECACHEDIR=" + filepath.Join(t.TempDir(), "cache")},
 		"--kubeconfig="+kc.AdminKubeconfig, "-n", "team", "get", "configmaps", "-o", "name")
-	fleet := kubectlRuns(alice.kubeEnv(kcfg), "-n", "team", "get", "configmaps", "-o", "name")
+	fleet := kubectlRuns(kubeEnv(alice, kcfg), "-n", "team", "get", "configmaps", "-o", "name")
 	creds := make([]time.Duration, 0, n)
 	for range n {
 		start := time.Now()
-		alice.tshKube(t, "", "kube", "credentials", "--proxy="+f.addr, "--user="+alice.name)
+		tshKube(t, alice, "", "kube", "credentials", "--proxy="+f.Addr, "--user="+alice.Name)
 		creds = append(creds, time.Since(start))
 	}
 
@@ -83,11 +83,11 @@ func TestKubeBenchmark(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(kc.CAPEM)
 	directClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: false, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
-	fleetClient := &http.Client{Transport: &http.Transport{TLSClientConfig: alice.tlsCreds(t)}}
+	fleetClient := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCreds(t, alice)}}
 	t.Cleanup(directClient.CloseIdleConnections)
 	t.Cleanup(fleetClient.CloseIdleConnections)
 	directURL := kc.URL + "/api/v1/namespaces/team/configmaps"
-	fleetURL := "https://" + f.addr + "/v1/kube/pi-1/api/v1/namespaces/team/configmaps"
+	fleetURL := "https://" + f.Addr + "/v1/kube/pi-1/api/v1/namespaces/team/configmaps"
 	get := func(c *http.Client, url string, token bool) time.Duration {
 		req, _ := http.NewRequest("GET", url, nil)
 		if token {

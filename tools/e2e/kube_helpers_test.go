@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +20,8 @@ import (
 
 	"remoteler.dev/edge/tools/kube/kubetest"
 	"remoteler.dev/edge/tools/linksim"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // The Kubernetes tests run a real kube-apiserver (tools/kube/kubetest) as
@@ -34,34 +35,17 @@ var kubectlOnce sync.Once
 func linkKubectl(t *testing.T, kc *kubetest.Cluster) {
 	t.Helper()
 	kubectlOnce.Do(func() {
-		if err := os.Symlink(kc.Kubectl, filepath.Join(bin, "kubectl")); err != nil {
+		if err := os.Symlink(kc.Kubectl, filepath.Join(string(bin), "kubectl")); err != nil {
 			t.Fatal(err)
 		}
 	})
 }
 
-// startFleetArgs starts fleetd on a free loopback port with extra flags and
-// environment.
-func startFleetArgs(t *testing.T, env []string, extra ...string) *fleet {
-	t.Helper()
-	f := &fleet{t: t, dataDir: t.TempDir()}
-	args := append([]string{"fleetd", "start", "--data-dir", f.dataDir, "--listen", "127.0.0.1:0", "--log-level", "debug"}, extra...)
-	f.proc = start(t, "fleetd", env, args...)
-	f.addr = f.proc.waitLine(listenRE, 30*time.Second)[1]
-	f.pin = f.proc.waitLine(pinRE, 5*time.Second)[1]
-	return f
-}
-
 // startKubeAgent joins a device that offers the cluster of kubeconfig
 // ("off" for none), dialling the fleet at addr (the fleet's own address,
 // or a link simulator's in front of it).
-func (f *fleet) startKubeAgent(name, labels, addr, kubeconfig string) *agent {
-	f.t.Helper()
-	a := &agent{name: name, dataDir: f.t.TempDir()}
-	a.proc = start(f.t, "edge-agent "+name, nil, "edge-agent", "start", "--fleet", addr, "--token", f.token(),
-		"--data-dir", a.dataDir, "--name", name, "--labels", labels, "--log-level", "debug", "--kubeconfig", kubeconfig)
-	f.waitOnline(name)
-	return a
+func startKubeAgent(f *harness.Fleet, name, labels, addr, kubeconfig string) *harness.Agent {
+	return f.StartAgentWith(harness.AgentConfig{Name: name, Labels: labels, Fleet: addr, Kubeconfig: kubeconfig})
 }
 
 // linkTo puts a link simulator in front of the fleet: UDP (tunnels) and
@@ -91,31 +75,31 @@ func linkTo(t *testing.T, fleetAddr string) (*linksim.Link, string) {
 
 // kubectl runs the test cluster's kubectl with the user's environment and
 // a kubeconfig.
-func (u *user) kubectl(kubeconfig, stdin string, args ...string) (string, string, error) {
-	return run(stdin, u.kubeEnv(kubeconfig), "kubectl", args...)
+func kubectlAs(u *harness.User, kubeconfig, stdin string, args ...string) (string, string, error) {
+	return run(stdin, kubeEnv(u, kubeconfig), "kubectl", args...)
 }
 
 // kubeEnv is the environment of the user's kubectl: their TSH_HOME, the
 // kubeconfig, and a discovery cache of their own (not in $HOME).
-func (u *user) kubeEnv(kubeconfig string) []string {
-	return append(u.env(), "KUBECONFIG="+kubeconfig, "KUBECACHEDIR="+filepath.Join(u.home, "kubecache"))
+func kubeEnv(u *harness.User, kubeconfig string) []string {
+	return append(u.Env(), "KUBECONFIG="+kubeconfig, "KUBECACHEDIR="+filepath.Join(u.Home, "kubecache"))
 }
 
 // mustKubectl is kubectl that fails t when kubectl fails.
-func (u *user) mustKubectl(t *testing.T, kubeconfig, stdin string, args ...string) string {
+func mustKubectl(t *testing.T, u *harness.User, kubeconfig, stdin string, args ...string) string {
 	t.Helper()
-	out, errOut, err := u.kubectl(kubeconfig, stdin, args...)
+	out, errOut, err := kubectlAs(u, kubeconfig, stdin, args...)
 	if err != nil {
-		t.Fatalf("kubectl %s as %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), u.name, err, out, errOut)
+		t.Fatalf("kubectl %s as %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), u.Name, err, out, errOut)
 	}
 	return out
 }
 
 // tshKube runs tsh with the kubeconfig in KUBECONFIG and fails t when
 // tsh fails.
-func (u *user) tshKube(t *testing.T, kubeconfig string, args ...string) string {
+func tshKube(t *testing.T, u *harness.User, kubeconfig string, args ...string) string {
 	t.Helper()
-	out, errOut, err := run("", u.kubeEnv(kubeconfig), "tsh", args...)
+	out, errOut, err := run("", kubeEnv(u, kubeconfig), "tsh", args...)
 	if err != nil {
 		t.Fatalf("tsh %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, errOut)
 	}
@@ -125,9 +109,9 @@ func (u *user) tshKube(t *testing.T, kubeconfig string, args ...string) string {
 // tlsCreds returns the user's fleet client certificate, as the exec
 // credential plugin (tsh kube credentials) hands it to kubectl, and a TLS
 // config that trusts the fleet.
-func (u *user) tlsCreds(t *testing.T) *tls.Config {
+func tlsCreds(t *testing.T, u *harness.User) *tls.Config {
 	t.Helper()
-	out := u.tshKube(t, "", "kube", "credentials", "--proxy="+u.f.addr, "--user="+u.name)
+	out := tshKube(t, u, "", "kube", "credentials", "--proxy="+u.Fleet.Addr, "--user="+u.Name)
 	var ec struct {
 		APIVersion, Kind string
 		Status           struct{ ClientCertificateData, ClientKeyData string }
@@ -139,7 +123,7 @@ func (u *user) tlsCreds(t *testing.T) *tls.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cas, err := os.ReadFile(filepath.Join(u.home, "keys", u.f.addr, u.name, "cas.pem"))
+	cas, err := os.ReadFile(filepath.Join(u.Home, "keys", u.Fleet.Addr, u.Name, "cas.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,14 +226,6 @@ func auditLine(out string, want ...string) string {
 		}
 	}
 	return ""
-}
-
-// waitLineAt waits for a stdout line matching re and returns when it
-// came.
-func (p *proc) waitLineAt(re *regexp.Regexp, timeout time.Duration) time.Time {
-	p.t.Helper()
-	p.waitLine(re, timeout)
-	return time.Now()
 }
 
 // dialFleet opens a TLS connection to the fleet with cfg.

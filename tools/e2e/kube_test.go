@@ -17,6 +17,8 @@ import (
 	"remoteler.dev/edge/fleet/kubeconfig"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/kube/kubetest"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 const kubeRoles = `kind: role
@@ -101,29 +103,29 @@ func TestKube(t *testing.T) {
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf("kube_service_account_dir: %s\nkube_cluster_name: home\nkube_cluster_labels: {kubernetes: in-cluster}\n", saDir)), 0o600)
 	host, port, _ := strings.Cut(strings.TrimPrefix(kc.URL, "https://"), ":")
 	f := startFleetArgs(t, []string{"KUBERNETES_SERVICE_HOST=" + host, "KUBERNETES_SERVICE_PORT=" + port}, "--config", cfgPath)
-	f.proc.waitOutput("offering the Kubernetes cluster fleetd runs in", 10*time.Second)
+	f.Proc.WaitOutput("offering the Kubernetes cluster fleetd runs in", 10*time.Second)
 
-	f.ctl(kubeRoles, "roles", "create", "-f", "-")
+	f.Ctl(kubeRoles, "roles", "create", "-f", "-")
 	// access gives alice a login: tsh login needs one today (see the report).
-	alice := f.login("alice", f.addUser("alice", "access,kube-dev,kube-home", "alice"))
-	bob := f.login("bob", f.addUser("bob", "access", "bob"))
+	alice := f.Login("alice", f.AddUser("alice", "access,kube-dev,kube-home", "alice"))
+	bob := f.Login("bob", f.AddUser("bob", "access", "bob"))
 
 	kcfg := filepath.Join(t.TempDir(), "kube", "config")
 	os.MkdirAll(filepath.Dir(kcfg), 0o700)
 	os.WriteFile(kcfg, []byte(otherKubeconfig), 0o600)
 	up := newUpgradeServer(t)
-	link, linkAddr := linkTo(t, f.addr)
-	f.startKubeAgent("pi-1", "k3s=yes", f.addr, kc.AdminKubeconfig)
-	f.startKubeAgent("pi-link", "k3s=yes", linkAddr, kc.AdminKubeconfig)
-	f.startKubeAgent("pi-up", "k3s=yes", f.addr, up.kubeconfig(t))
-	f.startKubeAgent("pi-none", "k3s=yes", f.addr, "off")
+	link, linkAddr := linkTo(t, f.Addr)
+	startKubeAgent(f, "pi-1", "k3s=yes", f.Addr, kc.AdminKubeconfig)
+	startKubeAgent(f, "pi-link", "k3s=yes", linkAddr, kc.AdminKubeconfig)
+	startKubeAgent(f, "pi-up", "k3s=yes", f.Addr, up.kubeconfig(t))
+	startKubeAgent(f, "pi-none", "k3s=yes", f.Addr, "off")
 	kubectl := func(t *testing.T, args ...string) string {
 		t.Helper()
-		return alice.mustKubectl(t, kcfg, "", args...)
+		return mustKubectl(t, alice, kcfg, "", args...)
 	}
 
 	t.Run("devices advertise kube", func(t *testing.T) {
-		for _, d := range f.devices() {
+		for _, d := range f.Devices() {
 			want := d.Name != "pi-none"
 			if got := slices.Contains(d.Services, "kube"); got != want {
 				t.Errorf("device %s services %q: offers kube %v, want %v", d.Name, d.Services, got, want)
@@ -132,12 +134,12 @@ func TestKube(t *testing.T) {
 	})
 
 	t.Run("kube ls", func(t *testing.T) {
-		var got []api.KubeCluster
-		if err := json.Unmarshal([]byte(alice.tshKube(t, kcfg, "kube", "ls", "--format=json")), &got); err != nil {
+		var got api.List[api.KubeCluster]
+		if err := json.Unmarshal([]byte(tshKube(t, alice, kcfg, "kube", "ls", "--format=json")), &got); err != nil {
 			t.Fatal(err)
 		}
 		var names []string
-		for _, k := range got {
+		for _, k := range got.Items {
 			names = append(names, k.Name)
 			if !slices.Equal(k.Groups, []string{"developers"}) {
 				t.Errorf("%s: groups %q, want developers", k.Name, k.Groups)
@@ -146,13 +148,13 @@ func TestKube(t *testing.T) {
 		if want := []string{"home", "pi-1", "pi-link", "pi-up"}; !slices.Equal(names, want) {
 			t.Errorf("alice's clusters %q, want %q", names, want)
 		}
-		if _, errOut, _ := run("", bob.kubeEnv(kcfg), "tsh", "kube", "ls"); !strings.Contains(errOut, "No Kubernetes cluster") {
+		if _, errOut, _ := run("", kubeEnv(bob, kcfg), "tsh", "kube", "ls"); !strings.Contains(errOut, "No Kubernetes cluster") {
 			t.Errorf("bob's tsh kube ls: %q, want no cluster", errOut)
 		}
 	})
 
 	t.Run("login keeps other contexts", func(t *testing.T) {
-		out := alice.tshKube(t, kcfg, "kube", "login", "pi-1")
+		out := tshKube(t, alice, kcfg, "kube", "login", "pi-1")
 		if !strings.Contains(out, "Logged in to Kubernetes cluster pi-1 as alice") {
 			t.Errorf("tsh kube login: %q", out)
 		}
@@ -170,10 +172,10 @@ func TestKube(t *testing.T) {
 			t.Errorf("get c1: %q, want v1", got)
 		}
 		cm := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c2, namespace: team}\ndata: {k: v2}\n"
-		if out := alice.mustKubectl(t, kcfg, cm, "apply", "-f", "-"); !strings.Contains(out, "configmap/c2 created") {
+		if out := mustKubectl(t, alice, kcfg, cm, "apply", "-f", "-"); !strings.Contains(out, "configmap/c2 created") {
 			t.Errorf("apply: %q", out)
 		}
-		if out := alice.mustKubectl(t, kcfg, cm, "apply", "-f", "-"); !strings.Contains(out, "configmap/c2 unchanged") {
+		if out := mustKubectl(t, alice, kcfg, cm, "apply", "-f", "-"); !strings.Contains(out, "configmap/c2 unchanged") {
 			t.Errorf("apply again: %q", out)
 		}
 		if out := kubectl(t, "-n", "team", "get", "configmaps", "-o", "name"); !strings.Contains(out, "configmap/c1") || !strings.Contains(out, "configmap/c2") {
@@ -194,7 +196,7 @@ func TestKube(t *testing.T) {
 			t.Errorf("can-i list configmaps: %q, want yes", out)
 		}
 		for _, args := range [][]string{{"list", "secrets", "-n", "team"}, {"create", "deployments", "-n", "team"}, {"list", "configmaps", "-n", "default"}} {
-			out, _, err := alice.kubectl(kcfg, "", append([]string{"auth", "can-i"}, args...)...)
+			out, _, err := kubectlAs(alice, kcfg, "", append([]string{"auth", "can-i"}, args...)...)
 			if err == nil || strings.TrimSpace(out) != "no" {
 				t.Errorf("can-i %s: %q %v, want no", strings.Join(args, " "), out, err)
 			}
@@ -202,7 +204,7 @@ func TestKube(t *testing.T) {
 	})
 
 	t.Run("cluster RBAC decides", func(t *testing.T) {
-		_, errOut, err := alice.kubectl(kcfg, "", "-n", "team", "get", "secrets")
+		_, errOut, err := kubectlAs(alice, kcfg, "", "-n", "team", "get", "secrets")
 		if err == nil || !strings.Contains(errOut, "Forbidden") || !strings.Contains(errOut, `User "alice" cannot list resource "secrets"`) {
 			t.Errorf("get secrets: %v %q, want the cluster's refusal for alice", err, errOut)
 		}
@@ -214,7 +216,7 @@ func TestKube(t *testing.T) {
 			{"--as=alice", "--as-group=system:masters", "get", "secrets", "-n", "team"},
 			{"--as=alice", "--as-uid=0", "get", "configmaps", "-n", "team"},
 		} {
-			_, errOut, err := alice.kubectl(kcfg, "", args...)
+			_, errOut, err := kubectlAs(alice, kcfg, "", args...)
 			if err == nil || !strings.Contains(errOut, "Forbidden") {
 				t.Errorf("kubectl %s: %v %q, want the fleet's refusal", strings.Join(args, " "), err, errOut)
 			}
@@ -226,19 +228,19 @@ func TestKube(t *testing.T) {
 	})
 
 	t.Run("refused without kubernetes groups", func(t *testing.T) {
-		if _, errOut, err := run("", bob.kubeEnv(filepath.Join(t.TempDir(), "config")), "tsh", "kube", "login", "pi-1"); err == nil || !strings.Contains(errOut, "no Kubernetes cluster") {
+		if _, errOut, err := run("", kubeEnv(bob, filepath.Join(t.TempDir(), "config")), "tsh", "kube", "login", "pi-1"); err == nil || !strings.Contains(errOut, "no Kubernetes cluster") {
 			t.Errorf("bob's tsh kube login: %v %q, want a refusal", err, errOut)
 		}
 		bobCfg := filepath.Join(t.TempDir(), "config")
 		handEntry(t, bob, bobCfg, "pi-1")
-		_, errOut, err := bob.kubectl(bobCfg, "", "-n", "team", "get", "configmaps")
+		_, errOut, err := kubectlAs(bob, bobCfg, "", "-n", "team", "get", "configmaps")
 		if err == nil || !strings.Contains(errOut, "Forbidden") || !strings.Contains(errOut, "no role gives Kubernetes users or groups") {
 			t.Errorf("bob's kubectl: %v %q, want the fleet's refusal", err, errOut)
 		}
 		// A device that does not offer Kubernetes.
 		noneCfg := filepath.Join(t.TempDir(), "config")
 		handEntry(t, alice, noneCfg, "pi-none")
-		_, errOut, err = alice.kubectl(noneCfg, "", "get", "configmaps")
+		_, errOut, err = kubectlAs(alice, noneCfg, "", "get", "configmaps")
 		if err == nil || !strings.Contains(errOut, "does not offer Kubernetes") {
 			t.Errorf("kubectl to pi-none: %v %q, want not found", err, errOut)
 		}
@@ -248,47 +250,48 @@ func TestKube(t *testing.T) {
 		// kubectl lists, then watches from the list's version: once w0 is
 		// listed, every later change is reported.
 		kc.KubectlAdmin(t, "", "-n", "team", "create", "configmap", "w0")
-		w := start(t, "kubectl watch", alice.kubeEnv(kcfg), "kubectl", "-n", "team", "get", "configmaps", "--watch", "-o", "name")
-		w.waitLine(regexp.MustCompile(`^configmap/w0$`), 30*time.Second)
+		w := start(t, "kubectl watch", kubeEnv(alice, kcfg), "kubectl", "-n", "team", "get", "configmaps", "--watch", "-o", "name")
+		w.WaitLine(regexp.MustCompile(`^configmap/w0$`), 30*time.Second)
 		kc.KubectlAdmin(t, "", "-n", "team", "create", "configmap", "w1")
-		w.waitLine(regexp.MustCompile(`^configmap/w1$`), 30*time.Second)
+		w.WaitLine(regexp.MustCompile(`^configmap/w1$`), 30*time.Second)
 	})
 
 	t.Run("watch survives a link blackout", func(t *testing.T) {
-		alice.tshKube(t, kcfg, "kube", "login", "pi-link")
+		tshKube(t, alice, kcfg, "kube", "login", "pi-link")
 		kc.KubectlAdmin(t, "", "-n", "team", "create", "configmap", "b0")
-		w := start(t, "kubectl watch (pi-link)", alice.kubeEnv(kcfg), "kubectl", "-n", "team", "get", "configmaps", "--watch", "-o", "name")
-		w.waitLine(regexp.MustCompile(`^configmap/b0$`), 30*time.Second)
+		w := start(t, "kubectl watch (pi-link)", kubeEnv(alice, kcfg), "kubectl", "-n", "team", "get", "configmaps", "--watch", "-o", "name")
+		w.WaitLine(regexp.MustCompile(`^configmap/b0$`), 30*time.Second)
 		const outage = 8 * time.Second
 		link.Blackout(outage)
 		link.Rebind() // and the NAT forgets the device's mapping
 		back := time.Now().Add(outage)
 		kc.KubectlAdmin(t, "", "-n", "team", "create", "configmap", "b1")
-		at := w.waitLineAt(regexp.MustCompile(`^configmap/b1$`), 60*time.Second)
+		l, _ := w.WaitLineAt(regexp.MustCompile(`^configmap/b1$`), 60*time.Second)
+		at := l.At
 		if at.Before(back) {
 			t.Errorf("event arrived %s before the link came back: the blackout did not hold", back.Sub(at))
 		}
 		t.Logf("event delivered %s after the link came back", at.Sub(back).Round(time.Millisecond))
 		select {
-		case <-w.done:
+		case <-w.Done():
 			t.Fatalf("the watch ended: %s", w.Output())
 		default:
 		}
 		kc.KubectlAdmin(t, "", "-n", "team", "create", "configmap", "b2")
-		w.waitLine(regexp.MustCompile(`^configmap/b2$`), 30*time.Second)
+		w.WaitLine(regexp.MustCompile(`^configmap/b2$`), 30*time.Second)
 	})
 
 	t.Run("upgrades carry bytes both ways", func(t *testing.T) {
-		alice.tshKube(t, kcfg, "kube", "login", "pi-up")
-		creds := alice.tlsCreds(t)
+		tshKube(t, alice, kcfg, "kube", "login", "pi-up")
+		creds := tlsCreds(t, alice)
 		for _, tc := range []struct{ name, headers string }{
 			{"spdy", "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"},
 			{"websocket", "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				conn := dialFleet(t, f.addr, creds)
+				conn := dialFleet(t, f.Addr, creds)
 				fmt.Fprintf(conn, "POST /v1/kube/pi-up/api/v1/namespaces/team/pods/p/exec?command=sh&stdin=true&stdout=true HTTP/1.1\r\n"+
-					"Host: %s\r\nConnection: Upgrade\r\nImpersonate-Group: developers\r\nAuthorization: Bearer not-for-the-device\r\n%s\r\n", f.addr, tc.headers)
+					"Host: %s\r\nConnection: Upgrade\r\nImpersonate-Group: developers\r\nAuthorization: Bearer not-for-the-device\r\n%s\r\n", f.Addr, tc.headers)
 				br := bufio.NewReader(conn)
 				resp, err := http.ReadResponse(br, nil)
 				if err != nil {
@@ -320,31 +323,31 @@ func TestKube(t *testing.T) {
 				t.Errorf("behind the agent: %v, want alice in developers with the device's token", h)
 			}
 		}
-		f.proc.waitOutput("event=kube.session.end", 10*time.Second)
-		if auditLine(f.proc.Output(), "event=kube.session.start", "user=alice", "device=pi-up", "resource=pods", "subresource=exec") == "" {
+		f.Proc.WaitOutput("event=kube.session.end", 10*time.Second)
+		if auditLine(f.Proc.Output(), "event=kube.session.start", "user=alice", "device=pi-up", "resource=pods", "subresource=exec") == "" {
 			t.Errorf("no session start audit line for the exec")
 		}
 	})
 
 	t.Run("the cluster fleetd runs in", func(t *testing.T) {
-		alice.tshKube(t, kcfg, "kube", "login", "home")
+		tshKube(t, alice, kcfg, "kube", "login", "home")
 		kubectl(t, "-n", "team", "create", "configmap", "h1")
 		if out := kubectl(t, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"); out != "alice" {
 			t.Errorf("whoami in the fleet's cluster: %q", out)
 		}
-		if _, errOut, err := alice.kubectl(kcfg, "", "-n", "team", "get", "secrets"); err == nil || !strings.Contains(errOut, `User "alice" cannot list`) {
+		if _, errOut, err := kubectlAs(alice, kcfg, "", "-n", "team", "get", "secrets"); err == nil || !strings.Contains(errOut, `User "alice" cannot list`) {
 			t.Errorf("get secrets: %v %q, want the cluster's refusal", err, errOut)
 		}
 	})
 
 	t.Run("audit", func(t *testing.T) {
-		out := f.proc.Output()
+		out := f.Proc.Output()
 		for _, want := range [][]string{
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=create", "namespace=team", "resource=configmaps", "code=201"},
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=list", "namespace=team", "resource=configmaps", "code=200"},
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=delete", "namespace=team", "resource=configmaps", "name=c1", "code=200"},
 			{"event=kube.request", "user=alice", "device=pi-1", "verb=list", "namespace=team", "resource=secrets", "code=403"},
-			{"event=kube.request", "user=alice", "device=pi-link", "verb=watch", "resource=configmaps"},
+			{"event=kube.session.start", "user=alice", "device=pi-link", "verb=watch", "resource=configmaps", "kind=watch"},
 			{"event=kube.request", "user=alice", "device=home", "verb=create", "resource=configmaps", "code=201"},
 			{"event=access.denied", "user=bob", "device=pi-1", "service=kube"},
 		} {
@@ -364,7 +367,7 @@ func TestKube(t *testing.T) {
 	})
 
 	t.Run("logout removes what tsh added", func(t *testing.T) {
-		alice.tshKube(t, kcfg, "logout")
+		tshKube(t, alice, kcfg, "logout")
 		b, _ := os.ReadFile(kcfg)
 		if strings.Contains(string(b), "fleet-") || !strings.Contains(string(b), "keep-me") {
 			t.Errorf("kubeconfig after tsh logout:\n%s\nwant only the prod context", b)
@@ -375,16 +378,16 @@ func TestKube(t *testing.T) {
 // handEntry writes a kubeconfig entry for cluster name by hand, as tsh kube
 // login would but without asking the fleet, to send requests the fleet
 // must refuse.
-func handEntry(t *testing.T, u *user, path, name string) {
+func handEntry(t *testing.T, u *harness.User, path, name string) {
 	t.Helper()
-	cas, err := os.ReadFile(filepath.Join(u.home, "keys", u.f.addr, u.name, "cas.pem"))
+	cas, err := os.ReadFile(filepath.Join(u.Home, "keys", u.Fleet.Addr, u.Name, "cas.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = kubeconfig.Add([]string{path}, kubeconfig.Entry{
-		Name: "x", Server: "https://" + u.f.addr + api.PathKube + "/" + name, CAData: cas,
-		Command: filepath.Join(bin, "tsh"), Args: []string{"kube", "credentials", "--proxy=" + u.f.addr, "--user=" + u.name},
-		Env: map[string]string{"TSH_HOME": u.home},
+		Name: "x", Server: "https://" + u.Fleet.Addr + api.PathKube + "/" + name, CAData: cas,
+		Command: filepath.Join(string(bin), "tsh"), Args: []string{"kube", "credentials", "--proxy=" + u.Fleet.Addr, "--user=" + u.Name},
+		Env: map[string]string{"TSH_HOME": u.Home},
 	}, true)
 	if err != nil {
 		t.Fatal(err)

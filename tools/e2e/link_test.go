@@ -12,27 +12,38 @@ import (
 
 	"github.com/creack/pty"
 
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/linksim"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // behindLink restarts agent a with its tunnel going through a linksim link
 // towards the fleet, and waits until it is online again.
-func behindLink(t *testing.T, f *fleet, a *agent, cfg linksim.Config) *linksim.Link {
+func behindLink(t *testing.T, f *harness.Fleet, a *harness.Agent, cfg linksim.Config) *linksim.Link {
 	t.Helper()
-	a.proc.Stop()
+	a.Proc.Stop()
+	link, relay := udpRelay(t, f, cfg)
+	a.Proc = start(t, "edge-agent "+a.Name+" (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", a.DataDir, "--fleet", relay, "--log-level", "debug")
+	f.WaitOnline(a.Name)
+	return link
+}
+
+// udpRelay starts a linksim link with a UDP relay to the fleet, closed at
+// the end of the test, and returns the link and the relay's address.
+func udpRelay(t *testing.T, f *harness.Fleet, cfg linksim.Config) (*linksim.Link, string) {
+	t.Helper()
 	link, err := linksim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.addr)
+	relay, err := link.ListenUDP("127.0.0.1:0", f.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.proc = start(t, "edge-agent "+a.name+" (behind linksim)", nil, "edge-agent", "start",
-		"--data-dir", a.dataDir, "--fleet", relay.Addr().String(), "--log-level", "debug")
-	f.waitOnline(a.name)
-	return link
+	return link, relay.Addr().String()
 }
 
 // TestInteractiveOpenSSHThroughBlackoutAndMove: a real OpenSSH session on
@@ -55,7 +66,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 	go io.Copy(out, tty)
 	expect := func(s string, within time.Duration) {
 		t.Helper()
-		if !eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
+		if !harness.Eventually(within, func() bool { return strings.Contains(out.String(), s) }) {
 			t.Fatalf("no %q within %v; screen:\n%s", s, within, out.String())
 		}
 	}
@@ -64,7 +75,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 
 	link.Blackout(60 * time.Second)
 	io.WriteString(tty, "echo c$((2+2))d\r") // typed during the blackout
-	if !eventually(75*time.Second, func() bool { return !link.Out() }) {
+	if !harness.Eventually(75*time.Second, func() bool { return !link.Out() }) {
 		t.Fatal("the blackout did not end")
 	}
 	if err := link.MoveTo(netip.MustParseAddr("127.0.0.2")); err != nil {
@@ -81,7 +92,7 @@ func TestInteractiveOpenSSHThroughBlackoutAndMove(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("ssh exit: %v", err)
 	}
-	dev := f.devices()[0]
+	dev := f.Devices()[0]
 	if !strings.HasPrefix(dev.Addr, "127.0.0.2:") {
 		t.Errorf("fleet sees the device at %s, want 127.0.0.2", dev.Addr)
 	}
@@ -113,7 +124,7 @@ func TestScpThroughLossAndBlackouts(t *testing.T) {
 		n := 0
 		defer func() { blackouts <- n }()
 		for _, at := range []uint64{5 << 20, 10 << 20} {
-			if !eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
+			if !harness.Eventually(5*time.Minute, func() bool { return link.Stats().Down.Forwarded.Bytes-base > at }) {
 				return
 			}
 			link.Blackout(5 * time.Second)
@@ -147,4 +158,57 @@ func TestScpThroughLossAndBlackouts(t *testing.T) {
 		t.Fatal("scp down: checksum differs")
 	}
 	os.Remove(remote)
+}
+
+// TestLossLeavesOutBlackouts: a session sends to a device on a link that
+// loses nothing but goes dark for 8 s. The fleet sees the blackout, and the
+// LOSS of tsh ls -v does not count the packets it swallowed.
+func TestLossLeavesOutBlackouts(t *testing.T) {
+	f, a, u := setup(t)
+	clean := linksim.Profile{Name: "clean"}.Both(func(i *linksim.Impairment) { i.Delay = 20 * time.Millisecond })
+	link := behindLink(t, f, a, linksim.Config{Profile: clean, Seed: 3})
+
+	cmd := exec.Command(bin.Path("tsh"), "ssh", "root@pi-1", "cat > /dev/null")
+	cmd.Env = append(os.Environ(), u.Env()...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	chunk := strings.Repeat("x", 1000)
+	send := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			if _, err := io.WriteString(in, chunk); err != nil {
+				t.Fatalf("write to tsh ssh: %v\n%s", err, out.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	send(5 * time.Second)
+	link.Blackout(8 * time.Second)
+	send(15 * time.Second)
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tsh ssh: %v\n%s", err, out.String())
+	}
+	var dev api.Device
+	if !harness.Eventually(10*time.Second, func() bool {
+		for _, d := range f.Devices() {
+			if d.Name == "pi-1" && d.Link.Blackouts > 0 {
+				dev = d
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the fleet saw no blackout: %+v", f.Devices())
+	}
+	if dev.Link.LossPercent > 0.5 {
+		t.Errorf("LOSS is %.2f%% on a link that lost packets only in its blackout", dev.Link.LossPercent)
+	}
+	t.Logf("link after the blackout: %+v", dev.Link)
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"remoteler.dev/edge/firmware/identity"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 const southRole = `kind: role
@@ -40,13 +42,13 @@ func TestAccessRefusals(t *testing.T) {
 	f, _, alice := setup(t)
 	rolePath := filepath.Join(t.TempDir(), "roles.yaml")
 	os.WriteFile(rolePath, []byte(southRole+"---\n"+noRootRole), 0o600)
-	f.ctl("", "roles", "create", "-f", rolePath)
-	bob := f.login("bob", f.addUser("bob", "south-only", ""))
-	carol := f.login("carol", f.addUser("carol", "access,no-root", "root,nobody"))
+	f.Ctl("", "roles", "create", "-f", rolePath)
+	bob := f.Login("bob", f.AddUser("bob", "south-only", ""))
+	carol := f.Login("carol", f.AddUser("carol", "access,no-root", "root,nobody"))
 
 	tests := []struct {
 		name    string
-		u       *user
+		u       *harness.User
 		target  string
 		wantMsg string // what the user reads
 		wantLog string // what fleetd's audit log says
@@ -57,34 +59,34 @@ func TestAccessRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, errOut, err := tt.u.tshErr("", "ssh", tt.target, "echo", "hi")
+			out, errOut, err := tt.u.TshErr("", "ssh", tt.target, "echo", "hi")
 			if err == nil || strings.Contains(out, "hi") {
 				t.Fatalf("ssh %s succeeded: %q", tt.target, out)
 			}
 			if !strings.Contains(errOut, tt.wantMsg) {
 				t.Errorf("message = %q, want it to contain %q", errOut, tt.wantMsg)
 			}
-			f.proc.waitOutput(tt.wantLog, 5*time.Second)
+			f.Proc.WaitOutput(tt.wantLog, 5*time.Second)
 		})
 	}
 	// Deny takes away only what it names: the fleet lets carol in as
 	// nobody (whose nologin shell then ends the session on the device).
-	carol.tshErr("", "ssh", "nobody@pi-1", "true")
-	f.proc.waitOutput(`msg="session started" logger=audit user=carol device=pi-1 login=nobody`, 5*time.Second)
+	carol.TshErr("", "ssh", "nobody@pi-1", "true")
+	f.Proc.WaitOutput(`msg="session started" logger=audit user=carol device=pi-1 login=nobody`, 5*time.Second)
 }
 
 func TestExpiredCertificate(t *testing.T) {
 	f, _, _ := setup(t)
-	pw := f.addUser("dave", "access", "root")
-	dave := f.login("dave", pw, "--ttl=3s")
-	if out := dave.tsh("ssh", "root@pi-1", "echo", "ok"); out != "ok\n" {
+	pw := f.AddUser("dave", "access", "root")
+	dave := f.Login("dave", pw, "--ttl=3s")
+	if out := dave.Tsh("ssh", "root@pi-1", "echo", "ok"); out != "ok\n" {
 		t.Fatalf("before expiry: %q", out)
 	}
 	deadline := time.Now().Add(4 * time.Second)
 	for time.Now().Before(deadline) {
 		time.Sleep(time.Until(deadline)) // waiting for the clock itself: the certificate's lifetime
 	}
-	_, errOut, err := dave.tshErr("", "ssh", "root@pi-1", "echo", "ok")
+	_, errOut, err := dave.TshErr("", "ssh", "root@pi-1", "echo", "ok")
 	if err == nil {
 		t.Fatal("ssh with an expired certificate succeeded")
 	}
@@ -116,32 +118,32 @@ func TestUnknownHostKeyRefusedByOpenSSH(t *testing.T) {
 func TestJoinTokenRefusals(t *testing.T) {
 	f := startFleet(t)
 	t.Run("used up", func(t *testing.T) {
-		tok := f.token("--uses=1")
-		a := start(t, "agent-a", nil, "edge-agent", "start", "--fleet", f.addr, "--token", tok, "--data-dir", t.TempDir(), "--name", "dev-a")
-		f.waitOnline("dev-a")
-		out, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.addr, "--token", tok, "--data-dir", t.TempDir(), "--name", "dev-b")
+		tok := f.Token("--uses=1")
+		a := start(t, "agent-a", nil, "edge-agent", "start", "--fleet", f.Addr, "--token", tok, "--data-dir", t.TempDir(), "--name", "dev-a")
+		f.WaitOnline("dev-a")
+		out, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.Addr, "--token", tok, "--data-dir", t.TempDir(), "--name", "dev-b")
 		if err == nil {
 			t.Fatalf("second join with a one-use token succeeded: %s", out)
 		}
 		if !strings.Contains(errOut, "no uses left") {
 			t.Errorf("agent said %q, want no uses left", errOut)
 		}
-		f.proc.waitOutput("join refused", 5*time.Second)
+		f.Proc.WaitOutput("join refused", 5*time.Second)
 		a.Stop()
 	})
 	t.Run("expired", func(t *testing.T) {
-		tok := f.token("--ttl=1s")
+		tok := f.Token("--ttl=1s")
 		deadline := time.Now().Add(1500 * time.Millisecond)
 		time.Sleep(time.Until(deadline)) // waiting for the clock itself: the token's lifetime
-		_, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.addr, "--token", tok, "--data-dir", t.TempDir(), "--name", "dev-c")
+		_, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.Addr, "--token", tok, "--data-dir", t.TempDir(), "--name", "dev-c")
 		if err == nil || !strings.Contains(errOut, "expired") {
 			t.Errorf("join with an expired token: err = %v, said %q; want an expiry message", err, errOut)
 		}
 	})
 	t.Run("wrong pin", func(t *testing.T) {
-		tok := f.token()
+		tok := f.Token()
 		bad := tok[:strings.Index(tok, "@")] + "@sha256:" + strings.Repeat("0", 64)
-		_, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.addr, "--token", bad, "--data-dir", t.TempDir(), "--name", "dev-d")
+		_, errOut, err := run("", nil, "edge-agent", "start", "--fleet", f.Addr, "--token", bad, "--data-dir", t.TempDir(), "--name", "dev-d")
 		if err == nil || !strings.Contains(errOut, "does not match the pin") {
 			t.Errorf("join with a wrong pin: err = %v, said %q", err, errOut)
 		}
@@ -150,12 +152,12 @@ func TestJoinTokenRefusals(t *testing.T) {
 
 func TestDeviceClaimingAnotherIdentity(t *testing.T) {
 	f := startFleet(t)
-	a := f.startAgent("pi-1", "")
-	a.proc.Stop()
+	a := f.StartAgent("pi-1", "")
+	a.Proc.Stop()
 	// A second device that copied pi-1's keys and certificate but calls
 	// itself pi-2.
 	dir := t.TempDir()
-	data, err := os.ReadFile(filepath.Join(a.dataDir, "agent.db"))
+	data, err := os.ReadFile(filepath.Join(a.DataDir, "agent.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,10 +175,10 @@ func TestDeviceClaimingAnotherIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
-	imp := start(t, "impostor", nil, "edge-agent", "start", "--fleet", f.addr, "--data-dir", dir)
-	imp.waitOutput(`belongs to device \"pi-1\", not \"pi-2\"`, 20*time.Second)
-	f.proc.waitOutput("hello names another device", 5*time.Second)
-	for _, d := range f.devices() {
+	imp := start(t, "impostor", nil, "edge-agent", "start", "--fleet", f.Addr, "--data-dir", dir)
+	imp.WaitOutput(`belongs to device \"pi-1\", not \"pi-2\"`, 20*time.Second)
+	f.Proc.WaitOutput("hello names another device", 5*time.Second)
+	for _, d := range f.Devices() {
 		if d.Online {
 			t.Errorf("device %s is online, want none", d.Name)
 		}
@@ -187,12 +189,12 @@ func TestDeviceClaimingAnotherIdentity(t *testing.T) {
 // who only uses Kubernetes) can log in; tsh ssh then says why it cannot.
 func TestLoginWithoutSSHLogins(t *testing.T) {
 	f := startFleet(t)
-	f.startAgent("pi-1", "")
-	erin := f.login("erin", f.addUser("erin", "access", ""))
-	if out := erin.tsh("status"); !strings.Contains(out, "erin") {
+	f.StartAgent("pi-1", "")
+	erin := f.Login("erin", f.AddUser("erin", "access", ""))
+	if out := erin.Tsh("status"); !strings.Contains(out, "erin") {
 		t.Errorf("tsh status = %q", out)
 	}
-	_, errOut, err := erin.tshErr("", "ssh", "root@pi-1", "true")
+	_, errOut, err := erin.TshErr("", "ssh", "root@pi-1", "true")
 	if err == nil || !strings.Contains(errOut, "no SSH logins") {
 		t.Errorf("tsh ssh: err = %v, said %q; want it to say there are no SSH logins", err, errOut)
 	}

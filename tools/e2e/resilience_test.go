@@ -16,33 +16,35 @@ import (
 
 	"remoteler.dev/edge/firmware/identity"
 	"remoteler.dev/edge/proto"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 func TestFleetRestartKeepsStateAndAgentReconnects(t *testing.T) {
 	f, a, u := setup(t)
-	pinBefore := f.pin
-	f.restart()
-	if f.pin != pinBefore {
-		t.Errorf("CA pin changed across restart: %s then %s", pinBefore, f.pin)
+	pinBefore := f.Pin
+	f.Restart()
+	if f.Pin != pinBefore {
+		t.Errorf("CA pin changed across restart: %s then %s", pinBefore, f.Pin)
 	}
-	f.waitOnline("pi-1")
+	f.WaitOnline("pi-1")
 	// The login from before the restart still works: users and CAs kept.
-	if out := u.tsh("ssh", "root@pi-1", "echo", "again"); out != "again\n" {
+	if out := u.Tsh("ssh", "root@pi-1", "echo", "again"); out != "again\n" {
 		t.Errorf("after restart: %q", out)
 	}
-	if !strings.Contains(f.ctl("", "users", "ls"), "alice") {
+	if !strings.Contains(f.Ctl("", "users", "ls"), "alice") {
 		t.Error("user alice lost across restart")
 	}
-	if strings.Contains(a.proc.Output(), "joining the fleet") && strings.Count(a.proc.Output(), "joining the fleet") > 1 {
+	if strings.Contains(a.Proc.Output(), "joining the fleet") && strings.Count(a.Proc.Output(), "joining the fleet") > 1 {
 		t.Error("agent joined again instead of reconnecting")
 	}
 }
 
 // agentTLS returns a QUIC client config with a joined device's identity.
-func agentTLS(t *testing.T, a *agent) *tls.Config {
+func agentTLS(t *testing.T, a *harness.Agent) *tls.Config {
 	t.Helper()
-	a.proc.Stop() // release agent.db
-	st, err := identity.Open(filepath.Join(a.dataDir, "agent.db"), time.Second)
+	a.Proc.Stop() // release agent.db
+	st, err := identity.Open(filepath.Join(a.DataDir, "agent.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +67,7 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 
 	t.Run("https garbage", func(t *testing.T) {
 		for _, junk := range []string{"\x16\x03\x01\xff\xff garbage", "GET / HTTP/1.1\r\n\r\n", strings.Repeat("\x00", 70000)} {
-			c, err := net.Dial("tcp", f.addr)
+			c, err := net.Dial("tcp", f.Addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -83,7 +85,7 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 	t.Run("https oversized header", func(t *testing.T) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 		defer tr.CloseIdleConnections()
-		req, _ := http.NewRequest("GET", "https://"+f.addr+"/v1/ping", nil)
+		req, _ := http.NewRequest("GET", "https://"+f.Addr+"/v1/ping", nil)
 		req.Header.Set("X-Big", strings.Repeat("a", 200<<10))
 		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
 		if err == nil {
@@ -96,7 +98,7 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 	t.Run("https bad json", func(t *testing.T) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("https://"+f.addr+"/v1/login", "application/json", strings.NewReader(`{"user": [1,2,`))
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("https://"+f.Addr+"/v1/login", "application/json", strings.NewReader(`{"user": [1,2,`))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +108,7 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 		}
 	})
 	t.Run("udp garbage", func(t *testing.T) {
-		c, err := net.Dial("udp", f.addr)
+		c, err := net.Dial("udp", f.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +129,7 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 		t.Run("quic "+fr.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			qc, err := quic.DialAddr(ctx, f.addr, tlsConf, nil)
+			qc, err := quic.DialAddr(ctx, f.Addr, tlsConf, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,12 +146,12 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 			}
 		})
 	}
-	f.proc.waitOutput("bad hello", 5*time.Second)
+	f.Proc.WaitOutput("bad hello", 5*time.Second)
 
 	// fleetd still serves: the agent comes back and ssh works.
-	a.proc = start(t, "edge-agent pi-1 (again)", nil, "edge-agent", "start", "--data-dir", a.dataDir)
-	f.waitOnline("pi-1")
-	if out := u.tsh("ssh", "root@pi-1", "echo", "still"); out != "still\n" {
+	a.Proc = start(t, "edge-agent pi-1 (again)", nil, "edge-agent", "start", "--data-dir", a.DataDir)
+	f.WaitOnline("pi-1")
+	if out := u.Tsh("ssh", "root@pi-1", "echo", "still"); out != "still\n" {
 		t.Errorf("after malformed input: %q", out)
 	}
 }
@@ -159,20 +161,20 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 // of a bare disconnect.
 func TestSessionEndExplained(t *testing.T) {
 	f, a, u := setup(t)
-	ssh := start(t, "tsh ssh", u.env(), "tsh", "ssh", "root@pi-1", "echo started; sleep 600")
-	ssh.waitLine(regexp.MustCompile(`^started$`), 20*time.Second)
-	a.proc.Kill()
-	a.proc = start(t, "edge-agent pi-1 (restarted)", nil, "edge-agent", "start", "--data-dir", a.dataDir)
+	ssh := start(t, "tsh ssh", u.Env(), "tsh", "ssh", "root@pi-1", "echo started; sleep 600")
+	ssh.WaitLine(regexp.MustCompile(`^started$`), 20*time.Second)
+	a.Proc.Kill()
+	a.Proc = start(t, "edge-agent pi-1 (restarted)", nil, "edge-agent", "start", "--data-dir", a.DataDir)
 	select {
-	case <-ssh.done:
+	case <-ssh.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatal("tsh ssh still runs after the agent restarted")
 	}
-	if code := ssh.cmd.ProcessState.ExitCode(); code != 255 {
+	if code := harness.ExitCode(ssh.Err()); code != 255 {
 		t.Errorf("tsh ssh exit code = %d, want 255", code)
 	}
 	if out := ssh.Output(); !strings.Contains(out, "agent restarted") {
 		t.Errorf("tsh said %q, want it to explain that the agent restarted", out)
 	}
-	f.proc.waitOutput("agent restarted", 5*time.Second)
+	f.Proc.WaitOutput("agent restarted", 5*time.Second)
 }

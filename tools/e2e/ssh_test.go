@@ -14,47 +14,49 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // setup starts a fleet with one device, pi-1 (site=north), and a user
 // alice (role access, login root) logged in with tsh.
-func setup(t *testing.T) (*fleet, *agent, *user) {
+func setup(t *testing.T) (*harness.Fleet, *harness.Agent, *harness.User) {
 	t.Helper()
 	f := startFleet(t)
-	a := f.startAgent("pi-1", "site=north")
-	pw := f.addUser("alice", "access", "root")
-	return f, a, f.login("alice", pw)
+	a := f.StartAgent("pi-1", "site=north")
+	pw := f.AddUser("alice", "access", "root")
+	return f, a, f.Login("alice", pw)
 }
 
 func TestTshSSH(t *testing.T) {
 	_, _, u := setup(t)
 
 	t.Run("ls", func(t *testing.T) {
-		out := u.tsh("ls")
+		out := u.Tsh("ls")
 		if !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") || !strings.Contains(out, "site=north") {
 			t.Errorf("tsh ls = %q, want pi-1 online with site=north", out)
 		}
 	})
 	t.Run("exec", func(t *testing.T) {
-		if out := u.tsh("ssh", "root@pi-1", "echo", "hi"); out != "hi\n" {
+		if out := u.Tsh("ssh", "root@pi-1", "echo", "hi"); out != "hi\n" {
 			t.Errorf("tsh ssh echo hi = %q, want %q", out, "hi\n")
 		}
 	})
 	t.Run("exit status", func(t *testing.T) {
-		_, _, err := u.tshErr("", "ssh", "root@pi-1", "exit 7")
-		if got := exitCode(err); got != 7 {
+		_, _, err := u.TshErr("", "ssh", "root@pi-1", "exit 7")
+		if got := harness.ExitCode(err); got != 7 {
 			t.Errorf("exit code = %d (%v), want 7", got, err)
 		}
 	})
 	t.Run("stdin", func(t *testing.T) {
-		out, _, err := u.tshErr("from stdin\n", "ssh", "root@pi-1", "cat")
+		out, _, err := u.TshErr("from stdin\n", "ssh", "root@pi-1", "cat")
 		if err != nil || out != "from stdin\n" {
 			t.Errorf("cat = %q, %v", out, err)
 		}
 	})
 	t.Run("interactive pty", func(t *testing.T) {
-		cmd := exec.Command(filepath.Join(bin, "tsh"), "ssh", "root@pi-1")
-		cmd.Env = append(os.Environ(), u.env()...)
+		cmd := exec.Command(filepath.Join(string(bin), "tsh"), "ssh", "root@pi-1")
+		cmd.Env = append(os.Environ(), u.Env()...)
 		tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 100})
 		if err != nil {
 			t.Fatal(err)
@@ -63,7 +65,7 @@ func TestTshSSH(t *testing.T) {
 		out := &lockedBuffer{}
 		go io.Copy(out, tty)
 		io.WriteString(tty, "stty size; echo $((6*7))zz\r")
-		if !eventually(20*time.Second, func() bool { return strings.Contains(out.String(), "42zz") }) {
+		if !harness.Eventually(20*time.Second, func() bool { return strings.Contains(out.String(), "42zz") }) {
 			t.Fatalf("no 42 from the interactive shell: %q", out.String())
 		}
 		if !strings.Contains(out.String(), "40 100") {
@@ -71,7 +73,7 @@ func TestTshSSH(t *testing.T) {
 		}
 		io.WriteString(tty, "exit 3\r")
 		err = cmd.Wait()
-		if got := exitCode(err); got != 3 {
+		if got := harness.ExitCode(err); got != 3 {
 			t.Errorf("interactive exit code = %d (%v), want 3", got, err)
 		}
 	})
@@ -96,9 +98,9 @@ func (b *lockedBuffer) String() string {
 }
 
 // openSSHConfig writes tsh config's block to a file for ssh -F.
-func openSSHConfig(t *testing.T, u *user) string {
+func openSSHConfig(t *testing.T, u *harness.User) string {
 	t.Helper()
-	cfg := u.tsh("config")
+	cfg := u.Tsh("config")
 	if !strings.Contains(cfg, "Host *.fleet") || !strings.Contains(cfg, "ProxyCommand") {
 		t.Fatalf("tsh config = %q", cfg)
 	}
@@ -141,8 +143,8 @@ func TestOpenSSH(t *testing.T) {
 			t.Fatalf("ssh = %q, %v\n%s", out, err, errOut)
 		}
 		_, _, err = ssh("root@pi-1.fleet", "exit 5")
-		if exitCode(err) != 5 {
-			t.Errorf("ssh exit code = %d, want 5", exitCode(err))
+		if harness.ExitCode(err) != 5 {
+			t.Errorf("ssh exit code = %d, want 5", harness.ExitCode(err))
 		}
 	})
 
@@ -181,9 +183,9 @@ func TestOpenSSH(t *testing.T) {
 	})
 	t.Run("tsh scp both ways", func(t *testing.T) {
 		up := filepath.Join(remote, "tsh-up")
-		u.tsh("scp", src, "root@pi-1:"+up)
+		u.Tsh("scp", src, "root@pi-1:"+up)
 		down := filepath.Join(local, "tsh-down")
-		u.tsh("scp", "root@pi-1:"+up, down)
+		u.Tsh("scp", "root@pi-1:"+up, down)
 		if fileSum(t, up) != sum || fileSum(t, down) != sum {
 			t.Fatal("tsh scp: checksum differs")
 		}

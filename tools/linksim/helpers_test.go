@@ -1,33 +1,20 @@
 package linksim
 
 import (
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/tools/logtest"
 )
-
-// testLogger logs to t.
-func testLogger(t *testing.T) *slog.Logger {
-	t.Helper()
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p))
-	return len(p), nil
-}
 
 // newTestLink makes a Link closed at the end of the test.
 func newTestLink(t *testing.T, cfg Config) *Link {
 	t.Helper()
 	if cfg.Logger == nil && testing.Verbose() {
-		cfg.Logger = testLogger(t)
+		cfg.Logger = logtest.Logger(t)
 	}
 	l, err := New(cfg)
 	if err != nil {

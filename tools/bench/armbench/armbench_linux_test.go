@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // TestRunQuick runs the whole benchmark in its quick form (one target, a
@@ -13,12 +15,12 @@ import (
 // Without qemu-aarch64-static or xz the report says n/a for them, which is
 // also checked.
 func TestRunQuick(t *testing.T) {
-	cfg, err := parseFlags([]string{"-targets", "linux-arm64", "-idle", "2s", "-settle", "0s", "-restarts", "1", "-timeout", "2m"}, tWriter{t})
+	cfg, err := parseFlags([]string{"-targets", "linux-arm64", "-idle", "2s", "-settle", "0s", "-restarts", "1", "-timeout", "15m"}, logtest.Writer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	if err := run(context.Background(), cfg, &out, tWriter{t}); err != nil {
+	if err := run(context.Background(), cfg, &out, logtest.Writer(t)); err != nil {
 		t.Fatal(err)
 	}
 	report := out.String()
@@ -43,13 +45,4 @@ func TestRunQuick(t *testing.T) {
 	if strings.Count(report, "| native | ") != 2 {
 		t.Errorf("report has %d native rows, want 2 (idle and start)", strings.Count(report, "| native | "))
 	}
-}
-
-// tWriter logs progress lines to the test.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }

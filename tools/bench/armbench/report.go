@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // rssTarget is DESIGN.md's target for the agent's idle RSS, in bytes.
@@ -223,11 +225,11 @@ func describeMachine(ctx context.Context) machine {
 		m.kernel = strings.TrimSpace(string(b))
 	}
 	firstLine := func(s string) string { l, _, _ := strings.Cut(s, "\n"); return strings.TrimSpace(l) }
-	if out, err := runCmd(ctx, nil, qemuBinary, "--version"); err == nil {
-		m.qemu = firstLine(out)
+	if r, err := harness.RunErr(ctx, "", harness.Cmd{Path: qemuBinary, Args: []string{"--version"}}); err == nil {
+		m.qemu = firstLine(r.Stdout)
 	}
-	if out, err := runCmd(ctx, nil, "xz", "--version"); err == nil {
-		m.xz = firstLine(out)
+	if r, err := harness.RunErr(ctx, "", harness.Cmd{Path: "xz", Args: []string{"--version"}}); err == nil {
+		m.xz = firstLine(r.Stdout)
 	}
 	return m
 }

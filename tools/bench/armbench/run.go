@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // hostPackages are the binaries armbench runs on this machine.
@@ -30,24 +32,19 @@ type agent struct {
 	target   string   // cross/build.sh target of the binary
 	emulated bool     // runs under qemu
 	name     string   // device name
-	dataDir  string   // its state
 	launch   []string // program and arguments before "start"
-	proc     *proc
-	starts   int // processes started so far, to name their logs
+	h        *harness.Agent
 
 	first    time.Duration   // exec to tunnel up on the first start (join included)
 	restarts []time.Duration // exec to tunnel up on each restart
 	idleCPU  time.Duration   // CPU time over the idle window
 	wakeups  int64           // context switches of its threads over the idle window
 	window   time.Duration   // the idle window as measured
-	mem      memory          // at the end of the idle window
+	mem      harness.Stat    // at the end of the idle window
 	downs    int             // "tunnel down" lines in the idle window
 }
 
-var (
-	tunnelUpRE   = regexp.MustCompile(`msg="tunnel up"`)
-	tunnelDownRE = regexp.MustCompile(`msg="tunnel down`)
-)
+var tunnelDownRE = regexp.MustCompile(`msg="tunnel down`)
 
 // run measures and prints the report to out; progress goes to logw.
 func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
@@ -70,11 +67,19 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	ps := &procs{dir: filepath.Join(work, "logs")}
-	if err := os.Mkdir(ps.dir, 0o755); err != nil {
+	logs := filepath.Join(work, "logs")
+	if err := os.Mkdir(logs, 0o755); err != nil {
 		return err
 	}
-	defer ps.stopAll()
+	// Every process started below is stopped when the function returns.
+	return harness.Do(ctx, harness.DoConfig{Log: logw, Dir: filepath.Join(work, "tmp")}, func(tb harness.TB) error {
+		return measure(tb, cfg, r, root, work, logs, out, logf)
+	})
+}
+
+// measure is run's body.
+func measure(tb harness.TB, cfg config, r *report, root, work, logs string, out io.Writer, logf func(string, ...any)) error {
+	ctx := tb.Context()
 	r.machine = describeMachine(ctx)
 
 	// What runs where. On an arm64 machine the native agent is the arm64
@@ -96,7 +101,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	defer cancel()
 	bin, dist := filepath.Join(work, "bin"), filepath.Join(work, "dist")
 	logf("building fleetd, fleetctl and edge-agent for this machine")
-	if _, err := runCmdIn(bctx, root, []string{"CGO_ENABLED=0"}, "go", append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin + string(filepath.Separator)}, hostPackages...)...); err != nil {
+	if _, err := harness.RunErr(bctx, "", harness.Cmd{Path: "go", Dir: root, Env: []string{"CGO_ENABLED=0"}, Timeout: cfg.BuildTimeout,
+		Args: append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin + string(filepath.Separator)}, hostPackages...)}); err != nil {
 		return fmt.Errorf("build the host binaries: %w", err)
 	}
 	targets := slices.Clone(cfg.Targets)
@@ -104,7 +110,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 		targets = append(targets, qemuTarget)
 	}
 	logf("cross-building %s with cross/build.sh", strings.Join(targets, " "))
-	if _, err := runCmdIn(bctx, root, []string{"OUT=" + dist}, "bash", append([]string{filepath.Join(root, "cross", "build.sh")}, targets...)...); err != nil {
+	if _, err := harness.RunErr(bctx, "", harness.Cmd{Path: "bash", Dir: root, Env: []string{"OUT=" + dist}, Timeout: cfg.BuildTimeout,
+		Args: append([]string{filepath.Join(root, "cross", "build.sh")}, targets...)}); err != nil {
 		return fmt.Errorf("cross/build.sh: %w", err)
 	}
 	cancel()
@@ -126,27 +133,21 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	}
 
 	// 2. Agents joined to one fleetd, idle together.
-	f, err := startFleet(ctx, ps, bin, filepath.Join(work, "fleet"))
+	f, err := harness.StartFleetErr(tb, harness.FleetConfig{Bin: harness.Bin(bin), DataDir: filepath.Join(work, "fleet"), LogLevel: "info", LogDir: logs})
 	if err != nil {
 		return err
 	}
-	logf("fleetd listening on %s", f.addr)
+	logf("fleetd listening on %s", f.Addr)
 	r.agents = []*agent{{target: native, name: "bench-" + strings.TrimPrefix(native, "linux-"), launch: []string{filepath.Join(bin, "edge-agent")}}}
 	if emulate {
 		r.agents = append(r.agents, &agent{target: qemuTarget, emulated: true, name: "bench-" + strings.TrimPrefix(qemuTarget, "linux-") + "-qemu",
 			launch: []string{"bash", filepath.Join(root, "cross", "qemu-exec.sh"), qemuTarget, filepath.Join(dist, "edge-agent-"+qemuTarget)}})
 	}
 	for _, a := range r.agents {
-		a.dataDir = filepath.Join(work, a.name)
-		tok, err := f.token(ctx)
-		if err != nil {
-			return err
-		}
 		logf("starting %s (join)", a.label())
-		if a.first, err = a.start(ctx, ps, f.addr, "--token", tok); err != nil {
-			return err
-		}
-		if err := f.waitOnline(ctx, a.name, a.proc, a.timeout()); err != nil {
+		a.h = f.StartAgentWith(harness.AgentConfig{Name: a.name, DataDir: filepath.Join(work, a.name), Launch: a.launch,
+			LogLevel: "info", LogDir: logs, UpTimeout: a.timeout()})
+		if a.first, err = a.upAfter(ctx); err != nil {
 			return err
 		}
 		logf("%s online: %s from exec to tunnel up", a.label(), a.first.Round(time.Millisecond))
@@ -158,8 +159,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	// 3. Restarts, interleaved so that load from elsewhere falls on both.
 	for i := range cfg.Restarts {
 		for _, a := range r.agents {
-			a.proc.stop()
-			d, err := a.start(ctx, ps, f.addr)
+			a.h.Restart()
+			d, err := a.upAfter(ctx)
 			if err != nil {
 				return err
 			}
@@ -167,7 +168,10 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 			logf("restart %d/%d of %s: %s to tunnel up", i+1, cfg.Restarts, a.label(), d.Round(time.Millisecond))
 		}
 	}
-	ps.stopAll()
+	for _, a := range r.agents {
+		a.h.Stop()
+	}
+	f.Stop()
 	r.machine.loadEnd = loadAverage()
 	r.end = time.Now()
 	r.print(out)
@@ -183,31 +187,24 @@ func (a *agent) label() string {
 }
 
 // timeout is how long the agent may take to come up: emulation makes
-// start-up (crypto above all) 5 to 20 times slower.
+// start-up (crypto above all) 5 to 20 times slower, and a busy machine
+// slower still. The waits end as soon as the tunnel is up.
 func (a *agent) timeout() time.Duration {
 	if a.emulated {
-		return 2 * time.Minute
+		return 5 * time.Minute
 	}
-	return 30 * time.Second
+	return 2 * time.Minute
 }
 
-// start execs the agent, joined already unless extra holds --token, and
-// returns the time from the exec to its "tunnel up" log line.
-func (a *agent) start(ctx context.Context, ps *procs, fleetAddr string, extra ...string) (time.Duration, error) {
-	logName := fmt.Sprintf("%s-%d", a.name, a.starts)
-	a.starts++
-	args := append(slices.Clone(a.launch[1:]), "start", "--fleet", fleetAddr, "--data-dir", a.dataDir, "--name", a.name)
-	args = append(args, extra...)
-	p, err := ps.start(logName, nil, a.launch[0], args...)
-	if err != nil {
-		return 0, err
-	}
-	a.proc = p
-	up, _, err := p.waitLine(ctx, tunnelUpRE, a.timeout())
+// upAfter returns the time from the exec of the agent's current process
+// to its "tunnel up" log line.
+func (a *agent) upAfter(ctx context.Context) (time.Duration, error) {
+	p := a.h.Proc
+	up, _, err := p.AwaitLine(ctx, 0, harness.TunnelUpRE, a.timeout())
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", a.label(), err)
 	}
-	return up.at.Sub(p.started), nil
+	return up.At.Sub(p.Started), nil
 }
 
 // idle lets the joined agents settle, then measures their CPU time over
@@ -221,12 +218,13 @@ func idle(ctx context.Context, cfg config, agents []*agent, logf func(string, ..
 	sw0 := make([]int64, len(agents))
 	t0 := make([]time.Time, len(agents))
 	for i, a := range agents {
-		var err error
 		t0[i] = time.Now()
-		if cpu0[i], err = readCPU(a.proc.pid()); err != nil {
+		st, err := a.h.Proc.Stat()
+		if err != nil {
 			return err
 		}
-		if sw0[i], err = readSwitches(a.proc.pid()); err != nil {
+		cpu0[i] = st.CPU
+		if sw0[i], err = harness.ReadSwitches(a.h.Proc.PID()); err != nil {
 			return err
 		}
 	}
@@ -234,30 +232,27 @@ func idle(ctx context.Context, cfg config, agents []*agent, logf func(string, ..
 		return err
 	}
 	for i, a := range agents {
-		if a.proc.exited() {
-			return fmt.Errorf("%s ended while idle:\n%s", a.label(), a.proc.tail(20))
+		p := a.h.Proc
+		if p.Exited() {
+			return fmt.Errorf("%s ended while idle:\n%s", a.label(), p.Tail(20))
 		}
-		cpu1, err := readCPU(a.proc.pid())
+		st, err := p.Stat()
 		if err != nil {
 			return err
 		}
-		sw1, err := readSwitches(a.proc.pid())
+		sw1, err := harness.ReadSwitches(p.PID())
 		if err != nil {
 			return err
 		}
 		a.window = time.Since(t0[i])
-		a.idleCPU = cpu1 - cpu0[i]
+		a.idleCPU = st.CPU - cpu0[i]
 		a.wakeups = max(0, sw1-sw0[i])
-		if a.mem, err = readMemory(a.proc.pid()); err != nil {
-			return err
-		}
-		a.proc.mu.Lock()
-		for _, l := range a.proc.lines {
-			if !l.at.Before(t0[i]) && tunnelDownRE.MatchString(l.text) {
+		a.mem = st
+		for _, l := range p.Lines() {
+			if !l.At.Before(t0[i]) && tunnelDownRE.MatchString(l.Text) {
 				a.downs++
 			}
 		}
-		a.proc.mu.Unlock()
 		logf("%s: VmRSS %.2f MB, CPU %s and %d context switches over %s", a.label(), mb(a.mem.RSS), a.idleCPU, a.wakeups, a.window.Round(time.Millisecond))
 	}
 	return nil
@@ -277,11 +272,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // moduleRoot is the directory of the go.mod that armbench runs in.
 func moduleRoot(ctx context.Context) (string, error) {
-	out, err := runCmd(ctx, nil, "go", "env", "GOMOD")
+	r, err := harness.RunErr(ctx, "", harness.Cmd{Path: "go", Args: []string{"env", "GOMOD"}})
 	if err != nil {
 		return "", fmt.Errorf("find the module (run armbench inside the repository): %w", err)
 	}
-	gomod := strings.TrimSpace(out)
+	gomod := strings.TrimSpace(r.Stdout)
 	if gomod == "" || gomod == os.DevNull {
 		return "", errors.New("find the module: not inside one (run armbench inside the repository)")
 	}
@@ -290,18 +285,4 @@ func moduleRoot(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("find the module: %w", err)
 	}
 	return root, nil
-}
-
-// runCmdIn is runCmd in directory dir.
-func runCmdIn(ctx context.Context, dir string, env []string, path string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = childAttr()
-	var b strings.Builder
-	cmd.Stdout, cmd.Stderr = &b, &b
-	if err := cmd.Run(); err != nil {
-		return b.String(), fmt.Errorf("%s %s: %w\n%s", filepath.Base(path), strings.Join(args, " "), err, indent(b.String()))
-	}
-	return b.String(), nil
 }

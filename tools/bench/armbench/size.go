@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // sizeBudget is DESIGN.md's budget for the stripped agent of budgetTarget,
@@ -78,12 +80,11 @@ func gzipSize(path string) (int64, error) {
 // xzSize is the length of path's contents compressed with xz -9, single
 // threaded so that the result does not depend on the core count.
 func xzSize(ctx context.Context, xzPath, path string) (int64, error) {
-	cmd := exec.CommandContext(ctx, xzPath, "-9", "-T1", "-c", "--", path)
+	cmd := harness.Command(ctx, harness.Cmd{Path: xzPath, Args: []string{"-9", "-T1", "-c", "--", path}})
 	var c counter
 	cmd.Stdout = &c
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	cmd.SysProcAttr = childAttr()
 	if err := cmd.Run(); err != nil {
 		return 0, fmt.Errorf("xz -9: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}

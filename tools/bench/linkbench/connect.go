@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"regexp"
@@ -9,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"remoteler.dev/edge/tools/harness"
 	"remoteler.dev/edge/tools/linksim"
 )
 
@@ -44,18 +46,19 @@ var joinedRE = regexp.MustCompile(`msg="joined the fleet"`)
 // (joining with a fresh token) and returns how long the first start took
 // to the tunnel being up, and to the join answer.
 func (b *bench) oursFirstStart(ctx context.Context, name string, p linksim.Profile) (o *ours, upAfter, joinAfter time.Duration, err error) {
-	if o, err = b.newOurs(ctx, name, p, 0); err != nil {
+	if o, err = b.newOurs(name, p, 0); err != nil {
 		return nil, 0, 0, err
 	}
-	up, _, err := o.agent.waitLine(ctx, 0, tunnelUpRE, time.Second)
+	agent := o.agent.Proc
+	up, _, err := agent.AwaitLine(ctx, 0, harness.TunnelUpRE, time.Second)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	joined, _, err := o.agent.waitLine(ctx, 0, joinedRE, time.Second)
+	joined, _, err := agent.AwaitLine(ctx, 0, joinedRE, time.Second)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	return o, up.at.Sub(o.agent.started), joined.at.Sub(o.agent.started), nil
+	return o, up.At.Sub(agent.Started), joined.At.Sub(agent.Started), nil
 }
 
 // oursRestarts restarts a joined device's agent n times and returns the
@@ -63,15 +66,13 @@ func (b *bench) oursFirstStart(ctx context.Context, name string, p linksim.Profi
 func (b *bench) oursRestarts(ctx context.Context, o *ours, n int) ([]time.Duration, error) {
 	var out []time.Duration
 	for range n {
-		o.agent.stop()
-		if err := o.start(ctx); err != nil {
-			return nil, err
-		}
-		up, _, err := o.agent.waitLine(ctx, 0, tunnelUpRE, time.Second)
+		o.agent.Restart()
+		agent := o.agent.Proc
+		up, _, err := agent.AwaitLine(ctx, 0, harness.TunnelUpRE, time.Second)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, up.at.Sub(o.agent.started))
+		out = append(out, up.At.Sub(agent.Started))
 	}
 	return out, nil
 }
@@ -80,7 +81,7 @@ func (b *bench) oursRestarts(ctx context.Context, o *ours, n int) ([]time.Durati
 // profile p to the fleet-side sshd of pe, and returns the times from ssh's
 // start to the forward being up.
 func (b *bench) peerStarts(ctx context.Context, pe *peer, p linksim.Profile, n int) ([]time.Duration, error) {
-	link, addr, err := newLink(p, 0, fmt.Sprintf("127.0.0.1:%d", pe.server.port), false)
+	link, addr, err := b.newLink(p, 0, fmt.Sprintf("127.0.0.1:%d", pe.server.Port), false)
 	if err != nil {
 		return nil, err
 	}
@@ -88,26 +89,26 @@ func (b *bench) peerStarts(ctx context.Context, pe *peer, p linksim.Profile, n i
 	args := retarget(pe.loop.args, addr)
 	var out []time.Duration
 	for i := range n {
-		port, err := freePort()
+		port, err := harness.FreePort()
 		if err != nil {
 			return nil, err
 		}
 		a := slices.Clone(args)
 		for j := range a {
 			if j > 0 && a[j-1] == "-R" {
-				a[j] = fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", port, b.devSSHD.port)
+				a[j] = fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", port, b.devSSHD.Port)
 			}
 		}
-		pr, err := b.ps.start(fmt.Sprintf("ssh-R-connect-%s-%d", p.Name, i), nil, "ssh", a...)
+		pr, err := harness.StartErr(b.tb, harness.Cmd{Name: fmt.Sprintf("ssh-R-connect-%s-%d", p.Name, i), Path: "ssh", Args: a, LogDir: b.logs})
 		if err != nil {
 			return nil, err
 		}
-		up, _, err := pr.waitLine(ctx, 0, forwardUpRE, time.Minute)
-		pr.stop()
+		up, _, err := pr.AwaitLine(ctx, 0, forwardUpRE, time.Minute)
+		pr.Stop()
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, up.at.Sub(pr.started))
+		out = append(out, up.At.Sub(pr.Started))
 	}
 	return out, nil
 }
@@ -130,39 +131,40 @@ var downRE = regexp.MustCompile(`msg="tunnel down; reconnecting".* in=(\S+)`)
 // oursReconnect restarts fleetd and times the agent of o coming back.
 func (b *bench) oursReconnect(ctx context.Context, o *ours, wait time.Duration) (connect, error) {
 	c := connect{system: "ours", what: "reconnect after the server closed the connection", rtt: linkRTT(o.link), trials: 1}
-	mark := o.agent.mark()
+	agent := o.agent.Proc
+	mark := agent.Mark()
 	t0 := time.Now()
-	if _, err := b.fleet.Restart(ctx); err != nil {
+	if err := b.fleet.RestartErr(); err != nil {
 		return c, err
 	}
 	ready := b.fleet.ReadyAt
-	up, _, err := o.agent.waitLine(ctx, mark, tunnelUpRE, wait)
+	up, _, err := agent.AwaitLine(ctx, mark, harness.TunnelUpRE, wait)
 	if err != nil {
 		c.note = fmt.Sprintf("not back within %s of the restart", wait)
 		return c, nil
 	}
-	down, m, err := o.agent.waitLine(ctx, mark, downRE, time.Second)
-	if err != nil || down.at.After(up.at) {
+	down, m, err := agent.AwaitLine(ctx, mark, downRE, time.Second)
+	if err != nil || down.At.After(up.At) {
 		// No back-off before the redial (the agent redials at once when
 		// it learns its connection is gone): time it from the new fleetd.
-		c.took = up.at.Sub(ready)
+		c.took = up.At.Sub(ready)
 		c.note = fmt.Sprintf("redialled at once, no back-off logged; timed from the new fleetd listening; back %s after SIGTERM",
-			up.at.Sub(t0).Round(time.Millisecond))
+			up.At.Sub(t0).Round(time.Millisecond))
 		return c, nil
 	}
 	backoff, _ := time.ParseDuration(m[1])
-	dial := down.at.Add(backoff)
-	c.took = up.at.Sub(dial)
-	heard := down.at.Sub(t0)
+	dial := down.At.Add(backoff)
+	c.took = up.At.Sub(dial)
+	heard := down.At.Sub(t0)
 	switch {
 	case heard > 2*time.Second:
-		c.note = fmt.Sprintf("the agent did not hear fleetd's close: it found out after %s; back %s after SIGTERM", heard.Round(time.Millisecond), up.at.Sub(t0).Round(time.Millisecond))
+		c.note = fmt.Sprintf("the agent did not hear fleetd's close: it found out after %s; back %s after SIGTERM", heard.Round(time.Millisecond), up.At.Sub(t0).Round(time.Millisecond))
 	case dial.Before(ready):
 		c.note = fmt.Sprintf("redialled %s before the new fleetd listened (restart took %s); back %s after SIGTERM",
-			ready.Sub(dial).Round(time.Millisecond), ready.Sub(t0).Round(time.Millisecond), up.at.Sub(t0).Round(time.Millisecond))
-		c.took = up.at.Sub(ready)
+			ready.Sub(dial).Round(time.Millisecond), ready.Sub(t0).Round(time.Millisecond), up.At.Sub(t0).Round(time.Millisecond))
+		c.took = up.At.Sub(ready)
 	default:
-		c.note = fmt.Sprintf("dial to up; back %s after SIGTERM (back-off %s, restart %s)", up.at.Sub(t0).Round(time.Millisecond),
+		c.note = fmt.Sprintf("dial to up; back %s after SIGTERM (back-off %s, restart %s)", up.At.Sub(t0).Round(time.Millisecond),
 			backoff, ready.Sub(t0).Round(time.Millisecond))
 	}
 	return c, nil
@@ -172,13 +174,18 @@ func (b *bench) oursReconnect(ctx context.Context, o *ours, wait time.Duration) 
 // processes serving it) and times the loop's next tunnel.
 func (b *bench) peerReconnect(ctx context.Context, pe *peer, wait time.Duration) (connect, error) {
 	c := connect{system: "peer", what: "reconnect after the server closed the connection", rtt: linkRTT(pe.link), trials: 1}
-	kids, err := childrenOf(pe.server.proc.cmd.Process.Pid)
-	if err != nil || len(kids) == 0 {
+	// The loop may be between two ssh runs: wait for the connection.
+	var kids []int
+	err := errors.New("none yet")
+	if !harness.Eventually(time.Minute, func() bool {
+		kids, err = harness.Children(pe.server.Proc.PID())
+		return err == nil && len(kids) > 0
+	}) {
 		return c, fmt.Errorf("peer: find the fleet-side sshd's connection: %v (%d processes)", err, len(kids))
 	}
 	t0 := time.Now()
 	for _, k := range kids {
-		grand, _ := childrenOf(k)
+		grand, _ := harness.Children(k)
 		for _, g := range grand {
 			syscall.Kill(g, syscall.SIGTERM)
 		}

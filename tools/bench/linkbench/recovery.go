@@ -150,7 +150,7 @@ func (e *echoStream) close() (intact bool, detail string) {
 	select {
 	case <-waited:
 	case <-time.After(10 * time.Second):
-		signalGroupKill(e.cmd)
+		e.cmd.Cancel()
 		<-waited
 	}
 	e.wg.Wait()

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/tools/harness"
 	"remoteler.dev/edge/tools/linksim"
 )
 
@@ -49,63 +50,63 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(logs, 0o700); err != nil {
 		return err
 	}
+	// Every process, link and loop started below is stopped when the
+	// function returns, however it returns.
+	return harness.Do(ctx, harness.DoConfig{Log: stderr, Dir: filepath.Join(dir, "tmp")}, func(tb harness.TB) error {
+		return measure(tb, cfg, dir, logs, stdout, stderr)
+	})
+}
+
+// measure is run's body.
+func measure(tb harness.TB, cfg config, dir, logs string, stdout, stderr io.Writer) error {
+	ctx := tb.Context()
 	start := time.Now()
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(stderr, "linkbench %5.1fs: %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	b := &bench{cfg: cfg, dir: dir, ps: &procs{dir: logs}, log: progress}
-	defer b.ps.stopAll()
-	var links []*linksim.Link
-	defer func() {
-		for _, l := range links {
-			l.Close()
-		}
-	}()
+	b := &bench{cfg: cfg, tb: tb, dir: dir, logs: logs, log: progress}
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
-	defer b.fleet.Stop()
 	res := &results{cfg: cfg, started: start}
 	res.load[0] = loadAverage()
 	res.profile, _ = linksim.ProfileByName(cfg.Profile)
 
 	// The idle devices idle alongside everything else.
 	progress("starting the idle devices (%s, NAT timeout %s)", cfg.Profile, cfg.NATTimeout)
-	idleOurs, err := b.newOurs(ctx, "idle1", res.profile, cfg.NATTimeout)
+	idleOurs, err := b.newOurs("idle1", res.profile, cfg.NATTimeout)
 	if err != nil {
 		return err
 	}
-	idlePeer, err := b.newPeer(ctx, "peer-idle", res.profile, cfg.PeerAlive)
+	idlePeer, err := b.newPeer("peer-idle", res.profile, cfg.PeerAlive)
 	if err != nil {
 		return err
 	}
-	links = append(links, idleOurs.link, idlePeer.link)
 	// Let the connections' set-up traffic pass before counting.
 	if err := sleep(ctx, 3*time.Second); err != nil {
 		return err
 	}
 	watches := []*idleWatch{
 		watchIdle(ctx, idleOurs, udpHeaders, cfg.Idle, func(ctx context.Context) error {
-			_, err := runCmd(ctx, []string{"TSH_HOME=" + b.tshHome}, "", b.path("tsh"), "ssh", b.login+"@idle1", "true")
+			_, _, err := b.user.TshErr("", "ssh", b.login+"@idle1", "true")
 			return err
 		}),
 		watchIdle(ctx, idlePeer, tcpHeaders, cfg.Idle, func(ctx context.Context) error {
 			args, env := idlePeer.SSH("true")
-			_, err := runCmd(ctx, env, "", "ssh", args...)
+			_, err := harness.RunErr(ctx, "", harness.Cmd{Path: "ssh", Args: args, Env: env})
 			return err
 		}),
 	}
 
 	progress("starting the measured devices")
-	dev, err := b.newOurs(ctx, "dev1", res.profile, 0)
+	dev, err := b.newOurs("dev1", res.profile, 0)
 	if err != nil {
 		return err
 	}
-	pe, err := b.newPeer(ctx, "peer1", res.profile, cfg.PeerAlive)
+	pe, err := b.newPeer("peer1", res.profile, cfg.PeerAlive)
 	if err != nil {
 		return err
 	}
-	links = append(links, dev.link, pe.link)
 	systems := []system{dev, pe}
 
 	for _, bo := range cfg.Blackouts {
@@ -216,7 +217,7 @@ func (b *bench) measureStarts(ctx context.Context, pe *peer, p linksim.Profile) 
 			return nil, err
 		}
 		restarts, err := b.oursRestarts(ctx, o, b.cfg.Trials)
-		o.agent.stop()
+		o.agent.Stop()
 		o.link.Close()
 		if err != nil {
 			return nil, err

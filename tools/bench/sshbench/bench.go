@@ -14,6 +14,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // config is one run's settings; defaultConfig holds a full run's.
@@ -52,9 +54,15 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	var ps procs
-	defer ps.stopAll()
+	return harness.Do(ctx, harness.DoConfig{Log: logw, Dir: filepath.Join(work, "tmp")}, func(tb harness.TB) error {
+		return measure(tb, cfg, work, out, logf)
+	})
+}
 
+// measure is run's body: every process it starts is stopped when it
+// returns.
+func measure(tb harness.TB, cfg config, work string, out io.Writer, logf func(string, ...any)) (err error) {
+	ctx := tb.Context()
 	var env []string
 	bin := cfg.Bin
 	switch {
@@ -85,17 +93,17 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	rep.machine = describeMachine(ctx)
 
 	logf("starting fleetd, edge-agent %s and sshd on 127.0.0.1 (login %s)", device, login)
-	f, err := startFleet(ctx, &ps, bin, work, login, device, env)
+	f, err := startFleet(tb, bin, work, login, device, env)
 	if err != nil {
 		return err
 	}
-	p, err := startPeer(ctx, &ps, work, login)
+	p, err := startPeer(tb, work, login)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%w\nfleetd log:\n%s\nedge-agent log:\n%s\nsshd log:\n%s", err, f.fleetd.tail(15), f.agent.tail(15), p.proc.tail(10))
+			err = fmt.Errorf("%w\nfleetd log:\n%s\nedge-agent log:\n%s\nsshd log:\n%s", err, f.Proc.Tail(15), f.agent.Proc.Tail(15), p.sshd.Proc.Tail(10))
 		}
 	}()
 
@@ -121,8 +129,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 			return ctx.Err()
 		}
 	}
-	for _, pr := range []*proc{f.fleetd, f.agent, p.proc} {
-		m, err := readMemory(pr.pid())
+	for _, pr := range []*harness.Proc{f.Proc, f.agent.Proc, p.sshd.Proc} {
+		m, err := pr.Stat()
 		if err != nil {
 			return err
 		}
@@ -132,11 +140,11 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (err error) {
 	if rep.copies, err = measureCopies(ctx, cfg, f, p, work, payload, sum, logf); err != nil {
 		return err
 	}
-	if rep.rtts, err = measureRTT(ctx, cfg, f, p, rep.algDirect, rep.algFleet, &ps, work, logf); err != nil {
+	if rep.rtts, err = measureRTT(ctx, tb, cfg, f, p, rep.algDirect, rep.algFleet, work, logf); err != nil {
 		return err
 	}
-	for _, pr := range []*proc{f.fleetd, f.agent, p.proc} {
-		m, err := readMemory(pr.pid())
+	for _, pr := range []*harness.Proc{f.Proc, f.agent.Proc, p.sshd.Proc} {
+		m, err := pr.Stat()
 		if err != nil {
 			return err
 		}
@@ -247,13 +255,18 @@ func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, pay
 			return nil, err
 		}
 	}
-	sshdCPU := func() (time.Duration, error) { return readCPU(p.proc.pid(), true) }
+	// CPU time of a process and the children it has waited for.
+	cpu := func(p *harness.Proc) (time.Duration, error) {
+		st, err := p.Stat()
+		return st.CPU + st.ChildCPU, err
+	}
+	sshdCPU := func() (time.Duration, error) { return cpu(p.sshd.Proc) }
 	fleetCPU := func() (time.Duration, error) {
-		a, err := readCPU(f.fleetd.pid(), true)
+		a, err := cpu(f.Proc)
 		if err != nil {
 			return 0, err
 		}
-		b, err := readCPU(f.agent.pid(), true)
+		b, err := cpu(f.agent.Proc)
 		return a + b, err
 	}
 	scp := func(args []string) func(src, dst string) ([]string, string, []string) {
@@ -267,23 +280,23 @@ func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, pay
 			cmd:        scp(p.sshArgs()),
 			remote:     func(path string) string { return peerHost + ":" + path },
 			serverCPU:  sshdCPU,
-			serverPIDs: []int{p.proc.pid()},
+			serverPIDs: []int{p.sshd.Proc.PID()},
 		},
 		{
 			name:       "OpenSSH scp → tsh proxy → fleetd → QUIC → agent",
 			cmd:        scp(f.sshArgs()),
 			remote:     func(path string) string { return f.sshTarget() + ":" + path },
 			serverCPU:  fleetCPU,
-			serverPIDs: []int{f.fleetd.pid(), f.agent.pid()},
+			serverPIDs: []int{f.Proc.PID(), f.agent.Proc.PID()},
 		},
 		{
 			name: "tsh scp (sftp) → fleetd → QUIC → agent",
 			cmd: func(src, dst string) ([]string, string, []string) {
-				return f.tshEnv(), f.path("tsh"), []string{"scp", "-q", src, dst}
+				return f.tshEnv(), f.tsh(), []string{"scp", "-q", src, dst}
 			},
 			remote:     func(path string) string { return f.tshTarget() + ":" + path },
 			serverCPU:  fleetCPU,
-			serverPIDs: []int{f.fleetd.pid(), f.agent.pid()},
+			serverPIDs: []int{f.Proc.PID(), f.agent.Proc.PID()},
 		},
 	}
 	results := make([]copyResult, len(paths))
@@ -307,7 +320,7 @@ func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, pay
 				if err != nil {
 					return nil, err
 				}
-				r, err := runCmd(ctx, env, "", path, args...)
+				r, err := harness.RunErr(ctx, "", harness.Cmd{Path: path, Args: args, Env: env, Timeout: time.Hour})
 				if err != nil {
 					return nil, fmt.Errorf("copy %s with %s: %w", dir, cp.name, err)
 				}
@@ -330,10 +343,10 @@ func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, pay
 				if up {
 					s = &results[i].up
 				}
-				s.elapsed = append(s.elapsed, r.elapsed)
+				s.elapsed = append(s.elapsed, r.Took)
 				s.serverCPU = append(s.serverCPU, cpu1-cpu0)
-				s.clientCPU = append(s.clientCPU, r.cpu)
-				logf("copy %d/%d %-4s %6.1f MB/s  %s", run+1, cfg.Runs, dir, mbps(cfg.Size, r.elapsed), cp.name)
+				s.clientCPU = append(s.clientCPU, r.CPU)
+				logf("copy %d/%d %-4s %6.1f MB/s  %s", run+1, cfg.Runs, dir, mbps(cfg.Size, r.Took), cp.name)
 			}
 		}
 	}
@@ -383,9 +396,9 @@ type rttResult struct {
 
 // measureRTT runs "true" on the device cfg.RTTRuns times in each mode,
 // interleaved, after one warm-up run each.
-func measureRTT(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, algFleet algorithms, ps *procs, work string, logf func(string, ...any)) ([]rttResult, error) {
+func measureRTT(ctx context.Context, tb harness.TB, cfg config, f *fleet, p *peer, algDirect, algFleet algorithms, work string, logf func(string, ...any)) ([]rttResult, error) {
 	directSock, fleetSock := filepath.Join(work, "cm-direct"), filepath.Join(work, "cm-fleet")
-	var masters []*proc
+	var masters []*harness.Proc
 	for _, m := range []struct {
 		name, sock string
 		args       []string
@@ -393,7 +406,7 @@ func measureRTT(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, a
 		{"ssh-master-direct", directSock, append(p.sshArgs(), peerHost)},
 		{"ssh-master-fleet", fleetSock, append(f.sshArgs(), f.sshTarget())},
 	} {
-		master, err := startMaster(ctx, ps, work, m.name, m.sock, m.args)
+		master, err := startMaster(ctx, tb, work, m.name, m.sock, m.args)
 		if err != nil {
 			return nil, err
 		}
@@ -405,7 +418,7 @@ func measureRTT(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, a
 	modes := []rttMode{
 		{name: "ssh → sshd (direct), new connection", base: -1, path: "ssh", args: ssh(p.sshArgs(), peerHost)},
 		{name: "ssh → tsh proxy → fleet → agent, new connection", base: 0, path: "ssh", args: ssh(f.sshArgs(), f.sshTarget())},
-		{name: "tsh ssh → fleet → agent, new connection", base: 0, env: f.tshEnv(), path: f.path("tsh"), args: []string{"ssh", f.tshTarget(), "true"}},
+		{name: "tsh ssh → fleet → agent, new connection", base: 0, env: f.tshEnv(), path: f.tsh(), args: []string{"ssh", f.tshTarget(), "true"}},
 	}
 	if algFleet.Kex != "" && algFleet.Kex != algDirect.Kex {
 		modes = append(modes, rttMode{
@@ -423,14 +436,14 @@ func measureRTT(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, a
 	results := make([]rttResult, len(modes))
 	for i, m := range modes {
 		results[i] = rttResult{name: m.name, base: m.base}
-		if _, err := runCmd(ctx, m.env, "", m.path, m.args...); err != nil {
+		if _, err := harness.RunErr(ctx, "", harness.Cmd{Path: m.path, Args: m.args, Env: m.env}); err != nil {
 			return nil, fmt.Errorf("exec round trip, %s: %w", m.name, err)
 		}
 	}
 	logf("timing %d exec round trips in each of %d modes", cfg.RTTRuns, len(modes))
 	for range cfg.RTTRuns {
 		for i, m := range modes {
-			r, err := runCmd(ctx, m.env, "", m.path, m.args...)
+			r, err := harness.RunErr(ctx, "", harness.Cmd{Path: m.path, Args: m.args, Env: m.env})
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -444,14 +457,14 @@ func measureRTT(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, a
 				logf("exec round trip failed, %s: %v", m.name, err)
 				continue
 			}
-			results[i].elapsed = append(results[i].elapsed, r.elapsed)
+			results[i].elapsed = append(results[i].elapsed, r.Took)
 		}
 	}
 	// ssh falls back to a new connection when the master is gone: make
 	// sure the open-connection figures were that.
 	for _, m := range masters {
-		if m.exited() {
-			return nil, fmt.Errorf("exec round trip: the ssh ControlMaster %s ended during the run:\n%s", m.name, m.tail(10))
+		if m.Exited() {
+			return nil, fmt.Errorf("exec round trip: the ssh ControlMaster %s ended during the run:\n%s", m.Name(), m.Tail(10))
 		}
 	}
 	return results, nil
@@ -459,19 +472,19 @@ func measureRTT(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, a
 
 // startMaster starts an OpenSSH ControlMaster on socket sock (a child of
 // sshbench, stopped with the rest) and waits until it accepts sessions.
-func startMaster(ctx context.Context, ps *procs, dir, name, sock string, args []string) (*proc, error) {
-	master, err := ps.start(dir, name, nil, "ssh", append([]string{"-M", "-N", "-S", sock, "-o", "ControlPersist=no"}, args...)...)
+func startMaster(ctx context.Context, tb harness.TB, dir, name, sock string, args []string) (*harness.Proc, error) {
+	master, err := harness.StartErr(tb, harness.Cmd{Name: name, Path: "ssh", Args: append([]string{"-M", "-N", "-S", sock, "-o", "ControlPersist=no"}, args...), LogDir: filepath.Join(dir, "logs")})
 	if err != nil {
 		return nil, err
 	}
 	check := append([]string{"-S", sock, "-O", "check"}, args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if _, err := runCmd(ctx, nil, "", "ssh", check...); err == nil {
+		if _, err := harness.RunErr(ctx, "", harness.Cmd{Path: "ssh", Args: check}); err == nil {
 			return master, nil
 		}
-		if master.exited() || time.Now().After(deadline) {
-			return nil, fmt.Errorf("start the ssh ControlMaster %s:\n%s", name, master.tail(10))
+		if master.Exited() || time.Now().After(deadline) {
+			return nil, fmt.Errorf("start the ssh ControlMaster %s:\n%s", name, master.Tail(10))
 		}
 		select {
 		case <-ctx.Done():
@@ -506,8 +519,8 @@ func describeMachine(ctx context.Context) machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.kernel = strings.TrimSpace(string(b))
 	}
-	if r, err := runCmd(ctx, nil, "", "ssh", "-V"); err == nil {
-		m.openssh = strings.TrimSpace(r.stderr)
+	if r, err := harness.RunErr(ctx, "", harness.Cmd{Path: "ssh", Args: []string{"-V"}}); err == nil {
+		m.openssh = strings.TrimSpace(r.Stderr)
 	}
 	return m
 }

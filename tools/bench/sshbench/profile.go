@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // pprofHook is the file -cpuprofile adds to the main packages of fleetd
@@ -26,11 +28,11 @@ const profileSeconds = 10
 // buildProfiled builds the binaries into bin with the pprof hook added to
 // fleetd and edge-agent, and returns the environment that switches it on.
 func buildProfiled(ctx context.Context, bin, work string) ([]string, error) {
-	r, err := runCmd(ctx, nil, "", "go", "env", "GOMOD")
+	r, err := harness.RunErr(ctx, "", harness.Cmd{Path: "go", Args: []string{"env", "GOMOD"}})
 	if err != nil {
 		return nil, err
 	}
-	gomod := strings.TrimSpace(r.stdout)
+	gomod := strings.TrimSpace(r.Stdout)
 	if gomod == "" || gomod == os.DevNull {
 		return nil, fmt.Errorf("build with pprof: run sshbench inside the repository")
 	}
@@ -91,11 +93,11 @@ func profile(ctx context.Context, cfg config, f *fleet, work, payload string, ou
 			if n%2 == 1 {
 				src, dst = f.sshTarget()+":"+payload, local
 			}
-			_, err := runCmd(ctx, nil, "", "scp", append(f.sshArgs(), "-q", src, dst)...)
+			_, err := harness.RunErr(ctx, "", harness.Cmd{Path: "scp", Args: append(f.sshArgs(), "-q", src, dst)})
 			return err
 		}},
 		{"tsh-scp-up", func(ctx context.Context, n int) error {
-			_, err := runCmd(ctx, f.tshEnv(), "", f.path("tsh"), "scp", "-q", payload, f.tshTarget()+":"+remote)
+			_, _, err := f.user.TshErr("", "scp", "-q", payload, f.tshTarget()+":"+remote)
 			return err
 		}},
 	}
@@ -134,11 +136,11 @@ func profile(ctx context.Context, cfg config, f *fleet, work, payload string, ou
 			path := filepath.Join(cfg.CPUProfile, sc.name+"-"+n+".pprof")
 			for _, view := range [][]string{{"-top"}, {"-top", "-cum"}} {
 				args := append(append([]string{"tool", "pprof"}, view...), "-nodecount=25", path)
-				r, err := runCmd(ctx, nil, "", "go", args...)
+				r, err := harness.RunErr(ctx, "", harness.Cmd{Path: "go", Args: args})
 				if err != nil {
 					return fmt.Errorf("profile: %w", err)
 				}
-				fmt.Fprintf(out, "#### %s: go tool pprof %s\n\n```\n%s```\n\n", n, strings.Join(append(view, path), " "), r.stdout)
+				fmt.Fprintf(out, "#### %s: go tool pprof %s\n\n```\n%s```\n\n", n, strings.Join(append(view, path), " "), r.Stdout)
 			}
 		}
 	}

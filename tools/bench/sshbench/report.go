@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
 )
 
 // agentRSSTarget is DESIGN.md's target for the agent's idle RSS.
@@ -21,7 +23,7 @@ type report struct {
 	algFleet   algorithms
 	// idle and after are the memory of fleetd, the agent and the sshd
 	// listener, in that order, after the idle wait and after the run.
-	idle, after []memory
+	idle, after []harness.Stat
 	copies      []copyResult
 	rtts        []rttResult
 }

@@ -3,7 +3,7 @@
 // measures how a fleet of them comes back when fleetd restarts.
 //
 //	devsim --fleet 127.0.0.1:3080 --token JOIN --count 1000 --data DIR
-//	devsim restart [-count 1000] [-quick] [-bin DIR]
+//	devsim restart [-count 1000] [-procs 1] [-quick] [-bin DIR]
 //
 // The first form joins the devices that have no identity in DIR yet (the
 // join string needs that many uses: fleetctl tokens add --uses=1000), keeps
@@ -12,7 +12,10 @@
 // directory holding one), joins the devices, restarts fleetd with SIGTERM
 // and a new process on the same port and data dir, and prints how the
 // reconnects spread out, whether they form a synchronised storm, and
-// fleetd's memory with the devices connected.
+// fleetd's memory with the devices connected. Each device holds one open
+// file: where one process may not open that many, -procs N splits the
+// devices over N devsim processes (the first form with --first, --count and
+// --events), whose events the measurement reads.
 package main
 
 import (
@@ -24,6 +27,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -42,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "restart" {
 		err = restart(ctx, args[1:], stdout, stderr)
 	} else {
-		err = simulate(ctx, args, stderr)
+		err = simulate(ctx, args, stdout, stderr)
 	}
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -58,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 var errUsage = errors.New("usage")
 
-func simulate(ctx context.Context, args []string, stderr io.Writer) error {
+func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg devsim.Config
@@ -67,9 +71,14 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Count, "count", 1, "number of simulated devices")
 	fs.StringVar(&cfg.DataDir, "data", "", "`DIR` keeping one identity file per device (required); a later run reuses them")
 	fs.StringVar(&cfg.Prefix, "prefix", "sim", "device names are PREFIX-00001, PREFIX-00002, ...")
+	fs.IntVar(&cfg.First, "first", 0, "number the devices from FIRST+1, to split a fleet of simulated devices over several processes")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "NAT keep-alive period of every device (default 25s, the agent's; negative turns it off)")
 	fs.DurationVar(&cfg.Liveness, "liveness", 0, "heartbeat period of every device on an idle link (default 2m, the agent's)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "tunnel idle timeout of every device (default 2 × liveness + 30s, the agent's)")
+	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 0, "first reconnect delay bound of every device (default 500ms, the agent's)")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "largest reconnect delay of every device (default 1m, the agent's)")
 	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first (negative: all at once)")
+	events := fs.Bool("events", false, "print every dial, tunnel up and tunnel down on stdout (\"event KIND DEVICE UNIXNANO\"), as devsim restart -procs reads them")
 	fs.IntVar(&cfg.JoinWorkers, "join-workers", 8, "devices joining at once")
 	verbose := fs.Bool("v", false, "also log every device's tunnel messages")
 	fs.Usage = func() {
@@ -93,6 +102,14 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	if *verbose {
 		cfg.TunnelLogger = log
 	}
+	if *events {
+		var mu sync.Mutex // one line at a time
+		cfg.OnEvent = func(e devsim.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintln(stdout, devsim.EventLine(e))
+		}
+	}
 	sim, err := devsim.New(cfg)
 	if err != nil {
 		return err
@@ -115,6 +132,7 @@ func restart(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "devices' tunnel idle timeout (default 2 × liveness + 30s, the agent's)")
 	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 0, "devices' first reconnect delay bound (default 500ms, the agent's)")
 	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "devices' largest reconnect delay (default 1m, the agent's)")
+	fs.IntVar(&cfg.Procs, "procs", 1, "split the devices over this many devsim processes (each device holds an open file: for more devices than one process may open)")
 	quick := fs.Bool("quick", false, "a quick check: 50 devices, 1s settle, 1m timeout (overrides -count, -settle, -timeout)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	fs.Usage = func() {

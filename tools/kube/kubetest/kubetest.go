@@ -23,7 +23,6 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -32,9 +31,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/tools/harness"
+	"remoteler.dev/edge/tools/pkitest"
 )
 
 // Token is a static bearer token of the API server's token file.
@@ -66,10 +67,8 @@ type Cluster struct {
 	// Dir is the cluster's temporary directory.
 	Dir string
 
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	logsMu sync.Mutex
-	logs   bytes.Buffer
+	ca    *pkitest.CA
+	procs []*harness.Proc // etcd, kube-apiserver
 }
 
 var (
@@ -126,17 +125,6 @@ func ModuleRoot(t testing.TB) string {
 	return root
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Start runs etcd and kube-apiserver until the test ends and waits until
 // the API server is ready (RBAC's bootstrap roles included).
 func Start(t testing.TB, opts Options) *Cluster {
@@ -147,12 +135,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		t.Fatalf("etcd not found (%v): run tools/kube/setup.sh (Debian's etcd-server)", err)
 	}
 	c := &Cluster{Dir: t.TempDir(), Kubectl: filepath.Join(bin, "kubectl"), APIServer: filepath.Join(bin, "kube-apiserver")}
-	t.Cleanup(func() { // runs after the processes stopped
-		if t.Failed() {
-			t.Logf("--- etcd and kube-apiserver output (last 8 KiB):\n%s", tail(c.Logs(), 8<<10))
-		}
-	})
-	c.makeCA(t)
+	c.ca = pkitest.NewCA(t)
+	c.CAPEM = c.ca.CertPEM()
 
 	etcdPort, peerPort := freePort(t), freePort(t)
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
@@ -289,53 +273,30 @@ func (c *Cluster) KubectlAdminErr(args ...string) (string, error) {
 
 // Logs returns what etcd and kube-apiserver wrote.
 func (c *Cluster) Logs() string {
-	c.logsMu.Lock()
-	defer c.logsMu.Unlock()
-	return c.logs.String()
-}
-
-type logWriter struct {
-	c    *Cluster
-	name string
-}
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.c.logsMu.Lock()
-	defer w.c.logsMu.Unlock()
-	if w.c.logs.Len() < 4<<20 {
-		for _, l := range strings.SplitAfter(string(p), "\n") {
-			if l != "" {
-				w.c.logs.WriteString(w.name + ": " + l)
-			}
+	var b strings.Builder
+	for _, p := range c.procs {
+		for _, l := range p.Lines() {
+			b.WriteString(p.Name() + ": " + l.Text + "\n")
 		}
 	}
-	return len(p), nil
+	return b.String()
 }
 
-// run starts a process that the test's cleanup stops (SIGTERM, then
-// SIGKILL after 10 s); it also dies with the test process.
+// run starts a process that the test's clean-up stops (SIGTERM, then
+// SIGKILL after 10 s); its last lines show when the test fails.
 func (c *Cluster) run(t testing.TB, name, path string, args ...string) {
 	t.Helper()
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = logWriter{c, name}, logWriter{c, name}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	c.procs = append(c.procs, harness.Start(t, harness.Cmd{Name: name, Path: path, Args: args, LogDir: c.Dir}))
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	port, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	return port
 }
 
 func tail(s string, n int) string {
@@ -357,54 +318,11 @@ func (c *Cluster) waitFor(t testing.TB, what string, timeout time.Duration, cond
 	}
 }
 
-func (c *Cluster) makeCA(t testing.TB) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubetest-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.ca, _ = x509.ParseCertificate(der)
-	c.caKey = key
-	c.CAPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-var serial struct {
-	mu sync.Mutex
-	n  int64
-}
-
 // issue signs a certificate with the cluster's CA and returns it and its
 // key in PEM.
 func (c *Cluster) issue(t testing.TB, subject pkix.Name, dns []string, ips []net.IP, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial.mu.Lock()
-	serial.n++
-	n := serial.n + 1
-	serial.mu.Unlock()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(n), Subject: subject, DNSNames: dns, IPAddresses: ips,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.ca, &key.PublicKey, c.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb})
+	return pkitest.PEM(t, c.ca.Issue(t, &x509.Certificate{Subject: subject, DNSNames: dns, IPAddresses: ips, ExtKeyUsage: []x509.ExtKeyUsage{usage}}))
 }
 
 // ClientCert issues a client certificate for user in groups (the API

@@ -1,9 +1,0 @@
-//go:build !linux
-
-package main
-
-import "syscall"
-
-// childAttr has nothing to add where there is no parent-death signal;
-// sshbench refuses to run there anyway (it reads /proc).
-func childAttr() *syscall.SysProcAttr { return nil }
