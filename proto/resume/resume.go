@@ -40,6 +40,8 @@ const (
 	maxFrame      = 32 << 10
 	// ackDelay bounds how long received bytes go unacknowledged.
 	ackDelay = 200 * time.Millisecond
+	// readBuffer is the read loop's buffer for frame headers.
+	readBuffer = 4 << 10
 	// budgetPoll is how often a Write blocked on a shared Budget (not on
 	// its own buffer) looks again.
 	budgetPoll = 10 * time.Millisecond
@@ -513,7 +515,9 @@ func (c *Conn) Abort(err error) {
 // readLoop reads frames from tr until it fails.
 func (c *Conn) readLoop(tr io.ReadWriteCloser, gen int) {
 	defer c.wg.Done()
-	br := bufio.NewReaderSize(tr, 64<<10)
+	// Small: data frames are read straight into buf past it, not copied
+	// through it.
+	br := bufio.NewReaderSize(tr, readBuffer)
 	buf := make([]byte, maxFrame)
 	err := func() error {
 		for {

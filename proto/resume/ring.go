@@ -1,5 +1,7 @@
 package resume
 
+import "slices"
+
 // ring is a byte queue in a circular buffer. It grows by doubling as far as
 // it must (the Conn bounds how far), and it lets go of a large buffer when it
 // empties, so an idle session holds no memory.
@@ -44,7 +46,7 @@ func (r *ring) copyOut(dst []byte, off, n int) {
 // appendTo appends n bytes starting off bytes after the head to dst.
 func (r *ring) appendTo(dst []byte, off, n int) []byte {
 	l := len(dst)
-	dst = append(dst, make([]byte, n)...)
+	dst = slices.Grow(dst, n)[:l+n] // no zeroing: copyOut fills it
 	r.copyOut(dst[l:], off, n)
 	return dst
 }
