@@ -3,9 +3,13 @@ package tunnelsrv
 import (
 	"bytes"
 	"context"
+	"net"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/quic-go/quic-go/testutils/simnet"
 
 	"remoteler.dev/edge/proto"
 )
@@ -153,6 +157,50 @@ func TestLinkHurryNeedsMACAndNewSequence(t *testing.T) {
 		}
 		if n := sf.client.Reconnects(); n != 0 {
 			t.Errorf("%d reconnects, want 0: a move keeps the connection", n)
+		}
+	})
+}
+
+// TestPokesAndWhoAsksAreRateLimited: pokes and who-asks are not
+// authenticated, so whatever the agent sends for them is limited: a burst
+// of twenty of each in a second draws at most two heartbeats and two
+// tagged keep-alives.
+func TestPokesAndWhoAsksAreRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sf := newSimFleetOpts(t, simOpts{})
+		defer sf.stop()
+		sf.waitState(t, true)
+		time.Sleep(time.Minute)
+		var mu sync.Mutex
+		var tagged, quic int
+		sf.router.trace = func(p simnet.Packet) {
+			if from := p.From.(*net.UDPAddr); !from.IP.Equal(sf.router.private) {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case len(p.Data) == 1+proto.LinkTagSize && p.Data[0] == proto.NATKeepaliveByte:
+				tagged++
+			case p.Data[0]&0x40 != 0: // the QUIC fixed bit
+				quic++
+			}
+		}
+		for range 20 {
+			sf.fromFleet(t, []byte{proto.LinkPokeByte})
+			sf.fromFleet(t, []byte{proto.LinkWhoByte})
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		sf.router.trace = nil
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("20 pokes and 20 who-asks in a second drew %d tagged keep-alives and %d QUIC packets", tagged, quic)
+		if tagged < 1 || tagged > 2 {
+			t.Errorf("%d tagged keep-alives, want 1 or 2", tagged)
+		}
+		if quic < 1 || quic > 2 {
+			t.Errorf("%d QUIC packets (heartbeats), want 1 or 2", quic)
 		}
 	})
 }
