@@ -150,6 +150,16 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Initial QUIC flow-control windows, the same on both sides
+// (fleet/tunnelsrv): a bulk copy starts at a window of a few round trips
+// of a fast link rather than waiting for quic-go's tuning to grow its 512
+// KiB. The maxima stay quic-go's (6 MiB, 15 MiB); the resume layer reads
+// at once, so the windows are rarely held full.
+const (
+	quicStreamWindow = 2 << 20
+	quicConnWindow   = 3 << 20
+)
+
 // Defaults for Config.
 const (
 	DefaultKeepalive = 25 * time.Second
@@ -301,6 +311,8 @@ func (c *Client) session(ctx context.Context) error {
 		// wire. The NAT keep-alive and the heartbeat below cost less.
 		MaxIdleTimeout:          c.cfg.IdleTimeout,
 		DisablePathMTUDiscovery: !c.cfg.PathMTUDiscovery,
+		InitialStreamReceiveWindow:     quicStreamWindow,
+		InitialConnectionReceiveWindow: quicConnWindow,
 	})
 	stopPings()
 	cause := context.Cause(dctx)

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -283,7 +284,14 @@ func splice(client net.Conn, clientBuf *bufio.Reader, dev net.Conn, devFailed fu
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		up, _ = io.Copy(dev, io.MultiReader(clientBuf, client))
+		// What the HTTP server's reader holds, then the connection itself:
+		// through that reader (4 KB) every read and write would be small.
+		var src io.Reader = client
+		if n := clientBuf.Buffered(); n > 0 {
+			held, _ := clientBuf.Peek(n)
+			src = io.MultiReader(bytes.NewReader(held), client)
+		}
+		up, _ = io.Copy(dev, src)
 		if cw, ok := dev.(closeWriter); ok {
 			cw.CloseWrite()
 		} else {

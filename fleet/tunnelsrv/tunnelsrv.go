@@ -237,6 +237,9 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		HandshakeIdleTimeout:    10 * time.Second,
 		MaxIncomingStreams:      maxSessionsPerDevice + 1, // control + resumes
 		DisablePathMTUDiscovery: !s.cfg.PathMTUDiscovery,
+		// As the agent's (firmware/tunnel): bulk copies start at speed.
+		InitialStreamReceiveWindow:     2 << 20,
+		InitialConnectionReceiveWindow: 3 << 20,
 	})
 	if err != nil {
 		return fmt.Errorf("tunnelsrv: listen: %w", err)
