@@ -41,7 +41,7 @@ import (
 //
 // Pings cost ~37 bytes on the wire each, every 50 ms for the first
 // minute of a stall (so that they find the link at most 50 ms after it
-// returns) and every 500 ms after; they run only while a session
+// returns) and every 100 ms after; they run only while a session
 // is stalled (or the tunnel is down with sessions held), never on an idle
 // device.
 const (
@@ -50,7 +50,7 @@ const (
 	stallRTTs      = 4                      // or this many smoothed RTTs (plus the ack delay)
 	pingFast       = 50 * time.Millisecond
 	pingFastFor    = time.Minute
-	pingSlow       = 500 * time.Millisecond
+	pingSlow       = 100 * time.Millisecond
 	pingReadBuffer = 64
 	// settleExtra is added to two round trips and the resume ack delay:
 	// how long the sessions have, after a move, to move again.

@@ -108,7 +108,7 @@ const (
 	stallRTTs    = 4
 	hurryFast    = 50 * time.Millisecond
 	hurryFastFor = time.Minute
-	hurrySlow    = 200 * time.Millisecond
+	hurrySlow    = 100 * time.Millisecond
 	bulkBurst    = 64 << 10
 )
 

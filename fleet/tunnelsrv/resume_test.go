@@ -577,7 +577,7 @@ func TestRecoveryWhileDialPending(t *testing.T) {
 			}
 			// A ping finds the link, the pending dial is dropped, a new
 			// one (a handshake and the resume) and the echo: about 4 RTT.
-			if limit := 5*simRTT + linkProbe + 100*time.Millisecond; rec > limit {
+			if limit := 5*simRTT + linkProbe(blackout) + 100*time.Millisecond; rec > limit {
 				t.Errorf("first echo %v after the link returned, want at most %v", rec, limit)
 			}
 		})
@@ -598,17 +598,23 @@ func TestRecoveryBulk(t *testing.T) {
 				peer := bulkRecovery(t, blackout, true, dir == "upload")
 				t.Logf("bulk %s, blackout %v, RTT %v: bytes flow again %v after the link returns (%.1f RTT); with QUIC's back-off alone %v (%.1f RTT); %.1fx faster",
 					dir, blackout, simRTT, ours, float64(ours)/float64(simRTT), peer, float64(peer)/float64(simRTT), float64(peer)/float64(ours))
-				if limit := simRTT + 100*time.Millisecond + linkProbe; ours > limit {
-					t.Errorf("recovery took %v, want at most %v (one RTT + 100 ms, + %v for the first ping or hurry after the link returns)", ours, limit, linkProbe)
+				if limit := simRTT + 100*time.Millisecond + linkProbe(blackout); ours > limit {
+					t.Errorf("recovery took %v, want at most %v (one RTT + 100 ms, + %v for the first ping or hurry after the link returns)", ours, limit, linkProbe(blackout))
 				}
 			})
 		}
 	}
 }
 
-// linkProbe is the period of link pings and hurries during the first
-// minute of a stall: the link is found at most this long after it returns.
-const linkProbe = 50 * time.Millisecond
+// linkProbe is the period of link pings and hurries after a stall of d
+// (firmware/tunnel and link.go): the link is found at most this long after
+// it returns.
+func linkProbe(d time.Duration) time.Duration {
+	if d < time.Minute {
+		return 50 * time.Millisecond
+	}
+	return 100 * time.Millisecond
+}
 
 // bulkRecovery runs one bulk transfer through a blackout and returns how
 // long after the link came back bytes flowed again: from the device to
