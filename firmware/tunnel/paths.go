@@ -26,13 +26,22 @@ import (
 // PATH_CHALLENGE and its answer, one round trip, about 4 kB with padding),
 // and during an outage no round trip is possible. So while sessions run,
 // the agent keeps one spare path validated ahead of need; an idle device
-// never pays for one. The socket the connection was dialled on stays open
-// for the connection's life (quic-go needs it); after a move the path left
-// behind is closed once the next spare is ready, so at most four sockets
-// are open.
+// never pays for one. Every socket a connection added a path on stays
+// open for the connection's life: quic-go registers the connection with
+// each path's transport, and closing one closes the connection. So a
+// connection adds at most maxPaths paths (and moves at most maxMoves
+// times); after that a recovery dials a new connection, which starts
+// afresh.
 
 // probeTimeout bounds the validation of a spare path.
 const probeTimeout = 15 * time.Second
+
+// maxMoves and maxPaths bound the moves of one connection and the paths it
+// adds (a validation can fail), and so its sockets.
+const (
+	maxMoves = 4
+	maxPaths = maxMoves + 2
+)
 
 // linkPaths are one connection's UDP paths to the fleet. The datagrams
 // outside QUIC that arrive on any of them go to onDatagram.
@@ -45,13 +54,13 @@ type linkPaths struct {
 	onDatagram func(b []byte, from net.Addr)
 	wg         sync.WaitGroup // readers and probes
 
-	mu     sync.Mutex // guards the fields below
-	active *quic.Transport
-	cur    *path // the active path, when it is not the one dialled on
-	spare  *path // being validated, or ready
-	old    *path // left behind by the last move
-	moves  int
-	closed bool
+	mu      sync.Mutex // guards the fields below
+	active  *quic.Transport
+	spare   *path   // being validated, or ready
+	current *path   // the active path, when it is not the one dialled on
+	added   []*path // every path added; closed with the connection
+	moves   int
+	closed  bool
 }
 
 // path is a path the agent added to the connection.
@@ -102,7 +111,7 @@ func (p *linkPaths) writeTo(b []byte) {
 func (p *linkPaths) prepare() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.spare != nil {
+	if p.closed || p.spare != nil || len(p.added) >= maxPaths {
 		return
 	}
 	udp, err := p.listen()
@@ -120,6 +129,7 @@ func (p *linkPaths) prepare() {
 	}
 	s := &path{udp: udp, tr: tr, qp: qp}
 	p.spare = s
+	p.added = append(p.added, s)
 	p.read(tr)
 	p.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(p.ctx, probeTimeout)
@@ -133,35 +143,32 @@ func (p *linkPaths) prepare() {
 		if err != nil {
 			p.log.Debug("spare path not validated", "err", err)
 			p.spare = nil
-			s.close()
+			s.qp.Close() // its socket stays open until the connection ends
 			return
 		}
 		s.ready = true
-		if p.old != nil {
-			p.old.close()
-			p.old = nil
-		}
 	})
 }
 
-// move switches the connection to the spare path, if one is ready.
+// move switches the connection to the spare path, if one is ready and the
+// connection has moves left.
 func (p *linkPaths) move() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.spare
-	if p.closed || s == nil || !s.ready {
+	if p.closed || s == nil || !s.ready || p.moves >= maxMoves {
 		return false
 	}
 	if err := s.qp.Switch(); err != nil {
 		p.log.Debug("switch to the spare path", "err", err)
 		p.spare = nil
-		s.close()
+		s.qp.Close()
 		return false
 	}
-	if p.old != nil {
-		p.old.close()
+	if p.current != nil {
+		p.current.qp.Close() // abandoned; its socket stays open (see above)
 	}
-	p.old, p.cur, p.spare = p.cur, s, nil
+	p.current, p.spare = s, nil
 	p.active = s.tr
 	p.moves++
 	return true
@@ -172,16 +179,16 @@ func (p *linkPaths) move() bool {
 func (p *linkPaths) close() {
 	p.mu.Lock()
 	p.closed = true
-	for _, s := range []*path{p.spare, p.cur, p.old} {
-		if s != nil {
-			s.close()
-		}
+	for _, s := range p.added {
+		s.close()
 	}
-	p.spare, p.cur, p.old = nil, nil, nil
+	p.spare, p.current, p.added = nil, nil, nil
 	p.mu.Unlock()
 	p.wg.Wait()
 }
 
+// close abandons the path and closes its socket: only once the connection
+// is closed (see above).
 func (s *path) close() {
 	s.qp.Close()
 	s.tr.Close()

@@ -27,10 +27,15 @@ import (
 //     hurries to the device (proto.LinkHurryByte), MACed with the
 //     connection's link key;
 //   - the first echo, or the first good hurry, means the link is back: the
-//     agent moves the connection to its spare path (paths.go), which makes
-//     both sides send what they have in flight at once. If no spare path is
-//     ready, or the sessions are not moving again within a few round trips
-//     plus the resume layer's ack delay, it drops the connection and dials
+//     agent moves the connection to its spare path (paths.go), so that
+//     quic-go on both sides drops its back-off and congestion state, and
+//     resumes every session on a new stream of the same connection from
+//     exactly where the other side is (the old streams are reset, so
+//     nothing is resent blindly): a hurry says how much of its session the
+//     fleet has, and the agent replays from there at once; otherwise the
+//     fleet's answer to the resume says it. If no spare path is ready, or
+//     the sessions are still stuck a few round trips plus the resume
+//     layer's ack delay later, the agent drops the connection and dials
 //     again at once, and the resume layer replays what was not
 //     acknowledged.
 //

@@ -309,8 +309,8 @@ func (c *Client) session(ctx context.Context) error {
 	qc, err := tr.DialEarly(dctx, raddr, tlsConf, &quic.Config{
 		// No QUIC keep-alives: a PING and its ACK cost ~110 bytes on the
 		// wire. The NAT keep-alive and the heartbeat below cost less.
-		MaxIdleTimeout:          c.cfg.IdleTimeout,
-		DisablePathMTUDiscovery: !c.cfg.PathMTUDiscovery,
+		MaxIdleTimeout:                 c.cfg.IdleTimeout,
+		DisablePathMTUDiscovery:        !c.cfg.PathMTUDiscovery,
 		InitialStreamReceiveWindow:     quicStreamWindow,
 		InitialConnectionReceiveWindow: quicConnWindow,
 	})

@@ -3,6 +3,7 @@ package tunnelsrv
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -201,6 +202,99 @@ func TestPokesAndWhoAsksAreRateLimited(t *testing.T) {
 		}
 		if quic < 1 || quic > 2 {
 			t.Errorf("%d QUIC packets (heartbeats), want 1 or 2", quic)
+		}
+	})
+}
+
+// TestManyBlackoutsOnOneConnection: a bulk download through eight
+// blackouts in a row. Each recovery moves the connection to a fresh path
+// (each of those paths' sockets must stay open while the connection
+// lives: closing one closes the connection); past the connection's moves,
+// the agent dials a new connection. Bytes flow again after every one,
+// and none is lost.
+func TestManyBlackoutsOnOneConnection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stop := make(chan struct{})
+		sf := newSimFleetOpts(t, simOpts{log: bulkLog(t), handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			defer conn.Close()
+			buf := make([]byte, 32<<10)
+			for n := byte(0); ; n++ {
+				for i := range buf {
+					buf[i] = n
+				}
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := conn.Write(buf); err != nil {
+					return
+				}
+			}
+		}})
+		defer sf.stop()
+		defer close(stop)
+		sf.waitState(t, true)
+		conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		var mu sync.Mutex
+		var got int64
+		var bad error
+		go func() {
+			buf := make([]byte, 32<<10)
+			var off int64
+			for {
+				n, err := conn.Read(buf)
+				for i := range n {
+					if want := byte((off + int64(i)) / (32 << 10)); buf[i] != want {
+						mu.Lock()
+						bad = fmt.Errorf("byte %d is %d, want %d", off+int64(i), buf[i], want)
+						mu.Unlock()
+						return
+					}
+				}
+				off += int64(n)
+				mu.Lock()
+				got = off
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+		progress := func() int64 {
+			mu.Lock()
+			defer mu.Unlock()
+			if bad != nil {
+				t.Fatal(bad)
+			}
+			return got
+		}
+		for i := range 8 {
+			time.Sleep(3 * time.Second)
+			sf.router.down.Store(true)
+			time.Sleep(5 * time.Second)
+			synctest.Wait()
+			before := progress()
+			sf.router.down.Store(false)
+			back := time.Now()
+			for progress() == before {
+				time.Sleep(10 * time.Millisecond)
+				if time.Since(back) > time.Minute {
+					t.Fatalf("blackout %d: no bytes a minute after the link came back", i+1)
+				}
+			}
+			t.Logf("blackout %d: bytes flowing %v after the link came back; %d reconnects so far", i+1, time.Since(back), sf.client.Reconnects())
+			if took := time.Since(back); took > time.Second {
+				t.Errorf("blackout %d: bytes flowed %v after the link came back, want well under a second", i+1, took)
+			}
+		}
+		// Four moves a connection, then a new one: one redial in eight.
+		if n := sf.client.Reconnects(); n > 2 {
+			t.Errorf("%d reconnects in 8 blackouts, want at most 2: a move must not cost the connection", n)
 		}
 	})
 }
