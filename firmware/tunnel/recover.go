@@ -42,7 +42,10 @@ import (
 // Recovery is judged by the sessions moving again (resume.Conn.Progress),
 // not by packets arriving: during an upload the device hears the fleet's
 // acknowledgements of its own data while the fleet's data still waits.
-// Pings go on until then, and while a dial is pending.
+// Pings go on until then, and while a dial is pending. An echo or a hurry
+// is acted on only after an outage, a silence of the connection of half a
+// second or more: a stall on a link that keeps delivering packets is its
+// queue, which QUIC copes with.
 //
 // Pings cost ~37 bytes on the wire each, every 50 ms for the first
 // minute of a stall (so that they find the link at most 50 ms after it
@@ -57,6 +60,11 @@ const (
 	pingFastFor    = time.Minute
 	pingSlow       = 100 * time.Millisecond
 	pingReadBuffer = 64
+	// outageGap is the silence (no QUIC packet heard) that tells an outage
+	// from a slow link; outageRecent is how long after such a gap the link
+	// may still be recovering from it.
+	outageGap    = 500 * time.Millisecond
+	outageRecent = 2 * time.Second
 	// settleExtra is added to two round trips and the resume ack delay:
 	// how long the sessions have, after a move, to move again.
 	settleExtra = 100 * time.Millisecond
@@ -98,6 +106,25 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	// Hurries the fleet sent before it saw the sessions resumed arrive for
 	// up to a round trip after a move: they are stale until quietUntil.
 	var quietUntil time.Time
+	// Whether the link was out: a gap of outageGap or more in the QUIC
+	// packets this side heard, now or lately. Without one, a stall is a
+	// link's queue holding acks back (a congested cellular link), which
+	// QUIC copes with; a move would only resend what is in flight.
+	var rxCount uint64
+	var rxAt, gapEndedAt, pingHoldUntil time.Time
+	sampleRx := func(now time.Time) {
+		if n := qc.ConnectionStats().PacketsReceived; n != rxCount {
+			if now.Sub(rxAt) >= outageGap {
+				gapEndedAt = now
+			}
+			rxCount, rxAt = n, now
+		}
+	}
+	outage := func() bool {
+		now := time.Now()
+		sampleRx(now)
+		return now.Sub(rxAt) >= outageGap || now.Sub(gapEndedAt) <= outageRecent
+	}
 	threshold := func() time.Duration {
 		return max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay)
 	}
@@ -132,6 +159,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		if want := n > 0 || p != nil || settle != nil; want && !ticking {
 			t.Reset(stallCheck)
 			ticking = true
+			rxCount, rxAt = qc.ConnectionStats().PacketsReceived, time.Now()
 		} else if !want && ticking {
 			t.Stop()
 			ticking = false
@@ -152,6 +180,14 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			continue
 		case <-pongOf(p):
 			p.pong = nil
+			if !outage() {
+				// The fleet answers and the connection kept hearing it:
+				// a slow link, not an outage. Ping again later.
+				c.log.Debug("session stalled on a working link; leaving it to QUIC")
+				stopPinging()
+				pingHoldUntil = time.Now().Add(time.Second)
+				continue
+			}
 			var hint *proto.LinkHurry
 			select {
 			case h := <-hurry: // it came at the same moment, with the fleet's position
@@ -161,8 +197,8 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			linkBack("the fleet answers pings", hint)
 			continue
 		case h := <-hurry:
-			if time.Now().Before(quietUntil) {
-				continue
+			if time.Now().Before(quietUntil) || !outage() {
+				continue // stale, or the link works and QUIC is on it
 			}
 			if h.Reason == proto.HurryReceiving && c.stalled() <= threshold() {
 				// The fleet stopped hearing a transfer from this device,
@@ -193,6 +229,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			}
 		}
 		now := time.Now()
+		sampleRx(now)
 		if settle != nil && (c.progress() > progressAt || c.stalled() == 0 && now.Sub(backAt) > rtt) {
 			c.log.Info("sessions moving again", "since_back", now.Sub(backAt).Round(time.Millisecond),
 				"stalled_for", sinceOr(stallFrom, now))
@@ -213,8 +250,8 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			}
 			continue
 		}
-		if !stalled || p != nil {
-			continue // waiting for the sessions to move after a hurry, or pinging
+		if !stalled || p != nil || now.Before(pingHoldUntil) {
+			continue // waiting for the sessions to move after a hurry, pinging, or a slow link
 		}
 		var err error
 		if p, err = newPinger(c.cfg.ListenPacket, raddr); err != nil {
