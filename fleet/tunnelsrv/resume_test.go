@@ -11,8 +11,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strings"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,9 +38,9 @@ type switchRouter struct {
 	mutedBelow atomic.Int32
 	trace      func(simnet.Packet)
 
-	mu      sync.Mutex // guards the NAT and the loss
-	loss    float64    // the share of packets dropped at random, each way
-	rng     *rand.Rand
+	mu   sync.Mutex // guards the NAT and the loss
+	loss float64    // the share of packets dropped at random, each way
+	rng  *rand.Rand
 
 	nat     bool
 	private net.IP                  // addresses behind the NAT
