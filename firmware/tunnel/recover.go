@@ -43,9 +43,10 @@ import (
 // not by packets arriving: during an upload the device hears the fleet's
 // acknowledgements of its own data while the fleet's data still waits.
 // Pings go on until then, and while a dial is pending. An echo or a hurry
-// is acted on only after an outage, a silence of the connection of half a
-// second or more: a stall on a link that keeps delivering packets is its
-// queue, which QUIC copes with.
+// is acted on only after an outage, a silence of the connection of a second
+// or more (longer on a slow link, see outageGap): a stall on a link that
+// keeps delivering packets is its queue or its losses, which QUIC copes
+// with, and a move would cost it its congestion window.
 //
 // Pings cost ~37 bytes on the wire each, every 50 ms for the first
 // minute of a stall (so that they find the link at most 50 ms after it
@@ -60,10 +61,13 @@ const (
 	pingFastFor    = time.Minute
 	pingSlow       = 100 * time.Millisecond
 	pingReadBuffer = 64
-	// outageGap is the silence (no QUIC packet heard) that tells an outage
-	// from a slow link; outageRecent is how long after such a gap the link
-	// may still be recovering from it.
-	outageGap    = 500 * time.Millisecond
+	// outageGap is the shortest silence (no QUIC packet heard) that tells
+	// an outage from a slow or lossy link, or outagePTOs of QUIC's probe
+	// timeouts (RTT + 4 × its deviation) if longer: a lost tail and a lost
+	// probe leave a working link silent for about two. outageRecent is how
+	// long after such a gap the link may still be recovering from it.
+	outageGap    = time.Second
+	outagePTOs   = 3
 	outageRecent = 2 * time.Second
 	// settleExtra is added to two round trips and the resume ack delay:
 	// how long the sessions have, after a move, to move again.
@@ -112,18 +116,21 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	// QUIC copes with; a move would only resend what is in flight.
 	var rxCount uint64
 	var rxAt, gapEndedAt, pingHoldUntil time.Time
+	gap := func(st quic.ConnectionStats) time.Duration {
+		return max(outageGap, outagePTOs*(st.SmoothedRTT+4*st.MeanDeviation))
+	}
 	sampleRx := func(now time.Time) {
-		if n := qc.ConnectionStats().PacketsReceived; n != rxCount {
-			if now.Sub(rxAt) >= outageGap {
+		if st := qc.ConnectionStats(); st.PacketsReceived != rxCount {
+			if now.Sub(rxAt) >= gap(st) {
 				gapEndedAt = now
 			}
-			rxCount, rxAt = n, now
+			rxCount, rxAt = st.PacketsReceived, now
 		}
 	}
 	outage := func() bool {
 		now := time.Now()
 		sampleRx(now)
-		return now.Sub(rxAt) >= outageGap || now.Sub(gapEndedAt) <= outageRecent
+		return now.Sub(rxAt) >= gap(qc.ConnectionStats()) || now.Sub(gapEndedAt) <= outageRecent
 	}
 	threshold := func() time.Duration {
 		return max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay)

@@ -38,9 +38,14 @@ type switchRouter struct {
 	mutedBelow atomic.Int32
 	trace      func(simnet.Packet)
 
-	mu   sync.Mutex // guards the NAT and the loss
+	mu   sync.Mutex // guards the NAT, the loss and the bottleneck
 	loss float64    // the share of packets dropped at random, each way
 	rng  *rand.Rand
+	// rate, when set, is the link's capacity each way in bytes a second,
+	// with a drop-tail queue of up to queue's worth of sending.
+	rate  float64
+	queue time.Duration
+	busy  [2]time.Time // until when each way (0: to the fleet) is sending
 
 	nat     bool
 	private net.IP                  // addresses behind the NAT
@@ -83,8 +88,29 @@ func (r *switchRouter) SendPacket(p simnet.Packet) error {
 			return nil // a mapping the NAT forgot
 		}
 	}
+	if r.rate == 0 {
+		r.mu.Unlock()
+		return r.PerfectRouter.SendPacket(p)
+	}
+	// A bottleneck: the packet leaves after those queued before it.
+	way := 1
+	if p.From.(*net.UDPAddr).IP.Equal(r.private) || p.To.(*net.UDPAddr).Port == 443 {
+		way = 0
+	}
+	now := time.Now()
+	start := now
+	if r.busy[way].After(now) {
+		start = r.busy[way]
+	}
+	if start.Sub(now) > r.queue {
+		r.mu.Unlock()
+		return nil // the queue is full
+	}
+	r.busy[way] = start.Add(time.Duration(float64(len(p.Data)+28) / r.rate * float64(time.Second)))
+	wait := r.busy[way].Sub(now)
 	r.mu.Unlock()
-	return r.PerfectRouter.SendPacket(p)
+	time.AfterFunc(wait, func() { r.PerfectRouter.SendPacket(p) })
+	return nil
 }
 
 // natRebind makes the NAT forget every mapping: the agent's next packets get
@@ -724,75 +750,92 @@ func bulkLog(t *testing.T) *slog.Logger {
 // and restarts congestion control: an earlier build moved on such stalls
 // and lost three quarters of its throughput on linkbench's lossy links).
 func TestNoMoveOnALossyLink(t *testing.T) {
-	for _, upload := range []bool{false, true} {
-		dir := "download"
-		if upload {
-			dir = "upload"
-		}
-		t.Run(dir, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				stop := make(chan struct{})
-				var got atomic.Int64
-				count := func(r io.Reader) {
-					buf := make([]byte, 64<<10)
-					for {
-						n, err := r.Read(buf)
-						got.Add(int64(n))
-						if err != nil {
-							return
+	type link struct {
+		name  string
+		loss  float64
+		rate  float64 // bytes a second; 0: unlimited
+		queue time.Duration
+	}
+	for _, l := range []link{
+		{name: "3% loss", loss: 0.03},
+		// linkbench's lte: 12 Mbit/s with a 250 ms queue
+		{name: "12 Mbit/s, 250 ms queue, 1% loss", loss: 0.01, rate: 12e6 / 8, queue: 250 * time.Millisecond},
+		{name: "12 Mbit/s, 250 ms queue, 5% loss", loss: 0.05, rate: 12e6 / 8, queue: 250 * time.Millisecond},
+		// its 3g uplink: 768 kbit/s with a 1 s queue
+		{name: "768 kbit/s, 1 s queue, 1% loss", loss: 0.01, rate: 768e3 / 8, queue: time.Second},
+		{name: "768 kbit/s, 1 s queue, 5% loss", loss: 0.05, rate: 768e3 / 8, queue: time.Second},
+	} {
+		for _, upload := range []bool{false, true} {
+			dir := "download"
+			if upload {
+				dir = "upload"
+			}
+			t.Run(l.name+"/"+dir, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					stop := make(chan struct{})
+					var got atomic.Int64
+					count := func(r io.Reader) {
+						buf := make([]byte, 64<<10)
+						for {
+							n, err := r.Read(buf)
+							got.Add(int64(n))
+							if err != nil {
+								return
+							}
 						}
 					}
-				}
-				flood := func(w io.Writer) {
-					buf := make([]byte, 32<<10)
-					for {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						if _, err := w.Write(buf); err != nil {
-							return
+					flood := func(w io.Writer) {
+						buf := make([]byte, 32<<10)
+						for {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							if _, err := w.Write(buf); err != nil {
+								return
+							}
 						}
 					}
-				}
-				rec := logtest.NewRecorder(t)
-				log := slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelInfo}))
-				sf := newSimFleetOpts(t, simOpts{log: log, handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+					rec := logtest.NewRecorder(t)
+					log := slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelInfo}))
+					sf := newSimFleetOpts(t, simOpts{log: log, handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+						defer conn.Close()
+						if upload {
+							count(conn)
+						} else {
+							flood(conn)
+						}
+					}})
+					defer sf.stop()
+					defer close(stop)
+					sf.waitState(t, true)
+					sf.router.mu.Lock()
+					sf.router.loss, sf.router.rng = l.loss, rand.New(rand.NewPCG(1, 2))
+					sf.router.rate, sf.router.queue = l.rate, l.queue
+					sf.router.mu.Unlock()
+					conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+					if err != nil {
+						t.Fatal(err)
+					}
 					defer conn.Close()
 					if upload {
-						count(conn)
+						go flood(conn)
 					} else {
-						flood(conn)
+						go count(conn)
 					}
-				}})
-				defer sf.stop()
-				defer close(stop)
-				sf.waitState(t, true)
-				sf.router.mu.Lock()
-				sf.router.loss, sf.router.rng = 0.03, rand.New(rand.NewPCG(1, 2))
-				sf.router.mu.Unlock()
-				conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				if upload {
-					go flood(conn)
-				} else {
-					go count(conn)
-				}
-				time.Sleep(time.Minute)
-				moves := strings.Count(rec.String(), "link is back")
-				t.Logf("bulk %s for a minute, 3%% loss each way: %.1f MB, %d moves, %d reconnects", dir, float64(got.Load())/1e6, moves, sf.client.Reconnects())
-				if moves > 0 || sf.client.Reconnects() > 0 {
-					t.Errorf("%d moves and %d reconnects on a link that never fell silent, want none", moves, sf.client.Reconnects())
-				}
-				if got.Load() == 0 {
-					t.Error("nothing arrived")
-				}
+					time.Sleep(time.Minute)
+					moves := strings.Count(rec.String(), "link is back")
+					t.Logf("bulk %s for a minute, %s: %.1f MB, %d moves, %d reconnects", dir, l.name, float64(got.Load())/1e6, moves, sf.client.Reconnects())
+					if moves > 0 || sf.client.Reconnects() > 0 {
+						t.Errorf("%d moves and %d reconnects on a link that never fell silent, want none", moves, sf.client.Reconnects())
+					}
+					if got.Load() == 0 {
+						t.Error("nothing arrived")
+					}
+				})
 			})
-		})
+		}
 	}
 }
 
