@@ -102,7 +102,7 @@ type Server struct {
 
 	linkKey []byte
 
-	mu           sync.Mutex // guards conns, sessions, boots, tags, left and sessionAdded
+	mu           sync.Mutex // guards conns, sessions, boots, tags, left, stopping and sessionAdded
 	conns        map[string]*deviceConn
 	tags         map[string]*deviceConn         // HelloAck.LinkTag → connection
 	byAddr       map[string]*deviceConn         // where keep-alives came from → connection (checked on use)
@@ -112,6 +112,7 @@ type Server struct {
 	left         map[string]departure           // device ID → how its last connection ended
 	sessionAdded chan struct{}                  // wakes watchStalls
 	budget       *resume.Budget
+	stopping     string // the close reason once the fleet stops (stopReasonLocked)
 }
 
 // session is a brokered stream held for its device across reconnects.
@@ -388,6 +389,13 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	cancel()
 	heard := s.lastHeard(dc)
 	s.mu.Lock()
+	// When the fleet stops, this connection closes here with closeAll's
+	// reason: closeAll may already have missed it in s.conns.
+	var stopReason string
+	stopping := ctx.Err() != nil
+	if stopping {
+		stopReason = s.stopReasonLocked()
+	}
 	delete(s.tags, string(tag))
 	for _, a := range dc.byAddr {
 		if s.byAddr[a] == dc {
@@ -402,9 +410,11 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		s.changed = make(chan struct{})
 	}
 	s.mu.Unlock()
-	if ctx.Err() == nil {
+	if stopping {
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), stopReason)
+	} else {
 		qc.CloseWithError(closeOK, "")
-	} // else the fleet is stopping: closeAll closes it, with the reason
+	}
 	if current {
 		log.Info("device disconnected", "err", err, "last_heard", heard.UTC().Format(time.RFC3339))
 		if s.cfg.OnDisconnect != nil {
@@ -600,13 +610,12 @@ func (s *Server) Send(deviceID string, m proto.Message) error {
 // close frames to leave before the socket closes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
+	reason := s.stopReasonLocked()
 	conns := make([]*deviceConn, 0, len(s.conns))
 	for _, dc := range s.conns {
 		conns = append(conns, dc)
 	}
 	s.mu.Unlock()
-	spread := min(max(time.Duration(len(conns))*10*time.Millisecond, 2*time.Second), 2*time.Minute)
-	reason := fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
 	for _, dc := range conns {
 		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
 	}
@@ -618,6 +627,17 @@ func (s *Server) closeAll() {
 			return
 		}
 	}
+}
+
+// stopReasonLocked is the close reason for every connection once the fleet
+// stops, fixed at the first call: a reconnect spread sized to the fleet
+// then. s.mu is held.
+func (s *Server) stopReasonLocked() string {
+	if s.stopping == "" {
+		spread := min(max(time.Duration(len(s.conns))*10*time.Millisecond, 2*time.Second), 2*time.Minute)
+		s.stopping = fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
+	}
+	return s.stopping
 }
 
 // Disconnect closes deviceID's tunnel, if any, with a reason the agent
