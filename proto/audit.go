@@ -49,6 +49,20 @@ const (
 	EventAgentStop       = "agent.stop"
 	EventAgentConfig     = "agent.config"
 	EventUpdateApplied   = "update.applied"
+	// OTA steps on the device (firmware/update) and on the fleet (releases
+	// and rollouts); Fields name the version and the rollout.
+	EventUpdateOffered    = "update.offered"
+	EventUpdateRefused    = "update.refused"
+	EventUpdateDownloaded = "update.downloaded"
+	EventUpdateCommitted  = "update.committed"
+	EventUpdateRolledBack = "update.rolled_back"
+	EventUpdateFailed     = "update.failed"
+	EventUpdateKeyRotated = "update.key_rotated"
+	EventReleaseAdd       = "release.add"
+	EventReleaseDelete    = "release.delete"
+	EventRolloutCreate    = "rollout.create"
+	EventRolloutChange    = "rollout.change" // paused, resumed, aborted, halted, stage advanced, done
+	EventRolloutPin       = "rollout.pin"
 	// EventAuditDropped is the marker a source writes when it could not
 	// keep events (its queue was full, its disk was full): Fields["count"]
 	// says how many, Fields["reason"] why.
@@ -66,6 +80,15 @@ const (
 	EventUploadsPaused = "uploads.paused"
 	// EventRetentionSet: an admin changed the storage policy.
 	EventRetentionSet = "retention.set"
+	// EventConnectorPut and EventConnectorDelete: an admin created,
+	// changed or removed a single sign-on connector.
+	EventConnectorPut    = "connector.put"
+	EventConnectorDelete = "connector.delete"
+	// EventHeadlessApproved and EventHeadlessDenied: a user logged in to
+	// the fleet in a browser approved or denied a headless login (tsh
+	// login --headless); Fields["user_code"] names it.
+	EventHeadlessApproved = "login.headless.approved"
+	EventHeadlessDenied   = "login.headless.denied"
 )
 
 // Outcomes of an audited action.

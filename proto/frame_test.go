@@ -16,6 +16,7 @@ func sampleMessages() []Message {
 			BootID: "b", KeepaliveMillis: 25000, LivenessMillis: 120000},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000,
 			LinkTag: []byte{1, 2, 3, 4, 5, 6, 7, 8}, LinkKey: bytes.Repeat([]byte{9}, LinkKeySize), ResetToken: []byte{8, 7, 6, 5, 4, 3, 2, 1}},
+		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, LinkTag: []byte{1, 2}, Updates: true},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},
 		&HeartbeatAck{Seq: 9, ServerTime: 5},
@@ -42,6 +43,14 @@ func sampleMessages() []Message {
 		&SessionEnd{SessionID: "s1", Message: "your role changed: login root is no longer allowed on pi-1"},
 		&StreamHeader{Service: ServiceSSH, SessionID: "s2", Identity: Identity{User: "bob", Login: "pi", Expires: 1700000000000,
 			NoPortForwarding: true, NoFileCopy: true}},
+		&UpdateOffer{Rollout: "r1", Version: "v1.2.3", Manifest: []byte(`{"version":"v1.2.3"}`), ManifestSig: []byte("sig"),
+			ArtifactPath: "/v1/ota/artifacts/ab", ArtifactSig: []byte("asig"),
+			Delta:     &UpdateDelta{FromSHA256: make([]byte, 32), Path: "/v1/ota/deltas/cd", Size: 4000, SHA256: make([]byte, 32)},
+			Rotations: []KeyRotation{{Key: "RWQ...", Sig: []byte("rsig")}}, Window: "02:00-05:00", BandwidthBytes: 1 << 16, HealthMillis: 120000},
+		&UpdateOffer{Rollout: "r1", Cancel: true},
+		&UpdateStatus{Rollout: "r1", Version: "v1.2.3", State: StateDownloading, Done: 10, Total: 100, Running: "v1.2.2", Delta: true},
+		&UpdateStatus{State: StateRolledBack, Reason: "tunnel not up within 2m0s"},
+		&AgentStream{Service: ServiceOTA},
 	}
 }
 

@@ -40,8 +40,18 @@
 // whose header has keys 9 or 10 (users whose roles turn forwarding or
 // file copies off): update agents after the fleet.
 //
+// Revision of 2026-12-06, later (OTA; older agents never receive these,
+// since the fleet sends an offer only to an agent that sent an
+// update-status first): update-offer (fleet to agent: the signed release
+// the device should run, with an optional delta) and update-status (agent
+// to fleet: where its update stands) on the control stream; agent-stream,
+// the first frame of a stream the agent opens to reach a fleet service
+// (service "ota": HTTP/1.1 downloads of release artefacts with Range
+// requests); the hello answer's Updates (key 7), without which (an older
+// fleet) the agent sends no update-status. See update.go.
+//
 // Revision of 2026-12-07: the hello answer's link key and reset
-// token (HelloAck keys 7 and 8); link resets carry the reset token, and the
+// token (HelloAck keys 8 and 9); link resets carry the reset token, and the
 // fleet sends link hurries (LinkHurryByte); the hello's keep-alive and
 // liveness periods (Hello keys 10 and 11), from which the fleet judges that
 // a silent device is offline; error code 10, going away (an agent that is

@@ -174,3 +174,29 @@ func (d *deviceHooks) event(ev *proto.AuditEvent) {
 		d.log.Error("audit event not recorded", "type", ev.Type, "err", fmt.Sprint(err))
 	}
 }
+
+// recorder records the fleet's own events for the packages that take a
+// Recorder (single sign-on, headless login): in the hash-chained trail and
+// as a line on the audit logger.
+type recorder struct {
+	events  *audit.Log
+	cluster string
+	log     *slog.Logger
+}
+
+func (r *recorder) Record(ctx context.Context, e *proto.AuditEvent) error {
+	if e.Outcome == "" {
+		e.Outcome = proto.OutcomeSuccess
+	}
+	if e.Cluster == "" {
+		e.Cluster = r.cluster
+	}
+	level := slog.LevelInfo
+	if e.Outcome != proto.OutcomeSuccess {
+		level = slog.LevelWarn
+	}
+	r.log.Log(ctx, level, "audit event", "event", e.Type, "outcome", e.Outcome, "user", e.User, "addr", e.Addr, "message", e.Message, "fields", e.Fields)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return r.events.Append(actx, e)
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
@@ -29,12 +31,15 @@ import (
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/backend"
 	"remoteler.dev/edge/fleet/store/etcdstore"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/auditexport"
 )
 
@@ -100,8 +105,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	tickets := newTicketKeys()
-	tickets.set(keys.active(now()))
+	ticketKeys := newTicketKeys()
+	ticketKeys.set(keys.active(now()))
 
 	tcp, udp, err := listen(cfg.Listen)
 	if err != nil {
@@ -147,7 +152,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// Ticket keys from the store, rotated daily: agents resume their TLS
 	// sessions (0-RTT, no certificate signatures) across restarts and
 	// replicas, and a leaked key opens only the tickets of its two days.
-	tickets.install(tunnelTLS)
+	ticketKeys.install(tunnelTLS)
 	tcfg := tunnelsrv.Config{
 		TLSConfig:         tunnelTLS,
 		StatelessResetKey: &keys.Reset,
@@ -162,7 +167,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		keepalive: time.Duration(cfg.DeviceKeepalive), liveness: time.Duration(cfg.DeviceLiveness)}
 	dh.configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
-	tunnels := tunnelsrv.New(tcfg)
+	var tunnels *tunnelsrv.Server
+	otaSvc, err := newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: ota: %w", err)
+	}
+	tunnels = tunnelsrv.New(tcfg)
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -180,6 +190,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	links := linkSampler(tunnels)
+	publicURL, err := publicURLOf(cfg, addr)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	rec := &recorder{events: events, cluster: cfg.Cluster, log: audit}
+	tickets := &ticket.Service{Store: st, Now: now}
+	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
+		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -197,6 +216,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		Releases:      otaSvc.releases,
+		Rollouts:      otaSvc.rollouts,
 		LinkLoss:      links.Loss,
 		Sessions:      live,
 		Now:           now,
@@ -206,8 +227,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		LoginLimit:      loginLimit(cfg),
 		Retention:       sto.policy,
 		Floor:           sto.floor,
+		SSO:             single,
+		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
+	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
+		Limit: apiSrv.AllowLogin, Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
 		Handler:           apiSrv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -224,6 +249,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)
@@ -252,7 +278,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			if k, err := loadQUICKeys(ctx, st, now()); err != nil {
 				log.Warn("rotate session ticket keys", "err", err)
 			} else {
-				tickets.set(k.active(now()))
+				ticketKeys.set(k.active(now()))
 			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
@@ -263,6 +289,22 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	// CA rotation steps taken on another replica reach this one.
 	wg.Go(func() { followCA(ctx, st, auth, log) })
+	// Logins that were started and never finished (single sign-on,
+	// tickets, headless) are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "login-pruning", elector(st, "login-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			every(ctx, 5*time.Minute, func() {
+				for what, prune := range map[string]func(context.Context) (int, error){
+					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+				} {
+					if _, err := prune(ctx); err != nil {
+						log.Warn("prune "+what, "err", err)
+					}
+				}
+			})
+			return nil
+		})
+	})
 	// Expired join tokens are pruned once for the fleet, by the leader.
 	wg.Go(func() {
 		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
@@ -321,20 +363,44 @@ func loginLimit(cfg Config) *sourcelimit.Limiter {
 	}
 }
 
-// refresh runs f every hour until ctx is done.
-func refresh(ctx context.Context, log *slog.Logger, f func() error) {
-	t := time.NewTicker(time.Hour)
+// every runs f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := f(); err != nil {
-				log.Error("refresh certificates", "err", err)
-			}
+			f()
 		}
 	}
+}
+
+// publicURLOf is cfg's PublicURL, or its default for the fleet listening
+// at addr.
+func publicURLOf(cfg Config, addr string) (string, error) {
+	if cfg.PublicURL != "" {
+		u, err := url.Parse(cfg.PublicURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return "", fmt.Errorf("public_url %q must be https://HOST[:PORT]", cfg.PublicURL)
+		}
+		return "https://" + u.Host, nil
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if len(cfg.PublicAddrs) > 0 && cfg.PublicAddrs[0] != "" {
+		return "https://" + net.JoinHostPort(cfg.PublicAddrs[0], port), nil
+	}
+	return "https://" + clientAddr(addr), nil
+}
+
+// refresh runs f every hour until ctx is done, logging its errors.
+func refresh(ctx context.Context, log *slog.Logger, f func() error) {
+	every(ctx, time.Hour, func() {
+		if err := f(); err != nil {
+			log.Error("refresh certificates", "err", err)
+		}
+	})
 }
 
 // listen opens TCP and UDP on the same port. With port 0 it retries until

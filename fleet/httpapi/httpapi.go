@@ -27,15 +27,20 @@ import (
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/retention"
+	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
@@ -61,6 +66,16 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// SSO is single sign-on (fleet/sso), Tickets the login tickets its
+	// logins and headless logins end in, and DeviceAuth the headless
+	// login's device flow; nil SSO and DeviceAuth turn them off.
+	SSO        *sso.Service
+	Tickets    *ticket.Service
+	DeviceAuth *deviceauth.Server
+	// Releases and Rollouts serve the OTA admin endpoints (ota.go) and
+	// the devices' update state; nil turns them off.
+	Releases *releases.Service
+	Rollouts *rollouts.Engine
 	// Retention is the storage policy /v1/retention reads and sets, and
 	// Floor the free-space floor it reports; nil: none.
 	Retention *retention.Service
@@ -196,7 +211,9 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
 	s.auditRoutes(mux)
+	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
+	s.ssoRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -128,6 +128,10 @@ type JoinResponse struct {
 	SSHHostCert string    `json:"ssh_host_cert"` // authorized_keys format
 	UserCAKeys  []string  `json:"user_ca_keys"`  // authorized_keys format
 	ServerTime  time.Time `json:"server_time"`
+	// ReleaseKeys are the release keys (minisign, base64 lines) the fleet
+	// accepts agent releases signed with; the agent pins them for OTA
+	// when its config names none.
+	ReleaseKeys []string `json:"release_keys,omitempty"`
 }
 
 // LoginRequest is POSTed by tsh. CSR is a DER PKCS#10 request for the user's
@@ -184,6 +188,8 @@ type Device struct {
 	Audit *DeviceAudit `json:"audit,omitempty"`
 	// Link is the health of the device's tunnel.
 	Link Link `json:"link"`
+	// Update is where the device's self-update stands (nil: none yet).
+	Update *DeviceUpdate `json:"update,omitempty"`
 }
 
 // Link is a device tunnel's health as the fleet sees it. Counters are for
@@ -213,6 +219,22 @@ type User struct {
 	Traits    map[string][]string `json:"traits,omitempty"`
 	TOTP      bool                `json:"totp"`
 	CreatedAt time.Time           `json:"created_at"`
+	// SSO is set for users who log in through a connector (single
+	// sign-on): they have no password, and their roles and traits are
+	// those their provider's claims gave at their last login.
+	SSO *SSOUser `json:"sso,omitempty"`
+}
+
+// SSOUser says where a single sign-on user comes from.
+type SSOUser struct {
+	// Connector is the connector they logged in with, Subject their ID at
+	// its provider (the sub claim).
+	Connector string `json:"connector"`
+	Subject   string `json:"subject"`
+	// LastLogin is when they last logged in; Expires is when the
+	// certificates of that login expire at the latest.
+	LastLogin time.Time `json:"last_login"`
+	Expires   time.Time `json:"expires,omitzero"`
 }
 
 // AddUserRequest is POSTed to /v1/users. When TOTP is true the answer's

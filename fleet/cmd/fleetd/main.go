@@ -52,11 +52,13 @@ func start(args []string) int {
 	listen := fs.String("listen", "", "`HOST:PORT` for HTTPS (TCP) and device tunnels (UDP) (default 0.0.0.0:3080)")
 	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
 	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
+	publicURL := fs.String("public-url", "", "`https://HOST[:PORT]` where browsers and identity providers reach the fleet: single sign-on redirects to URL/v1/sso/callback (default https://FIRST_PUBLIC_ADDR:PORT)")
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
 	pmtud := fs.Bool("tunnel-path-mtu-discovery", false, "let device tunnels probe for packets larger than 1280 bytes (about 6 kB per connection; default off)")
+	releaseKeys := fs.String("release-key", "", "minisign public `KEY`(s) (the base64 line of a .pub file; several separated by commas) that agent releases must be signed with (default: none; releases are refused)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -87,6 +89,8 @@ func start(args []string) int {
 			cfg.Cluster = *cluster
 		case "public-addr":
 			cfg.PublicAddrs = strings.Split(*public, ",")
+		case "public-url":
+			cfg.PublicURL = *publicURL
 		case "log-level":
 			cfg.LogLevel = *logLevel
 		case "session-hold":
@@ -97,6 +101,8 @@ func start(args []string) int {
 			cfg.AuditRetention = fleetd.Duration(*retention)
 		case "tunnel-path-mtu-discovery":
 			cfg.TunnelPathMTUDiscovery = *pmtud
+		case "release-key":
+			cfg.ReleaseKeys = strings.Split(*releaseKeys, ",")
 		}
 	})
 	fleetd.Version = buildinfo.Version
