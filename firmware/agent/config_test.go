@@ -138,8 +138,8 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"fleet": "f:1", "tunnel-addr": "r:2", "token": "t", "ca-pin": "sha256:00", "data-dir": "/d", "name": "n",
 		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
+		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
 		"path-mtu-discovery": "true",
-		"release-key":        "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
 	}
 	var byFlag, byFile Config
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
