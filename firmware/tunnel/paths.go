@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -151,19 +152,24 @@ func (p *linkPaths) prepare() {
 }
 
 // move switches the connection to the spare path, if one is ready and the
-// connection has moves left.
-func (p *linkPaths) move() bool {
+// connection has moves left; else it says why not.
+func (p *linkPaths) move() (ok bool, why string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.spare
-	if p.closed || s == nil || !s.ready || p.moves >= maxMoves {
-		return false
+	switch {
+	case p.closed:
+		return false, "the connection is closing"
+	case p.moves >= maxMoves:
+		return false, fmt.Sprintf("the connection has made its %d moves", maxMoves)
+	case s == nil || !s.ready:
+		return false, "no spare path is ready"
 	}
 	if err := s.qp.Switch(); err != nil {
 		p.log.Debug("switch to the spare path", "err", err)
 		p.spare = nil
 		s.qp.Close()
-		return false
+		return false, "the spare path failed"
 	}
 	if p.current != nil {
 		p.current.qp.Close() // abandoned; its socket stays open (see above)
@@ -171,7 +177,7 @@ func (p *linkPaths) move() bool {
 	p.current, p.spare = s, nil
 	p.active = s.tr
 	p.moves++
-	return true
+	return true, ""
 }
 
 // close closes every path but the one dialled on, and waits for their

@@ -143,8 +143,8 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			rtt = qc.ConnectionStats().SmoothedRTT
 		}
 		progressAt, backAt = c.progress(), time.Now()
-		if !paths.move() {
-			c.log.Info("link is back ("+why+") but no spare path is ready; reconnecting to resume at once",
+		if ok, whyNot := paths.move(); !ok {
+			c.log.Info("link is back ("+why+") but "+whyNot+"; reconnecting to resume at once",
 				"stalled_for", sinceOr(stallFrom, backAt))
 			c.redialNow.Store(true)
 			qc.CloseWithError(0, "agent: link is back, reconnecting")
