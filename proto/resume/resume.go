@@ -129,6 +129,26 @@ type Conn struct {
 	done     bool  // OnDone was called
 	rdl, wdl time.Time
 	dlTimer  [2]*time.Timer
+	trimT    *time.Timer // frees emptied ring buffers (trimSoonLocked)
+}
+
+// trimAfter is how long a ring's large buffer outlives its last byte.
+const trimAfter = time.Second
+
+// trimSoonLocked frees the rings' large buffers trimAfter from now if they
+// are empty then: an idle session keeps no megabytes, a busy one does not
+// reallocate them.
+func (c *Conn) trimSoonLocked() {
+	if c.trimT != nil || !c.in.big() && !c.out.big() {
+		return
+	}
+	c.trimT = time.AfterFunc(trimAfter, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.trimT = nil
+		c.in.release()
+		c.out.release()
+	})
 }
 
 // New returns a detached Conn; Attach gives it its first transport. Its
@@ -392,6 +412,7 @@ func (c *Conn) ackLocked(n uint64) {
 	}
 	drop := min(n, c.written) - c.outBase
 	c.out.drop(int(drop))
+	c.trimSoonLocked()
 	c.releaseLocked(drop)
 	c.outBase = n
 	if c.sent > c.outBase {
@@ -418,6 +439,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		}
 		if c.in.Len() > 0 {
 			n := c.in.read(p)
+			c.trimSoonLocked()
 			c.cond.Broadcast()
 			return n, nil
 		}

@@ -227,6 +227,37 @@ func (nopTransport) Read([]byte) (int, error)    { select {} }
 func (nopTransport) Write(p []byte) (int, error) { return len(p), nil }
 func (nopTransport) Close() error                { return nil }
 
+// TestIdleSessionFreesItsBuffers: after a bulk transfer the rings keep
+// their buffers for a second (a busy stream refills them), then free them.
+func TestIdleSessionFreesItsBuffers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := pair(t, Config{})
+		defer a.Abort(ErrClosed)
+		defer b.Abort(ErrClosed)
+		go a.Write(make([]byte, 4<<20))
+		if _, err := io.ReadFull(b, make([]byte, 4<<20)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the ack arrives
+		synctest.Wait()
+		held := func() int {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return len(a.out.buf) + len(b.in.buf)
+		}
+		if n := held(); n <= keepEmpty {
+			t.Errorf("just after the transfer the rings hold %d bytes; want them kept for a while", n)
+		}
+		time.Sleep(trimAfter)
+		synctest.Wait()
+		if n := held(); n != 0 {
+			t.Errorf("%v after the transfer the rings still hold %d bytes", trimAfter, n)
+		}
+	})
+}
+
 func TestReplayBufferBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, b := pair(t, Config{Buffer: 64 << 10})

@@ -11,7 +11,7 @@ type ring struct {
 	n    int // bytes held
 }
 
-// keepEmpty is the largest buffer an empty ring keeps.
+// keepEmpty is the largest buffer an empty ring keeps when released.
 const keepEmpty = 64 << 10
 
 func (r *ring) Len() int { return r.n }
@@ -60,9 +60,19 @@ func (r *ring) drop(k int) {
 	r.n -= k
 	if r.n == 0 {
 		r.head = 0
-		if len(r.buf) > keepEmpty {
-			r.buf = nil
-		}
+	}
+}
+
+// big says whether the ring is empty with a buffer release would free.
+func (r *ring) big() bool { return r.n == 0 && len(r.buf) > keepEmpty }
+
+// release frees the buffer of an empty ring, if it is large. A bulk stream
+// empties its rings and fills them again all the time: freeing at once, as
+// they empty, had it allocate (and the collector clear) megabytes a
+// second.
+func (r *ring) release() {
+	if r.big() {
+		r.buf = nil
 	}
 }
 

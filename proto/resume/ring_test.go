@@ -48,11 +48,19 @@ func TestRingAgainstSlice(t *testing.T) {
 	}
 }
 
-func TestRingFreesWhenEmpty(t *testing.T) {
+func TestRingKeepsItsBufferUntilReleased(t *testing.T) {
 	var rg ring
 	rg.push(make([]byte, 1<<20))
 	rg.drop(1 << 20)
-	if rg.buf != nil {
-		t.Errorf("an empty ring keeps %d bytes", len(rg.buf))
+	if len(rg.buf) != 1<<20 {
+		t.Errorf("an emptied ring keeps %d bytes, want its 1 MiB until released (a busy stream refills it)", len(rg.buf))
+	}
+	rg.push([]byte("x"))
+	if rg.release(); rg.buf == nil {
+		t.Error("release freed a ring that holds a byte")
+	}
+	rg.drop(1)
+	if rg.release(); rg.buf != nil {
+		t.Errorf("a released empty ring keeps %d bytes", len(rg.buf))
 	}
 }
