@@ -711,7 +711,14 @@ func (c *Conn) sendableLocked() bool {
 // writeLoop writes what is due to tr until it fails or is replaced.
 func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 	defer c.wg.Done()
-	var fb []byte
+	// fb holds the frame headers, acks and fins; the data goes to the
+	// transport straight from the replay ring, not copied through here.
+	// Its capacity is never outgrown (an ack, 4 data headers and a fin
+	// take at most 28 bytes), so the pieces of it in out stay put. The
+	// ring's bytes stay put too until the peer acknowledges them, which it
+	// cannot do before the transport has taken them.
+	fb := make([]byte, 0, 64)
+	var out [][]byte
 	for {
 		c.mu.Lock()
 		for c.gen == gen && c.err == nil && !c.sendableLocked() {
@@ -735,7 +742,14 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 			tr.Close()
 			return
 		}
-		fb = fb[:0]
+		fb, out = fb[:0], out[:0]
+		mark := 0 // fb[mark:] is not in out yet
+		flush := func() {
+			if len(fb) > mark {
+				out = append(out, fb[mark:])
+				mark = len(fb)
+			}
+		}
 		if c.ackNeededLocked() {
 			fb = append(fb, frameAck)
 			fb = binary.AppendUvarint(fb, c.recvd)
@@ -744,26 +758,34 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 		if c.sent < c.written && c.waitFrom.IsZero() {
 			c.waitFrom = time.Now()
 		}
-		for c.sent < c.written && len(fb) < 4*maxFrame {
+		for frames := 0; c.sent < c.written && frames < 4; frames++ {
 			off := c.sent - c.outBase
 			n := min(uint64(maxFrame), c.written-c.sent)
 			fb = append(fb, frameData)
 			fb = binary.AppendUvarint(fb, n)
-			fb = c.out.appendTo(fb, int(off), int(n))
+			flush()
+			a, b := c.out.segments(int(off), int(n))
+			out = append(out, a)
+			if len(b) > 0 {
+				out = append(out, b)
+			}
 			c.sent += n
 		}
 		if c.finWrite && !c.finSent && c.sent == c.written {
 			fb = append(fb, frameFin)
 			c.finSent = true
 		}
+		flush()
 		c.mu.Unlock()
-		if _, err := tr.Write(fb); err != nil {
-			c.mu.Lock()
-			if c.gen == gen {
-				c.detachLocked()
+		for _, p := range out {
+			if _, err := tr.Write(p); err != nil {
+				c.mu.Lock()
+				if c.gen == gen {
+					c.detachLocked()
+				}
+				c.mu.Unlock()
+				return
 			}
-			c.mu.Unlock()
-			return
 		}
 	}
 }

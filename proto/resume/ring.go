@@ -1,10 +1,9 @@
 package resume
 
-import "slices"
-
 // ring is a byte queue in a circular buffer. It grows by doubling as far as
-// it must (the Conn bounds how far), and it lets go of a large buffer when it
-// empties, so an idle session holds no memory.
+// it must (the Conn bounds how far), and it lets go of a large buffer when
+// released empty (the Conn does so a second after it empties), so an idle
+// session holds no memory.
 type ring struct {
 	buf  []byte
 	head int // index of the first byte
@@ -43,12 +42,19 @@ func (r *ring) copyOut(dst []byte, off, n int) {
 	copy(dst[k:n], r.buf)
 }
 
-// appendTo appends n bytes starting off bytes after the head to dst.
-func (r *ring) appendTo(dst []byte, off, n int) []byte {
-	l := len(dst)
-	dst = slices.Grow(dst, n)[:l+n] // no zeroing: copyOut fills it
-	r.copyOut(dst[l:], off, n)
-	return dst
+// segments returns the n bytes starting off bytes after the head as up to
+// two slices of the buffer itself (the second empty unless they wrap).
+// They stay valid while those bytes are held: push writes only past them,
+// and a buffer that grows is copied, not overwritten.
+func (r *ring) segments(off, n int) (a, b []byte) {
+	if n == 0 {
+		return nil, nil
+	}
+	start := (r.head + off) % len(r.buf)
+	if end := start + n; end <= len(r.buf) {
+		return r.buf[start:end], nil
+	}
+	return r.buf[start:], r.buf[:n-(len(r.buf)-start)]
 }
 
 // drop discards the first k bytes.
