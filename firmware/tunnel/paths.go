@@ -40,7 +40,7 @@ const probeTimeout = 15 * time.Second
 // maxMoves and maxPaths bound the moves of one connection and the paths it
 // adds (a validation can fail), and so its sockets.
 const (
-	maxMoves = 4
+	maxMoves = 8
 	maxPaths = maxMoves + 2
 )
 
