@@ -15,6 +15,8 @@
 #   make image   cross, then a rootfs overlay tarball per target into dist/
 #   make demo    the walkthrough: a fleet, a user and a device agent
 #   make bench   the benchmarks (tools/bench/run.sh)
+#   make screenshots  the browser test of web apps, keeping its screenshots
+#                in docs/images (the README shows two)
 #   make fuzz    every fuzz target for FUZZTIME each (default 10s)
 #   make clean   remove bin/ and dist/
 #
@@ -47,7 +49,7 @@ TARGETS := linux-arm64 linux-armv6 linux-armv7 linux-amd64 linux-riscv64
 # (smoke-dist, repro-dist, size-dist), rather than building them again.
 CHECK_STEPS := setup fmt vet staticcheck tidy test-go layering test-arm cross smoke-dist repro-dist size-dist
 
-.PHONY: all setup build test check cross size image demo bench fuzz clean \
+.PHONY: all setup build test check cross size image demo bench fuzz clean screenshots \
 	fmt vet staticcheck tidy test-go test-arm smoke smoke-dist repro repro-dist size-dist layering
 
 all: build
@@ -137,6 +139,10 @@ demo:
 
 bench:
 	@if [ -f tools/bench/run.sh ]; then bash tools/bench/run.sh; else echo "bench: tools/bench/run.sh not written yet"; fi
+
+screenshots: setup
+	SCREENSHOTS=$(CURDIR)/docs/images $(GO) test -count=1 -run 'TestAppsInTheBrowser$$' ./tools/e2e
+	@echo "screenshots: docs/images/*.png"
 
 # Each fuzz target found by go test -list, one at a time; runs them all and
 # then fails if any failed (or if listing them failed).

@@ -27,6 +27,7 @@ import (
 const (
 	EventUserLogin       = "user.login"
 	EventUserLoginFailed = "user.login.failed"
+	EventUserLogout      = "user.logout"
 	EventCertIssued      = "cert.issued"
 	EventSessionStart    = "session.start"
 	EventSessionEnd      = "session.end"
@@ -49,6 +50,11 @@ const (
 	EventAgentStop       = "agent.stop"
 	EventAgentConfig     = "agent.config"
 	EventUpdateApplied   = "update.applied"
+	// EventAppRequest is one HTTP request to a web app through the fleet:
+	// method, path, status and bytes in its fields.
+	EventAppRequest = "app.request"
+	// EventAppKeyRotate is a new signing key for the JWTs apps receive.
+	EventAppKeyRotate = "app.key.rotate"
 	// OTA steps on the device (firmware/update) and on the fleet (releases
 	// and rollouts); Fields name the version and the rollout.
 	EventUpdateOffered    = "update.offered"

@@ -16,6 +16,11 @@ func sampleMessages() []Message {
 			BootID: "b", KeepaliveMillis: 25000, LivenessMillis: 120000},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000,
 			LinkTag: []byte{1, 2, 3, 4, 5, 6, 7, 8}, LinkKey: bytes.Repeat([]byte{9}, LinkKeySize), ResetToken: []byte{8, 7, 6, 5, 4, 3, 2, 1}},
+		&Hello{ProtocolVersion: Version, Name: "pi-2", Services: []string{ServiceSSH, ServiceApp}, Apps: []App{
+			{Name: "nodered", URI: "http://127.0.0.1:1880", Labels: map[string]string{"team": "ops"}},
+			{Name: "router", URI: "https://192.168.1.1", InsecureSkipVerify: true,
+				Rewrite: &AppRewrite{Redirect: []string{"router.lan"}, Headers: []AppHeader{{Name: "X-User", Value: "{{user}}"}}}},
+		}},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, LinkTag: []byte{1, 2}, Updates: true},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},

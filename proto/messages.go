@@ -92,12 +92,53 @@ type Hello struct {
 	// the fleet drops the sessions it held for the device: a restarted
 	// agent cannot resume them.
 	BootID string `cbor:"9,keyasint,omitempty"`
+	// Apps are the web apps the agent offers (service "app"), as its
+	// configuration declares them. The fleet checks each (App's doc) and
+	// refuses those it does not accept; the others get a public address.
+	Apps []App `cbor:"10,keyasint,omitempty"`
 	// KeepaliveMillis and LivenessMillis are the agent's NAT keep-alive and
 	// heartbeat periods (negative keep-alive: off); the fleet judges a device
 	// that has sent nothing for a few keep-alive periods to be offline.
 	// Zero: the agent's defaults.
-	KeepaliveMillis int64 `cbor:"10,keyasint,omitempty"`
-	LivenessMillis  int64 `cbor:"11,keyasint,omitempty"`
+	KeepaliveMillis int64 `cbor:"11,keyasint,omitempty"`
+	LivenessMillis  int64 `cbor:"12,keyasint,omitempty"`
+}
+
+// App is a web app on the device, as the agent's configuration declares
+// it. A stream of service "app" names one by Name in its header's Target;
+// the agent then connects to URI (and to nothing else) and the stream
+// carries HTTP/1.1 to the app.
+type App struct {
+	// Name is one DNS label (a-z, 0-9, '-', not starting or ending with
+	// '-', without "--"), unique on the device.
+	Name string `cbor:"1,keyasint" json:"name"`
+	// URI is where the app listens on the device's side:
+	// http://HOST[:PORT] or https://HOST[:PORT], no path, query or user.
+	URI string `cbor:"2,keyasint" json:"uri"`
+	// Labels describe the app for roles' app_labels.
+	Labels map[string]string `cbor:"3,keyasint,omitempty" json:"labels,omitempty"`
+	// InsecureSkipVerify says the agent does not verify an https app's
+	// certificate (a self-signed one): the operator opted in.
+	InsecureSkipVerify bool `cbor:"4,keyasint,omitempty" json:"insecure_skip_verify,omitempty"`
+	// Rewrite adjusts what passes between the user and the app.
+	Rewrite *AppRewrite `cbor:"5,keyasint,omitempty" json:"rewrite,omitempty"`
+}
+
+// AppRewrite adjusts requests to an app and its answers.
+type AppRewrite struct {
+	// Redirect lists more host names (HOST or HOST:PORT) by which the app
+	// names itself in Location headers and cookie domains; like the URI's
+	// host, they are rewritten to the app's public address.
+	Redirect []string `cbor:"1,keyasint,omitempty" json:"redirect,omitempty"`
+	// Headers are set on every request to the app. A value may hold
+	// {{user}} and {{roles}} (comma-separated), which the fleet fills in.
+	Headers []AppHeader `cbor:"2,keyasint,omitempty" json:"headers,omitempty"`
+}
+
+// AppHeader is one header Rewrite sets.
+type AppHeader struct {
+	Name  string `cbor:"1,keyasint" json:"name"`
+	Value string `cbor:"2,keyasint" json:"value"`
 }
 
 // HelloAck answers Hello. It tells the device the fleet's time (devices often

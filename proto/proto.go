@@ -50,10 +50,18 @@
 // requests); the hello answer's Updates (key 7), without which (an older
 // fleet) the agent sends no update-status. See update.go.
 //
+// Third revision of 2026-12-06: the hello's apps (Hello key 10: the web
+// apps the agent offers, each with its name, URI, labels, certificate
+// opt-out and rewrites) and service "app" streams, whose header's Target
+// names the app and which carry HTTP/1.1 to it. An agent that declares no
+// apps sends no key 10, so an older fleet reads its hello as before; an
+// older fleet refuses the hello of an agent that declares apps (an
+// unknown key): update the fleet before you declare apps on devices.
+//
 // Revision of 2026-12-07: the hello answer's link key and reset
 // token (HelloAck keys 8 and 9); link resets carry the reset token, and the
 // fleet sends link hurries (LinkHurryByte); the hello's keep-alive and
-// liveness periods (Hello keys 10 and 11), from which the fleet judges that
+// liveness periods (Hello keys 11 and 12), from which the fleet judges that
 // a silent device is offline; error code 10, going away (an agent that is
 // stopping refuses new streams with it); NAT keep-alives are one byte, and
 // carry the link tag only when the fleet asks (LinkWhoByte); Resume keys 4

@@ -18,15 +18,16 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"remoteler.dev/edge/firmware/apps"
 	"remoteler.dev/edge/firmware/identity"
 	"remoteler.dev/edge/firmware/netwatch"
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/firmware/update"
@@ -52,12 +53,15 @@ type Agent struct {
 	mu sync.Mutex // guards id
 	id *identity.Identity
 
-	tunnel  *tunnel.Client
-	ssh     *sshd.Server
-	audit   *auditor
-	live    liveSessions
-	updater *update.Updater // nil when self-update could not start
-	restart atomic.Pointer[string]
+	tunnel *tunnel.Client
+	ssh    *sshd.Server
+	// services is the registry of what the device offers: ssh, the web
+	// apps and cfg.Services.
+	services *services.Registry
+	audit    *auditor
+	live     liveSessions
+	updater  *update.Updater // nil when self-update could not start
+	restart  atomic.Pointer[string]
 	// fleetUpdates is the last hello answer's Updates: the fleet takes
 	// update statuses.
 	fleetUpdates atomic.Bool
@@ -173,6 +177,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})
+	list := append([]services.Service{a.ssh}, a.cfg.Services...)
+	if len(a.cfg.Apps) > 0 {
+		web, err := apps.New(apps.Config{Apps: a.cfg.Apps, Logger: a.log})
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		list = append(list, web)
+	}
+	reg, err := services.New(a.clock.Now, sshd.DefaultClockSkew, list...)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.services = reg
 	a.tunnel = tunnel.New(tunnel.Config{
 		Addr:       a.tunnelAddr(),
 		TLSConfig:  a.tunnelTLS,
@@ -261,15 +278,16 @@ func (a *Agent) healthy() bool {
 
 func (a *Agent) hello() *proto.Hello {
 	id := a.identity()
-	return &proto.Hello{
+	h := &proto.Hello{
 		Name:         id.Name,
 		AgentVersion: buildinfo.Version,
 		OS:           runtime.GOOS,
 		Arch:         runtime.GOARCH,
 		Labels:       a.cfg.Labels,
 		Time:         a.cfg.Now().UnixMilli(),
-		Services:     a.services(),
 	}
+	a.services.Hello(h)
+	return h
 }
 
 func (a *Agent) helloAck(ack *proto.HelloAck) {
@@ -283,54 +301,6 @@ func (a *Agent) helloAck(ack *proto.HelloAck) {
 	a.mu.Unlock()
 	if err := a.store.Save(&id); err != nil {
 		a.log.Warn("save clock offset", "err", err)
-	}
-}
-
-// check refuses streams the agent cannot serve before any byte flows.
-func (a *Agent) check(h *proto.StreamHeader) error {
-	if h.Identity.User == "" {
-		return proto.Errorf(proto.CodeBadRequest, "stream header names no user")
-	}
-	if h.Service == proto.ServiceSSH {
-		if h.Identity.Login == "" {
-			return proto.Errorf(proto.CodeBadRequest, "stream header names no login")
-		}
-		return nil
-	}
-	if a.cfg.Services[h.Service] == nil {
-		return proto.Errorf(proto.CodeNotFound, "this device does not offer %q", h.Service)
-	}
-	return nil
-}
-
-// services lists what the device offers, for its hello.
-func (a *Agent) services() []string {
-	out := []string{proto.ServiceSSH}
-	for name := range a.cfg.Services {
-		out = append(out, name)
-	}
-	slices.Sort(out[1:])
-	return out
-}
-
-func (a *Agent) handle(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
-	if h.Service != proto.ServiceSSH {
-		if h.Identity.Expires > 0 {
-			// The stream ends with the user's certificate, as the device's
-			// clock (the fleet's, from the hello) sees it, give or take
-			// the skew sshd allows.
-			left := time.UnixMilli(h.Identity.Expires).Sub(a.clock.Now()) + sshd.DefaultClockSkew
-			var stop context.CancelFunc
-			ctx, stop = context.WithTimeout(ctx, left)
-			defer stop()
-		}
-		a.cfg.Services[h.Service](ctx, h, conn)
-		return
-	}
-	log := a.log.With("session", h.SessionID, "user", h.Identity.User, "login", h.Identity.Login)
-	log.Info("ssh session brokered", "client", h.ClientAddr)
-	if err := a.ssh.ServeConn(ctx, conn, h.Identity); err != nil {
-		log.Info("ssh connection ended", "err", err)
 	}
 }
 

@@ -341,7 +341,7 @@ func (a *Agent) closeAudit() error {
 
 // checkAudited is the tunnel's Check: a refused stream is recorded.
 func (a *Agent) checkAudited(h *proto.StreamHeader) error {
-	err := a.check(h)
+	err := a.services.Check(h)
 	if err != nil {
 		a.streamDenied(h, err)
 	}
@@ -364,7 +364,7 @@ func (a *Agent) handleAudited(ctx context.Context, h *proto.StreamHeader, conn n
 	a.live.add(h.SessionID, cancel)
 	defer a.live.remove(h.SessionID)
 	began := a.clock.Now()
-	a.handle(ctx, h, conn)
+	a.services.Serve(ctx, h, conn)
 	a.sessionEnd(ctx, h, began)
 }
 

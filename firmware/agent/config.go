@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,9 +18,11 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"remoteler.dev/edge/firmware/apps"
 	"remoteler.dev/edge/firmware/auditq"
 	"remoteler.dev/edge/firmware/kubeproxy"
 	"remoteler.dev/edge/firmware/recording"
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/firmware/update"
 	"remoteler.dev/edge/proto"
@@ -89,6 +92,15 @@ type Config struct {
 	// RecordingsMaxBytes caps the recordings waiting on the device for
 	// upload (DATA_DIR/recordings); default 256 MiB.
 	RecordingsMaxBytes int64
+	// Apps are the web apps the device offers through the fleet
+	// (firmware/apps): name, uri (http://HOST:PORT or https://...),
+	// insecure_skip_verify (an https app's self-signed certificate is
+	// accepted: an explicit opt-in), labels (for roles' app_labels) and
+	// rewrite (more names the app calls itself in redirects and cookies,
+	// headers set on requests). The agent connects only to these URIs.
+	// Flag --app, repeated, one app each (NAME=URI[,options]); the file's
+	// key app is a list of objects. Default: none.
+	Apps []apps.App
 	// Update holds the self-update settings (firmware/update): the
 	// release keys the device trusts, a bandwidth cap, a maintenance
 	// window, how long a new agent has to come up healthy (default
@@ -107,9 +119,11 @@ type Config struct {
 	SFTPCommand []string
 	// DialCommand dials port forwards as another user; see sshd.Config.
 	DialCommand []string
-	// Services serve streams of services other than SSH (which the agent
-	// always serves), by proto service name. Each must close conn.
-	Services map[string]func(ctx context.Context, h *proto.StreamHeader, conn net.Conn)
+	// Services are the services the agent offers besides SSH and the web
+	// apps, which it builds itself: the device's Kubernetes API, say.
+	// They join SSH in the agent's service registry (firmware/services has
+	// the contract).
+	Services []services.Service
 	// EventSource, when set, runs alongside the agent and may write extra
 	// audit events with emit (tools/cmd/auditgen uses it to test
 	// delivery); emit returns the event's sequence number once it is
@@ -193,6 +207,9 @@ func (c *Config) check() error {
 	if len(c.Labels) > maxLabels {
 		return fmt.Errorf("agent: more than %d labels", maxLabels)
 	}
+	if _, err := apps.New(apps.Config{Apps: c.Apps}); err != nil {
+		return fmt.Errorf("agent: --app: %w", err)
+	}
 	return nil
 }
 
@@ -236,6 +253,7 @@ func (c *Config) settings() []setting {
 		{"audit-when-full", "what to do when an audit event cannot be kept (queue or disk full): `allow|refuse`; allow: the action goes ahead, the drop is counted, reported and marked in the audit", (*stringValue)(&c.AuditWhenFull)},
 		{"no-recording", "do not record SSH sessions (by default every shell and command is recorded and uploaded to the fleet)", (*boolValue)(&c.NoRecording)},
 		{"recordings-max-bytes", "cap of the recordings waiting on the device for upload, in `bytes`", (*bytesValue)(&c.RecordingsMaxBytes)},
+		{"app", "a web app the device offers through the fleet, `NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...]`, such as nodered=http://127.0.0.1:1880; repeat for more (they add to the file's). insecure-skip-verify accepts an https app's self-signed certificate. In the file: a list of {name, uri, insecure_skip_verify, labels, rewrite}", (*appsValue)(&c.Apps)},
 		{"release-key", "minisign public `KEYS` trusted for agent releases: the base64 line of a .pub file, several separated by commas (in the file also a list); pinned in DATA_DIR/update at the first start that has them. Without one the device pins the keys the fleet gives at join; without any it refuses updates", (*listValue)(&c.Update.ReleaseKeys)},
 		{"update-max-bandwidth", "cap on update downloads, in `bytes` per second; 0: no cap of the device's own (a rollout may set one; the smaller applies)", (*bytesValue)(&c.Update.MaxBandwidth)},
 		{"update-window", "maintenance window `HH:MM-HH:MM` (UTC) outside which updates neither download nor restart the agent; empty: any time (a rollout's window applies too)", (*stringValue)(&c.Update.Window)},
@@ -302,8 +320,17 @@ func (c *Config) readYAML(b []byte) error {
 	return nil
 }
 
+// fileSetter is a setting whose file value is richer than its flag's (a
+// list of objects).
+type fileSetter interface {
+	SetFromFile(x any) error
+}
+
 // setFromFile sets v from a value decoded from JSON.
 func setFromFile(v flag.Value, x any) error {
+	if fs, ok := v.(fileSetter); ok {
+		return fs.SetFromFile(x)
+	}
 	switch x := x.(type) {
 	case nil:
 		return nil
@@ -479,4 +506,54 @@ func ReadDataDir(path string) (string, error) {
 		return "", fmt.Errorf("agent: config %s: %w", path, err)
 	}
 	return f.DataDir, nil
+}
+
+// appsValue is the web apps' setting: --app NAME=URI[,options], repeated
+// (each adds an app), and the file's app key: a list of objects (or of
+// flag forms). Its String is every app's flag form, separated by spaces,
+// which Set reads back.
+type appsValue []apps.App
+
+func (v *appsValue) String() string {
+	if v == nil {
+		return ""
+	}
+	var parts []string
+	for _, a := range *v {
+		parts = append(parts, apps.FlagForm(a))
+	}
+	return strings.Join(parts, " ")
+}
+
+// Set adds the apps of s (flag forms separated by spaces).
+func (v *appsValue) Set(s string) error {
+	for _, f := range strings.Fields(s) {
+		a, err := apps.ParseFlag(f)
+		if err != nil {
+			return err
+		}
+		*v = append(*v, a)
+	}
+	return nil
+}
+
+// SetFromFile reads the file's apps: a list of objects
+// ({name, uri, insecure_skip_verify, labels, rewrite}) or of flag forms.
+func (v *appsValue) SetFromFile(x any) error {
+	if s, ok := x.(string); ok {
+		*v = nil
+		return v.Set(s)
+	}
+	b, err := json.Marshal(x)
+	if err != nil {
+		return err
+	}
+	var list []apps.App
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&list); err != nil {
+		return fmt.Errorf("want a list of {name, uri, insecure_skip_verify, labels, rewrite}: %w", err)
+	}
+	*v = list
+	return nil
 }

@@ -99,7 +99,12 @@ update_off: true
 		}, ""},
 		{"keepalive off", "keepalive: -1s\n", func(c *Config) bool { return c.Keepalive == -time.Second }, ""},
 		{"empty file", "", func(c *Config) bool { return c.Fleet == "" }, ""},
-		{"unknown key", "sesion_hold: 1m\n", nil, `unknown setting "sesion_hold"; the settings are audit_max_bytes, audit_when_full, ca_pin`},
+		{"apps", "app:\n  - {name: nodered, uri: \"http://127.0.0.1:1880\", labels: {team: ops}, rewrite: {redirect: [nodered.lan]}}\n  - {name: router, uri: \"https://192.168.1.1\", insecure_skip_verify: true}\n",
+			func(c *Config) bool {
+				return len(c.Apps) == 2 && c.Apps[0].Labels["team"] == "ops" && c.Apps[0].Rewrite.Redirect[0] == "nodered.lan" && c.Apps[1].InsecureSkipVerify
+			}, ""},
+		{"app with an unknown field", "app:\n  - {name: a, url: \"http://127.0.0.1\"}\n", nil, "app: want a list of {name, uri"},
+		{"unknown key", "sesion_hold: 1m\n", nil, `unknown setting "sesion_hold"; the settings are app, audit_max_bytes, audit_when_full, ca_pin`},
 		{"flag spelling", "session-hold: 1m\n", nil, `unknown setting "session-hold"`},
 		{"duration without unit", "keepalive: 25\n", nil, `keepalive: "25" is not a duration`},
 		{"bad bytes", "audit_max_bytes: lots\n", nil, `audit_max_bytes: "lots" is not a number of bytes`},
@@ -140,6 +145,7 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
 		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
 		"path-mtu-discovery": "true",
+		"app":                "nodered=http://127.0.0.1:1880,label:team=ops",
 	}
 	var byFlag, byFile Config
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)

@@ -26,8 +26,8 @@
 // exec and auth-provider plugins are refused. It is read again when the
 // file changes (k3s rewrites it when it renews its certificates).
 //
-// Only firmware/... imports this package (the agent wires ServeStream into
-// agent.Config.Services under proto.ServiceKube).
+// Only firmware/... imports this package. The Proxy is the agent's "kube"
+// service (firmware/services), in agent.Config.Services.
 package kubeproxy
 
 import (
@@ -257,7 +257,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // ServeStream serves one kube stream: the HTTP/1.1 requests on conn, until
 // either side closes it or ctx ends. It closes conn. Use it as
-// agent.Config.Services[proto.ServiceKube].
+// the agent's "kube" service (Serve).
 func (p *Proxy) ServeStream(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 	p.serveOnce.Do(func() {
 		go func() {
@@ -355,3 +355,15 @@ func (streamAddr) String() string  { return "kube-streams" }
 // WriteStatus answers with a Kubernetes Status object (what kubectl prints
 // as "Error from server (Reason): message").
 func WriteStatus(w http.ResponseWriter, code int, msg string) { kubestatus.Write(w, code, msg) }
+
+// Name is the service's name in the agent's registry (firmware/services).
+func (p *Proxy) Name() string { return proto.ServiceKube }
+
+// Check accepts every kube stream: the cluster's own RBAC decides what
+// the impersonated user may do.
+func (p *Proxy) Check(*proto.StreamHeader) error { return nil }
+
+// Serve serves one kube stream (ServeStream).
+func (p *Proxy) Serve(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+	p.ServeStream(ctx, h, conn)
+}

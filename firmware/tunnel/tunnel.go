@@ -313,6 +313,10 @@ func (c *Client) session(ctx context.Context) error {
 		DisablePathMTUDiscovery:        !c.cfg.PathMTUDiscovery,
 		InitialStreamReceiveWindow:     quicStreamWindow,
 		InitialConnectionReceiveWindow: quicConnWindow,
+		// The fleet may open as many streams as it lets a device have
+		// sessions (tunnelsrv: 256), not quic-go's default 100: a
+		// browser's app opens one per connection and websocket.
+		MaxIncomingStreams: 256,
 	})
 	stopPings()
 	cause := context.Cause(dctx)

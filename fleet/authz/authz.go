@@ -1,8 +1,11 @@
-// Package authz re-authorises live sessions: given a session the fleet
-// brokered (fleet/sessions), it loads the user's current record and roles
-// and the device's current labels, and checks again, with the rules of
-// fleet/rbac, what the session was allowed when it began. The session
-// registry calls Authorizer.Check whenever users or roles change; a
+// Package authz holds the one access rule per brokered service (Decide:
+// SSH logins, Kubernetes users and groups, web apps), with the rules of
+// fleet/rbac, and re-authorises live sessions with it: given a session the
+// fleet brokered (fleet/sessions), Authorizer.Check loads the user's
+// current record and roles and the device's current labels, and decides
+// again what the session was allowed when it began. The broker
+// (fleet/broker) calls Decide when a session is asked for; the session
+// registry calls Authorizer.Check whenever users or roles change, and a
 // refusal is the message the user is shown as their session ends.
 //
 // Only fleet/... server packages import authz.
@@ -72,20 +75,79 @@ func (a *Authorizer) Check(ctx context.Context, s *sessions.Session) error {
 			return fmt.Errorf("%w: load device %q: %v", sessions.ErrUndecided, s.DeviceName, err)
 		}
 		labels = dev.Labels
+		if s.Service == proto.ServiceApp {
+			app := dev.App(s.App)
+			if app == nil {
+				return fmt.Errorf("device %q no longer offers app %q", s.DeviceName, s.App)
+			}
+			labels = rbac.AppLabels(app.Labels, dev.Labels)
+		}
 	case a.LocalLabels != nil:
 		labels = a.LocalLabels()
 	}
-	switch s.Service {
-	case proto.ServiceSSH:
-		return checkSSH(checker, s, labels)
-	case proto.ServiceKube:
-		return checkKube(checker, s, labels)
-	}
-	// A service this package does not know: only what every service needs.
-	if !checker.CanSeeDevice(labels) {
-		return fmt.Errorf("access changed: you may no longer reach %q", s.DeviceName)
+	if _, err := Decide(checker, s, labels); err != nil {
+		return changed(err)
 	}
 	return nil
+}
+
+// Decision is what a positive decision grants beyond "yes".
+type Decision struct {
+	// KubeUsers and KubeGroups are whom the user may act as in a
+	// Kubernetes cluster (service kube).
+	KubeUsers, KubeGroups []string
+}
+
+// Decide is the one rule per service: whether the user whose roles c holds
+// may have session s on a device (or app) with these labels (for an app,
+// rbac.AppLabels of the app's and the device's). The broker calls it when
+// a session is asked for; Check calls it again whenever users or roles
+// change. A refusal is an *rbac.AccessDenied or says what changed.
+//
+// A new service adds its case here.
+func Decide(c *rbac.Checker, s *sessions.Session, labels map[string]string) (Decision, error) {
+	switch s.Service {
+	case proto.ServiceSSH:
+		if err := c.CheckDevice(s.DeviceName, labels, s.Login); err != nil {
+			return Decision{}, err
+		}
+		if s.PortForwarding && !c.PortForwarding() {
+			return Decision{}, errors.New("your roles no longer allow port forwarding (role option port_forwarding); connect again")
+		}
+		if s.FileCopy && !c.FileCopy() {
+			return Decision{}, errors.New("your roles no longer allow file copies (role option ssh_file_copy); connect again")
+		}
+		return Decision{}, nil
+	case proto.ServiceKube:
+		return decideKube(c, s, labels)
+	case proto.ServiceApp:
+		return Decision{}, c.CheckApp(s.DeviceName, s.App, labels)
+	}
+	// A service this package does not know: only what every service needs.
+	if !c.CanSeeDevice(labels) {
+		return Decision{}, fmt.Errorf("you may not reach %q", s.DeviceName)
+	}
+	return Decision{}, nil
+}
+
+// Visible reports whether the user may see what session s would reach:
+// refusals of what they cannot see read as "no such device" (or app).
+func Visible(c *rbac.Checker, s *sessions.Session, labels map[string]string) bool {
+	if s.Service == proto.ServiceApp {
+		return c.CanSeeApp(labels)
+	}
+	return c.CanSeeDevice(labels)
+}
+
+// Offered reports whether a device whose last hello listed services
+// offers service. SSH is always offered; an app is offered when the device
+// declared it (the broker checks that by name).
+func Offered(service string, services []string) bool {
+	switch service {
+	case proto.ServiceSSH, proto.ServiceApp:
+		return true
+	}
+	return slices.Contains(services, service)
 }
 
 // changed words a refusal for a user whose session it ends.
@@ -93,31 +155,18 @@ func changed(err error) error {
 	return errors.New("access changed: " + strings.TrimPrefix(err.Error(), "access denied: "))
 }
 
-func checkSSH(c *rbac.Checker, s *sessions.Session, labels map[string]string) error {
-	if err := c.CheckDevice(s.DeviceName, labels, s.Login); err != nil {
-		return changed(err)
-	}
-	if s.PortForwarding && !c.PortForwarding() {
-		return errors.New("access changed: your roles no longer allow port forwarding (role option port_forwarding); connect again")
-	}
-	if s.FileCopy && !c.FileCopy() {
-		return errors.New("access changed: your roles no longer allow file copies (role option ssh_file_copy); connect again")
-	}
-	return nil
-}
-
-func checkKube(c *rbac.Checker, s *sessions.Session, labels map[string]string) error {
+func decideKube(c *rbac.Checker, s *sessions.Session, labels map[string]string) (Decision, error) {
 	users, groups, err := c.CheckKube(s.DeviceName, labels, s.User)
 	if err != nil {
-		return changed(err)
+		return Decision{}, err
 	}
-	if !slices.Contains(users, s.KubeUser) {
-		return fmt.Errorf("access changed: your roles no longer allow Kubernetes user %q on %q", s.KubeUser, s.DeviceName)
+	if s.KubeUser != "" && !slices.Contains(users, s.KubeUser) && !(len(users) == 0 && s.KubeUser == s.User) {
+		return Decision{}, fmt.Errorf("your roles no longer allow Kubernetes user %q on %q", s.KubeUser, s.DeviceName)
 	}
 	for _, g := range s.KubeGroups {
 		if !slices.Contains(groups, g) {
-			return fmt.Errorf("access changed: your roles no longer give Kubernetes group %q on %q", g, s.DeviceName)
+			return Decision{}, fmt.Errorf("your roles no longer give Kubernetes group %q on %q", g, s.DeviceName)
 		}
 	}
-	return nil
+	return Decision{KubeUsers: users, KubeGroups: groups}, nil
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
 
@@ -127,6 +128,19 @@ type Device struct {
 	// Services are what the agent offered in its last hello ("ssh",
 	// "kube", ...).
 	Services []string `json:"services,omitempty"`
+	// Apps are the web apps the agent offered in its last hello that the
+	// fleet accepted (fleet/lifecycle), sorted by name.
+	Apps []proto.App `json:"apps,omitempty"`
+}
+
+// App returns the device's app called name, or nil.
+func (d *Device) App(name string) *proto.App {
+	for i := range d.Apps {
+		if d.Apps[i].Name == name {
+			return &d.Apps[i]
+		}
+	}
+	return nil
 }
 
 // API returns the device as the API lists it. Online and Logins are the

@@ -110,6 +110,26 @@ type Config struct {
 	// limit off.
 	LoginBurst int      `json:"login_burst"`
 	LoginEvery Duration `json:"login_every"`
+
+	// Web apps on devices (docs/apps.md).
+
+	// AppsDomain is the fleet's host for browsers; each app is one label
+	// below it, APP--DEVICE.DOMAIN, so one wildcard certificate
+	// (*.DOMAIN) covers them all; browsers reach apps on PublicURL's
+	// port. Default: PublicURL's host when it is a DNS name, else the
+	// first DNS name in PublicAddrs, else "localhost".
+	AppsDomain string `json:"apps_domain"`
+	// AppURIHosts lists what app URIs on devices may name beyond loopback
+	// and private addresses and "localhost": host names, "*.SUFFIX",
+	// CIDR prefixes, or "*" for any. A device that declares an app
+	// elsewhere has it refused (and audited).
+	AppURIHosts []string `json:"app_uri_hosts"`
+	// AppUploadLimit caps a request body sent to an app, in bytes;
+	// default 1 GiB. Larger uploads get 413.
+	AppUploadLimit int64 `json:"app_upload_limit"`
+	// AppSessionTTL caps a browser's session with one app; default 8h
+	// (never longer than the fleet login it came from).
+	AppSessionTTL Duration `json:"app_session_ttl"`
 }
 
 // DefaultMaxConnsPerSource is MaxConnsPerSource's default.

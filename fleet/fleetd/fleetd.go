@@ -18,9 +18,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"remoteler.dev/edge/fleet/appjwt"
+	"remoteler.dev/edge/fleet/apps"
+	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
@@ -28,6 +33,8 @@ import (
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/leader/etcdleader"
+	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/linkhealth"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
@@ -116,7 +123,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer udp.Close()
 	addr := tcp.Addr().String()
 
-	hosts := serverHosts(cfg)
+	publicURL, err := publicURLOf(cfg, addr)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	appAddr := webAddr(cfg, publicURL)
+	hosts := append(serverHosts(cfg), appAddr.Domain, "*."+appAddr.Domain)
 	certs := &certHolder{}
 	if err := certs.renew(auth, hosts); err != nil {
 		return fmt.Errorf("fleetd: server certificate: %w", err)
@@ -124,12 +136,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	serverTLS := &tls.Config{
 		GetCertificate: certs.get,
 		// Client CAs are read per handshake so CA rotation takes effect.
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			// HTTP/2 for browsers on apps' addresses; HTTP/1.1 elsewhere
+			// (connect and Kubernetes upgrades take over the connection).
+			protos := []string{"http/1.1"}
+			if _, _, ok := appAddr.Parse(hello.ServerName); ok {
+				protos = []string{"h2", "http/1.1"}
+			}
 			return &tls.Config{
 				GetCertificate: certs.get,
 				ClientAuth:     tls.VerifyClientCertIfGiven,
 				ClientCAs:      auth.CertPool(),
-				NextProtos:     []string{"http/1.1"},
+				NextProtos:     protos,
 				MinVersion:     tls.VersionTLS12,
 			}, nil
 		},
@@ -147,7 +165,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer events.Close()
+	// The one audit recorder: the trail and a line on the audit logger.
+	recorder := &fleetaudit.Recorder{Log: events, Cluster: cfg.Cluster, Logger: audit}
 	reg := &devices.Registry{Store: st, Now: now}
+	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
 	// Ticket keys from the store, rotated daily: agents resume their TLS
 	// sessions (0-RTT, no certificate signatures) across restarts and
@@ -163,9 +184,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Logger:            log,
 		Now:               now,
 	}
-	dh := &deviceHooks{auth: auth, reg: reg, cluster: cfg.Cluster, ttl: time.Duration(cfg.DeviceCertTTL), audit: audit, events: events, log: log, now: now,
-		keepalive: time.Duration(cfg.DeviceKeepalive), liveness: time.Duration(cfg.DeviceLiveness)}
-	dh.configure(&tcfg)
+	// The device lifecycle: join (through the HTTPS API), hello, renew,
+	// disconnect (through the tunnel server).
+	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster,
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
+	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	var tunnels *tunnelsrv.Server
 	otaSvc, err := newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
@@ -185,19 +209,24 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
-	kube = newKube(cfg, tunnels, audit, log, now, events, recs, live)
+	// One broker for every service: SSH, Kubernetes and apps.
+	brk := broker.New(broker.Config{
+		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, NoAnswer: tunnelsrv.ErrNoAnswer, Devices: reg, Sessions: live,
+		Local: func() (string, map[string]string, bool) {
+			if l := kube.Local(); l != nil {
+				return l.Name, l.Labels, true
+			}
+			return "", nil, false
+		},
+		Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now,
+	})
+	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
 
-	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	links := linkSampler(tunnels)
-	publicURL, err := publicURLOf(cfg, addr)
-	if err != nil {
-		return fmt.Errorf("fleetd: %w", err)
-	}
-	rec := &recorder{events: events, cluster: cfg.Cluster, log: audit}
 	tickets := &ticket.Service{Store: st, Now: now}
 	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
-		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
@@ -220,6 +249,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Rollouts:      otaSvc.rollouts,
 		LinkLoss:      links.Loss,
 		Sessions:      live,
+		Broker:        brk,
+		Lifecycle:     life,
 		Now:           now,
 
 		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
@@ -231,10 +262,20 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
+	// The browser side: the login, web apps, the keys apps verify their
+	// JWTs with.
+	appKeys, err := appjwt.Open(ctx, st, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
+	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
+	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
+	defer web.apps.Close()
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
-		Limit: apiSrv.AllowLogin, Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+		Limit: apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
-		Handler:           apiSrv.Handler(),
+		Handler:           web.route(apiSrv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -508,4 +549,14 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// linkSampler measures every tunnel's loss outside blackouts, for the
+// device listing's LOSS.
+func linkSampler(tunnels *tunnelsrv.Server) *linkhealth.Sampler {
+	return &linkhealth.Sampler{Links: func(fn func(string, time.Time, linkhealth.Counters)) {
+		tunnels.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
+			fn(id, since, linkhealth.Counters{Sent: st.PacketsSent, Lost: st.PacketsLost, Received: st.PacketsReceived})
+		})
+	}}
 }

@@ -3,7 +3,6 @@ package fleetd
 import (
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 
 	"sigs.k8s.io/yaml"
@@ -31,24 +30,5 @@ func TestManifestConfigLoads(t *testing.T) {
 	}
 	if cfg.DataDir != "/var/lib/fleetd" || cfg.KubeClusterName == "" || len(cfg.PublicAddrs) == 0 {
 		t.Errorf("config %+v, want the data dir the Deployment mounts, a cluster name and public addresses", cfg)
-	}
-}
-
-func TestCleanServices(t *testing.T) {
-	tests := []struct {
-		name string
-		in   []string
-		want []string
-	}{
-		{"sorted and deduplicated", []string{"ssh", "kube", "ssh"}, []string{"kube", "ssh"}},
-		{"bad names dropped", []string{"kube", "Bad Name", "", "x\n"}, []string{"kube"}},
-		{"none", nil, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := cleanServices(tt.in); !slices.Equal(got, tt.want) {
-				t.Errorf("got %q, want %q", got, tt.want)
-			}
-		})
 	}
 }

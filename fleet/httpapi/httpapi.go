@@ -25,12 +25,16 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/fleet/appjwt"
+	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/audit"
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/fleet/releases"
@@ -66,6 +70,10 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// Apps lists the web apps on devices (GET /v1/apps, tsh apps login);
+	// nil: none. AppKeys sign the JWTs apps get; nil: no rotation.
+	Apps    *apps.Catalog
+	AppKeys *appjwt.Keys
 	// SSO is single sign-on (fleet/sso), Tickets the login tickets its
 	// logins and headless logins end in, and DeviceAuth the headless
 	// login's device flow; nil SSO and DeviceAuth turn them off.
@@ -125,7 +133,31 @@ type Server struct {
 	// itself; default 500ms.
 	SessionEndGrace time.Duration
 
-	ownSessions sync.Once
+	// Broker brokers sessions (fleet/broker). Nil: one of the Server's
+	// own, built from the fields above.
+	Broker *broker.Broker
+	// Lifecycle joins devices (fleet/lifecycle). Nil: one of the
+	// Server's own, built from the fields above.
+	Lifecycle *lifecycle.Lifecycle
+
+	ownSessions  sync.Once
+	ownBroker    sync.Once
+	ownLifecycle sync.Once
+}
+
+func (s *Server) lifecycle() *lifecycle.Lifecycle {
+	s.ownLifecycle.Do(func() {
+		if s.Lifecycle == nil {
+			cfg := lifecycle.Config{CA: s.CA, Devices: s.Devices, Tokens: s.Tokens, Cluster: s.Cluster,
+				CertTTL: s.DeviceCertTTL, Audit: &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
+				Logger: s.Logger, Now: s.Now}
+			if s.Releases != nil {
+				cfg.ReleaseKeys = func(ctx context.Context) []string { return s.Releases.TrustedKeys(ctx).Strings() }
+			}
+			s.Lifecycle = lifecycle.New(cfg)
+		}
+	})
+	return s.Lifecycle
 }
 
 func (s *Server) sessions() *sessions.Registry {
@@ -137,11 +169,23 @@ func (s *Server) sessions() *sessions.Registry {
 	return s.Sessions
 }
 
-func (s *Server) endGrace() time.Duration {
-	if s.SessionEndGrace > 0 {
-		return s.SessionEndGrace
-	}
-	return 500 * time.Millisecond
+func (s *Server) broker() *broker.Broker {
+	s.ownBroker.Do(func() {
+		if s.Broker != nil {
+			return
+		}
+		var local func() (string, map[string]string, bool)
+		if s.Kube != nil && s.Kube.Local() != nil {
+			l := s.Kube.Local()
+			local = func() (string, map[string]string, bool) { return l.Name, l.Labels, true }
+		}
+		s.Broker = broker.New(broker.Config{
+			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, NoAnswer: tunnelsrv.ErrNoAnswer, Devices: s.Devices, Sessions: s.sessions(), Local: local,
+			Audit:   &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
+			Cluster: s.Cluster, EndGrace: s.SessionEndGrace, Logger: s.Logger, Now: s.Now,
+		})
+	})
+	return s.Broker
 }
 
 // changed tells the session registry that users or roles changed, so
@@ -179,13 +223,6 @@ func (s *Server) userTTL() time.Duration {
 	return 8 * time.Hour
 }
 
-func (s *Server) deviceTTL() time.Duration {
-	if s.DeviceCertTTL > 0 {
-		return s.DeviceCertTTL
-	}
-	return 7 * 24 * time.Hour
-}
-
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -210,6 +247,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE "+api.PathDevices+"/{name}", s.admin(s.deleteDevice))
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
+	s.appRoutes(mux)
 	s.auditRoutes(mux)
 	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
@@ -267,6 +305,8 @@ func (s *Server) identify(r *http.Request) (*caller, error) {
 		}
 		c.user, c.checker = u, checker
 	case ca.KindAdmin:
+	case ca.KindApp:
+		return nil, errors.New("an app certificate works only at its app's address: this endpoint needs your user certificate (tsh login)")
 	default:
 		return nil, fmt.Errorf("a %s certificate cannot call this endpoint", id.Kind)
 	}

@@ -1,15 +1,13 @@
 package httpapi
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 	"slices"
 	"sort"
 	"strings"
 
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/kubesrv"
-	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
@@ -86,70 +84,37 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		kubesrv.WriteStatus(w, out, http.StatusUnauthorized, err.Error())
 		return
 	}
-	log = log.With("user", c.name())
-	// deny refuses the request with a Status; fields say, for the audit,
-	// which rule refused.
-	deny := func(code int, msg string, fields map[string]string) {
-		log.Warn("access denied", "event", "access.denied", "reason", msg, "rule", fields["rule"], "role", fields["role"])
-		info := kubesrv.ParseRequest(out.Method, out.URL)
-		f := map[string]string{"device_name": name, "service": proto.ServiceKube, "action": out.Method + " " + out.URL.Path,
-			"verb": info.Verb, "resource": info.Resource, "namespace": info.Namespace, "name": info.Name}
-		for k, v := range fields {
-			f[k] = v
+	info := kubesrv.ParseRequest(out.Method, out.URL)
+	f := map[string]string{"verb": info.Verb, "resource": info.Resource, "namespace": info.Namespace, "name": info.Name}
+	for k, v := range f {
+		if v == "" {
+			delete(f, k)
 		}
-		for k, v := range f {
-			if v == "" {
-				delete(f, k)
-			}
-		}
-		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(),
-			Addr: r.RemoteAddr, Message: msg, Fields: f})
-		kubesrv.WriteStatus(w, out, code, msg)
 	}
+	ask := broker.Ask{Service: proto.ServiceKube, User: c.user, Checker: c.checker, Device: name, ClientAddr: r.RemoteAddr,
+		Expires: c.id.Expires, Action: out.Method + " " + out.URL.Path, Fields: f}
 	if c.checker == nil {
-		deny(http.StatusForbidden, "only users can reach Kubernetes clusters: run tsh login", nil)
-		return
+		ask.User.Name = c.name()
 	}
-	notFound := fmt.Sprintf("no Kubernetes cluster %q that you can reach: see tsh kube ls", name)
-	g := kubesrv.Grant{Cluster: name, ClientAddr: r.RemoteAddr, Expires: c.id.Expires}
-	var labels map[string]string
-	if l := s.Kube.Local(); l != nil && l.Name == name {
-		labels = l.Labels
-	} else {
-		dev, err := s.Devices.ByName(r.Context(), name)
-		if err != nil {
-			deny(http.StatusForbidden, notFound, map[string]string{"rule": "no such device"})
-			return
-		}
-		labels, g.DeviceID = dev.Labels, dev.ID
-		if c.checker.CanSeeDevice(dev.Labels) && !slices.Contains(dev.Services, proto.ServiceKube) {
-			deny(http.StatusForbidden, fmt.Sprintf("device %q does not offer Kubernetes (its agent found no kubeconfig)", name), map[string]string{"rule": "no kube service"})
-			return
-		}
-	}
-	users, groups, err := c.checker.CheckKube(name, labels, c.user.Name)
+	b := s.broker()
+	g, err := b.Authorize(r.Context(), ask)
 	if err != nil {
-		var fields map[string]string
-		var ad *rbac.AccessDenied
-		if errors.As(err, &ad) {
-			fields = ad.AuditFields()
+		ref := err.(*broker.Refusal)
+		code := http.StatusForbidden // a cluster that does not exist too, as kubectl expects
+		if ref.Status == broker.StatusUnauthorized {
+			code = http.StatusUnauthorized
 		}
-		msg := err.Error()
-		if !c.checker.CanSeeDevice(labels) {
-			msg = notFound // the same answer as for a cluster that does not exist
-		}
-		deny(http.StatusForbidden, msg, fields)
+		kubesrv.WriteStatus(w, out, code, ref.Msg)
 		return
 	}
-	user, groups, err := kubesrv.Resolve(c.user.Name, users, groups, r.Header)
+	user, groups, err := kubesrv.Resolve(c.user.Name, g.KubeUsers, g.KubeGroups, r.Header)
 	if err != nil {
-		deny(http.StatusForbidden, err.Error(), map[string]string{"rule": "impersonation"})
+		ref := &broker.Refusal{Status: broker.StatusForbidden, Msg: err.Error(), Fields: map[string]string{"rule": "impersonation"}}
+		b.Deny(r.Context(), ask, ref)
+		kubesrv.WriteStatus(w, out, http.StatusForbidden, ref.Msg)
 		return
 	}
-	g.Identity = proto.Identity{
-		User: c.user.Name, Roles: c.user.Roles, Cluster: s.Cluster, Expires: c.id.Expires.UnixMilli(),
-		KubeUser: user, KubeGroups: groups, RecordInput: c.checker.RecordInput(),
-	}
+	g.Session.KubeUser, g.Session.KubeGroups = user, groups
 	releaseBody(r) // an allowed request's body streams to the cluster at its pace
 	s.Kube.Serve(w, out, g)
 }

@@ -14,118 +14,37 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/sourcelimit"
-	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
 
-// HostPrincipals are the names a device's SSH host certificate is valid
-// for: its name, its name under the cluster (for OpenSSH's Host *.cluster
-// block) and its ID.
-func HostPrincipals(name, cluster, id string) []string {
-	return []string{name, name + "." + cluster, id}
-}
-
+// join answers POST /v1/join: the device lifecycle (fleet/lifecycle)
+// joins the device.
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	var req api.JoinRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
-	log := s.audit().With("event", "device.join", "name", req.Name, "remote", r.RemoteAddr)
-	refuse := func(status int, code, msg string) {
-		log.Warn("join refused", "reason", msg)
-		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceJoin, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
-			Message: msg, Fields: map[string]string{"name": req.Name}})
-		writeError(w, status, code, msg)
-	}
-	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublicKey))
-	if err != nil {
-		refuse(http.StatusBadRequest, api.CodeBadRequest, "bad ssh_public_key: "+err.Error())
-		return
-	}
-	if err := devices.CheckName(req.Name); err != nil {
-		refuse(http.StatusBadRequest, api.CodeBadRequest, err.Error())
-		return
-	}
-	if err := proto.CheckDeviceInfo(req.AgentVersion, "", "", req.Labels); err != nil {
-		refuse(http.StatusBadRequest, api.CodeBadRequest, "the device's "+err.Error())
-		return
-	}
-	if _, err := s.Devices.ByName(r.Context(), req.Name); err == nil {
-		refuse(http.StatusConflict, api.CodeConflict, "a device called "+req.Name+" is already in the fleet: remove it with `fleetctl devices rm "+req.Name+"` or start the agent with another --name")
-		return
-	}
-	tokenLabels, err := s.Tokens.Consume(r.Context(), req.Token)
-	if err != nil {
-		switch {
-		case errors.Is(err, tokens.ErrTokenInvalid), errors.Is(err, tokens.ErrTokenExpired), errors.Is(err, tokens.ErrTokenUsedUp):
-			refuse(http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
-		default:
-			s.storeError(w, "join", err)
+	resp, err := s.lifecycle().Join(r.Context(), &req, r.RemoteAddr)
+	var je *lifecycle.JoinError
+	switch {
+	case errors.As(err, &je):
+		status := http.StatusBadRequest
+		switch je.Code {
+		case api.CodeConflict:
+			status = http.StatusConflict
+		case api.CodeUnauthorized:
+			status = http.StatusUnauthorized
 		}
-		return
-	}
-	labels := map[string]string{}
-	for k, v := range req.Labels {
-		labels[k] = v
-	}
-	for k, v := range tokenLabels { // the admin's labels win
-		labels[k] = v
-	}
-	dev, err := s.Devices.Register(r.Context(), devices.Device{
-		Name: req.Name, Labels: labels, TokenLabels: tokenLabels, TokenID: tokens.IDOf(req.Token),
-		AgentVersion: req.AgentVersion, Addr: r.RemoteAddr,
-	})
-	if err != nil {
-		if errors.Is(err, devices.ErrNameTaken) {
-			refuse(http.StatusConflict, api.CodeConflict, err.Error())
-			return
-		}
+		writeError(w, status, je.Code, je.Msg)
+	case err != nil:
 		s.storeError(w, "join", err)
-		return
+	default:
+		writeJSON(w, http.StatusOK, resp)
 	}
-	resp, err := s.deviceCerts(dev, req.CSR, sshPub)
-	if err != nil {
-		s.Devices.Delete(r.Context(), dev.ID)
-		refuse(http.StatusBadRequest, api.CodeBadRequest, err.Error())
-		return
-	}
-	log.Info("device joined", "device_id", dev.ID, "labels", labels)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceJoin, Device: dev.ID, Addr: r.RemoteAddr,
-		Fields: map[string]string{"name": dev.Name, "token_id": tokens.IDOf(req.Token)}})
-	writeJSON(w, http.StatusOK, resp)
-}
-
-// deviceCerts issues a device's X.509 client certificate and SSH host
-// certificate.
-func (s *Server) deviceCerts(dev devices.Device, csr []byte, sshPub ssh.PublicKey) (*api.JoinResponse, error) {
-	cert, err := s.CA.SignDeviceX509(csr, dev.ID, s.deviceTTL())
-	if err != nil {
-		return nil, err
-	}
-	hostCert, err := s.CA.SignHostSSH(sshPub, dev.ID, HostPrincipals(dev.Name, s.Cluster, dev.ID), s.deviceTTL())
-	if err != nil {
-		return nil, err
-	}
-	resp := &api.JoinResponse{
-		DeviceID:    dev.ID,
-		Name:        dev.Name,
-		Cluster:     s.Cluster,
-		Cert:        cert,
-		CACerts:     derCerts(s.CA.CACerts()),
-		SSHHostCert: string(ssh.MarshalAuthorizedKey(hostCert)),
-		ServerTime:  s.now().UTC(),
-	}
-	if s.Releases != nil {
-		resp.ReleaseKeys = s.Releases.TrustedKeys(context.Background()).Strings()
-	}
-	for _, k := range s.CA.UserCAKeys() {
-		resp.UserCAKeys = append(resp.UserCAKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
-	}
-	return resp, nil
 }
 
 // The per-source login limit when Server.LoginLimit is nil: bursts of

@@ -1,7 +1,6 @@
 package kubesrv
 
 import (
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -56,46 +55,6 @@ type Event struct {
 	Reason string
 	// Recorded says the session's terminal was recorded (ID Session).
 	Recorded bool
-}
-
-// LogEvent writes ev as one line on log, the audit logger, in the shape
-// the rest of fleetd's audit lines have ("event" names the type). It is
-// what Server does with events until the audit system takes them
-// (Config.Audit).
-func LogEvent(log *slog.Logger, ev Event) {
-	ri := ev.Request
-	attrs := []any{
-		"event", ev.Type, "user", ev.User, "device", ev.Cluster, "kube_user", ev.KubeUser, "kube_groups", ev.KubeGroups,
-		"verb", ri.Verb, "namespace", ri.Namespace, "resource", ri.Resource, "name", ri.Name,
-		"code", ev.Code, "method", ev.Method, "path", ev.Path, "remote", ev.ClientAddr,
-	}
-	if ri.Subresource != "" {
-		attrs = append(attrs, "subresource", ri.Subresource)
-	}
-	if ri.APIGroup != "" {
-		attrs = append(attrs, "api_group", ri.APIGroup)
-	}
-	if ev.Type != EventSessionStart && ev.Type != EventRequestStart {
-		attrs = append(attrs, "duration", ev.Duration.Round(time.Millisecond).String())
-	}
-	if ev.Session != "" {
-		attrs = append(attrs, "session", ev.Session, "kind", ev.Kind)
-	}
-	if ev.Reason != "" {
-		attrs = append(attrs, "reason", ev.Reason)
-	}
-	msg := "kubernetes request"
-	switch ev.Type {
-	case EventSessionStart:
-		msg = "kubernetes session started"
-	case EventSessionEnd:
-		msg = "kubernetes session ended"
-	case EventRequestStart:
-		msg = "kubernetes request forwarded"
-	case EventRecordingSkipped:
-		msg = "kubernetes session not recorded"
-	}
-	log.Info(msg, attrs...)
 }
 
 // AuditEvent is ev as an event of the audit trail (fleet/audit), the

@@ -3,8 +3,6 @@ package kubesrv
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"mime"
@@ -15,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/kubestatus"
 )
@@ -25,7 +23,7 @@ import (
 // upgraded exec, attach or port-forward), the live session.
 type exchange struct {
 	s     *Server
-	grant Grant
+	grant broker.Grant
 	ev    Event
 	query url.Values
 	start time.Time
@@ -34,7 +32,7 @@ type exchange struct {
 	// id names the session.
 	id     string
 	cancel context.CancelCauseFunc
-	live   *sessions.Live
+	live   *broker.Session
 	// audited is set once a request's event is committed.
 	audited atomic.Bool
 
@@ -83,19 +81,14 @@ func mutating(info RequestInfo) bool {
 	return false
 }
 
-func newID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // errAuditWrite refuses what cannot be recorded.
 var errAuditWrite = errors.New("kubesrv: the audit event could not be written")
 
 // auditRefusal is what a user whose request could not be recorded sees.
 const auditRefusal = "the fleet cannot write its audit log right now, so it does not pass on Kubernetes requests; try again later"
 
-// Serve forwards r to the cluster g names. r.URL.Path (and RawPath) must
+// Serve forwards r to the cluster g names, as the Kubernetes user and
+// groups g.Session names (the caller resolved them: see Resolve). r.URL.Path (and RawPath) must
 // already be the cluster's API path ("/api/v1/pods"): the caller strips its
 // own prefix.
 //
@@ -104,41 +97,43 @@ const auditRefusal = "the fleet cannot write its audit log right now, so it does
 // they are forwarded; every other request has its event committed before
 // its answer is passed on. When the audit log cannot be written, the user
 // gets a 503 Status instead.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g Grant) {
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g *broker.Grant) {
 	start := s.cfg.Now()
 	info := ParseRequest(r.Method, r.URL)
-	x := &exchange{s: s, grant: g, query: r.URL.Query(), start: start}
+	x := &exchange{s: s, grant: *g, query: r.URL.Query(), start: start}
+	gs := &x.grant.Session
 	x.ev = Event{
-		Time: start, User: g.Identity.User, Cluster: g.Cluster, DeviceID: g.DeviceID,
-		KubeUser: g.Identity.KubeUser, KubeGroups: g.Identity.KubeGroups,
-		Method: r.Method, Path: r.URL.Path, Request: info, ClientAddr: g.ClientAddr,
+		Time: start, User: gs.User, Cluster: gs.DeviceName, DeviceID: gs.DeviceID,
+		KubeUser: gs.KubeUser, KubeGroups: gs.KubeGroups,
+		Method: r.Method, Path: r.URL.Path, Request: info, ClientAddr: gs.ClientAddr,
 	}
 	x.kind = sessionKind(r, info)
 	proxy := s.device
-	if g.DeviceID == "" {
+	if gs.DeviceID == "" {
 		if s.local == nil {
-			WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("no Kubernetes cluster %q", g.Cluster))
+			WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("no Kubernetes cluster %q", gs.DeviceName))
 			return
 		}
 		proxy = s.local
-	} else if s.cfg.Online != nil && !s.cfg.Online(g.DeviceID) {
+	} else if !s.cfg.Broker.Online(gs.DeviceID) {
 		ev := x.ev
 		ev.Type, ev.Code = EventRequest, http.StatusServiceUnavailable
 		s.audit(ev)
-		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", g.Cluster))
+		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", gs.DeviceName))
 		return
 	}
 	ctx := r.Context()
-	if !g.Expires.IsZero() {
+	if !gs.Expires.IsZero() {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, g.Expires)
+		ctx, cancel = context.WithDeadline(ctx, gs.Expires)
 		defer cancel()
 	}
 	ctx, x.cancel = context.WithCancelCause(ctx)
 	defer x.cancel(nil)
 	switch {
 	case x.kind != "":
-		x.id = newID()
+		x.id = broker.NewID()
+		gs.ID, gs.Kind, gs.Service = x.id, x.kind, proto.ServiceKube
 		x.ev.Session, x.ev.Kind = x.id, x.kind
 		ev := x.ev
 		ev.Type = EventSessionStart
@@ -146,21 +141,15 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g Grant) {
 			WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 			return
 		}
-		if s.cfg.Sessions != nil {
-			live, err := s.cfg.Sessions.Register(sessions.Session{
-				ID: x.id, Service: proto.ServiceKube, Kind: x.kind, User: g.Identity.User, Roles: g.Identity.Roles,
-				KubeUser: g.Identity.KubeUser, KubeGroups: g.Identity.KubeGroups,
-				DeviceID: g.DeviceID, DeviceName: g.Cluster, ClientAddr: g.ClientAddr, Expires: g.Expires, Started: start,
-			}, x.end)
-			if err != nil {
-				ev := x.ev
-				ev.Type, ev.Code, ev.Reason = EventSessionEnd, http.StatusUnauthorized, err.Error()
-				s.audit(ev)
-				WriteStatus(w, r, http.StatusUnauthorized, err.Error())
-				return
-			}
-			x.live = live
+		live, err := s.cfg.Broker.Start(ctx, &x.grant, broker.StartOptions{End: x.end, NoEvents: true})
+		if err != nil {
+			ev := x.ev
+			ev.Type, ev.Code, ev.Reason = EventSessionEnd, http.StatusUnauthorized, err.Error()
+			s.audit(ev)
+			WriteStatus(w, r, http.StatusUnauthorized, err.Error())
+			return
 		}
+		x.live = live
 	case mutating(info):
 		ev := x.ev
 		ev.Type = EventRequestStart
@@ -236,7 +225,7 @@ func (x *exchange) finish(tap *responseTap, r *http.Request) {
 		}
 		s.audit(ev)
 		if x.live != nil {
-			x.live.Done(reason)
+			x.live.DoneSilently(reason)
 		}
 	case !x.audited.Load():
 		// Answered by the fleet (the cluster did not answer, or its answer

@@ -5,13 +5,13 @@
 // user's roles map them to.
 //
 // The HTTPS API (fleet/httpapi) authenticates the user's X.509 certificate
-// and checks their roles; Serve then
+// and has the broker (fleet/broker) check their roles; Serve then
 //
 //   - drops the client's own Impersonate-* and Authorization headers (the
 //     user already chose among what they may act as: see Resolve);
-//   - for a device, sends the request as HTTP/1.1 on a "kube" stream down
-//     the device's tunnel whose header names the user, their roles and the
-//     Kubernetes user and groups; the agent (firmware/kubeproxy) adds the
+//   - for a device, sends the request as HTTP/1.1 on a "kube" stream that
+//     the broker opens down the device's tunnel, whose header names the
+//     user, their roles and the Kubernetes user and groups; the agent (firmware/kubeproxy) adds the
 //     impersonation headers and the cluster's credentials. Streams are
 //     pooled per device and identity (keep-alive), ride the resume layer
 //     like every brokered stream, and so outlive link drops;
@@ -20,7 +20,7 @@
 //   - streams responses (watches) as they come and passes upgrades (SPDY,
 //     WebSocket: exec, attach, port-forward) through both ways;
 //   - registers long-running requests (watches, followed logs, exec,
-//     attach, port-forward) as live sessions (fleet/sessions), which end
+//     attach, port-forward) as live sessions with the broker, which end
 //     when the user's certificate expires or their access is removed: a
 //     JSON watch with an ERROR event whose Status says why, a WebSocket
 //     exec with that Status on its error channel (kubectl prints it);
@@ -34,7 +34,6 @@ package kubesrv
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -47,46 +46,30 @@ import (
 	"strings"
 	"time"
 
-	"remoteler.dev/edge/fleet/sessions"
-	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/fleet/broker"
 )
 
-// Opener opens a brokered stream down a device's tunnel
-// (*tunnelsrv.Server). A refusal from the device is a *proto.Error.
-type Opener interface {
-	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
-}
-
-// Config configures a Server. Tunnels is required.
+// Config configures a Server. Broker is required.
 type Config struct {
-	Tunnels Opener
-	// Offline tells an offline device (tunnelsrv.ErrOffline) from other
-	// dial failures; nil treats every failure alike.
-	Offline error
-	// Online reports whether a device's tunnel is up. A request to a
-	// device the fleet knows to be offline fails at once (503) instead of
-	// waiting on a pooled stream for the device to come back; requests
-	// already under way (watches, exec) keep waiting, up to the tunnel's
-	// session hold time. Nil skips the check.
-	Online func(deviceID string) bool
+	// Broker opens the streams down device tunnels and registers the
+	// long-running requests as live sessions. A request to a device the
+	// fleet knows to be offline (Broker.Online) fails at once (503)
+	// instead of waiting on a pooled stream for the device to come back;
+	// requests already under way (watches, exec) keep waiting, up to the
+	// tunnel's session hold time.
+	Broker *broker.Broker
 	// Local is the cluster fleetd runs in (DetectLocal); nil when none.
 	Local *Local
 	// Audit records an event per request (two for a request that changes
 	// the cluster: before and after) and per session's start and end
 	// (Serve has the rules); an error means the event was not recorded,
-	// and what it describes does not go ahead. Nil logs them on AuditLog
-	// (see LogEvent).
+	// and what it describes does not go ahead. Nil records them with the
+	// broker (Event.AuditEvent, broker.Record).
 	Audit func(Event) error
-	// Sessions, when set, registers the long-running requests (watches,
-	// followed logs, exec, attach, port-forward) as live sessions, which
-	// the registry ends when access ends.
-	Sessions *sessions.Registry
 	// Recordings, when set, records the terminal of every kubectl exec -it
 	// and attach -it that speaks a WebSocket remote command protocol
 	// (asciicast v2, like SSH sessions).
 	Recordings RecordingSink
-	// AuditLog is where events go when Audit is nil; nil discards.
-	AuditLog *slog.Logger
 	// IdleTimeout closes pooled streams idle this long; default 90s.
 	IdleTimeout time.Duration
 	// Logger receives operational logs; nil discards them.
@@ -104,30 +87,10 @@ type Server struct {
 	local  *httputil.ReverseProxy
 }
 
-// Grant is what one request was allowed: where it goes and as whom. The
-// HTTPS API fills it in after checking the user's roles.
-type Grant struct {
-	// Cluster is the device's name, or the local cluster's.
-	Cluster string
-	// DeviceID is the device to reach; empty for the local cluster.
-	DeviceID string
-	// Identity is the user (User, Roles, Cluster, Expires) and the
-	// Kubernetes user and groups they act as (KubeUser, KubeGroups).
-	Identity proto.Identity
-	// Expires ends the request, watch or session: the user's certificate
-	// expiry. Zero means no limit.
-	Expires time.Time
-	// ClientAddr is the user's address, for the audit.
-	ClientAddr string
-}
-
 // New returns a Server for cfg.
 func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.AuditLog == nil {
-		cfg.AuditLog = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -179,35 +142,28 @@ type grantKey struct{}
 
 // poolHost names the connection pool of a grant: requests share pooled
 // streams only when the stream header would be the same.
-func poolHost(g *Grant) string {
+func poolHost(g *broker.Grant) string {
 	h := sha256.New()
-	id := g.Identity
+	id := g.Identity()
 	// The expiry too: the agent ends a stream at the expiry its header
 	// gives, so a new login's requests must not ride an old login's.
 	expires := strconv.FormatInt(id.Expires, 10)
-	for _, s := range append([]string{g.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ","), expires, strconv.FormatBool(id.RecordInput)}, id.KubeGroups...) {
+	for _, s := range append([]string{g.Session.DeviceID, id.User, id.Cluster, id.KubeUser, strings.Join(id.Roles, ","), expires, strconv.FormatBool(id.RecordInput)}, id.KubeGroups...) {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]) + ".kube.invalid"
 }
 
-// dial opens a kube stream down the device's tunnel for the grant the
-// request carries in its context.
+// dial has the broker open a kube stream down the device's tunnel for the
+// grant the request carries in its context.
 func (s *Server) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	g, _ := ctx.Value(grantKey{}).(*Grant)
-	if g == nil || g.DeviceID == "" {
+	g, _ := ctx.Value(grantKey{}).(*broker.Grant)
+	if g == nil || g.Session.DeviceID == "" {
 		return nil, errors.New("kubesrv: dial without a device grant")
 	}
-	var sid [16]byte
-	rand.Read(sid[:])
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	return s.cfg.Tunnels.Open(ctx, g.DeviceID, &proto.StreamHeader{
-		Service:    proto.ServiceKube,
-		SessionID:  hex.EncodeToString(sid[:]),
-		Identity:   g.Identity,
-		ClientAddr: g.ClientAddr,
-	})
+	return s.cfg.Broker.OpenPooled(ctx, g, "")
 }
 
 // stripClientAuth removes what the client may not pass on: its own
@@ -222,7 +178,7 @@ func stripClientAuth(h http.Header) {
 }
 
 func (s *Server) rewriteDevice(pr *httputil.ProxyRequest) {
-	g := pr.In.Context().Value(grantKey{}).(*Grant)
+	g := pr.In.Context().Value(grantKey{}).(*broker.Grant)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = poolHost(g)
 	pr.Out.Host = "kube"
@@ -231,25 +187,25 @@ func (s *Server) rewriteDevice(pr *httputil.ProxyRequest) {
 
 // proxyError answers a failed forward with a Kubernetes Status.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	g, _ := r.Context().Value(grantKey{}).(*Grant)
+	g, _ := r.Context().Value(grantKey{}).(*broker.Grant)
 	name := ""
 	if g != nil {
-		name = g.Cluster
+		name = g.Session.DeviceName
 	}
-	var pe *proto.Error
+	var ref *broker.Refusal
 	switch {
 	case errors.Is(err, errAuditWrite):
 		WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 	case errors.Is(err, context.Canceled):
 		return // the client went away, or the fleet ended the session
-	case errors.Is(err, context.DeadlineExceeded) && g != nil && !g.Expires.IsZero() && !s.cfg.Now().Before(g.Expires):
+	case errors.Is(err, context.DeadlineExceeded) && g != nil && !g.Session.Expires.IsZero() && !s.cfg.Now().Before(g.Session.Expires):
 		WriteStatus(w, r, http.StatusUnauthorized, "your fleet certificate expired: run tsh login")
-	case s.cfg.Offline != nil && errors.Is(err, s.cfg.Offline):
+	case errors.As(err, &ref) && ref.Status == broker.StatusOffline:
 		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", name))
-	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
-		WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("device %q does not offer Kubernetes: %s", name, pe.Message))
-	case errors.As(err, &pe):
-		WriteStatus(w, r, http.StatusForbidden, fmt.Sprintf("device %q refused: %s", name, pe.Message))
+	case errors.As(err, &ref) && ref.Status == broker.StatusNotFound:
+		WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("device %q does not offer Kubernetes: %s", name, ref.Msg))
+	case errors.As(err, &ref) && ref.Status == broker.StatusForbidden:
+		WriteStatus(w, r, http.StatusForbidden, fmt.Sprintf("device %q refused: %s", name, strings.TrimPrefix(ref.Msg, "the device refused: ")))
 	default:
 		s.log.Warn("kubernetes request failed", "cluster", name, "path", r.URL.Path, "err", err)
 		WriteStatus(w, r, http.StatusBadGateway, fmt.Sprintf("cannot reach the Kubernetes API of %q: %v", name, err))
@@ -258,13 +214,17 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 
 // audit records ev; an error means it could not be.
 func (s *Server) audit(ev Event) error {
-	if s.cfg.Audit != nil {
-		if err := s.cfg.Audit(ev); err != nil {
-			s.log.Error("kubernetes audit event not recorded", "type", ev.Type, "user", ev.User, "cluster", ev.Cluster, "err", err)
-			return err
+	record := s.cfg.Audit
+	if record == nil {
+		record = func(ev Event) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return s.cfg.Broker.Record(ctx, ev.AuditEvent())
 		}
-		return nil
 	}
-	LogEvent(s.cfg.AuditLog, ev)
+	if err := record(ev); err != nil {
+		s.log.Error("kubernetes audit event not recorded", "type", ev.Type, "user", ev.User, "cluster", ev.Cluster, "err", err)
+		return err
+	}
 	return nil
 }

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/broker"
+	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/tools/logtest"
 )
@@ -32,6 +34,28 @@ type fakeDevice struct {
 	headers []*proto.StreamHeader
 	ln      *pipeListener
 	offline atomic.Bool
+	// down makes Online report the device offline, while Open still
+	// works.
+	down atomic.Bool
+}
+
+// Online, Send and Open make the fake device the broker's tunnels.
+func (d *fakeDevice) Online(string) bool { return !d.offline.Load() && !d.down.Load() }
+
+func (d *fakeDevice) Send(string, proto.Message) error { return nil }
+
+// newServer returns a Server for cfg whose broker reaches dev and
+// registers sessions in reg (nil: a registry of its own).
+func newServer(t *testing.T, dev *fakeDevice, reg *sessions.Registry, cfg Config) *Server {
+	t.Helper()
+	if reg == nil {
+		reg = sessions.New(sessions.Config{})
+		t.Cleanup(reg.Close)
+	}
+	cfg.Broker = broker.New(broker.Config{Tunnels: dev, Offline: errOffline, Sessions: reg, Cluster: "fleet", Logger: cfg.Logger})
+	s := New(cfg)
+	t.Cleanup(s.Close)
+	return s
 }
 
 var errOffline = errors.New("offline")
@@ -137,11 +161,11 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 
 // frontend serves s under /v1/kube/NAME/ with a fixed grant per request,
 // as httpapi does after checking roles.
-func frontend(t *testing.T, s *Server, g func(r *http.Request) Grant) *httptest.Server {
+func frontend(t *testing.T, s *Server, g func(r *http.Request) *broker.Grant) *httptest.Server {
 	t.Helper()
 	fe := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gr := g(r)
-		r.URL.Path = strings.TrimPrefix(r.URL.Path, "/v1/kube/"+gr.Cluster)
+		r.URL.Path = strings.TrimPrefix(r.URL.Path, "/v1/kube/"+gr.Session.DeviceName)
 		r.URL.RawPath = ""
 		s.Serve(w, r, gr)
 	}))
@@ -175,16 +199,16 @@ func (e *events) all() []Event {
 	return slices.Clone(e.evs)
 }
 
-func grantFor(user string, groups ...string) Grant {
-	return Grant{Cluster: "pi-1", DeviceID: "dev1", Identity: proto.Identity{User: user, KubeUser: user, KubeGroups: groups}, ClientAddr: "127.0.0.1:1"}
+func grantFor(user string, groups ...string) *broker.Grant {
+	return &broker.Grant{Cluster: "fleet", Session: sessions.Session{Service: proto.ServiceKube, DeviceName: "pi-1", DeviceID: "dev1",
+		User: user, KubeUser: user, KubeGroups: groups, ClientAddr: "127.0.0.1:1"}}
 }
 
 func TestServeDevice(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(r *http.Request) Grant {
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(r *http.Request) *broker.Grant {
 		return grantFor(r.Header.Get("X-Test-User"), "developers")
 	})
 	get := func(user, path string) echo {
@@ -249,9 +273,8 @@ func TestServeDevice(t *testing.T) {
 func TestServeErrors(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Offline: errOffline, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	status := func(path string) (int, string) {
 		t.Helper()
 		resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1" + path)
@@ -281,12 +304,11 @@ func TestServeErrors(t *testing.T) {
 
 func TestWatchEndsWhenCertificateExpires(t *testing.T) {
 	dev := newFakeDevice(t)
-	s := New(Config{Tunnels: dev, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
+	s := newServer(t, dev, nil, Config{Logger: logtest.Logger(t)})
 	expires := time.Now().Add(300 * time.Millisecond)
-	fe := frontend(t, s, func(*http.Request) Grant {
+	fe := frontend(t, s, func(*http.Request) *broker.Grant {
 		g := grantFor("alice", "developers")
-		g.Expires = expires
+		g.Session.Expires = expires
 		return g
 	})
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods?watch=true")
@@ -307,9 +329,8 @@ func TestWatchEndsWhenCertificateExpires(t *testing.T) {
 func TestUpgradeIsAuditedAsSession(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	conn, err := net.Dial("tcp", strings.TrimPrefix(fe.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -366,10 +387,9 @@ func TestLocalCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Tunnels: newFakeDevice(t), Local: local, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant {
-		return Grant{Cluster: "home", Identity: proto.Identity{User: "alice", KubeUser: "alice", KubeGroups: []string{"a", "b"}}}
+	s := newServer(t, newFakeDevice(t), nil, Config{Local: local, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant {
+		return &broker.Grant{Session: sessions.Session{Service: proto.ServiceKube, DeviceName: "home", User: "alice", KubeUser: "alice", KubeGroups: []string{"a", "b"}}}
 	})
 	req, _ := http.NewRequest("GET", fe.URL+"/v1/kube/home/api/v1/pods", nil)
 	req.Header.Set("Impersonate-User", "admin")
@@ -477,9 +497,8 @@ func FuzzParseRequest(f *testing.F) {
 func TestWatchEndsWhenClientLeaves(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods?watch=true")
 	if err != nil {
 		t.Fatal(err)
@@ -505,9 +524,9 @@ func TestWatchEndsWhenClientLeaves(t *testing.T) {
 func TestOfflineDeviceFailsFast(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Online: func(string) bool { return false }, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	dev.down.Store(true)
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods")
 	if err != nil {
 		t.Fatal(err)

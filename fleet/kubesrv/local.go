@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"remoteler.dev/edge/fleet/broker"
 )
 
 // DefaultServiceAccountDir is where Kubernetes mounts a pod's service
@@ -122,12 +124,12 @@ func (l *Local) bearer() (string, error) {
 }
 
 func (l *Local) rewrite(pr *httputil.ProxyRequest) {
-	g := pr.In.Context().Value(grantKey{}).(*Grant)
+	g := pr.In.Context().Value(grantKey{}).(*broker.Grant)
 	pr.SetURL(l.server)
 	h := pr.Out.Header
 	stripClientAuth(h)
-	h.Set("Impersonate-User", g.Identity.KubeUser)
-	for _, grp := range g.Identity.KubeGroups {
+	h.Set("Impersonate-User", g.Session.KubeUser)
+	for _, grp := range g.Session.KubeGroups {
 		h.Add("Impersonate-Group", grp)
 	}
 	if tok, err := l.bearer(); err == nil {

@@ -94,23 +94,23 @@ type terminal struct {
 
 // startRecording opens the recording of an exchange's terminal session.
 func (s *Server) startRecording(x *exchange) (*terminal, error) {
-	g, info := x.grant, x.ev.Request
+	g, info := &x.grant.Session, x.ev.Request
 	command := strings.Join(x.query["command"], " ")
 	meta := proto.RecordingMeta{
-		Session: x.id, User: g.Identity.User, Login: g.Identity.KubeUser, Cluster: g.Identity.Cluster,
+		Session: x.id, User: g.User, Login: g.KubeUser, Cluster: x.grant.Cluster,
 		Start: s.cfg.Now().UnixMilli(), Kind: "kube." + info.Subresource, Command: command,
 	}
 	f, err := s.cfg.Recordings.Create(g.DeviceID, x.id, meta)
 	if err != nil {
 		return nil, err
 	}
-	title := fmt.Sprintf("%s %s/%s on %s (%s as %s)", info.Subresource, info.Namespace, info.Name, g.Cluster, g.Identity.User, g.Identity.KubeUser)
+	title := fmt.Sprintf("%s %s/%s on %s (%s as %s)", info.Subresource, info.Namespace, info.Name, g.DeviceName, g.User, g.KubeUser)
 	cast, err := asciicast.NewWriter(f, asciicast.Header{Width: 80, Height: 24, Command: command, Title: title}, s.cfg.Now)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &terminal{cast: cast, file: f, input: g.Identity.RecordInput}, nil
+	return &terminal{cast: cast, file: f, input: g.RecordInput}, nil
 }
 
 // fromCluster records what the cluster sends: the terminal's output.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
@@ -203,9 +204,8 @@ func (w memWriter) Close() error {
 func TestAuditFailsClosed(t *testing.T) {
 	dev := newFakeDevice(t)
 	var evs events
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	evs.fail.Store(true)
 	for _, tc := range []struct {
 		name, method, path string
@@ -248,9 +248,8 @@ func TestAuditFailsClosed(t *testing.T) {
 func TestMutationIsRecordedBeforeAndAfter(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	s := newServer(t, dev, nil, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Post(fe.URL+"/v1/kube/pi-1/api/v1/namespaces/team/configmaps", "application/json", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
@@ -268,9 +267,8 @@ func TestWatchEndedByTheRegistry(t *testing.T) {
 	reg := sessions.New(sessions.Config{})
 	t.Cleanup(reg.Close)
 	evs := events{added: make(chan struct{}, 4)}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Sessions: reg, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant { return grantFor("alice", "developers") })
+	s := newServer(t, dev, reg, Config{Audit: evs.add, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant { return grantFor("alice", "developers") })
 	resp, err := fe.Client().Get(fe.URL + "/v1/kube/pi-1/api/v1/pods?watch=true")
 	if err != nil {
 		t.Fatal(err)
@@ -317,11 +315,10 @@ func TestExecRecordedAndEndedWithStatus(t *testing.T) {
 	t.Cleanup(reg.Close)
 	evs := events{added: make(chan struct{}, 8)}
 	recs := &memRecordings{}
-	s := New(Config{Tunnels: dev, Audit: evs.add, Sessions: reg, Recordings: recs, Logger: logtest.Logger(t)})
-	t.Cleanup(s.Close)
-	fe := frontend(t, s, func(*http.Request) Grant {
+	s := newServer(t, dev, reg, Config{Audit: evs.add, Recordings: recs, Logger: logtest.Logger(t)})
+	fe := frontend(t, s, func(*http.Request) *broker.Grant {
 		g := grantFor("alice", "developers")
-		g.Identity.RecordInput = true
+		g.Session.RecordInput = true
 		return g
 	})
 	path := "/v1/kube/pi-1/api/v1/namespaces/team/pods/p/exec?command=sh&stdin=true&stdout=true&tty=true"

@@ -32,6 +32,9 @@ type AccessDenied struct {
 	// Matched lists the roles whose allow rules select the device, when
 	// none of them allows what was asked (RuleAllowLogins, RuleAllowKube).
 	Matched []string
+	// App is the app's name, when the check was about a web app
+	// (CheckApp).
+	App string
 }
 
 // Rules that refuse, in AccessDenied.Rule.
@@ -53,6 +56,10 @@ const (
 	// RuleDenyKubeGroups: Role's deny rule selects the device and has
 	// kubernetes_groups "*": no Kubernetes access there at all.
 	RuleDenyKubeGroups = "deny.kubernetes_groups"
+	// RuleAllowApps: no role's allow.app_labels selects the app.
+	RuleAllowApps = "allow.app_labels"
+	// RuleDenyApps: Role's deny.app_labels selects the app.
+	RuleDenyApps = "deny.app_labels"
 )
 
 // AuditFields describes the refusal for an access.denied audit event:
@@ -74,6 +81,10 @@ func (e *AccessDenied) AuditFields() map[string]string {
 
 func (e *AccessDenied) Error() string {
 	switch {
+	case e.App != "" && e.Role != "":
+		return fmt.Sprintf("access denied: role %q denies app %q on device %q", e.Role, e.App, e.Device)
+	case e.App != "":
+		return fmt.Sprintf("access denied: no role gives access to app %q on device %q (app_labels)", e.App, e.Device)
 	case e.Kube && e.Role != "" && e.KubeUser != "":
 		return fmt.Sprintf("access denied: role %q denies Kubernetes user %q on device %q", e.Role, e.KubeUser, e.Device)
 	case e.Kube && e.Role != "":
@@ -101,6 +112,8 @@ type rule struct {
 	admin  bool
 	// kubeUsers and kubeGroups are expanded like logins (kube.go).
 	kubeUsers, kubeGroups map[string]bool
+	// apps selects web apps by their labels (app.go).
+	apps map[string][]string
 }
 
 // Checker decides what one user may do, given their roles and traits. It is
@@ -136,6 +149,7 @@ func NewChecker(roles []api.Role, traits map[string][]string) *Checker {
 
 			kubeUsers:  expandKube(r.Spec.Allow.KubernetesUsers, traits, false),
 			kubeGroups: expandKube(r.Spec.Allow.KubernetesGroups, traits, false),
+			apps:       r.Spec.Allow.AppLabels,
 		})
 		c.deny = append(c.deny, rule{
 			role:   name,
@@ -145,6 +159,7 @@ func NewChecker(roles []api.Role, traits map[string][]string) *Checker {
 
 			kubeUsers:  expandKube(r.Spec.Deny.KubernetesUsers, traits, true),
 			kubeGroups: expandKube(r.Spec.Deny.KubernetesGroups, traits, true),
+			apps:       r.Spec.Deny.AppLabels,
 		})
 		c.input = c.input || r.Spec.Options.RecordInput
 		if o := r.Spec.Options.PortForwarding; o != nil && !*o {

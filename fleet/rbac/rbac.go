@@ -18,7 +18,10 @@
 //     clusters it selects, and deny kubernetes_users applies to the fleet
 //     user name a request acts as when roles give no Kubernetes user;
 //   - options port_forwarding and ssh_file_copy: the most restrictive
-//     across a user's roles wins.
+//     across a user's roles wins;
+//   - app_labels select the web apps on devices (app.go), matched against
+//     the app's labels merged with its device's: an app is allowed when an
+//     allow rule's app_labels select it and no deny rule's do.
 //
 // Only fleet/... server packages import rbac.
 package rbac
@@ -110,7 +113,7 @@ func validate(r api.Role) error {
 	if len(d.Logins) > 0 && len(d.DeviceLabels) == 0 {
 		return errors.New(`deny.logins needs deny.device_labels to select devices; use device_labels: {"*": "*"} to deny everywhere`)
 	}
-	if len(d.DeviceLabels) > 0 && len(d.Logins) == 0 && !denyKube(d) {
+	if len(d.DeviceLabels) > 0 && len(d.Logins) == 0 && !denyKube(d) && len(d.AppLabels) == 0 {
 		return errors.New(`deny.device_labels without deny.logins, deny.kubernetes_users or deny.kubernetes_groups denies nothing; ` +
 			`add logins: ["*"] to deny every login there, or kubernetes_groups: ["*"] to keep users off the Kubernetes clusters there`)
 	}
@@ -142,22 +145,31 @@ func validateConditions(where string, c api.RoleConditions, deny bool) error {
 			}
 		}
 	}
-	for k, vals := range c.DeviceLabels {
+	if err := validateSelector(where+".device_labels", "device", c.DeviceLabels); err != nil {
+		return err
+	}
+	return validateSelector(where+".app_labels", "app", c.AppLabels)
+}
+
+// validateSelector checks a label selector (device_labels, app_labels);
+// what names what it selects, for the messages.
+func validateSelector(where, what string, sel map[string][]string) error {
+	for k, vals := range sel {
 		if k != Wildcard && !devices.ValidLabelKey(k) {
-			return fmt.Errorf("%s.device_labels: key %q must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-', or \"*\"", where, k)
+			return fmt.Errorf("%s: key %q must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-', or \"*\"", where, k)
 		}
 		if len(vals) == 0 {
-			return fmt.Errorf("%s.device_labels[%q] has no values; use \"*\" to match any value", where, k)
+			return fmt.Errorf("%s[%q] has no values; use \"*\" to match any value", where, k)
 		}
 		for _, v := range vals {
 			switch {
 			case v == Wildcard:
 			case k == Wildcard:
-				return fmt.Errorf("%s.device_labels: key \"*\" takes only the value \"*\" (every device), not %q", where, v)
+				return fmt.Errorf("%s: key \"*\" takes only the value \"*\" (every %s), not %q", where, what, v)
 			case v == "":
-				return fmt.Errorf("%s.device_labels[%q] has an empty value", where, k)
+				return fmt.Errorf("%s[%q] has an empty value", where, k)
 			case !devices.ValidLabelValue(v):
-				return fmt.Errorf("%s.device_labels[%q]: value %q must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', ':', '/', '@', '+', '-', or \"*\"", where, k, v)
+				return fmt.Errorf("%s[%q]: value %q must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', ':', '/', '@', '+', '-', or \"*\"", where, k, v)
 			}
 		}
 	}
@@ -167,7 +179,8 @@ func validateConditions(where string, c api.RoleConditions, deny bool) error {
 // Decode reads a role document in YAML or JSON (JSON is YAML), refusing
 // unknown fields, and validates it. Missing kind and version default to
 // "role" and "v1". In device_labels a single value may be written as a
-// string ({site: north}) instead of a list ({site: [north]}).
+// string ({site: north}) instead of a list ({site: [north]}); so in
+// app_labels.
 func Decode(data []byte) (api.Role, error) {
 	var r api.Role
 	j, err := yaml.YAMLToJSONStrict(data)
@@ -207,11 +220,13 @@ func normalizeLabels(j []byte) ([]byte, error) {
 	changed := false
 	for _, side := range []string{"allow", "deny"} {
 		cond, _ := spec[side].(map[string]any)
-		labels, _ := cond["device_labels"].(map[string]any)
-		for k, v := range labels {
-			if s, ok := v.(string); ok {
-				labels[k] = []any{s}
-				changed = true
+		for _, field := range []string{"device_labels", "app_labels"} {
+			labels, _ := cond[field].(map[string]any)
+			for k, v := range labels {
+				if s, ok := v.(string); ok {
+					labels[k] = []any{s}
+					changed = true
+				}
 			}
 		}
 	}

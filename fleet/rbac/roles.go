@@ -34,26 +34,32 @@ func (e *kindError) Error() string { return e.msg }
 func (e *kindError) Unwrap() error { return e.kind }
 
 // Presets returns the roles every fleet starts with:
-//   - admin: every login in the user's logins trait on every device, and the
-//     admin API;
-//   - access: every login in the user's logins trait on every device.
+//   - admin: every login in the user's logins trait on every device, every
+//     web app, and the admin API;
+//   - access: every login in the user's logins trait on every device, and
+//     every web app.
+//
+// A fleet that started before a preset gained something (app_labels) keeps
+// its roles as they were: EnsurePresets never changes a role.
 func Presets() []api.Role {
 	return []api.Role{
 		{
 			Kind: Kind, Version: Version,
-			Metadata: api.Metadata{Name: PresetAdmin, Description: "Full access: the user's logins on every device, and fleet administration."},
+			Metadata: api.Metadata{Name: PresetAdmin, Description: "Full access: the user's logins on every device, every web app, and fleet administration."},
 			Spec: api.RoleSpec{Allow: api.RoleConditions{
 				DeviceLabels: map[string][]string{Wildcard: {Wildcard}},
 				Logins:       []string{"{{internal.logins}}"},
+				AppLabels:    map[string][]string{Wildcard: {Wildcard}},
 				Admin:        true,
 			}},
 		},
 		{
 			Kind: Kind, Version: Version,
-			Metadata: api.Metadata{Name: PresetAccess, Description: "The user's logins on every device."},
+			Metadata: api.Metadata{Name: PresetAccess, Description: "The user's logins on every device, and every web app."},
 			Spec: api.RoleSpec{Allow: api.RoleConditions{
 				DeviceLabels: map[string][]string{Wildcard: {Wildcard}},
 				Logins:       []string{"{{internal.logins}}"},
+				AppLabels:    map[string][]string{Wildcard: {Wildcard}},
 			}},
 		},
 	}

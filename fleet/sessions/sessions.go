@@ -39,16 +39,20 @@ import (
 type Session struct {
 	// ID is the session's ID, unique in the fleet.
 	ID string
-	// Service is what is brokered: proto.ServiceSSH, proto.ServiceKube.
+	// Service is what is brokered: proto.ServiceSSH, ServiceKube,
+	// ServiceApp.
 	Service string
-	// Kind says what runs, for lists: "ssh", or a Kubernetes "watch",
-	// "exec", "attach", "portforward" or "log".
+	// Kind says what runs, for lists: "ssh", a Kubernetes "watch",
+	// "exec", "attach", "portforward" or "log", or an "app" session (a
+	// browser's or tsh proxy app's).
 	Kind string
 	// User is the fleet user, Roles their roles when the session began.
 	User  string
 	Roles []string
 	// Login is the device login (SSH).
 	Login string
+	// App is the web app's name (service app).
+	App string
 	// KubeUser and KubeGroups are whom a Kubernetes session acts as.
 	KubeUser   string
 	KubeGroups []string
@@ -68,6 +72,8 @@ type Session struct {
 	// what it was given.
 	PortForwarding bool
 	FileCopy       bool
+	// RecordInput says what the user types is recorded too.
+	RecordInput bool
 }
 
 // ErrUndecided is what Config.Check returns (wrapped) when it cannot decide

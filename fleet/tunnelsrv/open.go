@@ -38,6 +38,9 @@ func (e *OfflineError) Error() string {
 // Is makes errors.Is(err, ErrOffline) true.
 func (e *OfflineError) Is(target error) bool { return target == ErrOffline }
 
+// LastHeardAt is LastHeard (the broker reads it through an interface).
+func (e *OfflineError) LastHeardAt() time.Time { return e.LastHeard }
+
 // reconnectWait is how long Open waits for a device whose agent closed its
 // connection itself (it is restarting, or redialling after an outage)
 // before calling it offline: the agent restarts within seconds (its
@@ -145,6 +148,15 @@ func (e *NoAnswerError) Error() string {
 }
 
 func (e *NoAnswerError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrNoAnswer) true.
+func (e *NoAnswerError) Is(target error) bool { return target == ErrNoAnswer }
+
+// LastHeardAt is LastHeard (the broker reads it through an interface).
+func (e *NoAnswerError) LastHeardAt() time.Time { return e.LastHeard }
+
+// ErrNoAnswer is what every *NoAnswerError is (errors.Is).
+var ErrNoAnswer = errors.New("tunnelsrv: the device did not answer in time")
 
 // gaveUp says that the device did not answer in time.
 func (s *Server) gaveUp(err error, lastHeard time.Time) error {

@@ -304,6 +304,11 @@ type RoleConditions struct {
 	// templates; "*" only in deny, where it removes every value.
 	KubernetesUsers  []string `json:"kubernetes_users,omitempty"`
 	KubernetesGroups []string `json:"kubernetes_groups,omitempty"`
+	// AppLabels select the web apps on devices the user may open (allow)
+	// or may not (deny), like device_labels select devices. They are
+	// matched against the app's labels together with its device's
+	// labels; where both have a key, the device's value counts.
+	AppLabels map[string][]string `json:"app_labels,omitempty"`
 }
 
 // RoleOptions hold per-role settings.

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"log/slog"
-	"net"
 
 	"remoteler.dev/edge/firmware/agent"
 	"remoteler.dev/edge/firmware/kubeproxy"
-	"remoteler.dev/edge/proto"
 )
 
 // kubeService offers the local Kubernetes cluster (service "kube") when its
@@ -28,9 +25,6 @@ func kubeService(cfg *agent.Config, path string, explicit bool, log *slog.Logger
 		}
 		return nil
 	}
-	if cfg.Services == nil {
-		cfg.Services = map[string]func(context.Context, *proto.StreamHeader, net.Conn){}
-	}
-	cfg.Services[proto.ServiceKube] = p.ServeStream
+	cfg.Services = append(cfg.Services, p)
 	return p
 }

@@ -19,7 +19,7 @@ import (
 	"sync"
 )
 
-//go:embed vendor
+//go:embed vendor fleet.css
 var files embed.FS
 
 // FS is every embedded file, by its path under this folder

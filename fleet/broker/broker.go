@@ -1,0 +1,659 @@
+// Package broker is the one path every brokered service takes on the fleet:
+// SSH, Kubernetes, web apps, and whatever comes next. For each session it
+//
+//  1. authorises the user against their current roles (Authorize: the
+//     device exists and the user may reach it for this service, decided by
+//     fleet/authz, the same rules that re-check live sessions later);
+//  2. records every refusal in the audit trail (Deny);
+//  3. opens the stream down the device's tunnel (Open), with the user's
+//     fleet-verified identity in its header;
+//  4. records the session's start, fail-closed, and registers it as live
+//     (Start), so that the fleet ends it when access ends;
+//  5. splices bytes for services that are plain byte streams (Splice);
+//  6. records the session's end with its reason (Session.Done).
+//
+// HTTP handler packages (fleet/httpapi, fleet/kubesrv, fleet/appsrv) speak
+// HTTP to users and call the broker; they never open tunnel streams or
+// register sessions themselves. A new service that is a TCP-like stream
+// needs: its rule in fleet/authz (Decide), an entry in the agent's service
+// registry (firmware/services), and a handler that calls Authorize, Open,
+// Start and Splice as the SSH handler does (fleet/httpapi/connect.go).
+//
+// Every access decision and session is recorded with the fleet's audit
+// recorder (fleet/audit's Recorder: the hash-chained trail and a line on
+// the audit logger, in one call); Record passes an event of a service's
+// own to it.
+//
+// Only fleet/... server packages import broker.
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"remoteler.dev/edge/fleet/authz"
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
+)
+
+// Tunnels opens streams down device tunnels and sends control messages
+// (*tunnelsrv.Server). A refusal from the device is a *proto.Error.
+type Tunnels interface {
+	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+	Send(deviceID string, m proto.Message) error
+	Online(deviceID string) bool
+}
+
+// Devices looks devices up by name (*devices.Registry); an unknown name is
+// an error.
+type Devices interface {
+	ByName(ctx context.Context, name string) (devices.Device, error)
+}
+
+// Config configures a Broker. Tunnels, Devices and Sessions are required.
+type Config struct {
+	Tunnels Tunnels
+	// Offline is the error Tunnels.Open wraps for a device without a
+	// tunnel (tunnelsrv.ErrOffline), and NoAnswer the one for a device the
+	// fleet waited for in vain (tunnelsrv.ErrNoAnswer); nil treats every
+	// failure alike. Either error may say when the fleet last heard from
+	// the device (a LastHeardAt() time.Time method).
+	Offline  error
+	NoAnswer error
+	Devices  Devices
+	Sessions *sessions.Registry
+	// Local describes the Kubernetes cluster fleetd itself runs in, which
+	// is no device: its name and labels, and whether there is one. Nil:
+	// none.
+	Local func() (name string, labels map[string]string, ok bool)
+	// Audit records events (*audit.Recorder); an error means the event
+	// was not recorded. Nil records nothing.
+	Audit Recorder
+	// Cluster names the fleet in audit events and stream headers.
+	Cluster string
+	// OpenTimeout bounds opening a stream, waiting for the device;
+	// default api.ConnectWait (35 s): an idle device whose NAT mapping
+	// changed answers at its next keep-alive (25 s by default), and
+	// clients wait longer than that for the fleet's answer.
+	OpenTimeout time.Duration
+	// EndGrace is how long, after telling a device to end a session, the
+	// broker waits before it closes the session's both sides itself;
+	// default 500ms.
+	EndGrace time.Duration
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Recorder records an audit event (*audit.Recorder).
+type Recorder interface {
+	Record(ctx context.Context, e *proto.AuditEvent) error
+}
+
+// Broker brokers sessions. Create it with New; its methods are safe for
+// concurrent use.
+type Broker struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Broker for cfg.
+func New(cfg Config) *Broker {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.OpenTimeout <= 0 {
+		cfg.OpenTimeout = api.ConnectWait
+	}
+	if cfg.EndGrace <= 0 {
+		cfg.EndGrace = 500 * time.Millisecond
+	}
+	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
+}
+
+// Sessions returns the registry of live sessions.
+func (b *Broker) Sessions() *sessions.Registry { return b.cfg.Sessions }
+
+// Online reports whether a device's tunnel is up.
+func (b *Broker) Online(deviceID string) bool { return b.cfg.Tunnels.Online(deviceID) }
+
+// NewID returns a fresh session ID.
+func NewID() string {
+	var id [16]byte
+	rand.Read(id[:])
+	return hex.EncodeToString(id[:])
+}
+
+// Ask is what a user asks for: a session of a service on a device. The
+// HTTP layer fills it in from an authenticated request.
+type Ask struct {
+	// Service is proto.ServiceSSH, ServiceKube or ServiceApp.
+	Service string
+	// Kind says what runs, for session lists ("ssh", "exec", "app").
+	Kind string
+	// User is the fleet user, as stored now; Checker their roles.
+	User    api.User
+	Checker *rbac.Checker
+	// Device is the device's name (or the local Kubernetes cluster's).
+	Device string
+	// Login is the device login (SSH).
+	Login string
+	// App is the web app's name (service app).
+	App string
+	// ClientAddr is the user's address.
+	ClientAddr string
+	// Expires is when the user's credential (certificate, web session)
+	// expires; the session ends then.
+	Expires time.Time
+	// Action describes the request for a refusal's audit event
+	// ("connect", "GET /api/v1/pods"); default "connect".
+	Action string
+	// Fields are added to every audit event of the session.
+	Fields map[string]string
+}
+
+// Grant is an authorised Ask: the session to be, the device, and what the
+// user's roles give there.
+type Grant struct {
+	Ask Ask
+	// Cluster is the fleet's name, for the stream header.
+	Cluster string
+	// Session is the session as it will be registered; its ID is new.
+	Session sessions.Session
+	// Device is the device reached; zero for the local cluster.
+	Device devices.Device
+	// Labels are what roles matched: the device's labels, or for an app
+	// the app's merged with its device's.
+	Labels map[string]string
+	// App is the app reached (service app).
+	App *proto.App
+	// KubeUsers and KubeGroups are what the user's roles allow in the
+	// cluster (service kube); the handler resolves which of them the
+	// request acts as and sets Session.KubeUser and KubeGroups.
+	KubeUsers, KubeGroups []string
+}
+
+// Status classifies a refusal, for the HTTP layer to map to a status.
+type Status int
+
+// Refusal statuses.
+const (
+	StatusBadRequest   Status = iota + 1 // the ask is malformed
+	StatusUnauthorized                   // the credential is expired or gone
+	StatusForbidden                      // roles or the device refuse
+	StatusNotFound                       // no such device or app the user can see
+	StatusOffline                        // the device has no tunnel
+	StatusNoAnswer                       // the device did not answer
+	StatusUnavailable                    // the audit trail cannot be written: try later
+	StatusInternal                       // the fleet failed
+)
+
+// Refusal is a refused ask. Msg is what the user is told; Fields say, for
+// the audit, which rule refused. It implements error.
+type Refusal struct {
+	Status Status
+	Msg    string
+	Fields map[string]string
+}
+
+func (r *Refusal) Error() string { return r.Msg }
+
+// AuditDown is the message of a session that could not be recorded.
+const AuditDown = "the fleet cannot write its audit log right now; try again later"
+
+// Authorize decides an ask against the user's current roles and the
+// device's current labels, with the rules of fleet/authz. A refusal is a
+// *Refusal, already recorded in the audit trail. A device the user may not
+// see is refused as one that does not exist.
+func (b *Broker) Authorize(ctx context.Context, ask Ask) (*Grant, error) {
+	g, ref := b.authorize(ctx, ask)
+	if ref != nil {
+		b.Deny(ctx, ask, ref)
+		return nil, ref
+	}
+	return g, nil
+}
+
+func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
+	if ask.Checker == nil {
+		what := "devices"
+		if ask.Service == proto.ServiceKube {
+			what = "Kubernetes clusters"
+		}
+		return nil, &Refusal{Status: StatusForbidden, Msg: "only users can reach " + what + ": run tsh login"}
+	}
+	g := &Grant{Ask: ask, Cluster: b.cfg.Cluster}
+	g.Session = sessions.Session{
+		ID: NewID(), Service: ask.Service, Kind: ask.Kind, User: ask.User.Name, Roles: ask.User.Roles,
+		Login: ask.Login, App: ask.App, DeviceName: ask.Device, ClientAddr: ask.ClientAddr, Expires: ask.Expires,
+	}
+	if g.Session.Kind == "" {
+		g.Session.Kind = ask.Service
+	}
+	what := "device"
+	switch ask.Service {
+	case proto.ServiceKube:
+		what = "Kubernetes cluster"
+	case proto.ServiceApp:
+		what = "app"
+	}
+	notFound := &Refusal{Status: StatusNotFound, Msg: notFoundMsg(ask), Fields: map[string]string{"rule": "no such " + what}}
+	if name, labels, ok := b.local(); ok && ask.Service == proto.ServiceKube && ask.Device == name {
+		g.Labels = labels
+	} else {
+		dev, err := b.cfg.Devices.ByName(ctx, ask.Device)
+		if err != nil {
+			return nil, notFound
+		}
+		g.Device, g.Session.DeviceID, g.Labels = dev, dev.ID, dev.Labels
+	}
+	if ask.Service == proto.ServiceApp {
+		app := g.Device.App(ask.App)
+		if app == nil {
+			return nil, notFound
+		}
+		g.App = app
+		g.Labels = rbac.AppLabels(app.Labels, g.Device.Labels)
+	}
+	if !authz.Offered(ask.Service, g.Device.Services) && g.Session.DeviceID != "" {
+		if !authz.Visible(ask.Checker, &g.Session, g.Labels) {
+			return nil, notFound
+		}
+		return nil, &Refusal{Status: StatusForbidden, Msg: notOffered(ask), Fields: map[string]string{"rule": "no " + ask.Service + " service"}}
+	}
+	d, err := authz.Decide(ask.Checker, &g.Session, g.Labels)
+	if err != nil {
+		var fields map[string]string
+		var ad *rbac.AccessDenied
+		if errors.As(err, &ad) {
+			fields = ad.AuditFields()
+			if ad.Rule == rbac.RuleDenyLogins || ad.Rule == rbac.RuleAllowLogins {
+				fields["login"] = ask.Login
+			}
+		}
+		if !authz.Visible(ask.Checker, &g.Session, g.Labels) {
+			notFound.Fields = fields
+			return nil, notFound
+		}
+		return nil, &Refusal{Status: StatusForbidden, Msg: err.Error(), Fields: fields}
+	}
+	g.KubeUsers, g.KubeGroups = d.KubeUsers, d.KubeGroups
+	g.Session.PortForwarding = ask.Checker.PortForwarding()
+	g.Session.FileCopy = ask.Checker.FileCopy()
+	g.Session.RecordInput = ask.Checker.RecordInput()
+	return g, nil
+}
+
+func (b *Broker) local() (string, map[string]string, bool) {
+	if b.cfg.Local == nil {
+		return "", nil, false
+	}
+	return b.cfg.Local()
+}
+
+// notFoundMsg is the same answer for what does not exist and what the
+// user may not see.
+func notFoundMsg(ask Ask) string {
+	switch ask.Service {
+	case proto.ServiceKube:
+		return fmt.Sprintf("no Kubernetes cluster %q that you can reach: see tsh kube ls", ask.Device)
+	case proto.ServiceApp:
+		return fmt.Sprintf("no app %q on device %q that you can reach: see tsh apps ls", ask.App, ask.Device)
+	}
+	return fmt.Sprintf("no device %q that you can reach: see tsh ls", ask.Device)
+}
+
+func notOffered(ask Ask) string {
+	if ask.Service == proto.ServiceKube {
+		return fmt.Sprintf("device %q does not offer Kubernetes (its agent found no kubeconfig)", ask.Device)
+	}
+	return fmt.Sprintf("device %q does not offer %s", ask.Device, ask.Service)
+}
+
+// Identity is the identity the stream header carries to the device for a
+// grant.
+func (g *Grant) Identity() proto.Identity {
+	s := &g.Session
+	id := proto.Identity{
+		User: s.User, Roles: s.Roles, Login: s.Login, Cluster: g.Cluster,
+		KubeUser: s.KubeUser, KubeGroups: s.KubeGroups, RecordInput: s.RecordInput,
+		NoPortForwarding: !s.PortForwarding, NoFileCopy: !s.FileCopy,
+	}
+	if !s.Expires.IsZero() {
+		id.Expires = s.Expires.UnixMilli()
+	}
+	return id
+}
+
+// Deny records a refusal of ask in the audit trail (and on the audit
+// logger). Authorize calls it for its own refusals; handlers call it for
+// refusals of their own (a malformed request) and for those of Open that
+// they count as access decisions.
+func (b *Broker) Deny(ctx context.Context, ask Ask, ref *Refusal) {
+	action := ask.Action
+	if action == "" {
+		action = "connect"
+	}
+	f := map[string]string{"device_name": ask.Device, "service": ask.Service, "action": action}
+	if ask.App != "" {
+		f["app"] = ask.App
+	}
+	for k, v := range ask.Fields {
+		f[k] = v
+	}
+	for k, v := range ref.Fields {
+		f[k] = v
+	}
+	user := ask.User.Name
+	b.Record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: user, Login: ask.Login,
+		Addr: ask.ClientAddr, Message: ref.Msg, Fields: f})
+}
+
+// Record records one event with the fleet's audit recorder. Callers that
+// must not go ahead unrecorded check the error.
+func (b *Broker) Record(ctx context.Context, e *proto.AuditEvent) error {
+	if e.Cluster == "" {
+		e.Cluster = b.cfg.Cluster
+	}
+	if b.cfg.Audit == nil {
+		return nil
+	}
+	return b.cfg.Audit.Record(ctx, e)
+}
+
+// Open opens the session's stream down its device's tunnel; target names
+// what on the device (an app's name). The stream carries the session's
+// ID, so that the device can end it when told (proto.SessionEnd): it is
+// for services with one stream per session (SSH). Failures are a *Refusal
+// (not recorded: see Deny), or the context's error when the user went
+// away.
+func (b *Broker) Open(ctx context.Context, g *Grant, target string) (net.Conn, error) {
+	return b.open(ctx, g, target, g.Session.ID)
+}
+
+// OpenPooled is Open for services that open several streams per session
+// (pooled HTTP connections: Kubernetes, apps): each stream gets an ID of
+// its own, and the fleet ends the session by closing them.
+//
+// Each stream's session.start is recorded before the device hears of it,
+// and its session.end when it closes: the device's own events about the
+// stream name its ID, and are checked against the fleet's record (see
+// fleet/audit's claims.go). A stream the audit trail cannot record is not
+// opened.
+func (b *Broker) OpenPooled(ctx context.Context, g *Grant, target string) (net.Conn, error) {
+	id := NewID()
+	ev := func(typ, outcome, msg string) *proto.AuditEvent {
+		s := &g.Session
+		f := map[string]string{"service": s.Service, "device_name": s.DeviceName, "kind": "stream"}
+		if s.ID != "" {
+			f["parent"] = s.ID
+		}
+		if target != "" {
+			f["app"] = target
+		}
+		if s.KubeUser != "" {
+			f["kube_user"], f["kube_groups"] = s.KubeUser, strings.Join(s.KubeGroups, ",")
+		}
+		return &proto.AuditEvent{Type: typ, Outcome: outcome, User: s.User, Session: id, Device: s.DeviceID,
+			Addr: s.ClientAddr, Message: msg, Fields: f}
+	}
+	if err := b.Record(ctx, ev(proto.EventSessionStart, proto.OutcomeSuccess, "")); err != nil {
+		return nil, &Refusal{Status: StatusUnavailable, Msg: AuditDown}
+	}
+	conn, err := b.open(ctx, g, target, id)
+	if err != nil {
+		b.Record(ctx, ev(proto.EventSessionEnd, proto.OutcomeFailure, err.Error()))
+		return nil, err
+	}
+	return &recordedConn{Conn: conn, end: func() { b.Record(context.Background(), ev(proto.EventSessionEnd, proto.OutcomeSuccess, "")) }}, nil
+}
+
+// recordedConn calls end once, when it is first closed.
+type recordedConn struct {
+	net.Conn
+	once sync.Once
+	end  func()
+}
+
+func (c *recordedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.end)
+	return err
+}
+
+// CloseWrite half-closes the stream, when the stream can.
+func (c *recordedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (net.Conn, error) {
+	if g.Session.DeviceID == "" {
+		return nil, &Refusal{Status: StatusNotFound, Msg: "no device to open a stream to"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpenTimeout)
+	defer cancel()
+	conn, err := b.cfg.Tunnels.Open(ctx, g.Session.DeviceID, &proto.StreamHeader{
+		Service:    g.Session.Service,
+		Target:     target,
+		SessionID:  streamID,
+		Identity:   g.Identity(),
+		ClientAddr: g.Session.ClientAddr,
+	})
+	if err == nil {
+		return conn, nil
+	}
+	name := g.Device.Name
+	var pe *proto.Error
+	switch {
+	case b.cfg.Offline != nil && errors.Is(err, b.cfg.Offline):
+		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("device %q is offline: last seen %s", name, b.lastSeen(err, g.Device.LastSeen))}
+	case b.cfg.NoAnswer != nil && errors.Is(err, b.cfg.NoAnswer):
+		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("device %q did not answer within %v (last seen %s); its link may be down",
+			name, b.cfg.OpenTimeout, b.lastSeen(err, g.Device.LastSeen))}
+	case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
+		return nil, &Refusal{Status: StatusForbidden, Msg: "the device refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
+	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
+		return nil, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("device %q does not offer it: %s", name, pe.Message), Fields: map[string]string{"rule": "device"}}
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return nil, err // the user went away
+	default:
+		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("device %q did not answer: %v", name, err)}
+	}
+}
+
+// lastSeen says when an unreachable device was last heard from: err knows
+// (the tunnel server's errors), else the registry's record.
+func (b *Broker) lastSeen(err error, registry time.Time) string {
+	at := registry
+	if lh, ok := errors.AsType[interface {
+		error
+		LastHeardAt() time.Time
+	}](err); ok && !lh.LastHeardAt().IsZero() {
+		at = lh.LastHeardAt()
+	}
+	if at.IsZero() {
+		return "never"
+	}
+	return fmt.Sprintf("%s ago (%s)", b.cfg.Now().Sub(at).Round(time.Second), at.UTC().Format(time.RFC3339))
+}
+
+// Session is a live brokered session: recorded at its start, registered
+// in the session registry, and recorded again by Done.
+type Session struct {
+	b     *Broker
+	g     *Grant
+	live  *sessions.Live
+	start time.Time
+
+	mu     sync.Mutex // guards closers and ended
+	closer []func()
+	ended  bool
+}
+
+// StartOptions adjust Start.
+type StartOptions struct {
+	// End ends the session in the way its service can tell the user why
+	// (a message on an SSH session's standard error, an ERROR event on a
+	// watch). It is called at most once, when the registry ends the
+	// session; nil sends proto.SessionEnd to the device (for services
+	// whose agent side ends its own streams). In any case the broker
+	// closes what OnEnd registered after Config.EndGrace.
+	End func(reason string)
+	// NoEvents leaves the start and end events to the caller, for a
+	// service whose events say more (Kubernetes records its own).
+	NoEvents bool
+}
+
+// Start records the session's start (fail-closed: a session that cannot
+// be recorded does not start, and the error is a *Refusal) and registers
+// it as live. The caller must call Done.
+func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Session, error) {
+	s := &Session{b: b, g: g, start: b.cfg.Now()}
+	g.Session.Started = s.start
+	if !opt.NoEvents {
+		if b.Record(ctx, s.event(proto.EventSessionStart, map[string]string{})) != nil {
+			return nil, &Refusal{Status: StatusUnavailable, Msg: AuditDown}
+		}
+	}
+	end := opt.End
+	if end == nil {
+		end = func(reason string) {
+			if err := b.cfg.Tunnels.Send(g.Session.DeviceID, &proto.SessionEnd{SessionID: g.Session.ID, Message: reason}); err != nil {
+				b.log.Info("could not tell the device to end the session; closing it", "session", g.Session.ID, "err", err)
+			}
+		}
+	}
+	live, err := b.cfg.Sessions.Register(g.Session, func(reason string) {
+		end(reason)
+		time.AfterFunc(b.cfg.EndGrace, s.closeAll)
+	})
+	if err != nil {
+		ref := &Refusal{Status: StatusUnauthorized, Msg: err.Error()}
+		if !opt.NoEvents {
+			b.Record(ctx, s.event(proto.EventSessionEnd, map[string]string{"reason": err.Error()}))
+		}
+		return nil, ref
+	}
+	s.live = live
+	return s, nil
+}
+
+// ID is the session's ID.
+func (s *Session) ID() string { return s.g.Session.ID }
+
+// Token is the secret that lets the session's client ask how it ended
+// (sessions.Live.Token).
+func (s *Session) Token() string { return s.live.Token() }
+
+// Ending returns why the fleet ended the session, or "" while it has not.
+func (s *Session) Ending() string { return s.live.Ending() }
+
+// Started is when the session started.
+func (s *Session) Started() time.Time { return s.start }
+
+// OnEnd registers f (closing a connection, cancelling a context) to run
+// when the fleet ends the session, after the grace period; at once if it
+// has ended already.
+func (s *Session) OnEnd(f func()) {
+	s.mu.Lock()
+	if !s.ended {
+		s.closer = append(s.closer, f)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	f()
+}
+
+func (s *Session) closeAll() {
+	s.mu.Lock()
+	s.ended = true
+	list := s.closer
+	s.closer = nil
+	s.mu.Unlock()
+	for _, f := range list {
+		f()
+	}
+}
+
+func (s *Session) event(typ string, f map[string]string) *proto.AuditEvent {
+	g := &s.g.Session
+	f["service"], f["device_name"] = g.Service, g.DeviceName
+	if g.App != "" {
+		f["app"] = g.App
+	}
+	for k, v := range s.g.Ask.Fields {
+		f[k] = v
+	}
+	return &proto.AuditEvent{Type: typ, User: g.User, Login: g.Login, Session: g.ID, Device: g.DeviceID, Addr: g.ClientAddr, Fields: f}
+}
+
+// Stats are what a session carried, for its end event.
+type Stats struct {
+	Up, Down int64 // bytes to the device and back
+	// Fields add to the end event.
+	Fields map[string]string
+}
+
+// Done ends the session: it is removed from the registry and its end is
+// recorded with reason ("" when one side closed it; the registry's reason
+// when the fleet ended it). It returns the reason recorded.
+func (s *Session) Done(ctx context.Context, reason string, st Stats) string {
+	reason = s.DoneSilently(reason)
+	f := map[string]string{
+		"bytes_up": strconv.FormatInt(st.Up, 10), "bytes_down": strconv.FormatInt(st.Down, 10),
+		"duration": s.b.cfg.Now().Sub(s.start).Round(time.Millisecond).String(),
+	}
+	for k, v := range st.Fields {
+		f[k] = v
+	}
+	if reason != "" {
+		f["reason"] = reason
+	}
+	s.b.Record(ctx, s.event(proto.EventSessionEnd, f))
+	return reason
+}
+
+// MarkDone tells the registry the session has ended, with reason, before
+// Done records it: a client that asks why (sessions.Registry.Ended) as
+// soon as its connection closes finds the reason.
+func (s *Session) MarkDone(reason string) {
+	if why := s.live.Ending(); why != "" {
+		reason = why
+	}
+	s.live.Done(reason)
+}
+
+// DoneSilently is Done for a session whose events its service records
+// itself (StartOptions.NoEvents), and for one that never started on the
+// device (its refusal is the record).
+func (s *Session) DoneSilently(reason string) string {
+	if why := s.live.Ending(); why != "" {
+		reason = why
+	}
+	s.live.Done(reason)
+	s.mu.Lock()
+	s.ended = true
+	s.closer = nil
+	s.mu.Unlock()
+	return reason
+}

@@ -1,0 +1,430 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/audit"
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/logtest"
+)
+
+// fakeTunnels stands in for the tunnel server (whose real streams need a
+// QUIC connection to an agent: tools/e2e covers those). Each opened stream
+// is one end of a pipe whose other end echoes in upper case, like a device
+// serving the session.
+type fakeTunnels struct {
+	// onOpen, when set, runs as a stream is opened.
+	onOpen func(deviceID string, h *proto.StreamHeader)
+
+	mu      sync.Mutex // guards the fields below
+	offline bool
+	refuse  *proto.Error
+	headers []*proto.StreamHeader
+	sent    []proto.Message
+	devEnds []net.Conn
+}
+
+var errOffline = errors.New("offline")
+
+func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	if f.onOpen != nil {
+		f.onOpen(id, h)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.offline {
+		return nil, errOffline
+	}
+	if f.refuse != nil {
+		return nil, f.refuse
+	}
+	f.headers = append(f.headers, h)
+	a, b := net.Pipe()
+	f.devEnds = append(f.devEnds, b)
+	go func() {
+		defer b.Close()
+		buf := make([]byte, 1024)
+		for {
+			n, err := b.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := b.Write([]byte(strings.ToUpper(string(buf[:n])))); err != nil {
+				return
+			}
+		}
+	}()
+	return a, nil
+}
+
+func (f *fakeTunnels) Send(id string, m proto.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sent = append(f.sent, m)
+	return nil
+}
+
+func (f *fakeTunnels) Online(string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.offline
+}
+
+// trail records audit events.
+type trail struct {
+	mu   sync.Mutex // guards evs and fail
+	evs  []*proto.AuditEvent
+	fail bool
+}
+
+func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.fail {
+		return errors.New("disk full")
+	}
+	tr.evs = append(tr.evs, e)
+	return nil
+}
+
+func (tr *trail) types() []string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var out []string
+	for _, e := range tr.evs {
+		out = append(out, e.Type)
+	}
+	return out
+}
+
+func (tr *trail) last() *proto.AuditEvent {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.evs) == 0 {
+		return nil
+	}
+	return tr.evs[len(tr.evs)-1]
+}
+
+type fixture struct {
+	b     *Broker
+	tun   *fakeTunnels
+	trail *trail
+	reg   *sessions.Registry
+	pi1   devices.Device
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	devs := &devices.Registry{Store: memstore.New()}
+	pi1, err := devs.Register(ctx, devices.Device{Name: "pi-1", Labels: map[string]string{"site": "north"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pi1, err = devs.Update(ctx, pi1.ID, func(d *devices.Device) error {
+		d.Services = []string{proto.ServiceSSH}
+		d.Apps = []proto.App{{Name: "nodered", URI: "http://127.0.0.1:1880", Labels: map[string]string{"team": "ops"}}}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := devs.Register(ctx, devices.Device{Name: "secret-1", Labels: map[string]string{"site": "south"}}); err != nil {
+		t.Fatal(err)
+	}
+	reg := sessions.New(sessions.Config{})
+	t.Cleanup(reg.Close)
+	f := &fixture{tun: &fakeTunnels{}, trail: &trail{}, reg: reg, pi1: pi1}
+	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail,
+		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
+	return f
+}
+
+func role(t *testing.T, doc string) api.Role {
+	t.Helper()
+	r, err := rbac.Decode([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func ask(t *testing.T, service, device, login, app string, roles ...string) Ask {
+	var rs []api.Role
+	for _, doc := range roles {
+		rs = append(rs, role(t, doc))
+	}
+	return Ask{Service: service, User: api.User{Name: "alice", Roles: []string{"r"}}, Checker: rbac.NewChecker(rs, nil),
+		Device: device, Login: login, App: app, ClientAddr: "192.0.2.1:1234", Expires: time.Now().Add(time.Hour)}
+}
+
+const (
+	north = `metadata: {name: north}
+spec: {allow: {device_labels: {site: north}, logins: [pi]}}`
+	noPi = `metadata: {name: no-pi}
+spec: {deny: {device_labels: {"*": "*"}, logins: [pi]}}`
+	opsApps = `metadata: {name: ops-apps}
+spec: {allow: {app_labels: {team: ops}}}`
+)
+
+func TestAuthorize(t *testing.T) {
+	tests := []struct {
+		name       string
+		ask        func(t *testing.T) Ask
+		wantStatus Status // 0: granted
+		wantMsg    string
+		wantRule   string
+	}{
+		{"ssh allowed", func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "pi-1", "pi", "", north) }, 0, "", ""},
+		{"no such device", func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "pi-9", "pi", "", north) },
+			StatusNotFound, `no device "pi-9" that you can reach`, "no such device"},
+		{"hidden device reads as missing", func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "secret-1", "pi", "", north) },
+			StatusNotFound, `no device "secret-1" that you can reach`, rbac.RuleAllowLabels},
+		{"login refused", func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "pi-1", "root", "", north) },
+			StatusForbidden, `no role allows login "root" on device "pi-1"`, rbac.RuleAllowLogins},
+		{"deny wins", func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "pi-1", "pi", "", north, noPi) },
+			StatusForbidden, `role "no-pi" denies login "pi" on device "pi-1"`, rbac.RuleDenyLogins},
+		{"kube not offered", func(t *testing.T) Ask { return ask(t, proto.ServiceKube, "pi-1", "", "", north) },
+			StatusForbidden, `device "pi-1" does not offer Kubernetes`, "no kube service"},
+		{"app allowed", func(t *testing.T) Ask { return ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps) }, 0, "", ""},
+		{"app not declared", func(t *testing.T) Ask { return ask(t, proto.ServiceApp, "pi-1", "", "grafana", opsApps) },
+			StatusNotFound, `no app "grafana" on device "pi-1"`, "no such app"},
+		{"app hidden by roles", func(t *testing.T) Ask { return ask(t, proto.ServiceApp, "pi-1", "", "nodered", north) },
+			StatusNotFound, `no app "nodered" on device "pi-1"`, rbac.RuleAllowApps},
+		{"not a user", func(t *testing.T) Ask {
+			a := ask(t, proto.ServiceSSH, "pi-1", "pi", "")
+			a.Checker = nil
+			return a
+		}, StatusForbidden, "only users can reach devices", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			g, err := f.b.Authorize(context.Background(), tt.ask(t))
+			if tt.wantStatus == 0 {
+				if err != nil {
+					t.Fatalf("got %v, want a grant", err)
+				}
+				if g.Session.ID == "" || g.Session.DeviceID != f.pi1.ID || g.Session.User != "alice" {
+					t.Errorf("grant %+v: want a session ID, pi-1's ID and alice", g.Session)
+				}
+				if len(f.trail.types()) != 0 {
+					t.Errorf("a grant recorded %v, want nothing yet", f.trail.types())
+				}
+				return
+			}
+			var ref *Refusal
+			if !errors.As(err, &ref) {
+				t.Fatalf("got %v, want a *Refusal", err)
+			}
+			if ref.Status != tt.wantStatus || !strings.Contains(ref.Msg, tt.wantMsg) {
+				t.Errorf("got status %d %q, want %d with %q", ref.Status, ref.Msg, tt.wantStatus, tt.wantMsg)
+			}
+			e := f.trail.last()
+			if e == nil || e.Type != proto.EventAccessDenied || e.Outcome != proto.OutcomeDenied || e.Message != ref.Msg {
+				t.Fatalf("audit: %+v, want the refusal recorded as access.denied", e)
+			}
+			if e.Fields["rule"] != tt.wantRule {
+				t.Errorf("audited rule %q, want %q", e.Fields["rule"], tt.wantRule)
+			}
+		})
+	}
+}
+
+func TestOpenRefusals(t *testing.T) {
+	tests := []struct {
+		name    string
+		set     func(*fakeTunnels)
+		want    Status
+		wantMsg string
+	}{
+		{"offline", func(f *fakeTunnels) { f.offline = true }, StatusOffline, `device "pi-1" is offline`},
+		{"device refuses", func(f *fakeTunnels) { f.refuse = proto.Errorf(proto.CodeForbidden, "expired") }, StatusForbidden, "the device refused: expired"},
+		{"device lacks it", func(f *fakeTunnels) { f.refuse = proto.Errorf(proto.CodeNotFound, "no app") }, StatusNotFound, "does not offer it"},
+		{"device fails", func(f *fakeTunnels) { f.refuse = proto.Errorf(proto.CodeInternal, "boom") }, StatusNoAnswer, "did not answer"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			g, err := f.b.Authorize(context.Background(), ask(t, proto.ServiceSSH, "pi-1", "pi", "", north))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.set(f.tun)
+			_, err = f.b.Open(context.Background(), g, "")
+			var ref *Refusal
+			if !errors.As(err, &ref) || ref.Status != tt.want || !strings.Contains(ref.Msg, tt.wantMsg) {
+				t.Errorf("got %v, want status %d with %q", err, tt.want, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func TestSessionLifecycle(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := f.b.Open(ctx, g, "nodered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := f.tun.headers[0]
+	if h.Service != proto.ServiceApp || h.Target != "nodered" || h.Identity.User != "alice" || h.Identity.Cluster != "fleet" || h.ClientAddr != "192.0.2.1:1234" {
+		t.Errorf("stream header %+v: want service app, target nodered, alice's identity", h)
+	}
+	s, err := f.b.Start(ctx, g, StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if live := f.reg.List(sessions.Filter{Service: proto.ServiceApp}); len(live) != 1 || live[0].App != "nodered" {
+		t.Fatalf("registry lists %+v, want the app session", live)
+	}
+	user, client := net.Pipe()
+	s.OnEnd(func() { dev.Close(); user.Close() })
+	done := make(chan Stats, 1)
+	go func() {
+		up, down, _ := Splice(user, nil, dev, nil)
+		done <- Stats{Up: up, Down: down}
+	}()
+	client.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "HELLO" {
+		t.Fatalf("through the splice: %q, %v", buf, err)
+	}
+	// Access ends: the registry ends the session, the broker tells the
+	// device and closes both sides after the grace period.
+	if n := f.reg.End(func(*sessions.Session) bool { return true }, "access changed: no"); n != 1 {
+		t.Fatalf("ended %d sessions, want 1", n)
+	}
+	var st Stats
+	select {
+	case st = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the splice did not end after the session was ended")
+	}
+	if reason := s.Done(ctx, "", st); reason != "access changed: no" {
+		t.Errorf("Done recorded reason %q, want the registry's", reason)
+	}
+	f.tun.mu.Lock()
+	sent := slices.Clone(f.tun.sent)
+	f.tun.mu.Unlock()
+	if len(sent) != 1 || sent[0].(*proto.SessionEnd).Message != "access changed: no" {
+		t.Errorf("the device was told %+v, want one session-end with the reason", sent)
+	}
+	if got := f.trail.types(); !slices.Equal(got, []string{proto.EventSessionStart, proto.EventSessionEnd}) {
+		t.Errorf("audit %v, want session.start, session.end", got)
+	}
+	end := f.trail.last()
+	if end.Fields["bytes_up"] != "5" || end.Fields["bytes_down"] != "5" || end.Fields["reason"] != "access changed: no" || end.Fields["app"] != "nodered" {
+		t.Errorf("end event fields %v, want 5 bytes each way, the reason and the app", end.Fields)
+	}
+	if n := len(f.reg.List(sessions.Filter{})); n != 0 {
+		t.Errorf("%d sessions still registered", n)
+	}
+}
+
+func TestStartFailsClosed(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceSSH, "pi-1", "pi", "", north))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.trail.fail = true
+	_, err = f.b.Start(ctx, g, StartOptions{})
+	var ref *Refusal
+	if !errors.As(err, &ref) || ref.Status != StatusUnavailable {
+		t.Fatalf("got %v, want the audit refusal", err)
+	}
+	if n := len(f.reg.List(sessions.Filter{})); n != 0 {
+		t.Errorf("an unrecorded session was registered (%d)", n)
+	}
+}
+
+func TestStartRefusesExpired(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a := ask(t, proto.ServiceSSH, "pi-1", "pi", "", north)
+	a.Expires = time.Now().Add(-time.Second)
+	g, err := f.b.Authorize(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.b.Start(ctx, g, StartOptions{})
+	var ref *Refusal
+	if !errors.As(err, &ref) || ref.Status != StatusUnauthorized || !strings.Contains(ref.Msg, "expired") {
+		t.Fatalf("got %v, want an expiry refusal", err)
+	}
+}
+
+// TestPooledStreamsAreRecordedBeforeTheyOpen: each pooled stream's
+// session.start is committed in the hash-chained trail before the device
+// hears of the stream (the device's own events about it are checked
+// against that record), and its session.end when it closes; a stream the
+// device does not take ends recorded as a failure; a stream the trail
+// cannot record is not opened.
+func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
+	f := newFixture(t)
+	events, err := audit.Open(audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	f.b.cfg.Audit = &audit.Recorder{Log: events, Cluster: "fleet"}
+	var seen []error
+	f.tun.onOpen = func(deviceID string, h *proto.StreamHeader) {
+		_, err := events.Brokered(deviceID, h.SessionID)
+		seen = append(seen, err)
+	}
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := f.b.OpenPooled(ctx, g, "nodered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 1 || seen[0] != nil {
+		t.Fatalf("when the stream was opened, the fleet's record of it: %v", seen)
+	}
+	id := f.tun.headers[0].SessionID
+	conn.Close()
+	conn.Close()
+	recs, _, _ := events.Search(ctx, audit.Query{Session: id})
+	if len(recs) != 2 || recs[0].Event.Type != proto.EventSessionStart || recs[1].Event.Type != proto.EventSessionEnd ||
+		recs[0].Event.User != "alice" || recs[0].Event.Device != f.pi1.ID || recs[0].Event.Fields["app"] != "nodered" {
+		t.Errorf("events of the stream: %+v, want its session.start and one session.end", recs)
+	}
+	f.tun.offline = true
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
+		t.Fatal("a stream to an offline device opened")
+	}
+	all, _, _ := events.Search(ctx, audit.Query{Type: proto.EventSessionEnd})
+	if last := all[len(all)-1].Event; last.Outcome != proto.OutcomeFailure {
+		t.Errorf("the failed stream's end: %+v", last)
+	}
+	f.tun.offline = false
+	events.Close()
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
+		t.Error("a stream was opened that the audit trail could not record")
+	}
+}
