@@ -31,6 +31,16 @@ func TestUDPEcho(t *testing.T) {
 			t.Fatalf("echo %d: got %q, want %q", i, got, want)
 		}
 	}
+	// The client saw every echo, but a relay goroutine may not yet have
+	// counted the datagram it just wrote: wait until each direction has
+	// settled (everything received was forwarded or dropped) before reading.
+	settled := func(s DirStats) bool {
+		return s.Queued.Packets == 0 && s.Forwarded.Packets+s.Dropped.Total() == s.Received.Packets
+	}
+	eventually(t, "counters settled", func() bool {
+		st := l.Stats()
+		return st.Up.Received.Packets == n && st.Down.Received.Packets == n && settled(st.Up) && settled(st.Down)
+	})
 	st := l.Stats()
 	for _, d := range []struct {
 		name string
