@@ -3,7 +3,7 @@ package resume
 // ring is a byte queue in a circular buffer. It grows by doubling as far as
 // it must (the Conn bounds how far), and it lets go of a large buffer when
 // released empty (the Conn does so a second after it empties), so an idle
-// session holds no memory.
+// session holds no more than keepEmpty a ring.
 type ring struct {
 	buf  []byte
 	head int // index of the first byte
