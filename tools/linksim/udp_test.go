@@ -241,7 +241,7 @@ func TestUDPBurstLoss(t *testing.T) {
 func TestUDPBandwidth(t *testing.T) {
 	const (
 		rate    = 1_000_000 // bit/s
-		queue   = 64 << 10 // half a second at the cap: a sender held up by a busy machine leaves it busy
+		queue   = 64 << 10  // half a second at the cap: a sender held up by a busy machine leaves it busy
 		payload = 1000
 		n       = 200
 		every   = 4 * time.Millisecond // offered: about twice the cap
