@@ -17,6 +17,7 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/login"
 	"remoteler.dev/edge/proto/api"
@@ -57,15 +58,15 @@ type web struct {
 	mux   *http.ServeMux
 }
 
-func newWeb(cfg Config, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
+func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
 	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, admit func(*http.Request) (time.Duration, bool),
-	log *slog.Logger, now func() time.Time) *web {
+	refuse func(api.User) error, log *slog.Logger, now func() time.Time) *web {
 	appHosts := "https://*." + addr.Domain
 	if addr.Port != 443 {
 		appHosts += ":" + strconv.Itoa(addr.Port)
 	}
 	lg := login.New(login.Config{
-		Users: us, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Home: appsrv.PathApps, Audit: rec, Admit: admit,
+		Users: us, Store: st, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Home: appsrv.PathApps, Audit: rec, Admit: admit, Refuse: refuse,
 		// The launch of an app after a login redirects to the app's host.
 		FormTargets: []string{appHosts},
 		TTL: func(ctx context.Context, u api.User) time.Duration {

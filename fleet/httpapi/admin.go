@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -113,6 +114,14 @@ func (s *Server) addToken(w http.ResponseWriter, r *http.Request, c *caller) {
 	if !readJSON(w, r, &req) {
 		return
 	}
+	switch {
+	case req.Type != "" && req.Type != api.TokenDevice && req.Type != api.TokenTrustedCluster:
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("token type %q: want %s or %s", req.Type, api.TokenDevice, api.TokenTrustedCluster))
+		return
+	case req.Type == api.TokenTrustedCluster && len(req.Labels) > 0:
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "a trusted-cluster token takes no labels")
+		return
+	}
 	tok, err := s.Tokens.Add(r.Context(), req)
 	if err != nil {
 		s.storeError(w, "add token", err)
@@ -122,7 +131,7 @@ func (s *Server) addToken(w http.ResponseWriter, r *http.Request, c *caller) {
 	tok.JoinString = pin.JoinString(tok.Token, tok.CAPin)
 	s.audit().Info("join token created", "event", "token.create", "by", c.name(), "token_id", tok.ID, "expires", tok.Expires, "uses", tok.UsesLeft, "labels", tok.Labels)
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventTokenCreate, User: c.name(), Addr: r.RemoteAddr,
-		Fields: map[string]string{"token_id": tok.ID, "expires": tok.Expires.UTC().Format(time.RFC3339), "uses": strconv.Itoa(tok.UsesLeft)}})
+		Fields: map[string]string{"token_id": tok.ID, "expires": tok.Expires.UTC().Format(time.RFC3339), "uses": strconv.Itoa(tok.UsesLeft), "type": tok.Type}})
 	writeJSON(w, http.StatusCreated, tok)
 }
 

@@ -619,6 +619,14 @@ func (s *Server) Send(deviceID string, m proto.Message) error {
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	reason := s.stopReasonLocked()
+	s.mu.Unlock()
+	s.closeWith(reason)
+}
+
+// closeWith closes every device's connection with reason and waits (up to
+// 2 s) for the close frames to leave.
+func (s *Server) closeWith(reason string) {
+	s.mu.Lock()
 	conns := make([]*deviceConn, 0, len(s.conns))
 	for _, dc := range s.conns {
 		conns = append(conns, dc)
@@ -642,10 +650,28 @@ func (s *Server) closeAll() {
 // then. s.mu is held.
 func (s *Server) stopReasonLocked() string {
 	if s.stopping == "" {
-		spread := min(max(time.Duration(len(s.conns))*10*time.Millisecond, 2*time.Second), 2*time.Minute)
-		s.stopping = fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
+		s.stopping = restartReason(len(s.conns))
 	}
 	return s.stopping
+}
+
+// restartReason tells n devices to reconnect spread out over 10 ms a
+// device, 2 s to 2 min (fleetd serves a few hundred reconnects a second per
+// core).
+func restartReason(n int) string {
+	spread := min(max(time.Duration(n)*10*time.Millisecond, 2*time.Second), 2*time.Minute)
+	return fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
+}
+
+// Shed closes every device's tunnel as closeAll does when the fleet stops
+// (the agents reconnect, spread out, to whichever fleetd answers them), and
+// goes on serving: a replica that can no longer record its devices sends
+// them to another.
+func (s *Server) Shed() {
+	s.mu.Lock()
+	reason := restartReason(len(s.conns))
+	s.mu.Unlock()
+	s.closeWith(reason)
 }
 
 // Disconnect closes deviceID's tunnel, if any, with a reason the agent

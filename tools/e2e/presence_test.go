@@ -102,7 +102,7 @@ func TestSessionEndExplained(t *testing.T) {
 			said = append(said, l)
 		}
 	}
-	want := "ssh pi-1: the device's agent restarted, so the session could not be resumed; run the command again"
+	want := "tsh: the session to pi-1 ended: the device's agent restarted, so the session could not be resumed; run the command again"
 	if len(said) != 1 || !strings.Contains(said[0], want) {
 		t.Errorf("tsh said %q, want one line: %q", said, want)
 	}
