@@ -12,13 +12,15 @@ import (
 func sampleMessages() []Message {
 	return []Message{
 		&Hello{ProtocolVersion: Version, Name: "pi-1", AgentVersion: "v0.1.0", OS: "linux", Arch: "arm64",
-			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH}},
+			Labels: map[string]string{"site": "north"}, Time: 1700000000000, Services: []string{ServiceSSH},
+			BootID: "b", KeepaliveMillis: 25000, LivenessMillis: 120000},
+		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000,
+			LinkTag: []byte{1, 2, 3, 4, 5, 6, 7, 8}, LinkKey: bytes.Repeat([]byte{9}, LinkKeySize), ResetToken: []byte{8, 7, 6, 5, 4, 3, 2, 1}},
 		&Hello{ProtocolVersion: Version, Name: "pi-2", Services: []string{ServiceSSH, ServiceApp}, Apps: []App{
 			{Name: "nodered", URI: "http://127.0.0.1:1880", Labels: map[string]string{"team": "ops"}},
 			{Name: "router", URI: "https://192.168.1.1", InsecureSkipVerify: true,
 				Rewrite: &AppRewrite{Redirect: []string{"router.lan"}, Headers: []AppHeader{{Name: "X-User", Value: "{{user}}"}}}},
 		}},
-		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, LinkTag: []byte{1, 2}, Updates: true},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},
@@ -29,6 +31,7 @@ func sampleMessages() []Message {
 		&StreamHeader{Service: ServiceSSH, SessionID: "s1", Identity: Identity{User: "alice", Login: "root", Roles: []string{"access"}}},
 		&StreamAccept{Code: CodeForbidden, Message: "login not allowed"},
 		&Resume{SessionID: "s1", Secret: []byte{1, 2, 3}, Received: 1 << 40},
+		&Resume{SessionID: "s2", Secret: []byte{4}, Received: 7, Replaying: true, From: 5},
 		&ResumeAccept{Code: CodeNotFound, Message: "gone", Received: 7},
 		&AuditBatch{},
 		&AuditBatch{Events: []AuditEvent{

@@ -100,6 +100,12 @@ type Hello struct {
 	// configuration declares them. The fleet checks each (App's doc) and
 	// refuses those it does not accept; the others get a public address.
 	Apps []App `cbor:"10,keyasint,omitempty"`
+	// KeepaliveMillis and LivenessMillis are the agent's NAT keep-alive and
+	// heartbeat periods (negative keep-alive: off); the fleet judges a device
+	// that has sent nothing for a few keep-alive periods to be offline.
+	// Zero: the agent's defaults.
+	KeepaliveMillis int64 `cbor:"11,keyasint,omitempty"`
+	LivenessMillis  int64 `cbor:"12,keyasint,omitempty"`
 	// Direct, from a direct node (edge-agent --mode=direct), is the
 	// address (IP:PORT) where the agent listens for the fleet: the fleet
 	// dials it, QUIC with mutual TLS (DirectALPN), for each brokered
@@ -167,6 +173,12 @@ type HelloAck struct {
 	// Updates says the fleet takes update-status messages (OTA, see
 	// update.go); an agent sends none to a fleet that does not.
 	Updates bool `cbor:"7,keyasint,omitempty"`
+	// LinkKey keys the MAC of the fleet's link hurries on this connection
+	// (see LinkHurryByte); LinkKeySize bytes, new for every connection.
+	LinkKey []byte `cbor:"8,keyasint,omitempty"`
+	// ResetToken is what a link reset for this connection carries
+	// (LinkResetToken of LinkTag under the fleet's link key).
+	ResetToken []byte `cbor:"9,keyasint,omitempty"`
 }
 
 // Heartbeat tells the fleet the agent is alive (its QUIC ACK is the
@@ -266,6 +278,12 @@ type Resume struct {
 	SessionID string `cbor:"1,keyasint"`
 	Secret    []byte `cbor:"2,keyasint"`
 	Received  uint64 `cbor:"3,keyasint"`
+	// Replaying says the agent replays its bytes from From right behind
+	// this frame, without waiting for ResumeAccept: a link hurry told it
+	// where the fleet was (LinkHurry.Received). The fleet skips what it
+	// already has; a From beyond that is a protocol error.
+	Replaying bool   `cbor:"4,keyasint,omitempty"`
+	From      uint64 `cbor:"5,keyasint,omitempty"`
 }
 
 // ResumeAccept answers Resume: a zero Code re-attaches the session and

@@ -70,6 +70,18 @@
 // only for users of a trusted root: an older agent refuses those streams
 // (an unknown key), so update agents before their fleet trusts a root. An
 // older fleet refuses the hello of a direct node (an unknown key).
+//
+// Revision of 2026-12-07: the hello answer's link key and reset
+// token (HelloAck keys 8 and 9); link resets carry the reset token, and the
+// fleet sends link hurries (LinkHurryByte); the hello's keep-alive and
+// liveness periods (Hello keys 11 and 12; 13 to 15 are unassigned, 16 is
+// the direct node's address of the revision before), from which the fleet
+// judges that a silent device is offline; error code 10, going away (an agent that is
+// stopping refuses new streams with it); NAT keep-alives are one byte, and
+// carry the link tag only when the fleet asks (LinkWhoByte); Resume keys 4
+// and 5 (an agent that learnt the fleet's position from a hurry replays at
+// once). Agents of the earlier revision ignore the new keys and send none;
+// a fleet then judges them by the default periods.
 package proto
 
 import "fmt"
@@ -96,6 +108,9 @@ const (
 	CodeVersion         ErrorCode = 7
 	CodeConflict        ErrorCode = 8
 	CodeExpired         ErrorCode = 9
+	// CodeGoingAway: the agent is stopping; its next connection will serve
+	// (the fleet opens the stream again there).
+	CodeGoingAway ErrorCode = 10
 )
 
 var codeNames = [...]string{
@@ -109,6 +124,7 @@ var codeNames = [...]string{
 	CodeVersion:         "version mismatch",
 	CodeConflict:        "conflict",
 	CodeExpired:         "expired",
+	CodeGoingAway:       "going away",
 }
 
 func (c ErrorCode) String() string {
@@ -120,29 +136,41 @@ func (c ErrorCode) String() string {
 
 // Datagrams outside QUIC on the tunnel's UDP port. Their first bytes have
 // the two top bits clear, so QUIC stacks see they are not QUIC (RFC 9443).
+// Their encoders and decoders are in link.go.
 //
-// The agent's NAT keep-alive is NATKeepaliveByte followed by the
-// connection's HelloAck.LinkTag. When the fleet sees a keep-alive with a
-// live connection's tag come from another address than that connection's
-// (the NAT mapping changed during an outage, or the device moved), it sends
-// the single byte LinkPokeByte to the new address, and the agent answers
-// with a QUIC packet, which moves the connection there.
+// The agent's NAT keep-alive is the single byte NATKeepaliveByte. The
+// fleet knows the sender by its address (the connection's). When it does
+// not (the NAT mapping changed during an outage, the device moved, or the
+// fleet restarted), it answers with the single byte LinkWhoByte, and the
+// agent sends a tagged keep-alive: NATKeepaliveByte followed by the
+// connection's HelloAck.LinkTag. A tagged keep-alive of a live connection
+// from another address than that connection's draws the single byte
+// LinkPokeByte, and the agent answers with a QUIC packet, which moves the
+// connection there.
 //
 // When the tag names no connection the fleet has (it was made with a fleet
-// that crashed or restarted), the fleet sends the single byte
-// LinkResetByte instead, and the agent drops its connection and dials
-// again at once (a QUIC stateless reset would need a packet larger than a
-// heartbeat to answer).
+// that crashed or restarted), the fleet answers with a link reset:
+// LinkResetByte and the connection's reset token, which only the fleet's
+// link key can compute from the tag (LinkResetToken), and which the agent
+// learnt in HelloAck.ResetToken. The agent drops its connection and dials
+// again at once; a reset without the right token is ignored, so nobody who
+// can merely send packets from the fleet's address can cut a tunnel.
 //
 // While a session stalls, the agent sends LinkPingSize-byte link pings,
 // LinkPingByte and a nonce; the fleet echoes each with the first byte set
-// to LinkPongByte.
+// to LinkPongByte. While a session the fleet sends on stalls, the fleet
+// sends link hurries (LinkHurryByte, a sequence number and a MAC keyed by
+// HelloAck.LinkKey): the agent moves the connection to a fresh path, which
+// makes both sides resend what they have in flight at once instead of
+// after QUIC's retransmission back-off.
 const (
 	NATKeepaliveByte byte = 0x00
 	LinkPingByte     byte = 0x01
 	LinkPongByte     byte = 0x02
 	LinkPokeByte     byte = 0x03
 	LinkResetByte    byte = 0x04
+	LinkHurryByte    byte = 0x05
+	LinkWhoByte      byte = 0x06
 	LinkPingSize          = 9
 	LinkTagSize           = 8
 )

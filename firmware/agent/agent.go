@@ -220,11 +220,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.cfg.Notify.Status(s)
 			}
 		},
-		Keepalive:   a.cfg.Keepalive,
-		Liveness:    a.cfg.Liveness,
-		SessionHold: a.cfg.SessionHold,
-		Logger:      a.log,
-		Now:         a.cfg.Now,
+		Keepalive:        a.cfg.Keepalive,
+		Liveness:         a.cfg.Liveness,
+		SessionHold:      a.cfg.SessionHold,
+		PathMTUDiscovery: a.cfg.PathMTUDiscovery,
+		Logger:           a.log,
+		Now:              a.cfg.Now,
 	})
 	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr(), "tunnel", a.tunnelAddr())
 

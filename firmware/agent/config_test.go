@@ -144,8 +144,9 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
 		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
-		"app":  "nodered=http://127.0.0.1:1880,label:team=ops",
-		"mode": "direct", "listen": "10.0.0.7:4433", "check-in": "9s",
+		"path-mtu-discovery": "true",
+		"app":                "nodered=http://127.0.0.1:1880,label:team=ops",
+		"mode":               "direct", "listen": "10.0.0.7:4433", "check-in": "9s",
 	}
 	var byFlag, byFile Config
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
@@ -173,7 +174,7 @@ func TestFlagsAndFileAlike(t *testing.T) {
 
 func TestWithDefaults(t *testing.T) {
 	d := Config{}.WithDefaults()
-	if d.DataDir != DefaultDataDir || d.Keepalive != 25*time.Second || d.Liveness != 2*time.Minute || d.SessionHold != 10*time.Minute ||
+	if d.DataDir != DefaultDataDir || d.Keepalive != 25*time.Second || d.Liveness != 10*time.Minute || d.SessionHold != 10*time.Minute ||
 		d.LogLevel != "info" || d.AuditMaxBytes != 64<<20 || d.AuditWhenFull != AuditAllow || d.RecordingsMaxBytes != 256<<20 ||
 		d.Kubeconfig == "" || d.Update.HealthTimeout != 2*time.Minute || d.Logger == nil || d.Now == nil {
 		t.Errorf("defaults: %+v", d)

@@ -103,6 +103,22 @@ func TestOpenSSHClients(t *testing.T) {
 			t.Errorf("ssh echo hi = %q; want %q", got, "hi\n")
 		}
 	})
+	t.Run("cipher", func(t *testing.T) {
+		// OpenSSH lists chacha20-poly1305 first; on a CPU with AES in
+		// hardware the server offers AES-GCM only, and OpenSSH picks it.
+		cmd := exec.Command("ssh", append([]string{"-v"}, ssh("true")...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("ssh -v: %v\n%s", err, out)
+		}
+		want := "cipher: chacha20-poly1305@openssh.com"
+		if aesInHardware() {
+			want = "cipher: aes128-gcm@openssh.com"
+		}
+		if !strings.Contains(string(out), "kex: server->client "+want) || !strings.Contains(string(out), "kex: client->server "+want) {
+			t.Errorf("OpenSSH did not negotiate %q:\n%s", want, out)
+		}
+	})
 	t.Run("ssh pty", func(t *testing.T) {
 		if got := o.run("ssh", append([]string{"-tt"}, ssh("tty")...)...); !strings.Contains(got, "/dev/pts/") {
 			t.Errorf("ssh -tt tty = %q; want a /dev/pts terminal", got)

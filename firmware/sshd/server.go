@@ -244,6 +244,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 
 	a := &authenticator{s: s, id: id, log: log, remote: conn.RemoteAddr()}
 	config := &ssh.ServerConfig{
+		Config:            ssh.Config{Ciphers: ciphers()},
 		PublicKeyCallback: a.publicKey,
 		ServerVersion:     "SSH-2.0-RemotelerEdge",
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"net"
 	"time"
 
@@ -15,116 +16,280 @@ import (
 
 // Recovery after an outage.
 //
-// After a blackout a QUIC connection with a full congestion window waits
-// out its retransmission back-off, seconds to tens of seconds, before it
-// sends again; switching to a new path does not shorten that. So while a
-// session has bytes out that the fleet does not acknowledge (the resume
-// layer acknowledges within 200 ms), the agent sends small link pings
-// (proto.LinkPing: 9 bytes, not QUIC) from a spare socket, and the fleet
-// echoes each one. The first echo means the link is back: the agent drops
-// the stuck connection and dials again at once, and the resume layer
-// replays what was not acknowledged. Data flows again a few round trips
-// after the link returns, instead of after the back-off.
+// After a blackout a QUIC connection waits out its retransmission back-off,
+// seconds to tens of seconds, before it sends again. So:
 //
-// Pings cost ~37 bytes on the wire each, every 100 ms for the first
-// minute of a stall and every 500 ms after; they run only while a session
+//   - while a session has bytes out that the fleet does not acknowledge (the
+//     resume layer acknowledges within 200 ms), the agent sends small link
+//     pings (proto.LinkPing: 9 bytes, not QUIC) from a spare socket, and the
+//     fleet echoes each one;
+//   - while a session the fleet sends on stalls, the fleet sends link
+//     hurries to the device (proto.LinkHurryByte), MACed with the
+//     connection's link key;
+//   - the first echo, or the first good hurry, means the link is back: the
+//     agent moves the connection to its spare path (paths.go), so that
+//     quic-go on both sides drops its back-off and congestion state, and
+//     resumes every session on a new stream of the same connection from
+//     exactly where the other side is (the old streams are reset, so
+//     nothing is resent blindly): a hurry says how much of its session the
+//     fleet has, and the agent replays from there at once; otherwise the
+//     fleet's answer to the resume says it. If no spare path is ready, or
+//     the sessions are still stuck a few round trips plus the resume
+//     layer's ack delay later, the agent drops the connection and dials
+//     again at once, and the resume layer replays what was not
+//     acknowledged.
+//
+// Recovery is judged by the sessions moving again (resume.Conn.Progress),
+// not by packets arriving: during an upload the device hears the fleet's
+// acknowledgements of its own data while the fleet's data still waits.
+// Pings go on until then, and while a dial is pending. An echo or a hurry
+// is acted on only after an outage, a silence of the connection of a second
+// or more (longer on a slow link, see outageGap): a stall on a link that
+// keeps delivering packets is its queue or its losses, which QUIC copes
+// with, and a move would cost it its congestion window.
+//
+// Pings cost ~37 bytes on the wire each, every 50 ms for the first
+// minute of a stall (so that they find the link at most 50 ms after it
+// returns) and every 100 ms after; they run only while a session
 // is stalled (or the tunnel is down with sessions held), never on an idle
 // device.
 const (
 	stallCheck     = 100 * time.Millisecond
 	stallMin       = 600 * time.Millisecond // never call a stall shorter than this
 	stallRTTs      = 4                      // or this many smoothed RTTs (plus the ack delay)
-	pingFast       = 100 * time.Millisecond
+	pingFast       = 50 * time.Millisecond
 	pingFastFor    = time.Minute
-	pingSlow       = 500 * time.Millisecond
+	pingSlow       = 100 * time.Millisecond
 	pingReadBuffer = 64
+	// outageGap is the shortest silence (no QUIC packet heard) that tells
+	// an outage from a slow or lossy link, or outagePTOs of QUIC's probe
+	// timeouts (RTT + 4 × its deviation) if longer: a lost tail and a lost
+	// probe leave a working link silent for about two. outageRecent is how
+	// long after such a gap the link may still be recovering from it.
+	outageGap    = time.Second
+	outagePTOs   = 3
+	outageRecent = 2 * time.Second
+	// settleExtra is added to two round trips and the resume ack delay:
+	// how long the sessions have, after a move, to move again.
+	settleExtra = 100 * time.Millisecond
+	// dialPatience: a pong that arrives while a dial has been pending for
+	// longer than this restarts the dial, whose handshake packets are
+	// waiting out their own back-off.
+	dialPatience = 500 * time.Millisecond
 )
 
-// watchStalls pings while a session stalls and redials when the link is
-// back. It returns when ctx ends. A link change sends a heartbeat at once,
-// so that the fleet learns a new address without waiting.
-func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, raddr net.Addr) {
+// errLinkBack ends a dial that was pending when the link came back.
+var errLinkBack = errors.New("tunnel: the link is back; dialling again")
+
+// watchStalls pings while a session stalls and, when the link is back,
+// moves the connection or redials (see above). It returns when ctx ends. A
+// link change sends a heartbeat at once, so that the fleet learns a new
+// address without waiting.
+func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, paths *linkPaths, raddr net.Addr, hurry <-chan proto.LinkHurry) {
 	// Tick only while there are sessions: an idle agent must not wake ten
 	// times a second (battery-powered boards).
 	t := time.NewTicker(stallCheck)
 	t.Stop()
 	ticking := false
+	pt := time.NewTimer(time.Hour) // the next ping, while pinging
+	pt.Stop()
 	var p *pinger
-	defer func() {
-		if p != nil {
-			p.close()
+	stopPinging := func() {
+		p.close()
+		p = nil
+		pt.Stop()
+	}
+	defer stopPinging()
+	var stallFrom time.Time
+	var rtt time.Duration // before the stall: a move resets quic-go's estimate
+	// After the link came back: the sessions must move again by settle.
+	var settle <-chan time.Time
+	var progressAt uint64
+	var backAt time.Time
+	var calmAt time.Time // when a heartbeat last answered a needless hurry
+	// Hurries the fleet sent before it saw the sessions resumed arrive for
+	// up to a round trip after a move: they are stale until quietUntil.
+	var quietUntil time.Time
+	// Whether the link was out: a gap of outageGap or more in the QUIC
+	// packets this side heard, now or lately. Without one, a stall is a
+	// link's queue holding acks back (a congested cellular link), which
+	// QUIC copes with; a move would only resend what is in flight.
+	var rxCount uint64
+	var rxAt, gapEndedAt, pingHoldUntil time.Time
+	gap := func(st quic.ConnectionStats) time.Duration {
+		return max(outageGap, outagePTOs*(st.SmoothedRTT+4*st.MeanDeviation))
+	}
+	sampleRx := func(now time.Time) {
+		if st := qc.ConnectionStats(); st.PacketsReceived != rxCount {
+			if now.Sub(rxAt) >= gap(st) {
+				gapEndedAt = now
+			}
+			rxCount, rxAt = st.PacketsReceived, now
 		}
-	}()
-	var stallFrom, nextPing time.Time
-	var grace <-chan time.Time // after a pong: the connection's chance to recover
-	var recvAtPong uint64
+	}
+	outage := func() bool {
+		now := time.Now()
+		sampleRx(now)
+		return now.Sub(rxAt) >= gap(qc.ConnectionStats()) || now.Sub(gapEndedAt) <= outageRecent
+	}
+	threshold := func() time.Duration {
+		return max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay)
+	}
+	linkBack := func(why string, hint *proto.LinkHurry) {
+		if c.cfg.NoLinkPings || settle != nil {
+			return
+		}
+		if rtt == 0 {
+			rtt = qc.ConnectionStats().SmoothedRTT
+		}
+		progressAt, backAt = c.progress(), time.Now()
+		if ok, whyNot := paths.move(); !ok {
+			c.log.Info("link is back ("+why+") but "+whyNot+"; reconnecting to resume at once",
+				"stalled_for", sinceOr(stallFrom, backAt))
+			c.redialNow.Store(true)
+			qc.CloseWithError(0, "agent: link is back, reconnecting")
+			return
+		}
+		// Each session goes on over a new stream, from exactly where the
+		// other side says it is: the old streams are reset, so neither side
+		// resends their bytes blindly (the resume exchange says what
+		// arrived before the outage), and the new path's first packet moves
+		// the fleet's side too.
+		c.resumeAll(ctx, qc, hint)
+		quietUntil = backAt.Add(2*rtt + settleExtra)
+		settle = time.After(2*rtt + resume.AckDelay + settleExtra)
+		c.log.Info("link is back ("+why+"); moved the connection to a fresh path and resumed its sessions",
+			"stalled_for", sinceOr(stallFrom, backAt))
+	}
 	for {
-		if n := c.Sessions(); n > 0 && !ticking {
+		n := c.Sessions()
+		if want := n > 0 || p != nil || settle != nil; want && !ticking {
 			t.Reset(stallCheck)
 			ticking = true
-		} else if n == 0 && ticking {
+			rxCount, rxAt = qc.ConnectionStats().PacketsReceived, time.Now()
+		} else if !want && ticking {
 			t.Stop()
 			ticking = false
-			if p != nil {
-				p.close()
-				p, grace = nil, nil
-			}
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.linkChange:
-			ctrl.send(&proto.Heartbeat{})
+			go ctrl.send(&proto.Heartbeat{})
+			continue
 		case <-c.sessionAdded:
 			continue
-		case <-t.C:
-		case <-pongOf(p):
-			// The link is back. A connection with room in its congestion
-			// window recovers by itself within a round trip; give it that
-			// long before replacing it.
-			st := qc.ConnectionStats()
-			p.pong, recvAtPong = nil, st.PacketsReceived
-			grace = time.After(st.SmoothedRTT + 20*time.Millisecond)
-			continue
-		case <-grace:
-			grace = nil
-			if qc.ConnectionStats().PacketsReceived > recvAtPong {
-				continue // the connection hears the fleet again: it is recovering
-			}
-			c.log.Info("link is back but the connection is stuck; reconnecting to resume at once",
-				"stalled_for", time.Since(stallFrom).Round(time.Millisecond))
-			c.redialNow.Store(true)
-			qc.CloseWithError(0, "agent: link is back, reconnecting")
-			return
-		}
-		now := time.Now()
-		silence := c.stalled()
-		if c.cfg.NoLinkPings || silence <= max(stallMin, stallRTTs*qc.ConnectionStats().SmoothedRTT+resume.AckDelay) {
+		case <-pt.C:
 			if p != nil {
-				c.log.Info("link recovered by itself", "stalled_for", now.Sub(stallFrom).Round(time.Millisecond))
-				p.close()
-				p, grace = nil, nil
+				p.ping()
+				pt.Reset(pingPeriod(time.Since(stallFrom)))
 			}
 			continue
-		}
-		if p == nil {
-			var err error
-			if p, err = newPinger(c.cfg.ListenPacket, raddr); err != nil {
-				c.log.Warn("link ping socket", "err", err)
+		case <-pongOf(p):
+			p.pong = nil
+			if !outage() {
+				// The fleet answers and the connection kept hearing it:
+				// a slow link, not an outage. Ping again later.
+				c.log.Debug("session stalled on a working link; leaving it to QUIC")
+				stopPinging()
+				pingHoldUntil = time.Now().Add(time.Second)
 				continue
 			}
-			stallFrom, nextPing = now, now
-			c.log.Info("session stalled; pinging the fleet", "silence", silence.Round(time.Millisecond))
-		}
-		if !now.Before(nextPing) {
-			p.ping()
-			if now.Sub(stallFrom) < pingFastFor {
-				nextPing = now.Add(pingFast)
-			} else {
-				nextPing = now.Add(pingSlow)
+			var hint *proto.LinkHurry
+			select {
+			case h := <-hurry: // it came at the same moment, with the fleet's position
+				hint = &h
+			default:
+			}
+			linkBack("the fleet answers pings", hint)
+			continue
+		case h := <-hurry:
+			if time.Now().Before(quietUntil) || !outage() {
+				continue // stale, or the link works and QUIC is on it
+			}
+			if h.Reason == proto.HurryReceiving && c.stalled() <= threshold() {
+				// The fleet stopped hearing a transfer from this device,
+				// which merely paused: a heartbeat tells it so.
+				if time.Since(calmAt) >= pokeEvery {
+					calmAt = time.Now()
+					go ctrl.send(&proto.Heartbeat{})
+				}
+				continue
+			}
+			why := "the fleet's data is waiting"
+			if h.Reason == proto.HurryReceiving {
+				why = "the fleet waits for this device's data"
+			}
+			linkBack(why, &h)
+			continue
+		case <-t.C:
+		case <-settle:
+			// Stuck: nothing moved, and something waits for an ack. (A
+			// fleet still waiting sends another hurry, which redials when
+			// no spare path is ready.)
+			if c.progress() == progressAt && c.stalled() > 0 {
+				c.log.Info("link is back but the sessions are still stuck; reconnecting to resume at once",
+					"since_back", time.Since(backAt).Round(time.Millisecond))
+				c.redialNow.Store(true)
+				qc.CloseWithError(0, "agent: link is back, reconnecting")
+				return
 			}
 		}
+		now := time.Now()
+		sampleRx(now)
+		if settle != nil && (c.progress() > progressAt || c.stalled() == 0 && now.Sub(backAt) > rtt) {
+			c.log.Info("sessions moving again", "since_back", now.Sub(backAt).Round(time.Millisecond),
+				"stalled_for", sinceOr(stallFrom, now))
+			settle = nil
+			stopPinging()
+			rtt, stallFrom = 0, time.Time{}
+		}
+		silence := c.stalled()
+		stalled := !c.cfg.NoLinkPings && silence > threshold()
+		if !stalled && settle == nil {
+			if p != nil {
+				c.log.Info("link recovered by itself", "stalled_for", sinceOr(stallFrom, now))
+				stopPinging()
+				rtt, stallFrom = 0, time.Time{}
+			}
+			if n > 0 && !c.cfg.NoLinkPings {
+				paths.prepare() // while the link works: validation needs a round trip
+			}
+			continue
+		}
+		if !stalled || p != nil || now.Before(pingHoldUntil) {
+			continue // waiting for the sessions to move after a hurry, pinging, or a slow link
+		}
+		var err error
+		if p, err = newPinger(c.cfg.ListenPacket, raddr); err != nil {
+			c.log.Warn("link ping socket", "err", err)
+			continue
+		}
+		if stallFrom.IsZero() {
+			stallFrom = now
+		}
+		if rtt == 0 {
+			rtt = qc.ConnectionStats().SmoothedRTT
+		}
+		c.log.Info("session stalled; pinging the fleet", "silence", silence.Round(time.Millisecond))
+		p.ping()
+		pt.Reset(pingFast)
 	}
+}
+
+// pingPeriod is the time between pings after a stall of d.
+func pingPeriod(d time.Duration) time.Duration {
+	if d < pingFastFor {
+		return pingFast
+	}
+	return pingSlow
+}
+
+func sinceOr(from, now time.Time) time.Duration {
+	if from.IsZero() {
+		return 0
+	}
+	return now.Sub(from).Round(time.Millisecond)
 }
 
 // waitForLink waits up to d; while sessions are held it pings the fleet and
@@ -133,16 +298,15 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	var p *pinger
-	if c.Sessions() > 0 {
+	if c.Sessions() > 0 && !c.cfg.NoLinkPings {
 		if raddr, err := net.ResolveUDPAddr("udp", c.cfg.Addr); err == nil {
 			p, _ = newPinger(c.cfg.ListenPacket, raddr)
 		}
 	}
-	if p != nil {
-		defer p.close()
-		p.ping()
-	}
+	defer p.close()
+	p.ping()
 	start := time.Now()
+	next := start.Add(pingFast)
 	tick := time.NewTicker(pingFast)
 	defer tick.Stop()
 	for {
@@ -156,11 +320,55 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 		case <-pongOf(p):
 			c.log.Info("fleet answers again; reconnecting now")
 			return true
-		case <-tick.C:
-			if p != nil && (time.Since(start) < pingFastFor || time.Since(start)%pingSlow < pingFast) {
+		case now := <-tick.C:
+			if !now.Before(next) {
+				p.ping()
+				next = now.Add(pingPeriod(now.Sub(start)))
+			}
+		}
+	}
+}
+
+// pingWhileDialling pings the fleet while a dial is pending with sessions
+// held, and ends the dial (cancel with errLinkBack) when the fleet answers
+// after dialPatience: the dial's handshake packets may be waiting out a
+// back-off that began in the outage. The returned func stops the pings.
+func (c *Client) pingWhileDialling(raddr net.Addr, cancel context.CancelCauseFunc) (stop func()) {
+	if c.cfg.NoLinkPings || c.Sessions() == 0 {
+		return func() {}
+	}
+	p, err := newPinger(c.cfg.ListenPacket, raddr)
+	if err != nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		defer p.close()
+		start := time.Now()
+		p.ping()
+		tick := time.NewTicker(pingFast)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-p.pong:
+				if time.Since(start) < dialPatience {
+					return // the dial itself will do
+				}
+				c.log.Info("fleet answers again while a dial is pending; dialling again now")
+				cancel(errLinkBack)
+				return
+			case <-tick.C:
 				p.ping()
 			}
 		}
+	}()
+	return func() {
+		close(done)
+		<-exited
 	}
 }
 
@@ -183,8 +391,11 @@ func newPinger(listen func() (net.PacketConn, error), to net.Addr) (*pinger, err
 	return p, nil
 }
 
+// ping sends one ping; nil does nothing.
 func (p *pinger) ping() {
-	p.pc.WriteTo(append([]byte{proto.LinkPingByte}, p.nonce...), p.to)
+	if p != nil {
+		p.pc.WriteTo(append([]byte{proto.LinkPingByte}, p.nonce...), p.to)
+	}
 }
 
 func (p *pinger) read() {
@@ -201,7 +412,12 @@ func (p *pinger) read() {
 	}
 }
 
-func (p *pinger) close() { p.pc.Close() }
+// close closes the pinger's socket; nil does nothing.
+func (p *pinger) close() {
+	if p != nil {
+		p.pc.Close()
+	}
+}
 
 // pongOf returns p's pong channel, or nil (never ready) for no pinger.
 func pongOf(p *pinger) <-chan struct{} {
@@ -220,6 +436,18 @@ func (c *Client) stalled() time.Duration {
 		longest = max(longest, s.conn.Stalled())
 	}
 	return longest
+}
+
+// progress sums the sessions' progress (resume.Conn.Progress): it grows
+// whenever bytes move in either direction.
+func (c *Client) progress() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var sum uint64
+	for _, s := range c.sessions {
+		sum += s.conn.Progress()
+	}
+	return sum
 }
 
 // LinkChanged tells the tunnel that the device's network changed (an

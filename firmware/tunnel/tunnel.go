@@ -7,6 +7,7 @@
 package tunnel
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -53,13 +54,17 @@ type Config struct {
 
 	// Keepalive is how often the agent refreshes its NAT mapping while the
 	// link is idle: a one-byte datagram (not QUIC, so the fleet sends no
-	// answer) from the tunnel's socket. Default 25s, which holds a mapping
+	// answer unless it does not know the sender) from the tunnel's socket. Default 25s, which holds a mapping
 	// with a 30 s UDP timeout; negative turns it off. The fleet may set it
 	// per device in its hello answer.
 	Keepalive time.Duration
 	// Liveness is how often the agent sends a heartbeat on the control
-	// stream while idle, to find out that the fleet is gone (its QUIC ACK
-	// is the answer). Default 2m. The fleet may set it in its hello answer.
+	// stream while idle: a QUIC packet, whose ACK tells the agent the fleet
+	// still has the connection, and which keeps QUIC's idle timers on both
+	// sides from ending it. Default 10m: the keep-alives already show the
+	// fleet that the device is there, and a fleet that lost the connection
+	// answers a keep-alive with a reset. The fleet may set it in its hello
+	// answer.
 	Liveness time.Duration
 	// IdleTimeout closes a connection that hears nothing for this long;
 	// default 2 × Liveness + 30s.
@@ -67,6 +72,15 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the reconnect delay; defaults 500ms
 	// and 1m. The delay doubles per failure, with full jitter.
 	MinBackoff, MaxBackoff time.Duration
+
+	// PathMTUDiscovery lets QUIC probe for packets larger than 1280 bytes
+	// (up to 1452). Default off: the probes cost about 11.6 kB on every new
+	// connection and every address change (half of them the fleet's, which
+	// has its own setting), 70 kB a day for a device that reconnects 6
+	// times, a third of DESIGN.md's idle budget, while bulk data in
+	// 1280-byte packets costs under 1% more bytes on the wire. Turn it on
+	// for devices on wired links that move bulk data.
+	PathMTUDiscovery bool
 
 	// NoLinkPings turns off stall recovery (recover.go): stalled sessions
 	// then wait for QUIC's own retransmission back-off. For links where
@@ -136,10 +150,20 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Initial QUIC flow-control windows, the same on both sides
+// (fleet/tunnelsrv): a bulk copy starts at a window of a few round trips
+// of a fast link rather than waiting for quic-go's tuning to grow its 512
+// KiB. The maxima stay quic-go's (6 MiB, 15 MiB); the resume layer reads
+// at once, so the windows are rarely held full.
+const (
+	quicStreamWindow = 2 << 20
+	quicConnWindow   = 3 << 20
+)
+
 // Defaults for Config.
 const (
 	DefaultKeepalive = 25 * time.Second
-	DefaultLiveness  = 2 * time.Minute
+	DefaultLiveness  = 10 * time.Minute
 )
 
 // Client keeps one tunnel up. Create it with New and call Run.
@@ -279,18 +303,30 @@ func (c *Client) session(ctx context.Context) error {
 	defer tr.Close()
 	defer udp.Close()
 
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	dctx, cancel := context.WithCancelCause(ctx)
+	dctx, cancelT := context.WithTimeout(dctx, 15*time.Second)
+	stopPings := c.pingWhileDialling(raddr, cancel)
 	qc, err := tr.DialEarly(dctx, raddr, tlsConf, &quic.Config{
 		// No QUIC keep-alives: a PING and its ACK cost ~110 bytes on the
 		// wire. The NAT keep-alive and the heartbeat below cost less.
-		MaxIdleTimeout: c.cfg.IdleTimeout,
+		MaxIdleTimeout:                 c.cfg.IdleTimeout,
+		DisablePathMTUDiscovery:        !c.cfg.PathMTUDiscovery,
+		InitialStreamReceiveWindow:     quicStreamWindow,
+		InitialConnectionReceiveWindow: quicConnWindow,
 		// The fleet may open as many streams as it lets a device have
 		// sessions (tunnelsrv: 256), not quic-go's default 100: a
 		// browser's app opens one per connection and websocket.
 		MaxIncomingStreams: 256,
 	})
-	cancel()
+	stopPings()
+	cause := context.Cause(dctx)
+	cancelT()
+	cancel(nil)
 	if err != nil {
+		if errors.Is(cause, errLinkBack) {
+			c.redialNow.Store(true)
+			return fmt.Errorf("tunnel: dial fleet %s: %w", c.cfg.Addr, errLinkBack)
+		}
 		return fmt.Errorf("tunnel: dial fleet %s: %w", c.cfg.Addr, err)
 	}
 	defer func() { qc.CloseWithError(0, "agent closing") }()
@@ -318,7 +354,7 @@ func (c *Client) session(ctx context.Context) error {
 		cs := qc.ConnectionState()
 		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr(),
 			"resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT)
-		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness, tag: m.LinkTag}
+		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness, tag: m.LinkTag, key: m.LinkKey, resetToken: m.ResetToken}
 		if m.KeepaliveMillis != 0 {
 			link.keepalive = time.Duration(m.KeepaliveMillis) * time.Millisecond
 		}
@@ -360,19 +396,20 @@ func (c *Client) session(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(5)
-	go func() {
-		defer wg.Done()
-		c.answerPokes(sctx, tr, ctrl, qc, raddr)
-	}()
-
+	hurry := make(chan proto.LinkHurry, 1)
+	d := &datagrams{c: c, ctrl: ctrl, qc: qc, link: link, hurry: hurry}
+	paths := newLinkPaths(sctx, qc, tr, raddr, c.cfg.ListenPacket, c.log, d.handle)
+	d.paths = paths
+	paths.start()
+	defer paths.close()
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
 	}()
 	go func() {
 		defer wg.Done()
-		c.watchStalls(sctx, qc, ctrl, raddr)
+		c.watchStalls(sctx, qc, ctrl, paths, raddr, hurry)
 	}()
 	go func() {
 		defer wg.Done()
@@ -380,7 +417,7 @@ func (c *Client) session(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		natKeepalive(sctx, tr, raddr, link)
+		natKeepalive(sctx, paths, link)
 	}()
 	go func() {
 		<-sctx.Done()
@@ -414,10 +451,11 @@ func (c *Client) hello(ctx context.Context, qc *quic.Conn) (*control, proto.Mess
 	hello := c.cfg.Hello()
 	hello.ProtocolVersion = proto.Version
 	hello.BootID = c.bootID
+	hello.KeepaliveMillis, hello.LivenessMillis = c.cfg.Keepalive.Milliseconds(), c.cfg.Liveness.Milliseconds()
 	if err := ctrl.send(hello); err != nil {
 		return nil, nil, fmt.Errorf("tunnel: send hello: %w", err)
 	}
-	c.resumeAll(ctx, qc)
+	c.resumeAll(ctx, qc, nil)
 	st.SetReadDeadline(time.Now().Add(15 * time.Second))
 	m, err := proto.ReadMsg(ctrl.r, proto.MaxControlFrame)
 	if err != nil {
@@ -430,21 +468,24 @@ func (c *Client) hello(ctx context.Context, qc *quic.Conn) (*control, proto.Mess
 	return ctrl, m, nil
 }
 
-// linkTimers are one connection's keep-alive and liveness periods, and the
-// tag its keep-alives carry.
+// linkTimers are one connection's keep-alive and liveness periods, the
+// tag its keep-alives carry, and the keys of the fleet's link datagrams.
 type linkTimers struct {
 	keepalive, liveness time.Duration
 	tag                 []byte
+	key                 []byte // HelloAck.LinkKey: MACs the fleet's hurries
+	resetToken          []byte // HelloAck.ResetToken: what a real reset carries
 }
 
-// natKeepalive sends a small datagram outside QUIC every period (see
-// proto.NATKeepaliveByte): it keeps the NAT mapping; the fleet answers only
-// when it comes from a new address.
-func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, l linkTimers) {
+// natKeepalive sends a one-byte datagram outside QUIC every period (see
+// proto.NATKeepaliveByte), from the active path's socket: it keeps the NAT
+// mapping, and tells the fleet the device is there; the fleet answers only
+// when it does not know the sender's address (datagrams.handle).
+func natKeepalive(ctx context.Context, paths *linkPaths, l linkTimers) {
 	if l.keepalive <= 0 {
 		return
 	}
-	b := append([]byte{proto.NATKeepaliveByte}, l.tag...)
+	b := []byte{proto.NATKeepaliveByte}
 	t := time.NewTicker(l.keepalive)
 	defer t.Stop()
 	for {
@@ -452,36 +493,99 @@ func natKeepalive(ctx context.Context, tr *quic.Transport, to net.Addr, l linkTi
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			tr.WriteTo(b, to)
+			paths.writeTo(b)
 		}
 	}
 }
 
-// answerPokes sends a heartbeat, a QUIC packet, whenever the fleet pokes:
-// the fleet saw the keep-alive from a new address, and the heartbeat moves
-// the connection there.
+// datagrams handles one connection's datagrams outside QUIC from the
+// fleet (see proto.LinkPokeByte).
+type datagrams struct {
+	c     *Client
+	ctrl  *control
+	qc    *quic.Conn
+	link  linkTimers
+	hurry chan<- proto.LinkHurry // to watchStalls
+
+	paths *linkPaths
+
+	mu        sync.Mutex // guards the fields below
+	lastPoke  time.Time
+	lastWho   time.Time
+	hurrySeq  uint64
+	hurrySeen bool
+}
+
+// pokeEvery bounds what pokes and who-asks draw: they are not
+// authenticated, and must not make the agent send without limit.
+const pokeEvery = time.Second
+
+// limit reports whether pokeEvery has passed since *last, and if so sets
+// it to now.
+func (d *datagrams) limit(last *time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	if now.Sub(*last) < pokeEvery {
+		return false
+	}
+	*last = now
+	return true
+}
+
+// handle acts on a datagram from the fleet's address, arriving on any of
+// the connection's paths:
 //
-// A reset from the fleet's address means the fleet has no such connection
-// (it restarted or crashed): the connection is dropped and dialled again.
-func (c *Client) answerPokes(ctx context.Context, tr *quic.Transport, ctrl *control, qc *quic.Conn, fleet net.Addr) {
-	buf := make([]byte, 64)
-	for {
-		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
-		if err != nil {
+//   - a who-ask (the fleet does not know the keep-alive's address) draws
+//     the tagged keep-alive;
+//   - a poke (the fleet saw the tagged keep-alive from a new address) draws
+//     a heartbeat, a QUIC packet that moves the connection there;
+//   - a reset with this connection's token (the fleet does not know the
+//     connection: it restarted or crashed) drops the connection to dial
+//     again at once;
+//   - a hurry with a good MAC and a new sequence number (the fleet's data is
+//     stalled) tells the stall watcher the link is back.
+//
+// Anything else, and anything from another address, is ignored.
+func (d *datagrams) handle(b []byte, from net.Addr) {
+	if from.String() != d.qc.RemoteAddr().String() {
+		return
+	}
+	switch {
+	case len(b) == 1 && b[0] == proto.LinkPokeByte:
+		if d.limit(&d.lastPoke) {
+			d.c.log.Info("the fleet sees this device at a new address; moving the connection")
+			go d.ctrl.send(&proto.Heartbeat{})
+		}
+	case len(b) == 1 && b[0] == proto.LinkWhoByte:
+		// The fleet does not know this address (a new NAT mapping, or a
+		// fleet that restarted): say which connection this is.
+		if d.limit(&d.lastWho) {
+			d.paths.writeTo(append([]byte{proto.NATKeepaliveByte}, d.link.tag...))
+		}
+	case proto.IsLinkReset(b, d.link.resetToken):
+		d.c.log.Info("the fleet does not know this connection (it restarted); reconnecting")
+		d.c.redialNow.Store(true)
+		d.qc.CloseWithError(0, "agent: the fleet lost the connection, reconnecting")
+	case len(b) > 0 && b[0] == proto.LinkResetByte:
+		d.c.log.Debug("ignored a link reset without this connection's token", "from", from)
+	case len(b) > 0 && b[0] == proto.LinkHurryByte:
+		h, ok := proto.ParseLinkHurry(b, d.link.key)
+		if !ok {
+			d.c.log.Debug("ignored a link hurry with a bad MAC", "from", from)
 			return
 		}
-		if n != 1 || from.String() != fleet.String() {
-			continue
+		d.mu.Lock()
+		fresh := !d.hurrySeen || h.Seq > d.hurrySeq
+		if fresh {
+			d.hurrySeq, d.hurrySeen = h.Seq, true
 		}
-		switch buf[0] {
-		case proto.LinkPokeByte:
-			c.log.Info("the fleet sees this device at a new address; moving the connection")
-			ctrl.send(&proto.Heartbeat{})
-		case proto.LinkResetByte:
-			c.log.Info("the fleet does not know this connection (it restarted); reconnecting")
-			c.redialNow.Store(true)
-			qc.CloseWithError(0, "agent: the fleet lost the connection, reconnecting")
-			return
+		d.mu.Unlock()
+		if fresh {
+			select {
+			case d.hurry <- h:
+			default:
+			}
 		}
 	}
 }
@@ -549,7 +653,15 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 	}
 	c.mu.Lock()
 	dup := c.sessions[h.SessionID] != nil
+	stopping := c.stopping || ctx.Err() != nil
 	c.mu.Unlock()
+	if stopping {
+		// The fleet opens the stream again on this device's next
+		// connection (a restarting agent's, most likely).
+		proto.WriteMsg(conn, &proto.StreamAccept{Code: proto.CodeGoingAway, Message: "the agent is stopping"})
+		conn.CloseWrite()
+		return
+	}
 	if len(h.Secret) == 0 || h.SessionID == "" || dup {
 		proto.WriteMsg(conn, &proto.StreamAccept{Code: proto.CodeBadRequest, Message: "stream header needs a new session id and a resume secret"})
 		conn.CloseWrite()
@@ -575,7 +687,7 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		},
 	})
 	c.mu.Lock()
-	stopping := c.stopping
+	stopping = c.stopping
 	if !stopping {
 		c.sessions[s.id] = s
 	}
@@ -603,8 +715,10 @@ func (c *Client) Sessions() int {
 	return len(c.sessions)
 }
 
-// resumeAll re-attaches every live session to the new connection.
-func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn) {
+// resumeAll re-attaches every live session to qc on new streams: a new
+// connection, or the same one after it moved to a new path. hint, when not
+// nil, is a link hurry that said how much of one session the fleet has.
+func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn, hint *proto.LinkHurry) {
 	c.mu.Lock()
 	list := make([]*session, 0, len(c.sessions))
 	for _, s := range c.sessions {
@@ -613,14 +727,14 @@ func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn) {
 	c.mu.Unlock()
 	for _, s := range list {
 		go func() {
-			if err := c.resumeSession(ctx, qc, s); err != nil {
+			if err := c.resumeSession(ctx, qc, s, hint); err != nil {
 				c.log.Warn("session not resumed", "session", s.id, "err", err)
 			}
 		}()
 	}
 }
 
-func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) error {
+func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, hint *proto.LinkHurry) error {
 	s.conn.Detach()
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
@@ -628,7 +742,26 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) e
 	}
 	r := proto.NewReader(st)
 	conn := quicconn.New(qc, st, r)
-	if err := proto.WriteMsg(conn, &proto.Resume{SessionID: s.id, Secret: s.secret, Received: s.conn.Received()}); err != nil {
+	req := &proto.Resume{SessionID: s.id, Secret: s.secret, Received: s.conn.Received()}
+	if hint != nil && hint.Session == proto.SessionTag(s.secret) && s.conn.CanReplayFrom(hint.Received) {
+		// The fleet said where it is: replay from there at once, a round
+		// trip sooner than after its answer.
+		req.Replaying, req.From = true, hint.Received
+		if err := proto.WriteMsg(conn, req); err != nil {
+			conn.Close()
+			return err
+		}
+		tr := &answerFirst{Conn: conn, r: r, refused: func(err error) {
+			s.conn.Abort(fmt.Errorf("tunnel: the fleet ended the session: %w", err))
+		}}
+		if err := s.conn.Attach(tr, hint.Received); err != nil {
+			conn.Close()
+			return err
+		}
+		c.log.Info("session resumed", "session", s.id, "replaying_from", hint.Received)
+		return nil
+	}
+	if err := proto.WriteMsg(conn, req); err != nil {
 		conn.Close()
 		return err
 	}
@@ -659,6 +792,36 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session) e
 	}
 	c.log.Info("session resumed", "session", s.id)
 	return nil
+}
+
+// answerFirst is a resume stream on which the agent replays before the
+// fleet's answer arrives: reads return the session's frames only after the
+// answer, and a refusal ends the session.
+type answerFirst struct {
+	*quicconn.Conn
+	r       *bufio.Reader
+	refused func(error)
+	read    bool // the answer was read (only the resume read loop reads)
+}
+
+func (a *answerFirst) Read(p []byte) (int, error) {
+	if !a.read {
+		m, err := proto.ReadMsg(a.r, proto.MaxHeaderFrame)
+		if err != nil {
+			return 0, err
+		}
+		acc, ok := m.(*proto.ResumeAccept)
+		if !ok {
+			return 0, fmt.Errorf("%w: fleet answered resume with %s", resume.ErrProtocol, m.Kind())
+		}
+		if acc.Code != proto.CodeOK {
+			err := &proto.Error{Code: acc.Code, Message: acc.Message}
+			a.refused(err)
+			return 0, err
+		}
+		a.read = true
+	}
+	return a.r.Read(p)
 }
 
 // abortSessions ends every session (the agent is stopping).

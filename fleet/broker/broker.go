@@ -79,8 +79,12 @@ type Devices interface {
 type Config struct {
 	Tunnels Tunnels
 	// Offline is the error Tunnels.Open wraps for a device without a
-	// tunnel (tunnelsrv.ErrOffline); nil treats every failure alike.
+	// tunnel (tunnelsrv.ErrOffline), and NoAnswer the one for a device the
+	// fleet waited for in vain (tunnelsrv.ErrNoAnswer); nil treats every
+	// failure alike. Either error may say when the fleet last heard from
+	// the device (a LastHeardAt() time.Time method).
 	Offline  error
+	NoAnswer error
 	Devices  Devices
 	Sessions *sessions.Registry
 	// Locks are the locks in force: a session they shut out is refused,
@@ -96,8 +100,9 @@ type Config struct {
 	// Cluster names the fleet in audit events and stream headers.
 	Cluster string
 	// OpenTimeout bounds opening a stream, waiting for the device;
-	// default 35s: an idle device whose NAT mapping changed answers at its
-	// next keep-alive (25 s by default).
+	// default api.ConnectWait (35 s): an idle device whose NAT mapping
+	// changed answers at its next keep-alive (25 s by default), and
+	// clients wait longer than that for the fleet's answer.
 	OpenTimeout time.Duration
 	// EndGrace is how long, after telling a device to end a session, the
 	// broker waits before it closes the session's both sides itself;
@@ -145,7 +150,7 @@ func New(cfg Config) *Broker {
 		cfg.Now = time.Now
 	}
 	if cfg.OpenTimeout <= 0 {
-		cfg.OpenTimeout = 35 * time.Second
+		cfg.OpenTimeout = api.ConnectWait
 	}
 	if cfg.EndGrace <= 0 {
 		cfg.EndGrace = 2 * time.Second
@@ -590,11 +595,10 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 	var pe *proto.Error
 	switch {
 	case b.cfg.Offline != nil && errors.Is(err, b.cfg.Offline):
-		seen := "never seen"
-		if !lastSeen.IsZero() {
-			seen = "last seen " + lastSeen.UTC().Format(time.RFC3339)
-		}
-		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("%s is offline (%s)", what, seen)}
+		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("%s is offline: last seen %s", what, b.lastSeen(err, lastSeen))}
+	case b.cfg.NoAnswer != nil && errors.Is(err, b.cfg.NoAnswer):
+		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer within %v (last seen %s); its link may be down",
+			what, b.cfg.OpenTimeout, b.lastSeen(err, lastSeen))}
 	case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
 		return nil, &Refusal{Status: StatusForbidden, Msg: refuser + " refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
 	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
@@ -604,6 +608,22 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 	default:
 		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer: %v", what, err)}
 	}
+}
+
+// lastSeen says when an unreachable device was last heard from: err knows
+// (the tunnel server's errors), else the registry's record.
+func (b *Broker) lastSeen(err error, registry time.Time) string {
+	at := registry
+	if lh, ok := errors.AsType[interface {
+		error
+		LastHeardAt() time.Time
+	}](err); ok && !lh.LastHeardAt().IsZero() {
+		at = lh.LastHeardAt()
+	}
+	if at.IsZero() {
+		return "never"
+	}
+	return fmt.Sprintf("%s ago (%s)", b.cfg.Now().Sub(at).Round(time.Second), at.UTC().Format(time.RFC3339))
 }
 
 // Session is a live brokered session: recorded at its start, registered

@@ -37,12 +37,27 @@ type fakeTunnels struct {
 	mu      sync.Mutex // guards the fields below
 	offline bool
 	refuse  *proto.Error
+	fail    error // returned by Open as it is
 	headers []*proto.StreamHeader
 	sent    []proto.Message
 	devEnds []net.Conn
 }
 
-var errOffline = errors.New("offline")
+var (
+	errOffline  = errors.New("offline")
+	errNoAnswer = errors.New("no answer")
+)
+
+// heardErr is an error of the tunnel server's kind: it knows when the
+// device was last heard from.
+type heardErr struct {
+	is error
+	at time.Time
+}
+
+func (e *heardErr) Error() string          { return e.is.Error() }
+func (e *heardErr) Is(target error) bool   { return target == e.is }
+func (e *heardErr) LastHeardAt() time.Time { return e.at }
 
 func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
 	if f.onOpen != nil {
@@ -55,6 +70,9 @@ func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader
 	}
 	if f.refuse != nil {
 		return nil, f.refuse
+	}
+	if f.fail != nil {
+		return nil, f.fail
 	}
 	f.headers = append(f.headers, h)
 	a, b := net.Pipe()
@@ -173,7 +191,7 @@ func newFixture(t *testing.T) *fixture {
 		<-followed
 	})
 	f := &fixture{tun: &fakeTunnels{}, trail: &trail{}, reg: reg, pi1: pi1, st: st, devs: devs, locks: lockSet}
-	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail, Locks: lockSet,
+	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, NoAnswer: errNoAnswer, Devices: devs, Sessions: reg, Audit: f.trail, Locks: lockSet,
 		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
 	return f
 }
@@ -280,6 +298,14 @@ func TestOpenRefusals(t *testing.T) {
 		{"device refuses", func(f *fakeTunnels) { f.refuse = proto.Errorf(proto.CodeForbidden, "expired") }, StatusForbidden, "the device refused: expired"},
 		{"device lacks it", func(f *fakeTunnels) { f.refuse = proto.Errorf(proto.CodeNotFound, "no app") }, StatusNotFound, "does not offer it"},
 		{"device fails", func(f *fakeTunnels) { f.refuse = proto.Errorf(proto.CodeInternal, "boom") }, StatusNoAnswer, "did not answer"},
+		{"offline, last heard known", func(f *fakeTunnels) {
+			f.fail = &heardErr{is: errOffline, at: time.Now().Add(-90 * time.Second)}
+		}, StatusOffline, `device "pi-1" is offline: last seen 1m30s ago (`},
+		{"waited in vain", func(f *fakeTunnels) {
+			f.fail = &heardErr{is: errNoAnswer, at: time.Now().Add(-time.Minute)}
+		}, StatusNoAnswer, `device "pi-1" did not answer within 35s (last seen 1m0s ago (`},
+		// Not heard since this fleet started: the registry's record.
+		{"offline, last heard unknown", func(f *fakeTunnels) { f.fail = &heardErr{is: errOffline} }, StatusOffline, `is offline: last seen `},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

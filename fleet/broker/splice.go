@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -128,7 +130,15 @@ func (s *Splicer) isCut() bool {
 // the user's connection at once.
 func (s *Splicer) Run() (up, down int64, devErr error) {
 	var src io.Reader = s.client
-	if s.opt.Buffered != nil {
+	if br, ok := s.opt.Buffered.(*bufio.Reader); ok {
+		// What the reader holds, then the connection itself: through the
+		// reader (an HTTP server's: 4 KB) every read and write would be
+		// small.
+		if n := br.Buffered(); n > 0 {
+			held, _ := br.Peek(n)
+			src = io.MultiReader(bytes.NewReader(held), s.client)
+		}
+	} else if s.opt.Buffered != nil {
 		src = io.MultiReader(s.opt.Buffered, s.client)
 	}
 	var dst io.Writer = s.client

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -358,6 +359,29 @@ func TestConnectRefused(t *testing.T) {
 				t.Errorf("got %q %q, want %q %q", apiErr.Code, apiErr.Message, tt.wantCode, tt.wantMsg)
 			}
 		})
+	}
+}
+
+// TestConnectWaitsForTheFleetsAnswer: the fleet waits up to
+// api.ConnectWait for a device before it answers a connect; the client
+// waits for that answer past its own Timeout, so that the user reads the
+// fleet's reason (here: the device did not answer), not a timeout.
+func TestConnectWaitsForTheFleetsAnswer(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(3 * timeout) // the fleet waits for the device, longer than the client's Timeout
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusGatewayTimeout)
+		json.NewEncoder(w).Encode(api.Error{Code: api.CodeDeviceOffline, Message: `device "gw1" did not answer`})
+	}))
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	conf, _ := client.InsecureTLS(addr, nil, nil)
+	c, _ := client.New(client.Config{Addr: addr, TLS: conf, Timeout: timeout})
+	_, err := c.Connect(context.Background(), "gw1", "pi", "ssh")
+	var apiErr *api.Error
+	if !errors.As(err, &apiErr) || apiErr.Code != api.CodeDeviceOffline {
+		t.Fatalf("got %v, want the fleet's answer that the device did not answer", err)
 	}
 }
 

@@ -40,8 +40,10 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		return nil, err
 	}
 	tc := tls.Client(raw, conf)
-	// Until the upgrade is done, the exchange is bounded by Timeout and ctx.
-	tc.SetDeadline(c.cfg.Now().Add(c.cfg.Timeout))
+	// Until the upgrade is done, the exchange is bounded by ctx, and by
+	// Timeout beyond the fleet's wait for the device: the fleet's answer
+	// says why a device did not answer, a timeout here would not.
+	tc.SetDeadline(c.cfg.Now().Add(c.cfg.Timeout + api.ConnectWait))
 	stop := context.AfterFunc(ctx, func() { tc.SetDeadline(time.Unix(1, 0)) })
 	fail := func(err error) (net.Conn, error) {
 		stop()

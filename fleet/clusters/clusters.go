@@ -351,13 +351,13 @@ func (r *Registry) Configure(cfg *tunnelsrv.Config) {
 		}
 		return renew(ctx, id, req)
 	}
-	cfg.OnDisconnect = func(id string, err error) {
+	cfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 		if name, ok := NameOf(id); ok {
-			r.disconnect(name, err)
+			r.disconnect(name, lastHeard, err)
 			return
 		}
 		if disc != nil {
-			disc(id, err)
+			disc(id, lastHeard, err)
 		}
 	}
 	cfg.OnMessage = func(ctx context.Context, id string, m proto.Message) (proto.Message, error) {
@@ -443,9 +443,12 @@ func (r *Registry) renew(ctx context.Context, name string, req *proto.RenewReque
 	return resp
 }
 
-func (r *Registry) disconnect(name string, err error) {
+func (r *Registry) disconnect(name string, lastHeard time.Time, err error) {
 	ctx := context.Background()
-	if uerr := r.update(ctx, name, func(c *Cluster) { c.LastSeen = r.cfg.Now().UTC() }); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
+	if lastHeard.IsZero() {
+		lastHeard = r.cfg.Now()
+	}
+	if uerr := r.update(ctx, name, func(c *Cluster) { c.LastSeen = lastHeard.UTC() }); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
 		r.log.Warn("update leaf last seen", "cluster", name, "err", uerr)
 	}
 	reason := ""

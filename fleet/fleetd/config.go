@@ -66,9 +66,14 @@ type Config struct {
 	// --mode=direct) may ask to be dialled, besides loopback, private and
 	// link-local addresses; default none.
 	DirectNetworks []string `json:"direct_networks"`
-	// DeviceLiveness, when set, tells every agent how often to check that
-	// the fleet is there while idle; default: each agent's own (2m).
+	// DeviceLiveness, when set, tells every agent how often to send a
+	// heartbeat while idle; default: each agent's own (10m).
 	DeviceLiveness Duration `json:"device_liveness"`
+	// TunnelPathMTUDiscovery lets the device tunnels probe for packets
+	// larger than 1280 bytes toward devices; default off (the probes cost
+	// about 6 kB per connection, a lot for a device on a metered link that
+	// reconnects a few times a day).
+	TunnelPathMTUDiscovery bool `json:"tunnel_path_mtu_discovery"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level"`
 	// KubeServiceAccountDir is where a pod's service account is mounted;

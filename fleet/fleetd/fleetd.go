@@ -2,7 +2,6 @@ package fleetd
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
@@ -115,10 +114,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err := roles.EnsurePresets(ctx); err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	keys, err := loadQUICKeys(ctx, st)
+	keys, err := loadQUICKeys(ctx, st, now())
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
+	ticketKeys := newTicketKeys()
+	ticketKeys.set(keys.active(now()))
 
 	tcp, udp, err := listen(cfg.Listen)
 	if err != nil {
@@ -189,14 +190,17 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	reg := &devices.Registry{Store: st, Now: now}
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
-	// The same ticket key across restarts: agents resume their TLS sessions
-	// (0-RTT, no certificate signatures) with the fleet's next incarnation.
-	tunnelTLS.SetSessionTicketKeys([][32]byte{keys.Ticket})
+	// Ticket keys from the store, rotated daily: agents resume their TLS
+	// sessions (0-RTT, no certificate signatures) across restarts and
+	// replicas, and a leaked key opens only the tickets of its two days.
+	ticketKeys.install(tunnelTLS)
 	tcfg := tunnelsrv.Config{
 		TLSConfig:         tunnelTLS,
 		StatelessResetKey: &keys.Reset,
 		TokenKey:          &keys.Token,
+		LinkKey:           keys.Link[:],
 		SessionHold:       time.Duration(cfg.SessionHold),
+		PathMTUDiscovery:  cfg.TunnelPathMTUDiscovery,
 		Logger:            log,
 		Now:               now,
 	}
@@ -235,7 +239,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			info, _ := tunnels.Info(id)
 			return reps.claim(ctx, id, info.Addr)
 		}
-		tcfg.OnDisconnect = func(id string, err error) {
+		tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			elsewhere, rerr := reps.pres.Release(ctx, id)
 			cancel()
@@ -246,7 +250,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 				log.Info("device moved to another replica", "device_id", id)
 				return
 			}
-			disconnect(id, err)
+			disconnect(id, lastHeard, err)
 		}
 	}
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
@@ -303,7 +307,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	router := &direct.Router{Tunnels: reach, Direct: dialer, Devices: reg, Now: now}
 	// One broker for every service: SSH, Kubernetes and apps.
 	brk := broker.New(broker.Config{
-		Tunnels: router, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live, Locks: lockSet,
+		Tunnels: router, Offline: tunnelsrv.ErrOffline, NoAnswer: tunnelsrv.ErrNoAnswer, Devices: reg, Sessions: live, Locks: lockSet,
 		Local: func() (string, map[string]string, bool) {
 			if l := kube.Local(); l != nil {
 				return l.Name, l.Labels, true
@@ -443,6 +447,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	go func() {
 		defer wg.Done()
 		refresh(ctx, log, func() error {
+			// Every replica reads the ticket keys, rotated by whichever
+			// gets there first.
+			if k, err := loadQUICKeys(ctx, st, now()); err != nil {
+				log.Warn("rotate session ticket keys", "err", err)
+			} else {
+				ticketKeys.set(k.active(now()))
+			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
 			}
@@ -708,48 +719,6 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// quicKeys are kept in the store so restarts (and replicas) share them:
-// stateless resets then end stale connections at once, and address tokens
-// stay valid.
-type quicKeys struct {
-	Reset  quic.StatelessResetKey `json:"reset"`
-	Token  quic.TokenGeneratorKey `json:"token"`
-	Ticket [32]byte               `json:"ticket"`
-}
-
-const quicKeysKey = "fleet/quic-keys"
-
-func loadQUICKeys(ctx context.Context, st store.Store) (*quicKeys, error) {
-	var k quicKeys
-	b, err := st.Get(ctx, quicKeysKey)
-	if err == nil {
-		if err := json.Unmarshal(b, &k); err != nil {
-			return nil, fmt.Errorf("quic keys: %w", err)
-		}
-		if k.Ticket == ([32]byte{}) { // stored by an older fleetd
-			rand.Read(k.Ticket[:])
-			nb, _ := json.Marshal(&k)
-			if err := st.CompareAndSwap(ctx, quicKeysKey, b, nb); err != nil {
-				return loadQUICKeys(ctx, st)
-			}
-		}
-		return &k, nil
-	}
-	if !errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("quic keys: %w", err)
-	}
-	rand.Read(k.Reset[:])
-	rand.Read(k.Token[:])
-	rand.Read(k.Ticket[:])
-	b, _ = json.Marshal(&k)
-	if err := st.Create(ctx, quicKeysKey, b); errors.Is(err, store.ErrExists) {
-		return loadQUICKeys(ctx, st) // another replica won
-	} else if err != nil {
-		return nil, fmt.Errorf("quic keys: %w", err)
-	}
-	return &k, nil
 }
 
 // linkSampler measures every tunnel's loss outside blackouts, for the

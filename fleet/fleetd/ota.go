@@ -90,10 +90,10 @@ func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Regist
 		return ack, err
 	}
 	disc := tcfg.OnDisconnect
-	tcfg.OnDisconnect = func(id string, err error) {
+	tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 		ro.Disconnected(id)
 		if disc != nil {
-			disc(id, err)
+			disc(id, lastHeard, err)
 		}
 	}
 	tcfg.OnAgentStream = func(ctx context.Context, id, service string, conn net.Conn) {

@@ -22,12 +22,19 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		out.Online = s.now().Sub(d.LastSeen) < devices.DirectWindow
 	}
 	if info, ok := s.Tunnels.Info(d.ID); ok {
-		out.Online = true
+		// Silent for a few keep-alive periods: offline, though the
+		// connection lingers (tunnelsrv.Info.Online); a direct node's
+		// recent check-in counts too.
+		out.Online = out.Online || info.Online
 		if w, ok := s.Tunnels.(interface{ Replica(string) string }); ok {
 			out.Replica = w.Replica(d.ID)
 		}
 		out.Addr = info.Addr.String()
-		out.LastSeen = s.now().UTC()
+		out.LastSeen = info.LastHeard.UTC()
+		if info.LastHeard.IsZero() {
+			// A tunnel on another replica: that replica holds it, live.
+			out.LastSeen = s.now().UTC()
+		}
 		l := &out.Link
 		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
 		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
@@ -179,7 +186,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	// When the device's side fails, the reason is in the registry before
 	// the user's connection is closed: the user's client asks for it as
 	// soon as it sees the close.
-	opt := broker.SpliceOptions{Buffered: brw.Reader, DevFailed: func(err error) { sess.MarkDone(err.Error()) }}
+	opt := broker.SpliceOptions{Buffered: brw.Reader, DevFailed: func(err error) { sess.MarkDone(s.Tunnels.EndReason(err)) }}
 	if framed {
 		opt.Frames = userframe.NewWriter(client)
 	}
@@ -190,7 +197,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	sess.OnCut(sp.Cut)
 	st.Up, st.Down, devErr = sp.Run()
 	if devErr != nil {
-		reason = devErr.Error()
+		reason = s.Tunnels.EndReason(devErr)
 	}
 }
 

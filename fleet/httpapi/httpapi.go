@@ -65,6 +65,9 @@ type Tunnels interface {
 	Info(deviceID string) (tunnelsrv.Info, bool)
 	Count() int
 	Disconnect(deviceID, reason string)
+	// EndReason says, in words for the user, why a brokered session whose
+	// device side failed with err ended (tunnelsrv.Server.EndReason).
+	EndReason(err error) string
 }
 
 // Server serves the API. Fields without a default are required.
@@ -210,7 +213,7 @@ func (s *Server) broker() *broker.Broker {
 			local = func() (string, map[string]string, bool) { return l.Name, l.Labels, true }
 		}
 		s.Broker = broker.New(broker.Config{
-			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Locks: s.Locks, Local: local,
+			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, NoAnswer: tunnelsrv.ErrNoAnswer, Devices: s.Devices, Sessions: s.sessions(), Locks: s.Locks, Local: local,
 			Audit:   &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
 			Cluster: s.Cluster, EndGrace: s.SessionEndGrace, Logger: s.Logger, Now: s.Now,
 		})

@@ -439,15 +439,21 @@ func (l *Lifecycle) Renew(ctx context.Context, id string, req *proto.RenewReques
 	return resp
 }
 
-// Disconnect keeps the time a device's connection ended, and records it.
-func (l *Lifecycle) Disconnect(id string, err error) {
+// Disconnect keeps when the fleet last heard from a device whose
+// connection ended, and records that it went offline.
+func (l *Lifecycle) Disconnect(id string, lastHeard time.Time, err error) {
 	reason := ""
 	if err != nil {
 		reason = strings.TrimSpace(err.Error())
 	}
+	// Last seen is the last time the fleet heard from the device, not the
+	// time it noticed the device was gone.
+	if lastHeard.IsZero() {
+		lastHeard = l.cfg.Now()
+	}
 	ctx := context.Background()
 	if _, uerr := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
-		dv.LastSeen = l.cfg.Now().UTC()
+		dv.LastSeen = lastHeard.UTC()
 		return nil
 	}); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
 		l.log.Warn("update device last seen", "device_id", id, "err", uerr)

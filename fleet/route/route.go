@@ -48,6 +48,7 @@ type Local interface {
 	Info(deviceID string) (tunnelsrv.Info, bool)
 	Count() int
 	Disconnect(deviceID, reason string)
+	EndReason(err error) string
 }
 
 // Config configures a Router. Every field but Logger is required.
@@ -127,9 +128,10 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 			if pe, ok := refusal(err); ok {
 				return nil, pe
 			}
-			if errors.Is(offlineOr(err), errOffline) {
-				// Its replica has the device as offline (silent too long).
-				return nil, fmt.Errorf("%w (on replica %s)", tunnelsrv.ErrOffline, e.Replica)
+			if u, ok := unreachable(err); ok {
+				// Its replica has the device as offline (silent too
+				// long), or waited for it in vain.
+				return nil, fmt.Errorf("%w (on replica %s)", u, e.Replica)
 			}
 		}
 		if ctx.Err() != nil {
@@ -164,8 +166,35 @@ type answer struct {
 	// Code and Message are a refusal of the device (proto.Error).
 	Code    proto.ErrorCode `json:"code,omitempty"`
 	Message string          `json:"message"`
-	// Offline: the replica does not hold the device.
+	// Offline: the replica does not hold the device, or has it as
+	// silent too long.
 	Offline bool `json:"offline,omitempty"`
+	// NoAnswer: the replica holds the device, which did not take the
+	// stream in time.
+	NoAnswer bool `json:"no_answer,omitempty"`
+	// LastHeard is when the replica last heard from the device (Unix
+	// milliseconds), with Offline or NoAnswer; zero: never.
+	LastHeard int64 `json:"last_heard,omitempty"`
+}
+
+// lastHeard is when err (a tunnel server's) says the device was last
+// heard from, as answer.LastHeard.
+func lastHeard(err error) int64 {
+	if lh, ok := errors.AsType[interface {
+		error
+		LastHeardAt() time.Time
+	}](err); ok && !lh.LastHeardAt().IsZero() {
+		return lh.LastHeardAt().UnixMilli()
+	}
+	return 0
+}
+
+// heardAt is answer.LastHeard as a time.
+func heardAt(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
 }
 
 const statusRefused = http.StatusConflict
@@ -179,16 +208,32 @@ func refusal(err error) (*proto.Error, bool) {
 		return nil, false
 	}
 	var a answer
-	if json.Unmarshal([]byte(pe.Message), &a) != nil || a.Offline {
+	if json.Unmarshal([]byte(pe.Message), &a) != nil || a.Offline || a.NoAnswer {
 		return nil, false
 	}
 	return &proto.Error{Code: a.Code, Message: a.Message}, true
 }
 
-func offlineOr(err error) error {
+// unreachable turns a peer's answer that the device is offline, or did
+// not answer, into the tunnel server's error with when the peer last heard
+// from it; ok is false for other answers.
+func unreachable(err error) (error, bool) {
 	var pe *peer.Error
 	var a answer
-	if errors.As(err, &pe) && pe.Status == statusRefused && json.Unmarshal([]byte(pe.Message), &a) == nil && a.Offline {
+	if !errors.As(err, &pe) || pe.Status != statusRefused || json.Unmarshal([]byte(pe.Message), &a) != nil {
+		return nil, false
+	}
+	switch {
+	case a.Offline:
+		return &tunnelsrv.OfflineError{LastHeard: heardAt(a.LastHeard)}, true
+	case a.NoAnswer:
+		return &tunnelsrv.NoAnswerError{LastHeard: heardAt(a.LastHeard), Err: errors.New(a.Message)}, true
+	}
+	return nil, false
+}
+
+func offlineOr(err error) error {
+	if u, ok := unreachable(err); ok && errors.Is(u, tunnelsrv.ErrOffline) {
 		return errOffline
 	}
 	return err
@@ -228,7 +273,8 @@ func (r *Router) Info(deviceID string) (tunnelsrv.Info, bool) {
 	if !remote {
 		return r.cfg.Local.Info(deviceID)
 	}
-	info := tunnelsrv.Info{Since: e.Since}
+	// Its replica holds it live; that replica judges its silences.
+	info := tunnelsrv.Info{Since: e.Since, Online: true}
 	if a, err := net.ResolveUDPAddr("udp", e.Addr); err == nil {
 		info.Addr = a
 	} else {
@@ -252,6 +298,10 @@ func (r *Router) Replica(deviceID string) string {
 	}
 	return ""
 }
+
+// EndReason says, in words for the user, why a brokered session whose
+// device side failed with err ended (see tunnelsrv.Server.EndReason).
+func (r *Router) EndReason(err error) string { return r.cfg.Local.EndReason(err) }
 
 // Count returns how many devices hold a tunnel to some replica.
 func (r *Router) Count() int { return max(r.cfg.Presence.Count(), r.cfg.Local.Count()) }
@@ -306,7 +356,9 @@ func (r *Router) serveOpen(w http.ResponseWriter, req *http.Request) {
 		case errors.As(err, &pe):
 			writeAnswer(w, answer{Code: pe.Code, Message: pe.Message})
 		case errors.Is(err, tunnelsrv.ErrOffline):
-			writeAnswer(w, answer{Offline: true, Message: err.Error()})
+			writeAnswer(w, answer{Offline: true, Message: err.Error(), LastHeard: lastHeard(err)})
+		case errors.Is(err, tunnelsrv.ErrNoAnswer):
+			writeAnswer(w, answer{NoAnswer: true, Message: err.Error(), LastHeard: lastHeard(err)})
 		default:
 			http.Error(w, err.Error(), http.StatusBadGateway)
 		}

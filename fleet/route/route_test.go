@@ -28,12 +28,13 @@ type fakeTunnels struct {
 	mu      sync.Mutex
 	devices map[string]bool
 	refuse  map[string]*proto.Error
+	fail    map[string]error // Open's error for a device it holds
 	sent    []string
 	gone    []string
 }
 
 func newFake(devices ...string) *fakeTunnels {
-	f := &fakeTunnels{devices: map[string]bool{}, refuse: map[string]*proto.Error{}}
+	f := &fakeTunnels{devices: map[string]bool{}, refuse: map[string]*proto.Error{}, fail: map[string]error{}}
 	for _, d := range devices {
 		f.devices[d] = true
 	}
@@ -42,10 +43,13 @@ func newFake(devices ...string) *fakeTunnels {
 
 func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
 	f.mu.Lock()
-	ok, pe := f.devices[id], f.refuse[id]
+	ok, pe, ferr := f.devices[id], f.refuse[id], f.fail[id]
 	f.mu.Unlock()
 	if pe != nil {
 		return nil, pe
+	}
+	if ferr != nil {
+		return nil, ferr
 	}
 	if !ok {
 		return nil, tunnelsrv.ErrOffline
@@ -110,6 +114,13 @@ func (f *fakeTunnels) Count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.devices)
+}
+
+func (f *fakeTunnels) EndReason(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 func (f *fakeTunnels) Disconnect(id, reason string) {
@@ -275,6 +286,48 @@ func TestRefusals(t *testing.T) {
 	}
 	if err := a.router.Send("d1", &proto.SessionEnd{}); !errors.Is(err, tunnelsrv.ErrOffline) {
 		t.Errorf("Send to a device offline on its replica: %v, want ErrOffline", err)
+	}
+}
+
+// TestUnreachableSaysWhenLastHeard: a device its replica has as silent
+// too long, or that did not take the stream in time there, is offline or
+// unanswering through another replica too, at once, with when its replica
+// last heard from it (the broker tells the user).
+func TestUnreachableSaysWhenLastHeard(t *testing.T) {
+	_, a, b := setup(t)
+	ctx := context.Background()
+	silent := time.Now().Add(-90 * time.Second).Truncate(time.Millisecond)
+	slow := time.Now().Add(-40 * time.Second).Truncate(time.Millisecond)
+	b.local.mu.Lock()
+	b.local.fail["d1"] = &tunnelsrv.OfflineError{LastHeard: silent}
+	b.local.fail["d2"] = &tunnelsrv.NoAnswerError{LastHeard: slow, Err: errors.New("timed out")}
+	b.local.mu.Unlock()
+
+	for _, tt := range []struct {
+		name, device string
+		is           error
+		heard        time.Time
+	}{
+		{"offline", "d1", tunnelsrv.ErrOffline, silent},
+		{"no answer", "d2", tunnelsrv.ErrNoAnswer, slow},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := a.router.Open(ctx, tt.device, &proto.StreamHeader{SessionID: "s-" + tt.device})
+			if !errors.Is(err, tt.is) {
+				t.Fatalf("Open: %v, want %v", err, tt.is)
+			}
+			lh, ok := errors.AsType[interface {
+				error
+				LastHeardAt() time.Time
+			}](err)
+			if !ok || !lh.LastHeardAt().Equal(tt.heard) {
+				t.Errorf("Open: %v, want it to say the device was last heard at %v", err, tt.heard)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %v to say, want no wait for the device to move", d)
+			}
+		})
 	}
 }
 

@@ -88,24 +88,45 @@ func (r *runner) proxySSH(cmd *cobra.Command, target, cluster string) error {
 
 // printEnd tells the user why the fleet ended their session to device.
 func (r *runner) printEnd(device, reason string) {
-	fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", device, printable.Escape(reason))
+	fmt.Fprintf(r.stdio.Err, "tsh: %s\n", printable.Escape(sessionEnded(device, reason).Error()))
+}
+
+// sessionEnded says why the fleet ended the user's session to device, the
+// same way for tsh proxy ssh, tsh ssh and tsh scp.
+func sessionEnded(device, reason string) error {
+	return fmt.Errorf("the session to %s ended: %s", device, reason)
 }
 
 // explainEnd prints why the fleet ended a session: the reason it gave
 // in-band, or else the one it gives when asked.
 func (r *runner) explainEnd(ctx context.Context, c *client.Client, conn net.Conn) {
+	if why := endReason(ctx, c, conn); why != "" {
+		r.printEnd(client.SessionDevice(conn), why)
+	}
+}
+
+// endReason says why the session on conn ended: the reason the fleet gave
+// in-band, or else the one it gives when asked, waiting a moment for the
+// fleet to finish ending it; "" when it does not say.
+func endReason(ctx context.Context, c *client.Client, conn net.Conn) string {
 	if conn == nil {
-		return
+		return ""
 	}
 	if why := client.EndReason(conn); why != "" {
-		r.printEnd(client.SessionDevice(conn), why)
-		return
+		return why
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	end, err := c.SessionEnd(ctx, conn)
-	if err == nil && end.Reason != "" {
-		r.printEnd(end.Device, end.Reason)
+	for {
+		end, err := c.SessionEnd(ctx, conn)
+		if err == nil && (end.Ended || end.Reason != "") {
+			return end.Reason
+		}
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

@@ -108,6 +108,9 @@ func (r *runner) scp(cmd *cobra.Command, pos []string, recursiveFlag, quietFlag 
 	defer c.Close()
 	sc, err := r.dialSSH(ctx, c, st, remote.device, login)
 	if err != nil {
+		if reason := endReason(ctx, c, r.session); reason != "" && ctx.Err() == nil {
+			err = sessionEnded(remote.device, reason)
+		}
 		return fmt.Errorf("scp: %w", err)
 	}
 	defer sc.Close()
@@ -128,6 +131,12 @@ func (r *runner) scp(cmd *cobra.Command, pos []string, recursiveFlag, quietFlag 
 		err = cp.download(srcs, dst.path)
 	}
 	if err != nil {
+		// Close first: the fleet then ends the session, and says why if it
+		// was the device's side that failed.
+		sc.Close()
+		if reason := endReason(ctx, c, r.session); reason != "" && ctx.Err() == nil {
+			err = sessionEnded(remote.device, reason)
+		}
 		return fmt.Errorf("scp: %w", err)
 	}
 	return nil

@@ -252,6 +252,12 @@ func (r *runner) ssh(cmd *cobra.Command, f sshFlags, pos []string) error {
 	defer c.Close()
 	sc, err := r.dialSSH(ctx, c, st, device, login)
 	if err != nil {
+		// The session may have ended under the handshake (the device's
+		// agent restarted, say): the fleet's reason says more than
+		// "handshake failed: EOF".
+		if reason := endReason(ctx, c, r.session); reason != "" && ctx.Err() == nil {
+			err = sessionEnded(device, reason)
+		}
 		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}
 	defer sc.Close()
@@ -260,7 +266,11 @@ func (r *runner) ssh(cmd *cobra.Command, f sshFlags, pos []string) error {
 	code, err := r.runSession(ctx, sc, command, *forceTTY, *noTTY)
 	if err != nil {
 		if code == 255 && ctx.Err() == nil {
-			r.explainEnd(ctx, c, r.session)
+			// One line that says what happened, in place of what the SSH
+			// layer saw (EOF, a missing exit status).
+			if reason := endReason(ctx, c, r.session); reason != "" {
+				return &cli.StatusError{Code: code, Err: sessionEnded(device, reason)}
+			}
 		}
 		return &cli.StatusError{Code: code, Err: fmt.Errorf("ssh %s: %w", device, err)}
 	}

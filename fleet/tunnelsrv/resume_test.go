@@ -2,13 +2,17 @@ package tunnelsrv
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,8 +33,20 @@ import (
 type switchRouter struct {
 	simnet.PerfectRouter
 	down atomic.Bool
+	// mutedBelow drops what the agent sends from ports below it (a dead
+	// agent process, whose later successor uses higher ports).
+	mutedBelow atomic.Int32
+	trace      func(simnet.Packet)
 
-	mu      sync.Mutex // guards the NAT
+	mu   sync.Mutex // guards the NAT, the loss and the bottleneck
+	loss float64    // the share of packets dropped at random, each way
+	rng  *rand.Rand
+	// rate, when set, is the link's capacity each way in bytes a second,
+	// with a drop-tail queue of up to queue's worth of sending.
+	rate  float64
+	queue time.Duration
+	busy  [2]time.Time // until when each way (0: to the fleet) is sending
+
 	nat     bool
 	private net.IP                  // addresses behind the NAT
 	out     map[string]*net.UDPAddr // private → public
@@ -39,10 +55,20 @@ type switchRouter struct {
 }
 
 func (r *switchRouter) SendPacket(p simnet.Packet) error {
+	if r.trace != nil {
+		r.trace(p)
+	}
 	if r.down.Load() {
 		return nil // dropped
 	}
+	if from := p.From.(*net.UDPAddr); from.IP.Equal(r.private) && from.Port < int(r.mutedBelow.Load()) {
+		return nil // from a dead agent
+	}
 	r.mu.Lock()
+	if r.loss > 0 && r.rng.Float64() < r.loss {
+		r.mu.Unlock()
+		return nil // lost
+	}
 	if r.nat {
 		from := p.From.(*net.UDPAddr)
 		to := p.To.(*net.UDPAddr)
@@ -62,8 +88,29 @@ func (r *switchRouter) SendPacket(p simnet.Packet) error {
 			return nil // a mapping the NAT forgot
 		}
 	}
+	if r.rate == 0 {
+		r.mu.Unlock()
+		return r.PerfectRouter.SendPacket(p)
+	}
+	// A bottleneck: the packet leaves after those queued before it.
+	way := 1
+	if p.From.(*net.UDPAddr).IP.Equal(r.private) || p.To.(*net.UDPAddr).Port == 443 {
+		way = 0
+	}
+	now := time.Now()
+	start := now
+	if r.busy[way].After(now) {
+		start = r.busy[way]
+	}
+	if start.Sub(now) > r.queue {
+		r.mu.Unlock()
+		return nil // the queue is full
+	}
+	r.busy[way] = start.Add(time.Duration(float64(len(p.Data)+28) / r.rate * float64(time.Second)))
+	wait := r.busy[way].Sub(now)
 	r.mu.Unlock()
-	return r.PerfectRouter.SendPacket(p)
+	time.AfterFunc(wait, func() { r.PerfectRouter.SendPacket(p) })
+	return nil
 }
 
 // natRebind makes the NAT forget every mapping: the agent's next packets get
@@ -84,6 +131,14 @@ type simFleet struct {
 	client     *tunnel.Client
 	state      chan bool
 	stop       func()
+	// newAgent starts another agent process for the same device (a new
+	// boot ID), with its own sockets; stop ends it at once.
+	newAgent func(o simOpts) (c *tunnel.Client, state chan bool, stop func())
+	// killAgents makes every agent started so far fall silent, as if its
+	// process died: nothing it sends arrives any more.
+	killAgents func()
+	// stopClient stops the first agent (client).
+	stopClient func()
 }
 
 const simRTT = 50 * time.Millisecond
@@ -97,16 +152,31 @@ type simOpts struct {
 	nat bool
 	// noPings turns the agent's link pings off (tunnel.Config.NoLinkPings).
 	noPings bool
-	log     *slog.Logger
+	// maxBackoff bounds the agent's redial back-off; default 10 s.
+	maxBackoff time.Duration
+	log        *slog.Logger
 }
 
 func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
 	return newSimFleetOpts(t, simOpts{hold: hold, keepalive: 2 * time.Second, liveness: 3 * time.Second, idle: 10 * time.Second})
 }
 
+// processStart is when the test process started, read outside any bubble.
+var processStart = time.Now()
+
+// skipPastProcessStart moves a synctest bubble's clock (which starts at
+// 2000-01-01) past the process's start: quic-go's monotonic clock counts
+// from an hour before the process started, and before that instant its
+// values are negative, where its loss detection spins on a path-probe
+// placeholder sent at time zero (which in real time is long past). Virtual
+// time: the sleep takes no time.
+func skipPastProcessStart() {
+	time.Sleep(time.Until(processStart.Add(time.Hour)))
+}
+
 func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 	t.Helper()
-	hold := o.hold
+	skipPastProcessStart()
 	pki := newPKI(t)
 	router := &switchRouter{private: net.IPv4(127, 0, 0, 2), out: map[string]*net.UDPAddr{}, in: map[string]*net.UDPAddr{}}
 	router.nat = o.nat
@@ -115,7 +185,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 	srvAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443}
 	srvConn := net0.NewEndpoint(srvAddr, link)
 	// A fresh socket (new port) per agent dial, as on a real device.
-	sf := &simFleet{router: router, state: make(chan bool, 64), srvSock: srvConn}
+	sf := &simFleet{router: router, srvSock: srvConn}
 	var pool []net.PacketConn
 	for i := range 256 {
 		c := net0.NewEndpoint(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 40000 + i}, link)
@@ -130,45 +200,59 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		OnHello: func(ctx context.Context, id string, _ net.Addr, h *proto.Hello) (*proto.HelloAck, error) {
 			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
 		},
-		SessionHold: hold,
+		SessionHold: o.hold,
 		IdleTimeout: o.idle,
 		Logger:      o.log,
 	})
 	var next atomic.Int32
-	sf.client = tunnel.New(tunnel.Config{
-		Addr:      srvAddr.String(),
-		TLSConfig: pki.clientTLS(pki.Client(t, "pi-1")),
-		Hello:     func() *proto.Hello { return &proto.Hello{Name: "pi-1"} },
-		Handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
-			if o.handle != nil {
-				o.handle(ctx, h, conn)
-				return
-			}
-			io.Copy(conn, conn)
-			conn.Close()
-		},
-		OnState:     func(up bool) { sf.state <- up },
-		Keepalive:   o.keepalive,
-		Liveness:    o.liveness,
-		IdleTimeout: o.idle,
-		MinBackoff:  100 * time.Millisecond,
-		MaxBackoff:  10 * time.Second,
-		SessionHold: hold,
-		NoLinkPings: o.noPings,
-		Logger:      o.log,
-		ListenPacket: func() (net.PacketConn, error) {
-			i := int(next.Add(1)) - 1
-			if i >= len(pool) {
-				return nil, errors.New("out of simulated sockets")
-			}
-			return pool[i], nil
-		},
-	})
+	cert := pki.Client(t, "pi-1")
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	sf.newAgent = func(ao simOpts) (*tunnel.Client, chan bool, func()) {
+		state := make(chan bool, 64)
+		c := tunnel.New(tunnel.Config{
+			Addr:      srvAddr.String(),
+			TLSConfig: pki.clientTLS(cert),
+			Hello:     func() *proto.Hello { return &proto.Hello{Name: "pi-1"} },
+			Handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+				if ao.handle != nil {
+					ao.handle(ctx, h, conn)
+					return
+				}
+				io.Copy(conn, conn)
+				conn.Close()
+			},
+			OnState:     func(up bool) { state <- up },
+			Keepalive:   ao.keepalive,
+			Liveness:    ao.liveness,
+			IdleTimeout: ao.idle,
+			MinBackoff:  100 * time.Millisecond,
+			MaxBackoff:  cmp.Or(ao.maxBackoff, 10*time.Second),
+			SessionHold: ao.hold,
+			NoLinkPings: ao.noPings,
+			Logger:      ao.log,
+			ListenPacket: func() (net.PacketConn, error) {
+				i := int(next.Add(1)) - 1
+				if i >= len(pool) {
+					return nil, errors.New("out of simulated sockets")
+				}
+				return pool[i], nil
+			},
+		})
+		actx, acancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done)
+			c.Run(actx)
+		}()
+		return c, state, func() { acancel(); <-done }
+	}
+	sf.killAgents = func() { router.mutedBelow.Store(40000 + next.Load()) }
+	wg.Add(1)
 	go func() { defer wg.Done(); sf.srv.Serve(ctx, srvConn) }()
-	go func() { defer wg.Done(); sf.client.Run(ctx) }()
+	sf.client, sf.state, sf.stopClient = sf.newAgent(o)
 	sf.stop = func() {
 		cancel()
 		srvConn.Close()
@@ -366,26 +450,49 @@ func (sf *simFleet) wireBytes() (up, down int64) {
 }
 
 // TestIdleDataPerDay runs an idle device for a simulated day with the
-// default timers and checks the data budget (DESIGN.md: at most 0.3 MB a
-// day) on the wire counters.
+// shipped timers, connecting afresh 0, 6 and 24 times in the day (the fleet
+// drops the connection; the agent dials again and resumes its TLS
+// session), and checks DESIGN.md's budget, everything counted (IP and UDP
+// headers, keep-alives, heartbeats, handshakes, closes), at most 0.2 MB a
+// day for a device that reconnects six times. Path-MTU probes are off by
+// default (quic-go cannot probe on the simulated network anyway).
 func TestIdleDataPerDay(t *testing.T) {
+	for _, n := range []int{0, 6, 24} {
+		t.Run(fmt.Sprintf("%d reconnects", n), func(t *testing.T) {
+			up, down, reconnects := idleDay(t, n, simOpts{log: bulkLog(t)})
+			total := up + down
+			t.Logf("idle for 24h, %d reconnects: %d bytes up, %d down, %.3f MB in all", reconnects, up, down, float64(total)/1e6)
+			if reconnects != int64(n) {
+				t.Errorf("the idle tunnel reconnected %d times, want %d", reconnects, n)
+			}
+			if n <= 6 && total > 200_000 {
+				t.Errorf("idle data = %d bytes a day, want at most 200000", total)
+			}
+		})
+	}
+}
+
+// idleDay runs an idle device for a simulated day, dropping its
+// connection n times, and returns the bytes on the wire each way.
+func idleDay(t *testing.T, n int, o simOpts) (up, down, reconnects int64) {
 	synctest.Test(t, func(t *testing.T) {
-		sf := newSimFleetOpts(t, simOpts{}) // the defaults a device ships with
+		sf := newSimFleetOpts(t, o)
 		defer sf.stop()
 		sf.waitState(t, true)
 		up0, down0 := sf.wireBytes()
-		time.Sleep(24 * time.Hour)
-		up, down := sf.wireBytes()
+		for i := range n + 1 {
+			time.Sleep(24 * time.Hour / time.Duration(n+1))
+			if i < n {
+				sf.srv.Disconnect("pi-1", "test: dropping the connection")
+				sf.waitState(t, false)
+				sf.waitState(t, true)
+			}
+		}
+		up, down = sf.wireBytes()
 		up, down = up-up0, down-down0
-		total := up + down
-		t.Logf("idle for 24h: %d bytes up, %d down, %.3f MB in all; reconnects %d", up, down, float64(total)/1e6, sf.client.Reconnects())
-		if sf.client.Reconnects() != 0 {
-			t.Errorf("the idle tunnel reconnected %d times", sf.client.Reconnects())
-		}
-		if total > 300_000 {
-			t.Errorf("idle data = %d bytes a day, want at most 300000", total)
-		}
+		reconnects = sf.client.Reconnects()
 	})
+	return up, down, reconnects
 }
 
 // TestRecoveryAfterBlackout measures, in virtual time, how soon a session's
@@ -418,6 +525,11 @@ func TestRecoveryAfterBlackout(t *testing.T) {
 // and returns how long after the link came back the next one arrived: the
 // echo at the fleet when echo is set, else the byte at the device.
 func tickRecovery(t *testing.T, blackout time.Duration, echo bool) (rec time.Duration, reconnects int64) {
+	return tickRecoveryOpts(t, blackout, echo, simOpts{})
+}
+
+// tickRecoveryOpts is tickRecovery with the agent's timers in o.
+func tickRecoveryOpts(t *testing.T, blackout time.Duration, echo bool, o simOpts) (rec time.Duration, reconnects int64) {
 	synctest.Test(t, func(t *testing.T) {
 		arrived := make(chan time.Time, 4096)
 		stop := make(chan struct{})
@@ -435,12 +547,14 @@ func tickRecovery(t *testing.T, blackout time.Duration, echo bool) (rec time.Dur
 				}
 			}
 		}
-		var o simOpts
 		if !echo {
 			o.handle = func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 				defer conn.Close()
 				note(conn)
 			}
+		}
+		if o.log == nil {
+			o.log = bulkLog(t)
 		}
 		sf := newSimFleetOpts(t, o)
 		defer sf.stop()
@@ -479,32 +593,89 @@ func tickRecovery(t *testing.T, blackout time.Duration, echo bool) (rec time.Dur
 	return rec, reconnects
 }
 
-// TestRecoveryBulkDownload: the device streams bytes as fast as it can (a
-// download); how soon do they flow again after a blackout? It measures the
-// agent as shipped and, in the same run, with link pings off (QUIC's own
-// back-off, the peer), and logs the ratio. Time is virtual: the figures
-// repeat exactly.
-func TestRecoveryBulkDownload(t *testing.T) {
-	for _, blackout := range []time.Duration{2 * time.Second, 30 * time.Second, 2 * time.Minute} {
+// TestRecoveryWhileDialPending: with a short idle timeout the connection
+// dies during a long blackout and the agent dials again and again into it;
+// a dial pending when the link returns must not hold recovery until its
+// handshake's retransmission back-off or timeout (seconds): the agent
+// keeps pinging while it dials, and dials afresh when the fleet answers.
+func TestRecoveryWhileDialPending(t *testing.T) {
+	// Redials back off at most 1 s, so the agent is dialling most of the
+	// time; the link returns at several points of that cycle.
+	for _, blackout := range []time.Duration{60 * time.Second, 61300 * time.Millisecond, 62600 * time.Millisecond, 5 * time.Minute} {
 		t.Run(blackout.String(), func(t *testing.T) {
-			ours := bulkRecovery(t, blackout, false)
-			peer := bulkRecovery(t, blackout, true)
-			t.Logf("bulk download, blackout %v, RTT %v: bytes flow again %v after the link returns (%.1f RTT); with QUIC's back-off alone %v (%.1f RTT); %.1fx faster",
-				blackout, simRTT, ours, float64(ours)/float64(simRTT), peer, float64(peer)/float64(simRTT), float64(peer)/float64(ours))
-			if ours > time.Second {
-				t.Errorf("recovery took %v, want at most 1s", ours)
+			rec, reconnects := tickRecoveryOpts(t, blackout, true, simOpts{keepalive: 2 * time.Second, liveness: 3 * time.Second,
+				idle: 10 * time.Second, maxBackoff: time.Second})
+			t.Logf("blackout %v with a 10 s idle timeout: first echo %v after the link returned (RTT %v); %d reconnects",
+				blackout, rec, simRTT, reconnects)
+			if reconnects == 0 {
+				t.Fatal("the connection outlived the blackout: the test does not test a pending dial")
+			}
+			// A ping finds the link, the pending dial is dropped, a new
+			// one (a handshake and the resume) and the echo: about 4 RTT.
+			if limit := 5*simRTT + linkProbe(blackout) + 100*time.Millisecond; rec > limit {
+				t.Errorf("first echo %v after the link returned, want at most %v", rec, limit)
 			}
 		})
 	}
 }
 
-// bulkRecovery runs one bulk download through a blackout and returns how
-// long after the link came back bytes flowed again.
-func bulkRecovery(t *testing.T, blackout time.Duration, noPings bool) (rec time.Duration) {
+// TestRecoveryBulk: one side streams bytes as fast as it can, the device
+// (a download) or the fleet (an upload); how soon do they flow again after
+// a blackout? It measures the agent as shipped and, in the same run, with
+// link pings and hurries off (QUIC's own back-off, the peer), and logs the
+// ratio. DESIGN.md's target is one RTT + 100 ms after the link returns.
+// Time is virtual: the figures repeat exactly.
+func TestRecoveryBulk(t *testing.T) {
+	for _, dir := range []string{"download", "upload"} {
+		for _, blackout := range []time.Duration{2 * time.Second, 30 * time.Second, 2 * time.Minute} {
+			t.Run(dir+"/"+blackout.String(), func(t *testing.T) {
+				ours := bulkRecovery(t, blackout, false, dir == "upload")
+				peer := bulkRecovery(t, blackout, true, dir == "upload")
+				t.Logf("bulk %s, blackout %v, RTT %v: bytes flow again %v after the link returns (%.1f RTT); with QUIC's back-off alone %v (%.1f RTT); %.1fx faster",
+					dir, blackout, simRTT, ours, float64(ours)/float64(simRTT), peer, float64(peer)/float64(simRTT), float64(peer)/float64(ours))
+				if limit := simRTT + 100*time.Millisecond + linkProbe(blackout); ours > limit {
+					t.Errorf("recovery took %v, want at most %v (one RTT + 100 ms, + %v for the first ping or hurry after the link returns)", ours, limit, linkProbe(blackout))
+				}
+			})
+		}
+	}
+}
+
+// linkProbe is the period of link pings and hurries after a stall of d
+// (firmware/tunnel and link.go): the link is found at most this long after
+// it returns.
+func linkProbe(d time.Duration) time.Duration {
+	if d < time.Minute {
+		return 50 * time.Millisecond
+	}
+	return 100 * time.Millisecond
+}
+
+// bulkRecovery runs one bulk transfer through a blackout and returns how
+// long after the link came back bytes flowed again: from the device to
+// the fleet, or from the fleet to the device when upload is set.
+func bulkRecovery(t *testing.T, blackout time.Duration, noPings, upload bool) (rec time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
 		stop := make(chan struct{})
-		sf := newSimFleetOpts(t, simOpts{noPings: noPings, log: bulkLog(t), handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
-			defer conn.Close()
+		var mu sync.Mutex
+		var armed bool        // the link is back: note the next arrival
+		var firstAt time.Time // the first arrival after the link came back
+		// count reads r until it fails, noting the first arrival once armed.
+		count := func(r io.Reader) {
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := r.Read(buf); err != nil {
+					return
+				}
+				mu.Lock()
+				if armed && firstAt.IsZero() {
+					firstAt = time.Now()
+				}
+				mu.Unlock()
+			}
+		}
+		// flood writes to w until stop.
+		flood := func(w io.Writer) {
 			buf := make([]byte, 32<<10)
 			for {
 				select {
@@ -512,9 +683,17 @@ func bulkRecovery(t *testing.T, blackout time.Duration, noPings bool) (rec time.
 					return
 				default:
 				}
-				if _, err := conn.Write(buf); err != nil {
+				if _, err := w.Write(buf); err != nil {
 					return
 				}
+			}
+		}
+		sf := newSimFleetOpts(t, simOpts{noPings: noPings, log: bulkLog(t), handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			defer conn.Close()
+			if upload {
+				count(conn)
+			} else {
+				flood(conn)
 			}
 		}})
 		defer sf.stop()
@@ -525,36 +704,26 @@ func bulkRecovery(t *testing.T, blackout time.Duration, noPings bool) (rec time.
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		var mu sync.Mutex
-		var got int64
-		lastAt := time.Now()
-		go func() {
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := conn.Read(buf)
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				got += int64(n)
-				lastAt = time.Now()
-				mu.Unlock()
-			}
-		}()
+		if upload {
+			go flood(conn)
+		} else {
+			go count(conn)
+		}
 		time.Sleep(2 * time.Second)
 		sf.router.down.Store(true)
 		time.Sleep(blackout)
+		synctest.Wait() // what arrived before the cut has been read
 		mu.Lock()
-		before := got
+		armed = true
 		mu.Unlock()
 		sf.router.down.Store(false)
 		back := time.Now()
 		for {
 			time.Sleep(10 * time.Millisecond)
 			mu.Lock()
-			g, at := got, lastAt
+			at := firstAt
 			mu.Unlock()
-			if g > before {
+			if !at.IsZero() {
 				rec = at.Sub(back)
 				return
 			}
@@ -572,6 +741,102 @@ func bulkLog(t *testing.T) *slog.Logger {
 		return nil
 	}
 	return logtest.Logger(t)
+}
+
+// TestNoMoveOnALossyLink: bulk transfers both ways on a link that loses
+// packets at random but never falls silent. Sessions stall now and then
+// behind a lost packet; that is QUIC's to repair, and the agent must
+// neither move the connection nor redial (a move resends what is in flight
+// and restarts congestion control: an earlier build moved on such stalls
+// and lost three quarters of its throughput on linkbench's lossy links).
+func TestNoMoveOnALossyLink(t *testing.T) {
+	type link struct {
+		name  string
+		loss  float64
+		rate  float64 // bytes a second; 0: unlimited
+		queue time.Duration
+	}
+	for _, l := range []link{
+		{name: "3% loss", loss: 0.03},
+		// linkbench's lte: 12 Mbit/s with a 250 ms queue
+		{name: "12 Mbit/s, 250 ms queue, 1% loss", loss: 0.01, rate: 12e6 / 8, queue: 250 * time.Millisecond},
+		{name: "12 Mbit/s, 250 ms queue, 5% loss", loss: 0.05, rate: 12e6 / 8, queue: 250 * time.Millisecond},
+		// its 3g uplink: 768 kbit/s with a 1 s queue
+		{name: "768 kbit/s, 1 s queue, 1% loss", loss: 0.01, rate: 768e3 / 8, queue: time.Second},
+		{name: "768 kbit/s, 1 s queue, 5% loss", loss: 0.05, rate: 768e3 / 8, queue: time.Second},
+	} {
+		for _, upload := range []bool{false, true} {
+			dir := "download"
+			if upload {
+				dir = "upload"
+			}
+			t.Run(l.name+"/"+dir, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					stop := make(chan struct{})
+					var got atomic.Int64
+					count := func(r io.Reader) {
+						buf := make([]byte, 64<<10)
+						for {
+							n, err := r.Read(buf)
+							got.Add(int64(n))
+							if err != nil {
+								return
+							}
+						}
+					}
+					flood := func(w io.Writer) {
+						buf := make([]byte, 32<<10)
+						for {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							if _, err := w.Write(buf); err != nil {
+								return
+							}
+						}
+					}
+					rec := logtest.NewRecorder(t)
+					log := slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelInfo}))
+					sf := newSimFleetOpts(t, simOpts{log: log, handle: func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+						defer conn.Close()
+						if upload {
+							count(conn)
+						} else {
+							flood(conn)
+						}
+					}})
+					defer sf.stop()
+					defer close(stop)
+					sf.waitState(t, true)
+					sf.router.mu.Lock()
+					sf.router.loss, sf.router.rng = l.loss, rand.New(rand.NewPCG(1, 2))
+					sf.router.rate, sf.router.queue = l.rate, l.queue
+					sf.router.mu.Unlock()
+					conn, err := sf.srv.Open(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					if upload {
+						go flood(conn)
+					} else {
+						go count(conn)
+					}
+					time.Sleep(time.Minute)
+					moves := strings.Count(rec.String(), "link is back")
+					t.Logf("bulk %s for a minute, %s: %.1f MB, %d moves, %d reconnects", dir, l.name, float64(got.Load())/1e6, moves, sf.client.Reconnects())
+					if moves > 0 || sf.client.Reconnects() > 0 {
+						t.Errorf("%d moves and %d reconnects on a link that never fell silent, want none", moves, sf.client.Reconnects())
+					}
+					if got.Load() == 0 {
+						t.Error("nothing arrived")
+					}
+				})
+			})
+		}
+	}
 }
 
 // TestIdleDeviceReachableAfterNATRebind: the NAT forgets an idle device's

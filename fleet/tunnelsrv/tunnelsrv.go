@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -49,8 +50,9 @@ type Config struct {
 	OnHeartbeat func(deviceID string, hb *proto.Heartbeat)
 	// OnRenew answers a renewal request. Optional: nil refuses renewals.
 	OnRenew func(ctx context.Context, deviceID string, req *proto.RenewRequest) *proto.RenewResponse
-	// OnDisconnect is called when a device's connection ends. Optional.
-	OnDisconnect func(deviceID string, err error)
+	// OnDisconnect is called when a device's connection ends, with the
+	// last time the fleet heard from the device. Optional.
+	OnDisconnect func(deviceID string, lastHeard time.Time, err error)
 	// OnMessage answers control messages other than heartbeats and
 	// renewals (audit batches, say). A nil reply sends nothing; an error
 	// is sent to the device as a proto.Error and ends its connection.
@@ -66,10 +68,23 @@ type Config struct {
 	// TokenKey, when set, keeps QUIC address-validation tokens valid across
 	// restarts and replicas.
 	TokenKey *quic.TokenGeneratorKey
-	// IdleTimeout closes a connection that hears nothing for this long;
-	// default 5m. Agents send a heartbeat every 2m by default; the smaller
-	// of the two sides' idle timeouts applies.
+	// LinkKey keys the reset tokens of link resets (proto.LinkResetToken).
+	// Keep it across restarts and replicas, as StatelessResetKey: a fleet
+	// that does not know a connection can then reset it, and nobody else
+	// can. Nil: a random key per Server, so its resets are honoured only
+	// for connections it made itself.
+	LinkKey []byte
+	// IdleTimeout closes a connection that hears no QUIC packet for this
+	// long; default 25m. Idle agents send a heartbeat every 10m by default
+	// (2 × that + 30s is their own idle timeout); the smaller of the two
+	// sides' idle timeouts applies. A device that falls silent counts as
+	// offline long before (presence.go).
 	IdleTimeout time.Duration
+	// PathMTUDiscovery lets QUIC probe for packets larger than 1280 bytes
+	// toward devices; default off (see tunnel.Config.PathMTUDiscovery: the
+	// probes cost more than a day of keep-alives on a device that
+	// reconnects a few times a day).
+	PathMTUDiscovery bool
 	// SessionHold is how long a brokered session waits for its device to
 	// come back; default 10m.
 	SessionHold time.Duration
@@ -89,34 +104,65 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex // guards conns, sessions, boots and tags
-	conns    map[string]*deviceConn
-	tags     map[string]*deviceConn         // HelloAck.LinkTag → connection
-	changed  chan struct{}                  // closed and replaced whenever conns changes
-	sessions map[string]map[string]*session // device ID → session ID →
-	boots    map[string]string              // device ID → agent boot ID
-	budget   *resume.Budget
+	linkKey []byte
+
+	mu           sync.Mutex // guards conns, sessions, boots, tags, left, stopping and sessionAdded
+	conns        map[string]*deviceConn
+	tags         map[string]*deviceConn         // HelloAck.LinkTag → connection
+	byAddr       map[string]*deviceConn         // where keep-alives came from → connection (checked on use)
+	changed      chan struct{}                  // closed and replaced whenever conns changes
+	sessions     map[string]map[string]*session // device ID → session ID →
+	boots        map[string]string              // device ID → agent boot ID
+	left         map[string]departure           // device ID → how its last connection ended
+	sessionAdded chan struct{}                  // wakes watchStalls
+	budget       *resume.Budget
+	stopping     string // the close reason once the fleet stops (stopReasonLocked)
 }
 
 // session is a brokered stream held for its device across reconnects.
 type session struct {
 	id     string
 	secret []byte
+	tag    [8]byte // proto.SessionTag(secret), named in link hurries
 	conn   *resume.Conn
 }
 
 // ErrAgentRestarted ends the sessions of a device whose agent restarted.
-var ErrAgentRestarted = errors.New("tunnelsrv: the device's agent restarted; the session could not be resumed")
+// Its text is for users (see EndReason).
+var ErrAgentRestarted = errors.New("the device's agent restarted, so the session could not be resumed")
+
+// EndReason says, in words for the user, why a brokered session whose
+// device side failed with err ended; "" for nil (a normal end).
+func (s *Server) EndReason(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, ErrAgentRestarted):
+		return ErrAgentRestarted.Error() + "; run the command again"
+	case errors.Is(err, resume.ErrHoldExpired):
+		return fmt.Sprintf("the link to the device did not come back within %v, so the session ended; run the command again once the device is online (tsh ls)", s.cfg.SessionHold)
+	}
+	return "the session failed on the device's side: " + err.Error()
+}
 
 // deviceConn is one device's live tunnel.
 type deviceConn struct {
-	qc    *quic.Conn
-	since time.Time
-	ctrl  *ctrlStream
+	qc      *quic.Conn
+	since   time.Time
+	ctrl    *ctrlStream
+	linkKey []byte        // HelloAck.LinkKey: MACs this connection's hurries
+	window  time.Duration // silent for longer: offline (presence.go)
+	byAddr  []string      // its keys in Server.byAddr; guarded by Server.mu
 
-	mu        sync.Mutex // guards addr and addrMoved
+	heard   atomic.Int64  // when the fleet last heard from the device (Unix ns)
+	packets atomic.Uint64 // QUIC packets received when heard was last set from them
+
+	mu        sync.Mutex // guards the fields below
 	addr      string
 	addrMoved time.Time
+	stallFrom time.Time // when a session stalled (hurries are due); zero: none
+	nextHurry time.Time
+	hurrySeq  uint64
 }
 
 // Info describes a connected device's tunnel.
@@ -130,6 +176,13 @@ type Info struct {
 	// AddrChangedAt is when the device's address last changed on this
 	// connection (QUIC follows NAT rebinding and migration); zero if never.
 	AddrChangedAt time.Time
+	// Online is false once the device has been silent for a few of its
+	// keep-alive periods (presence.go), though the connection lingers
+	// until its idle timeout in case the device comes back on it.
+	Online bool
+	// LastHeard is when the fleet last heard from the device: a keep-alive,
+	// a heartbeat, or any QUIC packet (to within a few seconds).
+	LastHeard time.Time
 }
 
 // Application error codes used to close QUIC connections; they are the
@@ -148,7 +201,7 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 5 * time.Minute
+		cfg.IdleTimeout = 25 * time.Minute
 	}
 	if cfg.SessionHold <= 0 {
 		cfg.SessionHold = resume.DefaultHold
@@ -159,11 +212,16 @@ func New(cfg Config) *Server {
 	if cfg.SessionBudget <= 0 {
 		cfg.SessionBudget = 256 << 20
 	}
+	linkKey := cfg.LinkKey
+	if len(linkKey) == 0 {
+		linkKey = make([]byte, 32)
+		rand.Read(linkKey)
+	}
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{},
 		sessions: map[string]map[string]*session{}, boots: map[string]string{}, tags: map[string]*deviceConn{},
-		changed: make(chan struct{}),
-		budget:  resume.NewBudget(cfg.SessionBudget),
+		left: map[string]departure{}, byAddr: map[string]*deviceConn{}, changed: make(chan struct{}), sessionAdded: make(chan struct{}, 1),
+		budget: resume.NewBudget(cfg.SessionBudget), linkKey: linkKey,
 	}
 }
 
@@ -179,10 +237,14 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// serveConn acts on nothing before the handshake is complete. Keep
 	// TLSConfig's session ticket keys across restarts for it to work then.
 	ln, err := tr.ListenEarly(tlsConf, &quic.Config{
-		Allow0RTT:            true,
-		MaxIdleTimeout:       s.cfg.IdleTimeout,
-		HandshakeIdleTimeout: 10 * time.Second,
-		MaxIncomingStreams:   maxSessionsPerDevice + 1, // control + resumes
+		Allow0RTT:               true,
+		MaxIdleTimeout:          s.cfg.IdleTimeout,
+		HandshakeIdleTimeout:    10 * time.Second,
+		MaxIncomingStreams:      maxSessionsPerDevice + 1, // control + resumes
+		DisablePathMTUDiscovery: !s.cfg.PathMTUDiscovery,
+		// As the agent's (firmware/tunnel): bulk copies start at speed.
+		InitialStreamReceiveWindow:     2 << 20,
+		InitialConnectionReceiveWindow: 3 << 20,
 	})
 	if err != nil {
 		return fmt.Errorf("tunnelsrv: listen: %w", err)
@@ -193,7 +255,10 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// Tell every device at once when the fleet stops, so agents reconnect
 	// to its successor without waiting for their idle timeout.
 	defer s.closeAll()
-	go s.serveDatagrams(ctx, tr)
+	wg.Add(3)
+	go func() { defer wg.Done(); s.serveDatagrams(ctx, tr) }()
+	go func() { defer wg.Done(); s.watchStalls(ctx, tr) }()
+	go func() { defer wg.Done(); s.watchPresence(ctx) }()
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
@@ -264,14 +329,21 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	tag := make([]byte, proto.LinkTagSize)
 	rand.Read(tag)
 	ack.LinkTag = tag
+	ack.LinkKey = make([]byte, proto.LinkKeySize)
+	rand.Read(ack.LinkKey)
+	ack.ResetToken = proto.LinkResetToken(s.linkKey, tag)
 	// Register before answering: once the agent has the answer it counts as
 	// up, and a stream may be opened to it at once.
-	dc := &deviceConn{qc: qc, since: s.cfg.Now(), ctrl: ctrl, addr: qc.RemoteAddr().String()}
+	dc := &deviceConn{qc: qc, since: s.cfg.Now(), ctrl: ctrl, addr: qc.RemoteAddr().String(),
+		linkKey: ack.LinkKey, window: silenceWindow(hello, ack)}
+	dc.heard.Store(dc.since.UnixNano())
+	dc.packets.Store(qc.ConnectionStats().PacketsReceived)
 	var lost []*session
 	s.mu.Lock()
 	old := s.conns[id]
 	s.conns[id] = dc
 	s.tags[string(tag)] = dc
+	s.setAddrLocked(dc, dc.addr)
 	close(s.changed)
 	s.changed = make(chan struct{})
 	if prev, ok := s.boots[id]; ok && prev != hello.BootID {
@@ -280,6 +352,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		}
 	}
 	s.boots[id] = hello.BootID
+	delete(s.left, id)
 	s.mu.Unlock()
 	for _, ss := range lost {
 		ss.conn.Abort(ErrAgentRestarted)
@@ -294,6 +367,11 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		if err := s.cfg.Recheck(ctx, id); err != nil {
 			s.mu.Lock()
 			delete(s.tags, string(tag))
+			for _, a := range dc.byAddr {
+				if s.byAddr[a] == dc {
+					delete(s.byAddr, a)
+				}
+			}
 			if s.conns[id] == dc {
 				delete(s.conns, id)
 			}
@@ -311,22 +389,40 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 
 	cctx, cancel := context.WithCancel(ctx)
 	go s.acceptResumes(cctx, id, qc, log)
-	err = s.controlLoop(ctx, id, ctrl, r)
+	err = s.controlLoop(ctx, id, dc, r)
 	cancel()
+	heard := s.lastHeard(dc)
 	s.mu.Lock()
+	// When the fleet stops, this connection closes here with closeAll's
+	// reason: closeAll may already have missed it in s.conns.
+	var stopReason string
+	stopping := ctx.Err() != nil
+	if stopping {
+		stopReason = s.stopReasonLocked()
+	}
 	delete(s.tags, string(tag))
+	for _, a := range dc.byAddr {
+		if s.byAddr[a] == dc {
+			delete(s.byAddr, a)
+		}
+	}
 	current := s.conns[id] == dc
 	if current {
 		delete(s.conns, id)
+		s.left[id] = departure{at: s.cfg.Now(), lastHeard: heard, returning: returning(err)}
+		close(s.changed)
+		s.changed = make(chan struct{})
 	}
 	s.mu.Unlock()
-	if ctx.Err() == nil {
+	if stopping {
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), stopReason)
+	} else {
 		qc.CloseWithError(closeOK, "")
-	} // else the fleet is stopping: closeAll closes it, with the reason
+	}
 	if current {
-		log.Info("device disconnected", "err", err)
+		log.Info("device disconnected", "err", err, "last_heard", heard.UTC().Format(time.RFC3339))
 		if s.cfg.OnDisconnect != nil {
-			s.cfg.OnDisconnect(id, err)
+			s.cfg.OnDisconnect(id, heard, err)
 		}
 	}
 }
@@ -340,7 +436,8 @@ func (s *Server) refuse(log *slog.Logger, qc *quic.Conn, st *quic.Stream, pe *pr
 	qc.CloseWithError(quic.ApplicationErrorCode(pe.Code), pe.Message)
 }
 
-func (s *Server) controlLoop(ctx context.Context, id string, ctrl *ctrlStream, r proto.ByteReader) error {
+func (s *Server) controlLoop(ctx context.Context, id string, dc *deviceConn, r proto.ByteReader) error {
+	ctrl := dc.ctrl
 	stop := context.AfterFunc(ctx, func() { ctrl.st.CancelRead(0) })
 	defer stop()
 	for {
@@ -356,6 +453,7 @@ func (s *Server) controlLoop(ctx context.Context, id string, ctrl *ctrlStream, r
 		switch m := m.(type) {
 		case *proto.Heartbeat:
 			// No answer: the QUIC ACK is enough, and bytes cost money.
+			s.heardNow(dc)
 			if s.cfg.OnHeartbeat != nil {
 				s.cfg.OnHeartbeat(id, m)
 			}
@@ -407,40 +505,6 @@ func (c *ctrlStream) send(m proto.Message) error {
 	return proto.WriteMsg(c.st, m)
 }
 
-// serveDatagrams handles the agents' datagrams outside QUIC (see
-// proto.LinkPingByte): it echoes link pings, so an agent whose session
-// stalled learns the link is back, and it pokes an agent whose tagged NAT
-// keep-alive comes from a new address, so that it moves its connection
-// there. Answers are no larger than what they answer: no amplification.
-func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
-	buf := make([]byte, 1500)
-	for {
-		n, addr, err := tr.ReadNonQUICPacket(ctx, buf)
-		if err != nil {
-			return
-		}
-		switch {
-		case n == proto.LinkPingSize && buf[0] == proto.LinkPingByte:
-			buf[0] = proto.LinkPongByte
-			tr.WriteTo(buf[:n], addr)
-		case n == 1+proto.LinkTagSize && buf[0] == proto.NATKeepaliveByte:
-			s.mu.Lock()
-			dc := s.tags[string(buf[1:n])]
-			s.mu.Unlock()
-			switch {
-			case dc == nil:
-				// A connection this fleet does not have: it was made with a
-				// fleet that crashed or restarted. The agent reconnects.
-				s.log.Debug("keep-alive for an unknown connection; telling it to reconnect", "addr", addr)
-				tr.WriteTo([]byte{proto.LinkResetByte}, addr)
-			case dc.qc.RemoteAddr().String() != addr.String():
-				s.log.Debug("device keep-alive from a new address; poking it", "addr", addr, "conn_addr", dc.qc.RemoteAddr())
-				tr.WriteTo([]byte{proto.LinkPokeByte}, addr)
-			}
-		}
-	}
-}
-
 // maxSessionsPerDevice bounds the sessions held for one device.
 const maxSessionsPerDevice = 256
 
@@ -489,11 +553,22 @@ func (s *Server) resume(ctx context.Context, id string, qc *quic.Conn, st *quic.
 		return fmt.Errorf("session %q: unknown, or the secret is wrong", req.SessionID)
 	}
 	ss.conn.Detach()
-	if err := proto.WriteMsg(conn, &proto.ResumeAccept{Received: ss.conn.Received()}); err != nil {
+	have := ss.conn.Received()
+	if req.Replaying && req.From > have {
+		proto.WriteMsg(conn, &proto.ResumeAccept{Code: proto.CodeBadRequest,
+			Message: fmt.Sprintf("replay from byte %d, but the fleet has only %d", req.From, have)})
+		conn.CloseWrite()
+		return fmt.Errorf("session %q: the agent replays from %d, past the %d bytes the fleet has", req.SessionID, req.From, have)
+	}
+	if err := proto.WriteMsg(conn, &proto.ResumeAccept{Received: have}); err != nil {
 		conn.Close()
 		return err
 	}
-	if err := ss.conn.Attach(conn, req.Received); err != nil {
+	attach := func() error { return ss.conn.Attach(conn, req.Received) }
+	if req.Replaying {
+		attach = func() error { return ss.conn.AttachFrom(conn, req.Received, req.From) }
+	}
+	if err := attach(); err != nil {
 		conn.Close()
 		if !errors.Is(err, io.EOF) {
 			ss.conn.Abort(err)
@@ -509,133 +584,6 @@ func (s *Server) Sessions(deviceID string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions[deviceID])
-}
-
-// ErrOffline is returned by Open for a device with no live tunnel.
-var ErrOffline = errors.New("tunnelsrv: device is offline")
-
-// Open opens a stream down deviceID's tunnel, sends h (with a fresh resume
-// secret) and waits for the agent's acceptance. A refusal comes back as
-// *proto.Error. The returned conn survives the device's reconnects for up
-// to the hold time; it implements CloseWrite.
-//
-// When the device's connection ends while the stream is being opened (the
-// agent is replacing it after an outage, say), Open waits for the next one
-// and tries again, as long as ctx allows (30 s without a deadline).
-func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-	}
-	for {
-		s.mu.Lock()
-		dc, changed := s.conns[deviceID], s.changed
-		s.mu.Unlock()
-		conn, err := s.open(ctx, deviceID, h)
-		var pe *proto.Error
-		if err == nil || errors.Is(err, ErrOffline) || errors.As(err, &pe) || dc == nil || dc.qc.Context().Err() == nil {
-			return conn, err
-		}
-		// The connection died under us: wait for the device's next one.
-		s.log.Debug("device connection ended while opening a stream; waiting for the next", "device_id", deviceID, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("tunnelsrv: %w (and the device did not come back in time)", err)
-		case <-changed:
-		}
-	}
-}
-
-func (s *Server) open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
-	s.mu.Lock()
-	dc := s.conns[deviceID]
-	full := len(s.sessions[deviceID]) >= maxSessionsPerDevice
-	dup := s.sessions[deviceID][h.SessionID] != nil
-	s.mu.Unlock()
-	if dc == nil {
-		return nil, ErrOffline
-	}
-	if full {
-		return nil, proto.Errorf(proto.CodeUnavailable, "device has %d sessions open, the most it may", maxSessionsPerDevice)
-	}
-	if dup || h.SessionID == "" {
-		return nil, proto.Errorf(proto.CodeConflict, "session id %q is empty or in use", h.SessionID)
-	}
-	hdr := *h
-	hdr.Secret = make([]byte, 32)
-	rand.Read(hdr.Secret)
-	st, err := dc.qc.OpenStreamSync(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("tunnelsrv: open stream: %w", err)
-	}
-	r := proto.NewReader(st)
-	conn := quicconn.New(dc.qc, st, r)
-	if err := proto.WriteMsg(conn, &hdr); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("tunnelsrv: send stream header: %w", err)
-	}
-	// Wait as long as the caller allows: an idle device behind a NAT that
-	// forgot it is reached at its next keep-alive.
-	deadline, _ := ctx.Deadline()
-	st.SetReadDeadline(deadline)
-	if err := proto.ReadAccept(r); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	st.SetReadDeadline(time.Time{})
-	ss := &session{id: hdr.SessionID, secret: hdr.Secret}
-	ss.conn = resume.New(resume.Config{
-		Buffer: s.cfg.SessionBuffer, Hold: s.cfg.SessionHold, Budget: s.budget,
-		LocalAddr: dc.qc.LocalAddr(), RemoteAddr: dc.qc.RemoteAddr(),
-		OnDone: func(error) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if m := s.sessions[deviceID]; m[ss.id] == ss {
-				delete(m, ss.id)
-				if len(m) == 0 {
-					delete(s.sessions, deviceID)
-				}
-			}
-		},
-	})
-	s.mu.Lock()
-	if s.sessions[deviceID] == nil {
-		s.sessions[deviceID] = map[string]*session{}
-	}
-	s.sessions[deviceID][ss.id] = ss
-	s.mu.Unlock()
-	if err := ss.conn.Attach(conn, 0); err != nil {
-		ss.conn.Abort(err)
-		return nil, err
-	}
-	return ss.conn, nil
-}
-
-// Online reports whether deviceID has a live tunnel.
-func (s *Server) Online(deviceID string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conns[deviceID] != nil
-}
-
-// Info describes deviceID's live tunnel.
-func (s *Server) Info(deviceID string) (Info, bool) {
-	s.mu.Lock()
-	dc := s.conns[deviceID]
-	s.mu.Unlock()
-	if dc == nil {
-		return Info{}, false
-	}
-	st := dc.qc.ConnectionStats()
-	addr := dc.qc.RemoteAddr()
-	dc.mu.Lock()
-	if a := addr.String(); a != dc.addr {
-		dc.addr, dc.addrMoved = a, s.cfg.Now()
-	}
-	moved := dc.addrMoved
-	dc.mu.Unlock()
-	return Info{Addr: addr, Since: dc.since, RTT: st.SmoothedRTT, Stats: st, AddrChangedAt: moved}, true
 }
 
 // EachLink calls fn with the counters of every live device tunnel and when
@@ -664,26 +612,26 @@ func (s *Server) Send(deviceID string, m proto.Message) error {
 	return dc.ctrl.send(m)
 }
 
-// Count returns the number of connected devices.
-func (s *Server) Count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
 // closeAll tells every device the fleet is going, with a reconnect spread
 // sized to the fleet (10 ms a device, 2 s to 2 min: fleetd serves a few
 // hundred reconnects a second per core), and waits (up to 2 s) for the
 // close frames to leave before the socket closes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
+	reason := s.stopReasonLocked()
+	s.mu.Unlock()
+	s.closeWith(reason)
+}
+
+// closeWith closes every device's connection with reason and waits (up to
+// 2 s) for the close frames to leave.
+func (s *Server) closeWith(reason string) {
+	s.mu.Lock()
 	conns := make([]*deviceConn, 0, len(s.conns))
 	for _, dc := range s.conns {
 		conns = append(conns, dc)
 	}
 	s.mu.Unlock()
-	spread := min(max(time.Duration(len(conns))*10*time.Millisecond, 2*time.Second), 2*time.Minute)
-	reason := fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
 	for _, dc := range conns {
 		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
 	}
@@ -697,11 +645,34 @@ func (s *Server) closeAll() {
 	}
 }
 
+// stopReasonLocked is the close reason for every connection once the fleet
+// stops, fixed at the first call: a reconnect spread sized to the fleet
+// then. s.mu is held.
+func (s *Server) stopReasonLocked() string {
+	if s.stopping == "" {
+		s.stopping = restartReason(len(s.conns))
+	}
+	return s.stopping
+}
+
+// restartReason tells n devices to reconnect spread out over 10 ms a
+// device, 2 s to 2 min (fleetd serves a few hundred reconnects a second per
+// core).
+func restartReason(n int) string {
+	spread := min(max(time.Duration(n)*10*time.Millisecond, 2*time.Second), 2*time.Minute)
+	return fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
+}
+
 // Shed closes every device's tunnel as closeAll does when the fleet stops
 // (the agents reconnect, spread out, to whichever fleetd answers them), and
 // goes on serving: a replica that can no longer record its devices sends
 // them to another.
-func (s *Server) Shed() { s.closeAll() }
+func (s *Server) Shed() {
+	s.mu.Lock()
+	reason := restartReason(len(s.conns))
+	s.mu.Unlock()
+	s.closeWith(reason)
+}
 
 // Disconnect closes deviceID's tunnel, if any, with a reason the agent
 // logs, and ends the sessions held for it with that reason: the device is

@@ -29,7 +29,7 @@ type testPKI struct {
 
 func newPKI(t *testing.T) *testPKI {
 	t.Helper()
-	ca := pkitest.NewCA(t)
+	ca := pkitest.NewCAFor(t, 30*24*time.Hour) // virtual days redial
 	return &testPKI{CA: ca, server: ca.Server(t, "fleet")}
 }
 

@@ -49,6 +49,13 @@ type Ready struct {
 // UpgradeProto is the Upgrade header value for /v1/connect.
 const UpgradeProto = "remoteler-connect/1"
 
+// ConnectWait is the longest the fleet waits for a device to take a
+// connection (an idle device whose NAT forgot it answers at its next
+// keep-alive, every 25 s by default) before it answers a connect. Clients
+// wait for the answer longer than this, so that the fleet's reason, not a
+// timeout, reaches the user.
+const ConnectWait = 35 * time.Second
+
 // HeaderSession names the session in the 101 answer to /v1/connect; GET
 // PathSessions/ID then tells why it ended.
 const HeaderSession = "X-Remoteler-Session"

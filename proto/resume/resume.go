@@ -40,6 +40,8 @@ const (
 	maxFrame      = 32 << 10
 	// ackDelay bounds how long received bytes go unacknowledged.
 	ackDelay = 200 * time.Millisecond
+	// readBuffer is the read loop's buffer for frame headers.
+	readBuffer = 4 << 10
 	// budgetPoll is how often a Write blocked on a shared Budget (not on
 	// its own buffer) looks again.
 	budgetPoll = 10 * time.Millisecond
@@ -108,6 +110,14 @@ type Conn struct {
 	ackDue   bool   // the ack delay passed with bytes unacknowledged
 	ackTimer *time.Timer
 	finRecvd bool
+	// skip is how many of the bytes (and fin) arriving on the current
+	// transport this side already has: the peer replays from an earlier
+	// point it guessed (AttachFrom).
+	skip uint64
+	// lastRecv is when data last arrived; burst counts the bytes of the
+	// current run of arrivals with no gap over burstGap (see Receiving).
+	lastRecv time.Time
+	burst    uint64
 
 	// Transport.
 	tr       io.ReadWriteCloser
@@ -119,6 +129,26 @@ type Conn struct {
 	done     bool  // OnDone was called
 	rdl, wdl time.Time
 	dlTimer  [2]*time.Timer
+	trimT    *time.Timer // frees emptied ring buffers (trimSoonLocked)
+}
+
+// trimAfter is how long a ring's large buffer outlives its last byte.
+const trimAfter = time.Second
+
+// trimSoonLocked frees the rings' large buffers trimAfter from now if they
+// are empty then: an idle session keeps no megabytes, a busy one does not
+// reallocate them.
+func (c *Conn) trimSoonLocked() {
+	if c.trimT != nil || !c.in.big() && !c.out.big() {
+		return
+	}
+	c.trimT = time.AfterFunc(trimAfter, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.trimT = nil
+		c.in.release()
+		c.out.release()
+	})
 }
 
 // New returns a detached Conn; Attach gives it its first transport. Its
@@ -161,8 +191,52 @@ func (c *Conn) Stalled() time.Duration {
 	return time.Since(c.waitFrom)
 }
 
+// Progress counts the bytes the peer has acknowledged plus the bytes this
+// side has received. It only grows: when it grows, the session is moving,
+// in one direction or the other.
+func (c *Conn) Progress() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.outBase + c.recvd
+}
+
+// burstGap ends a run of arrivals (see Receiving).
+const burstGap = 250 * time.Millisecond
+
+// noteRecvLocked counts n bytes arriving now.
+func (c *Conn) noteRecvLocked(n int) {
+	now := time.Now()
+	if now.Sub(c.lastRecv) > burstGap {
+		c.burst = 0
+	}
+	c.lastRecv = now
+	c.burst += uint64(n)
+}
+
+// Receiving returns when data last arrived, and how many bytes arrived in
+// the run of arrivals that ended then (no gap over 250 ms): a large run
+// that stopped means a bulk transfer toward this side stopped.
+func (c *Conn) Receiving() (last time.Time, burst uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastRecv, c.burst
+}
+
 // AckDelay is the most a Conn waits before acknowledging received bytes.
 const AckDelay = ackDelay
+
+// CanReplayFrom reports whether this side still holds its bytes from n on
+// (n is at least what the peer has acknowledged and at most what was
+// written), so that Attach(tr, n) can replay from there.
+func (c *Conn) CanReplayFrom(n uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	end := c.written
+	if c.finWrite {
+		end++
+	}
+	return c.err == nil && n >= c.outBase && n <= end
+}
 
 // Attached reports whether the Conn has a transport.
 func (c *Conn) Attached() bool {
@@ -184,6 +258,23 @@ func (c *Conn) Err() error {
 func (c *Conn) Attach(tr io.ReadWriteCloser, peerRecvd uint64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.attachLocked(tr, peerRecvd, c.recvd)
+}
+
+// AttachFrom is Attach for a peer that replays from peerFrom without having
+// heard how much this side has: the bytes up to this side's count are
+// dropped as they arrive. peerFrom beyond that count would leave a gap,
+// and is a protocol error.
+func (c *Conn) AttachFrom(tr io.ReadWriteCloser, peerRecvd, peerFrom uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if peerFrom > c.recvd {
+		return fmt.Errorf("%w: peer replays from %d, but this side has only %d", ErrProtocol, peerFrom, c.recvd)
+	}
+	return c.attachLocked(tr, peerRecvd, peerFrom)
+}
+
+func (c *Conn) attachLocked(tr io.ReadWriteCloser, peerRecvd, peerFrom uint64) error {
 	if c.err != nil {
 		return c.err
 	}
@@ -212,6 +303,7 @@ func (c *Conn) Attach(tr io.ReadWriteCloser, peerRecvd uint64) error {
 	c.gen++
 	gen := c.gen
 	c.acked = c.recvd // the peer learnt it in the resume handshake
+	c.skip = c.recvd - peerFrom
 	c.waitFrom = time.Time{}
 	c.wg.Add(2)
 	go c.readLoop(tr, gen)
@@ -320,6 +412,7 @@ func (c *Conn) ackLocked(n uint64) {
 	}
 	drop := min(n, c.written) - c.outBase
 	c.out.drop(int(drop))
+	c.trimSoonLocked()
 	c.releaseLocked(drop)
 	c.outBase = n
 	if c.sent > c.outBase {
@@ -346,6 +439,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		}
 		if c.in.Len() > 0 {
 			n := c.in.read(p)
+			c.trimSoonLocked()
 			c.cond.Broadcast()
 			return n, nil
 		}
@@ -443,7 +537,9 @@ func (c *Conn) Abort(err error) {
 // readLoop reads frames from tr until it fails.
 func (c *Conn) readLoop(tr io.ReadWriteCloser, gen int) {
 	defer c.wg.Done()
-	br := bufio.NewReaderSize(tr, 64<<10)
+	// Small: data frames are read straight into buf past it, not copied
+	// through it.
+	br := bufio.NewReaderSize(tr, readBuffer)
 	buf := make([]byte, maxFrame)
 	err := func() error {
 		for {
@@ -460,11 +556,21 @@ func (c *Conn) readLoop(tr io.ReadWriteCloser, gen int) {
 				if n == 0 || n > maxFrame {
 					return fmt.Errorf("%w: data frame of %d bytes", ErrProtocol, n)
 				}
-				if _, err := io.ReadFull(br, buf[:n]); err != nil {
-					return err
-				}
-				if err := c.deliver(gen, buf[:n]); err != nil {
-					return err
+				// Deliver as the bytes arrive, not once the frame is whole:
+				// on a slow link (or a fresh congestion window after an
+				// outage) a whole frame takes a while.
+				for n > 0 {
+					k, err := br.Read(buf[:n])
+					if err != nil {
+						if err == io.EOF {
+							err = io.ErrUnexpectedEOF
+						}
+						return err
+					}
+					if err := c.deliver(gen, buf[:k]); err != nil {
+						return err
+					}
+					n -= uint64(k)
 				}
 			case frameAck:
 				n, err := binary.ReadUvarint(br)
@@ -502,9 +608,20 @@ func (c *Conn) deliver(gen int, b []byte) error {
 		if c.gen != gen {
 			return net.ErrClosed
 		}
+		if c.skip > 0 { // replayed bytes this side has
+			n := min(uint64(len(b)), c.skip)
+			if c.finRecvd && n == c.skip {
+				return fmt.Errorf("%w: data after fin", ErrProtocol)
+			}
+			c.skip -= n
+			if b = b[n:]; len(b) == 0 {
+				return nil
+			}
+		}
 		if c.finRecvd {
 			return fmt.Errorf("%w: data after fin", ErrProtocol)
 		}
+		c.noteRecvLocked(len(b))
 		if c.closed { // discard
 			c.recvd += uint64(len(b))
 			c.ackSoonLocked()
@@ -544,6 +661,13 @@ func (c *Conn) gotFin(gen int) error {
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		return net.ErrClosed
+	}
+	if c.skip > 0 { // a fin this side has
+		if c.skip != 1 || !c.finRecvd {
+			return fmt.Errorf("%w: fin %d bytes before where this side is", ErrProtocol, c.skip-1)
+		}
+		c.skip = 0
+		return nil
 	}
 	if !c.finRecvd {
 		c.finRecvd = true
@@ -587,7 +711,14 @@ func (c *Conn) sendableLocked() bool {
 // writeLoop writes what is due to tr until it fails or is replaced.
 func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 	defer c.wg.Done()
-	var fb []byte
+	// fb holds the frame headers, acks and fins; the data goes to the
+	// transport straight from the replay ring, not copied through here.
+	// Its capacity is never outgrown (an ack, 4 data headers and a fin
+	// take at most 28 bytes), so the pieces of it in out stay put. The
+	// ring's bytes stay put too until the peer acknowledges them, which it
+	// cannot do before the transport has taken them.
+	fb := make([]byte, 0, 64)
+	var out [][]byte
 	for {
 		c.mu.Lock()
 		for c.gen == gen && c.err == nil && !c.sendableLocked() {
@@ -611,7 +742,14 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 			tr.Close()
 			return
 		}
-		fb = fb[:0]
+		fb, out = fb[:0], out[:0]
+		mark := 0 // fb[mark:] is not in out yet
+		flush := func() {
+			if len(fb) > mark {
+				out = append(out, fb[mark:])
+				mark = len(fb)
+			}
+		}
 		if c.ackNeededLocked() {
 			fb = append(fb, frameAck)
 			fb = binary.AppendUvarint(fb, c.recvd)
@@ -620,26 +758,34 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 		if c.sent < c.written && c.waitFrom.IsZero() {
 			c.waitFrom = time.Now()
 		}
-		for c.sent < c.written && len(fb) < 4*maxFrame {
+		for frames := 0; c.sent < c.written && frames < 4; frames++ {
 			off := c.sent - c.outBase
 			n := min(uint64(maxFrame), c.written-c.sent)
 			fb = append(fb, frameData)
 			fb = binary.AppendUvarint(fb, n)
-			fb = c.out.appendTo(fb, int(off), int(n))
+			flush()
+			a, b := c.out.segments(int(off), int(n))
+			out = append(out, a)
+			if len(b) > 0 {
+				out = append(out, b)
+			}
 			c.sent += n
 		}
 		if c.finWrite && !c.finSent && c.sent == c.written {
 			fb = append(fb, frameFin)
 			c.finSent = true
 		}
+		flush()
 		c.mu.Unlock()
-		if _, err := tr.Write(fb); err != nil {
-			c.mu.Lock()
-			if c.gen == gen {
-				c.detachLocked()
+		for _, p := range out {
+			if _, err := tr.Write(p); err != nil {
+				c.mu.Lock()
+				if c.gen == gen {
+					c.detachLocked()
+				}
+				c.mu.Unlock()
+				return
 			}
-			c.mu.Unlock()
-			return
 		}
 	}
 }

@@ -227,6 +227,44 @@ func (nopTransport) Read([]byte) (int, error)    { select {} }
 func (nopTransport) Write(p []byte) (int, error) { return len(p), nil }
 func (nopTransport) Close() error                { return nil }
 
+// TestIdleSessionFreesItsBuffers: after a bulk transfer the rings keep
+// their buffers for a second (a busy stream refills them), then free the
+// large ones.
+func TestIdleSessionFreesItsBuffers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := pair(t, Config{})
+		defer a.Abort(ErrClosed)
+		defer b.Abort(ErrClosed)
+		go a.Write(make([]byte, 4<<20))
+		if _, err := io.ReadFull(b, make([]byte, 4<<20)); err != nil {
+			t.Fatal(err)
+		}
+		// The last bytes are acknowledged within ackDelay (at once only if
+		// a quarter of the buffer was unacknowledged, which depends on how
+		// the reads fell), and the writer's ring empties then.
+		time.Sleep(ackDelay + 10*time.Millisecond)
+		synctest.Wait()
+		// largest is the largest buffer of the four rings. An empty ring
+		// may keep up to keepEmpty (a small stream's buffer); only larger
+		// ones are freed.
+		largest := func() int {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return max(len(a.out.buf), len(a.in.buf), len(b.out.buf), len(b.in.buf))
+		}
+		if n := largest(); n <= keepEmpty {
+			t.Errorf("just after the transfer the largest ring buffer is %d bytes; want a large one kept for a while", n)
+		}
+		time.Sleep(trimAfter)
+		synctest.Wait()
+		if n := largest(); n > keepEmpty {
+			t.Errorf("%v after the transfer a ring still holds a %d-byte buffer, want ≤ %d", trimAfter, n, keepEmpty)
+		}
+	})
+}
+
 func TestReplayBufferBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, b := pair(t, Config{Buffer: 64 << 10})
@@ -377,4 +415,98 @@ func FuzzFrames(f *testing.F) {
 		}
 		c.Detach()
 	})
+}
+
+// TestAttachFromReplaysFromAGuess re-attaches with the sender replaying from
+// an earlier point than the receiver has (as after a link hurry, when the
+// agent replays before the fleet's answer): the receiver drops what it
+// already has, and every byte arrives once and in order, fin included.
+func TestAttachFromReplaysFromAGuess(t *testing.T) {
+	tests := []struct {
+		name string
+		back uint64 // how far before the receiver's count the sender replays
+		fin  bool   // the receiver had the fin already
+	}{
+		{"from the exact point", 0, false},
+		{"from 100 bytes back", 100, false},
+		{"from the start", 1 << 62, false},
+		{"fin already received", 10, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				a, b := New(Config{}), New(Config{})
+				defer a.Abort(ErrClosed)
+				defer b.Abort(ErrClosed)
+				// b's acks are lost, as in an outage.
+				pa, pb := net.Pipe()
+				a.Attach(pa, 0)
+				b.Attach(ackless{pb}, 0)
+				data := randBytes(9, 5000)
+				a.Write(data[:3000])
+				if tt.fin {
+					a.Write(data[3000:])
+					a.CloseWrite()
+				}
+				synctest.Wait() // b has it all, a has had no ack yet
+				a.Detach()
+				b.Detach()
+				from := b.Received() - min(tt.back, b.Received())
+				if !a.CanReplayFrom(from) {
+					t.Fatalf("a cannot replay from %d", from)
+				}
+				pa, pb = net.Pipe()
+				if err := a.Attach(pa, from); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.AttachFrom(pb, a.Received(), from); err != nil {
+					t.Fatal(err)
+				}
+				if !tt.fin {
+					a.Write(data[3000:])
+					a.CloseWrite()
+				}
+				got, err := io.ReadAll(b)
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("read %d bytes (%v), want the %d written, once each", len(got), err, len(data))
+				}
+			})
+		})
+	}
+}
+
+// ackless is a transport whose writes are lost.
+type ackless struct{ net.Conn }
+
+func (ackless) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestAttachFromRefusesAGap(t *testing.T) {
+	a, b := pair(t, Config{})
+	defer a.Abort(ErrClosed)
+	defer b.Abort(ErrClosed)
+	b.Detach()
+	if err := b.AttachFrom(nopTransport{}, 0, 1); !errors.Is(err, ErrProtocol) {
+		t.Errorf("attach with the peer replaying from 1 of 0 received: %v, want ErrProtocol", err)
+	}
+}
+
+// TestDataDeliveredAsItArrives: a frame that arrives in pieces is readable
+// piece by piece, not once whole (on a slow link a 32 KiB frame takes a
+// while, and the first bytes after an outage are what matter).
+func TestDataDeliveredAsItArrives(t *testing.T) {
+	c := New(Config{})
+	defer c.Abort(ErrClosed)
+	pa, pb := net.Pipe()
+	if err := c.Attach(pa, 0); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, pb)                           // c's acks
+	go pb.Write([]byte{frameData, 0x80, 0x01, 'h', 'i'}) // a 128-byte frame, 2 bytes of it so far
+	buf := make([]byte, 128)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "hi" {
+		t.Fatalf("read %q, %v; want the 2 bytes that arrived", buf[:n], err)
+	}
+	pb.Close()
 }

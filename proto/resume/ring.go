@@ -1,15 +1,16 @@
 package resume
 
 // ring is a byte queue in a circular buffer. It grows by doubling as far as
-// it must (the Conn bounds how far), and it lets go of a large buffer when it
-// empties, so an idle session holds no memory.
+// it must (the Conn bounds how far), and it lets go of a large buffer when
+// released empty (the Conn does so a second after it empties), so an idle
+// session holds no more than keepEmpty a ring.
 type ring struct {
 	buf  []byte
 	head int // index of the first byte
 	n    int // bytes held
 }
 
-// keepEmpty is the largest buffer an empty ring keeps.
+// keepEmpty is the largest buffer an empty ring keeps when released.
 const keepEmpty = 64 << 10
 
 func (r *ring) Len() int { return r.n }
@@ -41,12 +42,19 @@ func (r *ring) copyOut(dst []byte, off, n int) {
 	copy(dst[k:n], r.buf)
 }
 
-// appendTo appends n bytes starting off bytes after the head to dst.
-func (r *ring) appendTo(dst []byte, off, n int) []byte {
-	l := len(dst)
-	dst = append(dst, make([]byte, n)...)
-	r.copyOut(dst[l:], off, n)
-	return dst
+// segments returns the n bytes starting off bytes after the head as up to
+// two slices of the buffer itself (the second empty unless they wrap).
+// They stay valid while those bytes are held: push writes only past them,
+// and a buffer that grows is copied, not overwritten.
+func (r *ring) segments(off, n int) (a, b []byte) {
+	if n == 0 {
+		return nil, nil
+	}
+	start := (r.head + off) % len(r.buf)
+	if end := start + n; end <= len(r.buf) {
+		return r.buf[start:end], nil
+	}
+	return r.buf[start:], r.buf[:n-(len(r.buf)-start)]
 }
 
 // drop discards the first k bytes.
@@ -58,9 +66,19 @@ func (r *ring) drop(k int) {
 	r.n -= k
 	if r.n == 0 {
 		r.head = 0
-		if len(r.buf) > keepEmpty {
-			r.buf = nil
-		}
+	}
+}
+
+// big says whether the ring is empty with a buffer release would free.
+func (r *ring) big() bool { return r.n == 0 && len(r.buf) > keepEmpty }
+
+// release frees the buffer of an empty ring, if it is large. A bulk stream
+// empties its rings and fills them again all the time: freeing at once, as
+// they empty, had it allocate (and the collector clear) megabytes a
+// second.
+func (r *ring) release() {
+	if r.big() {
+		r.buf = nil
 	}
 }
 

@@ -3,6 +3,7 @@ package resume
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -41,18 +42,26 @@ func TestRingAgainstSlice(t *testing.T) {
 		if len(model) > 0 {
 			off := r.IntN(len(model))
 			n := r.IntN(len(model) - off + 1)
-			if got := rg.appendTo([]byte("x"), off, n); !bytes.Equal(got[1:], model[off:off+n]) {
-				t.Fatalf("op %d: appendTo(%d, %d) differs", i, off, n)
+			if a, b := rg.segments(off, n); !bytes.Equal(append(slices.Clip(a), b...), model[off:off+n]) {
+				t.Fatalf("op %d: segments(%d, %d) differ", i, off, n)
 			}
 		}
 	}
 }
 
-func TestRingFreesWhenEmpty(t *testing.T) {
+func TestRingKeepsItsBufferUntilReleased(t *testing.T) {
 	var rg ring
 	rg.push(make([]byte, 1<<20))
 	rg.drop(1 << 20)
-	if rg.buf != nil {
-		t.Errorf("an empty ring keeps %d bytes", len(rg.buf))
+	if len(rg.buf) != 1<<20 {
+		t.Errorf("an emptied ring keeps %d bytes, want its 1 MiB until released (a busy stream refills it)", len(rg.buf))
+	}
+	rg.push([]byte("x"))
+	if rg.release(); rg.buf == nil {
+		t.Error("release freed a ring that holds a byte")
+	}
+	rg.drop(1)
+	if rg.release(); rg.buf != nil {
+		t.Errorf("a released empty ring keeps %d bytes", len(rg.buf))
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -154,27 +153,4 @@ func TestMalformedInputKeepsServing(t *testing.T) {
 	if out := u.Tsh("ssh", "root@pi-1", "echo", "still"); out != "still\n" {
 		t.Errorf("after malformed input: %q", out)
 	}
-}
-
-// TestSessionEndExplained: the agent dies (kill -9) and comes back as a new
-// process, which cannot resume the session; the user's tsh says so instead
-// of a bare disconnect.
-func TestSessionEndExplained(t *testing.T) {
-	f, a, u := setup(t)
-	ssh := start(t, "tsh ssh", u.Env(), "tsh", "ssh", "root@pi-1", "echo started; sleep 600")
-	ssh.WaitLine(regexp.MustCompile(`^started$`), 20*time.Second)
-	a.Proc.Kill()
-	a.Proc = start(t, "edge-agent pi-1 (restarted)", nil, "edge-agent", "start", "--data-dir", a.DataDir)
-	select {
-	case <-ssh.Done():
-	case <-time.After(30 * time.Second):
-		t.Fatal("tsh ssh still runs after the agent restarted")
-	}
-	if code := harness.ExitCode(ssh.Err()); code != 255 {
-		t.Errorf("tsh ssh exit code = %d, want 255", code)
-	}
-	if out := ssh.Output(); !strings.Contains(out, "agent restarted") {
-		t.Errorf("tsh said %q, want it to explain that the agent restarted", out)
-	}
-	f.Proc.WaitOutput("agent restarted", 5*time.Second)
 }

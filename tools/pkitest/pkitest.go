@@ -1,5 +1,6 @@
 // Package pkitest makes throw-away keys and certificate authorities for
-// tests: an X.509 CA (ECDSA P-256, valid for an hour either side of now)
+// tests: an X.509 CA (ECDSA P-256, valid for an hour either side of now,
+// or longer with NewCAFor)
 // that issues server and client certificates, and SSH signers. Only tests
 // import it.
 package pkitest
@@ -28,15 +29,25 @@ type CA struct {
 	Key  *ecdsa.PrivateKey
 	// Pool holds Cert, for RootCAs and ClientCAs.
 	Pool *x509.CertPool
+
+	lifetime time.Duration // of the CA and what it issues, from now on
 }
 
 // NewCA makes a CA named "test CA".
 func NewCA(t testing.TB) *CA {
 	t.Helper()
+	return NewCAFor(t, time.Hour)
+}
+
+// NewCAFor makes a CA named "test CA" whose certificates, its own
+// included, are valid from an hour ago until lifetime from now: tests that
+// run for days of virtual time need more than NewCA's hour.
+func NewCAFor(t testing.TB, lifetime time.Duration) *CA {
+	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(lifetime),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -49,7 +60,7 @@ func NewCA(t testing.TB) *CA {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
-	return &CA{Cert: cert, Key: key, Pool: pool}
+	return &CA{Cert: cert, Key: key, Pool: pool, lifetime: lifetime}
 }
 
 // Server issues a server certificate named cn for 127.0.0.1 and the DNS
@@ -83,7 +94,7 @@ func (ca *CA) issue(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
 	t.Helper()
 	key := newKey(t)
 	tmpl.SerialNumber = serial(t)
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(ca.lifetime)
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {

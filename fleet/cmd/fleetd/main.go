@@ -57,6 +57,7 @@ func start(args []string) int {
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
+	pmtud := fs.Bool("tunnel-path-mtu-discovery", false, "let device tunnels probe for packets larger than 1280 bytes (about 6 kB per connection; default off)")
 	replicaID := fs.String("replica-id", "", "this replica's `ID` among the fleet's replicas on etcd (default: made on first start, kept in DATA_DIR/replica-id)")
 	peerListen := fs.String("peer-listen", "", "`HOST:PORT` for the other replicas' connections, on etcd (default: the --listen host, port 3081)")
 	peerAdvertise := fs.String("peer-advertise", "", "`HOST[:PORT]` the other replicas reach this one at, on etcd (default: --peer-listen, a wildcard host replaced by this host's first address)")
@@ -102,6 +103,8 @@ func start(args []string) int {
 			cfg.DeviceKeepalive = fleetd.Duration(*deviceKeepalive)
 		case "audit-retention":
 			cfg.AuditRetention = fleetd.Duration(*retention)
+		case "tunnel-path-mtu-discovery":
+			cfg.TunnelPathMTUDiscovery = *pmtud
 		case "replica-id":
 			cfg.ReplicaID = *replicaID
 		case "peer-listen":

@@ -10,13 +10,18 @@
 //     100 ms into cat, echoed) through 10 s and 60 s blackouts of the
 //     link; the time from the link's return to the first echo, in the
 //     link's round trips, and whether every byte came back in order;
+//     and bulk transfers both ways through the same blackouts, timed from
+//     the link's return to the first bytes at the receiver (at the user
+//     for a download; on the device, logged by the arrivals helper, for an
+//     upload);
 //   - bulk throughput on the lte and 3g profiles with 1% and 5% random
 //     loss, each way (20 MB on lte, 2 MB on 3g, at most 25 s each);
 //   - idle bytes per device per day, from linksim's counters over an idle
 //     window (8 min) behind a NAT that forgets a mapping after 30 s, with
 //     QUIC's path MTU probes (a one-time cost of a new connection) counted
 //     apart, and whether the device still takes a new session at the end
-//     (tsh ssh DEVICE true);
+//     (tsh ssh DEVICE true); with the bytes of one reconnect (measured
+//     below), a day with 0, 6 and 24 reconnects;
 //   - connection set-up: a new device's first start (ours joins first), a
 //     provisioned device's start, and a reconnect after the server closed
 //     the connection (fleetd restarted; the peer's sshd connection
@@ -77,17 +82,20 @@ type bulkCase struct {
 
 // config is what the flags say.
 type config struct {
-	Bin, Dir   string
-	Quick      bool
-	Profile    string // for recovery, idle and connection set-up
-	Blackouts  []time.Duration
-	Bulk       []bulkCase
-	Sizes      map[string]int64 // bulk transfer size per profile
-	Cap        time.Duration    // longest bulk transfer
-	Idle       time.Duration
-	NATTimeout time.Duration
-	PeerAlive  time.Duration // the peer's ServerAliveInterval
-	Trials     int
+	Bin, Dir  string
+	Quick     bool
+	Profile   string // for recovery, idle and connection set-up
+	Blackouts []time.Duration
+	// BulkRecovery times bulk transfers, both ways, through the blackouts
+	// too.
+	BulkRecovery bool
+	Bulk         []bulkCase
+	Sizes        map[string]int64 // bulk transfer size per profile
+	Cap          time.Duration    // longest bulk transfer
+	Idle         time.Duration
+	NATTimeout   time.Duration
+	PeerAlive    time.Duration // the peer's ServerAliveInterval
+	Trials       int
 	// ReconnectWait bounds the wait for each system to be back after
 	// its server closed the connection.
 	ReconnectWait time.Duration
@@ -97,10 +105,10 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		Profile:   "lte",
-		Blackouts: []time.Duration{10 * time.Second, 60 * time.Second},
-		Bulk:      []bulkCase{{"lte", 0.01}, {"lte", 0.05}, {"3g", 0.01}, {"3g", 0.05}},
-		Sizes:     map[string]int64{"lte": 20e6, "3g": 2e6},
-		Cap:       25 * time.Second, Idle: 8 * time.Minute, NATTimeout: 30 * time.Second,
+		Blackouts: []time.Duration{10 * time.Second, 60 * time.Second}, BulkRecovery: true,
+		Bulk:  []bulkCase{{"lte", 0.01}, {"lte", 0.05}, {"3g", 0.01}, {"3g", 0.05}},
+		Sizes: map[string]int64{"lte": 20e6, "3g": 2e6},
+		Cap:   25 * time.Second, Idle: 8 * time.Minute, NATTimeout: 30 * time.Second,
 		PeerAlive: 30 * time.Second, Trials: 3, ReconnectWait: 5 * time.Minute, Timeout: 30 * time.Minute,
 	}
 }
@@ -134,6 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.Dir, "dir", "", "keep logs and state in `DIR` (default: a temporary directory, removed)")
 	fs.StringVar(&cfg.Profile, "profile", cfg.Profile, "linksim profile for recovery, idle and connection set-up")
 	blackouts := fs.String("blackouts", joinDurations(cfg.Blackouts), "comma-separated blackout `durations`")
+	fs.BoolVar(&cfg.BulkRecovery, "bulk-recovery", cfg.BulkRecovery, "also time bulk transfers, both ways, through each blackout")
 	bulkFlag := fs.String("bulk", joinBulk(cfg.Bulk), "comma-separated bulk `cases`, PROFILE:LOSS (the loss replaces the profile's own, both ways; \"none\" skips bulk)")
 	sizes := fs.String("size", joinSizes(cfg.Sizes), "bulk transfer `size` per profile, PROFILE=SIZE,... (B, KB, MB = powers of 1000; KiB, MiB = of 1024)")
 	fs.DurationVar(&cfg.Cap, "cap", cfg.Cap, "longest a bulk transfer may take; the rate is taken over what arrived")

@@ -19,6 +19,7 @@ type echoStream struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	stop  chan struct{}
+	wrote chan struct{} // closed when write returns
 	wg    sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below
@@ -43,7 +44,7 @@ func startEcho(ctx context.Context, sys system) (*echoStream, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: start ssh: %w", sys.Name(), err)
 	}
-	e := &echoStream{cmd: cmd, stdin: stdin, stop: make(chan struct{}), changed: make(chan struct{})}
+	e := &echoStream{cmd: cmd, stdin: stdin, stop: make(chan struct{}), wrote: make(chan struct{}), changed: make(chan struct{})}
 	e.wg.Add(2)
 	go e.write()
 	go e.read(stdout)
@@ -56,6 +57,7 @@ func startEcho(ctx context.Context, sys system) (*echoStream, error) {
 
 func (e *echoStream) write() {
 	defer e.wg.Done()
+	defer close(e.wrote)
 	t := time.NewTicker(keystroke)
 	defer t.Stop()
 	for n := 0; ; n++ {
@@ -65,12 +67,12 @@ func (e *echoStream) write() {
 		case <-t.C:
 		}
 		b := byte('a' + n%26)
-		e.mu.Lock()
-		e.sent = append(e.sent, b)
-		e.mu.Unlock()
 		if _, err := e.stdin.Write([]byte{b}); err != nil {
 			return
 		}
+		e.mu.Lock()
+		e.sent = append(e.sent, b)
+		e.mu.Unlock()
 	}
 }
 
@@ -130,6 +132,7 @@ func (e *echoStream) firstAfter(ctx context.Context, t time.Time, timeout time.D
 // session and says whether every byte came back once and in order.
 func (e *echoStream) close() (intact bool, detail string) {
 	close(e.stop)
+	<-e.wrote // a keystroke the ticker fired as it stopped counts too
 	// Everything sent should come back; give it a few seconds.
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -10,11 +10,22 @@ import (
 	"remoteler.dev/edge/tools/linksim"
 )
 
-// idleVirtualMBPerDay is fleet/tunnelsrv's TestIdleDataPerDay: an idle
-// device over a simulated day with the shipped timers, on the wire, as
-// docs/benchmarks.md gives it ("Tunnel recovery and idle data, in virtual
-// time"). Update it with that section.
-const idleVirtualMBPerDay = 0.216
+// idleVirtualMBPerDay is fleet/tunnelsrv's TestIdleDataPerDay with no
+// reconnects: an idle device over a simulated day with the shipped
+// timers, on the wire, as docs/benchmarks.md gives it ("Tunnel recovery
+// and idle data, in virtual time"). Update it with that section.
+const idleVirtualMBPerDay = 0.118
+
+// reconnectsPerDay are the days the idle figures are given for.
+var reconnectsPerDay = []int{0, 6, 24}
+
+func (r bulkRecovery) summary() string {
+	if r.after <= 0 {
+		return fmt.Sprintf("bulk %s: nothing after the %s blackout: %s", r.dir, r.blackout, r.note)
+	}
+	return fmt.Sprintf("bulk %s: bytes flowing %s after the link returned (%.1f RTT), %d reconnects", r.dir,
+		r.after.Round(time.Millisecond), r.RTTs(), r.redials)
+}
 
 func (r recovery) summary() string {
 	if r.after <= 0 {
@@ -83,6 +94,31 @@ func (res *results) write(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 
+	if len(res.bulkRecs) > 0 {
+		fmt.Fprintf(w, "### Bulk transfers through a blackout (%s)\n\n", p.Name)
+		fmt.Fprintf(w, "A transfer at the link's rate, blacked out after 3 s; time from the link's return to the first bytes at the receiver: up = device to user (head -c on the device, read by the user), down = user to device (timed on the device by the arrivals helper). DESIGN.md's target: 1 RTT + 100 ms = %s.\n\n",
+			(p.RTT() + 100*time.Millisecond).Round(time.Millisecond))
+		fmt.Fprintf(w, "| blackout | direction | ours | ours, RTTs | peer | peer, RTTs | peer / ours | reconnects (ours, peer) |\n|---|---|---|---|---|---|---|---|\n")
+		for _, bo := range res.cfg.Blackouts {
+			for _, dir := range []string{dirUp, dirDown} {
+				var o, pe bulkRecovery
+				for _, r := range res.bulkRecs {
+					if r.blackout != bo || r.dir != dir {
+						continue
+					}
+					if r.system == "ours" {
+						o = r
+					} else {
+						pe = r
+					}
+				}
+				fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d, %d |\n", bo, dir, bulkRecTime(o), bulkRecRTTs(o), bulkRecTime(pe), bulkRecRTTs(pe),
+					ratio(pe.after.Seconds(), o.after.Seconds()), o.redials, pe.redials)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+
 	if len(res.bulks) > 0 {
 		fmt.Fprintf(w, "### Bulk throughput\n\n")
 		fmt.Fprintf(w, "MB/s (10⁶ bytes) measured at the receiver; up = device to user (head -c on the device), down = user to device (dd on the device).\n")
@@ -130,6 +166,23 @@ func (res *results) write(w io.Writer) {
 	for _, i := range res.idles {
 		if i.note != "" {
 			fmt.Fprintf(w, "%s: %s\n", i.system, i.note)
+		}
+	}
+	if len(res.reconnectBytes) > 0 {
+		fmt.Fprintf(w, "\nA day of an idle device that reconnects N times: the idle figure above (without path MTU probes, which are off by default; a connection that probes adds them) plus N times what one reconnect after the server closed the connection cost on the wire (measured below: %d B ours, %d B the peer; the peer's TCP ACKs are not counted).\n\n",
+			res.reconnectBytes["ours"], res.reconnectBytes["peer"])
+		fmt.Fprintf(w, "| reconnects a day | ours MB/day | peer MB/day | peer / ours |\n|---|---|---|---|\n")
+		for _, n := range reconnectsPerDay {
+			var o, pe float64
+			for _, i := range res.idles {
+				d := i.steadyPerDay() + float64(n)*float64(res.reconnectBytes[i.system])
+				if i.system == "ours" {
+					o = d
+				} else {
+					pe = d
+				}
+			}
+			fmt.Fprintf(w, "| %d | %.3f | %.3f | %s |\n", n, o/1e6, pe/1e6, ratio(pe, o))
 		}
 	}
 	fmt.Fprintf(w, "\nPackets by size on the wire (count×bytes):\n\n")
@@ -213,4 +266,21 @@ func yesNo(ok bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+func bulkRecTime(r bulkRecovery) string {
+	if r.after <= 0 {
+		if r.note != "" {
+			return r.note
+		}
+		return "—"
+	}
+	return seconds(r.after)
+}
+
+func bulkRecRTTs(r bulkRecovery) string {
+	if r.after <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f", r.RTTs())
 }

@@ -22,9 +22,14 @@ type results struct {
 	load       [2]string // load average at the start and the end
 	profile    linksim.Profile
 	recoveries []recovery
+	bulkRecs   []bulkRecovery
 	bulks      []bulk
-	idles      []idle
-	connects   []connect
+	// reconnectBytes are the wire bytes one reconnect cost each system's
+	// device (after the server closed the connection), for the idle-day
+	// figures; zero when not measured.
+	reconnectBytes map[string]uint64
+	idles          []idle
+	connects       []connect
 }
 
 // run measures and writes the report to stdout; progress goes to stderr.
@@ -131,6 +136,28 @@ func measure(tb harness.TB, cfg config, dir, logs string, stdout, stderr io.Writ
 		res.recoveries = append(res.recoveries, rs...)
 	}
 
+	if cfg.BulkRecovery {
+		for _, bo := range cfg.Blackouts {
+			for _, dir := range []string{dirUp, dirDown} {
+				progress("bulk %s through a %s blackout (both systems at once, each on its own link)", dir, bo)
+				rs := make([]bulkRecovery, len(systems))
+				errs := make([]error, len(systems))
+				var wg sync.WaitGroup
+				for i, sys := range systems {
+					wg.Go(func() { rs[i], errs[i] = b.measureBulkRecovery(ctx, sys, dir, bo, 2*time.Minute) })
+				}
+				wg.Wait()
+				for i := range systems {
+					if errs[i] != nil {
+						return errs[i]
+					}
+					progress("  %s: %s", rs[i].system, rs[i].summary())
+				}
+				res.bulkRecs = append(res.bulkRecs, rs...)
+			}
+		}
+	}
+
 	for _, c := range cfg.Bulk {
 		p, _ := linksim.ProfileByName(c.profile)
 		p = p.Both(func(i *linksim.Impairment) { i.Loss = c.loss })
@@ -192,10 +219,22 @@ func measure(tb harness.TB, cfg config, dir, logs string, stdout, stderr io.Writ
 		}
 	}
 	res.connects = append(res.connects, c)
+	// The idle devices, quiet since their window ended, give the bytes of
+	// one reconnect: ours in the same fleetd restart, the peer's when its
+	// connection is killed the same way.
+	res.reconnectBytes = map[string]uint64{}
+	idleMark, s0 := idleOurs.agent.Proc.Mark(), idleOurs.link.Stats()
 	if c, err = b.oursReconnect(ctx, dev, cfg.ReconnectWait); err != nil {
 		return err
 	}
 	res.connects = append(res.connects, c)
+	if _, _, err := idleOurs.agent.Proc.AwaitLine(ctx, idleMark, harness.TunnelUpRE, cfg.ReconnectWait); err == nil {
+		res.reconnectBytes["ours"] = afterSettling(ctx, idleOurs.link, s0, udpHeaders)
+	}
+	s0 = idlePeer.link.Stats()
+	if _, err := b.peerReconnect(ctx, idlePeer, cfg.ReconnectWait); err == nil {
+		res.reconnectBytes["peer"] = afterSettling(ctx, idlePeer.link, s0, tcpHeaders)
+	}
 
 	res.load[1] = loadAverage()
 	res.took = time.Since(start)
@@ -244,6 +283,19 @@ func (b *bench) measureStarts(ctx context.Context, pe *peer, p linksim.Profile) 
 	peerFirst.what = first.what
 	peerFirst.note = "no join step: keys provisioned by hand; same as a start"
 	return []connect{first, peerFirst, again, peerStart}, nil
+}
+
+// afterSettling waits a few seconds for a reconnect's last packets
+// (session tickets, the answer to the hello), then returns the wire bytes
+// that crossed link since s0, header bytes added per packet.
+func afterSettling(ctx context.Context, link *linksim.Link, s0 linksim.Stats, header int) uint64 {
+	sleep(ctx, 5*time.Second)
+	s1 := link.Stats()
+	var n uint64
+	for _, d := range [][2]linksim.Counter{{s0.Up.Received, s1.Up.Received}, {s0.Down.Received, s1.Down.Received}} {
+		n += d[1].Bytes - d[0].Bytes + uint64(header)*(d[1].Packets-d[0].Packets)
+	}
+	return n
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -30,6 +30,8 @@ type bench struct {
 
 	tshConfig string // tsh config's OpenSSH block
 
+	arrivals string // the arrivals command (logs when an upload's bytes arrive on a device)
+
 	userKey   string        // the user's key for the peer's device sshd
 	deviceKey string        // the peer device's key for the fleet-side sshd
 	devSSHD   *harness.SSHD // the peer's device-side sshd (the "device")
@@ -92,6 +94,11 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	helpers, err := harness.Build(ctx, filepath.Join(b.dir, "helpers"), nil, "remoteler.dev/edge/tools/bench/linkbench/arrivals")
+	if err != nil {
+		return err
+	}
+	b.arrivals = helpers.Path("arrivals")
 	u, err := user.Current()
 	if err != nil {
 		return fmt.Errorf("current user: %w", err)

@@ -10,6 +10,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -135,7 +136,7 @@ func measure(tb harness.TB, cfg config, work string, out io.Writer, logf func(st
 		rep.idle = append(rep.idle, m)
 	}
 
-	if rep.copies, err = measureCopies(ctx, cfg, f, p, work, payload, sum, logf); err != nil {
+	if rep.copies, err = measureCopies(ctx, cfg, f, p, rep.algDirect, rep.algFleet, work, payload, sum, logf); err != nil {
 		return err
 	}
 	if rep.rtts, err = measureRTT(ctx, tb, cfg, f, p, rep.algDirect, rep.algFleet, work, logf); err != nil {
@@ -201,7 +202,7 @@ type copyResult struct {
 // measureCopies copies the payload up and down cfg.Runs times on each
 // path, interleaving the paths so that load from elsewhere on the machine
 // falls on all of them alike.
-func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, payload string, sum [32]byte, logf func(string, ...any)) ([]copyResult, error) {
+func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, algDirect, algFleet algorithms, work, payload string, sum [32]byte, logf func(string, ...any)) ([]copyResult, error) {
 	remoteDir, localDir := filepath.Join(work, "remote"), filepath.Join(work, "local")
 	for _, d := range []string{remoteDir, localDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -251,6 +252,18 @@ func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, pay
 			serverCPU:  fleetCPU,
 			serverPIDs: []int{f.Proc.PID(), f.agent.Proc.PID()},
 		},
+	}
+	if c := algFleet.Cipher; c != "" && c != algDirect.Cipher {
+		// The agent offers AES-GCM only where the CPU has AES
+		// instructions (firmware/sshd/ciphers.go); sshd, with the same
+		// cipher, shows what of the difference is the cipher's.
+		paths = slices.Insert(paths, 1, copyPath{
+			name:       "OpenSSH scp → sshd (direct, TCP), cipher " + c + " as via the fleet",
+			cmd:        scp(append(p.sshArgs(), "-o", "Ciphers="+c)),
+			remote:     func(path string) string { return peerHost + ":" + path },
+			serverCPU:  sshdCPU,
+			serverPIDs: []int{p.sshd.Proc.PID()},
+		})
 	}
 	results := make([]copyResult, len(paths))
 	for i, cp := range paths {

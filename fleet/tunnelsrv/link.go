@@ -1,0 +1,204 @@
+package tunnelsrv
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/resume"
+)
+
+// serveDatagrams handles the agents' datagrams outside QUIC (see
+// proto.LinkPingByte): it echoes link pings, so an agent whose session
+// stalled learns the link is back; it notes a keep-alive as a sign of life
+// (presence.go), from the device whose connection has the sender's
+// address, or else asks who sent it; it pokes an agent whose tagged
+// keep-alive comes from a new address, so that it moves its connection
+// there; and it answers a tagged keep-alive for a connection it does not
+// have with a link reset that carries the connection's reset token.
+// Answers are no larger than what they answer: no amplification.
+func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
+	buf := make([]byte, 1500)
+	var reset []byte
+	for {
+		n, addr, err := tr.ReadNonQUICPacket(ctx, buf)
+		if err != nil {
+			return
+		}
+		switch {
+		case n == proto.LinkPingSize && buf[0] == proto.LinkPingByte:
+			buf[0] = proto.LinkPongByte
+			tr.WriteTo(buf[:n], addr)
+		case n == 1 && buf[0] == proto.NATKeepaliveByte:
+			s.mu.Lock()
+			dc := s.byAddr[addr.String()]
+			s.mu.Unlock()
+			if dc != nil && dc.qc.RemoteAddr().String() == addr.String() {
+				s.heardNow(dc)
+			} else {
+				tr.WriteTo([]byte{proto.LinkWhoByte}, addr)
+			}
+		case n == 1+proto.LinkTagSize && buf[0] == proto.NATKeepaliveByte:
+			tag := buf[1:n]
+			s.mu.Lock()
+			dc := s.tags[string(tag)]
+			if dc != nil {
+				s.setAddrLocked(dc, addr.String())
+			}
+			s.mu.Unlock()
+			switch {
+			case dc == nil:
+				// A connection this fleet does not have: it was made with a
+				// fleet that crashed or restarted. The agent reconnects.
+				s.log.Debug("keep-alive for an unknown connection; telling it to reconnect", "addr", addr)
+				reset = proto.AppendLinkReset(reset[:0], proto.LinkResetToken(s.linkKey, tag))
+				tr.WriteTo(reset, addr)
+			case dc.qc.RemoteAddr().String() != addr.String():
+				s.heardNow(dc)
+				s.log.Debug("device keep-alive from a new address; poking it", "addr", addr, "conn_addr", dc.qc.RemoteAddr())
+				tr.WriteTo([]byte{proto.LinkPokeByte}, addr)
+			default:
+				s.heardNow(dc)
+			}
+		}
+	}
+}
+
+// setAddrLocked notes that dc's device sends keep-alives from addr. A
+// connection keeps its last few addresses.
+func (s *Server) setAddrLocked(dc *deviceConn, addr string) {
+	if s.byAddr[addr] == dc {
+		return
+	}
+	s.byAddr[addr] = dc
+	dc.byAddr = append(dc.byAddr, addr)
+	if len(dc.byAddr) > 4 {
+		if old := dc.byAddr[0]; s.byAddr[old] == dc {
+			delete(s.byAddr, old)
+		}
+		dc.byAddr = dc.byAddr[1:]
+	}
+}
+
+// Link hurries tell an agent that the link is back and the fleet is
+// waiting on a session, and how much of it the fleet has, so that the agent
+// moves its connection to a fresh path and resumes at once
+// (firmware/tunnel/recover.go). The fleet sends them to the device's address
+// every hurryFast (hurrySlow after the first minute) while:
+//
+//   - a session the fleet sends on is stalled: bytes out that the device
+//     has not acknowledged for longer than a few round trips plus the
+//     resume layer's ack delay (proto.HurrySending); or
+//   - a session that was receiving a bulk transfer (bulkBurst bytes in a
+//     run) stopped receiving when the device went silent, for as long
+//     (proto.HurryReceiving). If the device then answers without sending
+//     more, the transfer merely paused, and the fleet stops until data
+//     arrives again.
+//
+// Hurries run only in those cases, never for an idle device. During an
+// outage they are lost, like the agent's link pings; the first one after
+// it reaches the agent half a round trip after the link returns.
+const (
+	stallCheck   = 50 * time.Millisecond
+	stallMin     = 600 * time.Millisecond
+	stallRTTs    = 4
+	hurryFast    = 50 * time.Millisecond
+	hurryFastFor = time.Minute
+	hurrySlow    = 100 * time.Millisecond
+	bulkBurst    = 64 << 10
+)
+
+// watchStalls sends link hurries until ctx ends. It ticks only while the
+// fleet holds sessions.
+func (s *Server) watchStalls(ctx context.Context, tr *quic.Transport) {
+	t := time.NewTicker(stallCheck)
+	defer t.Stop()
+	type held struct {
+		dc       *deviceConn
+		sessions []*session
+	}
+	var list []held
+	var buf []byte
+	for {
+		s.mu.Lock()
+		idle := len(s.sessions) == 0
+		s.mu.Unlock()
+		if idle {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.sessionAdded:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		list = list[:0]
+		s.mu.Lock()
+		for id, m := range s.sessions {
+			if dc := s.conns[id]; dc != nil {
+				list = append(list, held{dc: dc, sessions: slices.Collect(maps.Values(m))})
+			}
+		}
+		s.mu.Unlock()
+		for _, h := range list {
+			if hurry, ok := s.hurryFor(h.dc, h.sessions); ok {
+				buf = proto.AppendLinkHurry(buf[:0], h.dc.linkKey, hurry)
+				tr.WriteTo(buf, h.dc.qc.RemoteAddr())
+			}
+		}
+	}
+}
+
+// hurryFor decides whether dc's device is due a hurry now, and what it says.
+func (s *Server) hurryFor(dc *deviceConn, sessions []*session) (proto.LinkHurry, bool) {
+	now := s.cfg.Now()
+	threshold := max(stallMin, stallRTTs*dc.qc.ConnectionStats().SmoothedRTT+resume.AckDelay)
+	heard := s.lastHeard(dc)
+	var h proto.LinkHurry
+	var worst time.Duration
+	for _, ss := range sessions {
+		if st := ss.conn.Stalled(); st > threshold && st > worst {
+			worst = st
+			h = proto.LinkHurry{Reason: proto.HurrySending, Session: ss.tag, Received: ss.conn.Received()}
+		}
+	}
+	if h.Reason == 0 && now.Sub(heard) > threshold {
+		for _, ss := range sessions {
+			last, burst := ss.conn.Receiving()
+			// The transfer stopped when the device fell silent: had it
+			// merely paused, the device would have been heard since (a
+			// keep-alive, or its answer to a hurry).
+			if burst >= bulkBurst && now.Sub(last) > threshold && !heard.After(last.Add(threshold)) {
+				h = proto.LinkHurry{Reason: proto.HurryReceiving, Session: ss.tag, Received: ss.conn.Received()}
+				break
+			}
+		}
+	}
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if h.Reason == 0 {
+		dc.stallFrom = time.Time{}
+		return h, false
+	}
+	if dc.stallFrom.IsZero() {
+		dc.stallFrom, dc.nextHurry = now, now
+	}
+	if now.Before(dc.nextHurry) {
+		return h, false
+	}
+	period := hurryFast
+	if now.Sub(dc.stallFrom) >= hurryFastFor {
+		period = hurrySlow
+	}
+	dc.nextHurry = now.Add(period)
+	dc.hurrySeq++
+	h.Seq = dc.hurrySeq
+	return h, true
+}
