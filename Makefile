@@ -37,7 +37,7 @@ TEST_TIMEOUT ?= 20m
 GOTESTFLAGS ?=
 FUZZTIME ?= 10s
 
-BUILDINFO := remoteler.dev/edge/firmware/buildinfo
+BUILDINFO := remoteler.dev/edge/internal/buildinfo
 LDFLAGS := -X $(BUILDINFO).Version=$(VERSION) -X $(BUILDINFO).Commit=$(COMMIT)
 BINARIES := ./firmware/cmd/edge-agent ./fleet/cmd/fleetd ./fleet/cmd/tsh ./fleet/cmd/fleetctl
 TARGETS := linux-arm64 linux-armv6 linux-armv7 linux-amd64 linux-riscv64

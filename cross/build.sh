@@ -13,7 +13,7 @@
 # Binaries are static (CGO_ENABLED=0), stripped (-s -w) and reproducible:
 # -trimpath, -buildvcs=false and an empty -buildid make the bytes depend only
 # on the source, the Go version and the three values embedded with -X into
-# remoteler.dev/edge/firmware/buildinfo: Version, Commit and Target.
+# remoteler.dev/edge/internal/buildinfo: Version, Commit and Target.
 # cross/repro.sh checks that.
 #
 # Usage: cross/build.sh [TARGET...]     (default: all targets above)
@@ -42,7 +42,7 @@ if [ -z "${COMMIT:-}" ]; then
 fi
 
 mkdir -p "$out"
-bi=remoteler.dev/edge/firmware/buildinfo
+bi=remoteler.dev/edge/internal/buildinfo
 for target in "${targets[@]}"; do
 	goarm=
 	case "$target" in

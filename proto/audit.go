@@ -61,6 +61,14 @@ const (
 	EventAuditDamaged = "audit.damaged"
 	// EventRecordingSkipped says a session was not recorded, and why.
 	EventRecordingSkipped = "recording.skipped"
+	// EventAuditExport: an admin exported the audit log.
+	EventAuditExport = "audit.export"
+	// EventUploadsPaused: the fleet takes no more of a device's uploads
+	// for now (Fields["what"]: audit or recordings; Message: why, its quota
+	// or the fleet's disk); the device keeps them and sends them later.
+	EventUploadsPaused = "uploads.paused"
+	// EventRetentionSet: an admin changed the storage policy.
+	EventRetentionSet = "retention.set"
 )
 
 // Outcomes of an audited action.

@@ -26,91 +26,14 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/firmware/apps"
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/identity"
 	"remoteler.dev/edge/firmware/netwatch"
 	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 )
-
-// Config configures the agent. The zero value of every field except Fleet
-// (for a first start) and DataDir works.
-type Config struct {
-	// Fleet is the fleet's host:port (TCP for joining, UDP for the
-	// tunnel). Once joined, the stored address is used when Fleet is empty.
-	Fleet string `json:"fleet"`
-	// Token is a join token or a join string (TOKEN@sha256:PIN). Needed
-	// only for the first start; ignored once the device has joined.
-	Token string `json:"token"`
-	// CAPin verifies the fleet on the first start when the token is not a
-	// join string.
-	CAPin string `json:"ca_pin"`
-	// DataDir holds agent.db; default /var/lib/edge-agent.
-	DataDir string `json:"data_dir"`
-	// Name is the device's name in the fleet; default the host name.
-	Name string `json:"name"`
-	// Labels describe the device for role selectors (site=north).
-	Labels map[string]string `json:"labels"`
-	// Keepalive is how often the agent refreshes its NAT mapping on an
-	// idle link; default 25s (holds a 30 s UDP mapping); negative: off.
-	Keepalive time.Duration `json:"keepalive"`
-	// Liveness is how often the agent checks, on an idle link, that the
-	// fleet is still there; default 2m.
-	Liveness time.Duration `json:"liveness"`
-	// SessionHold is how long a session waits for the tunnel to come back;
-	// default 10m.
-	SessionHold time.Duration `json:"session_hold"`
-	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
-	SFTPCommand []string `json:"-"`
-	// DialCommand dials port forwards as another user; see sshd.Config.
-	DialCommand []string `json:"-"`
-	// Services are the services the agent offers besides SSH (which it
-	// always offers) and web apps (Apps): the device's Kubernetes API, say
-	// (firmware/services has the contract). They join SSH in the agent's
-	// service registry.
-	Services []services.Service `json:"-"`
-
-	// Web apps (firmware/apps). This block is the apps list of the config
-	// file and the --app flags.
-
-	// Apps are the web apps the device offers through the fleet: name,
-	// uri (http://HOST:PORT or https://...), insecure_skip_verify (an
-	// https app's self-signed certificate is accepted: an explicit
-	// opt-in), labels (for roles' app_labels) and rewrite (more host names
-	// the app calls itself in redirects, headers set on requests). The
-	// agent connects only to these URIs. Default: none.
-	Apps []apps.App `json:"apps"`
-
-	// AuditMaxBytes caps the device's audit queue (DATA_DIR/audit.db);
-	// default 64 MiB.
-	AuditMaxBytes int64 `json:"audit_max_bytes"`
-	// AuditWhenFull says what happens to an action whose audit event
-	// cannot be kept (queue or disk full): AuditAllow (default) lets it go
-	// ahead, the drop counted, reported to the fleet and marked in the
-	// audit trail; AuditRefuse refuses it.
-	AuditWhenFull string `json:"audit_when_full"`
-	// NoRecording turns session recording off; by default every SSH
-	// shell and command is recorded and uploaded to the fleet.
-	NoRecording bool `json:"no_recording"`
-	// RecordingsMaxBytes caps the recordings waiting on the device for
-	// upload (DATA_DIR/recordings); default 256 MiB.
-	RecordingsMaxBytes int64 `json:"recordings_max_bytes"`
-	// EventSource, when set, runs alongside the agent and may write extra
-	// audit events with emit (tools/cmd/auditgen uses it to test
-	// delivery); emit returns the event's sequence number once it is
-	// fsync'd.
-	EventSource func(ctx context.Context, emit func(*proto.AuditEvent) (uint64, error)) `json:"-"`
-
-	// Logger receives logs; nil discards them.
-	Logger *slog.Logger `json:"-"`
-	// Notify tells the supervisor (systemd) about readiness and health; nil
-	// is fine.
-	Notify Notifier `json:"-"`
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time `json:"-"`
-}
 
 // Notifier is what the agent tells its supervisor (service.Notifier).
 type Notifier interface {
@@ -119,9 +42,6 @@ type Notifier interface {
 	Status(string) error
 	RunWatchdog(ctx context.Context, healthy func() bool)
 }
-
-// DefaultDataDir is where the agent keeps its state by default.
-const DefaultDataDir = "/var/lib/edge-agent"
 
 // Agent is a running agent; see Run.
 type Agent struct {
@@ -158,21 +78,12 @@ func Run(ctx context.Context, cfg Config) error {
 // New opens the agent's state and joins the fleet if the device has not
 // joined yet.
 func New(ctx context.Context, cfg Config) (*Agent, error) {
-	if cfg.DataDir == "" {
-		cfg.DataDir = DefaultDataDir
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	cfg = cfg.WithDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if cfg.Name == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return nil, fmt.Errorf("agent: no --name and no host name: %w", err)
-		}
-		cfg.Name = h
+		return nil, errors.New("agent: no --name, and the host has no name")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
@@ -220,11 +131,22 @@ func (a *Agent) identity() *identity.Identity {
 	return a.id
 }
 
+// fleetAddr is the fleet's address: --fleet, else the one the device
+// joined. The fleet's certificate is verified for its host name.
 func (a *Agent) fleetAddr() string {
 	if a.cfg.Fleet != "" {
 		return a.cfg.Fleet
 	}
 	return a.identity().Fleet
+}
+
+// tunnelAddr is where the tunnel dials: --tunnel-addr, else the fleet's
+// address.
+func (a *Agent) tunnelAddr() string {
+	if a.cfg.TunnelAddr != "" {
+		return a.cfg.TunnelAddr
+	}
+	return a.fleetAddr()
 }
 
 // Up reports whether the tunnel is connected.
@@ -264,7 +186,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.services = reg
 	a.tunnel = tunnel.New(tunnel.Config{
-		Addr:       a.fleetAddr(),
+		Addr:       a.tunnelAddr(),
 		TLSConfig:  a.tunnelTLS,
 		Hello:      a.hello,
 		Check:      a.checkAudited,
@@ -278,7 +200,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.cfg.Notify != nil {
 				s := "tunnel down, reconnecting"
 				if up {
-					s = "tunnel up to " + a.fleetAddr()
+					s = "tunnel up to " + a.tunnelAddr()
 				}
 				a.cfg.Notify.Status(s)
 			}
@@ -289,7 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:      a.log,
 		Now:         a.cfg.Now,
 	})
-	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr())
+	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr(), "tunnel", a.tunnelAddr())
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"remoteler.dev/edge/firmware/auditq"
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/recording"
 	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
 )
@@ -45,11 +45,6 @@ type auditor struct {
 
 // openAudit opens the audit queue and the recordings in the data dir.
 func (a *Agent) openAudit() error {
-	switch a.cfg.AuditWhenFull {
-	case "", AuditAllow, AuditRefuse:
-	default:
-		return fmt.Errorf("agent: audit_when_full is %q; want %q or %q", a.cfg.AuditWhenFull, AuditAllow, AuditRefuse)
-	}
 	q, err := auditq.Open(auditq.Config{
 		Path:     filepath.Join(a.cfg.DataDir, "audit.db"),
 		Source:   a.identity().DeviceID,
@@ -145,13 +140,14 @@ func (a *Agent) stopAudit() {
 func (a *Agent) configFingerprint() (string, string) {
 	c := struct {
 		Fleet         string            `json:"fleet"`
+		TunnelAddr    string            `json:"tunnel_addr,omitempty"`
 		Name          string            `json:"name"`
 		Labels        map[string]string `json:"labels"`
 		Keepalive     string            `json:"keepalive"`
 		AuditMaxBytes int64             `json:"audit_max_bytes"`
 		AuditWhenFull string            `json:"audit_when_full"`
 		NoRecording   bool              `json:"no_recording"`
-	}{a.cfg.Fleet, a.identity().Name, a.cfg.Labels, a.cfg.Keepalive.String(), a.cfg.AuditMaxBytes, a.cfg.AuditWhenFull, a.cfg.NoRecording}
+	}{a.cfg.Fleet, a.cfg.TunnelAddr, a.identity().Name, a.cfg.Labels, a.cfg.Keepalive.String(), a.cfg.AuditMaxBytes, a.cfg.AuditWhenFull, a.cfg.NoRecording}
 	b, err := json.Marshal(c)
 	if err != nil {
 		return "", ""

@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/firmware/identity"
+	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/pin"
 )

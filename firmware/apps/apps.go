@@ -26,7 +26,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -191,6 +193,19 @@ func splice(a, b net.Conn) {
 	go cp(a, b)
 	go cp(b, a)
 	wg.Wait()
+}
+
+// FlagString writes a as the --app flag ParseFlag reads (without its
+// rewrites, which have no flag).
+func FlagString(a App) string {
+	s := a.Name + "=" + a.URI
+	if a.InsecureSkipVerify {
+		s += ",insecure-skip-verify"
+	}
+	for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
+		s += ",label:" + k + "=" + a.Labels[k]
+	}
+	return s
 }
 
 // ParseFlag reads one --app flag: NAME=URI followed by comma-separated

@@ -76,9 +76,12 @@ type Config struct {
 	failCommit func() error
 }
 
+// DefaultMaxBytes is Config.MaxBytes's default: 64 MiB.
+const DefaultMaxBytes = 64 << 20
+
 func (c *Config) setDefaults() {
 	if c.MaxBytes <= 0 {
-		c.MaxBytes = 64 << 20
+		c.MaxBytes = DefaultMaxBytes
 	}
 	if c.CompactAbove <= 0 {
 		c.CompactAbove = 1 << 20

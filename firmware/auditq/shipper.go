@@ -35,6 +35,7 @@ type Shipper struct {
 	wake    chan struct{}
 	resync  atomic.Bool
 	nextID  uint64 // only Run touches it
+	refused int    // refusals from the fleet in a row; only Run touches it
 	events  atomic.Int64
 	bytes   atomic.Int64
 	batches atomic.Int64
@@ -53,6 +54,12 @@ type ShipperConfig struct {
 	// Retry is how long to wait after a failure before trying again
 	// (jittered); default 2s. A Wake (the tunnel came back) cuts it short.
 	Retry time.Duration
+	// MaxRetry bounds the wait after refusals in a row (the fleet takes
+	// no more events for now: its disk or this device's quota is full):
+	// each doubles the wait from Retry, up to MaxRetry; default 1m. While
+	// refused, the shipper sends one event at a time, so a refused try
+	// costs a few hundred bytes; the events stay queued.
+	MaxRetry time.Duration
 	// AckTimeout is how long an ack may take before the shipper starts
 	// over from the fleet's head; default 30s.
 	AckTimeout time.Duration
@@ -74,6 +81,9 @@ func NewShipper(q *Queue, link Sender, cfg ShipperConfig) *Shipper {
 	}
 	if cfg.Retry <= 0 {
 		cfg.Retry = 2 * time.Second
+	}
+	if cfg.MaxRetry < cfg.Retry {
+		cfg.MaxRetry = max(time.Minute, cfg.Retry)
 	}
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = 30 * time.Second
@@ -149,11 +159,15 @@ func (s *Shipper) Run(ctx context.Context) {
 			}
 			sent, flight, reported = head, nil, false
 		}
-		// Fill the window.
+		// Fill the window; while the fleet refuses, one event at a time.
+		window, batch := s.cfg.Window, s.cfg.BatchEvents
+		if s.refused > 0 {
+			window, batch = 1, 1
+		}
 		var err error
-		for len(flight) < s.cfg.Window && err == nil {
+		for len(flight) < window && err == nil {
 			var evs []proto.AuditEvent
-			evs, err = s.q.Read(sent, s.cfg.BatchEvents, s.cfg.BatchBytes)
+			evs, err = s.q.Read(sent, batch, s.cfg.BatchBytes)
 			if err != nil || len(evs) == 0 {
 				break
 			}
@@ -222,6 +236,7 @@ func (s *Shipper) acked(ack *proto.AuditAck, flight []inflight) ([]inflight, err
 	// head says what it holds.
 	done := flight[i]
 	if done.n > 0 {
+		s.refused = 0
 		s.batches.Add(1)
 		s.events.Add(int64(done.n))
 		s.bytes.Add(int64(done.bytes))
@@ -282,13 +297,32 @@ func (s *Shipper) send(evs []proto.AuditEvent) (inflight, error) {
 	return f, nil
 }
 
-// pause waits before a retry, or until woken.
+// backoff is the pause before the next try (before jitter): Retry, doubled
+// for each refusal in a row after the first, up to MaxRetry.
+func (s *Shipper) backoff() time.Duration {
+	d := s.cfg.Retry
+	for i := 1; i < s.refused && d < s.cfg.MaxRetry; i++ {
+		d *= 2
+	}
+	return min(d, s.cfg.MaxRetry)
+}
+
+// pause waits before a retry, or until woken. After a refusal from the
+// fleet the wait doubles with each refusal in a row, up to MaxRetry.
 func (s *Shipper) pause(ctx context.Context, err error) {
 	if ctx.Err() != nil {
 		return
 	}
-	s.log.Debug("audit shipping paused", "err", err)
-	d := s.cfg.Retry/2 + mrand.N(s.cfg.Retry)
+	var pe *proto.Error
+	if errors.As(err, &pe) && pe.Code == proto.CodeUnavailable {
+		s.refused++
+		if s.refused == 1 {
+			s.log.Warn("the fleet takes no more events for now; they stay queued", "reason", pe.Message)
+		}
+	}
+	base := s.backoff()
+	s.log.Debug("audit shipping paused", "err", err, "for", base)
+	d := base/2 + mrand.N(base)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -27,6 +27,12 @@ type fakeFleet struct {
 	rng           *rand.Rand
 	failPct       int // percent of calls that fail, half of them after committing
 	status        *proto.AuditQueueStatus
+	// refuse makes the fleet refuse batches with events (its disk or the
+	// device's quota is full); refused counts them and refusedSizes says
+	// how many events each carried.
+	refuse       bool
+	refused      int
+	refusedSizes []int
 }
 
 // Send models one ordered stream: when a batch or its ack is lost, the
@@ -80,6 +86,11 @@ func (f *fakeFleet) handle(m proto.Message) (*proto.AuditAck, error) {
 		return nil, errAckLost // lost on the way in
 	}
 	f.status = b.Queue
+	if f.refuse && len(b.Events) > 0 {
+		f.refused++
+		f.refusedSizes = append(f.refusedSizes, len(b.Events))
+		return &proto.AuditAck{ID: b.ID, Err: proto.Errorf(proto.CodeUnavailable, "over quota")}, nil
+	}
 	for _, e := range b.Events {
 		if _, dup := f.events[e.Seq]; dup {
 			continue
@@ -161,4 +172,82 @@ func TestShipperExactlyOnceOverALossyLink(t *testing.T) {
 	}
 	st := s.Stats()
 	t.Logf("%d batches, %d events, %d bytes (%.0f bytes/event)", st.Batches, st.Events, st.Bytes, float64(st.Bytes)/float64(st.Events))
+}
+
+// TestShipperPausesWhileRefusedAndLosesNothing: while the fleet refuses
+// (its disk or this device's quota full), the shipper backs off and probes
+// with one event at a time; the events stay queued, and once the fleet
+// takes them again every one arrives, once.
+func TestShipperPausesWhileRefusedAndLosesNothing(t *testing.T) {
+	q := openQueue(t, Config{})
+	fleet := &fakeFleet{events: map[uint64]proto.AuditEvent{}, rng: rand.New(rand.NewPCG(5, 6)), refuse: true}
+	s := NewShipper(q, fleet, ShipperConfig{Retry: time.Millisecond, MaxRetry: 20 * time.Millisecond, AckTimeout: time.Second, Logger: logtest.Logger(t)})
+	fleet.ship = s
+	const n = 300
+	appendConcurrently(t, q, n, func(i int) *proto.AuditEvent {
+		return &proto.AuditEvent{Type: "test", Fields: map[string]string{"i": fmt.Sprint(i)}}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fleet.mu.Lock()
+		refused := fleet.refused
+		fleet.mu.Unlock()
+		if refused >= 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d refusals", refused)
+		}
+		<-time.After(5 * time.Millisecond)
+	}
+	fleet.mu.Lock()
+	sizes := append([]int(nil), fleet.refusedSizes...)
+	fleet.refuse = false
+	fleet.mu.Unlock()
+	// The first refused try may carry full batches (the window); after
+	// that, one event per try.
+	for i, n := range sizes[4:] {
+		if n != 1 {
+			t.Errorf("refused try %d carried %d events, want 1 (sizes %v)", i+5, n, sizes)
+		}
+	}
+	if st := q.Status(); st.Pending != n {
+		t.Errorf("%d events queued while refused, want all %d", st.Pending, n)
+	}
+	for deadline := time.Now().Add(30 * time.Second); fleet.count() < n || q.Status().Pending > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("fleet has %d of %d after it took events again; %d pending", fleet.count(), n, q.Status().Pending)
+		}
+		s.Wake()
+		<-time.After(5 * time.Millisecond)
+	}
+	fleet.mu.Lock()
+	defer fleet.mu.Unlock()
+	if len(fleet.chainProblems) > 0 || len(fleet.events) != n {
+		t.Errorf("after resuming: %d events, chain problems %v", len(fleet.events), fleet.chainProblems)
+	}
+}
+
+func TestShipperBackoff(t *testing.T) {
+	s := NewShipper(nil, nil, ShipperConfig{Retry: time.Second, MaxRetry: 10 * time.Second})
+	want := []time.Duration{time.Second, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	for refused, w := range want {
+		s.refused = refused
+		if got := s.backoff(); got != w {
+			t.Errorf("after %d refusals: %v, want %v", refused, got, w)
+		}
+	}
+	if d := NewShipper(nil, nil, ShipperConfig{}); d.cfg.MaxRetry != time.Minute {
+		t.Errorf("default MaxRetry = %v, want 1m", d.cfg.MaxRetry)
+	}
 }

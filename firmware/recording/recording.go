@@ -61,6 +61,9 @@ type Store struct {
 	full atomic.Bool
 }
 
+// DefaultMaxBytes is Config.MaxBytes's default: 256 MiB.
+const DefaultMaxBytes = 256 << 20
+
 // ErrFull is returned by Start when the recordings use MaxBytes.
 var ErrFull = errors.New("recording: the device's recordings are at their cap")
 
@@ -73,7 +76,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, errors.New("recording: open: no directory")
 	}
 	if cfg.MaxBytes <= 0 {
-		cfg.MaxBytes = 256 << 20
+		cfg.MaxBytes = DefaultMaxBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -318,8 +321,14 @@ func (u *Uploader) Wake() {
 	}
 }
 
+// maxRetry bounds the pause after failures in a row: each doubles it from
+// the uploader's retry (the fleet may take no recordings for a while, its
+// disk or this device's quota full; the recordings wait on the device).
+const maxRetry = time.Minute
+
 // Run uploads until ctx is done.
 func (u *Uploader) Run(ctx context.Context) {
+	failures := 0
 	for ctx.Err() == nil {
 		ids := u.s.complete()
 		var err error
@@ -329,8 +338,14 @@ func (u *Uploader) Run(ctx context.Context) {
 			}
 		}
 		if err != nil {
-			u.s.log.Debug("recording upload paused", "err", err)
-			t := time.NewTimer(u.retry/2 + mrand.N(u.retry))
+			failures++
+			wait := u.retry
+			for i := 1; i < failures && wait < maxRetry; i++ {
+				wait *= 2
+			}
+			wait = min(wait, max(maxRetry, u.retry))
+			u.s.log.Debug("recording upload paused", "err", err, "for", wait)
+			t := time.NewTimer(wait/2 + mrand.N(wait))
 			select {
 			case <-ctx.Done():
 			case <-t.C:
@@ -339,6 +354,7 @@ func (u *Uploader) Run(ctx context.Context) {
 			t.Stop()
 			continue
 		}
+		failures = 0
 		select {
 		case <-ctx.Done():
 		case <-u.s.changed:

@@ -48,7 +48,14 @@ func TestRecordAndUploadResumably(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, err := recordings.Open(recordings.Config{Dir: filepath.Join(dir, "fleet")})
+	// The fleet brokered session sess-1 to this device for alice.
+	fs, err := recordings.Open(recordings.Config{Dir: filepath.Join(dir, "fleet"),
+		Sessions: func(deviceID, session string) (recordings.Session, error) {
+			if session != "sess-1" {
+				return recordings.Session{}, recordings.ErrNoSession
+			}
+			return recordings.Session{User: "alice", Login: "root"}, nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

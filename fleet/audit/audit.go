@@ -21,6 +21,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -38,6 +39,7 @@ import (
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/auditexport"
 )
 
 // Config configures a Log. Path is required; every other zero value works.
@@ -50,6 +52,18 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// CheckpointKey signs checkpoints of the chains' heads (checkpoint.go);
+	// nil makes none, and Export refuses.
+	CheckpointKey ed25519.PrivateKey
+	// CheckpointEvery is how often Run signs a checkpoint (when heads
+	// changed); default DefaultCheckpointEvery.
+	CheckpointEvery time.Duration
+	// Limits returns the retention and the devices' quota in force
+	// (quota.go), read each time they apply; nil means Retention alone.
+	Limits func() Limits
+	// Room returns an error while devices' uploads must pause for lack of
+	// disk space (fleet/diskfloor); nil never pauses them.
+	Room func() error
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -58,6 +72,9 @@ type Log struct {
 	log *slog.Logger
 	db  *bolt.DB
 	mu  sync.Mutex // serialises the fleet's own appends (one chain)
+
+	pausedMu sync.Mutex        // guards paused
+	paused   map[string]string // device ID -> why its uploads pause
 }
 
 // Buckets. Events live in one sub-bucket per source, keyed by sequence
@@ -72,6 +89,10 @@ var (
 	bucketSession = []byte("by_session")
 	bucketType    = []byte("by_type")
 )
+
+// buckets are every top-level bucket Open makes.
+var buckets = [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType, bucketUnverified,
+	bucketCheckpoints, bucketSigned}
 
 // appendFill is the page fill for buckets written in key order: bbolt's
 // default (half) suits random inserts and doubles the file for appends.
@@ -100,6 +121,11 @@ type head struct {
 	// own counters still shows them.
 	Damaged uint64 `cbor:"9,keyasint,omitempty"`
 	Dropped uint64 `cbor:"10,keyasint,omitempty"`
+	// Unverified counts the device's events whose claims about a user or
+	// session did not verify (claims.go).
+	Unverified uint64 `cbor:"11,keyasint,omitempty"`
+	// Bytes is what the stored events take (their encodings).
+	Bytes uint64 `cbor:"12,keyasint,omitempty"`
 }
 
 var (
@@ -159,7 +185,7 @@ func Open(cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType} {
+		for _, b := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -170,7 +196,12 @@ func Open(cfg Config) (*Log, error) {
 		db.Close()
 		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, err)
 	}
-	return &Log{cfg: cfg, log: cfg.Logger.With("component", "audit"), db: db}, nil
+	l := &Log{cfg: cfg, log: cfg.Logger.With("component", "audit"), db: db}
+	if err := l.countBytes(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("audit: open %s: count bytes: %w", cfg.Path, err)
+	}
+	return l, nil
 }
 
 // Close closes the log.
@@ -193,8 +224,10 @@ func timeKey(ms int64) []byte {
 	return k[:]
 }
 
-// indexKeys returns an event's index entries (bucket, key).
-func indexKeys(source string, e *proto.AuditEvent) [][2][]byte {
+// indexKeys returns an event's index entries (bucket, key); without
+// claims, not the user and session ones (an event whose claims did not
+// verify is kept out of them).
+func indexKeys(source string, e *proto.AuditEvent, claims bool) [][2][]byte {
 	r := ref(source, e.Seq)
 	tk := timeKey(e.Time)
 	keyed := func(val string) []byte {
@@ -204,10 +237,10 @@ func indexKeys(source string, e *proto.AuditEvent) [][2][]byte {
 	}
 	out := [][2][]byte{{bucketTime, append(append([]byte{}, tk...), r...)}}
 	out = append(out, [2][]byte{bucketDevice, keyed(deviceOf(source, e))})
-	if e.User != "" {
+	if e.User != "" && claims {
 		out = append(out, [2][]byte{bucketUser, keyed(e.User)})
 	}
-	if e.Session != "" {
+	if e.Session != "" && claims {
 		out = append(out, [2][]byte{bucketSession, keyed(e.Session)})
 	}
 	out = append(out, [2][]byte{bucketType, keyed(e.Type)})
@@ -224,8 +257,9 @@ func deviceOf(source string, e *proto.AuditEvent) string {
 }
 
 // store writes e (whose Seq is set) and its index entries; it reports false
-// when the source already has that sequence number (a duplicate).
-func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head) (bool, error) {
+// when the source already has that sequence number (a duplicate). A device
+// event's claims are checked with claims (nil for the fleet's own events).
+func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head, claims *claimChecker) (bool, error) {
 	evs, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(source))
 	if err != nil {
 		return false, err
@@ -247,12 +281,23 @@ func store(tx *bolt.Tx, source string, e *proto.AuditEvent, h *head) (bool, erro
 	if err := evs.Put(k, v); err != nil {
 		return false, err
 	}
-	for _, ik := range indexKeys(source, e) {
+	why := ""
+	if claims != nil {
+		why = claims.check(e)
+	}
+	if why != "" {
+		if err := tx.Bucket(bucketUnverified).Put(ref(source, e.Seq), []byte(why)); err != nil {
+			return false, err
+		}
+		h.Unverified++
+	}
+	for _, ik := range indexKeys(source, e, why == "") {
 		if err := tx.Bucket(ik[0]).Put(ik[1], nil); err != nil {
 			return false, err
 		}
 	}
 	h.Count++
+	h.Bytes += uint64(len(v))
 	switch e.Type {
 	case proto.EventAuditDamaged:
 		h.Damaged++
@@ -282,18 +327,38 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 		if e.Device != "" && e.Device != source {
 			return &proto.AuditAck{ID: b.ID, Err: proto.Errorf(proto.CodeForbidden, "event %d names device %q; a device writes only its own events", e.Seq, e.Device)}, nil
 		}
+		if err := e.CheckDevice(); err != nil {
+			return &proto.AuditAck{ID: b.ID, Err: proto.Errorf(proto.CodeBadRequest, "event %d: %v", e.Seq, err)}, nil
+		}
 	}
 	ack := proto.AuditAck{ID: b.ID}
 	added := 0
+	lim := l.limits()
+	room := error(nil)
+	if l.cfg.Room != nil && len(b.Events) > 0 {
+		room = l.cfg.Room()
+	}
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		heads := tx.Bucket(bucketHeads)
 		h, err := decodeHead(heads.Get([]byte(source)))
 		if err != nil {
 			return err
 		}
+		if room != nil || lim.DeviceQuota > 0 {
+			n, err := newBytes(tx, source, h, b)
+			switch {
+			case err != nil:
+				return err
+			case n > 0 && room != nil:
+				return room
+			case n > 0 && lim.DeviceQuota > 0 && int64(h.Bytes)+n > lim.DeviceQuota:
+				return &errOverQuota{held: int64(h.Bytes), adding: n, quota: lim.DeviceQuota}
+			}
+		}
 		added = 0
+		claims := &claimChecker{tx: tx, device: source}
 		for i := range b.Events {
-			ok, err := store(tx, source, &b.Events[i], h)
+			ok, err := store(tx, source, &b.Events[i], h, claims)
 			if err != nil {
 				return err
 			}
@@ -311,8 +376,19 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 		}
 		return heads.Put([]byte(source), h.encode())
 	})
+	if q, ok := isOverQuota(err); ok {
+		l.pause(source, q.Error())
+		return refusal(b.ID, q.Error()), nil
+	}
+	if room != nil && errors.Is(err, room) {
+		l.pause(source, room.Error())
+		return refusal(b.ID, room.Error()), nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: ingest from %s: %w", source, err)
+	}
+	if added > 0 {
+		l.pause(source, "")
 	}
 	if added < len(b.Events) {
 		l.log.Debug("duplicate audit events skipped", "device_id", source, "sent", len(b.Events), "stored", added)
@@ -345,7 +421,7 @@ func (l *Log) Append(ctx context.Context, e *proto.AuditEvent) error {
 		if c.Hash, err = proto.ChainHash(prev, &c); err != nil {
 			return err
 		}
-		if _, err := store(tx, api.SourceFleet, &c, h); err != nil {
+		if _, err := store(tx, api.SourceFleet, &c, h, nil); err != nil {
 			return err
 		}
 		return heads.Put([]byte(api.SourceFleet), h.encode())
@@ -384,11 +460,13 @@ func (l *Log) DeviceStatus(deviceID string) (*api.DeviceAudit, bool) {
 	if h == nil {
 		return nil, false
 	}
-	return deviceAudit(h), true
+	out := deviceAudit(h)
+	out.Paused = l.Paused(deviceID)
+	return out, true
 }
 
 func deviceAudit(h *head) *api.DeviceAudit {
-	out := &api.DeviceAudit{Head: h.Seq, Dropped: h.Dropped, Damaged: h.Damaged}
+	out := &api.DeviceAudit{Head: h.Seq, Dropped: h.Dropped, Damaged: h.Damaged, Unverified: h.Unverified, Stored: int64(h.Bytes)}
 	if h.Queue != nil {
 		out.Pending, out.Bytes, out.Cap = h.Queue.Pending, h.Queue.Bytes, h.Queue.Cap
 		out.Dropped, out.Damaged = max(out.Dropped, h.Queue.Dropped), max(out.Damaged, h.Queue.Damaged)
@@ -402,6 +480,9 @@ func deviceAudit(h *head) *api.DeviceAudit {
 type Record struct {
 	Source string
 	Event  proto.AuditEvent
+	// Unverified says why the event's claims about a user or session did
+	// not verify; empty when they did, or it made none.
+	Unverified string
 }
 
 // Query selects events. Zero fields match everything.
@@ -491,7 +572,7 @@ func (l *Log) Search(ctx context.Context, q Query) ([]Record, bool, error) {
 				more = true
 				return nil
 			}
-			out = append(out, Record{Source: source, Event: *e})
+			out = append(out, Record{Source: source, Event: *e, Unverified: unverified(tx, source, e.Seq)})
 		}
 		return nil
 	})
@@ -510,22 +591,35 @@ func Export(r Record, names map[string]string) api.AuditEvent {
 		Source: r.Source, Seq: e.Seq, Time: time.UnixMilli(e.Time).UTC(), Type: e.Type, Outcome: e.Outcome,
 		User: e.User, Login: e.Login, Session: e.Session, Device: dev, DeviceName: names[dev],
 		Cluster: e.Cluster, Addr: e.Addr, Message: e.Message, Fields: e.Fields, Hash: hex.EncodeToString(e.Hash),
+		AssertedBy: AssertedBy(r.Source), Unverified: r.Unverified,
 	}
 }
 
 // maxProblems bounds the problems Verify lists per source.
 const maxProblems = 20
 
+// Verification is what Verify found.
+type Verification struct {
+	Chains      []api.AuditChain
+	Checkpoints *CheckpointStatus
+}
+
 // Verify checks every source's chain: sequence numbers without gaps from
 // the anchor to the head, each event's hash recomputed from the one before
-// it, and the head matching the last event.
-func (l *Log) Verify(ctx context.Context) ([]api.AuditChain, error) {
-	var out []api.AuditChain
+// it, the head matching the last event, and the newest head a signed
+// checkpoint names for the source still there with the hash it signed. It
+// also checks the checkpoints themselves: signatures, numbers, links.
+func (l *Log) Verify(ctx context.Context) (*Verification, error) {
+	out := &Verification{}
 	err := l.db.View(func(tx *bolt.Tx) error {
+		out.Checkpoints = l.verifyCheckpoints(tx)
 		heads := tx.Bucket(bucketHeads)
 		sources := map[string]bool{}
 		heads.ForEach(func(k, _ []byte) error { sources[string(k)] = true; return nil })
 		tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error { sources[string(k)] = true; return nil })
+		for s := range out.Checkpoints.expect {
+			sources[s] = true
+		}
 		names := make([]string, 0, len(sources))
 		for s := range sources {
 			names = append(names, s)
@@ -535,7 +629,11 @@ func (l *Log) Verify(ctx context.Context) ([]api.AuditChain, error) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			out = append(out, verifySource(tx, s))
+			c := verifySource(tx, s, out.Checkpoints.expect[s])
+			if c.Queue != nil {
+				c.Queue.Paused = l.Paused(s)
+			}
+			out.Chains = append(out.Chains, c)
 		}
 		return nil
 	})
@@ -545,7 +643,7 @@ func (l *Log) Verify(ctx context.Context) ([]api.AuditChain, error) {
 	return out, nil
 }
 
-func verifySource(tx *bolt.Tx, source string) api.AuditChain {
+func verifySource(tx *bolt.Tx, source string, signed map[uint64]auditexport.Want) api.AuditChain {
 	r := api.AuditChain{Source: source}
 	problem := func(format string, args ...any) {
 		if len(r.Problems) < maxProblems {
@@ -619,6 +717,9 @@ func verifySource(tx *bolt.Tx, source string) api.AuditChain {
 	if h.Conflicts > 0 {
 		problem("%d events were sent again with other contents under known sequence numbers", h.Conflicts)
 	}
+	for _, p := range checkSigned(tx, source, h, signed) {
+		problem("%s", p)
+	}
 	r.OK = len(r.Problems) == 0
 	return r
 }
@@ -680,9 +781,11 @@ func (l *Log) pruneSome(source []byte, cut int64, max int) (int, error) {
 			if err != nil || e.Time >= cut {
 				break
 			}
-			for _, ik := range indexKeys(string(source), e) {
+			for _, ik := range indexKeys(string(source), e, true) { // deleting a missing key does nothing
 				tx.Bucket(ik[0]).Delete(ik[1])
 			}
+			tx.Bucket(bucketUnverified).Delete(ref(string(source), e.Seq))
+			h.Bytes -= min(h.Bytes, uint64(len(v)))
 			keys = append(keys, k)
 			h.AnchorSeq, h.AnchorHash = e.Seq, e.Hash
 		}
@@ -701,25 +804,35 @@ func (l *Log) pruneSome(source []byte, cut int64, max int) (int, error) {
 	return n, err
 }
 
-// Run prunes events past the retention every hour until ctx is done. With
-// no retention it returns at once.
+// Run signs a checkpoint every CheckpointEvery (when it has a key and
+// heads changed) and applies the retention (age, then size: quota.go) at
+// once and every hour, until ctx is done. It signs no last checkpoint: the owner does that once
+// nothing writes any more (Checkpoint).
 func (l *Log) Run(ctx context.Context) {
-	if l.cfg.Retention <= 0 {
-		return
+	every := l.cfg.CheckpointEvery
+	if every <= 0 {
+		every = DefaultCheckpointEvery
 	}
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
+	checkpoint := time.NewTicker(every)
+	defer checkpoint.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	l.retain(ctx)
 	for {
-		n, err := l.Prune(ctx, l.cfg.Now().Add(-l.cfg.Retention))
-		if err != nil && ctx.Err() == nil {
-			l.log.Error("prune audit log", "err", err)
-		} else if n > 0 {
-			l.log.Info("audit events past the retention pruned", "events", n, "retention", l.cfg.Retention)
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-checkpoint.C:
+			if l.cfg.CheckpointKey == nil {
+				continue
+			}
+			if c, err := l.Checkpoint(ctx); err != nil {
+				l.log.Error("audit checkpoint not signed", "err", err)
+			} else if c != nil {
+				l.log.Debug("audit checkpoint signed", "n", c.N, "heads", len(c.Heads))
+			}
+		case <-prune.C:
+			l.retain(ctx)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,15 @@ import (
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
+
+// verifyChains is Verify's chains.
+func verifyChains(ctx context.Context, l *Log) ([]api.AuditChain, error) {
+	v, err := l.Verify(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v.Chains, nil
+}
 
 func openLog(t *testing.T, now func() time.Time) (*Log, string) {
 	t.Helper()
@@ -68,7 +78,7 @@ func TestIngestDedupAndAck(t *testing.T) {
 	if err != nil || len(recs) != 10 {
 		t.Fatalf("search: %d records, %v; want 10", len(recs), err)
 	}
-	res, err := l.Verify(ctx)
+	res, err := verifyChains(ctx, l)
 	if err != nil || len(res) != 1 || !res[0].OK || res[0].Events != 10 {
 		t.Fatalf("verify = %+v, %v", res, err)
 	}
@@ -93,6 +103,24 @@ func TestIngestRefusesOtherDevicesEvents(t *testing.T) {
 	}
 }
 
+// TestIngestRefusesUnprintableNames: a device cannot put escape sequences
+// in the fields of its events that name things; free text (a command the
+// user ran) is kept as it is.
+func TestIngestRefusesUnprintableNames(t *testing.T) {
+	l, _ := openLog(t, nil)
+	bad := chain(t, 1, 1, nil, func(int) proto.AuditEvent { return proto.AuditEvent{Type: "exec\x1b]52;c;AA\x07"} })
+	ack, err := l.Ingest(context.Background(), "dev-1", &proto.AuditBatch{Events: bad})
+	if err != nil || ack.Err == nil || ack.Err.Code != proto.CodeBadRequest || !strings.Contains(ack.Err.Message, `\x1b]52`) {
+		t.Errorf("ack = %+v, %v; want a bad request naming the type, escaped", ack, err)
+	}
+	free := chain(t, 1, 1, nil, func(int) proto.AuditEvent {
+		return proto.AuditEvent{Type: proto.EventExec, Fields: map[string]string{"command": "printf '\x1b[2J'"}}
+	})
+	if ack, err := l.Ingest(context.Background(), "dev-1", &proto.AuditBatch{Events: free}); err != nil || ack.Err != nil || ack.Through != 1 {
+		t.Errorf("a command with escapes: ack = %+v, %v; want it stored", ack, err)
+	}
+}
+
 func TestFleetAppendChains(t *testing.T) {
 	l, _ := openLog(t, nil)
 	for i := range 5 {
@@ -104,39 +132,55 @@ func TestFleetAppendChains(t *testing.T) {
 	if seq != 5 {
 		t.Errorf("head = %d, want 5", seq)
 	}
-	res, _ := l.Verify(context.Background())
+	res, _ := verifyChains(context.Background(), l)
 	if len(res) != 1 || !res[0].OK || res[0].Source != api.SourceFleet {
 		t.Errorf("verify = %+v", res)
+	}
+}
+
+// broker records the fleet's session.start of session for user on
+// device, as the fleet does before it opens the session's stream.
+func broker(t *testing.T, l *Log, at int64, device, session, user string) {
+	t.Helper()
+	err := l.Append(context.Background(), &proto.AuditEvent{Time: at, Type: proto.EventSessionStart, User: user, Login: "root",
+		Session: session, Device: device})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestSearch(t *testing.T) {
 	l, _ := openLog(t, nil)
 	ctx := context.Background()
+	const base = 1_700_000_000_000
+	owner := []string{"alice", "bob", "alice"} // of sessions s0, s1, s2
+	for k, u := range owner {
+		broker(t, l, base+int64(k)*3000-100, "dev-1", fmt.Sprint("s", k), u)
+	}
 	evs := chain(t, 1, 9, nil, func(i int) proto.AuditEvent {
 		types := []string{proto.EventSessionStart, proto.EventExec, proto.EventSessionEnd}
-		return proto.AuditEvent{Time: 1_700_000_000_000 + int64(i)*1000, Type: types[i%3], User: []string{"alice", "bob"}[i%2], Session: fmt.Sprint("s", i/3)}
+		return proto.AuditEvent{Time: base + int64(i)*1000, Type: types[i%3], User: owner[i/3], Session: fmt.Sprint("s", i/3)}
 	})
 	l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: evs})
-	l.Append(ctx, &proto.AuditEvent{Time: 1_700_000_000_500, Type: proto.EventAccessDenied, User: "bob", Device: "dev-1"})
-	l.Append(ctx, &proto.AuditEvent{Time: 1_700_000_000_600, Type: proto.EventUserLogin, User: "carol"})
-	at := func(i int) time.Time { return time.UnixMilli(1_700_000_000_000 + int64(i)*1000) }
+	l.Append(ctx, &proto.AuditEvent{Time: base + 500, Type: proto.EventAccessDenied, User: "bob", Device: "dev-1"})
+	l.Append(ctx, &proto.AuditEvent{Time: base + 600, Type: proto.EventUserLogin, User: "carol"})
+	at := func(i int) time.Time { return time.UnixMilli(base + int64(i)*1000) }
 	tests := []struct {
 		name string
 		q    Query
 		want int
 		more bool
 	}{
-		{"all", Query{}, 11, false},
-		{"device (with the fleet's event about it)", Query{Device: "dev-1"}, 10, false},
+		{"all", Query{}, 14, false},
+		{"device (with the fleet's events about it)", Query{Device: "dev-1"}, 13, false},
 		{"user", Query{User: "bob"}, 5, false},
-		{"session", Query{Session: "s1"}, 3, false},
+		{"session", Query{Session: "s1"}, 4, false},
 		{"type", Query{Type: proto.EventExec}, 3, false},
-		{"type prefix", Query{Type: "session.*"}, 6, false},
-		{"since", Query{Since: at(5)}, 4, false},
-		{"until", Query{Until: at(2)}, 4, false},
+		{"type prefix", Query{Type: "session.*"}, 9, false},
+		{"since", Query{Since: at(5)}, 5, false},
+		{"until", Query{Until: at(2)}, 5, false},
 		{"since and until on the user index", Query{User: "alice", Since: at(2), Until: at(7)}, 3, false},
-		{"user and type", Query{User: "alice", Type: "session.*"}, 4, false},
+		{"user and type", Query{User: "alice", Type: "session.*"}, 6, false},
 		{"limit", Query{Limit: 4}, 4, true},
 		{"nothing", Query{User: "nobody"}, 0, false},
 	}
@@ -154,12 +198,113 @@ func TestSearch(t *testing.T) {
 					t.Errorf("not in time order at %d", i)
 				}
 			}
+			for _, r := range recs {
+				if r.Unverified != "" {
+					t.Errorf("event %s/%d unverified: %s", r.Source, r.Event.Seq, r.Unverified)
+				}
+			}
 		})
 	}
-	recs, _, _ := l.Search(ctx, Query{Session: "s0", Limit: 1})
-	x := Export(recs[0], map[string]string{"dev-1": "pi-1"})
-	if x.Source != "dev-1" || x.Device != "dev-1" || x.DeviceName != "pi-1" || len(x.Hash) != 64 || x.Time.IsZero() {
+	recs, _, _ := l.Search(ctx, Query{Session: "s0", Limit: 2})
+	x := Export(recs[1], map[string]string{"dev-1": "pi-1"})
+	if x.Source != "dev-1" || x.Device != "dev-1" || x.DeviceName != "pi-1" || len(x.Hash) != 64 || x.Time.IsZero() || x.AssertedBy != "device:dev-1" {
 		t.Errorf("export = %+v", x)
+	}
+	if x := Export(recs[0], nil); x.AssertedBy != api.SourceFleet {
+		t.Errorf("the fleet's event exported as asserted by %q", x.AssertedBy)
+	}
+}
+
+// TestDevicesCannotSpeakForUsers: a device's events that name a session
+// the fleet did not broker to it, another user than the session's, or a
+// user without a session are kept in its chain but marked unverified, and
+// never show in a user's or a session's search.
+func TestDevicesCannotSpeakForUsers(t *testing.T) {
+	l, _ := openLog(t, nil)
+	ctx := context.Background()
+	const base = 1_700_000_000_000
+	broker(t, l, base, "dev-1", "s-dev1", "alice")
+	broker(t, l, base, "dev-2", "s-dev2", "bob")
+	planted := []struct {
+		name string
+		e    proto.AuditEvent
+		why  string // "" when the event verifies
+	}{
+		{"its own session, its user", proto.AuditEvent{Type: proto.EventExec, User: "bob", Login: "root", Session: "s-dev2"}, ""},
+		{"its own event, no user", proto.AuditEvent{Type: proto.EventAgentStart}, ""},
+		{"another device's session", proto.AuditEvent{Type: proto.EventExec, User: "alice", Login: "root", Session: "s-dev1"}, "did not broker"},
+		{"a session never brokered", proto.AuditEvent{Type: proto.EventSessionStart, User: "alice", Session: "made-up"}, "did not broker"},
+		{"its session, another user", proto.AuditEvent{Type: proto.EventExec, User: "alice", Session: "s-dev2"}, `brokered session "s-dev2" for "bob"`},
+		{"its session, another login", proto.AuditEvent{Type: proto.EventExec, User: "bob", Login: "admin", Session: "s-dev2"}, "for login"},
+		{"a user without a session", proto.AuditEvent{Type: proto.EventUserLogin, User: "alice"}, "cannot name a user"},
+	}
+	evs := chain(t, 1, len(planted), nil, func(i int) proto.AuditEvent {
+		e := planted[i].e
+		e.Time = base + int64(i+1)*1000
+		return e
+	})
+	ack, err := l.Ingest(ctx, "dev-2", &proto.AuditBatch{Events: evs})
+	if err != nil || ack.Err != nil || ack.Through != uint64(len(planted)) {
+		t.Fatalf("ingest: %+v, %v; want every event taken (the chain stays whole)", ack, err)
+	}
+	recs, _, _ := l.Search(ctx, Query{Device: "dev-2"})
+	bySeq := map[uint64]Record{}
+	for _, r := range recs {
+		if r.Source == "dev-2" {
+			bySeq[r.Event.Seq] = r
+		}
+	}
+	for i, p := range planted {
+		t.Run(p.name, func(t *testing.T) {
+			r, ok := bySeq[uint64(i+1)]
+			switch {
+			case !ok:
+				t.Fatal("not stored")
+			case p.why == "" && r.Unverified != "":
+				t.Errorf("marked unverified: %s", r.Unverified)
+			case p.why != "" && !strings.Contains(r.Unverified, p.why):
+				t.Errorf("unverified = %q, want it to say %q", r.Unverified, p.why)
+			}
+			if x := Export(r, nil); x.AssertedBy != "device:dev-2" || x.Unverified != r.Unverified {
+				t.Errorf("export: asserted by %q, unverified %q", x.AssertedBy, x.Unverified)
+			}
+		})
+	}
+	for _, q := range []Query{{User: "alice"}, {Session: "s-dev1"}, {Session: "made-up"}} {
+		recs, _, _ := l.Search(ctx, q)
+		for _, r := range recs {
+			if r.Source != api.SourceFleet {
+				t.Errorf("search %+v returned dev-2's event %d: %+v", q, r.Event.Seq, r.Event)
+			}
+		}
+	}
+	var fromDev []uint64
+	bobs, _, _ := l.Search(ctx, Query{User: "bob"})
+	for _, r := range bobs {
+		if r.Source == "dev-2" {
+			fromDev = append(fromDev, r.Event.Seq)
+		}
+	}
+	if len(fromDev) != 1 || fromDev[0] != 1 {
+		t.Errorf("bob's events from dev-2: %v, want the verified one (1)", fromDev)
+	}
+	if st, _ := l.DeviceStatus("dev-2"); st.Unverified != 5 {
+		t.Errorf("dev-2's status counts %d unverified events, want 5", st.Unverified)
+	}
+	if res, _ := verifyChains(ctx, l); len(res) != 2 {
+		t.Errorf("verify = %+v", res)
+	} else {
+		for _, c := range res {
+			if !c.OK {
+				t.Errorf("chain %s: %v (unverified claims do not break a chain)", c.Source, c.Problems)
+			}
+		}
+	}
+	if _, err := l.Brokered("dev-2", "s-dev1"); !errors.Is(err, ErrNotBrokered) {
+		t.Errorf("Brokered(dev-2, s-dev1) = %v, want ErrNotBrokered", err)
+	}
+	if e, err := l.Brokered("dev-1", "s-dev1"); err != nil || e.User != "alice" {
+		t.Errorf("Brokered(dev-1, s-dev1) = %+v, %v; want alice's session", e, err)
 	}
 }
 
@@ -225,7 +370,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			res, err := l.Verify(ctx)
+			res, err := verifyChains(ctx, l)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -253,7 +398,7 @@ func TestPruneKeepsTheChainVerifiable(t *testing.T) {
 	if err != nil || n != 5 {
 		t.Fatalf("pruned %d, %v; want 5", n, err)
 	}
-	res, _ := l.Verify(ctx)
+	res, _ := verifyChains(ctx, l)
 	if len(res) != 1 || !res[0].OK || res[0].Events != 5 || res[0].First != 6 {
 		t.Errorf("verify after prune = %+v", res)
 	}
@@ -269,7 +414,7 @@ func TestPruneKeepsTheChainVerifiable(t *testing.T) {
 	l.Append(ctx, &proto.AuditEvent{Time: 1, Type: "old"})
 	l.Prune(ctx, time.UnixMilli(2))
 	l.Append(ctx, &proto.AuditEvent{Type: "new"})
-	res, _ = l.Verify(ctx)
+	res, _ = verifyChains(ctx, l)
 	for _, r := range res {
 		if !r.OK {
 			t.Errorf("%s: %v", r.Source, r.Problems)

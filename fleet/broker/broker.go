@@ -5,10 +5,14 @@
 //     device exists and the user may reach it for this service, decided by
 //     fleet/authz, the same rules that re-check live sessions later);
 //  2. records every refusal in the audit trail (Deny);
-//  3. opens the stream down the device's tunnel (Open), with the user's
-//     fleet-verified identity in its header;
-//  4. records the session's start, fail-closed, and registers it as live
-//     (Start), so that the fleet ends it when access ends;
+//  3. records the session's start, fail-closed, and registers it as live
+//     (Start), so that the fleet ends it when access ends; the start is
+//     committed before the device hears of the session, because the
+//     device's own events about it are checked against it (fleet/audit's
+//     claims);
+//  4. opens the stream down the device's tunnel (Open), with the user's
+//     fleet-verified identity in its header; each stream of a pooled
+//     service (OpenPooled) is recorded the same way, start before open;
 //  5. splices bytes for services that are plain byte streams (Splice);
 //  6. records the session's end with its reason (Session.Done).
 //
@@ -16,8 +20,8 @@
 // HTTP to users and call the broker; they never open tunnel streams or
 // register sessions themselves. A new service that is a TCP-like stream
 // needs: its rule in fleet/authz (Decide), an entry in the agent's service
-// registry (firmware/services), and a handler that calls Authorize, Open,
-// Start and Splice as the SSH handler does (fleet/httpapi/connect.go).
+// registry (firmware/services), and a handler that calls Authorize, Start,
+// Open and Splice as the SSH handler does (fleet/httpapi/connect.go).
 //
 // Every access decision and session is recorded with the fleet's audit
 // recorder (fleet/audit's Recorder: the hash-chained trail and a line on
@@ -36,6 +40,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -383,9 +388,69 @@ func (b *Broker) Open(ctx context.Context, g *Grant, target string) (net.Conn, e
 
 // OpenPooled is Open for services that open several streams per session
 // (pooled HTTP connections: Kubernetes, apps): each stream gets an ID of
-// its own, and the fleet ends the session by closing them.
+// its own, and the fleet ends the session by closing them. Each stream's
+// start is recorded (fail-closed) before the device hears of it, and its
+// end when it is closed, so that the device's events about the stream can
+// be checked.
 func (b *Broker) OpenPooled(ctx context.Context, g *Grant, target string) (net.Conn, error) {
-	return b.open(ctx, g, target, NewID())
+	id := NewID()
+	ident := g.Identity()
+	ev := func(typ, outcome, msg string) *proto.AuditEvent {
+		f := map[string]string{"service": g.Session.Service, "device_name": g.Session.DeviceName}
+		if ident.KubeUser != "" {
+			f["kube_user"], f["kube_groups"] = ident.KubeUser, strings.Join(ident.KubeGroups, ",")
+		}
+		if g.Session.App != "" {
+			f["app"] = g.Session.App
+		}
+		return &proto.AuditEvent{Type: typ, Outcome: outcome, User: g.Session.User, Session: id, Device: g.Session.DeviceID,
+			Addr: g.Session.ClientAddr, Message: msg, Fields: f}
+	}
+	if g.Session.DeviceID != "" {
+		if err := b.Record(context.WithoutCancel(ctx), ev(proto.EventSessionStart, proto.OutcomeSuccess, "")); err != nil {
+			b.log.Error("audit event not recorded; stream not opened", "device_id", g.Session.DeviceID, "err", err)
+			return nil, &Refusal{Status: StatusUnavailable, Msg: AuditDown}
+		}
+	}
+	conn, err := b.open(ctx, g, target, id)
+	if err != nil {
+		if g.Session.DeviceID != "" {
+			b.recordSoon(ev(proto.EventSessionEnd, proto.OutcomeFailure, err.Error()))
+		}
+		return nil, err
+	}
+	return &recordedConn{Conn: conn, end: func() { b.recordSoon(ev(proto.EventSessionEnd, proto.OutcomeSuccess, "")) }}, nil
+}
+
+// recordSoon records e with a bounded wait, logging a failure: for events
+// of what has already happened.
+func (b *Broker) recordSoon(e *proto.AuditEvent) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Record(ctx, e); err != nil {
+		b.log.Error("audit event not recorded", "type", e.Type, "err", err)
+	}
+}
+
+// recordedConn calls end once, when it is first closed.
+type recordedConn struct {
+	net.Conn
+	once sync.Once
+	end  func()
+}
+
+func (c *recordedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.end)
+	return err
+}
+
+// CloseWrite half-closes the stream, when the stream can.
+func (c *recordedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (net.Conn, error) {
@@ -555,6 +620,13 @@ func (s *Session) Done(ctx context.Context, reason string, st Stats) string {
 	}
 	s.b.Record(ctx, s.event(proto.EventSessionEnd, f))
 	return reason
+}
+
+// Failed keeps err as the reason the session ended, at once: a client that
+// asks how its session ended as soon as its connection closes (tsh) learns
+// it. Done records the end event later.
+func (s *Session) Failed(err error) {
+	s.live.Done(err.Error())
 }
 
 // DoneSilently is Done for a session whose events its service records

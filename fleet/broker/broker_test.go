@@ -293,7 +293,7 @@ func TestSessionLifecycle(t *testing.T) {
 	s.OnEnd(func() { dev.Close(); user.Close() })
 	done := make(chan Stats, 1)
 	go func() {
-		up, down, _ := Splice(user, nil, dev)
+		up, down, _ := Splice(user, nil, dev, nil)
 		done <- Stats{Up: up, Down: down}
 	}()
 	client.Write([]byte("hello"))
@@ -364,5 +364,79 @@ func TestStartRefusesExpired(t *testing.T) {
 	var ref *Refusal
 	if !errors.As(err, &ref) || ref.Status != StatusUnauthorized || !strings.Contains(ref.Msg, "expired") {
 		t.Fatalf("got %v, want an expiry refusal", err)
+	}
+}
+
+// recordingTunnels is fakeTunnels that notes, at each open, whether the
+// fleet had already recorded the stream's start.
+type recordingTunnels struct {
+	*fakeTunnels
+	trail       *trail
+	startBefore []bool
+}
+
+func (r *recordingTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	r.trail.mu.Lock()
+	seen := false
+	for _, e := range r.trail.evs {
+		if e.Type == proto.EventSessionStart && e.Session == h.SessionID && e.Device == id {
+			seen = true
+		}
+	}
+	r.trail.mu.Unlock()
+	r.startBefore = append(r.startBefore, seen)
+	return r.fakeTunnels.Open(ctx, id, h)
+}
+
+// TestPooledStreamsAreRecordedBeforeTheyOpen: each stream of a pooled
+// service has its session.start committed before the device hears of it
+// (the device's events about it are checked against that record), and its
+// session.end once, when it closes; a stream the device does not take ends
+// as a failure; with no audit trail, no stream.
+func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
+	f := newFixture(t)
+	rt := &recordingTunnels{fakeTunnels: f.tun, trail: f.trail}
+	f.b.cfg.Tunnels = rt
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := f.b.OpenPooled(ctx, g, "nodered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rt.startBefore) != 1 || !rt.startBefore[0] {
+		t.Errorf("when the stream was opened, its start was recorded: %v, want true", rt.startBefore)
+	}
+	conn.Close()
+	conn.Close()
+	id := f.tun.headers[0].SessionID
+	var got []string
+	for _, e := range f.trail.evs {
+		if e.Session == id {
+			got = append(got, e.Type+"/"+e.Outcome)
+		}
+	}
+	if want := []string{"session.start/success", "session.end/success"}; !slices.Equal(got, want) {
+		t.Errorf("events of the stream: %v, want %v", got, want)
+	}
+
+	f.tun.offline = true
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
+		t.Fatal("an open to an offline device succeeded")
+	}
+	if e := f.trail.last(); e.Type != proto.EventSessionEnd || e.Outcome != proto.OutcomeFailure {
+		t.Errorf("last event %+v, want the failed stream's session.end", e)
+	}
+
+	f.tun.offline = false
+	f.trail.fail = true
+	var ref *Refusal
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); !errors.As(err, &ref) || ref.Status != StatusUnavailable {
+		t.Errorf("with no audit trail: got %v, want StatusUnavailable", err)
+	}
+	if len(rt.startBefore) != 2 {
+		t.Errorf("the device heard of %d streams, want 2 (none without a record)", len(rt.startBefore))
 	}
 }

@@ -90,3 +90,47 @@ func (c *Client) Recording(ctx context.Context, id string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// AuditExport calls GET /v1/audit/export (admin) and copies the export (see
+// proto/auditexport) to w as it comes; with checkpointsOnly, only the
+// header and the signed checkpoints.
+func (c *Client) AuditExport(ctx context.Context, w io.Writer, checkpointsOnly bool) error {
+	if err := c.checkExpiry(); err != nil {
+		return err
+	}
+	path := api.PathAuditExport
+	if checkpointsOnly {
+		path += "?checkpoints_only=true"
+	}
+	op := "get " + api.PathAuditExport
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.cfg.Addr+path, nil)
+	if err != nil {
+		return fmt.Errorf("client: %s: %w", op, err)
+	}
+	req.Header.Set("User-Agent", c.cfg.UserAgent)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.transportError(op, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+		return errorFromResponse(resp.StatusCode, data)
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return c.transportError(op, err)
+	}
+	return nil
+}
+
+// Retention calls GET /v1/retention (admin).
+func (c *Client) Retention(ctx context.Context) (*api.RetentionStatus, error) {
+	var out api.RetentionStatus
+	return &out, c.do(ctx, http.MethodGet, api.PathRetention, nil, &out)
+}
+
+// SetRetention calls PUT /v1/retention (admin).
+func (c *Client) SetRetention(ctx context.Context, p api.Retention) (*api.RetentionStatus, error) {
+	var out api.RetentionStatus
+	return &out, c.do(ctx, http.MethodPut, api.PathRetention, &p, &out)
+}

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -50,6 +51,9 @@ type Config struct {
 	// Now is the clock used to spot an expired certificate. Zero means
 	// time.Now.
 	Now func() time.Time
+	// LocalAddr is the address to connect from; nil lets the system
+	// choose.
+	LocalAddr net.Addr
 }
 
 func (c *Config) setDefaults() {
@@ -89,7 +93,7 @@ func New(cfg Config) (*Client, error) {
 	if c.tls.ServerName == "" {
 		c.tls.ServerName = host
 	}
-	c.dialer = net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}
+	c.dialer = net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second, LocalAddr: cfg.LocalAddr}
 	c.http = &http.Client{
 		Transport: &http.Transport{
 			DialContext:         c.dial,
@@ -128,10 +132,31 @@ func (c *Client) Ping(ctx context.Context) (*api.Ping, error) {
 	return &out, c.do(ctx, http.MethodGet, api.PathPing, nil, &out)
 }
 
-// Login calls POST /v1/login (open).
+// loginRetries are the pauses before trying a login again when the fleet
+// answers that it is busy (api.CodeBusy: its password checks are all
+// taken, by a flood of logins say); each is jittered by up to half.
+var loginRetries = []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second}
+
+// Login calls POST /v1/login (open). While the fleet answers that it is
+// busy, it tries again a few times (about 5 s in all) before returning
+// that answer.
 func (c *Client) Login(ctx context.Context, req *api.LoginRequest) (*api.LoginResponse, error) {
-	var out api.LoginResponse
-	return &out, c.do(ctx, http.MethodPost, api.PathLogin, req, &out)
+	for i := 0; ; i++ {
+		var out api.LoginResponse
+		err := c.do(ctx, http.MethodPost, api.PathLogin, req, &out)
+		var ae *api.Error
+		if err == nil || i == len(loginRetries) || !errors.As(err, &ae) || ae.Code != api.CodeBusy {
+			return &out, err
+		}
+		d := loginRetries[i]
+		t := time.NewTimer(d + mrand.N(d/2))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return &out, err
+		case <-t.C:
+		}
+	}
 }
 
 // Whoami calls GET /v1/whoami.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,22 @@ func newClient(t *testing.T, f *clienttest.Fleet, user string) *client.Client {
 	return c
 }
 
+// serve starts a TLS server of h and returns a client of it.
+func serve(t *testing.T, h http.Handler) *client.Client {
+	t.Helper()
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	conf, err := client.CATLS(srv.Listener.Addr().String(), []*x509.Certificate{srv.Certificate()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(client.Config{Addr: srv.Listener.Addr().String(), TLS: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestErrorMapping(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -59,20 +76,11 @@ func TestErrorMapping(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)
 			}))
-			t.Cleanup(srv.Close)
-			conf, err := client.CATLS(srv.Listener.Addr().String(), []*x509.Certificate{srv.Certificate()}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := client.New(client.Config{Addr: srv.Listener.Addr().String(), TLS: conf})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.Devices(context.Background())
+			_, err := c.Devices(context.Background())
 			var apiErr *api.Error
 			if !errors.As(err, &apiErr) {
 				t.Fatalf("Devices: got %v (%T), want *api.Error", err, err)
@@ -380,5 +388,51 @@ func TestConnectCancel(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
+	}
+}
+
+// TestLoginRetriesWhenBusy: a fleet busy checking other logins is asked
+// again (a few times); other refusals are not retried.
+func TestLoginRetriesWhenBusy(t *testing.T) {
+	tests := []struct {
+		name      string
+		busy      int // busy answers before the real one
+		refuse    bool
+		wantCalls int32
+		wantCode  string
+	}{
+		{"busy twice, then in", 2, false, 3, ""},
+		{"busy throughout", 10, false, 4, api.CodeBusy},
+		{"a wrong password is not retried", 0, true, 1, api.CodeUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int32
+			c := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n := int(calls.Add(1))
+				switch {
+				case n <= tt.busy:
+					w.Header().Set("Retry-After", "1")
+					w.WriteHeader(http.StatusServiceUnavailable)
+					io.WriteString(w, `{"code":"busy","message":"the fleet is busy"}`)
+				case tt.refuse:
+					w.WriteHeader(http.StatusUnauthorized)
+					io.WriteString(w, `{"code":"unauthorized","message":"wrong user name, password or code"}`)
+				default:
+					io.WriteString(w, `{"user":"alice"}`)
+				}
+			}))
+			resp, err := c.Login(context.Background(), &api.LoginRequest{User: "alice"})
+			var ae *api.Error
+			switch {
+			case tt.wantCode == "" && (err != nil || resp.User != "alice"):
+				t.Errorf("login: %v, %+v; want alice in", err, resp)
+			case tt.wantCode != "" && (!errors.As(err, &ae) || ae.Code != tt.wantCode):
+				t.Errorf("login: %v, want code %s", err, tt.wantCode)
+			}
+			if got := calls.Load(); got != tt.wantCalls {
+				t.Errorf("%d calls, want %d", got, tt.wantCalls)
+			}
+		})
 	}
 }

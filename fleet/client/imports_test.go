@@ -20,7 +20,7 @@ func TestClientsLinkNoServerCode(t *testing.T) {
 		"remoteler.dev/edge/fleet/tsh",
 		"remoteler.dev/edge/fleet/fleetctl",
 		"remoteler.dev/edge/fleet/kubeconfig",   // tsh kube login (client-go's clientcmd), as tools/layering allows
-		"remoteler.dev/edge/firmware/buildinfo", // the version, as tools/layering allows
+		"remoteler.dev/edge/internal/buildinfo", // the version, as tools/layering allows
 		"remoteler.dev/edge/fleet/cmd/tsh",
 		"remoteler.dev/edge/fleet/cmd/fleetctl",
 	}
@@ -44,7 +44,7 @@ func TestClientsLinkNoServerCode(t *testing.T) {
 					}
 				}
 				if !ok || strings.HasPrefix(dep, "remoteler.dev/edge/fleet/client/clienttest") {
-					t.Errorf("%s links %s; tsh and fleetctl may link only proto/..., fleet/client/... (not clienttest), fleet/tsh, fleet/fleetctl, fleet/kubeconfig and firmware/buildinfo", main, dep)
+					t.Errorf("%s links %s; tsh and fleetctl may link only proto/..., fleet/client/... (not clienttest), fleet/tsh, fleet/fleetctl, fleet/kubeconfig and internal/buildinfo", main, dep)
 				}
 			}
 		})

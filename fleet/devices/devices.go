@@ -63,13 +63,22 @@ var (
 )
 
 // CheckName reports whether name is a valid device name: a DNS label of 1
-// to 63 lower-case letters, digits and '-', not starting or ending with '-'.
+// to 63 lower-case letters, digits and '-', not starting or ending with '-',
+// that does not have the shape of a device ID (32 hex digits), so that no
+// name can be mistaken for another device's ID.
 func CheckName(name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("device name %q must be 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-'", name)
 	}
+	if IsID(name) {
+		return fmt.Errorf("device name %q has the shape of a device ID (32 hex digits): choose another name", name)
+	}
 	return nil
 }
+
+// IsID reports whether s has the shape of a device ID: 32 lower-case hex
+// digits.
+func IsID(s string) bool { return idRE.MatchString(s) }
 
 // CheckLabels reports whether labels are valid device labels: at most
 // MaxLabels; keys of 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/',
@@ -280,7 +289,7 @@ func (r *Registry) ByName(ctx context.Context, name string) (Device, error) {
 
 // idOf looks a name up in the index.
 func (r *Registry) idOf(ctx context.Context, name string) (string, error) {
-	if CheckName(name) != nil {
+	if !nameRE.MatchString(name) { // not CheckName: older stores may hold ID-shaped names
 		return "", ErrNotFound
 	}
 	b, err := r.Store.Get(ctx, namePrefix+name)
@@ -307,38 +316,23 @@ func (r *Registry) List(ctx context.Context) ([]Device, error) {
 	return out, nil
 }
 
-// Delete removes a device given its name or its ID (a name wins when both
-// could apply), releasing its name. It returns the removed device, or an
+// Delete removes the device with this ID (never a name: a device could
+// be named after another's ID in a store written before CheckName refused
+// such names), releasing its name. It returns the removed device, or an
 // error matching ErrNotFound.
-func (r *Registry) Delete(ctx context.Context, nameOrID string) (Device, error) {
-	id, err := r.idOf(ctx, nameOrID)
-	byName := err == nil
-	switch {
-	case errors.Is(err, ErrNotFound):
-		id = nameOrID
-	case err != nil:
-		return Device{}, fmt.Errorf("devices: delete %q: %w", nameOrID, err)
-	}
+func (r *Registry) Delete(ctx context.Context, id string) (Device, error) {
 	d, _, err := r.get(ctx, id)
-	if err != nil && !(byName && errors.Is(err, ErrNotFound)) {
-		return Device{}, fmt.Errorf("devices: delete %q: %w", nameOrID, err)
+	if err != nil {
+		return Device{}, fmt.Errorf("devices: delete %q: %w", id, err)
 	}
-	if byName || d.Name != "" {
-		name := d.Name
-		if byName {
-			name = nameOrID
+	if d.Name != "" {
+		if err := r.releaseName(ctx, d.Name, id); err != nil {
+			return Device{}, fmt.Errorf("devices: delete %q: %w", id, err)
 		}
-		if err := r.releaseName(ctx, name, id); err != nil {
-			return Device{}, fmt.Errorf("devices: delete %q: %w", nameOrID, err)
-		}
-	}
-	if d.ID == "" {
-		// Only a stale name entry was there; it is gone now.
-		return Device{}, fmt.Errorf("devices: delete %q: %w", nameOrID, ErrNotFound)
 	}
 	err = r.Store.Delete(ctx, devicePrefix+id)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return Device{}, fmt.Errorf("devices: delete %q: %w", nameOrID, err)
+		return Device{}, fmt.Errorf("devices: delete %q: %w", id, err)
 	}
 	return d, nil
 }

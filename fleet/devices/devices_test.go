@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -179,38 +180,87 @@ func TestConcurrentRegisterSameName(t *testing.T) {
 
 func TestDelete(t *testing.T) {
 	ctx := context.Background()
+	r, s := newRegistry(t)
+	d, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Delete(ctx, d.Name); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Delete by name: got %v, want ErrNotFound (Delete takes an ID only)", err)
+	}
+	got, err := r.Delete(ctx, d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != d.ID {
+		t.Errorf("deleted %q, want %q", got.ID, d.ID)
+	}
+	if _, err := r.Get(ctx, d.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after delete: got %v, want ErrNotFound", err)
+	}
+	if items, _ := s.List(ctx, ""); len(items) != 0 {
+		t.Errorf("store still holds %v after delete", items)
+	}
+	if _, err := r.Register(ctx, Device{Name: "pi-1"}); err != nil {
+		t.Errorf("Register after delete: %v, want the name to be free", err)
+	}
+	if _, err := r.Delete(ctx, "nope"); !errors.Is(err, ErrNotFound) || !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Delete unknown: got %v, want ErrNotFound", err)
+	}
+}
+
+// TestDeleteIgnoresADecoyNamedAfterTheID: a device named after another
+// device's ID (possible in stores written before CheckName refused such
+// names) cannot divert the removal of that device onto itself.
+func TestDeleteIgnoresADecoyNamedAfterTheID(t *testing.T) {
+	ctx := context.Background()
+	r, s := newRegistry(t)
+	real, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Register(ctx, Device{Name: real.ID}); err == nil {
+		t.Fatalf("a device named %s (pi-1's ID) was registered", real.ID)
+	}
+	// Plant the decoy as an older fleet would have stored it.
+	decoy := Device{ID: strings.Repeat("d", 32), Name: real.ID}
+	b, _ := json.Marshal(decoy)
+	if err := s.Create(ctx, devicePrefix+decoy.ID, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Create(ctx, namePrefix+decoy.Name, []byte(decoy.ID)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Delete(ctx, real.ID)
+	if err != nil || got.ID != real.ID {
+		t.Fatalf("Delete(%s) = %+v, %v; want pi-1 removed", real.ID, got, err)
+	}
+	if _, err := r.Get(ctx, real.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("pi-1 is still registered after its removal: %v", err)
+	}
+	if _, err := r.Get(ctx, decoy.ID); err != nil {
+		t.Errorf("the decoy was removed instead: %v", err)
+	}
+	if _, err := r.ByName(ctx, "pi-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("pi-1's name still resolves: %v", err)
+	}
+}
+
+func TestCheckNameRefusesIDs(t *testing.T) {
 	tests := []struct {
 		name string
-		key  func(d Device) string
+		ok   bool
 	}{
-		{"by name", func(d Device) string { return d.Name }},
-		{"by id", func(d Device) string { return d.ID }},
+		{"pi-1", true},
+		{"0123456789abcdef0123456789abcdef", false},
+		{"0123456789abcdef0123456789abcde", true},   // 31 digits: not an ID
+		{"0123456789abcdef0123456789abcdef0", true}, // 33
+		{"0123456789abcdef0123456789abcdeg", true},  // not hex
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, s := newRegistry(t)
-			d, err := r.Register(ctx, Device{Name: "pi-1"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := r.Delete(ctx, tt.key(d))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.ID != d.ID {
-				t.Errorf("deleted %q, want %q", got.ID, d.ID)
-			}
-			if _, err := r.Get(ctx, d.ID); !errors.Is(err, ErrNotFound) {
-				t.Errorf("Get after delete: got %v, want ErrNotFound", err)
-			}
-			if items, _ := s.List(ctx, ""); len(items) != 0 {
-				t.Errorf("store still holds %v after delete", items)
-			}
-			if _, err := r.Register(ctx, Device{Name: "pi-1"}); err != nil {
-				t.Errorf("Register after delete: %v, want the name to be free", err)
-			}
-			if _, err := r.Delete(ctx, "nope"); !errors.Is(err, ErrNotFound) || !errors.Is(err, store.ErrNotFound) {
-				t.Errorf("Delete unknown: got %v, want ErrNotFound", err)
+			if err := CheckName(tt.name); (err == nil) != tt.ok {
+				t.Errorf("CheckName(%q) = %v, want ok %v", tt.name, err, tt.ok)
 			}
 		})
 	}

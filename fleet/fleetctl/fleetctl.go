@@ -1,9 +1,10 @@
 // Package fleetctl is the admin's command-line client as a library: users,
-// roles, join tokens, devices, status and the audit log of a fleet. fleet/cmd/fleetctl is
-// its thin main; tests drive Main directly.
+// roles, join tokens, devices, status, the audit log and the retention
+// policy of a fleet. fleet/cmd/fleetctl is its thin main; tests drive Main
+// directly.
 //
-// It talks to fleetd only through fleet/client and imports no server
-// package. On the fleet's machine it uses the admin identity fleetd keeps
+// It talks to fleetd only through fleet/client and links none of the
+// server's packages. On the fleet's machine it uses the admin identity fleetd keeps
 // in its data dir (DATADIR/admin/identity.pem and DATADIR/admin/fleet.json,
 // renewed by fleetd while it runs); elsewhere -i IDENTITY --proxy HOST:PORT
 // names an identity file of the same format (see client.Identity). Either
@@ -12,20 +13,18 @@ package fleetctl
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
-	"remoteler.dev/edge/firmware/buildinfo"
-	"remoteler.dev/edge/fleet/client"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
-// Version is fleetctl's version: the build's (firmware/buildinfo, set by the
+// Version is fleetctl's version: the build's (internal/buildinfo, set by the
 // release build). Tests may change it.
 var Version = buildinfo.Version
 
@@ -61,48 +60,15 @@ func (s *Stdio) setDefaults() {
 // admin identity.
 const DefaultDataDir = "/var/lib/fleetd"
 
-const usage = `fleetctl: administer a Remoteler edge fleet.
+const long = `fleetctl administers a Remoteler edge fleet: its users, roles, join
+tokens, devices, audit log and retention policy.
 
-Usage: fleetctl [--data-dir DIR | -i IDENTITY --proxy HOST:PORT] COMMAND
+Where the fleet is: on the fleet's machine, --data-dir DIR (default
+/var/lib/fleetd) uses the admin identity fleetd keeps in DIR/admin;
+elsewhere, -i IDENTITY --proxy HOST:PORT uses an identity file of the same
+format. These flags may come before or after the command.
 
-Commands:
-  users add NAME --roles=ROLE,... [--logins=LOGIN,...] [--totp]
-  users ls [--format=text|json]
-  users rm NAME
-  roles create -f ROLE.yaml        (also: fleetctl create -f ROLE.yaml; "-f -" reads stdin)
-  roles ls [--format=text|json|yaml]
-  roles rm NAME
-  tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT] [--format=text|json]
-  tokens ls [--format=text|json]
-  tokens rm ID
-  devices ls [-v] [--format=text|json]
-  devices rm NAME
-  status
-  audit search [--since=24h] [--until=TIME] [--device=NAME] [--user=NAME] [--session=ID] [--type=TYPE] [--json]
-  audit verify [--json]             check every device's (and the fleet's) audit hash chain
-  version
-
-A role file (YAML; several roles separated by ---):
-  kind: role
-  version: v1
-  metadata:
-    name: field-tech
-    description: field technicians          # optional
-  spec:
-    allow:
-      logins: ["{{internal.logins}}", pi]   # {{internal.logins}}: the user's --logins
-      device_labels: {site: [north, south]} # "*" matches any value
-      admin: false                          # true: the admin API (users, roles, ...)
-    deny:                                   # deny wins over allow
-      logins: [root]
-      device_labels: {"*": "*"}
-    options:
-      max_session_ttl: 8h
-
-Where the fleet is: --data-dir DIR (default /var/lib/fleetd) uses the admin
-identity fleetd keeps in DIR/admin; -i IDENTITY --proxy HOST:PORT uses an
-identity file instead. Both may come before or after the command.
-`
+Exit status: 0 on success, 1 on any error (the reason is on standard error).`
 
 // globals are the flags every command takes.
 type globals struct {
@@ -111,99 +77,43 @@ type globals struct {
 	proxy    string
 }
 
-func (g *globals) register(fs *flag.FlagSet) {
+func (g *globals) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.dataDir, "data-dir", DefaultDataDir, "fleetd's data dir, where it keeps the admin identity (admin/identity.pem)")
-	fs.StringVar(&g.identity, "i", "", "an identity `file` (PEM: certificate, CA certificates, PKCS#8 key) instead of the data dir's; needs --proxy")
+	fs.StringVarP(&g.identity, "identity", "i", "", "an identity `file` (PEM: certificate, CA certificates, PKCS#8 key) instead of the data dir's; needs --proxy")
 	fs.StringVar(&g.proxy, "proxy", "", "the fleet's address, HOST:PORT (default: the one in DATADIR/admin/fleet.json)")
 }
 
-// command is one fleetctl command.
-type command struct {
-	synopsis string
-	run      func(r *runner, ctx context.Context, fs *flag.FlagSet, args []string) error
-}
-
-var commands = map[string]command{
-	"users add":    {"users add NAME --roles=ROLE,... [--logins=LOGIN,...] [--totp]", (*runner).usersAdd},
-	"users ls":     {"users ls [--format=text|json]", (*runner).usersLs},
-	"users rm":     {"users rm NAME", (*runner).usersRm},
-	"roles create": {"roles create -f ROLE.yaml", (*runner).rolesCreate},
-	"create":       {"create -f ROLE.yaml", (*runner).rolesCreate},
-	"roles ls":     {"roles ls [--format=text|json|yaml]", (*runner).rolesLs},
-	"roles rm":     {"roles rm NAME", (*runner).rolesRm},
-	"tokens add":   {"tokens add [--ttl=1h] [--uses=1] [--labels=KEY=VALUE,...] [--fleet-addr=HOST:PORT] [--format=text|json]", (*runner).tokensAdd},
-	"tokens ls":    {"tokens ls [--format=text|json]", (*runner).tokensLs},
-	"tokens rm":    {"tokens rm ID", (*runner).tokensRm},
-	"devices ls":   {"devices ls [-v] [--format=text|json]", (*runner).devicesLs},
-	"devices rm":   {"devices rm NAME", (*runner).devicesRm},
-	"status":       {"status", (*runner).status},
-}
-
 // Main runs fleetctl with args (without the program name) and returns the
-// exit code: 0 on success, 1 on errors, 2 on usage errors.
+// exit code (docs/cli/README.md): 0 on success, 1 on errors (usage mistakes
+// included), 130 when interrupted.
 func Main(ctx context.Context, args []string, stdio Stdio) int {
 	stdio.setDefaults()
 	r := &runner{stdio: stdio, prompt: &cli.Prompt{In: stdio.In, Err: stdio.Err}}
-	top := flag.NewFlagSet("fleetctl", flag.ContinueOnError)
-	top.SetOutput(stdio.Err)
-	top.Usage = func() { fmt.Fprint(stdio.Err, usage) }
-	r.g.register(top)
-	rest, err := cli.ParseFirst(top, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	return cli.Execute(ctx, r.command(), args, stdio.In, stdio.Out, stdio.Err)
+}
+
+// command is fleetctl's command tree. To add a command, write a method that
+// returns its *cobra.Command (see users.go: a group with add, ls and rm) and
+// add it here; docs/cli/README.md says the rest.
+func (r *runner) command() *cobra.Command {
+	root := &cobra.Command{
+		Use:     "fleetctl",
+		Short:   "Administer a Remoteler edge fleet",
+		Long:    long,
+		Version: Version,
 	}
-	if err != nil {
-		return 2
-	}
-	if len(rest) == 0 {
-		fmt.Fprint(stdio.Err, usage)
-		return 2
-	}
-	switch rest[0] {
-	case "help":
-		fmt.Fprint(stdio.Out, usage)
-		return 0
-	case "version":
-		fmt.Fprintf(stdio.Out, "fleetctl %s\n", Version)
-		return 0
-	}
-	name := rest[0]
-	cmd, ok := commands[name]
-	if !ok && len(rest) > 1 {
-		name = rest[0] + " " + rest[1]
-		cmd, ok = commands[name]
-	}
-	if !ok {
-		fmt.Fprintf(stdio.Err, "fleetctl: unknown command %q; run fleetctl help for the list\n", strings.Join(rest[:min(2, len(rest))], " "))
-		return 2
-	}
-	fs := flag.NewFlagSet("fleetctl "+name, flag.ContinueOnError)
-	fs.SetOutput(stdio.Err)
-	fs.Usage = func() {
-		fmt.Fprintf(stdio.Err, "Usage: fleetctl %s\n", cmd.synopsis)
-		fs.PrintDefaults()
-	}
-	// Keep the values given before the command: registering the flags
-	// again resets them to their defaults.
-	given := map[string]string{}
-	top.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
-	r.g.register(fs)
-	for name, v := range given {
-		fs.Set(name, v)
-	}
-	err = cmd.run(r, ctx, fs, rest[len(strings.Fields(name)):])
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, cli.ErrUsage):
-		return 2
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(stdio.Err, "fleetctl: interrupted")
-		return 130
-	default:
-		fmt.Fprintf(stdio.Err, "fleetctl: %v\n", client.Plain(err))
-		return 1
-	}
+	r.g.register(root.PersistentFlags())
+	root.AddCommand(
+		r.usersCommand(),
+		r.rolesCommand(),
+		r.createCommand(),
+		r.tokensCommand(),
+		r.devicesCommand(),
+		r.statusCommand(),
+		r.auditCommand(),
+		r.retentionCommand(),
+	)
+	return cli.Setup(root)
 }
 
 // runner carries one run's streams and flags.
@@ -211,28 +121,4 @@ type runner struct {
 	stdio  Stdio
 	prompt *cli.Prompt
 	g      globals
-}
-
-// usageError prints a usage mistake and the synopsis, and returns
-// cli.ErrUsage.
-func (r *runner) usageError(fs *flag.FlagSet, format string, args ...any) error {
-	fmt.Fprintf(r.stdio.Err, "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
-	fs.Usage()
-	return cli.ErrUsage
-}
-
-// parseN parses fs among args and wants exactly n other arguments, named
-// by what (e.g. "NAME").
-func (r *runner) parseN(fs *flag.FlagSet, args []string, n int, what string) ([]string, error) {
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case len(pos) < n:
-		return nil, r.usageError(fs, "missing %s", what)
-	case len(pos) > n:
-		return nil, r.usageError(fs, "unexpected argument %q", pos[n])
-	}
-	return pos, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +92,7 @@ func TestUsersAdd(t *testing.T) {
 			name:     "no roles",
 			stdin:    "pa55word\n",
 			args:     []string{"users", "add", "carol"},
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "--roles is required",
 		},
 		{
@@ -103,7 +104,7 @@ func TestUsersAdd(t *testing.T) {
 		{
 			name:     "no name",
 			args:     []string{"users", "add", "--roles=dev"},
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "missing NAME",
 		},
 	}
@@ -169,7 +170,7 @@ spec:
 		{"roles create", func(f string) []string { return []string{"roles", "create", "-f", f} }, "", 0, []string{"admin", "field-tech"}, ""},
 		{"create alias", func(f string) []string { return []string{"create", "-f", f} }, "", 0, []string{"admin", "field-tech"}, ""},
 		{"stdin", func(string) []string { return []string{"create", "-f", "-"} }, twoRoles, 0, []string{"admin", "field-tech"}, ""},
-		{"no file", func(string) []string { return []string{"roles", "create"} }, "", 2, nil, "-f ROLE.yaml is required"},
+		{"no file", func(string) []string { return []string{"roles", "create"} }, "", 1, nil, "-f ROLE.yaml is required"},
 		{"unknown field", func(string) []string { return []string{"create", "-f", "-"} },
 			"kind: role\nmetadata: {name: x}\nspec:\n  allw: {logins: [pi]}\n", 1, nil,
 			`document 1 (role "x"): unknown field "spec.allw"`},
@@ -291,8 +292,8 @@ func TestTokensAdd(t *testing.T) {
 		t.Errorf("--fleet-addr not used: %s", r.stdout)
 	}
 	r = e.run("", "--data-dir", e.dataDir, "tokens", "ls", "--format=json")
-	var toks []api.Token
-	if err := json.Unmarshal([]byte(r.stdout), &toks); err != nil || len(toks) != 2 || toks[0].UsesLeft != 3 {
+	var toks api.List[api.Token]
+	if err := json.Unmarshal([]byte(r.stdout), &toks); err != nil || toks.Kind != "tokens" || len(toks.Items) != 2 || toks.Items[0].UsesLeft != 3 {
 		t.Errorf("tokens ls --format=json: got %s (%v)", r.stdout, err)
 	}
 	if r = e.run("", "--data-dir", e.dataDir, "tokens", "rm", "tok1"); r.code != 0 {
@@ -333,8 +334,8 @@ func TestListings(t *testing.T) {
 	}
 	t.Run("devices json", func(t *testing.T) {
 		r := e.run("", "--data-dir", e.dataDir, "devices", "ls", "--format=json")
-		var got []api.Device
-		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0].Name != "gw1" {
+		var got api.List[api.Device]
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got.Items) != 1 || got.Items[0].Name != "gw1" {
 			t.Errorf("got %s (%v)", r.stdout, err)
 		}
 	})
@@ -369,7 +370,8 @@ func TestWhereIsTheFleet(t *testing.T) {
 		{"no data dir", []string{"--data-dir", empty, "status"}, 1,
 			"cannot find " + filepath.Join(empty, "admin", "fleet.json") + ": is fleetd running with --data-dir " + empty + "?"},
 		{"identity not trusted", []string{"-i", e.idPath, "--proxy", clienttest.NewFleet(t).Addr, "status"}, 1, "does not trust"},
-		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{"mistyped command", []string{"--data-dir", e.dataDir, "devcies", "ls"}, 1, `unknown command "devcies" for "fleetctl"; did you mean "devices"?`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -419,4 +421,50 @@ func FuzzParseFleetInfo(f *testing.F) {
 			t.Fatal("accepted fleet.json without addr")
 		}
 	})
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"512", 512, true}, {"512MiB", 512 << 20, true}, {"1.5GiB", 3 << 29, true},
+		{"20 GiB", 20 << 30, true}, {"1GB", 1e9, true}, {"10B", 10, true},
+		{"-1GiB", 0, false}, {"lots", 0, false}, {"GiB", 0, false}, {"1PiB", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseSize(tt.in)
+		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestRolesRoundTrip feeds roles ls --format=yaml and json back to roles
+// create: the listing is also a role file.
+func TestRolesRoundTrip(t *testing.T) {
+	e := newTestEnv(t)
+	const role = "kind: role\nmetadata: {name: field-tech, description: \"techs \\e[2K\"}\nspec: {allow: {logins: [pi], device_labels: {site: [north]}}, options: {max_session_ttl: 4h}}\n"
+	if r := e.run(role, "--data-dir", e.dataDir, "roles", "create", "-f", "-"); r.code != 0 {
+		t.Fatalf("roles create: %s", r.stderr)
+	}
+	want := e.fleet.Roles()
+	for _, format := range []string{"yaml", "json"} {
+		t.Run(format, func(t *testing.T) {
+			out := e.run("", "--data-dir", e.dataDir, "roles", "ls", "--format="+format)
+			if out.code != 0 || strings.Contains(out.stdout, "\x1b") {
+				t.Fatalf("roles ls: exit %d, stdout %q", out.code, out.stdout)
+			}
+			if r := e.run("", "--data-dir", e.dataDir, "roles", "rm", "field-tech"); r.code != 0 || len(e.fleet.Roles()) != 0 {
+				t.Fatalf("roles rm: %s", r.stderr)
+			}
+			if r := e.run(out.stdout, "--data-dir", e.dataDir, "roles", "create", "-f", "-"); r.code != 0 {
+				t.Fatalf("roles create of roles ls: %s", r.stderr)
+			}
+			if got := e.fleet.Roles(); !reflect.DeepEqual(got, want) {
+				t.Errorf("after the round trip: %+v, want %+v", got, want)
+			}
+		})
+	}
 }

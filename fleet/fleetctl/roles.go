@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -13,8 +12,8 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
 	"remoteler.dev/edge/fleet/client"
@@ -52,9 +51,10 @@ func splitYAML(data []byte) [][]byte {
 }
 
 // parseRoles decodes role resources from a YAML stream with one or more
-// documents. Unknown fields are errors that name the field and its place,
-// so a typo ("allw") does not silently drop a rule. Empty documents are
-// skipped; no role at all is an error.
+// documents, each a role or a listing of roles (the "kind: roles" object of
+// roles ls --format=yaml or json). Unknown fields are errors that name the
+// field and its place, so a typo ("allw") does not silently drop a rule.
+// Empty documents are skipped; no role at all is an error.
 func parseRoles(data []byte) ([]api.Role, error) {
 	var roles []api.Role
 	for i, doc := range splitYAML(data) {
@@ -70,40 +70,23 @@ func parseRoles(data []byte) ([]api.Role, error) {
 		if err := json.Unmarshal(j, &generic); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		obj, ok := generic.(map[string]any)
-		if !ok {
-			return nil, fmt.Errorf("%s: want a role (kind: role, metadata, spec), not a %s", where, jsonKind(generic))
-		}
-		if md, ok := obj["metadata"].(map[string]any); ok {
-			if name, ok := md["name"].(string); ok && name != "" {
-				where += fmt.Sprintf(" (role %q)", name)
+		if obj, ok := generic.(map[string]any); ok && obj["kind"] == "roles" {
+			items, ok := obj["items"].([]any)
+			if !ok {
+				return nil, fmt.Errorf("%s: a listing of roles (kind: roles) needs items: [...]", where)
 			}
+			for k, item := range items {
+				role, err := parseRole(fmt.Sprintf("%s, item %d", where, k+1), item)
+				if err != nil {
+					return nil, err
+				}
+				roles = append(roles, role)
+			}
+			continue
 		}
-		if unknown := unknownFields(generic, reflect.TypeFor[api.Role](), ""); len(unknown) > 0 {
-			return nil, fmt.Errorf("%s: unknown field %s; check its spelling against the role format (fleetctl help)", where, strings.Join(unknown, ", "))
-		}
-		normalizeRole(obj)
-		if j, err = json.Marshal(obj); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		dec := json.NewDecoder(bytes.NewReader(j))
-		dec.DisallowUnknownFields()
-		var role api.Role
-		if err := dec.Decode(&role); err != nil {
-			return nil, fmt.Errorf("%s: %s", where, cleanYAMLError(err))
-		}
-		switch {
-		case role.Kind == "":
-			return nil, fmt.Errorf("%s: no kind; a role starts with kind: role", where)
-		case role.Kind != "role":
-			return nil, fmt.Errorf("%s: kind is %q; fleetctl roles create takes kind: role", where, role.Kind)
-		case role.Version == "":
-			role.Version = "v1"
-		case role.Version != "v1":
-			return nil, fmt.Errorf("%s: version %q is not supported; use version: v1", where, role.Version)
-		}
-		if role.Metadata.Name == "" {
-			return nil, fmt.Errorf("%s: no metadata.name; name the role", where)
+		role, err := parseRole(where, generic)
+		if err != nil {
+			return nil, err
 		}
 		roles = append(roles, role)
 	}
@@ -111,6 +94,48 @@ func parseRoles(data []byte) ([]api.Role, error) {
 		return nil, errors.New("no role in the file; a role starts with kind: role")
 	}
 	return roles, nil
+}
+
+// parseRole decodes and checks one role, decoded from JSON as generic;
+// where names it in errors.
+func parseRole(where string, generic any) (api.Role, error) {
+	var role api.Role
+	obj, ok := generic.(map[string]any)
+	if !ok {
+		return role, fmt.Errorf("%s: want a role (kind: role, metadata, spec), not a %s", where, jsonKind(generic))
+	}
+	if md, ok := obj["metadata"].(map[string]any); ok {
+		if name, ok := md["name"].(string); ok && name != "" {
+			where += fmt.Sprintf(" (role %q)", name)
+		}
+	}
+	if unknown := unknownFields(generic, reflect.TypeFor[api.Role](), ""); len(unknown) > 0 {
+		return role, fmt.Errorf("%s: unknown field %s; check its spelling against the role format (fleetctl roles create --help)", where, strings.Join(unknown, ", "))
+	}
+	normalizeRole(obj)
+	j, err := json.Marshal(obj)
+	if err != nil {
+		return role, fmt.Errorf("%s: %w", where, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&role); err != nil {
+		return role, fmt.Errorf("%s: %s", where, cleanYAMLError(err))
+	}
+	switch {
+	case role.Kind == "":
+		return role, fmt.Errorf("%s: no kind; a role starts with kind: role", where)
+	case role.Kind != "role":
+		return role, fmt.Errorf("%s: kind is %q; fleetctl roles create takes kind: role", where, role.Kind)
+	case role.Version == "":
+		role.Version = "v1"
+	case role.Version != "v1":
+		return role, fmt.Errorf("%s: version %q is not supported; use version: v1", where, role.Version)
+	}
+	if role.Metadata.Name == "" {
+		return role, fmt.Errorf("%s: no metadata.name; name the role", where)
+	}
+	return role, nil
 }
 
 // normalizeRole accepts a single value where a role takes a list, as people
@@ -215,13 +240,92 @@ func cleanYAMLError(err error) string {
 	return s
 }
 
-func (r *runner) rolesCreate(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	file := fs.String("f", "", "the role `file` (YAML; several roles separated by ---); - reads standard input")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
+// roleFormat documents the role file, for roles create's help.
+const roleFormat = `A role file is YAML; several roles are separated by ---:
+
+  kind: role
+  version: v1
+  metadata:
+    name: field-tech
+    description: field technicians          # optional
+  spec:
+    allow:
+      logins: ["{{internal.logins}}", pi]   # {{internal.logins}}: the user's --logins
+      device_labels: {site: [north, south]} # "*" matches any value
+      kubernetes_groups: [viewers]          # Kubernetes access (see docs/kubernetes.md)
+      admin: false                          # true: the admin API (users, roles, ...)
+    deny:                                   # deny wins over allow
+      logins: [root]
+      device_labels: {"*": "*"}
+    options:
+      max_session_ttl: 8h
+
+A role of the same name is replaced. Unknown fields are errors, so a typo
+does not silently drop a rule.`
+
+func (r *runner) rolesCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "roles",
+		Short: "Create, list and remove roles: who may reach which devices as whom",
 	}
+	var roleFile string
+	create := r.roleCreateCommand("create", &roleFile)
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the roles",
+		Long: `List the roles. Their --format=yaml (or json) listing is also a role file:
+fleetctl roles create -f takes it back.`,
+		Args: cli.NoArgs,
+	}
+	format := cli.FormatFlag(ls, "")
+	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.rolesLs(cmd.Context(), *format) }
+	rm := removeCommand(r, &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a role",
+	}, (*client.Client).RemoveRole, "Role %q removed.", r.names(r.roleNames))
+	group.AddCommand(create, ls, rm)
+	return group
+}
+
+// createCommand is "fleetctl create -f ROLE.yaml", as kubectl create.
+func (r *runner) createCommand() *cobra.Command {
+	var roleFile string
+	return r.roleCreateCommand("create", &roleFile)
+}
+
+// roleCreateCommand is a command that writes the roles of a file.
+func (r *runner) roleCreateCommand(use string, file *string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     use + " -f ROLE.yaml",
+		Short:   "Create or replace roles from a YAML file",
+		Long:    roleFormat,
+		Example: "  fleetctl roles create -f field-tech.yaml\n  fleetctl create -f - < roles.yaml",
+		Args:    cli.NoArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return r.rolesCreate(cmd, *file) },
+	}
+	cmd.Flags().StringVarP(file, "filename", "f", "", "the role `file` (YAML; several roles separated by ---); - reads standard input")
+	cmd.MarkFlagFilename("filename", "yaml", "yml")
+	return cmd
+}
+
+// roleNames offers the fleet's roles.
+func (r *runner) roleNames(ctx context.Context, c *client.Client) ([]cobra.Completion, error) {
+	roles, err := c.Roles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cobra.Completion, 0, len(roles))
+	for _, role := range roles {
+		out = append(out, cli.Completion(role.Metadata.Name, role.Metadata.Description))
+	}
+	return out, nil
+}
+
+func (r *runner) rolesCreate(cmd *cobra.Command, fileFlag string) error {
+	ctx := cmd.Context()
+	file := &fileFlag
 	if *file == "" {
-		return r.usageError(fs, "-f ROLE.yaml is required")
+		return cli.Usagef(cmd, "-f ROLE.yaml is required")
 	}
 	var (
 		data []byte
@@ -253,14 +357,7 @@ func (r *runner) rolesCreate(ctx context.Context, fs *flag.FlagSet, args []strin
 	return nil
 }
 
-func (r *runner) rolesLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	format := fs.String("format", "text", "output format: text, json or yaml (yaml can be fed back to roles create)")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
-	}
-	if !slices.Contains([]string{"text", "json", "yaml"}, *format) {
-		return r.usageError(fs, "--format must be text, json or yaml, not %q", *format)
-	}
+func (r *runner) rolesLs(ctx context.Context, format cli.Format) error {
 	c, _, err := r.connect()
 	if err != nil {
 		return err
@@ -271,30 +368,17 @@ func (r *runner) rolesLs(ctx context.Context, fs *flag.FlagSet, args []string) e
 		return fmt.Errorf("roles ls: %w", apiHint(err))
 	}
 	slices.SortFunc(roles, func(a, b api.Role) int { return strings.Compare(a.Metadata.Name, b.Metadata.Name) })
-	switch *format {
-	case "json":
-		return r.printJSON(roles)
-	case "yaml":
-		for i, role := range roles {
-			b, err := yaml.Marshal(role)
-			if err != nil {
-				return err
-			}
-			if i > 0 {
-				fmt.Fprintln(r.stdio.Out, "---")
-			}
-			r.stdio.Out.Write(b)
-		}
-		return nil
-	}
-	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tLOGINS\tDEVICE LABELS\tDENY LOGINS\tADMIN\tMAX TTL")
+	return cli.PrintList(r.stdio.Out, format, "roles", roles, false, func() error { return r.rolesTable(roles) })
+}
+
+func (r *runner) rolesTable(roles []api.Role) error {
+	tw := cli.NewTable(r.stdio.Out, "NAME", "LOGINS", "DEVICE LABELS", "DENY LOGINS", "ADMIN", "MAX TTL")
 	for _, role := range roles {
 		admin := "no"
 		if role.Spec.Allow.Admin && !role.Spec.Deny.Admin {
 			admin = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", role.Metadata.Name, cli.Dash(strings.Join(role.Spec.Allow.Logins, ",")),
+		tw.Row(role.Metadata.Name, cli.Dash(strings.Join(role.Spec.Allow.Logins, ",")),
 			fmtSelector(role.Spec.Allow.DeviceLabels), cli.Dash(strings.Join(role.Spec.Deny.Logins, ",")), admin,
 			cli.Dash(role.Spec.Options.MaxSessionTTL))
 	}
@@ -311,8 +395,4 @@ func fmtSelector(sel map[string][]string) string {
 		parts = append(parts, k+"="+strings.Join(sel[k], "|"))
 	}
 	return strings.Join(parts, ",")
-}
-
-func (r *runner) rolesRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	return remove(ctx, r, fs, args, "roles rm", (*client.Client).RemoveRole, "Role %q removed.")
 }

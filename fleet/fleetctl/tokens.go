@@ -2,12 +2,12 @@ package fleetctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"strings"
-	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
@@ -31,27 +31,77 @@ func parseLabels(s string) (map[string]string, error) {
 	return out, nil
 }
 
-func (r *runner) tokensAdd(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	ttl := fs.Duration("ttl", time.Hour, "how long the token can be used")
-	uses := fs.Int("uses", 1, "how many devices can join with it")
-	labels := fs.String("labels", "", "labels the joining devices get, KEY=VALUE,... (roles select devices by them)")
-	fleetAddr := fs.String("fleet-addr", "", "the fleet's address as devices reach it, for the printed command (default: the address fleetctl uses)")
-	format := fs.String("format", "text", "output format: text or json (json holds join_string, for scripts)")
-	if _, err := r.parseN(fs, args, 0, ""); err != nil {
-		return err
+func (r *runner) tokensCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "tokens",
+		Short: "Join tokens: how devices join the fleet",
 	}
-	if err := r.checkFormat(fs, *format); err != nil {
-		return err
+	var f tokenFlags
+	add := &cobra.Command{
+		Use:   "add",
+		Short: "Make a join token and print the command that joins a device",
+		Long: `Make a join token: a device joins the fleet once with it (edge-agent start
+--token=JOIN_STRING), within --ttl, and at most --uses devices may use it.
+The join string holds the token and the fleet's CA pin, so the device can
+verify the fleet. Devices joined with it get --labels, which the device
+cannot change.`,
+		Example: `  fleetctl tokens add --ttl=1h --labels=site=north
+  fleetctl tokens add --uses=50 --fleet-addr=fleet.example.com:3080 --format=json`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return r.tokensAdd(cmd, f) },
 	}
+	fl := add.Flags()
+	fl.DurationVar(&f.ttl, "ttl", time.Hour, "how long the token can be used")
+	fl.IntVar(&f.uses, "uses", 1, "how many devices can join with it")
+	fl.StringVar(&f.labels, "labels", "", "labels the joining devices get, KEY=VALUE,... (roles select devices by them)")
+	fl.StringVar(&f.fleetAddr, "fleet-addr", "", "the fleet's address as devices reach it, for the printed command (default: the address fleetctl uses)")
+	f.format = cli.FormatFlag(add, "the token, with join_string for scripts")
+
+	ls := listCommand(r, &cobra.Command{
+		Use:   "ls",
+		Short: "List the join tokens that can still be used",
+	}, "tokens", (*client.Client).Tokens, r.tokensTable)
+	rm := removeCommand(r, &cobra.Command{
+		Use:   "rm ID",
+		Short: "Remove a join token (devices that joined with it stay)",
+	}, (*client.Client).RemoveToken, "Token %s removed; devices that already joined with it stay.", r.names(r.tokenIDs))
+	group.AddCommand(add, ls, rm)
+	return group
+}
+
+// tokenFlags are tokens add's flags.
+type tokenFlags struct {
+	ttl               time.Duration
+	uses              int
+	labels, fleetAddr string
+	format            *cli.Format
+}
+
+// tokenIDs offers the IDs of the fleet's tokens.
+func (r *runner) tokenIDs(ctx context.Context, c *client.Client) ([]cobra.Completion, error) {
+	toks, err := c.Tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cobra.Completion, 0, len(toks))
+	for _, t := range toks {
+		out = append(out, cli.Completion(t.ID, cli.Labels(t.Labels)+" "+cli.Until(r.stdio.Now(), t.Expires)))
+	}
+	return out, nil
+}
+
+func (r *runner) tokensAdd(cmd *cobra.Command, f tokenFlags) error {
+	ctx := cmd.Context()
+	ttl, uses, labels, fleetAddr := &f.ttl, &f.uses, &f.labels, &f.fleetAddr
 	if *ttl <= 0 {
-		return r.usageError(fs, "--ttl must be positive, e.g. 1h")
+		return cli.Usagef(cmd, "--ttl must be positive, e.g. 1h")
 	}
 	if *uses <= 0 {
-		return r.usageError(fs, "--uses must be at least 1")
+		return cli.Usagef(cmd, "--uses must be at least 1")
 	}
 	lbls, err := parseLabels(*labels)
 	if err != nil {
-		return r.usageError(fs, "--labels: %v", err)
+		return cli.Usagef(cmd, "--labels: %v", err)
 	}
 	c, info, err := r.connect()
 	if err != nil {
@@ -70,9 +120,9 @@ func (r *runner) tokensAdd(ctx context.Context, fs *flag.FlagSet, args []string)
 	if join == "" {
 		join = pin.JoinString(tok.Token, caPin)
 	}
-	if *format == "json" {
+	if *f.format != cli.Text {
 		tok.CAPin, tok.JoinString = caPin, join
-		return r.printJSON(tok)
+		return cli.PrintValue(r.stdio.Out, *f.format, tok)
 	}
 	addr := *fleetAddr
 	if addr == "" {
@@ -106,18 +156,11 @@ func isLocal(host string) bool {
 	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
-func (r *runner) tokensLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	return list(ctx, r, fs, args, "tokens ls", (*client.Client).Tokens, func(toks []api.Token) error {
-		now := r.stdio.Now()
-		tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tEXPIRES\tUSES LEFT\tLABELS\tCREATED")
-		for _, t := range toks {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", t.ID, cli.Until(now, t.Expires), t.UsesLeft, cli.Labels(t.Labels), cli.Ago(now, t.CreatedAt))
-		}
-		return tw.Flush()
-	})
-}
-
-func (r *runner) tokensRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	return remove(ctx, r, fs, args, "tokens rm", (*client.Client).RemoveToken, "Token %s removed; devices that already joined with it stay.")
+func (r *runner) tokensTable(toks []api.Token) error {
+	now := r.stdio.Now()
+	tw := cli.NewTable(r.stdio.Out, "ID", "EXPIRES", "USES LEFT", "LABELS", "CREATED")
+	for _, t := range toks {
+		tw.Row(t.ID, cli.Until(now, t.Expires), fmt.Sprint(t.UsesLeft), cli.Labels(t.Labels), cli.Ago(now, t.CreatedAt))
+	}
+	return tw.Flush()
 }

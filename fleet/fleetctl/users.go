@@ -2,35 +2,16 @@ package fleetctl
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
-	"text/tabwriter"
+
+	"github.com/spf13/cobra"
 
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 )
-
-// printJSON writes v as indented JSON.
-func (r *runner) printJSON(v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = r.stdio.Out.Write(append(b, '\n'))
-	return err
-}
-
-// checkFormat accepts text or json.
-func (r *runner) checkFormat(fs *flag.FlagSet, format string) error {
-	if format != "text" && format != "json" {
-		return r.usageError(fs, "--format must be text or json, not %q", format)
-	}
-	return nil
-}
 
 // apiHint adds what to do next to errors of the fleet's API.
 func apiHint(err error) error {
@@ -69,17 +50,74 @@ func splitList(s string) []string {
 	return out
 }
 
-func (r *runner) usersAdd(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	roles := fs.String("roles", "", "the user's roles, comma-separated (fleetctl roles ls lists them); required")
-	logins := fs.String("logins", "", "the user's logins on devices, comma-separated; roles use them as {{internal.logins}}")
-	totp := fs.Bool("totp", false, "enrol a TOTP authenticator: login then needs a code; prints the otpauth:// URL to enrol")
-	pos, err := r.parseN(fs, args, 1, "NAME")
-	if err != nil {
-		return err
+func (r *runner) usersCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "users",
+		Short: "Add, list and remove the fleet's users",
 	}
-	name := pos[0]
-	if len(splitList(*roles)) == 0 {
-		return r.usageError(fs, "--roles is required, e.g. --roles=dev (fleetctl roles ls lists the roles)")
+	var roles, logins string
+	var totp bool
+	add := &cobra.Command{
+		Use:   "add NAME --roles=ROLE,...",
+		Short: "Add a user",
+		Long: `Add a user with roles and, optionally, logins (the device accounts that
+roles grant as {{internal.logins}}). The password is read twice without
+echo from a terminal, else one line from standard input. --totp enrols an
+authenticator app: fleetctl prints the otpauth:// URL to scan.`,
+		Example: `  fleetctl users add alice --roles=access --logins=root,pi
+  echo "$PASSWORD" | fleetctl users add ci --roles=deploy`,
+		Args: cli.ExactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.usersAdd(cmd, args[0], roles, logins, totp)
+		},
+	}
+	add.Flags().StringVar(&roles, "roles", "", "the user's roles, comma-separated (fleetctl roles ls lists them); required")
+	add.Flags().StringVar(&logins, "logins", "", "the user's logins on devices, comma-separated; roles use them as {{internal.logins}}")
+	add.Flags().BoolVar(&totp, "totp", false, "enrol a TOTP authenticator: login then needs a code; prints the otpauth:// URL to enrol")
+	add.RegisterFlagCompletionFunc("roles", r.completeList(r.roleNames))
+
+	ls := listCommand(r, &cobra.Command{
+		Use:   "ls",
+		Short: "List the users",
+	}, "users", (*client.Client).Users, r.usersTable)
+	rm := removeCommand(r, &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a user",
+	}, (*client.Client).RemoveUser, "User %q removed.", r.names(r.userNames))
+	group.AddCommand(add, ls, rm)
+	return group
+}
+
+// userNames offers the fleet's users.
+func (r *runner) userNames(ctx context.Context, c *client.Client) ([]cobra.Completion, error) {
+	users, err := c.Users(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cobra.Completion, 0, len(users))
+	for _, u := range users {
+		out = append(out, cli.Completion(u.Name, "roles "+strings.Join(u.Roles, ",")))
+	}
+	return out, nil
+}
+
+// completeList completes a comma-separated flag value: the candidates of
+// list for its last element.
+func (r *runner) completeList(list func(ctx context.Context, c *client.Client) ([]cobra.Completion, error)) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		prefix := ""
+		if i := strings.LastIndexByte(toComplete, ','); i >= 0 {
+			prefix = toComplete[:i+1]
+		}
+		all := cli.Candidates(cmd, r.names(list))
+		return cli.Filter(all, toComplete, prefix), cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveNoSpace
+	}
+}
+
+func (r *runner) usersAdd(cmd *cobra.Command, name, roles, logins string, totp bool) error {
+	ctx := cmd.Context()
+	if len(splitList(roles)) == 0 {
+		return cli.Usagef(cmd, "--roles is required, e.g. --roles=dev (fleetctl roles ls lists the roles)")
 	}
 	password, err := r.newPassword(ctx, name)
 	if err != nil {
@@ -91,7 +129,7 @@ func (r *runner) usersAdd(ctx context.Context, fs *flag.FlagSet, args []string) 
 	}
 	defer c.Close()
 	resp, err := c.AddUser(ctx, &api.AddUserRequest{
-		Name: name, Password: password, Roles: splitList(*roles), Logins: splitList(*logins), TOTP: *totp,
+		Name: name, Password: password, Roles: splitList(roles), Logins: splitList(logins), TOTP: totp,
 	})
 	if err != nil {
 		if apiErr, ok := errors.AsType[*api.Error](err); ok && apiErr.Code == api.CodeConflict {
@@ -100,13 +138,13 @@ func (r *runner) usersAdd(ctx context.Context, fs *flag.FlagSet, args []string) 
 		return fmt.Errorf("users add %s: %w", name, apiHint(err))
 	}
 	fmt.Fprintf(r.stdio.Out, "User %q added with roles %s", name, cli.List(resp.User.Roles))
-	if l := splitList(*logins); len(l) > 0 {
+	if l := splitList(logins); len(l) > 0 {
 		fmt.Fprintf(r.stdio.Out, " and logins %s", cli.List(l))
 	}
 	fmt.Fprintln(r.stdio.Out, ".")
 	if resp.TOTPURL != "" {
 		fmt.Fprintf(r.stdio.Out, "TOTP: add this to %s's authenticator app (as a QR code, or pasted); tsh login asks for its code:\n  %s\n", name, resp.TOTPURL)
-	} else if *totp {
+	} else if totp {
 		fmt.Fprintln(r.stdio.Err, "fleetctl: warning: the fleet sent no TOTP URL; check the user with fleetctl users ls")
 	}
 	fmt.Fprintf(r.stdio.Out, "%s logs in with:\n  tsh login --proxy=%s --user=%s --ca-pin=%s\n", name, info.Addr, name, info.CAPin)
@@ -136,23 +174,15 @@ func (r *runner) newPassword(ctx context.Context, name string) (string, error) {
 	return pw, nil
 }
 
-func (r *runner) usersLs(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	return list(ctx, r, fs, args, "users ls", (*client.Client).Users, func(users []api.User) error {
-		now := r.stdio.Now()
-		tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tROLES\tLOGINS\tTOTP\tCREATED")
-		for _, u := range users {
-			totp := "no"
-			if u.TOTP {
-				totp = "yes"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Name, cli.Dash(strings.Join(u.Roles, ",")),
-				cli.Dash(strings.Join(u.Traits["logins"], ",")), totp, cli.Ago(now, u.CreatedAt))
+func (r *runner) usersTable(users []api.User) error {
+	now := r.stdio.Now()
+	tw := cli.NewTable(r.stdio.Out, "NAME", "ROLES", "LOGINS", "TOTP", "CREATED")
+	for _, u := range users {
+		totp := "no"
+		if u.TOTP {
+			totp = "yes"
 		}
-		return tw.Flush()
-	})
-}
-
-func (r *runner) usersRm(ctx context.Context, fs *flag.FlagSet, args []string) error {
-	return remove(ctx, r, fs, args, "users rm", (*client.Client).RemoveUser, "User %q removed.")
+		tw.Row(u.Name, cli.Dash(strings.Join(u.Roles, ",")), cli.Dash(strings.Join(u.Traits["logins"], ",")), totp, cli.Ago(now, u.CreatedAt))
+	}
+	return tw.Flush()
 }

@@ -14,14 +14,26 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"remoteler.dev/edge/fleet/store/backend"
 )
 
 // Config is fleetd's configuration, from flags or a YAML file. The zero
 // value of every field but DataDir works.
 type Config struct {
-	// DataDir holds the store (fleet.db) and the admin identity (admin/).
-	// Required.
+	// DataDir holds the embedded store (fleet.db), the admin identity
+	// (admin/), the audit log and the recordings. Required, with every
+	// store.
 	DataDir string `json:"data_dir"`
+	// Store names the fleet's state store: "bolt" (the default:
+	// DATA_DIR/fleet.db) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] for
+	// several replicas on one etcd cluster (keys under /PREFIX/, default
+	// /fleet/). See docs/storage.md.
+	Store string `json:"store"`
+	// StoreTLS are the PEM files for TLS to etcd: ca_file verifies the
+	// members, cert_file and key_file are a client certificate. Empty:
+	// plain TCP.
+	StoreTLS backend.TLSFiles `json:"store_tls"`
 	// Listen is the host:port for HTTPS (TCP) and tunnels (UDP); default
 	// "0.0.0.0:3080". Port 0 picks a free port.
 	Listen string `json:"listen"`
@@ -58,9 +70,30 @@ type Config struct {
 	// KubeClusterLabels are that cluster's labels for roles'
 	// device_labels; default none (roles with {"*": "*"} select it).
 	KubeClusterLabels map[string]string `json:"kube_cluster_labels"`
-	// AuditRetention is how long audit events are kept (e.g. "8760h");
-	// zero keeps them forever.
+	// AuditRetention is how long audit events are kept (e.g. "8760h")
+	// until an admin sets a storage policy (fleetctl retention set, which
+	// wins); default the policy's default, a year.
 	AuditRetention Duration `json:"audit_retention"`
+	// AuditCheckpointEvery is how often fleetd signs a checkpoint of its
+	// audit chains' heads (when they changed); it signs one when it stops
+	// too. Default 5m.
+	AuditCheckpointEvery Duration `json:"audit_checkpoint_every"`
+	// MaxConnsPerSource caps the HTTPS connections one source address (an
+	// IPv4 address, or an IPv6 /64) holds at once; past it a new one is
+	// closed as soon as it is accepted. Default 128; -1 turns the cap off.
+	MaxConnsPerSource int `json:"max_conns_per_source"`
+	// HTTPBodyIdleTimeout is the longest pause allowed inside a request
+	// body on the HTTPS port, and HTTPBodyTimeout the longest a body may
+	// take; defaults 10s and 1m. They do not cut brokered connections or
+	// Kubernetes watches and exec sessions.
+	HTTPBodyIdleTimeout Duration `json:"http_body_idle_timeout"`
+	HTTPBodyTimeout     Duration `json:"http_body_timeout"`
+	// LoginBurst and LoginEvery rate-limit logins per source address (an
+	// IPv4 address, or an IPv6 /64): bursts of LoginBurst, then one every
+	// LoginEvery. Defaults 10 and 6s; a LoginEvery of "-1s" turns the
+	// limit off.
+	LoginBurst int      `json:"login_burst"`
+	LoginEvery Duration `json:"login_every"`
 
 	// Web apps on devices (docs/apps.md).
 
@@ -85,6 +118,9 @@ type Config struct {
 	// (never longer than the fleet login it came from).
 	AppSessionTTL Duration `json:"app_session_ttl"`
 }
+
+// DefaultMaxConnsPerSource is MaxConnsPerSource's default.
+const DefaultMaxConnsPerSource = 128
 
 // Duration is a time.Duration written as "8h" in YAML.
 type Duration time.Duration
@@ -130,6 +166,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeviceCertTTL == 0 {
 		c.DeviceCertTTL = Duration(7 * 24 * time.Hour)
+	}
+	if c.MaxConnsPerSource == 0 {
+		c.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
 }
 

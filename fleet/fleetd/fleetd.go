@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"remoteler.dev/edge/fleet/apps"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
@@ -28,14 +29,19 @@ import (
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
+	"remoteler.dev/edge/fleet/leader"
+	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
-	"remoteler.dev/edge/fleet/store/boltstore"
+	"remoteler.dev/edge/fleet/store/backend"
+	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/auditexport"
 )
 
 // Version is fleetd's version, set at build time.
@@ -62,12 +68,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "admin"), 0o700); err != nil {
 		return fmt.Errorf("fleetd: data dir: %w", err)
 	}
-	st, err := boltstore.Open(filepath.Join(cfg.DataDir, "fleet.db"), boltstore.Options{Logger: log})
+	spec, err := backend.Parse(backend.Config{URL: cfg.Store, DataDir: cfg.DataDir, TLS: cfg.StoreTLS})
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	log.Info("opening the store", "store", spec.String())
+	st, err := backend.Open(ctx, spec, log)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer st.Close()
+	fmt.Fprintf(out, "Store: %s\n", spec)
 	return run(ctx, cfg, st, log, out)
+}
+
+// elector returns the leader elector of job name on st: etcd's election
+// for replicas on etcd, the store-based one for the embedded store.
+func elector(st store.Store, name string) leader.Elector {
+	id, _ := os.Hostname()
+	if es, ok := st.(*etcdstore.Store); ok {
+		return &etcdleader.Elector{Store: es, Name: name, ID: id}
+	}
+	return &leader.Local{Store: st, Name: name, ID: id}
 }
 
 func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out io.Writer) error {
@@ -114,7 +136,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 
 	audit := log.With("logger", "audit")
-	events, recs, err := openAudit(cfg, log, now)
+	ckKey, err := loadCheckpointKey(ctx, st)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	sto := newStorage(cfg, st, now)
+	events, recs, err := openAudit(cfg, ckKey, sto, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -169,6 +196,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
 
+	links := linkSampler(tunnels)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -186,10 +214,17 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		LinkLoss:      links.Loss,
 		Sessions:      live,
 		Broker:        brk,
 		Lifecycle:     life,
 		Now:           now,
+
+		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
+		BodyTimeout:     time.Duration(cfg.HTTPBodyTimeout),
+		LoginLimit:      loginLimit(cfg),
+		Retention:       sto.policy,
+		Floor:           sto.floor,
 	}
 	apiSrv.Kube = kube
 	httpSrv := &http.Server{
@@ -208,11 +243,16 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	wg.Go(func() { recs.Run(ctx) })
+	wg.Go(func() { links.Run(ctx) })
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		err := httpSrv.Serve(tls.NewListener(tcp, serverTLS))
+		limited := &sourcelimit.Listener{Listener: tcp, Max: cfg.MaxConnsPerSource, OnRefuse: func(src string) {
+			log.Debug("connection refused: too many from its source", "source", src, "max", cfg.MaxConnsPerSource)
+		}}
+		err := httpSrv.Serve(tls.NewListener(limited, serverTLS))
 		if !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("fleetd: https: %w", err)
 		}
@@ -226,9 +266,6 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	go func() {
 		defer wg.Done()
 		refresh(ctx, log, func() error {
-			if _, err := toks.Prune(ctx); err != nil {
-				log.Warn("prune join tokens", "err", err)
-			}
 			if err := certs.renew(auth, hosts); err != nil {
 				return err
 			}
@@ -236,9 +273,26 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		})
 	}()
 
+	// CA rotation steps taken on another replica reach this one.
+	wg.Go(func() { followCA(ctx, st, auth, log) })
+	// Expired join tokens are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			pruner := &tokens.Service{Store: fenced, Now: now, Logger: log}
+			refresh(ctx, log, func() error {
+				if _, err := pruner.Prune(ctx); err != nil {
+					log.Warn("prune join tokens", "err", err)
+				}
+				return nil
+			})
+			return nil
+		})
+	})
+
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)
 	fmt.Fprintf(out, "CA pin: %s\n", auth.Pin())
+	fmt.Fprintf(out, "Audit checkpoint key: %s\n", auditexport.KeyString(events.CheckpointKey()))
 	fmt.Fprintf(out, "Admin identity: %s (used by fleetctl --data-dir %s)\n", filepath.Join(cfg.DataDir, "admin", "identity.pem"), cfg.DataDir)
 
 	var runErr error
@@ -254,8 +308,29 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// The tunnel server returns once it has told every device it is going;
 	// the socket closes after that (deferred), or the close frames are lost.
 	wg.Wait()
+	finalCheckpoint(events, log)
 	log.Info("fleetd stopped")
 	return runErr
+}
+
+// loginLimit is the per-source login limit cfg asks for; nil means
+// httpapi's default.
+func loginLimit(cfg Config) *sourcelimit.Limiter {
+	switch every := time.Duration(cfg.LoginEvery); {
+	case every < 0:
+		return &sourcelimit.Limiter{} // off
+	case every == 0 && cfg.LoginBurst == 0:
+		return nil
+	default:
+		if every == 0 {
+			every = httpapi.DefaultLoginEvery
+		}
+		burst := cfg.LoginBurst
+		if burst <= 0 {
+			burst = httpapi.DefaultLoginBurst
+		}
+		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
+	}
 }
 
 // refresh runs f every hour until ctx is done.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -136,9 +137,20 @@ func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c *caller) 
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// deleteDevice removes a device named in the path by its name, or by its
+// ID (32 hex digits: no name has that shape). The removal goes by the ID
+// found, never by a name, and the device's tunnel and held sessions end at
+// once; its certificate no longer opens a tunnel (the tunnel server checks
+// the registry on every connection).
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, c *caller) {
 	name := r.PathValue("name")
-	dev, err := s.Devices.ByName(r.Context(), name)
+	var dev devices.Device
+	var err error
+	if devices.IsID(name) {
+		dev, err = s.Devices.Get(r.Context(), name)
+	} else {
+		dev, err = s.Devices.ByName(r.Context(), name)
+	}
 	if err != nil {
 		s.storeError(w, "remove device", err)
 		return
@@ -148,8 +160,8 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, c *caller)
 		return
 	}
 	s.Tunnels.Disconnect(dev.ID, "this device was removed from the fleet; join it again with a new token")
-	s.audit().Info("device removed", "event", "device.delete", "by", c.name(), "device", name, "device_id", dev.ID)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceDelete, User: c.name(), Addr: r.RemoteAddr, Device: dev.ID, Fields: map[string]string{"name": name}})
+	s.audit().Info("device removed", "event", "device.delete", "by", c.name(), "device", dev.Name, "device_id", dev.ID)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceDelete, User: c.name(), Addr: r.RemoteAddr, Device: dev.ID, Fields: map[string]string{"name": dev.Name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 

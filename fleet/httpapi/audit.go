@@ -12,12 +12,14 @@ import (
 	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/auditexport"
 )
 
 // auditRoutes registers the audit and recording endpoints.
 func (s *Server) auditRoutes(mux *http.ServeMux) {
 	mux.Handle("GET "+api.PathAudit, s.admin(s.searchAudit))
 	mux.Handle("GET "+api.PathAuditVerify, s.admin(s.verifyAudit))
+	mux.Handle("GET "+api.PathAuditExport, s.admin(s.exportAudit))
 	mux.Handle("GET "+api.PathRecordings, s.authed(s.listRecordings))
 	mux.Handle("GET "+api.PathRecordings+"/{id}", s.authed(s.getRecording))
 }
@@ -112,13 +114,13 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 		writeError(w, http.StatusNotFound, api.CodeNotFound, "this fleet keeps no audit log")
 		return
 	}
-	chains, err := s.Events.Verify(r.Context())
+	v, err := s.Events.Verify(r.Context())
 	if err != nil {
 		s.storeError(w, "audit verify", err)
 		return
 	}
 	names := s.deviceNames(r.Context())
-	out := api.AuditVerify{OK: true, Sources: chains, Checked: s.now().UTC()}
+	out := api.AuditVerify{OK: len(v.Checkpoints.Problems) == 0, Sources: v.Chains, Checked: s.now().UTC()}
 	for i := range out.Sources {
 		out.Sources[i].DeviceName = names[out.Sources[i].Source]
 		out.OK = out.OK && out.Sources[i].OK
@@ -126,7 +128,32 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 	if out.Sources == nil {
 		out.Sources = []api.AuditChain{}
 	}
+	cp := v.Checkpoints
+	out.Checkpoints = &api.AuditCheckpoints{Count: cp.Count, Last: cp.Last, Problems: cp.Problems}
+	if cp.Key != nil {
+		out.Checkpoints.Key = auditexport.KeyString(cp.Key)
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// exportAudit streams the audit log in the export format.
+func (s *Server) exportAudit(w http.ResponseWriter, r *http.Request, c *caller) {
+	if s.Events == nil || s.Events.CheckpointKey() == nil {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, "this fleet keeps no signed audit log")
+		return
+	}
+	only := r.URL.Query().Get("checkpoints_only") == "true"
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAuditExport, User: c.name(), Addr: r.RemoteAddr,
+		Fields: map[string]string{"checkpoints_only": strconv.FormatBool(only)}})
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	if err := s.Events.Export(r.Context(), w, s.Cluster, only); err != nil {
+		// The status is sent: break the connection, so the client sees
+		// an error (and a saved export has no end line).
+		if r.Context().Err() == nil {
+			s.log().Error("audit export cut short", "err", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // mayView reports whether the caller may see a recording: admins see all,

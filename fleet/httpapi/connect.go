@@ -22,7 +22,9 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		l := &out.Link
 		l.RTTMillis = float64(info.RTT.Microseconds()) / 1000
 		l.BytesSent, l.BytesReceived = info.Stats.BytesSent, info.Stats.BytesReceived
-		if info.Stats.PacketsSent > 0 {
+		if loss, blackouts, ok := s.linkLoss(d.ID); ok {
+			l.LossPercent, l.Blackouts = loss, blackouts
+		} else if info.Stats.PacketsSent > 0 {
 			l.LossPercent = 100 * float64(info.Stats.PacketsLost) / float64(info.Stats.PacketsSent)
 		}
 		l.ConnectedSince = info.Since.UTC()
@@ -31,6 +33,14 @@ func (s *Server) apiDevice(d devices.Device) api.Device {
 		}
 	}
 	return out
+}
+
+// linkLoss is LinkLoss, when set.
+func (s *Server) linkLoss(deviceID string) (float64, int, bool) {
+	if s.LinkLoss == nil {
+		return 0, 0, false
+	}
+	return s.LinkLoss(deviceID)
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -56,8 +66,8 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 }
 
 // connect brokers one connection (fleet/broker): it checks the user's
-// roles, opens a stream down the device's tunnel, registers the live
-// session, answers 101 and splices the two.
+// roles, records and registers the live session, opens a stream down the
+// device's tunnel, answers 101 and splices the two.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	q := r.URL.Query()
 	service := q.Get("service")
@@ -99,8 +109,21 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		refuse(err.(*broker.Refusal))
 		return
 	}
+	// The session's start is recorded before the device hears of it: the
+	// device's own events about it are checked against this record
+	// (fleet/audit, claims.go). A session the device cannot take ends
+	// recorded, with an access.denied for it.
+	sess, err := b.Start(r.Context(), g, broker.StartOptions{})
+	if err != nil {
+		refuse(err.(*broker.Refusal))
+		return
+	}
+	reason := ""
+	var st broker.Stats
+	defer func() { sess.Done(r.Context(), reason, st) }()
 	conn, err := b.Open(r.Context(), g, "")
 	if err != nil {
+		reason = err.Error()
 		var ref *broker.Refusal
 		if errors.As(err, &ref) {
 			deny(ref)
@@ -108,18 +131,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	defer conn.Close()
-	sess, err := b.Start(r.Context(), g, broker.StartOptions{})
-	if err != nil {
-		refuse(err.(*broker.Refusal))
-		return
-	}
 	// The session is live from here: the registry may end it (expiry,
 	// access removed) by telling the device, which tells the user and
 	// closes; the broker closes both sides itself shortly after.
 	sess.OnEnd(func() { conn.Close() })
-	reason := ""
-	var st broker.Stats
-	defer func() { sess.Done(r.Context(), reason, st) }()
 	client, brw, err := hj.Hijack()
 	if err != nil {
 		s.log().Error("hijack failed", "err", err)
@@ -139,7 +154,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	var devErr error
-	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn)
+	// When the device's side fails, the reason is kept before the user's
+	// connection is closed: the user's client asks for it as soon as it
+	// sees the close.
+	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn, sess.Failed)
 	if devErr != nil {
 		reason = devErr.Error()
 	}

@@ -29,11 +29,14 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/retention"
 	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -60,6 +63,14 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// Retention is the storage policy /v1/retention reads and sets, and
+	// Floor the free-space floor it reports; nil: none.
+	Retention *retention.Service
+	Floor     *diskfloor.Floor
+	// LinkLoss gives a device tunnel's packet loss outside blackouts, in
+	// percent, and its blackouts (fleet/linkhealth); nil, or ok false,
+	// falls back to QUIC's count of every lost packet.
+	LinkLoss func(deviceID string) (percent float64, blackouts int, ok bool)
 
 	Cluster   string
 	Version   string
@@ -73,6 +84,16 @@ type Server struct {
 	// Agents renew at half-life.
 	DeviceCertTTL time.Duration
 
+	// LoginLimit rate-limits logins per source address; nil means
+	// DefaultLoginBurst and DefaultLoginEvery (a zero Limiter turns it
+	// off).
+	LoginLimit *sourcelimit.Limiter
+
+	// BodyIdleTimeout is the longest pause allowed inside a request body,
+	// and BodyTimeout the longest a body may take in all; defaults
+	// DefaultBodyIdleTimeout and DefaultBodyTimeout (see limits.go).
+	BodyIdleTimeout, BodyTimeout time.Duration
+
 	// Logger receives operational logs; Audit receives access decisions.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -80,6 +101,7 @@ type Server struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
+	loginOnce sync.Once // sets LoginLimit's default
 	// Sessions is the registry of live brokered sessions: the fleet ends
 	// them when access ends (fleet/sessions), and GET /v1/sessions/ID
 	// says how they ended. Nil: one of the Server's own, which ends
@@ -201,10 +223,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
 	s.auditRoutes(mux)
+	s.retentionRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.limitBodies(mux)
 }
 
 // caller is the authenticated party behind a request.
@@ -319,6 +342,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, errBodyTimeout) {
+			writeError(w, http.StatusRequestTimeout, api.CodeBadRequest, err.Error()+": send it again")
+			return false
+		}
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
 		return false
 	}

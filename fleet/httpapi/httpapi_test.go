@@ -10,9 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -74,6 +77,8 @@ func TestOpenEndpointsRefuseBadInput(t *testing.T) {
 		{"join: bad key", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","ssh_public_key":"junk"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"join: bad token", api.PathJoin, `{"token":"jt_nope","name":"pi-1","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusUnauthorized, api.CodeUnauthorized},
 		{"join: bad name", api.PathJoin, `{"token":"` + tok + `","name":"Not A Name!","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"join: escape sequence in the version", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","agent_version":"v1\u001b]52;c;AA\u0007","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"join: bidi override in a label", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","labels":{"site":"north\u202e"},"ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"oversized body", api.PathLogin, `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, http.StatusBadRequest, api.CodeBadRequest},
 	}
 	for _, tt := range tests {
@@ -107,6 +112,7 @@ func FuzzOpenEndpoints(f *testing.F) {
 	f.Add([]byte(`{"token":"jt_x","name":"pi-1","csr":"AAAA","ssh_public_key":"ssh-ed25519 AAAA"}`), true)
 	f.Add([]byte(`{"ttl":-5}`), false)
 	s, _ := newTestServer(f)
+	s.LoginLimit = &sourcelimit.Limiter{} // every input from one address: no rate limit, or it answers them all 429
 	h := s.Handler()
 	f.Fuzz(func(t *testing.T, body []byte, join bool) {
 		path := api.PathLogin
@@ -122,4 +128,34 @@ func FuzzOpenEndpoints(f *testing.F) {
 			t.Fatalf("POST %s %q: body %q is not an error", path, body, w.Body)
 		}
 	})
+}
+
+// TestLoginRateLimitPerSource: past its burst, a source address is told
+// to wait (429, Retry-After) before any password is checked; another
+// address is not affected.
+func TestLoginRateLimitPerSource(t *testing.T) {
+	s, _ := newTestServer(t)
+	s.LoginLimit = &sourcelimit.Limiter{Rate: rate.Every(time.Hour), Burst: 3}
+	h := s.Handler()
+	login := func(addr string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, api.PathLogin, strings.NewReader(`{"user":"alice","password":"wrong horse"}`))
+		r.RemoteAddr = addr
+		h.ServeHTTP(w, r)
+		return w
+	}
+	for i := range 3 {
+		if w := login("192.0.2.1:1000"); w.Code != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d %s, want 401", i+1, w.Code, w.Body)
+		}
+	}
+	w := login("192.0.2.1:1001")
+	var e api.Error
+	json.Unmarshal(w.Body.Bytes(), &e)
+	if w.Code != http.StatusTooManyRequests || e.Code != api.CodeRateLimited || w.Header().Get("Retry-After") == "" {
+		t.Errorf("past the burst: %d %+v (Retry-After %q), want 429 rate_limited with Retry-After", w.Code, e, w.Header().Get("Retry-After"))
+	}
+	if w := login("192.0.2.2:1000"); w.Code != http.StatusUnauthorized {
+		t.Errorf("another address: %d, want 401", w.Code)
+	}
 }

@@ -115,5 +115,6 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.Session.KubeUser, g.Session.KubeGroups = user, groups
+	releaseBody(r) // an allowed request's body streams to the cluster at its pace
 	s.Kube.Serve(w, out, g)
 }

@@ -1,14 +1,21 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -40,15 +47,93 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// The per-source login limit when Server.LoginLimit is nil: bursts of
+// DefaultLoginBurst, then one every DefaultLoginEvery (10 a minute), from
+// each IPv4 address or IPv6 /64.
+const (
+	DefaultLoginBurst = 10
+	DefaultLoginEvery = 6 * time.Second
+)
+
+func (s *Server) loginLimit() *sourcelimit.Limiter {
+	s.loginOnce.Do(func() {
+		if s.LoginLimit == nil {
+			s.LoginLimit = &sourcelimit.Limiter{Rate: rate.Every(DefaultLoginEvery), Burst: DefaultLoginBurst}
+		}
+	})
+	return s.LoginLimit
+}
+
+// maxTarpit bounds how long a refused login is held before its answer.
+const maxTarpit = 2 * time.Second
+
+// tarpit holds a refused login for up to maxTarpit (d at most) before it
+// is answered: a flood that sends its next request as soon as the last is
+// answered then spends its connections waiting instead of the fleet's CPU
+// on a stream of refusals.
+func tarpit(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(min(d, maxTarpit))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// retryAfter sets the Retry-After header to d, in whole seconds (at least 1).
+func retryAfter(w http.ResponseWriter, d time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.Seconds())))))
+}
+
+// login checks a password (and one-time code) and issues certificates.
+// Before any password is checked, the source address must be within its
+// rate (LoginLimit), or it is answered 429 after a pause (tarpit); a source
+// that failed or was refused lately waits for a password check behind
+// everyone else (users.WithLowPriority), so that a flood from many
+// addresses cannot crowd out real users.
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	src := sourcelimit.Key(r.RemoteAddr)
+	limit := s.loginLimit()
+	v := limit.Allow(src)
+	if !v.OK {
+		limit.Mark(src)
+		// Recorded once per run of refusals: a flood must not write the
+		// audit log at its own rate.
+		if v.First {
+			s.audit().Warn("logins refused", "event", "user.login.failed", "source", src, "reason", "rate limited")
+			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
+				Message: "too many logins from this address: refused until the rate drops", Fields: map[string]string{"source": src}})
+		}
+		tarpit(r.Context(), v.Wait)
+		retryAfter(w, v.Wait)
+		writeError(w, http.StatusTooManyRequests, api.CodeRateLimited,
+			fmt.Sprintf("too many logins from your address; try again in %s", v.Wait.Round(time.Second)))
+		return
+	}
 	var req api.LoginRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
 	log := s.audit().With("event", "user.login", "user", req.User, "remote", r.RemoteAddr)
-	u, err := s.Users.Authenticate(r.Context(), req.User, req.Password, req.TOTP)
+	ctx := r.Context()
+	if v.Marked {
+		ctx = users.WithLowPriority(ctx)
+	}
+	u, err := s.Users.Authenticate(ctx, req.User, req.Password, req.TOTP)
+	if errors.Is(err, users.ErrBadCredentials) || errors.Is(err, users.ErrLocked) {
+		limit.Mark(src)
+	}
 	switch {
 	case err == nil:
+	case errors.Is(err, users.ErrBusy):
+		// Nothing was checked: not a failed login.
+		log.Debug("login refused", "reason", "busy")
+		if v.Marked {
+			tarpit(r.Context(), time.Second)
+		}
+		retryAfter(w, time.Second)
+		writeError(w, http.StatusServiceUnavailable, api.CodeBusy, users.ErrBusy.Error())
+		return
 	case errors.Is(err, users.ErrTOTPRequired):
 		writeError(w, http.StatusUnauthorized, api.CodeTOTPRequired, "enter the code from your authenticator app")
 		return

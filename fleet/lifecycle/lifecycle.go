@@ -132,6 +132,9 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	if err := devices.CheckName(req.Name); err != nil {
 		return nil, refuse(api.CodeBadRequest, err.Error())
 	}
+	if err := proto.CheckDeviceInfo(req.AgentVersion, "", "", req.Labels); err != nil {
+		return nil, refuse(api.CodeBadRequest, "the device's "+err.Error())
+	}
 	if _, err := l.cfg.Devices.ByName(ctx, req.Name); err == nil {
 		return nil, refuse(api.CodeConflict, "a device called "+req.Name+" is already in the fleet: remove it with `fleetctl devices rm "+req.Name+"` or start the agent with another --name")
 	}
@@ -204,12 +207,27 @@ func mergeLabels(agent, fixed map[string]string) map[string]string {
 }
 
 // Configure sets the tunnel server's device hooks in cfg: Authenticate,
-// OnHello, OnRenew, OnDisconnect.
+// OnHello, Recheck, OnRenew, OnDisconnect.
 func (l *Lifecycle) Configure(cfg *tunnelsrv.Config) {
 	cfg.Authenticate = l.Authenticate
 	cfg.OnHello = l.Hello
+	cfg.Recheck = l.Recheck
 	cfg.OnRenew = l.Renew
 	cfg.OnDisconnect = l.Disconnect
+}
+
+// Recheck refuses a connection whose device was removed while its hello
+// was being answered (see tunnelsrv.Config.Recheck): one read of the
+// registry per connection.
+func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
+	_, err := l.cfg.Devices.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
+	}
+	if err != nil {
+		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	return nil
 }
 
 // Authenticate maps a tunnel's verified client certificate to its device
@@ -243,6 +261,10 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	}
 	if err != nil {
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	if err := h.Check(); err != nil {
+		deny("hello: " + err.Error())
+		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
 	}
 	if h.Name != dev.Name {
 		deny("hello names another device")

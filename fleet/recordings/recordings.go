@@ -9,6 +9,12 @@
 // fleet's copy ends, and a chunk sent twice is written once. A recording is
 // complete once its final chunk is in; until then it is listed as partial.
 //
+// A device cannot speak for users: a recording is accepted only for a
+// session the fleet brokered to the uploading device (Config.Sessions, the
+// fleet's own session.start record), its ID must be that session's ("ID" or
+// "ID.N"), and the user, login and cluster it is filed under are the
+// fleet's record of the session, never what the device says.
+//
 // Only fleet/... imports this package.
 package recordings
 
@@ -22,6 +28,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,13 +46,36 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Sessions returns the fleet's record of a session it brokered to a
+	// device (fleetd: the audit log's session.start), or an error matching
+	// ErrNoSession when it brokered no such session to that device (any
+	// other error: the device tries again later). Nil refuses every new
+	// recording.
+	Sessions func(deviceID, session string) (Session, error)
+	// Limits returns the retention and the devices' quota in force
+	// (quota.go), read each time they apply; nil means none.
+	Limits func() Limits
+	// Room returns an error while devices' uploads must pause for lack of
+	// disk space (fleet/diskfloor); nil never pauses them.
+	Room func() error
+	// OnPause is called when a device's uploads begin to pause, with why.
+	// Optional.
+	OnPause func(deviceID, why string)
+}
+
+// Session is what the fleet recorded of a session it brokered.
+type Session struct {
+	User, Login, Cluster string
 }
 
 // Store keeps recordings. Its methods are safe for concurrent use.
 type Store struct {
 	cfg Config
 	log *slog.Logger
-	mu  sync.Mutex // serialises writes (uploads are one chunk at a time per device anyway); guards writing
+	mu  sync.Mutex // serialises writes (uploads are one chunk at a time per device anyway); guards usage, paused and writing
+
+	usage  map[string]int64  // device ID -> bytes of its recordings held
+	paused map[string]string // device ID -> why its uploads pause
 	// writing holds the recordings the fleet is writing itself (Create):
 	// no device chunk goes into them.
 	writing map[string]bool
@@ -53,6 +83,10 @@ type Store struct {
 
 // ErrNotFound is returned for an unknown recording.
 var ErrNotFound = errors.New("recordings: no such recording")
+
+// ErrNoSession is what Config.Sessions returns for a session the fleet did
+// not broker to the device.
+var ErrNoSession = errors.New("recordings: the fleet brokered no such session to this device")
 
 // validID matches the recording IDs a device may use: they become file
 // names.
@@ -72,7 +106,15 @@ func Open(cfg Config) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recordings: %w", err)
 	}
-	return &Store{cfg: cfg, log: cfg.Logger.With("component", "recordings")}, nil
+	s := &Store{cfg: cfg, log: cfg.Logger.With("component", "recordings"), usage: map[string]int64{}, paused: map[string]string{}}
+	all, err := s.List(nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range all {
+		s.usage[r.Device] += r.Size
+	}
+	return s, nil
 }
 
 func (s *Store) path(id, ext string) string { return filepath.Join(s.cfg.Dir, id+ext) }
@@ -174,11 +216,25 @@ func (s *Store) chunk(deviceID string, c *proto.RecordingChunk) (*proto.Recordin
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, err := s.loadMeta(c.ID)
+	if err == nil && r.Device == deviceID && r.Complete {
+		return &proto.RecordingAck{ID: c.ID, Size: uint64(s.size(r)), Done: true}, nil
+	}
+	if err == nil || errors.Is(err, ErrNotFound) {
+		if why := s.refuseLocked(deviceID, len(c.Data)); why != "" {
+			return nil, proto.Errorf(proto.CodeUnavailable,
+				"the fleet takes no more recordings from this device for now (%s); keep them and send them again later", why)
+		}
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
-		r = &api.Recording{ID: c.ID, Session: c.ID, Device: deviceID, Updated: s.cfg.Now().UTC()}
+		session, err := s.brokered(deviceID, c)
+		if err != nil {
+			return nil, err
+		}
+		r = &api.Recording{ID: c.ID, Session: sessionOf(c.ID), Device: deviceID, Updated: s.cfg.Now().UTC(),
+			User: session.User, Login: session.Login, Cluster: session.Cluster}
 		if m := c.Meta; m != nil {
-			r.Session, r.User, r.Login, r.Cluster, r.Kind, r.Command = m.Session, m.User, m.Login, m.Cluster, m.Kind, m.Command
+			r.Kind, r.Command = m.Kind, m.Command
 			if m.Start != 0 {
 				r.Start = time.UnixMilli(m.Start).UTC()
 			}
@@ -214,6 +270,8 @@ func (s *Store) chunk(deviceID string, c *proto.RecordingChunk) (*proto.Recordin
 			return nil, err
 		}
 		size += int64(len(c.Data))
+		s.usage[deviceID] += int64(len(c.Data))
+		s.resumeLocked(deviceID)
 	}
 	if c.Final && c.Offset+uint64(len(c.Data)) == uint64(size) {
 		if err := s.complete(r); err != nil {
@@ -222,6 +280,41 @@ func (s *Store) chunk(deviceID string, c *proto.RecordingChunk) (*proto.Recordin
 		return &proto.RecordingAck{ID: c.ID, Size: uint64(size), Done: true}, nil
 	}
 	return &proto.RecordingAck{ID: c.ID, Size: uint64(size)}, nil
+}
+
+// sessionOf is the session a recording ID names: "ID" or "ID.N" (a
+// session's second and later recordings).
+func sessionOf(id string) string {
+	if i := strings.IndexByte(id, '.'); i > 0 {
+		return id[:i]
+	}
+	return id
+}
+
+// brokered checks that a new recording is of a session the fleet brokered
+// to deviceID, and returns the fleet's record of that session.
+func (s *Store) brokered(deviceID string, c *proto.RecordingChunk) (Session, error) {
+	session := sessionOf(c.ID)
+	if rest := strings.TrimPrefix(c.ID, session); rest != "" {
+		if n, err := strconv.Atoi(rest[1:]); err != nil || n < 2 || rest[1] == '0' {
+			return Session{}, proto.Errorf(proto.CodeBadRequest, "recording id %q is neither a session's ID nor ID.N", c.ID)
+		}
+	}
+	if c.Meta != nil && c.Meta.Session != "" && c.Meta.Session != session {
+		return Session{}, proto.Errorf(proto.CodeForbidden, "recording %s says it is of session %s", c.ID, c.Meta.Session)
+	}
+	if s.cfg.Sessions == nil {
+		return Session{}, proto.Errorf(proto.CodeForbidden, "this fleet takes no recordings")
+	}
+	rec, err := s.cfg.Sessions(deviceID, session)
+	if err != nil && !errors.Is(err, ErrNoSession) {
+		return Session{}, proto.Errorf(proto.CodeUnavailable, "the fleet cannot check the session now; send it again later")
+	}
+	if err != nil {
+		s.log.Warn("recording refused: not of a session brokered to the device", "device_id", deviceID, "recording", c.ID, "err", err)
+		return Session{}, proto.Errorf(proto.CodeForbidden, "recording %s is not of a session the fleet brokered to this device", c.ID)
+	}
+	return rec, nil
 }
 
 // complete moves a fully uploaded recording into place.

@@ -2,7 +2,10 @@ package recordings
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,9 +14,24 @@ import (
 	"remoteler.dev/edge/proto/asciicast"
 )
 
+// brokered is the fleet's record of the sessions it brokered in these
+// tests: device -> session -> user.
+var brokered = map[string]map[string]string{
+	"dev-1": {"s1": "alice", "s2": "alice"},
+	"dev-2": {"s9": "bob"},
+}
+
+func sessions(deviceID, session string) (Session, error) {
+	u, ok := brokered[deviceID][session]
+	if !ok {
+		return Session{}, ErrNoSession
+	}
+	return Session{User: u, Login: "root", Cluster: "fleet"}, nil
+}
+
 func openStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(Config{Dir: t.TempDir()})
+	s, err := Open(Config{Dir: t.TempDir(), Sessions: sessions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +119,62 @@ func TestResumableUpload(t *testing.T) {
 	}
 }
 
+// TestPlantedRecordingsRefused: a device cannot file a recording under a
+// session the fleet did not broker to it, nor under another user than the
+// session's.
+func TestPlantedRecordingsRefused(t *testing.T) {
+	s := openStore(t)
+	data := cast(t)
+	tests := []struct {
+		name, device, id string
+		meta             *proto.RecordingMeta
+		code             proto.ErrorCode // 0: accepted
+		user             string
+	}{
+		{"another device's session", "dev-2", "s1", &proto.RecordingMeta{Session: "s1", User: "alice"}, proto.CodeForbidden, ""},
+		{"a session never brokered", "dev-2", "made-up", &proto.RecordingMeta{Session: "made-up", User: "alice"}, proto.CodeForbidden, ""},
+		{"meta naming another session", "dev-2", "s9", &proto.RecordingMeta{Session: "s1", User: "alice"}, proto.CodeForbidden, ""},
+		{"not a session's id", "dev-1", "s1.x", nil, proto.CodeBadRequest, ""},
+		{"its session, another user claimed", "dev-2", "s9", &proto.RecordingMeta{Session: "s9", User: "alice", Login: "admin"}, 0, "bob"},
+		{"a second recording of its session", "dev-1", "s2.2", &proto.RecordingMeta{Session: "s2", User: "mallory"}, 0, "alice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ack := s.Chunk(tt.device, &proto.RecordingChunk{ID: tt.id, Data: data, Final: true, Meta: tt.meta})
+			if tt.code != 0 {
+				if ack.Err == nil || ack.Err.Code != tt.code {
+					t.Fatalf("ack = %+v, want code %v", ack, tt.code)
+				}
+				if _, err := s.Get(tt.id); err == nil {
+					t.Errorf("refused recording %s is stored", tt.id)
+				}
+				return
+			}
+			if ack.Err != nil || !ack.Done {
+				t.Fatalf("ack = %+v, want done", ack)
+			}
+			r, err := s.Get(tt.id)
+			if err != nil || r.User != tt.user || r.Login != "root" || r.Session != sessionOf(tt.id) {
+				t.Errorf("stored as %+v, %v; want the fleet's user %s and login root", r, err, tt.user)
+			}
+		})
+	}
+	for _, r := range mustList(t, s) {
+		if r.User == "alice" && r.Device != "dev-1" {
+			t.Errorf("a recording filed under alice from %s: %+v", r.Device, r)
+		}
+	}
+}
+
+func mustList(t *testing.T, s *Store) []api.Recording {
+	t.Helper()
+	list, err := s.List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
 func TestBadChunks(t *testing.T) {
 	s := openStore(t)
 	tests := []struct {
@@ -134,6 +208,101 @@ func FuzzParseMeta(f *testing.F) {
 			t.Fatalf("accepted id %q", r.ID)
 		}
 	})
+}
+
+// upload sends a whole recording in one chunk and returns the answer.
+func upload(s *Store, device, id string, data []byte) *proto.RecordingAck {
+	if ack := s.Chunk(device, &proto.RecordingChunk{ID: id}); ack.Err != nil {
+		return ack
+	}
+	return s.Chunk(device, &proto.RecordingChunk{ID: id, Data: data, Final: true})
+}
+
+func TestRecordingQuotaAndFloor(t *testing.T) {
+	data := cast(t)
+	quota := int64(proto.MaxRecordingChunk + len(data) + len(data)/2)
+	var room error
+	paused := make(chan string, 4)
+	s, err := Open(Config{Dir: t.TempDir(), Sessions: sessions,
+		Limits:  func() Limits { return Limits{DeviceQuota: quota} },
+		Room:    func() error { return room },
+		OnPause: func(dev, why string) { paused <- dev + ": " + why }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"s1", "s1.2"} {
+		if ack := upload(s, "dev-1", id, data); ack.Err != nil || !ack.Done {
+			t.Fatalf("%s within the quota: %+v", id, ack)
+		}
+	}
+	ack := upload(s, "dev-1", "s1.3", data)
+	if ack.Err == nil || ack.Err.Code != proto.CodeUnavailable || !strings.Contains(ack.Err.Message, "quota") {
+		t.Fatalf("past the quota: %+v, want unavailable", ack)
+	}
+	if _, err := s.Get("s1.3"); err == nil {
+		t.Error("the refused recording was stored")
+	}
+	if why := <-paused; !strings.Contains(why, "dev-1: over its recordings quota") {
+		t.Errorf("OnPause said %q", why)
+	}
+	if ack := upload(s, "dev-2", "s9", data); ack.Err != nil {
+		t.Errorf("another device refused: %+v", ack.Err)
+	}
+	quota *= 4
+	if ack := upload(s, "dev-1", "s1.3", data); ack.Err != nil || !ack.Done {
+		t.Errorf("after the quota was raised: %+v", ack)
+	}
+	if s.Paused("dev-1") != "" {
+		t.Errorf("dev-1 still paused: %q", s.Paused("dev-1"))
+	}
+	room = errors.New("the fleet's disk is nearly full")
+	if ack := upload(s, "dev-1", "s2", data); ack.Err == nil || !strings.Contains(ack.Err.Message, "nearly full") {
+		t.Errorf("under the floor: %+v", ack)
+	}
+	// A complete recording is still answered (the device may forget it).
+	if ack := s.Chunk("dev-1", &proto.RecordingChunk{ID: "s1"}); ack.Err != nil || !ack.Done {
+		t.Errorf("query of a complete recording under the floor: %+v", ack)
+	}
+	total, by := s.Usage()
+	if total != int64(4*len(data)) || by["dev-1"] != int64(3*len(data)) {
+		t.Errorf("usage = %d, %v", total, by)
+	}
+}
+
+func TestRecordingRetention(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	data := cast(t)
+	var lim Limits
+	s, err := Open(Config{Dir: t.TempDir(), Sessions: sessions, Now: func() time.Time { return now }, Limits: func() Limits { return lim }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range []string{"s1", "s1.2", "s2"} {
+		now = now.Add(time.Duration(i) * 24 * time.Hour)
+		s.Chunk("dev-1", &proto.RecordingChunk{ID: id, Meta: &proto.RecordingMeta{Start: now.UnixMilli()}})
+		if ack := s.Chunk("dev-1", &proto.RecordingChunk{ID: id, Data: data, Final: true}); !ack.Done {
+			t.Fatalf("%s: %+v", id, ack)
+		}
+	}
+	lim = Limits{MaxBytes: int64(2 * len(data))}
+	if n, err := s.Prune(context.Background()); err != nil || n != 1 {
+		t.Fatalf("pruned to size: %d, %v; want the oldest", n, err)
+	}
+	if _, err := s.Get("s1"); err == nil {
+		t.Error("the oldest recording survived pruning to size")
+	}
+	now = now.Add(48 * time.Hour)
+	lim = Limits{MaxAge: 60 * time.Hour}
+	if n, err := s.Prune(context.Background()); err != nil || n != 1 {
+		t.Fatalf("pruned by age: %d, %v", n, err)
+	}
+	list := mustList(t, s)
+	if len(list) != 1 || list[0].ID != "s2" {
+		t.Errorf("left: %+v, want s2", list)
+	}
+	if total, _ := s.Usage(); total != int64(len(data)) {
+		t.Errorf("usage %d after pruning, want %d", total, len(data))
+	}
 }
 
 func TestFleetWrittenRecording(t *testing.T) {

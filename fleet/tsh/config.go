@@ -5,21 +5,30 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"remoteler.dev/edge/fleet/client/cli"
 )
+
+func (r *runner) configCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "config",
+		Short: "Print an OpenSSH config block for the fleet's devices",
+		Long: `Print an OpenSSH client config block that reaches the current fleet's
+devices as DEVICE.CLUSTER through "tsh proxy ssh", with your login's key and
+certificate and the fleet's host CA; add it to ~/.ssh/config, then ssh, scp
+and sftp work as usual.`,
+		Example: `  tsh config >> ~/.ssh/config
+  ssh root@pi-1.fleet`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return r.config() },
+	}
+}
 
 // config prints an OpenSSH client config block that reaches the current
 // fleet's devices as DEVICE.CLUSTER through tsh proxy ssh, with the
 // profile's key and certificate and the fleet's host CA in known_hosts.
-func (r *runner) config(args []string) error {
-	fs := r.flags("config", "tsh config   (add the output to ~/.ssh/config)")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return r.usageError(fs, "unexpected argument %q", pos[0])
-	}
+func (r *runner) config() error {
 	p, dir, err := r.currentProfile()
 	if err != nil {
 		return err

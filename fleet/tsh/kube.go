@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"remoteler.dev/edge/fleet/client/cli"
@@ -19,38 +19,78 @@ import (
 	"remoteler.dev/edge/proto/api"
 )
 
-const kubeUsage = `Usage:
-  tsh kube ls [--format=text|json]    the Kubernetes clusters you may reach
-  tsh kube login NAME [--as=USER] [--as-group=GROUP,...] [--namespace=NS]
-                                      add NAME's cluster to your kubeconfig and make it current
-  tsh kube logout [NAME]              remove what tsh kube login added (all of this login's, or NAME's)
-
-kubectl then reaches the cluster through the fleet with your fleet
-certificate: the kubeconfig runs "tsh kube credentials", so a new tsh login
-is picked up at once. KUBECONFIG is respected, other contexts are kept.
-`
-
-// kube runs tsh kube SUBCOMMAND.
-func (r *runner) kube(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(r.stdio.Err, kubeUsage)
-		return errUsage
+func (r *runner) kubeCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "kube",
+		Short: "Kubernetes clusters on devices, through the fleet",
+		Long: `Reach the Kubernetes clusters (k3s) that devices run, with plain kubectl:
+tsh kube login NAME adds the cluster to your kubeconfig, and kubectl then
+talks to it through the fleet with your fleet certificate (the kubeconfig
+runs "tsh kube credentials", so a new tsh login is picked up at once).
+KUBECONFIG is respected, other contexts are kept.`,
 	}
-	switch args[0] {
-	case "ls":
-		return r.kubeLs(ctx, args[1:])
-	case "login":
-		return r.kubeLogin(ctx, args[1:])
-	case "logout":
-		return r.kubeLogout(args[1:])
-	case "credentials":
-		return r.kubeCredentials(args[1:])
-	case "help", "-h", "--help":
-		fmt.Fprint(r.stdio.Out, kubeUsage)
-		return nil
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the Kubernetes clusters you may reach",
+		Args:  cli.NoArgs,
 	}
-	fmt.Fprintf(r.stdio.Err, "tsh kube: unknown command %q\n%s", args[0], kubeUsage)
-	return errUsage
+	format := cli.FormatFlag(ls, "")
+	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.kubeLs(cmd.Context(), *format) }
+
+	var as, asGroups, namespace string
+	login := &cobra.Command{
+		Use:   "login NAME",
+		Short: "Add a device's cluster to your kubeconfig and make it current",
+		Example: `  tsh kube login pi-1
+  kubectl get pods -A`,
+		Args:              cli.ExactArgs(1, "the cluster's NAME (tsh kube ls lists them)"),
+		ValidArgsFunction: cli.CompleteArgs(1, r.completeClusters),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.kubeLogin(cmd.Context(), args[0], as, asGroups, namespace)
+		},
+	}
+	login.Flags().StringVar(&as, "as", "", "the Kubernetes user to act as, when your roles allow several (default: the only one, or your fleet name)")
+	login.Flags().StringVar(&asGroups, "as-group", "", "act in only these of your Kubernetes groups, comma-separated (default: all of them)")
+	login.Flags().StringVar(&namespace, "namespace", "", "the context's default namespace (default: the cluster's default)")
+
+	logout := &cobra.Command{
+		Use:               "logout [NAME]",
+		Short:             "Remove what tsh kube login added (this login's contexts, or NAME's)",
+		Args:              cli.RangeArgs(0, 1, "NAME"),
+		ValidArgsFunction: cli.CompleteArgs(1, r.completeClusters),
+		RunE:              func(cmd *cobra.Command, args []string) error { return r.kubeLogout(args) },
+	}
+
+	var proxy, user string
+	creds := &cobra.Command{
+		Use:    "credentials --proxy=HOST:PORT --user=NAME",
+		Short:  "Print the login's certificate for kubectl (run by kubectl)",
+		Hidden: true,
+		Args:   cli.NoArgs,
+		RunE:   func(cmd *cobra.Command, _ []string) error { return r.kubeCredentials(proxy, user) },
+	}
+	creds.Flags().StringVar(&proxy, "proxy", "", "the fleet of the login")
+	creds.Flags().StringVar(&user, "user", "", "the user of the login")
+
+	group.AddCommand(ls, login, logout, creds)
+	return group
+}
+
+// completeClusters offers the Kubernetes clusters the login may reach.
+func (r *runner) completeClusters(ctx context.Context, _ *cobra.Command) ([]cobra.Completion, error) {
+	_, _, all, err := r.kubeClusters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cobra.Completion, 0, len(all))
+	for _, k := range all {
+		status := "offline"
+		if k.Online {
+			status = "online"
+		}
+		out = append(out, cli.Completion(k.Name, status+" "+cli.Labels(k.Labels)))
+	}
+	return out, nil
 }
 
 // kubeClusters asks the fleet for the clusters the user may reach.
@@ -71,28 +111,18 @@ func (r *runner) kubeClusters(ctx context.Context) (*profile, string, []api.Kube
 	return p, dir, all, nil
 }
 
-func (r *runner) kubeLs(ctx context.Context, args []string) error {
-	fs := r.flags("kube ls", "tsh kube ls [--format=text|json]")
-	format := fs.String("format", "text", "output format: text or json")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 || (*format != "text" && *format != "json") {
-		return r.usageError(fs, "takes no arguments and --format text or json")
-	}
+func (r *runner) kubeLs(ctx context.Context, format cli.Format) error {
 	p, _, all, err := r.kubeClusters(ctx)
 	if err != nil {
 		return fmt.Errorf("kube ls: %w", err)
 	}
-	if *format == "json" {
-		b, err := jsonIndent(all)
-		if err != nil {
-			return err
-		}
-		_, err = r.stdio.Out.Write(b)
-		return err
-	}
+	return cli.PrintList(r.stdio.Out, format, "kube_clusters", all, false, func() error {
+		return r.kubeTable(p, all)
+	})
+}
+
+// kubeTable prints clusters as a table, the current context's marked.
+func (r *runner) kubeTable(p *profile, all []api.KubeCluster) error {
 	if len(all) == 0 {
 		fmt.Fprintln(r.stdio.Err, "No Kubernetes cluster you may reach; if you expected some, ask your fleet admin about your roles (kubernetes_groups).")
 		return nil
@@ -101,8 +131,7 @@ func (r *runner) kubeLs(ctx context.Context, args []string) error {
 	if files, err := kubeconfig.Files(r.stdio.Getenv); err == nil {
 		current, _ = kubeconfig.CurrentContext(files)
 	}
-	tw := tabwriter.NewWriter(r.stdio.Out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tLABELS\tSTATUS\tKUBERNETES USERS\tKUBERNETES GROUPS\tSELECTED")
+	tw := cli.NewTable(r.stdio.Out, "NAME", "LABELS", "STATUS", "KUBERNETES USERS", "KUBERNETES GROUPS", "SELECTED")
 	for _, k := range all {
 		status := "offline"
 		if k.Online {
@@ -116,24 +145,13 @@ func (r *runner) kubeLs(ctx context.Context, args []string) error {
 		if current == kubeconfig.Name(p.Cluster, k.Name) {
 			sel = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, cli.Labels(k.Labels), status, strings.Join(users, ","), cli.Dash(strings.Join(k.Groups, ",")), sel)
+		tw.Row(k.Name, cli.Labels(k.Labels), status, strings.Join(users, ","), cli.Dash(strings.Join(k.Groups, ",")), sel)
 	}
 	return tw.Flush()
 }
 
-func (r *runner) kubeLogin(ctx context.Context, args []string) error {
-	fs := r.flags("kube login", "tsh kube login NAME [--as=USER] [--as-group=GROUP,...] [--namespace=NS]")
-	as := fs.String("as", "", "the Kubernetes user to act as, when your roles allow several (default: the only one, or your fleet name)")
-	asGroups := fs.String("as-group", "", "act in only these of your Kubernetes groups, comma-separated (default: all of them)")
-	namespace := fs.String("namespace", "", "the context's default namespace (default: the cluster's default)")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return r.usageError(fs, "name one cluster (tsh kube ls lists them)")
-	}
-	name := pos[0]
+func (r *runner) kubeLogin(ctx context.Context, name, asFlag, asGroupsFlag, namespaceFlag string) error {
+	as, asGroups, namespace := &asFlag, &asGroupsFlag, &namespaceFlag
 	p, dir, all, err := r.kubeClusters(ctx)
 	if err != nil {
 		return fmt.Errorf("kube login: %w", err)
@@ -212,15 +230,7 @@ func kubeCredentialArgs(p *profile) []string {
 	return []string{"kube", "credentials", "--proxy=" + p.Proxy, "--user=" + p.User}
 }
 
-func (r *runner) kubeLogout(args []string) error {
-	fs := r.flags("kube logout", "tsh kube logout [NAME]")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 1 {
-		return r.usageError(fs, "name at most one cluster")
-	}
+func (r *runner) kubeLogout(pos []string) error {
 	p, _, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -257,13 +267,8 @@ func (r *runner) removeKube(p *profile, only string) ([]string, error) {
 // kubeCredentials is the exec credential plugin kubectl runs: it prints the
 // login's certificate and key as an ExecCredential, valid until the
 // certificate expires.
-func (r *runner) kubeCredentials(args []string) error {
-	fs := r.flags("kube credentials", "tsh kube credentials --proxy=HOST:PORT --user=NAME (run by kubectl)")
-	proxy := fs.String("proxy", "", "the fleet of the login")
-	user := fs.String("user", "", "the user of the login")
-	if _, err := cli.Parse(fs, args); err != nil {
-		return err
-	}
+func (r *runner) kubeCredentials(proxyFlag, userFlag string) error {
+	proxy, user := &proxyFlag, &userFlag
 	p, dir, err := r.loadProfile(*proxy, *user)
 	if errors.Is(err, errNotLoggedIn) {
 		return fmt.Errorf("not logged in to %s as %s; run tsh login --proxy=%s --user=%s", *proxy, *user, *proxy, *user)

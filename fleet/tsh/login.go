@@ -1,7 +1,6 @@
 package tsh
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -18,29 +17,51 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/client"
+	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/pin"
-
-	"remoteler.dev/edge/fleet/client/cli"
 )
 
-func (r *runner) login(ctx context.Context, args []string) error {
-	fs := r.flags("login", "tsh login --proxy=HOST:PORT --user=NAME [--ca-pin=sha256:HEX] [--insecure] [--ttl=8h]")
-	proxy := fs.String("proxy", "", "the fleet's address, HOST:PORT (default: that of the current login)")
-	userName := fs.String("user", "", "your fleet user name (default: that of the current login, else your local user name)")
-	caPin := fs.String("ca-pin", "", "trust the fleet whose CA has this pin, sha256:HEX (your admin has it: fleetctl status); default: the CA saved by an earlier login, else the system's roots")
-	insecure := fs.Bool("insecure", false, "do not verify the fleet's certificate: for development only")
-	ttl := fs.Duration("ttl", 8*time.Hour, "requested lifetime of your certificates; the fleet caps it by your roles")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
+// loginFlags are tsh login's flags.
+type loginFlags struct {
+	proxy, user, caPin string
+	insecure           bool
+	ttl                time.Duration
+}
+
+func (r *runner) loginCommand() *cobra.Command {
+	var f loginFlags
+	cmd := &cobra.Command{
+		Use:   "login --proxy=HOST:PORT --user=NAME",
+		Short: "Log in to a fleet and get short-lived certificates",
+		Long: `Log in to a fleet with your password (and a TOTP code when you enrolled
+one): tsh asks the fleet for an SSH and an X.509 certificate for keys it
+makes on this machine, and keeps them under TSH_HOME (default ~/.tsh) until
+they expire. The first login to a fleet verifies it by its CA pin
+(--ca-pin, from your admin: fleetctl status prints it); later logins trust
+the CA saved by the first. The password is read without echo from a
+terminal, else one line from standard input.`,
+		Example: `  tsh login --proxy=fleet.example.com:3080 --user=alice --ca-pin=sha256:6f1c...
+  tsh login          # again, as the current login`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return r.login(cmd, f) },
 	}
-	if len(pos) > 0 {
-		return r.usageError(fs, "unexpected argument %q", pos[0])
-	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.proxy, "proxy", "", "the fleet's address, HOST:PORT (default: that of the current login)")
+	fl.StringVar(&f.user, "user", "", "your fleet user name (default: that of the current login, else your local user name)")
+	fl.StringVar(&f.caPin, "ca-pin", "", "trust the fleet whose CA has this pin, sha256:HEX (your admin has it: fleetctl status); default: the CA saved by an earlier login, else the system's roots")
+	fl.BoolVar(&f.insecure, "insecure", false, "do not verify the fleet's certificate: for development only")
+	fl.DurationVar(&f.ttl, "ttl", 8*time.Hour, "requested lifetime of your certificates; the fleet caps it by your roles")
+	return cmd
+}
+
+func (r *runner) login(cmd *cobra.Command, f loginFlags) error {
+	ctx := cmd.Context()
+	proxy, userName, caPin, insecure, ttl := &f.proxy, &f.user, &f.caPin, &f.insecure, &f.ttl
 	if cur, _, err := r.currentProfile(); err == nil {
 		if *proxy == "" {
 			*proxy = cur.Proxy
@@ -50,7 +71,7 @@ func (r *runner) login(ctx context.Context, args []string) error {
 		}
 	}
 	if *proxy == "" {
-		return r.usageError(fs, "--proxy=HOST:PORT is required: the fleet's address (ask your fleet admin)")
+		return cli.Usagef(cmd, "--proxy=HOST:PORT is required: the fleet's address (ask your fleet admin)")
 	}
 	if *userName == "" {
 		*userName = r.localUser()
@@ -62,10 +83,10 @@ func (r *runner) login(ctx context.Context, args []string) error {
 		return fmt.Errorf("login: --user: %w", err)
 	}
 	if *caPin != "" && *insecure {
-		return r.usageError(fs, "use --ca-pin or --insecure, not both")
+		return cli.Usagef(cmd, "use --ca-pin or --insecure, not both")
 	}
 	if *ttl <= 0 {
-		return r.usageError(fs, "--ttl must be positive, e.g. 8h")
+		return cli.Usagef(cmd, "--ttl must be positive, e.g. 8h")
 	}
 	conf, wantPin, err := r.loginTrust(*proxy, *userName, *caPin, *insecure)
 	if err != nil {

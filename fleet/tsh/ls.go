@@ -7,42 +7,48 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 	"remoteler.dev/edge/proto/api"
 )
 
-func (r *runner) ls(ctx context.Context, args []string) error {
-	fs := r.flags("ls", "tsh ls [LABEL=VALUE...] [-v] [--format=text|json]")
-	verbose := fs.Bool("v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change), your logins")
-	format := fs.String("format", "text", "output format: text or json")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
+func (r *runner) lsCommand() *cobra.Command {
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "ls [LABEL=VALUE...]",
+		Short: "List the devices you may reach",
+		Long: `List the devices your roles let you reach: name, labels, status, when the
+fleet last heard from them and their agent's version. LABEL=VALUE arguments
+keep only the devices with all those labels. -v adds the device ID, OS and
+architecture, address, join time, link health (round-trip time, packet
+loss outside blackouts, reconnects, bytes) and your logins on each.`,
+		Example: `  tsh ls
+  tsh ls site=north env=prod
+  tsh ls -v --format=json`,
+		ValidArgsFunction: cli.CompleteArgs(-1, r.completeLabels),
 	}
-	if *format != "text" && *format != "json" {
-		return r.usageError(fs, "--format must be text or json, not %q", *format)
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change), your logins")
+	format := cli.FormatFlag(cmd, "")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return r.ls(cmd, args, verbose, *format)
 	}
+	return cmd
+}
+
+func (r *runner) ls(cmd *cobra.Command, args []string, verbose bool, format cli.Format) error {
 	want := map[string]string{}
-	for _, a := range pos {
+	for _, a := range args {
 		k, v, ok := strings.Cut(a, "=")
 		if !ok || k == "" {
-			return r.usageError(fs, "%q is not LABEL=VALUE (e.g. site=north)", a)
+			return cli.Usagef(cmd, "%q is not LABEL=VALUE (e.g. site=north)", a)
 		}
 		want[k] = v
 	}
-	p, dir, err := r.currentProfile()
+	all, err := r.devices(cmd.Context())
 	if err != nil {
-		return err
-	}
-	c, err := r.newClient(p, dir)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	all, err := c.Devices(ctx)
-	if err != nil {
-		return fmt.Errorf("ls: %w", apiHint(err))
+		return fmt.Errorf("ls: %w", err)
 	}
 	devices := []api.Device{}
 	for _, d := range all {
@@ -51,23 +57,58 @@ func (r *runner) ls(ctx context.Context, args []string) error {
 		}
 	}
 	slices.SortFunc(devices, func(a, b api.Device) int { return strings.Compare(a.Name, b.Name) })
-	if *format == "json" {
-		b, err := jsonIndent(devices)
-		if err != nil {
-			return err
+	return cli.PrintList(r.stdio.Out, format, "devices", devices, false, func() error {
+		if len(devices) == 0 {
+			if len(want) > 0 {
+				fmt.Fprintln(r.stdio.Err, "No device you may reach has those labels; run tsh ls without labels to see them all.")
+			} else {
+				fmt.Fprintln(r.stdio.Err, "No device you may reach; if you expected some, ask your fleet admin about your roles.")
+			}
+			return nil
 		}
-		_, err = r.stdio.Out.Write(b)
-		return err
+		return cli.DeviceTable{Verbose: verbose, Logins: verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
+	})
+}
+
+// devices asks the fleet for the devices the current login may reach.
+func (r *runner) devices(ctx context.Context) ([]api.Device, error) {
+	p, dir, err := r.currentProfile()
+	if err != nil {
+		return nil, err
 	}
-	if len(devices) == 0 {
-		if len(want) > 0 {
-			fmt.Fprintln(r.stdio.Err, "No device you may reach has those labels; run tsh ls without labels to see them all.")
-		} else {
-			fmt.Fprintln(r.stdio.Err, "No device you may reach; if you expected some, ask your fleet admin about your roles.")
-		}
-		return nil
+	c, err := r.newClient(p, dir)
+	if err != nil {
+		return nil, err
 	}
-	return cli.DeviceTable{Verbose: *verbose, Logins: *verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
+	defer c.Close()
+	all, err := c.Devices(ctx)
+	if err != nil {
+		return nil, apiHint(err)
+	}
+	return all, nil
+}
+
+// completeDevices offers the names of the devices the current login may
+// reach, with their status and labels.
+func (r *runner) completeDevices(ctx context.Context, _ *cobra.Command) ([]cobra.Completion, error) {
+	all, err := r.devices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cobra.Completion, 0, len(all))
+	for _, d := range all {
+		out = append(out, cli.DeviceCompletion(d))
+	}
+	return out, nil
+}
+
+// completeLabels offers the LABEL=VALUE pairs of those devices.
+func (r *runner) completeLabels(ctx context.Context, _ *cobra.Command) ([]cobra.Completion, error) {
+	all, err := r.devices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return cli.LabelCompletions(all), nil
 }
 
 // matches reports whether labels hold every key=value of want.

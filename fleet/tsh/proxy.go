@@ -9,33 +9,41 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
 )
 
-// proxy runs "tsh proxy ssh [LOGIN@]HOST[:PORT]", OpenSSH's ProxyCommand
+func (r *runner) proxyCommand() *cobra.Command {
+	group := &cobra.Command{
+		Use:   "proxy",
+		Short: "Connections for other programs (OpenSSH's ProxyCommand)",
+	}
+	group.AddCommand(&cobra.Command{
+		Use:   "ssh [LOGIN@]HOST[:PORT]",
+		Short: "Connect standard input and output to a device's SSH server",
+		Long: `Connect standard input and output to a device's SSH server through the
+fleet, for OpenSSH's ProxyCommand (tsh config writes it): HOST is the
+device, with or without ".CLUSTER"; the port is ignored.`,
+		Args:              cli.ExactArgs(1, "[LOGIN@]HOST[:PORT]"),
+		ValidArgsFunction: r.completeTarget(""),
+		RunE:              func(cmd *cobra.Command, args []string) error { return r.proxySSH(cmd, args[0]) },
+	})
+	return group
+}
+
+// proxySSH runs "tsh proxy ssh [LOGIN@]HOST[:PORT]", OpenSSH's ProxyCommand
 // (see tsh config): it connects to the device HOST (minus ".CLUSTER")
 // through the fleet and copies bytes between stdin/stdout and the
 // connection. The port is ignored: the fleet always brokers the device's
 // SSH service.
-func (r *runner) proxy(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "ssh" {
-		fmt.Fprintln(r.stdio.Err, "Usage: tsh proxy ssh [LOGIN@]HOST[:PORT]   (OpenSSH's ProxyCommand; see tsh config)")
-		return errUsage
-	}
-	fs := r.flags("proxy ssh", "tsh proxy ssh [LOGIN@]HOST[:PORT]")
-	pos, err := cli.Parse(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return r.usageError(fs, "want one [LOGIN@]HOST[:PORT]")
-	}
+func (r *runner) proxySSH(cmd *cobra.Command, target string) error {
+	ctx := cmd.Context()
 	p, dir, err := r.currentProfile()
 	if err != nil {
 		return err
 	}
-	target := pos[0]
 	if i := strings.LastIndexByte(target, '@'); i >= 0 {
 		// Split the port off the host part only.
 		if host, _, err := net.SplitHostPort(target[i+1:]); err == nil {
@@ -49,7 +57,7 @@ func (r *runner) proxy(ctx context.Context, args []string) error {
 		login = r.localUser()
 	}
 	if device == "" {
-		return r.usageError(fs, "name a device")
+		return cli.Usagef(cmd, "name a device")
 	}
 	c, err := r.newClient(p, dir)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+	"github.com/spf13/cobra"
 
 	"remoteler.dev/edge/fleet/client/cli"
 )
@@ -36,17 +37,38 @@ func parseSpec(s, cluster string) scpSpec {
 	return scpSpec{remote: true, login: login, device: device, path: s[i+1:]}
 }
 
-func (r *runner) scp(ctx context.Context, args []string) error {
-	flags := r.flags("scp", "tsh scp [-r] [-q] SRC... DST   (a remote side is [LOGIN@]DEVICE:PATH)")
-	recursive := flags.Bool("r", false, "copy directories recursively")
-	quiet := flags.Bool("q", false, "do not show progress")
-	pos, err := cli.Parse(flags, args)
-	if err != nil {
-		return err
+func (r *runner) scpCommand() *cobra.Command {
+	var recursive, quiet bool
+	cmd := &cobra.Command{
+		Use:   "scp [-r] [-q] SRC... DST",
+		Short: "Copy files to or from a device",
+		Long: `Copy files between this machine and a device over SFTP through the fleet.
+A remote side is [LOGIN@]DEVICE:PATH (a colon before any slash); prefix a
+local path that holds a colon with "./". All remote sides must be on one
+device as one login, and one side must be local.`,
+		Example: `  tsh scp firmware.bin root@pi-1:/tmp/
+  tsh scp -r pi@pi-1:/var/log/app ./logs`,
+		Args: cli.RangeArgs(2, -1, "a source and a destination"),
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if strings.ContainsAny(toComplete, ":/") {
+				return nil, cobra.ShellCompDirectiveDefault // a remote path, or a local file
+			}
+			devices, d := r.completeTarget(":")(cmd, nil, toComplete)
+			if len(devices) == 0 {
+				return nil, cobra.ShellCompDirectiveDefault
+			}
+			return devices, d
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return r.scp(cmd, args, recursive, quiet) },
 	}
-	if len(pos) < 2 {
-		return r.usageError(flags, "want at least one source and a destination")
-	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "copy directories recursively")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not show progress")
+	return cmd
+}
+
+func (r *runner) scp(cmd *cobra.Command, pos []string, recursiveFlag, quietFlag bool) error {
+	ctx := cmd.Context()
+	recursive, quiet := &recursiveFlag, &quietFlag
 	p, dir, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -71,7 +93,7 @@ func (r *runner) scp(ctx context.Context, args []string) error {
 		}
 	}
 	if remote.device == "" {
-		return r.usageError(flags, "name a device before the colon")
+		return cli.Usagef(cmd, "name a device before the colon")
 	}
 	login := remote.login
 	if login == "" {

@@ -12,11 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
 
 	"remoteler.dev/edge/fleet/client"
-
 	"remoteler.dev/edge/fleet/client/cli"
 )
 
@@ -148,21 +148,85 @@ func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir,
 	return ssh.NewClient(sc, chans, reqs), nil
 }
 
-func (r *runner) ssh(ctx context.Context, args []string) error {
-	fs := r.flags("ssh", "tsh ssh [-l LOGIN] [-t|-T] [LOGIN@]DEVICE [COMMAND...]")
-	loginFlag := fs.String("l", "", "log in as `LOGIN` on the device (default: LOGIN@ of the target, else your local user name)")
-	forceTTY := fs.Bool("t", false, "ask for a terminal even when running a command or when stdin is not a terminal")
-	noTTY := fs.Bool("T", false, "never ask for a terminal")
-	pos, err := cli.ParseFirst(fs, args)
+// exitNoConnection is tsh ssh's exit status when it could not reach the
+// device or lost it, as OpenSSH's ssh.
+const exitNoConnection = 255
+
+// sshFlags are tsh ssh's flags.
+type sshFlags struct {
+	login           string
+	forceTTY, noTTY bool
+}
+
+func (r *runner) sshCommand() *cobra.Command {
+	var f sshFlags
+	cmd := &cobra.Command{
+		Use:   "ssh [LOGIN@]DEVICE [COMMAND...]",
+		Short: "Log in to a device, or run a command on it",
+		Long: `Open an SSH session to a device through the fleet: an interactive shell,
+or COMMAND when one is given (its words are joined with spaces, as OpenSSH
+does). The device is verified by its host certificate from the fleet's host
+CA. Flags go before the device; everything after it is the command.
+
+Exit status: the remote command's own (128+N when a signal N ended it), or
+255 when tsh could not reach the device or lost it, as OpenSSH's ssh.`,
+		Example: `  tsh ssh pi-1
+  tsh ssh root@pi-1 uname -a
+  tsh ssh -t pi-1 top`,
+		Args:              cli.RangeArgs(1, -1, "the device: tsh ssh [LOGIN@]DEVICE"),
+		ValidArgsFunction: r.completeTarget(""),
+		RunE:              func(cmd *cobra.Command, args []string) error { return r.ssh(cmd, f, args) },
+	}
+	fl := cmd.Flags()
+	fl.SetInterspersed(false) // flags after DEVICE belong to the command
+	fl.StringVarP(&f.login, "login", "l", "", "log in as `LOGIN` on the device (default: LOGIN@ of the target, else your local user name)")
+	fl.BoolVarP(&f.forceTTY, "tty", "t", false, "ask for a terminal even when running a command or when stdin is not a terminal")
+	fl.BoolVarP(&f.noTTY, "no-tty", "T", false, "never ask for a terminal")
+	cmd.RegisterFlagCompletionFunc("login", r.completeLogins)
+	return cmd
+}
+
+// completeTarget completes the first argument, [LOGIN@]DEVICE, with the
+// devices the login may reach; suffix follows each name (":" for scp).
+func (r *runner) completeTarget(suffix string) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 && suffix == "" {
+			return nil, cobra.ShellCompDirectiveDefault
+		}
+		prefix := ""
+		if i := strings.LastIndexByte(toComplete, '@'); i >= 0 {
+			prefix = toComplete[:i+1]
+		}
+		all := cli.Candidates(cmd, r.completeDevices)
+		if suffix != "" {
+			for i, c := range all {
+				name, desc, _ := strings.Cut(c, "\t")
+				all[i] = name + suffix + "\t" + desc
+			}
+		}
+		d := cobra.ShellCompDirectiveNoFileComp
+		if suffix != "" {
+			d |= cobra.ShellCompDirectiveNoSpace
+		}
+		return cli.Filter(all, toComplete, prefix), d
+	}
+}
+
+// completeLogins offers the logins of the current login.
+func (r *runner) completeLogins(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	p, _, err := r.currentProfile()
 	if err != nil {
-		return err
+		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	if len(pos) == 0 {
-		return r.usageError(fs, "name a device")
-	}
+	return cli.Filter(p.Logins, toComplete, ""), cobra.ShellCompDirectiveNoFileComp
+}
+
+func (r *runner) ssh(cmd *cobra.Command, f sshFlags, pos []string) error {
+	ctx := cmd.Context()
+	loginFlag, forceTTY, noTTY := &f.login, &f.forceTTY, &f.noTTY
 	p, dir, err := r.currentProfile()
 	if err != nil {
-		return &exitError{code: 255, err: err}
+		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}
 	login, device := splitTarget(pos[0], p.Cluster)
 	if *loginFlag != "" {
@@ -172,17 +236,17 @@ func (r *runner) ssh(ctx context.Context, args []string) error {
 		login = r.localUser()
 	}
 	if device == "" {
-		return r.usageError(fs, "name a device")
+		return cli.Usagef(cmd, "name a device")
 	}
 	command := strings.Join(pos[1:], " ")
 	c, err := r.newClient(p, dir)
 	if err != nil {
-		return &exitError{code: 255, err: err}
+		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}
 	defer c.Close()
 	sc, err := r.dialSSH(ctx, c, p, dir, device, login)
 	if err != nil {
-		return &exitError{code: 255, err: err}
+		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}
 	defer sc.Close()
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
@@ -192,10 +256,10 @@ func (r *runner) ssh(ctx context.Context, args []string) error {
 		if code == 255 && ctx.Err() == nil {
 			r.explainEnd(ctx, c, r.session)
 		}
-		return &exitError{code: code, err: fmt.Errorf("ssh %s: %w", device, err)}
+		return &cli.StatusError{Code: code, Err: fmt.Errorf("ssh %s: %w", device, err)}
 	}
 	if code != 0 {
-		return &exitError{code: code}
+		return &cli.StatusError{Code: code}
 	}
 	return nil
 }

@@ -34,6 +34,8 @@ func TestSSH(t *testing.T) {
 		{"exit status", good, []string{"pi@gw1", "echo hi; exit 7"}, 7, "hi\n", "", "pi", "gw1"},
 		{"success", good, []string{"-l", "pi", "gw1", "echo", "ok"}, 0, "ok\n", "", "pi", "gw1"},
 		{"cluster suffix", good, []string{"pi@gw1.fleet", "exit 3"}, 3, "", "", "pi", "gw1"},
+		{"flags after the device are the command's", good, []string{"pi@gw1", "echo", "-l", "x", "--help"}, 0, "-l x --help\n", "", "pi", "gw1"},
+		{"-- ends tsh's flags", good, []string{"-l", "pi", "--", "gw1", "echo", "-t"}, 0, "-t\n", "", "pi", "gw1"},
 		{"-l wins", good, []string{"-l", "tester", "pi@gw1", "exit 0"}, 0, "", "", "tester", "gw1"},
 		{"exit signal", good, []string{"pi@gw1", "kill -TERM"}, 128 + 15, "", "", "pi", "gw1"},
 		{"principal with suffix only", device{hostCA: "fleet", principals: []string{"gw1.fleet"}}, []string{"pi@gw1", "exit 0"}, 0, "", "", "pi", "gw1"},

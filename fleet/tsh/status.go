@@ -8,7 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/printable"
 )
 
 func jsonIndent(v any) ([]byte, error) {
@@ -16,17 +19,30 @@ func jsonIndent(v any) ([]byte, error) {
 	return append(b, '\n'), err
 }
 
+func (r *runner) statusCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show your logins and how long they are valid",
+		Long: `Show every login tsh keeps (the current one marked with ">", and
+"current": true in JSON and YAML): the fleet, user, roles, logins and when
+the certificates expire. It fails when there is no valid current login, so
+scripts can test it.`,
+		Args: cli.NoArgs,
+	}
+	format := cli.FormatFlag(cmd, "")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return r.status(*format) }
+	return cmd
+}
+
+// statusItem is a login in tsh status --format=json or yaml.
+type statusItem struct {
+	*profile
+	Current bool `json:"current"`
+}
+
 // status prints every profile, the current one marked with ">". It fails
 // when there is no valid current login, so scripts can test it.
-func (r *runner) status(args []string) error {
-	fs := r.flags("status", "tsh status")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return r.usageError(fs, "unexpected argument %q", pos[0])
-	}
+func (r *runner) status(format cli.Format) error {
 	cur, _, curErr := r.currentProfile()
 	all, errs := r.allProfiles()
 	for _, err := range errs {
@@ -36,7 +52,19 @@ func (r *runner) status(args []string) error {
 		return errNotLoggedIn
 	}
 	now := r.stdio.Now()
+	if format != cli.Text {
+		items := make([]statusItem, len(all))
+		for i, p := range all {
+			items[i] = statusItem{p, cur != nil && cur.name() == p.name()}
+		}
+		if err := cli.PrintList(r.stdio.Out, format, "profiles", items, false, nil); err != nil {
+			return err
+		}
+	}
 	for i, p := range all {
+		if format != cli.Text {
+			break
+		}
 		if i > 0 {
 			fmt.Fprintln(r.stdio.Out)
 		}
@@ -45,8 +73,8 @@ func (r *runner) status(args []string) error {
 			mark = ">"
 		}
 		fmt.Fprintf(r.stdio.Out, "%s %s at %s (fleet %q)\n", mark, p.User, p.Proxy, p.Cluster)
-		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", cli.List(p.Roles))
-		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", cli.List(p.Logins))
+		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", printable.Escape(cli.List(p.Roles)))
+		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", printable.Escape(cli.List(p.Logins)))
 		if now.After(p.Expires) {
 			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (EXPIRED %s ago; run tsh login --proxy=%s --user=%s)\n",
 				cli.Time(p.Expires), cli.Duration(now.Sub(p.Expires)), p.Proxy, p.User)
@@ -58,26 +86,34 @@ func (r *runner) status(args []string) error {
 	case curErr != nil:
 		return fmt.Errorf("no current login (%w)", curErr)
 	case now.After(cur.Expires):
-		return &exitError{code: 1} // said above
+		return &cli.StatusError{Code: cli.ExitError} // said above
 	}
 	return nil
 }
 
-// logout removes the current profile (or the one named by --proxy and
-// --user, or all with --all): its files, its known_hosts lines, and the
-// current marker when it names it.
-func (r *runner) logout(args []string) error {
-	fs := r.flags("logout", "tsh logout [--proxy=HOST:PORT --user=NAME | --all]")
-	proxy := fs.String("proxy", "", "log out of this fleet (default: the current login's)")
-	userName := fs.String("user", "", "log out this user (default: the current login's)")
-	all := fs.Bool("all", false, "log out of every fleet")
-	pos, err := cli.Parse(fs, args)
-	if err != nil {
-		return err
+func (r *runner) logoutCommand() *cobra.Command {
+	var proxy, userName string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "logout",
+		Short: "Forget the current login (or another, or all)",
+		Long: `Remove a login's keys and certificates, its lines in TSH_HOME/known_hosts
+and the kubeconfig entries tsh kube login added for it: the current login,
+the one named by --proxy and --user, or every one with --all.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return r.logout(cmd, proxy, userName, all) },
 	}
-	if len(pos) > 0 {
-		return r.usageError(fs, "unexpected argument %q", pos[0])
-	}
+	cmd.Flags().StringVar(&proxy, "proxy", "", "log out of this fleet (default: the current login's)")
+	cmd.Flags().StringVar(&userName, "user", "", "log out this user (default: the current login's)")
+	cmd.Flags().BoolVar(&all, "all", false, "log out of every fleet")
+	return cmd
+}
+
+// logout removes the current profile (or the one named by proxy and
+// userName, or all): its files, its known_hosts lines, and the current
+// marker when it names it.
+func (r *runner) logout(cmd *cobra.Command, proxyFlag, userFlag string, allFlag bool) error {
+	proxy, userName, all := &proxyFlag, &userFlag, &allFlag
 	var targets []*profile
 	cur, _, curErr := r.currentProfile()
 	switch {
@@ -89,7 +125,7 @@ func (r *runner) logout(args []string) error {
 		}
 	case *proxy != "" || *userName != "":
 		if *proxy == "" || *userName == "" {
-			return r.usageError(fs, "give both --proxy and --user, or neither")
+			return cli.Usagef(cmd, "give both --proxy and --user, or neither")
 		}
 		p, _, err := r.loadProfile(*proxy, *userName)
 		if err != nil {

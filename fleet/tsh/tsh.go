@@ -22,8 +22,6 @@ package tsh
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -33,12 +31,13 @@ import (
 	"strings"
 	"time"
 
-	"remoteler.dev/edge/firmware/buildinfo"
-	"remoteler.dev/edge/fleet/client"
+	"github.com/spf13/cobra"
+
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
-// Version is tsh's version: the build's (firmware/buildinfo, set by the
+// Version is tsh's version: the build's (internal/buildinfo, set by the
 // release build). Tests may change it.
 var Version = buildinfo.Version
 
@@ -82,110 +81,51 @@ func (s *Stdio) setDefaults() {
 	}
 }
 
-// exitError ends tsh with a given exit code. A nil err prints nothing (a
-// remote command's own exit status).
-type exitError struct {
-	code int
-	err  error
-}
+const long = `tsh logs you in to a Remoteler edge fleet and reaches its devices: over
+SSH (tsh ssh, tsh scp, or plain OpenSSH after tsh config), Kubernetes
+(tsh kube login, then kubectl) and session recordings (tsh play).
 
-func (e *exitError) Error() string {
-	if e.err == nil {
-		return fmt.Sprintf("exit status %d", e.code)
-	}
-	return e.err.Error()
-}
-
-func (e *exitError) Unwrap() error { return e.err }
-
-// errUsage marks a command-line mistake; flag has printed the details.
-var errUsage = cli.ErrUsage
-
-const usage = `tsh: log in to the fleet and reach its devices.
-
-Usage:
-  tsh login --proxy=HOST:PORT --user=NAME [--ca-pin=sha256:HEX] [--insecure] [--ttl=8h]
-  tsh status                          show your logins and their validity
-  tsh logout [--all]                  forget the current (or every) login
-  tsh ls [LABEL=VALUE...] [-v] [--format=text|json]
-                                      list the devices you may reach
-  tsh ssh [-l LOGIN] [-t|-T] [LOGIN@]DEVICE [COMMAND...]
-  tsh scp [-r] [-q] SRC... DST        a remote side is [LOGIN@]DEVICE:PATH
-  tsh config                          print an OpenSSH config block for the fleet
-  tsh recordings ls [--format=text|json]
-                                      list the session recordings you may see
-  tsh play [--speed=N] [--format=text|json] RECORDING_ID
-                                      replay a recorded session (speed 0: at once)
-  tsh kube ls|login NAME|logout       Kubernetes clusters through the fleet (tsh kube help)
-  tsh proxy ssh [LOGIN@]HOST[:PORT]   used by OpenSSH's ProxyCommand (see tsh config)
-  tsh version
+Start with: tsh login --proxy=HOST:PORT --user=NAME
 
 Environment: TSH_HOME is where logins are kept (default ~/.tsh).
-`
+Exit status: 0 on success, 1 on any error; tsh ssh exits with the remote
+command's status, or 255 when it could not reach the device.`
 
 // Main runs tsh with args (without the program name) and returns the exit
-// code: 0 on success, 1 on errors, 2 on usage errors; tsh ssh returns the
-// remote command's exit status, or 255 when the connection failed.
+// code (docs/cli/README.md): 0 on success, 1 on errors (usage mistakes
+// included), 130 when interrupted; tsh ssh returns the remote command's
+// exit status, or 255 when the connection failed.
 func Main(ctx context.Context, args []string, stdio Stdio) int {
 	stdio.setDefaults()
 	r := &runner{stdio: stdio, prompt: &cli.Prompt{In: stdio.In, Err: stdio.Err}}
-	if len(args) == 0 {
-		fmt.Fprint(stdio.Err, usage)
-		return 2
+	return cli.Execute(ctx, r.command(), args, stdio.In, stdio.Out, stdio.Err)
+}
+
+// command is tsh's command tree. To add a command, write a method that
+// returns its *cobra.Command (see ls.go for a listing, ssh.go for one that
+// passes arguments through) and add it here; docs/cli/README.md says the
+// rest.
+func (r *runner) command() *cobra.Command {
+	root := &cobra.Command{
+		Use:     "tsh",
+		Short:   "Log in to the fleet and reach its devices",
+		Long:    long,
+		Version: Version,
 	}
-	cmd, rest := args[0], args[1:]
-	var err error
-	switch cmd {
-	case "login":
-		err = r.login(ctx, rest)
-	case "logout":
-		err = r.logout(rest)
-	case "status":
-		err = r.status(rest)
-	case "ls":
-		err = r.ls(ctx, rest)
-	case "ssh":
-		err = r.ssh(ctx, rest)
-	case "scp":
-		err = r.scp(ctx, rest)
-	case "proxy":
-		err = r.proxy(ctx, rest)
-	case "config":
-		err = r.config(rest)
-	case "kube":
-		err = r.kube(ctx, rest)
-	case "recordings":
-		err = r.recordings(ctx, rest)
-	case "play":
-		err = r.play(ctx, rest)
-	case "version":
-		fmt.Fprintf(stdio.Out, "tsh %s\n", Version)
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdio.Out, usage)
-	default:
-		fmt.Fprintf(stdio.Err, "tsh: unknown command %q; run tsh help for the list\n", cmd)
-		return 2
-	}
-	var ex *exitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage):
-		return 2
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(stdio.Err, "tsh: interrupted")
-		return 130
-	case errors.As(err, &ex):
-		if ex.err != nil {
-			fmt.Fprintf(stdio.Err, "tsh: %v\n", client.Plain(ex.err))
-		}
-		return ex.code
-	default:
-		fmt.Fprintf(stdio.Err, "tsh: %v\n", client.Plain(err))
-		return 1
-	}
+	root.AddCommand(
+		r.loginCommand(),
+		r.statusCommand(),
+		r.logoutCommand(),
+		r.lsCommand(),
+		r.sshCommand(),
+		r.scpCommand(),
+		r.configCommand(),
+		r.recordingsCommand(),
+		r.playCommand(),
+		r.kubeCommand(),
+		r.proxyCommand(),
+	)
+	return cli.Setup(root)
 }
 
 // runner carries one run's streams and state.
@@ -195,24 +135,6 @@ type runner struct {
 	// session is the last connection dialSSH made, whose end the fleet
 	// can explain (client.Client.SessionEnd).
 	session net.Conn
-}
-
-// flags returns a flag set for a command whose errors and help go to Err.
-func (r *runner) flags(name, synopsis string) *flag.FlagSet {
-	fs := flag.NewFlagSet("tsh "+name, flag.ContinueOnError)
-	fs.SetOutput(r.stdio.Err)
-	fs.Usage = func() {
-		fmt.Fprintf(r.stdio.Err, "Usage: %s\n", synopsis)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// usageError prints a usage mistake and the synopsis, and returns errUsage.
-func (r *runner) usageError(fs *flag.FlagSet, format string, args ...any) error {
-	fmt.Fprintf(r.stdio.Err, "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
-	fs.Usage()
-	return errUsage
 }
 
 // home is $TSH_HOME, or ~/.tsh.

@@ -96,7 +96,7 @@ func TestLogin(t *testing.T) {
 		{
 			name:     "pin and insecure",
 			args:     func(e *testEnv) []string { return []string{"--insecure", "--ca-pin=" + e.fleet.Pin} },
-			wantCode: 2,
+			wantCode: 1,
 			wantErr:  "use --ca-pin or --insecure, not both",
 		},
 		{
@@ -287,7 +287,7 @@ func TestLs(t *testing.T) {
 			"NAME ID LABELS STATUS LAST SEEN VERSION OS/ARCH ADDRESS JOINED RTT LOSS RECONNECTS SENT/RECEIVED ADDRESS CHANGED LOGINS",
 			"gw2 d2 site=south offline 3h ago 1.0.0 - - never - - 0 - - -",
 		}},
-		{"bad selector", []string{"ls", "north"}, 2, nil},
+		{"bad selector", []string{"ls", "north"}, 1, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -306,13 +306,19 @@ func TestLs(t *testing.T) {
 	}
 	t.Run("json", func(t *testing.T) {
 		r := e.run(nil, "ls", "--format=json", "env=prod")
-		var got []api.Device
-		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0].Name != "gw1" {
-			t.Errorf("got %s (%v), want gw1 only", r.stdout, err)
+		var got api.List[api.Device]
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.Kind != "devices" || len(got.Items) != 1 || got.Items[0].Name != "gw1" || got.Truncated {
+			t.Errorf("got %s (%v), want gw1 only, not truncated", r.stdout, err)
 		}
 		r = e.run(nil, "ls", "--format=json", "env=none")
-		if strings.TrimSpace(r.stdout) != "[]" {
-			t.Errorf("got %q, want []", r.stdout)
+		want := `{
+  "kind": "devices",
+  "items": [],
+  "truncated": false
+}
+`
+		if r.stdout != want {
+			t.Errorf("got %q, want %q", r.stdout, want)
 		}
 	})
 }
@@ -396,5 +402,24 @@ func TestParseSpec(t *testing.T) {
 		if got := parseSpec(tt.in, "fleet"); got != tt.want {
 			t.Errorf("parseSpec(%q) = %+v, want %+v", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestStatusJSON(t *testing.T) {
+	e := newTestEnv(t)
+	e.login()
+	r := e.run(nil, "status", "--format=json")
+	var got api.List[struct {
+		Proxy   string    `json:"proxy"`
+		User    string    `json:"user"`
+		Logins  []string  `json:"logins"`
+		Expires time.Time `json:"expires"`
+		Current bool      `json:"current"`
+	}]
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 || got.Kind != "profiles" || len(got.Items) != 1 {
+		t.Fatalf("exit %d, %v: %s", r.code, err, r.stdout)
+	}
+	if p := got.Items[0]; p.User != "alice" || p.Proxy != e.fleet.Addr || !p.Current || len(p.Logins) != 2 || p.Expires.IsZero() {
+		t.Errorf("got %+v", p)
 	}
 }

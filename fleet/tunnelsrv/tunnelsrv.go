@@ -38,6 +38,13 @@ type Config struct {
 	// OnHello checks a device's hello (name, version) and returns the answer;
 	// an error refuses the device with that message. Required.
 	OnHello func(ctx context.Context, deviceID string, addr net.Addr, h *proto.Hello) (*proto.HelloAck, error)
+	// Recheck, when set, is called once a device's new connection is
+	// registered, before its hello is answered; an error refuses the
+	// device. fleetd checks there that the device is still in the
+	// registry: a removal (registry first, then Disconnect) either finds
+	// the connection registered and closes it, or comes before Recheck,
+	// which refuses it. Optional.
+	Recheck func(ctx context.Context, deviceID string) error
 	// OnHeartbeat is called for each heartbeat. Optional.
 	OnHeartbeat func(deviceID string, hb *proto.Heartbeat)
 	// OnRenew answers a renewal request. Optional: nil refuses renewals.
@@ -278,6 +285,20 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	}
 	if old != nil {
 		old.qc.CloseWithError(closeReplaced, "replaced by a newer connection of the same device")
+	}
+	if s.cfg.Recheck != nil {
+		if err := s.cfg.Recheck(ctx, id); err != nil {
+			s.mu.Lock()
+			delete(s.tags, string(tag))
+			if s.conns[id] == dc {
+				delete(s.conns, id)
+			}
+			s.mu.Unlock()
+			pe := &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
+			errors.As(err, &pe)
+			s.refuse(log, qc, st, pe)
+			return
+		}
 	}
 	if err := ctrl.send(ack); err != nil {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
@@ -609,6 +630,21 @@ func (s *Server) Info(deviceID string) (Info, bool) {
 	return Info{Addr: addr, Since: dc.since, RTT: st.SmoothedRTT, Stats: st, AddrChangedAt: moved}, true
 }
 
+// EachLink calls fn with the counters of every live device tunnel and when
+// its connection began (fleet/linkhealth samples them). fn runs without
+// the server's lock held.
+func (s *Server) EachLink(fn func(deviceID string, since time.Time, st quic.ConnectionStats)) {
+	s.mu.Lock()
+	conns := make(map[string]*deviceConn, len(s.conns))
+	for id, dc := range s.conns {
+		conns[id] = dc
+	}
+	s.mu.Unlock()
+	for id, dc := range conns {
+		fn(id, dc.since, dc.qc.ConnectionStats())
+	}
+}
+
 // Send pushes m to deviceID on its control stream.
 func (s *Server) Send(deviceID string, m proto.Message) error {
 	s.mu.Lock()
@@ -653,12 +689,21 @@ func (s *Server) closeAll() {
 	}
 }
 
-// Disconnect closes deviceID's tunnel, if any, with a reason the agent logs.
+// Disconnect closes deviceID's tunnel, if any, with a reason the agent
+// logs, and ends the sessions held for it with that reason: the device is
+// not expected back (it was removed from the fleet, say).
 func (s *Server) Disconnect(deviceID, reason string) {
 	s.mu.Lock()
 	dc := s.conns[deviceID]
+	var held []*session
+	for _, ss := range s.sessions[deviceID] {
+		held = append(held, ss)
+	}
 	s.mu.Unlock()
 	if dc != nil {
 		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeForbidden), reason)
+	}
+	for _, ss := range held {
+		ss.conn.Abort(errors.New(reason))
 	}
 }

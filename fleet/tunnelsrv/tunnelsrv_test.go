@@ -51,12 +51,18 @@ type harness struct {
 // startServer serves on addr ("127.0.0.1:0" for a new port).
 func startServer(t *testing.T, pki *testPKI, addr string) *harness {
 	t.Helper()
+	return startServerWith(t, pki, addr, nil)
+}
+
+// startServerWith is startServer with mod applied to the config.
+func startServerWith(t *testing.T, pki *testPKI, addr string, mod func(*Config)) *harness {
+	t.Helper()
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &harness{pki: pki, addr: pc.LocalAddr().String(), hello: make(chan *proto.Hello, 16), done: make(chan struct{})}
-	h.srv = New(Config{
+	cfg := Config{
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.Pool},
 		Authenticate: func(cs tls.ConnectionState) (string, error) {
 			cn := cs.PeerCertificates[0].Subject.CommonName
@@ -73,7 +79,11 @@ func startServer(t *testing.T, pki *testPKI, addr string) *harness {
 			return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
 		},
 		Logger: logtest.Logger(t).With("side", "fleet"),
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.srv = New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
@@ -312,4 +322,89 @@ func TestMalformedControlFrames(t *testing.T) {
 	}
 	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
 	waitState(t, state, true)
+}
+
+// TestRemovalDuringHelloRefusesTheDevice removes a device (from a
+// registry the test keeps, then with Disconnect, as fleetd does) after its
+// hello was checked but before its connection is registered: Recheck must
+// refuse it, and it must never come up.
+func TestRemovalDuringHelloRefusesTheDevice(t *testing.T) {
+	pki := newPKI(t)
+	var (
+		mu      sync.Mutex
+		removed = map[string]bool{}
+		srv     *Server
+	)
+	h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) {
+		hello := c.OnHello
+		c.OnHello = func(ctx context.Context, id string, addr net.Addr, hl *proto.Hello) (*proto.HelloAck, error) {
+			mu.Lock()
+			gone := removed[id]
+			removed[id] = true // the removal lands right after this check
+			mu.Unlock()
+			if gone {
+				return nil, proto.Errorf(proto.CodeForbidden, "device %s was removed", id)
+			}
+			srv.Disconnect(id, "removed") // finds no connection yet
+			return hello(ctx, id, addr, hl)
+		}
+		c.Recheck = func(ctx context.Context, id string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if removed[id] {
+				return proto.Errorf(proto.CodeForbidden, "device %s was removed", id)
+			}
+			return nil
+		}
+	})
+	srv = h.srv
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	select {
+	case <-h.hello: // the hello was checked (twice at most: the retry is refused)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent never said hello")
+	}
+	deadline := time.After(2 * time.Second) // a margin for a wrong "up" to show; not a synchronisation
+	for {
+		select {
+		case up := <-state:
+			if up {
+				t.Fatal("a device removed during its hello came up")
+			}
+		case <-deadline:
+			if srv.Online("pi-1") || srv.Count() != 0 {
+				t.Fatal("the removed device is registered as online")
+			}
+			return
+		}
+	}
+}
+
+// TestDisconnectEndsHeldSessions: a removed device's sessions end at once
+// instead of waiting the hold time for it to come back.
+func TestDisconnectEndsHeldSessions(t *testing.T) {
+	pki := newPKI(t)
+	h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) { c.SessionHold = time.Hour })
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	<-h.hello
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := h.srv.Open(ctx, "pi-1", &proto.StreamHeader{Service: "echo", SessionID: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echo(t, conn, "hello")
+	h.srv.Disconnect("pi-1", "this device was removed from the fleet")
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	if err == nil || !strings.Contains(err.Error(), "removed from the fleet") {
+		t.Fatalf("read after Disconnect: %v, want the session ended with the reason", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); h.srv.Sessions("pi-1") != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still held", h.srv.Sessions("pi-1"))
+		}
+	}
 }

@@ -45,7 +45,8 @@ const (
 //     password-hashing work);
 //   - ErrTOTPRequired when the password is right but totpCode is empty;
 //   - ErrLocked when the name had MaxFailures failures in a row and its
-//     LockOut has not passed;
+//     lock-out has not passed;
+//   - ErrBusy when no password-hashing slot came free in time;
 //   - anything else is an internal error (store, context).
 //
 // A TOTP code is accepted for the current 30-second step and one step
@@ -69,10 +70,10 @@ func (s *Service) Authenticate(ctx context.Context, name, password, totpCode str
 		s.logger().Info("users: login refused", "user", name, "reason", "locked out")
 		return fail(err)
 	}
-	result := neutral
+	result, known := neutral, false
 	defer func() {
-		if locked := s.throttle.end(name, result, s.now()); locked {
-			s.logger().Warn("users: user locked out after failed logins", "user", name, "for", s.throttle.lockout)
+		if lock := s.throttle.end(name, result, known, s.now()); lock > 0 {
+			s.logger().Warn("users: user locked out after failed logins", "user", name, "for", lock)
 		}
 	}()
 
@@ -88,6 +89,7 @@ func (s *Service) Authenticate(ctx context.Context, name, password, totpCode str
 	if err != nil {
 		return fail(err)
 	}
+	known = true
 	verified := rec.PasswordHash
 	h, err := decodePHC(verified)
 	if err != nil {
@@ -213,32 +215,53 @@ func matchTOTP(secret, code string, lastStep int64, now time.Time) (step int64, 
 // Throttle bookkeeping.
 const (
 	// forgetAfter: a run of failures with no new failure for this long is
-	// forgotten.
+	// forgotten (unless it reached a lock-out).
 	forgetAfter = 15 * time.Minute
-	// maxTracked bounds the names tracked; past it the stalest go first.
+	// forgetLockOuts: the lock-outs of a run (which double the next one)
+	// are forgotten after this long without a failure.
+	forgetLockOuts = 24 * time.Hour
+	// maxTracked bounds the unknown names tracked; past it the stalest go
+	// first. Existing users are never evicted (there are only so many).
 	maxTracked = 10000
 )
 
 // throttle counts failed logins in a row per user name.
 type throttle struct {
-	max     int
-	lockout time.Duration
+	max              int
+	lockout, ceiling time.Duration
 
-	mu    sync.Mutex            // guards names
-	names map[string]*failState // user name -> its failures
+	mu      sync.Mutex            // guards names and unknown
+	names   map[string]*failState // user name -> its failures
+	unknown int                   // entries not known to be users
 }
 
 type failState struct {
 	// fails counts failures in a row plus attempts in flight (counted as
 	// failures until they succeed, so a burst of parallel guesses cannot
 	// exceed max).
-	fails       int
+	fails int
+	// lockouts counts the lock-outs of this run: the next lasts
+	// lockout << lockouts, up to the ceiling.
+	lockouts    int
 	lockedUntil time.Time // zero when not locked
 	last        time.Time // last attempt began or failed
+	known       bool      // the name is an existing user's
 }
 
-func newThrottle(max int, lockout time.Duration) *throttle {
-	return &throttle{max: max, lockout: lockout, names: make(map[string]*failState)}
+func newThrottle(max int, lockout, ceiling time.Duration) *throttle {
+	return &throttle{max: max, lockout: lockout, ceiling: ceiling, names: make(map[string]*failState)}
+}
+
+// lockFor is how long the lock-out after n earlier ones lasts.
+func (t *throttle) lockFor(n int) time.Duration {
+	d := t.lockout
+	for range n {
+		if d >= t.ceiling {
+			break
+		}
+		d *= 2
+	}
+	return min(d, t.ceiling)
 }
 
 // begin admits an attempt for name, or returns an error matching ErrLocked.
@@ -247,18 +270,22 @@ func (t *throttle) begin(name string, now time.Time) error {
 	defer t.mu.Unlock()
 	st := t.names[name]
 	if st == nil {
-		if len(t.names) >= maxTracked {
+		if t.unknown >= maxTracked {
 			t.evictLocked(now)
 		}
 		st = &failState{}
 		t.names[name] = st
+		t.unknown++
+	}
+	if st.lockouts > 0 && now.Sub(st.last) > forgetLockOuts {
+		st.lockouts = 0
 	}
 	switch {
 	case !st.lockedUntil.IsZero() && now.Before(st.lockedUntil):
 		return fmt.Errorf("%w (locked until %s)", ErrLocked, st.lockedUntil.UTC().Format(time.RFC3339))
 	case !st.lockedUntil.IsZero():
-		st.fails, st.lockedUntil = 0, time.Time{} // lock-out over: a new run
-	case st.fails > 0 && now.Sub(st.last) > forgetAfter:
+		st.fails, st.lockedUntil = 0, time.Time{} // lock-out over: the run goes on
+	case st.fails > 0 && st.lockouts == 0 && now.Sub(st.last) > forgetAfter:
 		st.fails = 0
 	}
 	if st.fails >= t.max {
@@ -269,48 +296,65 @@ func (t *throttle) begin(name string, now time.Time) error {
 	return nil
 }
 
-// end records an attempt's outcome. It reports whether this failure locked
-// the name.
-func (t *throttle) end(name string, o outcome, now time.Time) (locked bool) {
+// end records an attempt's outcome; known says the name is an existing
+// user's. It returns how long this failure locked the name for (zero if it
+// did not).
+func (t *throttle) end(name string, o outcome, known bool, now time.Time) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.names[name]
 	if st == nil {
-		return false // evicted, or reset by a success
+		return 0 // evicted, or reset by a success
+	}
+	if known && !st.known {
+		st.known = true
+		t.unknown--
 	}
 	switch o {
 	case succeeded:
-		delete(t.names, name)
+		t.deleteLocked(name)
 	case failed:
 		st.last = now
 		if st.fails >= t.max && st.lockedUntil.IsZero() {
-			st.lockedUntil = now.Add(t.lockout)
-			return true
+			d := t.lockFor(st.lockouts)
+			st.lockedUntil = now.Add(d)
+			st.lockouts++
+			return d
 		}
 	case neutral:
 		st.fails--
-		if st.fails <= 0 && st.lockedUntil.IsZero() {
-			delete(t.names, name)
+		if st.fails <= 0 && st.lockedUntil.IsZero() && st.lockouts == 0 {
+			t.deleteLocked(name)
 		}
 	}
-	return false
+	return 0
 }
 
-// evictLocked makes room: first every entry neither locked nor recent,
-// then, if that freed nothing, the entry with the oldest last attempt.
-// t.mu must be held.
+func (t *throttle) deleteLocked(name string) {
+	if st := t.names[name]; st != nil && !st.known {
+		t.unknown--
+	}
+	delete(t.names, name)
+}
+
+// evictLocked makes room among the unknown names: first every entry
+// neither locked nor recent, then, if that freed nothing, the one with the
+// oldest last attempt. t.mu must be held.
 func (t *throttle) evictLocked(now time.Time) {
 	var oldest string
 	for n, st := range t.names {
-		if now.After(st.lockedUntil) && now.Sub(st.last) > forgetAfter {
-			delete(t.names, n)
+		if st.known {
+			continue
+		}
+		if now.After(st.lockedUntil) && now.Sub(st.last) > forgetAfter && (st.lockouts == 0 || now.Sub(st.last) > forgetLockOuts) {
+			t.deleteLocked(n)
 			continue
 		}
 		if oldest == "" || st.last.Before(t.names[oldest].last) {
 			oldest = n
 		}
 	}
-	if len(t.names) >= maxTracked {
-		delete(t.names, oldest)
+	if t.unknown >= maxTracked && oldest != "" {
+		t.deleteLocked(oldest)
 	}
 }

@@ -8,9 +8,20 @@
 // the same error after the same work (a hash against a dummy); a TOTP code
 // is accepted once; and after MaxFailures failures in a row for a name
 // (wrong password or wrong TOTP code, for known and unknown names alike)
-// that name is locked out for LockOut. The failure counts live in the
-// Service's memory: each fleetd replica counts on its own, and a restart
-// forgets them.
+// that name is locked out, for LockOut the first time and twice as long
+// each time after, up to LockOutMax (default 1 min, 2, 4, ... up to 4 h:
+// with the password known, about 30 one-time-code guesses a day instead of
+// 7,000). A day without failures forgets the doubling. The failure counts
+// live in the Service's memory: each fleetd replica counts on its own, and
+// a restart forgets them; the counts of existing users are never evicted
+// to make room, so a spray of made-up names cannot unlock a real account.
+//
+// Password hashes (argon2id, 64 MiB each by default) run at most MaxHashes
+// at once, and at most MaxHashQueue more wait, each for at most HashWait;
+// past that Authenticate answers ErrBusy at once, so a flood of logins can
+// neither exhaust memory nor leave real logins hanging: they are told to
+// try again. Logins from sources that failed recently (WithLowPriority)
+// wait in a queue of their own, served only when the other is empty.
 package users
 
 import (
@@ -50,7 +61,10 @@ const (
 	DefaultIssuer      = "Remoteler edge"
 	DefaultMaxFailures = 5
 	DefaultLockOut     = time.Minute
+	DefaultLockOutMax  = 4 * time.Hour
 	DefaultHashes      = 2
+	DefaultHashQueue   = 8
+	DefaultHashWait    = 2 * time.Second
 )
 
 var (
@@ -68,7 +82,10 @@ var (
 	// enrolled, but no code was given. Ask for one and try again.
 	ErrTOTPRequired = errors.New("a one-time code from your authenticator app is required")
 	// ErrLocked: too many failures in a row for this user name.
-	ErrLocked = errors.New("too many failed logins for this user; wait a minute and try again")
+	ErrLocked = errors.New("too many failed logins for this user; try again later")
+	// ErrBusy: every password-hashing slot is taken and the queue for
+	// them is full; nothing was checked. Try again in a moment.
+	ErrBusy = errors.New("the fleet is busy checking other logins; try again in a moment")
 )
 
 type kindError struct {
@@ -137,17 +154,23 @@ type Service struct {
 	// MaxHashes is how many password hashes may run at once, which bounds
 	// memory (MaxHashes × m) and CPU under a login flood. Default 2.
 	MaxHashes int
+	// MaxHashQueue is how many more may wait for one, and HashWait how
+	// long each may wait; past either, ErrBusy. Defaults 8 and 2s.
+	MaxHashQueue int
+	HashWait     time.Duration
 	// Issuer names the fleet in authenticator apps. Default
 	// "Remoteler edge".
 	Issuer string
 	// MaxFailures is how many failed logins in a row lock a user name out.
 	// Default 5.
 	MaxFailures int
-	// LockOut is how long a locked-out name stays locked. Default 1 minute.
-	LockOut time.Duration
+	// LockOut is how long a name stays locked the first time; each
+	// lock-out after it in the same run of failures doubles, up to
+	// LockOutMax. Defaults 1 minute and 4 hours.
+	LockOut, LockOutMax time.Duration
 
 	initOnce sync.Once
-	hashSem  chan struct{} // a slot per running hash
+	slots    *hashSlots
 	throttle *throttle
 
 	dummyOnce sync.Once
@@ -160,16 +183,21 @@ func (s *Service) init() {
 		if n <= 0 {
 			n = DefaultHashes
 		}
-		s.hashSem = make(chan struct{}, n)
-		max := s.MaxFailures
-		if max <= 0 {
-			max = DefaultMaxFailures
+		s.slots = newHashSlots(n)
+		maxFails := s.MaxFailures
+		if maxFails <= 0 {
+			maxFails = DefaultMaxFailures
 		}
 		lock := s.LockOut
 		if lock <= 0 {
 			lock = DefaultLockOut
 		}
-		s.throttle = newThrottle(max, lock)
+		ceiling := s.LockOutMax
+		if ceiling <= 0 {
+			ceiling = DefaultLockOutMax
+		}
+		ceiling = max(ceiling, lock)
+		s.throttle = newThrottle(maxFails, lock, ceiling)
 	})
 }
 
@@ -194,14 +222,23 @@ func (s *Service) issuer() string {
 	return s.Issuer
 }
 
-// withHashSlot runs fn while holding one of the MaxHashes slots.
+// withHashSlot runs fn while holding one of the MaxHashes slots. When none
+// is free it waits in its lane's queue (see WithLowPriority) of at most
+// MaxHashQueue, for at most HashWait; past either it returns ErrBusy
+// without running fn.
 func (s *Service) withHashSlot(ctx context.Context, fn func()) error {
-	select {
-	case s.hashSem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	queue := s.MaxHashQueue
+	if queue <= 0 {
+		queue = DefaultHashQueue
 	}
-	defer func() { <-s.hashSem }()
+	wait := s.HashWait
+	if wait <= 0 {
+		wait = DefaultHashWait
+	}
+	if err := s.slots.acquire(ctx, laneOf(ctx), queue, wait); err != nil {
+		return err
+	}
+	defer s.slots.release()
 	fn()
 	return nil
 }

@@ -435,17 +435,50 @@ func TestRehashOnParamChange(t *testing.T) {
 	}
 }
 
-func TestHashSlotsHonourContext(t *testing.T) {
-	f := newFixture(t)
-	f.svc.init()
-	for range DefaultHashes { // occupy every slot
-		f.svc.hashSem <- struct{}{}
+// occupySlots takes every hashing slot and returns a function that gives
+// one back.
+func occupySlots(t *testing.T, svc *Service) (release func()) {
+	t.Helper()
+	svc.init()
+	for range DefaultHashes {
+		if err := svc.slots.acquire(context.Background(), laneNormal, 1, time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
+	held := DefaultHashes
 	t.Cleanup(func() {
-		for range DefaultHashes {
-			<-f.svc.hashSem
+		for ; held > 0; held-- {
+			svc.slots.release()
 		}
 	})
+	return func() {
+		if held > 0 {
+			held--
+			svc.slots.release()
+		}
+	}
+}
+
+// waitQueued waits until n logins wait in lane.
+func waitQueued(t *testing.T, svc *Service, lane, n int) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		q, more := svc.slots.waiting()
+		if q[lane] >= n {
+			return
+		}
+		select {
+		case <-more:
+		case <-timeout:
+			t.Fatalf("%d logins waiting in lane %d, want %d", q[lane], lane, n)
+		}
+	}
+}
+
+func TestHashSlotsHonourContext(t *testing.T) {
+	f := newFixture(t)
+	occupySlots(t, f.svc)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	ran := false
@@ -470,17 +503,160 @@ func TestCancelledAttemptsAreNotFailures(t *testing.T) {
 }
 
 func TestThrottleEviction(t *testing.T) {
-	th := newThrottle(5, time.Minute)
+	th := newThrottle(5, time.Minute, time.Hour)
 	now := t0
 	for i := range maxTracked + 10 {
 		name := fmt.Sprint("u", i)
 		if err := th.begin(name, now); err != nil {
 			t.Fatal(err)
 		}
-		th.end(name, failed, now)
+		th.end(name, failed, false, now)
 		now = now.Add(time.Millisecond)
 	}
 	if n := len(th.names); n > maxTracked {
 		t.Errorf("tracking %d names, want at most %d", n, maxTracked)
+	}
+}
+
+// TestLockOutGrows: each lock-out of a run of failures lasts twice the one
+// before, up to the ceiling; with the password known, an attacker who
+// guesses one-time codes whenever the lock lifts gets a few dozen guesses
+// a day (a fixed 1-minute lock-out allowed about 7,000).
+func TestLockOutGrows(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.svc.Logger = nil
+	resp := f.add(t, api.AddUserRequest{Name: "alice", Password: "correct horse", TOTP: true})
+	secret := secretOf(t, resp.TOTPURL)
+	start := f.clock.Now()
+	guesses, locks := 0, []time.Duration{}
+	var lockedAt time.Time
+	for f.clock.Now().Sub(start) < 24*time.Hour {
+		// A wrong code, never a right one: try a code from an hour ago.
+		wrongCode := code(t, secret, f.clock.Now().Add(-time.Hour))
+		_, err := f.svc.Authenticate(ctx, "alice", "correct horse", wrongCode)
+		switch {
+		case errors.Is(err, ErrBadCredentials):
+			guesses++
+			if lockedAt.IsZero() {
+				continue
+			}
+			locks = append(locks, f.clock.Now().Sub(lockedAt))
+			lockedAt = time.Time{}
+		case errors.Is(err, ErrLocked):
+			if lockedAt.IsZero() {
+				lockedAt = f.clock.Now()
+			}
+			f.clock.Add(time.Second)
+		default:
+			t.Fatalf("guess %d: %v", guesses+1, err)
+		}
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 32, 64, 128, 240, 240}
+	for i, w := range want {
+		w *= time.Minute
+		if i >= len(locks) || locks[i] < w || locks[i] > w+2*time.Second {
+			t.Fatalf("lock-outs lasted %v, want %v minutes then 4 h each", locks, want)
+		}
+	}
+	t.Logf("%d guesses in a day, lock-outs %v", guesses, locks)
+	if guesses > 100 {
+		t.Errorf("%d guesses in a day, want at most 100", guesses)
+	}
+	// A day without failures forgets the doubling.
+	f.clock.Add(4*time.Hour + 25*time.Hour)
+	for range DefaultMaxFailures {
+		f.svc.Authenticate(ctx, "alice", "wrong horse", "")
+	}
+	f.clock.Add(time.Minute)
+	if _, err := f.svc.Authenticate(ctx, "alice", "correct horse", code(t, secret, f.clock.Now())); err != nil {
+		t.Errorf("a minute after the first lock-out of a new day: %v, want a login", err)
+	}
+}
+
+// TestSprayCannotUnlockAUser: failures for more made-up names than the
+// throttle tracks do not evict a locked-out user.
+func TestSprayCannotUnlockAUser(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.svc.Logger = nil
+	f.add(t, api.AddUserRequest{Name: "alice", Password: "correct horse"})
+	for range DefaultMaxFailures {
+		f.svc.Authenticate(ctx, "alice", "wrong horse", "")
+	}
+	for i := range maxTracked + 100 {
+		name := fmt.Sprint("spray", i)
+		f.svc.throttle.begin(name, f.clock.Now())
+		f.svc.throttle.end(name, failed, false, f.clock.Now())
+	}
+	if _, err := f.svc.Authenticate(ctx, "alice", "correct horse", ""); !errors.Is(err, ErrLocked) {
+		t.Errorf("after a spray of %d names: got %v, want alice still locked", maxTracked+100, err)
+	}
+	if n := f.svc.throttle.unknown; n > maxTracked {
+		t.Errorf("tracking %d unknown names, want at most %d", n, maxTracked)
+	}
+}
+
+// TestHashQueueAnswersBusy: with every hashing slot taken and the queue
+// full, a login is told at once to try again, a queued one after HashWait,
+// and neither counts as a failure.
+func TestHashQueueAnswersBusy(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.add(t, api.AddUserRequest{Name: "alice", Password: "correct horse"})
+	f.svc.MaxHashQueue, f.svc.HashWait = 2, 200*time.Millisecond
+	release := occupySlots(t, f.svc)
+	queued := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := f.svc.Authenticate(ctx, "alice", "correct horse", "")
+			queued <- err
+		}()
+	}
+	waitQueued(t, f.svc, laneNormal, 2)
+	if _, err := f.svc.Authenticate(ctx, "alice", "correct horse", ""); !errors.Is(err, ErrBusy) {
+		t.Fatalf("with the queue full: got %v, want ErrBusy", err)
+	}
+	for range 2 {
+		if err := <-queued; !errors.Is(err, ErrBusy) {
+			t.Errorf("a queued login: got %v, want ErrBusy after HashWait", err)
+		}
+	}
+	for range DefaultHashes {
+		release()
+	}
+	for range 2 * DefaultMaxFailures {
+		if _, err := f.svc.Authenticate(ctx, "alice", "correct horse", ""); err != nil {
+			t.Fatalf("once slots are free: %v (busy answers must not count as failures)", err)
+		}
+	}
+}
+
+// TestLowPriorityWaitsBehind: a freed hashing slot goes to a login waiting
+// in the normal queue before one from a source marked low priority, even
+// one that came later.
+func TestLowPriorityWaitsBehind(t *testing.T) {
+	f := newFixture(t)
+	f.add(t, api.AddUserRequest{Name: "alice", Password: "correct horse"})
+	f.svc.HashWait = time.Minute
+	release := occupySlots(t, f.svc)
+	done := make(chan string, 2)
+	login := func(name string, ctx context.Context) {
+		if _, err := f.svc.Authenticate(ctx, "alice", "correct horse", ""); err != nil {
+			t.Errorf("%s login: %v", name, err)
+		}
+		done <- name
+	}
+	go login("low", WithLowPriority(context.Background()))
+	waitQueued(t, f.svc, laneLow, 1)
+	go login("normal", context.Background())
+	waitQueued(t, f.svc, laneNormal, 1)
+	release()
+	if first := <-done; first != "normal" {
+		t.Errorf("the %s login went first, want the normal one", first)
+	}
+	release()
+	if second := <-done; second != "low" {
+		t.Errorf("then %s, want the low-priority one", second)
 	}
 }

@@ -74,6 +74,12 @@ const (
 	CodeConflict      = "conflict"
 	CodeDeviceOffline = "device_offline"
 	CodeInternal      = "internal"
+	// CodeBusy: the fleet is too busy to answer now (every password check
+	// taken, say); try again after the Retry-After header's seconds.
+	CodeBusy = "busy"
+	// CodeRateLimited: too many requests from the client's address; try
+	// again after the Retry-After header's seconds.
+	CodeRateLimited = "rate_limited"
 )
 
 // Error is the body of every non-2xx answer.
@@ -176,9 +182,14 @@ type Device struct {
 // Link is a device tunnel's health as the fleet sees it. Counters are for
 // the current connection; Reconnects and AddrChangedAt span connections.
 type Link struct {
-	RTTMillis      float64   `json:"rtt_ms,omitempty"`
-	LossPercent    float64   `json:"loss_percent,omitempty"` // packets the fleet sent that were lost
-	BytesSent      uint64    `json:"bytes_sent,omitempty"`   // fleet → device
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
+	// LossPercent is the share of the packets the fleet sent while the link
+	// worked that were lost: packets lost in blackouts do not count.
+	LossPercent float64 `json:"loss_percent,omitempty"`
+	// Blackouts counts the link's blackouts on this connection: seconds on
+	// end in which the fleet sent and heard nothing.
+	Blackouts      int       `json:"blackouts,omitempty"`
+	BytesSent      uint64    `json:"bytes_sent,omitempty"` // fleet → device
 	BytesReceived  uint64    `json:"bytes_received,omitempty"`
 	ConnectedSince time.Time `json:"connected_since,omitzero"`
 	// Reconnects counts the device's connections after its first.

@@ -10,7 +10,13 @@ import "time"
 //	    ("session.*"); limit defaults to 1000, at most 10000. The answer is
 //	    an AuditSearch, oldest event first.
 //	GET /v1/audit/verify
-//	    (admin) checks every source's hash chain and answers AuditVerify.
+//	    (admin) checks every source's hash chain, and the chains against
+//	    the signed checkpoints of their heads, and answers AuditVerify.
+//	GET /v1/audit/export?checkpoints_only=true
+//	    (admin) the audit log in the export format (JSON Lines, see
+//	    proto/auditexport): a header, every signed checkpoint, then every
+//	    event with its canonical encoding; only the header and checkpoints
+//	    with checkpoints_only.
 //	GET /v1/recordings
 //	    lists session recordings ([]Recording): a user's own sessions, or
 //	    every session for an admin.
@@ -19,6 +25,7 @@ import "time"
 const (
 	PathAudit       = "/v1/audit"
 	PathAuditVerify = "/v1/audit/verify"
+	PathAuditExport = "/v1/audit/export"
 	PathRecordings  = "/v1/recordings"
 )
 
@@ -50,6 +57,15 @@ type AuditEvent struct {
 	Message    string            `json:"message,omitempty"`
 	Fields     map[string]string `json:"fields,omitempty"`
 	Hash       string            `json:"hash"` // hex
+	// AssertedBy is who asserted the event: "fleet", or "device:" and the
+	// device's ID (whose events the fleet checks only where they name a
+	// user or a session).
+	AssertedBy string `json:"asserted_by"`
+	// Unverified, on a device's event, says why what it claims about a user
+	// or a session did not verify (a session the fleet did not broker to
+	// the device, say); such events never show in a user's or a session's
+	// search.
+	Unverified string `json:"unverified,omitempty"`
 }
 
 // AuditSearch answers GET /v1/audit. Truncated says more events matched
@@ -64,6 +80,22 @@ type AuditVerify struct {
 	OK      bool         `json:"ok"`
 	Sources []AuditChain `json:"sources"`
 	Checked time.Time    `json:"checked"`
+	// Checkpoints describes the signed checkpoints the chains were
+	// checked against.
+	Checkpoints *AuditCheckpoints `json:"checkpoints,omitempty"`
+}
+
+// AuditCheckpoints describes the fleet's signed checkpoints of its audit
+// chains' heads.
+type AuditCheckpoints struct {
+	// Key is the public key they are signed with, "ed25519:BASE64": pin it
+	// (fleetctl audit verify --export FILE --key KEY).
+	Key   string    `json:"key"`
+	Count int       `json:"count"`
+	Last  time.Time `json:"last,omitzero"`
+	// Problems are the checkpoints' own: a bad signature, a gap, a broken
+	// link between two.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // AuditChain is the result of checking one source's chain.
@@ -92,8 +124,16 @@ type DeviceAudit struct {
 	Cap     uint64 `json:"cap,omitempty"`
 	// Dropped counts events the device could not keep (full queue or
 	// disk); Damaged the times it found its queue file damaged.
-	Dropped   uint64    `json:"dropped"`
-	Damaged   uint64    `json:"damaged"`
+	Dropped uint64 `json:"dropped"`
+	Damaged uint64 `json:"damaged"`
+	// Unverified counts the device's events whose claims about a user or
+	// a session did not verify.
+	Unverified uint64 `json:"unverified,omitempty"`
+	// Stored is the bytes of the device's events the fleet holds, and
+	// Paused why the fleet takes no more for now (the device's quota, the
+	// fleet's disk), if it does not.
+	Stored    int64     `json:"stored,omitempty"`
+	Paused    string    `json:"paused,omitempty"`
 	LastError string    `json:"last_error,omitempty"`
 	Reported  time.Time `json:"reported"`
 }

@@ -16,16 +16,18 @@ cd "$(dirname "$0")/../.."
 benchmarks=(
   sshbench # SSH through the fleet vs OpenSSH sshd: scp throughput, exec round trip, idle RSS
   auditbench # audit: queue writes with fsync batching, a 100,000-event backlog drained, bytes per event
+  loginbench # a flood of logins from 256 addresses: guesses/s it gets, a real user's login latency during it, defences on and off (~1 min)
   linkbench # through linksim, vs an OpenSSH reverse tunnel: blackout recovery, lossy throughput, idle bytes/day, connect RTTs (~13 min)
   armbench # agent binary size per target (raw, gzip, xz), idle RSS and CPU and start-to-tunnel time, native and arm64 under qemu (~2 min)
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
+  store # the bbolt and etcd stores side by side: Get/Put/CAS latency, watch delay between replicas, store copy (a Go test in fleet/store/etcdstore)
 )
 named=$#
 if ((named)); then benchmarks=("$@"); fi
 
 failed=()
 for b in "${benchmarks[@]}"; do
-  if [ "$b" != kube ] && [ ! -d "tools/bench/$b" ]; then
+  if [ "$b" != kube ] && [ "$b" != store ] && [ ! -d "tools/bench/$b" ]; then
     echo "=== bench: $b: no tools/bench/$b, skipped" >&2
     if ((named)); then failed+=("$b"); fi
     continue
@@ -33,6 +35,10 @@ for b in "${benchmarks[@]}"; do
   echo "=== bench: $b" >&2
   if [ "$b" = kube ]; then
     KUBE_BENCH_N=300 go test -count=1 -v -run TestKubeBenchmark ./tools/e2e || failed+=("$b")
+    continue
+  fi
+  if [ "$b" = store ]; then
+    STORE_BENCH_N=300 go test -count=1 -v -run TestStoreBenchmark ./fleet/store/etcdstore || failed+=("$b")
     continue
   fi
   go run "./tools/bench/$b" || failed+=("$b")

@@ -44,25 +44,29 @@ func buildAuditgen(t *testing.T) {
 	}
 }
 
-// search runs fleetctl audit search --json with args.
+// search runs fleetctl audit search --format=json with args; the search
+// must not be cut short.
 func search(t *testing.T, f *harness.Fleet, args ...string) []api.AuditEvent {
 	t.Helper()
-	out := f.Ctl("", append([]string{"audit", "search", "--json", "--since=", "--limit=10000"}, args...)...)
-	var evs []api.AuditEvent
-	if err := json.Unmarshal([]byte(out), &evs); err != nil {
-		t.Fatalf("audit search --json: %v\n%s", err, out)
+	out := f.Ctl("", append([]string{"audit", "search", "--format=json", "--since=", "--limit=10000"}, args...)...)
+	var evs api.List[api.AuditEvent]
+	if err := json.Unmarshal([]byte(out), &evs); err != nil || evs.Kind != "audit_events" {
+		t.Fatalf("audit search --format=json: %v\n%s", err, out)
 	}
-	return evs
+	if evs.Truncated {
+		t.Fatalf("audit search --format=json: truncated at %d events", len(evs.Items))
+	}
+	return evs.Items
 }
 
-// verify runs fleetctl audit verify --json and returns its result and
-// whether fleetctl succeeded.
+// verify runs fleetctl audit verify --format=json and returns its result
+// and whether fleetctl succeeded.
 func verify(t *testing.T, f *harness.Fleet) (api.AuditVerify, bool) {
 	t.Helper()
-	out, errOut, err := f.CtlErr("", "audit", "verify", "--json")
+	out, errOut, err := f.CtlErr("", "audit", "verify", "--format=json")
 	var v api.AuditVerify
 	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
-		t.Fatalf("audit verify --json: %v\n%s\n%s", jerr, out, errOut)
+		t.Fatalf("audit verify --format=json: %v\n%s\n%s", jerr, out, errOut)
 	}
 	return v, err == nil
 }
@@ -124,9 +128,9 @@ func TestAuditSessionsAndRecordings(t *testing.T) {
 	// The recording reaches the fleet and plays back byte for byte.
 	var rec api.Recording
 	if !harness.Eventually(30*time.Second, func() bool {
-		var list []api.Recording
+		var list api.List[api.Recording]
 		json.Unmarshal([]byte(u.Tsh("recordings", "ls", "--format=json")), &list)
-		for _, r := range list {
+		for _, r := range list.Items {
 			if r.Complete && r.Kind == "exec" && r.DeviceName == "pi-1" && r.Command == script {
 				rec = r
 				return true
@@ -271,16 +275,7 @@ func TestAuditExactlyOnceAcrossKillsAndFlaps(t *testing.T) {
 	f.WaitOnline("gen-1")
 	first.Stop()
 
-	link, err := linksim.New(linksim.Config{Seed: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { link.Close() })
-	relay, err := link.ListenUDP("127.0.0.1:0", f.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayAddr := relay.Addr().String()
+	link, relayAddr := udpRelay(t, f, linksim.Config{Seed: 7})
 
 	rng := rand.New(rand.NewPCG(11, 12))
 	stopFlap := make(chan struct{})
@@ -615,9 +610,9 @@ spec:
 		}
 		var id string
 		if !harness.Eventually(30*time.Second, func() bool {
-			var list []api.Recording
+			var list api.List[api.Recording]
 			json.Unmarshal([]byte(u.Tsh("recordings", "ls", "--format=json")), &list)
-			for _, r := range list {
+			for _, r := range list.Items {
 				if r.Complete && r.User == name {
 					id = r.ID
 					return true

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"remoteler.dev/edge/tools/harness"
@@ -52,4 +54,34 @@ func startFleet(t *testing.T) *harness.Fleet {
 func startFleetArgs(t *testing.T, env []string, extra ...string) *harness.Fleet {
 	t.Helper()
 	return harness.StartFleet(t, harness.FleetConfig{Bin: bin, Env: env, Args: extra})
+}
+
+// startFleetWith starts fleetd with config (YAML; "" for none) as its
+// --config file.
+func startFleetWith(t *testing.T, config string) *harness.Fleet {
+	t.Helper()
+	return startFleetIn(t, t.TempDir(), config)
+}
+
+// startFleetIn starts fleetd with its data in dataDir and config (YAML; ""
+// for none) as its --config file.
+func startFleetIn(t *testing.T, dataDir, config string) *harness.Fleet {
+	t.Helper()
+	cfg := harness.FleetConfig{Bin: bin, DataDir: dataDir}
+	if config != "" {
+		path := filepath.Join(t.TempDir(), "fleetd.yaml")
+		if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Args = []string{"--config", path}
+	}
+	return harness.StartFleet(t, cfg)
+}
+
+// tshCmd is a tsh command run as user u, for tests that drive it
+// themselves.
+func tshCmd(u *harness.User, args ...string) *exec.Cmd {
+	c := exec.Command(bin.Path("tsh"), args...)
+	c.Env = append(os.Environ(), u.Env()...)
+	return c
 }

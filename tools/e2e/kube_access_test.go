@@ -191,9 +191,9 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 	t.Run("recorded and played back", func(t *testing.T) {
 		var rec api.Recording
 		if !harness.Eventually(30*time.Second, func() bool {
-			var list []api.Recording
+			var list api.List[api.Recording]
 			json.Unmarshal([]byte(alice.Tsh("recordings", "ls", "--format=json")), &list)
-			for _, r := range list {
+			for _, r := range list.Items {
 				if r.Complete && r.Kind == "kube.exec" {
 					rec = r
 					return true

@@ -134,12 +134,12 @@ func TestKube(t *testing.T) {
 	})
 
 	t.Run("kube ls", func(t *testing.T) {
-		var got []api.KubeCluster
+		var got api.List[api.KubeCluster]
 		if err := json.Unmarshal([]byte(tshKube(t, alice, kcfg, "kube", "ls", "--format=json")), &got); err != nil {
 			t.Fatal(err)
 		}
 		var names []string
-		for _, k := range got {
+		for _, k := range got.Items {
 			names = append(names, k.Name)
 			if !slices.Equal(k.Groups, []string{"developers"}) {
 				t.Errorf("%s: groups %q, want developers", k.Name, k.Groups)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/creack/pty"
 
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/linksim"
 
 	"remoteler.dev/edge/tools/harness"
@@ -22,6 +23,17 @@ import (
 func behindLink(t *testing.T, f *harness.Fleet, a *harness.Agent, cfg linksim.Config) *linksim.Link {
 	t.Helper()
 	a.Proc.Stop()
+	link, relay := udpRelay(t, f, cfg)
+	a.Proc = start(t, "edge-agent "+a.Name+" (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", a.DataDir, "--fleet", relay, "--log-level", "debug")
+	f.WaitOnline(a.Name)
+	return link
+}
+
+// udpRelay starts a linksim link with a UDP relay to the fleet, closed at
+// the end of the test, and returns the link and the relay's address.
+func udpRelay(t *testing.T, f *harness.Fleet, cfg linksim.Config) (*linksim.Link, string) {
+	t.Helper()
 	link, err := linksim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -31,10 +43,7 @@ func behindLink(t *testing.T, f *harness.Fleet, a *harness.Agent, cfg linksim.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.Proc = start(t, "edge-agent "+a.Name+" (behind linksim)", nil, "edge-agent", "start",
-		"--data-dir", a.DataDir, "--fleet", relay.Addr().String(), "--log-level", "debug")
-	f.WaitOnline(a.Name)
-	return link
+	return link, relay.Addr().String()
 }
 
 // TestInteractiveOpenSSHThroughBlackoutAndMove: a real OpenSSH session on
@@ -149,4 +158,57 @@ func TestScpThroughLossAndBlackouts(t *testing.T) {
 		t.Fatal("scp down: checksum differs")
 	}
 	os.Remove(remote)
+}
+
+// TestLossLeavesOutBlackouts: a session sends to a device on a link that
+// loses nothing but goes dark for 8 s. The fleet sees the blackout, and the
+// LOSS of tsh ls -v does not count the packets it swallowed.
+func TestLossLeavesOutBlackouts(t *testing.T) {
+	f, a, u := setup(t)
+	clean := linksim.Profile{Name: "clean"}.Both(func(i *linksim.Impairment) { i.Delay = 20 * time.Millisecond })
+	link := behindLink(t, f, a, linksim.Config{Profile: clean, Seed: 3})
+
+	cmd := exec.Command(bin.Path("tsh"), "ssh", "root@pi-1", "cat > /dev/null")
+	cmd.Env = append(os.Environ(), u.Env()...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	chunk := strings.Repeat("x", 1000)
+	send := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			if _, err := io.WriteString(in, chunk); err != nil {
+				t.Fatalf("write to tsh ssh: %v\n%s", err, out.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	send(5 * time.Second)
+	link.Blackout(8 * time.Second)
+	send(15 * time.Second)
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tsh ssh: %v\n%s", err, out.String())
+	}
+	var dev api.Device
+	if !harness.Eventually(10*time.Second, func() bool {
+		for _, d := range f.Devices() {
+			if d.Name == "pi-1" && d.Link.Blackouts > 0 {
+				dev = d
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the fleet saw no blackout: %+v", f.Devices())
+	}
+	if dev.Link.LossPercent > 0.5 {
+		t.Errorf("LOSS is %.2f%% on a link that lost packets only in its blackout", dev.Link.LossPercent)
+	}
+	t.Logf("link after the blackout: %+v", dev.Link)
 }

@@ -54,6 +54,8 @@ type Fleet struct {
 var (
 	listenRE = regexp.MustCompile(`listening on (\S+) `)
 	pinRE    = regexp.MustCompile(`^CA pin: (sha256:[0-9a-f]{64})$`)
+	// adminRE is the last line fleetd prints when it is ready.
+	adminRE = regexp.MustCompile(`^Admin identity: `)
 )
 
 // StartFleet starts fleetd and waits until it listens; it is stopped at
@@ -107,6 +109,10 @@ func (f *Fleet) start(listen string) error {
 		p.Kill()
 		return fmt.Errorf("start fleetd: %w", err)
 	}
+	if _, _, err := p.AwaitLine(ctx, 0, adminRE, f.cfg.ReadyTimeout); err != nil {
+		p.Kill()
+		return fmt.Errorf("start fleetd: %w", err)
+	}
 	f.Addr, f.Pin, f.ReadyAt = m[1], pm[1], l.At
 	return nil
 }
@@ -122,6 +128,15 @@ func (f *Fleet) Kill() { f.Proc.Kill() }
 func (f *Fleet) Restart() {
 	f.tb.Helper()
 	if err := f.RestartErr(); err != nil {
+		f.tb.Fatalf("%v", err)
+	}
+}
+
+// Start starts fleetd again, after Proc.Stop, on the same address and
+// data dir: for tests that change its files while it is down.
+func (f *Fleet) Start() {
+	f.tb.Helper()
+	if err := f.start(f.Addr); err != nil {
 		f.tb.Fatalf("%v", err)
 	}
 }
@@ -206,11 +221,11 @@ func (f *Fleet) DevicesErr() ([]api.Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleetctl devices ls: %w\n%s", err, Indent(errOut))
 	}
-	var ds []api.Device
+	var ds api.List[api.Device]
 	if err := json.Unmarshal([]byte(out), &ds); err != nil {
 		return nil, fmt.Errorf("fleetctl devices ls --format=json: %w\n%s", err, Indent(out))
 	}
-	return ds, nil
+	return ds.Items, nil
 }
 
 // Online reports whether the fleet lists device name as online; false

@@ -15,11 +15,17 @@ type User struct {
 	Name, Home string
 }
 
+// NewUser returns user name with a TSH_HOME of their own who has not
+// logged in yet: for tests of tsh login itself.
+func (f *Fleet) NewUser(name string) *User {
+	return &User{tb: f.tb, Fleet: f, Name: name, Home: f.tb.TempDir()}
+}
+
 // Login logs user name in with tsh (extra flags after the usual ones) and
 // fails the TB when tsh fails.
 func (f *Fleet) Login(name, password string, extra ...string) *User {
 	f.tb.Helper()
-	u := &User{tb: f.tb, Fleet: f, Name: name, Home: f.tb.TempDir()}
+	u := f.NewUser(name)
 	out, errOut, err := u.TshErr(password+"\n", append([]string{"login", "--proxy=" + f.Addr, "--user=" + name, "--ca-pin=" + f.Pin}, extra...)...)
 	if err != nil {
 		f.tb.Fatalf("tsh login %s: %v\n%s\n%s", name, err, out, errOut)

@@ -2,11 +2,13 @@
 // structure rules (DESIGN.md, "Import rules"; STYLE.md) with `go list`:
 //
 //   - proto/... imports neither firmware/ nor fleet/;
+//   - internal/... (code both sides share that is not wire protocol, such
+//     as internal/buildinfo) imports none of firmware/, fleet/ and proto/;
 //   - firmware/... never imports fleet/...;
 //   - the clients fleet/cmd/tsh and fleet/cmd/fleetctl link no server
 //     packages: of the project they may link only proto/..., fleet/client,
 //     fleet/tsh, fleet/fleetctl, fleet/kubeconfig (and their subpackages)
-//     and firmware/buildinfo;
+//     and internal/buildinfo;
 //   - production code never imports "testing", nor a test-support package
 //     (one whose name ends in "test", such as imagetest or fleettest);
 //   - every package has a doc comment starting "Package <name>" (a command:

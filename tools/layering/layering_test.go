@@ -193,6 +193,9 @@ func TestImportRules(t *testing.T) {
 	}{
 		{"proto is shared by both sides", "proto", "firmware"},
 		{"proto is shared by both sides", "proto", "fleet"},
+		{"internal is shared by both sides", "internal", "firmware"},
+		{"internal is shared by both sides", "internal", "fleet"},
+		{"internal is below the wire protocol", "internal", "proto"},
 		{"the agent is not the fleet", "firmware", "fleet"},
 	}
 	for _, p := range project(t) {
@@ -230,9 +233,10 @@ func TestNoTestingInProduction(t *testing.T) {
 }
 
 func TestClientsLinkNoServer(t *testing.T) {
-	allowed := []string{"proto", "fleet/client", "fleet/tsh", "fleet/fleetctl", "fleet/kubeconfig", "firmware/buildinfo"}
+	clientPkgs := []string{"proto", "fleet/client", "fleet/tsh", "fleet/fleetctl", "fleet/kubeconfig", "internal/buildinfo"}
 	pkgs := all(t)
 	for _, client := range []string{"fleet/cmd/tsh", "fleet/cmd/fleetctl"} {
+		allowed := clientPkgs
 		t.Run(path.Base(client), func(t *testing.T) {
 			p, ok := pkgs[module+"/"+client]
 			if !ok || len(p.GoFiles) == 0 {

@@ -6,9 +6,12 @@
 #                    sshd and OpenSSH client tests), qemu-user-static (ARM
 #                    tests: qemu-aarch64-static, qemu-arm-static), systemd
 #                    (systemd-analyze verify in the unit tests), iproute2
-#                    (network namespaces in the netwatch test), chromium
-#                    and fonts-dejavu-core (the browser tests, driven with
-#                    chromedp: tools/browsertest)
+#                    (network namespaces in the netwatch test), bash-completion,
+#                    zsh and fish (the shell completion tests of tsh and
+#                    fleetctl), chromium and fonts-dejavu-core (the browser
+#                    tests, driven with chromedp: tools/browsertest),
+#                    etcd-server (the etcd store's tests start etcd clusters
+#                    with it; the system etcd service it starts is disabled)
 #   Go tools         staticcheck and gotestsum (the test runner make check
 #                    uses), with `go install` into .cache/bin
 #   Kubernetes       etcd-server, and kube-apiserver + kubectl built from the
@@ -28,7 +31,7 @@ bindir="$root/.cache/bin"
 staticcheck_version=v0.8.2
 gotestsum_version=v1.13.0
 
-debs=(openssh-client openssh-server qemu-user-static systemd iproute2 chromium fonts-dejavu-core)
+debs=(openssh-client openssh-server qemu-user-static systemd iproute2 bash-completion zsh fish chromium fonts-dejavu-core etcd-server)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -72,8 +75,21 @@ if ((${#missing[@]})); then
 		"${sudo[@]}" apt-get update -q
 		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 	fi
+	# etcd-server starts a system etcd on 127.0.0.1:2379; the tests run
+	# their own clusters on free ports and do not need it.
+	if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1 &&
+		systemctl is-active --quiet etcd 2>/dev/null; then
+		say "stopping and disabling the system etcd service (the tests start their own)"
+		"${sudo[@]}" systemctl disable --now etcd || true
+	fi
 else
 	say "Debian packages: ${debs[*]} ok"
+fi
+
+# The etcd the etcd store's tests start.
+if ! command -v etcd >/dev/null 2>&1; then
+	say "etcd not found on PATH after installing etcd-server" >&2
+	exit 1
 fi
 
 # The qemu binaries the ARM tests call.

@@ -1,8 +1,14 @@
 // Command edge-agent runs on each device: it joins the fleet, keeps a QUIC
 // tunnel to it and serves the sessions the fleet brokers.
 //
-//	edge-agent start --fleet=HOST:PORT --token=JOIN_STRING [--data-dir=DIR] [--labels=k=v,..]
+//	edge-agent start --fleet=HOST:PORT --token=JOIN_STRING [--config=FILE] [flags]
 //	edge-agent version
+//	edge-agent help [COMMAND]
+//
+// Its settings are agent.Config's: flags and the config file set the same
+// ones (agent.Config.RegisterFlags, ReadFile). It parses them with the
+// standard library's flag package, the smallest way to give help at every
+// level (docs/benchmarks.md, "Command-line libraries").
 package main
 
 import (
@@ -10,182 +16,204 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
-
-	"sigs.k8s.io/yaml"
 
 	"remoteler.dev/edge/firmware/agent"
-	"remoteler.dev/edge/firmware/apps"
-	"remoteler.dev/edge/firmware/buildinfo"
-	"remoteler.dev/edge/firmware/kubeproxy"
 	"remoteler.dev/edge/firmware/service"
 	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		usage()
-		os.Exit(2)
-	}
-	switch os.Args[1] {
-	case "start":
-		os.Exit(start(os.Args[2:]))
-	case "version", "--version":
-		fmt.Println("edge-agent", buildinfo.String())
-	case "sftp-server":
-		// Internal: the SSH server runs this as the login's user.
-		if err := sshd.ServeSFTPStdio(); err != nil {
-			fmt.Fprintln(os.Stderr, "edge-agent sftp-server:", err)
-			os.Exit(1)
-		}
-	case "dial-helper":
-		// Internal: the SSH server runs this as the login's user to dial
-		// a port forward.
-		if err := sshd.ServeDialHelper(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "edge-agent dial-helper:", err)
-			os.Exit(1)
-		}
-	case "help", "-h", "--help":
-		usage()
-	default:
-		fmt.Fprintf(os.Stderr, "edge-agent: unknown command %q\n", os.Args[1])
-		usage()
-		os.Exit(2)
-	}
+// command is one of edge-agent's commands.
+type command struct {
+	name, synopsis, help string
+	hidden               bool
+	// flags registers the command's flags; run runs it with them parsed.
+	flags func(fs *flag.FlagSet) func(fs *flag.FlagSet) int
 }
 
-func usage() {
-	fmt.Fprint(os.Stderr, `usage: edge-agent <command> [flags]
-
-commands:
-  start     join the fleet (first start) and keep the tunnel up
-  version   print the version
-
-Run "edge-agent start -h" for the flags.
-`)
+var commands = []command{
+	{
+		name:     "start",
+		synopsis: "start --fleet=HOST:PORT --token=JOIN_STRING [--config=FILE] [flags]",
+		help: `Join the fleet (on the first start, with a join string from fleetctl tokens
+add) and keep the tunnel to it up, serving the sessions it brokers. Every
+setting is a flag and a key of the YAML config file (--config): the key is
+the flag's name with "_" for "-" (session_hold: 10m). Flags given on the
+command line override the file.`,
+		flags: startFlags,
+	},
+	{
+		name:     "version",
+		synopsis: "version",
+		help:     "Print the agent's version, commit, build target and Go version.",
+		flags: func(*flag.FlagSet) func(*flag.FlagSet) int {
+			return func(*flag.FlagSet) int {
+				fmt.Println("edge-agent", buildinfo.String())
+				return 0
+			}
+		},
+	},
+	{
+		name:     "sftp-server",
+		synopsis: "sftp-server",
+		help:     "Serve SFTP on standard input and output (the SSH server runs it as the login's user).",
+		hidden:   true,
+		flags: func(*flag.FlagSet) func(*flag.FlagSet) int {
+			return func(*flag.FlagSet) int {
+				if err := sshd.ServeSFTPStdio(); err != nil {
+					fmt.Fprintln(os.Stderr, "edge-agent sftp-server:", err)
+					return 1
+				}
+				return 0
+			}
+		},
+	},
+	{
+		name:     "dial-helper",
+		synopsis: "dial-helper HOST:PORT TIMEOUT",
+		help:     "Dial a port forward's address and pass the connected socket back (the SSH server runs it as the login's user).",
+		hidden:   true,
+		flags: func(*flag.FlagSet) func(*flag.FlagSet) int {
+			return func(fs *flag.FlagSet) int {
+				if err := sshd.ServeDialHelper(fs.Args()); err != nil {
+					fmt.Fprintln(os.Stderr, "edge-agent dial-helper:", err)
+					return 1
+				}
+				return 0
+			}
+		},
+	},
 }
 
-// fileConfig is the YAML config file (--config); flags override it.
-type fileConfig struct {
-	Fleet     string            `json:"fleet"`
-	Token     string            `json:"token"`
-	CAPin     string            `json:"ca_pin"`
-	DataDir   string            `json:"data_dir"`
-	Name      string            `json:"name"`
-	Labels    map[string]string `json:"labels"`
-	Keepalive string            `json:"keepalive"`
-	Liveness  string            `json:"liveness"`
-	LogLevel  string            `json:"log_level"`
-	// Kubeconfig is the local cluster's kubeconfig (--kubeconfig).
-	Kubeconfig string `json:"kubeconfig"`
-	// Audit and recordings (--audit-max-bytes, --audit-when-full,
-	// --no-recording).
-	AuditMaxBytes int64  `json:"audit_max_bytes"`
-	AuditWhenFull string `json:"audit_when_full"`
-	NoRecording   bool   `json:"no_recording"`
-	// Apps are the web apps the device offers (--app; apps.go).
-	Apps []apps.App `json:"apps"`
-}
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func start(args []string) int {
-	fs := flag.NewFlagSet("edge-agent start", flag.ContinueOnError)
-	configPath := fs.String("config", "", "YAML config file; flags given on the command line override it")
-	fleet := fs.String("fleet", "", "the fleet's `HOST:PORT` (HTTPS for joining, QUIC/UDP for the tunnel)")
-	token := fs.String("token", "", "join token or join string (TOKEN@sha256:PIN) from fleetctl tokens add; needed only on the first start")
-	caPin := fs.String("ca-pin", "", "the fleet's CA pin (sha256:...) when --token is a bare token")
-	dataDir := fs.String("data-dir", agent.DefaultDataDir, "`DIR` for the agent's state (agent.db)")
-	name := fs.String("name", "", "device name in the fleet (default: the host name)")
-	labels := fs.String("labels", "", "device labels for role selectors, `k=v,k2=v2` (default: none)")
-	keepalive := fs.Duration("keepalive", 0, "how often to refresh the NAT mapping on an idle link, with a 29-byte datagram (default 25s, for a 30 s UDP timeout; -1s turns it off)")
-	liveness := fs.Duration("liveness", 0, "how often to check on an idle link that the fleet is there (default 2m)")
-	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for the tunnel to come back (default 10m)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	audit := registerAuditFlags(fs)
-	appList := registerAppFlags(fs)
-	kubeconfig := fs.String("kubeconfig", kubeproxy.DefaultKubeconfig, "the local Kubernetes cluster's kubeconfig `FILE` (k3s's by default), offered to the fleet when it exists; \"off\" turns Kubernetes access off")
-	if err := fs.Parse(args); err != nil {
+// run runs edge-agent with args and returns the exit code: 0, 1 when the
+// command failed, 2 for a mistake on the command line.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
 		return 2
 	}
-	var fc fileConfig
-	if *configPath != "" {
-		b, err := os.ReadFile(*configPath)
-		if err == nil {
-			err = yaml.UnmarshalStrict(b, &fc)
+	name, rest := args[0], args[1:]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if len(rest) == 0 {
+			usage(stdout)
+			return 0
 		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "edge-agent: config %s: %v\n", *configPath, err)
+		name, rest = rest[0], []string{"-h"}
+	case "--version":
+		name = "version"
+	}
+	for _, c := range commands {
+		if c.name != name {
+			continue
+		}
+		fs := flag.NewFlagSet("edge-agent "+c.name, flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		fs.Usage = func() {
+			fmt.Fprintf(fs.Output(), "Usage: edge-agent %s\n\n%s\n", c.synopsis, c.help)
+			if hasFlags(fs) {
+				fmt.Fprintln(fs.Output(), "\nFlags:")
+				fs.PrintDefaults()
+			}
+		}
+		runCmd := c.flags(fs)
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(stdout)
+				fs.Usage()
+				return 0
+			}
 			return 2
 		}
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	pick := func(flagName, flagVal, fileVal string) string {
-		if set[flagName] || fileVal == "" {
-			return flagVal
-		}
-		return fileVal
-	}
-	cfg := agent.Config{
-		Fleet:   pick("fleet", *fleet, fc.Fleet),
-		Token:   pick("token", *token, fc.Token),
-		CAPin:   pick("ca-pin", *caPin, fc.CAPin),
-		DataDir: pick("data-dir", *dataDir, fc.DataDir),
-		Name:    pick("name", *name, fc.Name),
-		Labels:  fc.Labels,
-	}
-	if set["labels"] || cfg.Labels == nil {
-		l, err := parseLabels(*labels)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "edge-agent: --labels:", err)
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "edge-agent %s: unexpected argument %q\nRun 'edge-agent %s -h' for usage.\n", c.name, fs.Arg(0), c.name)
 			return 2
 		}
-		cfg.Labels = l
+		return runCmd(fs)
 	}
-	cfg.Keepalive = *keepalive
-	cfg.Liveness = *liveness
-	if !set["liveness"] && fc.Liveness != "" {
-		d, err := time.ParseDuration(fc.Liveness)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "edge-agent: config liveness:", err)
-			return 2
+	fmt.Fprintf(stderr, "edge-agent: unknown command %q\n", name)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, "Usage: edge-agent COMMAND [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		if !c.hidden {
+			fmt.Fprintf(w, "  %-9s %s\n", c.name, firstSentence(c.help))
 		}
-		cfg.Liveness = d
 	}
-	cfg.SessionHold = *sessionHold
-	if !set["keepalive"] && fc.Keepalive != "" {
-		d, err := time.ParseDuration(fc.Keepalive)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "edge-agent: config keepalive:", err)
-			return 2
+	fmt.Fprint(w, "\nRun 'edge-agent help COMMAND' (or edge-agent COMMAND -h) for its flags.\n")
+}
+
+// firstSentence is the first sentence of s, on one line.
+func firstSentence(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if i := strings.Index(s, ". "); i >= 0 {
+		return s[:i+1]
+	}
+	return s
+}
+
+func hasFlags(fs *flag.FlagSet) bool {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	return n > 0
+}
+
+// startFlags registers start's flags: --config and every setting of
+// agent.Config.
+func startFlags(fs *flag.FlagSet) func(*flag.FlagSet) int {
+	var cfg agent.Config
+	configPath := fs.String("config", "", "YAML config `FILE`; flags given on the command line override it")
+	cfg.RegisterFlags(fs)
+	return func(fs *flag.FlagSet) int {
+		if *configPath != "" {
+			// The file, then the flags given again over it.
+			// --app adds to a list: the flags' list replaces the file's.
+			given := map[string]string{}
+			fs.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
+			flagApps := cfg.Apps
+			if err := cfg.ReadFile(*configPath); err != nil {
+				fmt.Fprintln(fs.Output(), "edge-agent:", err)
+				return 2
+			}
+			for name, v := range given {
+				if name != "app" {
+					fs.Set(name, v)
+				}
+			}
+			if _, ok := given["app"]; ok {
+				cfg.Apps = flagApps
+			}
 		}
-		cfg.Keepalive = d
+		return startAgent(cfg)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(pick("log-level", *logLevel, fc.LogLevel))); err != nil {
-		fmt.Fprintln(os.Stderr, "edge-agent: --log-level:", err)
-		return 2
-	}
-	log := service.NewLogger(os.Stderr, level)
+}
+
+// startAgent runs the agent with cfg; tests replace it.
+var startAgent = start
+
+func start(cfg agent.Config) int {
+	explicitKube := cfg.Kubeconfig != ""
+	cfg = cfg.WithDefaults()
+	log := service.NewLogger(os.Stderr, cfg.Level())
 	cfg.Logger = log
 	cfg.Notify = service.NewNotifier(log)
 	if exe, err := os.Executable(); err == nil {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
 		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
-	audit.apply(&cfg, set, fc)
-	if err := appList.apply(&cfg, fc); err != nil {
-		fmt.Fprintln(os.Stderr, "edge-agent:", err)
-		return 2
-	}
-	if kp := kubeService(&cfg, pick("kubeconfig", *kubeconfig, fc.Kubeconfig), set["kubeconfig"] || fc.Kubeconfig != "", log); kp != nil {
+	if kp := kubeService(&cfg, cfg.Kubeconfig, explicitKube, log); kp != nil {
 		defer kp.Close()
 	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {
@@ -194,23 +222,4 @@ func start(args []string) int {
 		return 1
 	}
 	return 0
-}
-
-// parseLabels reads "k=v,k2=v2".
-func parseLabels(s string) (map[string]string, error) {
-	out := map[string]string{}
-	if strings.TrimSpace(s) == "" {
-		return out, nil
-	}
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("%q is not key=value", kv)
-		}
-		out[k] = v
-	}
-	if len(out) > 64 {
-		return nil, errors.New("more than 64 labels")
-	}
-	return out, nil
 }

@@ -1,15 +1,17 @@
-// Package cli holds what tsh and fleetctl share as command-line programs:
-// flag parsing that allows flags among arguments, prompts that read secrets
-// without echo from a terminal (or lines from a pipe), and the human
-// formats of times, durations and labels. Only fleet/tsh and fleet/fleetctl
-// import it.
+// Package cli holds what tsh and fleetctl share as command-line programs,
+// which are built on github.com/spf13/cobra: the behaviour of every command
+// (Setup, Execute: help at every level, suggestions, exit codes), the one
+// output contract (--format=text|json|yaml, api.List, tables that escape
+// what they print), shell completion from the fleet, prompts that read
+// secrets without echo from a terminal (or lines from a pipe), and the
+// human formats of times, durations and labels. Only fleet/tsh and
+// fleet/fleetctl import it; docs/cli/README.md says how to add a command.
 package cli
 
 import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -19,45 +21,6 @@ import (
 
 	"golang.org/x/term"
 )
-
-// ErrUsage marks a command-line mistake that has been printed already.
-var ErrUsage = errors.New("usage")
-
-// Parse parses flags anywhere among args (until "--") and returns the other
-// arguments in order. It returns flag.ErrHelp for -h, and ErrUsage for a
-// bad flag (which fs has printed).
-func Parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, ErrUsage
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-// ParseFirst parses flags up to the first other argument, like OpenSSH:
-// everything from it on is returned as is.
-func ParseFirst(fs *flag.FlagSet, args []string) ([]string, error) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, ErrUsage
-	}
-	return fs.Args(), nil
-}
 
 // Terminal reports whether x (an *os.File, say) is a terminal, and its file
 // descriptor.

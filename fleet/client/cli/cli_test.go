@@ -3,42 +3,11 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"io"
 	"strings"
 	"testing"
 	"time"
 )
-
-func TestParse(t *testing.T) {
-	tests := []struct {
-		name    string
-		args    []string
-		wantPos []string
-		wantV   bool
-		wantErr error
-	}{
-		{"flags among arguments", []string{"a=1", "-v", "b=2"}, []string{"a=1", "b=2"}, true, nil},
-		{"double dash ends flags", []string{"a", "--", "-v"}, []string{"a", "-v"}, false, nil},
-		{"long form", []string{"--v", "x"}, []string{"x"}, true, nil},
-		{"unknown flag", []string{"-x"}, nil, false, ErrUsage},
-		{"help", []string{"-h"}, nil, false, flag.ErrHelp},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			fs := flag.NewFlagSet("x", flag.ContinueOnError)
-			fs.SetOutput(io.Discard)
-			v := fs.Bool("v", false, "")
-			pos, err := Parse(fs, tt.args)
-			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("got error %v, want %v", err, tt.wantErr)
-			}
-			if strings.Join(pos, " ") != strings.Join(tt.wantPos, " ") || *v != tt.wantV {
-				t.Errorf("got %q v=%v, want %q v=%v", pos, *v, tt.wantPos, tt.wantV)
-			}
-		})
-	}
-}
 
 func TestPromptLines(t *testing.T) {
 	p := &Prompt{In: strings.NewReader("pw\r\n123456"), Err: io.Discard}

@@ -3,11 +3,15 @@ package cli
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/printable"
 )
 
 // DeviceTable options.
@@ -21,15 +25,14 @@ type DeviceTable struct {
 
 // Write prints devices as a table.
 func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	head := "NAME\tLABELS\tSTATUS\tLAST SEEN\tVERSION"
+	head := []string{"NAME", "LABELS", "STATUS", "LAST SEEN", "VERSION"}
 	if t.Verbose {
-		head = "NAME\tID\tLABELS\tSTATUS\tLAST SEEN\tVERSION\tOS/ARCH\tADDRESS\tJOINED\tRTT\tLOSS\tRECONNECTS\tSENT/RECEIVED\tADDRESS CHANGED"
+		head = []string{"NAME", "ID", "LABELS", "STATUS", "LAST SEEN", "VERSION", "OS/ARCH", "ADDRESS", "JOINED", "RTT", "LOSS", "RECONNECTS", "SENT/RECEIVED", "ADDRESS CHANGED"}
 	}
 	if t.Logins {
-		head += "\tLOGINS"
+		head = append(head, "LOGINS")
 	}
-	fmt.Fprintln(tw, head)
+	tw := NewTable(w, head...)
 	for _, d := range devices {
 		status := "offline"
 		if d.Online {
@@ -58,9 +61,40 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 		if t.Logins {
 			cols = append(cols, Dash(strings.Join(d.Logins, ",")))
 		}
-		fmt.Fprintln(tw, strings.Join(cols, "\t"))
+		tw.Row(cols...)
 	}
 	return tw.Flush()
+}
+
+// DeviceCompletion is a device as a shell completion: its name, described
+// by its status and labels.
+func DeviceCompletion(d api.Device) string {
+	status := "offline"
+	if d.Online {
+		status = "online"
+	}
+	return Completion(d.Name, status+" "+Labels(d.Labels))
+}
+
+// Completion is a shell completion candidate with a description, both
+// escaped (printable.Escape) like table cells.
+func Completion(name, desc string) string {
+	return cobra.CompletionWithDesc(printable.Escape(name), printable.Escape(desc))
+}
+
+// LabelCompletions are the distinct LABEL=VALUE pairs of devices, sorted.
+func LabelCompletions(devices []api.Device) []string {
+	seen := map[string]bool{}
+	for _, d := range devices {
+		for k, v := range d.Labels {
+			seen[k+"="+v] = true
+		}
+	}
+	out := slices.Sorted(maps.Keys(seen))
+	for i, l := range out {
+		out[i] = printable.Escape(l)
+	}
+	return out
 }
 
 // Bytes formats a byte count with a binary unit: 512B, 1.5KiB, 3.2MiB.

@@ -1,7 +1,8 @@
 // Command fleetd is the fleet service: CAs, users, roles, join tokens, the
 // device tunnels and the brokering of user connections to devices.
 //
-//	fleetd start --data-dir=DIR [--listen=HOST:PORT] [--config=fleetd.yaml]
+//	fleetd start --data-dir=DIR [--listen=HOST:PORT] [--store=etcd://HOST:PORT,.../PREFIX] [--config=fleetd.yaml]
+//	fleetd store copy --from=SRC --to=DST [--data-dir=DIR] [--overwrite]
 //	fleetd version
 package main
 
@@ -15,18 +16,23 @@ import (
 	"strings"
 	"syscall"
 
-	"remoteler.dev/edge/firmware/buildinfo"
 	"remoteler.dev/edge/fleet/fleetd"
+	"remoteler.dev/edge/internal/buildinfo"
 )
 
 func main() {
 	if len(os.Args) < 2 || os.Args[1] == "help" || os.Args[1] == "-h" || os.Args[1] == "--help" {
-		fmt.Fprint(os.Stderr, "usage: fleetd start [flags] | fleetd version\n\nRun \"fleetd start -h\" for the flags.\n")
+		fmt.Fprint(os.Stderr, "usage: fleetd start [flags] | fleetd store copy [flags] | fleetd version\n\nRun \"fleetd start -h\" or \"fleetd store copy -h\" for the flags.\n")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "start":
 		os.Exit(start(os.Args[2:]))
+	case "store":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		code := fleetd.StoreMain(ctx, os.Args[2:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	case "version", "--version":
 		fmt.Println("fleetd", buildinfo.String())
 	default:
@@ -38,14 +44,18 @@ func main() {
 func start(args []string) int {
 	fs := flag.NewFlagSet("fleetd start", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config `file`; flags given on the command line override it")
-	dataDir := fs.String("data-dir", "", "`DIR` for the store and the admin identity (required)")
+	dataDir := fs.String("data-dir", "", "`DIR` for the embedded store, the admin identity, the audit log and recordings (required)")
+	storeURL := fs.String("store", "", "the state store: bolt (DATA_DIR/fleet.db) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] for replicas on etcd (default bolt)")
+	storeCA := fs.String("store-ca", "", "PEM `file` of the CA that signs the etcd members' certificates (turns TLS on)")
+	storeCert := fs.String("store-cert", "", "PEM `file` of the client certificate for etcd (with --store-key; turns TLS on)")
+	storeKey := fs.String("store-key", "", "PEM `file` of the client certificate's key for etcd")
 	listen := fs.String("listen", "", "`HOST:PORT` for HTTPS (TCP) and device tunnels (UDP) (default 0.0.0.0:3080)")
 	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
 	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
-	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h (default: forever)")
+	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -62,6 +72,14 @@ func start(args []string) int {
 		switch f.Name {
 		case "data-dir":
 			cfg.DataDir = *dataDir
+		case "store":
+			cfg.Store = *storeURL
+		case "store-ca":
+			cfg.StoreTLS.CAFile = *storeCA
+		case "store-cert":
+			cfg.StoreTLS.CertFile = *storeCert
+		case "store-key":
+			cfg.StoreTLS.KeyFile = *storeKey
 		case "listen":
 			cfg.Listen = *listen
 		case "cluster":

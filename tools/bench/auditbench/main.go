@@ -287,11 +287,11 @@ func measure(backlog, writers, single int, profile string) (res result, err erro
 	st := ship.Load().Stats()
 	res.drain, res.drainRate, res.link = took, float64(want)/took.Seconds(), link
 	res.bytesPerEvent, res.batches = float64(st.Bytes)/float64(st.Events), st.Batches
-	chains, err := log.Verify(ctx)
+	v, err := log.Verify(ctx)
 	if err != nil {
 		return res, err
 	}
-	for _, c := range chains {
+	for _, c := range v.Chains {
 		if !c.OK || c.Events != uint64(want) {
 			return res, fmt.Errorf("the fleet's chain does not verify: %+v", c)
 		}

@@ -11,8 +11,12 @@
 // committed. When --count events are written it prints "generated N" and
 // goes on shipping until it is stopped.
 //
+// --claim-user and --claim-session make every event name that user and
+// session: a device speaking for a user, for tests of the fleet's checks.
+//
 //	auditgen --fleet HOST:PORT [--token JOIN_STRING] --data-dir DIR --name NAME
 //	         [--workers 4] [--interval 0] [--count 0] [--audit-max-bytes N]
+//	         [--claim-user USER] [--claim-session ID]
 package main
 
 import (
@@ -47,6 +51,8 @@ func main() {
 	count := fs.Int("count", 0, "events to write in this run (0: until stopped)")
 	maxBytes := fs.Int64("audit-max-bytes", 0, "the audit queue's cap in bytes (default 64 MiB)")
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
+	claimUser := fs.String("claim-user", "", "a user every event names (a test of the fleet's checks)")
+	claimSession := fs.String("claim-session", "", "a session ID every event names (a test of the fleet's checks)")
 	fs.Parse(os.Args[1:])
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -72,6 +78,7 @@ func main() {
 						return
 					}
 					seq, err := emit(&proto.AuditEvent{Type: EventType, Message: "generated for a delivery test",
+						User: *claimUser, Session: *claimSession,
 						Fields: map[string]string{"run": run, "i": strconv.FormatInt(i, 10)}})
 					if err != nil {
 						say("dropped run=%s i=%d err=%q", run, i, err.Error())

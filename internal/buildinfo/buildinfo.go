@@ -1,9 +1,9 @@
 // Package buildinfo holds the version, commit and build target of the
 // binary it is linked into. The release build (cross/build.sh) sets them with
 //
-//	-ldflags "-X remoteler.dev/edge/firmware/buildinfo.Version=v1.2.3
-//	          -X remoteler.dev/edge/firmware/buildinfo.Commit=abc123
-//	          -X remoteler.dev/edge/firmware/buildinfo.Target=linux-arm64"
+//	-ldflags "-X remoteler.dev/edge/internal/buildinfo.Version=v1.2.3
+//	          -X remoteler.dev/edge/internal/buildinfo.Commit=abc123
+//	          -X remoteler.dev/edge/internal/buildinfo.Target=linux-arm64"
 //
 // and a plain `go build` leaves each at "dev". Target uses the artefact names
 // of dist/ ("linux-arm64", "linux-armv6", "linux-armv7", "linux-amd64"), so

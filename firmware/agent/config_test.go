@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/firmware/apps"
+)
+
+// wiring are Config's fields that code sets; every other field is a
+// setting with a flag and a config file key.
+var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true}
+
+// TestEverySettingHasAFlagAndAKey keeps the flags, the config file and
+// Config from drifting apart: each setting field is bound to one flag,
+// whose file key is the same name.
+func TestEverySettingHasAFlagAndAKey(t *testing.T) {
+	var c Config
+	bound := map[uintptr]string{}
+	for _, s := range c.settings() {
+		bound[reflect.ValueOf(s.value).Pointer()] = s.name
+	}
+	v := reflect.ValueOf(&c).Elem()
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		if wiring[f.Name] {
+			continue
+		}
+		if _, ok := bound[v.Field(i).Addr().Pointer()]; !ok {
+			t.Errorf("Config.%s has no flag or config file key: add it to settings()", f.Name)
+		}
+	}
+	if len(bound) != v.NumField()-len(wiring) {
+		t.Errorf("%d settings for %d setting fields", len(bound), v.NumField()-len(wiring))
+	}
+}
+
+func TestReadFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		file    string
+		want    func(c *Config) bool
+		wantErr string
+	}{
+		{"every kind of value", `
+fleet: fleet.example.com:3080
+tunnel_addr: relay.example.com:4433
+token: jt_abc@sha256:00
+data_dir: /data/agent
+labels: {site: north, model: pi4}
+keepalive: 10s
+liveness: 1m
+session_hold: 30m
+log_level: debug
+kubeconfig: "off"
+audit_max_bytes: 1048576
+audit_when_full: refuse
+no_recording: true
+recordings_max_bytes: 2097152
+apps:
+  - {name: nodered, uri: "http://127.0.0.1:1880", labels: {team: ops}, rewrite: {redirect: [nodered.local]}}
+  - {name: router, uri: "https://192.168.1.1", insecure_skip_verify: true}
+`, func(c *Config) bool {
+			return c.Fleet == "fleet.example.com:3080" && c.TunnelAddr == "relay.example.com:4433" && c.Token == "jt_abc@sha256:00" &&
+				c.DataDir == "/data/agent" && c.Labels["site"] == "north" && c.Labels["model"] == "pi4" && c.Keepalive == 10*time.Second &&
+				c.Liveness == time.Minute && c.SessionHold == 30*time.Minute && c.LogLevel == "debug" && c.Kubeconfig == "off" &&
+				c.AuditMaxBytes == 1<<20 && c.AuditWhenFull == AuditRefuse && c.NoRecording && c.RecordingsMaxBytes == 2<<20 &&
+				len(c.Apps) == 2 && c.Apps[0].Labels["team"] == "ops" && c.Apps[0].Rewrite != nil && c.Apps[0].Rewrite.Redirect[0] == "nodered.local" &&
+				c.Apps[1].InsecureSkipVerify
+		}, ""},
+		{"app with an unknown key", "apps: [{name: a, url: \"http://127.0.0.1\"}]\n", nil, `apps: want a list of {name, uri`},
+		{"list for a string", "fleet: [a]\n", nil, "fleet: want a single value, not a list"},
+		{"labels as on the command line", "labels: site=south,env=prod\n", func(c *Config) bool {
+			return len(c.Labels) == 2 && c.Labels["env"] == "prod"
+		}, ""},
+		{"keepalive off", "keepalive: -1s\n", func(c *Config) bool { return c.Keepalive == -time.Second }, ""},
+		{"empty file", "", func(c *Config) bool { return c.Fleet == "" }, ""},
+		{"unknown key", "sesion_hold: 1m\n", nil, `unknown setting "sesion_hold"; the settings are apps, audit_max_bytes, audit_when_full, ca_pin`},
+		{"flag spelling", "session-hold: 1m\n", nil, `unknown setting "session-hold"`},
+		{"duration without unit", "keepalive: 25\n", nil, `keepalive: "25" is not a duration`},
+		{"bad bytes", "audit_max_bytes: lots\n", nil, `audit_max_bytes: "lots" is not a number of bytes`},
+		{"map for a string", "fleet: {a: b}\n", nil, "fleet: want a single value, not a map"},
+		{"not a map", "- fleet\n", nil, "want a map of settings"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "agent.yaml")
+			if err := os.WriteFile(path, []byte(tt.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var c Config
+			err := c.ReadFile(path)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, want an error with %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !tt.want(&c) {
+				t.Errorf("got %+v, %v", c, err)
+			}
+		})
+	}
+	var c Config
+	if err := c.ReadFile(filepath.Join(t.TempDir(), "none.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: got %v, want it to wrap os.ErrNotExist", err)
+	}
+}
+
+// TestFlagsAndFileAlike sets every setting once by flag and once by file
+// key, and wants the same Config.
+func TestFlagsAndFileAlike(t *testing.T) {
+	values := map[string]string{
+		"fleet": "f:1", "tunnel-addr": "r:2", "token": "t", "ca-pin": "sha256:00", "data-dir": "/d", "name": "n",
+		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
+		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
+		"app": "web=http://127.0.0.1:8080,label:team=ops",
+	}
+	// A repeated flag is a list in the file.
+	fileValues := map[string]string{"app": `[{name: web, uri: "http://127.0.0.1:8080", labels: {team: ops}}]`}
+	var byFlag, byFile Config
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	byFlag.RegisterFlags(fs)
+	var args []string
+	var yaml strings.Builder
+	for _, s := range byFlag.settings() {
+		v, ok := values[s.name]
+		if !ok {
+			t.Fatalf("no test value for %s", s.name)
+		}
+		args = append(args, "--"+s.name+"="+v)
+		if fv, ok := fileValues[s.name]; ok {
+			yaml.WriteString(fileKey(s.name) + ": " + fv + "\n")
+			continue
+		}
+		yaml.WriteString(fileKey(s.name) + ": \"" + v + "\"\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	if err := byFile.readYAML([]byte(yaml.String())); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(byFlag, byFile) {
+		t.Errorf("flags gave %+v, the file %+v", byFlag, byFile)
+	}
+}
+
+func TestWithDefaults(t *testing.T) {
+	d := Config{}.WithDefaults()
+	if d.DataDir != DefaultDataDir || d.Keepalive != 25*time.Second || d.Liveness != 2*time.Minute || d.SessionHold != 10*time.Minute ||
+		d.LogLevel != "info" || d.AuditMaxBytes != 64<<20 || d.AuditWhenFull != AuditAllow || d.RecordingsMaxBytes != 256<<20 ||
+		d.Kubeconfig == "" || d.Logger == nil || d.Now == nil {
+		t.Errorf("defaults: %+v", d)
+	}
+	if err := d.check(); err != nil {
+		t.Errorf("the defaults do not pass check: %v", err)
+	}
+	set := Config{Keepalive: -time.Second, SessionHold: time.Minute, AuditWhenFull: AuditRefuse}.WithDefaults()
+	if set.Keepalive != -time.Second || set.SessionHold != time.Minute || set.AuditWhenFull != AuditRefuse {
+		t.Errorf("WithDefaults changed set values: %+v", set)
+	}
+	for _, bad := range []Config{{AuditWhenFull: "maybe"}, {LogLevel: "loud"}, {TunnelAddr: "no-port"}, {Fleet: "a:b:c"},
+		{Apps: []apps.App{{Name: "Bad Name", URI: "http://127.0.0.1"}}}} {
+		if c := bad.WithDefaults(); c.check() == nil {
+			t.Errorf("check accepted %+v", bad)
+		}
+	}
+}
+
+// TestExampleFile reads the example config file the device image ships.
+func TestExampleFile(t *testing.T) {
+	var c Config
+	if err := c.ReadFile(filepath.Join("..", "..", "images", "device", "config.example.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if c.Fleet != "fleet.example.com:443" || c.Labels["site"] != "example" {
+		t.Errorf("got %+v", c)
+	}
+}
