@@ -1,0 +1,280 @@
+package fleetview
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/tools/logtest"
+)
+
+// fakeLinks stands in for the tunnel server: the devices whose tunnel is
+// up and their counters.
+type fakeLinks struct {
+	mu    sync.Mutex // guards links
+	links map[string]quic.ConnectionStats
+}
+
+func (f *fakeLinks) set(id string, st *quic.ConnectionStats) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.links == nil {
+		f.links = map[string]quic.ConnectionStats{}
+	}
+	if st == nil {
+		delete(f.links, id)
+		return
+	}
+	f.links[id] = *st
+}
+
+func (f *fakeLinks) EachLink(fn func(string, time.Time, quic.ConnectionStats)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, st := range f.links {
+		fn(id, time.Unix(1000, 0), st)
+	}
+}
+
+type fakeSessions []sessions.Session
+
+func (f fakeSessions) List(sessions.Filter) []sessions.Session { return f }
+
+type fixture struct {
+	view  *View
+	reg   *devices.Registry
+	links *fakeLinks
+	ids   map[string]string // name -> ID
+}
+
+// newFixture registers devices (name -> labels and version), runs a View
+// over them and waits until it has them.
+func newFixture(t *testing.T, devs map[string]devices.Device, sess fakeSessions) *fixture {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	reg := &devices.Registry{Store: memstore.New()}
+	f := &fixture{reg: reg, links: &fakeLinks{}, ids: map[string]string{}}
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for n := range devs {
+			if !yield(n) {
+				return
+			}
+		}
+	}) {
+		d := devs[name]
+		d.Name = name
+		got, err := reg.Register(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.ids[name] = got.ID
+	}
+	for i := range sess {
+		sess[i].DeviceID = f.ids[sess[i].DeviceName]
+	}
+	f.view = New(Config{Registry: reg, Links: f.links, Sessions: sess, Refresh: time.Hour, Logger: logtest.Logger(t)})
+	done := make(chan struct{})
+	go func() { defer close(done); f.view.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	f.waitFor(t, "the registry listed", func() bool { return f.view.Query(Query{}).Counts.All == len(devs) })
+	return f
+}
+
+func (f *fixture) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		ch, _ := f.view.Changed()
+		select {
+		case <-ch:
+		case <-time.After(time.Until(deadline)):
+			t.Fatalf("waited 30s for %s", what)
+		}
+	}
+}
+
+func names(p Page) []string {
+	var out []string
+	for _, d := range p.Devices {
+		out = append(out, d.Name)
+	}
+	return out
+}
+
+func TestQuery(t *testing.T) {
+	f := newFixture(t, map[string]devices.Device{
+		"pi-1":    {Labels: map[string]string{"site": "north", "model": "pi4"}, AgentVersion: "v1.2.0", OS: "linux", Arch: "arm64"},
+		"pi-2":    {Labels: map[string]string{"site": "north"}, AgentVersion: "v1.1.9", OS: "linux", Arch: "arm"},
+		"gw-1":    {Labels: map[string]string{"site": "south"}, AgentVersion: "v1.2.0", OS: "linux", Arch: "amd64"},
+		"lab-dev": {Labels: map[string]string{"site": "lab"}, AgentVersion: "dev", OS: "linux", Arch: "amd64"},
+	}, fakeSessions{{ID: "s1", DeviceName: "pi-1"}, {ID: "s2", DeviceName: "pi-1"}})
+	f.links.set(f.ids["pi-1"], &quic.ConnectionStats{SmoothedRTT: 40 * time.Millisecond})
+	f.links.set(f.ids["gw-1"], &quic.ConnectionStats{SmoothedRTT: 900 * time.Millisecond})
+	f.view.Refresh()
+
+	tests := []struct {
+		name  string
+		q     Query
+		want  []string
+		total int
+		count Counts
+	}{
+		{"all, by name", Query{}, []string{"gw-1", "lab-dev", "pi-1", "pi-2"}, 4, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"text in the name", Query{Text: "PI-"}, []string{"pi-1", "pi-2"}, 2, Counts{All: 2, Online: 1, Offline: 1, Outdated: 1}},
+		{"text in a label", Query{Text: "model=pi4"}, []string{"pi-1"}, 1, Counts{All: 1, Online: 1}},
+		{"text in OS/arch", Query{Text: "linux/amd64"}, []string{"gw-1", "lab-dev"}, 2, Counts{All: 2, Online: 1, Offline: 1, Degraded: 1}},
+		{"label", Query{Labels: map[string]string{"site": "north"}}, []string{"pi-1", "pi-2"}, 2, Counts{All: 2, Online: 1, Offline: 1, Outdated: 1}},
+		{"any value of a label", Query{Labels: map[string]string{"model": "*"}}, []string{"pi-1"}, 1, Counts{All: 1, Online: 1}},
+		{"online", Query{Status: StatusOnline}, []string{"gw-1", "pi-1"}, 2, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"offline", Query{Status: StatusOffline}, []string{"lab-dev", "pi-2"}, 2, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"degraded", Query{Status: StatusDegraded}, []string{"gw-1"}, 1, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"outdated (dev is never)", Query{Status: StatusOutdated}, []string{"pi-2"}, 1, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"roles hide south", Query{Visible: func(l map[string]string) bool { return l["site"] != "south" }},
+			[]string{"lab-dev", "pi-1", "pi-2"}, 3, Counts{All: 3, Online: 1, Offline: 2, Outdated: 1}},
+		{"second page", Query{Offset: 1, Limit: 2}, []string{"lab-dev", "pi-1"}, 4, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"past the end", Query{Offset: 9}, nil, 4, Counts{All: 4, Online: 2, Offline: 2, Degraded: 1, Outdated: 1}},
+		{"nothing matches", Query{Text: "nope"}, nil, 0, Counts{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := f.view.Query(tt.q)
+			if got := names(p); !slices.Equal(got, tt.want) {
+				t.Errorf("devices %v, want %v", got, tt.want)
+			}
+			if p.Total != tt.total {
+				t.Errorf("total %d, want %d", p.Total, tt.total)
+			}
+			if p.Counts != tt.count {
+				t.Errorf("counts %+v, want %+v", p.Counts, tt.count)
+			}
+		})
+	}
+
+	pi1, ok := f.view.Get("pi-1")
+	if !ok || !pi1.Online || pi1.Sessions != 2 || pi1.Quality != QualityGood || pi1.RTT != 40*time.Millisecond {
+		t.Errorf("pi-1: %+v, want online, 2 sessions, a good link of 40ms", pi1)
+	}
+	gw, _ := f.view.Get("gw-1")
+	if !gw.Degraded || gw.Quality != QualityPoor {
+		t.Errorf("gw-1: %+v, want a poor, degraded link", gw)
+	}
+	if _, ok := f.view.Get("pi-9"); ok {
+		t.Error("Get found a device that does not exist")
+	}
+}
+
+// TestLive: a device that joins, changes, comes online, goes offline or
+// is removed moves the version and shows in the next query.
+func TestLive(t *testing.T) {
+	f := newFixture(t, map[string]devices.Device{"pi-1": {AgentVersion: "v1.0.0"}}, nil)
+	ctx := context.Background()
+	_, v0 := f.view.Changed()
+
+	d, err := f.reg.Register(ctx, devices.Device{Name: "pi-2", Labels: map[string]string{"site": "north"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(t, "pi-2 to join", func() bool { return f.view.Query(Query{}).Total == 2 })
+	if f.view.Version() <= v0 {
+		t.Error("a join did not move the version")
+	}
+
+	if _, err := f.reg.Update(ctx, d.ID, func(d *devices.Device) error { d.Labels["site"] = "south"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(t, "pi-2's new label", func() bool {
+		return f.view.Query(Query{Labels: map[string]string{"site": "south"}}).Total == 1
+	})
+
+	v1 := f.view.Version()
+	f.links.set(d.ID, &quic.ConnectionStats{SmoothedRTT: 20 * time.Millisecond})
+	f.view.Refresh()
+	if f.view.Version() == v1 || f.view.Query(Query{Status: StatusOnline}).Total != 1 {
+		t.Error("a tunnel that came up did not show")
+	}
+	v2 := f.view.Version()
+	f.links.set(d.ID, &quic.ConnectionStats{SmoothedRTT: 20*time.Millisecond + 100*time.Microsecond, BytesSent: 5000})
+	f.view.Refresh()
+	if f.view.Version() != v2 {
+		t.Error("bytes and an RTT change under a millisecond moved the version")
+	}
+	f.links.set(d.ID, nil)
+	f.view.Refresh()
+	if f.view.Version() == v2 || f.view.Query(Query{Status: StatusOnline}).Total != 0 {
+		t.Error("a tunnel that went down did not show")
+	}
+
+	if _, err := f.reg.Delete(ctx, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(t, "pi-2 to go", func() bool { return f.view.Query(Query{}).Total == 1 })
+}
+
+func TestCompareVersions(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"v1.2.3", "v1.2.3", 0},
+		{"1.2.3", "v1.2.4", -1},
+		{"v1.10.0", "v1.9.9", 1},
+		{"v2.0.0-rc.1", "v1.9.0", 1},
+		{"v1.2.3-4-gabcdef", "v1.2.3", 0},
+		{"dev", "v1.0.0", 0},
+		{"v1.2", "v1.0.0", 0},
+		{"", "v1.0.0", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.a+"_vs_"+tt.b, func(t *testing.T) {
+			if got := CompareVersions(tt.a, tt.b); got != tt.want {
+				t.Errorf("CompareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	for _, s := range []string{"", "online", "offline", "degraded", "outdated"} {
+		if got, ok := ParseStatus(s); !ok || string(got) != s {
+			t.Errorf("ParseStatus(%q) = %q, %v", s, got, ok)
+		}
+	}
+	if _, ok := ParseStatus("<script>"); ok {
+		t.Error("ParseStatus accepted an unknown status")
+	}
+}
+
+// BenchmarkQuery10k measures a dashboard's query over 10,000 devices: a
+// page of 100 with counts, with and without a text filter and roles.
+func BenchmarkQuery10k(b *testing.B) {
+	v := New(Config{Links: &fakeLinks{}})
+	var all []devices.Device
+	for i := range 10000 {
+		all = append(all, devices.Device{ID: fmt.Sprintf("%032x", i), Name: fmt.Sprintf("dev-%05d", i),
+			Labels: map[string]string{"site": []string{"north", "south", "east"}[i%3], "model": "pi4"}, AgentVersion: "v1.0.0"})
+	}
+	v.reset(all)
+	visible := func(l map[string]string) bool { return l["site"] != "east" }
+	for _, bc := range []struct {
+		name string
+		q    Query
+	}{
+		{"all", Query{}},
+		{"text", Query{Text: "site=north"}},
+		{"roles", Query{Visible: visible, Offset: 5000}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				v.Query(bc.q)
+			}
+		})
+	}
+}
