@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/fleet/admin"
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
@@ -119,9 +120,25 @@ type Server struct {
 	// Server's own, built from the fields above.
 	Lifecycle *lifecycle.Lifecycle
 
+	// Admin takes admin actions (fleet/admin). Nil: one of the Server's
+	// own, built from the fields above.
+	Admin *admin.Admin
+
 	ownSessions  sync.Once
 	ownBroker    sync.Once
 	ownLifecycle sync.Once
+	ownAdmin     sync.Once
+}
+
+func (s *Server) actions() *admin.Admin {
+	s.ownAdmin.Do(func() {
+		if s.Admin == nil {
+			s.Admin = admin.New(admin.Config{Users: s.Users, Roles: s.Roles, Tokens: s.Tokens, Devices: s.Devices,
+				CAPin: s.CA.Pin, Disconnect: s.Tunnels.Disconnect, Changed: s.changed,
+				Audit: &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit}})
+		}
+	})
+	return s.Admin
 }
 
 func (s *Server) lifecycle() *lifecycle.Lifecycle {
@@ -240,6 +257,9 @@ type caller struct {
 func (c *caller) isAdmin() bool {
 	return c.id.Kind == ca.KindAdmin || (c.id.Kind == ca.KindUser && c.checker.IsAdmin())
 }
+
+// actor is the caller as fleet/admin records it.
+func (c *caller) actor(r *http.Request) admin.Actor { return admin.Actor{Name: c.name(), Addr: r.RemoteAddr} }
 
 func (c *caller) name() string {
 	if c.id.Kind == ca.KindUser {
