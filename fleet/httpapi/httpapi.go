@@ -259,7 +259,9 @@ func (c *caller) isAdmin() bool {
 }
 
 // actor is the caller as fleet/admin records it.
-func (c *caller) actor(r *http.Request) admin.Actor { return admin.Actor{Name: c.name(), Addr: r.RemoteAddr} }
+func (c *caller) actor(r *http.Request) admin.Actor {
+	return admin.Actor{Name: c.name(), Addr: r.RemoteAddr}
+}
 
 func (c *caller) name() string {
 	if c.id.Kind == ca.KindUser {
