@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -435,4 +436,66 @@ func FuzzDecodeHead(f *testing.F) {
 			t.Fatalf("head does not round-trip: %v", err)
 		}
 	})
+}
+
+// TestSearchPage pages through events both ways, with several in one
+// millisecond (a cursor is an event, not a time), and with a filter.
+func TestSearchPage(t *testing.T) {
+	l, _ := openLog(t, nil)
+	ctx := context.Background()
+	var want []string
+	for i := range 10 {
+		user := "alice"
+		if i%3 == 0 {
+			user = "bob"
+		}
+		// Three events share each millisecond.
+		e := &proto.AuditEvent{Time: 1_700_000_000_000 + int64(i/3), Type: proto.EventUserLogin, User: user, Message: fmt.Sprint(i)}
+		if err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprint(i))
+	}
+	collect := func(t *testing.T, q Query, newest bool) []string {
+		t.Helper()
+		var got []string
+		cursor := ""
+		for range 20 {
+			p, err := l.SearchPage(ctx, q, newest, cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Records) > q.Limit {
+				t.Fatalf("page of %d, limit %d", len(p.Records), q.Limit)
+			}
+			for _, r := range p.Records {
+				got = append(got, r.Event.Message)
+			}
+			if p.Next == "" {
+				return got
+			}
+			cursor = p.Next
+		}
+		t.Fatal("paging did not end")
+		return nil
+	}
+	reversed := slices.Clone(want)
+	slices.Reverse(reversed)
+	if got := collect(t, Query{Limit: 4}, false); !slices.Equal(got, want) {
+		t.Errorf("oldest first: %v, want %v", got, want)
+	}
+	if got := collect(t, Query{Limit: 4}, true); !slices.Equal(got, reversed) {
+		t.Errorf("newest first: %v, want %v", got, reversed)
+	}
+	if got := collect(t, Query{Limit: 2, User: "bob"}, true); !slices.Equal(got, []string{"9", "6", "3", "0"}) {
+		t.Errorf("bob's, newest first: %v", got)
+	}
+	if got := collect(t, Query{Limit: 1, Until: time.UnixMilli(1_700_000_000_002)}, true); !slices.Equal(got, []string{"5", "4", "3", "2", "1", "0"}) {
+		t.Errorf("before the third millisecond, newest first: %v", got)
+	}
+	for _, bad := range []string{"zz", "00", strings.Repeat("ab", 5000)} {
+		if _, err := l.SearchPage(ctx, Query{}, true, bad); !errors.Is(err, ErrCursor) {
+			t.Errorf("cursor %.20q: got %v, want ErrCursor", bad, err)
+		}
+	}
 }
