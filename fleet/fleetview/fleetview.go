@@ -482,6 +482,27 @@ func (v *View) Get(name string) (Device, bool) {
 	return Device{}, false
 }
 
+// NameOf returns the name of the device with this ID.
+func (v *View) NameOf(id string) (string, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if e := v.byID[id]; e != nil {
+		return e.rec.Name, true
+	}
+	return "", false
+}
+
+// Names maps every device's ID to its name.
+func (v *View) Names() map[string]string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make(map[string]string, len(v.byID))
+	for id, e := range v.byID {
+		out[id] = e.rec.Name
+	}
+	return out
+}
+
 // Counts are the summary of every device, for the metrics.
 func (v *View) Counts() Counts {
 	return v.Query(Query{Limit: 1}).Counts

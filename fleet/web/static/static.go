@@ -1,9 +1,9 @@
 // Package static holds the files the fleet's browser pages load: the
 // vendored JavaScript and CSS libraries (vendor/, listed with their versions,
-// licences and checksums in vendor/VENDOR.md) and the fleet's own scripts and
-// styles. They are embedded in fleetd, so the pages work with no network and
-// no build step, and served with long cache lifetimes under content-hashed
-// names.
+// licences and checksums in vendor/VENDOR.md) and the fleet's own scripts
+// and styles (dash/: the dashboard's). They are embedded in fleetd, so the
+// pages work with no network and no build step, and served with long cache
+// lifetimes under content-hashed names.
 //
 // Only fleet/... imports this package.
 package static
@@ -19,7 +19,7 @@ import (
 	"sync"
 )
 
-//go:embed vendor
+//go:embed vendor dash
 var files embed.FS
 
 // FS is every embedded file, by its path under this folder
