@@ -238,7 +238,9 @@ func newFixture(t *testing.T, tls bool) *fixture {
 			http.Error(w, "terminal reached", http.StatusTeapot)
 		},
 		Fleet: "test", Version: "v0.0.0-test", FleetAddr: "fleet.example.com:3080", Origin: f.http.URL,
-		AppURL: func(app, device string) (string, error) { return "https://" + app + "--" + device + ".fleet.example.com/", nil },
+		AppURL: func(app, device string) (string, error) {
+			return "https://" + app + "--" + device + ".fleet.example.com/", nil
+		},
 		Logger: log,
 	})
 	f.srv.Register(mux)
