@@ -25,6 +25,7 @@ import (
 // checkPost refuses a state-changing request that does not come from the
 // viewer's own page.
 func (s *Server) checkPost(w http.ResponseWriter, r *http.Request, v *viewer) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
 	if err := s.cfg.Login.CheckPost(r, v.sess); err != nil {
 		s.record(r, v, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied,
 			Message: "a form that did not come from the fleet's page (CSRF check)", Fields: map[string]string{"action": r.Method + " " + r.URL.Path}})
@@ -223,6 +224,9 @@ func (s *Server) rolePage(w http.ResponseWriter, r *http.Request, v *viewer) {
 	rv.Name, rv.YAML = name, string(doc)
 	s.page(w, r, v, http.StatusOK, "Role "+name, "roles", "role", rv)
 }
+
+// maxForm bounds a form's body.
+const maxForm = 256 << 10
 
 // maxRoleYAML bounds a role document.
 const maxRoleYAML = 64 << 10

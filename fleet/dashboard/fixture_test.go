@@ -145,6 +145,8 @@ type fixture struct {
 	ids      map[string]string // device name -> ID
 	// terminals are the terminal requests the dashboard let through.
 	terminals chan TerminalRequest
+	mux       *http.ServeMux
+	loginOnce sync.Once
 }
 
 // Roles of the fixture's users.
@@ -244,6 +246,7 @@ func newFixture(t *testing.T, tls bool) *fixture {
 		Logger: log,
 	})
 	f.srv.Register(mux)
+	f.mux = mux
 	t.Cleanup(func() {
 		f.http.Close()
 		cancel()

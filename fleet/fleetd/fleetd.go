@@ -21,6 +21,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"remoteler.dev/edge/fleet/admin"
 	"remoteler.dev/edge/fleet/apps"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
@@ -197,6 +198,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer kube.Close()
 
 	links := linkSampler(tunnels)
+	// One home for admin actions: the API's and the dashboard's.
+	adm := admin.New(admin.Config{Users: us, Roles: roles, Tokens: toks, Devices: reg, CAPin: auth.Pin,
+		Disconnect: tunnels.Disconnect, Changed: live.Changed, Audit: recorder})
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -218,6 +222,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Sessions:      live,
 		Broker:        brk,
 		Lifecycle:     life,
+		Admin:         adm,
 		Now:           now,
 
 		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
@@ -227,8 +232,17 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Floor:           sto.floor,
 	}
 	apiSrv.Kube = kube
+	// The browser's side: the dashboard (its terminal, the link history).
+	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,
+		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: noLogin{}, listen: tcp.Addr()}, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	defer dsh.history.Close()
+	webMux := http.NewServeMux()
+	dsh.register(webMux)
 	httpSrv := &http.Server{
-		Handler:           apiSrv.Handler(),
+		Handler:           webRoute(webMux, apiSrv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -245,6 +259,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Go(func() { events.Run(ctx) })
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
+	dsh.run(ctx, &wg)
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

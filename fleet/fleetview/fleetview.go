@@ -492,6 +492,18 @@ func (v *View) NameOf(id string) (string, bool) {
 	return "", false
 }
 
+// Connects maps every device's ID to its tunnel connections ever (the
+// registry's count), for the link history.
+func (v *View) Connects() map[string]int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make(map[string]int, len(v.byID))
+	for id, e := range v.byID {
+		out[id] = e.rec.Connects
+	}
+	return out
+}
+
 // Names maps every device's ID to its name.
 func (v *View) Names() map[string]string {
 	v.mu.RLock()

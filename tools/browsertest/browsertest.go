@@ -148,11 +148,12 @@ func Get[T any](b *Browser, step string, a chromedp.Action[T]) T {
 }
 
 // Screenshot saves a PNG of the whole page to dir/name.png (dir is created)
-// and returns its path. Tests keep the screenshots a person would look at;
+// and returns its path (chromedp writes PNG at quality 100 only, JPEG
+// below). Tests keep the screenshots a person would look at;
 // `make screenshots` copies chosen ones into docs/.
 func (b *Browser) Screenshot(dir, name string) string {
 	b.t.Helper()
-	png := Get(b, "screenshot "+name, chromedp.FullScreenshot(90))
+	png := Get(b, "screenshot "+name, chromedp.FullScreenshot(100))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.t.Fatal(err)
 	}

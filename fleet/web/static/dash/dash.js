@@ -292,8 +292,11 @@
       if (idx >= events.length) {
         playing = false; pos = duration; show();
         playBtn.textContent = "Play again";
-        status.textContent = "Finished";
-        el.dataset.state = "finished";
+        // Finished once xterm.js has drawn what it was given.
+        term.write("", function () {
+          status.textContent = "Finished";
+          el.dataset.state = "finished";
+        });
         return;
       }
       var wait = (events[idx][0] - pos) / speed() * 1000;
@@ -356,6 +359,9 @@
     // Live regions swapped in by htmx get their relative times too.
     document.body.addEventListener("htmx:afterSettle", function (e) { times(e.target); });
     document.body.addEventListener("htmx:sseMessage", function (e) { times(e.target); });
+    // The live stream's state, on the element that holds it.
+    document.body.addEventListener("htmx:sseOpen", function (e) { e.target.dataset.live = "open"; });
+    document.body.addEventListener("htmx:sseError", function (e) { e.target.dataset.live = "error"; });
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
   else init();
