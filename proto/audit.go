@@ -52,6 +52,20 @@ const (
 	// EventAppRequest is one HTTP request to a web app through the fleet:
 	// method, path, status and bytes in its fields.
 	EventAppRequest = "app.request"
+	// OTA steps on the device (firmware/update) and on the fleet (releases
+	// and rollouts); Fields name the version and the rollout.
+	EventUpdateOffered    = "update.offered"
+	EventUpdateRefused    = "update.refused"
+	EventUpdateDownloaded = "update.downloaded"
+	EventUpdateCommitted  = "update.committed"
+	EventUpdateRolledBack = "update.rolled_back"
+	EventUpdateFailed     = "update.failed"
+	EventUpdateKeyRotated = "update.key_rotated"
+	EventReleaseAdd       = "release.add"
+	EventReleaseDelete    = "release.delete"
+	EventRolloutCreate    = "rollout.create"
+	EventRolloutChange    = "rollout.change" // paused, resumed, aborted, halted, stage advanced, done
+	EventRolloutPin       = "rollout.pin"
 	// EventAuditDropped is the marker a source writes when it could not
 	// keep events (its queue was full, its disk was full): Fields["count"]
 	// says how many, Fields["reason"] why.

@@ -19,6 +19,7 @@ func sampleMessages() []Message {
 				Rewrite: &AppRewrite{Redirect: []string{"router.lan"}, Headers: []AppHeader{{Name: "X-User", Value: "{{user}}"}}}},
 		}},
 		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, KeepaliveMillis: 25000},
+		&HelloAck{DeviceID: "d-1", ServerTime: 1700000000001, LinkTag: []byte{1, 2}, Updates: true},
 		&Heartbeat{Seq: 9},
 		&Heartbeat{Seq: 10, Labels: map[string]string{}},
 		&HeartbeatAck{Seq: 9, ServerTime: 5},
@@ -44,6 +45,14 @@ func sampleMessages() []Message {
 		&SessionEnd{SessionID: "s1", Message: "your role changed: login root is no longer allowed on pi-1"},
 		&StreamHeader{Service: ServiceSSH, SessionID: "s2", Identity: Identity{User: "bob", Login: "pi", Expires: 1700000000000,
 			NoPortForwarding: true, NoFileCopy: true}},
+		&UpdateOffer{Rollout: "r1", Version: "v1.2.3", Manifest: []byte(`{"version":"v1.2.3"}`), ManifestSig: []byte("sig"),
+			ArtifactPath: "/v1/ota/artifacts/ab", ArtifactSig: []byte("asig"),
+			Delta:     &UpdateDelta{FromSHA256: make([]byte, 32), Path: "/v1/ota/deltas/cd", Size: 4000, SHA256: make([]byte, 32)},
+			Rotations: []KeyRotation{{Key: "RWQ...", Sig: []byte("rsig")}}, Window: "02:00-05:00", BandwidthBytes: 1 << 16, HealthMillis: 120000},
+		&UpdateOffer{Rollout: "r1", Cancel: true},
+		&UpdateStatus{Rollout: "r1", Version: "v1.2.3", State: StateDownloading, Done: 10, Total: 100, Running: "v1.2.2", Delta: true},
+		&UpdateStatus{State: StateRolledBack, Reason: "tunnel not up within 2m0s"},
+		&AgentStream{Service: ServiceOTA},
 	}
 }
 

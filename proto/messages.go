@@ -21,7 +21,10 @@ const (
 	KindRecordingChunk Kind = 14
 	KindRecordingAck   Kind = 15
 	KindSessionEnd     Kind = 16
-	kindEnd            Kind = 17 // one past the last kind
+	KindUpdateOffer    Kind = 17
+	KindUpdateStatus   Kind = 18
+	KindAgentStream    Kind = 19
+	kindEnd            Kind = 20 // one past the last kind
 )
 
 var kindNames = [...]string{
@@ -41,6 +44,9 @@ var kindNames = [...]string{
 	KindRecordingChunk: "recording-chunk",
 	KindRecordingAck:   "recording-ack",
 	KindSessionEnd:     "session-end",
+	KindUpdateOffer:    "update-offer",
+	KindUpdateStatus:   "update-status",
+	KindAgentStream:    "agent-stream",
 }
 
 func (k Kind) String() string {
@@ -147,6 +153,9 @@ type HelloAck struct {
 	// fleet can tell when a keep-alive comes from a new address (see
 	// LinkPokeByte).
 	LinkTag []byte `cbor:"6,keyasint,omitempty"`
+	// Updates says the fleet takes update-status messages (OTA, see
+	// update.go); an agent sends none to a fleet that does not.
+	Updates bool `cbor:"7,keyasint,omitempty"`
 }
 
 // Heartbeat tells the fleet the agent is alive (its QUIC ACK is the
@@ -318,6 +327,12 @@ func newMessage(k Kind) Message {
 		return new(RecordingAck)
 	case KindSessionEnd:
 		return new(SessionEnd)
+	case KindUpdateOffer:
+		return new(UpdateOffer)
+	case KindUpdateStatus:
+		return new(UpdateStatus)
+	case KindAgentStream:
+		return new(AgentStream)
 	}
 	return nil
 }

@@ -47,6 +47,16 @@
 // apps sends no key 10, so an older fleet reads its hello as before; an
 // older fleet refuses the hello of an agent that declares apps (an
 // unknown key): update the fleet before you declare apps on devices.
+//
+// Revision of 2026-12-06, later (OTA; older agents never receive these,
+// since the fleet sends an offer only to an agent that sent an
+// update-status first): update-offer (fleet to agent: the signed release
+// the device should run, with an optional delta) and update-status (agent
+// to fleet: where its update stands) on the control stream; agent-stream,
+// the first frame of a stream the agent opens to reach a fleet service
+// (service "ota": HTTP/1.1 downloads of release artefacts with Range
+// requests); the hello answer's Updates (key 7), without which (an older
+// fleet) the agent sends no update-status. See update.go.
 package proto
 
 import "fmt"

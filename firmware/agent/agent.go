@@ -31,6 +31,7 @@ import (
 	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/firmware/sshd"
 	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/firmware/update"
 	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 )
@@ -55,11 +56,16 @@ type Agent struct {
 
 	tunnel *tunnel.Client
 	ssh    *sshd.Server
-	// services is the registry of what the device offers: ssh and
-	// cfg.Services.
+	// services is the registry of what the device offers: ssh, web apps
+	// and cfg.Services.
 	services *services.Registry
 	audit    *auditor
 	live     liveSessions
+	updater  *update.Updater // nil when self-update could not start
+	restart  atomic.Pointer[string]
+	// fleetUpdates is the last hello answer's Updates: the fleet takes
+	// update statuses.
+	fleetUpdates atomic.Bool
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -197,6 +203,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			if up {
 				a.linkUp()
 			}
+			if a.updater != nil {
+				// Only a fleet that said so in its hello answer takes
+				// update statuses.
+				a.updater.LinkUp(up && a.fleetUpdates.Load())
+			}
 			if a.cfg.Notify != nil {
 				s := "tunnel down, reconnecting"
 				if up {
@@ -216,6 +227,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	// Before the tunnel runs: its callbacks use the updater.
+	a.runUpdate(ctx, cancel, &wg)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -252,6 +265,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	log.Info("edge-agent stopping")
 	a.stopAudit()
 	wg.Wait()
+	if r := a.restart.Load(); r != nil {
+		return &RestartError{Reason: *r}
+	}
 	return nil
 }
 
@@ -275,6 +291,7 @@ func (a *Agent) hello() *proto.Hello {
 }
 
 func (a *Agent) helloAck(ack *proto.HelloAck) {
+	a.fleetUpdates.Store(ack.Updates)
 	off := time.UnixMilli(ack.ServerTime).Sub(a.cfg.Now())
 	a.clock.setOffset(off)
 	a.mu.Lock()

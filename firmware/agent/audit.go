@@ -116,6 +116,10 @@ func (a *Agent) linkUp() {
 // shipper, and its session ends to the sessions.
 func (a *Agent) onMessage(m proto.Message) {
 	switch m := m.(type) {
+	case *proto.UpdateOffer:
+		if a.updater != nil {
+			a.updater.Offer(m)
+		}
 	case *proto.AuditAck:
 		if a.audit != nil {
 			if s := a.audit.ship.Load(); s != nil {

@@ -24,6 +24,7 @@ import (
 	"remoteler.dev/edge/firmware/recording"
 	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/firmware/tunnel"
+	"remoteler.dev/edge/firmware/update"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/resume"
 )
@@ -96,8 +97,19 @@ type Config struct {
 	// set on requests). The agent connects only to these URIs. Each --app
 	// flag adds one; flags replace the file's list. Default: none.
 	Apps []apps.App
+	// Update holds the self-update settings (firmware/update): the
+	// release keys the device trusts, a bandwidth cap, a maintenance
+	// window, how long a new agent has to come up healthy (default
+	// update.DefaultHealthTimeout), and a switch that refuses updates.
+	Update update.Settings
 
 	// The fields below are wiring, set by code: no flag, no file key.
+
+	// UpdateCheck is what the update start-up check found
+	// (update.Startup, run before the agent); UpdateTarget is the binary
+	// an update replaces (default the running executable).
+	UpdateCheck  update.CheckResult
+	UpdateTarget string
 
 	// SFTPCommand runs an SFTP server as another user; see sshd.Config.
 	SFTPCommand []string
@@ -158,6 +170,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.RecordingsMaxBytes <= 0 {
 		c.RecordingsMaxBytes = recording.DefaultMaxBytes
+	}
+	if c.Update.HealthTimeout <= 0 {
+		c.Update.HealthTimeout = update.DefaultHealthTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -246,6 +261,11 @@ func (c *Config) settings() []setting {
 		{"app", "a web app the device offers through the fleet, `NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...]`, " +
 			"such as nodered=http://127.0.0.1:1880; repeat for more. insecure-skip-verify accepts an https app's self-signed certificate. " +
 			"In the file, a list of {name, uri, insecure_skip_verify, labels, rewrite}; flags replace the file's list", (*appsValue)(&c.Apps)},
+		{"release-key", "minisign public `KEYS` trusted for agent releases: the base64 line of a .pub file, several separated by commas (in the file also a list); pinned in DATA_DIR/update at the first start that has them. Without one the device pins the keys the fleet gives at join; without any it refuses updates", (*listValue)(&c.Update.ReleaseKeys)},
+		{"update-max-bandwidth", "cap on update downloads, in `bytes` per second; 0: no cap of the device's own (a rollout may set one; the smaller applies)", (*bytesValue)(&c.Update.MaxBandwidth)},
+		{"update-window", "maintenance window `HH:MM-HH:MM` (UTC) outside which updates neither download nor restart the agent; empty: any time (a rollout's window applies too)", (*stringValue)(&c.Update.Window)},
+		{"update-health-timeout", "`DURATION` a new agent has to come up healthy (ready, tunnel up) before the old one is put back (a rollout may set it)", (*durationValue)(&c.Update.HealthTimeout)},
+		{"update-off", "refuse every update offer", (*boolValue)(&c.Update.Off)},
 	}
 }
 
@@ -319,21 +339,33 @@ func setFromFile(v flag.Value, x any) error {
 	case float64:
 		return v.Set(strconv.FormatFloat(x, 'f', -1, 64))
 	case []any:
-		a, ok := v.(*appsValue)
+		if a, ok := v.(*appsValue); ok {
+			b, err := json.Marshal(x)
+			if err != nil {
+				return err
+			}
+			var list []apps.App
+			dec := json.NewDecoder(bytes.NewReader(b))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&list); err != nil {
+				return fmt.Errorf("want a list of {name, uri, insecure_skip_verify, labels, rewrite}: %w", err)
+			}
+			*a = list
+			return nil
+		}
+		l, ok := v.(*listValue)
 		if !ok {
 			return errors.New("want a single value, not a list")
 		}
-		b, err := json.Marshal(x)
-		if err != nil {
-			return err
+		out := listValue{}
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("%v: want a string", e)
+			}
+			out = append(out, s)
 		}
-		var list []apps.App
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&list); err != nil {
-			return fmt.Errorf("want a list of {name, uri, insecure_skip_verify, labels, rewrite}: %w", err)
-		}
-		*a = list
+		*l = out
 		return nil
 	case map[string]any:
 		l, ok := v.(*labelsValue)
@@ -362,6 +394,7 @@ type (
 	boolValue     bool
 	labelsValue   map[string]string
 	appsValue     []apps.App
+	listValue     []string
 )
 
 // String lists the apps as flags, space-separated.
@@ -471,4 +504,41 @@ func (v *labelsValue) Set(s string) error {
 	}
 	*v = out
 	return nil
+}
+
+func (v *listValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return strings.Join(*v, ",")
+}
+
+// Set reads "a,b"; it replaces the list.
+func (v *listValue) Set(s string) error {
+	out := listValue{}
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	*v = out
+	return nil
+}
+
+// ReadDataDir reads only the data_dir setting of a config file (""
+// when it has none). edge-agent update-check uses it: it runs from the
+// kept old binary, which must find the update state even in a file that
+// holds settings only a newer agent knows (ReadFile refuses those).
+func ReadDataDir(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("agent: config: %w", err)
+	}
+	var f struct {
+		DataDir string `json:"data_dir"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		return "", fmt.Errorf("agent: config %s: %w", path, err)
+	}
+	return f.DataDir, nil
 }

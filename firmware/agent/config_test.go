@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +17,12 @@ import (
 
 // wiring are Config's fields that code sets; every other field is a
 // setting with a flag and a config file key.
-var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true}
+var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true,
+	"UpdateCheck": true, "UpdateTarget": true}
+
+// blocks are Config's fields that group settings of another package
+// (update.Settings): each of their fields is a setting.
+var blocks = map[string]bool{"Update": true}
 
 // TestEverySettingHasAFlagAndAKey keeps the flags, the config file and
 // Config from drifting apart: each setting field is bound to one flag,
@@ -26,18 +33,26 @@ func TestEverySettingHasAFlagAndAKey(t *testing.T) {
 	for _, s := range c.settings() {
 		bound[reflect.ValueOf(s.value).Pointer()] = s.name
 	}
-	v := reflect.ValueOf(&c).Elem()
-	for i := range v.NumField() {
-		f := v.Type().Field(i)
-		if wiring[f.Name] {
-			continue
-		}
-		if _, ok := bound[v.Field(i).Addr().Pointer()]; !ok {
-			t.Errorf("Config.%s has no flag or config file key: add it to settings()", f.Name)
+	var fields []string
+	var walk func(prefix string, v reflect.Value)
+	walk = func(prefix string, v reflect.Value) {
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			switch {
+			case prefix == "" && wiring[f.Name]:
+			case prefix == "" && blocks[f.Name]:
+				walk(f.Name+".", v.Field(i))
+			default:
+				fields = append(fields, prefix+f.Name)
+				if _, ok := bound[v.Field(i).Addr().Pointer()]; !ok {
+					t.Errorf("Config.%s%s has no flag or config file key: add it to settings()", prefix, f.Name)
+				}
+			}
 		}
 	}
-	if len(bound) != v.NumField()-len(wiring) {
-		t.Errorf("%d settings for %d setting fields", len(bound), v.NumField()-len(wiring))
+	walk("", reflect.ValueOf(&c).Elem())
+	if len(bound) != len(fields) {
+		t.Errorf("%d settings for %d setting fields", len(bound), len(fields))
 	}
 }
 
@@ -66,16 +81,27 @@ recordings_max_bytes: 2097152
 apps:
   - {name: nodered, uri: "http://127.0.0.1:1880", labels: {team: ops}, rewrite: {redirect: [nodered.local]}}
   - {name: router, uri: "https://192.168.1.1", insecure_skip_verify: true}
+release_key: [RWQone, RWQtwo]
+update_max_bandwidth: 65536
+update_window: 02:00-05:00
+update_health_timeout: 3m
+update_off: true
 `, func(c *Config) bool {
 			return c.Fleet == "fleet.example.com:3080" && c.TunnelAddr == "relay.example.com:4433" && c.Token == "jt_abc@sha256:00" &&
 				c.DataDir == "/data/agent" && c.Labels["site"] == "north" && c.Labels["model"] == "pi4" && c.Keepalive == 10*time.Second &&
 				c.Liveness == time.Minute && c.SessionHold == 30*time.Minute && c.LogLevel == "debug" && c.Kubeconfig == "off" &&
 				c.AuditMaxBytes == 1<<20 && c.AuditWhenFull == AuditRefuse && c.NoRecording && c.RecordingsMaxBytes == 2<<20 &&
 				len(c.Apps) == 2 && c.Apps[0].Labels["team"] == "ops" && c.Apps[0].Rewrite != nil && c.Apps[0].Rewrite.Redirect[0] == "nodered.local" &&
-				c.Apps[1].InsecureSkipVerify
+				c.Apps[1].InsecureSkipVerify &&
+				slices.Equal(c.Update.ReleaseKeys, []string{"RWQone", "RWQtwo"}) && c.Update.MaxBandwidth == 65536 &&
+				c.Update.Window == "02:00-05:00" && c.Update.HealthTimeout == 3*time.Minute && c.Update.Off
 		}, ""},
 		{"app with an unknown key", "apps: [{name: a, url: \"http://127.0.0.1\"}]\n", nil, `apps: want a list of {name, uri`},
-		{"list for a string", "fleet: [a]\n", nil, "fleet: want a single value, not a list"},
+		{"release keys as on the command line", "release_key: RWQone, RWQtwo\n", func(c *Config) bool {
+			return slices.Equal(c.Update.ReleaseKeys, []string{"RWQone", "RWQtwo"})
+		}, ""},
+		{"list for a string", "fleet: [a, b]\n", nil, "fleet: want a single value, not a list"},
+		{"list of maps", "release_key: [{a: b}]\n", nil, "release_key: map[a:b]: want a string"},
 		{"labels as on the command line", "labels: site=south,env=prod\n", func(c *Config) bool {
 			return len(c.Labels) == 2 && c.Labels["env"] == "prod"
 		}, ""},
@@ -121,6 +147,7 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
 		"app": "web=http://127.0.0.1:8080,label:team=ops",
+		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
 	}
 	// A repeated flag is a list in the file.
 	fileValues := map[string]string{"app": `[{name: web, uri: "http://127.0.0.1:8080", labels: {team: ops}}]`}
@@ -156,7 +183,7 @@ func TestWithDefaults(t *testing.T) {
 	d := Config{}.WithDefaults()
 	if d.DataDir != DefaultDataDir || d.Keepalive != 25*time.Second || d.Liveness != 2*time.Minute || d.SessionHold != 10*time.Minute ||
 		d.LogLevel != "info" || d.AuditMaxBytes != 64<<20 || d.AuditWhenFull != AuditAllow || d.RecordingsMaxBytes != 256<<20 ||
-		d.Kubeconfig == "" || d.Logger == nil || d.Now == nil {
+		d.Kubeconfig == "" || d.Update.HealthTimeout != 2*time.Minute || d.Logger == nil || d.Now == nil {
 		t.Errorf("defaults: %+v", d)
 	}
 	if err := d.check(); err != nil {
@@ -174,13 +201,46 @@ func TestWithDefaults(t *testing.T) {
 	}
 }
 
-// TestExampleFile reads the example config file the device image ships.
+// TestExampleFile reads the example config file the device image ships,
+// and again with its commented-out settings ("# key: value") turned on, so
+// that every key it shows is one the agent knows.
 func TestExampleFile(t *testing.T) {
+	path := filepath.Join("..", "..", "images", "device", "config.example.yaml")
 	var c Config
-	if err := c.ReadFile(filepath.Join("..", "..", "images", "device", "config.example.yaml")); err != nil {
+	if err := c.ReadFile(path); err != nil {
 		t.Fatal(err)
 	}
 	if c.Fleet != "fleet.example.com:443" || c.Labels["site"] != "example" {
 		t.Errorf("got %+v", c)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commented := regexp.MustCompile(`(?m)^# ([a-z_]+: )`)
+	if n := len(commented.FindAll(b, -1)); n < 5 {
+		t.Fatalf("found %d commented-out settings; want the optional ones shown", n)
+	}
+	var all Config
+	if err := all.readYAML(commented.ReplaceAll(b, []byte("$1"))); err != nil {
+		t.Fatalf("the commented-out settings: %v", err)
+	}
+	if all.TunnelAddr == "" || len(all.Update.ReleaseKeys) != 1 || all.Update.Window != "02:00-05:00" || all.Update.HealthTimeout != 2*time.Minute {
+		t.Errorf("with the commented-out settings: %+v", all)
+	}
+}
+
+// TestReadDataDir reads a config file's data_dir alone, as update-check
+// does: keys this agent does not know are no error there.
+func TestReadDataDir(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, []byte("data_dir: /data/agent\na_newer_setting: 5\nlabels: {site: north}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := ReadDataDir(path); err != nil || d != "/data/agent" {
+		t.Errorf("got %q, %v; want /data/agent", d, err)
+	}
+	if _, err := ReadDataDir(filepath.Join(t.TempDir(), "none.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: got %v, want it to wrap os.ErrNotExist", err)
 	}
 }

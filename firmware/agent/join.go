@@ -11,11 +11,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/firmware/identity"
+	"remoteler.dev/edge/firmware/update"
 	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/pin"
@@ -109,6 +111,13 @@ func (a *Agent) join(ctx context.Context) (*identity.Identity, error) {
 		return nil, fmt.Errorf("agent: join: %w", err)
 	}
 	a.clock.setOffset(id.ClockOffset)
+	if len(jr.ReleaseKeys) > 0 && len(a.cfg.Update.ReleaseKeys) == 0 {
+		// The fleet's release keys, vouched for by the CA pin the join
+		// was checked with.
+		if err := update.PinKeys(filepath.Join(a.cfg.DataDir, "update"), jr.ReleaseKeys); err != nil {
+			a.log.Warn("release keys from the fleet not pinned", "err", err)
+		}
+	}
 	a.log.Info("joined the fleet", "fleet", a.cfg.Fleet, "cluster", jr.Cluster, "name", jr.Name, "device_id", jr.DeviceID)
 	return id, nil
 }

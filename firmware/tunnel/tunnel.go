@@ -404,7 +404,7 @@ func (c *Client) hello(ctx context.Context, qc *quic.Conn) (*control, proto.Mess
 	if err != nil {
 		return nil, nil, fmt.Errorf("tunnel: open control stream: %w", err)
 	}
-	ctrl := &control{st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}, onMessage: c.cfg.OnMessage}
+	ctrl := &control{qc: qc, st: st, r: proto.NewReader(st), waiters: map[proto.Kind]chan proto.Message{}, onMessage: c.cfg.OnMessage}
 	hello := c.cfg.Hello()
 	hello.ProtocolVersion = proto.Version
 	hello.BootID = c.bootID
@@ -692,6 +692,29 @@ func (c *Client) Send(m proto.Message) error {
 	return ctrl.send(m)
 }
 
+// Dial opens a stream to a fleet service (proto.AgentStream) on the
+// current connection. Unlike brokered sessions it is not resumable: it
+// ends with the connection, and its user starts over (OTA downloads
+// resume with HTTP Range requests).
+func (c *Client) Dial(ctx context.Context, service string) (net.Conn, error) {
+	c.mu.Lock()
+	ctrl := c.ctrl
+	c.mu.Unlock()
+	if ctrl == nil {
+		return nil, ErrDown
+	}
+	st, err := ctrl.qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: open a stream to %s: %w", service, err)
+	}
+	conn := quicconn.New(ctrl.qc, st, nil)
+	if err := proto.WriteMsg(conn, &proto.AgentStream{Service: service}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tunnel: open a stream to %s: %w", service, err)
+	}
+	return conn, nil
+}
+
 // Renew sends a renewal request on the control stream and waits for the
 // fleet's answer.
 func (c *Client) Renew(ctx context.Context, req *proto.RenewRequest) (*proto.RenewResponse, error) {
@@ -708,6 +731,7 @@ func (c *Client) Renew(ctx context.Context, req *proto.RenewRequest) (*proto.Ren
 
 // control is one connection's control stream.
 type control struct {
+	qc *quic.Conn
 	st *quic.Stream
 	r  proto.ByteReader
 

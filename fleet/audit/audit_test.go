@@ -233,6 +233,8 @@ func TestDevicesCannotSpeakForUsers(t *testing.T) {
 	}{
 		{"its own session, its user", proto.AuditEvent{Type: proto.EventExec, User: "bob", Login: "root", Session: "s-dev2"}, ""},
 		{"its own event, no user", proto.AuditEvent{Type: proto.EventAgentStart}, ""},
+		{"its own update step", proto.AuditEvent{Type: proto.EventUpdateRolledBack, Outcome: proto.OutcomeFailure, Message: "the new agent was not healthy in time",
+			Fields: map[string]string{"rollout": "r-1", "version": "v2", "from": "v1"}}, ""},
 		{"another device's session", proto.AuditEvent{Type: proto.EventExec, User: "alice", Login: "root", Session: "s-dev1"}, "did not broker"},
 		{"a session never brokered", proto.AuditEvent{Type: proto.EventSessionStart, User: "alice", Session: "made-up"}, "did not broker"},
 		{"its session, another user", proto.AuditEvent{Type: proto.EventExec, User: "alice", Session: "s-dev2"}, `brokered session "s-dev2" for "bob"`},

@@ -21,15 +21,17 @@ func (r *runner) devicesCommand() *cobra.Command {
 		Use:   "ls",
 		Short: "List the devices",
 		Long: `List every device of the fleet: name, labels, status, when the fleet last
-heard from it and its agent's version. -v adds the device ID, OS and
-architecture, address, join time and link health (round-trip time, packet
-loss outside blackouts, reconnects, bytes).`,
+heard from it, its agent's version, and its update (TARGET: the version a
+rollout or pin is moving it to; UPDATE: where that stands, with the reason
+of a failure or rollback). -v adds the device ID, OS and architecture,
+address, join time and link health (round-trip time, packet loss outside
+blackouts, reconnects, bytes).`,
 	}, "devices", (*client.Client).Devices, func(devices []api.Device) error {
 		if len(devices) == 0 {
 			fmt.Fprintln(r.stdio.Err, "No devices yet; fleetctl tokens add prints how to join one.")
 			return nil
 		}
-		return cli.DeviceTable{Verbose: verbose, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
+		return cli.DeviceTable{Verbose: verbose, Update: true, Now: r.stdio.Now()}.Write(r.stdio.Out, devices)
 	})
 	ls.Flags().BoolVarP(&verbose, "verbose", "v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change)")
 	rm := removeCommand(r, &cobra.Command{

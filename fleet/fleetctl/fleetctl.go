@@ -1,7 +1,7 @@
 // Package fleetctl is the admin's command-line client as a library: users,
-// roles, join tokens, devices, status, the audit log and the retention
-// policy of a fleet. fleet/cmd/fleetctl is its thin main; tests drive Main
-// directly.
+// roles, join tokens, devices, status, the audit log, the retention policy,
+// and agent releases and rollouts (OTA) of a fleet. fleet/cmd/fleetctl is
+// its thin main; tests drive Main directly.
 //
 // It talks to fleetd only through fleet/client and links none of the
 // server's packages. On the fleet's machine it uses the admin identity fleetd keeps
@@ -61,7 +61,8 @@ func (s *Stdio) setDefaults() {
 const DefaultDataDir = "/var/lib/fleetd"
 
 const long = `fleetctl administers a Remoteler edge fleet: its users, roles, join
-tokens, devices, audit log and retention policy.
+tokens, devices, audit log and retention policy, and the agent's releases
+and rollouts.
 
 Where the fleet is: on the fleet's machine, --data-dir DIR (default
 /var/lib/fleetd) uses the admin identity fleetd keeps in DIR/admin;
@@ -112,6 +113,8 @@ func (r *runner) command() *cobra.Command {
 		r.statusCommand(),
 		r.auditCommand(),
 		r.retentionCommand(),
+		r.releasesCommand(),
+		r.rolloutsCommand(),
 	)
 	return cli.Setup(root)
 }

@@ -29,6 +29,9 @@ func TestCommands(t *testing.T) {
 		"users", "users add", "users ls", "users rm", "roles", "roles create", "roles ls", "roles rm", "create",
 		"tokens", "tokens add", "tokens ls", "tokens rm", "devices", "devices ls", "devices rm", "status",
 		"audit", "audit search", "audit verify", "version",
+		"releases", "releases keygen", "releases sign", "releases rotate-key", "releases add", "releases ls", "releases rm",
+		"rollouts", "rollouts create", "rollouts ls", "rollouts status", "rollouts pause", "rollouts resume", "rollouts abort",
+		"rollouts pin", "rollouts unpin", "rollouts pins",
 		"completion", "completion bash", "completion zsh", "completion fish", "completion powershell", "help",
 	}
 	have := map[string]bool{}

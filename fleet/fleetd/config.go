@@ -74,6 +74,10 @@ type Config struct {
 	// until an admin sets a storage policy (fleetctl retention set, which
 	// wins); default the policy's default, a year.
 	AuditRetention Duration `json:"audit_retention"`
+	// ReleaseKeys are the minisign public keys (the base64 line of a .pub
+	// file) the fleet accepts agent releases signed by; without one,
+	// fleetctl releases add is refused. Agents pin their own keys.
+	ReleaseKeys []string `json:"release_keys"`
 	// AuditCheckpointEvery is how often fleetd signs a checkpoint of its
 	// audit chains' heads (when they changed); it signs one when it stops
 	// too. Default 5m.

@@ -165,12 +165,19 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	// The device lifecycle: join (through the HTTPS API), hello, renew,
 	// disconnect (through the tunnel server).
+	var otaSvc *otaParts
 	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster,
 		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
-		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now})
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now,
+		ReleaseKeys: func(ctx context.Context) []string { return otaSvc.releases.TrustedKeys(ctx).Strings() }})
 	life.Configure(&tcfg)
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
-	tunnels := tunnelsrv.New(tcfg)
+	var tunnels *tunnelsrv.Server
+	otaSvc, err = newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: ota: %w", err)
+	}
+	tunnels = tunnelsrv.New(tcfg)
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
@@ -218,6 +225,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit:         audit,
 		Events:        events,
 		Recordings:    recs,
+		Releases:      otaSvc.releases,
+		Rollouts:      otaSvc.rollouts,
 		LinkLoss:      links.Loss,
 		Sessions:      live,
 		Broker:        brk,
@@ -257,6 +266,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { events.Run(ctx) })
+	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	dsh.run(ctx, &wg)

@@ -53,6 +53,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 	for _, d := range all {
 		ad := s.apiDevice(d)
 		s.deviceAudit(c, &ad)
+		if s.Rollouts != nil {
+			ad.Update = s.Rollouts.DeviceUpdate(d.ID)
+		}
 		if c.checker != nil {
 			if !c.checker.CanSeeDevice(d.Labels) {
 				continue

@@ -35,7 +35,9 @@ import (
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/retention"
+	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/store"
@@ -64,6 +66,10 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// Releases and Rollouts serve the OTA admin endpoints (ota.go) and
+	// the devices' update state; nil turns them off.
+	Releases *releases.Service
+	Rollouts *rollouts.Engine
 	// Retention is the storage policy /v1/retention reads and sets, and
 	// Floor the free-space floor it reports; nil: none.
 	Retention *retention.Service
@@ -240,6 +246,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
 	s.auditRoutes(mux)
+	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))

@@ -16,7 +16,9 @@ import (
 // longer than the idle timeout) and be complete within the total timeout.
 // A request without a body gets none, and an authenticated Kubernetes
 // request is released from them (its body streams to the device, which may
-// be slow to take it).
+// be slow to take it). An admin's release upload (fleetctl releases add:
+// tens of megabytes, maybe over a slow link) keeps the idle timeout but
+// not the total one.
 const (
 	// DefaultBodyIdleTimeout is the longest pause allowed inside a
 	// request body.
@@ -69,6 +71,15 @@ func releaseBody(r *http.Request) {
 	}
 }
 
+// liftBodyTotal lifts the total deadline from a request whose body may be
+// large (an authenticated admin's release upload), keeping the idle one: the
+// body must keep arriving, however long it takes.
+func liftBodyTotal(r *http.Request) {
+	if b, ok := r.Body.(*deadlineBody); ok {
+		b.liftTotal()
+	}
+}
+
 // deadlineBody moves the connection's read deadline along as the body
 // arrives, and lifts it once the body is read (a deadline left on the
 // connection would cancel the request while its handler works on).
@@ -76,15 +87,17 @@ type deadlineBody struct {
 	body io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
-	end  time.Time
 
-	mu       sync.Mutex // guards released
+	mu       sync.Mutex // guards end and released
+	end      time.Time  // zero: no total deadline (liftTotal)
 	released bool
 }
 
+// next is the read deadline after a read at now; b.mu must be held once b
+// is shared.
 func (b *deadlineBody) next(now time.Time) time.Time {
 	d := now.Add(b.idle)
-	if d.After(b.end) {
+	if !b.end.IsZero() && d.After(b.end) {
 		d = b.end
 	}
 	return d
@@ -108,6 +121,15 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 }
 
 func (b *deadlineBody) Close() error { return b.body.Close() }
+
+func (b *deadlineBody) liftTotal() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.released {
+		b.end = time.Time{}
+		b.rc.SetReadDeadline(b.next(time.Now()))
+	}
+}
 
 func (b *deadlineBody) release() {
 	b.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -36,15 +37,7 @@ func slowPost(t *testing.T, addr, path string, size int, pause time.Duration) (s
 	defer c.Close()
 	start := time.Now()
 	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: fleet\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", path, size)
-	answered := make(chan string, 1)
-	go func() {
-		c.SetReadDeadline(time.Now().Add(time.Minute))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			line = "read: " + err.Error()
-		}
-		answered <- strings.TrimSpace(line)
-	}()
+	answered := statusLine(c)
 	for i := 0; i < size; i++ {
 		select {
 		case line := <-answered:
@@ -56,6 +49,21 @@ func slowPost(t *testing.T, addr, path string, size int, pause time.Duration) (s
 		}
 	}
 	return <-answered, time.Since(start)
+}
+
+// statusLine reads the status line of the answer on c (or the read
+// error), waiting at most a minute.
+func statusLine(c net.Conn) <-chan string {
+	answered := make(chan string, 1)
+	go func() {
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			line = "read: " + err.Error()
+		}
+		answered <- strings.TrimSpace(line)
+	}()
+	return answered
 }
 
 func TestSlowBodiesAreCutOff(t *testing.T) {

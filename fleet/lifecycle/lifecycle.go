@@ -61,6 +61,9 @@ type Config struct {
 	Keepalive, Liveness time.Duration
 	// Apps is what app URIs the fleet accepts from devices.
 	Apps apps.Policy
+	// ReleaseKeys are the release keys a joining device pins for its
+	// updates (fleet/releases); nil gives none.
+	ReleaseKeys func(ctx context.Context) []string
 	// Audit records events; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -157,6 +160,9 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 		return nil, fmt.Errorf("lifecycle: join: %w", err)
 	}
 	resp, err := l.certs(dev, req.CSR, sshPub)
+	if err == nil && l.cfg.ReleaseKeys != nil {
+		resp.ReleaseKeys = l.cfg.ReleaseKeys(ctx)
+	}
 	if err != nil {
 		l.cfg.Devices.Delete(ctx, dev.ID)
 		return nil, refuse(api.CodeBadRequest, err.Error())

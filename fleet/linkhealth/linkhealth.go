@@ -10,9 +10,11 @@
 // silent run; a run that lasts MinBlackout or more is a blackout. QUIC
 // declares the packets a blackout swallowed (those in flight when the link
 // went, and its probes during it) lost when the first acknowledgement
-// arrives after it, so the losses declared in the interval the link came
-// back and the one after are set apart: they count neither as lost nor as
-// sent. (So do the few random losses of those two intervals.) A Sampler
+// arrives after it, and its retransmissions may be declared lost a little
+// later still. So the blackout and the time from its end until
+// RecoverWindow after it are set apart: what was sent and lost then counts
+// neither as sent nor as lost. The window is time, not a count of samples,
+// so a sampler that runs late on a busy machine sets apart the same. A Sampler
 // samples every live tunnel with one goroutine and keeps a Meter per
 // connection.
 //
@@ -30,6 +32,9 @@ import (
 const (
 	DefaultPeriod      = time.Second
 	DefaultMinBlackout = 3 * time.Second
+	// DefaultRecoverWindow covers QUIC's declaring the packets a blackout
+	// swallowed lost, and its retransmissions at the back-off it reached.
+	DefaultRecoverWindow = 5 * time.Second
 )
 
 // Counters are a connection's packet counters since it began (QUIC's
@@ -45,15 +50,19 @@ type Meter struct {
 	// MinBlackout is how long the fleet must send and hear nothing for a
 	// blackout; zero means DefaultMinBlackout.
 	MinBlackout time.Duration
+	// RecoverWindow is how long after a blackout ends the losses QUIC
+	// declares are the blackout's; zero means DefaultRecoverWindow.
+	RecoverWindow time.Duration
 
 	last   Counters
 	lastAt time.Time
 
-	runStart   time.Time // start of the current silent run; zero: none
-	recovering int       // intervals after a blackout whose losses are its
+	runStart     time.Time // start of the current silent run; zero: none
+	runSent      uint64    // packets sent in the current silent run
+	recoverUntil time.Time // until then, the last blackout's losses are declared
 
-	apart     uint64 // packets lost in blackouts
-	blackouts int
+	apartSent, apartLost uint64 // set apart: sent and lost in blackouts
+	blackouts            int
 }
 
 // Sample records the counters c read at now.
@@ -65,25 +74,31 @@ func (m *Meter) Sample(now time.Time, c Counters) {
 	sent := c.Sent - min64(c.Sent, m.last.Sent)
 	lost := c.Lost - min64(c.Lost, m.last.Lost)
 	heard := c.Received > m.last.Received
-	if m.recovering > 0 {
-		m.apart += lost
-		m.recovering--
+	window := m.RecoverWindow
+	if window <= 0 {
+		window = DefaultRecoverWindow
 	}
 	switch {
 	case !heard && !m.runStart.IsZero():
 		// The run goes on, with or without QUIC's probes.
+		m.runSent += sent
 	case !heard && sent > 0:
 		m.runStart = m.lastAt
 		if m.runStart.IsZero() {
 			m.runStart = now
 		}
+		m.runSent = sent
 	case heard:
 		if !m.runStart.IsZero() && m.lastAt.Sub(m.runStart) >= min {
 			m.blackouts++
-			m.apart += lost
-			m.recovering = 1
+			m.apartSent += m.runSent
+			m.recoverUntil = now.Add(window)
 		}
-		m.runStart = time.Time{}
+		m.runStart, m.runSent = time.Time{}, 0
+	}
+	if !now.After(m.recoverUntil) {
+		m.apartSent += sent
+		m.apartLost += lost
 	}
 	m.last, m.lastAt = c, now
 }
@@ -91,20 +106,19 @@ func (m *Meter) Sample(now time.Time, c Counters) {
 // LossPercent is the share of the packets the fleet sent outside
 // blackouts that were lost, in percent.
 func (m *Meter) LossPercent() float64 {
-	sent := m.last.Sent - min64(m.last.Sent, m.apart)
-	lost := m.last.Lost - min64(m.last.Lost, m.apart)
+	sent, lost := m.Counted()
 	if sent == 0 {
 		return 0
 	}
-	return 100 * float64(min64(lost, sent)) / float64(sent)
+	return 100 * float64(lost) / float64(sent)
 }
 
 // Counted returns the packets the fleet sent outside blackouts and those
 // of them lost, since the connection began: LossPercent's terms, for a
 // caller that takes differences over time (fleet/linkhist).
 func (m *Meter) Counted() (sent, lost uint64) {
-	sent = m.last.Sent - min64(m.last.Sent, m.apart)
-	lost = m.last.Lost - min64(m.last.Lost, m.apart)
+	sent = m.last.Sent - min64(m.last.Sent, m.apartSent)
+	lost = m.last.Lost - min64(m.last.Lost, m.apartLost)
 	return sent, min64(lost, sent)
 }
 

@@ -17,6 +17,9 @@ type link struct {
 	c       Counters
 	pending uint64 // lost in the blackout, not yet declared lost
 	down    bool
+	// late is how many seconds after the link returns QUIC declares the
+	// blackout's packets lost; waiting counts them down.
+	late, waiting int
 }
 
 func (l *link) second(send uint64, loss float64, up bool) {
@@ -25,6 +28,7 @@ func (l *link) second(send uint64, loss float64, up bool) {
 			l.pending += send / 4
 		}
 		l.down = true
+		l.waiting = l.late
 		l.c.Sent++
 		l.pending++
 		return
@@ -32,8 +36,13 @@ func (l *link) second(send uint64, loss float64, up bool) {
 	l.down = false
 	l.c.Sent += send
 	lost := uint64(math.Round(float64(send) * loss))
-	l.c.Lost += lost + l.pending
-	l.pending = 0
+	l.c.Lost += lost
+	if l.waiting > 0 {
+		l.waiting--
+	} else {
+		l.c.Lost += l.pending
+		l.pending = 0
+	}
 	if send > lost {
 		l.c.Received += send - lost // their acknowledgements
 	}
@@ -48,17 +57,22 @@ func TestMeter(t *testing.T) {
 		blackouts     [][2]int // [from, to) seconds
 		wantLoss      float64  // -1: QUIC's own count
 		wantBlackouts int
+		late          int // seconds after the link returns that the blackout's losses are declared
+		every         int // seconds between samples (a busy sampler); default 1
 	}{
-		{"clean link", 60, 10, 0, nil, 0, 0},
-		{"1% loss", 100, 100, 0.01, nil, 1, 0},
-		{"clean link through a 20 s blackout", 60, 10, 0, [][2]int{{20, 40}}, 0, 1},
-		{"2% loss through two blackouts", 120, 50, 0.02, [][2]int{{10, 30}, {60, 90}}, 2, 2},
-		{"2 s outage counts as loss", 60, 10, 0, [][2]int{{20, 22}}, -1, 0},
+		{"clean link", 60, 10, 0, nil, 0, 0, 0, 0},
+		{"1% loss", 100, 100, 0.01, nil, 1, 0, 0, 0},
+		{"clean link through a 20 s blackout", 60, 10, 0, [][2]int{{20, 40}}, 0, 1, 0, 0},
+		{"2% loss through two blackouts", 120, 50, 0.02, [][2]int{{10, 30}, {60, 90}}, 2, 2, 0, 0},
+		{"2 s outage counts as loss", 60, 10, 0, [][2]int{{20, 22}}, -1, 0, 0, 0},
+		{"losses declared 3 s after the link returns", 60, 10, 0, [][2]int{{20, 30}}, 0, 1, 3, 0},
+		{"a sampler that runs every 2 s", 60, 10, 0, [][2]int{{20, 30}}, 0, 1, 1, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var m Meter
-			var l link
+			l := link{late: tt.late}
+			every := max(tt.every, 1)
 			start := time.Unix(1000, 0)
 			for s := 1; s <= tt.seconds; s++ {
 				up := true
@@ -68,7 +82,9 @@ func TestMeter(t *testing.T) {
 					}
 				}
 				l.second(tt.send, tt.loss, up)
-				m.Sample(start.Add(time.Duration(s)*time.Second), l.c)
+				if s%every == 0 {
+					m.Sample(start.Add(time.Duration(s)*time.Second), l.c)
+				}
 			}
 			raw := 100 * float64(l.c.Lost) / float64(l.c.Sent)
 			if tt.wantLoss < 0 {

@@ -284,8 +284,8 @@ func TestLs(t *testing.T) {
 			"gw1 env=prod,site=north online 5s ago 1.1.0",
 		}},
 		{"verbose", []string{"ls", "-v", "site=south"}, 0, []string{
-			"NAME ID LABELS STATUS LAST SEEN VERSION OS/ARCH ADDRESS JOINED RTT LOSS RECONNECTS SENT/RECEIVED ADDRESS CHANGED LOGINS",
-			"gw2 d2 site=south offline 3h ago 1.0.0 - - never - - 0 - - -",
+			"NAME ID LABELS STATUS LAST SEEN VERSION TARGET UPDATE OS/ARCH ADDRESS JOINED RTT LOSS RECONNECTS SENT/RECEIVED ADDRESS CHANGED LOGINS",
+			"gw2 d2 site=south offline 3h ago 1.0.0 - - - - never - - 0 - - -",
 		}},
 		{"bad selector", []string{"ls", "north"}, 1, nil},
 	}

@@ -56,6 +56,10 @@ type Config struct {
 	// is sent to the device as a proto.Error and ends its connection.
 	// Optional: without it such messages are a protocol error.
 	OnMessage func(ctx context.Context, deviceID string, m proto.Message) (reply proto.Message, err error)
+	// OnAgentStream serves a stream the agent opened to reach a fleet
+	// service (proto.AgentStream: "ota" downloads); it must close conn.
+	// Optional: without it such streams are refused.
+	OnAgentStream func(ctx context.Context, deviceID, service string, conn net.Conn)
 	// StatelessResetKey, when set, lets restarted fleets reset stale
 	// connections at once instead of letting them time out.
 	StatelessResetKey *quic.StatelessResetKey
@@ -450,14 +454,14 @@ func (s *Server) acceptResumes(ctx context.Context, id string, qc *quic.Conn, lo
 			return
 		}
 		go func() {
-			if err := s.resume(id, qc, st); err != nil {
+			if err := s.resume(ctx, id, qc, st); err != nil {
 				log.Warn("resume refused", "reason", err)
 			}
 		}()
 	}
 }
 
-func (s *Server) resume(id string, qc *quic.Conn, st *quic.Stream) error {
+func (s *Server) resume(ctx context.Context, id string, qc *quic.Conn, st *quic.Stream) error {
 	r := proto.NewReader(st)
 	conn := quicconn.New(qc, st, r)
 	st.SetReadDeadline(time.Now().Add(15 * time.Second))
@@ -467,6 +471,10 @@ func (s *Server) resume(id string, qc *quic.Conn, st *quic.Stream) error {
 		return fmt.Errorf("bad resume stream: %w", err)
 	}
 	st.SetReadDeadline(time.Time{})
+	if as, ok := m.(*proto.AgentStream); ok && s.cfg.OnAgentStream != nil {
+		s.cfg.OnAgentStream(ctx, id, as.Service, conn)
+		return nil
+	}
 	req, ok := m.(*proto.Resume)
 	if !ok {
 		conn.Close()

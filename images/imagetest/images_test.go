@@ -99,13 +99,17 @@ func TestUnitSettings(t *testing.T) {
 		{
 			unit: "device/edge-agent.service",
 			want: map[string]string{
-				"Service.Type":             "notify",
-				"Service.NotifyAccess":     "main",
-				"Service.WatchdogSec":      "30s",
-				"Service.Restart":          "always",
-				"Service.RestartSec":       "5s",
-				"Service.StateDirectory":   "edge-agent",
-				"Service.ExecStart":        "/usr/local/bin/edge-agent start --config /etc/edge-agent/config.yaml",
+				"Service.Type":           "notify",
+				"Service.NotifyAccess":   "main",
+				"Service.WatchdogSec":    "30s",
+				"Service.Restart":        "always",
+				"Service.RestartSec":     "5s",
+				"Service.StateDirectory": "edge-agent",
+				"Service.ExecStart":      "/usr/local/bin/edge-agent start --config /etc/edge-agent/config.yaml",
+				// OTA: the kept old binary checks the last update before
+				// every start and puts itself back after a failed one
+				// (firmware/update); "-" tolerates its absence.
+				"Service.ExecStartPre":     "-/usr/local/bin/.edge-agent.prev update-check --config /etc/edge-agent/config.yaml",
 				"Install.WantedBy":         "multi-user.target",
 				"Unit.ConditionPathExists": "/etc/edge-agent/config.yaml",
 			},

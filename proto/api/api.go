@@ -121,6 +121,10 @@ type JoinResponse struct {
 	SSHHostCert string    `json:"ssh_host_cert"` // authorized_keys format
 	UserCAKeys  []string  `json:"user_ca_keys"`  // authorized_keys format
 	ServerTime  time.Time `json:"server_time"`
+	// ReleaseKeys are the release keys (minisign, base64 lines) the fleet
+	// accepts agent releases signed with; the agent pins them for OTA
+	// when its config names none.
+	ReleaseKeys []string `json:"release_keys,omitempty"`
 }
 
 // LoginRequest is POSTed by tsh. CSR is a DER PKCS#10 request for the user's
@@ -177,6 +181,8 @@ type Device struct {
 	Audit *DeviceAudit `json:"audit,omitempty"`
 	// Link is the health of the device's tunnel.
 	Link Link `json:"link"`
+	// Update is where the device's self-update stands (nil: none yet).
+	Update *DeviceUpdate `json:"update,omitempty"`
 }
 
 // Link is a device tunnel's health as the fleet sees it. Counters are for

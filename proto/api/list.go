@@ -9,7 +9,8 @@ package api
 //	{"kind": "devices", "items": [...], "truncated": false}
 type List[T any] struct {
 	// Kind names what the items are: "devices", "users", "roles", "tokens",
-	// "recordings", "kube_clusters", "audit_events", "profiles".
+	// "recordings", "kube_clusters", "audit_events", "profiles",
+	// "releases", "rollouts", "pins".
 	Kind string `json:"kind"`
 	// Items are the entries, in the order the text table shows them; an
 	// empty list is [], never null.

@@ -54,6 +54,13 @@ type Config struct {
 	// StartRate is how many tunnels are started per second, so the first
 	// connects do not all land at once; default 200. Negative: all at once.
 	StartRate float64
+	// OnUp, when set, is called each time a device's tunnel comes up, with
+	// a function that sends on the device's control stream (an OTA
+	// simulation sends its update status there).
+	OnUp func(device int, send func(proto.Message) error)
+	// OnMessage, when set, receives what the fleet sends a device on its
+	// own (update offers, say), with the same send function.
+	OnMessage func(device int, m proto.Message, send func(proto.Message) error)
 	// Logger receives the simulator's logs (joins, reconnects, a summary
 	// every 5 s); nil discards them.
 	Logger *slog.Logger
@@ -319,8 +326,18 @@ func (s *Sim) tunnelConfig(d *device) tunnel.Config {
 		Check: func(h *proto.StreamHeader) error {
 			return proto.Errorf(proto.CodeNotFound, "%s is a simulated device (devsim) and serves nothing", d.name)
 		},
-		Handle:  func(_ context.Context, _ *proto.StreamHeader, conn net.Conn) { conn.Close() },
-		OnState: func(up bool) { s.state(d, up) },
+		Handle: func(_ context.Context, _ *proto.StreamHeader, conn net.Conn) { conn.Close() },
+		OnState: func(up bool) {
+			s.state(d, up)
+			if up && s.cfg.OnUp != nil {
+				s.cfg.OnUp(d.index, d.client.Send)
+			}
+		},
+		OnMessage: func(m proto.Message) {
+			if s.cfg.OnMessage != nil {
+				s.cfg.OnMessage(d.index, m, d.client.Send)
+			}
+		},
 		ListenPacket: func() (net.PacketConn, error) {
 			// Every dial opens a socket: count it as a connection attempt.
 			// Returned as the *net.UDPConn itself so quic-go keeps its

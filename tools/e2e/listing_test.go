@@ -31,6 +31,9 @@ func TestListingsJSONAndYAML(t *testing.T) {
 		{"roles", func(format string) string { return f.Ctl("", "roles", "ls", "--format="+format) }, 1},
 		{"tokens", func(format string) string { return f.Ctl("", "tokens", "ls", "--format="+format) }, 0},
 		{"audit_events", func(format string) string { return f.Ctl("", "audit", "search", "--since=", "--format="+format) }, 3},
+		{"releases", func(format string) string { return f.Ctl("", "releases", "ls", "--format="+format) }, 0},
+		{"rollouts", func(format string) string { return f.Ctl("", "rollouts", "ls", "--format="+format) }, 0},
+		{"pins", func(format string) string { return f.Ctl("", "rollouts", "pins", "--format="+format) }, 0},
 	}
 	for _, l := range listings {
 		t.Run(l.kind, func(t *testing.T) {

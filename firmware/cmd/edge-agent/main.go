@@ -3,6 +3,7 @@
 //
 //	edge-agent start --fleet=HOST:PORT --token=JOIN_STRING [--config=FILE] [flags]
 //	edge-agent version
+//	edge-agent update-check [--config=FILE] [--data-dir=DIR]   (the unit's pre-start check; see firmware/update)
 //	edge-agent help [COMMAND]
 //
 // Its settings are agent.Config's: flags and the config file set the same
@@ -57,6 +58,15 @@ command line override the file.`,
 				return 0
 			}
 		},
+	},
+	{
+		name:     "update-check",
+		synopsis: "update-check [--config=FILE] [--data-dir=DIR]",
+		help: `Check the last self-update before the agent starts, and put the old binary
+back when the new one failed its trial (crashed, hung, missed its health
+deadline) or an apply was interrupted. The unit runs it from the kept old
+binary before every start (ExecStartPre); see docs/ota.md.`,
+		flags: updateCheckFlags,
 	},
 	{
 		name:     "sftp-server",
@@ -147,7 +157,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, "Usage: edge-agent COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands {
 		if !c.hidden {
-			fmt.Fprintf(w, "  %-9s %s\n", c.name, firstSentence(c.help))
+			fmt.Fprintf(w, "  %-12s %s\n", c.name, firstSentence(c.help))
 		}
 	}
 	fmt.Fprint(w, "\nRun 'edge-agent help COMMAND' (or edge-agent COMMAND -h) for its flags.\n")
@@ -211,12 +221,19 @@ func start(cfg agent.Config) int {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
 		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
+	if code, stop := startupCheck(&cfg, log); stop {
+		return code
+	}
 	if kp := kubeService(&cfg, cfg.Kubeconfig, explicitKube, log); kp != nil {
 		defer kp.Close()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {
+		if re, ok := errors.AsType[*agent.RestartError](err); ok {
+			log.Info("edge-agent exits to be started again", "reason", re.Reason)
+			return exitRestart
+		}
 		log.Error("edge-agent failed", "err", err)
 		fmt.Fprintln(os.Stderr, err)
 		return 1

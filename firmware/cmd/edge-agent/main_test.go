@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,7 +28,9 @@ func TestHelp(t *testing.T) {
 		stdout []string
 		stderr string
 	}{
-		{"help", []string{"help"}, 0, []string{"start", "version", "edge-agent help COMMAND"}, ""},
+		{"help", []string{"help"}, 0, []string{"start", "version", "update-check", "edge-agent help COMMAND"}, ""},
+		{"update-check -h", []string{"update-check", "-h"}, 0, []string{"Usage: edge-agent update-check", "-config FILE", "-data-dir DIR"}, ""},
+		{"help update-check", []string{"help", "update-check"}, 0, []string{"Usage: edge-agent update-check"}, ""},
 		{"--help", []string{"--help"}, 0, []string{"start", "version"}, ""},
 		{"start -h", []string{"start", "-h"}, 0, append([]string{"Usage: edge-agent start", "-config FILE"}, settings...), ""},
 		{"help start", []string{"help", "start"}, 0, append([]string{"Usage: edge-agent start"}, settings...), ""},
@@ -91,5 +94,40 @@ func TestStartSettings(t *testing.T) {
 	os.WriteFile(file, []byte("sesion_hold: 1m\n"), 0o600)
 	if code := run([]string{"start", "--config", file}, &bytes.Buffer{}, &errb); code != 2 || !strings.Contains(errb.String(), `unknown setting "sesion_hold"`) {
 		t.Errorf("a misspelt key: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// TestUpdateCheck runs update-check as the unit does, from the kept old
+// binary with the agent's config file: it finds the update state by the
+// file's data_dir, even when the file holds settings this binary does not
+// know, and puts the old binary back after a new one that stopped on
+// trial.
+func TestUpdateCheck(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	target, prev := filepath.Join(dir, "edge-agent"), filepath.Join(dir, ".edge-agent.prev")
+	for path, body := range map[string]string{target: "new", prev: "old"} {
+		if err := os.WriteFile(path, []byte(body), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dataDir, "update"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	state := fmt.Sprintf(`{"phase": "trial", "version": "v2", "from": "v1", "target": %q, "prev": %q, "started": true}`, target, prev)
+	if err := os.WriteFile(filepath.Join(dataDir, "update", "state.json"), []byte(state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(config, []byte("fleet: f:1\ndata_dir: "+dataDir+"\na_setting_of_a_newer_agent: 1\n"), 0o600)
+	var errb bytes.Buffer
+	if code := run([]string{"update-check", "--config", config}, &bytes.Buffer{}, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if b, _ := os.ReadFile(target); string(b) != "old" || !strings.Contains(errb.String(), "rolled back to v1") {
+		t.Errorf("binary %q, stderr %q; want the old binary back and the reason", b, errb.String())
+	}
+	if code := run([]string{"update-check", "--config", filepath.Join(dir, "none.yaml")}, &bytes.Buffer{}, &errb); code != 2 {
+		t.Errorf("a missing config file: exit %d, want 2", code)
 	}
 }

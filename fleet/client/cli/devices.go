@@ -20,14 +20,20 @@ type DeviceTable struct {
 	Verbose bool
 	// Logins adds the asking user's logins (tsh; fleetctl's admin has none).
 	Logins bool
+	// Update adds the target version and the update state (OTA) without
+	// Verbose, which has them too (fleetctl devices ls).
+	Update bool
 	Now    time.Time
 }
 
 // Write prints devices as a table.
 func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 	head := []string{"NAME", "LABELS", "STATUS", "LAST SEEN", "VERSION"}
+	if t.Update && !t.Verbose {
+		head = append(head, "TARGET", "UPDATE")
+	}
 	if t.Verbose {
-		head = []string{"NAME", "ID", "LABELS", "STATUS", "LAST SEEN", "VERSION", "OS/ARCH", "ADDRESS", "JOINED", "RTT", "LOSS", "RECONNECTS", "SENT/RECEIVED", "ADDRESS CHANGED"}
+		head = []string{"NAME", "ID", "LABELS", "STATUS", "LAST SEEN", "VERSION", "TARGET", "UPDATE", "OS/ARCH", "ADDRESS", "JOINED", "RTT", "LOSS", "RECONNECTS", "SENT/RECEIVED", "ADDRESS CHANGED"}
 	}
 	if t.Logins {
 		head = append(head, "LOGINS")
@@ -39,6 +45,10 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 			status = "online"
 		}
 		cols := []string{d.Name, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion)}
+		if t.Update && !t.Verbose {
+			target, upd := UpdateColumns(d.Update)
+			cols = append(cols, target, upd)
+		}
 		if t.Verbose {
 			osArch := ""
 			if d.OS != "" || d.Arch != "" {
@@ -55,7 +65,8 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 			if !l.AddrChangedAt.IsZero() {
 				moved = Ago(t.Now, l.AddrChangedAt)
 			}
-			cols = []string{d.Name, d.ID, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion),
+			target, upd := UpdateColumns(d.Update)
+			cols = []string{d.Name, d.ID, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion), target, upd,
 				Dash(osArch), Dash(d.Addr), Ago(t.Now, d.JoinedAt), rtt, loss, fmt.Sprint(l.Reconnects), bytes, moved}
 		}
 		if t.Logins {
@@ -64,6 +75,23 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 		tw.Row(cols...)
 	}
 	return tw.Flush()
+}
+
+// UpdateColumns returns the TARGET and UPDATE columns of a device: the
+// version it is being moved to, and where that stands ("downloading 42%",
+// "rolled_back: reason").
+func UpdateColumns(u *api.DeviceUpdate) (string, string) {
+	if u == nil || u.State == "" {
+		return "-", "-"
+	}
+	state := u.State
+	switch {
+	case u.State == "downloading" && u.Total > 0:
+		state = fmt.Sprintf("downloading %d%%", u.Done*100/u.Total)
+	case u.Reason != "":
+		state += ": " + u.Reason
+	}
+	return Dash(u.Target), state
 }
 
 // DeviceCompletion is a device as a shell completion: its name, described

@@ -22,7 +22,7 @@ func TestDeviceTableLinkHealth(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	got := strings.Join(strings.Fields(lines[1]), " ")
-	want := "pi-1 d1 - online just now v1 linux/arm64 192.0.2.7:4242 2d ago 83ms 1.2% 4 1.5KiB/3.0MiB 10m ago"
+	want := "pi-1 d1 - online just now v1 - - linux/arm64 192.0.2.7:4242 2d ago 83ms 1.2% 4 1.5KiB/3.0MiB 10m ago"
 	if got != want {
 		t.Errorf("row = %q\nwant  %q", got, want)
 	}
@@ -37,5 +37,47 @@ func TestBytes(t *testing.T) {
 		if got := Bytes(tt.n); got != tt.want {
 			t.Errorf("Bytes(%d) = %q, want %q", tt.n, got, tt.want)
 		}
+	}
+}
+
+func TestDeviceTableUpdate(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		u    *api.DeviceUpdate
+		want string
+	}{
+		{"none", nil, "v1 - -"},
+		{"downloading", &api.DeviceUpdate{Target: "v2", State: "downloading", Done: 42, Total: 100}, "v1 v2 downloading 42%"},
+		{"rolled back", &api.DeviceUpdate{Target: "v2", State: "rolled_back", Reason: "tunnel not up"}, "v1 v2 rolled_back: tunnel not up"},
+		{"committed", &api.DeviceUpdate{Target: "v2", State: "committed"}, "v1 v2 committed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			devs := []api.Device{{Name: "pi-1", ID: "d1", AgentVersion: "v1", Update: tt.u}}
+			var b strings.Builder
+			if err := (DeviceTable{Verbose: true, Now: now}).Write(&b, devs); err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+			if !strings.Contains(strings.Join(strings.Fields(lines[1]), " "), tt.want) {
+				t.Errorf("row %q does not show %q", lines[1], tt.want)
+			}
+		})
+	}
+}
+
+func TestDeviceTableUpdateWithoutVerbose(t *testing.T) {
+	devs := []api.Device{{Name: "pi-1", AgentVersion: "v1", Update: &api.DeviceUpdate{Target: "v2", State: "downloading", Done: 1, Total: 4}}}
+	var b strings.Builder
+	if err := (DeviceTable{Update: true}).Write(&b, devs); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if got := strings.Join(strings.Fields(lines[0]), " "); !strings.HasSuffix(got, "VERSION TARGET UPDATE") {
+		t.Errorf("header %q", got)
+	}
+	if got := strings.Join(strings.Fields(lines[1]), " "); !strings.HasSuffix(got, "v1 v2 downloading 25%") {
+		t.Errorf("row %q", got)
 	}
 }

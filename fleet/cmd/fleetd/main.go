@@ -56,6 +56,7 @@ func start(args []string) int {
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
+	releaseKeys := fs.String("release-key", "", "minisign public `KEY`(s) (the base64 line of a .pub file; several separated by commas) that agent releases must be signed with (default: none; releases are refused)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -94,6 +95,8 @@ func start(args []string) int {
 			cfg.DeviceKeepalive = fleetd.Duration(*deviceKeepalive)
 		case "audit-retention":
 			cfg.AuditRetention = fleetd.Duration(*retention)
+		case "release-key":
+			cfg.ReleaseKeys = strings.Split(*releaseKeys, ",")
 		}
 	})
 	fleetd.Version = buildinfo.Version
