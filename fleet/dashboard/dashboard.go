@@ -97,6 +97,15 @@ type Recorder interface {
 	Record(ctx context.Context, e *proto.AuditEvent) error
 }
 
+// Rollouts are the fleet's agent update rollouts (*rollouts.Engine).
+type Rollouts interface {
+	// List returns every rollout with its progress, newest first.
+	List(ctx context.Context) []api.Rollout
+	// DeviceUpdate says where a device's update stands; nil if the fleet
+	// never heard.
+	DeviceUpdate(deviceID string) *api.DeviceUpdate
+}
+
 // TerminalRequest is a terminal the dashboard allowed to be asked for:
 // the user and their roles' checker, the device and login, and when the
 // user's web session ends. The terminal decides again, through the
@@ -133,6 +142,8 @@ type Config struct {
 	// Admin takes admin actions; Tokens lists join tokens.
 	Admin  *admin.Admin
 	Tokens *tokens.Service
+	// Rollouts tells the agent updates' progress (fleet/rollouts).
+	Rollouts Rollouts
 	// Terminal serves a terminal's websocket (fleet/webterm).
 	Terminal func(w http.ResponseWriter, r *http.Request, req TerminalRequest)
 	// Fleet is the fleet's name; Version fleetd's.
@@ -197,6 +208,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	page("GET /web/recordings/{id}", s.recordingPage)
 	page("GET /web/recordings/{id}/cast", s.recordingCast)
 	adminPage("GET /web/audit", s.auditPage)
+	adminPage("GET /web/rollouts", s.rolloutsPage)
 	adminPage("GET /web/admin/users", s.usersPage)
 	adminPage("POST /web/admin/users", s.addUser)
 	adminPage("POST /web/admin/users/{name}/delete", s.deleteUser)

@@ -14,6 +14,7 @@ import (
 	"remoteler.dev/edge/fleet/linkhist"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
 )
 
 func TestLoginRequired(t *testing.T) {
@@ -545,4 +546,27 @@ func TestDeviceLinkSeries(t *testing.T) {
 	}
 	_, body = f.client("bob").get("/web/devices/pi-1/link?range=days")
 	mustContain(t, body, `"range":"days"`)
+}
+
+func TestRollouts(t *testing.T) {
+	f := newFixture(t, false)
+	f.rollouts.list = []api.Rollout{{ID: "r1", Release: "v1.3.0", Selector: map[string]string{"site": "north"}, Stages: []float64{10, 50, 100},
+		Stage: 1, Soak: "1h", MaxFailure: 5, State: api.RolloutHalted, Reason: "3 of 40 devices failed (7.5%), past 5%",
+		Devices: 40, Committed: 17, Failed: 3, InProgress: 4, Pending: 16, Failures: []api.RolloutFailure{{Device: "pi-2", State: "rolled_back", Reason: "not healthy in 2m"}}}}
+	f.rollouts.updates = map[string]*api.DeviceUpdate{f.ids["pi-1"]: {Target: "v1.3.0", Rollout: "r1", State: proto.StateDownloading, Done: 45, Total: 100}}
+	alice := f.client("alice")
+	_, body := alice.get("/web/rollouts")
+	mustContain(t, body, "v1.3.0", `<progress max="40" value="17">`, "3 failed", "2 of 3 (50%)", "past 5%", "not healthy in 2m", `class="stage done"`, `hx-trigger="every 5s"`)
+	resp, body := alice.get("/web/rollouts", "HX-Request", "true", "HX-Target", "rollouts")
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, `<section id="rollouts"`) {
+		t.Errorf("partial: %d %.60q", resp.StatusCode, body)
+	}
+	if resp, _ := f.client("bob").get("/web/rollouts"); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("bob: %d, want 403", resp.StatusCode)
+	}
+	// The device's update shows in the table and on its page.
+	_, body = alice.get("/web/")
+	mustContain(t, body, "→ v1.3.0 downloading 45%")
+	_, body = alice.get("/web/devices/pi-1")
+	mustContain(t, body, "→ v1.3.0: downloading (45%)", "rollout <code>r1</code>")
 }

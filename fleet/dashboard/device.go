@@ -36,6 +36,8 @@ type deviceView struct {
 	EventsURL string
 	Sessions  sessionsView
 	LiveURL   string
+	// Update is where the device's agent update stands.
+	Update *updateView
 }
 
 // appLink is one of the device's web apps.
@@ -89,6 +91,7 @@ func (s *Server) deviceFor(r *http.Request, v *viewer, d fleetview.Device) devic
 		dv.EventsURL = Prefix + "audit?" + auditFilter{Device: d.Name}.query("")
 	}
 	dv.Sessions = s.sessionsFor(v, d.ID)
+	dv.Update = s.update(d.ID)
 	dv.LiveURL = Prefix + "live/devices/" + d.Name
 	return dv
 }

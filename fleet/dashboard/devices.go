@@ -42,6 +42,8 @@ type deviceRow struct {
 	fleetview.Device
 	URL    string
 	Labels []labelLink
+	// Update is where the device's agent update stands (OTA); nil: none.
+	Update *updateView
 }
 
 // labelLink is a label, linked to the devices that carry it.
@@ -82,7 +84,7 @@ func (s *Server) devicesFor(v *viewer, f deviceFilter) devicesView {
 		out.Counts = append(out.Counts, countLink{Label: c.label, N: c.n, Class: c.class, URL: Prefix + "?" + g.query(1), Active: f.Status == c.st})
 	}
 	for _, d := range p.Devices {
-		out.Rows = append(out.Rows, deviceRow{Device: d, URL: deviceURL(d.Name), Labels: labelLinks(d.Labels)})
+		out.Rows = append(out.Rows, deviceRow{Device: d, URL: deviceURL(d.Name), Labels: labelLinks(d.Labels), Update: s.update(d.ID)})
 	}
 	if len(p.Devices) > 0 {
 		out.First, out.Last = p.Offset+1, p.Offset+len(p.Devices)
@@ -139,6 +141,10 @@ const (
 	// liveKeepalive is how often an idle stream sends a comment, so that
 	// proxies keep it open and a dead client is noticed.
 	liveKeepalive = 20 * time.Second
+	// liveRefresh is how often a stream renders again although the
+	// picture did not move (updates' progress is not in it); nothing is
+	// sent when nothing changed.
+	liveRefresh = 5 * time.Second
 )
 
 // devicesLive answers GET /web/live/devices: server-sent events carrying
@@ -190,6 +196,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, v *viewer, next 
 	ctx := r.Context()
 	keep := time.NewTicker(liveKeepalive)
 	defer keep.Stop()
+	// What the picture's version does not cover (agent updates' progress)
+	// is looked at now and then.
+	refresh := time.NewTicker(liveRefresh)
+	defer refresh.Stop()
 	var lastVersion uint64
 	first := true
 	for {
@@ -225,6 +235,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, v *viewer, next 
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-refresh.C:
+			if s.cfg.Rollouts != nil {
+				first = true
+			}
 		case <-keep.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return

@@ -147,6 +147,27 @@ type fixture struct {
 	terminals chan TerminalRequest
 	mux       *http.ServeMux
 	loginOnce sync.Once
+	rollouts  *fakeRollouts
+}
+
+// fakeRollouts stands in for the rollout engine (fleet/rollouts, whose
+// own tests run rollouts): what it lists is what the test sets.
+type fakeRollouts struct {
+	mu      sync.Mutex // guards the fields below
+	list    []api.Rollout
+	updates map[string]*api.DeviceUpdate
+}
+
+func (r *fakeRollouts) List(context.Context) []api.Rollout {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]api.Rollout(nil), r.list...)
+}
+
+func (r *fakeRollouts) DeviceUpdate(id string) *api.DeviceUpdate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.updates[id]
 }
 
 // Roles of the fixture's users.
@@ -166,7 +187,7 @@ func newFixture(t *testing.T, tls bool) *fixture {
 	log := logtest.Logger(t)
 	f := &fixture{t: t, login: &fakeLogin{}, links: &fakeLinks{}, reg: &devices.Registry{Store: st},
 		users: &users.Service{Store: st, HashParams: users.HashParams{Time: 1, MemoryKiB: 64, Threads: 1}},
-		roles: &rbac.Roles{Store: st}, ids: map[string]string{}, terminals: make(chan TerminalRequest, 4)}
+		roles: &rbac.Roles{Store: st}, ids: map[string]string{}, terminals: make(chan TerminalRequest, 4), rollouts: &fakeRollouts{}}
 	for _, doc := range []string{roleNorth, roleAdmin} {
 		role, err := rbac.Decode([]byte(doc))
 		if err != nil {
@@ -232,7 +253,7 @@ func newFixture(t *testing.T, tls bool) *fixture {
 	f.login.origin = f.http.URL
 	f.srv = New(Config{
 		Login: f.login, Users: f.users, Roles: f.roles, View: f.view, History: f.history, Audit: f.events, Recorder: recorder,
-		Recordings: f.recs, Sessions: f.sessions, Tokens: toks,
+		Recordings: f.recs, Sessions: f.sessions, Tokens: toks, Rollouts: f.rollouts,
 		Admin: admin.New(admin.Config{Users: f.users, Roles: f.roles, Tokens: toks, Devices: f.reg, CAPin: func() string { return "sha256:abcd" },
 			Changed: f.sessions.Changed, Audit: recorder}),
 		Terminal: func(w http.ResponseWriter, r *http.Request, req TerminalRequest) {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -25,6 +26,8 @@ import (
 	"remoteler.dev/edge/fleet/linkhist"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
+	"remoteler.dev/edge/fleet/releases"
+	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -37,9 +40,13 @@ import (
 // picture of the fleet (also the metrics' source), the link history, the
 // dashboard and its terminal.
 type dash struct {
-	view    *fleetview.View
-	history *linkhist.History
-	server  *dashboard.Server
+	view     *fleetview.View
+	history  *linkhist.History
+	server   *dashboard.Server
+	releases *releases.Service
+	// latest is the newest release's version ("" for none), read now and
+	// then: a device older than it is outdated.
+	latest atomic.Pointer[string]
 }
 
 // dashDeps are the fleet's parts the dashboard shows and acts through.
@@ -59,10 +66,20 @@ type dashDeps struct {
 	admin    *admin.Admin
 	login    dashboard.Login
 	listen   net.Addr
+	releases *releases.Service
+	rollouts *rollouts.Engine
 }
 
 func newDash(cfg Config, d dashDeps, log *slog.Logger, now func() time.Time) (*dash, error) {
-	view := fleetview.New(fleetview.Config{Registry: d.reg, Links: d.tunnels, Loss: d.links.Loss, Sessions: d.live, Logger: log, Now: now})
+	ds := &dash{releases: d.releases}
+	view := fleetview.New(fleetview.Config{Registry: d.reg, Links: d.tunnels, Loss: d.links.Loss, Sessions: d.live,
+		Latest: func() string {
+			if p := ds.latest.Load(); p != nil {
+				return *p
+			}
+			return ""
+		},
+		Logger: log, Now: now})
 	history, err := linkhist.Open(linkhist.Config{
 		Path:       filepath.Join(cfg.DataDir, "linkhistory.db"),
 		Source:     linkSource(view, d.tunnels, d.links),
@@ -76,20 +93,43 @@ func newDash(cfg Config, d dashDeps, log *slog.Logger, now func() time.Time) (*d
 	term := webterm.New(webterm.Config{Broker: d.brk, CA: d.auth, CertTTL: time.Duration(cfg.UserCertTTL), Logger: log, Now: now})
 	srv := dashboard.New(dashboard.Config{
 		Login: d.login, Users: d.users, Roles: d.roles, View: view, History: history, Audit: d.events, Recorder: d.recorder,
-		Recordings: d.recs, Sessions: d.live, Admin: d.admin, Tokens: d.tokens,
+		Recordings: d.recs, Sessions: d.live, Admin: d.admin, Tokens: d.tokens, Rollouts: d.rollouts,
 		Terminal: func(w http.ResponseWriter, r *http.Request, req dashboard.TerminalRequest) {
 			term.Serve(w, r, webterm.Request(req))
 		},
 		Fleet: cfg.Cluster, Version: Version, FleetAddr: fleetAddr(cfg, d.listen), Origin: web.FleetOrigin(),
 		AppURL: web.Origin, Logger: log, Now: now,
 	})
-	return &dash{view: view, history: history, server: srv}, nil
+	ds.view, ds.history, ds.server = view, history, srv
+	return ds, nil
 }
 
-// run runs the picture and the history until ctx ends.
+// run runs the picture and the history, and reads the newest release now
+// and then, until ctx ends.
 func (d *dash) run(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Go(func() { d.view.Run(ctx) })
 	wg.Go(func() { d.history.Run(ctx) })
+	if d.releases == nil {
+		return
+	}
+	wg.Go(func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			if list, err := d.releases.List(ctx); err == nil {
+				v := ""
+				if len(list) > 0 {
+					v = list[0].Version
+				}
+				d.latest.Store(&v)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
 }
 
 // register adds the dashboard and the static files to mux.

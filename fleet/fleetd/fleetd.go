@@ -243,7 +243,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	apiSrv.Kube = kube
 	// The browser's side: the dashboard (its terminal, the link history).
 	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,
-		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: noLogin{}, listen: tcp.Addr()}, log, now)
+		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: noLogin{}, listen: tcp.Addr(),
+		releases: otaSvc.releases, rollouts: otaSvc.rollouts}, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}

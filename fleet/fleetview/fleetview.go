@@ -24,15 +24,16 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/mod/semver"
 
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/proto/ota"
 )
 
 // Defaults of Config's thresholds.
@@ -75,9 +76,10 @@ type Config struct {
 	// Sessions counts the open sessions per device; nil counts none.
 	Sessions Sessions
 	// Latest is the agent version devices should run (the newest
-	// release, once releases are published); "" or nil: the newest
-	// version any device of the fleet runs. A device on an older version
-	// is outdated.
+	// release published: fleet/releases); "" or nil: the newest version
+	// any device of the fleet runs. A device on an older release is
+	// outdated (versions compare as semver, proto/ota); a development
+	// build never is.
 	Latest func() string
 	// DegradedLoss and DegradedRTT are where a link counts as degraded;
 	// defaults DefaultDegradedLoss and DefaultDegradedRTT.
@@ -157,15 +159,12 @@ type entry struct {
 	// lower is the text a query's Text is matched against: name, labels
 	// (k=v), version, OS/arch, in lower case.
 	lower string
-	// ver is the agent's release, when its version names one.
-	ver   [3]int
-	verOK bool
+	// release says the agent's version is a release (semantic).
+	release bool
 }
 
 func newEntry(d *devices.Device) *entry {
-	e := &entry{rec: *d, lower: lowerText(d)}
-	e.ver, e.verOK = parseVersion(d.AgentVersion)
-	return e
+	return &entry{rec: *d, lower: lowerText(d), release: semver.IsValid(d.AgentVersion)}
 }
 
 // live is what the refresh loop reads.
@@ -420,7 +419,7 @@ func (v *View) Query(q Query) Page {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	p := Page{Offset: q.Offset, Version: v.version}
-	latest, latestOK := v.wantedLocked()
+	latest := v.wantedLocked()
 	for _, e := range v.order {
 		if text != "" && !strings.Contains(e.lower, text) {
 			continue
@@ -431,7 +430,7 @@ func (v *View) Query(q Query) Page {
 		if q.Visible != nil && !q.Visible(e.rec.Labels) {
 			continue
 		}
-		degraded, outdated := v.degradedLocked(e), latestOK && e.verOK && compare(e.ver, latest) < 0
+		degraded, outdated := v.degradedLocked(e), outdated(e, latest)
 		p.Counts.All++
 		if e.live.online {
 			p.Counts.Online++
@@ -568,28 +567,31 @@ func (v *View) degradedLocked(e *entry) bool {
 	return l.online && (l.rtt >= v.cfg.DegradedRTT || (l.lossKnown && l.loss >= v.cfg.DegradedLoss))
 }
 
-func (v *View) outdatedLocked(e *entry) bool {
-	latest, ok := v.wantedLocked()
-	return ok && e.verOK && compare(e.ver, latest) < 0
+func (v *View) outdatedLocked(e *entry) bool { return outdated(e, v.wantedLocked()) }
+
+// outdated reports whether e runs a release older than latest. A
+// development build (a version that is no release) is never outdated.
+func outdated(e *entry, latest string) bool {
+	return e.release && latest != "" && ota.Compare(e.rec.AgentVersion, latest) < 0
 }
 
 // wantedLocked is the release devices should run: Config.Latest's, or
-// the newest in the fleet.
-func (v *View) wantedLocked() ([3]int, bool) {
+// the newest in the fleet; "" when there is none.
+func (v *View) wantedLocked() string {
 	latest := v.latest
 	if v.cfg.Latest != nil {
-		if l := v.cfg.Latest(); l != "" {
+		if l := v.cfg.Latest(); semver.IsValid(l) {
 			latest = l
 		}
 	}
-	return parseVersion(latest)
+	return latest
 }
 
 // latestLocked finds the newest agent version in the fleet.
 func (v *View) latestLocked() {
 	v.latest = ""
 	for _, e := range v.byID {
-		if _, ok := parseVersion(e.rec.AgentVersion); ok && (v.latest == "" || CompareVersions(e.rec.AgentVersion, v.latest) > 0) {
+		if e.release && (v.latest == "" || ota.Compare(e.rec.AgentVersion, v.latest) > 0) {
 			v.latest = e.rec.AgentVersion
 		}
 	}
@@ -613,52 +615,4 @@ func lowerText(d *devices.Device) string {
 	}
 	b.WriteString(" " + d.AgentVersion + " " + d.OS + "/" + d.Arch)
 	return strings.ToLower(b.String())
-}
-
-// parseVersion reads MAJOR.MINOR.PATCH from a version such as v1.2.3,
-// 1.2.3-rc.1 or v1.2.3-4-gabcdef (git describe): the release it is or
-// builds on.
-func parseVersion(s string) ([3]int, bool) {
-	var out [3]int
-	s = strings.TrimPrefix(s, "v")
-	if i := strings.IndexAny(s, "-+ "); i >= 0 {
-		s = s[:i]
-	}
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return out, false
-	}
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 {
-			return out, false
-		}
-		out[i] = n
-	}
-	return out, true
-}
-
-// CompareVersions compares two agent versions by their release
-// (MAJOR.MINOR.PATCH): -1, 0 or +1. A version that names no release
-// ("dev", a bare commit) compares equal to every other, so it is never
-// outdated.
-func CompareVersions(a, b string) int {
-	va, oka := parseVersion(a)
-	vb, okb := parseVersion(b)
-	if !oka || !okb {
-		return 0
-	}
-	return compare(va, vb)
-}
-
-func compare(va, vb [3]int) int {
-	for i := range va {
-		if c := va[i] - vb[i]; c != 0 {
-			if c < 0 {
-				return -1
-			}
-			return 1
-		}
-	}
-	return 0
 }

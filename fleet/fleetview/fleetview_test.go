@@ -91,8 +91,13 @@ func newFixture(t *testing.T, devs map[string]devices.Device, sess fakeSessions)
 func (f *fixture) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
+	for {
+		// The channel first, then the condition: a change in between
+		// closes the channel.
 		ch, _ := f.view.Changed()
+		if cond() {
+			return
+		}
 		select {
 		case <-ch:
 		case <-time.After(time.Until(deadline)):
@@ -218,26 +223,24 @@ func TestLive(t *testing.T) {
 	f.waitFor(t, "pi-2 to go", func() bool { return f.view.Query(Query{}).Total == 1 })
 }
 
-func TestCompareVersions(t *testing.T) {
-	tests := []struct {
-		a, b string
-		want int
-	}{
-		{"v1.2.3", "v1.2.3", 0},
-		{"1.2.3", "v1.2.4", -1},
-		{"v1.10.0", "v1.9.9", 1},
-		{"v2.0.0-rc.1", "v1.9.0", 1},
-		{"v1.2.3-4-gabcdef", "v1.2.3", 0},
-		{"dev", "v1.0.0", 0},
-		{"v1.2", "v1.0.0", 0},
-		{"", "v1.0.0", 0},
+// TestOutdated: against the newest version in the fleet, or the newest
+// release when one is given; development builds never are.
+func TestOutdated(t *testing.T) {
+	devs := map[string]devices.Device{
+		"a": {AgentVersion: "v1.2.0"}, "b": {AgentVersion: "v1.10.0"}, "c": {AgentVersion: "dev"}, "d": {AgentVersion: "v1.10.0-rc.1"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.a+"_vs_"+tt.b, func(t *testing.T) {
-			if got := CompareVersions(tt.a, tt.b); got != tt.want {
-				t.Errorf("CompareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
-			}
-		})
+	f := newFixture(t, devs, nil)
+	if got := names(f.view.Query(Query{Status: StatusOutdated})); !slices.Equal(got, []string{"a", "d"}) {
+		t.Errorf("outdated against the fleet's newest: %v, want a and d", got)
+	}
+	latest := "v2.0.0"
+	f.view.cfg.Latest = func() string { return latest }
+	if got := names(f.view.Query(Query{Status: StatusOutdated})); !slices.Equal(got, []string{"a", "b", "d"}) {
+		t.Errorf("outdated against release v2.0.0: %v", got)
+	}
+	latest = "not a version"
+	if got := names(f.view.Query(Query{Status: StatusOutdated})); !slices.Equal(got, []string{"a", "d"}) {
+		t.Errorf("a bad release version falls back to the fleet's newest: %v", got)
 	}
 }
 
