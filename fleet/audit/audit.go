@@ -64,6 +64,10 @@ type Config struct {
 	// Room returns an error while devices' uploads must pause for lack of
 	// disk space (fleet/diskfloor); nil never pauses them.
 	Room func() error
+	// OnStored, when set, is told of every event stored, once it is
+	// committed: the fleet's own and those devices send (not the
+	// duplicates). fleet/metrics counts them. It must not block.
+	OnStored func(source string, e *proto.AuditEvent)
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -333,6 +337,7 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	}
 	ack := proto.AuditAck{ID: b.ID}
 	added := 0
+	var stored []int // indices of the events stored (not duplicates)
 	lim := l.limits()
 	room := error(nil)
 	if l.cfg.Room != nil && len(b.Events) > 0 {
@@ -356,6 +361,7 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 			}
 		}
 		added = 0
+		stored = stored[:0]
 		claims := &claimChecker{tx: tx, device: source}
 		for i := range b.Events {
 			ok, err := store(tx, source, &b.Events[i], h, claims)
@@ -364,6 +370,7 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 			}
 			if ok {
 				added++
+				stored = append(stored, i)
 			}
 		}
 		if b.Queue != nil {
@@ -389,6 +396,11 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	}
 	if added > 0 {
 		l.pause(source, "")
+	}
+	if l.cfg.OnStored != nil {
+		for _, i := range stored {
+			l.cfg.OnStored(source, &b.Events[i])
+		}
 	}
 	if added < len(b.Events) {
 		l.log.Debug("duplicate audit events skipped", "device_id", source, "sent", len(b.Events), "stored", added)
@@ -429,7 +441,31 @@ func (l *Log) Append(ctx context.Context, e *proto.AuditEvent) error {
 	if err != nil {
 		return fmt.Errorf("audit: append %s: %w", e.Type, err)
 	}
+	if l.cfg.OnStored != nil {
+		l.cfg.OnStored(api.SourceFleet, &c)
+	}
 	return nil
+}
+
+// Backlog adds up what the devices last reported waiting in their audit
+// queues: events not yet delivered to the fleet.
+func (l *Log) Backlog() (events uint64, err error) {
+	err = l.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketHeads).ForEach(func(k, v []byte) error {
+			if string(k) == api.SourceFleet {
+				return nil
+			}
+			h, err := decodeHead(v)
+			if err == nil && h.Queue != nil {
+				events += h.Queue.Pending
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("audit: backlog: %w", err)
+	}
+	return events, nil
 }
 
 // Head returns the highest sequence number held for source and its hash.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -499,5 +500,42 @@ func TestSearchPage(t *testing.T) {
 		if _, err := l.SearchPage(ctx, Query{}, true, bad); !errors.Is(err, ErrCursor) {
 			t.Errorf("cursor %.20q: got %v, want ErrCursor", bad, err)
 		}
+	}
+}
+
+// TestOnStoredAndBacklog: every event stored is told once, after it is
+// committed (a batch sent again tells nothing); the backlog adds up the
+// devices' queues.
+func TestOnStoredAndBacklog(t *testing.T) {
+	var mu sync.Mutex
+	var told []string
+	l, err := Open(Config{Path: filepath.Join(t.TempDir(), "audit.db"), OnStored: func(source string, e *proto.AuditEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		told = append(told, source+":"+e.Type)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	if err := l.Append(ctx, &proto.AuditEvent{Type: proto.EventUserLoginFailed}); err != nil {
+		t.Fatal(err)
+	}
+	evs := chain(t, 1, 2, nil, simple)
+	for range 2 { // the second time, duplicates
+		if _, err := l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: evs, Queue: &proto.AuditQueueStatus{Pending: 7}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Ingest(ctx, "dev-2", &proto.AuditBatch{Queue: &proto.AuditQueueStatus{Pending: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{api.SourceFleet + ":" + proto.EventUserLoginFailed, "dev-1:" + evs[0].Type, "dev-1:" + evs[1].Type}
+	if !slices.Equal(told, want) {
+		t.Errorf("told %v, want %v", told, want)
+	}
+	if n, err := l.Backlog(); err != nil || n != 12 {
+		t.Errorf("backlog %d, %v; want 12", n, err)
 	}
 }

@@ -91,6 +91,10 @@ type Config struct {
 	// broker waits before it closes the session's both sides itself;
 	// default 500ms.
 	EndGrace time.Duration
+	// Bytes, when set, is told of the bytes every stream carries as they
+	// pass: up to the device, down from it (fleet/metrics counts them by
+	// service). It must not block.
+	Bytes func(service string, up, down int)
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -432,6 +436,37 @@ func (b *Broker) recordSoon(e *proto.AuditEvent) {
 	}
 }
 
+// countedConn tells the bytes it carries.
+type countedConn struct {
+	net.Conn
+	service string
+	tell    func(service string, up, down int)
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.tell(c.service, 0, n)
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.tell(c.service, n, 0)
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the stream, when the stream can.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 // recordedConn calls end once, when it is first closed.
 type recordedConn struct {
 	net.Conn
@@ -467,6 +502,9 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 		ClientAddr: g.Session.ClientAddr,
 	})
 	if err == nil {
+		if b.cfg.Bytes != nil {
+			conn = &countedConn{Conn: conn, service: g.Session.Service, tell: b.cfg.Bytes}
+		}
 		return conn, nil
 	}
 	name := g.Device.Name

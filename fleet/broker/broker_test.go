@@ -440,3 +440,40 @@ func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 		t.Errorf("the device heard of %d streams, want 2 (none without a record)", len(rt.startBefore))
 	}
 }
+
+// TestBytesAreTold: the bytes a stream carries are told by service as they
+// pass, and half-closes still pass through.
+func TestBytesAreTold(t *testing.T) {
+	f := newFixture(t)
+	var mu sync.Mutex
+	told := map[string][2]int{}
+	f.b.cfg.Bytes = func(service string, up, down int) {
+		mu.Lock()
+		defer mu.Unlock()
+		c := told[service]
+		told[service] = [2]int{c[0] + up, c[1] + down}
+	}
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceSSH, "pi-1", "pi", "", north))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := f.b.Open(ctx, g, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, ok := conn.(interface{ CloseWrite() error }); !ok {
+		t.Error("the counted stream lost CloseWrite")
+	}
+	conn.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "HELLO" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := told[proto.ServiceSSH]; got != [2]int{5, 5} {
+		t.Errorf("told %v for ssh, want 5 up and 5 down", got)
+	}
+}

@@ -2,9 +2,11 @@ package fleetd
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -212,6 +214,23 @@ func webRoute(web, api http.Handler) http.Handler {
 		}
 		api.ServeHTTP(w, r)
 	})
+}
+
+// metricsToken reads the metrics' bearer token from its file, if one is
+// named.
+func metricsToken(cfg Config) (string, error) {
+	if cfg.MetricsTokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(cfg.MetricsTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("metrics token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("metrics token in %s: want at least 16 characters", cfg.MetricsTokenFile)
+	}
+	return tok, nil
 }
 
 // noLogin stands in for the browser login until fleetd has one: every

@@ -33,6 +33,7 @@ import (
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/metrics"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
@@ -142,7 +143,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	sto := newStorage(cfg, st, now)
-	events, recs, err := openAudit(cfg, ckKey, sto, log, now)
+	// The metrics: counters fed by the audit log's and the broker's hooks,
+	// gauges read from the fleet's parts (set below).
+	met := metrics.New(metrics.Sources{})
+	events, recs, err := openAudit(cfg, ckKey, sto, met.Stored, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -199,7 +203,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			}
 			return "", nil, false
 		},
-		Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now,
+		Audit: recorder, Cluster: cfg.Cluster, Bytes: met.Bytes, Logger: log, Now: now,
 	})
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
@@ -251,8 +255,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer dsh.history.Close()
 	webMux := http.NewServeMux()
 	dsh.register(webMux)
+	met.SetSources(metrics.Sources{View: dsh.view, Tunnels: tunnels.Count, Sessions: live, Backlog: events.Backlog})
 	httpSrv := &http.Server{
-		Handler:           webRoute(webMux, apiSrv.Handler()),
+		Handler:           met.Instrument(webRoute(webMux, apiSrv.Handler())),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -271,6 +276,21 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	dsh.run(ctx, &wg)
+	if cfg.MetricsListen != "" {
+		token, err := metricsToken(cfg)
+		if err != nil {
+			return fmt.Errorf("fleetd: %w", err)
+		}
+		wg.Go(func() {
+			err := met.Serve(ctx, metrics.ServeConfig{Listen: cfg.MetricsListen, Token: token, Logger: log}, func(a net.Addr) {
+				log.Info("metrics served", "addr", "http://"+a.String()+"/metrics", "token", token != "")
+				fmt.Fprintf(out, "Metrics: http://%s/metrics\n", a)
+			})
+			if err != nil {
+				log.Error("metrics not served", "err", err)
+			}
+		})
+	}
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

@@ -57,6 +57,8 @@ func start(args []string) int {
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
 	releaseKeys := fs.String("release-key", "", "minisign public `KEY`(s) (the base64 line of a .pub file; several separated by commas) that agent releases must be signed with (default: none; releases are refused)")
+	metricsListen := fs.String("metrics-listen", "", "`HOST:PORT` to serve Prometheus metrics on (plain HTTP, /metrics); an address that is not loopback needs --metrics-token-file (default: off)")
+	metricsToken := fs.String("metrics-token-file", "", "`FILE` holding the bearer token scrapers must send for the metrics (default: none, loopback only)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -97,6 +99,10 @@ func start(args []string) int {
 			cfg.AuditRetention = fleetd.Duration(*retention)
 		case "release-key":
 			cfg.ReleaseKeys = strings.Split(*releaseKeys, ",")
+		case "metrics-listen":
+			cfg.MetricsListen = *metricsListen
+		case "metrics-token-file":
+			cfg.MetricsTokenFile = *metricsToken
 		}
 	})
 	fleetd.Version = buildinfo.Version
