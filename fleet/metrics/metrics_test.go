@@ -123,7 +123,9 @@ func TestServe(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			addrc := make(chan net.Addr, 1)
 			done := make(chan error, 1)
-			go func() { done <- m.Serve(ctx, ServeConfig{Listen: "127.0.0.1:0", Token: tc.token}, func(a net.Addr) { addrc <- a }) }()
+			go func() {
+				done <- m.Serve(ctx, ServeConfig{Listen: "127.0.0.1:0", Token: tc.token}, func(a net.Addr) { addrc <- a })
+			}()
 			addr := <-addrc
 			req, _ := http.NewRequest("GET", "http://"+addr.String()+"/metrics", nil)
 			if tc.send != "" {
