@@ -97,6 +97,11 @@ type Config struct {
 	// set on requests). The agent connects only to these URIs. Each --app
 	// flag adds one; flags replace the file's list. Default: none.
 	Apps []apps.App
+	// MetricsListen is the HOST:PORT of a local Prometheus metrics
+	// endpoint (plain HTTP, /metrics: tunnel, sessions, audit queue);
+	// default "": off. Anyone who reaches it can read it: keep it on
+	// loopback or a management network.
+	MetricsListen string
 	// Update holds the self-update settings (firmware/update): the
 	// release keys the device trusts, a bandwidth cap, a maintenance
 	// window, how long a new agent has to come up healthy (default
@@ -258,6 +263,7 @@ func (c *Config) settings() []setting {
 		{"audit-when-full", "what to do when an audit event cannot be kept (queue or disk full): `allow|refuse`; allow: the action goes ahead, the drop is counted, reported and marked in the audit", (*stringValue)(&c.AuditWhenFull)},
 		{"no-recording", "do not record SSH sessions (by default every shell and command is recorded and uploaded to the fleet)", (*boolValue)(&c.NoRecording)},
 		{"recordings-max-bytes", "cap of the recordings waiting on the device for upload, in `bytes`", (*bytesValue)(&c.RecordingsMaxBytes)},
+		{"metrics-listen", "`HOST:PORT` of a local Prometheus metrics endpoint (plain HTTP, /metrics), such as 127.0.0.1:9101; anyone who reaches it can read it; empty: off", (*stringValue)(&c.MetricsListen)},
 		{"app", "a web app the device offers through the fleet, `NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...]`, " +
 			"such as nodered=http://127.0.0.1:1880; repeat for more. insecure-skip-verify accepts an https app's self-signed certificate. " +
 			"In the file, a list of {name, uri, insecure_skip_verify, labels, rewrite}; flags replace the file's list", (*appsValue)(&c.Apps)},

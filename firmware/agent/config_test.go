@@ -146,7 +146,7 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"fleet": "f:1", "tunnel-addr": "r:2", "token": "t", "ca-pin": "sha256:00", "data-dir": "/d", "name": "n",
 		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
-		"app":         "web=http://127.0.0.1:8080,label:team=ops",
+		"app": "web=http://127.0.0.1:8080,label:team=ops", "metrics-listen": "127.0.0.1:9101",
 		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
 	}
 	// A repeated flag is a list in the file.
