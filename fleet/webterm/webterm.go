@@ -163,8 +163,8 @@ func (t *Term) Serve(w http.ResponseWriter, r *http.Request, req Request) {
 	c.SetReadLimit(1 << 20)
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
-	reason := t.run(ctx, c, g, req, expires)
-	c.Close(websocket.StatusNormalClosure, truncate(reason, 100))
+	t.run(ctx, c, g, req, expires)
+	c.CloseNow()
 }
 
 // run is the session: recorded and registered, connected, relayed. It
@@ -175,7 +175,7 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 	var st broker.Stats
 	send := func(m message) {
 		j, _ := json.Marshal(m)
-		wctx, wcancel := context.WithTimeout(ctx, t.cfg.DeadAfter)
+		wctx, wcancel := context.WithTimeout(ctx, min(t.cfg.DeadAfter, 5*time.Second))
 		defer wcancel()
 		c.Write(wctx, websocket.MessageText, j)
 	}
@@ -241,15 +241,19 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 	log.Info("terminal started", "session", sess.ID())
 	send(message{Type: "status", State: "live"})
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// loops ends the loops below; the websocket's reads and writes use
+	// ctx, since cancelling their context would close the websocket
+	// before the page is told why the terminal ended.
+	loops, stopLoops := context.WithCancel(ctx)
+	defer stopLoops()
 	var why atomic.Pointer[string]
 	stop := func(s string) {
 		why.CompareAndSwap(nil, &s)
-		cancel()
+		stopLoops()
 	}
 	var wg sync.WaitGroup
-	// The page's keys and resizes to the shell.
+	// The page's keys and resizes to the shell, until the websocket
+	// closes.
 	wg.Go(func() {
 		for {
 			typ, data, err := c.Read(ctx)
@@ -258,9 +262,7 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 				return
 			}
 			if typ == websocket.MessageBinary {
-				if _, err := stdin.Write(data); err != nil {
-					return
-				}
+				stdin.Write(data)
 				continue
 			}
 			var m message
@@ -270,7 +272,9 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 		}
 	})
 	// The shell's output to the page.
+	output := make(chan struct{})
 	wg.Go(func() {
+		defer close(output)
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := stdout.Read(buf)
@@ -294,14 +298,14 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 		defer tick.Stop()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-loops.Done():
 				return
 			case <-tick.C:
 			}
 			pctx, pcancel := context.WithTimeout(ctx, t.cfg.DeadAfter)
 			err := c.Ping(pctx)
 			pcancel()
-			if err != nil && ctx.Err() == nil {
+			if err != nil && loops.Err() == nil {
 				stop(fmt.Sprintf("the browser did not answer for %s", t.cfg.DeadAfter))
 				return
 			}
@@ -314,7 +318,7 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 		online := true
 		for {
 			select {
-			case <-ctx.Done():
+			case <-loops.Done():
 				return
 			case <-tick.C:
 			}
@@ -334,29 +338,37 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 	select {
 	case err := <-exit:
 		reason = exitReason(err)
-	case <-ctx.Done():
+		// What the shell printed last reaches the page before its end.
+		select {
+		case <-output:
+		case <-time.After(time.Second):
+		}
+	case <-loops.Done():
 		if p := why.Load(); p != nil {
 			reason = *p
 		}
 	}
+	pageGone := why.Load() != nil
 	if ending := sess.Ending(); ending != "" {
 		reason = ending
 	}
+	stopLoops()
 	shell.Close()
 	client.Close()
-	cancel()
 	counted.Close()
-	wg.Wait()
 	st.Up, st.Down = counted.up.Load(), counted.down.Load()
 	log.Info("terminal ended", "session", sess.ID(), "reason", reason)
 	msg := reason
 	if msg == "" {
 		msg = "the shell exited"
 	}
-	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer wcancel()
-	j, _ := json.Marshal(message{Type: "end", Message: msg})
-	c.Write(wctx, websocket.MessageText, j)
+	if pageGone {
+		c.CloseNow() // no one to tell
+	} else {
+		send(message{Type: "end", Message: msg})
+		c.Close(websocket.StatusNormalClosure, truncate(msg, 100))
+	}
+	wg.Wait()
 	return reason
 }
 
