@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 
 	"remoteler.dev/edge/fleet/devices"
@@ -14,32 +13,12 @@ import (
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 )
-
-type trail struct {
-	mu  sync.Mutex // guards evs
-	evs []*proto.AuditEvent
-}
-
-func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	tr.evs = append(tr.evs, e)
-	return nil
-}
-
-func (tr *trail) last() *proto.AuditEvent {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if len(tr.evs) == 0 {
-		return nil
-	}
-	return tr.evs[len(tr.evs)-1]
-}
 
 type fixture struct {
 	a            *Admin
-	trail        *trail
+	trail        *audittest.Trail
 	changed      int
 	disconnected []string
 	devs         *devices.Registry
@@ -49,7 +28,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	st := memstore.New()
-	f := &fixture{trail: &trail{}, devs: &devices.Registry{Store: st}, roles: &rbac.Roles{Store: st}}
+	f := &fixture{trail: &audittest.Trail{}, devs: &devices.Registry{Store: st}, roles: &rbac.Roles{Store: st}}
 	if err := f.roles.EnsurePresets(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -78,20 +57,20 @@ func TestUsers(t *testing.T) {
 	if !errors.As(err, &ie) || !strings.Contains(ie.Msg, "unknown role nope") {
 		t.Fatalf("unknown role: got %v, want an InputError", err)
 	}
-	if f.trail.last() != nil || f.changed != 0 {
+	if f.trail.Last() != nil || f.changed != 0 {
 		t.Error("a refused action was recorded or told the sessions")
 	}
 	if _, err := f.a.AddUser(ctx, alice, api.AddUserRequest{Name: "bob", Password: "a long enough password", Roles: []string{"access"}, Logins: []string{"pi"}}); err != nil {
 		t.Fatal(err)
 	}
-	e := f.trail.last()
+	e := f.trail.Last()
 	if e.Type != proto.EventUserCreate || e.User != "alice" || e.Addr != alice.Addr || e.Fields["target_user"] != "bob" || e.Fields["logins"] != "pi" {
 		t.Errorf("recorded %+v", e)
 	}
 	if err := f.a.DeleteUser(ctx, alice, "bob"); err != nil {
 		t.Fatal(err)
 	}
-	if e := f.trail.last(); e.Type != proto.EventUserDelete || e.Fields["target_user"] != "bob" {
+	if e := f.trail.Last(); e.Type != proto.EventUserDelete || e.Fields["target_user"] != "bob" {
 		t.Errorf("recorded %+v", e)
 	}
 	if f.changed != 2 {
@@ -131,7 +110,7 @@ func TestRoles(t *testing.T) {
 			if got, err := f.roles.Get(ctx, "field-tech"); err != nil || got.Metadata.Name != role.Metadata.Name {
 				t.Errorf("stored role %+v, %v", got, err)
 			}
-			if e := f.trail.last(); e.Type != proto.EventRoleCreate || e.Fields["role"] != "field-tech" {
+			if e := f.trail.Last(); e.Type != proto.EventRoleCreate || e.Fields["role"] != "field-tech" {
 				t.Errorf("recorded %+v", e)
 			}
 		})
@@ -139,7 +118,7 @@ func TestRoles(t *testing.T) {
 	if err := f.a.DeleteRole(ctx, alice, "field-tech"); err != nil {
 		t.Fatal(err)
 	}
-	if e := f.trail.last(); e.Type != proto.EventRoleDelete {
+	if e := f.trail.Last(); e.Type != proto.EventRoleDelete {
 		t.Errorf("recorded %+v", e)
 	}
 }
@@ -157,7 +136,7 @@ func TestTokensAndDevices(t *testing.T) {
 	if tok.Token == "" || tok.JoinString != tok.Token+"@sha256:00ff" || tok.UsesLeft != 3 {
 		t.Errorf("token %+v: want its secret and join string", tok)
 	}
-	if e := f.trail.last(); e.Type != proto.EventTokenCreate || e.Fields["token_id"] != tok.ID || strings.Contains(e.Fields["token_id"], tok.Token) {
+	if e := f.trail.Last(); e.Type != proto.EventTokenCreate || e.Fields["token_id"] != tok.ID || strings.Contains(e.Fields["token_id"], tok.Token) {
 		t.Errorf("recorded %+v", e)
 	}
 	if err := f.a.DeleteToken(ctx, alice, tok.ID); err != nil {
@@ -173,7 +152,7 @@ func TestTokensAndDevices(t *testing.T) {
 	if len(f.disconnected) != 1 || f.disconnected[0] != dev.ID {
 		t.Errorf("disconnected %v, want pi-1's ID", f.disconnected)
 	}
-	if e := f.trail.last(); e.Type != proto.EventDeviceDelete || e.Device != dev.ID || e.Fields["name"] != "pi-1" {
+	if e := f.trail.Last(); e.Type != proto.EventDeviceDelete || e.Device != dev.ID || e.Fields["name"] != "pi-1" {
 		t.Errorf("recorded %+v", e)
 	}
 	if _, err := f.a.DeleteDevice(ctx, alice, "pi-1"); err == nil {

@@ -17,6 +17,7 @@ import (
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 	"remoteler.dev/edge/tools/logtest"
 )
 
@@ -76,46 +77,10 @@ func (f *fakeTunnels) Online(string) bool {
 	return !f.offline
 }
 
-// trail records audit events.
-type trail struct {
-	mu   sync.Mutex // guards evs and fail
-	evs  []*proto.AuditEvent
-	fail bool
-}
-
-func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if tr.fail {
-		return errors.New("disk full")
-	}
-	tr.evs = append(tr.evs, e)
-	return nil
-}
-
-func (tr *trail) types() []string {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []string
-	for _, e := range tr.evs {
-		out = append(out, e.Type)
-	}
-	return out
-}
-
-func (tr *trail) last() *proto.AuditEvent {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if len(tr.evs) == 0 {
-		return nil
-	}
-	return tr.evs[len(tr.evs)-1]
-}
-
 type fixture struct {
 	b     *Broker
 	tun   *fakeTunnels
-	trail *trail
+	trail *audittest.Trail
 	reg   *sessions.Registry
 	pi1   devices.Device
 }
@@ -141,7 +106,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	reg := sessions.New(sessions.Config{})
 	t.Cleanup(reg.Close)
-	f := &fixture{tun: &fakeTunnels{}, trail: &trail{}, reg: reg, pi1: pi1}
+	f := &fixture{tun: &fakeTunnels{}, trail: &audittest.Trail{}, reg: reg, pi1: pi1}
 	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail,
 		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
 	return f
@@ -215,8 +180,8 @@ func TestAuthorize(t *testing.T) {
 				if g.Session.ID == "" || g.Session.DeviceID != f.pi1.ID || g.Session.User != "alice" {
 					t.Errorf("grant %+v: want a session ID, pi-1's ID and alice", g.Session)
 				}
-				if len(f.trail.types()) != 0 {
-					t.Errorf("a grant recorded %v, want nothing yet", f.trail.types())
+				if len(f.trail.Types()) != 0 {
+					t.Errorf("a grant recorded %v, want nothing yet", f.trail.Types())
 				}
 				return
 			}
@@ -227,7 +192,7 @@ func TestAuthorize(t *testing.T) {
 			if ref.Status != tt.wantStatus || !strings.Contains(ref.Msg, tt.wantMsg) {
 				t.Errorf("got status %d %q, want %d with %q", ref.Status, ref.Msg, tt.wantStatus, tt.wantMsg)
 			}
-			e := f.trail.last()
+			e := f.trail.Last()
 			if e == nil || e.Type != proto.EventAccessDenied || e.Outcome != proto.OutcomeDenied || e.Message != ref.Msg {
 				t.Fatalf("audit: %+v, want the refusal recorded as access.denied", e)
 			}
@@ -321,10 +286,10 @@ func TestSessionLifecycle(t *testing.T) {
 	if len(sent) != 1 || sent[0].(*proto.SessionEnd).Message != "access changed: no" {
 		t.Errorf("the device was told %+v, want one session-end with the reason", sent)
 	}
-	if got := f.trail.types(); !slices.Equal(got, []string{proto.EventSessionStart, proto.EventSessionEnd}) {
+	if got := f.trail.Types(); !slices.Equal(got, []string{proto.EventSessionStart, proto.EventSessionEnd}) {
 		t.Errorf("audit %v, want session.start, session.end", got)
 	}
-	end := f.trail.last()
+	end := f.trail.Last()
 	if end.Fields["bytes_up"] != "5" || end.Fields["bytes_down"] != "5" || end.Fields["reason"] != "access changed: no" || end.Fields["app"] != "nodered" {
 		t.Errorf("end event fields %v, want 5 bytes each way, the reason and the app", end.Fields)
 	}
@@ -340,7 +305,7 @@ func TestStartFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.trail.fail = true
+	f.trail.Fail(true)
 	_, err = f.b.Start(ctx, g, StartOptions{})
 	var ref *Refusal
 	if !errors.As(err, &ref) || ref.Status != StatusUnavailable {
@@ -371,19 +336,17 @@ func TestStartRefusesExpired(t *testing.T) {
 // fleet had already recorded the stream's start.
 type recordingTunnels struct {
 	*fakeTunnels
-	trail       *trail
+	trail       *audittest.Trail
 	startBefore []bool
 }
 
 func (r *recordingTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
-	r.trail.mu.Lock()
 	seen := false
-	for _, e := range r.trail.evs {
+	for _, e := range r.trail.Events() {
 		if e.Type == proto.EventSessionStart && e.Session == h.SessionID && e.Device == id {
 			seen = true
 		}
 	}
-	r.trail.mu.Unlock()
 	r.startBefore = append(r.startBefore, seen)
 	return r.fakeTunnels.Open(ctx, id, h)
 }
@@ -413,7 +376,7 @@ func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 	conn.Close()
 	id := f.tun.headers[0].SessionID
 	var got []string
-	for _, e := range f.trail.evs {
+	for _, e := range f.trail.Events() {
 		if e.Session == id {
 			got = append(got, e.Type+"/"+e.Outcome)
 		}
@@ -426,12 +389,12 @@ func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
 		t.Fatal("an open to an offline device succeeded")
 	}
-	if e := f.trail.last(); e.Type != proto.EventSessionEnd || e.Outcome != proto.OutcomeFailure {
+	if e := f.trail.Last(); e.Type != proto.EventSessionEnd || e.Outcome != proto.OutcomeFailure {
 		t.Errorf("last event %+v, want the failed stream's session.end", e)
 	}
 
 	f.tun.offline = false
-	f.trail.fail = true
+	f.trail.Fail(true)
 	var ref *Refusal
 	if _, err := f.b.OpenPooled(ctx, g, "nodered"); !errors.As(err, &ref) || ref.Status != StatusUnavailable {
 		t.Errorf("with no audit trail: got %v, want StatusUnavailable", err)

@@ -483,7 +483,7 @@ func (h *History) read(deviceID string, since, until time.Time, fn func(day int6
 			return nil
 		}
 		c := b.Cursor()
-		for k, v := c.Seek(dayKey(first)); k != nil && len(k) == 4; k, v = c.Next() {
+		for k, v := c.Seek(dayKey(first)); len(k) == 4; k, v = c.Next() {
 			day := int64(binary.BigEndian.Uint32(k))
 			if day > last {
 				break

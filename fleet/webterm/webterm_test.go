@@ -24,6 +24,7 @@ import (
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 	"remoteler.dev/edge/tools/logtest"
 	"remoteler.dev/edge/tools/pkitest"
 )
@@ -156,35 +157,11 @@ func (tn *tunnels) serve(conn net.Conn, h *proto.StreamHeader) {
 	}
 }
 
-type trail struct {
-	mu  sync.Mutex // guards evs
-	evs []*proto.AuditEvent
-}
-
-func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	tr.evs = append(tr.evs, e)
-	return nil
-}
-
-func (tr *trail) of(typ string) []*proto.AuditEvent {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []*proto.AuditEvent
-	for _, e := range tr.evs {
-		if e.Type == typ {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 type fixture struct {
 	srv   *httptest.Server
 	dev   *device
 	reg   *sessions.Registry
-	trail *trail
+	trail *audittest.Trail
 }
 
 const rolePi = "metadata: {name: pi}\nspec: {allow: {logins: [pi], device_labels: {site: north}}}"
@@ -211,7 +188,7 @@ func newFixture(t *testing.T, cfg Config, roleDoc string) *fixture {
 		return checker.Authenticate(meta, key)
 	}}
 	scfg.AddHostKey(hostSigner)
-	f := &fixture{dev: &device{closed: make(chan struct{})}, trail: &trail{}}
+	f := &fixture{dev: &device{closed: make(chan struct{})}, trail: &audittest.Trail{}}
 	devs := &devices.Registry{Store: memstore.New()}
 	ctx := context.Background()
 	d, err := devs.Register(ctx, devices.Device{Name: "pi-1", Labels: map[string]string{"site": "north"}})
@@ -319,10 +296,10 @@ func TestTerminal(t *testing.T) {
 		t.Errorf("sizes the device saw: %v, want 80x24 then 120x40", got)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for len(f.trail.of(proto.EventSessionEnd)) == 0 && time.Now().Before(deadline) {
+	for len(f.trail.Find(proto.EventSessionEnd, "")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	starts, ends := f.trail.of(proto.EventSessionStart), f.trail.of(proto.EventSessionEnd)
+	starts, ends := f.trail.Find(proto.EventSessionStart, ""), f.trail.Find(proto.EventSessionEnd, "")
 	if len(starts) != 1 || starts[0].User != "bob" || starts[0].Login != "pi" || starts[0].Fields["client"] != "web" {
 		t.Errorf("session starts: %+v", starts)
 	}
@@ -347,10 +324,10 @@ func TestDeadWebsocket(t *testing.T) {
 		t.Fatal("the shell outlived a dead page")
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for len(f.trail.of(proto.EventSessionEnd)) == 0 && time.Now().Before(deadline) {
+	for len(f.trail.Find(proto.EventSessionEnd, "")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ends := f.trail.of(proto.EventSessionEnd)
+	ends := f.trail.Find(proto.EventSessionEnd, "")
 	if len(ends) != 1 || !strings.Contains(ends[0].Fields["reason"], "did not answer") {
 		t.Errorf("session end %+v, want the reason: the browser did not answer", ends)
 	}
@@ -366,7 +343,7 @@ func TestRefusedBeforeUpgrade(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("got %v, %v; want 403", resp, err)
 	}
-	if denied := f.trail.of(proto.EventAccessDenied); len(denied) != 1 || denied[0].User != "bob" {
+	if denied := f.trail.Find(proto.EventAccessDenied, ""); len(denied) != 1 || denied[0].User != "bob" {
 		t.Errorf("refusal recorded: %+v", denied)
 	}
 }
