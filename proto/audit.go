@@ -83,6 +83,15 @@ const (
 	EventUploadsPaused = "uploads.paused"
 	// EventRetentionSet: an admin changed the storage policy.
 	EventRetentionSet = "retention.set"
+	// EventConnectorPut and EventConnectorDelete: an admin created,
+	// changed or removed a single sign-on connector.
+	EventConnectorPut    = "connector.put"
+	EventConnectorDelete = "connector.delete"
+	// EventHeadlessApproved and EventHeadlessDenied: a user logged in to
+	// the fleet in a browser approved or denied a headless login (tsh
+	// login --headless); Fields["user_code"] names it.
+	EventHeadlessApproved = "login.headless.approved"
+	EventHeadlessDenied   = "login.headless.denied"
 )
 
 // Outcomes of an audited action.

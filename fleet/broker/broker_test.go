@@ -80,7 +80,7 @@ func (f *fakeTunnels) Online(string) bool {
 type fixture struct {
 	b     *Broker
 	tun   *fakeTunnels
-	trail *audittest.Trail
+	trail *audittest.Recorder
 	reg   *sessions.Registry
 	pi1   devices.Device
 }
@@ -106,7 +106,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	reg := sessions.New(sessions.Config{})
 	t.Cleanup(reg.Close)
-	f := &fixture{tun: &fakeTunnels{}, trail: &audittest.Trail{}, reg: reg, pi1: pi1}
+	f := &fixture{tun: &fakeTunnels{}, trail: &audittest.Recorder{}, reg: reg, pi1: pi1}
 	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail,
 		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
 	return f
@@ -193,7 +193,7 @@ func TestAuthorize(t *testing.T) {
 				t.Errorf("got status %d %q, want %d with %q", ref.Status, ref.Msg, tt.wantStatus, tt.wantMsg)
 			}
 			e := f.trail.Last()
-			if e == nil || e.Type != proto.EventAccessDenied || e.Outcome != proto.OutcomeDenied || e.Message != ref.Msg {
+			if e.Type != proto.EventAccessDenied || e.Outcome != proto.OutcomeDenied || e.Message != ref.Msg {
 				t.Fatalf("audit: %+v, want the refusal recorded as access.denied", e)
 			}
 			if e.Fields["rule"] != tt.wantRule {
@@ -305,7 +305,7 @@ func TestStartFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.trail.Fail(true)
+	f.trail.Err = errors.New("disk full")
 	_, err = f.b.Start(ctx, g, StartOptions{})
 	var ref *Refusal
 	if !errors.As(err, &ref) || ref.Status != StatusUnavailable {
@@ -336,7 +336,7 @@ func TestStartRefusesExpired(t *testing.T) {
 // fleet had already recorded the stream's start.
 type recordingTunnels struct {
 	*fakeTunnels
-	trail       *audittest.Trail
+	trail       *audittest.Recorder
 	startBefore []bool
 }
 
@@ -394,7 +394,7 @@ func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 	}
 
 	f.tun.offline = false
-	f.trail.Fail(true)
+	f.trail.Err = errors.New("disk full")
 	var ref *Refusal
 	if _, err := f.b.OpenPooled(ctx, g, "nodered"); !errors.As(err, &ref) || ref.Status != StatusUnavailable {
 		t.Errorf("with no audit trail: got %v, want StatusUnavailable", err)

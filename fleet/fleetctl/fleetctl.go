@@ -108,6 +108,7 @@ func (r *runner) command() *cobra.Command {
 		r.usersCommand(),
 		r.rolesCommand(),
 		r.createCommand(),
+		r.connectorsCommand(),
 		r.tokensCommand(),
 		r.devicesCommand(),
 		r.statusCommand(),

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -314,7 +315,7 @@ func TestListings(t *testing.T) {
 		want []string // lines, spaces squeezed
 	}{
 		{"devices", []string{"devices", "ls"}, []string{"NAME LABELS STATUS LAST SEEN VERSION TARGET UPDATE", "gw1 site=north online never 1.0 - -"}},
-		{"users", []string{"users", "ls"}, []string{"NAME ROLES LOGINS TOTP CREATED", "alice dev - no never"}},
+		{"users", []string{"users", "ls"}, []string{"NAME ROLES LOGINS TOTP SSO CREATED", "alice dev - no - never"}},
 		{"status", []string{"status"}, []string{
 			"Cluster: fleet", "Version: test", "Address: " + e.fleet.Addr + " (fleetctl uses " + e.fleet.Addr + ")",
 			"CA pin: " + e.fleet.Pin, "Users: 1", "Devices: 1 (0 online)",
@@ -412,6 +413,31 @@ func FuzzParseRoles(f *testing.F) {
 	})
 }
 
+// FuzzParseResources feeds create -f files (roles, connectors, listings of
+// both) to parseResources: it never panics, and what it accepts is
+// complete.
+func FuzzParseResources(f *testing.F) {
+	f.Add([]byte("kind: role\nmetadata: {name: r}\nspec: {allow: {logins: [pi]}}\n---\nkind: oidc\nmetadata: {name: okta}\nspec: {issuer_url: https://x, client_id: a, scopes: groups, claims_to_roles: [{claim: g, value: v, roles: [r]}]}\n"))
+	f.Add([]byte("kind: connectors\nitems: [{metadata: {name: a}, spec: {has_secret: true}}, 3]\n"))
+	f.Add([]byte("kind: roles\nitems: {}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		res, err := parseResources(data)
+		if err != nil {
+			return
+		}
+		for _, r := range res {
+			switch {
+			case r.role != nil && (r.role.Kind != "role" || r.role.Version != "v1" || r.role.Metadata.Name == ""):
+				t.Fatalf("accepted an incomplete role %+v", r.role)
+			case r.connector != nil && (r.connector.Kind != api.ConnectorKindOIDC || r.connector.Metadata.Name == "" || r.connector.Spec.HasSecret):
+				t.Fatalf("accepted an incomplete connector %+v", r.connector)
+			case r.role == nil && r.connector == nil:
+				t.Fatal("an empty resource")
+			}
+		}
+	})
+}
+
 func FuzzParseFleetInfo(f *testing.F) {
 	f.Add([]byte(`{"addr":"127.0.0.1:3080","ca_pin":"sha256:` + strings.Repeat("0", 64) + `","cluster":"fleet"}`))
 	f.Add([]byte(`{"addr":""}`))
@@ -464,6 +490,83 @@ func TestRolesRoundTrip(t *testing.T) {
 			}
 			if got := e.fleet.Roles(); !reflect.DeepEqual(got, want) {
 				t.Errorf("after the round trip: %+v, want %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestParseResources(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        string
+		roles     []string
+		conns     []string
+		errHas    string
+		checkConn func(t *testing.T, c *api.OIDCConnector)
+	}{
+		{name: "role and connector", in: `kind: role
+metadata: {name: dev}
+spec: {allow: {logins: [pi]}}
+---
+kind: oidc
+metadata: {name: okta}
+spec:
+  issuer_url: https://example.okta.com
+  client_id: abc
+  client_secret: s3cret
+  scopes: groups
+  claims_to_roles:
+  - {claim: groups, value: fleet-admins, roles: [admin]}
+`, roles: []string{"dev"}, conns: []string{"okta"}, checkConn: func(t *testing.T, c *api.OIDCConnector) {
+			if c.Version != "v1" || c.Spec.ClientSecret != "s3cret" || len(c.Spec.Scopes) != 1 || c.Spec.ClaimsToRoles[0].Roles[0] != "admin" {
+				t.Errorf("connector %+v", c)
+			}
+		}},
+		{name: "a connectors listing", in: `kind: connectors
+items:
+- kind: oidc
+  version: v1
+  metadata: {name: a}
+  spec: {issuer_url: "https://a", client_id: x, has_secret: true, claims_to_roles: [{claim: g, value: v, roles: [r]}]}
+- metadata: {name: b}
+  spec: {issuer_url: "https://b", client_id: bb, claims_to_roles: []}
+truncated: false
+`, conns: []string{"a", "b"}, checkConn: func(t *testing.T, c *api.OIDCConnector) {
+			if c.Spec.HasSecret {
+				t.Errorf("has_secret kept: the fleet decides it")
+			}
+		}},
+		{name: "typo in a connector", in: "kind: oidc\nmetadata: {name: x}\nspec: {issuer: https://x}\n", errHas: `unknown field "spec.issuer"`},
+		{name: "no name", in: "kind: oidc\nspec: {issuer_url: https://x}\n", errHas: "no metadata.name"},
+		{name: "other kind", in: "kind: saml\nmetadata: {name: x}\n", errHas: `kind is "saml"`},
+		{name: "empty", in: "---\n", errHas: "no resource"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := parseResources([]byte(tt.in))
+			if tt.errHas != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
+					t.Fatalf("err %v, want %q", err, tt.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var roles, conns []string
+			for _, r := range res {
+				if r.role != nil {
+					roles = append(roles, r.role.Metadata.Name)
+				}
+				if r.connector != nil {
+					conns = append(conns, r.connector.Metadata.Name)
+					if tt.checkConn != nil {
+						tt.checkConn(t, r.connector)
+					}
+				}
+			}
+			if !slices.Equal(roles, tt.roles) || !slices.Equal(conns, tt.conns) {
+				t.Errorf("roles %q connectors %q, want %q %q", roles, conns, tt.roles, tt.conns)
 			}
 		})
 	}

@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -287,12 +285,6 @@ fleetctl roles create -f takes it back.`,
 	return group
 }
 
-// createCommand is "fleetctl create -f ROLE.yaml", as kubectl create.
-func (r *runner) createCommand() *cobra.Command {
-	var roleFile string
-	return r.roleCreateCommand("create", &roleFile)
-}
-
 // roleCreateCommand is a command that writes the roles of a file.
 func (r *runner) roleCreateCommand(use string, file *string) *cobra.Command {
 	cmd := &cobra.Command{
@@ -321,40 +313,20 @@ func (r *runner) roleNames(ctx context.Context, c *client.Client) ([]cobra.Compl
 	return out, nil
 }
 
-func (r *runner) rolesCreate(cmd *cobra.Command, fileFlag string) error {
-	ctx := cmd.Context()
-	file := &fileFlag
-	if *file == "" {
-		return cli.Usagef(cmd, "-f ROLE.yaml is required")
-	}
-	var (
-		data []byte
-		err  error
-	)
-	if *file == "-" {
-		data, err = io.ReadAll(r.stdio.In)
-	} else {
-		data, err = os.ReadFile(*file)
-	}
-	if err != nil {
-		return fmt.Errorf("roles create: %w", err)
-	}
-	roles, err := parseRoles(data)
-	if err != nil {
-		return fmt.Errorf("roles create: %s: %w", *file, err)
-	}
-	c, _, err := r.connect()
+func (r *runner) rolesCreate(cmd *cobra.Command, file string) error {
+	data, err := r.readManifest(cmd, "roles create", file, "ROLE.yaml")
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	for _, role := range roles {
-		if err := c.PutRole(ctx, &role); err != nil {
-			return fmt.Errorf("roles create: role %q: %w", role.Metadata.Name, apiHint(err))
-		}
-		fmt.Fprintf(r.stdio.Out, "Role %q written.\n", role.Metadata.Name)
+	roles, err := parseRoles(data)
+	if err != nil {
+		return fmt.Errorf("roles create: %s: %w", file, err)
 	}
-	return nil
+	resources := make([]resource, len(roles))
+	for i := range roles {
+		resources[i].role = &roles[i]
+	}
+	return r.apply(cmd.Context(), "roles create", resources)
 }
 
 func (r *runner) rolesLs(ctx context.Context, format cli.Format) error {

@@ -176,13 +176,19 @@ func (r *runner) newPassword(ctx context.Context, name string) (string, error) {
 
 func (r *runner) usersTable(users []api.User) error {
 	now := r.stdio.Now()
-	tw := cli.NewTable(r.stdio.Out, "NAME", "ROLES", "LOGINS", "TOTP", "CREATED")
+	tw := cli.NewTable(r.stdio.Out, "NAME", "ROLES", "LOGINS", "TOTP", "SSO", "CREATED")
 	for _, u := range users {
 		totp := "no"
 		if u.TOTP {
 			totp = "yes"
 		}
-		tw.Row(u.Name, cli.Dash(strings.Join(u.Roles, ",")), cli.Dash(strings.Join(u.Traits["logins"], ",")), totp, cli.Ago(now, u.CreatedAt))
+		sso := "-"
+		if u.SSO != nil {
+			// Single sign-on users have no password; their roles are
+			// those of their last login.
+			sso = u.SSO.Connector + ", last login " + cli.Ago(now, u.SSO.LastLogin)
+		}
+		tw.Row(u.Name, cli.Dash(strings.Join(u.Roles, ",")), cli.Dash(strings.Join(u.Traits["logins"], ",")), totp, sso, cli.Ago(now, u.CreatedAt))
 	}
 	return tw.Flush()
 }

@@ -44,6 +44,13 @@ type Config struct {
 	// they go into its TLS certificate. Default: this host's name,
 	// localhost, 127.0.0.1, ::1 and the Listen host.
 	PublicAddrs []string `json:"public_addrs"`
+	// PublicURL is where browsers and identity providers reach the fleet,
+	// https://HOST[:PORT]: single sign-on's redirect address is
+	// PublicURL/v1/sso/callback and headless logins are approved at
+	// PublicURL/web/device. Default https://FIRST_PUBLIC_ADDR:PORT with
+	// the Listen port, or https://LISTEN_HOST:PORT (127.0.0.1 for an
+	// unspecified host) without public_addrs.
+	PublicURL string `json:"public_url"`
 	// UserCertTTL is the default lifetime of user certificates; default 8h.
 	UserCertTTL Duration `json:"user_cert_ttl"`
 	// DeviceCertTTL is the lifetime of device certificates; default 168h.

@@ -204,11 +204,12 @@ func fleetAddr(cfg Config, listen net.Addr) string {
 	return clientAddr(listen.String())
 }
 
-// webRoute sends the browser's pages (/web/...) to web and the rest to
-// the API.
-func webRoute(web, api http.Handler) http.Handler {
+// webRoute sends what web has a route for (the dashboard's pages and
+// the static files) to it, and the rest to the API (which serves some
+// browser pages too: single sign-on's device approval).
+func webRoute(web *http.ServeMux, api http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p := r.URL.Path; p == "/web" || strings.HasPrefix(p, "/web/") {
+		if _, pattern := web.Handler(r); pattern != "" {
 			web.ServeHTTP(w, r)
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,6 +28,7 @@ import (
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
@@ -37,12 +39,15 @@ import (
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/backend"
 	"remoteler.dev/edge/fleet/store/etcdstore"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/auditexport"
 )
 
@@ -212,6 +217,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// One home for admin actions: the API's and the dashboard's.
 	adm := admin.New(admin.Config{Users: us, Roles: roles, Tokens: toks, Devices: reg, CAPin: auth.Pin,
 		Disconnect: tunnels.Disconnect, Changed: live.Changed, Audit: recorder})
+	publicURL, err := publicURLOf(cfg, addr)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	rec := recorder // the fleet's one recorder: the trail and the audit logger
+	tickets := &ticket.Service{Store: st, Now: now}
+	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
+		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
 		Users:         us,
@@ -243,6 +257,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		LoginLimit:      loginLimit(cfg),
 		Retention:       sto.policy,
 		Floor:           sto.floor,
+		SSO:             single,
+		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
 	// The browser's side: the dashboard (its terminal, the link history).
@@ -256,6 +272,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	webMux := http.NewServeMux()
 	dsh.register(webMux)
 	met.SetSources(metrics.Sources{View: dsh.view, Tunnels: tunnels.Count, Sessions: live, Backlog: events.Backlog})
+	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
+		Limit: apiSrv.AllowLogin, Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
 		Handler:           met.Instrument(webRoute(webMux, apiSrv.Handler())),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -321,6 +339,22 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	// CA rotation steps taken on another replica reach this one.
 	wg.Go(func() { followCA(ctx, st, auth, log) })
+	// Logins that were started and never finished (single sign-on,
+	// tickets, headless) are pruned once for the fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "login-pruning", elector(st, "login-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
+			every(ctx, 5*time.Minute, func() {
+				for what, prune := range map[string]func(context.Context) (int, error){
+					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+				} {
+					if _, err := prune(ctx); err != nil {
+						log.Warn("prune "+what, "err", err)
+					}
+				}
+			})
+			return nil
+		})
+	})
 	// Expired join tokens are pruned once for the fleet, by the leader.
 	wg.Go(func() {
 		leader.Run(ctx, "token-pruning", elector(st, "token-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
@@ -379,20 +413,44 @@ func loginLimit(cfg Config) *sourcelimit.Limiter {
 	}
 }
 
-// refresh runs f every hour until ctx is done.
-func refresh(ctx context.Context, log *slog.Logger, f func() error) {
-	t := time.NewTicker(time.Hour)
+// every runs f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := f(); err != nil {
-				log.Error("refresh certificates", "err", err)
-			}
+			f()
 		}
 	}
+}
+
+// publicURLOf is cfg's PublicURL, or its default for the fleet listening
+// at addr.
+func publicURLOf(cfg Config, addr string) (string, error) {
+	if cfg.PublicURL != "" {
+		u, err := url.Parse(cfg.PublicURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return "", fmt.Errorf("public_url %q must be https://HOST[:PORT]", cfg.PublicURL)
+		}
+		return "https://" + u.Host, nil
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if len(cfg.PublicAddrs) > 0 && cfg.PublicAddrs[0] != "" {
+		return "https://" + net.JoinHostPort(cfg.PublicAddrs[0], port), nil
+	}
+	return "https://" + clientAddr(addr), nil
+}
+
+// refresh runs f every hour until ctx is done, logging its errors.
+func refresh(ctx context.Context, log *slog.Logger, f func() error) {
+	every(ctx, time.Hour, func() {
+		if err := f(); err != nil {
+			log.Error("refresh certificates", "err", err)
+		}
+	})
 }
 
 // listen opens TCP and UDP on the same port. With port 0 it retries until

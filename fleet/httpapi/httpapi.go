@@ -29,6 +29,7 @@ import (
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
@@ -40,7 +41,9 @@ import (
 	"remoteler.dev/edge/fleet/rollouts"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
@@ -66,6 +69,12 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// SSO is single sign-on (fleet/sso), Tickets the login tickets its
+	// logins and headless logins end in, and DeviceAuth the headless
+	// login's device flow; nil SSO and DeviceAuth turn them off.
+	SSO        *sso.Service
+	Tickets    *ticket.Service
+	DeviceAuth *deviceauth.Server
 	// Releases and Rollouts serve the OTA admin endpoints (ota.go) and
 	// the devices' update state; nil turns them off.
 	Releases *releases.Service
@@ -248,6 +257,7 @@ func (s *Server) Handler() http.Handler {
 	s.auditRoutes(mux)
 	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
+	s.ssoRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -16,7 +16,9 @@ import (
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sourcelimit"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
@@ -50,6 +52,8 @@ func newTestServer(t testing.TB) (*Server, string) {
 		CA: auth, Users: us, Roles: roles, Tokens: toks,
 		Devices: &devices.Registry{Store: st}, Tunnels: tunnelsrv.New(tunnelsrv.Config{}),
 		Cluster: "fleet",
+		SSO:     sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: "https://fleet.test" + api.PathSSOCallback}),
+		Tickets: &ticket.Service{Store: st},
 	}
 	return s, tok.Token
 }
@@ -60,8 +64,17 @@ func post(h http.Handler, path string, body []byte) *httptest.ResponseRecorder {
 	return w
 }
 
+// challenge is a well-formed code challenge.
+var challenge = ticket.Challenge("verifier")
+
+// ssoLogin is the body of an SSO login request.
+func ssoLogin(connector, redirect, challenge string) string {
+	return `{"connector":"` + connector + `","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl","csr":"AAAA","redirect_url":"` + redirect + `","code_challenge":"` + challenge + `"}`
+}
+
 func TestOpenEndpointsRefuseBadInput(t *testing.T) {
 	s, tok := newTestServer(t)
+	s.LoginLimit = &sourcelimit.Limiter{} // more cases than a burst: TestLoginRateLimitPerSource tests the limit
 	h := s.Handler()
 	tests := []struct {
 		name, path, body string
@@ -79,6 +92,14 @@ func TestOpenEndpointsRefuseBadInput(t *testing.T) {
 		{"join: bad name", api.PathJoin, `{"token":"` + tok + `","name":"Not A Name!","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"join: escape sequence in the version", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","agent_version":"v1\u001b]52;c;AA\u0007","ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"join: bidi override in a label", api.PathJoin, `{"token":"` + tok + `","name":"pi-1","labels":{"site":"north\u202e"},"ssh_public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"sso login: another site as the way back", api.PathSSOLogin, ssoLogin("test", "https://evil.example/cb", challenge), http.StatusBadRequest, api.CodeBadRequest},
+		{"sso login: a way back off loopback", api.PathSSOLogin, ssoLogin("test", "http://192.0.2.1:9/cb", challenge), http.StatusBadRequest, api.CodeBadRequest},
+		{"sso login: no port", api.PathSSOLogin, ssoLogin("test", "http://127.0.0.1/cb", challenge), http.StatusBadRequest, api.CodeBadRequest},
+		{"sso login: bad challenge", api.PathSSOLogin, ssoLogin("test", "http://127.0.0.1:9/cb", "plain"), http.StatusBadRequest, api.CodeBadRequest},
+		{"sso login: bad key", api.PathSSOLogin, `{"connector":"test","ssh_public_key":"junk","csr":"AAAA","redirect_url":"http://127.0.0.1:9/cb","code_challenge":"` + challenge + `"}`, http.StatusBadRequest, api.CodeBadRequest},
+		{"sso login: unknown connector", api.PathSSOLogin, ssoLogin("nope", "http://127.0.0.1:9/cb", challenge), http.StatusNotFound, api.CodeNotFound},
+		{"redeem: unknown ticket", api.PathSSORedeem, `{"ticket":"tk_nope","code_verifier":"v"}`, http.StatusUnauthorized, api.CodeUnauthorized},
+		{"redeem: unknown field", api.PathSSORedeem, `{"tiket":"x"}`, http.StatusBadRequest, api.CodeBadRequest},
 		{"oversized body", api.PathLogin, `{"user":"` + strings.Repeat("a", 2<<20) + `"}`, http.StatusBadRequest, api.CodeBadRequest},
 	}
 	for _, tt := range tests {
@@ -108,17 +129,17 @@ func TestAuthenticatedEndpointsNeedACertificate(t *testing.T) {
 // FuzzOpenEndpoints posts arbitrary bodies to the endpoints anyone can
 // reach: each answer is a 4xx with an error body, never a panic or a 5xx.
 func FuzzOpenEndpoints(f *testing.F) {
-	f.Add([]byte(`{"user":"alice","password":"correct horse"}`), false)
-	f.Add([]byte(`{"token":"jt_x","name":"pi-1","csr":"AAAA","ssh_public_key":"ssh-ed25519 AAAA"}`), true)
-	f.Add([]byte(`{"ttl":-5}`), false)
+	f.Add([]byte(`{"user":"alice","password":"correct horse"}`), uint8(0))
+	f.Add([]byte(`{"token":"jt_x","name":"pi-1","csr":"AAAA","ssh_public_key":"ssh-ed25519 AAAA"}`), uint8(1))
+	f.Add([]byte(`{"ttl":-5}`), uint8(0))
+	f.Add([]byte(ssoLogin("test", "http://127.0.0.1:9/cb", challenge)), uint8(2))
+	f.Add([]byte(`{"ticket":"tk_x","code_verifier":"v"}`), uint8(3))
 	s, _ := newTestServer(f)
 	s.LoginLimit = &sourcelimit.Limiter{} // every input from one address: no rate limit, or it answers them all 429
 	h := s.Handler()
-	f.Fuzz(func(t *testing.T, body []byte, join bool) {
-		path := api.PathLogin
-		if join {
-			path = api.PathJoin
-		}
+	paths := []string{api.PathLogin, api.PathJoin, api.PathSSOLogin, api.PathSSORedeem}
+	f.Fuzz(func(t *testing.T, body []byte, which uint8) {
+		path := paths[int(which)%len(paths)]
 		w := post(h, path, body)
 		if w.Code < 400 || w.Code >= 500 {
 			t.Fatalf("POST %s %q: status %d: %s", path, body, w.Code, w.Body)
@@ -157,5 +178,27 @@ func TestLoginRateLimitPerSource(t *testing.T) {
 	}
 	if w := login("192.0.2.2:1000"); w.Code != http.StatusUnauthorized {
 		t.Errorf("another address: %d, want 401", w.Code)
+	}
+	// Starting single sign-on logins stores state: the same limit holds.
+	r := httptest.NewRequest(http.MethodPost, api.PathSSOLogin, strings.NewReader(ssoLogin("nope", "http://127.0.0.1:9/cb", challenge)))
+	r.RemoteAddr = "192.0.2.1:1002"
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusTooManyRequests {
+		t.Errorf("an SSO login past the burst: %d, want 429", w.Code)
+	}
+}
+
+func TestCheckLoopback(t *testing.T) {
+	for _, ok := range []string{"http://127.0.0.1:4000/callback", "http://[::1]:4000/callback", "http://localhost:4000/cb", "http://127.0.0.2:1/"} {
+		if err := checkLoopback(ok); err != nil {
+			t.Errorf("checkLoopback(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"https://127.0.0.1:4000/callback", "http://127.0.0.1/callback", "http://evil.example:80/", "http://127.0.0.1.evil.example:80/",
+		"http://user@127.0.0.1:4000/", "http://127.0.0.1:4000/cb?next=https://evil.example", "http://127.0.0.1:4000/#x", "//127.0.0.1:4000/", "javascript:alert(1)"} {
+		if checkLoopback(bad) == nil {
+			t.Errorf("checkLoopback(%q) accepted", bad)
+		}
 	}
 }

@@ -85,6 +85,32 @@ func retryAfter(w http.ResponseWriter, d time.Duration) {
 	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.Seconds())))))
 }
 
+// admit applies the per-source login limit to r (a login, or an open
+// request that starts one and stores something for it). A refused source
+// is marked, and its first refusal in a run is recorded: a flood must not
+// write the audit log at its own rate.
+func (s *Server) admit(r *http.Request) sourcelimit.Verdict {
+	src := sourcelimit.Key(r.RemoteAddr)
+	limit := s.loginLimit()
+	v := limit.Allow(src)
+	if !v.OK {
+		limit.Mark(src)
+		if v.First {
+			s.audit().Warn("logins refused", "event", "user.login.failed", "source", src, "reason", "rate limited")
+			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
+				Message: "too many logins from this address: refused until the rate drops", Fields: map[string]string{"source": src}})
+		}
+	}
+	return v
+}
+
+// AllowLogin is admit for other packages' open endpoints (the device
+// flow's): it returns false and how long to wait when r must wait.
+func (s *Server) AllowLogin(r *http.Request) (time.Duration, bool) {
+	v := s.admit(r)
+	return v.Wait, v.OK
+}
+
 // login checks a password (and one-time code) and issues certificates.
 // Before any password is checked, the source address must be within its
 // rate (LoginLimit), or it is answered 429 after a pause (tarpit); a source
@@ -94,16 +120,8 @@ func retryAfter(w http.ResponseWriter, d time.Duration) {
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	src := sourcelimit.Key(r.RemoteAddr)
 	limit := s.loginLimit()
-	v := limit.Allow(src)
+	v := s.admit(r)
 	if !v.OK {
-		limit.Mark(src)
-		// Recorded once per run of refusals: a flood must not write the
-		// audit log at its own rate.
-		if v.First {
-			s.audit().Warn("logins refused", "event", "user.login.failed", "source", src, "reason", "rate limited")
-			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
-				Message: "too many logins from this address: refused until the rate drops", Fields: map[string]string{"source": src}})
-		}
 		tarpit(r.Context(), v.Wait)
 		retryAfter(w, v.Wait)
 		writeError(w, http.StatusTooManyRequests, api.CodeRateLimited,
@@ -151,50 +169,69 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "login", err)
 		return
 	}
-	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublicKey))
+	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, req.SSHPublicKey, req.CSR, req.TTL)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad ssh_public_key: "+err.Error())
+		s.issueError(w, "login", status, err)
 		return
 	}
-	checker, err := s.checker(r.Context(), u)
-	if err != nil {
-		s.storeError(w, "login", err)
-		return
-	}
-	ttl := checker.MaxTTL(s.userTTL())
-	if req.TTL > 0 && req.TTL < ttl {
-		ttl = req.TTL
-	}
-	logins := checker.AllLogins()
-	resp := api.LoginResponse{User: u.Name, Roles: u.Roles, Logins: logins, Cluster: s.Cluster, Expires: s.now().Add(ttl).UTC()}
-	if len(logins) > 0 {
-		sshCert, err := s.CA.SignUserSSH(sshPub, u.Name, logins, ttl)
-		if err != nil {
-			s.storeError(w, "login", err)
-			return
-		}
-		resp.SSHCert = string(ssh.MarshalAuthorizedKey(sshCert))
-	}
-	cert, err := s.CA.SignUserX509(req.CSR, u.Name, ttl)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
-		return
-	}
-	resp.Cert = cert
-	resp.CACerts = derCerts(s.CA.CACerts())
-	for _, k := range s.CA.HostCAKeys() {
-		resp.HostCAKeys = append(resp.HostCAKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
-	}
-	log.Info("user logged in", "roles", u.Roles, "logins", logins, "ttl", ttl.String())
+	log.Info("user logged in", "roles", u.Roles, "logins", resp.Logins, "ttl", ttl.String())
 	s.audit().Info("certificate issued", "event", "cert.issued", "user", u.Name, "expires", resp.Expires)
 	if s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
-		Fields: map[string]string{"roles": strings.Join(u.Roles, ","), "logins": strings.Join(logins, ","), "ttl": ttl.String()}}) != nil {
+		Fields: map[string]string{"roles": strings.Join(u.Roles, ","), "logins": strings.Join(resp.Logins, ","), "ttl": ttl.String()}}) != nil {
 		errAuditDown(w)
 		return
 	}
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventCertIssued, User: u.Name, Addr: r.RemoteAddr,
 		Fields: map[string]string{"kind": "user", "expires": resp.Expires.Format(time.RFC3339)}})
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// issueError answers a failed issueUserCerts.
+func (s *Server) issueError(w http.ResponseWriter, op string, status int, err error) {
+	if status == http.StatusBadRequest {
+		writeError(w, status, api.CodeBadRequest, err.Error())
+		return
+	}
+	s.storeError(w, op, err)
+}
+
+// issueUserCerts issues u's SSH certificate (when their roles give logins)
+// and X.509 certificate for the keys of a login, for the lifetime asked
+// (ttl; zero: the most allowed), capped by the fleet's default and the
+// roles' max_session_ttl; it returns the lifetime given. A bad key or
+// request is status 400; other errors are internal.
+func (s *Server) issueUserCerts(ctx context.Context, u api.User, sshKey string, csr []byte, ttl time.Duration) (*api.LoginResponse, time.Duration, int, error) {
+	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(sshKey))
+	if err != nil {
+		return nil, 0, http.StatusBadRequest, fmt.Errorf("bad ssh_public_key: %w", err)
+	}
+	checker, err := s.checker(ctx, u)
+	if err != nil {
+		return nil, 0, http.StatusInternalServerError, err
+	}
+	max := checker.MaxTTL(s.userTTL())
+	if ttl <= 0 || ttl > max {
+		ttl = max
+	}
+	logins := checker.AllLogins()
+	resp := api.LoginResponse{User: u.Name, Roles: u.Roles, Logins: logins, Cluster: s.Cluster, Expires: s.now().Add(ttl).UTC()}
+	if len(logins) > 0 {
+		sshCert, err := s.CA.SignUserSSH(sshPub, u.Name, logins, ttl)
+		if err != nil {
+			return nil, 0, http.StatusInternalServerError, err
+		}
+		resp.SSHCert = string(ssh.MarshalAuthorizedKey(sshCert))
+	}
+	cert, err := s.CA.SignUserX509(csr, u.Name, ttl)
+	if err != nil {
+		return nil, 0, http.StatusBadRequest, err
+	}
+	resp.Cert = cert
+	resp.CACerts = derCerts(s.CA.CACerts())
+	for _, k := range s.CA.HostCAKeys() {
+		resp.HostCAKeys = append(resp.HostCAKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
+	}
+	return &resp, ttl, http.StatusOK, nil
 }
 
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request, c *caller) {

@@ -187,8 +187,8 @@ func expand(logins []string, traits map[string][]string, wildcard bool) map[stri
 		}
 	}
 	for _, l := range logins {
-		if m := templateRE.FindStringSubmatch(l); m != nil {
-			for _, v := range traits[m[1]] {
+		if vals, ok := traitValues(l, traits); ok {
+			for _, v := range vals {
 				if v != Wildcard { // a trait value never acts as a wildcard
 					add(v)
 				}

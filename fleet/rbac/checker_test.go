@@ -190,6 +190,11 @@ func TestTemplateExpansion(t *testing.T) {
 		{"nil traits", []string{"{{internal.logins}}"}, nil, nil},
 		{"invalid values dropped", []string{"{{internal.logins}}"}, map[string][]string{"logins": {"ok", "bad name", "-x", "*", "", "9lives", "fine_2"}}, []string{"fine_2", "ok"}},
 		{"duplicates merged", []string{"pi", "{{internal.logins}}"}, map[string][]string{"logins": {"pi"}}, []string{"pi"}},
+		{"external trait", []string{"{{external.logins}}"}, map[string][]string{"external.logins": {"ops"}, "logins": {"root"}}, []string{"ops"}},
+		{"internal does not read claims", []string{"{{internal.logins}}", "{{internal.external.logins}}"}, map[string][]string{"external.logins": {"ops"}}, nil},
+		{"external does not read internal", []string{"{{external.logins}}"}, map[string][]string{"logins": {"root"}}, nil},
+		{"email local part", []string{"{{email.local(external.email)}}"}, map[string][]string{"external.email": {"alice@example.com", "no-at-sign", "@example.com"}}, []string{"alice"}},
+		{"email local of internal", []string{"{{ email.local( internal.mail ) }}"}, map[string][]string{"mail": {"bob@example.com"}}, []string{"bob"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

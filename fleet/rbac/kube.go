@@ -24,14 +24,14 @@ func CheckKubeName(name string) error {
 	return nil
 }
 
-// expandKube resolves "{{internal.TRAIT}}" templates in Kubernetes user or
+// expandKube resolves trait templates (traits.go) in Kubernetes user or
 // group lists and drops invalid names. "*" is kept only when wildcard is
 // true (deny rules); a trait value never acts as a wildcard.
 func expandKube(names []string, traits map[string][]string, wildcard bool) map[string]bool {
 	out := make(map[string]bool)
 	for _, n := range names {
-		if m := templateRE.FindStringSubmatch(n); m != nil {
-			for _, v := range traits[m[1]] {
+		if vals, ok := traitValues(n, traits); ok {
+			for _, v := range vals {
 				if CheckKubeName(v) == nil {
 					out[v] = true
 				}
@@ -63,9 +63,9 @@ func validateKube(spec api.RoleSpec) error {
 				case n == Wildcard && side.deny:
 				case n == Wildcard:
 					return fmt.Errorf(`%s.%s: "*" is only allowed in deny; list the names to allow, or use "{{internal.%s}}"`, side.where, field, field)
-				case strings.Contains(n, "{{") || strings.Contains(n, "}}"):
+				case isTemplate(n):
 					if !templateRE.MatchString(n) {
-						return fmt.Errorf(`%s.%s: %q is not a template of the form "{{internal.TRAIT}}"`, side.where, field, n)
+						return fmt.Errorf(`%s.%s: %q is not a template of the form "{{internal.TRAIT}}" or "{{external.TRAIT}}"`, side.where, field, n)
 					}
 				default:
 					if err := CheckKubeName(n); err != nil {

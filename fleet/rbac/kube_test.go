@@ -46,6 +46,10 @@ func TestKubeAccess(t *testing.T) {
 		{"hidden device gives nothing", []api.Role{viewers, hideNorth}, nil, nil, nil},
 		{"trait star is no wildcard", []api.Role{devs}, map[string][]string{"kubernetes_groups": {"*", "bad name"}}, nil, []string{"developers"}},
 		{"no roles", nil, nil, nil, nil},
+		{"groups from claims", []api.Role{role("sso", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"{{external.groups}}"},
+			KubernetesUsers: []string{"{{external.email}}"}}, api.RoleConditions{})},
+			map[string][]string{"external.groups": {"fleet-admins", "ops"}, "external.email": {"carol@example.com"}, "kubernetes_groups": {"not-me"}},
+			[]string{"carol@example.com"}, []string{"fleet-admins", "ops"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -140,7 +144,8 @@ func TestValidateKube(t *testing.T) {
 		{"star in allow", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"*"}}, api.RoleConditions{}, `"*" is only allowed in deny`},
 		{"space in name", api.RoleConditions{DeviceLabels: everywhere, KubernetesUsers: []string{"a b"}}, api.RoleConditions{}, "printable ASCII"},
 		{"newline in name", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"a\r\nImpersonate-User: admin"}}, api.RoleConditions{}, "printable ASCII"},
-		{"bad template", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"{{external.x}}"}}, api.RoleConditions{}, "not a template"},
+		{"bad template", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"{{outer.x}}"}}, api.RoleConditions{}, "not a template"},
+		{"external template", api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"{{external.groups}}"}}, api.RoleConditions{}, ""},
 		{"deny star with labels", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere, KubernetesGroups: []string{"*"}}, ""},
 		{"deny kube without labels", api.RoleConditions{}, api.RoleConditions{KubernetesUsers: []string{"admin"}}, "need deny.device_labels"},
 		{"deny labels with nothing", api.RoleConditions{}, api.RoleConditions{DeviceLabels: everywhere}, "denies nothing"},

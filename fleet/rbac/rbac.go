@@ -9,8 +9,9 @@
 //     no device, in allow and in deny alike, so a deny rule must name labels
 //     ({"*": ["*"]} means every device);
 //   - logins may be templates "{{internal.TRAIT}}" that expand to the user's
-//     trait values (an unknown trait expands to nothing); expanded values
-//     that are not valid Unix login names are dropped;
+//     trait values, or "{{external.TRAIT}}" that expand to a single sign-on
+//     user's claims (traits.go; an unknown trait expands to nothing);
+//     expanded values that are not valid Unix login names are dropped;
 //   - kubernetes_users and kubernetes_groups work like logins for the
 //     Kubernetes clusters on devices (kube.go): templated, "*" only in
 //     deny, deny wins; a deny "*" in either keeps the user off the
@@ -32,7 +33,6 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
-	"strings"
 	"time"
 
 	"remoteler.dev/edge/fleet/devices"
@@ -51,9 +51,8 @@ const (
 const Wildcard = "*"
 
 var (
-	nameRE     = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
-	loginRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
-	templateRE = regexp.MustCompile(`^\{\{\s*internal\.([A-Za-z0-9_.-]+)\s*\}\}$`)
+	nameRE  = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
+	loginRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
 )
 
 // CheckName reports whether name is a valid role (and user) name: 1 to 64
@@ -79,7 +78,7 @@ func CheckLogin(login string) error {
 }
 
 // Validate checks a role: kind "role", version "v1", a valid name, logins
-// that are valid Unix login names or "{{internal.TRAIT}}" templates ("*"
+// that are valid Unix login names or trait templates (traits.go; "*"
 // only in deny), label selectors with non-empty keys and values (key "*"
 // only with value "*"), a deny that names logins also names device labels,
 // and a max_session_ttl that parses as a positive Go duration. Unknown
@@ -136,9 +135,9 @@ func validateConditions(where string, c api.RoleConditions, deny bool) error {
 		case l == Wildcard && deny:
 		case l == Wildcard:
 			return fmt.Errorf(`%s.logins: "*" is only allowed in deny; list the logins to allow, or use "{{internal.logins}}"`, where)
-		case strings.Contains(l, "{{") || strings.Contains(l, "}}"):
+		case isTemplate(l):
 			if !templateRE.MatchString(l) {
-				return fmt.Errorf(`%s.logins: %q is not a template of the form "{{internal.TRAIT}}"`, where, l)
+				return fmt.Errorf(`%s.logins: %q is not a template of the form "{{internal.TRAIT}}", "{{external.TRAIT}}" or "{{email.local(external.TRAIT)}}"`, where, l)
 			}
 		default:
 			if err := CheckLogin(l); err != nil {

@@ -36,7 +36,12 @@ func TestValidate(t *testing.T) {
 		{"dot-dot name", func(r *api.Role) { r.Metadata.Name = ".." }, "reserved"},
 		{"star login in allow", func(r *api.Role) { r.Spec.Allow.Logins = []string{"*"} }, "only allowed in deny"},
 		{"bad login", func(r *api.Role) { r.Spec.Allow.Logins = []string{"-rf"} }, "not a valid Unix login"},
-		{"bad template namespace", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{external.logins}}"} }, "not a template"},
+		{"bad template namespace", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{outer.logins}}"} }, "not a template"},
+		{"external template", func(r *api.Role) {
+			r.Spec.Allow.Logins = []string{"{{external.logins}}", "{{email.local(external.email)}}"}
+		}, ""},
+		{"unknown function", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{email.domain(external.email)}}"} }, "not a template"},
+		{"unclosed function", func(r *api.Role) { r.Spec.Allow.Logins = []string{"{{email.local(external.email}}"} }, "not a template"},
 		{"partial template", func(r *api.Role) { r.Spec.Allow.Logins = []string{"x{{internal.logins}}"} }, "not a template"},
 		{"star key with value", func(r *api.Role) { r.Spec.Allow.DeviceLabels = map[string][]string{"*": {"prod"}} }, `takes only the value "*"`},
 		{"no values", func(r *api.Role) { r.Spec.Allow.DeviceLabels = map[string][]string{"env": {}} }, "has no values"},

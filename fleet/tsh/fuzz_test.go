@@ -14,6 +14,7 @@ func FuzzParseProfile(f *testing.F) {
 		HostCAKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"},
 	})
 	f.Add(good)
+	f.Add([]byte(`{"proxy":"fleet.example.com:3080","user":"carol@example.com","cluster":"fleet","auth":"okta"}`))
 	f.Add([]byte(`{"proxy":"../..:1","user":"a","cluster":"c"}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -22,7 +23,7 @@ func FuzzParseProfile(f *testing.F) {
 			return
 		}
 		// What parses must be safe to use in paths and config lines.
-		for _, s := range []string{p.Proxy, p.User, p.Cluster} {
+		for _, s := range []string{p.Proxy, p.User, p.Cluster, p.loginFlag()} {
 			if s == "" || s == "." || s == ".." || strings.ContainsAny(s, "/\\\n\r \t\"'") {
 				t.Fatalf("accepted unsafe name %q", s)
 			}

@@ -1,6 +1,7 @@
 package tsh
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -31,12 +32,16 @@ type loginFlags struct {
 	proxy, user, caPin string
 	insecure           bool
 	ttl                time.Duration
+	// auth is a single sign-on connector's name, or "headless" (from
+	// --auth or --headless); browser is --browser.
+	auth, browser string
+	headless      bool
 }
 
 func (r *runner) loginCommand() *cobra.Command {
 	var f loginFlags
 	cmd := &cobra.Command{
-		Use:   "login --proxy=HOST:PORT --user=NAME",
+		Use:   "login --proxy=HOST:PORT [--user=NAME | --auth=CONNECTOR | --headless]",
 		Short: "Log in to a fleet and get short-lived certificates",
 		Long: `Log in to a fleet with your password (and a TOTP code when you enrolled
 one): tsh asks the fleet for an SSH and an X.509 certificate for keys it
@@ -44,8 +49,18 @@ makes on this machine, and keeps them under TSH_HOME (default ~/.tsh) until
 they expire. The first login to a fleet verifies it by its CA pin
 (--ca-pin, from your admin: fleetctl status prints it); later logins trust
 the CA saved by the first. The password is read without echo from a
-terminal, else one line from standard input.`,
+terminal, else one line from standard input.
+
+With single sign-on, --auth=CONNECTOR logs you in through your identity
+provider in a browser (tsh opens it, or prints the address with
+--browser=none) and receives the certificates on a loopback port; your
+fleet user name, roles and traits come from the provider. --headless is for
+a machine without a browser: tsh shows a code and an address, you approve
+the login in any browser where you can log in to the fleet, and the
+certificates arrive here. A later tsh login logs in the same way again.`,
 		Example: `  tsh login --proxy=fleet.example.com:3080 --user=alice --ca-pin=sha256:6f1c...
+  tsh login --proxy=fleet.example.com:3080 --auth=okta
+  tsh login --proxy=fleet.example.com:3080 --headless
   tsh login          # again, as the current login`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return r.login(cmd, f) },
@@ -56,30 +71,49 @@ terminal, else one line from standard input.`,
 	fl.StringVar(&f.caPin, "ca-pin", "", "trust the fleet whose CA has this pin, sha256:HEX (your admin has it: fleetctl status); default: the CA saved by an earlier login, else the system's roots")
 	fl.BoolVar(&f.insecure, "insecure", false, "do not verify the fleet's certificate: for development only")
 	fl.DurationVar(&f.ttl, "ttl", 8*time.Hour, "requested lifetime of your certificates; the fleet caps it by your roles")
+	fl.StringVar(&f.auth, "auth", "", "log in through this single sign-on `connector` in a browser (ask your fleet admin for its name)")
+	fl.BoolVar(&f.headless, "headless", false, "log in from a machine without a browser: approve the login in a browser elsewhere")
+	fl.StringVar(&f.browser, "browser", "", "the browser `program` that opens the login page (default $BROWSER, else the system's); none prints the address only")
+	cmd.MarkFlagsMutuallyExclusive("auth", "headless")
+	cmd.MarkFlagsMutuallyExclusive("user", "auth")
+	cmd.MarkFlagsMutuallyExclusive("user", "headless")
 	return cmd
 }
 
 func (r *runner) login(cmd *cobra.Command, f loginFlags) error {
 	ctx := cmd.Context()
 	proxy, userName, caPin, insecure, ttl := &f.proxy, &f.user, &f.caPin, &f.insecure, &f.ttl
+	auth := f.auth
+	if f.headless {
+		auth = authHeadless
+	}
 	if cur, _, err := r.currentProfile(); err == nil {
 		if *proxy == "" {
 			*proxy = cur.Proxy
 		}
-		if *userName == "" && *proxy == cur.Proxy {
-			*userName = cur.User
+		if *userName == "" && auth == "" && *proxy == cur.Proxy {
+			// Again, the way the current login was made.
+			if cur.Auth != "" {
+				auth = cur.Auth
+			} else {
+				*userName = cur.User
+			}
 		}
 	}
 	if *proxy == "" {
 		return cli.Usagef(cmd, "--proxy=HOST:PORT is required: the fleet's address (ask your fleet admin)")
 	}
-	if *userName == "" {
+	if *userName == "" && auth == "" {
 		*userName = r.localUser()
 	}
 	if err := checkProxy(*proxy); err != nil {
 		return fmt.Errorf("login: --proxy: %w", err)
 	}
-	if err := checkName("user", *userName); err != nil {
+	if auth != "" {
+		if err := checkName("connector", auth); err != nil {
+			return fmt.Errorf("login: --auth: %w", err)
+		}
+	} else if err := checkName("user", *userName); err != nil {
 		return fmt.Errorf("login: --user: %w", err)
 	}
 	if *caPin != "" && *insecure {
@@ -98,37 +132,31 @@ func (r *runner) login(cmd *cobra.Command, f loginFlags) error {
 	}
 	defer c.Close()
 
-	keys, err := newKeys(*userName)
+	keyName := *userName
+	if keyName == "" {
+		keyName = "sso"
+	}
+	keys, err := newKeys(keyName)
 	if err != nil {
 		return fmt.Errorf("login: %w", err)
 	}
-	password, err := r.prompt.Secret(ctx, fmt.Sprintf("Password for %s at %s: ", *userName, *proxy))
+	var resp *api.LoginResponse
+	switch auth {
+	case "":
+		resp, err = r.passwordLogin(ctx, c, *userName, *proxy, keys, *ttl)
+	case authHeadless:
+		resp, err = r.headlessLogin(ctx, c, keys, *ttl)
+	default:
+		resp, err = r.ssoLogin(ctx, c, auth, keys, *ttl, f.browser)
+	}
 	if err != nil {
-		return fmt.Errorf("login: read password: %w", err)
-	}
-	if password == "" {
-		return errors.New("login: empty password; type your fleet password (or pipe it on standard input)")
-	}
-	req := &api.LoginRequest{
-		User:         *userName,
-		Password:     password,
-		CSR:          keys.csr,
-		SSHPublicKey: string(ssh.MarshalAuthorizedKey(keys.sshPub)),
-		TTL:          *ttl,
-	}
-	resp, err := c.Login(ctx, req)
-	if apiErr, ok := errors.AsType[*api.Error](err); ok && apiErr.Code == api.CodeTOTPRequired {
-		code, err := r.prompt.Line(ctx, fmt.Sprintf("TOTP code for %s (from your authenticator app): ", *userName))
-		if err != nil {
-			return fmt.Errorf("login: read TOTP code: %w", err)
-		}
-		req.TOTP = strings.TrimSpace(code)
-		resp, err = c.Login(ctx, req)
-		if err != nil {
-			return loginError(err)
-		}
-	} else if err != nil {
 		return loginError(err)
+	}
+	if auth != "" {
+		if err := checkName("user", resp.User); err != nil {
+			return fmt.Errorf("login: the fleet's answer: %w", err)
+		}
+		*userName = resp.User
 	}
 	got, err := checkLogin(resp, keys, *userName, wantPin)
 	if err != nil {
@@ -143,6 +171,7 @@ func (r *runner) login(cmd *cobra.Command, f loginFlags) error {
 		Expires:    resp.Expires,
 		CAPin:      wantPin,
 		HostCAKeys: got.hostCAKeys,
+		Auth:       auth,
 	}
 	if p.CAPin == "" {
 		p.CAPin = pin.Of(got.cas[0])
@@ -164,6 +193,35 @@ func (r *runner) login(cmd *cobra.Command, f loginFlags) error {
 	fmt.Fprintf(r.stdio.Out, "  Valid until: %s (for %s)\n", cli.Time(p.Expires), cli.Duration(p.Expires.Sub(now)))
 	fmt.Fprintln(r.stdio.Out, "Next: tsh ls lists your devices, tsh ssh LOGIN@DEVICE logs in to one, tsh config sets up OpenSSH.")
 	return nil
+}
+
+// passwordLogin logs in with a password and, when asked for one, a TOTP
+// code.
+func (r *runner) passwordLogin(ctx context.Context, c *client.Client, userName, proxy string, k *keys, ttl time.Duration) (*api.LoginResponse, error) {
+	password, err := r.prompt.Secret(ctx, fmt.Sprintf("Password for %s at %s: ", userName, proxy))
+	if err != nil {
+		return nil, fmt.Errorf("read password: %w", err)
+	}
+	if password == "" {
+		return nil, errors.New("empty password; type your fleet password (or pipe it on standard input)")
+	}
+	req := &api.LoginRequest{
+		User:         userName,
+		Password:     password,
+		CSR:          k.csr,
+		SSHPublicKey: string(ssh.MarshalAuthorizedKey(k.sshPub)),
+		TTL:          ttl,
+	}
+	resp, err := c.Login(ctx, req)
+	if apiErr, ok := errors.AsType[*api.Error](err); ok && apiErr.Code == api.CodeTOTPRequired {
+		code, err := r.prompt.Line(ctx, fmt.Sprintf("TOTP code for %s (from your authenticator app): ", userName))
+		if err != nil {
+			return nil, fmt.Errorf("read TOTP code: %w", err)
+		}
+		req.TOTP = strings.TrimSpace(code)
+		return c.Login(ctx, req)
+	}
+	return resp, err
 }
 
 // loginTrust picks how login trusts the fleet: the pin, --insecure, the CA
@@ -210,6 +268,9 @@ func (r *runner) loginTrust(proxy, user, caPin string, insecure bool) (*tls.Conf
 
 // loginError adds what to do to a failed login.
 func loginError(err error) error {
+	if strings.HasPrefix(err.Error(), "login: ") {
+		return err
+	}
 	if apiErr, ok := errors.AsType[*api.Error](err); ok {
 		switch apiErr.Code {
 		case api.CodeUnauthorized:

@@ -46,6 +46,22 @@ type profile struct {
 	// HostCAKeys are the fleet's SSH host CA keys in authorized_keys
 	// format; tsh ssh trusts device host certificates they sign.
 	HostCAKeys []string `json:"host_ca_keys"`
+	// Auth is how the login was made: "" with a password, a single
+	// sign-on connector's name, or "headless". tsh login again logs in
+	// the same way.
+	Auth string `json:"auth,omitempty"`
+}
+
+// loginFlag is the tsh login flag that logs in again as this profile did:
+// --user=NAME, --auth=CONNECTOR or --headless.
+func (p *profile) loginFlag() string {
+	switch p.Auth {
+	case "":
+		return "--user=" + p.User
+	case authHeadless:
+		return "--headless"
+	}
+	return "--auth=" + p.Auth
 }
 
 // name is how the profile is named in $TSH_HOME/current: PROXY/USER.
@@ -90,6 +106,11 @@ func parseProfile(data []byte) (*profile, error) {
 	}
 	if _, err := p.hostCAs(); err != nil {
 		return nil, fmt.Errorf("profile: %w", err)
+	}
+	if p.Auth != "" {
+		if err := checkName("connector", p.Auth); err != nil {
+			return nil, fmt.Errorf("profile: %w", err)
+		}
 	}
 	return &p, nil
 }

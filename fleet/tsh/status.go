@@ -76,8 +76,8 @@ func (r *runner) status(format cli.Format) error {
 		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", printable.Escape(cli.List(p.Roles)))
 		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", printable.Escape(cli.List(p.Logins)))
 		if now.After(p.Expires) {
-			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (EXPIRED %s ago; run tsh login --proxy=%s --user=%s)\n",
-				cli.Time(p.Expires), cli.Duration(now.Sub(p.Expires)), p.Proxy, p.User)
+			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (EXPIRED %s ago; run tsh login --proxy=%s %s)\n",
+				cli.Time(p.Expires), cli.Duration(now.Sub(p.Expires)), p.Proxy, p.loginFlag())
 		} else {
 			fmt.Fprintf(r.stdio.Out, "    Valid until: %s (for %s)\n", cli.Time(p.Expires), cli.Duration(p.Expires.Sub(now)))
 		}

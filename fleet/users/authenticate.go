@@ -90,6 +90,17 @@ func (s *Service) Authenticate(ctx context.Context, name, password, totpCode str
 		return fail(err)
 	}
 	known = true
+	if rec.SSO != nil {
+		// No password to check: the same work and the same answer as a
+		// wrong password, so a password login cannot tell SSO users
+		// from others.
+		if err := s.verifyDummy(ctx, password); err != nil {
+			return fail(err)
+		}
+		result = failed
+		s.logger().Info("users: login failed", "user", name, "reason", "single sign-on user (no password)", "connector", rec.SSO.Connector)
+		return fail(ErrBadCredentials)
+	}
 	verified := rec.PasswordHash
 	h, err := decodePHC(verified)
 	if err != nil {

@@ -1,8 +1,13 @@
-// Package users manages the fleet's local users: adding, listing and
-// deleting them, and authenticating a login with a password and, when
+// Package users manages the fleet's users: adding, listing and deleting
+// local users, and authenticating a login with a password and, when
 // enrolled, a TOTP code. Users are stored as JSON under "users/NAME" in a
 // store.Store, with an argon2id password hash (never the password) and the
 // TOTP secret. Only fleet/... server packages import users.
+//
+// Single sign-on users (sso.go) share the same names: their record has no
+// password, only the roles and traits their identity provider's claims gave
+// at their last login, so the fleet checks their certificates and sessions
+// as it checks a local user's, and removing one ends their sessions.
 //
 // Authenticate resists guessing: an unknown user and a wrong password give
 // the same error after the same work (a hash against a dummy); a TOTP code
@@ -118,6 +123,8 @@ type record struct {
 	// TOTP code; codes of that step or earlier are refused as replays.
 	TOTPLastStep int64     `json:"totp_last_step,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
+	// SSO is set for single sign-on users, who have no password.
+	SSO *api.SSOUser `json:"sso,omitempty"`
 }
 
 func (r record) api() api.User {
@@ -134,7 +141,16 @@ func (r record) api() api.User {
 		Traits:    traits,
 		TOTP:      r.TOTPSecret != "",
 		CreatedAt: r.CreatedAt,
+		SSO:       cloneSSO(r.SSO),
 	}
+}
+
+func cloneSSO(s *api.SSOUser) *api.SSOUser {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	return &c
 }
 
 // Service manages users. Set its fields before the first call; the zero
@@ -339,7 +355,7 @@ func distinct(in []string, check func(string) error) ([]string, error) {
 // get returns a user's record and the bytes it was decoded from.
 func (s *Service) get(ctx context.Context, name string) (record, []byte, error) {
 	var r record
-	if CheckName(name) != nil {
+	if CheckName(name) != nil && CheckSSOName(name) != nil {
 		return r, nil, ErrNotFound
 	}
 	b, err := s.Store.Get(ctx, prefix+name)
@@ -385,7 +401,7 @@ func (s *Service) List(ctx context.Context) ([]api.User, error) {
 // ErrNotFound. Certificates already issued to the user stay valid until
 // they expire.
 func (s *Service) Delete(ctx context.Context, name string) error {
-	if CheckName(name) != nil {
+	if CheckName(name) != nil && CheckSSOName(name) != nil {
 		return fmt.Errorf("users: delete %q: %w", name, ErrNotFound)
 	}
 	err := s.Store.Delete(ctx, prefix+name)

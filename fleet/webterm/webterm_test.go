@@ -161,7 +161,7 @@ type fixture struct {
 	srv   *httptest.Server
 	dev   *device
 	reg   *sessions.Registry
-	trail *audittest.Trail
+	trail *audittest.Recorder
 }
 
 const rolePi = "metadata: {name: pi}\nspec: {allow: {logins: [pi], device_labels: {site: north}}}"
@@ -188,7 +188,7 @@ func newFixture(t *testing.T, cfg Config, roleDoc string) *fixture {
 		return checker.Authenticate(meta, key)
 	}}
 	scfg.AddHostKey(hostSigner)
-	f := &fixture{dev: &device{closed: make(chan struct{})}, trail: &audittest.Trail{}}
+	f := &fixture{dev: &device{closed: make(chan struct{})}, trail: &audittest.Recorder{}}
 	devs := &devices.Registry{Store: memstore.New()}
 	ctx := context.Background()
 	d, err := devs.Register(ctx, devices.Device{Name: "pi-1", Labels: map[string]string{"site": "north"}})
@@ -296,10 +296,10 @@ func TestTerminal(t *testing.T) {
 		t.Errorf("sizes the device saw: %v, want 80x24 then 120x40", got)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for len(f.trail.Find(proto.EventSessionEnd, "")) == 0 && time.Now().Before(deadline) {
+	for len(f.trail.FindAll(proto.EventSessionEnd, "")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	starts, ends := f.trail.Find(proto.EventSessionStart, ""), f.trail.Find(proto.EventSessionEnd, "")
+	starts, ends := f.trail.FindAll(proto.EventSessionStart, ""), f.trail.FindAll(proto.EventSessionEnd, "")
 	if len(starts) != 1 || starts[0].User != "bob" || starts[0].Login != "pi" || starts[0].Fields["client"] != "web" {
 		t.Errorf("session starts: %+v", starts)
 	}
@@ -324,10 +324,10 @@ func TestDeadWebsocket(t *testing.T) {
 		t.Fatal("the shell outlived a dead page")
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for len(f.trail.Find(proto.EventSessionEnd, "")) == 0 && time.Now().Before(deadline) {
+	for len(f.trail.FindAll(proto.EventSessionEnd, "")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ends := f.trail.Find(proto.EventSessionEnd, "")
+	ends := f.trail.FindAll(proto.EventSessionEnd, "")
 	if len(ends) != 1 || !strings.Contains(ends[0].Fields["reason"], "did not answer") {
 		t.Errorf("session end %+v, want the reason: the browser did not answer", ends)
 	}
@@ -343,7 +343,7 @@ func TestRefusedBeforeUpgrade(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("got %v, %v; want 403", resp, err)
 	}
-	if denied := f.trail.Find(proto.EventAccessDenied, ""); len(denied) != 1 || denied[0].User != "bob" {
+	if denied := f.trail.FindAll(proto.EventAccessDenied, ""); len(denied) != 1 || denied[0].User != "bob" {
 		t.Errorf("refusal recorded: %+v", denied)
 	}
 }

@@ -212,6 +212,22 @@ type User struct {
 	Traits    map[string][]string `json:"traits,omitempty"`
 	TOTP      bool                `json:"totp"`
 	CreatedAt time.Time           `json:"created_at"`
+	// SSO is set for users who log in through a connector (single
+	// sign-on): they have no password, and their roles and traits are
+	// those their provider's claims gave at their last login.
+	SSO *SSOUser `json:"sso,omitempty"`
+}
+
+// SSOUser says where a single sign-on user comes from.
+type SSOUser struct {
+	// Connector is the connector they logged in with, Subject their ID at
+	// its provider (the sub claim).
+	Connector string `json:"connector"`
+	Subject   string `json:"subject"`
+	// LastLogin is when they last logged in; Expires is when the
+	// certificates of that login expire at the latest.
+	LastLogin time.Time `json:"last_login"`
+	Expires   time.Time `json:"expires,omitzero"`
 }
 
 // AddUserRequest is POSTed to /v1/users. When TOTP is true the answer's

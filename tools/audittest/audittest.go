@@ -1,82 +1,83 @@
-// Package audittest is a stand-in for the fleet's audit recorder in tests:
-// a Trail keeps the events it is given, in order, and can be told to fail
-// (an audit log that cannot be written). Packages whose recorder is an
-// interface (the broker, the device lifecycle, admin actions, the web
-// terminal) test what they record with it; fleet/audit's own tests use
-// the real log.
+// Package audittest is a test double of the fleet's audit recorder: it
+// keeps the events a package under test records (the Record method of the
+// consumer-declared Recorder interfaces of fleet/sso, fleet/deviceauth and
+// others), so a test can assert which events were written.
 //
 // Only tests import this package.
 package audittest
 
 import (
 	"context"
-	"errors"
 	"sync"
 
 	"remoteler.dev/edge/proto"
 )
 
-// ErrFull is what a failing Trail answers.
-var ErrFull = errors.New("audittest: the audit log cannot be written (disk full)")
-
-// Trail records audit events. The zero value is ready; it is safe for
+// Recorder keeps events. Its zero value is ready; it is safe for
 // concurrent use.
-type Trail struct {
-	mu   sync.Mutex // guards evs and fail
-	evs  []*proto.AuditEvent
-	fail bool
+type Recorder struct {
+	mu  sync.Mutex // guards all
+	all []proto.AuditEvent
+	// Err, when set, is what Record returns (the trail cannot be
+	// written); the event is not kept then.
+	Err error
 }
 
-// Record keeps e, or fails with ErrFull while Fail is set.
-func (tr *Trail) Record(_ context.Context, e *proto.AuditEvent) error {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if tr.fail {
-		return ErrFull
+// Record keeps a copy of e.
+func (r *Recorder) Record(_ context.Context, e *proto.AuditEvent) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Err != nil {
+		return r.Err
 	}
-	tr.evs = append(tr.evs, e)
+	r.all = append(r.all, *e)
 	return nil
 }
 
-// Fail makes Record fail (true) or keep events again (false).
-func (tr *Trail) Fail(fail bool) {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	tr.fail = fail
+// Events returns the events kept, oldest first.
+func (r *Recorder) Events() []proto.AuditEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]proto.AuditEvent(nil), r.all...)
 }
 
-// Events returns every event kept, in order.
-func (tr *Trail) Events() []*proto.AuditEvent {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	return append([]*proto.AuditEvent(nil), tr.evs...)
+// Last returns the newest event (the zero event when there is none).
+func (r *Recorder) Last() proto.AuditEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.all) == 0 {
+		return proto.AuditEvent{}
+	}
+	return r.all[len(r.all)-1]
 }
 
-// Find returns the events of type typ, and of outcome when it is not "".
-func (tr *Trail) Find(typ, outcome string) []*proto.AuditEvent {
-	var out []*proto.AuditEvent
-	for _, e := range tr.Events() {
-		if e.Type == typ && (outcome == "" || e.Outcome == outcome) {
-			out = append(out, e)
+// Find returns the first event of type typ.
+func (r *Recorder) Find(typ string) (proto.AuditEvent, bool) {
+	for _, e := range r.Events() {
+		if e.Type == typ {
+			return e, true
 		}
 	}
-	return out
+	return proto.AuditEvent{}, false
 }
 
-// Types returns the types of the events kept, in order.
-func (tr *Trail) Types() []string {
+// Types lists the types of the events kept, oldest first.
+func (r *Recorder) Types() []string {
 	var out []string
-	for _, e := range tr.Events() {
+	for _, e := range r.Events() {
 		out = append(out, e.Type)
 	}
 	return out
 }
 
-// Last returns the last event kept, or nil.
-func (tr *Trail) Last() *proto.AuditEvent {
-	evs := tr.Events()
-	if len(evs) == 0 {
-		return nil
+// FindAll returns every event of type typ, and of outcome when it is not
+// "", oldest first.
+func (r *Recorder) FindAll(typ, outcome string) []proto.AuditEvent {
+	var out []proto.AuditEvent
+	for _, e := range r.Events() {
+		if e.Type == typ && (outcome == "" || e.Outcome == outcome) {
+			out = append(out, e)
+		}
 	}
-	return evs[len(evs)-1]
+	return out
 }

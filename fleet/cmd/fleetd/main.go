@@ -52,6 +52,7 @@ func start(args []string) int {
 	listen := fs.String("listen", "", "`HOST:PORT` for HTTPS (TCP) and device tunnels (UDP) (default 0.0.0.0:3080)")
 	cluster := fs.String("cluster", "", "fleet name; devices are DEVICE.<cluster> in OpenSSH (default \"fleet\")")
 	public := fs.String("public-addr", "", "comma-separated DNS names/IPs clients use to reach the fleet, for its certificate (default: host name, localhost, 127.0.0.1, ::1)")
+	publicURL := fs.String("public-url", "", "`https://HOST[:PORT]` where browsers and identity providers reach the fleet: single sign-on redirects to URL/v1/sso/callback (default https://FIRST_PUBLIC_ADDR:PORT)")
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default info)")
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
@@ -89,6 +90,8 @@ func start(args []string) int {
 			cfg.Cluster = *cluster
 		case "public-addr":
 			cfg.PublicAddrs = strings.Split(*public, ",")
+		case "public-url":
+			cfg.PublicURL = *publicURL
 		case "log-level":
 			cfg.LogLevel = *logLevel
 		case "session-hold":
