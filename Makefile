@@ -14,6 +14,7 @@
 #   make repro   cross, then check the build is reproducible
 #   make image   cross, then a rootfs overlay tarball per target into dist/
 #   make demo    the walkthrough: a fleet, a user and a device agent
+#   make screenshots  the dashboard's screenshots in docs/screenshots/ (README), taken in Chromium
 #   make bench   the benchmarks (tools/bench/run.sh)
 #   make fuzz    every fuzz target for FUZZTIME each (default 10s)
 #   make clean   remove bin/ and dist/
@@ -47,7 +48,7 @@ TARGETS := linux-arm64 linux-armv6 linux-armv7 linux-amd64 linux-riscv64
 # (smoke-dist, repro-dist, size-dist), rather than building them again.
 CHECK_STEPS := setup fmt vet staticcheck tidy test-go layering test-arm cross smoke-dist repro-dist size-dist
 
-.PHONY: all setup build test check cross size image demo bench fuzz clean \
+.PHONY: all setup build test check cross size image demo bench fuzz clean screenshots \
 	fmt vet staticcheck tidy test-go test-arm smoke smoke-dist repro repro-dist size-dist layering
 
 all: build
@@ -134,6 +135,12 @@ image: cross
 
 demo:
 	bash tools/demo.sh
+
+# The dashboard's browser test that takes the README's screenshots, with
+# SCREENSHOTS naming where to put them.
+screenshots: setup
+	SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestDashboardScreenshots$$' ./tools/e2e
+	@ls -l docs/screenshots/*.png
 
 bench:
 	@if [ -f tools/bench/run.sh ]; then bash tools/bench/run.sh; else echo "bench: tools/bench/run.sh not written yet"; fi

@@ -140,6 +140,9 @@ type Config struct {
 	// kept at all (DATA_DIR/linkhistory.db); defaults 7 and 90.
 	LinkHistoryHourlyDays int `json:"link_history_hourly_days"`
 	LinkHistoryDays       int `json:"link_history_days"`
+	// LinkHistoryEvery is how often every device's link is sampled for
+	// the history; default 1m.
+	LinkHistoryEvery Duration `json:"link_history_every"`
 	// MetricsListen is the HOST:PORT of the Prometheus metrics endpoint
 	// (plain HTTP, /metrics); default "": off. An address that is not
 	// loopback needs MetricsTokenFile.

@@ -85,7 +85,7 @@ func newDash(cfg Config, d dashDeps, log *slog.Logger, now func() time.Time) (*d
 	history, err := linkhist.Open(linkhist.Config{
 		Path:       filepath.Join(cfg.DataDir, "linkhistory.db"),
 		Source:     linkSource(view, d.tunnels, d.links),
-		HourlyDays: cfg.LinkHistoryHourlyDays, DailyDays: cfg.LinkHistoryDays,
+		HourlyDays: cfg.LinkHistoryHourlyDays, DailyDays: cfg.LinkHistoryDays, Every: time.Duration(cfg.LinkHistoryEvery),
 		Logger: log, Now: now,
 	})
 	if err != nil {
