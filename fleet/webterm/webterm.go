@@ -52,6 +52,7 @@ const (
 	DefaultPingEvery   = 10 * time.Second
 	DefaultDeadAfter   = 30 * time.Second
 	DefaultStatusEvery = time.Second
+	DefaultPauseAfter  = 3 * time.Second
 )
 
 // CA issues the session's user certificate and knows the host CAs that
@@ -73,8 +74,13 @@ type Config struct {
 	// DefaultPingEvery and DefaultDeadAfter.
 	PingEvery, DeadAfter time.Duration
 	// StatusEvery is how often the device's link is checked for the
-	// page's status; default DefaultStatusEvery.
+	// page's status: the tunnel is up, and the device answers a keep-alive
+	// request on the session's SSH connection (as OpenSSH's
+	// ServerAliveInterval); default DefaultStatusEvery.
 	StatusEvery time.Duration
+	// PauseAfter is how long a keep-alive may go unanswered before the
+	// page shows the terminal paused; default DefaultPauseAfter.
+	PauseAfter time.Duration
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -101,6 +107,9 @@ func New(cfg Config) *Term {
 	}
 	if cfg.StatusEvery <= 0 {
 		cfg.StatusEvery = DefaultStatusEvery
+	}
+	if cfg.PauseAfter <= 0 {
+		cfg.PauseAfter = DefaultPauseAfter
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -311,25 +320,48 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 			}
 		}
 	})
-	// The device's link, for the page's status.
+	// The device's link, for the page's status: its tunnel, and an answer
+	// to a keep-alive on the session's own SSH connection, which measures
+	// the whole path (a blackout leaves the tunnel up for a while, and the
+	// session's stream waits on the resumable layer meanwhile).
 	wg.Go(func() {
 		tick := time.NewTicker(t.cfg.StatusEvery)
 		defer tick.Stop()
-		online := true
+		paused := false
+		var probe chan struct{} // closed when the keep-alive in flight is answered
+		var sentAt time.Time
 		for {
 			select {
 			case <-loops.Done():
 				return
 			case <-tick.C:
 			}
-			if now := b.Online(g.Session.DeviceID); now != online {
-				online = now
-				if online {
-					send(message{Type: "status", State: "live", Message: "Connected: the link to the device is back."})
-				} else {
-					send(message{Type: "status", State: "paused",
-						Message: "The link to the device is down: waiting for it to come back. Nothing you type or the device prints is lost."})
+			if probe != nil {
+				select {
+				case <-probe:
+					probe = nil
+				default:
 				}
+			}
+			if probe == nil {
+				probe, sentAt = make(chan struct{}), time.Now()
+				// Answered, or failed when the connection closes: the
+				// goroutine ends with the session.
+				go func(done chan struct{}) {
+					client.SendRequest("keepalive@remoteler.dev", true, nil)
+					close(done)
+				}(probe)
+			}
+			down := !b.Online(g.Session.DeviceID) || (probe != nil && time.Since(sentAt) > t.cfg.PauseAfter)
+			if down == paused {
+				continue
+			}
+			paused = down
+			if paused {
+				send(message{Type: "status", State: "paused",
+					Message: "The link to the device is down: waiting for it to come back. Nothing you type or the device prints is lost."})
+			} else {
+				send(message{Type: "status", State: "live", Message: "Connected: the link to the device is back."})
 			}
 		}
 	})

@@ -52,9 +52,12 @@ func (c *testCA) HostCAKeys() []ssh.PublicKey { return []ssh.PublicKey{c.host.Pu
 type device struct {
 	mu      sync.Mutex // guards the fields below
 	offline bool
-	size    [][2]uint32 // the terminal sizes asked for: pty-req, window-change
-	login   string
-	closed  chan struct{} // closed when a shell's channel closes
+	// stall holds the device's answers to global requests (keep-alives)
+	// while it is open: a link that carries nothing.
+	stall  chan struct{}
+	size   [][2]uint32 // the terminal sizes asked for: pty-req, window-change
+	login  string
+	closed chan struct{} // closed when a shell's channel closes
 }
 
 func (d *device) sizes() [][2]uint32 {
@@ -107,7 +110,17 @@ func (tn *tunnels) serve(conn net.Conn, h *proto.StreamHeader) {
 		return
 	}
 	defer sc.Close()
-	go ssh.DiscardRequests(reqs)
+	go func() {
+		for r := range reqs {
+			tn.d.mu.Lock()
+			stall := tn.d.stall
+			tn.d.mu.Unlock()
+			if stall != nil {
+				<-stall
+			}
+			r.Reply(false, nil)
+		}
+	}()
 	tn.d.mu.Lock()
 	tn.d.login = sc.User()
 	tn.d.mu.Unlock()
@@ -259,7 +272,7 @@ func read(t *testing.T, c *websocket.Conn, want, typ string) message {
 }
 
 func TestTerminal(t *testing.T) {
-	f := newFixture(t, Config{StatusEvery: 20 * time.Millisecond}, rolePi)
+	f := newFixture(t, Config{StatusEvery: 20 * time.Millisecond, PauseAfter: 200 * time.Millisecond}, rolePi)
 	c := f.dial(t)
 	ctx := context.Background()
 	if m := read(t, c, "", "status"); m.State != "live" {
@@ -286,6 +299,22 @@ func TestTerminal(t *testing.T) {
 	f.dev.mu.Unlock()
 	if m := read(t, c, "", "status"); m.State != "live" {
 		t.Errorf("status after the blackout: %+v", m)
+	}
+	// The tunnel stays up but the device does not answer (the first
+	// seconds of a blackout): paused too, until the answers come.
+	stall := make(chan struct{})
+	f.dev.mu.Lock()
+	f.dev.stall = stall
+	f.dev.mu.Unlock()
+	if m := read(t, c, "", "status"); m.State != "paused" {
+		t.Errorf("status while the device does not answer: %+v", m)
+	}
+	f.dev.mu.Lock()
+	f.dev.stall = nil
+	f.dev.mu.Unlock()
+	close(stall)
+	if m := read(t, c, "", "status"); m.State != "live" {
+		t.Errorf("status once the device answers: %+v", m)
 	}
 	c.Write(ctx, websocket.MessageBinary, []byte("exit\r"))
 	if m := read(t, c, "", "end"); m.Message != "the shell exited" {
