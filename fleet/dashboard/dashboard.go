@@ -30,16 +30,19 @@ package dashboard
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"embed"
 	"errors"
 	"fmt"
 	"html/template"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/admin"
@@ -334,15 +337,19 @@ type layout struct {
 	CSRF    string
 	Nonce   string
 	Nav     string // the current section
-	Static  func(path string) string
-	Content any
+	// Charts and Terminal load uPlot and xterm.js: only the pages that
+	// draw charts or a terminal pay for them.
+	Charts, Terminal bool
+	Static           func(path string) string
+	Content          any
 }
 
 func (s *Server) staticURL(p string) string { return static.URL(StaticPrefix, p) }
 
 // page renders a full page: content's template in the layout.
 func (s *Server) page(w http.ResponseWriter, r *http.Request, v *viewer, status int, title, nav, tmpl string, content any) {
-	l := layout{Title: title, Fleet: s.cfg.Fleet, Version: s.cfg.Version, Nav: nav, Static: s.staticURL, Content: content}
+	l := layout{Title: title, Fleet: s.cfg.Fleet, Version: s.cfg.Version, Nav: nav, Static: s.staticURL, Content: content,
+		Charts: tmpl == "device", Terminal: tmpl == "terminal" || tmpl == "recording"}
 	if v != nil {
 		l.User, l.Admin, l.CSRF, l.Nonce = v.user.Name, v.isAdmin(), v.sess.CSRF, v.nonce
 	}
@@ -360,9 +367,32 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request, v *viewer, status 
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(status)
-	w.Write(out.Bytes())
+	writeBody(w, r, status, out.Bytes())
 }
+
+// writeBody writes a rendered answer, gzipped when the client takes it and
+// it is worth it (a page of 100 devices shrinks by four fifths).
+func writeBody(w http.ResponseWriter, r *http.Request, status int, body []byte) {
+	w.Header().Add("Vary", "Accept-Encoding")
+	if len(body) < 1400 || !static.AcceptsGzip(r) {
+		w.WriteHeader(status)
+		w.Write(body)
+		return
+	}
+	w.Header().Set("Content-Encoding", "gzip")
+	w.WriteHeader(status)
+	zw := gzipWriters.Get().(*gzip.Writer)
+	zw.Reset(w)
+	zw.Write(body)
+	zw.Close()
+	gzipWriters.Put(zw)
+}
+
+// gzipWriters are reused: a gzip.Writer takes some hundred kilobytes.
+var gzipWriters = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(io.Discard, gzip.DefaultCompression)
+	return zw
+}}
 
 // partial renders one template alone, for htmx.
 func (s *Server) partial(w http.ResponseWriter, r *http.Request, v *viewer, tmpl string, data any) {
@@ -373,7 +403,7 @@ func (s *Server) partial(w http.ResponseWriter, r *http.Request, v *viewer, tmpl
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Vary", "HX-Request")
-	w.Write(out.Bytes())
+	writeBody(w, r, http.StatusOK, out.Bytes())
 }
 
 // render renders a template to a string (for server-sent events).

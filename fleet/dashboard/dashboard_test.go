@@ -2,7 +2,9 @@ package dashboard
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
+	"io"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -569,4 +571,21 @@ func TestRollouts(t *testing.T) {
 	mustContain(t, body, "→ v1.3.0 downloading 45%")
 	_, body = alice.get("/web/devices/pi-1")
 	mustContain(t, body, "→ v1.3.0: downloading (45%)", "rollout <code>r1</code>")
+}
+
+// TestPagesAreGzipped: a browser that takes gzip gets pages gzipped.
+func TestPagesAreGzipped(t *testing.T) {
+	f := newFixture(t, false)
+	resp, body := f.client("alice").get("/web/", "Accept-Encoding", "gzip")
+	if resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("Content-Encoding %q", resp.Header.Get("Content-Encoding"))
+	}
+	zr, err := gzip.NewReader(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := io.ReadAll(zr)
+	if err != nil || !strings.Contains(string(page), ">pi-1<") {
+		t.Errorf("gunzipped page: %v %.200s", err, page)
+	}
 }
