@@ -360,7 +360,11 @@
     document.body.addEventListener("htmx:afterSettle", function (e) { times(e.target); });
     document.body.addEventListener("htmx:sseMessage", function (e) { times(e.target); });
     // The live stream's state, on the element that holds it.
-    document.body.addEventListener("htmx:sseOpen", function (e) { e.target.dataset.live = "open"; });
+    document.body.addEventListener("htmx:sseOpen", function (e) {
+      e.target.dataset.live = "open";
+      // When the page became live, for the benchmark (tools/bench/dashbench).
+      if (!e.target.dataset.liveAt) e.target.dataset.liveAt = String(Math.round(performance.now()));
+    });
     document.body.addEventListener("htmx:sseError", function (e) { e.target.dataset.live = "error"; });
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
