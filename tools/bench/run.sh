@@ -21,13 +21,14 @@ benchmarks=(
   armbench # agent binary size per target (raw, gzip, xz), idle RSS and CPU and start-to-tunnel time, native and arm64 under qemu (~2 min)
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
   store # the bbolt and etcd stores side by side: Get/Put/CAS latency, watch delay between replicas, store copy (a Go test in fleet/store/etcdstore)
+  dashboard # the dashboard with 10,000 simulated devices in Chromium: first paint, interactive, page weight, fleetd CPU per live dashboard (a Go test in tools/e2e; ~20 min)
 )
 named=$#
 if ((named)); then benchmarks=("$@"); fi
 
 failed=()
 for b in "${benchmarks[@]}"; do
-  if [ "$b" != kube ] && [ "$b" != store ] && [ ! -d "tools/bench/$b" ]; then
+  if [ "$b" != kube ] && [ "$b" != store ] && [ "$b" != dashboard ] && [ ! -d "tools/bench/$b" ]; then
     echo "=== bench: $b: no tools/bench/$b, skipped" >&2
     if ((named)); then failed+=("$b"); fi
     continue
@@ -35,6 +36,11 @@ for b in "${benchmarks[@]}"; do
   echo "=== bench: $b" >&2
   if [ "$b" = kube ]; then
     KUBE_BENCH_N=300 go test -count=1 -v -run TestKubeBenchmark ./tools/e2e || failed+=("$b")
+    continue
+  fi
+  if [ "$b" = dashboard ]; then
+    DASH_BENCH_DEVICES=10000 DASH_BENCH_PROCS=4 DASH_BENCH_DASHBOARDS=4 DASH_BENCH_WINDOW=60s \
+      go test -count=1 -v -timeout 2h -run TestDashboardBenchmark ./tools/e2e || failed+=("$b")
     continue
   fi
   if [ "$b" = store ]; then
