@@ -213,3 +213,55 @@ func TestBrowserPhone(t *testing.T) {
 	}
 	b.Screenshot(t.TempDir(), "phone")
 }
+
+// TestBrowserDevicePageLive: the device page's status follows the device
+// without a reload.
+func TestBrowserDevicePageLive(t *testing.T) {
+	f := newFixture(t, false)
+	b := browse(t, f, "bob", browsertest.Options{})
+	b.Do("pi-2", chromedp.Navigate(f.http.URL+"/web/devices/pi-2"), chromedp.WaitVisible(chromedp.CSS("h1")))
+	poll(t, b, "the live stream", `document.getElementById('device-live').dataset.live === 'open'`)
+	b.Do("mark", chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
+	if !eval[bool](t, b, `document.querySelector('#device-status .badge.offline') !== null`) {
+		t.Fatal("pi-2 does not show offline")
+	}
+	f.links.set(f.ids["pi-2"], true, 30*time.Millisecond)
+	poll(t, b, "pi-2 online", `document.querySelector('#device-status .badge.online') !== null && /30 ms/.test(document.getElementById('device-status').textContent)`)
+	if !eval[bool](t, b, "window.notReloaded === true") {
+		t.Error("the page reloaded")
+	}
+}
+
+// TestBrowserHiddenTabLetsItsStreamGo: a hidden tab closes its live
+// stream (a browser holds six connections to a host over HTTP/1.1) and
+// opens a new one when shown, which brings what changed meanwhile.
+func TestBrowserHiddenTabLetsItsStreamGo(t *testing.T) {
+	f := newFixture(t, false)
+	b := browse(t, f, "bob", browsertest.Options{})
+	b.Do("open", chromedp.WaitVisible(chromedp.CSS("table.devices")))
+	poll(t, b, "the live stream", `document.querySelector('#fleet').dataset.live === 'open'`)
+	setHidden := func(hidden bool) {
+		b.Do(fmt.Sprintf("hidden=%v", hidden), chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(function () {
+			Object.defineProperty(document, 'hidden', {configurable: true, get: function () { return %v; }});
+			document.dispatchEvent(new Event('visibilitychange'));
+		})()`, hidden)))
+	}
+	setHidden(true)
+	poll(t, b, "the stream parked", `document.querySelector('#fleet').dataset.live === 'parked'`)
+	deadline := time.Now().Add(30 * time.Second)
+	for f.streams.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d live streams still open on the server for a hidden tab", f.streams.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := f.reg.Register(context.Background(), devices.Device{Name: "pi-8", Labels: map[string]string{"site": "north"}}); err != nil {
+		t.Fatal(err)
+	}
+	setHidden(false)
+	poll(t, b, "a new stream", `document.querySelector('#fleet').dataset.live === 'open'`)
+	if n := f.streams.Load(); n != 1 {
+		t.Errorf("%d live streams open on the server, want 1", n)
+	}
+	poll(t, b, "pi-8 listed", `[...document.querySelectorAll('table.devices a.name')].some(a => a.textContent === 'pi-8')`)
+}

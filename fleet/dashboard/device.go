@@ -142,8 +142,8 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request, v *viewer) {
 }
 
 // deviceLive answers GET /web/live/devices/{name}: server-sent events
-// carrying the device's status ("status") and sessions ("sessions") when
-// they change.
+// ("device") carrying the device's status and sessions when they change,
+// each part replacing its section of the page.
 func (s *Server) deviceLive(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if _, ok := s.findDevice(w, r, v); !ok {
 		return
@@ -153,21 +153,26 @@ func (s *Server) deviceLive(w http.ResponseWriter, r *http.Request, v *viewer) {
 	s.stream(w, r, v, func(v *viewer) ([]sseEvent, error) {
 		d, ok := s.cfg.View.Get(name)
 		if !ok || !v.canSee(d.Labels) {
-			return []sseEvent{{"status", `<p class="notice">This device is gone, or your roles no longer let you see it.</p>`}}, nil
+			return []sseEvent{{"device", `<section id="device-status" hx-swap-oob="innerHTML"><p class="notice">This device is gone, or your roles no longer let you see it.</p></section>`}}, nil
 		}
 		dv := s.deviceFor(r, v, d)
-		var out []sseEvent
+		// One event whose parts replace the sections that changed, by
+		// their IDs (htmx's out-of-band swaps).
+		var parts []string
 		for _, part := range []string{"status", "sessions"} {
 			html, err := s.render("device-"+part, dv)
 			if err != nil {
 				return nil, err
 			}
 			if last[part] != html {
-				out = append(out, sseEvent{part, html})
+				parts = append(parts, `<section id="device-`+part+`" hx-swap-oob="innerHTML">`+html+`</section>`)
 			}
 			last[part] = html
 		}
-		return out, nil
+		if len(parts) == 0 {
+			return nil, nil
+		}
+		return []sseEvent{{"device", strings.Join(parts, "\n")}}, nil
 	})
 }
 

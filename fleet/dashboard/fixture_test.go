@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,6 +149,7 @@ type fixture struct {
 	mux       *http.ServeMux
 	loginOnce sync.Once
 	rollouts  *fakeRollouts
+	streams   atomic.Int64 // live streams open
 }
 
 // fakeRollouts stands in for the rollout engine (fleet/rollouts, whose
@@ -244,11 +246,19 @@ func newFixture(t *testing.T, tls bool) *fixture {
 	toks := &tokens.Service{Store: st}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+StaticPrefix, static.Handler(StaticPrefix))
+	// Counts the live streams open, for the tests of their lives.
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/web/live/") {
+			f.streams.Add(1)
+			defer f.streams.Add(-1)
+		}
+		mux.ServeHTTP(w, r)
+	})
 	if tls {
-		f.http = httptest.NewUnstartedServer(mux)
+		f.http = httptest.NewUnstartedServer(handler)
 		f.http.StartTLS()
 	} else {
-		f.http = httptest.NewServer(mux)
+		f.http = httptest.NewServer(handler)
 	}
 	f.login.origin = f.http.URL
 	f.srv = New(Config{

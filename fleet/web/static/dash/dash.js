@@ -350,12 +350,38 @@
       .catch(function (err) { status.textContent = "Cannot play: " + err.message; });
   }
 
+  // A page in a hidden tab lets its live stream go, and opens a new one
+  // when it is shown again: over HTTP/1.1 a browser holds at most six
+  // connections to one host, and each live page keeps one.
+  var parked = [];
+  function visibility() {
+    if (document.hidden) {
+      document.querySelectorAll("[sse-connect]").forEach(function (el) {
+        htmx.trigger(el, "htmx:beforeCleanupElement"); // the extension closes the stream
+        el.dataset.live = "parked";
+        parked.push(el);
+      });
+      return;
+    }
+    parked.forEach(function (el) {
+      if (!document.body.contains(el)) return;
+      var fresh = el.cloneNode(true);
+      delete fresh.dataset.live;
+      delete fresh.dataset.liveAt;
+      el.replaceWith(fresh);
+      htmx.process(fresh);
+      times(fresh);
+    });
+    parked = [];
+  }
+
   function init() {
     times();
     charts();
     terminal();
     player();
     setInterval(times, 30000);
+    document.addEventListener("visibilitychange", visibility);
     // Live regions swapped in by htmx get their relative times too.
     document.body.addEventListener("htmx:afterSettle", function (e) { times(e.target); });
     document.body.addEventListener("htmx:sseMessage", function (e) { times(e.target); });
