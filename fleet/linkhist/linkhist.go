@@ -9,8 +9,8 @@
 // minutes and when the hour turns. The file is bounded: one record per
 // device and day, holding the day's total and, for the last HourlyDays
 // (default 7), its 24 hours; days older than DailyDays (default 90) are
-// dropped. A record is a few hundred bytes, so 10,000 devices need some
-// tens of megabytes (docs/benchmarks.md has the figure).
+// dropped. A day takes 435 bytes with its hours, 24 without: about 5 kB a
+// device with the defaults, some 50 MB for 10,000 devices.
 //
 // The history is this fleetd's: with several replicas, each keeps what it
 // sampled of the tunnels it held.
