@@ -27,6 +27,7 @@ import (
 const (
 	EventUserLogin       = "user.login"
 	EventUserLoginFailed = "user.login.failed"
+	EventUserLogout      = "user.logout"
 	EventCertIssued      = "cert.issued"
 	EventSessionStart    = "session.start"
 	EventSessionEnd      = "session.end"
@@ -52,6 +53,8 @@ const (
 	// EventAppRequest is one HTTP request to a web app through the fleet:
 	// method, path, status and bytes in its fields.
 	EventAppRequest = "app.request"
+	// EventAppKeyRotate is a new signing key for the JWTs apps receive.
+	EventAppKeyRotate = "app.key.rotate"
 	// OTA steps on the device (firmware/update) and on the fleet (releases
 	// and rollouts); Fields name the version and the rollout.
 	EventUpdateOffered    = "update.offered"

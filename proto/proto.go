@@ -40,14 +40,6 @@
 // whose header has keys 9 or 10 (users whose roles turn forwarding or
 // file copies off): update agents after the fleet.
 //
-// Second revision of 2026-12-06: the hello's apps (Hello key 10: the web
-// apps the agent offers, each with its name, URI, labels, certificate
-// opt-out and rewrites) and service "app" streams, whose header's Target
-// names the app and which carry HTTP/1.1 to it. An agent that declares no
-// apps sends no key 10, so an older fleet reads its hello as before; an
-// older fleet refuses the hello of an agent that declares apps (an
-// unknown key): update the fleet before you declare apps on devices.
-//
 // Revision of 2026-12-06, later (OTA; older agents never receive these,
 // since the fleet sends an offer only to an agent that sent an
 // update-status first): update-offer (fleet to agent: the signed release
@@ -57,6 +49,14 @@
 // (service "ota": HTTP/1.1 downloads of release artefacts with Range
 // requests); the hello answer's Updates (key 7), without which (an older
 // fleet) the agent sends no update-status. See update.go.
+//
+// Third revision of 2026-12-06: the hello's apps (Hello key 10: the web
+// apps the agent offers, each with its name, URI, labels, certificate
+// opt-out and rewrites) and service "app" streams, whose header's Target
+// names the app and which carry HTTP/1.1 to it. An agent that declares no
+// apps sends no key 10, so an older fleet reads its hello as before; an
+// older fleet refuses the hello of an agent that declares apps (an
+// unknown key): update the fleet before you declare apps on devices.
 package proto
 
 import "fmt"

@@ -6,14 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ADDR="${DEMO_ADDR:-127.0.0.1:3080}"
+APP_ADDR="${DEMO_APP_ADDR:-127.0.0.1:8089}"
 STATE="$PWD/.demo"
 BIN="$PWD/bin"
 LOGIN="$(id -un)"
 PASSWORD="demo-password-123"
 
-echo "==> building fleetd, edge-agent, tsh and fleetctl into bin/"
+echo "==> building fleetd, edge-agent, tsh, fleetctl and demoapp into bin/"
 mkdir -p "$BIN" "$STATE"
-go build -o "$BIN/" ./fleet/cmd/fleetd ./fleet/cmd/tsh ./fleet/cmd/fleetctl ./firmware/cmd/edge-agent
+go build -o "$BIN/" ./fleet/cmd/fleetd ./fleet/cmd/tsh ./fleet/cmd/fleetctl ./firmware/cmd/edge-agent ./tools/cmd/demoapp
 
 pids=()
 cleanup() {
@@ -47,16 +48,20 @@ if [ ! -f "$STATE/device/agent.db" ]; then
 else
   set --
 fi
-"$BIN/edge-agent" start --data-dir "$STATE/device" --name demo-device --labels site=desk "$@" 2>"$STATE/agent.log" &
+echo "==> starting the demo web app on $APP_ADDR (the device offers it as app hello)"
+"$BIN/demoapp" --listen "$APP_ADDR" >"$STATE/demoapp.out" 2>"$STATE/demoapp.log" &
+pids+=($!)
+"$BIN/edge-agent" start --data-dir "$STATE/device" --name demo-device --labels site=desk --app "hello=http://$APP_ADDR,label:kind=demo" "$@" 2>"$STATE/agent.log" &
 pids+=($!)
 for _ in $(seq 100); do
   "${CTL[@]}" devices ls 2>/dev/null | grep -q 'demo-device.*online' && break
-  kill -0 "${pids[1]}" 2>/dev/null || { cat "$STATE/agent.log"; exit 1; }
+  kill -0 "${pids[2]}" 2>/dev/null || { cat "$STATE/agent.log"; exit 1; }
   sleep 0.1
 done
 
 export TSH_HOME="$STATE/tsh"
 echo "$PASSWORD" | "$BIN/tsh" login --proxy="$ADDR" --user=demo --ca-pin="$PIN" >/dev/null
+APP_URL="$("${CTL[@]}" apps ls --format=json | sed -n 's/.*"public_addr": *"\([^"]*\)".*/\1/p' | head -1)"
 
 cat <<MSG
 
@@ -80,11 +85,19 @@ Plain OpenSSH through the fleet:
   ssh -F $STATE/ssh_config $LOGIN@demo-device.fleet
   scp -F $STATE/ssh_config README.md $LOGIN@demo-device.fleet:/tmp/
 
+The device's web app, with a live event stream and a websocket echo:
+  open $APP_URL/ in a browser and log in as demo / $PASSWORD
+  (its name ends in .localhost, which browsers send to this machine; the
+  certificate is the fleet's own CA's, so the browser asks you to trust it)
+  tsh apps ls
+  tsh apps login hello && tsh proxy app hello --port=8080   # then: curl http://127.0.0.1:8080/whoami
+
 Admin:
   fleetctl --data-dir $STATE/fleet status
+  fleetctl --data-dir $STATE/fleet apps ls
   fleetctl --data-dir $STATE/fleet devices ls
   fleetctl --data-dir $STATE/fleet tokens add --labels=site=lab
 
-Logs: $STATE/fleetd.log and $STATE/agent.log. Ctrl-C stops the demo.
+Logs: $STATE/fleetd.log, $STATE/agent.log and $STATE/demoapp.log. Ctrl-C stops the demo.
 MSG
 wait -n "${pids[@]}"

@@ -1,7 +1,6 @@
 // Package agent is edge-agent's main loop: it joins the fleet once with a
 // token, keeps its identity in bbolt in the data dir, keeps the QUIC tunnel
-// up, serves the sessions the fleet brokers down it (SSH, Kubernetes, web
-// apps: the entries of its service registry, firmware/services), renews its
+// up, serves the SSH sessions the fleet brokers down it, renews its
 // certificates before they expire, and tells systemd how it is doing.
 // The edge-agent command is a thin main around Run.
 //
@@ -56,8 +55,8 @@ type Agent struct {
 
 	tunnel *tunnel.Client
 	ssh    *sshd.Server
-	// services is the registry of what the device offers: ssh, web apps
-	// and cfg.Services.
+	// services is the registry of what the device offers: ssh, the web
+	// apps and cfg.Services.
 	services *services.Registry
 	audit    *auditor
 	live     liveSessions

@@ -93,9 +93,10 @@ type Config struct {
 	// (firmware/apps): name, uri (http://HOST:PORT or https://...),
 	// insecure_skip_verify (an https app's self-signed certificate is
 	// accepted: an explicit opt-in), labels (for roles' app_labels) and
-	// rewrite (more host names the app calls itself in redirects, headers
-	// set on requests). The agent connects only to these URIs. Each --app
-	// flag adds one; flags replace the file's list. Default: none.
+	// rewrite (more names the app calls itself in redirects and cookies,
+	// headers set on requests). The agent connects only to these URIs.
+	// Flag --app, repeated, one app each (NAME=URI[,options]); the file's
+	// key app is a list of objects. Default: none.
 	Apps []apps.App
 	// MetricsListen is the HOST:PORT of a local Prometheus metrics
 	// endpoint (plain HTTP, /metrics: tunnel, sessions, audit queue);
@@ -120,10 +121,10 @@ type Config struct {
 	SFTPCommand []string
 	// DialCommand dials port forwards as another user; see sshd.Config.
 	DialCommand []string
-	// Services are the services the agent offers besides SSH (which it
-	// always offers) and web apps (Apps): the device's Kubernetes API, say
-	// (firmware/services has the contract). They join SSH in the agent's
-	// service registry.
+	// Services are the services the agent offers besides SSH and the web
+	// apps, which it builds itself: the device's Kubernetes API, say.
+	// They join SSH in the agent's service registry (firmware/services has
+	// the contract).
 	Services []services.Service
 	// EventSource, when set, runs alongside the agent and may write extra
 	// audit events with emit (tools/cmd/auditgen uses it to test
@@ -208,9 +209,8 @@ func (c *Config) check() error {
 	if len(c.Labels) > maxLabels {
 		return fmt.Errorf("agent: more than %d labels", maxLabels)
 	}
-	// Checked now, so that a mistake stops the start with its reason.
 	if _, err := apps.New(apps.Config{Apps: c.Apps}); err != nil {
-		return fmt.Errorf("agent: web apps: %w", err)
+		return fmt.Errorf("agent: --app: %w", err)
 	}
 	return nil
 }
@@ -234,15 +234,6 @@ type setting struct {
 	value       flag.Value
 }
 
-// fileKey is the config file's key of the setting name: the name with "_"
-// for "-", but a repeated flag (--app) is a list under a plural key (apps).
-func fileKey(name string) string {
-	if name == "app" {
-		return "apps"
-	}
-	return strings.ReplaceAll(name, "-", "_")
-}
-
 // settings lists every setting of c, bound to c's fields. It is the one
 // list of the agent's flags and config file keys.
 func (c *Config) settings() []setting {
@@ -264,9 +255,7 @@ func (c *Config) settings() []setting {
 		{"no-recording", "do not record SSH sessions (by default every shell and command is recorded and uploaded to the fleet)", (*boolValue)(&c.NoRecording)},
 		{"recordings-max-bytes", "cap of the recordings waiting on the device for upload, in `bytes`", (*bytesValue)(&c.RecordingsMaxBytes)},
 		{"metrics-listen", "`HOST:PORT` of a local Prometheus metrics endpoint (plain HTTP, /metrics), such as 127.0.0.1:9101; anyone who reaches it can read it; empty: off", (*stringValue)(&c.MetricsListen)},
-		{"app", "a web app the device offers through the fleet, `NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...]`, " +
-			"such as nodered=http://127.0.0.1:1880; repeat for more. insecure-skip-verify accepts an https app's self-signed certificate. " +
-			"In the file, a list of {name, uri, insecure_skip_verify, labels, rewrite}; flags replace the file's list", (*appsValue)(&c.Apps)},
+		{"app", "a web app the device offers through the fleet, `NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...]`, such as nodered=http://127.0.0.1:1880; repeat for more (they add to the file's). insecure-skip-verify accepts an https app's self-signed certificate. In the file: a list of {name, uri, insecure_skip_verify, labels, rewrite}", (*appsValue)(&c.Apps)},
 		{"release-key", "minisign public `KEYS` trusted for agent releases: the base64 line of a .pub file, several separated by commas (in the file also a list); pinned in DATA_DIR/update at the first start that has them. Without one the device pins the keys the fleet gives at join; without any it refuses updates", (*listValue)(&c.Update.ReleaseKeys)},
 		{"update-max-bandwidth", "cap on update downloads, in `bytes` per second; 0: no cap of the device's own (a rollout may set one; the smaller applies)", (*bytesValue)(&c.Update.MaxBandwidth)},
 		{"update-window", "maintenance window `HH:MM-HH:MM` (UTC) outside which updates neither download nor restart the agent; empty: any time (a rollout's window applies too)", (*stringValue)(&c.Update.Window)},
@@ -319,7 +308,7 @@ func (c *Config) readYAML(b []byte) error {
 	}
 	byKey := map[string]setting{}
 	for _, s := range c.settings() {
-		byKey[fileKey(s.name)] = s
+		byKey[strings.ReplaceAll(s.name, "-", "_")] = s
 	}
 	for _, k := range slices.Sorted(maps.Keys(keys)) {
 		s, ok := byKey[k]
@@ -333,8 +322,17 @@ func (c *Config) readYAML(b []byte) error {
 	return nil
 }
 
+// fileSetter is a setting whose file value is richer than its flag's (a
+// list of objects).
+type fileSetter interface {
+	SetFromFile(x any) error
+}
+
 // setFromFile sets v from a value decoded from JSON.
 func setFromFile(v flag.Value, x any) error {
+	if fs, ok := v.(fileSetter); ok {
+		return fs.SetFromFile(x)
+	}
 	switch x := x.(type) {
 	case nil:
 		return nil
@@ -345,20 +343,6 @@ func setFromFile(v flag.Value, x any) error {
 	case float64:
 		return v.Set(strconv.FormatFloat(x, 'f', -1, 64))
 	case []any:
-		if a, ok := v.(*appsValue); ok {
-			b, err := json.Marshal(x)
-			if err != nil {
-				return err
-			}
-			var list []apps.App
-			dec := json.NewDecoder(bytes.NewReader(b))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&list); err != nil {
-				return fmt.Errorf("want a list of {name, uri, insecure_skip_verify, labels, rewrite}: %w", err)
-			}
-			*a = list
-			return nil
-		}
 		l, ok := v.(*listValue)
 		if !ok {
 			return errors.New("want a single value, not a list")
@@ -399,31 +383,8 @@ type (
 	bytesValue    int64
 	boolValue     bool
 	labelsValue   map[string]string
-	appsValue     []apps.App
 	listValue     []string
 )
-
-// String lists the apps as flags, space-separated.
-func (v *appsValue) String() string {
-	if v == nil {
-		return ""
-	}
-	var parts []string
-	for _, a := range *v {
-		parts = append(parts, apps.FlagString(a))
-	}
-	return strings.Join(parts, " ")
-}
-
-// Set adds one app, NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...].
-func (v *appsValue) Set(s string) error {
-	a, err := apps.ParseFlag(s)
-	if err != nil {
-		return err
-	}
-	*v = append(*v, a)
-	return nil
-}
 
 func (v *stringValue) String() string {
 	if v == nil {
@@ -547,4 +508,54 @@ func ReadDataDir(path string) (string, error) {
 		return "", fmt.Errorf("agent: config %s: %w", path, err)
 	}
 	return f.DataDir, nil
+}
+
+// appsValue is the web apps' setting: --app NAME=URI[,options], repeated
+// (each adds an app), and the file's app key: a list of objects (or of
+// flag forms). Its String is every app's flag form, separated by spaces,
+// which Set reads back.
+type appsValue []apps.App
+
+func (v *appsValue) String() string {
+	if v == nil {
+		return ""
+	}
+	var parts []string
+	for _, a := range *v {
+		parts = append(parts, apps.FlagForm(a))
+	}
+	return strings.Join(parts, " ")
+}
+
+// Set adds the apps of s (flag forms separated by spaces).
+func (v *appsValue) Set(s string) error {
+	for _, f := range strings.Fields(s) {
+		a, err := apps.ParseFlag(f)
+		if err != nil {
+			return err
+		}
+		*v = append(*v, a)
+	}
+	return nil
+}
+
+// SetFromFile reads the file's apps: a list of objects
+// ({name, uri, insecure_skip_verify, labels, rewrite}) or of flag forms.
+func (v *appsValue) SetFromFile(x any) error {
+	if s, ok := x.(string); ok {
+		*v = nil
+		return v.Set(s)
+	}
+	b, err := json.Marshal(x)
+	if err != nil {
+		return err
+	}
+	var list []apps.App
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&list); err != nil {
+		return fmt.Errorf("want a list of {name, uri, insecure_skip_verify, labels, rewrite}: %w", err)
+	}
+	*v = list
+	return nil
 }

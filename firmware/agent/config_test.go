@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"remoteler.dev/edge/firmware/apps"
 )
 
 // wiring are Config's fields that code sets; every other field is a
@@ -78,9 +76,6 @@ audit_max_bytes: 1048576
 audit_when_full: refuse
 no_recording: true
 recordings_max_bytes: 2097152
-apps:
-  - {name: nodered, uri: "http://127.0.0.1:1880", labels: {team: ops}, rewrite: {redirect: [nodered.local]}}
-  - {name: router, uri: "https://192.168.1.1", insecure_skip_verify: true}
 release_key: [RWQone, RWQtwo]
 update_max_bandwidth: 65536
 update_window: 02:00-05:00
@@ -91,12 +86,9 @@ update_off: true
 				c.DataDir == "/data/agent" && c.Labels["site"] == "north" && c.Labels["model"] == "pi4" && c.Keepalive == 10*time.Second &&
 				c.Liveness == time.Minute && c.SessionHold == 30*time.Minute && c.LogLevel == "debug" && c.Kubeconfig == "off" &&
 				c.AuditMaxBytes == 1<<20 && c.AuditWhenFull == AuditRefuse && c.NoRecording && c.RecordingsMaxBytes == 2<<20 &&
-				len(c.Apps) == 2 && c.Apps[0].Labels["team"] == "ops" && c.Apps[0].Rewrite != nil && c.Apps[0].Rewrite.Redirect[0] == "nodered.local" &&
-				c.Apps[1].InsecureSkipVerify &&
 				slices.Equal(c.Update.ReleaseKeys, []string{"RWQone", "RWQtwo"}) && c.Update.MaxBandwidth == 65536 &&
 				c.Update.Window == "02:00-05:00" && c.Update.HealthTimeout == 3*time.Minute && c.Update.Off
 		}, ""},
-		{"app with an unknown key", "apps: [{name: a, url: \"http://127.0.0.1\"}]\n", nil, `apps: want a list of {name, uri`},
 		{"release keys as on the command line", "release_key: RWQone, RWQtwo\n", func(c *Config) bool {
 			return slices.Equal(c.Update.ReleaseKeys, []string{"RWQone", "RWQtwo"})
 		}, ""},
@@ -107,7 +99,12 @@ update_off: true
 		}, ""},
 		{"keepalive off", "keepalive: -1s\n", func(c *Config) bool { return c.Keepalive == -time.Second }, ""},
 		{"empty file", "", func(c *Config) bool { return c.Fleet == "" }, ""},
-		{"unknown key", "sesion_hold: 1m\n", nil, `unknown setting "sesion_hold"; the settings are apps, audit_max_bytes, audit_when_full, ca_pin`},
+		{"apps", "app:\n  - {name: nodered, uri: \"http://127.0.0.1:1880\", labels: {team: ops}, rewrite: {redirect: [nodered.lan]}}\n  - {name: router, uri: \"https://192.168.1.1\", insecure_skip_verify: true}\n",
+			func(c *Config) bool {
+				return len(c.Apps) == 2 && c.Apps[0].Labels["team"] == "ops" && c.Apps[0].Rewrite.Redirect[0] == "nodered.lan" && c.Apps[1].InsecureSkipVerify
+			}, ""},
+		{"app with an unknown field", "app:\n  - {name: a, url: \"http://127.0.0.1\"}\n", nil, "app: want a list of {name, uri"},
+		{"unknown key", "sesion_hold: 1m\n", nil, `unknown setting "sesion_hold"; the settings are app, audit_max_bytes, audit_when_full, ca_pin`},
 		{"flag spelling", "session-hold: 1m\n", nil, `unknown setting "session-hold"`},
 		{"duration without unit", "keepalive: 25\n", nil, `keepalive: "25" is not a duration`},
 		{"bad bytes", "audit_max_bytes: lots\n", nil, `audit_max_bytes: "lots" is not a number of bytes`},
@@ -146,11 +143,10 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"fleet": "f:1", "tunnel-addr": "r:2", "token": "t", "ca-pin": "sha256:00", "data-dir": "/d", "name": "n",
 		"labels": "a=b", "keepalive": "5s", "liveness": "6s", "session-hold": "7s", "log-level": "warn",
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
-		"app": "web=http://127.0.0.1:8080,label:team=ops", "metrics-listen": "127.0.0.1:9101",
-		"release-key": "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
+		"metrics-listen": "127.0.0.1:9101",
+		"release-key":    "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
+		"app": "nodered=http://127.0.0.1:1880,label:team=ops",
 	}
-	// A repeated flag is a list in the file.
-	fileValues := map[string]string{"app": `[{name: web, uri: "http://127.0.0.1:8080", labels: {team: ops}}]`}
 	var byFlag, byFile Config
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	byFlag.RegisterFlags(fs)
@@ -162,11 +158,7 @@ func TestFlagsAndFileAlike(t *testing.T) {
 			t.Fatalf("no test value for %s", s.name)
 		}
 		args = append(args, "--"+s.name+"="+v)
-		if fv, ok := fileValues[s.name]; ok {
-			yaml.WriteString(fileKey(s.name) + ": " + fv + "\n")
-			continue
-		}
-		yaml.WriteString(fileKey(s.name) + ": \"" + v + "\"\n")
+		yaml.WriteString(strings.ReplaceAll(s.name, "-", "_") + ": \"" + v + "\"\n")
 	}
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
@@ -193,8 +185,7 @@ func TestWithDefaults(t *testing.T) {
 	if set.Keepalive != -time.Second || set.SessionHold != time.Minute || set.AuditWhenFull != AuditRefuse {
 		t.Errorf("WithDefaults changed set values: %+v", set)
 	}
-	for _, bad := range []Config{{AuditWhenFull: "maybe"}, {LogLevel: "loud"}, {TunnelAddr: "no-port"}, {Fleet: "a:b:c"},
-		{Apps: []apps.App{{Name: "Bad Name", URI: "http://127.0.0.1"}}}} {
+	for _, bad := range []Config{{AuditWhenFull: "maybe"}, {LogLevel: "loud"}, {TunnelAddr: "no-port"}, {Fleet: "a:b:c"}} {
 		if c := bad.WithDefaults(); c.check() == nil {
 			t.Errorf("check accepted %+v", bad)
 		}

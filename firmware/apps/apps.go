@@ -195,19 +195,6 @@ func splice(a, b net.Conn) {
 	wg.Wait()
 }
 
-// FlagString writes a as the --app flag ParseFlag reads (without its
-// rewrites, which have no flag).
-func FlagString(a App) string {
-	s := a.Name + "=" + a.URI
-	if a.InsecureSkipVerify {
-		s += ",insecure-skip-verify"
-	}
-	for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
-		s += ",label:" + k + "=" + a.Labels[k]
-	}
-	return s
-}
-
 // ParseFlag reads one --app flag: NAME=URI followed by comma-separated
 // options: insecure-skip-verify, and label:KEY=VALUE (any number):
 //
@@ -244,4 +231,17 @@ func ParseFlag(v string) (App, error) {
 		}
 	}
 	return a, nil
+}
+
+// FlagForm is a's --app flag form (ParseFlag reads it back; rewrites have
+// no flag form and are left out).
+func FlagForm(a App) string {
+	s := a.Name + "=" + a.URI
+	if a.InsecureSkipVerify {
+		s += ",insecure-skip-verify"
+	}
+	for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
+		s += ",label:" + k + "=" + a.Labels[k]
+	}
+	return s
 }

@@ -284,6 +284,10 @@ func (c *Client) session(ctx context.Context) error {
 		// No QUIC keep-alives: a PING and its ACK cost ~110 bytes on the
 		// wire. The NAT keep-alive and the heartbeat below cost less.
 		MaxIdleTimeout: c.cfg.IdleTimeout,
+		// The fleet may open as many streams as it lets a device have
+		// sessions (tunnelsrv: 256), not quic-go's default 100: a
+		// browser's app opens one per connection and websocket.
+		MaxIncomingStreams: 256,
 	})
 	cancel()
 	if err != nil {

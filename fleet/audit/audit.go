@@ -411,11 +411,21 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 // Append numbers, chains and stores one of the fleet's own events, and
 // returns once it is committed. The event's Time defaults to now.
 func (l *Log) Append(ctx context.Context, e *proto.AuditEvent) error {
-	c := *e
-	if c.Time == 0 {
-		c.Time = l.cfg.Now().UnixMilli()
+	return l.AppendMany(ctx, []*proto.AuditEvent{e})
+}
+
+// AppendMany is Append for several events, in order, in one commit (one
+// fsync): Recorder gathers concurrent events into one call.
+func (l *Log) AppendMany(ctx context.Context, events []*proto.AuditEvent) error {
+	now := l.cfg.Now().UnixMilli()
+	cs := make([]proto.AuditEvent, len(events))
+	for i, e := range events {
+		cs[i] = *e
+		if cs[i].Time == 0 {
+			cs[i].Time = now
+		}
+		cs[i].Sanitize()
 	}
-	c.Sanitize()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	err := l.db.Update(func(tx *bolt.Tx) error {
@@ -424,25 +434,30 @@ func (l *Log) Append(ctx context.Context, e *proto.AuditEvent) error {
 		if err != nil {
 			return err
 		}
-		c.Seq = h.Seq + 1
-		c.Hash = nil
-		prev := h.Hash
-		if h.Seq == 0 {
-			prev = h.AnchorHash
-		}
-		if c.Hash, err = proto.ChainHash(prev, &c); err != nil {
-			return err
-		}
-		if _, err := store(tx, api.SourceFleet, &c, h, nil); err != nil {
-			return err
+		for i := range cs {
+			c := &cs[i]
+			c.Seq = h.Seq + 1
+			c.Hash = nil
+			prev := h.Hash
+			if h.Seq == 0 {
+				prev = h.AnchorHash
+			}
+			if c.Hash, err = proto.ChainHash(prev, c); err != nil {
+				return err
+			}
+			if _, err := store(tx, api.SourceFleet, c, h, nil); err != nil {
+				return err
+			}
 		}
 		return heads.Put([]byte(api.SourceFleet), h.encode())
 	})
 	if err != nil {
-		return fmt.Errorf("audit: append %s: %w", e.Type, err)
+		return fmt.Errorf("audit: append %s: %w", events[0].Type, err)
 	}
 	if l.cfg.OnStored != nil {
-		l.cfg.OnStored(api.SourceFleet, &c)
+		for i := range cs {
+			l.cfg.OnStored(api.SourceFleet, &cs[i])
+		}
 	}
 	return nil
 }

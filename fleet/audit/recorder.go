@@ -5,15 +5,23 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/proto"
 )
 
 // Recorder is the fleet's one way to record an event of its own: one call
-// appends it to the hash-chained trail (Log.Append) and writes a line on
-// the audit logger, so no audited fact is a log line only, or an event
-// only. The broker, the device lifecycle and the HTTPS API record with it.
+// appends it to the hash-chained trail and writes a line on the audit
+// logger, so no audited fact is a log line only, or an event only. The
+// broker, the device lifecycle and the HTTPS API record with it.
+//
+// Events recorded at the same time share one commit (group commit): the
+// first caller commits its event and every event that arrived meanwhile
+// in one transaction (Log.AppendMany), so a busy fleet (an app's requests,
+// say) pays one fsync per batch, not per event, and a lone event waits for
+// no one.
+//
 // The zero value records nothing and logs nothing; a nil Log logs only.
 type Recorder struct {
 	// Log is the audit trail; nil keeps only the log lines.
@@ -27,6 +35,16 @@ type Recorder struct {
 	// caller's context is cancelled (the user went away): the event still
 	// happened.
 	Timeout time.Duration
+
+	mu         sync.Mutex // guards queue and committing
+	queue      []*pending // events waiting for the next commit
+	committing bool       // a caller is committing
+}
+
+// pending is an event waiting for its commit.
+type pending struct {
+	e    *proto.AuditEvent
+	done chan error
 }
 
 // Record writes e to the trail and a line on the logger. Callers that must
@@ -51,17 +69,50 @@ func (r *Recorder) Record(ctx context.Context, e *proto.AuditEvent) error {
 	if r.Log == nil {
 		return nil
 	}
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = 10 * time.Second
+	p := &pending{e: e, done: make(chan error, 1)}
+	r.mu.Lock()
+	r.queue = append(r.queue, p)
+	lead := !r.committing
+	r.committing = true
+	r.mu.Unlock()
+	if lead {
+		r.commit(ctx)
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	err := r.Log.Append(actx, e)
+	err := <-p.done
 	if err != nil {
 		log.Error("audit event not recorded", "type", e.Type, "err", err)
 	}
 	return err
+}
+
+// commit commits what is queued, batch after batch, until the queue is
+// empty.
+func (r *Recorder) commit(ctx context.Context) {
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	for {
+		r.mu.Lock()
+		batch := r.queue
+		r.queue = nil
+		if len(batch) == 0 {
+			r.committing = false
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock()
+		events := make([]*proto.AuditEvent, len(batch))
+		for i, p := range batch {
+			events[i] = p.e
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		err := r.Log.AppendMany(actx, events)
+		cancel()
+		for _, p := range batch {
+			p.done <- err
+		}
+	}
 }
 
 // Message is an event's log message, in words.

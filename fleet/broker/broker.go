@@ -392,48 +392,39 @@ func (b *Broker) Open(ctx context.Context, g *Grant, target string) (net.Conn, e
 
 // OpenPooled is Open for services that open several streams per session
 // (pooled HTTP connections: Kubernetes, apps): each stream gets an ID of
-// its own, and the fleet ends the session by closing them. Each stream's
-// start is recorded (fail-closed) before the device hears of it, and its
-// end when it is closed, so that the device's events about the stream can
-// be checked.
+// its own, and the fleet ends the session by closing them.
+//
+// Each stream's session.start is recorded before the device hears of it,
+// and its session.end when it closes: the device's own events about the
+// stream name its ID, and are checked against the fleet's record (see
+// fleet/audit's claims.go). A stream the audit trail cannot record is not
+// opened.
 func (b *Broker) OpenPooled(ctx context.Context, g *Grant, target string) (net.Conn, error) {
 	id := NewID()
-	ident := g.Identity()
 	ev := func(typ, outcome, msg string) *proto.AuditEvent {
-		f := map[string]string{"service": g.Session.Service, "device_name": g.Session.DeviceName}
-		if ident.KubeUser != "" {
-			f["kube_user"], f["kube_groups"] = ident.KubeUser, strings.Join(ident.KubeGroups, ",")
+		s := &g.Session
+		f := map[string]string{"service": s.Service, "device_name": s.DeviceName, "kind": "stream"}
+		if s.ID != "" {
+			f["parent"] = s.ID
 		}
-		if g.Session.App != "" {
-			f["app"] = g.Session.App
+		if target != "" {
+			f["app"] = target
 		}
-		return &proto.AuditEvent{Type: typ, Outcome: outcome, User: g.Session.User, Session: id, Device: g.Session.DeviceID,
-			Addr: g.Session.ClientAddr, Message: msg, Fields: f}
+		if s.KubeUser != "" {
+			f["kube_user"], f["kube_groups"] = s.KubeUser, strings.Join(s.KubeGroups, ",")
+		}
+		return &proto.AuditEvent{Type: typ, Outcome: outcome, User: s.User, Session: id, Device: s.DeviceID,
+			Addr: s.ClientAddr, Message: msg, Fields: f}
 	}
-	if g.Session.DeviceID != "" {
-		if err := b.Record(context.WithoutCancel(ctx), ev(proto.EventSessionStart, proto.OutcomeSuccess, "")); err != nil {
-			b.log.Error("audit event not recorded; stream not opened", "device_id", g.Session.DeviceID, "err", err)
-			return nil, &Refusal{Status: StatusUnavailable, Msg: AuditDown}
-		}
+	if err := b.Record(ctx, ev(proto.EventSessionStart, proto.OutcomeSuccess, "")); err != nil {
+		return nil, &Refusal{Status: StatusUnavailable, Msg: AuditDown}
 	}
 	conn, err := b.open(ctx, g, target, id)
 	if err != nil {
-		if g.Session.DeviceID != "" {
-			b.recordSoon(ev(proto.EventSessionEnd, proto.OutcomeFailure, err.Error()))
-		}
+		b.Record(ctx, ev(proto.EventSessionEnd, proto.OutcomeFailure, err.Error()))
 		return nil, err
 	}
-	return &recordedConn{Conn: conn, end: func() { b.recordSoon(ev(proto.EventSessionEnd, proto.OutcomeSuccess, "")) }}, nil
-}
-
-// recordSoon records e with a bounded wait, logging a failure: for events
-// of what has already happened.
-func (b *Broker) recordSoon(e *proto.AuditEvent) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := b.Record(ctx, e); err != nil {
-		b.log.Error("audit event not recorded", "type", e.Type, "err", err)
-	}
+	return &recordedConn{Conn: conn, end: func() { b.Record(context.Background(), ev(proto.EventSessionEnd, proto.OutcomeSuccess, "")) }}, nil
 }
 
 // countedConn tells the bytes it carries.
@@ -461,7 +452,7 @@ func (c *countedConn) Write(p []byte) (int, error) {
 
 // CloseWrite half-closes the stream, when the stream can.
 func (c *countedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+	if cw, ok := c.Conn.(closeWriter); ok {
 		return cw.CloseWrite()
 	}
 	return c.Conn.Close()
@@ -482,7 +473,7 @@ func (c *recordedConn) Close() error {
 
 // CloseWrite half-closes the stream, when the stream can.
 func (c *recordedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+	if cw, ok := c.Conn.(closeWriter); ok {
 		return cw.CloseWrite()
 	}
 	return c.Conn.Close()
@@ -660,15 +651,19 @@ func (s *Session) Done(ctx context.Context, reason string, st Stats) string {
 	return reason
 }
 
-// Failed keeps err as the reason the session ended, at once: a client that
-// asks how its session ended as soon as its connection closes (tsh) learns
-// it. Done records the end event later.
-func (s *Session) Failed(err error) {
-	s.live.Done(err.Error())
+// MarkDone tells the registry the session has ended, with reason, before
+// Done records it: a client that asks why (sessions.Registry.Ended) as
+// soon as its connection closes finds the reason.
+func (s *Session) MarkDone(reason string) {
+	if why := s.live.Ending(); why != "" {
+		reason = why
+	}
+	s.live.Done(reason)
 }
 
 // DoneSilently is Done for a session whose events its service records
-// itself (StartOptions.NoEvents).
+// itself (StartOptions.NoEvents), and for one that never started on the
+// device (its refusal is the record).
 func (s *Session) DoneSilently(reason string) string {
 	if why := s.live.Ending(); why != "" {
 		reason = why

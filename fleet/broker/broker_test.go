@@ -5,12 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
@@ -26,6 +28,9 @@ import (
 // is one end of a pipe whose other end echoes in upper case, like a device
 // serving the session.
 type fakeTunnels struct {
+	// onOpen, when set, runs as a stream is opened.
+	onOpen func(deviceID string, h *proto.StreamHeader)
+
 	mu      sync.Mutex // guards the fields below
 	offline bool
 	refuse  *proto.Error
@@ -37,6 +42,9 @@ type fakeTunnels struct {
 var errOffline = errors.New("offline")
 
 func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	if f.onOpen != nil {
+		f.onOpen(id, h)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.offline {
@@ -332,34 +340,25 @@ func TestStartRefusesExpired(t *testing.T) {
 	}
 }
 
-// recordingTunnels is fakeTunnels that notes, at each open, whether the
-// fleet had already recorded the stream's start.
-type recordingTunnels struct {
-	*fakeTunnels
-	trail       *audittest.Recorder
-	startBefore []bool
-}
-
-func (r *recordingTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
-	seen := false
-	for _, e := range r.trail.Events() {
-		if e.Type == proto.EventSessionStart && e.Session == h.SessionID && e.Device == id {
-			seen = true
-		}
-	}
-	r.startBefore = append(r.startBefore, seen)
-	return r.fakeTunnels.Open(ctx, id, h)
-}
-
-// TestPooledStreamsAreRecordedBeforeTheyOpen: each stream of a pooled
-// service has its session.start committed before the device hears of it
-// (the device's events about it are checked against that record), and its
-// session.end once, when it closes; a stream the device does not take ends
-// as a failure; with no audit trail, no stream.
+// TestPooledStreamsAreRecordedBeforeTheyOpen: each pooled stream's
+// session.start is committed in the hash-chained trail before the device
+// hears of the stream (the device's own events about it are checked
+// against that record), and its session.end when it closes; a stream the
+// device does not take ends recorded as a failure; a stream the trail
+// cannot record is not opened.
 func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 	f := newFixture(t)
-	rt := &recordingTunnels{fakeTunnels: f.tun, trail: f.trail}
-	f.b.cfg.Tunnels = rt
+	events, err := audit.Open(audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	f.b.cfg.Audit = &audit.Recorder{Log: events, Cluster: "fleet"}
+	var seen []error
+	f.tun.onOpen = func(deviceID string, h *proto.StreamHeader) {
+		_, err := events.Brokered(deviceID, h.SessionID)
+		seen = append(seen, err)
+	}
 	ctx := context.Background()
 	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps))
 	if err != nil {
@@ -369,38 +368,29 @@ func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rt.startBefore) != 1 || !rt.startBefore[0] {
-		t.Errorf("when the stream was opened, its start was recorded: %v, want true", rt.startBefore)
+	if len(seen) != 1 || seen[0] != nil {
+		t.Fatalf("when the stream was opened, the fleet's record of it: %v", seen)
 	}
-	conn.Close()
-	conn.Close()
 	id := f.tun.headers[0].SessionID
-	var got []string
-	for _, e := range f.trail.Events() {
-		if e.Session == id {
-			got = append(got, e.Type+"/"+e.Outcome)
-		}
+	conn.Close()
+	conn.Close()
+	recs, _, _ := events.Search(ctx, audit.Query{Session: id})
+	if len(recs) != 2 || recs[0].Event.Type != proto.EventSessionStart || recs[1].Event.Type != proto.EventSessionEnd ||
+		recs[0].Event.User != "alice" || recs[0].Event.Device != f.pi1.ID || recs[0].Event.Fields["app"] != "nodered" {
+		t.Errorf("events of the stream: %+v, want its session.start and one session.end", recs)
 	}
-	if want := []string{"session.start/success", "session.end/success"}; !slices.Equal(got, want) {
-		t.Errorf("events of the stream: %v, want %v", got, want)
-	}
-
 	f.tun.offline = true
 	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
-		t.Fatal("an open to an offline device succeeded")
+		t.Fatal("a stream to an offline device opened")
 	}
-	if e := f.trail.Last(); e.Type != proto.EventSessionEnd || e.Outcome != proto.OutcomeFailure {
-		t.Errorf("last event %+v, want the failed stream's session.end", e)
+	all, _, _ := events.Search(ctx, audit.Query{Type: proto.EventSessionEnd})
+	if last := all[len(all)-1].Event; last.Outcome != proto.OutcomeFailure {
+		t.Errorf("the failed stream's end: %+v", last)
 	}
-
 	f.tun.offline = false
-	f.trail.Err = errors.New("disk full")
-	var ref *Refusal
-	if _, err := f.b.OpenPooled(ctx, g, "nodered"); !errors.As(err, &ref) || ref.Status != StatusUnavailable {
-		t.Errorf("with no audit trail: got %v, want StatusUnavailable", err)
-	}
-	if len(rt.startBefore) != 2 {
-		t.Errorf("the device heard of %d streams, want 2 (none without a record)", len(rt.startBefore))
+	events.Close()
+	if _, err := f.b.OpenPooled(ctx, g, "nodered"); err == nil {
+		t.Error("a stream was opened that the audit trail could not record")
 	}
 }
 

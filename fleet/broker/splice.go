@@ -13,8 +13,8 @@ type closeWriter interface{ CloseWrite() error }
 // read from client (an HTTP server's buffer after a hijack); nil for none.
 // It returns the bytes sent to the device and back, and why the device's
 // side failed (nil when it ended normally). When the device's side fails
-// (the device did not come back within the hold time, say), Splice calls
-// devFailed (nil: nothing) and then closes the user's connection at once.
+// (the device did not come back within the hold time, say), it calls
+// devFailed (when not nil) and then closes the user's connection at once.
 func Splice(client net.Conn, buffered io.Reader, dev net.Conn, devFailed func(error)) (up, down int64, devErr error) {
 	var src io.Reader = client
 	if buffered != nil {

@@ -211,17 +211,21 @@ func TestClientCerts(t *testing.T) {
 		issue    func() ([]byte, error)
 		wantKind Kind
 		wantName string
+		wantApp  string
 	}{
+		{"app", func() ([]byte, error) {
+			return a.SignAppX509(makeCSR(t, newECKey(t)), "alice", "nodered--pi-1", ttl)
+		}, KindApp, "alice", "nodered--pi-1"},
 		{"user", func() ([]byte, error) {
 			return a.SignUserX509(makeCSR(t, newECKey(t)), "alice", ttl)
-		}, KindUser, "alice"},
+		}, KindUser, "alice", ""},
 		{"device", func() ([]byte, error) {
 			return a.SignDeviceX509(makeCSR(t, newECKey(t)), "dev-0123", ttl)
-		}, KindDevice, "dev-0123"},
+		}, KindDevice, "dev-0123", ""},
 		{"device ed25519", func() ([]byte, error) {
 			_, k, _ := ed25519.GenerateKey(rand.Reader)
 			return a.SignDeviceX509(makeCSR(t, k), "dev-ed", ttl)
-		}, KindDevice, "dev-ed"},
+		}, KindDevice, "dev-ed", ""},
 		{"admin", func() ([]byte, error) {
 			certPEM, keyPEM, err := a.AdminIdentity(ttl)
 			if err != nil {
@@ -232,7 +236,7 @@ func TestClientCerts(t *testing.T) {
 				return nil, err
 			}
 			return pair.Certificate[0], nil
-		}, KindAdmin, AdminName},
+		}, KindAdmin, AdminName, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -260,7 +264,8 @@ func TestClientCerts(t *testing.T) {
 				t.Fatalf("Identify: %v", err)
 			}
 			want := Identity{Kind: tt.wantKind, Name: tt.wantName, Expires: clk.Now().Add(ttl)}
-			if id.Kind != want.Kind || id.Name != want.Name || !id.Expires.Equal(want.Expires) {
+			want.App = tt.wantApp
+			if id.Kind != want.Kind || id.Name != want.Name || !id.Expires.Equal(want.Expires) || id.App != want.App {
 				t.Errorf("Identify = %+v, want %+v", id, want)
 			}
 		})

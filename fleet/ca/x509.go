@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 	"unicode"
@@ -28,7 +29,12 @@ const (
 	KindUser   Kind = "user"   // a user, from tsh login
 	KindDevice Kind = "device" // a device's agent, from join
 	KindAdmin  Kind = "admin"  // the admin identity fleetctl uses
+	KindApp    Kind = "app"    // a user's certificate for one web app, from tsh apps login
 )
+
+// appURIScheme names the app of an app certificate in its URI SAN:
+// app:APP--DEVICE.
+const appURIScheme = "app"
 
 // AdminName is the CN of the admin identity.
 const AdminName = "fleetctl"
@@ -38,6 +44,8 @@ type Identity struct {
 	Kind    Kind
 	Name    string // user name, device ID or AdminName
 	Expires time.Time
+	// App is the app (APP--DEVICE) an app certificate is for.
+	App string
 }
 
 // maxNameLen bounds the names put in certificates.
@@ -78,7 +86,7 @@ func checkLeafKey(pub any) error {
 // issue signs a leaf certificate for pub with the active X.509 CA key.
 // NotBefore is backdated by X509Backdate; NotAfter is now+ttl, capped by the
 // CA's own NotAfter.
-func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage x509.ExtKeyUsage, dns []string, ips []net.IP, ttl time.Duration) (*x509.Certificate, error) {
+func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage x509.ExtKeyUsage, dns []string, ips []net.IP, ttl time.Duration, uris ...*url.URL) (*x509.Certificate, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("ttl %v is not positive", ttl)
 	}
@@ -103,6 +111,7 @@ func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage x509.Ex
 		BasicConstraintsValid: true,
 		DNSNames:              dns,
 		IPAddresses:           ips,
+		URIs:                  uris,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.signer)
 	if err != nil {
@@ -167,7 +176,21 @@ func (a *Authority) SignDeviceX509(csrDER []byte, deviceID string, ttl time.Dura
 	return der, nil
 }
 
-func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Duration) ([]byte, error) {
+// SignAppX509 issues a user's client certificate for one web app (DER):
+// Kind KindApp, the user as CN and the app's label (APP--DEVICE) in a URI
+// SAN. The fleet accepts it on that app's address only.
+func (a *Authority) SignAppX509(csrDER []byte, user, app string, ttl time.Duration) ([]byte, error) {
+	if err := checkName(app); err != nil || strings.ContainsAny(app, ":/?#") {
+		return nil, fmt.Errorf("ca: sign app certificate: bad app %q", app)
+	}
+	der, err := a.signCSR(csrDER, KindApp, user, ttl, &url.URL{Scheme: appURIScheme, Opaque: app})
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign app certificate for %q: %w", user, err)
+	}
+	return der, nil
+}
+
+func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Duration, uris ...*url.URL) ([]byte, error) {
 	if err := checkName(name); err != nil {
 		return nil, err
 	}
@@ -181,7 +204,7 @@ func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Dura
 	if err := checkLeafKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("csr: %w", err)
 	}
-	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), x509.ExtKeyUsageClientAuth, nil, nil, ttl)
+	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), x509.ExtKeyUsageClientAuth, nil, nil, ttl, uris...)
 	if err != nil {
 		return nil, err
 	}
@@ -238,13 +261,19 @@ func (a *Authority) Identify(cert *x509.Certificate) (Identity, error) {
 		return Identity{}, fmt.Errorf("ca: identify %q: %d OUs, want 1", cert.Subject.CommonName, len(ous))
 	}
 	kind := Kind(ous[0])
+	id := Identity{Kind: kind, Name: cert.Subject.CommonName, Expires: cert.NotAfter}
 	switch kind {
 	case KindUser, KindDevice, KindAdmin:
+	case KindApp:
+		if len(cert.URIs) != 1 || cert.URIs[0].Scheme != appURIScheme || cert.URIs[0].Opaque == "" {
+			return Identity{}, fmt.Errorf("ca: identify %q: an app certificate must name one app", cert.Subject.CommonName)
+		}
+		id.App = cert.URIs[0].Opaque
 	default:
 		return Identity{}, fmt.Errorf("ca: identify %q: unknown kind %q", cert.Subject.CommonName, kind)
 	}
 	if err := checkName(cert.Subject.CommonName); err != nil {
 		return Identity{}, fmt.Errorf("ca: identify: %w", err)
 	}
-	return Identity{Kind: kind, Name: cert.Subject.CommonName, Expires: cert.NotAfter}, nil
+	return id, nil
 }

@@ -54,6 +54,7 @@ import (
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/fleet/web/page"
 	"remoteler.dev/edge/fleet/web/static"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -193,23 +194,23 @@ func New(cfg Config) *Server {
 // Register adds the dashboard's routes to mux (not the static files: see
 // StaticPrefix).
 func (s *Server) Register(mux *http.ServeMux) {
-	page := func(pattern string, h func(http.ResponseWriter, *http.Request, *viewer)) {
+	authed := func(pattern string, h func(http.ResponseWriter, *http.Request, *viewer)) {
 		mux.Handle(pattern, s.authed(h))
 	}
 	adminPage := func(pattern string, h func(http.ResponseWriter, *http.Request, *viewer)) {
 		mux.Handle(pattern, s.authed(s.adminOnly(h)))
 	}
-	page("GET /web/{$}", s.devicesPage)
-	page("GET /web/devices", s.devicesPage)
-	page("GET /web/live/devices", s.devicesLive)
-	page("GET /web/devices/{name}", s.devicePage)
-	page("GET /web/devices/{name}/link", s.deviceLink)
-	page("GET /web/live/devices/{name}", s.deviceLive)
-	page("GET /web/devices/{name}/terminal", s.terminalPage)
-	page("GET /web/devices/{name}/terminal/ws", s.terminalSocket)
-	page("GET /web/sessions", s.sessionsPage)
-	page("GET /web/recordings/{id}", s.recordingPage)
-	page("GET /web/recordings/{id}/cast", s.recordingCast)
+	authed("GET /web/{$}", s.devicesPage)
+	authed("GET /web/devices", s.devicesPage)
+	authed("GET /web/live/devices", s.devicesLive)
+	authed("GET /web/devices/{name}", s.devicePage)
+	authed("GET /web/devices/{name}/link", s.deviceLink)
+	authed("GET /web/live/devices/{name}", s.deviceLive)
+	authed("GET /web/devices/{name}/terminal", s.terminalPage)
+	authed("GET /web/devices/{name}/terminal/ws", s.terminalSocket)
+	authed("GET /web/sessions", s.sessionsPage)
+	authed("GET /web/recordings/{id}", s.recordingPage)
+	authed("GET /web/recordings/{id}/cast", s.recordingCast)
 	adminPage("GET /web/audit", s.auditPage)
 	adminPage("GET /web/rollouts", s.rolloutsPage)
 	adminPage("GET /web/admin/users", s.usersPage)
@@ -310,18 +311,16 @@ func (s *Server) record(r *http.Request, v *viewer, e *proto.AuditEvent) error {
 	return s.cfg.Recorder.Record(r.Context(), e)
 }
 
-// securityHeaders sets what every dashboard answer carries: a strict
-// Content-Security-Policy (scripts only from the fleet, no inline script
-// or eval; style elements only with the page's nonce, which the fleet's
-// script gives to those the terminal and chart libraries create), no
-// framing, no sniffing, no referrer, no caching.
+// securityHeaders sets what every dashboard answer carries: the fleet
+// pages' headers (fleet/web/page: no framing, no sniffing, no referrer to
+// other origins, no caching), with a Content-Security-Policy that also
+// lets in style elements with the page's nonce (the fleet's script gives
+// it to those the terminal and chart libraries create) and the fleet's
+// fonts; still no inline script or eval.
 func securityHeaders(h http.Header, nonce string) {
+	page.Headers(h)
 	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-"+nonce+"'; img-src 'self'; "+
 		"font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "same-origin") // not no-referrer: with it, a form's POST carries Origin: null
-	h.Set("Cache-Control", "no-store")
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
 }
 

@@ -111,6 +111,7 @@ func (r *runner) command() *cobra.Command {
 		r.connectorsCommand(),
 		r.tokensCommand(),
 		r.devicesCommand(),
+		r.appsCommand(),
 		r.statusCommand(),
 		r.auditCommand(),
 		r.retentionCommand(),

@@ -233,6 +233,7 @@ func TestParseRoles(t *testing.T) {
 		{"no name", "kind: role\nspec: {}\n", nil, "no metadata.name"},
 		{"wrong type", "kind: role\nmetadata: {name: r}\nspec: {allow: {logins: {a: b}}}\n", nil, "cannot unmarshal object"},
 		{"scalars for lists", "kind: role\nmetadata: {name: r}\nspec: {allow: {logins: pi, device_labels: {site: north}}, deny: {logins: root, device_labels: {'*': '*'}}}\n", []string{"r"}, ""},
+		{"app labels", "kind: role\nmetadata: {name: r}\nspec: {allow: {app_labels: {'*': '*'}}, deny: {app_labels: {team: ops}}}\n", []string{"r"}, ""},
 		{"metadata not a map", "kind: role\nmetadata: x\n", nil, "cannot unmarshal string"},
 		{"list", "- a\n- b\n", nil, "want a role (kind: role, metadata, spec), not a list"},
 		{"duplicate key", "kind: role\nkind: role\n", nil, "already set in map"},

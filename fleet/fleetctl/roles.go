@@ -138,7 +138,7 @@ func parseRole(where string, generic any) (api.Role, error) {
 
 // normalizeRole accepts a single value where a role takes a list, as people
 // write it in YAML: "logins: pi" for [pi], "device_labels: {site: north}"
-// for {site: [north]}.
+// for {site: [north]}, and so in app_labels.
 func normalizeRole(role map[string]any) {
 	spec, _ := role["spec"].(map[string]any)
 	for _, side := range []string{"allow", "deny"} {
@@ -149,10 +149,12 @@ func normalizeRole(role map[string]any) {
 		if s, ok := cond["logins"].(string); ok {
 			cond["logins"] = []any{s}
 		}
-		if labels, ok := cond["device_labels"].(map[string]any); ok {
-			for k, v := range labels {
-				if s, ok := v.(string); ok {
-					labels[k] = []any{s}
+		for _, field := range []string{"device_labels", "app_labels"} {
+			if labels, ok := cond[field].(map[string]any); ok {
+				for k, v := range labels {
+					if s, ok := v.(string); ok {
+						labels[k] = []any{s}
+					}
 				}
 			}
 		}

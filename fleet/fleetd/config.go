@@ -110,13 +110,10 @@ type Config struct {
 
 	// AppsDomain is the fleet's host for browsers; each app is one label
 	// below it, APP--DEVICE.DOMAIN, so one wildcard certificate
-	// (*.DOMAIN) covers them all. Default: the first DNS name in
-	// PublicAddrs, else "localhost".
+	// (*.DOMAIN) covers them all; browsers reach apps on PublicURL's
+	// port. Default: PublicURL's host when it is a DNS name, else the
+	// first DNS name in PublicAddrs, else "localhost".
 	AppsDomain string `json:"apps_domain"`
-	// PublicPort is the HTTPS port browsers reach the fleet on, for app
-	// addresses; default the Listen port (a load balancer on 443 in front
-	// of fleetd wants 443).
-	PublicPort int `json:"public_port"`
 	// AppURIHosts lists what app URIs on devices may name beyond loopback
 	// and private addresses and "localhost": host names, "*.SUFFIX",
 	// CIDR prefixes, or "*" for any. A device that declares an app

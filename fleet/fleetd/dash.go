@@ -34,7 +34,7 @@ import (
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
-	"remoteler.dev/edge/fleet/web/static"
+	"remoteler.dev/edge/fleet/web/login"
 	"remoteler.dev/edge/fleet/webterm"
 )
 
@@ -67,6 +67,7 @@ type dashDeps struct {
 	recorder *audit.Recorder
 	admin    *admin.Admin
 	login    dashboard.Login
+	web      apps.Addr // where browsers reach the fleet
 	listen   net.Addr
 	releases *releases.Service
 	rollouts *rollouts.Engine
@@ -91,7 +92,6 @@ func newDash(cfg Config, d dashDeps, log *slog.Logger, now func() time.Time) (*d
 	if err != nil {
 		return nil, err
 	}
-	web := webAddr(cfg, d.listen)
 	term := webterm.New(webterm.Config{Broker: d.brk, CA: d.auth, CertTTL: time.Duration(cfg.UserCertTTL), Logger: log, Now: now})
 	srv := dashboard.New(dashboard.Config{
 		Login: d.login, Users: d.users, Roles: d.roles, View: view, History: history, Audit: d.events, Recorder: d.recorder,
@@ -99,8 +99,8 @@ func newDash(cfg Config, d dashDeps, log *slog.Logger, now func() time.Time) (*d
 		Terminal: func(w http.ResponseWriter, r *http.Request, req dashboard.TerminalRequest) {
 			term.Serve(w, r, webterm.Request(req))
 		},
-		Fleet: cfg.Cluster, Version: Version, FleetAddr: fleetAddr(cfg, d.listen), Origin: web.FleetOrigin(),
-		AppURL: web.Origin, Logger: log, Now: now,
+		Fleet: cfg.Cluster, Version: Version, FleetAddr: fleetAddr(cfg, d.listen), Origin: d.web.FleetOrigin(),
+		AppURL: d.web.Origin, Logger: log, Now: now,
 	})
 	ds.view, ds.history, ds.server = view, history, srv
 	return ds, nil
@@ -134,11 +134,9 @@ func (d *dash) run(ctx context.Context, wg *sync.WaitGroup) {
 	})
 }
 
-// register adds the dashboard and the static files to mux.
-func (d *dash) register(mux *http.ServeMux) {
-	d.server.Register(mux)
-	mux.Handle("GET "+dashboard.StaticPrefix, static.Handler(dashboard.StaticPrefix))
-}
+// register adds the dashboard's pages to mux (the login's mux, which
+// serves the static files).
+func (d *dash) register(mux *http.ServeMux) { d.server.Register(mux) }
 
 // linkSource samples every device for the link history: its registry
 // record (connections), its tunnel's counters and its loss outside
@@ -164,28 +162,6 @@ func linkSource(view *fleetview.View, tunnels *tunnelsrv.Server, links *linkheal
 	}
 }
 
-// webAddr is where browsers reach the fleet: the apps domain (default the
-// first DNS name among the public addresses, else "localhost") and the
-// public port (default the one fleetd listens on).
-func webAddr(cfg Config, listen net.Addr) apps.Addr {
-	a := apps.Addr{Domain: strings.ToLower(cfg.AppsDomain), Port: cfg.PublicPort}
-	if a.Domain == "" {
-		a.Domain = "localhost"
-		for _, h := range cfg.PublicAddrs {
-			if net.ParseIP(h) == nil && h != "" {
-				a.Domain = strings.ToLower(h)
-				break
-			}
-		}
-	}
-	if a.Port == 0 {
-		if t, ok := listen.(*net.TCPAddr); ok {
-			a.Port = t.Port
-		}
-	}
-	return a
-}
-
 // fleetAddr is the fleet's HOST:PORT as devices reach it, for the join
 // command the dashboard shows: FleetAddr, else the first public address
 // with the listen port, else the listen address as a local client dials
@@ -202,19 +178,6 @@ func fleetAddr(cfg Config, listen net.Addr) string {
 		return net.JoinHostPort(cfg.PublicAddrs[0], port)
 	}
 	return clientAddr(listen.String())
-}
-
-// webRoute sends what web has a route for (the dashboard's pages and
-// the static files) to it, and the rest to the API (which serves some
-// browser pages too: single sign-on's device approval).
-func webRoute(web *http.ServeMux, api http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, pattern := web.Handler(r); pattern != "" {
-			web.ServeHTTP(w, r)
-			return
-		}
-		api.ServeHTTP(w, r)
-	})
 }
 
 // metricsToken reads the metrics' bearer token from its file, if one is
@@ -234,14 +197,28 @@ func metricsToken(cfg Config) (string, error) {
 	return tok, nil
 }
 
-// noLogin stands in for the browser login until fleetd has one: every
-// page says so.
-type noLogin struct{}
+// webLogin is the fleet's browser login (fleet/web/login) as the
+// dashboard sees it.
+type webLogin struct{ s *login.Server }
 
-func (noLogin) Session(*http.Request) (dashboard.Session, bool) { return dashboard.Session{}, false }
-
-func (noLogin) RedirectToLogin(w http.ResponseWriter, _ *http.Request, _ string) {
-	http.Error(w, "the dashboard needs the fleet's browser login, which this fleetd does not have", http.StatusServiceUnavailable)
+func (l webLogin) Session(r *http.Request) (dashboard.Session, bool) {
+	sess, ok := l.s.Session(r)
+	if !ok {
+		return dashboard.Session{}, false
+	}
+	return dashboard.Session{User: sess.User, ID: sess.ID, CSRF: sess.CSRF(), Expires: sess.Expires}, true
 }
 
-func (noLogin) CheckPost(*http.Request, dashboard.Session) error { return http.ErrNotSupported }
+func (l webLogin) RedirectToLogin(w http.ResponseWriter, r *http.Request, next string) {
+	l.s.RedirectToLogin(w, r, next)
+}
+
+// CheckPost checks r against the request's own session, which must be
+// the one the dashboard was given.
+func (l webLogin) CheckPost(r *http.Request, sess dashboard.Session) error {
+	ls, ok := l.s.Session(r)
+	if !ok || ls.ID != sess.ID {
+		return login.ErrForbidden
+	}
+	return l.s.CheckPost(r, ls)
+}

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"remoteler.dev/edge/fleet/admin"
+	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
@@ -35,6 +36,7 @@ import (
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/linkhealth"
 	"remoteler.dev/edge/fleet/metrics"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
@@ -122,7 +124,12 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer udp.Close()
 	addr := tcp.Addr().String()
 
-	hosts := serverHosts(cfg)
+	publicURL, err := publicURLOf(cfg, addr)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	appAddr := webAddr(cfg, publicURL)
+	hosts := append(serverHosts(cfg), appAddr.Domain, "*."+appAddr.Domain)
 	certs := &certHolder{}
 	if err := certs.renew(auth, hosts); err != nil {
 		return fmt.Errorf("fleetd: server certificate: %w", err)
@@ -130,12 +137,18 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	serverTLS := &tls.Config{
 		GetCertificate: certs.get,
 		// Client CAs are read per handshake so CA rotation takes effect.
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			// HTTP/2 for browsers on apps' addresses; HTTP/1.1 elsewhere
+			// (connect and Kubernetes upgrades take over the connection).
+			protos := []string{"http/1.1"}
+			if _, _, ok := appAddr.Parse(hello.ServerName); ok {
+				protos = []string{"h2", "http/1.1"}
+			}
 			return &tls.Config{
 				GetCertificate: certs.get,
 				ClientAuth:     tls.VerifyClientCertIfGiven,
 				ClientCAs:      auth.CertPool(),
-				NextProtos:     []string{"http/1.1"},
+				NextProtos:     protos,
 				MinVersion:     tls.VersionTLS12,
 			}, nil
 		},
@@ -217,14 +230,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	// One home for admin actions: the API's and the dashboard's.
 	adm := admin.New(admin.Config{Users: us, Roles: roles, Tokens: toks, Devices: reg, CAPin: auth.Pin,
 		Disconnect: tunnels.Disconnect, Changed: live.Changed, Audit: recorder})
-	publicURL, err := publicURLOf(cfg, addr)
-	if err != nil {
-		return fmt.Errorf("fleetd: %w", err)
-	}
-	rec := recorder // the fleet's one recorder: the trail and the audit logger
 	tickets := &ticket.Service{Store: st, Now: now}
 	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
-		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
 		CA:            auth,
@@ -261,21 +269,30 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Tickets:         tickets,
 	}
 	apiSrv.Kube = kube
-	// The browser's side: the dashboard (its terminal, the link history).
+	// The browser side: the login, web apps, the keys apps verify their
+	// JWTs with.
+	appKeys, err := appjwt.Open(ctx, st, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
+	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
+	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
+	defer web.apps.Close()
+	// The dashboard (its terminal, the link history), behind the login.
 	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,
-		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: noLogin{}, listen: tcp.Addr(),
-		releases: otaSvc.releases, rollouts: otaSvc.rollouts}, log, now)
+		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: webLogin{web.login}, web: appAddr,
+		listen: tcp.Addr(), releases: otaSvc.releases, rollouts: otaSvc.rollouts}, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	defer dsh.history.Close()
-	webMux := http.NewServeMux()
-	dsh.register(webMux)
+	dsh.register(web.mux)
 	met.SetSources(metrics.Sources{View: dsh.view, Tunnels: tunnels.Count, Sessions: live, Backlog: events.Backlog})
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
-		Limit: apiSrv.AllowLogin, Audit: rec, Cluster: cfg.Cluster, Logger: log, Now: now})
+		Limit: apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	httpSrv := &http.Server{
-		Handler:           met.Instrument(webRoute(webMux, apiSrv.Handler())),
+		Handler:           met.Instrument(web.route(apiSrv.Handler())),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -600,4 +617,14 @@ func loadQUICKeys(ctx context.Context, st store.Store) (*quicKeys, error) {
 		return nil, fmt.Errorf("quic keys: %w", err)
 	}
 	return &k, nil
+}
+
+// linkSampler measures every tunnel's loss outside blackouts, for the
+// device listing's LOSS.
+func linkSampler(tunnels *tunnelsrv.Server) *linkhealth.Sampler {
+	return &linkhealth.Sampler{Links: func(fn func(string, time.Time, linkhealth.Counters)) {
+		tunnels.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
+			fn(id, since, linkhealth.Counters{Sent: st.PacketsSent, Lost: st.PacketsLost, Received: st.PacketsReceived})
+		})
+	}}
 }

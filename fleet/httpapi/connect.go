@@ -69,8 +69,8 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 }
 
 // connect brokers one connection (fleet/broker): it checks the user's
-// roles, records and registers the live session, opens a stream down the
-// device's tunnel, answers 101 and splices the two.
+// roles, opens a stream down the device's tunnel, registers the live
+// session, answers 101 and splices the two.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	q := r.URL.Query()
 	service := q.Get("service")
@@ -112,25 +112,23 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		refuse(err.(*broker.Refusal))
 		return
 	}
-	// The session's start is recorded before the device hears of it: the
-	// device's own events about it are checked against this record
-	// (fleet/audit, claims.go). A session the device cannot take ends
-	// recorded, with an access.denied for it.
+	// Recorded (and registered) before the device hears of the session:
+	// the device's own events about it are checked against this record
+	// (fleet/audit, claims.go). A session the device cannot take ends in
+	// an access.denied for it.
 	sess, err := b.Start(r.Context(), g, broker.StartOptions{})
 	if err != nil {
 		refuse(err.(*broker.Refusal))
 		return
 	}
-	reason := ""
-	var st broker.Stats
-	defer func() { sess.Done(r.Context(), reason, st) }()
 	conn, err := b.Open(r.Context(), g, "")
 	if err != nil {
-		reason = err.Error()
 		var ref *broker.Refusal
-		if errors.As(err, &ref) {
-			deny(ref)
+		if !errors.As(err, &ref) {
+			ref = &broker.Refusal{Status: broker.StatusNoAnswer, Msg: err.Error()}
 		}
+		sess.DoneSilently(ref.Msg)
+		deny(ref)
 		return
 	}
 	defer conn.Close()
@@ -138,6 +136,9 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	// access removed) by telling the device, which tells the user and
 	// closes; the broker closes both sides itself shortly after.
 	sess.OnEnd(func() { conn.Close() })
+	reason := ""
+	var st broker.Stats
+	defer func() { sess.Done(r.Context(), reason, st) }()
 	client, brw, err := hj.Hijack()
 	if err != nil {
 		s.log().Error("hijack failed", "err", err)
@@ -157,10 +158,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	var devErr error
-	// When the device's side fails, the reason is kept before the user's
-	// connection is closed: the user's client asks for it as soon as it
-	// sees the close.
-	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn, sess.Failed)
+	// When the device's side fails, the reason is in the registry before
+	// the user's connection is closed: the user's client asks for it as
+	// soon as it sees the close.
+	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn, func(err error) { sess.MarkDone(err.Error()) })
 	if devErr != nil {
 		reason = devErr.Error()
 	}

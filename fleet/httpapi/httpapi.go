@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/admin"
+	"remoteler.dev/edge/fleet/appjwt"
+	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
@@ -69,6 +71,10 @@ type Server struct {
 	// Recordings holds the session recordings /v1/recordings serves; nil
 	// serves none.
 	Recordings *recordings.Store
+	// Apps lists the web apps on devices (GET /v1/apps, tsh apps login);
+	// nil: none. AppKeys sign the JWTs apps get; nil: no rotation.
+	Apps    *apps.Catalog
+	AppKeys *appjwt.Keys
 	// SSO is single sign-on (fleet/sso), Tickets the login tickets its
 	// logins and headless logins end in, and DeviceAuth the headless
 	// login's device flow; nil SSO and DeviceAuth turn them off.
@@ -159,9 +165,13 @@ func (s *Server) actions() *admin.Admin {
 func (s *Server) lifecycle() *lifecycle.Lifecycle {
 	s.ownLifecycle.Do(func() {
 		if s.Lifecycle == nil {
-			s.Lifecycle = lifecycle.New(lifecycle.Config{CA: s.CA, Devices: s.Devices, Tokens: s.Tokens, Cluster: s.Cluster,
+			cfg := lifecycle.Config{CA: s.CA, Devices: s.Devices, Tokens: s.Tokens, Cluster: s.Cluster,
 				CertTTL: s.DeviceCertTTL, Audit: &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
-				Logger: s.Logger, Now: s.Now})
+				Logger: s.Logger, Now: s.Now}
+			if s.Releases != nil {
+				cfg.ReleaseKeys = func(ctx context.Context) []string { return s.Releases.TrustedKeys(ctx).Strings() }
+			}
+			s.Lifecycle = lifecycle.New(cfg)
 		}
 	})
 	return s.Lifecycle
@@ -254,6 +264,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE "+api.PathDevices+"/{name}", s.admin(s.deleteDevice))
 	mux.Handle("GET "+api.PathStatus, s.admin(s.status))
 	s.kubeRoutes(mux)
+	s.appRoutes(mux)
 	s.auditRoutes(mux)
 	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
@@ -316,6 +327,8 @@ func (s *Server) identify(r *http.Request) (*caller, error) {
 		}
 		c.user, c.checker = u, checker
 	case ca.KindAdmin:
+	case ca.KindApp:
+		return nil, errors.New("an app certificate works only at its app's address: this endpoint needs your user certificate (tsh login)")
 	default:
 		return nil, fmt.Errorf("a %s certificate cannot call this endpoint", id.Kind)
 	}

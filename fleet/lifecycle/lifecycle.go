@@ -61,8 +61,8 @@ type Config struct {
 	Keepalive, Liveness time.Duration
 	// Apps is what app URIs the fleet accepts from devices.
 	Apps apps.Policy
-	// ReleaseKeys are the release keys a joining device pins for its
-	// updates (fleet/releases); nil gives none.
+	// ReleaseKeys are the keys devices trust for agent releases, given at
+	// join (OTA); nil gives none.
 	ReleaseKeys func(ctx context.Context) []string
 	// Audit records events; nil records nothing.
 	Audit Recorder
@@ -222,20 +222,6 @@ func (l *Lifecycle) Configure(cfg *tunnelsrv.Config) {
 	cfg.OnDisconnect = l.Disconnect
 }
 
-// Recheck refuses a connection whose device was removed while its hello
-// was being answered (see tunnelsrv.Config.Recheck): one read of the
-// registry per connection.
-func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
-	_, err := l.cfg.Devices.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
-	}
-	if err != nil {
-		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
-	}
-	return nil
-}
-
 // Authenticate maps a tunnel's verified client certificate to its device
 // ID.
 func (l *Lifecycle) Authenticate(cs tls.ConnectionState) (string, error) {
@@ -309,6 +295,20 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	l.record(ctx, &proto.AuditEvent{Type: proto.EventDeviceOnline, Device: id, Addr: addr.String(), Fields: f})
 	return &proto.HelloAck{DeviceID: id, ServerTime: now.UnixMilli(),
 		KeepaliveMillis: l.cfg.Keepalive.Milliseconds(), LivenessMillis: l.cfg.Liveness.Milliseconds()}, nil
+}
+
+// Recheck refuses a connection whose device was removed while its hello
+// was being answered (tunnelsrv.Config.Recheck): one read of the registry
+// per connection.
+func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
+	_, err := l.cfg.Devices.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
+	}
+	if err != nil {
+		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	return nil
 }
 
 var serviceRE = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)

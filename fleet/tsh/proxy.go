@@ -18,7 +18,7 @@ import (
 func (r *runner) proxyCommand() *cobra.Command {
 	group := &cobra.Command{
 		Use:   "proxy",
-		Short: "Connections for other programs (OpenSSH's ProxyCommand)",
+		Short: "Connections for other programs (OpenSSH's ProxyCommand, a web app on a local port)",
 	}
 	group.AddCommand(&cobra.Command{
 		Use:   "ssh [LOGIN@]HOST[:PORT]",
@@ -30,6 +30,7 @@ device, with or without ".CLUSTER"; the port is ignored.`,
 		ValidArgsFunction: r.completeTarget(""),
 		RunE:              func(cmd *cobra.Command, args []string) error { return r.proxySSH(cmd, args[0]) },
 	})
+	group.AddCommand(r.proxyAppCommand())
 	return group
 }
 

@@ -83,7 +83,8 @@ func (s *Stdio) setDefaults() {
 
 const long = `tsh logs you in to a Remoteler edge fleet and reaches its devices: over
 SSH (tsh ssh, tsh scp, or plain OpenSSH after tsh config), Kubernetes
-(tsh kube login, then kubectl) and session recordings (tsh play).
+(tsh kube login, then kubectl), web apps (tsh apps, tsh proxy app) and
+session recordings (tsh play).
 
 Start with: tsh login --proxy=HOST:PORT --user=NAME
 
@@ -123,6 +124,7 @@ func (r *runner) command() *cobra.Command {
 		r.recordingsCommand(),
 		r.playCommand(),
 		r.kubeCommand(),
+		r.appsCommand(),
 		r.proxyCommand(),
 	)
 	return cli.Setup(root)

@@ -196,17 +196,20 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 	if err != nil {
 		return end(err.Error())
 	}
-	reason := ""
-	defer func() { sess.Done(context.WithoutCancel(ctx), reason, st) }()
+	// A session the device cannot take ends in an access.denied for it,
+	// as for tsh ssh (fleet/httpapi's connect).
 	conn, err := b.Open(ctx, g, "")
 	if err != nil {
 		var ref *broker.Refusal
-		if errors.As(err, &ref) {
-			b.Deny(ctx, g.Ask, ref)
+		if !errors.As(err, &ref) {
+			ref = &broker.Refusal{Status: broker.StatusNoAnswer, Msg: err.Error()}
 		}
-		reason = err.Error()
-		return end(reason)
+		sess.DoneSilently(ref.Msg)
+		b.Deny(context.WithoutCancel(ctx), g.Ask, ref)
+		return end(ref.Msg)
 	}
+	reason := ""
+	defer func() { sess.Done(context.WithoutCancel(ctx), reason, st) }()
 	counted := &countConn{Conn: conn}
 	defer counted.Close()
 	sess.OnEnd(func() { counted.Close(); c.CloseNow() })

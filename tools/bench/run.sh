@@ -22,6 +22,7 @@ benchmarks=(
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
   store # the bbolt and etcd stores side by side: Get/Put/CAS latency, watch delay between replicas, store copy (a Go test in fleet/store/etcdstore)
   dashboard # the dashboard with 10,000 simulated devices in Chromium: first paint, interactive, page weight, fleetd CPU per live dashboard (a Go test in tools/e2e; ~20 min)
+  appbench # web apps through the fleet vs direct vs nginx: small GET p50/p99 and requests/s, 1 GiB download, websocket round trip, memory per app session (~2 min)
 )
 named=$#
 if ((named)); then benchmarks=("$@"); fi
@@ -34,6 +35,11 @@ for b in "${benchmarks[@]}"; do
     continue
   fi
   echo "=== bench: $b" >&2
+  if [ "$b" = appbench ] && ! command -v nginx >/dev/null; then
+    # Only this benchmark uses nginx (a reverse proxy to compare with).
+    echo "=== bench: installing nginx-light for appbench" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; } >&2 || echo "=== bench: nginx not installed; appbench runs without it" >&2
+  fi
   if [ "$b" = kube ]; then
     KUBE_BENCH_N=300 go test -count=1 -v -run TestKubeBenchmark ./tools/e2e || failed+=("$b")
     continue

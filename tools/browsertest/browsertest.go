@@ -203,7 +203,7 @@ func Get[T any](b *Browser, step string, a chromedp.Action[T]) T {
 // `make screenshots` copies chosen ones into docs/.
 func (b *Browser) Screenshot(dir, name string) string {
 	b.t.Helper()
-	png := Get(b, "screenshot "+name, chromedp.FullScreenshot(100))
+	png := Get(b, "screenshot "+name, chromedp.FullScreenshot(100)) // 100: PNG (below, JPEG)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.t.Fatal(err)
 	}

@@ -187,21 +187,14 @@ func startFlags(fs *flag.FlagSet) func(*flag.FlagSet) int {
 	return func(fs *flag.FlagSet) int {
 		if *configPath != "" {
 			// The file, then the flags given again over it.
-			// --app adds to a list: the flags' list replaces the file's.
 			given := map[string]string{}
 			fs.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
-			flagApps := cfg.Apps
 			if err := cfg.ReadFile(*configPath); err != nil {
 				fmt.Fprintln(fs.Output(), "edge-agent:", err)
 				return 2
 			}
 			for name, v := range given {
-				if name != "app" {
-					fs.Set(name, v)
-				}
-			}
-			if _, ok := given["app"]; ok {
-				cfg.Apps = flagApps
+				fs.Set(name, v)
 			}
 		}
 		return startAgent(cfg)

@@ -23,7 +23,7 @@ import (
 	"time"
 )
 
-//go:embed vendor dash
+//go:embed vendor dash fleet.css
 var files embed.FS
 
 // FS is every embedded file, by its path under this folder

@@ -1,0 +1,486 @@
+// Package login is the fleet's browser login: the login page (user,
+// password and, for users who enrolled an authenticator, a one-time code,
+// checked by the users service, whose lock-outs apply, after the HTTPS
+// port's per-source login limit), the fleet
+// session it starts, and logout. Everything the fleet serves to browsers
+// (the dashboard, web-app access, the web terminal) builds on it: Session
+// says who is logged in, RedirectToLogin sends a browser through the login
+// and back, CheckPost guards state-changing requests, and Page renders a
+// message with the same safe defaults. Single sign-on plugs in as another
+// way to start a Session.
+//
+// Safe defaults, for every page it serves:
+//
+//   - the session is a random token in a host-only cookie named
+//     "__Host-fleet_session" (Secure, HttpOnly, Path=/, SameSite=Lax: a
+//     link from elsewhere still finds the user logged in; no cross-site
+//     request carries it in a POST). The "__Host-" prefix means no other
+//     host, not even an app one label below the fleet's domain, can set
+//     or shadow it. Only a hash of the token is kept in memory;
+//   - every state-changing request (POST) carries a CSRF token tied to the
+//     session (for the login form, to a "__Host-fleet_csrf" cookie), and
+//     must come from the fleet's own origin (Origin, Sec-Fetch-Site): apps
+//     on sibling hosts are same-site, so SameSite alone would not stop
+//     them;
+//   - a strict Content-Security-Policy (no inline script or style, no
+//     framing, forms post to the fleet and to the hosts the fleet names),
+//     nosniff, no referrer to other sites, no caching of pages;
+//   - output through html/template; the "next" address a login returns to
+//     is a path on the fleet, never another site.
+//
+// Sessions live in this fleetd's memory: a restart logs browsers out, and
+// replicas (fleet/store on etcd) will keep them in the store.
+//
+// Only fleet/... server packages import login.
+package login
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/fleet/web/page"
+	"remoteler.dev/edge/fleet/web/static"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
+)
+
+// Paths on the fleet's host.
+const (
+	PathLogin  = "/web/login"
+	PathLogout = "/web/logout"
+	PathStatic = "/web/static/"
+)
+
+// Cookie names.
+const (
+	SessionCookie = "__Host-fleet_session"
+	csrfCookie    = "__Host-fleet_csrf"
+)
+
+// Users checks credentials and looks users up (*users.Service).
+type Users interface {
+	Authenticate(ctx context.Context, name, password, totpCode string) (api.User, error)
+	Get(ctx context.Context, name string) (api.User, error)
+}
+
+// Recorder records an audit event (*audit.Recorder).
+type Recorder interface {
+	Record(ctx context.Context, e *proto.AuditEvent) error
+}
+
+// Config configures a Server. Users and Origin are required.
+type Config struct {
+	Users Users
+	// Origin is the fleet's web origin, https://HOST[:PORT]: requests
+	// that change state must come from it.
+	Origin string
+	// Fleet is the fleet's name, shown on pages.
+	Fleet string
+	// Home is where a login that names no page to return to lands;
+	// default "/web/".
+	Home string
+	// TTL is how long a session lasts for a user (their roles'
+	// max_session_ttl, say); nil: 8h.
+	TTL func(ctx context.Context, u api.User) time.Duration
+	// FormTargets are more sources the pages' forms (and the redirects
+	// that follow them) may go to, in CSP source syntax
+	// ("https://*.fleet.example.com:3080").
+	FormTargets []string
+	// Admit applies the HTTPS port's per-source login limit to a login
+	// (httpapi.Server.AllowLogin): false refuses it, saying how long to
+	// wait. Nil admits every login (the users service's per-user
+	// lock-outs still apply).
+	Admit func(r *http.Request) (wait time.Duration, ok bool)
+	// Audit records logins and logouts; nil records nothing.
+	Audit Recorder
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Session is a browser's fleet session.
+type Session struct {
+	// ID names the session to other packages (it is not the cookie's
+	// token, which only the browser holds).
+	ID      string
+	User    string
+	Started time.Time
+	Expires time.Time
+	csrf    string
+}
+
+// Server serves the login pages and keeps the sessions. Create it with
+// New; its methods are safe for concurrent use.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	tmpl *template.Template
+
+	mu       sync.Mutex // guards the fields below
+	sessions map[[32]byte]*Session
+	onEnd    []func(Session)
+	sweeps   int
+}
+
+//go:embed templates
+var templates embed.FS
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	if cfg.Home == "" {
+		cfg.Home = "/web/"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	t := template.Must(template.New("").ParseFS(templates, "templates/*.html"))
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[[32]byte]*Session{}}
+}
+
+// Register adds the login routes to mux: the login page and form, logout,
+// and the fleet's static files.
+func (s *Server) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+PathLogin, s.loginPage)
+	mux.HandleFunc("POST "+PathLogin, s.loginPost)
+	mux.HandleFunc("POST "+PathLogout, s.logout)
+	mux.Handle("GET "+PathStatic, static.Handler(PathStatic))
+}
+
+// OnEnd registers f to run when a session ends by logout (another package
+// ends what it started for the session: app sessions, say).
+func (s *Server) OnEnd(f func(Session)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onEnd = append(s.onEnd, f)
+}
+
+func newToken() string { return rand.Text() + rand.Text() }
+
+func hashToken(tok string) [32]byte { return sha256.Sum256([]byte(tok)) }
+
+// Session returns the request's live session: its cookie names one that
+// has not expired, whose user still exists.
+func (s *Server) Session(r *http.Request) (*Session, bool) {
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || c.Value == "" || len(c.Value) > 256 {
+		return nil, false
+	}
+	key := hashToken(c.Value)
+	s.mu.Lock()
+	sess := s.sessions[key]
+	if sess != nil && !s.cfg.Now().Before(sess.Expires) {
+		delete(s.sessions, key)
+		sess = nil
+	}
+	s.mu.Unlock()
+	if sess == nil {
+		return nil, false
+	}
+	if _, err := s.cfg.Users.Get(r.Context(), sess.User); err != nil {
+		return nil, false
+	}
+	cp := *sess
+	return &cp, true
+}
+
+// RedirectToLogin sends the browser to the login page, to come back to
+// next (a path on the fleet) afterwards.
+func (s *Server) RedirectToLogin(w http.ResponseWriter, r *http.Request, next string) {
+	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+	http.Redirect(w, r, PathLogin+"?next="+url.QueryEscape(localPath(next, s.cfg.Home)), http.StatusSeeOther)
+}
+
+// localPath returns p when it is a path on this host (one leading slash,
+// no scheme, no host, no backslash tricks), else def.
+func localPath(p, def string) string {
+	if p == "" || p[0] != '/' || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n\t\x00") || len(p) > 4096 {
+		return def
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil {
+		return def
+	}
+	return p
+}
+
+// CSRF is the token a form of the session's pages must post back.
+func (s *Session) CSRF() string { return s.csrf }
+
+// ErrForbidden is what CheckPost's errors wrap: the request does not come
+// from the fleet's own pages.
+var ErrForbidden = errors.New("login: this request does not come from the fleet's own pages")
+
+func forbidden(why string) error { return fmt.Errorf("%w: %s", ErrForbidden, why) }
+
+// CheckPost checks that a state-changing request comes from the fleet's
+// own page: from its origin, with the CSRF token of sess (nil: of the
+// login form's cookie). It reads the request's form.
+func (s *Server) CheckPost(r *http.Request, sess *Session) error {
+	if !page.SameOrigin(r, s.cfg.Origin) {
+		return forbidden("from origin " + r.Header.Get("Origin") + ", site " + r.Header.Get("Sec-Fetch-Site"))
+	}
+	r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		return forbidden("form: " + err.Error())
+	}
+	want := ""
+	if sess != nil {
+		want = sess.csrf
+	} else if c, err := r.Cookie(csrfCookie); err == nil {
+		want = c.Value
+	}
+	got := r.PostForm.Get("csrf")
+	switch {
+	case want == "":
+		return forbidden("no CSRF cookie")
+	case subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1:
+		return forbidden("wrong CSRF token")
+	}
+	return nil
+}
+
+// SecurityHeaders sets the headers every fleet page carries (fleet/web/page:
+// a strict Content-Security-Policy, forms posting also to formTargets, no
+// framing, no sniffing, no referrer to other sites, no caching).
+func SecurityHeaders(h http.Header, formTargets ...string) { page.Headers(h, formTargets...) }
+
+// view is what the templates render.
+type view struct {
+	Fleet, Title, CSS, LoginPath, LogoutPath string
+	User, CSRF                               string
+	// The login form.
+	Next, Name, Error string
+	AskTOTP           bool
+	// A message page.
+	Message        string
+	Details        []string
+	Link, LinkText string
+	Form           *Form
+	static         string
+	// Body is another package's page content (Body).
+	Body template.HTML
+}
+
+func (s *Server) render(w http.ResponseWriter, status int, name string, v view) {
+	base := v.static
+	if base == "" {
+		base = PathStatic
+	}
+	v.Fleet, v.CSS, v.LoginPath, v.LogoutPath = s.cfg.Fleet, static.URL(base, "fleet.css"), PathLogin, PathLogout
+	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	if err := s.tmpl.ExecuteTemplate(w, name, v); err != nil {
+		s.log.Warn("render page", "page", name, "err", err)
+	}
+}
+
+// Page is a message page: a title, what happened, and what to do next.
+type Page struct {
+	Title, Message string
+	// Details are more paragraphs.
+	Details []string
+	// Link and LinkText offer one way on.
+	Link, LinkText string
+	// Static is the path the page loads the fleet's styles from, for
+	// pages served on other hosts than the fleet's (an app's: see
+	// StaticHandler); default PathStatic.
+	Static string
+	// Form, when set, adds a form that posts to Form.Action with the
+	// session's CSRF token (Form.CSRF) and one button.
+	Form *Form
+}
+
+// Form is a one-button form on a message page.
+type Form struct {
+	Action, CSRF, Button string
+}
+
+// StaticHandler serves the fleet's static files under prefix, for pages
+// of the fleet served on other hosts.
+func StaticHandler(prefix string) http.Handler { return static.Handler(prefix) }
+
+// Page renders p with status, for the session's user (nil: nobody
+// logged in), with the fleet's safe defaults.
+func (s *Server) Page(w http.ResponseWriter, status int, sess *Session, p Page) {
+	v := view{Title: p.Title, Message: p.Message, Details: p.Details, Link: p.Link, LinkText: p.LinkText, Form: p.Form, static: p.Static}
+	if sess != nil {
+		v.User, v.CSRF = sess.User, sess.csrf
+	}
+	s.render(w, status, "message.html", v)
+}
+
+// Body renders a page of another package: body (already rendered by that
+// package's html/template) in the fleet's layout, for the session's user.
+func (s *Server) Body(w http.ResponseWriter, status int, sess *Session, title string, body template.HTML) {
+	v := view{Title: title, Body: body}
+	if sess != nil {
+		v.User, v.CSRF = sess.User, sess.csrf
+	}
+	s.render(w, status, "body.html", v)
+}
+
+// loginPage answers GET /web/login: the form, with a fresh CSRF cookie.
+// A browser already logged in goes on to next at once.
+func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
+	next := localPath(r.URL.Query().Get("next"), s.cfg.Home)
+	if _, ok := s.Session(r); ok {
+		SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+		http.Redirect(w, r, next, http.StatusSeeOther)
+		return
+	}
+	s.form(w, http.StatusOK, view{Next: next})
+}
+
+// form renders the login form with a fresh CSRF cookie.
+func (s *Server) form(w http.ResponseWriter, status int, v view) {
+	tok := rand.Text()
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: 3600})
+	v.Title, v.CSRF = "Log in", tok
+	s.render(w, status, "login.html", v)
+}
+
+// loginPost answers the login form: on success a new session and a
+// redirect to next.
+func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
+	if err := s.CheckPost(r, nil); err != nil {
+		s.log.Info("login form refused", "remote", r.RemoteAddr, "err", err)
+		s.Page(w, http.StatusForbidden, nil, Page{Title: "Log in again", Message: "The login form expired or did not come from this fleet's page.", Link: PathLogin, LinkText: "Log in"})
+		return
+	}
+	f := r.PostForm
+	name, next := strings.TrimSpace(f.Get("user")), localPath(f.Get("next"), s.cfg.Home)
+	fail := func(status int, msg string, askTOTP bool) {
+		s.form(w, status, view{Next: next, Name: name, Error: msg, AskTOTP: askTOTP})
+	}
+	if s.cfg.Admit != nil {
+		if wait, ok := s.cfg.Admit(r); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
+			fail(http.StatusTooManyRequests, fmt.Sprintf("Too many logins from your address: try again in %s.", wait.Round(time.Second)), false)
+			return
+		}
+	}
+	u, err := s.cfg.Users.Authenticate(r.Context(), name, f.Get("password"), f.Get("totp"))
+	switch {
+	case err == nil:
+	case errors.Is(err, users.ErrTOTPRequired):
+		fail(http.StatusUnauthorized, "Enter the one-time code from your authenticator app.", true)
+		return
+	case errors.Is(err, users.ErrBadCredentials), errors.Is(err, users.ErrLocked):
+		msg := "Wrong user name, password or one-time code."
+		if errors.Is(err, users.ErrLocked) {
+			msg = "Too many failed logins for this user: wait a minute and try again."
+		}
+		s.record(r, &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeFailure, User: name, Addr: r.RemoteAddr,
+			Message: err.Error(), Fields: map[string]string{"method": "web"}})
+		fail(http.StatusUnauthorized, msg, f.Get("totp") != "")
+		return
+	default:
+		s.log.Error("login", "user", name, "err", err)
+		fail(http.StatusInternalServerError, "The fleet could not check your login (see fleetd's log); try again.", false)
+		return
+	}
+	ttl := 8 * time.Hour
+	if s.cfg.TTL != nil {
+		ttl = s.cfg.TTL(r.Context(), u)
+	}
+	now := s.cfg.Now()
+	sess := &Session{ID: rand.Text(), User: u.Name, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
+	if err := s.record(r, &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
+		Fields: map[string]string{"method": "web", "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
+		fail(http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later.", false)
+		return
+	}
+	tok := newToken()
+	s.mu.Lock()
+	s.sweepLocked(now)
+	s.sessions[hashToken(tok)] = sess
+	s.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: tok, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode,
+		Expires: sess.Expires})
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: "", Path: "/", Secure: true, HttpOnly: true, MaxAge: -1})
+	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// sweepLocked drops expired sessions now and then.
+func (s *Server) sweepLocked(now time.Time) {
+	s.sweeps++
+	if s.sweeps%64 != 0 {
+		return
+	}
+	for k, sess := range s.sessions {
+		if !now.Before(sess.Expires) {
+			delete(s.sessions, k)
+		}
+	}
+}
+
+// logout answers POST /web/logout: the session ends, and with it what
+// other packages started for it (OnEnd).
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	sess, ok := s.Session(r)
+	if !ok {
+		SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+		http.Redirect(w, r, PathLogin, http.StatusSeeOther)
+		return
+	}
+	if err := s.CheckPost(r, sess); err != nil {
+		s.Page(w, http.StatusForbidden, sess, Page{Title: "Not logged out", Message: "The logout did not come from this fleet's page.", Link: s.cfg.Home, LinkText: "Back"})
+		return
+	}
+	s.End(sess.ID)
+	s.record(r, &proto.AuditEvent{Type: proto.EventUserLogout, User: sess.User, Addr: r.RemoteAddr, Fields: map[string]string{"method": "web", "web_session": sess.ID}})
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", Secure: true, HttpOnly: true, MaxAge: -1})
+	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+	http.Redirect(w, r, PathLogin, http.StatusSeeOther)
+}
+
+// End ends the session with this ID (a logout; or the user was removed),
+// and runs the OnEnd hooks.
+func (s *Server) End(id string) {
+	s.mu.Lock()
+	var ended *Session
+	for k, sess := range s.sessions {
+		if sess.ID == id {
+			ended = sess
+			delete(s.sessions, k)
+		}
+	}
+	hooks := append([]func(Session){}, s.onEnd...)
+	s.mu.Unlock()
+	if ended == nil {
+		return
+	}
+	for _, f := range hooks {
+		f(*ended)
+	}
+}
+
+func (s *Server) record(r *http.Request, e *proto.AuditEvent) error {
+	if s.cfg.Audit == nil {
+		return nil
+	}
+	if err := s.cfg.Audit.Record(r.Context(), e); err != nil {
+		return fmt.Errorf("login: audit: %w", err)
+	}
+	return nil
+}
