@@ -144,7 +144,8 @@ const shellStart = 4 * time.Minute
 // TestDashboardLogin: the browser login guards the dashboard: a wrong
 // password is refused, a user with an authenticator is asked for the
 // one-time code; the session cookie is Secure, HttpOnly and SameSite; the
-// pages carry the Content-Security-Policy.
+// pages carry the Content-Security-Policy; a form posted without the
+// page's CSRF token is refused.
 func TestDashboardLogin(t *testing.T) {
 	d := startDashFleet(t, "")
 	d.f.AddUser("alice", "admin,access", "root")
@@ -194,6 +195,23 @@ func TestDashboardLogin(t *testing.T) {
 	b.Do("inject", chromedp.Evaluate[chromedp.Void](`(function () { var s = document.createElement('script'); s.textContent = 'window.pwned = 1'; document.body.appendChild(s); })()`))
 	if got := pageValue[string](t, b, "String(window.pwned)"); got != "undefined" {
 		t.Errorf("an injected inline script ran: %s", got)
+	}
+
+	// CSRF: a join token's form posted without the page's token, or with
+	// another, is refused and makes nothing; the page's own form makes one.
+	b.Do("join tokens", chromedp.Navigate(d.origin()+"/web/admin/tokens"), chromedp.WaitVisible(chromedp.CSS(`form[action="/web/admin/tokens"] button`)))
+	for _, token := range []string{"", "not-the-token"} {
+		status := pageValue[int](t, b, fmt.Sprintf(`fetch('/web/admin/tokens', {method: 'POST', body: new URLSearchParams({csrf: %q, ttl: '1h', uses: '1'})}).then(r => r.status)`, token),
+			chromedp.EvalAwaitPromise)
+		if status != 403 {
+			t.Errorf("a join token posted with CSRF token %q: %d, want 403", token, status)
+		}
+	}
+	b.Do("make a token", chromedp.Click(chromedp.CSS(`form[action="/web/admin/tokens"] button`)))
+	waitJS(t, b.Ctx, "the join command", `/edge-agent start .*--token=jt_/.test(document.getElementById('join-command').textContent)`)
+	audit := d.f.Ctl("", "audit", "search", "--type=token.create", "--user=alice", "--format=json")
+	if n := strings.Count(audit, `"token.create"`); n != 1 {
+		t.Errorf("%d join tokens made by alice, want 1 (the refused posts made none): %s", n, audit)
 	}
 
 	// A user with an authenticator is asked for the code.
