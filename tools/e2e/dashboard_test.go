@@ -93,7 +93,9 @@ func (d *dashFleet) logIn(t *testing.T, b *browsertest.Browser, user, password, 
 // in a new browser.
 func (d *dashFleet) adminIn(t *testing.T) *browsertest.Browser {
 	t.Helper()
-	b := d.adminIn(t)
+	d.f.AddUser("alice", "admin,access", "root")
+	b := d.browser(t)
+	d.logIn(t, b, "alice", harness.Password("alice"), "")
 	return b
 }
 
