@@ -277,7 +277,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
-	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, log, now)
+	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, single, log, now)
 	defer web.apps.Close()
 	// The dashboard (its terminal, the link history), behind the login.
 	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,

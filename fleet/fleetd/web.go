@@ -17,6 +17,7 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/login"
 	"remoteler.dev/edge/proto/api"
@@ -59,13 +60,13 @@ type web struct {
 
 func newWeb(cfg Config, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
 	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, admit func(*http.Request) (time.Duration, bool),
-	log *slog.Logger, now func() time.Time) *web {
+	single *sso.Service, log *slog.Logger, now func() time.Time) *web {
 	appHosts := "https://*." + addr.Domain
 	if addr.Port != 443 {
 		appHosts += ":" + strconv.Itoa(addr.Port)
 	}
 	lg := login.New(login.Config{
-		Users: us, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Audit: rec, Admit: admit, // Home: the dashboard
+		Users: us, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Audit: rec, Admit: admit, SSO: single, // Home: the dashboard
 		// The launch of an app after a login redirects to the app's host.
 		FormTargets: []string{appHosts},
 		TTL: func(ctx context.Context, u api.User) time.Duration {

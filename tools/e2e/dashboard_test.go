@@ -18,9 +18,11 @@ import (
 	"github.com/chromedp/chromedp/kb"
 	"github.com/pquerna/otp/totp"
 
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/browsertest"
 	"remoteler.dev/edge/tools/harness"
 	"remoteler.dev/edge/tools/linksim"
+	"remoteler.dev/edge/tools/oidcprovider"
 )
 
 // The dashboard in Debian's headless Chromium, against real fleetd, real
@@ -450,4 +452,55 @@ func TestDashboardScreenshots(t *testing.T) {
 			t.Errorf("screenshot %s: %v", n, err)
 		}
 	}
+}
+
+// TestDashboardSSO: the login page offers a button per single sign-on
+// connector; a login at the provider (tools/oidcprovider, a real OpenID
+// provider) gives a dashboard session with the roles its claims map to,
+// back on the page the browser asked for; the page's form-action lets
+// the browser go to the provider; a user the claims give no role is
+// refused and gets no session.
+func TestDashboardSSO(t *testing.T) {
+	d := startDashFleet(t, "")
+	prov, err := oidcprovider.Start(oidcprovider.Config{Users: ssoUsers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prov.Close() })
+	prov.AddClient(oidcprovider.Client{ID: "fleet", Secret: "fleet-client-secret", RedirectURIs: []string{d.origin() + api.PathSSOCallback}})
+	d.f.Ctl(ssoRole, "create", "-f", "-")
+	d.f.Ctl(fmt.Sprintf(ssoConnector, prov.Issuer), "create", "-f", "-")
+	d.f.StartAgent("pi-1", "site=north")
+
+	b := d.browser(t)
+	resp, err := chromedp.Run(b.Ctx, chromedp.NavigateResponse(d.origin()+"/web/login?next=/web/devices/pi-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if csp, _ := resp.Headers["Content-Security-Policy"].(string); !regexp.MustCompile(`form-action [^;]*` + regexp.QuoteMeta(prov.Issuer)).MatchString(csp) {
+		t.Errorf("the login page's form-action does not allow the provider %s: %q", prov.Issuer, csp)
+	}
+	b.Do("the connector's button", chromedp.WaitVisible(chromedp.ID("sso-test")))
+	if got := browsertest.Get(b, "the button", chromedp.Text(chromedp.ID("sso-test"))); got != "Log in with Test IdP" {
+		t.Errorf("the button says %q", got)
+	}
+	b.Do("log in with the provider", chromedp.Click(chromedp.ID("sso-test")))
+	providerLogin(b, "erin", "erin-pw-1")
+	waitJS(t, b.Ctx, "pi-1's page", `location.pathname === '/web/devices/pi-1' && !!document.getElementById('connect')`)
+	if body := pageValue[string](t, b, "document.body.innerText"); !strings.Contains(body, "erin@example.com") {
+		t.Errorf("the page does not name erin:\n%s", body)
+	}
+	audit := d.f.Ctl("", "audit", "search", "--type=user.login", "--user=erin@example.com", "--format=json")
+	if !strings.Contains(audit, "sso:test") || !strings.Contains(audit, "web_session") {
+		t.Errorf("erin's browser session is not in the audit: %s", audit)
+	}
+
+	// dave's claims give him no role: refused, no session.
+	b2 := d.browser(t)
+	b2.Do("the login page", chromedp.Navigate(d.origin()+"/web/"), chromedp.WaitVisible(chromedp.ID("sso-test")),
+		chromedp.Click(chromedp.ID("sso-test")))
+	providerLogin(b2, "dave", "dave-pw-1")
+	waitJS(t, b2.Ctx, "the refusal", `/Login refused/.test(document.body.innerText) && /no fleet role/.test(document.body.innerText)`)
+	b2.Do("the dashboard", chromedp.Navigate(d.origin()+"/web/"))
+	waitJS(t, b2.Ctx, "the login page", `location.pathname === '/web/login'`)
 }

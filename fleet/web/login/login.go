@@ -6,8 +6,10 @@
 // (the dashboard, web-app access, the web terminal) builds on it: Session
 // says who is logged in, RedirectToLogin sends a browser through the login
 // and back, CheckPost guards state-changing requests, and Page renders a
-// message with the same safe defaults. Single sign-on plugs in as another
-// way to start a Session.
+// message with the same safe defaults. Single sign-on (fleet/sso) is the
+// other way in: the login page shows a button per connector, which starts
+// a login at the provider for this browser; the provider's user, verified
+// and mapped by fleet/sso, gets a Session as a password login does.
 //
 // Safe defaults, for every page it serves:
 //
@@ -40,6 +42,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -51,6 +54,7 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/page"
 	"remoteler.dev/edge/fleet/web/static"
@@ -82,6 +86,23 @@ type Recorder interface {
 	Record(ctx context.Context, e *proto.AuditEvent) error
 }
 
+// SSO is the fleet's single sign-on (*sso.Service): the connectors the
+// login page offers, where their providers are (for the page's
+// form-action), and the browser login.
+type SSO interface {
+	Public(ctx context.Context) ([]api.SSOConnector, error)
+	Origins(ctx context.Context) []string
+	StartBrowser(w http.ResponseWriter, r *http.Request, req sso.StartRequest) error
+	Handle(kind string, f sso.Finisher)
+}
+
+// SSOKind names the single sign-on logins of the browser login
+// (sso.StartRequest.Kind).
+const SSOKind = "web"
+
+// PathSSO is where the login page's connector buttons post.
+const PathSSO = PathLogin + "/sso"
+
 // Config configures a Server. Users and Origin are required.
 type Config struct {
 	Users Users
@@ -105,6 +126,8 @@ type Config struct {
 	// wait. Nil admits every login (the users service's per-user
 	// lock-outs still apply).
 	Admit func(r *http.Request) (wait time.Duration, ok bool)
+	// SSO, when set, offers its connectors on the login page.
+	SSO SSO
 	// Audit records logins and logouts; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -117,8 +140,10 @@ type Config struct {
 type Session struct {
 	// ID names the session to other packages (it is not the cookie's
 	// token, which only the browser holds).
-	ID      string
-	User    string
+	ID   string
+	User string
+	// Method is how the user logged in: "web" (password), "sso:NAME".
+	Method  string
 	Started time.Time
 	Expires time.Time
 	csrf    string
@@ -152,7 +177,11 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	t := template.Must(template.New("").ParseFS(templates, "templates/*.html"))
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[[32]byte]*Session{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[[32]byte]*Session{}}
+	if cfg.SSO != nil {
+		cfg.SSO.Handle(SSOKind, s.finishSSO)
+	}
+	return s
 }
 
 // Register adds the login routes to mux: the login page and form, logout,
@@ -160,6 +189,9 @@ func New(cfg Config) *Server {
 func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+PathLogin, s.loginPage)
 	mux.HandleFunc("POST "+PathLogin, s.loginPost)
+	if s.cfg.SSO != nil {
+		mux.HandleFunc("POST "+PathSSO, s.ssoPost)
+	}
 	mux.HandleFunc("POST "+PathLogout, s.logout)
 	mux.Handle("GET "+PathStatic, static.Handler(PathStatic))
 }
@@ -269,12 +301,15 @@ type view struct {
 	// The login form.
 	Next, Name, Error string
 	AskTOTP           bool
+	SSOPath           string
+	Connectors        []api.SSOConnector
 	// A message page.
 	Message        string
 	Details        []string
 	Link, LinkText string
 	Form           *Form
 	static         string
+	formTargets    []string // more than Config.FormTargets
 	// Body is another package's page content (Body).
 	Body template.HTML
 }
@@ -285,7 +320,7 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, v view) 
 		base = PathStatic
 	}
 	v.Fleet, v.CSS, v.LoginPath, v.LogoutPath = s.cfg.Fleet, static.URL(base, "fleet.css"), PathLogin, PathLogout
-	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+	SecurityHeaders(w.Header(), append(v.formTargets, s.cfg.FormTargets...)...)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	if err := s.tmpl.ExecuteTemplate(w, name, v); err != nil {
@@ -347,14 +382,24 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, next, http.StatusSeeOther)
 		return
 	}
-	s.form(w, http.StatusOK, view{Next: next})
+	s.form(w, r, http.StatusOK, view{Next: next})
 }
 
 // form renders the login form with a fresh CSRF cookie.
-func (s *Server) form(w http.ResponseWriter, status int, v view) {
+func (s *Server) form(w http.ResponseWriter, r *http.Request, status int, v view) {
 	tok := rand.Text()
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: 3600})
 	v.Title, v.CSRF = "Log in", tok
+	if s.cfg.SSO != nil {
+		conns, err := s.cfg.SSO.Public(r.Context())
+		if err != nil {
+			s.log.Error("list single sign-on connectors", "err", err)
+		}
+		v.Connectors, v.SSOPath = conns, PathSSO
+		// A connector's button is answered with a redirect to its
+		// provider, which form-action must allow.
+		v.formTargets = s.cfg.SSO.Origins(r.Context())
+	}
 	s.render(w, status, "login.html", v)
 }
 
@@ -369,14 +414,11 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	f := r.PostForm
 	name, next := strings.TrimSpace(f.Get("user")), localPath(f.Get("next"), s.cfg.Home)
 	fail := func(status int, msg string, askTOTP bool) {
-		s.form(w, status, view{Next: next, Name: name, Error: msg, AskTOTP: askTOTP})
+		s.form(w, r, status, view{Next: next, Name: name, Error: msg, AskTOTP: askTOTP})
 	}
-	if s.cfg.Admit != nil {
-		if wait, ok := s.cfg.Admit(r); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
-			fail(http.StatusTooManyRequests, fmt.Sprintf("Too many logins from your address: try again in %s.", wait.Round(time.Second)), false)
-			return
-		}
+	if msg, ok := s.admit(w, r); !ok {
+		fail(http.StatusTooManyRequests, msg, false)
+		return
 	}
 	u, err := s.cfg.Users.Authenticate(r.Context(), name, f.Get("password"), f.Get("totp"))
 	switch {
@@ -398,16 +440,38 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusInternalServerError, "The fleet could not check your login (see fleetd's log); try again.", false)
 		return
 	}
+	if err := s.begin(w, r, u, "web", next); err != nil {
+		fail(http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later.", false)
+	}
+}
+
+// admit applies the per-source login limit (Config.Admit) to r: when it
+// refuses, admit sets Retry-After and returns what to tell the user.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if s.cfg.Admit == nil {
+		return "", true
+	}
+	wait, ok := s.cfg.Admit(r)
+	if !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
+		return fmt.Sprintf("Too many logins from your address: try again in %s.", wait.Round(time.Second)), false
+	}
+	return "", true
+}
+
+// begin starts a session for u, a user whose login (method) was just
+// verified, and sends the browser on to next. It writes nothing when the
+// login cannot be audited, and returns that error.
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, method, next string) error {
 	ttl := 8 * time.Hour
 	if s.cfg.TTL != nil {
 		ttl = s.cfg.TTL(r.Context(), u)
 	}
 	now := s.cfg.Now()
-	sess := &Session{ID: rand.Text(), User: u.Name, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
+	sess := &Session{ID: rand.Text(), User: u.Name, Method: method, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
 	if err := s.record(r, &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
-		Fields: map[string]string{"method": "web", "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
-		fail(http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later.", false)
-		return
+		Fields: map[string]string{"method": method, "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
+		return err
 	}
 	tok := newToken()
 	s.mu.Lock()
@@ -419,6 +483,59 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: "", Path: "/", Secure: true, HttpOnly: true, MaxAge: -1})
 	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
 	http.Redirect(w, r, next, http.StatusSeeOther)
+	return nil
+}
+
+// ssoData is what a browser's single sign-on login carries to its end.
+type ssoData struct {
+	Next string `json:"next"`
+}
+
+// ssoPost answers a connector's button on the login page: the browser
+// goes to the provider, to come back to finishSSO.
+func (s *Server) ssoPost(w http.ResponseWriter, r *http.Request) {
+	if err := s.CheckPost(r, nil); err != nil {
+		s.log.Info("single sign-on form refused", "remote", r.RemoteAddr, "err", err)
+		s.Page(w, http.StatusForbidden, nil, Page{Title: "Log in again", Message: "The login form expired or did not come from this fleet's page.", Link: PathLogin, LinkText: "Log in"})
+		return
+	}
+	next := localPath(r.PostForm.Get("next"), s.cfg.Home)
+	if msg, ok := s.admit(w, r); !ok {
+		s.form(w, r, http.StatusTooManyRequests, view{Next: next, Error: msg})
+		return
+	}
+	data, _ := json.Marshal(ssoData{Next: next})
+	err := s.cfg.SSO.StartBrowser(w, r, sso.StartRequest{Connector: r.PostForm.Get("connector"), Kind: SSOKind, Data: data, ClientAddr: r.RemoteAddr})
+	if err != nil {
+		msg := "The fleet could not start the login: " + err.Error()
+		if errors.Is(err, sso.ErrNotFound) {
+			msg = "There is no such single sign-on connector; pick one of the buttons."
+		}
+		s.form(w, r, http.StatusBadRequest, view{Next: next, Error: msg})
+	}
+}
+
+// finishSSO ends a browser's single sign-on login: fleet/sso verified the
+// user at the provider (and audited it); a session starts for them.
+func (s *Server) finishSSO(w http.ResponseWriter, r *http.Request, res *sso.Result, err error) {
+	var d ssoData
+	if res != nil {
+		json.Unmarshal(res.Data, &d) // written by ssoPost; a bad one leaves Next empty: Home
+	}
+	next := localPath(d.Next, s.cfg.Home)
+	retry := PathLogin + "?next=" + url.QueryEscape(next)
+	if err != nil {
+		s.Page(w, http.StatusForbidden, nil, Page{Title: "Login refused", Message: err.Error(), Link: retry, LinkText: "Log in again"})
+		return
+	}
+	u, err := s.cfg.Users.Get(r.Context(), res.User)
+	if err == nil {
+		err = s.begin(w, r, u, "sso:"+res.Connector, next)
+	}
+	if err != nil {
+		s.log.Error("single sign-on session", "user", res.User, "err", err)
+		s.Page(w, http.StatusServiceUnavailable, nil, Page{Title: "Login failed", Message: "The fleet could not start your session (see fleetd's log); try again.", Link: retry, LinkText: "Log in again"})
+	}
 }
 
 // sweepLocked drops expired sessions now and then.
