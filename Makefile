@@ -21,7 +21,7 @@
 #   make clean   remove bin/ and dist/
 #
 # Variables: VERSION and COMMIT (embedded into binaries; default from git),
-# TEST_TIMEOUT (go test -timeout per test binary, default 20m: the e2e package takes ~6; a hung test
+# TEST_TIMEOUT (go test -timeout per test binary, default 30m: the e2e package takes ~20 on a busy 2-core machine; a hung test
 # costs at most that), GOTESTFLAGS (extra go test
 # flags, e.g. GOTESTFLAGS=-race), FUZZTIME.
 
@@ -35,7 +35,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo dev)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export VERSION COMMIT SOURCE_DATE_EPOCH
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 30m
 GOTESTFLAGS ?=
 FUZZTIME ?= 10s
 

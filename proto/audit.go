@@ -95,6 +95,24 @@ const (
 	// login --headless); Fields["user_code"] names it.
 	EventHeadlessApproved = "login.headless.approved"
 	EventHeadlessDenied   = "login.headless.denied"
+	// EventLockCreate, EventLockDelete and EventLockExpire: an admin
+	// locked a user, role, device or login (fleetctl lock), removed a
+	// lock, or a lock ran out; Fields["lock"] names it. Refusals because
+	// of a lock are access.denied (or user.login.failed) events with
+	// Fields["rule"] "lock" and Fields["lock"] its ID.
+	EventLockCreate = "lock.create"
+	EventLockDelete = "lock.delete"
+	EventLockExpire = "lock.expire"
+	// Trusted clusters. On a root: EventClusterJoin (a leaf joined, or
+	// was refused), EventClusterOnline and EventClusterOffline (its
+	// tunnel), EventClusterDelete (an admin ended the trust). On a leaf:
+	// EventTrustPut (an admin trusted a root) and EventClusterDelete.
+	// Fields["cluster"] names the other fleet.
+	EventClusterJoin    = "cluster.join"
+	EventClusterOnline  = "cluster.online"
+	EventClusterOffline = "cluster.offline"
+	EventClusterDelete  = "cluster.delete"
+	EventTrustPut       = "trust.put"
 )
 
 // Outcomes of an audited action.

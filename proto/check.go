@@ -84,3 +84,26 @@ func (e *AuditEvent) CheckDevice() error {
 	}
 	return nil
 }
+
+// Check checks a ClusterInfo: at most MaxClusterKeys of each list, none
+// empty or larger than 4 KiB, and a printable cluster name. What the keys
+// and certificates are is for the receiver to parse.
+func (c *ClusterInfo) Check() error {
+	if err := printable.Check(c.Cluster, 253); err != nil {
+		return fmt.Errorf("cluster-info: cluster: %w", err)
+	}
+	for _, l := range []struct {
+		name string
+		v    [][]byte
+	}{{"host CA keys", c.HostCAKeys}, {"user CA keys", c.UserCAKeys}, {"CA certificates", c.CACerts}} {
+		if len(l.v) > MaxClusterKeys {
+			return fmt.Errorf("cluster-info: %d %s; at most %d", len(l.v), l.name, MaxClusterKeys)
+		}
+		for _, b := range l.v {
+			if len(b) == 0 || len(b) > 4<<10 {
+				return fmt.Errorf("cluster-info: one of the %s is empty or larger than 4 KiB", l.name)
+			}
+		}
+	}
+	return nil
+}

@@ -53,6 +53,13 @@ func sampleMessages() []Message {
 		&UpdateStatus{Rollout: "r1", Version: "v1.2.3", State: StateDownloading, Done: 10, Total: 100, Running: "v1.2.2", Delta: true},
 		&UpdateStatus{State: StateRolledBack, Reason: "tunnel not up within 2m0s"},
 		&AgentStream{Service: ServiceOTA},
+		&ClusterInfo{Cluster: "root", HostCAKeys: [][]byte{{1, 2}}, UserCAKeys: [][]byte{{3}}, CACerts: [][]byte{{4, 5}}},
+		&ClusterInfo{},
+		&StreamHeader{Service: ServiceCluster, SessionID: "s3", Identity: Identity{User: "alice", Roles: []string{"site-north"}, Cluster: "root",
+			Traits: map[string][]string{"logins": {"pi", "root"}}, Expires: 1700000000000}},
+		&StreamHeader{Service: ServiceCluster, SessionID: "s4", Identity: Identity{User: "fleetctl", Cluster: "root", Admin: true}},
+		&StreamHeader{Service: ServiceSSH, SessionID: "s5", Identity: Identity{User: "alice", Login: "pi", Cluster: "root", UserCAKeys: [][]byte{{7, 8}}}},
+		&Hello{ProtocolVersion: Version, Name: "plc-1", Direct: "10.0.0.7:4433"},
 	}
 }
 

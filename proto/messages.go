@@ -1,5 +1,7 @@
 package proto
 
+import "time"
+
 // Kind names the type of a frame's body.
 type Kind uint8
 
@@ -24,7 +26,8 @@ const (
 	KindUpdateOffer    Kind = 17
 	KindUpdateStatus   Kind = 18
 	KindAgentStream    Kind = 19
-	kindEnd            Kind = 20 // one past the last kind
+	KindClusterInfo    Kind = 20
+	kindEnd            Kind = 21 // one past the last kind
 )
 
 var kindNames = [...]string{
@@ -47,6 +50,7 @@ var kindNames = [...]string{
 	KindUpdateOffer:    "update-offer",
 	KindUpdateStatus:   "update-status",
 	KindAgentStream:    "agent-stream",
+	KindClusterInfo:    "cluster-info",
 }
 
 func (k Kind) String() string {
@@ -96,6 +100,13 @@ type Hello struct {
 	// configuration declares them. The fleet checks each (App's doc) and
 	// refuses those it does not accept; the others get a public address.
 	Apps []App `cbor:"10,keyasint,omitempty"`
+	// Direct, from a direct node (edge-agent --mode=direct), is the
+	// address (IP:PORT) where the agent listens for the fleet: the fleet
+	// dials it, QUIC with mutual TLS (DirectALPN), for each brokered
+	// connection instead of opening a stream down a held tunnel, and the
+	// agent's tunnel is up only while it checks in (its events, its
+	// renewals), not held. Empty: a device on a held tunnel.
+	Direct string `cbor:"16,keyasint,omitempty"`
 }
 
 // App is a web app on the device, as the agent's configuration declares
@@ -219,6 +230,21 @@ type Identity struct {
 	// port_forwarding and ssh_file_copy); the device refuses them.
 	NoPortForwarding bool `cbor:"9,keyasint,omitempty"`
 	NoFileCopy       bool `cbor:"10,keyasint,omitempty"`
+	// Traits are the user's traits as the fleet that verified them holds
+	// them. A root fleet vouches with them for its user to a leaf fleet
+	// (service "cluster"), which fills its roles' templates
+	// ({{internal.logins}}) with them.
+	Traits map[string][]string `cbor:"11,keyasint,omitempty"`
+	// Admin says the caller is the vouching fleet's admin identity
+	// (fleetctl), not a user (service "cluster"): a leaf lets it read its
+	// audit trail when its trust allows that, and nothing else.
+	Admin bool `cbor:"12,keyasint,omitempty"`
+	// UserCAKeys are SSH user CA keys (wire format) the device trusts for
+	// this stream besides its fleet's own: those of the root fleet whose
+	// user this is, which the device's fleet trusts (trusted clusters).
+	// The device's fleet decided the login; the device still checks the
+	// user's certificate against them.
+	UserCAKeys [][]byte `cbor:"13,keyasint,omitempty"`
 }
 
 // StreamHeader starts every stream the fleet opens to a device.
@@ -270,7 +296,55 @@ const (
 	ServiceSSH  = "ssh"
 	ServiceKube = "kube" // the device's Kubernetes API
 	ServiceApp  = "app"  // a web app on the device; Target names it
+	// ServiceCluster is a leaf fleet's HTTPS API, reached by its root
+	// fleet down the leaf's tunnel (trusted clusters): the stream carries
+	// HTTP/1.1 requests of the root's user, whom the header's identity
+	// names as the root vouches for them; the leaf decides with its own
+	// roles. A leaf accepts no other service from its root.
+	ServiceCluster = "cluster"
 )
+
+// ClusterInfo is exchanged on a leaf fleet's tunnel to its root (trusted
+// clusters): the leaf sends its own after every hello and when its CAs
+// change, and the root answers with its own. Each side keeps what it
+// needs of the other's: the root the leaf's SSH host CA keys (its users
+// verify the leaf's devices with them), the leaf the root's SSH user CA
+// keys (the leaf's devices accept the root's users' certificates signed
+// by them, stream by stream) and X.509 CA certificates (the leaf verifies
+// the root with them when it dials). Keys are SSH wire format,
+// certificates DER.
+type ClusterInfo struct {
+	Cluster    string   `cbor:"1,keyasint,omitempty"`
+	HostCAKeys [][]byte `cbor:"2,keyasint,omitempty"`
+	UserCAKeys [][]byte `cbor:"3,keyasint,omitempty"`
+	CACerts    [][]byte `cbor:"4,keyasint,omitempty"`
+}
+
+// MaxClusterKeys bounds each list of a ClusterInfo.
+const MaxClusterKeys = 16
+
+// DirectALPN is the TLS application protocol of the fleet's connections
+// to a direct node (Hello.Direct): the fleet opens one stream per brokered
+// connection, starting with a StreamHeader that the agent answers with a
+// StreamAccept, after which the stream carries the session's bytes as
+// they are (no resume framing: a direct node is on the fleet's own
+// network). To end a session the fleet opens another stream on the same
+// connection with a SessionEnd frame.
+const DirectALPN = "remoteler-edge-direct/1"
+
+// DirectWindow is how long after its last check-in the fleet counts a
+// direct node as online, and so dials it: three of MaxCheckIn. A direct
+// node checks in at least every MaxCheckIn, so that one missed check-in
+// does not take it offline.
+const (
+	DirectWindow = 3 * MaxCheckIn
+	MaxCheckIn   = 5 * time.Minute
+)
+
+// FleetOU is the Subject OU of the client certificate a fleet presents
+// when it dials a direct node; the agent accepts only a certificate with
+// this OU from its fleet's CAs.
+const FleetOU = "fleet"
 
 // StreamAccept is the agent's answer to a StreamHeader. A zero Code accepts
 // the stream; anything else refuses it and the stream is closed.
@@ -291,6 +365,7 @@ func (*StreamAccept) Kind() Kind  { return KindStreamAccept }
 func (*Resume) Kind() Kind        { return KindResume }
 func (*ResumeAccept) Kind() Kind  { return KindResumeAccept }
 func (*SessionEnd) Kind() Kind    { return KindSessionEnd }
+func (*ClusterInfo) Kind() Kind   { return KindClusterInfo }
 
 // newMessage returns a zero message of kind k, or nil for an unknown kind.
 func newMessage(k Kind) Message {
@@ -333,6 +408,8 @@ func newMessage(k Kind) Message {
 		return new(UpdateStatus)
 	case KindAgentStream:
 		return new(AgentStream)
+	case KindClusterInfo:
+		return new(ClusterInfo)
 	}
 	return nil
 }

@@ -57,6 +57,19 @@
 // apps sends no key 10, so an older fleet reads its hello as before; an
 // older fleet refuses the hello of an agent that declares apps (an
 // unknown key): update the fleet before you declare apps on devices.
+//
+// Revision of 2026-12-06, trusted clusters and direct nodes: service
+// "cluster" streams, which a root fleet opens down a leaf fleet's tunnel
+// to carry its users' HTTPS requests to the leaf's API; cluster-info on a
+// leaf's control stream (CA keys each side keeps of the other); the stream
+// header identity's Traits, Admin and UserCAKeys (Identity keys 11, 12 and
+// 13: a root vouches for its user's traits, or for its admin identity; a
+// leaf tells its device which root user CA signed the user's certificate);
+// the hello's Direct (Hello key 16: a direct node's address, which the
+// fleet dials with DirectALPN). Agents only ever see Identity key 13, and
+// only for users of a trusted root: an older agent refuses those streams
+// (an unknown key), so update agents before their fleet trusts a root. An
+// older fleet refuses the hello of a direct node (an unknown key).
 package proto
 
 import "fmt"

@@ -70,6 +70,10 @@ type Agent struct {
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
+	// checkInNow asks a direct node to check in (events were queued);
+	// directAddr is where it listens, as bound.
+	checkInNow chan struct{}
+	directAddr atomic.Value // string
 }
 
 // Run starts the agent and runs it until ctx is done.
@@ -99,7 +103,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, store: st}
+	a := &Agent{cfg: cfg, log: cfg.Logger, store: st, checkInNow: make(chan struct{}, 1)}
 	a.clock = newClock(cfg.Now, a.log)
 	id, err := st.Load()
 	switch {
@@ -176,6 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Now:         a.clock.Now,
 		SFTPCommand: a.cfg.SFTPCommand,
 		DialCommand: a.cfg.DialCommand,
+		PasswdFile:  a.cfg.PasswdFile,
 		Audit:       a.sshAudit,
 		Record:      a.record,
 	})
@@ -231,15 +236,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	// Before the tunnel runs: its callbacks use the updater.
 	a.runUpdate(ctx, cancel, &wg)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		a.tunnel.Run(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		a.renewLoop(ctx)
-	}()
+	if a.cfg.Mode == ModeDirect {
+		if err := a.startDirect(ctx, &wg); err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+	} else {
+		wg.Go(func() { a.tunnel.Run(ctx) })
+	}
+	wg.Go(func() { a.renewLoop(ctx) })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -288,6 +294,9 @@ func (a *Agent) hello() *proto.Hello {
 		Arch:         runtime.GOARCH,
 		Labels:       a.cfg.Labels,
 		Time:         a.cfg.Now().UnixMilli(),
+	}
+	if a.cfg.Mode == ModeDirect {
+		h.Direct, _ = a.directAddr.Load().(string)
 	}
 	a.services.Hello(h)
 	return h

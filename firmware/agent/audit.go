@@ -93,6 +93,7 @@ func (a *Agent) runAudit(ctx context.Context, wg *sync.WaitGroup) {
 	if a.cfg.EventSource != nil {
 		wg.Go(func() {
 			a.cfg.EventSource(ctx, func(ev *proto.AuditEvent) (uint64, error) {
+				defer a.queued()
 				return au.q.Append(context.WithoutCancel(ctx), a.fill(ctx, ev))
 			})
 		})
@@ -211,6 +212,7 @@ func (a *Agent) emit(ctx context.Context, ev *proto.AuditEvent) error {
 		return nil
 	}
 	_, err := au.q.Append(context.WithoutCancel(ctx), a.fill(ctx, ev))
+	a.queued()
 	if err == nil {
 		return nil
 	}

@@ -103,6 +103,21 @@ type Config struct {
 	// default "": off. Anyone who reaches it can read it: keep it on
 	// loopback or a management network.
 	MetricsListen string
+	// Mode is how the fleet reaches the device: ModeTunnel (the default:
+	// the agent holds a reverse tunnel) or ModeDirect (a direct node on
+	// the fleet's own network: the fleet dials the agent at Listen for
+	// each connection, and the agent's tunnel is up only while it checks
+	// in).
+	Mode string
+	// Listen is where a direct node listens for the fleet (UDP), IP:PORT
+	// or :PORT for every address (the fleet then dials the address the
+	// node checks in from). Required in direct mode.
+	Listen string
+	// CheckIn is how often a direct node checks in while nothing happens
+	// (its audit events and renewals check in at once); default and at
+	// most 5m (proto.MaxCheckIn): the fleet lists it as offline, and stops
+	// dialling it, 15m after its last check-in.
+	CheckIn time.Duration
 	// Update holds the self-update settings (firmware/update): the
 	// release keys the device trusts, a bandwidth cap, a maintenance
 	// window, how long a new agent has to come up healthy (default
@@ -121,6 +136,9 @@ type Config struct {
 	SFTPCommand []string
 	// DialCommand dials port forwards as another user; see sshd.Config.
 	DialCommand []string
+	// PasswdFile is the passwd file naming login shells; see
+	// sshd.Config. edge-agent sets it from EDGE_AGENT_PASSWD.
+	PasswdFile string
 	// Services are the services the agent offers besides SSH and the web
 	// apps, which it builds itself: the device's Kubernetes API, say.
 	// They join SSH in the agent's service registry (firmware/services has
@@ -142,6 +160,15 @@ type Config struct {
 
 // DefaultDataDir is where the agent keeps its state by default.
 const DefaultDataDir = "/var/lib/edge-agent"
+
+// Modes (Config.Mode).
+const (
+	ModeTunnel = "tunnel"
+	ModeDirect = "direct"
+)
+
+// DefaultCheckIn is Config.CheckIn's default.
+const DefaultCheckIn = proto.MaxCheckIn
 
 // WithDefaults returns c with every zero setting set to its default. It is
 // the one place that knows the defaults; New applies it, and edge-agent's
@@ -180,6 +207,12 @@ func (c Config) WithDefaults() Config {
 	if c.Update.HealthTimeout <= 0 {
 		c.Update.HealthTimeout = update.DefaultHealthTimeout
 	}
+	if c.Mode == "" {
+		c.Mode = ModeTunnel
+	}
+	if c.CheckIn <= 0 {
+		c.CheckIn = DefaultCheckIn
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -198,6 +231,23 @@ func (c *Config) check() error {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("agent: --%s %q is not HOST:PORT: %w", a.flag, a.addr, err)
 		}
+	}
+	switch c.Mode {
+	case ModeTunnel:
+		if c.Listen != "" {
+			return errors.New("agent: --listen is for a direct node: add --mode=direct, or leave --listen out")
+		}
+	case ModeDirect:
+		host, port, err := net.SplitHostPort(c.Listen)
+		if err != nil || port == "" || (host != "" && net.ParseIP(host) == nil) {
+			return fmt.Errorf("agent: --mode=direct needs --listen IP:PORT (or :PORT), where the fleet dials the agent; got %q", c.Listen)
+		}
+		if c.CheckIn > proto.MaxCheckIn {
+			return fmt.Errorf("agent: --check-in %s is longer than %s: the fleet dials a direct node only within %s of its last check-in; check in every %s or less",
+				c.CheckIn, proto.MaxCheckIn, proto.DirectWindow, proto.MaxCheckIn)
+		}
+	default:
+		return fmt.Errorf("agent: --mode is %q; want %s or %s", c.Mode, ModeTunnel, ModeDirect)
 	}
 	if c.AuditWhenFull != AuditAllow && c.AuditWhenFull != AuditRefuse {
 		return fmt.Errorf("agent: --audit-when-full is %q; want %q or %q", c.AuditWhenFull, AuditAllow, AuditRefuse)
@@ -261,6 +311,9 @@ func (c *Config) settings() []setting {
 		{"update-window", "maintenance window `HH:MM-HH:MM` (UTC) outside which updates neither download nor restart the agent; empty: any time (a rollout's window applies too)", (*stringValue)(&c.Update.Window)},
 		{"update-health-timeout", "`DURATION` a new agent has to come up healthy (ready, tunnel up) before the old one is put back (a rollout may set it)", (*durationValue)(&c.Update.HealthTimeout)},
 		{"update-off", "refuse every update offer", (*boolValue)(&c.Update.Off)},
+		{"mode", "how the fleet reaches the device: `tunnel|direct`; tunnel: the agent holds a reverse tunnel to the fleet; direct: a node on the fleet's own network, which the fleet dials at --listen for each connection (no tunnel held)", (*stringValue)(&c.Mode)},
+		{"listen", "where a direct node listens for the fleet, UDP `IP:PORT` (:PORT for every address: the fleet dials the address the node checks in from)", (*stringValue)(&c.Listen)},
+		{"check-in", "`DURATION` between a direct node's check-ins while nothing happens (events and renewals check in at once), at most 5m; the fleet lists it offline after three missed", (*durationValue)(&c.CheckIn)},
 	}
 }
 

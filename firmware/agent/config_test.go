@@ -15,7 +15,7 @@ import (
 
 // wiring are Config's fields that code sets; every other field is a
 // setting with a flag and a config file key.
-var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true,
+var wiring = map[string]bool{"SFTPCommand": true, "DialCommand": true, "PasswdFile": true, "Services": true, "EventSource": true, "Logger": true, "Notify": true, "Now": true,
 	"UpdateCheck": true, "UpdateTarget": true}
 
 // blocks are Config's fields that group settings of another package
@@ -145,7 +145,8 @@ func TestFlagsAndFileAlike(t *testing.T) {
 		"kubeconfig": "/k", "audit-max-bytes": "10", "audit-when-full": "refuse", "no-recording": "true", "recordings-max-bytes": "20",
 		"metrics-listen": "127.0.0.1:9101",
 		"release-key":    "RWQone,RWQtwo", "update-max-bandwidth": "30", "update-window": "02:00-05:00", "update-health-timeout": "8s", "update-off": "true",
-		"app": "nodered=http://127.0.0.1:1880,label:team=ops",
+		"app":  "nodered=http://127.0.0.1:1880,label:team=ops",
+		"mode": "direct", "listen": "10.0.0.7:4433", "check-in": "9s",
 	}
 	var byFlag, byFile Config
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
@@ -185,9 +186,19 @@ func TestWithDefaults(t *testing.T) {
 	if set.Keepalive != -time.Second || set.SessionHold != time.Minute || set.AuditWhenFull != AuditRefuse {
 		t.Errorf("WithDefaults changed set values: %+v", set)
 	}
-	for _, bad := range []Config{{AuditWhenFull: "maybe"}, {LogLevel: "loud"}, {TunnelAddr: "no-port"}, {Fleet: "a:b:c"}} {
+	if d.Mode != ModeTunnel || d.CheckIn != DefaultCheckIn {
+		t.Errorf("mode defaults: %q, %v", d.Mode, d.CheckIn)
+	}
+	for _, bad := range []Config{{AuditWhenFull: "maybe"}, {LogLevel: "loud"}, {TunnelAddr: "no-port"}, {Fleet: "a:b:c"},
+		{Mode: "sideways"}, {Mode: ModeDirect}, {Mode: ModeDirect, Listen: "plc.lan:4433"}, {Mode: ModeDirect, Listen: "10.0.0.7"},
+		{Listen: "10.0.0.7:4433"}, {Mode: ModeDirect, Listen: ":4433", CheckIn: 6 * time.Minute}} {
 		if c := bad.WithDefaults(); c.check() == nil {
 			t.Errorf("check accepted %+v", bad)
+		}
+	}
+	for _, good := range []Config{{Mode: ModeDirect, Listen: "10.0.0.7:4433"}, {Mode: ModeDirect, Listen: ":4433"}, {Mode: ModeDirect, Listen: "[fd00::7]:4433"}, {Mode: ModeDirect, Listen: ":4433", CheckIn: 5 * time.Minute}} {
+		if c := good.WithDefaults(); c.check() != nil {
+			t.Errorf("check refused %+v: %v", good, c.check())
 		}
 	}
 }

@@ -335,7 +335,7 @@ func TestNologinAccount(t *testing.T) {
 	f := newFixture(t)
 	u := nobody(t, f)
 	line := "nobody:x:" + u.Uid + ":" + u.Gid + ":nobody:" + u.HomeDir + ":" + nologin + "\n"
-	if err := os.WriteFile(f.cfg.passwdPath, []byte(line), 0o644); err != nil {
+	if err := os.WriteFile(f.cfg.PasswdFile, []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	f.cfg.SFTPCommand = []string{os.Args[0], sftpHelperArg}
@@ -374,7 +374,7 @@ func TestNologinAccount(t *testing.T) {
 	})
 	t.Run("missing shell", func(t *testing.T) {
 		line := "nobody:x:" + u.Uid + ":" + u.Gid + ":nobody:" + u.HomeDir + ":/nonexistent/shell\n"
-		if err := os.WriteFile(f.cfg.passwdPath, []byte(line), 0o644); err != nil {
+		if err := os.WriteFile(f.cfg.PasswdFile, []byte(line), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		out, err := run("ssh", append(append([]string{}, o.opts...), "-p", o.port, o.host, "id")...)

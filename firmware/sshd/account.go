@@ -66,7 +66,7 @@ func (s *Server) lookupAccount(login string) (*account, error) {
 	if fi, err := os.Stat(a.home); err != nil || !fi.IsDir() {
 		a.home = "/"
 	}
-	if sh := readPasswdShell(s.cfg.passwdPath, login); sh != "" {
+	if sh := readPasswdShell(s.cfg.PasswdFile, login); sh != "" {
 		a.shell = sh
 	}
 	// As OpenSSH: an account whose shell cannot run cannot log in. (One

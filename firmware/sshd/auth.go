@@ -100,9 +100,11 @@ func (a *authenticator) checkLogin(login string) *refusal {
 }
 
 // checkCert checks that key is a user certificate from one of the fleet's
-// user CAs that is valid now (within the clock skew), names login as a
-// principal and has the fleet user id.User as its key ID. It returns the
-// certificate when key is one, even when it refuses it.
+// user CAs (or, for a user of a root fleet the fleet trusts, from one of
+// the root's user CAs the stream names) that is valid now (within the
+// clock skew), names login as a principal and has the fleet user id.User
+// as its key ID. It returns the certificate when key is one, even when it
+// refuses it.
 func (s *Server) checkCert(key ssh.PublicKey, login string, id proto.Identity) (*ssh.Certificate, *refusal) {
 	cert, ok := key.(*ssh.Certificate)
 	if !ok {
@@ -111,7 +113,7 @@ func (s *Server) checkCert(key ssh.PublicKey, login string, id proto.Identity) (
 	if cert.CertType != ssh.UserCert {
 		return cert, &refusal{reason: "host certificate offered as a user certificate"}
 	}
-	cas := s.cfg.UserCAKeys()
+	cas := append(slices.Clone(s.cfg.UserCAKeys()), streamCAs(id)...)
 	if !slices.ContainsFunc(cas, func(ca ssh.PublicKey) bool { return sameKey(ca, cert.SignatureKey) }) {
 		return cert, &refusal{reason: "certificate signed by an unknown authority"}
 	}
@@ -139,6 +141,23 @@ func (s *Server) checkCert(key ssh.PublicKey, login string, id proto.Identity) (
 		return cert, &refusal{reason: "certificate: " + err.Error()}
 	}
 	return cert, nil
+}
+
+// maxStreamCAs bounds the user CA keys a stream may name.
+const maxStreamCAs = 16
+
+// streamCAs parses the user CA keys a stream's identity names: those of
+// a root fleet whose user this is (trusted clusters). The fleet's tunnel
+// vouches for them as for the rest of the identity; keys that do not
+// parse are left out.
+func streamCAs(id proto.Identity) []ssh.PublicKey {
+	var out []ssh.PublicKey
+	for _, b := range id.UserCAKeys[:min(len(id.UserCAKeys), maxStreamCAs)] {
+		if k, err := ssh.ParsePublicKey(b); err == nil {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // validAt checks that cert is valid at now give or take skew, and returns

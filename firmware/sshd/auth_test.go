@@ -74,6 +74,36 @@ func TestCheckCert(t *testing.T) {
 	}
 }
 
+// TestCheckCertStreamCAs: a root fleet's user CA counts for the stream
+// that names it (trusted clusters), and for no other.
+func TestCheckCertStreamCAs(t *testing.T) {
+	userCA, rootCA := pkitest.SSHSigner(t), pkitest.SSHSigner(t)
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	srv := New(Config{
+		UserCAKeys: func() []ssh.PublicKey { return []ssh.PublicKey{userCA.PublicKey()} },
+		Now:        func() time.Time { return now },
+	})
+	key := pkitest.SSHSigner(t).PublicKey()
+	cert := sign(t, rootCA, key, certSpec{keyID: "root/alice", principals: []string{"pi"}, after: now.Add(-time.Hour), before: now.Add(time.Hour)})
+	id := identity("pi")
+	id.User, id.Cluster = "root/alice", "root"
+	if _, r := srv.checkCert(cert, "pi", id); r == nil || !strings.Contains(r.reason, "unknown authority") {
+		t.Fatalf("a root's certificate on a stream that names no root CA: %v, want unknown authority", r)
+	}
+	id.UserCAKeys = [][]byte{{1, 2, 3}, rootCA.PublicKey().Marshal()}
+	if _, r := srv.checkCert(cert, "pi", id); r != nil {
+		t.Fatalf("a root's certificate on a stream that names its CA: refused: %s", r.reason)
+	}
+	if _, r := srv.checkCert(cert, "root", id); r == nil {
+		t.Fatal("the root's CA let in a login that is not a principal")
+	}
+	later := identity("pi")
+	later.User = "root/alice"
+	if _, r := srv.checkCert(cert, "pi", later); r == nil {
+		t.Fatal("the root's CA outlived the stream that named it")
+	}
+}
+
 func TestValidAtInfinity(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	cert := &ssh.Certificate{ValidAfter: 0, ValidBefore: ssh.CertTimeInfinity}

@@ -16,6 +16,7 @@ import (
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/tools/logtest"
 	"remoteler.dev/edge/tools/pkitest"
+	"remoteler.dev/edge/tools/plainshell"
 )
 
 // sftpHelperArg and dialHelperArg make the test binary act as an sftp
@@ -144,6 +145,7 @@ func newFixture(t *testing.T) *fixture {
 		HostSigner: func() ssh.Signer { return f.hostCert },
 		UserCAKeys: func() []ssh.PublicKey { return []ssh.PublicKey{f.userCA.PublicKey()} },
 		Logger:     f.log.Logger(),
+		PasswdFile: plainFile(t),
 	}
 	return f
 }
@@ -253,4 +255,15 @@ func exitStatusOf(t *testing.T, err error) int {
 		t.Fatalf("session: %v", err)
 		return -1
 	}
+}
+
+// plainFile is a passwd file that gives the test's user a plain shell,
+// so that the host's dotfiles do not run in these tests (see plainshell).
+func plainFile(t *testing.T) string {
+	t.Helper()
+	path, err := plainshell.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -96,6 +96,10 @@ type Config struct {
 	// Shell is the shell used for logins whose passwd entry names none.
 	// Default: /bin/sh.
 	Shell string
+	// PasswdFile is the passwd file that names login shells. Default:
+	// /etc/passwd. (Tests point it at a copy that gives their user a plain
+	// shell, so that the host's dotfiles do not run in them.)
+	PasswdFile string
 
 	// SFTPCommand is the command (argv) that serves SFTP on its standard
 	// input and output, run as the login's user for the sftp subsystem
@@ -141,9 +145,6 @@ type Config struct {
 	// recordings.
 	Record func(ctx context.Context, info SessionInfo) Recorder
 
-	// passwdPath is the passwd file that names login shells. Default:
-	// /etc/passwd. Tests set it.
-	passwdPath string
 	// geteuid reports the agent's effective user ID. Default: os.Geteuid.
 	// Tests set it.
 	geteuid func() int
@@ -180,8 +181,8 @@ func (cfg Config) withDefaults() Config {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	if cfg.passwdPath == "" {
-		cfg.passwdPath = "/etc/passwd"
+	if cfg.PasswdFile == "" {
+		cfg.PasswdFile = "/etc/passwd"
 	}
 	if cfg.geteuid == nil {
 		cfg.geteuid = os.Geteuid

@@ -477,7 +477,7 @@ func nobody(t *testing.T, f *fixture) *user.User {
 	if err := os.WriteFile(passwd, []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f.cfg.passwdPath = passwd
+	f.cfg.PasswdFile = passwd
 	return u
 }
 

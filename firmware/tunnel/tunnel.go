@@ -315,7 +315,9 @@ func (c *Client) session(ctx context.Context) error {
 	st.SetReadDeadline(time.Time{})
 	switch m := m.(type) {
 	case *proto.HelloAck:
-		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr())
+		cs := qc.ConnectionState()
+		c.log.Info("tunnel up", "fleet", c.cfg.Addr, "device_id", m.DeviceID, "local", qc.LocalAddr(),
+			"resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT)
 		link = linkTimers{keepalive: c.cfg.Keepalive, liveness: c.cfg.Liveness, tag: m.LinkTag}
 		if m.KeepaliveMillis != 0 {
 			link.keepalive = time.Duration(m.KeepaliveMillis) * time.Millisecond

@@ -165,6 +165,12 @@ func (a *Admin) AddToken(ctx context.Context, by Actor, req api.AddTokenRequest)
 	if err := devices.CheckLabels(req.Labels); err != nil {
 		return api.Token{}, &InputError{err.Error()}
 	}
+	switch {
+	case req.Type != "" && req.Type != api.TokenDevice && req.Type != api.TokenTrustedCluster:
+		return api.Token{}, &InputError{fmt.Sprintf("token type %q: want %s or %s", req.Type, api.TokenDevice, api.TokenTrustedCluster)}
+	case req.Type == api.TokenTrustedCluster && len(req.Labels) > 0:
+		return api.Token{}, &InputError{"a trusted-cluster token takes no labels"}
+	}
 	tok, err := a.cfg.Tokens.Add(ctx, req)
 	if err != nil {
 		return tok, err
@@ -174,7 +180,7 @@ func (a *Admin) AddToken(ctx context.Context, by Actor, req api.AddTokenRequest)
 		tok.JoinString = pin.JoinString(tok.Token, tok.CAPin)
 	}
 	a.record(ctx, by, &proto.AuditEvent{Type: proto.EventTokenCreate,
-		Fields: map[string]string{"token_id": tok.ID, "expires": tok.Expires.UTC().Format(time.RFC3339), "uses": strconv.Itoa(tok.UsesLeft)}})
+		Fields: map[string]string{"token_id": tok.ID, "expires": tok.Expires.UTC().Format(time.RFC3339), "uses": strconv.Itoa(tok.UsesLeft), "type": tok.Type}})
 	return tok, nil
 }
 

@@ -68,6 +68,15 @@ type Config struct {
 	// committed: the fleet's own and those devices send (not the
 	// duplicates). fleet/metrics counts them. It must not block.
 	OnStored func(source string, e *proto.AuditEvent)
+	// Heads keeps each device's fleet-wide head, for several replicas
+	// (replicas.go); nil on one fleetd.
+	Heads Heads
+	// Replica is this replica's ID, recorded in the heads it moves.
+	Replica string
+	// Brokered looks up, on the other replicas, the fleet's session.start
+	// of a session brokered to a device (an error matching ErrNotBrokered
+	// when none has it); nil on one fleetd.
+	Brokered func(ctx context.Context, deviceID, session string) (*proto.AuditEvent, error)
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -96,7 +105,7 @@ var (
 
 // buckets are every top-level bucket Open makes.
 var buckets = [][]byte{bucketEvents, bucketHeads, bucketTime, bucketDevice, bucketUser, bucketSession, bucketType, bucketUnverified,
-	bucketCheckpoints, bucketSigned}
+	bucketCheckpoints, bucketSigned, bucketHandoffs}
 
 // appendFill is the page fill for buckets written in key order: bbolt's
 // default (half) suits random inserts and doubles the file for appends.
@@ -338,6 +347,16 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	ack := proto.AuditAck{ID: b.ID}
 	added := 0
 	var stored []int // indices of the events stored (not duplicates)
+	var fleet Head   // the fleet-wide head, on several replicas
+	var remote map[string]remoteStart
+	if len(b.Events) > 0 {
+		var err error
+		if fleet, err = l.fleetHead(ctx, source); err != nil {
+			return nil, err
+		}
+		remote = l.remoteStarts(ctx, source, b.Events)
+	}
+	var moved Head // where this batch leaves the fleet-wide head
 	lim := l.limits()
 	room := error(nil)
 	if l.cfg.Room != nil && len(b.Events) > 0 {
@@ -362,9 +381,22 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 		}
 		added = 0
 		stored = stored[:0]
-		claims := &claimChecker{tx: tx, device: source}
+		claims := &claimChecker{tx: tx, device: source, remote: remote}
+		handedOff := false
 		for i := range b.Events {
-			ok, err := store(tx, source, &b.Events[i], h, claims)
+			e := &b.Events[i]
+			if e.Seq <= fleet.Seq {
+				continue // the fleet holds it, on this replica or another
+			}
+			if fleet.Seq > h.Seq && !handedOff {
+				// The device was on another replica since this log's last
+				// event: the chain continues from the fleet's head.
+				if err := putHandoff(tx, source, h.Seq, fleet); err != nil {
+					return err
+				}
+				h.Seq, h.Hash, handedOff = fleet.Seq, fleet.Hash, true
+			}
+			ok, err := store(tx, source, e, h, claims)
 			if err != nil {
 				return err
 			}
@@ -378,6 +410,10 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 			h.Queue, h.Reported = &q, l.cfg.Now().UnixMilli()
 		}
 		ack.Through, ack.Hash = h.Seq, h.Hash
+		if fleet.Seq > h.Seq {
+			ack.Through, ack.Hash = fleet.Seq, fleet.Hash
+		}
+		moved = Head{Seq: h.Seq, Hash: h.Hash, Replica: l.cfg.Replica}
 		if len(b.Events) == 0 && b.Queue == nil {
 			return nil
 		}
@@ -393,6 +429,13 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: ingest from %s: %w", source, err)
+	}
+	if l.cfg.Heads != nil && len(b.Events) > 0 && moved.Seq > fleet.Seq {
+		// Committed here; acknowledged only once the fleet-wide head
+		// covers it, or another replica could skip it as held.
+		if err := l.cfg.Heads.Advance(ctx, source, fleet, moved); err != nil {
+			return nil, fmt.Errorf("audit: ingest from %s: move the fleet-wide head to %d: %w", source, moved.Seq, err)
+		}
 	}
 	if added > 0 {
 		l.pause(source, "")
@@ -783,6 +826,7 @@ func verifySource(tx *bolt.Tx, source string, signed map[uint64]auditexport.Want
 	expect := h.AnchorSeq + 1
 	prev := h.AnchorHash
 	var lastHash []byte
+	handoffs := handoffsOf(tx, source)
 	if b := tx.Bucket(bucketEvents).Bucket([]byte(source)); b != nil {
 		b.ForEach(func(k, v []byte) error {
 			if len(k) != 8 {
@@ -795,6 +839,12 @@ func verifySource(tx *bolt.Tx, source string, signed map[uint64]auditexport.Want
 				r.First = seq
 			}
 			r.Last = seq
+			if ho, ok := handoffs[seq-1]; ok && seq > expect && ho.After == expect-1 {
+				// Events expect..seq-1 are on another replica: the chain
+				// continues from the hash the hand-off recorded.
+				r.Handoffs = append(r.Handoffs, api.AuditHandoff{After: ho.After, Seq: ho.Seq, Hash: hex.EncodeToString(ho.Hash), Replica: ho.Replica})
+				expect, prev = seq, ho.Hash
+			}
 			if seq > expect {
 				if seq == expect+1 {
 					problem("event %d is missing", expect)
@@ -817,7 +867,7 @@ func verifySource(tx *bolt.Tx, source string, signed map[uint64]auditexport.Want
 			switch {
 			case err != nil:
 				problem("event %d cannot be hashed: %v", seq, err)
-			case prev == nil && seq != 1 && seq != h.AnchorSeq+1:
+			case prev == nil && seq != 1 && seq != h.AnchorSeq+1 && handoffs[seq-1].Seq == 0:
 				// After a gap: the hash cannot be checked.
 			case !bytes.Equal(want, e.Hash):
 				problem("event %d was altered, or the chain broke before it (hash mismatch)", seq)

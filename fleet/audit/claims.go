@@ -2,8 +2,10 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -47,6 +49,18 @@ var ErrNotBrokered = errors.New("audit: the fleet brokered no such session to th
 // fleet brokered that session to deviceID; otherwise an error matching
 // ErrNotBrokered. Recordings are checked with it.
 func (l *Log) Brokered(deviceID, session string) (*proto.AuditEvent, error) {
+	start, err := l.BrokeredHere(deviceID, session)
+	if errors.Is(err, ErrNotBrokered) && l.cfg.Brokered != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return l.cfg.Brokered(ctx, deviceID, session)
+	}
+	return start, err
+}
+
+// BrokeredHere is Brokered on this replica's log alone (what the other
+// replicas ask).
+func (l *Log) BrokeredHere(deviceID, session string) (*proto.AuditEvent, error) {
 	var start *proto.AuditEvent
 	err := l.db.View(func(tx *bolt.Tx) error {
 		start = findStart(tx, deviceID, session)
@@ -96,6 +110,9 @@ type claimChecker struct {
 	tx     *bolt.Tx
 	device string
 	starts map[string]*proto.AuditEvent
+	// remote holds what other replicas said about sessions this log
+	// lacks (replicas.go).
+	remote map[string]remoteStart
 }
 
 // check returns why e's claims about a user or session do not hold, or ""
@@ -114,6 +131,14 @@ func (c *claimChecker) check(e *proto.AuditEvent) string {
 			c.starts = map[string]*proto.AuditEvent{}
 		}
 		c.starts[e.Session] = start
+	}
+	if start == nil {
+		if rs, ok := c.remote[e.Session]; ok {
+			if rs.err != nil {
+				return fmt.Sprintf("names session %q, which could not be checked with the other replicas: %v", e.Session, rs.err)
+			}
+			start = rs.start
+		}
 	}
 	switch {
 	case start == nil:

@@ -6,7 +6,9 @@
 // again what the session was allowed when it began. The broker
 // (fleet/broker) calls Decide when a session is asked for; the session
 // registry calls Authorizer.Check whenever users or roles change, and a
-// refusal is the message the user is shown as their session ends.
+// refusal is the message the user is shown as their session ends. A lock
+// (fleet/locks) that shuts out the session's user, one of their roles, its
+// login or its device is such a refusal too.
 //
 // Only fleet/... server packages import authz.
 package authz
@@ -19,6 +21,7 @@ import (
 	"strings"
 
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
@@ -47,20 +50,70 @@ type Authorizer struct {
 	// LocalLabels returns the labels of the Kubernetes cluster fleetd
 	// runs in (sessions with no DeviceID); nil when there is none.
 	LocalLabels func() map[string]string
+	// Locks are the locks in force; nil: none.
+	Locks *locks.Set
+	// Leaves finds the leaf clusters this fleet relays to (trusted
+	// clusters); an error matching store.ErrNotFound is a leaf no longer
+	// trusted. Nil: relayed sessions end at the next check.
+	Leaves func(ctx context.Context, name string) error
+	// Remote maps the roles a trusted root fleet vouched for its user to
+	// this fleet's roles with the trust's current role_map; an error that
+	// does not wrap sessions.ErrUndecided ends the session with its
+	// message (the trust was removed, no role maps any more). Nil: the
+	// sessions of roots' users end at the next check.
+	Remote func(ctx context.Context, origin string, roles []string) ([]string, error)
+}
+
+// Subject is what a lock is checked against for session s of a user who
+// holds roles (their roles now, as well as those the session began with).
+func Subject(s *sessions.Session, roles []string) locks.Subject {
+	all := slices.Clone(s.Roles)
+	for _, r := range roles {
+		if !slices.Contains(all, r) {
+			all = append(all, r)
+		}
+	}
+	return locks.Subject{User: s.User, Roles: all, Login: s.Login, DeviceID: s.DeviceID}
 }
 
 // Check is sessions.Config.Check: nil when the session is still allowed,
 // an error saying why it is not (for the user), or an error wrapping
 // sessions.ErrUndecided when the fleet's state could not be read.
 func (a *Authorizer) Check(ctx context.Context, s *sessions.Session) error {
-	u, err := a.Users.Get(ctx, s.User)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("the fleet user %q was removed", s.User)
+	if err := a.Locks.Check(Subject(s, nil)); err != nil {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("%w: load user %q: %v", sessions.ErrUndecided, s.User, err)
+	if s.Cluster != "" {
+		return a.checkRelay(ctx, s)
 	}
-	checker, err := a.Roles.NewCheckerFor(ctx, u.Roles, u.Traits)
+	var roles []string
+	traits := s.Traits
+	if s.Origin != "" {
+		// A trusted root's user: the root vouched for them, and it ends
+		// what it relays when their access there ends. Here, the
+		// role_map decides their roles again.
+		if a.Remote == nil {
+			return fmt.Errorf("this fleet no longer trusts %q", s.Origin)
+		}
+		mapped, err := a.Remote(ctx, s.Origin, s.OriginRoles)
+		if err != nil {
+			return err
+		}
+		roles = mapped
+	} else {
+		u, err := a.Users.Get(ctx, s.User)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("the fleet user %q was removed", s.User)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: load user %q: %v", sessions.ErrUndecided, s.User, err)
+		}
+		roles, traits = u.Roles, u.Traits
+	}
+	if err := a.Locks.Check(Subject(s, roles)); err != nil {
+		return err
+	}
+	checker, err := a.Roles.NewCheckerFor(ctx, roles, traits)
 	if err != nil {
 		return fmt.Errorf("%w: load roles of %q: %v", sessions.ErrUndecided, s.User, err)
 	}
@@ -89,6 +142,52 @@ func (a *Authorizer) Check(ctx context.Context, s *sessions.Session) error {
 		return changed(err)
 	}
 	return nil
+}
+
+// checkRelay checks a request relayed to a leaf cluster: the leaf is still
+// trusted, and the user still exists with every role and trait the fleet
+// vouched for when the request began (the leaf decided with those).
+func (a *Authorizer) checkRelay(ctx context.Context, s *sessions.Session) error {
+	if a.Leaves == nil {
+		return fmt.Errorf("this fleet no longer relays to the cluster %q", s.Cluster)
+	}
+	if err := a.Leaves(ctx, s.Cluster); errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("the trust with the cluster %q was removed", s.Cluster)
+	} else if err != nil {
+		return fmt.Errorf("%w: load cluster %q: %v", sessions.ErrUndecided, s.Cluster, err)
+	}
+	if s.Admin || s.User == "" {
+		return nil
+	}
+	u, err := a.Users.Get(ctx, s.User)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("the fleet user %q was removed", s.User)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: load user %q: %v", sessions.ErrUndecided, s.User, err)
+	}
+	for _, r := range s.Roles {
+		if !slices.Contains(u.Roles, r) {
+			return fmt.Errorf("access changed: you no longer hold the role %q, with which the cluster %q let you in; connect again", r, s.Cluster)
+		}
+	}
+	if !sameTraits(u.Traits, s.Traits) {
+		return fmt.Errorf("access changed: your traits (logins) changed since the cluster %q let you in; connect again", s.Cluster)
+	}
+	return nil
+}
+
+func sameTraits(a, b map[string][]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || !slices.Equal(v, w) {
+			return false
+		}
+	}
+	return true
 }
 
 // Decision is what a positive decision grants beyond "yes".

@@ -3,7 +3,8 @@
 //
 //  1. authorises the user against their current roles (Authorize: the
 //     device exists and the user may reach it for this service, decided by
-//     fleet/authz, the same rules that re-check live sessions later);
+//     fleet/authz, the same rules that re-check live sessions later) and
+//     the locks in force (fleet/locks);
 //  2. records every refusal in the audit trail (Deny);
 //  3. records the session's start, fail-closed, and registers it as live
 //     (Start), so that the fleet ends it when access ends; the start is
@@ -28,6 +29,16 @@
 // the audit logger, in one call); Record passes an event of a service's
 // own to it.
 //
+// A leaf cluster (trusted clusters) is one more kind of destination: an
+// Ask that names a Cluster is authorised against the cluster registry
+// (fleet/clusters: the leaf exists), opened as a stream of service
+// "cluster" down the leaf's tunnel with the caller the fleet vouches for
+// (user, roles, traits), and registered as live, so that it ends when the
+// caller's access here ends; the leaf decides everything else with its
+// own roles and keeps the audit. On the leaf, the asks of a root's users
+// carry their Origin, and their streams to devices name the root's SSH
+// user CA keys, which the leaf trusts.
+//
 // Only fleet/... server packages import broker.
 package broker
 
@@ -45,7 +56,9 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/authz"
+	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
@@ -74,6 +87,9 @@ type Config struct {
 	Offline  error
 	Devices  Devices
 	Sessions *sessions.Registry
+	// Locks are the locks in force: a session they shut out is refused,
+	// and one a lock catches as it registers ends at once. Nil: none.
+	Locks *locks.Set
 	// Local describes the Kubernetes cluster fleetd itself runs in, which
 	// is no device: its name and labels, and whether there is one. Nil:
 	// none.
@@ -89,7 +105,9 @@ type Config struct {
 	OpenTimeout time.Duration
 	// EndGrace is how long, after telling a device to end a session, the
 	// broker waits before it closes the session's both sides itself;
-	// default 500ms.
+	// default 2s. The user's input stops at once (Session.OnCut, Splicer);
+	// the grace is the time the device has to tell the user why, which a
+	// busy device needs (see Splicer).
 	EndGrace time.Duration
 	// Bytes, when set, is told of the bytes every stream carries as they
 	// pass: up to the device, down from it (fleet/metrics counts them by
@@ -99,6 +117,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Clusters finds the leaf clusters this fleet reaches (trusted
+	// clusters, *clusters.Registry); nil reaches none.
+	Clusters Clusters
+	// OriginKeys returns the SSH user CA keys (wire format) of a root
+	// fleet this fleet trusts: the streams of that root's users carry
+	// them to the device (proto.Identity.UserCAKeys). Nil: none.
+	OriginKeys func(origin string) [][]byte
+}
+
+// Clusters looks leaf clusters up by name (*clusters.Registry); an unknown
+// name is an error.
+type Clusters interface {
+	Get(ctx context.Context, name string) (clusters.Cluster, error)
 }
 
 // Recorder records an audit event (*audit.Recorder).
@@ -125,7 +156,7 @@ func New(cfg Config) *Broker {
 		cfg.OpenTimeout = 35 * time.Second
 	}
 	if cfg.EndGrace <= 0 {
-		cfg.EndGrace = 500 * time.Millisecond
+		cfg.EndGrace = 2 * time.Second
 	}
 	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
 }
@@ -169,6 +200,24 @@ type Ask struct {
 	Action string
 	// Fields are added to every audit event of the session.
 	Fields map[string]string
+
+	// Cluster, when set, is a leaf cluster to reach instead of a device
+	// (service proto.ServiceCluster); Admin says the caller is the
+	// fleet's admin identity rather than a user (it may reach a leaf's
+	// audit trail, which the leaf decides).
+	Cluster string
+	Admin   bool
+	// Token says the caller shows a session's token, not a certificate:
+	// it may only ask a leaf how that session ended, which the leaf
+	// checks.
+	Token bool
+	// Origin, OriginRoles and Via describe the ask of a root fleet's user
+	// on a leaf (sessions.Session): the root, the roles it vouched for
+	// (User.Roles are this fleet's, from its role_map), and the root's
+	// relayed stream.
+	Origin      string
+	OriginRoles []string
+	Via         string
 }
 
 // Grant is an authorised Ask: the session to be, the device, and what the
@@ -190,6 +239,10 @@ type Grant struct {
 	// cluster (service kube); the handler resolves which of them the
 	// request acts as and sets Session.KubeUser and KubeGroups.
 	KubeUsers, KubeGroups []string
+	// Leaf is the leaf cluster reached (service cluster).
+	Leaf clusters.Cluster
+	// originKeys are the root's SSH user CA keys, for a root's user.
+	originKeys [][]byte
 }
 
 // Status classifies a refusal, for the HTTP layer to map to a status.
@@ -234,6 +287,9 @@ func (b *Broker) Authorize(ctx context.Context, ask Ask) (*Grant, error) {
 }
 
 func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
+	if ask.Cluster != "" {
+		return b.authorizeCluster(ctx, ask)
+	}
 	if ask.Checker == nil {
 		what := "devices"
 		if ask.Service == proto.ServiceKube {
@@ -245,9 +301,18 @@ func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
 	g.Session = sessions.Session{
 		ID: NewID(), Service: ask.Service, Kind: ask.Kind, User: ask.User.Name, Roles: ask.User.Roles,
 		Login: ask.Login, App: ask.App, DeviceName: ask.Device, ClientAddr: ask.ClientAddr, Expires: ask.Expires,
+		Traits: ask.User.Traits, Origin: ask.Origin, OriginRoles: ask.OriginRoles, Via: ask.Via,
+	}
+	if ask.Origin != "" && b.cfg.OriginKeys != nil {
+		g.originKeys = b.cfg.OriginKeys(ask.Origin)
 	}
 	if g.Session.Kind == "" {
 		g.Session.Kind = ask.Service
+	}
+	// A locked user or role is refused before anything about the device
+	// is looked at.
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		return nil, ref
 	}
 	what := "device"
 	switch ask.Service {
@@ -296,10 +361,54 @@ func (b *Broker) authorize(ctx context.Context, ask Ask) (*Grant, *Refusal) {
 		}
 		return nil, &Refusal{Status: StatusForbidden, Msg: err.Error(), Fields: fields}
 	}
+	// A locked login or device, once the user may otherwise reach it.
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		return nil, ref
+	}
 	g.KubeUsers, g.KubeGroups = d.KubeUsers, d.KubeGroups
 	g.Session.PortForwarding = ask.Checker.PortForwarding()
 	g.Session.FileCopy = ask.Checker.FileCopy()
 	g.Session.RecordInput = ask.Checker.RecordInput()
+	return g, nil
+}
+
+// locked is the refusal of a lock that shuts out subj, or nil.
+func (b *Broker) locked(subj locks.Subject) *Refusal {
+	var l *locks.Locked
+	if err := b.cfg.Locks.Check(subj); errors.As(err, &l) {
+		return &Refusal{Status: StatusForbidden, Msg: l.Error(), Fields: l.AuditFields()}
+	}
+	return nil
+}
+
+// authorizeCluster decides an ask to reach a leaf cluster: the leaf must
+// be trusted here, and the caller a user or the admin identity. What the
+// caller may do there is the leaf's decision.
+func (b *Broker) authorizeCluster(ctx context.Context, ask Ask) (*Grant, *Refusal) {
+	g := &Grant{Ask: ask, Cluster: b.cfg.Cluster}
+	g.Session = sessions.Session{
+		ID: NewID(), Service: proto.ServiceCluster, Kind: "cluster", User: ask.User.Name, Roles: ask.User.Roles,
+		Traits: ask.User.Traits, Admin: ask.Admin, Cluster: ask.Cluster, ClientAddr: ask.ClientAddr, Expires: ask.Expires,
+	}
+	if ask.Checker == nil && !ask.Admin && !ask.Token {
+		return nil, &Refusal{Status: StatusForbidden, Msg: "only users can reach leaf clusters: run tsh login"}
+	}
+	if ask.Token {
+		g.Session.User = "" // nobody: the registry checks no user
+	}
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		return nil, ref
+	}
+	notFound := &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("no cluster %q trusts this fleet: see tsh clusters", ask.Cluster),
+		Fields: map[string]string{"rule": "no such cluster"}}
+	if b.cfg.Clusters == nil {
+		return nil, notFound
+	}
+	leaf, err := b.cfg.Clusters.Get(ctx, ask.Cluster)
+	if err != nil {
+		return nil, notFound
+	}
+	g.Leaf, g.Session.DeviceID = leaf, clusters.TunnelID(leaf.Name)
 	return g, nil
 }
 
@@ -341,6 +450,16 @@ func (g *Grant) Identity() proto.Identity {
 	if !s.Expires.IsZero() {
 		id.Expires = s.Expires.UnixMilli()
 	}
+	if s.Service == proto.ServiceCluster {
+		// What a leaf needs to decide: who, with which roles and traits
+		// here. Nothing of a device.
+		id = proto.Identity{User: g.Ask.User.Name, Roles: s.Roles, Traits: s.Traits, Admin: s.Admin, Cluster: g.Cluster, Expires: id.Expires}
+	}
+	if s.Origin != "" {
+		// A root's user: the root verified them, and the device checks
+		// their certificate against the root's user CA too.
+		id.Cluster, id.UserCAKeys = s.Origin, g.originKeys
+	}
 	return id
 }
 
@@ -356,6 +475,13 @@ func (b *Broker) Deny(ctx context.Context, ask Ask, ref *Refusal) {
 	f := map[string]string{"device_name": ask.Device, "service": ask.Service, "action": action}
 	if ask.App != "" {
 		f["app"] = ask.App
+	}
+	if ask.Cluster != "" {
+		f["cluster"], f["service"] = ask.Cluster, proto.ServiceCluster
+		delete(f, "device_name")
+	}
+	if ask.Origin != "" {
+		f["user_cluster"] = ask.Origin
 	}
 	for k, v := range ask.Fields {
 		f[k] = v
@@ -498,19 +624,27 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 		}
 		return conn, nil
 	}
-	name := g.Device.Name
+	what, lastSeen, refuser := fmt.Sprintf("device %q", g.Device.Name), g.Device.LastSeen, "the device"
+	if g.Session.Cluster != "" {
+		what, lastSeen = fmt.Sprintf("the leaf cluster %q", g.Leaf.Name), g.Leaf.LastSeen
+		refuser = what
+	}
 	var pe *proto.Error
 	switch {
 	case b.cfg.Offline != nil && errors.Is(err, b.cfg.Offline):
-		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("device %q is offline (last seen %s)", name, g.Device.LastSeen.UTC().Format(time.RFC3339))}
+		seen := "never seen"
+		if !lastSeen.IsZero() {
+			seen = "last seen " + lastSeen.UTC().Format(time.RFC3339)
+		}
+		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("%s is offline (%s)", what, seen)}
 	case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
-		return nil, &Refusal{Status: StatusForbidden, Msg: "the device refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
+		return nil, &Refusal{Status: StatusForbidden, Msg: refuser + " refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
 	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
-		return nil, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("device %q does not offer it: %s", name, pe.Message), Fields: map[string]string{"rule": "device"}}
+		return nil, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("%s does not offer it: %s", what, pe.Message), Fields: map[string]string{"rule": "device"}}
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		return nil, err // the user went away
 	default:
-		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("device %q did not answer: %v", name, err)}
+		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer: %v", what, err)}
 	}
 }
 
@@ -522,8 +656,10 @@ type Session struct {
 	live  *sessions.Live
 	start time.Time
 
-	mu     sync.Mutex // guards closers and ended
+	mu     sync.Mutex // guards closer, cutter, cutWhy and ended
 	closer []func()
+	cutter []func(reason string)
+	cutWhy string // the reason of the registry's end, once it came
 	ended  bool
 }
 
@@ -561,6 +697,7 @@ func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Sessio
 		}
 	}
 	live, err := b.cfg.Sessions.Register(g.Session, func(reason string) {
+		s.cut(reason)
 		end(reason)
 		time.AfterFunc(b.cfg.EndGrace, s.closeAll)
 	})
@@ -572,6 +709,18 @@ func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Sessio
 		return nil, ref
 	}
 	s.live = live
+	// A lock that came after Authorize and before Register: the lock's
+	// own pass over the registry may have run before this session was
+	// in it.
+	if ref := b.locked(authz.Subject(&g.Session, nil)); ref != nil {
+		if opt.NoEvents {
+			s.DoneSilently(ref.Msg)
+		} else {
+			s.Done(ctx, ref.Msg, Stats{})
+		}
+		b.Deny(ctx, g.Ask, ref)
+		return nil, ref
+	}
 	return s, nil
 }
 
@@ -600,6 +749,33 @@ func (s *Session) OnEnd(f func()) {
 	}
 	s.mu.Unlock()
 	f()
+}
+
+// OnCut registers f to run at once when the fleet ends the session, with
+// the reason, before the device is told and before the grace period (a
+// Splicer's Cut: the user's input stops, a framing client is told why);
+// at once if the fleet has ended it already.
+func (s *Session) OnCut(f func(reason string)) {
+	s.mu.Lock()
+	if s.cutWhy == "" {
+		s.cutter = append(s.cutter, f)
+		s.mu.Unlock()
+		return
+	}
+	why := s.cutWhy
+	s.mu.Unlock()
+	f(why)
+}
+
+func (s *Session) cut(reason string) {
+	s.mu.Lock()
+	s.cutWhy = reason
+	list := s.cutter
+	s.cutter = nil
+	s.mu.Unlock()
+	for _, f := range list {
+		f(reason)
+	}
 }
 
 func (s *Session) closeAll() {

@@ -14,8 +14,10 @@ import (
 
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -30,6 +32,8 @@ import (
 type fakeTunnels struct {
 	// onOpen, when set, runs as a stream is opened.
 	onOpen func(deviceID string, h *proto.StreamHeader)
+	// onSend, when set, runs as a control message is sent.
+	onSend func(m proto.Message)
 
 	mu      sync.Mutex // guards the fields below
 	offline bool
@@ -73,6 +77,9 @@ func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader
 }
 
 func (f *fakeTunnels) Send(id string, m proto.Message) error {
+	if f.onSend != nil {
+		f.onSend(m)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sent = append(f.sent, m)
@@ -91,12 +98,17 @@ type fixture struct {
 	trail *audittest.Recorder
 	reg   *sessions.Registry
 	pi1   devices.Device
+	st    store.Store       // where devices and locks are kept
+	devs  *devices.Registry // pi-1 and secret-1
+	locks *locks.Set        // following st
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	devs := &devices.Registry{Store: memstore.New()}
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	devs := &devices.Registry{Store: st}
 	pi1, err := devs.Register(ctx, devices.Device{Name: "pi-1", Labels: map[string]string{"site": "north"}})
 	if err != nil {
 		t.Fatal(err)
@@ -114,8 +126,19 @@ func newFixture(t *testing.T) *fixture {
 	}
 	reg := sessions.New(sessions.Config{})
 	t.Cleanup(reg.Close)
-	f := &fixture{tun: &fakeTunnels{}, trail: &audittest.Recorder{}, reg: reg, pi1: pi1}
-	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail,
+	lockSet := &locks.Set{Logger: logtest.Logger(t)}
+	fctx, cancel := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		lockSet.Follow(fctx, st)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-followed
+	})
+	f := &fixture{tun: &fakeTunnels{}, trail: &audittest.Recorder{}, reg: reg, pi1: pi1, st: st, devs: devs, locks: lockSet}
+	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, Devices: devs, Sessions: reg, Audit: f.trail, Locks: lockSet,
 		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
 	return f
 }
@@ -429,4 +452,90 @@ func TestBytesAreTold(t *testing.T) {
 	if got := told[proto.ServiceSSH]; got != [2]int{5, 5} {
 		t.Errorf("told %v for ssh, want 5 up and 5 down", got)
 	}
+}
+
+// lock writes a lock on target and waits until the broker's view has it.
+func (f *fixture) lock(t *testing.T, target api.LockTarget, msg string) api.Lock {
+	t.Helper()
+	svc := &locks.Service{Store: f.st, Devices: f.devs}
+	l, err := svc.Create(context.Background(), api.LockRequest{Target: target, Message: msg}, "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		list, rev := f.locks.List()
+		for _, got := range list {
+			if got.ID == l.ID {
+				return l
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the broker's view never got lock %s", l.ID)
+		}
+		f.locks.Wait(ctx, rev)
+	}
+}
+
+// TestLocksRefuse checks that a lock on the user, one of their roles (even
+// with another role allowing: deny wins), the login or the device refuses
+// SSH, Kubernetes and app sessions with the lock's message, audited as
+// access.denied naming the lock; and that a lock written between Authorize
+// and Start refuses the start.
+func TestLocksRefuse(t *testing.T) {
+	tests := []struct {
+		name   string
+		target func(f *fixture) api.LockTarget
+		ask    func(t *testing.T) Ask
+	}{
+		{"user, ssh", func(*fixture) api.LockTarget { return api.LockTarget{User: "alice"} },
+			func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "pi-1", "pi", "", north) }},
+		{"user, kube", func(*fixture) api.LockTarget { return api.LockTarget{User: "alice"} },
+			func(t *testing.T) Ask { return ask(t, proto.ServiceKube, "pi-1", "", "", north) }},
+		{"role, app", func(*fixture) api.LockTarget { return api.LockTarget{Role: "r"} },
+			func(t *testing.T) Ask { return ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps) }},
+		{"login, ssh", func(*fixture) api.LockTarget { return api.LockTarget{Login: "pi"} },
+			func(t *testing.T) Ask { return ask(t, proto.ServiceSSH, "pi-1", "pi", "", north) }},
+		{"device, app", func(*fixture) api.LockTarget { return api.LockTarget{Device: "pi-1"} },
+			func(t *testing.T) Ask { return ask(t, proto.ServiceApp, "pi-1", "", "nodered", opsApps) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			l := f.lock(t, tt.target(f), "shut out for a test")
+			_, err := f.b.Authorize(context.Background(), tt.ask(t))
+			var ref *Refusal
+			if !errors.As(err, &ref) || ref.Status != StatusForbidden || !strings.Contains(ref.Msg, "shut out for a test") || !strings.Contains(ref.Msg, l.ID) {
+				t.Fatalf("got %v, want a 403 refusal with the lock's ID and message", err)
+			}
+			e := f.trail.Last()
+			if e.Type != proto.EventAccessDenied || e.Fields["rule"] != "lock" || e.Fields["lock"] != l.ID {
+				t.Errorf("audit: %+v, want access.denied naming lock %s", e, l.ID)
+			}
+		})
+	}
+	t.Run("a lock between authorize and start", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := context.Background()
+		g, err := f.b.Authorize(ctx, ask(t, proto.ServiceSSH, "pi-1", "pi", "", north))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := f.lock(t, api.LockTarget{User: "alice"}, "too late")
+		_, err = f.b.Start(ctx, g, StartOptions{})
+		var ref *Refusal
+		if !errors.As(err, &ref) || !strings.Contains(ref.Msg, "too late") {
+			t.Fatalf("Start = %v, want the lock's refusal", err)
+		}
+		if got := f.trail.Types(); !slices.Contains(got, proto.EventSessionEnd) || got[len(got)-1] != proto.EventAccessDenied {
+			t.Errorf("audit %v, want the session's end and an access.denied", got)
+		}
+		if e := f.trail.Last(); e.Fields["lock"] != l.ID {
+			t.Errorf("access.denied %+v, want it to name lock %s", e, l.ID)
+		}
+		if live := f.reg.List(sessions.Filter{}); len(live) != 0 {
+			t.Errorf("sessions left in the registry: %+v, want none", live)
+		}
+	})
 }

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"slices"
@@ -237,6 +238,21 @@ func TestClientCerts(t *testing.T) {
 			}
 			return pair.Certificate[0], nil
 		}, KindAdmin, AdminName, ""},
+		{"replica", func() ([]byte, error) {
+			c, err := a.ReplicaCert("r-0a1b2c3d", []string{"127.0.0.1", "fleetd-1.fleetd"}, ttl)
+			if err != nil {
+				return nil, err
+			}
+			if len(c.Certificate) != 2 || !bytes.Equal(c.Certificate[1], a.CACerts()[0].Raw) {
+				return nil, fmt.Errorf("chain of %d certificates, want [leaf, CA]", len(c.Certificate))
+			}
+			// A replica serves its peers too.
+			if _, err := c.Leaf.Verify(x509.VerifyOptions{Roots: a.CertPool(), CurrentTime: clk.Now(), DNSName: "fleetd-1.fleetd",
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+				return nil, fmt.Errorf("verify as a server: %w", err)
+			}
+			return c.Certificate[0], nil
+		}, KindReplica, "r-0a1b2c3d", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -313,7 +329,7 @@ func TestIdentifyRefuses(t *testing.T) {
 	other, _, _ := newAuthority(t)
 	issue := func(a *Authority, subject pkix.Name, usage x509.ExtKeyUsage, ttl time.Duration) *x509.Certificate {
 		t.Helper()
-		c, err := a.issue(newECKey(t).Public(), subject, usage, nil, nil, ttl)
+		c, err := a.issue(newECKey(t).Public(), subject, []x509.ExtKeyUsage{usage}, nil, nil, ttl)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -635,7 +651,15 @@ func TestServerCertRefused(t *testing.T) {
 			if _, err := a.ServerCert(tt.hosts, tt.ttl); err == nil {
 				t.Errorf("ServerCert(%q, %v): err = nil, want an error", tt.hosts, tt.ttl)
 			}
+			if tt.hosts != nil {
+				if _, err := a.ReplicaCert("r-1", tt.hosts, tt.ttl); err == nil {
+					t.Errorf("ReplicaCert(%q, %v): err = nil, want an error", tt.hosts, tt.ttl)
+				}
+			}
 		})
+	}
+	if _, err := a.ReplicaCert("r\n1", []string{"127.0.0.1"}, time.Hour); err == nil {
+		t.Error("ReplicaCert with a control character in the ID: err = nil, want an error")
 	}
 }
 

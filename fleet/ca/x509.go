@@ -18,6 +18,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"remoteler.dev/edge/proto"
 )
 
 // Kind is what holds an X.509 client certificate; it is the certificate's
@@ -30,6 +32,16 @@ const (
 	KindDevice Kind = "device" // a device's agent, from join
 	KindAdmin  Kind = "admin"  // the admin identity fleetctl uses
 	KindApp    Kind = "app"    // a user's certificate for one web app, from tsh apps login
+	// KindCluster is a leaf fleet's tunnel identity at its root (trusted
+	// clusters): CN is the leaf's cluster name; the root issues it.
+	KindCluster Kind = "cluster"
+	// KindFleet is the fleet's own client identity, which it shows the
+	// direct nodes it dials (proto.FleetOU); CN is the cluster name.
+	KindFleet Kind = proto.FleetOU
+	// KindReplica is a fleetd replica's certificate for the connections
+	// between replicas (fleet/peer): client and server at once, its CN the
+	// replica's ID. No endpoint for users or devices accepts it.
+	KindReplica Kind = "replica"
 )
 
 // appURIScheme names the app of an app certificate in its URI SAN:
@@ -86,7 +98,7 @@ func checkLeafKey(pub any) error {
 // issue signs a leaf certificate for pub with the active X.509 CA key.
 // NotBefore is backdated by X509Backdate; NotAfter is now+ttl, capped by the
 // CA's own NotAfter.
-func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage x509.ExtKeyUsage, dns []string, ips []net.IP, ttl time.Duration, uris ...*url.URL) (*x509.Certificate, error) {
+func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage []x509.ExtKeyUsage, dns []string, ips []net.IP, ttl time.Duration, uris ...*url.URL) (*x509.Certificate, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("ttl %v is not positive", ttl)
 	}
@@ -107,7 +119,7 @@ func (a *Authority) issue(pub crypto.PublicKey, subject pkix.Name, usage x509.Ex
 		NotBefore:             now.Add(-X509Backdate),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
+		ExtKeyUsage:           usage,
 		BasicConstraintsValid: true,
 		DNSNames:              dns,
 		IPAddresses:           ips,
@@ -127,6 +139,32 @@ func (a *Authority) ServerCert(hosts []string, ttl time.Duration) (tls.Certifica
 	if len(hosts) == 0 {
 		return tls.Certificate{}, errors.New("ca: server certificate: no hosts")
 	}
+	c, err := a.keyAndCert(pkix.Name{CommonName: hosts[0]}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, hosts, ttl)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: server certificate: %w", err)
+	}
+	return c, nil
+}
+
+// ReplicaCert issues a fleetd replica's certificate for the connections
+// between replicas: Kind KindReplica with the replica's ID as CN, usable as
+// client and server, valid for hosts (where other replicas reach it) and
+// ttl. The chain is [leaf, active CA]; the leaf key is a new ECDSA P-256
+// key.
+func (a *Authority) ReplicaCert(id string, hosts []string, ttl time.Duration) (tls.Certificate, error) {
+	if err := checkName(id); err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: replica certificate: %w", err)
+	}
+	c, err := a.keyAndCert(clientSubject(KindReplica, id), []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, hosts, ttl)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: replica certificate for %q: %w", id, err)
+	}
+	return c, nil
+}
+
+// keyAndCert makes a new ECDSA P-256 key and a certificate for it with
+// subject, usages and hosts (DNS names or IP addresses) as SANs.
+func (a *Authority) keyAndCert(subject pkix.Name, usage []x509.ExtKeyUsage, hosts []string, ttl time.Duration) (tls.Certificate, error) {
 	var dns []string
 	var ips []net.IP
 	for _, h := range hosts {
@@ -135,17 +173,17 @@ func (a *Authority) ServerCert(hosts []string, ttl time.Duration) (tls.Certifica
 			continue
 		}
 		if h == "" || strings.ContainsAny(h, " /:") {
-			return tls.Certificate{}, fmt.Errorf("ca: server certificate: bad host %q", h)
+			return tls.Certificate{}, fmt.Errorf("bad host %q", h)
 		}
 		dns = append(dns, h)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("ca: server certificate: %w", err)
+		return tls.Certificate{}, err
 	}
-	leaf, err := a.issue(key.Public(), pkix.Name{CommonName: hosts[0]}, x509.ExtKeyUsageServerAuth, dns, ips, ttl)
+	leaf, err := a.issue(key.Public(), subject, usage, dns, ips, ttl)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("ca: server certificate: %w", err)
+		return tls.Certificate{}, err
 	}
 	ca := a.set(X509).active().cert
 	return tls.Certificate{
@@ -176,6 +214,35 @@ func (a *Authority) SignDeviceX509(csrDER []byte, deviceID string, ttl time.Dura
 	return der, nil
 }
 
+// SignClusterX509 issues a leaf fleet's tunnel certificate (DER) for the
+// key in csrDER: Kind KindCluster, the leaf's cluster name as CN.
+func (a *Authority) SignClusterX509(csrDER []byte, cluster string, ttl time.Duration) ([]byte, error) {
+	der, err := a.signCSR(csrDER, KindCluster, cluster, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign cluster certificate for %q: %w", cluster, err)
+	}
+	return der, nil
+}
+
+// FleetClientCert makes the fleet's client identity for dialling direct
+// nodes: a new ECDSA P-256 key and its certificate (Kind KindFleet, the
+// cluster as CN), valid for ttl, with the active CA in its chain.
+func (a *Authority) FleetClientCert(ttl time.Duration) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: fleet client certificate: %w", err)
+	}
+	leaf, err := a.issue(key.Public(), clientSubject(KindFleet, a.cluster), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil, ttl)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: fleet client certificate: %w", err)
+	}
+	return tls.Certificate{
+		Certificate: [][]byte{leaf.Raw, a.set(X509).active().cert.Raw},
+		PrivateKey:  key,
+		Leaf:        leaf,
+	}, nil
+}
+
 // SignAppX509 issues a user's client certificate for one web app (DER):
 // Kind KindApp, the user as CN and the app's label (APP--DEVICE) in a URI
 // SAN. The fleet accepts it on that app's address only.
@@ -204,7 +271,7 @@ func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Dura
 	if err := checkLeafKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("csr: %w", err)
 	}
-	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), x509.ExtKeyUsageClientAuth, nil, nil, ttl, uris...)
+	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil, ttl, uris...)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +291,7 @@ func (a *Authority) AdminIdentity(ttl time.Duration) (certPEM, keyPEM []byte, er
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: admin identity: %w", err)
 	}
-	cert, err := a.issue(key.Public(), clientSubject(KindAdmin, AdminName), x509.ExtKeyUsageClientAuth, nil, nil, ttl)
+	cert, err := a.issue(key.Public(), clientSubject(KindAdmin, AdminName), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil, ttl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: admin identity: %w", err)
 	}
@@ -263,7 +330,7 @@ func (a *Authority) Identify(cert *x509.Certificate) (Identity, error) {
 	kind := Kind(ous[0])
 	id := Identity{Kind: kind, Name: cert.Subject.CommonName, Expires: cert.NotAfter}
 	switch kind {
-	case KindUser, KindDevice, KindAdmin:
+	case KindUser, KindDevice, KindAdmin, KindCluster, KindFleet, KindReplica:
 	case KindApp:
 		if len(cert.URIs) != 1 || cert.URIs[0].Scheme != appURIScheme || cert.URIs[0].Opaque == "" {
 			return Identity{}, fmt.Errorf("ca: identify %q: an app certificate must name one app", cert.Subject.CommonName)

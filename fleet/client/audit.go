@@ -71,7 +71,7 @@ func (c *Client) Recording(ctx context.Context, id string) ([]byte, error) {
 	}
 	path := item(api.PathRecordings, id)
 	op := "get " + path
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.cfg.Addr+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path), nil)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", op, err)
 	}
@@ -103,7 +103,7 @@ func (c *Client) AuditExport(ctx context.Context, w io.Writer, checkpointsOnly b
 		path += "?checkpoints_only=true"
 	}
 	op := "get " + api.PathAuditExport
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.cfg.Addr+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path), nil)
 	if err != nil {
 		return fmt.Errorf("client: %s: %w", op, err)
 	}

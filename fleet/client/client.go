@@ -77,7 +77,27 @@ type Client struct {
 	tls    *tls.Config // cfg.TLS cloned, ServerName filled in
 	http   *http.Client
 	dialer net.Dialer
+	// prefix is put before the API paths of a leaf cluster reached
+	// through this fleet (In).
+	prefix string
 }
+
+// In returns a client of the leaf cluster called cluster, reached through
+// the fleet c talks to (trusted clusters: api.ClusterPath): its listings,
+// connections, Kubernetes clusters and audit are the leaf's, as the leaf's
+// roles allow them for this user. It shares c's connections; "" returns
+// c itself.
+func (c *Client) In(cluster string) *Client {
+	if cluster == "" {
+		return c
+	}
+	cc := *c
+	cc.prefix = api.ClusterPath(cluster, "")
+	return &cc
+}
+
+// url is the address of an API path, in the cluster of In.
+func (c *Client) url(path string) string { return "https://" + c.cfg.Addr + c.prefix + path }
 
 // New returns a client for the fleet at cfg.Addr.
 func New(cfg Config) (*Client, error) {
@@ -258,7 +278,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.cfg.Addr+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path), body)
 	if err != nil {
 		return fmt.Errorf("client: %s: %w", op, err)
 	}
@@ -286,4 +306,21 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("client: %s: decode answer from %s: %w; is %s a fleet (fleetd) address?", op, c.cfg.Addr, err, c.cfg.Addr)
 	}
 	return nil
+}
+
+// Locks calls GET /v1/locks (admin): the locks in force.
+func (c *Client) Locks(ctx context.Context) ([]api.Lock, error) {
+	var out api.LockList
+	return out.Items, c.do(ctx, http.MethodGet, api.PathLocks, nil, &out)
+}
+
+// AddLock calls POST /v1/locks (admin).
+func (c *Client) AddLock(ctx context.Context, req *api.LockRequest) (*api.Lock, error) {
+	var out api.Lock
+	return &out, c.do(ctx, http.MethodPost, api.PathLocks, req, &out)
+}
+
+// RemoveLock calls DELETE /v1/locks/ID (admin).
+func (c *Client) RemoveLock(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, item(api.PathLocks, id), nil, nil)
 }

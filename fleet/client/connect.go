@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/userframe"
 )
 
 // Connect asks the fleet for a brokered connection to service ("ssh") on
@@ -53,12 +55,13 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		return fail(c.transportError(op, err))
 	}
 	q := url.Values{"device": {device}, "login": {login}, "service": {service}}
-	req, err := http.NewRequest(http.MethodGet, "https://"+c.cfg.Addr+api.PathConnect+"?"+q.Encode(), nil)
+	req, err := http.NewRequest(http.MethodGet, c.url(api.PathConnect+"?"+q.Encode()), nil)
 	if err != nil {
 		return fail(fmt.Errorf("client: %s: %w", op, err))
 	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", api.UpgradeProto)
+	req.Header.Set(api.HeaderFrames, "1")
 	req.Header.Set("User-Agent", c.cfg.UserAgent)
 	if err := req.Write(tc); err != nil {
 		return fail(c.transportError(op, err))
@@ -83,13 +86,51 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		return nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
 	}
 	tc.SetDeadline(time.Time{})
-	return &upgradedConn{Conn: tc, tc: tc, br: br, session: resp.Header.Get(api.HeaderSession), token: resp.Header.Get(api.HeaderSessionToken)}, nil
+	u := &upgradedConn{Conn: tc, tc: tc, br: br, device: device, session: resp.Header.Get(api.HeaderSession), token: resp.Header.Get(api.HeaderSessionToken)}
+	if resp.Header.Get(api.HeaderFrames) == "1" {
+		u.frames = userframe.NewReader(rawReader{u})
+		u.frames.OnEnd = u.ended
+	}
+	return u, nil
+}
+
+// OnEnd sets f to be called, from the goroutine reading conn (a
+// connection Connect returned), with the reason the moment the fleet
+// says it ended the session: before conn returns any byte sent after
+// that, and before it closes. A fleet that does not frame its side
+// (api.HeaderFrames) never calls it: ask SessionEnd after the close.
+func OnEnd(conn net.Conn, f func(reason string)) {
+	if u, ok := conn.(*upgradedConn); ok {
+		u.mu.Lock()
+		u.onEnd = f
+		u.mu.Unlock()
+	}
+}
+
+// EndReason returns the reason the fleet gave in-band for ending conn's
+// session, or "" when it gave none (yet).
+func EndReason(conn net.Conn) string {
+	if u, ok := conn.(*upgradedConn); ok {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return u.reason
+	}
+	return ""
 }
 
 // SessionID returns the fleet's ID of a connection Connect returned, or "".
 func SessionID(conn net.Conn) string {
 	if u, ok := conn.(*upgradedConn); ok {
 		return u.session
+	}
+	return ""
+}
+
+// SessionDevice returns the device a connection Connect returned reaches,
+// or "".
+func SessionDevice(conn net.Conn) string {
+	if u, ok := conn.(*upgradedConn); ok {
+		return u.device
 	}
 	return ""
 }
@@ -112,7 +153,7 @@ func (c *Client) SessionEnd(ctx context.Context, conn net.Conn) (*api.SessionEnd
 	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.cfg.Addr+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path), nil)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", op, err)
 	}
@@ -144,11 +185,40 @@ type upgradedConn struct {
 	net.Conn
 	tc      *tls.Conn
 	br      *bufio.Reader
+	device  string
 	session string
 	token   string // lets SessionEnd ask without a certificate
+	// frames decodes the fleet's side when it frames it; nil: raw.
+	frames *userframe.Reader
+
+	mu     sync.Mutex // guards onEnd and reason
+	onEnd  func(string)
+	reason string
+}
+
+func (c *upgradedConn) ended(reason string) {
+	c.mu.Lock()
+	c.reason = reason
+	f := c.onEnd
+	c.mu.Unlock()
+	if f != nil {
+		f(reason)
+	}
 }
 
 func (c *upgradedConn) Read(p []byte) (int, error) {
+	if c.frames != nil {
+		return c.frames.Read(p)
+	}
+	return c.readRaw(p)
+}
+
+// rawReader reads an upgradedConn's bytes as they came.
+type rawReader struct{ c *upgradedConn }
+
+func (r rawReader) Read(p []byte) (int, error) { return r.c.readRaw(p) }
+
+func (c *upgradedConn) readRaw(p []byte) (int, error) {
 	if c.br != nil {
 		if c.br.Buffered() > 0 {
 			return c.br.Read(p)

@@ -215,18 +215,19 @@ func TestBrowserPhone(t *testing.T) {
 }
 
 // TestBrowserDevicePageLive: the device page's status follows the device
-// without a reload.
+// without a reload, and its Connect button comes with the device.
 func TestBrowserDevicePageLive(t *testing.T) {
 	f := newFixture(t, false)
 	b := browse(t, f, "bob", browsertest.Options{})
 	b.Do("pi-2", chromedp.Navigate(f.http.URL+"/web/devices/pi-2"), chromedp.WaitVisible(chromedp.CSS("h1")))
 	poll(t, b, "the live stream", `document.getElementById('device-live').dataset.live === 'open'`)
 	b.Do("mark", chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
-	if !eval[bool](t, b, `document.querySelector('#device-status .badge.offline') !== null`) {
-		t.Fatal("pi-2 does not show offline")
+	if !eval[bool](t, b, `document.querySelector('#device-status .badge.offline') !== null && !document.getElementById('connect')`) {
+		t.Fatal("pi-2 does not show offline, or offers Connect")
 	}
 	f.links.set(f.ids["pi-2"], true, 30*time.Millisecond)
 	poll(t, b, "pi-2 online", `document.querySelector('#device-status .badge.online') !== null && /30 ms/.test(document.getElementById('device-status').textContent)`)
+	poll(t, b, "the Connect button", `!!document.getElementById('connect')`)
 	if !eval[bool](t, b, "window.notReloaded === true") {
 		t.Error("the page reloaded")
 	}

@@ -142,8 +142,9 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request, v *viewer) {
 }
 
 // deviceLive answers GET /web/live/devices/{name}: server-sent events
-// ("device") carrying the device's status and sessions when they change,
-// each part replacing its section of the page.
+// ("device") carrying the device's status, its Connect form (there while
+// the device is online) and its sessions when they change, each part
+// replacing its section of the page.
 func (s *Server) deviceLive(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if _, ok := s.findDevice(w, r, v); !ok {
 		return
@@ -159,7 +160,7 @@ func (s *Server) deviceLive(w http.ResponseWriter, r *http.Request, v *viewer) {
 		// One event whose parts replace the sections that changed, by
 		// their IDs (htmx's out-of-band swaps).
 		var parts []string
-		for _, part := range []string{"status", "sessions"} {
+		for _, part := range []string{"status", "connect", "sessions"} {
 			html, err := s.render("device-"+part, dv)
 			if err != nil {
 				return nil, err

@@ -40,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -132,6 +133,10 @@ type Config struct {
 	CodeTTL time.Duration
 	// Interval is the polling interval given to clients; default 5s.
 	Interval time.Duration
+	// Refuse, when set, is asked before a user approves a headless login:
+	// an error (a lock, fleet/locks) refuses the approval with its
+	// message, recorded with the error's AuditFields() when it has them.
+	Refuse func(u api.User) error
 	// Audit records approvals and denials; nil records nothing.
 	Audit Recorder
 	// Cluster names the fleet, on pages and in audit events.
@@ -545,19 +550,20 @@ func (s *Server) decideGrant(ctx context.Context, userCode, user, method string,
 	return grant{}, errors.New("deviceauth: the login changed too often; try again")
 }
 
-// Prune deletes grants, user codes and approvals that expired; it returns
+// Prune deletes grants, user codes and approvals that expired, writing
+// through st (the elected leader's fenced store, fleet/leader); it returns
 // how many keys it deleted.
-func (s *Server) Prune(ctx context.Context) (int, error) {
+func (s *Server) Prune(ctx context.Context, st store.Store) (int, error) {
 	n, now := 0, s.cfg.Now()
 	del := func(k string) error {
-		if err := s.cfg.Store.Delete(ctx, k); err == nil {
+		if err := st.Delete(ctx, k); err == nil {
 			n++
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("deviceauth: prune: %w", err)
 		}
 		return nil
 	}
-	items, err := s.cfg.Store.List(ctx, grantPrefix)
+	items, err := st.List(ctx, grantPrefix)
 	if err != nil {
 		return 0, fmt.Errorf("deviceauth: prune: %w", err)
 	}
@@ -572,7 +578,7 @@ func (s *Server) Prune(ctx context.Context) (int, error) {
 			return n, err
 		}
 	}
-	codes, err := s.cfg.Store.List(ctx, codePrefix)
+	codes, err := st.List(ctx, codePrefix)
 	if err != nil {
 		return n, fmt.Errorf("deviceauth: prune: %w", err)
 	}
@@ -583,7 +589,7 @@ func (s *Server) Prune(ctx context.Context) (int, error) {
 			}
 		}
 	}
-	approvals, err := s.cfg.Store.List(ctx, approvalPrefix)
+	approvals, err := st.List(ctx, approvalPrefix)
 	if err != nil {
 		return n, fmt.Errorf("deviceauth: prune: %w", err)
 	}
@@ -597,6 +603,26 @@ func (s *Server) Prune(ctx context.Context) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// refused records and shows the refusal (by Config.Refuse) of user u's
+// approval of code, and reports whether there was one.
+func (s *Server) refused(w http.ResponseWriter, r *http.Request, u api.User, code string) bool {
+	if s.cfg.Refuse == nil {
+		return false
+	}
+	err := s.cfg.Refuse(u)
+	if err == nil {
+		return false
+	}
+	f := map[string]string{"user_code": code, "method": "headless"}
+	if af, ok := err.(interface{ AuditFields() map[string]string }); ok {
+		maps.Copy(f, af.AuditFields())
+	}
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventHeadlessDenied, Outcome: proto.OutcomeDenied, User: u.Name, Addr: r.RemoteAddr,
+		Message: err.Error(), Fields: f})
+	s.message(w, http.StatusForbidden, "Not approved", "You cannot approve logins: "+err.Error(), "")
+	return true
 }
 
 func (s *Server) record(ctx context.Context, e *proto.AuditEvent) error {

@@ -424,7 +424,7 @@ func TestUnknownCodeAndExpiry(t *testing.T) {
 	}
 	f.start(t, newKeys(t))
 	now = now.Add(DefaultCodeTTL)
-	if n, err := f.auth.Prune(context.Background()); err != nil || n < 2 {
+	if n, err := f.auth.Prune(context.Background(), f.auth.cfg.Store); err != nil || n < 2 {
 		t.Errorf("Prune = %d, %v; want the grant and its code", n, err)
 	}
 }

@@ -210,6 +210,9 @@ func (s *Server) confirm(w http.ResponseWriter, r *http.Request, code, user, met
 		s.message(w, http.StatusForbidden, "Not a fleet user", "You are not a user of this fleet (any more); ask your fleet admin.", code)
 		return
 	}
+	if s.refused(w, r, u, code) {
+		return
+	}
 	a := approval{User: user, Method: method, UserCode: code, CSRF: rand.Text(), Expires: now.Add(DefaultApprovalTTL).UTC()}
 	b, _ := json.Marshal(a)
 	id := rand.Text() + rand.Text()
@@ -273,6 +276,16 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("approval", "err", err)
 		s.message(w, http.StatusInternalServerError, "Try again", "The fleet could not read the login; try again.", a.UserCode)
 		return
+	}
+	if approve {
+		u, err := s.cfg.Users.Get(ctx, a.User)
+		if err != nil {
+			s.message(w, http.StatusForbidden, "Not a fleet user", "You are not a user of this fleet (any more); ask your fleet admin.", "")
+			return
+		}
+		if s.refused(w, r, u, a.UserCode) {
+			return
+		}
 	}
 	// The decision is recorded before it takes effect: no approval
 	// without its event.

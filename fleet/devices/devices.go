@@ -132,7 +132,18 @@ type Device struct {
 	// Apps are the web apps the agent offered in its last hello that the
 	// fleet accepted (fleet/lifecycle), sorted by name.
 	Apps []proto.App `json:"apps,omitempty"`
+	// DirectAddr, for a direct node, is where the fleet dials it
+	// (IP:PORT), from its last check-in; empty for a device on a tunnel.
+	DirectAddr string `json:"direct_addr,omitempty"`
 }
+
+// DirectWindow is how long after its last check-in a direct node counts
+// as online: three of its longest check-in periods (proto.DirectWindow).
+const DirectWindow = proto.DirectWindow
+
+// Direct reports whether the device is a direct node: the fleet dials it
+// instead of holding its tunnel.
+func (d Device) Direct() bool { return d.DirectAddr != "" }
 
 // App returns the device's app called name, or nil.
 func (d *Device) App(name string) *proto.App {
@@ -159,7 +170,18 @@ func (d Device) API() api.Device {
 		JoinedAt:     d.JoinedAt,
 		Link:         api.Link{Reconnects: max(d.Connects-1, 0), AddrChangedAt: d.AddrChangedAt},
 		Services:     slices.Clone(d.Services),
+		Mode:         d.Mode(),
+		DirectAddr:   d.DirectAddr,
 	}
+}
+
+// Mode is how the fleet reaches the device: api.ModeDirect or
+// api.ModeTunnel.
+func (d Device) Mode() string {
+	if d.Direct() {
+		return api.ModeDirect
+	}
+	return api.ModeTunnel
 }
 
 // Registry stores devices. Its methods are safe for concurrent use, also

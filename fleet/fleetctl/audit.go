@@ -32,7 +32,8 @@ an audit event, stored once per source in a hash chain (docs/audit.md).`,
 type. At most --limit events are shown; when more match, text output says
 so on standard error and JSON or YAML output has "truncated": true.`,
 		Example: `  fleetctl audit search --since=2h --type='session.*'
-  fleetctl audit search --device=pi-1 --user=alice --format=json`,
+  fleetctl audit search --device=pi-1 --user=alice --format=json
+  fleetctl audit search --cluster=plant-7 --type='session.*'`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return r.auditSearch(cmd, q) },
 	}
@@ -44,6 +45,7 @@ so on standard error and JSON or YAML output has "truncated": true.`,
 	fl.StringVar(&q.session, "session", "", "only events of this session ID")
 	fl.StringVar(&q.typ, "type", "", "only events of this type (session.start), or of a prefix ending in * (session.*)")
 	fl.IntVar(&q.limit, "limit", api.DefaultAuditLimit, fmt.Sprintf("the most events to show (at most %d)", api.MaxAuditLimit))
+	fl.StringVar(&q.cluster, "cluster", "", "search the audit trail of this leaf `cluster` through this fleet, its root (when the leaf's trust allows it: audit_search)")
 	q.format = cli.FormatFlag(search, "")
 	search.RegisterFlagCompletionFunc("device", cli.CompleteArgs(-1, r.names(r.deviceNames)))
 	search.RegisterFlagCompletionFunc("user", cli.CompleteArgs(-1, r.names(r.userNames)))
@@ -94,6 +96,7 @@ type auditVerifyFlags struct {
 // auditSearchFlags are audit search's flags.
 type auditSearchFlags struct {
 	since, until, device, user, session, typ string
+	cluster                                  string
 	limit                                    int
 	format                                   *cli.Format
 }
@@ -130,9 +133,12 @@ func (r *runner) auditSearch(cmd *cobra.Command, f auditSearchFlags) error {
 		return err
 	}
 	defer c.Close()
-	res, err := c.AuditSearch(ctx, q)
+	res, err := c.In(f.cluster).AuditSearch(ctx, q)
 	if err != nil {
 		return fmt.Errorf("audit search: %w", apiHint(err))
+	}
+	for _, m := range res.Missing {
+		fmt.Fprintf(r.stdio.Err, "warning: replica %s did not answer; its events are not shown\n", printable.Escape(m))
 	}
 	return cli.PrintList(r.stdio.Out, *f.format, "audit_events", res.Events, res.Truncated, func() error {
 		if res.Truncated {
@@ -206,7 +212,12 @@ func (r *runner) auditVerify(ctx context.Context, format cli.Format) error {
 			return err
 		}
 	} else {
-		tw := cli.NewTable(r.stdio.Out, "SOURCE", "DEVICE", "EVENTS", "SEQUENCE", "CHAIN", "QUEUED", "DROPPED", "DAMAGED")
+		replicas := len(res.Replicas) > 0
+		cols := []string{"SOURCE", "DEVICE", "EVENTS", "SEQUENCE", "CHAIN", "QUEUED", "DROPPED", "DAMAGED"}
+		if replicas {
+			cols = append(cols, "REPLICA")
+		}
+		tw := cli.NewTable(r.stdio.Out, cols...)
 		for _, s := range res.Sources {
 			chain := "ok"
 			if !s.OK {
@@ -220,9 +231,16 @@ func (r *runner) auditVerify(ctx context.Context, format cli.Format) error {
 			if s.Events > 0 {
 				seq = fmt.Sprintf("%d-%d", s.First, s.Last)
 			}
-			tw.Row(s.Source, cli.Dash(s.DeviceName), fmt.Sprint(s.Events), seq, chain, queued, dropped, damaged)
+			row := []string{s.Source, cli.Dash(s.DeviceName), fmt.Sprint(s.Events), seq, chain, queued, dropped, damaged}
+			if replicas {
+				row = append(row, s.Replica)
+			}
+			tw.Row(row...)
 		}
 		tw.Flush()
+		for _, m := range res.Missing {
+			fmt.Fprintf(r.stdio.Out, "replica %s did not answer: its log was not checked\n", printable.Escape(m))
+		}
 		for _, s := range res.Sources {
 			for _, p := range s.Problems {
 				fmt.Fprintf(r.stdio.Out, "%s: %s\n", printable.Escape(nameOf(s)), printable.Escape(p))
@@ -235,15 +253,23 @@ func (r *runner) auditVerify(ctx context.Context, format cli.Format) error {
 					printable.Escape(nameOf(s)), q.Unverified, printable.Escape(nameOf(s)))
 			}
 		}
-		if cp := res.Checkpoints; cp != nil {
+		cps := res.Replicas
+		if len(cps) == 0 && res.Checkpoints != nil {
+			cps = []api.AuditCheckpoints{*res.Checkpoints}
+		}
+		for _, cp := range cps {
+			of := ""
+			if cp.Replica != "" {
+				of = " of replica " + printable.Escape(cp.Replica)
+			}
 			for _, p := range cp.Problems {
-				fmt.Fprintf(r.stdio.Out, "checkpoints: %s\n", printable.Escape(p))
+				fmt.Fprintf(r.stdio.Out, "checkpoints%s: %s\n", of, printable.Escape(p))
 			}
 			last := "none yet"
 			if !cp.Last.IsZero() {
 				last = "the last " + cli.Time(cp.Last)
 			}
-			fmt.Fprintf(r.stdio.Out, "Checked against %d signed checkpoints (%s); checkpoint key %s.\n", cp.Count, last, cp.Key)
+			fmt.Fprintf(r.stdio.Out, "Checked%s against %d signed checkpoints (%s); checkpoint key %s.\n", of, cp.Count, last, cp.Key)
 		}
 	}
 	bad := 0
@@ -254,6 +280,9 @@ func (r *runner) auditVerify(ctx context.Context, format cli.Format) error {
 	}
 	if bad > 0 {
 		return fmt.Errorf("audit verify: %d of %d audit chains have problems", bad, len(res.Sources))
+	}
+	if len(res.Missing) > 0 {
+		return fmt.Errorf("audit verify: %d replicas did not answer", len(res.Missing))
 	}
 	if !res.OK {
 		return errors.New("audit verify: the signed checkpoints have problems")

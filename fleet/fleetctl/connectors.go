@@ -48,6 +48,7 @@ connector that exists keeps its secret.`
 type resource struct {
 	role      *api.Role
 	connector *api.OIDCConnector
+	trusted   *api.TrustedCluster
 }
 
 // parseResources decodes the roles and connectors of a YAML stream: each
@@ -92,7 +93,7 @@ func parseResources(data []byte) ([]resource, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, errors.New("no resource in the file; a role starts with kind: role, a connector with kind: oidc")
+		return nil, errors.New("no resource in the file; a role starts with kind: role, a connector with kind: oidc, a trusted cluster with kind: trusted_cluster")
 	}
 	return out, nil
 }
@@ -106,9 +107,13 @@ func parseResource(where string, generic any, listing string) (resource, error) 
 		c, err := parseConnector(where, obj)
 		return resource{connector: c}, err
 	}
+	if kind == api.TrustedClusterKind {
+		tc, err := parseTrusted(where, obj)
+		return resource{trusted: tc}, err
+	}
 	role, err := parseRole(where, generic)
 	if err != nil && kind != "" && kind != "role" {
-		return resource{}, fmt.Errorf("%s: kind is %q; fleetctl create takes kind: role and kind: oidc", where, kind)
+		return resource{}, fmt.Errorf("%s: kind is %q; fleetctl create takes kind: role, kind: oidc and kind: trusted_cluster", where, kind)
 	}
 	return resource{role: &role}, err
 }
@@ -152,15 +157,77 @@ func parseConnector(where string, obj map[string]any) (*api.OIDCConnector, error
 	return &c, nil
 }
 
-// createCommand is "fleetctl create -f FILE", as kubectl create: roles and
-// connectors.
+// parseTrusted decodes one trusted_cluster document; the fleet checks the
+// rest (and joins the root).
+func parseTrusted(where string, obj map[string]any) (*api.TrustedCluster, error) {
+	if md, ok := obj["metadata"].(map[string]any); ok {
+		if name, ok := md["name"].(string); ok && name != "" {
+			where += fmt.Sprintf(" (trusted cluster %q)", name)
+		}
+	}
+	if unknown := unknownFields(obj, reflect.TypeFor[api.TrustedCluster](), ""); len(unknown) > 0 {
+		return nil, fmt.Errorf("%s: unknown field %s; check its spelling against the trusted_cluster format (fleetctl create --help)", where, strings.Join(unknown, ", "))
+	}
+	if spec, ok := obj["spec"].(map[string]any); ok {
+		if rules, ok := spec["role_map"].([]any); ok {
+			for _, rule := range rules {
+				if m, ok := rule.(map[string]any); ok {
+					if s, ok := m["local"].(string); ok {
+						m["local"] = []any{s}
+					}
+				}
+			}
+		}
+	}
+	j, err := json.Marshal(obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	var tc api.TrustedCluster
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&tc); err != nil {
+		return nil, fmt.Errorf("%s: %s", where, cleanYAMLError(err))
+	}
+	if tc.Version == "" {
+		tc.Version = "v1"
+	}
+	if tc.Metadata.Name == "" {
+		return nil, fmt.Errorf("%s: no metadata.name; name the trusted cluster after the root fleet's cluster name", where)
+	}
+	return &tc, nil
+}
+
+// trustedFormat documents the trusted_cluster file, for create's help.
+const trustedFormat = `A trusted cluster makes this fleet a leaf of a root fleet, whose users
+then reach this fleet's devices through the root (docs/trusted-clusters.md):
+
+  kind: trusted_cluster
+  version: v1
+  metadata:
+    name: root                              # the root fleet's cluster name
+  spec:
+    root_addr: root.example.com:3080        # the root fleet's address
+    token: jt_...                           # on the root: fleetctl tokens add --type=trusted-cluster
+    ca_pin: sha256:...                      # the root's CA pin (fleetctl status there)
+    role_map:                               # the root's roles -> this fleet's; no match: refused
+    - {remote: admin, local: [admin]}
+    - {remote: "site-*", local: [access]}   # a glob
+    - {remote: "^ops-(.*)$", local: ["operator-$1"]}  # a regular expression and its capture
+    audit_search: false                     # true: the root's admins search this fleet's audit
+
+The fleet joins the root at once; the token is used then and never kept.
+Written again, the resource changes the role map and audit_search.`
+
+// createCommand is "fleetctl create -f FILE", as kubectl create: roles,
+// connectors and trusted clusters.
 func (r *runner) createCommand() *cobra.Command {
 	var file string
 	cmd := &cobra.Command{
 		Use:     "create -f FILE.yaml",
-		Short:   "Create or replace roles and single sign-on connectors from a YAML file",
-		Long:    roleFormat + "\n\n" + connectorFormat,
-		Example: "  fleetctl create -f field-tech.yaml\n  fleetctl create -f okta.yaml\n  fleetctl create -f - < roles.yaml",
+		Short:   "Create or replace roles, single sign-on connectors and trusted clusters from a YAML file",
+		Long:    roleFormat + "\n\n" + connectorFormat + "\n\n" + trustedFormat,
+		Example: "  fleetctl create -f field-tech.yaml\n  fleetctl create -f okta.yaml\n  fleetctl create -f trusted-root.yaml\n  fleetctl create -f - < roles.yaml",
 		Args:    cli.NoArgs,
 		RunE:    func(cmd *cobra.Command, _ []string) error { return r.create(cmd, file) },
 	}
@@ -226,6 +293,13 @@ func (r *runner) apply(ctx context.Context, op string, resources []resource) err
 				secret = "client secret stored; it is never shown again"
 			}
 			fmt.Fprintf(r.stdio.Out, "Connector %q written (%s). Users log in with: tsh login --proxy=... --auth=%s\n", conn.Metadata.Name, secret, conn.Metadata.Name)
+		case res.trusted != nil:
+			tc := res.trusted
+			if err := c.PutTrustedCluster(ctx, tc); err != nil {
+				return fmt.Errorf("%s: trusted cluster %q: %w", op, tc.Metadata.Name, apiHint(err))
+			}
+			fmt.Fprintf(r.stdio.Out, "Trusted cluster %q written: this fleet is its leaf; the tunnel to %s comes up in a moment (fleetctl clusters ls).\n",
+				tc.Metadata.Name, tc.Spec.RootAddr)
 		}
 	}
 	return nil

@@ -61,8 +61,8 @@ func (s *Stdio) setDefaults() {
 const DefaultDataDir = "/var/lib/fleetd"
 
 const long = `fleetctl administers a Remoteler edge fleet: its users, roles, join
-tokens, devices, audit log and retention policy, and the agent's releases
-and rollouts.
+tokens, devices, audit log and retention policy, the agent's releases and
+rollouts, and trusted clusters.
 
 Where the fleet is: on the fleet's machine, --data-dir DIR (default
 /var/lib/fleetd) uses the admin identity fleetd keeps in DIR/admin;
@@ -111,12 +111,15 @@ func (r *runner) command() *cobra.Command {
 		r.connectorsCommand(),
 		r.tokensCommand(),
 		r.devicesCommand(),
+		r.lockCommand(),
+		r.locksCommand(),
 		r.appsCommand(),
 		r.statusCommand(),
 		r.auditCommand(),
 		r.retentionCommand(),
 		r.releasesCommand(),
 		r.rolloutsCommand(),
+		r.clustersCommand(),
 	)
 	return cli.Setup(root)
 }

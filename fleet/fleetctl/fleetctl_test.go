@@ -315,7 +315,7 @@ func TestListings(t *testing.T) {
 		args []string
 		want []string // lines, spaces squeezed
 	}{
-		{"devices", []string{"devices", "ls"}, []string{"NAME LABELS STATUS LAST SEEN VERSION TARGET UPDATE", "gw1 site=north online never 1.0 - -"}},
+		{"devices", []string{"devices", "ls"}, []string{"NAME LABELS STATUS MODE LAST SEEN VERSION TARGET UPDATE", "gw1 site=north online tunnel never 1.0 - -"}},
 		{"users", []string{"users", "ls"}, []string{"NAME ROLES LOGINS TOTP SSO CREATED", "alice dev - no - never"}},
 		{"status", []string{"status"}, []string{
 			"Cluster: fleet", "Version: test", "Address: " + e.fleet.Addr + " (fleetctl uses " + e.fleet.Addr + ")",

@@ -28,6 +28,7 @@ func TestCommands(t *testing.T) {
 	want := []string{
 		"users", "users add", "users ls", "users rm", "roles", "roles create", "roles ls", "roles rm", "create",
 		"tokens", "tokens add", "tokens ls", "tokens rm", "devices", "devices ls", "devices rm", "status",
+		"lock", "locks", "locks ls", "locks rm",
 		"audit", "audit search", "audit verify", "version",
 		"releases", "releases keygen", "releases sign", "releases rotate-key", "releases add", "releases ls", "releases rm",
 		"rollouts", "rollouts create", "rollouts ls", "rollouts status", "rollouts pause", "rollouts resume", "rollouts abort",

@@ -44,9 +44,15 @@ func (r *runner) tokensCommand() *cobra.Command {
 --token=JOIN_STRING), within --ttl, and at most --uses devices may use it.
 The join string holds the token and the fleet's CA pin, so the device can
 verify the fleet. Devices joined with it get --labels, which the device
-cannot change.`,
+cannot change.
+
+With --type=trusted-cluster the token is for a leaf fleet instead, which
+joins this one as its root (docs/trusted-clusters.md): its admin puts the
+token and the CA pin in a trusted_cluster resource (fleetctl create -f on
+the leaf).`,
 		Example: `  fleetctl tokens add --ttl=1h --labels=site=north
-  fleetctl tokens add --uses=50 --fleet-addr=fleet.example.com:3080 --format=json`,
+  fleetctl tokens add --uses=50 --fleet-addr=fleet.example.com:3080 --format=json
+  fleetctl tokens add --type=trusted-cluster --ttl=5m`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return r.tokensAdd(cmd, f) },
 	}
@@ -55,6 +61,7 @@ cannot change.`,
 	fl.IntVar(&f.uses, "uses", 1, "how many devices can join with it")
 	fl.StringVar(&f.labels, "labels", "", "labels the joining devices get, KEY=VALUE,... (roles select devices by them)")
 	fl.StringVar(&f.fleetAddr, "fleet-addr", "", "the fleet's address as devices reach it, for the printed command (default: the address fleetctl uses)")
+	fl.StringVar(&f.typ, "type", api.TokenDevice, "what joins with it: device, or trusted-cluster (a leaf fleet)")
 	f.format = cli.FormatFlag(add, "the token, with join_string for scripts")
 
 	ls := listCommand(r, &cobra.Command{
@@ -74,6 +81,7 @@ type tokenFlags struct {
 	ttl               time.Duration
 	uses              int
 	labels, fleetAddr string
+	typ               string
 	format            *cli.Format
 }
 
@@ -103,12 +111,21 @@ func (r *runner) tokensAdd(cmd *cobra.Command, f tokenFlags) error {
 	if err != nil {
 		return cli.Usagef(cmd, "--labels: %v", err)
 	}
+	switch f.typ {
+	case api.TokenDevice:
+	case api.TokenTrustedCluster:
+		if len(lbls) > 0 {
+			return cli.Usagef(cmd, "a trusted-cluster token takes no --labels")
+		}
+	default:
+		return cli.Usagef(cmd, "--type=%s: want device or trusted-cluster", f.typ)
+	}
 	c, info, err := r.connect()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	tok, err := c.AddToken(ctx, &api.AddTokenRequest{TTL: *ttl, Uses: *uses, Labels: lbls})
+	tok, err := c.AddToken(ctx, &api.AddTokenRequest{TTL: *ttl, Uses: *uses, Labels: lbls, Type: f.typ})
 	if err != nil {
 		return fmt.Errorf("tokens add: %w", apiHint(err))
 	}
@@ -127,6 +144,9 @@ func (r *runner) tokensAdd(cmd *cobra.Command, f tokenFlags) error {
 	addr := *fleetAddr
 	if addr == "" {
 		addr = info.Addr
+	}
+	if f.typ == api.TokenTrustedCluster {
+		return r.printClusterToken(tok, caPin, addr, info.Cluster)
 	}
 	devices := "1 device"
 	if tok.UsesLeft != 1 {
@@ -147,6 +167,25 @@ func (r *runner) tokensAdd(cmd *cobra.Command, f tokenFlags) error {
 	return nil
 }
 
+// printClusterToken says how a leaf uses a trusted-cluster token.
+func (r *runner) printClusterToken(tok *api.Token, caPin, addr, cluster string) error {
+	out := r.stdio.Out
+	leaves := "1 leaf cluster"
+	if tok.UsesLeft != 1 {
+		leaves = fmt.Sprintf("%d leaf clusters", tok.UsesLeft)
+	}
+	fmt.Fprintf(out, "Trusted-cluster token %s for %s, valid until %s (%s).\n", tok.ID, leaves, cli.Time(tok.Expires), cli.Until(r.stdio.Now(), tok.Expires))
+	fmt.Fprintf(out, "  Token:  %s\n", tok.Token)
+	fmt.Fprintf(out, "  CA pin: %s\n", caPin)
+	if cluster == "" {
+		cluster = "ROOT"
+	}
+	fmt.Fprintf(out, "On the leaf fleet, fleetctl create -f this file (map this fleet's roles to the leaf's):\n")
+	fmt.Fprintf(out, "  kind: trusted_cluster\n  version: v1\n  metadata:\n    name: %s\n  spec:\n    root_addr: %s\n    token: %s\n    ca_pin: %s\n    role_map:\n    - {remote: access, local: [access]}\n",
+		cluster, addr, tok.Token, caPin)
+	return nil
+}
+
 // isLocal reports whether host is a loopback or unspecified address.
 func isLocal(host string) bool {
 	if host == "localhost" {
@@ -158,9 +197,13 @@ func isLocal(host string) bool {
 
 func (r *runner) tokensTable(toks []api.Token) error {
 	now := r.stdio.Now()
-	tw := cli.NewTable(r.stdio.Out, "ID", "EXPIRES", "USES LEFT", "LABELS", "CREATED")
+	tw := cli.NewTable(r.stdio.Out, "ID", "TYPE", "EXPIRES", "USES LEFT", "LABELS", "CREATED")
 	for _, t := range toks {
-		tw.Row(t.ID, cli.Until(now, t.Expires), fmt.Sprint(t.UsesLeft), cli.Labels(t.Labels), cli.Ago(now, t.CreatedAt))
+		typ := t.Type
+		if typ == "" {
+			typ = api.TokenDevice
+		}
+		tw.Row(t.ID, typ, cli.Until(now, t.Expires), fmt.Sprint(t.UsesLeft), cli.Labels(t.Labels), cli.Ago(now, t.CreatedAt))
 	}
 	return tw.Flush()
 }

@@ -48,14 +48,23 @@ func (s *storage) recordingLimits() recordings.Limits {
 	return recordings.Limits{MaxAge: r.RecordingsMaxAge, MaxBytes: r.RecordingsMaxBytes, DeviceQuota: r.RecordingsDeviceQuota}
 }
 
+// auditReplicas is what the audit log needs on several replicas (see
+// fleet/audit's replicas.go); the zero value is one fleetd.
+type auditReplicas struct {
+	heads    audit.Heads
+	replica  string
+	brokered func(ctx context.Context, deviceID, session string) (*proto.AuditEvent, error)
+}
+
 // openAudit opens the audit log (DATA_DIR/audit.db), signing checkpoints
 // with key, and the session recordings (DATA_DIR/recordings), both bounded
 // by sto.
-func openAudit(cfg Config, key ed25519.PrivateKey, sto *storage, onStored func(string, *proto.AuditEvent), log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
+func openAudit(cfg Config, key ed25519.PrivateKey, sto *storage, reps auditReplicas, onStored func(string, *proto.AuditEvent), log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
 	events, err := audit.Open(audit.Config{
 		Path: filepath.Join(cfg.DataDir, "audit.db"), Logger: log, Now: now,
 		CheckpointKey: key, CheckpointEvery: time.Duration(cfg.AuditCheckpointEvery),
 		Limits: sto.auditLimits, Room: sto.floor.Check, OnStored: onStored,
+		Heads: reps.heads, Replica: reps.replica, Brokered: reps.brokered,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -62,6 +62,10 @@ type Config struct {
 	// NAT mapping (e.g. "25s"; "-1s" turns it off); default: each agent's
 	// own setting.
 	DeviceKeepalive Duration `json:"device_keepalive"`
+	// DirectNetworks are CIDR prefixes where direct nodes (edge-agent
+	// --mode=direct) may ask to be dialled, besides loopback, private and
+	// link-local addresses; default none.
+	DirectNetworks []string `json:"direct_networks"`
 	// DeviceLiveness, when set, tells every agent how often to check that
 	// the fleet is there while idle; default: each agent's own (2m).
 	DeviceLiveness Duration `json:"device_liveness"`
@@ -105,6 +109,24 @@ type Config struct {
 	// limit off.
 	LoginBurst int      `json:"login_burst"`
 	LoginEvery Duration `json:"login_every"`
+
+	// Several replicas on etcd (docs/replicas.md).
+
+	// ReplicaID names this fleetd among the fleet's replicas (a-z, 0-9,
+	// '-'); default: made on first start and kept in DATA_DIR/replica-id.
+	ReplicaID string `json:"replica_id"`
+	// PeerListen is the host:port where this replica takes connections
+	// from the other replicas (mutual TLS with replica certificates);
+	// default: the Listen host, port 3081 (0 when Listen's port is 0).
+	// Used only on etcd.
+	PeerListen string `json:"peer_listen"`
+	// PeerAdvertise is the host[:port] the other replicas reach this one
+	// at (a pod IP, say); default: PeerListen, with a wildcard host
+	// replaced by this host's first non-loopback address.
+	PeerAdvertise string `json:"peer_advertise"`
+	// ReplicaLeaseTTL is how long a replica's presence outlives it (how
+	// long a dead replica's devices still show online); default 15s.
+	ReplicaLeaseTTL Duration `json:"replica_lease_ttl"`
 
 	// Web apps on devices (docs/apps.md).
 

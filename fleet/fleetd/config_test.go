@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 func TestLoadConfigStore(t *testing.T) {
@@ -52,6 +54,38 @@ func TestPublicURL(t *testing.T) {
 		got, err := publicURLOf(tt.cfg, tt.addr)
 		if (err != nil) != tt.err || got != tt.want {
 			t.Errorf("%s: publicURLOf = %q, %v; want %q (error %v)", tt.name, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+// TestKubernetesConfigs: the fleetd.yaml of each Kubernetes layout
+// (images/fleet/kubernetes) is a config fleetd takes.
+func TestKubernetesConfigs(t *testing.T) {
+	for _, tt := range []struct{ file, store string }{
+		{"../../images/fleet/kubernetes/20-config.yaml", ""},
+		{"../../images/fleet/kubernetes/replicas/20-config.yaml", "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379/fleet"},
+	} {
+		b, err := os.ReadFile(tt.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cm struct {
+			Data map[string]string `json:"data"`
+		}
+		if err := yaml.Unmarshal(b, &cm); err != nil {
+			t.Fatalf("%s: %v", tt.file, err)
+		}
+		path := filepath.Join(t.TempDir(), "fleetd.yaml")
+		if err := os.WriteFile(path, []byte(cm.Data["fleetd.yaml"]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Errorf("%s: %v", tt.file, err)
+			continue
+		}
+		if cfg.Store != tt.store || cfg.DataDir != "/var/lib/fleetd" {
+			t.Errorf("%s: store %q, data dir %q", tt.file, cfg.Store, cfg.DataDir)
 		}
 	}
 }

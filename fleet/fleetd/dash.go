@@ -53,29 +53,32 @@ type dash struct {
 
 // dashDeps are the fleet's parts the dashboard shows and acts through.
 type dashDeps struct {
-	reg      *devices.Registry
-	tunnels  *tunnelsrv.Server
-	links    *linkhealth.Sampler
-	live     *sessions.Registry
-	brk      *broker.Broker
-	auth     *ca.Authority
-	users    *users.Service
-	roles    *rbac.Roles
-	tokens   *tokens.Service
-	events   *audit.Log
-	recs     *recordings.Store
-	recorder *audit.Recorder
-	admin    *admin.Admin
-	login    dashboard.Login
-	web      apps.Addr // where browsers reach the fleet
-	listen   net.Addr
-	releases *releases.Service
-	rollouts *rollouts.Engine
+	reg     *devices.Registry
+	tunnels *tunnelsrv.Server
+	// elsewhere reports a device whose tunnel another replica holds
+	// (fleetview.Config.Elsewhere); nil on one fleetd.
+	elsewhere func(deviceID string) (time.Time, bool)
+	links     *linkhealth.Sampler
+	live      *sessions.Registry
+	brk       *broker.Broker
+	auth      *ca.Authority
+	users     *users.Service
+	roles     *rbac.Roles
+	tokens    *tokens.Service
+	events    *audit.Log
+	recs      *recordings.Store
+	recorder  *audit.Recorder
+	admin     *admin.Admin
+	login     dashboard.Login
+	web       apps.Addr // where browsers reach the fleet
+	listen    net.Addr
+	releases  *releases.Service
+	rollouts  *rollouts.Engine
 }
 
 func newDash(cfg Config, d dashDeps, log *slog.Logger, now func() time.Time) (*dash, error) {
 	ds := &dash{releases: d.releases}
-	view := fleetview.New(fleetview.Config{Registry: d.reg, Links: d.tunnels, Loss: d.links.Loss, Sessions: d.live,
+	view := fleetview.New(fleetview.Config{Registry: d.reg, Links: d.tunnels, Elsewhere: d.elsewhere, Loss: d.links.Loss, Sessions: d.live,
 		Latest: func() string {
 			if p := ds.latest.Load(); p != nil {
 				return *p

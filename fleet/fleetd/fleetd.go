@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -29,14 +30,17 @@ import (
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/direct"
 	"remoteler.dev/edge/fleet/httpapi"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/leader"
 	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/linkhealth"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/metrics"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
@@ -47,8 +51,10 @@ import (
 	"remoteler.dev/edge/fleet/store/etcdstore"
 	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/auditexport"
 )
@@ -161,10 +167,24 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: %w", err)
 	}
 	sto := newStorage(cfg, st, now)
+	// On etcd this fleetd is one replica of the fleet (replicas.go).
+	_, onEtcd := st.(*etcdstore.Store)
+	var reps *replicas
+	var replica string
+	var auditReps auditReplicas
+	if onEtcd {
+		if replica, err = replicaID(cfg); err != nil {
+			return fmt.Errorf("fleetd: %w", err)
+		}
+		auditReps = auditReplicas{heads: fleetaudit.StoreHeads{Store: st}, replica: replica,
+			brokered: func(ctx context.Context, deviceID, session string) (*proto.AuditEvent, error) {
+				return reps.brokered(ctx, deviceID, session)
+			}}
+	}
 	// The metrics: counters fed by the audit log's and the broker's hooks,
 	// gauges read from the fleet's parts (set below).
 	met := metrics.New(metrics.Sources{})
-	events, recs, err := openAudit(cfg, ckKey, sto, met.Stored, log, now)
+	events, recs, err := openAudit(cfg, ckKey, sto, auditReps, met.Stored, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -185,36 +205,110 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Logger:            log,
 		Now:               now,
 	}
+	// The locks in force, as this replica sees them in the store (OnLock
+	// is set once the sessions and tunnels exist).
+	lockSet := &locks.Set{Logger: log, Now: now}
+	lockSvc := &locks.Service{Store: st, Devices: reg, Now: now}
 	// The device lifecycle: join (through the HTTPS API), hello, renew,
 	// disconnect (through the tunnel server).
+	directNets, err := parsePrefixes(cfg.DirectNetworks)
+	if err != nil {
+		return fmt.Errorf("fleetd: direct_networks: %w", err)
+	}
+	// A joining device pins the release keys the fleet trusts (the OTA
+	// service, made below, holds them).
 	var otaSvc *otaParts
-	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster,
+	releaseKeys := func(ctx context.Context) []string { return otaSvc.releases.TrustedKeys(ctx).Strings() }
+	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: toks, Cluster: cfg.Cluster, Locks: lockSet,
 		CertTTL: time.Duration(cfg.DeviceCertTTL), Keepalive: time.Duration(cfg.DeviceKeepalive), Liveness: time.Duration(cfg.DeviceLiveness),
-		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, Audit: recorder, Logger: log, Now: now,
-		ReleaseKeys: func(ctx context.Context) []string { return otaSvc.releases.TrustedKeys(ctx).Strings() }})
+		Apps: apps.Policy{Hosts: cfg.AppURIHosts}, DirectNetworks: directNets, ReleaseKeys: releaseKeys,
+		Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
-	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	var tunnels *tunnelsrv.Server
-	otaSvc, err = newOTA(ctx, cfg, st, reg, events, &tunnels, &tcfg, log, now)
+	// Devices are reached through the router on several replicas: on this
+	// replica or on the one holding their tunnel.
+	var reach reacher
+	if onEtcd {
+		// Presence: a device's tunnel is recorded once it is registered,
+		// before its hello is answered, and released when it ends; a
+		// device that has moved to another replica did not go offline.
+		recheck, disconnect := tcfg.Recheck, tcfg.OnDisconnect
+		tcfg.Recheck = func(ctx context.Context, id string) error {
+			if err := recheck(ctx, id); err != nil {
+				return err
+			}
+			info, _ := tunnels.Info(id)
+			return reps.claim(ctx, id, info.Addr)
+		}
+		tcfg.OnDisconnect = func(id string, err error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			elsewhere, rerr := reps.pres.Release(ctx, id)
+			cancel()
+			if rerr != nil {
+				log.Warn("release a device's presence", "device_id", id, "err", rerr)
+			}
+			if elsewhere {
+				log.Info("device moved to another replica", "device_id", id)
+				return
+			}
+			disconnect(id, err)
+		}
+	}
+	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
+	otaSvc, err = newOTA(ctx, cfg, st, reg, events, func(id string, m proto.Message) error { return reach.Send(id, m) }, &tcfg, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
+	// Trusted clusters, as a root: leaves tunnel in like devices, with
+	// certificates of their own kind.
+	leaves := clusters.New(clusters.Config{Store: st, CA: auth, Tokens: toks, Cluster: cfg.Cluster,
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now})
+	leaves.Configure(&tcfg)
 	tunnels = tunnelsrv.New(tcfg)
+	// Trusted clusters, as a leaf: set below, once the API it serves the
+	// roots' users exists.
+	var roots *trust.Service
+	reach = tunnels
+	if onEtcd {
+		reps, err = newReplicas(cfg, replica, st, auth, tunnels, log, func() {
+			// Cut off from the store: the devices here cannot be found by
+			// the other replicas; send them to one that can record them.
+			go tunnels.Shed()
+		})
+		if err != nil {
+			return fmt.Errorf("fleetd: %w", err)
+		}
+		reach = reps.router
+		reps.mux.HandleFunc("GET "+pathBrokered, serveBrokered(events))
+	}
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and
 	// ended at their certificate's expiry.
 	var kube *kubesrv.Server
-	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, LocalLabels: func() map[string]string {
+	authorizer := &authz.Authorizer{Users: us, Roles: roles, Devices: reg, Locks: lockSet, LocalLabels: func() map[string]string {
 		if l := kube.Local(); l != nil {
 			return l.Labels
 		}
 		return nil
-	}}
+	},
+		Leaves: func(ctx context.Context, name string) error {
+			_, err := leaves.Get(ctx, name)
+			return err
+		},
+		Remote: func(ctx context.Context, origin string, r []string) ([]string, error) {
+			return roots.Roles(ctx, origin, r)
+		},
+	}
 	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
+	lockSet.OnLock = enforceLocks(live, tunnels, log)
+	// Direct nodes hold no tunnel: the fleet dials them.
+	dialer := direct.New(direct.Config{CA: auth, Devices: reg, Logger: log, Now: now})
+	defer dialer.Close()
+	router := &direct.Router{Tunnels: reach, Direct: dialer, Devices: reg, Now: now}
 	// One broker for every service: SSH, Kubernetes and apps.
 	brk := broker.New(broker.Config{
-		Tunnels: tunnels, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live,
+		Tunnels: router, Offline: tunnelsrv.ErrOffline, Devices: reg, Sessions: live, Locks: lockSet,
 		Local: func() (string, map[string]string, bool) {
 			if l := kube.Local(); l != nil {
 				return l.Name, l.Labels, true
@@ -222,6 +316,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return "", nil, false
 		},
 		Audit: recorder, Cluster: cfg.Cluster, Bytes: met.Bytes, Logger: log, Now: now,
+		Clusters: leaves, OriginKeys: func(origin string) [][]byte { return roots.UserCAKeys(origin) },
 	})
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
@@ -229,9 +324,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	links := linkSampler(tunnels)
 	// One home for admin actions: the API's and the dashboard's.
 	adm := admin.New(admin.Config{Users: us, Roles: roles, Tokens: toks, Devices: reg, CAPin: auth.Pin,
-		Disconnect: tunnels.Disconnect, Changed: live.Changed, Audit: recorder})
+		Disconnect: reach.Disconnect, Changed: live.Changed, Audit: recorder})
 	tickets := &ticket.Service{Store: st, Now: now}
-	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback,
+	refuseLocked := func(user string, roles []string) error { return lockSet.Check(locks.Subject{User: user, Roles: roles}) }
+	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback, Refuse: refuseLocked,
 		UserCertTTL: time.Duration(cfg.UserCertTTL), Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
 	log.Info("single sign-on", "redirect_url", publicURL+api.PathSSOCallback, "headless_approval", publicURL+api.PathDeviceVerify)
 	apiSrv := &httpapi.Server{
@@ -240,7 +336,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Roles:         roles,
 		Tokens:        toks,
 		Devices:       reg,
-		Tunnels:       tunnels,
+		Tunnels:       reach,
 		Cluster:       cfg.Cluster,
 		Version:       Version,
 		Listen:        addr,
@@ -267,20 +363,36 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Floor:           sto.floor,
 		SSO:             single,
 		Tickets:         tickets,
+		Locks:           lockSet,
+		LockStore:       lockSvc,
 	}
 	apiSrv.Kube = kube
+	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: apiSrv.Handler(),
+		Sessions: live, Audit: recorder, Logger: log, Now: now})
+	apiSrv.Clusters, apiSrv.Trust = leaves, roots
+	if reps != nil {
+		apiSrv.Peers = reps
+		apiSrv.PeerRoutes(reps.mux)
+	}
 	// The browser side: the login, web apps, the keys apps verify their
 	// JWTs with.
 	appKeys, err := appjwt.Open(ctx, st, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	catalog := &apps.Catalog{Devices: reg, Online: tunnels.Online, Addr: appAddr}
+	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
-	web := newWeb(cfg, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin, single, log, now)
+	web := newWeb(cfg, st, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
+		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, single, log, now)
 	defer web.apps.Close()
-	// The dashboard (its terminal, the link history), behind the login.
-	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,
+	// The dashboard (its terminal, the link history), behind the login. It
+	// reaches devices through the broker (the router); a device whose
+	// tunnel another replica holds shows online, as a direct node does.
+	var elsewhere func(string) (time.Time, bool)
+	if reps != nil {
+		elsewhere = reps.elsewhere
+	}
+	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, elsewhere: elsewhere, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,
 		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: webLogin{web.login}, web: appAddr,
 		listen: tcp.Addr(), releases: otaSvc.releases, rollouts: otaSvc.rollouts}, log, now)
 	if err != nil {
@@ -290,9 +402,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	dsh.register(web.mux)
 	met.SetSources(metrics.Sources{View: dsh.view, Tunnels: tunnels.Count, Sessions: live, Backlog: events.Backlog})
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
-		Limit: apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
+		Refuse: func(u api.User) error { return refuseLocked(u.Name, u.Roles) },
+		Limit:  apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
+	ready := func() bool { return true }
+	if reps != nil {
+		ready = reps.pres.Ready
+	}
 	httpSrv := &http.Server{
-		Handler:           met.Instrument(web.route(apiSrv.Handler())),
+		Handler:           met.Instrument(readyHandler(replica, ready, web.route(apiSrv.Handler()))),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -306,10 +423,30 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	// The locks are loaded before anything is served, and followed from
+	// then on: a lock written on any replica reaches this one within the
+	// store's watch latency.
+	followLocks(ctx, st, lockSet, wg.Go)
+	if ctx.Err() != nil {
+		wg.Wait()
+		return nil
+	}
+	if reps != nil {
+		reps.run(ctx, &wg)
+		// Take devices and users once this replica is registered (the
+		// store answers: Open waited for it).
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := reps.pres.WaitReady(wctx); err != nil {
+			log.Warn("this replica is not registered in the store yet; it refuses devices and users until it is", "err", err)
+		}
+		wcancel()
+		log.Info("replica", "id", replica, "peers_at", reps.pres.Self().Addr)
+	}
 	wg.Go(func() { events.Run(ctx) })
 	otaSvc.run(ctx, &wg, elector(st, "rollouts"), st, log)
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
+	wg.Go(func() { web.login.Run(ctx) })
 	dsh.run(ctx, &wg)
 	if cfg.MetricsListen != "" {
 		token, err := metricsToken(cfg)
@@ -354,6 +491,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		})
 	}()
 
+	// The roots' users' requests, served by this fleet's API; the tunnels
+	// to the roots, once for the fleet, by the leader.
+	wg.Go(func() { roots.Serve(ctx) })
+	wg.Go(func() {
+		leader.Run(ctx, "trusted-clusters", elector(st, "trusted-clusters"), st, log, func(ctx context.Context, fenced store.Store) error {
+			return roots.Run(ctx, fenced)
+		})
+	})
 	// CA rotation steps taken on another replica reach this one.
 	wg.Go(func() { followCA(ctx, st, auth, log) })
 	// Logins that were started and never finished (single sign-on,
@@ -361,16 +506,22 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Go(func() {
 		leader.Run(ctx, "login-pruning", elector(st, "login-pruning"), st, log, func(ctx context.Context, fenced store.Store) error {
 			every(ctx, 5*time.Minute, func() {
-				for what, prune := range map[string]func(context.Context) (int, error){
+				for what, prune := range map[string]func(context.Context, store.Store) (int, error){
 					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
+					"expired browser sessions": func(ctx context.Context, _ store.Store) (int, error) { return web.login.Prune(ctx) },
 				} {
-					if _, err := prune(ctx); err != nil {
+					if _, err := prune(ctx, fenced); err != nil {
 						log.Warn("prune "+what, "err", err)
 					}
 				}
 			})
 			return nil
 		})
+	})
+	// Expired locks are deleted, and their expiry recorded, once for the
+	// fleet, by the leader.
+	wg.Go(func() {
+		leader.Run(ctx, "lock-expiry", elector(st, "lock-expiry"), st, log, expireLocks(lockSvc, recorder, 5*time.Second, log))
 	})
 	// Expired join tokens are pruned once for the fleet, by the leader.
 	wg.Go(func() {
@@ -388,6 +539,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 
 	log.Info("fleetd started", "listen", addr, "cluster", cfg.Cluster, "ca_pin", auth.Pin(), "version", Version)
 	fmt.Fprintf(out, "fleetd %s: fleet %q listening on %s (HTTPS on TCP, device tunnels on UDP)\n", Version, cfg.Cluster, addr)
+	if reps != nil {
+		fmt.Fprintf(out, "Replica %s: peers at %s\n", replica, reps.pres.Self().Addr)
+	}
 	fmt.Fprintf(out, "CA pin: %s\n", auth.Pin())
 	fmt.Fprintf(out, "Audit checkpoint key: %s\n", auditexport.KeyString(events.CheckpointKey()))
 	fmt.Fprintf(out, "Admin identity: %s (used by fleetctl --data-dir %s)\n", filepath.Join(cfg.DataDir, "admin", "identity.pem"), cfg.DataDir)
@@ -410,6 +564,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	return runErr
 }
 
+// reacher reaches devices: the tunnel server on one fleetd, the router
+// (fleet/route) on several replicas.
+type reacher interface {
+	broker.Tunnels
+	httpapi.Tunnels
+}
+
 // loginLimit is the per-source login limit cfg asks for; nil means
 // httpapi's default.
 func loginLimit(cfg Config) *sourcelimit.Limiter {
@@ -428,6 +589,19 @@ func loginLimit(cfg Config) *sourcelimit.Limiter {
 		}
 		return &sourcelimit.Limiter{Rate: rate.Every(every), Burst: burst}
 	}
+}
+
+// parsePrefixes parses CIDR prefixes.
+func parsePrefixes(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // every runs f every d until ctx is done.

@@ -33,8 +33,8 @@ type otaParts struct {
 
 // newOTA builds the OTA services and hooks them to the tunnel server's
 // config: update statuses go to the rollout engine, agent streams of the
-// "ota" service to the download server. tunnels is filled in later.
-func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Registry, events *audit.Log, tunnels **tunnelsrv.Server, tcfg *tunnelsrv.Config, log *slog.Logger, now func() time.Time) (*otaParts, error) {
+// "ota" service to the download server. send reaches devices.
+func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Registry, events *audit.Log, send func(string, proto.Message) error, tcfg *tunnelsrv.Config, log *slog.Logger, now func() time.Time) (*otaParts, error) {
 	keys, err := ota.ParseKeys(cfg.ReleaseKeys)
 	if err != nil {
 		return nil, err
@@ -46,7 +46,7 @@ func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Regist
 	}
 	ro, err := rollouts.New(rollouts.Config{
 		Store: st, Releases: rels, Devices: reg,
-		Send: func(id string, m proto.Message) error { return (*tunnels).Send(id, m) },
+		Send: send,
 		Record: func(ctx context.Context, ev *proto.AuditEvent) {
 			if events == nil {
 				return

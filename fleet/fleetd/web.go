@@ -18,6 +18,7 @@ import (
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sso"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/login"
 	"remoteler.dev/edge/proto/api"
@@ -58,15 +59,15 @@ type web struct {
 	mux   *http.ServeMux
 }
 
-func newWeb(cfg Config, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
+func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
 	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, admit func(*http.Request) (time.Duration, bool),
-	single *sso.Service, log *slog.Logger, now func() time.Time) *web {
+	refuse func(api.User) error, single *sso.Service, log *slog.Logger, now func() time.Time) *web {
 	appHosts := "https://*." + addr.Domain
 	if addr.Port != 443 {
 		appHosts += ":" + strconv.Itoa(addr.Port)
 	}
 	lg := login.New(login.Config{
-		Users: us, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Audit: rec, Admit: admit, SSO: single, // Home: the dashboard
+		Users: us, Store: st, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Audit: rec, Admit: admit, Refuse: refuse, SSO: single, // Home: the dashboard
 		// The launch of an app after a login redirects to the app's host.
 		FormTargets: []string{appHosts},
 		TTL: func(ctx context.Context, u api.User) time.Duration {

@@ -11,9 +11,10 @@
 // says when it changed (Changed, Version), so that pages kept live by
 // server-sent events re-render only when there is something new.
 //
-// Tunnels are this fleetd's: with several replicas, a device whose tunnel
-// another replica holds shows offline here until presence is shared
-// through the store.
+// A device is online when its tunnel is up on this fleetd, on another
+// replica (Config.Elsewhere, from fleet/presence), or when it is a direct
+// node that checked in within devices.DirectWindow (its record says so);
+// the link's figures are measured only for a tunnel on this fleetd.
 //
 // Only fleet/... server packages import fleetview.
 package fleetview
@@ -69,6 +70,11 @@ type Sessions interface {
 type Config struct {
 	Registry Registry
 	Links    Links
+	// Elsewhere reports a device whose tunnel another replica holds, and
+	// since when (fleet/presence); nil: none (one fleetd). It is asked
+	// for every device without a tunnel here on each refresh, so it must
+	// be cheap, and must not call the View.
+	Elsewhere func(deviceID string) (since time.Time, ok bool)
 	// Loss gives a tunnel's loss outside blackouts, in percent, and its
 	// blackouts (fleet/linkhealth's Sampler.Loss); nil, or ok false,
 	// falls back to QUIC's count of every lost packet.
@@ -116,12 +122,24 @@ func ParseStatus(s string) (Status, bool) {
 	return "", false
 }
 
+// Reach is how the fleet reaches an online device.
+type Reach string
+
+// The reaches. Only a tunnel on this fleetd has its link measured here
+// (RTT, loss, bytes, quality).
+const (
+	ReachNone    Reach = ""        // offline
+	ReachTunnel  Reach = "tunnel"  // its tunnel on this fleetd
+	ReachReplica Reach = "replica" // its tunnel on another replica
+	ReachDirect  Reach = "direct"  // a direct node within its check-in window
+)
+
 // Quality rates a live link.
 type Quality string
 
 // The link qualities.
 const (
-	QualityNone Quality = ""     // offline
+	QualityNone Quality = ""     // offline, or a link not measured here (Reach)
 	QualityGood Quality = "good" // RTT under a third of DegradedRTT, loss under a quarter of DegradedLoss
 	QualityFair Quality = "fair"
 	QualityPoor Quality = "poor" // degraded
@@ -131,9 +149,11 @@ const (
 // fleetd sees of it now.
 type Device struct {
 	devices.Device
-	// Online says its tunnel is up on this fleetd, since ConnectedSince.
+	// Online says the fleet reaches it, since ConnectedSince: Reach says
+	// how.
 	Online         bool
 	ConnectedSince time.Time
+	Reach          Reach
 	// RTT is the tunnel's smoothed round-trip time; LossPercent its loss
 	// outside blackouts (LossKnown false until measured), Blackouts how
 	// many it went through; BytesUp and BytesDown what the fleet sent to
@@ -170,6 +190,7 @@ func newEntry(d *devices.Device) *entry {
 // live is what the refresh loop reads.
 type live struct {
 	online    bool
+	reach     Reach
 	since     time.Time
 	rtt       time.Duration
 	loss      float64
@@ -317,7 +338,7 @@ func (v *View) bumpLocked() {
 func (v *View) Refresh() {
 	links := map[string]live{}
 	v.cfg.Links.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
-		l := live{online: true, since: since, rtt: st.SmoothedRTT, up: st.BytesSent, down: st.BytesReceived}
+		l := live{online: true, reach: ReachTunnel, since: since, rtt: st.SmoothedRTT, up: st.BytesSent, down: st.BytesReceived}
 		if v.cfg.Loss != nil {
 			if loss, blackouts, ok := v.cfg.Loss(id); ok {
 				l.loss, l.blackouts, l.lossKnown = loss, blackouts, true
@@ -334,11 +355,15 @@ func (v *View) Refresh() {
 			counts[s.DeviceID]++
 		}
 	}
+	now := v.cfg.Now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	moved := false
 	for id, e := range v.byID {
-		l := links[id]
+		l, here := links[id]
+		if !here {
+			l = v.reachedLocked(e, now)
+		}
 		l.sessions = counts[id]
 		if l.shown() != e.live.shown() {
 			moved = true
@@ -348,6 +373,21 @@ func (v *View) Refresh() {
 	if moved {
 		v.bumpLocked()
 	}
+}
+
+// reachedLocked is what the picture has of a device with no tunnel on
+// this fleetd: a direct node within its check-in window, or a tunnel on
+// another replica; offline otherwise.
+func (v *View) reachedLocked(e *entry, now time.Time) live {
+	if e.rec.Direct() && now.Sub(e.rec.LastSeen) < devices.DirectWindow {
+		return live{online: true, reach: ReachDirect, since: e.rec.LastSeen}
+	}
+	if v.cfg.Elsewhere != nil {
+		if since, ok := v.cfg.Elsewhere(e.rec.ID); ok {
+			return live{online: true, reach: ReachReplica, since: since}
+		}
+	}
+	return live{}
 }
 
 // Version is the picture's version: it moves whenever something a page
@@ -544,14 +584,14 @@ func (v *View) sortOnce() {
 
 func (v *View) deviceLocked(e *entry) Device {
 	d := Device{
-		Device: e.rec, Online: e.live.online, ConnectedSince: e.live.since, RTT: e.live.rtt,
+		Device: e.rec, Online: e.live.online, ConnectedSince: e.live.since, Reach: e.live.reach, RTT: e.live.rtt,
 		LossPercent: e.live.loss, LossKnown: e.live.lossKnown, Blackouts: e.live.blackouts,
 		BytesUp: e.live.up, BytesDown: e.live.down, Sessions: e.live.sessions,
 		Degraded: v.degradedLocked(e), Outdated: v.outdatedLocked(e),
 	}
 	d.Labels = maps.Clone(e.rec.Labels)
 	switch {
-	case !d.Online:
+	case d.Reach != ReachTunnel: // offline, or not measured here
 	case d.Degraded:
 		d.Quality = QualityPoor
 	case d.RTT < v.cfg.DegradedRTT/3 && d.LossPercent < v.cfg.DegradedLoss/4:

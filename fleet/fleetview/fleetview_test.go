@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,6 +54,11 @@ type fixture struct {
 	reg   *devices.Registry
 	links *fakeLinks
 	ids   map[string]string // name -> ID
+	// elsewhere stands in for presence: the devices whose tunnel another
+	// replica holds (ID -> since).
+	elsewhere sync.Map
+	// later moves the view's clock ahead.
+	later atomic.Int64
 }
 
 // newFixture registers devices (name -> labels and version), runs a View
@@ -80,7 +86,15 @@ func newFixture(t *testing.T, devs map[string]devices.Device, sess fakeSessions)
 	for i := range sess {
 		sess[i].DeviceID = f.ids[sess[i].DeviceName]
 	}
-	f.view = New(Config{Registry: reg, Links: f.links, Sessions: sess, Refresh: time.Hour, Logger: logtest.Logger(t)})
+	f.view = New(Config{Registry: reg, Links: f.links, Sessions: sess, Refresh: time.Hour, Logger: logtest.Logger(t),
+		Elsewhere: func(id string) (time.Time, bool) {
+			since, ok := f.elsewhere.Load(id)
+			if !ok {
+				return time.Time{}, false
+			}
+			return since.(time.Time), true
+		},
+		Now: func() time.Time { return time.Now().Add(time.Duration(f.later.Load())) }})
 	done := make(chan struct{})
 	go func() { defer close(done); f.view.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
@@ -279,5 +293,60 @@ func BenchmarkQuery10k(b *testing.B) {
 				v.Query(bc.q)
 			}
 		})
+	}
+}
+
+// TestReach: a device is online with its tunnel here (its link measured),
+// with its tunnel on another replica (since when that replica says), or as
+// a direct node within its check-in window (offline past it); and offline
+// otherwise.
+func TestReach(t *testing.T) {
+	f := newFixture(t, map[string]devices.Device{
+		"here":   {},
+		"moved":  {},
+		"direct": {DirectAddr: "10.0.0.7:4433"},
+		"gone":   {},
+	}, nil)
+	f.links.set(f.ids["here"], &quic.ConnectionStats{SmoothedRTT: 40 * time.Millisecond})
+	movedAt := time.Unix(2000, 0)
+	f.elsewhere.Store(f.ids["moved"], movedAt)
+	f.view.Refresh()
+	tests := []struct {
+		name    string
+		reach   Reach
+		since   time.Time // zero: not checked
+		quality Quality
+	}{
+		{"here", ReachTunnel, time.Unix(1000, 0), QualityGood},
+		{"moved", ReachReplica, movedAt, QualityNone},
+		{"direct", ReachDirect, time.Time{}, QualityNone},
+		{"gone", ReachNone, time.Time{}, QualityNone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, ok := f.view.Get(tt.name)
+			if !ok {
+				t.Fatalf("%s not in the view", tt.name)
+			}
+			if d.Reach != tt.reach || d.Online != (tt.reach != ReachNone) || d.Quality != tt.quality {
+				t.Errorf("reach %q online %v quality %q, want %q, %v, %q", d.Reach, d.Online, d.Quality, tt.reach, tt.reach != ReachNone, tt.quality)
+			}
+			if !tt.since.IsZero() && !d.ConnectedSince.Equal(tt.since) {
+				t.Errorf("connected since %v, want %v", d.ConnectedSince, tt.since)
+			}
+		})
+	}
+	if c := f.view.Query(Query{}).Counts; c.Online != 3 || c.Offline != 1 {
+		t.Errorf("counts %+v, want 3 online and 1 offline", c)
+	}
+	// Past its check-in window a direct node is offline; a device that
+	// left the other replica too.
+	f.later.Store(int64(devices.DirectWindow + time.Minute))
+	f.elsewhere.Delete(f.ids["moved"])
+	f.view.Refresh()
+	for _, name := range []string{"direct", "moved"} {
+		if d, _ := f.view.Get(name); d.Online || d.Reach != ReachNone {
+			t.Errorf("%s: online %v reach %q, want offline", name, d.Online, d.Reach)
+		}
 	}
 }

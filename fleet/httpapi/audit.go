@@ -17,11 +17,11 @@ import (
 
 // auditRoutes registers the audit and recording endpoints.
 func (s *Server) auditRoutes(mux *http.ServeMux) {
-	mux.Handle("GET "+api.PathAudit, s.admin(s.searchAudit))
-	mux.Handle("GET "+api.PathAuditVerify, s.admin(s.verifyAudit))
-	mux.Handle("GET "+api.PathAuditExport, s.admin(s.exportAudit))
-	mux.Handle("GET "+api.PathRecordings, s.authed(s.listRecordings))
-	mux.Handle("GET "+api.PathRecordings+"/{id}", s.authed(s.getRecording))
+	mux.Handle("GET "+api.PathAudit, s.auditor(s.searchAudit, false))
+	mux.Handle("GET "+api.PathAuditVerify, s.auditor(s.verifyAudit, false))
+	mux.Handle("GET "+api.PathAuditExport, s.auditor(s.exportAudit, false))
+	mux.Handle("GET "+api.PathRecordings, s.auditor(s.listRecordings, true))
+	mux.Handle("GET "+api.PathRecordings+"/{id}", s.auditor(s.getRecording, true))
 }
 
 // record writes one of the fleet's own audit events. Callers that must not
@@ -97,16 +97,32 @@ func (s *Server) searchAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 			}
 		}
 	}
-	recs, more, err := s.Events.Search(r.Context(), q)
+	out, err := s.searchHere(r.Context(), q, names)
 	if err != nil {
 		s.storeError(w, "audit search", err)
 		return
 	}
-	out := api.AuditSearch{Events: make([]api.AuditEvent, 0, len(recs)), Truncated: more}
-	for _, rec := range recs {
-		out.Events = append(out.Events, audit.Export(rec, names))
+	if s.Peers != nil {
+		out = s.searchReplicas(r.Context(), q, out, names)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// searchHere searches this replica's log.
+func (s *Server) searchHere(ctx context.Context, q audit.Query, names map[string]string) (api.AuditSearch, error) {
+	recs, more, err := s.Events.Search(ctx, q)
+	if err != nil {
+		return api.AuditSearch{}, err
+	}
+	out := api.AuditSearch{Events: make([]api.AuditEvent, 0, len(recs)), Truncated: more}
+	for _, rec := range recs {
+		e := audit.Export(rec, names)
+		if s.Peers != nil {
+			e.Replica = s.Peers.Self()
+		}
+		out.Events = append(out.Events, e)
+	}
+	return out, nil
 }
 
 func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -120,6 +136,15 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 		return
 	}
 	names := s.deviceNames(r.Context())
+	out := s.verifyHere(v, names)
+	if s.Peers != nil {
+		out = s.verifyReplicas(r.Context(), out, names)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// verifyHere turns this replica's verification into the API's answer.
+func (s *Server) verifyHere(v *audit.Verification, names map[string]string) api.AuditVerify {
 	out := api.AuditVerify{OK: len(v.Checkpoints.Problems) == 0, Sources: v.Chains, Checked: s.now().UTC()}
 	for i := range out.Sources {
 		out.Sources[i].DeviceName = names[out.Sources[i].Source]
@@ -133,7 +158,13 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 	if cp.Key != nil {
 		out.Checkpoints.Key = auditexport.KeyString(cp.Key)
 	}
-	writeJSON(w, http.StatusOK, out)
+	if s.Peers != nil {
+		for i := range out.Sources {
+			out.Sources[i].Replica = s.Peers.Self()
+		}
+		out.Checkpoints.Replica = s.Peers.Self()
+	}
+	return out
 }
 
 // exportAudit streams the audit log in the export format.
@@ -159,18 +190,20 @@ func (s *Server) exportAudit(w http.ResponseWriter, r *http.Request, c *caller) 
 // mayView reports whether the caller may see a recording: admins see all,
 // users their own sessions.
 func (c *caller) mayView(rec *api.Recording) bool {
-	return c.isAdmin() || (c.checker != nil && rec.User == c.user.Name)
+	return c.auditReader() || (c.checker != nil && rec.User == c.user.Name)
 }
 
 func (s *Server) listRecordings(w http.ResponseWriter, r *http.Request, c *caller) {
-	if s.Recordings == nil {
-		writeJSON(w, http.StatusOK, []api.Recording{})
-		return
+	list := []api.Recording{}
+	if s.Recordings != nil {
+		var err error
+		if list, err = s.Recordings.List(c.mayView); err != nil {
+			s.storeError(w, "list recordings", err)
+			return
+		}
 	}
-	list, err := s.Recordings.List(c.mayView)
-	if err != nil {
-		s.storeError(w, "list recordings", err)
-		return
+	if s.Peers != nil {
+		list = s.recordingsOfReplicas(r.Context(), list, c.mayView)
 	}
 	names := s.deviceNames(r.Context())
 	for i := range list {
@@ -181,11 +214,21 @@ func (s *Server) listRecordings(w http.ResponseWriter, r *http.Request, c *calle
 
 func (s *Server) getRecording(w http.ResponseWriter, r *http.Request, c *caller) {
 	id := r.PathValue("id")
-	if s.Recordings == nil {
-		writeError(w, http.StatusNotFound, api.CodeNotFound, "no recording "+id)
-		return
+	var rc io.ReadCloser
+	var rec *api.Recording
+	err := recordings.ErrNotFound
+	if s.Recordings != nil {
+		rc, rec, err = s.Recordings.Read(id)
 	}
-	rc, rec, err := s.Recordings.Read(id)
+	if s.Peers != nil && (err == nil || errors.Is(err, recordings.ErrNotFound)) && (rec == nil || !rec.Complete) {
+		// Another replica may hold it, or a more complete copy.
+		if prc, prec, ok := s.recordingElsewhere(r.Context(), id, rec); ok {
+			if rc != nil {
+				rc.Close()
+			}
+			rc, rec, err = prc, prec, nil
+		}
+	}
 	if err != nil || !c.mayView(rec) {
 		if err != nil && !errors.Is(err, recordings.ErrNotFound) {
 			s.storeError(w, "read recording", err)

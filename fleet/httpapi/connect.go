@@ -11,12 +11,21 @@ import (
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/userframe"
 )
 
 func (s *Server) apiDevice(d devices.Device) api.Device {
 	out := d.API()
+	if d.Direct() {
+		// A direct node holds no tunnel: it is online while its last
+		// check-in is recent (its check-in's tunnel counts as one).
+		out.Online = s.now().Sub(d.LastSeen) < devices.DirectWindow
+	}
 	if info, ok := s.Tunnels.Info(d.ID); ok {
 		out.Online = true
+		if w, ok := s.Tunnels.(interface{ Replica(string) string }); ok {
+			out.Replica = w.Replica(d.ID)
+		}
 		out.Addr = info.Addr.String()
 		out.LastSeen = s.now().UTC()
 		l := &out.Link
@@ -82,6 +91,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	if c.checker == nil {
 		ask.User.Name = c.name()
 	}
+	c.fill(&ask)
 	b := s.broker()
 	refuse := func(ref *broker.Refusal) {
 		status, code := refusalStatus(ref.Status)
@@ -147,21 +157,38 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	}
 	defer client.Close()
 	sess.OnEnd(func() { client.Close() })
-	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n%s: %s\r\n\r\n",
-		api.UpgradeProto, api.HeaderSession, sess.ID(), api.HeaderSessionToken, sess.Token())
+	framed := r.Header.Get(api.HeaderFrames) == "1"
+	extra := ""
+	if framed {
+		extra = api.HeaderFrames + ": 1\r\n"
+	}
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n%s: %s\r\n%s\r\n",
+		api.UpgradeProto, api.HeaderSession, sess.ID(), api.HeaderSessionToken, sess.Token(), extra)
 	if err := brw.Flush(); err != nil {
 		return
 	}
 	if why := sess.Ending(); why != "" {
 		// Ended between the check and now (its certificate expired).
 		reason = why
+		if framed {
+			userframe.NewWriter(client).End(why)
+		}
 		return
 	}
 	var devErr error
 	// When the device's side fails, the reason is in the registry before
 	// the user's connection is closed: the user's client asks for it as
 	// soon as it sees the close.
-	st.Up, st.Down, devErr = broker.Splice(client, brw.Reader, conn, func(err error) { sess.MarkDone(err.Error()) })
+	opt := broker.SpliceOptions{Buffered: brw.Reader, DevFailed: func(err error) { sess.MarkDone(err.Error()) }}
+	if framed {
+		opt.Frames = userframe.NewWriter(client)
+	}
+	sp := broker.NewSplicer(client, conn, opt)
+	// When the fleet ends the session, the user's input stops and a
+	// framing client hears why at once; the device has the grace to say
+	// it too (see broker.Splicer).
+	sess.OnCut(sp.Cut)
+	st.Up, st.Down, devErr = sp.Run()
 	if devErr != nil {
 		reason = devErr.Error()
 	}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -31,11 +32,13 @@ import (
 	"remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/clusters"
 	"remoteler.dev/edge/fleet/deviceauth"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/diskfloor"
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/recordings"
 	"remoteler.dev/edge/fleet/releases"
@@ -47,11 +50,23 @@ import (
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/ticket"
 	"remoteler.dev/edge/fleet/tokens"
+	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
+
+// Tunnels reaches devices: *tunnelsrv.Server on one fleetd, fleet/route's
+// Router on several replicas.
+type Tunnels interface {
+	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+	Send(deviceID string, m proto.Message) error
+	Online(deviceID string) bool
+	Info(deviceID string) (tunnelsrv.Info, bool)
+	Count() int
+	Disconnect(deviceID, reason string)
+}
 
 // Server serves the API. Fields without a default are required.
 type Server struct {
@@ -60,7 +75,10 @@ type Server struct {
 	Roles   *rbac.Roles
 	Tokens  *tokens.Service
 	Devices *devices.Registry
-	Tunnels *tunnelsrv.Server
+	Tunnels Tunnels
+	// Peers asks the fleet's other replicas, with several (searches and
+	// verifications of the audit cover them all); nil on one fleetd.
+	Peers Peers
 	// Kube forwards Kubernetes API requests (kube.go); nil turns
 	// Kubernetes access off.
 	Kube *kubesrv.Server
@@ -131,8 +149,14 @@ type Server struct {
 	Sessions *sessions.Registry
 	// SessionEndGrace is how long, after telling a device to end a
 	// session, the fleet waits before it closes the session's both sides
-	// itself; default 500ms.
+	// itself; default 2s (fleet/broker's EndGrace).
 	SessionEndGrace time.Duration
+
+	// Locks is this replica's view of the locks in force: a locked user
+	// gets no certificate and no answer from the API. LockStore writes
+	// and lists them (/v1/locks). Nil: no locks.
+	Locks     *locks.Set
+	LockStore *locks.Service
 
 	// Broker brokers sessions (fleet/broker). Nil: one of the Server's
 	// own, built from the fields above.
@@ -144,6 +168,12 @@ type Server struct {
 	// Admin takes admin actions (fleet/admin). Nil: one of the Server's
 	// own, built from the fields above.
 	Admin *admin.Admin
+
+	// Clusters are the leaf clusters this fleet is the root of, and
+	// Trust the root clusters it trusts (trusted clusters, clusters.go);
+	// nil: none.
+	Clusters *clusters.Registry
+	Trust    *trust.Service
 
 	ownSessions  sync.Once
 	ownBroker    sync.Once
@@ -197,7 +227,7 @@ func (s *Server) broker() *broker.Broker {
 			local = func() (string, map[string]string, bool) { return l.Name, l.Labels, true }
 		}
 		s.Broker = broker.New(broker.Config{
-			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Local: local,
+			Tunnels: s.Tunnels, Offline: tunnelsrv.ErrOffline, Devices: s.Devices, Sessions: s.sessions(), Locks: s.Locks, Local: local,
 			Audit:   &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit},
 			Cluster: s.Cluster, EndGrace: s.SessionEndGrace, Logger: s.Logger, Now: s.Now,
 		})
@@ -269,6 +299,8 @@ func (s *Server) Handler() http.Handler {
 	s.otaRoutes(mux)
 	s.retentionRoutes(mux)
 	s.ssoRoutes(mux)
+	s.lockRoutes(mux)
+	s.clusterRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -280,10 +312,36 @@ type caller struct {
 	id      ca.Identity
 	user    api.User      // for KindUser
 	checker *rbac.Checker // for KindUser
+	// remote is the caller a trusted root fleet vouches for (clusters.go):
+	// a user whose roles the trust's role_map gave (user, checker), or
+	// the root's admin identity (no checker). auditSearch says the trust
+	// lets the root's admins search this fleet's audit trail.
+	remote      *trust.Caller
+	auditSearch bool
 }
 
+// isAdmin reports whether the caller may use the admin API: never a
+// root's caller, who reaches this fleet's devices and, when the trust
+// allows it, its audit (auditReader).
 func (c *caller) isAdmin() bool {
+	if c.remote != nil {
+		return false
+	}
 	return c.id.Kind == ca.KindAdmin || (c.id.Kind == ca.KindUser && c.checker.IsAdmin())
+}
+
+// remoteAdmin reports whether the caller is a trusted root's admin
+// identity.
+func (c *caller) remoteAdmin() bool { return c.remote != nil && c.remote.Identity.Admin }
+
+// auditReader reports whether the caller may search the audit trail: an
+// admin, or a trusted root's admin (its admin identity, or a user whose
+// roles here are admin's) when the trust allows it.
+func (c *caller) auditReader() bool {
+	if c.remote != nil {
+		return c.auditSearch && (c.remote.Identity.Admin || (c.checker != nil && c.checker.IsAdmin()))
+	}
+	return c.isAdmin()
 }
 
 // actor is the caller as fleet/admin records it.
@@ -292,10 +350,26 @@ func (c *caller) actor(r *http.Request) admin.Actor {
 }
 
 func (c *caller) name() string {
-	if c.id.Kind == ca.KindUser {
+	switch {
+	case c.remoteAdmin():
+		return "admin:" + c.remote.Identity.User + "@" + c.remote.Root
+	case c.id.Kind == ca.KindUser:
 		return c.id.Name
 	}
 	return string(c.id.Kind) + ":" + c.id.Name
+}
+
+// fill puts what the ask of a root's user carries besides the user: the
+// root, the roles it vouched for and the request it relayed.
+func (c *caller) fill(ask *broker.Ask) {
+	if c.remote == nil {
+		return
+	}
+	ask.Origin, ask.OriginRoles, ask.Via = c.remote.Root, c.remote.Identity.Roles, c.remote.Via
+	if ask.Fields == nil {
+		ask.Fields = map[string]string{}
+	}
+	ask.Fields["user_cluster"] = c.remote.Root
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c *caller)
@@ -303,6 +377,9 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, c *caller)
 // identify authenticates the request's client certificate. Users are
 // looked up afresh: a removed user or a changed role takes effect at once.
 func (s *Server) identify(r *http.Request) (*caller, error) {
+	if rc, ok := trust.CallerFrom(r.Context()); ok {
+		return s.identifyRemote(r.Context(), rc)
+	}
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, errors.New("this endpoint needs a client certificate: run tsh login")
 	}
@@ -354,20 +431,80 @@ func (s *Server) checker(ctx context.Context, u api.User) (*rbac.Checker, error)
 
 func (s *Server) authed(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := s.identify(r)
-		if err != nil {
-			s.audit().Warn("request refused", "event", "auth.denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", err.Error())
-			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
-				Message: err.Error(), Fields: map[string]string{"action": r.Method + " " + r.URL.Path}})
-			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+		c, ok := s.caller(w, r)
+		if !ok {
+			return
+		}
+		if c.remoteAdmin() {
+			s.refuseRemote(w, r, c, "a root cluster's admin identity reaches only this fleet's audit trail (fleetctl audit search --cluster), and only when its trusted_cluster has audit_search: true")
+			return
+		}
+		if c.id.Kind == ca.KindUser && s.refuseLocked(w, r, c.user.Name, c.user.Roles, r.Method+" "+r.URL.Path) {
 			return
 		}
 		h(w, r, c)
 	})
 }
 
+// caller identifies the request's caller, or answers the refusal (which
+// it records) and returns false.
+func (s *Server) caller(w http.ResponseWriter, r *http.Request) (*caller, bool) {
+	c, err := s.identify(r)
+	if err == nil {
+		return c, true
+	}
+	rc, remote := trust.CallerFrom(r.Context())
+	ev := &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr,
+		Message: err.Error(), Fields: map[string]string{"action": r.Method + " " + r.URL.Path}}
+	status, code := http.StatusUnauthorized, api.CodeUnauthorized
+	if remote {
+		// A root's caller whose certificate the root verified: this
+		// fleet refuses them (no role maps, the trust is gone).
+		ev.User, ev.Fields["user_cluster"] = rc.Identity.User, rc.Root
+		status, code = http.StatusForbidden, api.CodeForbidden
+	}
+	s.audit().Warn("request refused", "event", "auth.denied", "path", r.URL.Path, "remote", r.RemoteAddr, "user", ev.User, "reason", err.Error())
+	s.record(r.Context(), ev)
+	writeError(w, status, code, err.Error())
+	return nil, false
+}
+
+// refuseRemote refuses a root's caller what this fleet keeps to itself.
+func (s *Server) refuseRemote(w http.ResponseWriter, r *http.Request, c *caller, msg string) {
+	s.audit().Warn("request refused", "event", "admin.denied", "user", c.name(), "method", r.Method, "path", r.URL.Path)
+	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(), Addr: r.RemoteAddr,
+		Message: msg, Fields: map[string]string{"action": r.Method + " " + r.URL.Path, "user_cluster": c.remote.Root}})
+	writeError(w, http.StatusForbidden, api.CodeForbidden, msg)
+}
+
+// auditor serves the audit trail to its readers (caller.auditReader): a
+// trusted root's admins where the trust allows it, and this fleet's
+// admins; with users, every user too (recordings, which h filters).
+func (s *Server) auditor(h handlerFunc, users bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, ok := s.caller(w, r)
+		if !ok {
+			return
+		}
+		switch {
+		case c.auditReader():
+			h(w, r, c)
+		case c.remoteAdmin() || (c.remote != nil && !users):
+			s.refuseRemote(w, r, c, "this fleet does not let its root cluster's admins search its audit trail (its trusted_cluster for the root sets audit_search: false, or your roles here are not admin)")
+		case users:
+			h(w, r, c)
+		default:
+			s.admin(h).ServeHTTP(w, r) // refuses, as every admin endpoint does
+		}
+	})
+}
+
 func (s *Server) admin(h handlerFunc) http.Handler {
 	return s.authed(func(w http.ResponseWriter, r *http.Request, c *caller) {
+		if c.remote != nil {
+			s.refuseRemote(w, r, c, "a root cluster's users do not administer this fleet: its own admins do")
+			return
+		}
 		if !c.isAdmin() {
 			s.audit().Warn("admin request refused", "event", "admin.denied", "user", c.name(), "method", r.Method, "path", r.URL.Path)
 			s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: c.name(), Addr: r.RemoteAddr,

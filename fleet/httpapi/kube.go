@@ -96,6 +96,11 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 	if c.checker == nil {
 		ask.User.Name = c.name()
 	}
+	if c.remoteAdmin() {
+		kubesrv.WriteStatus(w, out, http.StatusForbidden, "a root cluster's admin identity reaches no Kubernetes cluster here")
+		return
+	}
+	c.fill(&ask)
 	b := s.broker()
 	g, err := b.Authorize(r.Context(), ask)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
@@ -169,7 +170,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "login", err)
 		return
 	}
-	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, req.SSHPublicKey, req.CSR, req.TTL)
+	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, req.SSHPublicKey, req.CSR, req.TTL, r.RemoteAddr, "password")
 	if err != nil {
 		s.issueError(w, "login", status, err)
 		return
@@ -188,8 +189,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 
 // issueError answers a failed issueUserCerts.
 func (s *Server) issueError(w http.ResponseWriter, op string, status int, err error) {
-	if status == http.StatusBadRequest {
+	switch status {
+	case http.StatusBadRequest:
 		writeError(w, status, api.CodeBadRequest, err.Error())
+		return
+	case http.StatusForbidden:
+		writeError(w, status, api.CodeForbidden, err.Error())
 		return
 	}
 	s.storeError(w, op, err)
@@ -199,11 +204,22 @@ func (s *Server) issueError(w http.ResponseWriter, op string, status int, err er
 // and X.509 certificate for the keys of a login, for the lifetime asked
 // (ttl; zero: the most allowed), capped by the fleet's default and the
 // roles' max_session_ttl; it returns the lifetime given. A bad key or
-// request is status 400; other errors are internal.
-func (s *Server) issueUserCerts(ctx context.Context, u api.User, sshKey string, csr []byte, ttl time.Duration) (*api.LoginResponse, time.Duration, int, error) {
+// request is status 400; a lock on the user or one of their roles is 403,
+// recorded as a failed login (by method, from addr) naming the lock; other
+// errors are internal.
+func (s *Server) issueUserCerts(ctx context.Context, u api.User, sshKey string, csr []byte, ttl time.Duration, addr, method string) (*api.LoginResponse, time.Duration, int, error) {
 	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(sshKey))
 	if err != nil {
 		return nil, 0, http.StatusBadRequest, fmt.Errorf("bad ssh_public_key: %w", err)
+	}
+	var l *locks.Locked
+	if err := s.Locks.Check(locks.Subject{User: u.Name, Roles: u.Roles}); errors.As(err, &l) {
+		f := l.AuditFields()
+		f["method"] = method
+		s.audit().Warn("login refused", "event", proto.EventUserLoginFailed, "user", u.Name, "lock", l.Lock.ID)
+		s.record(ctx, &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, User: u.Name, Addr: addr,
+			Message: l.Error(), Fields: f})
+		return nil, 0, http.StatusForbidden, l
 	}
 	checker, err := s.checker(ctx, u)
 	if err != nil {

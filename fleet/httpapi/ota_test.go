@@ -40,14 +40,7 @@ func TestReleaseUploadOutlivesTheBodyTimeout(t *testing.T) {
 	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	certPEM, keyPEM, err := s.CA.AdminIdentity(time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := adminCert(t, s)
 	const chunk, chunks = 16 << 10, 20
 	tests := []struct {
 		name  string

@@ -273,7 +273,7 @@ func (s *Server) redeem(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "redeem", err)
 		return
 	}
-	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, t.SSHPublicKey, t.CSR, t.TTL)
+	resp, ttl, status, err := s.issueUserCerts(r.Context(), u, t.SSHPublicKey, t.CSR, t.TTL, r.RemoteAddr, t.Method)
 	if err != nil {
 		s.issueError(w, "redeem", status, err)
 		return

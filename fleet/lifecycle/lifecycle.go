@@ -4,7 +4,7 @@
 //     and gets its identity (an X.509 client certificate for the tunnel's
 //     mutual TLS and an SSH host certificate);
 //   - Hello: on each tunnel connection the device is checked (still in the
-//     fleet, the name its certificate names) and its labels, services and
+//     fleet, not locked (fleet/locks), the name its certificate names) and its labels, services and
 //     web apps are taken from its hello (apps through the fleet's policy,
 //     fleet/apps);
 //   - Renew: the device's certificates are renewed over the tunnel;
@@ -24,8 +24,10 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,7 @@ import (
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -61,9 +64,16 @@ type Config struct {
 	Keepalive, Liveness time.Duration
 	// Apps is what app URIs the fleet accepts from devices.
 	Apps apps.Policy
+	// DirectNetworks are where direct nodes may ask to be dialled besides
+	// loopback, private (RFC 1918, RFC 4193) and link-local addresses:
+	// the fleet's own network. A direct node elsewhere is refused.
+	DirectNetworks []netip.Prefix
 	// ReleaseKeys are the keys devices trust for agent releases, given at
 	// join (OTA); nil gives none.
 	ReleaseKeys func(ctx context.Context) []string
+	// Locks are the locks in force: a locked device's tunnel is refused at
+	// hello and its certificates are not renewed. Nil: none.
+	Locks *locks.Set
 	// Audit records events; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -143,7 +153,7 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	}
 	tokenLabels, err := l.cfg.Tokens.Consume(ctx, req.Token)
 	if err != nil {
-		if errors.Is(err, tokens.ErrTokenInvalid) || errors.Is(err, tokens.ErrTokenExpired) || errors.Is(err, tokens.ErrTokenUsedUp) {
+		if tokens.Refused(err) {
 			return nil, refuse(api.CodeUnauthorized, err.Error())
 		}
 		return nil, fmt.Errorf("lifecycle: join: %w", err)
@@ -254,6 +264,13 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	if err != nil {
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
+	if lk := l.locked(id); lk != nil {
+		f := lk.AuditFields()
+		f["action"], f["name"] = "tunnel", h.Name
+		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: lk.Error(), Fields: f})
+		return nil, proto.Errorf(proto.CodeForbidden, "%s", lk.Error())
+	}
 	if err := h.Check(); err != nil {
 		deny("hello: " + err.Error())
 		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
@@ -261,6 +278,13 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	if h.Name != dev.Name {
 		deny("hello names another device")
 		return nil, proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dev.Name, h.Name)
+	}
+	direct := ""
+	if h.Direct != "" {
+		if direct, err = l.directAddr(h.Direct, addr); err != nil {
+			deny("direct node: " + err.Error())
+			return nil, proto.Errorf(proto.CodeForbidden, "direct node: %v", err)
+		}
 	}
 	accepted, refused := l.cfg.Apps.Accept(dev.Name, h.Apps)
 	for _, r := range refused {
@@ -278,6 +302,7 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		dv.Labels = mergeLabels(h.Labels, dv.TokenLabels)
 		dv.Services = cleanServices(h.Services)
 		dv.Apps = accepted
+		dv.DirectAddr = direct
 		return nil
 	})
 	if err != nil {
@@ -285,6 +310,9 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	}
 	skew := time.UnixMilli(h.Time).Sub(now)
 	f := map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}
+	if direct != "" {
+		f["direct_addr"] = direct
+	}
 	if len(accepted) > 0 {
 		names := make([]string, len(accepted))
 		for i, a := range accepted {
@@ -297,10 +325,22 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		KeepaliveMillis: l.cfg.Keepalive.Milliseconds(), LivenessMillis: l.cfg.Liveness.Milliseconds()}, nil
 }
 
+// locked is the lock that shuts device id out, or nil.
+func (l *Lifecycle) locked(id string) *locks.Locked {
+	var lk *locks.Locked
+	if err := l.cfg.Locks.Check(locks.Subject{DeviceID: id}); errors.As(err, &lk) {
+		return lk
+	}
+	return nil
+}
+
 // Recheck refuses a connection whose device was removed while its hello
 // was being answered (tunnelsrv.Config.Recheck): one read of the registry
 // per connection.
 func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
+	if lk := l.locked(id); lk != nil {
+		return proto.Errorf(proto.CodeForbidden, "%s", lk.Error())
+	}
 	_, err := l.cfg.Devices.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
@@ -309,6 +349,43 @@ func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
 		return proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}
 	return nil
+}
+
+// directAddr checks where a direct node says it listens (its hello's
+// Direct) and returns where the fleet dials it: an IP literal and a port,
+// where an unspecified IP means the address the node checked in from. It
+// must be on the fleet's own network (DirectNetworks).
+func (l *Lifecycle) directAddr(listen string, from net.Addr) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("listen address %q is not IP:PORT", listen)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("listen address %q has no valid port", listen)
+	}
+	ip := netip.IPv6Unspecified()
+	if host != "" {
+		if ip, err = netip.ParseAddr(host); err != nil || ip.Zone() != "" {
+			return "", fmt.Errorf("listen address %q must name an IP address, not a host name", listen)
+		}
+	}
+	if ip.IsUnspecified() {
+		ap, err := netip.ParseAddrPort(from.String())
+		if err != nil {
+			return "", fmt.Errorf("the node's own address %s is not IP:PORT", from)
+		}
+		ip = ap.Addr()
+	}
+	ip = ip.Unmap()
+	ok := ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast()
+	for _, p := range l.cfg.DirectNetworks {
+		ok = ok || p.Contains(ip)
+	}
+	if !ok {
+		return "", fmt.Errorf("%s is not on the fleet's own network (loopback, private or link-local, or fleetd's direct_networks); run the agent on a tunnel instead", ip)
+	}
+	return netip.AddrPortFrom(ip, uint16(n)).String(), nil
 }
 
 var serviceRE = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
@@ -331,6 +408,12 @@ func (l *Lifecycle) Renew(ctx context.Context, id string, req *proto.RenewReques
 	dev, err := l.cfg.Devices.Get(ctx, id)
 	if err != nil {
 		return &proto.RenewResponse{Err: proto.Errorf(proto.CodeForbidden, "device %s is not in the fleet", id)}
+	}
+	if lk := l.locked(id); lk != nil {
+		f := lk.AuditFields()
+		f["action"], f["name"] = "renew", dev.Name
+		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Message: lk.Error(), Fields: f})
+		return &proto.RenewResponse{Err: proto.Errorf(proto.CodeForbidden, "%s", lk.Error())}
 	}
 	pub, err := ssh.ParsePublicKey(req.SSHPublicKey)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -190,6 +191,53 @@ func TestCleanServices(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := cleanServices(tt.in); !slices.Equal(got, tt.want) {
 				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestDirectAddr: a direct node's hello names where the fleet dials it;
+// the fleet takes only an IP on its own network (loopback, private,
+// link-local, or a prefix of DirectNetworks), so that no device can make
+// it dial an address outside.
+func TestDirectAddr(t *testing.T) {
+	from := &net.UDPAddr{IP: net.ParseIP("10.1.2.3"), Port: 50000}
+	public := &net.UDPAddr{IP: net.ParseIP("203.0.113.9"), Port: 50000}
+	tests := []struct {
+		name    string
+		listen  string
+		from    net.Addr
+		nets    []string
+		want    string
+		wantErr string
+	}{
+		{"private address", "192.168.1.20:4433", from, nil, "192.168.1.20:4433", ""},
+		{"loopback", "127.0.0.1:4433", from, nil, "127.0.0.1:4433", ""},
+		{"link-local IPv6", "[fe80::1]:4433", from, nil, "[fe80::1]:4433", ""},
+		{"any address: the one it checked in from", ":4433", from, nil, "10.1.2.3:4433", ""},
+		{"public address refused", "198.51.100.7:4433", from, nil, "", "not on the fleet's own network"},
+		{"public address in direct_networks", "198.51.100.7:4433", from, []string{"198.51.100.0/24"}, "198.51.100.7:4433", ""},
+		{"any address from a public one refused", ":4433", public, nil, "", "not on the fleet's own network"},
+		{"host name refused", "fleet.internal:4433", from, nil, "", "IP address, not a host name"},
+		{"no port", "10.0.0.1", from, nil, "", "not IP:PORT"},
+		{"port zero", "10.0.0.1:0", from, nil, "", "no valid port"},
+		{"port out of range", "10.0.0.1:70000", from, nil, "", "no valid port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var l Lifecycle
+			for _, p := range tt.nets {
+				l.cfg.DirectNetworks = append(l.cfg.DirectNetworks, netip.MustParsePrefix(p))
+			}
+			got, err := l.directAddr(tt.listen, tt.from)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("directAddr(%q) = %q, %v; want an error with %q", tt.listen, got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("directAddr(%q) = %q, %v; want %q", tt.listen, got, err, tt.want)
 			}
 		})
 	}

@@ -74,6 +74,22 @@ type Session struct {
 	FileCopy       bool
 	// RecordInput says what the user types is recorded too.
 	RecordInput bool
+	// Traits are the user's traits when the session began.
+	Traits map[string][]string
+
+	// Trusted clusters. On a root fleet, a request relayed to a leaf
+	// cluster (service "cluster") is a session too, so that it ends when
+	// the user's access here ends: Cluster names the leaf, and Admin says
+	// the caller is the fleet's admin identity rather than a user. On the
+	// leaf, a session of the root's user names the root in Origin, with
+	// the roles the root vouched for in OriginRoles (Roles are those
+	// this fleet's role_map gave) and the ID of the root's relayed
+	// stream it came down in Via, by which the root ends it.
+	Cluster     string
+	Admin       bool
+	Origin      string
+	OriginRoles []string
+	Via         string
 }
 
 // ErrUndecided is what Config.Check returns (wrapped) when it cannot decide
@@ -184,6 +200,7 @@ func (r *Registry) Register(s Session, end func(reason string)) (*Live, error) {
 	}
 	s.Roles = slices.Clone(s.Roles)
 	s.KubeGroups = slices.Clone(s.KubeGroups)
+	s.OriginRoles = slices.Clone(s.OriginRoles)
 	l := &Live{r: r, s: s, end: end, token: rand.Text()}
 	r.mu.Lock()
 	defer r.mu.Unlock()

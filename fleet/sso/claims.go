@@ -87,6 +87,7 @@ const (
 	ReasonEmailUnverified = "email_unverified" // the user name is an email the provider has not verified
 	ReasonNoRole          = "no_role"          // the claims map to no role
 	ReasonNameTaken       = "name_taken"       // a local user, or another connector's, has the name
+	ReasonLocked          = "lock"             // a lock shuts the user or one of their roles out (fleet/locks)
 )
 
 // Refusal is a login through a connector that the fleet refused. Its
@@ -98,6 +99,8 @@ type Refusal struct {
 	// User is the fleet user name, when the refusal came after it was
 	// known.
 	User string
+	// Fields add to the refusal's audit event (the lock that refused).
+	Fields map[string]string
 }
 
 func (r *Refusal) Error() string { return r.Message }

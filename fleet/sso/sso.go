@@ -102,6 +102,9 @@ type Config struct {
 	// max_session_ttl caps: the bound of a login's certificates recorded
 	// with the user. Default 8h.
 	UserCertTTL time.Duration
+	// Refuse, when set, is asked once the provider vouched for a user:
+	// an error (a lock, fleet/locks) refuses the login with its message.
+	Refuse func(user string, roles []string) error
 	// Audit records logins and refusals; nil records nothing.
 	Audit Recorder
 	// Cluster names the fleet in audit events.
@@ -370,6 +373,17 @@ func (s *Service) Finish(ctx context.Context, r *http.Request) (*Result, error) 
 		s.recordRefusal(ctx, r, p, err)
 		return res, err
 	}
+	if s.cfg.Refuse != nil {
+		if err := s.cfg.Refuse(id.User, id.Roles); err != nil {
+			ref := refuse(ReasonLocked, "%s", err.Error())
+			ref.User = id.User
+			if af, ok := err.(interface{ AuditFields() map[string]string }); ok {
+				ref.Fields = af.AuditFields()
+			}
+			s.recordRefusal(ctx, r, p, ref)
+			return res, ref
+		}
+	}
 	res.Identity = id
 	if err := s.record(ctx, &proto.AuditEvent{Type: proto.EventUserLogin, User: id.User, Addr: r.RemoteAddr,
 		Fields: map[string]string{"method": "sso", "connector": id.Connector, "subject": id.Subject, "issuer": id.Issuer,
@@ -581,6 +595,11 @@ func (s *Service) recordRefusal(ctx context.Context, r *http.Request, p *pending
 	var ref *Refusal
 	if errors.As(err, &ref) {
 		f["reason"], e.User = ref.Reason, ref.User
+		for k, v := range ref.Fields {
+			if _, ok := f[k]; !ok {
+				f[k] = v
+			}
+		}
 	} else {
 		e.Outcome = proto.OutcomeFailure
 	}
@@ -617,9 +636,10 @@ func (s *Service) Callback() http.Handler {
 	})
 }
 
-// Prune deletes started logins that expired; it returns how many.
-func (s *Service) Prune(ctx context.Context) (int, error) {
-	items, err := s.cfg.Store.List(ctx, pendingPrefix)
+// Prune deletes started logins that expired, writing through st (the
+// elected leader's fenced store, fleet/leader); it returns how many.
+func (s *Service) Prune(ctx context.Context, st store.Store) (int, error) {
+	items, err := st.List(ctx, pendingPrefix)
 	if err != nil {
 		return 0, fmt.Errorf("sso: prune: %w", err)
 	}
@@ -629,7 +649,7 @@ func (s *Service) Prune(ctx context.Context) (int, error) {
 		if json.Unmarshal(it.Value, &p) == nil && now.Before(p.Expires) {
 			continue
 		}
-		if err := s.cfg.Store.Delete(ctx, it.Key); err == nil {
+		if err := st.Delete(ctx, it.Key); err == nil {
 			n++
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return n, fmt.Errorf("sso: prune: %w", err)

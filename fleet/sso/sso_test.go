@@ -361,7 +361,7 @@ func TestProviderErrorAndExpiry(t *testing.T) {
 	}
 	start()
 	now = now.Add(DefaultPendingTTL + time.Second)
-	if n, err := f.svc.Prune(ctx); err != nil || n != 1 {
+	if n, err := f.svc.Prune(ctx, f.svc.cfg.Store); err != nil || n != 1 {
 		t.Errorf("Prune = %d, %v; want the one expired login", n, err)
 	}
 }

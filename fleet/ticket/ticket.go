@@ -152,9 +152,11 @@ func (s *Service) Redeem(ctx context.Context, secret, verifier string) (Ticket, 
 	return t, nil
 }
 
-// Prune deletes the tickets that expired; it returns how many.
-func (s *Service) Prune(ctx context.Context) (int, error) {
-	items, err := s.Store.List(ctx, prefix)
+// Prune deletes the tickets that expired, writing through st (the elected
+// leader's fenced store, fleet/leader: a deposed leader deletes nothing);
+// it returns how many.
+func (s *Service) Prune(ctx context.Context, st store.Store) (int, error) {
+	items, err := st.List(ctx, prefix)
 	if err != nil {
 		return 0, fmt.Errorf("ticket: prune: %w", err)
 	}
@@ -165,7 +167,7 @@ func (s *Service) Prune(ctx context.Context) (int, error) {
 		if json.Unmarshal(it.Value, &t) == nil && now.Before(t.Expires) {
 			continue
 		}
-		if err := s.Store.Delete(ctx, it.Key); err == nil {
+		if err := st.Delete(ctx, it.Key); err == nil {
 			n++
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return n, fmt.Errorf("ticket: prune: %w", err)

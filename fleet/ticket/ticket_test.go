@@ -100,7 +100,7 @@ func TestPrune(t *testing.T) {
 	s.Issue(ctx, Ticket{User: "old", Challenge: Challenge("v")})
 	now = now.Add(DefaultTTL + time.Second)
 	fresh, _ := s.Issue(ctx, Ticket{User: "new", Challenge: Challenge("v")})
-	if n, err := s.Prune(ctx); err != nil || n != 1 {
+	if n, err := s.Prune(ctx, s.Store); err != nil || n != 1 {
 		t.Fatalf("Prune = %d, %v", n, err)
 	}
 	if _, err := s.Redeem(ctx, fresh, "v"); err != nil {

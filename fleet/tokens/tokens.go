@@ -65,6 +65,9 @@ var (
 	ErrTokenInvalid = errors.New("join token not recognised; check it was copied whole, or create a new one with `fleetctl tokens add`")
 	ErrTokenExpired = errors.New("join token expired")
 	ErrTokenUsedUp  = errors.New("join token has no uses left")
+	// ErrTokenType: a device token used to join a cluster, or the other
+	// way round.
+	ErrTokenType = errors.New("join token is of another type")
 )
 
 // ErrNotFound is returned by Delete for an unknown ID. It also matches
@@ -89,6 +92,17 @@ type record struct {
 	CreatedAt time.Time         `json:"created_at"`
 	// UsedUpAt is when the last use was consumed, for Prune.
 	UsedUpAt time.Time `json:"used_up_at,omitzero"`
+	// Type is api.TokenTrustedCluster for a leaf fleet's token; empty for
+	// a device's.
+	Type string `json:"type,omitempty"`
+}
+
+// typeOf is a record's type with the default filled in.
+func (r record) typeOf() string {
+	if r.Type == "" {
+		return api.TokenDevice
+	}
+	return r.Type
 }
 
 func (r record) api() api.Token {
@@ -98,6 +112,7 @@ func (r record) api() api.Token {
 		UsesLeft:  r.UsesLeft,
 		Labels:    maps.Clone(r.Labels),
 		CreatedAt: r.CreatedAt,
+		Type:      r.typeOf(),
 	}
 }
 
@@ -153,6 +168,16 @@ func (s *Service) Add(ctx context.Context, req api.AddTokenRequest) (api.Token, 
 	if err := devices.CheckLabels(req.Labels); err != nil {
 		return api.Token{}, fmt.Errorf("tokens: add: %w", err)
 	}
+	switch req.Type {
+	case "", api.TokenDevice:
+		req.Type = ""
+	case api.TokenTrustedCluster:
+		if len(req.Labels) > 0 {
+			return api.Token{}, errors.New("tokens: add: a trusted-cluster token takes no labels")
+		}
+	default:
+		return api.Token{}, fmt.Errorf("tokens: add: type %q: want %s or %s", req.Type, api.TokenDevice, api.TokenTrustedCluster)
+	}
 	if req.TTL == 0 {
 		req.TTL = DefaultTTL
 	}
@@ -172,6 +197,7 @@ func (s *Service) Add(ctx context.Context, req api.AddTokenRequest) (api.Token, 
 			UsesLeft:  req.Uses,
 			Labels:    maps.Clone(req.Labels),
 			CreatedAt: now,
+			Type:      req.Type,
 		}
 		b, err := json.Marshal(rec)
 		if err != nil {
@@ -239,12 +265,20 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// Consume spends one use of the token whose secret this is and returns the
-// labels the token gives the joining device. It fails with errors matching
-// ErrTokenInvalid (unknown secret), ErrTokenExpired or ErrTokenUsedUp. Uses
-// are decremented with compare-and-swap, so concurrent Consumes of a
-// one-use token succeed exactly once.
+// Consume spends one use of the device token whose secret this is and
+// returns the labels the token gives the joining device. It fails with
+// errors matching ErrTokenInvalid (unknown secret), ErrTokenExpired,
+// ErrTokenUsedUp or ErrTokenType (a trusted-cluster token). Uses are
+// decremented with compare-and-swap, so concurrent Consumes of a one-use
+// token succeed exactly once.
 func (s *Service) Consume(ctx context.Context, secret string) (labels map[string]string, err error) {
+	return s.ConsumeAs(ctx, secret, api.TokenDevice)
+}
+
+// ConsumeAs is Consume for a token of type typ (api.TokenDevice or
+// api.TokenTrustedCluster); a token of another type is refused with an
+// error matching ErrTokenType, and keeps its use.
+func (s *Service) ConsumeAs(ctx context.Context, secret, typ string) (labels map[string]string, err error) {
 	secret = strings.TrimSpace(secret)
 	sum, id := hashOf(secret)
 	defer func() {
@@ -271,6 +305,10 @@ func (s *Service) Consume(ctx context.Context, secret string) (labels map[string
 		want, err := hex.DecodeString(r.Hash)
 		if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
 			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
+		}
+		if r.typeOf() != typ {
+			return nil, fmt.Errorf("tokens: consume: %w: it is a %s token, and this needs a %s token (fleetctl tokens add --type=%s)",
+				ErrTokenType, r.typeOf(), typ, typ)
 		}
 		now := s.now().UTC()
 		if !now.Before(r.Expires) {
@@ -332,4 +370,11 @@ func (s *Service) Prune(ctx context.Context) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// Refused reports whether err, from Consume or ConsumeAs, refuses the
+// token (unknown, expired, used up, of another type) rather than failing
+// to read the store.
+func Refused(err error) bool {
+	return errors.Is(err, ErrTokenInvalid) || errors.Is(err, ErrTokenExpired) || errors.Is(err, ErrTokenUsedUp) || errors.Is(err, ErrTokenType)
 }

@@ -17,9 +17,12 @@ func (r *runner) configCommand() *cobra.Command {
 		Long: `Print an OpenSSH client config block that reaches the current fleet's
 devices as DEVICE.CLUSTER through "tsh proxy ssh", with your login's key and
 certificate and the fleet's host CA; add it to ~/.ssh/config, then ssh, scp
-and sftp work as usual.`,
+and sftp work as usual. Each leaf cluster you logged in to (tsh login LEAF)
+gets a block of its own: its devices are DEVICE.LEAF.`,
 		Example: `  tsh config >> ~/.ssh/config
-  ssh root@pi-1.fleet`,
+  ssh root@pi-1.fleet
+  tsh login plant-7 && tsh config > ~/.ssh/config.d/fleet
+  ssh pi@plc-3.plant-7`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return r.config() },
 	}
@@ -33,6 +36,20 @@ func (r *runner) config() error {
 	if err != nil {
 		return err
 	}
+	// Leaves first: OpenSSH takes the first value it finds, and a leaf's
+	// name may end with the fleet's.
+	sites := append(r.leafSites(p, dir), &site{p: p, dir: dir})
+	for _, s := range sites {
+		if err := r.configBlock(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// configBlock prints the block of one site.
+func (r *runner) configBlock(s *site) error {
+	p, dir := s.p, s.dir
 	home, err := r.home()
 	if err != nil {
 		return err
@@ -45,7 +62,7 @@ func (r *runner) config() error {
 		return fmt.Errorf("config: find the path of tsh: %w", err)
 	}
 	var quoted []string
-	for _, path := range []string{filepath.Join(dir, fileKey), filepath.Join(dir, fileCert), filepath.Join(home, "known_hosts")} {
+	for _, path := range []string{filepath.Join(dir, fileKey), s.certFile(), filepath.Join(home, "known_hosts")} {
 		q, err := sshConfigQuote(path)
 		if err != nil {
 			return fmt.Errorf("config: %w; set TSH_HOME to a simpler path and log in again", err)
@@ -53,10 +70,15 @@ func (r *runner) config() error {
 		quoted = append(quoted, q)
 	}
 	proxyCmd := shellQuote(exe) + " proxy ssh %r@%h:%p"
+	what := fmt.Sprintf("the fleet %q at %s", p.Cluster, p.Proxy)
+	if s.leaf != "" {
+		proxyCmd = shellQuote(exe) + " proxy ssh --cluster=" + s.leaf + " %r@%h:%p"
+		what = fmt.Sprintf("the leaf cluster %q through %s", s.leaf, p.Proxy)
+	}
 	if r.stdio.Getenv("TSH_HOME") != "" {
 		proxyCmd = "env TSH_HOME=" + shellQuote(home) + " " + proxyCmd
 	}
-	fmt.Fprintf(r.stdio.Out, `# Remoteler edge: devices of the fleet %q at %s as DEVICE.%s (written by tsh config)
+	fmt.Fprintf(r.stdio.Out, `# Remoteler edge: devices of %s as DEVICE.%s (written by tsh config)
 Host *.%s
     Port 22
     IdentityFile %s
@@ -65,7 +87,7 @@ Host *.%s
     UserKnownHostsFile %s
     StrictHostKeyChecking yes
     ProxyCommand %s
-`, p.Cluster, p.Proxy, p.Cluster, p.Cluster, quoted[0], quoted[1], quoted[2], proxyCmd)
+`, what, s.name(), s.name(), quoted[0], quoted[1], quoted[2], proxyCmd)
 	return nil
 }
 

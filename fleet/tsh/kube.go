@@ -35,9 +35,11 @@ KUBECONFIG is respected, other contexts are kept.`,
 		Args:  cli.NoArgs,
 	}
 	format := cli.FormatFlag(ls, "")
-	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.kubeLs(cmd.Context(), *format) }
+	var lsCluster string
+	r.clusterFlag(ls, &lsCluster)
+	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.kubeLs(cmd.Context(), lsCluster, *format) }
 
-	var as, asGroups, namespace string
+	var as, asGroups, namespace, cluster string
 	login := &cobra.Command{
 		Use:   "login NAME",
 		Short: "Add a device's cluster to your kubeconfig and make it current",
@@ -46,9 +48,10 @@ KUBECONFIG is respected, other contexts are kept.`,
 		Args:              cli.ExactArgs(1, "the cluster's NAME (tsh kube ls lists them)"),
 		ValidArgsFunction: cli.CompleteArgs(1, r.completeClusters),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.kubeLogin(cmd.Context(), args[0], as, asGroups, namespace)
+			return r.kubeLogin(cmd.Context(), args[0], as, asGroups, namespace, cluster)
 		},
 	}
+	r.clusterFlag(login, &cluster)
 	login.Flags().StringVar(&as, "as", "", "the Kubernetes user to act as, when your roles allow several (default: the only one, or your fleet name)")
 	login.Flags().StringVar(&asGroups, "as-group", "", "act in only these of your Kubernetes groups, comma-separated (default: all of them)")
 	login.Flags().StringVar(&namespace, "namespace", "", "the context's default namespace (default: the cluster's default)")
@@ -78,7 +81,7 @@ KUBECONFIG is respected, other contexts are kept.`,
 
 // completeClusters offers the Kubernetes clusters the login may reach.
 func (r *runner) completeClusters(ctx context.Context, _ *cobra.Command) ([]cobra.Completion, error) {
-	_, _, all, err := r.kubeClusters(ctx)
+	_, all, err := r.kubeClusters(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -93,36 +96,41 @@ func (r *runner) completeClusters(ctx context.Context, _ *cobra.Command) ([]cobr
 	return out, nil
 }
 
-// kubeClusters asks the fleet for the clusters the user may reach.
-func (r *runner) kubeClusters(ctx context.Context) (*profile, string, []api.KubeCluster, error) {
-	p, dir, err := r.currentProfile()
+// kubeClusters asks the fleet for the Kubernetes clusters the user may
+// reach in cluster (--cluster: a leaf; "" for the current one).
+func (r *runner) kubeClusters(ctx context.Context, cluster string) (*site, []api.KubeCluster, error) {
+	s, err := r.site(cluster)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, err
 	}
-	c, err := r.newClient(p, dir)
+	c, err := r.client(s)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, err
 	}
 	defer c.Close()
 	all, err := c.KubeClusters(ctx)
 	if err != nil {
-		return nil, "", nil, apiHint(err)
+		if s.leaf != "" {
+			return nil, nil, clusterError(err, s.leaf)
+		}
+		return nil, nil, apiHint(err)
 	}
-	return p, dir, all, nil
+	return s, all, nil
 }
 
-func (r *runner) kubeLs(ctx context.Context, format cli.Format) error {
-	p, _, all, err := r.kubeClusters(ctx)
+func (r *runner) kubeLs(ctx context.Context, cluster string, format cli.Format) error {
+	s, all, err := r.kubeClusters(ctx, cluster)
 	if err != nil {
 		return fmt.Errorf("kube ls: %w", err)
 	}
 	return cli.PrintList(r.stdio.Out, format, "kube_clusters", all, false, func() error {
-		return r.kubeTable(p, all)
+		return r.kubeTable(s, all)
 	})
 }
 
 // kubeTable prints clusters as a table, the current context's marked.
-func (r *runner) kubeTable(p *profile, all []api.KubeCluster) error {
+func (r *runner) kubeTable(s *site, all []api.KubeCluster) error {
+	p := s.p
 	if len(all) == 0 {
 		fmt.Fprintln(r.stdio.Err, "No Kubernetes cluster you may reach; if you expected some, ask your fleet admin about your roles (kubernetes_groups).")
 		return nil
@@ -142,7 +150,7 @@ func (r *runner) kubeTable(p *profile, all []api.KubeCluster) error {
 			users = []string{p.User}
 		}
 		sel := ""
-		if current == kubeconfig.Name(p.Cluster, k.Name) {
+		if current == kubeconfig.Name(s.name(), k.Name) {
 			sel = "*"
 		}
 		tw.Row(k.Name, cli.Labels(k.Labels), status, strings.Join(users, ","), cli.Dash(strings.Join(k.Groups, ",")), sel)
@@ -150,12 +158,13 @@ func (r *runner) kubeTable(p *profile, all []api.KubeCluster) error {
 	return tw.Flush()
 }
 
-func (r *runner) kubeLogin(ctx context.Context, name, asFlag, asGroupsFlag, namespaceFlag string) error {
+func (r *runner) kubeLogin(ctx context.Context, name, asFlag, asGroupsFlag, namespaceFlag, cluster string) error {
 	as, asGroups, namespace := &asFlag, &asGroupsFlag, &namespaceFlag
-	p, dir, all, err := r.kubeClusters(ctx)
+	s, all, err := r.kubeClusters(ctx, cluster)
 	if err != nil {
 		return fmt.Errorf("kube login: %w", err)
 	}
+	p, dir := s.p, s.dir
 	i := slices.IndexFunc(all, func(k api.KubeCluster) bool { return k.Name == name })
 	if i < 0 {
 		return fmt.Errorf("kube login: no Kubernetes cluster %q that you may reach; tsh kube ls lists them", name)
@@ -164,6 +173,9 @@ func (r *runner) kubeLogin(ctx context.Context, name, asFlag, asGroupsFlag, name
 	users := k.Users
 	if len(users) == 0 {
 		users = []string{p.User}
+		if s.leaf != "" {
+			users = []string{api.RemoteUser(p.Cluster, p.User)}
+		}
 	}
 	if *as != "" && !slices.Contains(users, *as) {
 		return fmt.Errorf("kube login: your roles do not allow acting as %q on %s; allowed: %s", *as, name, cli.List(users))
@@ -189,8 +201,8 @@ func (r *runner) kubeLogin(ctx context.Context, name, asFlag, asGroupsFlag, name
 		return fmt.Errorf("kube login: find tsh itself for kubectl to run: %w", err)
 	}
 	e := kubeconfig.Entry{
-		Name:              kubeconfig.Name(p.Cluster, name),
-		Server:            "https://" + p.Proxy + api.PathKube + "/" + name,
+		Name:              kubeconfig.Name(s.name(), name),
+		Server:            "https://" + p.Proxy + api.ClusterPath(s.leaf, api.PathKube+"/"+name),
 		CAData:            cas,
 		Command:           exe,
 		Args:              kubeCredentialArgs(p),
@@ -231,13 +243,14 @@ func kubeCredentialArgs(p *profile) []string {
 }
 
 func (r *runner) kubeLogout(pos []string) error {
-	p, _, err := r.currentProfile()
+	s, err := r.site("")
 	if err != nil {
 		return err
 	}
+	p := s.p
 	only := ""
 	if len(pos) == 1 {
-		only = kubeconfig.Name(p.Cluster, pos[0])
+		only = kubeconfig.Name(s.name(), pos[0])
 	}
 	removed, err := r.removeKube(p, only)
 	if err != nil {

@@ -41,7 +41,7 @@ type loginFlags struct {
 func (r *runner) loginCommand() *cobra.Command {
 	var f loginFlags
 	cmd := &cobra.Command{
-		Use:   "login --proxy=HOST:PORT [--user=NAME | --auth=CONNECTOR | --headless]",
+		Use:   "login --proxy=HOST:PORT [--user=NAME | --auth=CONNECTOR | --headless] [CLUSTER]",
 		Short: "Log in to a fleet and get short-lived certificates",
 		Long: `Log in to a fleet with your password (and a TOTP code when you enrolled
 one): tsh asks the fleet for an SSH and an X.509 certificate for keys it
@@ -57,13 +57,32 @@ provider in a browser (tsh opens it, or prints the address with
 fleet user name, roles and traits come from the provider. --headless is for
 a machine without a browser: tsh shows a code and an address, you approve
 the login in any browser where you can log in to the fleet, and the
-certificates arrive here. A later tsh login logs in the same way again.`,
+certificates arrive here. A later tsh login logs in the same way again.
+
+tsh login CLUSTER, with a leaf cluster of the fleet (tsh clusters lists
+them), makes it where commands work: the fleet issues a certificate for
+the leaf's devices without asking for your password again, once the leaf
+says its roles let you in; tsh login with the fleet's own name goes back.
+With login flags, or when your login has expired, tsh logs in first.`,
 		Example: `  tsh login --proxy=fleet.example.com:3080 --user=alice --ca-pin=sha256:6f1c...
   tsh login --proxy=fleet.example.com:3080 --auth=okta
   tsh login --proxy=fleet.example.com:3080 --headless
-  tsh login          # again, as the current login`,
-		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return r.login(cmd, f) },
+  tsh login          # again, as the current login
+  tsh login plant-7  # work in the leaf cluster plant-7`,
+		Args:              cli.RangeArgs(0, 1, "at most one cluster: tsh login [CLUSTER]"),
+		ValidArgsFunction: cli.CompleteArgs(1, r.completeClusterNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return r.login(cmd, f)
+			}
+			if !r.loginNeeded(cmd) {
+				return r.loginCluster(cmd.Context(), args[0])
+			}
+			if err := r.login(cmd, f); err != nil {
+				return err
+			}
+			return r.loginCluster(cmd.Context(), args[0])
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.proxy, "proxy", "", "the fleet's address, HOST:PORT (default: that of the current login)")
@@ -193,6 +212,19 @@ func (r *runner) login(cmd *cobra.Command, f loginFlags) error {
 	fmt.Fprintf(r.stdio.Out, "  Valid until: %s (for %s)\n", cli.Time(p.Expires), cli.Duration(p.Expires.Sub(now)))
 	fmt.Fprintln(r.stdio.Out, "Next: tsh ls lists your devices, tsh ssh LOGIN@DEVICE logs in to one, tsh config sets up OpenSSH.")
 	return nil
+}
+
+// loginNeeded reports whether tsh login CLUSTER must log in to the fleet
+// first: login flags were given, or there is no current login valid for a
+// while yet.
+func (r *runner) loginNeeded(cmd *cobra.Command) bool {
+	for _, f := range []string{"proxy", "user", "auth", "headless", "ca-pin", "insecure", "ttl"} {
+		if cmd.Flags().Changed(f) {
+			return true
+		}
+	}
+	p, _, err := r.currentProfile()
+	return err != nil || !r.stdio.Now().Add(time.Minute).Before(p.Expires)
 }
 
 // passwordLogin logs in with a password and, when asked for one, a TOTP
@@ -430,6 +462,10 @@ func (r *runner) save(p *profile, k *keys, resp *api.LoginResponse, got *loginRe
 		files = append(files, profileFile{fileCert, ssh.MarshalAuthorizedKey(got.sshCert), 0o644})
 	} else {
 		os.Remove(filepath.Join(dir, fileCert)) // no stale certificate from an earlier login
+	}
+	// The leaf clusters' certificates were for the earlier login's key.
+	if err := os.RemoveAll(filepath.Join(dir, dirClusters)); err != nil {
+		return dir, err
 	}
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {

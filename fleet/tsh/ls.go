@@ -16,6 +16,7 @@ import (
 
 func (r *runner) lsCommand() *cobra.Command {
 	var verbose bool
+	var cluster string
 	cmd := &cobra.Command{
 		Use:   "ls [LABEL=VALUE...]",
 		Short: "List the devices you may reach",
@@ -31,13 +32,14 @@ loss outside blackouts, reconnects, bytes) and your logins on each.`,
 	}
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show more columns: ID, OS/arch, address, joined, link health (RTT, loss, reconnects, bytes, address change), your logins")
 	format := cli.FormatFlag(cmd, "")
+	r.clusterFlag(cmd, &cluster)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return r.ls(cmd, args, verbose, *format)
+		return r.ls(cmd, args, verbose, cluster, *format)
 	}
 	return cmd
 }
 
-func (r *runner) ls(cmd *cobra.Command, args []string, verbose bool, format cli.Format) error {
+func (r *runner) ls(cmd *cobra.Command, args []string, verbose bool, cluster string, format cli.Format) error {
 	want := map[string]string{}
 	for _, a := range args {
 		k, v, ok := strings.Cut(a, "=")
@@ -46,7 +48,7 @@ func (r *runner) ls(cmd *cobra.Command, args []string, verbose bool, format cli.
 		}
 		want[k] = v
 	}
-	all, err := r.devices(cmd.Context())
+	all, err := r.devices(cmd.Context(), cluster)
 	if err != nil {
 		return fmt.Errorf("ls: %w", err)
 	}
@@ -70,19 +72,23 @@ func (r *runner) ls(cmd *cobra.Command, args []string, verbose bool, format cli.
 	})
 }
 
-// devices asks the fleet for the devices the current login may reach.
-func (r *runner) devices(ctx context.Context) ([]api.Device, error) {
-	p, dir, err := r.currentProfile()
+// devices asks the fleet for the devices the current login may reach, in
+// cluster (--cluster; "" for the current one).
+func (r *runner) devices(ctx context.Context, cluster string) ([]api.Device, error) {
+	s, err := r.site(cluster)
 	if err != nil {
 		return nil, err
 	}
-	c, err := r.newClient(p, dir)
+	c, err := r.client(s)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	all, err := c.Devices(ctx)
 	if err != nil {
+		if s.leaf != "" {
+			return nil, clusterError(err, s.leaf)
+		}
 		return nil, apiHint(err)
 	}
 	return all, nil
@@ -91,7 +97,7 @@ func (r *runner) devices(ctx context.Context) ([]api.Device, error) {
 // completeDevices offers the names of the devices the current login may
 // reach, with their status and labels.
 func (r *runner) completeDevices(ctx context.Context, _ *cobra.Command) ([]cobra.Completion, error) {
-	all, err := r.devices(ctx)
+	all, err := r.devices(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +110,7 @@ func (r *runner) completeDevices(ctx context.Context, _ *cobra.Command) ([]cobra
 
 // completeLabels offers the LABEL=VALUE pairs of those devices.
 func (r *runner) completeLabels(ctx context.Context, _ *cobra.Command) ([]cobra.Completion, error) {
-	all, err := r.devices(ctx)
+	all, err := r.devices(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +154,8 @@ func apiHint(err error) error {
 	return err
 }
 
-// connectError adds what to do next to a failed Connect.
-func connectError(err error, p *profile, device, login string) error {
+// connectError adds what to do next to a failed Connect at site s.
+func connectError(err error, s *site, device, login string) error {
 	apiErr, ok := errors.AsType[*api.Error](err)
 	if !ok {
 		var exp *client.ExpiredError
@@ -161,7 +167,7 @@ func connectError(err error, p *profile, device, login string) error {
 	switch apiErr.Code {
 	case api.CodeForbidden:
 		return fmt.Errorf("connect to %s as %s: %s", device, login, withAdvice(apiErr.Message,
-			fmt.Sprintf("your logins are %s: use tsh ssh LOGIN@%s, or ask your fleet admin", cli.List(p.Logins), device)))
+			fmt.Sprintf("your logins are %s: use tsh ssh LOGIN@%s, or ask your fleet admin", cli.List(s.logins()), device)))
 	case api.CodeDeviceOffline:
 		return fmt.Errorf("connect to %s: %s", device, withAdvice(apiErr.Message,
 			"tsh ls shows when it was last seen, and it reconnects by itself when its link is back"))

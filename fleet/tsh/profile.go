@@ -50,6 +50,9 @@ type profile struct {
 	// sign-on connector's name, or "headless". tsh login again logs in
 	// the same way.
 	Auth string `json:"auth,omitempty"`
+	// Current is the leaf cluster commands work in by default (tsh login
+	// LEAF); "" for the fleet itself.
+	Current string `json:"current_cluster,omitempty"`
 }
 
 // loginFlag is the tsh login flag that logs in again as this profile did:
@@ -71,17 +74,7 @@ func (p *profile) name() string { return p.Proxy + "/" + p.User }
 func (p *profile) marker() string { return "tsh:" + p.name() }
 
 // hostCAs parses HostCAKeys.
-func (p *profile) hostCAs() ([]ssh.PublicKey, error) {
-	var out []ssh.PublicKey
-	for _, k := range p.HostCAKeys {
-		key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
-		if err != nil {
-			return nil, fmt.Errorf("host CA key: %w", err)
-		}
-		out = append(out, key)
-	}
-	return out, nil
-}
+func (p *profile) hostCAs() ([]ssh.PublicKey, error) { return parseHostCAs(p.HostCAKeys) }
 
 // parseProfile decodes and checks profile.json. Everything in it ends up in
 // file paths, known_hosts or ssh_config lines, so it is checked strictly.
@@ -110,6 +103,11 @@ func parseProfile(data []byte) (*profile, error) {
 	if p.Auth != "" {
 		if err := checkName("connector", p.Auth); err != nil {
 			return nil, fmt.Errorf("profile: %w", err)
+		}
+	}
+	if p.Current != "" {
+		if err := checkCluster(p.Current); err != nil {
+			return nil, fmt.Errorf("profile: current cluster: %w", err)
 		}
 	}
 	return &p, nil

@@ -13,6 +13,7 @@ import (
 
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/proto/printable"
 )
 
 func (r *runner) proxyCommand() *cobra.Command {
@@ -20,7 +21,8 @@ func (r *runner) proxyCommand() *cobra.Command {
 		Use:   "proxy",
 		Short: "Connections for other programs (OpenSSH's ProxyCommand, a web app on a local port)",
 	}
-	group.AddCommand(&cobra.Command{
+	var cluster string
+	proxySSH := &cobra.Command{
 		Use:   "ssh [LOGIN@]HOST[:PORT]",
 		Short: "Connect standard input and output to a device's SSH server",
 		Long: `Connect standard input and output to a device's SSH server through the
@@ -28,8 +30,10 @@ fleet, for OpenSSH's ProxyCommand (tsh config writes it): HOST is the
 device, with or without ".CLUSTER"; the port is ignored.`,
 		Args:              cli.ExactArgs(1, "[LOGIN@]HOST[:PORT]"),
 		ValidArgsFunction: r.completeTarget(""),
-		RunE:              func(cmd *cobra.Command, args []string) error { return r.proxySSH(cmd, args[0]) },
-	})
+		RunE:              func(cmd *cobra.Command, args []string) error { return r.proxySSH(cmd, args[0], cluster) },
+	}
+	r.clusterFlag(proxySSH, &cluster)
+	group.AddCommand(proxySSH)
 	group.AddCommand(r.proxyAppCommand())
 	return group
 }
@@ -39,9 +43,9 @@ device, with or without ".CLUSTER"; the port is ignored.`,
 // through the fleet and copies bytes between stdin/stdout and the
 // connection. The port is ignored: the fleet always brokers the device's
 // SSH service.
-func (r *runner) proxySSH(cmd *cobra.Command, target string) error {
+func (r *runner) proxySSH(cmd *cobra.Command, target, cluster string) error {
 	ctx := cmd.Context()
-	p, dir, err := r.currentProfile()
+	st, err := r.site(cluster)
 	if err != nil {
 		return err
 	}
@@ -53,41 +57,55 @@ func (r *runner) proxySSH(cmd *cobra.Command, target string) error {
 	} else if host, _, err := net.SplitHostPort(target); err == nil {
 		target = host
 	}
-	login, device := splitTarget(target, p.Cluster)
+	login, device := splitTarget(target, st.name())
 	if login == "" {
 		login = r.localUser()
 	}
 	if device == "" {
 		return cli.Usagef(cmd, "name a device")
 	}
-	c, err := r.newClient(p, dir)
+	c, err := r.client(st)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	conn, err := c.Connect(ctx, device, login, "ssh")
 	if err != nil {
-		return connectError(err, p, device, login)
+		return connectError(err, st, device, login)
 	}
+	// The fleet says in-band why it ends the session, at the moment it
+	// does: print it then (OpenSSH shows a ProxyCommand's stderr), before
+	// OpenSSH can see the connection close, exit and kill this process.
+	client.OnEnd(conn, func(reason string) { r.printEnd(device, reason) })
 	inDone, err := splice(ctx, conn, r.stdio.In, r.stdio.Out)
-	if !inDone && ctx.Err() == nil {
+	if !inDone && ctx.Err() == nil && client.EndReason(conn) == "" {
 		// The fleet ended the connection while OpenSSH still had things to
-		// say: tell the user why (OpenSSH shows a ProxyCommand's stderr).
+		// say, and said nothing in-band (an older fleet): ask it why.
 		r.explainEnd(ctx, c, conn)
 	}
 	return err
 }
 
-// explainEnd prints why the fleet ended a session, when it says.
+// printEnd tells the user why the fleet ended their session to device.
+func (r *runner) printEnd(device, reason string) {
+	fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", device, printable.Escape(reason))
+}
+
+// explainEnd prints why the fleet ended a session: the reason it gave
+// in-band, or else the one it gives when asked.
 func (r *runner) explainEnd(ctx context.Context, c *client.Client, conn net.Conn) {
 	if conn == nil {
+		return
+	}
+	if why := client.EndReason(conn); why != "" {
+		r.printEnd(client.SessionDevice(conn), why)
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	end, err := c.SessionEnd(ctx, conn)
 	if err == nil && end.Reason != "" {
-		fmt.Fprintf(r.stdio.Err, "tsh: the session to %s ended: %s\n", end.Device, end.Reason)
+		r.printEnd(end.Device, end.Reason)
 	}
 }
 

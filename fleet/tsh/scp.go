@@ -39,6 +39,7 @@ func parseSpec(s, cluster string) scpSpec {
 
 func (r *runner) scpCommand() *cobra.Command {
 	var recursive, quiet bool
+	var cluster string
 	cmd := &cobra.Command{
 		Use:   "scp [-r] [-q] SRC... DST",
 		Short: "Copy files to or from a device",
@@ -59,25 +60,26 @@ device as one login, and one side must be local.`,
 			}
 			return devices, d
 		},
-		RunE: func(cmd *cobra.Command, args []string) error { return r.scp(cmd, args, recursive, quiet) },
+		RunE: func(cmd *cobra.Command, args []string) error { return r.scp(cmd, args, recursive, quiet, cluster) },
 	}
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "copy directories recursively")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not show progress")
+	r.clusterFlag(cmd, &cluster)
 	return cmd
 }
 
-func (r *runner) scp(cmd *cobra.Command, pos []string, recursiveFlag, quietFlag bool) error {
+func (r *runner) scp(cmd *cobra.Command, pos []string, recursiveFlag, quietFlag bool, cluster string) error {
 	ctx := cmd.Context()
 	recursive, quiet := &recursiveFlag, &quietFlag
-	p, dir, err := r.currentProfile()
+	st, err := r.site(cluster)
 	if err != nil {
 		return err
 	}
 	var srcs []scpSpec
 	for _, a := range pos[:len(pos)-1] {
-		srcs = append(srcs, parseSpec(a, p.Cluster))
+		srcs = append(srcs, parseSpec(a, st.name()))
 	}
-	dst := parseSpec(pos[len(pos)-1], p.Cluster)
+	dst := parseSpec(pos[len(pos)-1], st.name())
 	// All remote sides must be the same device and login, on one side.
 	remote := dst
 	for _, s := range srcs {
@@ -99,12 +101,12 @@ func (r *runner) scp(cmd *cobra.Command, pos []string, recursiveFlag, quietFlag 
 	if login == "" {
 		login = r.localUser()
 	}
-	c, err := r.newClient(p, dir)
+	c, err := r.client(st)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	sc, err := r.dialSSH(ctx, c, p, dir, remote.device, login)
+	sc, err := r.dialSSH(ctx, c, st, remote.device, login)
 	if err != nil {
 		return fmt.Errorf("scp: %w", err)
 	}

@@ -70,8 +70,9 @@ var certHostKeyAlgorithms = []string{
 	ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01,
 }
 
-// userSigner loads the profile's SSH key and certificate.
-func userSigner(dir string) (ssh.Signer, error) {
+// userSigner loads the profile's SSH key in dir and the certificate in
+// certFile (the profile's, or a leaf cluster's for the same key).
+func userSigner(dir, certFile string) (ssh.Signer, error) {
 	damaged := func(err error) error {
 		return fmt.Errorf("the login in %s is incomplete (%w); run tsh login again", dir, err)
 	}
@@ -83,7 +84,7 @@ func userSigner(dir string) (ssh.Signer, error) {
 	if err != nil {
 		return nil, damaged(err)
 	}
-	certLine, err := os.ReadFile(filepath.Join(dir, fileCert))
+	certLine, err := os.ReadFile(certFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errors.New("your roles give you no SSH logins on any device; ask your fleet admin, then run tsh login again")
 	}
@@ -102,13 +103,16 @@ func userSigner(dir string) (ssh.Signer, error) {
 }
 
 // dialSSH opens an SSH client connection to device as login through the
-// fleet.
-func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir, device, login string) (*ssh.Client, error) {
-	signer, err := userSigner(dir)
+// fleet, at site s (the fleet, or a leaf cluster through it).
+func (r *runner) dialSSH(ctx context.Context, c *client.Client, s *site, device, login string) (*ssh.Client, error) {
+	if err := r.sshReady(ctx, s); err != nil {
+		return nil, err
+	}
+	signer, err := userSigner(s.dir, s.certFile())
 	if err != nil {
 		return nil, err
 	}
-	cas, err := p.hostCAs()
+	cas, err := s.hostCAs()
 	if err != nil {
 		return nil, err
 	}
@@ -117,13 +121,13 @@ func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir,
 	}
 	conn, err := c.Connect(ctx, device, login, "ssh")
 	if err != nil {
-		return nil, connectError(err, p, device, login)
+		return nil, connectError(err, s, device, login)
 	}
 	r.session = conn
 	conf := &ssh.ClientConfig{
 		User:              login,
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback:   hostKeyCallback(cas, r.stdio.Now, device, device+"."+p.Cluster),
+		HostKeyCallback:   hostKeyCallback(cas, r.stdio.Now, device, device+"."+s.name()),
 		HostKeyAlgorithms: certHostKeyAlgorithms,
 		ClientVersion:     "SSH-2.0-tsh_" + strings.ReplaceAll(Version, " ", "_"),
 	}
@@ -140,7 +144,7 @@ func (r *runner) dialSSH(ctx context.Context, c *client.Client, p *profile, dir,
 			return nil, fmt.Errorf("%s offered no host certificate, only a plain host key, so it cannot be verified; do not go on, and tell your fleet admin (%v)", device, err)
 		}
 		if strings.Contains(err.Error(), "unable to authenticate") {
-			return nil, fmt.Errorf("%s refused your certificate for login %q; your logins are %s (tsh status)", device, login, cli.List(p.Logins))
+			return nil, fmt.Errorf("%s refused your certificate for login %q; your logins are %s (tsh status)", device, login, cli.List(s.logins()))
 		}
 		return nil, fmt.Errorf("ssh to %s: %w", device, err)
 	}
@@ -156,6 +160,7 @@ const exitNoConnection = 255
 type sshFlags struct {
 	login           string
 	forceTTY, noTTY bool
+	cluster         string
 }
 
 func (r *runner) sshCommand() *cobra.Command {
@@ -182,6 +187,7 @@ Exit status: the remote command's own (128+N when a signal N ended it), or
 	fl.StringVarP(&f.login, "login", "l", "", "log in as `LOGIN` on the device (default: LOGIN@ of the target, else your local user name)")
 	fl.BoolVarP(&f.forceTTY, "tty", "t", false, "ask for a terminal even when running a command or when stdin is not a terminal")
 	fl.BoolVarP(&f.noTTY, "no-tty", "T", false, "never ask for a terminal")
+	r.clusterFlag(cmd, &f.cluster)
 	cmd.RegisterFlagCompletionFunc("login", r.completeLogins)
 	return cmd
 }
@@ -214,21 +220,21 @@ func (r *runner) completeTarget(suffix string) cobra.CompletionFunc {
 
 // completeLogins offers the logins of the current login.
 func (r *runner) completeLogins(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
-	p, _, err := r.currentProfile()
+	s, err := r.site("")
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	return cli.Filter(p.Logins, toComplete, ""), cobra.ShellCompDirectiveNoFileComp
+	return cli.Filter(s.logins(), toComplete, ""), cobra.ShellCompDirectiveNoFileComp
 }
 
 func (r *runner) ssh(cmd *cobra.Command, f sshFlags, pos []string) error {
 	ctx := cmd.Context()
 	loginFlag, forceTTY, noTTY := &f.login, &f.forceTTY, &f.noTTY
-	p, dir, err := r.currentProfile()
+	st, err := r.site(f.cluster)
 	if err != nil {
 		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}
-	login, device := splitTarget(pos[0], p.Cluster)
+	login, device := splitTarget(pos[0], st.name())
 	if *loginFlag != "" {
 		login = *loginFlag
 	}
@@ -239,12 +245,12 @@ func (r *runner) ssh(cmd *cobra.Command, f sshFlags, pos []string) error {
 		return cli.Usagef(cmd, "name a device")
 	}
 	command := strings.Join(pos[1:], " ")
-	c, err := r.newClient(p, dir)
+	c, err := r.client(st)
 	if err != nil {
 		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}
 	defer c.Close()
-	sc, err := r.dialSSH(ctx, c, p, dir, device, login)
+	sc, err := r.dialSSH(ctx, c, st, device, login)
 	if err != nil {
 		return &cli.StatusError{Code: exitNoConnection, Err: err}
 	}

@@ -73,6 +73,9 @@ func (r *runner) status(format cli.Format) error {
 			mark = ">"
 		}
 		fmt.Fprintf(r.stdio.Out, "%s %s at %s (fleet %q)\n", mark, p.User, p.Proxy, p.Cluster)
+		if p.Current != "" {
+			fmt.Fprintf(r.stdio.Out, "    Cluster:     %s (a leaf of %s; tsh login %s goes back)\n", p.Current, p.Cluster, p.Cluster)
+		}
 		fmt.Fprintf(r.stdio.Out, "    Roles:       %s\n", printable.Escape(cli.List(p.Roles)))
 		fmt.Fprintf(r.stdio.Out, "    Logins:      %s\n", printable.Escape(cli.List(p.Logins)))
 		if now.After(p.Expires) {

@@ -17,7 +17,9 @@
 //
 // After login every connection trusts the fleet through cas.pem alone, and
 // tsh ssh trusts a device when its host certificate is signed by one of the
-// host CA keys in profile.json and names the device.
+// host CA keys in profile.json and names the device. The leaf clusters of
+// the fleet (trusted clusters) keep certificates of their own under the
+// profile (clusters.go).
 package tsh
 
 import (
@@ -126,6 +128,7 @@ func (r *runner) command() *cobra.Command {
 		r.kubeCommand(),
 		r.appsCommand(),
 		r.proxyCommand(),
+		r.clustersCommand(),
 	)
 	return cli.Setup(root)
 }

@@ -275,17 +275,17 @@ func TestLs(t *testing.T) {
 		want     []string // lines of stdout, spaces squeezed
 	}{
 		{"all", []string{"ls"}, 0, []string{
-			"NAME LABELS STATUS LAST SEEN VERSION",
-			"gw1 env=prod,site=north online 5s ago 1.1.0",
-			"gw2 site=south offline 3h ago 1.0.0",
+			"NAME LABELS STATUS MODE LAST SEEN VERSION",
+			"gw1 env=prod,site=north online tunnel 5s ago 1.1.0",
+			"gw2 site=south offline tunnel 3h ago 1.0.0",
 		}},
 		{"label", []string{"ls", "site=north"}, 0, []string{
-			"NAME LABELS STATUS LAST SEEN VERSION",
-			"gw1 env=prod,site=north online 5s ago 1.1.0",
+			"NAME LABELS STATUS MODE LAST SEEN VERSION",
+			"gw1 env=prod,site=north online tunnel 5s ago 1.1.0",
 		}},
 		{"verbose", []string{"ls", "-v", "site=south"}, 0, []string{
-			"NAME ID LABELS STATUS LAST SEEN VERSION TARGET UPDATE OS/ARCH ADDRESS JOINED RTT LOSS RECONNECTS SENT/RECEIVED ADDRESS CHANGED LOGINS",
-			"gw2 d2 site=south offline 3h ago 1.0.0 - - - - never - - 0 - - -",
+			"NAME ID LABELS STATUS MODE LAST SEEN VERSION TARGET UPDATE OS/ARCH ADDRESS JOINED RTT LOSS RECONNECTS SENT/RECEIVED ADDRESS CHANGED LOGINS",
+			"gw2 d2 site=south offline tunnel 3h ago 1.0.0 - - - - never - - 0 - - -",
 		}},
 		{"bad selector", []string{"ls", "north"}, 1, nil},
 	}

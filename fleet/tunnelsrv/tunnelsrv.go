@@ -697,6 +697,12 @@ func (s *Server) closeAll() {
 	}
 }
 
+// Shed closes every device's tunnel as closeAll does when the fleet stops
+// (the agents reconnect, spread out, to whichever fleetd answers them), and
+// goes on serving: a replica that can no longer record its devices sends
+// them to another.
+func (s *Server) Shed() { s.closeAll() }
+
 // Disconnect closes deviceID's tunnel, if any, with a reason the agent
 // logs, and ends the sessions held for it with that reason: the device is
 // not expected back (it was removed from the fleet, say).

@@ -33,7 +33,18 @@ const (
 	PathTokens  = "/v1/tokens"  // admin: GET list, POST add, DELETE /v1/tokens/ID
 	PathStatus  = "/v1/status"  // admin: GET
 	PathWhoami  = "/v1/whoami"  // any certificate: GET
+	// PathReady is a fleetd replica's readiness, for load balancers: 200
+	// while it takes devices and users, 503 while it cannot (a replica
+	// cut off from the fleet's store). No certificate needed.
+	PathReady = "/v1/ready"
 )
+
+// Ready answers GET PathReady.
+type Ready struct {
+	Ready bool `json:"ready"`
+	// Replica is the replica's ID, with several.
+	Replica string `json:"replica,omitempty"`
+}
 
 // UpgradeProto is the Upgrade header value for /v1/connect.
 const UpgradeProto = "remoteler-connect/1"
@@ -47,6 +58,15 @@ const HeaderSession = "X-Remoteler-Session"
 // without a certificate (it may have expired or been revoked by then):
 // the client sends it back in the same header.
 const HeaderSessionToken = "X-Remoteler-Session-Token"
+
+// HeaderFrames, sent with the value "1" by a client of /v1/connect, asks
+// the fleet to frame what it sends down the upgraded connection
+// (proto/userframe): the device's bytes in data frames, and, the moment
+// the fleet ends the session, an end frame with the reason, which the
+// client shows its user before anything else. The fleet's 101 answer
+// carries the same header when it frames; without it the bytes are raw.
+// What the client sends up is never framed.
+const HeaderFrames = "X-Remoteler-Frames"
 
 // PathSessions is GET /v1/sessions/ID: how a brokered session ended (its own
 // user, or an admin).
@@ -80,6 +100,9 @@ const (
 	// CodeRateLimited: too many requests from the client's address; try
 	// again after the Retry-After header's seconds.
 	CodeRateLimited = "rate_limited"
+	// CodeUnavailable: this fleetd replica cannot take the request now (it
+	// lost the fleet's store); try again, and another replica answers.
+	CodeUnavailable = "unavailable"
 )
 
 // Error is the body of every non-2xx answer.
@@ -172,6 +195,9 @@ type Device struct {
 	Arch         string            `json:"arch,omitempty"`
 	Addr         string            `json:"addr,omitempty"`
 	JoinedAt     time.Time         `json:"joined_at"`
+	// Replica is the fleetd replica holding the device's tunnel, with
+	// several (docs/replicas.md).
+	Replica string `json:"replica,omitempty"`
 	// Logins are the logins the asking user may use on this device.
 	Logins []string `json:"logins,omitempty"`
 	// Services are what the device offers, from its last hello: "ssh",
@@ -183,7 +209,21 @@ type Device struct {
 	Link Link `json:"link"`
 	// Update is where the device's self-update stands (nil: none yet).
 	Update *DeviceUpdate `json:"update,omitempty"`
+	// Mode is how the fleet reaches the device: ModeTunnel (its reverse
+	// tunnel) or ModeDirect (the fleet dials it: a direct node).
+	Mode string `json:"mode,omitempty"`
+	// DirectAddr is where a direct node listens for the fleet.
+	DirectAddr string `json:"direct_addr,omitempty"`
 }
+
+// How the fleet reaches a device (Device.Mode).
+const (
+	// ModeTunnel: the device holds a reverse tunnel to the fleet.
+	ModeTunnel = "tunnel"
+	// ModeDirect: a direct node on the fleet's own network; the fleet
+	// dials it for each connection and holds nothing while it is idle.
+	ModeDirect = "direct"
+)
 
 // Link is a device tunnel's health as the fleet sees it. Counters are for
 // the current connection; Reconnects and AddrChangedAt span connections.
@@ -334,6 +374,8 @@ type Token struct {
 	// edge-agent start --token (only when just created).
 	JoinString string `json:"join_string,omitempty"`
 	CAPin      string `json:"ca_pin,omitempty"`
+	// Type is what the token joins: TokenDevice or TokenTrustedCluster.
+	Type string `json:"type,omitempty"`
 }
 
 // AddTokenRequest is POSTed to /v1/tokens. Zero TTL means 1h; zero Uses means 1.
@@ -341,7 +383,16 @@ type AddTokenRequest struct {
 	TTL    time.Duration     `json:"ttl,omitempty"`
 	Uses   int               `json:"uses,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// Type is what the token joins: TokenDevice (the default) or
+	// TokenTrustedCluster (a leaf fleet, which takes no labels).
+	Type string `json:"type,omitempty"`
 }
+
+// Token types (AddTokenRequest.Type, Token.Type).
+const (
+	TokenDevice         = "device"
+	TokenTrustedCluster = "trusted-cluster"
+)
 
 // Status is the answer to GET /v1/status.
 type Status struct {

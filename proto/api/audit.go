@@ -66,6 +66,11 @@ type AuditEvent struct {
 	// the device, say); such events never show in a user's or a session's
 	// search.
 	Unverified string `json:"unverified,omitempty"`
+	// Replica is the fleetd replica whose log holds the event, with
+	// several (docs/replicas.md): each replica chains the fleet's own
+	// events it records ("fleet" on each), and holds the stretches of
+	// devices' chains it received.
+	Replica string `json:"replica,omitempty"`
 }
 
 // AuditSearch answers GET /v1/audit. Truncated says more events matched
@@ -73,6 +78,9 @@ type AuditEvent struct {
 type AuditSearch struct {
 	Events    []AuditEvent `json:"events"`
 	Truncated bool         `json:"truncated,omitempty"`
+	// Missing names the replicas that did not answer, with why: their
+	// events are not in the answer.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // AuditVerify answers GET /v1/audit/verify.
@@ -81,13 +89,20 @@ type AuditVerify struct {
 	Sources []AuditChain `json:"sources"`
 	Checked time.Time    `json:"checked"`
 	// Checkpoints describes the signed checkpoints the chains were
-	// checked against.
+	// checked against (with several replicas, the answering replica's;
+	// Replicas has every replica's).
 	Checkpoints *AuditCheckpoints `json:"checkpoints,omitempty"`
+	// Replicas are the checkpoints of every replica's log, with several.
+	Replicas []AuditCheckpoints `json:"replicas,omitempty"`
+	// Missing names the replicas that did not answer, with why.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // AuditCheckpoints describes the fleet's signed checkpoints of its audit
 // chains' heads.
 type AuditCheckpoints struct {
+	// Replica is the replica whose log they are, with several.
+	Replica string `json:"replica,omitempty"`
 	// Key is the public key they are signed with, "ed25519:BASE64": pin it
 	// (fleetctl audit verify --export FILE --key KEY).
 	Key   string    `json:"key"`
@@ -112,6 +127,22 @@ type AuditChain struct {
 	Problems []string `json:"problems,omitempty"`
 	// Queue is what the device last reported about its audit queue.
 	Queue *DeviceAudit `json:"queue,omitempty"`
+	// Replica is the fleetd replica whose log this is, with several.
+	Replica string `json:"replica,omitempty"`
+	// Handoffs are where a device's chain left this replica's log for
+	// another replica's and came back: the events between are in that
+	// replica's log.
+	Handoffs []AuditHandoff `json:"handoffs,omitempty"`
+}
+
+// AuditHandoff is a stretch of a device's chain held by another replica:
+// this replica's log holds events up to After, then from Seq+1, whose
+// chain hash continues from Hash (event Seq's, held by Replica).
+type AuditHandoff struct {
+	After   uint64 `json:"after"`
+	Seq     uint64 `json:"seq"`
+	Hash    string `json:"hash"`
+	Replica string `json:"replica,omitempty"`
 }
 
 // DeviceAudit is a device's last report on its audit queue.

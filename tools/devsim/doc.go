@@ -12,15 +12,17 @@
 //
 // Identities are kept as one JSON file per device in DataDir, so a second
 // run with the same directory reconnects the same devices without joining
-// again.
+// again. With Config.CheckIn set, the devices are direct nodes instead
+// (edge-agent --mode=direct): their hello names where they listen, and
+// their tunnel comes up only to check in, every CheckIn.
 //
 // The package also measures what a fleetd restart does to a fleet
 // (MeasureRestart): it starts a real fleetd, joins simulated devices,
 // restarts fleetd on the same port and data directory, and reports how the
 // devices' reconnects spread out in time, whether they come as a
 // synchronised storm, and fleetd's memory with the devices connected.
-// Fleetd (a fleetd process for tools) and Build are exported for other
-// benchmarks.
+// MeasureCost measures what a held reverse tunnel costs fleetd (memory,
+// CPU, wake-ups) against a direct node, per device.
 //
 // It is a developer tool: tools/cmd/devsim and the benchmarks under
 // tools/bench import it; product code (firmware/, fleet/, proto/) must not.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -68,6 +69,17 @@ type Config struct {
 	TunnelLogger *slog.Logger
 	// Now is the clock that times events; nil means time.Now.
 	Now func() time.Time
+	// CheckIn, when set, makes the devices direct nodes (edge-agent
+	// --mode=direct): each names DirectAddr in its hello as where it
+	// listens, and brings its tunnel up only to check in: once at the
+	// start (spread by StartRate), then every CheckIn (the first of those
+	// at a random point of the period, so that check-ins spread evenly),
+	// hanging up as soon as the fleet has answered its hello. They listen
+	// nowhere: the fleet dials none of them unless asked to broker. Zero:
+	// devices hold their tunnels, as agents do by default.
+	CheckIn time.Duration
+	// DirectAddr is the address direct nodes name; default 127.0.0.1:9.
+	DirectAddr string
 	// OnEvent, when set, is called with every event as it is recorded,
 	// with the simulator's lock held: it must not block for long. Its
 	// Device counts from First.
@@ -77,6 +89,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.Count <= 0 {
 		c.Count = 1
+	}
+	if c.DirectAddr == "" {
+		c.DirectAddr = "127.0.0.1:9"
 	}
 	if c.Prefix == "" {
 		c.Prefix = "sim"
@@ -141,6 +156,7 @@ type Sim struct {
 
 	devices []*device
 	up      atomic.Int64
+	seen    atomic.Int64 // devices whose tunnel came up at least once
 
 	mu      sync.Mutex // guards events and changed
 	events  []Event
@@ -157,6 +173,8 @@ type device struct {
 	// downAt is when the tunnel last went down (UnixNano), 0 while up.
 	downAt atomic.Int64
 	ups    atomic.Int64
+	// checkedIn is signalled when a direct node's tunnel comes up.
+	checkedIn chan struct{}
 }
 
 // New checks cfg and returns a simulator. Nothing is joined or started
@@ -177,7 +195,7 @@ func New(cfg Config) (*Sim, error) {
 	}
 	s := &Sim{cfg: cfg, log: cfg.Logger.With("component", "devsim"), changed: make(chan struct{})}
 	for i := range cfg.Count {
-		s.devices = append(s.devices, &device{index: i, name: fmt.Sprintf("%s-%05d", cfg.Prefix, cfg.First+i+1)})
+		s.devices = append(s.devices, &device{index: i, name: fmt.Sprintf("%s-%05d", cfg.Prefix, cfg.First+i+1), checkedIn: make(chan struct{}, 1)})
 	}
 	return s, nil
 }
@@ -210,18 +228,27 @@ func (s *Sim) Reconnects() int64 {
 	return n
 }
 
-// WaitUp waits until at least n devices are up, or ctx ends.
+// CheckedIn returns how many devices have had their tunnel up at least
+// once (for direct nodes: have checked in).
+func (s *Sim) CheckedIn() int { return int(s.seen.Load()) }
+
+// WaitUp waits until at least n devices are up (direct nodes: have
+// checked in once), or ctx ends.
 func (s *Sim) WaitUp(ctx context.Context, n int) error {
+	count := s.Up
+	if s.cfg.CheckIn > 0 {
+		count = s.CheckedIn
+	}
 	for {
 		s.mu.Lock()
 		ch := s.changed
 		s.mu.Unlock()
-		if s.Up() >= n {
+		if count() >= n {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("devsim: %d of %d devices up: %w", s.Up(), n, ctx.Err())
+			return fmt.Errorf("devsim: %d of %d devices up: %w", count(), n, ctx.Err())
 		case <-ch:
 		}
 	}
@@ -293,12 +320,47 @@ func (s *Sim) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if s.cfg.CheckIn > 0 {
+				s.checkIns(ctx, d)
+				return
+			}
 			d.client.Run(ctx)
 		}()
 	}
 	s.log.Info("all devices started", "devices", len(s.devices), "took", time.Since(start).Round(time.Millisecond))
 	<-ctx.Done()
 	return nil
+}
+
+// checkIns runs a direct node: it checks in now, then every CheckIn (the
+// first at a random point of the period), until ctx ends.
+func (s *Sim) checkIns(ctx context.Context, d *device) {
+	wait := time.Duration(0)
+	for first := true; ; first = false {
+		if !first {
+			wait = s.cfg.CheckIn
+			if d.ups.Load() == 1 {
+				wait = mrand.N(s.cfg.CheckIn) + 1
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			d.client.Run(cctx)
+		}()
+		select {
+		case <-d.checkedIn:
+		case <-cctx.Done():
+		}
+		cancel()
+		<-done
+	}
 }
 
 // prepare builds the device's tunnel TLS config from its identity.
@@ -320,8 +382,12 @@ func (s *Sim) tunnelConfig(d *device) tunnel.Config {
 		Addr:      s.cfg.Fleet,
 		TLSConfig: func() (*tls.Config, error) { return d.tls, nil },
 		Hello: func() *proto.Hello {
-			return &proto.Hello{Name: d.name, AgentVersion: "devsim", OS: runtime.GOOS, Arch: runtime.GOARCH,
+			h := &proto.Hello{Name: d.name, AgentVersion: "devsim", OS: runtime.GOOS, Arch: runtime.GOARCH,
 				Labels: s.cfg.Labels, Time: s.cfg.Now().UnixMilli()}
+			if s.cfg.CheckIn > 0 {
+				h.Direct = s.cfg.DirectAddr
+			}
+			return h
 		},
 		Check: func(h *proto.StreamHeader) error {
 			return proto.Errorf(proto.CodeNotFound, "%s is a simulated device (devsim) and serves nothing", d.name)
@@ -369,7 +435,17 @@ func (s *Sim) state(d *device, up bool) {
 	}
 	s.up.Add(1)
 	n := d.ups.Add(1)
+	if n == 1 {
+		s.seen.Add(1)
+	}
 	s.record(d, Up)
+	if s.cfg.CheckIn > 0 {
+		select {
+		case d.checkedIn <- struct{}{}:
+		default:
+		}
+		return // a direct node's tunnel comes and goes: no reconnect
+	}
 	if n > 1 {
 		down := time.Duration(0)
 		if at := d.downAt.Load(); at != 0 {

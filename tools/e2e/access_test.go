@@ -30,7 +30,8 @@ spec:
 
 // TestSessionsEndWhenAccessEnds runs plain OpenSSH through tsh proxy ssh
 // (the ProxyCommand tsh config writes) and checks that a live session
-// ends, with the fleet's reason on the user's standard error, when the
+// ends, with the fleet's reason on the user's standard error (sent
+// in-band, so that it arrives before the close), when the
 // user's certificate expires, when the user is removed, and when a change
 // to their role takes the login away; that new connections are refused
 // then; and that the audit trail records why.
@@ -77,8 +78,14 @@ func TestSessionsEndWhenAccessEnds(t *testing.T) {
 				t.Fatalf("the session outlived the end of its access:\n%s", ssh.Output())
 			}
 			t.Logf("%s: the session ended at most %s after its access did", tt.name, time.Since(acted).Round(time.Millisecond))
-			if got := ssh.Output(); !strings.Contains(got, "remoteler: ") || !strings.Contains(got, tt.want) {
+			// tsh proxy ssh prints the reason the fleet sends in-band at
+			// the cut, before OpenSSH sees the close and kills it. The
+			// device's own "remoteler: " line may come too, or be cut
+			// short when OpenSSH exits first.
+			if got := ssh.Output(); !strings.Contains(got, "tsh: the session to pi-1 ended: "+tt.want) {
 				t.Errorf("the user saw %q, want the fleet's reason %q", got, tt.want)
+			} else if !strings.Contains(got, "remoteler: ") {
+				t.Logf("the device's own line did not reach the user before ssh exited: %q", got)
 			}
 			if ssh.Err() == nil {
 				t.Errorf("ssh exited 0 after its session was cut")

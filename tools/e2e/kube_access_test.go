@@ -127,6 +127,47 @@ const kubeExecRoleDenied = kubeExecRole + `  deny:
     kubernetes_groups: ["*"]
 `
 
+// kubeExec is a real kubectl exec -it into the exec server's pod shell,
+// under a terminal, with its prompt seen and a typed command echoed.
+type kubeExec struct {
+	out    *lockedBuffer // what kubectl printed
+	exited chan error    // kubectl's exit, once
+	close  func()        // closes the terminal, after the exit
+}
+
+// startKubeExec starts kubectl exec -it as u (with kubeconfig) and waits
+// for the pod's prompt and the echo of a typed command.
+func startKubeExec(t *testing.T, u *harness.User, kubeconfig string) *kubeExec {
+	t.Helper()
+	cmd := exec.Command(bin.Path("kubectl"), "-n", "team", "exec", "-it", "shell", "--", "sh")
+	cmd.Env = append(os.Environ(), kubeEnv(u, kubeconfig)...)
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tty.Close() })
+	kx := &kubeExec{out: &lockedBuffer{}, exited: make(chan error, 1)}
+	copied := make(chan struct{})
+	go func() {
+		io.Copy(kx.out, tty)
+		close(copied)
+	}()
+	go func() { kx.exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	kx.close = func() {
+		tty.Close()
+		<-copied
+	}
+	if !harness.Eventually(60*time.Second, func() bool { return strings.Contains(kx.out.String(), "pod$ ") }) {
+		t.Fatalf("no prompt from the exec: %q", kx.out.String())
+	}
+	io.WriteString(tty, "echo typed-in-the-pod\r")
+	if !harness.Eventually(30*time.Second, func() bool { return strings.Contains(kx.out.String(), "typed-in-the-pod") }) {
+		t.Fatalf("no echo from the exec: %q", kx.out.String())
+	}
+	return kx
+}
+
 // TestKubeExecRecordedAndEndedByARoleChange runs the real kubectl exec -it
 // (under a terminal) through the fleet and an agent to the exec server
 // above (no kubelet here), and checks that the session is recorded and
@@ -143,29 +184,8 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 	kcfg := filepath.Join(t.TempDir(), "config")
 	tshKube(t, alice, kcfg, "kube", "login", "pi-exec")
 
-	cmd := exec.Command(bin.Path("kubectl"), "-n", "team", "exec", "-it", "shell", "--", "sh")
-	cmd.Env = append(os.Environ(), kubeEnv(alice, kcfg)...)
-	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tty.Close()
-	out := &lockedBuffer{}
-	copied := make(chan struct{})
-	go func() {
-		io.Copy(out, tty)
-		close(copied)
-	}()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	if !harness.Eventually(60*time.Second, func() bool { return strings.Contains(out.String(), "pod$ ") }) {
-		t.Fatalf("no prompt from the exec: %q", out.String())
-	}
-	io.WriteString(tty, "echo typed-in-the-pod\r")
-	if !harness.Eventually(30*time.Second, func() bool { return strings.Contains(out.String(), "typed-in-the-pod") }) {
-		t.Fatalf("no echo from the exec: %q", out.String())
-	}
-
+	kx := startKubeExec(t, alice, kcfg)
+	out, exited := kx.out, kx.exited
 	acted := time.Now()
 	f.Ctl(kubeExecRoleDenied, "create", "-f", "-")
 	select {
@@ -177,8 +197,7 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("kubectl exec outlived the role change: %q", out.String())
 	}
-	tty.Close()
-	<-copied
+	kx.close()
 	const why = `access changed: role "kube-exec" denies Kubernetes access on device "pi-exec"`
 	if !strings.Contains(out.String(), why) {
 		t.Errorf("kubectl printed %q, want the fleet's reason %q", out.String(), why)

@@ -97,7 +97,7 @@ func StartErr(tb TB, c Cmd) (*Proc, error) {
 	}
 	p := &Proc{tb: tb, name: c.Name, stopAft: c.StopTimeout, done: make(chan struct{}), changed: make(chan struct{}), open: 2}
 	cmd := exec.Command(c.Path, c.Args...)
-	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Env = environ(c)
 	cmd.Dir = c.Dir
 	cmd.Stdin = c.Stdin
 	cmd.SysProcAttr = childAttr()

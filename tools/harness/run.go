@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"remoteler.dev/edge/tools/plainshell"
 )
 
 // Result is how a command run to completion ended.
@@ -107,11 +109,23 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 // with this process. c.Name, LogDir and StopTimeout are not used.
 func Command(ctx context.Context, c Cmd) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
-	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Env = environ(c)
 	cmd.Dir = c.Dir
 	cmd.Stdin = c.Stdin
 	cmd.SysProcAttr = childAttr()
 	cmd.Cancel = func() error { return signalGroup(cmd.Process, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
+}
+
+// environ is the environment of c's process: this process's, then c.Env.
+// Every process sees plainshell's passwd file in EDGE_AGENT_PASSWD (unless
+// either sets it), so that an edge-agent the harness starts, whichever way
+// it is launched, gives logins a plain shell rather than the host user's.
+func environ(c Cmd) []string {
+	env := append(os.Environ(), c.Env...)
+	if withShell, err := plainshell.Env(env); err == nil {
+		return withShell
+	}
+	return env
 }

@@ -214,6 +214,9 @@ func start(cfg agent.Config) int {
 		cfg.SFTPCommand = []string{exe, "sftp-server"}
 		cfg.DialCommand = []string{exe, "dial-helper"}
 	}
+	// The passwd file that names login shells, for tests that must not
+	// run the host user's own shell and dotfiles (tools/passwdtest).
+	cfg.PasswdFile = os.Getenv("EDGE_AGENT_PASSWD")
 	if code, stop := startupCheck(&cfg, log); stop {
 		return code
 	}

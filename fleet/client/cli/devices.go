@@ -28,12 +28,12 @@ type DeviceTable struct {
 
 // Write prints devices as a table.
 func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
-	head := []string{"NAME", "LABELS", "STATUS", "LAST SEEN", "VERSION"}
+	head := []string{"NAME", "LABELS", "STATUS", "MODE", "LAST SEEN", "VERSION"}
 	if t.Update && !t.Verbose {
 		head = append(head, "TARGET", "UPDATE")
 	}
 	if t.Verbose {
-		head = []string{"NAME", "ID", "LABELS", "STATUS", "LAST SEEN", "VERSION", "TARGET", "UPDATE", "OS/ARCH", "ADDRESS", "JOINED", "RTT", "LOSS", "RECONNECTS", "SENT/RECEIVED", "ADDRESS CHANGED"}
+		head = []string{"NAME", "ID", "LABELS", "STATUS", "MODE", "LAST SEEN", "VERSION", "TARGET", "UPDATE", "OS/ARCH", "ADDRESS", "JOINED", "RTT", "LOSS", "RECONNECTS", "SENT/RECEIVED", "ADDRESS CHANGED"}
 	}
 	if t.Logins {
 		head = append(head, "LOGINS")
@@ -44,7 +44,11 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 		if d.Online {
 			status = "online"
 		}
-		cols := []string{d.Name, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion)}
+		mode := d.Mode
+		if mode == "" {
+			mode = api.ModeTunnel
+		}
+		cols := []string{d.Name, Labels(d.Labels), status, mode, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion)}
 		if t.Update && !t.Verbose {
 			target, upd := UpdateColumns(d.Update)
 			cols = append(cols, target, upd)
@@ -56,7 +60,7 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 			}
 			l := d.Link
 			rtt, loss, bytes := "-", "-", "-"
-			if d.Online {
+			if d.Online && (mode != api.ModeDirect || !d.Link.ConnectedSince.IsZero()) {
 				rtt = fmt.Sprintf("%.0fms", l.RTTMillis)
 				loss = fmt.Sprintf("%.1f%%", l.LossPercent)
 				bytes = Bytes(l.BytesSent) + "/" + Bytes(l.BytesReceived)
@@ -66,7 +70,7 @@ func (t DeviceTable) Write(w io.Writer, devices []api.Device) error {
 				moved = Ago(t.Now, l.AddrChangedAt)
 			}
 			target, upd := UpdateColumns(d.Update)
-			cols = []string{d.Name, d.ID, Labels(d.Labels), status, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion), target, upd,
+			cols = []string{d.Name, d.ID, Labels(d.Labels), status, mode, Ago(t.Now, d.LastSeen), Dash(d.AgentVersion), target, upd,
 				Dash(osArch), Dash(d.Addr), Ago(t.Now, d.JoinedAt), rtt, loss, fmt.Sprint(l.Reconnects), bytes, moved}
 		}
 		if t.Logins {

@@ -22,7 +22,7 @@ func TestDeviceTableLinkHealth(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	got := strings.Join(strings.Fields(lines[1]), " ")
-	want := "pi-1 d1 - online just now v1 - - linux/arm64 192.0.2.7:4242 2d ago 83ms 1.2% 4 1.5KiB/3.0MiB 10m ago"
+	want := "pi-1 d1 - online tunnel just now v1 - - linux/arm64 192.0.2.7:4242 2d ago 83ms 1.2% 4 1.5KiB/3.0MiB 10m ago"
 	if got != want {
 		t.Errorf("row = %q\nwant  %q", got, want)
 	}

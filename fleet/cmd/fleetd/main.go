@@ -57,6 +57,10 @@ func start(args []string) int {
 	sessionHold := fs.Duration("session-hold", 0, "how long a session waits for its device to come back after the link drops (default 10m)")
 	deviceKeepalive := fs.Duration("device-keepalive", 0, "push this NAT keep-alive period to every agent, e.g. 25s; -1s turns keep-alives off (default: each agent's own)")
 	retention := fs.Duration("audit-retention", 0, "how long audit events are kept, e.g. 8760h, until fleetctl retention set says otherwise (default 8760h)")
+	replicaID := fs.String("replica-id", "", "this replica's `ID` among the fleet's replicas on etcd (default: made on first start, kept in DATA_DIR/replica-id)")
+	peerListen := fs.String("peer-listen", "", "`HOST:PORT` for the other replicas' connections, on etcd (default: the --listen host, port 3081)")
+	peerAdvertise := fs.String("peer-advertise", "", "`HOST[:PORT]` the other replicas reach this one at, on etcd (default: --peer-listen, a wildcard host replaced by this host's first address)")
+	leaseTTL := fs.Duration("replica-lease-ttl", 0, "how long a replica's presence outlives it in the store, on etcd (default 15s)")
 	releaseKeys := fs.String("release-key", "", "minisign public `KEY`(s) (the base64 line of a .pub file; several separated by commas) that agent releases must be signed with (default: none; releases are refused)")
 	metricsListen := fs.String("metrics-listen", "", "`HOST:PORT` to serve Prometheus metrics on (plain HTTP, /metrics); an address that is not loopback needs --metrics-token-file (default: off)")
 	metricsToken := fs.String("metrics-token-file", "", "`FILE` holding the bearer token scrapers must send for the metrics (default: none, loopback only)")
@@ -100,6 +104,14 @@ func start(args []string) int {
 			cfg.DeviceKeepalive = fleetd.Duration(*deviceKeepalive)
 		case "audit-retention":
 			cfg.AuditRetention = fleetd.Duration(*retention)
+		case "replica-id":
+			cfg.ReplicaID = *replicaID
+		case "peer-listen":
+			cfg.PeerListen = *peerListen
+		case "peer-advertise":
+			cfg.PeerAdvertise = *peerAdvertise
+		case "replica-lease-ttl":
+			cfg.ReplicaLeaseTTL = fleetd.Duration(*leaseTTL)
 		case "release-key":
 			cfg.ReleaseKeys = strings.Split(*releaseKeys, ",")
 		case "metrics-listen":

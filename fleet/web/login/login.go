@@ -30,8 +30,13 @@
 //   - output through html/template; the "next" address a login returns to
 //     is a path on the fleet, never another site.
 //
-// Sessions live in this fleetd's memory: a restart logs browsers out, and
-// replicas (fleet/store on etcd) will keep them in the store.
+// Sessions live in the fleet's store (fleet/store), under
+// "websessions/HASH" where HASH is the SHA-256 of the cookie's token, so a
+// browser stays logged in across fleetd restarts and on every replica.
+// Each fleetd follows them into memory (Run): a logout on one replica ends
+// the session, and what was started for it (OnEnd), on all of them within
+// the store's watch latency. Expired sessions are pruned by Prune, which
+// the fleet's leader runs.
 //
 // Only fleet/... server packages import login.
 package login
@@ -42,11 +47,13 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -55,6 +62,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/sso"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/page"
 	"remoteler.dev/edge/fleet/web/static"
@@ -103,9 +111,11 @@ const SSOKind = "web"
 // PathSSO is where the login page's connector buttons post.
 const PathSSO = PathLogin + "/sso"
 
-// Config configures a Server. Users and Origin are required.
+// Config configures a Server. Users, Store and Origin are required.
 type Config struct {
 	Users Users
+	// Store keeps the sessions (see the package comment).
+	Store store.Store
 	// Origin is the fleet's web origin, https://HOST[:PORT]: requests
 	// that change state must come from it.
 	Origin string
@@ -128,6 +138,10 @@ type Config struct {
 	Admit func(r *http.Request) (wait time.Duration, ok bool)
 	// SSO, when set, offers its connectors on the login page.
 	SSO SSO
+	// Refuse, when set, is asked after a user's credentials checked out:
+	// an error refuses the login with its message (a lock, fleet/locks;
+	// an error with AuditFields() names the rule in the audit event).
+	Refuse func(u api.User) error
 	// Audit records logins and logouts; nil records nothing.
 	Audit Recorder
 	// Logger receives operational logs; nil discards them.
@@ -149,6 +163,23 @@ type Session struct {
 	csrf    string
 }
 
+// record is a session as the store keeps it.
+type record struct {
+	ID      string    `json:"id"`
+	User    string    `json:"user"`
+	Method  string    `json:"method,omitempty"`
+	Started time.Time `json:"started"`
+	Expires time.Time `json:"expires"`
+	CSRF    string    `json:"csrf"`
+}
+
+func (rec *record) session() *Session {
+	return &Session{ID: rec.ID, User: rec.User, Method: rec.Method, Started: rec.Started, Expires: rec.Expires, csrf: rec.CSRF}
+}
+
+// sessionPrefix is where the store keeps the sessions.
+const sessionPrefix = "websessions/"
+
 // Server serves the login pages and keeps the sessions. Create it with
 // New; its methods are safe for concurrent use.
 type Server struct {
@@ -156,10 +187,9 @@ type Server struct {
 	log  *slog.Logger
 	tmpl *template.Template
 
-	mu       sync.Mutex // guards the fields below
-	sessions map[[32]byte]*Session
+	mu       sync.Mutex          // guards the fields below
+	sessions map[string]*Session // by store key, as followed from the store
 	onEnd    []func(Session)
-	sweeps   int
 }
 
 //go:embed templates
@@ -177,11 +207,80 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	t := template.Must(template.New("").ParseFS(templates, "templates/*.html"))
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[[32]byte]*Session{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[string]*Session{}}
 	if cfg.SSO != nil {
 		cfg.SSO.Handle(SSOKind, s.finishSSO)
 	}
 	return s
+}
+
+// Run follows the sessions in the store until ctx ends: sessions started
+// on other replicas are known here, and those ended there end here too.
+func (s *Server) Run(ctx context.Context) {
+	store.Follow(ctx, s.cfg.Store, sessionPrefix, store.FollowHandler{
+		Reset: func(items []store.Item, _ int64) {
+			next := map[string]*Session{}
+			for _, it := range items {
+				if sess := s.decode(it.Key, it.Value); sess != nil {
+					next[it.Key] = sess
+				}
+			}
+			s.mu.Lock()
+			var gone []*Session
+			for k, sess := range s.sessions {
+				if next[k] == nil {
+					gone = append(gone, sess)
+				}
+			}
+			s.sessions = next
+			s.mu.Unlock()
+			s.ended(gone...)
+		},
+		Apply: func(ev store.Event) {
+			if ev.Kind == store.EventPut {
+				if sess := s.decode(ev.Key, ev.Value); sess != nil {
+					s.mu.Lock()
+					s.sessions[ev.Key] = sess
+					s.mu.Unlock()
+				}
+				return
+			}
+			s.mu.Lock()
+			sess := s.sessions[ev.Key]
+			delete(s.sessions, ev.Key)
+			s.mu.Unlock()
+			if sess != nil {
+				s.ended(sess)
+			}
+		},
+		Retry: func(err error, wait time.Duration) {
+			s.log.Warn("follow the browser sessions", "err", err, "retry_in", wait.String())
+		},
+	})
+}
+
+func (s *Server) decode(key string, b []byte) *Session {
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil || rec.ID == "" {
+		s.log.Warn("malformed browser session in the store; ignoring it", "key", key, "err", err)
+		return nil
+	}
+	return rec.session()
+}
+
+// ended runs the OnEnd hooks for sessions that ended.
+func (s *Server) ended(list ...*Session) {
+	if len(list) == 0 {
+		return
+	}
+	s.mu.Lock()
+	hooks := append([]func(Session){}, s.onEnd...)
+	s.mu.Unlock()
+	for _, sess := range list {
+		for _, f := range hooks {
+			f(*sess)
+		}
+	}
 }
 
 // Register adds the login routes to mux: the login page and form, logout,
@@ -206,7 +305,11 @@ func (s *Server) OnEnd(f func(Session)) {
 
 func newToken() string { return rand.Text() + rand.Text() }
 
-func hashToken(tok string) [32]byte { return sha256.Sum256([]byte(tok)) }
+// tokenKey is the store key of the session whose cookie holds tok.
+func tokenKey(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return sessionPrefix + hex.EncodeToString(sum[:])
+}
 
 // Session returns the request's live session: its cookie names one that
 // has not expired, whose user still exists.
@@ -215,19 +318,30 @@ func (s *Server) Session(r *http.Request) (*Session, bool) {
 	if err != nil || c.Value == "" || len(c.Value) > 256 {
 		return nil, false
 	}
-	key := hashToken(c.Value)
+	key := tokenKey(c.Value)
 	s.mu.Lock()
 	sess := s.sessions[key]
-	if sess != nil && !s.cfg.Now().Before(sess.Expires) {
-		delete(s.sessions, key)
-		sess = nil
-	}
 	s.mu.Unlock()
 	if sess == nil {
+		// Started on another replica moments ago, before the watch
+		// brought it here: ask the store.
+		b, err := s.cfg.Store.Get(r.Context(), key)
+		if err != nil {
+			return nil, false
+		}
+		if sess = s.decode(key, b); sess == nil {
+			return nil, false
+		}
+	}
+	if !s.cfg.Now().Before(sess.Expires) {
 		return nil, false
 	}
-	if _, err := s.cfg.Users.Get(r.Context(), sess.User); err != nil {
+	u, err := s.cfg.Users.Get(r.Context(), sess.User)
+	if err != nil {
 		return nil, false
+	}
+	if s.cfg.Refuse != nil && s.cfg.Refuse(u) != nil {
+		return nil, false // a lock: the login page says why
 	}
 	cp := *sess
 	return &cp, true
@@ -440,8 +554,8 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusInternalServerError, "The fleet could not check your login (see fleetd's log); try again.", false)
 		return
 	}
-	if err := s.begin(w, r, u, "web", next); err != nil {
-		fail(http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later.", false)
+	if ref := s.begin(w, r, u, "web", next); ref != nil {
+		fail(ref.status, ref.msg, false)
 	}
 }
 
@@ -459,10 +573,33 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return "", true
 }
 
-// begin starts a session for u, a user whose login (method) was just
-// verified, and sends the browser on to next. It writes nothing when the
-// login cannot be audited, and returns that error.
-func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, method, next string) error {
+// refusal is why begin started no session: the status to answer and
+// what to tell the user.
+type refusal struct {
+	status int
+	msg    string
+}
+
+func (e *refusal) Error() string { return e.msg }
+
+// begin starts a session for u, a user whose login (method: "web" for a
+// password, "sso:NAME") was just verified, and sends the browser on to
+// next. A user Config.Refuse refuses (a lock) gets no session, whatever
+// the method, and the refusal is audited. begin writes nothing to w when
+// it returns a refusal: a login it cannot audit, or a session the store
+// cannot keep, starts nothing.
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, method, next string) *refusal {
+	if s.cfg.Refuse != nil {
+		if err := s.cfg.Refuse(u); err != nil {
+			f := map[string]string{"method": method}
+			if af, ok := err.(interface{ AuditFields() map[string]string }); ok {
+				maps.Copy(f, af.AuditFields())
+			}
+			s.record(r, &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, User: u.Name, Addr: r.RemoteAddr,
+				Message: err.Error(), Fields: f})
+			return &refusal{http.StatusForbidden, err.Error()}
+		}
+	}
 	ttl := 8 * time.Hour
 	if s.cfg.TTL != nil {
 		ttl = s.cfg.TTL(r.Context(), u)
@@ -471,12 +608,17 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, metho
 	sess := &Session{ID: rand.Text(), User: u.Name, Method: method, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
 	if err := s.record(r, &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
 		Fields: map[string]string{"method": method, "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
-		return err
+		return &refusal{http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later."}
 	}
 	tok := newToken()
+	key := tokenKey(tok)
+	b, _ := json.Marshal(&record{ID: sess.ID, User: sess.User, Method: sess.Method, Started: sess.Started, Expires: sess.Expires, CSRF: sess.csrf})
+	if err := s.cfg.Store.Create(r.Context(), key, b); err != nil {
+		s.log.Error("store a browser session", "user", u.Name, "err", err)
+		return &refusal{http.StatusServiceUnavailable, "The fleet could not keep your session (see fleetd's log); try again."}
+	}
 	s.mu.Lock()
-	s.sweepLocked(now)
-	s.sessions[hashToken(tok)] = sess
+	s.sessions[key] = sess
 	s.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: tok, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode,
 		Expires: sess.Expires})
@@ -529,26 +671,46 @@ func (s *Server) finishSSO(w http.ResponseWriter, r *http.Request, res *sso.Resu
 		return
 	}
 	u, err := s.cfg.Users.Get(r.Context(), res.User)
-	if err == nil {
-		err = s.begin(w, r, u, "sso:"+res.Connector, next)
-	}
 	if err != nil {
 		s.log.Error("single sign-on session", "user", res.User, "err", err)
 		s.Page(w, http.StatusServiceUnavailable, nil, Page{Title: "Login failed", Message: "The fleet could not start your session (see fleetd's log); try again.", Link: retry, LinkText: "Log in again"})
+		return
+	}
+	if ref := s.begin(w, r, u, "sso:"+res.Connector, next); ref != nil {
+		title := "Login failed"
+		if ref.status == http.StatusForbidden {
+			title = "Login refused"
+		}
+		s.Page(w, ref.status, nil, Page{Title: title, Message: ref.msg, Link: retry, LinkText: "Log in again"})
 	}
 }
 
-// sweepLocked drops expired sessions now and then.
-func (s *Server) sweepLocked(now time.Time) {
-	s.sweeps++
-	if s.sweeps%64 != 0 {
-		return
+// Prune removes the expired sessions from the store (every replica then
+// runs the OnEnd hooks for them) and returns how many it removed. One
+// replica, the leader, runs it now and then.
+func (s *Server) Prune(ctx context.Context) (int, error) {
+	items, err := s.cfg.Store.List(ctx, sessionPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("login: prune sessions: %w", err)
 	}
-	for k, sess := range s.sessions {
-		if !now.Before(sess.Expires) {
-			delete(s.sessions, k)
+	now := s.cfg.Now()
+	n := 0
+	for _, it := range items {
+		var rec record
+		if json.Unmarshal(it.Value, &rec) == nil && now.Before(rec.Expires) {
+			continue
+		}
+		// Gone already (a logout) is fine; a changed one is not ours to drop.
+		err := s.cfg.Store.Delete(ctx, it.Key, store.If(store.Guard{Key: it.Key, Value: it.Value}))
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrFenced):
+		default:
+			return n, fmt.Errorf("login: prune sessions: %w", err)
 		}
 	}
+	return n, nil
 }
 
 // logout answers POST /web/logout: the session ends, and with it what
@@ -564,32 +726,38 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		s.Page(w, http.StatusForbidden, sess, Page{Title: "Not logged out", Message: "The logout did not come from this fleet's page.", Link: s.cfg.Home, LinkText: "Back"})
 		return
 	}
-	s.End(sess.ID)
+	if err := s.End(r.Context(), sess.ID); err != nil {
+		s.log.Error("log out", "user", sess.User, "err", err)
+		s.Page(w, http.StatusServiceUnavailable, sess, Page{Title: "Not logged out", Message: "The fleet could not end your session (see fleetd's log); try again.", Link: s.cfg.Home, LinkText: "Back"})
+		return
+	}
 	s.record(r, &proto.AuditEvent{Type: proto.EventUserLogout, User: sess.User, Addr: r.RemoteAddr, Fields: map[string]string{"method": "web", "web_session": sess.ID}})
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", Secure: true, HttpOnly: true, MaxAge: -1})
 	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
 	http.Redirect(w, r, PathLogin, http.StatusSeeOther)
 }
 
-// End ends the session with this ID (a logout; or the user was removed),
-// and runs the OnEnd hooks.
-func (s *Server) End(id string) {
+// End ends the session with this ID (a logout; or the user was removed):
+// it is removed from the store, and the OnEnd hooks run on every replica.
+func (s *Server) End(ctx context.Context, id string) error {
 	s.mu.Lock()
-	var ended *Session
+	var keys []string
+	var ended []*Session
 	for k, sess := range s.sessions {
 		if sess.ID == id {
-			ended = sess
+			keys = append(keys, k)
+			ended = append(ended, sess)
 			delete(s.sessions, k)
 		}
 	}
-	hooks := append([]func(Session){}, s.onEnd...)
 	s.mu.Unlock()
-	if ended == nil {
-		return
+	for _, k := range keys {
+		if err := s.cfg.Store.Delete(ctx, k); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("login: end session: %w", err)
+		}
 	}
-	for _, f := range hooks {
-		f(*ended)
-	}
+	s.ended(ended...)
+	return nil
 }
 
 func (s *Server) record(r *http.Request, e *proto.AuditEvent) error {

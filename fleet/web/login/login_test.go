@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -76,6 +78,7 @@ func (tr *trail) types() string {
 
 type fixture struct {
 	srv   *httptest.Server
+	st    store.Store
 	login *Server
 	users *fakeUsers
 	trail *trail
@@ -83,13 +86,32 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{users: &fakeUsers{users: map[string]string{"alice": "pw-alice", "tina": "pw-tina"}}, trail: &trail{}}
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	return newFixtureOn(t, st)
+}
+
+// newFixtureOn is a fleetd's login on st: several on one store are
+// replicas.
+func newFixtureOn(t *testing.T, st store.Store) *fixture {
+	t.Helper()
+	f := &fixture{st: st, users: &fakeUsers{users: map[string]string{"alice": "pw-alice", "tina": "pw-tina"}}, trail: &trail{}}
 	mux := http.NewServeMux()
 	f.srv = httptest.NewUnstartedServer(mux)
 	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
-	f.login = New(Config{Users: f.users, Origin: f.srv.URL, Fleet: "fleet", Audit: f.trail, Logger: logtest.Logger(t),
+	f.login = New(Config{Users: f.users, Store: st, Origin: f.srv.URL, Fleet: "fleet", Audit: f.trail, Logger: logtest.Logger(t),
 		FormTargets: []string{"https://*.fleet.test:8443"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.login.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 	f.login.Register(mux)
 	mux.HandleFunc("GET /web/", func(w http.ResponseWriter, r *http.Request) {
 		sess, ok := f.login.Session(r)
@@ -310,5 +332,102 @@ func TestPerSourceLimit(t *testing.T) {
 	resp, body := post(t, c, f.srv.URL+PathLogin, url.Values{"csrf": {tok}, "user": {"alice"}, "password": {"pw-alice"}}, f.srv.URL)
 	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "Too many logins from your address") || resp.Header.Get("Retry-After") != "3" {
 		t.Errorf("got %s (Retry-After %q) %q", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+}
+
+// TestSessionsOnEveryReplica: two fleetds on one store are one fleet to a
+// browser: logged in on one, logged in on the other; logged out on the
+// other, logged out everywhere, and what the first started for the session
+// ends there.
+func TestSessionsOnEveryReplica(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a, b := newFixtureOn(t, st), newFixtureOn(t, st)
+	var mu sync.Mutex
+	var endedOnA []string
+	a.login.OnEnd(func(s Session) {
+		mu.Lock()
+		endedOnA = append(endedOnA, s.User)
+		mu.Unlock()
+	})
+	c := a.browser(t) // one jar: cookies are per host, not per port
+	tok := a.loginForm(t, c, "/web/home")
+	if resp, _ := post(t, c, a.srv.URL+PathLogin, url.Values{"csrf": {tok}, "user": {"alice"}, "password": {"pw-alice"}}, a.srv.URL); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login on a: %s", resp.Status)
+	}
+	// At once on b: before its watch has the session, it asks the store.
+	resp, body := get(t, c, b.srv.URL+"/web/home")
+	if resp.StatusCode != 200 || !strings.Contains(body, "hello alice") {
+		t.Fatalf("b right after the login on a: %s %q", resp.Status, body)
+	}
+	logoutTok := csrfRE.FindStringSubmatch(body)[1]
+	if resp, _ := post(t, c, b.srv.URL+PathLogout, url.Values{"csrf": {logoutTok}}, b.srv.URL); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout on b: %s", resp.Status)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		n := len(endedOnA)
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a's OnEnd hooks saw %d ends, want 1", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if resp, _ := get(t, c, a.srv.URL+"/web/home"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("a after the logout on b: %s, want the login again", resp.Status)
+	}
+	if items, _ := st.List(context.Background(), sessionPrefix); len(items) != 0 {
+		t.Errorf("%d sessions left in the store after the logout", len(items))
+	}
+}
+
+// TestPrune: expired sessions leave the store, and their ends reach every
+// replica's hooks; live ones stay.
+func TestPrune(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	f := newFixtureOn(t, st)
+	now := time.Now()
+	var mu sync.Mutex
+	f.login.cfg.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	f.login.cfg.TTL = func(_ context.Context, u api.User) time.Duration {
+		if u.Name == "tina" {
+			return time.Hour
+		}
+		return time.Minute
+	}
+	ended := make(chan string, 4)
+	f.login.OnEnd(func(s Session) { ended <- s.User })
+	for _, u := range []url.Values{
+		{"user": {"alice"}, "password": {"pw-alice"}},
+		{"user": {"tina"}, "password": {"pw-tina"}, "totp": {"123456"}},
+	} {
+		c := f.browser(t)
+		u.Set("csrf", f.loginForm(t, c, "/web/"))
+		if resp, _ := post(t, c, f.srv.URL+PathLogin, u, f.srv.URL); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("login %s: %s", u.Get("user"), resp.Status)
+		}
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	n, err := f.login.Prune(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want alice's one expired session", n, err)
+	}
+	select {
+	case u := <-ended:
+		if u != "alice" {
+			t.Errorf("ended %s, want alice", u)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the pruned session's end reached no hook")
+	}
+	if items, _ := st.List(context.Background(), sessionPrefix); len(items) != 1 {
+		t.Errorf("%d sessions in the store after the prune, want tina's", len(items))
 	}
 }

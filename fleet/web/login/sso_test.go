@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"remoteler.dev/edge/fleet/sso"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/logtest"
 )
@@ -47,7 +48,13 @@ func TestSSOLogin(t *testing.T) {
 	single := &standInSSO{}
 	mux := http.NewServeMux()
 	f.srv.Config.Handler = mux
-	f.login = New(Config{Users: f.users, Origin: f.srv.URL, Fleet: "fleet", Audit: f.trail, Logger: logtest.Logger(t), SSO: single})
+	f.login = New(Config{Users: f.users, Store: f.st, Origin: f.srv.URL, Fleet: "fleet", Audit: f.trail, Logger: logtest.Logger(t), SSO: single,
+		Refuse: func(u api.User) error {
+			if u.Name == "tina" {
+				return lockedErr{}
+			}
+			return nil
+		}})
 	f.login.Register(mux)
 	// The provider's answer: user "alice" of connector "test", or the
 	// refusal the query names.
@@ -59,6 +66,8 @@ func TestSSOLogin(t *testing.T) {
 			err = &sso.Refusal{Reason: "no_role", Message: "your claims give you no fleet role (groups: visitors)"}
 		case "gone":
 			res.Identity = &sso.Identity{Connector: "test", User: "nobody"}
+		case "locked":
+			res.Identity = &sso.Identity{Connector: "test", User: "tina"}
 		default:
 			res.Identity = &sso.Identity{Connector: "test", User: "alice"}
 		}
@@ -117,6 +126,21 @@ func TestSSOLogin(t *testing.T) {
 	if resp, _ := get(t, c, f.srv.URL+"/callback?as=gone"); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("a login of a user who does not exist: %s", resp.Status)
 	}
+	// A locked user (Config.Refuse) is refused at the end as at a password
+	// login: no session, the lock's message, the refusal audited.
+	resp, body = get(t, c, f.srv.URL+"/callback?as=locked")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "locked for a test") || strings.Contains(strings.Join(resp.Header.Values("Set-Cookie"), ";"), SessionCookie) {
+		t.Errorf("a locked user's login: %s %q", resp.Status, body)
+	}
+	var refused bool
+	for _, e := range f.trail.evs {
+		if e.Type == "user.login.failed" && e.User == "tina" && e.Outcome == proto.OutcomeDenied && e.Fields["method"] == "sso:test" && e.Fields["lock"] == "L1" {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Errorf("the locked user's refusal is not audited: %s", f.trail.types())
+	}
 	// Verified: a session, back to the page asked for, audited.
 	resp, _ = get(t, c, f.srv.URL+"/callback")
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/web/devices/pi-1" {
@@ -139,4 +163,15 @@ func TestSSOLogin(t *testing.T) {
 	if !login {
 		t.Errorf("no audited login of alice's session: %s", f.trail.types())
 	}
+	// The store keeps the method, for the other replicas.
+	items, err := f.st.List(context.Background(), sessionPrefix)
+	if err != nil || len(items) != 1 || !strings.Contains(string(items[0].Value), `"method":"sso:test"`) {
+		t.Errorf("the stored sessions: %v %+v, want one with its method", err, items)
+	}
 }
+
+// lockedErr stands in for a lock's refusal (fleet/locks).
+type lockedErr struct{}
+
+func (lockedErr) Error() string                  { return "user tina is locked for a test" }
+func (lockedErr) AuditFields() map[string]string { return map[string]string{"lock": "L1"} }

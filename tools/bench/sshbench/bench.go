@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -109,7 +107,7 @@ func measure(tb harness.TB, cfg config, work string, out io.Writer, logf func(st
 
 	payload := filepath.Join(work, "payload")
 	logf("writing a %s payload", humanSize(cfg.Size))
-	sum, err := writePayload(payload, cfg.Size)
+	sum, err := harness.WritePayload(payload, cfg.Size)
 	if err != nil {
 		return err
 	}
@@ -170,51 +168,6 @@ func currentLogin() (string, error) {
 		return "", fmt.Errorf("find the current user: %w", err)
 	}
 	return u.Username, nil
-}
-
-// writePayload writes size random bytes to path and returns their SHA-256.
-func writePayload(path string, size int64) ([32]byte, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return [32]byte{}, fmt.Errorf("write payload: %w", err)
-	}
-	h := sha256.New()
-	_, err = io.CopyN(io.MultiWriter(f, h), rand.Reader, size)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return [32]byte{}, fmt.Errorf("write payload: %w", err)
-	}
-	return [32]byte(h.Sum(nil)), nil
-}
-
-// checkFile checks that path holds size bytes and, when sum is not nil,
-// that their SHA-256 is *sum.
-func checkFile(path string, size int64, sum *[32]byte) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("check copy: %w", err)
-	}
-	if st.Size() != size {
-		return fmt.Errorf("check copy: %s has %d bytes, want %d", path, st.Size(), size)
-	}
-	if sum == nil {
-		return nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("check copy: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("check copy: %w", err)
-	}
-	if !bytes.Equal(h.Sum(nil), sum[:]) {
-		return fmt.Errorf("check copy: %s differs from the payload", path)
-	}
-	return nil
 }
 
 // copyPath is one way of copying a file to and from the device.
@@ -335,7 +288,7 @@ func measureCopies(ctx context.Context, cfg config, f *fleet, p *peer, work, pay
 				if run == 0 {
 					want = &sum
 				}
-				if err := checkFile(check, cfg.Size, want); err != nil {
+				if err := harness.CheckFile(check, cfg.Size, want); err != nil {
 					return nil, fmt.Errorf("copy %s with %s: %w", dir, cp.name, err)
 				}
 				os.Remove(check)

@@ -1,0 +1,455 @@
+// Package presence records, in the fleet's store, which fleetd replicas
+// are running and which replica holds each device's tunnel, so that every
+// replica knows where a device is (tsh ls on any replica shows the truth)
+// and where to carry a user's connection to it (fleet/route).
+//
+// A replica writes everything under a lease of its own (store.Grant), so
+// when it dies or is cut off from the store its entries vanish within the
+// lease's TTL and the devices show offline until they reconnect to another
+// replica, which writes them again. Keys:
+//
+//	presence/replicas/ID  this replica: where its peers reach it (Replica)
+//	presence/devices/ID   the replica holding the device's tunnel (Entry)
+//
+// One key per device: a device that moves to another replica is written by
+// the new replica over the old one's entry, so it never shows offline in
+// between; the old replica's removal is guarded (it deletes the entry only
+// while the entry is still its own). A replica that loses its lease (it
+// could not renew it for a whole TTL: the store is down, or the replica is
+// partitioned from it) is told at once (Config.OnLost): it must stop
+// taking devices and users, since it can no longer record where they are;
+// Run then grants a new lease as soon as the store answers again.
+//
+// Every replica keeps the whole presence in memory, followed from the store
+// (store.Follow): lookups never wait on the store.
+//
+// Only fleet/... server packages import presence.
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"remoteler.dev/edge/fleet/backoff"
+	"remoteler.dev/edge/fleet/store"
+)
+
+// Key prefixes in the store.
+const (
+	Prefix         = "presence/"
+	replicasPrefix = Prefix + "replicas/"
+	devicesPrefix  = Prefix + "devices/"
+)
+
+// DefaultTTL is Config.TTL's default: how long a dead replica's entries
+// outlive it.
+const DefaultTTL = 15 * time.Second
+
+// Replica is a running fleetd replica, as its peers see it.
+type Replica struct {
+	// ID names the replica (its certificate's CN, fleet/peer).
+	ID string `json:"id"`
+	// Addr is where its peers reach it (fleet/peer), host:port.
+	Addr string `json:"addr"`
+	// Started is when the replica started.
+	Started time.Time `json:"started"`
+	// Version is its fleetd version.
+	Version string `json:"version,omitempty"`
+}
+
+// Entry says where a device's tunnel is.
+type Entry struct {
+	// Replica is the ID of the replica holding the tunnel.
+	Replica string `json:"r"`
+	// Addr is the device's address as that replica sees it.
+	Addr string `json:"a,omitempty"`
+	// Since is when the tunnel connected.
+	Since time.Time `json:"s"`
+}
+
+// Config configures a Registry. Store and Self are required.
+type Config struct {
+	Store store.Store
+	// Self is this replica (ID and Addr required).
+	Self Replica
+	// TTL is the lease's TTL; default DefaultTTL.
+	TTL time.Duration
+	// OnLost is called (from Run's goroutine) when this replica's lease
+	// ends while Run runs: its entries are gone or about to be, and it
+	// must stop taking devices and users and end the tunnels it holds.
+	// Ready is false from then until Run has a new lease.
+	OnLost func()
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Registry is one replica's view of presence, and its writer of its own
+// entries. Create it with New and call Run. Its methods are safe for
+// concurrent use.
+type Registry struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex // guards the fields below
+	lease    store.Lease
+	ready    chan struct{} // closed while a lease is held and the view synced
+	synced   bool
+	replicas map[string]Replica
+	devices  map[string]Entry
+	mine     map[string][]byte // device ID → the value this replica wrote
+	onMove   []func(deviceID string, e Entry)
+	changed  chan struct{} // closed and replaced whenever devices changes
+}
+
+// New returns a Registry for cfg.
+func New(cfg Config) *Registry {
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{
+		cfg: cfg, log: cfg.Logger.With("component", "presence"), ready: make(chan struct{}),
+		replicas: map[string]Replica{}, devices: map[string]Entry{}, mine: map[string][]byte{},
+		changed: make(chan struct{}),
+	}
+}
+
+// changedLocked wakes those waiting for a change of the devices' entries.
+func (r *Registry) changedLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// Changes returns a channel that is closed at the next change of any
+// device's entry.
+func (r *Registry) Changes() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// Self returns this replica.
+func (r *Registry) Self() Replica { return r.cfg.Self }
+
+// ErrNotReady is returned by Claim while the replica has no lease: it must
+// not take the device.
+var ErrNotReady = errors.New("presence: this replica cannot record where devices are (it has lost the fleet's store); another replica must take them")
+
+// Run keeps the replica's lease and its view of presence until ctx ends.
+// It returns ctx's error, or an error wrapping store.ErrClosed.
+func (r *Registry) Run(ctx context.Context) error {
+	if r.cfg.Store == nil || r.cfg.Self.ID == "" || r.cfg.Self.Addr == "" {
+		return errors.New("presence: run: Store, Self.ID and Self.Addr are required")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		store.Follow(ctx, r.cfg.Store, Prefix, store.FollowHandler{
+			Reset: r.reset, Apply: r.apply,
+			Retry: func(err error, wait time.Duration) {
+				r.log.Warn("follow presence", "err", err, "retry_in", wait.String())
+			},
+		})
+	})
+	wait := time.Duration(0)
+	for {
+		if wait > 0 && !backoff.Wait(ctx, wait) {
+			return ctx.Err()
+		}
+		l, err := r.register(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, store.ErrClosed) {
+				return err
+			}
+			wait = backoff.Next(wait, 500*time.Millisecond, 10*time.Second)
+			r.log.Warn("cannot register this replica in the store; retrying", "err", err, "retry_in", wait.Round(time.Millisecond).String())
+			continue
+		}
+		wait = 0
+		r.log.Info("replica registered", "replica", r.cfg.Self.ID, "addr", r.cfg.Self.Addr, "lease_ttl", l.TTL().String())
+		select {
+		case <-ctx.Done():
+			r.lost(l, false)
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			l.Revoke(rctx)
+			rcancel()
+			return ctx.Err()
+		case <-l.Done():
+			r.log.Error("this replica lost its lease in the store (cut off from it?): it stops taking devices and users until it has a new one")
+			r.lost(l, true)
+		}
+	}
+}
+
+// register grants a lease and writes this replica under it.
+func (r *Registry) register(ctx context.Context) (store.Lease, error) {
+	l, err := r.cfg.Store.Grant(ctx, r.cfg.TTL)
+	if err != nil {
+		return nil, fmt.Errorf("presence: grant a lease: %w", err)
+	}
+	self := r.cfg.Self
+	if self.Started.IsZero() {
+		self.Started = time.Now().UTC()
+	}
+	b, _ := json.Marshal(self)
+	if err := r.cfg.Store.Put(ctx, replicasPrefix+self.ID, b, store.WithLease(l)); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		l.Revoke(rctx)
+		cancel()
+		return nil, fmt.Errorf("presence: register replica: %w", err)
+	}
+	r.mu.Lock()
+	r.lease = l
+	r.markReadyLocked()
+	r.mu.Unlock()
+	return l, nil
+}
+
+// lost forgets lease l and this replica's entries; notify calls OnLost.
+func (r *Registry) lost(l store.Lease, notify bool) {
+	r.mu.Lock()
+	if r.lease == l {
+		r.lease = nil
+		r.mine = map[string][]byte{}
+		r.markNotReadyLocked()
+	}
+	r.mu.Unlock()
+	if notify && r.cfg.OnLost != nil {
+		r.cfg.OnLost()
+	}
+}
+
+func (r *Registry) markReadyLocked() {
+	if r.lease != nil && r.synced {
+		select {
+		case <-r.ready:
+		default:
+			close(r.ready)
+		}
+	}
+}
+
+func (r *Registry) markNotReadyLocked() {
+	select {
+	case <-r.ready:
+		r.ready = make(chan struct{})
+	default:
+	}
+}
+
+// Ready reports whether the replica holds its lease and its view of
+// presence is synced: whether it may take devices and users.
+func (r *Registry) Ready() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitReady waits until Ready, or ctx ends.
+func (r *Registry) WaitReady(ctx context.Context) error {
+	r.mu.Lock()
+	ch := r.ready
+	r.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Registry) reset(items []store.Item, _ int64) {
+	replicas := map[string]Replica{}
+	devices := map[string]Entry{}
+	for _, it := range items {
+		r.decode(it.Key, it.Value, replicas, devices)
+	}
+	r.mu.Lock()
+	old := r.devices
+	r.replicas, r.devices, r.synced = replicas, devices, true
+	r.markReadyLocked()
+	r.changedLocked()
+	hooks := r.onMove
+	r.mu.Unlock()
+	for id, e := range devices {
+		if o, ok := old[id]; !ok || o.Replica != e.Replica {
+			for _, f := range hooks {
+				f(id, e)
+			}
+		}
+	}
+}
+
+func (r *Registry) apply(ev store.Event) {
+	r.mu.Lock()
+	var moved *Entry
+	var id string
+	switch {
+	case ev.Kind == store.EventPut:
+		id = strings.TrimPrefix(ev.Key, devicesPrefix)
+		old, had := r.devices[id]
+		r.decode(ev.Key, ev.Value, r.replicas, r.devices)
+		if e, ok := r.devices[id]; ok && strings.HasPrefix(ev.Key, devicesPrefix) && (!had || old.Replica != e.Replica) {
+			moved = &e
+		}
+	case ev.Kind == store.EventDelete && strings.HasPrefix(ev.Key, replicasPrefix):
+		delete(r.replicas, strings.TrimPrefix(ev.Key, replicasPrefix))
+	case ev.Kind == store.EventDelete && strings.HasPrefix(ev.Key, devicesPrefix):
+		delete(r.devices, strings.TrimPrefix(ev.Key, devicesPrefix))
+	}
+	r.changedLocked()
+	hooks := r.onMove
+	r.mu.Unlock()
+	if moved != nil {
+		for _, f := range hooks {
+			f(id, *moved)
+		}
+	}
+}
+
+// decode adds the item at key to replicas or devices; malformed items are
+// logged and left out.
+func (r *Registry) decode(key string, v []byte, replicas map[string]Replica, devices map[string]Entry) {
+	switch {
+	case strings.HasPrefix(key, replicasPrefix):
+		var rep Replica
+		if err := json.Unmarshal(v, &rep); err != nil || rep.ID == "" {
+			r.log.Warn("malformed replica entry in the store; ignoring it", "key", key, "err", err)
+			return
+		}
+		replicas[strings.TrimPrefix(key, replicasPrefix)] = rep
+	case strings.HasPrefix(key, devicesPrefix):
+		var e Entry
+		if err := json.Unmarshal(v, &e); err != nil || e.Replica == "" {
+			r.log.Warn("malformed presence entry in the store; ignoring it", "key", key, "err", err)
+			return
+		}
+		devices[strings.TrimPrefix(key, devicesPrefix)] = e
+	}
+}
+
+// OnMove registers f to be called when a device's entry names a replica it
+// did not name before (a device connected, here or elsewhere). A replica
+// that still holds a connection of a device now on another replica closes
+// it. f runs on the registry's goroutine and must not block.
+func (r *Registry) OnMove(f func(deviceID string, e Entry)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onMove = append(r.onMove, f)
+}
+
+// Claim records that this replica holds deviceID's tunnel, connected since
+// since from addr. It fails with ErrNotReady without a lease.
+func (r *Registry) Claim(ctx context.Context, deviceID, addr string, since time.Time) error {
+	r.mu.Lock()
+	l := r.lease
+	r.mu.Unlock()
+	if l == nil {
+		return ErrNotReady
+	}
+	e := Entry{Replica: r.cfg.Self.ID, Addr: addr, Since: since.UTC()}
+	b, _ := json.Marshal(e)
+	if err := r.cfg.Store.Put(ctx, devicesPrefix+deviceID, b, store.WithLease(l)); err != nil {
+		if errors.Is(err, store.ErrNoLease) {
+			return fmt.Errorf("%w: %w", ErrNotReady, err)
+		}
+		return fmt.Errorf("presence: claim %s: %w", deviceID, err)
+	}
+	r.mu.Lock()
+	if r.lease == l {
+		r.mine[deviceID] = b
+		// Known at once here, before the watch brings it back.
+		r.devices[deviceID] = e
+		r.changedLocked()
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// Release removes deviceID's entry if it is still this replica's (a
+// device that moved to another replica keeps that one's). It reports
+// whether the device is now on another replica.
+func (r *Registry) Release(ctx context.Context, deviceID string) (elsewhere bool, err error) {
+	r.mu.Lock()
+	b, ok := r.mine[deviceID]
+	delete(r.mine, deviceID)
+	r.mu.Unlock()
+	if ok {
+		key := devicesPrefix + deviceID
+		err = r.cfg.Store.Delete(ctx, key, store.If(store.Guard{Key: key, Value: b}))
+		switch {
+		case err == nil:
+			r.mu.Lock()
+			if e, ok := r.devices[deviceID]; ok && e.Replica == r.cfg.Self.ID {
+				delete(r.devices, deviceID)
+				r.changedLocked()
+			}
+			r.mu.Unlock()
+			return false, nil
+		case errors.Is(err, store.ErrFenced), errors.Is(err, store.ErrNotFound):
+			err = nil // another replica's entry now, or gone with our lease
+		default:
+			err = fmt.Errorf("presence: release %s: %w", deviceID, err)
+		}
+	}
+	e, found := r.Lookup(deviceID)
+	return found && e.Replica != r.cfg.Self.ID, err
+}
+
+// Lookup returns where deviceID's tunnel is.
+func (r *Registry) Lookup(deviceID string) (Entry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.devices[deviceID]
+	return e, ok
+}
+
+// Online reports whether deviceID holds a tunnel to some replica.
+func (r *Registry) Online(deviceID string) bool {
+	_, ok := r.Lookup(deviceID)
+	return ok
+}
+
+// Count returns the number of devices holding a tunnel to some replica.
+func (r *Registry) Count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.devices)
+}
+
+// Replica returns the running replica id.
+func (r *Registry) Replica(id string) (Replica, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep, ok := r.replicas[id]
+	return rep, ok
+}
+
+// Replicas returns the running replicas.
+func (r *Registry) Replicas() []Replica {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Replica, 0, len(r.replicas))
+	for _, rep := range r.replicas {
+		out = append(out, rep)
+	}
+	return out
+}

@@ -1,0 +1,238 @@
+package presence
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/tools/logtest"
+)
+
+// leaseStore hands out leases the test can end, as a partition from the
+// store would.
+type leaseStore struct {
+	store.Store
+	mu     sync.Mutex
+	leases []store.Lease
+}
+
+func (s *leaseStore) Grant(ctx context.Context, ttl time.Duration) (store.Lease, error) {
+	l, err := s.Store.Grant(ctx, ttl)
+	if err == nil {
+		s.mu.Lock()
+		s.leases = append(s.leases, l)
+		s.mu.Unlock()
+	}
+	return l, err
+}
+
+func (s *leaseStore) last() store.Lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leases[len(s.leases)-1]
+}
+
+func (s *leaseStore) granted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.leases)
+}
+
+// start runs a registry for replica id on st until the test ends.
+func start(t *testing.T, st store.Store, id string, onLost func()) *Registry {
+	t.Helper()
+	r := New(Config{Store: st, Self: Replica{ID: id, Addr: id + ":3081"}, TTL: time.Second, OnLost: onLost, Logger: logtest.Logger(t)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := r.WaitReady(wctx); err != nil {
+		t.Fatalf("replica %s not ready: %v", id, err)
+	}
+	return r
+}
+
+// eventually waits up to 30 s for cond.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestClaimMoveRelease(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a := start(t, st, "a", nil)
+	b := start(t, st, "b", nil)
+	ctx := context.Background()
+
+	eventually(t, "each replica sees the other", func() bool {
+		_, ab := a.Replica("b")
+		_, ba := b.Replica("a")
+		return ab && ba
+	})
+	if rep, _ := a.Replica("b"); rep.Addr != "b:3081" {
+		t.Errorf("replica b's address on a = %q, want b:3081", rep.Addr)
+	}
+
+	var moves []string
+	var mu sync.Mutex
+	a.OnMove(func(id string, e Entry) {
+		mu.Lock()
+		moves = append(moves, id+"@"+e.Replica)
+		mu.Unlock()
+	})
+
+	since := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	if err := a.Claim(ctx, "dev1", "10.0.0.7:4000", since); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := a.Lookup("dev1"); !ok || e.Replica != "a" || e.Addr != "10.0.0.7:4000" || !e.Since.Equal(since) {
+		t.Errorf("a.Lookup(dev1) = %+v, %v right after the claim, want on a from 10.0.0.7:4000", e, ok)
+	}
+	eventually(t, "b sees dev1 on a", func() bool { e, ok := b.Lookup("dev1"); return ok && e.Replica == "a" })
+
+	// The device moves to b: b's claim replaces a's entry, with no gap.
+	if err := b.Claim(ctx, "dev1", "10.0.0.7:5000", since.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a sees dev1 on b", func() bool { e, ok := a.Lookup("dev1"); return ok && e.Replica == "b" })
+	mu.Lock()
+	got := append([]string(nil), moves...)
+	mu.Unlock()
+	if len(got) == 0 || got[len(got)-1] != "dev1@b" {
+		t.Errorf("a's move hooks saw %v, want dev1@b last", got)
+	}
+
+	// a's old connection ends: its release must not remove b's entry.
+	elsewhere, err := a.Release(ctx, "dev1")
+	if err != nil || !elsewhere {
+		t.Errorf("a.Release(dev1) = %v, %v; want elsewhere, no error", elsewhere, err)
+	}
+	if e, ok := b.Lookup("dev1"); !ok || e.Replica != "b" {
+		t.Errorf("after a's release, b.Lookup(dev1) = %+v, %v; want still on b", e, ok)
+	}
+	if _, err := st.Get(ctx, devicesPrefix+"dev1"); err != nil {
+		t.Errorf("dev1's entry after a's release: %v, want b's entry kept", err)
+	}
+
+	// b's connection ends: the device is offline everywhere.
+	if elsewhere, err := b.Release(ctx, "dev1"); err != nil || elsewhere {
+		t.Errorf("b.Release(dev1) = %v, %v; want not elsewhere, no error", elsewhere, err)
+	}
+	eventually(t, "dev1 offline on a", func() bool { return !a.Online("dev1") })
+	if b.Online("dev1") || b.Count() != 0 {
+		t.Errorf("b: dev1 online %v, count %d after release; want offline, 0", b.Online("dev1"), b.Count())
+	}
+}
+
+// TestDeadReplicaVanishes: a replica that stops renewing (its process
+// died) loses its entries within the lease's TTL.
+func TestDeadReplicaVanishes(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a := start(t, st, "a", nil)
+	ctx := context.Background()
+
+	b := New(Config{Store: st, Self: Replica{ID: "b", Addr: "b:3081"}, TTL: time.Second})
+	bctx, bcancel := context.WithCancel(context.Background())
+	bdone := make(chan struct{})
+	go func() {
+		defer close(bdone)
+		b.Run(bctx)
+	}()
+	if err := b.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"d1", "d2", "d3"} {
+		if err := b.Claim(ctx, id, "", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "a sees b's three devices", func() bool { return a.Count() == 3 })
+	bcancel()
+	<-bdone
+	eventually(t, "b and its devices vanish", func() bool {
+		_, ok := a.Replica("b")
+		return !ok && a.Count() == 0
+	})
+	if err := b.Claim(ctx, "d4", "", time.Now()); !errors.Is(err, ErrNotReady) {
+		t.Errorf("a claim after Run returned: %v, want ErrNotReady", err)
+	}
+}
+
+// TestLeaseLost: a replica whose lease ends under it (cut off from the
+// store) is told, is not ready, refuses claims, and registers again with
+// a new lease.
+func TestLeaseLost(t *testing.T) {
+	ls := &leaseStore{Store: memstore.New()}
+	t.Cleanup(func() { ls.Close() })
+	lost := make(chan struct{}, 4)
+	a := start(t, ls, "a", func() { lost <- struct{}{} })
+	ctx := context.Background()
+	if err := a.Claim(ctx, "dev1", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	first := ls.last()
+	if err := first.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(30 * time.Second):
+		t.Fatal("OnLost was not called after the lease ended")
+	}
+	eventually(t, "a new lease", func() bool { return ls.granted() >= 2 && a.Ready() })
+	if _, err := ls.Get(ctx, devicesPrefix+"dev1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("dev1's entry after the lease ended: %v, want gone", err)
+	}
+	if _, err := ls.Get(ctx, replicasPrefix+"a"); err != nil {
+		t.Errorf("replica a after its new lease: %v, want registered again", err)
+	}
+	if err := a.Claim(ctx, "dev1", "", time.Now()); err != nil {
+		t.Errorf("claim with the new lease: %v", err)
+	}
+}
+
+func TestMalformedEntriesIgnored(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	for k, v := range map[string]string{
+		devicesPrefix + "bad-json":   "{",
+		devicesPrefix + "no-replica": `{"a":"x"}`,
+		replicasPrefix + "no-id":     `{"addr":"x:1"}`,
+		devicesPrefix + "good":       `{"r":"z","s":"2026-01-01T00:00:00Z"}`,
+	} {
+		if err := st.Put(ctx, k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := start(t, st, "a", nil)
+	if a.Online("bad-json") || a.Online("no-replica") {
+		t.Error("a malformed entry counts as online")
+	}
+	if e, ok := a.Lookup("good"); !ok || e.Replica != "z" {
+		t.Errorf("Lookup(good) = %+v, %v", e, ok)
+	}
+	if _, ok := a.Replica("no-id"); ok {
+		t.Error("a replica entry without an ID was taken")
+	}
+}

@@ -1,0 +1,352 @@
+// Package route reaches devices wherever their tunnel is: on this fleetd
+// replica (fleet/tunnelsrv), or on another, over the authenticated
+// connection between replicas (fleet/peer). Where a device is comes from
+// fleet/presence. A Router is what the broker, the HTTPS API and OTA hold
+// in place of the tunnel server: the same methods, for every device of the
+// fleet.
+//
+// A stream to a device on replica A opened by replica B is a peer stream
+// from B to A, spliced on A with the tunnel stream A opens (A holds the
+// session's resume state, as for its own users). Opening waits, as the
+// tunnel server does, for a device that is moving: when A cannot be
+// reached (it died, and its presence entries have not expired yet) or no
+// longer holds the device, the Router waits for the device's entry to
+// change and tries again, as long as the caller's context allows.
+//
+// Register adds the peer endpoints (open a stream, send a control message,
+// disconnect) to the replica's peer handler. They act on this replica's own
+// tunnels only: a stream is never carried over two hops.
+//
+// Only fleet/... server packages import route.
+package route
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"remoteler.dev/edge/fleet/broker"
+	"remoteler.dev/edge/fleet/peer"
+	"remoteler.dev/edge/fleet/presence"
+	"remoteler.dev/edge/fleet/tunnelsrv"
+	"remoteler.dev/edge/proto"
+)
+
+// Local is this replica's tunnel server (*tunnelsrv.Server).
+type Local interface {
+	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+	Send(deviceID string, m proto.Message) error
+	Online(deviceID string) bool
+	Info(deviceID string) (tunnelsrv.Info, bool)
+	Count() int
+	Disconnect(deviceID, reason string)
+}
+
+// Config configures a Router. Every field but Logger is required.
+type Config struct {
+	Local    Local
+	Presence *presence.Registry
+	Peers    *peer.Node
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Router reaches devices on any replica. Create it with New.
+type Router struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Router for cfg.
+func New(cfg Config) *Router {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Router{cfg: cfg, log: cfg.Logger.With("component", "route")}
+}
+
+// Peer endpoints.
+const (
+	pathOpen       = "/peer/v1/open"
+	pathSend       = "/peer/v1/send"
+	pathDisconnect = "/peer/v1/disconnect"
+)
+
+// where returns the replica holding deviceID's tunnel when it is another
+// replica; ok is false when the device is here or nowhere known.
+func (r *Router) where(deviceID string) (presence.Entry, peer.Target, bool) {
+	e, found := r.cfg.Presence.Lookup(deviceID)
+	if !found || e.Replica == r.cfg.Presence.Self().ID {
+		return e, peer.Target{}, false
+	}
+	rep, ok := r.cfg.Presence.Replica(e.Replica)
+	if !ok {
+		// Its replica is gone: the entry goes with its lease.
+		return e, peer.Target{ID: e.Replica}, true
+	}
+	return e, peer.Target{ID: rep.ID, Addr: rep.Addr}, true
+}
+
+// Open opens a stream down deviceID's tunnel, on whichever replica holds
+// it (see tunnelsrv.Server.Open for what the stream is). A device on no
+// replica gets the local tunnel server's answer: offline, or the stream
+// once a device that is reconnecting is back.
+func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	first, err := proto.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("route: %w", err)
+	}
+	for {
+		changed := r.cfg.Presence.Changes()
+		e, t, remote := r.where(deviceID)
+		if !remote {
+			return r.cfg.Local.Open(ctx, deviceID, h)
+		}
+		var err error
+		if t.Addr == "" {
+			err = fmt.Errorf("replica %s holding the device is gone", t.ID)
+		} else {
+			var s *peer.Stream
+			s, err = r.cfg.Peers.Stream(ctx, t, pathOpen, openQuery(ctx, deviceID), first)
+			if err == nil {
+				return s, nil
+			}
+			if pe, ok := refusal(err); ok {
+				return nil, pe
+			}
+			if errors.Is(offlineOr(err), errOffline) {
+				// Its replica has the device as offline (silent too long).
+				return nil, fmt.Errorf("%w (on replica %s)", tunnelsrv.ErrOffline, e.Replica)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("route: open a stream to %s on replica %s: %w", deviceID, t.ID, err)
+		}
+		// The replica died: wait for the device's entry to change (it
+		// reconnects elsewhere, or its old replica's lease ends) and go
+		// again.
+		r.log.Debug("device's replica did not answer; waiting for the device to move", "device_id", deviceID, "replica", t.ID, "err", err)
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("route: open a stream to %s on replica %s: %w (and the device did not move in time)", deviceID, t.ID, err)
+		}
+	}
+}
+
+// openQuery passes the device and how long the caller waits.
+func openQuery(ctx context.Context, deviceID string) url.Values {
+	q := url.Values{"device": {deviceID}}
+	if dl, ok := ctx.Deadline(); ok {
+		q.Set("wait_ms", strconv.FormatInt(max(time.Until(dl).Milliseconds(), 1), 10))
+	}
+	return q
+}
+
+// errOffline is a peer's answer that it does not hold the device.
+var errOffline = errors.New("route: the replica does not hold the device")
+
+// answer is a peer's refusal of a stream or message, as JSON.
+type answer struct {
+	// Code and Message are a refusal of the device (proto.Error).
+	Code    proto.ErrorCode `json:"code,omitempty"`
+	Message string          `json:"message"`
+	// Offline: the replica does not hold the device.
+	Offline bool `json:"offline,omitempty"`
+}
+
+const statusRefused = http.StatusConflict
+
+// refusal turns a peer's answer into the error to return: a *proto.Error
+// (ok) for a refusal by the device; errOffline (not ok) for a replica
+// without the device.
+func refusal(err error) (*proto.Error, bool) {
+	var pe *peer.Error
+	if !errors.As(err, &pe) || pe.Status != statusRefused {
+		return nil, false
+	}
+	var a answer
+	if json.Unmarshal([]byte(pe.Message), &a) != nil || a.Offline {
+		return nil, false
+	}
+	return &proto.Error{Code: a.Code, Message: a.Message}, true
+}
+
+func offlineOr(err error) error {
+	var pe *peer.Error
+	var a answer
+	if errors.As(err, &pe) && pe.Status == statusRefused && json.Unmarshal([]byte(pe.Message), &a) == nil && a.Offline {
+		return errOffline
+	}
+	return err
+}
+
+// Send sends m to deviceID on its control stream, on whichever replica
+// holds its tunnel.
+func (r *Router) Send(deviceID string, m proto.Message) error {
+	_, t, remote := r.where(deviceID)
+	if !remote {
+		return r.cfg.Local.Send(deviceID, m)
+	}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("route: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.cfg.Peers.Do(ctx, t, http.MethodPost, pathSend, url.Values{"device": {deviceID}}, b); err != nil {
+		if errors.Is(offlineOr(err), errOffline) {
+			return tunnelsrv.ErrOffline
+		}
+		return fmt.Errorf("route: send %s to %s on replica %s: %w", m.Kind(), deviceID, t.ID, err)
+	}
+	return nil
+}
+
+// Online reports whether deviceID holds a tunnel to any replica.
+func (r *Router) Online(deviceID string) bool {
+	return r.cfg.Presence.Online(deviceID) || r.cfg.Local.Online(deviceID)
+}
+
+// Info describes deviceID's tunnel: in full for a tunnel on this replica;
+// the address and since when for one on another.
+func (r *Router) Info(deviceID string) (tunnelsrv.Info, bool) {
+	e, _, remote := r.where(deviceID)
+	if !remote {
+		return r.cfg.Local.Info(deviceID)
+	}
+	info := tunnelsrv.Info{Since: e.Since}
+	if a, err := net.ResolveUDPAddr("udp", e.Addr); err == nil {
+		info.Addr = a
+	} else {
+		info.Addr = remoteAddr(e.Addr)
+	}
+	return info, true
+}
+
+type remoteAddr string
+
+func (a remoteAddr) Network() string { return "udp" }
+func (a remoteAddr) String() string  { return string(a) }
+
+// Replica returns the ID of the replica holding deviceID's tunnel, or "".
+func (r *Router) Replica(deviceID string) string {
+	if e, ok := r.cfg.Presence.Lookup(deviceID); ok {
+		return e.Replica
+	}
+	if r.cfg.Local.Online(deviceID) {
+		return r.cfg.Presence.Self().ID
+	}
+	return ""
+}
+
+// Count returns how many devices hold a tunnel to some replica.
+func (r *Router) Count() int { return max(r.cfg.Presence.Count(), r.cfg.Local.Count()) }
+
+// Disconnect closes deviceID's tunnel, here and on the replica that holds
+// it, with reason, and ends the sessions held for it.
+func (r *Router) Disconnect(deviceID, reason string) {
+	r.cfg.Local.Disconnect(deviceID, reason)
+	_, t, remote := r.where(deviceID)
+	if !remote || t.Addr == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.cfg.Peers.Do(ctx, t, http.MethodPost, pathDisconnect, url.Values{"device": {deviceID}, "reason": {reason}}, nil); err != nil {
+		r.log.Warn("could not disconnect a device on its replica", "device_id", deviceID, "replica", t.ID, "err", err)
+	}
+}
+
+// Register adds the peer endpoints to mux.
+func (r *Router) Register(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+pathOpen, r.serveOpen)
+	mux.HandleFunc("POST "+pathSend, r.serveSend)
+	mux.HandleFunc("POST "+pathDisconnect, r.serveDisconnect)
+}
+
+func writeAnswer(w http.ResponseWriter, a answer) {
+	b, _ := json.Marshal(a)
+	http.Error(w, string(b), statusRefused)
+}
+
+// serveOpen opens a stream down a device's tunnel here for a peer, and
+// splices it with the peer's stream.
+func (r *Router) serveOpen(w http.ResponseWriter, req *http.Request) {
+	id := req.URL.Query().Get("device")
+	br := proto.NewReader(req.Body)
+	h, err := proto.ReadHeader(br)
+	if err != nil {
+		http.Error(w, "bad stream header: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	wait := 30 * time.Second
+	if ms, err := strconv.ParseInt(req.URL.Query().Get("wait_ms"), 10, 64); err == nil && ms > 0 {
+		wait = min(time.Duration(ms)*time.Millisecond, 2*time.Minute)
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), wait)
+	dev, err := r.cfg.Local.Open(ctx, id, h)
+	cancel()
+	if err != nil {
+		var pe *proto.Error
+		switch {
+		case errors.As(err, &pe):
+			writeAnswer(w, answer{Code: pe.Code, Message: pe.Message})
+		case errors.Is(err, tunnelsrv.ErrOffline):
+			writeAnswer(w, answer{Offline: true, Message: err.Error()})
+		default:
+			http.Error(w, err.Error(), http.StatusBadGateway)
+		}
+		return
+	}
+	defer dev.Close()
+	s, err := peer.Accept(w, req, br)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	r.log.Debug("stream opened for a peer", "device_id", id, "caller", peer.Caller(req.Context()), "service", h.Service, "session", h.SessionID)
+	broker.Splice(s, nil, dev, nil)
+}
+
+func (r *Router) serveSend(w http.ResponseWriter, req *http.Request) {
+	id := req.URL.Query().Get("device")
+	b, err := io.ReadAll(io.LimitReader(req.Body, proto.MaxControlFrame+16))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	m, err := proto.Unmarshal(b, proto.MaxControlFrame)
+	if err != nil {
+		http.Error(w, "bad message: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := r.cfg.Local.Send(id, m); err != nil {
+		if errors.Is(err, tunnelsrv.ErrOffline) {
+			writeAnswer(w, answer{Offline: true, Message: err.Error()})
+			return
+		}
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *Router) serveDisconnect(w http.ResponseWriter, req *http.Request) {
+	q := req.URL.Query()
+	r.cfg.Local.Disconnect(q.Get("device"), q.Get("reason"))
+	w.WriteHeader(http.StatusNoContent)
+}

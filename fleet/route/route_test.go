@@ -1,0 +1,320 @@
+package route
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/peer"
+	"remoteler.dev/edge/fleet/presence"
+	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/fleet/tunnelsrv"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
+)
+
+// fakeTunnels stands in for a replica's tunnel server: the devices it
+// holds answer each stream with an echo that names the device, and record
+// the control messages sent to them.
+type fakeTunnels struct {
+	mu      sync.Mutex
+	devices map[string]bool
+	refuse  map[string]*proto.Error
+	sent    []string
+	gone    []string
+}
+
+func newFake(devices ...string) *fakeTunnels {
+	f := &fakeTunnels{devices: map[string]bool{}, refuse: map[string]*proto.Error{}}
+	for _, d := range devices {
+		f.devices[d] = true
+	}
+	return f
+}
+
+func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	f.mu.Lock()
+	ok, pe := f.devices[id], f.refuse[id]
+	f.mu.Unlock()
+	if pe != nil {
+		return nil, pe
+	}
+	if !ok {
+		return nil, tunnelsrv.ErrOffline
+	}
+	us, them, err := tcpPair()
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		defer them.Close()
+		io.WriteString(them, id+" "+h.SessionID+": ")
+		io.Copy(them, them)
+		them.CloseWrite()
+	}()
+	return us, nil
+}
+
+// tcpPair returns the two ends of a loopback TCP connection: a stream with
+// half-closes, as a tunnel stream is.
+func tcpPair() (*net.TCPConn, *net.TCPConn, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c.(*net.TCPConn), s.(*net.TCPConn), nil
+}
+
+func (f *fakeTunnels) Send(id string, m proto.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.devices[id] {
+		return tunnelsrv.ErrOffline
+	}
+	f.sent = append(f.sent, id+":"+m.Kind().String())
+	return nil
+}
+
+func (f *fakeTunnels) Online(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.devices[id]
+}
+
+func (f *fakeTunnels) Info(id string) (tunnelsrv.Info, bool) {
+	if !f.Online(id) {
+		return tunnelsrv.Info{}, false
+	}
+	return tunnelsrv.Info{RTT: time.Millisecond}, true
+}
+
+func (f *fakeTunnels) Count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.devices)
+}
+
+func (f *fakeTunnels) Disconnect(id, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.devices[id] {
+		f.gone = append(f.gone, id+": "+reason)
+		delete(f.devices, id)
+	}
+}
+
+// replica is one replica's presence, peer node and router.
+type replica struct {
+	pres     *presence.Registry
+	router   *Router
+	local    *fakeTunnels
+	stopPeer func() // the replica stops answering its peers; its lease lives on
+}
+
+func startReplica(t *testing.T, st store.Store, auth *ca.Authority, id string, local *fakeTunnels) *replica {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	node, err := peer.New(peer.Config{CA: auth, ID: id, Hosts: []string{"127.0.0.1"}, Handler: mux, Logger: logtest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pres := presence.New(presence.Config{Store: st, Self: presence.Replica{ID: id, Addr: ln.Addr().String()}, TTL: time.Second, Logger: logtest.Logger(t)})
+	r := New(Config{Local: local, Presence: pres, Peers: node, Logger: logtest.Logger(t)})
+	r.Register(mux)
+	ctx, cancel := context.WithCancel(context.Background())
+	pctx, pcancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { pres.Run(ctx) })
+	var pwg sync.WaitGroup
+	pwg.Go(func() { node.Serve(pctx, ln) })
+	stopPeer := func() {
+		node.CloseIdle()
+		pcancel()
+		pwg.Wait()
+	}
+	t.Cleanup(func() {
+		stopPeer()
+		cancel()
+		wg.Wait()
+	})
+	if err := pres.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &replica{pres: pres, router: r, local: local, stopPeer: stopPeer}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func setup(t *testing.T) (st store.Store, a, b *replica) {
+	t.Helper()
+	ms := memstore.New()
+	t.Cleanup(func() { ms.Close() })
+	auth, err := ca.LoadOrCreate(context.Background(), ms, "fleet", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a = startReplica(t, ms, auth, "a", newFake())
+	b = startReplica(t, ms, auth, "b", newFake("d1", "d2"))
+	ctx := context.Background()
+	for _, d := range []string{"d1", "d2"} {
+		if err := b.pres.Claim(ctx, d, "10.1.1.1:999", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "a sees b and its devices", func() bool {
+		_, ok := a.pres.Replica("b")
+		return ok && a.pres.Count() == 2
+	})
+	return ms, a, b
+}
+
+func readEcho(t *testing.T, c net.Conn, send string) string {
+	t.Helper()
+	go func() {
+		io.WriteString(c, send)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read the stream: %v", err)
+	}
+	return string(got)
+}
+
+func TestOpenOnAnotherReplica(t *testing.T) {
+	_, a, b := setup(t)
+	ctx := context.Background()
+
+	c, err := a.router.Open(ctx, "d1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := strings.Repeat("x", 200<<10)
+	if got, want := readEcho(t, c, payload), "d1 s1: "+payload; got != want {
+		t.Errorf("stream through replica b: %d bytes back, want %d (the device's echo)", len(got), len(want))
+	}
+	c.Close()
+
+	if !a.router.Online("d2") || a.router.Online("d3") {
+		t.Errorf("a: d2 online %v, d3 online %v; want true, false", a.router.Online("d2"), a.router.Online("d3"))
+	}
+	if info, ok := a.router.Info("d2"); !ok || info.Addr.String() != "10.1.1.1:999" {
+		t.Errorf("a.Info(d2) = %+v, %v; want the address b recorded", info, ok)
+	}
+	if n := a.router.Count(); n != 2 {
+		t.Errorf("a.Count() = %d, want 2", n)
+	}
+
+	if err := a.router.Send("d2", &proto.SessionEnd{SessionID: "s9", Message: "locked"}); err != nil {
+		t.Fatal(err)
+	}
+	b.local.mu.Lock()
+	sent := strings.Join(b.local.sent, ",")
+	b.local.mu.Unlock()
+	if !strings.Contains(sent, "d2:") {
+		t.Errorf("messages b's tunnels got: %q, want one for d2", sent)
+	}
+
+	a.router.Disconnect("d2", "removed")
+	if b.local.Online("d2") {
+		t.Error("d2 still on b after a disconnected it")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	_, a, b := setup(t)
+	ctx := context.Background()
+	b.local.mu.Lock()
+	b.local.refuse["d2"] = &proto.Error{Code: proto.CodeForbidden, Message: "login root refused"}
+	delete(b.local.devices, "d1") // b has d1 as gone silent
+	b.local.mu.Unlock()
+
+	_, err := a.router.Open(ctx, "d2", &proto.StreamHeader{SessionID: "s2"})
+	var pe *proto.Error
+	if !errors.As(err, &pe) || pe.Code != proto.CodeForbidden || pe.Message != "login root refused" {
+		t.Errorf("refused by the device: %v, want its *proto.Error", err)
+	}
+	start := time.Now()
+	_, err = a.router.Open(ctx, "d1", &proto.StreamHeader{SessionID: "s3"})
+	if !errors.Is(err, tunnelsrv.ErrOffline) {
+		t.Errorf("device offline on its replica: %v, want ErrOffline", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("offline took %v to say", d)
+	}
+	if err := a.router.Send("d1", &proto.SessionEnd{}); !errors.Is(err, tunnelsrv.ErrOffline) {
+		t.Errorf("Send to a device offline on its replica: %v, want ErrOffline", err)
+	}
+}
+
+// TestDeviceMovesOffDeadReplica: b stops answering while its presence
+// entries live on (it died, and its lease has not expired); a stream
+// opened meanwhile waits for the device to come back on a.
+func TestDeviceMovesOffDeadReplica(t *testing.T) {
+	_, a, b := setup(t)
+	b.stopPeer()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := a.router.Open(ctx, "d1", &proto.StreamHeader{SessionID: "s4"})
+		ch <- result{c, err}
+	}()
+	select {
+	case res := <-ch:
+		t.Fatalf("Open returned before the device moved: %v", res.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The device reconnects to a.
+	a.local.mu.Lock()
+	a.local.devices["d1"] = true
+	a.local.mu.Unlock()
+	if err := a.pres.Claim(ctx, "d1", "10.1.1.1:1000", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	res := <-ch
+	if res.err != nil {
+		t.Fatalf("Open while the device moved: %v", res.err)
+	}
+	if got := readEcho(t, res.c, "hi"); got != "d1 s4: hi" {
+		t.Errorf("stream after the move = %q", got)
+	}
+	if info, ok := a.router.Info("d1"); !ok || info.RTT != time.Millisecond {
+		t.Errorf("Info after the move = %+v, %v; want the local tunnel's", info, ok)
+	}
+}

@@ -1,0 +1,466 @@
+// Package balancer is a small TCP and UDP load balancer for tests and
+// benchmarks of several fleetd replicas: one address (TCP for HTTPS, UDP
+// for the device tunnels, on one port, as fleetd listens) in front of
+// several replicas, as a cloud load balancer or a Kubernetes Service would
+// be. A rule picks each client's replica (a test puts devices on one
+// replica and users on another); a health check (GET /v1/ready on each
+// replica, as a Kubernetes readiness probe) takes replicas that are down or
+// not ready out, and a client whose replica went away is moved to the
+// next: a TCP client at its next connection, a UDP flow at its next
+// datagram.
+//
+// UDP flows are kept per client address, each with a socket of its own to
+// its replica, so the replica sees the balancer's address for each client
+// (QUIC does not mind). Debian's nginx has no UDP proxying unless
+// libnginx-mod-stream is installed, and HAProxy does not proxy UDP; this
+// package stands in for either.
+//
+// Only tests and benchmarks import it.
+package balancer
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Client is what a rule knows of a client.
+type Client struct {
+	// Network is "tcp" or "udp".
+	Network string
+	Addr    net.Addr
+}
+
+// Rule returns the replicas (indexes into Config.Backends) a client may
+// go to, in order of preference; the first that is up takes it.
+type Rule func(c Client) []int
+
+// Config configures a Balancer. Backends is required.
+type Config struct {
+	// Listen is the host:port to listen on (TCP and UDP); default
+	// 127.0.0.1:0.
+	Listen string
+	// Backends are the replicas' addresses, host:port (TCP and UDP).
+	Backends []string
+	// Rule picks replicas; default: round robin over all.
+	Rule Rule
+	// HealthEvery is how often each replica's readiness is checked;
+	// default 200ms. A replica that fails it is out until it passes.
+	HealthEvery time.Duration
+	// FlowIdle ends a UDP flow idle this long; default 5m.
+	FlowIdle time.Duration
+	// Logger receives moves and failures; nil discards them.
+	Logger *slog.Logger
+}
+
+// Balancer runs until Close.
+type Balancer struct {
+	cfg  Config
+	log  *slog.Logger
+	tcp  net.Listener
+	udp  *net.UDPConn
+	up   []atomic.Bool // per backend: the last health check passed
+	next atomic.Uint64 // round robin
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex // guards flows and conns
+	flows map[string]*flow
+	conns map[net.Conn]struct{}
+
+	moves atomic.Int64
+}
+
+// Start listens and starts balancing.
+func Start(cfg Config) (*Balancer, error) {
+	if len(cfg.Backends) == 0 {
+		return nil, errors.New("balancer: no backends")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.HealthEvery <= 0 {
+		cfg.HealthEvery = 200 * time.Millisecond
+	}
+	if cfg.FlowIdle <= 0 {
+		cfg.FlowIdle = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Balancer{cfg: cfg, log: cfg.Logger.With("component", "balancer"), up: make([]atomic.Bool, len(cfg.Backends)),
+		flows: map[string]*flow{}, conns: map[net.Conn]struct{}{}}
+	if cfg.Rule == nil {
+		b.cfg.Rule = func(Client) []int {
+			n := len(cfg.Backends)
+			first := int(b.next.Add(1)) % n
+			out := make([]int, n)
+			for i := range out {
+				out[i] = (first + i) % n
+			}
+			return out
+		}
+	}
+	var err error
+	for range 20 {
+		if b.tcp, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, err
+		}
+		var ua *net.UDPAddr
+		ua, err = net.ResolveUDPAddr("udp", b.tcp.Addr().String())
+		if err == nil {
+			b.udp, err = net.ListenUDP("udp", ua)
+		}
+		if err == nil {
+			break
+		}
+		b.tcp.Close()
+		if _, port, _ := net.SplitHostPort(cfg.Listen); port != "0" {
+			return nil, err
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	b.udp.SetReadBuffer(4 << 20)
+	b.udp.SetWriteBuffer(4 << 20)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.checkAll()
+	b.wg.Go(b.health)
+	b.wg.Go(b.acceptTCP)
+	b.wg.Go(b.readUDP)
+	return b, nil
+}
+
+// Addr is where clients reach the replicas.
+func (b *Balancer) Addr() string { return b.tcp.Addr().String() }
+
+// Moves counts the clients moved off a replica that went away.
+func (b *Balancer) Moves() int64 { return b.moves.Load() }
+
+// Up reports whether backend i passed its last health check.
+func (b *Balancer) Up(i int) bool { return b.up[i].Load() }
+
+// Close stops the balancer and ends every connection and flow.
+func (b *Balancer) Close() {
+	b.cancel()
+	b.tcp.Close()
+	b.udp.Close()
+	b.mu.Lock()
+	for c := range b.conns {
+		c.Close()
+	}
+	for _, f := range b.flows {
+		f.close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+// health checks every replica's readiness until Close.
+func (b *Balancer) health() {
+	t := time.NewTicker(b.cfg.HealthEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			b.checkAll()
+		}
+	}
+}
+
+var healthClient = &http.Client{
+	Timeout: 2 * time.Second,
+	Transport: &http.Transport{
+		// Readiness only: who answers does not matter here.
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		DisableKeepAlives: true,
+	},
+}
+
+func (b *Balancer) checkAll() {
+	var wg sync.WaitGroup
+	for i, addr := range b.cfg.Backends {
+		wg.Go(func() {
+			ok := false
+			resp, err := healthClient.Get("https://" + addr + "/v1/ready")
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				ok = resp.StatusCode == http.StatusOK
+			}
+			if was := b.up[i].Swap(ok); was != ok {
+				b.log.Info("replica health changed", "backend", addr, "up", ok)
+				if !ok {
+					b.moveFlowsOff(i)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// pick returns the first replica the rule allows that is up, or -1.
+func (b *Balancer) pick(c Client, not int) int {
+	for _, i := range b.cfg.Rule(c) {
+		if i >= 0 && i < len(b.up) && i != not && b.up[i].Load() {
+			return i
+		}
+	}
+	return -1
+}
+
+func (b *Balancer) acceptTCP() {
+	for {
+		c, err := b.tcp.Accept()
+		if err != nil {
+			return
+		}
+		b.wg.Go(func() { b.serveTCP(c) })
+	}
+}
+
+func (b *Balancer) track(c net.Conn, on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if on {
+		b.conns[c] = struct{}{}
+	} else {
+		delete(b.conns, c)
+	}
+}
+
+func (b *Balancer) serveTCP(c net.Conn) {
+	b.track(c, true)
+	defer b.track(c, false)
+	defer c.Close()
+	cl := Client{Network: "tcp", Addr: c.RemoteAddr()}
+	var up net.Conn
+	tried := map[int]bool{}
+	for {
+		i := -1
+		for _, j := range b.cfg.Rule(cl) {
+			if !tried[j] && j >= 0 && j < len(b.up) && b.up[j].Load() {
+				i = j
+				break
+			}
+		}
+		if i < 0 {
+			return
+		}
+		tried[i] = true
+		var err error
+		up, err = net.DialTimeout("tcp", b.cfg.Backends[i], 5*time.Second)
+		if err == nil {
+			break
+		}
+		b.log.Debug("replica refused a connection; trying the next", "backend", b.cfg.Backends[i], "err", err)
+	}
+	b.track(up, true)
+	defer b.track(up, false)
+	defer up.Close()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		io.Copy(up, c)
+		if tc, ok := up.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+	})
+	io.Copy(c, up)
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	wg.Wait()
+}
+
+// flow is one UDP client's path to its replica.
+type flow struct {
+	client  *net.UDPAddr
+	mu      sync.Mutex // guards backend and conn
+	backend int
+	conn    *net.UDPConn
+	last    atomic.Int64 // unix nanos of the last datagram either way
+}
+
+func (f *flow) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn != nil {
+		f.conn.Close()
+	}
+}
+
+func (b *Balancer) readUDP() {
+	buf := make([]byte, 64<<10)
+	sweep := time.Now()
+	for {
+		n, from, err := b.udp.ReadFromUDP(buf)
+		if err != nil {
+			return
+		}
+		if time.Since(sweep) > time.Minute {
+			b.sweepFlows()
+			sweep = time.Now()
+		}
+		key := from.String()
+		b.mu.Lock()
+		f := b.flows[key]
+		if f == nil {
+			f = &flow{client: from, backend: -1}
+			b.flows[key] = f
+		}
+		b.mu.Unlock()
+		f.last.Store(time.Now().UnixNano())
+		conn := b.flowConn(f, -1)
+		if conn == nil {
+			continue // no replica up: dropped, as a dead link drops it
+		}
+		if _, err := conn.Write(buf[:n]); err != nil {
+			// The replica's port is closed (it died): move the flow and
+			// send again there.
+			if conn = b.flowConn(f, f.backendOf(conn)); conn != nil {
+				conn.Write(buf[:n])
+			}
+		}
+	}
+}
+
+func (f *flow) backendOf(c *net.UDPConn) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn == c {
+		return f.backend
+	}
+	return -1
+}
+
+// flowConn returns f's socket to its replica, opening one to a replica
+// that is up (other than not) when it has none or its replica is down.
+func (b *Balancer) flowConn(f *flow, not int) *net.UDPConn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn != nil && f.backend != not && b.up[f.backend].Load() {
+		return f.conn
+	}
+	i := b.pick(Client{Network: "udp", Addr: f.client}, not)
+	if i < 0 {
+		return nil
+	}
+	ra, err := net.ResolveUDPAddr("udp", b.cfg.Backends[i])
+	if err != nil {
+		return nil
+	}
+	c, err := net.DialUDP("udp", nil, ra)
+	if err != nil {
+		return nil
+	}
+	c.SetReadBuffer(1 << 20)
+	if f.conn != nil {
+		f.conn.Close()
+	}
+	if f.backend >= 0 && f.backend != i {
+		b.moves.Add(1)
+		b.log.Info("flow moved to another replica", "client", f.client, "from", b.cfg.Backends[f.backend], "to", b.cfg.Backends[i])
+	}
+	f.conn, f.backend = c, i
+	b.wg.Go(func() { b.replies(f, c) })
+	return c
+}
+
+// replies copies a replica's datagrams back to the flow's client until the
+// flow's socket changes or closes.
+func (b *Balancer) replies(f *flow, c *net.UDPConn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if !errors.Is(err, net.ErrClosed) {
+				// ECONNREFUSED: the replica's port closed. The next
+				// datagram from the client moves the flow.
+				f.mu.Lock()
+				if f.conn == c {
+					f.conn.Close()
+					f.conn = nil
+				}
+				f.mu.Unlock()
+			}
+			return
+		}
+		f.last.Store(time.Now().UnixNano())
+		b.udp.WriteToUDP(buf[:n], f.client)
+	}
+}
+
+// moveFlowsOff drops the sockets of flows on replica i: their next
+// datagram goes to another replica.
+func (b *Balancer) moveFlowsOff(i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, f := range b.flows {
+		f.mu.Lock()
+		if f.backend == i && f.conn != nil {
+			f.conn.Close()
+			f.conn = nil
+		}
+		f.mu.Unlock()
+	}
+}
+
+func (b *Balancer) sweepFlows() {
+	cut := time.Now().Add(-b.cfg.FlowIdle).UnixNano()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, f := range b.flows {
+		if f.last.Load() < cut {
+			f.close()
+			delete(b.flows, k)
+		}
+	}
+}
+
+// Prefer returns a rule that sends clients of network to backends in the
+// order given, and everything else round robin.
+func Prefer(n int, network string, order ...int) Rule {
+	var next atomic.Uint64
+	return func(c Client) []int {
+		if c.Network == network {
+			return order
+		}
+		first := int(next.Add(1)) % n
+		out := make([]int, n)
+		for i := range out {
+			out[i] = (first + i) % n
+		}
+		return out
+	}
+}
+
+// ByPort returns a rule that spreads clients over n backends by their
+// port, so a client keeps its replica while it is up.
+func ByPort(n int) Rule {
+	return func(c Client) []int {
+		_, p, _ := net.SplitHostPort(c.Addr.String())
+		port, _ := strconv.Atoi(p)
+		out := make([]int, n)
+		for i := range out {
+			out[i] = (port + i) % n
+		}
+		return out
+	}
+}

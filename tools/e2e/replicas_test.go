@@ -1,0 +1,438 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/balancer"
+	"remoteler.dev/edge/tools/harness"
+	"remoteler.dev/edge/tools/linksim"
+	"remoteler.dev/edge/tools/logtest"
+)
+
+// replicaFleet is three fleetd replicas on a three-member etcd cluster
+// behind one address (tools/balancer): devices go to replica A first,
+// users to C first, each to the next when its replica is down.
+type replicaFleet struct {
+	etcd *etcdtest.Cluster
+	reps [3]*harness.Fleet
+	lb   *balancer.Balancer
+}
+
+const (
+	repA = 0
+	repB = 1
+	repC = 2
+)
+
+// replicaOptions adjust startReplicas.
+type replicaOptions struct {
+	// store returns replica i's --store; default the cluster's URL.
+	store func(rf *replicaFleet, i int) string
+	// devices and users are the replicas devices and users go to, in
+	// order; default A, B, C for devices and C, B, A for users.
+	devices, users []int
+}
+
+// startReplicas starts the cluster, the replicas and the balancer.
+func startReplicas(t *testing.T) *replicaFleet {
+	t.Helper()
+	return startReplicasWith(t, replicaOptions{})
+}
+
+func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
+	t.Helper()
+	if opts.store == nil {
+		opts.store = func(rf *replicaFleet, _ int) string { return rf.etcd.StoreURL("fleet-replicas") }
+	}
+	if opts.devices == nil {
+		opts.devices = []int{repA, repB, repC}
+	}
+	if opts.users == nil {
+		opts.users = []int{repC, repB, repA}
+	}
+	rf := &replicaFleet{etcd: etcdtest.Start(t, etcdtest.Options{Members: 3})}
+	for i := range rf.reps {
+		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: []string{
+			"--store", opts.store(rf, i), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
+			"--replica-id", fmt.Sprintf("r-%c", 'a'+i),
+		}})
+	}
+	var addrs []string
+	for _, f := range rf.reps {
+		addrs = append(addrs, f.Addr)
+	}
+	lb, err := balancer.Start(balancer.Config{Backends: addrs, Logger: logtest.Logger(t), Rule: func(c balancer.Client) []int {
+		if c.Network == "udp" {
+			return opts.devices
+		}
+		return opts.users
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lb.Close)
+	rf.lb = lb
+	return rf
+}
+
+// login logs a user in through the balancer (on replica C).
+func (rf *replicaFleet) login(t *testing.T, name string) *harness.User {
+	t.Helper()
+	return rf.loginVia(t, name, rf.lb.Addr())
+}
+
+// loginVia logs a user in with proxy addr: the balancer, or one replica.
+func (rf *replicaFleet) loginVia(t *testing.T, name, addr string) *harness.User {
+	t.Helper()
+	f := rf.reps[repA]
+	pw := f.AddUser(name, "access", "root")
+	u := f.NewUser(name)
+	if out, errOut, err := u.TshErr(pw+"\n", "login", "--proxy="+addr, "--user="+name, "--ca-pin="+f.Pin); err != nil {
+		t.Fatalf("tsh login %s through %s: %v\n%s%s", name, addr, err, out, errOut)
+	}
+	return u
+}
+
+// device starts a device through the balancer (its tunnel on replica A).
+func (rf *replicaFleet) device(t *testing.T, name string) *harness.Agent {
+	t.Helper()
+	return rf.reps[repA].StartAgentWith(harness.AgentConfig{Name: name, Fleet: rf.lb.Addr()})
+}
+
+// onlineOn reports whether replica i lists device name online, and with
+// which address.
+func onlineOn(f *harness.Fleet, name string) bool {
+	return f.Online(name)
+}
+
+// ready asks replica f's readiness check.
+func ready(t *testing.T, f *harness.Fleet) api.Ready {
+	t.Helper()
+	out, _, err := run("", nil, "curl", "-sk", "https://"+f.Addr+api.PathReady)
+	var r api.Ready
+	if err == nil {
+		json.Unmarshal([]byte(out), &r)
+	}
+	return r
+}
+
+// TestReplicasRoute: a device on replica A, a user on replica C: tsh ls on
+// every replica shows the device online; tsh ssh and OpenSSH reach it
+// through C and A; every replica is ready and names itself.
+func TestReplicasRoute(t *testing.T) {
+	rf := startReplicas(t)
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	for i, f := range rf.reps {
+		if !onlineOn(f, "pi-1") {
+			t.Errorf("replica %d lists pi-1 offline", i)
+		}
+		if r := ready(t, f); !r.Ready || r.Replica != fmt.Sprintf("r-%c", 'a'+i) {
+			t.Errorf("replica %d readiness %+v", i, r)
+		}
+	}
+	if out := alice.Tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
+		t.Errorf("tsh ls through replica C = %q, want pi-1 online", out)
+	}
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "through C and A"); out != "through C and A\n" {
+		t.Errorf("tsh ssh = %q", out)
+	}
+	cfg := openSSHConfig(t, alice)
+	if out, errOut, err := run("", nil, "ssh", "-F", cfg, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo", "openssh"); err != nil || out != "openssh\n" {
+		t.Errorf("OpenSSH = %q, %v\n%s", out, err, errOut)
+	}
+	// The replicas' logs say the stream went from C to A.
+	rf.reps[repA].Proc.WaitOutput("stream opened for a peer", 10*time.Second)
+
+	// A recorded session: the device uploads the recording to A; tsh on C
+	// lists it and plays it back.
+	saw, errOut, err := alice.TshErr("", "ssh", "-t", "root@pi-1", "echo recorded on A")
+	if err != nil {
+		t.Fatalf("tsh ssh -t: %v\n%s", err, errOut)
+	}
+	var rec api.Recording
+	if !harness.Eventually(time.Minute, func() bool {
+		var list api.List[api.Recording]
+		json.Unmarshal([]byte(alice.Tsh("recordings", "ls", "--format=json")), &list)
+		for _, r := range list.Items {
+			if r.Complete && r.Command == "echo recorded on A" {
+				rec = r
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the recording is not listed through C: %s", alice.Tsh("recordings", "ls"))
+	}
+	if played := alice.Tsh("play", "--speed=0", rec.ID); played != saw {
+		t.Errorf("played back through C %q, the user saw %q", played, saw)
+	}
+}
+
+// replicaOf returns the replica that replica f says holds device name's
+// tunnel ("" when f lists it offline, or cannot answer).
+func replicaOf(f *harness.Fleet, name string) string {
+	ds, err := f.DevicesErr()
+	if err != nil {
+		return ""
+	}
+	for _, d := range ds {
+		if d.Name == name && d.Online {
+			return d.Replica
+		}
+	}
+	return ""
+}
+
+// TestReplicaKilled: replica A, which holds the device's tunnel, is
+// killed (SIGKILL): the device is back on another replica within seconds,
+// and C routes the next session there; A's restart takes nothing.
+func TestReplicaKilled(t *testing.T) {
+	rf := startReplicas(t)
+	agent := rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	c := rf.reps[repC]
+	if got := replicaOf(c, "pi-1"); got != "r-a" {
+		t.Fatalf("pi-1 on %q, want r-a", got)
+	}
+	mark := agent.Proc.Mark()
+	start := time.Now()
+	rf.reps[repA].Kill()
+	if !harness.Eventually(time.Minute, func() bool { return replicaOf(c, "pi-1") == "r-b" }) {
+		t.Fatalf("pi-1 not on replica B within a minute of A's death: on %q", replicaOf(c, "pi-1"))
+	}
+	t.Logf("pi-1 back on replica B %v after A was killed", time.Since(start).Round(time.Millisecond))
+	// B took the session ticket A issued: the keys are the fleet's.
+	if _, _, err := agent.Proc.AwaitLine(t.Context(), mark, regexp.MustCompile(`tunnel up.* resumed=true 0rtt=true`), 30*time.Second); err != nil {
+		t.Errorf("the device's reconnection to B was not a resumed 0-RTT handshake: %v\n%s", err, agent.Proc.Tail(20))
+	}
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "after A died"); out != "after A died\n" {
+		t.Errorf("tsh ssh after A died = %q", out)
+	}
+}
+
+// auditSearch runs fleetctl audit search --format=json on replica f.
+func auditSearch(t *testing.T, f *harness.Fleet, args ...string) api.AuditSearch {
+	t.Helper()
+	var res api.List[api.AuditEvent]
+	out := f.Ctl("", append([]string{"audit", "search", "--format=json", "--limit=1000"}, args...)...)
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("audit search --format=json: %v\n%s", err, out)
+	}
+	return api.AuditSearch{Events: res.Items, Truncated: res.Truncated}
+}
+
+// TestReplicasAudit: one trail per device over the replicas. A session
+// brokered by C to a device on A, then the device moves to B and another
+// session runs: a search on any replica shows every event once, the
+// device's events verified against C's records, and audit verify finds
+// every replica's chains whole and the device's stretches joined.
+func TestReplicasAudit(t *testing.T) {
+	rf := startReplicas(t)
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	alice.Tsh("ssh", "root@pi-1", "echo", "one")
+	execs := func(f *harness.Fleet) []api.AuditEvent {
+		var out []api.AuditEvent
+		for _, e := range auditSearch(t, f, "--device=pi-1").Events {
+			if e.AssertedBy != api.SourceFleet && strings.HasPrefix(e.Type, "exec") {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	b, c := rf.reps[repB], rf.reps[repC]
+	if !harness.Eventually(time.Minute, func() bool { return len(execs(c)) >= 1 }) {
+		t.Fatalf("the device's exec event never reached the trail: %+v", auditSearch(t, c, "--device=pi-1").Events)
+	}
+	// A stops: the device moves to B.
+	rf.reps[repA].Stop()
+	if !harness.Eventually(time.Minute, func() bool { return replicaOf(c, "pi-1") == "r-b" }) {
+		t.Fatalf("pi-1 did not move to B: on %q", replicaOf(c, "pi-1"))
+	}
+	rf.reps[repA].Start()
+	alice.Tsh("ssh", "root@pi-1", "echo", "two")
+	if !harness.Eventually(time.Minute, func() bool { return len(execs(b)) >= 2 }) {
+		t.Fatalf("the second exec never reached the trail: %+v", execs(b))
+	}
+	all := auditSearch(t, b, "--device=pi-1")
+	seen := map[string]bool{}
+	replicasOfDevice := map[string]bool{}
+	for _, e := range all.Events {
+		if e.AssertedBy != api.SourceFleet {
+			key := fmt.Sprint(e.Source, e.Seq)
+			if seen[key] {
+				t.Errorf("device event %s shown twice", key)
+			}
+			seen[key] = true
+			replicasOfDevice[e.Replica] = true
+			if e.Unverified != "" {
+				t.Errorf("device event %d (%s) unverified: %s", e.Seq, e.Type, e.Unverified)
+			}
+		}
+	}
+	if !replicasOfDevice["r-a"] || !replicasOfDevice["r-b"] {
+		t.Errorf("the device's events are on replicas %v, want on r-a and r-b", replicasOfDevice)
+	}
+	var starts int
+	for _, e := range all.Events {
+		if e.Type == proto.EventSessionStart && e.Replica == "r-c" {
+			starts++
+		}
+	}
+	if starts < 2 {
+		t.Errorf("%d session starts on C in the trail, want the two sessions'", starts)
+	}
+
+	out, errOut, err := c.CtlErr("", "audit", "verify")
+	if err != nil || !strings.Contains(out, "All ") || !strings.Contains(out, "REPLICA") {
+		t.Fatalf("audit verify on C: %v\n%s\n%s", err, out, errOut)
+	}
+	var v api.AuditVerify
+	js := c.Ctl("", "audit", "verify", "--format=json")
+	if err := json.Unmarshal([]byte(js), &v); err != nil {
+		t.Fatal(err)
+	}
+	handoffs := 0
+	for _, s := range v.Sources {
+		handoffs += len(s.Handoffs)
+	}
+	if !v.OK || len(v.Replicas) != 3 || handoffs == 0 {
+		t.Errorf("audit verify: ok %v, %d replicas' checkpoints, %d hand-offs; want ok, 3, at least one", v.OK, len(v.Replicas), handoffs)
+	}
+}
+
+// TestReplicaPartitioned: replica C, which holds a device's tunnel, is cut
+// off from etcd (its connections to the members go dark). Within its
+// lease's TTL it stops taking work it cannot record: its readiness fails,
+// its API answers 503 with why, and it sends its device away; the device
+// comes back on another replica, where users reach it. When the link to
+// etcd returns, C registers again and takes work.
+func TestReplicaPartitioned(t *testing.T) {
+	link, err := linksim.New(linksim.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { link.Close() })
+	rf := startReplicasWith(t, replicaOptions{
+		store: func(rf *replicaFleet, i int) string {
+			if i != repC {
+				return rf.etcd.StoreURL("fleet-replicas")
+			}
+			var eps []string
+			for _, ep := range rf.etcd.Endpoints() {
+				r, err := link.ListenTCP("", ep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				eps = append(eps, r.Addr().String())
+			}
+			return "etcd://" + strings.Join(eps, ",") + "/fleet-replicas"
+		},
+		devices: []int{repC, repA, repB},
+		users:   []int{repA, repB, repC},
+	})
+	rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	a, c := rf.reps[repA], rf.reps[repC]
+	if got := replicaOf(a, "pi-1"); got != "r-c" {
+		t.Fatalf("pi-1 on %q, want r-c", got)
+	}
+
+	link.SetDown(true)
+	start := time.Now()
+	if !harness.Eventually(time.Minute, func() bool { return !ready(t, c).Ready }) {
+		t.Fatal("C still ready a minute after it was cut off from etcd")
+	}
+	t.Logf("C not ready %v after the cut", time.Since(start).Round(time.Millisecond))
+	_, errOut, err := c.CtlErr("", "users", "ls")
+	if err == nil || !strings.Contains(errOut, "lost the fleet's store") {
+		t.Errorf("fleetctl on the cut-off replica: err %v, %q; want it refused, saying why", err, errOut)
+	}
+	if !harness.Eventually(time.Minute, func() bool { got := replicaOf(a, "pi-1"); return got == "r-a" || got == "r-b" }) {
+		t.Fatalf("pi-1 did not leave the cut-off replica: on %q", replicaOf(a, "pi-1"))
+	}
+	t.Logf("pi-1 on %s %v after the cut", replicaOf(a, "pi-1"), time.Since(start).Round(time.Millisecond))
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "while C is cut off"); out != "while C is cut off\n" {
+		t.Errorf("tsh ssh while C is cut off = %q", out)
+	}
+
+	link.SetDown(false)
+	if !harness.Eventually(time.Minute, func() bool { return ready(t, c).Ready }) {
+		t.Fatal("C not ready again a minute after etcd came back")
+	}
+	if out := c.Ctl("", "users", "ls"); !strings.Contains(out, "alice") {
+		t.Errorf("fleetctl users ls on C after the partition = %q", out)
+	}
+}
+
+// TestReplicasEtcdLeaderAndRestart: the etcd leader is killed and the
+// fleet keeps serving (a new user logs in, tsh ssh, tsh ls); then every
+// process (three replicas, three etcd members) is restarted, and nothing
+// is lost: the users, the device (back online by itself), the logins,
+// and the audit trail, which verifies whole.
+func TestReplicasEtcdLeaderAndRestart(t *testing.T) {
+	rf := startReplicas(t)
+	agent := rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	alice.Tsh("ssh", "root@pi-1", "echo", "before")
+
+	leader := rf.etcd.Leader(t)
+	t.Logf("killing the etcd leader, %s", leader.Name)
+	leader.Kill()
+	bob := rf.login(t, "bob")
+	if out := bob.Tsh("ssh", "root@pi-1", "echo", "without the etcd leader"); out != "without the etcd leader\n" {
+		t.Errorf("tsh ssh without the etcd leader = %q", out)
+	}
+	if out := alice.Tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
+		t.Errorf("tsh ls without the etcd leader = %q", out)
+	}
+	leader.Restart()
+	rf.etcd.WaitHealthy(t)
+
+	// Everything stops: the replicas, then etcd; then all comes back.
+	for _, f := range rf.reps {
+		f.Stop()
+	}
+	for _, m := range rf.etcd.Members {
+		m.Kill()
+	}
+	for _, m := range rf.etcd.Members {
+		m.Restart()
+	}
+	rf.etcd.WaitHealthy(t)
+	for _, f := range rf.reps {
+		f.Start()
+	}
+	if !harness.Eventually(2*time.Minute, func() bool { return rf.reps[repC].Online("pi-1") }) {
+		t.Fatalf("pi-1 not back online after the restart:\n%s", agent.Proc.Output())
+	}
+	for _, u := range []*harness.User{alice, bob} {
+		if out := u.Tsh("ssh", "root@pi-1", "echo", "after the restart"); out != "after the restart\n" {
+			t.Errorf("%s: tsh ssh after the restart = %q", u.Name, out)
+		}
+	}
+	if out := rf.reps[repB].Ctl("", "users", "ls"); !strings.Contains(out, "alice") || !strings.Contains(out, "bob") {
+		t.Errorf("users after the restart: %q", out)
+	}
+	before := 0
+	for _, e := range auditSearch(t, rf.reps[repB], "--type=session.start").Events {
+		if e.User == "alice" || e.User == "bob" {
+			before++
+		}
+	}
+	if before < 4 {
+		t.Errorf("%d session starts in the trail after the restart, want the 4 sessions'", before)
+	}
+	if out, errOut, err := rf.reps[repA].CtlErr("", "audit", "verify"); err != nil {
+		t.Errorf("audit verify after the restart: %v\n%s%s", err, out, errOut)
+	}
+}
