@@ -15,8 +15,8 @@
 #   make image   cross, then a rootfs overlay tarball per target into dist/
 #   make demo    the walkthrough: a fleet, a user and a device agent
 #   make bench   the benchmarks (tools/bench/run.sh)
-#   make screenshots  the browser test of web apps, keeping its screenshots
-#                in docs/images (the README shows two)
+#   make screenshots  the browser tests that take the README's screenshots:
+#                the dashboard's (docs/screenshots) and web apps' (docs/images)
 #   make fuzz    every fuzz target for FUZZTIME each (default 10s)
 #   make clean   remove bin/ and dist/
 #
@@ -140,9 +140,12 @@ demo:
 bench:
 	@if [ -f tools/bench/run.sh ]; then bash tools/bench/run.sh; else echo "bench: tools/bench/run.sh not written yet"; fi
 
+# The browser tests that take the README's screenshots, with SCREENSHOTS
+# naming where to put them.
 screenshots: setup
+	SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestDashboardScreenshots$$' ./tools/e2e
 	SCREENSHOTS=$(CURDIR)/docs/images $(GO) test -count=1 -run 'TestAppsInTheBrowser$$' ./tools/e2e
-	@echo "screenshots: docs/images/*.png"
+	@ls -l docs/screenshots/*.png docs/images/*.png
 
 # Each fuzz target found by go test -list, one at a time; runs them all and
 # then fails if any failed (or if listing them failed).

@@ -37,8 +37,8 @@ PIN="$(sed -n 's/^CA pin: //p' "$STATE/fleetd.out")"
 CTL=("$BIN/fleetctl" --data-dir "$STATE/fleet")
 
 if ! "${CTL[@]}" users ls | grep -q '^demo\b'; then
-  echo "==> adding user demo (role access, login $LOGIN)"
-  echo "$PASSWORD" | "${CTL[@]}" users add demo --roles=access --logins="$LOGIN" >/dev/null
+  echo "==> adding user demo (roles access and admin, login $LOGIN)"
+  echo "$PASSWORD" | "${CTL[@]}" users add demo --roles=access,admin --logins="$LOGIN" >/dev/null
 fi
 
 if [ ! -f "$STATE/device/agent.db" ]; then
@@ -66,7 +66,12 @@ APP_URL="$("${CTL[@]}" apps ls --format=json | sed -n 's/.*"public_addr": *"\([^
 cat <<MSG
 
 Remoteler edge demo is running: fleet "fleet" on $ADDR, device demo-device online.
-User demo (password $PASSWORD) is logged in. In another terminal:
+
+Dashboard: https://localhost:${ADDR##*:}/web/
+  log in as demo, password $PASSWORD (your browser will warn about the
+  fleet's certificate, which its own CA signed: accept it for the demo)
+
+User demo is logged in with tsh too. In another terminal:
 
   export TSH_HOME=$STATE/tsh PATH=$BIN:\$PATH
   tsh status

@@ -65,6 +65,8 @@ type Agent struct {
 	// fleetUpdates is the last hello answer's Updates: the fleet takes
 	// update statuses.
 	fleetUpdates atomic.Bool
+	// started is when Run began.
+	started time.Time
 	// tick is when the maintenance loop last ran (Unix nanoseconds); the
 	// watchdog is fed only while it keeps ticking.
 	tick atomic.Int64
@@ -227,6 +229,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:           a.log,
 		Now:              a.cfg.Now,
 	})
+	a.started = a.cfg.Now()
 	log.Info("edge-agent starting", "version", buildinfo.String(), "fleet", a.fleetAddr(), "tunnel", a.tunnelAddr())
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -254,6 +257,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	a.runAudit(ctx, &wg)
+	a.serveMetrics(ctx, &wg)
 	if a.cfg.Notify != nil {
 		// Ready once state is loaded and the loops run: a flaky link must
 		// not fail the start.

@@ -101,6 +101,11 @@ type Config struct {
 	// Flag --app, repeated, one app each (NAME=URI[,options]); the file's
 	// key app is a list of objects. Default: none.
 	Apps []apps.App
+	// MetricsListen is the HOST:PORT of a local Prometheus metrics
+	// endpoint (plain HTTP, /metrics: tunnel, sessions, audit queue);
+	// default "": off. Anyone who reaches it can read it: keep it on
+	// loopback or a management network.
+	MetricsListen string
 	// Mode is how the fleet reaches the device: ModeTunnel (the default:
 	// the agent holds a reverse tunnel) or ModeDirect (a direct node on
 	// the fleet's own network: the fleet dials the agent at Listen for
@@ -303,6 +308,7 @@ func (c *Config) settings() []setting {
 		{"audit-when-full", "what to do when an audit event cannot be kept (queue or disk full): `allow|refuse`; allow: the action goes ahead, the drop is counted, reported and marked in the audit", (*stringValue)(&c.AuditWhenFull)},
 		{"no-recording", "do not record SSH sessions (by default every shell and command is recorded and uploaded to the fleet)", (*boolValue)(&c.NoRecording)},
 		{"recordings-max-bytes", "cap of the recordings waiting on the device for upload, in `bytes`", (*bytesValue)(&c.RecordingsMaxBytes)},
+		{"metrics-listen", "`HOST:PORT` of a local Prometheus metrics endpoint (plain HTTP, /metrics), such as 127.0.0.1:9101; anyone who reaches it can read it; empty: off", (*stringValue)(&c.MetricsListen)},
 		{"app", "a web app the device offers through the fleet, `NAME=URI[,insecure-skip-verify][,label:KEY=VALUE...]`, such as nodered=http://127.0.0.1:1880; repeat for more (they add to the file's). insecure-skip-verify accepts an https app's self-signed certificate. In the file: a list of {name, uri, insecure_skip_verify, labels, rewrite}", (*appsValue)(&c.Apps)},
 		{"release-key", "minisign public `KEYS` trusted for agent releases: the base64 line of a .pub file, several separated by commas (in the file also a list); pinned in DATA_DIR/update at the first start that has them. Without one the device pins the keys the fleet gives at join; without any it refuses updates", (*listValue)(&c.Update.ReleaseKeys)},
 		{"update-max-bandwidth", "cap on update downloads, in `bytes` per second; 0: no cap of the device's own (a rollout may set one; the smaller applies)", (*bytesValue)(&c.Update.MaxBandwidth)},

@@ -64,6 +64,10 @@ type Config struct {
 	// Room returns an error while devices' uploads must pause for lack of
 	// disk space (fleet/diskfloor); nil never pauses them.
 	Room func() error
+	// OnStored, when set, is told of every event stored, once it is
+	// committed: the fleet's own and those devices send (not the
+	// duplicates). fleet/metrics counts them. It must not block.
+	OnStored func(source string, e *proto.AuditEvent)
 	// Heads keeps each device's fleet-wide head, for several replicas
 	// (replicas.go); nil on one fleetd.
 	Heads Heads
@@ -342,7 +346,8 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	}
 	ack := proto.AuditAck{ID: b.ID}
 	added := 0
-	var fleet Head // the fleet-wide head, on several replicas
+	var stored []int // indices of the events stored (not duplicates)
+	var fleet Head   // the fleet-wide head, on several replicas
 	var remote map[string]remoteStart
 	if len(b.Events) > 0 {
 		var err error
@@ -375,6 +380,7 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 			}
 		}
 		added = 0
+		stored = stored[:0]
 		claims := &claimChecker{tx: tx, device: source, remote: remote}
 		handedOff := false
 		for i := range b.Events {
@@ -396,6 +402,7 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 			}
 			if ok {
 				added++
+				stored = append(stored, i)
 			}
 		}
 		if b.Queue != nil {
@@ -432,6 +439,11 @@ func (l *Log) Ingest(ctx context.Context, source string, b *proto.AuditBatch) (*
 	}
 	if added > 0 {
 		l.pause(source, "")
+	}
+	if l.cfg.OnStored != nil {
+		for _, i := range stored {
+			l.cfg.OnStored(source, &b.Events[i])
+		}
 	}
 	if added < len(b.Events) {
 		l.log.Debug("duplicate audit events skipped", "device_id", source, "sent", len(b.Events), "stored", added)
@@ -485,7 +497,33 @@ func (l *Log) AppendMany(ctx context.Context, events []*proto.AuditEvent) error 
 	if err != nil {
 		return fmt.Errorf("audit: append %s: %w", events[0].Type, err)
 	}
+	if l.cfg.OnStored != nil {
+		for i := range cs {
+			l.cfg.OnStored(api.SourceFleet, &cs[i])
+		}
+	}
 	return nil
+}
+
+// Backlog adds up what the devices last reported waiting in their audit
+// queues: events not yet delivered to the fleet.
+func (l *Log) Backlog() (events uint64, err error) {
+	err = l.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketHeads).ForEach(func(k, v []byte) error {
+			if string(k) == api.SourceFleet {
+				return nil
+			}
+			h, err := decodeHead(v)
+			if err == nil && h.Queue != nil {
+				events += h.Queue.Pending
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("audit: backlog: %w", err)
+	}
+	return events, nil
 }
 
 // Head returns the highest sequence number held for source and its hash.
@@ -567,6 +605,27 @@ func (q *Query) typeMatches(t string) bool {
 // Search returns the events q selects, oldest first, and whether more
 // matched than q.Limit.
 func (l *Log) Search(ctx context.Context, q Query) ([]Record, bool, error) {
+	p, err := l.SearchPage(ctx, q, false, "")
+	if err != nil {
+		return nil, false, err
+	}
+	return p.Records, p.Next != "", nil
+}
+
+// Page is a page of search results: Next, when not empty, is the cursor
+// of the page that follows.
+type Page struct {
+	Records []Record
+	Next    string
+}
+
+// ErrCursor is returned for a cursor SearchPage did not make.
+var ErrCursor = errors.New("audit: bad page cursor")
+
+// SearchPage returns a page of the events q selects: oldest first, or
+// newest first (a dashboard's order) when newest is set, starting after
+// cursor ("" for the first page; a page's Next for the one after it).
+func (l *Log) SearchPage(ctx context.Context, q Query, newest bool, cursor string) (Page, error) {
 	if q.Limit <= 0 {
 		q.Limit = api.DefaultAuditLimit
 	}
@@ -591,51 +650,99 @@ func (l *Log) Search(ctx context.Context, q Query) ([]Record, bool, error) {
 	if !q.Until.IsZero() {
 		hi = append(append([]byte{}, prefix...), timeKey(q.Until.UnixMilli())...)
 	}
-	var out []Record
-	more := false
+	var after []byte // the cursor: the last index key of the page before
+	if cursor != "" {
+		b, err := hex.DecodeString(cursor)
+		if err != nil || !bytes.HasPrefix(b, prefix) || len(b) < len(prefix)+8+9 || len(b) > 4096 {
+			return Page{}, ErrCursor
+		}
+		after = b
+	}
+	var out Page
 	err := l.db.View(func(tx *bolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
 		c := tx.Bucket(bucket).Cursor()
-		for k, _ := c.Seek(lo); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		// The first key and the step, in the page's order.
+		var k []byte
+		next := c.Next
+		switch {
+		case !newest && after != nil:
+			k, _ = c.Seek(after)
+			if bytes.Equal(k, after) {
+				k, _ = c.Next()
+			}
+		case !newest:
+			k, _ = c.Seek(lo)
+		default:
+			next = c.Prev
+			end := hi
+			if after != nil && (end == nil || bytes.Compare(after, end) < 0) {
+				end = after
+			}
+			if end == nil {
+				// Past every key with the prefix.
+				end = append(append([]byte{}, prefix...), bytes.Repeat([]byte{0xff}, 9)...)
+			}
+			if k, _ = c.Seek(end); k == nil {
+				k, _ = c.Last()
+			} else {
+				k, _ = c.Prev()
+			}
+		}
+		var lastKey []byte
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = next() {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if hi != nil && bytes.Compare(k, hi) >= 0 {
+			if !newest && hi != nil && bytes.Compare(k, hi) >= 0 {
 				break
 			}
-			rest := k[len(prefix)+8:] // source, 0, seq
-			if len(rest) < 9 || rest[len(rest)-9] != 0 {
+			if newest && bytes.Compare(k, lo) < 0 {
+				break
+			}
+			rec, ok := l.lookup(tx, events, k, prefix, &q)
+			if !ok {
 				continue
 			}
-			source, sk := string(rest[:len(rest)-9]), rest[len(rest)-8:]
-			sb := events.Bucket([]byte(source))
-			if sb == nil {
-				continue
-			}
-			v := sb.Get(sk)
-			if v == nil {
-				continue
-			}
-			e, err := proto.UnmarshalEvent(v)
-			if err != nil {
-				continue
-			}
-			if (q.Device != "" && deviceOf(source, e) != q.Device) || (q.User != "" && e.User != q.User) ||
-				(q.Session != "" && e.Session != q.Session) || !q.typeMatches(e.Type) {
-				continue
-			}
-			if len(out) == q.Limit {
-				more = true
+			if len(out.Records) == q.Limit {
+				out.Next = hex.EncodeToString(lastKey)
 				return nil
 			}
-			out = append(out, Record{Source: source, Event: *e, Unverified: unverified(tx, source, e.Seq)})
+			out.Records = append(out.Records, rec)
+			lastKey = append(lastKey[:0], k...)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("audit: search: %w", err)
+		return Page{}, fmt.Errorf("audit: search: %w", err)
 	}
-	return out, more, nil
+	return out, nil
+}
+
+// lookup reads the event an index key names, if it matches q.
+func (l *Log) lookup(tx *bolt.Tx, events *bolt.Bucket, k, prefix []byte, q *Query) (Record, bool) {
+	rest := k[len(prefix)+8:] // source, 0, seq
+	if len(rest) < 9 || rest[len(rest)-9] != 0 {
+		return Record{}, false
+	}
+	source, sk := string(rest[:len(rest)-9]), rest[len(rest)-8:]
+	sb := events.Bucket([]byte(source))
+	if sb == nil {
+		return Record{}, false
+	}
+	v := sb.Get(sk)
+	if v == nil {
+		return Record{}, false
+	}
+	e, err := proto.UnmarshalEvent(v)
+	if err != nil {
+		return Record{}, false
+	}
+	if (q.Device != "" && deviceOf(source, e) != q.Device) || (q.User != "" && e.User != q.User) ||
+		(q.Session != "" && e.Session != q.Session) || !q.typeMatches(e.Type) {
+		return Record{}, false
+	}
+	return Record{Source: source, Event: *e, Unverified: unverified(tx, source, e.Seq)}, true
 }
 
 // Export turns a record into the JSON export form. names maps device IDs

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -437,4 +439,103 @@ func FuzzDecodeHead(f *testing.F) {
 			t.Fatalf("head does not round-trip: %v", err)
 		}
 	})
+}
+
+// TestSearchPage pages through events both ways, with several in one
+// millisecond (a cursor is an event, not a time), and with a filter.
+func TestSearchPage(t *testing.T) {
+	l, _ := openLog(t, nil)
+	ctx := context.Background()
+	var want []string
+	for i := range 10 {
+		user := "alice"
+		if i%3 == 0 {
+			user = "bob"
+		}
+		// Three events share each millisecond.
+		e := &proto.AuditEvent{Time: 1_700_000_000_000 + int64(i/3), Type: proto.EventUserLogin, User: user, Message: fmt.Sprint(i)}
+		if err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprint(i))
+	}
+	collect := func(t *testing.T, q Query, newest bool) []string {
+		t.Helper()
+		var got []string
+		cursor := ""
+		for range 20 {
+			p, err := l.SearchPage(ctx, q, newest, cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Records) > q.Limit {
+				t.Fatalf("page of %d, limit %d", len(p.Records), q.Limit)
+			}
+			for _, r := range p.Records {
+				got = append(got, r.Event.Message)
+			}
+			if p.Next == "" {
+				return got
+			}
+			cursor = p.Next
+		}
+		t.Fatal("paging did not end")
+		return nil
+	}
+	reversed := slices.Clone(want)
+	slices.Reverse(reversed)
+	if got := collect(t, Query{Limit: 4}, false); !slices.Equal(got, want) {
+		t.Errorf("oldest first: %v, want %v", got, want)
+	}
+	if got := collect(t, Query{Limit: 4}, true); !slices.Equal(got, reversed) {
+		t.Errorf("newest first: %v, want %v", got, reversed)
+	}
+	if got := collect(t, Query{Limit: 2, User: "bob"}, true); !slices.Equal(got, []string{"9", "6", "3", "0"}) {
+		t.Errorf("bob's, newest first: %v", got)
+	}
+	if got := collect(t, Query{Limit: 1, Until: time.UnixMilli(1_700_000_000_002)}, true); !slices.Equal(got, []string{"5", "4", "3", "2", "1", "0"}) {
+		t.Errorf("before the third millisecond, newest first: %v", got)
+	}
+	for _, bad := range []string{"zz", "00", strings.Repeat("ab", 5000)} {
+		if _, err := l.SearchPage(ctx, Query{}, true, bad); !errors.Is(err, ErrCursor) {
+			t.Errorf("cursor %.20q: got %v, want ErrCursor", bad, err)
+		}
+	}
+}
+
+// TestOnStoredAndBacklog: every event stored is told once, after it is
+// committed (a batch sent again tells nothing); the backlog adds up the
+// devices' queues.
+func TestOnStoredAndBacklog(t *testing.T) {
+	var mu sync.Mutex
+	var told []string
+	l, err := Open(Config{Path: filepath.Join(t.TempDir(), "audit.db"), OnStored: func(source string, e *proto.AuditEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		told = append(told, source+":"+e.Type)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	if err := l.Append(ctx, &proto.AuditEvent{Type: proto.EventUserLoginFailed}); err != nil {
+		t.Fatal(err)
+	}
+	evs := chain(t, 1, 2, nil, simple)
+	for range 2 { // the second time, duplicates
+		if _, err := l.Ingest(ctx, "dev-1", &proto.AuditBatch{Events: evs, Queue: &proto.AuditQueueStatus{Pending: 7}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Ingest(ctx, "dev-2", &proto.AuditBatch{Queue: &proto.AuditQueueStatus{Pending: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{api.SourceFleet + ":" + proto.EventUserLoginFailed, "dev-1:" + evs[0].Type, "dev-1:" + evs[1].Type}
+	if !slices.Equal(told, want) {
+		t.Errorf("told %v, want %v", told, want)
+	}
+	if n, err := l.Backlog(); err != nil || n != 12 {
+		t.Errorf("backlog %d, %v; want 12", n, err)
+	}
 }

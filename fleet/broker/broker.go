@@ -6,10 +6,14 @@
 //     fleet/authz, the same rules that re-check live sessions later) and
 //     the locks in force (fleet/locks);
 //  2. records every refusal in the audit trail (Deny);
-//  3. opens the stream down the device's tunnel (Open), with the user's
-//     fleet-verified identity in its header;
-//  4. records the session's start, fail-closed, and registers it as live
-//     (Start), so that the fleet ends it when access ends;
+//  3. records the session's start, fail-closed, and registers it as live
+//     (Start), so that the fleet ends it when access ends; the start is
+//     committed before the device hears of the session, because the
+//     device's own events about it are checked against it (fleet/audit's
+//     claims);
+//  4. opens the stream down the device's tunnel (Open), with the user's
+//     fleet-verified identity in its header; each stream of a pooled
+//     service (OpenPooled) is recorded the same way, start before open;
 //  5. splices bytes for services that are plain byte streams (Splice);
 //  6. records the session's end with its reason (Session.Done).
 //
@@ -17,8 +21,8 @@
 // HTTP to users and call the broker; they never open tunnel streams or
 // register sessions themselves. A new service that is a TCP-like stream
 // needs: its rule in fleet/authz (Decide), an entry in the agent's service
-// registry (firmware/services), and a handler that calls Authorize, Open,
-// Start and Splice as the SSH handler does (fleet/httpapi/connect.go).
+// registry (firmware/services), and a handler that calls Authorize, Start,
+// Open and Splice as the SSH handler does (fleet/httpapi/connect.go).
 //
 // Every access decision and session is recorded with the fleet's audit
 // recorder (fleet/audit's Recorder: the hash-chained trail and a line on
@@ -110,6 +114,10 @@ type Config struct {
 	// the grace is the time the device has to tell the user why, which a
 	// busy device needs (see Splicer).
 	EndGrace time.Duration
+	// Bytes, when set, is told of the bytes every stream carries as they
+	// pass: up to the device, down from it (fleet/metrics counts them by
+	// service). It must not block.
+	Bytes func(service string, up, down int)
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -550,6 +558,37 @@ func (b *Broker) OpenPooled(ctx context.Context, g *Grant, target string) (net.C
 	return &recordedConn{Conn: conn, end: func() { b.Record(context.Background(), ev(proto.EventSessionEnd, proto.OutcomeSuccess, "")) }}, nil
 }
 
+// countedConn tells the bytes it carries.
+type countedConn struct {
+	net.Conn
+	service string
+	tell    func(service string, up, down int)
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.tell(c.service, 0, n)
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.tell(c.service, n, 0)
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the stream, when the stream can.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 // recordedConn calls end once, when it is first closed.
 type recordedConn struct {
 	net.Conn
@@ -585,6 +624,9 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 		ClientAddr: g.Session.ClientAddr,
 	})
 	if err == nil {
+		if b.cfg.Bytes != nil {
+			conn = &countedConn{Conn: conn, service: g.Session.Service, tell: b.cfg.Bytes}
+		}
 		return conn, nil
 	}
 	what, lastSeen, refuser := fmt.Sprintf("device %q", g.Device.Name), g.Device.LastSeen, "the device"

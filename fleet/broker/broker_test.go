@@ -21,6 +21,7 @@ import (
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 	"remoteler.dev/edge/tools/logtest"
 )
 
@@ -109,46 +110,10 @@ func (f *fakeTunnels) Online(string) bool {
 	return !f.offline
 }
 
-// trail records audit events.
-type trail struct {
-	mu   sync.Mutex // guards evs and fail
-	evs  []*proto.AuditEvent
-	fail bool
-}
-
-func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if tr.fail {
-		return errors.New("disk full")
-	}
-	tr.evs = append(tr.evs, e)
-	return nil
-}
-
-func (tr *trail) types() []string {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []string
-	for _, e := range tr.evs {
-		out = append(out, e.Type)
-	}
-	return out
-}
-
-func (tr *trail) last() *proto.AuditEvent {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	if len(tr.evs) == 0 {
-		return nil
-	}
-	return tr.evs[len(tr.evs)-1]
-}
-
 type fixture struct {
 	b     *Broker
 	tun   *fakeTunnels
-	trail *trail
+	trail *audittest.Recorder
 	reg   *sessions.Registry
 	pi1   devices.Device
 	st    store.Store       // where devices and locks are kept
@@ -190,7 +155,7 @@ func newFixture(t *testing.T) *fixture {
 		cancel()
 		<-followed
 	})
-	f := &fixture{tun: &fakeTunnels{}, trail: &trail{}, reg: reg, pi1: pi1, st: st, devs: devs, locks: lockSet}
+	f := &fixture{tun: &fakeTunnels{}, trail: &audittest.Recorder{}, reg: reg, pi1: pi1, st: st, devs: devs, locks: lockSet}
 	f.b = New(Config{Tunnels: f.tun, Offline: errOffline, NoAnswer: errNoAnswer, Devices: devs, Sessions: reg, Audit: f.trail, Locks: lockSet,
 		Cluster: "fleet", EndGrace: 10 * time.Millisecond, Logger: logtest.Logger(t)})
 	return f
@@ -264,8 +229,8 @@ func TestAuthorize(t *testing.T) {
 				if g.Session.ID == "" || g.Session.DeviceID != f.pi1.ID || g.Session.User != "alice" {
 					t.Errorf("grant %+v: want a session ID, pi-1's ID and alice", g.Session)
 				}
-				if len(f.trail.types()) != 0 {
-					t.Errorf("a grant recorded %v, want nothing yet", f.trail.types())
+				if len(f.trail.Types()) != 0 {
+					t.Errorf("a grant recorded %v, want nothing yet", f.trail.Types())
 				}
 				return
 			}
@@ -276,8 +241,8 @@ func TestAuthorize(t *testing.T) {
 			if ref.Status != tt.wantStatus || !strings.Contains(ref.Msg, tt.wantMsg) {
 				t.Errorf("got status %d %q, want %d with %q", ref.Status, ref.Msg, tt.wantStatus, tt.wantMsg)
 			}
-			e := f.trail.last()
-			if e == nil || e.Type != proto.EventAccessDenied || e.Outcome != proto.OutcomeDenied || e.Message != ref.Msg {
+			e := f.trail.Last()
+			if e.Type != proto.EventAccessDenied || e.Outcome != proto.OutcomeDenied || e.Message != ref.Msg {
 				t.Fatalf("audit: %+v, want the refusal recorded as access.denied", e)
 			}
 			if e.Fields["rule"] != tt.wantRule {
@@ -378,10 +343,10 @@ func TestSessionLifecycle(t *testing.T) {
 	if len(sent) != 1 || sent[0].(*proto.SessionEnd).Message != "access changed: no" {
 		t.Errorf("the device was told %+v, want one session-end with the reason", sent)
 	}
-	if got := f.trail.types(); !slices.Equal(got, []string{proto.EventSessionStart, proto.EventSessionEnd}) {
+	if got := f.trail.Types(); !slices.Equal(got, []string{proto.EventSessionStart, proto.EventSessionEnd}) {
 		t.Errorf("audit %v, want session.start, session.end", got)
 	}
-	end := f.trail.last()
+	end := f.trail.Last()
 	if end.Fields["bytes_up"] != "5" || end.Fields["bytes_down"] != "5" || end.Fields["reason"] != "access changed: no" || end.Fields["app"] != "nodered" {
 		t.Errorf("end event fields %v, want 5 bytes each way, the reason and the app", end.Fields)
 	}
@@ -397,7 +362,7 @@ func TestStartFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.trail.fail = true
+	f.trail.Err = errors.New("disk full")
 	_, err = f.b.Start(ctx, g, StartOptions{})
 	var ref *Refusal
 	if !errors.As(err, &ref) || ref.Status != StatusUnavailable {
@@ -478,6 +443,43 @@ func TestPooledStreamsAreRecordedBeforeTheyOpen(t *testing.T) {
 	}
 }
 
+// TestBytesAreTold: the bytes a stream carries are told by service as they
+// pass, and half-closes still pass through.
+func TestBytesAreTold(t *testing.T) {
+	f := newFixture(t)
+	var mu sync.Mutex
+	told := map[string][2]int{}
+	f.b.cfg.Bytes = func(service string, up, down int) {
+		mu.Lock()
+		defer mu.Unlock()
+		c := told[service]
+		told[service] = [2]int{c[0] + up, c[1] + down}
+	}
+	ctx := context.Background()
+	g, err := f.b.Authorize(ctx, ask(t, proto.ServiceSSH, "pi-1", "pi", "", north))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := f.b.Open(ctx, g, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, ok := conn.(interface{ CloseWrite() error }); !ok {
+		t.Error("the counted stream lost CloseWrite")
+	}
+	conn.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "HELLO" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := told[proto.ServiceSSH]; got != [2]int{5, 5} {
+		t.Errorf("told %v for ssh, want 5 up and 5 down", got)
+	}
+}
+
 // lock writes a lock on target and waits until the broker's view has it.
 func (f *fixture) lock(t *testing.T, target api.LockTarget, msg string) api.Lock {
 	t.Helper()
@@ -533,8 +535,8 @@ func TestLocksRefuse(t *testing.T) {
 			if !errors.As(err, &ref) || ref.Status != StatusForbidden || !strings.Contains(ref.Msg, "shut out for a test") || !strings.Contains(ref.Msg, l.ID) {
 				t.Fatalf("got %v, want a 403 refusal with the lock's ID and message", err)
 			}
-			e := f.trail.last()
-			if e == nil || e.Type != proto.EventAccessDenied || e.Fields["rule"] != "lock" || e.Fields["lock"] != l.ID {
+			e := f.trail.Last()
+			if e.Type != proto.EventAccessDenied || e.Fields["rule"] != "lock" || e.Fields["lock"] != l.ID {
 				t.Errorf("audit: %+v, want access.denied naming lock %s", e, l.ID)
 			}
 		})
@@ -552,10 +554,10 @@ func TestLocksRefuse(t *testing.T) {
 		if !errors.As(err, &ref) || !strings.Contains(ref.Msg, "too late") {
 			t.Fatalf("Start = %v, want the lock's refusal", err)
 		}
-		if got := f.trail.types(); !slices.Contains(got, proto.EventSessionEnd) || got[len(got)-1] != proto.EventAccessDenied {
+		if got := f.trail.Types(); !slices.Contains(got, proto.EventSessionEnd) || got[len(got)-1] != proto.EventAccessDenied {
 			t.Errorf("audit %v, want the session's end and an access.denied", got)
 		}
-		if e := f.trail.last(); e.Fields["lock"] != l.ID {
+		if e := f.trail.Last(); e.Fields["lock"] != l.ID {
 			t.Errorf("access.denied %+v, want it to name lock %s", e, l.ID)
 		}
 		if live := f.reg.List(sessions.Filter{}); len(live) != 0 {

@@ -22,6 +22,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
@@ -422,4 +423,57 @@ func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error
 		}
 	}
 	return Device{}, fmt.Errorf("devices: update %q: too much contention, try again", id)
+}
+
+// Follower receives what Follow learns of the registry. Reset and Apply
+// are called from Follow's goroutine, one at a time.
+type Follower struct {
+	// Reset replaces the whole picture with all: called first, and again
+	// whenever the watch had to start over.
+	Reset func(all []Device)
+	// Apply applies one change: the device with this ID was written (d
+	// is it) or removed (d is nil).
+	Apply func(id string, d *Device)
+	// Bad, when set, is told of a record that does not decode (it is
+	// left out).
+	Bad func(key string, err error)
+}
+
+// Follow keeps f up to date with the registry for as long as ctx lives,
+// through the store's watch (store.Follow): a device registered, updated
+// or removed on any fleetd sharing the store reaches f. It returns when
+// ctx ends or the store closes.
+func (r *Registry) Follow(ctx context.Context, f Follower) error {
+	decode := func(key string, b []byte) (*Device, bool) {
+		var d Device
+		if err := json.Unmarshal(b, &d); err != nil {
+			if f.Bad != nil {
+				f.Bad(key, err)
+			}
+			return nil, false
+		}
+		return &d, true
+	}
+	return store.Follow(ctx, r.Store, devicePrefix, store.FollowHandler{
+		Reset: func(items []store.Item, _ int64) {
+			all := make([]Device, 0, len(items))
+			for _, it := range items {
+				if d, ok := decode(it.Key, it.Value); ok {
+					all = append(all, *d)
+				}
+			}
+			f.Reset(all)
+		},
+		Apply: func(ev store.Event) {
+			id := strings.TrimPrefix(ev.Key, devicePrefix)
+			switch ev.Kind {
+			case store.EventPut:
+				if d, ok := decode(ev.Key, ev.Value); ok {
+					f.Apply(id, d)
+				}
+			case store.EventDelete:
+				f.Apply(id, nil)
+			}
+		},
+	})
 }

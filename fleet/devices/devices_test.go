@@ -355,3 +355,69 @@ func TestConcurrentUpdate(t *testing.T) {
 		t.Errorf("got %d labels, want %d: a concurrent update was lost", len(got.Labels), n)
 	}
 }
+
+// TestFollow: a follower gets the registry listed, then every register,
+// update and removal, decoded.
+func TestFollow(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Registry{Store: memstore.New()}
+	first, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type change struct {
+		id   string
+		name string // "" for a removal
+	}
+	resets := make(chan []Device, 4)
+	changes := make(chan change, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Follow(ctx, Follower{
+			Reset: func(all []Device) { resets <- all },
+			Apply: func(id string, d *Device) {
+				c := change{id: id}
+				if d != nil {
+					c.name = d.Name
+				}
+				changes <- c
+			},
+		})
+	}()
+	next := func() change {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-time.After(30 * time.Second):
+			t.Fatal("no change in 30s")
+			return change{}
+		}
+	}
+	if all := <-resets; len(all) != 1 || all[0].ID != first.ID {
+		t.Fatalf("listed %+v, want pi-1", all)
+	}
+	second, err := r.Register(ctx, Device{Name: "pi-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c != (change{second.ID, "pi-2"}) {
+		t.Errorf("after a register: %+v", c)
+	}
+	if _, err := r.Update(ctx, first.ID, func(d *Device) error { d.AgentVersion = "v2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c != (change{first.ID, "pi-1"}) {
+		t.Errorf("after an update: %+v", c)
+	}
+	if _, err := r.Delete(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c != (change{second.ID, ""}) {
+		t.Errorf("after a removal: %+v", c)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Follow returned %v, want the context's error", err)
+	}
+}

@@ -160,7 +160,7 @@ func (r *runner) tokensAdd(cmd *cobra.Command, f tokenFlags) error {
 	if len(tok.Labels) > 0 {
 		fmt.Fprintf(out, "  Labels:      %s\n", cli.Labels(tok.Labels))
 	}
-	fmt.Fprintf(out, "On the device, as root, run:\n  edge-agent start --fleet=%s --token=%s\n", addr, join)
+	fmt.Fprintf(out, "On the device, as root, run:\n  %s\n", pin.JoinCommand(addr, join))
 	if host, _, err := net.SplitHostPort(addr); err == nil && isLocal(host) {
 		fmt.Fprintf(out, "Note: %s is this machine's local address; give the devices' view with --fleet-addr=HOST:PORT.\n", addr)
 	}

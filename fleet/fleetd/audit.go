@@ -59,11 +59,11 @@ type auditReplicas struct {
 // openAudit opens the audit log (DATA_DIR/audit.db), signing checkpoints
 // with key, and the session recordings (DATA_DIR/recordings), both bounded
 // by sto.
-func openAudit(cfg Config, key ed25519.PrivateKey, sto *storage, reps auditReplicas, log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
+func openAudit(cfg Config, key ed25519.PrivateKey, sto *storage, reps auditReplicas, onStored func(string, *proto.AuditEvent), log *slog.Logger, now func() time.Time) (*audit.Log, *recordings.Store, error) {
 	events, err := audit.Open(audit.Config{
 		Path: filepath.Join(cfg.DataDir, "audit.db"), Logger: log, Now: now,
 		CheckpointKey: key, CheckpointEvery: time.Duration(cfg.AuditCheckpointEvery),
-		Limits: sto.auditLimits, Room: sto.floor.Check,
+		Limits: sto.auditLimits, Room: sto.floor.Check, OnStored: onStored,
 		Heads: reps.heads, Replica: reps.replica, Brokered: reps.brokered,
 	})
 	if err != nil {

@@ -152,6 +152,28 @@ type Config struct {
 	// AppSessionTTL caps a browser's session with one app; default 8h
 	// (never longer than the fleet login it came from).
 	AppSessionTTL Duration `json:"app_session_ttl"`
+
+	// The dashboard and the metrics (docs/dashboard.md, docs/metrics.md).
+
+	// FleetAddr is the fleet's HOST:PORT as devices reach it, for the
+	// join command the dashboard shows; default the first of PublicAddrs
+	// with the Listen port.
+	FleetAddr string `json:"fleet_addr"`
+	// LinkHistoryHourlyDays is how many days of each device's link
+	// history keep their hours, and LinkHistoryDays how many days are
+	// kept at all (DATA_DIR/linkhistory.db); defaults 7 and 90.
+	LinkHistoryHourlyDays int `json:"link_history_hourly_days"`
+	LinkHistoryDays       int `json:"link_history_days"`
+	// LinkHistoryEvery is how often every device's link is sampled for
+	// the history; default 1m.
+	LinkHistoryEvery Duration `json:"link_history_every"`
+	// MetricsListen is the HOST:PORT of the Prometheus metrics endpoint
+	// (plain HTTP, /metrics); default "": off. An address that is not
+	// loopback needs MetricsTokenFile.
+	MetricsListen string `json:"metrics_listen"`
+	// MetricsTokenFile holds the bearer token scrapers must send
+	// (Authorization: Bearer TOKEN); default none (loopback only).
+	MetricsTokenFile string `json:"metrics_token_file"`
 }
 
 // DefaultMaxConnsPerSource is MaxConnsPerSource's default.

@@ -22,6 +22,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"remoteler.dev/edge/fleet/admin"
 	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
@@ -39,6 +40,7 @@ import (
 	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/linkhealth"
 	"remoteler.dev/edge/fleet/locks"
+	"remoteler.dev/edge/fleet/metrics"
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
@@ -180,7 +182,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 				return reps.brokered(ctx, deviceID, session)
 			}}
 	}
-	events, recs, err := openAudit(cfg, ckKey, sto, auditReps, log, now)
+	// The metrics: counters fed by the audit log's and the broker's hooks,
+	// gauges read from the fleet's parts (set below).
+	met := metrics.New(metrics.Sources{})
+	events, recs, err := openAudit(cfg, ckKey, sto, auditReps, met.Stored, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
@@ -314,13 +319,16 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			}
 			return "", nil, false
 		},
-		Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now,
+		Audit: recorder, Cluster: cfg.Cluster, Bytes: met.Bytes, Logger: log, Now: now,
 		Clusters: leaves, OriginKeys: func(origin string) [][]byte { return roots.UserCAKeys(origin) },
 	})
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
 
 	links := linkSampler(tunnels)
+	// One home for admin actions: the API's and the dashboard's.
+	adm := admin.New(admin.Config{Users: us, Roles: roles, Tokens: toks, Devices: reg, CAPin: auth.Pin,
+		Disconnect: reach.Disconnect, Changed: live.Changed, Audit: recorder})
 	tickets := &ticket.Service{Store: st, Now: now}
 	refuseLocked := func(user string, roles []string) error { return lockSet.Check(locks.Subject{User: user, Roles: roles}) }
 	single := sso.New(sso.Config{Store: st, Users: us, Roles: roles, RedirectURL: publicURL + api.PathSSOCallback, Refuse: refuseLocked,
@@ -349,6 +357,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Sessions:      live,
 		Broker:        brk,
 		Lifecycle:     life,
+		Admin:         adm,
 		Now:           now,
 
 		BodyIdleTimeout: time.Duration(cfg.HTTPBodyIdleTimeout),
@@ -378,8 +387,24 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
 	web := newWeb(cfg, st, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
-		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, log, now)
+		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, single, log, now)
 	defer web.apps.Close()
+	// The dashboard (its terminal, the link history), behind the login. It
+	// reaches devices through the broker (the router); a device whose
+	// tunnel another replica holds shows online, as a direct node does.
+	var elsewhere func(string) (time.Time, bool)
+	if reps != nil {
+		elsewhere = reps.elsewhere
+	}
+	dsh, err := newDash(cfg, dashDeps{reg: reg, tunnels: tunnels, elsewhere: elsewhere, links: links, live: live, brk: brk, auth: auth, users: us, roles: roles,
+		tokens: toks, events: events, recs: recs, recorder: recorder, admin: adm, login: webLogin{web.login}, web: appAddr,
+		listen: tcp.Addr(), releases: otaSvc.releases, rollouts: otaSvc.rollouts}, log, now)
+	if err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	defer dsh.history.Close()
+	dsh.register(web.mux)
+	met.SetSources(metrics.Sources{View: dsh.view, Tunnels: tunnels.Count, Sessions: live, Backlog: events.Backlog})
 	apiSrv.DeviceAuth = deviceauth.New(deviceauth.Config{Store: st, Tickets: tickets, Users: us, PublicURL: publicURL, SSO: single,
 		Refuse: func(u api.User) error { return refuseLocked(u.Name, u.Roles) },
 		Limit:  apiSrv.AllowLogin, Audit: recorder, Cluster: cfg.Cluster, Logger: log, Now: now})
@@ -388,7 +413,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		ready = reps.pres.Ready
 	}
 	httpSrv := &http.Server{
-		Handler:           readyHandler(replica, ready, web.route(apiSrv.Handler())),
+		Handler:           met.Instrument(readyHandler(replica, ready, web.route(apiSrv.Handler()))),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -426,6 +451,22 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	wg.Go(func() { web.login.Run(ctx) })
+	dsh.run(ctx, &wg)
+	if cfg.MetricsListen != "" {
+		token, err := metricsToken(cfg)
+		if err != nil {
+			return fmt.Errorf("fleetd: %w", err)
+		}
+		wg.Go(func() {
+			err := met.Serve(ctx, metrics.ServeConfig{Listen: cfg.MetricsListen, Token: token, Logger: log}, func(a net.Addr) {
+				log.Info("metrics served", "addr", "http://"+a.String()+"/metrics", "token", token != "")
+				fmt.Fprintf(out, "Metrics: http://%s/metrics\n", a)
+			})
+			if err != nil {
+				log.Error("metrics not served", "err", err)
+			}
+		})
+	}
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {

@@ -313,3 +313,14 @@ func (r *replicas) Open(ctx context.Context, id, path string, q url.Values) (io.
 	}
 	return r.node.Get(ctx, peer.Target{ID: rep.ID, Addr: rep.Addr}, path, q)
 }
+
+// elsewhere reports a device whose tunnel another replica holds, and
+// since when, from presence (in memory: the dashboard asks for every
+// device each second).
+func (r *replicas) elsewhere(deviceID string) (time.Time, bool) {
+	e, ok := r.pres.Lookup(deviceID)
+	if !ok || e.Replica == r.pres.Self().ID {
+		return time.Time{}, false
+	}
+	return e.Since, true
+}

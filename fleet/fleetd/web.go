@@ -17,6 +17,7 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/login"
@@ -60,13 +61,13 @@ type web struct {
 
 func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
 	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, admit func(*http.Request) (time.Duration, bool),
-	refuse func(api.User) error, log *slog.Logger, now func() time.Time) *web {
+	refuse func(api.User) error, single *sso.Service, log *slog.Logger, now func() time.Time) *web {
 	appHosts := "https://*." + addr.Domain
 	if addr.Port != 443 {
 		appHosts += ":" + strconv.Itoa(addr.Port)
 	}
 	lg := login.New(login.Config{
-		Users: us, Store: st, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Home: appsrv.PathApps, Audit: rec, Admit: admit, Refuse: refuse,
+		Users: us, Store: st, Origin: addr.FleetOrigin(), Fleet: cfg.Cluster, Audit: rec, Admit: admit, Refuse: refuse, SSO: single, // Home: the dashboard
 		// The launch of an app after a login redirects to the app's host.
 		FormTargets: []string{appHosts},
 		TTL: func(ctx context.Context, u api.User) time.Duration {
@@ -86,14 +87,11 @@ func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles
 	lg.Register(mux)
 	as.Register(mux)
 	mux.Handle("GET "+api.PathJWKS, keys.Handler())
-	mux.HandleFunc("GET /web/{$}", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, appsrv.PathApps, http.StatusSeeOther)
-	})
 	return &web{addr: addr, login: lg, apps: as, mux: mux}
 }
 
 // route sends a request to an app (by its host), to the browser pages
-// this file mounts (the login, the apps page, the JWKS), or to the API
+// on wb.mux (the login, the apps page, the JWKS, the dashboard), or to the API
 // (which serves other pages of its own, such as the headless login's).
 func (wb *web) route(apiHandler http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -1,18 +1,10 @@
 package httpapi
 
 import (
-	"fmt"
 	"net/http"
 	"sort"
-	"strconv"
-	"strings"
-	"time"
 
-	"remoteler.dev/edge/fleet/devices"
-	"remoteler.dev/edge/fleet/rbac"
-	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
-	"remoteler.dev/edge/proto/pin"
 )
 
 func (s *Server) listUsers(w http.ResponseWriter, r *http.Request, c *caller) {
@@ -29,33 +21,19 @@ func (s *Server) addUser(w http.ResponseWriter, r *http.Request, c *caller) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	for _, role := range req.Roles {
-		if _, err := s.Roles.Get(r.Context(), role); err != nil {
-			writeError(w, http.StatusBadRequest, api.CodeBadRequest, "unknown role "+role+": see fleetctl roles ls")
-			return
-		}
-	}
-	resp, err := s.Users.Add(r.Context(), req)
+	resp, err := s.actions().AddUser(r.Context(), c.actor(r), req)
 	if err != nil {
 		s.storeError(w, "add user", err)
 		return
 	}
-	s.changed()
-	s.audit().Info("user added", "event", "user.create", "by", c.name(), "user", req.Name, "roles", req.Roles, "logins", req.Logins)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserCreate, User: c.name(), Addr: r.RemoteAddr,
-		Fields: map[string]string{"target_user": req.Name, "roles": strings.Join(req.Roles, ","), "logins": strings.Join(req.Logins, ",")}})
 	writeJSON(w, http.StatusCreated, resp)
 }
 
 func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, c *caller) {
-	name := r.PathValue("name")
-	if err := s.Users.Delete(r.Context(), name); err != nil {
+	if err := s.actions().DeleteUser(r.Context(), c.actor(r), r.PathValue("name")); err != nil {
 		s.storeError(w, "remove user", err)
 		return
 	}
-	s.changed()
-	s.audit().Info("user removed", "event", "user.delete", "by", c.name(), "user", name)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventUserDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"target_user": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -74,29 +52,18 @@ func (s *Server) putRole(w http.ResponseWriter, r *http.Request, c *caller) {
 	if !readJSON(w, r, &role) {
 		return
 	}
-	if err := rbac.Validate(role); err != nil {
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
-		return
-	}
-	if err := s.Roles.Put(r.Context(), role); err != nil {
+	if err := s.actions().PutRole(r.Context(), c.actor(r), role); err != nil {
 		s.storeError(w, "put role", err)
 		return
 	}
-	s.changed()
-	s.audit().Info("role written", "event", "role.put", "by", c.name(), "role", role.Metadata.Name)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleCreate, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": role.Metadata.Name}})
 	writeJSON(w, http.StatusOK, role)
 }
 
 func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request, c *caller) {
-	name := r.PathValue("name")
-	if err := s.Roles.Delete(r.Context(), name); err != nil {
+	if err := s.actions().DeleteRole(r.Context(), c.actor(r), r.PathValue("name")); err != nil {
 		s.storeError(w, "remove role", err)
 		return
 	}
-	s.changed()
-	s.audit().Info("role removed", "event", "role.delete", "by", c.name(), "role", name)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventRoleDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"role": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -114,63 +81,29 @@ func (s *Server) addToken(w http.ResponseWriter, r *http.Request, c *caller) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	switch {
-	case req.Type != "" && req.Type != api.TokenDevice && req.Type != api.TokenTrustedCluster:
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("token type %q: want %s or %s", req.Type, api.TokenDevice, api.TokenTrustedCluster))
-		return
-	case req.Type == api.TokenTrustedCluster && len(req.Labels) > 0:
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "a trusted-cluster token takes no labels")
-		return
-	}
-	tok, err := s.Tokens.Add(r.Context(), req)
+	tok, err := s.actions().AddToken(r.Context(), c.actor(r), req)
 	if err != nil {
 		s.storeError(w, "add token", err)
 		return
 	}
-	tok.CAPin = s.CA.Pin()
-	tok.JoinString = pin.JoinString(tok.Token, tok.CAPin)
-	s.audit().Info("join token created", "event", "token.create", "by", c.name(), "token_id", tok.ID, "expires", tok.Expires, "uses", tok.UsesLeft, "labels", tok.Labels)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventTokenCreate, User: c.name(), Addr: r.RemoteAddr,
-		Fields: map[string]string{"token_id": tok.ID, "expires": tok.Expires.UTC().Format(time.RFC3339), "uses": strconv.Itoa(tok.UsesLeft), "type": tok.Type}})
 	writeJSON(w, http.StatusCreated, tok)
 }
 
 func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c *caller) {
-	id := r.PathValue("id")
-	if err := s.Tokens.Delete(r.Context(), id); err != nil {
+	if err := s.actions().DeleteToken(r.Context(), c.actor(r), r.PathValue("id")); err != nil {
 		s.storeError(w, "remove token", err)
 		return
 	}
-	s.audit().Info("join token removed", "event", "token.delete", "by", c.name(), "token_id", id)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventTokenDelete, User: c.name(), Addr: r.RemoteAddr, Fields: map[string]string{"token_id": id}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// deleteDevice removes a device named in the path by its name, or by its
-// ID (32 hex digits: no name has that shape). The removal goes by the ID
-// found, never by a name, and the device's tunnel and held sessions end at
-// once; its certificate no longer opens a tunnel (the tunnel server checks
-// the registry on every connection).
+// deleteDevice removes a device named in the path by its name or ID
+// (fleet/admin).
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, c *caller) {
-	name := r.PathValue("name")
-	var dev devices.Device
-	var err error
-	if devices.IsID(name) {
-		dev, err = s.Devices.Get(r.Context(), name)
-	} else {
-		dev, err = s.Devices.ByName(r.Context(), name)
-	}
-	if err != nil {
+	if _, err := s.actions().DeleteDevice(r.Context(), c.actor(r), r.PathValue("name")); err != nil {
 		s.storeError(w, "remove device", err)
 		return
 	}
-	if _, err := s.Devices.Delete(r.Context(), dev.ID); err != nil {
-		s.storeError(w, "remove device", err)
-		return
-	}
-	s.Tunnels.Disconnect(dev.ID, "this device was removed from the fleet; join it again with a new token")
-	s.audit().Info("device removed", "event", "device.delete", "by", c.name(), "device", dev.Name, "device_id", dev.ID)
-	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventDeviceDelete, User: c.name(), Addr: r.RemoteAddr, Device: dev.ID, Fields: map[string]string{"name": dev.Name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/fleet/admin"
 	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/audit"
@@ -167,6 +168,10 @@ type Server struct {
 	// Server's own, built from the fields above.
 	Lifecycle *lifecycle.Lifecycle
 
+	// Admin takes admin actions (fleet/admin). Nil: one of the Server's
+	// own, built from the fields above.
+	Admin *admin.Admin
+
 	// Clusters are the leaf clusters this fleet is the root of, and
 	// Trust the root clusters it trusts (trusted clusters, clusters.go);
 	// nil: none.
@@ -176,6 +181,18 @@ type Server struct {
 	ownSessions  sync.Once
 	ownBroker    sync.Once
 	ownLifecycle sync.Once
+	ownAdmin     sync.Once
+}
+
+func (s *Server) actions() *admin.Admin {
+	s.ownAdmin.Do(func() {
+		if s.Admin == nil {
+			s.Admin = admin.New(admin.Config{Users: s.Users, Roles: s.Roles, Tokens: s.Tokens, Devices: s.Devices,
+				CAPin: s.CA.Pin, Disconnect: s.Tunnels.Disconnect, Changed: s.changed,
+				Audit: &audit.Recorder{Log: s.Events, Cluster: s.Cluster, Logger: s.Audit}})
+		}
+	})
+	return s.Admin
 }
 
 func (s *Server) lifecycle() *lifecycle.Lifecycle {
@@ -328,6 +345,11 @@ func (c *caller) auditReader() bool {
 		return c.auditSearch && (c.remote.Identity.Admin || (c.checker != nil && c.checker.IsAdmin()))
 	}
 	return c.isAdmin()
+}
+
+// actor is the caller as fleet/admin records it.
+func (c *caller) actor(r *http.Request) admin.Actor {
+	return admin.Actor{Name: c.name(), Addr: r.RemoteAddr}
 }
 
 func (c *caller) name() string {

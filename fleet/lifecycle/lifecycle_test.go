@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,39 +23,16 @@ import (
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/audittest"
 	"remoteler.dev/edge/tools/logtest"
 	"remoteler.dev/edge/tools/pkitest"
 )
-
-type trail struct {
-	mu  sync.Mutex // guards evs
-	evs []*proto.AuditEvent
-}
-
-func (tr *trail) Record(_ context.Context, e *proto.AuditEvent) error {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	tr.evs = append(tr.evs, e)
-	return nil
-}
-
-func (tr *trail) find(typ, outcome string) []*proto.AuditEvent {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []*proto.AuditEvent
-	for _, e := range tr.evs {
-		if e.Type == typ && (outcome == "" || e.Outcome == outcome) {
-			out = append(out, e)
-		}
-	}
-	return out
-}
 
 type fixture struct {
 	l     *Lifecycle
 	devs  *devices.Registry
 	toks  *tokens.Service
-	trail *trail
+	trail *audittest.Recorder
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -67,7 +43,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{devs: &devices.Registry{Store: st}, toks: &tokens.Service{Store: st}, trail: &trail{}}
+	f := &fixture{devs: &devices.Registry{Store: st}, toks: &tokens.Service{Store: st}, trail: &audittest.Recorder{}}
 	f.l = New(Config{CA: auth, Devices: f.devs, Tokens: f.toks, Cluster: "fleet", Audit: f.trail,
 		Apps: apps.Policy{Hosts: []string{"*.lan"}}, Logger: logtest.Logger(t)})
 	return f
@@ -114,7 +90,7 @@ func TestJoin(t *testing.T) {
 	if dev.Labels["site"] != "north" || dev.Labels["model"] != "pi4" {
 		t.Errorf("labels %v: want the token's site and the device's model", dev.Labels)
 	}
-	if len(f.trail.find(proto.EventDeviceJoin, proto.OutcomeSuccess)) != 1 {
+	if len(f.trail.FindAll(proto.EventDeviceJoin, proto.OutcomeSuccess)) != 1 {
 		t.Error("the join was not recorded")
 	}
 	tests := []struct {
@@ -131,13 +107,13 @@ func TestJoin(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := len(f.trail.find(proto.EventDeviceJoin, proto.OutcomeDenied))
+			before := len(f.trail.FindAll(proto.EventDeviceJoin, proto.OutcomeDenied))
 			_, err := f.l.Join(ctx, tt.req, "192.0.2.1:6")
 			var je *JoinError
 			if !errors.As(err, &je) || je.Code != tt.wantCode || !strings.Contains(je.Msg, tt.wantMsg) {
 				t.Fatalf("got %v, want %s with %q", err, tt.wantCode, tt.wantMsg)
 			}
-			if after := len(f.trail.find(proto.EventDeviceJoin, proto.OutcomeDenied)); after != before+1 {
+			if after := len(f.trail.FindAll(proto.EventDeviceJoin, proto.OutcomeDenied)); after != before+1 {
 				t.Errorf("the refusal was not recorded")
 			}
 		})
@@ -177,7 +153,7 @@ func TestHello(t *testing.T) {
 	if len(dev.Apps) != 2 || dev.App("nodered") == nil || dev.App("router") == nil || dev.App("outside") != nil {
 		t.Errorf("apps %+v, want nodered and router, not outside", dev.Apps)
 	}
-	refused := f.trail.find(proto.EventAccessDenied, proto.OutcomeDenied)
+	refused := f.trail.FindAll(proto.EventAccessDenied, proto.OutcomeDenied)
 	if len(refused) != 1 || refused[0].Fields["app"] != "outside" || !strings.Contains(refused[0].Message, "does not allow apps at") {
 		t.Errorf("refusals recorded: %+v, want outside's", refused)
 	}

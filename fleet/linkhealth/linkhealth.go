@@ -106,12 +106,20 @@ func (m *Meter) Sample(now time.Time, c Counters) {
 // LossPercent is the share of the packets the fleet sent outside
 // blackouts that were lost, in percent.
 func (m *Meter) LossPercent() float64 {
-	sent := m.last.Sent - min64(m.last.Sent, m.apartSent)
-	lost := m.last.Lost - min64(m.last.Lost, m.apartLost)
+	sent, lost := m.Counted()
 	if sent == 0 {
 		return 0
 	}
-	return 100 * float64(min64(lost, sent)) / float64(sent)
+	return 100 * float64(lost) / float64(sent)
+}
+
+// Counted returns the packets the fleet sent outside blackouts and those
+// of them lost, since the connection began: LossPercent's terms, for a
+// caller that takes differences over time (fleet/linkhist).
+func (m *Meter) Counted() (sent, lost uint64) {
+	sent = m.last.Sent - min64(m.last.Sent, m.apartSent)
+	lost = m.last.Lost - min64(m.last.Lost, m.apartLost)
+	return sent, min64(lost, sent)
 }
 
 // Blackouts is how many blackouts the meter set apart.
@@ -195,6 +203,19 @@ func (s *Sampler) Sample() {
 			delete(s.meters, id)
 		}
 	}
+}
+
+// Counted returns Meter.Counted and the blackouts of deviceID's tunnel;
+// ok is false until the tunnel has been sampled.
+func (s *Sampler) Counted(deviceID string) (sent, lost uint64, blackouts int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.meters[deviceID]
+	if c == nil {
+		return 0, 0, 0, false
+	}
+	sent, lost = c.meter.Counted()
+	return sent, lost, c.meter.Blackouts(), true
 }
 
 // Loss returns the loss outside blackouts of deviceID's tunnel, in

@@ -126,6 +126,13 @@ func TestSampler(t *testing.T) {
 		if loss, _, ok := s.Loss("b"); !ok || math.Abs(loss-5) > 0.1 {
 			t.Errorf("b: %.2f%%, %v; want 5%%", loss, ok)
 		}
+		// Counted gives the terms of the loss, for differences over time.
+		if sent, lost, _, ok := s.Counted("b"); !ok || sent != b.c.Sent || lost != b.c.Lost {
+			t.Errorf("b counted %d sent, %d lost, %v; want %d and %d", sent, lost, ok, b.c.Sent, b.c.Lost)
+		}
+		if sent, lost, blackouts, _ := s.Counted("a"); lost != 0 || sent >= a.c.Sent || blackouts != 1 {
+			t.Errorf("a counted %d sent, %d lost, %d blackouts; want the blackout's packets (of %d sent) set apart", sent, lost, blackouts, a.c.Sent)
+		}
 		aSince, a, bGone = time.Now(), link{}, true
 		time.Sleep(time.Second)
 		synctest.Wait()

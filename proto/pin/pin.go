@@ -111,6 +111,13 @@ func ClientConfig(want, serverName string) *tls.Config {
 // JoinString joins a token and a pin as "TOKEN@sha256:HEX".
 func JoinString(token, pin string) string { return token + "@" + pin }
 
+// JoinCommand is the command that joins a device to the fleet at fleet
+// (HOST:PORT as the devices reach it) with a join string: what fleetctl
+// tokens add and the dashboard show.
+func JoinCommand(fleet, joinString string) string {
+	return "edge-agent start --fleet=" + fleet + " --token=" + joinString
+}
+
 // ParseJoin splits a join string. A bare token (no "@") returns an empty pin.
 func ParseJoin(s string) (token, pin string, err error) {
 	token, p, ok := strings.Cut(strings.TrimSpace(s), "@")

@@ -69,3 +69,15 @@ func (r *Recorder) Types() []string {
 	}
 	return out
 }
+
+// FindAll returns every event of type typ, and of outcome when it is not
+// "", oldest first.
+func (r *Recorder) FindAll(typ, outcome string) []proto.AuditEvent {
+	var out []proto.AuditEvent
+	for _, e := range r.Events() {
+		if e.Type == typ && (outcome == "" || e.Outcome == outcome) {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -21,6 +21,7 @@ benchmarks=(
   armbench # agent binary size per target (raw, gzip, xz), idle RSS and CPU and start-to-tunnel time, native and arm64 under qemu (~2 min)
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
   store # the bbolt and etcd stores side by side: Get/Put/CAS latency, watch delay between replicas, store copy (a Go test in fleet/store/etcdstore)
+  dashboard # the dashboard with 10,000 simulated devices in Chromium: first paint, interactive, page weight, fleetd CPU per live dashboard (a Go test in tools/e2e; ~20 min)
   replicas # three fleetd replicas on etcd: exec round trip and download through a peer replica vs the replica holding the tunnel, a device's failover when its replica is killed (a Go test in tools/e2e)
   appbench # web apps through the fleet vs direct vs nginx: small GET p50/p99 and requests/s, 1 GiB download, websocket round trip, memory per app session (~2 min)
   trustbench # trusted clusters: tsh exec round trip and scp throughput through root → leaf → device against leaf → device (~2 min)
@@ -30,7 +31,7 @@ if ((named)); then benchmarks=("$@"); fi
 
 failed=()
 for b in "${benchmarks[@]}"; do
-  if [ "$b" != kube ] && [ "$b" != store ] && [ "$b" != replicas ] && [ ! -d "tools/bench/$b" ]; then
+  if [ "$b" != kube ] && [ "$b" != store ] && [ "$b" != dashboard ] && [ "$b" != replicas ] && [ ! -d "tools/bench/$b" ]; then
     echo "=== bench: $b: no tools/bench/$b, skipped" >&2
     if ((named)); then failed+=("$b"); fi
     continue
@@ -43,6 +44,11 @@ for b in "${benchmarks[@]}"; do
   fi
   if [ "$b" = kube ]; then
     KUBE_BENCH_N=300 go test -count=1 -v -run TestKubeBenchmark ./tools/e2e || failed+=("$b")
+    continue
+  fi
+  if [ "$b" = dashboard ]; then
+    DASH_BENCH_DEVICES=10000 DASH_BENCH_PROCS=4 DASH_BENCH_DASHBOARDS=4 DASH_BENCH_WINDOW=60s \
+      go test -count=1 -v -timeout 2h -run TestDashboardBenchmark ./tools/e2e || failed+=("$b")
     continue
   fi
   if [ "$b" = replicas ]; then

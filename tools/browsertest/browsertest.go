@@ -9,11 +9,13 @@
 // It fails, never skips, when Chromium is missing: tools/setup/setup.sh
 // installs it.
 //
-// Only tests import this package.
+// Tests import this package; so do benchmark commands under tools/bench
+// (Start), never product code.
 package browsertest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,6 +41,11 @@ type Options struct {
 	Width, Height int
 	// Timeout bounds the browser's life; default 3 minutes.
 	Timeout time.Duration
+	// Logf receives chromedp's errors; nil drops them (New logs them on
+	// the test).
+	Logf func(format string, args ...any)
+
+	dir string // the profile directory; empty: a new one
 }
 
 // Browser is a running headless Chromium.
@@ -54,27 +61,62 @@ type Browser struct {
 // Path returns the Chromium binary, or fails the test.
 func Path(t testing.TB) string {
 	t.Helper()
+	p, err := findChromium()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func findChromium() (string, error) {
 	for _, name := range []string{"chromium", "chromium-browser"} {
 		if p, err := exec.LookPath(name); err == nil {
-			return p
+			return p, nil
 		}
 	}
-	t.Fatal("browsertest: chromium not found: run tools/setup/setup.sh (Debian package chromium)")
-	return ""
+	return "", errors.New("browsertest: chromium not found: run tools/setup/setup.sh (Debian package chromium)")
 }
 
 // New starts a browser that closes when the test ends.
 func New(t testing.TB, opt Options) *Browser {
 	t.Helper()
+	opt.dir = t.TempDir()
+	if opt.Logf == nil {
+		opt.Logf = t.Logf
+	}
+	ctx, stop, err := Start(opt)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(stop)
+	return &Browser{Ctx: ctx, Dir: opt.dir, t: t}
+}
+
+// Start starts a browser for a program that is not a test (a benchmark
+// command): the context of its first tab, and the function that closes
+// it. Options.Timeout bounds its life; its profile is a new directory
+// that stop removes.
+func Start(opt Options) (ctx context.Context, stop func(), err error) {
 	if opt.Width == 0 {
 		opt.Width, opt.Height = 1280, 800
 	}
 	if opt.Timeout == 0 {
 		opt.Timeout = 3 * time.Minute
 	}
-	dir := t.TempDir()
+	path, err := findChromium()
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := opt.dir
+	rmDir := false
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "browsertest-"); err != nil {
+			return nil, nil, fmt.Errorf("browsertest: %w", err)
+		}
+		rmDir = true
+	}
 	flags := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(Path(t)),
+		chromedp.ExecPath(path),
 		chromedp.UserDataDir(dir),
 		chromedp.Headless,
 		chromedp.NoSandbox, // the tests run as root in a container
@@ -110,20 +152,28 @@ func New(t testing.TB, opt Options) *Browser {
 		flags = append(flags, chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(opt.TrustedSPKI, ",")))
 	}
 	actx, acancel := chromedp.NewExecAllocator(context.Background(), flags...)
+	logf := opt.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(func(format string, args ...any) {
-		t.Logf("browsertest: "+format, args...)
+		logf("browsertest: "+format, args...)
 	}))
 	ctx, tcancel := context.WithTimeout(ctx, opt.Timeout)
-	t.Cleanup(func() {
+	stop = func() {
 		tcancel()
 		cancel()
 		acancel()
-	})
+		if rmDir {
+			os.RemoveAll(dir)
+		}
+	}
 	// Start the browser now, so a broken installation fails here.
 	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("browsertest: start chromium: %v", err)
+		stop()
+		return nil, nil, fmt.Errorf("browsertest: start chromium: %w", err)
 	}
-	return &Browser{Ctx: ctx, Dir: dir, t: t}
+	return ctx, stop, nil
 }
 
 // Do runs actions that return nothing in the browser's tab, in order, and
@@ -148,7 +198,8 @@ func Get[T any](b *Browser, step string, a chromedp.Action[T]) T {
 }
 
 // Screenshot saves a PNG of the whole page to dir/name.png (dir is created)
-// and returns its path. Tests keep the screenshots a person would look at;
+// and returns its path (chromedp writes PNG at quality 100 only, JPEG
+// below). Tests keep the screenshots a person would look at;
 // `make screenshots` copies chosen ones into docs/.
 func (b *Browser) Screenshot(dir, name string) string {
 	b.t.Helper()

@@ -40,8 +40,14 @@ func (s *appFleet) browser(t *testing.T) *browsertest.Browser {
 // evaluation during one fails, and is tried again).
 func waitJS(t *testing.T, ctx context.Context, step, expr string) {
 	t.Helper()
+	waitJSWithin(t, ctx, 90*time.Second, step, expr)
+}
+
+// waitJSWithin is waitJS with a deadline of its own.
+func waitJSWithin(t *testing.T, ctx context.Context, within time.Duration, step, expr string) {
+	t.Helper()
 	var last error
-	ok := harness.Eventually(90*time.Second, func() bool {
+	ok := harness.Eventually(within, func() bool {
 		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		v, err := chromedp.Run(ectx, chromedp.Evaluate[bool]("(() => { try { return !!("+expr+"); } catch (e) { return false; } })()"))

@@ -1,8 +1,15 @@
 package e2e
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -141,6 +148,17 @@ func TestReplicasRoute(t *testing.T) {
 	}
 	if out := alice.Tsh("ls"); !strings.Contains(out, "pi-1") || !strings.Contains(out, "online") {
 		t.Errorf("tsh ls through replica C = %q, want pi-1 online", out)
+	}
+	// The dashboard on C lists pi-1 online, its tunnel on another replica,
+	// and offers its terminal.
+	// (C's picture reads presence once a second.)
+	web := webLogin(t, rf.reps[repC], "alice", harness.Password("alice"))
+	var body string
+	if !harness.Eventually(30*time.Second, func() bool {
+		body = webGet(t, web, rf.reps[repC], "/web/devices/pi-1")
+		return strings.Contains(body, `class="badge online"`) && strings.Contains(body, "on another replica") && strings.Contains(body, `id="connect"`)
+	}) {
+		t.Errorf("replica C's dashboard does not show pi-1 online on another replica, with its Connect button:\n%s", body)
 	}
 	if out := alice.Tsh("ssh", "root@pi-1", "echo", "through C and A"); out != "through C and A\n" {
 		t.Errorf("tsh ssh = %q", out)
@@ -435,4 +453,61 @@ func TestReplicasEtcdLeaderAndRestart(t *testing.T) {
 	if out, errOut, err := rf.reps[repA].CtlErr("", "audit", "verify"); err != nil {
 		t.Errorf("audit verify after the restart: %v\n%s%s", err, out, errOut)
 	}
+}
+
+// webLogin logs user in to replica f's dashboard with the login form (the
+// fleet's web origin is https://localhost:PORT when no apps_domain is
+// set) and returns the client holding the session.
+func webLogin(t *testing.T, f *harness.Fleet, user, password string) *http.Client {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: time.Minute, Transport: &http.Transport{
+		// The replica's certificate is not what this checks; it is
+		// reached on loopback by the name its web origin has.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, f.Addr)
+		},
+	}}
+	body := webGet(t, c, f, "/web/login?next=/web/")
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no login form on %s:\n%s", f.Addr, body)
+	}
+	req, _ := http.NewRequest("POST", webOrigin(f)+"/web/login", strings.NewReader(url.Values{
+		"user": {user}, "password": {password}, "csrf": {m[1]}, "next": {"/web/"}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", webOrigin(f))
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	c.CheckRedirect = nil
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("dashboard login on %s: %s", f.Addr, resp.Status)
+	}
+	return c
+}
+
+// webOrigin is replica f's web origin.
+func webOrigin(f *harness.Fleet) string {
+	_, port, _ := net.SplitHostPort(f.Addr)
+	return "https://localhost:" + port
+}
+
+// webGet gets path from replica f's web origin.
+func webGet(t *testing.T, c *http.Client, f *harness.Fleet, path string) string {
+	t.Helper()
+	resp, err := c.Get(webOrigin(f) + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s on %s: %s\n%s", path, f.Addr, resp.Status, b)
+	}
+	return string(b)
 }

@@ -1,8 +1,15 @@
 package harness
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -250,5 +257,32 @@ func (f *Fleet) WaitOnline(name string) {
 	if !Eventually(OnlineTimeout, func() bool { return f.Online(name) }) {
 		ds, err := f.DevicesErr()
 		f.tb.Fatalf("device %s not online within %s: %+v (%v)", name, OnlineTimeout, ds, err)
+	}
+}
+
+// CASPKI returns the base64 SHA-256 of the fleet CA's public key (its
+// SubjectPublicKeyInfo), read from the admin identity in dataDir: what
+// Chromium is told to trust (browsertest.Options.TrustedSPKI) to reach the
+// fleet over HTTPS.
+func CASPKI(dataDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "admin", "identity.pem"))
+	if err != nil {
+		return "", fmt.Errorf("harness: %w", err)
+	}
+	// The admin's own certificate comes first, then the CAs.
+	for i := 0; ; i++ {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			return "", errors.New("harness: no CA certificate in the admin identity")
+		}
+		if blk.Type != "CERTIFICATE" || i == 0 {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return "", fmt.Errorf("harness: %w", err)
+		}
+		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+		return base64.StdEncoding.EncodeToString(sum[:]), nil
 	}
 }

@@ -63,6 +63,8 @@ func start(args []string) int {
 	peerAdvertise := fs.String("peer-advertise", "", "`HOST[:PORT]` the other replicas reach this one at, on etcd (default: --peer-listen, a wildcard host replaced by this host's first address)")
 	leaseTTL := fs.Duration("replica-lease-ttl", 0, "how long a replica's presence outlives it in the store, on etcd (default 15s)")
 	releaseKeys := fs.String("release-key", "", "minisign public `KEY`(s) (the base64 line of a .pub file; several separated by commas) that agent releases must be signed with (default: none; releases are refused)")
+	metricsListen := fs.String("metrics-listen", "", "`HOST:PORT` to serve Prometheus metrics on (plain HTTP, /metrics); an address that is not loopback needs --metrics-token-file (default: off)")
+	metricsToken := fs.String("metrics-token-file", "", "`FILE` holding the bearer token scrapers must send for the metrics (default: none, loopback only)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -115,6 +117,10 @@ func start(args []string) int {
 			cfg.ReplicaLeaseTTL = fleetd.Duration(*leaseTTL)
 		case "release-key":
 			cfg.ReleaseKeys = strings.Split(*releaseKeys, ",")
+		case "metrics-listen":
+			cfg.MetricsListen = *metricsListen
+		case "metrics-token-file":
+			cfg.MetricsTokenFile = *metricsToken
 		}
 	})
 	fleetd.Version = buildinfo.Version

@@ -6,8 +6,10 @@
 // (the dashboard, web-app access, the web terminal) builds on it: Session
 // says who is logged in, RedirectToLogin sends a browser through the login
 // and back, CheckPost guards state-changing requests, and Page renders a
-// message with the same safe defaults. Single sign-on plugs in as another
-// way to start a Session.
+// message with the same safe defaults. Single sign-on (fleet/sso) is the
+// other way in: the login page shows a button per connector, which starts
+// a login at the provider for this browser; the provider's user, verified
+// and mapped by fleet/sso, gets a Session as a password login does.
 //
 // Safe defaults, for every page it serves:
 //
@@ -59,6 +61,7 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/page"
@@ -91,6 +94,23 @@ type Recorder interface {
 	Record(ctx context.Context, e *proto.AuditEvent) error
 }
 
+// SSO is the fleet's single sign-on (*sso.Service): the connectors the
+// login page offers, where their providers are (for the page's
+// form-action), and the browser login.
+type SSO interface {
+	Public(ctx context.Context) ([]api.SSOConnector, error)
+	Origins(ctx context.Context) []string
+	StartBrowser(w http.ResponseWriter, r *http.Request, req sso.StartRequest) error
+	Handle(kind string, f sso.Finisher)
+}
+
+// SSOKind names the single sign-on logins of the browser login
+// (sso.StartRequest.Kind).
+const SSOKind = "web"
+
+// PathSSO is where the login page's connector buttons post.
+const PathSSO = PathLogin + "/sso"
+
 // Config configures a Server. Users, Store and Origin are required.
 type Config struct {
 	Users Users
@@ -116,6 +136,8 @@ type Config struct {
 	// wait. Nil admits every login (the users service's per-user
 	// lock-outs still apply).
 	Admit func(r *http.Request) (wait time.Duration, ok bool)
+	// SSO, when set, offers its connectors on the login page.
+	SSO SSO
 	// Refuse, when set, is asked after a user's credentials checked out:
 	// an error refuses the login with its message (a lock, fleet/locks;
 	// an error with AuditFields() names the rule in the audit event).
@@ -132,8 +154,10 @@ type Config struct {
 type Session struct {
 	// ID names the session to other packages (it is not the cookie's
 	// token, which only the browser holds).
-	ID      string
-	User    string
+	ID   string
+	User string
+	// Method is how the user logged in: "web" (password), "sso:NAME".
+	Method  string
 	Started time.Time
 	Expires time.Time
 	csrf    string
@@ -143,13 +167,14 @@ type Session struct {
 type record struct {
 	ID      string    `json:"id"`
 	User    string    `json:"user"`
+	Method  string    `json:"method,omitempty"`
 	Started time.Time `json:"started"`
 	Expires time.Time `json:"expires"`
 	CSRF    string    `json:"csrf"`
 }
 
 func (rec *record) session() *Session {
-	return &Session{ID: rec.ID, User: rec.User, Started: rec.Started, Expires: rec.Expires, csrf: rec.CSRF}
+	return &Session{ID: rec.ID, User: rec.User, Method: rec.Method, Started: rec.Started, Expires: rec.Expires, csrf: rec.CSRF}
 }
 
 // sessionPrefix is where the store keeps the sessions.
@@ -182,7 +207,11 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	t := template.Must(template.New("").ParseFS(templates, "templates/*.html"))
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[string]*Session{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[string]*Session{}}
+	if cfg.SSO != nil {
+		cfg.SSO.Handle(SSOKind, s.finishSSO)
+	}
+	return s
 }
 
 // Run follows the sessions in the store until ctx ends: sessions started
@@ -259,6 +288,9 @@ func (s *Server) ended(list ...*Session) {
 func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+PathLogin, s.loginPage)
 	mux.HandleFunc("POST "+PathLogin, s.loginPost)
+	if s.cfg.SSO != nil {
+		mux.HandleFunc("POST "+PathSSO, s.ssoPost)
+	}
 	mux.HandleFunc("POST "+PathLogout, s.logout)
 	mux.Handle("GET "+PathStatic, static.Handler(PathStatic))
 }
@@ -383,12 +415,15 @@ type view struct {
 	// The login form.
 	Next, Name, Error string
 	AskTOTP           bool
+	SSOPath           string
+	Connectors        []api.SSOConnector
 	// A message page.
 	Message        string
 	Details        []string
 	Link, LinkText string
 	Form           *Form
 	static         string
+	formTargets    []string // more than Config.FormTargets
 	// Body is another package's page content (Body).
 	Body template.HTML
 }
@@ -399,7 +434,7 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, v view) 
 		base = PathStatic
 	}
 	v.Fleet, v.CSS, v.LoginPath, v.LogoutPath = s.cfg.Fleet, static.URL(base, "fleet.css"), PathLogin, PathLogout
-	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
+	SecurityHeaders(w.Header(), append(v.formTargets, s.cfg.FormTargets...)...)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	if err := s.tmpl.ExecuteTemplate(w, name, v); err != nil {
@@ -461,14 +496,24 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, next, http.StatusSeeOther)
 		return
 	}
-	s.form(w, http.StatusOK, view{Next: next})
+	s.form(w, r, http.StatusOK, view{Next: next})
 }
 
 // form renders the login form with a fresh CSRF cookie.
-func (s *Server) form(w http.ResponseWriter, status int, v view) {
+func (s *Server) form(w http.ResponseWriter, r *http.Request, status int, v view) {
 	tok := rand.Text()
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: 3600})
 	v.Title, v.CSRF = "Log in", tok
+	if s.cfg.SSO != nil {
+		conns, err := s.cfg.SSO.Public(r.Context())
+		if err != nil {
+			s.log.Error("list single sign-on connectors", "err", err)
+		}
+		v.Connectors, v.SSOPath = conns, PathSSO
+		// A connector's button is answered with a redirect to its
+		// provider, which form-action must allow.
+		v.formTargets = s.cfg.SSO.Origins(r.Context())
+	}
 	s.render(w, status, "login.html", v)
 }
 
@@ -483,14 +528,11 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	f := r.PostForm
 	name, next := strings.TrimSpace(f.Get("user")), localPath(f.Get("next"), s.cfg.Home)
 	fail := func(status int, msg string, askTOTP bool) {
-		s.form(w, status, view{Next: next, Name: name, Error: msg, AskTOTP: askTOTP})
+		s.form(w, r, status, view{Next: next, Name: name, Error: msg, AskTOTP: askTOTP})
 	}
-	if s.cfg.Admit != nil {
-		if wait, ok := s.cfg.Admit(r); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
-			fail(http.StatusTooManyRequests, fmt.Sprintf("Too many logins from your address: try again in %s.", wait.Round(time.Second)), false)
-			return
-		}
+	if msg, ok := s.admit(w, r); !ok {
+		fail(http.StatusTooManyRequests, msg, false)
+		return
 	}
 	u, err := s.cfg.Users.Authenticate(r.Context(), name, f.Get("password"), f.Get("totp"))
 	switch {
@@ -512,16 +554,50 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusInternalServerError, "The fleet could not check your login (see fleetd's log); try again.", false)
 		return
 	}
+	if ref := s.begin(w, r, u, "web", next); ref != nil {
+		fail(ref.status, ref.msg, false)
+	}
+}
+
+// admit applies the per-source login limit (Config.Admit) to r: when it
+// refuses, admit sets Retry-After and returns what to tell the user.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if s.cfg.Admit == nil {
+		return "", true
+	}
+	wait, ok := s.cfg.Admit(r)
+	if !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
+		return fmt.Sprintf("Too many logins from your address: try again in %s.", wait.Round(time.Second)), false
+	}
+	return "", true
+}
+
+// refusal is why begin started no session: the status to answer and
+// what to tell the user.
+type refusal struct {
+	status int
+	msg    string
+}
+
+func (e *refusal) Error() string { return e.msg }
+
+// begin starts a session for u, a user whose login (method: "web" for a
+// password, "sso:NAME") was just verified, and sends the browser on to
+// next. A user Config.Refuse refuses (a lock) gets no session, whatever
+// the method, and the refusal is audited. begin writes nothing to w when
+// it returns a refusal: a login it cannot audit, or a session the store
+// cannot keep, starts nothing.
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, method, next string) *refusal {
 	if s.cfg.Refuse != nil {
 		if err := s.cfg.Refuse(u); err != nil {
-			f := map[string]string{"method": "web"}
+			f := map[string]string{"method": method}
 			if af, ok := err.(interface{ AuditFields() map[string]string }); ok {
 				maps.Copy(f, af.AuditFields())
 			}
 			s.record(r, &proto.AuditEvent{Type: proto.EventUserLoginFailed, Outcome: proto.OutcomeDenied, User: u.Name, Addr: r.RemoteAddr,
 				Message: err.Error(), Fields: f})
-			fail(http.StatusForbidden, err.Error(), false)
-			return
+			return &refusal{http.StatusForbidden, err.Error()}
 		}
 	}
 	ttl := 8 * time.Hour
@@ -529,19 +605,17 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 		ttl = s.cfg.TTL(r.Context(), u)
 	}
 	now := s.cfg.Now()
-	sess := &Session{ID: rand.Text(), User: u.Name, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
+	sess := &Session{ID: rand.Text(), User: u.Name, Method: method, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
 	if err := s.record(r, &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
-		Fields: map[string]string{"method": "web", "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
-		fail(http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later.", false)
-		return
+		Fields: map[string]string{"method": method, "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
+		return &refusal{http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later."}
 	}
 	tok := newToken()
 	key := tokenKey(tok)
-	b, _ := json.Marshal(&record{ID: sess.ID, User: sess.User, Started: sess.Started, Expires: sess.Expires, CSRF: sess.csrf})
+	b, _ := json.Marshal(&record{ID: sess.ID, User: sess.User, Method: sess.Method, Started: sess.Started, Expires: sess.Expires, CSRF: sess.csrf})
 	if err := s.cfg.Store.Create(r.Context(), key, b); err != nil {
 		s.log.Error("store a browser session", "user", u.Name, "err", err)
-		fail(http.StatusServiceUnavailable, "The fleet could not keep your session (see fleetd's log); try again.", false)
-		return
+		return &refusal{http.StatusServiceUnavailable, "The fleet could not keep your session (see fleetd's log); try again."}
 	}
 	s.mu.Lock()
 	s.sessions[key] = sess
@@ -551,6 +625,64 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: "", Path: "/", Secure: true, HttpOnly: true, MaxAge: -1})
 	SecurityHeaders(w.Header(), s.cfg.FormTargets...)
 	http.Redirect(w, r, next, http.StatusSeeOther)
+	return nil
+}
+
+// ssoData is what a browser's single sign-on login carries to its end.
+type ssoData struct {
+	Next string `json:"next"`
+}
+
+// ssoPost answers a connector's button on the login page: the browser
+// goes to the provider, to come back to finishSSO.
+func (s *Server) ssoPost(w http.ResponseWriter, r *http.Request) {
+	if err := s.CheckPost(r, nil); err != nil {
+		s.log.Info("single sign-on form refused", "remote", r.RemoteAddr, "err", err)
+		s.Page(w, http.StatusForbidden, nil, Page{Title: "Log in again", Message: "The login form expired or did not come from this fleet's page.", Link: PathLogin, LinkText: "Log in"})
+		return
+	}
+	next := localPath(r.PostForm.Get("next"), s.cfg.Home)
+	if msg, ok := s.admit(w, r); !ok {
+		s.form(w, r, http.StatusTooManyRequests, view{Next: next, Error: msg})
+		return
+	}
+	data, _ := json.Marshal(ssoData{Next: next})
+	err := s.cfg.SSO.StartBrowser(w, r, sso.StartRequest{Connector: r.PostForm.Get("connector"), Kind: SSOKind, Data: data, ClientAddr: r.RemoteAddr})
+	if err != nil {
+		msg := "The fleet could not start the login: " + err.Error()
+		if errors.Is(err, sso.ErrNotFound) {
+			msg = "There is no such single sign-on connector; pick one of the buttons."
+		}
+		s.form(w, r, http.StatusBadRequest, view{Next: next, Error: msg})
+	}
+}
+
+// finishSSO ends a browser's single sign-on login: fleet/sso verified the
+// user at the provider (and audited it); a session starts for them.
+func (s *Server) finishSSO(w http.ResponseWriter, r *http.Request, res *sso.Result, err error) {
+	var d ssoData
+	if res != nil {
+		json.Unmarshal(res.Data, &d) // written by ssoPost; a bad one leaves Next empty: Home
+	}
+	next := localPath(d.Next, s.cfg.Home)
+	retry := PathLogin + "?next=" + url.QueryEscape(next)
+	if err != nil {
+		s.Page(w, http.StatusForbidden, nil, Page{Title: "Login refused", Message: err.Error(), Link: retry, LinkText: "Log in again"})
+		return
+	}
+	u, err := s.cfg.Users.Get(r.Context(), res.User)
+	if err != nil {
+		s.log.Error("single sign-on session", "user", res.User, "err", err)
+		s.Page(w, http.StatusServiceUnavailable, nil, Page{Title: "Login failed", Message: "The fleet could not start your session (see fleetd's log); try again.", Link: retry, LinkText: "Log in again"})
+		return
+	}
+	if ref := s.begin(w, r, u, "sso:"+res.Connector, next); ref != nil {
+		title := "Login failed"
+		if ref.status == http.StatusForbidden {
+			title = "Login refused"
+		}
+		s.Page(w, ref.status, nil, Page{Title: title, Message: ref.msg, Link: retry, LinkText: "Log in again"})
+	}
 }
 
 // Prune removes the expired sessions from the store (every replica then

@@ -78,6 +78,7 @@ func (tr *trail) types() string {
 
 type fixture struct {
 	srv   *httptest.Server
+	st    store.Store
 	login *Server
 	users *fakeUsers
 	trail *trail
@@ -94,7 +95,7 @@ func newFixture(t *testing.T) *fixture {
 // replicas.
 func newFixtureOn(t *testing.T, st store.Store) *fixture {
 	t.Helper()
-	f := &fixture{users: &fakeUsers{users: map[string]string{"alice": "pw-alice", "tina": "pw-tina"}}, trail: &trail{}}
+	f := &fixture{st: st, users: &fakeUsers{users: map[string]string{"alice": "pw-alice", "tina": "pw-tina"}}, trail: &trail{}}
 	mux := http.NewServeMux()
 	f.srv = httptest.NewUnstartedServer(mux)
 	f.srv.StartTLS()

@@ -2,6 +2,8 @@ package static
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -121,4 +123,54 @@ func TestURLPanicsOnMissingFile(t *testing.T) {
 		}
 	}()
 	URL("/s", "vendor/missing.js")
+}
+
+// TestGzip: scripts go gzipped to a client that takes it, plain to one
+// that does not, and both decode to the file.
+func TestGzip(t *testing.T) {
+	h := Handler("/web/static/")
+	u := URL("/web/static/", "vendor/htmx/htmx.min.js")
+	want, err := fs.ReadFile(FS, "vendor/htmx/htmx.min.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, accept string
+		gzipped      bool
+	}{
+		{"gzip", "gzip, deflate, br", true},
+		{"refused", "gzip;q=0, br", false},
+		{"none", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", u, nil)
+			if tc.accept != "" {
+				req.Header.Set("Accept-Encoding", tc.accept)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			body := rec.Body.Bytes()
+			if got := rec.Header().Get("Content-Encoding") == "gzip"; got != tc.gzipped {
+				t.Fatalf("gzipped %v, want %v", got, tc.gzipped)
+			}
+			if tc.gzipped {
+				zr, err := gzip.NewReader(bytes.NewReader(body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if body, err = io.ReadAll(zr); err != nil {
+					t.Fatal(err)
+				}
+				if rec.Body.Len() > len(want)/2 {
+					t.Errorf("gzip is %d bytes of %d", rec.Body.Len(), len(want))
+				}
+			}
+			if !bytes.Equal(body, want) {
+				t.Error("the body is not the file")
+			}
+			if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/javascript") {
+				t.Errorf("Content-Type %q", ct)
+			}
+		})
+	}
 }
