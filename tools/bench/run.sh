@@ -21,6 +21,7 @@ benchmarks=(
   armbench # agent binary size per target (raw, gzip, xz), idle RSS and CPU and start-to-tunnel time, native and arm64 under qemu (~2 min)
   kube # kubectl get latency and watch delay through the fleet vs straight to the API server (a Go test in tools/e2e)
   store # the bbolt and etcd stores side by side: Get/Put/CAS latency, watch delay between replicas, store copy (a Go test in fleet/store/etcdstore)
+  dashpeer # a peer's dashboard (Syncthing's GUI, Debian's syncthing) in Chromium: page weight by type, requests, first paint, to set beside the dashboard's (~10 s)
   dashboard # the dashboard with 10,000 simulated devices in Chromium: first paint, interactive, page weight, fleetd CPU per live dashboard (a Go test in tools/e2e; ~20 min)
   replicas # three fleetd replicas on etcd: exec round trip and download through a peer replica vs the replica holding the tunnel, a device's failover when its replica is killed (a Go test in tools/e2e)
   appbench # web apps through the fleet vs direct vs nginx: small GET p50/p99 and requests/s, 1 GiB download, websocket round trip, memory per app session (~2 min)
@@ -41,6 +42,11 @@ for b in "${benchmarks[@]}"; do
     # Only this benchmark uses nginx (a reverse proxy to compare with).
     echo "=== bench: installing nginx-light for appbench" >&2
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; } >&2 || echo "=== bench: nginx not installed; appbench runs without it" >&2
+  fi
+  if [ "$b" = dashpeer ] && ! command -v syncthing >/dev/null; then
+    # Only this benchmark uses Syncthing (the peer dashboard it measures).
+    echo "=== bench: installing syncthing for dashpeer" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq syncthing; } >&2 || echo "=== bench: syncthing not installed; dashpeer fails" >&2
   fi
   if [ "$b" = kube ]; then
     KUBE_BENCH_N=300 go test -count=1 -v -run TestKubeBenchmark ./tools/e2e || failed+=("$b")

@@ -10,7 +10,10 @@
 //     fleet/tsh, fleet/fleetctl, fleet/kubeconfig (and their subpackages)
 //     and internal/buildinfo;
 //   - production code never imports "testing", nor a test-support package
-//     (one whose name ends in "test", such as imagetest or fleettest);
+//     (one whose name ends in "test", such as imagetest or fleettest); the
+//     benchmark commands under tools/bench, developer tools nothing
+//     imports, may use test support (browsertest.Start) but not "testing"
+//     itself;
 //   - every package has a doc comment starting "Package <name>" (a command:
 //     "Command <dir>", "<Dir> ..." or "Package main"), including test-only
 //     packages, which carry it in a doc.go;

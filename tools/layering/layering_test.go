@@ -224,6 +224,13 @@ func TestNoTestingInProduction(t *testing.T) {
 				t.Errorf("%s imports %q in non-test code; move it to a _test.go file or a package named ...test", r, imp)
 			}
 		}
+		if under(r, "tools/bench") {
+			// Benchmark commands are developer tools that nothing
+			// imports: they may drive test support (browsertest.Start
+			// is there for them), as long as they do not import
+			// testing themselves.
+			continue
+		}
 		for _, d := range p.Deps {
 			if strings.HasPrefix(d, module+"/") && testSupport(d) {
 				t.Errorf("%s depends on test-support package %s in non-test code", r, rel(d))
