@@ -59,6 +59,11 @@ type Config struct {
 	Now func() time.Time
 }
 
+// StatusWait is how long a device that has just connected holds its
+// rollout's stage while the fleet waits for its first update status (an
+// agent that sends none, too old for updates, then stops holding it).
+const StatusWait = 30 * time.Second
+
 // Defaults of a rollout.
 var (
 	DefaultStages          = []float64{1, 10, 50, 100}
@@ -103,6 +108,7 @@ type Engine struct {
 	pins     map[string]api.Pin
 	status   map[string]*devStatus
 	ready    map[string]bool      // sent a status on the current connection
+	joined   map[string]time.Time // when the current connection began
 	offered  map[string]string    // rollout offered on the current connection
 	offline  map[string]time.Time // when a device's connection ended
 }
@@ -123,7 +129,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	return &Engine{cfg: cfg, log: cfg.Logger.With("component", "rollouts"), wake: make(chan struct{}, 1),
 		rollouts: map[string]*record{}, pins: map[string]api.Pin{}, status: map[string]*devStatus{},
-		ready: map[string]bool{}, offered: map[string]string{}, offline: map[string]time.Time{}}, nil
+		ready: map[string]bool{}, joined: map[string]time.Time{}, offered: map[string]string{}, offline: map[string]time.Time{}}, nil
 }
 
 // Load reads rollouts, pins and device states from the store.
@@ -481,6 +487,11 @@ func (e *Engine) progressLocked(r *record) progress {
 			if e.offered[id] != r.ID {
 				p.toOffer = append(p.toOffer, id)
 			}
+		} else if at, ok := e.joined[id]; ok && now.Sub(at) < StatusWait {
+			// Connected, its first status on the way: it is about to
+			// be offered, so its stage waits for it (as for a device
+			// that is offline, it waits no longer than StatusWait).
+			p.onlineBusy++
 		}
 	}
 	return p
@@ -710,6 +721,7 @@ func (e *Engine) Connected(deviceID string) {
 	defer e.mu.Unlock()
 	delete(e.ready, deviceID)
 	delete(e.offered, deviceID)
+	e.joined[deviceID] = e.cfg.Now()
 }
 
 // Disconnected tells the engine a device's connection ended.
@@ -718,6 +730,7 @@ func (e *Engine) Disconnected(deviceID string) {
 	defer e.mu.Unlock()
 	delete(e.ready, deviceID)
 	delete(e.offered, deviceID)
+	delete(e.joined, deviceID)
 	e.offline[deviceID] = e.cfg.Now()
 }
 

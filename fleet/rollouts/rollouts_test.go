@@ -351,3 +351,47 @@ func TestControllerWritesThroughItsStore(t *testing.T) {
 		t.Errorf("a deposed controller's halt reached the store: %s", b)
 	}
 }
+
+// TestStageWaitsForJustConnectedDevices: a device that has connected but
+// whose first status has not arrived yet holds its stage (it is about to
+// be offered the release), for StatusWait at most.
+func TestStageWaitsForJustConnectedDevices(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		wait    time.Duration // after the connection, before evaluating
+		advance bool
+	}{
+		{"status on the way", time.Second, false},
+		{"no status within StatusWait", StatusWait + time.Second, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newFleetSim(t, 10, 0)
+			// Every device has connected; no status has come yet.
+			for _, id := range s.ids {
+				s.e.Connected(id)
+			}
+			ro, err := s.e.Create(context.Background(), api.CreateRolloutRequest{Release: "v2.0.0", Selector: map[string]string{"fleet": "sim"},
+				Stages: []float64{10, 100}, Soak: "0s", MaxFailure: 5}, "admin:test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.advance(tt.wait)
+			s.e.evaluate(context.Background(), nil)
+			got, err := s.e.Get(context.Background(), ro.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if advanced := got.Stage > 0; advanced != tt.advance {
+				t.Errorf("stage %d after %v; want advanced %v", got.Stage, tt.wait, tt.advance)
+			}
+			if !tt.advance {
+				// The statuses come: the first stage's device is offered
+				// the release, commits, and the stage moves on.
+				for _, id := range s.ids {
+					s.connect(id)
+				}
+				s.until(ro.ID, "the second stage", func(r api.Rollout) bool { return r.Stage == 1 })
+			}
+		})
+	}
+}
