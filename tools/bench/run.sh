@@ -24,6 +24,7 @@ benchmarks=(
   dashpeer # a peer's dashboard (Syncthing's GUI, Debian's syncthing) in Chromium: page weight by type, requests, first paint, to set beside the dashboard's (~10 s)
   dashboard # the dashboard with 10,000 simulated devices in Chromium: first paint, interactive, page weight, fleetd CPU per live dashboard (a Go test in tools/e2e; ~20 min)
   replicas # three fleetd replicas on etcd: exec round trip and download through a peer replica vs the replica holding the tunnel, a device's failover when its replica is killed (a Go test in tools/e2e)
+  locks # three fleetd replicas on etcd: lock-to-termination latency p50/p99 of OpenSSH sessions on the lock's replica and another (a Go test in tools/e2e; ~20 s)
   appbench # web apps through the fleet vs direct vs nginx: small GET p50/p99 and requests/s, 1 GiB download, websocket round trip, memory per app session (~2 min)
   trustbench # trusted clusters: tsh exec round trip and scp throughput through root → leaf → device against leaf → device (~2 min)
 )
@@ -32,7 +33,7 @@ if ((named)); then benchmarks=("$@"); fi
 
 failed=()
 for b in "${benchmarks[@]}"; do
-  if [ "$b" != kube ] && [ "$b" != store ] && [ "$b" != dashboard ] && [ "$b" != replicas ] && [ ! -d "tools/bench/$b" ]; then
+  if [ "$b" != kube ] && [ "$b" != store ] && [ "$b" != dashboard ] && [ "$b" != replicas ] && [ "$b" != locks ] && [ ! -d "tools/bench/$b" ]; then
     echo "=== bench: $b: no tools/bench/$b, skipped" >&2
     if ((named)); then failed+=("$b"); fi
     continue
@@ -59,6 +60,10 @@ for b in "${benchmarks[@]}"; do
   fi
   if [ "$b" = replicas ]; then
     REPLICA_BENCH_N=30 go test -count=1 -v -run TestReplicasBenchmark ./tools/e2e || failed+=("$b")
+    continue
+  fi
+  if [ "$b" = locks ]; then
+    LOCK_BENCH_N=100 go test -count=1 -v -run TestLocksBenchmark ./tools/e2e || failed+=("$b")
     continue
   fi
   if [ "$b" = store ]; then
