@@ -1,6 +1,7 @@
 package tsh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,17 +64,28 @@ func (r *runner) ssoLogin(ctx context.Context, c *client.Client, connector strin
 			}
 			title, msg = "Login refused", a.err
 		}
+		var page bytes.Buffer
+		loopbackPage.Execute(&page, struct{ Title, Message string }{title, msg})
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", "default-src 'none'")
 		w.Header().Set("Cache-Control", "no-store")
-		loopbackPage.Execute(w, struct{ Title, Message string }{title, msg})
+		w.Header().Set("Content-Length", strconv.Itoa(page.Len()))
+		w.Write(page.Bytes())
 		select {
 		case answers <- a:
 		default: // one answer only
 		}
 	})}
 	go srv.Serve(ln)
-	defer srv.Close()
+	defer func() {
+		// Let the page that brought the answer reach the browser (Close
+		// could cut it off once the answer was taken) before stopping.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
+		}
+	}()
 
 	start, err := c.SSOLogin(ctx, &api.SSOLoginRequest{
 		Connector: connector, CSR: k.csr, SSHPublicKey: string(ssh.MarshalAuthorizedKey(k.sshPub)), TTL: ttl,
