@@ -203,6 +203,11 @@ func Get[T any](b *Browser, step string, a chromedp.Action[T]) T {
 // `make screenshots` copies chosen ones into docs/.
 func (b *Browser) Screenshot(dir, name string) string {
 	b.t.Helper()
+	// A page between two layouts (a swap, a reload) measures 0 wide, and
+	// Chromium refuses to shoot it: wait for a laid-out page.
+	Get(b, "screenshot "+name+": the page laid out", chromedp.Poll[bool](
+		`document.readyState === 'complete' && document.documentElement.scrollWidth > 0 && document.documentElement.scrollHeight > 0`,
+		chromedp.WithPollingTimeout(2*time.Minute)))
 	png := Get(b, "screenshot "+name, chromedp.FullScreenshot(100)) // 100: PNG (below, JPEG)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.t.Fatal(err)
