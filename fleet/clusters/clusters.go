@@ -38,6 +38,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/lifecycle"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -155,23 +156,14 @@ func (r *Registry) record(ctx context.Context, e *proto.AuditEvent) {
 	}
 }
 
-// JoinError is a refused join: Code is an api.Code* for the answer, Msg
-// what the leaf's admin is shown.
-type JoinError struct {
-	Code string
-	Msg  string
-}
-
-func (e *JoinError) Error() string { return e.Msg }
-
 // Join registers a leaf with a trusted-cluster token and issues its
 // tunnel certificate. remote is the leaf's address, for the audit. A
-// refusal is a *JoinError, recorded; other errors are the fleet's.
+// refusal is a *lifecycle.JoinError (as a device's), recorded; other errors are the fleet's.
 func (r *Registry) Join(ctx context.Context, req *api.ClusterJoinRequest, remote string) (*api.ClusterJoinResponse, error) {
 	refuse := func(code, msg string) error {
 		r.record(ctx, &proto.AuditEvent{Type: proto.EventClusterJoin, Outcome: proto.OutcomeDenied, Addr: remote, Message: msg,
 			Fields: map[string]string{"cluster": req.Cluster}})
-		return &JoinError{Code: code, Msg: msg}
+		return &lifecycle.JoinError{Code: code, Msg: msg}
 	}
 	if req.Root != r.cfg.Cluster {
 		return nil, refuse(api.CodeBadRequest, fmt.Sprintf("this is the fleet %q, not %q: name the trusted cluster after the root (metadata.name: %s)", r.cfg.Cluster, req.Root, r.cfg.Cluster))

@@ -166,22 +166,7 @@ func (s *Server) trustJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, err := s.Clusters.Join(r.Context(), &req, r.RemoteAddr)
-	var je *clusters.JoinError
-	switch {
-	case errors.As(err, &je):
-		status := http.StatusBadRequest
-		switch je.Code {
-		case api.CodeConflict:
-			status = http.StatusConflict
-		case api.CodeUnauthorized:
-			status = http.StatusUnauthorized
-		}
-		writeError(w, status, je.Code, je.Msg)
-	case err != nil:
-		s.storeError(w, "join cluster", err)
-	default:
-		writeJSON(w, http.StatusOK, resp)
-	}
+	s.joinAnswer(w, "join cluster", resp, err)
 }
 
 func (s *Server) listTrusted(w http.ResponseWriter, r *http.Request, c *caller) {

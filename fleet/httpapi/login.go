@@ -30,6 +30,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, err := s.lifecycle().Join(r.Context(), &req, r.RemoteAddr)
+	s.joinAnswer(w, "join", resp, err)
+}
+
+// joinAnswer answers a join (a device's or a leaf cluster's): resp, a
+// refusal (*lifecycle.JoinError) with its status, or the fleet's error.
+func (s *Server) joinAnswer(w http.ResponseWriter, op string, resp any, err error) {
 	var je *lifecycle.JoinError
 	switch {
 	case errors.As(err, &je):
@@ -42,7 +48,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		}
 		writeError(w, status, je.Code, je.Msg)
 	case err != nil:
-		s.storeError(w, "join", err)
+		s.storeError(w, op, err)
 	default:
 		writeJSON(w, http.StatusOK, resp)
 	}

@@ -120,8 +120,9 @@ func HostPrincipals(name, cluster, id string) []string {
 	return []string{name, name + "." + cluster, id}
 }
 
-// JoinError is a refused join: Code is an api.Code* for the answer, Msg
-// what the agent shows.
+// JoinError is a refused join (a device's, or a leaf cluster's): Code is
+// an api.Code* for the answer, Msg what the agent or the leaf's admin is
+// shown.
 type JoinError struct {
 	Code string
 	Msg  string

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"time"
 
 	"remoteler.dev/edge/tools/harness"
@@ -116,21 +115,9 @@ func MeasureCost(ctx context.Context, cfg CostConfig, out io.Writer) (*CostRepor
 // measureCost is MeasureCost's body: fleetd stops when it returns.
 func measureCost(tb harness.TB, cfg CostConfig, dir string) (*CostReport, error) {
 	ctx, log := tb.Context(), cfg.Logger
-	bin := harness.Bin(cfg.Bin)
-	if bin == "" {
-		log.Info("building fleetd and fleetctl")
-		var err error
-		if bin, err = harness.Build(ctx, filepath.Join(dir, "bin"), nil, "remoteler.dev/edge/fleet/cmd/fleetd", "remoteler.dev/edge/fleet/cmd/fleetctl"); err != nil {
-			return nil, fmt.Errorf("devsim: %w", err)
-		}
-	}
-	fd, err := harness.StartFleetErr(tb, harness.FleetConfig{Bin: bin, DataDir: filepath.Join(dir, "fleet"), LogLevel: "warn", LogDir: dir})
+	fd, token, err := startFleet(tb, cfg.Bin, cfg.Count, dir, log)
 	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
-	}
-	token, err := fd.TokenErr("--uses="+strconv.Itoa(cfg.Count), "--ttl=2h")
-	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
+		return nil, err
 	}
 	simCfg := Config{
 		Fleet: fd.Addr, Token: token, Count: cfg.Count, DataDir: filepath.Join(dir, "devices"),

@@ -166,22 +166,9 @@ func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*Res
 // when it returns.
 func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer) (*RestartReport, error) {
 	ctx, log := tb.Context(), cfg.Logger
-	bin := harness.Bin(cfg.Bin)
-	if bin == "" {
-		log.Info("building fleetd and fleetctl")
-		var err error
-		if bin, err = harness.Build(ctx, filepath.Join(dir, "bin"), nil, "remoteler.dev/edge/fleet/cmd/fleetd", "remoteler.dev/edge/fleet/cmd/fleetctl"); err != nil {
-			return nil, fmt.Errorf("devsim: %w", err)
-		}
-	}
-	// A fleet of simulated devices logs a line per connect at info.
-	fd, err := harness.StartFleetErr(tb, harness.FleetConfig{Bin: bin, DataDir: filepath.Join(dir, "fleet"), LogLevel: "warn", LogDir: dir})
+	fd, token, err := startFleet(tb, cfg.Bin, cfg.Count, dir, log)
 	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
-	}
-	token, err := fd.TokenErr("--uses="+strconv.Itoa(cfg.Count), "--ttl=2h")
-	if err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
+		return nil, err
 	}
 
 	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, fd.Addr, token, filepath.Join(dir, "devices"))
@@ -450,4 +437,28 @@ func (r *RestartReport) Write(w io.Writer) {
 	r.BackHist.Write(w, 50)
 	fmt.Fprintf(w, "\ndial attempts per 100 ms (after SIGTERM):\n")
 	r.DialHist.Write(w, 50)
+}
+
+// startFleet starts a fleetd for count simulated devices in dir (building
+// fleetd and fleetctl there when binDir is empty) and returns it with a
+// join token for all of them.
+func startFleet(tb harness.TB, binDir string, count int, dir string, log *slog.Logger) (*harness.Fleet, string, error) {
+	bin := harness.Bin(binDir)
+	if bin == "" {
+		log.Info("building fleetd and fleetctl")
+		var err error
+		if bin, err = harness.Build(tb.Context(), filepath.Join(dir, "bin"), nil, "remoteler.dev/edge/fleet/cmd/fleetd", "remoteler.dev/edge/fleet/cmd/fleetctl"); err != nil {
+			return nil, "", fmt.Errorf("devsim: %w", err)
+		}
+	}
+	// A fleet of simulated devices logs a line per connect at info.
+	fd, err := harness.StartFleetErr(tb, harness.FleetConfig{Bin: bin, DataDir: filepath.Join(dir, "fleet"), LogLevel: "warn", LogDir: dir})
+	if err != nil {
+		return nil, "", fmt.Errorf("devsim: %w", err)
+	}
+	token, err := fd.TokenErr("--uses="+strconv.Itoa(count), "--ttl=2h")
+	if err != nil {
+		return nil, "", fmt.Errorf("devsim: %w", err)
+	}
+	return fd, token, nil
 }
