@@ -387,25 +387,54 @@ var damages = []struct {
 		f.Close()
 	}, 250},
 	{"garbage in a page of events", func(t *testing.T, path string) {
-		// Overwrite the middle of the first leaf page that holds events.
-		b, _ := os.ReadFile(path)
+		// Overwrite the middle of a leaf page of events the file still uses:
+		// bbolt copies pages on write, so the file also holds stale copies
+		// that are free, and junk in one of those would be no damage.
 		ps := os.Getpagesize()
-		for off := 2 * ps; off+ps <= len(b); off += ps {
-			if native.Uint16(b[off+8:]) == leafPageFlag && native.Uint16(b[off+10:]) > 3 {
-				junk := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, ps/8)
-				f, _ := os.OpenFile(path, os.O_RDWR, 0)
-				// Right after the page header: the element headers, which every
-				// read of the page uses (junk in unused space would be no damage).
-				f.WriteAt(junk, int64(off+16))
-				f.Close()
-				return
-			}
+		off := liveLeafPage(t, path) * ps
+		junk := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, ps/8)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Fatal("no leaf page of events found")
+		// Right after the page header: the element headers, which every
+		// read of the page uses (junk in unused space would be no damage).
+		if _, err := f.WriteAt(junk, int64(off+16)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
 	}, 100},
 	{"not a database", func(t *testing.T, path string) {
 		os.WriteFile(path, bytes.Repeat([]byte("not bolt "), 10000), 0o600)
 	}, 0},
+}
+
+// liveLeafPage returns the number of the first page of the closed queue file
+// at path that is a leaf of more than three events and not free.
+func liveLeafPage(t *testing.T, path string) int {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	page := -1
+	db.View(func(tx *bolt.Tx) error {
+		for id := 2; ; id++ {
+			info, err := tx.Page(id)
+			if err != nil || info == nil {
+				return err
+			}
+			if info.Type == "leaf" && info.Count > 3 {
+				page = id
+				return nil
+			}
+		}
+	})
+	if page < 0 {
+		t.Fatal("no leaf page of events found")
+	}
+	return page
 }
 
 func TestDamagedFile(t *testing.T) {
