@@ -7,6 +7,7 @@
 package tunnelsrv
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -301,7 +302,10 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeBadRequest), "no control stream")
 		return
 	}
-	r := proto.NewReader(st)
+	// The control stream is read for as long as the device is connected:
+	// its small messages need no more buffer than this (ReadMsg reads a
+	// larger body straight through), and 10,000 devices save 35 MB.
+	r := bufio.NewReaderSize(st, 512)
 	st.SetReadDeadline(time.Now().Add(15 * time.Second))
 	m, err := proto.ReadMsg(r, proto.MaxControlFrame)
 	if err != nil {
