@@ -35,8 +35,9 @@ type Config struct {
 	Listen string
 	// TLSConfig returns the server's TLS config for the next handshake:
 	// the device's certificate and the check of the fleet's (the server
-	// sets the ALPN and asks for a client certificate). Called per
-	// connection, so renewals take effect.
+	// sets the ALPN and requires a client certificate; a config that
+	// checks none, by ClientCAs or VerifyPeerCertificate, fails every
+	// handshake). Called per connection, so renewals take effect.
 	TLSConfig func() (*tls.Config, error)
 	// Check decides whether to accept a stream before Handle runs; a
 	// *proto.Error refuses it with that code. Nil accepts every stream.
@@ -89,10 +90,7 @@ func Listen(cfg Config) (*Server, error) {
 			if err != nil {
 				return nil, err
 			}
-			c = c.Clone()
-			c.NextProtos = []string{proto.DirectALPN}
-			c.MinVersion = tls.VersionTLS13
-			return c, nil
+			return serverTLS(c)
 		},
 	}
 	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
@@ -107,6 +105,28 @@ func Listen(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("direct: listen on %s: %w", cfg.Listen, err)
 	}
 	return s, nil
+}
+
+// serverTLS is c for the fleet's connections: the ALPN, TLS 1.3, and a
+// client certificate required, whatever c asks for. A config that would
+// take any certificate without checking it is refused: only the fleet
+// may connect.
+func serverTLS(c *tls.Config) (*tls.Config, error) {
+	c = c.Clone()
+	c.NextProtos = []string{proto.DirectALPN}
+	c.MinVersion = tls.VersionTLS13
+	checks := c.VerifyPeerCertificate != nil
+	switch c.ClientAuth {
+	case tls.RequireAndVerifyClientCert, tls.VerifyClientCertIfGiven:
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+		checks = checks || c.ClientCAs != nil
+	default:
+		c.ClientAuth = tls.RequireAnyClientCert
+	}
+	if !checks {
+		return nil, errors.New("direct: the TLS config checks no client certificate; only the fleet may connect")
+	}
+	return c, nil
 }
 
 // Addr is where the server listens.
