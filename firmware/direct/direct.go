@@ -161,12 +161,13 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		return
 	}
 	r := proto.NewReader(st)
-	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	st.SetReadDeadline(time.Now().Add(headerTimeout))
 	h, err := proto.ReadHeader(r)
 	if err != nil {
 		log.Warn("bad stream header from the fleet", "err", err)
 		st.CancelRead(quic.StreamErrorCode(proto.CodeBadRequest))
 		st.CancelWrite(quic.StreamErrorCode(proto.CodeBadRequest))
+		linger(ctx, qc, headerTimeout)
 		return
 	}
 	st.SetReadDeadline(time.Time{})
@@ -178,6 +179,8 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 			log.Warn("stream refused", "service", h.Service, "user", h.Identity.User, "login", h.Identity.Login, "session", h.SessionID, "reason", pe.Message)
 			proto.WriteMsg(conn, &proto.StreamAccept{Code: pe.Code, Message: pe.Message})
 			conn.CloseWrite()
+			// The fleet closes the connection once it has read why.
+			linger(ctx, qc, headerTimeout)
 			return
 		}
 	}
@@ -191,9 +194,22 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	s.cfg.Handle(hctx, h, conn)
 	// The fleet closes the connection once it has read the session to its
 	// end; closing it here could drop bytes still on their way.
+	linger(ctx, qc, s.cfg.IdleTimeout)
+}
+
+// headerTimeout bounds the read of a stream's header, and how long a
+// connection whose stream was refused waits for the fleet to hang up.
+const headerTimeout = 10 * time.Second
+
+// linger waits until the fleet closes qc, for at most d: what the node
+// sent last (a session's end, a refusal and its reason) is lost if the
+// node closes the connection while it is still on its way.
+func linger(ctx context.Context, qc *quic.Conn, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-qc.Context().Done():
-	case <-time.After(s.cfg.IdleTimeout):
+	case <-t.C:
 	case <-ctx.Done():
 	}
 }
