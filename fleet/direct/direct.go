@@ -169,7 +169,11 @@ func (d *Dialer) Open(ctx context.Context, deviceID, addr string, h *proto.Strea
 	}
 	if err := proto.ReadAccept(r); err != nil {
 		conn.Close()
-		return nil, err
+		var pe *proto.Error
+		if errors.As(err, &pe) {
+			return nil, err // the node's refusal, for the user
+		}
+		return nil, fmt.Errorf("direct: node %s at %s: %w", deviceID, addr, err)
 	}
 	st.SetReadDeadline(time.Time{})
 	d.mu.Lock()
