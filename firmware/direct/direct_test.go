@@ -15,8 +15,6 @@ import (
 	"go.uber.org/goleak"
 
 	"remoteler.dev/edge/firmware/direct"
-	"remoteler.dev/edge/fleet/ca"
-	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/tools/directtest"
 	"remoteler.dev/edge/tools/pkitest"
@@ -29,23 +27,10 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func fleetCA(t *testing.T, name string) *ca.Authority {
-	t.Helper()
-	auth, err := ca.LoadOrCreate(context.Background(), memstore.New(), name, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return auth
-}
-
-func header(session string) *proto.StreamHeader {
-	return &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: session, Identity: proto.Identity{User: "alice", Login: "root"}}
-}
-
 // TestServe: the fleet's stream is checked, then handled, and its bytes
 // flow both ways; a refusal reaches the fleet with its code.
 func TestServe(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	id := directtest.NewID()
 	var handled atomic.Int32
 	node := directtest.StartNode(t, direct.Config{
@@ -80,7 +65,7 @@ func TestServe(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			before := handled.Load()
-			h := header("s-" + tt.login)
+			h := directtest.Header("s-" + tt.login)
 			h.Identity.Login = tt.login
 			conn, err := d.Open(ctx, id, node.Addr().String(), h)
 			if tt.wantCode != 0 {
@@ -128,7 +113,7 @@ func dialRaw(t *testing.T, addr string, cert *tls.Certificate) error {
 	if err != nil {
 		return err
 	}
-	if err := proto.WriteMsg(st, header("raw")); err != nil {
+	if err := proto.WriteMsg(st, directtest.Header("raw")); err != nil {
 		return err
 	}
 	return proto.ReadAccept(proto.NewReader(st))
@@ -139,14 +124,14 @@ func dialRaw(t *testing.T, addr string, cert *tls.Certificate) error {
 // the fleet's own is refused before any stream is read; so is every
 // client when the node's TLS config forgot to ask for a certificate.
 func TestOnlyTheFleet(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	id := directtest.NewID()
 	devCert := directtest.DeviceCert(t, auth, id)
 	fleetCert, err := auth.FleetClientCert(time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherCert, err := fleetCA(t, "fleet").FleetClientCert(time.Hour) // same name, another CA
+	otherCert, err := directtest.FleetCA(t, "fleet").FleetClientCert(time.Hour) // same name, another CA
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +187,7 @@ func TestOnlyTheFleet(t *testing.T) {
 // TestBadHeader: a stream that does not start with a header is reset and
 // never handled; the node serves the next connection.
 func TestBadHeader(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	id := directtest.NewID()
 	var handled atomic.Int32
 	node := directtest.StartNode(t, direct.Config{TLSConfig: directtest.FleetOnly(auth, directtest.DeviceCert(t, auth, id)),
@@ -248,7 +233,7 @@ func TestBadHeader(t *testing.T) {
 	d := directtest.Dialer(t, auth, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := d.Open(ctx, id, node.Addr().String(), header("after"))
+	conn, err := d.Open(ctx, id, node.Addr().String(), directtest.Header("after"))
 	if err != nil {
 		t.Fatalf("the node no longer serves after bad headers: %v", err)
 	}
@@ -267,7 +252,7 @@ func mustFrame(t *testing.T, m proto.Message) []byte {
 // TestSessionEnd: the fleet's session-end, on a later stream of the
 // session's connection, reaches OnMessage.
 func TestSessionEnd(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	id := directtest.NewID()
 	got := make(chan proto.Message, 1)
 	node := directtest.StartNode(t, direct.Config{TLSConfig: directtest.FleetOnly(auth, directtest.DeviceCert(t, auth, id)),
@@ -277,7 +262,7 @@ func TestSessionEnd(t *testing.T) {
 	d := directtest.Dialer(t, auth, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := d.Open(ctx, id, node.Addr().String(), header("s-1"))
+	conn, err := d.Open(ctx, id, node.Addr().String(), directtest.Header("s-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +283,7 @@ func TestSessionEnd(t *testing.T) {
 // TestServeStops: Serve returns once its context ends, with a session
 // still open, and leaves no goroutine behind (TestMain checks).
 func TestServeStops(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	id := directtest.NewID()
 	srv, err := direct.Listen(direct.Config{Listen: "127.0.0.1:0", TLSConfig: directtest.FleetOnly(auth, directtest.DeviceCert(t, auth, id)),
 		Handle: func(ctx context.Context, _ *proto.StreamHeader, conn net.Conn) {
@@ -314,7 +299,7 @@ func TestServeStops(t *testing.T) {
 	d := directtest.Dialer(t, auth, nil)
 	octx, ocancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer ocancel()
-	conn, err := d.Open(octx, id, srv.Addr().String(), header("s-1"))
+	conn, err := d.Open(octx, id, srv.Addr().String(), directtest.Header("s-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +321,7 @@ func TestServeStops(t *testing.T) {
 }
 
 func TestListenRefuses(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	tlsConf := directtest.FleetOnly(auth, directtest.DeviceCert(t, auth, directtest.NewID()))
 	busy := directtest.StartNode(t, direct.Config{TLSConfig: tlsConf, Handle: directtest.Echo})
 	for _, tt := range []struct {

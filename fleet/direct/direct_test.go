@@ -12,7 +12,6 @@ import (
 	"go.uber.org/goleak"
 
 	fwdirect "remoteler.dev/edge/firmware/direct"
-	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/direct"
 	"remoteler.dev/edge/fleet/store/memstore"
@@ -24,19 +23,6 @@ import (
 // the fleet makes must end with its connection.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-func fleetCA(t *testing.T, name string) *ca.Authority {
-	t.Helper()
-	auth, err := ca.LoadOrCreate(context.Background(), memstore.New(), name, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return auth
-}
-
-func header(session string) *proto.StreamHeader {
-	return &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: session, Identity: proto.Identity{User: "alice", Login: "root"}}
 }
 
 // node is a direct node on loopback that records the headers it handled.
@@ -74,7 +60,7 @@ func (n *node) addr() string { return n.srv.Addr().String() }
 // or another fleet's, is refused by the fleet; a node of another fleet
 // refuses the fleet's certificate.
 func TestOpenIsMutualTLS(t *testing.T) {
-	auth, other := fleetCA(t, "fleet"), fleetCA(t, "fleet")
+	auth, other := directtest.FleetCA(t, "fleet"), directtest.FleetCA(t, "fleet")
 	id := directtest.NewID()
 	tests := []struct {
 		name string
@@ -95,7 +81,7 @@ func TestOpenIsMutualTLS(t *testing.T) {
 			n := newNode(t, tt.cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			conn, err := d.Open(ctx, id, n.addr(), header("s-1"))
+			conn, err := d.Open(ctx, id, n.addr(), directtest.Header("s-1"))
 			if tt.want == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -133,7 +119,7 @@ func TestOpenIsMutualTLS(t *testing.T) {
 // TestOpenNodeDown: a dial to a node that does not answer ends with the
 // caller's deadline and a clear error, and leaves nothing behind.
 func TestOpenNodeDown(t *testing.T) {
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	// A port nothing listens on, and one that reads and never answers.
 	closed, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -160,7 +146,7 @@ func TestOpenNodeDown(t *testing.T) {
 			defer cancel()
 			done := make(chan error, 1)
 			go func() {
-				conn, err := d.Open(ctx, id, tt.addr, header("s-down"))
+				conn, err := d.Open(ctx, id, tt.addr, directtest.Header("s-down"))
 				if conn != nil {
 					conn.Close()
 				}
@@ -232,7 +218,7 @@ func (f *tunnels) calls() (opened, sent []string) {
 // server's to refuse. The stream header's target never picks an address.
 func TestRouter(t *testing.T) {
 	ctx := context.Background()
-	auth := fleetCA(t, "fleet")
+	auth := directtest.FleetCA(t, "fleet")
 	reg := &devices.Registry{Store: memstore.New()}
 	plc, err := reg.Register(ctx, devices.Device{Name: "plc"})
 	if err != nil {
@@ -268,7 +254,7 @@ func TestRouter(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			h := header("s-" + tt.name)
+			h := directtest.Header("s-" + tt.name)
 			h.Target = tt.target
 			beforeOpened, _ := tun.calls()
 			conn, err := r.Open(octx, tt.id, h)
@@ -299,7 +285,7 @@ func TestRouter(t *testing.T) {
 	t.Run("session end", func(t *testing.T) {
 		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		conn, err := r.Open(octx, plc.ID, header("s-end"))
+		conn, err := r.Open(octx, plc.ID, directtest.Header("s-end"))
 		if err != nil {
 			t.Fatal(err)
 		}

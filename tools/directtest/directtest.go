@@ -23,9 +23,25 @@ import (
 	"remoteler.dev/edge/firmware/direct"
 	"remoteler.dev/edge/fleet/ca"
 	fleetdirect "remoteler.dev/edge/fleet/direct"
+	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/tools/logtest"
 )
+
+// FleetCA is a new fleet's CA, called name, on an in-memory store.
+func FleetCA(t testing.TB, name string) *ca.Authority {
+	t.Helper()
+	auth, err := ca.LoadOrCreate(context.Background(), memstore.New(), name, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return auth
+}
+
+// Header is the header of an SSH stream of session for alice as root.
+func Header(session string) *proto.StreamHeader {
+	return &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: session, Identity: proto.Identity{User: "alice", Login: "root"}}
+}
 
 // NewID returns a new device ID.
 func NewID() string {
