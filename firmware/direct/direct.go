@@ -35,8 +35,9 @@ type Config struct {
 	Listen string
 	// TLSConfig returns the server's TLS config for the next handshake:
 	// the device's certificate and the check of the fleet's (the server
-	// sets the ALPN and asks for a client certificate). Called per
-	// connection, so renewals take effect.
+	// sets the ALPN and requires a client certificate; a config that
+	// checks none, by ClientCAs or VerifyPeerCertificate, fails every
+	// handshake). Called per connection, so renewals take effect.
 	TLSConfig func() (*tls.Config, error)
 	// Check decides whether to accept a stream before Handle runs; a
 	// *proto.Error refuses it with that code. Nil accepts every stream.
@@ -89,10 +90,7 @@ func Listen(cfg Config) (*Server, error) {
 			if err != nil {
 				return nil, err
 			}
-			c = c.Clone()
-			c.NextProtos = []string{proto.DirectALPN}
-			c.MinVersion = tls.VersionTLS13
-			return c, nil
+			return serverTLS(c)
 		},
 	}
 	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
@@ -107,6 +105,28 @@ func Listen(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("direct: listen on %s: %w", cfg.Listen, err)
 	}
 	return s, nil
+}
+
+// serverTLS is c for the fleet's connections: the ALPN, TLS 1.3, and a
+// client certificate required, whatever c asks for. A config that would
+// take any certificate without checking it is refused: only the fleet
+// may connect.
+func serverTLS(c *tls.Config) (*tls.Config, error) {
+	c = c.Clone()
+	c.NextProtos = []string{proto.DirectALPN}
+	c.MinVersion = tls.VersionTLS13
+	checks := c.VerifyPeerCertificate != nil
+	switch c.ClientAuth {
+	case tls.RequireAndVerifyClientCert, tls.VerifyClientCertIfGiven:
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+		checks = checks || c.ClientCAs != nil
+	default:
+		c.ClientAuth = tls.RequireAnyClientCert
+	}
+	if !checks {
+		return nil, errors.New("direct: the TLS config checks no client certificate; only the fleet may connect")
+	}
+	return c, nil
 }
 
 // Addr is where the server listens.
@@ -141,12 +161,13 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		return
 	}
 	r := proto.NewReader(st)
-	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	st.SetReadDeadline(time.Now().Add(headerTimeout))
 	h, err := proto.ReadHeader(r)
 	if err != nil {
 		log.Warn("bad stream header from the fleet", "err", err)
 		st.CancelRead(quic.StreamErrorCode(proto.CodeBadRequest))
 		st.CancelWrite(quic.StreamErrorCode(proto.CodeBadRequest))
+		linger(ctx, qc, headerTimeout)
 		return
 	}
 	st.SetReadDeadline(time.Time{})
@@ -158,6 +179,8 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 			log.Warn("stream refused", "service", h.Service, "user", h.Identity.User, "login", h.Identity.Login, "session", h.SessionID, "reason", pe.Message)
 			proto.WriteMsg(conn, &proto.StreamAccept{Code: pe.Code, Message: pe.Message})
 			conn.CloseWrite()
+			// The fleet closes the connection once it has read why.
+			linger(ctx, qc, headerTimeout)
 			return
 		}
 	}
@@ -171,9 +194,22 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	s.cfg.Handle(hctx, h, conn)
 	// The fleet closes the connection once it has read the session to its
 	// end; closing it here could drop bytes still on their way.
+	linger(ctx, qc, s.cfg.IdleTimeout)
+}
+
+// headerTimeout bounds the read of a stream's header, and how long a
+// connection whose stream was refused waits for the fleet to hang up.
+const headerTimeout = 10 * time.Second
+
+// linger waits until the fleet closes qc, for at most d: what the node
+// sent last (a session's end, a refusal and its reason) is lost if the
+// node closes the connection while it is still on its way.
+func linger(ctx context.Context, qc *quic.Conn, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-qc.Context().Done():
-	case <-time.After(s.cfg.IdleTimeout):
+	case <-t.C:
 	case <-ctx.Done():
 	}
 }

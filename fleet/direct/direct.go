@@ -156,20 +156,24 @@ func (d *Dialer) Open(ctx context.Context, deviceID, addr string, h *proto.Strea
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
 		qc.CloseWithError(0, "")
-		return nil, fmt.Errorf("direct: open a stream to %s: %w", deviceID, err)
+		return nil, fmt.Errorf("direct: open a stream to node %s at %s: %w", deviceID, addr, err)
 	}
 	r := proto.NewReader(st)
 	conn := &nodeConn{Conn: quicconn.New(qc, st, r), qc: qc, d: d, session: h.SessionID}
 	if err := proto.WriteMsg(conn, h); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("direct: send stream header to %s: %w", deviceID, err)
+		return nil, fmt.Errorf("direct: send the stream header to node %s at %s: %w", deviceID, addr, err)
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		st.SetReadDeadline(deadline)
 	}
 	if err := proto.ReadAccept(r); err != nil {
 		conn.Close()
-		return nil, err
+		var pe *proto.Error
+		if errors.As(err, &pe) {
+			return nil, err // the node's refusal, for the user
+		}
+		return nil, fmt.Errorf("direct: read the answer of node %s at %s: %w", deviceID, addr, err)
 	}
 	st.SetReadDeadline(time.Time{})
 	d.mu.Lock()

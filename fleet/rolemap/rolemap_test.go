@@ -70,6 +70,49 @@ func TestMapRefusal(t *testing.T) {
 	}
 }
 
+// TestMapCases runs Map, refusal included, over one small map per case:
+// the issue's own example among them.
+func TestMapCases(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rules  []api.RoleMapping
+		remote []string
+		want   []string // nil: a *NoMatchError
+	}{
+		{"exact", []api.RoleMapping{{Remote: "admin", Local: []string{"admin", "auditor"}}}, []string{"admin"}, []string{"admin", "auditor"}},
+		{"exact is case-sensitive", []api.RoleMapping{{Remote: "admin", Local: []string{"admin"}}}, []string{"Admin"}, nil},
+		{"glob", []api.RoleMapping{{Remote: "site-*", Local: []string{"access"}}}, []string{"site-north"}, []string{"access"}},
+		{"glob is anchored", []api.RoleMapping{{Remote: "site-*", Local: []string{"access"}}}, []string{"my-site-north"}, nil},
+		{"regexp capture", []api.RoleMapping{{Remote: "^site-(.*)$", Local: []string{"operator-$1"}}}, []string{"site-north"}, []string{"operator-north"}},
+		{"regexp capture, braces", []api.RoleMapping{{Remote: "^site-(.*)$", Local: []string{"${1}-ops"}}}, []string{"site-north"}, []string{"north-ops"}},
+		{"regexp no match", []api.RoleMapping{{Remote: "^site-(.*)$", Local: []string{"operator-$1"}}}, []string{"ops-north", "sites"}, nil},
+		{"regexp capture that makes no role name", []api.RoleMapping{{Remote: "^site-(.*)$", Local: []string{"operator-$1"}}}, []string{"site-North Wing"}, nil},
+		{"two rules, one user", []api.RoleMapping{
+			{Remote: "^site-(.*)$", Local: []string{"operator-$1"}},
+			{Remote: "auditor", Local: []string{"auditor"}},
+		}, []string{"auditor", "site-south"}, []string{"operator-south", "auditor"}},
+		{"no roles", []api.RoleMapping{{Remote: "site-*", Local: []string{"access"}}}, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Compile(tc.rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := m.Map("root", tc.remote)
+			if tc.want == nil {
+				var nm *NoMatchError
+				if !errors.As(err, &nm) || got != nil || nm.Cluster != "root" || !slices.Equal(nm.Roles, tc.remote) {
+					t.Fatalf("Map(%q) = %q, %v; want a *NoMatchError naming root and the roles", tc.remote, got, err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Errorf("Map(%q) = %q, %v; want %q", tc.remote, got, err, tc.want)
+			}
+		})
+	}
+}
+
 func TestCompileErrors(t *testing.T) {
 	long := strings.Repeat("a", MaxPatternLen+1)
 	for _, tc := range []struct {
