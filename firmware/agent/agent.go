@@ -348,27 +348,33 @@ func (a *Agent) tunnelTLS() (*tls.Config, error) {
 // verifyChain checks a server chain against pool for host at the time
 // at(leaf) gives.
 func verifyChain(raw [][]byte, pool *x509.CertPool, host string, at func(leaf *x509.Certificate) time.Time) error {
+	_, err := verifyPeer(raw, pool, at, x509.VerifyOptions{DNSName: host, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, "fleet")
+	return err
+}
+
+// verifyPeer parses the chain raw that a peer sent and verifies its leaf
+// against pool, at the time at(leaf) gives, with the name and key usages
+// of opts; who names the peer in errors ("fleet", "client"). A device may
+// not know the time, which is why the TLS stack's own check is off.
+func verifyPeer(raw [][]byte, pool *x509.CertPool, at func(leaf *x509.Certificate) time.Time, opts x509.VerifyOptions, who string) (*x509.Certificate, error) {
 	if len(raw) == 0 {
-		return errors.New("agent: the fleet sent no certificate")
+		return nil, fmt.Errorf("agent: the %s sent no certificate", who)
 	}
 	leaf, err := x509.ParseCertificate(raw[0])
 	if err != nil {
-		return fmt.Errorf("agent: fleet certificate: %w", err)
+		return nil, fmt.Errorf("agent: %s certificate: %w", who, err)
 	}
-	inter := x509.NewCertPool()
+	opts.Intermediates = x509.NewCertPool()
 	for _, r := range raw[1:] {
 		if c, err := x509.ParseCertificate(r); err == nil {
-			inter.AddCert(c)
+			opts.Intermediates.AddCert(c)
 		}
 	}
-	_, err = leaf.Verify(x509.VerifyOptions{
-		DNSName: host, Roots: pool, Intermediates: inter, CurrentTime: at(leaf),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
-	if err != nil {
-		return fmt.Errorf("agent: verify fleet certificate: %w", err)
+	opts.Roots, opts.CurrentTime = pool, at(leaf)
+	if _, err := leaf.Verify(opts); err != nil {
+		return nil, fmt.Errorf("agent: verify %s certificate: %w", who, err)
 	}
-	return nil
+	return leaf, nil
 }
 
 // liveSessions are the brokered sessions the agent serves, by session ID,

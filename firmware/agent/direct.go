@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -164,22 +163,9 @@ func (a *Agent) directTLS() (*tls.Config, error) {
 // direct node: the fleet's own (OU proto.FleetOU), from the fleet's CAs,
 // at the time at(leaf) gives.
 func verifyFleetClient(raw [][]byte, pool *x509.CertPool, at func(*x509.Certificate) time.Time) error {
-	if len(raw) == 0 {
-		return errors.New("agent: the client sent no certificate")
-	}
-	leaf, err := x509.ParseCertificate(raw[0])
+	leaf, err := verifyPeer(raw, pool, at, x509.VerifyOptions{KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, "client")
 	if err != nil {
-		return fmt.Errorf("agent: client certificate: %w", err)
-	}
-	inter := x509.NewCertPool()
-	for _, r := range raw[1:] {
-		if c, err := x509.ParseCertificate(r); err == nil {
-			inter.AddCert(c)
-		}
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: at(leaf),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return fmt.Errorf("agent: client certificate: %w", err)
+		return err
 	}
 	if !slices.Equal(leaf.Subject.OrganizationalUnit, []string{proto.FleetOU}) {
 		return fmt.Errorf("agent: the client %q is not the fleet (a %v certificate)", leaf.Subject.CommonName, leaf.Subject.OrganizationalUnit)
