@@ -34,6 +34,12 @@ type Identity struct {
 	Traits map[string][]string
 }
 
+// AuditFields names who the provider vouched for, for the login's audit
+// event: the connector, the issuer and the subject.
+func (id *Identity) AuditFields() map[string]string {
+	return map[string]string{"connector": id.Connector, "issuer": id.Issuer, "subject": id.Subject}
+}
+
 // claimValues returns a claim's values as strings: a string is one value,
 // a list gives its strings, numbers and booleans; objects and nulls give
 // nothing. Values that are empty, too long or not printable are dropped,

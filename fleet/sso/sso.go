@@ -125,6 +125,8 @@ type Service struct {
 	mu        sync.Mutex // guards providers and finishers
 	providers map[string]*cachedProvider
 	finishers map[string]Finisher
+	// recorded are the kinds whose finishers record the login themselves.
+	recorded map[string]bool
 }
 
 // cachedProvider is a provider's discovery, for one connector spec.
@@ -156,7 +158,7 @@ func New(cfg Config) *Service {
 	}
 	return &Service{
 		cfg: cfg, log: cfg.Logger.With("component", "sso"), Connectors: &Connectors{Store: cfg.Store},
-		providers: map[string]*cachedProvider{}, finishers: map[string]Finisher{},
+		providers: map[string]*cachedProvider{}, finishers: map[string]Finisher{}, recorded: map[string]bool{},
 	}
 }
 
@@ -193,6 +195,18 @@ func (s *Service) Handle(kind string, f Finisher) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.finishers[kind] = f
+}
+
+// HandleSession is Handle for a kind whose finisher starts a session and
+// records the login itself, with that session (the browser's login): the
+// service then records only its refusals, so that one login is one event.
+// The finisher's event should carry Identity's connector, subject and
+// issuer (AuditFields).
+func (s *Service) HandleSession(kind string, f Finisher) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishers[kind] = f
+	s.recorded[kind] = true
 }
 
 // pending is a started login, stored under pendingPrefix + the SHA-256 of
@@ -385,10 +399,15 @@ func (s *Service) Finish(ctx context.Context, r *http.Request) (*Result, error) 
 		}
 	}
 	res.Identity = id
-	if err := s.record(ctx, &proto.AuditEvent{Type: proto.EventUserLogin, User: id.User, Addr: r.RemoteAddr,
-		Fields: map[string]string{"method": "sso", "connector": id.Connector, "subject": id.Subject, "issuer": id.Issuer,
-			"roles": strings.Join(id.Roles, ","), "for": p.Kind, "client": p.Client}}); err != nil {
-		return res, fmt.Errorf("sso: the fleet cannot write its audit log right now, so it logs nobody in; try again later: %w", err)
+	s.mu.Lock()
+	recorded := s.recorded[p.Kind]
+	s.mu.Unlock()
+	if !recorded {
+		f := id.AuditFields()
+		f["method"], f["roles"], f["for"], f["client"] = "sso", strings.Join(id.Roles, ","), p.Kind, p.Client
+		if err := s.record(ctx, &proto.AuditEvent{Type: proto.EventUserLogin, User: id.User, Addr: r.RemoteAddr, Fields: f}); err != nil {
+			return res, fmt.Errorf("sso: the fleet cannot write its audit log right now, so it logs nobody in; try again later: %w", err)
+		}
 	}
 	s.log.Info("single sign-on login", "user", id.User, "connector", id.Connector, "roles", id.Roles, "for", p.Kind)
 	return res, nil

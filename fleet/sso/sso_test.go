@@ -195,6 +195,36 @@ func TestLogin(t *testing.T) {
 	}
 }
 
+// TestSessionKindRecordsItself: for a kind registered with HandleSession
+// (the browser's, whose finisher records the login with its session), a
+// verified login leaves no user.login of the service's own, so that one
+// login is one event; a refusal is still recorded here.
+func TestSessionKindRecordsItself(t *testing.T) {
+	f := newFixture(t)
+	f.svc.HandleSession("browser", func(http.ResponseWriter, *http.Request, *Result, error) {})
+	start := func(user string) (*Result, error) {
+		authURL, _, err := f.svc.Start(context.Background(), StartRequest{Connector: "test", Kind: "browser", ClientAddr: "192.0.2.7:4000"})
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		return f.svc.Finish(context.Background(), callback(providerLogin(t, authURL, user, user+"-pw")))
+	}
+	before := len(f.events.Events())
+	res, err := start("carol")
+	if err != nil || res.User != "carol@example.com" {
+		t.Fatalf("login: %+v, %v", res, err)
+	}
+	if n := len(f.events.Events()); n != before {
+		t.Errorf("%d events for a login its finisher records, want none: last %+v", n-before, f.events.Last())
+	}
+	if _, err := start("dave"); err == nil {
+		t.Fatal("dave, whose claims map to no role, was logged in")
+	}
+	if ev := f.events.Last(); len(f.events.Events()) != before+1 || ev.Type != proto.EventUserLoginFailed {
+		t.Errorf("the refusal's event: %+v (%d events)", ev, len(f.events.Events())-before)
+	}
+}
+
 func TestLoginAfterKeyRotation(t *testing.T) {
 	f := newFixture(t)
 	if _, err := f.login(t, "test", "carol", "carol-pw"); err != nil {

@@ -492,9 +492,11 @@ func TestDashboardSSO(t *testing.T) {
 	if body := pageValue[string](t, b, "document.body.innerText"); !strings.Contains(body, "erin@example.com") {
 		t.Errorf("the page does not name erin:\n%s", body)
 	}
-	audit := d.f.Ctl("", "audit", "search", "--type=user.login", "--user=erin@example.com", "--format=json")
-	if !strings.Contains(audit, "sso:test") || !strings.Contains(audit, "web_session") {
-		t.Errorf("erin's browser session is not in the audit: %s", audit)
+	// One event for the login: the browser's session, and whom the
+	// provider vouched for.
+	logins := search(t, d.f, "--type=user.login", "--user=erin@example.com")
+	if len(logins) != 1 || logins[0].Fields["method"] != "sso:test" || logins[0].Fields["web_session"] == "" || logins[0].Fields["subject"] == "" {
+		t.Errorf("erin's browser login in the audit: %+v, want one event with her session and her subject at the provider", logins)
 	}
 
 	// dave's claims give him no role: refused, no session.

@@ -101,7 +101,7 @@ type SSO interface {
 	Public(ctx context.Context) ([]api.SSOConnector, error)
 	Origins(ctx context.Context) []string
 	StartBrowser(w http.ResponseWriter, r *http.Request, req sso.StartRequest) error
-	Handle(kind string, f sso.Finisher)
+	HandleSession(kind string, f sso.Finisher)
 }
 
 // SSOKind names the single sign-on logins of the browser login
@@ -209,7 +209,7 @@ func New(cfg Config) *Server {
 	t := template.Must(template.New("").ParseFS(templates, "templates/*.html"))
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "login"), tmpl: t, sessions: map[string]*Session{}}
 	if cfg.SSO != nil {
-		cfg.SSO.Handle(SSOKind, s.finishSSO)
+		cfg.SSO.HandleSession(SSOKind, s.finishSSO)
 	}
 	return s
 }
@@ -554,7 +554,7 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusInternalServerError, "The fleet could not check your login (see fleetd's log); try again.", false)
 		return
 	}
-	if ref := s.begin(w, r, u, "web", next); ref != nil {
+	if ref := s.begin(w, r, u, "web", nil, next); ref != nil {
 		fail(ref.status, ref.msg, false)
 	}
 }
@@ -584,11 +584,12 @@ func (e *refusal) Error() string { return e.msg }
 
 // begin starts a session for u, a user whose login (method: "web" for a
 // password, "sso:NAME") was just verified, and sends the browser on to
-// next. A user Config.Refuse refuses (a lock) gets no session, whatever
+// next; the login's audit event (the only one: fleet/sso leaves it to
+// begin) carries fields too. A user Config.Refuse refuses (a lock) gets no session, whatever
 // the method, and the refusal is audited. begin writes nothing to w when
 // it returns a refusal: a login it cannot audit, or a session the store
 // cannot keep, starts nothing.
-func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, method, next string) *refusal {
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, method string, fields map[string]string, next string) *refusal {
 	if s.cfg.Refuse != nil {
 		if err := s.cfg.Refuse(u); err != nil {
 			f := map[string]string{"method": method}
@@ -606,8 +607,9 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, u api.User, metho
 	}
 	now := s.cfg.Now()
 	sess := &Session{ID: rand.Text(), User: u.Name, Method: method, Started: now, Expires: now.Add(ttl), csrf: rand.Text()}
-	if err := s.record(r, &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr,
-		Fields: map[string]string{"method": method, "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}}); err != nil {
+	f := map[string]string{"method": method, "roles": strings.Join(u.Roles, ","), "ttl": ttl.String(), "web_session": sess.ID}
+	maps.Copy(f, fields)
+	if err := s.record(r, &proto.AuditEvent{Type: proto.EventUserLogin, User: u.Name, Addr: r.RemoteAddr, Fields: f}); err != nil {
 		return &refusal{http.StatusServiceUnavailable, "The fleet cannot write its audit log right now, so it logs nobody in; try again later."}
 	}
 	tok := newToken()
@@ -676,7 +678,7 @@ func (s *Server) finishSSO(w http.ResponseWriter, r *http.Request, res *sso.Resu
 		s.Page(w, http.StatusServiceUnavailable, nil, Page{Title: "Login failed", Message: "The fleet could not start your session (see fleetd's log); try again.", Link: retry, LinkText: "Log in again"})
 		return
 	}
-	if ref := s.begin(w, r, u, "sso:"+res.Connector, next); ref != nil {
+	if ref := s.begin(w, r, u, "sso:"+res.Connector, res.AuditFields(), next); ref != nil {
 		title := "Login failed"
 		if ref.status == http.StatusForbidden {
 			title = "Login refused"
