@@ -37,6 +37,9 @@ func isFleetCookie(name string) bool {
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, as *session) {
 	start := s.cfg.Now()
 	tap := &tap{ResponseWriter: w}
+	if isWebSocket(r) {
+		tap.ended = as.endedWhy
+	}
 	in := &counter{}
 	defer func() {
 		// Recorded after the answer, off the request's path: the next
@@ -61,6 +64,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, as *session) {
 	defer stop()
 	ctx = context.WithValue(ctx, sessionKey{}, as)
 	s.proxy.ServeHTTP(tap, r.WithContext(ctx))
+}
+
+// isWebSocket reports whether r asks for a websocket (RFC 6455 section
+// 4.1).
+func isWebSocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
 
 // tooLarge answers an upload over the cap.
@@ -310,6 +319,10 @@ type tap struct {
 	n    int64
 	// fleet says the fleet answered (not the app).
 	fleet bool
+	// ended, set for a websocket's request, says why the fleet ended
+	// the session ("" while it is live): the hijacked connection tells
+	// the user (wsConn).
+	ended func() string
 }
 
 func (t *tap) WriteHeader(code int) {
@@ -334,7 +347,11 @@ func (t *tap) Unwrap() http.ResponseWriter { return t.ResponseWriter }
 // Hijack hands the connection over for an upgrade (a websocket).
 func (t *tap) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	t.code = http.StatusSwitchingProtocols
-	return http.NewResponseController(t.ResponseWriter).Hijack()
+	conn, brw, err := http.NewResponseController(t.ResponseWriter).Hijack()
+	if err != nil || t.ended == nil {
+		return conn, brw, err
+	}
+	return &wsConn{Conn: conn, why: t.ended}, brw, nil
 }
 
 func (t *tap) status() int {

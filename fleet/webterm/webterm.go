@@ -224,31 +224,35 @@ func (t *Term) run(ctx context.Context, c *websocket.Conn, g *broker.Grant, req 
 		return end("the terminal could not start: " + reason)
 	}
 	defer client.Close()
+	// failed ends a session that did not start: why the fleet ended it,
+	// if it did (the shell's start then fails with the device's EOF).
+	failed := func(why string) string {
+		reason = why
+		if ending := sess.Ending(); ending != "" {
+			reason = ending
+		}
+		return end(reason)
+	}
 	shell, err := client.NewSession()
 	if err != nil {
-		reason = "ssh: " + err.Error()
-		return end(reason)
+		return failed("ssh: " + err.Error())
 	}
 	defer shell.Close()
 	modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
 	if err := shell.RequestPty("xterm-256color", max(req.Rows, 2), max(req.Cols, 2), modes); err != nil {
-		reason = "ssh: pty: " + err.Error()
-		return end(reason)
+		return failed("ssh: pty: " + err.Error())
 	}
 	stdin, err := shell.StdinPipe()
 	if err != nil {
-		reason = err.Error()
-		return end(reason)
+		return failed(err.Error())
 	}
 	stdout, err := shell.StdoutPipe()
 	if err != nil {
-		reason = err.Error()
-		return end(reason)
+		return failed(err.Error())
 	}
 	shell.Stderr = nil // a PTY merges it into stdout
 	if err := shell.Shell(); err != nil {
-		reason = "ssh: shell: " + err.Error()
-		return end(reason)
+		return failed("ssh: shell: " + err.Error())
 	}
 	log.Info("terminal started", "session", sess.ID())
 	send(message{Type: "status", State: "live"})

@@ -58,6 +58,12 @@ type device struct {
 	size   [][2]uint32 // the terminal sizes asked for: pty-req, window-change
 	login  string
 	closed chan struct{} // closed when a shell's channel closes
+	// held, when set (before the session), is closed when the shell's
+	// start is asked; the device then holds its answer until the fleet
+	// tells it to end the session, and refuses the shell.
+	held     chan struct{}
+	hold     chan struct{}
+	holdOnce sync.Once
 }
 
 func (d *device) sizes() [][2]uint32 {
@@ -94,7 +100,14 @@ func (tn *tunnels) Open(ctx context.Context, id string, h *proto.StreamHeader) (
 	return a, nil
 }
 
-func (tn *tunnels) Send(string, proto.Message) error { return nil }
+// Send takes the fleet's messages to the device: a session's end lets a
+// held shell start go, refused.
+func (tn *tunnels) Send(_ string, m proto.Message) error {
+	if _, ok := m.(*proto.SessionEnd); ok && tn.d.hold != nil {
+		tn.d.holdOnce.Do(func() { close(tn.d.hold) })
+	}
+	return nil
+}
 
 func (tn *tunnels) Online(string) bool {
 	tn.d.mu.Lock()
@@ -145,6 +158,12 @@ func (tn *tunnels) serve(conn net.Conn, h *proto.StreamHeader) {
 					tn.d.mu.Unlock()
 					r.Reply(true, nil)
 				case "shell":
+					if tn.d.held != nil {
+						close(tn.d.held)
+						<-tn.d.hold
+						r.Reply(false, nil)
+						continue
+					}
 					r.Reply(true, nil)
 				default:
 					r.Reply(false, nil)
@@ -374,5 +393,26 @@ func TestRefusedBeforeUpgrade(t *testing.T) {
 	}
 	if denied := f.trail.FindAll(proto.EventAccessDenied, ""); len(denied) != 1 || denied[0].User != "bob" {
 		t.Errorf("refusal recorded: %+v", denied)
+	}
+}
+
+// TestEndedWhileStarting: a session the fleet ends (a lock) while its
+// shell starts ends with the fleet's reason on the page, not with the
+// failed start's.
+func TestEndedWhileStarting(t *testing.T) {
+	f := newFixture(t, Config{}, rolePi)
+	f.dev.held, f.dev.hold = make(chan struct{}), make(chan struct{})
+	c := f.dial(t)
+	select {
+	case <-f.dev.held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the shell's start never reached the device")
+	}
+	const why = `locked (lock 1 on user "bob"): laptop stolen`
+	if n := f.reg.End(func(*sessions.Session) bool { return true }, why); n != 1 {
+		t.Fatalf("ended %d sessions, want the terminal's", n)
+	}
+	if m := read(t, c, "", "end"); m.Message != why {
+		t.Errorf("the page was told %q, want %q", m.Message, why)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -46,6 +48,8 @@ type replicaOptions struct {
 	// devices and users are the replicas devices and users go to, in
 	// order; default A, B, C for devices and C, B, A for users.
 	devices, users []int
+	// config is every replica's --config file (YAML); "" for none.
+	config string
 }
 
 // startReplicas starts the cluster, the replicas and the balancer.
@@ -65,12 +69,20 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	if opts.users == nil {
 		opts.users = []int{repC, repB, repA}
 	}
+	var config []string
+	if opts.config != "" {
+		path := filepath.Join(t.TempDir(), "fleetd.yaml")
+		if err := os.WriteFile(path, []byte(opts.config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		config = []string{"--config", path}
+	}
 	rf := &replicaFleet{etcd: etcdtest.Start(t, etcdtest.Options{Members: 3})}
 	for i := range rf.reps {
-		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: []string{
+		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: append([]string{
 			"--store", opts.store(rf, i), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
 			"--replica-id", fmt.Sprintf("r-%c", 'a'+i),
-		}})
+		}, config...)})
 	}
 	var addrs []string
 	for _, f := range rf.reps {
@@ -111,7 +123,15 @@ func (rf *replicaFleet) loginVia(t *testing.T, name, addr string) *harness.User 
 // device starts a device through the balancer (its tunnel on replica A).
 func (rf *replicaFleet) device(t *testing.T, name string) *harness.Agent {
 	t.Helper()
-	return rf.reps[repA].StartAgentWith(harness.AgentConfig{Name: name, Fleet: rf.lb.Addr()})
+	return rf.deviceWith(t, harness.AgentConfig{Name: name})
+}
+
+// deviceWith starts the device cfg describes through the balancer (its
+// tunnel on replica A), whatever cfg.Fleet says.
+func (rf *replicaFleet) deviceWith(t *testing.T, cfg harness.AgentConfig) *harness.Agent {
+	t.Helper()
+	cfg.Fleet = rf.lb.Addr()
+	return rf.reps[repA].StartAgentWith(cfg)
 }
 
 // onlineOn reports whether replica i lists device name online, and with
