@@ -25,6 +25,7 @@ import (
 	"remoteler.dev/edge/fleet/admin"
 	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
+	"remoteler.dev/edge/fleet/appsrv"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
@@ -371,9 +372,6 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		LockStore:       lockSvc,
 	}
 	apiSrv.Kube = kube
-	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: apiSrv.Handler(),
-		Sessions: live, Audit: recorder, Logger: log, Now: now})
-	apiSrv.Clusters, apiSrv.Trust = leaves, roots
 	if reps != nil {
 		apiSrv.Peers = reps
 		apiSrv.PeerRoutes(reps.mux)
@@ -387,8 +385,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
 	web := newWeb(cfg, st, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
-		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, single, log, now)
+		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, single, func(r *http.Request) (appsrv.Remote, error) {
+			return remoteAppUser(r, roots)
+		}, log, now)
 	defer web.apps.Close()
+	// Trusted clusters, as a leaf: the roots' streams reach the API, and
+	// this fleet's apps (the streams for apps).
+	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: relayRoute(web.apps, apiSrv.Handler()),
+		Sessions: live, Audit: recorder, Logger: log, Now: now})
+	apiSrv.Clusters, apiSrv.Trust = leaves, roots
 	// The dashboard (its terminal, the link history), behind the login. It
 	// reaches devices through the broker (the router); a device whose
 	// tunnel another replica holds shows online, as a direct node does.

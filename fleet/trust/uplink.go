@@ -245,8 +245,8 @@ func (u *uplink) check(h *proto.StreamHeader) error {
 	switch {
 	case h.Service != proto.ServiceCluster:
 		return proto.Errorf(proto.CodeForbidden, "a leaf cluster takes only its API's requests (service %q) from its root, not %q", proto.ServiceCluster, h.Service)
-	case h.Target != "":
-		return proto.Errorf(proto.CodeForbidden, "a request to a leaf cluster's API names no target")
+	case h.Target != "" && h.Target != proto.ServiceApp:
+		return proto.Errorf(proto.CodeForbidden, "a request to a leaf cluster names no target but %q (its web apps)", proto.ServiceApp)
 	case h.Identity.User == "":
 		return proto.Errorf(proto.CodeForbidden, "the root vouched for nobody")
 	case h.Identity.Cluster != u.name:
