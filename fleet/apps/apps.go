@@ -338,7 +338,7 @@ func ParseRef(label string) (Ref, bool) {
 	}
 	cluster, device, found := strings.Cut(rest[1:], Sep)
 	r := Ref{Cluster: cluster, App: app, Device: device}
-	if !found || clusterNameRE.MatchString(cluster) == false || devices.CheckName(device) != nil {
+	if !found || !clusterNameRE.MatchString(cluster) || devices.CheckName(device) != nil {
 		return Ref{}, false
 	}
 	if l, err := r.Label(); err != nil || l != label {

@@ -55,7 +55,9 @@ device offers it, else APP--DEVICE (tsh apps ls shows both). With
   tsh proxy app nodered --port=8080
   tsh apps login --cluster=plant-7 nodered`,
 		Args: cli.ExactArgs(1, "the APP (tsh apps ls lists them)"),
-		RunE: func(cmd *cobra.Command, args []string) error { return r.appsLogin(cmd.Context(), args[0], loginCluster, ttl) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.appsLogin(cmd.Context(), args[0], loginCluster, ttl)
+		},
 	}
 	r.clusterFlag(login, &loginCluster)
 	login.Flags().DurationVar(&ttl, "ttl", 0, "the certificate's lifetime (default and at most: what is left of your login)")
@@ -86,7 +88,9 @@ the local one. Ctrl-C stops it.`,
   tsh proxy app nodered --port=8080 &
   curl http://127.0.0.1:8080/`,
 		Args: cli.ExactArgs(1, "the APP (tsh apps login APP first)"),
-		RunE: func(cmd *cobra.Command, args []string) error { return r.proxyApp(cmd.Context(), args[0], cluster, port) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.proxyApp(cmd.Context(), args[0], cluster, port)
+		},
 	}
 	r.clusterFlag(c, &cluster)
 	c.Flags().IntVar(&port, "port", 0, "local port to listen on, on 127.0.0.1 (default: a free one, printed)")
