@@ -266,8 +266,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	// Trusted clusters, as a root: leaves tunnel in like devices, with
 	// certificates of their own kind.
+	// A leaf that removes its trust says so: the sessions relayed to it
+	// end with that reason (live is set below, before any tunnel runs).
+	var live *sessions.Registry
 	leaves := clusters.New(clusters.Config{Store: st, CA: auth, Tokens: toks, Cluster: cfg.Cluster,
-		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now})
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now,
+		OnLeave: func(name, reason string) {
+			live.End(func(s *sessions.Session) bool { return s.Cluster == name }, reason)
+		}})
 	leaves.Configure(&tcfg)
 	tunnels = tunnelsrv.New(tcfg)
 	// Trusted clusters, as a leaf: set below, once the API it serves the
@@ -304,7 +310,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return roots.Roles(ctx, origin, r)
 		},
 	}
-	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
+	live = sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
 	lockSet.OnLock = enforceLocks(live, tunnels, log)
 	// Direct nodes hold no tunnel: the fleet dials them.
