@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/tools/demoapp"
 	"remoteler.dev/edge/tools/harness"
 )
@@ -101,6 +102,25 @@ func leafAppEvents(t *testing.T, f *harness.Fleet, typ, user string) []string {
 	return out
 }
 
+// echoWS opens a websocket to the demo app's echo through tsh proxy app
+// at base, checks that msg comes back, and returns it open.
+func echoWS(t *testing.T, ctx context.Context, base, msg string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.Dial(ctx, strings.Replace(base, "http://", "ws://", 1)+"/ws", nil)
+	if err != nil {
+		t.Fatalf("websocket: %v", err)
+	}
+	if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		ws.CloseNow()
+		t.Fatal(err)
+	}
+	if _, got, err := ws.Read(ctx); err != nil || string(got) != msg {
+		ws.CloseNow()
+		t.Fatalf("echo = %q, %v", got, err)
+	}
+	return ws
+}
+
 // TestTrustedClusterApps reaches a leaf's web app through the root:
 // tsh apps ls --cluster, tsh apps login --cluster and tsh proxy app with
 // curl, a websocket echo, refusals (a user no role maps, a leaf role
@@ -157,18 +177,7 @@ func TestTrustedClusterApps(t *testing.T) {
 	t.Run("a websocket echoes through the root", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 		defer cancel()
-		ws, _, err := websocket.Dial(ctx, strings.Replace(base, "http://", "ws://", 1)+"/ws", nil)
-		if err != nil {
-			t.Fatalf("websocket: %v", err)
-		}
-		defer ws.CloseNow()
-		if err := ws.Write(ctx, websocket.MessageText, []byte("through root and leaf")); err != nil {
-			t.Fatal(err)
-		}
-		_, got, err := ws.Read(ctx)
-		if err != nil || string(got) != "through root and leaf" {
-			t.Fatalf("echo = %q, %v", got, err)
-		}
+		echoWS(t, ctx, base, "through root and leaf").CloseNow()
 	})
 
 	t.Run("refusals say why and the leaf records them", func(t *testing.T) {
@@ -267,4 +276,117 @@ func TestTrustedClusterAppsInTheBrowser(t *testing.T) {
 			t.Error("the leaf recorded no refusal of root/bob")
 		}
 	})
+}
+
+// TestTrustedClusterAppsEnd opens a root user's app session at the leaf's
+// app through the root (a request through tsh proxy app, then a websocket
+// left open) and ends the user's access in one of the ways that must end
+// it: the trust removed on either side, or the user locked at the root.
+// Each time the websocket is cut, the next request is refused with the
+// reason, and the leaf records the session's end with that reason in its
+// own trail. The product ends sessions within about a second; the waits
+// allow 10 s for a busy machine and log what they saw.
+func TestTrustedClusterAppsEnd(t *testing.T) {
+	const lockMsg = "alice's laptop was reported stolen; call the help desk"
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, root *appFleet, leaf *harness.Fleet)
+		// refusal is in the root's answer to the next request; reason
+		// is in the end the leaf records.
+		refusal, reason string
+		// untrusted: the root no longer lists the leaf afterwards.
+		untrusted bool
+	}{
+		{
+			name:      "the root removes the leaf",
+			end:       func(t *testing.T, root *appFleet, _ *harness.Fleet) { root.f.Ctl("", "clusters", "rm", "leaf") },
+			refusal:   "the trust between root and the cluster leaf was removed",
+			reason:    "the trust between root and the cluster leaf was removed",
+			untrusted: true,
+		},
+		{
+			// The leaf ends its sessions, then tells the root, which
+			// ends its own and forgets the leaf.
+			name:      "the leaf removes the trust",
+			end:       func(t *testing.T, _ *appFleet, leaf *harness.Fleet) { leaf.Ctl("", "clusters", "rm", "root") },
+			refusal:   `the leaf cluster "leaf" no longer trusts root: its admin removed the trust`,
+			reason:    `this fleet no longer trusts the cluster "root": its admin removed the trust`,
+			untrusted: true,
+		},
+		{
+			name: "the root locks the user",
+			end: func(t *testing.T, root *appFleet, _ *harness.Fleet) {
+				root.f.Ctl("", "lock", "--user=alice", "--message="+lockMsg)
+			},
+			refusal: lockMsg,
+			reason:  lockMsg,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, leaf := leafAppPair(t)
+			alice := root.f.Login("alice", root.f.AddUser("alice", "ops-north", "pi"))
+			alice.Tsh("apps", "login", "--cluster=leaf", "hello")
+			base := proxyApp(t, alice, "hello---leaf--pi-1")
+			if w := whoamiVia(t, base); w.User != "root/alice" {
+				t.Fatalf("the app got user %q, want root/alice", w.User)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			ws := echoWS(t, ctx, base, "before")
+			defer ws.CloseNow()
+			// The websocket's reader says when it is cut.
+			cut := make(chan time.Time, 1)
+			go func() {
+				for {
+					if _, _, err := ws.Read(ctx); err != nil {
+						cut <- time.Now()
+						return
+					}
+				}
+			}()
+
+			began := time.Now()
+			tc.end(t, root, leaf)
+			done := time.Now()
+			select {
+			case at := <-cut:
+				t.Logf("the websocket was cut %v after the command began (%v after it returned)",
+					at.Sub(began).Round(time.Millisecond), at.Sub(done).Round(time.Millisecond))
+			case <-time.After(10 * time.Second):
+				t.Fatal("the websocket outlived the access by 10 s")
+			}
+
+			out, _, _ := curlLocal(t, "--max-time", "60", "-w", "\n%{http_code}", base+"/whoami")
+			if strings.HasSuffix(out, "\n200") || !strings.Contains(out, tc.refusal) {
+				t.Errorf("the next request: %q, want a refusal saying %q", out, tc.refusal)
+			}
+
+			var reason string
+			var at time.Time
+			if !harness.Eventually(10*time.Second, func() bool {
+				for _, e := range search(t, leaf, "--type=session.end") {
+					// The app session's end, as the leaf recorded it;
+					// the ends of its streams (kind stream, and the
+					// device's own events) carry no reason.
+					if e.User == "root/alice" && e.AssertedBy == "fleet" && e.Fields["service"] == proto.ServiceApp && e.Fields["kind"] != "stream" {
+						reason, at = e.Fields["reason"], e.Time
+						return true
+					}
+				}
+				return false
+			}) {
+				t.Fatal("the leaf recorded no end of root/alice's app session within 10 s")
+			}
+			t.Logf("the leaf recorded the end %v after the command began", at.Sub(began).Round(time.Millisecond))
+			if !strings.Contains(reason, tc.reason) {
+				t.Errorf("the leaf recorded the end with reason %q, want %q", reason, tc.reason)
+			}
+			if evs := leafAppEvents(t, root.f, "session.end", "root/alice"); len(evs) > 0 {
+				t.Errorf("the root recorded the leaf's session end: %v", evs)
+			}
+			if found, _ := clusterState(root.f, "leaf"); found == tc.untrusted {
+				t.Errorf("the root lists the leaf: %v, want %v", found, !tc.untrusted)
+			}
+		})
+	}
 }
