@@ -86,11 +86,15 @@ func (e *AuditEvent) CheckDevice() error {
 }
 
 // Check checks a ClusterInfo: at most MaxClusterKeys of each list, none
-// empty or larger than 4 KiB, and a printable cluster name. What the keys
+// empty or larger than 4 KiB, a printable cluster name and a printable
+// Leaving of at most MaxSessionEndMessage bytes. What the keys
 // and certificates are is for the receiver to parse.
 func (c *ClusterInfo) Check() error {
 	if err := printable.Check(c.Cluster, 253); err != nil {
 		return fmt.Errorf("cluster-info: cluster: %w", err)
+	}
+	if err := printable.Check(c.Leaving, MaxSessionEndMessage); err != nil {
+		return fmt.Errorf("cluster-info: leaving: %w", err)
 	}
 	for _, l := range []struct {
 		name string

@@ -61,3 +61,25 @@ func TestAuditEventCheckDevice(t *testing.T) {
 		}
 	}
 }
+
+func TestClusterInfoCheck(t *testing.T) {
+	tests := []struct {
+		name    string
+		info    ClusterInfo
+		wantErr string
+	}{
+		{"keys", ClusterInfo{Cluster: "leaf", HostCAKeys: [][]byte{{1}}}, ""},
+		{"leaving", ClusterInfo{Cluster: "leaf", Leaving: `this fleet no longer trusts the cluster "root": its admin removed the trust`}, ""},
+		{"escape in leaving", ClusterInfo{Cluster: "leaf", Leaving: "gone\x1b[2J"}, "leaving: "},
+		{"long leaving", ClusterInfo{Cluster: "leaf", Leaving: strings.Repeat("x", MaxSessionEndMessage+1)}, "leaving: "},
+		{"empty key", ClusterInfo{Cluster: "leaf", UserCAKeys: [][]byte{{}}}, "empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.info.Check()
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("got %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}

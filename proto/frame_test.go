@@ -58,6 +58,7 @@ func sampleMessages() []Message {
 		&AgentStream{Service: ServiceOTA},
 		&ClusterInfo{Cluster: "root", HostCAKeys: [][]byte{{1, 2}}, UserCAKeys: [][]byte{{3}}, CACerts: [][]byte{{4, 5}}},
 		&ClusterInfo{},
+		&ClusterInfo{Cluster: "leaf", Leaving: "this fleet no longer trusts the cluster \"root\""},
 		&StreamHeader{Service: ServiceCluster, SessionID: "s3", Identity: Identity{User: "alice", Roles: []string{"site-north"}, Cluster: "root",
 			Traits: map[string][]string{"logins": {"pi", "root"}}, Expires: 1700000000000}},
 		&StreamHeader{Service: ServiceCluster, SessionID: "s4", Identity: Identity{User: "fleetctl", Cluster: "root", Admin: true}},

@@ -331,11 +331,17 @@ const (
 // by them, stream by stream) and X.509 CA certificates (the leaf verifies
 // the root with them when it dials). Keys are SSH wire format,
 // certificates DER.
+//
+// A leaf whose admin removed its trust in the root sends a last one with
+// Leaving (the reason, for the root's users) before it closes its tunnel:
+// the root forgets the leaf and ends the sessions it relays there, so that
+// its users learn why rather than wait for a leaf that will not come back.
 type ClusterInfo struct {
 	Cluster    string   `cbor:"1,keyasint,omitempty"`
 	HostCAKeys [][]byte `cbor:"2,keyasint,omitempty"`
 	UserCAKeys [][]byte `cbor:"3,keyasint,omitempty"`
 	CACerts    [][]byte `cbor:"4,keyasint,omitempty"`
+	Leaving    string   `cbor:"5,keyasint,omitempty"`
 }
 
 // MaxClusterKeys bounds each list of a ClusterInfo.

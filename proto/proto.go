@@ -82,6 +82,11 @@
 // and 5 (an agent that learnt the fleet's position from a hurry replays at
 // once). Agents of the earlier revision ignore the new keys and send none;
 // a fleet then judges them by the default periods.
+//
+// Revision of 2026-12-08: cluster-info's Leaving (key 5): a leaf that
+// removed its trust tells its root so before it closes its tunnel. An
+// older root refuses that last cluster-info (an unknown key); it then
+// learns of the removal only from the tunnel's absence, as before.
 package proto
 
 import "fmt"

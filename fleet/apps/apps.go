@@ -276,3 +276,100 @@ func reserved(name string) bool {
 // JWTHeader carries the signed identity of the user to every app
 // (fleet/appsrv); inbound copies are dropped.
 const JWTHeader = "Remoteler-Jwt-Assertion"
+
+// LeafSep follows an app's name in the label of an app on a leaf
+// cluster's device (trusted clusters), before the cluster's name:
+// APP---CLUSTER--DEVICE. A device name never starts with '-', so no label
+// of an app on this fleet's own device has it there.
+const LeafSep = Sep + "-"
+
+// Ref names one app: on a device of this fleet (Cluster empty), or on a
+// device of a leaf cluster reached through this fleet.
+type Ref struct {
+	Cluster, App, Device string
+}
+
+// Label is the app's DNS label: APP--DEVICE, or APP---CLUSTER--DEVICE for
+// a leaf's app. It fails when the label would be longer than MaxLabel, or
+// when a leaf's app or cluster name cannot be in one (LeafLabel).
+func (r Ref) Label() (string, error) {
+	if r.Cluster == "" {
+		return Label(r.App, r.Device)
+	}
+	return LeafLabel(r.Cluster, r.App, r.Device)
+}
+
+// LeafLabel is the DNS label of app on device of the leaf cluster:
+// APP---CLUSTER--DEVICE. A cluster whose name holds '.' or Sep has no app
+// addresses (the name would not end at the first Sep, or not fit one
+// label), and neither has a one-character app (its label would have
+// "--" as its third and fourth characters, which IDNA reserves).
+func LeafLabel(cluster, app, device string) (string, error) {
+	switch {
+	case strings.ContainsAny(cluster, ".") || strings.Contains(cluster, Sep) || cluster == "":
+		return "", fmt.Errorf("the apps of cluster %q have no public address: a cluster name with '.' or %q does not fit a DNS label; name the cluster with a-z, 0-9 and single '-'", cluster, Sep)
+	case len(app) == 1:
+		return "", fmt.Errorf("app %q on cluster %q has no public address through this fleet: a one-character app name would make its label look like IDNA (%s); rename the app", app, cluster, app+LeafSep)
+	}
+	l := app + LeafSep + cluster + Sep + device
+	if len(l) > MaxLabel {
+		return "", fmt.Errorf("app %q on device %q of cluster %q has no public address: %q is %d characters, a DNS label may have %d; shorten the app's name", app, device, cluster, l, len(l), MaxLabel)
+	}
+	return l, nil
+}
+
+// ParseRef splits a DNS label into the app it names: APP--DEVICE for an
+// app of this fleet, APP---CLUSTER--DEVICE for a leaf's. The app's name
+// ends at the first Sep; a leaf's cluster name at the next. ok is false
+// when the label names no app.
+func ParseRef(label string) (Ref, bool) {
+	if len(label) > MaxLabel {
+		return Ref{}, false
+	}
+	app, rest, found := strings.Cut(label, Sep)
+	if !found || CheckName(app) != nil {
+		return Ref{}, false
+	}
+	if !strings.HasPrefix(rest, "-") {
+		if devices.CheckName(rest) != nil {
+			return Ref{}, false
+		}
+		return Ref{App: app, Device: rest}, true
+	}
+	cluster, device, found := strings.Cut(rest[1:], Sep)
+	r := Ref{Cluster: cluster, App: app, Device: device}
+	if !found || !clusterNameRE.MatchString(cluster) || devices.CheckName(device) != nil {
+		return Ref{}, false
+	}
+	if l, err := r.Label(); err != nil || l != label {
+		return Ref{}, false
+	}
+	return r, true
+}
+
+// clusterNameRE is what a cluster name in an app's label may be: a
+// cluster name (fleet/clusters) without '.'; Sep ends it.
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ParseRef reads a request's Host as Parse does, and says which app it
+// names, of this fleet or of a leaf cluster.
+func (a Addr) ParseRef(host string) (Ref, bool) {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(host)
+	label, rest, found := strings.Cut(host, ".")
+	if !found || rest != strings.ToLower(a.Domain) {
+		return Ref{}, false
+	}
+	return ParseRef(label)
+}
+
+// OriginOf is the public origin of the app r names.
+func (a Addr) OriginOf(r Ref) (string, error) {
+	l, err := r.Label()
+	if err != nil {
+		return "", err
+	}
+	return "https://" + a.hostPort(l+"."+a.Domain), nil
+}

@@ -167,3 +167,89 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestRef(t *testing.T) {
+	a := Addr{Domain: "fleet.example.com", Port: 3080}
+	tests := []struct {
+		name, host string
+		want       Ref
+		ok         bool
+	}{
+		{"own app", "nodered--pi-1.fleet.example.com", Ref{App: "nodered", Device: "pi-1"}, true},
+		{"own app, device with the separator", "nodered--pi--1.fleet.example.com", Ref{App: "nodered", Device: "pi--1"}, true},
+		{"leaf app", "nodered---plant-7--pi-1.fleet.example.com:3080", Ref{Cluster: "plant-7", App: "nodered", Device: "pi-1"}, true},
+		{"leaf app, device with the separator", "nodered---plant--pi--1.fleet.example.com", Ref{Cluster: "plant", App: "nodered", Device: "pi--1"}, true},
+		{"leaf app, any case", "NodeRed---Plant--PI.Fleet.Example.com", Ref{Cluster: "plant", App: "nodered", Device: "pi"}, true},
+		{"leaf app, one-letter app", "a---plant--pi.fleet.example.com", Ref{}, false},
+		{"no cluster", "nodered-----pi.fleet.example.com", Ref{}, false},
+		{"cluster ends with a dash", "nodered---plant---pi.fleet.example.com", Ref{}, false},
+		{"no device", "nodered---plant--.fleet.example.com", Ref{}, false},
+		{"no second separator", "nodered---plant.fleet.example.com", Ref{}, false},
+		{"four dashes", "nodered----plant--pi.fleet.example.com", Ref{}, false},
+		{"other domain", "nodered---plant--pi.evil.example.com", Ref{}, false},
+		{"two labels deep", "x.nodered---plant--pi.fleet.example.com", Ref{}, false},
+		{"too long", "nodered---plant--" + strings.Repeat("p", 50) + ".fleet.example.com", Ref{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := a.ParseRef(tt.host)
+			if got != tt.want || ok != tt.ok {
+				t.Fatalf("ParseRef(%q) = %+v, %v; want %+v, %v", tt.host, got, ok, tt.want, tt.ok)
+			}
+			if !ok {
+				return
+			}
+			// The label it came from is the one it makes.
+			o, err := a.OriginOf(got)
+			if err != nil || !strings.EqualFold(strings.TrimPrefix(o, "https://"), strings.Split(tt.host, ":")[0]+":3080") {
+				t.Errorf("OriginOf(%+v) = %q, %v; want the host back", got, o, err)
+			}
+			// An own app's label is never a leaf's, and Parse agrees.
+			if app, device, pok := a.Parse(tt.host); pok != (got.Cluster == "") || (pok && (app != got.App || device != got.Device)) {
+				t.Errorf("Parse(%q) = %q, %q, %v: disagrees with ParseRef", tt.host, app, device, pok)
+			}
+		})
+	}
+}
+
+func TestLeafLabel(t *testing.T) {
+	tests := []struct {
+		name, cluster, app, device, want, wantErr string
+	}{
+		{"plain", "plant-7", "nodered", "pi-1", "nodered---plant-7--pi-1", ""},
+		{"dotted cluster", "plant.example", "nodered", "pi-1", "", "does not fit a DNS label"},
+		{"cluster with the separator", "plant--7", "nodered", "pi-1", "", "does not fit a DNS label"},
+		{"one-letter app", "plant", "a", "pi-1", "", "IDNA"},
+		{"too long", "plant", "nodered", strings.Repeat("d", 50), "", "shorten"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := LeafLabel(tt.cluster, tt.app, tt.device)
+			wantErr(t, err, tt.wantErr)
+			if got != tt.want {
+				t.Errorf("LeafLabel = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzParseRef checks that a label names at most one app, and that the app
+// it names gives the label back.
+func FuzzParseRef(f *testing.F) {
+	for _, s := range []string{"nodered--pi-1", "nodered---plant-7--pi-1", "a---b--c", "x-----y", "nodered---plant---pi", "abc--", "---", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, label string) {
+		r, ok := ParseRef(label)
+		if !ok {
+			return
+		}
+		got, err := r.Label()
+		if err != nil || got != label {
+			t.Fatalf("ParseRef(%q) = %+v, whose label is %q, %v", label, r, got, err)
+		}
+		if _, _, own := ParseLabel(label); own != (r.Cluster == "") {
+			t.Fatalf("ParseLabel and ParseRef disagree on %q", label)
+		}
+	})
+}

@@ -99,10 +99,29 @@ type Config struct {
 	SessionTTL time.Duration
 	// JWTLifetime is how long an app's JWT is valid; default 1m.
 	JWTLifetime time.Duration
+	// Remote identifies the user behind a request a trusted root fleet
+	// relayed to one of this fleet's apps (ServeRelayed): who they are
+	// here, with this fleet's roles (fleet/trust). Nil: this fleet serves
+	// no root's users.
+	Remote func(r *http.Request) (Remote, error)
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+}
+
+// Remote is a root fleet's user at one of this fleet's apps (trusted
+// clusters). On a refusal, User.Name and Root still say who was refused.
+type Remote struct {
+	// User is the user as this fleet knows them (ROOT/USER), with the
+	// roles the trust's role_map gives.
+	User api.User
+	// Root is the root fleet; RootRoles the roles it vouched for.
+	Root      string
+	RootRoles []string
+	// Expires is when the user's certificate at the root expires; zero:
+	// the app session's own TTL.
+	Expires time.Time
 }
 
 // Server serves apps. Create it with New, stop it with Close.
@@ -115,7 +134,7 @@ type Server struct {
 	records sync.WaitGroup
 
 	mu       sync.Mutex          // guards the fields below
-	sessions map[string]*session // by cookie token hash, or "cert:" + serial
+	sessions map[string]*session // by cookie token hash, "cert:" + serial, or remoteKey
 	codes    map[string]*code
 	launches map[string][]time.Time // recent launches, by web session and app
 	closed   bool
@@ -176,7 +195,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 // IsAppHost reports whether a request's Host names an app: the fleet's
 // router sends those to ServeHTTP.
 func (s *Server) IsAppHost(host string) bool {
-	_, _, ok := s.cfg.Addr.Parse(host)
+	_, ok := s.cfg.Addr.ParseRef(host)
 	return ok
 }
 
@@ -188,9 +207,15 @@ type session struct {
 	label  string
 	app    proto.App
 	device string
-	user   api.User
-	grant  *broker.Grant
-	live   *broker.Session
+	// leaf is the leaf cluster whose app this is (this fleet is the
+	// root): the leaf decides, proxies and records; this fleet relays.
+	leaf string
+	// root is the root fleet of a root's user at this fleet's app (this
+	// fleet is the leaf).
+	root  string
+	user  api.User
+	grant *broker.Grant
+	live  *broker.Session
 	// webSession is the fleet session a browser's app session came from.
 	webSession string
 	expires    time.Time
@@ -228,40 +253,87 @@ func (sessionTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return as.tr.RoundTrip(r)
 }
 
+// opening is what an app session starts from.
+type opening struct {
+	user       api.User
+	ref        apps.Ref
+	clientAddr string
+	key        string
+	webSession string
+	expires    time.Time
+	action     string
+	// remote is set for a root's user at this fleet's app; origin is then
+	// the app's public origin at the root.
+	remote *Remote
+	via    string
+	origin string
+}
+
+// ask is the broker's ask for an app session: of a service app on this
+// fleet's device, or of a leaf's app (a stream of service cluster to the
+// leaf, which decides the rest).
+func ask(user api.User, checker *rbac.Checker, ref apps.Ref, clientAddr string, expires time.Time, action string) broker.Ask {
+	a := broker.Ask{Service: proto.ServiceApp, Kind: "app", User: user, Checker: checker, Device: ref.Device, App: ref.App,
+		ClientAddr: clientAddr, Expires: expires, Action: action}
+	if ref.Cluster != "" {
+		a.Service, a.Cluster = proto.ServiceCluster, ref.Cluster
+	}
+	return a
+}
+
 // start authorises and starts an app session for user on the app.
-func (s *Server) start(ctx context.Context, user api.User, app, device, clientAddr, key, webSession string, expires time.Time, action string) (*session, error) {
-	checker, err := s.cfg.Roles.NewCheckerFor(ctx, user.Roles, user.Traits)
+func (s *Server) start(ctx context.Context, o opening) (*session, error) {
+	checker, err := s.cfg.Roles.NewCheckerFor(ctx, o.user.Roles, o.user.Traits)
 	if err != nil {
 		return nil, &broker.Refusal{Status: broker.StatusUnavailable, Msg: "the fleet cannot read your roles right now; try again"}
 	}
 	b := s.cfg.Broker
-	g, err := b.Authorize(ctx, broker.Ask{Service: proto.ServiceApp, Kind: "app", User: user, Checker: checker, Device: device, App: app,
-		ClientAddr: clientAddr, Expires: expires, Action: action})
+	a := ask(o.user, checker, o.ref, o.clientAddr, o.expires, o.action)
+	if rm := o.remote; rm != nil {
+		a.Origin, a.OriginRoles, a.Via = rm.Root, rm.RootRoles, o.via
+		a.Fields = map[string]string{"user_cluster": rm.Root}
+	}
+	g, err := b.Authorize(ctx, a)
 	if err != nil {
 		return nil, err
 	}
-	origin, err := s.cfg.Addr.Origin(app, device)
+	label, err := o.ref.Label()
 	if err != nil {
 		return nil, &broker.Refusal{Status: broker.StatusNotFound, Msg: err.Error()}
 	}
-	u, err := proto.ParseAppURI(g.App.URI)
-	if err != nil {
-		return nil, &broker.Refusal{Status: broker.StatusNotFound, Msg: err.Error()}
+	as := &session{s: s, key: o.key, label: label, device: o.ref.Device, user: o.user, grant: g, webSession: o.webSession,
+		expires: o.expires, csrf: rand.Text(), leaf: o.ref.Cluster}
+	target := o.ref.App
+	if o.ref.Cluster != "" {
+		// The leaf's app, by the leaf's own label for it.
+		as.app = proto.App{Name: o.ref.App}
+		as.internal, _ = apps.Label(o.ref.App, o.ref.Device)
+		as.origin, _ = s.cfg.Addr.OriginOf(o.ref)
+		target = proto.ServiceApp
+	} else {
+		u, err := proto.ParseAppURI(g.App.URI)
+		if err != nil {
+			return nil, &broker.Refusal{Status: broker.StatusNotFound, Msg: err.Error()}
+		}
+		as.app, as.internal, as.origin = *g.App, u.Host, o.origin
+		if as.origin == "" {
+			as.origin, _ = s.cfg.Addr.OriginOf(o.ref)
+		}
+		if o.remote != nil {
+			as.root = o.remote.Root
+		}
 	}
-	label, _ := apps.Label(app, device)
-	as := &session{s: s, key: key, label: label, app: *g.App, device: device, user: user, grant: g, webSession: webSession,
-		expires: expires, csrf: rand.Text(), origin: origin, internal: u.Host}
 	as.ctx, as.cancel = context.WithCancel(context.Background())
 	as.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return b.OpenPooled(ctx, g, app)
+			return b.OpenPooled(ctx, g, target)
 		},
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 		Proxy:               nil,
 	}
-	live, err := b.Start(ctx, g, broker.StartOptions{End: func(reason string) {
+	live, err := b.Start(ctx, g, broker.StartOptions{NoEvents: as.leaf != "", End: func(reason string) {
 		as.end(reason)
 		// Recorded now, off the registry's goroutine. An app
 		// certificate's session stays in the map, ended, so that its
@@ -280,7 +352,7 @@ func (s *Server) start(ctx context.Context, user api.User, app, device, clientAd
 		return nil, &broker.Refusal{Status: broker.StatusUnavailable, Msg: "the fleet is shutting down"}
 	}
 	s.sweepLocked()
-	s.sessions[key] = as
+	s.sessions[o.key] = as
 	s.mu.Unlock()
 	return as, nil
 }
@@ -304,9 +376,26 @@ func (as *session) endedWhy() string {
 	return as.ended
 }
 
-// done records the session's end, once.
+// done records the session's end, once. A leaf's app session is the
+// leaf's to record: it is told to end it.
 func (as *session) done(ctx context.Context, reason string) {
-	as.doneOnce.Do(func() { as.live.Done(ctx, reason, broker.Stats{}) })
+	as.doneOnce.Do(func() {
+		if as.leaf == "" {
+			as.live.Done(ctx, reason, broker.Stats{})
+			return
+		}
+		as.live.DoneSilently(reason)
+		if err := as.s.cfg.Broker.EndAtLeaf(as.grant, reason); err != nil {
+			as.s.log.Info("could not tell the leaf cluster the app session ended", "cluster", as.leaf, "app", as.label, "err", err)
+		}
+	})
+}
+
+// told reports whether a session stays in the map once ended, so that its
+// next request is told why: an app certificate's, and a root's user's
+// (this fleet is the leaf).
+func told(key string) bool {
+	return strings.HasPrefix(key, "cert:") || strings.HasPrefix(key, "remote:")
 }
 
 // finish ends the session for good: logout, expiry, shutdown. It records
@@ -328,7 +417,7 @@ func (s *Server) sweepLocked() {
 	now := s.cfg.Now()
 	for k, as := range s.sessions {
 		expired := !now.Before(as.expires)
-		if expired || (as.endedWhy() != "" && !strings.HasPrefix(k, "cert:")) {
+		if expired || (as.endedWhy() != "" && !told(k)) {
 			delete(s.sessions, k)
 			reason := as.endedWhy()
 			if reason == "" {
@@ -408,8 +497,8 @@ func (s *Server) certSession(r *http.Request, label string) (*session, string, e
 	if err != nil {
 		return nil, "", fmt.Errorf("the fleet user %q no longer exists", id.Name)
 	}
-	app, device, _ := apps.ParseLabel(label)
-	as, err = s.start(r.Context(), u, app, device, r.RemoteAddr, key, "", id.Expires, r.Method+" "+r.URL.Path)
+	ref, _ := apps.ParseRef(label)
+	as, err = s.start(r.Context(), opening{user: u, ref: ref, clientAddr: r.RemoteAddr, key: key, expires: id.Expires, action: r.Method + " " + r.URL.Path})
 	if err != nil {
 		return nil, "", err
 	}
@@ -418,12 +507,12 @@ func (s *Server) certSession(r *http.Request, label string) (*session, string, e
 
 // ServeHTTP serves a request on an app's host.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	app, device, ok := s.cfg.Addr.Parse(r.Host)
+	ref, ok := s.cfg.Addr.ParseRef(r.Host)
 	if !ok {
 		http.NotFound(w, r)
 		return
 	}
-	label, _ := apps.Label(app, device)
+	label, _ := ref.Label()
 	switch {
 	case r.URL.Path == PathAuth:
 		s.exchange(w, r, label)
@@ -496,7 +585,7 @@ func (s *Server) toLaunch(w http.ResponseWriter, r *http.Request, label, ended s
 }
 
 func (s *Server) origin(label string) string {
-	app, device, _ := apps.ParseLabel(label)
-	o, _ := s.cfg.Addr.Origin(app, device)
+	ref, _ := apps.ParseRef(label)
+	o, _ := s.cfg.Addr.OriginOf(ref)
 	return o
 }

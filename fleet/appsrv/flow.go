@@ -60,7 +60,7 @@ func (s *Server) launch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	label := r.URL.Query().Get("app")
-	app, device, ok := apps.ParseLabel(label)
+	ref, ok := apps.ParseRef(label)
 	if !ok {
 		lg.Page(w, http.StatusNotFound, ws, login.Page{Title: "No such app", Message: "The address names no app of this fleet.", Link: PathApps, LinkText: "Your apps"})
 		return
@@ -71,11 +71,12 @@ func (s *Server) launch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The decision is made now, on the fleet's host, so that a refusal is
-	// a page here and not a redirect back to the app.
+	// a page here and not a redirect back to the app. A leaf's app is the
+	// leaf's to decide, at the app session's first request: here the leaf
+	// must be one this fleet reaches.
 	checker, err := s.cfg.Roles.NewCheckerFor(r.Context(), user.Roles, user.Traits)
 	if err == nil {
-		_, err = s.cfg.Broker.Authorize(r.Context(), broker.Ask{Service: "app", Kind: "app", User: user, Checker: checker,
-			Device: device, App: app, ClientAddr: r.RemoteAddr, Expires: ws.Expires, Action: "launch"})
+		_, err = s.cfg.Broker.Authorize(r.Context(), ask(user, checker, ref, r.RemoteAddr, ws.Expires, "launch"))
 	}
 	if err != nil {
 		s.refusalPage(w, ws, label, err)
@@ -99,7 +100,7 @@ func (s *Server) launch(w http.ResponseWriter, r *http.Request) {
 			path: localPath(r.URL.Query().Get("path")), expires: now.Add(codeLife)}
 	}
 	s.mu.Unlock()
-	origin, _ := s.cfg.Addr.Origin(app, device)
+	origin, _ := s.cfg.Addr.OriginOf(ref)
 	if looping {
 		host := strings.TrimPrefix(origin, "https://")
 		lg.Page(w, http.StatusConflict, ws, login.Page{Title: "Your browser did not keep the app's session",
@@ -153,8 +154,9 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request, label string) 
 	}
 	expires := earliest(cd.webExpires, now.Add(s.cfg.SessionTTL))
 	tok := rand.Text() + rand.Text()
-	app, device, _ := apps.ParseLabel(label)
-	if _, err := s.start(r.Context(), user, app, device, r.RemoteAddr, hashKey(tok), cd.webSession, expires, "open"); err != nil {
+	ref, _ := apps.ParseRef(label)
+	if _, err := s.start(r.Context(), opening{user: user, ref: ref, clientAddr: r.RemoteAddr, key: hashKey(tok), webSession: cd.webSession,
+		expires: expires, action: "open"}); err != nil {
 		login.SecurityHeaders(w.Header())
 		s.cfg.Login.Page(w, http.StatusForbidden, nil, login.Page{Static: pathStatic, Title: "You may not open this app", Message: err.Error()})
 		return
@@ -169,7 +171,7 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request, label string) 
 func (s *Server) appLogout(w http.ResponseWriter, r *http.Request, label string) {
 	lg := s.cfg.Login
 	as, ended, _ := s.lookup(r, label)
-	if as == nil || ended != "" || as.key[:5] == "cert:" {
+	if as == nil || ended != "" || told(as.key) {
 		lg.Page(w, http.StatusOK, nil, login.Page{Static: pathStatic, Title: "Logged out", Message: "You have no session with " + label + ".",
 			Link: s.cfg.Addr.FleetOrigin() + PathApps, LinkText: "Your apps"})
 		return

@@ -22,6 +22,7 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/web/login"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
 )
 
 // fleetCookiePrefix names the fleet's own cookies: never passed to an
@@ -42,6 +43,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, as *session) {
 	}
 	in := &counter{}
 	defer func() {
+		if as.leaf != "" {
+			return // the leaf records its app's requests
+		}
 		// Recorded after the answer, off the request's path: the next
 		// request on the connection does not wait for the commit, and
 		// requests recorded together share one (audit.Recorder).
@@ -85,12 +89,15 @@ func (s *Server) recordRequest(r *http.Request, as *session, t *tap, in int64, d
 	if status == http.StatusRequestEntityTooLarge && t.fleet {
 		outcome = proto.OutcomeDenied
 	}
+	f := map[string]string{"service": proto.ServiceApp, "device_name": as.device, "app": as.app.Name,
+		"method": r.Method, "path": r.URL.Path, "status": strconv.Itoa(status),
+		"bytes_in": strconv.FormatInt(in, 10), "bytes_out": strconv.FormatInt(t.n, 10),
+		"duration": d.Round(time.Millisecond).String()}
+	if as.root != "" {
+		f["user_cluster"] = as.root
+	}
 	s.cfg.Broker.Record(r.Context(), &proto.AuditEvent{Type: proto.EventAppRequest, Outcome: outcome, User: as.user.Name,
-		Session: as.live.ID(), Device: as.grant.Session.DeviceID, Addr: r.RemoteAddr,
-		Fields: map[string]string{"service": proto.ServiceApp, "device_name": as.device, "app": as.app.Name,
-			"method": r.Method, "path": r.URL.Path, "status": strconv.Itoa(status),
-			"bytes_in": strconv.FormatInt(in, 10), "bytes_out": strconv.FormatInt(t.n, 10),
-			"duration": d.Round(time.Millisecond).String()}})
+		Session: as.live.ID(), Device: as.grant.Session.DeviceID, Addr: r.RemoteAddr, Fields: f})
 }
 
 // rewrite shapes the request the app gets.
@@ -102,8 +109,26 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	h := out.Header
 	h.Del(apps.JWTHeader)
 	h.Del("Forwarded")
+	h.Del(api.HeaderAppSession)
 	stripFleetCookies(h)
-	pr.SetXForwarded()
+	switch {
+	case as.leaf != "":
+		// To the leaf, which decides, signs the app's identity and
+		// records the request: the public side, and the session it
+		// belongs to.
+		pr.SetXForwarded()
+		h.Set(api.HeaderAppSession, as.live.ID())
+		return
+	case as.root != "":
+		// From the root: the public side is what the root saw.
+		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+			if v := pr.In.Header.Get(k); v != "" {
+				h.Set(k, v)
+			}
+		}
+	default:
+		pr.SetXForwarded()
+	}
 	if tok, err := as.token(); err == nil {
 		h.Set(apps.JWTHeader, tok)
 	} else {
@@ -171,7 +196,14 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	if as == nil {
 		return nil
 	}
-	if loc := resp.Header.Get("Location"); loc != "" {
+	if as.leaf != "" {
+		// The leaf rewrote what names its app; it may have ended the
+		// session it keeps for this one.
+		if why := resp.Header.Get(api.HeaderAppEnded); why != "" {
+			resp.Header.Del(api.HeaderAppEnded)
+			go as.finish(context.Background(), "the leaf cluster "+as.leaf+" ended it: "+why)
+		}
+	} else if loc := resp.Header.Get("Location"); loc != "" {
 		resp.Header.Set("Location", as.publicLocation(loc))
 	}
 	if cookies := resp.Header.Values("Set-Cookie"); len(cookies) > 0 {

@@ -530,8 +530,14 @@ func (b *Broker) Open(ctx context.Context, g *Grant, target string) (net.Conn, e
 // stream name its ID, and are checked against the fleet's record (see
 // fleet/audit's claims.go). A stream the audit trail cannot record is not
 // opened.
+//
+// A pooled stream to a leaf cluster (a root's user at a leaf's web app) is
+// recorded by the leaf, which decides it: here it is only opened.
 func (b *Broker) OpenPooled(ctx context.Context, g *Grant, target string) (net.Conn, error) {
 	id := NewID()
+	if g.Session.Service == proto.ServiceCluster {
+		return b.open(ctx, g, target, id)
+	}
 	ev := func(typ, outcome, msg string) *proto.AuditEvent {
 		s := &g.Session
 		f := map[string]string{"service": s.Service, "device_name": s.DeviceName, "kind": "stream"}
@@ -650,6 +656,17 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 	default:
 		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer: %v", what, err)}
 	}
+}
+
+// EndAtLeaf tells the leaf cluster of g that the session ended, with
+// reason: the leaf ends (and records the end of) what it keeps for it,
+// such as a web app's session, whose pooled streams carry IDs of their
+// own.
+func (b *Broker) EndAtLeaf(g *Grant, reason string) error {
+	if g.Session.Service != proto.ServiceCluster {
+		return nil
+	}
+	return b.cfg.Tunnels.Send(g.Session.DeviceID, &proto.SessionEnd{SessionID: g.Session.ID, Message: reason})
 }
 
 // lastSeen says when an unreachable device was last heard from: err knows

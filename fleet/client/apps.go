@@ -22,6 +22,14 @@ func (c *Client) Apps(ctx context.Context) ([]api.App, error) {
 	return out, c.do(ctx, http.MethodGet, api.PathApps, nil, &out)
 }
 
+// LeafApps calls GET /v1/apps?cluster=LEAF: the web apps of the leaf
+// cluster that its roles let the user open, with their addresses at this
+// fleet.
+func (c *Client) LeafApps(ctx context.Context, leaf string) ([]api.App, error) {
+	var out []api.App
+	return out, c.do(ctx, http.MethodGet, api.PathApps+"?"+url.Values{api.PathAppsCluster: {leaf}}.Encode(), nil, &out)
+}
+
 // AppLogin calls POST /v1/apps/login: a client certificate for one app.
 func (c *Client) AppLogin(ctx context.Context, req *api.AppLoginRequest) (*api.AppLoginResponse, error) {
 	var out api.AppLoginResponse

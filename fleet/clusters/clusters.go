@@ -14,7 +14,10 @@
 //     the tunnel server, so the broker opens streams to it like to a
 //     device (service "cluster").
 //   - Delete ends the trust: the leaf's certificate is refused from then
-//     on, and it must join again with a new token.
+//     on, and it must join again with a new token. A leaf that removes
+//     its trust says so on its tunnel (proto.ClusterInfo.Leaving), and the
+//     registry forgets it in the same way (Config.OnLeave ends what was
+//     relayed to it).
 //
 // Each step is recorded in the audit trail. The leaf's side is
 // fleet/trust.
@@ -120,6 +123,11 @@ type Config struct {
 	CertTTL time.Duration
 	// Audit records events; nil records nothing.
 	Audit Recorder
+	// OnLeave is called when a leaf tells this fleet that it removed its
+	// trust (proto.ClusterInfo.Leaving), after the registry forgot it,
+	// with the reason for the users: the caller ends the sessions relayed
+	// to it. Nil: they end at their next check.
+	OnLeave func(name, reason string)
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -450,6 +458,25 @@ func (r *Registry) disconnect(name string, lastHeard time.Time, err error) {
 	r.record(ctx, &proto.AuditEvent{Type: proto.EventClusterOffline, Message: reason, Fields: map[string]string{"cluster": name}})
 }
 
+// leave forgets a leaf that removed its trust in this fleet (its admin
+// did, for the reason it sends), and has the sessions relayed to it ended
+// with a message that says so. The leaf closes its tunnel next; it must
+// join again with a new token.
+func (r *Registry) leave(ctx context.Context, name, why string) (proto.Message, error) {
+	err := r.cfg.Store.Delete(ctx, prefix+name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, proto.Errorf(proto.CodeInternal, "cluster registry: %v", err)
+	}
+	reason := fmt.Sprintf("the leaf cluster %q no longer trusts %s: its admin removed the trust", name, r.cfg.Cluster)
+	r.log.Info("leaf cluster left: it removed its trust", "cluster", name, "leaf_reason", why)
+	r.record(ctx, &proto.AuditEvent{Type: proto.EventClusterDelete, Message: reason,
+		Fields: map[string]string{"cluster": name, "kind": api.ClusterLeaf, "by": "leaf"}})
+	if r.cfg.OnLeave != nil {
+		r.cfg.OnLeave(name, reason)
+	}
+	return &proto.ClusterInfo{Cluster: r.cfg.Cluster}, nil
+}
+
 // message answers a leaf's control messages: its cluster-info, with the
 // root's. Anything else is a protocol error.
 func (r *Registry) message(ctx context.Context, name string, m proto.Message) (proto.Message, error) {
@@ -459,6 +486,9 @@ func (r *Registry) message(ctx context.Context, name string, m proto.Message) (p
 	}
 	if err := info.Check(); err != nil {
 		return nil, proto.Errorf(proto.CodeBadRequest, "%v", err)
+	}
+	if info.Leaving != "" {
+		return r.leave(ctx, name, info.Leaving)
 	}
 	var keys []string
 	for _, b := range info.HostCAKeys {

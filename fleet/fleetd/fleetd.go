@@ -25,6 +25,7 @@ import (
 	"remoteler.dev/edge/fleet/admin"
 	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
+	"remoteler.dev/edge/fleet/appsrv"
 	fleetaudit "remoteler.dev/edge/fleet/audit"
 	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/broker"
@@ -265,8 +266,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	}
 	// Trusted clusters, as a root: leaves tunnel in like devices, with
 	// certificates of their own kind.
+	// A leaf that removes its trust says so: the sessions relayed to it
+	// end with that reason (live is set below, before any tunnel runs).
+	var live *sessions.Registry
 	leaves := clusters.New(clusters.Config{Store: st, CA: auth, Tokens: toks, Cluster: cfg.Cluster,
-		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now})
+		CertTTL: time.Duration(cfg.DeviceCertTTL), Audit: recorder, Logger: log, Now: now,
+		OnLeave: func(name, reason string) {
+			live.End(func(s *sessions.Session) bool { return s.Cluster == name }, reason)
+		}})
 	leaves.Configure(&tcfg)
 	tunnels = tunnelsrv.New(tcfg)
 	// Trusted clusters, as a leaf: set below, once the API it serves the
@@ -303,7 +310,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return roots.Roles(ctx, origin, r)
 		},
 	}
-	live := sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
+	live = sessions.New(sessions.Config{Check: authorizer.Check, Logger: log, Now: now})
 	defer live.Close()
 	lockSet.OnLock = enforceLocks(live, tunnels, log)
 	// Direct nodes hold no tunnel: the fleet dials them.
@@ -371,9 +378,6 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		LockStore:       lockSvc,
 	}
 	apiSrv.Kube = kube
-	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: apiSrv.Handler(),
-		Sessions: live, Audit: recorder, Logger: log, Now: now})
-	apiSrv.Clusters, apiSrv.Trust = leaves, roots
 	if reps != nil {
 		apiSrv.Peers = reps
 		apiSrv.PeerRoutes(reps.mux)
@@ -387,8 +391,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	catalog := &apps.Catalog{Devices: reg, Online: router.Online, Addr: appAddr}
 	apiSrv.Apps, apiSrv.AppKeys = catalog, appKeys
 	web := newWeb(cfg, st, appAddr, us, roles, auth, brk, recorder, appKeys, catalog, apiSrv.AllowLogin,
-		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, single, log, now)
+		func(u api.User) error { return refuseLocked(u.Name, u.Roles) }, single, func(r *http.Request) (appsrv.Remote, error) {
+			return remoteAppUser(r, roots)
+		}, log, now)
 	defer web.apps.Close()
+	// Trusted clusters, as a leaf: the roots' streams reach the API, and
+	// this fleet's apps (the streams for apps).
+	roots = trust.New(trust.Config{Store: st, CA: auth, Cluster: cfg.Cluster, Version: Version, Handler: relayRoute(web.apps, apiSrv.Handler()),
+		Sessions: live, Audit: recorder, Logger: log, Now: now})
+	apiSrv.Clusters, apiSrv.Trust = leaves, roots
 	// The dashboard (its terminal, the link history), behind the login. It
 	// reaches devices through the broker (the router); a device whose
 	// tunnel another replica holds shows online, as a direct node does.

@@ -2,6 +2,7 @@ package fleetd
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,8 +20,10 @@ import (
 	"remoteler.dev/edge/fleet/rbac"
 	"remoteler.dev/edge/fleet/sso"
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/fleet/users"
 	"remoteler.dev/edge/fleet/web/login"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
 
@@ -61,7 +64,7 @@ type web struct {
 
 func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles *rbac.Roles, auth *ca.Authority, brk *broker.Broker,
 	rec *audit.Recorder, keys *appjwt.Keys, catalog *apps.Catalog, admit func(*http.Request) (time.Duration, bool),
-	refuse func(api.User) error, single *sso.Service, log *slog.Logger, now func() time.Time) *web {
+	refuse func(api.User) error, single *sso.Service, remote func(*http.Request) (appsrv.Remote, error), log *slog.Logger, now func() time.Time) *web {
 	appHosts := "https://*." + addr.Domain
 	if addr.Port != 443 {
 		appHosts += ":" + strconv.Itoa(addr.Port)
@@ -81,7 +84,7 @@ func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles
 	})
 	as := appsrv.New(appsrv.Config{
 		Broker: brk, Login: lg, Users: us, Roles: roles, CA: auth, Keys: keys, Catalog: *catalog, Addr: addr,
-		UploadLimit: cfg.AppUploadLimit, SessionTTL: time.Duration(cfg.AppSessionTTL), Logger: log, Now: now,
+		UploadLimit: cfg.AppUploadLimit, SessionTTL: time.Duration(cfg.AppSessionTTL), Remote: remote, Logger: log, Now: now,
 	})
 	mux := http.NewServeMux()
 	lg.Register(mux)
@@ -105,4 +108,32 @@ func (wb *web) route(apiHandler http.Handler) http.Handler {
 		}
 		apiHandler.ServeHTTP(w, r)
 	})
+}
+
+// relayRoute is what a trusted root's streams reach on this fleet (the
+// leaf): requests to its apps on the streams for apps (fleet/appsrv), the
+// API on the others.
+func relayRoute(as *appsrv.Server, apiHandler http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := trust.CallerFrom(r.Context()); ok && c.Target == proto.ServiceApp {
+			as.ServeRelayed(w, r)
+			return
+		}
+		apiHandler.ServeHTTP(w, r)
+	})
+}
+
+// remoteAppUser identifies a root's user at one of this fleet's apps.
+func remoteAppUser(r *http.Request, roots *trust.Service) (appsrv.Remote, error) {
+	c, ok := trust.CallerFrom(r.Context())
+	if !ok || roots == nil {
+		return appsrv.Remote{}, errors.New("this fleet serves its apps to the users of its trusted roots only")
+	}
+	rm := appsrv.Remote{User: api.User{Name: api.RemoteUser(c.Root, c.Identity.User)}, Root: c.Root, RootRoles: c.Identity.Roles, Expires: c.Expires()}
+	u, _, err := roots.User(r.Context(), c)
+	if err != nil {
+		return rm, err
+	}
+	rm.User = u
+	return rm, nil
 }

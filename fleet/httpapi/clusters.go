@@ -54,22 +54,30 @@ func (s *Server) identifyRemote(ctx context.Context, rc *trust.Caller) (*caller,
 	if s.Trust == nil {
 		return nil, errors.New("this fleet trusts no root cluster")
 	}
-	exp := rc.Expires()
-	if !exp.IsZero() && !s.now().Before(exp) {
-		return nil, fmt.Errorf("your certificate at %s expired at %s: run tsh login", rc.Root, exp.UTC().Format(time.RFC3339))
+	if rc.Target != "" {
+		return nil, errors.New("a stream to this fleet's web apps reaches no API endpoint")
 	}
-	roles, auditSearch, err := s.Trust.Resolve(ctx, rc)
-	if err != nil {
+	if err := rc.Check(s.now()); err != nil {
 		return nil, err
 	}
-	c := &caller{remote: rc, auditSearch: auditSearch}
+	exp := rc.Expires()
+	c := &caller{remote: rc}
 	if rc.Identity.Admin {
+		_, auditSearch, err := s.Trust.Resolve(ctx, rc)
+		if err != nil {
+			return nil, err
+		}
+		c.auditSearch = auditSearch
 		c.id = ca.Identity{Kind: ca.KindAdmin, Name: rc.Identity.User, Expires: exp}
 		return c, nil
 	}
-	name := api.RemoteUser(rc.Root, rc.Identity.User)
-	c.id = ca.Identity{Kind: ca.KindUser, Name: name, Expires: exp}
-	c.user = api.User{Name: name, Roles: roles, Traits: rc.Identity.Traits}
+	u, auditSearch, err := s.Trust.User(ctx, rc)
+	if err != nil {
+		return nil, err
+	}
+	c.auditSearch = auditSearch
+	c.id = ca.Identity{Kind: ca.KindUser, Name: u.Name, Expires: exp}
+	c.user = u
 	if c.checker, err = s.checker(ctx, c.user); err != nil {
 		return nil, err
 	}
@@ -409,35 +417,44 @@ const noLogin = "remoteler-no-login"
 // askWhoami sends GET /v1/whoami on conn, a stream to a leaf, and reads
 // the answer: an *api.Error when the leaf refuses.
 func askWhoami(ctx context.Context, conn net.Conn, leaf string) (*api.Whoami, error) {
+	var who api.Whoami
+	if err := askLeaf(ctx, conn, leaf, api.PathWhoami, &who); err != nil {
+		return nil, err
+	}
+	return &who, nil
+}
+
+// askLeaf sends GET path on conn, a stream to a leaf, and decodes the
+// answer into out: an *api.Error when the leaf refuses.
+func askLeaf(ctx context.Context, conn net.Conn, leaf, path string, out any) error {
 	if d, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(d)
 	} else {
 		conn.SetDeadline(time.Now().Add(30 * time.Second))
 	}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+leaf+api.PathWhoami, nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+leaf+path, nil)
 	req.Header.Set("Connection", "close")
 	if err := req.Write(conn); err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var ae api.Error
 		if json.Unmarshal(body, &ae) != nil || ae.Message == "" {
 			ae = api.Error{Code: api.CodeInternal, Message: resp.Status}
 		}
-		return nil, &ae
+		return &ae
 	}
-	var who api.Whoami
-	if err := json.Unmarshal(body, &who); err != nil {
-		return nil, fmt.Errorf("decode the leaf's whoami: %w", err)
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("decode the leaf's answer to %s: %w", path, err)
 	}
-	return &who, nil
+	return nil
 }

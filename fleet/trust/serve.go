@@ -2,11 +2,13 @@ package trust
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"time"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
 )
 
 // Caller is whom a root fleet vouches for behind one of its requests.
@@ -20,6 +22,18 @@ type Caller struct {
 	// Via is the ID of the root's stream the request came down: the root
 	// ends the request's sessions by it.
 	Via string
+	// Target is what the root's stream is for: "" for this fleet's API,
+	// proto.ServiceApp for requests to this fleet's web apps (fleet/appsrv
+	// serves them).
+	Target string
+}
+
+// Check refuses a caller whose certificate at the root has expired.
+func (c *Caller) Check(now time.Time) error {
+	if exp := c.Expires(); !exp.IsZero() && !now.Before(exp) {
+		return fmt.Errorf("your certificate at %s expired at %s: run tsh login", c.Root, exp.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Expires is when the caller's certificate at the root expires; zero:
@@ -54,6 +68,25 @@ func (s *Service) Resolve(ctx context.Context, c *Caller) (roles []string, audit
 	}
 	roles, err = m.Map(c.Root, c.Identity.Roles)
 	return roles, auditSearch, err
+}
+
+// User is who a root's user is on this fleet: ROOT/USER (api.RemoteUser)
+// with this fleet's roles from the trust's role_map and the traits the
+// root vouched for. A root's admin identity is no user here. The refusals
+// (an expired certificate, the trust gone, a map that gives nothing) say
+// why. auditSearch is Resolve's.
+func (s *Service) User(ctx context.Context, c *Caller) (u api.User, auditSearch bool, err error) {
+	if err := c.Check(s.cfg.Now()); err != nil {
+		return api.User{}, false, err
+	}
+	if c.Identity.Admin {
+		return api.User{}, false, fmt.Errorf("the admin identity of %s is no user of this fleet: log in to %s as a user", c.Root, c.Root)
+	}
+	roles, auditSearch, err := s.Resolve(ctx, c)
+	if err != nil {
+		return api.User{}, false, err
+	}
+	return api.User{Name: api.RemoteUser(c.Root, c.Identity.User), Roles: roles, Traits: c.Identity.Traits}, auditSearch, nil
 }
 
 func connContext(ctx context.Context, c net.Conn) context.Context {
@@ -153,7 +186,7 @@ func (s *Service) Serve(ctx context.Context) {
 // handle serves one stream of the root behind u: it waits until the API
 // server is done with it (or the service stops).
 func (s *Service) handle(ctx context.Context, u *uplink, h *proto.StreamHeader, conn net.Conn) {
-	sc := &streamConn{Conn: conn, caller: &Caller{Root: u.name, Identity: h.Identity, Via: h.SessionID},
+	sc := &streamConn{Conn: conn, caller: &Caller{Root: u.name, Identity: h.Identity, Via: h.SessionID, Target: h.Target},
 		remote: userAddr(h.ClientAddr), done: make(chan struct{})}
 	if h.ClientAddr == "" {
 		sc.remote = conn.RemoteAddr()

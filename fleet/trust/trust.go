@@ -17,7 +17,9 @@
 //     the root vouches for in the request's context (CallerFrom): the API
 //     maps their roles with the trust's role_map (Roles) and decides with
 //     this fleet's roles, as for its own users; its audit trail records
-//     it all.
+//     it all. Streams with target "app" carry requests to this fleet's web
+//     apps instead (Caller.Target; fleet/appsrv's ServeRelayed), decided
+//     and recorded here the same way.
 //   - A session-end from the root ends the sessions of the request it
 //     names (sessions.Session.Via); removing the trust here (Delete) ends
 //     every session of the root's users at their next check.

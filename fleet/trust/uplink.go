@@ -85,15 +85,17 @@ func (s *Service) ensure(ctx context.Context, st store.Store, r *record) {
 	uctx, cancel := context.WithCancel(ctx)
 	u := &uplink{s: s, name: r.Name, st: st, cancel: cancel, done: make(chan struct{}), streams: map[string]*streamConn{}}
 	u.rec.Store(r)
+	u.tun = u.newTunnel(uctx)
 	s.uplinks[r.Name] = u
 	go u.run(uctx)
 }
 
 // retire closes the tunnel to a root this fleet no longer trusts, after
 // ending its users' sessions and requests in a way they learn why: the
-// sessions first (each service tells its user), then, once the broker has
-// closed them, whatever requests are left; the streams close gracefully,
-// so the root passes the news on before the tunnel goes.
+// sessions first (each service tells its user), then the root is told
+// (leave), then, once the broker has closed them, whatever requests are
+// left; the streams close gracefully, so the root passes the news on
+// before the tunnel goes.
 func (s *Service) retire(name string) {
 	s.mu.Lock()
 	u := s.uplinks[name]
@@ -105,6 +107,7 @@ func (s *Service) retire(name string) {
 	if s.cfg.Sessions != nil {
 		s.cfg.Sessions.End(func(x *sessions.Session) bool { return x.Origin == name }, reason)
 	}
+	u.leave(reason)
 	t := time.NewTimer(2 * s.cfg.EndGrace)
 	<-t.C
 	u.mu.Lock()
@@ -153,7 +156,8 @@ type uplink struct {
 	name   string
 	st     store.Store
 	rec    atomic.Pointer[record]
-	tun    *tunnel.Client
+	tun    *tunnel.Client // set before run starts
+	left   atomic.Bool    // the root was told this fleet no longer trusts it
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -172,10 +176,9 @@ func (u *uplink) state() (online bool, lastSeen time.Time) {
 	return false, u.lastUp
 }
 
-func (u *uplink) run(ctx context.Context) {
-	defer close(u.done)
-	log := u.s.log.With("root", u.name)
-	u.tun = tunnel.New(tunnel.Config{
+// newTunnel makes the tunnel to the root; ctx is run's.
+func (u *uplink) newTunnel(ctx context.Context) *tunnel.Client {
+	return tunnel.New(tunnel.Config{
 		Addr:      u.rec.Load().Spec.RootAddr,
 		TLSConfig: u.tlsConfig,
 		Hello: func() *proto.Hello {
@@ -197,9 +200,14 @@ func (u *uplink) run(ctx context.Context) {
 				go u.sync(ctx)
 			}
 		},
-		Logger: log,
+		Logger: u.s.log.With("root", u.name),
 		Now:    u.s.cfg.Now,
 	})
+}
+
+func (u *uplink) run(ctx context.Context) {
+	defer close(u.done)
+	log := u.s.log.With("root", u.name)
 	var wg sync.WaitGroup
 	wg.Go(func() { u.renewLoop(ctx) })
 	log.Info("tunnel to the root cluster starting", "root_addr", u.rec.Load().Spec.RootAddr)
@@ -245,8 +253,8 @@ func (u *uplink) check(h *proto.StreamHeader) error {
 	switch {
 	case h.Service != proto.ServiceCluster:
 		return proto.Errorf(proto.CodeForbidden, "a leaf cluster takes only its API's requests (service %q) from its root, not %q", proto.ServiceCluster, h.Service)
-	case h.Target != "":
-		return proto.Errorf(proto.CodeForbidden, "a request to a leaf cluster's API names no target")
+	case h.Target != "" && h.Target != proto.ServiceApp:
+		return proto.Errorf(proto.CodeForbidden, "a request to a leaf cluster names no target but %q (its web apps)", proto.ServiceApp)
 	case h.Identity.User == "":
 		return proto.Errorf(proto.CodeForbidden, "the root vouched for nobody")
 	case h.Identity.Cluster != u.name:
@@ -255,6 +263,21 @@ func (u *uplink) check(h *proto.StreamHeader) error {
 		return proto.Errorf(proto.CodeForbidden, "a root does not decide logins or Kubernetes users here: the leaf does")
 	}
 	return nil
+}
+
+// leave tells the root that this fleet no longer trusts it, with the
+// reason (proto.ClusterInfo.Leaving): the root forgets this fleet and
+// ends the sessions it relays here, rather than wait for a tunnel that
+// will not come back. A root that is not reached hears of it no more.
+func (u *uplink) leave(reason string) {
+	if !u.tun.Up() || !u.left.CompareAndSwap(false, true) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := u.tun.Call(ctx, &proto.ClusterInfo{Cluster: u.s.cfg.Cluster, Leaving: reason}, proto.KindClusterInfo); err != nil {
+		u.s.log.Warn("tell the root this fleet no longer trusts it", "root", u.name, "err", err)
+	}
 }
 
 func (u *uplink) addStream(id string, c *streamConn) {

@@ -40,27 +40,35 @@ certificate for the app from tsh apps login. See docs/apps.md.`,
 		Args:  cli.NoArgs,
 	}
 	format := cli.FormatFlag(ls, "")
-	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.appsLs(cmd.Context(), *format) }
+	var lsCluster, loginCluster, logoutCluster string
+	r.clusterFlag(ls, &lsCluster)
+	ls.RunE = func(cmd *cobra.Command, _ []string) error { return r.appsLs(cmd.Context(), lsCluster, *format) }
 
 	var ttl time.Duration
 	login := &cobra.Command{
 		Use:   "login APP",
 		Short: "Get a short-lived certificate for an app, for tsh proxy app",
 		Long: `Get a short-lived client certificate for one app: APP is its name when one
-device offers it, else APP--DEVICE (tsh apps ls shows both).`,
+device offers it, else APP--DEVICE (tsh apps ls shows both). With
+--cluster, an app of that leaf cluster, reached through the fleet.`,
 		Example: `  tsh apps login nodered
-  tsh proxy app nodered --port=8080`,
+  tsh proxy app nodered --port=8080
+  tsh apps login --cluster=plant-7 nodered`,
 		Args: cli.ExactArgs(1, "the APP (tsh apps ls lists them)"),
-		RunE: func(cmd *cobra.Command, args []string) error { return r.appsLogin(cmd.Context(), args[0], ttl) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.appsLogin(cmd.Context(), args[0], loginCluster, ttl)
+		},
 	}
+	r.clusterFlag(login, &loginCluster)
 	login.Flags().DurationVar(&ttl, "ttl", 0, "the certificate's lifetime (default and at most: what is left of your login)")
 
 	logout := &cobra.Command{
 		Use:   "logout [APP]",
 		Short: "Forget the app certificates of this login (or APP's)",
 		Args:  cli.RangeArgs(0, 1, "APP"),
-		RunE:  func(cmd *cobra.Command, args []string) error { return r.appsLogout(args) },
+		RunE:  func(cmd *cobra.Command, args []string) error { return r.appsLogout(args, logoutCluster) },
 	}
+	r.clusterFlag(logout, &logoutCluster)
 	group.AddCommand(ls, login, logout)
 	return group
 }
@@ -68,6 +76,7 @@ device offers it, else APP--DEVICE (tsh apps ls shows both).`,
 // proxyAppCommand is tsh proxy app.
 func (r *runner) proxyAppCommand() *cobra.Command {
 	var port int
+	var cluster string
 	c := &cobra.Command{
 		Use:   "app APP",
 		Short: "Serve a web app on a local port, through the fleet",
@@ -79,38 +88,44 @@ the local one. Ctrl-C stops it.`,
   tsh proxy app nodered --port=8080 &
   curl http://127.0.0.1:8080/`,
 		Args: cli.ExactArgs(1, "the APP (tsh apps login APP first)"),
-		RunE: func(cmd *cobra.Command, args []string) error { return r.proxyApp(cmd.Context(), args[0], port) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.proxyApp(cmd.Context(), args[0], cluster, port)
+		},
 	}
+	r.clusterFlag(c, &cluster)
 	c.Flags().IntVar(&port, "port", 0, "local port to listen on, on 127.0.0.1 (default: a free one, printed)")
 	return c
 }
 
-// listApps asks the fleet for the apps the user may open.
-func (r *runner) listApps(ctx context.Context) (*profile, string, []api.App, error) {
-	p, dir, err := r.currentProfile()
-	if err != nil {
-		return nil, "", nil, err
-	}
-	c, err := r.newClient(p, dir)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	defer c.Close()
-	all, err := c.Apps(ctx)
-	if err != nil {
-		return nil, "", nil, apiHint(err)
-	}
-	return p, dir, all, nil
-}
-
-func (r *runner) appsLs(ctx context.Context, format cli.Format) error {
-	_, _, all, err := r.listApps(ctx)
+// appsLs lists the apps the user may open: the fleet's, or with cluster
+// (or the current cluster of tsh login LEAF) a leaf cluster's, at their
+// addresses through the fleet.
+func (r *runner) appsLs(ctx context.Context, cluster string, format cli.Format) error {
+	s, err := r.site(cluster)
 	if err != nil {
 		return fmt.Errorf("apps ls: %w", err)
 	}
+	c, err := r.newClient(s.p, s.dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var all []api.App
+	if s.leaf != "" {
+		all, err = c.LeafApps(ctx, s.leaf)
+	} else {
+		all, err = c.Apps(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("apps ls: %w", clusterError(apiHint(err), s.leaf))
+	}
 	return cli.PrintList(r.stdio.Out, format, "apps", all, false, func() error {
 		if len(all) == 0 {
-			fmt.Fprintln(r.stdio.Err, "No web app you may open; if you expected some, ask your fleet admin about your roles (app_labels).")
+			who := "your fleet admin"
+			if s.leaf != "" {
+				who = "the admin of " + s.leaf
+			}
+			fmt.Fprintf(r.stdio.Err, "No web app you may open; if you expected some, ask %s about your roles (app_labels).\n", who)
 			return nil
 		}
 		return cli.AppTable{}.Write(r.stdio.Out, all)
@@ -124,11 +139,12 @@ func appFiles(dir, label string) (crt, key, meta string) {
 	return base + ".crt", base + ".key", base + ".json"
 }
 
-func (r *runner) appsLogin(ctx context.Context, app string, ttl time.Duration) error {
-	p, dir, err := r.currentProfile()
+func (r *runner) appsLogin(ctx context.Context, app, cluster string, ttl time.Duration) error {
+	s, err := r.site(cluster)
 	if err != nil {
-		return err
+		return fmt.Errorf("apps login: %w", err)
 	}
+	p, dir := s.p, s.dir
 	c, err := r.newClient(p, dir)
 	if err != nil {
 		return err
@@ -142,9 +158,9 @@ func (r *runner) appsLogin(ctx context.Context, app string, ttl time.Duration) e
 	if err != nil {
 		return fmt.Errorf("apps login: %w", err)
 	}
-	resp, err := c.AppLogin(ctx, &api.AppLoginRequest{App: app, CSR: csr, TTL: ttl})
+	resp, err := c.AppLogin(ctx, &api.AppLoginRequest{App: app, CSR: csr, TTL: ttl, Cluster: s.leaf})
 	if err != nil {
-		return fmt.Errorf("apps login: %w", apiHint(err))
+		return fmt.Errorf("apps login: %w", clusterError(apiHint(err), s.leaf))
 	}
 	if err := saveAppCert(dir, key, resp); err != nil {
 		return fmt.Errorf("apps login: %w", err)
@@ -219,20 +235,24 @@ func loadAppCerts(dir string) ([]appCert, error) {
 }
 
 // findAppCert picks the app certificate for name (a label, or an app's
-// name when one certificate is for it).
-func findAppCert(certs []appCert, name string) (*appCert, error) {
+// name when one certificate is for it); with cluster, only among the
+// certificates for that leaf cluster's apps.
+func findAppCert(certs []appCert, name, cluster string) (*appCert, error) {
 	var byName []*appCert
 	for i := range certs {
 		a := &certs[i].meta.App
 		if a.Label == name {
 			return &certs[i], nil
 		}
-		if a.Name == name {
+		if a.Name == name && (cluster == "" || a.Cluster == cluster) {
 			byName = append(byName, &certs[i])
 		}
 	}
 	switch len(byName) {
 	case 0:
+		if cluster != "" {
+			return nil, fmt.Errorf("no certificate for app %q of cluster %s: run tsh apps login --cluster=%s %s", name, cluster, cluster, name)
+		}
 		return nil, fmt.Errorf("no certificate for app %q: run tsh apps login %s", name, name)
 	case 1:
 		return byName[0], nil
@@ -244,7 +264,7 @@ func findAppCert(certs []appCert, name string) (*appCert, error) {
 	return nil, fmt.Errorf("you have certificates for several apps called %q: name one of %s", name, strings.Join(labels, ", "))
 }
 
-func (r *runner) appsLogout(args []string) error {
+func (r *runner) appsLogout(args []string, cluster string) error {
 	_, dir, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -254,7 +274,7 @@ func (r *runner) appsLogout(args []string) error {
 		return fmt.Errorf("apps logout: %w", err)
 	}
 	if len(args) == 1 {
-		c, err := findAppCert(certs, args[0])
+		c, err := findAppCert(certs, args[0], cluster)
 		if err != nil {
 			return fmt.Errorf("apps logout: %w", err)
 		}
@@ -274,7 +294,7 @@ func (r *runner) appsLogout(args []string) error {
 
 // proxyApp runs tsh proxy app APP [--port=N]: a local HTTP listener that
 // passes requests to the app through the fleet with its certificate.
-func (r *runner) proxyApp(ctx context.Context, app string, port int) error {
+func (r *runner) proxyApp(ctx context.Context, app, cluster string, port int) error {
 	p, dir, err := r.currentProfile()
 	if err != nil {
 		return err
@@ -283,7 +303,7 @@ func (r *runner) proxyApp(ctx context.Context, app string, port int) error {
 	if err != nil {
 		return fmt.Errorf("proxy app: %w", err)
 	}
-	ac, err := findAppCert(certs, app)
+	ac, err := findAppCert(certs, app, cluster)
 	if err != nil {
 		return fmt.Errorf("proxy app: %w", err)
 	}

@@ -16,6 +16,17 @@ const (
 	// PathAppsRotateKey is POST (admin): a new signing key for the JWTs
 	// apps receive; the previous key stays published (AppKeys).
 	PathAppsRotateKey = "/v1/apps/rotate-key"
+	// PathAppsCluster is the query parameter of PathApps that lists a
+	// leaf cluster's apps, with their addresses on this fleet.
+	PathAppsCluster = "cluster"
+	// HeaderAppSession names, on a request a root fleet relays to an app
+	// of a leaf, the root's app session it belongs to: the leaf keeps one
+	// app session per root session and app, and the root ends it by that
+	// ID (proto.SessionEnd).
+	HeaderAppSession = "X-Remoteler-App-Session"
+	// HeaderAppEnded, on a leaf's answer to a relayed app request, says
+	// the leaf ended the app session, and why: the root ends its own.
+	HeaderAppEnded = "X-Remoteler-App-Ended"
 	// PathJWKS is where the fleet publishes the keys that verify app
 	// JWTs, on its own host.
 	PathJWKS = "/.well-known/jwks.json"
@@ -28,6 +39,10 @@ type App struct {
 	Name   string `json:"name"`
 	Device string `json:"device"`
 	Label  string `json:"label"`
+	// Cluster is the leaf cluster whose device offers the app, reached
+	// through this fleet (its Label is then APP---CLUSTER--DEVICE); empty
+	// for this fleet's own devices.
+	Cluster string `json:"cluster,omitempty"`
 	// Labels are the app's own labels (roles match them together with
 	// the device's).
 	Labels map[string]string `json:"labels,omitempty"`
@@ -48,6 +63,9 @@ type App struct {
 type AppLoginRequest struct {
 	App string `json:"app"`
 	CSR []byte `json:"csr"`
+	// Cluster names the leaf cluster whose app it is (trusted clusters);
+	// the leaf decides whether the user may open it.
+	Cluster string `json:"cluster,omitempty"`
 	// TTL is a requested lifetime; the fleet caps it by the user's
 	// certificate.
 	TTL time.Duration `json:"ttl,omitempty"`
