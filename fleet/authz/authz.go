@@ -146,7 +146,8 @@ func (a *Authorizer) Check(ctx context.Context, s *sessions.Session) error {
 
 // checkRelay checks a request relayed to a leaf cluster: the leaf is still
 // trusted, and the user still exists with every role and trait the fleet
-// vouched for when the request began (the leaf decided with those).
+// vouched for when the request began (the leaf decided with those), and
+// those roles still exist here.
 func (a *Authorizer) checkRelay(ctx context.Context, s *sessions.Session) error {
 	if a.Leaves == nil {
 		return fmt.Errorf("this fleet no longer relays to the cluster %q", s.Cluster)
@@ -169,6 +170,11 @@ func (a *Authorizer) checkRelay(ctx context.Context, s *sessions.Session) error 
 	for _, r := range s.Roles {
 		if !slices.Contains(u.Roles, r) {
 			return fmt.Errorf("access changed: you no longer hold the role %q, with which the cluster %q let you in; connect again", r, s.Cluster)
+		}
+		if _, err := a.Roles.Get(ctx, r); errors.Is(err, rbac.ErrNotFound) {
+			return fmt.Errorf("access changed: the role %q, with which the cluster %q let you in, was removed; connect again", r, s.Cluster)
+		} else if err != nil {
+			return fmt.Errorf("%w: load role %q: %v", sessions.ErrUndecided, r, err)
 		}
 	}
 	if !sameTraits(u.Traits, s.Traits) {

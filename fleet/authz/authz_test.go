@@ -138,3 +138,57 @@ func TestCheckUndecided(t *testing.T) {
 		t.Errorf("got %v, want ErrUndecided when the store fails", err)
 	}
 }
+
+// TestCheckRelay: a request relayed to a leaf cluster goes on while the
+// leaf is trusted and the user still has, here, every role and trait this
+// fleet vouched for; a removed trust, user or role, a role taken from the
+// user or changed traits end it.
+func TestCheckRelay(t *testing.T) {
+	ctx := context.Background()
+	relay := sessions.Session{ID: "c", Service: proto.ServiceCluster, User: "alice", Roles: []string{"ops"}, Cluster: "leaf",
+		Traits: map[string][]string{"logins": {"root"}}}
+	tests := []struct {
+		name    string
+		user    *api.User // nil: removed
+		roles   []string  // role documents in the store
+		leaf    bool      // the leaf is still trusted
+		wantErr string    // "" means it goes on
+	}{
+		{"still allowed", &api.User{Name: "alice", Roles: []string{"ops"}, Traits: relay.Traits}, []string{sshRole}, true, ""},
+		{"trust removed", &api.User{Name: "alice", Roles: []string{"ops"}, Traits: relay.Traits}, []string{sshRole}, false, `the trust with the cluster "leaf" was removed`},
+		{"user removed", nil, []string{sshRole}, true, `the fleet user "alice" was removed`},
+		{"role taken from the user", &api.User{Name: "alice", Roles: []string{"kube"}, Traits: relay.Traits}, []string{sshRole, kubeRole}, true, `you no longer hold the role "ops"`},
+		{"role removed from the fleet", &api.User{Name: "alice", Roles: []string{"ops"}, Traits: relay.Traits}, nil, true, `the role "ops", with which the cluster "leaf" let you in, was removed`},
+		{"traits changed", &api.User{Name: "alice", Roles: []string{"ops"}, Traits: map[string][]string{"logins": {"pi"}}}, []string{sshRole}, true, "your traits"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			roles := &rbac.Roles{Store: memstore.New()}
+			for _, doc := range tt.roles {
+				if err := roles.Put(ctx, mustRole(t, doc)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			us := fakeUsers{}
+			if tt.user != nil {
+				us["alice"] = *tt.user
+			}
+			a := &Authorizer{Users: us, Roles: roles, Devices: fakeDevices{}, Leaves: func(_ context.Context, name string) error {
+				if !tt.leaf || name != "leaf" {
+					return fmt.Errorf("cluster %q: %w", name, store.ErrNotFound)
+				}
+				return nil
+			}}
+			s := relay
+			err := a.Check(ctx, &s)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("got %v, want allowed", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("got %v, want %q", err, tt.wantErr)
+			case err != nil && errors.Is(err, sessions.ErrUndecided):
+				t.Fatalf("got undecided %v, want a decision", err)
+			}
+		})
+	}
+}

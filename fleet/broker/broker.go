@@ -50,6 +50,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -391,8 +392,15 @@ func (b *Broker) locked(subj locks.Subject) *Refusal {
 // caller may do there is the leaf's decision.
 func (b *Broker) authorizeCluster(ctx context.Context, ask Ask) (*Grant, *Refusal) {
 	g := &Grant{Ask: ask, Cluster: b.cfg.Cluster}
+	roles := ask.User.Roles
+	if ask.Checker != nil {
+		// Vouch only for roles this fleet still has: a removed role's name
+		// may linger on the user, and the leaf's role_map would map it.
+		have := ask.Checker.Roles()
+		roles = slices.DeleteFunc(slices.Clone(roles), func(r string) bool { return !slices.Contains(have, r) })
+	}
 	g.Session = sessions.Session{
-		ID: NewID(), Service: proto.ServiceCluster, Kind: "cluster", User: ask.User.Name, Roles: ask.User.Roles,
+		ID: NewID(), Service: proto.ServiceCluster, Kind: "cluster", User: ask.User.Name, Roles: roles,
 		Traits: ask.User.Traits, Admin: ask.Admin, Cluster: ask.Cluster, ClientAddr: ask.ClientAddr, Expires: ask.Expires,
 	}
 	if ask.Checker == nil && !ask.Admin && !ask.Token {

@@ -459,6 +459,22 @@ func TestTrustedClusterSessions(t *testing.T) {
 		root.Ctl("", "users", "rm", "dave")
 		ended(t, p, "removed")
 	})
+	t.Run("the root removes a role that let the user in", func(t *testing.T) {
+		// ops-east maps to the leaf's operator-east: frank's only way in.
+		root.Ctl(strings.NewReplacer("ops-north", "ops-east", "\n---\n", "\n---\n").Replace(rootRoles[:strings.Index(rootRoles, "---")]), "create", "-f", "-")
+		leaf.Ctl(strings.Replace(leafRoles[:strings.Index(leafRoles, "---")], "operator-north", "operator-east", 1), "create", "-f", "-")
+		frank := root.Login("frank", root.AddUser("frank", "access,ops-east", "root"))
+		p := longSession(t, frank, "--cluster=leaf", "root@plc-1")
+		root.Ctl("", "roles", "rm", "ops-east")
+		ended(t, p, `the role "ops-east"`)
+		// The removed role's name lingers on frank, but the root no longer
+		// vouches for it: nothing maps.
+		if out, errOut, err := frank.TshErr("", "ssh", "--cluster=leaf", "root@plc-1", "echo", "again"); err == nil {
+			t.Errorf("tsh ssh after the root removed frank's role: %q, want a refusal", out)
+		} else {
+			t.Logf("refused: %s", strings.TrimSpace(errOut))
+		}
+	})
 	t.Run("the leaf's role map changed", func(t *testing.T) {
 		p := longSession(t, alice, "root@plc-1")
 		// The same trust without the rule that let alice in.
