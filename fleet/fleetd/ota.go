@@ -34,13 +34,13 @@ type otaParts struct {
 // newOTA builds the OTA services and hooks them to the tunnel server's
 // config: update statuses go to the rollout engine, agent streams of the
 // "ota" service to the download server. send reaches devices.
-func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Registry, events *audit.Log, send func(string, proto.Message) error, tcfg *tunnelsrv.Config, log *slog.Logger, now func() time.Time) (*otaParts, error) {
+func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Registry, events *audit.Log, send func(string, proto.Message) error, peers releases.Peers, tcfg *tunnelsrv.Config, log *slog.Logger, now func() time.Time) (*otaParts, error) {
 	keys, err := ota.ParseKeys(cfg.ReleaseKeys)
 	if err != nil {
 		return nil, err
 	}
 	rels, err := releases.New(releases.Config{Store: st, Dir: filepath.Join(cfg.DataDir, "releases"),
-		Keys: func() ota.Keys { return keys }, Logger: log, Now: now})
+		Keys: func() ota.Keys { return keys }, Peers: peers, Logger: log, Now: now})
 	if err != nil {
 		return nil, err
 	}

@@ -655,7 +655,9 @@ func (e *Engine) buildOffer(ctx context.Context, rollout, version string, st *de
 		o.Rotations = append(o.Rotations, proto.KeyRotation{Key: r.Key, Sig: r.Sig})
 	}
 	for _, d := range rel.Deltas {
-		if d.Target == st.Target && d.From == st.Running && d.Skipped == "" {
+		// A delta no running replica holds is not offered: the whole
+		// artefact may be.
+		if d.Target == st.Target && d.From == st.Running && d.Skipped == "" && e.cfg.Releases.Available(ctx, d.SHA256) {
 			from, _ := hex.DecodeString(d.FromSHA256)
 			sum, _ := hex.DecodeString(d.SHA256)
 			o.Delta = &proto.UpdateDelta{FromSHA256: from, Path: releases.BlobPath(d.SHA256), Size: d.Size, SHA256: sum}
