@@ -262,11 +262,21 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
 	// On several replicas, release blobs come from the replica holding
 	// them (replicas.go).
+	// A device whose tunnel another replica holds is offered its
+	// release by that replica.
 	var blobPeers releases.Peers
+	var heldElsewhere func(string) bool
 	if onEtcd {
 		blobPeers = &replicaBlobs{id: replica, reps: func() *replicas { return reps }}
+		heldElsewhere = func(id string) bool {
+			if reps == nil {
+				return false
+			}
+			_, ok := reps.elsewhere(id)
+			return ok
+		}
 	}
-	otaSvc, err = newOTA(ctx, cfg, st, reg, events, func(id string, m proto.Message) error { return reach.Send(id, m) }, blobPeers, &tcfg, log, now)
+	otaSvc, err = newOTA(ctx, cfg, st, reg, events, func(id string, m proto.Message) error { return reach.Send(id, m) }, blobPeers, heldElsewhere, &tcfg, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}

@@ -277,7 +277,7 @@ func (s *Service) Describe(ctx context.Context, r *Release) api.Release {
 	}
 	for i, d := range out.Deltas {
 		if d.SHA256 != "" {
-			_, out.Deltas[i].Unavailable = s.Where(ctx, d.SHA256)
+			out.Deltas[i].Replicas, out.Deltas[i].Unavailable = s.Where(ctx, d.SHA256)
 		}
 	}
 	return out

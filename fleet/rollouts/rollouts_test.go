@@ -395,3 +395,70 @@ func TestStageWaitsForJustConnectedDevices(t *testing.T) {
 		})
 	}
 }
+
+// TestRolloutOverReplicas: two engines on one store, as two fleetd
+// replicas. The rollout is created on the leader's replica; the device's
+// tunnel is on the other, which offers it the release and hears its
+// statuses; the leader sees them through the store and finishes the
+// rollout.
+func TestRolloutOverReplicas(t *testing.T) {
+	s := newFleetSim(t, 1, 0)
+	dev := s.ids[0]
+	offers := make(chan *proto.UpdateOffer, 4)
+	other, err := New(Config{Store: s.e.cfg.Store, Releases: s.e.cfg.Releases, Devices: s.e.cfg.Devices, Tick: 10 * time.Millisecond,
+		Send: func(id string, m proto.Message) error {
+			if o, ok := m.(*proto.UpdateOffer); ok && id == dev {
+				offers <- o
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The leader knows the device is online on the other replica.
+	s.e.cfg.Elsewhere = func(id string) bool { return id == dev }
+	s.e.cfg.Send = func(id string, m proto.Message) error {
+		t.Errorf("the leader pushed %s to a device it does not hold", m.Kind())
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { s.e.Serve(ctx) })
+	wg.Go(func() { other.Serve(ctx) })
+	// The device is connected to the other replica, idle.
+	other.Connected(dev)
+	if reply := other.HandleStatus(ctx, dev, &proto.UpdateStatus{State: proto.StateIdle, Running: "v1.0.0", Target: "linux-arm64"}); reply != nil {
+		t.Fatalf("an offer before any rollout: %+v", reply)
+	}
+	ro, err := s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o *proto.UpdateOffer
+	select {
+	case o = <-offers:
+	case <-time.After(time.Minute):
+		t.Fatal("the device's replica never offered the release of a rollout created on another")
+	}
+	if o.Rollout != ro.ID || o.Version != "v2.0.0" {
+		t.Errorf("offer %+v", o)
+	}
+	// Downloading: the leader's stage waits for it.
+	other.HandleStatus(ctx, dev, &proto.UpdateStatus{Rollout: ro.ID, Version: "v2.0.0", State: proto.StateDownloading, Running: "v1.0.0", Target: "linux-arm64"})
+	other.HandleStatus(ctx, dev, &proto.UpdateStatus{Rollout: ro.ID, Version: "v2.0.0", State: proto.StateCommitted, Running: "v2.0.0", Target: "linux-arm64"})
+	s.until(ro.ID, "done, from the other replica's statuses", func(r api.Rollout) bool { return r.State == api.RolloutDone && r.Committed == 1 })
+	// And the other replica lists it done too.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if r, _ := other.Get(ctx, ro.ID); r.State == api.RolloutDone {
+			break
+		}
+		if time.Now().After(deadline) {
+			r, _ := other.Get(ctx, ro.ID)
+			t.Fatalf("the other replica shows the rollout %s", r.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -58,8 +58,9 @@ type ReleaseDelta struct {
 	Size    int64  `json:"size"`
 	SHA256  string `json:"sha256,omitempty"`
 	Skipped string `json:"skipped,omitempty"`
-	// Unavailable says why devices cannot download it now.
-	Unavailable string `json:"unavailable,omitempty"`
+	// Replicas and Unavailable: as ReleaseArtifact's.
+	Replicas    []string `json:"replicas,omitempty"`
+	Unavailable string   `json:"unavailable,omitempty"`
 }
 
 // AddReleaseRequest adds a release whose artefacts were uploaded: the

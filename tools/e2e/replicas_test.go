@@ -46,6 +46,8 @@ type replicaOptions struct {
 	// devices and users are the replicas devices and users go to, in
 	// order; default A, B, C for devices and C, B, A for users.
 	devices, users []int
+	// args are more arguments of every replica.
+	args []string
 }
 
 // startReplicas starts the cluster, the replicas and the balancer.
@@ -67,10 +69,10 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	}
 	rf := &replicaFleet{etcd: etcdtest.Start(t, etcdtest.Options{Members: 3})}
 	for i := range rf.reps {
-		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: []string{
+		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: append([]string{
 			"--store", opts.store(rf, i), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
 			"--replica-id", fmt.Sprintf("r-%c", 'a'+i),
-		}})
+		}, opts.args...)})
 	}
 	var addrs []string
 	for _, f := range rf.reps {
