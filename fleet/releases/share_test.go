@@ -72,7 +72,7 @@ func (p peersOf) Blob(ctx context.Context, id, sum string) (io.ReadCloser, error
 	return resp.Body, nil
 }
 
-func newReplicaSet(t *testing.T, ids ...string) *replicaSet {
+func newReplicaSet(t testing.TB, ids ...string) *replicaSet {
 	t.Helper()
 	pub, priv, _ := minisign.GenerateKey(rand.Reader)
 	rs := &replicaSet{st: memstore.New(), pub: pub, priv: priv, svc: map[string]*Service{}, srv: map[string]*httptest.Server{},
@@ -105,7 +105,7 @@ func newReplicaSet(t *testing.T, ids ...string) *replicaSet {
 }
 
 // put uploads a blob to replica id and returns its name.
-func (rs *replicaSet) put(t *testing.T, id string, b []byte) string {
+func (rs *replicaSet) put(t testing.TB, id string, b []byte) string {
 	t.Helper()
 	sum := ota.Sum256(b)
 	if err := rs.svc[id].PutBlob(context.Background(), sum, bytes.NewReader(b)); err != nil {
@@ -381,4 +381,41 @@ func eventually(cond func() bool) bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return true
+}
+
+// FuzzBlobName: whatever name an agent or a peer asks for, only a blob
+// held by its exact name is served, and nothing reaches another replica
+// unless the name is a SHA-256 in lower-case hex.
+func FuzzBlobName(f *testing.F) {
+	held := randomBytes(100)
+	sum := ota.Sum256(held)
+	for _, s := range []string{sum, "../secret", "..%2f..%2fsecret", strings.ToUpper(sum), sum[:10], sum + "/", "%00", "blobs/" + sum, ""} {
+		f.Add(s)
+	}
+	rs := newReplicaSet(f, "r-a", "r-b")
+	a := rs.svc["r-a"]
+	rs.put(f, "r-a", held)
+	os.WriteFile(filepath.Join(a.cfg.Dir, "secret"), []byte("secret"), 0o600)
+	f.Fuzz(func(t *testing.T, name string) {
+		for _, h := range []struct {
+			h    http.Handler
+			path string
+		}{{a.Handler(), BlobPath(name)}, {a.PeerHandler(), PeerBlobPath(name)}} {
+			u, err := url.Parse(h.path)
+			if err != nil {
+				continue
+			}
+			rec := httptest.NewRecorder()
+			h.h.ServeHTTP(rec, &http.Request{Method: http.MethodGet, URL: u, Header: http.Header{}})
+			switch {
+			case rec.Code == http.StatusOK && !bytes.Equal(rec.Body.Bytes(), held):
+				t.Fatalf("%q served %q", h.path, rec.Body.Bytes())
+			case rec.Code == http.StatusOK && u.Path != BlobPath(sum) && u.Path != PeerBlobPath(sum):
+				t.Fatalf("%q served the blob under another name", h.path)
+			}
+		}
+		if n := rs.calls["r-b"].Load(); n != 0 && !sumRE.MatchString(name) {
+			t.Fatalf("%q reached a peer", name)
+		}
+	})
 }
