@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 )
 
@@ -71,13 +72,22 @@ func (e *Engine) Serve(ctx context.Context) {
 }
 
 // offerReady offers the running rollouts' release to the devices ready
-// here that have not had it.
+// here that have not had it, and cancels the updates this replica offered
+// for a rollout aborted since (on any replica).
 func (e *Engine) offerReady(ctx context.Context) {
 	var sends []send
 	e.mu.Lock()
 	for _, r := range e.rollouts {
-		if r.State == api.RolloutRunning {
+		switch r.State {
+		case api.RolloutRunning:
 			sends = append(sends, e.offersLocked(ctx, r, e.progressLocked(r))...)
+		case api.RolloutAborted:
+			for _, d := range r.DeviceIDs {
+				if st := e.status[d]; e.offered[d] == r.ID && e.ready[d] && st != nil && st.Rollout == r.ID && !terminal(st.State) {
+					delete(e.offered, d)
+					sends = append(sends, send{d, &proto.UpdateOffer{Rollout: r.ID, Cancel: true}})
+				}
+			}
 		}
 	}
 	e.mu.Unlock()

@@ -406,6 +406,7 @@ func (e *Engine) Action(ctx context.Context, id, action, by string) (api.Rollout
 		for _, d := range r.DeviceIDs {
 			if st := e.status[d]; st != nil && st.Rollout == id && !terminal(st.State) && e.ready[d] {
 				cancel = append(cancel, d)
+				delete(e.offered, d) // cancelled here; Serve cancels it on the replicas holding the others
 			}
 		}
 	default:

@@ -396,19 +396,25 @@ func TestStageWaitsForJustConnectedDevices(t *testing.T) {
 	}
 }
 
-// TestRolloutOverReplicas: two engines on one store, as two fleetd
-// replicas. The rollout is created on the leader's replica; the device's
-// tunnel is on the other, which offers it the release and hears its
-// statuses; the leader sees them through the store and finishes the
-// rollout.
-func TestRolloutOverReplicas(t *testing.T) {
+// replicaPair is a fleetSim's engine (the leader) and a second engine on
+// the same store (another replica), holding the sim's first device: what
+// the second pushes to it arrives on offers.
+type replicaPair struct {
+	s      *fleetSim
+	other  *Engine
+	dev    string
+	offers chan *proto.UpdateOffer
+}
+
+func newReplicaPair(t *testing.T) *replicaPair {
+	t.Helper()
 	s := newFleetSim(t, 1, 0)
-	dev := s.ids[0]
-	offers := make(chan *proto.UpdateOffer, 4)
-	other, err := New(Config{Store: s.e.cfg.Store, Releases: s.e.cfg.Releases, Devices: s.e.cfg.Devices, Tick: 10 * time.Millisecond,
+	p := &replicaPair{s: s, dev: s.ids[0], offers: make(chan *proto.UpdateOffer, 4)}
+	var err error
+	p.other, err = New(Config{Store: s.e.cfg.Store, Releases: s.e.cfg.Releases, Devices: s.e.cfg.Devices, Tick: 10 * time.Millisecond,
 		Send: func(id string, m proto.Message) error {
-			if o, ok := m.(*proto.UpdateOffer); ok && id == dev {
-				offers <- o
+			if o, ok := m.(*proto.UpdateOffer); ok && id == p.dev {
+				p.offers <- o
 			}
 			return nil
 		}})
@@ -416,49 +422,88 @@ func TestRolloutOverReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The leader knows the device is online on the other replica.
-	s.e.cfg.Elsewhere = func(id string) bool { return id == dev }
+	s.e.cfg.Elsewhere = func(id string) bool { return id == p.dev }
 	s.e.cfg.Send = func(id string, m proto.Message) error {
 		t.Errorf("the leader pushed %s to a device it does not hold", m.Kind())
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	wg.Go(func() { s.e.Serve(ctx) })
-	wg.Go(func() { other.Serve(ctx) })
+	wg.Go(func() { p.other.Serve(ctx) })
 	// The device is connected to the other replica, idle.
-	other.Connected(dev)
-	if reply := other.HandleStatus(ctx, dev, &proto.UpdateStatus{State: proto.StateIdle, Running: "v1.0.0", Target: "linux-arm64"}); reply != nil {
+	p.other.Connected(p.dev)
+	if reply := p.other.HandleStatus(ctx, p.dev, &proto.UpdateStatus{State: proto.StateIdle, Running: "v1.0.0", Target: "linux-arm64"}); reply != nil {
 		t.Fatalf("an offer before any rollout: %+v", reply)
 	}
-	ro, err := s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s"}, "admin:test")
+	return p
+}
+
+// next returns the next message the other replica pushes to the device.
+func (p *replicaPair) next(t *testing.T, what string) *proto.UpdateOffer {
+	t.Helper()
+	select {
+	case o := <-p.offers:
+		return o
+	case <-time.After(time.Minute):
+		t.Fatalf("the device's replica never sent %s", what)
+		return nil
+	}
+}
+
+// status is the device's status, heard by the other replica.
+func (p *replicaPair) status(rollout, state, running string) {
+	p.other.HandleStatus(context.Background(), p.dev, &proto.UpdateStatus{Rollout: rollout, Version: "v2.0.0", State: state, Running: running, Target: "linux-arm64"})
+}
+
+// TestRolloutOverReplicas: two engines on one store, as two fleetd
+// replicas. The rollout is created on the leader's replica; the device's
+// tunnel is on the other, which offers it the release and hears its
+// statuses; the leader sees them through the store and finishes the
+// rollout.
+func TestRolloutOverReplicas(t *testing.T) {
+	p := newReplicaPair(t)
+	ctx := context.Background()
+	ro, err := p.s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s"}, "admin:test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var o *proto.UpdateOffer
-	select {
-	case o = <-offers:
-	case <-time.After(time.Minute):
-		t.Fatal("the device's replica never offered the release of a rollout created on another")
-	}
-	if o.Rollout != ro.ID || o.Version != "v2.0.0" {
+	if o := p.next(t, "the offer of a rollout created on another replica"); o.Rollout != ro.ID || o.Version != "v2.0.0" || o.Cancel {
 		t.Errorf("offer %+v", o)
 	}
-	// Downloading: the leader's stage waits for it.
-	other.HandleStatus(ctx, dev, &proto.UpdateStatus{Rollout: ro.ID, Version: "v2.0.0", State: proto.StateDownloading, Running: "v1.0.0", Target: "linux-arm64"})
-	other.HandleStatus(ctx, dev, &proto.UpdateStatus{Rollout: ro.ID, Version: "v2.0.0", State: proto.StateCommitted, Running: "v2.0.0", Target: "linux-arm64"})
-	s.until(ro.ID, "done, from the other replica's statuses", func(r api.Rollout) bool { return r.State == api.RolloutDone && r.Committed == 1 })
+	p.status(ro.ID, proto.StateDownloading, "v1.0.0")
+	p.status(ro.ID, proto.StateCommitted, "v2.0.0")
+	p.s.until(ro.ID, "done, from the other replica's statuses", func(r api.Rollout) bool { return r.State == api.RolloutDone && r.Committed == 1 })
 	// And the other replica lists it done too.
 	deadline := time.Now().Add(time.Minute)
 	for {
-		if r, _ := other.Get(ctx, ro.ID); r.State == api.RolloutDone {
+		if r, _ := p.other.Get(ctx, ro.ID); r.State == api.RolloutDone {
 			break
 		}
 		if time.Now().After(deadline) {
-			r, _ := other.Get(ctx, ro.ID)
+			r, _ := p.other.Get(ctx, ro.ID)
 			t.Fatalf("the other replica shows the rollout %s", r.State)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAbortReachesOtherReplicas: a rollout aborted on the leader's replica
+// cancels the download under way on the replica holding the device.
+func TestAbortReachesOtherReplicas(t *testing.T) {
+	p := newReplicaPair(t)
+	ctx := context.Background()
+	ro, err := p.s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.next(t, "the offer")
+	p.status(ro.ID, proto.StateDownloading, "v1.0.0")
+	if _, err := p.s.e.Action(ctx, ro.ID, "abort", "admin:test"); err != nil {
+		t.Fatal(err)
+	}
+	if o := p.next(t, "the cancellation"); !o.Cancel || o.Rollout != ro.ID {
+		t.Errorf("after the abort the device got %+v, want its cancellation", o)
 	}
 }
