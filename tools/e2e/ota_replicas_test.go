@@ -17,7 +17,9 @@ import (
 // delta from A over the peer connection as soon as its record appears
 // (`releases ls` on C says which replicas hold them). A is then killed
 // (SIGKILL): a real agent whose tunnel is on C still updates, by the
-// delta, downloaded from C, in a rollout created through C.
+// delta, downloaded from C, in a rollout created through C. Then a
+// release whose only holder is down: C lists it unavailable, the device is
+// told so and retries, and updates once the holder is back.
 func TestReplicasOTA(t *testing.T) {
 	ctl := &fleetCtl{t}
 	key, pub := releaseKey(t, ctl, "release")
@@ -88,4 +90,49 @@ func TestReplicasOTA(t *testing.T) {
 	onC.waitRollout(id, "done with 1 committed", 2*time.Minute, func(ro api.Rollout) bool {
 		return ro.State == api.RolloutDone && ro.Committed == 1
 	})
+
+	// No running replica holds a release: C is killed, v1.2.0 is added
+	// through B alone, B is killed, C starts again. C says the release is
+	// unavailable; the device, back on C, is told so and retries; when B
+	// is back, C fetches it from B and the device updates.
+	v120 := makeRelease(t, root, "v1.2.0", "", key)
+	b := rf.reps[repB]
+	c.Kill()
+	if !harness.Eventually(2*time.Minute, func() bool { return replicaOf(b, dev.name) == "r-b" }) {
+		t.Fatalf("the device did not move to B: on %q", replicaOf(b, dev.name))
+	}
+	b.Ctl("", "releases", "add", "--version", v120.version, v120.dir)
+	b.Kill()
+	c.Start()
+	if !harness.Eventually(2*time.Minute, func() bool { return replicaOf(c, dev.name) == "r-c" }) {
+		t.Fatalf("the device did not come back to C: on %q", replicaOf(c, dev.name))
+	}
+	var art api.ReleaseArtifact
+	if !harness.Eventually(time.Minute, func() bool {
+		art = releaseOf(t, onC, v120.version).Artifacts[0]
+		return art.Unavailable != "" && len(art.Replicas) == 0
+	}) {
+		t.Fatalf("with B and A down C lists v1.2.0's artefact as %+v, want it unavailable", art)
+	}
+	if !strings.Contains(art.Unavailable, "r-b") {
+		t.Errorf("unavailable %q does not name the replica that holds it", art.Unavailable)
+	}
+	if out := c.Ctl("", "releases", "ls"); !regexp.MustCompile(`v1\.2\.0 .*UNAVAILABLE: held only by replicas not running \(r-b\)`).MatchString(out) {
+		t.Errorf("releases ls on C does not mark v1.2.0 unavailable:\n%s", out)
+	}
+	mark = len(dev.out.Output())
+	onC.rollout(v120.version)
+	if !harness.Eventually(3*time.Minute, func() bool {
+		return strings.Contains(dev.out.Output()[mark:], "503 Service Unavailable: release blob "+art.SHA256+" is not available on this fleetd replica now")
+	}) {
+		t.Fatalf("the device was not told the release is unavailable:\n%s", dev.out.Output()[mark:])
+	}
+	if got := onC.device(dev.name).Update; got == nil || got.State != "downloading" || got.Target != v120.version {
+		t.Errorf("while unavailable the device's update is %+v, want downloading v1.2.0", got)
+	}
+	b.Start()
+	onC.waitUpdate(dev, v120.version, "committed", v120.version, 5*time.Minute)
+	if got, want := binSum(t, dev.binPath), binSum(t, v120.bin); got != want {
+		t.Errorf("the device's binary is %s, want v1.2.0's %s", got, want)
+	}
 }
