@@ -254,7 +254,11 @@ func (s *Service) Where(ctx context.Context, sum string) (replicas []string, una
 	var down []string
 	for _, id := range ids {
 		switch {
-		case id == s.cfg.Peers.Self() && s.have(sum), id != s.cfg.Peers.Self() && s.cfg.Peers.Live(id):
+		case id == s.cfg.Peers.Self():
+			if s.have(sum) {
+				replicas = append(replicas, id)
+			} // else a stale record: Ensure drops it
+		case s.cfg.Peers.Live(id):
 			replicas = append(replicas, id)
 		default:
 			down = append(down, id)
