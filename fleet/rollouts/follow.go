@@ -146,3 +146,25 @@ func (e *Engine) deleteStatus(key string) {
 	delete(e.status, strings.TrimPrefix(key, statusPrefix))
 	e.mu.Unlock()
 }
+
+// noticeOfflineLocked, on several replicas, marks offline (from now) the
+// devices of r in the middle of their update that no replica holds a
+// tunnel of, for the offline deadline: the replica that held the tunnel
+// saw it end, not this one. A device back on any replica is not offline.
+func (e *Engine) noticeOfflineLocked(r *record, now time.Time) {
+	if e.cfg.Elsewhere == nil {
+		return
+	}
+	for _, id := range r.DeviceIDs {
+		st := e.status[id]
+		switch {
+		case e.ready[id]:
+		case e.cfg.Elsewhere(id):
+			delete(e.offline, id)
+		case st != nil && st.Rollout == r.ID && st.State != proto.StateIdle && !terminal(st.State):
+			if _, ok := e.offline[id]; !ok {
+				e.offline[id] = now
+			}
+		}
+	}
+}

@@ -560,6 +560,7 @@ func (e *Engine) evaluate(ctx context.Context, st store.Store) {
 			continue
 		}
 		changed := false
+		e.noticeOfflineLocked(r, now)
 		p := e.progressLocked(r)
 		if p.failed > 0 && float64(p.failed)*100 > r.MaxFailure*float64(p.assigned) {
 			r.State = api.RolloutHalted

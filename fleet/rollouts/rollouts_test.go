@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -404,6 +405,7 @@ type replicaPair struct {
 	other  *Engine
 	dev    string
 	offers chan *proto.UpdateOffer
+	online atomic.Bool // the device's tunnel is on the other replica
 }
 
 func newReplicaPair(t *testing.T) *replicaPair {
@@ -422,7 +424,8 @@ func newReplicaPair(t *testing.T) *replicaPair {
 		t.Fatal(err)
 	}
 	// The leader knows the device is online on the other replica.
-	s.e.cfg.Elsewhere = func(id string) bool { return id == p.dev }
+	p.online.Store(true)
+	s.e.cfg.Elsewhere = func(id string) bool { return id == p.dev && p.online.Load() }
 	s.e.cfg.Send = func(id string, m proto.Message) error {
 		t.Errorf("the leader pushed %s to a device it does not hold", m.Kind())
 		return nil
@@ -505,5 +508,34 @@ func TestAbortReachesOtherReplicas(t *testing.T) {
 	}
 	if o := p.next(t, "the cancellation"); !o.Cancel || o.Rollout != ro.ID {
 		t.Errorf("after the abort the device got %+v, want its cancellation", o)
+	}
+}
+
+// TestOfflineDeadlineOverReplicas: a device whose tunnel was on another
+// replica goes offline in the middle of its update and stays away: the
+// leader counts it failed past the offline deadline, from when it noticed.
+func TestOfflineDeadlineOverReplicas(t *testing.T) {
+	p := newReplicaPair(t)
+	ctx := context.Background()
+	ro, err := p.s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s", OfflineDeadline: "10m"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.next(t, "the offer")
+	p.status(ro.ID, proto.StateDownloading, "v1.0.0")
+	// The leader hears of the download through the store.
+	p.s.until(ro.ID, "the device downloading", func(r api.Rollout) bool { return r.InProgress == 1 })
+	p.online.Store(false) // its tunnel is gone, from every replica
+	p.other.Disconnected(p.dev)
+	p.s.e.evaluate(ctx, nil) // the leader notices
+	p.s.advance(9 * time.Minute)
+	p.s.e.evaluate(ctx, nil)
+	if r, _ := p.s.e.Get(ctx, ro.ID); r.State != api.RolloutRunning {
+		t.Fatalf("before the deadline the rollout is %s (%s)", r.State, r.Reason)
+	}
+	p.s.advance(2 * time.Minute)
+	r := p.s.until(ro.ID, "halted", func(r api.Rollout) bool { return r.State == api.RolloutHalted })
+	if !strings.Contains(r.Reason, "went offline during its update") {
+		t.Errorf("halted saying %q", r.Reason)
 	}
 }
