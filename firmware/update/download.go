@@ -66,6 +66,10 @@ func (f *fetch) run(ctx context.Context, retry func(ctx context.Context, attempt
 		if errors.Is(err, errCorrupt) && attempt > 2 {
 			return err
 		}
+		if f.log != nil {
+			// The fleet's reason (a blob no running replica holds, say).
+			f.log.Info("download failed", "err", err)
+		}
 		if err := retry(ctx, attempt); err != nil {
 			return err
 		}

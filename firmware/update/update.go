@@ -107,6 +107,10 @@ type Updater struct {
 	working string             // rollout of the update under way
 	trial   bool               // on trial: commit at the first LinkUp
 	linkUp  bool
+	// links counts the link-ups: each new connection (to another fleetd
+	// replica, say) gets the status, even when it went down and up
+	// between two turns of Run.
+	links int
 }
 
 // New checks cfg, pins the configured release keys and returns an
@@ -260,6 +264,9 @@ func (u *Updater) Offer(o *proto.UpdateOffer) {
 func (u *Updater) LinkUp(up bool) {
 	u.mu.Lock()
 	u.linkUp = up
+	if up {
+		u.links++
+	}
 	u.mu.Unlock()
 	if !up {
 		return
@@ -302,7 +309,7 @@ func (u *Updater) Run(ctx context.Context) {
 		deadline = t.C
 		u.log.Info("new agent on trial: it commits once its tunnel is up", "deadline", u.cfg.Check.Deadline.UTC().Format(time.RFC3339))
 	}
-	var sentOn bool // status sent on this link-up
+	sentOn := 0 // the link-up the status was last sent on
 	for {
 		select {
 		case <-ctx.Done():
@@ -318,19 +325,16 @@ func (u *Updater) Run(ctx context.Context) {
 		case <-u.wake:
 		}
 		u.mu.Lock()
-		up, trial := u.linkUp, u.trial
+		up, trial, link := u.linkUp, u.trial, u.links
 		o := u.offer
 		u.offer = nil
 		u.mu.Unlock()
-		if !up {
-			sentOn = false
-		}
 		if up && trial {
 			u.commit(ctx)
 			trial = false
 		}
-		if up && !sentOn {
-			sentOn = true
+		if up && sentOn != link {
+			sentOn = link
 			u.report(u.Status())
 		}
 		if o != nil && !trial {

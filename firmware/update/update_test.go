@@ -544,3 +544,38 @@ func FuzzStartChecks(f *testing.F) {
 		readSynced(filepath.Join(fs.dir, "x"))
 	})
 }
+
+// TestStatusOnEveryConnection: the fleet hears the update status on every
+// new connection, also when the tunnel went down and came up again (to
+// another fleetd replica, say) before Run took a turn.
+func TestStatusOnEveryConnection(t *testing.T) {
+	rs := newRefusalSetup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); rs.u.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	sent := func(n int) bool {
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) {
+			rs.mu.Lock()
+			got := len(rs.status)
+			rs.mu.Unlock()
+			if got >= n {
+				return true
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return false
+	}
+	rs.u.LinkUp(true)
+	if !sent(1) {
+		t.Fatal("no status on the first connection")
+	}
+	for i := 2; i <= 3; i++ {
+		rs.u.LinkUp(false)
+		rs.u.LinkUp(true)
+		if !sent(i) {
+			t.Fatalf("no status on connection %d", i)
+		}
+	}
+}

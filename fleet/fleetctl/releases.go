@@ -230,6 +230,11 @@ func (r *runner) releasesTable(rels []api.Release) error {
 	for _, rel := range rels {
 		var targets, deltas []string
 		for _, a := range rel.Artifacts {
+			if a.Unavailable != "" {
+				// Devices cannot download it until a replica holding it runs.
+				targets = append(targets, a.Target+" (UNAVAILABLE: "+a.Unavailable+")")
+				continue
+			}
 			targets = append(targets, a.Target)
 		}
 		for _, d := range rel.Deltas {

@@ -43,6 +43,7 @@ import (
 	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/metrics"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/sourcelimit"
 	"remoteler.dev/edge/fleet/sso"
@@ -260,7 +261,23 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		}
 	}
 	tcfg.OnMessage = auditMessages(events, recs, log, tcfg.OnMessage)
-	otaSvc, err = newOTA(ctx, cfg, st, reg, events, func(id string, m proto.Message) error { return reach.Send(id, m) }, &tcfg, log, now)
+	// On several replicas, release blobs come from the replica holding
+	// them (replicas.go).
+	// A device whose tunnel another replica holds is offered its
+	// release by that replica.
+	var blobPeers releases.Peers
+	var heldElsewhere func(string) bool
+	if onEtcd {
+		blobPeers = &replicaBlobs{id: replica, reps: func() *replicas { return reps }}
+		heldElsewhere = func(id string) bool {
+			if reps == nil {
+				return false
+			}
+			_, ok := reps.elsewhere(id)
+			return ok
+		}
+	}
+	otaSvc, err = newOTA(ctx, cfg, st, reg, events, func(id string, m proto.Message) error { return reach.Send(id, m) }, blobPeers, heldElsewhere, &tcfg, log, now)
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
@@ -291,6 +308,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		}
 		reach = reps.router
 		reps.mux.HandleFunc("GET "+pathBrokered, serveBrokered(events))
+		reps.mux.Handle("GET "+releases.PeerBlobPath("{sum}"), otaSvc.releases.PeerHandler())
 	}
 	us := &users.Service{Store: st, Now: now, Logger: log}
 	// The live sessions, checked again whenever users or roles change, and

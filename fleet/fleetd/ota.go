@@ -34,19 +34,19 @@ type otaParts struct {
 // newOTA builds the OTA services and hooks them to the tunnel server's
 // config: update statuses go to the rollout engine, agent streams of the
 // "ota" service to the download server. send reaches devices.
-func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Registry, events *audit.Log, send func(string, proto.Message) error, tcfg *tunnelsrv.Config, log *slog.Logger, now func() time.Time) (*otaParts, error) {
+func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Registry, events *audit.Log, send func(string, proto.Message) error, peers releases.Peers, elsewhere func(string) bool, tcfg *tunnelsrv.Config, log *slog.Logger, now func() time.Time) (*otaParts, error) {
 	keys, err := ota.ParseKeys(cfg.ReleaseKeys)
 	if err != nil {
 		return nil, err
 	}
 	rels, err := releases.New(releases.Config{Store: st, Dir: filepath.Join(cfg.DataDir, "releases"),
-		Keys: func() ota.Keys { return keys }, Logger: log, Now: now})
+		Keys: func() ota.Keys { return keys }, Peers: peers, Logger: log, Now: now})
 	if err != nil {
 		return nil, err
 	}
 	ro, err := rollouts.New(rollouts.Config{
 		Store: st, Releases: rels, Devices: reg,
-		Send: send,
+		Send: send, Elsewhere: elsewhere,
 		Record: func(ctx context.Context, ev *proto.AuditEvent) {
 			if events == nil {
 				return
@@ -106,13 +106,15 @@ func newOTA(ctx context.Context, cfg Config, st store.Store, reg *devices.Regist
 	return o, nil
 }
 
-// run serves downloads and runs the delta worker until ctx ends, and the
-// rollout controller whenever this fleetd is the elected leader (the
+// run serves downloads, runs the delta worker and offers releases to the
+// devices connected here until ctx ends, and the rollout controller
+// whenever this fleetd is the elected leader (the
 // rollouts job, like token pruning): one fleetd at a time advances and
 // halts rollouts and pushes their offers, writing through the store fenced
 // by its term.
 func (o *otaParts) run(ctx context.Context, wg *sync.WaitGroup, el leader.Elector, st store.Store, log *slog.Logger) {
 	wg.Go(func() { o.releases.Run(ctx) })
+	wg.Go(func() { o.rollouts.Serve(ctx) })
 	wg.Go(func() {
 		leader.Run(ctx, "rollouts", el, st, log, func(ctx context.Context, fenced store.Store) error {
 			o.rollouts.Run(ctx, fenced)

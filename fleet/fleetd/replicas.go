@@ -22,6 +22,7 @@ import (
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/peer"
 	"remoteler.dev/edge/fleet/presence"
+	"remoteler.dev/edge/fleet/releases"
 	"remoteler.dev/edge/fleet/route"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tunnelsrv"
@@ -323,4 +324,37 @@ func (r *replicas) elsewhere(deviceID string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return e.Since, true
+}
+
+// replicaBlobs is releases.Peers over the peer connections: a replica
+// fetches the release blobs it lacks from one that holds them.
+type replicaBlobs struct {
+	id   string
+	reps func() *replicas // set once the peer connections exist
+}
+
+// Self implements releases.Peers.
+func (b *replicaBlobs) Self() string { return b.id }
+
+// Live implements releases.Peers.
+func (b *replicaBlobs) Live(id string) bool {
+	r := b.reps()
+	if r == nil {
+		return false
+	}
+	_, ok := r.pres.Replica(id)
+	return ok
+}
+
+// Blob implements releases.Peers.
+func (b *replicaBlobs) Blob(ctx context.Context, id, sum string) (io.ReadCloser, error) {
+	r := b.reps()
+	if r == nil {
+		return nil, errors.New("the peer connections are not up yet")
+	}
+	rep, ok := r.pres.Replica(id)
+	if !ok {
+		return nil, fmt.Errorf("replica %s is not running", id)
+	}
+	return r.node.Get(ctx, peer.Target{ID: rep.ID, Addr: rep.Addr}, releases.PeerBlobPath(sum), nil)
 }

@@ -39,7 +39,7 @@ func (s *Server) listReleases(w http.ResponseWriter, r *http.Request, c *caller)
 	}
 	out := make([]api.Release, 0, len(list))
 	for _, rel := range list {
-		out = append(out, rel.API())
+		out = append(out, s.Releases.Describe(r.Context(), rel))
 	}
 	writeJSON(w, http.StatusOK, out)
 }

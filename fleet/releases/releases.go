@@ -8,8 +8,8 @@
 //
 // Release records live in the fleet's store ("releases/VERSION", JSON);
 // the bytes, being megabytes each, live in a folder (DATA_DIR/releases/
-// blobs/SHA256), named by their SHA-256. Several fleetd replicas need that
-// folder shared.
+// blobs/SHA256), named by their SHA-256. Several fleetd replicas on one
+// store fetch the blobs they lack from each other (share.go).
 //
 // Only fleet/... imports this package.
 package releases
@@ -17,8 +17,6 @@ package releases
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,7 +27,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
@@ -47,6 +47,15 @@ type Config struct {
 	// DeltaFrom is how many earlier releases deltas are made from, per
 	// target; default 3, negative: none.
 	DeltaFrom int
+	// Peers, on several replicas, reaches the others for the blobs this
+	// one lacks; nil: one fleetd, which holds every blob itself.
+	Peers Peers
+	// FetchTimeout bounds a blob's fetch from the other replicas; default
+	// 5 minutes.
+	FetchTimeout time.Duration
+	// KeepUnreferenced is how long a blob no release names is kept (an
+	// upload waits for its release to be added); default an hour.
+	KeepUnreferenced time.Duration
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -56,9 +65,14 @@ type Config struct {
 // Service keeps releases. Create it with New and call Run for the delta
 // worker.
 type Service struct {
-	cfg  Config
-	log  *slog.Logger
-	work chan string // versions whose deltas to make
+	cfg      Config
+	log      *slog.Logger
+	work     chan string // versions whose deltas to make
+	prefetch chan string // blobs to fetch from the other replicas
+
+	order   func([]string)        // the order holders are asked in (spread)
+	mu      sync.Mutex            // guards fetches
+	fetches map[string]*fetchCall // blob → its fetch under way
 }
 
 // Release is a release as kept.
@@ -163,10 +177,17 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = 5 * time.Minute
+	}
+	if cfg.KeepUnreferenced <= 0 {
+		cfg.KeepUnreferenced = time.Hour
+	}
 	if err := os.MkdirAll(filepath.Join(cfg.Dir, "blobs"), 0o700); err != nil {
 		return nil, fmt.Errorf("releases: %w", err)
 	}
-	return &Service{cfg: cfg, log: cfg.Logger.With("component", "releases"), work: make(chan string, 64)}, nil
+	return &Service{cfg: cfg, log: cfg.Logger.With("component", "releases"), work: make(chan string, 64),
+		prefetch: make(chan string, 256), fetches: map[string]*fetchCall{}, order: spread}, nil
 }
 
 var sumRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -181,39 +202,28 @@ type invalid struct{ error }
 
 func (invalid) InvalidInput() bool { return true }
 
+func (e invalid) Unwrap() error { return e.error }
+
 func invalidf(format string, args ...any) error { return invalid{fmt.Errorf(format, args...)} }
 
-// PutBlob stores bytes that must hash to sum. It is idempotent.
+// PutBlob stores bytes that must hash to sum, and records that this
+// replica holds them. It is idempotent.
 func (s *Service) PutBlob(ctx context.Context, sum string, r io.Reader) error {
 	if !sumRE.MatchString(sum) {
 		return invalidf("releases: blob name %q is not a SHA-256 in lower-case hex", sum)
 	}
-	if _, err := os.Stat(s.blobPath(sum)); err == nil {
+	if st, err := os.Stat(s.blobPath(sum)); err == nil {
 		io.Copy(io.Discard, io.LimitReader(r, MaxBlob))
-		return nil
+		return s.hold(ctx, sum, st.Size())
 	}
-	f, err := os.CreateTemp(filepath.Join(s.cfg.Dir, "blobs"), ".upload-*")
+	n, err := s.write(sum, r, ".upload-*")
+	if bad, ok := errors.AsType[*mismatch](err); ok {
+		return invalidf("releases: the upload hashes to %s, not %s", bad.got, sum)
+	}
 	if err != nil {
-		return fmt.Errorf("releases: %w", err)
+		return err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, MaxBlob+1))
-	if err != nil {
-		return fmt.Errorf("releases: upload: %w", err)
-	}
-	if n > MaxBlob {
-		return invalidf("releases: blob larger than %d bytes", MaxBlob)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return invalidf("releases: the upload hashes to %s, not %s", got, sum)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("releases: %w", err)
-	}
-	f.Close()
-	return os.Rename(f.Name(), s.blobPath(sum))
+	return s.hold(ctx, sum, n)
 }
 
 // Add verifies and keeps a release whose artefacts were uploaded with
@@ -236,10 +246,15 @@ func (s *Service) Add(ctx context.Context, req api.AddReleaseRequest) (*Release,
 		if sig == "" {
 			return nil, invalidf("releases: no signature for %s", a.Name)
 		}
-		b, err := os.ReadFile(s.blobPath(a.SHA256))
-		if errors.Is(err, os.ErrNotExist) {
+		// The upload may have reached another replica.
+		err := s.Ensure(ctx, a.SHA256)
+		if errors.Is(err, ErrUnknownBlob) {
 			return nil, invalidf("releases: %s (sha256 %s) was not uploaded", a.Name, a.SHA256)
 		}
+		if err != nil {
+			return nil, fmt.Errorf("releases: %s: %w", a.Name, err)
+		}
+		b, err := os.ReadFile(s.blobPath(a.SHA256))
 		if err != nil {
 			return nil, fmt.Errorf("releases: %w", err)
 		}
@@ -297,8 +312,8 @@ func (s *Service) List(ctx context.Context) ([]*Release, error) {
 	return out, nil
 }
 
-// Delete removes a release (its blobs stay while other releases or
-// deltas may share them; they are few and content-addressed).
+// Delete removes a release. Every replica then removes the blobs no
+// release names any more (see collect).
 func (s *Service) Delete(ctx context.Context, version string) error {
 	if err := s.cfg.Store.Delete(ctx, prefix+version); err != nil {
 		return fmt.Errorf("releases: release %s: %w", version, err)
@@ -321,8 +336,17 @@ func (r *Release) API() api.Release {
 }
 
 // Run makes deltas for added releases until ctx ends; at the start it
-// makes those that are missing.
+// makes those that are missing. It follows the release records too: on
+// several replicas it fetches their blobs, and on every fleetd it removes
+// the blobs of removed releases.
 func (s *Service) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.cfg.Peers != nil {
+		s.announce(ctx)
+		wg.Go(func() { s.prefetchLoop(ctx) })
+	}
+	wg.Go(func() { s.follow(ctx) })
 	if list, err := s.List(ctx); err == nil {
 		for _, r := range list {
 			s.makeDeltas(ctx, r.Version)
@@ -375,7 +399,7 @@ func (s *Service) makeDeltas(ctx context.Context, version string) {
 			if ctx.Err() != nil {
 				return
 			}
-			d, err := s.makeDelta(from, a)
+			d, err := s.makeDelta(ctx, from, a)
 			if err != nil {
 				s.log.Warn("make delta", "version", version, "from", names[i], "target", a.Target, "err", err)
 				continue
@@ -390,7 +414,13 @@ func (s *Service) makeDeltas(ctx context.Context, version string) {
 	}
 }
 
-func (s *Service) makeDelta(from, to ota.Artifact) (Delta, error) {
+func (s *Service) makeDelta(ctx context.Context, from, to ota.Artifact) (Delta, error) {
+	// On several replicas the artefacts may be elsewhere.
+	for _, sum := range []string{from.SHA256, to.SHA256} {
+		if err := s.Ensure(ctx, sum); err != nil {
+			return Delta{}, err
+		}
+	}
 	old, err := os.ReadFile(s.blobPath(from.SHA256))
 	if err != nil {
 		return Delta{}, err
@@ -414,7 +444,7 @@ func (s *Service) makeDelta(from, to ota.Artifact) (Delta, error) {
 		return d, nil
 	}
 	d.SHA256 = ota.Sum256(patch)
-	if err := s.PutBlob(context.Background(), d.SHA256, bytes.NewReader(patch)); err != nil {
+	if err := s.PutBlob(ctx, d.SHA256, bytes.NewReader(patch)); err != nil {
 		return Delta{}, err
 	}
 	return d, nil
@@ -430,6 +460,10 @@ func (s *Service) addDelta(ctx context.Context, version string, d Delta) error {
 		if err := json.Unmarshal(old, &r); err != nil {
 			return err
 		}
+		// Two replicas starting at once may both have made it.
+		if slices.ContainsFunc(r.Deltas, func(o Delta) bool { return o.Target == d.Target && o.From == d.From }) {
+			return nil
+		}
 		r.Deltas = append(r.Deltas, d)
 		next, _ := json.Marshal(&r)
 		err = s.cfg.Store.CompareAndSwap(ctx, prefix+version, old, next)
@@ -443,29 +477,30 @@ func (s *Service) addDelta(ctx context.Context, version string, d Delta) error {
 // BlobPath is the HTTP path (on the agents' "ota" service) of a blob.
 func BlobPath(sum string) string { return "/ota/blobs/" + sum }
 
+// RetryAfter is what a device is told to wait before it asks again for a
+// blob no running replica gave.
+const RetryAfter = 30 * time.Second
+
 // Handler serves blobs to agents (GET /ota/blobs/SHA256, with Range
-// requests). Blobs are public bytes: what an agent trusts is checked
-// against the signed manifest.
+// requests), fetching first a blob another replica holds. Blobs are
+// public bytes: what an agent trusts is checked against the signed
+// manifest.
 func (s *Service) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sum, ok := strings.CutPrefix(r.URL.Path, "/ota/blobs/")
+		sum, ok := strings.CutPrefix(r.URL.Path, BlobPath(""))
 		if r.Method != http.MethodGet && r.Method != http.MethodHead || !ok || !sumRE.MatchString(sum) {
 			http.Error(w, "no such release blob", http.StatusNotFound)
 			return
 		}
-		f, err := os.Open(s.blobPath(sum))
-		if err != nil {
-			http.Error(w, "no such release blob", http.StatusNotFound)
+		if err := s.Ensure(r.Context(), sum); err != nil {
+			if errors.Is(err, ErrUnknownBlob) {
+				http.Error(w, "no such release blob", http.StatusNotFound)
+				return
+			}
+			w.Header().Set("Retry-After", strconv.Itoa(int(RetryAfter.Seconds())))
+			http.Error(w, fmt.Sprintf("release blob %s is not available on this fleetd replica now (%v); retry later", sum, err), http.StatusServiceUnavailable)
 			return
 		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			http.Error(w, "release blob unreadable", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("ETag", `"`+sum+`"`)
-		http.ServeContent(w, r, "", st.ModTime(), f)
+		s.serveFile(w, r, sum)
 	})
 }

@@ -51,6 +51,10 @@ type Config struct {
 	Send func(deviceID string, m proto.Message) error
 	// Record writes a fleet audit event. Optional.
 	Record func(ctx context.Context, ev *proto.AuditEvent)
+	// Elsewhere, on several replicas, reports a device whose tunnel
+	// another replica holds: that replica offers it its release, and its
+	// stage waits for it as for a device ready here. Optional.
+	Elsewhere func(deviceID string) bool
 	// Tick is how often rollouts are evaluated; default 1s.
 	Tick time.Duration
 	// Logger receives logs; nil discards them.
@@ -99,9 +103,10 @@ type devStatus struct {
 
 // Engine runs rollouts. Create it with New, Load it, and call Run.
 type Engine struct {
-	cfg  Config
-	log  *slog.Logger
-	wake chan struct{}
+	cfg       Config
+	log       *slog.Logger
+	wake      chan struct{} // the controller's (Run)
+	offerWake chan struct{} // the offers' (Serve)
 
 	mu       sync.Mutex // guards everything below
 	rollouts map[string]*record
@@ -127,7 +132,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Engine{cfg: cfg, log: cfg.Logger.With("component", "rollouts"), wake: make(chan struct{}, 1),
+	return &Engine{cfg: cfg, log: cfg.Logger.With("component", "rollouts"), wake: make(chan struct{}, 1), offerWake: make(chan struct{}, 1),
 		rollouts: map[string]*record{}, pins: map[string]api.Pin{}, status: map[string]*devStatus{},
 		ready: map[string]bool{}, joined: map[string]time.Time{}, offered: map[string]string{}, offline: map[string]time.Time{}}, nil
 }
@@ -175,9 +180,11 @@ func (e *Engine) record(ctx context.Context, ev *proto.AuditEvent) {
 }
 
 func (e *Engine) poke() {
-	select {
-	case e.wake <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{e.wake, e.offerWake} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -399,6 +406,7 @@ func (e *Engine) Action(ctx context.Context, id, action, by string) (api.Rollout
 		for _, d := range r.DeviceIDs {
 			if st := e.status[d]; st != nil && st.Rollout == id && !terminal(st.State) && e.ready[d] {
 				cancel = append(cancel, d)
+				delete(e.offered, d) // cancelled here; Serve cancels it on the replicas holding the others
 			}
 		}
 	default:
@@ -487,6 +495,9 @@ func (e *Engine) progressLocked(r *record) progress {
 			if e.offered[id] != r.ID {
 				p.toOffer = append(p.toOffer, id)
 			}
+		} else if st != nil && e.cfg.Elsewhere != nil && e.cfg.Elsewhere(id) {
+			// Ready on the replica holding its tunnel, which offers.
+			p.onlineBusy++
 		} else if at, ok := e.joined[id]; ok && now.Sub(at) < StatusWait {
 			// Connected, its first status on the way: it is about to
 			// be offered, so its stage waits for it (as for a device
@@ -549,6 +560,7 @@ func (e *Engine) evaluate(ctx context.Context, st store.Store) {
 			continue
 		}
 		changed := false
+		e.noticeOfflineLocked(r, now)
 		p := e.progressLocked(r)
 		if p.failed > 0 && float64(p.failed)*100 > r.MaxFailure*float64(p.assigned) {
 			r.State = api.RolloutHalted
@@ -582,18 +594,32 @@ func (e *Engine) evaluate(ctx context.Context, st store.Store) {
 			}
 		}
 		if r.State == api.RolloutRunning {
-			for _, id := range p.toOffer {
-				if o := e.offerLocked(ctx, r, id); o != nil {
-					e.offered[id] = r.ID
-					sends = append(sends, send{id, o})
-				}
-			}
+			sends = append(sends, e.offersLocked(ctx, r, p)...)
 		}
 	}
 	e.mu.Unlock()
 	for _, ev := range events {
 		e.record(ctx, ev)
 	}
+	e.deliver(sends)
+}
+
+// offersLocked returns the offers of running rollout r (progress p) to
+// the devices ready here that have not had them, and marks them offered.
+func (e *Engine) offersLocked(ctx context.Context, r *record, p progress) []send {
+	var sends []send
+	for _, id := range p.toOffer {
+		if o := e.offerLocked(ctx, r, id); o != nil {
+			e.offered[id] = r.ID
+			sends = append(sends, send{id, o})
+		}
+	}
+	return sends
+}
+
+// deliver pushes offers; one that does not reach its device is offered
+// again later.
+func (e *Engine) deliver(sends []send) {
 	for _, s := range sends {
 		if err := e.cfg.Send(s.device, s.msg); err != nil {
 			e.mu.Lock()
@@ -655,7 +681,9 @@ func (e *Engine) buildOffer(ctx context.Context, rollout, version string, st *de
 		o.Rotations = append(o.Rotations, proto.KeyRotation{Key: r.Key, Sig: r.Sig})
 	}
 	for _, d := range rel.Deltas {
-		if d.Target == st.Target && d.From == st.Running && d.Skipped == "" {
+		// A delta no running replica holds is not offered: the whole
+		// artefact may be.
+		if d.Target == st.Target && d.From == st.Running && d.Skipped == "" && e.cfg.Releases.Available(ctx, d.SHA256) {
 			from, _ := hex.DecodeString(d.FromSHA256)
 			sum, _ := hex.DecodeString(d.SHA256)
 			o.Delta = &proto.UpdateDelta{FromSHA256: from, Path: releases.BlobPath(d.SHA256), Size: d.Size, SHA256: sum}

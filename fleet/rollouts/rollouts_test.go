@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -393,5 +394,148 @@ func TestStageWaitsForJustConnectedDevices(t *testing.T) {
 				s.until(ro.ID, "the second stage", func(r api.Rollout) bool { return r.Stage == 1 })
 			}
 		})
+	}
+}
+
+// replicaPair is a fleetSim's engine (the leader) and a second engine on
+// the same store (another replica), holding the sim's first device: what
+// the second pushes to it arrives on offers.
+type replicaPair struct {
+	s      *fleetSim
+	other  *Engine
+	dev    string
+	offers chan *proto.UpdateOffer
+	online atomic.Bool // the device's tunnel is on the other replica
+}
+
+func newReplicaPair(t *testing.T) *replicaPair {
+	t.Helper()
+	s := newFleetSim(t, 1, 0)
+	p := &replicaPair{s: s, dev: s.ids[0], offers: make(chan *proto.UpdateOffer, 4)}
+	var err error
+	p.other, err = New(Config{Store: s.e.cfg.Store, Releases: s.e.cfg.Releases, Devices: s.e.cfg.Devices, Tick: 10 * time.Millisecond,
+		Send: func(id string, m proto.Message) error {
+			if o, ok := m.(*proto.UpdateOffer); ok && id == p.dev {
+				p.offers <- o
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The leader knows the device is online on the other replica.
+	p.online.Store(true)
+	s.e.cfg.Elsewhere = func(id string) bool { return id == p.dev && p.online.Load() }
+	s.e.cfg.Send = func(id string, m proto.Message) error {
+		t.Errorf("the leader pushed %s to a device it does not hold", m.Kind())
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() { s.e.Serve(ctx) })
+	wg.Go(func() { p.other.Serve(ctx) })
+	// The device is connected to the other replica, idle.
+	p.other.Connected(p.dev)
+	if reply := p.other.HandleStatus(ctx, p.dev, &proto.UpdateStatus{State: proto.StateIdle, Running: "v1.0.0", Target: "linux-arm64"}); reply != nil {
+		t.Fatalf("an offer before any rollout: %+v", reply)
+	}
+	return p
+}
+
+// next returns the next message the other replica pushes to the device.
+func (p *replicaPair) next(t *testing.T, what string) *proto.UpdateOffer {
+	t.Helper()
+	select {
+	case o := <-p.offers:
+		return o
+	case <-time.After(time.Minute):
+		t.Fatalf("the device's replica never sent %s", what)
+		return nil
+	}
+}
+
+// status is the device's status, heard by the other replica.
+func (p *replicaPair) status(rollout, state, running string) {
+	p.other.HandleStatus(context.Background(), p.dev, &proto.UpdateStatus{Rollout: rollout, Version: "v2.0.0", State: state, Running: running, Target: "linux-arm64"})
+}
+
+// TestRolloutOverReplicas: two engines on one store, as two fleetd
+// replicas. The rollout is created on the leader's replica; the device's
+// tunnel is on the other, which offers it the release and hears its
+// statuses; the leader sees them through the store and finishes the
+// rollout.
+func TestRolloutOverReplicas(t *testing.T) {
+	p := newReplicaPair(t)
+	ctx := context.Background()
+	ro, err := p.s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := p.next(t, "the offer of a rollout created on another replica"); o.Rollout != ro.ID || o.Version != "v2.0.0" || o.Cancel {
+		t.Errorf("offer %+v", o)
+	}
+	p.status(ro.ID, proto.StateDownloading, "v1.0.0")
+	p.status(ro.ID, proto.StateCommitted, "v2.0.0")
+	p.s.until(ro.ID, "done, from the other replica's statuses", func(r api.Rollout) bool { return r.State == api.RolloutDone && r.Committed == 1 })
+	// And the other replica lists it done too.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if r, _ := p.other.Get(ctx, ro.ID); r.State == api.RolloutDone {
+			break
+		}
+		if time.Now().After(deadline) {
+			r, _ := p.other.Get(ctx, ro.ID)
+			t.Fatalf("the other replica shows the rollout %s", r.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAbortReachesOtherReplicas: a rollout aborted on the leader's replica
+// cancels the download under way on the replica holding the device.
+func TestAbortReachesOtherReplicas(t *testing.T) {
+	p := newReplicaPair(t)
+	ctx := context.Background()
+	ro, err := p.s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.next(t, "the offer")
+	p.status(ro.ID, proto.StateDownloading, "v1.0.0")
+	if _, err := p.s.e.Action(ctx, ro.ID, "abort", "admin:test"); err != nil {
+		t.Fatal(err)
+	}
+	if o := p.next(t, "the cancellation"); !o.Cancel || o.Rollout != ro.ID {
+		t.Errorf("after the abort the device got %+v, want its cancellation", o)
+	}
+}
+
+// TestOfflineDeadlineOverReplicas: a device whose tunnel was on another
+// replica goes offline in the middle of its update and stays away: the
+// leader counts it failed past the offline deadline, from when it noticed.
+func TestOfflineDeadlineOverReplicas(t *testing.T) {
+	p := newReplicaPair(t)
+	ctx := context.Background()
+	ro, err := p.s.e.Create(ctx, api.CreateRolloutRequest{Release: "v2.0.0", Stages: []float64{100}, Soak: "0s", OfflineDeadline: "10m"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.next(t, "the offer")
+	p.status(ro.ID, proto.StateDownloading, "v1.0.0")
+	// The leader hears of the download through the store.
+	p.s.until(ro.ID, "the device downloading", func(r api.Rollout) bool { return r.InProgress == 1 })
+	p.online.Store(false) // its tunnel is gone, from every replica
+	p.other.Disconnected(p.dev)
+	p.s.e.evaluate(ctx, nil) // the leader notices
+	p.s.advance(9 * time.Minute)
+	p.s.e.evaluate(ctx, nil)
+	if r, _ := p.s.e.Get(ctx, ro.ID); r.State != api.RolloutRunning {
+		t.Fatalf("before the deadline the rollout is %s (%s)", r.State, r.Reason)
+	}
+	p.s.advance(2 * time.Minute)
+	r := p.s.until(ro.ID, "halted", func(r api.Rollout) bool { return r.State == api.RolloutHalted })
+	if !strings.Contains(r.Reason, "went offline during its update") {
+		t.Errorf("halted saying %q", r.Reason)
 	}
 }

@@ -42,6 +42,12 @@ type ReleaseArtifact struct {
 	Target string `json:"target"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// Replicas are the running fleetd replicas that hold it (on several
+	// replicas; the others fetch it from them when a device asks).
+	Replicas []string `json:"replicas,omitempty"`
+	// Unavailable says why devices cannot download it now (no running
+	// replica holds it); empty when they can.
+	Unavailable string `json:"unavailable,omitempty"`
 }
 
 // ReleaseDelta is a patch to a release's artefact from an earlier
@@ -52,6 +58,9 @@ type ReleaseDelta struct {
 	Size    int64  `json:"size"`
 	SHA256  string `json:"sha256,omitempty"`
 	Skipped string `json:"skipped,omitempty"`
+	// Replicas and Unavailable: as ReleaseArtifact's.
+	Replicas    []string `json:"replicas,omitempty"`
+	Unavailable string   `json:"unavailable,omitempty"`
 }
 
 // AddReleaseRequest adds a release whose artefacts were uploaded: the

@@ -50,6 +50,8 @@ type replicaOptions struct {
 	devices, users []int
 	// config is every replica's --config file (YAML); "" for none.
 	config string
+	// args are more arguments of every replica.
+	args []string
 }
 
 // startReplicas starts the cluster, the replicas and the balancer.
@@ -82,7 +84,7 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: append([]string{
 			"--store", opts.store(rf, i), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",
 			"--replica-id", fmt.Sprintf("r-%c", 'a'+i),
-		}, config...)})
+		}, append(config, opts.args...)...)})
 	}
 	var addrs []string
 	for _, f := range rf.reps {
