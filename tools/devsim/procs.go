@@ -133,9 +133,10 @@ func (sp *simProcs) up() int {
 	return n
 }
 
-// WaitUp polls the event lines until n devices are up.
+// WaitUp polls the event lines until n devices are up, once a second:
+// parsing a large fleet's lines costs CPU.
 func (sp *simProcs) WaitUp(ctx context.Context, n int) error {
-	tick := time.NewTicker(200 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		if sp.up() >= n {

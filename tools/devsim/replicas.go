@@ -312,7 +312,9 @@ func tunnelsByReplica(f *harness.Fleet, count int) (map[string][]int, error) {
 }
 
 // awaitBack waits until every device of devs has gone down and come up
-// again since t0, or timeout, and says how they came back.
+// again since t0, or timeout, and says how they came back. The times come
+// from the events; it looks once a second, as reading a large fleet's
+// events costs CPU the replicas are measured on.
 func awaitBack(ctx context.Context, sim fleetSim, simDone <-chan struct{}, simStopped func() error, t0 time.Time, devs []int, timeout time.Duration) (Recovery, error) {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -325,7 +327,7 @@ func awaitBack(ctx context.Context, sim fleetSim, simDone <-chan struct{}, simSt
 			return rec, ctx.Err()
 		case <-simDone:
 			return rec, simStopped()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(time.Second):
 		}
 	}
 }
@@ -418,9 +420,9 @@ func (r *ReplicasReport) Write(w io.Writer) {
 	fmt.Fprintf(w, "joined and connected in %s\n", r.JoinAndConnect.Round(time.Millisecond))
 	fmt.Fprintf(w, "\nreplicas with every device connected, %s idle:\n", r.Settle)
 	for _, rp := range r.Replicas {
-		fmt.Fprintf(w, "  %s: %d devices, RSS %s (peak %s), %d threads; CPU %s (%.1f%% of one core); RSS after the full restart %s\n",
-			rp.ID, rp.Devices, harness.MB(rp.Idle.RSS), harness.MB(rp.Idle.Peak), rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond),
-			100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(rp.After.RSS))
+		fmt.Fprintf(w, "  %s: %d devices, RSS %s (%.1f kB a device; peak %s), %d threads; CPU %s (%.1f%% of one core); RSS after the full restart %s\n",
+			rp.ID, rp.Devices, harness.MB(rp.Idle.RSS), float64(rp.Idle.RSS)/float64(max(rp.Devices, 1))/1e3, harness.MB(rp.Idle.Peak),
+			rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond), 100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(rp.After.RSS))
 	}
 	fmt.Fprintf(w, "  simulators: RSS %s, CPU %.1f%% of one core; balancers: RSS %s, CPU %.1f%% of one core\n",
 		harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())
