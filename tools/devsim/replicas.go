@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -167,8 +169,12 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	addrs := make([]string, cfg.Replicas)
 	for i := range reps {
 		id := replicaID(i)
+		listen, err := replicaListen()
+		if err != nil {
+			return nil, err
+		}
 		reps[i], err = harness.StartFleetErr(tb, harness.FleetConfig{
-			Bin: bin, DataDir: filepath.Join(dir, "fleet-"+id), LogLevel: "warn", LogDir: dir, Name: "fleetd-" + id,
+			Listen: listen, Bin: bin, DataDir: filepath.Join(dir, "fleet-"+id), LogLevel: "warn", LogDir: dir, Name: "fleetd-" + id,
 			Args: []string{"--store", etcd.StoreURL("fleet"), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s", "--replica-id", id},
 		})
 		if err != nil {
@@ -254,7 +260,8 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	if r.Kill, err = awaitBack(ctx, sim, simDone, simStopped, t0, held[r.Killed], cfg.Timeout); err != nil {
 		return nil, err
 	}
-	log.Info("the killed replica's devices are back", "back", r.Kill.Back.N, "missing", r.Kill.Missing, "max", ms(r.Kill.Back.Max))
+	log.Info("the killed replica's devices are back", "back", r.Kill.Back.N, "missing", r.Kill.Missing,
+		"p50", ms(r.Kill.Back.P50), "p90", ms(r.Kill.Back.P90), "max", ms(r.Kill.Back.Max))
 	if err := reps[victim].RestartErr(); err != nil {
 		return nil, fmt.Errorf("devsim: start replica %s again: %w", r.Killed, err)
 	}
@@ -288,6 +295,38 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	}
 	r.Write(out)
 	return r, nil
+}
+
+// replicaListen returns a loopback address whose TCP and UDP port is free
+// and below the kernel's ephemeral range. A replica killed and started
+// again takes its port back: had it come from that range, one of the
+// balancers' sockets (one per device flow, each on an ephemeral port) could
+// hold it by then, as one did in a run of 10,000 devices.
+func replicaListen() (string, error) {
+	const lowest = 10000
+	first := 32768 // Linux's default
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				first = n
+			}
+		}
+	}
+	for range 100 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lowest+rand.IntN(max(first-lowest, 1))))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr, nil
+	}
+	return "", fmt.Errorf("devsim: no free port from %d to %d, below the ephemeral range, for a replica", lowest, first)
 }
 
 // replicaID names replica i: r-a, r-b, ...
