@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"remoteler.dev/edge/fleet/store/boltstore"
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
 	"remoteler.dev/edge/fleet/store/storetest"
+	"remoteler.dev/edge/tools/etcdcluster"
 )
 
 // runStore runs fleetd store with args (after "store") and returns its
@@ -50,7 +50,7 @@ func boltDump(t *testing.T, path string) string {
 // certificate) and back: the copy refuses a non-empty destination unless
 // told, prints progress and counts, and the round trip is exact.
 func TestStoreCopy(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 1, TLS: true})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 1, TLS: true})
 	etcdURL := c.StoreURL("migrated")
 	toTLS := []string{"--to-ca", c.CAFile, "--to-cert", c.CertFile, "--to-key", c.KeyFile}
 	fromTLS := []string{"--from-ca", c.CAFile, "--from-cert", c.CertFile, "--from-key", c.KeyFile}

@@ -22,7 +22,12 @@
 // devices' reconnects spread out in time, whether they come as a
 // synchronised storm, and fleetd's memory with the devices connected.
 // MeasureCost measures what a held reverse tunnel costs fleetd (memory,
-// CPU, wake-ups) against a direct node, per device.
+// CPU, wake-ups) against a direct node, per device. MeasureReplicas runs
+// the devices over fleetd replicas on a real 3-member etcd cluster
+// (tools/etcdcluster), each simulator process behind its own balancer
+// (tools/balancer, in a devsim balance process): each replica's memory and
+// idle CPU, and how the devices come back after one replica is killed and
+// after every replica restarts.
 //
 // It is a developer tool: tools/cmd/devsim and the benchmarks under
 // tools/bench import it; product code (firmware/, fleet/, proto/) must not.

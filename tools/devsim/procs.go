@@ -53,14 +53,15 @@ type simProcs struct {
 	done  chan struct{} // closed when a process has exited
 }
 
-// startSimProcs starts n devsim processes (the program exe) that together
-// simulate cfg.Count devices of the fleet at addr, joining with token.
-func startSimProcs(tb harness.TB, cfg RestartConfig, addr, token, dataDir string) (*simProcs, error) {
+// startSimProcs starts cfg.Procs devsim processes (the program cfg.Exe)
+// that together simulate cfg.Count devices of the fleet, process i at
+// addrs[i % len(addrs)], joining with token.
+func startSimProcs(tb harness.TB, cfg RestartConfig, addrs []string, token, dataDir string) (*simProcs, error) {
 	sp := &simProcs{count: cfg.Count, done: make(chan struct{})}
 	per := (cfg.Count + cfg.Procs - 1) / cfg.Procs
 	for first := 0; first < cfg.Count; first += per {
 		n := min(per, cfg.Count-first)
-		args := []string{"--fleet", addr, "--token", token, "--count", strconv.Itoa(n), "--first", strconv.Itoa(first),
+		args := []string{"--fleet", addrs[len(sp.procs)%len(addrs)], "--token", token, "--count", strconv.Itoa(n), "--first", strconv.Itoa(first),
 			"--data", dataDir, "--events", "--start-rate", strconv.FormatFloat(cfg.StartRate/float64(cfg.Procs), 'f', -1, 64)}
 		for _, d := range []struct {
 			flag string
@@ -132,9 +133,10 @@ func (sp *simProcs) up() int {
 	return n
 }
 
-// WaitUp polls the event lines until n devices are up.
+// WaitUp polls the event lines until n devices are up, once a second:
+// parsing a large fleet's lines costs CPU.
 func (sp *simProcs) WaitUp(ctx context.Context, n int) error {
-	tick := time.NewTicker(200 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		if sp.up() >= n {

@@ -116,50 +116,13 @@ func (r *RestartReport) Storm() (bool, string) {
 // fleetd (SIGTERM, then a new process on the same port and data dir) and
 // measures how the devices come back. It writes the report to out.
 func MeasureRestart(ctx context.Context, cfg RestartConfig, out io.Writer) (*RestartReport, error) {
-	if cfg.Count <= 0 {
-		cfg.Count = 1000
-	}
-	if cfg.Settle <= 0 {
-		cfg.Settle = 10 * time.Second
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 3 * time.Minute
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.StartRate == 0 {
-		cfg.StartRate = 200
-	}
-	if cfg.Procs > 1 && cfg.Exe == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("devsim: find this program to split the devices over processes: %w", err)
-		}
-		cfg.Exe = exe
-	}
-	dir := cfg.Dir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "devsim-restart-")
-		if err != nil {
-			return nil, fmt.Errorf("devsim: %w", err)
-		}
-		defer os.RemoveAll(d)
-		dir = d
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("devsim: %w", err)
-	}
 	var r *RestartReport
-	err := harness.Do(ctx, harness.DoConfig{Dir: filepath.Join(dir, "tmp"), Log: logWriter{cfg.Logger}}, func(tb harness.TB) error {
+	err := withRun(ctx, &cfg, "devsim-restart-", func(tb harness.TB, dir string) error {
 		var err error
 		r, err = measureRestart(tb, cfg, dir, out)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return r, nil
+	return r, err
 }
 
 // measureRestart is MeasureRestart's body: fleetd and the simulator stop
@@ -171,7 +134,7 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 		return nil, err
 	}
 
-	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, fd.Addr, token, filepath.Join(dir, "devices"))
+	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, []string{fd.Addr}, token, filepath.Join(dir, "devices"))
 	if err != nil {
 		return nil, err
 	}
@@ -248,19 +211,20 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 }
 
 // startSim starts the simulated devices: in this process, or split over
-// cfg.Procs devsim processes. simDone is closed when the simulator (or one
+// cfg.Procs devsim processes, process i joining and dialling the fleet at
+// addrs[i % len(addrs)]. simDone is closed when the simulator (or one
 // of its processes) has stopped, and stopped then says why; stat reads the
 // simulator's RSS and CPU time.
-func startSim(tb harness.TB, cfg RestartConfig, addr, token, dataDir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
+func startSim(tb harness.TB, cfg RestartConfig, addrs []string, token, dataDir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
 	if cfg.Procs > 1 {
-		sp, err := startSimProcs(tb, cfg, addr, token, dataDir)
+		sp, err := startSimProcs(tb, cfg, addrs, token, dataDir)
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
 		return sp, sp.done, sp.err, sp.stat, nil
 	}
 	s, err := New(Config{
-		Fleet: addr, Token: token, Count: cfg.Count, DataDir: dataDir,
+		Fleet: addrs[0], Token: token, Count: cfg.Count, DataDir: dataDir,
 		Keepalive: cfg.Keepalive, Liveness: cfg.Liveness, IdleTimeout: cfg.IdleTimeout,
 		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
 		StartRate: cfg.StartRate,
@@ -439,26 +403,42 @@ func (r *RestartReport) Write(w io.Writer) {
 	r.DialHist.Write(w, 50)
 }
 
-// startFleet starts a fleetd for count simulated devices in dir (building
-// fleetd and fleetctl there when binDir is empty) and returns it with a
-// join token for all of them.
-func startFleet(tb harness.TB, binDir string, count int, dir string, log *slog.Logger) (*harness.Fleet, string, error) {
+// buildFleet returns the directory holding fleetd and fleetctl: binDir,
+// or, when that is empty, a build of both from this repository in dir.
+func buildFleet(tb harness.TB, binDir, dir string, log *slog.Logger) (harness.Bin, error) {
 	bin := harness.Bin(binDir)
 	if bin == "" {
 		log.Info("building fleetd and fleetctl")
 		var err error
 		if bin, err = harness.Build(tb.Context(), filepath.Join(dir, "bin"), nil, "remoteler.dev/edge/fleet/cmd/fleetd", "remoteler.dev/edge/fleet/cmd/fleetctl"); err != nil {
-			return nil, "", fmt.Errorf("devsim: %w", err)
+			return "", fmt.Errorf("devsim: %w", err)
 		}
+	}
+	return bin, nil
+}
+
+// startFleet starts a fleetd for count simulated devices in dir (building
+// fleetd and fleetctl there when binDir is empty) and returns it with a
+// join token for all of them.
+func startFleet(tb harness.TB, binDir string, count int, dir string, log *slog.Logger) (*harness.Fleet, string, error) {
+	bin, err := buildFleet(tb, binDir, dir, log)
+	if err != nil {
+		return nil, "", err
 	}
 	// A fleet of simulated devices logs a line per connect at info.
 	fd, err := harness.StartFleetErr(tb, harness.FleetConfig{Bin: bin, DataDir: filepath.Join(dir, "fleet"), LogLevel: "warn", LogDir: dir})
 	if err != nil {
 		return nil, "", fmt.Errorf("devsim: %w", err)
 	}
+	token, err := joinToken(fd, count)
+	return fd, token, err
+}
+
+// joinToken creates a join token for count devices on fd.
+func joinToken(fd *harness.Fleet, count int) (string, error) {
 	token, err := fd.TokenErr("--uses="+strconv.Itoa(count), "--ttl=2h")
 	if err != nil {
-		return nil, "", fmt.Errorf("devsim: %w", err)
+		return "", fmt.Errorf("devsim: %w", err)
 	}
-	return fd, token, nil
+	return token, nil
 }

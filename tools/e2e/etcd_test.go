@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/tools/etcdcluster"
 	"remoteler.dev/edge/tools/harness"
 )
 
@@ -16,7 +16,7 @@ import (
 // ssh); a second fleetd on the same etcd with an empty data dir is the
 // same fleet (CA pin, users).
 func TestFleetOnEtcd(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3, TLS: true})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3, TLS: true})
 	storeArgs := []string{"--store", c.StoreURL("fleet-e2e"),
 		"--store-ca", c.CAFile, "--store-cert", c.CertFile, "--store-key", c.KeyFile}
 	f := startFleetArgs(t, nil, storeArgs...)

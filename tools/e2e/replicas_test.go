@@ -17,10 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/balancer"
+	"remoteler.dev/edge/tools/etcdcluster"
 	"remoteler.dev/edge/tools/harness"
 	"remoteler.dev/edge/tools/linksim"
 	"remoteler.dev/edge/tools/logtest"
@@ -30,7 +30,7 @@ import (
 // behind one address (tools/balancer): devices go to replica A first,
 // users to C first, each to the next when its replica is down.
 type replicaFleet struct {
-	etcd *etcdtest.Cluster
+	etcd *etcdcluster.Cluster
 	reps [3]*harness.Fleet
 	lb   *balancer.Balancer
 }
@@ -79,7 +79,7 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 		}
 		config = []string{"--config", path}
 	}
-	rf := &replicaFleet{etcd: etcdtest.Start(t, etcdtest.Options{Members: 3})}
+	rf := &replicaFleet{etcd: etcdcluster.Start(t, etcdcluster.Options{Members: 3})}
 	for i := range rf.reps {
 		rf.reps[i] = harness.StartFleet(t, harness.FleetConfig{Bin: bin, Args: append([]string{
 			"--store", opts.store(rf, i), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s",

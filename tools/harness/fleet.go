@@ -35,6 +35,9 @@ type FleetConfig struct {
 	Env []string
 	// LogDir, when set, also gets fleetd's output (see Cmd.LogDir).
 	LogDir string
+	// Name names the process (its log file in LogDir); default fleetd.
+	// Replicas sharing a LogDir need one each.
+	Name string
 	// StopTimeout bounds a graceful stop before SIGKILL; default 30s.
 	StopTimeout time.Duration
 	// ReadyTimeout bounds the wait for fleetd to listen; default 2m.
@@ -84,6 +87,9 @@ func StartFleetErr(tb TB, cfg FleetConfig) (*Fleet, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
+	if cfg.Name == "" {
+		cfg.Name = "fleetd"
+	}
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "debug"
 	}
@@ -99,7 +105,7 @@ func StartFleetErr(tb TB, cfg FleetConfig) (*Fleet, error) {
 
 func (f *Fleet) start(listen string) error {
 	args := append([]string{"start", "--data-dir", f.DataDir, "--listen", listen, "--log-level", f.cfg.LogLevel}, f.cfg.Args...)
-	p, err := StartErr(f.tb, Cmd{Name: "fleetd", Path: f.Bin.Path("fleetd"), Args: args, Env: f.cfg.Env,
+	p, err := StartErr(f.tb, Cmd{Name: f.cfg.Name, Path: f.Bin.Path("fleetd"), Args: args, Env: f.cfg.Env,
 		LogDir: f.cfg.LogDir, StopTimeout: f.cfg.StopTimeout})
 	if err != nil {
 		return err

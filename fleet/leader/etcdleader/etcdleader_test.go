@@ -21,7 +21,7 @@ import (
 	"remoteler.dev/edge/fleet/leader/etcdleader"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/etcdstore"
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/tools/etcdcluster"
 )
 
 const wait = 2 * time.Minute
@@ -33,7 +33,7 @@ func randomPrefix() string {
 }
 
 // replica opens a store on c under prefix, as one fleetd replica would.
-func replica(t *testing.T, c *etcdtest.Cluster, prefix string) *etcdstore.Store {
+func replica(t *testing.T, c *etcdcluster.Cluster, prefix string) *etcdstore.Store {
 	t.Helper()
 	s, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: prefix, TLS: c.ClientTLS(t)})
 	if err != nil {
@@ -76,7 +76,7 @@ func receive(t *testing.T, ch <-chan leader.Term, what string) leader.Term {
 // the next candidate wins, and the old leader's fenced write fails in
 // etcd's transaction while the new leader's lands.
 func TestDeposedLeaderIsFenced(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3})
 	ctx := t.Context()
 	prefix := randomPrefix()
 	a, b := replica(t, c, prefix), replica(t, c, prefix)
@@ -134,7 +134,7 @@ func TestDeposedLeaderIsFenced(t *testing.T) {
 // TestResignHandsOver: the next candidate leads as soon as the leader
 // resigns, without waiting for a lease to expire.
 func TestResignHandsOver(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 1})
 	ctx := t.Context()
 	prefix := randomPrefix()
 	a, b := replica(t, c, prefix), replica(t, c, prefix)
@@ -205,7 +205,7 @@ func pausedLeader() int {
 // leader and has it write at once, before it can notice: the write fails
 // with ErrFenced and the new leader's value stays.
 func TestPausedLeaderCannotWrite(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3})
 	ctx := t.Context()
 	prefix := randomPrefix()
 

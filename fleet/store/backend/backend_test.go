@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/tools/etcdcluster"
 )
 
 func TestParse(t *testing.T) {
@@ -55,10 +55,10 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// TestTLSFiles reads real PEM files (etcdtest's), and refuses a file with
+// TestTLSFiles reads real PEM files (etcdcluster's), and refuses a file with
 // no certificate in it.
 func TestTLSFiles(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 1, TLS: true})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 1, TLS: true})
 	spec, err := Parse(Config{URL: c.StoreURL("f"), TLS: TLSFiles{CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}})
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/boltstore"
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
+	"remoteler.dev/edge/tools/etcdcluster"
 )
 
 // TestStoreBenchmark measures the two production stores side by side, the
@@ -41,7 +41,7 @@ func TestStoreBenchmark(t *testing.T) {
 		n = v
 	}
 	ctx := t.Context()
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3})
 	prefix := randomPrefix()
 	e1, e2 := open(t, c, prefix), open(t, c, prefix)
 	defer e1.Close()

@@ -8,8 +8,8 @@ import (
 
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/etcdstore"
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
 	"remoteler.dev/edge/fleet/store/storetest"
+	"remoteler.dev/edge/tools/etcdcluster"
 	"remoteler.dev/edge/tools/logtest"
 )
 
@@ -24,7 +24,7 @@ func randomPrefix() string {
 }
 
 // open opens a store on c under prefix; the test closes it.
-func open(t testing.TB, c *etcdtest.Cluster, prefix string) *etcdstore.Store {
+func open(t testing.TB, c *etcdcluster.Cluster, prefix string) *etcdstore.Store {
 	t.Helper()
 	s, err := etcdstore.Open(t.Context(), etcdstore.Config{
 		Endpoints: c.Endpoints(), Prefix: prefix, TLS: c.ClientTLS(t), WatchQueue: testQueue, Logger: logtest.Logger(t),
@@ -38,7 +38,7 @@ func open(t testing.TB, c *etcdtest.Cluster, prefix string) *etcdstore.Store {
 // harness runs the contract suite on c: every store under its own prefix,
 // peers as second clients on the same prefix, history forgotten by
 // compacting the cluster.
-func harness(c *etcdtest.Cluster) storetest.Harness {
+func harness(c *etcdcluster.Cluster) storetest.Harness {
 	return storetest.Harness{
 		New: func(t *testing.T) store.Store { return open(t, c, randomPrefix()) },
 		Peer: func(t *testing.T, s store.Store) store.Store {
@@ -60,13 +60,13 @@ func harness(c *etcdtest.Cluster) storetest.Harness {
 // TestContract runs the contract suite against a real three-member etcd
 // cluster.
 func TestContract(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3})
 	storetest.Run(t, harness(c))
 }
 
 // TestContractTLS runs it again with TLS and client certificates between
 // the store and etcd.
 func TestContractTLS(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3, TLS: true})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3, TLS: true})
 	storetest.Run(t, harness(c))
 }

@@ -13,8 +13,8 @@ import (
 
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/etcdstore"
-	"remoteler.dev/edge/fleet/store/etcdstore/etcdtest"
 	"remoteler.dev/edge/fleet/store/storetest"
+	"remoteler.dev/edge/tools/etcdcluster"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers and readers.
@@ -39,7 +39,7 @@ func (b *syncBuffer) String() string {
 // says why it waits and retries, gives up with the last error when its
 // context ends, and returns as soon as the cluster is back.
 func TestOpenWaitsForEtcd(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3})
 	for _, m := range c.Members {
 		m.Kill()
 	}
@@ -115,7 +115,7 @@ func TestOpenWaitsForEtcd(t *testing.T) {
 // TestOpenRefusedCertificate: a cluster that wants a client certificate
 // and a store that has none: Open retries, logging the TLS refusal.
 func TestOpenRefusedCertificate(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 1, TLS: true})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 1, TLS: true})
 	tlsc := c.ClientTLS(t)
 	tlsc.Certificates = nil
 	var logs syncBuffer
@@ -140,7 +140,7 @@ func TestOpenRefusedCertificate(t *testing.T) {
 // the watch delivers every write that succeeded, in order and without a
 // resync, and the lease and its key survive.
 func TestLeaderKilled(t *testing.T) {
-	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	c := etcdcluster.Start(t, etcdcluster.Options{Members: 3})
 	ctx := t.Context()
 	s := open(t, c, randomPrefix())
 	defer s.Close()

@@ -5,6 +5,8 @@
 //	devsim --fleet 127.0.0.1:3080 --token JOIN --count 1000 --data DIR
 //	devsim restart [-count 1000] [-procs 1] [-quick] [-bin DIR]
 //	devsim cost [-count 1000] [-window 1m] [-check-in 5m] [-bin DIR]
+//	devsim replicas [-count 1000] [-procs 1] [-replicas 3] [-bin DIR]
+//	devsim balance -backends HOST:PORT,...
 //
 // The first form joins the devices that have no identity in DIR yet (the
 // join string needs that many uses: fleetctl tokens add --uses=1000), keeps
@@ -18,7 +20,12 @@
 // devices over N devsim processes (the first form with --first, --count and
 // --events), whose events the measurement reads. The third measures what a
 // held reverse tunnel costs fleetd (memory, CPU, wake-ups) against a direct
-// node that checks in now and then, per device.
+// node that checks in now and then, per device. The fourth runs the
+// devices over fleetd replicas on a 3-member etcd cluster (Debian's
+// etcd-server), each simulator process behind its own balancer (the fifth
+// form, which spreads devices over the replicas by port and moves them off
+// a dead one), and reports each replica's memory and idle CPU and how the
+// devices come back after one replica is killed and after all restart.
 package main
 
 import (
@@ -30,10 +37,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"remoteler.dev/edge/tools/balancer"
 	"remoteler.dev/edge/tools/devsim"
 )
 
@@ -49,6 +58,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(args) > 0 && args[0] == "restart":
 		err = restart(ctx, args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "replicas":
+		err = replicas(ctx, args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "balance":
+		err = balance(ctx, args[1:], stdout, stderr)
 	case len(args) > 0 && args[0] == "cost":
 		err = cost(ctx, args[1:], stdout, stderr)
 	default:
@@ -127,20 +140,7 @@ func restart(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := flag.NewFlagSet("devsim restart", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg devsim.RestartConfig
-	fs.IntVar(&cfg.Count, "count", 1000, "number of simulated devices")
-	fs.StringVar(&cfg.Bin, "bin", "", "`DIR` holding fleetd (default: build it into the work directory)")
-	fs.StringVar(&cfg.Dir, "dir", "", "work `DIR` for fleetd's data, the identities and fleetd.log (default: a temporary one, removed)")
-	fs.DurationVar(&cfg.Settle, "settle", 10*time.Second, "idle time with every device up before fleetd's memory is read")
-	fs.DurationVar(&cfg.Timeout, "timeout", 3*time.Minute, "how long to wait for every device to be back after the restart")
-	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first")
-	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "devices' NAT keep-alive period (default 25s, the agent's)")
-	fs.DurationVar(&cfg.Liveness, "liveness", 0, "devices' heartbeat period (default 2m, the agent's)")
-	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "devices' tunnel idle timeout (default 2 × liveness + 30s, the agent's)")
-	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 0, "devices' first reconnect delay bound (default 500ms, the agent's)")
-	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "devices' largest reconnect delay (default 1m, the agent's)")
-	fs.IntVar(&cfg.Procs, "procs", 1, "split the devices over this many devsim processes (each device holds an open file: for more devices than one process may open)")
-	quick := fs.Bool("quick", false, "a quick check: 50 devices, 1s settle, 1m timeout (overrides -count, -settle, -timeout)")
-	quiet := fs.Bool("q", false, "no progress on stderr")
+	quick, quiet := restartFlags(fs, &cfg)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: devsim restart [flags]\n\n"+
 			"Starts fleetd, joins simulated devices, restarts fleetd (SIGTERM, then again on the same port and data dir)\n"+
@@ -161,6 +161,89 @@ func restart(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	_, err := devsim.MeasureRestart(ctx, cfg, stdout)
 	return err
+}
+
+// restartFlags defines the flags devsim restart and devsim replicas share.
+func restartFlags(fs *flag.FlagSet, cfg *devsim.RestartConfig) (quick, quiet *bool) {
+	fs.IntVar(&cfg.Count, "count", 1000, "number of simulated devices")
+	fs.StringVar(&cfg.Bin, "bin", "", "`DIR` holding fleetd (default: build it into the work directory)")
+	fs.StringVar(&cfg.Dir, "dir", "", "work `DIR` for fleetd's data, the identities and fleetd's logs (default: a temporary one, removed)")
+	fs.DurationVar(&cfg.Settle, "settle", 10*time.Second, "idle time with every device up before fleetd's memory is read")
+	fs.DurationVar(&cfg.Timeout, "timeout", 3*time.Minute, "how long to wait for every device to be back after the restart")
+	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "devices' NAT keep-alive period (default 25s, the agent's)")
+	fs.DurationVar(&cfg.Liveness, "liveness", 0, "devices' heartbeat period (default 2m, the agent's)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "devices' tunnel idle timeout (default 2 × liveness + 30s, the agent's)")
+	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 0, "devices' first reconnect delay bound (default 500ms, the agent's)")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "devices' largest reconnect delay (default 1m, the agent's)")
+	fs.IntVar(&cfg.Procs, "procs", 1, "split the devices over this many devsim processes (each device holds an open file: for more devices than one process may open)")
+	return fs.Bool("quick", false, "a quick check: 50 devices, 1s settle, 1m timeout (overrides -count, -settle, -timeout)"),
+		fs.Bool("q", false, "no progress on stderr")
+}
+
+func replicas(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devsim replicas", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg devsim.ReplicasConfig
+	quick, quiet := restartFlags(fs, &cfg.RestartConfig)
+	fs.IntVar(&cfg.Replicas, "replicas", 3, "number of fleetd replicas (on a 3-member etcd cluster)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: devsim replicas [flags]\n\n"+
+			"Starts a 3-member etcd cluster, fleetd replicas on it and a balancer per simulator process, joins simulated\n"+
+			"devices, reports each replica's memory and idle CPU, kills (SIGKILL) the replica holding the most devices and\n"+
+			"times their return, then restarts every replica and times every device's return.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if *quick {
+		cfg.Count, cfg.Settle, cfg.Timeout = 50, time.Second, time.Minute
+	}
+	if !*quiet {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	_, err := devsim.MeasureReplicas(ctx, cfg, stdout)
+	return err
+}
+
+// balance runs a balancer (package balancer) in front of fleetd replicas,
+// spreading clients over them by port, until interrupted: devsim replicas
+// starts one per simulator process.
+func balance(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devsim balance", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:0", "`HOST:PORT` to listen on (TCP and UDP)")
+	backends := fs.String("backends", "", "the replicas' `HOST:PORT,...` (required)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: devsim balance -backends HOST:PORT,... [-listen HOST:PORT]\n\n"+
+			"Balances TCP and UDP clients over fleetd replicas by their port, moving them off a replica that fails its\n"+
+			"readiness check, until interrupted; prints \"balancing on HOST:PORT\" once it listens.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if *backends == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "devsim balance: -backends is required, and nothing else")
+		return errUsage
+	}
+	addrs := strings.Split(*backends, ",")
+	lb, err := balancer.Start(balancer.Config{Listen: *listen, Backends: addrs, Rule: balancer.ByPort(len(addrs)),
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		return fmt.Errorf("devsim balance: %w", err)
+	}
+	defer lb.Close()
+	fmt.Fprintf(stdout, "balancing on %s\n", lb.Addr())
+	<-ctx.Done()
+	return nil
 }
 
 func cost(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -15,6 +15,9 @@ func TestRunUsage(t *testing.T) {
 	}{
 		{"help", []string{"-h"}, 0, "usage: devsim --fleet"},
 		{"restart help", []string{"restart", "-h"}, 0, "usage: devsim restart"},
+		{"replicas help", []string{"replicas", "-h"}, 0, "usage: devsim replicas"},
+		{"balance help", []string{"balance", "-h"}, 0, "usage: devsim balance"},
+		{"balance without backends", []string{"balance"}, 2, "-backends is required"},
 		{"unknown flag", []string{"-nope"}, 2, "flag provided but not defined"},
 		{"stray argument", []string{"--fleet", "127.0.0.1:1", "--data", "x", "extra"}, 2, `unexpected argument "extra"`},
 		{"no fleet", []string{"--data", "x"}, 1, "the fleet address is required"},

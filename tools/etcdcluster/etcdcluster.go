@@ -1,15 +1,17 @@
-// Package etcdtest runs a real etcd cluster for tests: Debian's etcd
-// binary (package etcd-server, installed by tools/setup/setup.sh), one
-// process per member on free loopback ports, in a temporary directory,
-// stopped and removed when the test ends. Members can be killed and
+// Package etcdcluster runs a real etcd cluster for tests and benchmark
+// tools: Debian's etcd binary (package etcd-server, installed by
+// tools/setup/setup.sh), one process per member on free loopback ports, in
+// a temporary directory, stopped and removed when the test (or the
+// harness.Do function of a tool such as devsim replicas) ends. Members can be killed and
 // started again, and the current leader found, for fault tests. With
 // Options.TLS clients must present a certificate from the cluster's own
 // CA (the members verify it), as a production etcd would ask.
 //
 // Start fails the test, never skips it, when etcd is missing.
 //
-// Only tests import this package.
-package etcdtest
+// Tests and the tools under tools/ import this package; a fleet never
+// does.
+package etcdcluster
 
 import (
 	"bytes"
@@ -28,10 +30,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"remoteler.dev/edge/tools/harness"
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -58,7 +60,7 @@ type Cluster struct {
 	// its key (PEM). Empty without Options.TLS.
 	CAFile, CertFile, KeyFile string
 
-	t     testing.TB
+	t     harness.TB
 	bin   string
 	opts  Options
 	token string // the cluster's initial token
@@ -84,7 +86,7 @@ type Member struct {
 
 // Start starts a cluster and waits until it has a leader and every member
 // answers. The cluster is stopped when the test ends.
-func Start(t testing.TB, opts Options) *Cluster {
+func Start(t harness.TB, opts Options) *Cluster {
 	t.Helper()
 	if opts.Members <= 0 {
 		opts.Members = 3
@@ -105,7 +107,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	token := make([]byte, 6)
 	rand.Read(token)
-	c.token = "etcdtest-" + hex.EncodeToString(token)
+	c.token = "etcdcluster-" + hex.EncodeToString(token)
 	for _, m := range c.Members {
 		m.start(strings.Join(initial, ","))
 	}
@@ -121,11 +123,11 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-func freeAddr(t testing.TB) string {
+func freeAddr(t harness.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	defer l.Close()
 	return l.Addr().String()
@@ -246,18 +248,18 @@ func (c *Cluster) StoreURL(prefix string) string {
 
 // ClientTLS returns the TLS configuration of a client of the cluster (nil
 // without Options.TLS).
-func (c *Cluster) ClientTLS(t testing.TB) *tls.Config {
+func (c *Cluster) ClientTLS(t harness.TB) *tls.Config {
 	t.Helper()
 	if !c.opts.TLS {
 		return nil
 	}
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	caPEM, err := os.ReadFile(c.CAFile)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
@@ -266,7 +268,7 @@ func (c *Cluster) ClientTLS(t testing.TB) *tls.Config {
 
 // Client returns a raw etcd client of the running members, closed when the
 // test ends, for what tests do behind a store's back (compaction, status).
-func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+func (c *Cluster) Client(t harness.TB) *clientv3.Client {
 	t.Helper()
 	var eps []string
 	for _, m := range c.Members {
@@ -276,7 +278,7 @@ func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	}
 	cl, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: c.ClientTLS(t), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	t.Cleanup(func() { cl.Close() })
 	return cl
@@ -284,7 +286,7 @@ func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 
 // WaitHealthy waits (up to 2 minutes) until every running member answers
 // and agrees on a leader.
-func (c *Cluster) WaitHealthy(t testing.TB) {
+func (c *Cluster) WaitHealthy(t harness.TB) {
 	t.Helper()
 	cl := c.Client(t)
 	deadline := time.Now().Add(2 * time.Minute)
@@ -318,13 +320,13 @@ func (c *Cluster) healthy(cl *clientv3.Client) error {
 	// A write proves the cluster commits.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := cl.Put(ctx, "/etcdtest/health", time.Now().String())
+	_, err := cl.Put(ctx, "/etcdcluster/health", time.Now().String())
 	return err
 }
 
 // Leader returns the member that leads the cluster now, waiting for an
 // election to end if need be.
-func (c *Cluster) Leader(t testing.TB) *Member {
+func (c *Cluster) Leader(t harness.TB) *Member {
 	t.Helper()
 	c.WaitHealthy(t)
 	cl := c.Client(t)
@@ -339,7 +341,7 @@ func (c *Cluster) Leader(t testing.TB) *Member {
 			return m
 		}
 	}
-	t.Fatal("etcdtest: no member says it leads")
+	t.Fatalf("etcdcluster: no member says it leads")
 	return nil
 }
 
@@ -377,21 +379,21 @@ func tail(s string, n int) string {
 
 // makeTLS writes a CA, a server certificate for 127.0.0.1 and localhost,
 // and a client certificate, into Dir.
-func (c *Cluster) makeTLS(t testing.TB) {
+func (c *Cluster) makeTLS(t harness.TB) {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	now := time.Now()
 	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcdtest-ca"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcdcluster-ca"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	ca, _ := x509.ParseCertificate(caDER)
 	c.CAFile = filepath.Join(c.Dir, "ca.pem")
@@ -399,7 +401,7 @@ func (c *Cluster) makeTLS(t testing.TB) {
 	issue := func(serial int64, name string, usage []x509.ExtKeyUsage, certFile, keyFile string) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v", err)
 		}
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
@@ -409,7 +411,7 @@ func (c *Cluster) makeTLS(t testing.TB) {
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v", err)
 		}
 		kb, _ := x509.MarshalPKCS8PrivateKey(key)
 		writePEM(t, certFile, "CERTIFICATE", der)
@@ -423,9 +425,9 @@ func (c *Cluster) makeTLS(t testing.TB) {
 	issue(3, "fleetd", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, c.CertFile, c.KeyFile)
 }
 
-func writePEM(t testing.TB, path, typ string, der []byte) {
+func writePEM(t harness.TB, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 }
