@@ -136,17 +136,8 @@ func (s *Server) leafApps(w http.ResponseWriter, r *http.Request, c *caller, lea
 	err := askLeaf(r.Context(), conn, leaf, api.PathApps, &list)
 	conn.Close()
 	rel.sess.DoneSilently("")
-	var ae *api.Error
-	switch {
-	case errors.As(err, &ae):
-		status := http.StatusForbidden
-		if ae.Code == api.CodeUnauthorized {
-			status = http.StatusUnauthorized
-		}
-		writeError(w, status, ae.Code, fmt.Sprintf("the leaf cluster %q refused you: %s", leaf, ae.Message))
-		return nil, false
-	case err != nil:
-		writeError(w, http.StatusBadGateway, api.CodeDeviceOffline, fmt.Sprintf("the leaf cluster %q did not answer: %v", leaf, err))
+	if err != nil {
+		writeLeafError(w, leaf, err)
 		return nil, false
 	}
 	out := make([]api.App, 0, len(list))

@@ -370,17 +370,8 @@ func (s *Server) clusterCerts(w http.ResponseWriter, r *http.Request, c *caller)
 	who, err := askWhoami(r.Context(), conn, name)
 	conn.Close()
 	rel.sess.DoneSilently("")
-	var ae *api.Error
-	switch {
-	case errors.As(err, &ae):
-		status := http.StatusForbidden
-		if ae.Code == api.CodeUnauthorized {
-			status = http.StatusUnauthorized
-		}
-		writeError(w, status, ae.Code, fmt.Sprintf("the leaf cluster %q refused you: %s", name, ae.Message))
-		return
-	case err != nil:
-		writeError(w, http.StatusBadGateway, api.CodeDeviceOffline, fmt.Sprintf("the leaf cluster %q did not answer: %v", name, err))
+	if err != nil {
+		writeLeafError(w, name, err)
 		return
 	}
 	if want := api.RemoteUser(s.Cluster, c.user.Name); who.User != want {
@@ -457,4 +448,19 @@ func askLeaf(ctx context.Context, conn net.Conn, leaf, path string, out any) err
 		return fmt.Errorf("decode the leaf's answer to %s: %w", path, err)
 	}
 	return nil
+}
+
+// writeLeafError answers a user's request that leaf refused (its refusal,
+// 401 or 403, with its message) or did not answer (502).
+func writeLeafError(w http.ResponseWriter, leaf string, err error) {
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		writeError(w, http.StatusBadGateway, api.CodeDeviceOffline, fmt.Sprintf("the leaf cluster %q did not answer: %v", leaf, err))
+		return
+	}
+	status := http.StatusForbidden
+	if ae.Code == api.CodeUnauthorized {
+		status = http.StatusUnauthorized
+	}
+	writeError(w, status, ae.Code, fmt.Sprintf("the leaf cluster %q refused you: %s", leaf, ae.Message))
 }

@@ -200,16 +200,10 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	}
 
 	r := &ReplicasReport{Count: cfg.Count, Procs: cfg.Procs, Settle: cfg.Settle}
-	start := time.Now()
 	log.Info("joining and connecting devices", "devices", cfg.Count, "replicas", addrs, "balancers", lbAddrs)
-	if err := waitAllUp(ctx, sim, simDone, 10*time.Minute+time.Duration(cfg.Count)*100*time.Millisecond); err != nil {
-		if errors.Is(err, errSimStopped) {
-			return nil, simStopped()
-		}
+	if r.JoinAndConnect, err = joinAll(ctx, log, sim, simDone, simStopped); err != nil {
 		return nil, err
 	}
-	r.JoinAndConnect = time.Since(start)
-	log.Info("all devices up", "took", r.JoinAndConnect.Round(time.Millisecond))
 
 	// Idle: every replica, the simulators and the balancers over Settle.
 	before := make([]harness.Stat, len(reps))

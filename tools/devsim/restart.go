@@ -140,16 +140,10 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 	}
 
 	r := &RestartReport{Count: cfg.Count, Settle: cfg.Settle}
-	start := time.Now()
 	log.Info("joining and connecting devices", "devices", cfg.Count, "fleet", fd.Addr)
-	if err := waitAllUp(ctx, sim, simDone, 10*time.Minute+time.Duration(cfg.Count)*100*time.Millisecond); err != nil {
-		if errors.Is(err, errSimStopped) {
-			return nil, simStopped()
-		}
+	if r.JoinAndConnect, err = joinAll(ctx, log, sim, simDone, simStopped); err != nil {
 		return nil, err
 	}
-	r.JoinAndConnect = time.Since(start)
-	log.Info("all devices up", "took", r.JoinAndConnect.Round(time.Millisecond))
 
 	before, err := fd.Proc.Stat()
 	if err != nil {
@@ -270,6 +264,22 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 // errSimStopped says the simulator stopped while it was waited for.
 var errSimStopped = errors.New("devsim: the simulator stopped")
+
+// joinAll waits until every device has joined and connected and returns
+// how long that took; when the simulator stops first, it returns why
+// (simStopped).
+func joinAll(ctx context.Context, log *slog.Logger, sim fleetSim, simDone <-chan struct{}, simStopped func() error) (time.Duration, error) {
+	start := time.Now()
+	if err := waitAllUp(ctx, sim, simDone, 10*time.Minute+time.Duration(sim.Count())*100*time.Millisecond); err != nil {
+		if errors.Is(err, errSimStopped) {
+			return 0, simStopped()
+		}
+		return 0, err
+	}
+	took := time.Since(start)
+	log.Info("all devices up", "took", took.Round(time.Millisecond))
+	return took, nil
+}
 
 // waitAllUp waits until every device is up; it returns errSimStopped when
 // the simulator stops first (simDone is closed).

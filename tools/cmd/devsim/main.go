@@ -147,17 +147,8 @@ func restart(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			"and reports how the reconnects spread out and fleetd's memory.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if *quick {
-		cfg.Count, cfg.Settle, cfg.Timeout = 50, time.Second, time.Minute
-	}
-	if !*quiet {
-		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	if err := parseMeasure(fs, args, &cfg, quick, quiet, stderr); err != nil {
+		return err
 	}
 	_, err := devsim.MeasureRestart(ctx, cfg, stdout)
 	return err
@@ -181,6 +172,24 @@ func restartFlags(fs *flag.FlagSet, cfg *devsim.RestartConfig) (quick, quiet *bo
 		fs.Bool("q", false, "no progress on stderr")
 }
 
+// parseMeasure parses the flags of devsim restart or replicas into cfg,
+// with -quick's and -q's effects.
+func parseMeasure(fs *flag.FlagSet, args []string, cfg *devsim.RestartConfig, quick, quiet *bool, stderr io.Writer) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if *quick {
+		cfg.Count, cfg.Settle, cfg.Timeout = 50, time.Second, time.Minute
+	}
+	if !*quiet {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	return nil
+}
+
 func replicas(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("devsim replicas", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -194,17 +203,8 @@ func replicas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"times their return, then restarts every replica and times every device's return.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if *quick {
-		cfg.Count, cfg.Settle, cfg.Timeout = 50, time.Second, time.Minute
-	}
-	if !*quiet {
-		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	if err := parseMeasure(fs, args, &cfg.RestartConfig, quick, quiet, stderr); err != nil {
+		return err
 	}
 	_, err := devsim.MeasureReplicas(ctx, cfg, stdout)
 	return err
