@@ -394,12 +394,13 @@ func (p *Proc) AwaitOutput(ctx context.Context, s string, timeout time.Duration)
 	}
 }
 
-// Wait waits for the process to exit, up to timeout, and returns how it
-// ended; it fails the TB when it runs on.
+// Wait waits for the process to exit, up to timeout, and for its output to
+// be read, and returns how it ended; it fails the TB when it runs on.
 func (p *Proc) Wait(timeout time.Duration) error {
 	p.tb.Helper()
 	select {
 	case <-p.done:
+		p.settle()
 		return p.Err()
 	case <-time.After(timeout):
 		p.tb.Fatalf("%s still runs after %s:\n%s", p.name, timeout, p.Tail(20))
@@ -419,7 +420,7 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 
 // Stop asks the process to end (SIGTERM to its process group), waits up
 // to the Cmd's StopTimeout and then kills the group. It returns once the
-// process has exited; it does nothing on a nil or exited Proc (but kill
+// process has exited and its output is read; it does nothing on a nil or exited Proc (but kill
 // what the process left behind in its group).
 func (p *Proc) Stop() {
 	if p == nil {
@@ -443,4 +444,20 @@ func (p *Proc) Kill() {
 	}
 	signalGroup(p.cmd.Process, syscall.SIGKILL)
 	<-p.done
+	p.settle()
+}
+
+// settle waits, once the process has exited, until its output is read to
+// the end (or a second has passed: a child it left behind may hold the
+// output open), so that Output then holds every line it printed.
+func (p *Proc) settle() {
+	for {
+		p.mu.Lock()
+		ended, ch := p.endedLocked(), p.changed
+		p.mu.Unlock()
+		if ended {
+			return
+		}
+		<-ch
+	}
 }

@@ -56,6 +56,25 @@ func TestWaitFailsWhenProcessExits(t *testing.T) {
 	}
 }
 
+// What a process prints as it ends is in Output once Stop, Kill or Wait
+// returns: they wait for the output to be read, not only for the exit.
+func TestLastWordsAfterStop(t *testing.T) {
+	script := `trap 'i=0; while [ $i -lt 200 ]; do echo "last $i"; i=$((i+1)); done; echo gone; exit 1' TERM; echo up; while :; do sleep 1; done`
+	for i := range 10 {
+		p := Start(t, sh(script))
+		p.WaitOutput("up\n", 30*time.Second)
+		p.Stop()
+		if !strings.Contains(p.Output(), "gone\n") {
+			t.Fatalf("round %d: after Stop, Output lacks the last line:\n%s", i, p.Tail(3))
+		}
+		q := Start(t, sh(`i=0; while [ $i -lt 200 ]; do echo "line $i"; i=$((i+1)); done; echo done; exit 2`))
+		q.Wait(30 * time.Second)
+		if !strings.Contains(q.Output(), "done\n") {
+			t.Fatalf("round %d: after Wait, Output lacks the last line:\n%s", i, q.Tail(3))
+		}
+	}
+}
+
 func TestWaitTimesOut(t *testing.T) {
 	err := Do(t.Context(), DoConfig{}, func(tb TB) error {
 		p := Start(tb, sh(`echo hi; sleep 30`))
