@@ -139,8 +139,10 @@ func TestOnlyTheFleet(t *testing.T) {
 	peerDevice := directtest.DeviceCert(t, auth, directtest.NewID())
 
 	var handled atomic.Int32
+	seen := make(chan struct{}, 16)
 	handle := func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
 		handled.Add(1)
+		seen <- struct{}{}
 		conn.Close()
 	}
 	node := directtest.StartNode(t, direct.Config{TLSConfig: directtest.FleetOnly(auth, devCert), Handle: handle})
@@ -171,6 +173,13 @@ func TestOnlyTheFleet(t *testing.T) {
 			if tt.ok {
 				if err != nil {
 					t.Fatalf("the fleet was refused: %v", err)
+				}
+				// The node handles the stream after the dial returns: wait
+				// for it, so that it is not counted against the next case.
+				select {
+				case <-seen:
+				case <-time.After(time.Minute):
+					t.Fatal("the node never handled the fleet's stream")
 				}
 				return
 			}
