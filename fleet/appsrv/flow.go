@@ -113,18 +113,27 @@ func (s *Server) launch(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, origin+PathAuth+"?code="+url.QueryEscape(c), http.StatusSeeOther)
 }
 
+// refusalStatus is the HTTP status and page title of a refusal to open an
+// app.
+func refusalStatus(ref *broker.Refusal) (int, string) {
+	switch ref.Status {
+	case broker.StatusNotFound:
+		return http.StatusNotFound, "No such app"
+	case broker.StatusUnauthorized:
+		return http.StatusUnauthorized, "You may not open this app"
+	case broker.StatusOffline, broker.StatusNoAnswer, broker.StatusUnavailable:
+		return http.StatusServiceUnavailable, "The app cannot be reached"
+	}
+	return http.StatusForbidden, "You may not open this app"
+}
+
 // refusalPage tells a user why they may not open an app.
 func (s *Server) refusalPage(w http.ResponseWriter, ws *login.Session, label string, err error) {
 	status, title := http.StatusForbidden, "You may not open this app"
 	msg := err.Error()
 	var ref *broker.Refusal
 	if errors.As(err, &ref) {
-		switch ref.Status {
-		case broker.StatusNotFound:
-			status, title = http.StatusNotFound, "No such app"
-		case broker.StatusOffline, broker.StatusNoAnswer, broker.StatusUnavailable:
-			status, title = http.StatusServiceUnavailable, "The app cannot be reached"
-		}
+		status, title = refusalStatus(ref)
 	}
 	s.cfg.Login.Page(w, status, ws, login.Page{Title: title, Message: msg,
 		Details: []string{"App: " + label + ". Your roles decide which apps you may open (app_labels); ask a fleet admin if you need this one."},

@@ -332,15 +332,7 @@ func label(as *session) string {
 
 // refuse answers a refused app certificate's request.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, label string, ref *broker.Refusal) {
-	status := http.StatusForbidden
-	switch ref.Status {
-	case broker.StatusNotFound:
-		status = http.StatusNotFound
-	case broker.StatusUnauthorized:
-		status = http.StatusUnauthorized
-	case broker.StatusOffline, broker.StatusUnavailable:
-		status = http.StatusServiceUnavailable
-	}
+	status, _ := refusalStatus(ref)
 	plain(w, status, ref.Msg)
 }
 

@@ -110,15 +110,7 @@ func publicOrigin(host string) (string, error) {
 // refuseRelayed tells a root's user (a browser: a page; else a line) why
 // this fleet refused them an app.
 func (s *Server) refuseRelayed(w http.ResponseWriter, r *http.Request, ref *broker.Refusal) {
-	status, title := http.StatusForbidden, "You may not open this app"
-	switch ref.Status {
-	case broker.StatusNotFound:
-		status, title = http.StatusNotFound, "No such app"
-	case broker.StatusUnauthorized:
-		status = http.StatusUnauthorized
-	case broker.StatusOffline, broker.StatusNoAnswer, broker.StatusUnavailable:
-		status, title = http.StatusServiceUnavailable, "The app cannot be reached"
-	}
+	status, title := refusalStatus(ref)
 	if !browser(r) {
 		plain(w, status, ref.Msg)
 		return
