@@ -87,11 +87,7 @@ func (a Addr) Host(app, device string) (string, error) {
 
 // Origin is the public origin of app on device: https://APP--DEVICE.DOMAIN[:PORT].
 func (a Addr) Origin(app, device string) (string, error) {
-	h, err := a.Host(app, device)
-	if err != nil {
-		return "", err
-	}
-	return "https://" + a.hostPort(h), nil
+	return a.OriginOf(Ref{App: app, Device: device})
 }
 
 // HostPort is host with the public port, as a browser's Host header has it.
@@ -102,15 +98,11 @@ func (a Addr) HostPort(host string) string { return a.hostPort(host) }
 // hosts of other domains and malformed ones. A host with a trailing dot
 // is not an app host: browsers keep cookies apart for it.
 func (a Addr) Parse(host string) (app, device string, ok bool) {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host = strings.ToLower(host)
-	label, rest, found := strings.Cut(host, ".")
-	if !found || rest != strings.ToLower(a.Domain) {
+	r, ok := a.ParseRef(host)
+	if !ok || r.Cluster != "" {
 		return "", "", false
 	}
-	return ParseLabel(label)
+	return r.App, r.Device, true
 }
 
 // IsFleet reports whether host (with or without port) is the fleet's own.
@@ -331,10 +323,8 @@ func ParseRef(label string) (Ref, bool) {
 		return Ref{}, false
 	}
 	if !strings.HasPrefix(rest, "-") {
-		if devices.CheckName(rest) != nil {
-			return Ref{}, false
-		}
-		return Ref{App: app, Device: rest}, true
+		app, device, ok := ParseLabel(label)
+		return Ref{App: app, Device: device}, ok
 	}
 	cluster, device, found := strings.Cut(rest[1:], Sep)
 	r := Ref{Cluster: cluster, App: app, Device: device}
