@@ -22,26 +22,64 @@ import (
 // replica, a stage advanced by the leader, a status heard by another), and
 // pushes offers to the devices ready here.
 
+// followed is one prefix of the store that Serve keeps the engine's view
+// of: put takes an item, del drops a key, and keys lists the keys the
+// view holds (nil: its items are never deleted).
+type followed struct {
+	prefix string
+	put    func(key string, v []byte)
+	del    func(key string)
+	keys   func() []string
+}
+
+func (e *Engine) followed() []followed {
+	return []followed{
+		{rolloutPrefix, e.putRollout, func(string) {}, nil}, // rollouts are never deleted
+		{pinPrefix, e.putPin, e.deletePin, func() []string { return viewKeys(e, pinPrefix, e.pins) }},
+		{statusPrefix, e.putStatus, e.deleteStatus, func() []string { return viewKeys(e, statusPrefix, e.status) }},
+	}
+}
+
+// viewKeys lists the store keys of the entries of m, a map of the view.
+func viewKeys[V any](e *Engine, prefix string, m map[string]V) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, prefix+k)
+	}
+	return keys
+}
+
+// reset replaces f's part of the view with items, the whole of it in the
+// store: what was deleted while the watch was down goes too.
+func (f followed) reset(items []store.Item) {
+	if f.keys != nil {
+		in := make(map[string]bool, len(items))
+		for _, it := range items {
+			in[it.Key] = true
+		}
+		for _, k := range f.keys() {
+			if !in[k] {
+				f.del(k)
+			}
+		}
+	}
+	for _, it := range items {
+		f.put(it.Key, it.Value)
+	}
+}
+
 // Serve follows the store and offers releases to the devices ready on this
 // fleetd until ctx ends.
 func (e *Engine) Serve(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, f := range []struct {
-		prefix string
-		put    func(key string, v []byte)
-		del    func(key string)
-	}{
-		{rolloutPrefix, e.putRollout, func(string) {}}, // rollouts are never deleted
-		{pinPrefix, e.putPin, e.deletePin},
-		{statusPrefix, e.putStatus, e.deleteStatus},
-	} {
+	for _, f := range e.followed() {
 		wg.Go(func() {
 			store.Follow(ctx, e.cfg.Store, f.prefix, store.FollowHandler{
 				Reset: func(items []store.Item, _ int64) {
-					for _, it := range items {
-						f.put(it.Key, it.Value)
-					}
+					f.reset(items)
 					e.poke()
 				},
 				Apply: func(ev store.Event) {

@@ -539,3 +539,35 @@ func TestOfflineDeadlineOverReplicas(t *testing.T) {
 		t.Errorf("halted saying %q", r.Reason)
 	}
 }
+
+// TestFollowResetDropsWhatWentAway: a resync of the store's view (the
+// watch was down) replaces the engine's pins and device states with the
+// store's, so one deleted meanwhile is gone here too; rollouts are never
+// deleted and stay.
+func TestFollowResetDropsWhatWentAway(t *testing.T) {
+	s := newFleetSim(t, 1, 0)
+	e := s.e
+	e.putPin(pinPrefix+"old", []byte(`{"name":"old","version":"1.0.0"}`))
+	e.putPin(pinPrefix+"kept", []byte(`{"name":"kept","version":"1.0.0"}`))
+	e.putStatus(statusPrefix+"gone", []byte(`{"state":"idle"}`))
+	e.rollouts["r1"] = &record{Rollout: api.Rollout{ID: "r1"}}
+	for _, f := range e.followed() {
+		switch f.prefix {
+		case pinPrefix:
+			f.reset([]store.Item{{Key: pinPrefix + "kept", Value: []byte(`{"name":"kept","version":"1.1.0"}`)}})
+		default:
+			f.reset(nil)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.pins["old"]; ok || e.pins["kept"].Version != "1.1.0" || len(e.pins) != 1 {
+		t.Errorf("pins after the reset: %+v, want only kept at 1.1.0", e.pins)
+	}
+	if len(e.status) != 0 {
+		t.Errorf("device states after the reset: %+v, want none", e.status)
+	}
+	if e.rollouts["r1"] == nil {
+		t.Error("a reset with no rollouts dropped one: rollouts are never deleted")
+	}
+}
