@@ -70,6 +70,9 @@ func holderKey(sum, replica string) string { return holdersPrefix + sum + "/" + 
 type fetchCall struct {
 	done chan struct{}
 	err  error
+	// shared counts the requests that wait on the fetch besides the
+	// first (guarded by the Service's mu).
+	shared int
 }
 
 // have reports whether the blob is in this replica's folder.
@@ -119,7 +122,9 @@ func (s *Service) Ensure(ctx context.Context, sum string) error {
 	}
 	s.mu.Lock()
 	c, shared := s.fetches[sum]
-	if !shared {
+	if shared {
+		c.shared++
+	} else {
 		c = &fetchCall{done: make(chan struct{})}
 		s.fetches[sum] = c
 	}

@@ -266,11 +266,12 @@ func TestConcurrentRequestsShareOneFetch(t *testing.T) {
 			answers <- answer{resp.StatusCode, b, err}
 		}()
 	}
-	// Every request is waiting on the one fetch, which waits on the gate.
+	// Every request is waiting on the one fetch, which waits on the gate:
+	// the other n-1 joined it, none found the blob already there.
 	deadline := time.Now().Add(time.Minute)
-	for rs.calls["r-b"].Load() == 0 || !waiting(a, sum) {
+	for rs.calls["r-b"].Load() == 0 || waiting(a, sum) != n-1 {
 		if time.Now().After(deadline) {
-			t.Fatal("no fetch started")
+			t.Fatalf("%d requests wait on the fetch besides the first, want %d", waiting(a, sum), n-1)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -292,11 +293,16 @@ func TestConcurrentRequestsShareOneFetch(t *testing.T) {
 }
 
 // waiting reports whether a fetch of sum is under way.
-func waiting(s *Service, sum string) bool {
+// waiting returns how many requests wait on the fetch of sum besides the
+// one that started it; -1 when none is under way.
+func waiting(s *Service, sum string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.fetches[sum]
-	return ok
+	c, ok := s.fetches[sum]
+	if !ok {
+		return -1
+	}
+	return c.shared
 }
 
 func TestRangeAfterFetch(t *testing.T) {
