@@ -292,8 +292,13 @@ func (s *Service) Describe(ctx context.Context, r *Release) api.Release {
 	return out
 }
 
-// Available reports whether devices can download blob sum now.
+// Available reports whether devices can download blob sum now: at once
+// when this replica holds it, else as Where says (a store read, which the
+// rollouts' offers would make on every tick).
 func (s *Service) Available(ctx context.Context, sum string) bool {
+	if s.have(sum) {
+		return true
+	}
 	_, why := s.Where(ctx, sum)
 	return why == ""
 }
