@@ -72,6 +72,15 @@ const (
 	// settleExtra is added to two round trips and the resume ack delay:
 	// how long the sessions have, after a move, to move again.
 	settleExtra = 100 * time.Millisecond
+	// sessionProbeAfter: while a session is open and the fleet has been
+	// silent this long, the agent sends a tagged keep-alive (this often)
+	// so that it learns within seconds that the replica holding its
+	// connection died, though its sessions have nothing outstanding (a
+	// shell nobody types in, a copy waiting on its reader). After
+	// sessionProbeFor of silence it leaves that to the usual keep-alive:
+	// a session left silent for long costs at most 200 probes of 37 bytes.
+	sessionProbeAfter = 3 * time.Second
+	sessionProbeFor   = 10 * time.Minute
 	// dialPatience: a pong that arrives while a dial has been pending for
 	// longer than this restarts the dial, whose handshake packets are
 	// waiting out their own back-off.
@@ -85,7 +94,7 @@ var errLinkBack = errors.New("tunnel: the link is back; dialling again")
 // moves the connection or redials (see above). It returns when ctx ends. A
 // link change sends a heartbeat at once, so that the fleet learns a new
 // address without waiting.
-func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, paths *linkPaths, raddr net.Addr, hurry <-chan proto.LinkHurry) {
+func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, paths *linkPaths, raddr net.Addr, tag []byte, hurry <-chan proto.LinkHurry) {
 	// Tick only while there are sessions: an idle agent must not wake ten
 	// times a second (battery-powered boards).
 	t := time.NewTicker(stallCheck)
@@ -115,7 +124,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	// link's queue holding acks back (a congested cellular link), which
 	// QUIC copes with; a move would only resend what is in flight.
 	var rxCount uint64
-	var rxAt, gapEndedAt, pingHoldUntil time.Time
+	var rxAt, gapEndedAt, pingHoldUntil, probedAt time.Time
 	gap := func(st quic.ConnectionStats) time.Duration {
 		return max(outageGap, outagePTOs*(st.SmoothedRTT+4*st.MeanDeviation))
 	}
@@ -224,10 +233,11 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 			continue
 		case <-t.C:
 		case <-settle:
-			// Stuck: nothing moved, and something waits for an ack. (A
-			// fleet still waiting sends another hurry, which redials when
-			// no spare path is ready.)
-			if c.progress() == progressAt && c.stalled() > 0 {
+			// Stuck: nothing moved and something waits for an ack, or a
+			// session's resume is still unanswered. (A fleet still
+			// waiting sends another hurry, which redials when no spare
+			// path is ready.)
+			if c.progress() == progressAt && c.stalled() > 0 || !c.attached() {
 				c.log.Info("link is back but the sessions are still stuck; reconnecting to resume at once",
 					"since_back", time.Since(backAt).Round(time.Millisecond))
 				c.redialNow.Store(true)
@@ -237,7 +247,16 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		}
 		now := time.Now()
 		sampleRx(now)
-		if settle != nil && (c.progress() > progressAt || c.stalled() == 0 && now.Sub(backAt) > rtt) {
+		if n > 0 && len(tag) > 0 && !c.cfg.NoLinkPings && now.Sub(rxAt) >= sessionProbeAfter && now.Sub(rxAt) < sessionProbeFor && now.Sub(probedAt) >= sessionProbeAfter {
+			// A session is open and the fleet has been silent: say which
+			// connection this is. A replica that does not know it (the
+			// one holding it died, and the balancer now sends here)
+			// answers with a link reset, and the agent redials at once;
+			// the replica holding it answers nothing.
+			probedAt = now
+			paths.writeTo(append([]byte{proto.NATKeepaliveByte}, tag...))
+		}
+		if settle != nil && c.attached() && (c.progress() > progressAt || c.stalled() == 0 && now.Sub(backAt) > rtt) {
 			c.log.Info("sessions moving again", "since_back", now.Sub(backAt).Round(time.Millisecond),
 				"stalled_for", sinceOr(stallFrom, now))
 			settle = nil
@@ -436,6 +455,21 @@ func (c *Client) stalled() time.Duration {
 		longest = max(longest, s.conn.Stalled())
 	}
 	return longest
+}
+
+// attached reports whether every session has a transport: a session
+// whose resume is not answered yet has none, and is not moving, though it
+// has nothing outstanding (the replica the path now reaches may not know
+// the connection, and its resets do not reach a path quic-go added).
+func (c *Client) attached() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.sessions {
+		if !s.conn.Attached() {
+			return false
+		}
+	}
+	return true
 }
 
 // progress sums the sessions' progress (resume.Conn.Progress): it grows

@@ -409,7 +409,7 @@ func (c *Client) session(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		c.watchStalls(sctx, qc, ctrl, paths, raddr, hurry)
+		c.watchStalls(sctx, qc, ctrl, paths, raddr, link.tag, hurry)
 	}()
 	go func() {
 		defer wg.Done()

@@ -244,7 +244,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 				return err
 			}
 			info, _ := tunnels.Info(id)
-			return reps.claim(ctx, id, info.Addr)
+			return reps.claim(ctx, id, info.Addr, info.Boot)
 		}
 		tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

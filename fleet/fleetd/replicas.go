@@ -159,6 +159,11 @@ func newReplicas(cfg Config, id string, st store.Store, auth *ca.Authority, tunn
 		TTL: time.Duration(cfg.ReplicaLeaseTTL), OnLost: onLost, Logger: log})
 	r.router = route.New(route.Config{Local: tunnels, Presence: r.pres, Peers: r.node, Logger: log})
 	r.router.Register(r.mux)
+	// Sessions outlive the replica holding their device's tunnel: a
+	// resume this replica does not hold goes to the one that does, and a
+	// restarted agent anywhere ends the sessions held here for it.
+	tunnels.RelayResumes(r.router.RelayResume)
+	r.pres.OnBoot(tunnels.DeviceBoot)
 	return r, nil
 }
 
@@ -174,8 +179,8 @@ func (r *replicas) run(ctx context.Context, wg *sync.WaitGroup) {
 
 // claim records a device's new tunnel here; a replica without its lease
 // refuses the device, which goes to another.
-func (r *replicas) claim(ctx context.Context, deviceID string, addr net.Addr) error {
-	if err := r.pres.Claim(ctx, deviceID, addr.String(), time.Now()); err != nil {
+func (r *replicas) claim(ctx context.Context, deviceID string, addr net.Addr, boot string) error {
+	if err := r.pres.Claim(ctx, deviceID, addr.String(), boot, time.Now()); err != nil {
 		if errors.Is(err, presence.ErrNotReady) {
 			return proto.Errorf(proto.CodeUnavailable, "%v", err)
 		}

@@ -71,6 +71,9 @@ type Entry struct {
 	Addr string `json:"a,omitempty"`
 	// Since is when the tunnel connected.
 	Since time.Time `json:"s"`
+	// Boot is the device's agent boot ID; another one means the agent
+	// restarted, and the sessions held for it anywhere are gone.
+	Boot string `json:"b,omitempty"`
 }
 
 // Config configures a Registry. Store and Self are required.
@@ -104,6 +107,7 @@ type Registry struct {
 	devices  map[string]Entry
 	mine     map[string][]byte // device ID → the value this replica wrote
 	onMove   []func(deviceID string, e Entry)
+	onBoot   []func(deviceID, boot string)
 	changed  chan struct{} // closed and replaced whenever devices changes
 }
 
@@ -287,12 +291,18 @@ func (r *Registry) reset(items []store.Item, _ int64) {
 	r.replicas, r.devices, r.synced = replicas, devices, true
 	r.markReadyLocked()
 	r.changedLocked()
-	hooks := r.onMove
+	hooks, boots := r.onMove, r.onBoot
 	r.mu.Unlock()
 	for id, e := range devices {
-		if o, ok := old[id]; !ok || o.Replica != e.Replica {
+		o, ok := old[id]
+		if !ok || o.Replica != e.Replica {
 			for _, f := range hooks {
 				f(id, e)
+			}
+		}
+		if e.Boot != "" && (!ok || o.Boot != e.Boot) {
+			for _, f := range boots {
+				f(id, e.Boot)
 			}
 		}
 	}
@@ -301,7 +311,7 @@ func (r *Registry) reset(items []store.Item, _ int64) {
 func (r *Registry) apply(ev store.Event) {
 	r.mu.Lock()
 	var moved *Entry
-	var id string
+	var id, booted string
 	switch {
 	case ev.Kind == store.EventPut:
 		id = strings.TrimPrefix(ev.Key, devicesPrefix)
@@ -310,17 +320,25 @@ func (r *Registry) apply(ev store.Event) {
 		if e, ok := r.devices[id]; ok && strings.HasPrefix(ev.Key, devicesPrefix) && (!had || old.Replica != e.Replica) {
 			moved = &e
 		}
+		if e, ok := r.devices[id]; ok && strings.HasPrefix(ev.Key, devicesPrefix) && e.Boot != "" && (!had || old.Boot != e.Boot) {
+			booted = e.Boot
+		}
 	case ev.Kind == store.EventDelete && strings.HasPrefix(ev.Key, replicasPrefix):
 		delete(r.replicas, strings.TrimPrefix(ev.Key, replicasPrefix))
 	case ev.Kind == store.EventDelete && strings.HasPrefix(ev.Key, devicesPrefix):
 		delete(r.devices, strings.TrimPrefix(ev.Key, devicesPrefix))
 	}
 	r.changedLocked()
-	hooks := r.onMove
+	hooks, boots := r.onMove, r.onBoot
 	r.mu.Unlock()
 	if moved != nil {
 		for _, f := range hooks {
 			f(id, *moved)
+		}
+	}
+	if booted != "" {
+		for _, f := range boots {
+			f(id, booted)
 		}
 	}
 }
@@ -356,16 +374,27 @@ func (r *Registry) OnMove(f func(deviceID string, e Entry)) {
 	r.onMove = append(r.onMove, f)
 }
 
+// OnBoot registers f to be called when a device's entry names an agent
+// boot it did not name before: the device's agent connected after a
+// restart (or for the first time), here or elsewhere. f runs on the
+// registry's goroutine and must not block.
+func (r *Registry) OnBoot(f func(deviceID, boot string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onBoot = append(r.onBoot, f)
+}
+
 // Claim records that this replica holds deviceID's tunnel, connected since
-// since from addr. It fails with ErrNotReady without a lease.
-func (r *Registry) Claim(ctx context.Context, deviceID, addr string, since time.Time) error {
+// since from addr by its agent's boot boot. It fails with ErrNotReady
+// without a lease.
+func (r *Registry) Claim(ctx context.Context, deviceID, addr, boot string, since time.Time) error {
 	r.mu.Lock()
 	l := r.lease
 	r.mu.Unlock()
 	if l == nil {
 		return ErrNotReady
 	}
-	e := Entry{Replica: r.cfg.Self.ID, Addr: addr, Since: since.UTC()}
+	e := Entry{Replica: r.cfg.Self.ID, Addr: addr, Since: since.UTC(), Boot: boot}
 	b, _ := json.Marshal(e)
 	if err := r.cfg.Store.Put(ctx, devicesPrefix+deviceID, b, store.WithLease(l)); err != nil {
 		if errors.Is(err, store.ErrNoLease) {

@@ -3,6 +3,7 @@ package presence
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,7 +102,7 @@ func TestClaimMoveRelease(t *testing.T) {
 	})
 
 	since := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	if err := a.Claim(ctx, "dev1", "10.0.0.7:4000", since); err != nil {
+	if err := a.Claim(ctx, "dev1", "10.0.0.7:4000", "", since); err != nil {
 		t.Fatal(err)
 	}
 	if e, ok := a.Lookup("dev1"); !ok || e.Replica != "a" || e.Addr != "10.0.0.7:4000" || !e.Since.Equal(since) {
@@ -110,7 +111,7 @@ func TestClaimMoveRelease(t *testing.T) {
 	eventually(t, "b sees dev1 on a", func() bool { e, ok := b.Lookup("dev1"); return ok && e.Replica == "a" })
 
 	// The device moves to b: b's claim replaces a's entry, with no gap.
-	if err := b.Claim(ctx, "dev1", "10.0.0.7:5000", since.Add(time.Minute)); err != nil {
+	if err := b.Claim(ctx, "dev1", "10.0.0.7:5000", "", since.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "a sees dev1 on b", func() bool { e, ok := a.Lookup("dev1"); return ok && e.Replica == "b" })
@@ -162,7 +163,7 @@ func TestDeadReplicaVanishes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"d1", "d2", "d3"} {
-		if err := b.Claim(ctx, id, "", time.Now()); err != nil {
+		if err := b.Claim(ctx, id, "", "", time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -173,7 +174,7 @@ func TestDeadReplicaVanishes(t *testing.T) {
 		_, ok := a.Replica("b")
 		return !ok && a.Count() == 0
 	})
-	if err := b.Claim(ctx, "d4", "", time.Now()); !errors.Is(err, ErrNotReady) {
+	if err := b.Claim(ctx, "d4", "", "", time.Now()); !errors.Is(err, ErrNotReady) {
 		t.Errorf("a claim after Run returned: %v, want ErrNotReady", err)
 	}
 }
@@ -187,7 +188,7 @@ func TestLeaseLost(t *testing.T) {
 	lost := make(chan struct{}, 4)
 	a := start(t, ls, "a", func() { lost <- struct{}{} })
 	ctx := context.Background()
-	if err := a.Claim(ctx, "dev1", "", time.Now()); err != nil {
+	if err := a.Claim(ctx, "dev1", "", "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	first := ls.last()
@@ -206,7 +207,7 @@ func TestLeaseLost(t *testing.T) {
 	if _, err := ls.Get(ctx, replicasPrefix+"a"); err != nil {
 		t.Errorf("replica a after its new lease: %v, want registered again", err)
 	}
-	if err := a.Claim(ctx, "dev1", "", time.Now()); err != nil {
+	if err := a.Claim(ctx, "dev1", "", "", time.Now()); err != nil {
 		t.Errorf("claim with the new lease: %v", err)
 	}
 }
@@ -234,5 +235,48 @@ func TestMalformedEntriesIgnored(t *testing.T) {
 	}
 	if _, ok := a.Replica("no-id"); ok {
 		t.Error("a replica entry without an ID was taken")
+	}
+}
+
+// TestOnBoot: a replica hears of each new agent boot of a device, on
+// whichever replica it connects, and not of a move with the same boot.
+func TestOnBoot(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a := start(t, st, "a", nil)
+	b := start(t, st, "b", nil)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var boots []string
+	a.OnBoot(func(id, boot string) {
+		mu.Lock()
+		boots = append(boots, id+":"+boot)
+		mu.Unlock()
+	})
+	seen := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(boots, ",")
+	}
+	for _, step := range []struct {
+		on   *Registry
+		boot string
+		want string
+	}{
+		{b, "boot-1", "dev1:boot-1"},
+		{b, "boot-2", "dev1:boot-1,dev1:boot-2"}, // the agent restarted, on b
+		{a, "boot-2", "dev1:boot-1,dev1:boot-2"}, // it moved to a: no new boot
+		{b, "boot-3", "dev1:boot-1,dev1:boot-2,dev1:boot-3"},
+	} {
+		if err := step.on.Claim(ctx, "dev1", "10.0.0.7:4000", step.boot, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "a sees dev1 on "+step.on.Self().ID+" with "+step.boot, func() bool {
+			e, ok := a.Lookup("dev1")
+			return ok && e.Replica == step.on.Self().ID && e.Boot == step.boot
+		})
+		// The hooks run just after the view changes. A hook that should
+		// not have run shows at the next step, or the last check.
+		eventually(t, "a's boot hooks saw "+step.want, func() bool { return seen() == step.want })
 	}
 }

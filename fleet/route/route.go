@@ -6,16 +6,25 @@
 // fleet.
 //
 // A stream to a device on replica A opened by replica B is a peer stream
-// from B to A, spliced on A with the tunnel stream A opens (A holds the
-// session's resume state, as for its own users). Opening waits, as the
-// tunnel server does, for a device that is moving: when A cannot be
-// reached (it died, and its presence entries have not expired yet) or no
-// longer holds the device, the Router waits for the device's entry to
-// change and tries again, as long as the caller's context allows.
+// from B to A, spliced on A with the tunnel stream A opens. B, where the
+// user is, holds the session's resume state; A only relays its frames. So
+// when A dies, or the device moves, the session lives on: the agent
+// re-attaches it on its next connection, to whichever replica that is, and
+// a replica that does not hold the session relays the agent's resume to
+// the one that does (RelayResume asks every running replica; the holder
+// answers). A session whose user and device are on one replica is held
+// there, and dies with it.
+//
+// Opening waits, as the tunnel server does, for a device that is moving:
+// when A cannot be reached (it died, and its presence entries have not
+// expired yet) or no longer holds the device, the Router waits for the
+// device's entry to change and tries again, as long as the caller's
+// context allows.
 //
 // Register adds the peer endpoints (open a stream, send a control message,
-// disconnect) to the replica's peer handler. They act on this replica's own
-// tunnels only: a stream is never carried over two hops.
+// disconnect, resume a session) to the replica's peer handler. They act on
+// this replica's own tunnels and sessions only: a stream is never carried
+// over two hops.
 //
 // Only fleet/... server packages import route.
 package route
@@ -31,6 +40,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/broker"
@@ -43,6 +53,9 @@ import (
 // Local is this replica's tunnel server (*tunnelsrv.Server).
 type Local interface {
 	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+	OpenTransport(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
+	OpenVia(ctx context.Context, deviceID, boot string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, error)) (net.Conn, error)
+	ResumeRelayed(deviceID string, req *proto.Resume, accept func() (net.Conn, error)) (bool, error)
 	Send(deviceID string, m proto.Message) error
 	Online(deviceID string) bool
 	Info(deviceID string) (tunnelsrv.Info, bool)
@@ -76,9 +89,14 @@ func New(cfg Config) *Router {
 
 // Peer endpoints.
 const (
-	pathOpen       = "/peer/v1/open"
+	// pathOpen: the holder keeps the session's resume state (replicas
+	// before sessions outlived them call it, and answer only it).
+	pathOpen = "/peer/v1/open"
+	// pathOpenRelay: the caller keeps it, the holder relays.
+	pathOpenRelay  = "/peer/v1/open-relay"
 	pathSend       = "/peer/v1/send"
 	pathDisconnect = "/peer/v1/disconnect"
+	pathResume     = "/peer/v1/resume"
 )
 
 // where returns the replica holding deviceID's tunnel when it is another
@@ -99,13 +117,36 @@ func (r *Router) where(deviceID string) (presence.Entry, peer.Target, bool) {
 // Open opens a stream down deviceID's tunnel, on whichever replica holds
 // it (see tunnelsrv.Server.Open for what the stream is). A device on no
 // replica gets the local tunnel server's answer: offline, or the stream
-// once a device that is reconnecting is back.
+// once a device that is reconnecting is back. The session of a stream to
+// a device on another replica is held here (see the package comment).
 func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
+	e, _, remote := r.where(deviceID)
+	if !remote {
+		return r.cfg.Local.Open(ctx, deviceID, h)
+	}
+	conn, err := r.cfg.Local.OpenVia(ctx, deviceID, e.Boot, h, func(ctx context.Context, hdr *proto.StreamHeader) (net.Conn, error) {
+		return r.reach(ctx, deviceID, hdr, pathOpenRelay)
+	})
+	if errors.Is(err, errOldPeer) {
+		// The device's replica runs an fleetd from before relayed
+		// sessions (a rolling upgrade): it holds the session.
+		return r.reach(ctx, deviceID, h, pathOpen)
+	}
+	return conn, err
+}
+
+// errOldPeer: the peer does not know pathOpenRelay.
+var errOldPeer = errors.New("route: the device's replica does not relay sessions (an older fleetd)")
+
+// reach opens h's stream to deviceID with path on the replica holding its
+// tunnel, or here if the device turns out to be here: a relayed stream
+// (pathOpenRelay: the raw tunnel stream) or a held session (pathOpen).
+func (r *Router) reach(ctx context.Context, deviceID string, h *proto.StreamHeader, path string) (net.Conn, error) {
 	first, err := proto.Marshal(h)
 	if err != nil {
 		return nil, fmt.Errorf("route: %w", err)
@@ -114,6 +155,9 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		changed := r.cfg.Presence.Changes()
 		e, t, remote := r.where(deviceID)
 		if !remote {
+			if path == pathOpenRelay {
+				return r.cfg.Local.OpenTransport(ctx, deviceID, h)
+			}
 			return r.cfg.Local.Open(ctx, deviceID, h)
 		}
 		var err error
@@ -121,7 +165,7 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 			err = fmt.Errorf("replica %s holding the device is gone", t.ID)
 		} else {
 			var s *peer.Stream
-			s, err = r.cfg.Peers.Stream(ctx, t, pathOpen, openQuery(ctx, deviceID), first)
+			s, err = r.cfg.Peers.Stream(ctx, t, path, openQuery(ctx, deviceID), first)
 			if err == nil {
 				return s, nil
 			}
@@ -132,6 +176,9 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 				// Its replica has the device as offline (silent too
 				// long), or waited for it in vain.
 				return nil, fmt.Errorf("%w (on replica %s)", u, e.Replica)
+			}
+			if pe, ok := errors.AsType[*peer.Error](err); ok && pe.Status == http.StatusNotFound && path == pathOpenRelay {
+				return nil, errOldPeer
 			}
 		}
 		if ctx.Err() != nil {
@@ -148,6 +195,70 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		}
 	}
 }
+
+// RelayResume carries conn, a device's resume stream for a session this
+// replica does not hold (req already read from it), to the running
+// replica that holds it, and relays the stream until either side ends it.
+// It reports false, having written nothing, when no replica holds the
+// session. Every running replica is asked at once: only the holder takes
+// the stream, the others answer at once that they do not hold it.
+func (r *Router) RelayResume(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) bool {
+	first, err := proto.Marshal(req)
+	if err != nil {
+		return false
+	}
+	self := r.cfg.Presence.Self().ID
+	var targets []peer.Target
+	for _, rep := range r.cfg.Presence.Replicas() {
+		if rep.ID != self && rep.Addr != "" {
+			targets = append(targets, peer.Target{ID: rep.ID, Addr: rep.Addr})
+		}
+	}
+	type taken struct {
+		s  *peer.Stream
+		id string
+	}
+	ch := make(chan taken, len(targets))
+	octx, cancel := context.WithTimeout(ctx, resumeAskTimeout)
+	for _, t := range targets {
+		go func() {
+			s, err := r.cfg.Peers.Stream(octx, t, pathResume, url.Values{"device": {deviceID}}, first)
+			if err != nil {
+				if pe, ok := errors.AsType[*peer.Error](err); !ok || pe.Status != http.StatusNotFound {
+					r.log.Debug("a replica did not answer a relayed resume", "device_id", deviceID, "replica", t.ID, "err", err)
+				}
+			}
+			ch <- taken{s, t.ID}
+		}()
+	}
+	var won taken
+	left := len(targets)
+	for ; left > 0 && won.s == nil; left-- {
+		won = <-ch
+	}
+	go func() {
+		// The other answers: refusals, or (a holder cannot be two) a
+		// stream to drop.
+		for ; left > 0; left-- {
+			if t := <-ch; t.s != nil {
+				t.s.Close()
+			}
+		}
+		cancel()
+	}()
+	if won.s == nil {
+		return false
+	}
+	defer won.s.Close()
+	defer conn.Close()
+	r.log.Debug("relaying a session's resume to the replica holding it", "device_id", deviceID, "session", req.SessionID, "replica", won.id)
+	broker.Splice(conn, nil, won.s, nil)
+	return true
+}
+
+// resumeAskTimeout bounds RelayResume's wait for the replicas' answers (a
+// dead replica's address may not even refuse).
+const resumeAskTimeout = 5 * time.Second
 
 // openQuery passes the device and how long the caller waits.
 func openQuery(ctx context.Context, deviceID string) url.Values {
@@ -324,6 +435,8 @@ func (r *Router) Disconnect(deviceID, reason string) {
 // Register adds the peer endpoints to mux.
 func (r *Router) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+pathOpen, r.serveOpen)
+	mux.HandleFunc("POST "+pathOpenRelay, r.serveOpenRelay)
+	mux.HandleFunc("POST "+pathResume, r.serveResume)
 	mux.HandleFunc("POST "+pathSend, r.serveSend)
 	mux.HandleFunc("POST "+pathDisconnect, r.serveDisconnect)
 }
@@ -333,9 +446,19 @@ func writeAnswer(w http.ResponseWriter, a answer) {
 	http.Error(w, string(b), statusRefused)
 }
 
-// serveOpen opens a stream down a device's tunnel here for a peer, and
-// splices it with the peer's stream.
+// serveOpen opens a stream down a device's tunnel here for a peer, holding
+// its session, and splices it with the peer's stream.
 func (r *Router) serveOpen(w http.ResponseWriter, req *http.Request) {
+	r.serveStream(w, req, r.cfg.Local.Open)
+}
+
+// serveOpenRelay opens a raw stream down a device's tunnel here for a
+// peer, which holds its session, and splices it with the peer's stream.
+func (r *Router) serveOpenRelay(w http.ResponseWriter, req *http.Request) {
+	r.serveStream(w, req, r.cfg.Local.OpenTransport)
+}
+
+func (r *Router) serveStream(w http.ResponseWriter, req *http.Request, open func(context.Context, string, *proto.StreamHeader) (net.Conn, error)) {
 	id := req.URL.Query().Get("device")
 	br := proto.NewReader(req.Body)
 	h, err := proto.ReadHeader(br)
@@ -348,7 +471,7 @@ func (r *Router) serveOpen(w http.ResponseWriter, req *http.Request) {
 		wait = min(time.Duration(ms)*time.Millisecond, 2*time.Minute)
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), wait)
-	dev, err := r.cfg.Local.Open(ctx, id, h)
+	dev, err := open(ctx, id, h)
 	cancel()
 	if err != nil {
 		var pe *proto.Error
@@ -401,4 +524,55 @@ func (r *Router) serveDisconnect(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
 	r.cfg.Local.Disconnect(q.Get("device"), q.Get("reason"))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// serveResume re-attaches a session held here to a device's resume stream
+// that the peer relays (the peer holds the device's tunnel); 404 when this
+// replica does not hold the session.
+func (r *Router) serveResume(w http.ResponseWriter, req *http.Request) {
+	id := req.URL.Query().Get("device")
+	br := proto.NewReader(req.Body)
+	m, err := proto.ReadMsg(br, proto.MaxHeaderFrame)
+	if err != nil {
+		http.Error(w, "bad resume: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	res, ok := m.(*proto.Resume)
+	if !ok {
+		http.Error(w, "stream starts with "+m.Kind().String()+", want resume", http.StatusBadRequest)
+		return
+	}
+	done := make(chan struct{})
+	held, err := r.cfg.Local.ResumeRelayed(id, res, func() (net.Conn, error) {
+		s, err := peer.Accept(w, req, br)
+		if err != nil {
+			return nil, err
+		}
+		return &closeNotify{Stream: s, done: done}, nil
+	})
+	if !held {
+		http.Error(w, "this replica holds no such session", http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		r.log.Warn("relayed resume refused", "device_id", id, "session", res.SessionID, "caller", peer.Caller(req.Context()), "err", err)
+		return
+	}
+	// The stream is the session's transport until the session drops it.
+	select {
+	case <-done:
+	case <-req.Context().Done():
+	}
+}
+
+// closeNotify is a peer stream that says when it is closed.
+type closeNotify struct {
+	*peer.Stream
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *closeNotify) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return c.Stream.Close()
 }

@@ -31,10 +31,13 @@ type fakeTunnels struct {
 	fail    map[string]error // Open's error for a device it holds
 	sent    []string
 	gone    []string
+	raw     []string        // sessions OpenTransport opened (relayed for a peer)
+	via     []string        // sessions OpenVia holds here
+	held    map[string]bool // sessions ResumeRelayed re-attaches
 }
 
 func newFake(devices ...string) *fakeTunnels {
-	f := &fakeTunnels{devices: map[string]bool{}, refuse: map[string]*proto.Error{}, fail: map[string]error{}}
+	f := &fakeTunnels{devices: map[string]bool{}, refuse: map[string]*proto.Error{}, fail: map[string]error{}, held: map[string]bool{}}
 	for _, d := range devices {
 		f.devices[d] = true
 	}
@@ -65,6 +68,50 @@ func (f *fakeTunnels) Open(ctx context.Context, id string, h *proto.StreamHeader
 		them.CloseWrite()
 	}()
 	return us, nil
+}
+
+func (f *fakeTunnels) OpenTransport(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	if len(h.Secret) == 0 {
+		return nil, errors.New("fake: a relayed stream without a secret")
+	}
+	f.mu.Lock()
+	f.raw = append(f.raw, h.SessionID)
+	f.mu.Unlock()
+	return f.Open(ctx, id, h)
+}
+
+func (f *fakeTunnels) OpenVia(ctx context.Context, id, boot string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, error)) (net.Conn, error) {
+	hdr := *h
+	hdr.Secret = []byte("secret")
+	c, err := dial(ctx, &hdr)
+	if err == nil {
+		f.mu.Lock()
+		f.via = append(f.via, h.SessionID)
+		f.mu.Unlock()
+	}
+	return c, err
+}
+
+// ResumeRelayed takes the sessions in held: it answers with an echo that
+// names the session.
+func (f *fakeTunnels) ResumeRelayed(id string, req *proto.Resume, accept func() (net.Conn, error)) (bool, error) {
+	f.mu.Lock()
+	ok := f.held[req.SessionID]
+	f.mu.Unlock()
+	if !ok {
+		return false, nil
+	}
+	c, err := accept()
+	if err != nil {
+		return true, err
+	}
+	go func() {
+		defer c.Close()
+		io.WriteString(c, "resumed "+id+" "+req.SessionID+": ")
+		io.Copy(c, c)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	return true, nil
 }
 
 // tcpPair returns the two ends of a loopback TCP connection: a stream with
@@ -199,7 +246,7 @@ func setup(t *testing.T) (st store.Store, a, b *replica) {
 	b = startReplica(t, ms, auth, "b", newFake("d1", "d2"))
 	ctx := context.Background()
 	for _, d := range []string{"d1", "d2"} {
-		if err := b.pres.Claim(ctx, d, "10.1.1.1:999", time.Now()); err != nil {
+		if err := b.pres.Claim(ctx, d, "10.1.1.1:999", "", time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -236,6 +283,15 @@ func TestOpenOnAnotherReplica(t *testing.T) {
 		t.Errorf("stream through replica b: %d bytes back, want %d (the device's echo)", len(got), len(want))
 	}
 	c.Close()
+	a.local.mu.Lock()
+	via := strings.Join(a.local.via, ",")
+	a.local.mu.Unlock()
+	b.local.mu.Lock()
+	raw := strings.Join(b.local.raw, ",")
+	b.local.mu.Unlock()
+	if via != "s1" || raw != "s1" {
+		t.Errorf("the session is held on %q and relayed by %q; want it held where the user is (a) and relayed by the device's replica (b)", via, raw)
+	}
 
 	if !a.router.Online("d2") || a.router.Online("d3") {
 		t.Errorf("a: d2 online %v, d3 online %v; want true, false", a.router.Online("d2"), a.router.Online("d3"))
@@ -357,7 +413,7 @@ func TestDeviceMovesOffDeadReplica(t *testing.T) {
 	a.local.mu.Lock()
 	a.local.devices["d1"] = true
 	a.local.mu.Unlock()
-	if err := a.pres.Claim(ctx, "d1", "10.1.1.1:1000", time.Now()); err != nil {
+	if err := a.pres.Claim(ctx, "d1", "10.1.1.1:1000", "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	res := <-ch
@@ -369,5 +425,45 @@ func TestDeviceMovesOffDeadReplica(t *testing.T) {
 	}
 	if info, ok := a.router.Info("d1"); !ok || info.RTT != time.Millisecond {
 		t.Errorf("Info after the move = %+v, %v; want the local tunnel's", info, ok)
+	}
+}
+
+// TestRelayResume: a device's resume of a session that its new replica
+// does not hold reaches the replica that holds it, and the two relay the
+// stream both ways; a session no replica holds is refused at once.
+func TestRelayResume(t *testing.T) {
+	_, a, b := setup(t)
+	a.local.mu.Lock()
+	a.local.held["s7"] = true
+	a.local.mu.Unlock()
+	ctx := context.Background()
+
+	dev, relayed, err := tcpPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	done := make(chan bool, 1)
+	go func() { done <- b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "s7", Received: 3}, relayed) }()
+	payload := strings.Repeat("y", 100<<10)
+	if got, want := readEcho(t, dev, payload), "resumed d1 s7: "+payload; got != want {
+		t.Errorf("relayed resume: %d bytes back, want %d (the holder's echo)", len(got), len(want))
+	}
+	if !<-done {
+		t.Error("RelayResume = false for a session replica a holds")
+	}
+
+	dev2, relayed2, err := tcpPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev2.Close()
+	defer relayed2.Close()
+	start := time.Now()
+	if b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "nobody's"}, relayed2) {
+		t.Error("RelayResume = true for a session no replica holds")
+	}
+	if d := time.Since(start); d > resumeAskTimeout {
+		t.Errorf("refusing took %v", d)
 	}
 }

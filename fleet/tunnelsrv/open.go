@@ -63,6 +63,59 @@ const reconnectWait = 15 * time.Second
 // one that is gone) and tries again, as long as ctx allows (30 s without a
 // deadline).
 func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
+	return s.openLoop(ctx, deviceID, func(ctx context.Context, dc *deviceConn) (net.Conn, error) {
+		return s.open(ctx, deviceID, dc, h)
+	})
+}
+
+// OpenTransport is Open without the session: it opens the stream, sends h
+// (whose Secret the caller chose) and waits for the agent's acceptance,
+// waiting as Open does for a device that is coming back, and returns the
+// raw tunnel stream. The caller holds the session's resume state, and the
+// stream carries its frames: another replica's session (fleet/route), or
+// this one's through OpenVia. A stream that breaks is not replaced here:
+// the agent re-attaches the session, wherever its next connection is.
+func (s *Server) OpenTransport(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
+	if len(h.Secret) == 0 {
+		return nil, proto.Errorf(proto.CodeBadRequest, "a relayed stream needs its session's resume secret")
+	}
+	return s.openLoop(ctx, deviceID, func(ctx context.Context, dc *deviceConn) (net.Conn, error) {
+		return s.handshake(ctx, dc, h)
+	})
+}
+
+// OpenVia is Open for a device whose tunnel another replica holds: the
+// session (its resume state, and the secret the agent re-attaches it with)
+// is held here, and dial brings its first transport, a stream that has
+// been opened with the header it is given and accepted (another replica's
+// OpenTransport, relayed). boot is the device's agent boot ID as the
+// fleet last heard it ("" if unknown): the session ends when another boot
+// of the agent connects (DeviceBoot), since the agent's side is gone.
+//
+// When the tunnel's replica dies, or the device moves, the agent resumes
+// the session on its next connection, wherever that is; a replica that
+// does not hold it relays the resume here (RelayResumes). The session
+// therefore outlives the replica that held the device's tunnel.
+func (s *Server) OpenVia(ctx context.Context, deviceID, boot string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, error)) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	hdr, err := s.prepare(deviceID, h)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := dial(ctx, hdr)
+	if err != nil {
+		return nil, err
+	}
+	return s.hold(deviceID, boot, hdr, tr, tr.LocalAddr(), tr.RemoteAddr())
+}
+
+// openLoop runs open on deviceID's connection, waiting for a device that
+// is coming back and trying again as Open says.
+func (s *Server) openLoop(ctx context.Context, deviceID string, open func(context.Context, *deviceConn) (net.Conn, error)) (net.Conn, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
@@ -93,7 +146,7 @@ func (s *Server) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		if !s.online(dc) {
 			return nil, &OfflineError{LastHeard: s.lastHeard(dc)}
 		}
-		conn, err := s.open(ctx, deviceID, dc, h)
+		conn, err := open(ctx, dc)
 		if err == nil {
 			return conn, nil
 		}
@@ -174,6 +227,23 @@ func connDied(err error) bool {
 }
 
 func (s *Server) open(ctx context.Context, deviceID string, dc *deviceConn, h *proto.StreamHeader) (net.Conn, error) {
+	hdr, err := s.prepare(deviceID, h)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := s.handshake(ctx, dc, hdr)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	boot := s.boots[deviceID]
+	s.mu.Unlock()
+	return s.hold(deviceID, boot, hdr, conn, dc.qc.LocalAddr(), dc.qc.RemoteAddr())
+}
+
+// prepare checks that deviceID may have one more session with h's ID, and
+// returns h with a fresh resume secret.
+func (s *Server) prepare(deviceID string, h *proto.StreamHeader) (*proto.StreamHeader, error) {
 	s.mu.Lock()
 	full := len(s.sessions[deviceID]) >= maxSessionsPerDevice
 	dup := s.sessions[deviceID][h.SessionID] != nil
@@ -187,13 +257,19 @@ func (s *Server) open(ctx context.Context, deviceID string, dc *deviceConn, h *p
 	hdr := *h
 	hdr.Secret = make([]byte, 32)
 	rand.Read(hdr.Secret)
+	return &hdr, nil
+}
+
+// handshake opens a stream on dc, sends hdr and waits for the agent's
+// acceptance; it returns the raw stream.
+func (s *Server) handshake(ctx context.Context, dc *deviceConn, hdr *proto.StreamHeader) (net.Conn, error) {
 	st, err := dc.qc.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("tunnelsrv: open stream: %w", err)
 	}
 	r := proto.NewReader(st)
 	conn := quicconn.New(dc.qc, st, r)
-	if err := proto.WriteMsg(conn, &hdr); err != nil {
+	if err := proto.WriteMsg(conn, hdr); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("tunnelsrv: send stream header: %w", err)
 	}
@@ -206,10 +282,17 @@ func (s *Server) open(ctx context.Context, deviceID string, dc *deviceConn, h *p
 		return nil, err
 	}
 	st.SetReadDeadline(time.Time{})
-	ss := &session{id: hdr.SessionID, secret: hdr.Secret, tag: proto.SessionTag(hdr.Secret)}
+	return conn, nil
+}
+
+// hold registers the session hdr opened for deviceID, its agent's boot
+// being boot, with tr as its first transport, and returns its resumable
+// conn.
+func (s *Server) hold(deviceID, boot string, hdr *proto.StreamHeader, tr net.Conn, local, remote net.Addr) (net.Conn, error) {
+	ss := &session{id: hdr.SessionID, secret: hdr.Secret, tag: proto.SessionTag(hdr.Secret), boot: boot}
 	ss.conn = resume.New(resume.Config{
 		Buffer: s.cfg.SessionBuffer, Hold: s.cfg.SessionHold, Budget: s.budget,
-		LocalAddr: dc.qc.LocalAddr(), RemoteAddr: dc.qc.RemoteAddr(),
+		LocalAddr: local, RemoteAddr: remote,
 		OnDone: func(error) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -222,6 +305,11 @@ func (s *Server) open(ctx context.Context, deviceID string, dc *deviceConn, h *p
 		},
 	})
 	s.mu.Lock()
+	if s.sessions[deviceID][ss.id] != nil {
+		s.mu.Unlock()
+		tr.Close()
+		return nil, proto.Errorf(proto.CodeConflict, "session id %q is in use", ss.id)
+	}
 	if s.sessions[deviceID] == nil {
 		s.sessions[deviceID] = map[string]*session{}
 	}
@@ -231,7 +319,7 @@ func (s *Server) open(ctx context.Context, deviceID string, dc *deviceConn, h *p
 	default:
 	}
 	s.mu.Unlock()
-	if err := ss.conn.Attach(conn, 0); err != nil {
+	if err := ss.conn.Attach(tr, 0); err != nil {
 		ss.conn.Abort(err)
 		return nil, err
 	}

@@ -150,8 +150,11 @@ func (s *Server) Info(deviceID string) (Info, bool) {
 	moved := dc.addrMoved
 	dc.mu.Unlock()
 	heard := s.lastHeard(dc)
+	s.mu.Lock()
+	boot := s.boots[deviceID]
+	s.mu.Unlock()
 	return Info{Addr: addr, Since: dc.since, RTT: st.SmoothedRTT, Stats: st, AddrChangedAt: moved,
-		Online: s.cfg.Now().Sub(heard) <= dc.window, LastHeard: heard}, true
+		Online: s.cfg.Now().Sub(heard) <= dc.window, LastHeard: heard, Boot: boot}, true
 }
 
 // Count returns the number of online devices.

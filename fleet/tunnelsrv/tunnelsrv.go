@@ -107,7 +107,7 @@ type Server struct {
 
 	linkKey []byte
 
-	mu           sync.Mutex // guards conns, sessions, boots, tags, left, stopping and sessionAdded
+	mu           sync.Mutex // guards conns, sessions, boots, tags, left, stopping, sessionAdded and relay
 	conns        map[string]*deviceConn
 	tags         map[string]*deviceConn         // HelloAck.LinkTag → connection
 	byAddr       map[string]*deviceConn         // where keep-alives came from → connection (checked on use)
@@ -116,6 +116,7 @@ type Server struct {
 	boots        map[string]string              // device ID → agent boot ID
 	left         map[string]departure           // device ID → how its last connection ended
 	sessionAdded chan struct{}                  // wakes watchStalls
+	relay        ResumeRelay                    // RelayResumes
 	budget       *resume.Budget
 	stopping     string // the close reason once the fleet stops (stopReasonLocked)
 }
@@ -126,6 +127,9 @@ type session struct {
 	secret []byte
 	tag    [8]byte // proto.SessionTag(secret), named in link hurries
 	conn   *resume.Conn
+	// boot is the agent's boot ID when the session opened; "" if the
+	// fleet did not know it. Another boot's connection ends the session.
+	boot string
 }
 
 // ErrAgentRestarted ends the sessions of a device whose agent restarted.
@@ -184,6 +188,8 @@ type Info struct {
 	// LastHeard is when the fleet last heard from the device: a keep-alive,
 	// a heartbeat, or any QUIC packet (to within a few seconds).
 	LastHeard time.Time
+	// Boot is the agent's boot ID, from its hello.
+	Boot string
 }
 
 // Application error codes used to close QUIC connections; they are the
@@ -350,8 +356,9 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	s.setAddrLocked(dc, dc.addr)
 	close(s.changed)
 	s.changed = make(chan struct{})
-	if prev, ok := s.boots[id]; ok && prev != hello.BootID {
-		for _, ss := range s.sessions[id] {
+	prev, known := s.boots[id]
+	for _, ss := range s.sessions[id] {
+		if ss.boot != "" && ss.boot != hello.BootID || ss.boot == "" && known && prev != hello.BootID {
 			lost = append(lost, ss)
 		}
 	}
@@ -548,20 +555,43 @@ func (s *Server) resume(ctx context.Context, id string, qc *quic.Conn, st *quic.
 		conn.Close()
 		return fmt.Errorf("stream starts with %s, want resume", m.Kind())
 	}
-	s.mu.Lock()
-	ss := s.sessions[id][req.SessionID]
-	s.mu.Unlock()
-	if ss == nil || subtle.ConstantTimeCompare(ss.secret, req.Secret) != 1 {
+	ss := s.heldSession(id, req)
+	if ss == nil {
+		s.mu.Lock()
+		relay := s.relay
+		s.mu.Unlock()
+		if relay != nil && relay(ctx, id, req, conn) {
+			// Held by another replica, which answered; the relay is over.
+			return nil
+		}
 		proto.WriteMsg(conn, &proto.ResumeAccept{Code: proto.CodeNotFound, Message: "the fleet holds no such session for this device"})
 		conn.CloseWrite()
 		return fmt.Errorf("session %q: unknown, or the secret is wrong", req.SessionID)
 	}
+	return s.reattach(id, ss, req, conn, qc.RemoteAddr())
+}
+
+// heldSession returns the session req resumes if this replica holds it
+// for deviceID and req's secret is its own; nil otherwise.
+func (s *Server) heldSession(deviceID string, req *proto.Resume) *session {
+	s.mu.Lock()
+	ss := s.sessions[deviceID][req.SessionID]
+	s.mu.Unlock()
+	if ss == nil || subtle.ConstantTimeCompare(ss.secret, req.Secret) != 1 {
+		return nil
+	}
+	return ss
+}
+
+// reattach answers req, the agent's resume of ss, on conn and makes conn
+// the session's transport.
+func (s *Server) reattach(deviceID string, ss *session, req *proto.Resume, conn net.Conn, from net.Addr) error {
 	ss.conn.Detach()
 	have := ss.conn.Received()
 	if req.Replaying && req.From > have {
 		proto.WriteMsg(conn, &proto.ResumeAccept{Code: proto.CodeBadRequest,
 			Message: fmt.Sprintf("replay from byte %d, but the fleet has only %d", req.From, have)})
-		conn.CloseWrite()
+		closeWrite(conn)
 		return fmt.Errorf("session %q: the agent replays from %d, past the %d bytes the fleet has", req.SessionID, req.From, have)
 	}
 	if err := proto.WriteMsg(conn, &proto.ResumeAccept{Received: have}); err != nil {
@@ -579,8 +609,73 @@ func (s *Server) resume(ctx context.Context, id string, qc *quic.Conn, st *quic.
 		}
 		return err
 	}
-	s.log.Info("session resumed", "device_id", id, "session", ss.id, "addr", qc.RemoteAddr())
+	s.log.Info("session resumed", "device_id", deviceID, "session", ss.id, "addr", from)
 	return nil
+}
+
+// closeWrite ends conn's sending side if it has one, else closes it.
+func closeWrite(conn net.Conn) {
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	conn.Close()
+}
+
+// ResumeRelay carries a device's resume stream, for a session this
+// replica does not hold, to the replica that does (see RelayResumes).
+type ResumeRelay func(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) bool
+
+// RelayResumes sets how a resume of a session this replica does not hold
+// reaches the replica that does (fleet/route): relay carries conn, the
+// agent's resume stream (req already read from it), to that replica, and
+// reports whether one took it. Without it such resumes are refused.
+func (s *Server) RelayResumes(relay ResumeRelay) {
+	s.mu.Lock()
+	s.relay = relay
+	s.mu.Unlock()
+}
+
+// ResumeRelayed re-attaches a session held here to the agent's resume
+// stream that another replica relays (it holds the device's tunnel, so it
+// vouches for deviceID, and it read req from the stream). held is false,
+// and accept is not called, when this replica holds no such session, or
+// req's secret is not the session's; otherwise accept gives the stream,
+// on which the session's answer goes.
+func (s *Server) ResumeRelayed(deviceID string, req *proto.Resume, accept func() (net.Conn, error)) (held bool, err error) {
+	ss := s.heldSession(deviceID, req)
+	if ss == nil {
+		return false, nil
+	}
+	conn, err := accept()
+	if err != nil {
+		return true, err
+	}
+	return true, s.reattach(deviceID, ss, req, conn, conn.RemoteAddr())
+}
+
+// DeviceBoot tells the server that deviceID's agent, with boot ID boot,
+// connected to some replica: the sessions held here for an earlier boot of
+// its agent end (ErrAgentRestarted), since the agent's side of them is
+// gone. An empty boot changes nothing.
+func (s *Server) DeviceBoot(deviceID, boot string) {
+	if boot == "" {
+		return
+	}
+	var lost []*session
+	s.mu.Lock()
+	for _, ss := range s.sessions[deviceID] {
+		if ss.boot != "" && ss.boot != boot {
+			lost = append(lost, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range lost {
+		ss.conn.Abort(ErrAgentRestarted)
+	}
+	if len(lost) > 0 {
+		s.log.Info("agent restarted on another replica; dropped its held sessions", "device_id", deviceID, "sessions", len(lost))
+	}
 }
 
 // Sessions returns the number of sessions held for deviceID.

@@ -133,6 +133,7 @@ type kubeExec struct {
 	out    *lockedBuffer // what kubectl printed
 	exited chan error    // kubectl's exit, once
 	close  func()        // closes the terminal, after the exit
+	in     io.Writer     // the terminal: what is typed into the exec
 }
 
 // startKubeExec starts kubectl exec -it as u (with kubeconfig) and waits
@@ -146,7 +147,7 @@ func startKubeExec(t *testing.T, u *harness.User, kubeconfig string) *kubeExec {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tty.Close() })
-	kx := &kubeExec{out: &lockedBuffer{}, exited: make(chan error, 1)}
+	kx := &kubeExec{out: &lockedBuffer{}, exited: make(chan error, 1), in: tty}
 	copied := make(chan struct{})
 	go func() {
 		io.Copy(kx.out, tty)

@@ -35,6 +35,7 @@ import (
 type lockFleet struct {
 	*replicaFleet
 	password string
+	agent    *harness.Agent // pi-1's
 	users    [3]*harness.User
 	ssh      [3]string
 }
@@ -65,7 +66,7 @@ func startLockFleetWith(t *testing.T, opts lockOptions) *lockFleet {
 	t.Helper()
 	lf := &lockFleet{replicaFleet: startReplicasWith(t, replicaOptions{config: opts.config})}
 	opts.device.Name = "pi-1"
-	lf.deviceWith(t, opts.device)
+	lf.agent = lf.deviceWith(t, opts.device)
 	if opts.resources != "" {
 		lf.reps[repA].Ctl(opts.resources, "create", "-f", "-")
 	}
