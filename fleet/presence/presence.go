@@ -292,17 +292,31 @@ func (r *Registry) reset(items []store.Item, _ int64) {
 	r.markReadyLocked()
 	r.changedLocked()
 	hooks, boots := r.onMove, r.onBoot
-	r.mu.Unlock()
+	// The hooks run without the lock; the view may change meanwhile (a
+	// claim), so what they are told is taken now.
+	type change struct {
+		id          string
+		e           Entry
+		moved, boot bool
+	}
+	var changes []change
 	for id, e := range devices {
 		o, ok := old[id]
-		if !ok || o.Replica != e.Replica {
+		moved, boot := !ok || o.Replica != e.Replica, e.Boot != "" && (!ok || o.Boot != e.Boot)
+		if moved || boot {
+			changes = append(changes, change{id, e, moved, boot})
+		}
+	}
+	r.mu.Unlock()
+	for _, c := range changes {
+		if c.moved {
 			for _, f := range hooks {
-				f(id, e)
+				f(c.id, c.e)
 			}
 		}
-		if e.Boot != "" && (!ok || o.Boot != e.Boot) {
+		if c.boot {
 			for _, f := range boots {
-				f(id, e.Boot)
+				f(c.id, c.e.Boot)
 			}
 		}
 	}
