@@ -76,9 +76,10 @@ const (
 	// silent this long, the agent sends a tagged keep-alive (this often)
 	// so that it learns within seconds that the replica holding its
 	// connection died, though its sessions have nothing outstanding (a
-	// shell nobody types in, a copy waiting on its reader). After
-	// sessionProbeFor of silence it leaves that to the usual keep-alive:
-	// a session left silent for long costs at most 200 probes of 37 bytes.
+	// shell nobody types in, a copy waiting on its reader). Once no
+	// session has moved for sessionProbeFor, it leaves that to the usual
+	// keep-alive: a session left silent costs at most 200 probes of 37
+	// bytes, however long it stays open.
 	sessionProbeAfter = 3 * time.Second
 	sessionProbeFor   = 10 * time.Minute
 	// dialPatience: a pong that arrives while a dial has been pending for
@@ -124,7 +125,8 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 	// link's queue holding acks back (a congested cellular link), which
 	// QUIC copes with; a move would only resend what is in flight.
 	var rxCount uint64
-	var rxAt, gapEndedAt, pingHoldUntil, probedAt time.Time
+	var rxAt, gapEndedAt, pingHoldUntil, probedAt, movedAt time.Time
+	var moved uint64 // the sessions' progress at movedAt
 	gap := func(st quic.ConnectionStats) time.Duration {
 		return max(outageGap, outagePTOs*(st.SmoothedRTT+4*st.MeanDeviation))
 	}
@@ -247,7 +249,13 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		}
 		now := time.Now()
 		sampleRx(now)
-		if n > 0 && len(tag) > 0 && !c.cfg.NoLinkPings && now.Sub(rxAt) >= sessionProbeAfter && now.Sub(rxAt) < sessionProbeFor && now.Sub(probedAt) >= sessionProbeAfter {
+		if n > 0 {
+			if p := c.progress(); p != moved || movedAt.IsZero() {
+				moved, movedAt = p, now
+			}
+			c.retryDetached(ctx, qc)
+		}
+		if n > 0 && len(tag) > 0 && !c.cfg.NoLinkPings && now.Sub(rxAt) >= sessionProbeAfter && now.Sub(movedAt) < sessionProbeFor && now.Sub(probedAt) >= sessionProbeAfter {
 			// A session is open and the fleet has been silent: say which
 			// connection this is. A replica that does not know it (the
 			// one holding it died, and the balancer now sends here)

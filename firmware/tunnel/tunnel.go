@@ -193,6 +193,15 @@ type session struct {
 	id     string
 	secret []byte
 	conn   *resume.Conn
+
+	// Guarded by Client.mu: a resume of the session is under way; and,
+	// for a session left without a transport on a live connection (see
+	// retryDetached), when it was found so, when to try again, and how
+	// many tries were made.
+	resuming   bool
+	detachedAt time.Time
+	retryAt    time.Time
+	retries    int
 }
 
 // New returns a client for cfg.
@@ -735,6 +744,20 @@ func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn, hint *proto.LinkH
 }
 
 func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, hint *proto.LinkHurry) error {
+	c.mu.Lock()
+	busy := s.resuming
+	s.resuming = true
+	c.mu.Unlock()
+	if busy {
+		// The other resume answers (or fails, and retryDetached tries
+		// again).
+		return errResuming
+	}
+	defer func() {
+		c.mu.Lock()
+		s.resuming = false
+		c.mu.Unlock()
+	}()
 	s.conn.Detach()
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
@@ -751,8 +774,10 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, h
 			conn.Close()
 			return err
 		}
-		tr := &answerFirst{Conn: conn, r: r, refused: func(err error) {
-			s.conn.Abort(fmt.Errorf("tunnel: the fleet ended the session: %w", err))
+		tr := &answerFirst{Conn: conn, r: r, refused: func(err *proto.Error) {
+			if err.Code != proto.CodeUnavailable {
+				s.conn.Abort(fmt.Errorf("tunnel: the fleet ended the session: %w", err))
+			}
 		}}
 		if err := s.conn.Attach(tr, hint.Received); err != nil {
 			conn.Close()
@@ -780,6 +805,12 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, h
 	if acc.Code != proto.CodeOK {
 		conn.Close()
 		err := &proto.Error{Code: acc.Code, Message: acc.Message}
+		if acc.Code == proto.CodeUnavailable {
+			// The fleet could not tell whether it still holds the
+			// session (a replica did not answer): keep it, and ask
+			// again (retryDetached).
+			return err
+		}
 		s.conn.Abort(fmt.Errorf("tunnel: the fleet ended the session: %w", err))
 		return err
 	}
@@ -794,13 +825,55 @@ func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, h
 	return nil
 }
 
+// errResuming: a resume of the session is under way already.
+var errResuming = errors.New("tunnel: the session is being resumed already")
+
+// Retrying sessions left without a transport while the connection lives.
+const (
+	retryFirst = 500 * time.Millisecond
+	retryMax   = 30 * time.Second
+)
+
+// retryDetached resumes on qc, each with a back-off, the sessions left
+// without a transport while the connection lives: the fleet closed their
+// stream but not the connection (the replica relaying a session lost its
+// link to the replica holding it), or could not say whether it holds
+// them. A session being resumed already is left alone.
+func (c *Client) retryDetached(ctx context.Context, qc *quic.Conn) {
+	now := time.Now()
+	var due []*session
+	c.mu.Lock()
+	for _, s := range c.sessions {
+		switch {
+		case s.resuming:
+		case s.conn.Attached():
+			s.detachedAt, s.retries = time.Time{}, 0
+		case s.detachedAt.IsZero():
+			s.detachedAt, s.retryAt = now, now.Add(retryFirst)
+		case !now.Before(s.retryAt):
+			s.retries++
+			s.retryAt = now.Add(min(retryFirst<<min(s.retries, 6), retryMax))
+			due = append(due, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range due {
+		c.log.Info("session has no stream on a live connection; resuming it", "session", s.id, "try", s.retries)
+		go func() {
+			if err := c.resumeSession(ctx, qc, s, nil); err != nil && !errors.Is(err, errResuming) {
+				c.log.Warn("session not resumed", "session", s.id, "err", err)
+			}
+		}()
+	}
+}
+
 // answerFirst is a resume stream on which the agent replays before the
 // fleet's answer arrives: reads return the session's frames only after the
 // answer, and a refusal ends the session.
 type answerFirst struct {
 	*quicconn.Conn
 	r       *bufio.Reader
-	refused func(error)
+	refused func(*proto.Error)
 	read    bool // the answer was read (only the resume read loop reads)
 }
 

@@ -405,7 +405,7 @@ func (n *Node) Stream(ctx context.Context, t Target, path string, q url.Values, 
 		res.resp.Body.Close()
 		return fail(fmt.Errorf("peer: open %s on replica %s: %w", path, t.ID, err))
 	}
-	return &Stream{r: res.resp.Body, w: pw, cancel: cancel, remote: addr(t.Addr)}, nil
+	return &Stream{r: res.resp.Body, w: pw, cancel: cancel, abort: cancel, remote: addr(t.Addr), Header: res.resp.Header}, nil
 }
 
 // Accept answers a stream's opening (Stream returns on it) and returns the
@@ -422,7 +422,10 @@ func Accept(w http.ResponseWriter, r *http.Request, body io.Reader) (*Stream, er
 	if body != nil {
 		rd = readCloser{Reader: body, Closer: r.Body}
 	}
-	return &Stream{r: rd, w: &flushWriter{w: w, rc: rc}, remote: addr(r.RemoteAddr)}, nil
+	// An abort unblocks a write stuck on the peer's flow control (a peer
+	// that stopped reading): Close alone would wait for it.
+	abort := func() { rc.SetWriteDeadline(time.Unix(1, 0)) }
+	return &Stream{r: rd, w: &flushWriter{w: w, rc: rc}, abort: abort, remote: addr(r.RemoteAddr)}, nil
 }
 
 type readCloser struct {
@@ -462,9 +465,14 @@ func (f *flushWriter) Close() error {
 // net.Conn with CloseWrite; deadlines are not supported (they return an
 // error): close the stream instead.
 type Stream struct {
+	// Header is the handler's answer's header, on the caller's side
+	// (what the handler set before Accept); nil on the handler's side.
+	Header http.Header
+
 	r      io.ReadCloser
 	w      io.WriteCloser
 	cancel context.CancelFunc // the caller's side: ends the request
+	abort  func()             // fails writes in progress
 	remote net.Addr
 	once   sync.Once
 }
@@ -485,6 +493,15 @@ func (s *Stream) Close() error {
 		}
 	})
 	return nil
+}
+
+// Abort ends the stream at once: a write blocked on the other side's
+// flow control fails, where Close would wait for it.
+func (s *Stream) Abort() {
+	if s.abort != nil {
+		s.abort()
+	}
+	s.Close()
 }
 
 // LocalAddr returns a placeholder address.

@@ -54,7 +54,7 @@ import (
 type Local interface {
 	Open(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
 	OpenTransport(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
-	OpenVia(ctx context.Context, deviceID, boot string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, error)) (net.Conn, error)
+	OpenVia(ctx context.Context, deviceID string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, string, error)) (net.Conn, error)
 	ResumeRelayed(deviceID string, req *proto.Resume, accept func() (net.Conn, error)) (bool, error)
 	Send(deviceID string, m proto.Message) error
 	Online(deviceID string) bool
@@ -125,40 +125,47 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	e, _, remote := r.where(deviceID)
-	if !remote {
+	if _, _, remote := r.where(deviceID); !remote {
 		return r.cfg.Local.Open(ctx, deviceID, h)
 	}
-	conn, err := r.cfg.Local.OpenVia(ctx, deviceID, e.Boot, h, func(ctx context.Context, hdr *proto.StreamHeader) (net.Conn, error) {
+	conn, err := r.cfg.Local.OpenVia(ctx, deviceID, h, func(ctx context.Context, hdr *proto.StreamHeader) (net.Conn, string, error) {
 		return r.reach(ctx, deviceID, hdr, pathOpenRelay)
 	})
 	if errors.Is(err, errOldPeer) {
 		// The device's replica runs an fleetd from before relayed
 		// sessions (a rolling upgrade): it holds the session.
-		return r.reach(ctx, deviceID, h, pathOpen)
+		conn, _, err = r.reach(ctx, deviceID, h, pathOpen)
 	}
 	return conn, err
 }
+
+// headerBoot, in the answer to pathOpenRelay, is the boot ID of the agent
+// that accepted the stream.
+const headerBoot = "X-Agent-Boot"
 
 // errOldPeer: the peer does not know pathOpenRelay.
 var errOldPeer = errors.New("route: the device's replica does not relay sessions (an older fleetd)")
 
 // reach opens h's stream to deviceID with path on the replica holding its
 // tunnel, or here if the device turns out to be here: a relayed stream
-// (pathOpenRelay: the raw tunnel stream) or a held session (pathOpen).
-func (r *Router) reach(ctx context.Context, deviceID string, h *proto.StreamHeader, path string) (net.Conn, error) {
+// (pathOpenRelay: the raw tunnel stream, and the boot ID of the agent
+// that took it) or a held session (pathOpen).
+func (r *Router) reach(ctx context.Context, deviceID string, h *proto.StreamHeader, path string) (net.Conn, string, error) {
 	first, err := proto.Marshal(h)
 	if err != nil {
-		return nil, fmt.Errorf("route: %w", err)
+		return nil, "", fmt.Errorf("route: %w", err)
 	}
 	for {
 		changed := r.cfg.Presence.Changes()
 		e, t, remote := r.where(deviceID)
 		if !remote {
 			if path == pathOpenRelay {
-				return r.cfg.Local.OpenTransport(ctx, deviceID, h)
+				conn, err := r.cfg.Local.OpenTransport(ctx, deviceID, h)
+				info, _ := r.cfg.Local.Info(deviceID)
+				return conn, info.Boot, err
 			}
-			return r.cfg.Local.Open(ctx, deviceID, h)
+			conn, err := r.cfg.Local.Open(ctx, deviceID, h)
+			return conn, "", err
 		}
 		var err error
 		if t.Addr == "" {
@@ -167,22 +174,22 @@ func (r *Router) reach(ctx context.Context, deviceID string, h *proto.StreamHead
 			var s *peer.Stream
 			s, err = r.cfg.Peers.Stream(ctx, t, path, openQuery(ctx, deviceID), first)
 			if err == nil {
-				return s, nil
+				return s, s.Header.Get(headerBoot), nil
 			}
 			if pe, ok := refusal(err); ok {
-				return nil, pe
+				return nil, "", pe
 			}
 			if u, ok := unreachable(err); ok {
 				// Its replica has the device as offline (silent too
 				// long), or waited for it in vain.
-				return nil, fmt.Errorf("%w (on replica %s)", u, e.Replica)
+				return nil, "", fmt.Errorf("%w (on replica %s)", u, e.Replica)
 			}
 			if pe, ok := errors.AsType[*peer.Error](err); ok && pe.Status == http.StatusNotFound && path == pathOpenRelay {
-				return nil, errOldPeer
+				return nil, "", errOldPeer
 			}
 		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("route: open a stream to %s on replica %s: %w", deviceID, t.ID, err)
+			return nil, "", fmt.Errorf("route: open a stream to %s on replica %s: %w", deviceID, t.ID, err)
 		}
 		// The replica died: wait for the device's entry to change (it
 		// reconnects elsewhere, or its old replica's lease ends) and go
@@ -191,7 +198,7 @@ func (r *Router) reach(ctx context.Context, deviceID string, h *proto.StreamHead
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("route: open a stream to %s on replica %s: %w (and the device did not move in time)", deviceID, t.ID, err)
+			return nil, "", fmt.Errorf("route: open a stream to %s on replica %s: %w (and the device did not move in time)", deviceID, t.ID, err)
 		}
 	}
 }
@@ -199,13 +206,14 @@ func (r *Router) reach(ctx context.Context, deviceID string, h *proto.StreamHead
 // RelayResume carries conn, a device's resume stream for a session this
 // replica does not hold (req already read from it), to the running
 // replica that holds it, and relays the stream until either side ends it.
-// It reports false, having written nothing, when no replica holds the
-// session. Every running replica is asked at once: only the holder takes
+// It reports false, having written nothing, when no replica took the
+// session, with an error when some replica could not be asked (it may
+// hold it). Every running replica is asked at once: only the holder takes
 // the stream, the others answer at once that they do not hold it.
-func (r *Router) RelayResume(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) bool {
+func (r *Router) RelayResume(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) (bool, error) {
 	first, err := proto.Marshal(req)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("route: %w", err)
 	}
 	self := r.cfg.Presence.Self().ID
 	var targets []peer.Target
@@ -215,26 +223,31 @@ func (r *Router) RelayResume(ctx context.Context, deviceID string, req *proto.Re
 		}
 	}
 	type taken struct {
-		s  *peer.Stream
-		id string
+		s   *peer.Stream
+		id  string
+		err error // the replica could not be asked
 	}
 	ch := make(chan taken, len(targets))
 	octx, cancel := context.WithTimeout(ctx, resumeAskTimeout)
 	for _, t := range targets {
 		go func() {
 			s, err := r.cfg.Peers.Stream(octx, t, pathResume, url.Values{"device": {deviceID}}, first)
-			if err != nil {
-				if pe, ok := errors.AsType[*peer.Error](err); !ok || pe.Status != http.StatusNotFound {
-					r.log.Debug("a replica did not answer a relayed resume", "device_id", deviceID, "replica", t.ID, "err", err)
-				}
+			if pe, ok := errors.AsType[*peer.Error](err); ok && pe.Status == http.StatusNotFound {
+				err = nil // it does not hold the session
+			} else if err != nil {
+				r.log.Debug("a replica did not answer a relayed resume", "device_id", deviceID, "replica", t.ID, "err", err)
 			}
-			ch <- taken{s, t.ID}
+			ch <- taken{s, t.ID, err}
 		}()
 	}
 	var won taken
+	var unasked error
 	left := len(targets)
 	for ; left > 0 && won.s == nil; left-- {
 		won = <-ch
+		if won.err != nil {
+			unasked = fmt.Errorf("route: replica %s: %w", won.id, won.err)
+		}
 	}
 	go func() {
 		// The other answers: refusals, or (a holder cannot be two) a
@@ -247,13 +260,13 @@ func (r *Router) RelayResume(ctx context.Context, deviceID string, req *proto.Re
 		cancel()
 	}()
 	if won.s == nil {
-		return false
+		return false, unasked
 	}
 	defer won.s.Close()
 	defer conn.Close()
 	r.log.Debug("relaying a session's resume to the replica holding it", "device_id", deviceID, "session", req.SessionID, "replica", won.id)
 	broker.Splice(conn, nil, won.s, nil)
-	return true
+	return true, nil
 }
 
 // resumeAskTimeout bounds RelayResume's wait for the replicas' answers (a
@@ -418,18 +431,26 @@ func (r *Router) EndReason(err error) string { return r.cfg.Local.EndReason(err)
 func (r *Router) Count() int { return max(r.cfg.Presence.Count(), r.cfg.Local.Count()) }
 
 // Disconnect closes deviceID's tunnel, here and on the replica that holds
-// it, with reason, and ends the sessions held for it.
+// it, with reason, and ends the sessions held for it on every replica
+// (a session is held where its user landed).
 func (r *Router) Disconnect(deviceID, reason string) {
 	r.cfg.Local.Disconnect(deviceID, reason)
-	_, t, remote := r.where(deviceID)
-	if !remote || t.Addr == "" {
-		return
-	}
+	self := r.cfg.Presence.Self().ID
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := r.cfg.Peers.Do(ctx, t, http.MethodPost, pathDisconnect, url.Values{"device": {deviceID}, "reason": {reason}}, nil); err != nil {
-		r.log.Warn("could not disconnect a device on its replica", "device_id", deviceID, "replica", t.ID, "err", err)
+	var wg sync.WaitGroup
+	for _, rep := range r.cfg.Presence.Replicas() {
+		if rep.ID == self || rep.Addr == "" {
+			continue
+		}
+		t := peer.Target{ID: rep.ID, Addr: rep.Addr}
+		wg.Go(func() {
+			if _, err := r.cfg.Peers.Do(ctx, t, http.MethodPost, pathDisconnect, url.Values{"device": {deviceID}, "reason": {reason}}, nil); err != nil {
+				r.log.Warn("could not disconnect a device on a replica", "device_id", deviceID, "replica", t.ID, "err", err)
+			}
+		})
 	}
+	wg.Wait()
 }
 
 // Register adds the peer endpoints to mux.
@@ -488,6 +509,9 @@ func (r *Router) serveStream(w http.ResponseWriter, req *http.Request, open func
 		return
 	}
 	defer dev.Close()
+	if info, ok := r.cfg.Local.Info(id); ok && info.Boot != "" {
+		w.Header().Set(headerBoot, info.Boot)
+	}
 	s, err := peer.Accept(w, req, br)
 	if err != nil {
 		return
@@ -543,12 +567,14 @@ func (r *Router) serveResume(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	done := make(chan struct{})
+	var cn *closeNotify
 	held, err := r.cfg.Local.ResumeRelayed(id, res, func() (net.Conn, error) {
 		s, err := peer.Accept(w, req, br)
 		if err != nil {
 			return nil, err
 		}
-		return &closeNotify{Stream: s, done: done}, nil
+		cn = &closeNotify{Stream: s, done: done}
+		return cn, nil
 	})
 	if !held {
 		http.Error(w, "this replica holds no such session", http.StatusNotFound)
@@ -556,16 +582,24 @@ func (r *Router) serveResume(w http.ResponseWriter, req *http.Request) {
 	}
 	if err != nil {
 		r.log.Warn("relayed resume refused", "device_id", id, "session", res.SessionID, "caller", peer.Caller(req.Context()), "err", err)
+		if cn != nil {
+			cn.Abort()
+		}
 		return
 	}
-	// The stream is the session's transport until the session drops it.
+	// The stream is the session's transport until the session drops it;
+	// once the handler returns, it must not be written to, so a stream
+	// whose request ended is closed (failing the session's writes, which
+	// then waits for the agent's next resume) before returning.
 	select {
 	case <-done:
 	case <-req.Context().Done():
+		cn.Abort()
 	}
 }
 
-// closeNotify is a peer stream that says when it is closed.
+// closeNotify is a peer stream that says when it is closed, once it can
+// no longer be written to.
 type closeNotify struct {
 	*peer.Stream
 	once sync.Once
@@ -573,6 +607,13 @@ type closeNotify struct {
 }
 
 func (c *closeNotify) Close() error {
+	err := c.Stream.Close()
 	c.once.Do(func() { close(c.done) })
-	return c.Stream.Close()
+	return err
+}
+
+// Abort is peer.Stream's Abort, then Close's notice.
+func (c *closeNotify) Abort() {
+	c.Stream.Abort()
+	c.once.Do(func() { close(c.done) })
 }

@@ -80,13 +80,13 @@ func (f *fakeTunnels) OpenTransport(ctx context.Context, id string, h *proto.Str
 	return f.Open(ctx, id, h)
 }
 
-func (f *fakeTunnels) OpenVia(ctx context.Context, id, boot string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, error)) (net.Conn, error) {
+func (f *fakeTunnels) OpenVia(ctx context.Context, id string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, string, error)) (net.Conn, error) {
 	hdr := *h
 	hdr.Secret = []byte("secret")
-	c, err := dial(ctx, &hdr)
+	c, boot, err := dial(ctx, &hdr)
 	if err == nil {
 		f.mu.Lock()
-		f.via = append(f.via, h.SessionID)
+		f.via = append(f.via, h.SessionID+"@"+boot)
 		f.mu.Unlock()
 	}
 	return c, err
@@ -154,7 +154,7 @@ func (f *fakeTunnels) Info(id string) (tunnelsrv.Info, bool) {
 	if !f.Online(id) {
 		return tunnelsrv.Info{}, false
 	}
-	return tunnelsrv.Info{RTT: time.Millisecond}, true
+	return tunnelsrv.Info{RTT: time.Millisecond, Boot: "boot-of-" + id}, true
 }
 
 func (f *fakeTunnels) Count() int {
@@ -189,6 +189,13 @@ type replica struct {
 
 func startReplica(t *testing.T, st store.Store, auth *ca.Authority, id string, local *fakeTunnels) *replica {
 	t.Helper()
+	return startReplicaWith(t, st, auth, id, local, false)
+}
+
+// startReplicaWith is startReplica; old makes the replica answer only
+// the peer endpoints of a fleetd from before relayed sessions.
+func startReplicaWith(t *testing.T, st store.Store, auth *ca.Authority, id string, local *fakeTunnels, old bool) *replica {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +207,13 @@ func startReplica(t *testing.T, st store.Store, auth *ca.Authority, id string, l
 	}
 	pres := presence.New(presence.Config{Store: st, Self: presence.Replica{ID: id, Addr: ln.Addr().String()}, TTL: time.Second, Logger: logtest.Logger(t)})
 	r := New(Config{Local: local, Presence: pres, Peers: node, Logger: logtest.Logger(t)})
-	r.Register(mux)
+	if old {
+		mux.HandleFunc("POST "+pathOpen, r.serveOpen)
+		mux.HandleFunc("POST "+pathSend, r.serveSend)
+		mux.HandleFunc("POST "+pathDisconnect, r.serveDisconnect)
+	} else {
+		r.Register(mux)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	pctx, pcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -289,7 +302,7 @@ func TestOpenOnAnotherReplica(t *testing.T) {
 	b.local.mu.Lock()
 	raw := strings.Join(b.local.raw, ",")
 	b.local.mu.Unlock()
-	if via != "s1" || raw != "s1" {
+	if via != "s1@boot-of-d1" || raw != "s1" {
 		t.Errorf("the session is held on %q and relayed by %q; want it held where the user is (a) and relayed by the device's replica (b)", via, raw)
 	}
 
@@ -444,7 +457,10 @@ func TestRelayResume(t *testing.T) {
 	}
 	defer dev.Close()
 	done := make(chan bool, 1)
-	go func() { done <- b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "s7", Received: 3}, relayed) }()
+	go func() {
+		taken, _ := b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "s7", Received: 3}, relayed)
+		done <- taken
+	}()
 	payload := strings.Repeat("y", 100<<10)
 	if got, want := readEcho(t, dev, payload), "resumed d1 s7: "+payload; got != want {
 		t.Errorf("relayed resume: %d bytes back, want %d (the holder's echo)", len(got), len(want))
@@ -459,11 +475,56 @@ func TestRelayResume(t *testing.T) {
 	}
 	defer dev2.Close()
 	defer relayed2.Close()
-	start := time.Now()
-	if b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "nobody's"}, relayed2) {
-		t.Error("RelayResume = true for a session no replica holds")
+	if taken, err := b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "nobody's"}, relayed2); taken || err != nil {
+		t.Errorf("RelayResume for a session no replica holds = %v, %v; want false, nil (nobody holds it)", taken, err)
 	}
-	if d := time.Since(start); d > resumeAskTimeout {
-		t.Errorf("refusing took %v", d)
+
+	// A replica that cannot be asked may hold the session: the agent
+	// must be told to try again, not that the session is gone.
+	a.stopPeer()
+	dev3, relayed3, err := tcpPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev3.Close()
+	defer relayed3.Close()
+	if taken, err := b.router.RelayResume(ctx, "d1", &proto.Resume{SessionID: "s7"}, relayed3); taken || err == nil {
+		t.Errorf("RelayResume with the holder unreachable = %v, %v; want false and an error", taken, err)
+	}
+}
+
+// TestOpenOnAnOlderReplica: a device's replica from before relayed
+// sessions (a rolling upgrade) does not know the relay; the stream is
+// opened the old way, the session held there.
+func TestOpenOnAnOlderReplica(t *testing.T) {
+	ms := memstore.New()
+	t.Cleanup(func() { ms.Close() })
+	auth, err := ca.LoadOrCreate(context.Background(), ms, "fleet", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startReplica(t, ms, auth, "a", newFake())
+	b := startReplicaWith(t, ms, auth, "b", newFake("d1"), true)
+	ctx := context.Background()
+	if err := b.pres.Claim(ctx, "d1", "10.1.1.1:999", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a sees d1 on b", func() bool { e, ok := a.pres.Lookup("d1"); return ok && e.Replica == "b" })
+	c, err := a.router.Open(ctx, "d1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"})
+	if err != nil {
+		t.Fatalf("Open through an older replica: %v", err)
+	}
+	defer c.Close()
+	if got := readEcho(t, c, "hi"); got != "d1 s1: hi" {
+		t.Errorf("stream through the older replica = %q", got)
+	}
+	a.local.mu.Lock()
+	via := len(a.local.via)
+	a.local.mu.Unlock()
+	b.local.mu.Lock()
+	raw := len(b.local.raw)
+	b.local.mu.Unlock()
+	if via != 0 || raw != 0 {
+		t.Errorf("a holds %d relayed sessions, b relayed %d raw streams; want none (the older replica holds the session)", via, raw)
 	}
 }

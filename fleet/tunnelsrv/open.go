@@ -88,15 +88,15 @@ func (s *Server) OpenTransport(ctx context.Context, deviceID string, h *proto.St
 // session (its resume state, and the secret the agent re-attaches it with)
 // is held here, and dial brings its first transport, a stream that has
 // been opened with the header it is given and accepted (another replica's
-// OpenTransport, relayed). boot is the device's agent boot ID as the
-// fleet last heard it ("" if unknown): the session ends when another boot
-// of the agent connects (DeviceBoot), since the agent's side is gone.
+// OpenTransport, relayed), and the boot ID of the agent that accepted it
+// ("" if unknown): the session ends when another boot of the agent
+// connects (DeviceBoot), since the agent's side is gone.
 //
 // When the tunnel's replica dies, or the device moves, the agent resumes
 // the session on its next connection, wherever that is; a replica that
 // does not hold it relays the resume here (RelayResumes). The session
 // therefore outlives the replica that held the device's tunnel.
-func (s *Server) OpenVia(ctx context.Context, deviceID, boot string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, error)) (net.Conn, error) {
+func (s *Server) OpenVia(ctx context.Context, deviceID string, h *proto.StreamHeader, dial func(context.Context, *proto.StreamHeader) (net.Conn, string, error)) (net.Conn, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
@@ -106,7 +106,7 @@ func (s *Server) OpenVia(ctx context.Context, deviceID, boot string, h *proto.St
 	if err != nil {
 		return nil, err
 	}
-	tr, err := dial(ctx, hdr)
+	tr, boot, err := dial(ctx, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -289,6 +289,13 @@ func (s *Server) handshake(ctx context.Context, dc *deviceConn, hdr *proto.Strea
 // being boot, with tr as its first transport, and returns its resumable
 // conn.
 func (s *Server) hold(deviceID, boot string, hdr *proto.StreamHeader, tr net.Conn, local, remote net.Addr) (net.Conn, error) {
+	s.mu.Lock()
+	dup := s.sessions[deviceID][hdr.SessionID] != nil
+	s.mu.Unlock()
+	if dup {
+		tr.Close()
+		return nil, proto.Errorf(proto.CodeConflict, "session id %q is in use", hdr.SessionID)
+	}
 	ss := &session{id: hdr.SessionID, secret: hdr.Secret, tag: proto.SessionTag(hdr.Secret), boot: boot}
 	ss.conn = resume.New(resume.Config{
 		Buffer: s.cfg.SessionBuffer, Hold: s.cfg.SessionHold, Budget: s.budget,
@@ -306,9 +313,12 @@ func (s *Server) hold(deviceID, boot string, hdr *proto.StreamHeader, tr net.Con
 	})
 	s.mu.Lock()
 	if s.sessions[deviceID][ss.id] != nil {
+		// Taken since the check above.
 		s.mu.Unlock()
+		err := proto.Errorf(proto.CodeConflict, "session id %q is in use", ss.id)
+		ss.conn.Abort(err)
 		tr.Close()
-		return nil, proto.Errorf(proto.CodeConflict, "session id %q is in use", ss.id)
+		return nil, err
 	}
 	if s.sessions[deviceID] == nil {
 		s.sessions[deviceID] = map[string]*session{}

@@ -24,21 +24,24 @@ func TestSessionHeldByAnotherServer(t *testing.T) {
 	a := startServer(t, pki, "127.0.0.1:0")
 	c := startServer(t, pki, "127.0.0.1:0")
 	relayed := make(chan string, 4)
-	a.srv.RelayResumes(func(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) bool {
+	a.srv.RelayResumes(func(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) (bool, error) {
 		// Stands in for fleet/route, which carries the stream to the
 		// replica holding the session over the peer connection.
 		held, err := c.srv.ResumeRelayed(deviceID, req, func() (net.Conn, error) { return conn, nil })
 		if held {
 			relayed <- req.SessionID
 		}
-		return held && err == nil
+		return held, err
 	})
 	_, state := startAgent(t, a, "pi-1", "pi-1", nil)
 	waitState(t, state, true)
 
 	ctx := context.Background()
-	conn, err := c.srv.OpenVia(ctx, "pi-1", "boot-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"},
-		func(ctx context.Context, h *proto.StreamHeader) (net.Conn, error) { return a.srv.OpenTransport(ctx, "pi-1", h) })
+	conn, err := c.srv.OpenVia(ctx, "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"},
+		func(ctx context.Context, h *proto.StreamHeader) (net.Conn, string, error) {
+			conn, err := a.srv.OpenTransport(ctx, "pi-1", h)
+			return conn, "boot-1", err
+		})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,4 +91,46 @@ func TestOpenTransportNeedsASecret(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Code != proto.CodeBadRequest {
 		t.Fatalf("OpenTransport without a secret = %v, want a bad request", err)
 	}
+}
+
+// TestResumeRelayedChecksOwnerAndSecret: a relayed resume re-attaches a
+// session only for the device that owns it and with its secret; anything
+// else is not held here, and the stream is not taken.
+func TestResumeRelayedChecksOwnerAndSecret(t *testing.T) {
+	pki := newPKI(t)
+	a := startServer(t, pki, "127.0.0.1:0")
+	c := startServer(t, pki, "127.0.0.1:0")
+	_, state := startAgent(t, a, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	conn, err := c.srv.OpenVia(context.Background(), "pi-1", &proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1"},
+		func(ctx context.Context, h *proto.StreamHeader) (net.Conn, string, error) {
+			conn, err := a.srv.OpenTransport(ctx, "pi-1", h)
+			return conn, "", err
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c.srv.mu.Lock()
+	secret := c.srv.sessions["pi-1"]["s1"].secret
+	c.srv.mu.Unlock()
+	for _, tt := range []struct {
+		name, device, session string
+		secret                []byte
+	}{
+		{"another device with the right secret", "pi-2", "s1", secret},
+		{"the owner with a wrong secret", "pi-1", "s1", []byte("not the secret")},
+		{"the owner, another session", "pi-1", "s2", secret},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			held, err := c.srv.ResumeRelayed(tt.device, &proto.Resume{SessionID: tt.session, Secret: tt.secret}, func() (net.Conn, error) {
+				t.Error("the stream was taken")
+				return nil, errors.New("taken")
+			})
+			if held || err != nil {
+				t.Errorf("ResumeRelayed = %v, %v; want not held", held, err)
+			}
+		})
+	}
+	echo(t, conn, "the session is untouched")
 }

@@ -560,9 +560,19 @@ func (s *Server) resume(ctx context.Context, id string, qc *quic.Conn, st *quic.
 		s.mu.Lock()
 		relay := s.relay
 		s.mu.Unlock()
-		if relay != nil && relay(ctx, id, req, conn) {
-			// Held by another replica, which answered; the relay is over.
-			return nil
+		if relay != nil {
+			taken, err := relay(ctx, id, req, conn)
+			if taken {
+				// Held by another replica, which answered; the relay is over.
+				return nil
+			}
+			if err != nil {
+				// Some replica did not answer: it may hold the session.
+				// The agent keeps it and asks again.
+				proto.WriteMsg(conn, &proto.ResumeAccept{Code: proto.CodeUnavailable, Message: "could not ask every fleet replica for the session; try again"})
+				conn.CloseWrite()
+				return fmt.Errorf("session %q: %w", req.SessionID, err)
+			}
 		}
 		proto.WriteMsg(conn, &proto.ResumeAccept{Code: proto.CodeNotFound, Message: "the fleet holds no such session for this device"})
 		conn.CloseWrite()
@@ -624,12 +634,15 @@ func closeWrite(conn net.Conn) {
 
 // ResumeRelay carries a device's resume stream, for a session this
 // replica does not hold, to the replica that does (see RelayResumes).
-type ResumeRelay func(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) bool
+type ResumeRelay func(ctx context.Context, deviceID string, req *proto.Resume, conn net.Conn) (taken bool, err error)
 
 // RelayResumes sets how a resume of a session this replica does not hold
 // reaches the replica that does (fleet/route): relay carries conn, the
 // agent's resume stream (req already read from it), to that replica, and
-// reports whether one took it. Without it such resumes are refused.
+// reports whether one took it; an error (not taken) says that some replica
+// could not be asked, so the session may still be held: the agent is told
+// to try again (proto.CodeUnavailable), not that the session is gone.
+// Without it such resumes are refused.
 func (s *Server) RelayResumes(relay ResumeRelay) {
 	s.mu.Lock()
 	s.relay = relay

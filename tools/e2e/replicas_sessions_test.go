@@ -140,6 +140,7 @@ func TestRelayedSessionEndsWhenTheAgentRestarts(t *testing.T) {
 	lf := startLockFleet(t)
 	ssh := start(t, "tsh ssh via C", lf.users[repC].Env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
 	ssh.WaitLine(regexp.MustCompile(`^started$`), time.Minute)
+	cMark := lf.reps[repC].Proc.Mark()
 	killed := time.Now()
 	lf.agent.Proc.Kill()
 	lf.agent.Restart()
@@ -155,5 +156,9 @@ func TestRelayedSessionEndsWhenTheAgentRestarts(t *testing.T) {
 	}
 	if got := replicaOf(lf.reps[repC], "pi-1"); got != "r-a" {
 		t.Errorf("pi-1 on %q after its restart, want r-a", got)
+	}
+	// C, which held the session, ended it when it heard of the new boot.
+	if _, _, err := lf.reps[repC].Proc.AwaitLine(t.Context(), cMark, regexp.MustCompile(`agent restarted on another replica; dropped its held sessions.*sessions=1`), 10*time.Second); err != nil {
+		t.Errorf("replica C did not drop the session for the new boot: %v", err)
 	}
 }
