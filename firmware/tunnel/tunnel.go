@@ -194,11 +194,11 @@ type session struct {
 	secret []byte
 	conn   *resume.Conn
 
-	// Guarded by Client.mu: a resume of the session is under way; and,
-	// for a session left without a transport on a live connection (see
-	// retryDetached), when it was found so, when to try again, and how
-	// many tries were made.
-	resuming   bool
+	// Guarded by Client.mu: the connection a resume of the session is
+	// under way on (nil: none); and, for a session left without a
+	// transport on a live connection (see retryDetached), when it was
+	// found so, when to try again, and how many tries were made.
+	resuming   *quic.Conn
 	detachedAt time.Time
 	retryAt    time.Time
 	retries    int
@@ -745,17 +745,20 @@ func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn, hint *proto.LinkH
 
 func (c *Client) resumeSession(ctx context.Context, qc *quic.Conn, s *session, hint *proto.LinkHurry) error {
 	c.mu.Lock()
-	busy := s.resuming
-	s.resuming = true
+	busy := s.resuming == qc
+	s.resuming = qc
 	c.mu.Unlock()
 	if busy {
-		// The other resume answers (or fails, and retryDetached tries
-		// again).
+		// The other resume on this connection answers (or fails, and
+		// retryDetached tries again). One on an older connection fails
+		// with it.
 		return errResuming
 	}
 	defer func() {
 		c.mu.Lock()
-		s.resuming = false
+		if s.resuming == qc {
+			s.resuming = nil
+		}
 		c.mu.Unlock()
 	}()
 	s.conn.Detach()
@@ -845,7 +848,7 @@ func (c *Client) retryDetached(ctx context.Context, qc *quic.Conn) {
 	c.mu.Lock()
 	for _, s := range c.sessions {
 		switch {
-		case s.resuming:
+		case s.resuming != nil:
 		case s.conn.Attached():
 			s.detachedAt, s.retries = time.Time{}, 0
 		case s.detachedAt.IsZero():
