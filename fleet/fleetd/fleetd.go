@@ -243,8 +243,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			if err := recheck(ctx, id); err != nil {
 				return err
 			}
-			info, _ := tunnels.Info(id)
-			return reps.claim(ctx, id, info.Addr, info.Boot)
+			info, ok := tunnels.Info(id)
+			return reps.claim(ctx, id, info, ok)
 		}
 		tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -177,10 +177,21 @@ func (r *replicas) run(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Go(func() { r.pres.Run(ctx) })
 }
 
-// claim records a device's new tunnel here; a replica without its lease
-// refuses the device, which goes to another.
-func (r *replicas) claim(ctx context.Context, deviceID string, addr net.Addr, boot string) error {
-	if err := r.pres.Claim(ctx, deviceID, addr.String(), boot, time.Now()); err != nil {
+// claim records a device's new tunnel here, as the tunnel server
+// describes it (ok: it still has it); a replica without its lease refuses
+// the device, which goes to another.
+func (r *replicas) claim(ctx context.Context, deviceID string, info tunnelsrv.Info, ok bool) error {
+	return claimTunnel(ctx, r.pres.Claim, deviceID, info, ok)
+}
+
+// claimTunnel is claim with presence's Claim as claim. A connection that
+// ended (or was replaced and ended) while the device was being checked is
+// refused: there is nothing to record, and the device connects again.
+func claimTunnel(ctx context.Context, claim func(ctx context.Context, deviceID, addr, boot string, since time.Time) error, deviceID string, info tunnelsrv.Info, ok bool) error {
+	if !ok || info.Addr == nil {
+		return proto.Errorf(proto.CodeUnavailable, "the connection ended while this fleetd replica recorded it; connect again")
+	}
+	if err := claim(ctx, deviceID, info.Addr.String(), info.Boot, time.Now()); err != nil {
 		if errors.Is(err, presence.ErrNotReady) {
 			return proto.Errorf(proto.CodeUnavailable, "%v", err)
 		}
