@@ -61,8 +61,10 @@ type ReplicaFigures struct {
 	Idle    harness.Stat
 	IdleCPU time.Duration
 	// After is the replica once every device is back after the restart of
-	// all replicas.
-	After harness.Stat
+	// all replicas (or the timeout); AfterErr says why it could not be
+	// read (the replica had exited).
+	After    harness.Stat
+	AfterErr error
 }
 
 // ReplicasReport is what MeasureReplicas found.
@@ -285,7 +287,10 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	// Let the handshakes' garbage settle before reading memory again.
 	time.Sleep(2 * time.Second)
 	for i, f := range reps {
-		r.Replicas[i].After, _ = f.Proc.Stat()
+		r.Replicas[i].After, r.Replicas[i].AfterErr = f.Proc.Stat()
+		if f.Proc.Exited() {
+			r.Replicas[i].AfterErr = fmt.Errorf("it exited (%v):\n%s", f.Proc.Err(), f.Proc.Tail(10))
+		}
 	}
 	r.Write(out)
 	return r, nil
@@ -467,9 +472,13 @@ func (r *ReplicasReport) Write(w io.Writer) {
 	fmt.Fprintf(w, "joined and connected in %s\n", r.JoinAndConnect.Round(time.Millisecond))
 	fmt.Fprintf(w, "\nreplicas with every device connected, %s idle:\n", r.Settle)
 	for _, rp := range r.Replicas {
+		after := harness.MB(rp.After.RSS)
+		if rp.AfterErr != nil {
+			after = fmt.Sprintf("not read: %v", rp.AfterErr)
+		}
 		fmt.Fprintf(w, "  %s: %d devices, RSS %s (%.1f kB a device; peak %s), %d threads; CPU %s (%.1f%% of one core); RSS after the full restart %s\n",
 			rp.ID, rp.Devices, harness.MB(rp.Idle.RSS), float64(rp.Idle.RSS)/float64(max(rp.Devices, 1))/1e3, harness.MB(rp.Idle.Peak),
-			rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond), 100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(rp.After.RSS))
+			rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond), 100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), after)
 	}
 	fmt.Fprintf(w, "  simulators: RSS %s, CPU %.1f%% of one core; balancers: RSS %s, CPU %.1f%% of one core\n",
 		harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())
