@@ -22,10 +22,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -55,6 +57,15 @@ type Config struct {
 	// HealthEvery is how often each replica's readiness is checked;
 	// default 200ms. A replica that fails it is out until it passes.
 	HealthEvery time.Duration
+	// LocalAddrs are the local addresses the UDP flows' sockets to the
+	// replicas are bound to (port 0), one after the other, so that many
+	// flows do not take every ephemeral port of one address. Empty: the
+	// kernel picks.
+	LocalAddrs []netip.Addr
+	// OnSocketError, when set, is called when a flow's socket to a
+	// replica cannot be opened (no port or descriptor left); the flow's
+	// datagram is dropped either way.
+	OnSocketError func(error)
 	// FlowIdle ends a UDP flow idle this long; default 5m.
 	FlowIdle time.Duration
 	// Logger receives moves and failures; nil discards them.
@@ -69,6 +80,8 @@ type Balancer struct {
 	udp  *net.UDPConn
 	up   []atomic.Bool // per backend: the last health check passed
 	next atomic.Uint64 // round robin
+	// local counts flow sockets opened, to spread them over LocalAddrs.
+	local atomic.Uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -362,8 +375,15 @@ func (b *Balancer) flowConn(f *flow, not int) *net.UDPConn {
 	if err != nil {
 		return nil
 	}
-	c, err := net.DialUDP("udp", nil, ra)
+	var la *net.UDPAddr
+	if n := uint64(len(b.cfg.LocalAddrs)); n > 0 {
+		la = net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.cfg.LocalAddrs[b.local.Add(1)%n], 0))
+	}
+	c, err := net.DialUDP("udp", la, ra)
 	if err != nil {
+		if b.cfg.OnSocketError != nil {
+			b.cfg.OnSocketError(fmt.Errorf("balancer: open a socket to replica %s: %w", b.cfg.Backends[i], err))
+		}
 		return nil
 	}
 	c.SetReadBuffer(1 << 20)

@@ -3,9 +3,11 @@ package devsim
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"remoteler.dev/edge/tools/harness"
@@ -29,6 +31,22 @@ func EventLine(e Event) string {
 }
 
 var eventRE = regexp.MustCompile(`^event (dial|up|down) (\d+) (\d+)$`)
+
+// The roles of ProcHosts: each simulator process binds its devices'
+// sockets on loopback addresses of its own, and each balancer its flows'.
+const (
+	roleSim      = 1
+	roleBalancer = 2
+)
+
+// joinAddrs lists addresses as a flag takes them: a,b,c.
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}
 
 // parseEventLine reads a line EventLine wrote.
 func parseEventLine(l string) (Event, bool) {
@@ -55,13 +73,18 @@ type simProcs struct {
 
 // startSimProcs starts cfg.Procs devsim processes (the program cfg.Exe)
 // that together simulate cfg.Count devices of the fleet, process i at
-// addrs[i % len(addrs)], joining with token.
-func startSimProcs(tb harness.TB, cfg RestartConfig, addrs []string, token, dataDir string) (*simProcs, error) {
+// addrs[i % len(addrs)], joining with token, its output also in
+// logDir/devsim-N.log.
+func startSimProcs(tb harness.TB, cfg RestartConfig, addrs []string, token, dataDir, logDir string) (*simProcs, error) {
 	sp := &simProcs{count: cfg.Count, done: make(chan struct{})}
 	per := (cfg.Count + cfg.Procs - 1) / cfg.Procs
 	for first := 0; first < cfg.Count; first += per {
 		n := min(per, cfg.Count-first)
-		args := []string{"--fleet", addrs[len(sp.procs)%len(addrs)], "--token", token, "--count", strconv.Itoa(n), "--first", strconv.Itoa(first),
+		hosts, err := ProcHosts(roleSim, len(sp.procs)+1, n)
+		if err != nil {
+			return nil, err
+		}
+		args := []string{"--bind", joinAddrs(hosts), "--fleet", addrs[len(sp.procs)%len(addrs)], "--token", token, "--count", strconv.Itoa(n), "--first", strconv.Itoa(first),
 			"--data", dataDir, "--events", "--start-rate", strconv.FormatFloat(cfg.StartRate/float64(cfg.Procs), 'f', -1, 64)}
 		for _, d := range []struct {
 			flag string
@@ -71,7 +94,7 @@ func startSimProcs(tb harness.TB, cfg RestartConfig, addrs []string, token, data
 				args = append(args, d.flag, d.v.String())
 			}
 		}
-		p, err := harness.StartErr(tb, harness.Cmd{Name: fmt.Sprintf("devsim-%d", len(sp.procs)+1), Path: cfg.Exe, Args: args, StopTimeout: time.Minute})
+		p, err := harness.StartErr(tb, harness.Cmd{Name: fmt.Sprintf("devsim-%d", len(sp.procs)+1), Path: cfg.Exe, Args: args, StopTimeout: time.Minute, LogDir: logDir})
 		if err != nil {
 			return nil, fmt.Errorf("devsim: %w", err)
 		}

@@ -61,8 +61,10 @@ type ReplicaFigures struct {
 	Idle    harness.Stat
 	IdleCPU time.Duration
 	// After is the replica once every device is back after the restart of
-	// all replicas.
-	After harness.Stat
+	// all replicas (or the timeout); AfterErr says why it could not be
+	// read (the replica had exited).
+	After    harness.Stat
+	AfterErr error
 }
 
 // ReplicasReport is what MeasureReplicas found.
@@ -186,7 +188,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	if err != nil {
 		return nil, err
 	}
-	lbs, err := startBalancers(tb, cfg.Exe, cfg.Procs, addrs)
+	lbs, err := startBalancers(tb, cfg.Exe, cfg.Procs, (cfg.Count+cfg.Procs-1)/cfg.Procs, addrs, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +196,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	for _, lb := range lbs {
 		lbAddrs = append(lbAddrs, lb.addr)
 	}
-	sim, simDone, simStopped, simStat, err := startSim(tb, cfg.RestartConfig, lbAddrs, token, filepath.Join(dir, "devices"))
+	sim, simDone, simStopped, simStat, err := startSim(tb, cfg.RestartConfig, lbAddrs, token, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +253,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	log.Info("killing a replica (SIGKILL)", "replica", r.Killed, "devices", len(held[r.Killed]))
 	t0 := time.Now()
 	reps[victim].Kill()
-	if r.Kill, err = awaitBack(ctx, sim, simDone, simStopped, t0, held[r.Killed], cfg.Timeout); err != nil {
+	if r.Kill, err = awaitBack(ctx, log, sim, simDone, simStopped, t0, held[r.Killed], cfg.Timeout); err != nil {
 		return nil, err
 	}
 	log.Info("the killed replica's devices are back", "back", r.Kill.Back.N, "missing", r.Kill.Missing,
@@ -279,13 +281,16 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	for _, f := range reps {
 		r.Ready = max(r.Ready, f.ReadyAt.Sub(t1))
 	}
-	if r.Restart, err = awaitBack(ctx, sim, simDone, simStopped, t1, all, cfg.Timeout); err != nil {
+	if r.Restart, err = awaitBack(ctx, log, sim, simDone, simStopped, t1, all, cfg.Timeout); err != nil {
 		return nil, err
 	}
 	// Let the handshakes' garbage settle before reading memory again.
 	time.Sleep(2 * time.Second)
 	for i, f := range reps {
-		r.Replicas[i].After, _ = f.Proc.Stat()
+		r.Replicas[i].After, r.Replicas[i].AfterErr = f.Proc.Stat()
+		if f.Proc.Exited() {
+			r.Replicas[i].AfterErr = fmt.Errorf("it exited (%v):\n%s", f.Proc.Err(), f.Proc.Tail(10))
+		}
 	}
 	r.Write(out)
 	return r, nil
@@ -348,12 +353,20 @@ func tunnelsByReplica(f *harness.Fleet, count int) (map[string][]int, error) {
 // again since t0, or timeout, and says how they came back. The times come
 // from the events; it looks once a second, as reading a large fleet's
 // events costs CPU the replicas are measured on.
-func awaitBack(ctx context.Context, sim fleetSim, simDone <-chan struct{}, simStopped func() error, t0 time.Time, devs []int, timeout time.Duration) (Recovery, error) {
+// Every 15 s it logs how many are back, so that a run cut short still
+// shows how the return went.
+func awaitBack(ctx context.Context, log *slog.Logger, sim fleetSim, simDone <-chan struct{}, simStopped func() error, t0 time.Time, devs []int, timeout time.Duration) (Recovery, error) {
 	deadline := time.Now().Add(timeout)
+	logged := time.Now()
 	for {
 		rec := recoveryOf(sim.Events(), t0, sim.Count(), devs)
 		if rec.Missing == 0 || time.Now().After(deadline) {
 			return rec, nil
+		}
+		if time.Since(logged) >= 15*time.Second {
+			log.Info("devices coming back", "after", time.Since(t0).Round(time.Second), "back", rec.Back.N, "of", rec.Expected,
+				"went_down", rec.Down, "dials", rec.Dials)
+			logged = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -416,14 +429,20 @@ type balancerProc struct {
 
 var balancingRE = regexp.MustCompile(`^balancing on (\S+)$`)
 
-// startBalancers starts n balancers (exe balance) in front of backends.
-// Each holds a socket per device flow, so one per simulator process keeps
-// every process within its open-file limit.
-func startBalancers(tb harness.TB, exe string, n int, backends []string) ([]balancerProc, error) {
+// startBalancers starts n balancers (exe balance) in front of backends,
+// for flows flows each. Each holds a socket per device flow, so one per
+// simulator process keeps every process within its open-file limit; each
+// dials the replicas from loopback addresses of its own, and logs its
+// warnings to logDir/balancer-N.log.
+func startBalancers(tb harness.TB, exe string, n, flows int, backends []string, logDir string) ([]balancerProc, error) {
 	var lbs []balancerProc
 	for i := range n {
+		hosts, err := ProcHosts(roleBalancer, i+1, flows)
+		if err != nil {
+			return nil, err
+		}
 		p, err := harness.StartErr(tb, harness.Cmd{Name: fmt.Sprintf("balancer-%d", i+1), Path: exe,
-			Args: []string{"balance", "-backends", strings.Join(backends, ",")}})
+			Args: []string{"balance", "-backends", strings.Join(backends, ","), "-local", joinAddrs(hosts)}, LogDir: logDir})
 		if err != nil {
 			return nil, fmt.Errorf("devsim: %w", err)
 		}
@@ -453,9 +472,13 @@ func (r *ReplicasReport) Write(w io.Writer) {
 	fmt.Fprintf(w, "joined and connected in %s\n", r.JoinAndConnect.Round(time.Millisecond))
 	fmt.Fprintf(w, "\nreplicas with every device connected, %s idle:\n", r.Settle)
 	for _, rp := range r.Replicas {
+		after := harness.MB(rp.After.RSS)
+		if rp.AfterErr != nil {
+			after = fmt.Sprintf("not read: %v", rp.AfterErr)
+		}
 		fmt.Fprintf(w, "  %s: %d devices, RSS %s (%.1f kB a device; peak %s), %d threads; CPU %s (%.1f%% of one core); RSS after the full restart %s\n",
 			rp.ID, rp.Devices, harness.MB(rp.Idle.RSS), float64(rp.Idle.RSS)/float64(max(rp.Devices, 1))/1e3, harness.MB(rp.Idle.Peak),
-			rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond), 100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(rp.After.RSS))
+			rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond), 100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), after)
 	}
 	fmt.Fprintf(w, "  simulators: RSS %s, CPU %.1f%% of one core; balancers: RSS %s, CPU %.1f%% of one core\n",
 		harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())

@@ -134,7 +134,7 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 		return nil, err
 	}
 
-	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, []string{fd.Addr}, token, filepath.Join(dir, "devices"))
+	sim, simDone, simStopped, simStat, err := startSim(tb, cfg, []string{fd.Addr}, token, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -206,19 +206,25 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 
 // startSim starts the simulated devices: in this process, or split over
 // cfg.Procs devsim processes, process i joining and dialling the fleet at
-// addrs[i % len(addrs)]. simDone is closed when the simulator (or one
+// addrs[i % len(addrs)], with the identities in dir/devices (and the
+// processes' output in dir/devsim-N.log). simDone is closed when the simulator (or one
 // of its processes) has stopped, and stopped then says why; stat reads the
 // simulator's RSS and CPU time.
-func startSim(tb harness.TB, cfg RestartConfig, addrs []string, token, dataDir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
+func startSim(tb harness.TB, cfg RestartConfig, addrs []string, token, dir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
+	dataDir := filepath.Join(dir, "devices")
 	if cfg.Procs > 1 {
-		sp, err := startSimProcs(tb, cfg, addrs, token, dataDir)
+		sp, err := startSimProcs(tb, cfg, addrs, token, dataDir, dir)
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
 		return sp, sp.done, sp.err, sp.stat, nil
 	}
+	hosts, err := ProcHosts(roleSim, 1, cfg.Count)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
 	s, err := New(Config{
-		Fleet: addrs[0], Token: token, Count: cfg.Count, DataDir: dataDir,
+		Fleet: addrs[0], Token: token, Count: cfg.Count, DataDir: dataDir, LocalAddrs: hosts,
 		Keepalive: cfg.Keepalive, Liveness: cfg.Liveness, IdleTimeout: cfg.IdleTimeout,
 		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
 		StartRate: cfg.StartRate,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -80,6 +81,12 @@ type Config struct {
 	CheckIn time.Duration
 	// DirectAddr is the address direct nodes name; default 127.0.0.1:9.
 	DirectAddr string
+	// LocalAddrs are the local addresses the devices' UDP sockets are
+	// bound to (device i's on LocalAddrs[i % len], port 0), to spread a
+	// large fleet's sockets over several loopback addresses (see
+	// SocketsPerAddr). Empty: the sockets are bound to port 0 of every
+	// address, and the kernel gives each a port of its one range.
+	LocalAddrs []netip.Addr
 	// OnEvent, when set, is called with every event as it is recorded,
 	// with the simulator's lock held: it must not block for long. Its
 	// Device counts from First.
@@ -161,6 +168,10 @@ type Sim struct {
 	mu      sync.Mutex // guards events and changed
 	events  []Event
 	changed chan struct{} // closed and replaced when an Up or Down is recorded
+
+	// fatal receives the first error that stops the simulation (a socket
+	// that cannot be had); buffered, sent without blocking.
+	fatal chan error
 }
 
 // device is one simulated device.
@@ -193,7 +204,7 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.First < 0 {
 		return nil, fmt.Errorf("devsim: --first %d: want 0 or more", cfg.First)
 	}
-	s := &Sim{cfg: cfg, log: cfg.Logger.With("component", "devsim"), changed: make(chan struct{})}
+	s := &Sim{cfg: cfg, log: cfg.Logger.With("component", "devsim"), changed: make(chan struct{}), fatal: make(chan error, 1)}
 	for i := range cfg.Count {
 		s.devices = append(s.devices, &device{index: i, name: fmt.Sprintf("%s-%05d", cfg.Prefix, cfg.First+i+1), checkedIn: make(chan struct{}, 1)})
 	}
@@ -293,6 +304,9 @@ func (s *Sim) Run(ctx context.Context) error {
 	host, _, _ := net.SplitHostPort(s.cfg.Fleet)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Cancelled before the wait above: a fatal error stops every device.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -313,6 +327,8 @@ func (s *Sim) Run(ctx context.Context) error {
 				select {
 				case <-ctx.Done():
 					return nil
+				case err := <-s.fatal:
+					return err
 				case <-time.After(wait):
 				}
 			}
@@ -328,8 +344,33 @@ func (s *Sim) Run(ctx context.Context) error {
 		}()
 	}
 	s.log.Info("all devices started", "devices", len(s.devices), "took", time.Since(start).Round(time.Millisecond))
-	<-ctx.Done()
-	return nil
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-s.fatal:
+		return err
+	}
+}
+
+// listen opens device d's UDP socket, on its local address when
+// LocalAddrs names some. A socket that cannot be had (no port left on the
+// address, no descriptor left) stops the whole simulation with the
+// reason: redialling would only hold the machine's last ports.
+func (s *Sim) listen(d *device) (*net.UDPConn, error) {
+	var la *net.UDPAddr
+	if n := len(s.cfg.LocalAddrs); n > 0 {
+		la = net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.LocalAddrs[d.index%n], 0))
+	}
+	c, err := net.ListenUDP("udp", la)
+	if err != nil {
+		err = fmt.Errorf("devsim: %s: open its UDP socket: %w (each device holds one: use more local addresses, or fewer devices per process)", d.name, err)
+		select {
+		case s.fatal <- err:
+		default:
+		}
+		return nil, err
+	}
+	return c, nil
 }
 
 // checkIns runs a direct node: it checks in now, then every CheckIn (the
@@ -408,11 +449,12 @@ func (s *Sim) tunnelConfig(d *device) tunnel.Config {
 			// Every dial opens a socket: count it as a connection attempt.
 			// Returned as the *net.UDPConn itself so quic-go keeps its
 			// fast paths.
-			c, err := net.ListenUDP("udp", nil)
-			if err == nil {
-				s.record(d, Dial)
+			c, err := s.listen(d)
+			if err != nil {
+				return nil, err
 			}
-			return c, err
+			s.record(d, Dial)
+			return c, nil
 		},
 		Keepalive:   s.cfg.Keepalive,
 		Liveness:    s.cfg.Liveness,

@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -99,6 +100,11 @@ func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Float64Var(&cfg.StartRate, "start-rate", 200, "tunnels started per second at first (negative: all at once)")
 	events := fs.Bool("events", false, "print every dial, tunnel up and tunnel down on stdout (\"event KIND DEVICE UNIXNANO\"), as devsim restart -procs reads them")
 	fs.IntVar(&cfg.JoinWorkers, "join-workers", 8, "devices joining at once")
+	fs.Func("bind", "local `ADDR,...` the devices' UDP sockets are bound to, one after the other (e.g. 127.1.1.1,127.1.1.2; at most ~8,000 devices an address)", func(v string) error {
+		as, err := parseAddrs(v)
+		cfg.LocalAddrs = as
+		return err
+	})
 	verbose := fs.Bool("v", false, "also log every device's tunnel messages")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: devsim --fleet HOST:PORT --token JOIN --count N --data DIR [flags]\n"+
@@ -218,6 +224,12 @@ func balance(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:0", "`HOST:PORT` to listen on (TCP and UDP)")
 	backends := fs.String("backends", "", "the replicas' `HOST:PORT,...` (required)")
+	var local []netip.Addr
+	fs.Func("local", "local `ADDR,...` the flows' sockets to the replicas are bound to, one after the other (at most ~8,000 flows an address)", func(v string) error {
+		as, err := parseAddrs(v)
+		local = as
+		return err
+	})
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: devsim balance -backends HOST:PORT,... [-listen HOST:PORT]\n\n"+
 			"Balances TCP and UDP clients over fleetd replicas by their port, moving them off a replica that fails its\n"+
@@ -235,15 +247,41 @@ func balance(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return errUsage
 	}
 	addrs := strings.Split(*backends, ",")
-	lb, err := balancer.Start(balancer.Config{Listen: *listen, Backends: addrs, Rule: balancer.ByPort(len(addrs)),
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	// A socket that cannot be had stops the balancer, saying why: going
+	// on would hold the machine's last ports.
+	fatal := make(chan error, 1)
+	lb, err := balancer.Start(balancer.Config{Listen: *listen, Backends: addrs, Rule: balancer.ByPort(len(addrs)), LocalAddrs: local,
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		OnSocketError: func(err error) {
+			select {
+			case fatal <- err:
+			default:
+			}
+		}})
 	if err != nil {
 		return fmt.Errorf("devsim balance: %w", err)
 	}
 	defer lb.Close()
 	fmt.Fprintf(stdout, "balancing on %s\n", lb.Addr())
-	<-ctx.Done()
-	return nil
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-fatal:
+		return fmt.Errorf("devsim balance: %w (use more local addresses: -local)", err)
+	}
+}
+
+// parseAddrs reads a flag's list of IP addresses: a,b,c.
+func parseAddrs(v string) ([]netip.Addr, error) {
+	var as []netip.Addr
+	for _, f := range strings.Split(v, ",") {
+		a, err := netip.ParseAddr(strings.TrimSpace(f))
+		if err != nil {
+			return nil, err
+		}
+		as = append(as, a)
+	}
+	return as, nil
 }
 
 func cost(ctx context.Context, args []string, stdout, stderr io.Writer) error {
