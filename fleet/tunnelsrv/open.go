@@ -289,13 +289,6 @@ func (s *Server) handshake(ctx context.Context, dc *deviceConn, hdr *proto.Strea
 // being boot, with tr as its first transport, and returns its resumable
 // conn.
 func (s *Server) hold(deviceID, boot string, hdr *proto.StreamHeader, tr net.Conn, local, remote net.Addr) (net.Conn, error) {
-	s.mu.Lock()
-	dup := s.sessions[deviceID][hdr.SessionID] != nil
-	s.mu.Unlock()
-	if dup {
-		tr.Close()
-		return nil, proto.Errorf(proto.CodeConflict, "session id %q is in use", hdr.SessionID)
-	}
 	ss := &session{id: hdr.SessionID, secret: hdr.Secret, tag: proto.SessionTag(hdr.Secret), boot: boot}
 	ss.conn = resume.New(resume.Config{
 		Buffer: s.cfg.SessionBuffer, Hold: s.cfg.SessionHold, Budget: s.budget,
@@ -313,7 +306,7 @@ func (s *Server) hold(deviceID, boot string, hdr *proto.StreamHeader, tr net.Con
 	})
 	s.mu.Lock()
 	if s.sessions[deviceID][ss.id] != nil {
-		// Taken since the check above.
+		// Taken since prepare checked.
 		s.mu.Unlock()
 		err := proto.Errorf(proto.CodeConflict, "session id %q is in use", ss.id)
 		ss.conn.Abort(err)

@@ -136,7 +136,7 @@ func (s *Server) Online(deviceID string) bool {
 // Info describes deviceID's tunnel, while it has one (online or not).
 func (s *Server) Info(deviceID string) (Info, bool) {
 	s.mu.Lock()
-	dc := s.conns[deviceID]
+	dc, boot := s.conns[deviceID], s.boots[deviceID]
 	s.mu.Unlock()
 	if dc == nil {
 		return Info{}, false
@@ -150,9 +150,6 @@ func (s *Server) Info(deviceID string) (Info, bool) {
 	moved := dc.addrMoved
 	dc.mu.Unlock()
 	heard := s.lastHeard(dc)
-	s.mu.Lock()
-	boot := s.boots[deviceID]
-	s.mu.Unlock()
 	return Info{Addr: addr, Since: dc.since, RTT: st.SmoothedRTT, Stats: st, AddrChangedAt: moved,
 		Online: s.cfg.Now().Sub(heard) <= dc.window, LastHeard: heard, Boot: boot}, true
 }
