@@ -728,7 +728,8 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		s.Page(w, http.StatusForbidden, sess, Page{Title: "Not logged out", Message: "The logout did not come from this fleet's page.", Link: s.cfg.Home, LinkText: "Back"})
 		return
 	}
-	if err := s.End(r.Context(), sess.ID); err != nil {
+	c, _ := r.Cookie(SessionCookie) // Session found it
+	if err := s.End(r.Context(), tokenKey(c.Value), *sess); err != nil {
 		s.log.Error("log out", "user", sess.User, "err", err)
 		s.Page(w, http.StatusServiceUnavailable, sess, Page{Title: "Not logged out", Message: "The fleet could not end your session (see fleetd's log); try again.", Link: s.cfg.Home, LinkText: "Back"})
 		return
@@ -739,26 +740,19 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, PathLogin, http.StatusSeeOther)
 }
 
-// End ends the session with this ID (a logout; or the user was removed):
-// it is removed from the store, and the OnEnd hooks run on every replica.
-func (s *Server) End(ctx context.Context, id string) error {
+// End ends sess, whose key in the store is key (a logout: the request's
+// cookie names it). It is removed from the store whether or not this
+// replica's watch has brought it yet (a logout on a replica moments after
+// the login on another), and the OnEnd hooks run on every replica: here at
+// once, on the others when their watch sees the removal.
+func (s *Server) End(ctx context.Context, key string, sess Session) error {
 	s.mu.Lock()
-	var keys []string
-	var ended []*Session
-	for k, sess := range s.sessions {
-		if sess.ID == id {
-			keys = append(keys, k)
-			ended = append(ended, sess)
-			delete(s.sessions, k)
-		}
-	}
+	delete(s.sessions, key)
 	s.mu.Unlock()
-	for _, k := range keys {
-		if err := s.cfg.Store.Delete(ctx, k); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("login: end session: %w", err)
-		}
+	if err := s.cfg.Store.Delete(ctx, key); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("login: end session: %w", err)
 	}
-	s.ended(ended...)
+	s.ended(&sess)
 	return nil
 }
 

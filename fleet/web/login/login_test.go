@@ -95,6 +95,13 @@ func newFixture(t *testing.T) *fixture {
 // replicas.
 func newFixtureOn(t *testing.T, st store.Store) *fixture {
 	t.Helper()
+	return newFixtureWith(t, st, true)
+}
+
+// newFixtureWith is newFixtureOn; without watch, the replica does not
+// follow the store (its watch has brought nothing yet).
+func newFixtureWith(t *testing.T, st store.Store, watch bool) *fixture {
+	t.Helper()
 	f := &fixture{st: st, users: &fakeUsers{users: map[string]string{"alice": "pw-alice", "tina": "pw-tina"}}, trail: &trail{}}
 	mux := http.NewServeMux()
 	f.srv = httptest.NewUnstartedServer(mux)
@@ -102,16 +109,18 @@ func newFixtureOn(t *testing.T, st store.Store) *fixture {
 	t.Cleanup(f.srv.Close)
 	f.login = New(Config{Users: f.users, Store: st, Origin: f.srv.URL, Fleet: "fleet", Audit: f.trail, Logger: logtest.Logger(t),
 		FormTargets: []string{"https://*.fleet.test:8443"}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.login.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	if watch {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f.login.Run(ctx)
+		}()
+		t.Cleanup(func() {
+			cancel()
+			<-done
+		})
+	}
 	f.login.Register(mux)
 	mux.HandleFunc("GET /web/", func(w http.ResponseWriter, r *http.Request) {
 		sess, ok := f.login.Session(r)
@@ -429,5 +438,44 @@ func TestPrune(t *testing.T) {
 	}
 	if items, _ := st.List(context.Background(), sessionPrefix); len(items) != 1 {
 		t.Errorf("%d sessions in the store after the prune, want tina's", len(items))
+	}
+}
+
+// TestLogoutBeforeTheWatch: a logout on a replica whose watch has not
+// brought the session yet (moments after the login on another) still ends
+// it: it is gone from the store, and the replica that started it runs its
+// OnEnd hooks. (It stayed in the store, alive on every replica.)
+func TestLogoutBeforeTheWatch(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a, b := newFixtureOn(t, st), newFixtureWith(t, st, false)
+	ended := make(chan string, 2)
+	a.login.OnEnd(func(s Session) { ended <- s.User })
+	c := a.browser(t)
+	tok := a.loginForm(t, c, "/web/home")
+	if resp, _ := post(t, c, a.srv.URL+PathLogin, url.Values{"csrf": {tok}, "user": {"alice"}, "password": {"pw-alice"}}, a.srv.URL); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login on a: %s", resp.Status)
+	}
+	resp, body := get(t, c, b.srv.URL+"/web/home")
+	if resp.StatusCode != 200 {
+		t.Fatalf("b right after the login on a: %s", resp.Status)
+	}
+	logoutTok := csrfRE.FindStringSubmatch(body)[1]
+	if resp, _ := post(t, c, b.srv.URL+PathLogout, url.Values{"csrf": {logoutTok}}, b.srv.URL); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout on b: %s", resp.Status)
+	}
+	if items, _ := st.List(context.Background(), sessionPrefix); len(items) != 0 {
+		t.Fatalf("%d sessions left in the store after the logout on b", len(items))
+	}
+	select {
+	case u := <-ended:
+		if u != "alice" {
+			t.Errorf("a's OnEnd hooks ended %q's session, want alice's", u)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a's OnEnd hooks did not run within 30 s of the logout on b")
+	}
+	if resp, _ := get(t, c, a.srv.URL+"/web/home"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("a after the logout on b: %s, want the login again", resp.Status)
 	}
 }
