@@ -186,6 +186,11 @@ const (
 // holds, so that its successor is not met by all of them at once.
 const RestartReason = "fleet shutting down; reconnect within %dms"
 
+// BusyReason is the QUIC close reason a fleet gives a connection it has
+// no time to answer (too many devices connecting at once): agents come
+// back as after RestartReason.
+const BusyReason = "fleet busy; reconnect within %dms"
+
 // Error is a refusal carried on the wire, as a message or inside a
 // StreamAccept. It implements error.
 type Error struct {

@@ -264,17 +264,20 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 // restartSpread reads the reconnect spread from a fleet's shutdown close
-// (proto.RestartReason).
+// (proto.RestartReason) or its close of a connection it is too busy to
+// answer (proto.BusyReason).
 func restartSpread(err error) (time.Duration, bool) {
 	var ae *quic.ApplicationError
 	if !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(proto.CodeUnavailable) {
 		return 0, false
 	}
-	var ms int64
-	if _, err := fmt.Sscanf(ae.ErrorMessage, proto.RestartReason, &ms); err != nil || ms <= 0 {
-		return 0, false
+	for _, format := range []string{proto.RestartReason, proto.BusyReason} {
+		var ms int64
+		if _, err := fmt.Sscanf(ae.ErrorMessage, format, &ms); err == nil && ms > 0 {
+			return min(time.Duration(ms)*time.Millisecond, 5*time.Minute), true
+		}
 	}
-	return min(time.Duration(ms)*time.Millisecond, 5*time.Minute), true
+	return 0, false
 }
 
 // backoff returns a full-jitter delay for the n-th consecutive failure.

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -231,6 +232,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
 	var tunnels *tunnelsrv.Server
+	// Set when fleetd stops: the tunnels end first (see the end of run).
+	var stopping atomic.Bool
 	// Devices are reached through the router on several replicas: on this
 	// replica or on the one holding their tunnel.
 	var reach reacher
@@ -247,6 +250,15 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return reps.claim(ctx, id, info, ok)
 		}
 		tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
+			if stopping.Load() {
+				// Every tunnel ends at once: the lease, revoked once
+				// they are closed, takes all their entries in one write.
+				if e, ok := reps.pres.Lookup(id); ok && e.Replica != replica {
+					return // it has already moved to another replica
+				}
+				disconnect(id, lastHeard, err)
+				return
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			elsewhere, rerr := reps.pres.Release(ctx, id)
 			cancel()
@@ -453,8 +465,38 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: admin identity: %w", err)
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
+	// A stop ends the device tunnels first, while this replica still holds
+	// its lease and passes its readiness check, so that load balancers
+	// still carry the close frames that tell the devices to reconnect
+	// elsewhere; then everything else (shutdown, at the end).
+	parent := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	defer cancel()
+	tctx, tcancel := context.WithCancel(ctx)
+	defer tcancel()
+	tunnelsDone := make(chan struct{})
+	var tunnelsStarted atomic.Bool
+	shutdown := sync.OnceFunc(func() {
+		if tunnelsStarted.Load() {
+			budget, bcancel := context.WithTimeout(context.Background(), stopBudget)
+			defer bcancel()
+			stopping.Store(true)
+			life.Drain(budget)
+			t0 := time.Now()
+			tcancel()
+			select {
+			case <-tunnelsDone:
+			case <-time.After(stopBudget + 5*time.Second):
+				log.Warn("device tunnels still closing; stopping anyway")
+			}
+			log.Info("device tunnels closed", "took", time.Since(t0).Round(time.Millisecond).String())
+			if n := life.Skipped(); n > 0 {
+				log.Warn("stopped before recording every device's last seen; theirs stays at when they connected", "devices", n)
+			}
+		}
+		cancel()
+	})
+	defer context.AfterFunc(parent, shutdown)()
 	var wg sync.WaitGroup
 	// The locks are loaded before anything is served, and followed from
 	// then on: a lock written on any replica reaches this one within the
@@ -508,9 +550,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			errc <- fmt.Errorf("fleetd: https: %w", err)
 		}
 	}()
+	tunnelsStarted.Store(true)
 	go func() {
 		defer wg.Done()
-		if err := tunnels.Serve(ctx, udp); err != nil {
+		defer close(tunnelsDone)
+		if err := tunnels.Serve(tctx, udp); err != nil {
 			errc <- fmt.Errorf("fleetd: tunnels: %w", err)
 		}
 	}()
@@ -591,7 +635,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	cancel()
+	shutdown()
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	httpSrv.Shutdown(sctx)
 	scancel()
@@ -603,6 +647,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	log.Info("fleetd stopped")
 	return runErr
 }
+
+// stopBudget bounds the store writes of the device tunnels a stop ends
+// (their last seen): a replica with thousands of devices stops within
+// seconds, not after thousands of writes.
+const stopBudget = 10 * time.Second
 
 // reacher reaches devices: the tunnel server on one fleetd, the router
 // (fleet/route) on several replicas.

@@ -29,6 +29,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -86,7 +88,15 @@ type Config struct {
 type Lifecycle struct {
 	cfg Config
 	log *slog.Logger
+
+	mu      sync.Mutex
+	drain   context.Context // set by Drain
+	writers chan struct{}   // a slot per last-seen write while draining
+	skipped atomic.Int64    // last-seen writes a drain left out
 }
+
+// drainWriters bounds the last-seen writes in flight while draining.
+const drainWriters = 32
 
 // New returns a Lifecycle for cfg.
 func New(cfg Config) *Lifecycle {
@@ -99,7 +109,30 @@ func New(cfg Config) *Lifecycle {
 	if cfg.CertTTL <= 0 {
 		cfg.CertTTL = 7 * 24 * time.Hour
 	}
-	return &Lifecycle{cfg: cfg, log: cfg.Logger.With("component", "lifecycle")}
+	return &Lifecycle{cfg: cfg, log: cfg.Logger.With("component", "lifecycle"), writers: make(chan struct{}, drainWriters)}
+}
+
+// Drain bounds the store writes of the disconnects a stop brings, when
+// every device's tunnel ends at once: from now on at most 32 last-seen
+// writes run at once instead of one per device (thousands, which time out
+// in the store and hold the stop up), and once ctx is done a disconnect
+// records its offline event without writing last seen. Skipped says how
+// many were left out.
+func (l *Lifecycle) Drain(ctx context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.drain = ctx
+}
+
+// Skipped counts the last-seen writes left out since Drain: the stop's
+// budget ran out first. Those devices' last seen stays at their connect.
+func (l *Lifecycle) Skipped() int64 { return l.skipped.Load() }
+
+// draining returns Drain's context, or nil.
+func (l *Lifecycle) draining() context.Context {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.drain
 }
 
 // record records an event. A failure is logged by the recorder: the fleet
@@ -453,11 +486,30 @@ func (l *Lifecycle) Disconnect(id string, lastHeard time.Time, err error) {
 		lastHeard = l.cfg.Now()
 	}
 	ctx := context.Background()
-	if _, uerr := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
-		dv.LastSeen = lastHeard.UTC()
-		return nil
-	}); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
-		l.log.Warn("update device last seen", "device_id", id, "err", uerr)
+	write := true
+	if d := l.draining(); d != nil {
+		select {
+		case l.writers <- struct{}{}:
+			defer func() { <-l.writers }()
+			write, ctx = d.Err() == nil, d
+		case <-d.Done():
+			write = false
+		}
+		if !write {
+			l.skipped.Add(1)
+		}
 	}
-	l.record(ctx, &proto.AuditEvent{Type: proto.EventDeviceOffline, Device: id, Message: reason})
+	if write {
+		if _, uerr := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
+			dv.LastSeen = lastHeard.UTC()
+			return nil
+		}); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
+			if ctx.Err() != nil {
+				l.skipped.Add(1)
+			} else {
+				l.log.Warn("update device last seen", "device_id", id, "err", uerr)
+			}
+		}
+	}
+	l.record(context.WithoutCancel(ctx), &proto.AuditEvent{Type: proto.EventDeviceOffline, Device: id, Message: reason})
 }

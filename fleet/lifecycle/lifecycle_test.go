@@ -242,3 +242,52 @@ func TestDirectAddr(t *testing.T) {
 		})
 	}
 }
+
+// TestDisconnect: a disconnect writes when the fleet last heard from the
+// device and records it offline; while draining, with the stop's budget
+// spent, it records it offline without the write.
+func TestDisconnect(t *testing.T) {
+	heard := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name      string
+		drain     func() context.Context // nil: not draining
+		wantSeen  bool
+		wantSkips int64
+	}{
+		{"running", nil, true, 0},
+		{"draining, budget left", func() context.Context { return context.Background() }, true, 0},
+		{"draining, budget spent", func() context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx
+		}, false, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			resp, err := f.l.Join(ctx, joinRequest(t, "pi-1", f.token(t, nil)), "192.0.2.1:5")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.drain != nil {
+				f.l.Drain(tt.drain())
+			}
+			f.l.Disconnect(resp.DeviceID, heard, errors.New("link lost"))
+			dev, err := f.devs.Get(ctx, resp.DeviceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := dev.LastSeen.Equal(heard); got != tt.wantSeen {
+				t.Errorf("last seen = %v, written = %v, want written = %v", dev.LastSeen, got, tt.wantSeen)
+			}
+			if got := f.l.Skipped(); got != tt.wantSkips {
+				t.Errorf("Skipped = %d, want %d", got, tt.wantSkips)
+			}
+			off := f.trail.FindAll(proto.EventDeviceOffline, proto.OutcomeSuccess)
+			if len(off) != 1 || off[0].Device != resp.DeviceID || off[0].Message != "link lost" {
+				t.Errorf("offline events %+v, want one for the device with the reason", off)
+			}
+		})
+	}
+}

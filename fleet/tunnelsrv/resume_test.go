@@ -347,17 +347,7 @@ func TestSessionEndsAfterHold(t *testing.T) {
 // connection for hand-made streams.
 func rawDevice(t *testing.T, h *harness, cn, bootID string) *quic.Conn {
 	t.Helper()
-	tc, _ := h.pki.clientTLS(h.pki.Client(t, cn))()
-	tc.NextProtos = []string{proto.ALPN}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	qc, err := quic.DialAddr(ctx, h.addr, tc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, "") })
-	st, _ := qc.OpenStreamSync(ctx)
-	proto.WriteMsg(st, &proto.Hello{ProtocolVersion: proto.Version, Name: cn, BootID: bootID})
+	qc, st := rawHello(t, h, cn, bootID)
 	if _, err := proto.ReadMsg(proto.NewReader(st), proto.MaxControlFrame); err != nil {
 		t.Fatal(err)
 	}

@@ -94,6 +94,14 @@ type Config struct {
 	// SessionBudget bounds all sessions' replay buffers together; default
 	// 256 MiB.
 	SessionBudget int
+	// MaxHellos bounds the hellos answered at once (OnHello and Recheck,
+	// which write to the store); default 64. A connection waits up to
+	// HelloWait (default 8s) for its turn, then is told to come back
+	// later, spread out, as when the fleet restarts: a crowd of devices
+	// reconnecting at once (every replica restarted) queues instead of
+	// timing out in the store and starting over.
+	MaxHellos int
+	HelloWait time.Duration
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -119,6 +127,10 @@ type Server struct {
 	relay        ResumeRelay                    // RelayResumes
 	budget       *resume.Budget
 	stopping     string // the close reason once the fleet stops (stopReasonLocked)
+
+	hellos  chan struct{} // a slot per hello being answered (Config.MaxHellos)
+	waiting atomic.Int64  // connections waiting for a slot
+	turned  atomic.Int64  // connections told to come back later (Turned)
 }
 
 // session is a brokered stream held for its device across reconnects.
@@ -219,6 +231,12 @@ func New(cfg Config) *Server {
 	if cfg.SessionBudget <= 0 {
 		cfg.SessionBudget = 256 << 20
 	}
+	if cfg.MaxHellos <= 0 {
+		cfg.MaxHellos = 64
+	}
+	if cfg.HelloWait <= 0 {
+		cfg.HelloWait = 8 * time.Second
+	}
 	linkKey := cfg.LinkKey
 	if len(linkKey) == 0 {
 		linkKey = make([]byte, 32)
@@ -228,7 +246,7 @@ func New(cfg Config) *Server {
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conns: map[string]*deviceConn{},
 		sessions: map[string]map[string]*session{}, boots: map[string]string{}, tags: map[string]*deviceConn{},
 		left: map[string]departure{}, byAddr: map[string]*deviceConn{}, changed: make(chan struct{}), sessionAdded: make(chan struct{}, 1),
-		budget: resume.NewBudget(cfg.SessionBudget), linkKey: linkKey,
+		budget: resume.NewBudget(cfg.SessionBudget), linkKey: linkKey, hellos: make(chan struct{}, cfg.MaxHellos),
 	}
 }
 
@@ -328,6 +346,17 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		s.refuse(log, qc, st, proto.Errorf(proto.CodeVersion, "agent speaks protocol %d, fleet speaks %d: update the agent", hello.ProtocolVersion, proto.Version))
 		return
 	}
+	release, ok := s.helloTurn(ctx, qc)
+	if !ok {
+		log.Debug("device told to come back later: too many hellos at once")
+		return
+	}
+	answered := false
+	defer func() {
+		if !answered {
+			release()
+		}
+	}()
 	ack, err := s.cfg.OnHello(ctx, id, qc.RemoteAddr(), hello)
 	if err != nil {
 		pe := &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
@@ -393,6 +422,8 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 			return
 		}
 	}
+	answered = true
+	release()
 	if err := ctrl.send(ack); err != nil {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
 	}
@@ -437,6 +468,39 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		}
 	}
 }
+
+// helloTurn waits (up to Config.HelloWait) for a slot to answer a hello
+// in; release gives it back. Without one in time the device is told, as
+// when the fleet restarts, to come back within a spread sized to the crowd
+// waiting, and ok is false.
+func (s *Server) helloTurn(ctx context.Context, qc *quic.Conn) (release func(), ok bool) {
+	release = func() { <-s.hellos }
+	select {
+	case s.hellos <- struct{}{}:
+		return release, true
+	default:
+	}
+	n := s.waiting.Add(1)
+	defer s.waiting.Add(-1)
+	t := time.NewTimer(s.cfg.HelloWait)
+	defer t.Stop()
+	select {
+	case s.hellos <- struct{}{}:
+		return release, true
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, false
+	case <-qc.Context().Done():
+		return nil, false
+	}
+	s.turned.Add(1)
+	qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), fmt.Sprintf(proto.BusyReason, spreadFor(int(n)+len(s.hellos)).Milliseconds()))
+	return nil, false
+}
+
+// Turned counts the connections told to come back later because too many
+// hellos were being answered at once (Config.MaxHellos).
+func (s *Server) Turned() int64 { return s.turned.Load() }
 
 // refuse tells the device why on the control stream, then closes.
 func (s *Server) refuse(log *slog.Logger, qc *quic.Conn, st *quic.Stream, pe *proto.Error) {
@@ -771,8 +835,13 @@ func (s *Server) stopReasonLocked() string {
 // device, 2 s to 2 min (fleetd serves a few hundred reconnects a second per
 // core).
 func restartReason(n int) string {
-	spread := min(max(time.Duration(n)*10*time.Millisecond, 2*time.Second), 2*time.Minute)
-	return fmt.Sprintf(proto.RestartReason, spread.Milliseconds())
+	return fmt.Sprintf(proto.RestartReason, spreadFor(n).Milliseconds())
+}
+
+// spreadFor is the time over which n devices should come back: 10 ms a
+// device, 2 s to 2 min.
+func spreadFor(n int) time.Duration {
+	return min(max(time.Duration(n)*10*time.Millisecond, 2*time.Second), 2*time.Minute)
 }
 
 // Shed closes every device's tunnel as closeAll does when the fleet stops

@@ -277,7 +277,7 @@ func auditSearch(t *testing.T, f *harness.Fleet, args ...string) api.AuditSearch
 // every replica's chains whole and the device's stretches joined.
 func TestReplicasAudit(t *testing.T) {
 	rf := startReplicas(t)
-	rf.device(t, "pi-1")
+	dev := rf.device(t, "pi-1")
 	alice := rf.login(t, "alice")
 	alice.Tsh("ssh", "root@pi-1", "echo", "one")
 	execs := func(f *harness.Fleet) []api.AuditEvent {
@@ -293,10 +293,19 @@ func TestReplicasAudit(t *testing.T) {
 	if !harness.Eventually(time.Minute, func() bool { return len(execs(c)) >= 1 }) {
 		t.Fatalf("the device's exec event never reached the trail: %+v", auditSearch(t, c, "--device=pi-1").Events)
 	}
-	// A stops: the device moves to B.
+	// A stops: the device moves to B. A closes its tunnels before it
+	// gives up its lease and fails its readiness check, so the balancer
+	// still carries the close frame that tells the device to go.
+	mark := dev.Proc.Mark()
 	rf.reps[repA].Stop()
 	if !harness.Eventually(time.Minute, func() bool { return replicaOf(c, "pi-1") == "r-b" }) {
 		t.Fatalf("pi-1 did not move to B: on %q", replicaOf(c, "pi-1"))
+	}
+	if _, tail, err := dev.Proc.AwaitLine(context.Background(), mark, regexp.MustCompile(`tunnel down; reconnecting.*fleet shutting down; reconnect within`), 10*time.Second); err != nil {
+		t.Errorf("the device was not told that A stopped: %v\n%s", err, strings.Join(tail, "\n"))
+	}
+	if !strings.Contains(rf.reps[repA].Proc.Output(), `msg="device tunnels closed"`) {
+		t.Errorf("A did not close its tunnels first:\n%s", rf.reps[repA].Proc.Tail(30))
 	}
 	rf.reps[repA].Start()
 	alice.Tsh("ssh", "root@pi-1", "echo", "two")

@@ -1,0 +1,140 @@
+package tunnelsrv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"remoteler.dev/edge/proto"
+)
+
+// rawHello dials h as device cn (agent boot bootID) with a bare QUIC
+// connection and sends its hello on the control stream.
+func rawHello(t *testing.T, h *harness, cn, bootID string) (*quic.Conn, *quic.Stream) {
+	t.Helper()
+	tc, _ := h.pki.clientTLS(h.pki.Client(t, cn))()
+	tc.NextProtos = []string{proto.ALPN}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, h.addr, tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.WriteMsg(st, &proto.Hello{ProtocolVersion: proto.Version, Name: cn, BootID: bootID}); err != nil {
+		t.Fatal(err)
+	}
+	return qc, st
+}
+
+// TestHelloTurns: with one hello answered at a time, a second device
+// waits for its turn; one that waits longer than HelloWait is told to come
+// back later, spread out, and an agent told so comes back and connects.
+func TestHelloTurns(t *testing.T) {
+	tests := []struct {
+		name      string
+		wait      time.Duration
+		wantTurns bool // the second device is told to come back later
+	}{
+		{"the second waits its turn", time.Minute, false},
+		{"the second is told to come back later", 100 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pki := newPKI(t)
+			release := make(chan struct{})
+			entered := make(chan string, 4)
+			h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) {
+				c.MaxHellos, c.HelloWait = 1, tt.wait
+				c.OnHello = func(ctx context.Context, id string, addr net.Addr, hl *proto.Hello) (*proto.HelloAck, error) {
+					entered <- id
+					if id == "pi-1" {
+						select {
+						case <-release:
+						case <-ctx.Done():
+							return nil, ctx.Err()
+						}
+					}
+					return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
+				}
+			})
+			first, _ := rawHello(t, h, "pi-1", "")
+			if got := <-entered; got != "pi-1" {
+				t.Fatalf("first hello answered = %s", got)
+			}
+			second, _ := rawHello(t, h, "pi-2", "")
+			if tt.wantTurns {
+				<-second.Context().Done()
+				var ae *quic.ApplicationError
+				cause := context.Cause(second.Context())
+				var ms int64
+				if !errors.As(cause, &ae) || ae.ErrorCode != quic.ApplicationErrorCode(proto.CodeUnavailable) {
+					t.Fatalf("second closed with %v, want unavailable", cause)
+				}
+				if _, err := fmt.Sscanf(ae.ErrorMessage, proto.BusyReason, &ms); err != nil || ms < 2000 {
+					t.Fatalf("second closed with %q, want %q with at least 2000 ms", ae.ErrorMessage, proto.BusyReason)
+				}
+				// An agent turned away the same way comes back once there
+				// is room.
+				_, state := startAgent(t, h, "pi-3", "pi-3", nil)
+				deadline := time.Now().Add(10 * time.Second)
+				for h.srv.Turned() != 2 {
+					if time.Now().After(deadline) {
+						t.Fatalf("Turned = %d, want 2", h.srv.Turned())
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				close(release)
+				waitState(t, state, true)
+			} else {
+				// It waits: its hello is not answered while the first's is.
+				deadline := time.Now().Add(10 * time.Second)
+				for h.srv.waiting.Load() != 1 {
+					if time.Now().After(deadline) {
+						t.Fatal("the second device never waited for its turn")
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				select {
+				case id := <-entered:
+					t.Fatalf("%s's hello answered while the first's was", id)
+				default:
+				}
+			}
+			if !tt.wantTurns {
+				close(release)
+			}
+			waitOnline(t, h, "pi-1")
+			if first.Context().Err() != nil {
+				t.Fatalf("first device closed: %v", context.Cause(first.Context()))
+			}
+			if !tt.wantTurns {
+				if got := <-entered; got != "pi-2" {
+					t.Fatalf("then answered = %s, want pi-2", got)
+				}
+				waitOnline(t, h, "pi-2")
+			}
+		})
+	}
+}
+
+// waitOnline waits until device id is connected to h.
+func waitOnline(t *testing.T, h *harness, id string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !h.srv.Online(id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never came online", id)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
