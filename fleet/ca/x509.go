@@ -261,6 +261,26 @@ func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Dura
 	if err := checkName(name); err != nil {
 		return nil, err
 	}
+	csr, err := parseCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil, ttl, uris...)
+	if err != nil {
+		return nil, err
+	}
+	return cert.Raw, nil
+}
+
+// CheckCSR reports whether csrDER is a certificate request the CA would
+// sign: well formed, signed by its key (proof of possession), with a key
+// the CA accepts. A join checks it before it spends its token's use.
+func CheckCSR(csrDER []byte) error {
+	_, err := parseCSR(csrDER)
+	return err
+}
+
+func parseCSR(csrDER []byte) (*x509.CertificateRequest, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, fmt.Errorf("parse csr: %w", err)
@@ -271,11 +291,7 @@ func (a *Authority) signCSR(csrDER []byte, kind Kind, name string, ttl time.Dura
 	if err := checkLeafKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("csr: %w", err)
 	}
-	cert, err := a.issue(csr.PublicKey, clientSubject(kind, name), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil, ttl, uris...)
-	if err != nil {
-		return nil, err
-	}
-	return cert.Raw, nil
+	return csr, nil
 }
 
 func clientSubject(kind Kind, name string) pkix.Name {

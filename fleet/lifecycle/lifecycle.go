@@ -185,6 +185,11 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	if _, err := l.cfg.Devices.ByName(ctx, req.Name); err == nil {
 		return nil, refuse(api.CodeConflict, "a device called "+req.Name+" is already in the fleet: remove it with `fleetctl devices rm "+req.Name+"` or start the agent with another --name")
 	}
+	// Everything the request alone decides is checked before the token's
+	// use is spent: a refused join leaves the token as it was.
+	if err := ca.CheckCSR(req.CSR); err != nil {
+		return nil, refuse(api.CodeBadRequest, err.Error())
+	}
 	tokenLabels, err := l.cfg.Tokens.Consume(ctx, req.Token)
 	if err != nil {
 		if tokens.Refused(err) {
@@ -198,6 +203,7 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 		AgentVersion: req.AgentVersion, Addr: remote,
 	})
 	if err != nil {
+		l.refund(ctx, req.Token)
 		if errors.Is(err, devices.ErrNameTaken) {
 			return nil, refuse(api.CodeConflict, err.Error())
 		}
@@ -209,11 +215,19 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	}
 	if err != nil {
 		l.cfg.Devices.Delete(ctx, dev.ID)
+		l.refund(ctx, req.Token)
 		return nil, refuse(api.CodeBadRequest, err.Error())
 	}
 	l.record(ctx, &proto.AuditEvent{Type: proto.EventDeviceJoin, Device: dev.ID, Addr: remote,
 		Fields: map[string]string{"name": dev.Name, "token_id": tokens.IDOf(req.Token)}})
 	return resp, nil
+}
+
+// refund gives back the use of the token a refused join spent.
+func (l *Lifecycle) refund(ctx context.Context, token string) {
+	if err := l.cfg.Tokens.Refund(ctx, token); err != nil {
+		l.log.Warn("give back a join token's use", "token_id", tokens.IDOf(token), "err", err)
+	}
 }
 
 // certs issues a device's X.509 client certificate and SSH host

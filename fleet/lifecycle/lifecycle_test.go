@@ -121,6 +121,17 @@ func TestJoin(t *testing.T) {
 	if _, err := f.devs.ByName(ctx, "pi-4"); err == nil {
 		t.Error("a device whose certificate could not be issued stayed registered")
 	}
+	// A refused join leaves its token's use: the same one-use token then
+	// joins the device.
+	tok := f.token(t, nil)
+	bad := joinRequest(t, "pi-5", tok)
+	bad.CSR = []byte("x")
+	if _, err := f.l.Join(ctx, bad, "192.0.2.1:7"); err == nil {
+		t.Fatal("a join with a bad CSR was accepted")
+	}
+	if _, err := f.l.Join(ctx, joinRequest(t, "pi-5", tok), "192.0.2.1:7"); err != nil {
+		t.Errorf("the token's use was spent by the refused join: %v", err)
+	}
 }
 
 func TestHello(t *testing.T) {

@@ -279,68 +279,99 @@ func (s *Service) Consume(ctx context.Context, secret string) (labels map[string
 // api.TokenTrustedCluster); a token of another type is refused with an
 // error matching ErrTokenType, and keeps its use.
 func (s *Service) ConsumeAs(ctx context.Context, secret, typ string) (labels map[string]string, err error) {
-	secret = strings.TrimSpace(secret)
-	sum, id := hashOf(secret)
+	_, id := hashOf(strings.TrimSpace(secret))
 	defer func() {
 		if err != nil {
 			s.logger().Warn("tokens: join token refused", "id", id, "err", err)
 		}
 	}()
-	if !strings.HasPrefix(secret, secretPrefix) {
-		return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
-	}
-	key := prefix + id
-	for range maxRetries {
-		old, err := s.Store.Get(ctx, key)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("tokens: consume: %w", err)
-		}
-		var r record
-		if err := json.Unmarshal(old, &r); err != nil {
-			return nil, fmt.Errorf("tokens: consume: decode %q: %w", key, err)
-		}
-		want, err := hex.DecodeString(r.Hash)
-		if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
-			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
-		}
+	r, err := s.change(ctx, "consume", secret, func(r *record, now time.Time) error {
 		if r.typeOf() != typ {
-			return nil, fmt.Errorf("tokens: consume: %w: it is a %s token, and this needs a %s token (fleetctl tokens add --type=%s)",
+			return fmt.Errorf("%w: it is a %s token, and this needs a %s token (fleetctl tokens add --type=%s)",
 				ErrTokenType, r.typeOf(), typ, typ)
 		}
-		now := s.now().UTC()
 		if !now.Before(r.Expires) {
-			return nil, fmt.Errorf("tokens: consume: %w at %s; create a new one with `fleetctl tokens add`",
+			return fmt.Errorf("%w at %s; create a new one with `fleetctl tokens add`",
 				ErrTokenExpired, r.Expires.Format(time.RFC3339))
 		}
 		if r.UsesLeft <= 0 {
-			return nil, fmt.Errorf("tokens: consume: %w; create a new one with `fleetctl tokens add` (it can allow several devices)",
+			return fmt.Errorf("%w; create a new one with `fleetctl tokens add` (it can allow several devices)",
 				ErrTokenUsedUp)
 		}
 		r.UsesLeft--
 		if r.UsesLeft == 0 {
 			r.UsedUpAt = now
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.logger().Info("tokens: consumed", "id", id, "uses_left", r.UsesLeft)
+	return maps.Clone(r.Labels), nil
+}
+
+// Refund gives back a use that Consume spent on a join the fleet then
+// refused (the name was taken meanwhile, say): the token is as it was.
+func (s *Service) Refund(ctx context.Context, secret string) error {
+	r, err := s.change(ctx, "refund", secret, func(r *record, _ time.Time) error {
+		r.UsesLeft++
+		r.UsedUpAt = time.Time{}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.logger().Info("tokens: use given back", "id", r.ID, "uses_left", r.UsesLeft)
+	return nil
+}
+
+// change applies fn to the token whose secret this is, with
+// compare-and-swap, so that concurrent changes each count. An error from
+// fn leaves the token unchanged.
+func (s *Service) change(ctx context.Context, op, secret string, fn func(r *record, now time.Time) error) (*record, error) {
+	secret = strings.TrimSpace(secret)
+	sum, id := hashOf(secret)
+	if !strings.HasPrefix(secret, secretPrefix) {
+		return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
+	}
+	key := prefix + id
+	for range maxRetries {
+		old, err := s.Store.Get(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tokens: %s: %w", op, err)
+		}
+		var r record
+		if err := json.Unmarshal(old, &r); err != nil {
+			return nil, fmt.Errorf("tokens: %s: decode %q: %w", op, key, err)
+		}
+		want, err := hex.DecodeString(r.Hash)
+		if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
+			return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
+		}
+		if err := fn(&r, s.now().UTC()); err != nil {
+			return nil, fmt.Errorf("tokens: %s: %w", op, err)
+		}
 		next, err := json.Marshal(r)
 		if err != nil {
-			return nil, fmt.Errorf("tokens: consume: %w", err)
+			return nil, fmt.Errorf("tokens: %s: %w", op, err)
 		}
 		err = s.Store.CompareAndSwap(ctx, key, old, next)
 		switch {
 		case err == nil:
-			s.logger().Info("tokens: consumed", "id", id, "uses_left", r.UsesLeft)
-			return maps.Clone(r.Labels), nil
+			return &r, nil
 		case errors.Is(err, store.ErrConflict):
 			continue
 		case errors.Is(err, store.ErrNotFound):
-			return nil, fmt.Errorf("tokens: consume: %w", ErrTokenInvalid)
+			return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
 		default:
-			return nil, fmt.Errorf("tokens: consume: %w", err)
+			return nil, fmt.Errorf("tokens: %s: %w", op, err)
 		}
 	}
-	return nil, errors.New("tokens: consume: too many devices joining with this token at once; try again")
+	return nil, fmt.Errorf("tokens: %s: too many devices joining with this token at once; try again", op)
 }
 
 // Prune deletes tokens that expired, or were used up, more than Retention

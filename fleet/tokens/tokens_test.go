@@ -250,3 +250,33 @@ func TestPrune(t *testing.T) {
 		})
 	}
 }
+
+// TestRefund: a use given back can be spent again, and a used-up token
+// given a use back is no longer used up.
+func TestRefund(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newService(t)
+	tok, err := s.Add(ctx, api.AddTokenRequest{Uses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Consume(ctx, tok.Token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Consume(ctx, tok.Token); !errors.Is(err, ErrTokenUsedUp) {
+		t.Fatalf("second use: %v, want used up", err)
+	}
+	if err := s.Refund(ctx, tok.Token); err != nil {
+		t.Fatal(err)
+	}
+	list, _ := s.List(ctx)
+	if len(list) != 1 || list[0].UsesLeft != 1 {
+		t.Fatalf("after the refund: %+v, want one use left", list)
+	}
+	if _, err := s.Consume(ctx, tok.Token); err != nil {
+		t.Fatalf("use after the refund: %v", err)
+	}
+	if err := s.Refund(ctx, "jt_unknown"); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("refund of an unknown token: %v, want invalid", err)
+	}
+}
