@@ -249,6 +249,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			info, ok := tunnels.Info(id)
 			return reps.claim(ctx, id, info, ok)
 		}
+		// A device silent on this replica is offline on every replica.
+		tcfg.OnSilence = func(id string, since time.Time, silent bool) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := reps.pres.Mark(ctx, id, since, silent); err != nil {
+				log.Warn("record a device's silence", "device_id", id, "silent", silent, "err", err)
+			}
+		}
 		tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 			if stopping.Load() {
 				// Every tunnel ends at once: the lease, revoked once

@@ -191,7 +191,11 @@ func claimTunnel(ctx context.Context, claim func(ctx context.Context, deviceID, 
 	if !ok || info.Addr == nil {
 		return proto.Errorf(proto.CodeUnavailable, "the connection ended while this fleetd replica recorded it; connect again")
 	}
-	if err := claim(ctx, deviceID, info.Addr.String(), info.Boot, time.Now()); err != nil {
+	since := info.Since
+	if since.IsZero() {
+		since = time.Now()
+	}
+	if err := claim(ctx, deviceID, info.Addr.String(), info.Boot, since); err != nil {
 		if errors.Is(err, presence.ErrNotReady) {
 			return proto.Errorf(proto.CodeUnavailable, "%v", err)
 		}
@@ -336,7 +340,7 @@ func (r *replicas) Open(ctx context.Context, id, path string, q url.Values) (io.
 // device each second).
 func (r *replicas) elsewhere(deviceID string) (time.Time, bool) {
 	e, ok := r.pres.Lookup(deviceID)
-	if !ok || e.Replica == r.pres.Self().ID {
+	if !ok || e.Replica == r.pres.Self().ID || e.Silent {
 		return time.Time{}, false
 	}
 	return e.Since, true

@@ -74,6 +74,11 @@ type Entry struct {
 	// Boot is the device's agent boot ID; another one means the agent
 	// restarted, and the sessions held for it anywhere are gone.
 	Boot string `json:"b,omitempty"`
+	// Silent: the replica holding the tunnel has not heard from the
+	// device for longer than its silence window (a blackout, say). It
+	// counts as offline everywhere, though its tunnel lingers in case it
+	// comes back on it.
+	Silent bool `json:"q,omitempty"`
 }
 
 // Config configures a Registry. Store and Self are required.
@@ -457,6 +462,41 @@ func (r *Registry) Release(ctx context.Context, deviceID string) (elsewhere bool
 	return found && e.Replica != r.cfg.Self.ID, err
 }
 
+// Mark records whether deviceID, whose tunnel this replica holds since
+// since, has fallen silent (or is heard again). Nothing is written for a
+// tunnel that is no longer this replica's, or not the one connected since
+// since (it was replaced meanwhile).
+func (r *Registry) Mark(ctx context.Context, deviceID string, since time.Time, silent bool) error {
+	r.mu.Lock()
+	l, old := r.lease, r.mine[deviceID]
+	r.mu.Unlock()
+	if l == nil || old == nil {
+		return nil
+	}
+	var e Entry
+	if err := json.Unmarshal(old, &e); err != nil || !e.Since.Equal(since.UTC()) || e.Silent == silent {
+		return nil
+	}
+	e.Silent = silent
+	b, _ := json.Marshal(e)
+	key := devicesPrefix + deviceID
+	err := r.cfg.Store.Put(ctx, key, b, store.WithLease(l), store.If(store.Guard{Key: key, Value: old}))
+	switch {
+	case errors.Is(err, store.ErrFenced), errors.Is(err, store.ErrNotFound):
+		return nil // another replica's entry now, or gone with the lease
+	case err != nil:
+		return fmt.Errorf("presence: mark %s: %w", deviceID, err)
+	}
+	r.mu.Lock()
+	if r.lease == l && string(r.mine[deviceID]) == string(old) {
+		r.mine[deviceID] = b
+		r.devices[deviceID] = e
+		r.changedLocked()
+	}
+	r.mu.Unlock()
+	return nil
+}
+
 // Lookup returns where deviceID's tunnel is.
 func (r *Registry) Lookup(deviceID string) (Entry, bool) {
 	r.mu.Lock()
@@ -465,17 +505,24 @@ func (r *Registry) Lookup(deviceID string) (Entry, bool) {
 	return e, ok
 }
 
-// Online reports whether deviceID holds a tunnel to some replica.
+// Online reports whether deviceID holds a tunnel to some replica and has
+// not fallen silent on it.
 func (r *Registry) Online(deviceID string) bool {
-	_, ok := r.Lookup(deviceID)
-	return ok
+	e, ok := r.Lookup(deviceID)
+	return ok && !e.Silent
 }
 
-// Count returns the number of devices holding a tunnel to some replica.
+// Count returns the number of devices online (Online).
 func (r *Registry) Count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.devices)
+	n := 0
+	for _, e := range r.devices {
+		if !e.Silent {
+			n++
+		}
+	}
+	return n
 }
 
 // Replica returns the running replica id.

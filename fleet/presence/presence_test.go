@@ -280,3 +280,59 @@ func TestOnBoot(t *testing.T) {
 		eventually(t, "a's boot hooks saw "+step.want, func() bool { return seen() == step.want })
 	}
 }
+
+// TestMark: a device silent on its replica is offline on every replica
+// until it is heard again; a mark for a replaced or released tunnel, or
+// one that has moved to another replica, writes nothing.
+func TestMark(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a := start(t, st, "a", nil)
+	b := start(t, st, "b", nil)
+	ctx := context.Background()
+	since := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	if err := a.Claim(ctx, "dev1", "10.0.0.7:4000", "boot-1", since); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b sees dev1 online", func() bool { return b.Online("dev1") && b.Count() == 1 })
+	steps := []struct {
+		name       string
+		since      time.Time
+		silent     bool
+		wantOnline bool
+	}{
+		{"silent", since, true, false},
+		{"heard again", since, false, true},
+		{"a mark for an older connection", since.Add(-time.Minute), true, true},
+	}
+	for _, s := range steps {
+		if err := a.Mark(ctx, "dev1", s.since, s.silent); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		for _, r := range []*Registry{a, b} {
+			eventually(t, s.name+": "+r.Self().ID+" shows dev1 online="+map[bool]string{true: "yes", false: "no"}[s.wantOnline], func() bool {
+				e, ok := r.Lookup("dev1")
+				return ok && r.Online("dev1") == s.wantOnline && e.Silent == !s.wantOnline && e.Boot == "boot-1" &&
+					(r.Count() == 1) == s.wantOnline
+			})
+		}
+	}
+	// dev1 moves to b: a's mark does not touch b's entry.
+	if err := b.Claim(ctx, "dev1", "10.0.0.8:4000", "boot-1", since.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a sees dev1 on b", func() bool { e, ok := a.Lookup("dev1"); return ok && e.Replica == "b" })
+	if err := a.Mark(ctx, "dev1", since, true); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := st.Get(ctx, devicesPrefix+"dev1"); err != nil || !strings.Contains(string(v), `"r":"b"`) || strings.Contains(string(v), `"q":true`) {
+		t.Fatalf("after a's mark, the store holds %s (%v), want b's entry, not silent", v, err)
+	}
+	if err := b.Mark(ctx, "dev1", since.Add(time.Hour), true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "dev1 silent on b", func() bool { return !a.Online("dev1") })
+	if e, _ := b.Lookup("dev1"); e.Replica != "b" || e.Addr != "10.0.0.8:4000" || !e.Silent {
+		t.Errorf("b's entry %+v, want b's, silent", e)
+	}
+}

@@ -398,7 +398,7 @@ func (r *Router) Info(deviceID string) (tunnelsrv.Info, bool) {
 		return r.cfg.Local.Info(deviceID)
 	}
 	// Its replica holds it live; that replica judges its silences.
-	info := tunnelsrv.Info{Since: e.Since, Online: true}
+	info := tunnelsrv.Info{Since: e.Since, Online: !e.Silent}
 	if a, err := net.ResolveUDPAddr("udp", e.Addr); err == nil {
 		info.Addr = a
 	} else {

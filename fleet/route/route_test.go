@@ -528,3 +528,26 @@ func TestOpenOnAnOlderReplica(t *testing.T) {
 		t.Errorf("a holds %d relayed sessions, b relayed %d raw streams; want none (the older replica holds the session)", via, raw)
 	}
 }
+
+// TestSilentOnAnotherReplica: a device whose replica reports it silent is
+// offline on every replica, though its tunnel lingers there.
+func TestSilentOnAnotherReplica(t *testing.T) {
+	_, a, b := setup(t)
+	ctx := context.Background()
+	since := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	if err := b.pres.Claim(ctx, "d3", "10.1.1.3:999", "", since); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a sees d3 online", func() bool { return a.router.Online("d3") && a.router.Count() == 3 })
+	if err := b.pres.Mark(ctx, "d3", since, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a sees d3 offline", func() bool { return !a.router.Online("d3") && a.router.Count() == 2 })
+	if info, ok := a.router.Info("d3"); !ok || info.Online || !info.Since.Equal(since) {
+		t.Errorf("a.Info(d3) = %+v, %v; want its lingering tunnel, offline", info, ok)
+	}
+	if err := b.pres.Mark(ctx, "d3", since, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a sees d3 online again", func() bool { return a.router.Online("d3") })
+}

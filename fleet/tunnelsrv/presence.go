@@ -78,6 +78,12 @@ const (
 // heardNow notes that the device just sent something.
 func (s *Server) heardNow(dc *deviceConn) {
 	dc.heard.Store(s.cfg.Now().UnixNano())
+	if dc.silent.Load() {
+		select {
+		case s.heardAgain <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // lastHeard returns when the fleet last heard from dc's device, reading
@@ -105,11 +111,14 @@ func (s *Server) watchPresence(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.heardAgain:
 		}
 		s.mu.Lock()
 		conns := make([]*deviceConn, 0, len(s.conns))
-		for _, dc := range s.conns {
+		ids := make([]string, 0, len(s.conns))
+		for id, dc := range s.conns {
 			conns = append(conns, dc)
+			ids = append(ids, id)
 		}
 		now := s.cfg.Now()
 		for id, d := range s.left {
@@ -118,8 +127,14 @@ func (s *Server) watchPresence(ctx context.Context) {
 			}
 		}
 		s.mu.Unlock()
-		for _, dc := range conns {
-			s.lastHeard(dc)
+		for i, dc := range conns {
+			silent := !s.online(dc)
+			if dc.silent.Load() != silent {
+				dc.silent.Store(silent)
+				if s.cfg.OnSilence != nil {
+					s.cfg.OnSilence(ids[i], dc.since, silent)
+				}
+			}
 		}
 	}
 }

@@ -3,6 +3,9 @@ package tunnelsrv
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -123,4 +126,55 @@ func TestOpenWhileAgentRestarts(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSilenceReported: a device that falls silent (its link dark) is
+// reported silent once its silence window passes, and heard again when its
+// keep-alives return on the same connection: fleetd records both where
+// other replicas see them.
+func TestSilenceReported(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var calls []string
+		var sinces []time.Time
+		sf := newSimFleetOpts(t, simOpts{onSilence: func(id string, since time.Time, silent bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls = append(calls, fmt.Sprintf("%s:%v", id, silent))
+			sinces = append(sinces, since)
+		}})
+		defer sf.stop()
+		sf.waitState(t, true)
+		seen := func() string {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Join(calls, ",")
+		}
+		time.Sleep(2 * time.Minute)
+		if got := seen(); got != "" {
+			t.Fatalf("silence reported for a healthy device: %s", got)
+		}
+		info, _ := sf.srv.Info("pi-1")
+		sf.router.mutedBelow.Store(1 << 30) // the link goes dark
+		window := silenceKeepalives*tunnel.DefaultKeepalive + silenceSlack
+		time.Sleep(window + 2*presenceSweep)
+		if got := seen(); got != "pi-1:true" {
+			t.Fatalf("after %v dark: reported %q, want pi-1:true", window+2*presenceSweep, got)
+		}
+		sf.router.mutedBelow.Store(0) // it comes back on the same connection
+		time.Sleep(tunnel.DefaultKeepalive + 2*presenceSweep)
+		if got := seen(); got != "pi-1:true,pi-1:false" {
+			t.Fatalf("after the link returned: reported %q, want pi-1:true,pi-1:false", got)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range sinces {
+			if !s.Equal(info.Since) {
+				t.Errorf("reported since %v, want the connection's %v", s, info.Since)
+			}
+		}
+		if !sf.srv.Online("pi-1") {
+			t.Error("the device is not online again")
+		}
+	})
 }

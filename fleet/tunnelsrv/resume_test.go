@@ -154,7 +154,9 @@ type simOpts struct {
 	noPings bool
 	// maxBackoff bounds the agent's redial back-off; default 10 s.
 	maxBackoff time.Duration
-	log        *slog.Logger
+	// onSilence is the server's Config.OnSilence.
+	onSilence func(id string, since time.Time, silent bool)
+	log       *slog.Logger
 }
 
 func newSimFleet(t *testing.T, hold time.Duration) *simFleet {
@@ -202,6 +204,7 @@ func newSimFleetOpts(t *testing.T, o simOpts) *simFleet {
 		},
 		SessionHold: o.hold,
 		IdleTimeout: o.idle,
+		OnSilence:   o.onSilence,
 		Logger:      o.log,
 	})
 	var next atomic.Int32

@@ -51,6 +51,13 @@ type Config struct {
 	OnHeartbeat func(deviceID string, hb *proto.Heartbeat)
 	// OnRenew answers a renewal request. Optional: nil refuses renewals.
 	OnRenew func(ctx context.Context, deviceID string, req *proto.RenewRequest) *proto.RenewResponse
+	// OnSilence is called when a connected device falls silent for longer
+	// than its silence window (it counts as offline, though its
+	// connection lingers) and when it is heard again (silent false), at
+	// most one call at a time, within presenceSweep of the change: fleetd
+	// records it where other replicas see it. since names the connection
+	// (Info.Since). Optional.
+	OnSilence func(deviceID string, since time.Time, silent bool)
 	// OnDisconnect is called when a device's connection ends, with the
 	// last time the fleet heard from the device. Optional.
 	OnDisconnect func(deviceID string, lastHeard time.Time, err error)
@@ -128,6 +135,8 @@ type Server struct {
 	budget       *resume.Budget
 	stopping     string // the close reason once the fleet stops (stopReasonLocked)
 
+	heardAgain chan struct{} // wakes watchPresence: a silent device was heard
+
 	hellos  chan struct{} // a slot per hello being answered (Config.MaxHellos)
 	waiting atomic.Int64  // connections waiting for a slot
 	turned  atomic.Int64  // connections told to come back later (Turned)
@@ -173,6 +182,7 @@ type deviceConn struct {
 
 	heard   atomic.Int64  // when the fleet last heard from the device (Unix ns)
 	packets atomic.Uint64 // QUIC packets received when heard was last set from them
+	silent  atomic.Bool   // OnSilence was last told the device fell silent
 
 	mu        sync.Mutex // guards the fields below
 	addr      string
@@ -247,6 +257,7 @@ func New(cfg Config) *Server {
 		sessions: map[string]map[string]*session{}, boots: map[string]string{}, tags: map[string]*deviceConn{},
 		left: map[string]departure{}, byAddr: map[string]*deviceConn{}, changed: make(chan struct{}), sessionAdded: make(chan struct{}, 1),
 		budget: resume.NewBudget(cfg.SessionBudget), linkKey: linkKey, hellos: make(chan struct{}, cfg.MaxHellos),
+		heardAgain: make(chan struct{}, 1),
 	}
 }
 
