@@ -552,3 +552,47 @@ func webGet(t *testing.T, c *http.Client, f *harness.Fleet, path string) string 
 	}
 	return string(b)
 }
+
+// TestSilentDeviceOfflineOnEveryReplica: a device whose link goes dark is
+// listed offline on every replica once its silence window passes (its
+// tunnel lingers on A in case it comes back on it), and online again on
+// every replica when its link returns.
+func TestSilentDeviceOfflineOnEveryReplica(t *testing.T) {
+	rf := startReplicas(t)
+	dev := rf.device(t, "pi-1")
+	dev.Proc.Stop()
+	link, err := linksim.New(linksim.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { link.Close() })
+	relay, err := link.ListenUDP("127.0.0.1:0", rf.lb.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keep-alives every 2 s: silent after 3 of them and 5 s, 11 s.
+	dev.Proc = start(t, "edge-agent pi-1 (behind linksim)", nil, "edge-agent", "start",
+		"--data-dir", dev.DataDir, "--fleet", relay.Addr().String(), "--keepalive", "2s")
+	a, c := rf.reps[repA], rf.reps[repC]
+	if !harness.Eventually(time.Minute, func() bool { return onlineOn(a, "pi-1") && onlineOn(c, "pi-1") && replicaOf(c, "pi-1") == "r-a" }) {
+		t.Fatalf("pi-1 not online on A and C behind the link (on %q)", replicaOf(c, "pi-1"))
+	}
+
+	link.SetDown(true)
+	dark := time.Now()
+	for _, f := range []*harness.Fleet{c, a} {
+		if !harness.Eventually(time.Minute, func() bool { return !onlineOn(f, "pi-1") }) {
+			t.Fatalf("pi-1 still online on %s a minute after its link went dark", f.Addr)
+		}
+	}
+	t.Logf("offline on C and A %v after the link went dark", time.Since(dark).Round(time.Millisecond))
+
+	link.SetDown(false)
+	back := time.Now()
+	for _, f := range []*harness.Fleet{c, a} {
+		if !harness.Eventually(time.Minute, func() bool { return onlineOn(f, "pi-1") }) {
+			t.Fatalf("pi-1 not online on %s a minute after its link returned", f.Addr)
+		}
+	}
+	t.Logf("online on C and A %v after the link returned", time.Since(back).Round(time.Millisecond))
+}
