@@ -48,18 +48,16 @@ import (
 // keeps delivering packets is its queue or its losses, which QUIC copes
 // with, and a move would cost it its congestion window.
 //
-// Pings cost ~37 bytes on the wire each, every 50 ms for the first
-// minute of a stall (so that they find the link at most 50 ms after it
-// returns) and every 100 ms after; they run only while a session
-// is stalled (or the tunnel is down with sessions held), never on an idle
-// device.
+// Pings cost ~37 bytes on the wire each, every 50 ms for as long as a
+// stall lasts, so that they find the link at most 50 ms after it returns
+// however long it was gone (740 bytes a second into the outage; a session
+// is held 10 minutes). They run only while a session is stalled (or the
+// tunnel is down with sessions held), never on an idle device.
 const (
 	stallCheck     = 100 * time.Millisecond
 	stallMin       = 600 * time.Millisecond // never call a stall shorter than this
 	stallRTTs      = 4                      // or this many smoothed RTTs (plus the ack delay)
-	pingFast       = 50 * time.Millisecond
-	pingFastFor    = time.Minute
-	pingSlow       = 100 * time.Millisecond
+	pingEvery      = 50 * time.Millisecond
 	pingReadBuffer = 64
 	// outageGap is the shortest silence (no QUIC packet heard) that tells
 	// an outage from a slow or lossy link, or outagePTOs of QUIC's probe
@@ -193,7 +191,7 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		case <-pt.C:
 			if p != nil {
 				p.ping()
-				pt.Reset(pingPeriod(time.Since(stallFrom)))
+				pt.Reset(pingEvery)
 			}
 			continue
 		case <-pongOf(p):
@@ -300,16 +298,8 @@ func (c *Client) watchStalls(ctx context.Context, qc *quic.Conn, ctrl *control, 
 		}
 		c.log.Info("session stalled; pinging the fleet", "silence", silence.Round(time.Millisecond))
 		p.ping()
-		pt.Reset(pingFast)
+		pt.Reset(pingEvery)
 	}
-}
-
-// pingPeriod is the time between pings after a stall of d.
-func pingPeriod(d time.Duration) time.Duration {
-	if d < pingFastFor {
-		return pingFast
-	}
-	return pingSlow
 }
 
 func sinceOr(from, now time.Time) time.Duration {
@@ -333,8 +323,8 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 	defer p.close()
 	p.ping()
 	start := time.Now()
-	next := start.Add(pingFast)
-	tick := time.NewTicker(pingFast)
+	next := start.Add(pingEvery)
+	tick := time.NewTicker(pingEvery)
 	defer tick.Stop()
 	for {
 		select {
@@ -350,7 +340,7 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 		case now := <-tick.C:
 			if !now.Before(next) {
 				p.ping()
-				next = now.Add(pingPeriod(now.Sub(start)))
+				next = now.Add(pingEvery)
 			}
 		}
 	}
@@ -375,7 +365,7 @@ func (c *Client) pingWhileDialling(raddr net.Addr, cancel context.CancelCauseFun
 		defer p.close()
 		start := time.Now()
 		p.ping()
-		tick := time.NewTicker(pingFast)
+		tick := time.NewTicker(pingEvery)
 		defer tick.Stop()
 		for {
 			select {

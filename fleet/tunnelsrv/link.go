@@ -88,7 +88,7 @@ func (s *Server) setAddrLocked(dc *deviceConn, addr string) {
 // waiting on a session, and how much of it the fleet has, so that the agent
 // moves its connection to a fresh path and resumes at once
 // (firmware/tunnel/recover.go). The fleet sends them to the device's address
-// every hurryFast (hurrySlow after the first minute) while:
+// every hurryEvery while:
 //
 //   - a session the fleet sends on is stalled: bytes out that the device
 //     has not acknowledged for longer than a few round trips plus the
@@ -103,13 +103,11 @@ func (s *Server) setAddrLocked(dc *deviceConn, addr string) {
 // outage they are lost, like the agent's link pings; the first one after
 // it reaches the agent half a round trip after the link returns.
 const (
-	stallCheck   = 50 * time.Millisecond
-	stallMin     = 600 * time.Millisecond
-	stallRTTs    = 4
-	hurryFast    = 50 * time.Millisecond
-	hurryFastFor = time.Minute
-	hurrySlow    = 100 * time.Millisecond
-	bulkBurst    = 64 << 10
+	stallCheck = 50 * time.Millisecond
+	stallMin   = 600 * time.Millisecond
+	stallRTTs  = 4
+	hurryEvery = 50 * time.Millisecond
+	bulkBurst  = 64 << 10
 )
 
 // watchStalls sends link hurries until ctx ends. It ticks only while the
@@ -193,11 +191,7 @@ func (s *Server) hurryFor(dc *deviceConn, sessions []*session) (proto.LinkHurry,
 	if now.Before(dc.nextHurry) {
 		return h, false
 	}
-	period := hurryFast
-	if now.Sub(dc.stallFrom) >= hurryFastFor {
-		period = hurrySlow
-	}
-	dc.nextHurry = now.Add(period)
+	dc.nextHurry = now.Add(hurryEvery)
 	dc.hurrySeq++
 	h.Seq = dc.hurrySeq
 	return h, true
