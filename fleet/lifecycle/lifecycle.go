@@ -304,14 +304,6 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
 			Message: msg, Fields: map[string]string{"action": "tunnel", "name": h.Name}})
 	}
-	dev, err := l.cfg.Devices.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		deny("device removed from the fleet")
-		return nil, proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
-	}
-	if err != nil {
-		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
-	}
 	if lk := l.locked(id); lk != nil {
 		f := lk.AuditFields()
 		f["action"], f["name"] = "tunnel", h.Name
@@ -323,24 +315,31 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		deny("hello: " + err.Error())
 		return nil, proto.Errorf(proto.CodeBadRequest, "hello: %v", err)
 	}
-	if h.Name != dev.Name {
-		deny("hello names another device")
-		return nil, proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dev.Name, h.Name)
-	}
 	direct := ""
 	if h.Direct != "" {
+		var err error
 		if direct, err = l.directAddr(h.Direct, addr); err != nil {
 			deny("direct node: " + err.Error())
 			return nil, proto.Errorf(proto.CodeForbidden, "direct node: %v", err)
 		}
 	}
-	accepted, refused := l.cfg.Apps.Accept(dev.Name, h.Apps)
-	for _, r := range refused {
-		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
-			Message: r.Err.Error(), Fields: map[string]string{"action": "declare app", "app": r.Name, "name": dev.Name, "service": proto.ServiceApp}})
-	}
+	// The device is read once, in its update (one read and one write of
+	// the store per connect: a fleet restart reconnects every device).
+	var (
+		accepted []proto.App
+		refused  []apps.Refused
+		denial   string
+		refusal  error
+	)
+	errDenied := errors.New("hello denied")
 	now := l.cfg.Now().UTC()
-	_, err = l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
+	dev, err := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
+		if h.Name != dv.Name {
+			denial = "hello names another device"
+			refusal = proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dv.Name, h.Name)
+			return errDenied
+		}
+		accepted, refused = l.cfg.Apps.Accept(dv.Name, h.Apps)
 		if dv.Connects > 0 && dv.Addr != addr.String() {
 			dv.AddrChangedAt = now
 		}
@@ -353,8 +352,19 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 		dv.DirectAddr = direct
 		return nil
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		deny("device removed from the fleet")
+		return nil, proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
+	case errors.Is(err, errDenied):
+		deny(denial)
+		return nil, refusal
+	case err != nil:
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
+	}
+	for _, r := range refused {
+		l.record(ctx, &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Device: id, Addr: addr.String(),
+			Message: r.Err.Error(), Fields: map[string]string{"action": "declare app", "app": r.Name, "name": dev.Name, "service": proto.ServiceApp}})
 	}
 	skew := time.UnixMilli(h.Time).Sub(now)
 	f := map[string]string{"name": dev.Name, "agent_version": h.AgentVersion, "clock_skew": skew.Round(time.Second).String()}
