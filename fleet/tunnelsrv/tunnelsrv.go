@@ -811,7 +811,7 @@ func (s *Server) closeAll() {
 }
 
 // closeWith closes every device's connection with reason and waits (up to
-// 2 s) for the close frames to leave.
+// closeWait) for the close frames to leave.
 func (s *Server) closeWith(reason string) {
 	s.mu.Lock()
 	conns := make([]*deviceConn, 0, len(s.conns))
@@ -819,18 +819,36 @@ func (s *Server) closeWith(reason string) {
 		conns = append(conns, dc)
 	}
 	s.mu.Unlock()
-	for _, dc := range conns {
-		dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
-	}
-	deadline := time.After(2 * time.Second)
-	for _, dc := range conns {
-		select {
-		case <-dc.qc.Context().Done():
-		case <-deadline:
-			return
+	// CloseWithError waits for the connection's loop to send the close
+	// frame and end: one connection after another, 15,000 of them took
+	// longer than a load balancer waits for a stopping replica. Closed
+	// 64 at a time, each device hears within moments.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, closers)
+		for _, dc := range conns {
+			slots <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
+			})
 		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
 	}
 }
+
+// closers is how many connections closeWith closes at once; closeWait is
+// how long it waits for them.
+const (
+	closers   = 64
+	closeWait = 5 * time.Second
+)
 
 // stopReasonLocked is the close reason for every connection once the fleet
 // stops, fixed at the first call: a reconnect spread sized to the fleet

@@ -396,11 +396,21 @@ func (s *Store) ListRevision(ctx context.Context, prefix string) ([]store.Item, 
 	if err := s.check(ctx, "list", prefix); err != nil {
 		return nil, 0, err
 	}
-	rctx, cancel := s.reqCtx(ctx)
-	defer cancel()
-	resp, err := s.kv.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithLimit(listPage))
+	// Each page has the request timeout: a prefix of 30,000 entries on
+	// a busy etcd took longer than one timeout, and its watchers listed
+	// it again and again.
+	page := func(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+		rctx, cancel := s.reqCtx(ctx)
+		defer cancel()
+		resp, err := s.kv.Get(rctx, key, append(opts, clientv3.WithLimit(listPage))...)
+		if err != nil {
+			return nil, s.fail(rctx, "list", prefix, err)
+		}
+		return resp, nil
+	}
+	resp, err := page(prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, s.fail(rctx, "list", prefix, err)
+		return nil, 0, err
 	}
 	rev := resp.Header.Revision
 	var items []store.Item
@@ -413,9 +423,8 @@ func (s *Store) ListRevision(ctx context.Context, prefix string) ([]store.Item, 
 			return items, rev, nil
 		}
 		from := string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		resp, err = s.kv.Get(rctx, from, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(listPage))
-		if err != nil {
-			return nil, 0, s.fail(rctx, "list", prefix, err)
+		if resp, err = page(from, clientv3.WithRange(end), clientv3.WithRev(rev)); err != nil {
+			return nil, 0, err
 		}
 	}
 }
