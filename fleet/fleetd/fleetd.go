@@ -250,12 +250,14 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			return reps.claim(ctx, id, info, ok)
 		}
 		// A device silent on this replica is offline on every replica.
-		tcfg.OnSilence = func(id string, since time.Time, silent bool) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		tcfg.OnSilence = func(ctx context.Context, id string, since time.Time, silent bool) error {
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			if err := reps.pres.Mark(ctx, id, since, silent); err != nil {
-				log.Warn("record a device's silence", "device_id", id, "silent", silent, "err", err)
+			err := reps.pres.Mark(ctx, id, since, silent)
+			if err != nil {
+				log.Warn("record a device's silence; trying again at the next sweep", "device_id", id, "silent", silent, "err", err)
 			}
+			return err
 		}
 		tcfg.OnDisconnect = func(id string, lastHeard time.Time, err error) {
 			if stopping.Load() {

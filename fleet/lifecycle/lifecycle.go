@@ -225,7 +225,8 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 
 // refund gives back the use of the token a refused join spent.
 func (l *Lifecycle) refund(ctx context.Context, token string) {
-	if err := l.cfg.Tokens.Refund(ctx, token); err != nil {
+	// Given back even when the joining device has hung up.
+	if err := l.cfg.Tokens.Refund(context.WithoutCancel(ctx), token); err != nil {
 		l.log.Warn("give back a join token's use", "token_id", tokens.IDOf(token), "err", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/store/memstore"
 	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/proto"
@@ -251,6 +252,46 @@ func TestDirectAddr(t *testing.T) {
 				t.Fatalf("directAddr(%q) = %q, %v; want %q", tt.listen, got, err, tt.want)
 			}
 		})
+	}
+}
+
+// failingCreates is a store whose Create fails for keys under prefix: the
+// device registry cannot register a device.
+type failingCreates struct {
+	store.Store
+	prefix string
+}
+
+func (f failingCreates) Create(ctx context.Context, key string, value []byte, opts ...store.WriteOption) error {
+	if strings.HasPrefix(key, f.prefix) {
+		return errors.New("disk full")
+	}
+	return f.Store.Create(ctx, key, value, opts...)
+}
+
+// TestRefusedJoinGivesTheUseBack: a join refused after its token's use was
+// spent (the device could not be registered) gives the use back.
+func TestRefusedJoinGivesTheUseBack(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	auth, err := ca.LoadOrCreate(ctx, st, "fleet", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks := &tokens.Service{Store: st}
+	l := New(Config{CA: auth, Devices: &devices.Registry{Store: failingCreates{Store: st, prefix: "devices/"}}, Tokens: toks,
+		Cluster: "fleet", Audit: &audittest.Recorder{}, Logger: logtest.Logger(t)})
+	tok, err := toks.Add(ctx, api.AddTokenRequest{Uses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Join(ctx, joinRequest(t, "pi-1", tok.Token), "192.0.2.1:5"); err == nil {
+		t.Fatal("a join whose device could not be registered succeeded")
+	}
+	list, err := toks.List(ctx)
+	if err != nil || len(list) != 1 || list[0].UsesLeft != 1 {
+		t.Fatalf("tokens after the refused join: %+v, %v; want the one use back", list, err)
 	}
 }
 

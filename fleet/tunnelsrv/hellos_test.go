@@ -138,3 +138,39 @@ func waitOnline(t *testing.T, h *harness, id string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestHelloSlotFreedOnRefusal: with one hello answered at a time, refused
+// hellos (a hello naming another device) give their slot back: a good
+// device then connects.
+func TestHelloSlotFreedOnRefusal(t *testing.T) {
+	h := startServerWith(t, newPKI(t), "127.0.0.1:0", func(c *Config) {
+		c.MaxHellos, c.HelloWait = 1, 100*time.Millisecond
+	})
+	for i := range 3 {
+		tc, _ := h.pki.clientTLS(h.pki.Client(t, "pi-2"))()
+		tc.NextProtos = []string{proto.ALPN}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		qc, err := quic.DialAddr(ctx, h.addr, tc, nil)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		st, err := qc.OpenStreamSync(ctx)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		proto.WriteMsg(st, &proto.Hello{ProtocolVersion: proto.Version, Name: "someone-else"})
+		<-qc.Context().Done()
+		cancel()
+		var ae *quic.ApplicationError
+		if cause := context.Cause(qc.Context()); !errors.As(cause, &ae) || ae.ErrorCode != quic.ApplicationErrorCode(proto.CodeForbidden) {
+			t.Fatalf("refusal %d: closed with %v, want forbidden", i, cause)
+		}
+	}
+	_, state := startAgent(t, h, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	if n := h.srv.Turned(); n != 0 {
+		t.Errorf("Turned = %d, want 0: the refused hellos kept their slots", n)
+	}
+}

@@ -3,6 +3,7 @@ package tunnelsrv
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -127,17 +128,41 @@ func (s *Server) watchPresence(ctx context.Context) {
 			}
 		}
 		s.mu.Unlock()
+		// A change is recorded before it counts as told: one that could
+		// not be (the store is slow) is tried again at the next sweep.
+		// Many at once (a cell tower down) are recorded markers at a
+		// time, and a stop ends the sweep.
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, markers)
 		for i, dc := range conns {
 			silent := !s.online(dc)
-			if dc.silent.Load() != silent {
-				dc.silent.Store(silent)
-				if s.cfg.OnSilence != nil {
-					s.cfg.OnSilence(ids[i], dc.since, silent)
-				}
+			if dc.silent.Load() == silent {
+				continue
 			}
+			if s.cfg.OnSilence == nil {
+				dc.silent.Store(silent)
+				continue
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				if err := s.cfg.OnSilence(ctx, ids[i], dc.since, silent); err == nil {
+					dc.silent.Store(silent)
+				}
+			})
 		}
+		wg.Wait()
 	}
 }
+
+// markers bounds the silence changes recorded at once.
+const markers = 16
 
 // Online reports whether deviceID has a live tunnel and has been heard
 // from within its silence window.

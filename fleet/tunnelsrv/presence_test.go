@@ -129,19 +129,29 @@ func TestOpenWhileAgentRestarts(t *testing.T) {
 }
 
 // TestSilenceReported: a device that falls silent (its link dark) is
-// reported silent once its silence window passes, and heard again when its
-// keep-alives return on the same connection: fleetd records both where
-// other replicas see them.
+// reported silent once its silence window passes, and heard again at once
+// when its keep-alives return on the same connection: fleetd records both
+// where other replicas see them. A report that could not be recorded is
+// made again at the next sweep.
 func TestSilenceReported(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
 		var calls []string
 		var sinces []time.Time
-		sf := newSimFleetOpts(t, simOpts{onSilence: func(id string, since time.Time, silent bool) {
+		var lastAt time.Time
+		failNext := false
+		sf := newSimFleetOpts(t, simOpts{onSilence: func(_ context.Context, id string, since time.Time, silent bool) error {
 			mu.Lock()
 			defer mu.Unlock()
+			if failNext {
+				failNext = false
+				calls = append(calls, fmt.Sprintf("%s:%v(failed)", id, silent))
+				return errors.New("the store did not answer")
+			}
 			calls = append(calls, fmt.Sprintf("%s:%v", id, silent))
 			sinces = append(sinces, since)
+			lastAt = time.Now()
+			return nil
 		}})
 		defer sf.stop()
 		sf.waitState(t, true)
@@ -155,19 +165,34 @@ func TestSilenceReported(t *testing.T) {
 			t.Fatalf("silence reported for a healthy device: %s", got)
 		}
 		info, _ := sf.srv.Info("pi-1")
+		mu.Lock()
+		failNext = true // the first report is not recorded
+		mu.Unlock()
 		sf.router.mutedBelow.Store(1 << 30) // the link goes dark
 		window := silenceKeepalives*tunnel.DefaultKeepalive + silenceSlack
-		time.Sleep(window + 2*presenceSweep)
-		if got := seen(); got != "pi-1:true" {
-			t.Fatalf("after %v dark: reported %q, want pi-1:true", window+2*presenceSweep, got)
+		time.Sleep(window + 3*presenceSweep)
+		if got := seen(); got != "pi-1:true(failed),pi-1:true" {
+			t.Fatalf("after %v dark: reported %q, want a failed report made again", window+3*presenceSweep, got)
 		}
 		sf.router.mutedBelow.Store(0) // it comes back on the same connection
-		time.Sleep(tunnel.DefaultKeepalive + 2*presenceSweep)
-		if got := seen(); got != "pi-1:true,pi-1:false" {
-			t.Fatalf("after the link returned: reported %q, want pi-1:true,pi-1:false", got)
+		returned := time.Now()
+		for !strings.HasSuffix(seen(), ",pi-1:false") {
+			if time.Since(returned) > tunnel.DefaultKeepalive+2*presenceSweep {
+				t.Fatalf("after the link returned: reported %q, want it heard again", seen())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		back, _ := sf.srv.Info("pi-1")
+		if got := seen(); got != "pi-1:true(failed),pi-1:true,pi-1:false" {
+			t.Fatalf("after the link returned: reported %q", got)
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		// Heard again is reported when the keep-alive arrives, not at
+		// the next sweep.
+		if d := lastAt.Sub(back.LastHeard); d < 0 || d >= time.Second {
+			t.Errorf("heard again reported %v after the device was heard, want at once", d)
+		}
 		for _, s := range sinces {
 			if !s.Equal(info.Since) {
 				t.Errorf("reported since %v, want the connection's %v", s, info.Since)

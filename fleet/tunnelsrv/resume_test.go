@@ -155,7 +155,7 @@ type simOpts struct {
 	// maxBackoff bounds the agent's redial back-off; default 10 s.
 	maxBackoff time.Duration
 	// onSilence is the server's Config.OnSilence.
-	onSilence func(id string, since time.Time, silent bool)
+	onSilence func(ctx context.Context, id string, since time.Time, silent bool) error
 	log       *slog.Logger
 }
 

@@ -56,8 +56,9 @@ type Config struct {
 	// connection lingers) and when it is heard again (silent false), at
 	// most one call at a time, within presenceSweep of the change: fleetd
 	// records it where other replicas see it. since names the connection
-	// (Info.Since). Optional.
-	OnSilence func(deviceID string, since time.Time, silent bool)
+	// (Info.Since). An error (the change could not be recorded) is retried
+	// at the next sweep. Optional.
+	OnSilence func(ctx context.Context, deviceID string, since time.Time, silent bool) error
 	// OnDisconnect is called when a device's connection ends, with the
 	// last time the fleet heard from the device. Optional.
 	OnDisconnect func(deviceID string, lastHeard time.Time, err error)
@@ -299,6 +300,10 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
+				// No new connection from now on (a device dialling now
+				// is refused at once, not left in the accept queue);
+				// the ones accepted stay until closeAll.
+				ln.Close()
 				return nil
 			}
 			return fmt.Errorf("tunnelsrv: accept: %w", err)
@@ -359,16 +364,25 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	}
 	release, ok := s.helloTurn(ctx, qc)
 	if !ok {
-		log.Debug("device told to come back later: too many hellos at once")
+		log.Debug("device told to come back later: too many hellos at once, or the fleet stops")
 		return
 	}
+	// The hello is answered for as long as the connection lives: one that
+	// waited for its turn may be gone by now, and a slot must not be spent
+	// recording it.
+	hctx, hcancel := context.WithCancel(ctx)
+	defer hcancel()
+	defer context.AfterFunc(qc.Context(), hcancel)()
 	answered := false
 	defer func() {
 		if !answered {
 			release()
 		}
 	}()
-	ack, err := s.cfg.OnHello(ctx, id, qc.RemoteAddr(), hello)
+	if hctx.Err() != nil || qc.Context().Err() != nil {
+		return
+	}
+	ack, err := s.cfg.OnHello(hctx, id, qc.RemoteAddr(), hello)
 	if err != nil {
 		pe := &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
 		errors.As(err, &pe)
@@ -415,7 +429,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		old.qc.CloseWithError(closeReplaced, "replaced by a newer connection of the same device")
 	}
 	if s.cfg.Recheck != nil {
-		if err := s.cfg.Recheck(ctx, id); err != nil {
+		if err := s.cfg.Recheck(hctx, id); err != nil {
 			s.mu.Lock()
 			delete(s.tags, string(tag))
 			for _, a := range dc.byAddr {
@@ -500,6 +514,12 @@ func (s *Server) helloTurn(ctx context.Context, qc *quic.Conn) (release func(), 
 		return release, true
 	case <-t.C:
 	case <-ctx.Done():
+		// The fleet stops: this device goes elsewhere, spread out with
+		// the others.
+		s.mu.Lock()
+		reason := s.stopReasonLocked()
+		s.mu.Unlock()
+		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
 		return nil, false
 	case <-qc.Context().Done():
 		return nil, false
@@ -801,7 +821,7 @@ func (s *Server) Send(deviceID string, m proto.Message) error {
 
 // closeAll tells every device the fleet is going, with a reconnect spread
 // sized to the fleet (10 ms a device, 2 s to 2 min: fleetd serves a few
-// hundred reconnects a second per core), and waits (up to 2 s) for the
+// hundred reconnects a second per core), and waits (up to closeWait) for the
 // close frames to leave before the socket closes.
 func (s *Server) closeAll() {
 	s.mu.Lock()
@@ -811,7 +831,8 @@ func (s *Server) closeAll() {
 }
 
 // closeWith closes every device's connection with reason and waits (up to
-// closeWait) for the close frames to leave.
+// closeWait) for the close frames to leave; the closes go on after that
+// until each connection's loop has ended (or the transport closes).
 func (s *Server) closeWith(reason string) {
 	s.mu.Lock()
 	conns := make([]*deviceConn, 0, len(s.conns))
