@@ -193,8 +193,9 @@ func (r *Registry) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			r.lost(l, false)
 			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			l.Revoke(rctx)
+			err := l.Revoke(rctx)
 			rcancel()
+			r.log.Info("replica left the fleet: its lease and presence entries are gone", "replica", r.cfg.Self.ID, "revoke_err", err)
 			return ctx.Err()
 		case <-l.Done():
 			r.log.Error("this replica lost its lease in the store (cut off from it?): it stops taking devices and users until it has a new one")

@@ -304,8 +304,10 @@ func TestReplicasAudit(t *testing.T) {
 	if _, tail, err := dev.Proc.AwaitLine(context.Background(), mark, regexp.MustCompile(`tunnel down; reconnecting.*fleet shutting down; reconnect within`), 10*time.Second); err != nil {
 		t.Errorf("the device was not told that A stopped: %v\n%s", err, strings.Join(tail, "\n"))
 	}
-	if !strings.Contains(rf.reps[repA].Proc.Output(), `msg="device tunnels closed"`) {
-		t.Errorf("A did not close its tunnels first:\n%s", rf.reps[repA].Proc.Tail(30))
+	outA := rf.reps[repA].Proc.Output()
+	closed, left := strings.Index(outA, `msg="device tunnels closed"`), strings.Index(outA, `msg="replica left the fleet`)
+	if closed < 0 || left < 0 || closed > left {
+		t.Errorf("A did not close its tunnels before it left the fleet (at %d and %d in its output):\n%s", closed, left, rf.reps[repA].Proc.Tail(30))
 	}
 	rf.reps[repA].Start()
 	alice.Tsh("ssh", "root@pi-1", "echo", "two")
