@@ -488,21 +488,23 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	var tunnelsStarted atomic.Bool
 	shutdown := sync.OnceFunc(func() {
 		if tunnelsStarted.Load() {
-			budget, bcancel := context.WithTimeout(context.Background(), stopBudget)
-			defer bcancel()
 			stopping.Store(true)
-			life.Drain(budget)
+			// The tunnels close without waiting on the store; their
+			// devices' last seen is written once they are closed.
+			life.Drain()
 			t0 := time.Now()
 			tcancel()
 			select {
 			case <-tunnelsDone:
-			case <-time.After(stopBudget + 5*time.Second):
+			case <-time.After(stopBudget):
 				log.Warn("device tunnels still closing; stopping anyway")
 			}
 			log.Info("device tunnels closed", "took", time.Since(t0).Round(time.Millisecond).String())
-			if n := life.Skipped(); n > 0 {
+			budget, bcancel := context.WithTimeout(context.Background(), stopBudget)
+			if n := life.Flush(budget); n > 0 {
 				log.Warn("stopped before recording every device's last seen; theirs stays at when they connected", "devices", n)
 			}
+			bcancel()
 		}
 		cancel()
 	})
@@ -658,9 +660,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	return runErr
 }
 
-// stopBudget bounds the store writes of the device tunnels a stop ends
-// (their last seen): a replica with thousands of devices stops within
-// seconds, not after thousands of writes.
+// stopBudget bounds how long a stop waits for the device tunnels to close,
+// then for their last seen to be written: a replica with thousands of
+// devices stops within seconds, not after thousands of writes.
 const stopBudget = 10 * time.Second
 
 // reacher reaches devices: the tunnel server on one fleetd, the router

@@ -90,12 +90,10 @@ type Lifecycle struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	drain   context.Context // set by Drain
-	writers chan struct{}   // a slot per last-seen write while draining
-	skipped atomic.Int64    // last-seen writes a drain left out
+	pending map[string]time.Time // since Drain: device ID → last heard, for Flush
 }
 
-// drainWriters bounds the last-seen writes in flight while draining.
+// drainWriters bounds the last-seen writes in flight in Flush.
 const drainWriters = 32
 
 // New returns a Lifecycle for cfg.
@@ -109,30 +107,67 @@ func New(cfg Config) *Lifecycle {
 	if cfg.CertTTL <= 0 {
 		cfg.CertTTL = 7 * 24 * time.Hour
 	}
-	return &Lifecycle{cfg: cfg, log: cfg.Logger.With("component", "lifecycle"), writers: make(chan struct{}, drainWriters)}
+	return &Lifecycle{cfg: cfg, log: cfg.Logger.With("component", "lifecycle")}
 }
 
-// Drain bounds the store writes of the disconnects a stop brings, when
-// every device's tunnel ends at once: from now on at most 32 last-seen
-// writes run at once instead of one per device (thousands, which time out
-// in the store and hold the stop up), and once ctx is done a disconnect
-// records its offline event without writing last seen. Skipped says how
-// many were left out.
-func (l *Lifecycle) Drain(ctx context.Context) {
+// Drain defers the store writes of the disconnects a stop brings, when
+// every device's tunnel ends at once: from now on Disconnect records the
+// device's offline event and keeps its last seen for Flush, so that the
+// tunnels close (and their devices hear so) without waiting on the store,
+// and the store's lease keep-alives are not starved meanwhile.
+func (l *Lifecycle) Drain() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.drain = ctx
+	if l.pending == nil {
+		l.pending = map[string]time.Time{}
+	}
 }
 
-// Skipped counts the last-seen writes left out since Drain: the stop's
-// budget ran out first. Those devices' last seen stays at their connect.
-func (l *Lifecycle) Skipped() int64 { return l.skipped.Load() }
-
-// draining returns Drain's context, or nil.
-func (l *Lifecycle) draining() context.Context {
+// Flush writes the last seen of the devices that disconnected since Drain,
+// 32 at a time, until ctx is done; it returns how many it left out (their
+// last seen stays at their connect). Disconnects after Flush write their
+// own again.
+func (l *Lifecycle) Flush(ctx context.Context) (skipped int) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.drain
+	pending := l.pending
+	l.pending = nil
+	l.mu.Unlock()
+	var wg sync.WaitGroup
+	var left atomic.Int64
+	slots := make(chan struct{}, drainWriters)
+	for id, heard := range pending {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			left.Add(1)
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := l.writeLastSeen(ctx, id, heard); err != nil {
+				left.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return int(left.Load())
+}
+
+// writeLastSeen writes when the fleet last heard from device id.
+func (l *Lifecycle) writeLastSeen(ctx context.Context, id string, heard time.Time) error {
+	_, err := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
+		dv.LastSeen = heard.UTC()
+		return nil
+	})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		if ctx.Err() == nil {
+			l.log.Warn("update device last seen", "device_id", id, "err", err)
+		}
+		return err
+	}
+	return nil
 }
 
 // record records an event. A failure is logged by the recorder: the fleet
@@ -511,30 +546,14 @@ func (l *Lifecycle) Disconnect(id string, lastHeard time.Time, err error) {
 		lastHeard = l.cfg.Now()
 	}
 	ctx := context.Background()
-	write := true
-	if d := l.draining(); d != nil {
-		select {
-		case l.writers <- struct{}{}:
-			defer func() { <-l.writers }()
-			write, ctx = d.Err() == nil, d
-		case <-d.Done():
-			write = false
-		}
-		if !write {
-			l.skipped.Add(1)
-		}
+	l.mu.Lock()
+	draining := l.pending != nil
+	if draining {
+		l.pending[id] = lastHeard
 	}
-	if write {
-		if _, uerr := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
-			dv.LastSeen = lastHeard.UTC()
-			return nil
-		}); uerr != nil && !errors.Is(uerr, store.ErrNotFound) {
-			if ctx.Err() != nil {
-				l.skipped.Add(1)
-			} else {
-				l.log.Warn("update device last seen", "device_id", id, "err", uerr)
-			}
-		}
+	l.mu.Unlock()
+	if !draining {
+		l.writeLastSeen(ctx, id, lastHeard)
 	}
-	l.record(context.WithoutCancel(ctx), &proto.AuditEvent{Type: proto.EventDeviceOffline, Device: id, Message: reason})
+	l.record(ctx, &proto.AuditEvent{Type: proto.EventDeviceOffline, Device: id, Message: reason})
 }

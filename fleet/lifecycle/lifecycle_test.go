@@ -296,23 +296,27 @@ func TestRefusedJoinGivesTheUseBack(t *testing.T) {
 }
 
 // TestDisconnect: a disconnect writes when the fleet last heard from the
-// device and records it offline; while draining, with the stop's budget
-// spent, it records it offline without the write.
+// device and records it offline; while draining (a stop), it records it
+// offline at once and leaves the write to Flush, which writes what its
+// budget allows.
 func TestDisconnect(t *testing.T) {
 	heard := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	spent := func() context.Context {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx
+	}
 	tests := []struct {
-		name      string
-		drain     func() context.Context // nil: not draining
-		wantSeen  bool
-		wantSkips int64
+		name        string
+		drain       bool
+		flush       context.Context // nil: no Flush
+		wantSeen    bool
+		wantSkipped int
 	}{
-		{"running", nil, true, 0},
-		{"draining, budget left", func() context.Context { return context.Background() }, true, 0},
-		{"draining, budget spent", func() context.Context {
-			ctx, cancel := context.WithCancel(context.Background())
-			cancel()
-			return ctx
-		}, false, 1},
+		{"running", false, nil, true, 0},
+		{"draining, before the flush", true, nil, false, 0},
+		{"draining, flushed", true, context.Background(), true, 0},
+		{"draining, budget spent", true, spent(), false, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -322,23 +326,25 @@ func TestDisconnect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tt.drain != nil {
-				f.l.Drain(tt.drain())
+			if tt.drain {
+				f.l.Drain()
 			}
 			f.l.Disconnect(resp.DeviceID, heard, errors.New("link lost"))
+			off := f.trail.FindAll(proto.EventDeviceOffline, proto.OutcomeSuccess)
+			if len(off) != 1 || off[0].Device != resp.DeviceID || off[0].Message != "link lost" {
+				t.Errorf("offline events %+v, want one for the device with the reason, at once", off)
+			}
+			if tt.flush != nil {
+				if got := f.l.Flush(tt.flush); got != tt.wantSkipped {
+					t.Errorf("Flush skipped %d, want %d", got, tt.wantSkipped)
+				}
+			}
 			dev, err := f.devs.Get(ctx, resp.DeviceID)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := dev.LastSeen.Equal(heard); got != tt.wantSeen {
 				t.Errorf("last seen = %v, written = %v, want written = %v", dev.LastSeen, got, tt.wantSeen)
-			}
-			if got := f.l.Skipped(); got != tt.wantSkips {
-				t.Errorf("Skipped = %d, want %d", got, tt.wantSkips)
-			}
-			off := f.trail.FindAll(proto.EventDeviceOffline, proto.OutcomeSuccess)
-			if len(off) != 1 || off[0].Device != resp.DeviceID || off[0].Message != "link lost" {
-				t.Errorf("offline events %+v, want one for the device with the reason", off)
 			}
 		})
 	}
