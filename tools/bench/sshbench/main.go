@@ -26,8 +26,9 @@
 // With -cpuprofile DIR it also builds fleetd and the agent with a pprof
 // listener on 127.0.0.1 (added with go build -overlay, only in this
 // command's build; the products have no such flag), takes CPU profiles of
-// both during 10 s of OpenSSH scp copies and 10 s of tsh scp uploads
-// through the fleet, writes them to DIR and prints their top functions.
+// both during 10 s each of OpenSSH scp uploads, OpenSSH scp downloads,
+// tsh scp uploads and tsh scp downloads through the fleet, writes them to
+// DIR and prints their top functions.
 //
 // The figures go to stdout as Markdown tables (docs/benchmarks.md holds a
 // dated copy); progress goes to stderr. make bench runs it through

@@ -66,13 +66,13 @@ func buildProfiled(ctx context.Context, bin, work string) ([]string, error) {
 // scenario is a kind of copy that -cpuprofile profiles.
 type scenario struct {
 	name string
-	// copy copies the payload once; n counts the copies so far.
-	copy func(ctx context.Context, n int) error
+	// copy copies the payload once.
+	copy func(ctx context.Context) error
 }
 
 // profile takes CPU profiles of fleetd and of the agent while copying the
-// payload through the fleet (OpenSSH scp up and down by turns, then tsh
-// scp up), writes them to cfg.CPUProfile and prints their top functions.
+// payload through the fleet (OpenSSH scp up, then down, then tsh scp up,
+// then down), writes them to cfg.CPUProfile and prints their top functions.
 func profile(ctx context.Context, cfg config, f *fleet, work, payload string, out io.Writer, logf func(string, ...any)) error {
 	if err := os.MkdirAll(cfg.CPUProfile, 0o755); err != nil {
 		return fmt.Errorf("profile: %w", err)
@@ -87,17 +87,23 @@ func profile(ctx context.Context, cfg config, f *fleet, work, payload string, ou
 		addrs[n] = string(b)
 	}
 	remote, local := filepath.Join(work, "remote", "profiled"), filepath.Join(work, "local", "profiled")
+	// Uploads and downloads apart: their profiles differ (a download's
+	// bytes go the other way through every buffer).
 	scenarios := []scenario{
-		{"scp", func(ctx context.Context, n int) error {
-			src, dst := payload, f.sshTarget()+":"+remote
-			if n%2 == 1 {
-				src, dst = f.sshTarget()+":"+payload, local
-			}
-			_, err := harness.RunErr(ctx, "", harness.Cmd{Path: "scp", Args: append(f.sshArgs(), "-q", src, dst)})
+		{"scp-up", func(ctx context.Context) error {
+			_, err := harness.RunErr(ctx, "", harness.Cmd{Path: "scp", Args: append(f.sshArgs(), "-q", payload, f.sshTarget()+":"+remote)})
 			return err
 		}},
-		{"tsh-scp-up", func(ctx context.Context, n int) error {
+		{"scp-down", func(ctx context.Context) error {
+			_, err := harness.RunErr(ctx, "", harness.Cmd{Path: "scp", Args: append(f.sshArgs(), "-q", f.sshTarget()+":"+payload, local)})
+			return err
+		}},
+		{"tsh-scp-up", func(ctx context.Context) error {
 			_, _, err := f.user.TshErr("", "scp", "-q", payload, f.tshTarget()+":"+remote)
+			return err
+		}},
+		{"tsh-scp-down", func(ctx context.Context) error {
+			_, _, err := f.user.TshErr("", "scp", "-q", f.tshTarget()+":"+payload, local)
 			return err
 		}},
 	}
@@ -120,18 +126,23 @@ func profile(ctx context.Context, cfg config, f *fleet, work, payload string, ou
 				return false
 			}
 		}
-		copies := 0
-		for ; !finished(); copies++ {
-			if err := sc.copy(ctx, copies); err != nil {
+		var took []time.Duration
+		for !finished() {
+			t0 := time.Now()
+			if err := sc.copy(ctx); err != nil {
 				return fmt.Errorf("profile %s: %w", sc.name, err)
 			}
+			took = append(took, time.Since(t0))
 		}
+		copies := len(took)
 		for i, err := range errs {
 			if err != nil {
 				return fmt.Errorf("profile %s of %s: %w", names[i], sc.name, err)
 			}
 		}
-		fmt.Fprintf(out, "### CPU profiles: %d %s copies of %s through the fleet in %d s\n\n", copies, sc.name, humanSize(cfg.Size), profileSeconds)
+		// Back to back, with no other path's copies in between, these
+		// run warmer than the table's.
+		fmt.Fprintf(out, "### CPU profiles: %d %s copies of %s through the fleet in %d s (median %.1f MB/s)\n\n", copies, sc.name, humanSize(cfg.Size), profileSeconds, mbps(cfg.Size, median(took)))
 		for _, n := range names {
 			path := filepath.Join(cfg.CPUProfile, sc.name+"-"+n+".pprof")
 			for _, view := range [][]string{{"-top"}, {"-top", "-cum"}} {

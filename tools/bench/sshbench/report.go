@@ -41,20 +41,21 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "Negotiated by OpenSSH: direct %s; via the fleet %s.\n\n", r.algDirect, r.algFleet)
 
 	fmt.Fprintf(w, "### Copy a %s file (median of %d; MB/s = 10^6 bytes/s; whole command, connection set-up included)\n\n", humanSize(r.cfg.Size), r.cfg.Runs)
-	fmt.Fprintln(w, "| path | up MB/s (range) | up vs direct | down MB/s (range) | down vs direct | CPU s up, server + client¹ |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| path | up MB/s (range) | up vs direct | down MB/s (range) | down vs direct | CPU s up, server + client¹ | CPU s down, server + client¹ |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
 	var baseUp, baseDown float64
 	for i, c := range r.copies {
 		up, down := mbps(r.cfg.Size, median(c.up.elapsed)), mbps(r.cfg.Size, median(c.down.elapsed))
 		if i == 0 {
 			baseUp, baseDown = up, down
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.2f + %.2f |\n", c.name,
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.2f + %.2f | %.2f + %.2f |\n", c.name,
 			rate(r.cfg.Size, c.up.elapsed), ratio(up, baseUp), rate(r.cfg.Size, c.down.elapsed), ratio(down, baseDown),
-			median(c.up.serverCPU).Seconds(), median(c.up.clientCPU).Seconds())
+			median(c.up.serverCPU).Seconds(), median(c.up.clientCPU).Seconds(),
+			median(c.down.serverCPU).Seconds(), median(c.down.clientCPU).Seconds())
 	}
 
-	fmt.Fprintln(w, "\n¹ Median CPU time of one upload: server = sshd and its session processes, or fleetd + edge-agent;"+
+	fmt.Fprintln(w, "\n¹ Median CPU time of one copy: server = sshd and its session processes, or fleetd + edge-agent;"+
 		" client = scp and ssh, or tsh (ssh does not wait for its ProxyCommand, so tsh proxy's share is not counted).")
 
 	fmt.Fprintf(w, "\n### Exec round trip: `true` on the device (%d runs each)\n\n", r.cfg.RTTRuns)
