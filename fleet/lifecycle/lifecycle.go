@@ -220,8 +220,15 @@ func (l *Lifecycle) Join(ctx context.Context, req *api.JoinRequest, remote strin
 	if _, err := l.cfg.Devices.ByName(ctx, req.Name); err == nil {
 		return nil, refuse(api.CodeConflict, "a device called "+req.Name+" is already in the fleet: remove it with `fleetctl devices rm "+req.Name+"` or start the agent with another --name")
 	}
-	// Everything the request alone decides is checked before the token's
-	// use is spent: a refused join leaves the token as it was.
+	// The token first (a bad one is refused as such, whatever else the
+	// request holds), then everything the request alone decides, then
+	// the use is spent: a refused join leaves the token as it was.
+	if err := l.cfg.Tokens.Check(ctx, req.Token, api.TokenDevice); err != nil {
+		if tokens.Refused(err) {
+			return nil, refuse(api.CodeUnauthorized, err.Error())
+		}
+		return nil, fmt.Errorf("lifecycle: join: %w", err)
+	}
 	if err := ca.CheckCSR(req.CSR); err != nil {
 		return nil, refuse(api.CodeBadRequest, err.Error())
 	}

@@ -286,17 +286,8 @@ func (s *Service) ConsumeAs(ctx context.Context, secret, typ string) (labels map
 		}
 	}()
 	r, err := s.change(ctx, "consume", secret, func(r *record, now time.Time) error {
-		if r.typeOf() != typ {
-			return fmt.Errorf("%w: it is a %s token, and this needs a %s token (fleetctl tokens add --type=%s)",
-				ErrTokenType, r.typeOf(), typ, typ)
-		}
-		if !now.Before(r.Expires) {
-			return fmt.Errorf("%w at %s; create a new one with `fleetctl tokens add`",
-				ErrTokenExpired, r.Expires.Format(time.RFC3339))
-		}
-		if r.UsesLeft <= 0 {
-			return fmt.Errorf("%w; create a new one with `fleetctl tokens add` (it can allow several devices)",
-				ErrTokenUsedUp)
+		if err := r.usable(typ, now); err != nil {
+			return err
 		}
 		r.UsesLeft--
 		if r.UsesLeft == 0 {
@@ -309,6 +300,43 @@ func (s *Service) ConsumeAs(ctx context.Context, secret, typ string) (labels map
 	}
 	s.logger().Info("tokens: consumed", "id", id, "uses_left", r.UsesLeft)
 	return maps.Clone(r.Labels), nil
+}
+
+// Check reports whether the token whose secret this is could be consumed
+// for typ now, with the error Consume would give, and spends nothing: a
+// join checks the token first, then the rest of its request, and spends
+// the use last.
+func (s *Service) Check(ctx context.Context, secret, typ string) error {
+	_, err := s.change(ctx, "check", secret, func(r *record, now time.Time) error {
+		if err := r.usable(typ, now); err != nil {
+			return err
+		}
+		return errUnchanged
+	})
+	if errors.Is(err, errUnchanged) {
+		return nil
+	}
+	return err
+}
+
+// errUnchanged ends a change that writes nothing.
+var errUnchanged = errors.New("unchanged")
+
+// usable says why r cannot be consumed for typ at now, or nil.
+func (r *record) usable(typ string, now time.Time) error {
+	if r.typeOf() != typ {
+		return fmt.Errorf("%w: it is a %s token, and this needs a %s token (fleetctl tokens add --type=%s)",
+			ErrTokenType, r.typeOf(), typ, typ)
+	}
+	if !now.Before(r.Expires) {
+		return fmt.Errorf("%w at %s; create a new one with `fleetctl tokens add`",
+			ErrTokenExpired, r.Expires.Format(time.RFC3339))
+	}
+	if r.UsesLeft <= 0 {
+		return fmt.Errorf("%w; create a new one with `fleetctl tokens add` (it can allow several devices)",
+			ErrTokenUsedUp)
+	}
+	return nil
 }
 
 // Refund gives back a use that Consume spent on a join the fleet then

@@ -280,3 +280,43 @@ func TestRefund(t *testing.T) {
 		t.Errorf("refund of an unknown token: %v, want invalid", err)
 	}
 }
+
+// TestCheck: Check says what Consume would, and spends nothing.
+func TestCheck(t *testing.T) {
+	ctx := context.Background()
+	s, clk, _ := newService(t)
+	tok, err := s.Add(ctx, api.AddTokenRequest{Uses: 1, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := s.Check(ctx, tok.Token, api.TokenDevice); err != nil {
+			t.Fatalf("check of a good token: %v", err)
+		}
+	}
+	if list, _ := s.List(ctx); len(list) != 1 || list[0].UsesLeft != 1 {
+		t.Fatalf("after checks: %+v, want the use still there", list)
+	}
+	tests := []struct {
+		name, secret, typ string
+		want              error
+	}{
+		{"unknown", "jt_unknown", api.TokenDevice, ErrTokenInvalid},
+		{"another type", tok.Token, api.TokenTrustedCluster, ErrTokenType},
+	}
+	for _, tt := range tests {
+		if err := s.Check(ctx, tt.secret, tt.typ); !errors.Is(err, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	if _, err := s.Consume(ctx, tok.Token); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Check(ctx, tok.Token, api.TokenDevice); !errors.Is(err, ErrTokenUsedUp) {
+		t.Errorf("check of a used-up token: %v, want used up", err)
+	}
+	clk.Add(2 * time.Hour)
+	if err := s.Check(ctx, tok.Token, api.TokenDevice); !errors.Is(err, ErrTokenExpired) {
+		t.Errorf("check of an expired token: %v, want expired", err)
+	}
+}
