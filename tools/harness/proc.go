@@ -145,6 +145,9 @@ func StartErr(tb TB, c Cmd) (*Proc, error) {
 		p.exitedAt, p.err = time.Now(), err
 		p.wakeLocked()
 		p.mu.Unlock()
+		// Done means the output is all there too (or a child the
+		// process left behind holds it open past a second).
+		p.settle()
 		close(p.done)
 	}()
 	tb.Cleanup(func() {
@@ -201,7 +204,8 @@ func (p *Proc) Name() string { return p.name }
 // PID is the process id.
 func (p *Proc) PID() int { return p.cmd.Process.Pid }
 
-// Done is closed when the process has exited.
+// Done is closed when the process has exited and its output has been
+// read to the end.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
 // Exited reports whether the process has exited.

@@ -58,6 +58,8 @@ func TestWaitFailsWhenProcessExits(t *testing.T) {
 
 // What a process prints as it ends is in Output once Stop, Kill or Wait
 // returns: they wait for the output to be read, not only for the exit.
+// TestLastWordsAfterStop: after Stop, Wait or Done, the output is there
+// to the last line.
 func TestLastWordsAfterStop(t *testing.T) {
 	script := `trap 'i=0; while [ $i -lt 200 ]; do echo "last $i"; i=$((i+1)); done; echo gone; exit 1' TERM; echo up; while :; do sleep 1; done`
 	for i := range 10 {
@@ -71,6 +73,11 @@ func TestLastWordsAfterStop(t *testing.T) {
 		q.Wait(30 * time.Second)
 		if !strings.Contains(q.Output(), "done\n") {
 			t.Fatalf("round %d: after Wait, Output lacks the last line:\n%s", i, q.Tail(3))
+		}
+		r := Start(t, sh(`i=0; while [ $i -lt 200 ]; do echo "line $i"; i=$((i+1)); done; echo done`))
+		<-r.Done()
+		if !strings.Contains(r.Output(), "done\n") {
+			t.Fatalf("round %d: after Done, Output lacks the last line:\n%s", i, r.Tail(3))
 		}
 	}
 }
