@@ -322,8 +322,6 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 	}
 	defer p.close()
 	p.ping()
-	start := time.Now()
-	next := start.Add(pingEvery)
 	tick := time.NewTicker(pingEvery)
 	defer tick.Stop()
 	for {
@@ -337,11 +335,8 @@ func (c *Client) waitForLink(ctx context.Context, d time.Duration) bool {
 		case <-pongOf(p):
 			c.log.Info("fleet answers again; reconnecting now")
 			return true
-		case now := <-tick.C:
-			if !now.Before(next) {
-				p.ping()
-				next = now.Add(pingEvery)
-			}
+		case <-tick.C:
+			p.ping()
 		}
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
 
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/ca"
@@ -132,26 +133,18 @@ func (l *Lifecycle) Flush(ctx context.Context) (skipped int) {
 	pending := l.pending
 	l.pending = nil
 	l.mu.Unlock()
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(drainWriters)
 	var left atomic.Int64
-	slots := make(chan struct{}, drainWriters)
 	for id, heard := range pending {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			left.Add(1)
-			continue
-		}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			if err := l.writeLastSeen(ctx, id, heard); err != nil {
+		g.Go(func() error {
+			if ctx.Err() != nil || l.writeLastSeen(ctx, id, heard) != nil {
 				left.Add(1)
 			}
+			return nil
 		})
 	}
-	wg.Wait()
+	g.Wait()
 	return int(left.Load())
 }
 
@@ -371,16 +364,13 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	var (
 		accepted []proto.App
 		refused  []apps.Refused
-		denial   string
-		refusal  error
+		misnamed error // the hello names another device: nothing is written
 	)
-	errDenied := errors.New("hello denied")
 	now := l.cfg.Now().UTC()
 	dev, err := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
 		if h.Name != dv.Name {
-			denial = "hello names another device"
-			refusal = proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dv.Name, h.Name)
-			return errDenied
+			misnamed = proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dv.Name, h.Name)
+			return misnamed
 		}
 		accepted, refused = l.cfg.Apps.Accept(dv.Name, h.Apps)
 		if dv.Connects > 0 && dv.Addr != addr.String() {
@@ -399,9 +389,9 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	case errors.Is(err, store.ErrNotFound):
 		deny("device removed from the fleet")
 		return nil, proto.Errorf(proto.CodeForbidden, "device %s was removed from the fleet; join it again with a new token", id)
-	case errors.Is(err, errDenied):
-		deny(denial)
-		return nil, refusal
+	case misnamed != nil:
+		deny("hello names another device")
+		return nil, misnamed
 	case err != nil:
 		return nil, proto.Errorf(proto.CodeInternal, "device registry: %v", err)
 	}

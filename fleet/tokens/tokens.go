@@ -307,20 +307,15 @@ func (s *Service) ConsumeAs(ctx context.Context, secret, typ string) (labels map
 // join checks the token first, then the rest of its request, and spends
 // the use last.
 func (s *Service) Check(ctx context.Context, secret, typ string) error {
-	_, err := s.change(ctx, "check", secret, func(r *record, now time.Time) error {
-		if err := r.usable(typ, now); err != nil {
-			return err
-		}
-		return errUnchanged
-	})
-	if errors.Is(err, errUnchanged) {
-		return nil
+	r, _, err := s.lookup(ctx, "check", secret)
+	if err != nil {
+		return err
 	}
-	return err
+	if err := r.usable(typ, s.now().UTC()); err != nil {
+		return fmt.Errorf("tokens: check: %w", err)
+	}
+	return nil
 }
-
-// errUnchanged ends a change that writes nothing.
-var errUnchanged = errors.New("unchanged")
 
 // usable says why r cannot be consumed for typ at now, or nil.
 func (r *record) usable(typ string, now time.Time) error {
@@ -358,39 +353,23 @@ func (s *Service) Refund(ctx context.Context, secret string) error {
 // compare-and-swap, so that concurrent changes each count. An error from
 // fn leaves the token unchanged.
 func (s *Service) change(ctx context.Context, op, secret string, fn func(r *record, now time.Time) error) (*record, error) {
-	secret = strings.TrimSpace(secret)
-	sum, id := hashOf(secret)
-	if !strings.HasPrefix(secret, secretPrefix) {
-		return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
-	}
-	key := prefix + id
+	_, id := hashOf(strings.TrimSpace(secret))
 	for range maxRetries {
-		old, err := s.Store.Get(ctx, key)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
-		}
+		r, old, err := s.lookup(ctx, op, secret)
 		if err != nil {
-			return nil, fmt.Errorf("tokens: %s: %w", op, err)
+			return nil, err
 		}
-		var r record
-		if err := json.Unmarshal(old, &r); err != nil {
-			return nil, fmt.Errorf("tokens: %s: decode %q: %w", op, key, err)
-		}
-		want, err := hex.DecodeString(r.Hash)
-		if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
-			return nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
-		}
-		if err := fn(&r, s.now().UTC()); err != nil {
+		if err := fn(r, s.now().UTC()); err != nil {
 			return nil, fmt.Errorf("tokens: %s: %w", op, err)
 		}
 		next, err := json.Marshal(r)
 		if err != nil {
 			return nil, fmt.Errorf("tokens: %s: %w", op, err)
 		}
-		err = s.Store.CompareAndSwap(ctx, key, old, next)
+		err = s.Store.CompareAndSwap(ctx, prefix+id, old, next)
 		switch {
 		case err == nil:
-			return &r, nil
+			return r, nil
 		case errors.Is(err, store.ErrConflict):
 			continue
 		case errors.Is(err, store.ErrNotFound):
@@ -400,6 +379,33 @@ func (s *Service) change(ctx context.Context, op, secret string, fn func(r *reco
 		}
 	}
 	return nil, fmt.Errorf("tokens: %s: too many devices joining with this token at once; try again", op)
+}
+
+// lookup reads the token whose secret this is, and the bytes it was
+// decoded from; an unknown or malformed secret is ErrTokenInvalid.
+func (s *Service) lookup(ctx context.Context, op, secret string) (*record, []byte, error) {
+	secret = strings.TrimSpace(secret)
+	sum, id := hashOf(secret)
+	if !strings.HasPrefix(secret, secretPrefix) {
+		return nil, nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
+	}
+	key := prefix + id
+	old, err := s.Store.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("tokens: %s: %w", op, err)
+	}
+	var r record
+	if err := json.Unmarshal(old, &r); err != nil {
+		return nil, nil, fmt.Errorf("tokens: %s: decode %q: %w", op, key, err)
+	}
+	want, err := hex.DecodeString(r.Hash)
+	if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
+		return nil, nil, fmt.Errorf("tokens: %s: %w", op, ErrTokenInvalid)
+	}
+	return &r, old, nil
 }
 
 // Prune deletes tokens that expired, or were used up, more than Retention

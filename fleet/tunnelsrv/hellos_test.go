@@ -13,9 +13,9 @@ import (
 	"remoteler.dev/edge/proto"
 )
 
-// rawHello dials h as device cn (agent boot bootID) with a bare QUIC
-// connection and sends its hello on the control stream.
-func rawHello(t *testing.T, h *harness, cn, bootID string) (*quic.Conn, *quic.Stream) {
+// rawHello dials h as device cn with a bare QUIC connection and sends
+// hello (its protocol version filled in) on the control stream.
+func rawHello(t *testing.T, h *harness, cn string, hello *proto.Hello) (*quic.Conn, *quic.Stream) {
 	t.Helper()
 	tc, _ := h.pki.clientTLS(h.pki.Client(t, cn))()
 	tc.NextProtos = []string{proto.ALPN}
@@ -30,7 +30,8 @@ func rawHello(t *testing.T, h *harness, cn, bootID string) (*quic.Conn, *quic.St
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := proto.WriteMsg(st, &proto.Hello{ProtocolVersion: proto.Version, Name: cn, BootID: bootID}); err != nil {
+	hello.ProtocolVersion = proto.Version
+	if err := proto.WriteMsg(st, hello); err != nil {
 		t.Fatal(err)
 	}
 	return qc, st
@@ -67,11 +68,11 @@ func TestHelloTurns(t *testing.T) {
 					return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
 				}
 			})
-			first, _ := rawHello(t, h, "pi-1", "")
+			first, _ := rawHello(t, h, "pi-1", &proto.Hello{Name: "pi-1"})
 			if got := <-entered; got != "pi-1" {
 				t.Fatalf("first hello answered = %s", got)
 			}
-			second, _ := rawHello(t, h, "pi-2", "")
+			second, _ := rawHello(t, h, "pi-2", &proto.Hello{Name: "pi-2"})
 			if tt.wantTurns {
 				<-second.Context().Done()
 				var ae *quic.ApplicationError
@@ -147,22 +148,8 @@ func TestHelloSlotFreedOnRefusal(t *testing.T) {
 		c.MaxHellos, c.HelloWait = 1, 100*time.Millisecond
 	})
 	for i := range 3 {
-		tc, _ := h.pki.clientTLS(h.pki.Client(t, "pi-2"))()
-		tc.NextProtos = []string{proto.ALPN}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		qc, err := quic.DialAddr(ctx, h.addr, tc, nil)
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		st, err := qc.OpenStreamSync(ctx)
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		proto.WriteMsg(st, &proto.Hello{ProtocolVersion: proto.Version, Name: "someone-else"})
+		qc, _ := rawHello(t, h, "pi-2", &proto.Hello{Name: "someone-else"})
 		<-qc.Context().Done()
-		cancel()
 		var ae *quic.ApplicationError
 		if cause := context.Cause(qc.Context()); !errors.As(cause, &ae) || ae.ErrorCode != quic.ApplicationErrorCode(proto.CodeForbidden) {
 			t.Fatalf("refusal %d: closed with %v, want forbidden", i, cause)

@@ -3,10 +3,10 @@ package tunnelsrv
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
 
 	"remoteler.dev/edge/proto"
 )
@@ -132,32 +132,26 @@ func (s *Server) watchPresence(ctx context.Context) {
 		// not be (the store is slow) is tried again at the next sweep.
 		// Many at once (a cell tower down) are recorded markers at a
 		// time, and a stop ends the sweep.
-		var wg sync.WaitGroup
-		slots := make(chan struct{}, markers)
+		var g errgroup.Group
+		g.SetLimit(markers)
 		for i, dc := range conns {
 			silent := !s.online(dc)
-			if dc.silent.Load() == silent {
+			if dc.silent.Load() == silent || ctx.Err() != nil {
 				continue
 			}
 			if s.cfg.OnSilence == nil {
 				dc.silent.Store(silent)
 				continue
 			}
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			wg.Go(func() {
-				defer func() { <-slots }()
-				if err := s.cfg.OnSilence(ctx, ids[i], dc.since, silent); err == nil {
+			g.Go(func() error {
+				err := s.cfg.OnSilence(ctx, ids[i], dc.since, silent)
+				if err == nil {
 					dc.silent.Store(silent)
 				}
+				return err
 			})
 		}
-		wg.Wait()
+		g.Wait()
 	}
 }
 

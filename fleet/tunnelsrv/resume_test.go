@@ -350,7 +350,7 @@ func TestSessionEndsAfterHold(t *testing.T) {
 // connection for hand-made streams.
 func rawDevice(t *testing.T, h *harness, cn, bootID string) *quic.Conn {
 	t.Helper()
-	qc, st := rawHello(t, h, cn, bootID)
+	qc, st := rawHello(t, h, cn, &proto.Hello{Name: cn, BootID: bootID})
 	if _, err := proto.ReadMsg(proto.NewReader(st), proto.MaxControlFrame); err != nil {
 		t.Fatal(err)
 	}

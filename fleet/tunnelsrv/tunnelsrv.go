@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
 
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/quicconn"
@@ -53,8 +54,8 @@ type Config struct {
 	OnRenew func(ctx context.Context, deviceID string, req *proto.RenewRequest) *proto.RenewResponse
 	// OnSilence is called when a connected device falls silent for longer
 	// than its silence window (it counts as offline, though its
-	// connection lingers) and when it is heard again (silent false), at
-	// most one call at a time, within presenceSweep of the change: fleetd
+	// connection lingers) and when it is heard again (silent false),
+	// within presenceSweep of the change (several devices' at once): fleetd
 	// records it where other replicas see it. since names the connection
 	// (Info.Since). An error (the change could not be recorded) is retried
 	// at the next sweep. Optional.
@@ -367,18 +368,16 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		log.Debug("device told to come back later: too many hellos at once, or the fleet stops")
 		return
 	}
+	// The slot is given back once the hello is answered (below), or on
+	// any way out before that.
+	release = sync.OnceFunc(release)
+	defer release()
 	// The hello is answered for as long as the connection lives: one that
 	// waited for its turn may be gone by now, and a slot must not be spent
 	// recording it.
 	hctx, hcancel := context.WithCancel(ctx)
 	defer hcancel()
 	defer context.AfterFunc(qc.Context(), hcancel)()
-	answered := false
-	defer func() {
-		if !answered {
-			release()
-		}
-	}()
 	if hctx.Err() != nil || qc.Context().Err() != nil {
 		return
 	}
@@ -447,7 +446,6 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 			return
 		}
 	}
-	answered = true
 	release()
 	if err := ctrl.send(ack); err != nil {
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeInternal), "write hello ack")
@@ -847,16 +845,14 @@ func (s *Server) closeWith(reason string) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		var wg sync.WaitGroup
-		slots := make(chan struct{}, closers)
+		var g errgroup.Group
+		g.SetLimit(closers)
 		for _, dc := range conns {
-			slots <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-slots }()
-				dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
+			g.Go(func() error {
+				return dc.qc.CloseWithError(quic.ApplicationErrorCode(proto.CodeUnavailable), reason)
 			})
 		}
-		wg.Wait()
+		g.Wait()
 	}()
 	select {
 	case <-done:
