@@ -3,7 +3,10 @@ package tunnelsrv
 import (
 	"context"
 	"maps"
+	"net"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -21,9 +24,20 @@ import (
 // there; and it answers a tagged keep-alive for a connection it does not
 // have with a link reset that carries the connection's reset token.
 // Answers are no larger than what they answer: no amplification.
+//
+// quic-go keeps only a few such datagrams for the fleet to read and drops
+// the rest, so this loop only reads: it answers pings itself (they need no
+// lock, and their echo times the link), and queues keep-alives for
+// handleKeepalives, which takes the server's lock. During a restart's
+// storm of handshakes, each device's keep-alive is its one way to learn
+// that its connection is gone.
 func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
+	q := make(chan keepalive, keepaliveQueue)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.handleKeepalives(tr, q) })
+	defer wg.Wait()
+	defer close(q)
 	buf := make([]byte, 1500)
-	var reset []byte
 	for {
 		n, addr, err := tr.ReadNonQUICPacket(ctx, buf)
 		if err != nil {
@@ -33,39 +47,104 @@ func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 		case n == proto.LinkPingSize && buf[0] == proto.LinkPingByte:
 			buf[0] = proto.LinkPongByte
 			tr.WriteTo(buf[:n], addr)
-		case n == 1 && buf[0] == proto.NATKeepaliveByte:
-			s.mu.Lock()
-			dc := s.byAddr[addr.String()]
-			s.mu.Unlock()
-			if dc != nil && dc.qc.RemoteAddr().String() == addr.String() {
-				s.heardNow(dc)
-			} else {
-				tr.WriteTo([]byte{proto.LinkWhoByte}, addr)
-			}
-		case n == 1+proto.LinkTagSize && buf[0] == proto.NATKeepaliveByte:
-			tag := buf[1:n]
-			s.mu.Lock()
-			dc := s.tags[string(tag)]
-			if dc != nil {
-				s.setAddrLocked(dc, addr.String())
-			}
-			s.mu.Unlock()
-			switch {
-			case dc == nil:
-				// A connection this fleet does not have: it was made with a
-				// fleet that crashed or restarted. The agent reconnects.
-				s.log.Debug("keep-alive for an unknown connection; telling it to reconnect", "addr", addr)
-				reset = proto.AppendLinkReset(reset[:0], proto.LinkResetToken(s.linkKey, tag))
-				tr.WriteTo(reset, addr)
-			case dc.qc.RemoteAddr().String() != addr.String():
-				s.heardNow(dc)
-				s.log.Debug("device keep-alive from a new address; poking it", "addr", addr, "conn_addr", dc.qc.RemoteAddr())
-				tr.WriteTo([]byte{proto.LinkPokeByte}, addr)
+		case (n == 1 || n == 1+proto.LinkTagSize) && buf[0] == proto.NATKeepaliveByte:
+			k := keepalive{addr: addr, tagged: n > 1}
+			copy(k.tag[:], buf[1:n])
+			select {
+			case q <- k:
 			default:
-				s.heardNow(dc)
+				s.linkStats.dropped.Add(1)
 			}
 		}
 	}
+}
+
+// keepaliveQueue is how many keep-alives wait for handleKeepalives: 10,000
+// devices' worth in 25 s is 400 a second.
+const keepaliveQueue = 4096
+
+// keepalive is a device's NAT keep-alive, tagged with its connection's
+// link tag or not.
+type keepalive struct {
+	addr   net.Addr
+	tagged bool
+	tag    [proto.LinkTagSize]byte
+}
+
+// linkStats counts what serveDatagrams answered and dropped, for the log.
+type linkStats struct {
+	resets, whoAsks, dropped atomic.Uint64
+}
+
+// linkStatsEvery is how often a replica that reset connections says so.
+const linkStatsEvery = 10 * time.Second
+
+// handleKeepalives acts on the keep-alives serveDatagrams queues until q
+// closes; every linkStatsEvery in which it told devices to reconnect, it
+// logs how many.
+func (s *Server) handleKeepalives(tr *quic.Transport, q <-chan keepalive) {
+	t := time.NewTicker(linkStatsEvery)
+	defer t.Stop()
+	var reset []byte
+	var said struct{ resets, whoAsks, dropped uint64 }
+	for {
+		select {
+		case <-t.C:
+			resets, whoAsks, dropped := s.linkStats.resets.Load(), s.linkStats.whoAsks.Load(), s.linkStats.dropped.Load()
+			if resets != said.resets || dropped != said.dropped {
+				s.log.Info("told devices whose connection this fleet does not have to reconnect",
+					"devices", resets-said.resets, "who_asks", whoAsks-said.whoAsks, "keepalives_dropped", dropped-said.dropped)
+			}
+			said.resets, said.whoAsks, said.dropped = resets, whoAsks, dropped
+			continue
+		case k, ok := <-q:
+			if !ok {
+				return
+			}
+			reset = s.keepalive(tr, k, reset)
+		}
+	}
+}
+
+// keepalive acts on one keep-alive (see serveDatagrams); reset is a buffer
+// for the answer, returned for the next.
+func (s *Server) keepalive(tr *quic.Transport, k keepalive, reset []byte) []byte {
+	addr := k.addr.String()
+	if !k.tagged {
+		s.mu.Lock()
+		dc := s.byAddr[addr]
+		s.mu.Unlock()
+		if dc != nil && dc.qc.RemoteAddr().String() == addr {
+			s.heardNow(dc)
+		} else {
+			s.linkStats.whoAsks.Add(1)
+			tr.WriteTo([]byte{proto.LinkWhoByte}, k.addr)
+		}
+		return reset
+	}
+	tag := k.tag[:]
+	s.mu.Lock()
+	dc := s.tags[string(tag)]
+	if dc != nil {
+		s.setAddrLocked(dc, addr)
+	}
+	s.mu.Unlock()
+	switch {
+	case dc == nil:
+		// A connection this fleet does not have: it was made with a
+		// fleet that crashed or restarted. The agent reconnects.
+		s.log.Debug("keep-alive for an unknown connection; telling it to reconnect", "addr", k.addr)
+		s.linkStats.resets.Add(1)
+		reset = proto.AppendLinkReset(reset[:0], proto.LinkResetToken(s.linkKey, tag))
+		tr.WriteTo(reset, k.addr)
+	case dc.qc.RemoteAddr().String() != addr:
+		s.heardNow(dc)
+		s.log.Debug("device keep-alive from a new address; poking it", "addr", k.addr, "conn_addr", dc.qc.RemoteAddr())
+		tr.WriteTo([]byte{proto.LinkPokeByte}, k.addr)
+	default:
+		s.heardNow(dc)
+	}
+	return reset
 }
 
 // setAddrLocked notes that dc's device sends keep-alives from addr. A

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -13,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go/testutils/simnet"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // linkOf returns the device's live connection and its link tag.
@@ -88,10 +90,12 @@ func flipLast(b []byte) []byte {
 // TestResetForUnknownConnection: a keep-alive whose tag names no connection
 // of this fleet draws a reset carrying the token that the fleet's link key
 // gives that tag, so that a fleet restarted with the same key resets its
-// predecessor's connections, no larger than the keep-alive.
+// predecessor's connections, no larger than the keep-alive; and the fleet
+// says in its log how many it told to reconnect.
 func TestResetForUnknownConnection(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		sf := newSimFleetOpts(t, simOpts{})
+		rec := logtest.NewRecorder(t)
+		sf := newSimFleetOpts(t, simOpts{log: rec.Logger()})
 		defer sf.stop()
 		sf.waitState(t, true)
 		sock := sf.agentSocks[len(sf.agentSocks)-1]
@@ -112,6 +116,11 @@ func TestResetForUnknownConnection(t *testing.T) {
 		}
 		if n > len(keepalive) {
 			t.Errorf("the reset is %d bytes, larger than the %d-byte keep-alive it answers", n, len(keepalive))
+		}
+		time.Sleep(linkStatsEvery) // the bubble's clock: the next summary
+		synctest.Wait()
+		if !strings.Contains(rec.String(), `msg="told devices whose connection this fleet does not have to reconnect" component=tunnel devices=1 `) {
+			t.Errorf("no summary of the reset in the fleet's log:\n%s", rec.String())
 		}
 	})
 }

@@ -122,6 +122,8 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
+	linkStats linkStats
+
 	linkKey []byte
 
 	mu           sync.Mutex // guards conns, sessions, boots, tags, left, stopping, sessionAdded and relay

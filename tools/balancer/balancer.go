@@ -4,10 +4,17 @@
 // several replicas, as a cloud load balancer or a Kubernetes Service would
 // be. A rule picks each client's replica (a test puts devices on one
 // replica and users on another); a health check (GET /v1/ready on each
-// replica, as a Kubernetes readiness probe) takes replicas that are down or
-// not ready out, and a client whose replica went away is moved to the
-// next: a TCP client at its next connection, a UDP flow at its next
-// datagram.
+// replica, as a Kubernetes readiness probe) decides where clients go:
+//
+//   - a replica that is not ready (it answers, but not 200) takes no new
+//     clients, and keeps the UDP flows it has for a while (Config.Drain, a
+//     cloud load balancer's connection draining), so that what it still
+//     sends them, such as the close frames of a replica that stops,
+//     arrives;
+//   - a replica that does not answer (Config.DownAfter checks in a row),
+//     or whose port refuses the check or a flow's datagram, is down, and its clients
+//     move to the next: a TCP client at its next connection, a UDP flow at
+//     its next datagram.
 //
 // UDP flows are kept per client address, each with a socket of its own to
 // its replica, so the replica sees the balancer's address for each client
@@ -31,6 +38,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -55,8 +63,18 @@ type Config struct {
 	// Rule picks replicas; default: round robin over all.
 	Rule Rule
 	// HealthEvery is how often each replica's readiness is checked;
-	// default 200ms. A replica that fails it is out until it passes.
+	// default 200ms. A replica that fails it takes no new clients until it
+	// passes.
 	HealthEvery time.Duration
+	// Drain is how long a replica that answers its check "not ready"
+	// keeps the UDP flows it has; default 30s. After it, or as soon as the
+	// replica is down, they move.
+	Drain time.Duration
+	// DownAfter is how many checks in a row a replica must leave
+	// unanswered to be down (a busy replica may answer late); default 3,
+	// as a Kubernetes probe's failureThreshold. A replica whose port
+	// refuses the check is down at once.
+	DownAfter int
 	// LocalAddrs are the local addresses the UDP flows' sockets to the
 	// replicas are bound to (port 0), one after the other, so that many
 	// flows do not take every ephemeral port of one address. Empty: the
@@ -78,7 +96,7 @@ type Balancer struct {
 	log  *slog.Logger
 	tcp  net.Listener
 	udp  *net.UDPConn
-	up   []atomic.Bool // per backend: the last health check passed
+	back []backend
 	next atomic.Uint64 // round robin
 	// local counts flow sockets opened, to spread them over LocalAddrs.
 	local atomic.Uint64
@@ -105,13 +123,19 @@ func Start(cfg Config) (*Balancer, error) {
 	if cfg.HealthEvery <= 0 {
 		cfg.HealthEvery = 200 * time.Millisecond
 	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = 30 * time.Second
+	}
+	if cfg.DownAfter <= 0 {
+		cfg.DownAfter = 3
+	}
 	if cfg.FlowIdle <= 0 {
 		cfg.FlowIdle = 5 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Balancer{cfg: cfg, log: cfg.Logger.With("component", "balancer"), up: make([]atomic.Bool, len(cfg.Backends)),
+	b := &Balancer{cfg: cfg, log: cfg.Logger.With("component", "balancer"), back: make([]backend, len(cfg.Backends)),
 		flows: map[string]*flow{}, conns: map[net.Conn]struct{}{}}
 	if cfg.Rule == nil {
 		b.cfg.Rule = func(Client) []int {
@@ -161,8 +185,61 @@ func (b *Balancer) Addr() string { return b.tcp.Addr().String() }
 // Moves counts the clients moved off a replica that went away.
 func (b *Balancer) Moves() int64 { return b.moves.Load() }
 
-// Up reports whether backend i passed its last health check.
-func (b *Balancer) Up(i int) bool { return b.up[i].Load() }
+// Up reports whether backend i passed its last health check: it takes
+// new clients.
+func (b *Balancer) Up(i int) bool { return b.back[i].ready.Load() }
+
+// Keeps reports whether backend i keeps the UDP flows it has: it is up,
+// or not ready and still draining.
+func (b *Balancer) Keeps(i int) bool { return b.back[i].keeps.Load() }
+
+// backend is what the health checks found of one replica.
+type backend struct {
+	ready atomic.Bool // takes new clients
+	keeps atomic.Bool // keeps the UDP flows it has
+
+	// Only the health check of this backend uses these.
+	fails    int       // checks in a row left unanswered
+	drainEnd time.Time // when a not-ready replica's flows move; zero: not draining
+}
+
+// health is what one check found.
+type health int
+
+const (
+	healthReady    health = iota // 200
+	healthNotReady               // answered, not 200
+	healthNoAnswer               // no answer in time
+	healthRefused                // its port refused the check: nothing listens
+)
+
+// note records a check's result and reports whether the backend stopped
+// keeping its flows.
+func (bk *backend) note(h health, now time.Time, drain time.Duration, downAfter int) (lost bool) {
+	wasKeeping := bk.keeps.Load()
+	switch h {
+	case healthReady:
+		bk.fails, bk.drainEnd = 0, time.Time{}
+		bk.ready.Store(true)
+		bk.keeps.Store(true)
+	case healthNotReady:
+		bk.fails = 0
+		bk.ready.Store(false)
+		if wasKeeping && bk.drainEnd.IsZero() {
+			bk.drainEnd = now.Add(drain)
+		}
+		bk.keeps.Store(!bk.drainEnd.IsZero() && now.Before(bk.drainEnd))
+	case healthNoAnswer, healthRefused:
+		bk.fails++
+		if h == healthNoAnswer && bk.fails < downAfter {
+			return false
+		}
+		bk.drainEnd = time.Time{}
+		bk.ready.Store(false)
+		bk.keeps.Store(false)
+	}
+	return wasKeeping && !bk.keeps.Load()
+}
 
 // Close stops the balancer and ends every connection and flow.
 func (b *Balancer) Close() {
@@ -207,18 +284,27 @@ func (b *Balancer) checkAll() {
 	var wg sync.WaitGroup
 	for i, addr := range b.cfg.Backends {
 		wg.Go(func() {
-			ok := false
+			h := healthNoAnswer
 			resp, err := healthClient.Get("https://" + addr + "/v1/ready")
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				h = healthRefused
+			}
 			if err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				ok = resp.StatusCode == http.StatusOK
-			}
-			if was := b.up[i].Swap(ok); was != ok {
-				b.log.Info("replica health changed", "backend", addr, "up", ok)
-				if !ok {
-					b.moveFlowsOff(i)
+				h = healthNotReady
+				if resp.StatusCode == http.StatusOK {
+					h = healthReady
 				}
+			}
+			bk := &b.back[i]
+			wasReady, wasKeeping := bk.ready.Load(), bk.keeps.Load()
+			lost := bk.note(h, time.Now(), b.cfg.Drain, b.cfg.DownAfter)
+			if ready, keeps := bk.ready.Load(), bk.keeps.Load(); ready != wasReady || keeps != wasKeeping {
+				b.log.Info("replica health changed", "backend", addr, "ready", ready, "keeps_flows", keeps)
+			}
+			if lost {
+				b.moveFlowsOff(i)
 			}
 		})
 	}
@@ -228,7 +314,7 @@ func (b *Balancer) checkAll() {
 // pick returns the first replica the rule allows that is up, or -1.
 func (b *Balancer) pick(c Client, not int) int {
 	for _, i := range b.cfg.Rule(c) {
-		if i >= 0 && i < len(b.up) && i != not && b.up[i].Load() {
+		if i >= 0 && i < len(b.back) && i != not && b.back[i].ready.Load() {
 			return i
 		}
 	}
@@ -265,7 +351,7 @@ func (b *Balancer) serveTCP(c net.Conn) {
 	for {
 		i := -1
 		for _, j := range b.cfg.Rule(cl) {
-			if !tried[j] && j >= 0 && j < len(b.up) && b.up[j].Load() {
+			if !tried[j] && j >= 0 && j < len(b.back) && b.back[j].ready.Load() {
 				i = j
 				break
 			}
@@ -360,11 +446,12 @@ func (f *flow) backendOf(c *net.UDPConn) int {
 }
 
 // flowConn returns f's socket to its replica, opening one to a replica
-// that is up (other than not) when it has none or its replica is down.
+// that is up (other than not) when it has none or its replica no longer
+// keeps it.
 func (b *Balancer) flowConn(f *flow, not int) *net.UDPConn {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.conn != nil && f.backend != not && b.up[f.backend].Load() {
+	if f.conn != nil && f.backend != not && b.back[f.backend].keeps.Load() {
 		return f.conn
 	}
 	i := b.pick(Client{Network: "udp", Addr: f.client}, not)
@@ -427,8 +514,8 @@ func (b *Balancer) replies(f *flow, c *net.UDPConn) {
 	}
 }
 
-// moveFlowsOff drops the sockets of flows on replica i: their next
-// datagram goes to another replica.
+// moveFlowsOff drops the sockets of flows on replica i (down, or done
+// draining): their next datagram goes to another replica.
 func (b *Balancer) moveFlowsOff(i int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

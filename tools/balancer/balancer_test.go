@@ -1,19 +1,28 @@
 package balancer
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// readyReplica is a stand-in for a fleetd replica: HTTPS answering
-// /v1/ready and a UDP socket on the same port, which reports the source
-// address of every datagram it receives.
-func readyReplica(t *testing.T) (addr string, from <-chan netip.AddrPort) {
+// replica is a stand-in for a fleetd replica: HTTPS answering /v1/ready
+// (200 unless told otherwise) and a UDP socket on the same port, which
+// reports the source address of every datagram it receives.
+type replica struct {
+	addr   string
+	from   chan netip.AddrPort
+	udp    *net.UDPConn
+	status atomic.Int32 // what /v1/ready answers
+}
+
+func startReplica(t *testing.T) *replica {
 	t.Helper()
 	for range 20 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -25,12 +34,15 @@ func readyReplica(t *testing.T) (addr string, from <-chan netip.AddrPort) {
 			l.Close()
 			continue
 		}
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+		r := &replica{addr: l.Addr().String(), from: make(chan netip.AddrPort, 100), udp: u}
+		r.status.Store(http.StatusOK)
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(int(r.status.Load()))
+		}))
 		srv.Listener = l
 		srv.StartTLS()
 		t.Cleanup(srv.Close)
 		t.Cleanup(func() { u.Close() })
-		ch := make(chan netip.AddrPort, 100)
 		go func() {
 			buf := make([]byte, 1500)
 			for {
@@ -38,13 +50,20 @@ func readyReplica(t *testing.T) (addr string, from <-chan netip.AddrPort) {
 				if err != nil {
 					return
 				}
-				ch <- a
+				r.from <- a
 			}
 		}()
-		return l.Addr().String(), ch
+		return r
 	}
 	t.Fatal("no port free for both TCP and UDP")
-	return "", nil
+	return nil
+}
+
+// readyReplica is a replica that stays ready: its address and what its UDP
+// socket receives from.
+func readyReplica(t *testing.T) (addr string, from <-chan netip.AddrPort) {
+	r := startReplica(t)
+	return r.addr, r.from
 }
 
 // TestFlowsSpreadOverLocalAddrs: each UDP flow's socket to its replica is
@@ -129,4 +148,158 @@ func TestFlowsSpreadOverLocalAddrs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBackendNote: what a replica's run of health checks makes of it.
+func TestBackendNote(t *testing.T) {
+	const drain, downAfter = 10 * time.Second, 3
+	t0 := time.Unix(1000, 0)
+	type step struct {
+		h                  health
+		at                 time.Duration // after t0
+		ready, keeps, lost bool
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"ready", []step{{healthReady, 0, true, true, false}}},
+		{"not ready: no new clients, its flows kept for the drain, then moved", []step{
+			{healthReady, 0, true, true, false},
+			{healthNotReady, time.Second, false, true, false},
+			{healthNotReady, 10 * time.Second, false, true, false},
+			{healthNotReady, 11 * time.Second, false, false, true},
+			{healthNotReady, 12 * time.Second, false, false, false},
+		}},
+		{"ready again ends the drain", []step{
+			{healthReady, 0, true, true, false},
+			{healthNotReady, time.Second, false, true, false},
+			{healthReady, 2 * time.Second, true, true, false},
+			{healthNotReady, 20 * time.Second, false, true, false},
+		}},
+		{"unanswered checks: down at the third", []step{
+			{healthReady, 0, true, true, false},
+			{healthNoAnswer, time.Second, true, true, false},
+			{healthNoAnswer, 2 * time.Second, true, true, false},
+			{healthNoAnswer, 3 * time.Second, false, false, true},
+		}},
+		{"an answer resets the count", []step{
+			{healthReady, 0, true, true, false},
+			{healthNoAnswer, time.Second, true, true, false},
+			{healthNoAnswer, 2 * time.Second, true, true, false},
+			{healthReady, 3 * time.Second, true, true, false},
+			{healthNoAnswer, 4 * time.Second, true, true, false},
+		}},
+		{"refused: down at once, draining or not", []step{
+			{healthReady, 0, true, true, false},
+			{healthNotReady, time.Second, false, true, false},
+			{healthRefused, 2 * time.Second, false, false, true},
+		}},
+		{"down, then not ready: nothing to drain", []step{
+			{healthRefused, 0, false, false, false},
+			{healthNotReady, time.Second, false, false, false},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var bk backend
+			for i, st := range tc.steps {
+				lost := bk.note(st.h, t0.Add(st.at), drain, downAfter)
+				if got := [3]bool{bk.ready.Load(), bk.keeps.Load(), lost}; got != [3]bool{st.ready, st.keeps, st.lost} {
+					t.Fatalf("step %d: ready, keeps, lost = %v; want %v", i, got, [3]bool{st.ready, st.keeps, st.lost})
+				}
+			}
+		})
+	}
+}
+
+// TestNotReadyReplicaKeepsItsFlows: a replica that turns not ready (as a
+// stopping fleetd does) takes no new UDP client, but its flows stay with
+// it, both ways, until the drain ends; then they move.
+func TestNotReadyReplicaKeepsItsFlows(t *testing.T) {
+	r0, r1 := startReplica(t), startReplica(t)
+	const drain = 2 * time.Second
+	b, err := Start(Config{Backends: []string{r0.addr, r1.addr}, Rule: Prefer(2, "udp", 0, 1),
+		HealthEvery: 20 * time.Millisecond, Drain: drain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ra, err := net.ResolveUDPAddr("udp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := func() *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, ra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// arrives sends from c until r receives (a datagram may be lost on a
+	// busy machine: loopback UDP has no delivery promise), and returns the
+	// flow's address at r.
+	arrives := func(c *net.UDPConn, r, other *replica, what string) netip.AddrPort {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case a := <-r.from:
+				return a
+			case a := <-other.from:
+				t.Fatalf("%s: reached the wrong replica (from %s)", what, a)
+			case <-deadline:
+				t.Fatalf("%s: never reached its replica", what)
+			case <-tick.C:
+			}
+		}
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for !cond() {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s: not within 30s", what)
+			case <-tick.C:
+			}
+		}
+	}
+
+	c1 := client()
+	flow := arrives(c1, r0, r1, "the first client")
+	r0.status.Store(http.StatusServiceUnavailable)
+	waitFor("replica 0 not ready", func() bool { return !b.Up(0) })
+	start := time.Now()
+	if !b.Keeps(0) {
+		t.Fatal("a replica that answers not ready dropped its flows at once")
+	}
+	// Both ways while it drains: the client's datagrams reach replica 0,
+	// and what replica 0 sends (a close frame) reaches the client.
+	if got := arrives(c1, r0, r1, "the first client while its replica drains"); got != flow {
+		t.Errorf("the flow reached replica 0 from %s, then %s: a new flow", flow, got)
+	}
+	if _, err := r0.udp.WriteToUDPAddrPort([]byte("bye"), flow); err != nil {
+		t.Fatal(err)
+	}
+	c1.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 100)
+	if n, err := c1.Read(buf); err != nil || string(buf[:n]) != "bye" {
+		t.Fatalf("the draining replica's datagram to its client: %q, %v", buf[:n], err)
+	}
+	arrives(client(), r1, r0, "a new client while replica 0 drains")
+
+	waitFor("the drain to end", func() bool { return !b.Keeps(0) })
+	if took := time.Since(start); took < drain-time.Second {
+		t.Errorf("the flows moved %v after the replica turned not ready; want about %v", took, drain)
+	}
+	arrives(c1, r1, r0, "the first client after the drain")
 }
