@@ -84,7 +84,12 @@ type Config struct {
 	// replica cannot be opened (no port or descriptor left); the flow's
 	// datagram is dropped either way.
 	OnSocketError func(error)
-	// FlowIdle ends a UDP flow idle this long; default 5m.
+	// FlowIdle ends a UDP flow idle this long once its replica has
+	// answered it; default 2m. A flow its replica never answered ends
+	// after 30 s idle. Both as Linux's connection tracking does for UDP
+	// (nf_conntrack_udp_timeout_stream, nf_conntrack_udp_timeout): a
+	// crowd of devices redialling, each dial on a new port, must not hold
+	// a socket each for long.
 	FlowIdle time.Duration
 	// Logger receives moves and failures; nil discards them.
 	Logger *slog.Logger
@@ -130,7 +135,7 @@ func Start(cfg Config) (*Balancer, error) {
 		cfg.DownAfter = 3
 	}
 	if cfg.FlowIdle <= 0 {
-		cfg.FlowIdle = 5 * time.Minute
+		cfg.FlowIdle = 2 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -391,7 +396,14 @@ type flow struct {
 	backend int
 	conn    *net.UDPConn
 	last    atomic.Int64 // unix nanos of the last datagram either way
+	replied atomic.Bool  // a replica answered
 }
+
+// unrepliedIdle ends a flow no replica answered (see Config.FlowIdle).
+const unrepliedIdle = 30 * time.Second
+
+// sweepEvery is how often idle flows are looked for.
+const sweepEvery = 10 * time.Second
 
 func (f *flow) close() {
 	f.mu.Lock()
@@ -409,7 +421,7 @@ func (b *Balancer) readUDP() {
 		if err != nil {
 			return
 		}
-		if time.Since(sweep) > time.Minute {
+		if time.Since(sweep) > sweepEvery {
 			b.sweepFlows()
 			sweep = time.Now()
 		}
@@ -479,7 +491,7 @@ func (b *Balancer) flowConn(f *flow, not int) *net.UDPConn {
 	}
 	if f.backend >= 0 && f.backend != i {
 		b.moves.Add(1)
-		b.log.Info("flow moved to another replica", "client", f.client, "from", b.cfg.Backends[f.backend], "to", b.cfg.Backends[i])
+		b.log.Debug("flow moved to another replica", "client", f.client, "from", b.cfg.Backends[f.backend], "to", b.cfg.Backends[i])
 	}
 	f.conn, f.backend = c, i
 	b.wg.Go(func() { b.replies(f, c) })
@@ -510,6 +522,7 @@ func (b *Balancer) replies(f *flow, c *net.UDPConn) {
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
+		f.replied.Store(true)
 		b.udp.WriteToUDP(buf[:n], f.client)
 	}
 }
@@ -530,11 +543,12 @@ func (b *Balancer) moveFlowsOff(i int) {
 }
 
 func (b *Balancer) sweepFlows() {
-	cut := time.Now().Add(-b.cfg.FlowIdle).UnixNano()
+	now := time.Now()
+	cut, cutUnreplied := now.Add(-b.cfg.FlowIdle).UnixNano(), now.Add(-unrepliedIdle).UnixNano()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for k, f := range b.flows {
-		if f.last.Load() < cut {
+		if last := f.last.Load(); last < cut || !f.replied.Load() && last < cutUnreplied {
 			f.close()
 			delete(b.flows, k)
 		}

@@ -303,3 +303,70 @@ func TestNotReadyReplicaKeepsItsFlows(t *testing.T) {
 	}
 	arrives(c1, r1, r0, "the first client after the drain")
 }
+
+// TestIdleFlowsEnd: a flow no replica answered ends after 30 s idle, one
+// answered after FlowIdle, each with its socket (a crowd of redialling
+// devices, a new port each dial, ran a balancer out of descriptors).
+func TestIdleFlowsEnd(t *testing.T) {
+	r := startReplica(t)
+	b, err := Start(Config{Backends: []string{r.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ra, err := net.ResolveUDPAddr("udp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flowAt [2]netip.AddrPort
+	var clients [2]*net.UDPConn
+	for i := range clients {
+		c, err := net.DialUDP("udp", nil, ra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		clients[i] = c
+		for try := 0; flowAt[i] == (netip.AddrPort{}); try++ {
+			if try == 300 {
+				t.Fatal("the replica received nothing from a client in 30s")
+			}
+			c.Write([]byte("hello"))
+			select {
+			case flowAt[i] = <-r.from:
+			case <-time.After(100 * time.Millisecond): // sent again: loopback UDP may drop
+			}
+		}
+	}
+	// The replica answers the first client.
+	r.udp.WriteToUDPAddrPort([]byte("welcome"), flowAt[0])
+	clients[0].SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := clients[0].Read(make([]byte, 64)); err != nil {
+		t.Fatalf("the replica's answer: %v", err)
+	}
+	flow := func(c *net.UDPConn) *flow {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.flows[c.LocalAddr().String()]
+	}
+	age := func(c *net.UDPConn, d time.Duration) { flow(c).last.Store(time.Now().Add(-d).UnixNano()) }
+	for _, tc := range []struct {
+		name            string
+		answered, other time.Duration // idle times
+		want            [2]bool       // flows left
+	}{
+		{"both fresh", time.Second, time.Second, [2]bool{true, true}},
+		{"31 s idle: the unanswered one ends", 31 * time.Second, 31 * time.Second, [2]bool{true, false}},
+		{"past FlowIdle: the answered one ends", 2*time.Minute + time.Second, 0, [2]bool{false, false}},
+	} {
+		for i, c := range clients {
+			if flow(c) != nil {
+				age(c, [2]time.Duration{tc.answered, tc.other}[i])
+			}
+		}
+		b.sweepFlows()
+		if got := [2]bool{flow(clients[0]) != nil, flow(clients[1]) != nil}; got != tc.want {
+			t.Errorf("%s: flows left %v; want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -188,7 +188,9 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	if err != nil {
 		return nil, err
 	}
-	lbs, err := startBalancers(tb, cfg.Exe, cfg.Procs, (cfg.Count+cfg.Procs-1)/cfg.Procs, addrs, dir)
+	// Room for four flows a device: each redial is a new flow, and a
+	// crowd redialling holds several at once.
+	lbs, err := startBalancers(tb, cfg.Exe, cfg.Procs, 4*((cfg.Count+cfg.Procs-1)/cfg.Procs), addrs, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -433,7 +435,7 @@ var balancingRE = regexp.MustCompile(`^balancing on (\S+)$`)
 // for flows flows each. Each holds a socket per device flow, so one per
 // simulator process keeps every process within its open-file limit; each
 // dials the replicas from loopback addresses of its own, and logs its
-// warnings to logDir/balancer-N.log.
+// replicas' health and its warnings to logDir/balancer-N.log.
 func startBalancers(tb harness.TB, exe string, n, flows int, backends []string, logDir string) ([]balancerProc, error) {
 	var lbs []balancerProc
 	for i := range n {

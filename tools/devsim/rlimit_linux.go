@@ -9,7 +9,11 @@ import (
 // to the hard one (Go already does that at start-up on most systems), and
 // the hard limit too where this process may (root, or CAP_SYS_RESOURCE).
 // It fails, saying what to do, when the limit stays below need.
-func raiseFileLimit(need int) error {
+func raiseFileLimit(need int) error { return RaiseFileLimit(need) }
+
+// RaiseFileLimit is raiseFileLimit, for devsim's other processes (its
+// balancers).
+func RaiseFileLimit(need int) error {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return fmt.Errorf("read the open-file limit: %w", err)

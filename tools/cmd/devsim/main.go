@@ -216,6 +216,9 @@ func replicas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return err
 }
 
+// balanceFiles is the open-file limit devsim balance asks for.
+const balanceFiles = 1 << 17
+
 // balance runs a balancer (package balancer) in front of fleetd replicas,
 // spreading clients over them by port, until interrupted: devsim replicas
 // starts one per simulator process.
@@ -247,11 +250,17 @@ func balance(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return errUsage
 	}
 	addrs := strings.Split(*backends, ",")
+	// A socket a flow: a crowd of devices redialling (a new port each
+	// dial) may hold several times their number for the 30 s an
+	// unanswered flow lives.
+	if err := devsim.RaiseFileLimit(balanceFiles); err != nil {
+		fmt.Fprintf(stderr, "devsim balance: %v\n", err)
+	}
 	// A socket that cannot be had stops the balancer, saying why: going
 	// on would hold the machine's last ports.
 	fatal := make(chan error, 1)
 	lb, err := balancer.Start(balancer.Config{Listen: *listen, Backends: addrs, Rule: balancer.ByPort(len(addrs)), LocalAddrs: local,
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger: slog.New(slog.NewTextHandler(stderr, nil)), // its replicas' health; moved flows are at debug
 		OnSocketError: func(err error) {
 			select {
 			case fatal <- err:
