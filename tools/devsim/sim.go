@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,6 +163,7 @@ type Sim struct {
 	log *slog.Logger
 
 	devices []*device
+	tally   tally // the devices' tunnel messages (tunnelConfig)
 	up      atomic.Int64
 	seen    atomic.Int64 // devices whose tunnel came up at least once
 
@@ -461,7 +463,7 @@ func (s *Sim) tunnelConfig(d *device) tunnel.Config {
 		IdleTimeout: s.cfg.IdleTimeout,
 		MinBackoff:  s.cfg.MinBackoff,
 		MaxBackoff:  s.cfg.MaxBackoff,
-		Logger:      s.cfg.TunnelLogger.With("device", d.name),
+		Logger:      slog.New(&tallyHandler{t: &s.tally, next: s.cfg.TunnelLogger.Handler()}).With("device", d.name),
 		Now:         s.cfg.Now,
 	}
 }
@@ -498,7 +500,8 @@ func (s *Sim) state(d *device, up bool) {
 	d.downAt.Store(0)
 }
 
-// summarise logs how many devices are up every 5 s while that changes.
+// summarise logs how many devices are up every 5 s while that changes,
+// and what their tunnels said most often since the last time.
 func (s *Sim) summarise(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -513,6 +516,9 @@ func (s *Sim) summarise(ctx context.Context) {
 		if up != lastUp || re != lastRe {
 			s.log.Info("devices", "up", up, "of", len(s.devices), "reconnects", re)
 			lastUp, lastRe = up, re
+		}
+		if said := s.tally.take(4); len(said) > 0 {
+			s.log.Info("device tunnels said", "most", strings.Join(said, " | "))
 		}
 	}
 }
