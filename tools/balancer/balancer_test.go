@@ -150,6 +150,29 @@ func TestFlowsSpreadOverLocalAddrs(t *testing.T) {
 	}
 }
 
+// startBalancer starts a balancer with cfg, closed when t ends, and
+// returns it with a function that opens a UDP client to it.
+func startBalancer(t *testing.T, cfg Config) (*Balancer, func() *net.UDPConn) {
+	t.Helper()
+	b, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ra, err := net.ResolveUDPAddr("udp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, func() *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, ra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+}
+
 // TestBackendNote: what a replica's run of health checks makes of it.
 func TestBackendNote(t *testing.T) {
 	const drain, downAfter = 10 * time.Second, 3
@@ -218,24 +241,8 @@ func TestBackendNote(t *testing.T) {
 func TestNotReadyReplicaKeepsItsFlows(t *testing.T) {
 	r0, r1 := startReplica(t), startReplica(t)
 	const drain = 2 * time.Second
-	b, err := Start(Config{Backends: []string{r0.addr, r1.addr}, Rule: Prefer(2, "udp", 0, 1),
+	b, client := startBalancer(t, Config{Backends: []string{r0.addr, r1.addr}, Rule: Prefer(2, "udp", 0, 1),
 		HealthEvery: 20 * time.Millisecond, Drain: drain})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	ra, err := net.ResolveUDPAddr("udp", b.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := func() *net.UDPConn {
-		c, err := net.DialUDP("udp", nil, ra)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
 	// arrives sends from c until r receives (a datagram may be lost on a
 	// busy machine: loopback UDP has no delivery promise), and returns the
 	// flow's address at r.
@@ -309,23 +316,11 @@ func TestNotReadyReplicaKeepsItsFlows(t *testing.T) {
 // devices, a new port each dial, ran a balancer out of descriptors).
 func TestIdleFlowsEnd(t *testing.T) {
 	r := startReplica(t)
-	b, err := Start(Config{Backends: []string{r.addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	ra, err := net.ResolveUDPAddr("udp", b.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, client := startBalancer(t, Config{Backends: []string{r.addr}})
 	var flowAt [2]netip.AddrPort
 	var clients [2]*net.UDPConn
 	for i := range clients {
-		c, err := net.DialUDP("udp", nil, ra)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := client()
 		clients[i] = c
 		for try := 0; flowAt[i] == (netip.AddrPort{}); try++ {
 			if try == 300 {
