@@ -232,8 +232,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit: recorder, Logger: log, Now: now})
 	life.Configure(&tcfg)
 	var tunnels *tunnelsrv.Server
-	// Set when fleetd stops: it fails its readiness check, and the tunnels
-	// end first (see the end of run).
+	// Set when fleetd stops: the tunnels end first (see the end of run).
 	var stopping atomic.Bool
 	// Devices are reached through the router on several replicas: on this
 	// replica or on the one holding their tunnel.
@@ -465,7 +464,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		ready = reps.pres.Ready
 	}
 	httpSrv := &http.Server{
-		Handler:           met.Instrument(readyHandler(replica, ready, stopping.Load, web.route(apiSrv.Handler()))),
+		Handler:           met.Instrument(readyHandler(replica, ready, web.route(apiSrv.Handler()))),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -476,11 +475,10 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		return fmt.Errorf("fleetd: admin identity: %w", err)
 	}
 
-	// A stop fails the readiness check at once (load balancers send new
-	// clients elsewhere, and drain this replica's flows), then ends the
-	// device tunnels while this replica still holds its lease, so that
-	// their close frames tell the devices to reconnect elsewhere; then
-	// everything else (shutdown, at the end).
+	// A stop ends the device tunnels first, while this replica still holds
+	// its lease and passes its readiness check, so that load balancers
+	// still carry the close frames that tell the devices to reconnect
+	// elsewhere; then everything else (shutdown, at the end).
 	parent := ctx
 	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	defer cancel()
@@ -489,8 +487,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	tunnelsDone := make(chan struct{})
 	var tunnelsStarted atomic.Bool
 	shutdown := sync.OnceFunc(func() {
-		stopping.Store(true)
 		if tunnelsStarted.Load() {
+			stopping.Store(true)
 			// The tunnels close without waiting on the store; their
 			// devices' last seen is written once they are closed.
 			life.Drain()

@@ -263,23 +263,18 @@ func (r *replicas) brokered(ctx context.Context, deviceID, session string) (*pro
 	return nil, fmt.Errorf("%w (session %q, on no replica)", audit.ErrNotBrokered, session)
 }
 
-// readyHandler answers the readiness check (api.PathReady): ready while
-// serving says yes and fleetd is not stopping. A stopping fleetd fails it
-// at once, so that load balancers send new clients elsewhere while it
-// closes the tunnels it has (their close frames still reach the devices:
-// a load balancer drains the flows of a replica that is not ready). While
-// serving says no (a replica without its lease: it cannot record what it
-// would do), every other request but the ping is refused with 503.
-func readyHandler(replica string, serving, stopping func() bool, next http.Handler) http.Handler {
+// readyHandler answers the readiness check (api.PathReady) and, while
+// ready says no (a replica without its lease: it cannot record what it
+// would do), refuses every other request but the ping with 503.
+func readyHandler(replica string, ready func() bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		ok := serving()
+		ok := ready()
 		if req.URL.Path == api.PathReady {
-			stop := stopping()
 			w.Header().Set("Content-Type", "application/json")
-			if !ok || stop {
+			if !ok {
 				w.WriteHeader(http.StatusServiceUnavailable)
 			}
-			json.NewEncoder(w).Encode(api.Ready{Ready: ok && !stop, Replica: replica, Stopping: stop})
+			json.NewEncoder(w).Encode(api.Ready{Ready: ok, Replica: replica})
 			return
 		}
 		if !ok && req.URL.Path != api.PathPing {

@@ -34,7 +34,7 @@ import (
 func (s *Server) serveDatagrams(ctx context.Context, tr *quic.Transport) {
 	q := make(chan keepalive, keepaliveQueue)
 	var wg sync.WaitGroup
-	wg.Go(func() { s.handleKeepalives(tr, q) })
+	wg.Go(func() { s.handleKeepalives(ctx, tr, q) })
 	defer wg.Wait()
 	defer close(q)
 	buf := make([]byte, 1500)
@@ -79,24 +79,29 @@ type linkStats struct {
 // linkStatsEvery is how often a replica that reset connections says so.
 const linkStatsEvery = 10 * time.Second
 
-// handleKeepalives acts on the keep-alives serveDatagrams queues until q
-// closes; every linkStatsEvery in which it told devices to reconnect, it
-// logs how many.
-func (s *Server) handleKeepalives(tr *quic.Transport, q <-chan keepalive) {
+// handleKeepalives acts on the keep-alives serveDatagrams queues until
+// ctx ends (those still queued then are dropped: the fleet is stopping)
+// or q closes. Every linkStatsEvery in which it told devices to
+// reconnect, it logs how many, and warns of keep-alives it dropped.
+func (s *Server) handleKeepalives(ctx context.Context, tr *quic.Transport, q <-chan keepalive) {
 	t := time.NewTicker(linkStatsEvery)
 	defer t.Stop()
 	var reset []byte
 	var said struct{ resets, whoAsks, dropped uint64 }
 	for {
 		select {
+		case <-ctx.Done():
+			return
 		case <-t.C:
 			resets, whoAsks, dropped := s.linkStats.resets.Load(), s.linkStats.whoAsks.Load(), s.linkStats.dropped.Load()
-			if resets != said.resets || dropped != said.dropped {
+			if resets != said.resets {
 				s.log.Info("told devices whose connection this fleet does not have to reconnect",
-					"devices", resets-said.resets, "who_asks", whoAsks-said.whoAsks, "keepalives_dropped", dropped-said.dropped)
+					"devices", resets-said.resets, "who_asks", whoAsks-said.whoAsks)
+			}
+			if dropped != said.dropped {
+				s.log.Warn("dropped device keep-alives: more arrived than this fleet could answer", "dropped", dropped-said.dropped)
 			}
 			said.resets, said.whoAsks, said.dropped = resets, whoAsks, dropped
-			continue
 		case k, ok := <-q:
 			if !ok {
 				return
@@ -128,8 +133,13 @@ func (s *Server) keepalive(tr *quic.Transport, k keepalive, reset []byte) []byte
 	if dc != nil {
 		s.setAddrLocked(dc, addr)
 	}
+	stopping := s.stopping != ""
 	s.mu.Unlock()
 	switch {
+	case dc == nil && stopping:
+		// Its connection was just closed by this stopping fleet, which
+		// told it when to reconnect: a reset would have it redial at
+		// once, out of the spread.
 	case dc == nil:
 		// A connection this fleet does not have: it was made with a
 		// fleet that crashed or restarted. The agent reconnects.

@@ -44,9 +44,6 @@ type Ready struct {
 	Ready bool `json:"ready"`
 	// Replica is the replica's ID, with several.
 	Replica string `json:"replica,omitempty"`
-	// Stopping: fleetd is stopping, and takes no new work while it
-	// closes what it has.
-	Stopping bool `json:"stopping,omitempty"`
 }
 
 // UpgradeProto is the Upgrade header value for /v1/connect.

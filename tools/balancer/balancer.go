@@ -12,9 +12,10 @@
 //     sends them, such as the close frames of a replica that stops,
 //     arrives;
 //   - a replica that does not answer (Config.DownAfter checks in a row),
-//     or whose port refuses the check or a flow's datagram, is down, and its clients
-//     move to the next: a TCP client at its next connection, a UDP flow at
-//     its next datagram.
+//     or whose port refuses the check, is down, and its clients move to
+//     the next: a TCP client at its next connection, a UDP flow at its next
+//     datagram. A UDP flow whose datagram the replica's port refuses moves
+//     too, alone.
 //
 // UDP flows are kept per client address, each with a socket of its own to
 // its replica, so the replica sees the balancer's address for each client
@@ -178,7 +179,8 @@ func Start(cfg Config) (*Balancer, error) {
 	b.udp.SetWriteBuffer(4 << 20)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.checkAll()
-	b.wg.Go(b.health)
+	b.health()
+	b.wg.Go(b.sweep)
 	b.wg.Go(b.acceptTCP)
 	b.wg.Go(b.readUDP)
 	return b, nil
@@ -264,15 +266,21 @@ func (b *Balancer) Close() {
 
 // health checks every replica's readiness until Close.
 func (b *Balancer) health() {
-	t := time.NewTicker(b.cfg.HealthEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case <-t.C:
-			b.checkAll()
-		}
+	// Each replica has its own loop: one that answers late must not hold
+	// back what the others' checks find.
+	for i := range b.cfg.Backends {
+		b.wg.Go(func() {
+			t := time.NewTicker(b.cfg.HealthEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-b.ctx.Done():
+					return
+				case <-t.C:
+					b.check(i)
+				}
+			}
+		})
 	}
 }
 
@@ -287,33 +295,37 @@ var healthClient = &http.Client{
 
 func (b *Balancer) checkAll() {
 	var wg sync.WaitGroup
-	for i, addr := range b.cfg.Backends {
-		wg.Go(func() {
-			h := healthNoAnswer
-			resp, err := healthClient.Get("https://" + addr + "/v1/ready")
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				h = healthRefused
-			}
-			if err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				h = healthNotReady
-				if resp.StatusCode == http.StatusOK {
-					h = healthReady
-				}
-			}
-			bk := &b.back[i]
-			wasReady, wasKeeping := bk.ready.Load(), bk.keeps.Load()
-			lost := bk.note(h, time.Now(), b.cfg.Drain, b.cfg.DownAfter)
-			if ready, keeps := bk.ready.Load(), bk.keeps.Load(); ready != wasReady || keeps != wasKeeping {
-				b.log.Info("replica health changed", "backend", addr, "ready", ready, "keeps_flows", keeps)
-			}
-			if lost {
-				b.moveFlowsOff(i)
-			}
-		})
+	for i := range b.cfg.Backends {
+		wg.Go(func() { b.check(i) })
 	}
 	wg.Wait()
+}
+
+// check checks replica i's readiness once and acts on what it finds.
+func (b *Balancer) check(i int) {
+	addr := b.cfg.Backends[i]
+	h := healthNoAnswer
+	resp, err := healthClient.Get("https://" + addr + "/v1/ready")
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		h = healthRefused
+	}
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		h = healthNotReady
+		if resp.StatusCode == http.StatusOK {
+			h = healthReady
+		}
+	}
+	bk := &b.back[i]
+	wasReady, wasKeeping := bk.ready.Load(), bk.keeps.Load()
+	lost := bk.note(h, time.Now(), b.cfg.Drain, b.cfg.DownAfter)
+	if ready, keeps := bk.ready.Load(), bk.keeps.Load(); ready != wasReady || keeps != wasKeeping {
+		b.log.Info("replica health changed", "backend", addr, "ready", ready, "keeps_flows", keeps)
+	}
+	if lost {
+		b.moveFlowsOff(i)
+	}
 }
 
 // pick returns the first replica the rule allows that is up, or -1.
@@ -415,15 +427,10 @@ func (f *flow) close() {
 
 func (b *Balancer) readUDP() {
 	buf := make([]byte, 64<<10)
-	sweep := time.Now()
 	for {
 		n, from, err := b.udp.ReadFromUDP(buf)
 		if err != nil {
 			return
-		}
-		if time.Since(sweep) > sweepEvery {
-			b.sweepFlows()
-			sweep = time.Now()
 		}
 		key := from.String()
 		b.mu.Lock()
@@ -494,6 +501,7 @@ func (b *Balancer) flowConn(f *flow, not int) *net.UDPConn {
 		b.log.Debug("flow moved to another replica", "client", f.client, "from", b.cfg.Backends[f.backend], "to", b.cfg.Backends[i])
 	}
 	f.conn, f.backend = c, i
+	f.replied.Store(false) // this replica has not answered yet
 	b.wg.Go(func() { b.replies(f, c) })
 	return c
 }
@@ -542,16 +550,37 @@ func (b *Balancer) moveFlowsOff(i int) {
 	}
 }
 
+// sweep ends idle flows every sweepEvery until Close, beside the loop
+// that reads clients' datagrams.
+func (b *Balancer) sweep() {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			b.sweepFlows()
+		}
+	}
+}
+
+// sweepFlows ends the flows idle past their time (Config.FlowIdle), and
+// closes their sockets once it has let go of the flow table.
 func (b *Balancer) sweepFlows() {
 	now := time.Now()
 	cut, cutUnreplied := now.Add(-b.cfg.FlowIdle).UnixNano(), now.Add(-unrepliedIdle).UnixNano()
+	var ended []*flow
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	for k, f := range b.flows {
 		if last := f.last.Load(); last < cut || !f.replied.Load() && last < cutUnreplied {
-			f.close()
+			ended = append(ended, f)
 			delete(b.flows, k)
 		}
+	}
+	b.mu.Unlock()
+	for _, f := range ended {
+		f.close()
 	}
 }
 

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,12 +15,18 @@ import (
 
 // replica is a stand-in for a fleetd replica: HTTPS answering /v1/ready
 // (200 unless told otherwise) and a UDP socket on the same port, which
-// reports the source address of every datagram it receives.
+// reports every datagram it receives and its source address.
 type replica struct {
 	addr   string
-	from   chan netip.AddrPort
+	got    chan received
 	udp    *net.UDPConn
 	status atomic.Int32 // what /v1/ready answers
+}
+
+// received is a datagram a replica received.
+type received struct {
+	data string
+	from netip.AddrPort
 }
 
 func startReplica(t *testing.T) *replica {
@@ -34,7 +41,7 @@ func startReplica(t *testing.T) *replica {
 			l.Close()
 			continue
 		}
-		r := &replica{addr: l.Addr().String(), from: make(chan netip.AddrPort, 100), udp: u}
+		r := &replica{addr: l.Addr().String(), got: make(chan received, 100), udp: u}
 		r.status.Store(http.StatusOK)
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(int(r.status.Load()))
@@ -46,11 +53,11 @@ func startReplica(t *testing.T) *replica {
 		go func() {
 			buf := make([]byte, 1500)
 			for {
-				_, a, err := u.ReadFromUDPAddrPort(buf)
+				n, a, err := u.ReadFromUDPAddrPort(buf)
 				if err != nil {
 					return
 				}
-				r.from <- a
+				r.got <- received{string(buf[:n]), a}
 			}
 		}()
 		return r
@@ -63,7 +70,13 @@ func startReplica(t *testing.T) *replica {
 // socket receives from.
 func readyReplica(t *testing.T) (addr string, from <-chan netip.AddrPort) {
 	r := startReplica(t)
-	return r.addr, r.from
+	ch := make(chan netip.AddrPort, 100)
+	go func() {
+		for d := range r.got {
+			ch <- d.from
+		}
+	}()
+	return r.addr, ch
 }
 
 // TestFlowsSpreadOverLocalAddrs: each UDP flow's socket to its replica is
@@ -240,26 +253,31 @@ func TestBackendNote(t *testing.T) {
 // it, both ways, until the drain ends; then they move.
 func TestNotReadyReplicaKeepsItsFlows(t *testing.T) {
 	r0, r1 := startReplica(t), startReplica(t)
-	const drain = 2 * time.Second
+	const drain = 10 * time.Second
 	b, client := startBalancer(t, Config{Backends: []string{r0.addr, r1.addr}, Rule: Prefer(2, "udp", 0, 1),
 		HealthEvery: 20 * time.Millisecond, Drain: drain})
-	// arrives sends from c until r receives (a datagram may be lost on a
-	// busy machine: loopback UDP has no delivery promise), and returns the
-	// flow's address at r.
+	// arrives sends what from c until r receives it (a datagram may be
+	// lost on a busy machine: loopback UDP has no delivery promise), and
+	// returns the flow's address at r. Copies of earlier steps' datagrams
+	// are passed over.
 	arrives := func(c *net.UDPConn, r, other *replica, what string) netip.AddrPort {
 		t.Helper()
 		deadline := time.After(30 * time.Second)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if _, err := c.Write([]byte("hello")); err != nil {
+			if _, err := c.Write([]byte(what)); err != nil {
 				t.Fatal(err)
 			}
 			select {
-			case a := <-r.from:
-				return a
-			case a := <-other.from:
-				t.Fatalf("%s: reached the wrong replica (from %s)", what, a)
+			case d := <-r.got:
+				if d.data == what {
+					return d.from
+				}
+			case d := <-other.got:
+				if d.data == what {
+					t.Fatalf("%s: reached the wrong replica (from %s)", what, d.from)
+				}
 			case <-deadline:
 				t.Fatalf("%s: never reached its replica", what)
 			case <-tick.C:
@@ -294,15 +312,23 @@ func TestNotReadyReplicaKeepsItsFlows(t *testing.T) {
 	if got := arrives(c1, r0, r1, "the first client while its replica drains"); got != flow {
 		t.Errorf("the flow reached replica 0 from %s, then %s: a new flow", flow, got)
 	}
-	if _, err := r0.udp.WriteToUDPAddrPort([]byte("bye"), flow); err != nil {
-		t.Fatal(err)
-	}
-	c1.SetReadDeadline(time.Now().Add(30 * time.Second))
 	buf := make([]byte, 100)
-	if n, err := c1.Read(buf); err != nil || string(buf[:n]) != "bye" {
-		t.Fatalf("the draining replica's datagram to its client: %q, %v", buf[:n], err)
+	for try := 0; ; try++ {
+		if try == 150 {
+			t.Fatal("the draining replica's datagrams never reached its client")
+		}
+		if _, err := r0.udp.WriteToUDPAddrPort([]byte("bye"), flow); err != nil {
+			t.Fatal(err)
+		}
+		c1.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := c1.Read(buf); err == nil && string(buf[:n]) == "bye" {
+			break
+		}
 	}
 	arrives(client(), r1, r0, "a new client while replica 0 drains")
+	if !b.Keeps(0) {
+		t.Fatalf("the drain ended %v after it began, before the checks made during it were done (want %v)", time.Since(start), drain)
+	}
 
 	waitFor("the drain to end", func() bool { return !b.Keeps(0) })
 	if took := time.Since(start); took < drain-time.Second {
@@ -326,9 +352,13 @@ func TestIdleFlowsEnd(t *testing.T) {
 			if try == 300 {
 				t.Fatal("the replica received nothing from a client in 30s")
 			}
-			c.Write([]byte("hello"))
+			hello := fmt.Sprintf("client %d", i)
+			c.Write([]byte(hello))
 			select {
-			case flowAt[i] = <-r.from:
+			case d := <-r.got:
+				if d.data == hello { // not a copy of the other client's
+					flowAt[i] = d.from
+				}
 			case <-time.After(100 * time.Millisecond): // sent again: loopback UDP may drop
 			}
 		}

@@ -293,9 +293,8 @@ func TestReplicasAudit(t *testing.T) {
 	if !harness.Eventually(time.Minute, func() bool { return len(execs(c)) >= 1 }) {
 		t.Fatalf("the device's exec event never reached the trail: %+v", auditSearch(t, c, "--device=pi-1").Events)
 	}
-	// A stops: the device moves to B. A fails its readiness check at
-	// once (the balancer sends new flows elsewhere and drains A's), and
-	// closes its tunnels before it gives up its lease, so the balancer
+	// A stops: the device moves to B. A closes its tunnels before it
+	// gives up its lease and fails its readiness check, so the balancer
 	// still carries the close frame that tells the device to go.
 	mark := dev.Proc.Mark()
 	rf.reps[repA].Stop()

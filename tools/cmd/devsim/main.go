@@ -235,8 +235,9 @@ func balance(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	})
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: devsim balance -backends HOST:PORT,... [-listen HOST:PORT]\n\n"+
-			"Balances TCP and UDP clients over fleetd replicas by their port, moving them off a replica that fails its\n"+
-			"readiness check, until interrupted; prints \"balancing on HOST:PORT\" once it listens.\n\n")
+			"Balances TCP and UDP clients over fleetd replicas by their port, until interrupted: a replica that is not\n"+
+			"ready takes no new clients and keeps its UDP flows for 30 s; one that is down loses them at once. Prints\n"+
+			"\"balancing on HOST:PORT\" once it listens.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
