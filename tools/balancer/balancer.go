@@ -180,7 +180,7 @@ func Start(cfg Config) (*Balancer, error) {
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.checkAll()
 	b.health()
-	b.wg.Go(b.sweep)
+	b.wg.Go(func() { b.every(sweepEvery, b.sweepFlows) }) // beside the read loop
 	b.wg.Go(b.acceptTCP)
 	b.wg.Go(b.readUDP)
 	return b, nil
@@ -269,18 +269,21 @@ func (b *Balancer) health() {
 	// Each replica has its own loop: one that answers late must not hold
 	// back what the others' checks find.
 	for i := range b.cfg.Backends {
-		b.wg.Go(func() {
-			t := time.NewTicker(b.cfg.HealthEvery)
-			defer t.Stop()
-			for {
-				select {
-				case <-b.ctx.Done():
-					return
-				case <-t.C:
-					b.check(i)
-				}
-			}
-		})
+		b.wg.Go(func() { b.every(b.cfg.HealthEvery, func() { b.check(i) }) })
+	}
+}
+
+// every calls fn every d until Close.
+func (b *Balancer) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
 	}
 }
 
@@ -547,21 +550,6 @@ func (b *Balancer) moveFlowsOff(i int) {
 			f.conn = nil
 		}
 		f.mu.Unlock()
-	}
-}
-
-// sweep ends idle flows every sweepEvery until Close, beside the loop
-// that reads clients' datagrams.
-func (b *Balancer) sweep() {
-	t := time.NewTicker(sweepEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case <-t.C:
-			b.sweepFlows()
-		}
 	}
 }
 
