@@ -183,7 +183,7 @@ func TestPokesAndWhoAsksAreRateLimited(t *testing.T) {
 		time.Sleep(time.Minute)
 		var mu sync.Mutex
 		var tagged, quic int
-		sf.router.trace = func(p simnet.Packet) {
+		trace := func(p simnet.Packet) {
 			if from := p.From.(*net.UDPAddr); !from.IP.Equal(sf.router.private) {
 				return
 			}
@@ -196,13 +196,14 @@ func TestPokesAndWhoAsksAreRateLimited(t *testing.T) {
 				quic++
 			}
 		}
+		sf.router.trace.Store(&trace)
 		for range 20 {
 			sf.fromFleet(t, []byte{proto.LinkPokeByte})
 			sf.fromFleet(t, []byte{proto.LinkWhoByte})
 			time.Sleep(50 * time.Millisecond)
 		}
 		time.Sleep(time.Second)
-		sf.router.trace = nil
+		sf.router.trace.Store(nil)
 		mu.Lock()
 		defer mu.Unlock()
 		t.Logf("20 pokes and 20 who-asks in a second drew %d tagged keep-alives and %d QUIC packets", tagged, quic)

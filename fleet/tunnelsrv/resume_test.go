@@ -36,7 +36,7 @@ type switchRouter struct {
 	// mutedBelow drops what the agent sends from ports below it (a dead
 	// agent process, whose later successor uses higher ports).
 	mutedBelow atomic.Int32
-	trace      func(simnet.Packet)
+	trace      atomic.Pointer[func(simnet.Packet)] // set and cleared while packets flow
 
 	mu   sync.Mutex // guards the NAT, the loss and the bottleneck
 	loss float64    // the share of packets dropped at random, each way
@@ -55,8 +55,8 @@ type switchRouter struct {
 }
 
 func (r *switchRouter) SendPacket(p simnet.Packet) error {
-	if r.trace != nil {
-		r.trace(p)
+	if trace := r.trace.Load(); trace != nil {
+		(*trace)(p)
 	}
 	if r.down.Load() {
 		return nil // dropped
