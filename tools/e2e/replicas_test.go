@@ -431,7 +431,11 @@ func TestReplicaPartitioned(t *testing.T) {
 // is lost: the users, the device (back online by itself), the logins,
 // and the audit trail, which verifies whole.
 func TestReplicasEtcdLeaderAndRestart(t *testing.T) {
-	rf := startReplicas(t)
+	// fleetd's own lease TTL (15 s), not the tests' 5 s: on a loaded
+	// machine the new etcd leader took 4.8 s to be elected, the 5 s
+	// leases lapsed, and the replicas sent their devices away, as a
+	// replica cut off from the store must (TestReplicaPartitioned).
+	rf := startReplicasWith(t, replicaOptions{args: []string{"--replica-lease-ttl", "15s"}})
 	agent := rf.device(t, "pi-1")
 	alice := rf.login(t, "alice")
 	alice.Tsh("ssh", "root@pi-1", "echo", "before")
