@@ -86,7 +86,6 @@ const linkStatsEvery = 10 * time.Second
 func (s *Server) handleKeepalives(ctx context.Context, tr *quic.Transport, q <-chan keepalive) {
 	t := time.NewTicker(linkStatsEvery)
 	defer t.Stop()
-	var reset []byte
 	var said struct{ resets, whoAsks, dropped uint64 }
 	for {
 		select {
@@ -106,14 +105,13 @@ func (s *Server) handleKeepalives(ctx context.Context, tr *quic.Transport, q <-c
 			if !ok {
 				return
 			}
-			reset = s.keepalive(tr, k, reset)
+			s.keepalive(tr, k)
 		}
 	}
 }
 
-// keepalive acts on one keep-alive (see serveDatagrams); reset is a buffer
-// for the answer, returned for the next.
-func (s *Server) keepalive(tr *quic.Transport, k keepalive, reset []byte) []byte {
+// keepalive acts on one keep-alive (see serveDatagrams).
+func (s *Server) keepalive(tr *quic.Transport, k keepalive) {
 	addr := k.addr.String()
 	if !k.tagged {
 		s.mu.Lock()
@@ -125,7 +123,7 @@ func (s *Server) keepalive(tr *quic.Transport, k keepalive, reset []byte) []byte
 			s.linkStats.whoAsks.Add(1)
 			tr.WriteTo([]byte{proto.LinkWhoByte}, k.addr)
 		}
-		return reset
+		return
 	}
 	tag := k.tag[:]
 	s.mu.Lock()
@@ -145,8 +143,7 @@ func (s *Server) keepalive(tr *quic.Transport, k keepalive, reset []byte) []byte
 		// fleet that crashed or restarted. The agent reconnects.
 		s.log.Debug("keep-alive for an unknown connection; telling it to reconnect", "addr", k.addr)
 		s.linkStats.resets.Add(1)
-		reset = proto.AppendLinkReset(reset[:0], proto.LinkResetToken(s.linkKey, tag))
-		tr.WriteTo(reset, k.addr)
+		tr.WriteTo(proto.AppendLinkReset(nil, proto.LinkResetToken(s.linkKey, tag)), k.addr)
 	case dc.qc.RemoteAddr().String() != addr:
 		s.heardNow(dc)
 		s.log.Debug("device keep-alive from a new address; poking it", "addr", k.addr, "conn_addr", dc.qc.RemoteAddr())
@@ -154,7 +151,6 @@ func (s *Server) keepalive(tr *quic.Transport, k keepalive, reset []byte) []byte
 	default:
 		s.heardNow(dc)
 	}
-	return reset
 }
 
 // setAddrLocked notes that dc's device sends keep-alives from addr. A
