@@ -270,6 +270,20 @@ type StreamHeader struct {
 	// Secret is the session's resume secret: the device must show it (on
 	// its own mTLS-authenticated tunnel) to re-attach the session.
 	Secret []byte `cbor:"6,keyasint,omitempty"`
+	// UserHeld says the user's client holds the fleet's end of the
+	// session's resume state (it asked for it: api.HeaderResume): the
+	// fleet only relays the session's frames, so the session outlives any
+	// replica. The agent does not re-attach such a session itself after a
+	// reconnect: the client does, through whichever replica it reaches,
+	// with a stream whose header says Resume.
+	UserHeld bool `cbor:"14,keyasint,omitempty"`
+	// Resume re-attaches the agent's user-held session SessionID (its
+	// Secret shown again) instead of starting one; Received is how many of
+	// the session's bytes the user's client has. The agent answers
+	// StreamAccept and then, on the stream, ResumeAccept with how many it
+	// has; the session's frames follow.
+	Resume   bool   `cbor:"15,keyasint,omitempty"`
+	Received uint64 `cbor:"16,keyasint,omitempty"`
 }
 
 // Resume starts a stream the agent opens after a reconnect to re-attach a

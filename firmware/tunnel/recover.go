@@ -439,13 +439,18 @@ func pongOf(p *pinger) <-chan struct{} {
 	return p.pong
 }
 
-// stalled returns the longest time a session has waited for an ack.
+// stalled returns the longest time a session has waited for an ack. A
+// user-held session does not count: its acks come from the user's
+// client, over the user's link too, and the fleet may hold them back
+// (a session it ended), so they say nothing of this link.
 func (c *Client) stalled() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var longest time.Duration
 	for _, s := range c.sessions {
-		longest = max(longest, s.conn.Stalled())
+		if !s.userHeld {
+			longest = max(longest, s.conn.Stalled())
+		}
 	}
 	return longest
 }
@@ -458,7 +463,7 @@ func (c *Client) attached() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.sessions {
-		if !s.conn.Attached() {
+		if !s.userHeld && !s.conn.Attached() { // the user's client re-attaches those
 			return false
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -193,6 +194,16 @@ type session struct {
 	id     string
 	secret []byte
 	conn   *resume.Conn
+	// userHeld: the user's client holds the fleet's end of the session
+	// (proto.StreamHeader.UserHeld); the fleet re-attaches it
+	// (reattachUserHeld), never the agent. user and login are whose it
+	// is: a re-attach must name them again.
+	userHeld    bool
+	user, login string
+	attachMu    sync.Mutex // serialises re-attaches of a user-held session
+	// fleetEnded: the fleet ended the session (SessionEnded); a user-held
+	// one is dropped once its service is done with it.
+	fleetEnded atomic.Bool
 
 	// Guarded by Client.mu: the connection a resume of the session is
 	// under way on (nil: none); and, for a session left without a
@@ -663,6 +674,10 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 			return
 		}
 	}
+	if h.Resume {
+		c.reattachUserHeld(conn, h)
+		return
+	}
 	c.mu.Lock()
 	dup := c.sessions[h.SessionID] != nil
 	stopping := c.stopping || ctx.Err() != nil
@@ -683,7 +698,7 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		conn.Close()
 		return
 	}
-	s := &session{id: h.SessionID, secret: h.Secret}
+	s := &session{id: h.SessionID, secret: h.Secret, userHeld: h.UserHeld, user: h.Identity.User, login: h.Identity.Login}
 	s.conn = resume.New(resume.Config{
 		Buffer: c.cfg.SessionBuffer, Hold: c.cfg.SessionHold, Budget: c.budget,
 		LocalAddr: qc.LocalAddr(), RemoteAddr: qc.RemoteAddr(),
@@ -718,6 +733,69 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		return
 	}
 	c.cfg.Handle(ctx, h, s.conn)
+	if s.userHeld && s.fleetEnded.Load() {
+		// The fleet ended it and cut the user's side: nobody will
+		// acknowledge what is left, nor re-attach it.
+		s.conn.Abort(errors.New("tunnel: the fleet ended the session"))
+	}
+}
+
+// SessionEnded tells the tunnel that the fleet ended session id
+// (proto.SessionEnd): a user-held session is dropped as soon as its
+// service has told the user why and closed it, rather than held for a
+// client that will not come back.
+func (c *Client) SessionEnded(id string) {
+	c.mu.Lock()
+	s := c.sessions[id]
+	c.mu.Unlock()
+	if s != nil {
+		s.fleetEnded.Store(true)
+	}
+}
+
+// reattachUserHeld re-attaches a user-held session to conn: the user's
+// client asked the fleet to (h.Resume), showing the session's secret. It
+// answers StreamAccept, then ResumeAccept with how many of the session's
+// bytes the agent has, and replays from what the client has
+// (h.Received). A session the agent does not hold (it ended, or the agent
+// restarted since) or that is another user's is refused.
+func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
+	refuse := func(code proto.ErrorCode, msg string) {
+		c.log.Warn("session re-attach refused", "session", h.SessionID, "user", h.Identity.User, "reason", msg)
+		proto.WriteMsg(conn, &proto.StreamAccept{Code: code, Message: msg})
+		conn.CloseWrite()
+	}
+	c.mu.Lock()
+	s := c.sessions[h.SessionID]
+	c.mu.Unlock()
+	if s == nil || !s.userHeld || subtle.ConstantTimeCompare(s.secret, h.Secret) != 1 {
+		refuse(proto.CodeNotFound, "the device's agent restarted, so the session could not be resumed (or the session had ended)")
+		return
+	}
+	if h.Identity.User != s.user || h.Identity.Login != s.login {
+		refuse(proto.CodeForbidden, "the session is another user's or login's")
+		return
+	}
+	s.attachMu.Lock()
+	defer s.attachMu.Unlock()
+	s.conn.Detach() // a transport the agent has not seen die yet
+	if err := proto.WriteMsg(conn, &proto.StreamAccept{}); err != nil {
+		conn.Close()
+		return
+	}
+	if err := proto.WriteMsg(conn, &proto.ResumeAccept{Received: s.conn.Received()}); err != nil {
+		conn.Close()
+		return
+	}
+	if err := s.conn.Attach(conn, h.Received); err != nil {
+		conn.Close()
+		if !errors.Is(err, io.EOF) {
+			s.conn.Abort(err)
+		}
+		c.log.Warn("session not re-attached", "session", s.id, "err", err)
+		return
+	}
+	c.log.Info("session re-attached by the user's client", "session", s.id)
 }
 
 // Sessions returns the number of live sessions.
@@ -734,7 +812,9 @@ func (c *Client) resumeAll(ctx context.Context, qc *quic.Conn, hint *proto.LinkH
 	c.mu.Lock()
 	list := make([]*session, 0, len(c.sessions))
 	for _, s := range c.sessions {
-		list = append(list, s)
+		if !s.userHeld { // the user's client re-attaches those
+			list = append(list, s)
+		}
 	}
 	c.mu.Unlock()
 	for _, s := range list {
@@ -851,7 +931,7 @@ func (c *Client) retryDetached(ctx context.Context, qc *quic.Conn) {
 	c.mu.Lock()
 	for _, s := range c.sessions {
 		switch {
-		case s.resuming != nil:
+		case s.userHeld || s.resuming != nil:
 		case s.conn.Attached():
 			s.detachedAt, s.retries = time.Time{}, 0
 		case s.detachedAt.IsZero():

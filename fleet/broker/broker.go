@@ -115,6 +115,12 @@ type Config struct {
 	// the grace is the time the device has to tell the user why, which a
 	// busy device needs (see Splicer).
 	EndGrace time.Duration
+	// UserHeld offers user-held sessions (CanHold) to clients that ask:
+	// set with several replicas, where a session must outlive the replica
+	// its user reached. One fleetd holds sessions itself, which lets it
+	// hurry a stalled transfer after a link outage (fleet/tunnelsrv's link
+	// hurries).
+	UserHeld bool
 	// Bytes, when set, is told of the bytes every stream carries as they
 	// pass: up to the device, down from it (fleet/metrics counts them by
 	// service). It must not block.
@@ -638,11 +644,22 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 		ClientAddr: g.Session.ClientAddr,
 	})
 	if err == nil {
-		if b.cfg.Bytes != nil {
-			conn = &countedConn{Conn: conn, service: g.Session.Service, tell: b.cfg.Bytes}
-		}
-		return conn, nil
+		return b.counted(g, conn), nil
 	}
+	return nil, b.openError(ctx, g, err)
+}
+
+// counted counts conn's bytes for the fleet's metrics, when it keeps them.
+func (b *Broker) counted(g *Grant, conn net.Conn) net.Conn {
+	if b.cfg.Bytes != nil {
+		return &countedConn{Conn: conn, service: g.Session.Service, tell: b.cfg.Bytes}
+	}
+	return conn
+}
+
+// openError says, as a *Refusal, why g's stream did not open (or is the
+// context's error when the user went away).
+func (b *Broker) openError(ctx context.Context, g *Grant, err error) error {
 	what, lastSeen, refuser := fmt.Sprintf("device %q", g.Device.Name), g.Device.LastSeen, "the device"
 	if g.Session.Cluster != "" {
 		what, lastSeen = fmt.Sprintf("the leaf cluster %q", g.Leaf.Name), g.Leaf.LastSeen
@@ -651,18 +668,18 @@ func (b *Broker) open(ctx context.Context, g *Grant, target, streamID string) (n
 	var pe *proto.Error
 	switch {
 	case b.cfg.Offline != nil && errors.Is(err, b.cfg.Offline):
-		return nil, &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("%s is offline: last seen %s", what, b.lastSeen(err, lastSeen))}
+		return &Refusal{Status: StatusOffline, Msg: fmt.Sprintf("%s is offline: last seen %s", what, b.lastSeen(err, lastSeen))}
 	case b.cfg.NoAnswer != nil && errors.Is(err, b.cfg.NoAnswer):
-		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer within %v (last seen %s); its link may be down",
+		return &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer within %v (last seen %s); its link may be down",
 			what, b.cfg.OpenTimeout, b.lastSeen(err, lastSeen))}
 	case errors.As(err, &pe) && pe.Code == proto.CodeForbidden:
-		return nil, &Refusal{Status: StatusForbidden, Msg: refuser + " refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
+		return &Refusal{Status: StatusForbidden, Msg: refuser + " refused: " + pe.Message, Fields: map[string]string{"rule": "device"}}
 	case errors.As(err, &pe) && pe.Code == proto.CodeNotFound:
-		return nil, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("%s does not offer it: %s", what, pe.Message), Fields: map[string]string{"rule": "device"}}
+		return &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("%s does not offer it: %s", what, pe.Message), Fields: map[string]string{"rule": "device"}}
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
-		return nil, err // the user went away
+		return err // the user went away
 	default:
-		return nil, &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer: %v", what, err)}
+		return &Refusal{Status: StatusNoAnswer, Msg: fmt.Sprintf("%s did not answer: %v", what, err)}
 	}
 }
 

@@ -29,15 +29,25 @@ import (
 // returned connection. The connection implements CloseWrite (a TLS
 // close_notify), to signal end of input while still reading.
 func (c *Client) Connect(ctx context.Context, device, login, service string) (net.Conn, error) {
-	if err := c.checkExpiry(); err != nil {
+	u, _, err := c.connect(ctx, device, login, service, nil)
+	if err != nil {
 		return nil, err
+	}
+	return u, nil
+}
+
+// connect is Connect with extra request headers; it returns the fleet's
+// 101 answer too.
+func (c *Client) connect(ctx context.Context, device, login, service string, extra http.Header) (*upgradedConn, *http.Response, error) {
+	if err := c.checkExpiry(); err != nil {
+		return nil, nil, err
 	}
 	op := "connect to " + device
 	conf := c.tls.Clone()
 	conf.NextProtos = []string{"http/1.1"}
 	raw, err := c.dial(ctx, "tcp", c.cfg.Addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tc := tls.Client(raw, conf)
 	// Until the upgrade is done, the exchange is bounded by ctx, and by
@@ -45,13 +55,13 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 	// says why a device did not answer, a timeout here would not.
 	tc.SetDeadline(c.cfg.Now().Add(c.cfg.Timeout + api.ConnectWait))
 	stop := context.AfterFunc(ctx, func() { tc.SetDeadline(time.Unix(1, 0)) })
-	fail := func(err error) (net.Conn, error) {
+	fail := func(err error) (*upgradedConn, *http.Response, error) {
 		stop()
 		tc.Close()
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
+			return nil, nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return fail(c.transportError(op, err))
@@ -65,6 +75,9 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 	req.Header.Set("Upgrade", api.UpgradeProto)
 	req.Header.Set(api.HeaderFrames, "1")
 	req.Header.Set("User-Agent", c.cfg.UserAgent)
+	for k, v := range extra {
+		req.Header[k] = v
+	}
 	if err := req.Write(tc); err != nil {
 		return fail(c.transportError(op, err))
 	}
@@ -85,7 +98,7 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 	if !stop() {
 		// ctx was cancelled while we read the answer.
 		tc.Close()
-		return nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
+		return nil, nil, fmt.Errorf("client: %s: %w", op, ctx.Err())
 	}
 	tc.SetDeadline(time.Time{})
 	u := &upgradedConn{Conn: tc, tc: tc, br: br, device: device, session: resp.Header.Get(api.HeaderSession), token: resp.Header.Get(api.HeaderSessionToken)}
@@ -93,7 +106,7 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 		u.frames = userframe.NewReader(rawReader{u})
 		u.frames.OnEnd = u.ended
 	}
-	return u, nil
+	return u, resp, nil
 }
 
 // OnEnd sets f to be called, from the goroutine reading conn (a
@@ -102,6 +115,12 @@ func (c *Client) Connect(ctx context.Context, device, login, service string) (ne
 // that, and before it closes. A fleet that does not frame its side
 // (api.HeaderFrames) never calls it: ask SessionEnd after the close.
 func OnEnd(conn net.Conn, f func(reason string)) {
+	if h, ok := conn.(*heldConn); ok {
+		h.mu.Lock()
+		h.onEnd = f
+		h.mu.Unlock()
+		return
+	}
 	if u, ok := conn.(*upgradedConn); ok {
 		u.mu.Lock()
 		u.onEnd = f
@@ -112,6 +131,11 @@ func OnEnd(conn net.Conn, f func(reason string)) {
 // EndReason returns the reason the fleet gave in-band for ending conn's
 // session, or "" when it gave none (yet).
 func EndReason(conn net.Conn) string {
+	if h, ok := conn.(*heldConn); ok {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.reason
+	}
 	if u, ok := conn.(*upgradedConn); ok {
 		u.mu.Lock()
 		defer u.mu.Unlock()
@@ -122,7 +146,7 @@ func EndReason(conn net.Conn) string {
 
 // SessionID returns the fleet's ID of a connection Connect returned, or "".
 func SessionID(conn net.Conn) string {
-	if u, ok := conn.(*upgradedConn); ok {
+	if u, ok := current(conn); ok {
 		return u.session
 	}
 	return ""
@@ -131,7 +155,7 @@ func SessionID(conn net.Conn) string {
 // SessionDevice returns the device a connection Connect returned reaches,
 // or "".
 func SessionDevice(conn net.Conn) string {
-	if u, ok := conn.(*upgradedConn); ok {
+	if u, ok := current(conn); ok {
 		return u.device
 	}
 	return ""
@@ -142,7 +166,7 @@ func SessionDevice(conn net.Conn) string {
 // certificate, which may have expired or been revoked by then: that is
 // often why the session ended.
 func (c *Client) SessionEnd(ctx context.Context, conn net.Conn) (*api.SessionEnd, error) {
-	u, ok := conn.(*upgradedConn)
+	u, ok := current(conn)
 	if !ok || u.session == "" || u.token == "" {
 		return nil, errors.New("client: session end: the fleet named no session for this connection")
 	}

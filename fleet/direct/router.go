@@ -46,6 +46,23 @@ func (r *Router) Open(ctx context.Context, id string, h *proto.StreamHeader) (ne
 	return r.Tunnels.Open(ctx, id, h)
 }
 
+// ErrNoTransport: the tunnels cannot open raw streams.
+var ErrNoTransport = errors.New("direct: the fleet's tunnels open no raw streams")
+
+// OpenTransport opens a raw stream down device id's tunnel (see
+// fleet/tunnelsrv's OpenTransport), for a session whose resume state the
+// caller or the user's client holds. A direct node holds no tunnel: the
+// broker does not ask for one (broker.CanHold).
+func (r *Router) OpenTransport(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error) {
+	to, ok := r.Tunnels.(interface {
+		OpenTransport(ctx context.Context, id string, h *proto.StreamHeader) (net.Conn, error)
+	})
+	if !ok {
+		return nil, ErrNoTransport
+	}
+	return to.OpenTransport(ctx, id, h)
+}
+
 // Send sends m to device id: a session end goes to the direct
 // connection that carries the session, if one does; anything else down
 // the tunnel.

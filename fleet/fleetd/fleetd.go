@@ -366,7 +366,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 			}
 			return "", nil, false
 		},
-		Audit: recorder, Cluster: cfg.Cluster, Bytes: met.Bytes, Logger: log, Now: now,
+		Audit: recorder, Cluster: cfg.Cluster, Bytes: met.Bytes, Logger: log, Now: now, UserHeld: reps != nil,
 		Clusters: leaves, OriginKeys: func(origin string) [][]byte { return roots.UserCAKeys(origin) },
 	})
 	kube = newKube(cfg, brk, log, now, recs)

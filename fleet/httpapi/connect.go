@@ -1,11 +1,17 @@
 package httpapi
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/devices"
@@ -124,10 +130,25 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		deny(&broker.Refusal{Status: broker.StatusInternal, Msg: "connection cannot be upgraded (HTTP/2?): use HTTP/1.1"})
 		return
 	}
+	if id := r.Header.Get(api.HeaderResume); id != "" && id != "1" {
+		// A refusal names the session it would have resumed.
+		ask.Action = "resume"
+		ask.Fields = withField(ask.Fields, "resumed_session", id)
+	}
 	g, err := b.Authorize(r.Context(), ask)
 	if err != nil {
 		refuse(err.(*broker.Refusal))
 		return
+	}
+	if id := r.Header.Get(api.HeaderResume); id != "" && id != "1" {
+		s.resumeHeld(w, r, hj, g, id, deny)
+		return
+	}
+	// A client that asks to hold the session's resume state gets it when
+	// the device is reached through its tunnel (broker.CanHold).
+	held := r.Header.Get(api.HeaderResume) == "1" && b.CanHold(g)
+	if held {
+		g.Ask.Fields = withField(g.Ask.Fields, "user_held", "true")
 	}
 	// Recorded (and registered) before the device hears of the session:
 	// the device's own events about it are checked against this record
@@ -138,7 +159,16 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		refuse(err.(*broker.Refusal))
 		return
 	}
-	conn, err := b.Open(r.Context(), g, "")
+	var conn net.Conn
+	var extra string
+	if held {
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		conn, _, err = b.OpenUserHeld(r.Context(), g, secret, false, 0)
+		extra = api.HeaderResumeSecret + ": " + base64.RawURLEncoding.EncodeToString(secret) + "\r\n"
+	} else {
+		conn, err = b.Open(r.Context(), g, "")
+	}
 	if err != nil {
 		var ref *broker.Refusal
 		if !errors.As(err, &ref) {
@@ -148,6 +178,92 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		deny(ref)
 		return
 	}
+	s.spliceUser(w, r, hj, sess, conn, held, extra)
+}
+
+// resumeHeld re-attaches the user-held session id (api.HeaderResume): the
+// user, authorised afresh in g, shows the session's secret and how much of
+// it their client has; the device answers how much it has, and the
+// session's frames flow again through this replica, whichever replica
+// carried them before.
+func (s *Server) resumeHeld(w http.ResponseWriter, r *http.Request, hj http.Hijacker, g *broker.Grant, id string, deny func(*broker.Refusal)) {
+	b := s.broker()
+	secret, errS := base64.RawURLEncoding.DecodeString(r.Header.Get(api.HeaderResumeSecret))
+	received, errR := strconv.ParseUint(r.Header.Get(api.HeaderResumeReceived), 10, 64)
+	switch {
+	case !validSessionID(id):
+		deny(&broker.Refusal{Status: broker.StatusBadRequest, Msg: "the session to resume is not a session ID"})
+		return
+	case errS != nil || len(secret) == 0 || errR != nil:
+		deny(&broker.Refusal{Status: broker.StatusBadRequest, Msg: "resuming a session needs its secret (" + api.HeaderResumeSecret + ") and how much of it the client has (" + api.HeaderResumeReceived + ")"})
+		return
+	case !b.CanHold(g):
+		deny(&broker.Refusal{Status: broker.StatusBadRequest, Msg: "this fleet cannot resume a session held by the client to this device"})
+		return
+	}
+	g.Session.ID = id
+	g.Ask.Fields = withField(withField(g.Ask.Fields, "user_held", "true"), "resumed", "true")
+	conn, devReceived, err := b.OpenUserHeld(r.Context(), g, secret, true, received)
+	if err != nil {
+		var ref *broker.Refusal
+		if !errors.As(err, &ref) {
+			ref = &broker.Refusal{Status: broker.StatusNoAnswer, Msg: err.Error()}
+		}
+		deny(ref)
+		return
+	}
+	// The session's earlier connection here, if any, ends as the device
+	// takes the new one: wait for it to be done with the ID.
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	err = b.Sessions().WaitDone(ctx, id)
+	cancel()
+	if err != nil {
+		conn.Close()
+		deny(&broker.Refusal{Status: broker.StatusUnavailable, Msg: "the session's earlier connection is still being taken down; try again"})
+		return
+	}
+	sess, err := b.Start(r.Context(), g, broker.StartOptions{})
+	if err != nil {
+		// Refused since the device took it back (a lock, say): the device
+		// ends its side now, not when its hold runs out.
+		conn.Close()
+		ref := err.(*broker.Refusal)
+		b.EndOnDevice(g, ref.Msg)
+		status, code := refusalStatus(ref.Status)
+		writeError(w, status, code, ref.Msg)
+		return
+	}
+	s.spliceUser(w, r, hj, sess, conn, true, api.HeaderResumeReceived+": "+strconv.FormatUint(devReceived, 10)+"\r\n")
+}
+
+// withField returns f with k set to v, making f when it is nil.
+func withField(f map[string]string, k, v string) map[string]string {
+	if f == nil {
+		f = map[string]string{}
+	}
+	f[k] = v
+	return f
+}
+
+// validSessionID reports whether id looks like a session ID the broker
+// makes (broker.NewID).
+func validSessionID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// spliceUser answers 101 (with extra header lines) and splices the user's
+// connection with the device's stream conn until the session ends. held
+// says the session is user-held: a device side that fails is then not the
+// session's end, only this connection's, which the client resumes.
+func (s *Server) spliceUser(w http.ResponseWriter, r *http.Request, hj http.Hijacker, sess *broker.Session, conn net.Conn, held bool, extra string) {
 	defer conn.Close()
 	// The session is live from here: the registry may end it (expiry,
 	// access removed) by telling the device, which tells the user and
@@ -155,6 +271,9 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	sess.OnEnd(func() { conn.Close() })
 	reason := ""
 	var st broker.Stats
+	if held {
+		st.Fields = map[string]string{"user_held": "true"}
+	}
 	defer func() { sess.Done(r.Context(), reason, st) }()
 	client, brw, err := hj.Hijack()
 	if err != nil {
@@ -165,9 +284,8 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	defer client.Close()
 	sess.OnEnd(func() { client.Close() })
 	framed := r.Header.Get(api.HeaderFrames) == "1"
-	extra := ""
 	if framed {
-		extra = api.HeaderFrames + ": 1\r\n"
+		extra += api.HeaderFrames + ": 1\r\n"
 	}
 	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n%s: %s\r\n%s\r\n",
 		api.UpgradeProto, api.HeaderSession, sess.ID(), api.HeaderSessionToken, sess.Token(), extra)
@@ -186,7 +304,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	// When the device's side fails, the reason is in the registry before
 	// the user's connection is closed: the user's client asks for it as
 	// soon as it sees the close.
-	opt := broker.SpliceOptions{Buffered: brw.Reader, DevFailed: func(err error) { sess.MarkDone(s.Tunnels.EndReason(err)) }}
+	opt := broker.SpliceOptions{Buffered: brw.Reader, DevFailed: func(err error) { sess.MarkDone(s.devEnd(err, held)) }}
 	if framed {
 		opt.Frames = userframe.NewWriter(client)
 	}
@@ -197,8 +315,20 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	sess.OnCut(sp.Cut)
 	st.Up, st.Down, devErr = sp.Run()
 	if devErr != nil {
-		reason = s.Tunnels.EndReason(devErr)
+		reason = s.devEnd(devErr, held)
 	}
+}
+
+// heldLinkLost is the end reason of a user-held session's connection whose
+// device side broke: the session itself goes on when the client resumes it.
+const heldLinkLost = "the fleet's stream to the device broke; the client may resume the session"
+
+// devEnd says why a session's connection ended when its device side failed.
+func (s *Server) devEnd(err error, held bool) string {
+	if held {
+		return heldLinkLost
+	}
+	return s.Tunnels.EndReason(err)
 }
 
 // refusalStatus maps a broker refusal to the API's answer: its status

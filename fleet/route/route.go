@@ -139,6 +139,21 @@ func (r *Router) Open(ctx context.Context, deviceID string, h *proto.StreamHeade
 	return conn, err
 }
 
+// OpenTransport opens a raw stream down deviceID's tunnel, on whichever
+// replica holds it (see tunnelsrv.Server.OpenTransport): the session's
+// resume state is held by the caller, or by the user's client (a
+// user-held session, fleet/broker), and the stream only carries its
+// frames. It waits for a device that is moving as Open does.
+func (r *Router) OpenTransport(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	conn, _, err := r.reach(ctx, deviceID, h, pathOpenRelay)
+	return conn, err
+}
+
 // headerBoot, in the answer to pathOpenRelay, is the boot ID of the agent
 // that accepted the stream.
 const headerBoot = "X-Agent-Boot"

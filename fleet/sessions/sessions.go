@@ -153,6 +153,7 @@ type Live struct {
 	// Guarded by r.mu.
 	ending string // why the registry ended it, once it did
 	done   bool
+	gone   chan struct{} // closed by Done
 }
 
 // New returns an empty registry.
@@ -201,7 +202,7 @@ func (r *Registry) Register(s Session, end func(reason string)) (*Live, error) {
 	s.Roles = slices.Clone(s.Roles)
 	s.KubeGroups = slices.Clone(s.KubeGroups)
 	s.OriginRoles = slices.Clone(s.OriginRoles)
-	l := &Live{r: r, s: s, end: end, token: rand.Text()}
+	l := &Live{r: r, s: s, end: end, token: rand.Text(), gone: make(chan struct{})}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -215,6 +216,24 @@ func (r *Registry) Register(s Session, end func(reason string)) (*Live, error) {
 		l.timer = time.AfterFunc(s.Expires.Sub(now), func() { r.endLive(l, expiredReason(s.Expires)) })
 	}
 	return l, nil
+}
+
+// WaitDone waits until no live session has ID id (one that is ending is
+// being taken down: a user-held session's earlier connection, whose user
+// connects again), or ctx is done.
+func (r *Registry) WaitDone(ctx context.Context, id string) error {
+	r.mu.Lock()
+	l := r.live[id]
+	r.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	select {
+	case <-l.gone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("sessions: session %s is still live: %w", id, ctx.Err())
+	}
 }
 
 // expiredReason is what a user whose certificate expired is told.
@@ -252,6 +271,7 @@ func (l *Live) Done(reason string) {
 		return
 	}
 	l.done = true
+	close(l.gone)
 	if r.live[l.s.ID] == l {
 		delete(r.live, l.s.ID)
 	}

@@ -262,3 +262,36 @@ func TestEndedIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitDone: a resumed session's new connection waits for its earlier
+// one to be done with the ID, and no longer than its context allows.
+func TestWaitDone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := New(Config{})
+		defer r.Close()
+		if err := r.WaitDone(t.Context(), "none"); err != nil {
+			t.Fatalf("no such session: %v", err)
+		}
+		l, _ := mustRegister(t, r, Session{ID: "s1", Service: "ssh", User: "alice"})
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if err := r.WaitDone(ctx, "s1"); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("live session: %v, want the deadline", err)
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- r.WaitDone(t.Context(), "s1") }()
+		synctest.Wait()
+		select {
+		case err := <-waited:
+			t.Fatalf("returned while the session is live: %v", err)
+		default:
+		}
+		l.Done("")
+		if err := <-waited; err != nil {
+			t.Fatalf("after Done: %v", err)
+		}
+		if _, err := r.Register(Session{ID: "s1", Service: "ssh", User: "alice"}, func(string) {}); err != nil {
+			t.Fatalf("register the ID again: %v", err)
+		}
+	})
+}

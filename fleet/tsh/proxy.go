@@ -69,7 +69,7 @@ func (r *runner) proxySSH(cmd *cobra.Command, target, cluster string) error {
 		return err
 	}
 	defer c.Close()
-	conn, err := c.Connect(ctx, device, login, "ssh")
+	conn, err := r.connectHeld(ctx, c, device, login)
 	if err != nil {
 		return connectError(err, st, device, login)
 	}
@@ -84,6 +84,21 @@ func (r *runner) proxySSH(cmd *cobra.Command, target, cluster string) error {
 		r.explainEnd(ctx, c, conn)
 	}
 	return err
+}
+
+// connectHeld connects to device's SSH service as login, holding the
+// session's resume state here (client.ConnectHeld): the session survives
+// the loss of the fleet replica this connection reaches, and tsh says so
+// on its standard error while it reconnects.
+func (r *runner) connectHeld(ctx context.Context, c *client.Client, device, login string) (net.Conn, error) {
+	conn, err := c.ConnectHeld(ctx, device, login, "ssh", 0)
+	if err != nil {
+		return nil, err
+	}
+	client.OnResume(conn, func(msg string) {
+		fmt.Fprintf(r.stdio.Err, "tsh: %s: %s\n", device, printable.Escape(msg))
+	})
+	return conn, nil
 }
 
 // printEnd tells the user why the fleet ended their session to device.

@@ -119,7 +119,7 @@ func (r *runner) dialSSH(ctx context.Context, c *client.Client, s *site, device,
 	if len(cas) == 0 {
 		return nil, errors.New("your login holds no SSH host CA key, so devices cannot be verified; run tsh login again, and tell your fleet admin if this repeats")
 	}
-	conn, err := c.Connect(ctx, device, login, "ssh")
+	conn, err := r.connectHeld(ctx, c, device, login)
 	if err != nil {
 		return nil, connectError(err, s, device, login)
 	}

@@ -75,6 +75,26 @@ const HeaderSessionToken = "X-Remoteler-Session-Token"
 // What the client sends up is never framed.
 const HeaderFrames = "X-Remoteler-Frames"
 
+// HeaderResume, sent with the value "1" by a client of /v1/connect, asks
+// for a session whose fleet end of the resume state (proto/resume) the
+// client holds itself: the session then outlives the fleetd replica the
+// client is connected to, and any other. The fleet's 101 answer carries
+// HeaderResumeSecret when it agreed; the upgraded connection then carries
+// proto/resume frames both ways (framed down when HeaderFrames asked for
+// it), to and from the device's agent. When it breaks without the fleet
+// saying why (HeaderFrames' end frame), the client connects again, to any
+// replica, with HeaderResume set to the session's ID, HeaderResumeSecret
+// to its secret and HeaderResumeReceived to how many of the session's
+// bytes it has; the 101 answer's HeaderResumeReceived says how many the
+// device has, and the session goes on from there. An answer 404 means the
+// device no longer holds the session; 403 that the user may no longer
+// reach the device.
+const (
+	HeaderResume         = "X-Remoteler-Resume"
+	HeaderResumeSecret   = "X-Remoteler-Resume-Secret"
+	HeaderResumeReceived = "X-Remoteler-Resume-Received"
+)
+
 // PathSessions is GET /v1/sessions/ID: how a brokered session ended (its own
 // user, or an admin).
 const PathSessions = "/v1/sessions"

@@ -79,6 +79,11 @@ type Config struct {
 	// OnDone is called once when the Conn is finished: both sides closed
 	// and everything acknowledged, or failed. err is nil for a clean end.
 	OnDone func(err error)
+	// OnDetach, when set, is called (on a goroutine of its own) each time
+	// the transport fails and the Conn starts waiting for a new one; not
+	// on Detach, nor when the Conn fails or finishes. The side that
+	// re-attaches (a client that dials again) starts from it.
+	OnDetach func()
 	// LocalAddr and RemoteAddr are reported by the Conn's methods.
 	LocalAddr, RemoteAddr net.Addr
 }
@@ -343,6 +348,15 @@ func (c *Conn) detachLocked() {
 	c.cond.Broadcast()
 }
 
+// lostLocked detaches a transport that failed, and says so (OnDetach)
+// when the Conn waits for another.
+func (c *Conn) lostLocked() {
+	c.detachLocked()
+	if c.cfg.OnDetach != nil && c.err == nil && c.holdT != nil {
+		go c.cfg.OnDetach()
+	}
+}
+
 func (c *Conn) startHoldLocked() {
 	if c.holdT != nil {
 		c.holdT.Stop()
@@ -596,7 +610,7 @@ func (c *Conn) readLoop(tr io.ReadWriteCloser, gen int) {
 			c.failLocked(err)
 			return
 		}
-		c.detachLocked()
+		c.lostLocked()
 	}
 }
 
@@ -781,7 +795,7 @@ func (c *Conn) writeLoop(tr io.ReadWriteCloser, gen int) {
 			if _, err := tr.Write(p); err != nil {
 				c.mu.Lock()
 				if c.gen == gen {
-					c.detachLocked()
+					c.lostLocked()
 				}
 				c.mu.Unlock()
 				return

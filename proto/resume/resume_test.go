@@ -510,3 +510,43 @@ func TestDataDeliveredAsItArrives(t *testing.T) {
 	}
 	pb.Close()
 }
+
+// TestOnDetachSaysWhenTheTransportFails: a failed transport calls OnDetach
+// (the client that dials again starts from it); an explicit Detach, a
+// clean finish and a failure do not.
+func TestOnDetachSaysWhenTheTransportFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		detached := make(chan struct{}, 4)
+		a := New(Config{OnDetach: func() { detached <- struct{}{} }})
+		b := New(Config{})
+		pa, pb := net.Pipe()
+		if err := a.Attach(pa, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Attach(pb, 0); err != nil {
+			t.Fatal(err)
+		}
+		a.Detach() // explicit: no call
+		synctest.Wait()
+		if len(detached) != 0 {
+			t.Fatal("OnDetach called for an explicit Detach")
+		}
+		b.Detach()
+		pa, pb = net.Pipe()
+		a.Attach(pa, b.Received())
+		b.Attach(pb, a.Received())
+		pb.Close() // the transport dies under a
+		synctest.Wait()
+		if len(detached) != 1 {
+			t.Fatalf("OnDetach called %d times after the transport died, want 1", len(detached))
+		}
+		if a.Attached() {
+			t.Fatal("a still attached after its transport died")
+		}
+		a.Abort(errors.New("gone"))
+		synctest.Wait()
+		if len(detached) != 1 {
+			t.Fatalf("OnDetach called %d times after Abort, want 1", len(detached))
+		}
+	})
+}

@@ -14,6 +14,110 @@ import (
 	"remoteler.dev/edge/tools/kube/kubetest"
 )
 
+// echoShell is a shell on pi-1 that echoes what it is sent, through one
+// of the fleet's clients.
+type echoShell struct {
+	p *harness.Proc
+	w *io.PipeWriter
+}
+
+// startEchoShell starts path args... (ssh or tsh, with env) running "echo
+// started; exec cat" on pi-1, and has it echo a line before the kill.
+func startEchoShell(t *testing.T, name, path string, env []string, args ...string) *echoShell {
+	t.Helper()
+	in, w := io.Pipe()
+	t.Cleanup(func() { w.Close() })
+	p := harness.Start(t, harness.Cmd{Name: name, Path: bin.Path(path), Stdin: in, Env: env, Args: args})
+	p.WaitLine(regexp.MustCompile(`^started$`), time.Minute)
+	fmt.Fprintln(w, "before the kill")
+	p.WaitLine(regexp.MustCompile(`^before the kill$`), 30*time.Second)
+	return &echoShell{p: p, w: w}
+}
+
+// goesOn checks the shell echoes a line after the kill, echoed the line
+// before it once, and exits cleanly when its input ends.
+func (e *echoShell) goesOn(t *testing.T) {
+	t.Helper()
+	fmt.Fprintln(e.w, "after the kill")
+	e.p.WaitLine(regexp.MustCompile(`^after the kill$`), time.Minute)
+	if got := strings.Count(e.p.Output(), "before the kill"); got != 1 {
+		t.Errorf("%s echoed the line before the kill %d times, want once", e.p.Name(), got)
+	}
+	e.w.Close()
+	if err := e.p.Wait(time.Minute); err != nil {
+		t.Errorf("%s ended with %v, want a clean exit once its input ended\n%s", e.p.Name(), err, e.p.Tail(10))
+	}
+}
+
+// copies are an OpenSSH scp upload and a download of 48 MiB each, to and
+// from pi-1, limited to copyRate.
+type copies struct {
+	up, down, upSrc, remoteSrc string
+	upSum, srcSum              [32]byte
+	scpUp, scpDown             *harness.Proc
+}
+
+const copySize = 48 << 20
+
+// startCopies starts the copies with OpenSSH config cfg and waits until
+// both are under way.
+func startCopies(t *testing.T, cfg string) *copies {
+	t.Helper()
+	dir := t.TempDir()
+	c := &copies{up: filepath.Join(dir, "uploaded"), down: filepath.Join(dir, "downloaded"), remoteSrc: filepath.Join(dir, "on-the-device")}
+	var src string
+	src, c.srcSum = randomFile(t, dir, copySize)
+	if err := os.Rename(src, c.remoteSrc); err != nil {
+		t.Fatal(err)
+	}
+	c.upSrc, c.upSum = randomFile(t, t.TempDir(), copySize)
+	c.scpUp = start(t, "scp up", nil, "scp", "-F", cfg, "-o", "BatchMode=yes", "-q", "-l", copyRate, c.upSrc, "root@pi-1.fleet:"+c.up)
+	c.scpDown = start(t, "scp down", nil, "scp", "-F", cfg, "-o", "BatchMode=yes", "-q", "-l", copyRate, "root@pi-1.fleet:"+c.remoteSrc, c.down)
+	if !harness.Eventually(time.Minute, func() bool { return sizeOf(c.up) >= 4<<20 && sizeOf(c.down) >= 4<<20 }) {
+		t.Fatalf("the copies did not get going: %d and %d bytes", sizeOf(c.up), sizeOf(c.down))
+	}
+	return c
+}
+
+// sizeOf is the size of the file at path, 0 if there is none.
+func sizeOf(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// killed notes that replica who was just killed, checks both copies were
+// still under way, and returns when.
+func (c *copies) killed(t *testing.T, who string) time.Time {
+	t.Helper()
+	upAt, downAt := sizeOf(c.up), sizeOf(c.down)
+	at := time.Now()
+	t.Logf("replica %s killed with %d of %d bytes uploaded and %d downloaded", who, upAt, copySize, downAt)
+	if upAt >= copySize || downAt >= copySize || c.scpUp.Exited() || c.scpDown.Exited() {
+		t.Fatalf("a copy was done before %s died (up %d, down %d of %d bytes): nothing was tested", who, upAt, downAt, copySize)
+	}
+	return at
+}
+
+// check waits for both copies and checks what arrived.
+func (c *copies) check(t *testing.T, who string, killed time.Time) {
+	t.Helper()
+	for _, p := range []*harness.Proc{c.scpUp, c.scpDown} {
+		if err := p.Wait(3 * time.Minute); err != nil {
+			t.Fatalf("%s across %s's death: %v\n%s", p.Name(), who, err, p.Tail(10))
+		}
+		t.Logf("%s done %v after %s was killed", p.Name(), time.Since(killed).Round(time.Millisecond), who)
+	}
+	if fileSum(t, c.up) != c.upSum {
+		t.Errorf("the upload that %s's death interrupted arrived with another checksum", who)
+	}
+	if fileSum(t, c.down) != c.srcSum {
+		t.Errorf("the download that %s's death interrupted arrived with another checksum", who)
+	}
+}
+
 // copyRate is the bandwidth limit of the copies that replica A's death
 // interrupts (scp -l, Kbit/s): 8 MB/s, so that 48 MiB take about 6 s and
 // A dies in the middle of both, on a fast machine too.
@@ -22,9 +126,12 @@ const copyRate = "64000"
 // TestSessionsOutliveTheirReplica: pi-1's tunnel is on replica A, alice
 // on replica C. In the middle of an OpenSSH scp upload and a download
 // through C, with an OpenSSH shell, a tsh ssh shell and a kubectl exec
-// open through C too, A is killed (kill -9). The device moves to B, B relays the agent's
-// resumes to C, which holds the sessions: both copies complete with the
-// right checksums, the shells and the exec go on where they were.
+// open through C too, A is killed (kill -9). The device moves to B. tsh
+// holds its sessions' resume state (and OpenSSH's, through tsh proxy
+// ssh): it resumes them through C, which re-attaches them on the device
+// through B; C holds the kubectl exec's, and B relays the agent's resume
+// of it to C. Both copies complete with the right checksums, the shells
+// and the exec go on where they were.
 func TestSessionsOutliveTheirReplica(t *testing.T) {
 	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
 	lf := startLockFleetWith(t, lockOptions{
@@ -33,94 +140,33 @@ func TestSessionsOutliveTheirReplica(t *testing.T) {
 		roles:     "lock-ops",
 	})
 	cfgC := lf.ssh[repC]
-	dir := t.TempDir()
-	const size = 48 << 20
-	src, srcSum := randomFile(t, dir, size)
-	remoteSrc := filepath.Join(dir, "on-the-device")
-	if err := os.Rename(src, remoteSrc); err != nil {
-		t.Fatal(err)
-	}
-	up, down := filepath.Join(dir, "uploaded"), filepath.Join(dir, "downloaded")
-	upSrc, upSum := randomFile(t, t.TempDir(), size)
-
-	// An OpenSSH shell through C that echoes what it is sent.
-	shellIn, shellW := io.Pipe()
-	t.Cleanup(func() { shellW.Close() })
-	shell := harness.Start(t, harness.Cmd{Name: "ssh shell via C", Path: bin.Path("ssh"), Stdin: shellIn,
-		Args: []string{"-F", cfgC, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo started; exec cat"}})
-	shell.WaitLine(regexp.MustCompile(`^started$`), time.Minute)
-	fmt.Fprintln(shellW, "before the kill")
-	shell.WaitLine(regexp.MustCompile(`^before the kill$`), 30*time.Second)
-
-	// A tsh ssh shell through C, the same.
-	tshIn, tshW := io.Pipe()
-	t.Cleanup(func() { tshW.Close() })
-	tshShell := harness.Start(t, harness.Cmd{Name: "tsh ssh via C", Path: bin.Path("tsh"), Stdin: tshIn, Env: lf.users[repC].Env(),
-		Args: []string{"ssh", "root@pi-1", "echo started; exec cat"}})
-	tshShell.WaitLine(regexp.MustCompile(`^started$`), time.Minute)
+	// An OpenSSH shell and a tsh ssh shell through C that echo what they
+	// are sent.
+	shell := startEchoShell(t, "ssh shell via C", "ssh", nil, "-F", cfgC, "-o", "BatchMode=yes", "root@pi-1.fleet", "echo started; exec cat")
+	tshShell := startEchoShell(t, "tsh ssh via C", "tsh", lf.users[repC].Env(), "ssh", "root@pi-1", "echo started; exec cat")
 
 	// A kubectl exec through C.
 	kx := startKubeExec(t, lf.users[repC], lf.kubeLogin(t, repC))
 
-	scpUp := start(t, "scp up via C", nil, "scp", "-F", cfgC, "-o", "BatchMode=yes", "-q", "-l", copyRate, upSrc, "root@pi-1.fleet:"+up)
-	scpDown := start(t, "scp down via C", nil, "scp", "-F", cfgC, "-o", "BatchMode=yes", "-q", "-l", copyRate, "root@pi-1.fleet:"+remoteSrc, down)
-	sizeOf := func(path string) int64 {
-		st, err := os.Stat(path)
-		if err != nil {
-			return 0
-		}
-		return st.Size()
-	}
-	if !harness.Eventually(time.Minute, func() bool { return sizeOf(up) >= 4<<20 && sizeOf(down) >= 4<<20 }) {
-		t.Fatalf("the copies did not get going: %d and %d bytes", sizeOf(up), sizeOf(down))
-	}
+	cp := startCopies(t, cfgC)
 	cMark := lf.reps[repC].Proc.Mark()
 	lf.reps[repA].Kill()
-	upAt, downAt := sizeOf(up), sizeOf(down)
-	killed := time.Now()
-	t.Logf("replica A killed with %d of %d bytes uploaded and %d downloaded", upAt, size, downAt)
-	if upAt >= size || downAt >= size || scpUp.Exited() || scpDown.Exited() {
-		t.Fatalf("a copy was done before A died (up %d, down %d of %d bytes): nothing was tested", upAt, downAt, size)
-	}
+	killed := cp.killed(t, "A")
 
 	if !harness.Eventually(time.Minute, func() bool { return replicaOf(lf.reps[repC], "pi-1") == "r-b" }) {
 		t.Fatalf("pi-1 not on replica B within a minute of A's death: on %q", replicaOf(lf.reps[repC], "pi-1"))
 	}
 	t.Logf("pi-1 on replica B %v after A was killed", time.Since(killed).Round(time.Millisecond))
-	// C held the sessions, and took them back through B.
-	if l, _, err := lf.reps[repC].Proc.AwaitLine(t.Context(), cMark, regexp.MustCompile(`session resumed.*device_id=`), time.Minute); err != nil {
+	// C held the exec's session, and took it back through B.
+	if l, _, err := lf.reps[repC].Proc.AwaitLine(t.Context(), cMark, regexp.MustCompile(`msg="session resumed".*device_id=`), time.Minute); err != nil {
 		t.Errorf("replica C logged no resumed session: %v", err)
 	} else {
 		t.Logf("replica C resumed a session %v after A was killed", l.At.Sub(killed).Round(time.Millisecond))
 	}
-	for _, p := range []*harness.Proc{scpUp, scpDown} {
-		if err := p.Wait(3 * time.Minute); err != nil {
-			t.Fatalf("%s across A's death: %v\n%s", p.Name(), err, p.Tail(10))
-		}
-		t.Logf("%s done %v after A was killed", p.Name(), time.Since(killed).Round(time.Millisecond))
-	}
-	if fileSum(t, up) != upSum {
-		t.Error("the upload that A's death interrupted arrived with another checksum")
-	}
-	if fileSum(t, down) != srcSum {
-		t.Error("the download that A's death interrupted arrived with another checksum")
-	}
+	cp.check(t, "A", killed)
 
-	fmt.Fprintln(shellW, "after the kill")
-	shell.WaitLine(regexp.MustCompile(`^after the kill$`), 30*time.Second)
-	if got := strings.Count(shell.Output(), "before the kill"); got != 1 {
-		t.Errorf("the shell echoed the line before the kill %d times, want once", got)
-	}
-	shellW.Close()
-	if err := shell.Wait(time.Minute); err != nil {
-		t.Errorf("the OpenSSH shell through C ended with %v, want a clean exit once its input ended\n%s", err, shell.Tail(10))
-	}
-	fmt.Fprintln(tshW, "typed into tsh after the kill")
-	tshShell.WaitLine(regexp.MustCompile(`^typed into tsh after the kill$`), 30*time.Second)
-	tshW.Close()
-	if err := tshShell.Wait(time.Minute); err != nil {
-		t.Errorf("tsh ssh through C ended with %v, want a clean exit once its input ended\n%s", err, tshShell.Tail(10))
-	}
+	shell.goesOn(t)
+	tshShell.goesOn(t)
 
 	// The pod's shell echoes a line, then prompts (kubectl's terminal is
 	// raw: nothing is echoed locally).
@@ -131,11 +177,11 @@ func TestSessionsOutliveTheirReplica(t *testing.T) {
 }
 
 // TestRelayedSessionEndsWhenTheAgentRestarts: pi-1's tunnel on replica A,
-// alice's tsh ssh through C, which holds the session. The agent dies
-// (kill -9) and comes back, on A again: the new agent cannot resume the
-// session, and C, told by the presence entry that names the new agent
-// boot, ends it at once with the reason, rather than holding it for the
-// ten minutes an outage may last.
+// alice's tsh ssh through C, tsh holding the session. The agent dies
+// (kill -9) and comes back, on A again: tsh's resume through C finds that
+// the new agent does not hold the session, and the session ends at once
+// with the reason (C records the refusal), rather than being tried for
+// the ten minutes an outage may last.
 func TestRelayedSessionEndsWhenTheAgentRestarts(t *testing.T) {
 	lf := startLockFleet(t)
 	ssh := start(t, "tsh ssh via C", lf.users[repC].Env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
@@ -157,8 +203,8 @@ func TestRelayedSessionEndsWhenTheAgentRestarts(t *testing.T) {
 	if got := replicaOf(lf.reps[repC], "pi-1"); got != "r-a" {
 		t.Errorf("pi-1 on %q after its restart, want r-a", got)
 	}
-	// C, which held the session, ended it when it heard of the new boot.
-	if _, _, err := lf.reps[repC].Proc.AwaitLine(t.Context(), cMark, regexp.MustCompile(`agent restarted on another replica; dropped its held sessions.*sessions=1`), 10*time.Second); err != nil {
-		t.Errorf("replica C did not drop the session for the new boot: %v", err)
+	// C refused the resume, and recorded why.
+	if _, _, err := lf.reps[repC].Proc.AwaitLine(t.Context(), cMark, regexp.MustCompile(`msg="access denied".*agent restarted, so the session could not be resumed.*action=resume.*resumed_session=`), 10*time.Second); err != nil {
+		t.Errorf("replica C recorded no refused resume: %v", err)
 	}
 }
