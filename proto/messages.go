@@ -284,6 +284,12 @@ type StreamHeader struct {
 	// has; the session's frames follow.
 	Resume   bool   `cbor:"15,keyasint,omitempty"`
 	Received uint64 `cbor:"16,keyasint,omitempty"`
+	// End, with Resume, ends the session with this message instead of
+	// re-attaching it: the fleet refused the user's resume because their
+	// access ended while their client was away. The agent checks the
+	// secret, user and login as for a re-attach, answers StreamAccept and
+	// ends the session as proto.SessionEnd would.
+	End string `cbor:"17,keyasint,omitempty"`
 }
 
 // Resume starts a stream the agent opens after a reconnect to re-attach a

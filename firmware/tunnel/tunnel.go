@@ -664,6 +664,12 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 	}
 	st.SetReadDeadline(time.Time{})
 	conn := quicconn.New(qc, st, r)
+	if h.Resume {
+		// A session the agent admitted already: the secret, user and
+		// login it was admitted with are the check.
+		c.reattachUserHeld(conn, h)
+		return
+	}
 	if c.cfg.Check != nil {
 		if err := c.cfg.Check(h); err != nil {
 			pe := &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
@@ -673,10 +679,6 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 			conn.CloseWrite()
 			return
 		}
-	}
-	if h.Resume {
-		c.reattachUserHeld(conn, h)
-		return
 	}
 	c.mu.Lock()
 	dup := c.sessions[h.SessionID] != nil
@@ -774,6 +776,17 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 	}
 	if h.Identity.User != s.user || h.Identity.Login != s.login {
 		refuse(proto.CodeForbidden, "the session is another user's or login's")
+		return
+	}
+	if h.End != "" {
+		// The fleet refused the user's resume (their access ended while
+		// they were away): the session ends here too, now.
+		proto.WriteMsg(conn, &proto.StreamAccept{})
+		conn.CloseWrite()
+		c.log.Info("the fleet ended a session its user could not resume", "session", s.id, "reason", h.End)
+		if c.cfg.OnMessage != nil {
+			c.cfg.OnMessage(&proto.SessionEnd{SessionID: s.id, Message: h.End})
+		}
 		return
 	}
 	s.attachMu.Lock()

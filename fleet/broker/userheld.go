@@ -107,3 +107,33 @@ func (b *Broker) EndOnDevice(g *Grant, reason string) {
 		b.log.Info("could not tell the device to end the session", "session", g.Session.ID, "err", err)
 	}
 }
+
+// EndRefusedResume ends, on its device, the user-held session id that ask
+// asked to resume, when the fleet refused (reason): the user's access
+// ended while their client was away, and the device, which holds the
+// session for the hold time, would otherwise keep its commands running
+// until then. The device ends it only when secret, user and login are the
+// session's: a refused caller cannot end another's session.
+func (b *Broker) EndRefusedResume(ctx context.Context, ask Ask, id string, secret []byte, reason string) error {
+	to, ok := b.cfg.Tunnels.(transportOpener)
+	if !ok {
+		return ErrNoUserHeld
+	}
+	dev, err := b.cfg.Devices.ByName(ctx, ask.Device)
+	if err != nil {
+		return err
+	}
+	conn, err := to.OpenTransport(ctx, dev.ID, &proto.StreamHeader{
+		Service:   ask.Service,
+		SessionID: id,
+		Identity:  proto.Identity{User: ask.User.Name, Login: ask.Login, Cluster: b.cfg.Cluster},
+		Secret:    secret,
+		UserHeld:  true,
+		Resume:    true,
+		End:       reason,
+	})
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}

@@ -94,13 +94,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, c *caller) 
 // roles, opens a stream down the device's tunnel, registers the live
 // session, answers 101 and splices the two.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
-	q := r.URL.Query()
-	service := q.Get("service")
-	if service == "" {
-		service = proto.ServiceSSH
-	}
-	ask := broker.Ask{Service: service, Kind: "ssh", User: c.user, Checker: c.checker, Device: q.Get("device"), Login: q.Get("login"),
-		ClientAddr: r.RemoteAddr, Expires: c.id.Expires}
+	ask := connectAsk(r, "")
+	service := ask.Service
+	ask.User, ask.Checker, ask.Expires = c.user, c.checker, c.id.Expires
 	if c.checker == nil {
 		ask.User.Name = c.name()
 	}
@@ -130,14 +126,18 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		deny(&broker.Refusal{Status: broker.StatusInternal, Msg: "connection cannot be upgraded (HTTP/2?): use HTTP/1.1"})
 		return
 	}
-	if id := r.Header.Get(api.HeaderResume); id != "" && id != "1" {
+	if id := resumedSession(r); id != "" {
 		// A refusal names the session it would have resumed.
 		ask.Action = "resume"
 		ask.Fields = withField(ask.Fields, "resumed_session", id)
 	}
 	g, err := b.Authorize(r.Context(), ask)
 	if err != nil {
-		refuse(err.(*broker.Refusal))
+		ref := err.(*broker.Refusal)
+		if ref.Status == broker.StatusForbidden || ref.Status == broker.StatusUnauthorized {
+			s.endRefusedResume(r, ask, ref.Msg)
+		}
+		refuse(ref)
 		return
 	}
 	if id := r.Header.Get(api.HeaderResume); id != "" && id != "1" {
@@ -228,12 +228,62 @@ func (s *Server) resumeHeld(w http.ResponseWriter, r *http.Request, hj http.Hija
 		// ends its side now, not when its hold runs out.
 		conn.Close()
 		ref := err.(*broker.Refusal)
-		b.EndOnDevice(g, ref.Msg)
+		if ref.Status == broker.StatusForbidden || ref.Status == broker.StatusUnauthorized {
+			b.EndOnDevice(g, ref.Msg)
+		}
 		status, code := refusalStatus(ref.Status)
 		writeError(w, status, code, ref.Msg)
 		return
 	}
 	s.spliceUser(w, r, hj, sess, conn, true, api.HeaderResumeReceived+": "+strconv.FormatUint(devReceived, 10)+"\r\n")
+}
+
+// resumedSession returns the ID of the user-held session that r asks to
+// resume (api.HeaderResume), or "".
+func resumedSession(r *http.Request) string {
+	if r.URL.Path != api.PathConnect {
+		return ""
+	}
+	if id := r.Header.Get(api.HeaderResume); id != "1" && validSessionID(id) {
+		return id
+	}
+	return ""
+}
+
+// endRefusedResume ends on its device the user-held session that r asked
+// to resume, if it did, when the fleet refused it for good with reason
+// (the user's access ended while their client was away: a lock, a role
+// change), so that the session does not run on until the device's hold
+// time ends. It does not wait: the user hears the refusal at once.
+func (s *Server) endRefusedResume(r *http.Request, ask broker.Ask, reason string) {
+	id := resumedSession(r)
+	if id == "" {
+		return
+	}
+	secret, err := base64.RawURLEncoding.DecodeString(r.Header.Get(api.HeaderResumeSecret))
+	if err != nil || len(secret) == 0 {
+		return
+	}
+	b := s.broker()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), api.ConnectWait)
+		defer cancel()
+		if err := b.EndRefusedResume(ctx, ask, id, secret, reason); err != nil {
+			s.log().Info("could not end a refused session on its device", "session", id, "device", ask.Device, "err", err)
+		}
+	}()
+}
+
+// connectAsk is the broker's ask of a connect request r by user, as far as
+// the request says it.
+func connectAsk(r *http.Request, user string) broker.Ask {
+	q := r.URL.Query()
+	ask := broker.Ask{Service: q.Get("service"), Kind: "ssh", Device: q.Get("device"), Login: q.Get("login"), ClientAddr: r.RemoteAddr}
+	if ask.Service == "" {
+		ask.Service = proto.ServiceSSH
+	}
+	ask.User.Name = user
+	return ask
 }
 
 // withField returns f with k set to v, making f when it is nil.

@@ -124,9 +124,14 @@ func (s *Server) refuseLocked(w http.ResponseWriter, r *http.Request, user strin
 	}
 	f := l.AuditFields()
 	f["action"] = action
-	s.audit().Warn("request refused", "event", "lock", "user", user, "lock", l.Lock.ID, "action", action)
+	if id := resumedSession(r); id != "" {
+		f["action"], f["resumed_session"] = "resume", id
+	}
+	s.audit().Warn("request refused", "event", "lock", "user", user, "lock", l.Lock.ID, "action", f["action"])
 	s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, User: user, Addr: r.RemoteAddr,
 		Message: l.Error(), Fields: f})
 	writeError(w, http.StatusForbidden, api.CodeForbidden, l.Error())
+	// A user-held session its client tried to resume ends on the device.
+	s.endRefusedResume(r, connectAsk(r, user), l.Error())
 	return true
 }

@@ -45,3 +45,47 @@ func TestSessionsOutliveTheUsersReplica(t *testing.T) {
 		t.Errorf("tsh did not say it resumed the session:\n%s", shell.p.Tail(10))
 	}
 }
+
+// TestLockWhileTheUserIsAway: alice's tsh ssh through C holds its
+// session; C is killed, and while tsh cannot reach any replica (it was
+// logged in through C alone), alice is locked through A. When C is back,
+// tsh's resume is refused with the lock's message, the refusal is
+// recorded, and the device ends its side of the session at once, rather
+// than holding it, and its command running, for the ten minutes of its
+// hold time.
+func TestLockWhileTheUserIsAway(t *testing.T) {
+	lf := startLockFleet(t)
+	ssh := start(t, "tsh ssh via C", lf.users[repC].Env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
+	ssh.WaitLine(regexp.MustCompile(`^started$`), time.Minute)
+	lf.reps[repC].Kill()
+	ssh.WaitLine(regexp.MustCompile(`resuming the session`), 30*time.Second)
+	const msg = "laptop reported stolen"
+	lf.lock(t, repA, "--user=alice", "--message="+msg)
+	agentMark := lf.agent.Proc.Mark()
+	lf.reps[repC].Start()
+	select {
+	case <-ssh.Done():
+	case <-time.After(time.Minute):
+		t.Fatalf("tsh ssh still runs a minute after C came back under the lock:\n%s", ssh.Tail(10))
+	}
+	if !strings.Contains(ssh.Output(), "the session to pi-1 ended: ") || !strings.Contains(ssh.Output(), msg) {
+		t.Errorf("tsh said %q, want the session ended with the lock's message %q", ssh.Output(), msg)
+	}
+	// The refusal is in the audit trail, naming the session.
+	refused := false
+	for _, e := range auditSearch(t, lf.reps[repA], "--type=access.denied", "--user=alice").Events {
+		if e.Fields["action"] == "resume" && e.Fields["resumed_session"] != "" && strings.Contains(e.Message, msg) {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Error("no access.denied event for the refused resume, with action=resume, the session and the lock's message")
+	}
+	// The device ends the session's command now.
+	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`the fleet ended a session its user could not resume.*`+msg), 30*time.Second); err != nil {
+		t.Errorf("the device did not end the session: %v", err)
+	}
+	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`sshd: session ended.*user=alice`), 30*time.Second); err != nil {
+		t.Errorf("the session's command still runs on the device: %v", err)
+	}
+}
