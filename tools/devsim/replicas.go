@@ -31,6 +31,9 @@ type ReplicasConfig struct {
 	RestartConfig
 	// Replicas is the number of fleetd replicas; default 3.
 	Replicas int
+	// LeaseTTL is each replica's etcd lease (fleetd --replica-lease-ttl);
+	// default 15s, fleetd's own.
+	LeaseTTL time.Duration
 }
 
 // Recovery is how devices came back after a replica was killed, or after
@@ -71,6 +74,7 @@ type ReplicaFigures struct {
 type ReplicasReport struct {
 	Count, Procs int
 	Settle       time.Duration
+	LeaseTTL     time.Duration // each replica's etcd lease
 	// JoinAndConnect is how long joining and first connecting every
 	// device took.
 	JoinAndConnect time.Duration
@@ -102,6 +106,9 @@ type ReplicasReport struct {
 func MeasureReplicas(ctx context.Context, cfg ReplicasConfig, out io.Writer) (*ReplicasReport, error) {
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 3
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 15 * time.Second
 	}
 	if cfg.Procs <= 0 {
 		cfg.Procs = 1
@@ -177,7 +184,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 		}
 		reps[i], err = harness.StartFleetErr(tb, harness.FleetConfig{
 			Listen: listen, Bin: bin, DataDir: filepath.Join(dir, "fleet-"+id), LogLevel: "warn", LogDir: dir, Name: "fleetd-" + id,
-			Args: []string{"--store", etcd.StoreURL("fleet"), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", "5s", "--replica-id", id},
+			Args: []string{"--store", etcd.StoreURL("fleet"), "--peer-listen", "127.0.0.1:0", "--replica-lease-ttl", cfg.LeaseTTL.String(), "--replica-id", id},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("devsim: replica %s: %w", id, err)
@@ -203,7 +210,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 		return nil, err
 	}
 
-	r := &ReplicasReport{Count: cfg.Count, Procs: cfg.Procs, Settle: cfg.Settle}
+	r := &ReplicasReport{Count: cfg.Count, Procs: cfg.Procs, Settle: cfg.Settle, LeaseTTL: cfg.LeaseTTL}
 	log.Info("joining and connecting devices", "devices", cfg.Count, "replicas", addrs, "balancers", lbAddrs)
 	if r.JoinAndConnect, err = joinAll(ctx, log, sim, simDone, simStopped); err != nil {
 		return nil, err
@@ -469,7 +476,7 @@ func procsStat(lbs []balancerProc) (rss int64, cpu time.Duration) {
 
 // Write prints the report as Markdown-friendly text.
 func (r *ReplicasReport) Write(w io.Writer) {
-	fmt.Fprintf(w, "## %d simulated devices over %d fleetd replicas on etcd\n\n", r.Count, len(r.Replicas))
+	fmt.Fprintf(w, "## %d simulated devices over %d fleetd replicas on etcd (leases of %s)\n\n", r.Count, len(r.Replicas), r.LeaseTTL)
 	fmt.Fprintf(w, "machine: %d CPUs, %s/%s; %d simulator processes, each behind its own balancer\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, r.Procs)
 	fmt.Fprintf(w, "joined and connected in %s\n", r.JoinAndConnect.Round(time.Millisecond))
 	fmt.Fprintf(w, "\nreplicas with every device connected, %s idle:\n", r.Settle)

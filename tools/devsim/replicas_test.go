@@ -32,7 +32,7 @@ func TestMeasureReplicasTiny(t *testing.T) {
 		Settle: 200 * time.Millisecond, Timeout: time.Minute,
 		Keepalive: 500 * time.Millisecond, Liveness: time.Second, IdleTimeout: 3 * time.Second,
 		Logger: logtest.Logger(t),
-	}}, &out)
+	}, LeaseTTL: 5 * time.Second}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}

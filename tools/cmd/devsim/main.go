@@ -5,7 +5,7 @@
 //	devsim --fleet 127.0.0.1:3080 --token JOIN --count 1000 --data DIR
 //	devsim restart [-count 1000] [-procs 1] [-quick] [-bin DIR]
 //	devsim cost [-count 1000] [-window 1m] [-check-in 5m] [-bin DIR]
-//	devsim replicas [-count 1000] [-procs 1] [-replicas 3] [-bin DIR]
+//	devsim replicas [-count 1000] [-procs 1] [-replicas 3] [-lease-ttl 15s] [-bin DIR]
 //	devsim balance -backends HOST:PORT,...
 //
 // The first form joins the devices that have no identity in DIR yet (the
@@ -202,6 +202,7 @@ func replicas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var cfg devsim.ReplicasConfig
 	quick, quiet := restartFlags(fs, &cfg.RestartConfig)
 	fs.IntVar(&cfg.Replicas, "replicas", 3, "number of fleetd replicas (on a 3-member etcd cluster)")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 15*time.Second, "each replica's etcd lease (fleetd --replica-lease-ttl)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: devsim replicas [flags]\n\n"+
 			"Starts a 3-member etcd cluster, fleetd replicas on it and a balancer per simulator process, joins simulated\n"+
