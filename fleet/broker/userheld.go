@@ -63,7 +63,8 @@ func (b *Broker) OpenUserHeld(ctx context.Context, g *Grant, secret []byte, resu
 	if err != nil {
 		var pe *proto.Error
 		if resume && errors.As(err, &pe) && pe.Code == proto.CodeNotFound {
-			return nil, 0, &Refusal{Status: StatusNotFound, Msg: fmt.Sprintf("%s: %s", g.Device.Name, pe.Message)}
+			// The user's client names the device already.
+			return nil, 0, &Refusal{Status: StatusNotFound, Msg: pe.Message}
 		}
 		return nil, 0, b.openError(ctx, g, err)
 	}
