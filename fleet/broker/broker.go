@@ -752,11 +752,7 @@ func (b *Broker) Start(ctx context.Context, g *Grant, opt StartOptions) (*Sessio
 	}
 	end := opt.End
 	if end == nil {
-		end = func(reason string) {
-			if err := b.cfg.Tunnels.Send(g.Session.DeviceID, &proto.SessionEnd{SessionID: g.Session.ID, Message: reason}); err != nil {
-				b.log.Info("could not tell the device to end the session; closing it", "session", g.Session.ID, "err", err)
-			}
-		}
+		end = func(reason string) { b.EndOnDevice(g, reason) }
 	}
 	live, err := b.cfg.Sessions.Register(g.Session, func(reason string) {
 		s.cut(reason)

@@ -99,13 +99,14 @@ func (r byteAtATime) ReadByte() (byte, error) {
 	return b[0], nil
 }
 
-// EndOnDevice tells g's device that g's session has ended, with reason:
+// EndOnDevice tells g's device that g's session has ended, with reason
+// (proto.SessionEnd): how the registry ends a session by default, and how
 // a user-held session the fleet refused to resume after the device took
 // it back (a lock came in between) ends on the device now, not when its
 // hold runs out.
 func (b *Broker) EndOnDevice(g *Grant, reason string) {
 	if err := b.cfg.Tunnels.Send(g.Session.DeviceID, &proto.SessionEnd{SessionID: g.Session.ID, Message: reason}); err != nil {
-		b.log.Info("could not tell the device to end the session", "session", g.Session.ID, "err", err)
+		b.log.Info("could not tell the device to end the session; closing it", "session", g.Session.ID, "err", err)
 	}
 }
 

@@ -40,6 +40,17 @@ func TestSessionsOutliveTheUsersReplica(t *testing.T) {
 		t.Logf("replica B resumed a session %v after C was killed", l.At.Sub(killed).Round(time.Millisecond))
 	}
 	cp.check(t, "C", killed)
+	// In the audit trail, not only on B's log: a session.start of alice's,
+	// marked user-held and resumed.
+	resumed := false
+	for _, e := range auditSearch(t, rf.reps[repB], "--type=session.start", "--user=alice").Events {
+		if e.Fields["user_held"] == "true" && e.Fields["resumed"] == "true" {
+			resumed = true
+		}
+	}
+	if !resumed {
+		t.Error("no session.start in the audit trail marked user_held=true resumed=true")
+	}
 	shell.goesOn(t)
 	if !strings.Contains(shell.p.Output(), "session resumed") {
 		t.Errorf("tsh did not say it resumed the session:\n%s", shell.p.Tail(10))
