@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"remoteler.dev/edge/fleet/devices"
 	"remoteler.dev/edge/fleet/linkhist"
@@ -140,6 +141,9 @@ func TestBrowserDevicesLive(t *testing.T) {
 	b.Do("clear", chromedp.Evaluate[chromedp.Void](`(function () { var q = document.getElementById('q'); q.value = ''; q.dispatchEvent(new Event('input', {bubbles: true})); })()`),
 		chromedp.SendKeys(chromedp.ID("label"), "site=north"))
 	poll(t, b, "the label filter", `document.querySelectorAll('table.devices a.name').length === 3`)
+	// A status chosen with the keyboard filters too.
+	b.Do("choose a status", chromedp.Focus(chromedp.ID("status")), chromedp.KeyEvent(kb.ArrowDown))
+	poll(t, b, "the status filter", `location.search.includes('status=online') && document.querySelectorAll('table.devices a.name').length === 0`)
 	// A count is a filter.
 	b.Do("click offline", chromedp.Click(chromedp.CSS(`a.count.offline`)))
 	poll(t, b, "the offline filter", `location.search.includes('status=offline') && document.querySelector('a.count.offline.active')`)
@@ -148,6 +152,53 @@ func TestBrowserDevicesLive(t *testing.T) {
 	if got := eval[string](t, b, "document.activeElement.id"); got != "q" {
 		t.Errorf("after /, the focus is on %q, want the search box", got)
 	}
+}
+
+// TestBrowserClickDuringRedraw: a click whose press and release straddle a
+// live update is not lost. The update waits while the button is held, and
+// is drawn on release; a filter typed a moment before does not redraw the
+// region again when the focus leaves the box.
+func TestBrowserClickDuringRedraw(t *testing.T) {
+	f := newFixture(t, false)
+	b := browse(t, f, "bob", browsertest.Options{})
+	b.Do("open the devices", chromedp.WaitVisible(chromedp.CSS("table.devices")))
+	poll(t, b, "the live stream", `document.querySelector('#fleet').dataset.live === 'open'`)
+	b.Do("type", chromedp.SendKeys(chromedp.ID("label"), "site=north"))
+	poll(t, b, "the label filter", `location.search.includes('label=site') && document.querySelector('#fleet').dataset.live === 'open'`)
+	center := func(sel string) (float64, float64) {
+		r := eval[[]float64](t, b, fmt.Sprintf(`(function () { var r = document.querySelector(%q).getBoundingClientRect(); return [r.x + r.width/2, r.y + r.height/2]; })()`, sel))
+		return r[0], r[1]
+	}
+	press := func(x, y float64) {
+		b.Do("press", chromedp.MouseEvent(chromedp.MousePressed, x, y, chromedp.ButtonLeft, chromedp.ClickCount(1)))
+	}
+	release := func(x, y float64) {
+		b.Do("release", chromedp.MouseEvent(chromedp.MouseReleased, x, y, chromedp.ButtonLeft, chromedp.ClickCount(1)))
+	}
+
+	// Held on a count, right after typing, while an update comes: the
+	// click still filters.
+	b.Do("mark", chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
+	x, y := center("a.count.offline")
+	press(x, y)
+	f.links.set(f.ids["pi-1"], true, 20*time.Millisecond)
+	poll(t, b, "the update to wait", `document.querySelector('#fleet').dataset.held === 'true'`)
+	release(x, y)
+	poll(t, b, "the offline filter", `location.search.includes('status=offline') && location.search.includes('label=site') && !!document.querySelector('a.count.offline.active') && window.notReloaded === undefined`)
+
+	// Held on the heading, with no click to make: the update waits, and
+	// is drawn on release.
+	b.Do("the label filter again", chromedp.Navigate(f.http.URL+"/web/?label=site%3Dnorth"))
+	poll(t, b, "the live stream", `document.querySelector('#fleet').dataset.live === 'open'`)
+	x, y = center("h1")
+	press(x, y)
+	f.links.set(f.ids["pi-1"], false, 0)
+	poll(t, b, "the update to wait", `document.querySelector('#fleet').dataset.held === 'true'`)
+	if eval[bool](t, b, fmt.Sprintf(`!!document.querySelector('#d-%s.is-offline')`, f.ids["pi-1"])) {
+		t.Error("the update was drawn while the button was held")
+	}
+	release(x, y)
+	poll(t, b, "the update on release", fmt.Sprintf(`!!document.querySelector('#d-%s.is-offline') && !document.querySelector('#fleet').dataset.held`, f.ids["pi-1"]))
 }
 
 // TestBrowserChartsAndPlayer: the device page draws its link charts from

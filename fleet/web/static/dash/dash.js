@@ -375,6 +375,31 @@
     parked = [];
   }
 
+  // A live update waits while a button is held down on the page: a click
+  // whose press and release straddled a redraw would press one element and
+  // release on its replacement, and the browser would drop the click. The
+  // newest update for each region is kept and swapped in on release, after
+  // the click has done what it does.
+  var pressed = false, held = [];
+  function release() {
+    pressed = false;
+    var updates = held;
+    held = [];
+    updates.forEach(function (u) {
+      delete u.el.dataset.held;
+      if (!document.body.contains(u.el)) return;
+      htmx.swap(u.el, u.data, { swapStyle: u.el.getAttribute("hx-swap") || "innerHTML" });
+      times(u.el);
+    });
+  }
+  function hold(e) {
+    if (!pressed) return;
+    e.preventDefault();
+    held = held.filter(function (u) { return u.el !== e.target; });
+    held.push({ el: e.target, data: e.detail.data });
+    e.target.dataset.held = "true";
+  }
+
   function init() {
     times();
     charts();
@@ -385,6 +410,10 @@
     // Live regions swapped in by htmx get their relative times too.
     document.body.addEventListener("htmx:afterSettle", function (e) { times(e.target); });
     document.body.addEventListener("htmx:sseMessage", function (e) { times(e.target); });
+    document.addEventListener("pointerdown", function () { pressed = true; }, true);
+    document.addEventListener("pointerup", function () { setTimeout(release, 0); }, true);
+    document.addEventListener("pointercancel", release, true);
+    document.body.addEventListener("htmx:sseBeforeMessage", hold);
     // The live stream's state, on the element that holds it.
     document.body.addEventListener("htmx:sseOpen", function (e) {
       e.target.dataset.live = "open";
