@@ -83,3 +83,35 @@ func TestClusterInfoCheck(t *testing.T) {
 		})
 	}
 }
+
+func TestHeldSessionsCheck(t *testing.T) {
+	one := HeldSession{SessionID: "s1", Service: ServiceSSH, User: "alice", Roles: []string{"access"}, Login: "pi"}
+	with := func(f func(*HeldSession)) HeldSessions {
+		s := one
+		f(&s)
+		return HeldSessions{Sessions: []HeldSession{s}}
+	}
+	tests := []struct {
+		name    string
+		list    HeldSessions
+		wantErr string
+	}{
+		{"empty", HeldSessions{}, ""},
+		{"one", HeldSessions{Sessions: []HeldSession{one}}, ""},
+		{"too many", HeldSessions{Sessions: make([]HeldSession, MaxHeldSessions+1)}, "at most"},
+		{"no ID", with(func(s *HeldSession) { s.SessionID = "" }), "lacks"},
+		{"no user", with(func(s *HeldSession) { s.User = "" }), "lacks"},
+		{"escape in user", with(func(s *HeldSession) { s.User = "a\x1b[2Jb" }), "user: "},
+		{"long login", with(func(s *HeldSession) { s.Login = strings.Repeat("x", 257) }), "login: "},
+		{"escape in a role", with(func(s *HeldSession) { s.Roles = []string{"ok", "\u202e"} }), "a role: "},
+		{"too many roles", with(func(s *HeldSession) { s.Roles = make([]string, MaxHeldRoles+1) }), "roles; at most"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.list.Check()
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("got %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}

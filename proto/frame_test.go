@@ -64,6 +64,10 @@ func sampleMessages() []Message {
 		&StreamHeader{Service: ServiceCluster, SessionID: "s4", Identity: Identity{User: "fleetctl", Cluster: "root", Admin: true}},
 		&StreamHeader{Service: ServiceSSH, SessionID: "s5", Identity: Identity{User: "alice", Login: "pi", Cluster: "root", UserCAKeys: [][]byte{{7, 8}}}},
 		&Hello{ProtocolVersion: Version, Name: "plc-1", Direct: "10.0.0.7:4433"},
+		&AgentStream{Service: ServiceHeld},
+		&HeldSessions{},
+		&HeldSessions{Sessions: []HeldSession{{SessionID: "s6", Service: ServiceSSH, User: "alice", Roles: []string{"access"}, Login: "pi",
+			Started: 1700000000000, Expires: 1700000600000, NoFileCopy: true}}},
 	}
 }
 

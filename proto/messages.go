@@ -27,7 +27,8 @@ const (
 	KindUpdateStatus   Kind = 18
 	KindAgentStream    Kind = 19
 	KindClusterInfo    Kind = 20
-	kindEnd            Kind = 21 // one past the last kind
+	KindHeldSessions   Kind = 21
+	kindEnd            Kind = 22 // one past the last kind
 )
 
 var kindNames = [...]string{
@@ -51,6 +52,7 @@ var kindNames = [...]string{
 	KindUpdateStatus:   "update-status",
 	KindAgentStream:    "agent-stream",
 	KindClusterInfo:    "cluster-info",
+	KindHeldSessions:   "held-sessions",
 }
 
 func (k Kind) String() string {
@@ -454,6 +456,8 @@ func newMessage(k Kind) Message {
 		return new(AgentStream)
 	case KindClusterInfo:
 		return new(ClusterInfo)
+	case KindHeldSessions:
+		return new(HeldSessions)
 	}
 	return nil
 }

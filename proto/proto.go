@@ -87,6 +87,17 @@
 // removed its trust tells its root so before it closes its tunnel. An
 // older root refuses that last cluster-info (an unknown key); it then
 // learns of the removal only from the tunnel's absence, as before.
+//
+// Revision of 2026-12-07, user-held sessions: the stream header's
+// UserHeld, Resume, Received and End (keys 14 to 17): the user's client
+// holds the fleet's end of a session's resume state, and re-attaches or
+// ends it through any replica. An older agent refuses such a header (an
+// unknown key) and the session does not open: update agents before a
+// fleet runs several replicas, the only fleet that sends them.
+// Held-sessions (kind 21), which an agent sends on an agent stream of
+// service "held" (ServiceHeld) to list the user-held sessions it holds
+// for away users; an older fleet closes that stream (an unknown service),
+// and the agent does not open it again on that connection.
 package proto
 
 import "fmt"

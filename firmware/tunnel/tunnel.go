@@ -173,6 +173,7 @@ type Client struct {
 	log          *slog.Logger
 	linkChange   chan struct{}
 	sessionAdded chan struct{} // wakes the stall watcher
+	heldChanged  chan struct{} // wakes reportHeld
 
 	up        atomic.Bool
 	reconnect atomic.Int64
@@ -200,7 +201,9 @@ type session struct {
 	// is: a re-attach must name them again.
 	userHeld    bool
 	user, login string
-	attachMu    sync.Mutex // serialises re-attaches of a user-held session
+	// held is how reportHeld describes a user-held session to the fleet.
+	held     proto.HeldSession
+	attachMu sync.Mutex // serialises re-attaches of a user-held session
 	// fleetEnded: the fleet ended the session (SessionEnded); a user-held
 	// one is dropped once its service is done with it.
 	fleetEnded atomic.Bool
@@ -220,7 +223,8 @@ func New(cfg Config) *Client {
 	cfg.setDefaults()
 	return &Client{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"), linkChange: make(chan struct{}, 1), sessionAdded: make(chan struct{}, 1),
-		sessions: map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
+		heldChanged: make(chan struct{}, 1),
+		sessions:    map[string]*session{}, budget: resume.NewBudget(cfg.SessionBudget),
 		bootID: rand.Text(), tickets: tls.NewLRUClientSessionCache(4),
 	}
 }
@@ -425,10 +429,14 @@ func (c *Client) session(ctx context.Context) error {
 	d.paths = paths
 	paths.start()
 	defer paths.close()
-	wg.Add(4)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		c.acceptStreams(ctx, sctx, qc)
+	}()
+	go func() {
+		defer wg.Done()
+		c.reportHeld(sctx, qc)
 	}()
 	go func() {
 		defer wg.Done()
@@ -701,15 +709,26 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		return
 	}
 	s := &session{id: h.SessionID, secret: h.Secret, userHeld: h.UserHeld, user: h.Identity.User, login: h.Identity.Login}
+	var onDetach func()
+	if s.userHeld {
+		id := &h.Identity
+		s.held = proto.HeldSession{SessionID: h.SessionID, Service: h.Service, User: id.User, Roles: id.Roles, Login: id.Login,
+			Started: c.cfg.Now().UnixMilli(), Expires: id.Expires, NoPortForwarding: id.NoPortForwarding, NoFileCopy: id.NoFileCopy}
+		onDetach = c.heldChange
+	}
 	s.conn = resume.New(resume.Config{
 		Buffer: c.cfg.SessionBuffer, Hold: c.cfg.SessionHold, Budget: c.budget,
 		LocalAddr: qc.LocalAddr(), RemoteAddr: qc.RemoteAddr(),
+		OnDetach: onDetach,
 		OnDone: func(err error) {
 			c.mu.Lock()
 			if c.sessions[s.id] == s {
 				delete(c.sessions, s.id)
 			}
 			c.mu.Unlock()
+			if s.userHeld {
+				c.heldChange()
+			}
 			if err != nil {
 				c.log.Info("session ended", "session", s.id, "err", err)
 			}
@@ -752,6 +771,9 @@ func (c *Client) SessionEnded(id string) {
 	c.mu.Unlock()
 	if s != nil {
 		s.fleetEnded.Store(true)
+		if s.userHeld {
+			c.heldChange()
+		}
 	}
 }
 
@@ -784,6 +806,7 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 		proto.WriteMsg(conn, &proto.StreamAccept{})
 		conn.CloseWrite()
 		c.log.Info("the fleet ended a session its user could not resume", "session", s.id, "reason", h.End)
+		c.SessionEnded(s.id)
 		if c.cfg.OnMessage != nil {
 			c.cfg.OnMessage(&proto.SessionEnd{SessionID: s.id, Message: h.End})
 		}
@@ -808,6 +831,7 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 		c.log.Warn("session not re-attached", "session", s.id, "err", err)
 		return
 	}
+	c.heldChange()
 	c.log.Info("session re-attached by the user's client", "session", s.id)
 }
 

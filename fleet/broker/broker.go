@@ -154,6 +154,9 @@ type Recorder interface {
 type Broker struct {
 	cfg Config
 	log *slog.Logger
+
+	heldMu sync.Mutex
+	held   map[string]net.Conn // each device's ServeHeld stream
 }
 
 // New returns a Broker for cfg.

@@ -426,9 +426,17 @@ func TestSessionsAndRecordings(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer live.Done("")
+	// A session the device holds for bob while he is away (his client's
+	// connection broke) is listed as such.
+	away, err := f.sessions.Register(sessions.Session{ID: "away-1", Service: proto.ServiceSSH, Kind: "ssh", User: "bob", Login: "pi",
+		DeviceID: f.ids["pi-1"], DeviceName: "pi-1", Started: time.Now(), Away: true}, func(string) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer away.Withdraw()
 	bob, alice := f.client("bob"), f.client("alice")
 	_, body := bob.get("/web/sessions")
-	mustContain(t, body, `href="/web/recordings/r-bob"`, "192.0.2.7:1234")
+	mustContain(t, body, `href="/web/recordings/r-bob"`, "192.0.2.7:1234", "held on the device; its user is away")
 	mustNotContain(t, body, "r-alice")
 	_, body = alice.get("/web/sessions")
 	mustContain(t, body, `href="/web/recordings/r-bob"`, `href="/web/recordings/r-alice"`)
@@ -447,7 +455,7 @@ func TestSessionsAndRecordings(t *testing.T) {
 	// The device page lists the live session and the recording.
 	f.view.Refresh()
 	_, body = bob.get("/web/devices/pi-1")
-	mustContain(t, body, "192.0.2.7:1234", `href="/web/recordings/r-bob"`, "1 open session")
+	mustContain(t, body, "192.0.2.7:1234", `href="/web/recordings/r-bob"`, "2 open sessions")
 }
 
 // readEvent reads the next server-sent event of a stream.

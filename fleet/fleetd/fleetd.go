@@ -303,6 +303,17 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	if err != nil {
 		return fmt.Errorf("fleetd: ota: %w", err)
 	}
+	// Devices report the sessions they hold for away users (set below,
+	// once the broker exists, before any tunnel runs).
+	var serveHeld func(ctx context.Context, id string, conn net.Conn)
+	ota := tcfg.OnAgentStream
+	tcfg.OnAgentStream = func(ctx context.Context, id, service string, conn net.Conn) {
+		if service == proto.ServiceHeld {
+			serveHeld(ctx, id, conn)
+			return
+		}
+		ota(ctx, id, service, conn)
+	}
 	// Trusted clusters, as a root: leaves tunnel in like devices, with
 	// certificates of their own kind.
 	// A leaf that removes its trust says so: the sessions relayed to it
@@ -369,6 +380,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		Audit: recorder, Cluster: cfg.Cluster, Bytes: met.Bytes, Logger: log, Now: now, UserHeld: reps != nil,
 		Clusters: leaves, OriginKeys: func(origin string) [][]byte { return roots.UserCAKeys(origin) },
 	})
+	serveHeld = brk.ServeHeld
 	kube = newKube(cfg, brk, log, now, recs)
 	defer kube.Close()
 

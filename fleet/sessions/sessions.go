@@ -90,6 +90,12 @@ type Session struct {
 	Origin      string
 	OriginRoles []string
 	Via         string
+
+	// Away says the device holds the session for its user, who is away:
+	// a user-held session between two of its client's connections, as
+	// the device reported it (proto.ServiceHeld). Ending it ends it on
+	// the device.
+	Away bool
 }
 
 // ErrUndecided is what Config.Check returns (wrapped) when it cannot decide
@@ -288,6 +294,30 @@ func (l *Live) Done(reason string) {
 		}
 	}
 	r.ended[l.s.ID] = &record{token: l.token, end: end}
+}
+
+// Withdraw removes the session without recording an end: it did not end
+// here, it goes on elsewhere (a session held on its device for an away
+// user, which the user's client took back). A session the registry is
+// ending is recorded as Done would.
+func (l *Live) Withdraw() {
+	r := l.r
+	r.mu.Lock()
+	ending := l.ending != ""
+	if !ending && !l.done {
+		if l.timer != nil {
+			l.timer.Stop()
+		}
+		l.done = true
+		close(l.gone)
+		if r.live[l.s.ID] == l {
+			delete(r.live, l.s.ID)
+		}
+	}
+	r.mu.Unlock()
+	if ending {
+		l.Done("")
+	}
 }
 
 // endLocked describes l, live.

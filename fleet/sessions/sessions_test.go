@@ -295,3 +295,42 @@ func TestWaitDone(t *testing.T) {
 		}
 	})
 }
+
+// TestWithdraw: a withdrawn session leaves the registry without an end on
+// record, and wakes WaitDone; one the registry is ending is recorded.
+func TestWithdraw(t *testing.T) {
+	r := New(Config{})
+	defer r.Close()
+	l, _ := mustRegister(t, r, Session{ID: "s1", Service: "ssh", User: "alice", Away: true})
+	l.Withdraw()
+	if err := r.WaitDone(t.Context(), "s1"); err != nil {
+		t.Fatalf("WaitDone after Withdraw: %v", err)
+	}
+	if n := len(r.List(Filter{})); n != 0 {
+		t.Fatalf("%d sessions listed after Withdraw", n)
+	}
+	if end, ok := r.Ended("s1"); ok {
+		t.Fatalf("a withdrawn session has an end on record: %+v", end)
+	}
+	l.Withdraw() // twice is harmless
+	l.Done("")
+	if _, ok := r.Ended("s1"); ok {
+		t.Fatal("Done after Withdraw recorded an end")
+	}
+
+	ended := make(chan string, 1)
+	l2, err := r.Register(Session{ID: "s2", Service: "ssh", User: "bob", Away: true}, func(reason string) { ended <- reason })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.End(func(s *Session) bool { return s.User == "bob" }, "locked"); n != 1 {
+		t.Fatalf("End matched %d sessions", n)
+	}
+	if got := <-ended; got != "locked" {
+		t.Fatalf("end told %q", got)
+	}
+	l2.Withdraw()
+	if end, ok := r.Ended("s2"); !ok || !end.Ended || end.Reason != "locked" {
+		t.Fatalf("a session withdrawn while ending: %+v, %v; want its end on record", end, ok)
+	}
+}

@@ -61,7 +61,7 @@ func TestSessionsOutliveTheUsersReplica(t *testing.T) {
 // session; C is killed, and while tsh cannot reach any replica (it was
 // logged in through C alone), alice is locked through A. When C is back,
 // tsh's resume is refused with the lock's message, the refusal is
-// recorded, and the device ends its side of the session at once, rather
+// recorded, and the device has ended its side of the session, rather
 // than holding it, and its command running, for the ten minutes of its
 // hold time.
 func TestLockWhileTheUserIsAway(t *testing.T) {
@@ -71,8 +71,8 @@ func TestLockWhileTheUserIsAway(t *testing.T) {
 	lf.reps[repC].Kill()
 	ssh.WaitLine(regexp.MustCompile(`resuming the session`), 30*time.Second)
 	const msg = "laptop reported stolen"
-	lf.lock(t, repA, "--user=alice", "--message="+msg)
 	agentMark := lf.agent.Proc.Mark()
+	lf.lock(t, repA, "--user=alice", "--message="+msg)
 	lf.reps[repC].Start()
 	select {
 	case <-ssh.Done():
@@ -92,11 +92,51 @@ func TestLockWhileTheUserIsAway(t *testing.T) {
 	if !refused {
 		t.Error("no access.denied event for the refused resume, with action=resume, the session and the lock's message")
 	}
-	// The device ends the session's command now.
-	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`the fleet ended a session its user could not resume.*`+msg), 30*time.Second); err != nil {
+	// The device ended the session's command: at the lock's write, since
+	// A knew the device held it for alice (TestLockReachesASessionWhoseUserIsGone),
+	// or at the refused resume, had the lock come first.
+	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`the fleet ended a session.*`+msg), 30*time.Second); err != nil {
 		t.Errorf("the device did not end the session: %v", err)
 	}
 	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`sshd: session ended.*user=alice`), 30*time.Second); err != nil {
 		t.Errorf("the session's command still runs on the device: %v", err)
+	}
+}
+
+// TestLockReachesASessionWhoseUserIsGone: alice's tsh ssh through C holds
+// its session; then her laptop goes (tsh is killed), and C with it. The
+// device holds the session for her (its hold time is ten minutes) and
+// tells A, the replica its tunnel is on, which keeps it in its session
+// registry. A lock on alice written through B ends it on the device
+// within sessionCut of the lock's write, with the lock's message: a
+// session whose user is away is not out of a lock's reach.
+func TestLockReachesASessionWhoseUserIsGone(t *testing.T) {
+	lf := startLockFleet(t)
+	ssh := start(t, "tsh ssh via C", lf.users[repC].Env(), "tsh", "ssh", "root@pi-1", "echo started; exec sleep 600")
+	ssh.WaitLine(regexp.MustCompile(`^started$`), time.Minute)
+	aMark := lf.reps[repA].Proc.Mark()
+	ssh.Kill()
+	lf.reps[repC].Kill()
+	if _, _, err := lf.reps[repA].Proc.AwaitLine(t.Context(), aMark, regexp.MustCompile(`the device holds a session for its away user.*user=alice`), 30*time.Second); err != nil {
+		t.Fatalf("replica A did not learn that pi-1 holds alice's session: %v\n%s", err, lf.reps[repA].Proc.Tail(20))
+	}
+	const msg = "laptop reported stolen"
+	agentMark := lf.agent.Proc.Mark()
+	l := lf.lock(t, repB, "--user=alice", "--message="+msg)
+	line, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`the fleet ended a session.*`+msg), 30*time.Second)
+	if err != nil {
+		t.Fatalf("the device did not end the session of alice, who is away: %v\n%s", err, lf.agent.Proc.Tail(20))
+	}
+	took := line.At.Sub(l.Created)
+	t.Logf("the device ended the session of alice, who is away, %s after the lock's write on replica B", took.Round(time.Millisecond))
+	if took > sessionCut {
+		t.Errorf("the device ended the session %s after the lock's write, want within %s", took.Round(time.Millisecond), sessionCut)
+	}
+	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`sshd: session ended.*user=alice`), 30*time.Second); err != nil {
+		t.Errorf("the session's command still runs on the device: %v", err)
+	}
+	// A's record of the session says why it ended.
+	if _, _, err := lf.reps[repA].Proc.AwaitLine(t.Context(), aMark, regexp.MustCompile(`lock enforced.*sessions_ended=1`), 10*time.Second); err != nil {
+		t.Errorf("replica A did not count the session among those the lock ended: %v", err)
 	}
 }

@@ -1,0 +1,148 @@
+package tunnelsrv
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/resume"
+)
+
+// TestAgentReportsSessionsHeldForAwayUsers: when a user-held session's
+// transport breaks, the agent tells the fleet on a stream of service
+// "held" that it holds the session for its away user, with who and as
+// whom; when the user's client re-attaches it, the agent's next list no
+// longer has it; when it breaks again, it is listed again.
+func TestAgentReportsSessionsHeldForAwayUsers(t *testing.T) {
+	lists := make(chan []proto.HeldSession, 16)
+	a := startServerWith(t, newPKI(t), "127.0.0.1:0", func(c *Config) {
+		c.OnAgentStream = func(ctx context.Context, id, service string, conn net.Conn) {
+			defer conn.Close()
+			if id != "pi-1" || service != proto.ServiceHeld {
+				t.Errorf("agent stream of %q for service %q", id, service)
+				return
+			}
+			r := bufio.NewReader(conn)
+			for {
+				m, err := proto.ReadMsg(r, proto.MaxControlFrame)
+				if err != nil {
+					return
+				}
+				lists <- m.(*proto.HeldSessions).Sessions
+			}
+		}
+	})
+	_, state := startAgent(t, a, "pi-1", "pi-1", nil)
+	waitState(t, state, true)
+	next := func(what string) []proto.HeldSession {
+		t.Helper()
+		select {
+		case l := <-lists:
+			return l
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no list from the agent within 10 s %s", what)
+			return nil
+		}
+	}
+
+	ctx := context.Background()
+	expires := time.Now().Add(time.Hour).UnixMilli()
+	hdr := proto.StreamHeader{Service: proto.ServiceSSH, SessionID: "s1", Secret: []byte("0123456789abcdef0123456789abcdef"), UserHeld: true,
+		Identity: proto.Identity{User: "alice", Login: "pi", Roles: []string{"access", "north"}, Expires: expires, NoFileCopy: true}}
+	h := hdr
+	leg, err := a.srv.OpenTransport(ctx, "pi-1", &h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := resume.New(resume.Config{}) // the user's client's end
+	defer user.Abort(io.EOF)
+	if err := user.Attach(leg, 0); err != nil {
+		t.Fatal(err)
+	}
+	echo(t, user, "attached")
+	select {
+	case l := <-lists:
+		t.Fatalf("the agent listed %+v while the session's user is attached", l)
+	default:
+	}
+
+	leg.Close() // the user's replica dies
+	got := next("after the session's transport broke")
+	want := []proto.HeldSession{{SessionID: "s1", Service: proto.ServiceSSH, User: "alice", Roles: []string{"access", "north"}, Login: "pi", Expires: expires, NoFileCopy: true}}
+	if len(got) == 1 {
+		if got[0].Started <= 0 || got[0].Started > time.Now().UnixMilli() {
+			t.Errorf("started %d, want when the agent took the session", got[0].Started)
+		}
+		got[0].Started = 0
+	}
+	if !slices.EqualFunc(got, want, func(a, b proto.HeldSession) bool {
+		return a.SessionID == b.SessionID && a.Service == b.Service && a.User == b.User && slices.Equal(a.Roles, b.Roles) &&
+			a.Login == b.Login && a.Expires == b.Expires && a.NoFileCopy == b.NoFileCopy && !a.NoPortForwarding && a.Started == b.Started
+	}) {
+		t.Fatalf("the agent listed %+v, want %+v", got, want)
+	}
+
+	// The user's client re-attaches the session.
+	h = hdr
+	h.Resume, h.Received = true, user.Received()
+	leg2, err := a.srv.OpenTransport(ctx, "pi-1", &h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := proto.ReadMsg(oneByte{leg2}, proto.MaxHeaderFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := user.Attach(leg2, m.(*proto.ResumeAccept).Received); err != nil {
+		t.Fatal(err)
+	}
+	if got := next("after the re-attach"); len(got) != 0 {
+		t.Fatalf("after the re-attach the agent listed %+v, want none", got)
+	}
+	echo(t, user, "re-attached")
+
+	leg2.Close()
+	if got := next("after the second break"); len(got) != 1 || got[0].SessionID != "s1" {
+		t.Fatalf("after the second break the agent listed %+v, want s1", got)
+	}
+
+	// The fleet refused the user's resume (a lock): it ends the session,
+	// showing its secret; another secret does not.
+	end := func(secret string) error {
+		h = hdr
+		h.Resume, h.End, h.Secret = true, "locked", []byte(secret)
+		conn, err := a.srv.OpenTransport(ctx, "pi-1", &h)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}
+	if err := end("not the session's secret, 32 bytes"); err == nil {
+		t.Fatal("an end with another secret was accepted")
+	}
+	select {
+	case l := <-lists:
+		t.Fatalf("after an end with another secret the agent listed %+v", l)
+	default:
+	}
+	if err := end(string(hdr.Secret)); err != nil {
+		t.Fatal(err)
+	}
+	if got := next("after the fleet ended the session"); len(got) != 0 {
+		t.Fatalf("after the fleet ended the session the agent listed %+v, want none", got)
+	}
+}
+
+// oneByte reads a frame without reading past it.
+type oneByte struct{ io.Reader }
+
+func (r oneByte) ReadByte() (byte, error) {
+	var b [1]byte
+	_, err := io.ReadFull(r.Reader, b[:])
+	return b[0], err
+}
