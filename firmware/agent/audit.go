@@ -129,7 +129,7 @@ func (a *Agent) onMessage(m proto.Message) {
 		}
 	case *proto.SessionEnd:
 		if a.tunnel != nil {
-			a.tunnel.SessionEnded(m.SessionID)
+			a.tunnel.SessionEnded(m.SessionID, m.Message)
 		}
 		if a.live.end(m.SessionID, m.Message) {
 			a.log.Info("the fleet ended a session", "session", m.SessionID, "reason", m.Message)

@@ -2,8 +2,10 @@ package tunnel
 
 import (
 	"context"
+	"crypto/subtle"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -95,4 +97,66 @@ func (c *Client) reportHeld(ctx context.Context, qc *quic.Conn) {
 // sameHeld compares two reports of a session.
 func sameHeld(a, b proto.HeldSession) bool {
 	return a.SessionID == b.SessionID && a.User == b.User && a.Login == b.Login
+}
+
+// endedHeld is a user-held session the fleet ended, kept for a while so
+// that its client, asking to resume it, is told why rather than that the
+// session is unknown.
+type endedHeld struct {
+	secret      []byte
+	user, login string
+	reason      string
+	at          time.Time
+}
+
+// maxEndedHeld bounds how many ended sessions the agent remembers.
+const maxEndedHeld = 64
+
+// rememberEndLocked keeps why the fleet ended user-held session s, for as
+// long as its client could still ask to resume it (the hold time). c.mu
+// is held.
+func (c *Client) rememberEndLocked(s *session, reason string) {
+	now := c.cfg.Now()
+	if c.ended == nil {
+		c.ended = map[string]endedHeld{}
+	}
+	oldest, at := "", now
+	for id, e := range c.ended {
+		if now.Sub(e.at) > c.cfg.SessionHold {
+			delete(c.ended, id)
+		} else if e.at.Before(at) {
+			oldest, at = id, e.at
+		}
+	}
+	if len(c.ended) >= maxEndedHeld {
+		delete(c.ended, oldest)
+	}
+	c.ended[s.id] = endedHeld{secret: s.secret, user: s.user, login: s.login, reason: reason, at: now}
+}
+
+// endedHeld says why the fleet ended the user-held session h asks to
+// resume (s, while the agent still holds it: its service is closing it),
+// when the agent remembers and h shows the session's secret, user and
+// login.
+func (c *Client) endedHeld(s *session, h *proto.StreamHeader) (string, bool) {
+	var e endedHeld
+	if s != nil {
+		why := s.endReason.Load()
+		if !s.userHeld || !s.fleetEnded.Load() || why == nil {
+			return "", false
+		}
+		e = endedHeld{secret: s.secret, user: s.user, login: s.login, reason: *why, at: c.cfg.Now()}
+	} else {
+		c.mu.Lock()
+		var ok bool
+		e, ok = c.ended[h.SessionID]
+		c.mu.Unlock()
+		if !ok || c.cfg.Now().Sub(e.at) > c.cfg.SessionHold {
+			return "", false
+		}
+	}
+	if subtle.ConstantTimeCompare(e.secret, h.Secret) != 1 || h.Identity.User != e.user || h.Identity.Login != e.login {
+		return "", false
+	}
+	return e.reason, true
 }

@@ -182,7 +182,8 @@ type Client struct {
 	mu       sync.Mutex // guards ctrl, sessions and stopping
 	ctrl     *control   // current control stream, nil when down
 	sessions map[string]*session
-	stopping bool // Run is ending: no new sessions
+	stopping bool                 // Run is ending: no new sessions
+	ended    map[string]endedHeld // why the fleet ended recent user-held sessions
 
 	budget   *resume.Budget
 	handlers sync.WaitGroup // Handle calls; they outlive connections
@@ -205,8 +206,11 @@ type session struct {
 	held     proto.HeldSession
 	attachMu sync.Mutex // serialises re-attaches of a user-held session
 	// fleetEnded: the fleet ended the session (SessionEnded); a user-held
-	// one is dropped once its service is done with it.
+	// one is dropped once its service is done with it. endReason is
+	// why, kept once it is dropped for a client that asks to resume it
+	// (endedHeld).
 	fleetEnded atomic.Bool
+	endReason  atomic.Pointer[string]
 
 	// Guarded by Client.mu: the connection a resume of the session is
 	// under way on (nil: none); and, for a session left without a
@@ -725,6 +729,9 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 			if c.sessions[s.id] == s {
 				delete(c.sessions, s.id)
 			}
+			if why := s.endReason.Load(); s.userHeld && why != nil {
+				c.rememberEndLocked(s, *why)
+			}
 			c.mu.Unlock()
 			if s.userHeld {
 				c.heldChange()
@@ -765,11 +772,12 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 // (proto.SessionEnd): a user-held session is dropped as soon as its
 // service has told the user why and closed it, rather than held for a
 // client that will not come back.
-func (c *Client) SessionEnded(id string) {
+func (c *Client) SessionEnded(id, reason string) {
 	c.mu.Lock()
 	s := c.sessions[id]
 	c.mu.Unlock()
 	if s != nil {
+		s.endReason.CompareAndSwap(nil, &reason)
 		s.fleetEnded.Store(true)
 		if s.userHeld {
 			c.heldChange()
@@ -792,6 +800,10 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 	c.mu.Lock()
 	s := c.sessions[h.SessionID]
 	c.mu.Unlock()
+	if why, ok := c.endedHeld(s, h); ok {
+		refuse(proto.CodeNotFound, "the session ended while its user was away: "+why)
+		return
+	}
 	if s == nil || !s.userHeld || subtle.ConstantTimeCompare(s.secret, h.Secret) != 1 {
 		refuse(proto.CodeNotFound, "the device's agent restarted, so the session could not be resumed (or the session had ended)")
 		return
@@ -806,7 +818,7 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 		proto.WriteMsg(conn, &proto.StreamAccept{})
 		conn.CloseWrite()
 		c.log.Info("the fleet ended a session its user could not resume", "session", s.id, "reason", h.End)
-		c.SessionEnded(s.id)
+		c.SessionEnded(s.id, h.End)
 		if c.cfg.OnMessage != nil {
 			c.cfg.OnMessage(&proto.SessionEnd{SessionID: s.id, Message: h.End})
 		}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 )
@@ -123,5 +124,11 @@ func (b *Broker) holdAway(ctx context.Context, deviceID, name string, hs proto.H
 		return nil
 	}
 	b.log.Info("the device holds a session for its away user", "session", id, "device", name, "user", hs.User)
+	// A lock written since the user's last connection ended found no
+	// session to end: it ends this one now. (Role and user changes are
+	// checked again at the registry's next check.)
+	if err := b.cfg.Locks.Check(locks.Subject{User: s.User, Roles: s.Roles, Login: s.Login, DeviceID: deviceID}); err != nil {
+		b.cfg.Sessions.End(func(x *sessions.Session) bool { return x.ID == id && x.Away }, err.Error())
+	}
 	return l
 }

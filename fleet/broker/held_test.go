@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,6 +110,27 @@ func TestServeHeld(t *testing.T) {
 	dev.Close()
 	<-served
 	listed()
+
+	// A lock written while no replica knew of the session: it ends when
+	// the device lists it.
+	l2 := f.lock(t, api.LockTarget{User: "carol"}, "contract ended")
+	dev, fleet = net.Pipe()
+	served = make(chan struct{})
+	go func() {
+		defer close(served)
+		f.b.ServeHeld(context.Background(), f.pi1.ID, fleet)
+	}()
+	send(proto.HeldSession{SessionID: "s4", Service: proto.ServiceSSH, User: "carol", Login: "pi"})
+	select {
+	case e := <-ended:
+		if e.SessionID != "s4" || !strings.Contains(e.Message, "contract ended") || !strings.Contains(e.Message, l2.ID) {
+			t.Errorf("the device was told %+v, want s4 ended by lock %s", e, l2.ID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the device was not told to end s4, whose user is locked")
+	}
+	dev.Close()
+	<-served
 
 	// A list the fleet refuses closes the stream.
 	dev, fleet = net.Pipe()

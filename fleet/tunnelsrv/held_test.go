@@ -3,12 +3,16 @@ package tunnelsrv
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/firmware/tunnel"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/resume"
 )
@@ -37,7 +41,31 @@ func TestAgentReportsSessionsHeldForAwayUsers(t *testing.T) {
 			}
 		}
 	})
-	_, state := startAgent(t, a, "pi-1", "pi-1", nil)
+	// The agent's services end a session the fleet ends (as sshd does).
+	var (
+		agent    *tunnel.Client
+		mu       sync.Mutex
+		sessions = map[string]net.Conn{}
+	)
+	agent, state := startAgentWith(t, a, "pi-1", "pi-1", nil, func(c *tunnel.Config) {
+		c.Handle = func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			defer conn.Close()
+			mu.Lock()
+			sessions[h.SessionID] = conn
+			mu.Unlock()
+			io.Copy(conn, conn)
+		}
+		c.OnMessage = func(m proto.Message) {
+			if e, ok := m.(*proto.SessionEnd); ok {
+				agent.SessionEnded(e.SessionID, e.Message)
+				mu.Lock()
+				if conn := sessions[e.SessionID]; conn != nil {
+					conn.Close()
+				}
+				mu.Unlock()
+			}
+		}
+	})
 	waitState(t, state, true)
 	next := func(what string) []proto.HeldSession {
 		t.Helper()
@@ -135,6 +163,26 @@ func TestAgentReportsSessionsHeldForAwayUsers(t *testing.T) {
 	}
 	if got := next("after the fleet ended the session"); len(got) != 0 {
 		t.Fatalf("after the fleet ended the session the agent listed %+v, want none", got)
+	}
+	// Its client, asking to resume it, is told why it ended; a caller
+	// without its secret is not.
+	resume := func(secret string) error {
+		h = hdr
+		h.Resume, h.Received, h.Secret = true, user.Received(), []byte(secret)
+		conn, err := a.srv.OpenTransport(ctx, "pi-1", &h)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}
+	var pe *proto.Error
+	err = resume(string(hdr.Secret))
+	if !errors.As(err, &pe) || pe.Code != proto.CodeNotFound || !strings.Contains(pe.Message, "ended while its user was away: locked") {
+		t.Errorf("resume of the ended session: %v, want not found, saying it ended while its user was away and why", err)
+	}
+	err = resume("not the session's secret, 32 bytes")
+	if !errors.As(err, &pe) || pe.Code != proto.CodeNotFound || strings.Contains(pe.Message, "locked") {
+		t.Errorf("resume with another secret: %v, want not found, without the reason", err)
 	}
 }
 

@@ -103,8 +103,14 @@ func (h *harness) stop() {
 // startAgent runs a tunnel client named name that echoes every stream.
 func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.StreamHeader) error) (*tunnel.Client, chan bool) {
 	t.Helper()
+	return startAgentWith(t, h, name, cn, check, nil)
+}
+
+// startAgentWith is startAgent with mod applied to the config.
+func startAgentWith(t *testing.T, h *harness, name, cn string, check func(*proto.StreamHeader) error, mod func(*tunnel.Config)) (*tunnel.Client, chan bool) {
+	t.Helper()
 	state := make(chan bool, 16)
-	c := tunnel.New(tunnel.Config{
+	cfg := tunnel.Config{
 		Addr:      h.addr,
 		TLSConfig: h.pki.clientTLS(h.pki.Client(t, cn)),
 		Hello:     func() *proto.Hello { return &proto.Hello{Name: name, AgentVersion: "test"} },
@@ -117,7 +123,11 @@ func startAgent(t *testing.T, h *harness, name, cn string, check func(*proto.Str
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
 		Logger:     logtest.Logger(t).With("side", "agent"),
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c := tunnel.New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
