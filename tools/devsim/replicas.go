@@ -93,6 +93,11 @@ type ReplicasReport struct {
 	// listened again, after the SIGTERMs.
 	Restart Recovery
 	Ready   time.Duration
+	// KillDrops and RestartDrops are the UDP datagrams the kernel dropped
+	// (a socket's receive buffer full) from the kill until the killed
+	// replica's devices were back, and from the SIGTERMs until every
+	// device was back (or the timeout).
+	KillDrops, RestartDrops UDPDrops
 }
 
 // MeasureReplicas starts a three-member etcd cluster, cfg.Replicas fleetd
@@ -260,11 +265,13 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 
 	// One replica killed: its devices come back on the others.
 	log.Info("killing a replica (SIGKILL)", "replica", r.Killed, "devices", len(held[r.Killed]))
+	udp0 := sampleUDP()
 	t0 := time.Now()
 	reps[victim].Kill()
 	if r.Kill, err = awaitBack(ctx, log, sim, simDone, simStopped, t0, held[r.Killed], cfg.Timeout); err != nil {
 		return nil, err
 	}
+	r.KillDrops = dropsBetween(udp0, sampleUDP(), addrs, lbAddrs)
 	log.Info("the killed replica's devices are back", "back", r.Kill.Back.N, "missing", r.Kill.Missing,
 		"p50", ms(r.Kill.Back.P50), "p90", ms(r.Kill.Back.P90), "max", ms(r.Kill.Back.Max))
 	if err := reps[victim].RestartErr(); err != nil {
@@ -277,6 +284,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	for i := range all {
 		all[i] = i
 	}
+	udp1 := sampleUDP()
 	t1 := time.Now()
 	errs := make([]error, len(reps))
 	var wg sync.WaitGroup
@@ -293,6 +301,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	if r.Restart, err = awaitBack(ctx, log, sim, simDone, simStopped, t1, all, cfg.Timeout); err != nil {
 		return nil, err
 	}
+	r.RestartDrops = dropsBetween(udp1, sampleUDP(), addrs, lbAddrs)
 	// Let the handshakes' garbage settle before reading memory again.
 	time.Sleep(2 * time.Second)
 	for i, f := range reps {
@@ -493,8 +502,10 @@ func (r *ReplicasReport) Write(w io.Writer) {
 		harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())
 	fmt.Fprintf(w, "\nreplica %s killed (SIGKILL); times after the kill:\n", r.Killed)
 	r.Kill.write(w)
+	fmt.Fprintf(w, "  UDP datagrams dropped, a receive buffer full: %s\n", r.KillDrops)
 	fmt.Fprintf(w, "\nevery replica restarted (SIGTERM, then again; the last listening after %s); times after the SIGTERMs:\n", ms(r.Ready))
 	r.Restart.write(w)
+	fmt.Fprintf(w, "  UDP datagrams dropped, a receive buffer full: %s\n", r.RestartDrops)
 }
 
 func (rec Recovery) write(w io.Writer) {
