@@ -36,7 +36,7 @@ func (c *Client) away() []proto.HeldSession {
 	c.mu.Unlock()
 	var out []proto.HeldSession
 	for _, s := range list {
-		if s.fleetEnded.Load() || s.conn.Attached() || s.conn.Err() != nil {
+		if !s.started.Load() || s.fleetEnded.Load() || s.conn.Attached() || s.conn.Err() != nil {
 			continue
 		}
 		out = append(out, s.held)

@@ -211,6 +211,9 @@ type session struct {
 	// (endedHeld).
 	fleetEnded atomic.Bool
 	endReason  atomic.Pointer[string]
+	// started: the session's first transport is attached (before, it is
+	// not away, only starting).
+	started atomic.Bool
 
 	// Guarded by Client.mu: the connection a resume of the session is
 	// under way on (nil: none); and, for a session left without a
@@ -760,6 +763,7 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		s.conn.Abort(err)
 		return
 	}
+	s.started.Store(true)
 	c.cfg.Handle(ctx, h, s.conn)
 	if s.userHeld && s.fleetEnded.Load() {
 		// The fleet ended it and cut the user's side: nobody will

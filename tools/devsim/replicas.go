@@ -502,10 +502,10 @@ func (r *ReplicasReport) Write(w io.Writer) {
 		harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())
 	fmt.Fprintf(w, "\nreplica %s killed (SIGKILL); times after the kill:\n", r.Killed)
 	r.Kill.write(w)
-	fmt.Fprintf(w, "  UDP datagrams dropped, a receive buffer full: %s\n", r.KillDrops)
+	fmt.Fprintf(w, "  UDP datagrams the kernel dropped: %s\n", r.KillDrops)
 	fmt.Fprintf(w, "\nevery replica restarted (SIGTERM, then again; the last listening after %s); times after the SIGTERMs:\n", ms(r.Ready))
 	r.Restart.write(w)
-	fmt.Fprintf(w, "  UDP datagrams dropped, a receive buffer full: %s\n", r.RestartDrops)
+	fmt.Fprintf(w, "  UDP datagrams the kernel dropped: %s\n", r.RestartDrops)
 }
 
 func (rec Recovery) write(w io.Writer) {

@@ -14,7 +14,8 @@ import (
 
 // A UDP datagram that arrives at a socket whose receive buffer is full is
 // dropped by the kernel, which counts it for the socket (/proc/net/udp's
-// drops) and for the machine (/proc/net/snmp's RcvbufErrors). Under a
+// drops, which also count a few other kinds of drop) and for the machine
+// (/proc/net/snmp's RcvbufErrors). Under a
 // crowd of handshakes on two cores, that is where datagrams die unseen:
 // sampleUDP reads both, so that the report can say whose sockets lost
 // them.
@@ -183,10 +184,10 @@ func (d UDPDrops) String() string {
 	}
 	open := d.replicas + d.listen + d.flows + d.devices + d.other
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "%d on the machine; on the sockets still open: replicas %d, balancers' listeners %d, balancers' flows %d, devices %d, others %d",
+	fmt.Fprintf(&b, "%d on the machine (its receive-buffer errors); the drops of the sockets still open: replicas %d, balancers' listeners %d, balancers' flows %d, devices %d, others %d",
 		d.total, d.replicas, d.listen, d.flows, d.devices, d.other)
 	if d.total > open {
-		fmt.Fprintf(&b, "; on sockets closed meanwhile %d", d.total-open)
+		fmt.Fprintf(&b, "; the rest, %d, on sockets closed meanwhile", d.total-open)
 	}
 	return b.String()
 }

@@ -71,7 +71,7 @@ func TestDropsBetween(t *testing.T) {
 	if d != want {
 		t.Fatalf("drops %+v, want %+v", d, want)
 	}
-	if s := d.String(); !strings.Contains(s, "90 on the machine") || !strings.Contains(s, "replicas 40") || !strings.Contains(s, "closed meanwhile 23") {
+	if s := d.String(); !strings.Contains(s, "90 on the machine") || !strings.Contains(s, "replicas 40") || !strings.Contains(s, "the rest, 23, on sockets closed meanwhile") {
 		t.Errorf("String() = %q", s)
 	}
 	if s := dropsBetween(udpSample{}, b, nil, nil).String(); !strings.Contains(s, "not known") {
