@@ -76,6 +76,21 @@ type ByteReader interface {
 	io.ByteReader
 }
 
+// ByteAtATime makes r a ByteReader that reads one byte at a time: ReadMsg
+// then consumes nothing past its frame, for a stream on which bytes that
+// are not frames follow it (a re-attached session's resume frames).
+func ByteAtATime(r io.Reader) ByteReader { return byteAtATime{r} }
+
+type byteAtATime struct{ io.Reader }
+
+func (r byteAtATime) ReadByte() (byte, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(r.Reader, b[:]); err != nil {
+		return 0, err
+	}
+	return b[0], nil
+}
+
 // ReadMsg reads one frame of at most max body bytes and decodes it.
 // It consumes exactly the frame's bytes from r.
 func ReadMsg(r ByteReader, max int) (Message, error) {

@@ -67,7 +67,8 @@ func (c *Client) reportHeld(ctx context.Context, qc *quic.Conn) {
 	var sent []proto.HeldSession
 	for {
 		list := c.away()
-		if !slices.EqualFunc(list, sent, sameHeld) && (conn != nil || len(list) > 0) {
+		// A session ID names one session: the lists differ when their IDs do.
+		if !slices.EqualFunc(list, sent, func(a, b proto.HeldSession) bool { return a.SessionID == b.SessionID }) && (conn != nil || len(list) > 0) {
 			if conn == nil {
 				st, err := qc.OpenStreamSync(ctx)
 				if err != nil {
@@ -94,19 +95,14 @@ func (c *Client) reportHeld(ctx context.Context, qc *quic.Conn) {
 	}
 }
 
-// sameHeld compares two reports of a session.
-func sameHeld(a, b proto.HeldSession) bool {
-	return a.SessionID == b.SessionID && a.User == b.User && a.Login == b.Login
-}
-
 // endedHeld is a user-held session the fleet ended, kept for a while so
 // that its client, asking to resume it, is told why rather than that the
 // session is unknown.
 type endedHeld struct {
-	secret      []byte
-	user, login string
-	reason      string
-	at          time.Time
+	secret []byte
+	held   proto.HeldSession // whose it was
+	reason string
+	at     time.Time
 }
 
 // maxEndedHeld bounds how many ended sessions the agent remembers.
@@ -131,7 +127,7 @@ func (c *Client) rememberEndLocked(s *session, reason string) {
 	if len(c.ended) >= maxEndedHeld {
 		delete(c.ended, oldest)
 	}
-	c.ended[s.id] = endedHeld{secret: s.secret, user: s.user, login: s.login, reason: reason, at: now}
+	c.ended[s.id] = endedHeld{secret: s.secret, held: s.held, reason: reason, at: now}
 }
 
 // endedHeld says why the fleet ended the user-held session h asks to
@@ -145,7 +141,7 @@ func (c *Client) endedHeld(s *session, h *proto.StreamHeader) (string, bool) {
 		if !s.userHeld || !s.fleetEnded.Load() || why == nil {
 			return "", false
 		}
-		e = endedHeld{secret: s.secret, user: s.user, login: s.login, reason: *why, at: c.cfg.Now()}
+		e = endedHeld{secret: s.secret, held: s.held, reason: *why}
 	} else {
 		c.mu.Lock()
 		var ok bool
@@ -155,7 +151,7 @@ func (c *Client) endedHeld(s *session, h *proto.StreamHeader) (string, bool) {
 			return "", false
 		}
 	}
-	if subtle.ConstantTimeCompare(e.secret, h.Secret) != 1 || h.Identity.User != e.user || h.Identity.Login != e.login {
+	if subtle.ConstantTimeCompare(e.secret, h.Secret) != 1 || h.Identity.User != e.held.User || h.Identity.Login != e.held.Login {
 		return "", false
 	}
 	return e.reason, true

@@ -198,11 +198,10 @@ type session struct {
 	conn   *resume.Conn
 	// userHeld: the user's client holds the fleet's end of the session
 	// (proto.StreamHeader.UserHeld); the fleet re-attaches it
-	// (reattachUserHeld), never the agent. user and login are whose it
-	// is: a re-attach must name them again.
-	userHeld    bool
-	user, login string
-	// held is how reportHeld describes a user-held session to the fleet.
+	// (reattachUserHeld), never the agent. held says whose it is (a
+	// re-attach must name the same user and login again), and is how
+	// reportHeld describes it to the fleet.
+	userHeld bool
 	held     proto.HeldSession
 	attachMu sync.Mutex // serialises re-attaches of a user-held session
 	// fleetEnded: the fleet ended the session (SessionEnded); a user-held
@@ -715,7 +714,7 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 		conn.Close()
 		return
 	}
-	s := &session{id: h.SessionID, secret: h.Secret, userHeld: h.UserHeld, user: h.Identity.User, login: h.Identity.Login}
+	s := &session{id: h.SessionID, secret: h.Secret, userHeld: h.UserHeld}
 	var onDetach func()
 	if s.userHeld {
 		id := &h.Identity
@@ -812,7 +811,7 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 		refuse(proto.CodeNotFound, "the device's agent restarted, so the session could not be resumed (or the session had ended)")
 		return
 	}
-	if h.Identity.User != s.user || h.Identity.Login != s.login {
+	if h.Identity.User != s.held.User || h.Identity.Login != s.held.Login {
 		refuse(proto.CodeForbidden, "the session is another user's or login's")
 		return
 	}

@@ -5,8 +5,8 @@ import (
 	"net"
 	"time"
 
+	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/devices"
-	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 )
@@ -114,11 +114,7 @@ func (b *Broker) holdAway(ctx context.Context, deviceID, name string, hs proto.H
 		s.Expires = time.UnixMilli(hs.Expires)
 	}
 	id := hs.SessionID
-	l, err := b.cfg.Sessions.Register(s, func(reason string) {
-		if err := b.cfg.Tunnels.Send(deviceID, &proto.SessionEnd{SessionID: id, Message: reason}); err != nil {
-			b.log.Info("could not tell the device to end a session held for its away user", "session", id, "device", name, "err", err)
-		}
-	})
+	l, err := b.cfg.Sessions.Register(s, func(reason string) { b.endOnDevice(deviceID, id, reason) })
 	if err != nil {
 		b.log.Info("a session held for its away user is not registered", "session", id, "device", name, "err", err)
 		return nil
@@ -127,7 +123,7 @@ func (b *Broker) holdAway(ctx context.Context, deviceID, name string, hs proto.H
 	// A lock written since the user's last connection ended found no
 	// session to end: it ends this one now. (Role and user changes are
 	// checked again at the registry's next check.)
-	if err := b.cfg.Locks.Check(locks.Subject{User: s.User, Roles: s.Roles, Login: s.Login, DeviceID: deviceID}); err != nil {
+	if err := b.cfg.Locks.Check(authz.Subject(&s, nil)); err != nil {
 		b.cfg.Sessions.End(func(x *sessions.Session) bool { return x.ID == id && x.Away }, err.Error())
 	}
 	return l

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/authz"
 	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
@@ -77,9 +78,7 @@ func TestServeHeld(t *testing.T) {
 
 	// A lock on alice ends s1 on the device, not s2.
 	l := api.Lock{ID: "l1", Target: api.LockTarget{User: "alice"}, Message: "laptop stolen"}
-	n := f.reg.End(func(s *sessions.Session) bool {
-		return locks.Matches(&l, locks.Subject{User: s.User, Roles: s.Roles, Login: s.Login, DeviceID: s.DeviceID})
-	}, locks.Reason(&l))
+	n := f.reg.End(func(s *sessions.Session) bool { return locks.Matches(&l, authz.Subject(s, nil)) }, locks.Reason(&l))
 	if n != 1 {
 		t.Fatalf("the lock ended %d sessions, want 1", n)
 	}

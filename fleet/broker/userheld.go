@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -71,9 +70,10 @@ func (b *Broker) OpenUserHeld(ctx context.Context, g *Grant, secret []byte, resu
 	if !resume {
 		return b.counted(g, conn), 0, nil
 	}
-	// The agent says how much it has before the session's frames.
+	// The agent says how much it has before the session's frames, which
+	// ReadMsg must leave unread.
 	conn.SetReadDeadline(time.Now().Add(b.cfg.OpenTimeout)) // a deadline is on the real clock
-	m, err := proto.ReadMsg(byteAtATime{conn}, proto.MaxHeaderFrame)
+	m, err := proto.ReadMsg(proto.ByteAtATime(conn), proto.MaxHeaderFrame)
 	conn.SetReadDeadline(time.Time{})
 	if err != nil {
 		conn.Close()
@@ -87,26 +87,20 @@ func (b *Broker) OpenUserHeld(ctx context.Context, g *Grant, secret []byte, resu
 	return b.counted(g, conn), acc.Received, nil
 }
 
-// byteAtATime reads a frame off a stream without reading past it (the
-// session's frames follow it).
-type byteAtATime struct{ io.Reader }
-
-func (r byteAtATime) ReadByte() (byte, error) {
-	var b [1]byte
-	if _, err := io.ReadFull(r.Reader, b[:]); err != nil {
-		return 0, err
-	}
-	return b[0], nil
-}
-
 // EndOnDevice tells g's device that g's session has ended, with reason
 // (proto.SessionEnd): how the registry ends a session by default, and how
 // a user-held session the fleet refused to resume after the device took
 // it back (a lock came in between) ends on the device now, not when its
 // hold runs out.
 func (b *Broker) EndOnDevice(g *Grant, reason string) {
-	if err := b.cfg.Tunnels.Send(g.Session.DeviceID, &proto.SessionEnd{SessionID: g.Session.ID, Message: reason}); err != nil {
-		b.log.Info("could not tell the device to end the session; closing it", "session", g.Session.ID, "err", err)
+	b.endOnDevice(g.Session.DeviceID, g.Session.ID, reason)
+}
+
+// endOnDevice tells device deviceID that its session id has ended, with
+// reason (proto.SessionEnd).
+func (b *Broker) endOnDevice(deviceID, id, reason string) {
+	if err := b.cfg.Tunnels.Send(deviceID, &proto.SessionEnd{SessionID: id, Message: reason}); err != nil {
+		b.log.Info("could not tell the device to end the session", "session", id, "device_id", deviceID, "err", err)
 	}
 }
 

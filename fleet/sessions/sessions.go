@@ -268,18 +268,10 @@ func (l *Live) Ending() string {
 // the registry's reason is kept instead.
 func (l *Live) Done(reason string) {
 	r := l.r
-	if l.timer != nil {
-		l.timer.Stop()
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if l.done {
+	if !l.removeLocked() {
 		return
-	}
-	l.done = true
-	close(l.gone)
-	if r.live[l.s.ID] == l {
-		delete(r.live, l.s.ID)
 	}
 	if l.ending != "" {
 		reason = l.ending
@@ -304,20 +296,30 @@ func (l *Live) Withdraw() {
 	r := l.r
 	r.mu.Lock()
 	ending := l.ending != ""
-	if !ending && !l.done {
-		if l.timer != nil {
-			l.timer.Stop()
-		}
-		l.done = true
-		close(l.gone)
-		if r.live[l.s.ID] == l {
-			delete(r.live, l.s.ID)
-		}
+	if !ending {
+		l.removeLocked()
 	}
 	r.mu.Unlock()
 	if ending {
 		l.Done("")
 	}
+}
+
+// removeLocked takes l out of the live sessions, once: it reports false
+// if l was already out. r.mu is held.
+func (l *Live) removeLocked() bool {
+	if l.done {
+		return false
+	}
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.done = true
+	close(l.gone)
+	if r := l.r; r.live[l.s.ID] == l {
+		delete(r.live, l.s.ID)
+	}
+	return true
 }
 
 // endLocked describes l, live.

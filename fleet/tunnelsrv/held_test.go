@@ -122,7 +122,7 @@ func TestAgentReportsSessionsHeldForAwayUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := proto.ReadMsg(oneByte{leg2}, proto.MaxHeaderFrame)
+	m, err := proto.ReadMsg(proto.ByteAtATime(leg2), proto.MaxHeaderFrame)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,13 +184,4 @@ func TestAgentReportsSessionsHeldForAwayUsers(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Code != proto.CodeNotFound || strings.Contains(pe.Message, "locked") {
 		t.Errorf("resume with another secret: %v, want not found, without the reason", err)
 	}
-}
-
-// oneByte reads a frame without reading past it.
-type oneByte struct{ io.Reader }
-
-func (r oneByte) ReadByte() (byte, error) {
-	var b [1]byte
-	_, err := io.ReadFull(r.Reader, b[:])
-	return b[0], err
 }

@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/tools/harness"
 )
 
 // TestSessionsOutliveTheUsersReplica: pi-1's tunnel is on replica A;
@@ -135,7 +138,27 @@ func TestLockReachesASessionWhoseUserIsGone(t *testing.T) {
 	if _, _, err := lf.agent.Proc.AwaitLine(t.Context(), agentMark, regexp.MustCompile(`sshd: session ended.*user=alice`), 30*time.Second); err != nil {
 		t.Errorf("the session's command still runs on the device: %v", err)
 	}
-	// A's record of the session says why it ended.
+	// The device's own session.end, with the lock's message as its
+	// reason, is in the audit trail (read through B). It is the device's
+	// word about a session whose start only C recorded, and C is down:
+	// the fleet keeps it as unverified (docs/audit.md), out of a search
+	// by user, so it is searched by device.
+	var end api.AuditEvent
+	deviceEnd := func() bool {
+		for _, e := range auditSearch(t, lf.reps[repB], "--type=session.end", "--device=pi-1").Events {
+			if e.Source != api.SourceFleet && e.User == "alice" && strings.Contains(e.Fields["reason"], msg) {
+				end = e
+				return true
+			}
+		}
+		return false
+	}
+	if !harness.Eventually(30*time.Second, deviceEnd) {
+		t.Error("no session.end of alice's from the device in the audit trail with the lock's message as its reason")
+	} else if end.Unverified != "" {
+		t.Logf("the device's session.end is kept unverified: %s", end.Unverified)
+	}
+	// A counted the session among those the lock ended.
 	if _, _, err := lf.reps[repA].Proc.AwaitLine(t.Context(), aMark, regexp.MustCompile(`lock enforced.*sessions_ended=1`), 10*time.Second); err != nil {
 		t.Errorf("replica A did not count the session among those the lock ended: %v", err)
 	}
