@@ -229,7 +229,9 @@ type Store interface {
 	// ran). A revision ahead of the store's waits for it.
 	//
 	// The store buffers a bounded number of undelivered events per
-	// watcher (the implementation's watch queue, 1024 by default); it
+	// watcher (the implementation's watch queue, 1024 by default, plus
+	// the events of the revision being queued: a revision is delivered
+	// whole, however many keys it changed, as when a lease ends); it
 	// never blocks writers on a slow watcher. When the watcher falls
 	// further behind, when after is older than the history the store
 	// keeps, or when the watch breaks in a way it cannot resume (a

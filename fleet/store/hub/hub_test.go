@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -109,4 +110,51 @@ func TestWatchersGetTheirOwnValues(t *testing.T) {
 	if eb, _ := recv(t, b); string(eb.Value) != "k" {
 		t.Errorf("the other watcher's value = %q, want %q", eb.Value, "k")
 	}
+}
+
+// TestQueueTakesARevisionWhole: a queue of 4 takes the 10 events of one
+// revision that nobody has read yet, and resyncs only when a later
+// revision is pushed while it is still over its limit.
+func TestQueueTakesARevisionWhole(t *testing.T) {
+	q := NewQueue(4)
+	for i := range 10 {
+		if !q.Push(put(string(rune('a'+i)), 7)) {
+			t.Fatalf("push %d of revision 7 refused by a queue of 4: a revision must be taken whole", i)
+		}
+	}
+	if q.Push(put("k", 8)) {
+		t.Fatal("a later revision was taken while 10 events wait in a queue of 4")
+	}
+	out := make(chan store.Event)
+	go q.Run(t.Context(), out, 6)
+	ev, ok := recv(t, out)
+	if !ok || ev.Kind != store.EventResync || !errors.Is(ev.Err, ErrBehind) {
+		t.Fatalf("got %v (open %v), want a resync for falling behind", ev, ok)
+	}
+	if _, ok := recv(t, out); ok {
+		t.Fatal("the channel stayed open after the resync")
+	}
+
+	q = NewQueue(4)
+	for i := range 10 {
+		q.Push(put(string(rune('a'+i)), 7))
+	}
+	out = make(chan store.Event)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { q.Run(ctx, out, 6); close(done) }()
+	for i := range 10 {
+		if ev, ok := recv(t, out); !ok || ev.Key != string(rune('a'+i)) || ev.Revision != 7 {
+			t.Fatalf("event %d = %v (open %v), want put %c at revision 7", i, ev, ok, 'a'+i)
+		}
+	}
+	if !q.Push(put("k", 8)) {
+		t.Fatal("the next revision was refused once the watcher had caught up")
+	}
+	if ev, ok := recv(t, out); !ok || ev.Key != "k" {
+		t.Fatalf("got %v (open %v), want put k", ev, ok)
+	}
+	cancel()
+	<-done
 }

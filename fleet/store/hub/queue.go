@@ -21,7 +21,13 @@ var ErrBehind = errors.New("watcher fell behind: more undelivered events than it
 // watcher's channel from its own goroutine, so that the producer (a
 // store's write path, or a remote watch stream) never blocks on a slow
 // watcher. Past its limit it drops what it holds and delivers one
-// EventResync instead. Its methods are safe for concurrent use.
+// EventResync instead. A revision's events are taken whole: only a push of
+// a later revision is held to the limit. A lease's end deletes all of its
+// keys in one revision (a replica's presence entries: ten thousand for a
+// replica of ten thousand devices), and a watcher told to resync in the
+// middle of it would list every key again instead. So the queue holds at
+// most its limit plus one revision's events. Its methods are safe for
+// concurrent use.
 type Queue struct {
 	mu      sync.Mutex    // guards the fields below
 	events  []store.Event // undelivered, in order
@@ -48,7 +54,7 @@ func (q *Queue) Push(ev store.Event) bool {
 	if q.resync != nil || q.stopped {
 		return false
 	}
-	if len(q.events) >= q.limit {
+	if n := len(q.events); n >= q.limit && q.events[n-1].Revision != ev.Revision {
 		q.resyncLocked(fmt.Errorf("%w (%d)", ErrBehind, q.limit))
 		return false
 	}

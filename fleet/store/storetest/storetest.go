@@ -104,6 +104,7 @@ func Run(t *testing.T, h Harness) {
 		{"WatchEnds", testWatchEnds},
 		{"Follow", testFollow},
 		{"LeaseRevoke", testLeaseRevoke},
+		{"LeaseLargerThanWatchQueue", testLeaseLargerThanQueue},
 		{"LeaseExpiresWhenOwnerStops", testLeaseExpires},
 		{"LeaseDetach", testLeaseDetach},
 		{"LeaseUnknown", testLeaseUnknown},
@@ -896,6 +897,31 @@ func testLeaseRevoke(t *testing.T, h Harness) {
 		t.Errorf("the refused Put wrote anyway: err = %v", err)
 	}
 	must(t, l.Revoke(ctx)) // again: no error
+}
+
+// testLeaseLargerThanQueue ends a lease that holds more keys than a
+// watcher's queue while the watcher reads nothing: the one revision that
+// deletes them is delivered whole, with no resync (a replica's presence
+// watch, when another replica's lease ends). Only a later revision is held
+// to the queue's limit.
+func testLeaseLargerThanQueue(t *testing.T, h Harness) {
+	s := open(t, h)
+	p := peer(t, h, s)
+	ctx := t.Context()
+	l := grant(t, ctx, s, 30*time.Second)
+	n := 2*h.WatchQueue + 10
+	ws := make([]want, n)
+	for i := range n {
+		k := fmt.Sprintf("presence/dev%05d", i)
+		must(t, s.Put(ctx, k, []byte("replica-a"), store.WithLease(l)))
+		ws[i] = want{store.EventDelete, k, ""}
+	}
+	ch, err := p.Watch(ctx, "presence/", 0)
+	must(t, err)
+	must(t, l.Revoke(ctx))
+	expect(t, ch, 0, ws...)
+	expect(t, ch, 0, marker(t, s, "presence/zz"))
+	t.Logf("%d deletes in one revision reached a watcher whose queue holds %d", n, h.WatchQueue)
 }
 
 func testLeaseExpires(t *testing.T, h Harness) {
