@@ -265,15 +265,8 @@ func (c *Client) Run(ctx context.Context) error {
 			failures = 0
 			continue
 		}
-		d := backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, failures)
-		failures++
-		if spread, ok := restartSpread(err); ok {
-			// The fleet is restarting: give it a second to come back, then
-			// come at a random moment within the spread it gave, not all
-			// devices at once.
-			d = time.Second + mrand.N(spread+1)
-			failures = 0
-		}
+		var d time.Duration
+		d, failures = c.retryAfter(err, failures)
 		c.log.Warn("tunnel down; reconnecting", "err", err, "in", d.Round(time.Millisecond))
 		if c.waitForLink(ctx, d) {
 			failures = 0
@@ -299,6 +292,37 @@ func restartSpread(err error) (time.Duration, bool) {
 		}
 	}
 	return 0, false
+}
+
+// retryAfter returns how long to wait before dialling again after a
+// connection that ended with err, the failures before it counted in
+// failures, and the new count.
+func (c *Client) retryAfter(err error, failures int) (time.Duration, int) {
+	if spread, ok := restartSpread(err); ok {
+		// The fleet is restarting, or too busy to answer the hello: give
+		// it a second, then come at a random moment within the spread it
+		// gave, not all devices at once.
+		return time.Second + mrand.N(spread+1), 0
+	}
+	if crowded(err) {
+		// The fleet refused the connection before its handshake: it is
+		// answering a crowd. Start further along the back-off.
+		failures = max(failures, crowdedFailures)
+	}
+	return backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, failures), failures + 1
+}
+
+// crowdedFailures is where the back-off starts after a connection the
+// fleet refused before its handshake (crowded): up to 16 × MinBackoff (8 s
+// by default) rather than 1 ×.
+const crowdedFailures = 4
+
+// crowded reports whether err is the fleet's refusal of a connection
+// before its handshake (QUIC's CONNECTION_REFUSED), which a fleet sends
+// when more devices are connecting than it can answer.
+func crowded(err error) bool {
+	var te *quic.TransportError
+	return errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused
 }
 
 // backoff returns a full-jitter delay for the n-th consecutive failure.

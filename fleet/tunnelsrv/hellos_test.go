@@ -2,9 +2,11 @@ package tunnelsrv
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +39,22 @@ func rawHello(t *testing.T, h *harness, cn string, hello *proto.Hello) (*quic.Co
 	return qc, st
 }
 
+// holdFirst is an OnHello that sends each device's ID to entered as its
+// hello is answered, and holds pi-1's answer until release closes.
+func holdFirst(entered chan<- string, release <-chan struct{}) func(context.Context, string, net.Addr, *proto.Hello) (*proto.HelloAck, error) {
+	return func(ctx context.Context, id string, addr net.Addr, hl *proto.Hello) (*proto.HelloAck, error) {
+		entered <- id
+		if id == "pi-1" {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
+	}
+}
+
 // TestHelloTurns: with one hello answered at a time, a second device
 // waits for its turn; one that waits longer than HelloWait is told to come
 // back later, spread out, and an agent told so comes back and connects.
@@ -56,17 +74,7 @@ func TestHelloTurns(t *testing.T) {
 			entered := make(chan string, 4)
 			h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) {
 				c.MaxHellos, c.HelloWait = 1, tt.wait
-				c.OnHello = func(ctx context.Context, id string, addr net.Addr, hl *proto.Hello) (*proto.HelloAck, error) {
-					entered <- id
-					if id == "pi-1" {
-						select {
-						case <-release:
-						case <-ctx.Done():
-							return nil, ctx.Err()
-						}
-					}
-					return &proto.HelloAck{DeviceID: id, ServerTime: time.Now().UnixMilli()}, nil
-				}
+				c.OnHello = holdFirst(entered, release)
 			})
 			first, _ := rawHello(t, h, "pi-1", &proto.Hello{Name: "pi-1"})
 			if got := <-entered; got != "pi-1" {
@@ -159,5 +167,68 @@ func TestHelloSlotFreedOnRefusal(t *testing.T) {
 	waitState(t, state, true)
 	if n := h.srv.Turned(); n != 0 {
 		t.Errorf("Turned = %d, want 0: the refused hellos kept their slots", n)
+	}
+}
+
+// TestCrowdRefusedBeforeHandshake: with one hello answered at a time and
+// one connection allowed to wait, a third device is refused before its
+// handshake (CONNECTION_REFUSED), the server counts it, and once the crowd
+// is gone an agent refused the same way connects.
+func TestCrowdRefusedBeforeHandshake(t *testing.T) {
+	pki := newPKI(t)
+	release := make(chan struct{})
+	entered := make(chan string, 4)
+	h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) {
+		c.MaxHellos, c.HelloWait, c.MaxPending = 1, time.Minute, 1
+		c.OnHello = holdFirst(entered, release)
+	})
+	rawHello(t, h, "pi-1", &proto.Hello{Name: "pi-1"})
+	if got := <-entered; got != "pi-1" {
+		t.Fatalf("first hello answered = %s", got)
+	}
+	// pi-1 holds the one turn; pi-2 waits for it, the one pending place.
+	rawHello(t, h, "pi-2", &proto.Hello{Name: "pi-2"})
+	deadline := time.Now().Add(10 * time.Second)
+	for h.srv.waiting.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second device never waited for its turn")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	tc, _ := h.pki.clientTLS(h.pki.Client(t, "pi-3"))()
+	tc.NextProtos = []string{proto.ALPN}
+	var handshakes atomic.Int32
+	tc.VerifyConnection = func(tls.ConnectionState) error { handshakes.Add(1); return nil }
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := quic.DialAddr(ctx, h.addr, tc, nil)
+	var te *quic.TransportError
+	if !errors.As(err, &te) || !te.Remote || te.ErrorCode != quic.ConnectionRefused {
+		t.Fatalf("a third device's dial: %v, want CONNECTION_REFUSED from the fleet", err)
+	}
+	if handshakes.Load() != 0 {
+		t.Error("the refused device saw the fleet's certificate: its handshake went ahead")
+	}
+	// Each of the device's first packets is refused (a post-quantum key
+	// share makes the ClientHello two packets).
+	refused := h.srv.Refused()
+	if refused < 1 {
+		t.Errorf("Refused = %d, want at least 1", refused)
+	}
+	// An agent refused the same way backs off and comes back.
+	_, state := startAgent(t, h, "pi-4", "pi-4", nil)
+	deadline = time.Now().Add(10 * time.Second)
+	for h.srv.Refused() <= refused {
+		if time.Now().After(deadline) {
+			t.Fatalf("Refused = %d: the agent was not refused while the crowd lasted", h.srv.Refused())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	waitOnline(t, h, "pi-1")
+	waitOnline(t, h, "pi-2")
+	waitState(t, state, true)
+	if n := h.srv.pending.Load(); n != 0 {
+		t.Errorf("%d connections still counted as pending once all are connected", n)
 	}
 }

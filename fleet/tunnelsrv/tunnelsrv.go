@@ -111,6 +111,12 @@ type Config struct {
 	// timing out in the store and starting over.
 	MaxHellos int
 	HelloWait time.Duration
+	// MaxPending bounds the connections that are handshaking or waiting
+	// for their hello's turn; default 4 × MaxHellos. Past it, a new
+	// connection is refused before its handshake (QUIC's
+	// CONNECTION_REFUSED: no cryptography, one small packet), and the
+	// agent backs off further than after other failures.
+	MaxPending int
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -144,6 +150,8 @@ type Server struct {
 	hellos  chan struct{} // a slot per hello being answered (Config.MaxHellos)
 	waiting atomic.Int64  // connections waiting for a slot
 	turned  atomic.Int64  // connections told to come back later (Turned)
+	pending atomic.Int64  // connections handshaking or waiting for a slot (admit)
+	refused atomic.Int64  // connections refused before their handshake (Refused)
 }
 
 // session is a brokered stream held for its device across reconnects.
@@ -251,6 +259,9 @@ func New(cfg Config) *Server {
 	if cfg.HelloWait <= 0 {
 		cfg.HelloWait = 8 * time.Second
 	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 4 * cfg.MaxHellos
+	}
 	linkKey := cfg.LinkKey
 	if len(linkKey) == 0 {
 		linkKey = make([]byte, 32)
@@ -271,7 +282,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	tlsConf.NextProtos = []string{proto.ALPN}
 	tlsConf.ClientAuth = tls.RequireAndVerifyClientCert
 	tlsConf.MinVersion = tls.VersionTLS13
-	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey, TokenGeneratorKey: s.cfg.TokenKey}
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey, TokenGeneratorKey: s.cfg.TokenKey, ConnContext: s.admit}
 	defer tr.Close()
 	// 0-RTT lets a reconnecting agent send its hello and resumes at once;
 	// serveConn acts on nothing before the handshake is complete. Keep
@@ -295,7 +306,8 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// Tell every device at once when the fleet stops, so agents reconnect
 	// to its successor without waiting for their idle timeout.
 	defer s.closeAll()
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); s.reportCrowd(ctx) }()
 	go func() { defer wg.Done(); s.serveDatagrams(ctx, tr) }()
 	go func() { defer wg.Done(); s.watchStalls(ctx, tr) }()
 	go func() { defer wg.Done(); s.watchPresence(ctx) }()
@@ -320,6 +332,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 }
 
 func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
+	defer admitted(qc)
 	log := s.log.With("addr", qc.RemoteAddr())
 	// Nothing from 0-RTT data is acted on before the handshake completes:
 	// until then the client is not authenticated, and 0-RTT can be replayed.
@@ -366,6 +379,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		return
 	}
 	release, ok := s.helloTurn(ctx, qc)
+	admitted(qc)
 	if !ok {
 		log.Debug("device told to come back later: too many hellos at once, or the fleet stops")
 		return
