@@ -229,7 +229,7 @@ type Store interface {
 	// ran). A revision ahead of the store's waits for it.
 	//
 	// The store buffers a bounded number of undelivered events per
-	// watcher (the implementation's watch queue, 1024 by default, plus
+	// watcher (the implementation's watch queue, 16,384 by default, plus
 	// the events of the revision being queued: a revision is delivered
 	// whole, however many keys it changed, as when a lease ends); it
 	// never blocks writers on a slow watcher. When the watcher falls

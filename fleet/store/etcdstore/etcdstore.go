@@ -68,7 +68,7 @@ type Config struct {
 	// instead of hanging them.
 	RequestTimeout time.Duration
 	// WatchQueue is how many undelivered events one watcher may have
-	// before it is told to resync; default 1024. A revision's events are
+	// before it is told to resync; default hub.DefaultQueue (16,384). A revision's events are
 	// taken whole (hub.Queue).
 	WatchQueue int
 	// Logger receives connection problems and retries. Nil means none.

@@ -33,7 +33,7 @@ type Options struct {
 	// from a revision; default DefaultHistory (4096).
 	History int
 	// Queue is how many undelivered events one watcher may have before it
-	// is told to resync; default DefaultQueue (1024).
+	// is told to resync; default DefaultQueue (16,384).
 	Queue int
 }
 

@@ -10,8 +10,15 @@ import (
 )
 
 // DefaultQueue is how many undelivered events a watcher may have before it
-// is told to resync, when a store's options leave it zero.
-const DefaultQueue = 1024
+// is told to resync, when a store's options leave it zero. A watcher that
+// resyncs lists every key again, and its new watch starts at the list's
+// revision, so the queue must hold what is written while a list and its
+// Reset run: at 30,000 devices over three replicas, a replica's list of
+// presence took long enough, on a busy etcd, for over 1,024 devices to
+// reconnect meanwhile, and the watcher fell behind again at once, five
+// times in a row. An event is a few hundred bytes: a full queue is a few
+// megabytes.
+const DefaultQueue = 16384
 
 // ErrBehind is the Err of the EventResync a watcher gets when it falls more
 // than its queue behind.
