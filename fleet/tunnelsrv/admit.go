@@ -9,47 +9,50 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// errCrowded refuses a connection before its handshake (Config.MaxPending).
-var errCrowded = errors.New("too many devices handshaking or waiting to say hello")
+// errCrowded refuses a connection before its handshake
+// (Config.MaxHandshakes).
+var errCrowded = errors.New("too many devices handshaking at once")
 
-// pendingKey keys a connection's *pending in its context.
-type pendingKey struct{}
+// admissionKey keys a connection's *admission in its context.
+type admissionKey struct{}
 
-// pending is one connection's place among those handshaking or waiting
-// for their hello's turn (Config.MaxPending). It is given back once: when
-// the connection's hello gets its turn (or is refused one), or when the
-// connection ends, whichever comes first.
-type pending struct {
+// admission is one connection's place among those handshaking
+// (Config.MaxHandshakes). It is given back once: when the connection's
+// handshake completes, or when the connection ends, whichever comes first.
+type admission struct {
 	once sync.Once
 	s    *Server
 }
 
-func (p *pending) leave() { p.once.Do(func() { p.s.pending.Add(-1) }) }
+func (a *admission) leave() { a.once.Do(func() { a.s.handshaking.Add(-1) }) }
 
 // admit is the listener's quic.Transport.ConnContext: it runs when a
 // device's first packet arrives, before any cryptography. Past
-// Config.MaxPending connections still handshaking or waiting for their
-// hello's turn, it refuses the connection, and quic-go answers with
-// CONNECTION_REFUSED: one small packet. A crowd (every device of a
-// restarted fleet at once) would otherwise have the fleet spend its CPU
-// on handshakes it cannot follow through, and drop, unread, the datagrams
-// of the devices it could serve.
+// Config.MaxHandshakes connections still handshaking, it refuses the
+// connection, and quic-go answers with CONNECTION_REFUSED: one small
+// packet (quic-go sends a few such answers at a time and drops the rest
+// unanswered; the device's dial then times out). Handshakes pile up when
+// the fleet cannot keep up: their packets wait, or are dropped, unread. A
+// crowd (every device of a restarted fleet at once) would otherwise have
+// the fleet spend its CPU on handshakes it cannot follow through, and
+// drop the datagrams of the devices it could serve.
 func (s *Server) admit(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
-	if s.pending.Add(1) > int64(s.cfg.MaxPending) {
-		s.pending.Add(-1)
+	if s.handshaking.Add(1) > int64(s.cfg.MaxHandshakes) {
+		s.handshaking.Add(-1)
 		s.refused.Add(1)
 		return nil, errCrowded
 	}
-	p := &pending{s: s}
+	a := &admission{s: s}
 	// quic-go ends ctx when the connection closes or its handshake fails.
-	context.AfterFunc(ctx, p.leave)
-	return context.WithValue(ctx, pendingKey{}, p), nil
+	context.AfterFunc(ctx, a.leave)
+	return context.WithValue(ctx, admissionKey{}, a), nil
 }
 
-// admitted gives back qc's place among the pending connections (admit).
+// admitted gives back qc's place among the handshaking connections
+// (admit).
 func admitted(qc *quic.Conn) {
-	if p, ok := qc.Context().Value(pendingKey{}).(*pending); ok {
-		p.leave()
+	if a, ok := qc.Context().Value(admissionKey{}).(*admission); ok {
+		a.leave()
 	}
 }
 
@@ -78,7 +81,7 @@ func (s *Server) reportCrowd(ctx context.Context) {
 		r, tu := s.refused.Load(), s.turned.Load()
 		if r != refused || tu != turned {
 			s.log.Warn("turned devices away: more came at once than this fleet could answer",
-				"refusals_before_handshake", r-refused, "told_to_come_back_later", tu-turned, "pending", s.pending.Load())
+				"refusals_before_handshake", r-refused, "told_to_come_back_later", tu-turned, "handshaking", s.handshaking.Load())
 		}
 		refused, turned = r, tu
 	}

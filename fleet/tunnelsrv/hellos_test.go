@@ -3,9 +3,11 @@ package tunnelsrv
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -170,31 +172,50 @@ func TestHelloSlotFreedOnRefusal(t *testing.T) {
 	}
 }
 
-// TestCrowdRefusedBeforeHandshake: with one hello answered at a time and
-// one connection allowed to wait, a third device is refused before its
-// handshake (CONNECTION_REFUSED), the server counts it, and once the crowd
-// is gone an agent refused the same way connects.
+// TestCrowdRefusedBeforeHandshake: with one handshake allowed at a time,
+// a device that dials while another's handshake is under way is refused
+// before its own (CONNECTION_REFUSED), and the server counts it; an agent
+// refused the same way connects once the handshake is done. Connections
+// past their handshake, waiting for their hello's turn, do not count.
 func TestCrowdRefusedBeforeHandshake(t *testing.T) {
 	pki := newPKI(t)
 	release := make(chan struct{})
-	entered := make(chan string, 4)
+	letGo := sync.OnceFunc(func() { close(release) })
+	verifying := make(chan struct{}, 1)
 	h := startServerWith(t, pki, "127.0.0.1:0", func(c *Config) {
-		c.MaxHellos, c.HelloWait, c.MaxPending = 1, time.Minute, 1
-		c.OnHello = holdFirst(entered, release)
-	})
-	rawHello(t, h, "pi-1", &proto.Hello{Name: "pi-1"})
-	if got := <-entered; got != "pi-1" {
-		t.Fatalf("first hello answered = %s", got)
-	}
-	// pi-1 holds the one turn; pi-2 waits for it, the one pending place.
-	rawHello(t, h, "pi-2", &proto.Hello{Name: "pi-2"})
-	deadline := time.Now().Add(10 * time.Second)
-	for h.srv.waiting.Load() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the second device never waited for its turn")
+		c.MaxHandshakes = 1
+		// The server's check of a client certificate runs inside the
+		// handshake: it holds slow's handshake open.
+		c.TLSConfig.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+			if len(chains) > 0 && chains[0][0].Subject.CommonName == "slow" {
+				verifying <- struct{}{}
+				<-release
+			}
+			return nil
 		}
-		time.Sleep(5 * time.Millisecond)
+	})
+	// Devices past their handshake, even many, take no place.
+	for _, cn := range []string{"pi-1", "pi-2"} {
+		_, state := startAgent(t, h, cn, cn, nil)
+		waitState(t, state, true)
 	}
+	slow := make(chan error, 1)
+	go func() {
+		tc, _ := h.pki.clientTLS(h.pki.Client(t, "slow"))()
+		tc.NextProtos = []string{proto.ALPN}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		qc, err := quic.DialAddr(ctx, h.addr, tc, nil)
+		if err == nil {
+			qc.CloseWithError(0, "")
+		}
+		slow <- err
+	}()
+	<-verifying
+	// Registered after the server's: runs first, so that a failure here
+	// does not leave the server's stop waiting on the held handshake.
+	t.Cleanup(letGo)
+
 	tc, _ := h.pki.clientTLS(h.pki.Client(t, "pi-3"))()
 	tc.NextProtos = []string{proto.ALPN}
 	var handshakes atomic.Int32
@@ -204,7 +225,7 @@ func TestCrowdRefusedBeforeHandshake(t *testing.T) {
 	_, err := quic.DialAddr(ctx, h.addr, tc, nil)
 	var te *quic.TransportError
 	if !errors.As(err, &te) || !te.Remote || te.ErrorCode != quic.ConnectionRefused {
-		t.Fatalf("a third device's dial: %v, want CONNECTION_REFUSED from the fleet", err)
+		t.Fatalf("a device dialling during another's handshake: %v, want CONNECTION_REFUSED from the fleet", err)
 	}
 	if handshakes.Load() != 0 {
 		t.Error("the refused device saw the fleet's certificate: its handshake went ahead")
@@ -217,18 +238,19 @@ func TestCrowdRefusedBeforeHandshake(t *testing.T) {
 	}
 	// An agent refused the same way backs off and comes back.
 	_, state := startAgent(t, h, "pi-4", "pi-4", nil)
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for h.srv.Refused() <= refused {
 		if time.Now().After(deadline) {
-			t.Fatalf("Refused = %d: the agent was not refused while the crowd lasted", h.srv.Refused())
+			t.Fatalf("Refused = %d: the agent was not refused during the handshake", h.srv.Refused())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	close(release)
-	waitOnline(t, h, "pi-1")
-	waitOnline(t, h, "pi-2")
+	letGo()
+	if err := <-slow; err != nil {
+		t.Fatalf("the slow handshake, once let go: %v", err)
+	}
 	waitState(t, state, true)
-	if n := h.srv.pending.Load(); n != 0 {
-		t.Errorf("%d connections still counted as pending once all are connected", n)
+	if n := h.srv.handshaking.Load(); n != 0 {
+		t.Errorf("%d connections still counted as handshaking once all are done", n)
 	}
 }

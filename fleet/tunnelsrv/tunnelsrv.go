@@ -111,12 +111,13 @@ type Config struct {
 	// timing out in the store and starting over.
 	MaxHellos int
 	HelloWait time.Duration
-	// MaxPending bounds the connections that are handshaking or waiting
-	// for their hello's turn; default 4 × MaxHellos. Past it, a new
-	// connection is refused before its handshake (QUIC's
-	// CONNECTION_REFUSED: no cryptography, one small packet), and the
-	// agent backs off further than after other failures.
-	MaxPending int
+	// MaxHandshakes bounds the connections whose handshake is under way;
+	// default 256. Past it, a new connection is refused before its
+	// handshake (QUIC's CONNECTION_REFUSED: no cryptography, one small
+	// packet), and the agent backs off further than after other
+	// failures. A connection waiting for its hello's turn has finished
+	// its handshake: MaxHellos and HelloWait pace those.
+	MaxHandshakes int
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -147,11 +148,11 @@ type Server struct {
 
 	heardAgain chan struct{} // wakes watchPresence: a silent device was heard
 
-	hellos  chan struct{} // a slot per hello being answered (Config.MaxHellos)
-	waiting atomic.Int64  // connections waiting for a slot
-	turned  atomic.Int64  // connections told to come back later (Turned)
-	pending atomic.Int64  // connections handshaking or waiting for a slot (admit)
-	refused atomic.Int64  // connections refused before their handshake (Refused)
+	hellos      chan struct{} // a slot per hello being answered (Config.MaxHellos)
+	waiting     atomic.Int64  // connections waiting for a slot
+	turned      atomic.Int64  // connections told to come back later (Turned)
+	handshaking atomic.Int64  // connections whose handshake is under way (admit)
+	refused     atomic.Int64  // connections refused before their handshake (Refused)
 }
 
 // session is a brokered stream held for its device across reconnects.
@@ -259,8 +260,8 @@ func New(cfg Config) *Server {
 	if cfg.HelloWait <= 0 {
 		cfg.HelloWait = 8 * time.Second
 	}
-	if cfg.MaxPending <= 0 {
-		cfg.MaxPending = 4 * cfg.MaxHellos
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 256
 	}
 	linkKey := cfg.LinkKey
 	if len(linkKey) == 0 {
@@ -338,6 +339,7 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 	// until then the client is not authenticated, and 0-RTT can be replayed.
 	select {
 	case <-qc.HandshakeComplete():
+		admitted(qc)
 	case <-qc.Context().Done():
 		return
 	case <-ctx.Done():
@@ -379,7 +381,6 @@ func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
 		return
 	}
 	release, ok := s.helloTurn(ctx, qc)
-	admitted(qc)
 	if !ok {
 		log.Debug("device told to come back later: too many hellos at once, or the fleet stops")
 		return
