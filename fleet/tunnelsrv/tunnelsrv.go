@@ -112,7 +112,7 @@ type Config struct {
 	MaxHellos int
 	HelloWait time.Duration
 	// MaxHandshakes bounds the connections whose handshake is under way;
-	// default 256. Past it, a new connection is refused before its
+	// default 1024. Past it, a new connection is refused before its
 	// handshake (QUIC's CONNECTION_REFUSED: no cryptography, one small
 	// packet), and the agent backs off further than after other
 	// failures. A connection waiting for its hello's turn has finished
@@ -261,7 +261,7 @@ func New(cfg Config) *Server {
 		cfg.HelloWait = 8 * time.Second
 	}
 	if cfg.MaxHandshakes <= 0 {
-		cfg.MaxHandshakes = 256
+		cfg.MaxHandshakes = 1024
 	}
 	linkKey := cfg.LinkKey
 	if len(linkKey) == 0 {
