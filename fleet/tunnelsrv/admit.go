@@ -57,9 +57,9 @@ func admitted(qc *quic.Conn) {
 }
 
 // Refused counts the refusals sent before a handshake because too many
-// connections were pending (Config.MaxPending): one per packet that would
-// have started a connection, so a device whose first flight spans two
-// packets (a post-quantum key share) counts twice.
+// connections were handshaking (Config.MaxHandshakes): one per packet that
+// would have started a connection, so a device whose first flight spans
+// two packets (a post-quantum key share) counts twice.
 func (s *Server) Refused() int64 { return s.refused.Load() }
 
 // crowdEvery is how often a replica that turned devices away says so.
