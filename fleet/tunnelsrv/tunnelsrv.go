@@ -333,12 +333,13 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 }
 
 func (s *Server) serveConn(ctx context.Context, qc *quic.Conn) {
-	defer admitted(qc)
 	log := s.log.With("addr", qc.RemoteAddr())
 	// Nothing from 0-RTT data is acted on before the handshake completes:
 	// until then the client is not authenticated, and 0-RTT can be replayed.
 	select {
 	case <-qc.HandshakeComplete():
+		// Its place among the handshaking goes back now; a connection
+		// that ends first gives it back then (admit).
 		admitted(qc)
 	case <-qc.Context().Done():
 		return
