@@ -309,3 +309,50 @@ func TestManyBlackoutsOnOneConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestHurryCadence: while a session stalls, a hurry goes on every one of
+// watchStalls' ticks, however late each tick runs, so that the link's
+// return finds one within hurryEvery; and never twice within half a tick.
+// (Before, a tick that ran less late than the one before waited a whole
+// tick more: every other hurry came 100 ms after the last.)
+func TestHurryCadence(t *testing.T) {
+	const us = time.Microsecond
+	tests := []struct {
+		name string
+		late []time.Duration // how late each tick runs
+	}{
+		{"on time", []time.Duration{0, 0, 0, 0, 0, 0}},
+		{"less late each time", []time.Duration{900 * us, 700 * us, 500 * us, 300 * us, 100 * us, 0}},
+		{"alternating", []time.Duration{400 * us, 100 * us, 400 * us, 100 * us, 400 * us, 100 * us}},
+		{"one very late tick", []time.Duration{0, 20 * time.Millisecond, 0, 0, 5 * time.Millisecond, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dc := &deviceConn{}
+			start := time.Unix(1_000_000, 0)
+			for i, late := range tt.late {
+				now := start.Add(time.Duration(i)*stallCheck + late)
+				seq, ok := dc.hurryDue(now, true)
+				if !ok || seq != uint64(i+1) {
+					t.Fatalf("tick %d (%v late): hurry %d due %v, want hurry %d due", i, late, seq, ok, i+1)
+				}
+				// A second look within the same tick sends nothing more.
+				if _, again := dc.hurryDue(now.Add(stallCheck/2-us), true); again {
+					t.Fatalf("tick %d: a second hurry within half a tick", i)
+				}
+			}
+		})
+	}
+	t.Run("a new stall hurries at once, with a later sequence", func(t *testing.T) {
+		dc := &deviceConn{}
+		now := time.Unix(1_000_000, 0)
+		dc.hurryDue(now, true)
+		if _, ok := dc.hurryDue(now.Add(time.Millisecond), false); ok {
+			t.Fatal("a hurry with no session stalled")
+		}
+		seq, ok := dc.hurryDue(now.Add(2*time.Millisecond), true)
+		if !ok || seq != 2 {
+			t.Fatalf("new stall: hurry %d due %v, want hurry 2 at once", seq, ok)
+		}
+	})
+}
