@@ -94,7 +94,11 @@ func startSimProcs(tb harness.TB, cfg RestartConfig, addrs []string, token, data
 				args = append(args, d.flag, d.v.String())
 			}
 		}
-		p, err := harness.StartErr(tb, harness.Cmd{Name: fmt.Sprintf("devsim-%d", len(sp.procs)+1), Path: cfg.Exe, Args: args, StopTimeout: time.Minute, LogDir: logDir})
+		path := cfg.Exe
+		if cfg.Nice > 0 {
+			path, args = "nice", append([]string{"-n", strconv.Itoa(cfg.Nice), cfg.Exe}, args...)
+		}
+		p, err := harness.StartErr(tb, harness.Cmd{Name: fmt.Sprintf("devsim-%d", len(sp.procs)+1), Path: path, Args: args, StopTimeout: time.Minute, LogDir: logDir})
 		if err != nil {
 			return nil, fmt.Errorf("devsim: %w", err)
 		}
@@ -184,6 +188,18 @@ func (sp *simProcs) err() error {
 }
 
 // stat sums the processes' RSS and CPU.
+// niceness returns the least niceness of the processes (19 if none could
+// be read).
+func (sp *simProcs) niceness() int {
+	n := 19
+	for _, p := range sp.procs {
+		if st, err := p.Stat(); err == nil {
+			n = min(n, st.Nice)
+		}
+	}
+	return n
+}
+
 func (sp *simProcs) stat() (rss int64, cpu time.Duration) {
 	for _, p := range sp.procs {
 		if st, err := p.Stat(); err == nil {

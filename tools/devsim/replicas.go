@@ -84,6 +84,9 @@ type ReplicasReport struct {
 	// balancers'.
 	SimRSS, BalancerRSS         int64
 	SimIdleCPU, BalancerIdleCPU time.Duration
+	// SimNice is the simulator processes' niceness, as read from them
+	// (the least nice of them; see RestartConfig.Nice).
+	SimNice int
 	// Killed is the replica killed (the one holding most devices); Kill
 	// how its devices came back through the balancers.
 	Killed string
@@ -144,6 +147,12 @@ func withRun(ctx context.Context, cfg *RestartConfig, tmpPrefix string, fn func(
 	}
 	if cfg.StartRate == 0 {
 		cfg.StartRate = 200
+	}
+	switch {
+	case cfg.Nice < 0 || cfg.Nice > 19:
+		return fmt.Errorf("devsim: niceness %d: want 0 to 19 (a simulator may only run below the fleet)", cfg.Nice)
+	case cfg.Nice > 0 && cfg.Procs <= 1:
+		return errors.New("devsim: a niceness applies to simulator processes: give -procs 2 or more")
 	}
 	if cfg.Exe == "" {
 		exe, err := os.Executable()
@@ -246,6 +255,9 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	r.SimRSS, simCPU1 = simStat()
 	r.BalancerRSS, lbCPU1 = procsStat(lbs)
 	r.SimIdleCPU, r.BalancerIdleCPU = simCPU1-simCPU0, lbCPU1-lbCPU0
+	if sp, ok := sim.(*simProcs); ok {
+		r.SimNice = sp.niceness()
+	}
 
 	// Where the tunnels are, as the fleet lists them.
 	held, err := tunnelsByReplica(reps[0], cfg.Count)
@@ -498,8 +510,8 @@ func (r *ReplicasReport) Write(w io.Writer) {
 			rp.ID, rp.Devices, harness.MB(rp.Idle.RSS), float64(rp.Idle.RSS)/float64(max(rp.Devices, 1))/1e3, harness.MB(rp.Idle.Peak),
 			rp.Idle.Threads, rp.IdleCPU.Round(time.Millisecond), 100*rp.IdleCPU.Seconds()/r.Settle.Seconds(), after)
 	}
-	fmt.Fprintf(w, "  simulators: RSS %s, CPU %.1f%% of one core; balancers: RSS %s, CPU %.1f%% of one core\n",
-		harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())
+	fmt.Fprintf(w, "  simulators (niceness %d): RSS %s, CPU %.1f%% of one core; balancers: RSS %s, CPU %.1f%% of one core\n",
+		r.SimNice, harness.MB(r.SimRSS), 100*r.SimIdleCPU.Seconds()/r.Settle.Seconds(), harness.MB(r.BalancerRSS), 100*r.BalancerIdleCPU.Seconds()/r.Settle.Seconds())
 	fmt.Fprintf(w, "\nreplica %s killed (SIGKILL); times after the kill:\n", r.Killed)
 	r.Kill.write(w)
 	fmt.Fprintf(w, "  UDP datagrams the kernel dropped: %s\n", r.KillDrops)

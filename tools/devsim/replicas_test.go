@@ -2,6 +2,7 @@ package devsim
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ import (
 // devsim processes, each behind its own balancer process. Every figure the
 // report gives must have been measured: every device up and back, each
 // replica's memory read, the killed replica's devices timed back on the
-// others. Short device timers let devices learn of the dead replica within
-// seconds; the figures are not the point.
+// others; the simulators run at the niceness asked for. Short device timers
+// let devices learn of the dead replica within seconds; the figures are not
+// the point.
 func TestMeasureReplicasTiny(t *testing.T) {
 	bin, err := harness.Build(t.Context(), t.TempDir(), nil, "remoteler.dev/edge/tools/cmd/devsim")
 	if err != nil {
@@ -28,7 +30,7 @@ func TestMeasureReplicasTiny(t *testing.T) {
 	const count = 8
 	var out strings.Builder
 	r, err := MeasureReplicas(ctx, ReplicasConfig{RestartConfig: RestartConfig{
-		Dir: t.TempDir(), Count: count, Procs: 2, Exe: bin.Path("devsim"),
+		Dir: t.TempDir(), Count: count, Procs: 2, Exe: bin.Path("devsim"), Nice: 1,
 		Settle: 200 * time.Millisecond, Timeout: time.Minute,
 		Keepalive: 500 * time.Millisecond, Liveness: time.Second, IdleTimeout: 3 * time.Second,
 		Logger: logtest.Logger(t),
@@ -52,6 +54,9 @@ func TestMeasureReplicasTiny(t *testing.T) {
 	}
 	if r.SimRSS <= 0 || r.BalancerRSS <= 0 {
 		t.Errorf("simulators' RSS %d, balancers' %d; want both read", r.SimRSS, r.BalancerRSS)
+	}
+	if own, err := harness.ReadStat(os.Getpid()); err != nil || r.SimNice != min(own.Nice+1, 19) {
+		t.Errorf("simulators at niceness %d (this test's: %+v, %v), want 1 more than this test's", r.SimNice, own.Nice, err)
 	}
 	if r.Kill.Expected == 0 || r.Kill.Missing != 0 || r.Kill.Back.N != r.Kill.Expected || r.Kill.Back.Max <= 0 {
 		t.Errorf("after the kill of %s: %+v; want every one of its devices (at least one) timed back", r.Killed, r.Kill)

@@ -48,6 +48,11 @@ type RestartConfig struct {
 	// Exe is the devsim program the processes run; default this program,
 	// which must then be devsim.
 	Exe string
+	// Nice, when positive, runs those processes at this niceness (nice(1)),
+	// below the fleet's: deployed devices do not share the fleet's cores,
+	// and here the simulated ones would take CPU that the fleet needs to
+	// answer them. It needs Procs > 1.
+	Nice int
 }
 
 // Bucket is the histogram width of the restart report.

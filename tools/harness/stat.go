@@ -27,6 +27,8 @@ type Stat struct {
 	// the children it has waited for (how sshd's per-connection processes
 	// are counted once they have ended).
 	CPU, ChildCPU time.Duration
+	// Nice is the process's niceness (its main thread's), -20 to 19.
+	Nice int
 }
 
 // ReadStat reads /proc/PID/status and /proc/PID/stat.
@@ -42,7 +44,7 @@ func ReadStat(pid int) (Stat, error) {
 	if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err != nil {
 		return Stat{}, fmt.Errorf("read process %d: %w", pid, err)
 	}
-	if st.CPU, st.ChildCPU, err = parseStat(b); err != nil {
+	if st.CPU, st.ChildCPU, st.Nice, err = parseStat(b); err != nil {
 		return Stat{}, fmt.Errorf("read process %d: %w", pid, err)
 	}
 	return st, nil
@@ -124,27 +126,30 @@ const userHZ = 100
 // and 17) of /proc/PID/stat. The second field, the command name in
 // parentheses, may hold spaces and parentheses itself, so the fields are
 // counted from its last ')'.
-func parseStat(b []byte) (cpu, children time.Duration, err error) {
+func parseStat(b []byte) (cpu, children time.Duration, nice int, err error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, 0, errors.New("parse stat: no command name")
+		return 0, 0, 0, errors.New("parse stat: no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3 (state), so field n is f[n-3].
-	const utime = 14 - 3
-	if len(f) < utime+4 {
-		return 0, 0, fmt.Errorf("parse stat: %d fields after the command name, want at least %d", len(f), utime+4)
+	const utime, niceField = 14 - 3, 19 - 3
+	if len(f) <= niceField {
+		return 0, 0, 0, fmt.Errorf("parse stat: %d fields after the command name, want at least %d", len(f), niceField+1)
 	}
 	var ticks [4]int64
 	for j, s := range f[utime : utime+4] {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || v < 0 || v > 1<<50 {
-			return 0, 0, fmt.Errorf("parse stat: bad time %q", s)
+			return 0, 0, 0, fmt.Errorf("parse stat: bad time %q", s)
 		}
 		ticks[j] = v
 	}
+	if nice, err = strconv.Atoi(f[niceField]); err != nil || nice < -20 || nice > 19 {
+		return 0, 0, 0, fmt.Errorf("parse stat: bad niceness %q", f[niceField])
+	}
 	tick := time.Second / userHZ
-	return time.Duration(ticks[0]+ticks[1]) * tick, time.Duration(ticks[2]+ticks[3]) * tick, nil
+	return time.Duration(ticks[0]+ticks[1]) * tick, time.Duration(ticks[2]+ticks[3]) * tick, nice, nil
 }
 
 // MB formats bytes in megabytes (10^6).

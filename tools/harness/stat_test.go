@@ -33,24 +33,29 @@ func TestParseStatus(t *testing.T) {
 }
 
 func TestParseStat(t *testing.T) {
-	// Fields 14-17 (utime stime cutime cstime) are 100 20 300 40 ticks.
-	line := "1234 (edge (agent)) S 1 1234 1234 0 -1 4194560 100 0 0 0 100 20 300 40 20 0 9 0 1000 1000000 2000 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0"
+	// Fields 14-17 (utime stime cutime cstime) are 100 20 300 40 ticks;
+	// field 19 (nice) is 10.
+	line := "1234 (edge (agent)) S 1 1234 1234 0 -1 4194560 100 0 0 0 100 20 300 40 30 10 9 0 1000 1000000 2000 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0"
 	tests := []struct {
 		name          string
 		in            string
 		cpu, children time.Duration
+		nice          int
 		wantErr       bool
 	}{
-		{"process", line, 1200 * time.Millisecond, 3400 * time.Millisecond, false},
-		{"truncated", "1234 (x) S 1 2 3", 0, 0, true},
-		{"no name", "1234 x S", 0, 0, true},
-		{"bad number", strings.Replace(line, " 100 20 ", " 100 zz ", 1), 0, 0, true},
+		{"process", line, 1200 * time.Millisecond, 3400 * time.Millisecond, 10, false},
+		{"negative niceness", strings.Replace(line, " 30 10 9 ", " 0 -20 9 ", 1), 1200 * time.Millisecond, 3400 * time.Millisecond, -20, false},
+		{"truncated", "1234 (x) S 1 2 3", 0, 0, 0, true},
+		{"no niceness", "1234 (x) S 1 1234 1234 0 -1 4194560 100 0 0 0 100 20 300 40 30", 0, 0, 0, true},
+		{"no name", "1234 x S", 0, 0, 0, true},
+		{"bad number", strings.Replace(line, " 100 20 ", " 100 zz ", 1), 0, 0, 0, true},
+		{"bad niceness", strings.Replace(line, " 30 10 9 ", " 30 99 9 ", 1), 0, 0, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cpu, children, err := parseStat([]byte(tt.in))
-			if (err != nil) != tt.wantErr || cpu != tt.cpu || children != tt.children {
-				t.Errorf("parseStat = %v, %v, %v; want %v, %v, error %v", cpu, children, err, tt.cpu, tt.children, tt.wantErr)
+			cpu, children, nice, err := parseStat([]byte(tt.in))
+			if (err != nil) != tt.wantErr || cpu != tt.cpu || children != tt.children || nice != tt.nice {
+				t.Errorf("parseStat = %v, %v, %d, %v; want %v, %v, %d, error %v", cpu, children, nice, err, tt.cpu, tt.children, tt.nice, tt.wantErr)
 			}
 		})
 	}
@@ -90,8 +95,8 @@ func FuzzParseStat(f *testing.F) {
 	f.Add([]byte("42 (edge-agent) S 1 2 3 4 5 6 7 8 9 10 7 5 11 12 20 0 1 0 100 200 300\n"))
 	f.Add([]byte("42 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 7 5\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		cpu, children, err := parseStat(b)
-		if err == nil && (cpu < 0 || children < 0) {
+		cpu, children, nice, err := parseStat(b)
+		if err == nil && (cpu < 0 || children < 0 || nice < -20 || nice > 19) {
 			t.Errorf("parseStat(%q) = %v, %v: negative", b, cpu, children)
 		}
 	})

@@ -174,6 +174,7 @@ func restartFlags(fs *flag.FlagSet, cfg *devsim.RestartConfig) (quick, quiet *bo
 	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 0, "devices' first reconnect delay bound (default 500ms, the agent's)")
 	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "devices' largest reconnect delay (default 1m, the agent's)")
 	fs.IntVar(&cfg.Procs, "procs", 1, "split the devices over this many devsim processes (each device holds an open file: for more devices than one process may open)")
+	fs.IntVar(&cfg.Nice, "nice", 0, "run the devsim processes of -procs at this niceness, below the fleet's, as deployed devices do not share its CPUs (0: as the fleet)")
 	return fs.Bool("quick", false, "a quick check: 50 devices, 1s settle, 1m timeout (overrides -count, -settle, -timeout)"),
 		fs.Bool("q", false, "no progress on stderr")
 }

@@ -22,6 +22,8 @@ func TestRunUsage(t *testing.T) {
 		{"stray argument", []string{"--fleet", "127.0.0.1:1", "--data", "x", "extra"}, 2, `unexpected argument "extra"`},
 		{"no fleet", []string{"--data", "x"}, 1, "the fleet address is required"},
 		{"no data dir", []string{"--fleet", "127.0.0.1:1"}, 1, "a data directory is required"},
+		{"niceness without simulator processes", []string{"replicas", "-q", "-nice", "5"}, 1, "give -procs 2 or more"},
+		{"niceness out of range", []string{"restart", "-q", "-procs", "2", "-nice", "20"}, 1, "want 0 to 19"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
