@@ -187,7 +187,6 @@ func (sp *simProcs) err() error {
 	return nil
 }
 
-// stat sums the processes' RSS and CPU.
 // niceness returns the least niceness of the processes (19 if none could
 // be read).
 func (sp *simProcs) niceness() int {
@@ -200,6 +199,7 @@ func (sp *simProcs) niceness() int {
 	return n
 }
 
+// stat sums the processes' RSS and CPU.
 func (sp *simProcs) stat() (rss int64, cpu time.Duration) {
 	for _, p := range sp.procs {
 		if st, err := p.Stat(); err == nil {

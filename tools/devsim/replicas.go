@@ -257,6 +257,8 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 	r.SimIdleCPU, r.BalancerIdleCPU = simCPU1-simCPU0, lbCPU1-lbCPU0
 	if sp, ok := sim.(*simProcs); ok {
 		r.SimNice = sp.niceness()
+	} else if st, err := harness.ReadStat(os.Getpid()); err == nil {
+		r.SimNice = st.Nice // the devices run in this process
 	}
 
 	// Where the tunnels are, as the fleet lists them.
