@@ -187,24 +187,18 @@ func (sp *simProcs) err() error {
 	return nil
 }
 
-// niceness returns the least niceness of the processes (19 if none could
-// be read).
-func (sp *simProcs) niceness() int {
-	n := 19
-	for _, p := range sp.procs {
-		if st, err := p.Stat(); err == nil {
-			n = min(n, st.Nice)
-		}
-	}
-	return n
-}
+// stat reads the processes' figures together (sumStat).
+func (sp *simProcs) stat() harness.Stat { return sumStat(sp.procs) }
 
-// stat sums the processes' RSS and CPU.
-func (sp *simProcs) stat() (rss int64, cpu time.Duration) {
-	for _, p := range sp.procs {
+// sumStat reads processes' /proc entries: their RSS and CPU summed, and
+// the least niceness among them. A process that cannot be read counts for
+// nothing (19 is the niceness when none can).
+func sumStat[P interface{ Stat() (harness.Stat, error) }](ps []P) harness.Stat {
+	sum := harness.Stat{Nice: 19}
+	for _, p := range ps {
 		if st, err := p.Stat(); err == nil {
-			rss, cpu = rss+st.RSS, cpu+st.CPU
+			sum.RSS, sum.CPU, sum.Nice = sum.RSS+st.RSS, sum.CPU+st.CPU, min(sum.Nice, st.Nice)
 		}
 	}
-	return rss, cpu
+	return sum
 }

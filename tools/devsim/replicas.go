@@ -237,8 +237,7 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 			return nil, fmt.Errorf("devsim: %w", err)
 		}
 	}
-	_, simCPU0 := simStat()
-	_, lbCPU0 := procsStat(lbs)
+	sim0, lb0 := simStat(), sumStat(lbs)
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -251,15 +250,9 @@ func measureReplicas(tb harness.TB, cfg ReplicasConfig, dir string, out io.Write
 		}
 		r.Replicas = append(r.Replicas, ReplicaFigures{ID: replicaID(i), Addr: f.Addr, Idle: st, IdleCPU: st.CPU - before[i].CPU})
 	}
-	var simCPU1, lbCPU1 time.Duration
-	r.SimRSS, simCPU1 = simStat()
-	r.BalancerRSS, lbCPU1 = procsStat(lbs)
-	r.SimIdleCPU, r.BalancerIdleCPU = simCPU1-simCPU0, lbCPU1-lbCPU0
-	if sp, ok := sim.(*simProcs); ok {
-		r.SimNice = sp.niceness()
-	} else if st, err := harness.ReadStat(os.Getpid()); err == nil {
-		r.SimNice = st.Nice // the devices run in this process
-	}
+	sim1, lb1 := simStat(), sumStat(lbs)
+	r.SimRSS, r.SimIdleCPU, r.SimNice = sim1.RSS, sim1.CPU-sim0.CPU, sim1.Nice
+	r.BalancerRSS, r.BalancerIdleCPU = lb1.RSS, lb1.CPU-lb0.CPU
 
 	// Where the tunnels are, as the fleet lists them.
 	held, err := tunnelsByReplica(reps[0], cfg.Count)
@@ -485,16 +478,6 @@ func startBalancers(tb harness.TB, exe string, n, flows int, backends []string, 
 		lbs = append(lbs, balancerProc{p, m[1]})
 	}
 	return lbs, nil
-}
-
-// procsStat sums the balancers' RSS and CPU.
-func procsStat(lbs []balancerProc) (rss int64, cpu time.Duration) {
-	for _, p := range lbs {
-		if st, err := p.Stat(); err == nil {
-			rss, cpu = rss+st.RSS, cpu+st.CPU
-		}
-	}
-	return rss, cpu
 }
 
 // Write prints the report as Markdown-friendly text.

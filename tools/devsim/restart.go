@@ -154,7 +154,7 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 	if err != nil {
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
-	_, simCPU0 := simStat()
+	sim0 := simStat()
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -164,9 +164,8 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
 	r.IdleCPU = r.Idle.CPU - before.CPU
-	var simCPU1 time.Duration
-	r.SimRSS, simCPU1 = simStat()
-	r.SimIdleCPU = simCPU1 - simCPU0
+	sim1 := simStat()
+	r.SimRSS, r.SimIdleCPU = sim1.RSS, sim1.CPU-sim0.CPU
 	if online, err := onlineCount(fd); err != nil || online != cfg.Count {
 		log.Warn("fleetd's device list disagrees", "online", online, "want", cfg.Count, "err", err)
 	}
@@ -214,8 +213,8 @@ func measureRestart(tb harness.TB, cfg RestartConfig, dir string, out io.Writer)
 // addrs[i % len(addrs)], with the identities in dir/devices (and the
 // processes' output in dir/devsim-N.log). simDone is closed when the simulator (or one
 // of its processes) has stopped, and stopped then says why; stat reads the
-// simulator's RSS and CPU time.
-func startSim(tb harness.TB, cfg RestartConfig, addrs []string, token, dir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() (int64, time.Duration), err error) {
+// simulator's RSS, CPU time and niceness.
+func startSim(tb harness.TB, cfg RestartConfig, addrs []string, token, dir string) (sim fleetSim, simDone <-chan struct{}, stopped func() error, stat func() harness.Stat, err error) {
 	dataDir := filepath.Join(dir, "devices")
 	if cfg.Procs > 1 {
 		sp, err := startSimProcs(tb, cfg, addrs, token, dataDir, dir)
@@ -257,9 +256,9 @@ func startSim(tb harness.TB, cfg RestartConfig, addrs []string, token, dir strin
 		}
 		return fmt.Errorf("devsim: the simulator stopped: %w", simErr)
 	}
-	stat = func() (int64, time.Duration) {
-		own, _ := harness.ReadStat(os.Getpid())
-		return own.RSS, own.CPU
+	stat = func() harness.Stat {
+		own, _ := harness.ReadStat(os.Getpid()) // the devices run in this process
+		return own
 	}
 	return s, done, stopped, stat, nil
 }
