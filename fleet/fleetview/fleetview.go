@@ -181,6 +181,8 @@ type entry struct {
 	lower string
 	// release says the agent's version is a release (semantic).
 	release bool
+	// refreshed is the last refresh that found its tunnel on this fleetd.
+	refreshed uint64
 }
 
 func newEntry(d *devices.Device) *entry {
@@ -215,14 +217,26 @@ type View struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.RWMutex // guards the fields below
-	byID    map[string]*entry
-	order   []*entry // by name
-	sorted  bool     // order is up to date
-	latest  string   // newest agent version in the fleet
-	version uint64
-	changed chan struct{} // closed and replaced when version moves
-	ready   bool          // the registry was listed once
+	// refreshMu makes Refreshes take turns over the buffers below, reused
+	// from one to the next.
+	refreshMu sync.Mutex
+	links     []link
+	counts    map[string]int // open sessions by device
+
+	mu     sync.RWMutex // guards the fields below
+	byID   map[string]*entry
+	order  []*entry // by name
+	sorted bool     // order is up to date
+	// releases counts the devices on each release; latest is the newest
+	// of them. A device's change costs a look at the releases only when
+	// one appears or goes, not at every device.
+	releases map[string]int
+	latest   string
+	// refreshes counts the Refreshes (entry.refreshed).
+	refreshes uint64
+	version   uint64
+	changed   chan struct{} // closed and replaced when version moves
+	ready     bool          // the registry was listed once
 }
 
 // New returns a View for cfg; Run fills it.
@@ -242,7 +256,7 @@ func New(cfg Config) *View {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &View{cfg: cfg, log: cfg.Logger.With("component", "fleetview"), byID: map[string]*entry{}, changed: make(chan struct{})}
+	return &View{cfg: cfg, log: cfg.Logger.With("component", "fleetview"), byID: map[string]*entry{}, releases: map[string]int{}, counts: map[string]int{}, changed: make(chan struct{})}
 }
 
 // Run follows the registry and reads the tunnels and sessions every
@@ -288,16 +302,17 @@ func (v *View) reset(all []devices.Device) {
 	defer v.mu.Unlock()
 	old := v.byID
 	v.byID = make(map[string]*entry, len(all))
+	clear(v.releases)
 	for _, d := range all {
 		e := newEntry(&d)
 		if o := old[d.ID]; o != nil {
 			e.live = o.live
 		}
 		v.byID[d.ID] = e
+		v.countLocked(e, 1)
 	}
 	v.ready = true
 	v.sorted = false
-	v.latestLocked()
 	v.bumpLocked()
 }
 
@@ -309,20 +324,24 @@ func (v *View) apply(id string, d *devices.Device) {
 	case d == nil && e == nil:
 		return
 	case d == nil:
+		v.countLocked(e, -1)
 		delete(v.byID, id)
 		v.sorted = false
 	case e == nil:
-		v.byID[id] = newEntry(d)
+		e = newEntry(d)
+		v.byID[id] = e
+		v.countLocked(e, 1)
 		v.sorted = false
 	default:
 		if e.rec.Name != d.Name {
 			v.sorted = false
 		}
+		v.countLocked(e, -1)
 		n := newEntry(d)
 		n.live = e.live
 		*e = *n
+		v.countLocked(e, 1)
 	}
-	v.latestLocked()
 	v.bumpLocked()
 }
 
@@ -335,8 +354,15 @@ func (v *View) bumpLocked() {
 
 // Refresh reads the tunnels and the sessions once; Run calls it every
 // Refresh. The version moves when something shown changed.
+//
+// It runs every second over every device of the fleet, busy or not, so it
+// allocates nothing once warm: the tunnels are read into a slice kept from
+// one refresh to the next, and a device's entry is marked with the refresh
+// that saw its tunnel rather than put in a map.
 func (v *View) Refresh() {
-	links := map[string]live{}
+	v.refreshMu.Lock()
+	defer v.refreshMu.Unlock()
+	links := v.links[:0]
 	v.cfg.Links.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
 		l := live{online: true, reach: ReachTunnel, since: since, rtt: st.SmoothedRTT, up: st.BytesSent, down: st.BytesReceived}
 		if v.cfg.Loss != nil {
@@ -347,32 +373,54 @@ func (v *View) Refresh() {
 		if !l.lossKnown && st.PacketsSent > 0 {
 			l.loss, l.lossKnown = 100*float64(st.PacketsLost)/float64(st.PacketsSent), true
 		}
-		links[id] = l
+		links = append(links, link{id: id, live: l})
 	})
-	counts := map[string]int{}
+	// A fleet at its size keeps its buffer; one that shrank far lets it go.
+	if cap(links) > 2*len(links)+1024 {
+		v.links = nil
+	} else {
+		v.links = links[:0]
+	}
+	clear(v.counts)
 	if v.cfg.Sessions != nil {
 		for _, s := range v.cfg.Sessions.List(sessions.Filter{}) {
-			counts[s.DeviceID]++
+			v.counts[s.DeviceID]++
 		}
 	}
 	now := v.cfg.Now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.refreshes++
 	moved := false
-	for id, e := range v.byID {
-		l, here := links[id]
-		if !here {
-			l = v.reachedLocked(e, now)
-		}
-		l.sessions = counts[id]
+	set := func(id string, e *entry, l live) {
+		l.sessions = v.counts[id]
 		if l.shown() != e.live.shown() {
 			moved = true
 		}
 		e.live = l
 	}
+	for _, k := range links {
+		// A tunnel of a device the registry's picture lacks (it joined a
+		// moment ago, or was removed) shows once its record does.
+		if e := v.byID[k.id]; e != nil {
+			e.refreshed = v.refreshes
+			set(k.id, e, k.live)
+		}
+	}
+	for id, e := range v.byID {
+		if e.refreshed != v.refreshes {
+			set(id, e, v.reachedLocked(e, now))
+		}
+	}
 	if moved {
 		v.bumpLocked()
 	}
+}
+
+// link is a tunnel as Refresh read it.
+type link struct {
+	id   string
+	live live
 }
 
 // reachedLocked is what the picture has of a device with no tunnel on
@@ -627,12 +675,29 @@ func (v *View) wantedLocked() string {
 	return latest
 }
 
-// latestLocked finds the newest agent version in the fleet.
-func (v *View) latestLocked() {
+// countLocked counts e's release in (delta 1) or out (delta -1) of the
+// fleet's, and finds the newest again if a release appeared or went.
+func (v *View) countLocked(e *entry, delta int) {
+	if !e.release {
+		return
+	}
+	ver := e.rec.AgentVersion
+	was := v.releases[ver]
+	n := was + delta
+	if n > 0 {
+		v.releases[ver] = n
+	} else {
+		delete(v.releases, ver)
+	}
+	if (was > 0) == (n > 0) {
+		return
+	}
 	v.latest = ""
-	for _, e := range v.byID {
-		if e.release && (v.latest == "" || ota.Compare(e.rec.AgentVersion, v.latest) > 0) {
-			v.latest = e.rec.AgentVersion
+	for r := range v.releases {
+		// Equal versions (v1.2.0, v1.2.0+build) pick the same one
+		// whatever the map's order.
+		if c := ota.Compare(r, v.latest); v.latest == "" || c > 0 || c == 0 && r > v.latest {
+			v.latest = r
 		}
 	}
 }

@@ -350,3 +350,86 @@ func TestReach(t *testing.T) {
 		}
 	}
 }
+
+// TestOutdatedFollowsChanges: the fleet's newest release follows devices
+// that upgrade, join and go, one change at a time.
+func TestOutdatedFollowsChanges(t *testing.T) {
+	v := New(Config{Links: &fakeLinks{}})
+	v.reset([]devices.Device{{ID: "a", Name: "a", AgentVersion: "v1.2.0"}, {ID: "b", Name: "b", AgentVersion: "v1.10.0"}})
+	steps := []struct {
+		name     string
+		id       string
+		version  string // "" removes the device
+		outdated []string
+	}{
+		{"b upgrades", "b", "v1.11.0", []string{"a"}},
+		{"c joins on b's release", "c", "v1.11.0", []string{"a"}},
+		{"b goes; c still runs the newest", "b", "", []string{"a"}},
+		{"d joins on an older release", "d", "v1.0.0", []string{"a", "d"}},
+		{"c goes: a's release is the newest", "c", "", []string{"d"}},
+		{"a runs a development build", "a", "dev", nil},
+		{"d goes: no release left", "d", "", nil},
+		{"e joins on a release", "e", "v0.9.0", nil},
+		{"a moves to a newer release", "a", "v2.0.0", []string{"e"}},
+	}
+	for _, st := range steps {
+		if st.version == "" {
+			v.apply(st.id, nil)
+		} else {
+			v.apply(st.id, &devices.Device{ID: st.id, Name: st.id, AgentVersion: st.version})
+		}
+		if got := names(v.Query(Query{Status: StatusOutdated})); !slices.Equal(got, st.outdated) {
+			t.Errorf("%s: outdated %v, want %v", st.name, got, st.outdated)
+		}
+	}
+}
+
+// fleetOf returns n devices on one release, with IDs 0 to n-1 in hex.
+func fleetOf(n int) []devices.Device {
+	all := make([]devices.Device, n)
+	for i := range all {
+		all[i] = devices.Device{ID: fmt.Sprintf("%032x", i), Name: fmt.Sprintf("dev-%05d", i),
+			Labels: map[string]string{"site": "north"}, AgentVersion: "v1.0.0"}
+	}
+	return all
+}
+
+// BenchmarkApply30k measures one device's change (its reconnect writes its
+// record) reaching the picture of a fleet of 30,000: a fleet restart
+// brings 30,000 of them within minutes.
+func BenchmarkApply30k(b *testing.B) {
+	all := fleetOf(30000)
+	v := New(Config{Links: &fakeLinks{}})
+	v.reset(all)
+	i := 0
+	for b.Loop() {
+		d := all[i%len(all)]
+		d.Connects = i
+		v.apply(d.ID, &d)
+		i++
+	}
+}
+
+// BenchmarkRefresh30k measures the refresh that runs every second on a
+// replica of a fleet of 30,000: half the tunnels here, half on other
+// replicas.
+func BenchmarkRefresh30k(b *testing.B) {
+	all := fleetOf(30000)
+	links := &fakeLinks{}
+	for _, d := range all[:15000] {
+		links.set(d.ID, &quic.ConnectionStats{SmoothedRTT: 40 * time.Millisecond, PacketsSent: 100})
+	}
+	elsewhere := map[string]time.Time{}
+	for _, d := range all[15000:] {
+		elsewhere[d.ID] = time.Unix(2000, 0)
+	}
+	v := New(Config{Links: links, Elsewhere: func(id string) (time.Time, bool) {
+		since, ok := elsewhere[id]
+		return since, ok
+	}})
+	v.reset(all)
+	b.ReportAllocs()
+	for b.Loop() {
+		v.Refresh()
+	}
+}

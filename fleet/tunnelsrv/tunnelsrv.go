@@ -813,14 +813,19 @@ func (s *Server) Sessions(deviceID string) int {
 // its connection began (fleet/linkhealth samples them). fn runs without
 // the server's lock held.
 func (s *Server) EachLink(fn func(deviceID string, since time.Time, st quic.ConnectionStats)) {
+	// A slice, not a map: this runs every second or so over every tunnel.
+	type held struct {
+		id string
+		dc *deviceConn
+	}
 	s.mu.Lock()
-	conns := make(map[string]*deviceConn, len(s.conns))
+	conns := make([]held, 0, len(s.conns))
 	for id, dc := range s.conns {
-		conns[id] = dc
+		conns = append(conns, held{id, dc})
 	}
 	s.mu.Unlock()
-	for id, dc := range conns {
-		fn(id, dc.since, dc.qc.ConnectionStats())
+	for _, h := range conns {
+		fn(h.id, h.dc.since, h.dc.qc.ConnectionStats())
 	}
 }
 
