@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -45,9 +46,15 @@ const (
 	// DefaultDegradedRTT is the round-trip time at which a link counts as
 	// degraded.
 	DefaultDegradedRTT = 500 * time.Millisecond
-	// DefaultRefresh is how often the tunnels and sessions are read.
+	// DefaultRefresh is how often the tunnels and sessions are read while
+	// a live page watches the picture.
 	DefaultRefresh = time.Second
 )
+
+// watchWindow is how long a live page counts as watching after it last
+// asked for the picture's changes (Changed): the dashboard's live pages
+// ask at least every 20 s (their keep-alive).
+const watchWindow = time.Minute
 
 // Links lists the live device tunnels (*tunnelsrv.Server): each device's
 // ID, when its connection began, and its counters (SmoothedRTT, bytes).
@@ -91,8 +98,11 @@ type Config struct {
 	// defaults DefaultDegradedLoss and DefaultDegradedRTT.
 	DegradedLoss float64
 	DegradedRTT  time.Duration
-	// Refresh is how often the tunnels and sessions are read; default
-	// DefaultRefresh.
+	// Refresh is how often the tunnels and sessions are read while a live
+	// page watches the picture (it asked for its changes within the last
+	// minute); default DefaultRefresh. With none watching they are read
+	// only when the picture is read (Query, Get, Counts) and is older
+	// than Refresh, so a reader never sees it older than that.
 	Refresh time.Duration
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
@@ -223,6 +233,13 @@ type View struct {
 	links     []link
 	counts    map[string]int // open sessions by device
 
+	// refreshedAt is when the tunnels were last read, watchedAt when a
+	// live page last asked for changes (Unix ns, Config.Now); wake tells
+	// Run that a page started watching.
+	refreshedAt atomic.Int64
+	watchedAt   atomic.Int64
+	wake        chan struct{}
+
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*entry
 	order  []*entry // by name
@@ -256,11 +273,12 @@ func New(cfg Config) *View {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &View{cfg: cfg, log: cfg.Logger.With("component", "fleetview"), byID: map[string]*entry{}, releases: map[string]int{}, counts: map[string]int{}, changed: make(chan struct{})}
+	return &View{cfg: cfg, log: cfg.Logger.With("component", "fleetview"), byID: map[string]*entry{}, releases: map[string]int{}, counts: map[string]int{}, changed: make(chan struct{}),
+		wake: make(chan struct{}, 1)}
 }
 
-// Run follows the registry and reads the tunnels and sessions every
-// Refresh until ctx ends.
+// Run follows the registry, and reads the tunnels and sessions every
+// Refresh while a live page watches, until ctx ends.
 func (v *View) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -284,10 +302,26 @@ func (v *View) Run(ctx context.Context) {
 			wg.Wait()
 			return
 		case <-t.C:
-			v.Refresh()
+			v.tick()
+		case <-v.wake:
+			v.refreshOlder(0)
 		}
 	}
 }
+
+// tick is Run's every Refresh: the tunnels are read while a live page
+// watches. Nobody watching, the picture is brought up to date when read
+// (fresh): on a fleet of tens of thousands this saves a read of every
+// tunnel and every device a second.
+func (v *View) tick() {
+	if v.cfg.Now().UnixNano()-v.watchedAt.Load() < int64(watchWindow) {
+		v.refreshOlder(0)
+	}
+}
+
+// fresh brings the picture up to date for a reader if it is older than
+// Refresh.
+func (v *View) fresh() { v.refreshOlder(v.cfg.Refresh) }
 
 // Ready reports whether the registry was read once: before that the
 // picture is empty.
@@ -359,9 +393,18 @@ func (v *View) bumpLocked() {
 // allocates nothing once warm: the tunnels are read into a slice kept from
 // one refresh to the next, and a device's entry is marked with the refresh
 // that saw its tunnel rather than put in a map.
-func (v *View) Refresh() {
+func (v *View) Refresh() { v.refreshOlder(0) }
+
+// refreshOlder refreshes the picture if it was last refreshed at least age
+// ago: readers that find it old at once refresh it once.
+func (v *View) refreshOlder(age time.Duration) {
 	v.refreshMu.Lock()
 	defer v.refreshMu.Unlock()
+	now := v.cfg.Now()
+	if age > 0 && now.UnixNano()-v.refreshedAt.Load() < int64(age) {
+		return
+	}
+	v.refreshedAt.Store(now.UnixNano())
 	links := v.links[:0]
 	v.cfg.Links.EachLink(func(id string, since time.Time, st quic.ConnectionStats) {
 		l := live{online: true, reach: ReachTunnel, since: since, rtt: st.SmoothedRTT, up: st.BytesSent, down: st.BytesReceived}
@@ -387,7 +430,6 @@ func (v *View) Refresh() {
 			v.counts[s.DeviceID]++
 		}
 	}
-	now := v.cfg.Now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.refreshes++
@@ -449,6 +491,15 @@ func (v *View) Version() uint64 {
 // Changed returns a channel closed when the version moves past the one it
 // was taken at, and that version.
 func (v *View) Changed() (<-chan struct{}, uint64) {
+	// A live page watches from now on: if none did, Run refreshes at
+	// once and then every Refresh.
+	now := v.cfg.Now().UnixNano()
+	if now-v.watchedAt.Swap(now) >= int64(watchWindow) {
+		select {
+		case v.wake <- struct{}{}:
+		default:
+		}
+	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.changed, v.version
@@ -503,6 +554,7 @@ func (v *View) Query(q Query) Page {
 	q.Limit = min(q.Limit, MaxLimit)
 	q.Offset = max(q.Offset, 0)
 	text := strings.ToLower(strings.TrimSpace(q.Text))
+	v.fresh()
 	v.sortOnce()
 	v.mu.RLock()
 	defer v.mu.RUnlock()
@@ -559,6 +611,7 @@ func (v *View) Query(q Query) Page {
 
 // Get returns the device with this name, if the picture has it.
 func (v *View) Get(name string) (Device, bool) {
+	v.fresh()
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	for _, e := range v.byID {

@@ -433,3 +433,70 @@ func BenchmarkRefresh30k(b *testing.B) {
 		v.Refresh()
 	}
 }
+
+// TestRefreshWhenWatched: the tunnels are read every Refresh only while a
+// live page watches (it asked for changes within the minute); otherwise a
+// reader that finds the picture older than Refresh reads them first.
+func TestRefreshWhenWatched(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Unix(5000, 0).UnixNano())
+	advance := func(d time.Duration) { now.Add(int64(d)) }
+	links := &fakeLinks{}
+	v := New(Config{Links: links, Refresh: time.Second, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	v.reset([]devices.Device{{ID: "a", Name: "a"}})
+	v.Refresh()
+	online := func() bool {
+		v.mu.RLock()
+		defer v.mu.RUnlock()
+		return v.byID["a"].live.online
+	}
+	up := &quic.ConnectionStats{SmoothedRTT: 30 * time.Millisecond}
+
+	// Nobody watches: a tick reads nothing.
+	links.set("a", up)
+	advance(time.Second)
+	v.tick()
+	if online() {
+		t.Fatal("a tick read the tunnels with no live page watching")
+	}
+	// A reader finds the picture a second old: it is read first.
+	if c := v.Query(Query{}).Counts; c.Online != 1 {
+		t.Fatalf("a query of a picture a second old: counts %+v, want a online", c)
+	}
+	// Within Refresh of that, a reader takes the picture as it is.
+	links.set("a", nil)
+	advance(500 * time.Millisecond)
+	if d, _ := v.Get("a"); !d.Online {
+		t.Fatal("a read half a second after the last refreshed the picture again")
+	}
+
+	// A live page starts watching: Run is woken to refresh at once, and
+	// ticks read the tunnels until a minute passes without it asking.
+	select {
+	case <-v.wake:
+		t.Fatal("woken before anyone watched")
+	default:
+	}
+	v.Changed()
+	select {
+	case <-v.wake:
+	default:
+		t.Fatal("a page that started watching did not wake Run")
+	}
+	v.tick()
+	if online() {
+		t.Fatal("a tick while a page watches did not read the tunnels")
+	}
+	links.set("a", up)
+	advance(59 * time.Second)
+	v.tick()
+	if !online() {
+		t.Fatal("a tick 59 s after the page asked did not read the tunnels")
+	}
+	links.set("a", nil)
+	advance(time.Second)
+	v.tick()
+	if !online() {
+		t.Fatal("a tick a minute after the page last asked still read the tunnels")
+	}
+}
