@@ -387,9 +387,10 @@ func (v *View) bumpLocked() {
 }
 
 // Refresh reads the tunnels and the sessions once; Run calls it every
-// Refresh. The version moves when something shown changed.
+// Refresh while a live page watches, and readers when the picture is
+// older than that. The version moves when something shown changed.
 //
-// It runs every second over every device of the fleet, busy or not, so it
+// It goes over every tunnel and every device of the fleet, so it
 // allocates nothing once warm: the tunnels are read into a slice kept from
 // one refresh to the next, and a device's entry is marked with the refresh
 // that saw its tunnel rather than put in a map.
