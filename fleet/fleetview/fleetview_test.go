@@ -469,6 +469,11 @@ func TestRefreshWhenWatched(t *testing.T) {
 	if d, _ := v.Get("a"); !d.Online {
 		t.Fatal("a read half a second after the last refreshed the picture again")
 	}
+	// A second after it, a device's page (Get) reads the tunnels first.
+	advance(500 * time.Millisecond)
+	if d, _ := v.Get("a"); d.Online {
+		t.Fatal("a device read of a picture a second old did not refresh it")
+	}
 
 	// A live page starts watching: Run is woken to refresh at once, and
 	// ticks read the tunnels until a minute passes without it asking.
@@ -483,20 +488,21 @@ func TestRefreshWhenWatched(t *testing.T) {
 	default:
 		t.Fatal("a page that started watching did not wake Run")
 	}
+	links.set("a", up)
 	v.tick()
-	if online() {
+	if !online() {
 		t.Fatal("a tick while a page watches did not read the tunnels")
 	}
-	links.set("a", up)
+	links.set("a", nil)
 	advance(59 * time.Second)
 	v.tick()
-	if !online() {
+	if online() {
 		t.Fatal("a tick 59 s after the page asked did not read the tunnels")
 	}
-	links.set("a", nil)
+	links.set("a", up)
 	advance(time.Second)
 	v.tick()
-	if !online() {
+	if online() {
 		t.Fatal("a tick a minute after the page last asked still read the tunnels")
 	}
 }
