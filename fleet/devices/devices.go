@@ -23,6 +23,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"remoteler.dev/edge/fleet/store"
@@ -186,10 +187,19 @@ func (d Device) Mode() string {
 
 // Registry stores devices. Its methods are safe for concurrent use, also
 // across fleetd replicas sharing a store.
+//
+// While Follow runs, the registry keeps the records as it last saw them
+// (followed, or written by Update): Update then writes against that copy
+// without reading the store first, and Guard lets another write depend
+// on it. A copy that is out of date costs one failed write and a read, as
+// before; it is never taken for the truth.
 type Registry struct {
 	Store store.Store
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+
+	mu   sync.Mutex
+	seen map[string][]byte // device ID → its record as last seen; nil while nobody follows
 }
 
 func (r *Registry) now() time.Time {
@@ -357,6 +367,7 @@ func (r *Registry) Delete(ctx context.Context, id string) (Device, error) {
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return Device{}, fmt.Errorf("devices: delete %q: %w", id, err)
 	}
+	r.saw(id, nil)
 	return d, nil
 }
 
@@ -389,15 +400,35 @@ func (r *Registry) releaseName(ctx context.Context, name, id string) error {
 // compare-and-swap, retrying fn on a concurrent change (a bounded number of
 // times). fn may change anything but ID, Name and JoinedAt. If fn returns an
 // error the device is left as it was and Update returns that error.
+//
+// While Follow runs, the first try starts from the record as followed,
+// with no read of the store (a device's hello is one write, not a read
+// and a write); a swap that finds the record changed reads it and tries
+// again. fn's error on the followed copy is checked against a fresh read
+// before it is returned.
 func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error) (Device, error) {
+	cached := r.seenRecord(id)
 	for range maxRetries {
-		d, old, err := r.get(ctx, id)
-		if err != nil {
+		var (
+			d   Device
+			old []byte
+			err error
+		)
+		fromCache := cached != nil
+		if fromCache {
+			old, cached = cached, nil
+			if json.Unmarshal(old, &d) != nil {
+				continue // read the store's instead
+			}
+		} else if d, old, err = r.get(ctx, id); err != nil {
 			return Device{}, fmt.Errorf("devices: update %q: %w", id, err)
 		}
 		orig := d
 		d.Labels = maps.Clone(d.Labels)
 		if err := fn(&d); err != nil {
+			if fromCache {
+				continue
+			}
 			return Device{}, fmt.Errorf("devices: update %q: %w", id, err)
 		}
 		if d.ID != orig.ID || d.Name != orig.Name || !d.JoinedAt.Equal(orig.JoinedAt) {
@@ -413,16 +444,51 @@ func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error
 		err = r.Store.CompareAndSwap(ctx, devicePrefix+id, old, next)
 		switch {
 		case err == nil:
+			r.saw(id, next)
 			return d, nil
 		case errors.Is(err, store.ErrConflict):
 			continue
 		case errors.Is(err, store.ErrNotFound):
+			r.saw(id, nil)
 			return Device{}, fmt.Errorf("devices: update %q: %w", id, ErrNotFound)
 		default:
 			return Device{}, fmt.Errorf("devices: update %q: %w", id, err)
 		}
 	}
 	return Device{}, fmt.Errorf("devices: update %q: too much contention, try again", id)
+}
+
+// Guard returns a guard (store.If) that holds while device id's record is
+// as this registry last saw it (followed, or written by Update), and false
+// when it has no copy (Follow is not running, or the device is not
+// known). A write made under it fails with store.ErrFenced when the
+// record has changed or gone since; it then proves nothing either way.
+func (r *Registry) Guard(id string) (store.Guard, bool) {
+	b := r.seenRecord(id)
+	if b == nil {
+		return store.Guard{}, false
+	}
+	return store.Guard{Key: devicePrefix + id, Value: b}, true
+}
+
+// seenRecord is device id's record as last seen, or nil.
+func (r *Registry) seenRecord(id string) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen[id]
+}
+
+// saw keeps b as device id's record (nil: it is gone), while Follow runs.
+func (r *Registry) saw(id string, b []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.seen == nil:
+	case b == nil:
+		delete(r.seen, id)
+	default:
+		r.seen[id] = b
+	}
 }
 
 // Follower receives what Follow learns of the registry. Reset and Apply
@@ -454,14 +520,26 @@ func (r *Registry) Follow(ctx context.Context, f Follower) error {
 		}
 		return &d, true
 	}
+	// The copies are kept from the first list on, and dropped when Follow
+	// returns (nobody keeps them up to date then).
+	defer func() {
+		r.mu.Lock()
+		r.seen = nil
+		r.mu.Unlock()
+	}()
 	return store.Follow(ctx, r.Store, devicePrefix, store.FollowHandler{
 		Reset: func(items []store.Item, _ int64) {
 			all := make([]Device, 0, len(items))
+			seen := make(map[string][]byte, len(items))
 			for _, it := range items {
 				if d, ok := decode(it.Key, it.Value); ok {
 					all = append(all, *d)
+					seen[strings.TrimPrefix(it.Key, devicePrefix)] = it.Value
 				}
 			}
+			r.mu.Lock()
+			r.seen = seen
+			r.mu.Unlock()
 			f.Reset(all)
 		},
 		Apply: func(ev store.Event) {
@@ -469,9 +547,13 @@ func (r *Registry) Follow(ctx context.Context, f Follower) error {
 			switch ev.Kind {
 			case store.EventPut:
 				if d, ok := decode(ev.Key, ev.Value); ok {
+					r.saw(id, ev.Value)
 					f.Apply(id, d)
+				} else {
+					r.saw(id, nil)
 				}
 			case store.EventDelete:
+				r.saw(id, nil)
 				f.Apply(id, nil)
 			}
 		},

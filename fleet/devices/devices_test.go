@@ -421,3 +421,195 @@ func TestFollow(t *testing.T) {
 		t.Errorf("Follow returned %v, want the context's error", err)
 	}
 }
+
+// countingStore counts the reads and swaps made through it.
+type countingStore struct {
+	store.Store
+	mu          sync.Mutex
+	gets, swaps int
+}
+
+func (s *countingStore) Get(ctx context.Context, key string) ([]byte, error) {
+	s.mu.Lock()
+	s.gets++
+	s.mu.Unlock()
+	return s.Store.Get(ctx, key)
+}
+
+func (s *countingStore) CompareAndSwap(ctx context.Context, key string, old, next []byte, opts ...store.WriteOption) error {
+	s.mu.Lock()
+	s.swaps++
+	s.mu.Unlock()
+	return s.Store.CompareAndSwap(ctx, key, old, next, opts...)
+}
+
+func (s *countingStore) counts() (gets, swaps int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, w := s.gets, s.swaps
+	s.gets, s.swaps = 0, 0
+	return g, w
+}
+
+// TestUpdateFromFollowed: while Follow runs, an update starts from the
+// followed record: one swap, no read. A followed copy that is out of date
+// (another replica wrote the record) costs one failed swap and a read,
+// and loses nothing; fn's refusal on the copy is checked on a fresh read;
+// a removed device is not found. Guard holds exactly while the record is
+// as last seen. Without Follow, every update reads first, as before.
+func TestUpdateFromFollowed(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mem := memstore.New()
+	t.Cleanup(func() { mem.Close() })
+	cs := &countingStore{Store: mem}
+	r := &Registry{Store: cs}
+	other := &Registry{Store: mem} // another replica, not following
+	d, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := r.Register(ctx, Device{Name: "pi-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := r.Register(ctx, Device{Name: "pi-3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{}, 1) // full: the follower stops after its next change
+	setVersion := func(v string) func(*Device) error {
+		return func(d *Device) error { d.AgentVersion = v; return nil }
+	}
+
+	// Not following: a read and a swap, and no guard.
+	cs.counts()
+	if _, err := r.Update(ctx, d.ID, setVersion("v1")); err != nil {
+		t.Fatal(err)
+	}
+	if g, w := cs.counts(); g != 1 || w != 1 {
+		t.Errorf("update without Follow: %d reads, %d swaps; want 1 and 1", g, w)
+	}
+	if _, ok := r.Guard(d.ID); ok {
+		t.Error("Guard without Follow: got a guard, want none")
+	}
+
+	// Following: wait for the list, then for the watch to bring each change.
+	applied := make(chan string, 16)
+	listed := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Follow(ctx, Follower{
+			Reset: func([]Device) { close(listed) },
+			Apply: func(id string, d *Device) {
+				v := ""
+				if d != nil {
+					v = d.AgentVersion
+				}
+				applied <- id + " " + v
+				gate <- struct{}{}
+				<-gate
+			},
+		})
+	}()
+	<-listed
+	await := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case got := <-applied:
+				if got == want {
+					return
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the watch did not bring %q in 30 s", want)
+			}
+		}
+	}
+	cs.counts()
+	if _, err := r.Update(ctx, d.ID, setVersion("v2")); err != nil {
+		t.Fatal(err)
+	}
+	if g, w := cs.counts(); g != 0 || w != 1 {
+		t.Errorf("update of a followed record: %d reads, %d swaps; want 0 and 1", g, w)
+	}
+	await(d.ID + " v2")
+	g, ok := r.Guard(d.ID)
+	if !ok {
+		t.Fatal("Guard while following: none")
+	}
+	if err := mem.Put(ctx, "probe", []byte("x"), store.If(g)); err != nil {
+		t.Errorf("a write under the guard of a current record: %v", err)
+	}
+
+	// Another replica changes the record: the copy is out of date until
+	// the watch brings the change. Update must not lose that change.
+	if _, err := other.Update(ctx, d.ID, func(d *Device) error { d.OS = "linux"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.Put(ctx, "probe", []byte("x"), store.If(g)); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("a write under the guard of a changed record: %v, want ErrFenced", err)
+	}
+	cs.counts()
+	got, err := r.Update(ctx, d.ID, setVersion("v3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.OS != "linux" || got.AgentVersion != "v3" {
+		t.Errorf("update over another replica's change: %+v, want both changes", got)
+	}
+	if stored, _ := other.Get(ctx, d.ID); stored.OS != "linux" || stored.AgentVersion != "v3" {
+		t.Errorf("stored after the update: %+v, want both changes", stored)
+	}
+	await(d.ID + " v3")
+
+	// fn refuses on the copy but not on the fresh record: the fresh one
+	// wins. The copy is kept out of date by holding the follower on an
+	// earlier change (to pi-3) until the update is done.
+	gate <- struct{}{}
+	if _, err := other.Update(ctx, blocker.ID, setVersion("hold")); err != nil {
+		t.Fatal(err)
+	}
+	await(blocker.ID + " hold")
+	if _, err := other.Update(ctx, d.ID, func(d *Device) error { d.Arch = "arm64"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	refused := errors.New("not arm64")
+	calls := 0
+	_, err = r.Update(ctx, d.ID, func(d *Device) error {
+		calls++
+		if d.Arch != "arm64" {
+			return refused
+		}
+		d.AgentVersion = "v4"
+		return nil
+	})
+	if err != nil || calls != 2 {
+		t.Errorf("fn refusing only the stale copy: err %v after %d calls, want success after 2", err, calls)
+	}
+	<-gate
+	// And a refusal on the fresh record too is returned.
+	if _, err := r.Update(ctx, d.ID, func(*Device) error { return refused }); !errors.Is(err, refused) {
+		t.Errorf("fn refusing: %v, want its error", err)
+	}
+
+	// A device removed by another replica: not found, copy or not.
+	if _, ok := r.Guard(gone.ID); !ok {
+		t.Fatal("no copy of pi-2 while following")
+	}
+	if _, err := other.Delete(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Update(ctx, gone.ID, setVersion("v9")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("update of a removed device: %v, want ErrNotFound", err)
+	}
+	if _, ok := r.Guard(gone.ID); ok {
+		t.Error("Guard of a removed device: got one, want none")
+	}
+
+	cancel()
+	<-done
+	if _, ok := r.Guard(d.ID); ok {
+		t.Error("Guard after Follow returned: got one, want none (nobody keeps the copy up to date)")
+	}
+}

@@ -3,12 +3,14 @@ package fleetd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"remoteler.dev/edge/fleet/presence"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
 )
@@ -35,7 +37,7 @@ func TestClaimTunnel(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var claimed string
-			claim := func(_ context.Context, id, a, boot string, _ time.Time) error {
+			claim := func(_ context.Context, id, a, boot string, _ time.Time, _ ...store.WriteOption) error {
 				claimed = id + " " + a + " " + boot
 				return tt.claimErr
 			}
@@ -52,6 +54,99 @@ func TestClaimTunnel(t *testing.T) {
 			var pe *proto.Error
 			if !errors.As(err, &pe) || pe.Code != proto.CodeUnavailable || !strings.Contains(pe.Message, tt.want) {
 				t.Errorf("claimTunnel = %v, want an unavailable refusal saying %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestClaimTunnelFenced: a guard that did not hold is handed back as it
+// is (store.ErrFenced), not turned into a refusal: the caller checks the
+// device again.
+func TestClaimTunnelFenced(t *testing.T) {
+	addr := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 7), Port: 4000}
+	claim := func(context.Context, string, string, string, time.Time, ...store.WriteOption) error {
+		return fmt.Errorf("presence: claim d1: %w", store.ErrFenced)
+	}
+	err := claimTunnel(context.Background(), claim, "d1", tunnelsrv.Info{Addr: addr}, true, store.If(store.Guard{Key: "devices/d1"}))
+	var pe *proto.Error
+	if !errors.Is(err, store.ErrFenced) || errors.As(err, &pe) {
+		t.Errorf("claimTunnel = %v, want store.ErrFenced, not a refusal", err)
+	}
+}
+
+// TestCheckAndClaim: a new connection's check costs the store one write
+// (the claim, guarded by the device's record as the hello wrote it) when
+// the registry has a copy; without one, or when the guard fails, the
+// record is read (recheck) and the claim made without the guard. A lock
+// or a removal refuses the device, and a claim the store refuses is never
+// retried unguarded.
+func TestCheckAndClaim(t *testing.T) {
+	removed := proto.Errorf(proto.CodeForbidden, "device d1 was removed from the fleet")
+	lockErr := proto.Errorf(proto.CodeForbidden, "locked: stolen")
+	storeErr := proto.Errorf(proto.CodeUnavailable, "this fleetd replica could not record the tunnel")
+	fenced := fmt.Errorf("presence: claim d1: %w", store.ErrFenced)
+	for _, tt := range []struct {
+		name     string
+		copy     bool    // the registry has a copy of the record
+		locked   bool    // a lock shuts the device out
+		gone     bool    // recheck finds the device removed
+		claimErr []error // what each claim returns, in turn
+		want     error
+		steps    string // what ran, in order
+	}{
+		{"a copy: one guarded claim", true, false, false, []error{nil}, nil, "lock claim(guarded)"},
+		{"no copy: read, then claim", false, false, false, []error{nil}, nil, "recheck claim"},
+		{"the record changed: read, then claim", true, false, false, []error{fenced, nil}, nil, "lock claim(guarded) recheck claim"},
+		{"removed since the hello", true, false, true, []error{fenced}, removed, "lock claim(guarded) recheck"},
+		{"locked", true, true, false, nil, lockErr, "lock"},
+		{"locked, no copy", false, true, false, nil, lockErr, "recheck"},
+		{"the store refuses the guarded claim", true, false, false, []error{storeErr}, storeErr, "lock claim(guarded)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var steps []string
+			guard := func(id string) (store.Guard, bool) {
+				return store.Guard{Key: "devices/" + id, Value: []byte("{}")}, tt.copy
+			}
+			checkLock := func(context.Context, string) error {
+				steps = append(steps, "lock")
+				if tt.locked {
+					return lockErr
+				}
+				return nil
+			}
+			recheck := func(context.Context, string) error {
+				steps = append(steps, "recheck")
+				switch {
+				case tt.locked:
+					return lockErr
+				case tt.gone:
+					return removed
+				}
+				return nil
+			}
+			claim := func(opts ...store.WriteOption) error {
+				o := store.ApplyWriteOptions(opts)
+				if len(o.Guards) > 0 {
+					if g := o.Guards[0]; g.Key != "devices/d1" || string(g.Value) != "{}" {
+						t.Errorf("claim guarded by %s=%q, want the device's record", g.Key, g.Value)
+					}
+					steps = append(steps, "claim(guarded)")
+				} else {
+					steps = append(steps, "claim")
+				}
+				if len(tt.claimErr) == 0 {
+					t.Fatal("claimed more often than the test expects")
+				}
+				err := tt.claimErr[0]
+				tt.claimErr = tt.claimErr[1:]
+				return err
+			}
+			err := checkAndClaim(context.Background(), "d1", guard, checkLock, recheck, claim)
+			if err != tt.want {
+				t.Errorf("checkAndClaim = %v, want %v", err, tt.want)
+			}
+			if got := strings.Join(steps, " "); got != tt.steps {
+				t.Errorf("steps %q, want %q", got, tt.steps)
 			}
 		})
 	}

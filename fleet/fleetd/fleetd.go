@@ -242,12 +242,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		// before its hello is answered, and released when it ends; a
 		// device that has moved to another replica did not go offline.
 		recheck, disconnect := tcfg.Recheck, tcfg.OnDisconnect
+		checkLock := func(_ context.Context, id string) error { return life.CheckLock(id) }
 		tcfg.Recheck = func(ctx context.Context, id string) error {
-			if err := recheck(ctx, id); err != nil {
-				return err
+			claim := func(opts ...store.WriteOption) error {
+				info, ok := tunnels.Info(id)
+				return reps.claim(ctx, id, info, ok, opts...)
 			}
-			info, ok := tunnels.Info(id)
-			return reps.claim(ctx, id, info, ok)
+			return checkAndClaim(ctx, id, reg.Guard, checkLock, recheck, claim)
 		}
 		// A device silent on this replica is offline on every replica.
 		tcfg.OnSilence = func(ctx context.Context, id string, since time.Time, silent bool) error {

@@ -179,15 +179,21 @@ func (r *replicas) run(ctx context.Context, wg *sync.WaitGroup) {
 
 // claim records a device's new tunnel here, as the tunnel server
 // describes it (ok: it still has it); a replica without its lease refuses
-// the device, which goes to another.
-func (r *replicas) claim(ctx context.Context, deviceID string, info tunnelsrv.Info, ok bool) error {
-	return claimTunnel(ctx, r.pres.Claim, deviceID, info, ok)
+// the device, which goes to another. opts may guard the write
+// (checkAndClaim).
+func (r *replicas) claim(ctx context.Context, deviceID string, info tunnelsrv.Info, ok bool, opts ...store.WriteOption) error {
+	return claimTunnel(ctx, r.pres.Claim, deviceID, info, ok, opts...)
 }
+
+// claimFunc is presence's Claim.
+type claimFunc func(ctx context.Context, deviceID, addr, boot string, since time.Time, opts ...store.WriteOption) error
 
 // claimTunnel is claim with presence's Claim as claim. A connection that
 // ended (or was replaced and ended) while the device was being checked is
-// refused: there is nothing to record, and the device connects again.
-func claimTunnel(ctx context.Context, claim func(ctx context.Context, deviceID, addr, boot string, since time.Time) error, deviceID string, info tunnelsrv.Info, ok bool) error {
+// refused: there is nothing to record, and the device connects again. A
+// guard in opts that did not hold is returned as is (matching
+// store.ErrFenced), for the caller to decide.
+func claimTunnel(ctx context.Context, claim claimFunc, deviceID string, info tunnelsrv.Info, ok bool, opts ...store.WriteOption) error {
 	if !ok || info.Addr == nil {
 		return proto.Errorf(proto.CodeUnavailable, "the connection ended while this fleetd replica recorded it; connect again")
 	}
@@ -195,13 +201,45 @@ func claimTunnel(ctx context.Context, claim func(ctx context.Context, deviceID, 
 	if since.IsZero() {
 		since = time.Now()
 	}
-	if err := claim(ctx, deviceID, info.Addr.String(), info.Boot, since); err != nil {
+	if err := claim(ctx, deviceID, info.Addr.String(), info.Boot, since, opts...); err != nil {
 		if errors.Is(err, presence.ErrNotReady) {
 			return proto.Errorf(proto.CodeUnavailable, "%v", err)
+		}
+		if errors.Is(err, store.ErrFenced) {
+			return err
 		}
 		return proto.Errorf(proto.CodeUnavailable, "this fleetd replica could not record the tunnel (%v); connect again", err)
 	}
 	return nil
+}
+
+// checkAndClaim is a replica's check of a device's new connection
+// (tunnelsrv.Config.Recheck), made once the tunnel server has registered
+// it: a locked device is refused (checkLock); then its tunnel is recorded
+// (claim: claimTunnel with the tunnel as it is then) under guard, the device's record as this replica's hello
+// wrote it. The guard holding proves that the device was not removed
+// meanwhile, in the same write: the record is not read again. When the
+// registry has no copy, or the guard fails (the record changed since: the
+// last seen written by a stopping replica, an admin's relabel; or it was
+// removed), recheck reads the record as before and the claim is made
+// without the guard. So a hello costs the store two writes, not two
+// writes and two reads.
+func checkAndClaim(ctx context.Context, id string, guard func(id string) (store.Guard, bool), checkLock, recheck func(ctx context.Context, id string) error,
+	claim func(opts ...store.WriteOption) error,
+) error {
+	if g, held := guard(id); held {
+		if err := checkLock(ctx, id); err != nil {
+			return err
+		}
+		err := claim(store.If(g))
+		if !errors.Is(err, store.ErrFenced) {
+			return err
+		}
+	}
+	if err := recheck(ctx, id); err != nil {
+		return err
+	}
+	return claim()
 }
 
 // others returns the other live replicas.

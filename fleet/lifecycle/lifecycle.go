@@ -148,12 +148,24 @@ func (l *Lifecycle) Flush(ctx context.Context) (skipped int) {
 	return int(left.Load())
 }
 
-// writeLastSeen writes when the fleet last heard from device id.
+// errSeenSince: a device's record already has a later last seen (it
+// connected again, here or on another replica): nothing to write.
+var errSeenSince = errors.New("seen since")
+
+// writeLastSeen writes when the fleet last heard from device id, unless
+// its record already says later: a device that has connected again since
+// (to another replica, while this one stopped) keeps its newer last seen.
 func (l *Lifecycle) writeLastSeen(ctx context.Context, id string, heard time.Time) error {
 	_, err := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
+		if !heard.After(dv.LastSeen) {
+			return errSeenSince
+		}
 		dv.LastSeen = heard.UTC()
 		return nil
 	})
+	if errors.Is(err, errSeenSince) {
+		return nil
+	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		if ctx.Err() == nil {
 			l.log.Warn("update device last seen", "device_id", id, "err", err)
@@ -359,8 +371,10 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 			return nil, proto.Errorf(proto.CodeForbidden, "direct node: %v", err)
 		}
 	}
-	// The device is read once, in its update (one read and one write of
-	// the store per connect: a fleet restart reconnects every device).
+	// The device is updated with one write of the store per connect (a
+	// fleet restart reconnects every device): the registry starts from
+	// its followed copy of the record, and reads it only when that is out
+	// of date.
 	var (
 		accepted []proto.App
 		refused  []apps.Refused
@@ -368,6 +382,7 @@ func (l *Lifecycle) Hello(ctx context.Context, id string, addr net.Addr, h *prot
 	)
 	now := l.cfg.Now().UTC()
 	dev, err := l.cfg.Devices.Update(ctx, id, func(dv *devices.Device) error {
+		misnamed = nil // fn may run again, on a fresher record
 		if h.Name != dv.Name {
 			misnamed = proto.Errorf(proto.CodeForbidden, "this certificate belongs to device %q, not %q", dv.Name, h.Name)
 			return misnamed
@@ -425,12 +440,21 @@ func (l *Lifecycle) locked(id string) *locks.Locked {
 	return nil
 }
 
+// CheckLock refuses device id when a lock shuts it out: Recheck's first
+// step, for a caller that checks the registry its own way.
+func (l *Lifecycle) CheckLock(id string) error {
+	if lk := l.locked(id); lk != nil {
+		return proto.Errorf(proto.CodeForbidden, "%s", lk.Error())
+	}
+	return nil
+}
+
 // Recheck refuses a connection whose device was removed while its hello
 // was being answered (tunnelsrv.Config.Recheck): one read of the registry
 // per connection.
 func (l *Lifecycle) Recheck(ctx context.Context, id string) error {
-	if lk := l.locked(id); lk != nil {
-		return proto.Errorf(proto.CodeForbidden, "%s", lk.Error())
+	if err := l.CheckLock(id); err != nil {
+		return err
 	}
 	_, err := l.cfg.Devices.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {

@@ -298,9 +298,10 @@ func TestRefusedJoinGivesTheUseBack(t *testing.T) {
 // TestDisconnect: a disconnect writes when the fleet last heard from the
 // device and records it offline; while draining (a stop), it records it
 // offline at once and leaves the write to Flush, which writes what its
-// budget allows.
+// budget allows. A record that already says later (the device connected
+// again, to another replica) keeps its last seen.
 func TestDisconnect(t *testing.T) {
-	heard := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	heard := time.Now().UTC().Add(time.Hour) // after the join's last seen
 	spent := func() context.Context {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -310,13 +311,16 @@ func TestDisconnect(t *testing.T) {
 		name        string
 		drain       bool
 		flush       context.Context // nil: no Flush
+		seenLater   bool            // the record says the device was seen after heard
 		wantSeen    bool
 		wantSkipped int
 	}{
-		{"running", false, nil, true, 0},
-		{"draining, before the flush", true, nil, false, 0},
-		{"draining, flushed", true, context.Background(), true, 0},
-		{"draining, budget spent", true, spent(), false, 1},
+		{"running", false, nil, false, true, 0},
+		{"draining, before the flush", true, nil, false, false, 0},
+		{"draining, flushed", true, context.Background(), false, true, 0},
+		{"draining, budget spent", true, spent(), false, false, 1},
+		{"running, back elsewhere since", false, nil, true, false, 0},
+		{"draining, back elsewhere since", true, context.Background(), true, false, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -325,6 +329,12 @@ func TestDisconnect(t *testing.T) {
 			resp, err := f.l.Join(ctx, joinRequest(t, "pi-1", f.token(t, nil)), "192.0.2.1:5")
 			if err != nil {
 				t.Fatal(err)
+			}
+			later := heard.Add(time.Minute)
+			if tt.seenLater {
+				if _, err := f.devs.Update(ctx, resp.DeviceID, func(d *devices.Device) error { d.LastSeen = later; return nil }); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tt.drain {
 				f.l.Drain()
@@ -345,6 +355,9 @@ func TestDisconnect(t *testing.T) {
 			}
 			if got := dev.LastSeen.Equal(heard); got != tt.wantSeen {
 				t.Errorf("last seen = %v, written = %v, want written = %v", dev.LastSeen, got, tt.wantSeen)
+			}
+			if tt.seenLater && !dev.LastSeen.Equal(later) {
+				t.Errorf("last seen = %v, want the later %v kept", dev.LastSeen, later)
 			}
 		})
 	}

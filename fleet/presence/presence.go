@@ -406,8 +406,10 @@ func (r *Registry) OnBoot(f func(deviceID, boot string)) {
 
 // Claim records that this replica holds deviceID's tunnel, connected since
 // since from addr by its agent's boot boot. It fails with ErrNotReady
-// without a lease.
-func (r *Registry) Claim(ctx context.Context, deviceID, addr, boot string, since time.Time) error {
+// without a lease. opts may add guards (store.If): a guard that does not
+// hold fails it with an error matching store.ErrFenced, and nothing is
+// recorded.
+func (r *Registry) Claim(ctx context.Context, deviceID, addr, boot string, since time.Time, opts ...store.WriteOption) error {
 	r.mu.Lock()
 	l := r.lease
 	r.mu.Unlock()
@@ -416,7 +418,7 @@ func (r *Registry) Claim(ctx context.Context, deviceID, addr, boot string, since
 	}
 	e := Entry{Replica: r.cfg.Self.ID, Addr: addr, Since: since.UTC(), Boot: boot}
 	b, _ := json.Marshal(e)
-	if err := r.cfg.Store.Put(ctx, devicesPrefix+deviceID, b, store.WithLease(l)); err != nil {
+	if err := r.cfg.Store.Put(ctx, devicesPrefix+deviceID, b, append([]store.WriteOption{store.WithLease(l)}, opts...)...); err != nil {
 		if errors.Is(err, store.ErrNoLease) {
 			return fmt.Errorf("%w: %w", ErrNotReady, err)
 		}

@@ -336,3 +336,49 @@ func TestMark(t *testing.T) {
 		t.Errorf("b's entry %+v, want b's, silent", e)
 	}
 }
+
+// TestClaimGuarded: a claim made under a guard records the tunnel while
+// the guard holds, and records nothing (store.ErrFenced, the entry left
+// as it was, the registry's own picture unchanged) once it does not.
+func TestClaimGuarded(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	a := start(t, st, "a", nil)
+	ctx := context.Background()
+	if err := st.Put(ctx, "devices/dev1", []byte(`{"v":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	holds := store.If(store.Guard{Key: "devices/dev1", Value: []byte(`{"v":1}`)})
+	if err := a.Claim(ctx, "dev1", "10.0.0.7:4000", "", time.Now(), holds); err != nil {
+		t.Fatalf("claim under a guard that holds: %v", err)
+	}
+	if e, ok := a.Lookup("dev1"); !ok || e.Addr != "10.0.0.7:4000" {
+		t.Fatalf("after the guarded claim: %+v, %v", e, ok)
+	}
+	for _, tt := range []struct {
+		name string
+		prep func() error
+	}{
+		{"the record changed", func() error { return st.Put(ctx, "devices/dev2", []byte(`{"v":2}`)) }},
+		{"the record is gone", func() error { return st.Delete(ctx, "devices/dev2") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := st.Put(ctx, "devices/dev2", []byte(`{"v":1}`)); err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.prep(); err != nil {
+				t.Fatal(err)
+			}
+			g := store.If(store.Guard{Key: "devices/dev2", Value: []byte(`{"v":1}`)})
+			if err := a.Claim(ctx, "dev2", "10.0.0.8:4000", "", time.Now(), g); !errors.Is(err, store.ErrFenced) {
+				t.Fatalf("claim under a guard that does not hold: %v, want store.ErrFenced", err)
+			}
+			if _, err := st.Get(ctx, devicesPrefix+"dev2"); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("dev2's presence entry: %v, want none", err)
+			}
+			if e, ok := a.Lookup("dev2"); ok {
+				t.Errorf("the registry shows dev2 at %+v, want nowhere", e)
+			}
+		})
+	}
+}
