@@ -188,15 +188,21 @@ func (d Device) Mode() string {
 // Registry stores devices. Its methods are safe for concurrent use, also
 // across fleetd replicas sharing a store.
 //
-// While Follow runs, the registry keeps the records as it last saw them
-// (followed, or written by Update): Update then writes against that copy
-// without reading the store first, and Guard lets another write depend
-// on it. A copy that is out of date costs one failed write and a read, as
-// before; it is never taken for the truth.
+// With Copies set, while Follow runs, the registry keeps the records as
+// it last saw them (followed, or written by Update): Update then writes
+// against that copy without reading the store first, and Guard lets
+// another write depend on it. A copy that is out of date costs one failed
+// write and a read, as before; it is never taken for the truth.
 type Registry struct {
 	Store store.Store
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// Copies keeps a copy of every record while Follow runs: about 1 kB a
+	// device in the fleet, to save a read of a remote store (etcd) per
+	// update. fleetd sets it on several replicas, where every device's
+	// reconnect is an update; a read of the embedded store costs less
+	// than the copies.
+	Copies bool
 
 	mu   sync.Mutex
 	seen map[string][]byte // device ID → its record as last seen; nil while nobody follows
@@ -401,10 +407,10 @@ func (r *Registry) releaseName(ctx context.Context, name, id string) error {
 // times). fn may change anything but ID, Name and JoinedAt. If fn returns an
 // error the device is left as it was and Update returns that error.
 //
-// While Follow runs, the first try starts from the record as followed,
-// with no read of the store (a device's hello is one write, not a read
-// and a write); a swap that finds the record changed reads it and tries
-// again. fn's error on the followed copy is checked against a fresh read
+// While Follow keeps copies (Copies), the first try starts from the
+// record as followed, with no read of the store (a device's hello is one
+// write, not a read and a write); a swap that finds the record changed
+// reads it and tries again. fn's error on the followed copy is checked against a fresh read
 // before it is returned.
 func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error) (Device, error) {
 	cached := r.seenRecord(id)
@@ -460,8 +466,8 @@ func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error
 
 // Guard returns a guard (store.If) that holds while device id's record is
 // as this registry last saw it (followed, or written by Update), and false
-// when it has no copy (Follow is not running, or the device is not
-// known). A write made under it fails with store.ErrFenced when the
+// when it has no copy (Copies is off, Follow is not running, or the
+// device is not known). A write made under it fails with store.ErrFenced when the
 // record has changed or gone since; it then proves nothing either way.
 func (r *Registry) Guard(id string) (store.Guard, bool) {
 	b := r.seenRecord(id)
@@ -522,6 +528,7 @@ func (r *Registry) Follow(ctx context.Context, f Follower) error {
 	}
 	// The copies are kept from the first list on, and dropped when Follow
 	// returns (nobody keeps them up to date then).
+	copies := r.Copies
 	defer func() {
 		r.mu.Lock()
 		r.seen = nil
@@ -530,16 +537,23 @@ func (r *Registry) Follow(ctx context.Context, f Follower) error {
 	return store.Follow(ctx, r.Store, devicePrefix, store.FollowHandler{
 		Reset: func(items []store.Item, _ int64) {
 			all := make([]Device, 0, len(items))
-			seen := make(map[string][]byte, len(items))
+			var seen map[string][]byte
+			if copies {
+				seen = make(map[string][]byte, len(items))
+			}
 			for _, it := range items {
 				if d, ok := decode(it.Key, it.Value); ok {
 					all = append(all, *d)
-					seen[strings.TrimPrefix(it.Key, devicePrefix)] = it.Value
+					if copies {
+						seen[strings.TrimPrefix(it.Key, devicePrefix)] = it.Value
+					}
 				}
 			}
-			r.mu.Lock()
-			r.seen = seen
-			r.mu.Unlock()
+			if copies {
+				r.mu.Lock()
+				r.seen = seen
+				r.mu.Unlock()
+			}
 			f.Reset(all)
 		},
 		Apply: func(ev store.Event) {

@@ -463,7 +463,7 @@ func TestUpdateFromFollowed(t *testing.T) {
 	mem := memstore.New()
 	t.Cleanup(func() { mem.Close() })
 	cs := &countingStore{Store: mem}
-	r := &Registry{Store: cs}
+	r := &Registry{Store: cs, Copies: true}
 	other := &Registry{Store: mem} // another replica, not following
 	d, err := r.Register(ctx, Device{Name: "pi-1"})
 	if err != nil {
@@ -612,4 +612,37 @@ func TestUpdateFromFollowed(t *testing.T) {
 	if _, ok := r.Guard(d.ID); ok {
 		t.Error("Guard after Follow returned: got one, want none (nobody keeps the copy up to date)")
 	}
+}
+
+// TestNoCopiesByDefault: without Copies, a registry that follows keeps no
+// copy of the records: every update reads the record first.
+func TestNoCopiesByDefault(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mem := memstore.New()
+	t.Cleanup(func() { mem.Close() })
+	cs := &countingStore{Store: mem}
+	r := &Registry{Store: cs}
+	d, err := r.Register(ctx, Device{Name: "pi-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Follow(ctx, Follower{Reset: func([]Device) { close(listed) }, Apply: func(string, *Device) {}})
+	}()
+	<-listed
+	if _, ok := r.Guard(d.ID); ok {
+		t.Error("Guard without Copies: got one, want none")
+	}
+	cs.counts()
+	if _, err := r.Update(ctx, d.ID, func(d *Device) error { d.OS = "linux"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if g, w := cs.counts(); g != 1 || w != 1 {
+		t.Errorf("update without Copies: %d reads, %d swaps; want 1 and 1", g, w)
+	}
+	cancel()
+	<-done
 }

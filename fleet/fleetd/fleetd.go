@@ -195,7 +195,9 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	defer events.Close()
 	// The one audit recorder: the trail and a line on the audit logger.
 	recorder := &fleetaudit.Recorder{Log: events, Cluster: cfg.Cluster, Logger: audit}
-	reg := &devices.Registry{Store: st, Now: now}
+	// On etcd the registry keeps a copy of each record, so that a
+	// device's reconnect is one write and no read (replicas.md).
+	reg := &devices.Registry{Store: st, Now: now, Copies: onEtcd}
 	toks := &tokens.Service{Store: st, Now: now, Logger: log}
 	tunnelTLS := &tls.Config{GetCertificate: certs.get, ClientCAs: auth.CertPool()}
 	// Ticket keys from the store, rotated daily: agents resume their TLS
