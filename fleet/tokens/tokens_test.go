@@ -161,19 +161,22 @@ func TestConsumeWithSurroundingSpace(t *testing.T) {
 	}
 }
 
+// TestConcurrentConsumeOneUse: of 20 joins at once with a one-use token,
+// on four fleetd replicas sharing the store, exactly one succeeds.
 func TestConcurrentConsumeOneUse(t *testing.T) {
 	ctx := context.Background()
-	s, _, _ := newService(t)
+	s, c, st := newService(t)
 	s.Logger = nil // 20 log lines add nothing
 	tok, err := s.Add(ctx, api.AddTokenRequest{Uses: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
+	replicas := []*Service{s, {Store: st, Now: c.Now}, {Store: st, Now: c.Now}, {Store: st, Now: c.Now}}
 	var ok, usedUp atomic.Int32
 	var wg sync.WaitGroup
-	for range 20 {
+	for i := range 20 {
 		wg.Go(func() {
-			_, err := s.Consume(ctx, tok.Token)
+			_, err := replicas[i%len(replicas)].Consume(ctx, tok.Token)
 			switch {
 			case err == nil:
 				ok.Add(1)
@@ -318,5 +321,70 @@ func TestCheck(t *testing.T) {
 	clk.Add(2 * time.Hour)
 	if err := s.Check(ctx, tok.Token, api.TokenDevice); !errors.Is(err, ErrTokenExpired) {
 		t.Errorf("check of an expired token: %v, want expired", err)
+	}
+}
+
+// swapCounter counts compare-and-swaps and the conflicts among them.
+type swapCounter struct {
+	store.Store
+	swaps, conflicts atomic.Int32
+}
+
+func (c *swapCounter) CompareAndSwap(ctx context.Context, key string, old, next []byte, opts ...store.WriteOption) error {
+	err := c.Store.CompareAndSwap(ctx, key, old, next, opts...)
+	c.swaps.Add(1)
+	if errors.Is(err, store.ErrConflict) {
+		c.conflicts.Add(1)
+	}
+	return err
+}
+
+// TestConcurrentConsumesTakeTurns: joins with one token at once on one
+// fleetd take turns, so none fails another's compare-and-swap in the
+// store (a crowd of them used to give up after 32 conflicts); and one
+// whose request ends while it waits gives up with its context's error,
+// spending no use.
+func TestConcurrentConsumesTakeTurns(t *testing.T) {
+	ctx := context.Background()
+	mem := memstore.New()
+	t.Cleanup(func() { mem.Close() })
+	sc := &swapCounter{Store: mem}
+	s := &Service{Store: sc}
+	tok, err := s.Add(ctx, api.AddTokenRequest{Uses: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if _, err := s.Consume(ctx, tok.Token); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got, c := sc.swaps.Load(), sc.conflicts.Load(); got != n || c != 0 {
+		t.Errorf("%d joins at once: %d swaps, %d conflicts; want %d and 0", n, got, c, n)
+	}
+
+	// Hold the token's turn; a join whose request ends meanwhile gives up.
+	sum, _ := hashOf(tok.Token)
+	release, err := s.turn(ctx, sum[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Consume(cctx, tok.Token); !errors.Is(err, context.Canceled) {
+		t.Errorf("a join whose request ended while it waited: %v, want context.Canceled", err)
+	}
+	release()
+	list, err := s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].UsesLeft != 100-n {
+		t.Errorf("uses left %+v, want %d", list, 100-n)
 	}
 }
