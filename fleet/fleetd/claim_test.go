@@ -13,6 +13,7 @@ import (
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/tools/logtest"
 )
 
 // TestClaimTunnel: a tunnel is recorded with its address and agent boot;
@@ -147,6 +148,46 @@ func TestCheckAndClaim(t *testing.T) {
 			}
 			if got := strings.Join(steps, " "); got != tt.steps {
 				t.Errorf("steps %q, want %q", got, tt.steps)
+			}
+		})
+	}
+}
+
+// TestAfterLeaseLost: a replica that lost its lease drains (no store write
+// per disconnect) before it sheds its tunnels, and writes their last seen
+// only once it is registered again, within a budget; when it stops first,
+// it leaves them to the stop.
+func TestAfterLeaseLost(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		ready bool // registered again before the replica stops
+		want  string
+	}{
+		{"registered again", true, "drain shed flush(with a deadline)"},
+		{"stopped first", false, "drain shed"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var steps []string
+			waitReady := func(ctx context.Context) error {
+				if tt.ready {
+					return nil
+				}
+				cancel()
+				return ctx.Err()
+			}
+			flush := func(ctx context.Context) int {
+				if _, ok := ctx.Deadline(); ok {
+					steps = append(steps, "flush(with a deadline)")
+				} else {
+					steps = append(steps, "flush(without one)")
+				}
+				return 0
+			}
+			afterLeaseLost(ctx, func() { steps = append(steps, "drain") }, func() { steps = append(steps, "shed") }, waitReady, flush, logtest.Logger(t))
+			if got := strings.Join(steps, " "); got != tt.want {
+				t.Errorf("steps %q, want %q", got, tt.want)
 			}
 		})
 	}

@@ -337,7 +337,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		reps, err = newReplicas(cfg, replica, st, auth, tunnels, log, func() {
 			// Cut off from the store: the devices here cannot be found by
 			// the other replicas; send them to one that can record them.
-			go tunnels.Shed()
+			go afterLeaseLost(ctx, life.Drain, tunnels.Shed, func(ctx context.Context) error { return reps.pres.WaitReady(ctx) }, life.Flush, log)
 		})
 		if err != nil {
 			return fmt.Errorf("fleetd: %w", err)

@@ -242,6 +242,30 @@ func checkAndClaim(ctx context.Context, id string, guard func(id string) (store.
 	return claim()
 }
 
+// afterLeaseLost is what a replica does when it loses its lease (cut off
+// from the store, or the store too busy to renew it): its presence
+// entries are gone, so the other replicas cannot find its devices. It
+// sends them elsewhere (shed) as a stop does, without a store write per
+// device (drain: each device's offline event is recorded at once, its
+// last seen kept), and writes their last seen (flush, for up to
+// stopBudget) once it holds a lease again; a stop flushes them instead
+// when it comes first (ctx ends). A store too busy to renew a lease is too
+// busy for a last-seen write per device: in a 30,000-device run, all
+// three replicas lost their lease at once and 10,508 such writes failed,
+// loading etcd further while it had to recover.
+func afterLeaseLost(ctx context.Context, drain, shed func(), waitReady func(context.Context) error, flush func(context.Context) int, log *slog.Logger) {
+	drain()
+	shed()
+	if waitReady(ctx) != nil {
+		return
+	}
+	bctx, cancel := context.WithTimeout(ctx, stopBudget)
+	defer cancel()
+	if n := flush(bctx); n > 0 {
+		log.Warn("registered again, but could not record every shed device's last seen; theirs stays at when they connected", "devices", n)
+	}
+}
+
 // others returns the other live replicas.
 func (r *replicas) others() []peer.Target {
 	var out []peer.Target
