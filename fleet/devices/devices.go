@@ -13,6 +13,7 @@
 package devices
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -450,7 +451,7 @@ func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error
 		err = r.Store.CompareAndSwap(ctx, devicePrefix+id, old, next)
 		switch {
 		case err == nil:
-			r.saw(id, next)
+			r.wrote(id, old, next)
 			return d, nil
 		case errors.Is(err, store.ErrConflict):
 			continue
@@ -482,6 +483,17 @@ func (r *Registry) seenRecord(id string) []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.seen[id]
+}
+
+// wrote keeps next, just written over old, as device id's record, if the
+// copy is still old: the watch may have brought a newer write, or the
+// record's removal, meanwhile.
+func (r *Registry) wrote(id string, old, next []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b, ok := r.seen[id]; ok && bytes.Equal(b, old) {
+		r.seen[id] = next
+	}
 }
 
 // saw keeps b as device id's record (nil: it is gone), while Follow runs.

@@ -6,13 +6,21 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"remoteler.dev/edge/fleet/ca"
+	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/lifecycle"
+	"remoteler.dev/edge/fleet/locks"
 	"remoteler.dev/edge/fleet/presence"
 	"remoteler.dev/edge/fleet/store"
+	"remoteler.dev/edge/fleet/store/memstore"
+	"remoteler.dev/edge/fleet/tokens"
 	"remoteler.dev/edge/fleet/tunnelsrv"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/logtest"
 )
 
@@ -190,5 +198,136 @@ func TestAfterLeaseLost(t *testing.T) {
 				t.Errorf("steps %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// readCounter counts the reads of device records made through it.
+type readCounter struct {
+	store.Store
+	reads atomic.Int32
+}
+
+func (c *readCounter) Get(ctx context.Context, key string) ([]byte, error) {
+	if strings.HasPrefix(key, "devices/") {
+		c.reads.Add(1)
+	}
+	return c.Store.Get(ctx, key)
+}
+
+// TestRecheckOnEtcd: with the real registry (keeping copies, following),
+// lifecycle and presence on one store, a device's hello and the check
+// after it read no device record and record the tunnel; a device removed
+// between its hello and the check is refused and not recorded, as is a
+// locked one.
+func TestRecheckOnEtcd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mem := memstore.New()
+	t.Cleanup(func() { mem.Close() })
+	rc := &readCounter{Store: mem}
+	reg := &devices.Registry{Store: rc, Copies: true}
+	auth, err := ca.LoadOrCreate(ctx, mem, "fleet", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockSet := &locks.Set{}
+	go lockSet.Follow(ctx, mem)
+	if err := lockSet.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	life := lifecycle.New(lifecycle.Config{CA: auth, Devices: reg, Tokens: &tokens.Service{Store: mem}, Cluster: "fleet",
+		Locks: lockSet, Logger: logtest.Logger(t)})
+	pres := presence.New(presence.Config{Store: mem, Self: presence.Replica{ID: "r-a", Addr: "r-a:3081"}, TTL: 5 * time.Second, Logger: logtest.Logger(t)})
+	go pres.Run(ctx)
+	if err := pres.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan string, 16)
+	listed := make(chan struct{})
+	go reg.Follow(ctx, devices.Follower{Reset: func([]devices.Device) { close(listed) }, Apply: func(id string, d *devices.Device) {
+		if d != nil {
+			copied <- id
+		}
+	}})
+	<-listed // registered from now on: each comes as a change
+	register := func(name string) string {
+		t.Helper()
+		d, err := reg.Register(ctx, devices.Device{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			select {
+			case id := <-copied:
+				if id == d.ID {
+					return d.ID
+				}
+			case <-ctx.Done():
+				t.Fatalf("%s's record did not reach the registry's copies in 30 s", name)
+			}
+		}
+	}
+	addr := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 7), Port: 4000}
+	info := func(string) (tunnelsrv.Info, bool) { return tunnelsrv.Info{Addr: addr, Since: time.Now()}, true }
+	recheck := recheckOnEtcd(reg.Guard, life.CheckLock, life.Recheck, pres.Claim, info)
+	hello := func(id, name string) error {
+		t.Helper()
+		_, err := life.Hello(ctx, id, addr, &proto.Hello{Name: name, AgentVersion: "v1"})
+		return err
+	}
+
+	id := register("pi-1")
+	rc.reads.Store(0)
+	if err := hello(id, "pi-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := recheck(ctx, id); err != nil {
+		t.Fatalf("the check after the hello: %v", err)
+	}
+	if n := rc.reads.Load(); n != 0 {
+		t.Errorf("a hello and its check read the device record %d times, want 0", n)
+	}
+	if e, ok := pres.Lookup(id); !ok || e.Replica != "r-a" {
+		t.Errorf("presence after the check: %+v, %v; want on r-a", e, ok)
+	}
+
+	gone := register("pi-2")
+	if err := hello(gone, "pi-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&devices.Registry{Store: mem}).Delete(ctx, gone); err != nil { // removed on another replica
+		t.Fatal(err)
+	}
+	var pe *proto.Error
+	if err := recheck(ctx, gone); !errors.As(err, &pe) || pe.Code != proto.CodeForbidden || !strings.Contains(pe.Message, "removed") {
+		t.Errorf("the check of a device removed since its hello: %v, want a refusal saying it was removed", err)
+	}
+	if _, err := mem.Get(ctx, "presence/devices/"+gone); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("presence of the removed device: %v, want none", err)
+	}
+
+	locked := register("pi-3")
+	if err := hello(locked, "pi-3"); err != nil {
+		t.Fatal(err)
+	}
+	ls := &locks.Service{Store: mem, Devices: reg}
+	if _, err := ls.Create(ctx, api.LockRequest{Target: api.LockTarget{Device: "pi-3"}, Message: "stolen"}, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	for { // the lock reaches the set through its watch
+		_, rev := lockSet.List()
+		if lockSet.Check(locks.Subject{DeviceID: locked}) != nil {
+			break
+		}
+		lockSet.Wait(ctx, rev)
+		if ctx.Err() != nil {
+			t.Fatal("the lock did not reach the set in 30 s")
+		}
+	}
+	if err := recheck(ctx, locked); !errors.As(err, &pe) || pe.Code != proto.CodeForbidden || !strings.Contains(pe.Message, "stolen") {
+		t.Errorf("the check of a device locked since its hello: %v, want a refusal with the lock's message", err)
+	}
+	if _, err := mem.Get(ctx, "presence/devices/"+locked); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("presence of the locked device: %v, want none", err)
 	}
 }

@@ -244,13 +244,8 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		// before its hello is answered, and released when it ends; a
 		// device that has moved to another replica did not go offline.
 		recheck, disconnect := tcfg.Recheck, tcfg.OnDisconnect
-		checkLock := func(_ context.Context, id string) error { return life.CheckLock(id) }
 		tcfg.Recheck = func(ctx context.Context, id string) error {
-			claim := func(opts ...store.WriteOption) error {
-				info, ok := tunnels.Info(id)
-				return reps.claim(ctx, id, info, ok, opts...)
-			}
-			return checkAndClaim(ctx, id, reg.Guard, checkLock, recheck, claim)
+			return recheckOnEtcd(reg.Guard, life.CheckLock, recheck, reps.pres.Claim, tunnels.Info)(ctx, id)
 		}
 		// A device silent on this replica is offline on every replica.
 		tcfg.OnSilence = func(ctx context.Context, id string, since time.Time, silent bool) error {
@@ -334,10 +329,13 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	var roots *trust.Service
 	reach = tunnels
 	if onEtcd {
+		// Ends when fleetd starts to stop (ctx is re-bound further down, to
+		// the context that outlives the stop's first steps).
+		untilStop := ctx
 		reps, err = newReplicas(cfg, replica, st, auth, tunnels, log, func() {
 			// Cut off from the store: the devices here cannot be found by
 			// the other replicas; send them to one that can record them.
-			go afterLeaseLost(ctx, life.Drain, tunnels.Shed, func(ctx context.Context) error { return reps.pres.WaitReady(ctx) }, life.Flush, log)
+			go afterLeaseLost(untilStop, life.Drain, tunnels.Shed, func(ctx context.Context) error { return reps.pres.WaitReady(ctx) }, life.Flush, log)
 		})
 		if err != nil {
 			return fmt.Errorf("fleetd: %w", err)

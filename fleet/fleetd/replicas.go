@@ -177,22 +177,16 @@ func (r *replicas) run(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Go(func() { r.pres.Run(ctx) })
 }
 
-// claim records a device's new tunnel here, as the tunnel server
-// describes it (ok: it still has it); a replica without its lease refuses
-// the device, which goes to another. opts may guard the write
-// (checkAndClaim).
-func (r *replicas) claim(ctx context.Context, deviceID string, info tunnelsrv.Info, ok bool, opts ...store.WriteOption) error {
-	return claimTunnel(ctx, r.pres.Claim, deviceID, info, ok, opts...)
-}
-
 // claimFunc is presence's Claim.
 type claimFunc func(ctx context.Context, deviceID, addr, boot string, since time.Time, opts ...store.WriteOption) error
 
-// claimTunnel is claim with presence's Claim as claim. A connection that
-// ended (or was replaced and ended) while the device was being checked is
-// refused: there is nothing to record, and the device connects again. A
-// guard in opts that did not hold is returned as is (matching
-// store.ErrFenced), for the caller to decide.
+// claimTunnel records a device's new tunnel on this replica with claim
+// (presence's Claim), as the tunnel server describes it (ok: it still has
+// it); a replica without its lease refuses the device, which goes to
+// another. A connection that ended (or was replaced and ended) while the
+// device was being checked is refused: there is nothing to record, and
+// the device connects again. A guard in opts that did not hold is
+// returned as is (matching store.ErrFenced), for the caller to decide.
 func claimTunnel(ctx context.Context, claim claimFunc, deviceID string, info tunnelsrv.Info, ok bool, opts ...store.WriteOption) error {
 	if !ok || info.Addr == nil {
 		return proto.Errorf(proto.CodeUnavailable, "the connection ended while this fleetd replica recorded it; connect again")
@@ -242,14 +236,32 @@ func checkAndClaim(ctx context.Context, id string, guard func(id string) (store.
 	return claim()
 }
 
+// recheckOnEtcd is the tunnel server's Recheck for a replica on etcd:
+// checkAndClaim guarded by the registry's copy of the record (guard), with
+// the lifecycle's lock check and its read of the registry (recheck) to
+// fall back on; the claim (presence's Claim) records the tunnel as the
+// tunnel server describes it at the time (info).
+func recheckOnEtcd(guard func(id string) (store.Guard, bool), checkLock func(id string) error, recheck func(ctx context.Context, id string) error,
+	claim claimFunc, info func(id string) (tunnelsrv.Info, bool),
+) func(ctx context.Context, id string) error {
+	return func(ctx context.Context, id string) error {
+		return checkAndClaim(ctx, id, guard, func(_ context.Context, id string) error { return checkLock(id) }, recheck,
+			func(opts ...store.WriteOption) error {
+				in, ok := info(id)
+				return claimTunnel(ctx, claim, id, in, ok, opts...)
+			})
+	}
+}
+
 // afterLeaseLost is what a replica does when it loses its lease (cut off
 // from the store, or the store too busy to renew it): its presence
 // entries are gone, so the other replicas cannot find its devices. It
 // sends them elsewhere (shed) as a stop does, without a store write per
 // device (drain: each device's offline event is recorded at once, its
 // last seen kept), and writes their last seen (flush, for up to
-// stopBudget) once it holds a lease again; a stop flushes them instead
-// when it comes first (ctx ends). A store too busy to renew a lease is too
+// stopBudget) once it holds a lease again. ctx ends when fleetd starts to
+// stop: a stop that comes first flushes them instead, and one that cuts
+// this flush short gets what it left out (Lifecycle.Flush). A store too busy to renew a lease is too
 // busy for a last-seen write per device: in a 30,000-device run, all
 // three replicas lost their lease at once and 10,508 such writes failed,
 // loading etcd further while it had to recover.

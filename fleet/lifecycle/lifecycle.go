@@ -30,7 +30,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -127,7 +126,9 @@ func (l *Lifecycle) Drain() {
 // Flush writes the last seen of the devices that disconnected since Drain,
 // 32 at a time, until ctx is done; it returns how many it left out (their
 // last seen stays at their connect). Disconnects after Flush write their
-// own again.
+// own again. When Drain was called again while it ran (a stop beginning
+// during the flush after a shed), what it left out goes back for the next
+// Flush.
 func (l *Lifecycle) Flush(ctx context.Context) (skipped int) {
 	l.mu.Lock()
 	pending := l.pending
@@ -135,17 +136,31 @@ func (l *Lifecycle) Flush(ctx context.Context) (skipped int) {
 	l.mu.Unlock()
 	var g errgroup.Group
 	g.SetLimit(drainWriters)
-	var left atomic.Int64
+	var (
+		mu   sync.Mutex
+		left = map[string]time.Time{}
+	)
 	for id, heard := range pending {
 		g.Go(func() error {
 			if ctx.Err() != nil || l.writeLastSeen(ctx, id, heard) != nil {
-				left.Add(1)
+				mu.Lock()
+				left[id] = heard
+				mu.Unlock()
 			}
 			return nil
 		})
 	}
 	g.Wait()
-	return int(left.Load())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.pending != nil {
+		for id, heard := range left {
+			if _, newer := l.pending[id]; !newer {
+				l.pending[id] = heard
+			}
+		}
+	}
+	return len(left)
 }
 
 // errSeenSince: a device's record already has a later last seen (it

@@ -362,3 +362,57 @@ func TestDisconnect(t *testing.T) {
 		})
 	}
 }
+
+// stallingStore holds every compare-and-swap until release is closed or
+// the write's context ends; entered receives one value per swap begun.
+type stallingStore struct {
+	store.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *stallingStore) CompareAndSwap(ctx context.Context, key string, old, next []byte, opts ...store.WriteOption) error {
+	s.entered <- struct{}{}
+	select {
+	case <-s.release:
+		return s.Store.CompareAndSwap(ctx, key, old, next, opts...)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestFlushCutShortByAStop: a flush (after a shed) that a stop cuts short
+// hands what it did not write to the stop's own flush, which writes it.
+func TestFlushCutShortByAStop(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	resp, err := f.l.Join(ctx, joinRequest(t, "pi-1", f.token(t, nil)), "192.0.2.1:5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	heard := time.Now().UTC().Add(time.Hour)
+	stall := &stallingStore{Store: f.devs.Store, entered: make(chan struct{}, 4), release: make(chan struct{})}
+	f.devs.Store = stall
+	f.l.Drain() // the shed
+	f.l.Disconnect(resp.DeviceID, heard, errors.New("lease lost"))
+	fctx, cancel := context.WithCancel(ctx)
+	skipped := make(chan int, 1)
+	go func() { skipped <- f.l.Flush(fctx) }() // registered again: the shed's flush
+	<-stall.entered
+	f.l.Drain() // the stop begins...
+	cancel()    // ...and cuts the shed's flush short
+	if n := <-skipped; n != 1 {
+		t.Fatalf("the cut flush left out %d, want 1", n)
+	}
+	close(stall.release)
+	if n := f.l.Flush(ctx); n != 0 { // the stop's flush
+		t.Fatalf("the stop's flush left out %d, want 0", n)
+	}
+	dev, err := f.devs.Get(ctx, resp.DeviceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !dev.LastSeen.Equal(heard) {
+		t.Errorf("last seen = %v, want %v, written by the stop's flush", dev.LastSeen, heard)
+	}
+}
