@@ -411,8 +411,8 @@ func (r *Registry) releaseName(ctx context.Context, name, id string) error {
 // While Follow keeps copies (Copies), the first try starts from the
 // record as followed, with no read of the store (a device's hello is one
 // write, not a read and a write); a swap that finds the record changed
-// reads it and tries again. fn's error on the followed copy is checked against a fresh read
-// before it is returned.
+// reads it and tries again. fn's error on the followed copy is checked
+// against a fresh read before it is returned.
 func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error) (Device, error) {
 	cached := r.seenRecord(id)
 	for range maxRetries {
@@ -468,8 +468,9 @@ func (r *Registry) Update(ctx context.Context, id string, fn func(*Device) error
 // Guard returns a guard (store.If) that holds while device id's record is
 // as this registry last saw it (followed, or written by Update), and false
 // when it has no copy (Copies is off, Follow is not running, or the
-// device is not known). A write made under it fails with store.ErrFenced when the
-// record has changed or gone since; it then proves nothing either way.
+// device is not known). A write made under it fails with
+// store.ErrFenced when the record has changed or gone since; it then
+// proves nothing either way.
 func (r *Registry) Guard(id string) (store.Guard, bool) {
 	b := r.seenRecord(id)
 	if b == nil {

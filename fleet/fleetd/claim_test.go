@@ -116,7 +116,7 @@ func TestCheckAndClaim(t *testing.T) {
 			guard := func(id string) (store.Guard, bool) {
 				return store.Guard{Key: "devices/" + id, Value: []byte("{}")}, tt.copy
 			}
-			checkLock := func(context.Context, string) error {
+			checkLock := func(string) error {
 				steps = append(steps, "lock")
 				if tt.locked {
 					return lockErr

@@ -244,9 +244,11 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 		// before its hello is answered, and released when it ends; a
 		// device that has moved to another replica did not go offline.
 		recheck, disconnect := tcfg.Recheck, tcfg.OnDisconnect
-		tcfg.Recheck = func(ctx context.Context, id string) error {
-			return recheckOnEtcd(reg.Guard, life.CheckLock, recheck, reps.pres.Claim, tunnels.Info)(ctx, id)
+		// reps is made further down: the claim reaches its presence then.
+		claim := func(ctx context.Context, id, addr, boot string, since time.Time, opts ...store.WriteOption) error {
+			return reps.pres.Claim(ctx, id, addr, boot, since, opts...)
 		}
+		tcfg.Recheck = recheckOnEtcd(reg.Guard, life.CheckLock, recheck, claim, func(id string) (tunnelsrv.Info, bool) { return tunnels.Info(id) })
 		// A device silent on this replica is offline on every replica.
 		tcfg.OnSilence = func(ctx context.Context, id string, since time.Time, silent bool) error {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -210,19 +210,20 @@ func claimTunnel(ctx context.Context, claim claimFunc, deviceID string, info tun
 // checkAndClaim is a replica's check of a device's new connection
 // (tunnelsrv.Config.Recheck), made once the tunnel server has registered
 // it: a locked device is refused (checkLock); then its tunnel is recorded
-// (claim: claimTunnel with the tunnel as it is then) under guard, the device's record as this replica's hello
-// wrote it. The guard holding proves that the device was not removed
-// meanwhile, in the same write: the record is not read again. When the
+// (claim: claimTunnel with the tunnel as it is then) under guard, the
+// device's record as this replica last knew it (normally as its hello
+// just wrote it). The guard holding proves that the device was not
+// removed meanwhile, in the same write: the record is not read again. When the
 // registry has no copy, or the guard fails (the record changed since: the
 // last seen written by a stopping replica, an admin's relabel; or it was
 // removed), recheck reads the record as before and the claim is made
 // without the guard. So a hello costs the store two writes, not two
 // writes and two reads.
-func checkAndClaim(ctx context.Context, id string, guard func(id string) (store.Guard, bool), checkLock, recheck func(ctx context.Context, id string) error,
-	claim func(opts ...store.WriteOption) error,
+func checkAndClaim(ctx context.Context, id string, guard func(id string) (store.Guard, bool), checkLock func(id string) error,
+	recheck func(ctx context.Context, id string) error, claim func(opts ...store.WriteOption) error,
 ) error {
 	if g, held := guard(id); held {
-		if err := checkLock(ctx, id); err != nil {
+		if err := checkLock(id); err != nil {
 			return err
 		}
 		err := claim(store.If(g))
@@ -245,7 +246,7 @@ func recheckOnEtcd(guard func(id string) (store.Guard, bool), checkLock func(id 
 	claim claimFunc, info func(id string) (tunnelsrv.Info, bool),
 ) func(ctx context.Context, id string) error {
 	return func(ctx context.Context, id string) error {
-		return checkAndClaim(ctx, id, guard, func(_ context.Context, id string) error { return checkLock(id) }, recheck,
+		return checkAndClaim(ctx, id, guard, checkLock, recheck,
 			func(opts ...store.WriteOption) error {
 				in, ok := info(id)
 				return claimTunnel(ctx, claim, id, in, ok, opts...)
@@ -261,8 +262,8 @@ func recheckOnEtcd(guard func(id string) (store.Guard, bool), checkLock func(id 
 // last seen kept), and writes their last seen (flush, for up to
 // stopBudget) once it holds a lease again. ctx ends when fleetd starts to
 // stop: a stop that comes first flushes them instead, and one that cuts
-// this flush short gets what it left out (Lifecycle.Flush). A store too busy to renew a lease is too
-// busy for a last-seen write per device: in a 30,000-device run, all
+// this flush short gets what it left out (Lifecycle.Flush). A store too
+// busy to renew a lease is too busy for a last-seen write per device: in a 30,000-device run, all
 // three replicas lost their lease at once and 10,508 such writes failed,
 // loading etcd further while it had to recover.
 func afterLeaseLost(ctx context.Context, drain, shed func(), waitReady func(context.Context) error, flush func(context.Context) int, log *slog.Logger) {
