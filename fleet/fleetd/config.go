@@ -132,6 +132,12 @@ type Config struct {
 	// ReplicaLeaseTTL is how long a replica's presence outlives it (how
 	// long a dead replica's devices still show online); default 15s.
 	ReplicaLeaseTTL Duration `json:"replica_lease_ttl"`
+	// ReplicaShedAfter is how long a replica that lost its lease (cut off
+	// from etcd, or etcd too busy to renew it) keeps its device tunnels
+	// while it tries to register again; if it does in time, it records
+	// them again and its devices never reconnect, else it closes them and
+	// they go to another replica; default: ReplicaLeaseTTL.
+	ReplicaShedAfter Duration `json:"replica_shed_after"`
 
 	// Web apps on devices (docs/apps.md).
 

@@ -141,7 +141,8 @@ type replicas struct {
 }
 
 // newReplicas listens for peers and sets up presence and routing for
-// tunnels. onLost is called when the replica loses its lease.
+// tunnels. onLost is called when the replica lost its lease and did not
+// register again within the grace (cfg.ReplicaShedAfter).
 func newReplicas(cfg Config, id string, st store.Store, auth *ca.Authority, tunnels *tunnelsrv.Server, log *slog.Logger, onLost func()) (*replicas, error) {
 	ln, err := net.Listen("tcp", peerListen(cfg))
 	if err != nil {
@@ -156,7 +157,7 @@ func newReplicas(cfg Config, id string, st store.Store, auth *ca.Authority, tunn
 		return nil, err
 	}
 	r.pres = presence.New(presence.Config{Store: st, Self: presence.Replica{ID: id, Addr: adv, Version: Version},
-		TTL: time.Duration(cfg.ReplicaLeaseTTL), OnLost: onLost, Logger: log})
+		TTL: time.Duration(cfg.ReplicaLeaseTTL), Grace: time.Duration(cfg.ReplicaShedAfter), OnLost: onLost, Logger: log})
 	r.router = route.New(route.Config{Local: tunnels, Presence: r.pres, Peers: r.node, Logger: log})
 	r.router.Register(r.mux)
 	// Sessions outlive the replica holding their device's tunnel: a
@@ -254,8 +255,9 @@ func recheckOnEtcd(guard func(id string) (store.Guard, bool), checkLock func(id 
 	}
 }
 
-// afterLeaseLost is what a replica does when it loses its lease (cut off
-// from the store, or the store too busy to renew it): its presence
+// afterLeaseLost is what a replica does when it lost its lease (cut off
+// from the store, or the store too busy to renew it) and did not get a
+// new one within the grace (presence's Config.Grace): its presence
 // entries are gone, so the other replicas cannot find its devices. It
 // sends them elsewhere (shed) as a stop does, without a store write per
 // device (drain: each device's offline event is recorded at once, its

@@ -16,9 +16,14 @@
 // between; the old replica's removal is guarded (it deletes the entry only
 // while the entry is still its own). A replica that loses its lease (it
 // could not renew it for a whole TTL: the store is down, or the replica is
-// partitioned from it) is told at once (Config.OnLost): it must stop
-// taking devices and users, since it can no longer record where they are;
-// Run then grants a new lease as soon as the store answers again.
+// partitioned from it, or the store too busy to renew it) stops taking
+// devices and users at once, since it can no longer record where they
+// are (Ready is false), and tries to register again. Its tunnels stay: if
+// it registers again within Config.Grace, it writes its devices' entries
+// again under the new lease, and its devices never had to reconnect. If
+// not, it is told (Config.OnLost): it must end the tunnels it holds, so
+// that the devices go to a replica that can record them; Run goes on
+// trying, and takes work again once it has a new lease.
 //
 // Every replica keeps the whole presence in memory, followed from the store
 // (store.Follow): lookups never wait on the store.
@@ -27,13 +32,16 @@
 package presence
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"remoteler.dev/edge/fleet/backoff"
@@ -88,10 +96,13 @@ type Config struct {
 	Self Replica
 	// TTL is the lease's TTL; default DefaultTTL.
 	TTL time.Duration
-	// OnLost is called (from Run's goroutine) when this replica's lease
-	// ends while Run runs: its entries are gone or about to be, and it
-	// must stop taking devices and users and end the tunnels it holds.
-	// Ready is false from then until Run has a new lease.
+	// Grace is how long a replica whose lease ended keeps its tunnels
+	// while it tries to register again; default TTL. Ready is false
+	// from the lease's end until Run has a new lease.
+	Grace time.Duration
+	// OnLost is called when this replica's lease ended while Run runs and
+	// it did not register again within Grace: its entries are gone, and
+	// it must end the tunnels it holds. It must not block.
 	OnLost func()
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
@@ -111,15 +122,22 @@ type Registry struct {
 	replicas map[string]Replica
 	devices  map[string]Entry
 	mine     map[string][]byte // device ID → the value this replica wrote
-	onMove   []func(deviceID string, e Entry)
-	onBoot   []func(deviceID, boot string)
-	changed  chan struct{} // closed and replaced whenever devices changes
+	// keeping: the lease ended less than Grace ago; mine is kept, to be
+	// written again under the next lease (grace ends the wait).
+	keeping bool
+	grace   *time.Timer
+	onMove  []func(deviceID string, e Entry)
+	onBoot  []func(deviceID, boot string)
+	changed chan struct{} // closed and replaced whenever devices changes
 }
 
 // New returns a Registry for cfg.
 func New(cfg Config) *Registry {
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = cfg.TTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -162,6 +180,7 @@ func (r *Registry) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer r.endGrace()
 	wg.Go(func() {
 		store.Follow(ctx, r.cfg.Store, Prefix, store.FollowHandler{
 			Reset: r.reset, Apply: r.apply,
@@ -175,7 +194,7 @@ func (r *Registry) Run(ctx context.Context) error {
 		if wait > 0 && !backoff.Wait(ctx, wait) {
 			return ctx.Err()
 		}
-		l, err := r.register(ctx)
+		l, back, err := r.register(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -189,26 +208,32 @@ func (r *Registry) Run(ctx context.Context) error {
 		}
 		wait = 0
 		r.log.Info("replica registered", "replica", r.cfg.Self.ID, "addr", r.cfg.Self.Addr, "lease_ttl", l.TTL().String())
+		if len(back) > 0 {
+			wg.Go(func() { r.claimAgain(ctx, l, back) })
+		}
 		select {
 		case <-ctx.Done():
-			r.lost(l, false)
+			r.leave(l)
 			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			err := l.Revoke(rctx)
 			rcancel()
 			r.log.Info("replica left the fleet: its lease and presence entries are gone", "replica", r.cfg.Self.ID, "revoke_err", err)
 			return ctx.Err()
 		case <-l.Done():
-			r.log.Error("this replica lost its lease in the store (cut off from it?): it stops taking devices and users until it has a new one")
-			r.lost(l, true)
+			r.log.Error("this replica lost its lease in the store (cut off from it, or the store too busy to renew it): it takes no devices or users until it has a new one, and keeps its tunnels meanwhile, for a while",
+				"grace", r.cfg.Grace.String())
+			r.suspend(l)
 		}
 	}
 }
 
-// register grants a lease and writes this replica under it.
-func (r *Registry) register(ctx context.Context) (store.Lease, error) {
+// register grants a lease and writes this replica under it. Within the
+// grace after a lease ended, it also returns the entries to write again
+// under the new one (claimAgain).
+func (r *Registry) register(ctx context.Context) (store.Lease, map[string][]byte, error) {
 	l, err := r.cfg.Store.Grant(ctx, r.cfg.TTL)
 	if err != nil {
-		return nil, fmt.Errorf("presence: grant a lease: %w", err)
+		return nil, nil, fmt.Errorf("presence: grant a lease: %w", err)
 	}
 	self := r.cfg.Self
 	if self.Started.IsZero() {
@@ -219,26 +244,184 @@ func (r *Registry) register(ctx context.Context) (store.Lease, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		l.Revoke(rctx)
 		cancel()
-		return nil, fmt.Errorf("presence: register replica: %w", err)
+		return nil, nil, fmt.Errorf("presence: register replica: %w", err)
 	}
 	r.mu.Lock()
 	r.lease = l
+	var back map[string][]byte
+	if r.keeping {
+		r.keeping = false
+		r.grace.Stop()
+		back = maps.Clone(r.mine)
+	}
 	r.markReadyLocked()
 	r.mu.Unlock()
-	return l, nil
+	return l, back, nil
 }
 
-// lost forgets lease l and this replica's entries; notify calls OnLost.
-func (r *Registry) lost(l store.Lease, notify bool) {
+// suspend forgets lease l, which ended, and keeps this replica's entries
+// for the grace: giveUp ends it, unless register comes first.
+func (r *Registry) suspend(l store.Lease) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lease != l {
+		return
+	}
+	r.lease = nil
+	r.markNotReadyLocked()
+	r.keeping = true
+	r.grace = time.AfterFunc(r.cfg.Grace, r.giveUp)
+}
+
+// giveUp ends the grace: the replica did not register again in time, so
+// its entries are forgotten and it is told to end its tunnels (OnLost).
+func (r *Registry) giveUp() {
+	r.mu.Lock()
+	if !r.keeping {
+		r.mu.Unlock()
+		return
+	}
+	r.keeping = false
+	n := len(r.mine)
+	r.mine = map[string][]byte{}
+	r.mu.Unlock()
+	r.log.Error("this replica did not register again in the store within the grace: it ends its tunnels, so that its devices go to a replica that can record them",
+		"grace", r.cfg.Grace.String(), "devices", n)
+	if r.cfg.OnLost != nil {
+		r.cfg.OnLost()
+	}
+}
+
+// endGrace ends a grace without OnLost: Run is returning.
+func (r *Registry) endGrace() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.keeping {
+		r.keeping = false
+		r.grace.Stop()
+		r.mine = map[string][]byte{}
+	}
+}
+
+// claimAgainParallel is how many entries claimAgain writes at once.
+const claimAgainParallel = 16
+
+// claimAgain writes again under the new lease l the entries of the
+// tunnels this replica kept through the grace (back: device ID → the
+// value written under the old lease). Each write is create-only: a
+// device whose entry now names another replica (it connected there
+// meanwhile) is left there and forgotten here. An entry still there from
+// the old lease (the store had not let it go yet) is moved to the new
+// lease if it is unchanged. A device released or claimed afresh here
+// meanwhile is left as it is now. Writes that fail are tried again (0.5 s,
+// doubling, up to 10 s) while l lives; it stops when ctx ends or l does.
+func (r *Registry) claimAgain(ctx context.Context, l store.Lease, back map[string][]byte) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-l.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var again, elsewhere atomic.Int64
+	total := len(back)
+	wait := time.Duration(0)
+	for len(back) > 0 {
+		if wait > 0 && !backoff.Wait(ctx, wait) {
+			break
+		}
+		var mu sync.Mutex
+		failed := map[string][]byte{}
+		var lastErr error
+		sem := make(chan struct{}, claimAgainParallel)
+		var wg sync.WaitGroup
+		for id, b := range back {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				switch moved, err := r.claimOneAgain(ctx, l, id, b); {
+				case err != nil:
+					mu.Lock()
+					failed[id], lastErr = b, err
+					mu.Unlock()
+				case moved:
+					elsewhere.Add(1)
+				default:
+					again.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if len(failed) > 0 && ctx.Err() == nil {
+			wait = backoff.Next(wait, 500*time.Millisecond, 10*time.Second)
+			r.log.Warn("could not record some of this replica's tunnels again under its new lease; retrying", "devices", len(failed), "err", lastErr, "retry_in", wait.String())
+		}
+		back = failed
+	}
+	r.log.Info("registered again within the grace: recorded the tunnels it kept under the new lease",
+		"devices", total, "recorded", again.Load(), "now_elsewhere", elsewhere.Load(), "not_recorded", len(back))
+}
+
+// claimOneAgain writes device id's entry b again under l (claimAgain); it
+// reports whether the device is now on another replica.
+func (r *Registry) claimOneAgain(ctx context.Context, l store.Lease, id string, b []byte) (moved bool, err error) {
+	key := devicesPrefix + id
+	if !r.stillMine(id, b) {
+		return false, nil // released or claimed afresh meanwhile
+	}
+	err = r.cfg.Store.Create(ctx, key, b, store.WithLease(l))
+	if errors.Is(err, store.ErrExists) {
+		// Ours from the old lease, unchanged: move it to the new one.
+		err = r.cfg.Store.CompareAndSwap(ctx, key, b, b, store.WithLease(l))
+		if errors.Is(err, store.ErrConflict) {
+			// Another replica's now (or claimed afresh here meanwhile).
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if bytes.Equal(r.mine[id], b) {
+				delete(r.mine, id)
+				return true, nil
+			}
+			return false, nil
+		}
+	}
+	if err != nil {
+		return false, fmt.Errorf("presence: claim %s again: %w", id, err)
+	}
+	r.mu.Lock()
+	if r.lease == l && bytes.Equal(r.mine[id], b) {
+		var e Entry
+		if json.Unmarshal(b, &e) == nil {
+			r.devices[id] = e
+			r.changedLocked()
+		}
+		r.mu.Unlock()
+		return false, nil
+	}
+	r.mu.Unlock()
+	// Released meanwhile: take back what was written, if it is still that.
+	if err := r.cfg.Store.Delete(ctx, key, store.If(store.Guard{Key: key, Value: b})); err != nil && !errors.Is(err, store.ErrFenced) && !errors.Is(err, store.ErrNotFound) {
+		return false, fmt.Errorf("presence: release %s: %w", id, err)
+	}
+	return false, nil
+}
+
+// stillMine reports whether this replica's entry for id is still b.
+func (r *Registry) stillMine(id string, b []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Equal(r.mine[id], b)
+}
+
+// leave forgets lease l and this replica's entries: Run is returning.
+func (r *Registry) leave(l store.Lease) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.lease == l {
 		r.lease = nil
 		r.mine = map[string][]byte{}
 		r.markNotReadyLocked()
-	}
-	r.mu.Unlock()
-	if notify && r.cfg.OnLost != nil {
-		r.cfg.OnLost()
 	}
 }
 

@@ -14,27 +14,107 @@ import (
 )
 
 // leaseStore hands out leases the test can end, as a partition from the
-// store would.
+// store would: revoked (the store let the lease go) or cut (the replica
+// gave up on renewing it, while the store still holds it and its keys).
+// While refusing, it grants none.
 type leaseStore struct {
 	store.Store
-	mu     sync.Mutex
-	leases []store.Lease
+	mu       sync.Mutex
+	leases   []*cutLease
+	refusing bool
 }
+
+// cutLease is a lease whose Done the test can close without ending it in
+// the store.
+type cutLease struct {
+	store.Lease
+	once sync.Once
+	cutc chan struct{}
+	done chan struct{}
+}
+
+func (l *cutLease) Done() <-chan struct{} { return l.done }
+
+// cut closes Done, as a client that gave up on renewing the lease does;
+// the store keeps the lease and its keys.
+func (l *cutLease) cut() { l.once.Do(func() { close(l.cutc) }) }
 
 func (s *leaseStore) Grant(ctx context.Context, ttl time.Duration) (store.Lease, error) {
-	l, err := s.Store.Grant(ctx, ttl)
-	if err == nil {
-		s.mu.Lock()
-		s.leases = append(s.leases, l)
-		s.mu.Unlock()
+	s.mu.Lock()
+	refusing := s.refusing
+	s.mu.Unlock()
+	if refusing {
+		return nil, errors.New("test: the store is cut off")
 	}
-	return l, err
+	l, err := s.Store.Grant(ctx, ttl)
+	if err != nil {
+		return nil, err
+	}
+	cl := &cutLease{Lease: l, cutc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		select {
+		case <-l.Done():
+		case <-cl.cutc:
+		}
+		close(cl.done)
+	}()
+	s.mu.Lock()
+	s.leases = append(s.leases, cl)
+	s.mu.Unlock()
+	return cl, nil
 }
 
-func (s *leaseStore) last() store.Lease {
+// refuse makes Grant fail (on) or work again.
+func (s *leaseStore) refuse(on bool) {
+	s.mu.Lock()
+	s.refusing = on
+	s.mu.Unlock()
+}
+
+// inner passes the store the leases it granted, not their wrappers.
+func inner(opts []store.WriteOption) []store.WriteOption {
+	var o store.WriteOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	var out []store.WriteOption
+	if cl, ok := o.Lease.(*cutLease); ok {
+		out = append(out, store.WithLease(cl.Lease))
+	} else if o.Lease != nil {
+		out = append(out, store.WithLease(o.Lease))
+	}
+	for _, g := range o.Guards {
+		out = append(out, store.If(g))
+	}
+	return out
+}
+
+func (s *leaseStore) Put(ctx context.Context, key string, v []byte, opts ...store.WriteOption) error {
+	return s.Store.Put(ctx, key, v, inner(opts)...)
+}
+
+func (s *leaseStore) Create(ctx context.Context, key string, v []byte, opts ...store.WriteOption) error {
+	return s.Store.Create(ctx, key, v, inner(opts)...)
+}
+
+func (s *leaseStore) CompareAndSwap(ctx context.Context, key string, old, next []byte, opts ...store.WriteOption) error {
+	return s.Store.CompareAndSwap(ctx, key, old, next, inner(opts)...)
+}
+
+func (s *leaseStore) Delete(ctx context.Context, key string, opts ...store.WriteOption) error {
+	return s.Store.Delete(ctx, key, inner(opts)...)
+}
+
+func (s *leaseStore) last() *cutLease {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.leases[len(s.leases)-1]
+}
+
+func (s *leaseStore) lease(i int) *cutLease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leases[i]
 }
 
 func (s *leaseStore) granted() int {
@@ -43,10 +123,31 @@ func (s *leaseStore) granted() int {
 	return len(s.leases)
 }
 
+// leaseOf returns the ID of the lease key is attached to in st.
+func leaseOf(t *testing.T, st store.Store, key string) (int64, bool) {
+	t.Helper()
+	items, err := st.List(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if it.Key == key {
+			return it.Lease, true
+		}
+	}
+	return 0, false
+}
+
 // start runs a registry for replica id on st until the test ends.
 func start(t *testing.T, st store.Store, id string, onLost func()) *Registry {
 	t.Helper()
-	r := New(Config{Store: st, Self: Replica{ID: id, Addr: id + ":3081"}, TTL: time.Second, OnLost: onLost, Logger: logtest.Logger(t)})
+	return startGrace(t, st, id, 0, onLost)
+}
+
+// startGrace is start with Config.Grace set to grace.
+func startGrace(t *testing.T, st store.Store, id string, grace time.Duration, onLost func()) *Registry {
+	t.Helper()
+	r := New(Config{Store: st, Self: Replica{ID: id, Addr: id + ":3081"}, TTL: time.Second, Grace: grace, OnLost: onLost, Logger: logtest.Logger(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -180,35 +281,135 @@ func TestDeadReplicaVanishes(t *testing.T) {
 }
 
 // TestLeaseLost: a replica whose lease ends under it (cut off from the
-// store) is told, is not ready, refuses claims, and registers again with
-// a new lease.
+// store) and that cannot register again within the grace is told (so that
+// it ends its tunnels), is not ready meanwhile, refuses claims, and
+// registers again with a new lease once the store answers, without
+// writing again the entries it gave up.
 func TestLeaseLost(t *testing.T) {
 	ls := &leaseStore{Store: memstore.New()}
 	t.Cleanup(func() { ls.Close() })
 	lost := make(chan struct{}, 4)
-	a := start(t, ls, "a", func() { lost <- struct{}{} })
+	a := startGrace(t, ls, "a", 200*time.Millisecond, func() { lost <- struct{}{} })
 	ctx := context.Background()
 	if err := a.Claim(ctx, "dev1", "", "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	first := ls.last()
+	ls.refuse(true)
 	if err := first.Revoke(ctx); err != nil {
 		t.Fatal(err)
+	}
+	eventually(t, "a not ready", func() bool { return !a.Ready() })
+	if err := a.Claim(ctx, "dev2", "", "", time.Now()); !errors.Is(err, ErrNotReady) {
+		t.Errorf("claim without a lease: %v, want ErrNotReady", err)
 	}
 	select {
 	case <-lost:
 	case <-time.After(30 * time.Second):
-		t.Fatal("OnLost was not called after the lease ended")
+		t.Fatal("OnLost was not called after the grace")
 	}
+	if a.Ready() {
+		t.Error("a ready without a lease")
+	}
+	ls.refuse(false)
 	eventually(t, "a new lease", func() bool { return ls.granted() >= 2 && a.Ready() })
-	if _, err := ls.Get(ctx, devicesPrefix+"dev1"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("dev1's entry after the lease ended: %v, want gone", err)
-	}
 	if _, err := ls.Get(ctx, replicasPrefix+"a"); err != nil {
 		t.Errorf("replica a after its new lease: %v, want registered again", err)
 	}
+	// The entry given up is not written again: nothing here writes after
+	// registering, so it is absent now and stays so.
+	if _, err := ls.Get(ctx, devicesPrefix+"dev1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("dev1's entry after the grace and a new lease: %v, want gone", err)
+	}
 	if err := a.Claim(ctx, "dev1", "", "", time.Now()); err != nil {
 		t.Errorf("claim with the new lease: %v", err)
+	}
+	select {
+	case <-lost:
+		t.Error("OnLost called twice")
+	default:
+	}
+}
+
+// TestLeaseRegainedWithinGrace: a replica whose lease ends and that
+// registers again within the grace keeps its devices: their entries are
+// written again under the new lease, and OnLost is not called. A device
+// that connected to another replica meanwhile stays there; one released
+// meanwhile is not written again; an entry the store still held under the
+// old lease moves to the new one, and outlives the old lease's end.
+func TestLeaseRegainedWithinGrace(t *testing.T) {
+	for _, how := range []string{"revoked", "cut"} {
+		t.Run(how, func(t *testing.T) {
+			ls := &leaseStore{Store: memstore.New()}
+			t.Cleanup(func() { ls.Close() })
+			lost := make(chan struct{}, 1)
+			a := startGrace(t, ls, "a", time.Hour, func() { lost <- struct{}{} })
+			b := start(t, ls, "b", nil)
+			ctx := context.Background()
+			for _, id := range []string{"dev1", "dev2", "dev3", "dev4"} {
+				if err := a.Claim(ctx, id, "10.0.0.1:4000", "boot-"+id, time.Now()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old := ls.lease(0)
+			ls.refuse(true)
+			if how == "revoked" {
+				if err := old.Revoke(ctx); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				old.cut()
+			}
+			eventually(t, "a not ready", func() bool { return !a.Ready() })
+			// Meanwhile dev2 connects to b, and dev3's tunnel on a ends.
+			if err := b.Claim(ctx, "dev2", "10.0.0.2:4000", "boot-dev2", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Release(ctx, "dev3"); err != nil {
+				t.Fatal(err)
+			}
+			ls.refuse(false)
+			eventually(t, "a registered again, with dev1 and dev4 under its new lease", func() bool {
+				if !a.Ready() {
+					return false
+				}
+				newID := ls.last().ID()
+				l1, ok1 := leaseOf(t, ls, devicesPrefix+"dev1")
+				l4, ok4 := leaseOf(t, ls, devicesPrefix+"dev4")
+				return ok1 && ok4 && l1 == newID && l4 == newID
+			})
+			if e, ok := b.Lookup("dev2"); !ok || e.Replica != "b" {
+				t.Errorf("dev2 = %+v, %v; want still on b", e, ok)
+			}
+			if _, ok := leaseOf(t, ls, devicesPrefix+"dev3"); ok {
+				t.Error("dev3, released while a had no lease, was written again")
+			}
+			for _, id := range []string{"dev1", "dev4"} {
+				eventually(t, "b sees "+id+" on a", func() bool { e, ok := b.Lookup(id); return ok && e.Replica == "a" && e.Boot == "boot-"+id })
+				if e, ok := a.Lookup(id); !ok || e.Replica != "a" {
+					t.Errorf("a.Lookup(%s) = %+v, %v", id, e, ok)
+				}
+			}
+			if how == "cut" {
+				// The old lease ends in the store now: what moved to the
+				// new one stays.
+				if err := old.Revoke(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := ls.Get(ctx, devicesPrefix+"dev1"); err != nil {
+					t.Errorf("dev1 after the old lease ended: %v", err)
+				}
+			}
+			// a's release of dev2 (its old tunnel ending) leaves b's entry.
+			if elsewhere, err := a.Release(ctx, "dev2"); err != nil || !elsewhere {
+				t.Errorf("a.Release(dev2) = %v, %v; want elsewhere", elsewhere, err)
+			}
+			select {
+			case <-lost:
+				t.Error("OnLost called though a registered again within the grace")
+			default:
+			}
+		})
 	}
 }
 

@@ -361,13 +361,11 @@ func TestReplicasAudit(t *testing.T) {
 	}
 }
 
-// TestReplicaPartitioned: replica C, which holds a device's tunnel, is cut
-// off from etcd (its connections to the members go dark). Within its
-// lease's TTL it stops taking work it cannot record: its readiness fails,
-// its API answers 503 with why, and it sends its device away; the device
-// comes back on another replica, where users reach it. When the link to
-// etcd returns, C registers again and takes work.
-func TestReplicaPartitioned(t *testing.T) {
+// startCutOffC starts the replicas (with args) so that replica C reaches
+// etcd through a link the test can cut (the returned link's SetDown);
+// devices connect to C first, users to A first.
+func startCutOffC(t *testing.T, args ...string) (*replicaFleet, *linksim.Link) {
+	t.Helper()
 	link, err := linksim.New(linksim.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +388,19 @@ func TestReplicaPartitioned(t *testing.T) {
 		},
 		devices: []int{repC, repA, repB},
 		users:   []int{repA, repB, repC},
+		args:    args,
 	})
+	return rf, link
+}
+
+// TestReplicaPartitioned: replica C, which holds a device's tunnel, is cut
+// off from etcd (its connections to the members go dark). Within its
+// lease's TTL it stops taking work it cannot record: its readiness fails,
+// its API answers 503 with why, and it sends its device away; the device
+// comes back on another replica, where users reach it. When the link to
+// etcd returns, C registers again and takes work.
+func TestReplicaPartitioned(t *testing.T) {
+	rf, link := startCutOffC(t)
 	rf.device(t, "pi-1")
 	alice := rf.login(t, "alice")
 	a, c := rf.reps[repA], rf.reps[repC]
@@ -422,6 +432,49 @@ func TestReplicaPartitioned(t *testing.T) {
 	}
 	if out := c.Ctl("", "users", "ls"); !strings.Contains(out, "alice") {
 		t.Errorf("fleetctl users ls on C after the partition = %q", out)
+	}
+}
+
+// TestReplicaLeaseRegained: replica C, holding pi-1's tunnel, is cut off
+// from etcd long enough to lose its lease (the other replicas see pi-1
+// offline), and reaches etcd again within the grace (--replica-shed-after):
+// it records pi-1 again under its new lease, and pi-1 never reconnected.
+func TestReplicaLeaseRegained(t *testing.T) {
+	rf, link := startCutOffC(t, "--replica-shed-after", "5m")
+	agent := rf.device(t, "pi-1")
+	alice := rf.login(t, "alice")
+	a, c := rf.reps[repA], rf.reps[repC]
+	if got := replicaOf(a, "pi-1"); got != "r-c" {
+		t.Fatalf("pi-1 on %q, want r-c", got)
+	}
+	ups := agent.Proc.Count(harness.TunnelUpRE)
+	cMark := c.Proc.Mark()
+
+	link.SetDown(true)
+	if !harness.Eventually(time.Minute, func() bool { return !ready(t, c).Ready }) {
+		t.Fatal("C still ready a minute after it was cut off from etcd")
+	}
+	if !harness.Eventually(time.Minute, func() bool { return replicaOf(a, "pi-1") == "" }) {
+		t.Fatalf("pi-1 still on %q for A after C lost its lease", replicaOf(a, "pi-1"))
+	}
+	link.SetDown(false)
+	if !harness.Eventually(time.Minute, func() bool { return ready(t, c).Ready }) {
+		t.Fatal("C not ready again a minute after etcd came back")
+	}
+	if _, _, err := c.Proc.AwaitLine(t.Context(), cMark, regexp.MustCompile(`recorded the tunnels it kept under the new lease.* recorded=1 now_elsewhere=0 not_recorded=0`), time.Minute); err != nil {
+		t.Fatalf("C did not record pi-1 again: %v\n%s", err, c.Proc.Tail(30))
+	}
+	if !harness.Eventually(time.Minute, func() bool { return replicaOf(a, "pi-1") == "r-c" }) {
+		t.Fatalf("pi-1 on %q for A, want back on r-c", replicaOf(a, "pi-1"))
+	}
+	if n := agent.Proc.Count(harness.TunnelUpRE); n != ups {
+		t.Errorf("pi-1's agent brought its tunnel up %d times while C was cut off; want it kept\n%s", n-ups, agent.Proc.Tail(20))
+	}
+	if c.Proc.Count(regexp.MustCompile(`did not register again`)) > 0 {
+		t.Error("C shed its tunnels though it registered again within the grace")
+	}
+	if out := alice.Tsh("ssh", "root@pi-1", "echo", "through A to C"); out != "through A to C\n" {
+		t.Errorf("tsh ssh through A after C came back = %q", out)
 	}
 }
 

@@ -70,6 +70,7 @@ func start(args []string) int {
 	peerListen := fs.String("peer-listen", "", "`HOST:PORT` for the other replicas' connections, on etcd (default: the --listen host, port 3081)")
 	peerAdvertise := fs.String("peer-advertise", "", "`HOST[:PORT]` the other replicas reach this one at, on etcd (default: --peer-listen, a wildcard host replaced by this host's first address)")
 	leaseTTL := fs.Duration("replica-lease-ttl", 0, "how long a replica's presence outlives it in the store, on etcd (default 15s)")
+	shedAfter := fs.Duration("replica-shed-after", 0, "how long a replica that lost its lease in the store keeps its device tunnels while it tries to register again, on etcd (default: --replica-lease-ttl)")
 	releaseKeys := fs.String("release-key", "", "minisign public `KEY`(s) (the base64 line of a .pub file; several separated by commas) that agent releases must be signed with (default: none; releases are refused)")
 	metricsListen := fs.String("metrics-listen", "", "`HOST:PORT` to serve Prometheus metrics on (plain HTTP, /metrics); an address that is not loopback needs --metrics-token-file (default: off)")
 	metricsToken := fs.String("metrics-token-file", "", "`FILE` holding the bearer token scrapers must send for the metrics (default: none, loopback only)")
@@ -123,6 +124,8 @@ func start(args []string) int {
 			cfg.PeerAdvertise = *peerAdvertise
 		case "replica-lease-ttl":
 			cfg.ReplicaLeaseTTL = fleetd.Duration(*leaseTTL)
+		case "replica-shed-after":
+			cfg.ReplicaShedAfter = fleetd.Duration(*shedAfter)
 		case "release-key":
 			cfg.ReleaseKeys = strings.Split(*releaseKeys, ",")
 		case "metrics-listen":
