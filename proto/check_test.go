@@ -105,6 +105,9 @@ func TestHeldSessionsCheck(t *testing.T) {
 		{"long login", with(func(s *HeldSession) { s.Login = strings.Repeat("x", 257) }), "login: "},
 		{"escape in a role", with(func(s *HeldSession) { s.Roles = []string{"ok", "\u202e"} }), "a role: "},
 		{"too many roles", with(func(s *HeldSession) { s.Roles = make([]string, MaxHeldRoles+1) }), "roles; at most"},
+		{"escape in the Kubernetes user", with(func(s *HeldSession) { s.KubeUser = "a\x1b[2Jb" }), "Kubernetes user: "},
+		{"escape in a Kubernetes group", with(func(s *HeldSession) { s.KubeGroups = []string{"developers", "\u202e"} }), "a Kubernetes group: "},
+		{"too many Kubernetes groups", with(func(s *HeldSession) { s.KubeGroups = make([]string, MaxHeldRoles+1) }), "Kubernetes groups; at most"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -46,6 +46,10 @@ type HeldSession struct {
 	// NoPortForwarding and NoFileCopy are the identity's.
 	NoPortForwarding bool `cbor:"8,keyasint,omitempty"`
 	NoFileCopy       bool `cbor:"9,keyasint,omitempty"`
+	// KubeUser and KubeGroups are whom a Kubernetes session acts as
+	// (tsh proxy kube), fixed when it began.
+	KubeUser   string   `cbor:"10,keyasint,omitempty"`
+	KubeGroups []string `cbor:"11,keyasint,omitempty"`
 }
 
 func (*HeldSessions) Kind() Kind { return KindHeldSessions }
@@ -65,10 +69,13 @@ func (h *HeldSessions) Check() error {
 		if len(s.Roles) > MaxHeldRoles {
 			return fmt.Errorf("held-sessions: session %q: %d roles; at most %d", s.SessionID, len(s.Roles), MaxHeldRoles)
 		}
+		if len(s.KubeGroups) > MaxHeldRoles {
+			return fmt.Errorf("held-sessions: session %q: %d Kubernetes groups; at most %d", s.SessionID, len(s.KubeGroups), MaxHeldRoles)
+		}
 		for _, f := range []struct {
 			name, v string
 			max     int
-		}{{"ID", s.SessionID, 128}, {"service", s.Service, MaxPlatformLen}, {"user", s.User, 256}, {"login", s.Login, 256}} {
+		}{{"ID", s.SessionID, 128}, {"service", s.Service, MaxPlatformLen}, {"user", s.User, 256}, {"login", s.Login, 256}, {"Kubernetes user", s.KubeUser, 256}} {
 			if err := printable.Check(f.v, f.max); err != nil {
 				return fmt.Errorf("held-sessions: session %d: %s: %w", i, f.name, err)
 			}
@@ -76,6 +83,11 @@ func (h *HeldSessions) Check() error {
 		for _, r := range s.Roles {
 			if err := printable.Check(r, 256); err != nil {
 				return fmt.Errorf("held-sessions: session %q: a role: %w", s.SessionID, err)
+			}
+		}
+		for _, g := range s.KubeGroups {
+			if err := printable.Check(g, 256); err != nil {
+				return fmt.Errorf("held-sessions: session %q: a Kubernetes group: %w", s.SessionID, err)
 			}
 		}
 	}

@@ -192,6 +192,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		list = append(list, web)
 	}
+	for _, s := range list {
+		// A service that audits its streams' requests itself (the
+		// Kubernetes requests of a user-held stream) does it here.
+		if au, ok := s.(services.Audited); ok {
+			au.UseTrail(services.Trail{Audit: a.emit, Record: a.record})
+		}
+	}
 	reg, err := services.New(a.clock.Now, sshd.DefaultClockSkew, list...)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -408,6 +415,6 @@ func (l *liveSessions) end(id, msg string) bool {
 	if cancel == nil {
 		return false
 	}
-	cancel(&sshd.Ended{Message: msg})
+	cancel(&services.Ended{Message: msg})
 	return true
 }

@@ -16,7 +16,7 @@ import (
 
 	"remoteler.dev/edge/firmware/auditq"
 	"remoteler.dev/edge/firmware/recording"
-	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/internal/buildinfo"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
@@ -234,7 +234,7 @@ func (a *Agent) sshAudit(ctx context.Context, ev *proto.AuditEvent) error {
 }
 
 // record is sshd's Record hook: it starts the session's recording.
-func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder {
+func (a *Agent) record(ctx context.Context, info services.SessionInfo) services.Recorder {
 	au := a.audit
 	s := sessionOf(ctx)
 	if au == nil || au.recs == nil || s == nil {
@@ -245,15 +245,19 @@ func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder
 		id += "." + strconv.FormatInt(n, 10)
 	}
 	ident := s.h.Identity
+	as := ident.Login
+	if as == "" {
+		as = ident.KubeUser // a kubectl exec or attach
+	}
 	meta := proto.RecordingMeta{
-		Session: s.h.SessionID, User: ident.User, Login: ident.Login, Cluster: ident.Cluster,
+		Session: s.h.SessionID, User: ident.User, Login: as, Cluster: ident.Cluster,
 		Start: a.clock.Now().UnixMilli(), Kind: info.Kind, Command: info.Command,
 	}
 	if info.Cols <= 0 || info.Rows <= 0 {
 		info.Cols, info.Rows = 80, 24 // no terminal: what players show
 	}
 	h := asciicast.Header{Width: info.Cols, Height: info.Rows, Command: info.Command,
-		Title: fmt.Sprintf("%s@%s (%s)", ident.Login, a.identity().Name, ident.User)}
+		Title: fmt.Sprintf("%s@%s (%s)", as, a.identity().Name, ident.User)}
 	if info.Term != "" {
 		h.Env = map[string]string{"TERM": info.Term}
 	}
@@ -264,7 +268,7 @@ func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder
 			Fields: map[string]string{"recording": id}})
 		return nil
 	}
-	var rec sshd.Recorder = r
+	var rec services.Recorder = r
 	if !ident.RecordInput {
 		// Only what the user sees, unless a role asks for their input.
 		rec = outputOnly{r}
@@ -279,7 +283,7 @@ func (a *Agent) record(ctx context.Context, info sshd.SessionInfo) sshd.Recorder
 
 // cutNotice audits, when the recording ends, that it stopped at the cap.
 type cutNotice struct {
-	sshd.Recorder
+	services.Recorder
 	r   *recording.Recording
 	cut func()
 }
@@ -294,7 +298,7 @@ func (c *cutNotice) Close() error {
 
 // Input passes input on when the recorder records it.
 func (c *cutNotice) Input(p []byte) {
-	if ir, ok := c.Recorder.(sshd.InputRecorder); ok {
+	if ir, ok := c.Recorder.(services.InputRecorder); ok {
 		ir.Input(p)
 	}
 }
@@ -309,7 +313,7 @@ func (a *Agent) sessionStart(ctx context.Context, h *proto.StreamHeader) error {
 // ended it.
 func (a *Agent) sessionEnd(ctx context.Context, h *proto.StreamHeader, began time.Time) {
 	f := map[string]string{"service": h.Service, "duration": a.clock.Now().Sub(began).Round(time.Millisecond).String()}
-	var end *sshd.Ended
+	var end *services.Ended
 	if errors.As(context.Cause(ctx), &end) {
 		f["reason"] = end.Message
 	}
@@ -375,4 +379,4 @@ func (a *Agent) handleAudited(ctx context.Context, h *proto.StreamHeader, conn n
 
 // outputOnly is a recorder that records no input: it hides the recording's
 // Input method from sshd.
-type outputOnly struct{ sshd.Recorder }
+type outputOnly struct{ services.Recorder }

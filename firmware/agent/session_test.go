@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"testing"
 
-	"remoteler.dev/edge/firmware/sshd"
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/proto"
 )
 
@@ -20,7 +20,7 @@ func TestSessionEndReachesTheSession(t *testing.T) {
 	a.live.add("s1", cancel1)
 	a.live.add("s2", cancel2)
 	a.onMessage(&proto.SessionEnd{SessionID: "s1", Message: "the fleet user \"alice\" was removed"})
-	var end *sshd.Ended
+	var end *services.Ended
 	if !errors.As(context.Cause(ctx1), &end) || end.Message != "the fleet user \"alice\" was removed" {
 		t.Errorf("s1's cause = %v, want the fleet's reason", context.Cause(ctx1))
 	}

@@ -20,6 +20,18 @@
 // HTTP upgrades (SPDY/3.1 and WebSocket, as kubectl exec, attach and
 // port-forward use) are passed through both ways.
 //
+// A user-held stream (proto.StreamHeader.UserHeld: tsh proxy kube holds
+// the session, and the fleet only relays its bytes, so that kubectl's
+// connection survives the loss of the fleet replica it crossed) carries
+// kubectl's own requests, which no fleet replica saw. For those the proxy
+// does here what the fleet does for the requests it forwards (held.go):
+// it refuses impersonation other than the session's, audits every request
+// in the device's audit trail (services.Trail, which the agent gives it)
+// before it goes ahead or is answered (refused with 503 when the trail
+// refuses: the agent's audit_when_full), records exec -it and attach -it
+// terminals, and ends an exec with the fleet's reason on its error channel
+// when the fleet ends the session.
+//
 // The kubeconfig is parsed here, minimally, so the agent does not link
 // client-go: it reads the current context's cluster (server, CA, TLS server
 // name) and user (client certificate and key, token or token file, basic);
@@ -42,11 +54,13 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/proto"
-
 	"remoteler.dev/edge/proto/kubestatus"
+	"remoteler.dev/edge/proto/kubewire"
 )
 
 // DefaultKubeconfig is where k3s writes its admin kubeconfig.
@@ -81,6 +95,8 @@ type Proxy struct {
 
 	serveOnce sync.Once
 	served    chan struct{} // closed when srv.Serve has returned
+
+	trail atomic.Pointer[services.Trail] // audits user-held streams
 }
 
 // backend is one loaded kubeconfig and what forwards to its server.
@@ -122,7 +138,7 @@ func New(cfg Config) (*Proxy, error) {
 		MaxHeaderBytes: 1 << 20,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if sc, ok := c.(*streamConn); ok {
-				return context.WithValue(ctx, headerKey{}, sc.h)
+				return context.WithValue(context.WithValue(ctx, headerKey{}, sc.h), streamKey{}, sc)
 			}
 			return ctx
 		},
@@ -160,11 +176,16 @@ func (p *Proxy) load() (*backend, error) {
 		IdleConnTimeout:     90 * time.Second,
 	}
 	b.proxy = &httputil.ReverseProxy{
-		Rewrite:       func(pr *httputil.ProxyRequest) { rewrite(pr, t) },
-		Transport:     b.tr,
-		FlushInterval: -1, // watches: every event as it comes
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		Rewrite:        func(pr *httputil.ProxyRequest) { rewrite(pr, t) },
+		Transport:      b.tr,
+		FlushInterval:  -1, // watches: every event as it comes
+		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ModifyResponse: p.modifyResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, errAuditWrite) {
+				kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
+				return
+			}
 			p.log.Warn("kubernetes API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			if errors.Is(err, context.Canceled) {
 				return
@@ -252,6 +273,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	b := p.backend()
 	p.log.Debug("kubernetes request", "session", h.SessionID, "user", h.Identity.User,
 		"kube_user", h.Identity.KubeUser, "method", r.Method, "path", r.URL.Path)
+	if h.UserHeld {
+		sc, _ := r.Context().Value(streamKey{}).(*streamConn)
+		p.serveHeld(w, r, sc, b)
+		return
+	}
 	b.proxy.ServeHTTP(w, r)
 }
 
@@ -265,7 +291,7 @@ func (p *Proxy) ServeStream(ctx context.Context, h *proto.StreamHeader, conn net
 			p.srv.Serve(p.ln)
 		}()
 	})
-	sc := &streamConn{Conn: conn, h: h, done: make(chan struct{})}
+	sc := &streamConn{Conn: conn, h: h, ctx: ctx, done: make(chan struct{})}
 	if !p.ln.push(sc) {
 		conn.Close()
 		return
@@ -273,6 +299,11 @@ func (p *Proxy) ServeStream(ctx context.Context, h *proto.StreamHeader, conn net
 	select {
 	case <-sc.done:
 	case <-ctx.Done():
+		// The fleet ended the session: an exec followed here hears why.
+		var end *services.Ended
+		if t := sc.tap.Load(); t != nil && errors.As(context.Cause(ctx), &end) {
+			t.EndWith(end.Message)
+		}
 		sc.Close()
 	}
 }
@@ -292,9 +323,13 @@ func (p *Proxy) Close() error {
 type streamConn struct {
 	net.Conn
 	h    *proto.StreamHeader
+	ctx  context.Context // the stream's: its session, for the audit trail
 	once sync.Once
 	done chan struct{}
+	tap  atomic.Pointer[kubewire.TapConn] // a user-held stream's upgrade, followed
 }
+
+type streamKey struct{}
 
 func (c *streamConn) Close() error {
 	err := c.Conn.Close()
@@ -355,6 +390,10 @@ func (streamAddr) String() string  { return "kube-streams" }
 // WriteStatus answers with a Kubernetes Status object (what kubectl prints
 // as "Error from server (Reason): message").
 func WriteStatus(w http.ResponseWriter, code int, msg string) { kubestatus.Write(w, code, msg) }
+
+// UseTrail implements services.Audited: the agent's audit trail, for the
+// requests of user-held streams.
+func (p *Proxy) UseTrail(t services.Trail) { p.trail.Store(&t) }
 
 // Name is the service's name in the agent's registry (firmware/services).
 func (p *Proxy) Name() string { return proto.ServiceKube }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/kubewire/kubewiretest"
 	"remoteler.dev/edge/tools/logtest"
 	"remoteler.dev/edge/tools/pkitest"
 )
@@ -38,6 +39,17 @@ type seen struct {
 type fakeAPI struct {
 	srv     *httptest.Server
 	release chan struct{} // the watch's second event waits for it
+	mu      sync.Mutex    // guards the counts below
+	pods    int           // requests for the pods
+	execs   int           // execs of the shell pod
+}
+
+// counts returns how many requests for the pods and execs of the shell
+// pod reached f.
+func (f *fakeAPI) counts() (pods, execs int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pods, f.execs
 }
 
 func newFakeAPI(t *testing.T) *fakeAPI {
@@ -45,6 +57,9 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 	f := &fakeAPI{release: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/namespaces/default/pods", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.pods++
+		f.mu.Unlock()
 		s := seen{User: r.Header.Get("Impersonate-User"), Groups: r.Header.Values("Impersonate-Group"),
 			Authorization: r.Header.Get("Authorization"), Path: r.URL.Path}
 		for k := range r.Header {
@@ -93,6 +108,13 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 			}
 		}
 	})
+	// A terminal over a remote command WebSocket, for the recordings.
+	mux.HandleFunc("/api/v1/namespaces/default/pods/shell/exec", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.execs++
+		f.mu.Unlock()
+		kubewiretest.FakeExec(w, r)
+	})
 	f.srv = httptest.NewUnstartedServer(mux)
 	f.srv.EnableHTTP2 = false
 	f.srv.StartTLS()
@@ -134,15 +156,26 @@ users:
 // HTTP client whose single connection is that stream.
 func stream(t *testing.T, p *Proxy, id proto.Identity) (*http.Client, net.Conn) {
 	t.Helper()
+	c, conn, _ := streamWith(t, p, &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", Identity: id})
+	return c, conn
+}
+
+// streamWith serves the kube stream h through p, and returns an HTTP
+// client whose single connection is that stream, the connection, and a
+// function that ends the stream's context with a cause (as the agent does
+// when the fleet ends the session).
+func streamWith(t *testing.T, p *Proxy, h *proto.StreamHeader) (*http.Client, net.Conn, context.CancelCauseFunc) {
+	t.Helper()
 	agentSide, fleetSide := net.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
+	// The agent's stream context, marked so the trail can tell it.
+	ctx, cancel := context.WithCancelCause(context.WithValue(context.Background(), ctxMark{}, true))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		p.ServeStream(ctx, &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", Identity: id}, agentSide)
+		p.ServeStream(ctx, h, agentSide)
 	}()
 	t.Cleanup(func() {
-		cancel()
+		cancel(nil)
 		<-done
 	})
 	var once sync.Once
@@ -155,7 +188,7 @@ func stream(t *testing.T, p *Proxy, id proto.Identity) (*http.Client, net.Conn) 
 		return c, nil
 	}}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}, fleetSide
+	return &http.Client{Transport: tr}, fleetSide, cancel
 }
 
 func newProxy(t *testing.T, kubeconfig string, now func() time.Time) *Proxy {

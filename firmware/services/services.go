@@ -131,3 +131,63 @@ func (r *Registry) Serve(ctx context.Context, h *proto.StreamHeader, conn net.Co
 	}
 	s.Serve(ctx, h, conn)
 }
+
+// SessionInfo describes a terminal session that starts, for a service's
+// Record hook (Trail.Record, sshd's Config.Record).
+type SessionInfo struct {
+	// Kind is "shell", "exec", "sftp" or "scp" (legacy scp, an exec) for
+	// SSH, "kube.exec" or "kube.attach" for Kubernetes; Command the
+	// command.
+	Kind    string
+	Command string
+	// Term, Cols and Rows describe the terminal, when there is one (zero
+	// without a terminal).
+	Term       string
+	Cols, Rows int
+}
+
+// Recorder records a session's terminal output (the agent writes asciicast
+// files). Its methods must be safe for concurrent use and must not block
+// for long: the user's output waits for Output.
+type Recorder interface {
+	// Output records bytes as they are sent to the user.
+	Output(p []byte)
+	// Resize records a new terminal size.
+	Resize(cols, rows int)
+	// Close ends the recording.
+	Close() error
+}
+
+// InputRecorder is a Recorder that also records what the user types; a
+// Recorder that implements it gets the terminal's input.
+type InputRecorder interface {
+	Input(p []byte)
+}
+
+// Ended is the cause, in the context given to a service's Serve, of a
+// stream the fleet ended (access ended: proto.SessionEnd), or, in sshd,
+// whose certificate expired: the service shows Message to the user where
+// its protocol allows (an SSH session's standard error, a kubectl exec's
+// error channel) before the stream closes.
+type Ended struct{ Message string }
+
+func (e *Ended) Error() string { return "session ended: " + e.Message }
+
+// Trail is the agent's audit trail, as a service that audits what happens
+// in its streams itself uses it (Audited).
+type Trail struct {
+	// Audit records ev in the session of ctx before what it records goes
+	// ahead; an error means it could not be kept, and the action must not
+	// go ahead.
+	Audit func(ctx context.Context, ev *proto.AuditEvent) error
+	// Record starts the recording of a terminal session in the session of
+	// ctx; nil when it is not recorded (the agent audits why).
+	Record func(ctx context.Context, info SessionInfo) Recorder
+}
+
+// Audited is a Service that audits what happens in some of its streams
+// itself (the requests of a Kubernetes stream whose bytes the fleet only
+// relays): the agent gives it its audit trail before serving.
+type Audited interface {
+	UseTrail(Trail)
+}

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/proto"
 )
 
@@ -70,7 +71,7 @@ func TestFleetEndsTheConnectionWithAMessage(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			const why = `access changed: role "no-root" denies login "root" on device "pi-1"`
-			cancel(&Ended{Message: why})
+			cancel(&services.Ended{Message: why})
 			waited := make(chan error, 1)
 			go func() { waited <- sess.Wait() }()
 			select {

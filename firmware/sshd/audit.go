@@ -7,49 +7,20 @@ import (
 	"sync/atomic"
 	"time"
 
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/proto"
 )
 
-// SessionInfo describes a session that starts, for Config.Record.
-type SessionInfo struct {
-	// Kind is "shell", "exec", "sftp" or "scp" (legacy scp, an exec);
-	// Command the exec command.
-	Kind    string
-	Command string
-	// Term, Cols and Rows describe the terminal, when there is one (zero
-	// without a terminal).
-	Term       string
-	Cols, Rows int
-}
-
-// Recorder records a session's terminal output (the agent writes asciicast
-// files). Its methods must be safe for concurrent use and must not block
-// for long: the user's output waits for Output.
-type Recorder interface {
-	// Output records bytes as they are sent to the user.
-	Output(p []byte)
-	// Resize records a new terminal size.
-	Resize(cols, rows int)
-	// Close ends the recording.
-	Close() error
-}
-
-// InputRecorder is a Recorder that also records what the user types; a
-// Recorder that implements it gets the terminal's input.
-type InputRecorder interface {
-	Input(p []byte)
-}
-
 // inputFrom returns r, teeing what is read into the recorder's input
 // events when it records input.
-func inputFrom(r io.Reader, rec Recorder) io.Reader {
-	if ir, ok := rec.(InputRecorder); ok {
+func inputFrom(r io.Reader, rec services.Recorder) io.Reader {
+	if ir, ok := rec.(services.InputRecorder); ok {
 		return io.TeeReader(r, inputWriter{ir})
 	}
 	return r
 }
 
-type inputWriter struct{ ir InputRecorder }
+type inputWriter struct{ ir services.InputRecorder }
 
 func (w inputWriter) Write(p []byte) (int, error) {
 	w.ir.Input(p)
@@ -76,7 +47,7 @@ func (s *Server) deny(ctx context.Context, what, reason string) {
 
 // begin records a session command that is about to start and sets up its
 // recording; a non-nil error refuses the request.
-func (s *session) begin(info SessionInfo) error {
+func (s *session) begin(info services.SessionInfo) error {
 	typ := proto.EventExec
 	if info.Kind == "sftp" || info.Kind == "scp" {
 		typ = proto.EventFileTransfer
@@ -144,7 +115,7 @@ func (c *command) outputTo(w io.Writer) io.Writer {
 type tapWriter struct {
 	w   io.Writer
 	n   *atomic.Int64
-	rec Recorder
+	rec services.Recorder
 }
 
 func (t *tapWriter) Write(p []byte) (int, error) {

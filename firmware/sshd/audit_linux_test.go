@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/proto"
 )
 
@@ -34,7 +35,7 @@ func (l *auditLog) audit(ctx context.Context, ev *proto.AuditEvent) error {
 	return nil
 }
 
-func (l *auditLog) record(ctx context.Context, info SessionInfo) Recorder {
+func (l *auditLog) record(ctx context.Context, info services.SessionInfo) services.Recorder {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := &memRecorder{info: info}
@@ -53,7 +54,7 @@ func (l *auditLog) types() []string {
 }
 
 type memRecorder struct {
-	info    SessionInfo
+	info    services.SessionInfo
 	mu      sync.Mutex // guards the rest
 	out     bytes.Buffer
 	resizes []string

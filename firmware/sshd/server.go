@@ -39,7 +39,8 @@
 // certificate (or the expiry the fleet gave in the stream header) has
 // expired, and the connection is closed then, with a message on the
 // standard error of each open session; the same happens when the fleet
-// ends the session (a ServeConn context cancelled with an *Ended cause).
+// ends the session (a ServeConn context cancelled with a
+// *services.Ended cause).
 // Sessions start on Linux only; elsewhere the package builds and serves
 // only SFTP and forwarding.
 //
@@ -62,6 +63,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"remoteler.dev/edge/firmware/services"
 	"remoteler.dev/edge/proto"
 )
 
@@ -139,11 +141,11 @@ type Config struct {
 
 	// Record, when set, is asked for a recorder for each shell and
 	// command, with a terminal or without (file copies are audited as
-	// transfers instead); a nil Recorder records nothing. The output is
+	// transfers instead); a nil services.Recorder records nothing. The output is
 	// recorded as it is sent to the user (standard output and error
 	// without a terminal), and window changes too. Default: no
 	// recordings.
-	Record func(ctx context.Context, info SessionInfo) Recorder
+	Record func(ctx context.Context, info services.SessionInfo) services.Recorder
 
 	// geteuid reports the agent's effective user ID. Default: os.Geteuid.
 	// Tests set it.
@@ -217,14 +219,14 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 	defer cancel(nil)
 	defer conn.Close()
 	// ctx is what the connection's handlers run under. It ends after
-	// outer: when the fleet ends the session (an *Ended cause) or its
+	// outer: when the fleet ends the session (an *services.Ended cause) or its
 	// certificate expires, the open sessions are told why first, and
 	// their commands hung up after that.
 	ctx, hangUp := context.WithCancel(context.WithoutCancel(outer))
 	defer hangUp()
 	var cs atomic.Pointer[connState] // the state once authenticated
 	stop := context.AfterFunc(outer, func() {
-		var end *Ended
+		var end *services.Ended
 		if c := cs.Load(); c != nil && errors.As(context.Cause(outer), &end) {
 			c.tellAll(end.Message)
 		}
@@ -286,7 +288,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 		// itself, whatever the fleet does.
 		at := c.expires
 		t := time.AfterFunc(at.Sub(s.cfg.Now()), func() {
-			cancel(&Ended{Message: fmt.Sprintf("your certificate expired at %s; log in to the fleet again (tsh login)", at.Add(-s.cfg.ClockSkew).UTC().Format(time.RFC3339))})
+			cancel(&services.Ended{Message: fmt.Sprintf("your certificate expired at %s; log in to the fleet again (tsh login)", at.Add(-s.cfg.ClockSkew).UTC().Format(time.RFC3339))})
 		})
 		defer t.Stop()
 	}
@@ -304,14 +306,6 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 	log.Info("sshd: connection closed")
 	return nil
 }
-
-// Ended is the cause, in the context given to ServeConn, of a connection
-// the fleet ended (access ended: proto.SessionEnd) or whose certificate
-// expired: Message is shown to the user on the standard error of each
-// open session before the connection closes.
-type Ended struct{ Message string }
-
-func (e *Ended) Error() string { return "sshd: session ended: " + e.Message }
 
 // expiry is when the connection's access ends on the device's clock: the
 // user certificate's end or the expiry the fleet gave in the stream

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+	"remoteler.dev/edge/firmware/services"
 )
 
 // Request payloads (RFC 4254 section 6), decoded with ssh.Unmarshal.
@@ -94,9 +95,9 @@ type command struct {
 	env  []string
 	dir  string
 	acct *account
-	pty  *ptyRequest   // nil: stdin, stdout and stderr are pipes
-	out  *atomic.Int64 // counts the output bytes; may be nil
-	rec  Recorder      // records a terminal's output; may be nil
+	pty  *ptyRequest       // nil: stdin, stdout and stderr are pipes
+	out  *atomic.Int64     // counts the output bytes; may be nil
+	rec  services.Recorder // records a terminal's output; may be nil
 }
 
 // Limits on what a client may set in a session's environment.
@@ -124,7 +125,7 @@ type session struct {
 	kind, command string
 	began         time.Time
 	out           atomic.Int64
-	rec           Recorder
+	rec           services.Recorder
 }
 
 // session serves one session channel until the client closes it or the
@@ -240,7 +241,7 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 	switch req.Type {
 	case "shell":
 		cmd.path, cmd.args = acct.shell, []string{"-" + shell}
-		if s.begin(SessionInfo{Kind: "shell"}) != nil {
+		if s.begin(services.SessionInfo{Kind: "shell"}) != nil {
 			return false, nil
 		}
 		s.log.Info("sshd: session started", "kind", "shell", "pty", s.pty != nil)
@@ -257,7 +258,7 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 			}
 		}
 		cmd.path, cmd.args = acct.shell, []string{shell, "-c", e.Command}
-		if s.begin(SessionInfo{Kind: kind, Command: e.Command}) != nil {
+		if s.begin(services.SessionInfo{Kind: kind, Command: e.Command}) != nil {
 			return false, nil
 		}
 		s.log.Info("sshd: session started", "kind", kind, "command", e.Command, "pty", s.pty != nil)
@@ -270,7 +271,7 @@ func (s *session) start(req *ssh.Request) (bool, func()) {
 		if !s.c.fileCopy() {
 			return false, nil
 		}
-		if s.begin(SessionInfo{Kind: "sftp"}) != nil {
+		if s.begin(services.SessionInfo{Kind: "sftp"}) != nil {
 			return false, nil
 		}
 		s.log.Info("sshd: session started", "kind", "sftp")

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -743,7 +744,8 @@ func (c *Client) serveStream(ctx context.Context, qc *quic.Conn, st *quic.Stream
 	if s.userHeld {
 		id := &h.Identity
 		s.held = proto.HeldSession{SessionID: h.SessionID, Service: h.Service, User: id.User, Roles: id.Roles, Login: id.Login,
-			Started: c.cfg.Now().UnixMilli(), Expires: id.Expires, NoPortForwarding: id.NoPortForwarding, NoFileCopy: id.NoFileCopy}
+			Started: c.cfg.Now().UnixMilli(), Expires: id.Expires, NoPortForwarding: id.NoPortForwarding, NoFileCopy: id.NoFileCopy,
+			KubeUser: id.KubeUser, KubeGroups: id.KubeGroups}
 		onDetach = c.heldChange
 	}
 	s.conn = resume.New(resume.Config{
@@ -835,8 +837,8 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 		refuse(proto.CodeNotFound, "the device's agent restarted, so the session could not be resumed (or the session had ended)")
 		return
 	}
-	if h.Identity.User != s.held.User || h.Identity.Login != s.held.Login {
-		refuse(proto.CodeForbidden, "the session is another user's or login's")
+	if id := &h.Identity; id.User != s.held.User || id.Login != s.held.Login || h.Service != s.held.Service {
+		refuse(proto.CodeForbidden, "the session is another user's, login's or service's")
 		return
 	}
 	if h.End != "" {
@@ -849,6 +851,10 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 		if c.cfg.OnMessage != nil {
 			c.cfg.OnMessage(&proto.SessionEnd{SessionID: s.id, Message: h.End})
 		}
+		return
+	}
+	if !sameKube(&h.Identity, &s.held) {
+		refuse(proto.CodeForbidden, "the session acts as another Kubernetes user or groups than the fleet allows now")
 		return
 	}
 	s.attachMu.Lock()
@@ -872,6 +878,16 @@ func (c *Client) reattachUserHeld(conn *quicconn.Conn, h *proto.StreamHeader) {
 	}
 	c.heldChange()
 	c.log.Info("session re-attached by the user's client", "session", s.id)
+}
+
+// sameKube reports whether a re-attach's identity acts as the session
+// did when it began (held): the same Kubernetes user and groups, in any
+// order. The fleet chose them again for the re-attach; an access change
+// meanwhile that makes it choose otherwise does not carry over into the
+// session, whose requests act as it began.
+func sameKube(id *proto.Identity, held *proto.HeldSession) bool {
+	return id.KubeUser == held.KubeUser &&
+		slices.Equal(slices.Sorted(slices.Values(id.KubeGroups)), slices.Sorted(slices.Values(held.KubeGroups)))
 }
 
 // Sessions returns the number of live sessions.

@@ -106,6 +106,7 @@ func (b *Broker) holdAway(ctx context.Context, deviceID, name string, hs proto.H
 	s := sessions.Session{
 		ID: hs.SessionID, Service: hs.Service, Kind: hs.Service, User: hs.User, Roles: hs.Roles, Login: hs.Login,
 		DeviceID: deviceID, DeviceName: name, PortForwarding: !hs.NoPortForwarding, FileCopy: !hs.NoFileCopy, Away: true,
+		KubeUser: hs.KubeUser, KubeGroups: hs.KubeGroups,
 	}
 	if hs.Started > 0 {
 		s.Started = time.UnixMilli(hs.Started)

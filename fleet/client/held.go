@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/resume"
 )
@@ -30,7 +31,33 @@ import (
 // OnEnd, EndReason, SessionID, SessionDevice, SessionEnd and OnResume work
 // on the returned connection.
 func (c *Client) ConnectHeld(ctx context.Context, device, login, service string, hold time.Duration) (net.Conn, error) {
-	u, resp, err := c.connect(ctx, device, login, service, http.Header{api.HeaderResume: {"1"}})
+	return c.connectHeld(ctx, device, login, service, hold, nil)
+}
+
+// ConnectKube is ConnectHeld to device's Kubernetes API, for tsh proxy
+// kube: the connection carries kubectl's own HTTP/1.1, which the device
+// audits. It acts as Kubernetes user as and groups asGroups, among what
+// the user's roles allow there (empty: the one user they allow, and all
+// their groups), for the whole session.
+func (c *Client) ConnectKube(ctx context.Context, device, as string, asGroups []string, hold time.Duration) (net.Conn, error) {
+	extra := http.Header{}
+	if as != "" {
+		extra["Impersonate-User"] = []string{as}
+	}
+	if len(asGroups) > 0 {
+		extra["Impersonate-Group"] = asGroups
+	}
+	return c.connectHeld(ctx, device, "", proto.ServiceKube, hold, extra)
+}
+
+// connectHeld is ConnectHeld, with extra headers on every connect of the
+// session (its first and its resumes).
+func (c *Client) connectHeld(ctx context.Context, device, login, service string, hold time.Duration, extra http.Header) (net.Conn, error) {
+	hdr := http.Header{api.HeaderResume: {"1"}}
+	for k, v := range extra {
+		hdr[k] = v
+	}
+	u, resp, err := c.connect(ctx, device, login, service, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -41,7 +68,7 @@ func (c *Client) ConnectHeld(ctx context.Context, device, login, service string,
 	if hold <= 0 {
 		hold = resume.DefaultHold
 	}
-	h := &heldConn{c: c, device: device, login: login, service: service, secret: secret, leg: u, closed: make(chan struct{})}
+	h := &heldConn{c: c, device: device, login: login, service: service, extra: extra, secret: secret, leg: u, closed: make(chan struct{})}
 	h.Conn = resume.New(resume.Config{Hold: hold, OnDetach: h.lost, OnDone: func(error) { h.close() }})
 	h.watch(u)
 	if err := h.Conn.Attach(u, 0); err != nil {
@@ -57,6 +84,7 @@ type heldConn struct {
 	*resume.Conn
 	c                      *Client
 	device, login, service string
+	extra                  http.Header // sent on every connect
 	secret                 []byte
 	closed                 chan struct{} // closed when the session is over
 	closeOnce              sync.Once
@@ -206,6 +234,9 @@ func (h *heldConn) redial() error {
 		api.HeaderResume:         {id},
 		api.HeaderResumeSecret:   {base64.RawURLEncoding.EncodeToString(h.secret)},
 		api.HeaderResumeReceived: {strconv.FormatUint(h.Conn.Received(), 10)},
+	}
+	for k, v := range h.extra {
+		hdr[k] = v
 	}
 	u, resp, err := h.c.connect(ctx, h.device, h.login, h.service, hdr)
 	if err != nil {

@@ -19,12 +19,12 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/clusters"
-	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/trust"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/kubewire"
 )
 
 // Trusted clusters (proto/api/clusters.go). As a root, the fleet lists its
@@ -261,7 +261,7 @@ func (s *Server) relay(w http.ResponseWriter, r *http.Request) {
 	kube := strings.HasPrefix(rest, api.PathKube+"/")
 	fail := func(status int, code, msg string) {
 		if kube {
-			kubesrv.WriteStatus(w, r, status, msg)
+			kubewire.WriteStatus(w, r, status, msg)
 			return
 		}
 		writeError(w, status, code, msg)

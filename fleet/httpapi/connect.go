@@ -15,6 +15,7 @@ import (
 
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/devices"
+	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/userframe"
@@ -117,7 +118,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	case c.checker == nil:
 		deny(&broker.Refusal{Status: broker.StatusForbidden, Msg: "only users can connect to devices"})
 		return
-	case service != proto.ServiceSSH:
+	case service != proto.ServiceSSH && service != proto.ServiceKube:
 		deny(&broker.Refusal{Status: broker.StatusBadRequest, Msg: fmt.Sprintf("unknown service %q", service)})
 		return
 	}
@@ -139,6 +140,17 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		}
 		refuse(ref)
 		return
+	}
+	if service == proto.ServiceKube {
+		if ref := kubeHeld(r, b, g); ref != nil {
+			if ref.Status == broker.StatusForbidden {
+				// A resume whose user may no longer act as the session
+				// does: it ends on the device too.
+				s.endRefusedResume(r, ask, ref.Msg)
+			}
+			deny(ref)
+			return
+		}
 	}
 	if id := r.Header.Get(api.HeaderResume); id != "" && id != "1" {
 		s.resumeHeld(w, r, hj, g, id, deny)
@@ -179,6 +191,25 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 		return
 	}
 	s.spliceUser(w, r, hj, sess, conn, held, extra)
+}
+
+// kubeHeld prepares g, a Kubernetes connection (tsh proxy kube): its
+// bytes are kubectl's own, which only the device sees (firmware/kubeproxy
+// audits and records them there), so it must be a session the client
+// holds, to a device's cluster. The Kubernetes user and groups it acts as
+// are chosen now, among what the user's roles allow, with the request's
+// impersonation headers (kubesrv.Resolve: tsh proxy kube --as,
+// --as-group), for the whole session.
+func kubeHeld(r *http.Request, b *broker.Broker, g *broker.Grant) *broker.Refusal {
+	if r.Header.Get(api.HeaderResume) == "" || !b.CanHold(g) {
+		return &broker.Refusal{Status: broker.StatusBadRequest, Msg: "this fleet carries kubectl's own connections only for sessions tsh holds, to a device's cluster, on a fleet of replicas; use tsh kube login"}
+	}
+	user, groups, err := kubesrv.Resolve(g.Session.User, g.KubeUsers, g.KubeGroups, r.Header)
+	if err != nil {
+		return &broker.Refusal{Status: broker.StatusForbidden, Msg: err.Error(), Fields: map[string]string{"rule": "impersonation"}}
+	}
+	g.Session.KubeUser, g.Session.KubeGroups = user, groups
+	return nil
 }
 
 // resumeHeld re-attaches the user-held session id (api.HeaderResume): the
@@ -279,8 +310,11 @@ func (s *Server) endRefusedResume(r *http.Request, ask broker.Ask, reason string
 func connectAsk(r *http.Request, user string) broker.Ask {
 	q := r.URL.Query()
 	ask := broker.Ask{Service: q.Get("service"), Kind: "ssh", Device: q.Get("device"), Login: q.Get("login"), ClientAddr: r.RemoteAddr}
-	if ask.Service == "" {
+	switch ask.Service {
+	case "":
 		ask.Service = proto.ServiceSSH
+	case proto.ServiceKube:
+		ask.Kind, ask.Login = "kube", ""
 	}
 	ask.User.Name = user
 	return ask

@@ -10,6 +10,7 @@ import (
 	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
+	"remoteler.dev/edge/proto/kubewire"
 )
 
 // kubeRoutes mounts Kubernetes access (see proto/api/kube.go): GET /v1/kube
@@ -73,7 +74,7 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	log := s.audit().With("device", name, "service", proto.ServiceKube, "method", r.Method, "path", out.URL.Path, "remote", r.RemoteAddr)
 	if s.Kube == nil {
-		kubesrv.WriteStatus(w, out, http.StatusNotFound, "this fleet does not offer Kubernetes access")
+		kubewire.WriteStatus(w, out, http.StatusNotFound, "this fleet does not offer Kubernetes access")
 		return
 	}
 	c, err := s.identify(r)
@@ -81,10 +82,10 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		log.Warn("request refused", "event", "auth.denied", "reason", err.Error())
 		s.record(r.Context(), &proto.AuditEvent{Type: proto.EventAccessDenied, Outcome: proto.OutcomeDenied, Addr: r.RemoteAddr, Message: err.Error(),
 			Fields: map[string]string{"device_name": name, "service": proto.ServiceKube, "action": out.Method + " " + out.URL.Path, "rule": "certificate"}})
-		kubesrv.WriteStatus(w, out, http.StatusUnauthorized, err.Error())
+		kubewire.WriteStatus(w, out, http.StatusUnauthorized, err.Error())
 		return
 	}
-	info := kubesrv.ParseRequest(out.Method, out.URL)
+	info := kubewire.ParseRequest(out.Method, out.URL)
 	f := map[string]string{"verb": info.Verb, "resource": info.Resource, "namespace": info.Namespace, "name": info.Name}
 	for k, v := range f {
 		if v == "" {
@@ -97,7 +98,7 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		ask.User.Name = c.name()
 	}
 	if c.remoteAdmin() {
-		kubesrv.WriteStatus(w, out, http.StatusForbidden, "a root cluster's admin identity reaches no Kubernetes cluster here")
+		kubewire.WriteStatus(w, out, http.StatusForbidden, "a root cluster's admin identity reaches no Kubernetes cluster here")
 		return
 	}
 	c.fill(&ask)
@@ -109,14 +110,14 @@ func (s *Server) kubeProxy(w http.ResponseWriter, r *http.Request) {
 		if ref.Status == broker.StatusUnauthorized {
 			code = http.StatusUnauthorized
 		}
-		kubesrv.WriteStatus(w, out, code, ref.Msg)
+		kubewire.WriteStatus(w, out, code, ref.Msg)
 		return
 	}
 	user, groups, err := kubesrv.Resolve(c.user.Name, g.KubeUsers, g.KubeGroups, r.Header)
 	if err != nil {
 		ref := &broker.Refusal{Status: broker.StatusForbidden, Msg: err.Error(), Fields: map[string]string{"rule": "impersonation"}}
 		b.Deny(r.Context(), ask, ref)
-		kubesrv.WriteStatus(w, out, http.StatusForbidden, ref.Msg)
+		kubewire.WriteStatus(w, out, http.StatusForbidden, ref.Msg)
 		return
 	}
 	g.Session.KubeUser, g.Session.KubeGroups = user, groups

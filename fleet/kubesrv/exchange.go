@@ -1,11 +1,9 @@
 package kubesrv
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,7 +13,7 @@ import (
 
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/proto"
-	"remoteler.dev/edge/proto/kubestatus"
+	"remoteler.dev/edge/proto/kubewire"
 )
 
 // exchange is one request on its way through Serve: what the audit records
@@ -24,7 +22,7 @@ import (
 type exchange struct {
 	s     *Server
 	grant broker.Grant
-	ev    Event
+	ev    kubewire.Event
 	query url.Values
 	start time.Time
 	// kind is the session kind of a long-running request, "" for others.
@@ -39,8 +37,8 @@ type exchange struct {
 	mu       sync.Mutex // guards the fields below
 	reason   string     // why the fleet ended the session, once it did
 	upgraded bool
-	wsProto  string   // the WebSocket subprotocol the cluster chose
-	conn     *tapConn // the upgraded connection, once hijacked
+	wsProto  string            // the WebSocket subprotocol the cluster chose
+	conn     *kubewire.TapConn // the upgraded connection, once hijacked
 	rec      *terminal
 }
 
@@ -49,36 +47,6 @@ type exchangeKey struct{}
 func exchangeOf(ctx context.Context) *exchange {
 	x, _ := ctx.Value(exchangeKey{}).(*exchange)
 	return x
-}
-
-// sessionKind says whether a request is long-running, and what it is: an
-// upgrade ("exec", "attach", "portforward", or "upgrade" for others), a
-// "watch" or a followed "log". Those are sessions: registered while they
-// run, audited at start and end.
-func sessionKind(r *http.Request, info RequestInfo) string {
-	switch {
-	case r.Header.Get("Upgrade") != "":
-		switch info.Subresource {
-		case "exec", "attach", "portforward":
-			return info.Subresource
-		}
-		return "upgrade"
-	case info.Verb == "watch":
-		return "watch"
-	case info.Subresource == "log" && r.URL.Query().Get("follow") == "true":
-		return "log"
-	}
-	return ""
-}
-
-// mutating reports whether a request changes the cluster: its event is
-// committed before it is forwarded.
-func mutating(info RequestInfo) bool {
-	switch info.Verb {
-	case "create", "update", "patch", "delete", "deletecollection":
-		return true
-	}
-	return false
 }
 
 // errAuditWrite refuses what cannot be recorded.
@@ -99,27 +67,27 @@ const auditRefusal = "the fleet cannot write its audit log right now, so it does
 // gets a 503 Status instead.
 func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g *broker.Grant) {
 	start := s.cfg.Now()
-	info := ParseRequest(r.Method, r.URL)
+	info := kubewire.ParseRequest(r.Method, r.URL)
 	x := &exchange{s: s, grant: *g, query: r.URL.Query(), start: start}
 	gs := &x.grant.Session
-	x.ev = Event{
+	x.ev = kubewire.Event{
 		Time: start, User: gs.User, Cluster: gs.DeviceName, DeviceID: gs.DeviceID,
 		KubeUser: gs.KubeUser, KubeGroups: gs.KubeGroups,
 		Method: r.Method, Path: r.URL.Path, Request: info, ClientAddr: gs.ClientAddr,
 	}
-	x.kind = sessionKind(r, info)
+	x.kind = kubewire.SessionKind(r, info)
 	proxy := s.device
 	if gs.DeviceID == "" {
 		if s.local == nil {
-			WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("no Kubernetes cluster %q", gs.DeviceName))
+			kubewire.WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("no Kubernetes cluster %q", gs.DeviceName))
 			return
 		}
 		proxy = s.local
 	} else if !s.cfg.Broker.Online(gs.DeviceID) {
 		ev := x.ev
-		ev.Type, ev.Code = EventRequest, http.StatusServiceUnavailable
+		ev.Type, ev.Code = kubewire.EventRequest, http.StatusServiceUnavailable
 		s.audit(ev)
-		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", gs.DeviceName))
+		kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", gs.DeviceName))
 		return
 	}
 	ctx := r.Context()
@@ -136,29 +104,29 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, g *broker.Grant) 
 		gs.ID, gs.Kind, gs.Service = x.id, x.kind, proto.ServiceKube
 		x.ev.Session, x.ev.Kind = x.id, x.kind
 		ev := x.ev
-		ev.Type = EventSessionStart
+		ev.Type = kubewire.EventSessionStart
 		if s.audit(ev) != nil {
-			WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
+			kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 			return
 		}
 		live, err := s.cfg.Broker.Start(ctx, &x.grant, broker.StartOptions{End: x.end, NoEvents: true})
 		if err != nil {
 			ev := x.ev
-			ev.Type, ev.Code, ev.Reason = EventSessionEnd, http.StatusUnauthorized, err.Error()
+			ev.Type, ev.Code, ev.Reason = kubewire.EventSessionEnd, http.StatusUnauthorized, err.Error()
 			s.audit(ev)
-			WriteStatus(w, r, http.StatusUnauthorized, err.Error())
+			kubewire.WriteStatus(w, r, http.StatusUnauthorized, err.Error())
 			return
 		}
 		x.live = live
-	case mutating(info):
+	case kubewire.Mutating(info):
 		ev := x.ev
-		ev.Type = EventRequestStart
+		ev.Type = kubewire.EventRequestStart
 		if s.audit(ev) != nil {
-			WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
+			kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 			return
 		}
 	}
-	tap := &responseTap{ResponseWriter: w, x: x}
+	tap := &kubewire.ResponseTap{ResponseWriter: w, Follow: x.follow}
 	// Deferred: the proxy ends a response it could not finish (a watch
 	// whose client left, or that the fleet ended) by panicking with
 	// http.ErrAbortHandler.
@@ -186,7 +154,7 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		return nil
 	}
 	ev := x.ev
-	ev.Type, ev.Code, ev.Duration = EventRequest, resp.StatusCode, s.cfg.Now().Sub(x.start)
+	ev.Type, ev.Code, ev.Duration = kubewire.EventRequest, resp.StatusCode, s.cfg.Now().Sub(x.start)
 	if s.audit(ev) != nil {
 		return errAuditWrite
 	}
@@ -197,7 +165,7 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 // finish records how the request or session ended. When the fleet ended a
 // JSON watch, the watch ends with an ERROR event that carries a Status
 // saying why, as an API server ends a watch it cannot go on with.
-func (x *exchange) finish(tap *responseTap, r *http.Request) {
+func (x *exchange) finish(tap *kubewire.ResponseTap, r *http.Request) {
 	p := recover()
 	if p != nil && p != http.ErrAbortHandler {
 		panic(p)
@@ -205,15 +173,15 @@ func (x *exchange) finish(tap *responseTap, r *http.Request) {
 	x.mu.Lock()
 	reason, upgraded, rec := x.reason, x.upgraded, x.rec
 	x.mu.Unlock()
-	if p != nil && reason != "" && tap.endWatch(reason) {
+	if p != nil && reason != "" && x.kind == "watch" && tap.EndWatch(reason) {
 		p = nil // the response ends cleanly, with the reason
 	}
 	s := x.s
 	ev := x.ev
-	ev.Code, ev.Duration = tap.status(), s.cfg.Now().Sub(x.start)
+	ev.Code, ev.Duration = tap.Status(), s.cfg.Now().Sub(x.start)
 	switch {
 	case x.kind != "":
-		ev.Type, ev.Reason = EventSessionEnd, reason
+		ev.Type, ev.Reason = kubewire.EventSessionEnd, reason
 		if upgraded {
 			ev.Code = http.StatusSwitchingProtocols
 		}
@@ -230,7 +198,7 @@ func (x *exchange) finish(tap *responseTap, r *http.Request) {
 	case !x.audited.Load():
 		// Answered by the fleet (the cluster did not answer, or its answer
 		// could not be recorded): recorded as well as it can be.
-		ev.Type = EventRequest
+		ev.Type = kubewire.EventRequest
 		s.audit(ev)
 	}
 	if p != nil {
@@ -247,88 +215,20 @@ func (x *exchange) end(reason string) {
 	conn := x.conn
 	x.mu.Unlock()
 	if conn != nil {
-		conn.endWith(reason)
+		conn.EndWith(reason)
 	}
 	x.cancel(fmt.Errorf("kubesrv: session ended: %s", reason))
-}
-
-// responseTap passes a response on and keeps what the fleet needs of it:
-// its status, whether a JSON stream stands at an event boundary, and the
-// upgraded connection.
-type responseTap struct {
-	http.ResponseWriter
-	x    *exchange
-	code int
-	// last is the last byte written; a JSON watch stands between events
-	// when it is a newline.
-	last byte
-	n    int64
-}
-
-func (t *responseTap) WriteHeader(code int) {
-	if t.code == 0 && code >= 200 {
-		t.code = code
-	}
-	t.ResponseWriter.WriteHeader(code)
-}
-
-func (t *responseTap) Write(b []byte) (int, error) {
-	if t.code == 0 {
-		t.code = http.StatusOK
-	}
-	n, err := t.ResponseWriter.Write(b)
-	if n > 0 {
-		t.last = b[n-1]
-		t.n += int64(n)
-	}
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach Flush.
-func (t *responseTap) Unwrap() http.ResponseWriter { return t.ResponseWriter }
-
-// Hijack hands the upgraded connection to the proxy, followed by the fleet.
-func (t *responseTap) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(t.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	return t.x.follow(conn), brw, nil
-}
-
-func (t *responseTap) status() int {
-	if t.code == 0 {
-		return http.StatusOK
-	}
-	return t.code
-}
-
-// endWatch ends a JSON watch response with an ERROR event for reason, if
-// the response is one and stands between events; it reports whether it
-// did.
-func (t *responseTap) endWatch(reason string) bool {
-	mt, _, _ := mime.ParseMediaType(t.Header().Get("Content-Type"))
-	if t.x.kind != "watch" || t.code != http.StatusOK || mt != "application/json" || (t.n > 0 && t.last != '\n') {
-		return false
-	}
-	ev := fmt.Sprintf(`{"type":"ERROR","object":%s}`+"\n", kubestatus.JSON(http.StatusForbidden, reason))
-	if _, err := t.ResponseWriter.Write([]byte(ev)); err != nil {
-		return false
-	}
-	http.NewResponseController(t.ResponseWriter).Flush()
-	return true
 }
 
 // follow wraps the user's upgraded connection: on a remote command
 // WebSocket, it records a terminal session and can end it with a message
 // on the error channel.
 func (x *exchange) follow(conn net.Conn) net.Conn {
-	tc := &tapConn{Conn: conn}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.conn = tc
-	if !channelProtocols[x.wsProto] {
-		return tc // SPDY, or a protocol the fleet does not follow
+	if !kubewire.FollowsProtocol(x.wsProto) {
+		x.conn = kubewire.NewTapConn(conn, nil, nil) // SPDY, or a protocol the fleet does not follow
+		return x.conn
 	}
 	var toUser, fromUser func(ch int, p []byte)
 	var resized func(cols, rows int)
@@ -338,7 +238,7 @@ func (x *exchange) follow(conn net.Conn) net.Conn {
 		if err != nil {
 			s.log.Warn("kubernetes session not recorded", "session", x.id, "err", err)
 			ev := x.ev
-			ev.Type, ev.Reason = EventRecordingSkipped, err.Error()
+			ev.Type, ev.Reason = kubewire.EventRecordingSkipped, err.Error()
 			s.audit(ev)
 		} else {
 			x.rec = rec
@@ -346,59 +246,6 @@ func (x *exchange) follow(conn net.Conn) net.Conn {
 			resized = func(cols, rows int) { rec.cast.Resize(cols, rows) }
 		}
 	}
-	tc.down = newChannelTap(toUser, nil)
-	tc.up = newChannelTap(fromUser, resized)
-	return tc
-}
-
-// tapConn is the user's side of an upgraded connection. Writes carry the
-// cluster's bytes to the user; reads the user's to the cluster. When it
-// follows a remote command WebSocket (down, up set), it feeds both
-// directions to their taps, and endWith can put an error frame and a close
-// frame between the cluster's frames.
-type tapConn struct {
-	net.Conn
-	down, up *channelTap
-
-	wmu   sync.Mutex // serialises writes to the user; guards ended
-	ended bool       // the fleet ended the session: no more bytes to the user
-}
-
-func (c *tapConn) Write(b []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.ended {
-		return 0, net.ErrClosed
-	}
-	n, err := c.Conn.Write(b)
-	if c.down != nil && n > 0 {
-		c.down.ws.feed(b[:n])
-	}
-	return n, err
-}
-
-func (c *tapConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if c.up != nil && n > 0 {
-		c.up.ws.feed(b[:n])
-	}
-	return n, err
-}
-
-// endWith tells the user why the session ends, on the error channel, when
-// the WebSocket stands between frames, and lets no more of the cluster's
-// bytes through.
-func (c *tapConn) endWith(reason string) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.ended {
-		return
-	}
-	c.ended = true
-	if c.down == nil || !c.down.ws.atBoundary() {
-		return
-	}
-	msg := append([]byte{chError}, kubestatus.JSON(http.StatusForbidden, reason)...)
-	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.Conn.Write(append(wsFrame(wsBinary, msg), wsFrame(wsClose, []byte{0x03, 0xe8})...))
+	x.conn = kubewire.NewTapConn(conn, kubewire.NewChannelTap(toUser, nil), kubewire.NewChannelTap(fromUser, resized))
+	return x.conn
 }

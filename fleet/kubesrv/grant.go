@@ -8,7 +8,7 @@ import (
 )
 
 // Refusal is a request the fleet refuses before forwarding it; its message
-// says why and what to do. Answer it with 403 (WriteStatus).
+// says why and what to do. Answer it with 403 (kubewire.WriteStatus).
 type Refusal struct{ Msg string }
 
 func (r *Refusal) Error() string { return r.Msg }

@@ -47,6 +47,7 @@ import (
 	"time"
 
 	"remoteler.dev/edge/fleet/broker"
+	"remoteler.dev/edge/proto/kubewire"
 )
 
 // Config configures a Server. Broker is required.
@@ -64,8 +65,8 @@ type Config struct {
 	// the cluster: before and after) and per session's start and end
 	// (Serve has the rules); an error means the event was not recorded,
 	// and what it describes does not go ahead. Nil records them with the
-	// broker (Event.AuditEvent, broker.Record).
-	Audit func(Event) error
+	// broker (kubewire.Event.AuditEvent, broker.Record).
+	Audit func(kubewire.Event) error
 	// Recordings, when set, records the terminal of every kubectl exec -it
 	// and attach -it that speaks a WebSocket remote command protocol
 	// (asciicast v2, like SSH sessions).
@@ -195,28 +196,28 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var ref *broker.Refusal
 	switch {
 	case errors.Is(err, errAuditWrite):
-		WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
+		kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 	case errors.Is(err, context.Canceled):
 		return // the client went away, or the fleet ended the session
 	case errors.Is(err, context.DeadlineExceeded) && g != nil && !g.Session.Expires.IsZero() && !s.cfg.Now().Before(g.Session.Expires):
-		WriteStatus(w, r, http.StatusUnauthorized, "your fleet certificate expired: run tsh login")
+		kubewire.WriteStatus(w, r, http.StatusUnauthorized, "your fleet certificate expired: run tsh login")
 	case errors.As(err, &ref) && ref.Status == broker.StatusOffline:
-		WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", name))
+		kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, fmt.Sprintf("device %q is offline; it reconnects by itself when its link is back", name))
 	case errors.As(err, &ref) && ref.Status == broker.StatusNotFound:
-		WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("device %q does not offer Kubernetes: %s", name, ref.Msg))
+		kubewire.WriteStatus(w, r, http.StatusNotFound, fmt.Sprintf("device %q does not offer Kubernetes: %s", name, ref.Msg))
 	case errors.As(err, &ref) && ref.Status == broker.StatusForbidden:
-		WriteStatus(w, r, http.StatusForbidden, fmt.Sprintf("device %q refused: %s", name, strings.TrimPrefix(ref.Msg, "the device refused: ")))
+		kubewire.WriteStatus(w, r, http.StatusForbidden, fmt.Sprintf("device %q refused: %s", name, strings.TrimPrefix(ref.Msg, "the device refused: ")))
 	default:
 		s.log.Warn("kubernetes request failed", "cluster", name, "path", r.URL.Path, "err", err)
-		WriteStatus(w, r, http.StatusBadGateway, fmt.Sprintf("cannot reach the Kubernetes API of %q: %v", name, err))
+		kubewire.WriteStatus(w, r, http.StatusBadGateway, fmt.Sprintf("cannot reach the Kubernetes API of %q: %v", name, err))
 	}
 }
 
 // audit records ev; an error means it could not be.
-func (s *Server) audit(ev Event) error {
+func (s *Server) audit(ev kubewire.Event) error {
 	record := s.cfg.Audit
 	if record == nil {
-		record = func(ev Event) error {
+		record = func(ev kubewire.Event) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			return s.cfg.Broker.Record(ctx, ev.AuditEvent())

@@ -24,6 +24,8 @@ import (
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/kubewire"
+	"remoteler.dev/edge/proto/kubewire/kubewiretest"
 	"remoteler.dev/edge/tools/logtest"
 )
 
@@ -125,7 +127,7 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 			h := r.Context().Value(hdrKey{}).(*proto.StreamHeader)
 			switch {
 			case r.Header.Get("Sec-WebSocket-Protocol") == "v5.channel.k8s.io":
-				fakeExec(w, r)
+				kubewiretest.FakeExec(w, r)
 			case r.Header.Get("Upgrade") != "":
 				conn, brw, err := http.NewResponseController(w).Hijack()
 				if err != nil {
@@ -142,7 +144,7 @@ func newFakeDevice(t *testing.T) *fakeDevice {
 				w.(http.Flusher).Flush()
 				<-r.Context().Done()
 			case r.URL.Path == "/api/v1/namespaces/default/secrets/x":
-				WriteStatus(w, r, http.StatusForbidden, "RBAC says no")
+				kubewire.WriteStatus(w, r, http.StatusForbidden, "RBAC says no")
 			default:
 				e := echo{Path: r.URL.Path, Authorization: r.Header.Get("Authorization"), Stream: h.Identity}
 				for k := range r.Header {
@@ -175,12 +177,12 @@ func frontend(t *testing.T, s *Server, g func(r *http.Request) *broker.Grant) *h
 
 type events struct {
 	mu    sync.Mutex
-	evs   []Event
+	evs   []kubewire.Event
 	added chan struct{} // gets a token per event, when made
 	fail  atomic.Bool   // the audit log cannot be written
 }
 
-func (e *events) add(ev Event) error {
+func (e *events) add(ev kubewire.Event) error {
 	if e.fail.Load() {
 		return errors.New("audit log: disk full")
 	}
@@ -193,7 +195,7 @@ func (e *events) add(ev Event) error {
 	return nil
 }
 
-func (e *events) all() []Event {
+func (e *events) all() []kubewire.Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.evs)
@@ -258,13 +260,13 @@ func TestServeDevice(t *testing.T) {
 	if len(got) != 3 {
 		t.Fatalf("got %d audit events, want 3: %+v", len(got), got)
 	}
-	want := []RequestInfo{
+	want := []kubewire.RequestInfo{
 		{Verb: "list", APIVersion: "v1", Namespace: "default", Resource: "pods", IsResource: true},
 		{Verb: "get", APIVersion: "v1", Namespace: "default", Resource: "pods", Name: "p1", IsResource: true},
 		{Verb: "list", APIVersion: "v1", Resource: "pods", IsResource: true},
 	}
 	for i, ev := range got {
-		if ev.Type != EventRequest || ev.Code != 200 || ev.Request != want[i] || ev.Cluster != "pi-1" {
+		if ev.Type != kubewire.EventRequest || ev.Code != 200 || ev.Request != want[i] || ev.Cluster != "pi-1" {
 			t.Errorf("event %d: got %+v, want a 200 request event for %+v", i, ev, want[i])
 		}
 	}
@@ -356,7 +358,7 @@ func TestUpgradeIsAuditedAsSession(t *testing.T) {
 		}
 	}
 	all := evs.all()
-	if len(all) != 2 || all[0].Type != EventSessionStart || all[1].Type != EventSessionEnd ||
+	if len(all) != 2 || all[0].Type != kubewire.EventSessionStart || all[1].Type != kubewire.EventSessionEnd ||
 		all[1].Request.Subresource != "exec" || all[1].Request.Verb != "create" {
 		t.Fatalf("got events %+v, want session start and end for pods/exec", all)
 	}
@@ -446,54 +448,6 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-func TestParseRequest(t *testing.T) {
-	tests := []struct {
-		method, path string
-		want         RequestInfo
-	}{
-		{"GET", "/api/v1/namespaces/default/pods", RequestInfo{Verb: "list", APIVersion: "v1", Namespace: "default", Resource: "pods", IsResource: true}},
-		{"GET", "/api/v1/namespaces/default/pods?watch=true", RequestInfo{Verb: "watch", APIVersion: "v1", Namespace: "default", Resource: "pods", IsResource: true}},
-		{"GET", "/api/v1/watch/namespaces/kube-system/configmaps", RequestInfo{Verb: "watch", APIVersion: "v1", Namespace: "kube-system", Resource: "configmaps", IsResource: true}},
-		{"GET", "/apis/apps/v1/namespaces/ns/deployments/web", RequestInfo{Verb: "get", APIGroup: "apps", APIVersion: "v1", Namespace: "ns", Resource: "deployments", Name: "web", IsResource: true}},
-		{"PATCH", "/apis/apps/v1/namespaces/ns/deployments/web/scale", RequestInfo{Verb: "patch", APIGroup: "apps", APIVersion: "v1", Namespace: "ns", Resource: "deployments", Name: "web", Subresource: "scale", IsResource: true}},
-		{"POST", "/api/v1/namespaces/ns/pods/p/exec?command=sh", RequestInfo{Verb: "create", APIVersion: "v1", Namespace: "ns", Resource: "pods", Name: "p", Subresource: "exec", IsResource: true}},
-		{"DELETE", "/api/v1/namespaces/ns/configmaps", RequestInfo{Verb: "deletecollection", APIVersion: "v1", Namespace: "ns", Resource: "configmaps", IsResource: true}},
-		{"DELETE", "/api/v1/namespaces/ns", RequestInfo{Verb: "delete", APIVersion: "v1", Namespace: "ns", Resource: "namespaces", Name: "ns", IsResource: true}},
-		{"PUT", "/api/v1/namespaces/ns/finalize", RequestInfo{Verb: "update", APIVersion: "v1", Namespace: "ns", Resource: "namespaces", Name: "ns", Subresource: "finalize", IsResource: true}},
-		{"POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", RequestInfo{Verb: "create", APIGroup: "authorization.k8s.io", APIVersion: "v1", Resource: "selfsubjectaccessreviews", IsResource: true}},
-		{"GET", "/api/v1", RequestInfo{Verb: "get", APIVersion: "v1"}},
-		{"GET", "/version", RequestInfo{Verb: "get"}},
-		{"GET", "/apis", RequestInfo{Verb: "get"}},
-		{"GET", "/", RequestInfo{Verb: "get"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
-			u, err := url.Parse(tt.path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := ParseRequest(tt.method, u); got != tt.want {
-				t.Errorf("got %+v, want %+v", got, tt.want)
-			}
-		})
-	}
-}
-
-func FuzzParseRequest(f *testing.F) {
-	f.Add("GET", "/api/v1/namespaces/default/pods?watch=1")
-	f.Add("DELETE", "/apis/apps/v1/namespaces//deployments/x/y/z")
-	f.Fuzz(func(t *testing.T, method, path string) {
-		u, err := url.Parse(path)
-		if err != nil {
-			return
-		}
-		info := ParseRequest(method, u)
-		if info.IsResource && info.APIVersion == "" {
-			t.Fatalf("resource request without a version: %+v", info)
-		}
-	})
-}
-
 func TestWatchEndsWhenClientLeaves(t *testing.T) {
 	dev := newFakeDevice(t)
 	evs := events{added: make(chan struct{}, 4)}
@@ -516,7 +470,7 @@ func TestWatchEndsWhenClientLeaves(t *testing.T) {
 		}
 	}
 	all := evs.all()
-	if all[0].Type != EventSessionStart || all[1].Type != EventSessionEnd || all[1].Request.Verb != "watch" || all[1].Kind != "watch" {
+	if all[0].Type != kubewire.EventSessionStart || all[1].Type != kubewire.EventSessionEnd || all[1].Request.Verb != "watch" || all[1].Kind != "watch" {
 		t.Errorf("got %+v, want a watch session's start and end", all)
 	}
 }

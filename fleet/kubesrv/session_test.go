@@ -3,11 +3,8 @@ package kubesrv
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -18,146 +15,10 @@ import (
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/asciicast"
+	"remoteler.dev/edge/proto/kubewire"
+	"remoteler.dev/edge/proto/kubewire/kubewiretest"
 	"remoteler.dev/edge/tools/logtest"
 )
-
-// fakeExec stands in for a kubelet's exec over WebSocket (v5.channel.k8s.io)
-// with a terminal: what comes on stdin goes back on stdout upper-cased, as
-// a terminal echoes it; "exit" ends the command with success.
-func fakeExec(w http.ResponseWriter, r *http.Request) {
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n")
-	brw.Flush()
-	var mu sync.Mutex
-	send := func(ch byte, p []byte) {
-		mu.Lock()
-		defer mu.Unlock()
-		conn.Write(wsFrame(wsBinary, append([]byte{ch}, p...)))
-	}
-	done := false
-	tap := newChannelTap(func(ch int, p []byte) {
-		if ch != chStdin || done {
-			return
-		}
-		if strings.Contains(string(p), "exit") {
-			done = true
-			send(chError, []byte(`{"metadata":{},"status":"Success"}`))
-			mu.Lock()
-			conn.Write(wsFrame(wsClose, []byte{0x03, 0xe8}))
-			mu.Unlock()
-			return
-		}
-		send(chStdout, bytes.ToUpper(p))
-	}, nil)
-	buf := make([]byte, 4096)
-	for !done {
-		n, err := brw.Read(buf)
-		if n > 0 && tap.ws.feed(buf[:n]) != nil {
-			return
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// clientFrame builds a masked (client-to-server) WebSocket frame.
-func clientFrame(op byte, payload []byte) []byte {
-	key := [4]byte{0x12, 0x34, 0x56, 0x78}
-	b := []byte{0x80 | op}
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x80|126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	b = append(b, key[:]...)
-	for i, c := range payload {
-		b = append(b, c^key[i%4])
-	}
-	return b
-}
-
-// wsClient is a remote command client on an upgraded connection: it
-// collects what arrives on each channel.
-type wsClient struct {
-	conn net.Conn
-	mu   sync.Mutex // guards got
-	got  map[int][]byte
-	done chan struct{} // closed when the connection ends
-}
-
-func dialExec(t *testing.T, addr, path string) *wsClient {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n", path)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("got %v %v, want 101", resp, err)
-	}
-	c := &wsClient{conn: conn, got: map[int][]byte{}, done: make(chan struct{})}
-	ws := &wsStream{}
-	ch := -1
-	ws.data = func(start bool, p []byte) {
-		if start {
-			ch = -1
-		}
-		if ch == -1 && len(p) > 0 {
-			ch, p = int(p[0]), p[1:]
-		}
-		c.mu.Lock()
-		c.got[ch] = append(c.got[ch], p...)
-		c.mu.Unlock()
-	}
-	go func() {
-		defer close(c.done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := br.Read(buf)
-			if n > 0 {
-				ws.feed(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	return c
-}
-
-func (c *wsClient) send(ch byte, p string) {
-	c.conn.Write(clientFrame(wsBinary, append([]byte{ch}, p...)))
-}
-
-func (c *wsClient) channel(ch int) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return string(c.got[ch])
-}
-
-func (c *wsClient) waitFor(t *testing.T, ch int, want string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(c.channel(ch), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("channel %d has %q, want %q", ch, c.channel(ch), want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // memRecordings keeps recordings in memory.
 type memRecordings struct {
@@ -256,7 +117,7 @@ func TestMutationIsRecordedBeforeAndAfter(t *testing.T) {
 	}
 	resp.Body.Close()
 	all := evs.all()
-	if len(all) != 2 || all[0].Type != EventRequestStart || all[1].Type != EventRequest || all[1].Code != 200 ||
+	if len(all) != 2 || all[0].Type != kubewire.EventRequestStart || all[1].Type != kubewire.EventRequest || all[1].Code != 200 ||
 		all[1].Request.Verb != "create" || all[1].Request.Namespace != "team" {
 		t.Errorf("got %+v, want the request's start and its answer, both recorded before the answer came", all)
 	}
@@ -322,27 +183,27 @@ func TestExecRecordedAndEndedWithStatus(t *testing.T) {
 		return g
 	})
 	path := "/v1/kube/pi-1/api/v1/namespaces/team/pods/p/exec?command=sh&stdin=true&stdout=true&tty=true"
-	c := dialExec(t, strings.TrimPrefix(fe.URL, "http://"), path)
-	c.conn.Write(clientFrame(wsBinary, append([]byte{chResize}, `{"Width":100,"Height":40}`...)))
-	c.send(chStdin, "echo hi\r")
-	c.waitFor(t, chStdout, "ECHO HI\r")
+	c := kubewiretest.DialExec(t, strings.TrimPrefix(fe.URL, "http://"), path)
+	c.Resize(100, 40)
+	c.Send(kubewire.ChStdin, "echo hi\r")
+	c.WaitFor(t, kubewire.ChStdout, "ECHO HI\r")
 	const why = "your fleet certificate expired at 2026-12-06T10:00:00Z: run tsh login"
 	reg.End(func(s *sessions.Session) bool { return s.Kind == "exec" }, why)
 	select {
-	case <-c.done:
+	case <-c.Done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the exec did not end")
 	}
 	var st struct{ Kind, Status, Message string }
-	if err := json.Unmarshal([]byte(c.channel(chError)), &st); err != nil || st.Status != "Failure" || st.Message != why {
-		t.Errorf("error channel %q (%v), want a Failure Status with the reason", c.channel(chError), err)
+	if err := json.Unmarshal([]byte(c.Channel(kubewire.ChError)), &st); err != nil || st.Status != "Failure" || st.Message != why {
+		t.Errorf("error channel %q (%v), want a Failure Status with the reason", c.Channel(kubewire.ChError), err)
 	}
 	// The end event is written as the handler returns.
 	deadline := time.Now().Add(10 * time.Second)
-	var ended *Event
+	var ended *kubewire.Event
 	for ended == nil && time.Now().Before(deadline) {
 		for _, ev := range evs.all() {
-			if ev.Type == EventSessionEnd {
+			if ev.Type == kubewire.EventSessionEnd {
 				ended = &ev
 			}
 		}

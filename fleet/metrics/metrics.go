@@ -36,9 +36,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"remoteler.dev/edge/fleet/fleetview"
-	"remoteler.dev/edge/fleet/kubesrv"
 	"remoteler.dev/edge/fleet/sessions"
 	"remoteler.dev/edge/proto"
+	"remoteler.dev/edge/proto/kubewire"
 )
 
 // Sources are what the gauges read at each scrape; a nil one is left out.
@@ -77,7 +77,7 @@ func init() {
 	for _, t := range []string{
 		proto.EventUserLogin, proto.EventUserLoginFailed, proto.EventAccessDenied, proto.EventSessionStart, proto.EventSessionEnd,
 		proto.EventDeviceJoin, proto.EventDeviceOnline, proto.EventDeviceOffline, proto.EventDeviceDelete, proto.EventCertIssued,
-		proto.EventExec, proto.EventExecEnd, proto.EventFileTransfer, proto.EventPortForward, kubesrv.EventRequest, proto.EventAppRequest, proto.EventAuditDropped, proto.EventAuditDamaged,
+		proto.EventExec, proto.EventExecEnd, proto.EventFileTransfer, proto.EventPortForward, kubewire.EventRequest, proto.EventAppRequest, proto.EventAuditDropped, proto.EventAuditDamaged,
 		proto.EventUpdateOffered, proto.EventUpdateCommitted, proto.EventUpdateRolledBack, proto.EventUpdateFailed,
 		proto.EventUpdateRefused, proto.EventRolloutChange,
 	} {

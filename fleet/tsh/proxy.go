@@ -19,7 +19,7 @@ import (
 func (r *runner) proxyCommand() *cobra.Command {
 	group := &cobra.Command{
 		Use:   "proxy",
-		Short: "Connections for other programs (OpenSSH's ProxyCommand, a web app on a local port)",
+		Short: "Connections for other programs (OpenSSH's ProxyCommand, a web app or a Kubernetes API on a local port)",
 	}
 	var cluster string
 	proxySSH := &cobra.Command{
@@ -35,6 +35,7 @@ device, with or without ".CLUSTER"; the port is ignored.`,
 	r.clusterFlag(proxySSH, &cluster)
 	group.AddCommand(proxySSH)
 	group.AddCommand(r.proxyAppCommand())
+	group.AddCommand(r.proxyKubeCommand())
 	return group
 }
 

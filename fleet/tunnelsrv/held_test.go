@@ -185,3 +185,90 @@ func TestAgentReportsSessionsHeldForAwayUsers(t *testing.T) {
 		t.Errorf("resume with another secret: %v, want not found, without the reason", err)
 	}
 }
+
+// TestReattachKeepsTheKubernetesIdentity: a user-held Kubernetes session
+// (tsh proxy kube) is listed with whom it acts as while its user is away,
+// and is re-attached only by a header that acts as it began: the same
+// Kubernetes user and groups (in any order). One that the fleet chose
+// otherwise (the user's roles changed meanwhile) is refused, and so is
+// another service's.
+func TestReattachKeepsTheKubernetesIdentity(t *testing.T) {
+	lists := make(chan []proto.HeldSession, 16)
+	a := startServerWith(t, newPKI(t), "127.0.0.1:0", func(c *Config) {
+		c.OnAgentStream = func(ctx context.Context, id, service string, conn net.Conn) {
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			for {
+				m, err := proto.ReadMsg(r, proto.MaxControlFrame)
+				if err != nil {
+					return
+				}
+				lists <- m.(*proto.HeldSessions).Sessions
+			}
+		}
+	})
+	_, state := startAgentWith(t, a, "pi-1", "pi-1", nil, func(c *tunnel.Config) {
+		c.Handle = func(ctx context.Context, h *proto.StreamHeader, conn net.Conn) {
+			defer conn.Close()
+			io.Copy(conn, conn)
+		}
+	})
+	waitState(t, state, true)
+	ctx := context.Background()
+	hdr := proto.StreamHeader{Service: proto.ServiceKube, SessionID: "k1", Secret: []byte("0123456789abcdef0123456789abcdef"), UserHeld: true,
+		Identity: proto.Identity{User: "alice", KubeUser: "alice", KubeGroups: []string{"developers", "viewers"}}}
+	h := hdr
+	leg, err := a.srv.OpenTransport(ctx, "pi-1", &h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := resume.New(resume.Config{})
+	defer user.Abort(io.EOF)
+	if err := user.Attach(leg, 0); err != nil {
+		t.Fatal(err)
+	}
+	echo(t, user, "attached")
+	leg.Close()
+	select {
+	case l := <-lists:
+		if len(l) != 1 || l[0].KubeUser != "alice" || !slices.Equal(l[0].KubeGroups, []string{"developers", "viewers"}) {
+			t.Fatalf("the agent listed %+v, want k1 acting as alice in developers and viewers", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no list from the agent after the session's transport broke")
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(h *proto.StreamHeader)
+	}{
+		{"another Kubernetes user", func(h *proto.StreamHeader) { h.Identity.KubeUser = "admin" }},
+		{"fewer groups", func(h *proto.StreamHeader) { h.Identity.KubeGroups = []string{"viewers"} }},
+		{"more groups", func(h *proto.StreamHeader) {
+			h.Identity.KubeGroups = []string{"developers", "system:masters", "viewers"}
+		}},
+		{"another service", func(h *proto.StreamHeader) { h.Service = proto.ServiceSSH }},
+	} {
+		h := hdr
+		h.Resume, h.Received = true, user.Received()
+		tt.change(&h)
+		var pe *proto.Error
+		if _, err := a.srv.OpenTransport(ctx, "pi-1", &h); !errors.As(err, &pe) || pe.Code != proto.CodeForbidden {
+			t.Errorf("re-attach with %s: %v, want refused (forbidden)", tt.name, err)
+		}
+	}
+	h = hdr
+	h.Resume, h.Received = true, user.Received()
+	h.Identity.KubeGroups = []string{"viewers", "developers"}
+	leg2, err := a.srv.OpenTransport(ctx, "pi-1", &h)
+	if err != nil {
+		t.Fatalf("re-attach with the session's identity (groups in another order): %v", err)
+	}
+	m, err := proto.ReadMsg(proto.ByteAtATime(leg2), proto.MaxHeaderFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := user.Attach(leg2, m.(*proto.ResumeAccept).Received); err != nil {
+		t.Fatal(err)
+	}
+	echo(t, user, "re-attached")
+}

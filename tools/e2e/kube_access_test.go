@@ -209,20 +209,7 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 	}
 
 	t.Run("recorded and played back", func(t *testing.T) {
-		var rec api.Recording
-		if !harness.Eventually(30*time.Second, func() bool {
-			var list api.List[api.Recording]
-			json.Unmarshal([]byte(alice.Tsh("recordings", "ls", "--format=json")), &list)
-			for _, r := range list.Items {
-				if r.Complete && r.Kind == "kube.exec" {
-					rec = r
-					return true
-				}
-			}
-			return false
-		}) {
-			t.Fatalf("no complete kube.exec recording: %s", alice.Tsh("recordings", "ls"))
-		}
+		rec := kubeExecRecording(t, alice, 30*time.Second)
 		if rec.User != "alice" || rec.DeviceName != "pi-exec" || rec.Command != "sh" {
 			t.Errorf("recording %+v, want alice's sh on pi-exec", rec)
 		}
@@ -270,4 +257,25 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 			t.Errorf("fleetctl audit search:\n%s", text)
 		}
 	})
+}
+
+// kubeExecRecording waits up to timeout for u's complete kube.exec
+// recording in tsh recordings ls, and returns it, or fails t.
+func kubeExecRecording(t *testing.T, u *harness.User, timeout time.Duration) api.Recording {
+	t.Helper()
+	var rec api.Recording
+	if !harness.Eventually(timeout, func() bool {
+		var list api.List[api.Recording]
+		json.Unmarshal([]byte(u.Tsh("recordings", "ls", "--format=json")), &list)
+		for _, r := range list.Items {
+			if r.Complete && r.Kind == "kube.exec" {
+				rec = r
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("no complete kube.exec recording: %s", u.Tsh("recordings", "ls"))
+	}
+	return rec
 }

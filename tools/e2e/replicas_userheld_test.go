@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"io"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/tools/harness"
+	"remoteler.dev/edge/tools/kube/kubetest"
 )
 
 // TestSessionsOutliveTheUsersReplica: pi-1's tunnel is on replica A;
@@ -162,4 +165,122 @@ func TestLockReachesASessionWhoseUserIsGone(t *testing.T) {
 	if _, _, err := lf.reps[repA].Proc.AwaitLine(t.Context(), aMark, regexp.MustCompile(`lock enforced.*sessions_ended=1`), 10*time.Second); err != nil {
 		t.Errorf("replica A did not count the session among those the lock ended: %v", err)
 	}
+}
+
+// TestKubectlOutlivesTheUsersReplica: pi-1 (a device whose cluster is the
+// exec server) has its tunnel on replica A; alice reaches the fleet
+// through the balancer, which sends users to C, and runs kubectl through
+// tsh proxy kube. In the middle of a kubectl exec -it, C, which carries
+// it, is killed (kill -9): tsh holds the session, connects again (the
+// balancer sends it to B), and the exec goes on where it was. The device
+// audited every request of the session (the fleet saw only its bytes) and
+// recorded the exec's terminal, both before and after the kill.
+func TestKubectlOutlivesTheUsersReplica(t *testing.T) {
+	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
+	rf := startReplicas(t)
+	rf.deviceWith(t, harness.AgentConfig{Name: "pi-1", Labels: "k3s=yes", Kubeconfig: kubeconfigFor(t, newExecServer(t))})
+	a := rf.reps[repA]
+	a.Ctl(kubeExecRole, "create", "-f", "-")
+	alice := a.NewUser("alice")
+	if out, errOut, err := alice.TshErr(a.AddUser("alice", "kube-exec", "")+"\n", "login", "--proxy="+rf.lb.Addr(), "--user=alice", "--ca-pin="+a.Pin); err != nil {
+		t.Fatalf("tsh login: %v\n%s%s", err, out, errOut)
+	}
+	proxy := start(t, "tsh proxy kube", alice.Env(), "tsh", "proxy", "kube", "pi-1")
+	kubeconfig := proxy.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+	if out, errOut, err := kubectlAs(alice, kubeconfig, "", "-n", "team", "get", "pod", "shell", "-o", "name"); err != nil || out != "pod/shell\n" {
+		t.Fatalf("kubectl get through tsh proxy kube: %q %v\n%s", out, err, errOut)
+	}
+	// The session acts as what the proxy chose: kubectl --as cannot
+	// reach past it (the device refuses), nor can a proxy started for a
+	// group the roles do not give (the fleet refuses).
+	if _, errOut, err := kubectlAs(alice, kubeconfig, "", "--as=admin", "-n", "team", "get", "pod", "shell"); err == nil || !strings.Contains(errOut, `cannot act as "admin"`) {
+		t.Errorf("kubectl --as=admin through the proxy: %v %q, want the device's refusal", err, errOut)
+	}
+	other := start(t, "tsh proxy kube --as-group", alice.Env(), "tsh", "proxy", "kube", "pi-1", "--as-group=system:masters")
+	otherConfig := other.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+	if _, errOut, err := kubectlAs(alice, otherConfig, "", "-n", "team", "get", "pod", "shell"); err == nil || !strings.Contains(errOut, `do not allow Kubernetes group "system:masters"`) {
+		t.Errorf("kubectl through a proxy for a group the roles do not give: %v %q, want the fleet's refusal", err, errOut)
+	}
+	kx := startKubeExec(t, alice, kubeconfig)
+	if n := strings.Count(rf.reps[repC].Proc.Output(), `msg="session started"`); n < 2 {
+		t.Fatalf("replica C started %d sessions, want kubectl's through it\n%s", n, rf.reps[repC].Proc.Tail(20))
+	}
+	rf.reps[repC].Kill()
+	killed := time.Now()
+	line, _ := proxy.WaitLineAt(regexp.MustCompile(`session resumed`), time.Minute)
+	t.Logf("tsh resumed kubectl's session %v after C was killed", line.At.Sub(killed).Round(time.Millisecond))
+	io.WriteString(kx.in, "echo typed-after-the-kill\r")
+	if !harness.Eventually(30*time.Second, func() bool { return strings.Contains(kx.out.String(), "typed-after-the-kill\r\npod$ ") }) {
+		t.Fatalf("the kubectl exec did not go on after C died: %q", kx.out.String())
+	}
+	io.WriteString(kx.in, "exit\r")
+	select {
+	case err := <-kx.exited:
+		if err != nil {
+			t.Errorf("kubectl exec exited with %v after exit, want success", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("kubectl exec did not end after exit: %q", kx.out.String())
+	}
+	kx.close()
+	// C comes back, so that every replica answers the searches below.
+	rf.reps[repC].Start()
+
+	t.Run("audited by the device", func(t *testing.T) {
+		var get, start, end, resumed bool
+		if !harness.Eventually(time.Minute, func() bool {
+			for _, e := range auditSearch(t, rf.reps[repB], "--user=alice").Events {
+				fromDevice := e.AssertedBy != api.SourceFleet && e.Unverified == ""
+				switch {
+				case fromDevice && e.Type == "kube.request" && e.Fields["verb"] == "get" && e.Fields["name"] == "shell" && e.Fields["code"] == "200":
+					get = true
+				case fromDevice && e.Type == "kube.session.start" && e.Fields["subresource"] == "exec":
+					start = true
+				case fromDevice && e.Type == "kube.session.end" && e.Fields["recorded"] == "true" && e.Fields["code"] == "101":
+					end = true
+				case e.Type == "session.start" && e.Fields["service"] == "kube" && e.Fields["user_held"] == "true" && e.Fields["resumed"] == "true":
+					resumed = true
+				}
+			}
+			return get && start && end && resumed
+		}) {
+			t.Errorf("audit trail: the device's get %v, exec start %v, recorded end %v; the resumed user-held session %v", get, start, end, resumed)
+		}
+	})
+	t.Run("recorded by the device", func(t *testing.T) {
+		rec := kubeExecRecording(t, alice, time.Minute)
+		if played := alice.Tsh("play", "--speed=0", rec.ID); !strings.Contains(played, "typed-in-the-pod") || !strings.Contains(played, "typed-after-the-kill") {
+			t.Errorf("tsh play: %q, want the exec's output before and after the kill", played)
+		}
+	})
+	t.Run("ended by a lock", func(t *testing.T) {
+		kx := startKubeExec(t, alice, kubeconfig)
+		const msg = "laptop reported stolen"
+		locked := time.Now()
+		a.Ctl("", "lock", "--user=alice", "--message="+msg)
+		select {
+		case err := <-kx.exited:
+			t.Logf("kubectl exec through tsh proxy kube ended %v after the lock", time.Since(locked).Round(time.Millisecond))
+			if err == nil {
+				t.Errorf("kubectl exec exited 0 after the lock ended it")
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("kubectl exec through tsh proxy kube outlived the lock: %q", kx.out.String())
+		}
+		kx.close()
+		if _, _, err := proxy.AwaitLine(t.Context(), 0, regexp.MustCompile(`the session to pi-1 ended: .*`+msg), 10*time.Second); err != nil {
+			t.Errorf("tsh proxy kube did not say the lock ended the session: %v", err)
+		}
+		ended := false
+		if !harness.Eventually(time.Minute, func() bool {
+			for _, e := range auditSearch(t, rf.reps[repB], "--user=alice", "--type=kube.session.end").Events {
+				if e.AssertedBy != api.SourceFleet && e.Unverified == "" && strings.Contains(e.Message, msg) {
+					ended = true
+				}
+			}
+			return ended
+		}) {
+			t.Error("no kube.session.end from the device with the lock's message")
+		}
+	})
 }

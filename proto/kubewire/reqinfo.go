@@ -1,4 +1,4 @@
-package kubesrv
+package kubewire
 
 import (
 	"net/http"

@@ -1,4 +1,4 @@
-package kubesrv
+package kubewire
 
 import (
 	"bytes"
@@ -29,6 +29,13 @@ func messages(t *testing.T, b []byte, step int) ([]string, bool, error) {
 	}
 	return msgs, ws.atBoundary(), err
 }
+
+// testMask masks the client's frames in these tests.
+var testMask = &[4]byte{0x12, 0x34, 0x56, 0x78}
+
+// wsFrame and clientFrame build a server's and a client's frames.
+func wsFrame(op byte, payload []byte) []byte     { return Frame(op, payload, nil) }
+func clientFrame(op byte, payload []byte) []byte { return Frame(op, payload, testMask) }
 
 func frameWith(fin bool, op byte, payload []byte, masked bool) []byte {
 	var b []byte
@@ -90,16 +97,16 @@ func TestWSStream(t *testing.T) {
 func TestChannelTap(t *testing.T) {
 	var out []string
 	var size [2]int
-	tap := newChannelTap(func(ch int, p []byte) { out = append(out, string(rune('0'+ch))+":"+string(p)) },
+	tap := NewChannelTap(func(ch int, p []byte) { out = append(out, string(rune('0'+ch))+":"+string(p)) },
 		func(c, r int) { size = [2]int{c, r} })
 	in := bytes.Join([][]byte{
 		clientFrame(wsBinary, []byte("\x00ls\r")),
-		clientFrame(wsBinary, append([]byte{chResize}, `{"Width":120,"Height":50}`...)),
-		frameWith(false, wsBinary, []byte{chStdin}, true), // the channel byte alone, data in the next frame
+		clientFrame(wsBinary, append([]byte{ChResize}, `{"Width":120,"Height":50}`...)),
+		frameWith(false, wsBinary, []byte{ChStdin}, true), // the channel byte alone, data in the next frame
 		frameWith(true, wsContinuation, []byte("pwd\r"), true),
-		clientFrame(wsBinary, append([]byte{chResize}, `{"Width":-1}`...)), // ignored
+		clientFrame(wsBinary, append([]byte{ChResize}, `{"Width":-1}`...)), // ignored
 	}, nil)
-	if err := tap.ws.feed(in); err != nil {
+	if err := tap.Feed(in); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(out, "|") != "0:ls\r|0:pwd\r" || size != [2]int{120, 50} {
@@ -115,12 +122,12 @@ func FuzzWSStream(f *testing.F) {
 	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		total := 0
-		tap := newChannelTap(func(ch int, p []byte) { total += len(p) }, func(c, r int) {
+		tap := NewChannelTap(func(ch int, p []byte) { total += len(p) }, func(c, r int) {
 			if c <= 0 || r <= 0 {
 				t.Fatalf("resize to %dx%d", c, r)
 			}
 		})
-		tap.ws.feed(b)
+		tap.Feed(b)
 		if total > len(b) {
 			t.Fatalf("%d payload bytes out of %d input bytes", total, len(b))
 		}

@@ -1,4 +1,4 @@
-package kubesrv
+package kubewire
 
 import (
 	"encoding/binary"
@@ -7,9 +7,9 @@ import (
 )
 
 // WebSocket framing (RFC 6455 section 5), as kubectl exec, attach and
-// port-forward speak it over an upgraded connection. The fleet follows the
-// frames each way to record terminal sessions and to end a session with a
-// message at a frame boundary; it never changes the bytes that pass.
+// port-forward speak it over an upgraded connection. The fleet and the
+// agent follow the frames each way to record terminal sessions and to end
+// a session with a message at a frame boundary.
 
 // WebSocket opcodes.
 const (
@@ -133,7 +133,7 @@ func wsHeaderLen(b0, b1 byte) int {
 func (w *wsStream) parseHeader() error {
 	b0, b1 := w.hdr[0], w.hdr[1]
 	if b0&0x70 != 0 {
-		return errors.New("kubesrv: websocket: reserved bits set (no extension was agreed)")
+		return errors.New("kubewire: websocket: reserved bits set (no extension was agreed)")
 	}
 	op := b0 & 0x0f
 	w.fin = b0&0x80 != 0
@@ -147,7 +147,7 @@ func (w *wsStream) parseHeader() error {
 	case 127:
 		length = binary.BigEndian.Uint64(w.hdr[2:10])
 		if length>>63 != 0 {
-			return errors.New("kubesrv: websocket: frame length with the top bit set")
+			return errors.New("kubewire: websocket: frame length with the top bit set")
 		}
 		i = 10
 	}
@@ -159,22 +159,22 @@ func (w *wsStream) parseHeader() error {
 	switch {
 	case w.control:
 		if op > 0xa {
-			return fmt.Errorf("kubesrv: websocket: reserved opcode %#x", op)
+			return fmt.Errorf("kubewire: websocket: reserved opcode %#x", op)
 		}
 		if !w.fin || length > 125 {
-			return errors.New("kubesrv: websocket: fragmented or long control frame")
+			return errors.New("kubewire: websocket: fragmented or long control frame")
 		}
 	case op == wsContinuation:
 		if !w.inMessage {
-			return errors.New("kubesrv: websocket: continuation frame outside a message")
+			return errors.New("kubewire: websocket: continuation frame outside a message")
 		}
 	case op == wsText || op == wsBinary:
 		if w.inMessage {
-			return errors.New("kubesrv: websocket: new message before the last one ended")
+			return errors.New("kubewire: websocket: new message before the last one ended")
 		}
 		w.inMessage, w.startNext = true, true
 	default:
-		return fmt.Errorf("kubesrv: websocket: reserved opcode %#x", op)
+		return fmt.Errorf("kubewire: websocket: reserved opcode %#x", op)
 	}
 	w.remaining = length
 	w.inFrame = true
@@ -197,17 +197,35 @@ func (w *wsStream) frameDone() {
 	}
 }
 
-// wsFrame builds one unmasked (server-to-client) frame.
-func wsFrame(op byte, payload []byte) []byte {
+// WebSocket opcodes of data and close frames, for Frame.
+const (
+	OpBinary = wsBinary
+	OpClose  = wsClose
+)
+
+// Frame builds one final frame of opcode op: unmasked (server to client)
+// when mask is nil, else masked with it (client to server).
+func Frame(op byte, payload []byte, mask *[4]byte) []byte {
 	b := []byte{0x80 | op}
+	bit := byte(0)
+	if mask != nil {
+		bit = 0x80
+	}
 	switch n := len(payload); {
 	case n < 126:
-		b = append(b, byte(n))
+		b = append(b, bit|byte(n))
 	case n <= 0xffff:
-		b = append(b, 126, byte(n>>8), byte(n))
+		b = append(b, bit|126, byte(n>>8), byte(n))
 	default:
-		b = append(b, 127)
+		b = append(b, bit|127)
 		b = binary.BigEndian.AppendUint64(b, uint64(n))
 	}
-	return append(b, payload...)
+	if mask == nil {
+		return append(b, payload...)
+	}
+	b = append(b, mask[:]...)
+	for i, c := range payload {
+		b = append(b, c^mask[i%4])
+	}
+	return b
 }
