@@ -360,7 +360,7 @@ func (r *Registry) claimAgain(ctx context.Context, l store.Lease, back map[strin
 		}
 		back = failed
 	}
-	r.log.Info("registered again within the grace: recorded the tunnels it kept under the new lease",
+	r.log.Warn("registered again within the grace: recorded the tunnels it kept under the new lease",
 		"devices", total, "recorded", again.Load(), "now_elsewhere", elsewhere.Load(), "not_recorded", len(back))
 }
 
