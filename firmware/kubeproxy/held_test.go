@@ -1,6 +1,7 @@
 package kubeproxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -276,5 +277,45 @@ func TestHeldExecRecordedAndEnded(t *testing.T) {
 	}
 	if !ft.ctxOK {
 		t.Error("the trail was called without the stream's context")
+	}
+}
+
+// TestHeldWatchEndedWithTheReason: when the fleet ends a user-held
+// session in the middle of a watch, the watch ends as an API server ends
+// one it cannot go on with: an ERROR event whose Status says why (kubectl
+// prints it), and the session's end is audited with the reason.
+func TestHeldWatchEndedWithTheReason(t *testing.T) {
+	f := newFakeAPI(t)
+	t.Cleanup(func() { close(f.release) })
+	ft := &fakeTrail{}
+	p := newProxy(t, writeKubeconfig(t, t.TempDir(), f, "tok"), nil)
+	ft.ctxOK = true
+	p.UseTrail(ft.trail())
+	c, _, end := streamWith(t, p, &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", UserHeld: true, Identity: alice})
+	resp, err := c.Get("http://kube/api/v1/namespaces/default/pods?watch=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	if line, err := r.ReadString('\n'); err != nil || !strings.Contains(line, "ADDED") {
+		t.Fatalf("first event: %q, %v", line, err)
+	}
+	const why = "locked: laptop stolen"
+	end(&services.Ended{Message: why})
+	line, err := r.ReadString('\n')
+	var ev struct {
+		Type   string
+		Object struct{ Status, Message string }
+	}
+	if err != nil || json.Unmarshal([]byte(line), &ev) != nil || ev.Type != "ERROR" || ev.Object.Status != "Failure" || ev.Object.Message != why {
+		t.Fatalf("after the end: %q, %v; want an ERROR event with the reason", line, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ft.events()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if evs := ft.events(); len(evs) != 2 || evs[1].Type != kubewire.EventSessionEnd || evs[1].Message != why || evs[1].Fields["kind"] != "watch" {
+		t.Errorf("events %v, want the watch's start and its end with the reason", ft.types())
 	}
 }

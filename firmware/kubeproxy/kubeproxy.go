@@ -29,8 +29,9 @@
 // in the device's audit trail (services.Trail, which the agent gives it)
 // before it goes ahead or is answered (refused with 503 when the trail
 // refuses: the agent's audit_when_full), records exec -it and attach -it
-// terminals, and ends an exec with the fleet's reason on its error channel
-// when the fleet ends the session.
+// terminals, and ends the request under way with the fleet's reason (an
+// exec's error channel, a watch's ERROR event) when the fleet ends the
+// session.
 //
 // The kubeconfig is parsed here, minimally, so the agent does not link
 // client-go: it reads the current context's cluster (server, CA, TLS server
@@ -182,7 +183,7 @@ func (p *Proxy) load() (*backend, error) {
 		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, errAuditWrite) {
+			if errors.Is(err, kubewire.ErrNotAudited) {
 				kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 				return
 			}
@@ -299,10 +300,10 @@ func (p *Proxy) ServeStream(ctx context.Context, h *proto.StreamHeader, conn net
 	select {
 	case <-sc.done:
 	case <-ctx.Done():
-		// The fleet ended the session: an exec followed here hears why.
+		// The fleet ended the session: the request under way hears why.
 		var end *services.Ended
-		if t := sc.tap.Load(); t != nil && errors.As(context.Cause(ctx), &end) {
-			t.EndWith(end.Message)
+		if errors.As(context.Cause(ctx), &end) {
+			sc.endHeld(end.Message)
 		}
 		sc.Close()
 	}
@@ -326,7 +327,8 @@ type streamConn struct {
 	ctx  context.Context // the stream's: its session, for the audit trail
 	once sync.Once
 	done chan struct{}
-	tap  atomic.Pointer[kubewire.TapConn] // a user-held stream's upgrade, followed
+	// current is the request a user-held stream is serving.
+	current atomic.Pointer[heldRequest]
 }
 
 type streamKey struct{}

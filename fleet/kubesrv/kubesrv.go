@@ -195,7 +195,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	var ref *broker.Refusal
 	switch {
-	case errors.Is(err, errAuditWrite):
+	case errors.Is(err, kubewire.ErrNotAudited):
 		kubewire.WriteStatus(w, r, http.StatusServiceUnavailable, auditRefusal)
 	case errors.Is(err, context.Canceled):
 		return // the client went away, or the fleet ended the session

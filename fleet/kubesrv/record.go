@@ -24,9 +24,25 @@ type terminal struct {
 	input bool // record what the user types too
 }
 
-// startRecording opens the recording of an exchange's terminal session.
-func (s *Server) startRecording(x *exchange) (*terminal, error) {
-	g, info := &x.grant.Session, x.ev.Request
+// startRecording opens the recording of the exchange's terminal session
+// (kubewire.Exchange.Record); when it cannot, the session goes on
+// unrecorded and the audit trail says why.
+func (x *exchange) startRecording() kubewire.Terminal {
+	s := x.s
+	t, err := s.openRecording(x)
+	if err != nil {
+		s.log.Warn("kubernetes session not recorded", "session", x.id, "err", err)
+		ev := x.Ev
+		ev.Type, ev.Reason = kubewire.EventRecordingSkipped, err.Error()
+		s.audit(ev)
+		return nil
+	}
+	return t
+}
+
+// openRecording opens the recording of an exchange's terminal session.
+func (s *Server) openRecording(x *exchange) (*terminal, error) {
+	g, info := &x.grant.Session, x.Ev.Request
 	command := strings.Join(x.query["command"], " ")
 	meta := proto.RecordingMeta{
 		Session: x.id, User: g.User, Login: g.KubeUser, Cluster: x.grant.Cluster,
@@ -45,21 +61,21 @@ func (s *Server) startRecording(x *exchange) (*terminal, error) {
 	return &terminal{cast: cast, file: f, input: g.RecordInput}, nil
 }
 
-// fromCluster records what the cluster sends: the terminal's output.
-func (t *terminal) fromCluster(ch int, p []byte) {
-	if ch == kubewire.ChStdout || ch == kubewire.ChStderr {
-		t.cast.Output(p)
-	}
-}
+// Output records what the cluster sends: the terminal's output.
+func (t *terminal) Output(p []byte) { t.cast.Output(p) }
 
-// fromUser records what the user types, when asked to.
-func (t *terminal) fromUser(ch int, p []byte) {
-	if ch == kubewire.ChStdin && t.input {
+// Input records what the user types, when the user's roles ask for it.
+func (t *terminal) Input(p []byte) {
+	if t.input {
 		t.cast.Input(p)
 	}
 }
 
-func (t *terminal) close() error {
+// Resize records a new terminal size.
+func (t *terminal) Resize(cols, rows int) { t.cast.Resize(cols, rows) }
+
+// Close ends the recording.
+func (t *terminal) Close() error {
 	err := t.cast.Flush()
 	if cerr := t.file.Close(); err == nil {
 		err = cerr
