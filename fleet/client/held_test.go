@@ -37,6 +37,7 @@ type heldFleet struct {
 	resumes int
 	refuse  *api.Error // answer the next resumes with this
 	legs    chan struct{}
+	asked   []string // each connect's service and impersonation headers
 }
 
 func newHeldFleet(t *testing.T) (*heldFleet, *client.Client) {
@@ -66,6 +67,9 @@ func (l *legConn) Read(p []byte) (int, error)  { return l.r.Read(p) }
 func (l *legConn) Write(p []byte) (int, error) { return l.w.Write(p) }
 
 func (f *heldFleet) serve(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.asked = append(f.asked, fmt.Sprintf("%s as %q %q", r.URL.Query().Get("service"), r.Header.Values("Impersonate-User"), r.Header.Values("Impersonate-Group")))
+	f.mu.Unlock()
 	want := r.Header.Get(api.HeaderResume)
 	peerReceived := uint64(0)
 	if want != "1" {
@@ -199,6 +203,36 @@ func TestConnectHeldResumesAcrossBrokenConnections(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("the client said %q, want three resumes", heard)
 		}
+	}
+}
+
+// TestConnectKubeResendsItsChoice: a Kubernetes session (tsh proxy kube)
+// asks for the Kubernetes user and groups it was started with on its
+// first connect and again on every resume, so that the replica it resumes
+// through checks the same choice.
+func TestConnectKubeResendsItsChoice(t *testing.T) {
+	f, c := newHeldFleet(t)
+	conn, err := c.ConnectKube(context.Background(), "gw1", "deployer", []string{"developers", "viewers"}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	<-f.legs
+	f.breakLeg()
+	<-f.legs
+	if _, err := conn.Write([]byte("after the break")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("after the break"))
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != "after the break" {
+		t.Fatalf("echo after the resume: %q, %v", got, err)
+	}
+	f.mu.Lock()
+	asked := f.asked
+	f.mu.Unlock()
+	const want = `kube as ["deployer"] ["developers" "viewers"]`
+	if len(asked) != 2 || asked[0] != want || asked[1] != want {
+		t.Errorf("the connects asked %q, want two of %q", asked, want)
 	}
 }
 
