@@ -135,22 +135,20 @@ func (t terminal) Input(p []byte) {
 // proxy kube --as, --as-group). Asking for another is refused, never
 // ignored.
 func checkImpersonation(h http.Header, id *proto.Identity) error {
+	// The server parsed h: its keys are canonical.
 	for k, v := range h {
-		ck := http.CanonicalHeaderKey(k)
 		switch {
-		case !hasPrefixFold(k, "Impersonate-"):
-		case ck != k:
-			return fmt.Errorf("malformed impersonation header %q", k)
-		case ck == "Impersonate-User":
+		case !strings.HasPrefix(k, "Impersonate-"):
+		case k == "Impersonate-User":
 			if len(v) != 1 || v[0] != id.KubeUser {
 				return fmt.Errorf("this session acts as Kubernetes user %q, chosen when tsh proxy kube started (--as); it cannot act as %q", id.KubeUser, strings.Join(v, ", "))
 			}
-		case ck == "Impersonate-Group":
+		case k == "Impersonate-Group":
 			if !slices.Equal(slices.Compact(slices.Sorted(slices.Values(v))), slices.Sorted(slices.Values(id.KubeGroups))) {
 				return fmt.Errorf("this session has Kubernetes groups %q, chosen when tsh proxy kube started (--as-group); it cannot have %q", strings.Join(id.KubeGroups, ", "), strings.Join(v, ", "))
 			}
 		default:
-			return fmt.Errorf("the device does not pass on %s: impersonate only with tsh proxy kube --as and --as-group", ck)
+			return fmt.Errorf("the device does not pass on %s: impersonate only with tsh proxy kube --as and --as-group", k)
 		}
 	}
 	return nil

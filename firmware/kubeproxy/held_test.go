@@ -26,7 +26,7 @@ type fakeTrail struct {
 	evs     []*proto.AuditEvent
 	recs    []*memRec
 	failing bool
-	ctxOK   bool // every call had the stream's context
+	noCtx   bool // a call lacked the stream's context
 }
 
 type ctxMark struct{}
@@ -36,7 +36,7 @@ func (f *fakeTrail) trail() services.Trail {
 		Audit: func(ctx context.Context, ev *proto.AuditEvent) error {
 			f.mu.Lock()
 			defer f.mu.Unlock()
-			f.ctxOK = f.ctxOK && ctx.Value(ctxMark{}) != nil
+			f.noCtx = f.noCtx || ctx.Value(ctxMark{}) == nil
 			if f.failing {
 				return errors.New("audit queue full")
 			}
@@ -46,7 +46,7 @@ func (f *fakeTrail) trail() services.Trail {
 		Record: func(ctx context.Context, info services.SessionInfo) services.Recorder {
 			f.mu.Lock()
 			defer f.mu.Unlock()
-			f.ctxOK = f.ctxOK && ctx.Value(ctxMark{}) != nil
+			f.noCtx = f.noCtx || ctx.Value(ctxMark{}) == nil
 			r := &memRec{info: info}
 			f.recs = append(f.recs, r)
 			return r
@@ -89,15 +89,26 @@ func (r *memRec) Resize(c, rows int) {
 }
 func (r *memRec) Close() error { r.mu.Lock(); r.closed = true; r.mu.Unlock(); return nil }
 
+// heldProxy is a proxy on f whose audit trail is ft.
+func heldProxy(t *testing.T, f *fakeAPI, ft *fakeTrail) *Proxy {
+	t.Helper()
+	p := newProxy(t, writeKubeconfig(t, t.TempDir(), f, "tok"), nil)
+	p.UseTrail(ft.trail())
+	return p
+}
+
+// heldHeader is the header of a user-held kube stream of alice's session
+// s1.
+func heldHeader() *proto.StreamHeader {
+	return &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", UserHeld: true, ClientAddr: "192.0.2.7:5000", Identity: alice}
+}
+
 // heldStream serves a user-held kube stream of alice's session s1 through
 // a proxy on f with trail ft.
 func heldStream(t *testing.T, f *fakeAPI, ft *fakeTrail) (*http.Client, *Proxy, context.CancelCauseFunc) {
 	t.Helper()
-	p := newProxy(t, writeKubeconfig(t, t.TempDir(), f, "tok"), nil)
-	ft.ctxOK = true
-	p.UseTrail(ft.trail())
-	h := &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", UserHeld: true, ClientAddr: "192.0.2.7:5000", Identity: alice}
-	c, _, cancel := streamWith(t, p, h)
+	p := heldProxy(t, f, ft)
+	c, _, cancel := streamWith(t, p, heldHeader())
 	return c, p, cancel
 }
 
@@ -147,7 +158,7 @@ func TestHeldRequestsAudited(t *testing.T) {
 	if evs := ft.events(); evs[1].Fields["verb"] != "create" || evs[3].Fields["kind"] != "watch" {
 		t.Errorf("verbs and kinds: %+v %+v", evs[1].Fields, evs[3].Fields)
 	}
-	if !ft.ctxOK {
+	if ft.noCtx {
 		t.Error("the trail was called without the stream's context")
 	}
 }
@@ -233,11 +244,7 @@ func TestHeldRefusedUnaudited(t *testing.T) {
 func TestHeldExecRecordedAndEnded(t *testing.T) {
 	f := newFakeAPI(t)
 	ft := &fakeTrail{}
-	p := newProxy(t, writeKubeconfig(t, t.TempDir(), f, "tok"), nil)
-	ft.ctxOK = true
-	p.UseTrail(ft.trail())
-	h := &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", UserHeld: true, Identity: alice}
-	_, conn, end := streamWith(t, p, h)
+	_, conn, end := streamWith(t, heldProxy(t, f, ft), heldHeader())
 	c := kubewiretest.Upgrade(t, conn, "/api/v1/namespaces/default/pods/shell/exec?command=sh&stdin=true&stdout=true&tty=true")
 	c.Resize(100, 40)
 	c.Send(kubewire.ChStdin, "echo hi\r")
@@ -275,7 +282,7 @@ func TestHeldExecRecordedAndEnded(t *testing.T) {
 		strings.Join(r.sizes, ",") != "100x40" || !r.closed {
 		t.Errorf("recording %+v out %q in %q sizes %v closed %v", r.info, r.out, r.in, r.sizes, r.closed)
 	}
-	if !ft.ctxOK {
+	if ft.noCtx {
 		t.Error("the trail was called without the stream's context")
 	}
 }
@@ -288,10 +295,7 @@ func TestHeldWatchEndedWithTheReason(t *testing.T) {
 	f := newFakeAPI(t)
 	t.Cleanup(func() { close(f.release) })
 	ft := &fakeTrail{}
-	p := newProxy(t, writeKubeconfig(t, t.TempDir(), f, "tok"), nil)
-	ft.ctxOK = true
-	p.UseTrail(ft.trail())
-	c, _, end := streamWith(t, p, &proto.StreamHeader{Service: proto.ServiceKube, SessionID: "s1", UserHeld: true, Identity: alice})
+	c, _, end := streamWith(t, heldProxy(t, f, ft), heldHeader())
 	resp, err := c.Get("http://kube/api/v1/namespaces/default/pods?watch=true")
 	if err != nil {
 		t.Fatal(err)

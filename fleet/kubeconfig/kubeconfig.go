@@ -8,7 +8,7 @@
 //   - every other cluster, user and context is kept as it was.
 //
 // tsh adds, per reachable cluster, a cluster, a user and a context of the
-// same name. The user holds no key: it runs "tsh kube credentials", an exec
+// same name. (WriteStandalone writes tsh proxy kube's file of its own.) The user holds no key: it runs "tsh kube credentials", an exec
 // credential plugin, so kubectl always gets the certificate of the user's
 // latest tsh login. Remove finds tsh's entries again by that plugin's
 // arguments.
@@ -356,6 +356,32 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// Standalone is a kubeconfig of its own (tsh proxy kube's): one cluster,
+// user and context, all called Name, that reach Server with a client
+// certificate (Cert, Key: PEM) and trust CA (PEM).
+type Standalone struct {
+	Name, Server, Namespace string
+	CA, Cert, Key           []byte
+}
+
+// WriteStandalone writes s to path (mode 0600, replacing what is there),
+// with clientcmd, as tsh kube login writes its entries.
+func WriteStandalone(path string, s Standalone) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[s.Name] = &clientcmdapi.Cluster{Server: s.Server, CertificateAuthorityData: s.CA}
+	cfg.AuthInfos[s.Name] = &clientcmdapi.AuthInfo{ClientCertificateData: s.Cert, ClientKeyData: s.Key}
+	cfg.Contexts[s.Name] = &clientcmdapi.Context{Cluster: s.Name, AuthInfo: s.Name, Namespace: s.Namespace}
+	cfg.CurrentContext = s.Name
+	b, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: encode %s: %w", path, err)
+	}
+	if err := writeAtomic(path, b); err != nil {
+		return fmt.Errorf("kubeconfig: write %s: %w", path, err)
+	}
+	return nil
 }
 
 // Name returns the context name tsh uses for a cluster of a fleet:

@@ -161,3 +161,38 @@ func TestExecCredential(t *testing.T) {
 		t.Errorf("got %s", b)
 	}
 }
+
+// TestWriteStandalone: tsh proxy kube's kubeconfig loads with clientcmd
+// as written (one current context reaching the server with the client
+// certificate, trusting the CA, in the namespace), is 0600, and replaces a
+// file left at its path.
+func TestWriteStandalone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kube-proxy", "pi-1-8443.yaml")
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("left by a proxy that was killed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := Standalone{Name: "pi-1-via-tsh-proxy", Server: "https://127.0.0.1:8443", Namespace: "team",
+		CA: []byte("ca pem"), Cert: []byte("cert pem"), Key: []byte("key pem")}
+	if err := WriteStandalone(path, s); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("stat: %v %v, want mode 0600", st.Mode(), err)
+	}
+	cfg, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	if cfg.CurrentContext != s.Name || ctx == nil || ctx.Namespace != "team" {
+		t.Fatalf("current context %q: %+v", cfg.CurrentContext, ctx)
+	}
+	cl, user := cfg.Clusters[ctx.Cluster], cfg.AuthInfos[ctx.AuthInfo]
+	if cl == nil || cl.Server != s.Server || string(cl.CertificateAuthorityData) != "ca pem" ||
+		user == nil || string(user.ClientCertificateData) != "cert pem" || string(user.ClientKeyData) != "key pem" {
+		t.Errorf("cluster %+v, user %+v", cl, user)
+	}
+}

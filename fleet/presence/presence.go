@@ -44,6 +44,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"remoteler.dev/edge/fleet/backoff"
 	"remoteler.dev/edge/fleet/store"
 )
@@ -335,12 +337,10 @@ func (r *Registry) claimAgain(ctx context.Context, l store.Lease, back map[strin
 		var mu sync.Mutex
 		failed := map[string][]byte{}
 		var lastErr error
-		sem := make(chan struct{}, claimAgainParallel)
-		var wg sync.WaitGroup
+		var g errgroup.Group
+		g.SetLimit(claimAgainParallel)
 		for id, b := range back {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
+			g.Go(func() error {
 				switch moved, err := r.claimOneAgain(ctx, l, id, b); {
 				case err != nil:
 					mu.Lock()
@@ -351,9 +351,10 @@ func (r *Registry) claimAgain(ctx context.Context, l store.Lease, back map[strin
 				default:
 					again.Add(1)
 				}
+				return nil
 			})
 		}
-		wg.Wait()
+		g.Wait()
 		if len(failed) > 0 && ctx.Err() == nil {
 			wait = backoff.Next(wait, 500*time.Millisecond, 10*time.Second)
 			r.log.Warn("could not record some of this replica's tunnels again under its new lease; retrying", "devices", len(failed), "err", lastErr, "retry_in", wait.String())

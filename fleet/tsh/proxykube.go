@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 
 	"remoteler.dev/edge/fleet/client"
 	"remoteler.dev/edge/fleet/client/cli"
+	"remoteler.dev/edge/fleet/kubeconfig"
 	"remoteler.dev/edge/proto/api"
 	"remoteler.dev/edge/proto/kubestatus"
 	"remoteler.dev/edge/proto/kubewire"
@@ -109,7 +109,10 @@ func (r *runner) proxyKube(ctx context.Context, name string, port int, as, asGro
 	}
 	_, lport, _ := net.SplitHostPort(ln.Addr().String())
 	path := filepath.Join(home, "kube-proxy", name+"-"+lport+".yaml")
-	if err := writeProxyKubeconfig(path, "https://"+ln.Addr().String(), name, namespace, pki); err != nil {
+	if err := kubeconfig.WriteStandalone(path, kubeconfig.Standalone{
+		Name: name + "-via-tsh-proxy", Server: "https://" + ln.Addr().String(), Namespace: namespace,
+		CA: pki.caPEM, Cert: pki.clientPEM, Key: pki.clientKey,
+	}); err != nil {
 		return fmt.Errorf("proxy kube: %w", err)
 	}
 	defer os.Remove(path)
@@ -293,49 +296,4 @@ func (k *proxyPKI) serverTLS() *tls.Config {
 		Certificates: []tls.Certificate{k.server}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: k.pool,
 		NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12,
 	}
-}
-
-// writeProxyKubeconfig writes (0600) a kubeconfig whose one context
-// reaches server with the proxy's certificates.
-func writeProxyKubeconfig(path, server, name, namespace string, k *proxyPKI) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	b64 := base64.StdEncoding.EncodeToString
-	ns := ""
-	if namespace != "" {
-		ns = "\n    namespace: " + strconv.Quote(namespace)
-	}
-	ctxName := strconv.Quote(name + "-via-tsh-proxy")
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: %[1]s
-  cluster:
-    server: %[2]s
-    certificate-authority-data: %[3]s
-users:
-- name: %[1]s
-  user:
-    client-certificate-data: %[4]s
-    client-key-data: %[5]s
-contexts:
-- name: %[1]s
-  context:
-    cluster: %[1]s
-    user: %[1]s%[6]s
-current-context: %[1]s
-`, ctxName, server, b64(k.caPEM), b64(k.clientPEM), b64(k.clientKey), ns)
-	// A file left by a proxy that did not stop cleanly is replaced; one
-	// of a running proxy cannot be, as it holds the port in its name.
-	os.Remove(path)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(kc); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

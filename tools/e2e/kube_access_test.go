@@ -263,19 +263,27 @@ func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
 // recording in tsh recordings ls, and returns it, or fails t.
 func kubeExecRecording(t *testing.T, u *harness.User, timeout time.Duration) api.Recording {
 	t.Helper()
+	return recordingOf(t, u, timeout, "kube.exec", func(r api.Recording) bool { return r.Kind == "kube.exec" })
+}
+
+// recordingOf waits up to timeout for a complete recording of u's (tsh
+// recordings ls) that match accepts, and returns it, or fails t saying it
+// found no what.
+func recordingOf(t *testing.T, u *harness.User, timeout time.Duration, what string, match func(api.Recording) bool) api.Recording {
+	t.Helper()
 	var rec api.Recording
 	if !harness.Eventually(timeout, func() bool {
 		var list api.List[api.Recording]
 		json.Unmarshal([]byte(u.Tsh("recordings", "ls", "--format=json")), &list)
 		for _, r := range list.Items {
-			if r.Complete && r.Kind == "kube.exec" {
+			if r.Complete && match(r) {
 				rec = r
 				return true
 			}
 		}
 		return false
 	}) {
-		t.Fatalf("no complete kube.exec recording: %s", u.Tsh("recordings", "ls"))
+		t.Fatalf("no complete %s recording: %s", what, u.Tsh("recordings", "ls"))
 	}
 	return rec
 }

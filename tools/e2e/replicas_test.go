@@ -198,20 +198,7 @@ func TestReplicasRoute(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tsh ssh -t: %v\n%s", err, errOut)
 	}
-	var rec api.Recording
-	if !harness.Eventually(time.Minute, func() bool {
-		var list api.List[api.Recording]
-		json.Unmarshal([]byte(alice.Tsh("recordings", "ls", "--format=json")), &list)
-		for _, r := range list.Items {
-			if r.Complete && r.Command == "echo recorded on A" {
-				rec = r
-				return true
-			}
-		}
-		return false
-	}) {
-		t.Fatalf("the recording is not listed through C: %s", alice.Tsh("recordings", "ls"))
-	}
+	rec := recordingOf(t, alice, time.Minute, `"echo recorded on A" (listed through C)`, func(r api.Recording) bool { return r.Command == "echo recorded on A" })
 	if played := alice.Tsh("play", "--speed=0", rec.ID); played != saw {
 		t.Errorf("played back through C %q, the user saw %q", played, saw)
 	}
