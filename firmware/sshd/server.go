@@ -141,7 +141,7 @@ type Config struct {
 
 	// Record, when set, is asked for a recorder for each shell and
 	// command, with a terminal or without (file copies are audited as
-	// transfers instead); a nil services.Recorder records nothing. The output is
+	// transfers instead); a nil recorder records nothing. The output is
 	// recorded as it is sent to the user (standard output and error
 	// without a terminal), and window changes too. Default: no
 	// recordings.
@@ -219,8 +219,8 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, id proto.Identity
 	defer cancel(nil)
 	defer conn.Close()
 	// ctx is what the connection's handlers run under. It ends after
-	// outer: when the fleet ends the session (an *services.Ended cause) or its
-	// certificate expires, the open sessions are told why first, and
+	// outer: when the fleet ends the session (a *services.Ended cause) or
+	// its certificate expires, the open sessions are told why first, and
 	// their commands hung up after that.
 	ctx, hangUp := context.WithCancel(context.WithoutCancel(outer))
 	defer hangUp()
