@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -27,22 +26,27 @@ import (
 // PATH_CHALLENGE and its answer, one round trip, about 4 kB with padding),
 // and during an outage no round trip is possible. So while sessions run,
 // the agent keeps one spare path validated ahead of need; an idle device
-// never pays for one. Every socket a connection added a path on stays
-// open for the connection's life: quic-go registers the connection with
-// each path's transport, and closing one closes the connection. So a
-// connection adds at most maxPaths paths (and moves at most maxMoves
-// times); after that a recovery dials a new connection, which starts
-// afresh.
+// never pays for one.
+//
+// A socket a connection added a path on stays open for the connection's
+// life: quic-go registers the connection with each path's transport, and
+// closing one closes the connection. So the sockets are a pool of at most
+// maxSockets, and once it is full a spare path goes on the socket that
+// has gone longest unused (quic-go lets a connection add a new path on a
+// transport it used before). A connection can move after every outage of
+// its life, not a fixed number of times, and an outage never costs a
+// redial for want of a socket. The fleet sees the reused socket's address
+// as a new path (it forgets paths it has not heard from for seconds, and a
+// NAT gives the socket a fresh mapping after an outage anyway), validates
+// it and moves as for a new one.
 
 // probeTimeout bounds the validation of a spare path.
 const probeTimeout = 15 * time.Second
 
-// maxMoves and maxPaths bound the moves of one connection and the paths it
-// adds (a validation can fail), and so its sockets.
-const (
-	maxMoves = 8
-	maxPaths = maxMoves + 2
-)
+// maxSockets bounds the sockets a connection adds paths on, besides the
+// one it was dialled on: the active path's, the spare's, and two that
+// rest before they are reused.
+const maxSockets = 4
 
 // linkPaths are one connection's UDP paths to the fleet. The datagrams
 // outside QUIC that arrive on any of them go to onDatagram.
@@ -57,17 +61,23 @@ type linkPaths struct {
 
 	mu      sync.Mutex // guards the fields below
 	active  *quic.Transport
-	spare   *path   // being validated, or ready
-	current *path   // the active path, when it is not the one dialled on
-	added   []*path // every path added; closed with the connection
-	moves   int
+	spare   *path     // being validated, or ready
+	current *path     // the active path, when it is not the one dialled on
+	sockets []*socket // every socket added; closed with the connection
 	closed  bool
 }
 
-// path is a path the agent added to the connection.
+// socket is one of the sockets the agent added paths on.
+type socket struct {
+	udp  net.PacketConn
+	tr   *quic.Transport
+	used time.Time // when a path on it was last abandoned or added
+}
+
+// path is a path the agent added to the connection, on one of its
+// sockets.
 type path struct {
-	udp   net.PacketConn
-	tr    *quic.Transport
+	*socket
 	qp    *quic.Path
 	ready bool // validated: the agent may switch to it
 }
@@ -112,26 +122,29 @@ func (p *linkPaths) writeTo(b []byte) {
 func (p *linkPaths) prepare() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.spare != nil || len(p.added) >= maxPaths {
+	if p.closed || p.spare != nil {
 		return
 	}
-	udp, err := p.listen()
-	if err != nil {
-		p.log.Debug("spare path: open socket", "err", err)
+	so, fresh := p.socketFor()
+	if so == nil {
 		return
 	}
-	tr := &quic.Transport{Conn: udp}
-	qp, err := p.qc.AddPath(tr)
+	qp, err := p.qc.AddPath(so.tr)
 	if err != nil {
-		tr.Close()
-		udp.Close()
+		if fresh {
+			so.tr.Close()
+			so.udp.Close()
+		}
 		p.log.Debug("spare path: add", "err", err)
 		return
 	}
-	s := &path{udp: udp, tr: tr, qp: qp}
+	if fresh {
+		p.sockets = append(p.sockets, so)
+		p.read(so.tr)
+	}
+	so.used = time.Now()
+	s := &path{socket: so, qp: qp}
 	p.spare = s
-	p.added = append(p.added, s)
-	p.read(tr)
 	p.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(p.ctx, probeTimeout)
 		err := qp.Probe(ctx)
@@ -143,16 +156,46 @@ func (p *linkPaths) prepare() {
 		}
 		if err != nil {
 			p.log.Debug("spare path not validated", "err", err)
+			p.abandon(s)
 			p.spare = nil
-			s.qp.Close() // its socket stays open until the connection ends
 			return
 		}
 		s.ready = true
 	})
 }
 
+// socketFor returns the socket for a new spare path: a new one while the
+// pool has room, else the one that has gone longest unused (never the
+// active path's). fresh says it is new, not yet in the pool. p.mu is held.
+func (p *linkPaths) socketFor() (so *socket, fresh bool) {
+	if len(p.sockets) < maxSockets {
+		udp, err := p.listen()
+		if err != nil {
+			p.log.Debug("spare path: open socket", "err", err)
+			return nil, false
+		}
+		return &socket{udp: udp, tr: &quic.Transport{Conn: udp}}, true
+	}
+	for _, c := range p.sockets {
+		if p.current != nil && c == p.current.socket {
+			continue
+		}
+		if so == nil || c.used.Before(so.used) {
+			so = c
+		}
+	}
+	return so, false
+}
+
+// abandon closes s's path; its socket stays open, in the pool (see above).
+// p.mu is held.
+func (p *linkPaths) abandon(s *path) {
+	s.qp.Close()
+	s.used = time.Now()
+}
+
 // move switches the connection to the spare path, if one is ready and the
-// connection has moves left; else it says why not.
+// connection is open; else it says why not.
 func (p *linkPaths) move() (ok bool, why string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -160,43 +203,38 @@ func (p *linkPaths) move() (ok bool, why string) {
 	switch {
 	case p.closed:
 		return false, "the connection is closing"
-	case p.moves >= maxMoves:
-		return false, fmt.Sprintf("the connection has made its %d moves", maxMoves)
 	case s == nil || !s.ready:
 		return false, "no spare path is ready"
 	}
 	if err := s.qp.Switch(); err != nil {
 		p.log.Debug("switch to the spare path", "err", err)
 		p.spare = nil
-		s.qp.Close()
+		p.abandon(s)
 		return false, "the spare path failed"
 	}
 	if p.current != nil {
-		p.current.qp.Close() // abandoned; its socket stays open (see above)
+		p.abandon(p.current)
 	}
 	p.current, p.spare = s, nil
 	p.active = s.tr
-	p.moves++
 	return true, ""
 }
 
-// close closes every path but the one dialled on, and waits for their
+// close closes every socket but the one dialled on, and waits for their
 // readers. The connection must be closed first.
 func (p *linkPaths) close() {
 	p.mu.Lock()
 	p.closed = true
-	for _, s := range p.added {
-		s.close()
+	for _, s := range []*path{p.spare, p.current} {
+		if s != nil {
+			s.qp.Close()
+		}
 	}
-	p.spare, p.current, p.added = nil, nil, nil
+	for _, so := range p.sockets {
+		so.tr.Close()
+		so.udp.Close()
+	}
+	p.spare, p.current, p.sockets = nil, nil, nil
 	p.mu.Unlock()
 	p.wg.Wait()
-}
-
-// close abandons the path and closes its socket: only once the connection
-// is closed (see above).
-func (s *path) close() {
-	s.qp.Close()
-	s.tr.Close()
-	s.udp.Close()
 }

@@ -216,12 +216,14 @@ func TestPokesAndWhoAsksAreRateLimited(t *testing.T) {
 	})
 }
 
-// TestManyBlackoutsOnOneConnection: a bulk download through eight
-// blackouts in a row. Each recovery moves the connection to a fresh path
-// (each of those paths' sockets must stay open while the connection
-// lives: closing one closes the connection); past the connection's moves,
-// the agent dials a new connection. Bytes flow again after every one,
-// and none is lost.
+// TestManyBlackoutsOnOneConnection: a bulk download through twenty
+// blackouts in a row. Each recovery moves the connection to another path;
+// the sockets those paths are on must stay open while the connection
+// lives (closing one closes the connection), so they are a small pool,
+// reused once full: the fleet sees old addresses come back as new paths.
+// Bytes flow again within 1 RTT + 100 ms after every one, none is lost,
+// and the connection is never dialled again. (Before the pool, the ninth
+// blackout cost a redial, two round trips more.)
 func TestManyBlackoutsOnOneConnection(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		stop := make(chan struct{})
@@ -283,7 +285,7 @@ func TestManyBlackoutsOnOneConnection(t *testing.T) {
 			}
 			return got
 		}
-		const blackouts = 12
+		const blackouts = 20
 		for i := range blackouts {
 			time.Sleep(3 * time.Second)
 			sf.router.down.Store(true)
@@ -299,13 +301,12 @@ func TestManyBlackoutsOnOneConnection(t *testing.T) {
 				}
 			}
 			t.Logf("blackout %d: bytes flowing %v after the link came back; %d reconnects so far", i+1, time.Since(back), sf.client.Reconnects())
-			if took := time.Since(back); took > time.Second {
-				t.Errorf("blackout %d: bytes flowed %v after the link came back, want well under a second", i+1, took)
+			if took, want := time.Since(back), simRTT+100*time.Millisecond; took > want {
+				t.Errorf("blackout %d: bytes flowed %v after the link came back, want at most %v", i+1, took, want)
 			}
 		}
-		// Eight moves a connection, then a new one: one redial in twelve.
-		if n := sf.client.Reconnects(); n > 2 {
-			t.Errorf("%d reconnects in %d blackouts, want at most 2: a move must not cost the connection", n, blackouts)
+		if n := sf.client.Reconnects(); n != 0 {
+			t.Errorf("%d reconnects in %d blackouts, want none: a move must not cost the connection", n, blackouts)
 		}
 	})
 }
