@@ -119,7 +119,8 @@ type Config struct {
 	// set with several replicas, where a session must outlive the replica
 	// its user reached. One fleetd holds sessions itself, which lets it
 	// hurry a stalled transfer after a link outage (fleet/tunnelsrv's link
-	// hurries).
+	// hurries). Kubernetes sessions through /v1/connect are user-held
+	// either way (CanHold).
 	UserHeld bool
 	// Bytes, when set, is told of the bytes every stream carries as they
 	// pass: up to the device, down from it (fleet/metrics counts them by

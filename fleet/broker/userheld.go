@@ -24,13 +24,18 @@ type transportOpener interface {
 	OpenTransport(ctx context.Context, deviceID string, h *proto.StreamHeader) (net.Conn, error)
 }
 
-// CanHold reports whether g's session can be user-held: this fleet offers
-// it (Config.UserHeld) and opens raw device streams, and g reaches a device through its tunnel (not a
-// direct node, which the fleet dials, nor a leaf cluster, which holds its
-// own sessions).
+// CanHold reports whether g's session can be user-held: the fleet opens
+// raw device streams, g reaches a device through its tunnel (not a direct
+// node, which the fleet dials, nor a leaf cluster, which holds its own
+// sessions), and the fleet offers it for g's service. A Kubernetes
+// session is held by the user's client whenever it passes the fleet's
+// /v1/connect (tsh proxy kube): its bytes are kubectl's own, which only
+// the device reads, so there is no fleet-held way to carry them. Other
+// services are held by the client only where Config.UserHeld offers it.
 func (b *Broker) CanHold(g *Grant) bool {
 	_, ok := b.cfg.Tunnels.(transportOpener)
-	return ok && b.cfg.UserHeld && g.Session.Cluster == "" && g.Session.DeviceID != "" && !g.Device.Direct()
+	offered := b.cfg.UserHeld || g.Session.Service == proto.ServiceKube
+	return ok && offered && g.Session.Cluster == "" && g.Session.DeviceID != "" && !g.Device.Direct()
 }
 
 // ErrNoUserHeld: the fleet's tunnels cannot open raw streams.

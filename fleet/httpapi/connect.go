@@ -202,7 +202,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 // --as-group), for the whole session.
 func kubeHeld(r *http.Request, b *broker.Broker, g *broker.Grant) *broker.Refusal {
 	if r.Header.Get(api.HeaderResume) == "" || !b.CanHold(g) {
-		return &broker.Refusal{Status: broker.StatusBadRequest, Msg: "this fleet carries kubectl's own connections only for sessions tsh holds, to a device's cluster, on a fleet of replicas; use tsh kube login"}
+		return &broker.Refusal{Status: broker.StatusBadRequest, Msg: "this fleet carries kubectl's own connections only in sessions tsh holds (tsh proxy kube), to the cluster of a device reached through its tunnel; for this cluster, use tsh kube login"}
 	}
 	user, groups, err := kubesrv.Resolve(g.Session.User, g.KubeUsers, g.KubeGroups, r.Header)
 	if err != nil {

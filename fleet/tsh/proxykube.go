@@ -49,7 +49,9 @@ byte. The device audits every request and records kubectl exec -it and
 attach -it terminals. The kubeconfig holds a certificate made for this
 proxy alone, and is removed when it stops.
 
-It needs a fleet of replicas (on one fleetd, use tsh kube login). Ctrl-C
+It reaches the clusters of devices that hold a tunnel to this fleet (for
+the fleet's own cluster, a direct node's or a leaf cluster's, use tsh kube
+login). On one fleetd, the sessions outlive a restart of fleetd. Ctrl-C
 stops it.`,
 		Example: `  tsh proxy kube pi-1 --port=8443 &
   export KUBECONFIG=...   # the path it printed

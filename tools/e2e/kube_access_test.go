@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -134,6 +135,22 @@ type kubeExec struct {
 	exited chan error    // kubectl's exit, once
 	close  func()        // closes the terminal, after the exit
 	in     io.Writer     // the terminal: what is typed into the exec
+}
+
+// exit types exit into the exec, waits for kubectl to end with success,
+// and closes the terminal.
+func (kx *kubeExec) exit(t *testing.T) {
+	t.Helper()
+	io.WriteString(kx.in, "exit\r")
+	select {
+	case err := <-kx.exited:
+		if err != nil {
+			t.Errorf("kubectl exec exited with %v after exit, want success", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("kubectl exec did not end after exit: %q", kx.out.String())
+	}
+	kx.close()
 }
 
 // startKubeExec starts kubectl exec -it as u (with kubeconfig) and waits
@@ -286,4 +303,43 @@ func recordingOf(t *testing.T, u *harness.User, timeout time.Duration, what stri
 		t.Fatalf("no complete %s recording: %s", what, u.Tsh("recordings", "ls"))
 	}
 	return rec
+}
+
+// TestTshProxyKubeOnOneFleetd: tsh proxy kube on one fleetd (no
+// replicas), which carries kubectl's own connections in sessions tsh
+// holds, as on a fleet of replicas. kubectl get and exec go through it,
+// the device audits them, and an exec goes on where it was after fleetd
+// is killed (kill -9) and started again: tsh holds the session's fleet
+// end, and the device its own.
+func TestTshProxyKubeOnOneFleetd(t *testing.T) {
+	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
+	f := startFleet(t)
+	startKubeAgent(f, "pi-exec", "k3s=yes", f.Addr, kubeconfigFor(t, newExecServer(t)))
+	f.Ctl(kubeExecRole, "create", "-f", "-")
+	alice := f.Login("alice", f.AddUser("alice", "kube-exec", ""))
+	proxy := start(t, "tsh proxy kube", alice.Env(), "tsh", "proxy", "kube", "pi-exec")
+	kubeconfig := proxy.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+	if out, errOut, err := kubectlAs(alice, kubeconfig, "", "-n", "team", "get", "pod", "shell", "-o", "name"); err != nil || out != "pod/shell\n" {
+		t.Fatalf("kubectl get through tsh proxy kube on one fleetd: %q %v\n%s", out, err, errOut)
+	}
+	kx := startKubeExec(t, alice, kubeconfig)
+	f.Proc.Kill()
+	killed := time.Now()
+	f.Restart()
+	line, _ := proxy.WaitLineAt(regexp.MustCompile(`session resumed`), 2*time.Minute)
+	t.Logf("tsh resumed kubectl's session %v after fleetd was killed (restarted in %v)", line.At.Sub(killed).Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+	io.WriteString(kx.in, "echo typed-after-the-restart\r")
+	if !harness.Eventually(30*time.Second, func() bool { return strings.Contains(kx.out.String(), "typed-after-the-restart\r\npod$ ") }) {
+		t.Fatalf("the kubectl exec did not go on after fleetd restarted: %q", kx.out.String())
+	}
+	if n := strings.Count(kx.out.String(), "typed-in-the-pod\r\n"); n != 1 {
+		t.Errorf("the exec's output before the restart came %d times, want once: %q", n, kx.out.String())
+	}
+	kx.exit(t)
+
+	heldKubeAudited(t, func() []api.AuditEvent { return search(t, f, "--user=alice") })
+	rec := kubeExecRecording(t, alice, time.Minute)
+	if played := alice.Tsh("play", "--speed=0", rec.ID); !strings.Contains(played, "typed-in-the-pod") || !strings.Contains(played, "typed-after-the-restart") {
+		t.Errorf("tsh play: %q, want the exec's output before and after the restart", played)
+	}
 }

@@ -167,6 +167,34 @@ func TestLockReachesASessionWhoseUserIsGone(t *testing.T) {
 	}
 }
 
+// heldKubeAudited waits for the audit trail (events) to hold what a
+// kubectl session through tsh proxy kube leaves there: the device's
+// kube.request of a get of pod shell, its kube.session.start of the exec
+// and its recorded kube.session.end, all verified; and the fleet's
+// session.start of the resumed user-held session.
+func heldKubeAudited(t *testing.T, events func() []api.AuditEvent) {
+	t.Helper()
+	var get, start, end, resumed bool
+	if !harness.Eventually(time.Minute, func() bool {
+		for _, e := range events() {
+			fromDevice := e.AssertedBy != api.SourceFleet && e.Unverified == ""
+			switch {
+			case fromDevice && e.Type == "kube.request" && e.Fields["verb"] == "get" && e.Fields["name"] == "shell" && e.Fields["code"] == "200":
+				get = true
+			case fromDevice && e.Type == "kube.session.start" && e.Fields["subresource"] == "exec":
+				start = true
+			case fromDevice && e.Type == "kube.session.end" && e.Fields["recorded"] == "true" && e.Fields["code"] == "101":
+				end = true
+			case e.Type == "session.start" && e.Fields["service"] == "kube" && e.Fields["user_held"] == "true" && e.Fields["resumed"] == "true":
+				resumed = true
+			}
+		}
+		return get && start && end && resumed
+	}) {
+		t.Errorf("audit trail: the device's get %v, exec start %v, recorded end %v; the resumed user-held session %v", get, start, end, resumed)
+	}
+}
+
 // TestKubectlOutlivesTheUsersReplica: pi-1 (a device whose cluster is the
 // exec server) has its tunnel on replica A; alice reaches the fleet
 // through the balancer, which sends users to C, and runs kubectl through
@@ -213,39 +241,12 @@ func TestKubectlOutlivesTheUsersReplica(t *testing.T) {
 	if !harness.Eventually(30*time.Second, func() bool { return strings.Contains(kx.out.String(), "typed-after-the-kill\r\npod$ ") }) {
 		t.Fatalf("the kubectl exec did not go on after C died: %q", kx.out.String())
 	}
-	io.WriteString(kx.in, "exit\r")
-	select {
-	case err := <-kx.exited:
-		if err != nil {
-			t.Errorf("kubectl exec exited with %v after exit, want success", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("kubectl exec did not end after exit: %q", kx.out.String())
-	}
-	kx.close()
+	kx.exit(t)
 	// C comes back, so that every replica answers the searches below.
 	rf.reps[repC].Start()
 
 	t.Run("audited by the device", func(t *testing.T) {
-		var get, start, end, resumed bool
-		if !harness.Eventually(time.Minute, func() bool {
-			for _, e := range auditSearch(t, rf.reps[repB], "--user=alice").Events {
-				fromDevice := e.AssertedBy != api.SourceFleet && e.Unverified == ""
-				switch {
-				case fromDevice && e.Type == "kube.request" && e.Fields["verb"] == "get" && e.Fields["name"] == "shell" && e.Fields["code"] == "200":
-					get = true
-				case fromDevice && e.Type == "kube.session.start" && e.Fields["subresource"] == "exec":
-					start = true
-				case fromDevice && e.Type == "kube.session.end" && e.Fields["recorded"] == "true" && e.Fields["code"] == "101":
-					end = true
-				case e.Type == "session.start" && e.Fields["service"] == "kube" && e.Fields["user_held"] == "true" && e.Fields["resumed"] == "true":
-					resumed = true
-				}
-			}
-			return get && start && end && resumed
-		}) {
-			t.Errorf("audit trail: the device's get %v, exec start %v, recorded end %v; the resumed user-held session %v", get, start, end, resumed)
-		}
+		heldKubeAudited(t, func() []api.AuditEvent { return auditSearch(t, rf.reps[repB], "--user=alice").Events })
 	})
 	t.Run("recorded by the device", func(t *testing.T) {
 		rec := kubeExecRecording(t, alice, time.Minute)
