@@ -12,7 +12,9 @@
 // HttpOnly, SameSite=Lax), so no app can read another's. The redirect goes
 // only to the address of an app the fleet knows, built from its name: no
 // open redirect. tsh proxy app presents an app certificate instead
-// (tsh apps login), valid for that app only.
+// (tsh apps login), valid for that app only. A browser's app session is
+// kept in the fleet's store, so that another replica, or this fleetd after
+// a restart, takes it up on its next request (shared.go).
 //
 // An app session is a brokered session (fleet/broker): recorded at its
 // start and end, registered live, and ended when access ends (the user's
@@ -36,6 +38,7 @@
 package appsrv
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -50,11 +53,14 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"remoteler.dev/edge/fleet/appjwt"
 	"remoteler.dev/edge/fleet/apps"
 	"remoteler.dev/edge/fleet/broker"
 	"remoteler.dev/edge/fleet/ca"
 	"remoteler.dev/edge/fleet/rbac"
+	"remoteler.dev/edge/fleet/store"
 	"remoteler.dev/edge/fleet/web/login"
 	"remoteler.dev/edge/proto"
 	"remoteler.dev/edge/proto/api"
@@ -99,6 +105,10 @@ type Config struct {
 	SessionTTL time.Duration
 	// JWTLifetime is how long an app's JWT is valid; default 1m.
 	JWTLifetime time.Duration
+	// Store, when set, keeps browsers' app sessions, so that they outlive
+	// the fleetd that started them (shared.go); nil: each lives in the
+	// memory of its fleetd only.
+	Store store.Store
 	// Remote identifies the user behind a request a trusted root fleet
 	// relayed to one of this fleet's apps (ServeRelayed): who they are
 	// here, with this fleet's roles (fleet/trust). Nil: this fleet serves
@@ -137,7 +147,13 @@ type Server struct {
 	sessions map[string]*session // by cookie token hash, "cert:" + serial, or remoteKey
 	codes    map[string]*code
 	launches map[string][]time.Time // recent launches, by web session and app
+	kept     map[string]appRecord   // the store's app sessions, by store key (Run)
 	closed   bool
+
+	takingUp singleflight.Group // app sessions being taken up from the store, by store key
+	// refusedAt is when the take-up of an app session was last refused,
+	// by store key: for refusedFor, it is not asked again.
+	refusedAt map[string]time.Time
 }
 
 // New returns a Server for cfg.
@@ -158,7 +174,7 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "apps"),
-		sessions: map[string]*session{}, codes: map[string]*code{}, launches: map[string][]time.Time{}}
+		sessions: map[string]*session{}, codes: map[string]*code{}, launches: map[string][]time.Time{}, kept: map[string]appRecord{}, refusedAt: map[string]time.Time{}}
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:        s.rewrite,
 		Transport:      sessionTransport{},
@@ -262,6 +278,11 @@ type opening struct {
 	webSession string
 	expires    time.Time
 	action     string
+	// csrf is the session's CSRF token; empty: a new one.
+	csrf string
+	// resumed: an app session started by another fleetd, taken up here
+	// (shared.go); its session.start says so.
+	resumed bool
 	// remote is set for a root's user at this fleet's app; origin is then
 	// the app's public origin at the root.
 	remote *Remote
@@ -293,6 +314,9 @@ func (s *Server) start(ctx context.Context, o opening) (*session, error) {
 		a.Origin, a.OriginRoles, a.Via = rm.Root, rm.RootRoles, o.via
 		a.Fields = map[string]string{"user_cluster": rm.Root}
 	}
+	if o.resumed {
+		a.Fields = map[string]string{"resumed": "true"}
+	}
 	g, err := b.Authorize(ctx, a)
 	if err != nil {
 		return nil, err
@@ -302,7 +326,7 @@ func (s *Server) start(ctx context.Context, o opening) (*session, error) {
 		return nil, &broker.Refusal{Status: broker.StatusNotFound, Msg: err.Error()}
 	}
 	as := &session{s: s, key: o.key, label: label, device: o.ref.Device, user: o.user, grant: g, webSession: o.webSession,
-		expires: o.expires, csrf: rand.Text(), leaf: o.ref.Cluster}
+		expires: o.expires, csrf: cmp.Or(o.csrf, rand.Text()), leaf: o.ref.Cluster}
 	target := o.ref.App
 	if o.ref.Cluster != "" {
 		// The leaf's app, by the leaf's own label for it.
@@ -431,6 +455,11 @@ func (s *Server) sweepLocked() {
 			delete(s.codes, k)
 		}
 	}
+	for k, at := range s.refusedAt {
+		if now.Sub(at) >= refusedFor {
+			delete(s.refusedAt, k)
+		}
+	}
 }
 
 func (s *Server) endWebSession(id, reason string) {
@@ -444,6 +473,10 @@ func (s *Server) endWebSession(id, reason string) {
 	s.mu.Unlock()
 	for _, as := range list {
 		as.finish(context.Background(), reason)
+		if err := s.forget(context.Background(), as.key); err != nil {
+			// It cannot be taken up: its fleet session has ended.
+			s.log.Warn("an ended app session stays in the store until it expires", "err", err)
+		}
 	}
 }
 
@@ -466,6 +499,9 @@ func (s *Server) lookup(r *http.Request, label string) (as *session, ended strin
 	s.mu.Lock()
 	as = s.sessions[hashKey(c.Value)]
 	s.mu.Unlock()
+	if as == nil {
+		as = s.takeUp(r, c.Value, label)
+	}
 	if as == nil || as.label != label {
 		return nil, "", nil
 	}

@@ -2,6 +2,7 @@ package appsrv
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -163,9 +164,23 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request, label string) 
 	}
 	expires := earliest(cd.webExpires, now.Add(s.cfg.SessionTTL))
 	tok := rand.Text() + rand.Text()
+	csrf := rand.Text()
+	// Kept before it starts, so that a replica that follows the store
+	// never sees this session without its record.
+	if err := s.keep(r.Context(), tok, appRecord{User: user.Name, App: label, WebSession: cd.webSession, Expires: expires, CSRF: csrf}); err != nil {
+		s.log.Error("app session not opened", "user", user.Name, "app", label, "err", err)
+		login.SecurityHeaders(w.Header())
+		s.cfg.Login.Page(w, http.StatusServiceUnavailable, nil, login.Page{Static: pathStatic, Title: "Try again",
+			Message: "The fleet could not keep your app session (see fleetd's log).", Link: "/", LinkText: "Open the app again"})
+		return
+	}
 	ref, _ := apps.ParseRef(label)
 	if _, err := s.start(r.Context(), opening{user: user, ref: ref, clientAddr: r.RemoteAddr, key: hashKey(tok), webSession: cd.webSession,
-		expires: expires, action: "open"}); err != nil {
+		expires: expires, action: "open", csrf: csrf}); err != nil {
+		if err := s.forget(context.WithoutCancel(r.Context()), hashKey(tok)); err != nil {
+			// Harmless: its token was never sent, and it expires.
+			s.log.Warn("an app session that did not start stays in the store until it expires", "err", err)
+		}
 		login.SecurityHeaders(w.Header())
 		s.cfg.Login.Page(w, http.StatusForbidden, nil, login.Page{Static: pathStatic, Title: "You may not open this app", Message: err.Error()})
 		return
@@ -193,6 +208,14 @@ func (s *Server) appLogout(w http.ResponseWriter, r *http.Request, label string)
 	}
 	if err := checkAppPost(r, as); err != nil {
 		lg.Page(w, http.StatusForbidden, nil, login.Page{Static: pathStatic, Title: "Not logged out", Message: err.Error()})
+		return
+	}
+	// The record goes first: while it stands, another fleetd could take
+	// the session up again.
+	if err := s.forget(context.WithoutCancel(r.Context()), as.key); err != nil {
+		s.log.Error("log out of an app", "user", as.user.Name, "app", label, "err", err)
+		lg.Page(w, http.StatusServiceUnavailable, nil, login.Page{Static: pathStatic, Title: "Not logged out",
+			Message: "The fleet could not end your app session (see fleetd's log); try again."})
 		return
 	}
 	as.finish(r.Context(), "you logged out of the app")

@@ -549,6 +549,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 	wg.Go(func() { recs.Run(ctx) })
 	wg.Go(func() { links.Run(ctx) })
 	wg.Go(func() { web.login.Run(ctx) })
+	wg.Go(func() { web.apps.Run(ctx) })
 	dsh.run(ctx, &wg)
 	if cfg.MetricsListen != "" {
 		token, err := metricsToken(cfg)
@@ -620,6 +621,7 @@ func run(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, out 
 				for what, prune := range map[string]func(context.Context, store.Store) (int, error){
 					"single sign-on logins": single.Prune, "login tickets": tickets.Prune, "headless logins": apiSrv.DeviceAuth.Prune,
 					"expired browser sessions": func(ctx context.Context, _ store.Store) (int, error) { return web.login.Prune(ctx) },
+					"expired app sessions":     func(ctx context.Context, _ store.Store) (int, error) { return web.apps.Prune(ctx) },
 				} {
 					if _, err := prune(ctx, fenced); err != nil {
 						log.Warn("prune "+what, "err", err)

@@ -83,7 +83,7 @@ func newWeb(cfg Config, st store.Store, addr apps.Addr, us *users.Service, roles
 		Logger: log, Now: now,
 	})
 	as := appsrv.New(appsrv.Config{
-		Broker: brk, Login: lg, Users: us, Roles: roles, CA: auth, Keys: keys, Catalog: *catalog, Addr: addr,
+		Broker: brk, Login: lg, Users: us, Roles: roles, CA: auth, Keys: keys, Catalog: *catalog, Addr: addr, Store: st,
 		UploadLimit: cfg.AppUploadLimit, SessionTTL: time.Duration(cfg.AppSessionTTL), Remote: remote, Logger: log, Now: now,
 	})
 	mux := http.NewServeMux()

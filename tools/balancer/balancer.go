@@ -59,6 +59,11 @@ type Config struct {
 	// Listen is the host:port to listen on (TCP and UDP); default
 	// 127.0.0.1:0.
 	Listen string
+	// TCP and UDP, when both are set, are the sockets to serve on instead
+	// of Listen's, bound before the balancer starts (a test that must
+	// give its address to the replicas it balances); Close closes them.
+	TCP net.Listener
+	UDP *net.UDPConn
 	// Backends are the replicas' addresses, host:port (TCP and UDP).
 	Backends []string
 	// Rule picks replicas; default: round robin over all.
@@ -154,26 +159,15 @@ func Start(cfg Config) (*Balancer, error) {
 			return out
 		}
 	}
-	var err error
-	for range 20 {
-		if b.tcp, err = net.Listen("tcp", cfg.Listen); err != nil {
+	switch {
+	case (cfg.TCP == nil) != (cfg.UDP == nil):
+		return nil, errors.New("balancer: TCP and UDP go together: set both or neither")
+	case cfg.TCP != nil:
+		b.tcp, b.udp = cfg.TCP, cfg.UDP
+	default:
+		if err := b.listen(); err != nil {
 			return nil, err
 		}
-		var ua *net.UDPAddr
-		ua, err = net.ResolveUDPAddr("udp", b.tcp.Addr().String())
-		if err == nil {
-			b.udp, err = net.ListenUDP("udp", ua)
-		}
-		if err == nil {
-			break
-		}
-		b.tcp.Close()
-		if _, port, _ := net.SplitHostPort(cfg.Listen); port != "0" {
-			return nil, err
-		}
-	}
-	if err != nil {
-		return nil, err
 	}
 	b.udp.SetReadBuffer(4 << 20)
 	b.udp.SetWriteBuffer(4 << 20)
@@ -184,6 +178,29 @@ func Start(cfg Config) (*Balancer, error) {
 	b.wg.Go(b.acceptTCP)
 	b.wg.Go(b.readUDP)
 	return b, nil
+}
+
+// listen binds cfg.Listen, TCP and UDP on one port.
+func (b *Balancer) listen() error {
+	var err error
+	for range 20 {
+		if b.tcp, err = net.Listen("tcp", b.cfg.Listen); err != nil {
+			return err
+		}
+		var ua *net.UDPAddr
+		ua, err = net.ResolveUDPAddr("udp", b.tcp.Addr().String())
+		if err == nil {
+			b.udp, err = net.ListenUDP("udp", ua)
+		}
+		if err == nil {
+			return nil
+		}
+		b.tcp.Close()
+		if _, port, _ := net.SplitHostPort(b.cfg.Listen); port != "0" {
+			return err
+		}
+	}
+	return err
 }
 
 // Addr is where clients reach the replicas.

@@ -52,6 +52,11 @@ type replicaOptions struct {
 	config string
 	// args are more arguments of every replica.
 	args []string
+	// appsDomain, when set, is every replica's apps domain, and the
+	// balancer's address (bound before the replicas start) their public
+	// URL's port: a browser reaches the fleet and its apps through the
+	// balancer.
+	appsDomain string
 }
 
 // startReplicas starts the cluster, the replicas and the balancer.
@@ -70,6 +75,13 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	}
 	if opts.users == nil {
 		opts.users = []int{repC, repB, repA}
+	}
+	var lbTCP net.Listener
+	var lbUDP *net.UDPConn
+	if d := opts.appsDomain; d != "" {
+		lbTCP, lbUDP = bindTCPAndUDP(t)
+		_, port, _ := net.SplitHostPort(lbTCP.Addr().String())
+		opts.config += "apps_domain: " + d + "\npublic_addrs: [" + d + ", 127.0.0.1, localhost]\npublic_url: https://" + d + ":" + port + "\n"
 	}
 	var config []string
 	if opts.config != "" {
@@ -90,7 +102,7 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	for _, f := range rf.reps {
 		addrs = append(addrs, f.Addr)
 	}
-	lb, err := balancer.Start(balancer.Config{Backends: addrs, Logger: logtest.Logger(t), Rule: func(c balancer.Client) []int {
+	lb, err := balancer.Start(balancer.Config{Backends: addrs, TCP: lbTCP, UDP: lbUDP, Logger: logtest.Logger(t), Rule: func(c balancer.Client) []int {
 		if c.Network == "udp" {
 			return opts.devices
 		}
@@ -102,6 +114,25 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	t.Cleanup(lb.Close)
 	rf.lb = lb
 	return rf
+}
+
+// bindTCPAndUDP binds a TCP listener and a UDP socket on one loopback
+// port, for a balancer whose address must be known before it starts.
+func bindTCPAndUDP(t *testing.T) (net.Listener, *net.UDPConn) {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ln.Addr().(*net.TCPAddr).AddrPort()))
+		if err == nil {
+			return ln, udp
+		}
+		ln.Close() // the port is taken for UDP: another
+	}
+	t.Fatal("no loopback port free for both TCP and UDP in 20 tries")
+	return nil, nil
 }
 
 // login logs a user in through the balancer (on replica C).

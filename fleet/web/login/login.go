@@ -347,6 +347,21 @@ func (s *Server) Session(r *http.Request) (*Session, bool) {
 	return &cp, true
 }
 
+// Live returns the live session whose ID is id (Session.ID): one this
+// replica follows, not expired. Another package checks with it that the
+// fleet session something was started for still stands (an app session
+// taken up on another replica).
+func (s *Server) Live(id string) (Session, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sess := range s.sessions {
+		if sess.ID == id && s.cfg.Now().Before(sess.Expires) {
+			return *sess, true
+		}
+	}
+	return Session{}, false
+}
+
 // RedirectToLogin sends the browser to the login page, to come back to
 // next (a path on the fleet) afterwards.
 func (s *Server) RedirectToLogin(w http.ResponseWriter, r *http.Request, next string) {
@@ -691,26 +706,13 @@ func (s *Server) finishSSO(w http.ResponseWriter, r *http.Request, res *sso.Resu
 // runs the OnEnd hooks for them) and returns how many it removed. One
 // replica, the leader, runs it now and then.
 func (s *Server) Prune(ctx context.Context) (int, error) {
-	items, err := s.cfg.Store.List(ctx, sessionPrefix)
-	if err != nil {
-		return 0, fmt.Errorf("login: prune sessions: %w", err)
-	}
 	now := s.cfg.Now()
-	n := 0
-	for _, it := range items {
+	n, err := store.Prune(ctx, s.cfg.Store, sessionPrefix, func(b []byte) bool {
 		var rec record
-		if json.Unmarshal(it.Value, &rec) == nil && now.Before(rec.Expires) {
-			continue
-		}
-		// Gone already (a logout) is fine; a changed one is not ours to drop.
-		err := s.cfg.Store.Delete(ctx, it.Key, store.If(store.Guard{Key: it.Key, Value: it.Value}))
-		switch {
-		case err == nil:
-			n++
-		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrFenced):
-		default:
-			return n, fmt.Errorf("login: prune sessions: %w", err)
-		}
+		return json.Unmarshal(b, &rec) != nil || !now.Before(rec.Expires)
+	})
+	if err != nil {
+		return n, fmt.Errorf("login: prune sessions: %w", err)
 	}
 	return n, nil
 }
