@@ -35,10 +35,12 @@ import (
 // has gone longest unused (quic-go lets a connection add a new path on a
 // transport it used before). A connection can move after every outage of
 // its life, not a fixed number of times, and an outage never costs a
-// redial for want of a socket. The fleet sees the reused socket's address
-// as a new path (it forgets paths it has not heard from for seconds, and a
-// NAT gives the socket a fresh mapping after an outage anyway), validates
-// it and moves as for a new one.
+// redial for want of a socket. The fleet's quic-go drops the other paths
+// it knows whenever the connection moves, so the reused socket's address
+// is a new path to it (and a NAT gives the socket a fresh mapping after an
+// outage anyway): it validates it and moves as for a new one. (The agent's
+// quic-go matches a PATH_RESPONSE to its challenge whatever path it came
+// on, which is what lets a path added again on a used transport validate.)
 
 // probeTimeout bounds the validation of a spare path.
 const probeTimeout = 15 * time.Second
