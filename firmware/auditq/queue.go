@@ -217,6 +217,9 @@ func Open(cfg Config) (*Queue, error) {
 }
 
 func (q *Queue) openDB() (db *bolt.DB, err error) {
+	// A fault reading the memory-mapped file (a damage checkFile missed)
+	// is a panic here, not the end of the process.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("open: %v", r)

@@ -404,6 +404,26 @@ var damages = []struct {
 		}
 		f.Close()
 	}, 100},
+	{"garbage in the free list", func(t *testing.T, path string) {
+		// A free list page that says it lists far more pages than it
+		// holds: bbolt copies that many ids when it opens the file, out
+		// of its memory map (a fatal fault, before this was checked).
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := os.Getpagesize()
+		meta := b[pageHeaderSize:]
+		if other := b[ps+pageHeaderSize:]; native.Uint64(other[48:]) > native.Uint64(meta[48:]) {
+			meta = other // the newer meta page names the free list in use
+		}
+		off := int(native.Uint64(meta[32:])) * ps
+		native.PutUint16(b[off+10:], 0xFFFF) // the count is in the next 8 bytes
+		native.PutUint64(b[off+pageHeaderSize:], 1<<40)
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}, 250},
 	{"not a database", func(t *testing.T, path string) {
 		os.WriteFile(path, bytes.Repeat([]byte("not bolt "), 10000), 0o600)
 	}, 0},

@@ -28,6 +28,8 @@ const (
 	metaMagic       = 0xED0CDAED
 	metaVersion     = 2
 	metaSize        = 64 // the meta record, checksum included
+	freelistFlag    = 0x10
+	noFreelist      = ^uint64(0) // a meta's free list id when none is kept
 )
 
 var native = binary.NativeEndian
@@ -35,6 +37,7 @@ var native = binary.NativeEndian
 // fileMeta is what checkFile learned from a file's meta pages.
 type fileMeta struct {
 	pageSize int
+	freelist uint64 // the free list's page
 	hwm      uint64 // high water mark: pages in use
 	txid     uint64
 }
@@ -56,7 +59,7 @@ func readMeta(b []byte) (fileMeta, error) {
 	if h.Sum64() != native.Uint64(b[56:]) {
 		return fileMeta{}, errors.New("bad checksum")
 	}
-	m := fileMeta{pageSize: int(native.Uint32(b[8:])), hwm: native.Uint64(b[40:]), txid: native.Uint64(b[48:])}
+	m := fileMeta{pageSize: int(native.Uint32(b[8:])), freelist: native.Uint64(b[32:]), hwm: native.Uint64(b[40:]), txid: native.Uint64(b[48:])}
 	if m.pageSize < 512 || m.pageSize > 1<<20 || m.pageSize&(m.pageSize-1) != 0 {
 		return fileMeta{}, fmt.Errorf("bad page size %d", m.pageSize)
 	}
@@ -98,6 +101,41 @@ func checkFile(path string) error {
 	}
 	if need := int64(best.hwm) * int64(best.pageSize); fi.Size() < need {
 		return fmt.Errorf("file is %d bytes, its meta says %d: truncated", fi.Size(), need)
+	}
+	return checkFreelist(f, best)
+}
+
+// checkFreelist reports whether the free list page that m names lies
+// within the pages in use and holds the ids it says it does: bbolt reads
+// it when it opens the file, and trusts its count (a count past the page
+// makes it copy out of its memory map, or ask for more memory than there
+// is: either is fatal).
+func checkFreelist(f *os.File, m fileMeta) error {
+	if m.freelist == noFreelist {
+		return nil
+	}
+	if m.freelist < 2 || m.freelist >= m.hwm {
+		return fmt.Errorf("free list page %d outside the %d pages in use", m.freelist, m.hwm)
+	}
+	off := int64(m.freelist) * int64(m.pageSize)
+	hdr := make([]byte, pageHeaderSize+8)
+	if _, err := f.ReadAt(hdr, off); err != nil {
+		return fmt.Errorf("free list page %d: %v", m.freelist, err)
+	}
+	flags, count, overflow := native.Uint16(hdr[8:]), uint64(native.Uint16(hdr[10:])), uint64(native.Uint32(hdr[12:]))
+	if flags&freelistFlag == 0 {
+		return fmt.Errorf("page %d is not a free list (flags %#x)", m.freelist, flags)
+	}
+	if m.freelist+overflow >= m.hwm {
+		return fmt.Errorf("free list page %d runs past the %d pages in use", m.freelist, m.hwm)
+	}
+	size := uint64(pageHeaderSize)
+	if count == 0xFFFF { // the count is in the first id's place
+		count = native.Uint64(hdr[pageHeaderSize:])
+		size += 8
+	}
+	if room := (overflow + 1) * uint64(m.pageSize); count > (room-size)/8 {
+		return fmt.Errorf("free list page %d says it holds %d ids, more than its %d bytes can", m.freelist, count, room)
 	}
 	return nil
 }
