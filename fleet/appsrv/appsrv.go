@@ -496,11 +496,12 @@ func (s *Server) lookup(r *http.Request, label string) (as *session, ended strin
 	if err != nil || c.Value == "" || len(c.Value) > 256 {
 		return nil, "", nil
 	}
+	sk := hashKey(c.Value)
 	s.mu.Lock()
-	as = s.sessions[hashKey(c.Value)]
+	as = s.sessions[sk]
 	s.mu.Unlock()
 	if as == nil {
-		as = s.takeUp(r, c.Value, label)
+		as = s.takeUp(r, sk, label)
 	}
 	if as == nil || as.label != label {
 		return nil, "", nil

@@ -164,10 +164,10 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request, label string) 
 	}
 	expires := earliest(cd.webExpires, now.Add(s.cfg.SessionTTL))
 	tok := rand.Text() + rand.Text()
-	csrf := rand.Text()
+	sk, csrf := hashKey(tok), rand.Text()
 	// Kept before it starts, so that a replica that follows the store
 	// never sees this session without its record.
-	if err := s.keep(r.Context(), tok, appRecord{User: user.Name, App: label, WebSession: cd.webSession, Expires: expires, CSRF: csrf}); err != nil {
+	if err := s.keep(r.Context(), sk, appRecord{User: user.Name, App: label, WebSession: cd.webSession, Expires: expires, CSRF: csrf}); err != nil {
 		s.log.Error("app session not opened", "user", user.Name, "app", label, "err", err)
 		login.SecurityHeaders(w.Header())
 		s.cfg.Login.Page(w, http.StatusServiceUnavailable, nil, login.Page{Static: pathStatic, Title: "Try again",
@@ -175,9 +175,9 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request, label string) 
 		return
 	}
 	ref, _ := apps.ParseRef(label)
-	if _, err := s.start(r.Context(), opening{user: user, ref: ref, clientAddr: r.RemoteAddr, key: hashKey(tok), webSession: cd.webSession,
+	if _, err := s.start(r.Context(), opening{user: user, ref: ref, clientAddr: r.RemoteAddr, key: sk, webSession: cd.webSession,
 		expires: expires, action: "open", csrf: csrf}); err != nil {
-		if err := s.forget(context.WithoutCancel(r.Context()), hashKey(tok)); err != nil {
+		if err := s.forget(context.WithoutCancel(r.Context()), sk); err != nil {
 			// Harmless: its token was never sent, and it expires.
 			s.log.Warn("an app session that did not start stays in the store until it expires", "err", err)
 		}

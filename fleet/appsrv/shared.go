@@ -2,8 +2,6 @@ package appsrv
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,14 +39,13 @@ type appRecord struct {
 	CSRF       string    `json:"csrf"`
 }
 
-// recordKey is the store key of the app session whose cookie holds tok.
-func recordKey(tok string) string {
-	sum := sha256.Sum256([]byte(tok))
-	return appSessionPrefix + hex.EncodeToString(sum[:])
+// recordKeyOf is the store key of the app session whose key in
+// Server.sessions is sk (hashKey of its cookie's token); sessionKeyOf is
+// the other way.
+func recordKeyOf(sk string) string {
+	return appSessionPrefix + strings.TrimPrefix(sk, "cookie:")
 }
 
-// sessionKeyOf is the key in Server.sessions of the session stored at
-// key: hashKey of the same token.
 func sessionKeyOf(key string) string {
 	return "cookie:" + strings.TrimPrefix(key, appSessionPrefix)
 }
@@ -61,8 +58,9 @@ func decodeRecord(b []byte) (appRecord, bool) {
 	return rec, true
 }
 
-// keep writes a new app session's record, before its cookie is set.
-func (s *Server) keep(ctx context.Context, tok string, rec appRecord) error {
+// keep writes the record of a new app session, whose key in
+// Server.sessions is sk, before its cookie is set.
+func (s *Server) keep(ctx context.Context, sk string, rec appRecord) error {
 	if s.cfg.Store == nil {
 		return nil
 	}
@@ -70,7 +68,7 @@ func (s *Server) keep(ctx context.Context, tok string, rec appRecord) error {
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.Create(ctx, recordKey(tok), b); err != nil {
+	if err := s.cfg.Store.Create(ctx, recordKeyOf(sk), b); err != nil {
 		return fmt.Errorf("appsrv: keep the app session: %w", err)
 	}
 	return nil
@@ -83,7 +81,7 @@ func (s *Server) forget(ctx context.Context, key string) error {
 	if s.cfg.Store == nil || !strings.HasPrefix(key, "cookie:") {
 		return nil
 	}
-	k := appSessionPrefix + strings.TrimPrefix(key, "cookie:")
+	k := recordKeyOf(key)
 	s.mu.Lock()
 	delete(s.kept, k)
 	s.mu.Unlock()
@@ -101,16 +99,16 @@ const refusedFor = 30 * time.Second
 // takeUpTimeout bounds a take-up, which the requests waiting for it share.
 const takeUpTimeout = 30 * time.Second
 
-// takeUp starts here the app session whose cookie holds tok, kept in the
-// store by the fleetd that started it, if it is for app label and still
+// takeUp starts here the app session whose key in Server.sessions is sk
+// (its cookie's), kept in the store by the fleetd that started it, if it is for app label and still
 // stands. It returns nil when there is none to take up, or when the user
 // may no longer open the app (the launch, where nil sends a browser, then
 // says why).
-func (s *Server) takeUp(r *http.Request, tok, label string) *session {
+func (s *Server) takeUp(r *http.Request, sk, label string) *session {
 	if s.cfg.Store == nil {
 		return nil
 	}
-	key := recordKey(tok)
+	key := recordKeyOf(sk)
 	s.mu.Lock()
 	rec, ok := s.kept[key]
 	refused := s.cfg.Now().Sub(s.refusedAt[key]) < refusedFor
@@ -135,9 +133,8 @@ func (s *Server) takeUp(r *http.Request, tok, label string) *session {
 		return nil
 	}
 	v, _, _ := s.takingUp.Do(key, func() (any, error) {
-		mk := sessionKeyOf(key)
 		s.mu.Lock()
-		as := s.sessions[mk]
+		as := s.sessions[sk]
 		s.mu.Unlock()
 		if as != nil {
 			return as, nil // taken up by a request just before this one
@@ -146,7 +143,7 @@ func (s *Server) takeUp(r *http.Request, tok, label string) *session {
 		// first one's end.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), takeUpTimeout)
 		defer cancel()
-		as, err := s.startTakenUp(ctx, r.RemoteAddr, key, label, rec)
+		as, err := s.startTakenUp(ctx, r.RemoteAddr, sk, label, rec)
 		if err != nil {
 			s.mu.Lock()
 			s.refusedAt[key] = s.cfg.Now()
@@ -161,22 +158,23 @@ func (s *Server) takeUp(r *http.Request, tok, label string) *session {
 	return as
 }
 
-// startTakenUp starts the session of rec, kept at key. A logout that
+// startTakenUp starts the session of rec, whose key in Server.sessions
+// is sk. A logout that
 // ends it while it starts (the record removed, here or elsewhere, or the
 // fleet session ended) finds nothing to end yet, so once it is live the
 // record and the fleet session are checked again.
-func (s *Server) startTakenUp(ctx context.Context, clientAddr, key, label string, rec appRecord) (*session, error) {
+func (s *Server) startTakenUp(ctx context.Context, clientAddr, sk, label string, rec appRecord) (*session, error) {
 	user, err := s.cfg.Users.Get(ctx, rec.User)
 	if err != nil {
 		return nil, err
 	}
 	ref, _ := apps.ParseRef(label)
-	as, err := s.start(ctx, opening{user: user, ref: ref, clientAddr: clientAddr, key: sessionKeyOf(key), webSession: rec.WebSession,
+	as, err := s.start(ctx, opening{user: user, ref: ref, clientAddr: clientAddr, key: sk, webSession: rec.WebSession,
 		expires: rec.Expires, action: "resume", csrf: rec.CSRF, resumed: true})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.cfg.Store.Get(ctx, key); err != nil {
+	if _, err := s.cfg.Store.Get(ctx, recordKeyOf(sk)); err != nil {
 		as.finish(ctx, endedElsewhere)
 		return nil, fmt.Errorf("the app session ended as it was taken up: %w", err)
 	}
@@ -207,7 +205,7 @@ func (s *Server) Run(ctx context.Context) {
 			var missing []*session
 			for k, as := range s.sessions {
 				if strings.HasPrefix(k, "cookie:") {
-					if _, ok := next[appSessionPrefix+strings.TrimPrefix(k, "cookie:")]; !ok {
+					if _, ok := next[recordKeyOf(k)]; !ok {
 						missing = append(missing, as)
 					}
 				}
@@ -217,7 +215,7 @@ func (s *Server) Run(ctx context.Context) {
 			// watch was behind, or have been written after the list: the
 			// store says which.
 			for _, as := range missing {
-				_, err := s.cfg.Store.Get(ctx, appSessionPrefix+strings.TrimPrefix(as.key, "cookie:"))
+				_, err := s.cfg.Store.Get(ctx, recordKeyOf(as.key))
 				if errors.Is(err, store.ErrNotFound) {
 					as.finish(context.WithoutCancel(ctx), endedElsewhere)
 				}

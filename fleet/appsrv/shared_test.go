@@ -11,12 +11,13 @@ import (
 // server's sessions name the same token, by its hash only.
 func TestRecordKeys(t *testing.T) {
 	for _, tok := range []string{"A", "TOKENTOKENTOKEN", strings.Repeat("x", 256)} {
-		key := recordKey(tok)
-		if !strings.HasPrefix(key, appSessionPrefix) || strings.Contains(key, tok) {
-			t.Errorf("recordKey(%q) = %q: want the prefix and a hash, not the token", tok, key)
+		sk := hashKey(tok)
+		key := recordKeyOf(sk)
+		if !strings.HasPrefix(key, appSessionPrefix) || strings.Contains(key, tok) || len(key) != len(appSessionPrefix)+64 {
+			t.Errorf("recordKeyOf(hashKey(%q)) = %q: want the prefix and the token's SHA-256, not the token", tok, key)
 		}
-		if got, want := sessionKeyOf(key), hashKey(tok); got != want {
-			t.Errorf("sessionKeyOf(recordKey(%q)) = %q, want hashKey's %q", tok, got, want)
+		if got := sessionKeyOf(key); got != sk {
+			t.Errorf("sessionKeyOf(%q) = %q, want %q", key, got, sk)
 		}
 	}
 }

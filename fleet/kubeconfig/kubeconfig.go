@@ -8,10 +8,11 @@
 //   - every other cluster, user and context is kept as it was.
 //
 // tsh adds, per reachable cluster, a cluster, a user and a context of the
-// same name. (WriteStandalone writes tsh proxy kube's file of its own.) The user holds no key: it runs "tsh kube credentials", an exec
-// credential plugin, so kubectl always gets the certificate of the user's
-// latest tsh login. Remove finds tsh's entries again by that plugin's
-// arguments.
+// same name. The user holds no key: it runs "tsh kube credentials", an
+// exec credential plugin, so kubectl always gets the certificate of the
+// user's latest tsh login. Remove finds tsh's entries again by that
+// plugin's arguments. (WriteStandalone writes tsh proxy kube's file of its
+// own.)
 //
 // It is a client package: tsh imports it, and it never imports server
 // packages.

@@ -165,7 +165,8 @@ func Start(cfg Config) (*Balancer, error) {
 	case cfg.TCP != nil:
 		b.tcp, b.udp = cfg.TCP, cfg.UDP
 	default:
-		if err := b.listen(); err != nil {
+		var err error
+		if b.tcp, b.udp, err = Listen(cfg.Listen); err != nil {
 			return nil, err
 		}
 	}
@@ -180,27 +181,28 @@ func Start(cfg Config) (*Balancer, error) {
 	return b, nil
 }
 
-// listen binds cfg.Listen, TCP and UDP on one port.
-func (b *Balancer) listen() error {
+// Listen binds a TCP listener and a UDP socket on one port of addr
+// (host:port; port 0: one free for both, tried up to 20 times), as the
+// balancer and the replicas it balances serve both on one port.
+func Listen(addr string) (net.Listener, *net.UDPConn, error) {
 	var err error
 	for range 20 {
-		if b.tcp, err = net.Listen("tcp", b.cfg.Listen); err != nil {
-			return err
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, nil, err
 		}
-		var ua *net.UDPAddr
-		ua, err = net.ResolveUDPAddr("udp", b.tcp.Addr().String())
+		var udp *net.UDPConn
+		udp, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(ln.Addr().(*net.TCPAddr).AddrPort()))
 		if err == nil {
-			b.udp, err = net.ListenUDP("udp", ua)
+			return ln, udp, nil
 		}
-		if err == nil {
-			return nil
-		}
-		b.tcp.Close()
-		if _, port, _ := net.SplitHostPort(b.cfg.Listen); port != "0" {
-			return err
+		ln.Close() // the port is taken for UDP
+
+		if _, port, _ := net.SplitHostPort(addr); port != "0" {
+			return nil, nil, err
 		}
 	}
-	return err
+	return nil, nil, err
 }
 
 // Addr is where clients reach the replicas.

@@ -31,39 +31,30 @@ type received struct {
 
 func startReplica(t *testing.T) *replica {
 	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		u, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(l.Addr().(*net.TCPAddr).AddrPort()))
-		if err != nil {
-			l.Close()
-			continue
-		}
-		r := &replica{addr: l.Addr().String(), got: make(chan received, 100), udp: u}
-		r.status.Store(http.StatusOK)
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			w.WriteHeader(int(r.status.Load()))
-		}))
-		srv.Listener = l
-		srv.StartTLS()
-		t.Cleanup(srv.Close)
-		t.Cleanup(func() { u.Close() })
-		go func() {
-			buf := make([]byte, 1500)
-			for {
-				n, a, err := u.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					return
-				}
-				r.got <- received{string(buf[:n]), a}
-			}
-		}()
-		return r
+	l, u, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no port free for both TCP and UDP")
-	return nil
+	r := &replica{addr: l.Addr().String(), got: make(chan received, 100), udp: u}
+	r.status.Store(http.StatusOK)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(int(r.status.Load()))
+	}))
+	srv.Listener = l
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { u.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, a, err := u.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			r.got <- received{string(buf[:n]), a}
+		}
+	}()
+	return r
 }
 
 // readyReplica is a replica that stays ready: its address and what its UDP

@@ -194,11 +194,7 @@ func startKubeExec(t *testing.T, u *harness.User, kubeconfig string) *kubeExec {
 // the refusals that follow are in the audit trail and fleetctl audit
 // search.
 func TestKubeExecRecordedAndEndedByARoleChange(t *testing.T) {
-	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
-	f := startFleet(t)
-	startKubeAgent(f, "pi-exec", "k3s=yes", f.Addr, kubeconfigFor(t, newExecServer(t)))
-	f.Ctl(kubeExecRole, "create", "-f", "-")
-	alice := f.Login("alice", f.AddUser("alice", "kube-exec", ""))
+	f, alice := startExecFleet(t)
 	kcfg := filepath.Join(t.TempDir(), "config")
 	tshKube(t, alice, kcfg, "kube", "login", "pi-exec")
 
@@ -305,6 +301,26 @@ func recordingOf(t *testing.T, u *harness.User, timeout time.Duration, what stri
 	return rec
 }
 
+// startProxyKube starts tsh proxy kube as u for device, with more flags
+// args, and returns it with the kubeconfig path it printed.
+func startProxyKube(t *testing.T, u *harness.User, device string, args ...string) (*harness.Proc, string) {
+	t.Helper()
+	argv := append([]string{"tsh", "proxy", "kube", device}, args...)
+	p := start(t, strings.Join(argv, " "), u.Env(), argv...)
+	return p, p.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+}
+
+// startExecFleet starts one fleetd with device pi-exec, whose cluster is
+// the exec server above, and alice logged in with role kube-exec.
+func startExecFleet(t *testing.T) (*harness.Fleet, *harness.User) {
+	t.Helper()
+	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
+	f := startFleet(t)
+	startKubeAgent(f, "pi-exec", "k3s=yes", f.Addr, kubeconfigFor(t, newExecServer(t)))
+	f.Ctl(kubeExecRole, "create", "-f", "-")
+	return f, f.Login("alice", f.AddUser("alice", "kube-exec", ""))
+}
+
 // TestTshProxyKubeOnOneFleetd: tsh proxy kube on one fleetd (no
 // replicas), which carries kubectl's own connections in sessions tsh
 // holds, as on a fleet of replicas. kubectl get and exec go through it,
@@ -312,13 +328,8 @@ func recordingOf(t *testing.T, u *harness.User, timeout time.Duration, what stri
 // is killed (kill -9) and started again: tsh holds the session's fleet
 // end, and the device its own.
 func TestTshProxyKubeOnOneFleetd(t *testing.T) {
-	linkKubectl(t, &kubetest.Cluster{Kubectl: filepath.Join(kubetest.Binaries(t), "kubectl")})
-	f := startFleet(t)
-	startKubeAgent(f, "pi-exec", "k3s=yes", f.Addr, kubeconfigFor(t, newExecServer(t)))
-	f.Ctl(kubeExecRole, "create", "-f", "-")
-	alice := f.Login("alice", f.AddUser("alice", "kube-exec", ""))
-	proxy := start(t, "tsh proxy kube", alice.Env(), "tsh", "proxy", "kube", "pi-exec")
-	kubeconfig := proxy.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+	f, alice := startExecFleet(t)
+	proxy, kubeconfig := startProxyKube(t, alice, "pi-exec")
 	if out, errOut, err := kubectlAs(alice, kubeconfig, "", "-n", "team", "get", "pod", "shell", "-o", "name"); err != nil || out != "pod/shell\n" {
 		t.Fatalf("kubectl get through tsh proxy kube on one fleetd: %q %v\n%s", out, err, errOut)
 	}

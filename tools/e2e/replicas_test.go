@@ -79,7 +79,10 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	var lbTCP net.Listener
 	var lbUDP *net.UDPConn
 	if d := opts.appsDomain; d != "" {
-		lbTCP, lbUDP = bindTCPAndUDP(t)
+		var err error
+		if lbTCP, lbUDP, err = balancer.Listen("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
 		_, port, _ := net.SplitHostPort(lbTCP.Addr().String())
 		opts.config += "apps_domain: " + d + "\npublic_addrs: [" + d + ", 127.0.0.1, localhost]\npublic_url: https://" + d + ":" + port + "\n"
 	}
@@ -114,25 +117,6 @@ func startReplicasWith(t *testing.T, opts replicaOptions) *replicaFleet {
 	t.Cleanup(lb.Close)
 	rf.lb = lb
 	return rf
-}
-
-// bindTCPAndUDP binds a TCP listener and a UDP socket on one loopback
-// port, for a balancer whose address must be known before it starts.
-func bindTCPAndUDP(t *testing.T) (net.Listener, *net.UDPConn) {
-	t.Helper()
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ln.Addr().(*net.TCPAddr).AddrPort()))
-		if err == nil {
-			return ln, udp
-		}
-		ln.Close() // the port is taken for UDP: another
-	}
-	t.Fatal("no loopback port free for both TCP and UDP in 20 tries")
-	return nil, nil
 }
 
 // login logs a user in through the balancer (on replica C).

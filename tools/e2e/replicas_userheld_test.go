@@ -213,8 +213,7 @@ func TestKubectlOutlivesTheUsersReplica(t *testing.T) {
 	if out, errOut, err := alice.TshErr(a.AddUser("alice", "kube-exec", "")+"\n", "login", "--proxy="+rf.lb.Addr(), "--user=alice", "--ca-pin="+a.Pin); err != nil {
 		t.Fatalf("tsh login: %v\n%s%s", err, out, errOut)
 	}
-	proxy := start(t, "tsh proxy kube", alice.Env(), "tsh", "proxy", "kube", "pi-1")
-	kubeconfig := proxy.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+	proxy, kubeconfig := startProxyKube(t, alice, "pi-1")
 	if out, errOut, err := kubectlAs(alice, kubeconfig, "", "-n", "team", "get", "pod", "shell", "-o", "name"); err != nil || out != "pod/shell\n" {
 		t.Fatalf("kubectl get through tsh proxy kube: %q %v\n%s", out, err, errOut)
 	}
@@ -224,8 +223,7 @@ func TestKubectlOutlivesTheUsersReplica(t *testing.T) {
 	if _, errOut, err := kubectlAs(alice, kubeconfig, "", "--as=admin", "-n", "team", "get", "pod", "shell"); err == nil || !strings.Contains(errOut, `cannot act as "admin"`) {
 		t.Errorf("kubectl --as=admin through the proxy: %v %q, want the device's refusal", err, errOut)
 	}
-	other := start(t, "tsh proxy kube --as-group", alice.Env(), "tsh", "proxy", "kube", "pi-1", "--as-group=system:masters")
-	otherConfig := other.WaitLine(regexp.MustCompile(`export KUBECONFIG=(\S+)`), time.Minute)[1]
+	_, otherConfig := startProxyKube(t, alice, "pi-1", "--as-group=system:masters")
 	if _, errOut, err := kubectlAs(alice, otherConfig, "", "-n", "team", "get", "pod", "shell"); err == nil || !strings.Contains(errOut, `do not allow Kubernetes group "system:masters"`) {
 		t.Errorf("kubectl through a proxy for a group the roles do not give: %v %q, want the fleet's refusal", err, errOut)
 	}
